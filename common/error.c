@@ -1,0 +1,42 @@
+/* The API error out-parameter. */
+#include "error.h"
+
+#include <openssl/err.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int tp_err_set(struct tp_err *err, grpc_status_code status, const char *fmt, ...) {
+  if (err == NULL)
+    return -1;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+  va_end(ap);
+  err->status = status;
+  return -1;
+}
+
+void tp_err_prefix(struct tp_err *err, const char *prefix) {
+  if (err == NULL || prefix == NULL || prefix[0] == '\0')
+    return;
+  char tmp[sizeof(err->msg)];
+  snprintf(tmp, sizeof(tmp), "%s%s", prefix, err->msg);
+  memcpy(err->msg, tmp, sizeof(err->msg));
+}
+
+void tp_err_append_openssl(struct tp_err *err) {
+  unsigned long code;
+  const char *data;
+  int flags;
+  while ((code = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+    if (err == NULL)
+      continue;
+    size_t len = strlen(err->msg);
+    char reason[256];
+    ERR_error_string_n(code, reason, sizeof(reason));
+    const char *r = ERR_reason_error_string(code);
+    snprintf(err->msg + len, sizeof(err->msg) - len, "; %s%s%s", r ? r : reason,
+             (flags & ERR_TXT_STRING) && data[0] ? ": " : "", (flags & ERR_TXT_STRING) ? data : "");
+  }
+}

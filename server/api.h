@@ -1,0 +1,141 @@
+/* The resource API engine: Create/Get/List/Update/Delete for every
+ * resource kind, over the store, with names, etags, update masks,
+ * pagination, label selectors, validation hooks and the audit trail.
+ *
+ * Each service file (svc_*.c) describes its resource kind with a struct
+ * api_kind and adds the methods that are not plain CRUD. */
+#ifndef TLSPLANE_SERVER_API_H
+#define TLSPLANE_SERVER_API_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <time.h>
+
+#include "error.h"
+#include "rpc.h"
+#include "store.h"
+
+struct api;
+
+/* What a registered method's handler receives as its data. */
+struct api_binding {
+  struct api *api;
+  const struct api_kind *kind;                   /* NULL for services without a resource */
+  const ProtobufCMessageDescriptor *list_output; /* List methods: the response type */
+};
+
+/* The API's process context, shared by every handler. */
+struct api {
+  struct store *store;
+  struct api_binding bindings[64]; /* one per service, plus one per List method */
+  size_t n_bindings;
+};
+
+/* References a resource makes to others, collected by a kind's refs hook
+ * and checked by the store. Owns its strings. */
+struct api_refs {
+  struct store_ref *items;
+  size_t n, cap;
+};
+
+/* Adds a reference; field is a printf format for the request field
+ * ("tls_context.certificates[%zu]"). name must be "collection/id" of kind. */
+int api_refs_add(struct api_refs *refs, const char *kind, const char *name, const char *field_fmt,
+                 ...) __attribute__((format(printf, 4, 5)));
+void api_refs_clear(struct api_refs *refs);
+
+/* One mutation in progress: what the prepare hook may read and set. */
+struct api_op {
+  struct api *api;
+  const struct api_kind *kind;
+  struct store_txn *txn; /* the write transaction */
+  const struct rpc_call_info *call;
+  const ProtobufCMessage *old;     /* previous version (update) or NULL (create) */
+  const struct store_row *old_row; /* its row, secret included, or NULL */
+  time_t now;
+  /* Out: the secret to store (set_secret = 1), else the old one is kept. */
+  int set_secret;
+  uint8_t *secret; /* malloc'd; freed by the engine */
+  size_t secret_len;
+};
+
+struct api_kind {
+  const char *kind;           /* "Certificate" */
+  const char *collection;     /* "certificates" */
+  const char *resource_field; /* "certificate": the request field holding it */
+  const ProtobufCMessageDescriptor *desc;
+  /* Fields an update may replace (proto names), NULL-terminated. */
+  const char *const *mutable_fields;
+  /* Validates res, derives its output fields and strips its secrets into
+   * op->secret. Messages name fields without the resource prefix. May be
+   * NULL. */
+  int (*prepare)(struct api_op *op, ProtobufCMessage *res, struct tp_err *err);
+  /* Collects the references res makes. May be NULL. */
+  int (*refs)(const ProtobufCMessage *res, struct api_refs *refs);
+  /* Time indexed for "expiring before" filters, µs since the epoch; NULL: none. */
+  int64_t (*expire_time_us)(const ProtobufCMessage *res);
+  /* Whether res may be changed or deleted (built-ins may not). May be NULL. */
+  int (*check_mutable)(const ProtobufCMessage *res, struct tp_err *err);
+  /* Validates the resources that reference res after res changed (inside
+   * the same transaction). May be NULL. */
+  int (*check_referrers)(struct api_op *op, const ProtobufCMessage *res, struct tp_err *err);
+  int read_only; /* no Create/Update through the API */
+};
+
+/* A custom method of a service. */
+struct api_method {
+  const char *name; /* "RotateTicketKeys" */
+  rpc_unary_fn fn;
+};
+
+/* Registers every method of svc: Create*, Get*, List*, Update*, Delete* go
+ * to the generic engine for kind; custom[] (NULL-terminated by name) takes
+ * precedence. Methods with no handler answer UNIMPLEMENTED. */
+int api_service_register(struct api *api, struct rpc_server *srv,
+                         const ProtobufCServiceDescriptor *svc, const struct api_kind *kind,
+                         const struct api_method *custom);
+
+/* Registers every tlsplane.v1 service. */
+int api_register_all(struct api *api, struct rpc_server *srv);
+
+/* Fills names[0..max) with the full names of the services
+ * api_register_all registers ("tlsplane.v1.CertificateService", ...);
+ * returns how many there are. */
+size_t api_service_names(const char **names, size_t max);
+
+/* Creates the built-in resources that are missing (cipher policies). */
+int api_seed_builtins(struct api *api, struct tp_err *err);
+
+/* Helpers for custom methods. */
+
+/* Checks that name is "<collection>/<id>" with a valid id. field names the
+ * request field for the message. */
+int api_name_check(const struct api_kind *kind, const char *name, const char *field,
+                   struct tp_err *err);
+
+/* Loads and decodes a stored resource (row->data) into a message with its
+ * metadata set (name, etag, revision, times). Caller frees. */
+ProtobufCMessage *api_decode_row(const struct api_kind *kind, const struct store_row *row,
+                                 struct tp_err *err);
+
+/* Reads one resource inside txn. with_secret also fills row->secret.
+ * *msg and *row are the caller's (row may be NULL). */
+int api_read(struct store_txn *txn, const struct api_kind *kind, const char *name, int with_secret,
+             ProtobufCMessage **msg, struct store_row *row, struct tp_err *err);
+
+/* Writes res (an update of an existing resource when old_row != NULL, else
+ * a create) inside op->txn: runs prepare, refs, referrer checks, and the
+ * store write with op->secret. On success res carries its new metadata. */
+int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag, const char *action,
+              struct tp_err *err);
+
+/* The kinds, for cross-kind lookups. */
+extern const struct api_kind api_kind_certificate;
+extern const struct api_kind api_kind_trust_bundle;
+extern const struct api_kind api_kind_revocation_list;
+extern const struct api_kind api_kind_cipher_policy;
+extern const struct api_kind api_kind_tls_context;
+extern const struct api_kind api_kind_listener;
+extern const struct api_kind api_kind_ticket_key_ring;
+extern const struct api_kind api_kind_agent;
+
+#endif

@@ -1,0 +1,122 @@
+/* The gRPC server core: grpc core's C API, a pool of completion-queue
+ * threads, and dispatch of calls to handlers by full method path.
+ *
+ * Messages: every protobuf-c message handed to or returned by a handler is
+ * heap-allocated with all its members malloc'd, and is freed with
+ * protobuf_c_message_free_unpacked(msg, NULL). */
+#ifndef TLSPLANE_SERVER_RPC_H
+#define TLSPLANE_SERVER_RPC_H
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "error.h"
+
+struct rpc_server;
+struct rpc_stream;
+
+/* What a handler knows about the call it serves. */
+struct rpc_call_info {
+  const char *method; /* "/tlsplane.v1.CertificateService/CreateCertificate" */
+  const char *peer;   /* e.g. "ipv4:127.0.0.1:51234" */
+  const char *actor;  /* who is calling; "anonymous" until authentication exists */
+};
+
+/* A unary handler. req is the decoded request (owned by the server core,
+ * freed after the call). On success returns 0 and sets *resp to a message of
+ * the method's output type (ownership passes to the server core). On
+ * failure returns -1 with err set; *resp is ignored. */
+typedef int (*rpc_unary_fn)(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                            ProtobufCMessage **resp, struct tp_err *err, void *data);
+
+/* A streaming handler (client, server or bidi streaming). Runs on a thread
+ * of its own for the whole call (streams live long: a pool thread would be
+ * lost to every connected agent), so it may block; uses
+ * rpc_stream_recv/rpc_stream_send. Returns 0 for status OK, or -1 with err
+ * set. Must return soon after rpc_stream_shutting_down turns 1, and must not
+ * return while another thread it started still uses the stream. */
+typedef int (*rpc_stream_fn)(const struct rpc_call_info *call, struct rpc_stream *stream,
+                             struct tp_err *err, void *data);
+
+/* One thread may receive (rpc_stream_recv) while another sends
+ * (rpc_stream_send) and a third waits (rpc_stream_wait); two threads must not
+ * receive, send or wait at the same time. */
+
+/* Receives the next request message. Returns 1 and sets *msg (caller frees
+ * with protobuf_c_message_free_unpacked) when one arrived, 0 when the client
+ * half-closed, -1 on a broken call or an undecodable message (err set). */
+int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
+                    ProtobufCMessage **msg, struct tp_err *err);
+
+/* Sends one response message (not consumed). Returns 0, or -1 if the call
+ * is gone. */
+int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg);
+
+/* Returns 1 once the server is shutting down (long streams should end). */
+int rpc_stream_shutting_down(struct rpc_stream *stream);
+
+/* Waits up to timeout_ms for the call to end from the client's side (the
+ * client cancelled, its deadline passed, its connection broke) or for the
+ * server to begin shutting down. Returns 1 if either happened (the handler
+ * should return), 0 after timeout_ms without either. Notices a shutdown
+ * within 100 ms. A server-streaming handler with nothing to send loops on
+ * it: while (!rpc_stream_wait(s, 1000)) {...}. */
+int rpc_stream_wait(struct rpc_stream *stream, int timeout_ms);
+
+struct rpc_server_opts {
+  const char *listen; /* "127.0.0.1:7443" */
+  int threads;        /* pool threads serving unary calls; 0: 2 x cores, at least 4 */
+};
+
+/* Creates the server and binds its port (a port in use is an error, not
+ * shared: SO_REUSEPORT is off). Calls grpc_init; rpc_server_free calls the
+ * matching grpc_shutdown. Caller frees with rpc_server_free. */
+int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out, struct tp_err *err);
+
+/* Registers handlers before rpc_server_start (from one thread). method: the
+ * full path "/package.Service/Method" (copied); req/resp: the message
+ * descriptors. A method registered without a handler (a NULL fn here or in
+ * rpc_server_add_service) answers UNIMPLEMENTED and may be registered again
+ * with one; registering a handled method twice fails. Returns 0, -EINVAL for
+ * a malformed path, -EEXIST, -EBUSY once started, -ENOMEM. */
+int rpc_server_add_unary(struct rpc_server *srv, const char *method,
+                         const ProtobufCMessageDescriptor *req,
+                         const ProtobufCMessageDescriptor *resp, rpc_unary_fn fn, void *data);
+int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream_fn fn, void *data);
+
+/* Registers every method of a protobuf-c service descriptor, the i-th
+ * method handled by fns[i] (fns NULL or a NULL entry: UNIMPLEMENTED, until
+ * registered with a handler). protobuf-c descriptors do not say which
+ * methods stream: register those with rpc_server_add_stream, before or after
+ * this (a method that already has a handler is skipped here). Same returns
+ * as rpc_server_add_unary. */
+int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *svc,
+                           const rpc_unary_fn *fns, void *data);
+
+/* Starts serving on the pool threads. On failure the server serves
+ * nothing; free it with rpc_server_free. */
+int rpc_server_start(struct rpc_server *srv, struct tp_err *err);
+
+/* The port actually bound (useful with port 0). */
+int rpc_server_port(const struct rpc_server *srv);
+
+/* Has rpc_server_free call cb(data) after every thread that could use data
+ * is joined: for state that handlers share and that lives as long as the
+ * server (reflection's index). Callbacks run in reverse order of adding.
+ * Returns 0, or -ENOMEM (cb never runs; the caller still owns data). */
+int rpc_server_add_cleanup(struct rpc_server *srv, void (*cb)(void *data), void *data);
+
+/* Returns 1 once rpc_server_shutdown has begun (e.g. health answers
+ * NOT_SERVING from then on). */
+int rpc_server_shutting_down(const struct rpc_server *srv);
+
+/* Stops accepting calls, lets in-flight calls finish for up to grace_ms
+ * (< 0: no limit), then cancels the rest, and joins the pool threads and
+ * every streaming handler's thread. Call once, from a thread that is not
+ * serving a call; a later call does nothing. */
+void rpc_server_shutdown(struct rpc_server *srv, int grace_ms);
+
+/* Shuts down (grace 0) if that has not happened, destroys the server and
+ * releases grpc. NULL is a no-op. */
+void rpc_server_free(struct rpc_server *srv);
+
+#endif

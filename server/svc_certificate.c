@@ -1,0 +1,63 @@
+/* CertificateService: certificates and their private keys. */
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "pb.h"
+#include "resolve.h"
+#include "tlsconf.h"
+
+static const char *const certificate_mutable[] = {
+    "certificate_chain_pem", "private_key_pem", "passphrase", "pfx",
+    "allow_invalid_time",    "ocsp_response",   NULL};
+
+static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
+  Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
+  const Tlsplane__V1__Certificate *old = (const Tlsplane__V1__Certificate *)op->old;
+  int new_key = c->private_key_pem[0] != '\0' || c->pfx.len > 0;
+  /* A new pfx brings its own chain: the stored one gives way. */
+  if (old != NULL && c->pfx.len > 0 &&
+      strcmp(old->certificate_chain_pem, c->certificate_chain_pem) == 0)
+    pb_field_clear(res, pb_field(res->descriptor, "certificate_chain_pem"));
+  char *existing = NULL;
+  if (!new_key && op->old_row != NULL && op->old_row->secret != NULL) {
+    existing = strndup((const char *)op->old_row->secret, op->old_row->secret_len);
+    if (existing == NULL)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  /* A write that leaves chain and key as they are (labels, an OCSP
+   * response) does not re-judge the validity period already accepted. */
+  if (old != NULL && !new_key && strcmp(old->certificate_chain_pem, c->certificate_chain_pem) == 0)
+    c->allow_invalid_time = 1;
+  char *key = NULL;
+  int rc = tlsconf_certificate_prepare(c, existing, op->now, &key, err);
+  if (existing != NULL) {
+    OPENSSL_cleanse(existing, strlen(existing));
+    free(existing);
+  }
+  if (rc != 0)
+    return -1;
+  if (key == NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "private_key_pem: required (or pfx with the key inside)");
+  op->set_secret = 1;
+  op->secret = (uint8_t *)key;
+  op->secret_len = strlen(key);
+  return 0;
+}
+
+static int64_t certificate_expire_time(const ProtobufCMessage *res) {
+  return pb_timestamp_us(((const Tlsplane__V1__Certificate *)res)->not_after);
+}
+
+const struct api_kind api_kind_certificate = {
+    .kind = "Certificate",
+    .collection = "certificates",
+    .resource_field = "certificate",
+    .desc = &tlsplane__v1__certificate__descriptor,
+    .mutable_fields = certificate_mutable,
+    .prepare = certificate_prepare,
+    .expire_time_us = certificate_expire_time,
+    .check_referrers = resolve_check_referrers,
+};

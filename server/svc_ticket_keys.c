@@ -1,0 +1,249 @@
+/* TicketKeyService: session-ticket key rings (ticketKeys, getTicketKeys,
+ * setTicketKeys). The ring's key bytes are its secret: 48 bytes per key,
+ * in the order of TicketKeyRing.keys (newest, the active one, first). */
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api.h"
+#include "pb.h"
+#include "tlsplane/v1/ticket_keys.pb-c.h"
+
+#define TICKET_KEY_LEN 48
+#define TICKET_KEY_NAME_LEN 16
+#define RETAINED_DEFAULT 3
+#define RETAINED_MAX 16
+#define ROTATION_MIN_S 60
+
+static const char *const ticket_key_ring_mutable[] = {"rotation_period", "retained_keys", NULL};
+
+static Tlsplane__V1__TicketKey *key_meta_new(const uint8_t *key, int active, int64_t now_us) {
+  Tlsplane__V1__TicketKey *k = malloc(sizeof(*k));
+  char *hex = OPENSSL_buf2hexstr(key, TICKET_KEY_NAME_LEN);
+  if (k == NULL || hex == NULL) {
+    free(k);
+    OPENSSL_free(hex);
+    return NULL;
+  }
+  tlsplane__v1__ticket_key__init(k);
+  k->key_name = strdup(hex);
+  OPENSSL_free(hex);
+  k->state = active ? TLSPLANE__V1__TICKET_KEY_STATE__ACTIVE
+                    : TLSPLANE__V1__TICKET_KEY_STATE__DECRYPT_ONLY;
+  k->create_time = pb_timestamp_new(now_us);
+  if (k->key_name == NULL || k->create_time == NULL) {
+    protobuf_c_message_free_unpacked(&k->base, NULL);
+    return NULL;
+  }
+  return k;
+}
+
+static void keys_clear(Tlsplane__V1__TicketKeyRing *ring) {
+  for (size_t i = 0; i < ring->n_keys; i++)
+    protobuf_c_message_free_unpacked(&ring->keys[i]->base, NULL);
+  free(ring->keys);
+  ring->keys = NULL;
+  ring->n_keys = 0;
+}
+
+/* Puts `fresh` keys (n_fresh × 48 bytes) in front of the ring's current
+ * keys (old_secret, whose metadata is in old), newest first, and sets the
+ * op's secret. */
+static int ring_set(struct api_op *op, Tlsplane__V1__TicketKeyRing *ring,
+                    const Tlsplane__V1__TicketKeyRing *old, const uint8_t *old_secret,
+                    const uint8_t *fresh, size_t n_fresh, struct tp_err *err) {
+  size_t n_old = old ? old->n_keys : 0;
+  size_t total = n_fresh + n_old;
+  int64_t now_us = (int64_t)op->now * 1000000;
+  uint8_t *secret = malloc(total * TICKET_KEY_LEN);
+  Tlsplane__V1__TicketKey **keys = calloc(total ? total : 1, sizeof(*keys));
+  if (secret == NULL || keys == NULL)
+    goto oom;
+  keys_clear(ring);
+  ring->keys = keys;
+  for (size_t i = 0; i < total; i++) {
+    const uint8_t *k =
+        i < n_fresh ? fresh + i * TICKET_KEY_LEN : old_secret + (i - n_fresh) * TICKET_KEY_LEN;
+    memcpy(secret + i * TICKET_KEY_LEN, k, TICKET_KEY_LEN);
+    if (i < n_fresh) {
+      keys[i] = key_meta_new(k, i == 0, now_us);
+    } else {
+      keys[i] = (Tlsplane__V1__TicketKey *)pb_clone(&old->keys[i - n_fresh]->base);
+      if (keys[i] != NULL)
+        keys[i]->state = i == 0 ? TLSPLANE__V1__TICKET_KEY_STATE__ACTIVE
+                                : TLSPLANE__V1__TICKET_KEY_STATE__DECRYPT_ONLY;
+    }
+    if (keys[i] == NULL)
+      goto oom;
+    ring->n_keys = i + 1;
+  }
+  op->set_secret = 1;
+  op->secret = secret;
+  op->secret_len = total * TICKET_KEY_LEN;
+  return 0;
+oom:
+  if (secret != NULL) {
+    OPENSSL_cleanse(secret, total * TICKET_KEY_LEN);
+    free(secret);
+  }
+  if (ring->keys != keys)
+    free(keys);
+  return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+static int ticket_key_ring_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
+  Tlsplane__V1__TicketKeyRing *ring = (Tlsplane__V1__TicketKeyRing *)res;
+  const Tlsplane__V1__TicketKeyRing *old = (const Tlsplane__V1__TicketKeyRing *)op->old;
+  if (ring->retained_keys == 0)
+    ring->retained_keys = RETAINED_DEFAULT;
+  if (ring->retained_keys < 1 || ring->retained_keys > RETAINED_MAX)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "retained_keys: must be 1 to %d",
+                      RETAINED_MAX);
+  int64_t period_ms = pb_duration_ms(ring->rotation_period);
+  if (period_ms > 0 && period_ms < ROTATION_MIN_S * 1000)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "rotation_period: at least %ds (or 0: rotate only on request)",
+                      ROTATION_MIN_S);
+  if (period_ms < 0 && ring->rotation_period != NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "rotation_period: must not be negative");
+
+  if (!op->set_secret) {
+    if (old == NULL) {
+      /* A new ring starts with one random active key. */
+      uint8_t key[TICKET_KEY_LEN];
+      if (RAND_bytes(key, sizeof(key)) != 1)
+        return tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a ticket key");
+      int rc = ring_set(op, ring, NULL, NULL, key, 1, err);
+      OPENSSL_cleanse(key, sizeof(key));
+      if (rc != 0)
+        return -1;
+      pb_timestamp_set(res, "last_rotation_time", (int64_t)op->now * 1000000);
+    } else {
+      if (ring_set(op, ring, old, op->old_row->secret, NULL, 0, err) != 0)
+        return -1;
+      if (old->last_rotation_time != NULL)
+        pb_timestamp_set(res, "last_rotation_time", pb_timestamp_us(old->last_rotation_time));
+    }
+  }
+  /* Retire keys beyond retained_keys. */
+  while (ring->n_keys > (size_t)ring->retained_keys) {
+    protobuf_c_message_free_unpacked(&ring->keys[--ring->n_keys]->base, NULL);
+    op->secret_len -= TICKET_KEY_LEN;
+    OPENSSL_cleanse(op->secret + op->secret_len, TICKET_KEY_LEN);
+  }
+  const ProtobufCFieldDescriptor *next = pb_field(res->descriptor, "next_rotation_time");
+  pb_field_clear(res, next);
+  if (period_ms > 0 && ring->last_rotation_time != NULL)
+    pb_timestamp_set(res, "next_rotation_time",
+                     pb_timestamp_us(ring->last_rotation_time) + period_ms * 1000);
+  return 0;
+}
+
+const struct api_kind api_kind_ticket_key_ring = {
+    .kind = "TicketKeyRing",
+    .collection = "ticketKeyRings",
+    .resource_field = "ticket_key_ring",
+    .desc = &tlsplane__v1__ticket_key_ring__descriptor,
+    .mutable_fields = ticket_key_ring_mutable,
+    .prepare = ticket_key_ring_prepare,
+};
+
+/* Reads the ring `name`, lets `change` put new keys in front, writes it. */
+static int ring_change(const struct api_binding *b, const struct rpc_call_info *call,
+                       const char *name, const char *etag, const uint8_t *fresh, size_t n_fresh,
+                       int replace, const char *action, ProtobufCMessage **resp,
+                       struct tp_err *err) {
+  if (api_name_check(&api_kind_ticket_key_ring, name, "name", err) != 0)
+    return -1;
+  struct store_txn *txn;
+  if (store_begin(b->api->store, 1, &txn, err) != 0)
+    return -1;
+  ProtobufCMessage *old = NULL, *res = NULL;
+  struct store_row row = {0};
+  int rc = api_read(txn, &api_kind_ticket_key_ring, name, 1, &old, &row, err);
+  if (rc == 0 && (res = pb_clone(old)) == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  struct api_op op = {.api = b->api,
+                      .kind = &api_kind_ticket_key_ring,
+                      .txn = txn,
+                      .call = call,
+                      .old = old,
+                      .old_row = &row,
+                      .now = time(NULL)};
+  if (rc == 0)
+    rc = ring_set(&op, (Tlsplane__V1__TicketKeyRing *)res,
+                  replace ? NULL : (const Tlsplane__V1__TicketKeyRing *)old,
+                  replace ? NULL : row.secret, fresh, n_fresh, err);
+  if (rc == 0) {
+    pb_timestamp_set(res, "last_rotation_time", (int64_t)op.now * 1000000);
+    rc = api_write(&op, res, etag, action, err);
+  }
+  if (rc == 0) {
+    rc = store_commit(txn, NULL, err);
+  } else {
+    store_rollback(txn);
+    if (op.secret != NULL) {
+      OPENSSL_cleanse(op.secret, op.secret_len);
+      free(op.secret);
+    }
+  }
+  if (old != NULL)
+    protobuf_c_message_free_unpacked(old, NULL);
+  if (row.secret != NULL)
+    OPENSSL_cleanse(row.secret, row.secret_len);
+  store_row_clear(&row);
+  if (rc != 0) {
+    if (res != NULL)
+      protobuf_c_message_free_unpacked(res, NULL);
+    return -1;
+  }
+  *resp = res;
+  return 0;
+}
+
+static int rotate_ticket_keys(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                              ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const Tlsplane__V1__RotateTicketKeysRequest *r =
+      (const Tlsplane__V1__RotateTicketKeysRequest *)req;
+  uint8_t key[TICKET_KEY_LEN];
+  if (RAND_bytes(key, sizeof(key)) != 1)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a ticket key");
+  int rc = ring_change(data, call, r->name, r->etag, key, 1, 0, "rotate", resp, err);
+  OPENSSL_cleanse(key, sizeof(key));
+  return rc;
+}
+
+static int set_ticket_keys(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                           ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const Tlsplane__V1__SetTicketKeysRequest *r = (const Tlsplane__V1__SetTicketKeysRequest *)req;
+  if (r->n_keys == 0)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "keys: at least one 48-byte key is required");
+  if (r->n_keys > RETAINED_MAX)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "keys: at most %d keys", RETAINED_MAX);
+  for (size_t i = 0; i < r->n_keys; i++) {
+    if (r->keys[i].len != TICKET_KEY_LEN)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "keys[%zu]: must be %d bytes (16-byte name, 16-byte HMAC key, 16-byte "
+                        "AES key), got %zu",
+                        i, TICKET_KEY_LEN, r->keys[i].len);
+    for (size_t j = 0; j < i; j++)
+      if (memcmp(r->keys[i].data, r->keys[j].data, TICKET_KEY_NAME_LEN) == 0)
+        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                          "keys[%zu]: same 16-byte key name as keys[%zu]", i, j);
+  }
+  uint8_t *fresh = malloc(r->n_keys * TICKET_KEY_LEN);
+  if (fresh == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; i < r->n_keys; i++)
+    memcpy(fresh + i * TICKET_KEY_LEN, r->keys[i].data, TICKET_KEY_LEN);
+  int rc = ring_change(data, call, r->name, r->etag, fresh, r->n_keys, 1, "set_keys", resp, err);
+  OPENSSL_cleanse(fresh, r->n_keys * TICKET_KEY_LEN);
+  free(fresh);
+  return rc;
+}
+
+const struct api_method ticket_key_methods[] = {
+    {"RotateTicketKeys", rotate_ticket_keys}, {"SetTicketKeys", set_ticket_keys}, {NULL, NULL}};

@@ -1,0 +1,1126 @@
+/* The SQLite backend of the store.
+ *
+ * One database file in WAL mode with synchronous=FULL, so that a commit
+ * that returned survives a crash, and foreign keys on. The store keeps a
+ * small pool of connections; every transaction takes one for its lifetime
+ * and gives it back at commit or rollback. Write transactions also hold
+ * write_lock from begin to end, so writers run one at a time and each
+ * knows its revision (committed + 1) when it begins; BEGIN IMMEDIATE takes
+ * SQLite's own write lock as well, which guards against other processes.
+ * Readers never wait for the writer: WAL gives each its snapshot.
+ *
+ * The schema is built by the numbered steps of `migrations`, each in its
+ * own transaction and recorded in schema_migrations. A store opened at an
+ * older version (store_open_version) works without what later steps add:
+ * before version 2 there is no audit trail.
+ *
+ * Every value reaches SQL through a bound parameter; the only SQL built at
+ * run time (store_list, store_audit_list) joins fixed fragments. */
+#include "store_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define POOL_MAX 8            /* connections; a thread holds at most one */
+#define BUSY_TIMEOUT_MS 10000 /* waiting for another process's lock */
+#define AUDIT_SINCE_VERSION 2 /* the first schema version with the audit table */
+
+struct migration {
+  int version;
+  const char *description;
+  const char *sql; /* run whole by sqlite3_exec; constant text only */
+};
+
+static const struct migration migrations[] = {
+    {1, "resources, labels, references and the global revision",
+     "CREATE TABLE meta (\n"
+     "  id INTEGER PRIMARY KEY CHECK (id = 1),\n"
+     "  revision INTEGER NOT NULL\n"
+     ");\n"
+     "INSERT INTO meta (id, revision) VALUES (1, 0);\n"
+     "CREATE TABLE resources (\n"
+     "  kind TEXT NOT NULL,\n"
+     "  name TEXT NOT NULL,\n"
+     "  etag TEXT NOT NULL,\n"
+     "  revision INTEGER NOT NULL,\n"
+     "  create_time_us INTEGER NOT NULL,\n"
+     "  update_time_us INTEGER NOT NULL,\n"
+     "  data BLOB NOT NULL,\n"
+     "  secret BLOB,\n"
+     "  expire_time_us INTEGER NOT NULL DEFAULT 0,\n"
+     "  PRIMARY KEY (kind, name)\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE TABLE labels (\n"
+     "  kind TEXT NOT NULL,\n"
+     "  name TEXT NOT NULL,\n"
+     "  key TEXT NOT NULL,\n"
+     "  value TEXT NOT NULL,\n"
+     "  PRIMARY KEY (kind, name, key),\n"
+     "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
+     ") WITHOUT ROWID;\n"
+     /* A referrer takes its references with it; a referenced row cannot
+      * go while they exist. store_delete checks first to name the
+      * referrer, the RESTRICT key is the backstop. */
+     "CREATE TABLE refs (\n"
+     "  from_kind TEXT NOT NULL,\n"
+     "  from_name TEXT NOT NULL,\n"
+     "  to_kind TEXT NOT NULL,\n"
+     "  to_name TEXT NOT NULL,\n"
+     "  field TEXT NOT NULL,\n"
+     "  FOREIGN KEY (from_kind, from_name) REFERENCES resources (kind, name)\n"
+     "    ON DELETE CASCADE,\n"
+     "  FOREIGN KEY (to_kind, to_name) REFERENCES resources (kind, name)\n"
+     "    ON DELETE RESTRICT\n"
+     ");\n"
+     "CREATE INDEX refs_from ON refs (from_kind, from_name);\n"
+     "CREATE INDEX refs_to ON refs (to_kind, to_name);\n"},
+    {2, "audit trail; expiry index",
+     "CREATE TABLE audit (\n"
+     "  seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+     "  revision INTEGER NOT NULL,\n"
+     "  time_us INTEGER NOT NULL,\n"
+     "  actor TEXT NOT NULL,\n"
+     "  method TEXT NOT NULL,\n"
+     "  resource TEXT NOT NULL,\n"
+     "  action TEXT NOT NULL\n"
+     ");\n"
+     "CREATE INDEX audit_resource ON audit (resource, seq);\n"
+     "CREATE INDEX audit_actor ON audit (actor, seq);\n"
+     "CREATE INDEX audit_revision ON audit (revision);\n"
+     /* Only rows that expire; the expiry scan asks for the few of them
+      * due soon. */
+     "CREATE INDEX resources_expire ON resources (kind, expire_time_us)\n"
+     "  WHERE expire_time_us > 0;\n"
+     /* Resources written before the audit trail existed get one event,
+      * their last write as the upgrade found it, so that every resource
+      * has a history. */
+     "INSERT INTO audit (revision, time_us, actor, method, resource, action)\n"
+     "  SELECT revision, update_time_us, 'tlsplane', 'schema migration 2', name, 'import'\n"
+     "  FROM resources ORDER BY revision, kind, name;\n"},
+};
+
+#define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* The fixed statements, prepared once per connection on first use. */
+enum stmt_id {
+  ST_BEGIN,
+  ST_BEGIN_IMMEDIATE,
+  ST_COMMIT,
+  ST_ROLLBACK,
+  ST_META_GET,
+  ST_META_SET,
+  ST_HEAD,
+  ST_EXISTS,
+  ST_GET,
+  ST_GET_SECRET,
+  ST_INSERT,
+  ST_UPDATE,
+  ST_UPDATE_SECRET,
+  ST_LABELS_DELETE,
+  ST_LABEL_INSERT,
+  ST_REFS_DELETE,
+  ST_REF_INSERT,
+  ST_REFERRER_FIRST,
+  ST_REFERRERS,
+  ST_DELETE,
+  ST_AUDIT_INSERT,
+  ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN",
+    [ST_BEGIN_IMMEDIATE] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_META_GET] = "SELECT revision FROM meta WHERE id = 1",
+    [ST_META_SET] = "UPDATE meta SET revision = ?1 WHERE id = 1",
+    [ST_HEAD] = "SELECT etag FROM resources WHERE kind = ?1 AND name = ?2",
+    [ST_EXISTS] = "SELECT 1 FROM resources WHERE kind = ?1 AND name = ?2",
+    [ST_GET] = "SELECT kind, name, etag, revision, create_time_us, update_time_us, data"
+               " FROM resources WHERE kind = ?1 AND name = ?2",
+    [ST_GET_SECRET] = "SELECT kind, name, etag, revision, create_time_us, update_time_us, data,"
+                      " secret FROM resources WHERE kind = ?1 AND name = ?2",
+    [ST_INSERT] = "INSERT INTO resources (kind, name, etag, revision, create_time_us,"
+                  " update_time_us, data, expire_time_us, secret)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)"
+                  " RETURNING create_time_us",
+    [ST_UPDATE] = "UPDATE resources SET etag = ?3, revision = ?4, update_time_us = ?5, data = ?6,"
+                  " expire_time_us = ?7 WHERE kind = ?1 AND name = ?2"
+                  " RETURNING create_time_us",
+    [ST_UPDATE_SECRET] = "UPDATE resources SET etag = ?3, revision = ?4, update_time_us = ?5,"
+                         " data = ?6, expire_time_us = ?7, secret = ?8"
+                         " WHERE kind = ?1 AND name = ?2 RETURNING create_time_us",
+    [ST_LABELS_DELETE] = "DELETE FROM labels WHERE kind = ?1 AND name = ?2",
+    [ST_LABEL_INSERT] = "INSERT INTO labels (kind, name, key, value) VALUES (?1, ?2, ?3, ?4)",
+    [ST_REFS_DELETE] = "DELETE FROM refs WHERE from_kind = ?1 AND from_name = ?2",
+    [ST_REF_INSERT] = "INSERT INTO refs (from_kind, from_name, to_kind, to_name, field)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_REFERRER_FIRST] = "SELECT from_name, field FROM refs WHERE to_kind = ?1 AND to_name = ?2"
+                          " ORDER BY from_name, field LIMIT 1",
+    [ST_REFERRERS] = "SELECT DISTINCT r.kind, r.name, r.etag, r.revision"
+                     " FROM refs f JOIN resources r"
+                     " ON r.kind = f.from_kind AND r.name = f.from_name"
+                     " WHERE f.to_kind = ?1 AND f.to_name = ?2 ORDER BY r.name, r.kind",
+    [ST_DELETE] = "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
+    [ST_AUDIT_INSERT] = "INSERT INTO audit (revision, time_us, actor, method, resource, action)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+};
+
+/* One connection and its prepared statements. Used by one transaction at a
+ * time; idle ones wait in the pool outside any transaction. */
+struct conn {
+  sqlite3 *db;
+  sqlite3_stmt *stmt[ST_COUNT]; /* NULL until first used */
+};
+
+struct sqlite_store {
+  struct store base;
+  char *path;
+  pthread_mutex_t write_lock; /* held by the one write txn, begin to end */
+  pthread_mutex_t pool_lock;  /* guards idle, n_idle, n_open */
+  pthread_cond_t pool_cond;   /* a connection came back, or a slot came free */
+  struct conn *idle[POOL_MAX];
+  int n_idle;
+  int n_open; /* idle + in use; at most POOL_MAX */
+};
+
+struct sqlite_txn {
+  struct store_txn base;
+  struct conn *conn;
+};
+
+static struct sqlite_store *to_store(struct store *s) {
+  return (struct sqlite_store *)s;
+}
+
+static struct sqlite_txn *to_txn(struct store_txn *t) {
+  return (struct sqlite_txn *)t;
+}
+
+static int db_fail(struct tp_err *err, sqlite3 *db, const char *what) {
+  tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: %s", what,
+             db ? sqlite3_errmsg(db) : "out of memory");
+  return -EIO;
+}
+
+static void conn_close(struct conn *c) {
+  if (c == NULL)
+    return;
+  for (int i = 0; i < ST_COUNT; i++)
+    sqlite3_finalize(c->stmt[i]);
+  sqlite3_close(c->db);
+  free(c);
+}
+
+/* Runs a pragma that answers one row and returns its text in buf. */
+static int pragma_query(sqlite3 *db, const char *sql, char *buf, size_t len, struct tp_err *err) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+    return db_fail(err, db, sql);
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    db_fail(err, db, sql);
+    sqlite3_finalize(st);
+    return -EIO;
+  }
+  const unsigned char *t = sqlite3_column_text(st, 0);
+  snprintf(buf, len, "%s", t ? (const char *)t : "");
+  sqlite3_finalize(st);
+  return 0;
+}
+
+static int conn_open(const char *path, struct conn **out, struct tp_err *err) {
+  struct conn *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return store__err_nomem(err, "open");
+  /* Each connection serves one thread at a time: no SQLite mutex needed. */
+  int rc = sqlite3_open_v2(path, &c->db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: open %s: %s", path,
+               c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+    goto failed_open;
+  }
+  sqlite3_extended_result_codes(c->db, 1);
+  sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+  char mode[16];
+  if (pragma_query(c->db, "PRAGMA journal_mode = WAL", mode, sizeof(mode), err) < 0)
+    goto failed_open;
+  if (strcmp(mode, "wal") != 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: cannot use WAL (journal mode is %s)", path,
+               mode);
+    goto failed_open;
+  }
+  char *msg = NULL;
+  if (sqlite3_exec(c->db, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;", NULL, NULL,
+                   &msg) != SQLITE_OK) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: pragmas: %s", path, msg ? msg : "?");
+    sqlite3_free(msg);
+    goto failed_open;
+  }
+  /* A build without foreign keys accepts the pragma and ignores it. */
+  char fk[8];
+  if (pragma_query(c->db, "PRAGMA foreign_keys", fk, sizeof(fk), err) < 0)
+    goto failed_open;
+  if (strcmp(fk, "1") != 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: this SQLite does not enforce foreign keys");
+    goto failed_open;
+  }
+  *out = c;
+  return 0;
+
+failed_open:
+  conn_close(c);
+  return -EIO;
+}
+
+/* Binds parameters 1, 2, ... from fmt: 't' const char * (NULL binds NULL),
+ * 'i' int64_t, 'b' const void * and size_t (NULL binds NULL), 'B' the same
+ * but never NULL (an empty blob instead). Values must outlive the step. */
+static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap) {
+  int rc = SQLITE_OK;
+  for (int i = 1; rc == SQLITE_OK && fmt[i - 1] != '\0'; i++) {
+    switch (fmt[i - 1]) {
+    case 't': {
+      const char *s = va_arg(ap, const char *);
+      rc = sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+      break;
+    }
+    case 'i':
+      rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
+      break;
+    case 'b':
+    case 'B': {
+      const void *p = va_arg(ap, const void *);
+      size_t len = va_arg(ap, size_t);
+      if (p == NULL && fmt[i - 1] == 'B')
+        p = "";
+      if (len > INT32_MAX)
+        return SQLITE_TOOBIG;
+      rc = sqlite3_bind_blob(st, i, p, (int)len, SQLITE_STATIC);
+      break;
+    }
+    default:
+      return SQLITE_MISUSE;
+    }
+  }
+  return rc;
+}
+
+/* The prepared statement id, prepared on first use. */
+static sqlite3_stmt *stmt_get(struct conn *c, enum stmt_id id, struct tp_err *err) {
+  if (c->stmt[id] == NULL && sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                                &c->stmt[id], NULL) != SQLITE_OK) {
+    db_fail(err, c->db, stmt_sql[id]);
+    return NULL;
+  }
+  return c->stmt[id];
+}
+
+/* Makes st ready for its next use and drops its bindings, which point
+ * into the caller's memory. */
+static void stmt_done(sqlite3_stmt *st) {
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+}
+
+/* The statement id bound from fmt (see bind_va); NULL with err set. The
+ * caller steps it and ends with stmt_done. */
+static sqlite3_stmt *stmt_prepare(struct conn *c, enum stmt_id id, struct tp_err *err,
+                                  const char *fmt, ...) {
+  sqlite3_stmt *st = stmt_get(c, id, err);
+  if (st == NULL)
+    return NULL;
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = bind_va(st, fmt, ap);
+  va_end(ap);
+  if (rc != SQLITE_OK) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: bind: %s", sqlite3_errstr(rc));
+    stmt_done(st);
+    return NULL;
+  }
+  return st;
+}
+
+/* Runs the statement id, bound from fmt, which returns no rows. */
+static int stmt_exec(struct conn *c, enum stmt_id id, const char *what, struct tp_err *err,
+                     const char *fmt, ...) {
+  sqlite3_stmt *st = stmt_get(c, id, err);
+  if (st == NULL)
+    return -EIO;
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = bind_va(st, fmt, ap);
+  va_end(ap);
+  if (rc != SQLITE_OK) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: bind: %s", what, sqlite3_errstr(rc));
+    stmt_done(st);
+    return -EIO;
+  }
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: unexpected row", what);
+  else if (rc != SQLITE_DONE)
+    db_fail(err, c->db, what);
+  stmt_done(st);
+  return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* Copies column i (text) into *out; a NULL column gives NULL. */
+static int col_text(sqlite3_stmt *st, int i, char **out) {
+  const unsigned char *t = sqlite3_column_text(st, i);
+  if (t == NULL) {
+    *out = NULL;
+    return sqlite3_errcode(sqlite3_db_handle(st)) == SQLITE_NOMEM ? -ENOMEM : 0;
+  }
+  *out = strdup((const char *)t);
+  return *out ? 0 : -ENOMEM;
+}
+
+/* Copies column i (blob); an empty or NULL column gives NULL, length 0. */
+static int col_blob(sqlite3_stmt *st, int i, uint8_t **out, size_t *len) {
+  const void *p = sqlite3_column_blob(st, i);
+  int n = sqlite3_column_bytes(st, i);
+  *out = NULL;
+  *len = 0;
+  if (n <= 0)
+    return 0;
+  if (p == NULL)
+    return -ENOMEM;
+  *out = store__memdup(p, (size_t)n);
+  if (*out == NULL)
+    return -ENOMEM;
+  *len = (size_t)n;
+  return 0;
+}
+
+/* Reads the columns kind, name, etag, revision and, with `times`,
+ * create_time_us, update_time_us, data, and then secret if with_secret. */
+static int row_read(sqlite3_stmt *st, int times, int with_secret, struct store_row *row) {
+  if (col_text(st, 0, &row->kind) < 0 || col_text(st, 1, &row->name) < 0 ||
+      col_text(st, 2, &row->etag) < 0)
+    return -ENOMEM;
+  row->revision = sqlite3_column_int64(st, 3);
+  if (!times)
+    return 0;
+  row->create_time_us = sqlite3_column_int64(st, 4);
+  row->update_time_us = sqlite3_column_int64(st, 5);
+  if (col_blob(st, 6, &row->data, &row->data_len) < 0)
+    return -ENOMEM;
+  if (with_secret && col_blob(st, 7, &row->secret, &row->secret_len) < 0)
+    return -ENOMEM;
+  return 0;
+}
+
+/* The pool. Connections open lazily up to POOL_MAX; beyond that a
+ * transaction waits for one to come back. */
+static int pool_take(struct sqlite_store *s, struct conn **out, struct tp_err *err) {
+  pthread_mutex_lock(&s->pool_lock);
+  while (s->n_idle == 0 && s->n_open >= POOL_MAX)
+    pthread_cond_wait(&s->pool_cond, &s->pool_lock);
+  if (s->n_idle > 0) {
+    *out = s->idle[--s->n_idle];
+    pthread_mutex_unlock(&s->pool_lock);
+    return 0;
+  }
+  s->n_open++;
+  pthread_mutex_unlock(&s->pool_lock);
+  int rc = conn_open(s->path, out, err);
+  if (rc < 0) {
+    pthread_mutex_lock(&s->pool_lock);
+    s->n_open--;
+    pthread_cond_signal(&s->pool_cond);
+    pthread_mutex_unlock(&s->pool_lock);
+  }
+  return rc;
+}
+
+static void pool_give(struct sqlite_store *s, struct conn *c) {
+  /* A connection still inside a transaction (its ROLLBACK failed) would
+   * hand that transaction to the next user: close it instead. */
+  int broken = !sqlite3_get_autocommit(c->db);
+  if (broken)
+    conn_close(c);
+  pthread_mutex_lock(&s->pool_lock);
+  if (broken)
+    s->n_open--;
+  else
+    s->idle[s->n_idle++] = c;
+  pthread_cond_signal(&s->pool_cond);
+  pthread_mutex_unlock(&s->pool_lock);
+}
+
+static int meta_revision(struct conn *c, int64_t *out, struct tp_err *err) {
+  sqlite3_stmt *st = stmt_prepare(c, ST_META_GET, err, "");
+  if (st == NULL)
+    return -EIO;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    *out = sqlite3_column_int64(st, 0);
+  else if (rc == SQLITE_DONE)
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: the meta row is missing");
+  else
+    db_fail(err, c->db, "read the revision");
+  stmt_done(st);
+  return rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+static void rollback_quiet(struct conn *c) {
+  if (!sqlite3_get_autocommit(c->db))
+    stmt_exec(c, ST_ROLLBACK, "rollback", NULL, "");
+}
+
+/* Reads the schema version; 0 before the first migration. */
+static int schema_version_read(struct conn *c, int *out, struct tp_err *err) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(c->db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", -1, &st,
+                         NULL) != SQLITE_OK)
+    return db_fail(err, c->db, "read the schema version");
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    *out = sqlite3_column_int(st, 0);
+  else
+    db_fail(err, c->db, "read the schema version");
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+static int migration_record(struct conn *c, const struct migration *m, struct tp_err *err) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(c->db,
+                         "INSERT INTO schema_migrations (version, description, applied_time_us)"
+                         " VALUES (?1, ?2, ?3)",
+                         -1, &st, NULL) != SQLITE_OK)
+    return db_fail(err, c->db, "record the migration");
+  sqlite3_bind_int(st, 1, m->version);
+  sqlite3_bind_text(st, 2, m->description, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, store__now_us());
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_DONE)
+    db_fail(err, c->db, "record the migration");
+  sqlite3_finalize(st);
+  return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* One transaction: reads the version (inside it, in case another process
+ * migrated meanwhile) and applies the next step towards target. Returns 1
+ * with *version set once the schema is at target, 0 after a step. */
+static int migrate_step(struct conn *c, const char *path, int target, int *version,
+                        struct tp_err *err) {
+  char *msg = NULL;
+  int current = 0;
+  if (sqlite3_exec(c->db,
+                   "BEGIN IMMEDIATE;"
+                   "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                   "  version INTEGER PRIMARY KEY,"
+                   "  description TEXT NOT NULL,"
+                   "  applied_time_us INTEGER NOT NULL)",
+                   NULL, NULL, &msg) != SQLITE_OK) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: schema_migrations: %s", path,
+               msg ? msg : sqlite3_errmsg(c->db));
+    goto failed;
+  }
+  if (schema_version_read(c, &current, err) < 0)
+    goto failed;
+  if (current > target) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: %s: database schema version %d is newer than %d%s", path, current, target,
+               target == N_MIGRATIONS ? ", the latest this build knows" : "");
+    rollback_quiet(c);
+    return -ENOTSUP;
+  }
+  if (current < target) {
+    const struct migration *m = &migrations[current];
+    if (sqlite3_exec(c->db, m->sql, NULL, NULL, &msg) != SQLITE_OK) {
+      tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: migration %d (%s): %s", path, m->version,
+                 m->description, msg ? msg : sqlite3_errmsg(c->db));
+      goto failed;
+    }
+    if (migration_record(c, m, err) < 0)
+      goto failed;
+  }
+  if (stmt_exec(c, ST_COMMIT, "commit the migration", err, "") < 0)
+    goto failed;
+  *version = current < target ? current + 1 : current;
+  return current == target;
+
+failed:
+  sqlite3_free(msg);
+  rollback_quiet(c);
+  return -EIO;
+}
+
+/* Applies the steps of `migrations` in order until the schema is at
+ * target. */
+static int migrate(struct conn *c, const char *path, int target, int *version, struct tp_err *err) {
+  int rc;
+  while ((rc = migrate_step(c, path, target, version, err)) == 0)
+    ;
+  return rc < 0 ? rc : 0;
+}
+
+static void sqlite_close(struct store *base) {
+  struct sqlite_store *s = to_store(base);
+  for (int i = 0; i < s->n_idle; i++)
+    conn_close(s->idle[i]);
+  pthread_cond_destroy(&s->pool_cond);
+  pthread_mutex_destroy(&s->pool_lock);
+  pthread_mutex_destroy(&s->write_lock);
+  free(s->path);
+  free(s);
+}
+
+static int sqlite_open(const char *path, int version, struct store **out, struct tp_err *err) {
+  if (!sqlite3_threadsafe()) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: this SQLite is built without threads");
+    return -EIO;
+  }
+  struct sqlite_store *s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return store__err_nomem(err, "open");
+  s->path = strdup(path);
+  if (s->path == NULL) {
+    free(s);
+    return store__err_nomem(err, "open");
+  }
+  pthread_mutex_init(&s->write_lock, NULL);
+  pthread_mutex_init(&s->pool_lock, NULL);
+  pthread_cond_init(&s->pool_cond, NULL);
+
+  /* The database holds secrets: create it private. SQLite gives its -wal
+   * and -shm files the database file's mode. */
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: open %s: %s", path, strerror(errno));
+    sqlite_close(&s->base);
+    return -EIO;
+  }
+  close(fd);
+
+  struct conn *c;
+  int rc = conn_open(path, &c, err);
+  if (rc < 0)
+    goto failed_conn;
+  rc = migrate(c, path, version, &s->base.schema_version, err);
+  if (rc < 0)
+    goto failed_migrate;
+  int64_t rev;
+  rc = meta_revision(c, &rev, err);
+  if (rc < 0)
+    goto failed_migrate;
+  atomic_store(&s->base.revision, rev);
+  s->idle[s->n_idle++] = c;
+  s->n_open = 1;
+  *out = &s->base;
+  return 0;
+
+failed_migrate:
+  conn_close(c);
+failed_conn:
+  sqlite_close(&s->base);
+  return rc;
+}
+
+static int sqlite_begin(struct store *base, int write, struct store_txn **out, struct tp_err *err) {
+  struct sqlite_store *s = to_store(base);
+  struct sqlite_txn *t = calloc(1, sizeof(*t));
+  if (t == NULL)
+    return store__err_nomem(err, "begin");
+  if (write)
+    pthread_mutex_lock(&s->write_lock);
+  int rc = pool_take(s, &t->conn, err);
+  if (rc < 0)
+    goto failed_take;
+  rc = stmt_exec(t->conn, write ? ST_BEGIN_IMMEDIATE : ST_BEGIN, "begin", err, "");
+  if (rc < 0)
+    goto failed_begin;
+  /* Reading meta also fixes a reader's snapshot here rather than at its
+   * first query. */
+  int64_t rev;
+  rc = meta_revision(t->conn, &rev, err);
+  if (rc < 0)
+    goto failed_meta;
+  t->base.revision = write ? rev + 1 : rev;
+  *out = &t->base;
+  return 0;
+
+failed_meta:
+  rollback_quiet(t->conn);
+failed_begin:
+  pool_give(s, t->conn);
+failed_take:
+  if (write)
+    pthread_mutex_unlock(&s->write_lock);
+  free(t);
+  return rc;
+}
+
+/* Gives back what begin took and frees t. */
+static void txn_end(struct sqlite_txn *t) {
+  struct sqlite_store *s = to_store(t->base.store);
+  int write = t->base.write;
+  pool_give(s, t->conn);
+  if (write)
+    pthread_mutex_unlock(&s->write_lock);
+  free(t);
+}
+
+static int sqlite_commit(struct store_txn *base, struct tp_err *err) {
+  struct sqlite_txn *t = to_txn(base);
+  struct conn *c = t->conn;
+  int rc = 0;
+  if (base->wrote)
+    rc = stmt_exec(c, ST_META_SET, "bump the revision", err, "i", base->revision);
+  if (rc == 0)
+    rc = stmt_exec(c, ST_COMMIT, "commit", err, "");
+  if (rc == 0 && base->wrote)
+    atomic_store(&base->store->revision, base->revision);
+  if (rc < 0)
+    rollback_quiet(c);
+  txn_end(t);
+  return rc;
+}
+
+static void sqlite_rollback(struct store_txn *base) {
+  struct sqlite_txn *t = to_txn(base);
+  rollback_quiet(t->conn);
+  txn_end(t);
+}
+
+static int sqlite_get(struct store_txn *base, const char *kind, const char *name, int with_secret,
+                      struct store_row *out, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  sqlite3_stmt *st = stmt_prepare(c, with_secret ? ST_GET_SECRET : ST_GET, err, "tt", kind, name);
+  if (st == NULL)
+    return -EIO;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    rc = row_read(st, 1, with_secret, out) < 0 ? store__err_nomem(err, "get") : 0;
+  else if (rc == SQLITE_DONE)
+    rc = store__err_not_found(err, name);
+  else
+    rc = db_fail(err, c->db, "get");
+  stmt_done(st);
+  return rc;
+}
+
+/* Looks up the row's etag: 1 and *etag (caller frees) if it exists, 0 if
+ * not. */
+static int row_head(struct conn *c, const char *kind, const char *name, char **etag,
+                    struct tp_err *err) {
+  sqlite3_stmt *st = stmt_prepare(c, ST_HEAD, err, "tt", kind, name);
+  if (st == NULL)
+    return -EIO;
+  int rc = sqlite3_step(st);
+  *etag = NULL;
+  if (rc == SQLITE_ROW)
+    rc = col_text(st, 0, etag) < 0 ? store__err_nomem(err, "read etag") : 1;
+  else if (rc == SQLITE_DONE)
+    rc = 0;
+  else
+    rc = db_fail(err, c->db, "read etag");
+  stmt_done(st);
+  return rc;
+}
+
+static int row_exists(struct conn *c, const char *kind, const char *name, struct tp_err *err) {
+  sqlite3_stmt *st = stmt_prepare(c, ST_EXISTS, err, "tt", kind, name);
+  if (st == NULL)
+    return -EIO;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    rc = 1;
+  else if (rc == SQLITE_DONE)
+    rc = 0;
+  else
+    rc = db_fail(err, c->db, "look up a reference");
+  stmt_done(st);
+  return rc;
+}
+
+static int audit_insert(struct store_txn *base, const char *actor, const char *method,
+                        const char *name, const char *action, int64_t now, struct tp_err *err) {
+  if (base->store->schema_version < AUDIT_SINCE_VERSION)
+    return 0;
+  return stmt_exec(to_txn(base)->conn, ST_AUDIT_INSERT, "write the audit row", err, "iitttt",
+                   base->revision, now, actor, method, name, action);
+}
+
+/* Inserts or updates the row itself; *create_time receives its
+ * create_time_us (kept on update). */
+static int row_write(struct store_txn *base, const struct store_write *w, const char *etag,
+                     int64_t now, int64_t *create_time, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  enum stmt_id id = w->create ? ST_INSERT : w->set_secret ? ST_UPDATE_SECRET : ST_UPDATE;
+  /* Parameters ?1 to ?7 are common. ?8 is the secret: without set_secret
+   * an insert binds NULL (no secret) and an update (ST_UPDATE) leaves the
+   * column alone. */
+  const uint8_t *secret = w->set_secret ? w->secret : NULL;
+  size_t secret_len = secret ? w->secret_len : 0;
+  sqlite3_stmt *st;
+  if (id == ST_UPDATE)
+    st = stmt_prepare(c, id, err, "tttiiBi", w->kind, w->name, etag, base->revision, now, w->data,
+                      w->data_len, w->expire_time_us);
+  else
+    st = stmt_prepare(c, id, err, "tttiiBib", w->kind, w->name, etag, base->revision, now, w->data,
+                      w->data_len, w->expire_time_us, secret, secret_len);
+  if (st == NULL)
+    return -EIO;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *create_time = sqlite3_column_int64(st, 0);
+    rc = sqlite3_step(st);
+  }
+  rc = rc == SQLITE_DONE ? 0 : db_fail(err, c->db, w->create ? "insert" : "update");
+  stmt_done(st);
+  return rc;
+}
+
+static int sqlite_put(struct store_txn *base, const struct store_write *w, struct store_row *out,
+                      struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  char *current;
+  int rc = row_head(c, w->kind, w->name, &current, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 1 && w->create)
+    rc = store__err_exists(err, w->name);
+  else if (rc == 0 && !w->create)
+    rc = store__err_not_found(err, w->name);
+  else if (rc == 1 && w->expect_etag && strcmp(w->expect_etag, current) != 0)
+    rc = store__err_etag(err, w->name, current);
+  else
+    rc = 0;
+  free(current);
+  if (rc < 0)
+    return rc;
+
+  /* Every reference must exist before anything is written; the foreign
+   * key would refuse too, but without naming the field. */
+  for (size_t i = 0; i < w->n_refs; i++) {
+    const struct store_ref *r = &w->refs[i];
+    rc = row_exists(c, r->kind, r->name, err);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      return store__err_ref_missing(err, r->field, r->name);
+  }
+
+  char etag[32];
+  store__etag_format(etag, sizeof(etag), base->revision);
+  int64_t now = store__now_us();
+  int64_t create_time = now;
+  rc = row_write(base, w, etag, now, &create_time, err);
+  if (rc < 0)
+    return rc;
+
+  if (!w->create)
+    rc = stmt_exec(c, ST_LABELS_DELETE, "replace labels", err, "tt", w->kind, w->name);
+  for (size_t i = 0; rc == 0 && i < w->n_labels; i++) {
+    const char *value = w->labels[i].value ? w->labels[i].value : "";
+    rc = stmt_exec(c, ST_LABEL_INSERT, "write a label", err, "tttt", w->kind, w->name,
+                   w->labels[i].key, value);
+  }
+  if (rc == 0 && !w->create)
+    rc = stmt_exec(c, ST_REFS_DELETE, "replace references", err, "tt", w->kind, w->name);
+  for (size_t i = 0; rc == 0 && i < w->n_refs; i++) {
+    const struct store_ref *r = &w->refs[i];
+    rc = stmt_exec(c, ST_REF_INSERT, "write a reference", err, "ttttt", w->kind, w->name, r->kind,
+                   r->name, r->field);
+  }
+  if (rc == 0)
+    rc = audit_insert(base, w->actor, w->method, w->name, w->action, now, err);
+  if (rc < 0 || out == NULL)
+    return rc;
+
+  out->kind = strdup(w->kind);
+  out->name = strdup(w->name);
+  out->etag = strdup(etag);
+  if (out->kind == NULL || out->name == NULL || out->etag == NULL)
+    return store__err_nomem(err, "put");
+  out->revision = base->revision;
+  out->create_time_us = create_time;
+  out->update_time_us = now;
+  return 0;
+}
+
+static int sqlite_del(struct store_txn *base, const char *kind, const char *name,
+                      const char *expect_etag, const char *actor, const char *method,
+                      struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  char *current;
+  int rc = row_head(c, kind, name, &current, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    rc = store__err_not_found(err, name);
+  else if (expect_etag && strcmp(expect_etag, current) != 0)
+    rc = store__err_etag(err, name, current);
+  else
+    rc = 0;
+  free(current);
+  if (rc < 0)
+    return rc;
+
+  sqlite3_stmt *st = stmt_prepare(c, ST_REFERRER_FIRST, err, "tt", kind, name);
+  if (st == NULL)
+    return -EIO;
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    const char *from = (const char *)sqlite3_column_text(st, 0);
+    const char *field = (const char *)sqlite3_column_text(st, 1);
+    rc = from && field ? store__err_referenced(err, name, from, field)
+                       : store__err_nomem(err, "read the referrer");
+  } else {
+    rc = rc == SQLITE_DONE ? 0 : db_fail(err, c->db, "look up referrers");
+  }
+  stmt_done(st);
+  if (rc < 0)
+    return rc;
+
+  /* Labels and outgoing references go with the row (ON DELETE CASCADE). */
+  rc = stmt_exec(c, ST_DELETE, "delete", err, "tt", kind, name);
+  if (rc < 0)
+    return rc;
+  return audit_insert(base, actor, method, name, "delete", store__now_us(), err);
+}
+
+/* A growing SQL text made of fixed fragments. */
+struct sql_buf {
+  char *p;
+  size_t len, cap;
+  int failed; /* an allocation failed; p is unusable */
+};
+
+static void sql_add(struct sql_buf *b, const char *s) {
+  size_t n = strlen(s);
+  if (b->failed)
+    return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+      b->failed = 1;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n + 1);
+  b->len += n;
+}
+
+/* Prepares the SQL in b (then freed) for one use. */
+static sqlite3_stmt *sql_prepare(struct conn *c, struct sql_buf *b, const char *what,
+                                 struct tp_err *err) {
+  sqlite3_stmt *st = NULL;
+  if (b->failed)
+    store__err_nomem(err, what);
+  else if (sqlite3_prepare_v2(c->db, b->p, (int)b->len, &st, NULL) != SQLITE_OK)
+    db_fail(err, c->db, what);
+  free(b->p);
+  return st;
+}
+
+static int sqlite_list(struct store_txn *base, const struct store_query *q, struct store_row **rows,
+                       size_t *n, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  struct sql_buf b = {0};
+  sql_add(&b, "SELECT r.kind, r.name, r.etag, r.revision, r.create_time_us, r.update_time_us,"
+              " r.data FROM resources r WHERE r.kind = ?");
+  if (q->after_name != NULL)
+    sql_add(&b, " AND r.name > ?");
+  if (q->expire_before_us > 0)
+    sql_add(&b, " AND r.expire_time_us > 0 AND r.expire_time_us < ?");
+  for (size_t i = 0; i < q->n_labels; i++) {
+    /* NE holds when no label has key=value, which includes a missing key
+     * (a row has at most one value per key). */
+    static const char *const frag[] = {
+        [STORE_LABEL_EQ] = " AND EXISTS (SELECT 1 FROM labels l WHERE l.kind = r.kind AND"
+                           " l.name = r.name AND l.key = ? AND l.value = ?)",
+        [STORE_LABEL_NE] = " AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.kind = r.kind AND"
+                           " l.name = r.name AND l.key = ? AND l.value = ?)",
+        [STORE_LABEL_EXISTS] = " AND EXISTS (SELECT 1 FROM labels l WHERE l.kind = r.kind AND"
+                               " l.name = r.name AND l.key = ?)",
+        [STORE_LABEL_NOT_EXISTS] = " AND NOT EXISTS (SELECT 1 FROM labels l WHERE"
+                                   " l.kind = r.kind AND l.name = r.name AND l.key = ?)",
+    };
+    sql_add(&b, frag[q->labels[i].op]);
+  }
+  sql_add(&b, " ORDER BY r.name");
+  if (q->limit > 0)
+    sql_add(&b, " LIMIT ?");
+  sqlite3_stmt *st = sql_prepare(c, &b, "list", err);
+  if (st == NULL)
+    return -EIO;
+
+  int k = 1;
+  int rc = sqlite3_bind_text(st, k++, q->kind, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK && q->after_name != NULL)
+    rc = sqlite3_bind_text(st, k++, q->after_name, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK && q->expire_before_us > 0)
+    rc = sqlite3_bind_int64(st, k++, q->expire_before_us);
+  for (size_t i = 0; rc == SQLITE_OK && i < q->n_labels; i++) {
+    const struct store_label_req *l = &q->labels[i];
+    rc = sqlite3_bind_text(st, k++, l->key, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK && (l->op == STORE_LABEL_EQ || l->op == STORE_LABEL_NE))
+      rc = sqlite3_bind_text(st, k++, l->value ? l->value : "", -1, SQLITE_STATIC);
+  }
+  if (rc == SQLITE_OK && q->limit > 0)
+    rc = sqlite3_bind_int64(st, k++, q->limit);
+  if (rc != SQLITE_OK) {
+    db_fail(err, c->db, "list: bind");
+    sqlite3_finalize(st);
+    return -EIO;
+  }
+
+  size_t cap = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (store__rows_reserve(rows, *n, &cap) < 0)
+      goto failed_row;
+    /* Counted first so that store_rows_free also frees a half-read row. */
+    if (row_read(st, 1, 0, &(*rows)[(*n)++]) < 0)
+      goto failed_row;
+  }
+  if (rc != SQLITE_DONE) {
+    db_fail(err, c->db, "list");
+    goto failed;
+  }
+  sqlite3_finalize(st);
+  return 0;
+
+failed_row:
+  store__err_nomem(err, "list");
+failed:
+  sqlite3_finalize(st);
+  store_rows_free(*rows, *n);
+  *rows = NULL;
+  *n = 0;
+  return -EIO;
+}
+
+static int sqlite_referrers(struct store_txn *base, const char *kind, const char *name,
+                            struct store_row **rows, size_t *n, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  sqlite3_stmt *st = stmt_prepare(c, ST_REFERRERS, err, "tt", kind, name);
+  if (st == NULL)
+    return -EIO;
+  size_t cap = 0;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (store__rows_reserve(rows, *n, &cap) < 0 || row_read(st, 0, 0, &(*rows)[(*n)++]) < 0) {
+      rc = store__err_nomem(err, "referrers");
+      goto failed;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    rc = db_fail(err, c->db, "referrers");
+    goto failed;
+  }
+  stmt_done(st);
+  return 0;
+
+failed:
+  stmt_done(st);
+  store_rows_free(*rows, *n);
+  *rows = NULL;
+  *n = 0;
+  return rc;
+}
+
+static int sqlite_audit_list(struct store_txn *base, const struct store_audit_query *q,
+                             struct store_audit **out, size_t *n, struct tp_err *err) {
+  if (base->store->schema_version < AUDIT_SINCE_VERSION)
+    return 0;
+  struct conn *c = to_txn(base)->conn;
+  struct sql_buf b = {0};
+  sql_add(&b, "SELECT seq, revision, time_us, actor, method, resource, action FROM audit"
+              " WHERE seq > ? AND revision > ?");
+  if (q->resource != NULL)
+    sql_add(&b, " AND resource = ?");
+  if (q->actor != NULL)
+    sql_add(&b, " AND actor = ?");
+  sql_add(&b, " ORDER BY seq");
+  if (q->limit > 0)
+    sql_add(&b, " LIMIT ?");
+  sqlite3_stmt *st = sql_prepare(c, &b, "audit list", err);
+  if (st == NULL)
+    return -EIO;
+
+  int k = 1;
+  int rc = sqlite3_bind_int64(st, k++, q->after_seq);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_bind_int64(st, k++, q->since_revision);
+  if (rc == SQLITE_OK && q->resource != NULL)
+    rc = sqlite3_bind_text(st, k++, q->resource, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK && q->actor != NULL)
+    rc = sqlite3_bind_text(st, k++, q->actor, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK && q->limit > 0)
+    rc = sqlite3_bind_int64(st, k++, q->limit);
+  if (rc != SQLITE_OK) {
+    db_fail(err, c->db, "audit list: bind");
+    sqlite3_finalize(st);
+    return -EIO;
+  }
+
+  size_t cap = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (*n == cap) {
+      size_t ncap = cap ? cap * 2 : 16;
+      struct store_audit *p = realloc(*out, ncap * sizeof(*p));
+      if (p == NULL)
+        goto failed_row;
+      *out = p;
+      cap = ncap;
+    }
+    struct store_audit *a = &(*out)[(*n)++];
+    memset(a, 0, sizeof(*a));
+    a->seq = sqlite3_column_int64(st, 0);
+    a->revision = sqlite3_column_int64(st, 1);
+    a->time_us = sqlite3_column_int64(st, 2);
+    if (col_text(st, 3, &a->actor) < 0 || col_text(st, 4, &a->method) < 0 ||
+        col_text(st, 5, &a->resource) < 0 || col_text(st, 6, &a->action) < 0)
+      goto failed_row;
+  }
+  if (rc != SQLITE_DONE) {
+    db_fail(err, c->db, "audit list");
+    goto failed;
+  }
+  sqlite3_finalize(st);
+  return 0;
+
+failed_row:
+  store__err_nomem(err, "audit list");
+failed:
+  sqlite3_finalize(st);
+  store_audit_free(*out, *n);
+  *out = NULL;
+  *n = 0;
+  return -EIO;
+}
+
+const struct store_ops store__sqlite_ops = {
+    .name = "sqlite",
+    .latest_version = N_MIGRATIONS,
+    .open = sqlite_open,
+    .close = sqlite_close,
+    .begin = sqlite_begin,
+    .commit = sqlite_commit,
+    .rollback = sqlite_rollback,
+    .get = sqlite_get,
+    .put = sqlite_put,
+    .del = sqlite_del,
+    .list = sqlite_list,
+    .referrers = sqlite_referrers,
+    .audit_list = sqlite_audit_list,
+};

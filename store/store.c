@@ -1,0 +1,425 @@
+/* The storage interface: checks arguments and transaction state, then
+ * dispatches to the backend (store_int.h). Also the helpers every backend
+ * shares: clock, etag, copies, and the wording of the API's refusals.
+ *
+ * Transactions abort on the first failed write: store_put and store_delete
+ * may have written part of their rows when they fail, so from then on the
+ * transaction answers every call with that failure and store_commit rolls
+ * it back. A failed read (other than NOT_FOUND and bad query arguments)
+ * means the backend failed and aborts the transaction too. */
+#include "store_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int64_t store__now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void store__etag_format(char *buf, size_t len, int64_t revision) {
+  /* Writers are serialized and every write txn has its own revision, so
+   * the revision of a row's last write tells every write apart. */
+  snprintf(buf, len, "%" PRId64, revision);
+}
+
+uint8_t *store__memdup(const void *src, size_t len) {
+  uint8_t *p = malloc(len ? len : 1);
+  if (p != NULL && len > 0)
+    memcpy(p, src, len);
+  return p;
+}
+
+int store__rows_reserve(struct store_row **rows, size_t n, size_t *cap) {
+  if (n < *cap)
+    return 0;
+  size_t ncap = *cap ? *cap * 2 : 16;
+  struct store_row *p = realloc(*rows, ncap * sizeof(*p));
+  if (p == NULL)
+    return -ENOMEM;
+  memset(p + *cap, 0, (ncap - *cap) * sizeof(*p));
+  *rows = p;
+  *cap = ncap;
+  return 0;
+}
+
+int store__err_exists(struct tp_err *err, const char *name) {
+  tp_err_set(err, GRPC_STATUS_ALREADY_EXISTS, "%s already exists", name);
+  return -EEXIST;
+}
+
+int store__err_not_found(struct tp_err *err, const char *name) {
+  tp_err_set(err, GRPC_STATUS_NOT_FOUND, "%s not found", name);
+  return -ENOENT;
+}
+
+int store__err_etag(struct tp_err *err, const char *name, const char *etag) {
+  tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+             "etag mismatch: %s was changed (etag %s), re-read it", name, etag);
+  return -ESTALE;
+}
+
+int store__err_referenced(struct tp_err *err, const char *name, const char *referrer,
+                          const char *field) {
+  tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s is referenced by %s (%s)", name, referrer,
+             field);
+  return -EBUSY;
+}
+
+int store__err_ref_missing(struct tp_err *err, const char *field, const char *name) {
+  tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %s does not exist", field, name);
+  return -EINVAL;
+}
+
+int store__err_ref_self(struct tp_err *err, const char *field, const char *name) {
+  tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %s cannot reference itself", field, name);
+  return -EINVAL;
+}
+
+int store__err_nomem(struct tp_err *err, const char *what) {
+  tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: out of memory", what);
+  return -EIO;
+}
+
+static int empty(const char *s) {
+  return s == NULL || s[0] == '\0';
+}
+
+/* Checks that txn is live (and a write txn if write), and answers with the
+ * recorded failure once it has aborted. */
+static int txn_check(struct store_txn *txn, int write, const char *op, struct tp_err *err) {
+  if (txn == NULL || txn->magic != STORE_TXN_MAGIC) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: not a live transaction", op);
+    return -EIO;
+  }
+  if (txn->failed) {
+    if (err != NULL)
+      *err = txn->failure;
+    return txn->failed;
+  }
+  if (write && !txn->write) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "%s needs a write transaction", op);
+    return -EIO;
+  }
+  return 0;
+}
+
+/* Records the first failure; the transaction is aborted from now on. */
+static int txn_fail(struct store_txn *txn, int rc, const struct tp_err *err) {
+  if (!txn->failed) {
+    txn->failed = rc;
+    if (err != NULL)
+      txn->failure = *err;
+    else
+      tp_err_set(&txn->failure, GRPC_STATUS_INTERNAL, "store: transaction aborted");
+  }
+  return rc;
+}
+
+/* A failed read aborts only when the backend failed. */
+static int read_result(struct store_txn *txn, int rc, const struct tp_err *err) {
+  if (rc == -EIO)
+    txn_fail(txn, rc, err);
+  return rc;
+}
+
+int store_schema_latest(void) {
+  return store__sqlite_ops.latest_version;
+}
+
+int store_open_version(const char *path, int version, struct store **out, struct tp_err *err) {
+  const struct store_ops *ops = &store__sqlite_ops;
+  *out = NULL;
+  if (empty(path)) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store: no database path");
+    return -EINVAL;
+  }
+  if (version < 1 || version > ops->latest_version) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "store: schema version %d unknown (this build knows 1 to %d)", version,
+               ops->latest_version);
+    return -EINVAL;
+  }
+  int rc = ops->open(path, version, out, err);
+  if (rc < 0)
+    return rc;
+  (*out)->magic = STORE_MAGIC;
+  (*out)->ops = ops;
+  return 0;
+}
+
+int store_open(const char *path, struct store **out, struct tp_err *err) {
+  return store_open_version(path, store_schema_latest(), out, err);
+}
+
+void store_close(struct store *s) {
+  if (s == NULL)
+    return;
+  s->magic = 0;
+  s->ops->close(s);
+}
+
+int store_schema_version(struct store *s) {
+  return s->schema_version;
+}
+
+int64_t store_revision(struct store *s) {
+  return atomic_load(&s->revision);
+}
+
+int store_begin(struct store *s, int write, struct store_txn **out, struct tp_err *err) {
+  *out = NULL;
+  if (s == NULL || s->magic != STORE_MAGIC) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_begin: not an open store");
+    return -EIO;
+  }
+  int rc = s->ops->begin(s, write != 0, out, err);
+  if (rc < 0)
+    return rc;
+  (*out)->magic = STORE_TXN_MAGIC;
+  (*out)->store = s;
+  (*out)->write = write != 0;
+  return 0;
+}
+
+int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
+  if (txn == NULL || txn->magic != STORE_TXN_MAGIC) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_commit: not a live transaction");
+    return -EIO;
+  }
+  const struct store_ops *ops = txn->store->ops;
+  txn->magic = 0;
+  if (txn->failed) {
+    int rc = txn->failed;
+    if (err != NULL)
+      *err = txn->failure;
+    ops->rollback(txn);
+    return rc;
+  }
+  /* Read before commit frees txn. A write txn that wrote nothing commits
+   * no revision: the current one is the one before its own. */
+  int64_t rev = txn->revision;
+  if (txn->write && !txn->wrote)
+    rev--;
+  int rc = ops->commit(txn, err);
+  if (rc < 0)
+    return rc;
+  if (revision != NULL)
+    *revision = rev;
+  return 0;
+}
+
+void store_rollback(struct store_txn *txn) {
+  if (txn == NULL || txn->magic != STORE_TXN_MAGIC)
+    return;
+  txn->magic = 0;
+  txn->store->ops->rollback(txn);
+}
+
+int64_t store_txn_revision(struct store_txn *txn) {
+  return txn->revision;
+}
+
+void store_row_clear(struct store_row *row) {
+  if (row == NULL)
+    return;
+  free(row->kind);
+  free(row->name);
+  free(row->etag);
+  free(row->data);
+  free(row->secret);
+  memset(row, 0, sizeof(*row));
+}
+
+void store_rows_free(struct store_row *rows, size_t n) {
+  if (rows == NULL)
+    return;
+  for (size_t i = 0; i < n; i++)
+    store_row_clear(&rows[i]);
+  free(rows);
+}
+
+void store_audit_free(struct store_audit *a, size_t n) {
+  if (a == NULL)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    free(a[i].actor);
+    free(a[i].method);
+    free(a[i].resource);
+    free(a[i].action);
+  }
+  free(a);
+}
+
+static int check_key(const char *kind, const char *name, const char *op, struct tp_err *err) {
+  if (empty(kind) || empty(name)) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: kind and name are required", op);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+int store_get(struct store_txn *txn, const char *kind, const char *name, int with_secret,
+              struct store_row *out, struct tp_err *err) {
+  memset(out, 0, sizeof(*out));
+  int rc = txn_check(txn, 0, "store_get", err);
+  if (rc == 0)
+    rc = check_key(kind, name, "store_get", err);
+  if (rc < 0)
+    return rc;
+  rc = txn->store->ops->get(txn, kind, name, with_secret != 0, out, err);
+  if (rc < 0)
+    store_row_clear(out);
+  return read_result(txn, rc, err);
+}
+
+/* What store_put refuses before the backend sees it. */
+static int check_write(const struct store_write *w, struct tp_err *err) {
+  if (w == NULL) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_put: no write");
+    return -EIO;
+  }
+  int rc = check_key(w->kind, w->name, "store_put", err);
+  if (rc < 0)
+    return rc;
+  if ((w->data == NULL && w->data_len > 0) || (w->secret == NULL && w->secret_len > 0) ||
+      (w->labels == NULL && w->n_labels > 0) || (w->refs == NULL && w->n_refs > 0)) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_put: %s: a length without its bytes", w->name);
+    return -EIO;
+  }
+  if (w->expire_time_us < 0) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_put: %s: negative expire time", w->name);
+    return -EINVAL;
+  }
+  for (size_t i = 0; i < w->n_labels; i++) {
+    if (empty(w->labels[i].key)) {
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "labels: empty key");
+      return -EINVAL;
+    }
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(w->labels[i].key, w->labels[j].key) == 0) {
+        tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "labels: duplicate key \"%s\"",
+                   w->labels[i].key);
+        return -EINVAL;
+      }
+  }
+  for (size_t i = 0; i < w->n_refs; i++) {
+    const struct store_ref *r = &w->refs[i];
+    if (empty(r->kind) || empty(r->name) || empty(r->field)) {
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "store_put: %s: reference %zu lacks kind, name or field", w->name, i);
+      return -EINVAL;
+    }
+    if (strcmp(r->kind, w->kind) == 0 && strcmp(r->name, w->name) == 0)
+      return store__err_ref_self(err, r->field, r->name);
+  }
+  return 0;
+}
+
+int store_put(struct store_txn *txn, const struct store_write *w, struct store_row *out,
+              struct tp_err *err) {
+  struct tp_err local; /* the failure is kept even when the caller passes no err */
+  if (err == NULL)
+    err = &local;
+  if (out != NULL)
+    memset(out, 0, sizeof(*out));
+  int rc = txn_check(txn, 1, "store_put", err);
+  if (rc < 0)
+    return rc;
+  rc = check_write(w, err);
+  if (rc < 0)
+    return txn_fail(txn, rc, err);
+  /* The backend gets every audit string filled in. */
+  struct store_write wd = *w;
+  if (wd.actor == NULL)
+    wd.actor = "";
+  if (wd.method == NULL)
+    wd.method = "";
+  if (empty(wd.action))
+    wd.action = wd.create ? "create" : "update";
+  if (wd.expect_etag != NULL && wd.expect_etag[0] == '\0')
+    wd.expect_etag = NULL;
+  rc = txn->store->ops->put(txn, &wd, out, err);
+  if (rc < 0) {
+    store_row_clear(out);
+    return txn_fail(txn, rc, err);
+  }
+  txn->wrote = 1;
+  return 0;
+}
+
+int store_delete(struct store_txn *txn, const char *kind, const char *name, const char *expect_etag,
+                 const char *actor, const char *method, struct tp_err *err) {
+  struct tp_err local;
+  if (err == NULL)
+    err = &local;
+  int rc = txn_check(txn, 1, "store_delete", err);
+  if (rc < 0)
+    return rc;
+  rc = check_key(kind, name, "store_delete", err);
+  if (rc < 0)
+    return txn_fail(txn, rc, err);
+  rc = txn->store->ops->del(txn, kind, name, empty(expect_etag) ? NULL : expect_etag,
+                            actor ? actor : "", method ? method : "", err);
+  if (rc < 0)
+    return txn_fail(txn, rc, err);
+  txn->wrote = 1;
+  return 0;
+}
+
+int store_list(struct store_txn *txn, const struct store_query *q, struct store_row **rows,
+               size_t *n, struct tp_err *err) {
+  *rows = NULL;
+  *n = 0;
+  int rc = txn_check(txn, 0, "store_list", err);
+  if (rc < 0)
+    return rc;
+  if (q == NULL || empty(q->kind)) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_list: kind is required");
+    return -EINVAL;
+  }
+  if (q->labels == NULL && q->n_labels > 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_list: label count without labels");
+    return -EIO;
+  }
+  for (size_t i = 0; i < q->n_labels; i++) {
+    const struct store_label_req *l = &q->labels[i];
+    if (empty(l->key) || (unsigned)l->op > STORE_LABEL_NOT_EXISTS) {
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "label_selector: requirement %zu lacks a key or an operator", i);
+      return -EINVAL;
+    }
+  }
+  rc = txn->store->ops->list(txn, q, rows, n, err);
+  return read_result(txn, rc, err);
+}
+
+int store_referrers(struct store_txn *txn, const char *kind, const char *name,
+                    struct store_row **rows, size_t *n, struct tp_err *err) {
+  *rows = NULL;
+  *n = 0;
+  int rc = txn_check(txn, 0, "store_referrers", err);
+  if (rc == 0)
+    rc = check_key(kind, name, "store_referrers", err);
+  if (rc < 0)
+    return rc;
+  rc = txn->store->ops->referrers(txn, kind, name, rows, n, err);
+  return read_result(txn, rc, err);
+}
+
+int store_audit_list(struct store_txn *txn, const struct store_audit_query *q,
+                     struct store_audit **out, size_t *n, struct tp_err *err) {
+  *out = NULL;
+  *n = 0;
+  int rc = txn_check(txn, 0, "store_audit_list", err);
+  if (rc < 0)
+    return rc;
+  static const struct store_audit_query all;
+  rc = txn->store->ops->audit_list(txn, q ? q : &all, out, n, err);
+  return read_result(txn, rc, err);
+}

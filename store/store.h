@@ -1,0 +1,203 @@
+/* The storage interface. Every resource is a row (kind, name) holding its
+ * serialized protobuf (secrets stripped), its secret bytes apart, its labels
+ * and its references to other resources. Every committed write transaction
+ * bumps one global revision and writes one audit row per mutation.
+ *
+ * Backends sit behind struct store_ops (store_int.h); SQLite is the one
+ * built in. Nothing outside store/ writes SQL.
+ *
+ * Errors: functions return 0 on success and a negative errno-style code on
+ * failure, with err set to the gRPC status and message the API returns:
+ *   -ENOENT   NOT_FOUND           the resource does not exist
+ *   -EEXIST   ALREADY_EXISTS      create of an existing name
+ *   -ESTALE   FAILED_PRECONDITION etag mismatch
+ *   -EBUSY    FAILED_PRECONDITION delete of a resource still referenced
+ *                                 (the message names the referrer)
+ *   -EINVAL   INVALID_ARGUMENT    a reference to a missing resource (the
+ *                                 message names store_ref.field)
+ *   -EIO      INTERNAL            the backend failed
+ *   -ENOTSUP  FAILED_PRECONDITION store_open: the database's schema is newer
+ *                                 than this build (or the version asked for)
+ * A failed store_put or store_delete aborts its transaction (it may have
+ * written part of its rows): every later call on it, store_commit included,
+ * returns that same failure, and store_commit rolls everything back. Failed
+ * reads abort it only when the backend failed (-EIO).
+ * Thread safety: a struct store is shared by all threads; a struct
+ * store_txn belongs to the thread that began it. Transactions draw on a
+ * small pool of connections: a thread holds at most one at a time. */
+#ifndef TLSPLANE_STORE_H
+#define TLSPLANE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+struct store;
+struct store_txn;
+
+/* Opens (creating if needed) the database at path and migrates it to the
+ * latest schema version. Caller frees with store_close. */
+int store_open(const char *path, struct store **out, struct tp_err *err);
+
+/* As store_open, but migrates only up to schema version `version` (tests of
+ * upgrades from older databases). */
+int store_open_version(const char *path, int version, struct store **out, struct tp_err *err);
+
+/* Waits for no transaction; the caller has finished every txn. */
+void store_close(struct store *s);
+
+/* The schema version of the open database; the latest this build knows. */
+int store_schema_version(struct store *s);
+int store_schema_latest(void);
+
+/* The last committed revision (0 for a new database). */
+int64_t store_revision(struct store *s);
+
+/* Begins a transaction. A write transaction holds the write lock from begin
+ * to commit/rollback (writers run one at a time), so its reads are
+ * consistent with what it writes. Caller ends it with store_commit or
+ * store_rollback. */
+int store_begin(struct store *s, int write, struct store_txn **out, struct tp_err *err);
+
+/* Commits and frees txn. If the transaction wrote anything the global
+ * revision is bumped once and *revision (may be NULL) receives it;
+ * otherwise it receives the current revision (for a read transaction, the
+ * one it read). Durable on return (synchronous commit). On failure
+ * everything is rolled back. */
+int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err);
+
+/* Rolls back and frees txn. NULL is a no-op. */
+void store_rollback(struct store_txn *txn);
+
+/* For a write transaction: the revision its commit will have. For a read
+ * transaction: the revision of the snapshot it reads. */
+int64_t store_txn_revision(struct store_txn *txn);
+
+struct store_row {
+  char *kind;             /* e.g. "Certificate" */
+  char *name;             /* e.g. "certificates/web" */
+  char *etag;             /* changes on every write */
+  int64_t revision;       /* revision of the last write to this row */
+  int64_t create_time_us; /* microseconds since the Unix epoch */
+  int64_t update_time_us;
+  uint8_t *data; /* the serialized resource */
+  size_t data_len;
+  uint8_t *secret; /* only when asked for; NULL if none */
+  size_t secret_len;
+};
+
+/* Frees what a row holds (not the row itself) and zeroes it. */
+void store_row_clear(struct store_row *row);
+/* Clears and frees an array of n rows. NULL is a no-op. */
+void store_rows_free(struct store_row *rows, size_t n);
+
+/* Reads one row. with_secret: also read the secret bytes. The row is the
+ * caller's: free with store_row_clear (zeroed on failure). */
+int store_get(struct store_txn *txn, const char *kind, const char *name, int with_secret,
+              struct store_row *out, struct tp_err *err);
+
+struct store_label {
+  const char *key;
+  const char *value;
+};
+
+/* A reference from the written resource to another one. */
+struct store_ref {
+  const char *kind;  /* e.g. "Certificate" */
+  const char *name;  /* e.g. "certificates/web" */
+  const char *field; /* for messages, e.g. "tls_context.certificates[0]" */
+};
+
+struct store_write {
+  const char *kind;
+  const char *name;
+  int create;              /* 1: must not exist yet; 0: must exist */
+  const char *expect_etag; /* NULL or "": no check */
+  const uint8_t *data;     /* serialized resource without secrets */
+  size_t data_len;
+  int set_secret;        /* 1: replace the secret with secret/secret_len */
+  const uint8_t *secret; /* may be NULL with set_secret: no secret */
+  size_t secret_len;
+  const struct store_label *labels; /* replaces the row's labels */
+  size_t n_labels;
+  const struct store_ref *refs; /* replaces the row's references; each must exist */
+  size_t n_refs;
+  int64_t expire_time_us; /* indexed for store_query.expire_before_us; 0: none */
+  /* Audit row. */
+  const char *actor;
+  const char *method;
+  const char *action; /* "create", "update", "rotate", ... */
+};
+
+/* Creates or updates a row inside a write transaction. The row's etag,
+ * revision and times are set by the store; out (may be NULL) receives them
+ * (kind, name, etag, revision, times; no data; free with store_row_clear).
+ * Refused with -EINVAL: a reference to the row itself, duplicate or empty
+ * label keys. A NULL action is "create" or "update" after w->create. */
+int store_put(struct store_txn *txn, const struct store_write *w, struct store_row *out,
+              struct tp_err *err);
+
+/* Deletes a row inside a write transaction, with its labels and outgoing
+ * references, and writes the audit row. Refused with -EBUSY while another
+ * row references it. */
+int store_delete(struct store_txn *txn, const char *kind, const char *name, const char *expect_etag,
+                 const char *actor, const char *method, struct tp_err *err);
+
+enum store_label_op {
+  STORE_LABEL_EQ,        /* key=value */
+  STORE_LABEL_NE,        /* key!=value (also true when the label is absent) */
+  STORE_LABEL_EXISTS,    /* key */
+  STORE_LABEL_NOT_EXISTS /* !key */
+};
+
+struct store_label_req {
+  enum store_label_op op;
+  const char *key;
+  const char *value; /* EQ and NE only */
+};
+
+struct store_query {
+  const char *kind;
+  const char *after_name; /* only names sorting after this (pagination); NULL: from the start */
+  int limit;              /* at most this many rows; 0 or less: no limit */
+  const struct store_label_req *labels; /* all must hold */
+  size_t n_labels;
+  int64_t expire_before_us; /* 0: no filter; else rows with 0 < expire_time_us < this */
+};
+
+/* Lists rows in name order, without secrets. *rows is the caller's: free
+ * with store_rows_free (NULL and 0 when nothing matched or on failure). */
+int store_list(struct store_txn *txn, const struct store_query *q, struct store_row **rows,
+               size_t *n, struct tp_err *err);
+
+/* The rows that reference (kind, name), in name order, each once, without
+ * data or secrets (kind, name, etag, revision only). Free with
+ * store_rows_free. None (not -ENOENT) when (kind, name) does not exist. */
+int store_referrers(struct store_txn *txn, const char *kind, const char *name,
+                    struct store_row **rows, size_t *n, struct tp_err *err);
+
+struct store_audit {
+  int64_t seq; /* increasing */
+  int64_t revision;
+  int64_t time_us;
+  char *actor;
+  char *method;
+  char *resource; /* the row's name */
+  char *action;
+};
+
+struct store_audit_query {
+  int64_t after_seq;      /* pagination: only seq > this */
+  int limit;              /* 0 or less: no limit */
+  const char *resource;   /* NULL: any */
+  const char *actor;      /* NULL: any */
+  int64_t since_revision; /* only revision > this */
+};
+
+/* Lists audit rows in seq order. Free with store_audit_free. */
+int store_audit_list(struct store_txn *txn, const struct store_audit_query *q,
+                     struct store_audit **out, size_t *n, struct tp_err *err);
+void store_audit_free(struct store_audit *a, size_t n);
+
+#endif

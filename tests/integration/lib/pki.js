@@ -1,0 +1,352 @@
+'use strict';
+// Real keys, certificates, CRLs, DH parameters and OCSP responses made with
+// the `openssl` CLI (OpenSSL 3.0 or later) in a temporary directory.
+//
+// Everything is generated once per process (each *.test.js file runs in its
+// own process) by pki(); the directory is removed when the process exits.
+// Facts the tests compare the server's derived fields against (subject,
+// serial, fingerprint, dates) are read back from `openssl x509`, not
+// computed here, so a test compares the server with OpenSSL's own view.
+
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const PASSPHRASE = 'correct horse battery staple';
+
+function openssl(dir, args, input) {
+  try {
+    return execFileSync('openssl', args, {
+      cwd: dir,
+      input,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      maxBuffer: 16 * 1024 * 1024,
+    });
+  } catch (e) {
+    const stderr = e.stderr ? e.stderr.toString() : '';
+    throw new Error(`openssl ${args.join(' ')} failed: ${stderr || e.message}`);
+  }
+}
+
+// "20200101000000Z" for openssl ca -startdate/-enddate.
+function asn1Time(date) {
+  const p = (n, w = 2) => String(n).padStart(w, '0');
+  return (
+    p(date.getUTCFullYear(), 4) + p(date.getUTCMonth() + 1) + p(date.getUTCDate()) +
+    p(date.getUTCHours()) + p(date.getUTCMinutes()) + p(date.getUTCSeconds()) + 'Z'
+  );
+}
+
+const DAY = 24 * 3600 * 1000;
+
+const CA_CONF = `
+[ ca ]
+default_ca = tp_ca
+
+[ tp_ca ]
+dir = .
+database = $dir/index.txt
+serial = $dir/serial
+crlnumber = $dir/crlnumber
+new_certs_dir = $dir/newcerts
+certificate = $dir/ca.crt
+private_key = $dir/ca.key
+default_md = sha256
+default_days = 365
+default_crl_days = 30
+policy = policy_any
+unique_subject = no
+copy_extensions = copy
+x509_extensions = leaf_ext
+email_in_dn = no
+preserve = yes
+
+[ policy_any ]
+organizationName = optional
+commonName = supplied
+
+[ leaf_ext ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
+[ inter_ext ]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign, digitalSignature
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
+[ ocsp_ext ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = OCSPSigning
+`;
+
+class Pki {
+  constructor() {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-pki-'));
+    this.passphrase = PASSPHRASE;
+    this._build();
+  }
+
+  run(args, input) {
+    return openssl(this.dir, args, input);
+  }
+
+  file(name) {
+    return path.join(this.dir, name);
+  }
+
+  read(name) {
+    return fs.readFileSync(this.file(name), 'utf8');
+  }
+
+  readBuf(name) {
+    return fs.readFileSync(this.file(name));
+  }
+
+  // A new private key. type: 'rsa' (2048), 'ec' (P-256), 'ed25519'.
+  genkey(name, type) {
+    const args = ['genpkey', '-out', `${name}.key`];
+    if (type === 'rsa') args.push('-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048');
+    else if (type === 'ec') args.push('-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256');
+    else if (type === 'ed25519') args.push('-algorithm', 'ED25519');
+    else throw new Error(`unknown key type ${type}`);
+    this.run(args);
+  }
+
+  // A leaf signed by the CA (or `issuer` 'inter') through `openssl ca`, with
+  // explicit validity dates so that expired and not-yet-valid ones work.
+  leaf(name, { type = 'ec', cn, o = 'Tlsplane Test', sans = [], start, end, issuer = 'ca', key, ext = 'leaf_ext' } = {}) {
+    if (key) fs.copyFileSync(this.file(`${key}.key`), this.file(`${name}.key`));
+    else this.genkey(name, type);
+    const req = ['req', '-new', '-key', `${name}.key`, '-out', `${name}.csr`, '-subj', `/O=${o}/CN=${cn}`];
+    if (sans.length) req.push('-addext', `subjectAltName=${sans.join(',')}`);
+    this.run(req);
+    const now = Date.now();
+    const ca = [
+      'ca', '-batch', '-config', 'ca.cnf', '-notext', '-in', `${name}.csr`, '-out', `${name}.crt`,
+      '-startdate', asn1Time(start || new Date(now - DAY)),
+      '-enddate', asn1Time(end || new Date(now + 365 * DAY)),
+      '-extensions', ext,
+    ];
+    if (issuer !== 'ca') ca.push('-cert', `${issuer}.crt`, '-keyfile', `${issuer}.key`);
+    this.run(ca);
+    return this.describe(name);
+  }
+
+  // What OpenSSL says about a certificate: the values the server must derive.
+  describe(name) {
+    const certFile = `${name}.crt`;
+    const x = (...a) => this.run(['x509', '-in', certFile, '-noout', ...a]).toString().trim();
+    const after = (s) => s.slice(s.indexOf('=') + 1);
+    const sanText = this.run(['x509', '-in', certFile, '-noout', '-ext', 'subjectAltName']).toString();
+    const dnsNames = [...sanText.matchAll(/DNS:([^,\s]+)/g)].map((m) => m[1]);
+    const ipAddresses = [...sanText.matchAll(/IP Address:([^,\s]+)/g)].map((m) => m[1]);
+    const cert = this.read(certFile);
+    return {
+      name,
+      cert,
+      key: this.read(`${name}.key`),
+      certFile: this.file(certFile),
+      keyFile: this.file(`${name}.key`),
+      subject: after(x('-subject', '-nameopt', 'RFC2253')),
+      issuer: after(x('-issuer', '-nameopt', 'RFC2253')),
+      serial: after(x('-serial')),
+      fingerprint: after(x('-fingerprint', '-sha256')),
+      notBefore: new Date(after(x('-startdate'))),
+      notAfter: new Date(after(x('-enddate'))),
+      dnsNames,
+      ipAddresses,
+    };
+  }
+
+  _build() {
+    const t0 = Date.now();
+    fs.writeFileSync(this.file('ca.cnf'), CA_CONF);
+    fs.writeFileSync(this.file('index.txt'), '');
+    fs.writeFileSync(this.file('serial'), '1000A1\n');
+    fs.writeFileSync(this.file('crlnumber'), '01\n');
+    fs.mkdirSync(this.file('newcerts'));
+
+    // The root CA, self-signed, RSA 2048.
+    this.genkey('ca', 'rsa');
+    this.run([
+      'req', '-x509', '-new', '-key', 'ca.key', '-out', 'ca.crt', '-days', '3650',
+      '-subj', '/O=Tlsplane Test/CN=Tlsplane Test Root CA',
+      '-addext', 'basicConstraints=critical,CA:TRUE',
+      '-addext', 'keyUsage=critical,keyCertSign,cRLSign,digitalSignature',
+    ]);
+    this.ca = this.describe('ca');
+
+    // An intermediate CA, for chains of two.
+    this.genkey('inter', 'ec');
+    this.run(['req', '-new', '-key', 'inter.key', '-out', 'inter.csr', '-subj', '/O=Tlsplane Test/CN=Tlsplane Test Intermediate CA']);
+    this.run([
+      'ca', '-batch', '-config', 'ca.cnf', '-notext', '-in', 'inter.csr', '-out', 'inter.crt',
+      '-days', '3650', '-extensions', 'inter_ext',
+    ]);
+    this.inter = this.describe('inter');
+
+    // A second, unrelated root (trust bundle with two CAs).
+    this.genkey('ca2', 'ec');
+    this.run([
+      'req', '-x509', '-new', '-key', 'ca2.key', '-out', 'ca2.crt', '-days', '3650',
+      '-subj', '/O=Other Test/CN=Other Test Root CA',
+      '-addext', 'basicConstraints=critical,CA:TRUE',
+      '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    ]);
+    this.ca2 = this.describe('ca2');
+
+    const now = Date.now();
+    this.rsa = this.leaf('rsa', {
+      type: 'rsa', cn: 'www.example.com',
+      sans: ['DNS:www.example.com', 'DNS:example.com', 'IP:127.0.0.1'],
+    });
+    this.ecdsa = this.leaf('ecdsa', {
+      type: 'ec', cn: 'www.example.com', sans: ['DNS:www.example.com', 'DNS:example.com'],
+    });
+    this.ecdsa2 = this.leaf('ecdsa2', {
+      type: 'ec', cn: 'api.example.com', sans: ['DNS:api.example.com'],
+    });
+    this.ed25519 = this.leaf('ed25519', {
+      type: 'ed25519', cn: 'ed.example.com', sans: ['DNS:ed.example.com'],
+    });
+    // Signed by the intermediate: the chain is leaf + intermediate.
+    this.chained = this.leaf('chained', {
+      type: 'ec', cn: 'chain.example.com', sans: ['DNS:chain.example.com'], issuer: 'inter',
+    });
+    this.chained.chain = this.chained.cert + this.inter.cert;
+    // The same RSA key, a new certificate: a renewal that keeps the key.
+    this.rsaRenewed = this.leaf('rsa-renewed', {
+      key: 'rsa', cn: 'www.example.com',
+      sans: ['DNS:www.example.com', 'DNS:example.com', 'DNS:renewed.example.com'],
+    });
+    this.expired = this.leaf('expired', {
+      type: 'ec', cn: 'expired.example.com', sans: ['DNS:expired.example.com'],
+      start: new Date('2020-01-01T00:00:00Z'), end: new Date('2020-02-01T00:00:00Z'),
+    });
+    this.notYetValid = this.leaf('future', {
+      type: 'ec', cn: 'future.example.com', sans: ['DNS:future.example.com'],
+      start: new Date(now + 365 * DAY), end: new Date(now + 2 * 365 * DAY),
+    });
+    this.expiring10d = this.leaf('expiring10d', {
+      type: 'ec', cn: 'soon.example.com', sans: ['DNS:soon.example.com'],
+      end: new Date(now + 10 * DAY),
+    });
+    this.expiring90d = this.leaf('expiring90d', {
+      type: 'ec', cn: 'later.example.com', sans: ['DNS:later.example.com'],
+      end: new Date(now + 90 * DAY),
+    });
+    // Client certificate, later revoked in the CRL.
+    this.revoked = this.leaf('revoked', { type: 'ec', cn: 'revoked-client' });
+    // An unrelated key: does not match any certificate.
+    this.genkey('other-rsa', 'rsa');
+    this.otherRsaKey = this.read('other-rsa.key');
+
+    // Encrypted keys: PKCS#8 (BEGIN ENCRYPTED PRIVATE KEY) and the legacy
+    // OpenSSL form (BEGIN RSA PRIVATE KEY + Proc-Type: 4,ENCRYPTED / DEK-Info).
+    this.run(['pkey', '-in', 'rsa.key', '-aes256', '-passout', `pass:${PASSPHRASE}`, '-out', 'rsa-enc-pkcs8.key']);
+    this.rsa.encryptedPkcs8Key = this.read('rsa-enc-pkcs8.key');
+    this.run(['rsa', '-in', 'rsa.key', '-aes256', '-traditional', '-passout', `pass:${PASSPHRASE}`, '-out', 'rsa-enc-legacy.key']);
+    this.rsa.encryptedLegacyKey = this.read('rsa-enc-legacy.key');
+    this.run(['pkey', '-in', 'ecdsa.key', '-aes256', '-passout', `pass:${PASSPHRASE}`, '-out', 'ecdsa-enc-pkcs8.key']);
+    this.ecdsa.encryptedPkcs8Key = this.read('ecdsa-enc-pkcs8.key');
+    // Other unencrypted encodings of the same keys: PKCS#1 and SEC1.
+    this.run(['rsa', '-in', 'rsa.key', '-traditional', '-out', 'rsa-pkcs1.key']);
+    this.rsa.pkcs1Key = this.read('rsa-pkcs1.key');
+    this.run(['ec', '-in', 'ecdsa.key', '-out', 'ecdsa-sec1.key']);
+    this.ecdsa.sec1Key = this.read('ecdsa-sec1.key');
+
+    // PKCS#12: modern (AES-256-CBC, PBKDF2, SHA-256 MAC), legacy (-legacy:
+    // RC2-40 + 3DES, SHA-1 MAC, what old Windows / Java tools write) and
+    // 3DES-only.
+    const p12 = (out, extra) => this.run([
+      'pkcs12', '-export', '-in', 'rsa.crt', '-inkey', 'rsa.key', '-certfile', 'ca.crt',
+      '-name', 'www.example.com', '-passout', `pass:${PASSPHRASE}`, '-out', out, ...extra,
+    ]);
+    p12('rsa.pfx', []);
+    p12('rsa-legacy.pfx', ['-legacy']);
+    p12('rsa-3des.pfx', ['-certpbe', 'PBE-SHA1-3DES', '-keypbe', 'PBE-SHA1-3DES', '-macalg', 'sha1']);
+    this.rsa.pfx = this.readBuf('rsa.pfx');
+    this.rsa.pfxLegacy = this.readBuf('rsa-legacy.pfx');
+    this.rsa.pfx3des = this.readBuf('rsa-3des.pfx');
+    this.run([
+      'pkcs12', '-export', '-in', 'chained.crt', '-inkey', 'chained.key', '-certfile', 'inter.crt',
+      '-passout', `pass:${PASSPHRASE}`, '-out', 'chained.pfx',
+    ]);
+    this.chained.pfx = this.readBuf('chained.pfx');
+
+    // OCSP: a responder certificate and a "good" response for the RSA leaf
+    // (and one for the ECDSA leaf, which does not name the RSA leaf).
+    this.leaf('ocsp-responder', { type: 'ec', cn: 'Tlsplane Test OCSP Responder', ext: 'ocsp_ext' });
+    const ocsp = (leafName) => {
+      this.run(['ocsp', '-issuer', 'ca.crt', '-cert', `${leafName}.crt`, '-no_nonce', '-reqout', `${leafName}-ocsp-req.der`]);
+      this.run([
+        'ocsp', '-index', 'index.txt', '-rsigner', 'ocsp-responder.crt', '-rkey', 'ocsp-responder.key',
+        '-CA', 'ca.crt', '-reqin', `${leafName}-ocsp-req.der`, '-respout', `${leafName}-ocsp.der`,
+        '-ndays', '7',
+      ]);
+      return this.readBuf(`${leafName}-ocsp.der`);
+    };
+    this.rsa.ocspResponse = ocsp('rsa');
+    this.ecdsa.ocspResponse = ocsp('ecdsa');
+    const ocspText = this.run(['ocsp', '-respin', 'rsa-ocsp.der', '-resp_text', '-noverify']).toString();
+    const nu = /Next Update: (.+)/.exec(ocspText);
+    this.rsa.ocspNextUpdate = nu ? new Date(nu[1].trim()) : null;
+
+    // The CRL: the CA revokes one client certificate.
+    this.run(['ca', '-batch', '-config', 'ca.cnf', '-revoke', 'revoked.crt', '-crl_reason', 'keyCompromise']);
+    this.run(['ca', '-batch', '-config', 'ca.cnf', '-gencrl', '-crldays', '30', '-out', 'ca.crl']);
+    this.crlPem = this.read('ca.crl');
+    this.run(['crl', '-in', 'ca.crl', '-outform', 'DER', '-out', 'ca-crl.der']);
+    this.crlDer = this.readBuf('ca-crl.der');
+    const crlText = (...a) => this.run(['crl', '-in', 'ca.crl', '-noout', ...a]).toString().trim();
+    const after = (s) => s.slice(s.indexOf('=') + 1);
+    this.crl = {
+      pem: this.crlPem,
+      der: this.crlDer,
+      issuer: after(crlText('-issuer', '-nameopt', 'RFC2253')),
+      lastUpdate: new Date(after(crlText('-lastupdate'))),
+      nextUpdate: new Date(after(crlText('-nextupdate'))),
+      crlNumber: after(crlText('-crlnumber')),
+      revokedCount: 1,
+    };
+
+    // DH parameters: 512 (refused), 1024 (accepted with a warning), 2048 (the
+    // RFC 7919 ffdhe2048 group, accepted; named groups cost no generation).
+    this.run(['dhparam', '-out', 'dh512.pem', '512']);
+    this.run(['dhparam', '-out', 'dh1024.pem', '1024']);
+    this.run(['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048', '-out', 'dh2048.pem']);
+    this.dh512 = this.read('dh512.pem');
+    this.dh1024 = this.read('dh1024.pem');
+    this.dh2048 = this.read('dh2048.pem');
+
+    this.buildMs = Date.now() - t0;
+  }
+
+  cleanup() {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+let instance = null;
+
+// The process-wide PKI, built on first use.
+function pki() {
+  if (!instance) {
+    instance = new Pki();
+    process.on('exit', () => instance && instance.cleanup());
+  }
+  return instance;
+}
+
+// "AB:CD:EF" fingerprint form of a hex digest.
+function colonHex(buf) {
+  return buf.toString('hex').toUpperCase().match(/../g).join(':');
+}
+
+module.exports = { pki, PASSPHRASE, colonHex, DAY };

@@ -1,0 +1,328 @@
+'use strict';
+// Starts and stops real tlsplane-server processes for the integration tests.
+//
+//   const srv = await Server.start();   // fresh temp data dir, ephemeral port
+//   srv.address                         // "127.0.0.1:PORT" (parsed from stderr)
+//   await srv.restart();                // SIGTERM (exit 0 asserted), same data dir
+//   const { code, signal } = await srv.stop();
+//
+// A server never outlives its test process: useServer() stops it in after(),
+// every live server is SIGKILLed on the process's 'exit' (and on SIGINT /
+// SIGTERM of the test process), and where util-linux's setpriv exists the
+// server is started with a parent-death signal, so even a SIGKILLed test
+// process takes its servers with it.
+
+const { spawn, spawnSync } = require('node:child_process');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const START_TIMEOUT_MS = 20000;
+const STOP_TIMEOUT_MS = 15000;
+const LISTEN_RE = /listening on (127\.0\.0\.1|\[::1\]|localhost|[0-9.]+):(\d+)/;
+
+const live = new Set();
+const tempDirs = new Set();
+
+function killAll() {
+  for (const s of live) {
+    try {
+      s.proc.kill('SIGKILL');
+    } catch (_) {
+      // already gone
+    }
+  }
+  live.clear();
+  if (!process.env.TLSPLANE_KEEP_DATA) {
+    for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(sig, () => {
+    killAll();
+    process.exit(128 + os.constants.signals[sig]);
+  });
+}
+
+let setprivOk;
+function hasSetpriv() {
+  if (setprivOk === undefined) {
+    const r = spawnSync('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'true'], { stdio: 'ignore' });
+    setprivOk = r.status === 0;
+  }
+  return setprivOk;
+}
+
+function serverBinary() {
+  const fromEnv = process.env.TLSPLANE_SERVER;
+  const candidates = fromEnv
+    ? [fromEnv]
+    : [
+        path.resolve(__dirname, '../../../build/server/tlsplane-server'),
+        '/tmp/build-it/server/tlsplane-server',
+      ];
+  for (const c of candidates) if (fs.existsSync(c)) return c;
+  throw new Error(
+    `tlsplane-server not found (${candidates.join(', ')}); set TLSPLANE_SERVER to the binary`,
+  );
+}
+
+class Server {
+  constructor({ dataDir, binary, extraArgs, env }) {
+    this.dataDir = dataDir;
+    this.binary = binary;
+    this.extraArgs = extraArgs;
+    this.env = env;
+    this.proc = null;
+    this.port = null;
+    this.address = null;
+    this.logText = '';
+    this.exit = null; // {code, signal} once exited
+    this.starts = 0;
+    this.stopRequested = false; // set by stop(): an exit then is no crash
+  }
+
+  // A server on a fresh temporary data dir (or `dataDir`).
+  static async start({ dataDir, extraArgs = [], env = {} } = {}) {
+    if (!dataDir) {
+      dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-it-'));
+      tempDirs.add(dataDir);
+    }
+    const s = new Server({ dataDir, binary: serverBinary(), extraArgs, env });
+    await s._spawn();
+    return s;
+  }
+
+  _spawn() {
+    const args = ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', '--plaintext', ...this.extraArgs];
+    const [cmd, argv] = hasSetpriv()
+      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', this.binary, ...args]]
+      : [this.binary, args];
+    this.starts += 1;
+    this.exit = null;
+    this.stopRequested = false;
+    this.port = null;
+    this.address = null;
+    const proc = spawn(cmd, argv, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...this.env },
+    });
+    this.proc = proc;
+    live.add(this);
+    this.exited = new Promise((resolve) => {
+      proc.on('exit', (code, signal) => {
+        live.delete(this);
+        this.exit = { code, signal };
+        resolve(this.exit);
+      });
+    });
+    const verbose = !!process.env.TLSPLANE_TEST_VERBOSE;
+    const onOut = (prefix) => (chunk) => {
+      const text = chunk.toString();
+      this.logText += text;
+      if (this.logText.length > 4 * 1024 * 1024) this.logText = this.logText.slice(-2 * 1024 * 1024);
+      if (verbose) process.stderr.write(text.replace(/^/gm, `[server${prefix}] `));
+    };
+    proc.stdout.on('data', onOut(':out'));
+    proc.stderr.on('data', onOut(''));
+
+    return new Promise((resolve, reject) => {
+      let stderrBuf = '';
+      const timer = setTimeout(() => {
+        cleanup();
+        proc.kill('SIGKILL');
+        reject(new Error(`tlsplane-server did not print "listening on" within ${START_TIMEOUT_MS} ms; output:\n${this.logText}`));
+      }, START_TIMEOUT_MS);
+      const onData = (chunk) => {
+        stderrBuf += chunk.toString();
+        const m = LISTEN_RE.exec(stderrBuf);
+        if (m) {
+          cleanup();
+          this.port = Number(m[2]);
+          this.address = `127.0.0.1:${this.port}`;
+          resolve(this);
+        }
+      };
+      const onExit = (code, signal) => {
+        cleanup();
+        reject(new Error(`tlsplane-server exited before listening (code ${code}, signal ${signal}); output:\n${this.logText}`));
+      };
+      const onError = (err) => {
+        cleanup();
+        reject(new Error(`cannot start ${this.binary}: ${err.message}`));
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        proc.stderr.off('data', onData);
+        proc.off('exit', onExit);
+        proc.off('error', onError);
+      };
+      proc.stderr.on('data', onData);
+      proc.on('exit', onExit);
+      proc.on('error', onError);
+    });
+  }
+
+  get running() {
+    return this.proc !== null && this.exit === null;
+  }
+
+  // Exited without being asked to (a crash, an abort, an early exit).
+  get crashed() {
+    return this.exit !== null && !this.stopRequested;
+  }
+
+  // SIGTERM, then wait for the exit; SIGKILL after STOP_TIMEOUT_MS. Resolves
+  // with {code, signal}.
+  async stop() {
+    if (!this.proc) return this.exit;
+    if (this.exit) return this.exit;
+    this.stopRequested = true;
+    this.proc.kill('SIGTERM');
+    let timer;
+    const timeout = new Promise((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS);
+    });
+    const r = await Promise.race([this.exited, timeout]);
+    clearTimeout(timer);
+    if (r === 'timeout') {
+      this.proc.kill('SIGKILL');
+      await this.exited;
+      this.exit.timedOut = true;
+    }
+    return this.exit;
+  }
+
+  // Stops with SIGTERM and asserts a clean exit (code 0, no signal).
+  async stopClean() {
+    const r = await this.stop();
+    assert.ok(!r.timedOut, `tlsplane-server did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM`);
+    assert.deepEqual(
+      { code: r.code, signal: r.signal },
+      { code: 0, signal: null },
+      `tlsplane-server did not exit cleanly on SIGTERM; output:\n${this.tail()}`,
+    );
+    return r;
+  }
+
+  // Stops cleanly and starts again on the same data dir (a new port).
+  async restart() {
+    await this.stopClean();
+    await this._spawn();
+    return this;
+  }
+
+  log() {
+    return this.logText;
+  }
+
+  tail(lines = 40) {
+    return this.logText.split('\n').slice(-lines).join('\n');
+  }
+}
+
+// Registers hooks that run one server (and one reflection client) for the
+// whole test file. Returns a context whose .server, .conn and .api are set
+// once before() ran; ctx.restart() restarts on the same data dir and
+// reconnects.
+//
+// Node 20 starts a file's top-level before() hooks without awaiting the
+// previous one, so work that needs the server goes into `setup(ctx)`, run
+// in the same hook once the server is up.
+//
+// A server that dies during a test (a crash) fails that test with the
+// signal and the end of the server's log; it is then started again on the
+// same data dir so that one crash does not fail every later test of the
+// file, and after() fails the file listing every crash.
+function useServer({ before, after, beforeEach, afterEach }, { connectOptions, setup } = {}) {
+  const { connect } = require('./reflect');
+  const crashes = [];
+  const ctx = {
+    server: null,
+    conn: null,
+    crashes,
+    get api() {
+      if (!this.conn) throw new Error('no connection to tlsplane-server (it did not start, or has stopped)');
+      return this.conn.api;
+    },
+    async restart() {
+      if (this.conn) this.conn.close();
+      this.conn = null;
+      await this.server.restart();
+      this.conn = await connect(this.server.address, connectOptions);
+      return this;
+    },
+    // Starts the server again after a crash, same data dir.
+    async revive() {
+      if (this.conn) this.conn.close();
+      this.conn = null;
+      await this.server._spawn();
+      this.conn = await connect(this.server.address, connectOptions);
+    },
+  };
+  const noteCrash = (when) => {
+    const s = ctx.server;
+    const text = `tlsplane-server died ${when} (exit code ${s.exit.code}, signal ${s.exit.signal}); log tail:\n${s.tail(20)}`;
+    crashes.push(text);
+    return text;
+  };
+  before(async () => {
+    ctx.server = await Server.start();
+    ctx.conn = await connect(ctx.server.address, connectOptions);
+    if (setup) await setup(ctx);
+  });
+  if (beforeEach) {
+    beforeEach(async () => {
+      if (ctx.server && ctx.server.crashed) {
+        noteCrash('before this test (noticed late)');
+        await ctx.revive();
+      }
+    });
+  }
+  if (afterEach) {
+    afterEach(async (t) => {
+      if (!ctx.server || ctx.server.stopRequested) return;
+      if (ctx.server.running && ctx.conn) {
+        // A crash shows as a dropped connection before the exit is reaped:
+        // one health check tells a live server from a dying one.
+        const health = ctx.conn.api['grpc.health.v1.Health'];
+        let alive = true;
+        try {
+          await health.Check({ service: '' }, { deadlineMs: 3000 });
+        } catch (_) {
+          alive = false;
+        }
+        if (!alive) {
+          let timer;
+          await Promise.race([
+            ctx.server.exited,
+            new Promise((resolve) => {
+              timer = setTimeout(resolve, 3000);
+            }),
+          ]);
+          clearTimeout(timer);
+          if (ctx.server.running) throw new Error(`tlsplane-server stopped answering health checks during "${t.name}"`);
+        }
+      }
+      if (!ctx.server.crashed) return;
+      const text = noteCrash(`during "${t.name}"`);
+      await ctx.revive();
+      throw new Error(`${text}\n(restarted on the same data dir for the tests after this one)`);
+    });
+  }
+  after(async () => {
+    if (ctx.conn) ctx.conn.close();
+    if (ctx.server && ctx.server.crashed) noteCrash('at the end of the file');
+    if (ctx.server && ctx.server.running) {
+      // A server that does not exit cleanly on SIGTERM is a bug wherever it
+      // shows: this fails the file's run.
+      await ctx.server.stopClean();
+    }
+    assert.equal(crashes.length, 0, `tlsplane-server crashed ${crashes.length} time(s) in this file:\n${crashes.join('\n---\n')}`);
+  });
+  return ctx;
+}
+
+module.exports = { Server, useServer, serverBinary };

@@ -1,0 +1,143 @@
+'use strict';
+// Assertions and helpers shared by the integration tests.
+
+const assert = require('node:assert/strict');
+const { status } = require('@grpc/grpc-js');
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(status).map(([k, v]) => [v, k]));
+
+function statusName(code) {
+  return STATUS_NAMES[code] || String(code);
+}
+
+// google.protobuf.Timestamp <-> Date.
+function ts(date) {
+  const ms = date instanceof Date ? date.getTime() : Number(date);
+  const seconds = Math.floor(ms / 1000);
+  return { seconds: String(seconds), nanos: (ms - seconds * 1000) * 1e6 };
+}
+
+function toDate(t) {
+  assert.ok(t, 'expected a Timestamp, got null');
+  return new Date(Number(t.seconds) * 1000 + Math.floor((t.nanos || 0) / 1e6));
+}
+
+function seconds(t) {
+  return t ? Number(t.seconds) : null;
+}
+
+// Awaits a call that must fail with `code`. `field`: the field the message
+// must start with (docs/api.md: "a message that starts with the field"); a
+// string, a RegExp, or an array of alternatives (where the contract leaves
+// which field open, e.g. passphrase vs private_key_pem). `includes`:
+// substrings (case-insensitive) the message must contain. Resolves with the
+// error.
+async function expectGrpcError(promise, code, { field, includes = [], what = '' } = {}) {
+  let res;
+  try {
+    res = await promise;
+  } catch (err) {
+    if (typeof err.code !== 'number') throw err;
+    const details = err.details || '';
+    assert.equal(
+      statusName(err.code),
+      statusName(code),
+      `${what ? what + ': ' : ''}expected ${statusName(code)}, got ${statusName(err.code)}: ${details}`,
+    );
+    if (field !== undefined) {
+      const alts = Array.isArray(field) ? field : [field];
+      const ok = alts.some((f) => (f instanceof RegExp ? f.test(details) : details.startsWith(f)));
+      assert.ok(ok, `${what ? what + ': ' : ''}error message should start with ${alts.map(String).join(' or ')}; got: ${details}`);
+    }
+    for (const inc of [].concat(includes)) {
+      const ok = inc instanceof RegExp ? inc.test(details) : details.toLowerCase().includes(inc.toLowerCase());
+      assert.ok(ok, `${what ? what + ': ' : ''}error message should mention ${inc}; got: ${details}`);
+    }
+    return err;
+  }
+  assert.fail(`${what ? what + ': ' : ''}expected ${statusName(code)}, but the call succeeded: ${JSON.stringify(res).slice(0, 500)}`);
+}
+
+// Every item of a List method, following next_page_token.
+async function listAll(svc, method, itemsKey, req = {}, { pageSize = 1000 } = {}) {
+  const out = [];
+  let pageToken = '';
+  for (let i = 0; i < 10000; i++) {
+    const res = await svc[method]({ ...req, pageSize, pageToken });
+    out.push(...(res[itemsKey] || []));
+    if (!res.nextPageToken) return out;
+    pageToken = res.nextPageToken;
+  }
+  throw new Error(`${method}: pagination does not end`);
+}
+
+const COLLECTIONS = [
+  ['CertificateService', 'ListCertificates', 'certificates'],
+  ['TrustBundleService', 'ListTrustBundles', 'trustBundles'],
+  ['RevocationListService', 'ListRevocationLists', 'revocationLists'],
+  ['CipherPolicyService', 'ListCipherPolicies', 'cipherPolicies'],
+  ['TlsContextService', 'ListTlsContexts', 'tlsContexts'],
+  ['ListenerService', 'ListListeners', 'listeners'],
+  ['TicketKeyService', 'ListTicketKeyRings', 'ticketKeyRings'],
+];
+
+// Everything a client can read: every resource of every kind, and the audit
+// trail. A list that fails is recorded as its status, so that one missing
+// method does not hide whether the others changed.
+async function captureWorld(api) {
+  const world = {};
+  for (const [svc, method, key] of [...COLLECTIONS, ['AuditService', 'ListAuditEvents', 'auditEvents']]) {
+    try {
+      world[key] = await listAll(api[svc], method, key);
+    } catch (err) {
+      if (typeof err.code !== 'number') throw err;
+      world[key] = `error ${statusName(err.code)}`;
+    }
+  }
+  return world;
+}
+
+// The highest revision the audit trail shows (0 when empty).
+function lastRevision(world) {
+  if (!Array.isArray(world.auditEvents)) return null;
+  return world.auditEvents.reduce((m, e) => Math.max(m, Number(e.revision)), 0);
+}
+
+// Asserts that nothing a client can read changed since `before`.
+async function assertUnchanged(api, before, what = 'a refused call') {
+  const after = await captureWorld(api);
+  for (const key of Object.keys(before)) {
+    assert.deepEqual(after[key], before[key], `${what} changed ${key}`);
+  }
+}
+
+// Runs a call that must be refused and asserts that it changed nothing.
+async function expectRefused(api, promiseFn, code, opts = {}) {
+  const before = await captureWorld(api);
+  const err = await expectGrpcError(promiseFn(), code, opts);
+  await assertUnchanged(api, before, opts.what || 'a refused call');
+  return err;
+}
+
+let idCounter = 0;
+// A valid, unique resource id ("t-<prefix>-<n>").
+function uid(prefix = 'r') {
+  idCounter += 1;
+  return `${prefix}-${process.pid.toString(36)}-${idCounter}`;
+}
+
+module.exports = {
+  status,
+  statusName,
+  ts,
+  toDate,
+  seconds,
+  expectGrpcError,
+  expectRefused,
+  listAll,
+  captureWorld,
+  assertUnchanged,
+  lastRevision,
+  uid,
+  COLLECTIONS,
+};

@@ -1,0 +1,1084 @@
+/* The store (store/store.h) against a real SQLite file: migrations and
+ * upgrades, writes and their refusals, revisions, rollback, secrets, label
+ * selectors, pagination, references, audit, durability and concurrency. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fixtures.h"
+#include "store.h"
+
+#define CERT "Certificate"
+#define CTX "TlsContext"
+
+struct fixture {
+  char dir[256];
+  char path[300];
+  struct store *s;
+};
+
+/* Fails printing both sides unless haystack contains needle. */
+#define assert_contains(haystack, needle)                                                          \
+  do {                                                                                             \
+    const char *h_ = (haystack), *n_ = (needle);                                                   \
+    if (h_ == NULL || strstr(h_, n_) == NULL)                                                      \
+      fail_msg("\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", n_);                          \
+  } while (0)
+
+/* A call failed with code and err carries status and a message holding
+ * `says`. */
+#define assert_refused(rc, code, err, st, says)                                                    \
+  do {                                                                                             \
+    assert_int_equal((rc), (code));                                                                \
+    assert_int_equal((err).status, (st));                                                          \
+    assert_contains((err).msg, (says));                                                            \
+  } while (0)
+
+#define assert_ok(rc, err)                                                                         \
+  do {                                                                                             \
+    int rc_ = (rc);                                                                                \
+    if (rc_ != 0)                                                                                  \
+      fail_msg("%s returned %d: %s", #rc, rc_, (err).msg);                                         \
+  } while (0)
+
+static void paths_remove(const char *path, const char *dir) {
+  char p[512];
+  unlink(path);
+  snprintf(p, sizeof(p), "%s-wal", path);
+  unlink(p);
+  snprintf(p, sizeof(p), "%s-shm", path);
+  unlink(p);
+  rmdir(dir);
+}
+
+static int setup_path(void **state) {
+  struct fixture *f = calloc(1, sizeof(*f));
+  if (f == NULL)
+    return -1;
+  fixture_tmpdir(f->dir, sizeof(f->dir));
+  snprintf(f->path, sizeof(f->path), "%s/tlsplane.db", f->dir);
+  *state = f;
+  return 0;
+}
+
+static int setup_open(void **state) {
+  if (setup_path(state) < 0)
+    return -1;
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  if (store_open(f->path, &f->s, &err) < 0) {
+    fprintf(stderr, "store_open: %s\n", err.msg);
+    return -1;
+  }
+  return 0;
+}
+
+static int teardown(void **state) {
+  struct fixture *f = *state;
+  store_close(f->s);
+  paths_remove(f->path, f->dir);
+  free(f);
+  return 0;
+}
+
+/* A write of name with the text data and nothing else. */
+static struct store_write write_of(const char *kind, const char *name, int create,
+                                   const char *data) {
+  struct store_write w = {
+      .kind = kind,
+      .name = name,
+      .create = create,
+      .data = (const uint8_t *)data,
+      .data_len = strlen(data),
+      .actor = "alice",
+      .method = "/tlsplane.v1.Test/Write",
+  };
+  return w;
+}
+
+/* One write in its own transaction; returns the committed revision. */
+static int64_t put_one(struct store *s, const struct store_write *w, struct store_row *out) {
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  assert_ok(store_begin(s, 1, &txn, &err), err);
+  assert_ok(store_put(txn, w, out, &err), err);
+  int64_t rev = -1;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  return rev;
+}
+
+static int64_t create_text(struct store *s, const char *kind, const char *name, const char *data) {
+  struct store_write w = write_of(kind, name, 1, data);
+  return put_one(s, &w, NULL);
+}
+
+/* Runs a single failing write in its own transaction and returns its code;
+ * the transaction is rolled back. */
+static int put_fails(struct store *s, const struct store_write *w, struct tp_err *err) {
+  struct store_txn *txn;
+  assert_ok(store_begin(s, 1, &txn, err), *err);
+  int rc = store_put(txn, w, NULL, err);
+  store_rollback(txn);
+  return rc;
+}
+
+static int delete_one(struct store *s, const char *kind, const char *name, const char *etag,
+                      struct tp_err *err) {
+  struct store_txn *txn;
+  assert_ok(store_begin(s, 1, &txn, err), *err);
+  int rc = store_delete(txn, kind, name, etag, "bob", "/tlsplane.v1.Test/Delete", err);
+  if (rc < 0) {
+    store_rollback(txn);
+    return rc;
+  }
+  return store_commit(txn, NULL, err);
+}
+
+/* Reads a row (without secret) in its own transaction. */
+static int get_one(struct store *s, const char *kind, const char *name, int with_secret,
+                   struct store_row *out, struct tp_err *err) {
+  struct store_txn *txn;
+  assert_ok(store_begin(s, 0, &txn, err), *err);
+  int rc = store_get(txn, kind, name, with_secret, out, err);
+  store_rollback(txn);
+  return rc;
+}
+
+/* Lists and returns the names joined by commas into buf ("" for none). */
+static const char *list_names(struct store *s, const struct store_query *q, char *buf, size_t len) {
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  struct store_row *rows;
+  size_t n;
+  assert_ok(store_begin(s, 0, &txn, &err), err);
+  assert_ok(store_list(txn, q, &rows, &n, &err), err);
+  store_rollback(txn);
+  buf[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    size_t used = strlen(buf);
+    snprintf(buf + used, len - used, "%s%s", i ? "," : "", rows[i].name);
+  }
+  store_rows_free(rows, n);
+  return buf;
+}
+
+static void audit_all(struct store *s, const struct store_audit_query *q, struct store_audit **a,
+                      size_t *n) {
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  assert_ok(store_begin(s, 0, &txn, &err), err);
+  assert_ok(store_audit_list(txn, q, a, n, &err), err);
+  store_rollback(txn);
+}
+
+static void test_open_migrates_and_reopens(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_true(store_schema_latest() >= 2);
+  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), store_schema_latest());
+  assert_int_equal(store_revision(f->s), 0);
+  create_text(f->s, CERT, "certificates/web", "v1");
+  store_close(f->s);
+  f->s = NULL;
+
+  struct stat st;
+  assert_int_equal(stat(f->path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+
+  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), store_schema_latest());
+  assert_int_equal(store_revision(f->s), 1);
+  store_close(f->s);
+  f->s = NULL;
+
+  /* An older version than the database has is a downgrade: refused. */
+  struct store *old = NULL;
+  assert_refused(store_open_version(f->path, 1, &old, &err), -ENOTSUP, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "schema version 2 is newer than 1");
+  assert_null(old);
+  assert_refused(store_open_version(f->path, 0, &old, &err), -EINVAL, err,
+                 GRPC_STATUS_INVALID_ARGUMENT, "schema version 0 unknown");
+  assert_refused(store_open_version(f->path, store_schema_latest() + 1, &old, &err), -EINVAL, err,
+                 GRPC_STATUS_INVALID_ARGUMENT, "unknown");
+}
+
+static void test_upgrade_keeps_rows(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_ok(store_open_version(f->path, 1, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), 1);
+
+  struct store_label env = {"env", "prod"};
+  struct store_write cert = write_of(CERT, "certificates/web", 1, "cert-v1");
+  cert.labels = &env;
+  cert.n_labels = 1;
+  cert.set_secret = 1;
+  cert.secret = (const uint8_t *)"key";
+  cert.secret_len = 3;
+  cert.expire_time_us = 1000;
+  struct store_row before = {0};
+  assert_int_equal(put_one(f->s, &cert, &before), 1);
+  struct store_ref ref = {CERT, "certificates/web", "tls_context.certificates[0]"};
+  struct store_write ctx = write_of(CTX, "tlsContexts/main", 1, "ctx-v1");
+  ctx.refs = &ref;
+  ctx.n_refs = 1;
+  assert_int_equal(put_one(f->s, &ctx, NULL), 2);
+
+  /* Version 1 has no audit trail yet. */
+  struct store_audit *a;
+  size_t n;
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 0);
+  store_close(f->s);
+  f->s = NULL;
+
+  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), store_schema_latest());
+  assert_int_equal(store_revision(f->s), 2);
+
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 1, &row, &err), err);
+  assert_string_equal(row.etag, before.etag);
+  assert_int_equal(row.revision, 1);
+  assert_int_equal(row.create_time_us, before.create_time_us);
+  assert_int_equal(row.data_len, 7);
+  assert_memory_equal(row.data, "cert-v1", 7);
+  assert_int_equal(row.secret_len, 3);
+  assert_memory_equal(row.secret, "key", 3);
+  store_row_clear(&row);
+  store_row_clear(&before);
+
+  /* Labels, expiry and references survived and still work. */
+  char buf[256];
+  struct store_label_req prod = {STORE_LABEL_EQ, "env", "prod"};
+  struct store_query q = {.kind = CERT, .labels = &prod, .n_labels = 1};
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/web");
+  struct store_query exp = {.kind = CERT, .expire_before_us = 2000};
+  assert_string_equal(list_names(f->s, &exp, buf, sizeof(buf)), "certificates/web");
+  assert_refused(delete_one(f->s, CERT, "certificates/web", NULL, &err), -EBUSY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "tlsContexts/main");
+
+  /* Migration 2 gave every existing resource an audit event, and new
+   * writes are audited. */
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 2);
+  assert_string_equal(a[0].resource, "certificates/web");
+  assert_int_equal(a[0].revision, 1);
+  assert_string_equal(a[0].action, "import");
+  assert_string_equal(a[1].resource, "tlsContexts/main");
+  assert_int_equal(a[1].revision, 2);
+  store_audit_free(a, n);
+  create_text(f->s, CERT, "certificates/api", "cert");
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 3);
+  assert_string_equal(a[2].resource, "certificates/api");
+  assert_string_equal(a[2].action, "create");
+  assert_int_equal(a[2].revision, 3);
+  store_audit_free(a, n);
+}
+
+static void test_create_get_update_delete(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_row created = {0};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "first");
+  assert_int_equal(put_one(f->s, &w, &created), 1);
+  assert_string_equal(created.kind, CERT);
+  assert_string_equal(created.name, "certificates/web");
+  assert_int_equal(created.revision, 1);
+  assert_non_null(created.etag);
+  assert_true(created.create_time_us > 1600000000LL * 1000000);
+  assert_int_equal(created.create_time_us, created.update_time_us);
+  assert_null(created.data);
+
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  assert_string_equal(row.kind, CERT);
+  assert_string_equal(row.etag, created.etag);
+  assert_int_equal(row.revision, 1);
+  assert_int_equal(row.data_len, 5);
+  assert_memory_equal(row.data, "first", 5);
+  store_row_clear(&row);
+
+  /* The same name under another kind is another row. */
+  assert_refused(get_one(f->s, CTX, "certificates/web", 0, &row, &err), -ENOENT, err,
+                 GRPC_STATUS_NOT_FOUND, "certificates/web");
+  assert_null(row.name);
+
+  struct store_row updated = {0};
+  w = write_of(CERT, "certificates/web", 0, "second!");
+  w.expect_etag = created.etag;
+  assert_int_equal(put_one(f->s, &w, &updated), 2);
+  assert_string_not_equal(updated.etag, created.etag);
+  assert_int_equal(updated.revision, 2);
+  assert_int_equal(updated.create_time_us, created.create_time_us);
+  assert_true(updated.update_time_us >= created.update_time_us);
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  assert_int_equal(row.data_len, 7);
+  assert_memory_equal(row.data, "second!", 7);
+  assert_string_equal(row.etag, updated.etag);
+  store_row_clear(&row);
+
+  assert_ok(delete_one(f->s, CERT, "certificates/web", updated.etag, &err), err);
+  assert_int_equal(store_revision(f->s), 3);
+  assert_refused(get_one(f->s, CERT, "certificates/web", 0, &row, &err), -ENOENT, err,
+                 GRPC_STATUS_NOT_FOUND, "certificates/web not found");
+  store_row_clear(&created);
+  store_row_clear(&updated);
+
+  /* An empty row (no data) is stored and read back as empty. */
+  struct store_write empty = {.kind = CERT, .name = "certificates/empty", .create = 1};
+  put_one(f->s, &empty, NULL);
+  assert_ok(get_one(f->s, CERT, "certificates/empty", 1, &row, &err), err);
+  assert_int_equal(row.data_len, 0);
+  assert_null(row.secret);
+  store_row_clear(&row);
+}
+
+static void test_exists_and_not_found(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  create_text(f->s, CERT, "certificates/web", "x");
+  struct store_write again = write_of(CERT, "certificates/web", 1, "y");
+  assert_refused(put_fails(f->s, &again, &err), -EEXIST, err, GRPC_STATUS_ALREADY_EXISTS,
+                 "certificates/web already exists");
+  struct store_write missing = write_of(CERT, "certificates/nope", 0, "y");
+  assert_refused(put_fails(f->s, &missing, &err), -ENOENT, err, GRPC_STATUS_NOT_FOUND,
+                 "certificates/nope");
+  assert_refused(delete_one(f->s, CERT, "certificates/nope", NULL, &err), -ENOENT, err,
+                 GRPC_STATUS_NOT_FOUND, "certificates/nope");
+  /* Nothing of that changed the revision. */
+  assert_int_equal(store_revision(f->s), 1);
+
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  assert_memory_equal(row.data, "x", 1);
+  store_row_clear(&row);
+}
+
+static void test_etag_conflict(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_row v1 = {0}, v2 = {0};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "v1");
+  put_one(f->s, &w, &v1);
+  w = write_of(CERT, "certificates/web", 0, "v2");
+  w.expect_etag = v1.etag;
+  put_one(f->s, &w, &v2);
+
+  /* A job that read v1 lost the race. */
+  w = write_of(CERT, "certificates/web", 0, "v3");
+  w.expect_etag = v1.etag;
+  assert_refused(put_fails(f->s, &w, &err), -ESTALE, err, GRPC_STATUS_FAILED_PRECONDITION,
+                 "etag mismatch: certificates/web was changed");
+  assert_contains(err.msg, v2.etag);
+  assert_refused(delete_one(f->s, CERT, "certificates/web", v1.etag, &err), -ESTALE, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "etag mismatch");
+  assert_int_equal(store_revision(f->s), 2);
+
+  /* An empty etag skips the check. */
+  w.expect_etag = "";
+  assert_int_equal(put_one(f->s, &w, NULL), 3);
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  assert_memory_equal(row.data, "v3", 2);
+  store_row_clear(&row);
+  store_row_clear(&v1);
+  store_row_clear(&v2);
+}
+
+static void test_revision_once_per_txn(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  create_text(f->s, CERT, "certificates/a", "a");
+  assert_int_equal(store_revision(f->s), 1);
+
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_int_equal(store_txn_revision(txn), 2);
+  const char *names[] = {"certificates/b", "certificates/c", "certificates/d"};
+  for (int i = 0; i < 3; i++) {
+    struct store_write w = write_of(CERT, names[i], 1, "x");
+    assert_ok(store_put(txn, &w, NULL, &err), err);
+  }
+  struct store_write w = write_of(CERT, "certificates/a", 0, "a2");
+  assert_ok(store_put(txn, &w, NULL, &err), err);
+  /* Not visible to others before commit. */
+  assert_int_equal(store_revision(f->s), 1);
+  struct store_row row;
+  assert_refused(get_one(f->s, CERT, "certificates/b", 0, &row, &err), -ENOENT, err,
+                 GRPC_STATUS_NOT_FOUND, "certificates/b");
+  int64_t rev = 0;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  assert_int_equal(rev, 2);
+  assert_int_equal(store_revision(f->s), 2);
+  for (int i = 0; i < 3; i++) {
+    assert_ok(get_one(f->s, CERT, names[i], 0, &row, &err), err);
+    assert_int_equal(row.revision, 2);
+    assert_string_equal(row.etag, "2");
+    store_row_clear(&row);
+  }
+
+  /* Read-only transactions, and write transactions that wrote nothing,
+   * commit no revision. */
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_int_equal(store_txn_revision(txn), 2);
+  assert_ok(store_get(txn, CERT, "certificates/a", 0, &row, &err), err);
+  store_row_clear(&row);
+  rev = 0;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  assert_int_equal(rev, 2);
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_get(txn, CERT, "certificates/a", 0, &row, &err), err);
+  store_row_clear(&row);
+  rev = 0;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  assert_int_equal(rev, 2);
+  assert_int_equal(store_revision(f->s), 2);
+  assert_int_equal(create_text(f->s, CERT, "certificates/e", "e"), 3);
+}
+
+static void test_rollback_leaves_nothing(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  create_text(f->s, CERT, "certificates/a", "a");
+  struct store_audit *a;
+  size_t n_audit;
+  audit_all(f->s, NULL, &a, &n_audit);
+  store_audit_free(a, n_audit);
+
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  struct store_write w = write_of(CERT, "certificates/b", 1, "b");
+  assert_ok(store_put(txn, &w, NULL, &err), err);
+  assert_ok(store_delete(txn, CERT, "certificates/a", NULL, "bob", "m", &err), err);
+  store_rollback(txn);
+
+  char buf[256];
+  struct store_query all = {.kind = CERT};
+  assert_string_equal(list_names(f->s, &all, buf, sizeof(buf)), "certificates/a");
+  assert_int_equal(store_revision(f->s), 1);
+  size_t n;
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, n_audit);
+  store_audit_free(a, n);
+
+  /* A failed write aborts the transaction: commit reports it and keeps
+   * nothing of what came before it. */
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  w = write_of(CERT, "certificates/c", 1, "c");
+  assert_ok(store_put(txn, &w, NULL, &err), err);
+  w = write_of(CERT, "certificates/a", 1, "dup");
+  assert_refused(store_put(txn, &w, NULL, &err), -EEXIST, err, GRPC_STATUS_ALREADY_EXISTS,
+                 "certificates/a already exists");
+  struct store_row row;
+  memset(&err, 0, sizeof(err));
+  assert_refused(store_get(txn, CERT, "certificates/a", 0, &row, &err), -EEXIST, err,
+                 GRPC_STATUS_ALREADY_EXISTS, "certificates/a already exists");
+  int64_t rev = -1;
+  memset(&err, 0, sizeof(err));
+  assert_refused(store_commit(txn, &rev, &err), -EEXIST, err, GRPC_STATUS_ALREADY_EXISTS,
+                 "certificates/a already exists");
+  assert_int_equal(rev, -1);
+  assert_string_equal(list_names(f->s, &all, buf, sizeof(buf)), "certificates/a");
+  assert_int_equal(store_revision(f->s), 1);
+  /* The write lock was released: the next writer proceeds. */
+  assert_int_equal(create_text(f->s, CERT, "certificates/d", "d"), 2);
+  store_rollback(NULL);
+}
+
+static void test_secrets(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "pub");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"private-1";
+  w.secret_len = 9;
+  put_one(f->s, &w, NULL);
+
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  assert_null(row.secret);
+  assert_int_equal(row.secret_len, 0);
+  store_row_clear(&row);
+  assert_ok(get_one(f->s, CERT, "certificates/web", 1, &row, &err), err);
+  assert_int_equal(row.secret_len, 9);
+  assert_memory_equal(row.secret, "private-1", 9);
+  store_row_clear(&row);
+
+  /* set_secret = 0 keeps it. */
+  w = write_of(CERT, "certificates/web", 0, "pub2");
+  put_one(f->s, &w, NULL);
+  assert_ok(get_one(f->s, CERT, "certificates/web", 1, &row, &err), err);
+  assert_memory_equal(row.data, "pub2", 4);
+  assert_int_equal(row.secret_len, 9);
+  assert_memory_equal(row.secret, "private-1", 9);
+  store_row_clear(&row);
+
+  /* set_secret = 1 replaces it, or removes it with none given. */
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"private-2!";
+  w.secret_len = 10;
+  put_one(f->s, &w, NULL);
+  assert_ok(get_one(f->s, CERT, "certificates/web", 1, &row, &err), err);
+  assert_int_equal(row.secret_len, 10);
+  assert_memory_equal(row.secret, "private-2!", 10);
+  store_row_clear(&row);
+  w.secret = NULL;
+  w.secret_len = 0;
+  put_one(f->s, &w, NULL);
+  assert_ok(get_one(f->s, CERT, "certificates/web", 1, &row, &err), err);
+  assert_null(row.secret);
+  store_row_clear(&row);
+
+  /* Lists never carry secrets. */
+  w = write_of(CERT, "certificates/api", 1, "pub");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"s";
+  w.secret_len = 1;
+  put_one(f->s, &w, NULL);
+  struct store_txn *txn;
+  struct store_row *rows;
+  size_t n;
+  struct store_query q = {.kind = CERT};
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_list(txn, &q, &rows, &n, &err), err);
+  store_rollback(txn);
+  assert_int_equal(n, 2);
+  assert_null(rows[0].secret);
+  assert_null(rows[1].secret);
+  store_rows_free(rows, n);
+}
+
+static void put_labels(struct store *s, const char *name, int create,
+                       const struct store_label *labels, size_t n) {
+  struct store_write w = write_of("Listener", name, create, name);
+  w.labels = labels;
+  w.n_labels = n;
+  put_one(s, &w, NULL);
+}
+
+static const char *select_names(struct store *s, const struct store_label_req *reqs, size_t n,
+                                char *buf, size_t len) {
+  struct store_query q = {.kind = "Listener", .labels = reqs, .n_labels = n};
+  return list_names(s, &q, buf, len);
+}
+
+static void test_label_selectors(void **state) {
+  struct fixture *f = *state;
+  struct store_label a[] = {{"env", "prod"}, {"tier", "web"}};
+  struct store_label b[] = {{"env", "dev"}};
+  put_labels(f->s, "listeners/a", 1, a, 2);
+  put_labels(f->s, "listeners/b", 1, b, 1);
+  put_labels(f->s, "listeners/c", 1, NULL, 0);
+  char buf[256];
+
+  struct store_label_req eq = {STORE_LABEL_EQ, "env", "prod"};
+  assert_string_equal(select_names(f->s, &eq, 1, buf, sizeof(buf)), "listeners/a");
+  struct store_label_req ne = {STORE_LABEL_NE, "env", "prod"};
+  assert_string_equal(select_names(f->s, &ne, 1, buf, sizeof(buf)), "listeners/b,listeners/c");
+  struct store_label_req ex = {STORE_LABEL_EXISTS, "env", NULL};
+  assert_string_equal(select_names(f->s, &ex, 1, buf, sizeof(buf)), "listeners/a,listeners/b");
+  struct store_label_req nex = {STORE_LABEL_NOT_EXISTS, "env", NULL};
+  assert_string_equal(select_names(f->s, &nex, 1, buf, sizeof(buf)), "listeners/c");
+
+  /* All requirements must hold. */
+  struct store_label_req both[] = {{STORE_LABEL_EXISTS, "env", NULL},
+                                   {STORE_LABEL_NE, "tier", "web"}};
+  assert_string_equal(select_names(f->s, both, 2, buf, sizeof(buf)), "listeners/b");
+  struct store_label_req none[] = {{STORE_LABEL_EQ, "env", "prod"}, {STORE_LABEL_EQ, "env", "dev"}};
+  assert_string_equal(select_names(f->s, none, 2, buf, sizeof(buf)), "");
+
+  /* Values are bound, never spliced into the SQL. */
+  struct store_label_req inject = {STORE_LABEL_EQ, "env", "x' OR '1'='1"};
+  assert_string_equal(select_names(f->s, &inject, 1, buf, sizeof(buf)), "");
+  struct store_label_req inject_key = {STORE_LABEL_NOT_EXISTS, "env') OR 1=1 --", NULL};
+  assert_string_equal(select_names(f->s, &inject_key, 1, buf, sizeof(buf)),
+                      "listeners/a,listeners/b,listeners/c");
+
+  /* An update replaces the labels. */
+  struct store_label a2[] = {{"env", "dev"}};
+  put_labels(f->s, "listeners/a", 0, a2, 1);
+  assert_string_equal(select_names(f->s, &eq, 1, buf, sizeof(buf)), "");
+  struct store_label_req tier = {STORE_LABEL_EXISTS, "tier", NULL};
+  assert_string_equal(select_names(f->s, &tier, 1, buf, sizeof(buf)), "");
+  struct store_label_req dev = {STORE_LABEL_EQ, "env", "dev"};
+  assert_string_equal(select_names(f->s, &dev, 1, buf, sizeof(buf)), "listeners/a,listeners/b");
+
+  /* Duplicate keys are refused. */
+  struct tp_err err = {0};
+  struct store_label dup[] = {{"env", "a"}, {"env", "b"}};
+  struct store_write w = write_of("Listener", "listeners/d", 1, "d");
+  w.labels = dup;
+  w.n_labels = 2;
+  assert_refused(put_fails(f->s, &w, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "labels: duplicate key \"env\"");
+}
+
+static void test_pagination(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  /* Inserted out of order; listed in name order. */
+  for (int i = 24; i >= 0; i--) {
+    char name[64];
+    snprintf(name, sizeof(name), "certificates/c%02d", i);
+    struct store_write w = write_of(CERT, name, 1, "x");
+    assert_ok(store_put(txn, &w, NULL, &err), err);
+  }
+  struct store_write other = write_of(CTX, "certificates/c05x", 1, "other kind");
+  assert_ok(store_put(txn, &other, NULL, &err), err);
+  assert_ok(store_commit(txn, NULL, &err), err);
+
+  char after[64] = "";
+  int seen = 0, pages = 0;
+  for (;;) {
+    struct store_query q = {.kind = CERT, .after_name = after[0] ? after : NULL, .limit = 10};
+    struct store_row *rows;
+    size_t n;
+    assert_ok(store_begin(f->s, 0, &txn, &err), err);
+    assert_ok(store_list(txn, &q, &rows, &n, &err), err);
+    store_rollback(txn);
+    if (n == 0) {
+      assert_null(rows);
+      break;
+    }
+    pages++;
+    assert_true(n <= 10);
+    for (size_t i = 0; i < n; i++) {
+      char want[64];
+      snprintf(want, sizeof(want), "certificates/c%02d", seen++);
+      assert_string_equal(rows[i].name, want);
+      assert_string_equal(rows[i].kind, CERT);
+      assert_memory_equal(rows[i].data, "x", 1);
+    }
+    snprintf(after, sizeof(after), "%s", rows[n - 1].name);
+    store_rows_free(rows, n);
+  }
+  assert_int_equal(seen, 25);
+  assert_int_equal(pages, 3);
+}
+
+static void test_expire_filter(void **state) {
+  struct fixture *f = *state;
+  const struct {
+    const char *name;
+    int64_t expire;
+  } certs[] = {{"certificates/never", 0},
+               {"certificates/soon", 100},
+               {"certificates/later", 200},
+               {"certificates/far", 300}};
+  for (size_t i = 0; i < 4; i++) {
+    struct store_write w = write_of(CERT, certs[i].name, 1, "x");
+    w.expire_time_us = certs[i].expire;
+    put_one(f->s, &w, NULL);
+  }
+  char buf[256];
+  struct store_query q = {.kind = CERT, .expire_before_us = 250};
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
+                      "certificates/later,certificates/soon");
+  q.expire_before_us = 200; /* strictly before */
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/soon");
+  q.expire_before_us = 0; /* no filter */
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
+                      "certificates/far,certificates/later,certificates/never,certificates/soon");
+  /* An update moves the expiry. */
+  struct store_write w = write_of(CERT, "certificates/far", 0, "renewed early");
+  w.expire_time_us = 50;
+  put_one(f->s, &w, NULL);
+  q.expire_before_us = 100;
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/far");
+}
+
+static void test_references(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  create_text(f->s, CERT, "certificates/web", "cert");
+
+  struct store_ref refs[] = {{CERT, "certificates/web", "tls_context.certificates[0]"},
+                             {CERT, "certificates/nope", "tls_context.certificates[1]"}};
+  struct store_write ctx = write_of(CTX, "tlsContexts/main", 1, "ctx");
+  ctx.refs = refs;
+  ctx.n_refs = 2;
+  assert_refused(put_fails(f->s, &ctx, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "tls_context.certificates[1]: certificates/nope does not exist");
+  /* The kind is part of the key: a TlsContext of that name is no
+   * certificate. */
+  create_text(f->s, CTX, "certificates/nope", "wrong kind");
+  assert_refused(put_fails(f->s, &ctx, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "tls_context.certificates[1]: certificates/nope does not exist");
+  ctx.n_refs = 1;
+  put_one(f->s, &ctx, NULL);
+
+  /* A resource cannot reference itself. */
+  struct store_ref self = {CTX, "tlsContexts/main", "tls_context.parent"};
+  struct store_write selfw = write_of(CTX, "tlsContexts/main", 0, "ctx");
+  selfw.refs = &self;
+  selfw.n_refs = 1;
+  assert_refused(put_fails(f->s, &selfw, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "tls_context.parent");
+
+  struct store_ref ref2 = {CERT, "certificates/web", "listener.default_certificate"};
+  struct store_write listener = write_of("Listener", "listeners/https", 1, "l");
+  listener.refs = &ref2;
+  listener.n_refs = 1;
+  put_one(f->s, &listener, NULL);
+
+  struct store_txn *txn;
+  struct store_row *rows;
+  size_t n;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_referrers(txn, CERT, "certificates/web", &rows, &n, &err), err);
+  store_rollback(txn);
+  assert_int_equal(n, 2);
+  assert_string_equal(rows[0].name, "listeners/https");
+  assert_string_equal(rows[0].kind, "Listener");
+  assert_string_equal(rows[1].name, "tlsContexts/main");
+  assert_string_equal(rows[1].etag, "3");
+  store_rows_free(rows, n);
+
+  /* Refused while referenced, naming the (first) referrer and its field. */
+  assert_refused(
+      delete_one(f->s, CERT, "certificates/web", NULL, &err), -EBUSY, err,
+      GRPC_STATUS_FAILED_PRECONDITION,
+      "certificates/web is referenced by listeners/https (listener.default_certificate)");
+  assert_ok(delete_one(f->s, "Listener", "listeners/https", NULL, &err), err);
+  assert_refused(delete_one(f->s, CERT, "certificates/web", NULL, &err), -EBUSY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION,
+                 "certificates/web is referenced by tlsContexts/main");
+  assert_contains(err.msg, "tls_context.certificates[0]");
+
+  /* An update that drops the reference frees the target. */
+  struct store_write bare = write_of(CTX, "tlsContexts/main", 0, "ctx without certs");
+  put_one(f->s, &bare, NULL);
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_referrers(txn, CERT, "certificates/web", &rows, &n, &err), err);
+  store_rollback(txn);
+  assert_int_equal(n, 0);
+  assert_null(rows);
+  ctx.create = 0;
+  put_one(f->s, &ctx, NULL);
+
+  /* Deleting the referrer takes its references with it. */
+  assert_ok(delete_one(f->s, CTX, "tlsContexts/main", NULL, &err), err);
+  assert_ok(delete_one(f->s, CERT, "certificates/web", NULL, &err), err);
+  struct store_row row;
+  assert_refused(get_one(f->s, CERT, "certificates/web", 0, &row, &err), -ENOENT, err,
+                 GRPC_STATUS_NOT_FOUND, "certificates/web");
+}
+
+static void test_audit(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "x");
+  put_one(f->s, &w, NULL); /* rev 1, alice, create */
+  w = write_of(CERT, "certificates/web", 0, "y");
+  w.actor = "rotator";
+  w.method = "/tlsplane.v1.CertificateService/UpdateCertificate";
+  w.action = "rotate";
+  put_one(f->s, &w, NULL);                          /* rev 2, rotator, rotate */
+  create_text(f->s, CERT, "certificates/api", "z"); /* rev 3 */
+  assert_ok(delete_one(f->s, CERT, "certificates/web", NULL, &err), err); /* rev 4, bob */
+
+  struct store_audit *a;
+  size_t n;
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 4);
+  const char *resources[] = {"certificates/web", "certificates/web", "certificates/api",
+                             "certificates/web"};
+  const char *actions[] = {"create", "rotate", "create", "delete"};
+  const char *actors[] = {"alice", "rotator", "alice", "bob"};
+  int64_t now = 0;
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(a[i].revision, (int64_t)i + 1);
+    if (i > 0)
+      assert_true(a[i].seq > a[i - 1].seq);
+    assert_true(a[i].time_us >= now);
+    now = a[i].time_us;
+    assert_string_equal(a[i].resource, resources[i]);
+    assert_string_equal(a[i].action, actions[i]);
+    assert_string_equal(a[i].actor, actors[i]);
+  }
+  assert_string_equal(a[1].method, "/tlsplane.v1.CertificateService/UpdateCertificate");
+  assert_string_equal(a[3].method, "/tlsplane.v1.Test/Delete");
+  int64_t second_seq = a[1].seq;
+  store_audit_free(a, n);
+
+  struct store_audit_query by_resource = {.resource = "certificates/api"};
+  audit_all(f->s, &by_resource, &a, &n);
+  assert_int_equal(n, 1);
+  assert_int_equal(a[0].revision, 3);
+  store_audit_free(a, n);
+
+  struct store_audit_query by_actor = {.actor = "alice", .since_revision = 1};
+  audit_all(f->s, &by_actor, &a, &n);
+  assert_int_equal(n, 1);
+  assert_string_equal(a[0].resource, "certificates/api");
+  store_audit_free(a, n);
+
+  struct store_audit_query page = {.after_seq = second_seq, .limit = 1};
+  audit_all(f->s, &page, &a, &n);
+  assert_int_equal(n, 1);
+  assert_int_equal(a[0].revision, 3);
+  page.after_seq = a[0].seq;
+  store_audit_free(a, n);
+  audit_all(f->s, &page, &a, &n);
+  assert_int_equal(n, 1);
+  assert_int_equal(a[0].revision, 4);
+  page.after_seq = a[0].seq;
+  store_audit_free(a, n);
+  audit_all(f->s, &page, &a, &n);
+  assert_int_equal(n, 0);
+  assert_null(a);
+
+  struct store_audit_query nobody = {.actor = "mallory"};
+  audit_all(f->s, &nobody, &a, &n);
+  assert_int_equal(n, 0);
+}
+
+static void test_durable_across_reopen(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_label env = {"env", "prod"};
+  struct store_row written[10];
+  for (int i = 0; i < 10; i++) {
+    char name[64], data[64];
+    snprintf(name, sizeof(name), "certificates/c%d", i);
+    snprintf(data, sizeof(data), "data-%d", i);
+    struct store_write w = write_of(CERT, name, 1, data);
+    w.labels = &env;
+    w.n_labels = i % 2;
+    put_one(f->s, &w, &written[i]);
+  }
+  store_close(f->s);
+  f->s = NULL;
+
+  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_int_equal(store_revision(f->s), 10);
+  for (int i = 0; i < 10; i++) {
+    char data[64];
+    snprintf(data, sizeof(data), "data-%d", i);
+    struct store_row row;
+    assert_ok(get_one(f->s, CERT, written[i].name, 0, &row, &err), err);
+    assert_string_equal(row.etag, written[i].etag);
+    assert_int_equal(row.revision, written[i].revision);
+    assert_int_equal(row.create_time_us, written[i].create_time_us);
+    assert_int_equal(row.update_time_us, written[i].update_time_us);
+    assert_int_equal(row.data_len, strlen(data));
+    assert_memory_equal(row.data, data, row.data_len);
+    store_row_clear(&row);
+    store_row_clear(&written[i]);
+  }
+  char buf[512];
+  struct store_label_req prod = {STORE_LABEL_EQ, "env", "prod"};
+  struct store_query q = {.kind = CERT, .labels = &prod, .n_labels = 1};
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
+                      "certificates/c1,certificates/c3,certificates/c5,certificates/c7,"
+                      "certificates/c9");
+  /* The next write continues the revision sequence. */
+  assert_int_equal(create_text(f->s, CERT, "certificates/next", "n"), 11);
+}
+
+static void test_misuse(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  struct store_write w = write_of(CERT, "certificates/web", 1, "x");
+  assert_refused(store_put(txn, &w, NULL, &err), -EIO, err, GRPC_STATUS_INTERNAL,
+                 "needs a write transaction");
+  assert_refused(store_delete(txn, CERT, "certificates/web", NULL, "a", "m", &err), -EIO, err,
+                 GRPC_STATUS_INTERNAL, "needs a write transaction");
+  struct store_query q = {.kind = NULL};
+  struct store_row *rows;
+  size_t n;
+  assert_refused(store_list(txn, &q, &rows, &n, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "kind is required");
+  store_rollback(txn);
+
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  w.name = "";
+  assert_refused(store_put(txn, &w, NULL, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "kind and name are required");
+  store_rollback(txn);
+  assert_int_equal(store_revision(f->s), 0);
+}
+
+/* Writers each commit ROUNDS transactions that add one item and bump a
+ * counter row; readers check, in their snapshots, that the counter always
+ * equals the number of items and that revisions never go back. */
+#define WRITERS 4
+#define READERS 4
+#define ROUNDS 25
+
+struct race {
+  struct store *s;
+  int id;
+  atomic_int *writers_left;
+  atomic_int *failures;
+  char failure[256]; /* the first failure of this thread */
+  int reads;         /* snapshots checked */
+};
+
+static void race_fail(struct race *r, const char *what, const struct tp_err *err) {
+  atomic_fetch_add(r->failures, 1);
+  if (r->failure[0] == '\0')
+    snprintf(r->failure, sizeof(r->failure), "%s: %.200s", what, err ? err->msg : "");
+}
+
+static void *race_writer(void *arg) {
+  struct race *r = arg;
+  for (int i = 0; i < ROUNDS; i++) {
+    struct tp_err err = {0};
+    struct store_txn *txn;
+    if (store_begin(r->s, 1, &txn, &err) < 0) {
+      race_fail(r, "begin", &err);
+      continue;
+    }
+    struct store_row counter;
+    long count = 0;
+    int rc = store_get(txn, "Counter", "counters/items", 0, &counter, &err);
+    if (rc == 0) {
+      count = strtol((const char *)counter.data, NULL, 10);
+      store_row_clear(&counter);
+    }
+    char name[64], text[32];
+    snprintf(name, sizeof(name), "items/w%d-%03d", r->id, i);
+    snprintf(text, sizeof(text), "%ld", count + 1);
+    struct store_write item = write_of("Item", name, 1, name);
+    struct store_write cw = write_of("Counter", "counters/items", rc == -ENOENT, text);
+    cw.data_len = strlen(text) + 1; /* with its NUL, for strtol */
+    if (store_put(txn, &item, NULL, &err) < 0 || store_put(txn, &cw, NULL, &err) < 0) {
+      race_fail(r, "put", &err);
+      store_rollback(txn);
+      continue;
+    }
+    int64_t expect = store_txn_revision(txn), rev = 0;
+    if (store_commit(txn, &rev, &err) < 0)
+      race_fail(r, "commit", &err);
+    else if (rev != expect)
+      race_fail(r, "commit revision differs from the txn's", NULL);
+  }
+  atomic_fetch_sub(r->writers_left, 1);
+  return NULL;
+}
+
+static void *race_reader(void *arg) {
+  struct race *r = arg;
+  int64_t last = 0;
+  while (atomic_load(r->writers_left) > 0) {
+    struct tp_err err = {0};
+    struct store_txn *txn;
+    if (store_begin(r->s, 0, &txn, &err) < 0) {
+      race_fail(r, "begin", &err);
+      break;
+    }
+    int64_t rev = store_txn_revision(txn);
+    if (rev < last)
+      race_fail(r, "revision went back", NULL);
+    last = rev;
+    struct store_row counter;
+    long count = 0;
+    int rc = store_get(txn, "Counter", "counters/items", 0, &counter, &err);
+    if (rc == 0) {
+      count = strtol((const char *)counter.data, NULL, 10);
+      store_row_clear(&counter);
+    } else if (rc != -ENOENT) {
+      race_fail(r, "get", &err);
+    }
+    struct store_query q = {.kind = "Item"};
+    struct store_row *rows;
+    size_t n;
+    if (store_list(txn, &q, &rows, &n, &err) < 0)
+      race_fail(r, "list", &err);
+    else if ((long)n != count || (int64_t)n != rev)
+      race_fail(r, "snapshot inconsistent: items, counter and revision differ", NULL);
+    store_rows_free(rows, n);
+    store_rollback(txn);
+    r->reads++;
+  }
+  return NULL;
+}
+
+static void test_concurrent_writers_and_readers(void **state) {
+  struct fixture *f = *state;
+  atomic_int writers_left = WRITERS, failures = 0;
+  struct race races[WRITERS + READERS];
+  pthread_t threads[WRITERS + READERS];
+  for (int i = 0; i < WRITERS + READERS; i++) {
+    races[i] =
+        (struct race){.s = f->s, .id = i, .writers_left = &writers_left, .failures = &failures};
+    assert_int_equal(
+        pthread_create(&threads[i], NULL, i < WRITERS ? race_writer : race_reader, &races[i]), 0);
+  }
+  int reads = 0;
+  for (int i = 0; i < WRITERS + READERS; i++) {
+    assert_int_equal(pthread_join(threads[i], NULL), 0);
+    if (races[i].failure[0])
+      print_error("thread %d: %s\n", i, races[i].failure);
+    reads += races[i].reads;
+  }
+  assert_int_equal(atomic_load(&failures), 0);
+  assert_true(reads > 0);
+
+  /* Exactly one revision per transaction, and every item there. */
+  assert_int_equal(store_revision(f->s), WRITERS * ROUNDS);
+  char buf[32];
+  struct store_query q = {.kind = "Counter"};
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "counters/items");
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  struct store_row *rows;
+  size_t n;
+  struct store_query items = {.kind = "Item"};
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_list(txn, &items, &rows, &n, &err), err);
+  store_rows_free(rows, n);
+  assert_int_equal(n, WRITERS * ROUNDS);
+  struct store_row counter;
+  assert_ok(store_get(txn, "Counter", "counters/items", 0, &counter, &err), err);
+  assert_string_equal((const char *)counter.data, "100");
+  assert_int_equal(counter.revision, WRITERS * ROUNDS);
+  store_row_clear(&counter);
+  struct store_audit *a;
+  size_t n_audit;
+  assert_ok(store_audit_list(txn, NULL, &a, &n_audit, &err), err);
+  assert_int_equal(n_audit, 2 * WRITERS * ROUNDS);
+  store_audit_free(a, n_audit);
+  store_rollback(txn);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_open_migrates_and_reopens, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_upgrade_keeps_rows, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_create_get_update_delete, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_exists_and_not_found, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_etag_conflict, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_revision_once_per_txn, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_rollback_leaves_nothing, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_secrets, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_label_selectors, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_pagination, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_references, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_audit, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_durable_across_reopen, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_misuse, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_writers_and_readers, setup_open, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
