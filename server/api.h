@@ -128,6 +128,11 @@ int api_read(struct store_txn *txn, const struct api_kind *kind, const char *nam
 int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag, const char *action,
               struct tp_err *err);
 
+/* Puts a fresh random key in front of the ring `name` (RotateTicketKeys).
+ * etag may be NULL or "". *resp (may be NULL) receives the ring. */
+int api_ticket_keys_rotate(struct api *api, const struct rpc_call_info *call, const char *name,
+                           const char *etag, ProtobufCMessage **resp, struct tp_err *err);
+
 /* The kinds, for cross-kind lookups. */
 extern const struct api_kind api_kind_certificate;
 extern const struct api_kind api_kind_trust_bundle;

@@ -11,6 +11,7 @@
 #include "addr.h"
 #include "api.h"
 #include "health.h"
+#include "jobs.h"
 #include "log.h"
 #include "reflection.h"
 #include "rpc.h"
@@ -126,6 +127,7 @@ int main(int argc, char **argv) {
   struct tp_err err = {0};
   struct api api = {0};
   struct rpc_server *srv = NULL;
+  struct jobs *jobs = NULL;
   int status = 1;
   if (store_open(db_path, &api.store, &err) != 0) {
     log_error("server", "store %s: %s", db_path, err.msg);
@@ -151,6 +153,10 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto free_server;
   }
+  if (jobs_start(&api, &jobs, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto free_server;
+  }
   char host[256];
   int port;
   struct tp_err ignored = {0};
@@ -166,6 +172,7 @@ int main(int argc, char **argv) {
   rpc_server_shutdown(srv, SHUTDOWN_GRACE_MS);
   status = 0;
 free_server:
+  jobs_stop(jobs);
   rpc_server_free(srv);
 close_store:
   store_close(api.store);

@@ -15,7 +15,7 @@
 #define TICKET_KEY_NAME_LEN 16
 #define RETAINED_DEFAULT 3
 #define RETAINED_MAX 16
-#define ROTATION_MIN_S 60
+#define ROTATION_MIN_S 10
 
 static const char *const ticket_key_ring_mutable[] = {"rotation_period", "retained_keys", NULL};
 
@@ -141,6 +141,11 @@ static int ticket_key_ring_prepare(struct api_op *op, ProtobufCMessage *res, str
   return 0;
 }
 
+/* Indexed so that the rotation job finds the rings that are due. */
+static int64_t ticket_key_ring_due_time(const ProtobufCMessage *res) {
+  return pb_timestamp_us(((const Tlsplane__V1__TicketKeyRing *)res)->next_rotation_time);
+}
+
 const struct api_kind api_kind_ticket_key_ring = {
     .kind = "TicketKeyRing",
     .collection = "ticketKeyRings",
@@ -148,24 +153,24 @@ const struct api_kind api_kind_ticket_key_ring = {
     .desc = &tlsplane__v1__ticket_key_ring__descriptor,
     .mutable_fields = ticket_key_ring_mutable,
     .prepare = ticket_key_ring_prepare,
+    .expire_time_us = ticket_key_ring_due_time,
 };
 
 /* Reads the ring `name`, lets `change` put new keys in front, writes it. */
-static int ring_change(const struct api_binding *b, const struct rpc_call_info *call,
-                       const char *name, const char *etag, const uint8_t *fresh, size_t n_fresh,
-                       int replace, const char *action, ProtobufCMessage **resp,
-                       struct tp_err *err) {
+static int ring_change(struct api *api, const struct rpc_call_info *call, const char *name,
+                       const char *etag, const uint8_t *fresh, size_t n_fresh, int replace,
+                       const char *action, ProtobufCMessage **resp, struct tp_err *err) {
   if (api_name_check(&api_kind_ticket_key_ring, name, "name", err) != 0)
     return -1;
   struct store_txn *txn;
-  if (store_begin(b->api->store, 1, &txn, err) != 0)
+  if (store_begin(api->store, 1, &txn, err) != 0)
     return -1;
   ProtobufCMessage *old = NULL, *res = NULL;
   struct store_row row = {0};
   int rc = api_read(txn, &api_kind_ticket_key_ring, name, 1, &old, &row, err);
   if (rc == 0 && (res = pb_clone(old)) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  struct api_op op = {.api = b->api,
+  struct api_op op = {.api = api,
                       .kind = &api_kind_ticket_key_ring,
                       .txn = txn,
                       .call = call,
@@ -199,20 +204,29 @@ static int ring_change(const struct api_binding *b, const struct rpc_call_info *
       protobuf_c_message_free_unpacked(res, NULL);
     return -1;
   }
-  *resp = res;
+  if (resp != NULL)
+    *resp = res;
+  else
+    protobuf_c_message_free_unpacked(res, NULL);
   return 0;
+}
+
+int api_ticket_keys_rotate(struct api *api, const struct rpc_call_info *call, const char *name,
+                           const char *etag, ProtobufCMessage **resp, struct tp_err *err) {
+  uint8_t key[TICKET_KEY_LEN];
+  if (RAND_bytes(key, sizeof(key)) != 1)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a ticket key");
+  int rc = ring_change(api, call, name, etag, key, 1, 0, "rotate", resp, err);
+  OPENSSL_cleanse(key, sizeof(key));
+  return rc;
 }
 
 static int rotate_ticket_keys(const struct rpc_call_info *call, const ProtobufCMessage *req,
                               ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const struct api_binding *b = data;
   const Tlsplane__V1__RotateTicketKeysRequest *r =
       (const Tlsplane__V1__RotateTicketKeysRequest *)req;
-  uint8_t key[TICKET_KEY_LEN];
-  if (RAND_bytes(key, sizeof(key)) != 1)
-    return tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a ticket key");
-  int rc = ring_change(data, call, r->name, r->etag, key, 1, 0, "rotate", resp, err);
-  OPENSSL_cleanse(key, sizeof(key));
-  return rc;
+  return api_ticket_keys_rotate(b->api, call, r->name, r->etag, resp, err);
 }
 
 static int set_ticket_keys(const struct rpc_call_info *call, const ProtobufCMessage *req,
@@ -239,7 +253,8 @@ static int set_ticket_keys(const struct rpc_call_info *call, const ProtobufCMess
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t i = 0; i < r->n_keys; i++)
     memcpy(fresh + i * TICKET_KEY_LEN, r->keys[i].data, TICKET_KEY_LEN);
-  int rc = ring_change(data, call, r->name, r->etag, fresh, r->n_keys, 1, "set_keys", resp, err);
+  const struct api_binding *b = data;
+  int rc = ring_change(b->api, call, r->name, r->etag, fresh, r->n_keys, 1, "set_keys", resp, err);
   OPENSSL_cleanse(fresh, r->n_keys * TICKET_KEY_LEN);
   free(fresh);
   return rc;

@@ -456,7 +456,7 @@ describe('ticket key rings', () => {
   });
 
   test('invalid rings: rotation_period under 60 s, retained_keys outside 1..16', async () => {
-    await expectRefused(ctx.api, () => createRing({ rotationPeriod: { seconds: '30', nanos: 0 } }), status.INVALID_ARGUMENT, { field: 'ticket_key_ring.rotation_period' });
+    await expectRefused(ctx.api, () => createRing({ rotationPeriod: { seconds: '5', nanos: 0 } }), status.INVALID_ARGUMENT, { field: 'ticket_key_ring.rotation_period' });
     await expectRefused(ctx.api, () => createRing({ retainedKeys: 17 }), status.INVALID_ARGUMENT, { field: 'ticket_key_ring.retained_keys' });
     await expectRefused(ctx.api, () => createRing({ retainedKeys: -1 }), status.INVALID_ARGUMENT, { field: 'ticket_key_ring.retained_keys' });
   });

@@ -1,0 +1,104 @@
+/* Background jobs: a thread that wakes on a fixed tick and runs what is due. */
+#include "jobs.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "log.h"
+
+#define JOBS_TICK_MS 1000
+
+struct jobs {
+  struct api *api;
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t wake;
+  int stopping; /* under lock */
+};
+
+int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
+  const struct rpc_call_info call = {
+      .method = "job:ticket-key-rotation", .peer = "local", .actor = "system"};
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  struct store_row *rows = NULL;
+  size_t n = 0;
+  struct store_query q = {.kind = api_kind_ticket_key_ring.kind, .expire_before_us = now_us + 1};
+  if (store_begin(api->store, 0, &txn, &err) != 0)
+    goto failed;
+  int rc = store_list(txn, &q, &rows, &n, &err);
+  store_rollback(txn);
+  if (rc != 0)
+    goto failed;
+  int rotated = 0;
+  for (size_t i = 0; i < n; i++) {
+    /* The etag guards against a rotation by hand in between. */
+    if (api_ticket_keys_rotate(api, &call, rows[i].name, rows[i].etag, NULL, &err) == 0) {
+      log_info("jobs", "rotated the ticket keys of %s on schedule", rows[i].name);
+      rotated++;
+    } else if (err.status != GRPC_STATUS_FAILED_PRECONDITION &&
+               err.status != GRPC_STATUS_NOT_FOUND) {
+      log_warn("jobs", "rotating %s: %s", rows[i].name, err.msg);
+    }
+  }
+  store_rows_free(rows, n);
+  return rotated;
+failed:
+  log_warn("jobs", "ticket-key rotation: %s", err.msg);
+  return -1;
+}
+
+static void *jobs_main(void *arg) {
+  struct jobs *jobs = arg;
+  pthread_mutex_lock(&jobs->lock);
+  while (!jobs->stopping) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += JOBS_TICK_MS / 1000;
+    pthread_cond_timedwait(&jobs->wake, &jobs->lock, &deadline);
+    if (jobs->stopping)
+      break;
+    pthread_mutex_unlock(&jobs->lock);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    pthread_mutex_lock(&jobs->lock);
+  }
+  pthread_mutex_unlock(&jobs->lock);
+  return NULL;
+}
+
+int jobs_start(struct api *api, struct jobs **out, struct tp_err *err) {
+  struct jobs *jobs = calloc(1, sizeof(*jobs));
+  if (jobs == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  jobs->api = api;
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_mutex_init(&jobs->lock, NULL);
+  pthread_cond_init(&jobs->wake, &attr);
+  pthread_condattr_destroy(&attr);
+  if (pthread_create(&jobs->thread, NULL, jobs_main, jobs) != 0) {
+    pthread_cond_destroy(&jobs->wake);
+    pthread_mutex_destroy(&jobs->lock);
+    free(jobs);
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "cannot start the job thread");
+  }
+  *out = jobs;
+  return 0;
+}
+
+void jobs_stop(struct jobs *jobs) {
+  if (jobs == NULL)
+    return;
+  pthread_mutex_lock(&jobs->lock);
+  jobs->stopping = 1;
+  pthread_cond_signal(&jobs->wake);
+  pthread_mutex_unlock(&jobs->lock);
+  pthread_join(jobs->thread, NULL);
+  pthread_cond_destroy(&jobs->wake);
+  pthread_mutex_destroy(&jobs->lock);
+  free(jobs);
+}

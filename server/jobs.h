@@ -1,0 +1,23 @@
+/* Background jobs of the control plane: today, ticket-key rotation on each
+ * ring's schedule (TicketKeyRing.rotation_period). One thread wakes every
+ * JOBS_TICK_MS and asks the store for what is due (an indexed query). */
+#ifndef TLSPLANE_SERVER_JOBS_H
+#define TLSPLANE_SERVER_JOBS_H
+
+#include "api.h"
+
+struct jobs;
+
+/* Starts the job thread. Caller stops it with jobs_stop. */
+int jobs_start(struct api *api, struct jobs **out, struct tp_err *err);
+
+/* Stops and joins the thread (a job in progress finishes first). NULL is a
+ * no-op. */
+void jobs_stop(struct jobs *jobs);
+
+/* Runs one round now, on the calling thread: every ring whose
+ * next_rotation_time has passed is rotated (actor "system"). Returns how
+ * many were rotated, or -1. */
+int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us);
+
+#endif
