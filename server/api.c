@@ -317,6 +317,8 @@ static int rpc_get(const struct rpc_call_info *call, const ProtobufCMessage *req
     return -1;
   int rc = api_read(txn, b->kind, name, 0, resp, NULL, err);
   store_rollback(txn);
+  if (rc == 0 && b->kind->decorate != NULL)
+    b->kind->decorate(b->api, *resp);
   return rc;
 }
 
@@ -473,6 +475,8 @@ static int rpc_list(const struct rpc_call_info *call, const ProtobufCMessage *re
       store_rows_free(rows, n);
       return -1;
     }
+    if (kind->decorate != NULL)
+      kind->decorate(b->api, items[i]);
   }
   if (n > shown) {
     char *next = page_token_encode(rows[shown - 1].name);
@@ -589,6 +593,8 @@ static int rpc_delete(const struct rpc_call_info *call, const ProtobufCMessage *
     protobuf_c_message_free_unpacked(old, NULL);
   if (finish(txn, rc, err) != 0)
     return -1;
+  if (kind->deleted != NULL)
+    kind->deleted(b->api, name);
   Google__Protobuf__Empty *empty = malloc(sizeof(*empty));
   if (empty == NULL)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");

@@ -15,6 +15,7 @@
 #include "store.h"
 
 struct api;
+struct hub;
 
 /* What a registered method's handler receives as its data. */
 struct api_binding {
@@ -26,6 +27,7 @@ struct api_binding {
 /* The API's process context, shared by every handler. */
 struct api {
   struct store *store;
+  struct hub *hub;                 /* the agents' push hub; NULL in tools and tests without one */
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
 };
@@ -78,6 +80,11 @@ struct api_kind {
   /* Validates the resources that reference res after res changed (inside
    * the same transaction). May be NULL. */
   int (*check_referrers)(struct api_op *op, const ProtobufCMessage *res, struct tp_err *err);
+  /* Adds live state to a resource read from the store (Get and List). May
+   * be NULL. */
+  void (*decorate)(struct api *api, ProtobufCMessage *res);
+  /* Runs after a delete committed. May be NULL. */
+  void (*deleted)(struct api *api, const char *name);
   int read_only; /* no Create/Update through the API */
 };
 

@@ -11,6 +11,7 @@
 #include "addr.h"
 #include "api.h"
 #include "health.h"
+#include "hub.h"
 #include "jobs.h"
 #include "log.h"
 #include "reflection.h"
@@ -128,6 +129,7 @@ int main(int argc, char **argv) {
   struct api api = {0};
   struct rpc_server *srv = NULL;
   struct jobs *jobs = NULL;
+  struct hub *hub = NULL;
   int status = 1;
   if (store_open(db_path, &api.store, &err) != 0) {
     log_error("server", "store %s: %s", db_path, err.msg);
@@ -137,6 +139,11 @@ int main(int argc, char **argv) {
     log_error("server", "built-in resources: %s", err.msg);
     goto close_store;
   }
+  if (hub_new(&api, &hub, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto close_store;
+  }
+  api.hub = hub;
   struct rpc_server_opts ropts = {.listen = o.listen, .threads = o.threads};
   if (rpc_server_new(&ropts, &srv, &err) != 0) {
     log_error("server", "%s", err.msg);
@@ -144,7 +151,8 @@ int main(int argc, char **argv) {
   }
   const char *services[16];
   size_t n_services = api_service_names(services, 16);
-  if (api_register_all(&api, srv) != 0 || health_register(srv, services, n_services) != 0 ||
+  if (api_register_all(&api, srv) != 0 || hub_register(hub, srv) != 0 ||
+      health_register(srv, services, n_services) != 0 ||
       reflection_register(srv, services, n_services) != 0) {
     log_error("server", "registering the API services failed");
     goto free_server;
@@ -175,6 +183,7 @@ free_server:
   jobs_stop(jobs);
   rpc_server_free(srv);
 close_store:
+  hub_free(hub);
   store_close(api.store);
   if (status == 0)
     log_info("server", "stopped");

@@ -511,7 +511,7 @@ int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor 
   return *msg != NULL ? 1 : -1;
 }
 
-int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg) {
+static int stream_send_bb(struct rpc_stream *stream, grpc_byte_buffer *bb) {
   struct call *c = stream_call(stream);
   grpc_op ops[2];
   size_t n = 0;
@@ -521,7 +521,6 @@ int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg) {
     ops[n].data.send_initial_metadata.count = 0;
     n++;
   }
-  grpc_byte_buffer *bb = message_encode(msg);
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n].data.send_message.send_message = bb;
   n++;
@@ -529,6 +528,22 @@ int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg) {
   int rc = batch_run(c, ops, n, &c->tag_send);
   grpc_byte_buffer_destroy(bb);
   return rc;
+}
+
+int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg) {
+  return stream_send_bb(stream, message_encode(msg));
+}
+
+int rpc_stream_send_raw(struct rpc_stream *stream, const uint8_t *data, size_t len) {
+  grpc_slice slice = grpc_slice_from_copied_buffer((const char *)data, len);
+  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
+  grpc_slice_unref(slice);
+  return stream_send_bb(stream, bb);
+}
+
+void rpc_stream_cancel(struct rpc_stream *stream, grpc_status_code status, const char *msg) {
+  struct call *c = stream_call(stream);
+  grpc_call_cancel_with_status(c->call, status, msg, NULL);
 }
 
 int rpc_stream_shutting_down(struct rpc_stream *stream) {

@@ -51,6 +51,15 @@ int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor 
  * is gone. */
 int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg);
 
+/* Sends one response message already serialized (data is copied): for
+ * one message sent to many streams. Returns 0, or -1 if the call is gone. */
+int rpc_stream_send_raw(struct rpc_stream *stream, const uint8_t *data, size_t len);
+
+/* Ends the call now with status and msg (copied): a receive blocked in
+ * another thread returns -1, later sends fail. Safe from any thread while
+ * the handler runs. */
+void rpc_stream_cancel(struct rpc_stream *stream, grpc_status_code status, const char *msg);
+
 /* Returns 1 once the server is shutting down (long streams should end). */
 int rpc_stream_shutting_down(struct rpc_stream *stream);
 

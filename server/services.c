@@ -13,6 +13,7 @@
 extern const struct api_method cipher_policy_methods[];
 extern const struct api_method ticket_key_methods[];
 extern const struct api_method audit_methods[];
+extern const struct api_method agent_methods[];
 
 struct service {
   const ProtobufCServiceDescriptor *desc;
@@ -29,7 +30,7 @@ static const struct service services[] = {
     {&tlsplane__v1__tls_context_service__descriptor, &api_kind_tls_context, NULL},
     {&tlsplane__v1__listener_service__descriptor, &api_kind_listener, NULL},
     {&tlsplane__v1__ticket_key_service__descriptor, &api_kind_ticket_key_ring, ticket_key_methods},
-    {&tlsplane__v1__agent_service__descriptor, &api_kind_agent, NULL},
+    {&tlsplane__v1__agent_service__descriptor, &api_kind_agent, agent_methods},
     {&tlsplane__v1__audit_service__descriptor, NULL, audit_methods},
 };
 

@@ -204,14 +204,23 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
   /* Read before commit frees txn. A write txn that wrote nothing commits
    * no revision: the current one is the one before its own. */
   int64_t rev = txn->revision;
-  if (txn->write && !txn->wrote)
-    rev--;
+  int wrote = txn->write && txn->wrote;
+  struct store *s = txn->store;
+  if (!wrote)
+    rev -= txn->write;
   int rc = ops->commit(txn, err);
   if (rc < 0)
     return rc;
   if (revision != NULL)
     *revision = rev;
+  if (wrote && s->commit_hook != NULL)
+    s->commit_hook(rev, s->commit_hook_data);
   return 0;
+}
+
+void store_set_commit_hook(struct store *s, void (*cb)(int64_t revision, void *data), void *data) {
+  s->commit_hook = cb;
+  s->commit_hook_data = data;
 }
 
 void store_rollback(struct store_txn *txn) {

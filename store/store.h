@@ -67,6 +67,11 @@ int store_begin(struct store *s, int write, struct store_txn **out, struct tp_er
  * everything is rolled back. */
 int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err);
 
+/* Sets the function called after every commit that made a new revision,
+ * on the committing thread, after the commit is durable. Set it before any
+ * transaction begins; cb must not begin a write transaction. */
+void store_set_commit_hook(struct store *s, void (*cb)(int64_t revision, void *data), void *data);
+
 /* Rolls back and frees txn. NULL is a no-op. */
 void store_rollback(struct store_txn *txn);
 

@@ -63,6 +63,9 @@ struct store {
   const struct store_ops *ops;
   int schema_version;       /* after migration; fixed while open */
   _Atomic int64_t revision; /* last committed; written by the commit that made it */
+  /* Called after every commit that made a revision; set before use. */
+  void (*commit_hook)(int64_t revision, void *data);
+  void *commit_hook_data;
 };
 
 /* Shared head of every backend's transaction. Belongs to one thread. */

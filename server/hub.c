@@ -1,0 +1,649 @@
+/* The push hub. One thread per agent stream (the RPC core gives each
+ * streaming call its own) sends snapshots; a second thread per stream reads
+ * the agent's hellos, acks and stats. Both meet in struct hub_agent under
+ * the hub's lock. */
+#include "hub.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "pb.h"
+#include "snapshot.h"
+
+#define HUB_WAKE_MS 1000 /* a stream re-checks shutdown at least this often */
+#define HASH_LEN 32
+
+/* A snapshot built for one label set at one revision, shared by every
+ * agent with those labels. Reference counted: senders hold it while
+ * sending. */
+struct snap_entry {
+  struct snap_entry *next;
+  char *labels_key;
+  int64_t revision;
+  uint8_t *bytes; /* a packed ServerMessage carrying the snapshot */
+  size_t len;
+  unsigned char hash[HASH_LEN]; /* of the snapshot without its revision */
+  int refs;                     /* under cache_lock */
+};
+
+/* One agent the hub knows: connected now, or since it last was. */
+struct hub_agent {
+  struct hub_agent *next;
+  char *name; /* "agents/edge-1" */
+  char *version;
+  struct snapshot_label *labels;
+  size_t n_labels;
+  char *labels_key; /* canonical "k=v\n" lines, sorted */
+  int connected;
+  uint64_t connection; /* which stream owns this entry */
+  struct rpc_stream *stream;
+  int reader_done; /* the agent's side of the stream ended */
+  int cut;         /* replaced or deleted: the stream must end */
+  int64_t last_seen_us;
+  int64_t sent_revision;    /* of the last snapshot sent */
+  int64_t checked_revision; /* newest revision compared with what was sent */
+  int64_t applied_revision; /* from the last ack */
+  unsigned char sent_hash[HASH_LEN];
+  int has_sent;
+  Tlsplane__V1__AgentAck *last_ack;
+  Tlsplane__V1__AgentStats *stats;
+};
+
+struct hub {
+  struct api *api;
+  pthread_mutex_t lock;
+  pthread_cond_t changed; /* a revision committed, or an agent's state changed */
+  int64_t revision;
+  struct hub_agent *agents;
+  uint64_t connections;
+  pthread_mutex_t cache_lock; /* serializes builds; guards the cache */
+  struct snap_entry *cache;
+};
+
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void commit_hook(int64_t revision, void *data) {
+  hub_notify(data, revision);
+}
+
+int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
+  struct hub *hub = calloc(1, sizeof(*hub));
+  if (hub == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  hub->api = api;
+  hub->revision = store_revision(api->store);
+  pthread_mutex_init(&hub->lock, NULL);
+  pthread_mutex_init(&hub->cache_lock, NULL);
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&hub->changed, &attr);
+  pthread_condattr_destroy(&attr);
+  store_set_commit_hook(api->store, commit_hook, hub);
+  *out = hub;
+  return 0;
+}
+
+static void agent_free(struct hub_agent *a) {
+  for (size_t i = 0; i < a->n_labels; i++) {
+    free((char *)a->labels[i].key);
+    free((char *)a->labels[i].value);
+  }
+  free(a->labels);
+  free(a->labels_key);
+  free(a->name);
+  free(a->version);
+  if (a->last_ack != NULL)
+    protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
+  if (a->stats != NULL)
+    protobuf_c_message_free_unpacked(&a->stats->base, NULL);
+  free(a);
+}
+
+static void entry_free(struct snap_entry *e) {
+  free(e->labels_key);
+  free(e->bytes);
+  free(e);
+}
+
+void hub_free(struct hub *hub) {
+  if (hub == NULL)
+    return;
+  store_set_commit_hook(hub->api->store, NULL, NULL);
+  while (hub->agents != NULL) {
+    struct hub_agent *a = hub->agents;
+    hub->agents = a->next;
+    agent_free(a);
+  }
+  while (hub->cache != NULL) {
+    struct snap_entry *e = hub->cache;
+    hub->cache = e->next;
+    entry_free(e);
+  }
+  pthread_cond_destroy(&hub->changed);
+  pthread_mutex_destroy(&hub->cache_lock);
+  pthread_mutex_destroy(&hub->lock);
+  free(hub);
+}
+
+void hub_notify(struct hub *hub, int64_t revision) {
+  pthread_mutex_lock(&hub->lock);
+  if (revision > hub->revision)
+    hub->revision = revision;
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+/* --- snapshots --- */
+
+static void snap_release(struct hub *hub, struct snap_entry *e) {
+  pthread_mutex_lock(&hub->cache_lock);
+  int last = --e->refs == 0;
+  pthread_mutex_unlock(&hub->cache_lock);
+  if (last)
+    entry_free(e);
+}
+
+static int snap_encode(Tlsplane__V1__Snapshot *snap, struct snap_entry *e) {
+  int64_t revision = snap->revision;
+  uint8_t *buf;
+  size_t len;
+  /* What an agent serves, apart from the revision number: unchanged
+   * content is not sent again. */
+  snap->revision = 0;
+  int rc = pb_pack(&snap->base, &buf, &len);
+  snap->revision = revision;
+  if (rc != 0)
+    return -1;
+  EVP_Digest(buf, len, e->hash, NULL, EVP_sha256(), NULL);
+  free(buf);
+  Tlsplane__V1__ServerMessage msg = TLSPLANE__V1__SERVER_MESSAGE__INIT;
+  msg.message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT;
+  msg.snapshot = snap;
+  return pb_pack(&msg.base, &e->bytes, &e->len);
+}
+
+/* The snapshot for a's labels at `revision` or later, shared: release it
+ * with snap_release. */
+static struct snap_entry *snap_get(struct hub *hub, const struct hub_agent *a, int64_t revision,
+                                   struct tp_err *err) {
+  pthread_mutex_lock(&hub->cache_lock);
+  struct snap_entry **pp = &hub->cache, *e;
+  for (e = *pp; e != NULL; pp = &e->next, e = e->next)
+    if (strcmp(e->labels_key, a->labels_key) == 0)
+      break;
+  if (e != NULL && e->revision >= revision) {
+    e->refs++;
+    pthread_mutex_unlock(&hub->cache_lock);
+    return e;
+  }
+  /* Built under the cache lock: one build per revision and label set, however
+   * many agents wait for it. */
+  Tlsplane__V1__Snapshot *snap;
+  struct snap_entry *fresh = calloc(1, sizeof(*fresh));
+  if (fresh == NULL || (fresh->labels_key = strdup(a->labels_key)) == NULL) {
+    free(fresh);
+    pthread_mutex_unlock(&hub->cache_lock);
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  if (snapshot_build(hub->api->store, a->labels, a->n_labels, &snap, err) != 0) {
+    entry_free(fresh);
+    pthread_mutex_unlock(&hub->cache_lock);
+    return NULL;
+  }
+  fresh->revision = snap->revision;
+  int rc = snap_encode(snap, fresh);
+  protobuf_c_message_free_unpacked(&snap->base, NULL);
+  if (rc != 0) {
+    entry_free(fresh);
+    pthread_mutex_unlock(&hub->cache_lock);
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return NULL;
+  }
+  if (e != NULL) { /* replace the stale entry; senders still holding it free it */
+    *pp = e->next;
+    if (--e->refs == 0)
+      entry_free(e);
+  }
+  fresh->refs = 2; /* the cache's and the caller's */
+  fresh->next = hub->cache;
+  hub->cache = fresh;
+  pthread_mutex_unlock(&hub->cache_lock);
+  return fresh;
+}
+
+/* --- agents --- */
+
+static int label_cmp(const void *x, const void *y) {
+  const struct snapshot_label *a = x, *b = y;
+  return strcmp(a->key, b->key);
+}
+
+/* A new entry for a connecting agent, from its hello. */
+static struct hub_agent *agent_new(const Tlsplane__V1__AgentHello *hello, const char *name) {
+  struct hub_agent *a = calloc(1, sizeof(*a));
+  if (a == NULL)
+    return NULL;
+  a->name = strdup(name);
+  a->version = strdup(hello->version);
+  a->labels = calloc(hello->n_labels ? hello->n_labels : 1, sizeof(*a->labels));
+  if (a->name == NULL || a->version == NULL || a->labels == NULL) {
+    agent_free(a);
+    return NULL;
+  }
+  size_t keylen = 1;
+  for (size_t i = 0; i < hello->n_labels; i++) {
+    a->labels[i].key = strdup(hello->labels[i]->key);
+    a->labels[i].value = strdup(hello->labels[i]->value);
+    a->n_labels = i + 1;
+    if (a->labels[i].key == NULL || a->labels[i].value == NULL) {
+      agent_free(a);
+      return NULL;
+    }
+    keylen += strlen(a->labels[i].key) + strlen(a->labels[i].value) + 2;
+  }
+  qsort(a->labels, a->n_labels, sizeof(*a->labels), label_cmp);
+  if ((a->labels_key = malloc(keylen)) == NULL) {
+    agent_free(a);
+    return NULL;
+  }
+  a->labels_key[0] = '\0';
+  for (size_t i = 0; i < a->n_labels; i++) {
+    strcat(a->labels_key, a->labels[i].key);
+    strcat(a->labels_key, "=");
+    strcat(a->labels_key, a->labels[i].value);
+    strcat(a->labels_key, "\n");
+  }
+  a->applied_revision = hello->applied_revision;
+  return a;
+}
+
+/* Records the agent in the store when it is new or its labels or version
+ * changed (one revision); its live state stays in the hub. */
+static int agent_record(struct hub *hub, const struct rpc_call_info *call,
+                        const struct hub_agent *a, struct tp_err *err) {
+  struct store_txn *txn;
+  if (store_begin(hub->api->store, 1, &txn, err) != 0)
+    return -1;
+  ProtobufCMessage *old = NULL;
+  struct store_row row = {0};
+  struct tp_err probe = {0};
+  int exists = api_read(txn, &api_kind_agent, a->name, 0, &old, &row, &probe) == 0;
+  if (!exists && probe.status != GRPC_STATUS_NOT_FOUND) {
+    store_rollback(txn);
+    *err = probe;
+    return -1;
+  }
+  Tlsplane__V1__Agent *cur = (Tlsplane__V1__Agent *)old;
+  int same = exists && strcmp(cur->version, a->version) == 0 && cur->n_labels == a->n_labels;
+  for (size_t i = 0; same && i < a->n_labels; i++) {
+    const char *v = NULL;
+    for (size_t j = 0; j < cur->n_labels; j++)
+      if (strcmp(cur->labels[j]->key, a->labels[i].key) == 0)
+        v = cur->labels[j]->value;
+    same = v != NULL && strcmp(v, a->labels[i].value) == 0;
+  }
+  int rc = 0;
+  if (!same) {
+    Tlsplane__V1__Agent agent = TLSPLANE__V1__AGENT__INIT;
+    Tlsplane__V1__Agent__LabelsEntry entries[64], *ptrs[64];
+    size_t n = a->n_labels < 64 ? a->n_labels : 64;
+    for (size_t i = 0; i < n; i++) {
+      tlsplane__v1__agent__labels_entry__init(&entries[i]);
+      entries[i].key = (char *)a->labels[i].key;
+      entries[i].value = (char *)a->labels[i].value;
+      ptrs[i] = &entries[i];
+    }
+    agent.name = a->name;
+    agent.version = a->version;
+    agent.labels = ptrs;
+    agent.n_labels = n;
+    ProtobufCMessage *res = pb_clone(&agent.base);
+    if (res == NULL) {
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    } else {
+      struct api_op op = {.api = hub->api,
+                          .kind = &api_kind_agent,
+                          .txn = txn,
+                          .call = call,
+                          .old = old,
+                          .old_row = exists ? &row : NULL,
+                          .now = time(NULL)};
+      rc = api_write(&op, res, NULL, exists ? "update" : "create", err);
+      protobuf_c_message_free_unpacked(res, NULL);
+    }
+  }
+  if (old != NULL)
+    protobuf_c_message_free_unpacked(old, NULL);
+  store_row_clear(&row);
+  if (rc != 0) {
+    store_rollback(txn);
+    return -1;
+  }
+  return store_commit(txn, NULL, err);
+}
+
+/* Takes the agent's place in the hub for this connection; an older
+ * connection of the same agent is cut. */
+static void agent_attach(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream) {
+  pthread_mutex_lock(&hub->lock);
+  for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next) {
+    struct hub_agent *old = *pp;
+    if (strcmp(old->name, a->name) != 0)
+      continue;
+    if (old->connected) {
+      old->cut = 1;
+      rpc_stream_cancel(old->stream, GRPC_STATUS_ABORTED,
+                        "replaced by a newer connection of the same agent");
+      /* The old stream's thread removes its entry when it ends. */
+      break;
+    }
+    *pp = old->next;
+    agent_free(old);
+    break;
+  }
+  a->connected = 1;
+  a->stream = stream;
+  a->connection = ++hub->connections;
+  a->last_seen_us = now_us();
+  a->next = hub->agents;
+  hub->agents = a;
+  pthread_mutex_unlock(&hub->lock);
+}
+
+/* The connection ended: the entry stays (disconnected) unless a newer
+ * connection of the same agent replaced it. */
+static void agent_detach(struct hub *hub, struct hub_agent *a) {
+  pthread_mutex_lock(&hub->lock);
+  a->connected = 0;
+  a->stream = NULL;
+  a->last_seen_us = now_us();
+  int replaced = 0;
+  for (struct hub_agent *o = hub->agents; o != NULL; o = o->next)
+    replaced |= o != a && strcmp(o->name, a->name) == 0;
+  if (replaced || a->cut) {
+    for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next)
+      if (*pp == a) {
+        *pp = a->next;
+        break;
+      }
+    agent_free(a);
+  }
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+struct reader {
+  struct hub *hub;
+  struct hub_agent *agent;
+  struct rpc_stream *stream;
+};
+
+/* Reads acks and stats until the stream ends. */
+static void *reader_main(void *arg) {
+  struct reader *r = arg;
+  struct hub *hub = r->hub;
+  struct hub_agent *a = r->agent;
+  for (;;) {
+    ProtobufCMessage *m = NULL;
+    struct tp_err err = {0};
+    if (rpc_stream_recv(r->stream, &tlsplane__v1__agent_message__descriptor, &m, &err) <= 0)
+      break;
+    Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
+    pthread_mutex_lock(&hub->lock);
+    a->last_seen_us = now_us();
+    if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
+      Tlsplane__V1__AgentAck *ack = msg->ack;
+      msg->ack = NULL;
+      msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+      a->applied_revision = ack->revision;
+      for (size_t i = 0; i < ack->n_listeners; i++)
+        if (!ack->listeners[i]->applied)
+          log_warn("hub", "agent=%s revision=%lld listener=%s not applied: %s", a->name,
+                   (long long)ack->revision, ack->listeners[i]->listener, ack->listeners[i]->error);
+      if (a->last_ack != NULL)
+        protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
+      a->last_ack = ack;
+    } else if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_STATS) {
+      if (a->stats != NULL)
+        protobuf_c_message_free_unpacked(&a->stats->base, NULL);
+      a->stats = msg->stats;
+      msg->stats = NULL;
+      msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+    }
+    pthread_cond_broadcast(&hub->changed);
+    pthread_mutex_unlock(&hub->lock);
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  pthread_mutex_lock(&hub->lock);
+  a->reader_done = 1;
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+  return NULL;
+}
+
+static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len,
+                       struct tp_err *err) {
+  snprintf(name, len, "agents/%s", h->name);
+  if (api_name_check(&api_kind_agent, name, "hello.name", err) != 0)
+    return -1;
+  for (size_t i = 0; i < h->n_labels; i++)
+    if (h->labels[i]->key[0] == '\0')
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello.labels: empty key");
+  return 0;
+}
+
+/* Sends the agent its snapshot if `revision` changed what it serves. */
+static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream, int64_t revision) {
+  struct tp_err err = {0};
+  struct snap_entry *e = snap_get(hub, a, revision, &err);
+  if (e == NULL) {
+    log_error("hub", "agent=%s: snapshot at revision %lld: %s", a->name, (long long)revision,
+              err.msg);
+    return 0; /* the next revision tries again */
+  }
+  int changed = !a->has_sent || memcmp(a->sent_hash, e->hash, HASH_LEN) != 0;
+  int rc = 0;
+  if (changed) {
+    rc = rpc_stream_send_raw(stream, e->bytes, e->len);
+    if (rc == 0) {
+      pthread_mutex_lock(&hub->lock);
+      memcpy(a->sent_hash, e->hash, HASH_LEN);
+      a->has_sent = 1;
+      a->sent_revision = e->revision;
+      pthread_mutex_unlock(&hub->lock);
+    }
+  }
+  pthread_mutex_lock(&hub->lock);
+  if (e->revision > a->checked_revision)
+    a->checked_revision = e->revision;
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+  snap_release(hub, e);
+  return rc;
+}
+
+/* AgentService/Connect. */
+static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *stream,
+                         struct tp_err *err, void *data) {
+  struct hub *hub = data;
+  ProtobufCMessage *m = NULL;
+  int rc = rpc_stream_recv(stream, &tlsplane__v1__agent_message__descriptor, &m, err);
+  if (rc <= 0)
+    return rc == 0 ? tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello: required first") : -1;
+  Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
+  char name[128];
+  struct hub_agent *a = NULL;
+  if (msg->message_case != TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_HELLO)
+    rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello: the first message must be a hello");
+  else if (hello_check(msg->hello, name, sizeof(name), err) != 0)
+    rc = -1;
+  else if ((a = agent_new(msg->hello, name)) == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  protobuf_c_message_free_unpacked(m, NULL);
+  if (a == NULL)
+    return -1;
+  char actor[160];
+  snprintf(actor, sizeof(actor), "agent:%s", name + strlen("agents/"));
+  struct rpc_call_info info = *call;
+  info.actor = actor;
+  if (agent_record(hub, &info, a, err) != 0) {
+    agent_free(a);
+    return -1;
+  }
+  agent_attach(hub, a, stream);
+  log_info("hub", "agent=%s connected from %s (version %s, applied revision %lld)", a->name,
+           call->peer, a->version, (long long)a->applied_revision);
+
+  struct reader r = {.hub = hub, .agent = a, .stream = stream};
+  pthread_t reader;
+  int have_reader = pthread_create(&reader, NULL, reader_main, &r) == 0;
+  int64_t want = 0; /* the first round sends whatever is current */
+  while (have_reader) {
+    pthread_mutex_lock(&hub->lock);
+    while (!a->cut && !a->reader_done && hub->revision <= a->checked_revision && want != 0 &&
+           !rpc_stream_shutting_down(stream)) {
+      struct timespec deadline;
+      clock_gettime(CLOCK_MONOTONIC, &deadline);
+      deadline.tv_sec += HUB_WAKE_MS / 1000;
+      pthread_cond_timedwait(&hub->changed, &hub->lock, &deadline);
+    }
+    int stop = a->cut || a->reader_done || rpc_stream_shutting_down(stream);
+    want = hub->revision;
+    pthread_mutex_unlock(&hub->lock);
+    if (stop || push(hub, a, stream, want) != 0)
+      break;
+  }
+  /* Whatever ended the loop, end the call so that the reader returns. */
+  rpc_stream_cancel(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
+  if (have_reader)
+    pthread_join(reader, NULL);
+  log_info("hub", "agent=%s disconnected", a->name);
+  agent_detach(hub, a);
+  return 0;
+}
+
+int hub_register(struct hub *hub, struct rpc_server *srv) {
+  char path[128];
+  snprintf(path, sizeof(path), "/%s/Connect", tlsplane__v1__agent_service__descriptor.name);
+  return rpc_server_add_stream(srv, path, agent_connect, hub);
+}
+
+/* --- the API's view --- */
+
+static struct hub_agent *agent_find(struct hub *hub, const char *name) {
+  struct hub_agent *found = NULL;
+  for (struct hub_agent *a = hub->agents; a != NULL; a = a->next)
+    if (strcmp(a->name, name) == 0 && (found == NULL || a->connected))
+      found = a;
+  return found;
+}
+
+void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
+  pthread_mutex_lock(&hub->lock);
+  struct hub_agent *a = agent_find(hub, agent->name);
+  if (a == NULL) {
+    pthread_mutex_unlock(&hub->lock);
+    return;
+  }
+  agent->connected = a->connected;
+  agent->applied_revision = a->applied_revision;
+  pb_timestamp_set(&agent->base, "last_seen", a->last_seen_us);
+  char nack[1024] = "";
+  size_t n_status = a->stats ? a->stats->n_listeners : 0;
+  Tlsplane__V1__ListenerStatus **status = calloc(n_status ? n_status : 1, sizeof(*status));
+  for (size_t i = 0; status != NULL && i < n_status; i++)
+    status[i] = (Tlsplane__V1__ListenerStatus *)pb_clone(&a->stats->listeners[i]->base);
+  for (size_t i = 0; a->last_ack != NULL && i < a->last_ack->n_listeners; i++) {
+    const Tlsplane__V1__ListenerResult *res = a->last_ack->listeners[i];
+    if (!res->applied) {
+      size_t len = strlen(nack);
+      snprintf(nack + len, sizeof(nack) - len, "%s%s: %s", len ? "; " : "", res->listener,
+               res->error);
+    }
+    for (size_t j = 0; status != NULL && j < n_status; j++)
+      if (status[j] != NULL && strcmp(status[j]->listener, res->listener) == 0) {
+        if (!res->applied)
+          pb_string_set(&status[j]->base, "last_nack", res->error);
+        else
+          status[j]->applied_revision = a->last_ack->revision;
+      }
+  }
+  pthread_mutex_unlock(&hub->lock);
+  pb_string_set(&agent->base, "last_nack", nack);
+  if (status != NULL) {
+    size_t kept = 0;
+    for (size_t i = 0; i < n_status; i++)
+      if (status[i] != NULL)
+        status[kept++] = status[i];
+    pb_field_clear(&agent->base, pb_field(agent->base.descriptor, "listeners"));
+    agent->listeners = status;
+    agent->n_listeners = kept;
+  }
+}
+
+void hub_agent_disconnect(struct hub *hub, const char *name, const char *why) {
+  pthread_mutex_lock(&hub->lock);
+  for (struct hub_agent *a = hub->agents; a != NULL; a = a->next)
+    if (strcmp(a->name, name) == 0) {
+      a->cut = 1;
+      if (a->connected)
+        rpc_stream_cancel(a->stream, GRPC_STATUS_PERMISSION_DENIED, why);
+    }
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out,
+                struct tp_err *err) {
+  Tlsplane__V1__Rollout *r = malloc(sizeof(*r));
+  if (r == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  tlsplane__v1__rollout__init(r);
+  pthread_mutex_lock(&hub->lock);
+  if (revision == 0)
+    revision = hub->revision;
+  if (revision < 0 || revision > hub->revision) {
+    int64_t cur = hub->revision;
+    pthread_mutex_unlock(&hub->lock);
+    free(r);
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "revision: %lld is not a committed revision (the latest is %lld)",
+                      (long long)revision, (long long)cur);
+  }
+  size_t n = 0;
+  for (struct hub_agent *a = hub->agents; a != NULL; a = a->next)
+    n += a->connected;
+  r->revision = revision;
+  r->agents_pending = calloc(n ? n : 1, sizeof(char *));
+  r->agents_failed = calloc(n ? n : 1, sizeof(char *));
+  for (struct hub_agent *a = hub->agents;
+       a != NULL && r->agents_pending != NULL && r->agents_failed != NULL; a = a->next) {
+    if (!a->connected)
+      continue;
+    r->agents_connected++;
+    int failed = 0;
+    for (size_t i = 0; a->last_ack != NULL && i < a->last_ack->n_listeners; i++)
+      failed |= !a->last_ack->listeners[i]->applied;
+    int current =
+        a->has_sent && a->applied_revision == a->sent_revision && a->checked_revision >= revision;
+    if (current && failed)
+      r->agents_failed[r->n_agents_failed++] = strdup(a->name);
+    else if (current)
+      r->agents_applied++;
+    else
+      r->agents_pending[r->n_agents_pending++] = strdup(a->name);
+  }
+  pthread_mutex_unlock(&hub->lock);
+  *out = r;
+  return 0;
+}

@@ -1,0 +1,37 @@
+/* The push hub: every connected agent's stream, its live state, and the
+ * snapshots sent to it. Every committed revision wakes each stream, which
+ * sends its agent the new snapshot if (and only if) the revision changed
+ * what that agent serves. A slow or dead agent delays nobody: each stream
+ * has its own thread, and snapshots are built once per revision and label
+ * set, then shared. */
+#ifndef TLSPLANE_SERVER_HUB_H
+#define TLSPLANE_SERVER_HUB_H
+
+#include "api.h"
+#include "tlsplane/v1/agent.pb-c.h"
+
+struct hub;
+
+/* Creates the hub over api (api->store must be open); registers itself as
+ * the store's commit hook. Caller frees with hub_free after the RPC server
+ * has stopped. */
+int hub_new(struct api *api, struct hub **out, struct tp_err *err);
+void hub_free(struct hub *hub);
+
+/* Registers AgentService/Connect (the agent stream) on srv. */
+int hub_register(struct hub *hub, struct rpc_server *srv);
+
+/* Wakes every stream: revision committed. Called by the store's commit hook. */
+void hub_notify(struct hub *hub, int64_t revision);
+
+/* Fills the live fields of an Agent read from the store (connected,
+ * last_seen, applied_revision, last_nack, listeners). */
+void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent);
+
+/* Cuts the stream of agent `name` ("agents/x"), if connected. */
+void hub_agent_disconnect(struct hub *hub, const char *name, const char *why);
+
+/* Rollout of a revision (0: the current one) across connected agents. */
+int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out, struct tp_err *err);
+
+#endif
