@@ -51,4 +51,11 @@ void tlsconf__policy_info_free(struct tlsconf_policy_info *info);
 int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
                           struct tlsconf_policy_info *info, struct tp_err *err);
 
+/* The key-exchange groups tlsconf__policy_apply sets for cp, in
+ * SSL_set1_groups_list form, or NULL when it leaves OpenSSL's defaults.
+ * The SNI switch (tlsconf_listener.c) copies them onto the SSL:
+ * SSL_set_SSL_CTX does not carry groups, and OpenSSL 3.0 has no getter
+ * for an SSL_CTX's list. The string lives in cp or is static. */
+const char *tlsconf__policy_groups(const Tlsplane__V1__CipherPolicy *cp);
+
 #endif

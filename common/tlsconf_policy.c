@@ -337,6 +337,15 @@ static int check_usable(SSL_CTX *ctx, const char *ciphers, int min, int max, int
                     dhe_only ? " (its DHE ciphers need dhparam_pem)" : "");
 }
 
+const char *tlsconf__policy_groups(const Tlsplane__V1__CipherPolicy *cp) {
+  if (cp != NULL && cp->ecdh_disabled)
+    return ffdhe_groups;
+  const char *curve = cp ? cp->ecdh_curve : "";
+  if (curve[0] == '\0' || strcmp(curve, "auto") == 0)
+    return NULL;
+  return curve;
+}
+
 int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
                           struct tlsconf_policy_info *info, struct tp_err *err) {
   int min, max;
@@ -391,8 +400,9 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
                "ecdh_curve: \"%s\" contradicts ecdh_disabled (leave it empty)", curve);
     goto failed;
   }
-  if (ecdh_off ? apply_groups(ctx, ffdhe_groups, "ecdh_disabled", err) != 0
-               : !curve_auto && apply_groups(ctx, curve, "ecdh_curve", err) != 0)
+  const char *groups = tlsconf__policy_groups(cp);
+  if (groups != NULL &&
+      apply_groups(ctx, groups, ecdh_off ? "ecdh_disabled" : "ecdh_curve", err) != 0)
     goto failed;
 
   int have_dh = dh != NULL;

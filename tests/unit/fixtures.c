@@ -308,6 +308,40 @@ int fixture_handshake(SSL *client, SSL *server) {
   return done[0] && done[1] ? 0 : -1;
 }
 
+int fixture_exchange(SSL *client, SSL *server) {
+  unsigned char b = 'x';
+  int ok = SSL_write(client, &b, 1) == 1 && SSL_read(server, &b, 1) == 1 &&
+           SSL_write(server, &b, 1) == 1 && SSL_read(client, &b, 1) == 1 && b == 'x';
+  ERR_clear_error();
+  return ok ? 0 : -1;
+}
+
+int fixture_renegotiate(SSL *client, SSL *server) {
+  int rc = -1;
+  if (!SSL_renegotiate(client))
+    goto done;
+  for (int round = 0; round < 100; round++) {
+    int r = SSL_do_handshake(client);
+    if (r == 1 && !SSL_renegotiate_pending(client)) {
+      rc = 0;
+      break;
+    }
+    if (r != 1) {
+      int e = SSL_get_error(client, r);
+      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        break;
+    }
+    unsigned char b;
+    r = SSL_read(server, &b, 1);
+    int e = SSL_get_error(server, r);
+    if (r <= 0 && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+      break;
+  }
+done:
+  ERR_clear_error();
+  return rc;
+}
+
 const unsigned char fixture_legacy_pfx[] = {
     0x30, 0x82, 0x03, 0xe2, 0x02, 0x01, 0x03, 0x30, 0x82, 0x03, 0xa8, 0x06, 0x09, 0x2a, 0x86, 0x48,
     0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01, 0xa0, 0x82, 0x03, 0x99, 0x04, 0x82, 0x03, 0x95, 0x30, 0x82,

@@ -92,4 +92,16 @@ unsigned char *fixture_ocsp_status(int response_status, size_t *len);
  * when either failed. */
 int fixture_handshake(SSL *client, SSL *server);
 
+/* After fixture_handshake: the client sends one byte and the server sends
+ * it back, so that each side processes what the other sent after the
+ * handshake (TLS 1.3 session tickets). Returns 0 when the byte made the
+ * round trip, -1 otherwise. */
+int fixture_exchange(SSL *client, SSL *server);
+
+/* After fixture_handshake: a client-initiated renegotiation (TLS 1.2):
+ * SSL_renegotiate on the client, then both sides driven (the server
+ * through SSL_read) until the client's new handshake completes. Returns 0
+ * when it did, -1 when either side failed. */
+int fixture_renegotiate(SSL *client, SSL *server);
+
 #endif

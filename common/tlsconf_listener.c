@@ -1,0 +1,799 @@
+/* A listener's TLS side (see tlsconf_listener.h): its contexts, the SNI
+ * table, the ticket-key ring and the renegotiation policy.
+ *
+ * How a connection gets its context. Every SSL is made from the
+ * listener's base SSL_CTX, which holds no certificate and is the SSL's
+ * session_ctx for its whole life: OpenSSL keeps the session cache and
+ * calls the ticket-key callback of the session_ctx, never of the context
+ * switched to (ssl/ssl_sess.c ssl_get_new_session, ssl/t1_lib.c
+ * tls_decrypt_ticket, statem_srvr.c construct_stateless_ticket all use
+ * s->session_ctx), so one cache and one ring serve every context alike.
+ * The client hello callback then picks the context from the SNI and
+ * switches to it with SSL_set_SSL_CTX before OpenSSL negotiates anything:
+ * the version, the cipher, the certificate (only the selected context's
+ * certificates are in the SSL then: an SNI context with an RSA key never
+ * serves the default's ECDSA certificate, nodejs/node#54235), ALPN / NPN,
+ * the OCSP staple of the certificate actually served, the trust store and
+ * CA names all come from the selected context. The servername callback
+ * (run later, during extension parsing) would be too late for versions.
+ *
+ * SSL_set_SSL_CTX replaces the SSL's CERT (certificates, keys, chains,
+ * DH, security level, signature algorithms) and the session ID context,
+ * and the SSL reads cipher lists, trust store, CA names and the ALPN /
+ * NPN / OCSP callbacks from its current SSL_CTX. What SSL_new copied
+ * into the SSL stays, so switch_to copies it from the selected context:
+ * options (SSL_OP_NO_TICKET, SSL_OP_CIPHER_SERVER_PREFERENCE), verify mode,
+ * callback and parameters, version bounds, groups, max send fragment,
+ * mode and ticket count (nginx ngx_ssl_servername and haproxy
+ * ssl_sock_switchctx_set copy the same way). The session lifetime, which
+ * OpenSSL takes from the session_ctx, is set on the new session in the
+ * servername callback.
+ *
+ * Everything here is immutable after build and shared by every worker
+ * thread; per-connection state lives in struct conn, the SSL's ex_data.
+ * The SSL reaches its listener through that ex_data (never through a
+ * callback argument), which holds a reference until SSL_free. */
+#include "tlsconf_listener.h"
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pb.h"
+#include "tlsconf.h"
+#include "tlsconf_int.h"
+
+#define LISTENER_MAGIC 0x544c534cu /* "TLSL" */
+#define CONN_MAGIC 0x544c5343u     /* "TLSC" */
+
+#define RENEGOTIATION_LIMIT_DEFAULT 3
+#define RENEGOTIATION_WINDOW_DEFAULT_MS 600000
+
+/* A ticket key as setTicketKeys takes it: 48 bytes, the 16-byte name
+ * (sent in clear in every ticket), the HMAC-SHA256 key and the AES-128-CBC
+ * key (Node's ticket format). */
+#define TICKET_KEY_LEN 48
+#define TICKET_PART_LEN 16
+
+struct ticket_key {
+  unsigned char name[TICKET_PART_LEN];
+  unsigned char hmac[TICKET_PART_LEN];
+  unsigned char aes[TICKET_PART_LEN];
+};
+
+/* One TlsContext of the listener. */
+struct entry {
+  char *name;   /* "tlsContexts/web" */
+  SSL_CTX *ctx; /* reference held */
+  /* What SSL_new copied from the base and switch_to replaces. */
+  char *groups;               /* SSL_set1_groups_list form; NULL: OpenSSL's defaults */
+  unsigned max_send_fragment; /* bytes */
+  /* tlsconf_ctx_build's OCSP status callback, wrapped by status_cb to
+   * record what was stapled; NULL when the context staples nothing. */
+  int (*status_cb)(SSL *, void *);
+  void *status_arg;
+};
+
+/* An SNI route. host is lower case; for a wildcard it is the part after
+ * "*." ("example.com" for "*.example.com"). */
+struct route {
+  char *host;
+  size_t entry; /* index into entries */
+  size_t index; /* in sni_routes, for errors */
+};
+
+struct tlsconf_listener {
+  unsigned magic; /* LISTENER_MAGIC */
+  atomic_int refs;
+  /* The SSL_new context and every SSL's session_ctx: session cache and
+   * ticket keys; no certificate. */
+  SSL_CTX *base;
+  /* entries[0] is the default context; each context once, however many
+   * routes name it. */
+  struct entry *entries;
+  size_t n_entries;
+  /* Both sorted by host (strcmp) for bsearch. */
+  struct route *exact;
+  size_t n_exact;
+  struct route *wild;
+  size_t n_wild;
+  /* The ring: keys[active] encrypts, every key decrypts. */
+  struct ticket_key *keys;
+  size_t n_keys;
+  size_t active;
+  EVP_CIPHER *aes; /* AES-128-CBC, fetched once */
+  int renegotiation_limit;
+  int64_t renegotiation_window_ms;
+  /* SSL_OP_ALLOW_CLIENT_RENEGOTIATION or SSL_OP_NO_RENEGOTIATION. */
+  uint64_t ssl_options;
+};
+
+/* Per connection, in the SSL's ex_data; freed with the SSL. */
+struct conn {
+  unsigned magic;             /* CONN_MAGIC */
+  struct tlsconf_listener *l; /* reference held */
+  const struct entry *entry;  /* the selected context; NULL before the ClientHello */
+  int ocsp_requested;         /* this handshake's ClientHello had status_request (OCSP) */
+  int ocsp_stapled;           /* and the status callback stapled a response */
+  char protocol[256];         /* tlsconf_conn_info's ALPN / NPN copy, NUL-terminated */
+};
+
+static struct tlsconf_listener *listener_check(const struct tlsconf_listener *p) {
+  if (p == NULL || p->magic != LISTENER_MAGIC)
+    abort(); /* memory corruption or a foreign pointer: never go on */
+  return (struct tlsconf_listener *)p;
+}
+
+static struct conn *conn_check(void *p) {
+  struct conn *c = p;
+  if (c == NULL || c->magic != CONN_MAGIC)
+    abort();
+  return c;
+}
+
+/* The SSL ex_data index, registered once per process (process context). */
+static pthread_once_t conn_index_once = PTHREAD_ONCE_INIT;
+static int conn_index = -1;
+
+static void conn_free(struct conn *c) {
+  if (c == NULL)
+    return;
+  conn_check(c);
+  c->magic = 0;
+  tlsconf_listener_unref(c->l);
+  free(c);
+}
+
+/* Runs for every SSL of the process, most of them not ours (ptr NULL). */
+static void conn_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                         void *argp) {
+  conn_free(ptr);
+}
+
+/* SSL_dup: the copy gets its own conn and listener reference. */
+static int conn_dup_cb(CRYPTO_EX_DATA *to, const CRYPTO_EX_DATA *from, void **from_d, int idx,
+                       long argl, void *argp) {
+  if (*from_d == NULL)
+    return 1;
+  struct conn *src = conn_check(*from_d);
+  struct conn *c = malloc(sizeof(*c));
+  if (c == NULL) {
+    *from_d = NULL;
+    return 0;
+  }
+  *c = *src;
+  tlsconf_listener_ref(c->l);
+  *from_d = c;
+  return 1;
+}
+
+static void conn_index_init(void) {
+  conn_index = SSL_get_ex_new_index(0, NULL, NULL, conn_dup_cb, conn_free_cb);
+}
+
+/* The SSL's conn, or NULL for an SSL not made by
+ * tlsconf_listener_ssl_new. */
+static struct conn *conn_get(const SSL *ssl) {
+  pthread_once(&conn_index_once, conn_index_init);
+  if (conn_index < 0)
+    return NULL;
+  void *p = SSL_get_ex_data(ssl, conn_index);
+  return p == NULL ? NULL : conn_check(p);
+}
+
+/* SNI ------------------------------------------------------------------- */
+
+/* Copies the ClientHello's host_name, lower-cased, into out (at least 256
+ * bytes). Returns 1 with a name, 0 without one, -1 when it is malformed
+ * (the default context is used and OpenSSL's own parser then refuses the
+ * ClientHello). */
+static int sni_get(SSL *ssl, char *out) {
+  const unsigned char *p;
+  size_t len;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len))
+    return 0;
+  if (len < 2 || (((size_t)p[0] << 8) | p[1]) != len - 2)
+    return -1;
+  p += 2;
+  len -= 2;
+  while (len >= 3) {
+    unsigned type = p[0];
+    size_t n = ((size_t)p[1] << 8) | p[2];
+    p += 3;
+    len -= 3;
+    if (n > len)
+      return -1;
+    if (type == TLSEXT_NAMETYPE_host_name) {
+      if (n == 0 || n > TLSEXT_MAXLEN_host_name || memchr(p, 0, n) != NULL)
+        return -1;
+      for (size_t i = 0; i < n; i++)
+        out[i] = p[i] >= 'A' && p[i] <= 'Z' ? (char)(p[i] - 'A' + 'a') : (char)p[i];
+      out[n] = '\0';
+      return 1;
+    }
+    p += n;
+    len -= n;
+  }
+  return len == 0 ? 0 : -1;
+}
+
+static int route_cmp_key(const void *key, const void *elem) {
+  return strcmp(key, ((const struct route *)elem)->host);
+}
+
+static int route_cmp(const void *a, const void *b) {
+  const struct route *ra = a, *rb = b;
+  int c = strcmp(ra->host, rb->host);
+  return c != 0 ? c : (ra->index > rb->index) - (ra->index < rb->index);
+}
+
+/* Exact names first, then "*." patterns of exactly one more label, then
+ * the default context. host is lower case. */
+static const struct entry *select_entry(const struct tlsconf_listener *l, const char *host) {
+  const struct route *r = NULL;
+  if (host != NULL) {
+    if (l->n_exact > 0)
+      r = bsearch(host, l->exact, l->n_exact, sizeof(*r), route_cmp_key);
+    const char *dot = strchr(host, '.');
+    if (r == NULL && l->n_wild > 0 && dot != NULL && dot != host)
+      r = bsearch(dot + 1, l->wild, l->n_wild, sizeof(*r), route_cmp_key);
+  }
+  return &l->entries[r != NULL ? r->entry : 0];
+}
+
+/* Makes e the SSL's context and copies what SSL_set_SSL_CTX leaves as
+ * SSL_new copied it from the base (see the top of this file). */
+static int switch_to(SSL *ssl, const struct tlsconf_listener *l, const struct entry *e) {
+  SSL_CTX *ctx = e->ctx;
+  if (SSL_set_SSL_CTX(ssl, ctx) != ctx)
+    return -1;
+  /* Options the application set on the SSL itself stay. */
+  uint64_t cur = SSL_get_options(ssl);
+  uint64_t want = (cur & ~SSL_CTX_get_options(l->base)) | SSL_CTX_get_options(ctx) | l->ssl_options;
+  SSL_clear_options(ssl, cur & ~want);
+  SSL_set_options(ssl, want);
+  SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), SSL_CTX_get_verify_callback(ctx));
+  if (!X509_VERIFY_PARAM_set1(SSL_get0_param(ssl), SSL_CTX_get0_param(ctx)))
+    return -1;
+  if (!SSL_set_min_proto_version(ssl, SSL_CTX_get_min_proto_version(ctx)) ||
+      !SSL_set_max_proto_version(ssl, SSL_CTX_get_max_proto_version(ctx)))
+    return -1;
+  /* The SSL starts with the base's groups, which are OpenSSL's defaults:
+   * only a context with its own list changes them. */
+  if (e->groups != NULL && !SSL_set1_groups_list(ssl, e->groups))
+    return -1;
+  if (!SSL_set_max_send_fragment(ssl, e->max_send_fragment))
+    return -1;
+  SSL_set_mode(ssl, SSL_CTX_get_mode(ctx));
+  /* The cache is the base's: a context that turned its own off and has no
+   * tickets gets no TLS 1.3 (stateful) tickets either, as alone it would
+   * issue only tickets that never resume. TLS 1.2 session IDs follow the
+   * context by themselves (tls_construct_server_hello reads the
+   * SSL_CTX's cache mode). */
+  size_t tickets = SSL_CTX_get_num_tickets(ctx);
+  if ((want & SSL_OP_NO_TICKET) && !(SSL_CTX_get_session_cache_mode(ctx) & SSL_SESS_CACHE_SERVER))
+    tickets = 0;
+  if (!SSL_set_num_tickets(ssl, tickets))
+    return -1;
+  return 0;
+}
+
+/* Callbacks --------------------------------------------------------------- */
+
+/* Runs first in every ClientHello, before version, cipher and certificate
+ * are chosen. A renegotiation or the second ClientHello after a
+ * HelloRetryRequest keeps the context of the first. */
+static int client_hello_cb(SSL *ssl, int *al, void *arg) {
+  struct conn *c = conn_get(ssl);
+  if (c == NULL) {
+    *al = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  const unsigned char *p;
+  size_t len;
+  c->ocsp_requested = SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_status_request, &p, &len) &&
+                      len >= 1 && p[0] == TLSEXT_STATUSTYPE_ocsp;
+  c->ocsp_stapled = 0;
+  if (c->entry != NULL)
+    return SSL_CLIENT_HELLO_SUCCESS;
+  char host[TLSEXT_MAXLEN_host_name + 1];
+  const struct entry *e = select_entry(c->l, sni_get(ssl, host) == 1 ? host : NULL);
+  if (switch_to(ssl, c->l, e) != 0) {
+    ERR_clear_error();
+    *al = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  c->entry = e;
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* Runs after the session of a full handshake exists: it lives as long as
+ * its own context says (OpenSSL took the base's timeout). Answering OK
+ * acknowledges the name and keeps it in a TLS 1.2 session, so that
+ * SSL_get_servername still tells after a resumption. */
+static int servername_cb(SSL *ssl, int *al, void *arg) {
+  struct conn *c = conn_get(ssl);
+  if (c == NULL || c->entry == NULL)
+    return SSL_TLSEXT_ERR_NOACK;
+  SSL_SESSION *sess = SSL_get_session(ssl);
+  if (!SSL_session_reused(ssl) && sess != NULL)
+    SSL_SESSION_set_timeout(sess, SSL_CTX_get_timeout(c->entry->ctx));
+  return SSL_TLSEXT_ERR_OK;
+}
+
+/* Wraps tlsconf_ctx_build's status callback (which staples the response
+ * of the certificate chosen) to record that a staple went out. */
+static int status_cb(SSL *ssl, void *arg) {
+  struct conn *c = conn_get(ssl);
+  if (c == NULL || c->entry == NULL || c->entry->status_cb == NULL)
+    return SSL_TLSEXT_ERR_NOACK;
+  int rc = c->entry->status_cb(ssl, c->entry->status_arg);
+  if (rc == SSL_TLSEXT_ERR_OK)
+    c->ocsp_stapled = 1;
+  return rc;
+}
+
+static int ticket_mac_init(EVP_MAC_CTX *hctx, const struct ticket_key *k) {
+  OSSL_PARAM params[3];
+  params[0] =
+      OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac, sizeof(k->hmac));
+  params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+  params[2] = OSSL_PARAM_construct_end();
+  return EVP_MAC_CTX_set_params(hctx, params);
+}
+
+/* Session tickets (SSL_CTX_set_tlsext_ticket_key_evp_cb). Encrypt: the
+ * active key. Decrypt: the key named in the ticket; 2 (renew under the
+ * active key) when that is an older key; 0 (no resumption, full
+ * handshake) for a name not in the ring: a retired key or another ring. */
+static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc) {
+  struct conn *c = conn_get(ssl);
+  if (c == NULL)
+    return 0; /* not ours: no ticket, no resumption */
+  const struct tlsconf_listener *l = c->l;
+  if (enc) {
+    const struct ticket_key *k = &l->keys[l->active];
+    memcpy(key_name, k->name, sizeof(k->name));
+    if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(l->aes)) <= 0 ||
+        !EVP_EncryptInit_ex(cctx, l->aes, NULL, k->aes, iv) || !ticket_mac_init(hctx, k))
+      return -1;
+    return 1;
+  }
+  for (size_t i = 0; i < l->n_keys; i++) {
+    const struct ticket_key *k = &l->keys[i];
+    if (memcmp(key_name, k->name, sizeof(k->name)) != 0)
+      continue;
+    if (!ticket_mac_init(hctx, k) || !EVP_DecryptInit_ex(cctx, l->aes, NULL, k->aes, iv))
+      return -1;
+    return i == l->active ? 1 : 2;
+  }
+  return 0;
+}
+
+/* Build ----------------------------------------------------------------- */
+
+typedef Tlsplane__V1__ResolvedListener__TlsContextsEntry map_entry;
+
+static int map_cmp(const void *a, const void *b) {
+  return strcmp((*(map_entry *const *)a)->key, (*(map_entry *const *)b)->key);
+}
+
+static int map_cmp_key(const void *key, const void *elem) {
+  return strcmp(key, (*(map_entry *const *)elem)->key);
+}
+
+static void listener_free(struct tlsconf_listener *l) {
+  for (size_t i = 0; i < l->n_entries; i++) {
+    SSL_CTX_free(l->entries[i].ctx);
+    free(l->entries[i].name);
+    free(l->entries[i].groups);
+  }
+  free(l->entries);
+  for (size_t i = 0; i < l->n_exact; i++)
+    free(l->exact[i].host);
+  free(l->exact);
+  for (size_t i = 0; i < l->n_wild; i++)
+    free(l->wild[i].host);
+  free(l->wild);
+  if (l->keys != NULL)
+    OPENSSL_cleanse(l->keys, l->n_keys * sizeof(*l->keys));
+  free(l->keys);
+  EVP_CIPHER_free(l->aes);
+  SSL_CTX_free(l->base);
+  l->magic = 0;
+  free(l);
+}
+
+/* Callbacks every SSL_CTX of the listener carries: the client hello and
+ * servername callbacks run from the SSL's current SSL_CTX (a
+ * renegotiation's from the selected one), the ticket callback from the
+ * session_ctx (the base) but is set on all in case that ever changes. */
+static int install_callbacks(SSL_CTX *ctx) {
+  SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
+  SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+  return SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+}
+
+/* Builds the context named name (found in the sorted map) as entry e. */
+static int entry_build(struct entry *e, const char *name, map_entry *const *map, size_t n_map,
+                       struct tp_err *err) {
+  map_entry *const *me = n_map > 0 ? bsearch(name, map, n_map, sizeof(*map), map_cmp_key) : NULL;
+  if (me == NULL || (*me)->value == NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "tls_contexts: no \"%s\"", name);
+  const Tlsplane__V1__ResolvedTlsContext *rc = (*me)->value;
+  if ((e->name = strdup(name)) == NULL)
+    return tlsconf__oom(err);
+  if (tlsconf_ctx_build(rc, &e->ctx, err) != 0) {
+    char prefix[300];
+    snprintf(prefix, sizeof(prefix), "%s: ", name);
+    tp_err_prefix(err, prefix);
+    return -1;
+  }
+  const char *groups = tlsconf__policy_groups(rc->cipher_policy);
+  if (groups != NULL && (e->groups = strdup(groups)) == NULL)
+    return tlsconf__oom(err);
+  int32_t frag = rc->tls_context->max_send_fragment;
+  e->max_send_fragment = frag > 0 ? (unsigned)frag : SSL3_RT_MAX_PLAIN_LENGTH;
+  if (!SSL_CTX_get_tlsext_status_cb(e->ctx, &e->status_cb) ||
+      !SSL_CTX_get_tlsext_status_arg(e->ctx, &e->status_arg))
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: cannot read the OCSP callback", name);
+  if (e->status_cb != NULL)
+    SSL_CTX_set_tlsext_status_cb(e->ctx, status_cb);
+  if (!install_callbacks(e->ctx))
+    return tlsconf__oom(err);
+  return 0;
+}
+
+/* The contexts: the default first, then each route's in route order. */
+static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedListener *rl,
+                         size_t *route_entry, struct tp_err *err) {
+  const Tlsplane__V1__Listener *li = rl->listener;
+  map_entry **map = NULL;
+  size_t *map_to_entry = NULL;
+  int rc = -1;
+  if (li->default_tls_context[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "default_tls_context: required");
+  l->entries = calloc(li->n_sni_routes + 1, sizeof(*l->entries));
+  map = malloc((rl->n_tls_contexts + 1) * sizeof(*map));
+  map_to_entry = malloc((rl->n_tls_contexts + 1) * sizeof(*map_to_entry));
+  if (l->entries == NULL || map == NULL || map_to_entry == NULL) {
+    tlsconf__oom(err);
+    goto done;
+  }
+  for (size_t i = 0; i < rl->n_tls_contexts; i++)
+    map[i] = rl->tls_contexts[i];
+  qsort(map, rl->n_tls_contexts, sizeof(*map), map_cmp);
+  for (size_t i = 0; i < rl->n_tls_contexts; i++) {
+    map_to_entry[i] = SIZE_MAX;
+    if (i > 0 && strcmp(map[i - 1]->key, map[i]->key) == 0) {
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "tls_contexts: \"%s\" appears twice",
+                 map[i]->key);
+      goto done;
+    }
+  }
+  for (size_t i = 0; i <= li->n_sni_routes; i++) {
+    const char *name = i == 0 ? li->default_tls_context : li->sni_routes[i - 1]->tls_context;
+    map_entry **me = rl->n_tls_contexts > 0
+                         ? bsearch(name, map, rl->n_tls_contexts, sizeof(*map), map_cmp_key)
+                         : NULL;
+    if (me == NULL) {
+      if (i == 0)
+        tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                   "default_tls_context: \"%s\" is not in tls_contexts", name);
+      else
+        tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                   "sni_routes[%zu].tls_context: \"%s\" is not in tls_contexts", i - 1, name);
+      goto done;
+    }
+    size_t m = (size_t)(me - map);
+    if (map_to_entry[m] == SIZE_MAX) {
+      map_to_entry[m] = l->n_entries++;
+      if (entry_build(&l->entries[map_to_entry[m]], name, map, rl->n_tls_contexts, err) != 0)
+        goto done;
+    }
+    if (i > 0)
+      route_entry[i - 1] = map_to_entry[m];
+  }
+  rc = 0;
+done:
+  free(map);
+  free(map_to_entry);
+  return rc;
+}
+
+static int routes_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener *li,
+                        const size_t *route_entry, struct tp_err *err) {
+  if (li->n_sni_routes == 0)
+    return 0;
+  l->exact = calloc(li->n_sni_routes, sizeof(*l->exact));
+  l->wild = calloc(li->n_sni_routes, sizeof(*l->wild));
+  if (l->exact == NULL || l->wild == NULL)
+    return tlsconf__oom(err);
+  for (size_t i = 0; i < li->n_sni_routes; i++) {
+    char *host = strdup(li->sni_routes[i]->hostname);
+    if (host == NULL)
+      return tlsconf__oom(err);
+    for (char *p = host; *p; p++)
+      if (*p >= 'A' && *p <= 'Z')
+        *p = (char)(*p - 'A' + 'a');
+    if (tlsconf_hostname_pattern_check(host, err) != 0) {
+      free(host);
+      char prefix[64];
+      snprintf(prefix, sizeof(prefix), "sni_routes[%zu].hostname: ", i);
+      tp_err_prefix(err, prefix);
+      return -1;
+    }
+    int wild = strncmp(host, "*.", 2) == 0;
+    if (wild)
+      memmove(host, host + 2, strlen(host + 2) + 1);
+    struct route *r = wild ? &l->wild[l->n_wild++] : &l->exact[l->n_exact++];
+    r->host = host;
+    r->entry = route_entry[i];
+    r->index = i;
+  }
+  qsort(l->exact, l->n_exact, sizeof(*l->exact), route_cmp);
+  qsort(l->wild, l->n_wild, sizeof(*l->wild), route_cmp);
+  for (int w = 0; w < 2; w++) {
+    const struct route *r = w ? l->wild : l->exact;
+    size_t n = w ? l->n_wild : l->n_exact;
+    for (size_t i = 1; i < n; i++)
+      if (strcmp(r[i - 1].host, r[i].host) == 0)
+        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                          "sni_routes[%zu].hostname: \"%s%s\" is routed twice", r[i].index,
+                          w ? "*." : "", r[i].host);
+  }
+  return 0;
+}
+
+static int keys_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedListener *rl,
+                      struct tp_err *err) {
+  if ((l->aes = EVP_CIPHER_fetch(NULL, "AES-128-CBC", NULL)) == NULL) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "ticket_keys: AES-128-CBC is not available");
+    tp_err_append_openssl(err);
+    return -1;
+  }
+  size_t n = rl->n_ticket_keys > 0 ? rl->n_ticket_keys : 1;
+  if ((l->keys = calloc(n, sizeof(*l->keys))) == NULL)
+    return tlsconf__oom(err);
+  l->n_keys = n;
+  if (rl->n_ticket_keys == 0) {
+    /* No ring: one random key for this build, shared by its contexts. */
+    if (RAND_bytes((unsigned char *)l->keys, sizeof(*l->keys)) <= 0) {
+      tp_err_set(err, GRPC_STATUS_INTERNAL, "ticket_keys: no random key");
+      tp_err_append_openssl(err);
+      return -1;
+    }
+    l->active = 0;
+    return 0;
+  }
+  size_t n_active = 0;
+  for (size_t i = 0; i < n; i++) {
+    const Tlsplane__V1__TicketKeyMaterial *m = rl->ticket_keys[i];
+    if (m->key.len != TICKET_KEY_LEN)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "ticket_keys[%zu]: must be %d bytes (got %zu)", i, TICKET_KEY_LEN,
+                        m->key.len);
+    struct ticket_key *k = &l->keys[i];
+    memcpy(k->name, m->key.data, TICKET_PART_LEN);
+    memcpy(k->hmac, m->key.data + TICKET_PART_LEN, TICKET_PART_LEN);
+    memcpy(k->aes, m->key.data + 2 * TICKET_PART_LEN, TICKET_PART_LEN);
+    for (size_t j = 0; j < i; j++)
+      if (memcmp(l->keys[j].name, k->name, TICKET_PART_LEN) == 0)
+        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                          "ticket_keys[%zu]: same key name as ticket_keys[%zu]", i, j);
+    if (m->active) {
+      l->active = i;
+      n_active++;
+    }
+  }
+  if (n_active != 1)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "ticket_keys: exactly one key must be active (%zu are)", n_active);
+  return 0;
+}
+
+static int renegotiation_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener *li,
+                               struct tp_err *err) {
+  l->renegotiation_limit = RENEGOTIATION_LIMIT_DEFAULT;
+  if (li->renegotiation_limit != NULL) {
+    if (li->renegotiation_limit->value < 0)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "renegotiation_limit: must not be negative (0: refuse renegotiation)");
+    l->renegotiation_limit = li->renegotiation_limit->value;
+  }
+  l->renegotiation_window_ms = RENEGOTIATION_WINDOW_DEFAULT_MS;
+  if (li->renegotiation_window != NULL) {
+    int64_t ms = pb_duration_ms(li->renegotiation_window);
+    if (li->renegotiation_window->seconds < 0 || li->renegotiation_window->nanos < 0 ||
+        (ms == 0 && li->renegotiation_window->nanos == 0))
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "renegotiation_window: must be more than 0");
+    l->renegotiation_window_ms = ms > 0 ? ms : 1;
+  }
+  /* OpenSSL 3 refuses client-initiated renegotiation unless allowed; the
+   * agent counts and enforces the limit per window. */
+  l->ssl_options =
+      l->renegotiation_limit > 0 ? SSL_OP_ALLOW_CLIENT_RENEGOTIATION : SSL_OP_NO_RENEGOTIATION;
+  return 0;
+}
+
+/* The base SSL_CTX: session cache (the largest of the contexts'; off when
+ * every context turned its own off) and the callbacks. The default
+ * context's session timeout stands until servername_cb sets each
+ * session's own. */
+static int base_build(struct tlsconf_listener *l, struct tp_err *err) {
+  if ((l->base = SSL_CTX_new(TLS_server_method())) == NULL)
+    return tlsconf__oom(err);
+  SSL_CTX_set_mode(l->base, SSL_MODE_NO_AUTO_CHAIN);
+  long size = 0;
+  int cache = 0;
+  for (size_t i = 0; i < l->n_entries; i++) {
+    SSL_CTX *ctx = l->entries[i].ctx;
+    if (!(SSL_CTX_get_session_cache_mode(ctx) & SSL_SESS_CACHE_SERVER))
+      continue;
+    cache = 1;
+    long s = SSL_CTX_sess_get_cache_size(ctx);
+    if (s > size)
+      size = s;
+  }
+  SSL_CTX_set_session_cache_mode(l->base, cache ? SSL_SESS_CACHE_SERVER : SSL_SESS_CACHE_OFF);
+  if (cache)
+    SSL_CTX_sess_set_cache_size(l->base, size);
+  SSL_CTX_set_timeout(l->base, SSL_CTX_get_timeout(l->entries[0].ctx));
+  if (!install_callbacks(l->base))
+    return tlsconf__oom(err);
+  return 0;
+}
+
+int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
+                           struct tp_err *err) {
+  *out = NULL;
+  const Tlsplane__V1__Listener *li = rl->listener;
+  if (li == NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "listener: required");
+  pthread_once(&conn_index_once, conn_index_init);
+  if (conn_index < 0)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "no SSL ex_data index");
+  struct tlsconf_listener *l = calloc(1, sizeof(*l));
+  size_t *route_entry = calloc(li->n_sni_routes + 1, sizeof(*route_entry));
+  if (l == NULL || route_entry == NULL) {
+    free(l);
+    free(route_entry);
+    return tlsconf__oom(err);
+  }
+  l->magic = LISTENER_MAGIC;
+  atomic_init(&l->refs, 1);
+  if (renegotiation_build(l, li, err) != 0 || entries_build(l, rl, route_entry, err) != 0 ||
+      routes_build(l, li, route_entry, err) != 0 || keys_build(l, rl, err) != 0 ||
+      base_build(l, err) != 0) {
+    free(route_entry);
+    listener_free(l);
+    ERR_clear_error();
+    return -1;
+  }
+  free(route_entry);
+  *out = l;
+  return 0;
+}
+
+void tlsconf_listener_ref(struct tlsconf_listener *l) {
+  atomic_fetch_add_explicit(&listener_check(l)->refs, 1, memory_order_relaxed);
+}
+
+void tlsconf_listener_unref(struct tlsconf_listener *l) {
+  if (l == NULL)
+    return;
+  if (atomic_fetch_sub_explicit(&listener_check(l)->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  listener_free(l);
+}
+
+SSL *tlsconf_listener_ssl_new(struct tlsconf_listener *l) {
+  listener_check(l);
+  SSL *ssl = SSL_new(l->base);
+  struct conn *c = calloc(1, sizeof(*c));
+  if (ssl == NULL || c == NULL)
+    goto failed;
+  c->magic = CONN_MAGIC;
+  c->l = l;
+  tlsconf_listener_ref(l);
+  if (!SSL_set_ex_data(ssl, conn_index, c)) {
+    conn_free(c);
+    c = NULL;
+    goto failed;
+  }
+  /* From here on c is freed with ssl. Refused renegotiation is refused
+   * before any ClientHello callback. */
+  SSL_set_options(ssl, l->ssl_options);
+  return ssl;
+failed:
+  free(c);
+  SSL_free(ssl);
+  ERR_clear_error();
+  return NULL;
+}
+
+const char *tlsconf_ssl_context_name(const SSL *ssl) {
+  struct conn *c = conn_get(ssl);
+  return c != NULL && c->entry != NULL ? c->entry->name : NULL;
+}
+
+int tlsconf_listener_renegotiation_limit(const struct tlsconf_listener *l) {
+  return listener_check(l)->renegotiation_limit;
+}
+
+int64_t tlsconf_listener_renegotiation_window_ms(const struct tlsconf_listener *l) {
+  return listener_check(l)->renegotiation_window_ms;
+}
+
+/* The subject's (first) CN as UTF-8, cut at a character boundary to fit;
+ * "" when there is none or it holds a NUL. */
+static void peer_cn(X509 *peer, char *out, size_t out_len) {
+  out[0] = '\0';
+  X509_NAME *subject = X509_get_subject_name(peer);
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx < 0)
+    return;
+  unsigned char *utf8 = NULL;
+  int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+  if (n < 0) {
+    ERR_clear_error();
+    return;
+  }
+  size_t len = (size_t)n;
+  if (memchr(utf8, 0, len) == NULL) {
+    if (len >= out_len) {
+      len = out_len - 1;
+      while (len > 0 && (utf8[len] & 0xC0) == 0x80) /* utf8[len] continues a character */
+        len--;
+    }
+    memcpy(out, utf8, len);
+    out[len] = '\0';
+  }
+  OPENSSL_free(utf8);
+}
+
+void tlsconf_conn_info(SSL *ssl, struct tlsconf_conn_info *info) {
+  memset(info, 0, sizeof(*info));
+  struct conn *c = conn_get(ssl);
+  info->servername = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  const unsigned char *proto = NULL;
+  unsigned proto_len = 0;
+  SSL_get0_alpn_selected(ssl, &proto, &proto_len);
+#ifndef OPENSSL_NO_NEXTPROTONEG
+  if (proto_len == 0)
+    SSL_get0_next_proto_negotiated(ssl, &proto, &proto_len);
+#endif
+  if (proto_len > 0 && c != NULL && proto_len < sizeof(c->protocol)) {
+    memcpy(c->protocol, proto, proto_len);
+    c->protocol[proto_len] = '\0';
+    info->protocol = c->protocol;
+  }
+  info->version = SSL_get_version(ssl);
+  const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+  info->cipher = cipher != NULL ? SSL_CIPHER_get_name(cipher) : NULL;
+  info->resumed = SSL_session_reused(ssl);
+  X509 *peer = SSL_get0_peer_certificate(ssl);
+  info->has_peer_cert = peer != NULL;
+  info->verify_result = SSL_get_verify_result(ssl);
+  if (peer != NULL) {
+    peer_cn(peer, info->peer_cn, sizeof(info->peer_cn));
+  } else if (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) {
+    /* Asked for and not given: Node's authorizationError for this case. */
+    info->verify_result = X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT;
+  }
+  if (info->verify_result != X509_V_OK)
+    info->verify_error = X509_verify_cert_error_string(info->verify_result);
+  if (c != NULL) {
+    info->ocsp_requested = c->ocsp_requested;
+    info->ocsp_stapled = c->ocsp_stapled;
+  }
+}

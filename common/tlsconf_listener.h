@@ -1,0 +1,91 @@
+/* A listener's TLS side, built from a ResolvedListener: one SSL_CTX per
+ * TlsContext (tlsconf_ctx_build), the SNI table (server.addContext /
+ * SNICallback: exact names, then "*." wildcards of exactly one label, then
+ * the default context), the ticket-key ring (ticketKeys / setTicketKeys:
+ * the active key encrypts, older keys still decrypt and the ticket is
+ * renewed under the active key) and the renegotiation policy.
+ *
+ * Immutable once built, shared by every worker thread, and reference
+ * counted: a connection holds a reference for its whole life, so that a
+ * configuration change never changes the contexts of a connection in
+ * flight (DESIGN.md, invariant 3). */
+#ifndef TLSPLANE_COMMON_TLSCONF_LISTENER_H
+#define TLSPLANE_COMMON_TLSCONF_LISTENER_H
+
+#include <openssl/ssl.h>
+
+#include "error.h"
+#include "tlsplane/v1/snapshot.pb-c.h"
+
+struct tlsconf_listener;
+
+/* Builds every context of rl (its default_tls_context and every SNI route's
+ * context, found in rl->tls_contexts by name; one SSL_CTX per context
+ * however many routes name it) and the ticket-key ring (rl->ticket_keys:
+ * 48-byte keys, exactly one active; none: one random key made for this
+ * build and shared by its contexts, so that tickets resume across them
+ * but not across builds or agents). All or nothing: on failure nothing is
+ * kept and err names the context and field ("tlsContexts/web:
+ * certificates: ...") or the listener field ("sni_routes[2].hostname:
+ * ...", "ticket_keys[1]: ...", "renegotiation_limit: ..."). Route
+ * hostnames are matched lower-cased. The result holds one reference;
+ * release with tlsconf_listener_unref. rl may be freed afterwards.
+ * Sessions: one session cache for the listener (the largest
+ * session_cache_size of its contexts); a session resumes only in the
+ * context that made it (session_id_context) and lives for that context's
+ * session_timeout. */
+int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
+                           struct tp_err *err);
+
+void tlsconf_listener_ref(struct tlsconf_listener *l);
+/* Drops a reference; the last one frees everything. NULL is a no-op. */
+void tlsconf_listener_unref(struct tlsconf_listener *l);
+
+/* A new server-side SSL for one connection, with SNI selection, ticket
+ * keys and the renegotiation policy installed. It is made from the
+ * listener's base SSL_CTX (session cache and ticket keys, no certificate)
+ * and switched to the selected context (default or SNI) when its
+ * ClientHello arrives, before anything is negotiated. Holds its own
+ * reference to l until SSL_free. Caller frees with SSL_free. NULL on
+ * allocation failure. Options set on the SSL by the caller survive the
+ * switch. */
+SSL *tlsconf_listener_ssl_new(struct tlsconf_listener *l);
+
+/* The tls_context name that served ssl ("tlsContexts/web"), for logs and
+ * metrics: known once the ClientHello has been processed; NULL before it
+ * and for an SSL not made by tlsconf_listener_ssl_new. Valid while ssl
+ * lives. */
+const char *tlsconf_ssl_context_name(const SSL *ssl);
+
+/* Client-initiated renegotiations allowed per window (the listener's
+ * renegotiation_limit / renegotiation_window; limit 0: renegotiation is
+ * refused by OpenSSL itself). */
+int tlsconf_listener_renegotiation_limit(const struct tlsconf_listener *l);
+int64_t tlsconf_listener_renegotiation_window_ms(const struct tlsconf_listener *l);
+
+/* What a connection negotiated, as Node exposes it (servername, ALPN/NPN
+ * protocol, getCipher(), authorized/authorizationError,
+ * getPeerCertificate().subject.CN) and as PROXY protocol v2 TLVs carry it.
+ * Strings point into ssl or into info; valid while ssl lives (protocol:
+ * until the next tlsconf_conn_info call on ssl). Node's authorized is
+ * has_peer_cert && verify_result == X509_V_OK. A context that requested a
+ * certificate and got none reports X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+ * (as Node does); one that requested none reports X509_V_OK with
+ * verify_error NULL. The OCSP fields are those of the last ClientHello. */
+struct tlsconf_conn_info {
+  const char *servername;   /* SNI, or NULL */
+  const char *protocol;     /* ALPN or NPN protocol selected, or NULL */
+  const char *version;      /* "TLSv1.3" */
+  const char *cipher;       /* OpenSSL name, e.g. "TLS_AES_128_GCM_SHA256" */
+  int resumed;              /* session resumed (ID or ticket) */
+  int has_peer_cert;        /* the client sent a certificate */
+  long verify_result;       /* X509_V_OK when authorized */
+  const char *verify_error; /* authorizationError text, or NULL when authorized */
+  char peer_cn[256];        /* client certificate subject CN, or "" */
+  int ocsp_requested;       /* the client sent status_request ('OCSPRequest') */
+  int ocsp_stapled;         /* and a response was stapled */
+};
+
+void tlsconf_conn_info(SSL *ssl, struct tlsconf_conn_info *info);
+
+#endif
