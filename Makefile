@@ -28,10 +28,12 @@ test: build build-asan tests/integration/node_modules/.package-lock.json
 	ctest --test-dir build-asan --output-on-failure
 
 run: build
-	@echo "tlsplane-server: API on $(LISTEN) (plaintext, loopback), data in $(DATA_DIR)"
-	@echo "try:  grpcurl -plaintext $(LISTEN) list"
-	@echo "      grpcurl -plaintext -d '{\"pageSize\": 10}' $(LISTEN) tlsplane.v1.CipherPolicyService/ListCipherPolicies"
-	exec ./build/server/tlsplane-server --data-dir $(DATA_DIR) --listen $(LISTEN) --plaintext
+	@echo "tlsplane-server: API on $(LISTEN) over TLS, data in $(DATA_DIR) (CA, admin token and"
+	@echo "certificate, master key: made on the first start)"
+	@echo "try:  grpcurl -cacert $(DATA_DIR)/ca.pem -H \"authorization: Bearer \$$(cat $(DATA_DIR)/admin.token)\" $(LISTEN) list"
+	@echo "      grpcurl -cacert $(DATA_DIR)/ca.pem -H \"authorization: Bearer \$$(cat $(DATA_DIR)/admin.token)\" -d '{\"pageSize\": 10}' $(LISTEN) tlsplane.v1.CipherPolicyService/ListCipherPolicies"
+	@echo "      grpcurl -cacert $(DATA_DIR)/ca.pem -cert $(DATA_DIR)/admin.pem -key $(DATA_DIR)/admin-key.pem $(LISTEN) tlsplane.v1.AuditService/ListAuditEvents"
+	exec ./build/server/tlsplane-server --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 format:
 	git ls-files '*.c' '*.h' | xargs clang-format -i

@@ -586,6 +586,10 @@ static int rpc_delete(const struct rpc_call_info *call, const ProtobufCMessage *
   int rc = api_read(txn, kind, name, 0, &old, NULL, err);
   if (rc == 0 && kind->check_mutable != NULL)
     rc = kind->check_mutable(old, err);
+  if (rc == 0 && kind->deleting != NULL) {
+    struct api_op op = {.api = b->api, .kind = kind, .txn = txn, .call = call, .now = time(NULL)};
+    rc = kind->deleting(&op, old, err);
+  }
   if (rc == 0)
     rc = store_delete(txn, kind->kind, name, pb_string_get(req, "etag"), call->actor, call->method,
                       err);
@@ -601,6 +605,17 @@ static int rpc_delete(const struct rpc_call_info *call, const ProtobufCMessage *
   google__protobuf__empty__init(empty);
   *resp = &empty->base;
   return 0;
+}
+
+void api_last_used_decorate(struct api *api, const struct api_kind *kind, ProtobufCMessage *res) {
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  int64_t last = 0;
+  if (store_begin(api->store, 0, &txn, &err) != 0)
+    return;
+  if (store_usage_get(txn, kind->kind, pb_string_get(res, "name"), &last, &err) == 0 && last > 0)
+    pb_timestamp_set(res, "last_used_time", last);
+  store_rollback(txn);
 }
 
 static int starts_with(const char *s, const char *prefix) {

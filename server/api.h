@@ -7,14 +7,17 @@
 #ifndef TLSPLANE_SERVER_API_H
 #define TLSPLANE_SERVER_API_H
 
+#include <openssl/evp.h>
 #include <protobuf-c/protobuf-c.h>
 #include <time.h>
 
 #include "error.h"
 #include "rpc.h"
 #include "store.h"
+#include "tlsplane/v1/auth.pb-c.h"
 
 struct api;
+struct ca;
 struct hub;
 
 /* What a registered method's handler receives as its data. */
@@ -27,7 +30,8 @@ struct api_binding {
 /* The API's process context, shared by every handler. */
 struct api {
   struct store *store;
-  struct hub *hub;                 /* the agents' push hub; NULL in tools and tests without one */
+  struct hub *hub; /* the agents' push hub; NULL in tools and tests without one */
+  struct ca *ca;   /* the control-plane CA (client certificates); NULL: none issued */
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
 };
@@ -83,6 +87,9 @@ struct api_kind {
   /* Adds live state to a resource read from the store (Get and List). May
    * be NULL. */
   void (*decorate)(struct api *api, ProtobufCMessage *res);
+  /* Runs inside the delete's transaction before the row goes (e.g.
+   * revoking what depends on it); failing fails the delete. May be NULL. */
+  int (*deleting)(struct api_op *op, const ProtobufCMessage *res, struct tp_err *err);
   /* Runs after a delete committed. May be NULL. */
   void (*deleted)(struct api *api, const char *name);
   int read_only; /* no Create/Update through the API */
@@ -140,6 +147,36 @@ int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag,
 int api_ticket_keys_rotate(struct api *api, const struct rpc_call_info *call, const char *name,
                            const char *etag, ProtobufCMessage **resp, struct tp_err *err);
 
+/* Sets the message's last_used_time from the store's record of the
+ * credential's last use (a decorate hook's work for tokens and client
+ * certificates). */
+void api_last_used_decorate(struct api *api, const struct api_kind *kind, ProtobufCMessage *res);
+
+/* Creates tokens/<id> inside txn from token (the caller's; role, expiry
+ * and the rest checked here) and its secret: *secret (malloc'd; the caller
+ * wipes and frees it) is the token to send, the store keeps its hash.
+ * replace: an existing token of that id is replaced (first start after an
+ * interrupted one). *out (may be NULL) receives the stored token. */
+int api_token_create(struct api *api, struct store_txn *txn, const struct rpc_call_info *call,
+                     const char *id, const Tlsplane__V1__Token *token, int replace, char **secret,
+                     Tlsplane__V1__Token **out, struct tp_err *err);
+
+/* Issues a client certificate for pub signed by api->ca, and records it
+ * inside txn ("clientCertificates/serial-<hex>", action "issue"). role is
+ * an auth_role; for AUTH_ROLE_AGENT principal is the agent id (common name
+ * "agent:<id>", label agent=<id>). *out (may be NULL; caller frees)
+ * receives the record, certificate_pem included. */
+int api_client_cert_issue(struct api *api, struct store_txn *txn, const struct rpc_call_info *call,
+                          EVP_PKEY *pub, int role, const char *principal, int64_t validity_s,
+                          Tlsplane__V1__ClientCertificate **out, struct tp_err *err);
+
+/* Revokes the client certificate `name` inside txn (nothing when it is
+ * already revoked). etag may be NULL or "". *out (may be NULL) receives
+ * the record. */
+int api_client_cert_revoke(struct api *api, struct store_txn *txn, const struct rpc_call_info *call,
+                           const char *name, const char *etag,
+                           Tlsplane__V1__ClientCertificate **out, struct tp_err *err);
+
 /* The kinds, for cross-kind lookups. */
 extern const struct api_kind api_kind_certificate;
 extern const struct api_kind api_kind_trust_bundle;
@@ -149,5 +186,7 @@ extern const struct api_kind api_kind_tls_context;
 extern const struct api_kind api_kind_listener;
 extern const struct api_kind api_kind_ticket_key_ring;
 extern const struct api_kind api_kind_agent;
+extern const struct api_kind api_kind_token;
+extern const struct api_kind api_kind_client_certificate;
 
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "log.h"
 #include "pb.h"
 #include "snapshot.h"
@@ -492,11 +493,15 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
   protobuf_c_message_free_unpacked(m, NULL);
   if (a == NULL)
     return -1;
-  char actor[160];
-  snprintf(actor, sizeof(actor), "agent:%s", name + strlen("agents/"));
-  struct rpc_call_info info = *call;
-  info.actor = actor;
-  if (agent_record(hub, &info, a, err) != 0) {
+  /* An agent speaks for itself only: the id its certificate names. */
+  if (call->role == AUTH_ROLE_AGENT && strcmp(name + strlen("agents/"), call->principal) != 0) {
+    tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+               "hello.name: \"%s\" is not this agent (its certificate is for \"%s\")",
+               name + strlen("agents/"), call->principal);
+    agent_free(a);
+    return -1;
+  }
+  if (agent_record(hub, call, a, err) != 0) {
     agent_free(a);
     return -1;
   }

@@ -19,7 +19,7 @@ struct jobs {
 
 int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
   const struct rpc_call_info call = {
-      .method = "job:ticket-key-rotation", .peer = "local", .actor = "system"};
+      .method = "job:ticket-key-rotation", .peer = "local", .actor = "system", .principal = ""};
   struct tp_err err = {0};
   struct store_txn *txn;
   struct store_row *rows = NULL;

@@ -1,5 +1,10 @@
-/* tlsplane-server: the control plane. Opens the store, serves the gRPC API
- * with reflection and health, and stops cleanly on SIGTERM or SIGINT. */
+/* tlsplane-server: the control plane. Opens the data directory (master
+ * key, CA, certificates, the store), serves the gRPC API over TLS (or
+ * plaintext on loopback, when asked) with reflection and health, every
+ * call authenticated, and stops cleanly on SIGTERM or SIGINT.
+ *
+ *   tlsplane-server [options]                     serve
+ *   tlsplane-server rotate-master-key [--data-dir DIR]   re-seal every secret under a new key */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -10,6 +15,9 @@
 
 #include "addr.h"
 #include "api.h"
+#include "auth.h"
+#include "ca.h"
+#include "datadir.h"
 #include "health.h"
 #include "hub.h"
 #include "jobs.h"
@@ -19,25 +27,38 @@
 #include "store.h"
 
 #define SHUTDOWN_GRACE_MS 5000
+#define SANS_MAX 32
 
 struct options {
   const char *data_dir;
   const char *listen;
   int plaintext;
   int threads;
+  const char *sans[SANS_MAX];
+  size_t n_sans;
+  char *sans_env; /* TLSPLANE_SANS, split in place */
 };
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--plaintext]\n"
-          "                       [--threads N]\n"
-          "\n"
-          "  --data-dir DIR      data directory, holds tlsplane.db  [TLSPLANE_DATA_DIR, ./var]\n"
-          "  --listen HOST:PORT  gRPC API address        [TLSPLANE_LISTEN, 127.0.0.1:7443]\n"
-          "  --plaintext         serve the API without TLS (loopback development only)\n"
-          "                                               [TLSPLANE_PLAINTEXT=1]\n"
-          "  --threads N         API threads (0: two per core)   [TLSPLANE_THREADS, 0]\n"
-          "  --help              this text\n");
+  fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
+               "                       [--plaintext] [--threads N]\n"
+               "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
+               "\n"
+               "  --data-dir DIR      data directory: tlsplane.db, the CA, the server's and the\n"
+               "                      admin's credentials, master.key  [TLSPLANE_DATA_DIR, ./var]\n"
+               "  --listen HOST:PORT  gRPC API address        [TLSPLANE_LISTEN, 127.0.0.1:7443]\n"
+               "  --san NAME          another DNS name or IP address for the server certificate,\n"
+               "                      beside localhost, 127.0.0.1 and ::1 (repeatable)\n"
+               "                                      [TLSPLANE_SANS, comma-separated]\n"
+               "  --plaintext         serve the API without TLS (loopback development only;\n"
+               "                      calls still need a token)   [TLSPLANE_PLAINTEXT=1]\n"
+               "  --threads N         API threads (0: two per core)   [TLSPLANE_THREADS, 0]\n"
+               "  --help              this text\n"
+               "\n"
+               "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
+               "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
+               "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
+               "  comes from TLSPLANE_NEW_MASTER_KEY.\n");
 }
 
 static const char *env_or(const char *name, const char *dflt) {
@@ -50,10 +71,23 @@ static int parse_options(int argc, char **argv, struct options *o) {
   o->listen = env_or("TLSPLANE_LISTEN", "127.0.0.1:7443");
   o->plaintext = strcmp(env_or("TLSPLANE_PLAINTEXT", "0"), "1") == 0;
   o->threads = atoi(env_or("TLSPLANE_THREADS", "0"));
-  static const struct option longopts[] = {
-      {"data-dir", required_argument, NULL, 'd'}, {"listen", required_argument, NULL, 'l'},
-      {"plaintext", no_argument, NULL, 'p'},      {"threads", required_argument, NULL, 't'},
-      {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+  o->n_sans = 0;
+  o->sans_env = NULL;
+  const char *sans = getenv("TLSPLANE_SANS");
+  if (sans != NULL && sans[0] != '\0' && (o->sans_env = strdup(sans)) != NULL) {
+    char *save = NULL;
+    for (char *t = strtok_r(o->sans_env, ",", &save); t != NULL && o->n_sans < SANS_MAX;
+         t = strtok_r(NULL, ",", &save))
+      if (t[0] != '\0')
+        o->sans[o->n_sans++] = t;
+  }
+  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"listen", required_argument, NULL, 'l'},
+                                           {"plaintext", no_argument, NULL, 'p'},
+                                           {"threads", required_argument, NULL, 't'},
+                                           {"san", required_argument, NULL, 's'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
@@ -68,6 +102,13 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 't':
       o->threads = atoi(optarg);
+      break;
+    case 's':
+      if (o->n_sans == SANS_MAX || optarg[0] == '\0') {
+        fprintf(stderr, "tlsplane-server: --san: at most %d non-empty names\n", SANS_MAX);
+        return -1;
+      }
+      o->sans[o->n_sans++] = optarg;
       break;
     case 'h':
       usage(stdout);
@@ -93,11 +134,8 @@ static int check_listen(const struct options *o) {
     fprintf(stderr, "tlsplane-server: %s\n", err.msg);
     return -1;
   }
-  if (!o->plaintext) {
-    fprintf(stderr, "tlsplane-server: the API is served over TLS only once authentication is "
-                    "set up; for loopback development start with --plaintext\n");
-    return -1;
-  }
+  if (!o->plaintext)
+    return 0;
   if (strncmp(host, "127.", 4) != 0 && strcmp(host, "::1") != 0 && strcmp(host, "localhost") != 0) {
     fprintf(stderr, "tlsplane-server: --plaintext serves on loopback only, not on %s\n", o->listen);
     return -1;
@@ -105,10 +143,51 @@ static int check_listen(const struct options *o) {
   return 0;
 }
 
-int main(int argc, char **argv) {
-  struct options o;
-  if (parse_options(argc, argv, &o) != 0 || check_listen(&o) != 0)
+/* tlsplane-server rotate-master-key [--data-dir DIR] */
+static int rotate_main(int argc, char **argv) {
+  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
+  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    if (c == 'd') {
+      dir = optarg;
+    } else {
+      usage(c == 'h' ? stdout : stderr);
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  if (optind != argc) {
+    usage(stderr);
     return 2;
+  }
+  char old_id[17], new_id[17];
+  size_t n = 0;
+  struct tp_err err = {0};
+  if (datadir_rotate_master_key(dir, old_id, new_id, &n, &err) != 0) {
+    fprintf(stderr, "tlsplane-server rotate-master-key: %s\n", err.msg);
+    return 1;
+  }
+  printf("master key rotated: %zu secrets re-sealed under key %s (was %s)\n", n, new_id, old_id);
+  if (getenv("TLSPLANE_MASTER_KEY") != NULL && getenv("TLSPLANE_MASTER_KEY")[0] != '\0')
+    printf("set TLSPLANE_MASTER_KEY to the key of TLSPLANE_NEW_MASTER_KEY before the next start\n");
+  return 0;
+}
+
+static const char *bracketed(const char *host, char *buf, size_t len) {
+  snprintf(buf, len, strchr(host, ':') ? "[%s]" : "%s", host);
+  return buf;
+}
+
+int main(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], "rotate-master-key") == 0)
+    return rotate_main(argc - 1, argv + 1);
+  struct options o;
+  if (parse_options(argc, argv, &o) != 0 || check_listen(&o) != 0) {
+    free(o.sans_env);
+    return 2;
+  }
 
   /* Signals are taken by sigwait below; every thread inherits the mask. */
   sigset_t stop;
@@ -118,25 +197,30 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &stop, NULL);
   signal(SIGPIPE, SIG_IGN);
 
-  if (mkdir(o.data_dir, 0700) != 0 && errno != EEXIST) {
-    log_error("server", "data directory %s: %s", o.data_dir, strerror(errno));
-    return 1;
-  }
-  char db_path[4096];
-  snprintf(db_path, sizeof(db_path), "%s/tlsplane.db", o.data_dir);
-
   struct tp_err err = {0};
   struct api api = {0};
+  struct datadir *dd = NULL;
   struct rpc_server *srv = NULL;
   struct jobs *jobs = NULL;
   struct hub *hub = NULL;
   int status = 1;
-  if (store_open(db_path, &api.store, &err) != 0) {
-    log_error("server", "store %s: %s", db_path, err.msg);
+  struct datadir_opts dopts = {.dir = o.data_dir, .sans = o.sans, .n_sans = o.n_sans};
+  if (datadir_open(&dopts, &dd, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    free(o.sans_env);
     return 1;
   }
+  if (datadir_store_open(dd, &api.store, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto close_datadir;
+  }
+  api.ca = datadir_ca(dd);
   if (api_seed_builtins(&api, &err) != 0) {
     log_error("server", "built-in resources: %s", err.msg);
+    goto close_store;
+  }
+  if (datadir_init(dd, &api, &err) != 0) {
+    log_error("server", "data directory %s: %s", o.data_dir, err.msg);
     goto close_store;
   }
   if (hub_new(&api, &hub, &err) != 0) {
@@ -144,7 +228,13 @@ int main(int argc, char **argv) {
     goto close_store;
   }
   api.hub = hub;
-  struct rpc_server_opts ropts = {.listen = o.listen, .threads = o.threads};
+  struct rpc_server_opts ropts = {
+      .listen = o.listen, .threads = o.threads, .auth = auth_call, .auth_data = &api};
+  if (!o.plaintext) {
+    ropts.tls_cert_pem = datadir_server_cert_pem(dd);
+    ropts.tls_key_pem = datadir_server_key_pem(dd);
+    ropts.tls_client_ca_pem = ca_cert_pem(api.ca);
+  }
   if (rpc_server_new(&ropts, &srv, &err) != 0) {
     log_error("server", "%s", err.msg);
     goto close_store;
@@ -165,14 +255,21 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto free_server;
   }
-  char host[256];
+  char host[256], shown[260];
   int port;
   struct tp_err ignored = {0};
   if (addr_parse(o.listen, host, sizeof(host), &port, 1, "listen", &ignored) != 0)
     snprintf(host, sizeof(host), "127.0.0.1");
-  log_info("server", "listening on %s%s%s:%d (plaintext), data in %s, revision %lld",
-           strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", rpc_server_port(srv),
-           db_path, (long long)store_revision(api.store));
+  bracketed(host, shown, sizeof(shown));
+  log_info("server", "listening on %s:%d (%s), data in %s, revision %lld", shown,
+           rpc_server_port(srv), o.plaintext ? "plaintext" : "TLS", o.data_dir,
+           (long long)store_revision(api.store));
+  /* The command that works with the files just made; the token itself
+   * never reaches the log. */
+  log_info("server",
+           "try: grpcurl %s%s%s -H \"authorization: Bearer $(cat %s/admin.token)\" %s:%d list",
+           o.plaintext ? "-plaintext" : "-cacert ", o.plaintext ? "" : o.data_dir,
+           o.plaintext ? "" : "/ca.pem", o.data_dir, shown, rpc_server_port(srv));
 
   int sig = 0;
   sigwait(&stop, &sig);
@@ -185,6 +282,9 @@ free_server:
 close_store:
   hub_free(hub);
   store_close(api.store);
+close_datadir:
+  datadir_close(dd);
+  free(o.sans_env);
   if (status == 0)
     log_info("server", "stopped");
   return status;

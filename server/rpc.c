@@ -34,6 +34,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -94,6 +95,7 @@ struct call {
   char *path;                  /* details.method as a string */
   char *peer;                  /* gpr_malloc'd by grpc_call_get_peer */
   struct rpc_call_info info;
+  struct rpc_identity identity; /* info's actor and principal point here */
   struct rpc_stream stream;
   int cancelled;         /* RECV_CLOSE_ON_SERVER's result */
   int close_started;     /* the RECV_CLOSE_ON_SERVER batch is in flight */
@@ -124,7 +126,9 @@ struct rpc_server {
   int n_pool;
   int n_pool_started; /* pool[0..n_pool_started) have a thread to join */
   int started;        /* grpc_server_start was called */
-  int shut_down;      /* rpc_server_shutdown has run */
+  rpc_auth_fn auth;   /* NULL: calls run anonymous */
+  void *auth_data;
+  int shut_down; /* rpc_server_shutdown has run */
   atomic_int shutting_down;
   pthread_mutex_t mu;
   pthread_cond_t stream_done_cv; /* a stream thread moved itself to streams_done */
@@ -158,18 +162,83 @@ static void cq_close(grpc_completion_queue *cq, int pluck) {
   grpc_completion_queue_destroy(cq);
 }
 
-/* The one place where the server's transport security is chosen. TLS
- * (server certificate, optional client certificates) replaces this. */
+/* The one place where the server's transport security is chosen: TLS
+ * with the server's certificate, clients verified against the client CA
+ * when they present a certificate (a token works without one), or
+ * plaintext when no certificate is given. */
 static grpc_server_credentials *server_credentials(const struct rpc_server_opts *opts) {
-  (void)opts;
-  return grpc_insecure_server_credentials_create();
+  if (opts->tls_cert_pem == NULL || opts->tls_key_pem == NULL)
+    return grpc_insecure_server_credentials_create();
+  grpc_ssl_pem_key_cert_pair pair = {.private_key = opts->tls_key_pem,
+                                     .cert_chain = opts->tls_cert_pem};
+  /* The config copies the PEM strings. */
+  grpc_ssl_server_certificate_config *config =
+      grpc_ssl_server_certificate_config_create(opts->tls_client_ca_pem, &pair, 1);
+  grpc_ssl_server_credentials_options *options =
+      grpc_ssl_server_credentials_create_options_using_config(
+          opts->tls_client_ca_pem != NULL ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+                                          : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+          config);
+  return grpc_ssl_server_credentials_create_with_options(options);
 }
 
-/* Who is calling. Authentication (a bearer token in the "authorization"
- * metadata, or the verified client certificate) will be derived here. */
-static const char *call_actor(const struct call *c) {
-  (void)c->md;
-  return "anonymous";
+/* The first value of metadata key, NUL-terminated (caller wipes and frees);
+ * NULL when absent. */
+static char *metadata_value(const grpc_metadata_array *md, const char *key) {
+  size_t klen = strlen(key);
+  for (size_t i = 0; i < md->count; i++) {
+    const grpc_slice *k = &md->metadata[i].key;
+    if (GRPC_SLICE_LENGTH(*k) == klen && memcmp(GRPC_SLICE_START_PTR(*k), key, klen) == 0)
+      return strndup((const char *)GRPC_SLICE_START_PTR(md->metadata[i].value),
+                     GRPC_SLICE_LENGTH(md->metadata[i].value));
+  }
+  return NULL;
+}
+
+/* The verified client certificate of the call's connection (PEM, caller
+ * frees), or NULL. */
+static char *client_cert_pem(grpc_call *call) {
+  grpc_auth_context *ctx = grpc_call_auth_context(call);
+  if (ctx == NULL)
+    return NULL;
+  char *pem = NULL;
+  if (grpc_auth_context_peer_is_authenticated(ctx)) {
+    grpc_auth_property_iterator it =
+        grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_PEM_CERT_PROPERTY_NAME);
+    const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
+    if (p != NULL && p->value != NULL && p->value_length > 0)
+      pem = strndup(p->value, p->value_length);
+  }
+  grpc_auth_context_release(ctx);
+  return pem;
+}
+
+/* Who is calling: the authenticator's verdict on the call's bearer token
+ * or client certificate. Without an authenticator every call is
+ * anonymous. Returns 0, or -1 with err: the call must end with it. */
+static int call_authenticate(struct call *c, struct tp_err *err) {
+  struct rpc_identity *id = &c->identity;
+  memset(id, 0, sizeof(*id));
+  snprintf(id->actor, sizeof(id->actor), "anonymous");
+  int rc = 0;
+  if (c->srv->auth != NULL) {
+    char *authorization = metadata_value(&c->md, "authorization");
+    char *cert = client_cert_pem(c->call);
+    struct rpc_credentials cred = {.method = c->info.method,
+                                   .peer = c->info.peer,
+                                   .authorization = authorization,
+                                   .client_cert_pem = cert};
+    rc = c->srv->auth(&cred, id, err, c->srv->auth_data);
+    if (authorization != NULL) {
+      OPENSSL_cleanse(authorization, strlen(authorization));
+      free(authorization);
+    }
+    free(cert);
+  }
+  c->info.role = id->role;
+  c->info.principal = id->principal;
+  c->info.actor = id->actor;
+  return rc;
 }
 
 static grpc_byte_buffer *message_encode(const ProtobufCMessage *msg) {
@@ -427,7 +496,6 @@ static void call_dispatch(struct call *c) {
   c->peer = grpc_call_get_peer(c->call);
   c->info.method = c->method != NULL ? c->method->path : c->path != NULL ? c->path : "";
   c->info.peer = c->peer != NULL ? c->peer : "";
-  c->info.actor = call_actor(c);
 
   grpc_op op;
   memset(&op, 0, sizeof(op));
@@ -436,8 +504,13 @@ static void call_dispatch(struct call *c) {
   if (grpc_call_start_batch(c->call, &op, 1, &c->tag_close, NULL) == GRPC_CALL_OK)
     c->close_started = 1;
 
+  /* Authentication comes first, also for unknown methods: a caller
+   * without a credential learns nothing about the API. */
   char msg[512];
-  if (c->method == NULL) {
+  struct tp_err auth_err = {.status = GRPC_STATUS_OK};
+  if (call_authenticate(c, &auth_err) != 0) {
+    call_send_error(c, &auth_err);
+  } else if (c->method == NULL) {
     snprintf(msg, sizeof(msg), "unknown method %s", c->info.method);
     call_send_status(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
   } else if (c->method->unary != NULL) {
@@ -699,6 +772,8 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
     return -ENOMEM;
   }
   srv->n_pool = opts->threads > 0 ? opts->threads : default_threads();
+  srv->auth = opts->auth;
+  srv->auth_data = opts->auth_data;
   srv->pool = calloc((size_t)srv->n_pool, sizeof(*srv->pool));
   if (srv->pool == NULL) {
     free(srv);
@@ -733,8 +808,9 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   }
 
   grpc_server_credentials *creds = server_credentials(opts);
-  srv->port = grpc_server_add_http2_port(srv->server, opts->listen, creds);
-  grpc_server_credentials_release(creds);
+  srv->port = creds != NULL ? grpc_server_add_http2_port(srv->server, opts->listen, creds) : 0;
+  if (creds != NULL)
+    grpc_server_credentials_release(creds);
   if (srv->port == 0) {
     tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "listen %s: address in use or unavailable",
                opts->listen);

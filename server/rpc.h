@@ -14,12 +14,43 @@
 struct rpc_server;
 struct rpc_stream;
 
-/* What a handler knows about the call it serves. */
+/* What a handler knows about the call it serves. The strings live as long
+ * as the call. */
 struct rpc_call_info {
   const char *method; /* "/tlsplane.v1.CertificateService/CreateCertificate" */
   const char *peer;   /* e.g. "ipv4:127.0.0.1:51234" */
-  const char *actor;  /* who is calling; "anonymous" until authentication exists */
+  /* Who is calling, as the audit trail records it: "token:ci-rotation", a
+   * client certificate's subject ("CN=admin,OU=admin,O=tlsplane"),
+   * "anonymous" (an open method called without a credential), or "system"
+   * for the server's own jobs. */
+  const char *actor;
+  int role;              /* enum auth_role (auth.h); 0 (none) when anonymous */
+  const char *principal; /* token id, certificate principal, agent id ("edge-1"); "" if none */
 };
+
+/* The credentials a call arrived with, as the server core finds them. */
+struct rpc_credentials {
+  const char *method;        /* full path */
+  const char *peer;          /* e.g. "ipv4:127.0.0.1:51234" */
+  const char *authorization; /* the "authorization" metadata (its first value); NULL: none */
+  /* The client certificate (PEM) that the TLS handshake verified against
+   * the client CA; NULL: none (plaintext, or no certificate sent). */
+  const char *client_cert_pem;
+};
+
+/* Who a call is, filled in by an rpc_auth_fn. */
+struct rpc_identity {
+  int role; /* enum auth_role */
+  char principal[128];
+  char actor[512];
+};
+
+/* Authenticates and authorizes a call before its handler runs: fills id
+ * and returns 0 to let the call run, or returns -1 with err set
+ * (UNAUTHENTICATED, PERMISSION_DENIED) to end it with that status. Runs on
+ * the thread that received the call, before the request is read. */
+typedef int (*rpc_auth_fn)(const struct rpc_credentials *cred, struct rpc_identity *id,
+                           struct tp_err *err, void *data);
 
 /* A unary handler. req is the decoded request (owned by the server core,
  * freed after the call). On success returns 0 and sets *resp to a message of
@@ -74,6 +105,16 @@ int rpc_stream_wait(struct rpc_stream *stream, int timeout_ms);
 struct rpc_server_opts {
   const char *listen; /* "127.0.0.1:7443" */
   int threads;        /* pool threads serving unary calls; 0: 2 x cores, at least 4 */
+  /* TLS: the server's certificate chain and private key, PEM (copied).
+   * NULL: plaintext. With client_ca_pem, clients may present a certificate,
+   * which the handshake verifies against it (one that does not verify, or
+   * has expired, fails the handshake); clients without one still connect. */
+  const char *tls_cert_pem;
+  const char *tls_key_pem;
+  const char *tls_client_ca_pem;
+  /* Runs before every call's handler; NULL: every call runs, anonymous. */
+  rpc_auth_fn auth;
+  void *auth_data;
 };
 
 /* Creates the server and binds its port (a port in use is an error, not

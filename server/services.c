@@ -2,6 +2,7 @@
 #include "api.h"
 #include "tlsplane/v1/agent.pb-c.h"
 #include "tlsplane/v1/audit.pb-c.h"
+#include "tlsplane/v1/auth.pb-c.h"
 #include "tlsplane/v1/certificate.pb-c.h"
 #include "tlsplane/v1/cipher_policy.pb-c.h"
 #include "tlsplane/v1/listener.pb-c.h"
@@ -14,6 +15,8 @@ extern const struct api_method cipher_policy_methods[];
 extern const struct api_method ticket_key_methods[];
 extern const struct api_method audit_methods[];
 extern const struct api_method agent_methods[];
+extern const struct api_method token_methods[];
+extern const struct api_method client_cert_methods[];
 
 struct service {
   const ProtobufCServiceDescriptor *desc;
@@ -32,6 +35,9 @@ static const struct service services[] = {
     {&tlsplane__v1__ticket_key_service__descriptor, &api_kind_ticket_key_ring, ticket_key_methods},
     {&tlsplane__v1__agent_service__descriptor, &api_kind_agent, agent_methods},
     {&tlsplane__v1__audit_service__descriptor, NULL, audit_methods},
+    {&tlsplane__v1__token_service__descriptor, &api_kind_token, token_methods},
+    {&tlsplane__v1__client_certificate_service__descriptor, &api_kind_client_certificate,
+     client_cert_methods},
 };
 
 size_t api_service_names(const char **names, size_t max) {

@@ -121,7 +121,8 @@ static Tlsplane__V1__CipherPolicy *builtin_new(const struct builtin_policy *b) {
 }
 
 int api_seed_builtins(struct api *api, struct tp_err *err) {
-  const struct rpc_call_info call = {.method = "startup", .peer = "local", .actor = "system"};
+  const struct rpc_call_info call = {
+      .method = "startup", .peer = "local", .actor = "system", .principal = ""};
   struct store_txn *txn;
   if (store_begin(api->store, 1, &txn, err) != 0)
     return -1;

@@ -12,7 +12,9 @@
  * The schema is built by the numbered steps of `migrations`, each in its
  * own transaction and recorded in schema_migrations. A store opened at an
  * older version (store_open_version) works without what later steps add:
- * before version 2 there is no audit trail.
+ * before version 2 there is no audit trail, before version 3 secrets are
+ * stored as given (store.c seals them from version 3 on; the migration to
+ * version 3 seals those already stored, in the same transaction).
  *
  * Every value reaches SQL through a bound parameter; the only SQL built at
  * run time (store_list, store_audit_list) joins fixed fragments. */
@@ -20,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -32,11 +35,18 @@
 #define BUSY_TIMEOUT_MS 10000 /* waiting for another process's lock */
 #define AUDIT_SINCE_VERSION 2 /* the first schema version with the audit table */
 
+struct conn;
+struct sqlite_store;
+
 struct migration {
   int version;
   const char *description;
   const char *sql; /* run whole by sqlite3_exec; constant text only */
+  /* Runs after sql, in the same transaction; may be NULL. */
+  int (*run)(struct conn *c, struct sqlite_store *s, struct tp_err *err);
 };
+
+static int seal_existing(struct conn *c, struct sqlite_store *s, struct tp_err *err);
 
 static const struct migration migrations[] = {
     {1, "resources, labels, references and the global revision",
@@ -80,7 +90,8 @@ static const struct migration migrations[] = {
      "    ON DELETE RESTRICT\n"
      ");\n"
      "CREATE INDEX refs_from ON refs (from_kind, from_name);\n"
-     "CREATE INDEX refs_to ON refs (to_kind, to_name);\n"},
+     "CREATE INDEX refs_to ON refs (to_kind, to_name);\n",
+     NULL},
     {2, "audit trail; expiry index",
      "CREATE TABLE audit (\n"
      "  seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
@@ -103,7 +114,19 @@ static const struct migration migrations[] = {
       * has a history. */
      "INSERT INTO audit (revision, time_us, actor, method, resource, action)\n"
      "  SELECT revision, update_time_us, 'tlsplane', 'schema migration 2', name, 'import'\n"
-     "  FROM resources ORDER BY revision, kind, name;\n"},
+     "  FROM resources ORDER BY revision, kind, name;\n",
+     NULL},
+    {3, "secrets sealed under the master key; last use of credentials",
+     /* When a token or a client certificate last authenticated a call:
+      * not a change of the resource (no revision, no etag). */
+     "CREATE TABLE usage (\n"
+     "  kind TEXT NOT NULL,\n"
+     "  name TEXT NOT NULL,\n"
+     "  last_used_us INTEGER NOT NULL,\n"
+     "  PRIMARY KEY (kind, name),\n"
+     "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
+     ") WITHOUT ROWID;\n",
+     seal_existing},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -131,6 +154,11 @@ enum stmt_id {
   ST_REFERRERS,
   ST_DELETE,
   ST_AUDIT_INSERT,
+  ST_SECRETS_ALL,
+  ST_SECRET_SET,
+  ST_SEALED_KEY_IDS,
+  ST_USAGE_SET,
+  ST_USAGE_GET,
   ST_COUNT
 };
 
@@ -171,6 +199,14 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DELETE] = "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
     [ST_AUDIT_INSERT] = "INSERT INTO audit (revision, time_us, actor, method, resource, action)"
                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_SECRETS_ALL] = "SELECT kind, name, secret FROM resources WHERE secret IS NOT NULL"
+                       " ORDER BY kind, name",
+    [ST_SECRET_SET] = "UPDATE resources SET secret = ?3 WHERE kind = ?1 AND name = ?2",
+    [ST_SEALED_KEY_IDS] = "SELECT DISTINCT substr(secret, 2, 8) FROM resources"
+                          " WHERE secret IS NOT NULL",
+    [ST_USAGE_SET] = "INSERT INTO usage (kind, name, last_used_us) VALUES (?1, ?2, ?3)"
+                     " ON CONFLICT (kind, name) DO UPDATE SET last_used_us = excluded.last_used_us",
+    [ST_USAGE_GET] = "SELECT last_used_us FROM usage WHERE kind = ?1 AND name = ?2",
 };
 
 /* One connection and its prepared statements. Used by one transaction at a
@@ -513,10 +549,11 @@ static int migration_record(struct conn *c, const struct migration *m, struct tp
 /* One transaction: reads the version (inside it, in case another process
  * migrated meanwhile) and applies the next step towards target. Returns 1
  * with *version set once the schema is at target, 0 after a step. */
-static int migrate_step(struct conn *c, const char *path, int target, int *version,
-                        struct tp_err *err) {
+static int migrate_step(struct conn *c, struct sqlite_store *s, const char *path, int target,
+                        int *version, struct tp_err *err) {
   char *msg = NULL;
   int current = 0;
+  int rc = -EIO;
   if (sqlite3_exec(c->db,
                    "BEGIN IMMEDIATE;"
                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -544,6 +581,9 @@ static int migrate_step(struct conn *c, const char *path, int target, int *versi
                  m->description, msg ? msg : sqlite3_errmsg(c->db));
       goto failed;
     }
+    if (m->run != NULL && (rc = m->run(c, s, err)) < 0)
+      goto failed;
+    rc = -EIO;
     if (migration_record(c, m, err) < 0)
       goto failed;
   }
@@ -555,20 +595,74 @@ static int migrate_step(struct conn *c, const char *path, int target, int *versi
 failed:
   sqlite3_free(msg);
   rollback_quiet(c);
-  return -EIO;
+  return rc;
 }
 
 /* Applies the steps of `migrations` in order until the schema is at
  * target. */
-static int migrate(struct conn *c, const char *path, int target, int *version, struct tp_err *err) {
+static int migrate(struct conn *c, struct sqlite_store *s, const char *path, int target,
+                   int *version, struct tp_err *err) {
   int rc;
-  while ((rc = migrate_step(c, path, target, version, err)) == 0)
+  while ((rc = migrate_step(c, s, path, target, version, err)) == 0)
     ;
   return rc < 0 ? rc : 0;
 }
 
+/* Replaces every stored secret by fn's result, on c inside its
+ * transaction. The secrets are read first, then written: the rewrite never
+ * steps a query over the rows it changes. */
+static int conn_secrets_rewrite(struct conn *c, store__rewrite_fn fn, void *data, size_t *n,
+                                struct tp_err *err) {
+  struct store_row *rows = NULL;
+  size_t count = 0, cap = 0;
+  int rc = 0;
+  *n = 0;
+  sqlite3_stmt *st = stmt_prepare(c, ST_SECRETS_ALL, err, "");
+  if (st == NULL)
+    return -EIO;
+  int step;
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (store__rows_reserve(&rows, count, &cap) < 0) {
+      rc = store__err_nomem(err, "read the secrets");
+      break;
+    }
+    struct store_row *r = &rows[count++];
+    if (col_text(st, 0, &r->kind) < 0 || col_text(st, 1, &r->name) < 0 ||
+        col_blob(st, 2, &r->secret, &r->secret_len) < 0) {
+      rc = store__err_nomem(err, "read the secrets");
+      break;
+    }
+  }
+  if (rc == 0 && step != SQLITE_DONE)
+    rc = db_fail(err, c->db, "read the secrets");
+  stmt_done(st);
+  for (size_t i = 0; rc == 0 && i < count; i++) {
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    rc = fn(rows[i].kind, rows[i].name, rows[i].secret, rows[i].secret_len, &out, &out_len, data,
+            err);
+    if (rc == 0)
+      rc = stmt_exec(c, ST_SECRET_SET, "rewrite a secret", err, "ttB", rows[i].kind, rows[i].name,
+                     out, out_len);
+    free(out);
+  }
+  for (size_t i = 0; i < count; i++)
+    if (rows[i].secret != NULL)
+      OPENSSL_cleanse(rows[i].secret, rows[i].secret_len);
+  store_rows_free(rows, count);
+  if (rc == 0)
+    *n = count;
+  return rc;
+}
+
+static int seal_one(const char *kind, const char *name, const uint8_t *in, size_t len,
+                    uint8_t **out, size_t *out_len, void *data, struct tp_err *err) {
+  return store__seal(data, kind, name, in, len, out, out_len, err);
+}
+
 static void sqlite_close(struct store *base) {
   struct sqlite_store *s = to_store(base);
+  store__keyring_clear(&s->base.keys);
   for (int i = 0; i < s->n_idle; i++)
     conn_close(s->idle[i]);
   pthread_cond_destroy(&s->pool_cond);
@@ -578,7 +672,8 @@ static void sqlite_close(struct store *base) {
   free(s);
 }
 
-static int sqlite_open(const char *path, int version, struct store **out, struct tp_err *err) {
+static int sqlite_open(const char *path, int version, const struct store_keyring *keys,
+                       struct store **out, struct tp_err *err) {
   if (!sqlite3_threadsafe()) {
     tp_err_set(err, GRPC_STATUS_INTERNAL, "store: this SQLite is built without threads");
     return -EIO;
@@ -594,6 +689,7 @@ static int sqlite_open(const char *path, int version, struct store **out, struct
   pthread_mutex_init(&s->write_lock, NULL);
   pthread_mutex_init(&s->pool_lock, NULL);
   pthread_cond_init(&s->pool_cond, NULL);
+  s->base.keys = *keys;
 
   /* The database holds secrets: create it private. SQLite gives its -wal
    * and -shm files the database file's mode. */
@@ -609,7 +705,7 @@ static int sqlite_open(const char *path, int version, struct store **out, struct
   int rc = conn_open(path, &c, err);
   if (rc < 0)
     goto failed_conn;
-  rc = migrate(c, path, version, &s->base.schema_version, err);
+  rc = migrate(c, s, path, version, &s->base.schema_version, err);
   if (rc < 0)
     goto failed_migrate;
   int64_t rev;
@@ -1109,6 +1205,99 @@ failed:
   return -EIO;
 }
 
+/* The migration to version 3: every secret stored so far is sealed. */
+static int seal_existing(struct conn *c, struct sqlite_store *s, struct tp_err *err) {
+  size_t n;
+  if (s->base.keys.n == 0) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: sealing the stored secrets needs a master key");
+    return -ENOKEY;
+  }
+  return conn_secrets_rewrite(c, seal_one, &s->base.keys, &n, err);
+}
+
+static int sqlite_secrets_rewrite(struct store_txn *base, store__rewrite_fn fn, void *data,
+                                  size_t *n, struct tp_err *err) {
+  return conn_secrets_rewrite(to_txn(base)->conn, fn, data, n, err);
+}
+
+static int sqlite_sealed_key_ids(struct store_txn *base, uint8_t (**ids)[STORE_KEY_ID_LEN],
+                                 size_t *n, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  *ids = NULL;
+  *n = 0;
+  sqlite3_stmt *st = stmt_prepare(c, ST_SEALED_KEY_IDS, err, "");
+  if (st == NULL)
+    return -EIO;
+  int rc;
+  size_t cap = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const void *p = sqlite3_column_blob(st, 0);
+    if (sqlite3_column_bytes(st, 0) != STORE_KEY_ID_LEN || p == NULL) {
+      /* Too short to be sealed: the record names no key. */
+      stmt_done(st);
+      tp_err_set(err, GRPC_STATUS_DATA_LOSS, "store: a stored secret is not a sealed record");
+      free(*ids);
+      *ids = NULL;
+      *n = 0;
+      return -EBADMSG;
+    }
+    if (*n == cap) {
+      size_t ncap = cap ? 2 * cap : 4;
+      uint8_t(*more)[STORE_KEY_ID_LEN] = realloc(*ids, ncap * STORE_KEY_ID_LEN);
+      if (more == NULL) {
+        stmt_done(st);
+        free(*ids);
+        *ids = NULL;
+        *n = 0;
+        return store__err_nomem(err, "sealed key ids");
+      }
+      *ids = more;
+      cap = ncap;
+    }
+    memcpy((*ids)[(*n)++], p, STORE_KEY_ID_LEN);
+  }
+  stmt_done(st);
+  if (rc != SQLITE_DONE) {
+    free(*ids);
+    *ids = NULL;
+    *n = 0;
+    return db_fail(err, c->db, "sealed key ids");
+  }
+  return 0;
+}
+
+static int sqlite_audit_add(struct store_txn *base, const char *actor, const char *method,
+                            const char *resource, const char *action, struct tp_err *err) {
+  return audit_insert(base, actor, method, resource, action, store__now_us(), err);
+}
+
+static int sqlite_usage_set(struct store_txn *base, const char *kind, const char *name,
+                            int64_t time_us, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  int rc = row_exists(c, kind, name, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return store__err_not_found(err, name);
+  return stmt_exec(c, ST_USAGE_SET, "record the last use", err, "tti", kind, name, time_us);
+}
+
+static int sqlite_usage_get(struct store_txn *base, const char *kind, const char *name,
+                            int64_t *time_us, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  sqlite3_stmt *st = stmt_prepare(c, ST_USAGE_GET, err, "tt", kind, name);
+  if (st == NULL)
+    return -EIO;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    *time_us = sqlite3_column_int64(st, 0);
+  stmt_done(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return db_fail(err, c->db, "read the last use");
+  return 0;
+}
+
 const struct store_ops store__sqlite_ops = {
     .name = "sqlite",
     .latest_version = N_MIGRATIONS,
@@ -1123,4 +1312,9 @@ const struct store_ops store__sqlite_ops = {
     .list = sqlite_list,
     .referrers = sqlite_referrers,
     .audit_list = sqlite_audit_list,
+    .secrets_rewrite = sqlite_secrets_rewrite,
+    .sealed_key_ids = sqlite_sealed_key_ids,
+    .audit_add = sqlite_audit_add,
+    .usage_set = sqlite_usage_set,
+    .usage_get = sqlite_usage_get,
 };

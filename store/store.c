@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,9 +122,10 @@ static int txn_fail(struct store_txn *txn, int rc, const struct tp_err *err) {
   return rc;
 }
 
-/* A failed read aborts only when the backend failed. */
+/* A failed read aborts only when the backend failed (or a secret does
+ * not unseal). */
 static int read_result(struct store_txn *txn, int rc, const struct tp_err *err) {
-  if (rc == -EIO)
+  if (rc == -EIO || rc == -EBADMSG)
     txn_fail(txn, rc, err);
   return rc;
 }
@@ -132,7 +134,11 @@ int store_schema_latest(void) {
   return store__sqlite_ops.latest_version;
 }
 
-int store_open_version(const char *path, int version, struct store **out, struct tp_err *err) {
+/* Opens at version with the master keys of ring, then checks that every
+ * stored secret is sealed with one of them: a wrong key is refused here,
+ * not at the first read. */
+static int open_with(const char *path, int version, const struct store_keyring *ring,
+                     struct store **out, struct tp_err *err) {
   const struct store_ops *ops = &store__sqlite_ops;
   *out = NULL;
   if (empty(path)) {
@@ -145,22 +151,77 @@ int store_open_version(const char *path, int version, struct store **out, struct
                ops->latest_version);
     return -EINVAL;
   }
-  int rc = ops->open(path, version, out, err);
+  if (version >= STORE_SEALED_SINCE_VERSION && ring->n == 0) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: a master key is required (secrets are sealed from schema version %d)",
+               STORE_SEALED_SINCE_VERSION);
+    return -ENOKEY;
+  }
+  int rc = ops->open(path, version, ring, out, err);
   if (rc < 0)
     return rc;
-  (*out)->magic = STORE_MAGIC;
-  (*out)->ops = ops;
-  return 0;
+  struct store *s = *out;
+  s->magic = STORE_MAGIC;
+  s->ops = ops;
+  if (s->schema_version < STORE_SEALED_SINCE_VERSION)
+    return 0;
+  struct store_txn *txn;
+  uint8_t(*ids)[STORE_KEY_ID_LEN] = NULL;
+  size_t n = 0;
+  rc = store_begin(s, 0, &txn, err);
+  if (rc == 0) {
+    rc = ops->sealed_key_ids(txn, &ids, &n, err);
+    store_rollback(txn);
+  }
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    size_t k = 0;
+    while (k < s->keys.n && memcmp(s->keys.id[k], ids[i], STORE_KEY_ID_LEN) != 0)
+      k++;
+    if (k == s->keys.n) {
+      char hex[2 * STORE_KEY_ID_LEN + 1], given[2 * STORE_KEY_ID_LEN + 1];
+      store__key_id_hex(ids[i], hex);
+      store__key_id_hex(s->keys.id[0], given);
+      tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                 "store: %s: secrets are sealed with master key %s, not with the key given (%s)",
+                 path, hex, given);
+      rc = -ENOKEY;
+    }
+  }
+  free(ids);
+  if (rc < 0) {
+    store_close(s);
+    *out = NULL;
+  }
+  return rc;
 }
 
-int store_open(const char *path, struct store **out, struct tp_err *err) {
-  return store_open_version(path, store_schema_latest(), out, err);
+int store_open_version(const char *path, int version, struct store **out, struct tp_err *err) {
+  struct store_keyring none = {0};
+  return open_with(path, version, &none, out, err);
+}
+
+int store_open(const char *path, const struct store_opts *opts, struct store **out,
+               struct tp_err *err) {
+  struct store_keyring ring = {0};
+  int version = opts != NULL && opts->version != 0 ? opts->version : store_schema_latest();
+  *out = NULL;
+  if (opts != NULL && (opts->n_master_keys > STORE_KEYS_MAX ||
+                       (opts->master_keys == NULL && opts->n_master_keys > 0))) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store: at most %d master keys", STORE_KEYS_MAX);
+    return -EINVAL;
+  }
+  for (size_t i = 0; opts != NULL && i < opts->n_master_keys; i++)
+    store__keyring_add(&ring, opts->master_keys[i]);
+  int rc = open_with(path, version, &ring, out, err);
+  store__keyring_clear(&ring);
+  return rc;
 }
 
 void store_close(struct store *s) {
   if (s == NULL)
     return;
   s->magic = 0;
+  store__keyring_clear(&s->keys);
   s->ops->close(s);
 }
 
@@ -282,6 +343,15 @@ int store_get(struct store_txn *txn, const char *kind, const char *name, int wit
   if (rc < 0)
     return rc;
   rc = txn->store->ops->get(txn, kind, name, with_secret != 0, out, err);
+  if (rc == 0 && out->secret != NULL && txn->store->schema_version >= STORE_SEALED_SINCE_VERSION) {
+    uint8_t *plain;
+    size_t len;
+    rc = store__unseal(&txn->store->keys, kind, name, out->secret, out->secret_len, &plain, &len,
+                       err);
+    free(out->secret);
+    out->secret = rc == 0 ? plain : NULL;
+    out->secret_len = rc == 0 ? len : 0;
+  }
   if (rc < 0)
     store_row_clear(out);
   return read_result(txn, rc, err);
@@ -353,7 +423,20 @@ int store_put(struct store_txn *txn, const struct store_write *w, struct store_r
     wd.action = wd.create ? "create" : "update";
   if (wd.expect_etag != NULL && wd.expect_etag[0] == '\0')
     wd.expect_etag = NULL;
+  /* The backend sees sealed secrets only. */
+  uint8_t *sealed = NULL;
+  if (wd.set_secret && wd.secret != NULL &&
+      txn->store->schema_version >= STORE_SEALED_SINCE_VERSION) {
+    size_t len;
+    rc = store__seal(&txn->store->keys, wd.kind, wd.name, wd.secret, wd.secret_len, &sealed, &len,
+                     err);
+    if (rc < 0)
+      return txn_fail(txn, rc, err);
+    wd.secret = sealed;
+    wd.secret_len = len;
+  }
   rc = txn->store->ops->put(txn, &wd, out, err);
+  free(sealed);
   if (rc < 0) {
     store_row_clear(out);
     return txn_fail(txn, rc, err);
@@ -431,4 +514,92 @@ int store_audit_list(struct store_txn *txn, const struct store_audit_query *q,
   static const struct store_audit_query all;
   rc = txn->store->ops->audit_list(txn, q ? q : &all, out, n, err);
   return read_result(txn, rc, err);
+}
+
+int store_usage_set(struct store_txn *txn, const char *kind, const char *name, int64_t time_us,
+                    struct tp_err *err) {
+  int rc = txn_check(txn, 1, "store_usage_set", err);
+  if (rc == 0)
+    rc = check_key(kind, name, "store_usage_set", err);
+  if (rc < 0 || txn->store->schema_version < STORE_SEALED_SINCE_VERSION)
+    return rc;
+  /* Not a write of the row: txn->wrote stays, no revision. */
+  rc = txn->store->ops->usage_set(txn, kind, name, time_us, err);
+  return read_result(txn, rc, err);
+}
+
+int store_usage_get(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
+                    struct tp_err *err) {
+  *time_us = 0;
+  int rc = txn_check(txn, 0, "store_usage_get", err);
+  if (rc == 0)
+    rc = check_key(kind, name, "store_usage_get", err);
+  if (rc < 0 || txn->store->schema_version < STORE_SEALED_SINCE_VERSION)
+    return rc;
+  rc = txn->store->ops->usage_get(txn, kind, name, time_us, err);
+  return read_result(txn, rc, err);
+}
+
+/* store_master_key_rotate: the old keys unseal, the new one seals. */
+struct reseal {
+  const struct store_keyring *from;
+  const struct store_keyring *to;
+};
+
+static int reseal_one(const char *kind, const char *name, const uint8_t *in, size_t len,
+                      uint8_t **out, size_t *out_len, void *data, struct tp_err *err) {
+  const struct reseal *r = data;
+  uint8_t *plain;
+  size_t plain_len;
+  int rc = store__unseal(r->from, kind, name, in, len, &plain, &plain_len, err);
+  if (rc < 0)
+    return rc;
+  rc = store__seal(r->to, kind, name, plain, plain_len, out, out_len, err);
+  OPENSSL_cleanse(plain, plain_len);
+  free(plain);
+  return rc;
+}
+
+int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_KEY_LEN],
+                            const char *actor, size_t *n, struct tp_err *err) {
+  size_t count = 0;
+  if (n != NULL)
+    *n = 0;
+  if (s == NULL || s->magic != STORE_MAGIC) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_master_key_rotate: not an open store");
+    return -EIO;
+  }
+  if (s->schema_version < STORE_SEALED_SINCE_VERSION) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: schema version %d seals no secrets (from %d on)", s->schema_version,
+               STORE_SEALED_SINCE_VERSION);
+    return -ENOTSUP;
+  }
+  struct store_keyring to = {0};
+  store__keyring_add(&to, new_key);
+  struct reseal r = {.from = &s->keys, .to = &to};
+  struct store_txn *txn;
+  int rc = store_begin(s, 1, &txn, err);
+  if (rc < 0)
+    goto done;
+  rc = s->ops->secrets_rewrite(txn, reseal_one, &r, &count, err);
+  if (rc == 0)
+    rc = s->ops->audit_add(txn, actor ? actor : "", "rotate-master-key", "masterKey",
+                           "rotate_master_key", err);
+  if (rc < 0) {
+    store_rollback(txn);
+    goto done;
+  }
+  txn->wrote = 1;
+  rc = store_commit(txn, NULL, err);
+  if (rc < 0)
+    goto done;
+  /* Committed: from now on the new key alone. */
+  store__keyring_clear(&s->keys);
+  s->keys = to;
+  if (n != NULL)
+    *n = count;
+done:
+  store__keyring_clear(&to);
+  return rc;
 }

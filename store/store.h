@@ -18,6 +18,19 @@
  *   -EIO      INTERNAL            the backend failed
  *   -ENOTSUP  FAILED_PRECONDITION store_open: the database's schema is newer
  *                                 than this build (or the version asked for)
+ *   -EBADMSG  DATA_LOSS           a secret does not unseal: sealed with a
+ *                                 master key the store was not opened with,
+ *                                 or altered
+ *   -ENOKEY   FAILED_PRECONDITION store_open: no master key, or not the one
+ *                                 that sealed the stored secrets
+ *
+ * Secrets at rest. From schema version 3 on, every secret is sealed
+ * (AES-256-GCM, a fresh random nonce per write, the row's kind and name as
+ * associated data) under the master key the store is opened with; the
+ * database file alone reveals none. store_put seals, store_get unseals:
+ * callers see plaintext only. A database of an older version is sealed by
+ * the migration to version 3.
+ *
  * A failed store_put or store_delete aborts its transaction (it may have
  * written part of its rows): every later call on it, store_commit included,
  * returns that same failure, and store_commit rolls everything back. Failed
@@ -36,13 +49,43 @@
 struct store;
 struct store_txn;
 
-/* Opens (creating if needed) the database at path and migrates it to the
- * latest schema version. Caller frees with store_close. */
-int store_open(const char *path, struct store **out, struct tp_err *err);
+#define STORE_MASTER_KEY_LEN 32 /* AES-256 */
+#define STORE_KEY_ID_LEN 8      /* bytes of a master key's id */
 
-/* As store_open, but migrates only up to schema version `version` (tests of
- * upgrades from older databases). */
+struct store_opts {
+  int version; /* the schema version to migrate to; 0: the latest */
+  /* The master keys (copied): master_keys[0] seals every secret written;
+   * each of them unseals what it sealed (more than one only while a
+   * master-key rotation is finishing). Required from schema version 3. */
+  const uint8_t (*master_keys)[STORE_MASTER_KEY_LEN];
+  size_t n_master_keys; /* at most 4 */
+};
+
+/* Opens (creating if needed) the database at path and migrates it to the
+ * schema version of opts. Refused with -ENOKEY when no master key is given
+ * (from version 3) or when stored secrets are sealed with a key not given.
+ * Caller frees with store_close. */
+int store_open(const char *path, const struct store_opts *opts, struct store **out,
+               struct tp_err *err);
+
+/* As store_open without a master key, migrating only up to schema version
+ * `version` (tests of upgrades from older databases; versions before 3). */
 int store_open_version(const char *path, int version, struct store **out, struct tp_err *err);
+
+/* A master key's id (not secret): the first bytes of a hash of the key,
+ * stored with every record it seals. As hex: 16 characters and a NUL. */
+void store_master_key_id(const uint8_t key[STORE_MASTER_KEY_LEN], uint8_t id[STORE_KEY_ID_LEN]);
+void store_master_key_id_hex(const uint8_t key[STORE_MASTER_KEY_LEN],
+                             char hex[2 * STORE_KEY_ID_LEN + 1]);
+
+/* Re-seals every secret under new_key in one write transaction (one new
+ * revision, one audit row by actor on resource "masterKey", action
+ * "rotate_master_key"), then seals with new_key alone: the keys the store
+ * was opened with unseal nothing any more. On failure nothing changed.
+ * Call while no other thread uses the store. *n (may be NULL) receives how
+ * many secrets were re-sealed. */
+int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_KEY_LEN],
+                            const char *actor, size_t *n, struct tp_err *err);
 
 /* Waits for no transaction; the caller has finished every txn. */
 void store_close(struct store *s);
@@ -181,6 +224,16 @@ int store_list(struct store_txn *txn, const struct store_query *q, struct store_
  * store_rows_free. None (not -ENOENT) when (kind, name) does not exist. */
 int store_referrers(struct store_txn *txn, const char *kind, const char *name,
                     struct store_row **rows, size_t *n, struct tp_err *err);
+
+/* When (kind, name) last authenticated a call (a token, a client
+ * certificate), microseconds since the epoch. Usage is not a change: no
+ * revision, no audit row, no etag change. store_usage_set takes a write
+ * transaction (-ENOENT when the row does not exist); store_usage_get gives
+ * 0 for never. Before schema version 3 both do nothing. */
+int store_usage_set(struct store_txn *txn, const char *kind, const char *name, int64_t time_us,
+                    struct tp_err *err);
+int store_usage_get(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
+                    struct tp_err *err);
 
 struct store_audit {
   int64_t seq; /* increasing */

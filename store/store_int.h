@@ -24,13 +24,57 @@
 #define STORE_MAGIC 0x53544f52u     /* "STOR" */
 #define STORE_TXN_MAGIC 0x54584e53u /* "TXNS" */
 
+/* Sealed secrets (seal.c): version | key id | nonce | ciphertext | tag. */
+#define STORE_SEAL_VERSION 1
+#define STORE_SEAL_NONCE_LEN 12
+#define STORE_SEAL_TAG_LEN 16
+#define STORE_SEAL_HEADER_LEN (1 + STORE_KEY_ID_LEN) /* version and key id */
+#define STORE_SEAL_OVERHEAD (STORE_SEAL_HEADER_LEN + STORE_SEAL_NONCE_LEN + STORE_SEAL_TAG_LEN)
+#define STORE_SEALED_SINCE_VERSION 3 /* the first schema version that seals secrets */
+#define STORE_KEYS_MAX 4
+
+/* The master keys of an open store: key[0] seals; each unseals what it
+ * sealed, found by id. */
+struct store_keyring {
+  size_t n;
+  uint8_t key[STORE_KEYS_MAX][STORE_MASTER_KEY_LEN];
+  uint8_t id[STORE_KEYS_MAX][STORE_KEY_ID_LEN];
+};
+
+/* Adds key (a key already there is not added twice). 0 or -ENOSPC. */
+int store__keyring_add(struct store_keyring *ring, const uint8_t key[STORE_MASTER_KEY_LEN]);
+/* Wipes every key. */
+void store__keyring_clear(struct store_keyring *ring);
+
+/* Seals plain[0..len) for the row (kind, name) under ring->key[0]. *out is
+ * malloc'd (caller frees). 0, or -EIO / -ENOMEM with err set. */
+int store__seal(const struct store_keyring *ring, const char *kind, const char *name,
+                const uint8_t *plain, size_t len, uint8_t **out, size_t *out_len,
+                struct tp_err *err);
+/* Opens a record sealed for the row (kind, name) with whichever key of
+ * ring sealed it. *out is malloc'd (caller wipes and frees). 0, or
+ * -EBADMSG (DATA_LOSS: unknown key, altered, another row's record). */
+int store__unseal(const struct store_keyring *ring, const char *kind, const char *name,
+                  const uint8_t *sealed, size_t len, uint8_t **out, size_t *out_len,
+                  struct tp_err *err);
+void store__key_id_hex(const uint8_t id[STORE_KEY_ID_LEN], char hex[2 * STORE_KEY_ID_LEN + 1]);
+
+/* Turns one row's stored secret into its replacement (*out malloc'd, freed
+ * by the caller): sealing plaintext, or re-sealing under another key.
+ * Returns 0, or a negative code with err set (the rewrite stops). */
+typedef int (*store__rewrite_fn)(const char *kind, const char *name, const uint8_t *in, size_t len,
+                                 uint8_t **out, size_t *out_len, void *data, struct tp_err *err);
+
 struct store_ops {
   const char *name; /* "sqlite" */
   int latest_version;
 
-  /* Allocates the backend's store (struct store first in it), migrating to
-   * `version` (1..latest_version, checked by store.c). */
-  int (*open)(const char *path, int version, struct store **out, struct tp_err *err);
+  /* Allocates the backend's store (struct store first in it), copies keys
+   * into it, and migrates to `version` (1..latest_version, checked by
+   * store.c); the migration to STORE_SEALED_SINCE_VERSION seals the
+   * secrets already stored with keys->key[0] (none given: -ENOKEY). */
+  int (*open)(const char *path, int version, const struct store_keyring *keys, struct store **out,
+              struct tp_err *err);
   /* Frees everything; no transaction is open. */
   void (*close)(struct store *s);
 
@@ -55,6 +99,22 @@ struct store_ops {
                    struct store_row **rows, size_t *n, struct tp_err *err);
   int (*audit_list)(struct store_txn *txn, const struct store_audit_query *q,
                     struct store_audit **out, size_t *n, struct tp_err *err);
+
+  /* Sealed secrets (the schema seals them: STORE_SEALED_SINCE_VERSION). */
+  /* Replaces the secret of every row that has one by fn's result, leaving
+   * the rest of the row alone; *n receives how many. */
+  int (*secrets_rewrite)(struct store_txn *txn, store__rewrite_fn fn, void *data, size_t *n,
+                         struct tp_err *err);
+  /* The distinct key ids sealing the stored secrets (malloc'd array). */
+  int (*sealed_key_ids)(struct store_txn *txn, uint8_t (**ids)[STORE_KEY_ID_LEN], size_t *n,
+                        struct tp_err *err);
+  /* One audit row at txn's revision for a change that is not a row write. */
+  int (*audit_add)(struct store_txn *txn, const char *actor, const char *method,
+                   const char *resource, const char *action, struct tp_err *err);
+  int (*usage_set)(struct store_txn *txn, const char *kind, const char *name, int64_t time_us,
+                   struct tp_err *err);
+  int (*usage_get)(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
+                   struct tp_err *err);
 };
 
 /* Shared head of every backend's store. */
@@ -66,6 +126,9 @@ struct store {
   /* Called after every commit that made a revision; set before use. */
   void (*commit_hook)(int64_t revision, void *data);
   void *commit_hook_data;
+  /* Seals and unseals the secrets (schema_version >= 3); fixed while
+   * transactions run (store_master_key_rotate runs alone). */
+  struct store_keyring keys;
 };
 
 /* Shared head of every backend's transaction. Belongs to one thread. */

@@ -5,6 +5,11 @@
 // label selectors, a reconnect replacing an older stream, and a deleted
 // agent cut off. The client here is a real gRPC stream client built from
 // the schema the server serves through reflection.
+//
+// The streams authenticate as the admin (the harness sends the admin token),
+// who may speak for any agent id; an agent's own credential (the client
+// certificate enrollment gives it, good for its own id only) is tested in
+// auth.test.js.
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');

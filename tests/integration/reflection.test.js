@@ -16,10 +16,12 @@ const TLSPLANE_SERVICES = [
   'tlsplane.v1.AuditService',
   'tlsplane.v1.CertificateService',
   'tlsplane.v1.CipherPolicyService',
+  'tlsplane.v1.ClientCertificateService',
   'tlsplane.v1.ListenerService',
   'tlsplane.v1.RevocationListService',
   'tlsplane.v1.TicketKeyService',
   'tlsplane.v1.TlsContextService',
+  'tlsplane.v1.TokenService',
   'tlsplane.v1.TrustBundleService',
 ];
 const OTHER_SERVICES = [
@@ -60,6 +62,22 @@ const EXPECTED_METHODS = {
     GetAgent: ['GetAgentRequest', 'Agent'],
     ListAgents: ['ListAgentsRequest', 'ListAgentsResponse'],
     DeleteAgent: ['DeleteAgentRequest', 'google.protobuf.Empty'],
+    GetRollout: ['GetRolloutRequest', 'Rollout'],
+    EnrollAgent: ['EnrollAgentRequest', 'AgentCertificate'],
+    RenewAgentCertificate: ['RenewAgentCertificateRequest', 'AgentCertificate'],
+  },
+  'tlsplane.v1.TokenService': {
+    CreateToken: ['CreateTokenRequest', 'CreateTokenResponse'],
+    GetToken: ['GetTokenRequest', 'Token'],
+    ListTokens: ['ListTokensRequest', 'ListTokensResponse'],
+    RevokeToken: ['RevokeTokenRequest', 'Token'],
+    DeleteToken: ['DeleteTokenRequest', 'google.protobuf.Empty'],
+  },
+  'tlsplane.v1.ClientCertificateService': {
+    IssueClientCertificate: ['IssueClientCertificateRequest', 'ClientCertificate'],
+    GetClientCertificate: ['GetClientCertificateRequest', 'ClientCertificate'],
+    ListClientCertificates: ['ListClientCertificatesRequest', 'ListClientCertificatesResponse'],
+    RevokeClientCertificate: ['RevokeClientCertificateRequest', 'ClientCertificate'],
   },
 };
 
@@ -237,7 +255,7 @@ test('v1alpha serves the same services and the same descriptors', async () => {
 });
 
 test('a client built from v1alpha alone can call the API', async () => {
-  const conn = await connect(ctx.server.address, { version: 'v1alpha' });
+  const conn = await connect(ctx.server.address, ctx.server.connectOptions({ version: 'v1alpha' }));
   try {
     const res = await conn.api.CipherPolicyService.GetCipherPolicy({ name: 'cipherPolicies/default' });
     assert.equal(res.name, 'cipherPolicies/default');
@@ -276,20 +294,26 @@ test('health: an unknown service is NOT_FOUND (grpc.health.v1 protocol)', async 
 test('an unknown method is UNIMPLEMENTED', async () => {
   const { grpc } = require('./lib/reflect');
   const client = new grpc.Client(ctx.server.address, grpc.credentials.createInsecure());
+  const call = (metadata) => new Promise((resolve) => {
+    client.makeUnaryRequest(
+      '/tlsplane.v1.CertificateService/NoSuchMethod',
+      (x) => x,
+      (x) => x,
+      Buffer.alloc(0),
+      metadata,
+      { deadline: Date.now() + 10000 },
+      (e) => resolve(e),
+    );
+  });
   try {
-    const err = await new Promise((resolve) => {
-      client.makeUnaryRequest(
-        '/tlsplane.v1.CertificateService/NoSuchMethod',
-        (x) => x,
-        (x) => x,
-        Buffer.alloc(0),
-        new grpc.Metadata(),
-        { deadline: Date.now() + 10000 },
-        (e) => resolve(e),
-      );
-    });
+    const md = new grpc.Metadata();
+    md.set('authorization', `Bearer ${ctx.server.adminToken}`);
+    const err = await call(md);
     assert.ok(err, 'an unknown method succeeded');
     assert.equal(err.code, status.UNIMPLEMENTED);
+    // Without a credential the caller learns nothing, not even that.
+    const anon = await call(new grpc.Metadata());
+    assert.equal(anon.code, status.UNAUTHENTICATED);
   } finally {
     client.close();
   }

@@ -1,6 +1,8 @@
 /* The store (store/store.h) against a real SQLite file: migrations and
- * upgrades, writes and their refusals, revisions, rollback, secrets, label
- * selectors, pagination, references, audit, durability and concurrency. */
+ * upgrades, writes and their refusals, revisions, rollback, secrets and
+ * their encryption at rest (sealing, the master key, its rotation), label
+ * selectors, pagination, references, audit, usage, durability and
+ * concurrency. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -15,12 +17,19 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "fixtures.h"
 #include "store.h"
+#include "store_int.h"
 
 #define CERT "Certificate"
 #define CTX "TlsContext"
+
+/* Master keys for the tests: key A opens every fixture. */
+static const uint8_t key_a[STORE_MASTER_KEY_LEN] = "tlsplane test master key A ....";
+static const uint8_t key_b[STORE_MASTER_KEY_LEN] = "tlsplane test master key B ....";
+static const struct store_opts opts_a = {.master_keys = &key_a, .n_master_keys = 1};
 
 struct fixture {
   char dir[256];
@@ -77,7 +86,7 @@ static int setup_open(void **state) {
     return -1;
   struct fixture *f = *state;
   struct tp_err err = {0};
-  if (store_open(f->path, &f->s, &err) < 0) {
+  if (store_open(f->path, &opts_a, &f->s, &err) < 0) {
     fprintf(stderr, "store_open: %s\n", err.msg);
     return -1;
   }
@@ -90,6 +99,48 @@ static int teardown(void **state) {
   paths_remove(f->path, f->dir);
   free(f);
   return 0;
+}
+
+/* The secret column of (kind, name) as stored in the file, read with
+ * SQLite itself (no store): what someone holding only the file sees.
+ * Returns its length (-1: no such row or NULL) and copies it to buf. */
+static int raw_secret(const char *path, const char *kind, const char *name, uint8_t *buf,
+                      size_t cap) {
+  sqlite3 *db;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db,
+                                      "SELECT secret FROM resources WHERE kind = ?1 AND name = ?2",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+  int len = -1;
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+    len = sqlite3_column_bytes(st, 0);
+    assert_true((size_t)len <= cap);
+    memcpy(buf, sqlite3_column_blob(st, 0), (size_t)len);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return len;
+}
+
+/* Whether needle occurs in the file at path (the database, its WAL). */
+static int file_contains(const char *path, const void *needle, size_t len) {
+  FILE *fp = fopen(path, "rb");
+  if (fp == NULL)
+    return 0;
+  fseek(fp, 0, SEEK_END);
+  long size = ftell(fp);
+  fseek(fp, 0, SEEK_SET);
+  uint8_t *data = malloc(size > 0 ? (size_t)size : 1);
+  assert_non_null(data);
+  size_t got = fread(data, 1, (size_t)size, fp);
+  fclose(fp);
+  int found = memmem(data, got, needle, len) != NULL;
+  free(data);
+  return found;
 }
 
 /* A write of name with the text data and nothing else. */
@@ -186,7 +237,7 @@ static void test_open_migrates_and_reopens(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
   assert_true(store_schema_latest() >= 2);
-  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
   assert_int_equal(store_schema_version(f->s), store_schema_latest());
   assert_int_equal(store_revision(f->s), 0);
   create_text(f->s, CERT, "certificates/web", "v1");
@@ -197,7 +248,7 @@ static void test_open_migrates_and_reopens(void **state) {
   assert_int_equal(stat(f->path, &st), 0);
   assert_int_equal(st.st_mode & 0777, 0600);
 
-  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
   assert_int_equal(store_schema_version(f->s), store_schema_latest());
   assert_int_equal(store_revision(f->s), 1);
   store_close(f->s);
@@ -206,7 +257,7 @@ static void test_open_migrates_and_reopens(void **state) {
   /* An older version than the database has is a downgrade: refused. */
   struct store *old = NULL;
   assert_refused(store_open_version(f->path, 1, &old, &err), -ENOTSUP, err,
-                 GRPC_STATUS_FAILED_PRECONDITION, "schema version 2 is newer than 1");
+                 GRPC_STATUS_FAILED_PRECONDITION, "schema version 3 is newer than 1");
   assert_null(old);
   assert_refused(store_open_version(f->path, 0, &old, &err), -EINVAL, err,
                  GRPC_STATUS_INVALID_ARGUMENT, "schema version 0 unknown");
@@ -244,7 +295,7 @@ static void test_upgrade_keeps_rows(void **state) {
   store_close(f->s);
   f->s = NULL;
 
-  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
   assert_int_equal(store_schema_version(f->s), store_schema_latest());
   assert_int_equal(store_revision(f->s), 2);
 
@@ -259,6 +310,15 @@ static void test_upgrade_keeps_rows(void **state) {
   assert_memory_equal(row.secret, "key", 3);
   store_row_clear(&row);
   store_row_clear(&before);
+  /* The upgrade sealed the secret written in clear: the file holds the
+   * sealed record, under key A. */
+  uint8_t raw[256];
+  uint8_t id_a[STORE_KEY_ID_LEN];
+  store_master_key_id(key_a, id_a);
+  assert_int_equal(raw_secret(f->path, CERT, "certificates/web", raw, sizeof(raw)),
+                   STORE_SEAL_OVERHEAD + 3);
+  assert_int_equal(raw[0], STORE_SEAL_VERSION);
+  assert_memory_equal(raw + 1, id_a, STORE_KEY_ID_LEN);
 
   /* Labels, expiry and references survived and still work. */
   char buf[256];
@@ -866,7 +926,7 @@ static void test_durable_across_reopen(void **state) {
   store_close(f->s);
   f->s = NULL;
 
-  assert_ok(store_open(f->path, &f->s, &err), err);
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
   assert_int_equal(store_revision(f->s), 10);
   for (int i = 0; i < 10; i++) {
     char data[64];
@@ -1061,6 +1121,344 @@ static void test_concurrent_writers_and_readers(void **state) {
   store_rollback(txn);
 }
 
+/* seal.c: a round trip, a fresh nonce every time, and every way a record
+ * can be wrong fails to open. */
+static void test_seal_round_trip(void **state) {
+  (void)state;
+  struct store_keyring a = {0}, b = {0}, ab = {0};
+  store__keyring_add(&a, key_a);
+  store__keyring_add(&b, key_b);
+  store__keyring_add(&ab, key_b);
+  store__keyring_add(&ab, key_a);
+  struct tp_err err = {0};
+  const char *plain = "-----BEGIN PRIVATE KEY-----secret";
+  size_t plain_len = strlen(plain);
+  uint8_t *s1, *s2, *out;
+  size_t l1, l2, out_len;
+  assert_ok(
+      store__seal(&a, CERT, "certificates/web", (const uint8_t *)plain, plain_len, &s1, &l1, &err),
+      err);
+  assert_ok(
+      store__seal(&a, CERT, "certificates/web", (const uint8_t *)plain, plain_len, &s2, &l2, &err),
+      err);
+  assert_int_equal(l1, STORE_SEAL_OVERHEAD + plain_len);
+  assert_int_equal(l1, l2);
+  /* A fresh nonce per record: the same plaintext seals differently. */
+  assert_memory_not_equal(s1 + STORE_SEAL_HEADER_LEN, s2 + STORE_SEAL_HEADER_LEN,
+                          l1 - STORE_SEAL_HEADER_LEN);
+  assert_null(memmem(s1, l1, "PRIVATE", 7));
+
+  assert_ok(store__unseal(&a, CERT, "certificates/web", s1, l1, &out, &out_len, &err), err);
+  assert_int_equal(out_len, plain_len);
+  assert_memory_equal(out, plain, plain_len);
+  free(out);
+  /* A ring holding the key among others finds it by id. */
+  assert_ok(store__unseal(&ab, CERT, "certificates/web", s2, l2, &out, &out_len, &err), err);
+  assert_memory_equal(out, plain, plain_len);
+  free(out);
+
+  /* The record's identity is its associated data: another name or kind
+   * (a record copied to another row) does not open. */
+  assert_refused(store__unseal(&a, CERT, "certificates/other", s1, l1, &out, &out_len, &err),
+                 -EBADMSG, err, GRPC_STATUS_DATA_LOSS, "does not decrypt");
+  assert_null(out);
+  assert_refused(
+      store__unseal(&a, "TicketKeyRing", "certificates/web", s1, l1, &out, &out_len, &err),
+      -EBADMSG, err, GRPC_STATUS_DATA_LOSS, "does not decrypt");
+  /* Another key: refused by id, naming the key. */
+  char hex[2 * STORE_KEY_ID_LEN + 1];
+  store_master_key_id_hex(key_a, hex);
+  assert_refused(store__unseal(&b, CERT, "certificates/web", s1, l1, &out, &out_len, &err),
+                 -EBADMSG, err, GRPC_STATUS_DATA_LOSS, hex);
+  /* A header naming key B over a record sealed by A: the header is
+   * associated data too. */
+  uint8_t *forged = malloc(l1);
+  memcpy(forged, s1, l1);
+  memcpy(forged + 1, b.id[0], STORE_KEY_ID_LEN);
+  assert_refused(store__unseal(&ab, CERT, "certificates/web", forged, l1, &out, &out_len, &err),
+                 -EBADMSG, err, GRPC_STATUS_DATA_LOSS, "does not decrypt");
+  /* Any flipped bit of nonce, ciphertext or tag. */
+  for (size_t i = STORE_SEAL_HEADER_LEN; i < l1; i += 7) {
+    memcpy(forged, s1, l1);
+    forged[i] ^= 0x01;
+    assert_int_equal(store__unseal(&a, CERT, "certificates/web", forged, l1, &out, &out_len, &err),
+                     -EBADMSG);
+  }
+  /* Truncated, or not a sealed record at all. */
+  assert_int_equal(store__unseal(&a, CERT, "certificates/web", s1, STORE_SEAL_OVERHEAD - 1, &out,
+                                 &out_len, &err),
+                   -EBADMSG);
+  assert_refused(store__unseal(&a, CERT, "certificates/web", (const uint8_t *)plain, plain_len,
+                               &out, &out_len, &err),
+                 -EBADMSG, err, GRPC_STATUS_DATA_LOSS, "not a sealed record");
+  /* An empty secret seals and opens too. */
+  free(s2);
+  assert_ok(store__seal(&a, CERT, "certificates/web", NULL, 0, &s2, &l2, &err), err);
+  assert_ok(store__unseal(&a, CERT, "certificates/web", s2, l2, &out, &out_len, &err), err);
+  assert_int_equal(out_len, 0);
+  free(out);
+  free(forged);
+  free(s1);
+  free(s2);
+}
+
+/* What the file holds: sealed records only, never the secret. */
+static void test_secrets_sealed_at_rest(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  const char *secret = "PRIVATE-KEY-BYTES-0123456789abcdef";
+  struct store_write w = write_of(CERT, "certificates/web", 1, "public");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)secret;
+  w.secret_len = strlen(secret);
+  put_one(f->s, &w, NULL);
+  char wal[320];
+  snprintf(wal, sizeof(wal), "%s-wal", f->path);
+  assert_false(file_contains(f->path, secret, strlen(secret)));
+  assert_false(file_contains(wal, secret, strlen(secret)));
+  assert_true(file_contains(wal, "public", 6) || file_contains(f->path, "public", 6));
+
+  uint8_t raw[256];
+  int len = raw_secret(f->path, CERT, "certificates/web", raw, sizeof(raw));
+  assert_int_equal(len, STORE_SEAL_OVERHEAD + strlen(secret));
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 1, &row, &err), err);
+  assert_int_equal(row.secret_len, strlen(secret));
+  assert_memory_equal(row.secret, secret, row.secret_len);
+  store_row_clear(&row);
+
+  /* A sealed record copied into another row does not open there. */
+  struct store_write other = write_of(CERT, "certificates/other", 1, "x");
+  other.set_secret = 1;
+  other.secret = (const uint8_t *)"s";
+  other.secret_len = 1;
+  put_one(f->s, &other, NULL);
+  sqlite3 *db;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db,
+                                      "UPDATE resources SET secret = ?1 WHERE name = "
+                                      "'certificates/other'",
+                                      -1, &st, NULL),
+                   SQLITE_OK);
+  sqlite3_bind_blob(st, 1, raw, len, SQLITE_STATIC);
+  assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_refused(store_get(txn, CERT, "certificates/other", 1, &row, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS, "certificates/other does not decrypt");
+  assert_null(row.secret);
+  store_rollback(txn);
+  /* Without the secret the row still reads. */
+  assert_ok(get_one(f->s, CERT, "certificates/other", 0, &row, &err), err);
+  store_row_clear(&row);
+}
+
+/* The master key is checked at open: another key, or none, is refused
+ * before anything is read. */
+static void test_wrong_master_key_refused(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
+  struct store_write w = write_of(CERT, "certificates/web", 1, "x");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"k";
+  w.secret_len = 1;
+  put_one(f->s, &w, NULL);
+  store_close(f->s);
+  f->s = NULL;
+
+  struct store *s = NULL;
+  struct store_opts opts_b = {.master_keys = &key_b, .n_master_keys = 1};
+  char hex_a[2 * STORE_KEY_ID_LEN + 1];
+  store_master_key_id_hex(key_a, hex_a);
+  assert_refused(store_open(f->path, &opts_b, &s, &err), -ENOKEY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, hex_a);
+  assert_null(s);
+  assert_refused(store_open(f->path, NULL, &s, &err), -ENOKEY, err, GRPC_STATUS_FAILED_PRECONDITION,
+                 "a master key is required");
+  struct store_opts none = {0};
+  assert_refused(store_open(f->path, &none, &s, &err), -ENOKEY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "a master key is required");
+  /* Both keys (a rotation finishing): fine. */
+  uint8_t both[2][STORE_MASTER_KEY_LEN];
+  memcpy(both[0], key_b, STORE_MASTER_KEY_LEN);
+  memcpy(both[1], key_a, STORE_MASTER_KEY_LEN);
+  struct store_opts opts_ba = {.master_keys = (const uint8_t(*)[STORE_MASTER_KEY_LEN])both,
+                               .n_master_keys = 2};
+  assert_ok(store_open(f->path, &opts_ba, &f->s, &err), err);
+}
+
+/* Rotation re-seals everything under the new key in one revision; the old
+ * key opens nothing afterwards, and writes seal with the new key. */
+static void test_master_key_rotation(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  char names[5][64], secrets[5][64];
+  for (int i = 0; i < 5; i++) {
+    snprintf(names[i], sizeof(names[i]), "certificates/c%d", i);
+    snprintf(secrets[i], sizeof(secrets[i]), "secret number %d", i);
+    struct store_write w = write_of(CERT, names[i], 1, "public");
+    w.set_secret = i != 3; /* one row without a secret */
+    w.secret = (const uint8_t *)secrets[i];
+    w.secret_len = strlen(secrets[i]);
+    put_one(f->s, &w, NULL);
+  }
+  uint8_t before[256];
+  int before_len = raw_secret(f->path, CERT, names[0], before, sizeof(before));
+  size_t n = 0;
+  assert_ok(store_master_key_rotate(f->s, key_b, "local:test", &n, &err), err);
+  assert_int_equal(n, 4);
+  assert_int_equal(store_revision(f->s), 6);
+  struct store_audit_query q = {.resource = "masterKey"};
+  struct store_audit *a;
+  size_t na;
+  audit_all(f->s, &q, &a, &na);
+  assert_int_equal(na, 1);
+  assert_string_equal(a[0].action, "rotate_master_key");
+  assert_string_equal(a[0].actor, "local:test");
+  assert_int_equal(a[0].revision, 6);
+  store_audit_free(a, na);
+
+  /* Re-sealed: another record, under key B. */
+  uint8_t after[256], id_b[STORE_KEY_ID_LEN];
+  store_master_key_id(key_b, id_b);
+  int after_len = raw_secret(f->path, CERT, names[0], after, sizeof(after));
+  assert_int_equal(after_len, before_len);
+  assert_memory_not_equal(after, before, (size_t)after_len);
+  assert_memory_equal(after + 1, id_b, STORE_KEY_ID_LEN);
+  /* Key A does not open it. */
+  struct store_keyring ring_a = {0};
+  store__keyring_add(&ring_a, key_a);
+  uint8_t *out;
+  size_t out_len;
+  assert_int_equal(
+      store__unseal(&ring_a, CERT, names[0], after, (size_t)after_len, &out, &out_len, &err),
+      -EBADMSG);
+  /* Everything still reads, and etags did not change. */
+  for (int i = 0; i < 5; i++) {
+    struct store_row row;
+    assert_ok(get_one(f->s, CERT, names[i], 1, &row, &err), err);
+    if (i == 3) {
+      assert_null(row.secret);
+    } else {
+      assert_int_equal(row.secret_len, strlen(secrets[i]));
+      assert_memory_equal(row.secret, secrets[i], row.secret_len);
+    }
+    assert_int_equal(row.revision, i + 1);
+    store_row_clear(&row);
+  }
+  /* New writes seal with B. */
+  struct store_write w = write_of(CERT, "certificates/new", 1, "public");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"fresh";
+  w.secret_len = 5;
+  put_one(f->s, &w, NULL);
+  assert_int_equal(raw_secret(f->path, CERT, "certificates/new", after, sizeof(after)),
+                   STORE_SEAL_OVERHEAD + 5);
+  assert_memory_equal(after + 1, id_b, STORE_KEY_ID_LEN);
+  store_close(f->s);
+  f->s = NULL;
+
+  /* Reopened: key A alone is refused, key B opens everything. */
+  struct store *s = NULL;
+  assert_refused(store_open(f->path, &opts_a, &s, &err), -ENOKEY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "not with the key given");
+  struct store_opts opts_b = {.master_keys = &key_b, .n_master_keys = 1};
+  assert_ok(store_open(f->path, &opts_b, &f->s, &err), err);
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, names[4], 1, &row, &err), err);
+  assert_memory_equal(row.secret, secrets[4], row.secret_len);
+  store_row_clear(&row);
+}
+
+/* A rotation that fails (a record that does not open) changes nothing. */
+static void test_master_key_rotation_all_or_nothing(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  for (int i = 0; i < 3; i++) {
+    char name[64];
+    snprintf(name, sizeof(name), "certificates/c%d", i);
+    struct store_write w = write_of(CERT, name, 1, "public");
+    w.set_secret = 1;
+    w.secret = (const uint8_t *)"secret";
+    w.secret_len = 6;
+    put_one(f->s, &w, NULL);
+  }
+  /* Damage the last record (in name order) behind the store's back. */
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(db,
+                   "UPDATE resources SET secret = substr(secret, 1, length(secret) - 1)"
+                   " || x'00' WHERE name = 'certificates/c2'",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  sqlite3_close(db);
+  uint8_t before[256], after[256];
+  int len = raw_secret(f->path, CERT, "certificates/c0", before, sizeof(before));
+  size_t n = 99;
+  assert_refused(store_master_key_rotate(f->s, key_b, "local:test", &n, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS, "certificates/c2");
+  assert_int_equal(n, 0);
+  assert_int_equal(store_revision(f->s), 3);
+  assert_int_equal(raw_secret(f->path, CERT, "certificates/c0", after, sizeof(after)), len);
+  assert_memory_equal(after, before, (size_t)len);
+  /* Still sealing and opening with A. */
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/c0", 1, &row, &err), err);
+  assert_memory_equal(row.secret, "secret", 6);
+  store_row_clear(&row);
+}
+
+/* Usage is not a change: no revision, no audit row, no etag. */
+static void test_usage(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  create_text(f->s, "Token", "tokens/ci", "t");
+  struct store_txn *txn;
+  int64_t t = -1;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_usage_get(txn, "Token", "tokens/ci", &t, &err), err);
+  assert_int_equal(t, 0);
+  store_rollback(txn);
+
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_usage_set(txn, "Token", "tokens/ci", 1234567, &err), err);
+  assert_refused(store_usage_set(txn, "Token", "tokens/nope", 1, &err), -ENOENT, err,
+                 GRPC_STATUS_NOT_FOUND, "tokens/nope");
+  store_rollback(txn);
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_usage_set(txn, "Token", "tokens/ci", 1234567, &err), err);
+  int64_t rev = -1;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  assert_int_equal(rev, 1);
+  assert_int_equal(store_revision(f->s), 1);
+
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_usage_get(txn, "Token", "tokens/ci", &t, &err), err);
+  assert_int_equal(t, 1234567);
+  store_rollback(txn);
+  struct store_row row;
+  assert_ok(get_one(f->s, "Token", "tokens/ci", 0, &row, &err), err);
+  assert_string_equal(row.etag, "1");
+  store_row_clear(&row);
+  struct store_audit *a;
+  size_t n;
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 1);
+  store_audit_free(a, n);
+  /* Deleting the row takes its usage with it. */
+  assert_ok(delete_one(f->s, "Token", "tokens/ci", NULL, &err), err);
+  create_text(f->s, "Token", "tokens/ci", "t2");
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_usage_get(txn, "Token", "tokens/ci", &t, &err), err);
+  assert_int_equal(t, 0);
+  store_rollback(txn);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_open_migrates_and_reopens, setup_path, teardown),
@@ -1071,6 +1469,13 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_revision_once_per_txn, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_rollback_leaves_nothing, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_secrets, setup_open, teardown),
+      cmocka_unit_test(test_seal_round_trip),
+      cmocka_unit_test_setup_teardown(test_secrets_sealed_at_rest, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_wrong_master_key_refused, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_master_key_rotation, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_master_key_rotation_all_or_nothing, setup_open,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_usage, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_label_selectors, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_pagination, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),

@@ -48,8 +48,16 @@
 // wrappers (BoolValue, Int32Value) as {value: ...}, bytes as Buffer, maps as
 // plain objects, unset message fields as null, int64 as strings.
 //
+// Credentials. Every tlsplane.v1 call needs one (docs/api.md):
+//   connect(addr, { token })  sends "authorization: Bearer <token>" with
+//                             every call, streams included (an interceptor);
+//   connect(addr, { tls: { ca, cert, key } })  TLS, the server verified
+//                             against ca (PEM); cert + key: a client
+//                             certificate. Without tls: plaintext.
+// Both may be given; the token then wins on the server.
+//
 // Usage:
-//   const conn = await connect('127.0.0.1:1234');
+//   const conn = await connect('127.0.0.1:1234', { token });
 //   const cert = await conn.api.CertificateService.CreateCertificate({...});
 //   // failure: rejects with the grpc error (err.code, err.details)
 //   conn.close();
@@ -146,13 +154,13 @@ const REFLECTION_VERSIONS = ['v1', 'v1alpha'];
 // One ServerReflectionInfo bidi stream. Each request gets exactly one
 // response, in order (the protocol's rule), so a FIFO of waiters pairs them.
 class ReflectionStream {
-  constructor(address, version = 'v1', { deadlineMs = 15000 } = {}) {
+  constructor(address, version = 'v1', { deadlineMs = 15000, credentials } = {}) {
     if (!REFLECTION_VERSIONS.includes(version)) throw new Error(`unknown reflection version ${version}`);
     this.version = version;
     const ns = `grpc.reflection.${version}`;
     this.Request = reflectionRoot.lookupType(`${ns}.ServerReflectionRequest`);
     this.Response = reflectionRoot.lookupType(`${ns}.ServerReflectionResponse`);
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure());
+    this.client = new grpc.Client(address, credentials || grpc.credentials.createInsecure());
     this.waiters = [];
     this.ended = false;
     this.error = null;
@@ -244,8 +252,8 @@ function decodeFile(buf) {
 // service's file, then the transitive closure of their dependencies.
 // Returns { services, files: Map(name -> {raw, proto}), order: [names
 // dependencies first], setBuffer: FileDescriptorSet bytes }.
-async function fetchSchema(address, version = 'v1') {
-  const rs = new ReflectionStream(address, version);
+async function fetchSchema(address, version = 'v1', credentials = undefined) {
+  const rs = new ReflectionStream(address, version, { credentials });
   try {
     const services = await rs.listServices();
     const files = new Map();
@@ -410,18 +418,38 @@ function promisify(client, serviceDef) {
 //   conn.api['grpc.health.v1.Health'].Check({})         -> Promise
 //   conn.clients[fullServiceName] -> the grpc-js client
 //   conn.root: the protobufjs Root of the served schema (for describe)
-async function connect(address, { version = 'v1', fieldNames = 'json' } = {}) {
-  const schema = await fetchSchema(address, version);
+// Channel credentials for { tls: { ca, cert, key } } (PEM strings or
+// Buffers), or plaintext.
+function channelCredentials(tls) {
+  if (!tls) return grpc.credentials.createInsecure();
+  const buf = (x) => (x === undefined || x === null ? null : Buffer.from(x));
+  return grpc.credentials.createSsl(buf(tls.ca), buf(tls.key), buf(tls.cert));
+}
+
+// An interceptor adding "authorization: Bearer <token>" to every call.
+function bearerInterceptor(token) {
+  return (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      if (!metadata.get('authorization').length) metadata.set('authorization', `Bearer ${token}`);
+      next(metadata, listener);
+    },
+  });
+}
+
+async function connect(address, { version = 'v1', fieldNames = 'json', token, tls } = {}) {
+  const creds = channelCredentials(tls);
+  const schema = await fetchSchema(address, version, creds);
   const loaderSet = fieldNames === 'json' ? withJsonFieldNames(schema.setBuffer) : schema.setBuffer;
   const packageDefinition = protoLoader.fromJSON(schemaJson(loaderSet), LOADER_OPTIONS);
   const loaded = grpc.loadPackageDefinition(packageDefinition);
-  const channel = new grpc.Channel(address, grpc.credentials.createInsecure(), {});
+  const channel = new grpc.Channel(address, creds, {});
+  const interceptors = token ? [bearerInterceptor(token)] : [];
   const clients = {};
   const api = {};
   for (const [fullName, def] of Object.entries(packageDefinition)) {
     if (def.format || !isServiceDefinition(def)) continue;
     const Ctor = fullName.split('.').reduce((o, k) => o && o[k], loaded);
-    const client = new Ctor(address, grpc.credentials.createInsecure(), { channelOverride: channel });
+    const client = new Ctor(address, creds, { channelOverride: channel, interceptors });
     clients[fullName] = client;
     const p = promisify(client, def);
     api[fullName] = p;
@@ -430,6 +458,8 @@ async function connect(address, { version = 'v1', fieldNames = 'json' } = {}) {
   const root = protobuf.Root.fromDescriptor(descriptor.FileDescriptorSet.decode(schema.setBuffer));
   return {
     address,
+    token,
+    credentials: creds,
     schema,
     packageDefinition,
     root,
@@ -449,6 +479,8 @@ function isServiceDefinition(def) {
 
 module.exports = {
   connect,
+  channelCredentials,
+  bearerInterceptor,
   fetchSchema,
   ReflectionStream,
   decodeFile,

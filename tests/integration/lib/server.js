@@ -3,8 +3,21 @@
 //
 //   const srv = await Server.start();   // fresh temp data dir, ephemeral port
 //   srv.address                         // "127.0.0.1:PORT" (parsed from stderr)
+//   srv.adminToken                      // DIR/admin.token, made on the first start
+//   srv.connectOptions()                // { token } (plaintext) or { token, tls } for connect()
 //   await srv.restart();                // SIGTERM (exit 0 asserted), same data dir
 //   const { code, signal } = await srv.stop();
+//
+// Servers run with --plaintext (loopback) unless started with { tls: true };
+// either way every call needs a credential, and connectOptions() carries the
+// admin token (and, with TLS, the CA that verifies the server). With
+// { tls: true }, srv.ca / srv.adminCert / srv.adminKey are DIR's ca.pem,
+// admin.pem and admin-key.pem.
+//
+// Secrets never reach the log: noteSecret(s) registers a string (a token, a
+// chunk of a key) that no server's log may contain; stopClean() checks every
+// registered secret against the whole log of the server, and the admin token
+// of each server is registered by itself.
 //
 // A server never outlives its test process: useServer() stops it in after(),
 // every live server is SIGKILLed on the process's 'exit' (and on SIGINT /
@@ -24,6 +37,17 @@ const LISTEN_RE = /listening on (127\.0\.0\.1|\[::1\]|localhost|[0-9.]+):(\d+)/;
 
 const live = new Set();
 const tempDirs = new Set();
+const secrets = new Set();
+
+// Registers a string that must never appear in a server's log.
+function noteSecret(s) {
+  if (s && String(s).length >= 8) secrets.add(String(s));
+}
+
+// The registered secrets that `text` contains (each shown by its length only).
+function secretsIn(text) {
+  return [...secrets].filter((s) => text.includes(s));
+}
 
 function killAll() {
   for (const s of live) {
@@ -70,11 +94,14 @@ function serverBinary() {
 }
 
 class Server {
-  constructor({ dataDir, binary, extraArgs, env }) {
+  constructor({ dataDir, binary, extraArgs, env, tls }) {
     this.dataDir = dataDir;
     this.binary = binary;
     this.extraArgs = extraArgs;
     this.env = env;
+    this.tls = !!tls;
+    this.adminToken = null;
+    this.leaks = 0; // secrets found in log text already dropped
     this.proc = null;
     this.port = null;
     this.address = null;
@@ -85,18 +112,50 @@ class Server {
   }
 
   // A server on a fresh temporary data dir (or `dataDir`).
-  static async start({ dataDir, extraArgs = [], env = {} } = {}) {
+  static async start({ dataDir, extraArgs = [], env = {}, tls = false } = {}) {
     if (!dataDir) {
       dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-it-'));
       tempDirs.add(dataDir);
     }
-    const s = new Server({ dataDir, binary: serverBinary(), extraArgs, env });
+    const s = new Server({ dataDir, binary: serverBinary(), extraArgs, env, tls });
     await s._spawn();
     return s;
   }
 
+  // A file of the data directory (Buffer).
+  file(name) {
+    return fs.readFileSync(path.join(this.dataDir, name));
+  }
+
+  get ca() {
+    return this.file('ca.pem');
+  }
+
+  get adminCert() {
+    return this.file('admin.pem');
+  }
+
+  get adminKey() {
+    return this.file('admin-key.pem');
+  }
+
+  // What lib/reflect.js connect() needs to call as the admin: the token,
+  // and the CA when the server speaks TLS. extra: more options (a tls
+  // client certificate, another token).
+  connectOptions(extra = {}) {
+    const base = { token: this.adminToken };
+    if (this.tls) base.tls = { ca: this.ca };
+    return { ...base, ...extra };
+  }
+
+  // Reads DIR/admin.token, written on the first start before "listening".
+  _readCredentials() {
+    this.adminToken = this.file('admin.token').toString().trim();
+    noteSecret(this.adminToken);
+  }
+
   _spawn() {
-    const args = ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', '--plaintext', ...this.extraArgs];
+    const args = ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', ...(this.tls ? [] : ['--plaintext']), ...this.extraArgs];
     const [cmd, argv] = hasSetpriv()
       ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', this.binary, ...args]]
       : [this.binary, args];
@@ -122,7 +181,11 @@ class Server {
     const onOut = (prefix) => (chunk) => {
       const text = chunk.toString();
       this.logText += text;
-      if (this.logText.length > 4 * 1024 * 1024) this.logText = this.logText.slice(-2 * 1024 * 1024);
+      if (this.logText.length > 4 * 1024 * 1024) {
+        // What is dropped is checked for secrets first.
+        this.leaks += secretsIn(this.logText).length;
+        this.logText = this.logText.slice(-2 * 1024 * 1024);
+      }
       if (verbose) process.stderr.write(text.replace(/^/gm, `[server${prefix}] `));
     };
     proc.stdout.on('data', onOut(':out'));
@@ -142,6 +205,12 @@ class Server {
           cleanup();
           this.port = Number(m[2]);
           this.address = `127.0.0.1:${this.port}`;
+          try {
+            this._readCredentials();
+          } catch (e) {
+            reject(new Error(`tlsplane-server listens but its credentials are not readable: ${e.message}`));
+            return;
+          }
           resolve(this);
         }
       };
@@ -195,7 +264,8 @@ class Server {
     return this.exit;
   }
 
-  // Stops with SIGTERM and asserts a clean exit (code 0, no signal).
+  // Stops with SIGTERM and asserts a clean exit (code 0, no signal), and a
+  // log free of every registered secret.
   async stopClean() {
     const r = await this.stop();
     assert.ok(!r.timedOut, `tlsplane-server did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM`);
@@ -204,7 +274,15 @@ class Server {
       { code: 0, signal: null },
       `tlsplane-server did not exit cleanly on SIGTERM; output:\n${this.tail()}`,
     );
+    this.assertLogClean();
     return r;
+  }
+
+  // The log holds none of the registered secrets (tokens, key material).
+  assertLogClean() {
+    const found = secretsIn(this.logText);
+    assert.equal(this.leaks, 0, `the server's log contained ${this.leaks} secret(s)`);
+    assert.equal(found.length, 0, `the server's log contains ${found.length} secret(s) (lengths ${found.map((s) => s.length)})`);
   }
 
   // Stops cleanly and starts again on the same data dir (a new port).
@@ -236,7 +314,7 @@ class Server {
 // signal and the end of the server's log; it is then started again on the
 // same data dir so that one crash does not fail every later test of the
 // file, and after() fails the file listing every crash.
-function useServer({ before, after, beforeEach, afterEach }, { connectOptions, setup } = {}) {
+function useServer({ before, after, beforeEach, afterEach }, { connectOptions, setup, start = {} } = {}) {
   const { connect } = require('./reflect');
   const crashes = [];
   const ctx = {
@@ -251,7 +329,7 @@ function useServer({ before, after, beforeEach, afterEach }, { connectOptions, s
       if (this.conn) this.conn.close();
       this.conn = null;
       await this.server.restart();
-      this.conn = await connect(this.server.address, connectOptions);
+      this.conn = await connect(this.server.address, this.server.connectOptions(connectOptions));
       return this;
     },
     // Starts the server again after a crash, same data dir.
@@ -259,7 +337,7 @@ function useServer({ before, after, beforeEach, afterEach }, { connectOptions, s
       if (this.conn) this.conn.close();
       this.conn = null;
       await this.server._spawn();
-      this.conn = await connect(this.server.address, connectOptions);
+      this.conn = await connect(this.server.address, this.server.connectOptions(connectOptions));
     },
   };
   const noteCrash = (when) => {
@@ -269,8 +347,8 @@ function useServer({ before, after, beforeEach, afterEach }, { connectOptions, s
     return text;
   };
   before(async () => {
-    ctx.server = await Server.start();
-    ctx.conn = await connect(ctx.server.address, connectOptions);
+    ctx.server = await Server.start(start);
+    ctx.conn = await connect(ctx.server.address, ctx.server.connectOptions(connectOptions));
     if (setup) await setup(ctx);
   });
   if (beforeEach) {
@@ -325,4 +403,4 @@ function useServer({ before, after, beforeEach, afterEach }, { connectOptions, s
   return ctx;
 }
 
-module.exports = { Server, useServer, serverBinary };
+module.exports = { Server, useServer, serverBinary, noteSecret, secretsIn };

@@ -2,7 +2,12 @@
 // Assertions and helpers shared by the integration tests.
 
 const assert = require('node:assert/strict');
-const { status } = require('@grpc/grpc-js');
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const { status } = grpc;
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(status).map(([k, v]) => [v, k]));
 
@@ -126,7 +131,47 @@ function uid(prefix = 'r') {
   return `${prefix}-${process.pid.toString(36)}-${idCounter}`;
 }
 
+// A fresh EC P-256 key and a certificate signing request for it (PEM), as
+// an agent makes them before it enrolls. The subject is the requester's
+// wish only: the control plane sets its own.
+function makeCsr(cn = 'ignored-by-the-server') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-csr-'));
+  try {
+    execFileSync('openssl', [
+      'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', 'key.pem', '-out', 'csr.pem', '-subj', `/CN=${cn}`,
+    ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    return { key: fs.readFileSync(path.join(dir, 'key.pem'), 'utf8'), csr: fs.readFileSync(path.join(dir, 'csr.pem'), 'utf8') };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// One unary call on a fresh client with raw bytes (an empty message by
+// default): resolves with { code, details } (code 0 on success). For calls
+// whose credentials are the point: channel credentials and metadata given
+// as they are, nothing added.
+function rawUnary(address, credentials, method, { metadata = new grpc.Metadata(), body = Buffer.alloc(0), deadlineMs = 10000 } = {}) {
+  const client = new grpc.Client(address, credentials);
+  return new Promise((resolve) => {
+    client.makeUnaryRequest(method, (x) => x, (x) => x, body, metadata, { deadline: Date.now() + deadlineMs }, (err) => {
+      client.close();
+      resolve(err ? { code: err.code, details: err.details } : { code: status.OK, details: '' });
+    });
+  });
+}
+
+// Metadata carrying "authorization: Bearer <token>".
+function bearer(token) {
+  const md = new grpc.Metadata();
+  if (token) md.set('authorization', `Bearer ${token}`);
+  return md;
+}
+
 module.exports = {
+  makeCsr,
+  rawUnary,
+  bearer,
   status,
   statusName,
   ts,

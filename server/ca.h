@@ -1,0 +1,79 @@
+/* The control-plane CA: it signs the server's own certificate and every
+ * client certificate (the admin's, agents', and those issued on request).
+ * Keys are ECDSA P-256. Serial numbers are 128 random bits whose hex form
+ * is always 32 digits, so that a serial names its record
+ * ("clientCertificates/serial-<hex>").
+ *
+ * Inspection (names, fingerprints, times) is certinfo's (common/); this
+ * module only makes keys and certificates. */
+#ifndef TLSPLANE_SERVER_CA_H
+#define TLSPLANE_SERVER_CA_H
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "error.h"
+
+#define CA_SERIAL_HEX_LEN 32
+
+struct ca;
+
+/* A new self-signed CA ("CN=tlsplane CA <8 hex digits>, O=tlsplane"), valid
+ * for ten years. Caller frees with ca_free. */
+int ca_new(struct ca **out, struct tp_err *err);
+
+/* The CA from its certificate and key (PEM). Refused when the key does not
+ * match or the certificate is no CA. Caller frees with ca_free. */
+int ca_load(const char *cert_pem, const char *key_pem, struct ca **out, struct tp_err *err);
+void ca_free(struct ca *ca);
+
+/* The CA certificate, PEM (valid while ca lives). */
+const char *ca_cert_pem(const struct ca *ca);
+X509 *ca_cert(const struct ca *ca);
+
+/* The CA's private key as PKCS#8 PEM, malloc'd: the caller wipes
+ * (OPENSSL_cleanse) and frees it. NULL when out of memory. */
+char *ca_key_pem(const struct ca *ca);
+
+/* A new ECDSA P-256 key; NULL when OpenSSL fails. Caller frees with
+ * EVP_PKEY_free. */
+EVP_PKEY *ca_key_new(void);
+
+struct ca_issue_opts {
+  const char *cn; /* subject common name */
+  const char *ou; /* subject organizational unit; NULL: none */
+  int server;     /* 1: a TLS server certificate (serverAuth), 0: a client one */
+  /* subjectAltName entries: IP addresses ("127.0.0.1", "::1") become IP
+   * entries, anything else DNS. */
+  const char *const *sans;
+  size_t n_sans;
+  int64_t validity_s; /* from now (the certificate starts 5 minutes back) */
+};
+
+/* Issues a certificate for the public key pub, signed by the CA. Caller
+ * frees *out with X509_free. */
+int ca_issue(const struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts, X509 **out,
+             struct tp_err *err);
+
+/* Reads a PKCS#10 request (PEM) and checks its signature (the requester
+ * holds the key) and its key (EC P-256 or P-384, RSA of 2048 bits or more,
+ * Ed25519). Only the public key is used: *pub (caller frees with
+ * EVP_PKEY_free). Errors name field (INVALID_ARGUMENT). */
+int ca_csr_read(const char *pem, const char *field, EVP_PKEY **pub, struct tp_err *err);
+
+/* The 32 lower-case hex digits of x's serial into hex; -1 when the serial
+ * is not one this CA makes (another length). */
+int ca_serial_hex(X509 *x, char hex[CA_SERIAL_HEX_LEN + 1]);
+
+/* Whether x was signed by the CA and is within its validity at now, and
+ * (for a server certificate) carries exactly the SANs given. 1 or 0. */
+int ca_cert_current(const struct ca *ca, X509 *x, const char *const *sans, size_t n_sans,
+                    time_t now, int64_t min_left_s);
+
+/* x as PEM, malloc'd; NULL when out of memory. */
+char *ca_cert_to_pem(X509 *x);
+
+#endif

@@ -1,0 +1,80 @@
+/* The data directory: everything tlsplane-server keeps on disk.
+ *
+ *   tlsplane.db            the store (SQLite; secrets sealed under the master key)
+ *   master.key       0600  the master key, base64 of 32 bytes (unless
+ *                          TLSPLANE_MASTER_KEY gives it)
+ *   master.key.new   0600  only while a master-key rotation is under way
+ *   ca.pem                 the control-plane CA certificate
+ *   ca-key.pem       0600  its key
+ *   server.pem             the server's certificate (SANs localhost,
+ *   server-key.pem   0600  127.0.0.1, ::1 and every --san), and its key
+ *   admin.token      0600  the admin's bearer token (tokens/admin)
+ *   admin.pem        0600  an admin client certificate, and its key
+ *   admin-key.pem    0600
+ *
+ * The first start (no ca.pem yet) makes all of them; ca.pem is written
+ * last, so a first start that was interrupted starts over. Later starts
+ * reissue the server certificate when it is missing, expires within 30
+ * days, or its SANs changed. Every file is written whole (a temporary file,
+ * fsync, rename, fsync of the directory). Secret files must not be
+ * readable by group or others: the server refuses to start otherwise.
+ *
+ * One process at a time: the directory is locked (flock) by the server and
+ * by rotate-master-key.
+ *
+ * Master-key rotation is crash-safe: the new key is first written to
+ * master.key.new; every secret is re-sealed under it in one transaction;
+ * only then does master.key.new replace master.key. Until that rename the
+ * old key still opens the store (before the commit) and the new one is on
+ * disk (after it); a server that finds master.key.new finishes the
+ * rotation before it serves. */
+#ifndef TLSPLANE_SERVER_DATADIR_H
+#define TLSPLANE_SERVER_DATADIR_H
+
+#include <stddef.h>
+
+#include "api.h"
+#include "error.h"
+#include "store.h"
+
+struct datadir;
+
+struct datadir_opts {
+  const char *dir;
+  const char *const *sans; /* names and addresses for the server certificate beyond the defaults */
+  size_t n_sans;
+};
+
+/* Opens (creating, mode 0700) and locks the data directory, and loads or
+ * makes in memory the master key, the CA and the server certificate.
+ * Nothing is written yet. Caller frees with datadir_close. */
+int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct tp_err *err);
+
+/* Opens tlsplane.db under the master key: writes master.key first when it
+ * was just made (removed again when the database turns out to be sealed
+ * under another key), and finishes an interrupted master-key rotation.
+ * Caller closes *out with store_close. */
+int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *err);
+
+/* Writes what datadir_open made: on the first start the admin credentials
+ * (tokens/admin and an admin client certificate, recorded in api's store,
+ * which api->ca must be this directory's CA) and the CA files; the server
+ * certificate when it was (re)issued. */
+int datadir_init(struct datadir *dd, struct api *api, struct tp_err *err);
+
+struct ca *datadir_ca(struct datadir *dd);
+const char *datadir_server_cert_pem(const struct datadir *dd);
+const char *datadir_server_key_pem(const struct datadir *dd);
+/* Wipes the keys and unlocks. NULL is a no-op. */
+void datadir_close(struct datadir *dd);
+
+/* tlsplane-server rotate-master-key: re-seals every secret of dir's store
+ * under a new master key (from master.key.new, made here unless a rotation
+ * was interrupted; or, when TLSPLANE_MASTER_KEY gives the current key,
+ * from TLSPLANE_NEW_MASTER_KEY), then installs it as master.key. The
+ * server must not be running. On success fills the ids (hex) of the old
+ * and new keys and how many secrets were re-sealed. */
+int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17], size_t *n,
+                              struct tp_err *err);
+
+#endif

@@ -1,0 +1,405 @@
+'use strict';
+// The control plane's own security, over real TLS: the data directory the
+// first start makes, bearer tokens and client certificates, the table of
+// roles against every method, refused credentials (no credential, wrong
+// role, revoked, expired, unknown, foreign CA), agent enrollment with a
+// one-time join token, mutual TLS for the agent stream, renewal, and
+// revocation cutting a stream at once.
+
+const { test, before, after, beforeEach, afterEach } = require('node:test');
+const assert = require('node:assert/strict');
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+const { useServer, noteSecret } = require('./lib/server');
+const { connect, grpc } = require('./lib/reflect');
+const { pki, DAY } = require('./lib/pki');
+const { status, statusName, expectGrpcError, uid, makeCsr, rawUnary, bearer } = require('./lib/util');
+
+const ctx = useServer({ before, after, beforeEach, afterEach }, { start: { tls: true } });
+const api = () => ctx.api;
+const srv = () => ctx.server;
+
+const conns = [];
+after(() => {
+  for (const c of conns) c.close();
+});
+
+// A connection as someone: { token } and/or { cert, key }.
+async function connectAs({ token, cert, key } = {}) {
+  const tls = { ca: srv().ca };
+  if (cert) Object.assign(tls, { cert, key });
+  const c = await connect(srv().address, { tls, token });
+  conns.push(c);
+  return c;
+}
+
+function tlsCreds({ cert, key } = {}) {
+  return grpc.credentials.createSsl(srv().ca, key ? Buffer.from(key) : null, cert ? Buffer.from(cert) : null);
+}
+
+async function newToken(role, extra = {}, req = {}) {
+  const id = uid(role.toLowerCase());
+  const r = await api().TokenService.CreateToken({ tokenId: id, token: { role, ...extra }, ...req });
+  noteSecret(r.secret);
+  return { id, name: `tokens/${id}`, secret: r.secret, token: r.token };
+}
+
+// Enrolls agent `id` with a fresh join token: its key, certificate and the
+// response.
+async function enroll(id, { joinAgentId = id, askId = '' } = {}) {
+  const join = await newToken('JOIN', { agentId: joinAgentId });
+  const { key, csr } = makeCsr();
+  noteSecret(key.split('\n')[1]);
+  const c = await connectAs({ token: join.secret });
+  const res = await c.api.AgentService.EnrollAgent({ agentId: askId, csrPem: csr });
+  return { key, cert: res.certificatePem, res, join };
+}
+
+// An agent stream: resolves with the first message or the error.
+function openStream(conn, name) {
+  const call = conn.clients['tlsplane.v1.AgentService'].Connect();
+  const first = new Promise((resolve) => {
+    call.on('data', (m) => resolve({ message: m }));
+    call.on('error', (e) => resolve({ error: e }));
+    call.on('end', () => resolve({ error: new Error('ended') }));
+  });
+  call.write({ hello: { name, labels: {}, version: 'auth-test', appliedRevision: '0' } });
+  const ended = new Promise((resolve) => {
+    call.on('error', resolve);
+    call.on('end', () => resolve(null));
+  });
+  return { call, first, ended };
+}
+
+function fileMode(name) {
+  return fs.statSync(path.join(srv().dataDir, name)).mode & 0o777;
+}
+
+test('the first start made the data directory: CA, server certificate, admin credentials, master key', () => {
+  for (const f of ['tlsplane.db', 'ca.pem', 'server.pem']) assert.ok(fs.existsSync(path.join(srv().dataDir, f)), `${f} exists`);
+  for (const f of ['ca-key.pem', 'server-key.pem', 'admin.token', 'admin.pem', 'admin-key.pem', 'master.key']) {
+    assert.equal(fileMode(f), 0o600, `${f} is private`);
+  }
+  assert.match(srv().adminToken, /^tlsp_admin_[A-Za-z0-9_-]{43}$/);
+  const x = (file, ...a) => execFileSync('openssl', ['x509', '-in', path.join(srv().dataDir, file), '-noout', ...a]).toString();
+  const sans = x('server.pem', '-ext', 'subjectAltName');
+  assert.match(sans, /DNS:localhost/);
+  assert.match(sans, /IP Address:127\.0\.0\.1/);
+  assert.match(x('admin.pem', '-subject', '-nameopt', 'RFC2253'), /CN=admin,OU=admin,O=tlsplane/);
+  execFileSync('openssl', ['verify', '-CAfile', path.join(srv().dataDir, 'ca.pem'), path.join(srv().dataDir, 'server.pem'), path.join(srv().dataDir, 'admin.pem')]);
+  const key = fs.readFileSync(path.join(srv().dataDir, 'master.key'), 'utf8').trim();
+  assert.equal(Buffer.from(key, 'base64').length, 32);
+});
+
+test('TLS only: a plaintext client cannot talk to the server', async () => {
+  const r = await rawUnary(srv().address, grpc.credentials.createInsecure(), '/grpc.health.v1.Health/Check');
+  assert.equal(statusName(r.code), 'UNAVAILABLE');
+  const ok = await rawUnary(srv().address, tlsCreds(), '/grpc.health.v1.Health/Check');
+  assert.equal(statusName(ok.code), 'OK', 'health is open over TLS, no credential');
+});
+
+test('the admin by token and by client certificate; the audit trail names each', async () => {
+  const byToken = await api().CipherPolicyService.CreateCipherPolicy({ cipherPolicyId: uid('tok'), cipherPolicy: {} });
+  const certConn = await connectAs({ cert: srv().adminCert, key: srv().adminKey });
+  const byCert = await certConn.api.CipherPolicyService.CreateCipherPolicy({ cipherPolicyId: uid('crt'), cipherPolicy: {} });
+  const actorOf = async (resource) => (await api().AuditService.ListAuditEvents({ resource })).auditEvents[0].actor;
+  assert.equal(await actorOf(byToken.name), 'token:admin');
+  assert.equal(await actorOf(byCert.name), 'CN=admin,OU=admin,O=tlsplane');
+  const certs = (await api().ClientCertificateService.ListClientCertificates({})).clientCertificates;
+  const admin = certs.find((c) => c.principal === 'admin');
+  assert.ok(admin.lastUsedTime, 'the admin certificate shows its last use');
+  assert.equal(admin.role, 'ADMIN');
+  assert.match(admin.name, /^clientCertificates\/serial-[0-9a-f]{32}$/);
+});
+
+// Who may call what: one row per method of every tlsplane.v1 service, one
+// column per role. The documented table (docs/api.md), written out again.
+const READ = ['admin', 'operator', 'viewer'];
+const WRITE = ['admin', 'operator'];
+function allowedRoles(service, method) {
+  if (service === 'TokenService' || service === 'ClientCertificateService') return ['admin'];
+  if (service === 'AgentService') {
+    if (method === 'Connect') return ['admin', 'agent'];
+    if (method === 'EnrollAgent') return ['admin', 'join'];
+    if (method === 'RenewAgentCertificate') return ['admin', 'agent'];
+    if (method === 'DeleteAgent') return ['admin'];
+    return READ;
+  }
+  if (service === 'AuditService') return READ;
+  if (/^(Get|List)/.test(method)) return READ;
+  return WRITE;
+}
+
+test('every role against every method: allowed, or refused with the status', async (t) => {
+  const agentId = uid('tbl');
+  const agent = await enroll(agentId);
+  const roles = {
+    none: { creds: tlsCreds() },
+    admin: { creds: tlsCreds(), token: srv().adminToken },
+    operator: { creds: tlsCreds(), token: (await newToken('OPERATOR')).secret },
+    viewer: { creds: tlsCreds(), token: (await newToken('VIEWER')).secret },
+    agent: { creds: tlsCreds({ cert: agent.cert, key: agent.key }) },
+    join: { creds: tlsCreds(), token: (await newToken('JOIN', { agentId: uid('j') })).secret },
+  };
+  const methods = [];
+  for (const [full, def] of Object.entries(ctx.conn.packageDefinition)) {
+    if (!full.startsWith('tlsplane.v1.') || def.format) continue;
+    for (const [name, m] of Object.entries(def)) {
+      if (m && typeof m.path === 'string') methods.push({ service: full.slice(12), name, path: m.path, stream: m.requestStream || m.responseStream });
+    }
+  }
+  assert.ok(methods.length >= 50, `only ${methods.length} methods`);
+  const rows = [];
+  const failures = [];
+  for (const m of methods) {
+    const allowed = allowedRoles(m.service, m.name);
+    const row = [`${m.service}/${m.name}`];
+    for (const [role, who] of Object.entries(roles)) {
+      let code;
+      if (m.stream) {
+        // The agent stream: a hello under the agent's own id.
+        const c = new grpc.Client(srv().address, who.creds);
+        const call = c.makeBidiStreamRequest(m.path, (x) => x, (x) => x, bearer(who.token));
+        code = await new Promise((resolve) => {
+          call.on('data', () => resolve(status.OK));
+          call.on('error', (e) => resolve(e.code));
+          // AgentMessage { hello (1) { name (1) } }
+          const name = Buffer.from(role === 'agent' ? agentId : `${role}-table`);
+          call.write(Buffer.concat([Buffer.from([0x0a, name.length + 2, 0x0a, name.length]), name]));
+        });
+        call.cancel();
+        c.close();
+      } else {
+        code = (await rawUnary(srv().address, who.creds, m.path, { metadata: bearer(who.token) })).code;
+      }
+      const ok = role === 'none'
+        ? code === status.UNAUTHENTICATED
+        : allowed.includes(role)
+          ? code !== status.UNAUTHENTICATED && code !== status.PERMISSION_DENIED
+          : code === status.PERMISSION_DENIED;
+      if (!ok) failures.push(`${m.service}/${m.name} as ${role}: ${statusName(code)} (allowed: ${allowed.join(', ')})`);
+      row.push(allowed.includes(role) ? `yes ${statusName(code)}` : statusName(code));
+    }
+    rows.push(row.join(' | '));
+  }
+  t.diagnostic(`method | ${Object.keys(roles).join(' | ')}`);
+  for (const row of rows) t.diagnostic(row);
+  assert.deepEqual(failures, []);
+  // Health and reflection stay open.
+  for (const [role, who] of Object.entries(roles)) {
+    const r = await rawUnary(srv().address, who.creds, '/grpc.health.v1.Health/Check', { metadata: bearer(who.token) });
+    assert.equal(statusName(r.code), 'OK', `health as ${role}`);
+  }
+});
+
+test('tokens: the secret is shown once and stored as a hash; revoked, deleted, expired or wrong tokens are refused at once', async () => {
+  const op = await newToken('OPERATOR', { description: 'ci rotation job' });
+  assert.match(op.secret, new RegExp(`^tlsp_${op.id}_[A-Za-z0-9_-]{43}$`));
+  const got = await api().TokenService.GetToken({ name: op.name });
+  assert.ok(!JSON.stringify(got).includes(op.secret.split('_').pop()), 'no read returns the secret');
+  assert.equal(got.role, 'OPERATOR');
+  assert.equal(got.createdBy, 'token:admin');
+  assert.equal(got.lastUsedTime, null);
+
+  const c = await connectAs({ token: op.secret });
+  const pol = await c.api.CipherPolicyService.CreateCipherPolicy({ cipherPolicyId: uid('op'), cipherPolicy: {} });
+  const events = (await api().AuditService.ListAuditEvents({ resource: pol.name })).auditEvents;
+  assert.equal(events[0].actor, `token:${op.id}`);
+  const listed = (await api().TokenService.ListTokens({})).tokens.find((x) => x.name === op.name);
+  assert.ok(listed.lastUsedTime, 'the token shows its last use');
+
+  // A wrong secret for a real token id; a token of no known shape.
+  const wrong = op.secret.slice(0, -4) + (op.secret.endsWith('AAAA') ? 'BBBB' : 'AAAA');
+  await expectGrpcError(connectAs({ token: wrong }).then((x) => x.api.CipherPolicyService.ListCipherPolicies({})), status.UNAUTHENTICATED);
+  let r = await rawUnary(srv().address, tlsCreds(), '/tlsplane.v1.CertificateService/ListCertificates', { metadata: bearer('not-a-token') });
+  assert.equal(statusName(r.code), 'UNAUTHENTICATED');
+  const md = new grpc.Metadata();
+  md.set('authorization', 'Basic YWRtaW46YWRtaW4=');
+  r = await rawUnary(srv().address, tlsCreds(), '/tlsplane.v1.CertificateService/ListCertificates', { metadata: md });
+  assert.equal(statusName(r.code), 'UNAUTHENTICATED');
+
+  // Revoked: the very next call is refused; the token stays listed.
+  const revoked = await api().TokenService.RevokeToken({ name: op.name });
+  assert.equal(revoked.revoked, true);
+  assert.ok(revoked.revokeTime);
+  const err = await expectGrpcError(c.api.CipherPolicyService.ListCipherPolicies({}), status.UNAUTHENTICATED);
+  assert.match(err.details, /revoked/);
+
+  // Deleted: gone.
+  const v = await newToken('VIEWER');
+  const vc = await connectAs({ token: v.secret });
+  await vc.api.CipherPolicyService.ListCipherPolicies({});
+  await api().TokenService.DeleteToken({ name: v.name });
+  await expectGrpcError(vc.api.CipherPolicyService.ListCipherPolicies({}), status.UNAUTHENTICATED);
+
+  // Expired.
+  const short = await newToken('VIEWER', {}, { ttl: { seconds: '1', nanos: 0 } });
+  const sc = await connectAs({ token: short.secret });
+  await sc.api.CipherPolicyService.ListCipherPolicies({});
+  await new Promise((res) => setTimeout(res, 1500));
+  const e2 = await expectGrpcError(sc.api.CipherPolicyService.ListCipherPolicies({}), status.UNAUTHENTICATED);
+  assert.match(e2.details, /expired/);
+
+  // Bad requests.
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'AGENT' } }), status.INVALID_ARGUMENT, { field: 'token.role' });
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: 'Bad_Id', token: { role: 'VIEWER' } }), status.INVALID_ARGUMENT, { field: 'token_id' });
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: op.id, token: { role: 'VIEWER' } }), status.ALREADY_EXISTS);
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'VIEWER', expireTime: { seconds: '1000', nanos: 0 } } }), status.INVALID_ARGUMENT, { field: 'token.expire_time' });
+});
+
+test('client certificates: foreign CA, expired, not issued here, or revoked are refused', async () => {
+  const p = pki();
+  const admin = async (creds) => rawUnary(srv().address, creds, '/tlsplane.v1.CipherPolicyService/ListCipherPolicies');
+
+  // A certificate of another CA: the handshake fails.
+  let r = await admin(tlsCreds({ cert: p.ecdsa.cert, key: p.ecdsa.key }));
+  assert.equal(statusName(r.code), 'UNAVAILABLE', `foreign CA: ${r.details}`);
+
+  // Signed with the control plane's own CA key (stolen, say) but expired:
+  // the handshake fails too.
+  fs.copyFileSync(path.join(srv().dataDir, 'ca.pem'), p.file('srvca.crt'));
+  fs.copyFileSync(path.join(srv().dataDir, 'ca-key.pem'), p.file('srvca.key'));
+  const now = Date.now();
+  const expired = p.leaf('srv-expired', { cn: 'admin', o: 'tlsplane', issuer: 'srvca', start: new Date(now - 10 * DAY), end: new Date(now - DAY) });
+  r = await admin(tlsCreds({ cert: expired.cert, key: expired.key }));
+  assert.equal(statusName(r.code), 'UNAVAILABLE', `expired: ${r.details}`);
+
+  // Valid and signed by the CA, but never issued (no record): refused.
+  const forged = p.leaf('srv-forged', { cn: 'admin', o: 'tlsplane', issuer: 'srvca' });
+  r = await admin(tlsCreds({ cert: forged.cert, key: forged.key }));
+  assert.equal(statusName(r.code), 'UNAUTHENTICATED', `not issued here: ${r.details}`);
+  assert.match(r.details, /not issued by this control plane/);
+
+  // Issued for an operator: works as one; revoked: refused at once.
+  const { key, csr } = makeCsr('whatever');
+  noteSecret(key.split('\n')[1]);
+  const issued = await api().ClientCertificateService.IssueClientCertificate({ csrPem: csr, role: 'OPERATOR', principal: 'alice' });
+  assert.equal(issued.subject, 'CN=alice,OU=operator,O=tlsplane');
+  assert.equal(issued.issuedBy, 'token:admin');
+  const alice = await connectAs({ cert: issued.certificatePem, key });
+  const pol = await alice.api.CipherPolicyService.CreateCipherPolicy({ cipherPolicyId: uid('alice'), cipherPolicy: {} });
+  assert.equal((await api().AuditService.ListAuditEvents({ resource: pol.name })).auditEvents[0].actor, 'CN=alice,OU=operator,O=tlsplane');
+  await expectGrpcError(alice.api.TokenService.ListTokens({}), status.PERMISSION_DENIED);
+  await api().ClientCertificateService.RevokeClientCertificate({ name: issued.name });
+  const err = await expectGrpcError(alice.api.CipherPolicyService.ListCipherPolicies({}), status.UNAUTHENTICATED);
+  assert.match(err.details, /revoked/);
+
+  // A CSR whose signature does not match its key is refused.
+  const tampered = csr.replace(/(\n[A-Za-z0-9+/]{10})[A-Za-z0-9+/]/, (m, a) => a + (m.endsWith('A') ? 'B' : 'A'));
+  await expectGrpcError(api().ClientCertificateService.IssueClientCertificate({ csrPem: tampered, role: 'VIEWER', principal: 'bob' }), status.INVALID_ARGUMENT, { field: 'csr_pem' });
+  await expectGrpcError(api().ClientCertificateService.IssueClientCertificate({ csrPem: csr, role: 'JOIN', principal: 'bob' }), status.INVALID_ARGUMENT, { field: 'role' });
+});
+
+test('enrollment: a one-time join token and a CSR give an agent its certificate; mutual TLS from then on', async () => {
+  const id = uid('edge');
+  const a = await enroll(id);
+  assert.match(a.cert, /BEGIN CERTIFICATE/);
+  assert.equal(a.res.caPem.trim(), srv().ca.toString().trim());
+  assert.equal(a.res.agent, `agents/${id}`);
+  const days = (Number(a.res.notAfter.seconds) * 1000 - Date.now()) / DAY;
+  assert.ok(days > 29 && days <= 30.1, `valid for ${days} days`);
+  assert.ok(Number(a.res.renewAfter.seconds) < Number(a.res.notAfter.seconds));
+  const subject = execFileSync('openssl', ['x509', '-noout', '-subject', '-nameopt', 'RFC2253'], { input: a.cert }).toString();
+  assert.match(subject, new RegExp(`CN=agent:${id},OU=agent,O=tlsplane`), 'the server sets the subject, not the CSR');
+
+  // The join token is used up.
+  const used = await api().TokenService.GetToken({ name: a.join.name });
+  assert.equal(used.usedBy, `agents/${id}`);
+  const again = await connectAs({ token: a.join.secret });
+  const { csr } = makeCsr();
+  const e = await expectGrpcError(again.api.AgentService.EnrollAgent({ agentId: id, csrPem: csr }), status.UNAUTHENTICATED);
+  assert.match(e.details, /already used/);
+
+  // The agent's stream, under its own id only.
+  const agentConn = await connectAs({ cert: a.cert, key: a.key });
+  const s = openStream(agentConn, id);
+  const first = await s.first;
+  assert.ok(first.message && first.message.snapshot, `a snapshot: ${first.error && first.error.details}`);
+  const other = openStream(agentConn, uid('someone-else'));
+  const denied = await other.first;
+  assert.equal(denied.error && denied.error.code, status.PERMISSION_DENIED);
+  assert.match(denied.error.details, /not this agent/);
+  await expectGrpcError(agentConn.api.CertificateService.ListCertificates({}), status.PERMISSION_DENIED);
+  const g = await api().AgentService.GetAgent({ name: `agents/${id}` });
+  assert.equal(g.connected, true);
+  const ev = (await api().AuditService.ListAuditEvents({ resource: `agents/${id}` })).auditEvents;
+  assert.equal(ev[0].actor, `CN=agent:${id},OU=agent,O=tlsplane`);
+
+  // Renewal: the current certificate, a new key.
+  const next = makeCsr();
+  noteSecret(next.key.split('\n')[1]);
+  const renewed = await agentConn.api.AgentService.RenewAgentCertificate({ csrPem: next.csr });
+  assert.notEqual(renewed.clientCertificate, a.res.clientCertificate);
+  assert.equal(renewed.agent, `agents/${id}`);
+  const renewedConn = await connectAs({ cert: renewed.certificatePem, key: next.key });
+  await expectGrpcError(renewedConn.api.AgentService.RenewAgentCertificate({ csrPem: '' }), status.INVALID_ARGUMENT, { field: 'csr_pem' });
+  await expectGrpcError(api().AgentService.RenewAgentCertificate({ csrPem: next.csr }), status.FAILED_PRECONDITION);
+
+  // Deleting the agent cuts its stream at once and revokes every
+  // certificate it has: it receives nothing more.
+  await api().AgentService.DeleteAgent({ name: `agents/${id}` });
+  const cut = await s.ended;
+  assert.equal(cut && cut.code, status.PERMISSION_DENIED);
+  const certs = (await api().ClientCertificateService.ListClientCertificates({ labelSelector: `agent=${id}` })).clientCertificates;
+  assert.equal(certs.length, 2);
+  for (const c of certs) assert.equal(c.revoked, true, `${c.name} revoked`);
+  const back = openStream(renewedConn, id);
+  const refused = await back.first;
+  assert.equal(refused.error && refused.error.code, status.UNAUTHENTICATED);
+});
+
+test('join tokens: bound to their agent id, expiring, and good for enrollment only', async () => {
+  const bound = await newToken('JOIN', { agentId: 'edge-bound' });
+  const c = await connectAs({ token: bound.secret });
+  const { csr } = makeCsr();
+  await expectGrpcError(c.api.AgentService.EnrollAgent({ agentId: 'edge-other', csrPem: csr }), status.PERMISSION_DENIED, { field: 'agent_id' });
+  await expectGrpcError(c.api.AgentService.ListAgents({}), status.PERMISSION_DENIED);
+  // Without an id in the token the agent must give one.
+  const open = await newToken('JOIN');
+  assert.ok(open.token.expireTime, 'a join token expires even when not told to');
+  const oc = await connectAs({ token: open.secret });
+  await expectGrpcError(oc.api.AgentService.EnrollAgent({ csrPem: csr }), status.INVALID_ARGUMENT, { field: 'agent_id' });
+  const ok = await oc.api.AgentService.EnrollAgent({ agentId: uid('free'), csrPem: csr });
+  assert.match(ok.certificatePem, /BEGIN CERTIFICATE/);
+  // Expired.
+  const short = await newToken('JOIN', { agentId: uid('late') }, { ttl: { seconds: '1', nanos: 0 } });
+  await new Promise((res) => setTimeout(res, 1500));
+  const sc = await connectAs({ token: short.secret });
+  await expectGrpcError(sc.api.AgentService.EnrollAgent({ csrPem: csr }), status.UNAUTHENTICATED);
+  // Only join tokens name an agent.
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'VIEWER', agentId: 'edge-1' } }), status.INVALID_ARGUMENT, { field: 'token.agent_id' });
+});
+
+test('revoking an agent certificate cuts its stream at once', async () => {
+  const id = uid('cut');
+  const a = await enroll(id);
+  const conn = await connectAs({ cert: a.cert, key: a.key });
+  const s = openStream(conn, id);
+  assert.ok((await s.first).message);
+  await api().ClientCertificateService.RevokeClientCertificate({ name: a.res.clientCertificate });
+  const cut = await s.ended;
+  assert.equal(cut && cut.code, status.PERMISSION_DENIED);
+  const again = openStream(conn, id);
+  assert.equal((await again.first).error.code, status.UNAUTHENTICATED);
+});
+
+test('a restart with another --san reissues the server certificate; the CA and the credentials stay', async () => {
+  const ca = srv().ca.toString();
+  const token = srv().adminToken;
+  const before = srv().file('server.pem').toString();
+  srv().extraArgs = ['--san', 'cp.example.com', '--san', '10.1.2.3'];
+  await ctx.restart();
+  const after = srv().file('server.pem').toString();
+  assert.notEqual(after, before);
+  const sans = execFileSync('openssl', ['x509', '-noout', '-ext', 'subjectAltName'], { input: after }).toString();
+  assert.match(sans, /DNS:cp\.example\.com/);
+  assert.match(sans, /IP Address:10\.1\.2\.3/);
+  assert.match(sans, /DNS:localhost/);
+  assert.equal(srv().ca.toString(), ca);
+  assert.equal(srv().adminToken, token);
+  await api().CipherPolicyService.ListCipherPolicies({});
+  // Same names again: the certificate is kept.
+  await ctx.restart();
+  assert.equal(srv().file('server.pem').toString(), after);
+});
