@@ -351,7 +351,7 @@ static int ticket_mac_init(EVP_MAC_CTX *hctx, const struct ticket_key *k) {
 
 /* Session tickets (SSL_CTX_set_tlsext_ticket_key_evp_cb). Encrypt: the
  * active key. Decrypt: the key named in the ticket; 2 (renew under the
- * active key) when that is an older key; 0 (no resumption, full
+ * active key) when that is an older key or the protocol is TLS 1.3; 0 (no resumption, full
  * handshake) for a name not in the ring: a retired key or another ring. */
 static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
                      EVP_MAC_CTX *hctx, int enc) {
@@ -373,7 +373,10 @@ static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_C
       continue;
     if (!ticket_mac_init(hctx, k) || !EVP_DecryptInit_ex(cctx, l->aes, NULL, k->aes, iv))
       return -1;
-    return i == l->active ? 1 : 2;
+    /* TLS 1.3 clients use a ticket once (RFC 8446, appendix C.4): without a
+     * renewal a resumed connection hands out no new ticket and the next
+     * connection falls back to a full handshake. */
+    return i == l->active && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
   }
   return 0;
 }

@@ -926,6 +926,19 @@ static void test_ticket_ring(void **state) {
     ticket_name(old, name);
     assert_memory_equal(name, k1, 16);
     assert_int_equal(resume(b, version, "www.example.com", old, NULL), 1);
+    if (version == TLS1_3_VERSION) {
+      /* A resumed TLS 1.3 connection hands out a fresh ticket (clients use
+       * each once), which resumes in turn. */
+      SSL_SESSION *again = NULL;
+      assert_int_equal(resume(b, version, "www.example.com", old, &again), 1);
+      const unsigned char *t_old, *t_new;
+      size_t n_old, n_new;
+      SSL_SESSION_get0_ticket(old, &t_old, &n_old);
+      SSL_SESSION_get0_ticket(again, &t_new, &n_new);
+      assert_true(n_old != n_new || memcmp(t_old, t_new, n_old) != 0);
+      assert_int_equal(resume(a, version, "www.example.com", again, NULL), 1);
+      SSL_SESSION_free(again);
+    }
     /* A session resumes only in its own context. */
     assert_int_equal(resume(b, version, "a.example.com", old, NULL), 0);
     assert_int_equal(resume(b, version, NULL, old, NULL), 0);
