@@ -9,6 +9,7 @@
 // computed here, so a test compares the server with OpenSSL's own view.
 
 const { execFileSync } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -328,9 +329,121 @@ class Pki {
     this.buildMs = Date.now() - t0;
   }
 
+  // What only the agent tests need, built on first call so that the
+  // server's test files do not pay for it: client certificates (one
+  // trusted, one from an unrelated CA), a wildcard leaf, a server
+  // certificate converted from a PFX as the server converts it, and OCSP
+  // responses whose nextUpdate has already passed.
+  agentExtras() {
+    if (this._agentExtras) return this._agentExtras;
+    const now = Date.now();
+    const x = {};
+    // Client certificates: alice is issued by the root CA; mallory by the
+    // unrelated ca2, so no trust bundle holding only the root verifies her.
+    x.alice = this.leaf('alice', { type: 'ec', cn: 'alice' });
+    x.mallory = this.leaf('mallory', { type: 'ec', cn: 'mallory', issuer: 'ca2' });
+    // Server leafs for SNI routes.
+    x.wildcard = this.leaf('wildcard', { type: 'ec', cn: '*.example.com', sans: ['DNS:*.example.com'] });
+    x.rsaApi = this.leaf('rsa-api', { type: 'rsa', cn: 'rsa.example.com', sans: ['DNS:rsa.example.com'] });
+    // A PFX (key + leaf + intermediate, passphrase-protected) converted to
+    // what a snapshot carries: the chain PEM and an unencrypted PKCS#8 key.
+    x.fromPfx = this.pfxToPem('chained.pfx', this.passphrase);
+    // OCSP responses for the RSA and the ECDSA leaf whose nextUpdate lies
+    // an hour in the past (openssl ocsp cannot date a response back).
+    const past = new Date(now - 2 * 3600 * 1000);
+    const passed = new Date(now - 3600 * 1000);
+    x.rsaOcspExpired = this.ocspResponseDated('rsa', past, passed);
+    x.ecdsaOcspExpired = this.ocspResponseDated('ecdsa', past, passed);
+    this._agentExtras = x;
+    return x;
+  }
+
+  // The chain (leaf first, then the certificates of the file that issue
+  // it) and the unencrypted PKCS#8 key of a PFX file, as
+  // tlsconf_certificate_prepare turns a pfx into what agents load.
+  pfxToPem(pfxName, passphrase) {
+    const pass = `pass:${passphrase}`;
+    const leafPem = this.run(['pkcs12', '-in', pfxName, '-passin', pass, '-clcerts', '-nokeys']).toString();
+    const caPem = this.run(['pkcs12', '-in', pfxName, '-passin', pass, '-cacerts', '-nokeys']).toString();
+    const keyPem = this.run(['pkcs12', '-in', pfxName, '-passin', pass, '-nocerts', '-nodes']).toString();
+    const clean = (text) => (text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) || [])
+      .map((b) => (b.endsWith('\n') ? b : b + '\n'));
+    const key = this.run(['pkey'], Buffer.from(keyPem)).toString(); // PKCS#8, unencrypted
+    const leaf = clean(leafPem);
+    const cas = clean(caPem);
+    const cert = leaf[0];
+    const fp = this.run(['x509', '-noout', '-fingerprint', '-sha256'], Buffer.from(cert)).toString().trim();
+    return { cert, key, chain: leaf.concat(cas).join(''), fingerprint: fp.slice(fp.indexOf('=') + 1) };
+  }
+
+  // A "good" OCSP response for `leafName` with the given thisUpdate and
+  // nextUpdate, signed by the root CA itself (RFC 6960 allows the issuer
+  // to sign). openssl ocsp makes the response; its times are then
+  // rewritten in the DER (GeneralizedTime values keep their length) and
+  // the tbsResponseData is signed again with the CA's RSA key (an RSA
+  // signature keeps its length too), so the result verifies.
+  ocspResponseDated(leafName, thisUpdate, nextUpdate) {
+    const out = `${leafName}-ocsp-dated.der`;
+    this.run(['ocsp', '-issuer', 'ca.crt', '-cert', `${leafName}.crt`, '-no_nonce', '-reqout', `${leafName}-ocsp-req2.der`]);
+    this.run([
+      'ocsp', '-index', 'index.txt', '-rsigner', 'ca.crt', '-rkey', 'ca.key', '-CA', 'ca.crt',
+      '-reqin', `${leafName}-ocsp-req2.der`, '-respout', out, '-ndays', '1',
+    ]);
+    const der = Buffer.from(this.readBuf(out));
+    // OCSPResponse ::= SEQ { status ENUM, [0] { SEQ { OID, OCTET STRING { BasicOCSPResponse } } } }
+    // BasicOCSPResponse ::= SEQ { tbsResponseData SEQ, signatureAlgorithm SEQ, signature BIT STRING, ... }
+    const top = derChildren(der, derNode(der, 0));
+    const respBytes = derChildren(der, derChildren(der, top[1])[0]);
+    const octet = respBytes[1];
+    const basic = derChildren(der, derNode(der, octet.content));
+    const [tbs, , sig] = basic;
+    const gen = (d) => Buffer.from(asn1Time(d), 'latin1'); // YYYYMMDDHHMMSSZ, 15 bytes
+    // producedAt is tbsResponseData's first GeneralizedTime; thisUpdate and
+    // nextUpdate ([0] EXPLICIT) follow inside the SingleResponse.
+    const times = [];
+    for (let i = tbs.start; i < tbs.end - 1; i++) {
+      if (der[i] === 0x18 && der[i + 1] === 0x0f) times.push(i + 2);
+    }
+    if (times.length !== 3) throw new Error(`expected 3 GeneralizedTime values in the OCSP response, found ${times.length}`);
+    gen(thisUpdate).copy(der, times[0]);
+    gen(thisUpdate).copy(der, times[1]);
+    gen(nextUpdate).copy(der, times[2]);
+    const caKey = crypto.createPrivateKey(this.read('ca.key'));
+    const signature = crypto.sign('sha256', der.subarray(tbs.start, tbs.end), caKey);
+    const sigLen = sig.end - sig.content - 1; // BIT STRING: one "unused bits" byte first
+    if (signature.length !== sigLen) throw new Error(`signature length ${signature.length} != ${sigLen}`);
+    signature.copy(der, sig.content + 1);
+    fs.writeFileSync(this.file(out), der);
+    return der;
+  }
+
   cleanup() {
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+// Minimal DER walking for ocspResponseDated: the node at `offset` (tag,
+// where its content starts, where it ends).
+function derNode(buf, offset) {
+  let len = buf[offset + 1];
+  let content = offset + 2;
+  if (len & 0x80) {
+    const n = len & 0x7f;
+    len = 0;
+    for (let i = 0; i < n; i++) len = len * 256 + buf[offset + 2 + i];
+    content += n;
+  }
+  return { tag: buf[offset], start: offset, content, end: content + len };
+}
+
+function derChildren(buf, node) {
+  const out = [];
+  for (let off = node.content; off < node.end;) {
+    const child = derNode(buf, off);
+    out.push(child);
+    off = child.end;
+  }
+  return out;
 }
 
 let instance = null;

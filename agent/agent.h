@@ -1,0 +1,35 @@
+/* The agent's process context (STYLE.md: the one documented process
+ * context). Owned by the main thread: apply.c changes it, metrics.c reads
+ * it, main.c makes and frees it. Workers never see it; they get what they
+ * need through their mailboxes. */
+#ifndef TLSPLANE_AGENT_AGENT_H
+#define TLSPLANE_AGENT_AGENT_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "listener.h"
+#include "worker.h"
+
+/* tlsplane_config_apply_total{result}. */
+enum agent_apply_result {
+  AGENT_APPLY_ACK,   /* every listener of the snapshot applied */
+  AGENT_APPLY_NACK,  /* some listener not applied (it keeps its previous version) */
+  AGENT_APPLY_ERROR, /* the snapshot itself could not be read: nothing changed */
+  AGENT_APPLY_RESULT_COUNT
+};
+
+struct agent {
+  uv_loop_t *loop; /* the main loop */
+  struct worker **workers;
+  int n_workers;
+  /* Every listener of the snapshot applied last (served or not), and
+   * dropped ones whose connections still drain. */
+  struct listener *listeners;
+  int64_t revision; /* of the last snapshot applied, in whole or in part */
+  long long apply_total[AGENT_APPLY_RESULT_COUNT];
+};
+
+const char *agent_apply_result_name(enum agent_apply_result r);
+
+#endif

@@ -1,0 +1,882 @@
+/* A client connection: TLS terminated over libuv and OpenSSL, cleartext
+ * proxied to the listener's upstream.
+ *
+ * The TLS stream follows Node's TLSWrap and h2o's socket layer. OpenSSL
+ * never touches a socket; it talks to one custom BIO per connection that
+ * serves as both enc_in and enc_out:
+ *
+ *   client --TLS--> w->rbuf --enc_in--> SSL_read --> w->clear --> upstream
+ *   client <--TLS-- w->out <--enc_out-- SSL_write <-- w->rbuf <-- upstream
+ *
+ * enc_in reads straight from the worker's read buffer, which libuv filled
+ * and which is consumed (SSL_read until WANT_READ) before the read callback
+ * returns; enc_out appends to the worker's output buffer, which every
+ * callback that drove SSL flushes before it returns (uv_try_write first,
+ * the rest copied and sent by the one uv_write in flight). So the data path
+ * allocates nothing per read: a connection owns buffers only while a peer
+ * is not draining (struct wq), and OpenSSL releases its own record buffers
+ * when idle (SSL_MODE_RELEASE_BUFFERS).
+ *
+ * Backpressure: a side is read only while what was read from it can go
+ * out. The client is not read while the upstream write queue holds a
+ * read's worth; the upstream is not read while anything is queued for the
+ * client (or SSL_write is waiting on a renegotiation). Every buffer is thus
+ * bounded by about one read (WORKER_READ_SIZE) plus a TLS record.
+ *
+ * Life of a connection (flags below):
+ *   accept -> handshake (timer: handshake_timeout) -> HS_DONE: connect the
+ *   upstream (timer: connect timeout), PROXY v2 header and early cleartext
+ *   queued -> UP_CONNECTED: data both ways ->
+ *   client close_notify or EOF (CLIENT_EOF): once the upstream queue is out,
+ *     shutdown(upstream) (UP_SHUT); upstream data still flows to the client;
+ *   upstream EOF (UP_EOF): close_notify (TLS_SHUT), then once flushed
+ *     shutdown(client) (CLIENT_SHUT; timer: linger for the client to close);
+ *   both directions over -> close.
+ * Failures take the short way: FINISH flushes what is queued for the client
+ * (an alert, a close_notify) and closes; a dead client socket closes at
+ * once. Every handle is closed with uv_close and the connection is freed in
+ * the last close callback. */
+#include "conn.h"
+
+#include <limits.h>
+#include <openssl/err.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "proxy_v2.h"
+
+#define CONN_MAGIC 0x434f4e4eu /* "CONN" */
+
+/* After our FIN, how long the client has to close its side. */
+#define CONN_LINGER_MS 30000
+/* Closing: how long what is queued for the client may take to go out. */
+#define CONN_FINISH_MS 5000
+/* The client is not read while more than this waits for the upstream. */
+#define CONN_UPSTREAM_HIGH (64 * 1024)
+/* Room SSL_read needs to return a whole record. */
+#define TLS_RECORD_MAX (16 * 1024)
+
+enum {
+  F_HS_DONE = 1u << 0,           /* first handshake complete */
+  F_CLIENT_EOF = 1u << 1,        /* no more data from the client (close_notify or EOF) */
+  F_CLIENT_GONE = 1u << 2,       /* client socket EOF or error: not read any more */
+  F_UP_INIT = 1u << 3,           /* upstream handle initialized (must be closed) */
+  F_UP_CONNECTED = 1u << 4,      /* upstream connected */
+  F_UP_EOF = 1u << 5,            /* no more data from the upstream */
+  F_UP_SHUT = 1u << 6,           /* shutdown(upstream) issued */
+  F_UP_SHUT_DONE = 1u << 7,      /* ... and done */
+  F_TLS_SHUT = 1u << 8,          /* close_notify queued for the client */
+  F_CLIENT_SHUT = 1u << 9,       /* shutdown(client) issued */
+  F_CLIENT_SHUT_DONE = 1u << 10, /* ... and done */
+  F_FINISH = 1u << 11,           /* flush what is queued for the client, then close */
+  F_CLOSING = 1u << 12,          /* handles closing; nothing more happens */
+  F_CLIENT_READING = 1u << 13,
+  F_UP_READING = 1u << 14,
+  F_RENEG_EXCEEDED = 1u << 15, /* set by the info callback inside SSL_read */
+  F_COUNTED = 1u << 16,        /* counted in stats.connections */
+};
+
+/* The writes of one direction: at most one uv_write in flight; what comes
+ * meanwhile waits in queued. Both buffers exist only while needed. */
+struct wq {
+  uv_write_t req;
+  char *inflight;     /* the buffer being written; NULL when idle */
+  struct wbuf queued; /* next, in order */
+};
+
+struct conn {
+  unsigned magic;
+  unsigned flags;
+  struct worker *w;
+  struct listener_version *v; /* reference held: this connection's configuration */
+  SSL *ssl;
+  /* enc_in: the encrypted bytes being fed to SSL (inside w->rbuf). */
+  const char *in_p;
+  size_t in_len;
+  uv_tcp_t client;
+  uv_tcp_t upstream;
+  uv_timer_t timer; /* handshake timeout, then connect timeout, then linger */
+  uv_connect_t connect_req;
+  uv_shutdown_t client_shut, up_shut;
+  struct wq cw; /* to the client: TLS records */
+  struct wq uw; /* to the upstream: cleartext */
+  /* Upstream cleartext SSL_write could not take yet (WANT_READ while a
+   * renegotiation is in progress); the upstream is not read meanwhile. */
+  struct wbuf pend;
+  int handles; /* open handles; freed when the last is closed */
+  int reneg_count;
+  uint64_t reneg_start; /* uv_now at the start of the renegotiation window */
+  uint64_t last_io;     /* uv_now of the last read, either side */
+  union sockaddr_any peer;
+  struct conn *prev, *next; /* the worker's list */
+};
+
+static struct conn *conn_check(void *p) {
+  struct conn *c = p;
+  if (c == NULL || c->magic != CONN_MAGIC)
+    abort(); /* memory corruption or a foreign pointer: never go on */
+  return c;
+}
+
+struct conn *conn_next(struct conn *c) {
+  return c->next;
+}
+
+static void conn_close(struct conn *c);
+static void flush_client(struct conn *c);
+static void after_io(struct conn *c);
+
+static int wbuf_append(struct wbuf *b, const char *data, size_t len) {
+  if (len > b->cap - b->len) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < len)
+      cap *= 2;
+    char *p = realloc(b->base, cap);
+    if (p == NULL)
+      return -1;
+    b->base = p;
+    b->cap = cap;
+  }
+  memcpy(b->base + b->len, data, len);
+  b->len += len;
+  return 0;
+}
+
+static void wbuf_free(struct wbuf *b) {
+  free(b->base);
+  *b = (struct wbuf){0};
+}
+
+static int wq_idle(const struct wq *q) {
+  return q->inflight == NULL && q->queued.len == 0;
+}
+
+/* Events and logs --------------------------------------------------------- */
+
+static struct stats *conn_stats(struct conn *c) {
+  return &c->v->listener->stats;
+}
+
+/* 'clientError': counts cause and logs one line (never secrets: reasons
+ * come from OpenSSL's error strings and libuv's). */
+static void client_error(struct conn *c, enum stats_cause cause, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void client_error(struct conn *c, enum stats_cause cause, const char *fmt, ...) {
+  stats_add(&conn_stats(c)->client_errors[cause], 1);
+  char reason[256], quoted[512], peer[64];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof(reason), fmt, ap);
+  va_end(ap);
+  size_t j = 0;
+  for (size_t i = 0; reason[i] != '\0' && j + 2 < sizeof(quoted); i++) {
+    char ch = reason[i];
+    if (ch == '"' || ch == '\\')
+      quoted[j++] = '\\';
+    quoted[j++] = (ch == '\n' || ch == '\r') ? ' ' : ch;
+  }
+  quoted[j] = '\0';
+  listener_addr_format(&c->peer, peer, sizeof(peer));
+  log_info("agent", "listener=%s client=%s cause=%s reason=\"%s\"", c->v->listener->name, peer,
+           stats_cause_name(cause), quoted);
+}
+
+/* The first OpenSSL error of this thread's queue as text; drains the queue
+ * (it must be empty before the next SSL call: SSL_get_error reads it). */
+static void ssl_reason(int ssl_error, char *buf, size_t len) {
+  unsigned long code = ERR_peek_error();
+  if (code != 0) {
+    const char *r = ERR_reason_error_string(code);
+    if (r != NULL)
+      snprintf(buf, len, "%s", r);
+    else
+      ERR_error_string_n(code, buf, len);
+  } else {
+    snprintf(buf, len, "TLS error %d", ssl_error);
+  }
+  ERR_clear_error();
+}
+
+/* The BIO ------------------------------------------------------------------ */
+
+static int bio_write(BIO *b, const char *data, int len) {
+  struct conn *c = conn_check(BIO_get_data(b));
+  struct worker *w = c->w;
+  BIO_clear_retry_flags(b);
+  if (len <= 0)
+    return 0;
+  /* The worker's buffer when this connection may use it (nothing of its
+   * own waits before), else behind what waits: order is kept. */
+  stats_add(&conn_stats(c)->bytes_out, len);
+  int rc;
+  if (wq_idle(&c->cw) && (w->out.len == 0 || w->out_conn == c)) {
+    rc = wbuf_append(&w->out, data, (size_t)len);
+    w->out_conn = c;
+  } else {
+    rc = wbuf_append(&c->cw.queued, data, (size_t)len);
+  }
+  return rc == 0 ? len : -1;
+}
+
+static int bio_read(BIO *b, char *out, int len) {
+  struct conn *c = conn_check(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  if (c->in_len == 0) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  size_t n = c->in_len < (size_t)len ? c->in_len : (size_t)len;
+  memcpy(out, c->in_p, n);
+  c->in_p += n;
+  c->in_len -= n;
+  return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  struct conn *c = BIO_get_data(b);
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1;
+  case BIO_CTRL_PENDING:
+    return c != NULL ? (long)conn_check(c)->in_len : 0;
+  default:
+    return 0;
+  }
+}
+
+static int bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+/* The BIO method: made once per process, immutable afterwards. */
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+static BIO_METHOD *bio_meth;
+
+static void bio_meth_init(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tlsplane conn");
+  if (m == NULL || !BIO_meth_set_write(m, bio_write) || !BIO_meth_set_read(m, bio_read) ||
+      !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
+    BIO_meth_free(m);
+    return;
+  }
+  bio_meth = m;
+}
+
+/* Writes ------------------------------------------------------------------- */
+
+/* Starts the uv_write of what is queued, unless one is in flight. */
+static int wq_start(struct conn *c, struct wq *q, uv_stream_t *s, uv_write_cb cb) {
+  if (q->inflight != NULL || q->queued.len == 0)
+    return 0;
+  uv_buf_t b = uv_buf_init(q->queued.base, (unsigned)q->queued.len);
+  q->inflight = q->queued.base;
+  q->queued = (struct wbuf){0};
+  q->req.data = c;
+  int rc = uv_write(&q->req, s, &b, 1, cb);
+  if (rc != 0) {
+    free(q->inflight);
+    q->inflight = NULL;
+  }
+  return rc;
+}
+
+/* Sends data now if the socket takes it (uv_try_write), else queues a copy
+ * of the rest. Returns 0 or a negative uv error. */
+static int wq_write(struct conn *c, struct wq *q, uv_stream_t *s, const char *data, size_t len,
+                    uv_write_cb cb) {
+  if (!wq_idle(q))
+    return wbuf_append(&q->queued, data, len) == 0 ? 0 : UV_ENOMEM;
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+  int n = uv_try_write(s, &b, 1);
+  if (n == (int)len)
+    return 0;
+  if (n < 0 && n != UV_EAGAIN)
+    return n;
+  if (n < 0)
+    n = 0;
+  if (wbuf_append(&q->queued, data + n, len - (size_t)n) != 0)
+    return UV_ENOMEM;
+  return wq_start(c, q, s, cb);
+}
+
+static void on_client_write(uv_write_t *req, int status) {
+  struct conn *c = conn_check(req->data);
+  free(c->cw.inflight);
+  c->cw.inflight = NULL;
+  if (status == UV_ECANCELED || (c->flags & F_CLOSING))
+    return;
+  if (status < 0 || wq_start(c, &c->cw, (uv_stream_t *)&c->client, on_client_write) != 0) {
+    conn_close(c); /* the client is gone: nothing more can reach it */
+    return;
+  }
+  after_io(c);
+}
+
+/* Sends what SSL produced for this connection during the current callback. */
+static void flush_client(struct conn *c) {
+  struct worker *w = c->w;
+  if (w->out_conn == c) {
+    size_t len = w->out.len;
+    w->out.len = 0;
+    w->out_conn = NULL;
+    if (len > 0 && !(c->flags & F_CLOSING)) {
+      if (wq_write(c, &c->cw, (uv_stream_t *)&c->client, w->out.base, len, on_client_write) != 0) {
+        conn_close(c);
+        return;
+      }
+    }
+  }
+  if (!(c->flags & F_CLOSING) && c->cw.inflight == NULL && c->cw.queued.len > 0) {
+    if (wq_start(c, &c->cw, (uv_stream_t *)&c->client, on_client_write) != 0)
+      conn_close(c);
+  }
+}
+
+static void on_close_timeout(uv_timer_t *t) {
+  conn_close(conn_check(t->data));
+}
+
+/* Closes both sides after what is queued for the client is out. notify:
+ * end the TLS session with close_notify first. */
+static void finish(struct conn *c, int notify) {
+  if (c->flags & (F_CLOSING | F_FINISH))
+    return;
+  c->flags |= F_FINISH;
+  uv_timer_start(&c->timer, on_close_timeout, CONN_FINISH_MS, 0);
+  if (notify && (c->flags & F_HS_DONE) && !(c->flags & F_TLS_SHUT)) {
+    c->flags |= F_TLS_SHUT;
+    if (SSL_shutdown(c->ssl) < 0)
+      ERR_clear_error();
+  }
+  flush_client(c);
+  after_io(c);
+}
+
+static void on_up_write(uv_write_t *req, int status) {
+  struct conn *c = conn_check(req->data);
+  free(c->uw.inflight);
+  c->uw.inflight = NULL;
+  if (status == UV_ECANCELED || (c->flags & F_CLOSING))
+    return;
+  if (status < 0 || wq_start(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
+    finish(c, 0); /* the upstream is gone: end without close_notify */
+    return;
+  }
+  after_io(c);
+}
+
+/* Cleartext from the client, to the upstream (queued until connected). */
+static void up_send(struct conn *c, const char *data, size_t len) {
+  if (len == 0 || (c->flags & (F_CLOSING | F_FINISH | F_UP_SHUT)))
+    return;
+  int rc;
+  if (!(c->flags & F_UP_CONNECTED))
+    rc = wbuf_append(&c->uw.queued, data, len) == 0 ? 0 : UV_ENOMEM;
+  else
+    rc = wq_write(c, &c->uw, (uv_stream_t *)&c->upstream, data, len, on_up_write);
+  if (rc != 0)
+    finish(c, 0);
+}
+
+/* TLS ---------------------------------------------------------------------- */
+
+static void tls_failed(struct conn *c, enum stats_cause cause, int ssl_error) {
+  char reason[200];
+  ssl_reason(ssl_error, reason, sizeof(reason));
+  client_error(c, cause, "%s", reason);
+  finish(c, 0); /* OpenSSL queued its alert: it goes out first */
+}
+
+/* Encrypts cleartext for the client. Returns how much SSL took: less than
+ * len only when it waits on the client (a renegotiation in progress). */
+static size_t tls_write(struct conn *c, const char *p, size_t len) {
+  size_t done = 0;
+  while (done < len && !(c->flags & (F_CLOSING | F_FINISH))) {
+    size_t chunk = len - done > INT_MAX ? INT_MAX : len - done;
+    int r = SSL_write(c->ssl, p + done, (int)chunk);
+    if (r > 0) {
+      done += (size_t)r;
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      return done;
+    tls_failed(c, CAUSE_TLS_ERROR, e);
+    return len;
+  }
+  return len;
+}
+
+/* Cleartext from the upstream (in the worker's read buffer). */
+static void clear_out(struct conn *c, const char *p, size_t len) {
+  ERR_clear_error();
+  size_t done = tls_write(c, p, len);
+  if (done < len && wbuf_append(&c->pend, p + done, len - done) != 0)
+    finish(c, 0);
+}
+
+/* Retries what SSL_write could not take before. */
+static void clear_out_pending(struct conn *c) {
+  size_t done = tls_write(c, c->pend.base, c->pend.len);
+  if (done == c->pend.len) {
+    wbuf_free(&c->pend);
+  } else if (done > 0) {
+    memmove(c->pend.base, c->pend.base + done, c->pend.len - done);
+    c->pend.len -= done;
+  }
+}
+
+/* Decrypts everything enc_in holds and sends it upstream. */
+static void clear_in(struct conn *c) {
+  struct worker *w = c->w;
+  size_t n = 0;
+  for (;;) {
+    if (w->clear_cap - n < TLS_RECORD_MAX) {
+      up_send(c, w->clear, n);
+      n = 0;
+      if (c->flags & (F_CLOSING | F_FINISH))
+        return;
+    }
+    int r = SSL_read(c->ssl, w->clear + n, (int)(w->clear_cap - n));
+    if (r > 0) {
+      n += (size_t)r;
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      break;
+    up_send(c, w->clear, n); /* authentic data before the end goes on */
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      c->flags |= F_CLIENT_EOF; /* close_notify: a half-close */
+      return;
+    }
+    tls_failed(c, CAUSE_TLS_ERROR, e);
+    return;
+  }
+  up_send(c, w->clear, n);
+  if ((c->flags & F_RENEG_EXCEEDED) && !(c->flags & (F_CLOSING | F_FINISH))) {
+    client_error(c, CAUSE_RENEGOTIATION_LIMIT, "more than %d renegotiations in %llu s",
+                 c->v->renegotiation_limit,
+                 (unsigned long long)(c->v->renegotiation_window_ms / 1000));
+    finish(c, 0);
+  }
+}
+
+/* Counts client-initiated renegotiations (TLS 1.2 and older: a handshake
+ * starting after the first one finished) in a window; over the limit the
+ * connection is closed once SSL_read returns (not from inside OpenSSL).
+ * With limit 0 OpenSSL itself refuses them (tlsconf_listener_ssl_new). */
+static void info_cb(const SSL *ssl, int where, int ret) {
+  if (!(where & SSL_CB_HANDSHAKE_START))
+    return;
+  struct conn *c = conn_check(SSL_get_app_data(ssl));
+  if (!(c->flags & F_HS_DONE) || SSL_version(ssl) >= TLS1_3_VERSION ||
+      c->v->renegotiation_limit <= 0)
+    return;
+  uint64_t now = uv_now(&c->w->loop);
+  if (c->reneg_count == 0 || now - c->reneg_start >= c->v->renegotiation_window_ms) {
+    c->reneg_start = now;
+    c->reneg_count = 0;
+  }
+  if (++c->reneg_count > c->v->renegotiation_limit)
+    c->flags |= F_RENEG_EXCEEDED;
+}
+
+/* The upstream ------------------------------------------------------------- */
+
+static void upstream_connect_failed(struct conn *c, int status) {
+  client_error(c, CAUSE_UPSTREAM_CONNECT, "%s: %s", c->v->upstream, uv_strerror(status));
+  finish(c, 1);
+}
+
+static void on_connect_timeout(uv_timer_t *t) {
+  struct conn *c = conn_check(t->data);
+  upstream_connect_failed(c, UV_ETIMEDOUT);
+}
+
+static void on_up_connect(uv_connect_t *req, int status) {
+  struct conn *c = conn_check(req->data);
+  if (status == UV_ECANCELED || (c->flags & F_CLOSING))
+    return;
+  uv_timer_stop(&c->timer);
+  if (status < 0) {
+    upstream_connect_failed(c, status);
+    return;
+  }
+  c->flags |= F_UP_CONNECTED;
+  (void)uv_tcp_nodelay(&c->upstream, 1);
+  if (wq_start(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
+    finish(c, 0);
+    return;
+  }
+  after_io(c);
+}
+
+static void up_connect(struct conn *c) {
+  int rc = uv_tcp_init(&c->w->loop, &c->upstream);
+  if (rc != 0) {
+    upstream_connect_failed(c, rc);
+    return;
+  }
+  c->upstream.data = c;
+  c->flags |= F_UP_INIT;
+  c->handles++;
+  c->connect_req.data = c;
+  rc = uv_tcp_connect(&c->connect_req, &c->upstream, &c->v->upstream_addr.sa, on_up_connect);
+  if (rc != 0) {
+    upstream_connect_failed(c, rc);
+    return;
+  }
+  uv_timer_start(&c->timer, on_connect_timeout, LISTENER_UPSTREAM_CONNECT_TIMEOUT_MS, 0);
+}
+
+/* The PROXY protocol v2 header, first on the upstream connection. */
+static void proxy_header(struct conn *c, const struct tlsconf_conn_info *info) {
+  union sockaddr_any local;
+  int len = sizeof(local);
+  struct proxy_v2_info pi = {0};
+  if (c->peer.sa.sa_family != AF_UNSPEC && uv_tcp_getsockname(&c->client, &local.sa, &len) == 0) {
+    pi.src = &c->peer.sa;
+    pi.dst = &local.sa;
+  }
+  pi.alpn = info->protocol;
+  pi.authority = info->servername;
+  pi.ssl = 1;
+  pi.version = info->version;
+  pi.cipher = info->cipher;
+  pi.cn = info->peer_cn[0] != '\0' ? info->peer_cn : NULL;
+  pi.cert_sess = info->has_peer_cert;
+  pi.cert_conn = info->has_peer_cert && !info->resumed;
+  pi.verify_result = info->verify_result;
+  uint8_t hdr[PROXY_V2_MAX];
+  int n = proxy_v2_build(&pi, hdr, sizeof(hdr));
+  if (n < 0 || wbuf_append(&c->uw.queued, (const char *)hdr, (size_t)n) != 0)
+    finish(c, 0);
+}
+
+/* 'secureConnection'. */
+static void handshake_done(struct conn *c) {
+  struct stats *st = conn_stats(c);
+  c->flags |= F_HS_DONE;
+  uv_timer_stop(&c->timer);
+  struct tlsconf_conn_info info;
+  tlsconf_conn_info(c->ssl, &info);
+  stats_add(&st->handshakes, 1);
+  stats_add(info.resumed ? &st->resumptions : &st->new_sessions, 1);
+  if (info.ocsp_requested)
+    stats_add(&st->ocsp_requests, 1);
+  if (info.ocsp_stapled)
+    stats_add(&st->ocsp_staples, 1);
+  if (c->v->proxy_protocol)
+    proxy_header(c, &info);
+  if (!(c->flags & F_FINISH))
+    up_connect(c);
+}
+
+/* Runs SSL over what enc_in holds: the handshake, then application data,
+ * then any cleartext that was waiting for the client. */
+static void tls_cycle(struct conn *c) {
+  ERR_clear_error(); /* SSL_get_error reads this thread's queue */
+  if (!(c->flags & F_HS_DONE)) {
+    int r = SSL_do_handshake(c->ssl);
+    if (r != 1) {
+      int e = SSL_get_error(c->ssl, r);
+      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        tls_failed(c, CAUSE_HANDSHAKE_FAILED, e);
+      return;
+    }
+    handshake_done(c);
+    if (c->flags & (F_CLOSING | F_FINISH))
+      return;
+  }
+  clear_in(c);
+  if (c->pend.len > 0 && !(c->flags & (F_CLOSING | F_FINISH)))
+    clear_out_pending(c);
+}
+
+/* Reading, the state machine ------------------------------------------------ */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  struct conn *c = conn_check(h->data);
+  *buf = uv_buf_init(c->w->rbuf, WORKER_READ_SIZE);
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Starts or stops reading each side (see "Backpressure" above). */
+static void update_reading(struct conn *c) {
+  if (c->flags & F_CLOSING)
+    return;
+  int client = !(c->flags & (F_CLIENT_GONE | F_FINISH)) &&
+               ((c->flags & F_CLIENT_EOF) ||
+                (c->uw.inflight == NULL && c->uw.queued.len < CONN_UPSTREAM_HIGH));
+  if (client && !(c->flags & F_CLIENT_READING)) {
+    if (uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read) == 0)
+      c->flags |= F_CLIENT_READING;
+  } else if (!client && (c->flags & F_CLIENT_READING)) {
+    uv_read_stop((uv_stream_t *)&c->client);
+    c->flags &= ~F_CLIENT_READING;
+  }
+  int up = (c->flags & F_UP_CONNECTED) && !(c->flags & (F_UP_EOF | F_FINISH | F_TLS_SHUT)) &&
+           wq_idle(&c->cw) && c->pend.len == 0;
+  if (up && !(c->flags & F_UP_READING)) {
+    if (uv_read_start((uv_stream_t *)&c->upstream, on_alloc, on_up_read) == 0)
+      c->flags |= F_UP_READING;
+  } else if (!up && (c->flags & F_UP_READING)) {
+    uv_read_stop((uv_stream_t *)&c->upstream);
+    c->flags &= ~F_UP_READING;
+  }
+}
+
+static void on_up_shutdown(uv_shutdown_t *req, int status) {
+  struct conn *c = conn_check(req->data);
+  if (status == UV_ECANCELED || (c->flags & F_CLOSING))
+    return;
+  c->flags |= F_UP_SHUT_DONE;
+  after_io(c);
+}
+
+static void on_client_shutdown(uv_shutdown_t *req, int status) {
+  struct conn *c = conn_check(req->data);
+  if (status == UV_ECANCELED || (c->flags & F_CLOSING))
+    return;
+  c->flags |= F_CLIENT_SHUT_DONE;
+  after_io(c);
+}
+
+/* Moves the half-closes on; closes when both directions are over. */
+static void progress(struct conn *c) {
+  if (c->flags & F_FINISH) {
+    if (wq_idle(&c->cw))
+      conn_close(c);
+    return;
+  }
+  /* Client to upstream is over: FIN to the upstream once its queue is out. */
+  if ((c->flags & F_CLIENT_EOF) && (c->flags & F_UP_CONNECTED) && !(c->flags & F_UP_SHUT) &&
+      wq_idle(&c->uw)) {
+    c->flags |= F_UP_SHUT;
+    c->up_shut.data = c;
+    if (uv_shutdown(&c->up_shut, (uv_stream_t *)&c->upstream, on_up_shutdown) != 0)
+      c->flags |= F_UP_SHUT_DONE;
+  }
+  /* Upstream to client is over: close_notify, then FIN once it is out. */
+  if ((c->flags & F_UP_EOF) && !(c->flags & F_TLS_SHUT) && c->pend.len == 0) {
+    c->flags |= F_TLS_SHUT;
+    if (SSL_shutdown(c->ssl) < 0)
+      ERR_clear_error();
+    flush_client(c);
+    if (c->flags & F_CLOSING)
+      return;
+  }
+  if ((c->flags & F_TLS_SHUT) && !(c->flags & F_CLIENT_SHUT) && wq_idle(&c->cw)) {
+    c->flags |= F_CLIENT_SHUT;
+    c->client_shut.data = c;
+    if (uv_shutdown(&c->client_shut, (uv_stream_t *)&c->client, on_client_shutdown) != 0)
+      c->flags |= F_CLIENT_SHUT_DONE;
+    uv_timer_start(&c->timer, on_close_timeout, CONN_LINGER_MS, 0);
+  }
+  if ((c->flags & F_CLIENT_EOF) && (c->flags & F_UP_SHUT_DONE) && (c->flags & F_CLIENT_SHUT_DONE))
+    conn_close(c);
+}
+
+/* The end of every callback that moved data: send what SSL produced, move
+ * the state on, adjust reading. */
+static void after_io(struct conn *c) {
+  flush_client(c);
+  if (c->flags & F_CLOSING)
+    return;
+  progress(c);
+  update_reading(c);
+}
+
+static void client_read_end(struct conn *c, ssize_t err) {
+  c->flags |= F_CLIENT_GONE;
+  if (!(c->flags & F_HS_DONE)) {
+    client_error(c, CAUSE_HANDSHAKE_ABORTED, "%s",
+                 err == UV_EOF ? "connection closed by the client" : uv_strerror((int)err));
+    conn_close(c);
+  } else if (err == UV_EOF) {
+    c->flags |= F_CLIENT_EOF; /* TCP half-close: the upstream gets a FIN */
+  } else {
+    conn_close(c); /* reset: nothing more can reach the client */
+  }
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  struct conn *c = conn_check(s->data);
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    uv_read_stop(s);
+    c->flags &= ~F_CLIENT_READING;
+    client_read_end(c, nread);
+  } else {
+    c->last_io = uv_now(&c->w->loop);
+    stats_add(&conn_stats(c)->bytes_in, nread);
+    if ((c->flags & F_CLIENT_SHUT) && !(c->flags & F_FINISH)) /* still talking: keep lingering */
+      uv_timer_start(&c->timer, on_close_timeout, CONN_LINGER_MS, 0);
+    if (!(c->flags & F_CLIENT_EOF)) {
+      c->in_p = buf->base;
+      c->in_len = (size_t)nread;
+      tls_cycle(c);
+      c->in_p = NULL;
+      c->in_len = 0;
+    }
+  }
+  if (!(c->flags & F_CLOSING))
+    after_io(c);
+}
+
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  struct conn *c = conn_check(s->data);
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    uv_read_stop(s);
+    c->flags &= ~F_UP_READING;
+    c->flags |= F_UP_EOF;
+    if (nread != UV_EOF)
+      finish(c, 0); /* reset: the client must not take it for a clean end */
+  } else {
+    c->last_io = uv_now(&c->w->loop);
+    clear_out(c, buf->base, (size_t)nread);
+  }
+  if (!(c->flags & F_CLOSING))
+    after_io(c);
+}
+
+/* Closing -------------------------------------------------------------------- */
+
+static void conn_free(struct conn *c) {
+  struct worker *w = c->w;
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else
+    w->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  w->n_conns--;
+  if (c->flags & F_COUNTED)
+    stats_add(&conn_stats(c)->connections, -1);
+  SSL_free(c->ssl);
+  free(c->cw.inflight);
+  free(c->uw.inflight);
+  wbuf_free(&c->cw.queued);
+  wbuf_free(&c->uw.queued);
+  wbuf_free(&c->pend);
+  listener_version_unref(c->v);
+  c->magic = 0;
+  free(c);
+  worker__maybe_stop(w);
+}
+
+static void on_close(uv_handle_t *h) {
+  struct conn *c = conn_check(h->data);
+  if (--c->handles == 0)
+    conn_free(c);
+}
+
+static void conn_close(struct conn *c) {
+  if (c->flags & F_CLOSING)
+    return;
+  c->flags |= F_CLOSING;
+  if (c->w->out_conn == c) {
+    c->w->out.len = 0;
+    c->w->out_conn = NULL;
+  }
+  uv_close((uv_handle_t *)&c->client, on_close);
+  uv_close((uv_handle_t *)&c->timer, on_close);
+  if (c->flags & F_UP_INIT)
+    uv_close((uv_handle_t *)&c->upstream, on_close);
+}
+
+void conn_drain(struct conn *c, uint64_t now, int force) {
+  if (c->flags & F_CLOSING)
+    return;
+  if (force || !(c->flags & F_HS_DONE)) {
+    conn_close(c);
+    return;
+  }
+  if (wq_idle(&c->cw) && wq_idle(&c->uw) && c->pend.len == 0 && now - c->last_io >= WORKER_IDLE_MS)
+    finish(c, 1);
+}
+
+/* Accepting ----------------------------------------------------------------- */
+
+static void on_handshake_timeout(uv_timer_t *t) {
+  struct conn *c = conn_check(t->data);
+  client_error(c, CAUSE_HANDSHAKE_TIMEOUT, "no handshake within %llu ms",
+               (unsigned long long)c->v->handshake_timeout_ms);
+  conn_close(c);
+}
+
+void conn_accept(struct wlistener *wl) {
+  struct worker *w = wl->w;
+  struct listener_version *v = wl->version;
+  struct conn *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    /* libuv stops polling a listening socket whose pending connection was
+     * not accepted, and without memory there is nothing to accept into. */
+    log_error("agent", "out of memory accepting a connection");
+    abort();
+  }
+  c->magic = CONN_MAGIC;
+  c->w = w;
+  listener_version_ref(v);
+  c->v = v;
+  c->next = w->conns;
+  if (w->conns != NULL)
+    w->conns->prev = c;
+  w->conns = c;
+  w->n_conns++;
+  uv_tcp_init(&w->loop, &c->client);
+  uv_timer_init(&w->loop, &c->timer);
+  c->client.data = c;
+  c->timer.data = c;
+  c->handles = 2;
+  if (uv_accept((uv_stream_t *)&wl->tcp, (uv_stream_t *)&c->client) != 0) {
+    conn_close(c);
+    return;
+  }
+  struct stats *st = conn_stats(c);
+  stats_add(&st->connections_total, 1);
+  long long live = atomic_fetch_add_explicit(&st->connections, 1, memory_order_relaxed) + 1;
+  c->flags |= F_COUNTED;
+  int len = sizeof(c->peer);
+  if (uv_tcp_getpeername(&c->client, &c->peer.sa, &len) != 0)
+    c->peer.sa.sa_family = AF_UNSPEC;
+  if (v->max_connections > 0 && live > v->max_connections) {
+    client_error(c, CAUSE_MAX_CONNECTIONS, "max_connections (%lld) reached",
+                 (long long)v->max_connections);
+    conn_close(c);
+    return;
+  }
+  pthread_once(&bio_once, bio_meth_init);
+  BIO *bio = bio_meth != NULL ? BIO_new(bio_meth) : NULL;
+  c->ssl = bio != NULL ? tlsconf_listener_ssl_new(v->tls) : NULL;
+  if (c->ssl == NULL) {
+    BIO_free(bio);
+    ERR_clear_error();
+    log_error("agent", "listener=%s: out of memory for a TLS connection", v->listener->name);
+    conn_close(c);
+    return;
+  }
+  BIO_set_data(bio, c);
+  SSL_set_bio(c->ssl, bio, bio); /* one reference, taken by ssl */
+  SSL_set_app_data(c->ssl, c);
+  SSL_set_info_callback(c->ssl, info_cb);
+  SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                           SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_set_accept_state(c->ssl);
+  c->last_io = uv_now(&w->loop);
+  if (v->handshake_timeout_ms > 0)
+    uv_timer_start(&c->timer, on_handshake_timeout, v->handshake_timeout_ms, 0);
+  update_reading(c);
+}

@@ -1,0 +1,373 @@
+/* The metrics endpoint (see metrics.h). Runs on the main thread, which
+ * owns the registry it reads; the counters themselves are atomics that
+ * the workers add to. */
+#include "metrics.h"
+
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define METRICS_MAGIC 0x4d545253u /* "MTRS" */
+#define MCONN_MAGIC 0x4d434f4eu   /* "MCON" */
+
+/* Request line and headers beyond this are refused. */
+#define MCONN_MAX_REQUEST 8192
+
+struct mconn;
+
+struct metrics {
+  unsigned magic;
+  struct agent *a;
+  uv_tcp_t server;
+  struct mconn *conns;
+  int handles; /* open handles (server and connections); freed at 0 */
+  int closing;
+  char address[80];
+};
+
+struct mconn {
+  unsigned magic;
+  struct metrics *m;
+  uv_tcp_t tcp;
+  http_parser parser;
+  char url[1024];
+  size_t url_len;
+  size_t seen; /* request bytes read */
+  int responded;
+  uv_write_t req;
+  char *head, *body; /* the response, freed after the write */
+  char rbuf[4096];
+  struct mconn *prev, *next;
+};
+
+static struct metrics *metrics_check(void *p) {
+  struct metrics *m = p;
+  if (m == NULL || m->magic != METRICS_MAGIC)
+    abort();
+  return m;
+}
+
+static struct mconn *mconn_check(void *p) {
+  struct mconn *mc = p;
+  if (mc == NULL || mc->magic != MCONN_MAGIC)
+    abort();
+  return mc;
+}
+
+/* Rendering --------------------------------------------------------------- */
+
+/* A label value: backslash, double quote and newline escaped. */
+static void put_label(FILE *f, const char *v) {
+  for (; *v != '\0'; v++) {
+    if (*v == '\\' || *v == '"')
+      fputc('\\', f);
+    if (*v == '\n')
+      fputs("\\n", f);
+    else
+      fputc(*v, f);
+  }
+}
+
+static void family(FILE *f, const char *name, const char *type, const char *help) {
+  fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void sample(FILE *f, const char *name, const struct listener *l, long long v) {
+  fprintf(f, "%s{listener=\"", name);
+  put_label(f, l->name);
+  fprintf(f, "\"} %lld\n", v);
+}
+
+/* A per-listener counter: its field in struct stats. */
+struct counter {
+  const char *name, *type, *help;
+  size_t offset;
+};
+
+static const struct counter counters[] = {
+    {"tlsplane_connections", "gauge", "Open client connections (server.connections).",
+     offsetof(struct stats, connections)},
+    {"tlsplane_connections_total", "counter", "Client TCP connections accepted.",
+     offsetof(struct stats, connections_total)},
+    {"tlsplane_handshakes_total", "counter", "TLS handshakes completed ('secureConnection').",
+     offsetof(struct stats, handshakes)},
+    {"tlsplane_resumptions_total", "counter",
+     "Handshakes that resumed a session, by ID or ticket ('resumeSession' hit).",
+     offsetof(struct stats, resumptions)},
+    {"tlsplane_new_sessions_total", "counter",
+     "Full handshakes, each creating a new session ('newSession').",
+     offsetof(struct stats, new_sessions)},
+    {"tlsplane_ocsp_requests_total", "counter",
+     "Handshakes whose client asked for OCSP stapling ('OCSPRequest').",
+     offsetof(struct stats, ocsp_requests)},
+    {"tlsplane_ocsp_staples_total", "counter", "Handshakes that got a stapled OCSP response.",
+     offsetof(struct stats, ocsp_staples)},
+    {"tlsplane_bytes_in_total", "counter", "Bytes read from clients (TLS records).",
+     offsetof(struct stats, bytes_in)},
+    {"tlsplane_bytes_out_total", "counter", "Bytes sent to clients (TLS records).",
+     offsetof(struct stats, bytes_out)},
+};
+
+int metrics_render(const struct agent *a, char **out, size_t *len) {
+  *out = NULL;
+  *len = 0;
+  FILE *f = open_memstream(out, len);
+  if (f == NULL)
+    return -1;
+  family(f, "tlsplane_config_revision", "gauge",
+         "Revision of the last snapshot applied, in whole or in part.");
+  fprintf(f, "tlsplane_config_revision %lld\n", (long long)a->revision);
+  family(f, "tlsplane_config_apply_total", "counter",
+         "Snapshots applied, by result: ack (every listener), nack (some listener not "
+         "applied), error (the snapshot could not be read).");
+  for (int r = 0; r < AGENT_APPLY_RESULT_COUNT; r++)
+    fprintf(f, "tlsplane_config_apply_total{result=\"%s\"} %lld\n",
+            agent_apply_result_name((enum agent_apply_result)r), a->apply_total[r]);
+  family(f, "tlsplane_workers", "gauge", "Worker threads.");
+  fprintf(f, "tlsplane_workers %d\n", a->n_workers);
+
+  family(f, "tlsplane_listener_up", "gauge",
+         "1 when the listener accepts connections, 0 when it is not served (its build failed, "
+         "or it was dropped and its connections drain).");
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next)
+    sample(f, "tlsplane_listener_up", l, l->applied != NULL);
+  family(f, "tlsplane_listener_info", "gauge",
+         "The listener's bound address and upstream (value 1), while served.");
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
+    if (l->applied == NULL)
+      continue;
+    char bound[80];
+    listener_addr_format(&l->applied->bind_addr, bound, sizeof(bound));
+    fputs("tlsplane_listener_info{listener=\"", f);
+    put_label(f, l->name);
+    fputs("\",address=\"", f);
+    put_label(f, bound);
+    fputs("\",upstream=\"", f);
+    put_label(f, l->applied->upstream);
+    fputs("\"} 1\n", f);
+  }
+  family(f, "tlsplane_listener_applied_revision", "gauge",
+         "Snapshot revision of the version the listener serves.");
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next)
+    if (l->applied != NULL)
+      sample(f, "tlsplane_listener_applied_revision", l, l->applied_revision);
+
+  for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+    const struct counter *c = &counters[i];
+    family(f, c->name, c->type, c->help);
+    for (const struct listener *l = a->listeners; l != NULL; l = l->next)
+      sample(f, c->name, l, stats_get((atomic_llong *)((char *)&l->stats + c->offset)));
+  }
+  family(f, "tlsplane_client_errors_total", "counter",
+         "Client connections that ended in an error ('clientError'), by cause.");
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
+    for (int c = 0; c < CAUSE_COUNT; c++) {
+      fputs("tlsplane_client_errors_total{listener=\"", f);
+      put_label(f, l->name);
+      fprintf(f, "\",cause=\"%s\"} %lld\n", stats_cause_name((enum stats_cause)c),
+              stats_get((atomic_llong *)&l->stats.client_errors[c]));
+    }
+  }
+  if (fclose(f) != 0) {
+    free(*out);
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* The HTTP server ----------------------------------------------------------- */
+
+static void metrics_handle_closed(struct metrics *m) {
+  if (--m->handles == 0) {
+    m->magic = 0;
+    free(m);
+  }
+}
+
+static void on_mconn_close(uv_handle_t *h) {
+  struct mconn *mc = mconn_check(h->data);
+  struct metrics *m = mc->m;
+  if (mc->prev != NULL)
+    mc->prev->next = mc->next;
+  else
+    m->conns = mc->next;
+  if (mc->next != NULL)
+    mc->next->prev = mc->prev;
+  free(mc->head);
+  free(mc->body);
+  mc->magic = 0;
+  free(mc);
+  metrics_handle_closed(m);
+}
+
+static void mconn_close(struct mconn *mc) {
+  if (!uv_is_closing((uv_handle_t *)&mc->tcp))
+    uv_close((uv_handle_t *)&mc->tcp, on_mconn_close);
+}
+
+static void on_written(uv_write_t *req, int status) {
+  mconn_close(mconn_check(req->data));
+}
+
+/* One response, then the connection is closed ("Connection: close"). */
+static void respond(struct mconn *mc, int status, const char *reason, const char *type, char *body,
+                    size_t body_len, int head_only) {
+  mc->responded = 1;
+  uv_read_stop((uv_stream_t *)&mc->tcp);
+  mc->body = body;
+  int n = asprintf(&mc->head,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                   "Connection: close\r\n\r\n",
+                   status, reason, type, body_len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
+  if (n < 0) {
+    mc->head = NULL;
+    mconn_close(mc);
+    return;
+  }
+  uv_buf_t bufs[2] = {uv_buf_init(mc->head, (unsigned)n),
+                      uv_buf_init(body, head_only ? 0 : (unsigned)body_len)};
+  mc->req.data = mc;
+  if (uv_write(&mc->req, (uv_stream_t *)&mc->tcp, bufs, 2, on_written) != 0)
+    mconn_close(mc);
+}
+
+static void respond_text(struct mconn *mc, int status, const char *reason, const char *text) {
+  char *body = strdup(text);
+  respond(mc, status, reason, "text/plain; charset=utf-8", body, body ? strlen(body) : 0, 0);
+}
+
+static int on_url(http_parser *p, const char *at, size_t len) {
+  struct mconn *mc = mconn_check(p->data);
+  if (len > sizeof(mc->url) - 1 - mc->url_len)
+    return 1; /* too long: a parser error */
+  memcpy(mc->url + mc->url_len, at, len);
+  mc->url_len += len;
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  struct mconn *mc = mconn_check(p->data);
+  struct http_parser_url u;
+  http_parser_url_init(&u);
+  mc->url[mc->url_len] = '\0';
+  if (http_parser_parse_url(mc->url, mc->url_len, 0, &u) != 0 || !(u.field_set & (1 << UF_PATH))) {
+    respond_text(mc, 400, "Bad Request", "bad request\n");
+  } else if (u.field_data[UF_PATH].len != 8 ||
+             memcmp(mc->url + u.field_data[UF_PATH].off, "/metrics", 8) != 0) {
+    respond_text(mc, 404, "Not Found", "not found\n");
+  } else if (p->method != HTTP_GET && p->method != HTTP_HEAD) {
+    respond_text(mc, 405, "Method Not Allowed", "method not allowed\n");
+  } else {
+    char *text;
+    size_t len;
+    if (metrics_render(mc->m->a, &text, &len) != 0)
+      respond_text(mc, 500, "Internal Server Error", "out of memory\n");
+    else
+      respond(mc, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len,
+              p->method == HTTP_HEAD);
+  }
+  http_parser_pause(p, 1); /* one request per connection */
+  return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_url = on_url,
+    .on_message_complete = on_message_complete,
+};
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  struct mconn *mc = mconn_check(h->data);
+  *buf = uv_buf_init(mc->rbuf, sizeof(mc->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  struct mconn *mc = mconn_check(s->data);
+  if (nread == 0 || mc->responded)
+    return;
+  if (nread < 0) {
+    mconn_close(mc);
+    return;
+  }
+  mc->seen += (size_t)nread;
+  size_t done = http_parser_execute(&mc->parser, &parser_settings, buf->base, (size_t)nread);
+  if (mc->responded)
+    return;
+  if (HTTP_PARSER_ERRNO(&mc->parser) != HPE_OK || done != (size_t)nread)
+    respond_text(mc, 400, "Bad Request", "bad request\n");
+  else if (mc->seen > MCONN_MAX_REQUEST)
+    respond_text(mc, 431, "Request Header Fields Too Large", "request too large\n");
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  struct metrics *m = metrics_check(server->data);
+  if (status < 0 || m->closing)
+    return;
+  struct mconn *mc = calloc(1, sizeof(*mc));
+  if (mc == NULL)
+    return;
+  mc->magic = MCONN_MAGIC;
+  mc->m = m;
+  uv_tcp_init(m->a->loop, &mc->tcp);
+  mc->tcp.data = mc;
+  mc->next = m->conns;
+  if (m->conns != NULL)
+    m->conns->prev = mc;
+  m->conns = mc;
+  m->handles++;
+  http_parser_init(&mc->parser, HTTP_REQUEST);
+  mc->parser.data = mc;
+  if (uv_accept(server, (uv_stream_t *)&mc->tcp) != 0 ||
+      uv_read_start((uv_stream_t *)&mc->tcp, on_alloc, on_read) != 0)
+    mconn_close(mc);
+}
+
+static void on_server_close(uv_handle_t *h) {
+  metrics_handle_closed(metrics_check(h->data));
+}
+
+int metrics_start(struct agent *a, uv_loop_t *loop, const char *address, struct metrics **out,
+                  struct tp_err *err) {
+  *out = NULL;
+  union sockaddr_any addr;
+  if (listener_addr_resolve(address, 1, "--metrics-listen", &addr, err) != 0)
+    return -1;
+  struct metrics *m = calloc(1, sizeof(*m));
+  if (m == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  m->magic = METRICS_MAGIC;
+  m->a = a;
+  uv_tcp_init(loop, &m->server);
+  m->server.data = m;
+  m->handles = 1;
+  int rc = uv_tcp_bind(&m->server, &addr.sa, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&m->server, 128, on_connection);
+  if (rc != 0) {
+    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "--metrics-listen: %s: %s", address, uv_strerror(rc));
+    metrics_close(m);
+    return -1;
+  }
+  union sockaddr_any bound;
+  int len = sizeof(bound);
+  if (uv_tcp_getsockname(&m->server, &bound.sa, &len) == 0)
+    listener_addr_format(&bound, m->address, sizeof(m->address));
+  *out = m;
+  return 0;
+}
+
+const char *metrics_address(const struct metrics *m) {
+  return m->address;
+}
+
+void metrics_close(struct metrics *m) {
+  if (m == NULL || m->closing)
+    return;
+  m->closing = 1;
+  for (struct mconn *mc = m->conns; mc != NULL; mc = mc->next)
+    mconn_close(mc);
+  uv_close((uv_handle_t *)&m->server, on_server_close);
+}

@@ -1,0 +1,15 @@
+/* Names of the client error causes (see stats.h). */
+#include "stats.h"
+
+const char *stats_cause_name(enum stats_cause cause) {
+  static const char *const names[CAUSE_COUNT] = {
+      [CAUSE_HANDSHAKE_FAILED] = "handshake_failed",
+      [CAUSE_HANDSHAKE_ABORTED] = "handshake_aborted",
+      [CAUSE_HANDSHAKE_TIMEOUT] = "handshake_timeout",
+      [CAUSE_MAX_CONNECTIONS] = "max_connections",
+      [CAUSE_RENEGOTIATION_LIMIT] = "renegotiation_limit",
+      [CAUSE_UPSTREAM_CONNECT] = "upstream_connect",
+      [CAUSE_TLS_ERROR] = "tls_error",
+  };
+  return (unsigned)cause < CAUSE_COUNT ? names[cause] : "unknown";
+}
