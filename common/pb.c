@@ -62,7 +62,7 @@ ProtobufCMessage *pb_message_get(const ProtobufCMessage *msg, const char *name) 
   return *(ProtobufCMessage **)pb_member(msg, f);
 }
 
-static size_t scalar_size(ProtobufCType type) {
+size_t pb_type_size(ProtobufCType type) {
   switch (type) {
   case PROTOBUF_C_TYPE_INT32:
   case PROTOBUF_C_TYPE_SINT32:
@@ -110,7 +110,7 @@ void pb_field_swap(ProtobufCMessage *a, ProtobufCMessage *b, const ProtobufCFiel
         (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ? sizeof(uint32_t) : sizeof(protobuf_c_boolean);
     swap_bytes((char *)a + f->quantifier_offset, (char *)b + f->quantifier_offset, qsize);
   }
-  swap_bytes(pb_member(a, f), pb_member(b, f), scalar_size(f->type));
+  swap_bytes(pb_member(a, f), pb_member(b, f), pb_type_size(f->type));
 }
 
 void pb_field_clear(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f) {

@@ -32,6 +32,10 @@ int pb_string_set(ProtobufCMessage *msg, const char *name, const char *value);
 /* A sub-message field's value (may be NULL), or NULL if no such field. */
 ProtobufCMessage *pb_message_get(const ProtobufCMessage *msg, const char *name);
 
+/* Bytes a value of this type occupies in a message (one element of a
+ * repeated field, or the member of a singular one). */
+size_t pb_type_size(ProtobufCType type);
+
 /* Swaps the storage of field f between two messages of the same type (the
  * value, its presence flag and, for repeated fields, the count). Both
  * messages stay valid for protobuf_c_message_free_unpacked. */

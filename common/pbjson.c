@@ -10,6 +10,8 @@
  * element at a time, and a oneof's case is set only after its member. */
 #include "pbjson.h"
 
+#include "pb.h"
+
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
@@ -161,41 +163,6 @@ static int is_map_field(const ProtobufCMessageDescriptor *owner,
     up = 0;
   }
   return strcmp(s, "Entry") == 0;
-}
-
-/* Bytes one element of a repeated field of this type occupies. */
-static size_t elem_size(ProtobufCType type) {
-  switch (type) {
-  case PROTOBUF_C_TYPE_INT32:
-  case PROTOBUF_C_TYPE_SINT32:
-  case PROTOBUF_C_TYPE_SFIXED32:
-    return sizeof(int32_t);
-  case PROTOBUF_C_TYPE_UINT32:
-  case PROTOBUF_C_TYPE_FIXED32:
-    return sizeof(uint32_t);
-  case PROTOBUF_C_TYPE_INT64:
-  case PROTOBUF_C_TYPE_SINT64:
-  case PROTOBUF_C_TYPE_SFIXED64:
-    return sizeof(int64_t);
-  case PROTOBUF_C_TYPE_UINT64:
-  case PROTOBUF_C_TYPE_FIXED64:
-    return sizeof(uint64_t);
-  case PROTOBUF_C_TYPE_FLOAT:
-    return sizeof(float);
-  case PROTOBUF_C_TYPE_DOUBLE:
-    return sizeof(double);
-  case PROTOBUF_C_TYPE_BOOL:
-    return sizeof(protobuf_c_boolean);
-  case PROTOBUF_C_TYPE_ENUM:
-    return sizeof(int);
-  case PROTOBUF_C_TYPE_STRING:
-    return sizeof(char *);
-  case PROTOBUF_C_TYPE_BYTES:
-    return sizeof(ProtobufCBinaryData);
-  case PROTOBUF_C_TYPE_MESSAGE:
-    return sizeof(ProtobufCMessage *);
-  }
-  return 0;
 }
 
 /* --- JSON paths for error messages ------------------------------------- */
@@ -996,7 +963,7 @@ static int dec_repeated(struct dec *d, ProtobufCMessage *m, const ProtobufCField
   size_t n = json_array_size(v);
   if (n == 0)
     return 0;
-  size_t esz = elem_size(f->type);
+  size_t esz = pb_type_size(f->type);
   char *arr = calloc(n, esz);
   if (arr == NULL)
     return dec_oom(d);
@@ -1043,7 +1010,7 @@ static int dec_map_key(struct dec *d, const ProtobufCFieldDescriptor *kf, const 
   case PROTOBUF_C_TYPE_INT64:
   case PROTOBUF_C_TYPE_SINT64:
   case PROTOBUF_C_TYPE_SFIXED64: {
-    int wide = elem_size(kf->type) == 8;
+    int wide = pb_type_size(kf->type) == 8;
     what = wide ? "an int64 map key" : "an int32 map key";
     errno = 0;
     if (!is_canonical_int(key))
@@ -1062,7 +1029,7 @@ static int dec_map_key(struct dec *d, const ProtobufCFieldDescriptor *kf, const 
   case PROTOBUF_C_TYPE_FIXED32:
   case PROTOBUF_C_TYPE_UINT64:
   case PROTOBUF_C_TYPE_FIXED64: {
-    int wide = elem_size(kf->type) == 8;
+    int wide = pb_type_size(kf->type) == 8;
     what = wide ? "a uint64 map key" : "a uint32 map key";
     errno = 0;
     if (!is_canonical_int(key) || key[0] == '-')
@@ -1470,7 +1437,7 @@ static int field_present(const ProtobufCMessage *m, const ProtobufCFieldDescript
     return *(const double *)src != 0;
   default: {
     const unsigned char *b = src;
-    for (size_t i = 0; i < elem_size(f->type); i++)
+    for (size_t i = 0; i < pb_type_size(f->type); i++)
       if (b[i])
         return 1;
     return 0;
@@ -1483,7 +1450,7 @@ static json_t *enc_list(struct enc *e, const ProtobufCFieldDescriptor *f, const 
   json_t *a = json_array();
   if (a == NULL)
     return enc_oom(e);
-  size_t esz = elem_size(f->type);
+  size_t esz = pb_type_size(f->type);
   for (size_t i = 0; i < n; i++) {
     size_t saved = path_push(&e->path, "[%zu]", i);
     json_t *j = enc_value(e, f, arr + i * esz);
