@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run   installs what is missing, builds, starts tlsplane-server
+#   make run   installs what is missing, builds, starts tlsplane-server and an agent with a demo listener
 #   make test  installs what is missing, builds (plain and ASan+UBSan), runs every test
 JOBS ?= $(shell nproc)
 LISTEN ?= 127.0.0.1:7443
@@ -27,13 +27,12 @@ test: build build-asan tests/integration/node_modules/.package-lock.json
 	ctest --test-dir build --output-on-failure
 	ctest --test-dir build-asan --output-on-failure
 
+# tlsplane-server, one tlsplane-agent enrolled with a join token, and a demo
+# listener (a self-signed certificate uploaded through the API) in front of
+# a small HTTP upstream; prints what to try (curl, a live certificate
+# rotation). Ctrl-C stops everything. See scripts/demo.
 run: build
-	@echo "tlsplane-server: API on $(LISTEN) over TLS, data in $(DATA_DIR) (CA, admin token and"
-	@echo "certificate, master key: made on the first start)"
-	@echo "try:  grpcurl -cacert $(DATA_DIR)/ca.pem -H \"authorization: Bearer \$$(cat $(DATA_DIR)/admin.token)\" $(LISTEN) list"
-	@echo "      grpcurl -cacert $(DATA_DIR)/ca.pem -H \"authorization: Bearer \$$(cat $(DATA_DIR)/admin.token)\" -d '{\"pageSize\": 10}' $(LISTEN) tlsplane.v1.CipherPolicyService/ListCipherPolicies"
-	@echo "      grpcurl -cacert $(DATA_DIR)/ca.pem -cert $(DATA_DIR)/admin.pem -key $(DATA_DIR)/admin-key.pem $(LISTEN) tlsplane.v1.AuditService/ListAuditEvents"
-	exec ./build/server/tlsplane-server --data-dir $(DATA_DIR) --listen $(LISTEN)
+	DATA_DIR='$(DATA_DIR)' LISTEN='$(LISTEN)' BUILD=./build exec ./scripts/demo run
 
 format:
 	git ls-files '*.c' '*.h' | xargs clang-format -i

@@ -5,6 +5,7 @@
 #ifndef TLSPLANE_AGENT_AGENT_H
 #define TLSPLANE_AGENT_AGENT_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -28,6 +29,11 @@ struct agent {
   struct listener *listeners;
   int64_t revision; /* of the last snapshot applied, in whole or in part */
   long long apply_total[AGENT_APPLY_RESULT_COUNT];
+  /* Control-plane mode only (the stream's thread writes them). */
+  int control_plane;           /* snapshots come from tlsplane-server */
+  atomic_int cp_connected;     /* 1 while the stream is up */
+  atomic_llong cp_connects;    /* streams established since the start */
+  atomic_llong cp_cert_expiry; /* the agent certificate's notAfter, seconds since the epoch */
 };
 
 const char *agent_apply_result_name(enum agent_apply_result r);

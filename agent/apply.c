@@ -209,14 +209,20 @@ static void push_op(struct worker_msg *m, enum worker_op_kind kind, struct liste
 static void log_served(const struct plan *p, int64_t revision) {
   char bound[80];
   listener_addr_format(&p->nv->bind_addr, bound, sizeof(bound));
-  log_info("agent", "listener=%s %s: serving on %s (%s), upstream %s%s, revision %lld", p->l->name,
-           p->action == APPLY_NEW ? "new" : "changed", bound, p->nv->address, p->nv->upstream,
-           p->nv->proxy_protocol ? " with PROXY v2" : "", (long long)revision);
+  size_t n = tlsconf_listener_contexts(p->nv->tls), reused = tlsconf_listener_reused(p->nv->tls);
+  log_info("agent",
+           "listener=%s %s: serving on %s (%s), upstream %s%s, revision %lld; %zu of %zu "
+           "contexts built",
+           p->l->name, p->action == APPLY_NEW ? "new" : "changed", bound, p->nv->address,
+           p->nv->upstream, p->nv->proxy_protocol ? " with PROXY v2" : "", (long long)revision,
+           n - reused, n);
 }
 
 int agent_apply(struct agent *a, const Tlsplane__V1__Snapshot *snap, struct apply_report *report) {
+  uint64_t started = uv_hrtime();
   memset(report, 0, sizeof(*report));
   report->revision = snap->revision;
+  report->snapshot = snap;
   registry_prune(a);
   size_t n = snap->n_listeners, n_registry = 0;
   for (struct listener *l = a->listeners; l != NULL; l = l->next) {
@@ -330,6 +336,7 @@ int agent_apply(struct agent *a, const Tlsplane__V1__Snapshot *snap, struct appl
 
   a->revision = snap->revision;
   a->apply_total[report->n_failed == 0 ? AGENT_APPLY_ACK : AGENT_APPLY_NACK]++;
+  report->apply_ms = (double)(uv_hrtime() - started) / 1e6;
   return report->n_failed == 0 ? 0 : -1;
 }
 

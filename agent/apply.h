@@ -45,9 +45,13 @@ struct apply_result {
 
 struct apply_report {
   int64_t revision;
+  /* The snapshot applied (borrowed: valid until the caller of agent_apply
+   * frees it). */
+  const Tlsplane__V1__Snapshot *snapshot;
   size_t n; /* every listener of the snapshot, then the dropped ones */
   struct apply_result *results;
   size_t n_failed;
+  double apply_ms; /* how long agent_apply took (both phases, on the main thread) */
 };
 
 const char *apply_action_name(enum apply_action a);

@@ -195,7 +195,9 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   memcpy(v->config, config, config_len);
   v->config_len = config_len;
 
-  if (tlsconf_listener_build(rl, &v->tls, err) != 0)
+  /* Contexts unchanged since the version served are taken from it. */
+  if (tlsconf_listener_build_from(rl, l->applied != NULL ? l->applied->tls : NULL, &v->tls, err) !=
+      0)
     goto failed;
   v->renegotiation_limit = tlsconf_listener_renegotiation_limit(v->tls);
   int64_t window = tlsconf_listener_renegotiation_window_ms(v->tls);

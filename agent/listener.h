@@ -89,7 +89,8 @@ struct listener *listener_check(void *p);
 /* Builds a version of l from rl: checks the Listener fields (address,
  * upstream, limits), resolves the bind and upstream addresses
  * (getaddrinfo: call it off the worker loops) and builds the TLS side
- * (tlsconf_listener_build). config/config_len is rl packed (copied).
+ * (tlsconf_listener_build_from: the contexts unchanged since l->applied
+ * are reused, not rebuilt). config/config_len is rl packed (copied).
  * All or nothing: on failure err names the field ("upstream: ...") and
  * nothing is kept. The result holds one reference (the caller's). */
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,

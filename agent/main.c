@@ -1,8 +1,11 @@
-/* tlsplane-agent, standalone: serves the listeners of a snapshot file.
+/* tlsplane-agent: serves the listeners of the snapshots it receives from
+ * tlsplane-server (control-plane mode: source_stream.c), or of a snapshot
+ * file (standalone: source_file.c).
  *
  * The main thread owns the process context (struct agent), the snapshot
  * source, the metrics endpoint and the signals; the workers (worker.c)
  * carry the connections. See agent/README.md for the command line. */
+#include <ctype.h>
 #include <getopt.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -19,11 +22,23 @@
 
 #define DEFAULT_METRICS_LISTEN "127.0.0.1:9443"
 #define MAX_WORKERS 256
+#define MAX_LABELS 64
+
+#ifndef TLSPLANE_VERSION
+#define TLSPLANE_VERSION "0.0.0"
+#endif
 
 struct options {
-  const char *config;
+  const char *config; /* standalone */
   const char *metrics_listen;
   int workers;
+  /* Control-plane mode. */
+  const char *server, *ca, *join_token, *cert, *key, *name, *cache_dir;
+  const char *label_keys[MAX_LABELS], *label_values[MAX_LABELS];
+  size_t n_labels;
+  char *label_store[MAX_LABELS]; /* "key\0value" each, malloc'd */
+  int renew_now;
+  int retry_max_ms;
 };
 
 /* Everything the main loop's callbacks need. */
@@ -39,19 +54,46 @@ struct main_ctx {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "Usage: tlsplane-agent --config SNAPSHOT.json [--metrics-listen HOST:PORT|off]\n"
+          "Usage: tlsplane-agent --server HOST:PORT --ca FILE --name NAME --cache-dir DIR\n"
+          "                      [--join-token TOKEN | --cert FILE --key FILE]\n"
+          "                      [--label KEY=VALUE ...] [--metrics-listen HOST:PORT|off]\n"
+          "                      [--workers N]\n"
+          "       tlsplane-agent --config SNAPSHOT.json [--metrics-listen HOST:PORT|off]\n"
           "                      [--workers N]\n"
           "\n"
-          "Terminates TLS for the listeners of a snapshot (tlsplane.v1.Snapshot in\n"
-          "protobuf's JSON mapping) and forwards cleartext to their upstreams.\n"
+          "Terminates TLS for the listeners of the snapshots tlsplane-server pushes (or of a\n"
+          "snapshot file: tlsplane.v1.Snapshot in protobuf's JSON mapping) and forwards\n"
+          "cleartext to their upstreams.\n"
           "\n"
+          "Control plane:\n"
+          "  --server HOST:PORT       tlsplane-server's API                    [TLSPLANE_SERVER]\n"
+          "  --ca FILE                the control-plane CA (verifies the server) [TLSPLANE_CA]\n"
+          "  --join-token TOKEN       one-time token: enrolls when DIR holds no usable agent\n"
+          "                           certificate                          [TLSPLANE_JOIN_TOKEN]\n"
+          "  --cert FILE, --key FILE  or a client certificate (CN=agent:NAME) and its key\n"
+          "                                                       [TLSPLANE_CERT, TLSPLANE_KEY]\n"
+          "  --name NAME              the agent id (\"edge-1\")                  [TLSPLANE_NAME]\n"
+          "  --label KEY=VALUE        a label, for listeners' agent selectors (repeatable)\n"
+          "                                               [TLSPLANE_LABELS, comma-separated]\n"
+          "  --cache-dir DIR          the last snapshot applied (served at start, before the\n"
+          "                           server answers) and the agent's key and certificate\n"
+          "                                                               [TLSPLANE_CACHE_DIR]\n"
+          "Standalone:\n"
           "  --config FILE            the snapshot; SIGHUP reads it again   [TLSPLANE_CONFIG]\n"
+          "Both:\n"
           "  --metrics-listen ADDR    Prometheus GET /metrics on HOST:PORT, \"off\" to disable\n"
           "                           (default %s)            [TLSPLANE_METRICS_LISTEN]\n"
           "  --workers N              worker threads (default: one per core)  [TLSPLANE_WORKERS]\n"
           "  -h, --help               this help\n"
           "\n"
-          "Signals: SIGHUP reloads the snapshot; SIGTERM/SIGINT stop accepting, close idle\n"
+          "A flag wins over its variable. Without a join token the cache dir must hold an\n"
+          "enrolled certificate. Tests: TLSPLANE_RENEW_NOW=1 renews the agent certificate once,\n"
+          "right after the first snapshot (it is otherwise renewed two thirds into its\n"
+          "validity); TLSPLANE_RETRY_MAX_MS caps the wait between connection attempts\n"
+          "(default 30000: 0.5 s doubling to 30 s, with jitter).\n"
+          "\n"
+          "Signals: SIGHUP reloads the snapshot file (standalone) or skips the wait before the\n"
+          "next connection attempt (control plane); SIGTERM/SIGINT stop accepting, close idle\n"
           "connections and give the others %d s (a second signal closes them at once).\n"
           "Exit status: 0 after a clean stop, 1 when the agent cannot start, 2 on bad usage.\n",
           DEFAULT_METRICS_LISTEN, WORKER_GRACE_MS / 1000);
@@ -66,33 +108,118 @@ static int parse_workers(const char *s, int *out) {
   return 0;
 }
 
+static const char *env(const char *name) {
+  const char *v = getenv(name);
+  return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* An agent id, as the server's names want it: 1 to 63 lower-case letters,
+ * digits and '-', starting with a letter. */
+static int valid_id(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > 63 || !islower((unsigned char)s[0]))
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!islower((unsigned char)s[i]) && !isdigit((unsigned char)s[i]) && s[i] != '-')
+      return 0;
+  return 1;
+}
+
+static void options_free(struct options *o) {
+  for (size_t i = 0; i < o->n_labels; i++)
+    free(o->label_store[i]);
+  o->n_labels = 0;
+}
+
+/* Adds "k=v" (copied). */
+static int add_label(struct options *o, const char *text) {
+  const char *eq = strchr(text, '=');
+  if (eq == NULL || eq == text) {
+    fprintf(stderr, "tlsplane-agent: --label: \"%s\" is not KEY=VALUE\n", text);
+    return -1;
+  }
+  if (o->n_labels == MAX_LABELS) {
+    fprintf(stderr, "tlsplane-agent: --label: at most %d labels\n", MAX_LABELS);
+    return -1;
+  }
+  char *kv = strdup(text);
+  if (kv == NULL)
+    return -1;
+  kv[eq - text] = '\0';
+  for (size_t i = 0; i < o->n_labels; i++)
+    if (strcmp(o->label_keys[i], kv) == 0) {
+      fprintf(stderr, "tlsplane-agent: --label: \"%s\" given twice\n", kv);
+      free(kv);
+      return -1;
+    }
+  o->label_store[o->n_labels] = kv;
+  o->label_keys[o->n_labels] = kv;
+  o->label_values[o->n_labels++] = kv + (eq - text) + 1;
+  return 0;
+}
+
 /* Flags win over environment variables, which win over defaults. */
 static int parse_options(int argc, char **argv, struct options *o) {
   static const struct option longopts[] = {
       {"config", required_argument, NULL, 'c'},
       {"metrics-listen", required_argument, NULL, 'm'},
       {"workers", required_argument, NULL, 'w'},
+      {"server", required_argument, NULL, 's'},
+      {"ca", required_argument, NULL, 'A'},
+      {"join-token", required_argument, NULL, 'j'},
+      {"cert", required_argument, NULL, 'C'},
+      {"key", required_argument, NULL, 'K'},
+      {"name", required_argument, NULL, 'n'},
+      {"label", required_argument, NULL, 'l'},
+      {"cache-dir", required_argument, NULL, 'd'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  const char *env;
-  o->config = getenv("TLSPLANE_CONFIG");
-  o->metrics_listen = (env = getenv("TLSPLANE_METRICS_LISTEN")) != NULL && env[0] != '\0'
-                          ? env
-                          : DEFAULT_METRICS_LISTEN;
-  o->workers = 0;
+  memset(o, 0, sizeof(*o));
+  const char *metrics = env("TLSPLANE_METRICS_LISTEN");
+  o->metrics_listen = metrics != NULL ? metrics : DEFAULT_METRICS_LISTEN;
   const char *workers = getenv("TLSPLANE_WORKERS");
+  const char *config_flag = NULL, *server_flag = NULL;
+  const char *flag_ca = NULL, *flag_token = NULL, *flag_cert = NULL, *flag_key = NULL,
+             *flag_name = NULL, *flag_cache = NULL;
+  int flag_labels = 0;
   int c;
   while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
     switch (c) {
     case 'c':
-      o->config = optarg;
+      config_flag = optarg;
       break;
     case 'm':
       o->metrics_listen = optarg;
       break;
     case 'w':
       workers = optarg;
+      break;
+    case 's':
+      server_flag = optarg;
+      break;
+    case 'A':
+      flag_ca = optarg;
+      break;
+    case 'j':
+      flag_token = optarg;
+      break;
+    case 'C':
+      flag_cert = optarg;
+      break;
+    case 'K':
+      flag_key = optarg;
+      break;
+    case 'n':
+      flag_name = optarg;
+      break;
+    case 'd':
+      flag_cache = optarg;
+      break;
+    case 'l':
+      flag_labels = 1;
+      if (add_label(o, optarg) != 0)
+        return -1;
       break;
     case 'h':
       usage(stdout);
@@ -106,11 +233,6 @@ static int parse_options(int argc, char **argv, struct options *o) {
     fprintf(stderr, "tlsplane-agent: unexpected argument \"%s\"\n", argv[optind]);
     return -1;
   }
-  if (o->config == NULL || o->config[0] == '\0') {
-    fprintf(stderr, "tlsplane-agent: --config (or TLSPLANE_CONFIG) is required\n");
-    usage(stderr);
-    return -1;
-  }
   if (workers != NULL && workers[0] != '\0' && parse_workers(workers, &o->workers) != 0) {
     fprintf(stderr, "tlsplane-agent: --workers: \"%s\" is not a number from 1 to %d\n", workers,
             MAX_WORKERS);
@@ -119,6 +241,87 @@ static int parse_options(int argc, char **argv, struct options *o) {
   if (o->workers == 0) {
     unsigned n = uv_available_parallelism();
     o->workers = n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (int)n;
+  }
+
+  /* Which mode: a flag for one wins over the other's variable. */
+  if (config_flag != NULL && server_flag != NULL) {
+    fprintf(stderr, "tlsplane-agent: --config (standalone) and --server (control plane) "
+                    "exclude each other\n");
+    return -1;
+  }
+  if (config_flag != NULL) {
+    o->config = config_flag;
+  } else if (server_flag != NULL) {
+    o->server = server_flag;
+  } else if (env("TLSPLANE_CONFIG") != NULL && env("TLSPLANE_SERVER") != NULL) {
+    fprintf(stderr, "tlsplane-agent: set only one of TLSPLANE_CONFIG and TLSPLANE_SERVER\n");
+    return -1;
+  } else {
+    o->config = env("TLSPLANE_CONFIG");
+    o->server = env("TLSPLANE_SERVER");
+  }
+  if (o->config == NULL && o->server == NULL) {
+    fprintf(stderr, "tlsplane-agent: --server (or TLSPLANE_SERVER) or --config (or "
+                    "TLSPLANE_CONFIG) is required\n");
+    usage(stderr);
+    return -1;
+  }
+  if (o->config != NULL)
+    return 0;
+
+  o->ca = flag_ca != NULL ? flag_ca : env("TLSPLANE_CA");
+  o->name = flag_name != NULL ? flag_name : env("TLSPLANE_NAME");
+  o->cache_dir = flag_cache != NULL ? flag_cache : env("TLSPLANE_CACHE_DIR");
+  /* The credential: given by flags, the variables are not looked at. */
+  if (flag_token != NULL || flag_cert != NULL || flag_key != NULL) {
+    o->join_token = flag_token;
+    o->cert = flag_cert;
+    o->key = flag_key;
+  } else {
+    o->join_token = env("TLSPLANE_JOIN_TOKEN");
+    o->cert = env("TLSPLANE_CERT");
+    o->key = env("TLSPLANE_KEY");
+  }
+  const char *labels = env("TLSPLANE_LABELS");
+  if (!flag_labels && labels != NULL) {
+    char *copy = strdup(labels), *save = NULL;
+    int rc = copy != NULL ? 0 : -1;
+    for (char *t = copy != NULL ? strtok_r(copy, ",", &save) : NULL; rc == 0 && t != NULL;
+         t = strtok_r(NULL, ",", &save))
+      rc = add_label(o, t);
+    free(copy);
+    if (rc != 0)
+      return -1;
+  }
+  o->renew_now = env("TLSPLANE_RENEW_NOW") != NULL && strcmp(env("TLSPLANE_RENEW_NOW"), "0") != 0;
+  const char *retry = env("TLSPLANE_RETRY_MAX_MS");
+  o->retry_max_ms = retry != NULL ? atoi(retry) : 0;
+  if (o->retry_max_ms < 0 || o->retry_max_ms > 3600 * 1000) {
+    fprintf(stderr, "tlsplane-agent: TLSPLANE_RETRY_MAX_MS: \"%s\" is not 0 to 3600000\n", retry);
+    return -1;
+  }
+  const char *missing = o->ca == NULL          ? "--ca (or TLSPLANE_CA)"
+                        : o->name == NULL      ? "--name (or TLSPLANE_NAME)"
+                        : o->cache_dir == NULL ? "--cache-dir (or TLSPLANE_CACHE_DIR)"
+                                               : NULL;
+  if (missing != NULL) {
+    fprintf(stderr, "tlsplane-agent: %s is required with --server\n", missing);
+    return -1;
+  }
+  if (!valid_id(o->name)) {
+    fprintf(stderr,
+            "tlsplane-agent: --name: \"%s\" is not an agent id (1 to 63 lower-case letters, "
+            "digits and '-', starting with a letter)\n",
+            o->name);
+    return -1;
+  }
+  if ((o->cert == NULL) != (o->key == NULL)) {
+    fprintf(stderr, "tlsplane-agent: --cert and --key go together\n");
+    return -1;
+  }
+  if (o->cert != NULL && o->join_token != NULL) {
+    fprintf(stderr, "tlsplane-agent: --join-token and --cert/--key exclude each other\n");
+    return -1;
   }
   return 0;
 }
@@ -150,6 +353,7 @@ static void on_snapshot(Tlsplane__V1__Snapshot *snap, const struct tp_err *err, 
 /* Stopping ------------------------------------------------------------------- */
 
 static void close_main_handles(struct main_ctx *m) {
+  source_stop(m->source);
   metrics_close(m->metrics);
   m->metrics = NULL;
   uv_close((uv_handle_t *)&m->sighup, NULL);
@@ -191,6 +395,7 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
     log_info("agent", "%s: stopping: no new connections, idle ones closed, %d s for the rest",
              strsignal(signum), WORKER_GRACE_MS / 1000);
     m->stopping = 1;
+    source_stop(m->source); /* the control plane sees this agent go at once */
     post_all(m, WORKER_MSG_SHUTDOWN);
   } else if (m->stopping == 1) {
     log_info("agent", "%s again: closing every connection now", strsignal(signum));
@@ -207,10 +412,33 @@ static void on_sighup(uv_signal_t *h, int signum) {
 
 /* Main --------------------------------------------------------------------------- */
 
+static struct source *source_new(const struct options *o, struct main_ctx *m, uv_loop_t *loop) {
+  if (o->config != NULL)
+    return source_file_new(o->config, loop, on_snapshot, m);
+  struct stream_config cfg = {
+      .server = o->server,
+      .ca_path = o->ca,
+      .join_token = o->join_token,
+      .cert_path = o->cert,
+      .key_path = o->key,
+      .name = o->name,
+      .label_keys = (const char **)o->label_keys,
+      .label_values = (const char **)o->label_values,
+      .n_labels = o->n_labels,
+      .cache_dir = o->cache_dir,
+      .version = "tlsplane-agent/" TLSPLANE_VERSION,
+      .renew_now = o->renew_now,
+      .retry_max_ms = o->retry_max_ms,
+  };
+  return source_stream_new(&cfg, &m->a, loop, on_snapshot, m);
+}
+
 int main(int argc, char **argv) {
   struct options o;
-  if (parse_options(argc, argv, &o) != 0)
+  if (parse_options(argc, argv, &o) != 0) {
+    options_free(&o);
     return 2;
+  }
   signal(SIGPIPE, SIG_IGN); /* a peer gone mid-write is an error code, not a signal */
   OPENSSL_init_ssl(0, NULL);
 
@@ -220,22 +448,26 @@ int main(int argc, char **argv) {
   struct tp_err err = {0};
   Tlsplane__V1__Snapshot *snap = NULL;
 
-  /* The first snapshot must be readable: there is nothing to serve
-   * otherwise, and an operator must hear about it at once. */
-  m->source = source_file_new(o.config, &loop, on_snapshot, m);
-  if (m->source == NULL || source_first(m->source, &snap, &err) != 0) {
-    fprintf(stderr, "tlsplane-agent: cannot load the config: %s\n",
-            m->source == NULL ? "out of memory" : err.msg);
-    source_close(m->source);
-    return 1;
-  }
   if (uv_loop_init(&loop) != 0) {
     fprintf(stderr, "tlsplane-agent: cannot make an event loop\n");
-    protobuf_c_message_free_unpacked(&snap->base, NULL);
-    source_close(m->source);
+    options_free(&o);
     return 1;
   }
   m->a.loop = &loop;
+  /* The first snapshot: the file must be readable (there is nothing to
+   * serve otherwise, and an operator must hear about it at once); the
+   * control plane's comes from the cache, if any, and the agent serves it
+   * before the server answers. */
+  m->source = source_new(&o, m, &loop);
+  if (m->source == NULL || source_first(m->source, &snap, &err) != 0) {
+    fprintf(stderr, "tlsplane-agent: cannot %s: %s\n",
+            o.config != NULL ? "load the config" : "start",
+            m->source == NULL ? "out of memory" : err.msg);
+    source_close(m->source);
+    uv_loop_close(&loop);
+    options_free(&o);
+    return 1;
+  }
   int status = 1;
 
   if (strcmp(o.metrics_listen, "off") != 0 &&
@@ -259,25 +491,39 @@ int main(int argc, char **argv) {
       started++;
   }
   m->a.n_workers = started;
-  if (rc != 0) {
+  if (rc != 0)
     fprintf(stderr, "tlsplane-agent: cannot start worker %d: %s\n", started, uv_strerror(rc));
+  if (rc == 0) {
+    if (snap != NULL)
+      apply_snapshot(m, snap);
+    snap = NULL;
+    if (source_start(m->source, &err) != 0) {
+      fprintf(stderr, "tlsplane-agent: %s\n", err.msg);
+      rc = -1;
+    }
+  }
+  if (rc != 0) {
     /* Those started stop at once (nothing to drain); on_worker_done joins
      * them and closes the main handles. */
     m->stopping = 1;
     post_all(m, WORKER_MSG_SHUTDOWN);
+    post_all(m, WORKER_MSG_FORCE);
     if (started == 0)
       close_main_handles(m);
     uv_run(&loop, UV_RUN_DEFAULT);
     goto done;
   }
 
-  apply_snapshot(m, snap);
-  snap = NULL;
   uv_signal_start(&m->sighup, on_sighup, SIGHUP);
   uv_signal_start(&m->sigterm, on_stop_signal, SIGTERM);
   uv_signal_start(&m->sigint, on_stop_signal, SIGINT);
-  log_info("agent", "ready: revision %lld, %d workers, metrics %s", (long long)m->a.revision,
-           m->a.n_workers, m->metrics != NULL ? metrics_address(m->metrics) : "off");
+  if (o.server != NULL)
+    log_info("agent", "ready: revision %lld, %d workers, metrics %s, control plane %s as agents/%s",
+             (long long)m->a.revision, m->a.n_workers,
+             m->metrics != NULL ? metrics_address(m->metrics) : "off", o.server, o.name);
+  else
+    log_info("agent", "ready: revision %lld, %d workers, metrics %s", (long long)m->a.revision,
+             m->a.n_workers, m->metrics != NULL ? metrics_address(m->metrics) : "off");
 
   uv_run(&loop, UV_RUN_DEFAULT);
   log_info("agent", "stopped");
@@ -291,5 +537,6 @@ done:
   agent_listeners_free(&m->a);
   if (uv_loop_close(&loop) != 0)
     log_error("agent", "main loop not closed cleanly");
+  options_free(&o);
   return status;
 }

@@ -128,6 +128,20 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
             agent_apply_result_name((enum agent_apply_result)r), a->apply_total[r]);
   family(f, "tlsplane_workers", "gauge", "Worker threads.");
   fprintf(f, "tlsplane_workers %d\n", a->n_workers);
+  if (a->control_plane) {
+    family(f, "tlsplane_control_plane_connected", "gauge",
+           "1 while the stream to tlsplane-server is up (snapshots are served either way).");
+    fprintf(f, "tlsplane_control_plane_connected %d\n",
+            atomic_load(&((struct agent *)a)->cp_connected));
+    family(f, "tlsplane_control_plane_connects_total", "counter",
+           "Streams to tlsplane-server established (each one sent the agent its snapshot).");
+    fprintf(f, "tlsplane_control_plane_connects_total %lld\n",
+            (long long)atomic_load(&((struct agent *)a)->cp_connects));
+    family(f, "tlsplane_agent_certificate_expiry_seconds", "gauge",
+           "When the agent's client certificate expires (Unix time; 0: none loaded yet).");
+    fprintf(f, "tlsplane_agent_certificate_expiry_seconds %lld\n",
+            (long long)atomic_load(&((struct agent *)a)->cp_cert_expiry));
+  }
 
   family(f, "tlsplane_listener_up", "gauge",
          "1 when the listener accepts connections, 0 when it is not served (its build failed, "

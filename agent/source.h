@@ -1,10 +1,15 @@
-/* Where snapshots come from: a file (standalone mode, source_file.c) now,
- * the control plane's gRPC stream later. A small vtable (STYLE.md: redis
- * ConnectionType) so that main.c and apply.c do not care which.
+/* Where snapshots come from: a file (standalone mode, source_file.c) or
+ * the control plane's gRPC stream (source_stream.c). A small vtable
+ * (STYLE.md: redis ConnectionType) so that main.c and apply.c do not care
+ * which.
  *
  * A source delivers each new snapshot to cb on the main loop; the agent
  * applies it (agent_apply) and hands the per-listener results back through
- * source_report, which the stream will turn into ack / nack. */
+ * source_report, which the stream turns into ack / nack.
+ *
+ * Lifetime, all on the main thread: new, first (before the loop runs),
+ * start (once the first snapshot is applied), stop (when the agent stops;
+ * no cb after it), close (after the loop ended). */
 #ifndef TLSPLANE_AGENT_SOURCE_H
 #define TLSPLANE_AGENT_SOURCE_H
 
@@ -23,14 +28,22 @@ struct source;
 
 struct source_ops {
   const char *name;
-  /* The snapshot to start with, synchronously: 0 with *out (caller frees),
-   * or -1 with err when the agent cannot start. */
+  /* The snapshot to start with, synchronously: 0 with *out (caller frees;
+   * NULL: nothing to serve yet), or -1 with err when the agent cannot
+   * start. */
   int (*first)(struct source *s, Tlsplane__V1__Snapshot **out, struct tp_err *err);
+  /* Starts delivering (threads, handles on the loop). NULL: nothing to
+   * start. Returns 0, or -1 with err when the agent cannot run. */
+  int (*start)(struct source *s, struct tp_err *err);
   /* Asks for a fresh snapshot now (SIGHUP); it comes through cb. */
   void (*refresh)(struct source *s);
-  /* The outcome of applying the snapshot last delivered. */
+  /* The outcome of applying the snapshot last delivered (or the one
+   * first returned). */
   void (*report)(struct source *s, const struct apply_report *r);
-  /* Stops delivering and frees s. */
+  /* Stops delivering: cb is not called any more, handles on the loop are
+   * closing. NULL: nothing to stop. Idempotent. */
+  void (*stop)(struct source *s);
+  /* Frees s (after stop, once the loop ended). */
   void (*close)(struct source *s);
 };
 
@@ -43,6 +56,13 @@ struct source {
 
 static inline int source_first(struct source *s, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
   return s->ops->first(s, out, err);
+}
+static inline int source_start(struct source *s, struct tp_err *err) {
+  return s->ops->start != NULL ? s->ops->start(s, err) : 0;
+}
+static inline void source_stop(struct source *s) {
+  if (s != NULL && s->ops->stop != NULL)
+    s->ops->stop(s);
 }
 static inline void source_refresh(struct source *s) {
   s->ops->refresh(s);
@@ -61,5 +81,31 @@ struct source *source_file_new(const char *path, uv_loop_t *loop, source_cb cb, 
 
 /* Reads and decodes a snapshot file; err says what is wrong ("FILE: ..."). */
 int source_file_load(const char *path, Tlsplane__V1__Snapshot **out, struct tp_err *err);
+
+/* The control-plane source (source_stream.c). */
+struct stream_config {
+  const char *server;     /* "host:port" of tlsplane-server */
+  const char *ca_path;    /* the control-plane CA: verifies the server */
+  const char *join_token; /* enrolls when the cache dir has no usable certificate; or NULL */
+  const char *cert_path;  /* or a client certificate and key given as files */
+  const char *key_path;
+  const char *name; /* the agent id, "edge-1" */
+  const char **label_keys, **label_values;
+  size_t n_labels;
+  const char *cache_dir;
+  const char *version;   /* sent in the hello */
+  int renew_now;         /* renew the certificate once, right after the first snapshot (tests) */
+  int stats_interval_ms; /* 0: 10 s */
+  int retry_max_ms;      /* the longest wait between connection attempts; 0: 30 s */
+};
+
+/* Connects to the control plane from a thread of its own, receives the
+ * agent's snapshots, answers ack / nack, sends stats, persists what is
+ * served in the cache dir and serves it first at the next start (first
+ * returns it, or no snapshot when the cache has none). The strings of cfg
+ * are copied. a is the agent's registry (read on the main loop for stats
+ * and the cache). NULL when out of memory. */
+struct source *source_stream_new(const struct stream_config *cfg, struct agent *a, uv_loop_t *loop,
+                                 source_cb cb, void *data);
 
 #endif

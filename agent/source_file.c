@@ -87,9 +87,10 @@ static void file_report(struct source *s, const struct apply_report *r) {
     n[r->results[i].action]++;
   log_msg(r->n_failed == 0 ? LOG_INFO : LOG_WARN, "agent",
           "config %s: revision %lld %s: %zu new, %zu changed, %zu kept, %zu dropped, %zu not "
-          "applied",
+          "applied (%.1f ms)",
           f->path, (long long)r->revision, r->n_failed == 0 ? "applied" : "applied in part",
-          n[APPLY_NEW], n[APPLY_CHANGE], n[APPLY_KEEP], n[APPLY_DROP], n[APPLY_FAILED]);
+          n[APPLY_NEW], n[APPLY_CHANGE], n[APPLY_KEEP], n[APPLY_DROP], n[APPLY_FAILED],
+          r->apply_ms);
 }
 
 static void file_close(struct source *s) {

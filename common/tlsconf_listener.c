@@ -39,12 +39,14 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pb.h"
 #include "tlsconf.h"
@@ -79,6 +81,10 @@ struct entry {
    * record what was stapled; NULL when the context staples nothing. */
   int (*status_cb)(SSL *, void *);
   void *status_arg;
+  /* SHA-256 of the packed ResolvedTlsContext it was built from: a later
+   * version of the listener reuses ctx when its context hashes the same. */
+  unsigned char hash[SHA256_DIGEST_LENGTH];
+  int reused; /* ctx came from the previous version */
 };
 
 /* An SNI route. host is lower case; for a wildcard it is the part after
@@ -455,19 +461,140 @@ static int entry_build(struct entry *e, const char *name, map_entry *const *map,
   return 0;
 }
 
+/* Building contexts is the slow part of applying a listener (an SSL_CTX,
+ * a certificate and a key to decode: some 200 us each with OpenSSL 3.0),
+ * and a listener may have thousands. They are independent, so past a few
+ * dozen they are built by several threads at once; the result, errors
+ * included, is the same as building them one after the other. */
+#define PARALLEL_MIN_ENTRIES 32
+#define PARALLEL_PER_THREAD 16 /* at least this many contexts per thread */
+#define PARALLEL_MAX_THREADS 8
+
+struct build_job {
+  struct tlsconf_listener *l;
+  const char **names; /* per entry */
+  map_entry **map;
+  size_t n_map;
+  /* The previous version's entries, sorted by name (NULL: none). */
+  const struct entry *const *prev;
+  size_t n_prev;
+  size_t n;                 /* entries to build */
+  struct tp_err *errs;      /* per entry */
+  atomic_size_t next;       /* the next entry to take */
+  atomic_size_t first_fail; /* lowest entry that failed (n: none); later ones are skipped */
+};
+
+static int prev_cmp(const void *key, const void *elem) {
+  return strcmp(key, (*(const struct entry *const *)elem)->name);
+}
+
+/* The context's hash; then, when the previous version has the same
+ * context byte for byte, its SSL_CTX (nothing in an entry's SSL_CTX
+ * belongs to a listener version: sessions and ticket keys live in the
+ * base, the listener is found through the SSL's ex_data). */
+static int entry_reuse(struct build_job *j, struct entry *e, const char *name) {
+  map_entry *const *me =
+      j->n_map > 0 ? bsearch(name, j->map, j->n_map, sizeof(*j->map), map_cmp_key) : NULL;
+  if (me == NULL || (*me)->value == NULL)
+    return 0; /* entry_build reports it */
+  const ProtobufCMessage *rc = &(*me)->value->base;
+  size_t len = protobuf_c_message_get_packed_size(rc);
+  uint8_t stack[4096], *buf = len <= sizeof(stack) ? stack : malloc(len);
+  if (buf == NULL)
+    return 0;
+  protobuf_c_message_pack(rc, buf);
+  SHA256(buf, len, e->hash);
+  OPENSSL_cleanse(buf, len); /* private keys */
+  if (buf != stack)
+    free(buf);
+  const struct entry *const *pe =
+      j->n_prev > 0 ? bsearch(name, j->prev, j->n_prev, sizeof(*j->prev), prev_cmp) : NULL;
+  if (pe == NULL || memcmp((*pe)->hash, e->hash, sizeof(e->hash)) != 0 || (*pe)->ctx == NULL)
+    return 0;
+  const struct entry *p = *pe;
+  if ((e->name = strdup(name)) == NULL ||
+      (p->groups != NULL && (e->groups = strdup(p->groups)) == NULL)) {
+    free(e->name);
+    e->name = NULL;
+    return 0;
+  }
+  SSL_CTX_up_ref(p->ctx);
+  e->ctx = p->ctx;
+  e->max_send_fragment = p->max_send_fragment;
+  e->status_cb = p->status_cb;
+  e->status_arg = p->status_arg;
+  e->reused = 1;
+  return 1;
+}
+
+static void build_one(struct build_job *j, size_t k) {
+  if (k >= atomic_load(&j->first_fail))
+    return; /* an earlier one failed: its error is the one reported */
+  struct entry *e = &j->l->entries[k];
+  if (entry_reuse(j, e, j->names[k]))
+    return;
+  unsigned char hash[SHA256_DIGEST_LENGTH];
+  memcpy(hash, e->hash, sizeof(hash));
+  int rc = entry_build(e, j->names[k], j->map, j->n_map, &j->errs[k]);
+  memcpy(e->hash, hash, sizeof(hash));
+  if (rc == 0)
+    return;
+  size_t cur = atomic_load(&j->first_fail);
+  while (k < cur && !atomic_compare_exchange_weak(&j->first_fail, &cur, k))
+    ;
+}
+
+static void *build_thread(void *arg) {
+  struct build_job *j = arg;
+  for (size_t k; (k = atomic_fetch_add(&j->next, 1)) < j->n;)
+    build_one(j, k);
+  ERR_clear_error();
+  return NULL;
+}
+
+static int entry_ptr_cmp(const void *a, const void *b) {
+  return strcmp((*(const struct entry *const *)a)->name, (*(const struct entry *const *)b)->name);
+}
+
+static void build_all(struct build_job *j) {
+  atomic_init(&j->next, 0);
+  atomic_init(&j->first_fail, j->n);
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  size_t threads = j->n / PARALLEL_PER_THREAD;
+  if (cpus > 0 && threads > (size_t)cpus)
+    threads = (size_t)cpus;
+  if (threads > PARALLEL_MAX_THREADS)
+    threads = PARALLEL_MAX_THREADS;
+  pthread_t tids[PARALLEL_MAX_THREADS];
+  size_t started = 0;
+  /* This thread is one of them. */
+  while (j->n >= PARALLEL_MIN_ENTRIES && started + 1 < threads &&
+         pthread_create(&tids[started], NULL, build_thread, j) == 0)
+    started++;
+  build_thread(j);
+  for (size_t i = 0; i < started; i++)
+    pthread_join(tids[i], NULL);
+}
+
 /* The contexts: the default first, then each route's in route order. */
 static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedListener *rl,
-                         size_t *route_entry, struct tp_err *err) {
+                         const struct tlsconf_listener *prev, size_t *route_entry,
+                         struct tp_err *err) {
   const Tlsplane__V1__Listener *li = rl->listener;
   map_entry **map = NULL;
   size_t *map_to_entry = NULL;
+  const char **names = NULL;
+  const struct entry **prev_sorted = NULL;
+  struct tp_err *errs = NULL;
+  struct tp_err route_err = {0};
   int rc = -1;
   if (li->default_tls_context[0] == '\0')
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "default_tls_context: required");
   l->entries = calloc(li->n_sni_routes + 1, sizeof(*l->entries));
   map = malloc((rl->n_tls_contexts + 1) * sizeof(*map));
   map_to_entry = malloc((rl->n_tls_contexts + 1) * sizeof(*map_to_entry));
-  if (l->entries == NULL || map == NULL || map_to_entry == NULL) {
+  names = calloc(li->n_sni_routes + 1, sizeof(*names));
+  if (l->entries == NULL || map == NULL || map_to_entry == NULL || names == NULL) {
     tlsconf__oom(err);
     goto done;
   }
@@ -482,6 +609,10 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
       goto done;
     }
   }
+  /* Which contexts, in which order. A route naming no context stops the
+   * walk: the contexts before it are still built, and one of them failing
+   * is reported first, as when each was built on the way. */
+  size_t n = 0;
   for (size_t i = 0; i <= li->n_sni_routes; i++) {
     const char *name = i == 0 ? li->default_tls_context : li->sni_routes[i - 1]->tls_context;
     map_entry **me = rl->n_tls_contexts > 0
@@ -489,26 +620,61 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
                          : NULL;
     if (me == NULL) {
       if (i == 0)
-        tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+        tp_err_set(&route_err, GRPC_STATUS_INVALID_ARGUMENT,
                    "default_tls_context: \"%s\" is not in tls_contexts", name);
       else
-        tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+        tp_err_set(&route_err, GRPC_STATUS_INVALID_ARGUMENT,
                    "sni_routes[%zu].tls_context: \"%s\" is not in tls_contexts", i - 1, name);
-      goto done;
+      break;
     }
     size_t m = (size_t)(me - map);
     if (map_to_entry[m] == SIZE_MAX) {
-      map_to_entry[m] = l->n_entries++;
-      if (entry_build(&l->entries[map_to_entry[m]], name, map, rl->n_tls_contexts, err) != 0)
-        goto done;
+      map_to_entry[m] = n;
+      names[n++] = name;
     }
     if (i > 0)
       route_entry[i - 1] = map_to_entry[m];
+  }
+  if ((errs = calloc(n + 1, sizeof(*errs))) == NULL) {
+    tlsconf__oom(err);
+    goto done;
+  }
+  size_t n_prev = prev != NULL ? prev->n_entries : 0;
+  if (n_prev > 0) {
+    if ((prev_sorted = malloc(n_prev * sizeof(*prev_sorted))) == NULL) {
+      tlsconf__oom(err);
+      goto done;
+    }
+    for (size_t i = 0; i < n_prev; i++)
+      prev_sorted[i] = &prev->entries[i];
+    qsort(prev_sorted, n_prev, sizeof(*prev_sorted), entry_ptr_cmp);
+  }
+  struct build_job job = {.l = l,
+                          .names = names,
+                          .map = map,
+                          .n_map = rl->n_tls_contexts,
+                          .prev = prev_sorted,
+                          .n_prev = n_prev,
+                          .n = n,
+                          .errs = errs};
+  l->n_entries = n; /* listener_free frees whatever was built */
+  build_all(&job);
+  size_t failed = atomic_load(&job.first_fail);
+  if (failed < n) {
+    *err = errs[failed];
+    goto done;
+  }
+  if (route_err.status != GRPC_STATUS_OK) {
+    *err = route_err;
+    goto done;
   }
   rc = 0;
 done:
   free(map);
   free(map_to_entry);
+  free(names);
+  free(prev_sorted);
+  free(errs);
   return rc;
 }
 
@@ -658,6 +824,23 @@ static int base_build(struct tlsconf_listener *l, struct tp_err *err) {
 
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err) {
+  return tlsconf_listener_build_from(rl, NULL, out, err);
+}
+
+size_t tlsconf_listener_reused(const struct tlsconf_listener *l) {
+  size_t n = 0;
+  for (size_t i = 0; i < l->n_entries; i++)
+    n += l->entries[i].reused;
+  return n;
+}
+
+size_t tlsconf_listener_contexts(const struct tlsconf_listener *l) {
+  return l->n_entries;
+}
+
+int tlsconf_listener_build_from(const Tlsplane__V1__ResolvedListener *rl,
+                                const struct tlsconf_listener *prev, struct tlsconf_listener **out,
+                                struct tp_err *err) {
   *out = NULL;
   const Tlsplane__V1__Listener *li = rl->listener;
   if (li == NULL)
@@ -674,7 +857,7 @@ int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsc
   }
   l->magic = LISTENER_MAGIC;
   atomic_init(&l->refs, 1);
-  if (renegotiation_build(l, li, err) != 0 || entries_build(l, rl, route_entry, err) != 0 ||
+  if (renegotiation_build(l, li, err) != 0 || entries_build(l, rl, prev, route_entry, err) != 0 ||
       routes_build(l, li, route_entry, err) != 0 || keys_build(l, rl, err) != 0 ||
       base_build(l, err) != 0) {
     free(route_entry);

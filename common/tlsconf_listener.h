@@ -37,6 +37,21 @@ struct tlsconf_listener;
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err);
 
+/* The same, reusing the SSL_CTX of every context of prev (a version of the
+ * same listener; NULL: none) whose ResolvedTlsContext is unchanged byte
+ * for byte: rotating one certificate among thousands of contexts builds
+ * one SSL_CTX, not thousands. What the result serves is the same as a
+ * fresh build's (an entry's SSL_CTX holds nothing of the listener or of a
+ * version: sessions and ticket keys are the base's). prev is only read. */
+int tlsconf_listener_build_from(const Tlsplane__V1__ResolvedListener *rl,
+                                const struct tlsconf_listener *prev, struct tlsconf_listener **out,
+                                struct tp_err *err);
+
+/* How many contexts l has, and how many of them build_from took from the
+ * previous version. */
+size_t tlsconf_listener_contexts(const struct tlsconf_listener *l);
+size_t tlsconf_listener_reused(const struct tlsconf_listener *l);
+
 void tlsconf_listener_ref(struct tlsconf_listener *l);
 /* Drops a reference; the last one frees everything. NULL is a no-op. */
 void tlsconf_listener_unref(struct tlsconf_listener *l);

@@ -116,6 +116,10 @@ int api_register_all(struct api *api, struct rpc_server *srv);
  * returns how many there are. */
 size_t api_service_names(const char **names, size_t max);
 
+/* The descriptor of the tlsplane.v1 service called name
+ * ("tlsplane.v1.CertificateService"), or NULL. */
+const ProtobufCServiceDescriptor *api_service_find(const char *name);
+
 /* Creates the built-in resources that are missing (cipher policies). */
 int api_seed_builtins(struct api *api, struct tp_err *err);
 

@@ -4,7 +4,8 @@
  * call authenticated, and stops cleanly on SIGTERM or SIGINT.
  *
  *   tlsplane-server [options]                     serve
- *   tlsplane-server rotate-master-key [--data-dir DIR]   re-seal every secret under a new key */
+ *   tlsplane-server rotate-master-key [--data-dir DIR]   re-seal every secret under a new key
+ *   tlsplane-server call [options] SERVICE/METHOD [JSON]  one API call (call.c) */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include "api.h"
 #include "auth.h"
 #include "ca.h"
+#include "call.h"
 #include "datadir.h"
 #include "health.h"
 #include "hub.h"
@@ -43,6 +45,8 @@ static void usage(FILE *out) {
   fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
                "                       [--plaintext] [--threads N]\n"
                "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
+               "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
+               "[JSON]\n"
                "\n"
                "  --data-dir DIR      data directory: tlsplane.db, the CA, the server's and the\n"
                "                      admin's credentials, master.key  [TLSPLANE_DATA_DIR, ./var]\n"
@@ -58,7 +62,10 @@ static void usage(FILE *out) {
                "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
                "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
                "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
-               "  comes from TLSPLANE_NEW_MASTER_KEY.\n");
+               "  comes from TLSPLANE_NEW_MASTER_KEY.\n"
+               "\n"
+               "  call: one unary API call, request and response in protobuf's JSON mapping\n"
+               "  (tlsplane-server call --help).\n");
 }
 
 static const char *env_or(const char *name, const char *dflt) {
@@ -183,6 +190,8 @@ static const char *bracketed(const char *host, char *buf, size_t len) {
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "rotate-master-key") == 0)
     return rotate_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "call") == 0)
+    return call_main(argc - 1, argv + 1);
   struct options o;
   if (parse_options(argc, argv, &o) != 0 || check_listen(&o) != 0) {
     free(o.sans_env);

@@ -1,4 +1,6 @@
 /* The tlsplane.v1 services and the kinds behind them. */
+#include <string.h>
+
 #include "api.h"
 #include "tlsplane/v1/agent.pb-c.h"
 #include "tlsplane/v1/audit.pb-c.h"
@@ -45,6 +47,13 @@ size_t api_service_names(const char **names, size_t max) {
   for (size_t i = 0; i < n && i < max; i++)
     names[i] = services[i].desc->name;
   return n;
+}
+
+const ProtobufCServiceDescriptor *api_service_find(const char *name) {
+  for (size_t i = 0; i < sizeof(services) / sizeof(services[0]); i++)
+    if (strcmp(services[i].desc->name, name) == 0)
+      return services[i].desc;
+  return NULL;
 }
 
 int api_register_all(struct api *api, struct rpc_server *srv) {

@@ -1,5 +1,7 @@
-/* Unit tests for the gRPC client stream (common/gclient.c) against the
- * server core (server/rpc.c) in the same process, on loopback. */
+/* Unit tests for the gRPC client (common/gclient.c) against the server
+ * core (server/rpc.c) in the same process, on loopback: streams, unary
+ * calls, the authorization metadata, TLS with and without a client
+ * certificate, deadlines and the stop flag. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,12 +12,18 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 
+#include "fixtures.h"
 #include "gclient.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "rpc.h"
 
 #define ECHO "/test.Echo/Stream"
+#define UNARY "/test.Echo/Unary"
 
 /* Echoes every request's service name back as a response status number
  * (its length); "end" ends with OK, "fail" with FAILED_PRECONDITION. */
@@ -40,19 +48,106 @@ static int echo(const struct rpc_call_info *call, struct rpc_stream *stream, str
   }
 }
 
+/* Unary: answers with the length of the service name; "fail" ends with
+ * FAILED_PRECONDITION, "slow" takes 2 s, "whoami" answers with the
+ * length of what the authenticator saw (token or client certificate). */
+static char seen_auth[256], seen_cert_cn[256];
+
+static int unary(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                 ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)req;
+  if (strcmp(r->service, "fail") == 0)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "told to fail");
+  if (strcmp(r->service, "slow") == 0)
+    for (int i = 0; i < 20; i++)
+      usleep(100 * 1000);
+  Grpc__Health__V1__HealthCheckResponse *out = malloc(sizeof(*out));
+  grpc__health__v1__health_check_response__init(out);
+  out->status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)strlen(r->service);
+  *resp = &out->base;
+  return 0;
+}
+
+/* Records what each call presented; refuses "Bearer bad". */
+static int authenticate(const struct rpc_credentials *cred, struct rpc_identity *id,
+                        struct tp_err *err, void *data) {
+  snprintf(seen_auth, sizeof(seen_auth), "%s", cred->authorization ? cred->authorization : "");
+  seen_cert_cn[0] = '\0';
+  if (cred->client_cert_pem != NULL) {
+    BIO *b = BIO_new_mem_buf(cred->client_cert_pem, -1);
+    X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    BIO_free(b);
+    if (x != NULL) {
+      X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, seen_cert_cn,
+                                sizeof(seen_cert_cn));
+      X509_free(x);
+    }
+  }
+  if (cred->authorization != NULL && strcmp(cred->authorization, "Bearer bad") == 0)
+    return tp_err_set(err, GRPC_STATUS_UNAUTHENTICATED, "authorization: bad token");
+  return 0;
+}
+
 struct fixture {
-  struct rpc_server *srv;
-  char target[64];
+  struct rpc_server *srv, *tls_srv;
+  char target[64], tls_target[64];
+  char *ca_pem, *other_ca_pem, *client_cert_pem, *client_key_pem;
 };
+
+static struct rpc_server *server_start(struct rpc_server_opts *o, char *target, size_t len) {
+  struct rpc_server *srv;
+  struct tp_err err = {0};
+  assert_int_equal(rpc_server_new(o, &srv, &err), 0);
+  assert_int_equal(rpc_server_add_stream(srv, ECHO, echo, NULL), 0);
+  assert_int_equal(
+      rpc_server_add_unary(srv, UNARY, &grpc__health__v1__health_check_request__descriptor,
+                           &grpc__health__v1__health_check_response__descriptor, unary, NULL),
+      0);
+  assert_int_equal(rpc_server_start(srv, &err), 0);
+  snprintf(target, len, "127.0.0.1:%d", rpc_server_port(srv));
+  return srv;
+}
 
 static int setup(void **state) {
   static struct fixture f;
-  struct tp_err err = {0};
-  struct rpc_server_opts o = {.listen = "127.0.0.1:0", .threads = 2};
-  assert_int_equal(rpc_server_new(&o, &f.srv, &err), 0);
-  assert_int_equal(rpc_server_add_stream(f.srv, ECHO, echo, NULL), 0);
-  assert_int_equal(rpc_server_start(f.srv, &err), 0);
-  snprintf(f.target, sizeof(f.target), "127.0.0.1:%d", rpc_server_port(f.srv));
+  struct rpc_server_opts o = {
+      .listen = "127.0.0.1:0", .threads = 2, .auth = authenticate, .auth_data = NULL};
+  f.srv = server_start(&o, f.target, sizeof(f.target));
+
+  /* A CA, a server certificate naming 127.0.0.1, a client certificate. */
+  EVP_PKEY *ca_key = fixture_key_ec("P-256"), *srv_key = fixture_key_ec("P-256"),
+           *cli_key = fixture_key_ec("P-256"), *other_key = fixture_key_ec("P-256");
+  X509 *ca = fixture_cert(ca_key, &(struct fixture_cert_opts){.cn = "test CA", .is_ca = 1});
+  X509 *other = fixture_cert(other_key, &(struct fixture_cert_opts){.cn = "other CA", .is_ca = 1});
+  X509 *srv_cert = fixture_cert(
+      srv_key,
+      &(struct fixture_cert_opts){
+          .cn = "server", .san = "IP:127.0.0.1", .serial = 2, .issuer = ca, .issuer_key = ca_key});
+  X509 *cli_cert = fixture_cert(
+      cli_key, &(struct fixture_cert_opts){
+                   .cn = "agent:edge-1", .serial = 3, .issuer = ca, .issuer_key = ca_key});
+  f.ca_pem = fixture_pem_cert(ca);
+  f.other_ca_pem = fixture_pem_cert(other);
+  f.client_cert_pem = fixture_pem_cert(cli_cert);
+  f.client_key_pem = fixture_pem_key(cli_key);
+  char *srv_pem = fixture_pem_cert(srv_cert), *srv_key_pem = fixture_pem_key(srv_key);
+  struct rpc_server_opts t = {.listen = "127.0.0.1:0",
+                              .threads = 2,
+                              .tls_cert_pem = srv_pem,
+                              .tls_key_pem = srv_key_pem,
+                              .tls_client_ca_pem = f.ca_pem,
+                              .auth = authenticate};
+  f.tls_srv = server_start(&t, f.tls_target, sizeof(f.tls_target));
+  free(srv_pem);
+  free(srv_key_pem);
+  X509_free(ca);
+  X509_free(other);
+  X509_free(srv_cert);
+  X509_free(cli_cert);
+  EVP_PKEY_free(ca_key);
+  EVP_PKEY_free(srv_key);
+  EVP_PKEY_free(cli_key);
+  EVP_PKEY_free(other_key);
   *state = &f;
   return 0;
 }
@@ -61,7 +156,30 @@ static int teardown(void **state) {
   struct fixture *f = *state;
   rpc_server_shutdown(f->srv, 1000);
   rpc_server_free(f->srv);
+  rpc_server_shutdown(f->tls_srv, 1000);
+  rpc_server_free(f->tls_srv);
+  free(f->ca_pem);
+  free(f->other_ca_pem);
+  free(f->client_cert_pem);
+  free(f->client_key_pem);
   return 0;
+}
+
+/* One unary call asking for service: the status it answered with (the
+ * length of the name), or -1 with err. */
+static int call_unary(const char *target, const struct gclient_opts *o, const char *service,
+                      struct tp_err *err) {
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  req.service = (char *)service;
+  ProtobufCMessage *resp = NULL;
+  if (gclient_unary(target, UNARY, o, &req.base,
+                    &grpc__health__v1__health_check_response__descriptor, &resp, err) != 0) {
+    assert_null(resp);
+    return -1;
+  }
+  int status = ((Grpc__Health__V1__HealthCheckResponse *)resp)->status;
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return status;
 }
 
 static int send_service(struct gclient_stream *s, const char *service) {
@@ -156,6 +274,137 @@ static void test_cancel_unblocks_a_receive(void **state) {
   gclient_stream_close(s);
 }
 
+static void test_unary_round_trip(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_int_equal(call_unary(f->target, NULL, "abcd", &err), 4);
+  assert_int_equal(call_unary(f->target, NULL, "", &err), 0);
+}
+
+static void test_unary_status_reaches_the_client(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_int_equal(call_unary(f->target, NULL, "fail", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_FAILED_PRECONDITION);
+  assert_string_equal(err.msg, "told to fail");
+  assert_string_equal(gclient_status_name(err.status), "FAILED_PRECONDITION");
+  assert_string_equal(gclient_status_name(99), "UNKNOWN");
+}
+
+static void test_unary_unreachable_is_unavailable(void **state) {
+  struct tp_err err = {0};
+  struct gclient_opts o = {.deadline_ms = 2000};
+  assert_int_equal(call_unary("127.0.0.1:1", &o, "x", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_UNAVAILABLE);
+}
+
+static void test_authorization_metadata(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct gclient_opts o = {.authorization = "Bearer tlsp_x_secret"};
+  assert_int_equal(call_unary(f->target, &o, "ab", &err), 2);
+  assert_string_equal(seen_auth, "Bearer tlsp_x_secret");
+  /* Streams carry it too. */
+  struct gclient_stream *s;
+  seen_auth[0] = '\0';
+  assert_int_equal(gclient_stream_open(f->target, ECHO, &o, &s, &err), 0);
+  assert_int_equal(send_service(s, "end"), 0);
+  ProtobufCMessage *m;
+  assert_int_equal(
+      gclient_stream_recv(s, &grpc__health__v1__health_check_response__descriptor, &m, &err), 0);
+  gclient_stream_close(s);
+  assert_string_equal(seen_auth, "Bearer tlsp_x_secret");
+  /* Without it, nothing is sent. */
+  assert_int_equal(call_unary(f->target, NULL, "ab", &err), 2);
+  assert_string_equal(seen_auth, "");
+  /* A refusal is the server's status. */
+  o.authorization = "Bearer bad";
+  assert_int_equal(call_unary(f->target, &o, "ab", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_UNAUTHENTICATED);
+  assert_string_equal(err.msg, "authorization: bad token");
+}
+
+static void test_tls_verifies_the_server(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct gclient_opts o = {.ca_pem = f->ca_pem, .deadline_ms = 5000};
+  assert_int_equal(call_unary(f->tls_target, &o, "abc", &err), 3);
+  assert_string_equal(seen_cert_cn, "");
+  /* Another CA: the handshake fails. */
+  o.ca_pem = f->other_ca_pem;
+  assert_int_equal(call_unary(f->tls_target, &o, "abc", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_UNAVAILABLE);
+  /* Plaintext to a TLS server, and TLS to a plaintext one. */
+  struct gclient_opts plain = {.deadline_ms = 5000};
+  assert_int_equal(call_unary(f->tls_target, &plain, "abc", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_UNAVAILABLE);
+  o.ca_pem = f->ca_pem;
+  assert_int_equal(call_unary(f->target, &o, "abc", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_UNAVAILABLE);
+}
+
+static void test_tls_client_certificate(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct gclient_opts o = {
+      .ca_pem = f->ca_pem, .key_pem = f->client_key_pem, .cert_pem = f->client_cert_pem};
+  assert_int_equal(call_unary(f->tls_target, &o, "abcde", &err), 5);
+  assert_string_equal(seen_cert_cn, "agent:edge-1");
+  /* A stream over mutual TLS, with a token beside it. */
+  o.authorization = "Bearer tlsp_y";
+  struct gclient_stream *s;
+  assert_int_equal(gclient_stream_open(f->tls_target, ECHO, &o, &s, &err), 0);
+  assert_int_equal(send_service(s, "xy"), 0);
+  ProtobufCMessage *m;
+  assert_int_equal(
+      gclient_stream_recv(s, &grpc__health__v1__health_check_response__descriptor, &m, &err), 1);
+  assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status, 2);
+  protobuf_c_message_free_unpacked(m, NULL);
+  gclient_stream_close(s);
+  assert_string_equal(seen_cert_cn, "agent:edge-1");
+  assert_string_equal(seen_auth, "Bearer tlsp_y");
+}
+
+static void test_unary_deadline(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct gclient_opts o = {.deadline_ms = 300};
+  assert_int_equal(call_unary(f->target, &o, "slow", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_DEADLINE_EXCEEDED);
+}
+
+static atomic_int stop_flag;
+
+static void *stop_later(void *arg) {
+  usleep(200 * 1000);
+  atomic_store(&stop_flag, 1);
+  return NULL;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void test_stop_flag_ends_a_unary_call(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  atomic_store(&stop_flag, 0);
+  struct gclient_opts o = {.stop = &stop_flag};
+  pthread_t t;
+  pthread_create(&t, NULL, stop_later, NULL);
+  double start = now_s();
+  assert_int_equal(call_unary(f->target, &o, "slow", &err), -1);
+  double took = now_s() - start;
+  pthread_join(t, NULL);
+  assert_int_equal(err.status, GRPC_STATUS_CANCELLED);
+  assert_true(took < 1.5);
+  /* Set before the call: nothing is waited for. */
+  assert_int_equal(call_unary(f->target, &o, "slow", &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_CANCELLED);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip_and_ok_end),
@@ -163,6 +412,14 @@ int main(void) {
       cmocka_unit_test(test_unknown_method_is_unimplemented),
       cmocka_unit_test(test_unreachable_server_is_unavailable),
       cmocka_unit_test(test_cancel_unblocks_a_receive),
+      cmocka_unit_test(test_unary_round_trip),
+      cmocka_unit_test(test_unary_status_reaches_the_client),
+      cmocka_unit_test(test_unary_unreachable_is_unavailable),
+      cmocka_unit_test(test_authorization_metadata),
+      cmocka_unit_test(test_tls_verifies_the_server),
+      cmocka_unit_test(test_tls_client_certificate),
+      cmocka_unit_test(test_unary_deadline),
+      cmocka_unit_test(test_stop_flag_ends_a_unary_call),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1213,6 +1213,116 @@ static void test_refcount_threads(void **state) {
   tlsconf_listener_unref(l);
 }
 
+/* Rebuilding and many contexts ---------------------------------------------- */
+
+static struct tlsconf_listener *build_from_ok(const Tlsplane__V1__ResolvedListener *rl,
+                                              const struct tlsconf_listener *prev) {
+  struct tp_err err = {0};
+  struct tlsconf_listener *l = NULL;
+  if (tlsconf_listener_build_from(rl, prev, &l, &err) != 0)
+    fail_msg("build failed: status=%d \"%s\"", err.status, err.msg);
+  return l;
+}
+
+static void expect_served(struct tlsconf_listener *l, const char *sni, const char *cn_want) {
+  SSL *c = client_new(0, sni), *s;
+  assert_int_equal(connect_to(l, c, &s), 0);
+  char cn[256];
+  served_cn(c, cn, sizeof(cn));
+  if (strcmp(cn, cn_want) != 0)
+    fail_msg("SNI %s: served %s, want %s", sni ? sni : "(none)", cn, cn_want);
+  close_both(c, s);
+}
+
+/* A new version reuses the SSL_CTX of every context unchanged byte for
+ * byte, and builds the others: it serves exactly what a fresh build would. */
+static void test_build_from_reuses_unchanged_contexts(void **state) {
+  Tlsplane__V1__ResolvedListener *rl = rl_three();
+  struct tlsconf_listener *l1 = build_ok(rl);
+  assert_int_equal(tlsconf_listener_contexts(l1), 3);
+  assert_int_equal(tlsconf_listener_reused(l1), 0);
+  /* The same again: everything reused. */
+  struct tlsconf_listener *l2 = build_from_ok(rl, l1);
+  assert_int_equal(tlsconf_listener_reused(l2), 3);
+  expect_served(l2, "www.example.com", "www.example.com");
+  /* www gets another certificate: one built, two reused. */
+  Tlsplane__V1__ResolvedTlsContext *www = rl_find(rl, "tlsContexts/www");
+  msg_free(www->certificates[0]);
+  www->certificates[0] = material("certificates/c0", w.ec_key, w.ec_wild);
+  struct tlsconf_listener *l3 = build_from_ok(rl, l2);
+  assert_int_equal(tlsconf_listener_contexts(l3), 3);
+  assert_int_equal(tlsconf_listener_reused(l3), 2);
+  expect_served(l3, "www.example.com", "wild.example.com");
+  expect_served(l3, "a.example.com", "wild.example.com");
+  expect_served(l3, NULL, "default.test");
+  /* The older versions still serve what they served. */
+  expect_served(l1, "www.example.com", "www.example.com");
+  tlsconf_listener_unref(l1);
+  tlsconf_listener_unref(l2);
+  expect_served(l3, "www.example.com", "wild.example.com");
+  /* A renamed context is a new one. */
+  Tlsplane__V1__ResolvedListener *rl2 = rl_new("tlsContexts/default");
+  rl_ctx(rl2, rctx("tlsContexts/default", w.ec_key, w.ec_default, NULL));
+  rl_ctx(rl2, rctx("tlsContexts/www2", w.ec_key, w.ec_www, NULL));
+  rl_route(rl2, "www.example.com", "tlsContexts/www2");
+  struct tlsconf_listener *l4 = build_from_ok(rl2, l3);
+  assert_int_equal(tlsconf_listener_reused(l4), 1);
+  expect_served(l4, "www.example.com", "www.example.com");
+  tlsconf_listener_unref(l3);
+  tlsconf_listener_unref(l4);
+  msg_free(rl);
+  msg_free(rl2);
+}
+
+/* 100 contexts: built by several threads, each route serving its own;
+ * with bad ones, the error is the first in route order, as when they are
+ * built one after the other. */
+static void test_many_contexts(void **state) {
+  Tlsplane__V1__ResolvedListener *rl = rl_new("tlsContexts/ctx-0");
+  X509 *certs[100];
+  for (int i = 0; i < 100; i++) {
+    char name[64], host[64];
+    snprintf(name, sizeof(name), "tlsContexts/ctx-%d", i);
+    snprintf(host, sizeof(host), "h%d.example.com", i);
+    certs[i] = leaf(w.ec_key, host, 100 + i);
+    rl_ctx(rl, rctx(name, w.ec_key, certs[i], NULL));
+    if (i > 0)
+      rl_route(rl, host, name);
+  }
+  struct tlsconf_listener *l = build_ok(rl);
+  assert_int_equal(tlsconf_listener_contexts(l), 100);
+  for (int i = 1; i < 100; i += 7) {
+    char host[64];
+    snprintf(host, sizeof(host), "h%d.example.com", i);
+    expect_served(l, host, host);
+  }
+  struct tlsconf_listener *again = build_from_ok(rl, l);
+  assert_int_equal(tlsconf_listener_reused(again), 100);
+  tlsconf_listener_unref(again);
+  tlsconf_listener_unref(l);
+  /* ctx-70 and then ctx-40 get a key that is not their certificate's. */
+  struct tp_err err;
+  Tlsplane__V1__ResolvedTlsContext *c70 = rl_find(rl, "tlsContexts/ctx-70");
+  msg_free(c70->certificates[0]);
+  c70->certificates[0] = material("certificates/c0", w.rsa_key, certs[70]);
+  assert_int_equal(build(rl, &err), -1);
+  assert_non_null(strstr(err.msg, "tlsContexts/ctx-70: certificates: certificates/c0"));
+  Tlsplane__V1__ResolvedTlsContext *c40 = rl_find(rl, "tlsContexts/ctx-40");
+  msg_free(c40->certificates[0]);
+  c40->certificates[0] = material("certificates/c0", w.rsa_key, certs[40]);
+  for (int k = 0; k < 5; k++) {
+    assert_int_equal(build(rl, &err), -1);
+    assert_non_null(strstr(err.msg, "tlsContexts/ctx-40: "));
+  }
+  /* A route to a missing context after a bad one: the bad one is named. */
+  rl_route(rl, "missing.example.com", "tlsContexts/none");
+  assert_int_equal(build(rl, &err), -1);
+  assert_non_null(strstr(err.msg, "tlsContexts/ctx-40: "));
+  for (int i = 0; i < 100; i++)
+    X509_free(certs[i]);
+  msg_free(rl);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_build_errors),
@@ -1230,6 +1340,8 @@ int main(void) {
       cmocka_unit_test(test_conn_info),
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_refcount_threads),
+      cmocka_unit_test(test_build_from_reuses_unchanged_contexts),
+      cmocka_unit_test(test_many_contexts),
   };
   return cmocka_run_group_tests(tests, world_setup, world_teardown);
 }
