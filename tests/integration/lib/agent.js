@@ -30,6 +30,7 @@ const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const procs = require('./procs');
 
 const START_TIMEOUT_MS = 30000; // ASan builds start slowly
 const RELOAD_TIMEOUT_MS = 20000;
@@ -45,38 +46,8 @@ const LOG = {
   metrics: /ready: revision -?\d+, \d+ workers, metrics (127\.0\.0\.1|\[::1\]|localhost):(\d+)/,
 };
 
-const live = new Set();
-const tempDirs = new Set();
 
-function killAll() {
-  for (const a of live) {
-    try {
-      a.proc.kill('SIGKILL');
-    } catch (_) {
-      // already gone
-    }
-  }
-  live.clear();
-  if (!process.env.TLSPLANE_KEEP_DATA) {
-    for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-  }
-}
-process.on('exit', killAll);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.once(sig, () => {
-    killAll();
-    process.exit(128 + os.constants.signals[sig]);
-  });
-}
 
-let setprivOk;
-function hasSetpriv() {
-  if (setprivOk === undefined) {
-    const r = spawnSync('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'true'], { stdio: 'ignore' });
-    setprivOk = r.status === 0;
-  }
-  return setprivOk;
-}
 
 function agentBinary() {
   const fromEnv = process.env.TLSPLANE_AGENT;
@@ -319,7 +290,7 @@ class Agent {
     const binary = agentBinary();
     if (!binary) throw new Error('tlsplane-agent not found; set TLSPLANE_AGENT to the binary');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-agent-'));
-    tempDirs.add(dir);
+    procs.trackDir(dir);
     const a = new Agent({ binary, dir, workers, extraArgs, env });
     await a._writeSnapshot(snap);
     try {
@@ -374,9 +345,7 @@ class Agent {
 
   _spawn() {
     const args = ['--config', this.configPath, '--metrics-listen', '127.0.0.1:0', '--workers', String(this.workers), ...this.extraArgs];
-    const [cmd, argv] = hasSetpriv()
-      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', this.binary, ...args]]
-      : [this.binary, args];
+    const [cmd, argv] = procs.command(this.binary, args);
     this.exit = null;
     this.stopRequested = false;
     const proc = spawn(cmd, argv, {
@@ -384,10 +353,10 @@ class Agent {
       env: { ASAN_OPTIONS: 'detect_leaks=1', ...process.env, ...this.env },
     });
     this.proc = proc;
-    live.add(this);
+    procs.track(this);
     this.exited = new Promise((resolve) => {
       proc.on('exit', (code, signal) => {
-        live.delete(this);
+        procs.untrack(this);
         this.exit = { code, signal };
         for (const w of [...this.lineWaiters]) w.check();
         resolve(this.exit);

@@ -23,6 +23,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const procs = require('./procs');
 const { Metrics, httpGet, agentBinary } = require('./agent');
 
 const START_TIMEOUT_MS = 30000; // ASan builds start slowly
@@ -37,38 +38,10 @@ const LOG = {
   connected: /control plane \S+: connected as agents\/(\S+) \(certificate serial ([0-9A-F]+)\)/g,
 };
 
-const live = new Set();
-const tempDirs = new Set();
 
-function killAll() {
-  for (const a of live) {
-    try {
-      a.proc.kill('SIGKILL');
-    } catch (_) {
-      // already gone
-    }
-  }
-  live.clear();
-  if (!process.env.TLSPLANE_KEEP_DATA) {
-    for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-  }
-}
-process.on('exit', killAll);
 
-let setprivOk;
-function hasSetpriv() {
-  if (setprivOk === undefined) {
-    const r = spawnSync('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'true'], { stdio: 'ignore' });
-    setprivOk = r.status === 0;
-  }
-  return setprivOk;
-}
 
-function tempDir(prefix) {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  tempDirs.add(d);
-  return d;
-}
+const tempDir = procs.tempDir;
 
 class CpAgent {
   constructor(opts) {
@@ -129,9 +102,7 @@ class CpAgent {
 
   _spawn({ joinToken, wait = 'ready' } = {}) {
     const args = this.args();
-    const [cmd, argv] = hasSetpriv()
-      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', this.binary, ...args]]
-      : [this.binary, args];
+    const [cmd, argv] = procs.command(this.binary, args);
     this.exit = null;
     this.stopRequested = false;
     this.metricsAddress = null;
@@ -144,10 +115,10 @@ class CpAgent {
     Object.assign(env, this.env);
     const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env });
     this.proc = proc;
-    live.add(this);
+    procs.track(this);
     this.exited = new Promise((resolve) => {
       proc.on('exit', (code, signal) => {
-        live.delete(this);
+        procs.untrack(this);
         this.exit = { code, signal };
         this._wake();
         resolve(this.exit);

@@ -30,13 +30,12 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const procs = require('./procs');
 
 const START_TIMEOUT_MS = 20000;
 const STOP_TIMEOUT_MS = 15000;
 const LISTEN_RE = /listening on (127\.0\.0\.1|\[::1\]|localhost|[0-9.]+):(\d+)/;
 
-const live = new Set();
-const tempDirs = new Set();
 const secrets = new Set();
 
 // Registers a string that must never appear in a server's log.
@@ -49,35 +48,7 @@ function secretsIn(text) {
   return [...secrets].filter((s) => text.includes(s));
 }
 
-function killAll() {
-  for (const s of live) {
-    try {
-      s.proc.kill('SIGKILL');
-    } catch (_) {
-      // already gone
-    }
-  }
-  live.clear();
-  if (!process.env.TLSPLANE_KEEP_DATA) {
-    for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-  }
-}
-process.on('exit', killAll);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.once(sig, () => {
-    killAll();
-    process.exit(128 + os.constants.signals[sig]);
-  });
-}
 
-let setprivOk;
-function hasSetpriv() {
-  if (setprivOk === undefined) {
-    const r = spawnSync('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'true'], { stdio: 'ignore' });
-    setprivOk = r.status === 0;
-  }
-  return setprivOk;
-}
 
 function serverBinary() {
   const fromEnv = process.env.TLSPLANE_SERVER;
@@ -115,7 +86,7 @@ class Server {
   static async start({ dataDir, extraArgs = [], env = {}, tls = false } = {}) {
     if (!dataDir) {
       dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-it-'));
-      tempDirs.add(dataDir);
+      procs.trackDir(dataDir);
     }
     const s = new Server({ dataDir, binary: serverBinary(), extraArgs, env, tls });
     await s._spawn();
@@ -156,9 +127,7 @@ class Server {
 
   _spawn() {
     const args = ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', ...(this.tls ? [] : ['--plaintext']), ...this.extraArgs];
-    const [cmd, argv] = hasSetpriv()
-      ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', this.binary, ...args]]
-      : [this.binary, args];
+    const [cmd, argv] = procs.command(this.binary, args);
     this.starts += 1;
     this.exit = null;
     this.stopRequested = false;
@@ -169,10 +138,10 @@ class Server {
       env: { ...process.env, ...this.env },
     });
     this.proc = proc;
-    live.add(this);
+    procs.track(this);
     this.exited = new Promise((resolve) => {
       proc.on('exit', (code, signal) => {
-        live.delete(this);
+        procs.untrack(this);
         this.exit = { code, signal };
         resolve(this.exit);
       });

@@ -1,0 +1,69 @@
+'use strict';
+// The processes and temp directories the tests start, in one place, so that
+// none outlives the test process: every live process is SIGKILLed on
+// 'exit' (and on SIGINT / SIGTERM / SIGHUP of the test process), temp dirs
+// are removed unless TLSPLANE_KEEP_DATA is set, and where util-linux's
+// setpriv exists a process gets a parent-death signal, so even a SIGKILLed
+// test process takes its children with it.
+//
+//   const [cmd, argv] = procs.command(binary, args);  // spawn(cmd, argv)
+//   procs.track(obj);    // obj.proc is a ChildProcess
+//   procs.untrack(obj);  // on its 'exit'
+//   procs.tempDir('tlsplane-x-');
+
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const live = new Set();
+const tempDirs = new Set();
+
+function killAll() {
+  for (const o of live) {
+    try {
+      o.proc.kill('SIGKILL');
+    } catch (_) {
+      // already gone
+    }
+  }
+  live.clear();
+  if (!process.env.TLSPLANE_KEEP_DATA) {
+    for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(sig, () => {
+    killAll();
+    process.exit(128 + os.constants.signals[sig]);
+  });
+}
+
+let setprivOk;
+function hasSetpriv() {
+  if (setprivOk === undefined) {
+    const r = spawnSync('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'true'], { stdio: 'ignore' });
+    setprivOk = r.status === 0;
+  }
+  return setprivOk;
+}
+
+// The command line that runs binary with args and a parent-death signal.
+function command(binary, args) {
+  return hasSetpriv() ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', binary, ...args]] : [binary, args];
+}
+
+function tempDir(prefix) {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.add(d);
+  return d;
+}
+
+module.exports = {
+  command,
+  tempDir,
+  trackDir: (d) => tempDirs.add(d),
+  track: (o) => live.add(o),
+  untrack: (o) => live.delete(o),
+};
