@@ -3,13 +3,14 @@
  * thread and a sending thread never take each other's completion. */
 #include "gclient.h"
 
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "grpcmsg.h"
 
 #define GCLIENT_MAGIC 0x47434c53u
 #define STOP_POLL_MS 100 /* how often a blocking wait looks at opts->stop */
@@ -221,11 +222,7 @@ int gclient_stream_open(const char *target, const char *method, const struct gcl
 }
 
 int gclient_stream_send(struct gclient_stream *s, const ProtobufCMessage *msg) {
-  size_t len = protobuf_c_message_get_packed_size(msg);
-  grpc_slice slice = grpc_slice_malloc(len);
-  protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
-  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
-  grpc_slice_unref(slice);
+  grpc_byte_buffer *bb = grpcmsg_encode(msg);
   grpc_op op;
   memset(&op, 0, sizeof(op));
   op.op = GRPC_OP_SEND_MESSAGE;
@@ -238,16 +235,7 @@ int gclient_stream_send(struct gclient_stream *s, const ProtobufCMessage *msg) {
 /* Unpacks a received message (bb is destroyed). */
 static int unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
                   ProtobufCMessage **msg, struct tp_err *err) {
-  grpc_byte_buffer_reader reader;
-  if (!grpc_byte_buffer_reader_init(&reader, bb)) {
-    grpc_byte_buffer_destroy(bb);
-    return tp_err_set(err, GRPC_STATUS_INTERNAL, "cannot read a message");
-  }
-  grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
-  grpc_byte_buffer_reader_destroy(&reader);
-  grpc_byte_buffer_destroy(bb);
-  *msg = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
-  grpc_slice_unref(all);
+  *msg = grpcmsg_decode(bb, desc);
   if (*msg == NULL)
     return tp_err_set(err, GRPC_STATUS_INTERNAL, "the server sent a message that is not a %s",
                       desc->name);
@@ -318,11 +306,7 @@ int gclient_unary(const char *target, const char *method, const struct gclient_o
                                              in_ms(deadline_ms), NULL);
   grpc_slice_unref(path);
 
-  size_t len = protobuf_c_message_get_packed_size(req);
-  grpc_slice slice = grpc_slice_malloc(len);
-  protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(slice));
-  grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&slice, 1);
-  grpc_slice_unref(slice);
+  grpc_byte_buffer *send = grpcmsg_encode(req);
 
   grpc_metadata md;
   grpc_metadata_array initial_md, trailing_md;

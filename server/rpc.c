@@ -28,7 +28,6 @@
 
 #include <errno.h>
 #include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
@@ -42,6 +41,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "grpcmsg.h"
 
 #define RPC_STREAM_MAGIC 0x7270c57eu
 
@@ -242,30 +243,13 @@ static int call_authenticate(struct call *c, struct tp_err *err) {
 }
 
 static grpc_byte_buffer *message_encode(const ProtobufCMessage *msg) {
-  size_t len = protobuf_c_message_get_packed_size(msg);
-  grpc_slice slice = grpc_slice_malloc(len);
-  protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(slice));
-  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
-  grpc_slice_unref(slice);
-  return bb;
+  return grpcmsg_encode(msg);
 }
 
 /* Decodes and destroys bb. */
 static ProtobufCMessage *
 message_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc, struct tp_err *err) {
-  grpc_byte_buffer_reader reader;
-  if (!grpc_byte_buffer_reader_init(&reader, bb)) {
-    grpc_byte_buffer_destroy(bb);
-    tp_err_set(err, GRPC_STATUS_INTERNAL, "request: cannot read the message");
-    return NULL;
-  }
-  /* readall also undoes message compression. */
-  grpc_slice slice = grpc_byte_buffer_reader_readall(&reader);
-  grpc_byte_buffer_reader_destroy(&reader);
-  grpc_byte_buffer_destroy(bb);
-  ProtobufCMessage *msg =
-      protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(slice), GRPC_SLICE_START_PTR(slice));
-  grpc_slice_unref(slice);
+  ProtobufCMessage *msg = grpcmsg_decode(bb, desc);
   if (msg == NULL)
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid %s message", desc->name);
   return msg;
