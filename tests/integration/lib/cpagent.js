@@ -246,22 +246,7 @@ class CpAgent {
 
   async stop() {
     if (!this.proc || this.exit) return this.exit;
-    this.stopRequested = true;
-    this.proc.kill('SIGTERM');
-    let timer;
-    const r = await Promise.race([
-      this.exited,
-      new Promise((resolve) => {
-        timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (r === 'timeout') {
-      this.proc.kill('SIGKILL');
-      await this.exited;
-      this.exit.timedOut = true;
-    }
-    return this.exit;
+    return procs.terminate(this, STOP_TIMEOUT_MS);
   }
 
   async stopClean() {

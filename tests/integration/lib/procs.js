@@ -60,8 +60,30 @@ function tempDir(prefix) {
   return d;
 }
 
+// SIGTERM, then wait for o.exited; SIGKILL after ms. Resolves with o.exit
+// ({code, signal}, plus timedOut when it had to be killed).
+async function terminate(o, ms) {
+  o.stopRequested = true;
+  o.proc.kill('SIGTERM');
+  let timer;
+  const r = await Promise.race([
+    o.exited,
+    new Promise((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), ms);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (r === 'timeout') {
+    o.proc.kill('SIGKILL');
+    await o.exited;
+    o.exit.timedOut = true;
+  }
+  return o.exit;
+}
+
 module.exports = {
   command,
+  terminate,
   tempDir,
   trackDir: (d) => tempDirs.add(d),
   track: (o) => live.add(o),

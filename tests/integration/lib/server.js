@@ -217,20 +217,7 @@ class Server {
   async stop() {
     if (!this.proc) return this.exit;
     if (this.exit) return this.exit;
-    this.stopRequested = true;
-    this.proc.kill('SIGTERM');
-    let timer;
-    const timeout = new Promise((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS);
-    });
-    const r = await Promise.race([this.exited, timeout]);
-    clearTimeout(timer);
-    if (r === 'timeout') {
-      this.proc.kill('SIGKILL');
-      await this.exited;
-      this.exit.timedOut = true;
-    }
-    return this.exit;
+    return procs.terminate(this, STOP_TIMEOUT_MS);
   }
 
   // Stops with SIGTERM and asserts a clean exit (code 0, no signal), and a
