@@ -20,6 +20,7 @@
 #include "ca.h"
 #include "call.h"
 #include "datadir.h"
+#include "grpclog.h"
 #include "health.h"
 #include "hub.h"
 #include "jobs.h"
@@ -188,6 +189,7 @@ static const char *bracketed(const char *host, char *buf, size_t len) {
 }
 
 int main(int argc, char **argv) {
+  grpclog_route(); /* grpc core's lines in our format, escaped, before grpc_init */
   if (argc >= 2 && strcmp(argv[1], "rotate-master-key") == 0)
     return rotate_main(argc - 1, argv + 1);
   if (argc >= 2 && strcmp(argv[1], "call") == 0)
