@@ -36,7 +36,9 @@
  * Bounds: at most MAX_UNARY_CALLS unary calls between arrival and release
  * (past it no new grpc_server_request_call is posted, so further calls
  * wait in grpc core, behind MAX_CONCURRENT_STREAMS per connection); at most
- * MAX_PEER_RECEIVING requests being received at once per client address;
+ * MAX_PEER_SLOW requests per client address still arriving SLOW_MS after
+ * their receive started (a burst of requests that arrive at once is never
+ * slow; a client that holds many half-open calls is);
  * at most MAX_HELD_BYTES of received requests not yet decoded; grpc core's
  * own memory under a resource quota; TLS handshakes within
  * HANDSHAKE_TIMEOUT_MS. grpc 1.51 has no cap on connections.
@@ -104,9 +106,11 @@
 /* Unary calls between arrival and release, at most; past it no new call
  * is requested from grpc core. */
 #define MAX_UNARY_CALLS 1024
-/* Unary requests being received at once from one client address, at most;
- * beyond, RESOURCE_EXHAUSTED. Legitimate requests arrive whole at once. */
-#define MAX_PEER_RECEIVING 64
+/* Requests from one client address still arriving SLOW_MS after their
+ * receive started, at most; beyond, RESOURCE_EXHAUSTED. Requests arrive
+ * whole at once, except large uploads over slow links. */
+#define MAX_PEER_SLOW 64
+#define SLOW_MS 1000
 /* Bytes of received requests not yet decoded, at most. */
 #define MAX_HELD_BYTES ((size_t)256 * 1024 * 1024)
 /* Memory grpc core may use for its transports (read buffers, messages in
@@ -177,7 +181,7 @@ struct op {
  *
  * A unary call is reference counted (refs): each batch in flight, the job
  * queued for the pool and the overdue list hold one; the last release
- * frees it. Its event-side fields (overdue list, counted_receiving) are
+ * frees it. Its event-side fields (overdue list, slow_counted) are
  * touched by its event thread only; the pool touches the rest while it
  * holds the job's reference. A streaming call belongs to one thread at a
  * time (event thread, pool, its stream thread) and is freed by it. */
@@ -209,10 +213,12 @@ struct call {
   struct op op_new, op_close, op_recv, op_send;
   /* Unary only. */
   atomic_int refs;
-  atomic_int expired;    /* the sweep cancelled it */
-  int64_t deadline_ms;   /* monotonic: the request must have arrived by then */
-  int on_overdue;        /* on ev's overdue list */
-  int counted_receiving; /* counted in its address's requests being received */
+  atomic_int expired;           /* the sweep cancelled it */
+  int64_t arrived_ms;           /* monotonic: when its metadata arrived */
+  int64_t deadline_ms;          /* monotonic: the request must have arrived by then */
+  atomic_llong recv_started_ms; /* when RECV_MESSAGE started; 0: not started */
+  int on_overdue;               /* on ev's overdue list */
+  int slow_counted;             /* counted in its address's slow requests */
   struct call *ov_prev, *ov_next;
   grpc_byte_buffer *req_bb;  /* the request, until decoded */
   size_t req_bytes;          /* counted in srv->held_bytes */
@@ -235,14 +241,15 @@ struct cleanup {
  * is not zero. */
 struct peer {
   struct peer *next;
-  int streams;   /* streaming calls served without a credential */
-  int receiving; /* unary requests being received */
+  int streams; /* streaming calls served without a credential */
+  int slow;    /* unary requests still arriving after SLOW_MS */
   char addr[64];
 };
 
 /* A cap that refuses calls: counts them, and logs now and then. */
 struct cap_note {
   const char *what;
+  const char *outcome; /* "refused", "cancelled" */
   atomic_ulong refused;
   atomic_llong next_log_ms;
 };
@@ -295,7 +302,7 @@ struct rpc_server {
   struct stream_thread *streams_live, *streams_done;
   int n_streams; /* streaming calls served (threads live or starting) */
 
-  struct cap_note cap_streams, cap_peer_streams, cap_peer_receiving, cap_bytes, cap_timeout;
+  struct cap_note cap_streams, cap_peer_streams, cap_peer_slow, cap_bytes, cap_timeout;
 };
 
 /* --- helpers --- */
@@ -342,7 +349,7 @@ static void cap_refused(struct cap_note *cap) {
                                                     (long long)(now + CAP_LOG_INTERVAL_MS)))
     return;
   atomic_fetch_sub(&cap->refused, n);
-  log_warn("rpc", "%s: %lu call%s refused", cap->what, n, n == 1 ? "" : "s");
+  log_warn("rpc", "%s: %lu call%s %s", cap->what, n, n == 1 ? "" : "s", cap->outcome);
 }
 
 /* The client address of a grpc peer string ("ipv4:127.0.0.1:51234",
@@ -368,18 +375,18 @@ static unsigned peer_hash(const char *addr) {
   return h % PEER_BUCKETS;
 }
 
-/* Adds d_streams and d_receiving to addr's counts, unless that would take a
+/* Adds d_streams and d_slow to addr's counts, unless that would take a
  * count that grows above its limit (<= 0: none). Returns 0, or -1 (nothing
  * changed): over the limit, or out of memory. */
 static int peer_add(struct rpc_server *srv, const char *addr, int d_streams, int stream_limit,
-                    int d_receiving, int receiving_limit) {
+                    int d_slow, int slow_limit) {
   pthread_mutex_lock(&srv->peers_mu);
   struct peer **pp = &srv->peers[peer_hash(addr)];
   while (*pp != NULL && strcmp((*pp)->addr, addr) != 0)
     pp = &(*pp)->next;
   struct peer *p = *pp;
   int rc = 0;
-  if (p == NULL && (d_streams > 0 || d_receiving > 0)) {
+  if (p == NULL && (d_streams > 0 || d_slow > 0)) {
     p = calloc(1, sizeof(*p));
     if (p == NULL) {
       pthread_mutex_unlock(&srv->peers_mu);
@@ -393,13 +400,13 @@ static int peer_add(struct rpc_server *srv, const char *addr, int d_streams, int
     return 0;
   }
   if ((d_streams > 0 && stream_limit > 0 && p->streams + d_streams > stream_limit) ||
-      (d_receiving > 0 && receiving_limit > 0 && p->receiving + d_receiving > receiving_limit)) {
+      (d_slow > 0 && slow_limit > 0 && p->slow + d_slow > slow_limit)) {
     rc = -1;
   } else {
     p->streams += d_streams;
-    p->receiving += d_receiving;
+    p->slow += d_slow;
   }
-  if (p->streams <= 0 && p->receiving <= 0) {
+  if (p->streams <= 0 && p->slow <= 0) {
     *pp = p->next;
     free(p);
   }
@@ -509,6 +516,27 @@ static int batch_run(struct call *c, const grpc_op *ops, size_t n, void *tag) {
   return ev.type == GRPC_OP_COMPLETE && ev.success ? 0 : -1;
 }
 
+/* Appends SEND_INITIAL_METADATA (empty) to ops at *n unless the call sent
+ * it already; only the sending side calls it. */
+static void ops_initial_metadata(struct call *c, grpc_op *ops, size_t *n) {
+  if (c->sent_initial_md)
+    return;
+  ops[*n].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[*n].data.send_initial_metadata.count = 0;
+  (*n)++;
+  c->sent_initial_md = 1;
+}
+
+/* Appends SEND_STATUS_FROM_SERVER; details must live until the batch
+ * starts. */
+static void ops_status(grpc_op *ops, size_t *n, grpc_status_code status, grpc_slice *details) {
+  ops[*n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+  ops[*n].data.send_status_from_server.trailing_metadata_count = 0;
+  ops[*n].data.send_status_from_server.status = status;
+  ops[*n].data.send_status_from_server.status_details = details;
+  (*n)++;
+}
+
 static const struct method *method_find(const struct rpc_server *srv, const char *path, size_t len);
 
 /* --- calls --- */
@@ -538,6 +566,7 @@ static struct call *call_new(struct rpc_server *srv, enum call_kind kind, struct
   c->op_send = (struct op){c, OP_SEND};
   atomic_init(&c->refs, 1);
   atomic_init(&c->expired, 0);
+  atomic_init(&c->recv_started_ms, 0);
   atomic_init(&c->close_done, 0);
   grpc_call_details_init(&c->details);
   grpc_metadata_array_init(&c->md);
@@ -634,6 +663,17 @@ static struct event_thread *event_next(struct rpc_server *srv) {
   return &srv->events[srv->next_event++ % EVENT_THREADS]; /* under calls_mu */
 }
 
+/* Releases the call object of a request that could not be posted (c NULL:
+ * it could not even be made; it was counted all the same). */
+static void request_abandon(struct rpc_server *srv, struct call *c) {
+  if (c == NULL) {
+    calls_released(srv, 0);
+    return;
+  }
+  c->call = NULL;
+  call_destroy(c);
+}
+
 /* Keeps REQUESTS_PER_EVENT_THREAD unary requests outstanding per event
  * thread while fewer than MAX_UNARY_CALLS unary calls are live. Called from
  * any thread: at start, whenever a unary call arrives or is released, and by
@@ -656,12 +696,7 @@ static void unary_request_more(struct rpc_server *srv) {
       pthread_mutex_lock(&srv->calls_mu);
       srv->unary_requested--;
       pthread_mutex_unlock(&srv->calls_mu);
-      if (c != NULL) {
-        c->call = NULL;
-        call_destroy(c);
-      } else {
-        calls_released(srv, 0);
-      }
+      request_abandon(srv, c);
       return;
     }
   }
@@ -690,12 +725,7 @@ static void stream_request(struct rpc_server *srv, struct method *m) {
   pthread_mutex_lock(&srv->calls_mu);
   m->requested = 0;
   pthread_mutex_unlock(&srv->calls_mu);
-  if (c != NULL) {
-    c->call = NULL;
-    call_destroy(c);
-  } else {
-    calls_released(srv, 0);
-  }
+  request_abandon(srv, c);
 }
 
 static void streams_request_all(struct rpc_server *srv) {
@@ -747,9 +777,7 @@ static void unary_finish(struct call *c, grpc_byte_buffer *resp, grpc_status_cod
   grpc_op ops[3];
   size_t n = 0;
   memset(ops, 0, sizeof(ops));
-  ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[n].data.send_initial_metadata.count = 0;
-  n++;
+  ops_initial_metadata(c, ops, &n);
   if (resp != NULL) {
     c->resp_bb = resp;
     ops[n].op = GRPC_OP_SEND_MESSAGE;
@@ -758,11 +786,7 @@ static void unary_finish(struct call *c, grpc_byte_buffer *resp, grpc_status_cod
   }
   c->status_details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
   c->has_details = 1;
-  ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-  ops[n].data.send_status_from_server.trailing_metadata_count = 0;
-  ops[n].data.send_status_from_server.status = status;
-  ops[n].data.send_status_from_server.status_details = &c->status_details;
-  n++;
+  ops_status(ops, &n, status, &c->status_details);
   unary_start(c, ops, n, &c->op_send);
 }
 
@@ -787,6 +811,10 @@ static void overdue_remove(struct call *c) {
     ev->overdue_tail = c->ov_prev;
   c->ov_prev = c->ov_next = NULL;
   c->on_overdue = 0;
+  if (c->slow_counted) {
+    peer_add(c->srv, c->peer_addr, 0, 0, -1, 0);
+    c->slow_counted = 0;
+  }
   unary_unref(c);
 }
 
@@ -826,7 +854,6 @@ static void unary_serve(struct call *c) {
  * unknown methods: a caller without a credential learns nothing about the
  * API, and its request is never read. */
 static void unary_authorize(struct call *c) {
-  struct rpc_server *srv = c->srv;
   char msg[512];
   struct tp_err err = {.status = GRPC_STATUS_OK};
   if (atomic_load(&c->expired)) {
@@ -839,21 +866,14 @@ static void unary_authorize(struct call *c) {
   } else if (c->method->unary == NULL) {
     snprintf(msg, sizeof(msg), "method %s is not implemented", c->method->path);
     unary_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
-  } else if (peer_add(srv, c->peer_addr, 0, 0, 1, MAX_PEER_RECEIVING) != 0) {
-    cap_refused(&srv->cap_peer_receiving);
-    snprintf(msg, sizeof(msg), "too many requests being received from %s at once (at most %d)",
-             c->peer_addr, MAX_PEER_RECEIVING);
-    unary_finish(c, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
   } else {
-    c->counted_receiving = 1;
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_MESSAGE;
     op.data.recv_message.recv_message = &c->req_bb;
-    if (unary_start(c, &op, 1, &c->op_recv) != 0) {
-      peer_add(srv, c->peer_addr, 0, 0, -1, 0);
-      c->counted_receiving = 0;
-    }
+    atomic_store(&c->recv_started_ms, (long long)now_ms());
+    if (unary_start(c, &op, 1, &c->op_recv) != 0)
+      atomic_store(&c->recv_started_ms, 0);
   }
   unary_unref(c);
 }
@@ -878,7 +898,8 @@ static void unary_arrived(struct call *c, int success) {
   call_describe(c, (const char *)GRPC_SLICE_START_PTR(c->details.method),
                 GRPC_SLICE_LENGTH(c->details.method));
   /* refs is 1: this function's, handed to the pool's job below. */
-  c->deadline_ms = now_ms() + srv->request_timeout_ms;
+  c->arrived_ms = now_ms();
+  c->deadline_ms = c->arrived_ms + srv->request_timeout_ms;
   unary_ref(c);
   c->on_overdue = 1;
   c->ov_prev = ev->overdue_tail;
@@ -901,10 +922,6 @@ static void unary_arrived(struct call *c, int success) {
  * large: grpc core ended it with its status). */
 static void unary_received(struct call *c, int success) {
   struct rpc_server *srv = c->srv;
-  if (c->counted_receiving) {
-    peer_add(srv, c->peer_addr, 0, 0, -1, 0);
-    c->counted_receiving = 0;
-  }
   overdue_remove(c);
   if (!success || atomic_load(&c->expired)) {
     grpc_call_cancel(c->call, NULL);
@@ -950,17 +967,37 @@ static void unary_closed(struct call *c) {
   unary_unref(c);
 }
 
-/* Event: cancels the calls whose request is overdue. The list is in
- * deadline order, so the walk stops at the first that is not. */
+/* Event: cancels the calls whose request is overdue, and those beyond
+ * MAX_PEER_SLOW slow ones of their address. The list is in arrival order,
+ * so the walk stops at the first call too young to be either. */
 static void overdue_sweep(struct event_thread *ev, int64_t now) {
   struct rpc_server *srv = ev->srv;
-  for (struct call *c = ev->overdue_head; c != NULL && c->deadline_ms <= now; c = c->ov_next) {
-    if (atomic_exchange(&c->expired, 1))
+  int64_t young = srv->request_timeout_ms < SLOW_MS ? srv->request_timeout_ms : SLOW_MS;
+  for (struct call *c = ev->overdue_head; c != NULL && c->arrived_ms + young <= now;
+       c = c->ov_next) {
+    if (atomic_load(&c->expired))
       continue; /* already cancelled, leaves the list once its batches end */
-    cap_refused(&srv->cap_timeout);
-    char msg[128];
-    snprintf(msg, sizeof(msg), "request: not complete within %d ms", srv->request_timeout_ms);
-    grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, msg, NULL);
+    char msg[192];
+    if (c->deadline_ms <= now) {
+      atomic_store(&c->expired, 1);
+      cap_refused(&srv->cap_timeout);
+      snprintf(msg, sizeof(msg), "request: not complete within %d ms", srv->request_timeout_ms);
+      grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, msg, NULL);
+      continue;
+    }
+    long long started = atomic_load(&c->recv_started_ms);
+    if (c->slow_counted || started == 0 || started + SLOW_MS > now)
+      continue;
+    if (peer_add(srv, c->peer_addr, 0, 0, 1, MAX_PEER_SLOW) == 0) {
+      c->slow_counted = 1;
+      continue;
+    }
+    atomic_store(&c->expired, 1);
+    cap_refused(&srv->cap_peer_slow);
+    snprintf(msg, sizeof(msg),
+             "request: too many requests from %s still arriving after %d ms (at most %d)",
+             c->peer_addr, SLOW_MS, MAX_PEER_SLOW);
+    grpc_call_cancel_with_status(c->call, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL);
   }
 }
 
@@ -997,18 +1034,9 @@ static void stream_send_status(struct call *c, grpc_status_code status, const ch
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof(ops));
-  if (!c->sent_initial_md) {
-    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[n].data.send_initial_metadata.count = 0;
-    n++;
-  }
+  ops_initial_metadata(c, ops, &n);
   grpc_slice details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
-  ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-  ops[n].data.send_status_from_server.trailing_metadata_count = 0;
-  ops[n].data.send_status_from_server.status = status;
-  ops[n].data.send_status_from_server.status_details = &details;
-  n++;
-  c->sent_initial_md = 1;
+  ops_status(ops, &n, status, &details);
   if (batch_run(c, ops, n, &c->op_send) == 0)
     c->status_sent = 1;
   grpc_slice_unref(details);
@@ -1251,15 +1279,10 @@ static int stream_send_bb(struct rpc_stream *stream, grpc_byte_buffer *bb) {
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof(ops));
-  if (!c->sent_initial_md) {
-    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[n].data.send_initial_metadata.count = 0;
-    n++;
-  }
+  ops_initial_metadata(c, ops, &n);
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n].data.send_message.send_message = bb;
   n++;
-  c->sent_initial_md = 1;
   int rc = batch_run(c, ops, n, &c->op_send);
   grpc_byte_buffer_destroy(bb);
   return rc;
@@ -1421,8 +1444,9 @@ static int default_threads(void) {
   return (int)n;
 }
 
-static void cap_init(struct cap_note *cap, const char *what) {
+static void cap_init(struct cap_note *cap, const char *what, const char *outcome) {
   cap->what = what;
+  cap->outcome = outcome;
   atomic_init(&cap->refused, 0);
   atomic_init(&cap->next_log_ms, 0);
 }
@@ -1462,11 +1486,12 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   pthread_mutex_init(&srv->peers_mu, NULL);
   atomic_init(&srv->shutting_down, 0);
   atomic_init(&srv->held_bytes, 0);
-  cap_init(&srv->cap_streams, "streams: the server-wide cap is reached");
-  cap_init(&srv->cap_peer_streams, "streams without a credential: an address reached its cap");
-  cap_init(&srv->cap_peer_receiving, "requests being received: an address reached its cap");
-  cap_init(&srv->cap_bytes, "requests held: the byte cap is reached");
-  cap_init(&srv->cap_timeout, "requests not complete in time: cancelled");
+  cap_init(&srv->cap_streams, "streams: the server-wide cap is reached", "refused");
+  cap_init(&srv->cap_peer_streams, "streams without a credential: an address reached its cap",
+           "refused");
+  cap_init(&srv->cap_peer_slow, "slow requests: an address reached its cap", "cancelled");
+  cap_init(&srv->cap_bytes, "requests held: the byte cap is reached", "refused");
+  cap_init(&srv->cap_timeout, "requests not complete in time", "cancelled");
 
   grpc_init();
   grpc_resource_quota *quota = grpc_resource_quota_create("tlsplane-server");

@@ -1,10 +1,10 @@
 'use strict';
 // Hostile clients against the server's RPC core, with a raw HTTP/2 client
 // (lib/rawh2.js): unary calls whose request never comes take no worker
-// thread and are ended at the request timeout; a request over the receive
-// limit is refused; streaming calls without a credential are capped per
-// client address, and all streaming calls server-wide, so the server's
-// threads stay bounded.
+// thread and are ended at the request timeout, and one address cannot hold
+// many of them; a request over the receive limit is refused; streaming
+// calls without a credential are capped per client address, and all
+// streaming calls server-wide, so the server's threads stay bounded.
 //
 // The server runs with a pool of POOL threads, so that "more half-open
 // calls than threads" is the same number on every machine.
@@ -20,6 +20,7 @@ const POOL = 2;
 const REQUEST_TIMEOUT_MS = 8000;
 const MAX_STREAMS = 24;
 const PEER_STREAMS = 16; // the default
+const PEER_SLOW = 64;
 // Threads beyond the pool and the streams: the main thread, the event
 // threads, grpc core's own (timers, executor, resolver).
 const THREAD_MARGIN = 30;
@@ -113,6 +114,26 @@ test('half-open unary calls take no worker: health and reads answer while they a
     }
     const again = await api()['grpc.health.v1.Health'].Check({ service: '' }, { deadlineMs: ANSWER_MS });
     assert.equal(again.status, 'SERVING');
+  } finally {
+    h.close();
+  }
+});
+
+test(`one address holds at most ${PEER_SLOW} requests still arriving after 1 s; beyond, they are cancelled`, async () => {
+  const h = await raw('127.0.0.4');
+  try {
+    const held = [];
+    for (let i = 0; i < PEER_SLOW + 6; i++) held.push(h.call(CHECK));
+    const outcomes = {};
+    for (const c of held) {
+      const r = await within(c.closed, REQUEST_TIMEOUT_MS + 15000, 'a half-open call');
+      const key = `${statusName(r.status)}: ${r.message}`;
+      outcomes[key] = (outcomes[key] || 0) + 1;
+    }
+    assert.deepEqual(outcomes, {
+      [`RESOURCE_EXHAUSTED: request: too many requests from 127.0.0.4 still arriving after 1000 ms (at most ${PEER_SLOW})`]: 6,
+      [`DEADLINE_EXCEEDED: request: not complete within ${REQUEST_TIMEOUT_MS} ms`]: PEER_SLOW,
+    });
   } finally {
     h.close();
   }
