@@ -29,18 +29,19 @@
  * handler before both the credential and the whole message are in.
  * A call whose request has not wholly arrived request_timeout_ms after its
  * metadata is cancelled with DEADLINE_EXCEEDED by its event thread's sweep
- * (calls are listed per event thread in arrival order, so the sweep looks
- * at the overdue head only). A call's memory is reference counted: each
- * batch in flight, a queued job and the overdue list hold a reference.
+ * (calls are listed per event thread in arrival order, so the sweep walks
+ * only the calls old enough to be overdue or slow). A call's memory is
+ * reference counted: each batch in flight, a queued job and the overdue
+ * list hold a reference.
  *
  * Bounds: at most MAX_UNARY_CALLS unary calls between arrival and release
  * (past it no new grpc_server_request_call is posted, so further calls
  * wait in grpc core, behind MAX_CONCURRENT_STREAMS per connection); at most
  * MAX_PEER_SLOW requests per client address still arriving SLOW_MS after
- * their receive started (a burst of requests that arrive at once is never
- * slow; a client that holds many half-open calls is);
- * at most MAX_HELD_BYTES of received requests not yet decoded; grpc core's
- * own memory under a resource quota; TLS handshakes within
+ * their receive started (a burst of requests that arrive whole is never
+ * slow; a client that holds many half-open calls is), the sweep cancels
+ * the rest; at most MAX_HELD_BYTES of received requests not yet decoded;
+ * grpc core's own memory under a resource quota; TLS handshakes within
  * HANDSHAKE_TIMEOUT_MS. grpc 1.51 has no cap on connections.
  *
  * Streams. Streaming methods are registered with grpc core
