@@ -163,8 +163,8 @@ int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream
 int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *svc,
                            const rpc_unary_fn *fns, void *data);
 
-/* Starts serving on the pool threads. On failure the server serves
- * nothing; free it with rpc_server_free. */
+/* Starts the event threads and the pool, then serving. On failure the
+ * server serves nothing; free it with rpc_server_free. */
 int rpc_server_start(struct rpc_server *srv, struct tp_err *err);
 
 /* The port actually bound (useful with port 0). */
@@ -181,8 +181,8 @@ int rpc_server_add_cleanup(struct rpc_server *srv, void (*cb)(void *data), void 
 int rpc_server_shutting_down(const struct rpc_server *srv);
 
 /* Stops accepting calls, lets in-flight calls finish for up to grace_ms
- * (< 0: no limit), then cancels the rest, and joins the pool threads and
- * every streaming handler's thread. Call once, from a thread that is not
+ * (< 0: no limit), then cancels the rest, and joins the pool, the event
+ * threads and every streaming handler's thread. Call once, from a thread that is not
  * serving a call; a later call does nothing. */
 void rpc_server_shutdown(struct rpc_server *srv, int grace_ms);
 
