@@ -15,6 +15,7 @@
 
 #include "agent.h"
 #include "apply.h"
+#include "grpclog.h"
 #include "log.h"
 #include "metrics.h"
 #include "source.h"
@@ -441,6 +442,7 @@ int main(int argc, char **argv) {
   }
   signal(SIGPIPE, SIG_IGN); /* a peer gone mid-write is an error code, not a signal */
   OPENSSL_init_ssl(0, NULL);
+  grpclog_route();
 
   struct main_ctx ctx = {0}; /* outlives the loops: every callback's data */
   struct main_ctx *m = &ctx;

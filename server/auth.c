@@ -370,10 +370,15 @@ int auth_call(const struct rpc_credentials *cred, struct rpc_identity *id, struc
     roles_text(roles, who, sizeof(who));
     rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
                     "permission denied: %s (role %s) may not call %s; it takes %s", id->actor,
-                    auth_role_name(id->role), cred->method, who);
+                    auth_role_name(id->role), cred->method_shown, who);
   }
   if (rc != 0) {
-    log_warn("auth", "%s from %s refused: %s", cred->method, cred->peer, err->msg);
+    /* Never the path as sent: a path that names no method may hold a
+     * token pasted in the wrong place. */
+    char peer[LOG_ESCAPE_LEN], why[LOG_ESCAPE_LEN * 2];
+    log_warn("auth", "%s from %s refused: %s", cred->method_shown,
+             log_escape_str(peer, sizeof(peer), cred->peer),
+             log_escape_str(why, sizeof(why), err->msg));
     memset(id, 0, sizeof(*id));
     snprintf(id->actor, sizeof(id->actor), "anonymous");
   }

@@ -408,9 +408,14 @@ static void *reader_main(void *arg) {
       msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
       a->applied_revision = ack->revision;
       for (size_t i = 0; i < ack->n_listeners; i++)
-        if (!ack->listeners[i]->applied)
-          log_warn("hub", "agent=%s revision=%lld listener=%s not applied: %s", a->name,
-                   (long long)ack->revision, ack->listeners[i]->listener, ack->listeners[i]->error);
+        if (!ack->listeners[i]->applied) {
+          /* The agent's words: escaped, so that they cannot forge a line. */
+          char listener[LOG_ESCAPE_LEN], reason[LOG_ESCAPE_LEN * 2];
+          log_warn("hub", "agent=%s revision=%lld listener=\"%s\" not applied: \"%s\"", a->name,
+                   (long long)ack->revision,
+                   log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
+                   log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
+        }
       if (a->last_ack != NULL)
         protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
       a->last_ack = ack;
@@ -506,8 +511,10 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
     return -1;
   }
   agent_attach(hub, a, stream);
-  log_info("hub", "agent=%s connected from %s (version %s, applied revision %lld)", a->name,
-           call->peer, a->version, (long long)a->applied_revision);
+  char peer[LOG_ESCAPE_LEN], version[LOG_ESCAPE_LEN];
+  log_info("hub", "agent=%s connected from %s (version \"%s\", applied revision %lld)", a->name,
+           log_escape_str(peer, sizeof(peer), call->peer),
+           log_escape_str(version, sizeof(version), a->version), (long long)a->applied_revision);
 
   struct reader r = {.hub = hub, .agent = a, .stream = stream};
   pthread_t reader;

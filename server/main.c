@@ -20,6 +20,7 @@
 #include "ca.h"
 #include "call.h"
 #include "datadir.h"
+#include "grpclog.h"
 #include "health.h"
 #include "hub.h"
 #include "jobs.h"
@@ -36,6 +37,9 @@ struct options {
   const char *listen;
   int plaintext;
   int threads;
+  int request_timeout_ms;
+  int max_streams;
+  int max_peer_streams;
   const char *sans[SANS_MAX];
   size_t n_sans;
   char *sans_env; /* TLSPLANE_SANS, split in place */
@@ -43,7 +47,8 @@ struct options {
 
 static void usage(FILE *out) {
   fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
-               "                       [--plaintext] [--threads N]\n"
+               "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
+               "                       [--max-streams N] [--max-peer-streams N]\n"
                "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
                "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
                "[JSON]\n"
@@ -57,6 +62,12 @@ static void usage(FILE *out) {
                "  --plaintext         serve the API without TLS (loopback development only;\n"
                "                      calls still need a token)   [TLSPLANE_PLAINTEXT=1]\n"
                "  --threads N         API threads (0: two per core)   [TLSPLANE_THREADS, 0]\n"
+               "  --request-timeout MS  a unary call whose request is not whole MS after its\n"
+               "                      headers is cancelled [TLSPLANE_REQUEST_TIMEOUT_MS, 10000]\n"
+               "  --max-streams N     streaming calls (agents, Watch, reflection) at once\n"
+               "                                      [TLSPLANE_MAX_STREAMS, 4096]\n"
+               "  --max-peer-streams N  streaming calls without a credential per client\n"
+               "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
                "  --help              this text\n"
                "\n"
                "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
@@ -73,11 +84,34 @@ static const char *env_or(const char *name, const char *dflt) {
   return v && v[0] ? v : dflt;
 }
 
+/* A positive count (a limit, milliseconds) from flag or variable `what`:
+ * 0 and *out set, or -1 with a message. */
+static int parse_positive(const char *what, const char *text, int *out) {
+  char *end = NULL;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || v <= 0 || v > 1000000000) {
+    fprintf(stderr, "tlsplane-server: %s: \"%s\" is not a positive whole number\n", what, text);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
+}
+
+/* The same from environment variable name, when it is set. */
+static int env_positive(const char *name, int *out) {
+  const char *v = getenv(name);
+  return v != NULL && v[0] != '\0' ? parse_positive(name, v, out) : 0;
+}
+
 static int parse_options(int argc, char **argv, struct options *o) {
   o->data_dir = env_or("TLSPLANE_DATA_DIR", "./var");
   o->listen = env_or("TLSPLANE_LISTEN", "127.0.0.1:7443");
   o->plaintext = strcmp(env_or("TLSPLANE_PLAINTEXT", "0"), "1") == 0;
   o->threads = atoi(env_or("TLSPLANE_THREADS", "0"));
+  o->request_timeout_ms = 0;
+  o->max_streams = 0;
+  o->max_peer_streams = 0;
   o->n_sans = 0;
   o->sans_env = NULL;
   const char *sans = getenv("TLSPLANE_SANS");
@@ -88,11 +122,18 @@ static int parse_options(int argc, char **argv, struct options *o) {
       if (t[0] != '\0')
         o->sans[o->n_sans++] = t;
   }
+  if (env_positive("TLSPLANE_REQUEST_TIMEOUT_MS", &o->request_timeout_ms) != 0 ||
+      env_positive("TLSPLANE_MAX_STREAMS", &o->max_streams) != 0 ||
+      env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0)
+    return -1;
   static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
                                            {"listen", required_argument, NULL, 'l'},
                                            {"plaintext", no_argument, NULL, 'p'},
                                            {"threads", required_argument, NULL, 't'},
                                            {"san", required_argument, NULL, 's'},
+                                           {"request-timeout", required_argument, NULL, 'r'},
+                                           {"max-streams", required_argument, NULL, 'm'},
+                                           {"max-peer-streams", required_argument, NULL, 'P'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
   int c;
@@ -109,6 +150,18 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 't':
       o->threads = atoi(optarg);
+      break;
+    case 'r':
+      if (parse_positive("--request-timeout", optarg, &o->request_timeout_ms) != 0)
+        return -1;
+      break;
+    case 'm':
+      if (parse_positive("--max-streams", optarg, &o->max_streams) != 0)
+        return -1;
+      break;
+    case 'P':
+      if (parse_positive("--max-peer-streams", optarg, &o->max_peer_streams) != 0)
+        return -1;
       break;
     case 's':
       if (o->n_sans == SANS_MAX || optarg[0] == '\0') {
@@ -188,6 +241,7 @@ static const char *bracketed(const char *host, char *buf, size_t len) {
 }
 
 int main(int argc, char **argv) {
+  grpclog_route(); /* grpc core's lines in our format, escaped, before grpc_init */
   if (argc >= 2 && strcmp(argv[1], "rotate-master-key") == 0)
     return rotate_main(argc - 1, argv + 1);
   if (argc >= 2 && strcmp(argv[1], "call") == 0)
@@ -237,8 +291,13 @@ int main(int argc, char **argv) {
     goto close_store;
   }
   api.hub = hub;
-  struct rpc_server_opts ropts = {
-      .listen = o.listen, .threads = o.threads, .auth = auth_call, .auth_data = &api};
+  struct rpc_server_opts ropts = {.listen = o.listen,
+                                  .threads = o.threads,
+                                  .request_timeout_ms = o.request_timeout_ms,
+                                  .max_streams = o.max_streams,
+                                  .max_peer_streams = o.max_peer_streams,
+                                  .auth = auth_call,
+                                  .auth_data = &api};
   if (!o.plaintext) {
     ropts.tls_cert_pem = datadir_server_cert_pem(dd);
     ropts.tls_key_pem = datadir_server_key_pem(dd);

@@ -1,29 +1,73 @@
 /* The gRPC server core on grpc core's C API.
  *
- * Threads. A pool of N threads serves calls. Each owns a notification
- * completion queue (registered with the server before it starts) and keeps
- * exactly one grpc_server_request_call outstanding on it. Every call gets a
- * completion queue of its own (GRPC_CQ_PLUCK, not registered; grpc C++'s
- * sync server does the same), on which its batches run synchronously: start
- * a batch, pluck its tag. A unary call is served on the pool thread that
- * received it, then the thread asks for the next call. A streaming call is
- * handed to a thread of its own, because streams live long (agents,
- * Health/Watch) and would otherwise starve the pool; finished stream threads
- * are joined by the pool thread that starts the next one, and at shutdown.
+ * Threads. No thread that serves a handler ever waits for a client.
  *
- * Per call, a RECV_CLOSE_ON_SERVER batch is started first, under its own
- * tag; it completes when the call is over (status sent, or cancelled), so
- * plucking it is how rpc_stream_wait learns of a cancellation, and it is
- * plucked before the call is released.
+ * - Event threads (EVENT_THREADS, fixed): each runs one completion queue
+ *   (GRPC_CQ_NEXT, registered with the server) and only reacts: a call
+ *   arrived, a batch completed, a request is overdue. They never block on
+ *   anything but their queue.
+ * - The pool (opts->threads, bounded): runs authentication and unary
+ *   handlers, taking jobs from one queue. It never waits for a client.
+ * - One thread per streaming call, capped (see Streams).
+ *
+ * Unary calls come through grpc_server_request_call (every method that is
+ * not registered with grpc core, unknown paths included), on an event
+ * thread's queue, which is also the queue of every batch of the call, so
+ * that all of a call's events reach one event thread in order. A call:
+ *
+ *   event: arrived -> RECV_CLOSE_ON_SERVER started -> pool: authenticate
+ *   pool:  refused / unknown method -> send status (async)
+ *          else start RECV_MESSAGE (async)
+ *   event: the whole message arrived -> pool: decode, handler, encode,
+ *          start the send batch (message + status, async)
+ *   event: the send and the close both completed -> the call is released
+ *
+ * Authentication runs before the request message is read: a caller
+ * without a credential is refused as soon as its metadata arrived, so it
+ * can make the server hold neither its request bytes (up to 16 MiB a call)
+ * nor a call for the request timeout; nothing of the message reaches a
+ * handler before both the credential and the whole message are in.
+ * A call whose request has not wholly arrived request_timeout_ms after its
+ * metadata is cancelled with DEADLINE_EXCEEDED by its event thread's sweep
+ * (calls are listed per event thread in arrival order, so the sweep walks
+ * only the calls old enough to be overdue or slow). A call's memory is
+ * reference counted: each batch in flight, a queued job and the overdue
+ * list hold a reference.
+ *
+ * Bounds: at most MAX_UNARY_CALLS unary calls between arrival and release
+ * (past it no new grpc_server_request_call is posted, so further calls
+ * wait in grpc core, behind MAX_CONCURRENT_STREAMS per connection); at most
+ * MAX_PEER_SLOW requests per client address still arriving SLOW_MS after
+ * their receive started (a burst of requests that arrive whole is never
+ * slow; a client that holds many half-open calls is), the sweep cancels
+ * the rest; at most MAX_HELD_BYTES of received requests not yet decoded;
+ * grpc core's own memory under a resource quota; TLS handshakes within
+ * HANDSHAKE_TIMEOUT_MS. grpc 1.51 has no cap on connections.
+ *
+ * Streams. Streaming methods are registered with grpc core
+ * (grpc_server_register_method) and requested apart, one request per method
+ * outstanding: the notification comes to an event thread, but the call
+ * gets a completion queue of its own (GRPC_CQ_PLUCK, not registered) on
+ * which its batches run synchronously, from the thread that serves it
+ * (grpc C++'s sync server does the same). A pool thread authenticates it
+ * and hands it to a thread of its own, within two caps: max_streams in all,
+ * and max_peer_streams per client address for calls without a credential
+ * (health Watch, reflection); beyond either, RESOURCE_EXHAUSTED naming the
+ * cap. Finished stream threads are joined by the pool thread that starts
+ * the next one, and at shutdown. Per stream, a RECV_CLOSE_ON_SERVER batch
+ * is started first, under its own tag; it completes when the call is over
+ * (status sent, or cancelled), so plucking it is how rpc_stream_wait
+ * learns of a cancellation, and it is plucked before the call is released.
  *
  * Shutdown. grpc_server_shutdown_and_notify fails every pending
- * request_call (the pool threads see success == 0 and leave their loop) and
- * posts its own tag once all in-flight calls are over; after grace_ms we
- * cancel the calls still running. Calls that grpc had accepted but no pool
- * thread had picked up yet (every thread busy) are cancelled by grpc core
- * itself when shutdown begins; clients see CANCELLED. Then the threads are joined, the server
- * is destroyed, and every completion queue is shut down and drained before
- * being destroyed. */
+ * request_call (the event threads release those calls) and posts its own
+ * tag once all in-flight calls are over; after grace_ms we cancel the calls
+ * still running. Calls that grpc had accepted but we had not requested yet
+ * are cancelled by grpc core itself when shutdown begins; clients see
+ * CANCELLED. Once every call is released, the pool, the stream threads and
+ * the event threads are joined, the server is destroyed, and every
+ * completion queue is shut down and drained before being destroyed. */
+
 #include "rpc.h"
 
 #include <errno.h>
@@ -36,6 +80,7 @@
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,13 +88,45 @@
 #include <unistd.h>
 
 #include "grpcmsg.h"
+#include "log.h"
 
+#define CALL_MAGIC 0x7270ca11u
 #define RPC_STREAM_MAGIC 0x7270c57eu
 
 /* Receive limit: a PKCS#12 bundle or a large CRL can exceed grpc's 4 MiB. */
 #define MAX_RECV_MESSAGE (16 * 1024 * 1024)
 /* How often rpc_stream_wait looks at the shutdown flag. */
 #define WAIT_SLICE_MS 100
+
+/* Threads that run the completion queues. They only react to events, so
+ * two keep up with far more calls than the pool can serve. */
+#define EVENT_THREADS 2
+/* grpc_server_request_call kept outstanding per event thread: calls that
+ * arrive together are taken at once, not one per round trip. */
+#define REQUESTS_PER_EVENT_THREAD 8
+/* Unary calls between arrival and release, at most; past it no new call
+ * is requested from grpc core. */
+#define MAX_UNARY_CALLS 1024
+/* Requests from one client address still arriving SLOW_MS after their
+ * receive started, at most; beyond, RESOURCE_EXHAUSTED. Requests arrive
+ * whole at once, except large uploads over slow links. */
+#define MAX_PEER_SLOW 64
+#define SLOW_MS 1000
+/* Bytes of received requests not yet decoded, at most. */
+#define MAX_HELD_BYTES ((size_t)256 * 1024 * 1024)
+/* Memory grpc core may use for its transports (read buffers, messages in
+ * transit); under pressure it shrinks flow-control windows. */
+#define GRPC_MEMORY_QUOTA ((size_t)1024 * 1024 * 1024)
+#define MAX_CONCURRENT_STREAMS 100
+#define HANDSHAKE_TIMEOUT_MS (10 * 1000)
+#define DEFAULT_REQUEST_TIMEOUT_MS (10 * 1000)
+#define DEFAULT_MAX_STREAMS 4096
+#define DEFAULT_MAX_PEER_STREAMS 16
+/* How often an event thread looks for overdue requests. */
+#define SWEEP_MS 100
+/* A refusal by a cap is logged at most this often (with a count). */
+#define CAP_LOG_INTERVAL_MS (10 * 1000)
+#define PEER_BUCKETS 256
 
 /* A registered method. Exactly one of unary and stream is set, or neither
  * (a placeholder that answers UNIMPLEMENTED). */
@@ -61,12 +138,19 @@ struct method {
   rpc_unary_fn unary;
   rpc_stream_fn stream;
   void *data;
+  void *registered; /* streams: grpc_server_register_method's handle */
+  int requested;    /* streams: a request for the next call is outstanding (calls_mu) */
 };
 
-struct pool_thread {
+/* One event thread and its completion queue. */
+struct event_thread {
   struct rpc_server *srv;
   pthread_t tid;
-  grpc_completion_queue *notify_cq; /* registered; request_call notifications only */
+  grpc_completion_queue *cq; /* GRPC_CQ_NEXT, registered */
+  /* Unary calls whose request has not wholly arrived, oldest first (so
+   * also in deadline order). Only this thread touches the list. */
+  struct call *overdue_head, *overdue_tail;
+  int64_t next_sweep_ms;
 };
 
 /* The thread serving one streaming call. Lives on srv->streams_live while
@@ -84,26 +168,67 @@ struct rpc_stream {
   int half_closed; /* the client said it sends no more */
 };
 
-/* One call, from request_call until released. The tags are members so that
- * each is a distinct address owned by the call. */
+enum call_kind { CALL_UNARY, CALL_STREAM };
+enum op_kind { OP_NEW, OP_CLOSE, OP_RECV, OP_SEND };
+
+/* A batch's tag: what completed, for which call. */
+struct op {
+  struct call *call;
+  enum op_kind kind;
+};
+
+/* One call, from its request until released. The tags are members so that
+ * each is a distinct address owned by the call.
+ *
+ * A unary call is reference counted (refs): each batch in flight, the job
+ * queued for the pool and the overdue list hold one; the last release
+ * frees it. Its event-side fields (overdue list, slow_counted) are
+ * touched by its event thread only; the pool touches the rest while it
+ * holds the job's reference. A streaming call belongs to one thread at a
+ * time (event thread, pool, its stream thread) and is freed by it. */
 struct call {
+  uint32_t magic;
   struct rpc_server *srv;
-  grpc_call *call;           /* NULL until request_call completed */
-  grpc_completion_queue *cq; /* GRPC_CQ_PLUCK, bound to this call only */
-  grpc_call_details details;
+  enum call_kind kind;
+  struct event_thread *ev;   /* its notification queue (unary: every batch's) */
+  grpc_call *call;           /* NULL until the request completed */
+  grpc_completion_queue *cq; /* unary: ev->cq; stream: GRPC_CQ_PLUCK, owned */
+  grpc_call_details details; /* unary */
+  gpr_timespec deadline;     /* stream: the client's deadline */
   grpc_metadata_array md;
   const struct method *method; /* NULL: unknown method */
-  char *path;                  /* details.method as a string */
+  struct method *requested;    /* stream: the method whose call was requested */
+  char *path;                  /* the method path as sent */
   char *peer;                  /* gpr_malloc'd by grpc_call_get_peer */
+  char peer_addr[64];          /* peer without its port: the per-address key */
+  char shown[64];              /* "unknown method (N bytes)" */
   struct rpc_call_info info;
   struct rpc_identity identity; /* info's actor and principal point here */
   struct rpc_stream stream;
   int cancelled;         /* RECV_CLOSE_ON_SERVER's result */
   int close_started;     /* the RECV_CLOSE_ON_SERVER batch is in flight */
-  atomic_int close_done; /* ... and its tag has been plucked */
+  atomic_int close_done; /* ... and it completed */
   int sent_initial_md;   /* only the sending side touches it */
   int status_sent;       /* SEND_STATUS_FROM_SERVER completed */
-  char tag_close, tag_recv, tag_send;
+  int peer_stream;       /* counted in its address's anonymous streams */
+  struct op op_new, op_close, op_recv, op_send;
+  /* Unary only. */
+  atomic_int refs;
+  atomic_int expired;           /* the sweep cancelled it */
+  int64_t arrived_ms;           /* monotonic: when its metadata arrived */
+  int64_t deadline_ms;          /* monotonic: the request must have arrived by then */
+  atomic_llong recv_started_ms; /* when RECV_MESSAGE started; 0: not started */
+  int on_overdue;               /* on ev's overdue list */
+  int slow_counted;             /* counted in its address's slow requests */
+  struct call *ov_prev, *ov_next;
+  grpc_byte_buffer *req_bb;  /* the request, until decoded */
+  size_t req_bytes;          /* counted in srv->held_bytes */
+  grpc_byte_buffer *resp_bb; /* being sent */
+  grpc_slice status_details;
+  int has_details;
+  /* Pool queue. */
+  struct call *job_next;
+  void (*job_fn)(struct call *c);
 };
 
 /* Something rpc_server_free releases (rpc_server_add_cleanup). */
@@ -113,8 +238,26 @@ struct cleanup {
   struct cleanup *next;
 };
 
-/* Invariants: methods only change before `started`; the stream lists are
- * guarded by mu. */
+/* What one client address holds (peers_mu). An entry exists while a count
+ * is not zero. */
+struct peer {
+  struct peer *next;
+  int streams; /* streaming calls served without a credential */
+  int slow;    /* unary requests still arriving after SLOW_MS */
+  char addr[64];
+};
+
+/* A cap that refuses calls: counts them, and logs now and then. */
+struct cap_note {
+  const char *what;
+  const char *outcome; /* "refused", "cancelled" */
+  atomic_ulong refused;
+  atomic_llong next_log_ms;
+};
+
+/* Invariants: methods only change before `started`; the stream lists and
+ * n_streams are guarded by mu; the call counters by calls_mu; the job
+ * queue by pool_mu; the peer table by peers_mu. */
 struct rpc_server {
   grpc_server *server;
   grpc_completion_queue *shutdown_cq; /* registered; only the shutdown tag */
@@ -123,17 +266,44 @@ struct rpc_server {
   struct method *methods; /* sorted by path once started */
   size_t n_methods, cap_methods;
   struct cleanup *cleanups; /* most recently added first */
-  struct pool_thread *pool;
-  int n_pool;
-  int n_pool_started; /* pool[0..n_pool_started) have a thread to join */
-  int started;        /* grpc_server_start was called */
-  rpc_auth_fn auth;   /* NULL: calls run anonymous */
+  int started;              /* grpc_server_start was called */
+  rpc_auth_fn auth;         /* NULL: calls run anonymous */
   void *auth_data;
+  int request_timeout_ms;
+  int max_streams;
+  int max_peer_streams;
   int shut_down; /* rpc_server_shutdown has run */
   atomic_int shutting_down;
+
+  struct event_thread events[EVENT_THREADS];
+  int n_events_started;
+
+  pthread_mutex_t pool_mu;
+  pthread_cond_t pool_cv; /* a job was queued, or pool_stop */
+  struct call *jobs_head, *jobs_tail;
+  int pool_stop;
+  pthread_t *pool;
+  int n_pool;
+  int n_pool_started; /* pool[0..n_pool_started) have a thread to join */
+
+  pthread_mutex_t calls_mu;
+  pthread_cond_t calls_cv; /* n_calls dropped */
+  int accepting;           /* grpc serves and requests may be posted */
+  int n_calls;             /* struct call objects alive, requested ones included */
+  int unary_requested;     /* outstanding grpc_server_request_call */
+  int unary_live;          /* unary calls between arrival and release */
+  unsigned next_event;     /* round robin over the event threads */
+  atomic_size_t held_bytes;
+
+  pthread_mutex_t peers_mu;
+  struct peer *peers[PEER_BUCKETS];
+
   pthread_mutex_t mu;
   pthread_cond_t stream_done_cv; /* a stream thread moved itself to streams_done */
   struct stream_thread *streams_live, *streams_done;
+  int n_streams; /* streaming calls served (threads live or starting) */
+
+  struct cap_note cap_streams, cap_peer_streams, cap_peer_slow, cap_bytes, cap_timeout;
 };
 
 /* --- helpers --- */
@@ -144,6 +314,12 @@ static gpr_timespec deadline_after_ms(long ms) {
 
 static gpr_timespec forever(void) {
   return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Shuts down a completion queue that nobody polls any more and drains it.
@@ -161,6 +337,82 @@ static void cq_close(grpc_completion_queue *cq, int pluck) {
       ;
   }
   grpc_completion_queue_destroy(cq);
+}
+
+/* Counts a refusal by a cap; logs it at most every CAP_LOG_INTERVAL_MS,
+ * with how many were refused since the last line (a flood of refused
+ * calls is one line every few seconds, not one per call). */
+static void cap_refused(struct cap_note *cap) {
+  unsigned long n = atomic_fetch_add(&cap->refused, 1) + 1;
+  int64_t now = now_ms();
+  long long next = atomic_load(&cap->next_log_ms);
+  if (now < next || !atomic_compare_exchange_strong(&cap->next_log_ms, &next,
+                                                    (long long)(now + CAP_LOG_INTERVAL_MS)))
+    return;
+  atomic_fetch_sub(&cap->refused, n);
+  log_warn("rpc", "%s: %lu call%s %s", cap->what, n, n == 1 ? "" : "s", cap->outcome);
+}
+
+/* The client address of a grpc peer string ("ipv4:127.0.0.1:51234",
+ * "ipv6:[::1]:51234", "ipv6:%5B::1%5D:51234"): what lies between the
+ * scheme and the port. */
+static void peer_address(const char *peer, char *out, size_t len) {
+  const char *start = strchr(peer, ':');
+  start = start != NULL ? start + 1 : peer;
+  const char *end = strrchr(start, ':');
+  if (end == NULL || strncmp(peer, "unix:", 5) == 0)
+    end = start + strlen(start);
+  size_t n = (size_t)(end - start);
+  if (n >= len)
+    n = len - 1;
+  memcpy(out, start, n);
+  out[n] = '\0';
+}
+
+static unsigned peer_hash(const char *addr) {
+  unsigned h = 2166136261u; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *)addr; *p != '\0'; p++)
+    h = (h ^ *p) * 16777619u;
+  return h % PEER_BUCKETS;
+}
+
+/* Adds d_streams and d_slow to addr's counts, unless that would take a
+ * count that grows above its limit (<= 0: none). Returns 0, or -1 (nothing
+ * changed): over the limit, or out of memory. */
+static int peer_add(struct rpc_server *srv, const char *addr, int d_streams, int stream_limit,
+                    int d_slow, int slow_limit) {
+  pthread_mutex_lock(&srv->peers_mu);
+  struct peer **pp = &srv->peers[peer_hash(addr)];
+  while (*pp != NULL && strcmp((*pp)->addr, addr) != 0)
+    pp = &(*pp)->next;
+  struct peer *p = *pp;
+  int rc = 0;
+  if (p == NULL && (d_streams > 0 || d_slow > 0)) {
+    p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+      pthread_mutex_unlock(&srv->peers_mu);
+      return -1;
+    }
+    snprintf(p->addr, sizeof(p->addr), "%s", addr);
+    *pp = p;
+  }
+  if (p == NULL) {
+    pthread_mutex_unlock(&srv->peers_mu);
+    return 0;
+  }
+  if ((d_streams > 0 && stream_limit > 0 && p->streams + d_streams > stream_limit) ||
+      (d_slow > 0 && slow_limit > 0 && p->slow + d_slow > slow_limit)) {
+    rc = -1;
+  } else {
+    p->streams += d_streams;
+    p->slow += d_slow;
+  }
+  if (p->streams <= 0 && p->slow <= 0) {
+    *pp = p->next;
+    free(p);
+  }
+  pthread_mutex_unlock(&srv->peers_mu);
+  return rc;
 }
 
 /* The one place where the server's transport security is chosen: TLS
@@ -226,6 +478,7 @@ static int call_authenticate(struct call *c, struct tp_err *err) {
     char *authorization = metadata_value(&c->md, "authorization");
     char *cert = client_cert_pem(c->call);
     struct rpc_credentials cred = {.method = c->info.method,
+                                   .method_shown = c->method != NULL ? c->method->path : c->shown,
                                    .peer = c->info.peer,
                                    .authorization = authorization,
                                    .client_cert_pem = cert};
@@ -255,8 +508,8 @@ message_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc, str
   return msg;
 }
 
-/* Runs one batch on the call's queue and waits for it. Returns 0 if it
- * succeeded, -1 if it could not start or failed (the call is broken). */
+/* Runs one batch on a stream call's queue and waits for it. Returns 0 if
+ * it succeeded, -1 if it could not start or failed (the call is broken). */
 static int batch_run(struct call *c, const grpc_op *ops, size_t n, void *tag) {
   if (grpc_call_start_batch(c->call, ops, n, tag, NULL) != GRPC_CALL_OK)
     return -1;
@@ -264,185 +517,489 @@ static int batch_run(struct call *c, const grpc_op *ops, size_t n, void *tag) {
   return ev.type == GRPC_OP_COMPLETE && ev.success ? 0 : -1;
 }
 
+/* Appends SEND_INITIAL_METADATA (empty) to ops at *n unless the call sent
+ * it already; only the sending side calls it. */
+static void ops_initial_metadata(struct call *c, grpc_op *ops, size_t *n) {
+  if (c->sent_initial_md)
+    return;
+  ops[*n].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[*n].data.send_initial_metadata.count = 0;
+  (*n)++;
+  c->sent_initial_md = 1;
+}
+
+/* Appends SEND_STATUS_FROM_SERVER; details must live until the batch
+ * starts. */
+static void ops_status(grpc_op *ops, size_t *n, grpc_status_code status, grpc_slice *details) {
+  ops[*n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+  ops[*n].data.send_status_from_server.trailing_metadata_count = 0;
+  ops[*n].data.send_status_from_server.status = status;
+  ops[*n].data.send_status_from_server.status_details = details;
+  (*n)++;
+}
+
+static const struct method *method_find(const struct rpc_server *srv, const char *path, size_t len);
+
 /* --- calls --- */
 
-static struct call *call_new(struct rpc_server *srv) {
+/* A call object for the next request, counted in srv->n_calls (the caller
+ * has counted it). A stream call gets its own pluck queue. */
+static struct call *call_new(struct rpc_server *srv, enum call_kind kind, struct event_thread *ev) {
   struct call *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return NULL;
-  c->cq = grpc_completion_queue_create_for_pluck(NULL);
-  if (c->cq == NULL) {
-    free(c);
-    return NULL;
-  }
+  c->magic = CALL_MAGIC;
   c->srv = srv;
+  c->kind = kind;
+  c->ev = ev;
+  if (kind == CALL_STREAM) {
+    c->cq = grpc_completion_queue_create_for_pluck(NULL);
+    if (c->cq == NULL) {
+      free(c);
+      return NULL;
+    }
+  } else {
+    c->cq = ev->cq;
+  }
+  c->op_new = (struct op){c, OP_NEW};
+  c->op_close = (struct op){c, OP_CLOSE};
+  c->op_recv = (struct op){c, OP_RECV};
+  c->op_send = (struct op){c, OP_SEND};
+  atomic_init(&c->refs, 1);
+  atomic_init(&c->expired, 0);
+  atomic_init(&c->recv_started_ms, 0);
+  atomic_init(&c->close_done, 0);
   grpc_call_details_init(&c->details);
   grpc_metadata_array_init(&c->md);
   return c;
 }
 
-/* Sends the final status (after the initial metadata if not yet sent, and
- * resp if given). */
-static void call_send_status(struct call *c, grpc_byte_buffer *resp, grpc_status_code status,
-                             const char *msg) {
-  grpc_op ops[3];
-  size_t n = 0;
-  memset(ops, 0, sizeof(ops));
-  if (!c->sent_initial_md) {
-    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[n].data.send_initial_metadata.count = 0;
-    n++;
-  }
-  if (resp != NULL) {
-    ops[n].op = GRPC_OP_SEND_MESSAGE;
-    ops[n].data.send_message.send_message = resp;
-    n++;
-  }
-  grpc_slice details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
-  ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-  ops[n].data.send_status_from_server.trailing_metadata_count = 0;
-  ops[n].data.send_status_from_server.status = status;
-  ops[n].data.send_status_from_server.status_details = &details;
-  n++;
-  c->sent_initial_md = 1;
-  if (batch_run(c, ops, n, &c->tag_send) == 0)
-    c->status_sent = 1;
-  grpc_slice_unref(details);
+/* Fills in what the call is: method, path, peer. path/len: the method path
+ * as the client sent it. */
+static void call_describe(struct call *c, const char *path, size_t len) {
+  if (c->method == NULL)
+    c->method = method_find(c->srv, path, len);
+  c->path = strndup(path, len);
+  c->peer = grpc_call_get_peer(c->call);
+  peer_address(c->peer != NULL ? c->peer : "", c->peer_addr, sizeof(c->peer_addr));
+  /* A path that names no method is the client's text: it may hold
+   * anything (a token pasted in the wrong place), so logs and errors show
+   * its length only. */
+  snprintf(c->shown, sizeof(c->shown), "unknown method (%zu bytes)", len);
+  c->info.method = c->method != NULL ? c->method->path : c->path != NULL ? c->path : "";
+  c->info.peer = c->peer != NULL ? c->peer : "";
 }
 
-static void call_send_error(struct call *c, const struct tp_err *err) {
-  if (err->status == GRPC_STATUS_OK)
-    call_send_status(c, NULL, GRPC_STATUS_INTERNAL, "handler failed without an error");
-  else
-    call_send_status(c, NULL, err->status, err->msg);
-}
+static void calls_released(struct rpc_server *srv, int unary);
 
-/* Releases the call: waits for its close (cancelling it first if no status
- * went out, so that the close comes), then drains its queue. */
-static void call_free(struct call *c) {
-  if (c == NULL)
-    return;
+/* Frees the memory of a call whose grpc call (if any) is over. */
+static void call_destroy(struct call *c) {
+  struct rpc_server *srv = c->srv;
+  int unary_live = c->kind == CALL_UNARY && c->call != NULL;
   if (c->call != NULL) {
     if (!c->status_sent)
       grpc_call_cancel(c->call, NULL);
-    if (c->close_started && !atomic_load(&c->close_done))
-      grpc_completion_queue_pluck(c->cq, &c->tag_close, forever(), NULL);
     grpc_call_unref(c->call);
   }
-  cq_close(c->cq, 1);
+  if (c->kind == CALL_STREAM)
+    cq_close(c->cq, 1);
+  if (c->req_bb != NULL)
+    grpc_byte_buffer_destroy(c->req_bb);
+  if (c->resp_bb != NULL)
+    grpc_byte_buffer_destroy(c->resp_bb);
+  if (c->has_details)
+    grpc_slice_unref(c->status_details);
   grpc_call_details_destroy(&c->details);
   grpc_metadata_array_destroy(&c->md);
   gpr_free(c->peer);
   free(c->path);
+  c->magic = 0;
   free(c);
+  calls_released(srv, unary_live);
 }
 
-static void serve_unary(struct call *c) {
-  const struct method *m = c->method;
-  struct tp_err err = {.status = GRPC_STATUS_OK};
-  grpc_byte_buffer *bb = NULL;
-  grpc_op op;
-  memset(&op, 0, sizeof(op));
-  op.op = GRPC_OP_RECV_MESSAGE;
-  op.data.recv_message.recv_message = &bb;
-  if (batch_run(c, &op, 1, &c->tag_recv) < 0)
-    return; /* cancelled, or the message was too large: core ends the call */
-  if (bb == NULL) {
-    call_send_status(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, "request: no message");
+/* --- the pool --- */
+
+/* Queues fn(c) for a pool thread; the job owns one of c's references (unary)
+ * or c itself (stream). */
+static void job_push(struct call *c, void (*fn)(struct call *c)) {
+  struct rpc_server *srv = c->srv;
+  c->job_fn = fn;
+  c->job_next = NULL;
+  pthread_mutex_lock(&srv->pool_mu);
+  if (srv->jobs_tail != NULL)
+    srv->jobs_tail->job_next = c;
+  else
+    srv->jobs_head = c;
+  srv->jobs_tail = c;
+  pthread_cond_signal(&srv->pool_cv);
+  pthread_mutex_unlock(&srv->pool_mu);
+}
+
+/* Runs jobs until the pool is stopped; the queue is empty by then (every
+ * call is released before rpc_server_shutdown stops the pool). */
+static void *pool_main(void *arg) {
+  struct rpc_server *srv = arg;
+  pthread_mutex_lock(&srv->pool_mu);
+  for (;;) {
+    while (srv->jobs_head == NULL && !srv->pool_stop)
+      pthread_cond_wait(&srv->pool_cv, &srv->pool_mu);
+    struct call *c = srv->jobs_head;
+    if (c == NULL)
+      break;
+    srv->jobs_head = c->job_next;
+    if (srv->jobs_head == NULL)
+      srv->jobs_tail = NULL;
+    pthread_mutex_unlock(&srv->pool_mu);
+    c->job_fn(c);
+    pthread_mutex_lock(&srv->pool_mu);
+  }
+  pthread_mutex_unlock(&srv->pool_mu);
+  return NULL;
+}
+
+/* --- requesting calls --- */
+
+static struct event_thread *event_next(struct rpc_server *srv) {
+  return &srv->events[srv->next_event++ % EVENT_THREADS]; /* under calls_mu */
+}
+
+/* Releases the call object of a request that could not be posted (c NULL:
+ * it could not even be made; it was counted all the same). */
+static void request_abandon(struct rpc_server *srv, struct call *c) {
+  if (c == NULL) {
+    calls_released(srv, 0);
     return;
   }
+  c->call = NULL;
+  call_destroy(c);
+}
+
+/* Keeps REQUESTS_PER_EVENT_THREAD unary requests outstanding per event
+ * thread while fewer than MAX_UNARY_CALLS unary calls are live. Called from
+ * any thread: at start, whenever a unary call arrives or is released, and by
+ * each sweep (which retries after an allocation failed). */
+static void unary_request_more(struct rpc_server *srv) {
+  for (;;) {
+    pthread_mutex_lock(&srv->calls_mu);
+    if (!srv->accepting || srv->unary_requested >= REQUESTS_PER_EVENT_THREAD * EVENT_THREADS ||
+        srv->unary_live + srv->unary_requested >= MAX_UNARY_CALLS) {
+      pthread_mutex_unlock(&srv->calls_mu);
+      return;
+    }
+    struct event_thread *ev = event_next(srv);
+    srv->unary_requested++;
+    srv->n_calls++;
+    pthread_mutex_unlock(&srv->calls_mu);
+    struct call *c = call_new(srv, CALL_UNARY, ev);
+    if (c == NULL || grpc_server_request_call(srv->server, &c->call, &c->details, &c->md, ev->cq,
+                                              ev->cq, &c->op_new) != GRPC_CALL_OK) {
+      pthread_mutex_lock(&srv->calls_mu);
+      srv->unary_requested--;
+      pthread_mutex_unlock(&srv->calls_mu);
+      request_abandon(srv, c);
+      return;
+    }
+  }
+}
+
+/* Requests the next call of streaming method m, unless one is requested. */
+static void stream_request(struct rpc_server *srv, struct method *m) {
+  pthread_mutex_lock(&srv->calls_mu);
+  if (!srv->accepting || m->requested) {
+    pthread_mutex_unlock(&srv->calls_mu);
+    return;
+  }
+  struct event_thread *ev = event_next(srv);
+  m->requested = 1;
+  srv->n_calls++;
+  pthread_mutex_unlock(&srv->calls_mu);
+  struct call *c = call_new(srv, CALL_STREAM, ev);
+  if (c != NULL) {
+    c->method = m;
+    c->requested = m;
+    if (grpc_server_request_registered_call(srv->server, m->registered, &c->call, &c->deadline,
+                                            &c->md, NULL, c->cq, ev->cq,
+                                            &c->op_new) == GRPC_CALL_OK)
+      return;
+  }
+  pthread_mutex_lock(&srv->calls_mu);
+  m->requested = 0;
+  pthread_mutex_unlock(&srv->calls_mu);
+  request_abandon(srv, c);
+}
+
+static void streams_request_all(struct rpc_server *srv) {
+  for (size_t i = 0; i < srv->n_methods; i++)
+    if (srv->methods[i].stream != NULL)
+      stream_request(srv, &srv->methods[i]);
+}
+
+/* A call object is gone (unary_live: it was a live unary call): lets
+ * shutdown know, and requests another unary call in its place. */
+static void calls_released(struct rpc_server *srv, int unary_live) {
+  pthread_mutex_lock(&srv->calls_mu);
+  srv->n_calls--;
+  if (unary_live)
+    srv->unary_live--;
+  pthread_cond_broadcast(&srv->calls_cv);
+  pthread_mutex_unlock(&srv->calls_mu);
+  if (unary_live)
+    unary_request_more(srv);
+}
+
+/* --- unary calls --- */
+
+static void unary_ref(struct call *c) {
+  atomic_fetch_add(&c->refs, 1);
+}
+
+static void unary_unref(struct call *c) {
+  if (atomic_fetch_sub(&c->refs, 1) == 1)
+    call_destroy(c);
+}
+
+/* Starts a batch on a unary call under one reference, which the batch's
+ * completion releases. Returns 0, or -1 (nothing started, the call
+ * cancelled so that it ends, the reference released). */
+static int unary_start(struct call *c, const grpc_op *ops, size_t n, struct op *op) {
+  unary_ref(c);
+  if (grpc_call_start_batch(c->call, ops, n, op, NULL) == GRPC_CALL_OK)
+    return 0;
+  grpc_call_cancel(c->call, NULL);
+  unary_unref(c);
+  return -1;
+}
+
+/* Sends the call's end: the initial metadata, resp if given (the call owns
+ * it from here on), the status. Does not wait. */
+static void unary_finish(struct call *c, grpc_byte_buffer *resp, grpc_status_code status,
+                         const char *msg) {
+  grpc_op ops[3];
+  size_t n = 0;
+  memset(ops, 0, sizeof(ops));
+  ops_initial_metadata(c, ops, &n);
+  if (resp != NULL) {
+    c->resp_bb = resp;
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n].data.send_message.send_message = resp;
+    n++;
+  }
+  c->status_details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
+  c->has_details = 1;
+  ops_status(ops, &n, status, &c->status_details);
+  unary_start(c, ops, n, &c->op_send);
+}
+
+static void unary_finish_error(struct call *c, const struct tp_err *err) {
+  if (err->status == GRPC_STATUS_OK)
+    unary_finish(c, NULL, GRPC_STATUS_INTERNAL, "handler failed without an error");
+  else
+    unary_finish(c, NULL, err->status, err->msg);
+}
+
+static void overdue_remove(struct call *c) {
+  struct event_thread *ev = c->ev;
+  if (!c->on_overdue)
+    return;
+  if (c->ov_prev != NULL)
+    c->ov_prev->ov_next = c->ov_next;
+  else
+    ev->overdue_head = c->ov_next;
+  if (c->ov_next != NULL)
+    c->ov_next->ov_prev = c->ov_prev;
+  else
+    ev->overdue_tail = c->ov_prev;
+  c->ov_prev = c->ov_next = NULL;
+  c->on_overdue = 0;
+  if (c->slow_counted) {
+    peer_add(c->srv, c->peer_addr, 0, 0, -1, 0);
+    c->slow_counted = 0;
+  }
+  unary_unref(c);
+}
+
+/* Pool: the request arrived whole. Decode, run the handler, send. */
+static void unary_serve(struct call *c) {
+  struct rpc_server *srv = c->srv;
+  const struct method *m = c->method;
+  struct tp_err err = {.status = GRPC_STATUS_OK};
+  grpc_byte_buffer *bb = c->req_bb;
+  c->req_bb = NULL;
   ProtobufCMessage *req = message_decode(bb, m->req, &err);
+  atomic_fetch_sub(&srv->held_bytes, c->req_bytes);
+  c->req_bytes = 0;
   if (req == NULL) {
-    call_send_error(c, &err);
+    unary_finish_error(c, &err);
+    unary_unref(c);
     return;
   }
   ProtobufCMessage *resp = NULL;
   int rc = m->unary(&c->info, req, &resp, &err, m->data);
   protobuf_c_message_free_unpacked(req, NULL);
   if (rc < 0) {
-    call_send_error(c, &err);
-    return;
-  }
-  if (resp == NULL || resp->descriptor != m->resp) {
+    unary_finish_error(c, &err);
+  } else if (resp == NULL || resp->descriptor != m->resp) {
     if (resp != NULL)
       protobuf_c_message_free_unpacked(resp, NULL);
-    call_send_status(c, NULL, GRPC_STATUS_INTERNAL, "handler returned no or the wrong response");
+    unary_finish(c, NULL, GRPC_STATUS_INTERNAL, "handler returned no or the wrong response");
+  } else {
+    grpc_byte_buffer *out = message_encode(resp);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    unary_finish(c, out, GRPC_STATUS_OK, NULL);
+  }
+  unary_unref(c);
+}
+
+/* Pool: the call's metadata arrived. Authentication comes first, also for
+ * unknown methods: a caller without a credential learns nothing about the
+ * API, and its request is never read. */
+static void unary_authorize(struct call *c) {
+  char msg[512];
+  struct tp_err err = {.status = GRPC_STATUS_OK};
+  if (atomic_load(&c->expired)) {
+    /* The sweep ended it while it waited for a pool thread. */
+  } else if (call_authenticate(c, &err) != 0) {
+    unary_finish_error(c, &err);
+  } else if (c->method == NULL) {
+    snprintf(msg, sizeof(msg), "%s", c->shown);
+    unary_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+  } else if (c->method->unary == NULL) {
+    snprintf(msg, sizeof(msg), "method %s is not implemented", c->method->path);
+    unary_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+  } else {
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->req_bb;
+    atomic_store(&c->recv_started_ms, (long long)now_ms());
+    if (unary_start(c, &op, 1, &c->op_recv) != 0)
+      atomic_store(&c->recv_started_ms, 0);
+  }
+  unary_unref(c);
+}
+
+/* Event: a unary call arrived (or, success == 0, its request failed at
+ * shutdown). */
+static void unary_arrived(struct call *c, int success) {
+  struct rpc_server *srv = c->srv;
+  struct event_thread *ev = c->ev;
+  pthread_mutex_lock(&srv->calls_mu);
+  srv->unary_requested--;
+  int live = success && c->call != NULL;
+  if (live)
+    srv->unary_live++;
+  pthread_mutex_unlock(&srv->calls_mu);
+  if (!live) {
+    c->call = NULL;
+    call_destroy(c);
     return;
   }
-  grpc_byte_buffer *out = message_encode(resp);
-  protobuf_c_message_free_unpacked(resp, NULL);
-  call_send_status(c, out, GRPC_STATUS_OK, NULL);
-  grpc_byte_buffer_destroy(out);
-}
-
-static void serve_stream(struct call *c) {
-  const struct method *m = c->method;
-  struct tp_err err = {.status = GRPC_STATUS_OK};
-  c->stream.magic = RPC_STREAM_MAGIC;
-  c->stream.call = c;
-  int rc = m->stream(&c->info, &c->stream, &err, m->data);
-  c->stream.magic = 0;
-  if (rc < 0)
-    call_send_error(c, &err);
+  unary_request_more(srv);
+  call_describe(c, (const char *)GRPC_SLICE_START_PTR(c->details.method),
+                GRPC_SLICE_LENGTH(c->details.method));
+  /* refs is 1: this function's, handed to the pool's job below. */
+  c->arrived_ms = now_ms();
+  c->deadline_ms = c->arrived_ms + srv->request_timeout_ms;
+  unary_ref(c);
+  c->on_overdue = 1;
+  c->ov_prev = ev->overdue_tail;
+  if (ev->overdue_tail != NULL)
+    ev->overdue_tail->ov_next = c;
   else
-    call_send_status(c, NULL, GRPC_STATUS_OK, NULL);
+    ev->overdue_head = c;
+  ev->overdue_tail = c;
+
+  grpc_op op;
+  memset(&op, 0, sizeof(op));
+  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  op.data.recv_close_on_server.cancelled = &c->cancelled;
+  if (unary_start(c, &op, 1, &c->op_close) == 0)
+    c->close_started = 1;
+  job_push(c, unary_authorize);
 }
 
-/* Joins the stream threads that have finished. */
-static void streams_reap(struct rpc_server *srv) {
-  pthread_mutex_lock(&srv->mu);
-  struct stream_thread *done = srv->streams_done;
-  srv->streams_done = NULL;
-  pthread_mutex_unlock(&srv->mu);
-  while (done != NULL) {
-    struct stream_thread *next = done->next;
-    pthread_join(done->tid, NULL);
-    free(done);
-    done = next;
-  }
-}
-
-static void *stream_main(void *arg) {
-  struct stream_thread *st = arg;
-  struct rpc_server *srv = st->call->srv;
-  serve_stream(st->call);
-  call_free(st->call);
-  st->call = NULL;
-  pthread_mutex_lock(&srv->mu);
-  struct stream_thread **pp = &srv->streams_live;
-  while (*pp != st)
-    pp = &(*pp)->next;
-  *pp = st->next;
-  st->next = srv->streams_done;
-  srv->streams_done = st;
-  pthread_cond_broadcast(&srv->stream_done_cv);
-  pthread_mutex_unlock(&srv->mu);
-  return NULL;
-}
-
-/* Hands a streaming call to a thread of its own. On failure the call is
- * still the caller's. */
-static int stream_spawn(struct call *c) {
+/* Event: the request message arrived, or the call broke (cancelled, too
+ * large: grpc core ended it with its status). */
+static void unary_received(struct call *c, int success) {
   struct rpc_server *srv = c->srv;
-  streams_reap(srv);
-  struct stream_thread *st = calloc(1, sizeof(*st));
-  if (st == NULL)
-    return -ENOMEM;
-  st->call = c;
-  /* Hold mu across pthread_create so that the thread cannot move itself to
-   * streams_done (and be joined) before st->tid is written. */
-  pthread_mutex_lock(&srv->mu);
-  int rc = pthread_create(&st->tid, NULL, stream_main, st);
-  if (rc == 0) {
-    st->next = srv->streams_live;
-    srv->streams_live = st;
+  overdue_remove(c);
+  if (!success || atomic_load(&c->expired)) {
+    grpc_call_cancel(c->call, NULL);
+    unary_unref(c);
+    return;
   }
-  pthread_mutex_unlock(&srv->mu);
-  if (rc != 0) {
-    free(st);
-    return -rc;
+  if (c->req_bb == NULL) {
+    unary_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, "request: no message");
+    unary_unref(c);
+    return;
   }
-  return 0;
+  size_t n = grpc_byte_buffer_length(c->req_bb);
+  if (atomic_fetch_add(&srv->held_bytes, n) + n > MAX_HELD_BYTES) {
+    atomic_fetch_sub(&srv->held_bytes, n);
+    grpc_byte_buffer_destroy(c->req_bb);
+    c->req_bb = NULL;
+    cap_refused(&srv->cap_bytes);
+    char msg[128];
+    snprintf(msg, sizeof(msg), "the server holds %zu MiB of requests already; retry later",
+             MAX_HELD_BYTES >> 20);
+    unary_finish(c, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    unary_unref(c);
+    return;
+  }
+  c->req_bytes = n;
+  job_push(c, unary_serve); /* the receive's reference goes with it */
+}
+
+static void unary_sent(struct call *c, int success) {
+  c->status_sent = success;
+  if (!success)
+    grpc_call_cancel(c->call, NULL);
+  if (c->resp_bb != NULL) {
+    grpc_byte_buffer_destroy(c->resp_bb);
+    c->resp_bb = NULL;
+  }
+  unary_unref(c);
+}
+
+static void unary_closed(struct call *c) {
+  atomic_store(&c->close_done, 1);
+  overdue_remove(c);
+  unary_unref(c);
+}
+
+/* Event: cancels the calls whose request is overdue, and those beyond
+ * MAX_PEER_SLOW slow ones of their address. The list is in arrival order,
+ * so the walk stops at the first call too young to be either. */
+static void overdue_sweep(struct event_thread *ev, int64_t now) {
+  struct rpc_server *srv = ev->srv;
+  int64_t young = srv->request_timeout_ms < SLOW_MS ? srv->request_timeout_ms : SLOW_MS;
+  for (struct call *c = ev->overdue_head; c != NULL && c->arrived_ms + young <= now;
+       c = c->ov_next) {
+    if (atomic_load(&c->expired))
+      continue; /* already cancelled, leaves the list once its batches end */
+    char msg[192];
+    if (c->deadline_ms <= now) {
+      atomic_store(&c->expired, 1);
+      cap_refused(&srv->cap_timeout);
+      snprintf(msg, sizeof(msg), "request: not complete within %d ms", srv->request_timeout_ms);
+      grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, msg, NULL);
+      continue;
+    }
+    long long started = atomic_load(&c->recv_started_ms);
+    if (c->slow_counted || started == 0 || started + SLOW_MS > now)
+      continue;
+    if (peer_add(srv, c->peer_addr, 0, 0, 1, MAX_PEER_SLOW) == 0) {
+      c->slow_counted = 1;
+      continue;
+    }
+    atomic_store(&c->expired, 1);
+    cap_refused(&srv->cap_peer_slow);
+    snprintf(msg, sizeof(msg),
+             "request: too many requests from %s still arriving after %d ms (at most %d)",
+             c->peer_addr, SLOW_MS, MAX_PEER_SLOW);
+    grpc_call_cancel_with_status(c->call, GRPC_STATUS_RESOURCE_EXHAUSTED, msg, NULL);
+  }
 }
 
 static int method_cmp_key(const char *path, size_t len, const struct method *m) {
@@ -469,72 +1026,222 @@ static const struct method *method_find(const struct rpc_server *srv, const char
   return NULL;
 }
 
-/* Serves a call that request_call just delivered; releases it unless a
- * stream thread took it. */
-static void call_dispatch(struct call *c) {
-  struct rpc_server *srv = c->srv;
-  size_t len = GRPC_SLICE_LENGTH(c->details.method);
-  const char *path = (const char *)GRPC_SLICE_START_PTR(c->details.method);
-  c->method = method_find(srv, path, len);
-  c->path = strndup(path, len);
-  c->peer = grpc_call_get_peer(c->call);
-  c->info.method = c->method != NULL ? c->method->path : c->path != NULL ? c->path : "";
-  c->info.peer = c->peer != NULL ? c->peer : "";
+/* --- streaming calls --- */
 
+/* Sends the final status of a stream call and waits for it (after the
+ * initial metadata if not yet sent). Sending never waits for the client to
+ * read: the status is not flow-controlled. */
+static void stream_send_status(struct call *c, grpc_status_code status, const char *msg) {
+  grpc_op ops[2];
+  size_t n = 0;
+  memset(ops, 0, sizeof(ops));
+  ops_initial_metadata(c, ops, &n);
+  grpc_slice details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
+  ops_status(ops, &n, status, &details);
+  if (batch_run(c, ops, n, &c->op_send) == 0)
+    c->status_sent = 1;
+  grpc_slice_unref(details);
+}
+
+static void stream_send_error(struct call *c, const struct tp_err *err) {
+  if (err->status == GRPC_STATUS_OK)
+    stream_send_status(c, GRPC_STATUS_INTERNAL, "handler failed without an error");
+  else
+    stream_send_status(c, err->status, err->msg);
+}
+
+/* Releases a stream call: waits for its close (cancelling it first if no
+ * status went out, so that the close comes), then frees it. */
+static void stream_call_free(struct call *c) {
+  if (c->call != NULL) {
+    if (!c->status_sent)
+      grpc_call_cancel(c->call, NULL);
+    if (c->close_started && !atomic_load(&c->close_done))
+      grpc_completion_queue_pluck(c->cq, &c->op_close, forever(), NULL);
+  }
+  call_destroy(c);
+}
+
+static void serve_stream(struct call *c) {
+  const struct method *m = c->method;
+  struct tp_err err = {.status = GRPC_STATUS_OK};
+  c->stream.magic = RPC_STREAM_MAGIC;
+  c->stream.call = c;
+  int rc = m->stream(&c->info, &c->stream, &err, m->data);
+  c->stream.magic = 0;
+  if (rc < 0)
+    stream_send_error(c, &err);
+  else
+    stream_send_status(c, GRPC_STATUS_OK, NULL);
+}
+
+/* Joins the stream threads that have finished. */
+static void streams_reap(struct rpc_server *srv) {
+  pthread_mutex_lock(&srv->mu);
+  struct stream_thread *done = srv->streams_done;
+  srv->streams_done = NULL;
+  pthread_mutex_unlock(&srv->mu);
+  while (done != NULL) {
+    struct stream_thread *next = done->next;
+    pthread_join(done->tid, NULL);
+    free(done);
+    done = next;
+  }
+}
+
+static void *stream_main(void *arg) {
+  struct stream_thread *st = arg;
+  struct call *c = st->call;
+  struct rpc_server *srv = c->srv;
+  serve_stream(c);
+  if (c->peer_stream)
+    peer_add(srv, c->peer_addr, -1, 0, 0, 0);
+  stream_call_free(c);
+  st->call = NULL;
+  pthread_mutex_lock(&srv->mu);
+  srv->n_streams--;
+  struct stream_thread **pp = &srv->streams_live;
+  while (*pp != st)
+    pp = &(*pp)->next;
+  *pp = st->next;
+  st->next = srv->streams_done;
+  srv->streams_done = st;
+  pthread_cond_broadcast(&srv->stream_done_cv);
+  pthread_mutex_unlock(&srv->mu);
+  return NULL;
+}
+
+/* Hands a streaming call to a thread of its own, within the caps. On
+ * failure the call is still the caller's and msg says why. */
+static int stream_spawn(struct call *c, char *msg, size_t len) {
+  struct rpc_server *srv = c->srv;
+  streams_reap(srv);
+  /* A call that runs without a credential counts against its address. */
+  if (c->identity.role == 0) {
+    if (peer_add(srv, c->peer_addr, 1, srv->max_peer_streams, 0, 0) != 0) {
+      cap_refused(&srv->cap_peer_streams);
+      snprintf(msg, len,
+               "too many streams: %s has %d open streaming calls without a credential (at most "
+               "%d per address)",
+               c->peer_addr, srv->max_peer_streams, srv->max_peer_streams);
+      return -1;
+    }
+    c->peer_stream = 1;
+  }
+  struct stream_thread *st = calloc(1, sizeof(*st));
+  int rc = -ENOMEM;
+  /* Hold mu across pthread_create so that the thread cannot move itself to
+   * streams_done (and be joined) before st->tid is written. */
+  pthread_mutex_lock(&srv->mu);
+  if (srv->n_streams >= srv->max_streams) {
+    rc = -EAGAIN;
+    cap_refused(&srv->cap_streams);
+    snprintf(msg, len, "too many streams: the server serves at most %d streaming calls at once",
+             srv->max_streams);
+  } else if (st != NULL) {
+    st->call = c;
+    rc = -pthread_create(&st->tid, NULL, stream_main, st);
+    if (rc == 0) {
+      srv->n_streams++;
+      st->next = srv->streams_live;
+      srv->streams_live = st;
+    } else {
+      snprintf(msg, len, "%s: no thread to serve the stream", c->info.method);
+    }
+  } else {
+    snprintf(msg, len, "%s: out of memory for the stream", c->info.method);
+  }
+  pthread_mutex_unlock(&srv->mu);
+  if (rc != 0) {
+    free(st);
+    if (c->peer_stream) {
+      peer_add(srv, c->peer_addr, -1, 0, 0, 0);
+      c->peer_stream = 0;
+    }
+  }
+  return rc;
+}
+
+/* Pool: a streaming call arrived. Authenticate, then a thread of its own. */
+static void stream_start(struct call *c) {
+  call_describe(c, c->method->path, c->method->path_len);
   grpc_op op;
   memset(&op, 0, sizeof(op));
   op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
   op.data.recv_close_on_server.cancelled = &c->cancelled;
-  if (grpc_call_start_batch(c->call, &op, 1, &c->tag_close, NULL) == GRPC_CALL_OK)
+  if (grpc_call_start_batch(c->call, &op, 1, &c->op_close, NULL) == GRPC_CALL_OK)
     c->close_started = 1;
-
-  /* Authentication comes first, also for unknown methods: a caller
-   * without a credential learns nothing about the API. */
   char msg[512];
-  struct tp_err auth_err = {.status = GRPC_STATUS_OK};
-  if (call_authenticate(c, &auth_err) != 0) {
-    call_send_error(c, &auth_err);
-  } else if (c->method == NULL) {
-    snprintf(msg, sizeof(msg), "unknown method %s", c->info.method);
-    call_send_status(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
-  } else if (c->method->unary != NULL) {
-    serve_unary(c);
-  } else if (c->method->stream != NULL) {
-    if (stream_spawn(c) == 0)
-      return;
-    snprintf(msg, sizeof(msg), "%s: no thread to serve the stream", c->info.method);
-    call_send_status(c, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+  struct tp_err err = {.status = GRPC_STATUS_OK};
+  if (call_authenticate(c, &err) != 0) {
+    stream_send_error(c, &err);
+  } else if (stream_spawn(c, msg, sizeof(msg)) == 0) {
+    return;
   } else {
-    snprintf(msg, sizeof(msg), "method %s is not implemented", c->info.method);
-    call_send_status(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+    stream_send_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
   }
-  call_free(c);
+  stream_call_free(c);
 }
 
-static void *pool_main(void *arg) {
-  struct pool_thread *t = arg;
-  struct rpc_server *srv = t->srv;
-  while (!atomic_load(&srv->shutting_down)) {
-    struct call *c = call_new(srv);
-    if (c == NULL) {
-      /* Out of memory: keep the thread, try again shortly. */
-      struct timespec ts = {0, 100 * 1000 * 1000};
-      nanosleep(&ts, NULL);
-      continue;
-    }
-    if (grpc_server_request_call(srv->server, &c->call, &c->details, &c->md, c->cq, t->notify_cq,
-                                 c) != GRPC_CALL_OK) {
-      call_free(c);
+/* Event: a streaming call arrived (or its request failed at shutdown). */
+static void stream_arrived(struct call *c, int success) {
+  struct rpc_server *srv = c->srv;
+  struct method *m = c->requested;
+  pthread_mutex_lock(&srv->calls_mu);
+  m->requested = 0;
+  pthread_mutex_unlock(&srv->calls_mu);
+  if (!success || c->call == NULL) {
+    c->call = NULL;
+    call_destroy(c);
+    return;
+  }
+  stream_request(srv, m);
+  job_push(c, stream_start);
+}
+
+/* --- event threads --- */
+
+static void event_dispatch(void *tag, int success) {
+  struct op *op = tag;
+  struct call *c = op->call;
+  if (c == NULL || c->magic != CALL_MAGIC)
+    abort();
+  switch (op->kind) {
+  case OP_NEW:
+    if (c->kind == CALL_UNARY)
+      unary_arrived(c, success);
+    else
+      stream_arrived(c, success);
+    break;
+  case OP_CLOSE:
+    unary_closed(c);
+    break;
+  case OP_RECV:
+    unary_received(c, success);
+    break;
+  case OP_SEND:
+    unary_sent(c, success);
+    break;
+  }
+}
+
+static void *event_main(void *arg) {
+  struct event_thread *ev = arg;
+  struct rpc_server *srv = ev->srv;
+  for (;;) {
+    grpc_event e = grpc_completion_queue_next(ev->cq, deadline_after_ms(SWEEP_MS), NULL);
+    if (e.type == GRPC_QUEUE_SHUTDOWN)
       break;
+    if (e.type == GRPC_OP_COMPLETE)
+      event_dispatch(e.tag, e.success);
+    int64_t now = now_ms();
+    if (now >= ev->next_sweep_ms) {
+      ev->next_sweep_ms = now + SWEEP_MS;
+      overdue_sweep(ev, now);
+      /* Requests that could not be posted (out of memory) are retried. */
+      unary_request_more(srv);
+      streams_request_all(srv);
     }
-    /* Only our own request is ever queued on notify_cq. success == 0: the
-     * server is shutting down and failed the request. */
-    grpc_event ev = grpc_completion_queue_next(t->notify_cq, forever(), NULL);
-    if (ev.type != GRPC_OP_COMPLETE || !ev.success || c->call == NULL) {
-      call_free(c);
-      break;
-    }
-    call_dispatch(c);
   }
   return NULL;
 }
@@ -558,7 +1265,7 @@ int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor 
   memset(&op, 0, sizeof(op));
   op.op = GRPC_OP_RECV_MESSAGE;
   op.data.recv_message.recv_message = &bb;
-  if (batch_run(c, &op, 1, &c->tag_recv) < 0)
+  if (batch_run(c, &op, 1, &c->op_recv) < 0)
     return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
   if (bb == NULL) {
     stream->half_closed = 1;
@@ -573,16 +1280,11 @@ static int stream_send_bb(struct rpc_stream *stream, grpc_byte_buffer *bb) {
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof(ops));
-  if (!c->sent_initial_md) {
-    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[n].data.send_initial_metadata.count = 0;
-    n++;
-  }
+  ops_initial_metadata(c, ops, &n);
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n].data.send_message.send_message = bb;
   n++;
-  c->sent_initial_md = 1;
-  int rc = batch_run(c, ops, n, &c->tag_send);
+  int rc = batch_run(c, ops, n, &c->op_send);
   grpc_byte_buffer_destroy(bb);
   return rc;
 }
@@ -623,7 +1325,7 @@ int rpc_stream_wait(struct rpc_stream *stream, int timeout_ms) {
       slice = end;
     /* The close completes before the handler sent a status only if the
      * call was cancelled. */
-    grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->tag_close, slice, NULL);
+    grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->op_close, slice, NULL);
     if (ev.type == GRPC_OP_COMPLETE) {
       atomic_store(&c->close_done, 1);
       return 1;
@@ -743,6 +1445,13 @@ static int default_threads(void) {
   return (int)n;
 }
 
+static void cap_init(struct cap_note *cap, const char *what, const char *outcome) {
+  cap->what = what;
+  cap->outcome = outcome;
+  atomic_init(&cap->refused, 0);
+  atomic_init(&cap->next_log_ms, 0);
+}
+
 int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
                    struct tp_err *err) {
   *out = NULL;
@@ -758,6 +1467,11 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   srv->n_pool = opts->threads > 0 ? opts->threads : default_threads();
   srv->auth = opts->auth;
   srv->auth_data = opts->auth_data;
+  srv->request_timeout_ms =
+      opts->request_timeout_ms > 0 ? opts->request_timeout_ms : DEFAULT_REQUEST_TIMEOUT_MS;
+  srv->max_streams = opts->max_streams > 0 ? opts->max_streams : DEFAULT_MAX_STREAMS;
+  srv->max_peer_streams =
+      opts->max_peer_streams > 0 ? opts->max_peer_streams : DEFAULT_MAX_PEER_STREAMS;
   srv->pool = calloc((size_t)srv->n_pool, sizeof(*srv->pool));
   if (srv->pool == NULL) {
     free(srv);
@@ -766,9 +1480,23 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   }
   pthread_mutex_init(&srv->mu, NULL);
   pthread_cond_init(&srv->stream_done_cv, NULL);
+  pthread_mutex_init(&srv->pool_mu, NULL);
+  pthread_cond_init(&srv->pool_cv, NULL);
+  pthread_mutex_init(&srv->calls_mu, NULL);
+  pthread_cond_init(&srv->calls_cv, NULL);
+  pthread_mutex_init(&srv->peers_mu, NULL);
   atomic_init(&srv->shutting_down, 0);
+  atomic_init(&srv->held_bytes, 0);
+  cap_init(&srv->cap_streams, "streams: the server-wide cap is reached", "refused");
+  cap_init(&srv->cap_peer_streams, "streams without a credential: an address reached its cap",
+           "refused");
+  cap_init(&srv->cap_peer_slow, "slow requests: an address reached its cap", "cancelled");
+  cap_init(&srv->cap_bytes, "requests held: the byte cap is reached", "refused");
+  cap_init(&srv->cap_timeout, "requests not complete in time", "cancelled");
 
   grpc_init();
+  grpc_resource_quota *quota = grpc_resource_quota_create("tlsplane-server");
+  grpc_resource_quota_resize(quota, GRPC_MEMORY_QUOTA);
   grpc_arg args[] = {
       {GRPC_ARG_INTEGER, GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = MAX_RECV_MESSAGE}},
       /* Bind or fail: never share the port with another process. */
@@ -780,15 +1508,22 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
        * rather than answering them with GOAWAY too_many_pings. */
       {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, {.integer = 1}},
       {GRPC_ARG_INTEGER, GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, {.integer = 10000}},
+      /* What one connection, and one TLS handshake, can hold. */
+      {GRPC_ARG_INTEGER, GRPC_ARG_MAX_CONCURRENT_STREAMS, {.integer = MAX_CONCURRENT_STREAMS}},
+      {GRPC_ARG_INTEGER, GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, {.integer = HANDSHAKE_TIMEOUT_MS}},
+      {GRPC_ARG_POINTER,
+       GRPC_ARG_RESOURCE_QUOTA,
+       {.pointer = {.p = quota, .vtable = grpc_resource_quota_arg_vtable()}}},
   };
   grpc_channel_args channel_args = {sizeof(args) / sizeof(args[0]), args};
   srv->server = grpc_server_create(&channel_args, NULL);
+  grpc_resource_quota_unref(quota); /* the server holds its own reference */
   srv->shutdown_cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(srv->server, srv->shutdown_cq, NULL);
-  for (int i = 0; i < srv->n_pool; i++) {
-    srv->pool[i].srv = srv;
-    srv->pool[i].notify_cq = grpc_completion_queue_create_for_next(NULL);
-    grpc_server_register_completion_queue(srv->server, srv->pool[i].notify_cq, NULL);
+  for (int i = 0; i < EVENT_THREADS; i++) {
+    srv->events[i].srv = srv;
+    srv->events[i].cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(srv->server, srv->events[i].cq, NULL);
   }
 
   grpc_server_credentials *creds = server_credentials(opts);
@@ -816,17 +1551,43 @@ int rpc_server_start(struct rpc_server *srv, struct tp_err *err) {
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "rpc server already started");
   qsort(srv->methods, srv->n_methods, sizeof(*srv->methods), method_sort_cmp);
   srv->started = 1;
-  grpc_server_start(srv->server);
+  /* Streams are registered so that they are requested apart from the
+   * unary calls, each with a queue of its own. */
+  for (size_t i = 0; i < srv->n_methods; i++) {
+    struct method *m = &srv->methods[i];
+    if (m->stream == NULL)
+      continue;
+    m->registered =
+        grpc_server_register_method(srv->server, m->path, NULL, GRPC_SRM_PAYLOAD_NONE, 0);
+    if (m->registered == NULL)
+      return tp_err_set(err, GRPC_STATUS_INTERNAL, "rpc server: cannot register %s", m->path);
+  }
+  /* Every thread runs before grpc serves a call: a server that cannot
+   * start them all serves nothing (the ones running are joined by
+   * rpc_server_shutdown). */
   for (int i = 0; i < srv->n_pool; i++) {
-    int rc = pthread_create(&srv->pool[i].tid, NULL, pool_main, &srv->pool[i]);
-    if (rc != 0) {
-      /* Threads already running are joined by rpc_server_shutdown. */
+    int rc = pthread_create(&srv->pool[i], NULL, pool_main, srv);
+    if (rc != 0)
       return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED,
                         "rpc server: cannot start pool thread %d of %d: %s", i + 1, srv->n_pool,
                         strerror(rc));
-    }
     srv->n_pool_started++;
   }
+  for (int i = 0; i < EVENT_THREADS; i++) {
+    srv->events[i].next_sweep_ms = now_ms() + SWEEP_MS;
+    int rc = pthread_create(&srv->events[i].tid, NULL, event_main, &srv->events[i]);
+    if (rc != 0)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                        "rpc server: cannot start event thread %d of %d: %s", i + 1, EVENT_THREADS,
+                        strerror(rc));
+    srv->n_events_started++;
+  }
+  grpc_server_start(srv->server);
+  pthread_mutex_lock(&srv->calls_mu);
+  srv->accepting = 1;
+  pthread_mutex_unlock(&srv->calls_mu);
+  unary_request_more(srv);
+  streams_request_all(srv);
   return 0;
 }
 
@@ -842,8 +1603,11 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms) {
   if (srv == NULL || srv->shut_down)
     return;
   /* Set first: streams see it in rpc_stream_wait and end within the grace;
-   * pool threads do not ask for another call. */
+   * no new request is posted. */
   atomic_store(&srv->shutting_down, 1);
+  pthread_mutex_lock(&srv->calls_mu);
+  srv->accepting = 0;
+  pthread_mutex_unlock(&srv->calls_mu);
   grpc_server_shutdown_and_notify(srv->server, srv->shutdown_cq, &srv->shutdown_tag);
   gpr_timespec grace = grace_ms < 0 ? forever() : deadline_after_ms(grace_ms);
   grpc_event ev = grpc_completion_queue_next(srv->shutdown_cq, grace, NULL);
@@ -851,11 +1615,13 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms) {
     grpc_server_cancel_all_calls(srv->server);
     ev = grpc_completion_queue_next(srv->shutdown_cq, forever(), NULL);
   }
-  /* Every pending request_call has failed by now, so the pool threads are
-   * out of their loops or about to be. */
-  for (int i = 0; i < srv->n_pool_started; i++)
-    pthread_join(srv->pool[i].tid, NULL);
-  srv->n_pool_started = 0;
+  /* Every pending request has failed by now and every call is over; the
+   * event threads and the pool release what is left (a started server
+   * has both; one that never started has no call). */
+  pthread_mutex_lock(&srv->calls_mu);
+  while (srv->n_calls > 0 && srv->n_events_started == EVENT_THREADS && srv->n_pool_started > 0)
+    pthread_cond_wait(&srv->calls_cv, &srv->calls_mu);
+  pthread_mutex_unlock(&srv->calls_mu);
   /* No new stream threads can start; wait for the running ones (their
    * calls are over; the handlers return once they notice). */
   for (;;) {
@@ -868,6 +1634,17 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms) {
     if (!more)
       break;
   }
+  pthread_mutex_lock(&srv->pool_mu);
+  srv->pool_stop = 1;
+  pthread_cond_broadcast(&srv->pool_cv);
+  pthread_mutex_unlock(&srv->pool_mu);
+  for (int i = 0; i < srv->n_pool_started; i++)
+    pthread_join(srv->pool[i], NULL);
+  srv->n_pool_started = 0;
+  for (int i = 0; i < srv->n_events_started; i++) {
+    grpc_completion_queue_shutdown(srv->events[i].cq);
+    pthread_join(srv->events[i].tid, NULL);
+  }
   srv->shut_down = 1;
 }
 
@@ -877,8 +1654,12 @@ void rpc_server_free(struct rpc_server *srv) {
   rpc_server_shutdown(srv, 0);
   grpc_server_destroy(srv->server);
   cq_close(srv->shutdown_cq, 0);
-  for (int i = 0; i < srv->n_pool; i++)
-    cq_close(srv->pool[i].notify_cq, 0);
+  for (int i = 0; i < EVENT_THREADS; i++) {
+    if (i < srv->n_events_started)
+      grpc_completion_queue_destroy(srv->events[i].cq); /* drained by its thread */
+    else
+      cq_close(srv->events[i].cq, 0);
+  }
   for (size_t i = 0; i < srv->n_methods; i++)
     free(srv->methods[i].path);
   free(srv->methods);
@@ -888,9 +1669,20 @@ void rpc_server_free(struct rpc_server *srv) {
     c->cb(c->data);
     free(c);
   }
+  for (int i = 0; i < PEER_BUCKETS; i++)
+    while (srv->peers[i] != NULL) {
+      struct peer *p = srv->peers[i];
+      srv->peers[i] = p->next;
+      free(p);
+    }
   free(srv->pool);
   pthread_cond_destroy(&srv->stream_done_cv);
   pthread_mutex_destroy(&srv->mu);
+  pthread_cond_destroy(&srv->pool_cv);
+  pthread_mutex_destroy(&srv->pool_mu);
+  pthread_cond_destroy(&srv->calls_cv);
+  pthread_mutex_destroy(&srv->calls_mu);
+  pthread_mutex_destroy(&srv->peers_mu);
   free(srv);
   grpc_shutdown();
 }

@@ -1,5 +1,8 @@
-/* The gRPC server core: grpc core's C API, a pool of completion-queue
- * threads, and dispatch of calls to handlers by full method path.
+/* The gRPC server core: grpc core's C API, event threads on completion
+ * queues, a bounded pool of worker threads for unary calls, a thread per
+ * streaming call (capped), and dispatch of calls to handlers by full
+ * method path. No worker thread ever waits for a client: a unary call
+ * reaches the pool only once its whole request has arrived.
  *
  * Messages: every protobuf-c message handed to or returned by a handler is
  * heap-allocated with all its members malloc'd, and is freed with
@@ -30,7 +33,11 @@ struct rpc_call_info {
 
 /* The credentials a call arrived with, as the server core finds them. */
 struct rpc_credentials {
-  const char *method;        /* full path */
+  const char *method; /* full path, as the client sent it */
+  /* The method as a log line or an error message may show it: the path of
+   * a registered method, or "unknown method (N bytes)" (a path the client
+   * made up may hold anything, a token included). */
+  const char *method_shown;
   const char *peer;          /* e.g. "ipv4:127.0.0.1:51234" */
   const char *authorization; /* the "authorization" metadata (its first value); NULL: none */
   /* The client certificate (PEM) that the TLS handshake verified against
@@ -48,7 +55,9 @@ struct rpc_identity {
 /* Authenticates and authorizes a call before its handler runs: fills id
  * and returns 0 to let the call run, or returns -1 with err set
  * (UNAUTHENTICATED, PERMISSION_DENIED) to end it with that status. Runs on
- * the thread that received the call, before the request is read. */
+ * a pool thread as soon as the call's metadata arrived, before its request
+ * message is read (a caller without a credential is refused at once and
+ * cannot make the server hold its request). */
 typedef int (*rpc_auth_fn)(const struct rpc_credentials *cred, struct rpc_identity *id,
                            struct tp_err *err, void *data);
 
@@ -58,6 +67,9 @@ typedef int (*rpc_auth_fn)(const struct rpc_credentials *cred, struct rpc_identi
  * failure returns -1 with err set; *resp is ignored. */
 typedef int (*rpc_unary_fn)(const struct rpc_call_info *call, const ProtobufCMessage *req,
                             ProtobufCMessage **resp, struct tp_err *err, void *data);
+
+/* A unary handler runs on a pool thread with the whole request decoded;
+ * its response is sent without the thread waiting for the client. */
 
 /* A streaming handler (client, server or bidi streaming). Runs on a thread
  * of its own for the whole call (streams live long: a pool thread would be
@@ -105,6 +117,15 @@ int rpc_stream_wait(struct rpc_stream *stream, int timeout_ms);
 struct rpc_server_opts {
   const char *listen; /* "127.0.0.1:7443" */
   int threads;        /* pool threads serving unary calls; 0: 2 x cores, at least 4 */
+  /* A unary call whose request message has not wholly arrived this long
+   * (ms) after its metadata is cancelled (DEADLINE_EXCEEDED); 0: 10000. */
+  int request_timeout_ms;
+  /* Streaming calls served at once (one thread each; an agent stream holds
+   * two); beyond, RESOURCE_EXHAUSTED. 0: 4096. */
+  int max_streams;
+  /* Streaming calls served at once per client IP address for calls that
+   * run without a credential (health Watch, reflection); 0: 16. */
+  int max_peer_streams;
   /* TLS: the server's certificate chain and private key, PEM (copied).
    * NULL: plaintext. With client_ca_pem, clients may present a certificate,
    * which the handshake verifies against it (one that does not verify, or
@@ -142,8 +163,8 @@ int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream
 int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *svc,
                            const rpc_unary_fn *fns, void *data);
 
-/* Starts serving on the pool threads. On failure the server serves
- * nothing; free it with rpc_server_free. */
+/* Starts the event threads and the pool, then serving. On failure the
+ * server serves nothing; free it with rpc_server_free. */
 int rpc_server_start(struct rpc_server *srv, struct tp_err *err);
 
 /* The port actually bound (useful with port 0). */
@@ -160,8 +181,8 @@ int rpc_server_add_cleanup(struct rpc_server *srv, void (*cb)(void *data), void 
 int rpc_server_shutting_down(const struct rpc_server *srv);
 
 /* Stops accepting calls, lets in-flight calls finish for up to grace_ms
- * (< 0: no limit), then cancels the rest, and joins the pool threads and
- * every streaming handler's thread. Call once, from a thread that is not
+ * (< 0: no limit), then cancels the rest, and joins the pool, the event
+ * threads and every streaming handler's thread. Call once, from a thread that is not
  * serving a call; a later call does nothing. */
 void rpc_server_shutdown(struct rpc_server *srv, int grace_ms);
 
