@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "grpcmsg.h"
+#include "pb.h"
 
 #define RPC_STREAM_MAGIC 0x7270c57eu
 
@@ -252,6 +253,12 @@ message_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc, str
   ProtobufCMessage *msg = grpcmsg_decode(bb, desc);
   if (msg == NULL)
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid %s message", desc->name);
+  /* Every message a client sends, unary or streamed: UTF-8, lengths and
+   * time ranges are checked here, once, before any handler reads it. */
+  if (msg != NULL && pb_input_check(msg, err) != 0) {
+    protobuf_c_message_free_unpacked(msg, NULL);
+    msg = NULL;
+  }
   return msg;
 }
 
