@@ -12,6 +12,11 @@
 int addr_parse(const char *addr, char *host, size_t host_len, int *port, int allow_port0,
                const char *field, struct tp_err *err);
 
+/* Whether sa (AF_INET or AF_INET6) is a loopback address: 127.0.0.0/8,
+ * ::1, or ::ffff:127.0.0.0/104. */
+struct sockaddr;
+int addr_is_loopback(const struct sockaddr *sa);
+
 /* Whether host is an IPv4 or IPv6 literal. */
 int addr_is_ip(const char *host);
 

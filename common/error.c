@@ -6,6 +6,26 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A message cut at the end of the buffer may end inside a UTF-8 sequence;
+ * the cut sequence goes, so that a message made of UTF-8 stays UTF-8 (it
+ * travels in gRPC statuses and in an agent's nacks, which must be). */
+static void utf8_trim_cut(char *s, size_t cap) {
+  size_t n = strlen(s);
+  if (n + 1 < cap)
+    return; /* not cut */
+  size_t i = n, cont = 0;
+  while (i > 0 && cont < 3 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) {
+    i--;
+    cont++;
+  }
+  if (i == 0)
+    return;
+  unsigned char lead = (unsigned char)s[i - 1];
+  size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  if (want > 1 && cont + 1 < want)
+    s[i - 1] = '\0';
+}
+
 int tp_err_set(struct tp_err *err, grpc_status_code status, const char *fmt, ...) {
   if (err == NULL)
     return -1;
@@ -13,6 +33,7 @@ int tp_err_set(struct tp_err *err, grpc_status_code status, const char *fmt, ...
   va_start(ap, fmt);
   vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
   va_end(ap);
+  utf8_trim_cut(err->msg, sizeof(err->msg));
   err->status = status;
   return -1;
 }
@@ -23,6 +44,7 @@ void tp_err_prefix(struct tp_err *err, const char *prefix) {
   char tmp[sizeof(err->msg)];
   snprintf(tmp, sizeof(tmp), "%s%s", prefix, err->msg);
   memcpy(err->msg, tmp, sizeof(err->msg));
+  utf8_trim_cut(err->msg, sizeof(err->msg));
 }
 
 void tp_err_append_openssl(struct tp_err *err) {
@@ -38,5 +60,6 @@ void tp_err_append_openssl(struct tp_err *err) {
     const char *r = ERR_reason_error_string(code);
     snprintf(err->msg + len, sizeof(err->msg) - len, "; %s%s%s", r ? r : reason,
              (flags & ERR_TXT_STRING) && data[0] ? ": " : "", (flags & ERR_TXT_STRING) ? data : "");
+    utf8_trim_cut(err->msg, sizeof(err->msg));
   }
 }

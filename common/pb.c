@@ -3,6 +3,9 @@
 #include "pb.h"
 
 #include <ctype.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,7 +157,7 @@ int pb_timestamp_set(ProtobufCMessage *msg, const char *name, int64_t us) {
 int64_t pb_timestamp_us(const Google__Protobuf__Timestamp *ts) {
   if (ts == NULL)
     return 0;
-  return ts->seconds * 1000000 + ts->nanos / 1000;
+  return pb_sat_add(pb_sat_mul(ts->seconds, 1000000), ts->nanos / 1000);
 }
 
 Google__Protobuf__Duration *pb_duration_new(int64_t seconds) {
@@ -169,7 +172,45 @@ Google__Protobuf__Duration *pb_duration_new(int64_t seconds) {
 int64_t pb_duration_ms(const Google__Protobuf__Duration *d) {
   if (d == NULL)
     return -1;
-  return d->seconds * 1000 + d->nanos / 1000000;
+  return pb_sat_add(pb_sat_mul(d->seconds, 1000), d->nanos / 1000000);
+}
+
+int pb_is_map_field(const ProtobufCMessageDescriptor *owner, const ProtobufCFieldDescriptor *f) {
+  if (f->label != PROTOBUF_C_LABEL_REPEATED || f->type != PROTOBUF_C_TYPE_MESSAGE)
+    return 0;
+  const ProtobufCMessageDescriptor *e = f->descriptor;
+  if (e == NULL || e->n_fields != 2 || e->fields[0].id != 1 || e->fields[1].id != 2 ||
+      strcmp(e->fields[0].name, "key") != 0 || strcmp(e->fields[1].name, "value") != 0 ||
+      e->fields[0].label == PROTOBUF_C_LABEL_REPEATED ||
+      e->fields[1].label == PROTOBUF_C_LABEL_REPEATED)
+    return 0;
+  switch (e->fields[0].type) {
+  case PROTOBUF_C_TYPE_FLOAT:
+  case PROTOBUF_C_TYPE_DOUBLE:
+  case PROTOBUF_C_TYPE_ENUM:
+  case PROTOBUF_C_TYPE_BYTES:
+  case PROTOBUF_C_TYPE_MESSAGE:
+    return 0;
+  default:
+    break;
+  }
+  /* e->name must be owner->name + "." + MapEntryName(f->name). */
+  size_t on = strlen(owner->name);
+  if (strncmp(e->name, owner->name, on) != 0 || e->name[on] != '.')
+    return 0;
+  const char *s = e->name + on + 1;
+  int up = 1;
+  for (const char *p = f->name; *p; p++) {
+    if (*p == '_') {
+      up = 1;
+      continue;
+    }
+    char c = up && *p >= 'a' && *p <= 'z' ? (char)(*p - 'a' + 'A') : *p;
+    if (*s++ != c)
+      return 0;
+    up = 0;
+  }
+  return strcmp(s, "Entry") == 0;
 }
 
 size_t pb_map_size(const ProtobufCMessage *msg, const char *name) {
@@ -205,4 +246,280 @@ char *pb_snake_case(const char *path) {
   }
   *p = '\0';
   return out;
+}
+
+/* --- Integer time arithmetic ------------------------------------------- */
+
+int64_t pb_sat_add(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r))
+    return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
+int64_t pb_sat_mul(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    return (a < 0) != (b < 0) ? INT64_MIN : INT64_MAX;
+  return r;
+}
+
+/* --- UTF-8 --------------------------------------------------------------- */
+
+size_t pb_utf8_seq(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  if (n == 0)
+    return 0;
+  uint32_t c = p[0], min;
+  size_t len;
+  if (c < 0x80)
+    return 1;
+  if ((c & 0xE0) == 0xC0) {
+    len = 2, min = 0x80, c &= 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    len = 3, min = 0x800, c &= 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    len = 4, min = 0x10000, c &= 0x07;
+  } else {
+    return 0;
+  }
+  if (n < len)
+    return 0;
+  for (size_t i = 1; i < len; i++) {
+    if ((p[i] & 0xC0) != 0x80)
+      return 0;
+    c = (c << 6) | (p[i] & 0x3F);
+  }
+  if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+    return 0;
+  return len;
+}
+
+int pb_utf8_valid(const char *s, size_t n, size_t *bad) {
+  size_t i = 0;
+  while (i < n) {
+    /* ASCII runs are the common case. */
+    if ((unsigned char)s[i] < 0x80) {
+      i++;
+      continue;
+    }
+    size_t len = pb_utf8_seq(s + i, n - i);
+    if (len == 0) {
+      if (bad != NULL)
+        *bad = i;
+      return 0;
+    }
+    i += len;
+  }
+  return 1;
+}
+
+/* --- Walking every value of a message ---------------------------------- */
+
+size_t pb_path_push(struct pb_path *p, const char *fmt, ...) {
+  size_t saved = p->len;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(p->buf + p->len, sizeof(p->buf) - p->len, fmt, ap);
+  va_end(ap);
+  if (n > 0)
+    p->len += (size_t)n;
+  if (p->len >= sizeof(p->buf))
+    p->len = sizeof(p->buf) - 1;
+  return saved;
+}
+
+void pb_path_pop(struct pb_path *p, size_t saved) {
+  p->len = saved;
+  p->buf[saved] = '\0';
+}
+
+/* The walk behind pb_input_check (check: err set on the first bad value)
+ * and pb_times_clamp (clamp: values changed and counted). path is the
+ * field path of the value being visited. */
+struct walk {
+  struct tp_err *err; /* check */
+  int clamp;
+  size_t clamped;
+  char *first; /* clamp: the first clamped value's path (may be NULL) */
+  size_t first_len;
+  struct pb_path path;
+};
+
+static int walk_fail(struct walk *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int walk_fail(struct walk *w, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  return tp_err_set(w->err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %s",
+                    w->path.len ? w->path.buf : "request", msg);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), m = strlen(suffix);
+  return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static int walk_string(struct walk *w, const ProtobufCFieldDescriptor *f, const char *s) {
+  if (w->clamp || s == NULL)
+    return 0;
+  size_t n = strlen(s), bad;
+  if (n > PB_STRING_MAX && !ends_with(f->name, "_pem"))
+    return walk_fail(w, "%zu bytes long, at most %d", n, PB_STRING_MAX);
+  if (!pb_utf8_valid(s, n, &bad))
+    return walk_fail(w, "not valid UTF-8 (at byte %zu)", bad);
+  return 0;
+}
+
+static void clamped(struct walk *w) {
+  if (w->clamped++ == 0 && w->first != NULL)
+    snprintf(w->first, w->first_len, "%s", w->path.buf);
+}
+
+static int walk_timestamp(struct walk *w, Google__Protobuf__Timestamp *ts) {
+  if (w->clamp) {
+    Google__Protobuf__Timestamp was = *ts;
+    if (ts->seconds < PB_TIMESTAMP_MIN_S)
+      ts->seconds = PB_TIMESTAMP_MIN_S, ts->nanos = 0;
+    else if (ts->seconds > PB_TIMESTAMP_MAX_S)
+      ts->seconds = PB_TIMESTAMP_MAX_S, ts->nanos = PB_NANOS_MAX;
+    if (ts->nanos < 0)
+      ts->nanos = 0;
+    else if (ts->nanos > PB_NANOS_MAX)
+      ts->nanos = PB_NANOS_MAX;
+    if (ts->seconds != was.seconds || ts->nanos != was.nanos)
+      clamped(w);
+    return 0;
+  }
+  if (ts->seconds < PB_TIMESTAMP_MIN_S || ts->seconds > PB_TIMESTAMP_MAX_S)
+    return walk_fail(w,
+                     "seconds %" PRId64 " is outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z "
+                     "(%" PRId64 "..%" PRId64 ")",
+                     ts->seconds, PB_TIMESTAMP_MIN_S, PB_TIMESTAMP_MAX_S);
+  if (ts->nanos < 0 || ts->nanos > PB_NANOS_MAX)
+    return walk_fail(w, "nanos %" PRId32 " is outside 0..%d", ts->nanos, PB_NANOS_MAX);
+  return 0;
+}
+
+static int walk_duration(struct walk *w, Google__Protobuf__Duration *d) {
+  if (w->clamp) {
+    Google__Protobuf__Duration was = *d;
+    if (d->seconds < -PB_DURATION_MAX_S)
+      d->seconds = -PB_DURATION_MAX_S, d->nanos = 0;
+    else if (d->seconds > PB_DURATION_MAX_S)
+      d->seconds = PB_DURATION_MAX_S, d->nanos = 0;
+    if (d->nanos < -PB_NANOS_MAX)
+      d->nanos = -PB_NANOS_MAX;
+    else if (d->nanos > PB_NANOS_MAX)
+      d->nanos = PB_NANOS_MAX;
+    if ((d->seconds > 0 && d->nanos < 0) || (d->seconds < 0 && d->nanos > 0))
+      d->nanos = 0;
+    if (d->seconds != was.seconds || d->nanos != was.nanos)
+      clamped(w);
+    return 0;
+  }
+  if (d->seconds < -PB_DURATION_MAX_S || d->seconds > PB_DURATION_MAX_S)
+    return walk_fail(w, "seconds %" PRId64 " is outside -%" PRId64 "..%" PRId64, d->seconds,
+                     PB_DURATION_MAX_S, PB_DURATION_MAX_S);
+  if (d->nanos < -PB_NANOS_MAX || d->nanos > PB_NANOS_MAX)
+    return walk_fail(w, "nanos %" PRId32 " is outside -%d..%d", d->nanos, PB_NANOS_MAX,
+                     PB_NANOS_MAX);
+  if ((d->seconds > 0 && d->nanos < 0) || (d->seconds < 0 && d->nanos > 0))
+    return walk_fail(w, "seconds and nanos have opposite signs");
+  return 0;
+}
+
+static int walk_message(struct walk *w, ProtobufCMessage *m);
+
+static int walk_value(struct walk *w, const ProtobufCFieldDescriptor *f, void *v) {
+  if (f->type == PROTOBUF_C_TYPE_STRING)
+    return walk_string(w, f, *(char **)v);
+  if (f->type != PROTOBUF_C_TYPE_MESSAGE || *(ProtobufCMessage **)v == NULL)
+    return 0;
+  ProtobufCMessage *sub = *(ProtobufCMessage **)v;
+  if (sub->descriptor == &google__protobuf__timestamp__descriptor)
+    return walk_timestamp(w, (Google__Protobuf__Timestamp *)sub);
+  if (sub->descriptor == &google__protobuf__duration__descriptor)
+    return walk_duration(w, (Google__Protobuf__Duration *)sub);
+  return walk_message(w, sub);
+}
+
+/* A map entry: the key (a string key is checked as such) names the value
+ * in the path when it is printable. */
+static int walk_map_entry(struct walk *w, const ProtobufCFieldDescriptor *f, size_t i,
+                          ProtobufCMessage *entry) {
+  const ProtobufCFieldDescriptor *kf = &entry->descriptor->fields[0];
+  const ProtobufCFieldDescriptor *vf = &entry->descriptor->fields[1];
+  size_t saved;
+  int rc = 0;
+  if (kf->type == PROTOBUF_C_TYPE_STRING) {
+    const char *key = *(char **)pb_member(entry, kf);
+    saved = pb_path_push(&w->path, "%s%s", w->path.len ? "." : "", f->name);
+    rc = walk_string(w, kf, key);
+    pb_path_pop(&w->path, saved);
+    if (rc != 0)
+      return rc;
+    size_t n = key ? strlen(key) : 0;
+    if (n <= 64)
+      saved =
+          pb_path_push(&w->path, "%s%s[\"%s\"]", w->path.len ? "." : "", f->name, key ? key : "");
+    else
+      saved = pb_path_push(&w->path, "%s%s[%zu]", w->path.len ? "." : "", f->name, i);
+  } else {
+    saved = pb_path_push(&w->path, "%s%s[%zu]", w->path.len ? "." : "", f->name, i);
+  }
+  rc = walk_value(w, vf, pb_member(entry, vf));
+  pb_path_pop(&w->path, saved);
+  return rc;
+}
+
+static int walk_message(struct walk *w, ProtobufCMessage *m) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        *(uint32_t *)((char *)m + f->quantifier_offset) != f->id)
+      continue; /* another member of the oneof is set */
+    int rc = 0;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(size_t *)((char *)m + f->quantifier_offset);
+      char *arr = *(char **)pb_member(m, f);
+      size_t step = pb_type_size(f->type);
+      int map = pb_is_map_field(d, f);
+      for (size_t j = 0; rc == 0 && arr != NULL && j < n; j++) {
+        if (map && *(ProtobufCMessage **)(arr + j * step) != NULL) {
+          rc = walk_map_entry(w, f, j, *(ProtobufCMessage **)(arr + j * step));
+          continue;
+        }
+        size_t saved = pb_path_push(&w->path, "%s%s[%zu]", w->path.len ? "." : "", f->name, j);
+        rc = walk_value(w, f, arr + j * step);
+        pb_path_pop(&w->path, saved);
+      }
+    } else {
+      size_t saved = pb_path_push(&w->path, "%s%s", w->path.len ? "." : "", f->name);
+      rc = walk_value(w, f, pb_member(m, f));
+      pb_path_pop(&w->path, saved);
+    }
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+int pb_input_check(const ProtobufCMessage *msg, struct tp_err *err) {
+  struct walk w = {.err = err};
+  /* The check only reads: the walk is shared with pb_times_clamp. */
+  return walk_message(&w, (ProtobufCMessage *)msg);
+}
+
+size_t pb_times_clamp(ProtobufCMessage *msg, char *path, size_t path_len) {
+  struct walk w = {.clamp = 1, .first = path, .first_len = path_len};
+  if (path != NULL && path_len > 0)
+    path[0] = '\0';
+  walk_message(&w, msg);
+  return w.clamped;
 }

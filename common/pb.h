@@ -7,8 +7,10 @@
 #define TLSPLANE_COMMON_PB_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 
@@ -44,16 +46,79 @@ void pb_field_swap(ProtobufCMessage *a, ProtobufCMessage *b, const ProtobufCFiel
 /* Frees field f's value and resets it to its default. */
 void pb_field_clear(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f);
 
+/* protobuf's own ranges for the well-known types (timestamp.proto,
+ * duration.proto). Within them, µs since the epoch and ms of a duration
+ * fit an int64 many times over. */
+#define PB_TIMESTAMP_MIN_S INT64_C(-62135596800) /* 0001-01-01T00:00:00Z */
+#define PB_TIMESTAMP_MAX_S INT64_C(253402300799) /* 9999-12-31T23:59:59Z */
+#define PB_DURATION_MAX_S INT64_C(315576000000)  /* +-10,000 years */
+#define PB_NANOS_MAX 999999999
+
+/* The longest value a client may send in a string field: every string
+ * field but PEM text (fields named *_pem, bounded by the message size and
+ * by the checks of their own kind). In bytes. */
+#define PB_STRING_MAX 2048
+
+/* The path of the value being worked on in a message, for error messages
+ * ("listeners[0].listener.address"). Pushes return the length to pop back
+ * to; a path too long to fit is cut short, which only shortens the
+ * message. */
+struct pb_path {
+  size_t len;
+  char buf[512];
+};
+size_t pb_path_push(struct pb_path *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void pb_path_pop(struct pb_path *p, size_t saved);
+
+/* a + b and a * b, saturated at INT64_MIN / INT64_MAX instead of
+ * overflowing. */
+int64_t pb_sat_add(int64_t a, int64_t b);
+int64_t pb_sat_mul(int64_t a, int64_t b);
+
+/* The length of the well-formed UTF-8 sequence (RFC 3629: no overlong
+ * forms, surrogates or code points past U+10FFFF) at s[0..n), 1 to 4; 0
+ * when s does not start with one. */
+size_t pb_utf8_seq(const char *s, size_t n);
+/* Whether s[0..n) is well-formed UTF-8; if not, *bad (may be NULL)
+ * receives the offset of the first byte that is not. */
+int pb_utf8_valid(const char *s, size_t n, size_t *bad);
+
+/* Checks a message received from a client before anything reads it, over
+ * every field of every nested message, repeated field and map: each string
+ * is well-formed UTF-8 (proto3 requires it; protobuf-c does not check) and
+ * at most PB_STRING_MAX bytes (except *_pem fields); each Timestamp and
+ * Duration is within protobuf's range (Timestamp seconds in
+ * [0001-01-01, 9999-12-31] and nanos in [0, 1e9); Duration seconds within
+ * +-PB_DURATION_MAX_S and nanos of the same sign). Returns 0, or -1 with
+ * err set to INVALID_ARGUMENT naming the field by its path from msg
+ * ("listener.handshake_timeout: ...", "hello.labels[\"k\"]: ..."). */
+int pb_input_check(const ProtobufCMessage *msg, struct tp_err *err);
+
+/* Clamps every Timestamp and Duration inside msg (nested messages,
+ * repeated fields and maps) into protobuf's range, so that a value stored
+ * before it was checked reads back as the nearest valid one instead of
+ * failing every read. Returns how many values it changed; path (may be
+ * NULL) receives the first one's field path. */
+size_t pb_times_clamp(ProtobufCMessage *msg, char *path, size_t path_len);
+
 /* Sets a Timestamp sub-message field from microseconds since the epoch
  * (replacing any previous value). */
 int pb_timestamp_set(ProtobufCMessage *msg, const char *name, int64_t us);
 Google__Protobuf__Timestamp *pb_timestamp_new(int64_t us);
-/* Microseconds since the epoch of a Timestamp (0 for NULL). */
+/* Microseconds since the epoch of a Timestamp (0 for NULL), saturated
+ * rather than overflowing for values out of protobuf's range. */
 int64_t pb_timestamp_us(const Google__Protobuf__Timestamp *ts);
 
 Google__Protobuf__Duration *pb_duration_new(int64_t seconds);
-/* Milliseconds of a Duration (-1 for NULL). */
+/* Milliseconds of a Duration (-1 for NULL), saturated rather than
+ * overflowing for values out of protobuf's range. */
 int64_t pb_duration_ms(const Google__Protobuf__Duration *d);
+
+/* Whether f (a field of owner) is a map field. protobuf-c keeps no
+ * map_entry option, so an entry type is recognised by what protoc makes of
+ * `map<K, V> foo_bar`: a repeated message FooBarEntry nested in the field's
+ * message, with exactly key (1) and value (2), K integral, bool or string. */
+int pb_is_map_field(const ProtobufCMessageDescriptor *owner, const ProtobufCFieldDescriptor *f);
 
 /* map<string,string> fields: entries are messages with key (1) and value (2). */
 size_t pb_map_size(const ProtobufCMessage *msg, const char *name);

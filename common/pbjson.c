@@ -30,11 +30,11 @@
 
 #define MEMBER(msg, off) ((void *)((char *)(msg) + (off)))
 
-/* Timestamp range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z. */
-#define TS_MIN_SECONDS INT64_C(-62135596800)
-#define TS_MAX_SECONDS INT64_C(253402300799)
-/* Duration range: +-10000 years of 365.25 days. */
-#define DURATION_MAX_SECONDS INT64_C(315576000000)
+/* Timestamp range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z;
+ * Duration range: +-10000 years of 365.25 days (pb.h). */
+#define TS_MIN_SECONDS PB_TIMESTAMP_MIN_S
+#define TS_MAX_SECONDS PB_TIMESTAMP_MAX_S
+#define DURATION_MAX_SECONDS PB_DURATION_MAX_S
 
 /* How much of a string value or key an error message quotes. */
 #define QUOTE_MAX 64
@@ -122,118 +122,53 @@ static const ProtobufCFieldDescriptor *field_by_key(const ProtobufCMessageDescri
   return NULL;
 }
 
-/* Map fields: protobuf-c keeps no map_entry option, so an entry type is
- * recognised by what protoc makes of `map<K, V> foo_bar`: a repeated
- * message FooBarEntry nested in the field's message, with exactly key (1)
- * and value (2), K integral, bool or string. */
-static int is_map_field(const ProtobufCMessageDescriptor *owner,
-                        const ProtobufCFieldDescriptor *f) {
-  if (f->label != PROTOBUF_C_LABEL_REPEATED || f->type != PROTOBUF_C_TYPE_MESSAGE)
-    return 0;
-  const ProtobufCMessageDescriptor *e = f->descriptor;
-  if (e == NULL || e->n_fields != 2 || e->fields[0].id != 1 || e->fields[1].id != 2 ||
-      strcmp(e->fields[0].name, "key") != 0 || strcmp(e->fields[1].name, "value") != 0 ||
-      e->fields[0].label == PROTOBUF_C_LABEL_REPEATED ||
-      e->fields[1].label == PROTOBUF_C_LABEL_REPEATED)
-    return 0;
-  switch (e->fields[0].type) {
-  case PROTOBUF_C_TYPE_FLOAT:
-  case PROTOBUF_C_TYPE_DOUBLE:
-  case PROTOBUF_C_TYPE_ENUM:
-  case PROTOBUF_C_TYPE_BYTES:
-  case PROTOBUF_C_TYPE_MESSAGE:
-    return 0;
-  default:
-    break;
-  }
-  /* e->name must be owner->name + "." + MapEntryName(f->name). */
-  size_t on = strlen(owner->name);
-  if (strncmp(e->name, owner->name, on) != 0 || e->name[on] != '.')
-    return 0;
-  const char *s = e->name + on + 1;
-  int up = 1;
-  for (const char *p = f->name; *p; p++) {
-    if (*p == '_') {
-      up = 1;
-      continue;
-    }
-    char c = up && *p >= 'a' && *p <= 'z' ? (char)(*p - 'a' + 'A') : *p;
-    if (*s++ != c)
-      return 0;
-    up = 0;
-  }
-  return strcmp(s, "Entry") == 0;
-}
-
 /* --- JSON paths for error messages ------------------------------------- */
 
-/* The path of the value being worked on, e.g. `listeners[0].listener`.
- * Pushes return the length to pop back to; a path too long to fit is cut
- * short, which only shortens the message. */
-struct path {
-  size_t len;
-  char buf[512];
-};
-
-static size_t path_push(struct path *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static size_t path_push(struct path *p, const char *fmt, ...) {
-  size_t saved = p->len;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(p->buf + p->len, sizeof(p->buf) - p->len, fmt, ap);
-  va_end(ap);
-  if (n > 0)
-    p->len += (size_t)n;
-  if (p->len >= sizeof(p->buf))
-    p->len = sizeof(p->buf) - 1;
-  return saved;
+static size_t path_push_field(struct pb_path *p, const char *name) {
+  return pb_path_push(p, "%s%.*s", p->len ? "." : "", QUOTE_MAX, name);
 }
 
-static size_t path_push_field(struct path *p, const char *name) {
-  return path_push(p, "%s%.*s", p->len ? "." : "", QUOTE_MAX, name);
-}
-
-static void path_pop(struct path *p, size_t saved) {
-  p->len = saved;
-  p->buf[saved] = '\0';
-}
-
-/* Replaces every byte that is not part of well-formed UTF-8 (RFC 3629: no
- * overlong forms, surrogates or code points past U+10FFFF) with '?'. */
+/* Replaces every byte that is not part of well-formed UTF-8 with '?'. */
 static void utf8_sanitize(char *s) {
-  unsigned char *p = (unsigned char *)s;
-  while (*p) {
-    uint32_t c = *p, min;
-    size_t n;
-    if (c < 0x80) {
-      p++;
-      continue;
-    }
-    if ((c & 0xE0) == 0xC0) {
-      n = 1, min = 0x80, c &= 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, min = 0x800, c &= 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, min = 0x10000, c &= 0x07;
-    } else {
-      *p++ = '?';
-      continue;
-    }
-    size_t i; /* a NUL is no continuation byte, so this stops at the end */
-    for (i = 1; i <= n && (p[i] & 0xC0) == 0x80; i++)
-      c = (c << 6) | (p[i] & 0x3F);
-    if (i <= n || c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-      *p++ = '?';
+  size_t n = strlen(s);
+  for (size_t i = 0; i < n;) {
+    size_t len = pb_utf8_seq(s + i, n - i);
+    if (len == 0)
+      s[i++] = '?';
     else
-      p += n + 1;
+      i += len;
   }
+}
+
+/* A copy of s[0..n) with every byte that is not part of well-formed UTF-8
+ * replaced by U+FFFD, as a decoder of text would show it; malloc'd. */
+static char *utf8_repair(const char *s, size_t n) {
+  if (n > (SIZE_MAX - 1) / 3)
+    return NULL;
+  char *out = malloc(n * 3 + 1), *o = out;
+  if (out == NULL)
+    return NULL;
+  for (size_t i = 0; i < n;) {
+    size_t len = pb_utf8_seq(s + i, n - i);
+    if (len == 0) {
+      memcpy(o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i++;
+    } else {
+      memcpy(o, s + i, len);
+      o += len;
+      i += len;
+    }
+  }
+  *o = '\0';
+  return out;
 }
 
 /* Sets err to "path: message". Messages quote keys and values cut at
  * QUOTE_MAX bytes, possibly inside a UTF-8 sequence, and an encoded map key
  * may not be UTF-8 at all; the message is made valid UTF-8 so that it can
  * travel in a gRPC status or a JSON error body. */
-static int fail_at(struct tp_err *err, const struct path *p, grpc_status_code status,
+static int fail_at(struct tp_err *err, const struct pb_path *p, grpc_status_code status,
                    const char *fmt, va_list ap) {
   char msg[sizeof(err->msg)];
   vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -738,7 +673,7 @@ struct dec {
   struct tp_err *err;
   int flags;
   int depth; /* messages entered */
-  struct path path;
+  struct pb_path path;
 };
 
 static int dec_fail(struct dec *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -971,10 +906,10 @@ static int dec_repeated(struct dec *d, ProtobufCMessage *m, const ProtobufCField
   *(void **)MEMBER(m, f->offset) = arr; /* *count stays 0 until elements are done */
   for (size_t i = 0; i < n; i++) {
     const json_t *e = json_array_get(v, i);
-    size_t saved = path_push(&d->path, "[%zu]", i);
+    size_t saved = pb_path_push(&d->path, "[%zu]", i);
     int rc = json_is_null(e) ? dec_fail(d, "null is not allowed in a list")
                              : dec_value(d, f, e, arr + *count * esz);
-    path_pop(&d->path, saved);
+    pb_path_pop(&d->path, saved);
     if (rc < 0)
       return -1;
     if (rc == 0)
@@ -1068,7 +1003,7 @@ static int dec_map(struct dec *d, ProtobufCMessage *m, const ProtobufCFieldDescr
   const char *key;
   json_t *val;
   json_object_foreach((json_t *)v, key, val) {
-    size_t saved = path_push(&d->path, "[\"%.*s\"]", QUOTE_MAX, key);
+    size_t saved = pb_path_push(&d->path, "[\"%.*s\"]", QUOTE_MAX, key);
     ProtobufCMessage *entry = NULL;
     int rc;
     if (json_is_null(val)) {
@@ -1089,7 +1024,7 @@ static int dec_map(struct dec *d, ProtobufCMessage *m, const ProtobufCFieldDescr
         protobuf_c_message_free_unpacked(entry, NULL);
       }
     }
-    path_pop(&d->path, saved);
+    pb_path_pop(&d->path, saved);
     if (rc < 0)
       return -1;
   }
@@ -1103,7 +1038,7 @@ static int dec_field(struct dec *d, ProtobufCMessage *m, const ProtobufCFieldDes
   if (json_is_null(v))
     return 1;
   if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-    int rc = is_map_field(m->descriptor, f) ? dec_map(d, m, f, v) : dec_repeated(d, m, f, v);
+    int rc = pb_is_map_field(m->descriptor, f) ? dec_map(d, m, f, v) : dec_repeated(d, m, f, v);
     return rc < 0 ? -1 : 0;
   }
   if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
@@ -1155,7 +1090,7 @@ static int dec_object(struct dec *d, ProtobufCMessage *m, const json_t *v) {
     }
     size_t saved = path_push_field(&d->path, key);
     int frc = dec_field(d, m, f, val);
-    path_pop(&d->path, saved);
+    pb_path_pop(&d->path, saved);
     if (frc < 0) {
       rc = -1;
       break;
@@ -1292,7 +1227,7 @@ struct enc {
   struct tp_err *err;
   int flags;
   int depth;
-  struct path path;
+  struct pb_path path;
 };
 
 static json_t *enc_fail(struct enc *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1309,23 +1244,20 @@ static json_t *enc_oom(struct enc *e) {
   return NULL;
 }
 
-/* json_string and json_object_set refuse invalid UTF-8 and fail when out
- * of memory alike; this tells the two apart for the error. */
-static json_t *enc_string_fail(struct enc *e, const char *s, const char *what) {
-  json_t *probe = json_string_nocheck(s);
-  if (probe == NULL)
-    return enc_oom(e);
-  json_decref(probe);
-  if ((probe = json_string(s)) != NULL) {
-    json_decref(probe);
-    return enc_oom(e);
-  }
-  return enc_fail(e, "%s is not valid UTF-8", what);
-}
-
+/* A string that is not UTF-8 (stored before input was checked, or made
+ * from bytes that are not text) is written with U+FFFD for each bad byte:
+ * one such value must not make a whole List unreadable. */
 static json_t *enc_string(struct enc *e, const char *s) {
-  json_t *j = json_string(s ? s : "");
-  return j ? j : enc_string_fail(e, s ? s : "", "string");
+  s = s ? s : "";
+  size_t n = strlen(s);
+  if (pb_utf8_valid(s, n, NULL)) {
+    json_t *j = json_stringn(s, n);
+    return j ? j : enc_oom(e);
+  }
+  char *fixed = utf8_repair(s, n);
+  json_t *j = fixed ? json_string(fixed) : NULL;
+  free(fixed);
+  return j ? j : enc_oom(e);
 }
 
 static json_t *enc_double(struct enc *e, double v) {
@@ -1452,9 +1384,9 @@ static json_t *enc_list(struct enc *e, const ProtobufCFieldDescriptor *f, const 
     return enc_oom(e);
   size_t esz = pb_type_size(f->type);
   for (size_t i = 0; i < n; i++) {
-    size_t saved = path_push(&e->path, "[%zu]", i);
+    size_t saved = pb_path_push(&e->path, "[%zu]", i);
     json_t *j = enc_value(e, f, arr + i * esz);
-    path_pop(&e->path, saved);
+    pb_path_pop(&e->path, saved);
     if (j == NULL || json_array_append_new(a, j) != 0) {
       json_decref(a);
       return j ? enc_oom(e) : NULL;
@@ -1477,9 +1409,17 @@ static json_t *enc_map(struct enc *e, const ProtobufCFieldDescriptor *f,
     const void *k = MEMBER(entry, kf->offset);
     char buf[32];
     const char *key = buf;
+    char *fixed = NULL; /* a string key that is not UTF-8, repaired as enc_string does */
     switch (kf->type) {
     case PROTOBUF_C_TYPE_STRING:
       key = *(char *const *)k ? *(char *const *)k : "";
+      if (!pb_utf8_valid(key, strlen(key), NULL)) {
+        if ((fixed = utf8_repair(key, strlen(key))) == NULL) {
+          json_decref(o);
+          return enc_oom(e);
+        }
+        key = fixed;
+      }
       break;
     case PROTOBUF_C_TYPE_BOOL:
       key = *(const protobuf_c_boolean *)k ? "true" : "false";
@@ -1502,13 +1442,14 @@ static json_t *enc_map(struct enc *e, const ProtobufCFieldDescriptor *f,
       snprintf(buf, sizeof(buf), "%" PRIu64, *(const uint64_t *)k);
       break;
     }
-    size_t saved = path_push(&e->path, "[\"%.*s\"]", QUOTE_MAX, key);
+    size_t saved = pb_path_push(&e->path, "[\"%.*s\"]", QUOTE_MAX, key);
     json_t *j = enc_value(e, vf, MEMBER(entry, vf->offset));
     /* Duplicate keys (legal on the wire): the last one wins, as in proto. */
     int rc = j == NULL ? -1 : json_object_set_new(o, key, j);
     if (j != NULL && rc != 0)
-      enc_string_fail(e, key, "map key");
-    path_pop(&e->path, saved);
+      enc_oom(e);
+    pb_path_pop(&e->path, saved);
+    free(fixed);
     if (rc != 0) {
       json_decref(o);
       return NULL;
@@ -1531,7 +1472,7 @@ static int enc_field(struct enc *e, const ProtobufCMessage *m, const ProtobufCFi
       n = 0;
     if (n == 0 && !defaults)
       return 0;
-    *out = is_map_field(m->descriptor, f) ? enc_map(e, f, arr, n) : enc_list(e, f, arr, n);
+    *out = pb_is_map_field(m->descriptor, f) ? enc_map(e, f, arr, n) : enc_list(e, f, arr, n);
   } else if (field_present(m, f)) {
     *out = enc_value(e, f, src);
   } else if (!defaults || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) ||
@@ -1560,7 +1501,7 @@ static json_t *enc_object(struct enc *e, const ProtobufCMessage *m) {
     size_t saved = path_push_field(&e->path, name);
     json_t *j;
     int rc = enc_field(e, m, f, &j);
-    path_pop(&e->path, saved);
+    pb_path_pop(&e->path, saved);
     if (rc == 0 && j != NULL && json_object_set_new(o, name, j) != 0) {
       enc_oom(e);
       rc = -1;

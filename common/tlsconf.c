@@ -206,6 +206,13 @@ static int cert_facts_store(Tlsplane__V1__Certificate *c, struct cert_facts *f, 
   return 0;
 }
 
+static int size_check(size_t len, size_t max, const char *field, struct tp_err *err) {
+  if (len <= max)
+    return 0;
+  return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %zu bytes, at most %zu", field, len,
+                    max);
+}
+
 int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existing_key_pem,
                                 time_t now, char **key_pem_out, struct tp_err *err) {
   *key_pem_out = NULL;
@@ -221,6 +228,12 @@ int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existi
   /* Where the chain and the key came from, for messages. */
   const char *chain_field = "certificate_chain_pem";
   const char *key_field = "private_key_pem";
+
+  if (size_check(strlen(c->certificate_chain_pem), TLSCONF_CHAIN_PEM_MAX, chain_field, err) != 0 ||
+      size_check(strlen(c->private_key_pem), TLSCONF_KEY_PEM_MAX, key_field, err) != 0 ||
+      size_check(c->pfx.len, TLSCONF_PFX_MAX, "pfx", err) != 0 ||
+      size_check(c->ocsp_response.len, TLSCONF_OCSP_MAX, "ocsp_response", err) != 0)
+    goto done;
 
   if (has_pfx) {
     if (has_chain || has_key) {
@@ -254,6 +267,11 @@ int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existi
     }
   }
 
+  if (sk_X509_num(chain) > TLSCONF_CHAIN_CERTS_MAX) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %d certificates, at most %d", chain_field,
+               sk_X509_num(chain), TLSCONF_CHAIN_CERTS_MAX);
+    goto done;
+  }
   X509 *leaf = sk_X509_value(chain, 0);
   EVP_PKEY *pub = X509_get0_pubkey(leaf);
   if (pub == NULL) {
@@ -349,9 +367,15 @@ int tlsconf_trust_bundle_prepare(Tlsplane__V1__TrustBundle *tb, time_t now, stru
   int rc = -1;
   if (tb->ca_pem[0] == '\0')
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "ca_pem: required");
-  if (certinfo_certs_read(tb->ca_pem, strlen(tb->ca_pem), "ca_pem", &certs, err) != 0)
+  if (size_check(strlen(tb->ca_pem), TLSCONF_TRUST_BUNDLE_PEM_MAX, "ca_pem", err) != 0 ||
+      certinfo_certs_read(tb->ca_pem, strlen(tb->ca_pem), "ca_pem", &certs, err) != 0)
     return -1;
   int count = sk_X509_num(certs);
+  if (count > TLSCONF_TRUST_BUNDLE_CERTS_MAX) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "ca_pem: %d certificates, at most %d", count,
+               TLSCONF_TRUST_BUNDLE_CERTS_MAX);
+    goto done;
+  }
   for (int i = 0; i < count && !tb->allow_invalid_time; i++) {
     X509 *x = sk_X509_value(certs, i);
     char *subject = certinfo_name(X509_get_subject_name(x));
@@ -404,6 +428,9 @@ int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_
                       "crl_der: give either crl_pem or crl_der, not both");
   if (!has_pem && !has_der)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "crl_pem: required (or crl_der)");
+  if (size_check(strlen(rl->crl_pem), TLSCONF_CRL_MAX, "crl_pem", err) != 0 ||
+      size_check(rl->crl_der.len, TLSCONF_CRL_MAX, "crl_der", err) != 0)
+    return -1;
   if (has_pem) {
     if (certinfo_crl_read(rl->crl_pem, "crl_pem", &crl, err) != 0)
       return -1;

@@ -80,6 +80,19 @@ extern const char tlsconf_default_ciphers[];
 int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existing_key_pem,
                                 time_t now, char **key_pem_out, struct tp_err *err);
 
+/* Bounds of PEM and DER input, checked by the *_prepare functions before
+ * anything is parsed, so that no write costs more than a real deployment
+ * needs (a chain of 5,000 certificates is refused, not parsed). In bytes
+ * unless named otherwise; docs/api.md lists them. */
+#define TLSCONF_CHAIN_CERTS_MAX 10 /* leaf + intermediates (+ root) */
+#define TLSCONF_CHAIN_PEM_MAX (64 * 1024)
+#define TLSCONF_KEY_PEM_MAX (64 * 1024)
+#define TLSCONF_PFX_MAX (256 * 1024)
+#define TLSCONF_OCSP_MAX (64 * 1024)
+#define TLSCONF_TRUST_BUNDLE_CERTS_MAX 1000 /* Mozilla's root store has ~150 */
+#define TLSCONF_TRUST_BUNDLE_PEM_MAX (4 * 1024 * 1024)
+#define TLSCONF_CRL_MAX (8 * 1024 * 1024) /* crl_pem or crl_der */
+
 /* Validates a TrustBundle (ca_pem: one or more CA certificates, each valid at
  * now unless allow_invalid_time) and sets its derived certificates[];
  * clears allow_invalid_time. ca_pem may hold only CERTIFICATE blocks and is
@@ -97,8 +110,8 @@ int tlsconf_trust_bundle_prepare(Tlsplane__V1__TrustBundle *tb, time_t now, stru
 int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_err *err);
 
 /* Validates a CipherPolicy by building an SSL_CTX with it: ciphers,
- * ciphersuites, ecdh_curve / ecdh_disabled, dhparam_pem (>= 1024 bits;
- * a warning under 2048), secure_protocol (an OpenSSL method name; SSLv3 and
+ * ciphersuites, ecdh_curve / ecdh_disabled, dhparam_pem (2048 to 8192
+ * bits, p and q prime: EVP_PKEY_param_check), secure_protocol (an OpenSSL method name; SSLv3 and
  * SSLv2 refused as not supported by this OpenSSL) or min/max_version, and
  * honor_cipher_order. Sets dhparam_bits and warnings (replacing earlier
  * ones). The same code applies the policy in tlsconf_ctx_build.
@@ -109,8 +122,8 @@ int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_
  *     "TLSv1_1_method", "TLSv1_2_method", "TLSv1_3_method" one version;
  *     each also as _server_method / _client_method.
  *   - Security level, set explicitly so the host's openssl.cnf or libssl
- *     build default cannot change what validates: 2; 1 when dhparam_pem
- *     has fewer than 2048 bits; 0 when TLS 1.0 or 1.1 is enabled (OpenSSL
+ *     build default cannot change what validates: 2; 0 when TLS 1.0 or
+ *     1.1 is enabled (OpenSSL
  *     3 refuses their handshake signatures above level 0). "@SECLEVEL=n" in
  *     ciphers overrides.
  *   - ciphers: entries that match nothing are ignored (as OpenSSL does) and
@@ -118,6 +131,11 @@ int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_
  *     a policy under which no cipher is usable with its versions (DHE
  *     ciphers count only with dhparam_pem: without it no DHE cipher is
  *     negotiated, as the seed says).
+ *   - ciphers may name TLS 1.3 suites too (Node's ciphers option does):
+ *     those go to the TLS 1.3 suites, the rest to the TLS 1.2 list. Giving
+ *     them there and ciphersuites as well is an error naming both; a list
+ *     of only TLS 1.3 suites leaves nothing for TLS 1.2, so TLS 1.3 is the
+ *     lowest version (a warning says so).
  *   - ciphersuites: every name must be a TLS 1.3 suite this OpenSSL knows
  *     (OpenSSL itself would skip unknown names silently).
  *   - ecdh_curve: each group must exist ("ecdh_curve: unknown group

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "certinfo.h"
+#include "pb.h"
 #include "tlsconf.h"
 #include "tlsconf_int.h"
 
@@ -367,7 +368,7 @@ static int set_sessions(SSL_CTX *ctx, const Tlsplane__V1__TlsContext *tc, struct
    * lives longer than 7 days). */
   long timeout = 300;
   if (tc->session_timeout != NULL) {
-    int64_t s = tc->session_timeout->seconds + (tc->session_timeout->nanos > 0);
+    int64_t s = pb_sat_add(tc->session_timeout->seconds, tc->session_timeout->nanos > 0);
     if (s < 1 || s > 604800)
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                         "session_timeout: must be 1 s to 7 days (604800 s)");

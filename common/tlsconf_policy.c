@@ -14,13 +14,17 @@
  *   openssl.cnf nor how its libssl was built (Debian builds with level 2,
  *   upstream defaults to 1) makes a server accept what an agent refuses.
  *   2 (112-bit security: RSA, DH >= 2048 bits, no SHA-1 signatures) by
- *   default; 1 when dhparam_pem has fewer than 2048 bits (the seed's
- *   dhparam accepts 1024 bits; the policy gets a warning); 0 when TLS 1.0
+ *   default; 0 when TLS 1.0
  *   or 1.1 is enabled, because OpenSSL 3 allows their MD5-SHA1 / SHA-1
  *   handshake signatures only at level 0 (Mozilla's "old" profile needs
  *   it). An explicit "@SECLEVEL=n" in ciphers overrides all of these.
  * - Without dhparam_pem no DHE cipher is negotiated (the seed: "If omitted
- *   ... DHE ciphers won't be available"). */
+ *   ... DHE ciphers won't be available"). dhparam_pem has 2048 to 8192
+ *   bits: under 2048, DH is within reach of precomputation (Logjam) and
+ *   security level 2 refuses it; over 8192 (the largest RFC 7919 group),
+ *   the primality check and every DHE handshake cost seconds of CPU.
+ * - ciphers may also name TLS 1.3 suites, as Node's option does: they go
+ *   to the TLS 1.3 list and the rest to the TLS 1.2 one. */
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdarg.h>
@@ -267,9 +271,16 @@ static int apply_groups(SSL_CTX *ctx, const char *groups, const char *field, str
   return 0;
 }
 
-/* Parses dhparam_pem: DH (PKCS#3) or X9.42 DH parameters of at least
- * 1024 bits that pass OpenSSL's quick check. */
-static EVP_PKEY *dhparam_read(const char *pem, int *bits, struct tp_err *err) {
+#define DH_BITS_MIN 2048
+#define DH_BITS_MAX 8192
+
+/* Parses dhparam_pem: DH (PKCS#3) or X9.42 DH parameters of DH_BITS_MIN to
+ * DH_BITS_MAX bits that pass OpenSSL's quick check and, with full, its
+ * whole check (p and q prime: a composite modulus makes DHE breakable).
+ * The whole check costs up to seconds for a large prime that is not a
+ * well-known group, so it runs where a policy is accepted (validation),
+ * not on every build of an SSL_CTX from it. */
+static EVP_PKEY *dhparam_read(const char *pem, int full, int *bits, struct tp_err *err) {
   BIO *b = BIO_new_mem_buf(pem, -1);
   if (b == NULL) {
     tlsconf__oom(err);
@@ -289,18 +300,18 @@ static EVP_PKEY *dhparam_read(const char *pem, int *bits, struct tp_err *err) {
     goto failed;
   }
   *bits = EVP_PKEY_get_bits(dh);
-  if (*bits < 1024) {
+  if (*bits < DH_BITS_MIN || *bits > DH_BITS_MAX) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-               "dhparam_pem: %d-bit DH parameters are too small (at least 1024)", *bits);
+               "dhparam_pem: %d-bit DH parameters; %d to %d bits are accepted", *bits, DH_BITS_MIN,
+               DH_BITS_MAX);
     goto failed;
   }
-  /* The quick check: no primality test, which takes seconds for big
-   * primes. */
   EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new(dh, NULL);
-  int ok = pc != NULL && EVP_PKEY_param_check_quick(pc) > 0;
+  int ok = pc != NULL && (full ? EVP_PKEY_param_check(pc) : EVP_PKEY_param_check_quick(pc)) > 0;
   EVP_PKEY_CTX_free(pc);
   if (!ok) {
-    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "dhparam_pem: invalid DH parameters");
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "dhparam_pem: invalid DH parameters (the modulus must be a safe prime)");
     tp_err_append_openssl(err);
     goto failed;
   }
@@ -309,6 +320,45 @@ failed:
   EVP_PKEY_free(dh);
   ERR_clear_error();
   return NULL;
+}
+
+/* Whether tok[0..len) names one of the TLS 1.3 suites OpenSSL knows. */
+static int is_tls13_suite(const char *tok, size_t len) {
+  for (const char *p = all_tls13_suites; *p;) {
+    const char *end = strchr(p, ':');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n == len && strncmp(p, tok, n) == 0)
+      return 1;
+    p += n + (end != NULL);
+  }
+  return 0;
+}
+
+/* Node's ciphers option takes TLS 1.3 suite names too and moves them to
+ * the TLS 1.3 list: splits ciphers into *tls12 (the OpenSSL cipher list
+ * for TLS 1.2 and below) and *tls13 (TLS 1.3 suites), each malloc'd and
+ * possibly empty, the order of each kept. */
+static int ciphers_split(const char *ciphers, char **tls12, char **tls13, struct tp_err *err) {
+  size_t n = strlen(ciphers);
+  char *copy = strdup(ciphers);
+  *tls12 = calloc(1, n + 1);
+  *tls13 = calloc(1, n + 1);
+  if (copy == NULL || *tls12 == NULL || *tls13 == NULL) {
+    free(copy);
+    free(*tls12);
+    free(*tls13);
+    *tls12 = *tls13 = NULL;
+    return tlsconf__oom(err);
+  }
+  char *save = NULL;
+  for (char *tok = strtok_r(copy, ":;, ", &save); tok; tok = strtok_r(NULL, ":;, ", &save)) {
+    char *to = is_tls13_suite(tok, strlen(tok)) ? *tls13 : *tls12;
+    if (to[0] != '\0')
+      strcat(to, ":");
+    strcat(to, tok);
+  }
+  free(copy);
+  return 0;
 }
 
 /* At least one cipher must be usable with the enabled versions (a TLS 1.2
@@ -351,15 +401,38 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
   int min, max;
   if (versions_resolve(cp, &min, &max, err) != 0)
     return -1;
+  char *list = NULL, *tls12 = NULL, *tls13 = NULL;
   EVP_PKEY *dh = NULL;
   int dh_bits = 0;
+  if (cp != NULL && cp->ciphers[0] != '\0') {
+    if (ciphers_split(cp->ciphers, &tls12, &tls13, err) != 0)
+      return -1;
+    if (tls13[0] != '\0' && cp->ciphersuites[0] != '\0') {
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "ciphers: names TLS 1.3 suites (%s) and ciphersuites is set too; give the TLS "
+                 "1.3 suites in one of ciphers and ciphersuites",
+                 tls13);
+      goto failed;
+    }
+    if (tls12[0] == '\0') {
+      /* Only TLS 1.3 suites: as in Node, nothing is left for TLS 1.2. */
+      if (max < TLS1_3_VERSION) {
+        tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                   "ciphers: names only TLS 1.3 suites (%s), but the policy allows at most %s",
+                   tls13, version_name(max));
+        goto failed;
+      }
+      if (min < TLS1_3_VERSION)
+        warn(info, "ciphers: names only TLS 1.3 suites; TLS 1.2 and below are off");
+      min = TLS1_3_VERSION;
+    }
+  }
   if (cp != NULL && cp->dhparam_pem[0] != '\0' &&
-      (dh = dhparam_read(cp->dhparam_pem, &dh_bits, err)) == NULL)
-    return -1;
+      (dh = dhparam_read(cp->dhparam_pem, info != NULL, &dh_bits, err)) == NULL)
+    goto failed;
   /* The security level (see the top of this file): set before the cipher
    * list, whose "@SECLEVEL=n" may override it. */
-  SSL_CTX_set_security_level(ctx, min <= TLS1_1_VERSION ? 0 : dh != NULL && dh_bits < 2048 ? 1 : 2);
-  char *list = NULL;
+  SSL_CTX_set_security_level(ctx, min <= TLS1_1_VERSION ? 0 : 2);
   if (!SSL_CTX_set_min_proto_version(ctx, min) || !SSL_CTX_set_max_proto_version(ctx, max)) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %s to %s is not supported by this OpenSSL",
                cp && cp->secure_protocol[0] ? "secure_protocol" : "min_version", version_name(min),
@@ -373,7 +446,9 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
   else
     SSL_CTX_clear_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
 
-  const char *given = cp && cp->ciphers[0] ? cp->ciphers : tlsconf_default_ciphers;
+  /* With only TLS 1.3 suites in ciphers, the TLS 1.2 list is never used
+   * (min is TLS 1.3): the default stands in for it. */
+  const char *given = tls12 && tls12[0] ? tls12 : tlsconf_default_ciphers;
   int ecdh_off = cp != NULL && cp->ecdh_disabled;
   if (asprintf(&list, "%s%s", given, ecdh_off ? ":!kECDHE" : "") < 0) {
     list = NULL;
@@ -386,10 +461,12 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
     tp_err_append_openssl(err);
     goto failed;
   }
-  if (info != NULL && cp != NULL && cp->ciphers[0])
-    warn_unknown_ciphers(cp->ciphers, info);
+  if (info != NULL && tls12 != NULL && tls12[0])
+    warn_unknown_ciphers(tls12, info);
 
-  const char *suites = cp && cp->ciphersuites[0] ? cp->ciphersuites : OSSL_default_ciphersuites();
+  const char *suites = tls13 && tls13[0]           ? tls13
+                       : cp && cp->ciphersuites[0] ? cp->ciphersuites
+                                                   : OSSL_default_ciphersuites();
   if (apply_ciphersuites(ctx, suites, err) != 0)
     goto failed;
 
@@ -415,19 +492,20 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
       goto failed;
     }
     dh = NULL; /* owned by ctx */
-    if (info != NULL) {
+    if (info != NULL)
       info->dhparam_bits = dh_bits;
-      if (dh_bits < 2048)
-        warn(info, "dhparam_pem: %d-bit DH parameters are weak; use at least 2048 bits", dh_bits);
-    }
   }
   if (check_usable(ctx, list, min, max, have_dh, err) != 0)
     goto failed;
   free(list);
+  free(tls12);
+  free(tls13);
   return 0;
 failed:
   EVP_PKEY_free(dh);
   free(list);
+  free(tls12);
+  free(tls13);
   return -1;
 }
 

@@ -137,6 +137,9 @@ ProtobufCMessage *api_decode_row(const struct api_kind *kind, const struct store
     tp_err_set(err, GRPC_STATUS_DATA_LOSS, "%s: stored data does not decode", row->name);
     return NULL;
   }
+  /* A time stored before input was range-checked reads back clamped: one
+   * bad value must not make the resource, or every List, unreadable. */
+  pb_times_clamp(res, NULL, 0);
   if (set_metadata(res, row) != 0) {
     protobuf_c_message_free_unpacked(res, NULL);
     tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -439,11 +442,10 @@ static int rpc_list(const struct rpc_call_info *call, const ProtobufCMessage *re
       .limit = page_size + 1,
       .labels = reqs,
       .n_labels = n_reqs,
+      .has_expire_before = expiring != NULL,
       .expire_before_us =
           expiring ? pb_timestamp_us((const Google__Protobuf__Timestamp *)expiring) : 0,
   };
-  if (expiring != NULL && q.expire_before_us == 0)
-    q.expire_before_us = 1; /* the epoch itself: nothing expires before it */
   struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
@@ -519,8 +521,15 @@ static int rpc_update(const struct rpc_call_info *call, const ProtobufCMessage *
         return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                           "update_mask: \"%s\" is not a field of %s that can be updated",
                           mask->paths[i], kind->kind);
-      if (n_fields < sizeof(fields) / sizeof(fields[0]))
-        fields[n_fields++] = f;
+      /* A field named twice would be swapped in and back out again. */
+      for (size_t j = 0; j < n_fields; j++)
+        if (fields[j] == f)
+          return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                            "update_mask: \"%s\" names the field %s a second time", mask->paths[i],
+                            f->name);
+      if (n_fields == sizeof(fields) / sizeof(fields[0]))
+        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "update_mask: too many paths");
+      fields[n_fields++] = f;
     }
   } else {
     fields[n_fields++] = pb_field(kind->desc, "labels");

@@ -397,8 +397,14 @@ static void *reader_main(void *arg) {
   for (;;) {
     ProtobufCMessage *m = NULL;
     struct tp_err err = {0};
-    if (rpc_stream_recv(r->stream, &tlsplane__v1__agent_message__descriptor, &m, &err) <= 0)
+    int got = rpc_stream_recv(r->stream, &tlsplane__v1__agent_message__descriptor, &m, &err);
+    if (got <= 0) {
+      /* A message refused on input (not UTF-8, out of range) ends the
+       * stream with the reason, so that the agent's log names the field. */
+      if (got < 0 && err.status == GRPC_STATUS_INVALID_ARGUMENT)
+        rpc_stream_cancel(r->stream, err.status, err.msg);
       break;
+    }
     Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
     pthread_mutex_lock(&hub->lock);
     a->last_seen_us = now_us();

@@ -24,7 +24,9 @@ int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
   struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {.kind = api_kind_ticket_key_ring.kind, .expire_before_us = now_us + 1};
+  struct store_query q = {.kind = api_kind_ticket_key_ring.kind,
+                          .has_expire_before = 1,
+                          .expire_before_us = now_us + 1};
   if (store_begin(api->store, 0, &txn, &err) != 0)
     goto failed;
   int rc = store_list(txn, &q, &rows, &n, &err);

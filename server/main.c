@@ -8,6 +8,7 @@
  *   tlsplane-server call [options] SERVICE/METHOD [JSON]  one API call (call.c) */
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,11 +197,36 @@ static int check_listen(const struct options *o) {
   }
   if (!o->plaintext)
     return 0;
-  if (strncmp(host, "127.", 4) != 0 && strcmp(host, "::1") != 0 && strcmp(host, "localhost") != 0) {
-    fprintf(stderr, "tlsplane-server: --plaintext serves on loopback only, not on %s\n", o->listen);
+  /* What the host resolves to decides, not how its name starts:
+   * "127.evil.example" is a name like any other. */
+  if (host[0] == '\0') {
+    fprintf(stderr,
+            "tlsplane-server: --plaintext serves on loopback only, not on every address (%s)\n",
+            o->listen);
     return -1;
   }
-  return 0;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+  int gai = getaddrinfo(host, NULL, &hints, &res);
+  if (gai != 0) {
+    fprintf(stderr,
+            "tlsplane-server: --plaintext serves on loopback only, and %s does not resolve (%s)\n",
+            host, gai_strerror(gai));
+    return -1;
+  }
+  int rc = 0;
+  for (struct addrinfo *ai = res; ai != NULL && rc == 0; ai = ai->ai_next) {
+    if (addr_is_loopback(ai->ai_addr))
+      continue;
+    char shown[INET6_ADDRSTRLEN] = "?";
+    getnameinfo(ai->ai_addr, ai->ai_addrlen, shown, sizeof(shown), NULL, 0, NI_NUMERICHOST);
+    fprintf(stderr,
+            "tlsplane-server: --plaintext serves on loopback only, and %s resolves to %s, which is "
+            "not a loopback address\n",
+            host, shown);
+    rc = -1;
+  }
+  freeaddrinfo(res);
+  return rc;
 }
 
 /* tlsplane-server rotate-master-key [--data-dir DIR] */

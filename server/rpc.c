@@ -89,6 +89,7 @@
 
 #include "grpcmsg.h"
 #include "log.h"
+#include "pb.h"
 
 #define CALL_MAGIC 0x7270ca11u
 #define RPC_STREAM_MAGIC 0x7270c57eu
@@ -505,6 +506,12 @@ message_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc, str
   ProtobufCMessage *msg = grpcmsg_decode(bb, desc);
   if (msg == NULL)
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid %s message", desc->name);
+  /* Every message a client sends, unary or streamed: UTF-8, lengths and
+   * time ranges are checked here, once, before any handler reads it. */
+  if (msg != NULL && pb_input_check(msg, err) != 0) {
+    protobuf_c_message_free_unpacked(msg, NULL);
+    msg = NULL;
+  }
   return msg;
 }
 

@@ -1,6 +1,7 @@
 /* TicketKeyService: session-ticket key rings (ticketKeys, getTicketKeys,
  * setTicketKeys). The ring's key bytes are its secret: 48 bytes per key,
  * in the order of TicketKeyRing.keys (newest, the active one, first). */
+#include <ctype.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -16,20 +17,37 @@
 #define RETAINED_DEFAULT 3
 #define RETAINED_MAX 16
 #define ROTATION_MIN_S 10
+#define ROTATION_MAX_S (366 * 86400)
 
 static const char *const ticket_key_ring_mutable[] = {"rotation_period", "retained_keys", NULL};
 
+/* A key's name as TicketKey.key_name shows it: plain lower-case hex, what
+ * setTicketKeys users paste ("12253d..."). malloc'd. */
+static char *key_name_hex(const uint8_t *key) {
+  char hex[2 * TICKET_KEY_NAME_LEN + 1];
+  if (!OPENSSL_buf2hexstr_ex(hex, sizeof(hex), NULL, key, TICKET_KEY_NAME_LEN, '\0'))
+    return NULL;
+  for (char *p = hex; *p; p++)
+    *p = (char)tolower((unsigned char)*p);
+  return strdup(hex);
+}
+
+/* Rings written before key names were plain hex stored "12:25:3D:...":
+ * shown the same way as new ones. */
+static void key_name_normalize(char *name) {
+  char *out = name;
+  for (const char *p = name; *p; p++)
+    if (*p != ':')
+      *out++ = (char)tolower((unsigned char)*p);
+  *out = '\0';
+}
+
 static Tlsplane__V1__TicketKey *key_meta_new(const uint8_t *key, int active, int64_t now_us) {
   Tlsplane__V1__TicketKey *k = malloc(sizeof(*k));
-  char *hex = OPENSSL_buf2hexstr(key, TICKET_KEY_NAME_LEN);
-  if (k == NULL || hex == NULL) {
-    free(k);
-    OPENSSL_free(hex);
+  if (k == NULL)
     return NULL;
-  }
   tlsplane__v1__ticket_key__init(k);
-  k->key_name = strdup(hex);
-  OPENSSL_free(hex);
+  k->key_name = key_name_hex(key);
   k->state = active ? TLSPLANE__V1__TICKET_KEY_STATE__ACTIVE
                     : TLSPLANE__V1__TICKET_KEY_STATE__DECRYPT_ONLY;
   k->create_time = pb_timestamp_new(now_us);
@@ -71,9 +89,11 @@ static int ring_set(struct api_op *op, Tlsplane__V1__TicketKeyRing *ring,
       keys[i] = key_meta_new(k, i == 0, now_us);
     } else {
       keys[i] = (Tlsplane__V1__TicketKey *)pb_clone(&old->keys[i - n_fresh]->base);
-      if (keys[i] != NULL)
+      if (keys[i] != NULL) {
         keys[i]->state = i == 0 ? TLSPLANE__V1__TICKET_KEY_STATE__ACTIVE
                                 : TLSPLANE__V1__TICKET_KEY_STATE__DECRYPT_ONLY;
+        key_name_normalize(keys[i]->key_name);
+      }
     }
     if (keys[i] == NULL)
       goto oom;
@@ -102,12 +122,15 @@ static int ticket_key_ring_prepare(struct api_op *op, ProtobufCMessage *res, str
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "retained_keys: must be 1 to %d",
                       RETAINED_MAX);
   int64_t period_ms = pb_duration_ms(ring->rotation_period);
+  if (ring->rotation_period != NULL && (period_ms < 0 || ring->rotation_period->nanos < 0))
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "rotation_period: must not be negative");
   if (period_ms > 0 && period_ms < ROTATION_MIN_S * 1000)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "rotation_period: at least %ds (or 0: rotate only on request)",
                       ROTATION_MIN_S);
-  if (period_ms < 0 && ring->rotation_period != NULL)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "rotation_period: must not be negative");
+  if (period_ms > ROTATION_MAX_S * INT64_C(1000))
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "rotation_period: at most 366 days (%ds)",
+                      ROTATION_MAX_S);
 
   if (!op->set_secret) {
     if (old == NULL) {
@@ -136,14 +159,22 @@ static int ticket_key_ring_prepare(struct api_op *op, ProtobufCMessage *res, str
   const ProtobufCFieldDescriptor *next = pb_field(res->descriptor, "next_rotation_time");
   pb_field_clear(res, next);
   if (period_ms > 0 && ring->last_rotation_time != NULL)
-    pb_timestamp_set(res, "next_rotation_time",
-                     pb_timestamp_us(ring->last_rotation_time) + period_ms * 1000);
+    pb_timestamp_set(
+        res, "next_rotation_time",
+        pb_sat_add(pb_timestamp_us(ring->last_rotation_time), pb_sat_mul(period_ms, 1000)));
   return 0;
 }
 
 /* Indexed so that the rotation job finds the rings that are due. */
 static int64_t ticket_key_ring_due_time(const ProtobufCMessage *res) {
   return pb_timestamp_us(((const Tlsplane__V1__TicketKeyRing *)res)->next_rotation_time);
+}
+
+static void ticket_key_ring_decorate(struct api *api, ProtobufCMessage *res) {
+  (void)api;
+  Tlsplane__V1__TicketKeyRing *ring = (Tlsplane__V1__TicketKeyRing *)res;
+  for (size_t i = 0; i < ring->n_keys; i++)
+    key_name_normalize(ring->keys[i]->key_name);
 }
 
 const struct api_kind api_kind_ticket_key_ring = {
@@ -154,6 +185,7 @@ const struct api_kind api_kind_ticket_key_ring = {
     .mutable_fields = ticket_key_ring_mutable,
     .prepare = ticket_key_ring_prepare,
     .expire_time_us = ticket_key_ring_due_time,
+    .decorate = ticket_key_ring_decorate,
 };
 
 /* Reads the ring `name`, lets `change` put new keys in front, writes it. */

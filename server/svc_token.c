@@ -14,6 +14,8 @@
 #include "tlsplane/v1/auth.pb-c.h"
 
 #define JOIN_TTL_DEFAULT_S 3600
+/* The longest a token may live when it has an expiry: ten years. */
+#define TOKEN_TTL_MAX_S (3653 * 86400LL)
 
 static const char *const token_mutable[] = {"description", NULL};
 
@@ -62,6 +64,11 @@ int api_token_create(struct api *api, struct store_txn *txn, const struct rpc_ca
   int64_t now_us = (int64_t)now * 1000000;
   if (in->expire_time != NULL && pb_timestamp_us(in->expire_time) <= now_us)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "token.expire_time: in the past");
+  if (in->expire_time != NULL &&
+      pb_timestamp_us(in->expire_time) > pb_sat_add(now_us, TOKEN_TTL_MAX_S * 1000000))
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "token.expire_time: at most ten years from now (unset: the token does not "
+                      "expire)");
   if (in->agent_id[0] != '\0') {
     char agent[96];
     snprintf(agent, sizeof(agent), "agents/%.80s", in->agent_id);
@@ -139,9 +146,11 @@ static int create_token(const struct rpc_call_info *call, const ProtobufCMessage
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (r->ttl != NULL) {
     int64_t ttl_ms = pb_duration_ms(r->ttl);
-    if (ttl_ms <= 0) {
+    if (ttl_ms <= 0 || ttl_ms > TOKEN_TTL_MAX_S * 1000) {
       protobuf_c_message_free_unpacked(&in->base, NULL);
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "ttl: must be positive");
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "ttl: must be more than 0 and at most ten years (%llds)",
+                        (long long)TOKEN_TTL_MAX_S);
     }
     pb_timestamp_set(&in->base, "expire_time", (int64_t)time(NULL) * 1000000 + ttl_ms * 1000);
   }

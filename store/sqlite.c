@@ -1036,7 +1036,7 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
               " r.data FROM resources r WHERE r.kind = ?");
   if (q->after_name != NULL)
     sql_add(&b, " AND r.name > ?");
-  if (q->expire_before_us > 0)
+  if (q->has_expire_before)
     sql_add(&b, " AND r.expire_time_us > 0 AND r.expire_time_us < ?");
   for (size_t i = 0; i < q->n_labels; i++) {
     /* NE holds when no label has key=value, which includes a missing key
@@ -1064,7 +1064,7 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
   int rc = sqlite3_bind_text(st, k++, q->kind, -1, SQLITE_STATIC);
   if (rc == SQLITE_OK && q->after_name != NULL)
     rc = sqlite3_bind_text(st, k++, q->after_name, -1, SQLITE_STATIC);
-  if (rc == SQLITE_OK && q->expire_before_us > 0)
+  if (rc == SQLITE_OK && q->has_expire_before)
     rc = sqlite3_bind_int64(st, k++, q->expire_before_us);
   for (size_t i = 0; rc == SQLITE_OK && i < q->n_labels; i++) {
     const struct store_label_req *l = &q->labels[i];

@@ -211,7 +211,10 @@ struct store_query {
   int limit;              /* at most this many rows; 0 or less: no limit */
   const struct store_label_req *labels; /* all must hold */
   size_t n_labels;
-  int64_t expire_before_us; /* 0: no filter; else rows with 0 < expire_time_us < this */
+  /* 1: only rows with an expiry (expire_time_us > 0) before
+   * expire_before_us, which may be 0 or negative (before 1970: none). */
+  int has_expire_before;
+  int64_t expire_before_us;
 };
 
 /* Lists rows in name order, without secrets. *rows is the caller's: free

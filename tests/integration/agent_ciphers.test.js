@@ -32,6 +32,8 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', s
       l('defaults', undefined), // no cipher_policy: the seed's defaults
       l('aes256-only', { ciphers: AES256 }),
       l('chacha-only', { ciphersuites: 'TLS_CHACHA20_POLY1305_SHA256' }),
+      l('tls13-in-ciphers', { ciphers: `TLS_AES_256_GCM_SHA384:${AES128}` }),
+      l('tls13-only-ciphers', { ciphers: 'TLS_CHACHA20_POLY1305_SHA256' }),
       l('honor-on', { ciphers: `${AES128}:${AES256}`, ciphersuites: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384', honorCipherOrder: true }),
       l('honor-off', { ciphers: `${AES128}:${AES256}`, ciphersuites: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384', honorCipherOrder: false }),
       l('p256', { ecdhCurve: 'prime256v1' }),
@@ -77,6 +79,25 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', s
     const yes = await sclient(port, ['-tls1_3', '-ciphersuites', 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256']);
     assert.equal(yes.handshake, true, yes.out);
     assert.equal(yes.cipher, 'TLS_CHACHA20_POLY1305_SHA256');
+  });
+
+  test('ciphers naming TLS 1.3 suites (as Node takes them): the suite goes to TLS 1.3, the rest to TLS 1.2', async () => {
+    const port = agent.port('tls13-in-ciphers');
+    const yes = await sclient(port, ['-tls1_3', '-ciphersuites', 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384']);
+    assert.equal(yes.handshake, true, yes.out);
+    assert.equal(yes.cipher, 'TLS_AES_256_GCM_SHA384');
+    const no = await sclient(port, ['-tls1_3', '-ciphersuites', 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256']);
+    assert.equal(no.handshake, false, `a suite outside ciphers was negotiated: ${no.cipher}`);
+    const tls12 = await sclient(port, ['-tls1_2', '-cipher', `${AES256}:${AES128}`]);
+    assert.equal(tls12.handshake, true, tls12.out);
+    assert.equal(tls12.cipher, AES128);
+    // Only TLS 1.3 names: that suite in TLS 1.3, and nothing left for TLS 1.2.
+    const only = agent.port('tls13-only-ciphers');
+    const chacha = await sclient(only, ['-tls1_3', '-ciphersuites', 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256']);
+    assert.equal(chacha.handshake, true, chacha.out);
+    assert.equal(chacha.cipher, 'TLS_CHACHA20_POLY1305_SHA256');
+    const none12 = await sclient(only, ['-tls1_2']);
+    assert.equal(none12.handshake, false, `TLS 1.2 with only TLS 1.3 suites listed: ${none12.cipher}`);
   });
 
   test('honorCipherOrder: the server\'s order wins when on, the client\'s when off (TLS 1.2 and TLS 1.3)', async () => {

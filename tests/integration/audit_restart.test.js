@@ -64,7 +64,7 @@ test('every kind of mutation leaves one audit event', async () => {
   const cpId = uid('cp');
   const cp = record('CipherPolicyService/CreateCipherPolicy', `cipherPolicies/${cpId}`, 'create',
     await api().CipherPolicyService.CreateCipherPolicy({
-      cipherPolicyId: cpId, cipherPolicy: { ciphers: 'ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256', dhparamPem: p.dh1024 },
+      cipherPolicyId: cpId, cipherPolicy: { ciphers: 'ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256', dhparamPem: p.dh2048 },
     }));
   const ctxId = uid('ctx');
   const tc = record('TlsContextService/CreateTlsContext', `tlsContexts/${ctxId}`, 'create',

@@ -130,12 +130,10 @@ describe('create, update, delete', () => {
     assert.deepEqual(cp.warnings, []);
   });
 
-  test('dhparam 1024: accepted with a warning', async () => {
-    const cp = await create(uid('dh1024'), { dhparamPem: p.dh1024 });
-    assert.equal(cp.dhparamBits, 1024);
-    assert.ok(cp.warnings.length >= 1, 'no warning for a 1024-bit dhparam');
-    assert.ok(cp.warnings.some((w) => /dhparam|DH|2048|1024/i.test(w)), `warnings: ${cp.warnings}`);
-    assert.deepEqual(await policies().GetCipherPolicy({ name: cp.name }), cp, 'Get differs (warnings lost?)');
+  test('dhparam 1024: refused (2048 to 8192 bits)', async () => {
+    await expectGrpcError(create(uid('dh1024'), { dhparamPem: p.dh1024 }), status.INVALID_ARGUMENT, {
+      field: 'cipher_policy.dhparam_pem: ', includes: '2048 to 8192 bits',
+    });
   });
 
   test('update with update_mask (ciphers) and a stale etag', async () => {

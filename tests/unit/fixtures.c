@@ -432,6 +432,15 @@ const char fixture_dh1024_pem[] =
     "dwSxkG9YyptR5RIpUBPo1pw6ZozG7o+sJ1aveTbbPqnmnfeErq8ufdNWeH8aDndo\n"
     "SwQf2XLNu/4EtVBT49Vu3YbEOPgu23xdEQ3U437XVherm25VX0yvAgEC\n"
     "-----END DH PARAMETERS-----\n";
+const char fixture_dh2048_composite_pem[] =
+    "-----BEGIN DH PARAMETERS-----\n"
+    "MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n"
+    "+8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a\n"
+    "87VXE05/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7\n"
+    "YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi\n"
+    "7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD\n"
+    "ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==\n"
+    "-----END DH PARAMETERS-----\n";
 const char fixture_dh2048_pem[] =
     "-----BEGIN DH PARAMETERS-----\n"
     "MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz\n"

@@ -73,11 +73,13 @@ char *fixture_pem_crl(X509_CRL *crl);
 unsigned char *fixture_der_crl(X509_CRL *crl, size_t *len);
 
 /* DH parameters: 512-bit and 1024-bit X9.42 (`openssl dhparam -dsaparam`),
- * 1024-bit PKCS#3 (`openssl dhparam 1024`), and RFC 7919 ffdhe2048. */
+ * 1024-bit PKCS#3 (`openssl dhparam 1024`), RFC 7919 ffdhe2048, and
+ * ffdhe2048 with one bit of its prime flipped (a composite modulus). */
 extern const char fixture_dh512_pem[];
 extern const char fixture_dhx1024_pem[];
 extern const char fixture_dh1024_pem[];
 extern const char fixture_dh2048_pem[];
+extern const char fixture_dh2048_composite_pem[];
 
 /* A successful DER OCSPResponse for leaf (issued by issuer), signed by
  * signer with signer_key; status is V_OCSP_CERTSTATUS_*. next_update 0:

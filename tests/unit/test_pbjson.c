@@ -1448,29 +1448,34 @@ static void test_ignore_unknown(void **state) {
 }
 
 static void test_encode_errors(void **state) {
+  (void)state;
   Tlsplane__V1__Listener l = TLSPLANE__V1__LISTENER__INIT;
-  l.address = "\xff";
-  encode_fails(&l.base, "address: string is not valid UTF-8");
-  l.address = "";
   Google__Protobuf__Duration du = GOOGLE__PROTOBUF__DURATION__INIT;
   du.seconds = 1;
   du.nanos = -5;
   l.handshake_timeout = &du;
   encode_fails(&l.base, "handshakeTimeout: duration {1s, -5ns} is out of range or mixes signs");
+}
+
+/* A string that is not UTF-8 (a row stored before input was checked) is
+ * written with U+FFFD for each bad byte instead of failing the whole
+ * message: one bad label must not make a List unreadable. */
+static void test_encode_repairs_utf8(void **state) {
+  (void)state;
+  Tlsplane__V1__Listener l = TLSPLANE__V1__LISTENER__INIT;
+  l.address = "a\xff";
+  assert_encodes(&l.base, 0, "{\"address\":\"a\xEF\xBF\xBD\"}");
 
   struct snap s;
   Tlsplane__V1__Snapshot *snap = build_snapshot(&s);
-  s.ctx.alpn_protocols[1] = "h\xc3";
-  encode_fails(&snap->base,
-               "listeners[0].tlsContexts[\"tlsContexts/default\"].tlsContext.alpnProtocols[1]: "
-               "string is not valid UTF-8");
-  s.ctx.alpn_protocols[1] = "h1";
-  s.label[1].value = "\xc0\x80"; /* overlong NUL */
-  encode_fails(&snap->base, "listeners[0].listener.labels[\"env\"]: string is not valid UTF-8");
-  s.label[1].value = "prod";
+  s.ctx.alpn_protocols[1] = "h\xc3";      /* a sequence cut short */
+  s.label[1].value = "\xc0\x80";          /* overlong NUL */
   s.label[1].key = "e\xffnv\xed\xa0\x80"; /* a stray byte and a surrogate */
-  encode_fails(&snap->base,
-               "listeners[0].listener.labels[\"e?nv???\"]: map key is not valid UTF-8");
+  char *out = encode_ok(&snap->base, 0);
+  assert_non_null(strstr(out, "\"h\xEF\xBF\xBD\""));
+  assert_non_null(strstr(out, "\"e\xEF\xBF\xBDnv\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\":"
+                              "\"\xEF\xBF\xBD\xEF\xBF\xBD\""));
+  free(out);
 }
 
 /* --- The operator's snapshot file ------------------------------------------ */
@@ -1732,6 +1737,7 @@ int main(void) {
       cmocka_unit_test(test_nesting_limits),
       cmocka_unit_test(test_ignore_unknown),
       cmocka_unit_test(test_encode_errors),
+      cmocka_unit_test(test_encode_repairs_utf8),
       cmocka_unit_test(test_sample_snapshot),
       cmocka_unit_test(test_hostile_mutations),
   };

@@ -325,7 +325,7 @@ static void test_upgrade_keeps_rows(void **state) {
   struct store_label_req prod = {STORE_LABEL_EQ, "env", "prod"};
   struct store_query q = {.kind = CERT, .labels = &prod, .n_labels = 1};
   assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/web");
-  struct store_query exp = {.kind = CERT, .expire_before_us = 2000};
+  struct store_query exp = {.kind = CERT, .has_expire_before = 1, .expire_before_us = 2000};
   assert_string_equal(list_names(f->s, &exp, buf, sizeof(buf)), "certificates/web");
   assert_refused(delete_one(f->s, CERT, "certificates/web", NULL, &err), -EBUSY, err,
                  GRPC_STATUS_FAILED_PRECONDITION, "tlsContexts/main");
@@ -747,14 +747,20 @@ static void test_expire_filter(void **state) {
     put_one(f->s, &w, NULL);
   }
   char buf[256];
-  struct store_query q = {.kind = CERT, .expire_before_us = 250};
+  struct store_query q = {.kind = CERT, .has_expire_before = 1, .expire_before_us = 250};
   assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
                       "certificates/later,certificates/soon");
   q.expire_before_us = 200; /* strictly before */
   assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/soon");
-  q.expire_before_us = 0; /* no filter */
+  /* The epoch and before are times like any other: nothing expires then. */
+  q.expire_before_us = 0;
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "");
+  q.expire_before_us = -1000;
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "");
+  q.has_expire_before = 0; /* no filter */
   assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
                       "certificates/far,certificates/later,certificates/never,certificates/soon");
+  q.has_expire_before = 1;
   /* An update moves the expiry. */
   struct store_write w = write_of(CERT, "certificates/far", 0, "renewed early");
   w.expire_time_us = 50;

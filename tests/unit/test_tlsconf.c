@@ -960,21 +960,48 @@ static void test_policy_groups(void **state) {
   msg_free(cp);
 }
 
+/* ciphers takes TLS 1.3 suite names too, as Node's option does. */
+static void test_policy_tls13_names_in_ciphers(void **state) {
+  (void)state;
+  struct tp_err err;
+  Tlsplane__V1__CipherPolicy *cp = policy_new();
+  set_str(&cp->ciphers, "TLS_AES_256_GCM_SHA384:ECDHE-RSA-AES128-GCM-SHA256");
+  EXPECT_OK(policy_check(cp, &err), &err);
+  assert_int_equal(cp->n_warnings, 0);
+  /* Only TLS 1.3 suites: nothing is left for TLS 1.2. */
+  set_str(&cp->ciphers, "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+  EXPECT_OK(policy_check(cp, &err), &err);
+  assert_int_equal(cp->n_warnings, 1);
+  assert_string_equal(cp->warnings[0],
+                      "ciphers: names only TLS 1.3 suites; TLS 1.2 and below are off");
+  cp->max_version = TLSPLANE__V1__TLS_VERSION__TLS_1_2;
+  EXPECT_ERR(policy_check(cp, &err), &err,
+             "ciphers: names only TLS 1.3 suites (TLS_AES_256_GCM_SHA384:"
+             "TLS_CHACHA20_POLY1305_SHA256), but the policy allows at most TLS 1.2");
+  cp->max_version = 0;
+  set_str(&cp->ciphersuites, "TLS_AES_128_GCM_SHA256");
+  EXPECT_ERR(policy_check(cp, &err), &err,
+             "ciphers: names TLS 1.3 suites (TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256) "
+             "and ciphersuites is set too");
+  msg_free(cp);
+}
+
 static void test_policy_dhparam(void **state) {
   struct tp_err err;
   Tlsplane__V1__CipherPolicy *cp = policy_new();
   set_str(&cp->dhparam_pem, fixture_dh512_pem);
   EXPECT_ERR_EXACT(policy_check(cp, &err), &err,
-                   "dhparam_pem: 512-bit DH parameters are too small (at least 1024)");
+                   "dhparam_pem: 512-bit DH parameters; 2048 to 8192 bits are accepted");
   const char *weak[] = {fixture_dh1024_pem, fixture_dhx1024_pem};
   for (int i = 0; i < 2; i++) {
     set_str(&cp->dhparam_pem, weak[i]);
-    EXPECT_OK(policy_check(cp, &err), &err);
-    assert_int_equal(cp->dhparam_bits, 1024);
-    assert_int_equal(cp->n_warnings, 1);
-    assert_string_equal(cp->warnings[0],
-                        "dhparam_pem: 1024-bit DH parameters are weak; use at least 2048 bits");
+    EXPECT_ERR_EXACT(policy_check(cp, &err), &err,
+                     "dhparam_pem: 1024-bit DH parameters; 2048 to 8192 bits are accepted");
   }
+  /* The right size, but not a prime: the whole check refuses it. */
+  set_str(&cp->dhparam_pem, fixture_dh2048_composite_pem);
+  EXPECT_ERR(policy_check(cp, &err), &err,
+             "dhparam_pem: invalid DH parameters (the modulus must be a safe prime)");
   set_str(&cp->dhparam_pem, fixture_dh2048_pem);
   EXPECT_OK(policy_check(cp, &err), &err);
   assert_int_equal(cp->dhparam_bits, 2048);
@@ -1419,11 +1446,10 @@ static void test_build_errors(void **state) {
   weak->cipher_policy = policy_new();
   set_str(&weak->cipher_policy->ciphers, "HIGH:@SECLEVEL=1");
   assert_int_equal(build(weak, &err), 0);
-  /* 1024-bit DH at an explicit level 2: refused. */
-  set_str(&weak->cipher_policy->ciphers, "HIGH:@SECLEVEL=2");
+  /* 1024-bit DH: refused whatever the level. */
   set_str(&weak->cipher_policy->dhparam_pem, fixture_dh1024_pem);
   EXPECT_ERR(build(weak, &err), &err,
-             "cipher_policy: dhparam_pem: 1024-bit DH parameters are refused at security level 2");
+             "cipher_policy: dhparam_pem: 1024-bit DH parameters; 2048 to 8192 bits are accepted");
   msg_free(weak);
   X509_free(leaf);
   EVP_PKEY_free(k1024);
@@ -1785,8 +1811,8 @@ static void test_handshake_tls10(void **state) {
 /* dhparam enables DHE; ecdh_disabled removes ECDHE (TLS 1.2) and limits
  * TLS 1.3 to finite-field groups. */
 static void test_handshake_dhe_and_ecdh_disabled(void **state) {
-  const char *params[] = {fixture_dh2048_pem, fixture_dh1024_pem, fixture_dhx1024_pem};
-  for (int i = 0; i < 3; i++) {
+  const char *params[] = {fixture_dh2048_pem};
+  for (int i = 0; i < 1; i++) {
     Tlsplane__V1__ResolvedTlsContext *rc = rctx_dual();
     rc->cipher_policy = policy_new();
     rc->cipher_policy->max_version = TLSPLANE__V1__TLS_VERSION__TLS_1_2;
@@ -1794,8 +1820,7 @@ static void test_handshake_dhe_and_ecdh_disabled(void **state) {
     set_str(&rc->cipher_policy->dhparam_pem, params[i]);
     SSL_CTX *ctx = build_ok(rc);
     SSL *c = client_new(0), *s;
-    /* Clients at level 2 (Debian's default) refuse 1024-bit DH. */
-    SSL_set_security_level(c, i == 0 ? 2 : 1);
+    SSL_set_security_level(c, 2);
     if (handshake(ctx, c, &s) != 0)
       fail_msg("DHE handshake with dhparam %d failed", i);
     assert_string_equal(SSL_CIPHER_get_name(SSL_get_current_cipher(c)),
@@ -1846,6 +1871,7 @@ int main(void) {
       cmocka_unit_test(test_policy_default),
       cmocka_unit_test(test_policy_ciphers),
       cmocka_unit_test(test_policy_groups),
+      cmocka_unit_test(test_policy_tls13_names_in_ciphers),
       cmocka_unit_test(test_policy_dhparam),
       cmocka_unit_test(test_policy_versions),
       cmocka_unit_test(test_ciphers_list),
