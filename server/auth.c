@@ -52,13 +52,18 @@ static const struct rule rules[] = {
     {"/grpc.health.v1.Health/", OPEN, OPEN},
     {"/grpc.reflection.v1.ServerReflection/", OPEN, OPEN},
     {"/grpc.reflection.v1alpha.ServerReflection/", OPEN, OPEN},
-    /* Agents: their own stream (hub.c checks the id) and renewal; a join
-     * token enrolls. The admin may do what they do. */
-    {"/tlsplane.v1.AgentService/Connect", R(ADMIN) | R(AGENT), 0},
+    /* The stream carries private keys and ticket keys: agents alone
+     * receive it, each under its own id (hub.c checks the id). */
+    {"/tlsplane.v1.AgentService/Connect", R(AGENT), 0},
+    /* A join token enrolls; renewal with the agent's certificate. The
+     * admin may enroll directly. */
     {"/tlsplane.v1.AgentService/EnrollAgent", R(ADMIN) | R(JOIN), 0},
     {"/tlsplane.v1.AgentService/RenewAgentCertificate", R(ADMIN) | R(AGENT), 0},
     /* Deleting an agent revokes its certificates: credential management. */
     {"/tlsplane.v1.AgentService/DeleteAgent", R(ADMIN), 0},
+    /* An agent's labels choose what it receives, as listeners' selectors
+     * do: those who write listeners set them. */
+    {"/tlsplane.v1.AgentService/UpdateAgent", WRITERS, 0},
     {"/tlsplane.v1.AgentService/GetRollout", READERS, 0},
     {"/tlsplane.v1.AgentService/", READERS, 0},
     /* Credentials are the admin's alone, reads included. */
@@ -74,6 +79,23 @@ static const struct rule rules[] = {
     {"/tlsplane.v1.ListenerService/", READERS, WRITERS},
     {"/tlsplane.v1.TicketKeyService/", READERS, WRITERS},
 };
+
+/* Why a method is refused, where "it takes <roles>" would not say enough. */
+static const struct {
+  const char *path;
+  const char *why;
+} refusals[] = {
+    {"/tlsplane.v1.AgentService/Connect",
+     "only agents stream snapshots (they carry private keys): connect with the agent's own "
+     "client certificate"},
+};
+
+static const char *refusal_why(const char *method) {
+  for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+    if (strcmp(refusals[i].path, method) == 0)
+      return refusals[i].why;
+  return NULL;
+}
 
 const char *auth_role_name(int role) {
   switch (role) {
@@ -368,9 +390,15 @@ int auth_call(const struct rpc_credentials *cred, struct rpc_identity *id, struc
   if (rc == 0 && !auth_method_allows(cred->method, id->role)) {
     char who[96];
     roles_text(roles, who, sizeof(who));
-    rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
-                    "permission denied: %s (role %s) may not call %s; it takes %s", id->actor,
-                    auth_role_name(id->role), cred->method, who);
+    const char *why = refusal_why(cred->method);
+    if (why != NULL)
+      rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+                      "permission denied: %s (role %s) may not call %s: %s", id->actor,
+                      auth_role_name(id->role), cred->method, why);
+    else
+      rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+                      "permission denied: %s (role %s) may not call %s; it takes %s", id->actor,
+                      auth_role_name(id->role), cred->method, who);
   }
   if (rc != 0) {
     log_warn("auth", "%s from %s refused: %s", cred->method, cred->peer, err->msg);
