@@ -262,6 +262,15 @@ static int credential_read(struct api *api, const struct api_kind *kind, const c
 
 #define UNAUTHENTICATED(err, ...) tp_err_set(err, GRPC_STATUS_UNAUTHENTICATED, __VA_ARGS__)
 
+/* The record of credential `name` failed its integrity check (edited in
+ * the database file) or its secret does not unseal: the credential is
+ * refused, and the log says why (the store's message names the row, never
+ * its secret). */
+static int refuse_damaged(const char *name, const struct tp_err *why, struct tp_err *err) {
+  log_error("auth", "credential %s refused: %s", name, why->msg);
+  return UNAUTHENTICATED(err, "authorization: the record of %s failed its integrity check", name);
+}
+
 static int auth_token(struct api *api, const char *header, struct rpc_identity *id,
                       struct tp_err *err) {
   if (strncasecmp(header, "Bearer ", 7) != 0)
@@ -290,7 +299,9 @@ static int auth_token(struct api *api, const char *header, struct rpc_identity *
   OPENSSL_cleanse(hash, sizeof(hash));
   const Tlsplane__V1__Token *t = (const Tlsplane__V1__Token *)msg;
   int64_t now = now_us();
-  if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
+  if (rc != 0 && rerr.status == GRPC_STATUS_DATA_LOSS) {
+    rc = refuse_damaged(name, &rerr, err);
+  } else if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
     log_error("auth", "reading %s: %s", name, rerr.msg);
     rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "authorization: the token cannot be checked now");
   } else if (!match) {
@@ -346,7 +357,9 @@ static int auth_cert(struct api *api, const char *pem, struct rpc_identity *id,
   rc = credential_read(api, &api_kind_client_certificate, name, &msg, &row, &last_used, &rerr);
   store_row_clear(&row);
   const Tlsplane__V1__ClientCertificate *c = (const Tlsplane__V1__ClientCertificate *)msg;
-  if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
+  if (rc != 0 && rerr.status == GRPC_STATUS_DATA_LOSS) {
+    rc = refuse_damaged(name, &rerr, err);
+  } else if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
     log_error("auth", "reading %s: %s", name, rerr.msg);
     rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "client certificate: it cannot be checked now");
   } else if (rc != 0 || fingerprint == NULL || strcmp(c->fingerprint_sha256, fingerprint) != 0) {

@@ -1,8 +1,8 @@
 /* The store (store/store.h) against a real SQLite file: migrations and
  * upgrades, writes and their refusals, revisions, rollback, secrets and
  * their encryption at rest (sealing, the master key, its rotation), label
- * selectors, pagination, references, audit, usage, durability and
- * concurrency. */
+ * selectors, pagination, references, audit, usage, row authentication
+ * (edits made in the file refused), durability and concurrency. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -101,18 +101,16 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* The secret column of (kind, name) as stored in the file, read with
- * SQLite itself (no store): what someone holding only the file sees.
- * Returns its length (-1: no such row or NULL) and copies it to buf. */
-static int raw_secret(const char *path, const char *kind, const char *name, uint8_t *buf,
-                      size_t cap) {
+/* The blob `sql` (one "?1 = kind, ?2 = name" query) selects from the
+ * file, read with SQLite itself (no store): what someone holding only the
+ * file sees. Returns its length (-1: no such row or NULL) and copies it to
+ * buf. */
+static int raw_blob(const char *path, const char *sql, const char *kind, const char *name,
+                    uint8_t *buf, size_t cap) {
   sqlite3 *db;
   sqlite3_stmt *st;
   assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-  assert_int_equal(sqlite3_prepare_v2(db,
-                                      "SELECT secret FROM resources WHERE kind = ?1 AND name = ?2",
-                                      -1, &st, NULL),
-                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
   sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
   int len = -1;
@@ -126,6 +124,18 @@ static int raw_secret(const char *path, const char *kind, const char *name, uint
   return len;
 }
 
+/* The secret column of (kind, name) as stored in the file. */
+static int raw_secret(const char *path, const char *kind, const char *name, uint8_t *buf,
+                      size_t cap) {
+  return raw_blob(path, "SELECT secret FROM resources WHERE kind = ?1 AND name = ?2", kind, name,
+                  buf, cap);
+}
+
+/* The MAC of (kind, name) as stored in the file. */
+static int raw_mac(const char *path, const char *kind, const char *name, uint8_t *buf, size_t cap) {
+  return raw_blob(path, "SELECT mac FROM macs WHERE kind = ?1 AND name = ?2", kind, name, buf, cap);
+}
+
 /* Runs sql on the file behind the store's back, with SQLite itself: what
  * someone who can write the file, but holds no master key, can do. */
 static void file_exec(const char *path, const char *sql) {
@@ -135,27 +145,6 @@ static void file_exec(const char *path, const char *sql) {
   if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
     fail_msg("%s: %s", sql, msg ? msg : "?");
   sqlite3_close(db);
-}
-
-/* The MAC of (kind, name) as stored; its length (-1: none). */
-static int raw_mac(const char *path, const char *kind, const char *name, uint8_t *buf, size_t cap) {
-  sqlite3 *db;
-  sqlite3_stmt *st;
-  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-  assert_int_equal(
-      sqlite3_prepare_v2(db, "SELECT mac FROM macs WHERE kind = ?1 AND name = ?2", -1, &st, NULL),
-      SQLITE_OK);
-  sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-  int len = -1;
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    len = sqlite3_column_bytes(st, 0);
-    assert_true((size_t)len <= cap);
-    memcpy(buf, sqlite3_column_blob(st, 0), (size_t)len);
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return len;
 }
 
 /* Whether needle occurs in the file at path (the database, its WAL). */
