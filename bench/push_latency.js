@@ -13,10 +13,11 @@
 //            host) on the rotated certificate's context: every agent
 //            builds the new SSL_CTX, swaps it in, acks, then writes its
 //            cache file.
-//   fake N   N stream clients in this process (@grpc/grpc-js, one
-//            connection each, as the admin: the admin may speak for any
-//            agent id), which ack every snapshot as soon as it arrives:
-//            the server's side of the push alone. Two label layouts:
+//   fake N   N stream clients in this process (tests/integration's
+//            FakeAgent: @grpc/grpc-js, one connection each, each enrolled
+//            with a join token carrying its labels and connected with its
+//            own agent certificate), which ack every snapshot as soon as it
+//            arrives: the server's side of the push alone. Two label layouts:
 //            "distinct" (a listener and a label set per agent: the server
 //            builds N snapshots per revision) and "shared" (one listener,
 //            one label set for all: one snapshot build, N sends).
@@ -33,10 +34,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const { execFileSync } = require('node:child_process');
 const lib = path.resolve(__dirname, '../tests/integration/lib');
-const grpc = require(path.resolve(__dirname, '../tests/integration/node_modules/@grpc/grpc-js'));
 const { Server, noteSecret } = require(`${lib}/server`);
 const { connect } = require(`${lib}/reflect`);
 const { CpAgent } = require(`${lib}/cpagent`);
+const { FakeAgent } = require(`${lib}/fakeagent`);
 const net = require('node:net');
 
 const args = process.argv.slice(2);
@@ -100,39 +101,28 @@ async function listener(api, id, port, selector) {
   });
 }
 
-// A stream client that acks every snapshot at once.
-function fakeAgent(conn, token, name, labels) {
-  const Ctor = conn.clients['tlsplane.v1.AgentService'].constructor;
-  const client = new Ctor(conn.address, conn.credentials, { 'grpc.use_local_subchannel_pool': 1 });
-  const md = new grpc.Metadata();
-  md.set('authorization', `Bearer ${token}`);
-  const call = client.Connect(md);
-  let snapshots = 0;
-  const first = new Promise((resolve, reject) => {
-    call.on('data', (m) => {
-      snapshots++;
-      const s = m.snapshot;
-      call.write({
-        ack: {
-          revision: s.revision,
-          listeners: s.listeners.map((l) => ({ listener: l.listener.name, applied: true, error: '' })),
-        },
-      });
-      resolve();
-    });
-    call.on('error', (e) => {
-      if (e.code !== grpc.status.CANCELLED) reject(e);
-    });
+// A stream client that acks every snapshot at once; its record's labels
+// (what it receives) come from its join token.
+async function fakeAgent(srv, conn, name, labels) {
+  const a = await FakeAgent.enroll({ server: srv, conn }, name, { agentLabels: labels, claim: labels, version: 'bench-fake' });
+  a.call.on('data', (m) => {
+    a.ack(m.snapshot);
+    a.snapshots.length = 0; // only the count matters here
   });
-  call.write({ hello: { name, labels, version: 'bench-fake', appliedRevision: '0' } });
+  let snapshots = 0;
+  a.call.on('data', () => {
+    snapshots++;
+  });
   return {
-    first,
+    first: new Promise((resolve, reject) => {
+      a.call.once('data', resolve);
+      a.call.once('error', reject);
+    }),
     get snapshots() {
       return snapshots;
     },
     close() {
-      call.cancel();
-      client.close();
+      a.close();
     },
   };
 }
@@ -207,7 +197,7 @@ async function realScenario(certs, n) {
     for (let i = 0; i < n; i++) {
       const id = `bench-${i}`;
       await listener(api, `web-${i}`, ports[i], { agent: id });
-      const t = await api.TokenService.CreateToken({ tokenId: `join-${id}`, token: { role: 'JOIN', agentId: id } });
+      const t = await api.TokenService.CreateToken({ tokenId: `join-${id}`, token: { role: 'JOIN', agentId: id, agentLabels: { agent: id } } });
       noteSecret(t.secret);
       agents.push(CpAgent.start(srv, { name: id, labels: { agent: id }, joinToken: t.secret, wait: 'connected', env: { TLSPLANE_RETRY_MAX_MS: '30000' } }));
     }
@@ -230,7 +220,7 @@ async function fakeScenario(certs, n, layout) {
     for (let i = 0; i < n; i++) {
       const id = `fake-${i}`;
       if (layout !== 'shared') await listener(api, `web-${i}`, ports[i], { agent: id });
-      fakes.push(fakeAgent(conn, srv.adminToken, id, layout === 'shared' ? { fleet: 'bench' } : { agent: id }));
+      fakes.push(await fakeAgent(srv, conn, id, layout === 'shared' ? { fleet: 'bench' } : { agent: id }));
     }
     await Promise.all(fakes.map((f) => f.first));
     return await measure(api, certs, n, `fake ${n} (${layout} labels)`, [], srv.proc.pid);

@@ -228,6 +228,26 @@ void pb_map_entry(const ProtobufCMessage *msg, const char *name, size_t i, const
   *value = pb_string_get(entry, "value");
 }
 
+int pb_map_equal(const ProtobufCMessage *a, const char *map_a, const ProtobufCMessage *b,
+                 const char *map_b) {
+  size_t n = pb_map_size(a, map_a);
+  if (n != pb_map_size(b, map_b))
+    return 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *k, *v, *k2, *v2;
+    pb_map_entry(a, map_a, i, &k, &v);
+    size_t j = 0;
+    for (; j < n; j++) {
+      pb_map_entry(b, map_b, j, &k2, &v2);
+      if (strcmp(k, k2) == 0)
+        break;
+    }
+    if (j == n || strcmp(v, v2) != 0)
+      return 0;
+  }
+  return 1;
+}
+
 char *pb_snake_case(const char *path) {
   size_t n = strlen(path), upper = 0;
   for (size_t i = 0; i < n; i++)

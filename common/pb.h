@@ -125,6 +125,11 @@ size_t pb_map_size(const ProtobufCMessage *msg, const char *name);
 void pb_map_entry(const ProtobufCMessage *msg, const char *name, size_t i, const char **key,
                   const char **value);
 
+/* Whether map field map_a of a and map_b of b hold the same entries, in
+ * any order (keys are unique in each). */
+int pb_map_equal(const ProtobufCMessage *a, const char *map_a, const ProtobufCMessage *b,
+                 const char *map_b);
+
 /* Converts a lowerCamelCase path to snake_case (a copy; caller frees). */
 char *pb_snake_case(const char *path);
 

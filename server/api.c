@@ -170,26 +170,46 @@ static int label_key_ok(const char *k) {
   return 1;
 }
 
-static int collect_labels(const struct api_kind *kind, const ProtobufCMessage *res,
+/* Checks the map<string, string> field `map` of msg as labels (field
+ * names it in messages: "token.agent_labels") into labels[0..*n). */
+static int labels_collect(const ProtobufCMessage *msg, const char *map, const char *field,
                           struct store_label *labels, size_t *n, struct tp_err *err) {
-  size_t count = pb_map_size(res, "labels");
+  size_t count = pb_map_size(msg, map);
   if (count > LABELS_MAX)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s.labels: at most %d labels",
-                      kind->resource_field, LABELS_MAX);
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: at most %d labels", field,
+                      LABELS_MAX);
   for (size_t i = 0; i < count; i++) {
-    pb_map_entry(res, "labels", i, &labels[i].key, &labels[i].value);
+    pb_map_entry(msg, map, i, &labels[i].key, &labels[i].value);
     if (!label_key_ok(labels[i].key))
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "%s.labels: key \"%s\" must be 1 to %d letters, digits, '-', '_', '.' "
+                        "%s: key \"%s\" must be 1 to %d letters, digits, '-', '_', '.' "
                         "or '/'",
-                        kind->resource_field, labels[i].key, LABEL_KEY_MAX);
+                        field, labels[i].key, LABEL_KEY_MAX);
     if (strlen(labels[i].value) > LABEL_VALUE_MAX)
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "%s.labels: value of \"%s\" is longer than %d characters",
-                        kind->resource_field, labels[i].key, LABEL_VALUE_MAX);
+                        "%s: value of \"%s\" is longer than %d characters", field, labels[i].key,
+                        LABEL_VALUE_MAX);
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(labels[i].key, labels[j].key) == 0)
+        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: key \"%s\" given twice", field,
+                          labels[i].key);
   }
   *n = count;
   return 0;
+}
+
+static int collect_labels(const struct api_kind *kind, const ProtobufCMessage *res,
+                          struct store_label *labels, size_t *n, struct tp_err *err) {
+  char field[96];
+  snprintf(field, sizeof(field), "%s.labels", kind->resource_field);
+  return labels_collect(res, "labels", field, labels, n, err);
+}
+
+int api_labels_check(const ProtobufCMessage *msg, const char *map, const char *field,
+                     struct tp_err *err) {
+  struct store_label labels[LABELS_MAX];
+  size_t n = 0;
+  return labels_collect(msg, map, field, labels, &n, err);
 }
 
 int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag, const char *action,

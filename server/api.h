@@ -130,6 +130,12 @@ int api_seed_builtins(struct api *api, struct tp_err *err);
 int api_name_check(const struct api_kind *kind, const char *name, const char *field,
                    struct tp_err *err);
 
+/* Checks the map<string, string> field `map` of msg by the rules of
+ * resource labels (keys, lengths, count); field names it in the message
+ * ("token.agent_labels"). */
+int api_labels_check(const ProtobufCMessage *msg, const char *map, const char *field,
+                     struct tp_err *err);
+
 /* Loads and decodes a stored resource (row->data) into a message with its
  * metadata set (name, etag, revision, times). Caller frees. */
 ProtobufCMessage *api_decode_row(const struct api_kind *kind, const struct store_row *row,

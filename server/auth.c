@@ -52,13 +52,18 @@ static const struct rule rules[] = {
     {"/grpc.health.v1.Health/", OPEN, OPEN},
     {"/grpc.reflection.v1.ServerReflection/", OPEN, OPEN},
     {"/grpc.reflection.v1alpha.ServerReflection/", OPEN, OPEN},
-    /* Agents: their own stream (hub.c checks the id) and renewal; a join
-     * token enrolls. The admin may do what they do. */
-    {"/tlsplane.v1.AgentService/Connect", R(ADMIN) | R(AGENT), 0},
+    /* The stream carries private keys and ticket keys: agents alone
+     * receive it, each under its own id (hub.c checks the id). */
+    {"/tlsplane.v1.AgentService/Connect", R(AGENT), 0},
+    /* A join token enrolls; renewal with the agent's certificate. The
+     * admin may enroll directly. */
     {"/tlsplane.v1.AgentService/EnrollAgent", R(ADMIN) | R(JOIN), 0},
     {"/tlsplane.v1.AgentService/RenewAgentCertificate", R(ADMIN) | R(AGENT), 0},
     /* Deleting an agent revokes its certificates: credential management. */
     {"/tlsplane.v1.AgentService/DeleteAgent", R(ADMIN), 0},
+    /* An agent's labels choose what it receives, as listeners' selectors
+     * do: those who write listeners set them. */
+    {"/tlsplane.v1.AgentService/UpdateAgent", WRITERS, 0},
     {"/tlsplane.v1.AgentService/GetRollout", READERS, 0},
     {"/tlsplane.v1.AgentService/", READERS, 0},
     /* Credentials are the admin's alone, reads included. */
@@ -74,6 +79,23 @@ static const struct rule rules[] = {
     {"/tlsplane.v1.ListenerService/", READERS, WRITERS},
     {"/tlsplane.v1.TicketKeyService/", READERS, WRITERS},
 };
+
+/* Why a method is refused, where "it takes <roles>" would not say enough. */
+static const struct {
+  const char *path;
+  const char *why;
+} refusals[] = {
+    {"/tlsplane.v1.AgentService/Connect",
+     "only agents stream snapshots (they carry private keys): connect with the agent's own "
+     "client certificate"},
+};
+
+static const char *refusal_why(const char *method) {
+  for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+    if (strcmp(refusals[i].path, method) == 0)
+      return refusals[i].why;
+  return NULL;
+}
 
 const char *auth_role_name(int role) {
   switch (role) {
@@ -240,6 +262,15 @@ static int credential_read(struct api *api, const struct api_kind *kind, const c
 
 #define UNAUTHENTICATED(err, ...) tp_err_set(err, GRPC_STATUS_UNAUTHENTICATED, __VA_ARGS__)
 
+/* The record of credential `name` failed its integrity check (edited in
+ * the database file) or its secret does not unseal: the credential is
+ * refused, and the log says why (the store's message names the row, never
+ * its secret). */
+static int refuse_damaged(const char *name, const struct tp_err *why, struct tp_err *err) {
+  log_error("auth", "credential %s refused: %s", name, why->msg);
+  return UNAUTHENTICATED(err, "authorization: the record of %s failed its integrity check", name);
+}
+
 static int auth_token(struct api *api, const char *header, struct rpc_identity *id,
                       struct tp_err *err) {
   if (strncasecmp(header, "Bearer ", 7) != 0)
@@ -268,7 +299,9 @@ static int auth_token(struct api *api, const char *header, struct rpc_identity *
   OPENSSL_cleanse(hash, sizeof(hash));
   const Tlsplane__V1__Token *t = (const Tlsplane__V1__Token *)msg;
   int64_t now = now_us();
-  if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
+  if (rc != 0 && rerr.status == GRPC_STATUS_DATA_LOSS) {
+    rc = refuse_damaged(name, &rerr, err);
+  } else if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
     log_error("auth", "reading %s: %s", name, rerr.msg);
     rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "authorization: the token cannot be checked now");
   } else if (!match) {
@@ -324,7 +357,9 @@ static int auth_cert(struct api *api, const char *pem, struct rpc_identity *id,
   rc = credential_read(api, &api_kind_client_certificate, name, &msg, &row, &last_used, &rerr);
   store_row_clear(&row);
   const Tlsplane__V1__ClientCertificate *c = (const Tlsplane__V1__ClientCertificate *)msg;
-  if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
+  if (rc != 0 && rerr.status == GRPC_STATUS_DATA_LOSS) {
+    rc = refuse_damaged(name, &rerr, err);
+  } else if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
     log_error("auth", "reading %s: %s", name, rerr.msg);
     rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "client certificate: it cannot be checked now");
   } else if (rc != 0 || fingerprint == NULL || strcmp(c->fingerprint_sha256, fingerprint) != 0) {
@@ -368,9 +403,15 @@ int auth_call(const struct rpc_credentials *cred, struct rpc_identity *id, struc
   if (rc == 0 && !auth_method_allows(cred->method, id->role)) {
     char who[96];
     roles_text(roles, who, sizeof(who));
-    rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
-                    "permission denied: %s (role %s) may not call %s; it takes %s", id->actor,
-                    auth_role_name(id->role), cred->method_shown, who);
+    const char *why = refusal_why(cred->method);
+    if (why != NULL)
+      rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+                      "permission denied: %s (role %s) may not call %s: %s", id->actor,
+                      auth_role_name(id->role), cred->method_shown, why);
+    else
+      rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+                      "permission denied: %s (role %s) may not call %s; it takes %s", id->actor,
+                      auth_role_name(id->role), cred->method_shown, who);
   }
   if (rc != 0) {
     /* Never the path as sent: a path that names no method may hold a

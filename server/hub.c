@@ -1,11 +1,17 @@
 /* The push hub. One thread per agent stream (the RPC core gives each
  * streaming call its own) sends snapshots; a second thread per stream reads
  * the agent's hellos, acks and stats. Both meet in struct hub_agent under
- * the hub's lock. */
+ * the hub's lock.
+ *
+ * What an agent receives is chosen by the labels of its record in the
+ * store (set by its join token and UpdateAgent), read again for every
+ * revision; the labels its hello claims are only recorded, and a claim
+ * that differs from the record is reported, never followed. */
 #include "hub.h"
 
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +42,8 @@ struct hub_agent {
   struct hub_agent *next;
   char *name; /* "agents/edge-1" */
   char *version;
+  /* The record's labels, which choose the snapshot; only the stream's own
+   * thread reads and replaces them. */
   struct snapshot_label *labels;
   size_t n_labels;
   char *labels_key; /* canonical "k=v\n" lines, sorted */
@@ -93,12 +101,16 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   return 0;
 }
 
-static void agent_free(struct hub_agent *a) {
-  for (size_t i = 0; i < a->n_labels; i++) {
-    free((char *)a->labels[i].key);
-    free((char *)a->labels[i].value);
+static void labels_free(struct snapshot_label *labels, size_t n) {
+  for (size_t i = 0; labels != NULL && i < n; i++) {
+    free((char *)labels[i].key);
+    free((char *)labels[i].value);
   }
-  free(a->labels);
+  free(labels);
+}
+
+static void agent_free(struct hub_agent *a) {
+  labels_free(a->labels, a->n_labels);
   free(a->labels_key);
   free(a->name);
   free(a->version);
@@ -229,87 +241,135 @@ static int label_cmp(const void *x, const void *y) {
   return strcmp(a->key, b->key);
 }
 
-/* A new entry for a connecting agent, from its hello. */
+/* A new entry for a connecting agent, from its hello; no labels until
+ * agent_labels_set gives it its record's. */
 static struct hub_agent *agent_new(const Tlsplane__V1__AgentHello *hello, const char *name) {
   struct hub_agent *a = calloc(1, sizeof(*a));
   if (a == NULL)
     return NULL;
   a->name = strdup(name);
   a->version = strdup(hello->version);
-  a->labels = calloc(hello->n_labels ? hello->n_labels : 1, sizeof(*a->labels));
-  if (a->name == NULL || a->version == NULL || a->labels == NULL) {
+  a->labels_key = strdup("");
+  if (a->name == NULL || a->version == NULL || a->labels_key == NULL) {
     agent_free(a);
     return NULL;
-  }
-  size_t keylen = 1;
-  for (size_t i = 0; i < hello->n_labels; i++) {
-    a->labels[i].key = strdup(hello->labels[i]->key);
-    a->labels[i].value = strdup(hello->labels[i]->value);
-    a->n_labels = i + 1;
-    if (a->labels[i].key == NULL || a->labels[i].value == NULL) {
-      agent_free(a);
-      return NULL;
-    }
-    keylen += strlen(a->labels[i].key) + strlen(a->labels[i].value) + 2;
-  }
-  qsort(a->labels, a->n_labels, sizeof(*a->labels), label_cmp);
-  if ((a->labels_key = malloc(keylen)) == NULL) {
-    agent_free(a);
-    return NULL;
-  }
-  a->labels_key[0] = '\0';
-  for (size_t i = 0; i < a->n_labels; i++) {
-    strcat(a->labels_key, a->labels[i].key);
-    strcat(a->labels_key, "=");
-    strcat(a->labels_key, a->labels[i].value);
-    strcat(a->labels_key, "\n");
   }
   a->applied_revision = hello->applied_revision;
   return a;
 }
 
-/* Records the agent in the store when it is new or its labels or version
- * changed (one revision); its live state stays in the hub. */
+/* Gives a the labels of its record rec. 0, or -1 (out of memory: a keeps
+ * what it had). */
+static int agent_labels_set(struct hub_agent *a, const Tlsplane__V1__Agent *rec) {
+  size_t n = rec->n_labels, keylen = 1;
+  struct snapshot_label *labels = calloc(n ? n : 1, sizeof(*labels));
+  if (labels == NULL)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    labels[i].key = strdup(rec->labels[i]->key);
+    labels[i].value = strdup(rec->labels[i]->value);
+    if (labels[i].key == NULL || labels[i].value == NULL) {
+      labels_free(labels, i + 1);
+      return -1;
+    }
+    keylen += strlen(labels[i].key) + strlen(labels[i].value) + 2;
+  }
+  qsort(labels, n, sizeof(*labels), label_cmp);
+  char *key = malloc(keylen);
+  if (key == NULL) {
+    labels_free(labels, n);
+    return -1;
+  }
+  key[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    strcat(key, labels[i].key);
+    strcat(key, "=");
+    strcat(key, labels[i].value);
+    strcat(key, "\n");
+  }
+  labels_free(a->labels, a->n_labels);
+  free(a->labels_key);
+  a->labels = labels;
+  a->n_labels = n;
+  a->labels_key = key;
+  return 0;
+}
+
+/* The map field `map` of m as "k=v,k2=v2" into buf (cut short if need
+ * be), every byte outside printable ASCII, and the separators, escaped as
+ * \xHH: claimed labels come from the agent. */
+static void labels_text(const ProtobufCMessage *m, const char *map, char *buf, size_t len) {
+  size_t used = 0;
+  for (size_t i = 0; i < pb_map_size(m, map); i++) {
+    const char *kv[2];
+    pb_map_entry(m, map, i, &kv[0], &kv[1]);
+    for (int part = 0; part < 2; part++) {
+      char piece[8];
+      const char *sep = part == 0 ? (i ? "," : "") : "=";
+      for (const char *p = sep; *p && used + 1 < len; p++)
+        buf[used++] = *p;
+      for (const unsigned char *p = (const unsigned char *)kv[part]; *p; p++) {
+        if (*p >= 0x20 && *p < 0x7f && strchr("\\\",={}", *p) == NULL)
+          snprintf(piece, sizeof(piece), "%c", *p);
+        else
+          snprintf(piece, sizeof(piece), "\\x%02x", *p);
+        for (const char *q = piece; *q && used + 1 < len; q++)
+          buf[used++] = *q;
+      }
+    }
+  }
+  buf[used] = '\0';
+}
+
+/* Records what the agent's hello reports (its version, the labels it
+ * claims) when the record is new or they changed (one revision), and
+ * gives a the labels of its record. A claim that differs from the record
+ * is logged; it changes nothing the agent receives. */
 static int agent_record(struct hub *hub, const struct rpc_call_info *call,
-                        const struct hub_agent *a, struct tp_err *err) {
+                        const Tlsplane__V1__AgentHello *hello, struct hub_agent *a,
+                        struct tp_err *err) {
   struct store_txn *txn;
   if (store_begin(hub->api->store, 1, &txn, err) != 0)
     return -1;
-  ProtobufCMessage *old = NULL;
+  ProtobufCMessage *old = NULL, *rec = NULL;
   struct store_row row = {0};
   struct tp_err probe = {0};
   int exists = api_read(txn, &api_kind_agent, a->name, 0, &old, &row, &probe) == 0;
-  if (!exists && probe.status != GRPC_STATUS_NOT_FOUND) {
-    store_rollback(txn);
-    *err = probe;
-    return -1;
-  }
-  Tlsplane__V1__Agent *cur = (Tlsplane__V1__Agent *)old;
-  int same = exists && strcmp(cur->version, a->version) == 0 && cur->n_labels == a->n_labels;
-  for (size_t i = 0; same && i < a->n_labels; i++) {
-    const char *v = NULL;
-    for (size_t j = 0; j < cur->n_labels; j++)
-      if (strcmp(cur->labels[j]->key, a->labels[i].key) == 0)
-        v = cur->labels[j]->value;
-    same = v != NULL && strcmp(v, a->labels[i].value) == 0;
-  }
   int rc = 0;
-  if (!same) {
-    Tlsplane__V1__Agent agent = TLSPLANE__V1__AGENT__INIT;
-    Tlsplane__V1__Agent__LabelsEntry entries[64], *ptrs[64];
-    size_t n = a->n_labels < 64 ? a->n_labels : 64;
-    for (size_t i = 0; i < n; i++) {
-      tlsplane__v1__agent__labels_entry__init(&entries[i]);
-      entries[i].key = (char *)a->labels[i].key;
-      entries[i].value = (char *)a->labels[i].value;
+  if (!exists && probe.status != GRPC_STATUS_NOT_FOUND) {
+    *err = probe;
+    rc = -1;
+  }
+  const Tlsplane__V1__Agent *cur = (const Tlsplane__V1__Agent *)old;
+  int same = exists && strcmp(cur->version, hello->version) == 0 &&
+             pb_map_equal(&hello->base, "labels", old, "claimed_labels");
+  if (rc == 0 && !same) {
+    /* The reported fields, built over the hello's strings, then copied. */
+    Tlsplane__V1__Agent reported = TLSPLANE__V1__AGENT__INIT;
+    size_t n = hello->n_labels;
+    Tlsplane__V1__Agent__ClaimedLabelsEntry *entries = calloc(n ? n : 1, sizeof(*entries));
+    Tlsplane__V1__Agent__ClaimedLabelsEntry **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    for (size_t i = 0; entries != NULL && ptrs != NULL && i < n; i++) {
+      tlsplane__v1__agent__claimed_labels_entry__init(&entries[i]);
+      entries[i].key = hello->labels[i]->key;
+      entries[i].value = hello->labels[i]->value;
       ptrs[i] = &entries[i];
     }
-    agent.name = a->name;
-    agent.version = a->version;
-    agent.labels = ptrs;
-    agent.n_labels = n;
-    ProtobufCMessage *res = pb_clone(&agent.base);
-    if (res == NULL) {
+    reported.name = a->name;
+    reported.version = hello->version;
+    reported.claimed_labels = ptrs;
+    reported.n_claimed_labels = n;
+    ProtobufCMessage *fields = entries && ptrs ? pb_clone(&reported.base) : NULL;
+    free(entries);
+    free(ptrs);
+    rec = fields != NULL && exists ? pb_clone(old) : fields;
+    if (rec != NULL && rec != fields) {
+      pb_field_swap(rec, fields, pb_field(rec->descriptor, "version"));
+      pb_field_swap(rec, fields, pb_field(rec->descriptor, "claimed_labels"));
+    }
+    if (fields != NULL && rec != fields)
+      protobuf_c_message_free_unpacked(fields, NULL);
+    if (rec == NULL) {
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     } else {
       struct api_op op = {.api = hub->api,
@@ -319,10 +379,23 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
                           .old = old,
                           .old_row = exists ? &row : NULL,
                           .now = time(NULL)};
-      rc = api_write(&op, res, NULL, exists ? "update" : "create", err);
-      protobuf_c_message_free_unpacked(res, NULL);
+      rc = api_write(&op, rec, NULL, exists ? "update" : "create", err);
     }
   }
+  const Tlsplane__V1__Agent *r = (const Tlsplane__V1__Agent *)(rec != NULL ? rec : old);
+  if (rc == 0 && agent_labels_set(a, r) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && r->labels_mismatch) {
+    char claimed[512], recorded[512];
+    labels_text(&r->base, "claimed_labels", claimed, sizeof(claimed));
+    labels_text(&r->base, "labels", recorded, sizeof(recorded));
+    log_warn("hub",
+             "agent=%s claims the labels {%s}, its record has {%s}: the claim is ignored (labels "
+             "come from its join token or UpdateAgent)",
+             a->name, claimed, recorded);
+  }
+  if (rec != NULL)
+    protobuf_c_message_free_unpacked(rec, NULL);
   if (old != NULL)
     protobuf_c_message_free_unpacked(old, NULL);
   store_row_clear(&row);
@@ -331,6 +404,25 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
     return -1;
   }
   return store_commit(txn, NULL, err);
+}
+
+/* Reads the agent's record again (its labels may have changed) and gives a
+ * its labels; *revision receives the revision read. NOT_FOUND: the agent
+ * was deleted. */
+static int agent_labels_refresh(struct hub *hub, struct hub_agent *a, int64_t *revision,
+                                struct tp_err *err) {
+  struct store_txn *txn;
+  if (store_begin(hub->api->store, 0, &txn, err) != 0)
+    return -1;
+  *revision = store_txn_revision(txn);
+  ProtobufCMessage *rec = NULL;
+  int rc = api_read(txn, &api_kind_agent, a->name, 0, &rec, NULL, err);
+  store_rollback(txn);
+  if (rc == 0 && agent_labels_set(a, (const Tlsplane__V1__Agent *)rec) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rec != NULL)
+    protobuf_c_message_free_unpacked(rec, NULL);
+  return rc;
 }
 
 /* Takes the agent's place in the hub for this connection; an older
@@ -448,20 +540,46 @@ static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len
   snprintf(name, len, "agents/%s", h->name);
   if (api_name_check(&api_kind_agent, name, "hello.name", err) != 0)
     return -1;
-  for (size_t i = 0; i < h->n_labels; i++)
-    if (h->labels[i]->key[0] == '\0')
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello.labels: empty key");
-  return 0;
+  /* Claims are recorded: bounded and shaped as labels are. */
+  return api_labels_check(&h->base, "labels", "hello.labels", err);
 }
 
-/* Sends the agent its snapshot if `revision` changed what it serves. */
+/* Marks `revision` checked for a: nothing more is tried before a newer one
+ * commits. */
+static void checked(struct hub *hub, struct hub_agent *a, int64_t revision) {
+  pthread_mutex_lock(&hub->lock);
+  if (revision > a->checked_revision)
+    a->checked_revision = revision;
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+/* Sends the agent its snapshot if `revision` changed what it serves.
+ * Returns -1 when the stream must end. */
 static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream, int64_t revision) {
   struct tp_err err = {0};
+  int64_t labels_revision = 0;
+  if (agent_labels_refresh(hub, a, &labels_revision, &err) != 0) {
+    if (err.status == GRPC_STATUS_NOT_FOUND) {
+      /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
+      rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
+      return -1;
+    }
+    /* An unreadable record (damaged, or edited in the file) sends
+     * nothing: the agent keeps what it serves. */
+    log_error("hub", "agent=%s: its record at revision %lld: %s", a->name, (long long)revision,
+              err.msg);
+    checked(hub, a, revision); /* the next revision tries again */
+    return 0;
+  }
+  if (labels_revision > revision)
+    revision = labels_revision;
   struct snap_entry *e = snap_get(hub, a, revision, &err);
   if (e == NULL) {
     log_error("hub", "agent=%s: snapshot at revision %lld: %s", a->name, (long long)revision,
               err.msg);
-    return 0; /* the next revision tries again */
+    checked(hub, a, revision); /* the next revision tries again */
+    return 0;
   }
   int changed = !a->has_sent || memcmp(a->sent_hash, e->hash, HASH_LEN) != 0;
   int rc = 0;
@@ -475,11 +593,9 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
       pthread_mutex_unlock(&hub->lock);
     }
   }
-  pthread_mutex_lock(&hub->lock);
-  if (e->revision > a->checked_revision)
-    a->checked_revision = e->revision;
-  pthread_cond_broadcast(&hub->changed);
-  pthread_mutex_unlock(&hub->lock);
+  /* Checked up to the revision the labels were read at: a change of the
+   * record committed since gets another round. */
+  checked(hub, a, labels_revision);
   snap_release(hub, e);
   return rc;
 }
@@ -495,25 +611,28 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
   Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
   char name[128];
   struct hub_agent *a = NULL;
-  if (msg->message_case != TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_HELLO)
+  if (call->role != AUTH_ROLE_AGENT)
+    /* auth.c lets agents alone in; the stream carries keys, so it is
+     * checked here as well. */
+    rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+                    "permission denied: only agents stream snapshots (they carry private keys)");
+  else if (msg->message_case != TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_HELLO)
     rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello: the first message must be a hello");
   else if (hello_check(msg->hello, name, sizeof(name), err) != 0)
     rc = -1;
+  /* An agent speaks for itself only: the id its certificate names. */
+  else if (strcmp(name + strlen("agents/"), call->principal) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
+                    "hello.name: \"%s\" is not this agent (its certificate is for \"%s\")",
+                    name + strlen("agents/"), call->principal);
   else if ((a = agent_new(msg->hello, name)) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  else if (agent_record(hub, call, msg->hello, a, err) != 0)
+    rc = -1;
   protobuf_c_message_free_unpacked(m, NULL);
-  if (a == NULL)
-    return -1;
-  /* An agent speaks for itself only: the id its certificate names. */
-  if (call->role == AUTH_ROLE_AGENT && strcmp(name + strlen("agents/"), call->principal) != 0) {
-    tp_err_set(err, GRPC_STATUS_PERMISSION_DENIED,
-               "hello.name: \"%s\" is not this agent (its certificate is for \"%s\")",
-               name + strlen("agents/"), call->principal);
-    agent_free(a);
-    return -1;
-  }
-  if (agent_record(hub, call, a, err) != 0) {
-    agent_free(a);
+  if (rc < 0) {
+    if (a != NULL)
+      agent_free(a);
     return -1;
   }
   agent_attach(hub, a, stream);

@@ -69,14 +69,27 @@ int api_token_create(struct api *api, struct store_txn *txn, const struct rpc_ca
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "token.expire_time: at most ten years from now (unset: the token does not "
                       "expire)");
-  if (in->agent_id[0] != '\0') {
+  /* A join token enrolls one agent, which it names: a token that let the
+   * agent choose would enroll anyone as an existing agent. */
+  if (in->role == TLSPLANE__V1__ROLE__JOIN) {
     char agent[96];
-    snprintf(agent, sizeof(agent), "agents/%.80s", in->agent_id);
-    if (in->role != TLSPLANE__V1__ROLE__JOIN)
+    if (in->agent_id[0] == '\0')
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "token.agent_id: only join tokens name an agent");
+                        "token.agent_id: required for a join token (the agent id it enrolls)");
+    snprintf(agent, sizeof(agent), "agents/%.80s", in->agent_id);
     if (api_name_check(&api_kind_agent, agent, "token.agent_id", err) != 0)
       return -1;
+    if (api_labels_check(&in->base, "agent_labels", "token.agent_labels", err) != 0)
+      return -1;
+  } else if (in->agent_id[0] != '\0') {
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "token.agent_id: only join tokens name an agent");
+  } else if (in->n_agent_labels > 0) {
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "token.agent_labels: only join tokens give an agent labels");
+  } else if (in->replace) {
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "token.replace: only join tokens replace an agent's certificate");
   }
   Tlsplane__V1__Token *t = (Tlsplane__V1__Token *)pb_clone(&in->base);
   if (t == NULL)

@@ -11,10 +11,24 @@
  * 8 bytes of SHA-256("tlsplane master key id" | key), so that a store
  * opened with several keys (a master-key rotation) knows which one sealed
  * each record without trying them all, and tells a wrong key apart from a
- * damaged record. */
+ * damaged record.
+ *
+ * Rows are authenticated too (schema version 4 on): every row's kind, name
+ * and data (the serialized resource: a token's role, agent id, expiry and
+ * revocation, a client certificate's role, agent, serial and fingerprint,
+ * an agent's labels) carry an HMAC-SHA256 under a key derived from the
+ * master key with HKDF-SHA256 ("tlsplane row mac v1"), stored as
+ *
+ *   version (1 byte, 1) | key id (8) | tag (32)
+ *
+ * so that someone who can write the database file but holds no master key
+ * cannot edit a row, or write a new one, that the store accepts. The
+ * secret column needs no MAC of its own: its seal binds it to its row. */
 #include <errno.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +36,7 @@
 #include "store_int.h"
 
 #define KEY_ID_LABEL "tlsplane master key id"
+#define MAC_KEY_INFO "tlsplane row mac v1"
 
 void store_master_key_id(const uint8_t key[STORE_MASTER_KEY_LEN], uint8_t id[STORE_KEY_ID_LEN]) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -52,6 +67,26 @@ void store__key_id_hex(const uint8_t id[STORE_KEY_ID_LEN], char hex[2 * STORE_KE
   hex[2 * STORE_KEY_ID_LEN] = '\0';
 }
 
+/* HKDF-SHA256 of the master key, info MAC_KEY_INFO, no salt (the master
+ * key is uniformly random). */
+static int mac_key_derive(const uint8_t key[STORE_MASTER_KEY_LEN], uint8_t out[STORE_MAC_KEY_LEN]) {
+  EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+  EVP_KDF_CTX *ctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+  EVP_KDF_free(kdf);
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, STORE_MASTER_KEY_LEN),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, MAC_KEY_INFO,
+                                        sizeof(MAC_KEY_INFO) - 1),
+      OSSL_PARAM_construct_end(),
+  };
+  int ok = ctx != NULL && EVP_KDF_derive(ctx, out, STORE_MAC_KEY_LEN, params) == 1;
+  EVP_KDF_CTX_free(ctx);
+  if (!ok)
+    OPENSSL_cleanse(out, STORE_MAC_KEY_LEN);
+  return ok ? 0 : -EIO;
+}
+
 int store__keyring_add(struct store_keyring *ring, const uint8_t key[STORE_MASTER_KEY_LEN]) {
   uint8_t id[STORE_KEY_ID_LEN];
   store_master_key_id(key, id);
@@ -60,6 +95,8 @@ int store__keyring_add(struct store_keyring *ring, const uint8_t key[STORE_MASTE
       return 0; /* the same key twice */
   if (ring->n == STORE_KEYS_MAX)
     return -ENOSPC;
+  if (mac_key_derive(key, ring->mac_key[ring->n]) != 0)
+    return -EIO;
   memcpy(ring->key[ring->n], key, STORE_MASTER_KEY_LEN);
   memcpy(ring->id[ring->n], id, STORE_KEY_ID_LEN);
   ring->n++;
@@ -197,4 +234,79 @@ int store__unseal(const struct store_keyring *ring, const char *kind, const char
   *out = plain;
   *out_len = plain_len;
   return 0;
+}
+
+/* HMAC-SHA256 under mac_key of the row: kind, name and data, each after
+ * its length (so that no two rows give the same input). */
+static int mac_tag(const uint8_t mac_key[STORE_MAC_KEY_LEN], const char *kind, const char *name,
+                   const uint8_t *data, size_t len, uint8_t tag[STORE_MAC_TAG_LEN]) {
+  EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+  EVP_MAC_free(mac);
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+      OSSL_PARAM_construct_end(),
+  };
+  const char *parts[2] = {kind, name};
+  int ok = ctx != NULL && EVP_MAC_init(ctx, mac_key, STORE_MAC_KEY_LEN, params) == 1;
+  for (int i = 0; ok && i < 2; i++) {
+    uint8_t n[4];
+    size_t l = strlen(parts[i]);
+    n[0] = (uint8_t)(l >> 24);
+    n[1] = (uint8_t)(l >> 16);
+    n[2] = (uint8_t)(l >> 8);
+    n[3] = (uint8_t)l;
+    ok = EVP_MAC_update(ctx, n, sizeof(n)) == 1 &&
+         EVP_MAC_update(ctx, (const uint8_t *)parts[i], l) == 1;
+  }
+  uint8_t n[8];
+  for (int i = 0; i < 8; i++)
+    n[i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+  ok = ok && EVP_MAC_update(ctx, n, sizeof(n)) == 1;
+  ok = ok && (len == 0 || EVP_MAC_update(ctx, data, len) == 1);
+  size_t out_len = 0;
+  ok = ok && EVP_MAC_final(ctx, tag, &out_len, STORE_MAC_TAG_LEN) == 1 &&
+       out_len == STORE_MAC_TAG_LEN;
+  EVP_MAC_CTX_free(ctx);
+  return ok ? 0 : -1;
+}
+
+int store__mac(const struct store_keyring *ring, const char *kind, const char *name,
+               const uint8_t *data, size_t len, uint8_t out[STORE_MAC_LEN], struct tp_err *err) {
+  if (ring->n == 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: no master key to authenticate %s with", name);
+    return -EIO;
+  }
+  out[0] = STORE_MAC_VERSION;
+  memcpy(out + 1, ring->id[0], STORE_KEY_ID_LEN);
+  if (mac_tag(ring->mac_key[0], kind, name, data, len, out + 1 + STORE_KEY_ID_LEN) != 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: authenticating %s failed", name);
+    return -EIO;
+  }
+  return 0;
+}
+
+int store__mac_check(const struct store_keyring *ring, const char *kind, const char *name,
+                     const uint8_t *data, size_t len, const uint8_t *mac, size_t mac_len,
+                     struct tp_err *err) {
+  const char *why = NULL;
+  const uint8_t *key = NULL;
+  if (mac == NULL || mac_len != STORE_MAC_LEN || mac[0] != STORE_MAC_VERSION)
+    why = "it carries no valid authentication tag";
+  for (size_t i = 0; why == NULL && i < ring->n && key == NULL; i++)
+    if (memcmp(ring->id[i], mac + 1, STORE_KEY_ID_LEN) == 0)
+      key = ring->mac_key[i];
+  if (why == NULL && key == NULL)
+    why = "it is authenticated under a master key that is not the key given";
+  uint8_t tag[STORE_MAC_TAG_LEN];
+  if (why == NULL && mac_tag(key, kind, name, data, len, tag) != 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: checking %s failed", name);
+    return -EIO;
+  }
+  if (why == NULL && CRYPTO_memcmp(tag, mac + 1 + STORE_KEY_ID_LEN, STORE_MAC_TAG_LEN) != 0)
+    why = "it was changed outside the server, or damaged";
+  if (why == NULL)
+    return 0;
+  tp_err_set(err, GRPC_STATUS_DATA_LOSS, "store: %s failed its integrity check: %s", name, why);
+  return -EBADMSG;
 }

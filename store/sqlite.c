@@ -14,7 +14,9 @@
  * older version (store_open_version) works without what later steps add:
  * before version 2 there is no audit trail, before version 3 secrets are
  * stored as given (store.c seals them from version 3 on; the migration to
- * version 3 seals those already stored, in the same transaction).
+ * version 3 seals those already stored, in the same transaction), before
+ * version 4 rows carry no MAC (the migration to version 4 authenticates
+ * those already stored).
  *
  * Every value reaches SQL through a bound parameter; the only SQL built at
  * run time (store_list, store_audit_list) joins fixed fragments. */
@@ -47,6 +49,7 @@ struct migration {
 };
 
 static int seal_existing(struct conn *c, struct sqlite_store *s, struct tp_err *err);
+static int mac_existing(struct conn *c, struct sqlite_store *s, struct tp_err *err);
 
 static const struct migration migrations[] = {
     {1, "resources, labels, references and the global revision",
@@ -127,6 +130,17 @@ static const struct migration migrations[] = {
      "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
      ") WITHOUT ROWID;\n",
      seal_existing},
+    {4, "rows authenticated under the master key",
+     /* One MAC per row (seal.c), beside it so that the statements of
+      * older schemas stay as they are; a row without one is refused. */
+     "CREATE TABLE macs (\n"
+     "  kind TEXT NOT NULL,\n"
+     "  name TEXT NOT NULL,\n"
+     "  mac BLOB NOT NULL,\n"
+     "  PRIMARY KEY (kind, name),\n"
+     "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
+     ") WITHOUT ROWID;\n",
+     mac_existing},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -159,6 +173,9 @@ enum stmt_id {
   ST_SEALED_KEY_IDS,
   ST_USAGE_SET,
   ST_USAGE_GET,
+  ST_MAC_GET,
+  ST_MAC_SET,
+  ST_MACS_ALL,
   ST_COUNT
 };
 
@@ -207,6 +224,12 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_USAGE_SET] = "INSERT INTO usage (kind, name, last_used_us) VALUES (?1, ?2, ?3)"
                      " ON CONFLICT (kind, name) DO UPDATE SET last_used_us = excluded.last_used_us",
     [ST_USAGE_GET] = "SELECT last_used_us FROM usage WHERE kind = ?1 AND name = ?2",
+    [ST_MAC_GET] = "SELECT mac FROM macs WHERE kind = ?1 AND name = ?2",
+    [ST_MAC_SET] = "INSERT INTO macs (kind, name, mac) VALUES (?1, ?2, ?3)"
+                   " ON CONFLICT (kind, name) DO UPDATE SET mac = excluded.mac",
+    [ST_MACS_ALL] = "SELECT r.kind, r.name, r.data, m.mac FROM resources r"
+                    " LEFT JOIN macs m ON m.kind = r.kind AND m.name = r.name"
+                    " ORDER BY r.kind, r.name",
 };
 
 /* One connection and its prepared statements. Used by one transaction at a
@@ -805,6 +828,16 @@ static int sqlite_get(struct store_txn *base, const char *kind, const char *name
   else
     rc = db_fail(err, c->db, "get");
   stmt_done(st);
+  if (rc < 0 || base->store->schema_version < STORE_MACS_SINCE_VERSION)
+    return rc;
+  if ((st = stmt_prepare(c, ST_MAC_GET, err, "tt", kind, name)) == NULL)
+    return -EIO;
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    rc = col_blob(st, 0, &out->mac, &out->mac_len) < 0 ? store__err_nomem(err, "get") : 0;
+  else
+    rc = rc == SQLITE_DONE ? 0 : db_fail(err, c->db, "get the row's MAC");
+  stmt_done(st);
   return rc;
 }
 
@@ -1032,8 +1065,13 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
                        size_t *n, struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
   struct sql_buf b = {0};
+  int macs = base->store->schema_version >= STORE_MACS_SINCE_VERSION;
   sql_add(&b, "SELECT r.kind, r.name, r.etag, r.revision, r.create_time_us, r.update_time_us,"
-              " r.data FROM resources r WHERE r.kind = ?");
+              " r.data");
+  sql_add(&b, macs ? ", m.mac FROM resources r LEFT JOIN macs m"
+                     " ON m.kind = r.kind AND m.name = r.name"
+                   : " FROM resources r");
+  sql_add(&b, " WHERE r.kind = ?");
   if (q->after_name != NULL)
     sql_add(&b, " AND r.name > ?");
   if (q->has_expire_before)
@@ -1085,7 +1123,8 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     if (store__rows_reserve(rows, *n, &cap) < 0)
       goto failed_row;
     /* Counted first so that store_rows_free also frees a half-read row. */
-    if (row_read(st, 1, 0, &(*rows)[(*n)++]) < 0)
+    struct store_row *row = &(*rows)[(*n)++];
+    if (row_read(st, 1, 0, row) < 0 || (macs && col_blob(st, 7, &row->mac, &row->mac_len) < 0))
       goto failed_row;
   }
   if (rc != SQLITE_DONE) {
@@ -1216,6 +1255,81 @@ static int seal_existing(struct conn *c, struct sqlite_store *s, struct tp_err *
   return conn_secrets_rewrite(c, seal_one, &s->base.keys, &n, err);
 }
 
+/* Gives every row fn's MAC, on c inside its transaction. The rows are
+ * read first (keeping only their names and new MACs), then written: the
+ * rewrite never steps a query over the rows it changes. */
+static int conn_macs_rewrite(struct conn *c, store__mac_fn fn, void *data, size_t *n,
+                             struct tp_err *err) {
+  struct store_row *rows = NULL; /* kind, name and mac only */
+  size_t count = 0, cap = 0;
+  int rc = 0;
+  *n = 0;
+  sqlite3_stmt *st = stmt_prepare(c, ST_MACS_ALL, err, "");
+  if (st == NULL)
+    return -EIO;
+  int step;
+  while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (store__rows_reserve(&rows, count, &cap) < 0) {
+      rc = store__err_nomem(err, "read the rows");
+      break;
+    }
+    struct store_row *r = &rows[count++];
+    const void *row_data = sqlite3_column_blob(st, 2);
+    size_t len = (size_t)sqlite3_column_bytes(st, 2);
+    const void *mac = sqlite3_column_blob(st, 3);
+    size_t mac_len = (size_t)sqlite3_column_bytes(st, 3);
+    if (col_text(st, 0, &r->kind) < 0 || col_text(st, 1, &r->name) < 0 || r->kind == NULL ||
+        r->name == NULL || (r->mac = malloc(STORE_MAC_LEN)) == NULL) {
+      rc = store__err_nomem(err, "read the rows");
+      break;
+    }
+    r->mac_len = STORE_MAC_LEN;
+    rc = fn(r->kind, r->name, row_data, row_data ? len : 0, mac, mac ? mac_len : 0, r->mac, data,
+            err);
+  }
+  if (rc == 0 && step != SQLITE_DONE)
+    rc = db_fail(err, c->db, "read the rows");
+  stmt_done(st);
+  for (size_t i = 0; rc == 0 && i < count; i++)
+    rc = stmt_exec(c, ST_MAC_SET, "write a row's MAC", err, "ttb", rows[i].kind, rows[i].name,
+                   rows[i].mac, rows[i].mac_len);
+  store_rows_free(rows, count);
+  if (rc == 0)
+    *n = count;
+  return rc;
+}
+
+/* A row of a schema before version 4: authenticated as it is found. */
+static int mac_fresh(const char *kind, const char *name, const uint8_t *row_data, size_t len,
+                     const uint8_t *mac, size_t mac_len, uint8_t out[STORE_MAC_LEN], void *data,
+                     struct tp_err *err) {
+  (void)mac;
+  (void)mac_len;
+  return store__mac(data, kind, name, row_data, len, out, err);
+}
+
+/* The migration to version 4: every row stored so far is authenticated. */
+static int mac_existing(struct conn *c, struct sqlite_store *s, struct tp_err *err) {
+  size_t n;
+  if (s->base.keys.n == 0) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: authenticating the stored rows needs a master key");
+    return -ENOKEY;
+  }
+  return conn_macs_rewrite(c, mac_fresh, &s->base.keys, &n, err);
+}
+
+static int sqlite_mac_set(struct store_txn *base, const char *kind, const char *name,
+                          const uint8_t mac[STORE_MAC_LEN], struct tp_err *err) {
+  return stmt_exec(to_txn(base)->conn, ST_MAC_SET, "write the row's MAC", err, "ttb", kind, name,
+                   mac, (size_t)STORE_MAC_LEN);
+}
+
+static int sqlite_macs_rewrite(struct store_txn *base, store__mac_fn fn, void *data, size_t *n,
+                               struct tp_err *err) {
+  return conn_macs_rewrite(to_txn(base)->conn, fn, data, n, err);
+}
+
 static int sqlite_secrets_rewrite(struct store_txn *base, store__rewrite_fn fn, void *data,
                                   size_t *n, struct tp_err *err) {
   return conn_secrets_rewrite(to_txn(base)->conn, fn, data, n, err);
@@ -1317,4 +1431,6 @@ const struct store_ops store__sqlite_ops = {
     .audit_add = sqlite_audit_add,
     .usage_set = sqlite_usage_set,
     .usage_get = sqlite_usage_get,
+    .mac_set = sqlite_mac_set,
+    .macs_rewrite = sqlite_macs_rewrite,
 };

@@ -130,6 +130,20 @@ static int read_result(struct store_txn *txn, int rc, const struct tp_err *err) 
   return rc;
 }
 
+/* Checks the MAC the backend read with row (from the schema version that
+ * has them), then drops it: a row someone edited in the file without the
+ * master key is refused like a secret that does not unseal. */
+static int row_check(struct store_txn *txn, struct store_row *row, struct tp_err *err) {
+  int rc = 0;
+  if (txn->store->schema_version >= STORE_MACS_SINCE_VERSION)
+    rc = store__mac_check(&txn->store->keys, row->kind, row->name, row->data, row->data_len,
+                          row->mac, row->mac_len, err);
+  free(row->mac);
+  row->mac = NULL;
+  row->mac_len = 0;
+  return rc;
+}
+
 int store_schema_latest(void) {
   return store__sqlite_ops.latest_version;
 }
@@ -211,7 +225,11 @@ int store_open(const char *path, const struct store_opts *opts, struct store **o
     return -EINVAL;
   }
   for (size_t i = 0; opts != NULL && i < opts->n_master_keys; i++)
-    store__keyring_add(&ring, opts->master_keys[i]);
+    if (store__keyring_add(&ring, opts->master_keys[i]) == -EIO) {
+      store__keyring_clear(&ring);
+      tp_err_set(err, GRPC_STATUS_INTERNAL, "store: cannot derive the row authentication key");
+      return -EIO;
+    }
   int rc = open_with(path, version, &ring, out, err);
   store__keyring_clear(&ring);
   return rc;
@@ -303,6 +321,7 @@ void store_row_clear(struct store_row *row) {
   free(row->etag);
   free(row->data);
   free(row->secret);
+  free(row->mac);
   memset(row, 0, sizeof(*row));
 }
 
@@ -343,6 +362,8 @@ int store_get(struct store_txn *txn, const char *kind, const char *name, int wit
   if (rc < 0)
     return rc;
   rc = txn->store->ops->get(txn, kind, name, with_secret != 0, out, err);
+  if (rc == 0)
+    rc = row_check(txn, out, err);
   if (rc == 0 && out->secret != NULL && txn->store->schema_version >= STORE_SEALED_SINCE_VERSION) {
     uint8_t *plain;
     size_t len;
@@ -437,6 +458,12 @@ int store_put(struct store_txn *txn, const struct store_write *w, struct store_r
   }
   rc = txn->store->ops->put(txn, &wd, out, err);
   free(sealed);
+  if (rc == 0 && txn->store->schema_version >= STORE_MACS_SINCE_VERSION) {
+    uint8_t mac[STORE_MAC_LEN];
+    rc = store__mac(&txn->store->keys, wd.kind, wd.name, wd.data, wd.data_len, mac, err);
+    if (rc == 0)
+      rc = txn->store->ops->mac_set(txn, wd.kind, wd.name, mac, err);
+  }
   if (rc < 0) {
     store_row_clear(out);
     return txn_fail(txn, rc, err);
@@ -488,6 +515,13 @@ int store_list(struct store_txn *txn, const struct store_query *q, struct store_
     }
   }
   rc = txn->store->ops->list(txn, q, rows, n, err);
+  for (size_t i = 0; rc == 0 && i < *n; i++)
+    rc = row_check(txn, &(*rows)[i], err);
+  if (rc < 0) {
+    store_rows_free(*rows, *n);
+    *rows = NULL;
+    *n = 0;
+  }
   return read_result(txn, rc, err);
 }
 
@@ -540,11 +574,22 @@ int store_usage_get(struct store_txn *txn, const char *kind, const char *name, i
   return read_result(txn, rc, err);
 }
 
-/* store_master_key_rotate: the old keys unseal, the new one seals. */
+/* store_master_key_rotate: the old keys unseal and check, the new one
+ * seals and authenticates. */
 struct reseal {
   const struct store_keyring *from;
   const struct store_keyring *to;
 };
+
+/* A row is authenticated under the new key only once the old key vouched
+ * for it: a rotation does not launder an edited row. */
+static int remac_one(const char *kind, const char *name, const uint8_t *row_data, size_t len,
+                     const uint8_t *mac, size_t mac_len, uint8_t out[STORE_MAC_LEN], void *data,
+                     struct tp_err *err) {
+  const struct reseal *r = data;
+  int rc = store__mac_check(r->from, kind, name, row_data, len, mac, mac_len, err);
+  return rc < 0 ? rc : store__mac(r->to, kind, name, row_data, len, out, err);
+}
 
 static int reseal_one(const char *kind, const char *name, const uint8_t *in, size_t len,
                       uint8_t **out, size_t *out_len, void *data, struct tp_err *err) {
@@ -576,13 +621,20 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
     return -ENOTSUP;
   }
   struct store_keyring to = {0};
-  store__keyring_add(&to, new_key);
+  if (store__keyring_add(&to, new_key) < 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: cannot derive the row authentication key");
+    return -EIO;
+  }
   struct reseal r = {.from = &s->keys, .to = &to};
   struct store_txn *txn;
   int rc = store_begin(s, 1, &txn, err);
   if (rc < 0)
     goto done;
   rc = s->ops->secrets_rewrite(txn, reseal_one, &r, &count, err);
+  if (rc == 0 && s->schema_version >= STORE_MACS_SINCE_VERSION) {
+    size_t macs = 0;
+    rc = s->ops->macs_rewrite(txn, remac_one, &r, &macs, err);
+  }
   if (rc == 0)
     rc = s->ops->audit_add(txn, actor ? actor : "", "rotate-master-key", "masterKey",
                            "rotate_master_key", err);

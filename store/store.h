@@ -20,7 +20,8 @@
  *                                 than this build (or the version asked for)
  *   -EBADMSG  DATA_LOSS           a secret does not unseal: sealed with a
  *                                 master key the store was not opened with,
- *                                 or altered
+ *                                 or altered; or a row fails its integrity
+ *                                 check (the message names the row)
  *   -ENOKEY   FAILED_PRECONDITION store_open: no master key, or not the one
  *                                 that sealed the stored secrets
  *
@@ -30,6 +31,16 @@
  * database file alone reveals none. store_put seals, store_get unseals:
  * callers see plaintext only. A database of an older version is sealed by
  * the migration to version 3.
+ *
+ * Rows are authenticated. From schema version 4 on, every row's kind, name
+ * and data carry a MAC under a key derived from the master key (seal.c):
+ * store_put makes it, store_get and store_list check it, so a row edited
+ * in the file (a token's role, a certificate's revocation, an agent's
+ * labels) or written there by someone without the master key is refused
+ * with -EBADMSG naming the row (store_list: the whole list). The
+ * migration to version 4 authenticates the rows an older database holds,
+ * as it finds them; store_master_key_rotate re-authenticates every row
+ * under the new key once the old key has checked it.
  *
  * A failed store_put or store_delete aborts its transaction (it may have
  * written part of its rows): every later call on it, store_commit included,
@@ -78,10 +89,13 @@ void store_master_key_id(const uint8_t key[STORE_MASTER_KEY_LEN], uint8_t id[STO
 void store_master_key_id_hex(const uint8_t key[STORE_MASTER_KEY_LEN],
                              char hex[2 * STORE_KEY_ID_LEN + 1]);
 
-/* Re-seals every secret under new_key in one write transaction (one new
- * revision, one audit row by actor on resource "masterKey", action
- * "rotate_master_key"), then seals with new_key alone: the keys the store
- * was opened with unseal nothing any more. On failure nothing changed.
+/* Re-seals every secret and re-authenticates every row under new_key in
+ * one write transaction (one new revision, one audit row by actor on
+ * resource "masterKey", action "rotate_master_key"), then seals with
+ * new_key alone: the keys the store was opened with unseal nothing any
+ * more. A row that fails its integrity check fails the rotation (-EBADMSG
+ * naming it): an edited row is not re-authenticated. On failure nothing
+ * changed.
  * Call while no other thread uses the store. *n (may be NULL) receives how
  * many secrets were re-sealed. */
 int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_KEY_LEN],
@@ -133,6 +147,10 @@ struct store_row {
   size_t data_len;
   uint8_t *secret; /* only when asked for; NULL if none */
   size_t secret_len;
+  /* The row's authentication tag as the backend read it: the store checks
+   * it and drops it before the row reaches its caller. */
+  uint8_t *mac;
+  size_t mac_len;
 };
 
 /* Frees what a row holds (not the row itself) and zeroes it. */

@@ -33,15 +33,25 @@
 #define STORE_SEALED_SINCE_VERSION 3 /* the first schema version that seals secrets */
 #define STORE_KEYS_MAX 4
 
-/* The master keys of an open store: key[0] seals; each unseals what it
- * sealed, found by id. */
+/* Row authentication (seal.c): version | key id | HMAC-SHA256 tag. */
+#define STORE_MAC_VERSION 1
+#define STORE_MAC_KEY_LEN 32
+#define STORE_MAC_TAG_LEN 32
+#define STORE_MAC_LEN (1 + STORE_KEY_ID_LEN + STORE_MAC_TAG_LEN)
+#define STORE_MACS_SINCE_VERSION 4 /* the first schema version that authenticates rows */
+
+/* The master keys of an open store: key[0] seals and authenticates; each
+ * unseals what it sealed and checks what it authenticated, found by id.
+ * mac_key[i] is derived from key[i] (HKDF-SHA256): the key of row MACs. */
 struct store_keyring {
   size_t n;
   uint8_t key[STORE_KEYS_MAX][STORE_MASTER_KEY_LEN];
   uint8_t id[STORE_KEYS_MAX][STORE_KEY_ID_LEN];
+  uint8_t mac_key[STORE_KEYS_MAX][STORE_MAC_KEY_LEN];
 };
 
-/* Adds key (a key already there is not added twice). 0 or -ENOSPC. */
+/* Adds key (a key already there is not added twice). 0, -ENOSPC, or -EIO
+ * when its MAC key cannot be derived. */
 int store__keyring_add(struct store_keyring *ring, const uint8_t key[STORE_MASTER_KEY_LEN]);
 /* Wipes every key. */
 void store__keyring_clear(struct store_keyring *ring);
@@ -59,11 +69,31 @@ int store__unseal(const struct store_keyring *ring, const char *kind, const char
                   struct tp_err *err);
 void store__key_id_hex(const uint8_t id[STORE_KEY_ID_LEN], char hex[2 * STORE_KEY_ID_LEN + 1]);
 
+/* The MAC of the row (kind, name) holding data[0..len), under
+ * ring->mac_key[0]: what lets the store tell a row it wrote from one
+ * edited in the file. 0, or -EIO with err set. */
+int store__mac(const struct store_keyring *ring, const char *kind, const char *name,
+               const uint8_t *data, size_t len, uint8_t out[STORE_MAC_LEN], struct tp_err *err);
+/* Checks mac (as stored; NULL: none) against the row with whichever key of
+ * ring made it. 0, or -EBADMSG (DATA_LOSS: the row failed its integrity
+ * check, the message names the row). */
+int store__mac_check(const struct store_keyring *ring, const char *kind, const char *name,
+                     const uint8_t *data, size_t len, const uint8_t *mac, size_t mac_len,
+                     struct tp_err *err);
+
 /* Turns one row's stored secret into its replacement (*out malloc'd, freed
  * by the caller): sealing plaintext, or re-sealing under another key.
  * Returns 0, or a negative code with err set (the rewrite stops). */
 typedef int (*store__rewrite_fn)(const char *kind, const char *name, const uint8_t *in, size_t len,
                                  uint8_t **out, size_t *out_len, void *data, struct tp_err *err);
+
+/* Gives one row (its data and its MAC as stored, NULL if none) a new MAC
+ * in out: authenticating a row of an older schema, or re-authenticating
+ * under another key after checking the old MAC. 0, or a negative code
+ * with err set (the rewrite stops). */
+typedef int (*store__mac_fn)(const char *kind, const char *name, const uint8_t *row_data,
+                             size_t len, const uint8_t *mac, size_t mac_len,
+                             uint8_t out[STORE_MAC_LEN], void *data, struct tp_err *err);
 
 struct store_ops {
   const char *name; /* "sqlite" */
@@ -115,6 +145,15 @@ struct store_ops {
                    struct tp_err *err);
   int (*usage_get)(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
                    struct tp_err *err);
+
+  /* Row authentication (the schema has it: STORE_MACS_SINCE_VERSION). get
+   * and list return each row's MAC in row->mac (NULL: none stored). */
+  /* Stores the MAC of the row (kind, name), which exists. */
+  int (*mac_set)(struct store_txn *txn, const char *kind, const char *name,
+                 const uint8_t mac[STORE_MAC_LEN], struct tp_err *err);
+  /* Replaces the MAC of every row by fn's result; *n receives how many. */
+  int (*macs_rewrite)(struct store_txn *txn, store__mac_fn fn, void *data, size_t *n,
+                      struct tp_err *err);
 };
 
 /* Shared head of every backend's store. */

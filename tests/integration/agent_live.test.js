@@ -57,8 +57,10 @@ async function serverKill() {
   await srv.exited;
 }
 
-async function joinToken(agentId) {
-  const r = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId } });
+// A join token for agentId; its record's labels (what it receives) are
+// agentLabels. The agents' --label flags claim the same.
+async function joinToken(agentId, agentLabels = {}) {
+  const r = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId, agentLabels } });
   noteSecret(r.secret);
   return r.secret;
 }
@@ -127,8 +129,8 @@ afterEach((t) => {
 });
 
 test('two agents enroll with join tokens, and serve what the server pushes', skip, async () => {
-  agents.a = await CpAgent.start(srv, { name: 'live-a', labels: { site: 'a' }, joinToken: await joinToken('live-a'), wait: 'connected' });
-  agents.b = await CpAgent.start(srv, { name: 'live-b', labels: { site: 'b' }, joinToken: await joinToken('live-b'), wait: 'connected' });
+  agents.a = await CpAgent.start(srv, { name: 'live-a', labels: { site: 'a' }, joinToken: await joinToken('live-a', { site: 'a' }), wait: 'connected' });
+  agents.b = await CpAgent.start(srv, { name: 'live-b', labels: { site: 'b' }, joinToken: await joinToken('live-b', { site: 'b' }), wait: 'connected' });
   for (const [site, a] of [['a', agents.a], ['b', agents.b]]) {
     await a.waitForLog(new RegExp(`listener=listeners/web-${site} new: serving on 127\\.0\\.0\\.1:${ports[`web-${site}`]} `));
     assert.match(a.logText, /control plane: enrolled as agents\/live-/);
@@ -157,13 +159,39 @@ test('two agents enroll with join tokens, and serve what the server pushes', ski
     });
     assert.match(g.version, /^tlsplane-agent\/\d+\.\d+\.\d+$/);
     assert.equal(g.lastNack, '');
-    assert.deepEqual(g.labels, { site: name.slice(-1) });
+    assert.deepEqual(g.labels, { site: name.slice(-1) }, 'from its join token');
+    assert.deepEqual(g.claimedLabels, { site: name.slice(-1) }, 'its --label flags');
+    assert.equal(g.labelsMismatch, false);
     assert.equal(g.listeners[0].listener, `listeners/web-${name.slice(-1)}`);
     assert.equal(Number(g.listeners[0].appliedRevision), acked);
   }
   const m = await agents.a.metrics();
   assert.equal(m.get('tlsplane_control_plane_connected'), 1);
   assert.ok(m.get('tlsplane_agent_certificate_expiry_seconds') > Date.now() / 1000 + 29 * 86400);
+});
+
+test('an agent claiming labels it was not given (--label site=a) serves nothing of site=a; UpdateAgent gives it labels, live', skip, async () => {
+  const [port] = await freePorts(1);
+  await listenerFor('web-p', 'p', port);
+  // Enrolled with no labels; its --label claims site=a (listeners/web-a).
+  const pa = await CpAgent.start(srv, { name: 'live-p', labels: { site: 'a' }, joinToken: await joinToken('live-p'), wait: 'connected' });
+  try {
+    assert.match(pa.logText, /control plane: revision \d+ applied: 0 new/);
+    assert.deepEqual(Object.keys(pa.ports), [], 'it serves nothing of site=a');
+    const g = await api().AgentService.GetAgent({ name: 'agents/live-p' });
+    assert.deepEqual([g.labels, g.claimedLabels, g.labelsMismatch], [{}, { site: 'a' }, true]);
+    const from = pa.logText.length;
+    const u = await api().AgentService.UpdateAgent({
+      agent: { name: g.name, etag: g.etag, labels: { site: 'p' } }, updateMask: { paths: ['labels'] },
+    });
+    await pa.waitApplied(Number(u.revision), { from });
+    await pa.waitForLog(/listener=listeners\/web-p new: serving on/, { from });
+    assert.deepEqual(Object.keys(pa.ports), ['listeners/web-p']);
+    assert.equal(await servedFingerprint(port), webCert.fingerprint);
+  } finally {
+    await pa.stopClean();
+  }
+  await api().ListenerService.DeleteListener({ name: 'listeners/web-p' });
 });
 
 test('a certificate rotated through the API: both agents serve it at once, and no handshake fails', skip, async () => {
@@ -326,7 +354,7 @@ test('an agent started while the server is down serves its cached snapshot, then
 });
 
 test('enrollment: a used join token is refused; the agent runs and says a new one is needed', skip, async () => {
-  const token = await joinToken('live-c');
+  const token = await joinToken('live-c', { site: 'c' });
   const { csr } = makeCsr();
   // Someone else uses it first.
   const other = await connect(srv.address, { tls: { ca: srv.ca }, token });
@@ -347,7 +375,7 @@ test('enrollment: a used join token is refused; the agent runs and says a new on
 
 test('renewal: a new key and certificate, stored atomically, and the agent reconnects with them', skip, async () => {
   agents.r = await CpAgent.start(srv, {
-    name: 'live-r', labels: { site: 'r' }, joinToken: await joinToken('live-r'), env: { TLSPLANE_RENEW_NOW: '1' },
+    name: 'live-r', labels: { site: 'r' }, joinToken: await joinToken('live-r', { site: 'r' }), env: { TLSPLANE_RENEW_NOW: '1' },
   });
   // The renewal date (made "now") cuts the stream, the renewal follows.
   await agents.r.waitForLog(/control plane: the agent certificate is due for renewal: reconnecting with a new one/);
@@ -380,6 +408,11 @@ test('an agent certificate given as files (--cert/--key)', skip, async () => {
   assert.ok(!fs.existsSync(a.file('agent.pem')), 'given files are not copied');
   const g = await api().AgentService.GetAgent({ name: 'agents/live-f' });
   assert.ok(g.connected);
+  // Enrolled by the admin without labels: its --label is a claim, shown
+  // and reported, not followed.
+  assert.deepEqual(g.labels, {});
+  assert.deepEqual(g.claimedLabels, { site: 'f' });
+  assert.equal(g.labelsMismatch, true);
   await a.stopClean();
   // A certificate for another agent id: the server refuses the stream.
   const b = await CpAgent.start(srv, { name: 'live-g', cert: res.certificatePem, key });
@@ -388,13 +421,13 @@ test('an agent certificate given as files (--cert/--key)', skip, async () => {
 });
 
 test('a control plane set up again: the certificate of the old CA is not used, the agent enrolls anew', skip, async () => {
-  const x = await CpAgent.start(srv, { name: 'live-x', labels: { site: 'x' }, joinToken: await joinToken('live-x'), wait: 'connected' });
+  const x = await CpAgent.start(srv, { name: 'live-x', labels: { site: 'x' }, joinToken: await joinToken('live-x', { site: 'x' }), wait: 'connected' });
   await x.stopClean();
   // A new server: a new data dir, a new CA.
   const other = await Server.start({ tls: true });
   try {
     const oc = await connect(other.address, other.connectOptions());
-    const t = await oc.api.TokenService.CreateToken({ tokenId: 'join-x2', token: { role: 'JOIN', agentId: 'live-x' } });
+    const t = await oc.api.TokenService.CreateToken({ tokenId: 'join-x2', token: { role: 'JOIN', agentId: 'live-x', agentLabels: { site: 'x' } } });
     noteSecret(t.secret);
     const again = await CpAgent.start(other, { name: 'live-x', labels: { site: 'x' }, cacheDir: x.cacheDir, joinToken: t.secret, wait: 'connected' });
     assert.match(again.logText, /the certificate was not issued by the CA of --ca .*: not used/);

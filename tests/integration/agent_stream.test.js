@@ -2,103 +2,35 @@
 // The agent stream (AgentService/Connect) seen from an agent: a hello, then
 // the agent's snapshot at once and again whenever a committed revision
 // changes it, acks and nacks reflected in the API (GetAgent, GetRollout),
-// label selectors, a reconnect replacing an older stream, and a deleted
-// agent cut off. The client here is a real gRPC stream client built from
-// the schema the server serves through reflection.
+// label selectors matched against the labels of the agent's record (never
+// those its hello claims), UpdateAgent changing them live, a reconnect
+// replacing an older stream, and a deleted agent cut off.
 //
-// The streams authenticate as the admin (the harness sends the admin token),
-// who may speak for any agent id; an agent's own credential (the client
-// certificate enrollment gives it, good for its own id only) is tested in
-// auth.test.js.
+// The agents are fake (lib/fakeagent.js): real stream clients built from
+// the schema the server serves through reflection, each enrolled with its
+// own join token and connected with its own client certificate, as only
+// agents may stream snapshots. Their hellos claim what each test says.
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const grpc = require('@grpc/grpc-js');
-const { useServer } = require('./lib/server');
+const { useServer, noteSecret } = require('./lib/server');
+const { connect } = require('./lib/reflect');
+const { FakeAgent } = require('./lib/fakeagent');
 const { pki } = require('./lib/pki');
-const { uid } = require('./lib/util');
+const { uid, status, expectGrpcError } = require('./lib/util');
 
 let p;
 const ctx = useServer({ before, after, beforeEach, afterEach }, {
+  start: { tls: true },
   setup: async () => {
     p = pki();
   },
 });
 const api = () => ctx.api;
+const enroll = (name, opts) => FakeAgent.enroll(ctx, name, opts);
 
-// One agent's stream: collects the snapshots it receives.
-class FakeAgent {
-  constructor(name, labels = {}) {
-    this.name = name;
-    this.snapshots = [];
-    this.waiters = [];
-    this.ended = null;
-    const client = ctx.conn.clients['tlsplane.v1.AgentService'];
-    this.call = client.Connect();
-    this.call.on('data', (m) => {
-      assert.equal(m.message, 'snapshot');
-      this.snapshots.push(m.snapshot);
-      this._wake();
-    });
-    this.call.on('error', (e) => {
-      this.ended = e;
-      this._wake();
-    });
-    this.call.on('end', () => {
-      this.ended = this.ended || new Error('ended');
-      this._wake();
-    });
-    this.call.write({ hello: { name, labels, version: 'test-1.0', appliedRevision: '0' } });
-  }
-
-  _wake() {
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  // Resolves with the next snapshot (count > n), or rejects after ms.
-  async next(n, ms = 5000) {
-    const deadline = Date.now() + ms;
-    while (this.snapshots.length <= n) {
-      if (this.ended) throw this.ended;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${this.name}: no snapshot #${n + 1} within ${ms} ms`);
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-    return this.snapshots[n];
-  }
-
-  async ended_(ms = 5000) {
-    const deadline = Date.now() + ms;
-    while (!this.ended && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    return this.ended;
-  }
-
-  ack(snapshot, failed = {}) {
-    this.call.write({
-      ack: {
-        revision: snapshot.revision,
-        listeners: snapshot.listeners.map((l) => ({
-          listener: l.listener.name,
-          applied: !(l.listener.name in failed),
-          error: failed[l.listener.name] || '',
-        })),
-      },
-    });
-  }
-
-  close() {
-    this.call.end();
-    this.call.cancel();
-  }
-}
-
-async function makeListener(id, selector = {}) {
+async function makeListener(id, selector = {}, extra = {}) {
   const certId = uid('cert');
   await api().CertificateService.CreateCertificate({
     certificateId: certId, certificate: { certificateChainPem: p.ecdsa.chain || p.ecdsa.cert, privateKeyPem: p.ecdsa.key },
@@ -111,7 +43,7 @@ async function makeListener(id, selector = {}) {
     listenerId: id,
     listener: {
       address: '127.0.0.1:18443', defaultTlsContext: `tlsContexts/${ctxId}`, upstream: '127.0.0.1:18080',
-      agentSelector: selector,
+      agentSelector: selector, ...extra,
     },
   });
 }
@@ -127,7 +59,7 @@ async function waitFor(fn, ms = 5000) {
 }
 
 test('an agent gets its snapshot at once, and each change that concerns it', async () => {
-  const a = new FakeAgent('edge-1', { env: 'prod' });
+  const a = await enroll('edge-1', { agentLabels: { env: 'prod' }, claim: { env: 'prod' } });
   const first = await a.next(0);
   assert.equal(first.listeners.length, 0);
   assert.ok(Number(first.revision) > 0);
@@ -155,6 +87,8 @@ test('an agent gets its snapshot at once, and each change that concerns it', asy
   assert.ok(agent, 'GetAgent shows the agent connected at the revision it acked');
   assert.equal(agent.version, 'test-1.0');
   assert.deepEqual(agent.labels, { env: 'prod' });
+  assert.deepEqual(agent.claimedLabels, { env: 'prod' });
+  assert.equal(agent.labelsMismatch, false);
   const rollout = await api().AgentService.GetRollout({ revision: '0' });
   assert.equal(rollout.agentsConnected, 1);
   assert.equal(rollout.agentsApplied, 1);
@@ -180,8 +114,8 @@ test('an agent gets its snapshot at once, and each change that concerns it', asy
 });
 
 test('label selectors pick the agents; a nack shows in the API and the rollout', async () => {
-  const prod = new FakeAgent('sel-prod', { env: 'prod', zone: 'a' });
-  const dev = new FakeAgent('sel-dev', { env: 'dev' });
+  const prod = await enroll('sel-prod', { agentLabels: { env: 'prod', zone: 'a' } });
+  const dev = await enroll('sel-dev', { agentLabels: { env: 'dev' } });
   prod.ack(await prod.next(0));
   dev.ack(await dev.next(0));
   await makeListener('prod-only', { env: 'prod' });
@@ -203,10 +137,82 @@ test('label selectors pick the agents; a nack shows in the API and the rollout',
   dev.close();
 });
 
+test('an agent chooses nothing by its hello: claiming site=par gets it nothing of site=par until an operator gives it that label', async () => {
+  // What site=par agents receive: a listener, its certificate's private
+  // key and a ticket-key ring.
+  const ring = await api().TicketKeyService.CreateTicketKeyRing({ ticketKeyRingId: uid('par-ring'), ticketKeyRing: {} });
+  const l = await makeListener(uid('par'), { site: 'par' }, { ticketKeyRing: ring.name });
+  const id = uid('claimer');
+  // Enrolled with no labels; its hello claims site=par.
+  const a = await enroll(id, { claim: { site: 'par' } });
+  const first = await a.next(0);
+  a.ack(first);
+  assert.deepEqual(first.listeners, [], 'no listener of site=par');
+  const text = JSON.stringify(first);
+  assert.doesNotMatch(text, /PRIVATE KEY/, 'no private key');
+  assert.doesNotMatch(text, /ticketKeys":\[\{/, 'no ticket key');
+  let g = await api().AgentService.GetAgent({ name: `agents/${id}` });
+  assert.deepEqual(g.labels, {});
+  assert.deepEqual(g.claimedLabels, { site: 'par' });
+  assert.equal(g.labelsMismatch, true);
+  assert.match(ctx.server.log(), new RegExp(`agent=agents/${id} claims the labels \\{site=par\\}, its record has \\{\\}: the claim is ignored`));
+  // A revision committed meanwhile gives it nothing either.
+  await api().ListenerService.UpdateListener({ listener: { name: l.name, labels: { touched: 'yes' } }, updateMask: { paths: ['labels'] } });
+  await assert.rejects(a.next(1, 1500), /no snapshot #2/);
+
+  // An operator sets the labels (etag guarded): the agent receives the
+  // listener at once, key and ring included.
+  const t = await api().TokenService.CreateToken({ tokenId: uid('op'), token: { role: 'OPERATOR' } });
+  noteSecret(t.secret);
+  const op = await connect(ctx.server.address, { tls: { ca: ctx.server.ca }, token: t.secret });
+  try {
+    const u = await op.api.AgentService.UpdateAgent({
+      agent: { name: g.name, etag: g.etag, labels: { site: 'par' } }, updateMask: { paths: ['labels'] },
+    });
+    assert.deepEqual(u.labels, { site: 'par' });
+    assert.deepEqual(u.claimedLabels, { site: 'par' }, 'what the agent claimed stays');
+    assert.equal(u.version, 'test-1.0', 'what the agent reported stays');
+    assert.equal(u.labelsMismatch, false);
+    const snap = await a.next(1);
+    assert.deepEqual(snap.listeners.map((x) => x.listener.name), [l.name]);
+    const rl = snap.listeners[0];
+    assert.match(rl.tlsContexts[rl.listener.defaultTlsContext].certificates[0].privateKeyPem, /BEGIN PRIVATE KEY/);
+    assert.equal(rl.ticketKeys.length, 1);
+    a.ack(snap);
+    const ev = (await api().AuditService.ListAuditEvents({ resource: g.name })).auditEvents.pop();
+    assert.equal(ev.actor, `token:${t.token.name.split('/')[1]}`);
+    assert.equal(ev.action, 'update');
+    assert.equal(ev.revision, u.revision, 'one revision');
+
+    // A stale etag changes nothing; only labels can be set.
+    await expectGrpcError(op.api.AgentService.UpdateAgent({
+      agent: { name: g.name, etag: g.etag, labels: {} }, updateMask: { paths: ['labels'] },
+    }), status.FAILED_PRECONDITION);
+    await expectGrpcError(op.api.AgentService.UpdateAgent({
+      agent: { name: g.name, version: 'forged' }, updateMask: { paths: ['version'] },
+    }), status.INVALID_ARGUMENT, { field: 'update_mask' });
+    await expectGrpcError(op.api.AgentService.UpdateAgent({
+      agent: { name: g.name, labels: { 'bad key': 'x' } }, updateMask: { paths: ['labels'] },
+    }), status.INVALID_ARGUMENT, { field: 'agent.labels' });
+    g = await api().AgentService.GetAgent({ name: g.name });
+    assert.equal(g.etag, u.etag);
+
+    // Taken away: the listener goes at once.
+    await op.api.AgentService.UpdateAgent({ agent: { name: g.name, labels: {} }, updateMask: { paths: ['labels'] } });
+    const gone = await a.next(2);
+    assert.deepEqual(gone.listeners, []);
+  } finally {
+    op.close();
+    a.close();
+  }
+  await api().ListenerService.DeleteListener({ name: l.name });
+});
+
 test('a reconnect replaces the older stream; a deleted agent is cut off', async () => {
-  const one = new FakeAgent('twice');
+  const creds = await FakeAgent.credentials(ctx, 'twice');
+  const one = FakeAgent.connect(ctx, 'twice', creds);
   await one.next(0);
-  const two = new FakeAgent('twice');
+  const two = FakeAgent.connect(ctx, 'twice', creds);
   await two.next(0);
   const err = await one.ended_();
   assert.ok(err, 'the older stream ended');
@@ -219,7 +225,8 @@ test('a reconnect replaces the older stream; a deleted agent is cut off', async 
 });
 
 test('the first message must be a hello', async () => {
-  const client = ctx.conn.clients['tlsplane.v1.AgentService'];
+  const creds = await FakeAgent.credentials(ctx, uid('nohello'));
+  const client = FakeAgent._client(ctx, { ca: ctx.server.ca, cert: creds.cert, key: creds.key });
   const call = client.Connect();
   const err = await new Promise((resolve) => {
     call.on('error', resolve);
@@ -228,5 +235,6 @@ test('the first message must be a hello', async () => {
   });
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
   assert.match(err.details, /hello/);
+  client.close();
   await assert.rejects(api().AgentService.GetRollout({ revision: '999999' }), (e) => e.code === grpc.status.INVALID_ARGUMENT);
 });

@@ -120,7 +120,8 @@ const WRITE = ['admin', 'operator'];
 function allowedRoles(service, method) {
   if (service === 'TokenService' || service === 'ClientCertificateService') return ['admin'];
   if (service === 'AgentService') {
-    if (method === 'Connect') return ['admin', 'agent'];
+    if (method === 'Connect') return ['agent'];
+    if (method === 'UpdateAgent') return WRITE;
     if (method === 'EnrollAgent') return ['admin', 'join'];
     if (method === 'RenewAgentCertificate') return ['admin', 'agent'];
     if (method === 'DeleteAgent') return ['admin'];
@@ -323,8 +324,12 @@ test('enrollment: a one-time join token and a CSR give an agent its certificate;
   await expectGrpcError(agentConn.api.CertificateService.ListCertificates({}), status.PERMISSION_DENIED);
   const g = await api().AgentService.GetAgent({ name: `agents/${id}` });
   assert.equal(g.connected, true);
+  // The record: made by the enrollment, then the agent's version.
   const ev = (await api().AuditService.ListAuditEvents({ resource: `agents/${id}` })).auditEvents;
-  assert.equal(ev[0].actor, `CN=agent:${id},OU=agent,O=tlsplane`);
+  assert.deepEqual(ev.map((e) => [e.actor, e.action]), [
+    [`token:${a.join.id}`, 'enroll'],
+    [`CN=agent:${id},OU=agent,O=tlsplane`, 'update'],
+  ]);
 
   // Renewal: the current certificate, a new key.
   const next = makeCsr();
@@ -355,20 +360,92 @@ test('join tokens: bound to their agent id, expiring, and good for enrollment on
   const { csr } = makeCsr();
   await expectGrpcError(c.api.AgentService.EnrollAgent({ agentId: 'edge-other', csrPem: csr }), status.PERMISSION_DENIED, { field: 'agent_id' });
   await expectGrpcError(c.api.AgentService.ListAgents({}), status.PERMISSION_DENIED);
-  // Without an id in the token the agent must give one.
-  const open = await newToken('JOIN');
-  assert.ok(open.token.expireTime, 'a join token expires even when not told to');
-  const oc = await connectAs({ token: open.secret });
-  await expectGrpcError(oc.api.AgentService.EnrollAgent({ csrPem: csr }), status.INVALID_ARGUMENT, { field: 'agent_id' });
-  const ok = await oc.api.AgentService.EnrollAgent({ agentId: uid('free'), csrPem: csr });
-  assert.match(ok.certificatePem, /BEGIN CERTIFICATE/);
+  // A join token names its agent: one that would let the agent choose is
+  // refused, nothing written.
+  const noId = uid('open');
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: noId, token: { role: 'JOIN' } }), status.INVALID_ARGUMENT, { field: 'token.agent_id' });
+  await expectGrpcError(api().TokenService.GetToken({ name: `tokens/${noId}` }), status.NOT_FOUND);
+  // The agent may leave the id out: the token's is used.
+  const named = await newToken('JOIN', { agentId: uid('named') });
+  assert.ok(named.token.expireTime, 'a join token expires even when not told to');
+  const nc = await connectAs({ token: named.secret });
+  const ok = await nc.api.AgentService.EnrollAgent({ csrPem: csr });
+  assert.equal(ok.agent, `agents/${named.token.agentId}`);
   // Expired.
   const short = await newToken('JOIN', { agentId: uid('late') }, { ttl: { seconds: '1', nanos: 0 } });
   await new Promise((res) => setTimeout(res, 1500));
   const sc = await connectAs({ token: short.secret });
   await expectGrpcError(sc.api.AgentService.EnrollAgent({ csrPem: csr }), status.UNAUTHENTICATED);
-  // Only join tokens name an agent.
+  // Only join tokens name an agent, give it labels, or replace it.
   await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'VIEWER', agentId: 'edge-1' } }), status.INVALID_ARGUMENT, { field: 'token.agent_id' });
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'OPERATOR', agentLabels: { site: 'par' } } }), status.INVALID_ARGUMENT, { field: 'token.agent_labels' });
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'VIEWER', replace: true } }), status.INVALID_ARGUMENT, { field: 'token.replace' });
+  await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'JOIN', agentId: 'edge-1', agentLabels: { 'no spaces': 'x' } } }), status.INVALID_ARGUMENT, { field: 'token.agent_labels' });
+});
+
+test('enrolling an agent id that holds a live certificate: refused, unless the token was made to replace it (then the old one is revoked and its stream cut)', async () => {
+  const id = uid('taken');
+  const first = await enroll(id);
+  const firstConn = await connectAs({ cert: first.cert, key: first.key });
+  const s = openStream(firstConn, id);
+  assert.ok((await s.first).message, 'the real agent streams');
+
+  // A second join token for the same id, not made to replace it: refused,
+  // nothing changes (the token is not used up, no certificate is issued,
+  // the real agent keeps its stream).
+  const second = await newToken('JOIN', { agentId: id });
+  const sc = await connectAs({ token: second.secret });
+  const { key, csr } = makeCsr();
+  noteSecret(key.split('\n')[1]);
+  const e = await expectGrpcError(sc.api.AgentService.EnrollAgent({ agentId: id, csrPem: csr }), status.FAILED_PRECONDITION, { field: 'agent_id' });
+  assert.match(e.details, new RegExp(`agents/${id} already holds a live certificate \\(${first.res.clientCertificate}\\)`));
+  assert.match(e.details, /replace: true/);
+  assert.equal((await api().TokenService.GetToken({ name: second.name })).usedBy, '');
+  const certs = () => api().ClientCertificateService.ListClientCertificates({ labelSelector: `agent=${id}` }).then((r) => r.clientCertificates);
+  assert.equal((await certs()).length, 1);
+  // The admin enrolling it directly is refused the same way.
+  await expectGrpcError(api().AgentService.EnrollAgent({ agentId: id, csrPem: csr }), status.FAILED_PRECONDITION, { field: 'agent_id' });
+  const stillUp = await Promise.race([s.ended, new Promise((r) => setTimeout(() => r('up'), 300))]);
+  assert.equal(stillUp, 'up', 'the real agent\'s stream was not cut');
+  await firstConn.api.AgentService.RenewAgentCertificate({ csrPem: makeCsr().csr }).then((r) => assert.ok(r.certificatePem), (err) => assert.fail(err.details));
+
+  // A token made to replace it: enrolls; every live certificate of the id
+  // is revoked in the same transaction and its stream is cut.
+  const replace = await newToken('JOIN', { agentId: id, replace: true });
+  assert.equal(replace.token.replace, true);
+  const rc = await connectAs({ token: replace.secret });
+  const res = await rc.api.AgentService.EnrollAgent({ csrPem: csr });
+  const cut = await s.ended;
+  assert.equal(cut && cut.code, status.PERMISSION_DENIED);
+  assert.match(cut.details, /replaced by a new enrollment/);
+  const after = await certs();
+  assert.equal(after.length, 3, 'enrolled, renewed, replaced');
+  for (const c of after) assert.equal(c.revoked, c.name !== res.clientCertificate, `${c.name}: revoked unless the new one`);
+  const old = openStream(firstConn, id);
+  const refused = await old.first;
+  assert.equal(refused.error && refused.error.code, status.UNAUTHENTICATED, 'the old certificate is refused');
+  const newConn = await connectAs({ cert: res.certificatePem, key });
+  const ns = openStream(newConn, id);
+  assert.ok((await ns.first).message, 'the new certificate streams');
+  ns.call.cancel();
+  // Used up, as every join token.
+  const again = await expectGrpcError(rc.api.AgentService.EnrollAgent({ csrPem: csr }), status.UNAUTHENTICATED);
+  assert.match(again.details, /already used/);
+});
+
+test('only agents stream snapshots: the admin token and the admin certificate are refused on AgentService/Connect', async () => {
+  const byCert = await connectAs({ cert: srv().adminCert, key: srv().adminKey });
+  for (const [who, conn] of [['admin token', ctx.conn], ['admin certificate', byCert]]) {
+    const r = await openStream(conn, uid('as-admin')).first;
+    assert.ok(r.error, `${who}: no snapshot`);
+    assert.equal(r.error.code, status.PERMISSION_DENIED, `${who}: ${r.error.details}`);
+    assert.match(r.error.details, /only agents stream snapshots/, who);
+  }
+  // An operator token too.
+  const op = await connectAs({ token: (await newToken('OPERATOR')).secret });
+  const r = await openStream(op, uid('as-op')).first;
+  assert.equal(r.error && r.error.code, status.PERMISSION_DENIED);
+  assert.match(r.error.details, /only agents stream snapshots/);
 });
 
 test('revoking an agent certificate cuts its stream at once', async () => {

@@ -15,12 +15,14 @@ const os = require('node:os');
 const path = require('node:path');
 const { useServer, Server, serverBinary, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
+const { FakeAgent } = require('./lib/fakeagent');
 const { pki } = require('./lib/pki');
 const { uid } = require('./lib/util');
 
 let p;
 const uploaded = { needles: [] }; // { what, bytes } that must never be at rest or in a log
 const ctx = useServer({ before, after, beforeEach, afterEach }, {
+  start: { tls: true }, // agents stream with their client certificates
   setup: async () => {
     p = pki();
   },
@@ -119,13 +121,9 @@ test('agents still receive the keys, decrypted', async () => {
     listenerId: uid('l'),
     listener: { address: '127.0.0.1:18443', defaultTlsContext: `tlsContexts/${ctxName}`, upstream: '127.0.0.1:18080', ticketKeyRing: ring.name },
   });
-  const call = ctx.conn.clients['tlsplane.v1.AgentService'].Connect();
-  const snap = await new Promise((resolve, reject) => {
-    call.on('data', (m) => resolve(m.snapshot));
-    call.on('error', reject);
-    call.write({ hello: { name: uid('a'), labels: {}, version: 't', appliedRevision: '0' } });
-  });
-  call.cancel();
+  const agent = await FakeAgent.enroll(ctx, uid('a'));
+  const snap = await agent.next(0);
+  agent.close();
   const rl = snap.listeners[0];
   const key = rl.tlsContexts[`tlsContexts/${ctxName}`].certificates[0].privateKeyPem;
   assert.equal(

@@ -55,6 +55,12 @@ static void test_method_table(void **state) {
   /* Agents and join tokens: their own methods only. */
   assert_true(auth_method_allows("/tlsplane.v1.AgentService/Connect", AUTH_ROLE_AGENT));
   assert_false(auth_method_allows("/tlsplane.v1.AgentService/Connect", AUTH_ROLE_OPERATOR));
+  /* The stream carries keys: not even the admin receives it. */
+  assert_false(auth_method_allows("/tlsplane.v1.AgentService/Connect", AUTH_ROLE_ADMIN));
+  /* Agents' labels are set by those who write listeners, never by agents. */
+  assert_true(auth_method_allows("/tlsplane.v1.AgentService/UpdateAgent", AUTH_ROLE_OPERATOR));
+  assert_false(auth_method_allows("/tlsplane.v1.AgentService/UpdateAgent", AUTH_ROLE_VIEWER));
+  assert_false(auth_method_allows("/tlsplane.v1.AgentService/UpdateAgent", AUTH_ROLE_AGENT));
   assert_false(auth_method_allows("/tlsplane.v1.AgentService/ListAgents", AUTH_ROLE_AGENT));
   assert_true(auth_method_allows("/tlsplane.v1.AgentService/EnrollAgent", AUTH_ROLE_JOIN));
   assert_false(auth_method_allows("/tlsplane.v1.AgentService/EnrollAgent", AUTH_ROLE_AGENT));
@@ -239,6 +245,13 @@ static void test_auth_call(void **state) {
   assert_int_equal(err.status, GRPC_STATUS_PERMISSION_DENIED);
   assert_contains(err.msg, "token:dash (role viewer) may not call");
   assert_string_equal(id.actor, "anonymous");
+
+  /* A token on the agent stream: refused, saying why. */
+  cred.method = "/tlsplane.v1.AgentService/Connect";
+  assert_int_equal(auth_call(&cred, &id, &err, &api), -1);
+  assert_int_equal(err.status, GRPC_STATUS_PERMISSION_DENIED);
+  assert_contains(err.msg, "only agents stream snapshots");
+  cred.method = list;
 
   /* A wrong secret for a real id looks like an unknown token. */
   cred.method = list;

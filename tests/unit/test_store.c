@@ -1,8 +1,8 @@
 /* The store (store/store.h) against a real SQLite file: migrations and
  * upgrades, writes and their refusals, revisions, rollback, secrets and
  * their encryption at rest (sealing, the master key, its rotation), label
- * selectors, pagination, references, audit, usage, durability and
- * concurrency. */
+ * selectors, pagination, references, audit, usage, row authentication
+ * (edits made in the file refused), durability and concurrency. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -101,18 +101,16 @@ static int teardown(void **state) {
   return 0;
 }
 
-/* The secret column of (kind, name) as stored in the file, read with
- * SQLite itself (no store): what someone holding only the file sees.
- * Returns its length (-1: no such row or NULL) and copies it to buf. */
-static int raw_secret(const char *path, const char *kind, const char *name, uint8_t *buf,
-                      size_t cap) {
+/* The blob `sql` (one "?1 = kind, ?2 = name" query) selects from the
+ * file, read with SQLite itself (no store): what someone holding only the
+ * file sees. Returns its length (-1: no such row or NULL) and copies it to
+ * buf. */
+static int raw_blob(const char *path, const char *sql, const char *kind, const char *name,
+                    uint8_t *buf, size_t cap) {
   sqlite3 *db;
   sqlite3_stmt *st;
   assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-  assert_int_equal(sqlite3_prepare_v2(db,
-                                      "SELECT secret FROM resources WHERE kind = ?1 AND name = ?2",
-                                      -1, &st, NULL),
-                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
   sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
   int len = -1;
@@ -124,6 +122,29 @@ static int raw_secret(const char *path, const char *kind, const char *name, uint
   sqlite3_finalize(st);
   sqlite3_close(db);
   return len;
+}
+
+/* The secret column of (kind, name) as stored in the file. */
+static int raw_secret(const char *path, const char *kind, const char *name, uint8_t *buf,
+                      size_t cap) {
+  return raw_blob(path, "SELECT secret FROM resources WHERE kind = ?1 AND name = ?2", kind, name,
+                  buf, cap);
+}
+
+/* The MAC of (kind, name) as stored in the file. */
+static int raw_mac(const char *path, const char *kind, const char *name, uint8_t *buf, size_t cap) {
+  return raw_blob(path, "SELECT mac FROM macs WHERE kind = ?1 AND name = ?2", kind, name, buf, cap);
+}
+
+/* Runs sql on the file behind the store's back, with SQLite itself: what
+ * someone who can write the file, but holds no master key, can do. */
+static void file_exec(const char *path, const char *sql) {
+  sqlite3 *db;
+  char *msg = NULL;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+    fail_msg("%s: %s", sql, msg ? msg : "?");
+  sqlite3_close(db);
 }
 
 /* Whether needle occurs in the file at path (the database, its WAL). */
@@ -256,8 +277,10 @@ static void test_open_migrates_and_reopens(void **state) {
 
   /* An older version than the database has is a downgrade: refused. */
   struct store *old = NULL;
+  char newer[64];
+  snprintf(newer, sizeof(newer), "schema version %d is newer than 1", store_schema_latest());
   assert_refused(store_open_version(f->path, 1, &old, &err), -ENOTSUP, err,
-                 GRPC_STATUS_FAILED_PRECONDITION, "schema version 3 is newer than 1");
+                 GRPC_STATUS_FAILED_PRECONDITION, newer);
   assert_null(old);
   assert_refused(store_open_version(f->path, 0, &old, &err), -EINVAL, err,
                  GRPC_STATUS_INVALID_ARGUMENT, "schema version 0 unknown");
@@ -1419,6 +1442,123 @@ static void test_master_key_rotation_all_or_nothing(void **state) {
   store_row_clear(&row);
 }
 
+/* Every row is authenticated: a row edited in the file, one written there
+ * anew, one given another row's MAC or stripped of its own, is refused by
+ * name (get and list), while untouched rows read on; a rotation refuses to
+ * vouch for an edited row, and re-authenticates the rest under the new
+ * key. */
+static void test_rows_authenticated(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_row row;
+  struct store_txn *txn;
+  struct store_row *rows;
+  size_t n;
+  create_text(f->s, "Token", "tokens/ci", "role=viewer");
+  create_text(f->s, "Token", "tokens/dash", "role=viewer");
+  create_text(f->s, "Token", "tokens/ops", "role=operator");
+  uint8_t mac[64], id_a[STORE_KEY_ID_LEN];
+  store_master_key_id(key_a, id_a);
+  assert_int_equal(raw_mac(f->path, "Token", "tokens/ci", mac, sizeof(mac)), STORE_MAC_LEN);
+  assert_int_equal(mac[0], STORE_MAC_VERSION);
+  assert_memory_equal(mac + 1, id_a, STORE_KEY_ID_LEN);
+
+  /* The role edited in place. */
+  file_exec(f->path, "UPDATE resources SET data = CAST('role=admin' AS BLOB)"
+                     " WHERE name = 'tokens/ci'");
+  assert_refused(get_one(f->s, "Token", "tokens/ci", 0, &row, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS,
+                 "tokens/ci failed its integrity check: it was changed outside the server");
+  assert_null(row.data);
+  assert_ok(get_one(f->s, "Token", "tokens/dash", 1, &row, &err), err);
+  assert_memory_equal(row.data, "role=viewer", row.data_len);
+  assert_null(row.mac);
+  store_row_clear(&row);
+  struct store_query q = {.kind = "Token"};
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_refused(store_list(txn, &q, &rows, &n, &err), -EBADMSG, err, GRPC_STATUS_DATA_LOSS,
+                 "tokens/ci failed its integrity check");
+  assert_null(rows);
+  assert_int_equal(n, 0);
+  store_rollback(txn);
+
+  /* Another row's data and MAC: the MAC names its row. */
+  file_exec(f->path,
+            "UPDATE resources SET data = (SELECT data FROM resources WHERE name = 'tokens/ops')"
+            " WHERE name = 'tokens/dash';"
+            "UPDATE macs SET mac = (SELECT mac FROM macs WHERE name = 'tokens/ops')"
+            " WHERE name = 'tokens/dash'");
+  assert_refused(get_one(f->s, "Token", "tokens/dash", 0, &row, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS, "tokens/dash failed its integrity check");
+  /* A row written in the file, and a row whose MAC was removed. */
+  file_exec(f->path, "INSERT INTO resources (kind, name, etag, revision, create_time_us,"
+                     " update_time_us, data) VALUES ('Token', 'tokens/forged', '9', 9, 0, 0,"
+                     " CAST('role=admin' AS BLOB));"
+                     "DELETE FROM macs WHERE name = 'tokens/ops'");
+  assert_refused(
+      get_one(f->s, "Token", "tokens/forged", 0, &row, &err), -EBADMSG, err, GRPC_STATUS_DATA_LOSS,
+      "tokens/forged failed its integrity check: it carries no valid authentication tag");
+  assert_refused(get_one(f->s, "Token", "tokens/ops", 0, &row, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS, "tokens/ops failed its integrity check");
+
+  /* A rotation does not launder them: refused, nothing changed. */
+  size_t count = 99;
+  assert_refused(store_master_key_rotate(f->s, key_b, "local:test", &count, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS, "failed its integrity check");
+  assert_int_equal(count, 0);
+  assert_int_equal(raw_mac(f->path, "Token", "tokens/ci", mac, sizeof(mac)), STORE_MAC_LEN);
+  assert_memory_equal(mac + 1, id_a, STORE_KEY_ID_LEN);
+
+  /* Deleting reads nothing: the edited rows can go. Then the rotation
+   * re-authenticates what is left under key B. */
+  const char *bad[] = {"tokens/ci", "tokens/dash", "tokens/ops", "tokens/forged"};
+  for (size_t i = 0; i < 4; i++)
+    assert_ok(delete_one(f->s, "Token", bad[i], NULL, &err), err);
+  assert_int_equal(raw_mac(f->path, "Token", "tokens/ci", mac, sizeof(mac)), -1);
+  create_text(f->s, "Token", "tokens/new", "role=viewer");
+  assert_ok(store_master_key_rotate(f->s, key_b, "local:test", &count, &err), err);
+  uint8_t id_b[STORE_KEY_ID_LEN];
+  store_master_key_id(key_b, id_b);
+  assert_int_equal(raw_mac(f->path, "Token", "tokens/new", mac, sizeof(mac)), STORE_MAC_LEN);
+  assert_memory_equal(mac + 1, id_b, STORE_KEY_ID_LEN);
+  assert_ok(get_one(f->s, "Token", "tokens/new", 0, &row, &err), err);
+  store_row_clear(&row);
+  store_close(f->s);
+  f->s = NULL;
+  struct store_opts opts_b = {.master_keys = &key_b, .n_master_keys = 1};
+  assert_ok(store_open(f->path, &opts_b, &f->s, &err), err);
+  assert_ok(get_one(f->s, "Token", "tokens/new", 0, &row, &err), err);
+  store_row_clear(&row);
+}
+
+/* A database of schema version 3 has no MACs: the upgrade authenticates
+ * its rows as it finds them, and they read on. */
+static void test_upgrade_authenticates_rows(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_opts v3 = {.version = 3, .master_keys = &key_a, .n_master_keys = 1};
+  assert_ok(store_open(f->path, &v3, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), 3);
+  create_text(f->s, "Token", "tokens/old", "role=viewer");
+  struct store_row row;
+  assert_ok(get_one(f->s, "Token", "tokens/old", 0, &row, &err), err);
+  store_row_clear(&row);
+  store_close(f->s);
+  f->s = NULL;
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), store_schema_latest());
+  uint8_t mac[64];
+  assert_int_equal(raw_mac(f->path, "Token", "tokens/old", mac, sizeof(mac)), STORE_MAC_LEN);
+  assert_ok(get_one(f->s, "Token", "tokens/old", 0, &row, &err), err);
+  assert_memory_equal(row.data, "role=viewer", row.data_len);
+  store_row_clear(&row);
+  /* From now on an edit is refused. */
+  file_exec(f->path, "UPDATE resources SET data = CAST('role=admin' AS BLOB)"
+                     " WHERE name = 'tokens/old'");
+  assert_refused(get_one(f->s, "Token", "tokens/old", 0, &row, &err), -EBADMSG, err,
+                 GRPC_STATUS_DATA_LOSS, "tokens/old failed its integrity check");
+}
+
 /* Usage is not a change: no revision, no audit row, no etag. */
 static void test_usage(void **state) {
   struct fixture *f = *state;
@@ -1482,6 +1622,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_master_key_rotation_all_or_nothing, setup_open,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_usage, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_rows_authenticated, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_upgrade_authenticates_rows, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_label_selectors, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_pagination, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),
