@@ -885,7 +885,8 @@ static void test_revocation_list(void **state) {
 /* CipherPolicy ------------------------------------------------------------- */
 
 static void test_policy_default(void **state) {
-  assert_string_equal(tlsconf_default_ciphers,
+  /* The seed's list survives verbatim as cipherPolicies/node-2015-default. */
+  assert_string_equal(tlsconf_node2015_ciphers,
                       "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:"
                       "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:"
                       "DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-SHA256:DHE-RSA-AES128-SHA256:"
@@ -897,6 +898,22 @@ static void test_policy_default(void **state) {
   EXPECT_OK(policy_check(cp, &err), &err);
   assert_int_equal(cp->n_warnings, 0);
   assert_int_equal(cp->dhparam_bits, 0);
+  /* An empty policy is the default policy: Mozilla intermediate's suites
+   * and nothing else, in its order (forward secret, AEAD only). */
+  static const char *const want[] = {
+      "TLS_AES_128_GCM_SHA256",       "TLS_AES_256_GCM_SHA384",
+      "TLS_CHACHA20_POLY1305_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256",
+      "ECDHE-RSA-AES128-GCM-SHA256",  "ECDHE-ECDSA-AES256-GCM-SHA384",
+      "ECDHE-RSA-AES256-GCM-SHA384",  "ECDHE-ECDSA-CHACHA20-POLY1305",
+      "ECDHE-RSA-CHACHA20-POLY1305"};
+  Tlsplane__V1__ListCiphersResponse resp = TLSPLANE__V1__LIST_CIPHERS_RESPONSE__INIT;
+  EXPECT_OK(tlsconf_ciphers_list(cp, &resp, &err), &err);
+  assert_int_equal(resp.n_ciphers, sizeof(want) / sizeof(want[0]));
+  for (size_t i = 0; i < resp.n_ciphers; i++)
+    assert_string_equal(resp.ciphers[i]->name, want[i]);
+  for (size_t i = 0; i < resp.n_ciphers; i++)
+    protobuf_c_message_free_unpacked(&resp.ciphers[i]->base, NULL);
+  free(resp.ciphers);
   msg_free(cp);
 }
 
