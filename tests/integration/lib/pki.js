@@ -368,6 +368,17 @@ class Pki {
     return x;
   }
 
+  // Revokes the certificate `name` (made by leaf(), issued by the root CA)
+  // with `openssl ca -revoke` and returns a new CRL (PEM) of the root CA
+  // listing it with every earlier revocation.
+  revokeAndCrl(name) {
+    this.run(['ca', '-batch', '-config', 'ca.cnf', '-revoke', `${name}.crt`, '-crl_reason', 'keyCompromise']);
+    this.crlSeq = (this.crlSeq || 0) + 1;
+    const out = `ca-${this.crlSeq}.crl`;
+    this.run(['ca', '-batch', '-config', 'ca.cnf', '-gencrl', '-crldays', '30', '-out', out]);
+    return this.read(out);
+  }
+
   // The chain (leaf first, then the certificates of the file that issue
   // it) and the unencrypted PKCS#8 key of a PFX file, as
   // tlsconf_certificate_prepare turns a pfx into what agents load.
