@@ -87,7 +87,9 @@ extern const char tlsconf_node2015_ciphers[];
  *     certificate's key. Validity is checked for every certificate of the
  *     chain ("certificate expired at ..." for the leaf, "certificate 2
  *     expired at ..." for the others).
- *   - ocsp_response needs the leaf's issuer as the chain's second
+ *   - ocsp_response needs the leaf's issuer: issuer_certificate_pem
+ *     (exactly one certificate that issued the leaf; rewritten as clean
+ *     PEM, checked even without a response) or else the chain's second
  *     certificate; its signature must verify with the issuer or a
  *     responder the issuer delegated to; next_update must not be past
  *     ("ocsp_response: expired at ..."; checked even with
@@ -207,7 +209,9 @@ int tlsconf_hostname_pattern_check(const char *pattern, struct tp_err *err);
  *     it; below -1 is an error.
  *   - ocsp_stapling: a status callback staples the stored ocsp_response of
  *     the certificate chosen for the handshake, and nothing once that
- *     response's next_update has passed (checked per handshake).
+ *     response's next_update has passed (checked per handshake). The
+ *     response is matched with the issuer of issuer_certificate_pem or the
+ *     chain; issuer_certificate_pem is never served.
  *   - max_send_fragment: 512 to 16384; 0 leaves 16384.
  *   - Callback data lives in the SSL_CTX's ex_data (freed with the last
  *     reference to the SSL_CTX), so connections keep working on a context
