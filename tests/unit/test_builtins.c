@@ -17,12 +17,13 @@
 #include "store.h"
 #include "tlsconf.h"
 
-#define assert_ok(rc, err)                                                                         \
-  do {                                                                                             \
-    int rc_ = (rc);                                                                                \
-    if (rc_ != 0)                                                                                  \
-      fail_msg("%s returned %d: %s", #rc, rc_, (err).msg);                                         \
-  } while (0)
+/* Fails the test with err's message unless rc is 0. */
+#define assert_ok(rc, err) ok_or_fail((rc), #rc, &(err))
+
+static void ok_or_fail(int rc, const char *what, const struct tp_err *err) {
+  if (rc != 0)
+    fail_msg("%s: %d, %s", what, rc, err->msg);
+}
 
 static const uint8_t master_key[STORE_MASTER_KEY_LEN] = "tlsplane test master key .......";
 
