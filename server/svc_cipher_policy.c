@@ -140,9 +140,8 @@ static int builtin_differs(const Tlsplane__V1__CipherPolicy *have,
   if (have->ecdh_disabled != want->ecdh_disabled || have->min_version != want->min_version ||
       have->max_version != want->max_version || !have->built_in)
     return 1;
-  int have_honor = have->honor_cipher_order == NULL || have->honor_cipher_order->value;
-  if ((have->honor_cipher_order == NULL) != (want->honor_cipher_order == NULL) ||
-      have_honor != (want->honor_cipher_order == NULL || want->honor_cipher_order->value))
+  const Google__Protobuf__BoolValue *h = have->honor_cipher_order, *w = want->honor_cipher_order;
+  if ((h == NULL) != (w == NULL) || (h != NULL && h->value != w->value))
     return 1;
   return have->n_labels != want->n_labels || have->n_labels != 1 ||
          strcmp(have->labels[0]->key, want->labels[0]->key) != 0 ||
