@@ -213,6 +213,42 @@ static int size_check(size_t len, size_t max, const char *field, struct tp_err *
                     max);
 }
 
+int tlsconf__ocsp_issuer(const Tlsplane__V1__Certificate *c, STACK_OF(X509) *chain, X509 **out,
+                         struct tp_err *err) {
+  *out = NULL;
+  X509 *leaf = sk_X509_value(chain, 0);
+  if (c->issuer_certificate_pem[0] == '\0') {
+    if (sk_X509_num(chain) >= 2 && X509_up_ref(sk_X509_value(chain, 1)))
+      *out = sk_X509_value(chain, 1);
+    return 0;
+  }
+  STACK_OF(X509) *given = NULL;
+  if (certinfo_certs_read(c->issuer_certificate_pem, strlen(c->issuer_certificate_pem),
+                          "issuer_certificate_pem", &given, err) != 0)
+    return -1;
+  int rc = -1;
+  X509 *issuer = sk_X509_value(given, 0);
+  EVP_PKEY *pub = X509_get0_pubkey(issuer);
+  if (sk_X509_num(given) != 1)
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "issuer_certificate_pem: holds %d certificates; give only the one that issued "
+               "the leaf",
+               sk_X509_num(given));
+  else if (X509_check_issued(issuer, leaf) != X509_V_OK || pub == NULL ||
+           X509_verify(leaf, pub) <= 0)
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "issuer_certificate_pem: did not issue the leaf certificate (its subject, key "
+               "identifier or key does not match the leaf's issuer and signature)");
+  else if (X509_up_ref(issuer)) {
+    *out = issuer;
+    rc = 0;
+  } else
+    tlsconf__oom(err);
+  ERR_clear_error();
+  certinfo_certs_free(given);
+  return rc;
+}
+
 int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existing_key_pem,
                                 time_t now, char **key_pem_out, struct tp_err *err) {
   *key_pem_out = NULL;
@@ -221,6 +257,8 @@ int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existi
   struct cert_facts facts;
   memset(&facts, 0, sizeof(facts));
   char *key_pem = NULL;
+  X509 *ocsp_issuer = NULL;
+  char *issuer_pem = NULL; /* issuer_certificate_pem rewritten as clean PEM */
   int rc = -1;
   int has_pfx = c->pfx.len > 0;
   int has_key = c->private_key_pem[0] != '\0';
@@ -297,16 +335,28 @@ int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existi
     goto done;
   if (!c->allow_invalid_time && certinfo_chain_check_time(chain, now, chain_field, err) != 0)
     goto done;
-  if (c->ocsp_response.len > 0) {
-    if (sk_X509_num(chain) < 2) {
-      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                 "ocsp_response: the certificate chain must contain the leaf's issuer to check "
-                 "an OCSP response (add the issuing CA certificate after the leaf)");
+  if (tlsconf__ocsp_issuer(c, chain, &ocsp_issuer, err) != 0)
+    goto done;
+  if (c->issuer_certificate_pem[0] != '\0') {
+    STACK_OF(X509) *one = sk_X509_new_null();
+    if (one == NULL || !sk_X509_push(one, ocsp_issuer) ||
+        (issuer_pem = certinfo_certs_pem(one)) == NULL) {
+      sk_X509_free(one);
+      tlsconf__oom(err);
       goto done;
     }
-    if (certinfo_ocsp_check(c->ocsp_response.data, c->ocsp_response.len, leaf,
-                            sk_X509_value(chain, 1), now, !c->allow_invalid_time, &facts.ocsp,
-                            err) != 0)
+    sk_X509_free(one); /* the reference stays ocsp_issuer's */
+  }
+  if (c->ocsp_response.len > 0) {
+    if (ocsp_issuer == NULL) {
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "ocsp_response: checking it needs the leaf's issuer: give it in "
+                 "issuer_certificate_pem (not served to clients) or after the leaf in "
+                 "certificate_chain_pem (served)");
+      goto done;
+    }
+    if (certinfo_ocsp_check(c->ocsp_response.data, c->ocsp_response.len, leaf, ocsp_issuer, now,
+                            !c->allow_invalid_time, &facts.ocsp, err) != 0)
       goto done;
     facts.has_ocsp = 1;
   }
@@ -319,6 +369,10 @@ int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existi
   if (cert_facts_store(c, &facts, key != NULL) != 0) {
     tlsconf__oom(err);
     goto done;
+  }
+  if (issuer_pem != NULL) {
+    tlsconf__str_take(&c->issuer_certificate_pem, issuer_pem); /* cannot fail: not NULL */
+    issuer_pem = NULL;
   }
   tlsconf__str_clear(&c->private_key_pem);
   tlsconf__str_clear(&c->passphrase);
@@ -333,6 +387,8 @@ done:
     free(key_pem);
   }
   cert_facts_free(&facts);
+  X509_free(ocsp_issuer);
+  free(issuer_pem);
   EVP_PKEY_free(key);
   certinfo_certs_free(chain);
   return rc;

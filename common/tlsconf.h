@@ -23,9 +23,29 @@
 #include "tlsplane/v1/tls_context.pb-c.h"
 #include "tlsplane/v1/trust_bundle.pb-c.h"
 
-/* The seed's default cipher list (tls.createServer's `ciphers` default),
- * exactly, joined without spaces. */
+/* The default cipher policy: what a context without a cipher policy
+ * gets, and what a policy's empty ciphers, ciphersuites and ecdh_curve
+ * mean. Mozilla's "intermediate" configuration (guidelines 6.0: TLS 1.2
+ * and 1.3; ECDHE with AES-GCM or ChaCha20-Poly1305 only, so forward secret
+ * and AEAD throughout; groups X25519, P-256, P-384; its first group,
+ * X25519MLKEM768, is not in OpenSSL 3.0) served in the server's order
+ * (honorCipherOrder's default). Versions and the security level are
+ * tlsconf_cipher_policy_prepare's defaults. */
 extern const char tlsconf_default_ciphers[];
+extern const char tlsconf_default_ciphersuites[];
+extern const char tlsconf_default_groups[];
+
+/* Mozilla's "old" configuration's cipher list (guidelines 5.7, the last
+ * with one): what empty ciphers mean in a policy that enables TLS 1.0 or
+ * 1.1 or sets ecdh_disabled, which the default's TLS 1.2 ECDHE ciphers
+ * cannot serve; also the built-in cipherPolicies/mozilla-old. */
+extern const char tlsconf_old_ciphers[];
+
+/* The seed's default cipher list (tls.createServer's `ciphers` default in
+ * 2015), exactly, joined without spaces: the built-in policy
+ * cipherPolicies/node-2015-default. It offers RSA key exchange without
+ * forward secrecy, CBC with SHA-1, CCM8 and ARIA (its "HIGH"). */
+extern const char tlsconf_node2015_ciphers[];
 
 /* Validates and normalises a Certificate on write.
  * In: c's input fields (certificate_chain_pem + private_key_pem, or pfx,
@@ -67,7 +87,9 @@ extern const char tlsconf_default_ciphers[];
  *     certificate's key. Validity is checked for every certificate of the
  *     chain ("certificate expired at ..." for the leaf, "certificate 2
  *     expired at ..." for the others).
- *   - ocsp_response needs the leaf's issuer as the chain's second
+ *   - ocsp_response needs the leaf's issuer: issuer_certificate_pem
+ *     (exactly one certificate that issued the leaf; rewritten as clean
+ *     PEM, checked even without a response) or else the chain's second
  *     certificate; its signature must verify with the issuer or a
  *     responder the issuer delegated to; next_update must not be past
  *     ("ocsp_response: expired at ..."; checked even with
@@ -126,6 +148,9 @@ int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_
  *     1.1 is enabled (OpenSSL
  *     3 refuses their handshake signatures above level 0). "@SECLEVEL=n" in
  *     ciphers overrides.
+ *   - Empty ciphers / ciphersuites: tlsconf_default_ciphers /
+ *     tlsconf_default_ciphersuites; empty ciphers with TLS 1.0 or 1.1
+ *     enabled or with ecdh_disabled: tlsconf_old_ciphers.
  *   - ciphers: entries that match nothing are ignored (as OpenSSL does) and
  *     reported in warnings; a list matching nothing is an error, and so is
  *     a policy under which no cipher is usable with its versions (DHE
@@ -139,7 +164,8 @@ int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_
  *   - ciphersuites: every name must be a TLS 1.3 suite this OpenSSL knows
  *     (OpenSSL itself would skip unknown names silently).
  *   - ecdh_curve: each group must exist ("ecdh_curve: unknown group
- *     \"P-999\""); "auto" or empty: OpenSSL's default groups.
+ *     \"P-999\""); empty: tlsconf_default_groups; "auto": OpenSSL's
+ *     default groups.
  *     ecdh_disabled removes ECDHE ciphers and leaves TLS 1.3 the groups
  *     ffdhe2048:ffdhe3072:ffdhe4096 (clients without FFDHE groups fail);
  *     it contradicts a non-empty ecdh_curve. */
@@ -156,7 +182,7 @@ int tlsconf_hostname_pattern_check(const char *pattern, struct tp_err *err);
 
 /* Builds a server SSL_CTX from a resolved context: every certificate with
  * its key and chain (one per key algorithm), the cipher policy (or the
- * seed's defaults when rc->cipher_policy is NULL), trust bundle and CRLs
+ * default policy when rc->cipher_policy is NULL), trust bundle and CRLs
  * (X509_V_FLAG_CRL_CHECK), request_cert / reject_unauthorized, ALPN and NPN
  * selection, session timeout / id context / tickets / cache size, OCSP
  * stapling (the response of the certificate actually served), max send
@@ -201,7 +227,9 @@ int tlsconf_hostname_pattern_check(const char *pattern, struct tp_err *err);
  *     it; below -1 is an error.
  *   - ocsp_stapling: a status callback staples the stored ocsp_response of
  *     the certificate chosen for the handshake, and nothing once that
- *     response's next_update has passed (checked per handshake).
+ *     response's next_update has passed (checked per handshake). The
+ *     response is matched with the issuer of issuer_certificate_pem or the
+ *     chain; issuer_certificate_pem is never served.
  *   - max_send_fragment: 512 to 16384; 0 leaves 16384.
  *   - Callback data lives in the SSL_CTX's ex_data (freed with the last
  *     reference to the SSL_CTX), so connections keep working on a context

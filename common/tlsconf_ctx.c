@@ -220,13 +220,25 @@ static int cert_load(const Tlsplane__V1__CertificateMaterial *m, const char *lab
 }
 
 /* Keeps a copy of the certificate's OCSP response for the status callback. */
-static int staple_add(struct ctx_data *d, const ProtobufCBinaryData *ocsp,
+/* The issuer the response is matched with comes from the certificate's
+ * issuer_certificate_pem or its chain (tlsconf__ocsp_issuer); only the
+ * chain is served. */
+static int staple_add(struct ctx_data *d, const Tlsplane__V1__Certificate *c,
                       const struct loaded_cert *lc, const char *label, struct tp_err *err) {
+  const ProtobufCBinaryData *ocsp = &c->ocsp_response;
   X509 *leaf = sk_X509_value(lc->chain, 0);
+  X509 *issuer = NULL;
   struct staple s = {0};
-  if (sk_X509_num(lc->chain) < 2 ||
-      certinfo_ocsp_next_update(ocsp->data, ocsp->len, leaf, sk_X509_value(lc->chain, 1),
-                                &s.has_next_update, &s.next_update) != 0)
+  if (tlsconf__ocsp_issuer(c, lc->chain, &issuer, err) != 0) {
+    char prefix[160];
+    snprintf(prefix, sizeof(prefix), "certificates: %s: ", label);
+    tp_err_prefix(err, prefix);
+    return -1;
+  }
+  int found = issuer != NULL && certinfo_ocsp_next_update(ocsp->data, ocsp->len, leaf, issuer,
+                                                          &s.has_next_update, &s.next_update) == 0;
+  X509_free(issuer);
+  if (!found)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "certificates: %s: ocsp_response names no response for the certificate "
                       "and its issuer",
@@ -294,7 +306,7 @@ static int add_certificates(SSL_CTX *ctx, struct ctx_data *d,
     if (rc2 == 0)
       rc2 = cert_install(ctx, &lc, labels[i], err);
     if (rc2 == 0 && stapling && m->certificate->ocsp_response.len > 0)
-      rc2 = staple_add(d, &m->certificate->ocsp_response, &lc, labels[i], err);
+      rc2 = staple_add(d, m->certificate, &lc, labels[i], err);
     algs[i] = lc.alg;
     loaded_cert_free(&lc);
     if (rc2 != 0)

@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "google/protobuf/timestamp.pb-c.h"
+#include "tlsplane/v1/certificate.pb-c.h"
 #include "tlsplane/v1/cipher_policy.pb-c.h"
 
 /* Setters for protobuf-c message members, which are malloc'd and freed by
@@ -31,6 +32,15 @@ int tlsconf__strv_push(size_t *n_field, char ***field, const char *s);
 void tlsconf__bytes_clear(ProtobufCBinaryData *b);
 
 int tlsconf__oom(struct tp_err *err);
+
+/* The issuer of chain's leaf an OCSP response of c is checked with:
+ * c->issuer_certificate_pem when set (exactly one certificate, which must
+ * have issued the leaf: names, key identifiers, signature), else the
+ * chain's second certificate, else none (*out NULL). *out holds a
+ * reference (X509_free). The one rule both tlsconf_certificate_prepare
+ * and tlsconf_ctx_build use; errors name issuer_certificate_pem. */
+int tlsconf__ocsp_issuer(const Tlsplane__V1__Certificate *c, STACK_OF(X509) *chain, X509 **out,
+                         struct tp_err *err);
 
 /* What applying a policy learnt beyond success. */
 struct tlsconf_policy_info {

@@ -346,6 +346,155 @@ static int status_cb(SSL *ssl, void *arg) {
   return rc;
 }
 
+/* Resumption and the client certificate ---------------------------------
+ *
+ * A session keeps the verdict on its client certificate, and OpenSSL does
+ * not verify the certificate again when the session resumes. A ticket
+ * outlives the listener version that issued it (the ring is shared by
+ * versions and agents), so a client revoked by a CRL update, whose CA left
+ * the trust bundle, or whose certificate or CRL has expired since would
+ * resume until the session times out. So a ticket carries what verifying
+ * needs beyond the store (the verdict of the full handshake and the
+ * intermediates the client sent), and every ticket resumption verifies the
+ * session's certificate again, against the store of the context selected
+ * now and at the current time: the session resumes only when the verdict
+ * is still the one it was made with (a client that must send a certificate
+ * resumes only a session that has one). Otherwise the client gets a full
+ * handshake, which verifies what it sends now; still valid clients keep
+ * resuming across a CRL update. Sessions in the server's cache (TLS 1.2
+ * session IDs; TLS 1.3 with tickets off) live in the base SSL_CTX of one
+ * listener version: a change of a trust bundle or CRL builds a new version
+ * with an empty cache, so none of them resumes across it. */
+
+/* A ticket's application data: TICKET_APPDATA_TAG, the verdict (X509_V_*,
+ * 4 bytes big-endian), then the client's intermediates, DER one after the
+ * other. Intermediates that do not fit are left out: the session then
+ * verifies with the store alone, or gets a full handshake. */
+#define TICKET_APPDATA_TAG "tpv1"
+#define TICKET_APPDATA_HEAD 8
+#define TICKET_APPDATA_MAX 16384
+
+/* Session tickets, generate side (SSL_CTX_set_session_ticket_cb): records
+ * the verdict and the intermediates of a full handshake in the ticket. A
+ * resumed session's renewed ticket carries what its first one carried
+ * (OpenSSL copies the application data with the session). Always 1: a
+ * ticket without the data only resumes where the store alone verifies. */
+static int ticket_gen_cb(SSL *ssl, void *arg) {
+  SSL_SESSION *sess = SSL_get_session(ssl);
+  X509 *peer = sess != NULL ? SSL_SESSION_get0_peer(sess) : NULL;
+  if (peer == NULL || SSL_session_reused(ssl))
+    return 1;
+  STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl); /* the server's: without the leaf */
+  unsigned char buf[TICKET_APPDATA_MAX];
+  size_t len = TICKET_APPDATA_HEAD;
+  uint32_t verdict = (uint32_t)SSL_get_verify_result(ssl);
+  memcpy(buf, TICKET_APPDATA_TAG, 4);
+  for (int i = 0; i < 4; i++)
+    buf[4 + i] = (unsigned char)(verdict >> (24 - 8 * i));
+  for (int i = 0; i < sk_X509_num(chain); i++) {
+    X509 *x = sk_X509_value(chain, i);
+    int n = X509_cmp(x, peer) == 0 ? 0 : i2d_X509(x, NULL);
+    if (n <= 0 || (size_t)n > sizeof(buf) - len)
+      continue;
+    unsigned char *p = buf + len;
+    len += (size_t)i2d_X509(x, &p);
+  }
+  SSL_SESSION_set1_ticket_appdata(sess, buf, len);
+  ERR_clear_error();
+  return 1;
+}
+
+/* What a ticket recorded: has_verdict is 0 for a ticket without (or with
+ * unreadable) application data. untrusted: caller frees. */
+struct ticket_record {
+  int has_verdict;
+  long verdict;
+  STACK_OF(X509) *untrusted;
+};
+
+static void ticket_record_read(SSL_SESSION *sess, struct ticket_record *r) {
+  memset(r, 0, sizeof(*r));
+  void *data = NULL;
+  size_t len = 0;
+  if (!SSL_SESSION_get0_ticket_appdata(sess, &data, &len) || len < TICKET_APPDATA_HEAD ||
+      len > TICKET_APPDATA_MAX || memcmp(data, TICKET_APPDATA_TAG, 4) != 0)
+    return;
+  const unsigned char *p = data, *end = p + len;
+  uint32_t verdict = 0;
+  for (int i = 0; i < 4; i++)
+    verdict = verdict << 8 | p[4 + i];
+  if ((r->untrusted = sk_X509_new_null()) == NULL)
+    return;
+  for (p += TICKET_APPDATA_HEAD; p < end;) {
+    X509 *x = d2i_X509(NULL, &p, (long)(end - p));
+    if (x == NULL || !sk_X509_push(r->untrusted, x)) {
+      X509_free(x);
+      sk_X509_pop_free(r->untrusted, X509_free);
+      r->untrusted = NULL;
+      ERR_clear_error();
+      return;
+    }
+  }
+  r->has_verdict = 1;
+  r->verdict = (long)verdict;
+}
+
+/* Verifies peer as OpenSSL's full handshake does (ssl_verify_cert_chain):
+ * the store of the SSL's current context with its flags (CRL checks), the
+ * "ssl_client" purpose, the SSL's verify parameters and callback, the
+ * current time. Returns the X509_V_* verdict. */
+static long peer_verify(SSL *ssl, X509 *peer, STACK_OF(X509) *untrusted) {
+  X509_STORE *store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
+  X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+  long verdict = X509_V_ERR_UNSPECIFIED;
+  if (store == NULL || vctx == NULL || !X509_STORE_CTX_init(vctx, store, peer, untrusted))
+    goto done;
+  if (!X509_STORE_CTX_set_default(vctx, "ssl_client") ||
+      !X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(vctx), SSL_get0_param(ssl)) ||
+      !X509_STORE_CTX_set_ex_data(vctx, SSL_get_ex_data_X509_STORE_CTX_idx(), ssl))
+    goto done;
+  SSL_verify_cb cb = SSL_get_verify_callback(ssl);
+  if (cb != NULL)
+    X509_STORE_CTX_set_verify_cb(vctx, cb);
+  int ok = X509_verify_cert(vctx);
+  verdict = X509_STORE_CTX_get_error(vctx);
+  if (ok <= 0 && verdict == X509_V_OK)
+    verdict = X509_V_ERR_UNSPECIFIED;
+done:
+  X509_STORE_CTX_free(vctx);
+  ERR_clear_error();
+  return verdict;
+}
+
+/* Whether sess may resume on ssl, whose context is selected (see above). */
+static int session_still_verifies(SSL *ssl, SSL_SESSION *sess) {
+  int mode = SSL_get_verify_mode(ssl);
+  if (!(mode & SSL_VERIFY_PEER))
+    return 1; /* no certificate asked for now */
+  X509 *peer = SSL_SESSION_get0_peer(sess);
+  if (peer == NULL)
+    return !(mode & SSL_VERIFY_FAIL_IF_NO_PEER_CERT);
+  struct ticket_record r;
+  ticket_record_read(sess, &r);
+  long now = peer_verify(ssl, peer, r.untrusted);
+  sk_X509_pop_free(r.untrusted, X509_free);
+  return now == (r.has_verdict ? r.verdict : X509_V_OK);
+}
+
+/* Session tickets, decrypt side: runs once the ticket decrypted (after the
+ * client hello callback selected the context). A session that fails
+ * session_still_verifies is not resumed, and the full handshake hands out
+ * a new ticket, as for a ticket that does not decrypt. */
+static SSL_TICKET_RETURN ticket_dec_cb(SSL *ssl, SSL_SESSION *sess, const unsigned char *keyname,
+                                       size_t keyname_len, SSL_TICKET_STATUS status, void *arg) {
+  if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
+    return SSL_TICKET_RETURN_IGNORE_RENEW; /* what OpenSSL does without this callback */
+  struct conn *c = conn_get(ssl);
+  if (c == NULL || c->entry == NULL || !session_still_verifies(ssl, sess))
+    return SSL_TICKET_RETURN_IGNORE_RENEW;
+  return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
+}
+
 static int ticket_mac_init(EVP_MAC_CTX *hctx, const struct ticket_key *k) {
   OSSL_PARAM params[3];
   params[0] =
@@ -423,12 +572,13 @@ static void listener_free(struct tlsconf_listener *l) {
 
 /* Callbacks every SSL_CTX of the listener carries: the client hello and
  * servername callbacks run from the SSL's current SSL_CTX (a
- * renegotiation's from the selected one), the ticket callback from the
- * session_ctx (the base) but is set on all in case that ever changes. */
+ * renegotiation's from the selected one), the ticket callbacks from the
+ * session_ctx (the base) but are set on all in case that ever changes. */
 static int install_callbacks(SSL_CTX *ctx) {
   SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
   SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
-  return SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+  return SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb) &&
+         SSL_CTX_set_session_ticket_cb(ctx, ticket_gen_cb, ticket_dec_cb, NULL);
 }
 
 /* Builds the context named name (found in the sorted map) as entry e. */

@@ -31,9 +31,13 @@ struct tlsconf_listener;
  * hostnames are matched lower-cased. The result holds one reference;
  * release with tlsconf_listener_unref. rl may be freed afterwards.
  * Sessions: one session cache for the listener (the largest
- * session_cache_size of its contexts); a session resumes only in the
- * context that made it (session_id_context) and lives for that context's
- * session_timeout. */
+ * session_cache_size of its contexts), new with every build; a session
+ * resumes only in the context that made it (session_id_context) and lives
+ * for that context's session_timeout. A ticket whose session has a client
+ * certificate resumes only while that certificate still gets the verdict
+ * it got (verified again against the selected context's trust store and
+ * CRLs, at the current time); otherwise the client gets a full
+ * handshake. */
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err);
 

@@ -7,6 +7,12 @@
  * that "OpenSSL accepts it" is the definition of valid.
  *
  * Decisions (also in tlsconf.h):
+ * - No policy, and a policy's empty ciphers / ciphersuites / ecdh_curve:
+ *   the default policy, Mozilla intermediate in the server's order (the
+ *   seed's 2015 list offered RSA key exchange and CBC with SHA-1; it is
+ *   tlsconf_node2015_ciphers now). Empty ciphers with TLS 1.0 / 1.1 on or
+ *   ECDHE off: Mozilla old's list, so that every policy valid before the
+ *   default changed still serves the clients it served.
  * - No version given: TLS 1.2 to TLS 1.3 (Node's defaults since v12; the
  *   seed's 2015 defaults allowed SSLv3). "TLS_method" / "SSLv23_method"
  *   mean every version this OpenSSL has: TLS 1.0 to TLS 1.3.
@@ -35,7 +41,27 @@
 #include "tlsconf.h"
 #include "tlsconf_int.h"
 
+/* Mozilla's "intermediate" configuration, guidelines version 6.0
+ * (ssl-config.mozilla.org/guidelines/6.0.json), in its order. */
 const char tlsconf_default_ciphers[] =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+const char tlsconf_default_ciphersuites[] =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+const char tlsconf_default_groups[] = "X25519:prime256v1:secp384r1";
+
+/* Mozilla's "old" configuration, guidelines version 5.7 (the last with
+ * one), in its order. */
+const char tlsconf_old_ciphers[] =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:"
+    "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384:"
+    "ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:DHE-RSA-AES128-SHA256:DHE-RSA-AES256-SHA256:"
+    "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA";
+
+const char tlsconf_node2015_ciphers[] =
     "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-SHA256:"
     "DHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384:DHE-RSA-AES256-SHA384:ECDHE-RSA-AES256-SHA256:"
@@ -391,7 +417,9 @@ const char *tlsconf__policy_groups(const Tlsplane__V1__CipherPolicy *cp) {
   if (cp != NULL && cp->ecdh_disabled)
     return ffdhe_groups;
   const char *curve = cp ? cp->ecdh_curve : "";
-  if (curve[0] == '\0' || strcmp(curve, "auto") == 0)
+  if (curve[0] == '\0')
+    return tlsconf_default_groups;
+  if (strcmp(curve, "auto") == 0)
     return NULL;
   return curve;
 }
@@ -446,10 +474,15 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
   else
     SSL_CTX_clear_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
 
+  int ecdh_off = cp != NULL && cp->ecdh_disabled;
+  /* Intermediate's ciphers are all ECDHE and TLS 1.2 only: a policy that
+   * turns ECDHE off or TLS 1.0 / 1.1 on without naming ciphers gets
+   * Mozilla's list for such clients instead of none. */
   /* With only TLS 1.3 suites in ciphers, the TLS 1.2 list is never used
    * (min is TLS 1.3): the default stands in for it. */
-  const char *given = tls12 && tls12[0] ? tls12 : tlsconf_default_ciphers;
-  int ecdh_off = cp != NULL && cp->ecdh_disabled;
+  const char *given = tls12 && tls12[0]                   ? tls12
+                      : min <= TLS1_1_VERSION || ecdh_off ? tlsconf_old_ciphers
+                                                          : tlsconf_default_ciphers;
   if (asprintf(&list, "%s%s", given, ecdh_off ? ":!kECDHE" : "") < 0) {
     list = NULL;
     tlsconf__oom(err);
@@ -466,7 +499,7 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
 
   const char *suites = tls13 && tls13[0]           ? tls13
                        : cp && cp->ciphersuites[0] ? cp->ciphersuites
-                                                   : OSSL_default_ciphersuites();
+                                                   : tlsconf_default_ciphersuites;
   if (apply_ciphersuites(ctx, suites, err) != 0)
     goto failed;
 

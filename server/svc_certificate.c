@@ -9,8 +9,8 @@
 #include "tlsconf.h"
 
 static const char *const certificate_mutable[] = {
-    "certificate_chain_pem", "private_key_pem", "passphrase", "pfx",
-    "allow_invalid_time",    "ocsp_response",   NULL};
+    "certificate_chain_pem", "private_key_pem",        "passphrase", "pfx", "allow_invalid_time",
+    "ocsp_response",         "issuer_certificate_pem", NULL};
 
 static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "log.h"
 #include "pb.h"
 #include "resolve.h"
 #include "tlsconf.h"
@@ -48,41 +49,42 @@ static const char ffdhe2048_pem[] =
     "ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==\n"
     "-----END DH PARAMETERS-----\n";
 
-/* Mozilla's server-side TLS recommendations, version 5.7. */
-#define MOZILLA_INTERMEDIATE_CIPHERS                                                               \
-  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"       \
-  "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"         \
-  "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
-#define MOZILLA_OLD_CIPHERS                                                                        \
-  MOZILLA_INTERMEDIATE_CIPHERS                                                                     \
-  ":ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:"                     \
-  "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384:"                        \
-  "ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:DHE-RSA-AES128-SHA256:DHE-RSA-AES256-SHA256:"       \
-  "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA"
-#define MOZILLA_TLS13_SUITES                                                                       \
-  "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-#define MOZILLA_GROUPS "X25519:prime256v1:secp384r1"
+/* OpenSSL 3.0's own TLS 1.3 default (OSSL_default_ciphersuites()), which
+ * the seed's defaults were served with before the default became Mozilla
+ * intermediate. */
+#define OPENSSL_DEFAULT_SUITES                                                                     \
+  "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
 
+/* The content of a built-in policy. The code owns it: at every start a
+ * stored built-in that differs is rewritten (built-ins are read-only
+ * through the API, so nothing of a user's is lost). */
 struct builtin_policy {
   const char *id;
-  const char *ciphers; /* NULL: the seed's default list */
+  const char *ciphers;
   const char *ciphersuites;
   const char *groups;
   const char *dhparam;
   Tlsplane__V1__TlsVersion min_version;
   int honor_cipher_order;
-  const char *description;
 };
 
 static const struct builtin_policy builtins[] = {
-    {"default", NULL, "", "", "", TLSPLANE__V1__TLS_VERSION__TLS_1_2, 1,
-     "The seed's tls.createServer defaults"},
-    {"mozilla-modern", "", MOZILLA_TLS13_SUITES, MOZILLA_GROUPS, "",
-     TLSPLANE__V1__TLS_VERSION__TLS_1_3, 0, "Mozilla modern: TLS 1.3 only"},
-    {"mozilla-intermediate", MOZILLA_INTERMEDIATE_CIPHERS, MOZILLA_TLS13_SUITES, MOZILLA_GROUPS,
-     ffdhe2048_pem, TLSPLANE__V1__TLS_VERSION__TLS_1_2, 0, "Mozilla intermediate: TLS 1.2 and 1.3"},
-    {"mozilla-old", MOZILLA_OLD_CIPHERS, MOZILLA_TLS13_SUITES, MOZILLA_GROUPS, ffdhe2048_pem,
-     TLSPLANE__V1__TLS_VERSION__TLS_1_0, 1, "Mozilla old: TLS 1.0 to 1.3, for legacy clients"},
+    /* What a context without a policy uses (RESOLVE_DEFAULT_CIPHER_POLICY):
+     * tlsconf's default policy, spelt out so that reads show it. */
+    {"default", tlsconf_default_ciphers, tlsconf_default_ciphersuites, tlsconf_default_groups, "",
+     TLSPLANE__V1__TLS_VERSION__TLS_1_2, 1},
+    /* The seed's tls.createServer defaults: what "default" held until it
+     * became Mozilla intermediate, for clients that need it. */
+    {"node-2015-default", tlsconf_node2015_ciphers, OPENSSL_DEFAULT_SUITES, "auto", "",
+     TLSPLANE__V1__TLS_VERSION__TLS_1_2, 1},
+    /* Mozilla's guidelines 6.0, as published (client order); their first
+     * group, X25519MLKEM768, is not in OpenSSL 3.0. */
+    {"mozilla-modern", "", tlsconf_default_ciphersuites, tlsconf_default_groups, "",
+     TLSPLANE__V1__TLS_VERSION__TLS_1_3, 0},
+    {"mozilla-intermediate", tlsconf_default_ciphers, tlsconf_default_ciphersuites,
+     tlsconf_default_groups, "", TLSPLANE__V1__TLS_VERSION__TLS_1_2, 0},
+    {"mozilla-old", tlsconf_old_ciphers, tlsconf_default_ciphersuites, tlsconf_default_groups,
+     ffdhe2048_pem, TLSPLANE__V1__TLS_VERSION__TLS_1_0, 1},
 };
 
 static Tlsplane__V1__CipherPolicy *builtin_new(const struct builtin_policy *b) {
@@ -110,52 +112,105 @@ static Tlsplane__V1__CipherPolicy *builtin_new(const struct builtin_policy *b) {
   char name[64];
   snprintf(name, sizeof(name), "cipherPolicies/%s", b->id);
   cp->name = strdup(name);
-  cp->ciphers = strdup(b->ciphers ? b->ciphers : tlsconf_default_ciphers);
+  cp->ciphers = strdup(b->ciphers);
   cp->ciphersuites = strdup(b->ciphersuites);
   cp->ecdh_curve = strdup(b->groups);
   cp->dhparam_pem = strdup(b->dhparam);
   cp->min_version = b->min_version;
   cp->built_in = 1;
-  (void)b->description;
+  if (label->key == NULL || label->value == NULL || cp->name == NULL || cp->ciphers == NULL ||
+      cp->ciphersuites == NULL || cp->ecdh_curve == NULL || cp->dhparam_pem == NULL) {
+    protobuf_c_message_free_unpacked(&cp->base, NULL);
+    return NULL;
+  }
   return cp;
 }
 
-int api_seed_builtins(struct api *api, struct tp_err *err) {
+/* Whether a stored built-in says something else than the code's version:
+ * any field that reaches an SSL_CTX, or its label. */
+static int builtin_differs(const Tlsplane__V1__CipherPolicy *have,
+                           const Tlsplane__V1__CipherPolicy *want) {
+  const char *const have_s[] = {have->ciphers, have->ciphersuites, have->ecdh_curve,
+                                have->dhparam_pem, have->secure_protocol};
+  const char *const want_s[] = {want->ciphers, want->ciphersuites, want->ecdh_curve,
+                                want->dhparam_pem, want->secure_protocol};
+  for (size_t i = 0; i < sizeof(have_s) / sizeof(have_s[0]); i++)
+    if (strcmp(have_s[i], want_s[i]) != 0)
+      return 1;
+  if (have->ecdh_disabled != want->ecdh_disabled || have->min_version != want->min_version ||
+      have->max_version != want->max_version || !have->built_in)
+    return 1;
+  const Google__Protobuf__BoolValue *h = have->honor_cipher_order, *w = want->honor_cipher_order;
+  if ((h == NULL) != (w == NULL) || (h != NULL && h->value != w->value))
+    return 1;
+  return have->n_labels != want->n_labels || have->n_labels != 1 ||
+         strcmp(have->labels[0]->key, want->labels[0]->key) != 0 ||
+         strcmp(have->labels[0]->value, want->labels[0]->value) != 0;
+}
+
+/* Creates b, or rewrites it when the stored one differs, in a
+ * transaction of its own. *changed: whether anything was written. */
+static int builtin_seed(struct api *api, const struct builtin_policy *b, int *changed,
+                        struct tp_err *err) {
   const struct rpc_call_info call = {
       .method = "startup", .peer = "local", .actor = "system", .principal = ""};
+  *changed = 0;
+  Tlsplane__V1__CipherPolicy *want = builtin_new(b);
+  if (want == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   struct store_txn *txn;
-  if (store_begin(api->store, 1, &txn, err) != 0)
+  if (store_begin(api->store, 1, &txn, err) != 0) {
+    protobuf_c_message_free_unpacked(&want->base, NULL);
     return -1;
-  int rc = 0;
-  for (size_t i = 0; rc == 0 && i < sizeof(builtins) / sizeof(builtins[0]); i++) {
-    char name[64];
-    snprintf(name, sizeof(name), "cipherPolicies/%s", builtins[i].id);
-    struct store_row row = {0};
-    struct tp_err probe = {0};
-    if (store_get(txn, api_kind_cipher_policy.kind, name, 0, &row, &probe) == 0) {
-      store_row_clear(&row);
-      continue;
-    }
-    if (probe.status != GRPC_STATUS_NOT_FOUND) {
-      *err = probe;
-      rc = -1;
-      break;
-    }
-    Tlsplane__V1__CipherPolicy *cp = builtin_new(&builtins[i]);
-    if (cp == NULL) {
-      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      break;
-    }
-    struct api_op op = {
-        .api = api, .kind = &api_kind_cipher_policy, .txn = txn, .call = &call, .now = 0};
-    rc = api_write(&op, &cp->base, NULL, "create", err);
-    protobuf_c_message_free_unpacked(&cp->base, NULL);
   }
-  if (rc != 0) {
+  ProtobufCMessage *have = NULL;
+  struct store_row row = {0};
+  struct tp_err probe = {0};
+  int rc = api_read(txn, &api_kind_cipher_policy, want->name, 1, &have, &row, &probe);
+  if (rc != 0 && probe.status != GRPC_STATUS_NOT_FOUND) {
+    *err = probe;
+  } else if (rc != 0 || builtin_differs((const Tlsplane__V1__CipherPolicy *)have, want)) {
+    struct api_op op = {.api = api,
+                        .kind = &api_kind_cipher_policy,
+                        .txn = txn,
+                        .call = &call,
+                        .old = have,
+                        .old_row = have != NULL ? &row : NULL,
+                        .now = 0};
+    rc = api_write(&op, &want->base, NULL, have != NULL ? "update" : "create", err);
+    *changed = rc == 0;
+  } else {
+    rc = 0;
+  }
+  if (have != NULL)
+    protobuf_c_message_free_unpacked(have, NULL);
+  store_row_clear(&row);
+  protobuf_c_message_free_unpacked(&want->base, NULL);
+  if (rc != 0 || !*changed) {
     store_rollback(txn);
-    return -1;
+    *changed = 0;
+    return rc;
   }
   return store_commit(txn, NULL, err);
+}
+
+int api_seed_builtins(struct api *api, struct tp_err *err) {
+  for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++) {
+    int changed;
+    struct tp_err e = {0};
+    if (builtin_seed(api, &builtins[i], &changed, &e) == 0)
+      continue;
+    /* A built-in that cannot be rewritten (a context naming it would no
+     * longer build) keeps its stored version: the server still starts,
+     * and says so. A failing store is fatal. */
+    if (e.status != GRPC_STATUS_FAILED_PRECONDITION) {
+      *err = e;
+      return -1;
+    }
+    log_warn("server", "built-in cipherPolicies/%s keeps its stored version: %s", builtins[i].id,
+             e.msg);
+  }
+  return 0;
 }
 
 /* tls.getCiphers(), or the suites a policy enables. */

@@ -1,6 +1,6 @@
 'use strict';
-// The cipher policy as the agent enforces it: ciphers (and the seed's
-// default list), TLS 1.3 suites, honorCipherOrder, ecdhCurve (and
+// The cipher policy as the agent enforces it: ciphers (and the default
+// policy, Mozilla intermediate), TLS 1.3 suites, honorCipherOrder, ecdhCurve (and
 // ecdhCurve: false), dhparam, secureProtocol and min/max version. Every
 // test shows the option working and a client outside it failing.
 
@@ -29,7 +29,7 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', s
       defaultContext: tlsContext(name, { certs: [p.rsa], policy }),
     });
     agent = await Agent.start(snapshot(1, [
-      l('defaults', undefined), // no cipher_policy: the seed's defaults
+      l('defaults', undefined), // no cipher_policy: the default policy
       l('aes256-only', { ciphers: AES256 }),
       l('chacha-only', { ciphersuites: 'TLS_CHACHA20_POLY1305_SHA256' }),
       l('tls13-in-ciphers', { ciphers: `TLS_AES_256_GCM_SHA384:${AES128}` }),
@@ -63,13 +63,22 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', s
     assert.equal(ok.cipher, AES256);
   });
 
-  test('ciphers default: the seed\'s list, in its order (ECDHE-RSA-AES128-GCM-SHA256 first); CAMELLIA is excluded', async () => {
+  test('ciphers default (no policy): Mozilla intermediate in the server\'s order; RSA key exchange, CBC, CCM8 and ARIA are refused', async () => {
     const port = agent.port('defaults');
     const first = await sclient(port, ['-tls1_2', '-cipher', `AES256-SHA:${AES256}:${AES128}`]);
     assert.equal(first.handshake, true, first.out);
-    assert.equal(first.cipher, AES128, 'the seed\'s first cipher wins (honorCipherOrder defaults to true)');
-    const camellia = await sclient(port, ['-tls1_2', '-cipher', 'CAMELLIA128-SHA256:CAMELLIA256-SHA']);
-    assert.equal(camellia.handshake, false, `!CAMELLIA in the default list, yet: ${camellia.cipher}`);
+    assert.equal(first.cipher, AES128, 'Mozilla\'s first RSA cipher wins (honorCipherOrder defaults to true)');
+    // Each of these was negotiated by the seed's 2015 list (its HIGH).
+    for (const c of ['AES128-GCM-SHA256', 'AES256-SHA', 'ECDHE-RSA-AES128-SHA', 'ECDHE-RSA-AES256-SHA384', 'AES128-CCM8',
+      'ECDHE-ARIA128-GCM-SHA256', 'CAMELLIA128-SHA256']) {
+      const r = await sclient(port, ['-tls1_2', '-cipher', `${c}@SECLEVEL=0`]);
+      assert.equal(r.handshake, false, `${c} negotiated by default`);
+    }
+    const chacha = await sclient(port, ['-tls1_2', '-cipher', 'ECDHE-RSA-CHACHA20-POLY1305']);
+    assert.equal(chacha.cipher, 'ECDHE-RSA-CHACHA20-POLY1305', chacha.out.slice(-500));
+    // TLS 1.3: Mozilla's suites, AES-128-GCM first, the server's choice.
+    const t13 = await sclient(port, ['-tls1_3', '-ciphersuites', 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256']);
+    assert.equal(t13.cipher, 'TLS_AES_128_GCM_SHA256', t13.out.slice(-500));
   });
 
   test('TLS 1.3 suites: a client offering only suites outside the policy fails; a listed suite is negotiated', async () => {
@@ -122,10 +131,17 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', s
       const no = await exchange(port, { maxVersion, ecdhCurve: 'X25519', ciphers: AES128 });
       assert.equal(no.ok, false, `${maxVersion}: X25519 alone negotiated ${JSON.stringify(no.info && no.info.ephemeral)}`);
     }
-    // The default (no policy: "auto") takes X25519.
+    // The default (no policy): Mozilla's groups X25519, P-256, P-384; X448
+    // and P-521 (in OpenSSL's own list) are not offered.
     const auto = await exchange(agent.port('defaults'), { ecdhCurve: 'X25519' });
     assert.equal(auto.ok, true, auto.error);
     assert.equal(auto.info.ephemeral.name, 'X25519');
+    const p384 = await exchange(agent.port('defaults'), { ecdhCurve: 'secp384r1' });
+    assert.equal(p384.ok, true, p384.error);
+    for (const g of ['X448', 'secp521r1']) {
+      const no = await exchange(agent.port('defaults'), { ecdhCurve: g });
+      assert.equal(no.ok, false, `${g} negotiated by default`);
+    }
   });
 
   test('ecdhCurve false (ecdhDisabled): no ECDHE in TLS 1.2 or TLS 1.3', async () => {

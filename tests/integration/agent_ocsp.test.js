@@ -2,7 +2,8 @@
 // OCSP stapling (the 'OCSPRequest' event): a client sending status_request
 // gets the stored OCSP response of the certificate actually served (RSA
 // and ECDSA side by side each get their own), never one whose nextUpdate
-// has passed, and nothing when stapling is off.
+// has passed, and nothing when stapling is off; the issuer that checks a
+// response may be given apart from the chain, which is then served as is.
 
 const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -51,6 +52,13 @@ describe('OCSP stapling', skipWithoutAgent(), () => {
       l('staple', { certs: [p.rsa, p.ecdsa], ocspStapling: true }),
       l('expired', { certs: [{ leaf: p.rsa, ocsp: x.rsaOcspExpired }, p.ecdsa], ocspStapling: true }),
       l('off', { certs: [p.rsa, p.ecdsa], ocspStapling: false }),
+      // The leaf alone as the chain, its issuer given apart.
+      listener('issuer-apart', {
+        upstream: up.address,
+        defaultContext: tlsContext('issuer-apart', {
+          certs: [{ leaf: p.rsa, chain: p.rsa.cert, issuerCertificate: p.ca.cert }], ocspStapling: true,
+        }),
+      }),
     ]));
   });
 
@@ -112,6 +120,23 @@ describe('OCSP stapling', skipWithoutAgent(), () => {
     const m = await agent.waitForMetrics((mm) => mm.get('tlsplane_handshakes_total', L) >= m0.get('tlsplane_handshakes_total', L) + 5);
     assert.equal(m.get('tlsplane_ocsp_requests_total', L) - m0.get('tlsplane_ocsp_requests_total', L), 5);
     assert.equal(m.get('tlsplane_ocsp_staples_total', L) - m0.get('tlsplane_ocsp_staples_total', L), 2);
+  });
+
+  test('the issuer given apart (issuer_certificate_pem), the chain just the leaf: the response is stapled and exactly the leaf is served', async () => {
+    const port = agent.port('issuer-apart');
+    for (const v of ['-tls1_3', '-tls1_2']) {
+      const r = await sclient(port, [v, '-status', '-showcerts']);
+      assert.equal(r.handshake, true, r.out);
+      assert.equal(r.ocspStapled, true, `${v}: no staple: ${r.out.slice(0, 1500)}`);
+      assert.equal(r.ocspSerial, p.rsa.serial);
+      const chain = /^Certificate chain\n([\s\S]*?)^---$/m.exec(r.out);
+      assert.ok(chain, r.out);
+      const served = chain[1].match(/-----BEGIN CERTIFICATE-----/g) || [];
+      assert.equal(served.length, 1, `${v}: the chain served is not the leaf alone:\n${chain[1]}`);
+      assert.equal(r.fingerprint, p.rsa.fingerprint);
+    }
+    const staple = await stapleOf(port, {});
+    assert.ok(staple && staple.equals(p.rsa.ocspResponse), 'the staple is not the stored response');
   });
 
   test('stapling off: nothing is stapled even though responses are stored', async () => {

@@ -178,6 +178,23 @@ describe('create and read back', () => {
     if (p.rsa.ocspNextUpdate) assert.equal(seconds(c.ocspNextUpdate), p.rsa.ocspNextUpdate.getTime() / 1000);
   });
 
+  test('an OCSP response checked with the issuer given apart (issuer_certificate_pem): the chain stays the leaf alone', async () => {
+    const c = await create(uid('ocsp-apart'), {
+      certificateChainPem: p.rsa.cert, privateKeyPem: p.rsa.key, ocspResponse: p.rsa.ocspResponse,
+      issuerCertificatePem: `\n${p.ca.cert}\n`,
+    });
+    assert.equal(c.ocspCertStatus, 'good');
+    assert.equal(c.chainLength, 1);
+    assert.deepEqual(pemBlocks(c.certificateChainPem), pemBlocks(p.rsa.cert));
+    assert.equal(c.issuerCertificatePem, p.ca.cert, 'stored and returned as clean PEM');
+    assert.deepEqual(await certs().GetCertificate({ name: c.name }), c);
+    // A context stapling it builds (the server builds it as agents do).
+    const tc = await ctx.api.TlsContextService.CreateTlsContext({
+      tlsContextId: uid('ocsp-apart-ctx'), tlsContext: { certificates: [c.name], ocspStapling: true },
+    });
+    assert.equal(tc.ocspStapling, true);
+  });
+
   test('expired and not-yet-valid certificates are accepted with allow_invalid_time', async () => {
     const e = await create(uid('expired-ok'), {
       certificateChainPem: p.expired.cert, privateKeyPem: p.expired.key, allowInvalidTime: true,
@@ -229,6 +246,9 @@ describe('invalid input: INVALID_ARGUMENT naming the field, nothing written', ()
     ['chain out of issuing order (intermediate first)', (k) => ({ certificateChainPem: k.inter.cert + k.chained.cert, privateKeyPem: k.chained.key }), [CHAIN, KEY]],
     ['chain with an unrelated second certificate', (k) => ({ certificateChainPem: k.chained.cert + k.ecdsa2.cert, privateKeyPem: k.chained.key }), CHAIN],
     ['OCSP response for another certificate', (k) => ({ certificateChainPem: k.rsa.cert + k.ca.cert, privateKeyPem: k.rsa.key, ocspResponse: k.ecdsa.ocspResponse }), 'certificate.ocsp_response'],
+    ['OCSP response with the leaf alone and no issuer', (k) => ({ certificateChainPem: k.rsa.cert, privateKeyPem: k.rsa.key, ocspResponse: k.rsa.ocspResponse }), 'certificate.ocsp_response'],
+    ['issuer_certificate_pem that did not issue the leaf', (k) => ({ certificateChainPem: k.rsa.cert, privateKeyPem: k.rsa.key, ocspResponse: k.rsa.ocspResponse, issuerCertificatePem: k.ca2.cert }), 'certificate.issuer_certificate_pem'],
+    ['issuer_certificate_pem with two certificates', (k) => ({ certificateChainPem: k.rsa.cert, privateKeyPem: k.rsa.key, issuerCertificatePem: k.ca.cert + k.inter.cert }), 'certificate.issuer_certificate_pem'],
     ['OCSP response that is not DER', (k) => ({ certificateChainPem: k.rsa.cert + k.ca.cert, privateKeyPem: k.rsa.key, ocspResponse: Buffer.from('garbage') }), 'certificate.ocsp_response'],
   ];
   for (const [label, make, field] of CASES) {

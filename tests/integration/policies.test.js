@@ -16,7 +16,7 @@ before(() => {
 });
 const policies = () => ctx.api.CipherPolicyService;
 
-const BUILT_INS = ['default', 'mozilla-modern', 'mozilla-intermediate', 'mozilla-old'];
+const BUILT_INS = ['default', 'node-2015-default', 'mozilla-modern', 'mozilla-intermediate', 'mozilla-old'];
 
 async function create(id, cipherPolicy) {
   return policies().CreateCipherPolicy({ cipherPolicyId: id, cipherPolicy });
@@ -47,17 +47,35 @@ describe('built-in policies', () => {
     for (const c of all) assert.equal(c.builtIn, BUILT_INS.includes(c.name.split('/')[1]), `${c.name} built_in`);
   });
 
-  test('the default policy is the seed\'s default cipher list', async () => {
+  test('the default policy is Mozilla intermediate in the server\'s order: forward secret AEAD suites only', async () => {
     const cp = await policies().GetCipherPolicy({ name: 'cipherPolicies/default' });
-    // tls-options.md: "ECDHE-RSA-AES128-GCM-SHA256: ... HIGH: !aNULL: ... !CAMELLIA".
-    const listed = cp.ciphers.replace(/\s+/g, '');
-    if (listed !== '') {
-      assert.ok(listed.startsWith('ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256'), listed);
-      assert.ok(listed.includes('!CAMELLIA'), listed);
-    }
+    assert.equal(cp.ciphers, 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:'
+      + 'ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305');
+    assert.equal(cp.ciphersuites, 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256');
+    assert.equal(cp.ecdhCurve, 'X25519:prime256v1:secp384r1');
+    assert.equal(cp.minVersion, 'TLS_1_2');
+    assert.deepEqual(cp.honorCipherOrder, { value: true }, 'honorCipherOrder\'s default');
     const res = await policies().ListCiphers({ cipherPolicy: 'cipherPolicies/default' });
-    const names = res.ciphers.map((c) => c.name);
-    assert.ok(names.includes('ECDHE-RSA-AES128-GCM-SHA256'));
+    const tls12 = res.ciphers.filter((c) => c.version === 'TLSv1.2');
+    assert.equal(tls12.length, 6, tls12.map((c) => c.name).join(' '));
+    for (const c of tls12) {
+      assert.equal(c.keyExchange, 'ECDH', `${c.name}: not forward secret`);
+      assert.match(c.name, /-(GCM-SHA256|GCM-SHA384|CHACHA20-POLY1305)$/, `${c.name}: not AEAD`);
+    }
+    assert.ok(!res.ciphers.some((c) => /CBC|-SHA$|CCM|ARIA|CAMELLIA/.test(c.name)), res.ciphers.map((c) => c.name).join(' '));
+  });
+
+  test('node-2015-default keeps the seed\'s list (what "default" held before)', async () => {
+    const cp = await policies().GetCipherPolicy({ name: 'cipherPolicies/node-2015-default' });
+    // tls-options.md: "ECDHE-RSA-AES128-GCM-SHA256: ... HIGH: !aNULL: ... !CAMELLIA".
+    assert.equal(cp.ciphers, 'ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:'
+      + 'ECDHE-ECDSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-SHA256:DHE-RSA-AES128-SHA256:'
+      + 'ECDHE-RSA-AES256-SHA384:DHE-RSA-AES256-SHA384:ECDHE-RSA-AES256-SHA256:DHE-RSA-AES256-SHA256:HIGH:'
+      + '!aNULL:!eNULL:!EXPORT:!DES:!RC4:!MD5:!PSK:!SRP:!CAMELLIA');
+    assert.deepEqual(cp.honorCipherOrder, { value: true });
+    const names = (await policies().ListCiphers({ cipherPolicy: cp.name })).ciphers.map((c) => c.name);
+    assert.equal(names.filter((n) => n.startsWith('ECDHE-') || n.startsWith('DHE-') || n.startsWith('TLS_')).length < names.length, true,
+      'the seed\'s HIGH brings RSA key exchange');
     assert.ok(!names.some((n) => /CAMELLIA|RC4|MD5|NULL|EXP/.test(n)), `excluded ciphers enabled: ${names}`);
   });
 

@@ -732,7 +732,45 @@ static void test_cert_ocsp(void **state) {
   c = cert_msg(fixture_pem_cert(w.ec_leaf), fixture_pem_key(w.ec_key), NULL);
   set_bytes(&c->ocsp_response, der, len);
   EXPECT_ERR(prepare(c, NULL, &key, &err), &err,
-             "ocsp_response: the certificate chain must contain the leaf's issuer");
+             "ocsp_response: checking it needs the leaf's issuer: give it in "
+             "issuer_certificate_pem");
+
+  /* The issuer given apart: checked with it, and kept apart (the chain
+   * stays the leaf alone), as clean PEM. */
+  char *issuer_pem = fixture_pem_cert(w.ca);
+  size_t n = strlen(issuer_pem);
+  c->issuer_certificate_pem = malloc(n + 20);
+  snprintf(c->issuer_certificate_pem, n + 20, "\n\n%s\n", issuer_pem);
+  EXPECT_OK(prepare(c, NULL, &key, &err), &err);
+  assert_string_equal(c->ocsp_cert_status, "good");
+  assert_int_equal(c->chain_length, 1);
+  assert_string_equal(c->issuer_certificate_pem, issuer_pem);
+  free(key);
+  key = NULL;
+  /* Prepared again (an update, the key kept apart): the same. */
+  EXPECT_OK(prepare(c, NULL, &key, &err), &err);
+  assert_string_equal(c->issuer_certificate_pem, issuer_pem);
+  /* A certificate that did not issue the leaf, or more than one. */
+  free(c->issuer_certificate_pem);
+  c->issuer_certificate_pem = fixture_pem_cert(w.client_ca);
+  EXPECT_ERR(prepare(c, NULL, &key, &err), &err,
+             "issuer_certificate_pem: did not issue the leaf certificate");
+  free(c->issuer_certificate_pem);
+  c->issuer_certificate_pem = fixture_pem_chain(w.ca, w.client_ca, NULL);
+  EXPECT_ERR(prepare(c, NULL, &key, &err), &err, "issuer_certificate_pem: holds 2 certificates");
+  free(c->issuer_certificate_pem);
+  c->issuer_certificate_pem = fixture_pem_key(w.ec_key);
+  EXPECT_ERR(prepare(c, NULL, &key, &err), &err,
+             "issuer_certificate_pem: PEM block 1 is a PRIVATE KEY");
+  /* Checked even without a response. */
+  free(c->ocsp_response.data);
+  c->ocsp_response.data = NULL;
+  c->ocsp_response.len = 0;
+  free(c->issuer_certificate_pem);
+  c->issuer_certificate_pem = fixture_pem_cert(w.client_ca);
+  EXPECT_ERR(prepare(c, NULL, &key, &err), &err,
+             "issuer_certificate_pem: did not issue the leaf certificate");
+  free(issuer_pem);
   msg_free(c);
 }
 
@@ -885,7 +923,8 @@ static void test_revocation_list(void **state) {
 /* CipherPolicy ------------------------------------------------------------- */
 
 static void test_policy_default(void **state) {
-  assert_string_equal(tlsconf_default_ciphers,
+  /* The seed's list survives verbatim as cipherPolicies/node-2015-default. */
+  assert_string_equal(tlsconf_node2015_ciphers,
                       "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256:"
                       "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:"
                       "DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-SHA256:DHE-RSA-AES128-SHA256:"
@@ -897,6 +936,22 @@ static void test_policy_default(void **state) {
   EXPECT_OK(policy_check(cp, &err), &err);
   assert_int_equal(cp->n_warnings, 0);
   assert_int_equal(cp->dhparam_bits, 0);
+  /* An empty policy is the default policy: Mozilla intermediate's suites
+   * and nothing else, in its order (forward secret, AEAD only). */
+  static const char *const want[] = {
+      "TLS_AES_128_GCM_SHA256",       "TLS_AES_256_GCM_SHA384",
+      "TLS_CHACHA20_POLY1305_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256",
+      "ECDHE-RSA-AES128-GCM-SHA256",  "ECDHE-ECDSA-AES256-GCM-SHA384",
+      "ECDHE-RSA-AES256-GCM-SHA384",  "ECDHE-ECDSA-CHACHA20-POLY1305",
+      "ECDHE-RSA-CHACHA20-POLY1305"};
+  Tlsplane__V1__ListCiphersResponse resp = TLSPLANE__V1__LIST_CIPHERS_RESPONSE__INIT;
+  EXPECT_OK(tlsconf_ciphers_list(cp, &resp, &err), &err);
+  assert_int_equal(resp.n_ciphers, sizeof(want) / sizeof(want[0]));
+  for (size_t i = 0; i < resp.n_ciphers; i++)
+    assert_string_equal(resp.ciphers[i]->name, want[i]);
+  for (size_t i = 0; i < resp.n_ciphers; i++)
+    protobuf_c_message_free_unpacked(&resp.ciphers[i]->base, NULL);
+  free(resp.ciphers);
   msg_free(cp);
 }
 
@@ -1635,9 +1690,36 @@ static void test_handshake_ocsp_staple_per_certificate(void **state) {
                    (long)rsa_len);
   SSL_CTX_free(ctx);
 
+  /* The issuer apart from the chain: stapled, and the chain served is the
+   * leaf alone. */
+  Tlsplane__V1__ResolvedTlsContext *alone = rctx_new("tlsContexts/alone");
+  rctx_add(alone, material("certificates/ec", w.ec_key, w.ec_leaf, NULL));
+  alone->certificates[0]->certificate->issuer_certificate_pem = fixture_pem_cert(w.ca);
+  alone->tls_context->ocsp_stapling = 1;
+  set_ocsp(alone->certificates[0], w.ec_leaf, now - 60, now + 86400, NULL, NULL);
+  ctx = build_ok(alone);
+  SSL *c = client_new(0), *s = NULL;
+  assert_true(SSL_set_tlsext_status_type(c, TLSEXT_STATUSTYPE_ocsp));
+  assert_int_equal(handshake(ctx, c, &s), 0);
+  const unsigned char *resp = NULL;
+  assert_true(SSL_get_tlsext_status_ocsp_resp(c, &resp) > 0);
+  assert_int_equal(sk_X509_num(SSL_get_peer_cert_chain(c)), 1);
+  SSL_free(c);
+  SSL_free(s);
+  SSL_CTX_free(ctx);
+  /* Without it such a certificate's response cannot be matched. */
+  set_str(&alone->certificates[0]->certificate->issuer_certificate_pem, "");
+  struct tp_err err;
+  EXPECT_ERR(build(alone, &err), &err,
+             "certificates: certificates/ec: ocsp_response names no response for the certificate");
+  free(alone->certificates[0]->certificate->issuer_certificate_pem);
+  alone->certificates[0]->certificate->issuer_certificate_pem = fixture_pem_cert(w.client_ca);
+  EXPECT_ERR(build(alone, &err), &err,
+             "certificates: certificates/ec: issuer_certificate_pem: did not issue the leaf");
+  msg_free(alone);
+
   /* A response for another certificate does not build. */
   set_ocsp(rc->certificates[1], w.rsa_leaf, now - 60, now + 86400, NULL, NULL);
-  struct tp_err err;
   EXPECT_ERR(build(rc, &err), &err,
              "certificates: certificates/ec: ocsp_response names no response for the certificate");
   free(rsa_resp);

@@ -1050,6 +1050,164 @@ static void test_session_id_resumption(void **state) {
   msg_free(rl);
 }
 
+/* Revocation that resumption cannot dodge ---------------------------------- */
+
+/* A CRL of issuer revoking the serials given (0-terminated). */
+static Tlsplane__V1__RevocationList *crl_msg(const char *name, X509 *issuer, EVP_PKEY *key,
+                                             const long *revoked) {
+  size_t n = 0;
+  while (revoked[n] != 0)
+    n++;
+  time_t now = time(NULL);
+  X509_CRL *crl = fixture_crl(issuer, key, revoked, n, now - 60, now + 86400, 1);
+  Tlsplane__V1__RevocationList *rl = xmalloc(sizeof(*rl));
+  tlsplane__v1__revocation_list__init(rl);
+  set_str(&rl->name, name);
+  rl->crl_pem = fixture_pem_crl(crl);
+  X509_CRL_free(crl);
+  return rl;
+}
+
+/* One mTLS context (trusting w.client_ca, reject_unauthorized as given)
+ * with CRLs of w.client_ca revoking `revoked` and of inter revoking
+ * nothing, under the ticket key k. */
+static Tlsplane__V1__ResolvedListener *
+rl_mtls(const unsigned char *k, int reject, const long *revoked, X509 *inter, EVP_PKEY *inter_key) {
+  static const long none[] = {0};
+  Tlsplane__V1__ResolvedListener *rl = rl_new("tlsContexts/mtls");
+  Tlsplane__V1__ResolvedTlsContext *rc = rctx("tlsContexts/mtls", w.ec_key, w.ec_default, NULL);
+  rctx_trust_clients(rc);
+  rc->tls_context->request_cert = 1;
+  rc->tls_context->reject_unauthorized = reject;
+  rc->revocation_lists = xmalloc(2 * sizeof(*rc->revocation_lists));
+  rc->revocation_lists[0] = crl_msg("revocationLists/ca", w.client_ca, w.client_ca_key, revoked);
+  rc->revocation_lists[1] = crl_msg("revocationLists/inter", inter, inter_key, none);
+  rc->n_revocation_lists = 2;
+  rl_ctx(rl, rc);
+  rl_key(rl, k, 48, 1);
+  return rl;
+}
+
+static SSL *client_as(int version, X509 *cert, EVP_PKEY *key, X509 *chain) {
+  SSL *c = client_with_cert(version, NULL, cert, key);
+  if (chain != NULL)
+    assert_true(SSL_add1_chain_cert(c, chain));
+  return c;
+}
+
+/* A full handshake as cert; the client's session (tickets included). */
+static SSL_SESSION *session_as(struct tlsconf_listener *l, int version, X509 *cert, EVP_PKEY *key,
+                               X509 *chain) {
+  SSL *c = client_as(version, cert, key, chain), *s;
+  assert_int_equal(connect_to(l, c, &s), 0);
+  assert_int_equal(fixture_exchange(c, s), 0);
+  assert_int_equal(SSL_session_reused(s), 0);
+  SSL_SESSION *sess = SSL_get1_session(c);
+  assert_non_null(sess);
+  close_both(c, s);
+  return sess;
+}
+
+/* Offers sess as cert: 1 resumed, 0 a full handshake, -1 refused. With
+ * verify, the verdict the server reports. */
+static int resume_as(struct tlsconf_listener *l, int version, SSL_SESSION *sess, X509 *cert,
+                     EVP_PKEY *key, X509 *chain, long *verify) {
+  SSL *c = client_as(version, cert, key, chain), *s;
+  assert_true(SSL_set_session(c, sess));
+  int rc = connect_to(l, c, &s);
+  if (rc == 0)
+    rc = fixture_exchange(c, s);
+  int out = rc != 0 ? -1 : SSL_session_reused(s);
+  if (verify != NULL && rc == 0) {
+    struct tlsconf_conn_info info;
+    tlsconf_conn_info(s, &info);
+    *verify = info.verify_result;
+  }
+  if (rc == 0)
+    close_both(c, s);
+  else
+    free_both(c, s);
+  return out;
+}
+
+/* A CRL update revoking bob: his ticket (TLS 1.2 and 1.3) made before it
+ * is not resumed and his full handshake is refused; alice's resumes, and
+ * so does carol's, whose intermediate only her ticket carries (the trust
+ * bundle holds the root). Without reject_unauthorized bob gets a full
+ * handshake whose verdict is CERT_REVOKED, not his session's OK. */
+static void test_resumption_reverifies(void **state) {
+  unsigned char k[48];
+  assert_int_equal(RAND_bytes(k, 48), 1);
+  EVP_PKEY *inter_key = fixture_key_ec("P-256");
+  X509 *inter = fixture_cert(inter_key, &(struct fixture_cert_opts){.cn = "Client Intermediate",
+                                                                    .is_ca = 1,
+                                                                    .serial = 3000,
+                                                                    .issuer = w.client_ca,
+                                                                    .issuer_key = w.client_ca_key});
+  EVP_PKEY *bob_key = fixture_key_ec("P-256"), *carol_key = fixture_key_ec("P-256");
+  X509 *bob = fixture_cert(bob_key, &(struct fixture_cert_opts){.cn = "bob",
+                                                                .serial = 1002,
+                                                                .issuer = w.client_ca,
+                                                                .issuer_key = w.client_ca_key});
+  X509 *carol = fixture_cert(
+      carol_key, &(struct fixture_cert_opts){
+                     .cn = "carol", .serial = 2002, .issuer = inter, .issuer_key = inter_key});
+  static const long none[] = {0}, bob_revoked[] = {1002, 0};
+  int versions[] = {TLS1_3_VERSION, TLS1_2_VERSION};
+  for (int reject = 1; reject >= 0; reject--) {
+    Tlsplane__V1__ResolvedListener *before = rl_mtls(k, reject, none, inter, inter_key);
+    Tlsplane__V1__ResolvedListener *after = rl_mtls(k, reject, bob_revoked, inter, inter_key);
+    struct tlsconf_listener *l1 = build_ok(before), *l2 = build_ok(after);
+    for (int v = 0; v < 2; v++) {
+      int version = versions[v];
+      SSL_SESSION *s_alice = session_as(l1, version, w.client, w.client_key, NULL);
+      SSL_SESSION *s_bob = session_as(l1, version, bob, bob_key, NULL);
+      SSL_SESSION *s_carol = session_as(l1, version, carol, carol_key, inter);
+      assert_int_equal(resume_as(l1, version, s_bob, bob, bob_key, NULL, NULL), 1);
+
+      long verify = -1;
+      assert_int_equal(resume_as(l2, version, s_alice, w.client, w.client_key, NULL, &verify), 1);
+      assert_int_equal(verify, X509_V_OK);
+      assert_int_equal(resume_as(l2, version, s_carol, carol, carol_key, inter, NULL), 1);
+      if (reject) {
+        assert_int_equal(resume_as(l2, version, s_bob, bob, bob_key, NULL, NULL), -1);
+        SSL *c = client_as(version, bob, bob_key, NULL), *s;
+        int rc = connect_to(l2, c, &s);
+        assert_int_equal(rc == 0 ? fixture_exchange(c, s) : rc, -1);
+        free_both(c, s);
+      } else {
+        assert_int_equal(resume_as(l2, version, s_bob, bob, bob_key, NULL, &verify), 0);
+        assert_int_equal(verify, X509_V_ERR_CERT_REVOKED);
+      }
+      SSL_SESSION_free(s_alice);
+      SSL_SESSION_free(s_bob);
+      SSL_SESSION_free(s_carol);
+    }
+    /* A context that now requires a certificate resumes no session made
+     * without one. */
+    if (!reject) {
+      SSL_SESSION *anon = session_from(l1, TLS1_3_VERSION, NULL);
+      Tlsplane__V1__ResolvedListener *strict = rl_mtls(k, 1, none, inter, inter_key);
+      struct tlsconf_listener *l3 = build_ok(strict);
+      assert_int_equal(resume_as(l1, TLS1_3_VERSION, anon, w.client, w.client_key, NULL, NULL), 1);
+      assert_int_equal(resume_as(l3, TLS1_3_VERSION, anon, w.client, w.client_key, NULL, NULL), 0);
+      SSL_SESSION_free(anon);
+      tlsconf_listener_unref(l3);
+      msg_free(strict);
+    }
+    tlsconf_listener_unref(l1);
+    tlsconf_listener_unref(l2);
+    msg_free(before);
+    msg_free(after);
+  }
+  X509_free(bob);
+  X509_free(carol);
+  X509_free(inter);
+  EVP_PKEY_free(bob_key);
+  EVP_PKEY_free(carol_key);
+  EVP_PKEY_free(inter_key);
+}
+
 /* Renegotiation ------------------------------------------------------------ */
 
 static void test_renegotiation(void **state) {
@@ -1336,6 +1494,7 @@ int main(void) {
       cmocka_unit_test(test_ticket_ring),
       cmocka_unit_test(test_ticket_no_ring),
       cmocka_unit_test(test_session_id_resumption),
+      cmocka_unit_test(test_resumption_reverifies),
       cmocka_unit_test(test_renegotiation),
       cmocka_unit_test(test_conn_info),
       cmocka_unit_test(test_refcount),

@@ -107,9 +107,11 @@ function full(collection, name) {
 }
 
 // A CertificateMaterial from a pki leaf ({name, cert, key, chain?,
-// ocspResponse?}) or { leaf, ocsp, chain, name } to override. The chain
-// served is leaf.chain when it has one, else the leaf and its issuer (the
-// root CA): OCSP stapling needs the issuer in the chain.
+// ocspResponse?}) or { leaf, ocsp, chain, issuerCertificate, name } to
+// override. The chain served is leaf.chain when it has one, else the leaf
+// and issuerPem (tlsContext's `issuer`). issuerCertificate: the leaf's
+// issuer given apart (issuer_certificate_pem: checks the OCSP response,
+// never served).
 function certMaterial(spec, issuerPem) {
   const leaf = spec.leaf || spec;
   const ocsp = 'ocsp' in spec ? spec.ocsp : leaf.ocspResponse;
@@ -119,11 +121,12 @@ function certMaterial(spec, issuerPem) {
     certificateChainPem: chain,
   };
   if (ocsp) certificate.ocspResponse = b64(ocsp);
+  if (spec.issuerCertificate) certificate.issuerCertificatePem = spec.issuerCertificate;
   return { certificate, privateKeyPem: spec.key || leaf.key };
 }
 
 // A ResolvedTlsContext. opts:
-//   certs: [leaf | {leaf, ocsp, chain, name}]     key + cert, one per key type
+//   certs: [leaf | {leaf, ocsp, chain, issuerCertificate, name}]  key + cert, one per key type
 //   issuer: PEM appended to each leaf without a chain (default: none)
 //   policy: CipherPolicy fields ({ciphers, ciphersuites, ecdhCurve,
 //           ecdhDisabled, dhparamPem, secureProtocol, minVersion,
