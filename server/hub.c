@@ -295,30 +295,22 @@ static int agent_labels_set(struct hub_agent *a, const Tlsplane__V1__Agent *rec)
   return 0;
 }
 
-/* The map field `map` of m as "k=v,k2=v2" into buf (cut short if need
- * be), every byte outside printable ASCII, and the separators, escaped as
- * \xHH: claimed labels come from the agent. */
+/* The map field `map` of m as "k"="v","k2"="v2" into buf (cut short if
+ * need be), each key and value through log_escape: claimed labels come
+ * from the agent. */
 static void labels_text(const ProtobufCMessage *m, const char *map, char *buf, size_t len) {
   size_t used = 0;
-  for (size_t i = 0; i < pb_map_size(m, map); i++) {
-    const char *kv[2];
-    pb_map_entry(m, map, i, &kv[0], &kv[1]);
-    for (int part = 0; part < 2; part++) {
-      char piece[8];
-      const char *sep = part == 0 ? (i ? "," : "") : "=";
-      for (const char *p = sep; *p && used + 1 < len; p++)
-        buf[used++] = *p;
-      for (const unsigned char *p = (const unsigned char *)kv[part]; *p; p++) {
-        if (*p >= 0x20 && *p < 0x7f && strchr("\\\",={}", *p) == NULL)
-          snprintf(piece, sizeof(piece), "%c", *p);
-        else
-          snprintf(piece, sizeof(piece), "\\x%02x", *p);
-        for (const char *q = piece; *q && used + 1 < len; q++)
-          buf[used++] = *q;
-      }
-    }
+  buf[0] = '\0';
+  for (size_t i = 0; i < pb_map_size(m, map) && used + 1 < len; i++) {
+    const char *k, *v;
+    char ek[LOG_ESCAPE_LEN], ev[LOG_ESCAPE_LEN];
+    pb_map_entry(m, map, i, &k, &v);
+    int n = snprintf(buf + used, len - used, "%s\"%s\"=\"%s\"", i ? "," : "",
+                     log_escape_str(ek, sizeof(ek), k), log_escape_str(ev, sizeof(ev), v));
+    if (n < 0 || (size_t)n >= len - used)
+      break; /* cut short: snprintf left it terminated */
+    used += (size_t)n;
   }
-  buf[used] = '\0';
 }
 
 /* Records what the agent's hello reports (its version, the labels it

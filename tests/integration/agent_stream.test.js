@@ -155,7 +155,7 @@ test('an agent chooses nothing by its hello: claiming site=par gets it nothing o
   assert.deepEqual(g.labels, {});
   assert.deepEqual(g.claimedLabels, { site: 'par' });
   assert.equal(g.labelsMismatch, true);
-  assert.match(ctx.server.log(), new RegExp(`agent=agents/${id} claims the labels \\{site=par\\}, its record has \\{\\}: the claim is ignored`));
+  assert.match(ctx.server.log(), new RegExp(`agent=agents/${id} claims the labels \\{"site"="par"\\}, its record has \\{\\}: the claim is ignored`));
   // A revision committed meanwhile gives it nothing either.
   await api().ListenerService.UpdateListener({ listener: { name: l.name, labels: { touched: 'yes' } }, updateMask: { paths: ['labels'] } });
   await assert.rejects(a.next(1, 1500), /no snapshot #2/);
