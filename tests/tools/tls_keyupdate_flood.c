@@ -55,6 +55,9 @@ int main(int argc, char **argv) {
   if (SSL_connect(ssl) != 1) {
     fprintf(stderr, "handshake failed: ");
     ERR_print_errors_fp(stderr);
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    close(fd);
     return 1;
   }
   /* From here on a write that cannot go out within 10 s fails. */
@@ -72,5 +75,8 @@ int main(int argc, char **argv) {
   }
   printf("sent %ld %s\n", sent, result);
   fflush(stdout);
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  close(fd);
   return 0;
 }
