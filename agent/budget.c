@@ -59,3 +59,8 @@ int budget_refuse(struct budget *b, enum budget_refusal r, uint64_t now_ms,
   atomic_fetch_add_explicit(&b->refused[r], 1, memory_order_relaxed);
   return log_limit_allow(&b->refused_log[r], now_ms, suppressed);
 }
+
+int budget_accept_error(struct budget *b, uint64_t now_ms, unsigned long long *suppressed) {
+  atomic_fetch_add_explicit(&b->accept_errors, 1, memory_order_relaxed);
+  return log_limit_allow(&b->accept_error_log, now_ms, suppressed);
+}

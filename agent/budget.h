@@ -75,5 +75,7 @@ void budget_connection_release(struct budget *b);
  * *suppressed the lines of that cause left out since the last one. */
 int budget_refuse(struct budget *b, enum budget_refusal r, uint64_t now_ms,
                   unsigned long long *suppressed);
+/* Counts an accept(2) failure (acceptor.h); the same about its line. */
+int budget_accept_error(struct budget *b, uint64_t now_ms, unsigned long long *suppressed);
 
 #endif

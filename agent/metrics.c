@@ -413,10 +413,8 @@ static void on_connection(struct acceptor *a, int fd, const struct sockaddr *pee
 
 static void on_accept_error(struct acceptor *a, int err, void *data) {
   struct metrics *m = metrics_check(data);
-  struct budget *b = &m->a->budget;
-  atomic_fetch_add_explicit(&b->accept_errors, 1, memory_order_relaxed);
   unsigned long long suppressed;
-  if (!log_limit_allow(&b->accept_error_log, uv_now(m->loop), &suppressed))
+  if (!budget_accept_error(&m->a->budget, uv_now(m->loop), &suppressed))
     return;
   char more[48] = "";
   if (suppressed > 0)

@@ -76,10 +76,8 @@ static void on_accept(struct acceptor *a, int fd, const struct sockaddr *peer, v
  * acceptor pauses; the connections wait in the kernel's queue. */
 static void on_accept_error(struct acceptor *a, int err, void *data) {
   struct wlistener *wl = wlistener_check(data);
-  struct budget *b = wl->w->budget;
-  atomic_fetch_add_explicit(&b->accept_errors, 1, memory_order_relaxed);
   unsigned long long suppressed;
-  if (!log_limit_allow(&b->accept_error_log, uv_now(&wl->w->loop), &suppressed))
+  if (!budget_accept_error(wl->w->budget, uv_now(&wl->w->loop), &suppressed))
     return;
   char more[48] = "";
   if (suppressed > 0)

@@ -49,6 +49,21 @@ async function meter(port) {
   return m;
 }
 
+// A TLS client that asks the HTTP upstream for 50 MB through port, reads
+// the first bytes of the answer and then never reads again.
+async function stalledDownload(port) {
+  const sock = tls.connect({ host: HOST, port, rejectUnauthorized: false });
+  sock.on('error', () => {});
+  await new Promise((resolve, reject) => {
+    sock.once('secureConnect', resolve);
+    sock.once('error', reject);
+  });
+  sock.write('GET /bytes/50000000 HTTP/1.1\r\nHost: x\r\n\r\n');
+  await new Promise((r) => sock.once('data', r));
+  sock.pause();
+  return sock;
+}
+
 describe('idle_timeout and write_timeout', () => {
   let p;
   let echo;
@@ -112,15 +127,7 @@ describe('idle_timeout and write_timeout', () => {
     const m0 = await agent.metrics();
     const relay = await meter(agent.port('stall-client'));
     try {
-      const sock = tls.connect({ host: HOST, port: relay.port, rejectUnauthorized: false });
-      sock.on('error', () => {});
-      await new Promise((resolve, reject) => {
-        sock.once('secureConnect', resolve);
-        sock.once('error', reject);
-      });
-      sock.write('GET /bytes/50000000 HTTP/1.1\r\nHost: x\r\n\r\n');
-      await new Promise((r) => sock.once('data', r));
-      sock.pause(); // and never reads again
+      const sock = await stalledDownload(relay.port);
       await agent.waitForMetrics((m) => errors(m, 'stall-client', 'client_write_timeout') === errors(m0, 'stall-client', 'client_write_timeout') + 1,
         { timeoutMs: 30000, what: 'client_write_timeout counted' });
       const m1 = await agent.metrics();
@@ -171,15 +178,7 @@ describe('bytes_out counts what was delivered', () => {
     ]), { workers: 1 });
     const relay = await meter(own.port('count'));
     try {
-      const sock = tls.connect({ host: HOST, port: relay.port, rejectUnauthorized: false });
-      sock.on('error', () => {});
-      await new Promise((resolve, reject) => {
-        sock.once('secureConnect', resolve);
-        sock.once('error', reject);
-      });
-      sock.write('GET /bytes/50000000 HTTP/1.1\r\nHost: x\r\n\r\n');
-      await new Promise((r) => sock.once('data', r));
-      sock.pause();
+      const sock = await stalledDownload(relay.port);
       // Once every buffer on the way is full, nothing moves any more.
       const L = { listener: 'listeners/count' };
       let last = -1;
