@@ -18,7 +18,7 @@ const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/ag
 const { Upstream } = require('./lib/upstream');
 const { exchange, HOST } = require('./lib/tlsclient');
 
-const UPDATES = 1000000;
+const UPDATES = 2000000;
 
 function floodTool() {
   const candidates = [process.env.TLSPLANE_KEYUPDATE_FLOOD, path.resolve(__dirname, '../../build/tests/tls_keyupdate_flood')];
