@@ -16,20 +16,22 @@
 #define RENEGOTIATION_WINDOW_DEFAULT_S 600 /* ... every 10 minutes */
 #define HANDSHAKE_TIMEOUT_MAX_S 3600
 
-static const char *const listener_mutable[] = {"address",
-                                               "default_tls_context",
-                                               "sni_routes",
-                                               "upstream",
-                                               "proxy_protocol",
-                                               "handshake_timeout",
-                                               "max_connections",
-                                               "renegotiation_limit",
-                                               "renegotiation_window",
-                                               "ticket_key_ring",
-                                               "agent_selector",
-                                               "idle_timeout",
-                                               "write_timeout",
-                                               NULL};
+static const char *const listener_mutable[] = {
+    "address",
+    "default_tls_context",
+    "sni_routes",
+    "upstream",
+    "proxy_protocol",
+    "handshake_timeout",
+    "max_connections",
+    "renegotiation_limit",
+    "renegotiation_window",
+    "ticket_key_ring",
+    "agent_selector",
+    "idle_timeout",
+    "write_timeout",
+    NULL,
+};
 
 static int duration_check(Google__Protobuf__Duration **d, int64_t dflt_s, int64_t max_s,
                           const char *field, struct tp_err *err) {
