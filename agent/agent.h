@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "budget.h"
 #include "listener.h"
 #include "worker.h"
 
@@ -24,6 +25,7 @@ struct agent {
   uv_loop_t *loop; /* the main loop */
   struct worker **workers;
   int n_workers;
+  struct budget budget; /* descriptors; the workers hold a pointer to it */
   /* Every listener of the snapshot applied last (served or not), and
    * dropped ones whose connections still drain. */
   struct listener *listeners;

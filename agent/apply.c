@@ -334,6 +334,14 @@ int agent_apply(struct agent *a, const Tlsplane__V1__Snapshot *snap, struct appl
   free(plans);
   free(msgs);
 
+  /* The listening sockets now open, for the descriptor budget (sockets of
+   * a listener that moved close a moment later: the reserve covers that). */
+  long listening = 0;
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next)
+    if (l->applied != NULL)
+      listening += a->n_workers;
+  atomic_store(&a->budget.listening, listening);
+
   a->revision = snap->revision;
   a->apply_total[report->n_failed == 0 ? AGENT_APPLY_ACK : AGENT_APPLY_NACK]++;
   report->apply_ms = (double)(uv_hrtime() - started) / 1e6;

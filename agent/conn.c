@@ -19,9 +19,21 @@
  *
  * Backpressure: a side is read only while what was read from it can go
  * out. The client is not read while the upstream write queue holds a
- * read's worth; the upstream is not read while anything is queued for the
- * client (or SSL_write is waiting on a renegotiation). Every buffer is thus
- * bounded by about one read (WORKER_READ_SIZE) plus a TLS record.
+ * read's worth, nor while more than CONN_CLIENT_HIGH waits to be sent to
+ * the client, whatever produced it: cleartext from the upstream, or what
+ * OpenSSL writes on its own in answer to the client (KeyUpdate responses,
+ * alerts), which a client that never reads could otherwise pile up. The
+ * upstream is not read while anything is queued for the client (or
+ * SSL_write is waiting on a renegotiation). Every buffer is thus bounded
+ * by about one read (WORKER_READ_SIZE) plus a few TLS records.
+ *
+ * Time: besides the handshake, connect and linger timers (c->timer), an
+ * established connection has a watch timer (c->watch) for the listener's
+ * idle_timeout (no byte either way) and write_timeout (a side with bytes
+ * waiting that takes none). It is not restarted on every read or write:
+ * the times of the last I/O and of each side's last progress are kept,
+ * and the timer, when it fires, closes the connection or sets itself for
+ * the next deadline; a write starting only brings it forward.
  *
  * Life of a connection (flags below):
  *   accept -> handshake (timer: handshake_timeout) -> HS_DONE: connect the
@@ -45,7 +57,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "budget.h"
 #include "log.h"
 #include "proxy_v2.h"
 
@@ -59,6 +73,15 @@
 #define CONN_UPSTREAM_HIGH (64 * 1024)
 /* Room SSL_read needs to return a whole record. */
 #define TLS_RECORD_MAX (16 * 1024)
+/* The client is not read while more than this waits to be sent to it:
+ * above one upstream read's worth of records, so that a download does
+ * not stop the client's reads. */
+#define CONN_CLIENT_HIGH (WORKER_READ_SIZE + 2 * TLS_RECORD_MAX)
+/* TLS 1.3 KeyUpdates a client may send per window; beyond, the
+ * connection is closed (each one costs a key derivation, and asks for a
+ * KeyUpdate back). Real clients send one every few gigabytes. */
+#define CONN_KEY_UPDATE_LIMIT 32
+#define CONN_KEY_UPDATE_WINDOW_MS 60000
 
 enum {
   F_HS_DONE = 1u << 0,           /* first handshake complete */
@@ -76,16 +99,20 @@ enum {
   F_CLOSING = 1u << 12,          /* handles closing; nothing more happens */
   F_CLIENT_READING = 1u << 13,
   F_UP_READING = 1u << 14,
-  F_RENEG_EXCEEDED = 1u << 15, /* set by the info callback inside SSL_read */
-  F_COUNTED = 1u << 16,        /* counted in stats.connections */
+  F_RENEG_EXCEEDED = 1u << 15,      /* set by the info callback inside SSL_read */
+  F_COUNTED = 1u << 16,             /* counted in stats.connections */
+  F_KEY_UPDATE_EXCEEDED = 1u << 17, /* set by the message callback inside SSL_read */
 };
 
 /* The writes of one direction: at most one uv_write in flight; what comes
  * meanwhile waits in queued. Both buffers exist only while needed. */
 struct wq {
   uv_write_t req;
-  char *inflight;     /* the buffer being written; NULL when idle */
-  struct wbuf queued; /* next, in order */
+  char *inflight;      /* the buffer being written; NULL when idle */
+  size_t inflight_len; /* its length */
+  struct wbuf queued;  /* next, in order */
+  uint64_t progress;   /* uv_now when the socket last took bytes, or a write began */
+  size_t unsent;       /* of inflight, what libuv had not written when last looked at */
 };
 
 struct conn {
@@ -100,6 +127,7 @@ struct conn {
   uv_tcp_t client;
   uv_tcp_t upstream;
   uv_timer_t timer; /* handshake timeout, then connect timeout, then linger */
+  uv_timer_t watch; /* established: idle_timeout and write_timeout */
   uv_connect_t connect_req;
   uv_shutdown_t client_shut, up_shut;
   struct wq cw; /* to the client: TLS records */
@@ -110,7 +138,9 @@ struct conn {
   int handles; /* open handles; freed when the last is closed */
   int reneg_count;
   uint64_t reneg_start; /* uv_now at the start of the renegotiation window */
-  uint64_t last_io;     /* uv_now of the last read, either side */
+  int key_updates;      /* KeyUpdates received in the current window */
+  uint64_t key_update_start;
+  uint64_t last_io; /* uv_now of the last read or write, either side */
   union sockaddr_any peer;
   struct conn *prev, *next; /* the worker's list */
 };
@@ -155,6 +185,11 @@ static int wq_idle(const struct wq *q) {
   return q->inflight == NULL && q->queued.len == 0;
 }
 
+/* Bytes waiting in q. */
+static size_t wq_size(const struct wq *q) {
+  return (q->inflight != NULL ? q->inflight_len : 0) + q->queued.len;
+}
+
 /* Events and logs --------------------------------------------------------- */
 
 static struct stats *conn_stats(struct conn *c) {
@@ -162,13 +197,19 @@ static struct stats *conn_stats(struct conn *c) {
 }
 
 /* 'clientError': counts cause and logs one line (never secrets: reasons
- * come from OpenSSL's error strings and libuv's). */
+ * come from OpenSSL's error strings and libuv's). Lines are limited per
+ * listener and cause (log_limit): a flood of bad clients never floods the
+ * log, and the line written says how many were left out. */
 static void client_error(struct conn *c, enum stats_cause cause, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void client_error(struct conn *c, enum stats_cause cause, const char *fmt, ...) {
-  stats_add(&conn_stats(c)->client_errors[cause], 1);
-  char reason[256], quoted[512], peer[64];
+  struct stats *st = conn_stats(c);
+  stats_add(&st->client_errors[cause], 1);
+  unsigned long long suppressed;
+  if (!log_limit_allow(&st->client_error_log[cause], uv_now(&c->w->loop), &suppressed))
+    return;
+  char reason[256], quoted[512], peer[64], more[48] = "";
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(reason, sizeof(reason), fmt, ap);
@@ -182,8 +223,10 @@ static void client_error(struct conn *c, enum stats_cause cause, const char *fmt
   }
   quoted[j] = '\0';
   listener_addr_format(&c->peer, peer, sizeof(peer));
-  log_info("agent", "listener=%s client=%s cause=%s reason=\"%s\"", c->v->listener->name, peer,
-           stats_cause_name(cause), quoted);
+  if (suppressed > 0)
+    snprintf(more, sizeof(more), " suppressed=%llu", suppressed);
+  log_info("agent", "listener=%s client=%s cause=%s reason=\"%s\"%s", c->v->listener->name, peer,
+           stats_cause_name(cause), quoted, more);
 }
 
 /* The first OpenSSL error of this thread's queue as text; drains the queue
@@ -211,8 +254,8 @@ static int bio_write(BIO *b, const char *data, int len) {
   if (len <= 0)
     return 0;
   /* The worker's buffer when this connection may use it (nothing of its
-   * own waits before), else behind what waits: order is kept. */
-  stats_add(&conn_stats(c)->bytes_out, len);
+   * own waits before), else behind what waits: order is kept. Counted in
+   * bytes_out once the socket takes them (wq_delivered), not here. */
   int rc;
   if (wq_idle(&c->cw) && (w->out.len == 0 || w->out_conn == c)) {
     rc = wbuf_append(&w->out, data, (size_t)len);
@@ -270,20 +313,35 @@ static void bio_meth_init(void) {
 
 /* Writes ------------------------------------------------------------------- */
 
+static void watch_arm(struct conn *c);
+
+/* The socket of q took n bytes: that side makes progress; bytes_out
+ * counts what the client's socket took. */
+static void wq_delivered(struct conn *c, struct wq *q, size_t n) {
+  q->progress = c->last_io = uv_now(&c->w->loop);
+  if (q == &c->cw)
+    stats_add(&conn_stats(c)->bytes_out, (long long)n);
+}
+
 /* Starts the uv_write of what is queued, unless one is in flight. */
 static int wq_start(struct conn *c, struct wq *q, uv_stream_t *s, uv_write_cb cb) {
   if (q->inflight != NULL || q->queued.len == 0)
     return 0;
   uv_buf_t b = uv_buf_init(q->queued.base, (unsigned)q->queued.len);
   q->inflight = q->queued.base;
+  q->inflight_len = q->queued.len;
   q->queued = (struct wbuf){0};
   q->req.data = c;
+  q->progress = uv_now(&c->w->loop); /* the write-stall clock starts */
+  q->unsent = q->inflight_len;
   int rc = uv_write(&q->req, s, &b, 1, cb);
   if (rc != 0) {
     free(q->inflight);
     q->inflight = NULL;
+    return rc;
   }
-  return rc;
+  watch_arm(c);
+  return 0;
 }
 
 /* Sends data now if the socket takes it (uv_try_write), else queues a copy
@@ -294,6 +352,8 @@ static int wq_write(struct conn *c, struct wq *q, uv_stream_t *s, const char *da
     return wbuf_append(&q->queued, data, len) == 0 ? 0 : UV_ENOMEM;
   uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
   int n = uv_try_write(s, &b, 1);
+  if (n > 0)
+    wq_delivered(c, q, (size_t)n);
   if (n == (int)len)
     return 0;
   if (n < 0 && n != UV_EAGAIN)
@@ -309,6 +369,8 @@ static void on_client_write(uv_write_t *req, int status) {
   struct conn *c = conn_check(req->data);
   free(c->cw.inflight);
   c->cw.inflight = NULL;
+  if (status == 0)
+    wq_delivered(c, &c->cw, c->cw.inflight_len);
   if (status == UV_ECANCELED || (c->flags & F_CLOSING))
     return;
   if (status < 0 || wq_start(c, &c->cw, (uv_stream_t *)&c->client, on_client_write) != 0) {
@@ -362,6 +424,8 @@ static void on_up_write(uv_write_t *req, int status) {
   struct conn *c = conn_check(req->data);
   free(c->uw.inflight);
   c->uw.inflight = NULL;
+  if (status == 0)
+    wq_delivered(c, &c->uw, c->uw.inflight_len);
   if (status == UV_ECANCELED || (c->flags & F_CLOSING))
     return;
   if (status < 0 || wq_start(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
@@ -466,6 +530,11 @@ static void clear_in(struct conn *c) {
                  (unsigned long long)(c->v->renegotiation_window_ms / 1000));
     finish(c, 0);
   }
+  if ((c->flags & F_KEY_UPDATE_EXCEEDED) && !(c->flags & (F_CLOSING | F_FINISH))) {
+    client_error(c, CAUSE_KEY_UPDATE_LIMIT, "more than %d KeyUpdates in %d s",
+                 CONN_KEY_UPDATE_LIMIT, CONN_KEY_UPDATE_WINDOW_MS / 1000);
+    finish(c, 0);
+  }
 }
 
 /* Counts client-initiated renegotiations (TLS 1.2 and older: a handshake
@@ -486,6 +555,27 @@ static void info_cb(const SSL *ssl, int where, int ret) {
   }
   if (++c->reneg_count > c->v->renegotiation_limit)
     c->flags |= F_RENEG_EXCEEDED;
+}
+
+/* Counts the KeyUpdates the client sends (TLS 1.3; OpenSSL 3.0 has no
+ * counter of its own): past CONN_KEY_UPDATE_LIMIT in a window, the rest of
+ * this read is not given to OpenSSL (enc_in emptied) and the connection
+ * is closed once SSL_read returns. */
+static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                   SSL *ssl, void *arg) {
+  if (write_p || content_type != SSL3_RT_HANDSHAKE || len < 1 ||
+      ((const unsigned char *)buf)[0] != SSL3_MT_KEY_UPDATE)
+    return;
+  struct conn *c = conn_check(SSL_get_app_data(ssl));
+  uint64_t now = uv_now(&c->w->loop);
+  if (c->key_updates == 0 || now - c->key_update_start >= CONN_KEY_UPDATE_WINDOW_MS) {
+    c->key_update_start = now;
+    c->key_updates = 0;
+  }
+  if (++c->key_updates > CONN_KEY_UPDATE_LIMIT) {
+    c->flags |= F_KEY_UPDATE_EXCEEDED;
+    c->in_len = 0;
+  }
 }
 
 /* The upstream ------------------------------------------------------------- */
@@ -565,6 +655,8 @@ static void handshake_done(struct conn *c) {
   struct stats *st = conn_stats(c);
   c->flags |= F_HS_DONE;
   uv_timer_stop(&c->timer);
+  c->last_io = uv_now(&c->w->loop);
+  watch_arm(c);
   struct tlsconf_conn_info info;
   tlsconf_conn_info(c->ssl, &info);
   stats_add(&st->handshakes, 1);
@@ -616,7 +708,8 @@ static void update_reading(struct conn *c) {
     return;
   int client = !(c->flags & (F_CLIENT_GONE | F_FINISH)) &&
                ((c->flags & F_CLIENT_EOF) ||
-                (c->uw.inflight == NULL && c->uw.queued.len < CONN_UPSTREAM_HIGH));
+                (c->uw.inflight == NULL && c->uw.queued.len < CONN_UPSTREAM_HIGH &&
+                 wq_size(&c->cw) < CONN_CLIENT_HIGH));
   if (client && !(c->flags & F_CLIENT_READING)) {
     if (uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read) == 0)
       c->flags |= F_CLIENT_READING;
@@ -752,6 +845,73 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     after_io(c);
 }
 
+/* Idle and stalled connections ---------------------------------------------- */
+
+static void on_watch(uv_timer_t *t);
+
+/* Sets the watch timer for the earliest deadline, unless it is set for
+ * that or sooner: the idle deadline only moves later as data moves (the
+ * timer then finds it has not passed and sets itself again), a stall
+ * deadline appears when a write begins. */
+static void watch_arm(struct conn *c) {
+  if (!(c->flags & F_HS_DONE) || (c->flags & (F_CLOSING | F_FINISH)))
+    return;
+  uint64_t deadline = UINT64_MAX, wt = c->v->write_timeout_ms;
+  if (c->v->idle_timeout_ms > 0)
+    deadline = c->last_io + c->v->idle_timeout_ms;
+  if (wt > 0 && c->cw.inflight != NULL && c->cw.progress + wt < deadline)
+    deadline = c->cw.progress + wt;
+  if (wt > 0 && c->uw.inflight != NULL && c->uw.progress + wt < deadline)
+    deadline = c->uw.progress + wt;
+  if (deadline == UINT64_MAX)
+    return;
+  uint64_t now = uv_now(&c->w->loop), in = deadline > now ? deadline - now : 0;
+  if (uv_is_active((uv_handle_t *)&c->watch) && uv_timer_get_due_in(&c->watch) <= in)
+    return;
+  uv_timer_start(&c->watch, on_watch, in, 0);
+}
+
+/* Whether q's write in flight has moved since last looked at: libuv
+ * writes what the socket takes as it can, and counts down what is left. */
+static void wq_check_progress(struct conn *c, struct wq *q, uv_stream_t *s, uint64_t now) {
+  if (q->inflight == NULL)
+    return;
+  size_t left = uv_stream_get_write_queue_size(s);
+  if (left < q->unsent) {
+    q->unsent = left;
+    q->progress = c->last_io = now;
+  }
+}
+
+static void on_watch(uv_timer_t *t) {
+  struct conn *c = conn_check(t->data);
+  if (c->flags & (F_CLOSING | F_FINISH))
+    return;
+  uint64_t now = uv_now(&c->w->loop), wt = c->v->write_timeout_ms;
+  wq_check_progress(c, &c->cw, (uv_stream_t *)&c->client, now);
+  if (c->flags & F_UP_CONNECTED)
+    wq_check_progress(c, &c->uw, (uv_stream_t *)&c->upstream, now);
+  if (wt > 0 && c->cw.inflight != NULL && now - c->cw.progress >= wt) {
+    client_error(c, CAUSE_CLIENT_WRITE_TIMEOUT, "the client took none of %zu bytes for %llu ms",
+                 wq_size(&c->cw), (unsigned long long)wt);
+    conn_close(c); /* nothing more can reach it */
+    return;
+  }
+  if (wt > 0 && c->uw.inflight != NULL && now - c->uw.progress >= wt) {
+    client_error(c, CAUSE_UPSTREAM_WRITE_TIMEOUT, "the upstream took none of %zu bytes for %llu ms",
+                 wq_size(&c->uw), (unsigned long long)wt);
+    finish(c, 0); /* without close_notify: what the client sent did not all arrive */
+    return;
+  }
+  if (c->v->idle_timeout_ms > 0 && now - c->last_io >= c->v->idle_timeout_ms) {
+    client_error(c, CAUSE_IDLE_TIMEOUT, "no data either way for %llu ms",
+                 (unsigned long long)c->v->idle_timeout_ms);
+    finish(c, 1);
+    return;
+  }
+  watch_arm(c);
+}
+
 /* Closing -------------------------------------------------------------------- */
 
 static void conn_free(struct conn *c) {
@@ -763,6 +923,7 @@ static void conn_free(struct conn *c) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   w->n_conns--;
+  budget_connection_release(w->budget);
   if (c->flags & F_COUNTED)
     stats_add(&conn_stats(c)->connections, -1);
   SSL_free(c->ssl);
@@ -787,12 +948,19 @@ static void conn_close(struct conn *c) {
   if (c->flags & F_CLOSING)
     return;
   c->flags |= F_CLOSING;
+  /* What the client's socket took of a write cut short counts as sent. */
+  if (c->cw.inflight != NULL) {
+    size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->client);
+    if (left < c->cw.inflight_len)
+      stats_add(&conn_stats(c)->bytes_out, (long long)(c->cw.inflight_len - left));
+  }
   if (c->w->out_conn == c) {
     c->w->out.len = 0;
     c->w->out_conn = NULL;
   }
   uv_close((uv_handle_t *)&c->client, on_close);
   uv_close((uv_handle_t *)&c->timer, on_close);
+  uv_close((uv_handle_t *)&c->watch, on_close);
   if (c->flags & F_UP_INIT)
     uv_close((uv_handle_t *)&c->upstream, on_close);
 }
@@ -817,20 +985,47 @@ static void on_handshake_timeout(uv_timer_t *t) {
   conn_close(c);
 }
 
-void conn_accept(struct wlistener *wl) {
+/* Counts a connection refused at accept and logs it (limited). */
+static void refused(struct worker *w, const struct listener *l, const union sockaddr_any *peer,
+                    enum budget_refusal why) {
+  unsigned long long suppressed;
+  if (!budget_refuse(w->budget, why, uv_now(&w->loop), &suppressed))
+    return;
+  char addr[64], reason[128], more[48] = "";
+  listener_addr_format(peer, addr, sizeof(addr));
+  if (why == REFUSED_DESCRIPTORS)
+    snprintf(reason, sizeof(reason), "%ld connections hold every descriptor the agent may use",
+             budget_connections_max(w->budget));
+  else
+    snprintf(reason, sizeof(reason), "out of memory");
+  if (suppressed > 0)
+    snprintf(more, sizeof(more), " suppressed=%llu", suppressed);
+  log_msg(why == REFUSED_DESCRIPTORS ? LOG_WARN : LOG_ERROR, "agent",
+          "listener=%s client=%s refused cause=%s reason=\"%s\"%s", l->name, addr,
+          budget_refusal_name(why), reason, more);
+}
+
+void conn_accept(struct wlistener *wl, int fd, const struct sockaddr *peer) {
   struct worker *w = wl->w;
   struct listener_version *v = wl->version;
+  stats_add(&v->listener->stats.connections_total, 1);
+  if (budget_connection_take(w->budget) != 0) {
+    close(fd);
+    refused(w, v->listener, (const union sockaddr_any *)peer, REFUSED_DESCRIPTORS);
+    return;
+  }
   struct conn *c = calloc(1, sizeof(*c));
   if (c == NULL) {
-    /* libuv stops polling a listening socket whose pending connection was
-     * not accepted, and without memory there is nothing to accept into. */
-    log_error("agent", "out of memory accepting a connection");
-    abort();
+    budget_connection_release(w->budget);
+    close(fd);
+    refused(w, v->listener, (const union sockaddr_any *)peer, REFUSED_OUT_OF_MEMORY);
+    return;
   }
   c->magic = CONN_MAGIC;
   c->w = w;
   listener_version_ref(v);
   c->v = v;
+  c->peer = *(const union sockaddr_any *)peer;
   c->next = w->conns;
   if (w->conns != NULL)
     w->conns->prev = c;
@@ -838,20 +1033,19 @@ void conn_accept(struct wlistener *wl) {
   w->n_conns++;
   uv_tcp_init(&w->loop, &c->client);
   uv_timer_init(&w->loop, &c->timer);
+  uv_timer_init(&w->loop, &c->watch);
   c->client.data = c;
   c->timer.data = c;
-  c->handles = 2;
-  if (uv_accept((uv_stream_t *)&wl->tcp, (uv_stream_t *)&c->client) != 0) {
+  c->watch.data = c;
+  c->handles = 3;
+  if (uv_tcp_open(&c->client, fd) != 0) {
+    close(fd);
     conn_close(c);
     return;
   }
   struct stats *st = conn_stats(c);
-  stats_add(&st->connections_total, 1);
   long long live = atomic_fetch_add_explicit(&st->connections, 1, memory_order_relaxed) + 1;
   c->flags |= F_COUNTED;
-  int len = sizeof(c->peer);
-  if (uv_tcp_getpeername(&c->client, &c->peer.sa, &len) != 0)
-    c->peer.sa.sa_family = AF_UNSPEC;
   if (v->max_connections > 0 && live > v->max_connections) {
     client_error(c, CAUSE_MAX_CONNECTIONS, "max_connections (%lld) reached",
                  (long long)v->max_connections);
@@ -864,7 +1058,7 @@ void conn_accept(struct wlistener *wl) {
   if (c->ssl == NULL) {
     BIO_free(bio);
     ERR_clear_error();
-    log_error("agent", "listener=%s: out of memory for a TLS connection", v->listener->name);
+    refused(w, v->listener, &c->peer, REFUSED_OUT_OF_MEMORY);
     conn_close(c);
     return;
   }
@@ -872,6 +1066,7 @@ void conn_accept(struct wlistener *wl) {
   SSL_set_bio(c->ssl, bio, bio); /* one reference, taken by ssl */
   SSL_set_app_data(c->ssl, c);
   SSL_set_info_callback(c->ssl, info_cb);
+  SSL_set_msg_callback(c->ssl, msg_cb);
   SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                            SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_set_accept_state(c->ssl);

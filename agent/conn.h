@@ -9,10 +9,11 @@
 
 #include "worker.h"
 
-/* Accepts a pending connection of wl's listening socket and starts its
- * handshake with wl's current version. Enforces max_connections (the
- * connection is then closed at once and counted). */
-void conn_accept(struct wlistener *wl);
+/* Takes fd, a connection just accepted on wl's listening socket from peer,
+ * and starts its handshake with wl's current version. Enforces the
+ * descriptor budget and max_connections; a connection refused, or one
+ * whose memory cannot be allocated, is closed at once and counted. */
+void conn_accept(struct wlistener *wl, int fd, const struct sockaddr *peer);
 
 /* Graceful shutdown of the worker: connections still in their handshake
  * are closed; established ones idle for WORKER_IDLE_MS (nothing buffered,

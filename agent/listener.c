@@ -16,6 +16,9 @@
 /* Listen backlog: what the kernel queues per socket (capped by
  * net.core.somaxconn). */
 #define LISTEN_BACKLOG 1024
+/* The longest timeout a snapshot may give (a year): far beyond any the API
+ * accepts, and no overflow in milliseconds. */
+#define LISTENER_DURATION_MAX_S (366LL * 86400)
 
 struct listener *listener_check(void *p) {
   struct listener *l = p;
@@ -149,6 +152,24 @@ int listener_addr_resolve(const char *address, int passive, const char *field,
   return 0;
 }
 
+/* A timeout of the Listener in milliseconds: dflt when absent, 0 (no
+ * limit) for "0s", at least 1 for any positive duration. */
+static int duration_ms(const Google__Protobuf__Duration *d, uint64_t dflt, const char *field,
+                       uint64_t *out, struct tp_err *err) {
+  if (d == NULL) {
+    *out = dflt;
+    return 0;
+  }
+  if (d->seconds < 0 || d->nanos < 0)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: must not be negative", field);
+  if (d->seconds > LISTENER_DURATION_MAX_S)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: must be at most %llds", field,
+                      (long long)LISTENER_DURATION_MAX_S);
+  uint64_t ms = (uint64_t)d->seconds * 1000 + (uint64_t)d->nanos / 1000000;
+  *out = ms == 0 && d->nanos > 0 ? 1 : ms;
+  return 0;
+}
+
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
                            const uint8_t *config, size_t config_len, struct listener_version **out,
                            struct tp_err *err) {
@@ -170,16 +191,13 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
     goto failed;
   v->proxy_protocol = li->proxy_protocol;
 
-  int64_t ms = pb_duration_ms(li->handshake_timeout);
-  if (li->handshake_timeout == NULL) {
-    v->handshake_timeout_ms = LISTENER_HANDSHAKE_TIMEOUT_MS;
-  } else if (li->handshake_timeout->seconds < 0 || li->handshake_timeout->nanos < 0) {
-    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "handshake_timeout: must not be negative");
+  if (duration_ms(li->handshake_timeout, LISTENER_HANDSHAKE_TIMEOUT_MS, "handshake_timeout",
+                  &v->handshake_timeout_ms, err) != 0 ||
+      duration_ms(li->idle_timeout, LISTENER_IDLE_TIMEOUT_MS, "idle_timeout", &v->idle_timeout_ms,
+                  err) != 0 ||
+      duration_ms(li->write_timeout, LISTENER_WRITE_TIMEOUT_MS, "write_timeout",
+                  &v->write_timeout_ms, err) != 0)
     goto failed;
-  } else {
-    /* A positive duration under a millisecond still limits. */
-    v->handshake_timeout_ms = ms == 0 && li->handshake_timeout->nanos > 0 ? 1 : (uint64_t)ms;
-  }
   if (li->max_connections < 0) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                "max_connections: must not be negative (0: no limit)");
@@ -209,8 +227,9 @@ failed:
   return -1;
 }
 
+/* Binds a socket to a; without out, closes it again (the probe). */
 static int open_one(const union sockaddr_any *a, int reuseport, int *fd_out, struct tp_err *err,
-                    const char *address) {
+                    const char *field, const char *address) {
   const char *step = "socket";
   int fd = socket(a->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
@@ -227,7 +246,7 @@ static int open_one(const union sockaddr_any *a, int reuseport, int *fd_out, str
   step = "bind";
   if (bind(fd, &a->sa, addr_len(a)) != 0)
     goto failed;
-  if (!reuseport) { /* the probe */
+  if (fd_out == NULL) { /* the probe */
     close(fd);
     return 0;
   }
@@ -240,8 +259,14 @@ failed:;
   int e = errno;
   if (fd >= 0)
     close(fd);
-  return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "address: %s: %s: %s", address, step,
+  return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "%s: %s: %s: %s", field, address, step,
                     strerror(e));
+}
+
+int listener_socket_open(const union sockaddr_any *a, int reuseport, const char *field,
+                         const char *address, int *fd, struct tp_err *err) {
+  *fd = -1;
+  return open_one(a, reuseport, fd, err, field, address);
 }
 
 static int port_of(const union sockaddr_any *a) {
@@ -253,10 +278,10 @@ int listener_sockets_open(struct listener_version *v, int n, int probe, int *fds
   for (int i = 0; i < n; i++)
     fds[i] = -1;
   if (probe && port_of(&v->bind_addr) != 0 &&
-      open_one(&v->bind_addr, 0, NULL, err, v->address) != 0)
+      open_one(&v->bind_addr, 0, NULL, err, "address", v->address) != 0)
     return -1;
   for (int i = 0; i < n; i++) {
-    if (open_one(&v->bind_addr, 1, &fds[i], err, v->address) != 0)
+    if (open_one(&v->bind_addr, 1, &fds[i], err, "address", v->address) != 0)
       goto failed;
     if (i == 0) {
       /* Port 0: the others join the port the first one got. */

@@ -33,6 +33,8 @@
 
 /* Defaults of the Listener message (listener.proto). */
 #define LISTENER_HANDSHAKE_TIMEOUT_MS 120000
+#define LISTENER_IDLE_TIMEOUT_MS (TLSCONF_IDLE_TIMEOUT_DEFAULT_S * 1000)
+#define LISTENER_WRITE_TIMEOUT_MS (TLSCONF_WRITE_TIMEOUT_DEFAULT_S * 1000)
 /* How long a connection to the upstream may take. */
 #define LISTENER_UPSTREAM_CONNECT_TIMEOUT_MS 10000
 
@@ -72,6 +74,8 @@ struct listener_version {
   union sockaddr_any upstream_addr;
   int proxy_protocol;
   uint64_t handshake_timeout_ms; /* 0: no limit */
+  uint64_t idle_timeout_ms;      /* no byte either way for this long closes; 0: no limit */
+  uint64_t write_timeout_ms;     /* bytes waiting for a side, none taken this long; 0: no limit */
   int64_t max_connections;       /* 0: no limit */
   int renegotiation_limit;
   uint64_t renegotiation_window_ms;
@@ -115,6 +119,13 @@ struct listener_version *listener_version_check(void *p);
  * denied"). */
 int listener_sockets_open(struct listener_version *v, int n, int probe, int *fds,
                           struct tp_err *err);
+
+/* One listening socket on a (non-blocking, close-on-exec, SO_REUSEADDR,
+ * TCP_NODELAY; with reuseport also SO_REUSEPORT), in *fd. On failure err
+ * says "FIELD: ADDRESS: STEP: REASON" (field: "address",
+ * "--metrics-listen"). */
+int listener_socket_open(const union sockaddr_any *a, int reuseport, const char *field,
+                         const char *address, int *fd, struct tp_err *err);
 
 /* Resolves "host:port" (getaddrinfo: blocking). passive: a bind address,
  * where an empty host means every address and port 0 any free port.

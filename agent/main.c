@@ -443,6 +443,9 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN); /* a peer gone mid-write is an error code, not a signal */
   OPENSSL_init_ssl(0, NULL);
   grpclog_route();
+  /* A worker never waits for stderr (log.h); when the thread cannot start,
+   * lines are written synchronously. */
+  (void)log_async_start();
 
   struct main_ctx ctx = {0}; /* outlives the loops: every callback's data */
   struct main_ctx *m = &ctx;
@@ -453,6 +456,7 @@ int main(int argc, char **argv) {
   if (uv_loop_init(&loop) != 0) {
     fprintf(stderr, "tlsplane-agent: cannot make an event loop\n");
     options_free(&o);
+    log_async_stop();
     return 1;
   }
   m->a.loop = &loop;
@@ -468,6 +472,7 @@ int main(int argc, char **argv) {
     source_close(m->source);
     uv_loop_close(&loop);
     options_free(&o);
+    log_async_stop();
     return 1;
   }
   int status = 1;
@@ -485,10 +490,16 @@ int main(int argc, char **argv) {
   uv_signal_init(&loop, &m->sigint);
   m->sighup.data = m->sigterm.data = m->sigint.data = m;
 
+  budget_init(&m->a.budget, o.workers);
+  char raised[64] = "";
+  if (m->a.budget.fd_limit > m->a.budget.fd_limit_was)
+    snprintf(raised, sizeof(raised), " (soft limit raised from %ld)", m->a.budget.fd_limit_was);
+  log_info("agent", "descriptors: %ld%s, %ld reserved: room for %ld client connections",
+           m->a.budget.fd_limit, raised, m->a.budget.reserve, budget_connections_max(&m->a.budget));
   m->a.workers = calloc((size_t)o.workers, sizeof(*m->a.workers));
   int started = 0, rc = m->a.workers != NULL ? 0 : UV_ENOMEM;
   while (rc == 0 && started < o.workers) {
-    rc = worker_start(started, &m->worker_done, &m->a.workers[started]);
+    rc = worker_start(started, &m->worker_done, &m->a.budget, &m->a.workers[started]);
     if (rc == 0)
       started++;
   }
@@ -540,5 +551,6 @@ done:
   if (uv_loop_close(&loop) != 0)
     log_error("agent", "main loop not closed cleanly");
   options_free(&o);
+  log_async_stop();
   return status;
 }

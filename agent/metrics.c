@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "acceptor.h"
 #include "log.h"
 
 #define METRICS_MAGIC 0x4d545253u /* "MTRS" */
@@ -15,15 +18,21 @@
 
 /* Request line and headers beyond this are refused. */
 #define MCONN_MAX_REQUEST 8192
+/* A connection that has not sent a whole request by then is closed, and
+ * one whose response has not gone out by then too. */
+#define MCONN_READ_TIMEOUT_MS 5000
+#define MCONN_WRITE_TIMEOUT_MS 10000
 
 struct mconn;
 
 struct metrics {
   unsigned magic;
   struct agent *a;
-  uv_tcp_t server;
+  uv_loop_t *loop;
+  struct acceptor acc;
   struct mconn *conns;
-  int handles; /* open handles (server and connections); freed at 0 */
+  int n_conns; /* open connections, at most METRICS_MAX_CONNECTIONS */
+  int handles; /* the acceptor and every connection; freed at 0 */
   int closing;
   char address[80];
 };
@@ -32,6 +41,8 @@ struct mconn {
   unsigned magic;
   struct metrics *m;
   uv_tcp_t tcp;
+  uv_timer_t timer; /* MCONN_READ_TIMEOUT_MS, then MCONN_WRITE_TIMEOUT_MS */
+  int handles;      /* tcp and timer; freed at 0 */
   http_parser parser;
   char url[1024];
   size_t url_len;
@@ -107,7 +118,8 @@ static const struct counter counters[] = {
      offsetof(struct stats, ocsp_staples)},
     {"tlsplane_bytes_in_total", "counter", "Bytes read from clients (TLS records).",
      offsetof(struct stats, bytes_in)},
-    {"tlsplane_bytes_out_total", "counter", "Bytes sent to clients (TLS records).",
+    {"tlsplane_bytes_out_total", "counter",
+     "Bytes sent to clients (TLS records), counted when their socket takes them.",
      offsetof(struct stats, bytes_out)},
 };
 
@@ -128,6 +140,23 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
             agent_apply_result_name((enum agent_apply_result)r), a->apply_total[r]);
   family(f, "tlsplane_workers", "gauge", "Worker threads.");
   fprintf(f, "tlsplane_workers %d\n", a->n_workers);
+  struct budget *b = (struct budget *)&a->budget;
+  family(f, "tlsplane_agent_descriptors_limit", "gauge",
+         "File descriptors the agent may open (RLIMIT_NOFILE, raised to the hard limit).");
+  fprintf(f, "tlsplane_agent_descriptors_limit %ld\n", b->fd_limit);
+  family(f, "tlsplane_agent_connection_budget", "gauge",
+         "Client connections the descriptors allow (two each), after the reserve and the "
+         "listening sockets.");
+  fprintf(f, "tlsplane_agent_connection_budget %ld\n", budget_connections_max(b));
+  family(f, "tlsplane_agent_connections_refused_total", "counter",
+         "Connections closed at accept, by cause: descriptors (the budget is spent), "
+         "out_of_memory, metrics_connections (the metrics endpoint's cap).");
+  for (int r = 0; r < REFUSED_COUNT; r++)
+    fprintf(f, "tlsplane_agent_connections_refused_total{cause=\"%s\"} %lld\n",
+            budget_refusal_name((enum budget_refusal)r), stats_get(&b->refused[r]));
+  family(f, "tlsplane_agent_accept_errors_total", "counter",
+         "accept(2) failures for want of descriptors or memory (accepting pauses briefly).");
+  fprintf(f, "tlsplane_agent_accept_errors_total %lld\n", stats_get(&b->accept_errors));
   if (a->control_plane) {
     family(f, "tlsplane_control_plane_connected", "gauge",
            "1 while the stream to tlsplane-server is up (snapshots are served either way).");
@@ -204,6 +233,8 @@ static void metrics_handle_closed(struct metrics *m) {
 
 static void on_mconn_close(uv_handle_t *h) {
   struct mconn *mc = mconn_check(h->data);
+  if (--mc->handles > 0)
+    return;
   struct metrics *m = mc->m;
   if (mc->prev != NULL)
     mc->prev->next = mc->next;
@@ -211,6 +242,7 @@ static void on_mconn_close(uv_handle_t *h) {
     m->conns = mc->next;
   if (mc->next != NULL)
     mc->next->prev = mc->prev;
+  m->n_conns--;
   free(mc->head);
   free(mc->body);
   mc->magic = 0;
@@ -219,12 +251,18 @@ static void on_mconn_close(uv_handle_t *h) {
 }
 
 static void mconn_close(struct mconn *mc) {
-  if (!uv_is_closing((uv_handle_t *)&mc->tcp))
+  if (!uv_is_closing((uv_handle_t *)&mc->tcp)) {
     uv_close((uv_handle_t *)&mc->tcp, on_mconn_close);
+    uv_close((uv_handle_t *)&mc->timer, on_mconn_close);
+  }
 }
 
 static void on_written(uv_write_t *req, int status) {
   mconn_close(mconn_check(req->data));
+}
+
+static void on_mconn_timeout(uv_timer_t *t) {
+  mconn_close(mconn_check(t->data));
 }
 
 /* One response, then the connection is closed ("Connection: close"). */
@@ -232,6 +270,7 @@ static void respond(struct mconn *mc, int status, const char *reason, const char
                     size_t body_len, int head_only) {
   mc->responded = 1;
   uv_read_stop((uv_stream_t *)&mc->tcp);
+  uv_timer_start(&mc->timer, on_mconn_timeout, MCONN_WRITE_TIMEOUT_MS, 0);
   mc->body = body;
   int n = asprintf(&mc->head,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
@@ -316,31 +355,76 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     respond_text(mc, 431, "Request Header Fields Too Large", "request too large\n");
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  struct metrics *m = metrics_check(server->data);
-  if (status < 0 || m->closing)
+/* Counts and logs (limited) a metrics connection refused at accept. */
+static void metrics_refused(struct metrics *m, const struct sockaddr *peer,
+                            enum budget_refusal why) {
+  unsigned long long suppressed;
+  if (!budget_refuse(&m->a->budget, why, uv_now(m->loop), &suppressed))
     return;
+  char addr[64], more[48] = "";
+  listener_addr_format((const union sockaddr_any *)peer, addr, sizeof(addr));
+  if (suppressed > 0)
+    snprintf(more, sizeof(more), " suppressed=%llu", suppressed);
+  log_warn("agent", "metrics: client=%s refused cause=%s reason=\"%d connections open\"%s", addr,
+           budget_refusal_name(why), m->n_conns, more);
+}
+
+static void on_connection(struct acceptor *a, int fd, const struct sockaddr *peer, void *data) {
+  struct metrics *m = metrics_check(data);
+  if (m->closing) {
+    close(fd);
+    return;
+  }
+  if (m->n_conns >= METRICS_MAX_CONNECTIONS) {
+    close(fd);
+    metrics_refused(m, peer, REFUSED_METRICS);
+    return;
+  }
   struct mconn *mc = calloc(1, sizeof(*mc));
-  if (mc == NULL)
+  if (mc == NULL) {
+    close(fd);
+    metrics_refused(m, peer, REFUSED_OUT_OF_MEMORY);
     return;
+  }
   mc->magic = MCONN_MAGIC;
   mc->m = m;
-  uv_tcp_init(m->a->loop, &mc->tcp);
+  uv_tcp_init(m->loop, &mc->tcp);
+  uv_timer_init(m->loop, &mc->timer);
   mc->tcp.data = mc;
+  mc->timer.data = mc;
+  mc->handles = 2;
   mc->next = m->conns;
   if (m->conns != NULL)
     m->conns->prev = mc;
   m->conns = mc;
+  m->n_conns++;
   m->handles++;
   http_parser_init(&mc->parser, HTTP_REQUEST);
   mc->parser.data = mc;
-  if (uv_accept(server, (uv_stream_t *)&mc->tcp) != 0 ||
-      uv_read_start((uv_stream_t *)&mc->tcp, on_alloc, on_read) != 0)
+  uv_timer_start(&mc->timer, on_mconn_timeout, MCONN_READ_TIMEOUT_MS, 0);
+  if (uv_tcp_open(&mc->tcp, fd) != 0) {
+    close(fd);
+    mconn_close(mc);
+    return;
+  }
+  if (uv_read_start((uv_stream_t *)&mc->tcp, on_alloc, on_read) != 0)
     mconn_close(mc);
 }
 
-static void on_server_close(uv_handle_t *h) {
-  metrics_handle_closed(metrics_check(h->data));
+static void on_accept_error(struct acceptor *a, int err, void *data) {
+  struct metrics *m = metrics_check(data);
+  unsigned long long suppressed;
+  if (!budget_accept_error(&m->a->budget, uv_now(m->loop), &suppressed))
+    return;
+  char more[48] = "";
+  if (suppressed > 0)
+    snprintf(more, sizeof(more), " suppressed=%llu", suppressed);
+  log_warn("agent", "metrics: accept: %s: accepting paused for %d ms%s", uv_strerror(err),
+           ACCEPTOR_BACKOFF_MS, more);
+}
+
+static void on_acceptor_close(struct acceptor *a, void *data) {
+  metrics_handle_closed(metrics_check(data));
 }
 
 int metrics_start(struct agent *a, uv_loop_t *loop, const char *address, struct metrics **out,
@@ -349,25 +433,27 @@ int metrics_start(struct agent *a, uv_loop_t *loop, const char *address, struct 
   union sockaddr_any addr;
   if (listener_addr_resolve(address, 1, "--metrics-listen", &addr, err) != 0)
     return -1;
+  int fd;
+  if (listener_socket_open(&addr, 0, "--metrics-listen", address, &fd, err) != 0)
+    return -1;
   struct metrics *m = calloc(1, sizeof(*m));
-  if (m == NULL)
+  if (m == NULL) {
+    close(fd);
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
   m->magic = METRICS_MAGIC;
   m->a = a;
-  uv_tcp_init(loop, &m->server);
-  m->server.data = m;
+  m->loop = loop;
   m->handles = 1;
-  int rc = uv_tcp_bind(&m->server, &addr.sa, 0);
-  if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&m->server, 128, on_connection);
+  int rc = acceptor_start(&m->acc, loop, fd, on_connection, on_accept_error, m);
   if (rc != 0) {
     tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "--metrics-listen: %s: %s", address, uv_strerror(rc));
     metrics_close(m);
     return -1;
   }
   union sockaddr_any bound;
-  int len = sizeof(bound);
-  if (uv_tcp_getsockname(&m->server, &bound.sa, &len) == 0)
+  socklen_t len = sizeof(bound);
+  if (getsockname(fd, &bound.sa, &len) == 0)
     listener_addr_format(&bound, m->address, sizeof(m->address));
   *out = m;
   return 0;
@@ -383,5 +469,5 @@ void metrics_close(struct metrics *m) {
   m->closing = 1;
   for (struct mconn *mc = m->conns; mc != NULL; mc = mc->next)
     mconn_close(mc);
-  uv_close((uv_handle_t *)&m->server, on_server_close);
+  acceptor_close(&m->acc, on_acceptor_close);
 }

@@ -1,6 +1,10 @@
 /* GET /metrics: the agent's counters in Prometheus' text format (0.0.4),
  * served on the main loop by a small libuv TCP server whose requests are
- * parsed by libhttp-parser. Every other path is 404. */
+ * parsed by libhttp-parser. Every other path is 404. Bounded like the
+ * listeners: at most METRICS_MAX_CONNECTIONS at once (more are closed at
+ * accept and counted), each closed unless its request arrives within 5 s
+ * and its response goes out within 10 s; accepting goes through
+ * acceptor.c. */
 #ifndef TLSPLANE_AGENT_METRICS_H
 #define TLSPLANE_AGENT_METRICS_H
 
@@ -9,6 +13,10 @@
 
 #include "agent.h"
 #include "error.h"
+
+/* Connections the endpoint serves at once; kept out of the descriptor
+ * budget's connections by its reserve (budget.h). */
+#define METRICS_MAX_CONNECTIONS 16
 
 struct metrics;
 

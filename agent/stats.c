@@ -10,6 +10,10 @@ const char *stats_cause_name(enum stats_cause cause) {
       [CAUSE_RENEGOTIATION_LIMIT] = "renegotiation_limit",
       [CAUSE_UPSTREAM_CONNECT] = "upstream_connect",
       [CAUSE_TLS_ERROR] = "tls_error",
+      [CAUSE_KEY_UPDATE_LIMIT] = "key_update_limit",
+      [CAUSE_IDLE_TIMEOUT] = "idle_timeout",
+      [CAUSE_CLIENT_WRITE_TIMEOUT] = "client_write_timeout",
+      [CAUSE_UPSTREAM_WRITE_TIMEOUT] = "upstream_write_timeout",
   };
   return (unsigned)cause < CAUSE_COUNT ? names[cause] : "unknown";
 }

@@ -8,16 +8,22 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "log.h"
+
 /* Why a client connection ended badly ('clientError'). The names are the
  * metric's cause label and the log line's cause=. */
 enum stats_cause {
-  CAUSE_HANDSHAKE_FAILED,    /* the TLS handshake failed (alert, protocol error) */
-  CAUSE_HANDSHAKE_ABORTED,   /* the client closed or reset during the handshake */
-  CAUSE_HANDSHAKE_TIMEOUT,   /* no complete handshake within handshake_timeout */
-  CAUSE_MAX_CONNECTIONS,     /* over the listener's max_connections */
-  CAUSE_RENEGOTIATION_LIMIT, /* more renegotiations than the limit per window */
-  CAUSE_UPSTREAM_CONNECT,    /* the upstream refused, was unreachable or timed out */
-  CAUSE_TLS_ERROR,           /* a fatal TLS error after the handshake */
+  CAUSE_HANDSHAKE_FAILED,       /* the TLS handshake failed (alert, protocol error) */
+  CAUSE_HANDSHAKE_ABORTED,      /* the client closed or reset during the handshake */
+  CAUSE_HANDSHAKE_TIMEOUT,      /* no complete handshake within handshake_timeout */
+  CAUSE_MAX_CONNECTIONS,        /* over the listener's max_connections */
+  CAUSE_RENEGOTIATION_LIMIT,    /* more renegotiations than the limit per window */
+  CAUSE_UPSTREAM_CONNECT,       /* the upstream refused, was unreachable or timed out */
+  CAUSE_TLS_ERROR,              /* a fatal TLS error after the handshake */
+  CAUSE_KEY_UPDATE_LIMIT,       /* more TLS 1.3 KeyUpdates than CONN_KEY_UPDATE_LIMIT per window */
+  CAUSE_IDLE_TIMEOUT,           /* no byte either way for the listener's idle_timeout */
+  CAUSE_CLIENT_WRITE_TIMEOUT,   /* the client took nothing of what waited for write_timeout */
+  CAUSE_UPSTREAM_WRITE_TIMEOUT, /* the upstream took nothing of what waited for write_timeout */
   CAUSE_COUNT
 };
 
@@ -32,8 +38,11 @@ struct stats {
   atomic_llong ocsp_requests;     /* handshakes whose client sent status_request */
   atomic_llong ocsp_staples;      /* of which got a stapled OCSP response */
   atomic_llong bytes_in;          /* bytes read from clients (TLS records) */
-  atomic_llong bytes_out;         /* bytes written to clients (TLS records) */
+  atomic_llong bytes_out;         /* bytes of TLS records the client's socket took */
   atomic_llong client_errors[CAUSE_COUNT];
+  /* The log line of each cause, limited (a flood of bad clients makes a
+   * few lines a second, each saying how many were left out). */
+  struct log_limit client_error_log[CAUSE_COUNT];
 };
 
 static inline void stats_add(atomic_llong *c, long long n) {

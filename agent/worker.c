@@ -2,6 +2,7 @@
  * (see worker.h). */
 #include "worker.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -39,8 +40,8 @@ void worker_msg_free(struct worker_msg *m) {
 
 /* Listening sockets ---------------------------------------------------- */
 
-static void on_wlistener_close(uv_handle_t *h) {
-  struct wlistener *wl = wlistener_check(h->data);
+static void on_wlistener_close(struct acceptor *a, void *data) {
+  struct wlistener *wl = wlistener_check(data);
   struct worker *w = wl->w;
   listener_version_unref(wl->version);
   wl->magic = 0;
@@ -56,7 +57,7 @@ static void wlistener_close(struct wlistener *wl) {
       break;
     }
   }
-  uv_close((uv_handle_t *)&wl->tcp, on_wlistener_close);
+  acceptor_close(&wl->acc, on_wlistener_close);
 }
 
 static struct wlistener *wlistener_find(struct worker *w, const struct listener *l) {
@@ -66,14 +67,23 @@ static struct wlistener *wlistener_find(struct worker *w, const struct listener 
   return NULL;
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  struct wlistener *wl = wlistener_check(server->data);
-  if (status < 0) {
-    /* EMFILE and the like: libuv has already shed the connection. */
-    log_warn("agent", "listener=%s: accept: %s", wl->listener->name, uv_strerror(status));
+static void on_accept(struct acceptor *a, int fd, const struct sockaddr *peer, void *data) {
+  conn_accept(wlistener_check(data), fd, peer);
+}
+
+/* accept(2) itself failed (EMFILE and the like, which the budget should
+ * make rare: descriptors used by something it does not count): the
+ * acceptor pauses; the connections wait in the kernel's queue. */
+static void on_accept_error(struct acceptor *a, int err, void *data) {
+  struct wlistener *wl = wlistener_check(data);
+  unsigned long long suppressed;
+  if (!budget_accept_error(wl->w->budget, uv_now(&wl->w->loop), &suppressed))
     return;
-  }
-  conn_accept(wl);
+  char more[48] = "";
+  if (suppressed > 0)
+    snprintf(more, sizeof(more), " suppressed=%llu", suppressed);
+  log_warn("agent", "listener=%s: accept: %s: accepting paused for %d ms%s", wl->listener->name,
+           uv_strerror(err), ACCEPTOR_BACKOFF_MS, more);
 }
 
 /* Takes op's fd and version reference. */
@@ -89,13 +99,8 @@ static void wlistener_open(struct worker *w, struct worker_op *op) {
   wl->magic = WLISTENER_MAGIC;
   wl->w = w;
   wl->listener = op->listener;
-  uv_tcp_init(&w->loop, &wl->tcp);
-  wl->tcp.data = wl;
-  int rc = uv_tcp_open(&wl->tcp, op->fd);
-  if (rc == 0)
-    op->fd = -1; /* the handle owns it */
-  if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&wl->tcp, 1024, on_connection);
+  int rc = acceptor_start(&wl->acc, &w->loop, op->fd, on_accept, on_accept_error, wl);
+  op->fd = -1; /* the acceptor owns it */
   wl->version = op->version;
   op->version = NULL;
   wl->next = w->listeners;
@@ -245,13 +250,14 @@ void worker_join(struct worker *w) {
   worker_free(w);
 }
 
-int worker_start(int id, uv_async_t *done, struct worker **out) {
+int worker_start(int id, uv_async_t *done, struct budget *budget, struct worker **out) {
   *out = NULL;
   struct worker *w = calloc(1, sizeof(*w));
   if (w == NULL)
     return UV_ENOMEM;
   w->magic = WORKER_MAGIC;
   w->id = id;
+  w->budget = budget;
   w->done = done;
   atomic_init(&w->finished, 0);
   w->clear_cap = WORKER_READ_SIZE + 32 * 1024;

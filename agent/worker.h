@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "acceptor.h"
+#include "budget.h"
 #include "listener.h"
 
 #define WORKER_MAGIC 0x574f524bu    /* "WORK" */
@@ -61,7 +63,7 @@ struct worker_msg {
 /* A listening socket of one listener on one worker. */
 struct wlistener {
   unsigned magic;
-  uv_tcp_t tcp;
+  struct acceptor acc; /* the socket, accepted from with accept4 (acceptor.h) */
   struct worker *w;
   struct listener *listener;        /* the key; borrowed (version holds a reference) */
   struct listener_version *version; /* new connections get this; reference held */
@@ -81,6 +83,7 @@ struct worker {
   int id;
   uv_loop_t loop;
   uv_thread_t thread;
+  struct budget *budget; /* the process's, shared by every worker (budget.h) */
 
   /* Mailbox: written by the main thread under lock. */
   uv_mutex_t lock;
@@ -110,8 +113,10 @@ struct worker {
 };
 
 /* Makes a worker and starts its thread. done (a handle of the main loop)
- * is signalled when the thread has finished; then call worker_join. */
-int worker_start(int id, uv_async_t *done, struct worker **out);
+ * is signalled when the thread has finished; then call worker_join.
+ * budget: the process's descriptor budget (borrowed; outlives the
+ * worker). */
+int worker_start(int id, uv_async_t *done, struct budget *budget, struct worker **out);
 /* Queues m for w (takes ownership of m and what it holds). When the worker
  * has already stopped, m is released instead. Any thread. */
 void worker_post(struct worker *w, struct worker_msg *m);

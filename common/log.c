@@ -1,22 +1,146 @@
-/* Logging to stderr, one write per line so that threads do not interleave. */
+/* Logging to stderr, one write per line so that threads do not interleave;
+ * optionally through a buffer and a writer thread (log_async_start), and
+ * rate limits for lines that come in floods (see log.h). */
 #include "log.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-void log_msg(enum log_level level, const char *component, const char *fmt, ...) {
+/* The asynchronous writer: the logger's process context (stderr is the
+ * process's). Between log_async_start and log_async_stop, lines are
+ * appended to ring (whole lines only, never split) under lock and the
+ * writer thread takes them out; lock is held only to copy bytes, never
+ * across a write(2). */
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  pthread_t thread;
+  int running;                /* lines go to the ring */
+  int stopping;               /* the writer ends once the ring is empty */
+  char *buf;                  /* LOG_ASYNC_BUFFER bytes */
+  size_t head, len;           /* where the oldest waiting byte is; how many wait */
+  unsigned long long dropped; /* lines that found the ring full, not yet reported */
+} ring = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+/* "2026-01-02T03:04:05.678Z level component: " into line; its length. */
+static int line_prefix(char *line, size_t size, enum log_level level, const char *component) {
   static const char *const names[] = {"debug", "info", "warn", "error"};
-  char line[2048];
   struct timespec ts;
   struct tm tm;
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
-  int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-  n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s %s: ", ts.tv_nsec / 1000000,
-                names[level], component);
+  int n = (int)strftime(line, size, "%Y-%m-%dT%H:%M:%S", &tm);
+  n += snprintf(line + n, size - (size_t)n, ".%03ldZ %s %s: ", ts.tv_nsec / 1000000, names[level],
+                component);
+  return n < (int)size ? n : (int)size - 1;
+}
+
+static void write_all(const char *p, size_t len) {
+  while (len > 0) {
+    ssize_t w = write(STDERR_FILENO, p, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return; /* stderr is gone: nothing else can be done with the line */
+    p += w;
+    len -= (size_t)w;
+  }
+}
+
+/* Appends a whole line, or drops it when it does not fit. Under lock. */
+static void ring_put(const char *line, size_t n) {
+  if (n > LOG_ASYNC_BUFFER - ring.len) {
+    ring.dropped++;
+    return;
+  }
+  size_t tail = (ring.head + ring.len) % LOG_ASYNC_BUFFER;
+  size_t first = n < LOG_ASYNC_BUFFER - tail ? n : LOG_ASYNC_BUFFER - tail;
+  memcpy(ring.buf + tail, line, first);
+  memcpy(ring.buf, line + first, n - first);
+  ring.len += n;
+}
+
+static void *ring_writer(void *arg) {
+  /* What one write(2) takes out of the ring: whole lines, so that another
+   * writer of stderr (a sanitizer report) never lands inside one. */
+  static char chunk[64 * 1024];
+  pthread_mutex_lock(&ring.lock);
+  for (;;) {
+    while (ring.len == 0 && ring.dropped == 0 && !ring.stopping)
+      pthread_cond_wait(&ring.cond, &ring.lock);
+    if (ring.len == 0 && ring.dropped == 0)
+      break; /* stopping, and everything is out */
+    size_t n = ring.len < sizeof(chunk) ? ring.len : sizeof(chunk);
+    size_t first = n < LOG_ASYNC_BUFFER - ring.head ? n : LOG_ASYNC_BUFFER - ring.head;
+    memcpy(chunk, ring.buf + ring.head, first);
+    memcpy(chunk + first, ring.buf, n - first);
+    while (n > 0 && chunk[n - 1] != '\n')
+      n--; /* lines end in '\n' and are shorter than chunk: n > 0 unless len was 0 */
+    ring.head = (ring.head + n) % LOG_ASYNC_BUFFER;
+    ring.len -= n;
+    unsigned long long dropped = ring.dropped;
+    ring.dropped = 0;
+    pthread_mutex_unlock(&ring.lock);
+    write_all(chunk, n);
+    if (dropped > 0) {
+      char line[256];
+      int k = line_prefix(line, sizeof(line), LOG_WARN, "log");
+      k += snprintf(line + k, sizeof(line) - (size_t)k,
+                    "%llu log lines dropped: stderr did not take them fast enough\n", dropped);
+      write_all(line, (size_t)k < sizeof(line) ? (size_t)k : sizeof(line) - 1);
+    }
+    pthread_mutex_lock(&ring.lock);
+  }
+  pthread_mutex_unlock(&ring.lock);
+  return NULL;
+}
+
+int log_async_start(void) {
+  pthread_mutex_lock(&ring.lock);
+  int rc = 0;
+  if (ring.running)
+    goto done;
+  if (ring.buf == NULL && (ring.buf = malloc(LOG_ASYNC_BUFFER)) == NULL) {
+    rc = -ENOMEM;
+    goto done;
+  }
+  ring.head = ring.len = 0;
+  ring.dropped = 0;
+  ring.stopping = 0;
+  rc = -pthread_create(&ring.thread, NULL, ring_writer, NULL);
+  if (rc == 0)
+    ring.running = 1;
+done:
+  pthread_mutex_unlock(&ring.lock);
+  return rc;
+}
+
+void log_async_stop(void) {
+  pthread_mutex_lock(&ring.lock);
+  if (!ring.running) {
+    pthread_mutex_unlock(&ring.lock);
+    return;
+  }
+  ring.stopping = 1;
+  pthread_cond_signal(&ring.cond);
+  pthread_mutex_unlock(&ring.lock);
+  pthread_join(ring.thread, NULL);
+  pthread_mutex_lock(&ring.lock);
+  ring.running = 0;
+  free(ring.buf);
+  ring.buf = NULL;
+  pthread_mutex_unlock(&ring.lock);
+}
+
+void log_msg(enum log_level level, const char *component, const char *fmt, ...) {
+  char line[2048];
+  int n = line_prefix(line, sizeof(line), level, component);
   va_list ap;
   va_start(ap, fmt);
   if (n < (int)sizeof(line))
@@ -25,8 +149,30 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...) 
   if (n > (int)sizeof(line) - 2)
     n = (int)sizeof(line) - 2;
   line[n++] = '\n';
-  ssize_t w = write(STDERR_FILENO, line, (size_t)n);
-  (void)w;
+  pthread_mutex_lock(&ring.lock);
+  if (ring.running && !ring.stopping) {
+    ring_put(line, (size_t)n);
+    pthread_cond_signal(&ring.cond);
+    pthread_mutex_unlock(&ring.lock);
+    return;
+  }
+  pthread_mutex_unlock(&ring.lock);
+  write_all(line, (size_t)n);
+}
+
+int log_limit_allow(struct log_limit *l, uint64_t now_ms, unsigned long long *suppressed) {
+  uint64_t end = atomic_load_explicit(&l->window_end, memory_order_relaxed);
+  if (end == 0 || now_ms >= end) {
+    /* A new window: whoever moves window_end on also resets the count. */
+    if (atomic_compare_exchange_strong(&l->window_end, &end, now_ms + LOG_LIMIT_WINDOW_MS))
+      atomic_store_explicit(&l->count, 0, memory_order_relaxed);
+  }
+  if (atomic_fetch_add_explicit(&l->count, 1, memory_order_relaxed) >= LOG_LIMIT_BURST) {
+    atomic_fetch_add_explicit(&l->suppressed, 1, memory_order_relaxed);
+    return 0;
+  }
+  *suppressed = atomic_exchange_explicit(&l->suppressed, 0, memory_order_relaxed);
+  return 1;
 }
 
 /* The length of the valid UTF-8 sequence at p[0..n) and its code point,

@@ -1,9 +1,18 @@
 /* Logging: one line per event on stderr, "time level component: message".
- * Never pass secrets (keys, tokens, passphrases) to these functions. */
+ * Never pass secrets (keys, tokens, passphrases) to these functions.
+ *
+ * By default each line is one write(2) by the caller. A process whose
+ * threads must never block on stderr (the agent's workers) calls
+ * log_async_start: lines then go to a bounded buffer that a thread of the
+ * logger's own writes out; see below. Lines of one kind that can come in
+ * floods (one per failed client connection) go through a struct
+ * log_limit. */
 #ifndef TLSPLANE_COMMON_LOG_H
 #define TLSPLANE_COMMON_LOG_H
 
 #include <stddef.h>
+#include <stdatomic.h>
+#include <stdint.h>
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
@@ -31,5 +40,39 @@ const char *log_escape(char *buf, size_t cap, const char *s, size_t len);
 
 /* log_escape of a NUL-terminated string (NULL: ""). */
 const char *log_escape_str(char *buf, size_t cap, const char *s);
+
+/* From now on log_msg copies each line into a buffer of LOG_ASYNC_BUFFER
+ * bytes and returns; a thread of the logger writes the buffer to stderr.
+ * So a full pipe or a slow terminal on stderr never blocks a caller: when
+ * the buffer is full the line is dropped, counted, and the writer says
+ * "N log lines dropped" once it can. Lines keep the order they were logged
+ * in. Returns 0, or a negative errno when the thread cannot start (lines
+ * are then written synchronously, as before). Call once, from one thread. */
+int log_async_start(void);
+/* Writes out what the buffer holds, stops the thread, and goes back to
+ * synchronous writes. A no-op when not started. */
+void log_async_stop(void);
+
+#define LOG_ASYNC_BUFFER (256 * 1024)
+
+/* How often one kind of line may be written: at most LOG_LIMIT_BURST lines
+ * per LOG_LIMIT_WINDOW_MS; the others are counted, and the next line
+ * written says how many were left out. Zero-initialized (calloc or = {0});
+ * threads may share one (atomics: a race lets at most a line or two more
+ * through a window). */
+#define LOG_LIMIT_BURST 5
+#define LOG_LIMIT_WINDOW_MS 1000
+
+struct log_limit {
+  atomic_uint_fast64_t window_end; /* now_ms at which the current window ends; 0: none yet */
+  atomic_uint count;               /* lines asked for in the current window */
+  atomic_ullong suppressed;        /* lines left out since the last one written */
+};
+
+/* Whether a line of this kind may be written now. now_ms: a monotonic
+ * clock in milliseconds (uv_now). When it returns 1, *suppressed is the
+ * number of lines left out since the last one written (say it in the
+ * line); when it returns 0 the line is counted as left out. */
+int log_limit_allow(struct log_limit *l, uint64_t now_ms, unsigned long long *suppressed);
 
 #endif

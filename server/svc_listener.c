@@ -8,6 +8,7 @@
 #include "api.h"
 #include "pb.h"
 #include "tlsconf.h"
+#include "tlsconf_listener.h"
 #include "tlsplane/v1/listener.pb-c.h"
 
 #define HANDSHAKE_TIMEOUT_DEFAULT_S 120    /* the seed's handshakeTimeout default */
@@ -16,10 +17,21 @@
 #define HANDSHAKE_TIMEOUT_MAX_S 3600
 
 static const char *const listener_mutable[] = {
-    "address",         "default_tls_context", "sni_routes",
-    "upstream",        "proxy_protocol",      "handshake_timeout",
-    "max_connections", "renegotiation_limit", "renegotiation_window",
-    "ticket_key_ring", "agent_selector",      NULL};
+    "address",
+    "default_tls_context",
+    "sni_routes",
+    "upstream",
+    "proxy_protocol",
+    "handshake_timeout",
+    "max_connections",
+    "renegotiation_limit",
+    "renegotiation_window",
+    "ticket_key_ring",
+    "agent_selector",
+    "idle_timeout",
+    "write_timeout",
+    NULL,
+};
 
 static int duration_check(Google__Protobuf__Duration **d, int64_t dflt_s, int64_t max_s,
                           const char *field, struct tp_err *err) {
@@ -77,7 +89,11 @@ static int listener_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_
   if (duration_check(&l->handshake_timeout, HANDSHAKE_TIMEOUT_DEFAULT_S, HANDSHAKE_TIMEOUT_MAX_S,
                      "handshake_timeout", err) != 0 ||
       duration_check(&l->renegotiation_window, RENEGOTIATION_WINDOW_DEFAULT_S, 86400,
-                     "renegotiation_window", err) != 0)
+                     "renegotiation_window", err) != 0 ||
+      duration_check(&l->idle_timeout, TLSCONF_IDLE_TIMEOUT_DEFAULT_S, TLSCONF_IDLE_TIMEOUT_MAX_S,
+                     "idle_timeout", err) != 0 ||
+      duration_check(&l->write_timeout, TLSCONF_WRITE_TIMEOUT_DEFAULT_S,
+                     TLSCONF_WRITE_TIMEOUT_MAX_S, "write_timeout", err) != 0)
     return -1;
   if (l->max_connections < 0)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,

@@ -28,6 +28,14 @@ function within(promise, ms, what) {
   ]);
 }
 
+// A plain HTTP request to a TLS port: the handshake fails at once.
+async function failedHandshake(port) {
+  const c = await rawConnect(port);
+  c.sock.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await c.closed;
+  return c.localPort;
+}
+
 // Drives `openssl s_client -tls1_2` through client-initiated
 // renegotiations ("R" on stdin, as the seed says). Each step sends "R",
 // then a line, and waits for the echo: the line comes back only once the
@@ -83,6 +91,7 @@ describe('listener limits: handshakeTimeout, maxConnections, connections, renego
       l('frag512', {}, { maxSendFragment: 512 }),
       l('frag-default'),
       l('errors'),
+      l('flood'),
     ]));
   });
 
@@ -269,5 +278,38 @@ describe('listener limits: handshakeTimeout, maxConnections, connections, renego
     const counted = Object.fromEntries(['handshake_aborted', 'handshake_failed', 'tls_error']
       .map((cause) => [cause, errors(m, 'errors', cause) - errors(m0, 'errors', cause)]));
     assert.deepEqual(counted, { handshake_aborted: 1, handshake_failed: 2, tls_error: 1 });
+  });
+
+  test('clientError log lines are limited per listener and cause: a flood of failed handshakes makes a few lines a second, each saying how many it stands for', async () => {
+    const port = agent.port('flood');
+    const from = agent.log().length;
+    const t0 = Date.now();
+    const N = 300;
+    await Promise.all(Array.from({ length: N }, () => failedHandshake(port)));
+    await agent.waitForMetrics((m) => errors(m, 'flood', 'handshake_failed') === N, { what: `${N} handshake failures counted` });
+    const floodLines = () => agent.log().slice(from).split('\n')
+      .filter((l) => l.includes('listener=listeners/flood ') && l.includes(' cause=handshake_failed '));
+    // One more at a time until one is logged (a new window): its line
+    // reports what was left out since the previous one.
+    let extra = 0;
+    let last = null;
+    for (let attempt = 0; attempt < 40 && !last; attempt++) {
+      const localPort = await failedHandshake(port);
+      extra++;
+      await agent.waitForMetrics((m) => errors(m, 'flood', 'handshake_failed') === N + extra, { what: 'the extra failure counted' });
+      const re = new RegExp(`client=127\\.0\\.0\\.1:${localPort} `);
+      const deadline = Date.now() + 500;
+      while (!last && Date.now() < deadline) {
+        last = floodLines().find((l) => re.test(l)) || null;
+        if (!last) await delay(20);
+      }
+    }
+    assert.ok(last, 'no failure was logged after the flood');
+    const lines = floodLines();
+    const seconds = Math.ceil((Date.now() - t0) / 1000) + 1;
+    assert.ok(lines.length <= 5 * seconds, `${lines.length} lines for ${N + extra} failures in ${seconds} s`);
+    assert.match(last, /suppressed=\d+$/, 'the line after the flood does not say how many were left out');
+    const suppressed = lines.reduce((n, l) => n + Number((/suppressed=(\d+)$/.exec(l) || [0, 0])[1]), 0);
+    assert.equal(lines.length + suppressed, N + extra, 'lines written + lines said to be left out = failures');
   });
 });

@@ -176,6 +176,21 @@ describe('TLS contexts', () => {
     assert.equal(tc.certificates.length, 3);
   });
 
+  const BAD_TIMEOUTS = [
+    ['idleTimeout', 'idle_timeout', { seconds: '0', nanos: 0 }, '0 s'],
+    ['idleTimeout', 'idle_timeout', { seconds: '-1', nanos: 0 }, 'negative'],
+    ['idleTimeout', 'idle_timeout', { seconds: '86401', nanos: 0 }, 'over a day'],
+    ['writeTimeout', 'write_timeout', { seconds: '0', nanos: 0 }, '0 s'],
+    ['writeTimeout', 'write_timeout', { seconds: '3601', nanos: 0 }, 'over an hour'],
+  ];
+  for (const [json, field, value, label] of BAD_TIMEOUTS) {
+    test(`refused: ${field} ${label} (INVALID_ARGUMENT naming listener.${field})`, async () => {
+      await expectRefused(ctx.api, () => createListener({
+        address: '127.0.0.1:18449', defaultTlsContext: R.ctx.name, upstream: '127.0.0.1:18086', [json]: value,
+      }), status.INVALID_ARGUMENT, { field: `listener.${field}: must be more than 0 and at most`, what: `${field} ${label}` });
+    });
+  }
+
   const REFUSED = [
     ['two ECDSA certificates', () => ({ certificates: [R.ecdsa.name, R.ecdsa2.name] }), 'tls_context.certificates', null],
     ['no certificate', () => ({ certificates: [] }), 'tls_context.certificates', null],
@@ -300,6 +315,9 @@ describe('listeners', () => {
     assert.equal(seconds(l.handshakeTimeout), 120, `handshake_timeout ${JSON.stringify(l.handshakeTimeout)}`);
     assert.deepEqual(l.renegotiationLimit, { value: 3 });
     assert.equal(seconds(l.renegotiationWindow), 600, `renegotiation_window ${JSON.stringify(l.renegotiationWindow)}`);
+    // idle 600 s and write stall 60 s (listener.proto).
+    assert.equal(seconds(l.idleTimeout), 600, `idle_timeout ${JSON.stringify(l.idleTimeout)}`);
+    assert.equal(seconds(l.writeTimeout), 60, `write_timeout ${JSON.stringify(l.writeTimeout)}`);
     assert.equal(l.maxConnections, 0);
     assert.deepEqual(await api().ListenerService.GetListener({ name: l.name }), l);
   });
@@ -309,7 +327,10 @@ describe('listeners', () => {
       address: '127.0.0.1:18445', defaultTlsContext: R.ctx.name, upstream: '127.0.0.1:18082',
       handshakeTimeout: { seconds: '10', nanos: 0 }, renegotiationLimit: { value: 0 },
       renegotiationWindow: { seconds: '60', nanos: 0 }, maxConnections: 1000, proxyProtocol: true,
+      idleTimeout: { seconds: '30', nanos: 0 }, writeTimeout: { seconds: '5', nanos: 0 },
     });
+    assert.equal(seconds(l.idleTimeout), 30);
+    assert.equal(seconds(l.writeTimeout), 5);
     assert.equal(seconds(l.handshakeTimeout), 10);
     assert.deepEqual(l.renegotiationLimit, { value: 0 });
     assert.equal(seconds(l.renegotiationWindow), 60);

@@ -269,8 +269,9 @@ function httpGet(url, timeoutMs = 5000) {
 let seq = 0;
 
 class Agent {
-  constructor({ binary, dir, workers, extraArgs, env }) {
+  constructor({ binary, dir, workers, extraArgs, env, nofile }) {
     this.binary = binary;
+    this.nofile = nofile;
     this.dir = dir;
     this.configPath = path.join(dir, 'snapshot.json');
     this.workers = workers;
@@ -289,12 +290,14 @@ class Agent {
   // Starts an agent on `snap`; resolves once the log says the snapshot's
   // revision was applied and names the metrics address ("ready: ...").
   // expectAllApplied (default): fail unless every listener was applied.
-  static async start(snap, { workers = 2, extraArgs = [], env = {}, expectAllApplied = true } = {}) {
+  // nofile: run it with RLIMIT_NOFILE soft = hard = nofile (util-linux
+  // prlimit, which must be on PATH).
+  static async start(snap, { workers = 2, extraArgs = [], env = {}, expectAllApplied = true, nofile } = {}) {
     const binary = agentBinary();
     if (!binary) throw new Error('tlsplane-agent not found; set TLSPLANE_AGENT to the binary');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-agent-'));
     procs.trackDir(dir);
-    const a = new Agent({ binary, dir, workers, extraArgs, env });
+    const a = new Agent({ binary, dir, workers, extraArgs, env, nofile });
     await a._writeSnapshot(snap);
     try {
       await a._spawn();
@@ -348,7 +351,10 @@ class Agent {
 
   _spawn() {
     const args = ['--config', this.configPath, '--metrics-listen', '127.0.0.1:0', '--workers', String(this.workers), ...this.extraArgs];
-    const [cmd, argv] = procs.command(this.binary, args);
+    // prlimit execs the agent: the process keeps its pid (for /proc).
+    const [cmd, argv] = this.nofile
+      ? procs.command('prlimit', [`--nofile=${this.nofile}:${this.nofile}`, '--', this.binary, ...args])
+      : procs.command(this.binary, args);
     this.exit = null;
     this.stopRequested = false;
     const proc = spawn(cmd, argv, {

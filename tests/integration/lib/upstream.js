@@ -16,6 +16,8 @@
 //           (a repeating pattern), POST /sha256 answers the SHA-256 of the
 //           request body and its length, GET /hello answers "hello".
 //   'hold'  reads and counts, never answers (connections that stay open).
+//   'stall' never reads: what the agent sends fills the socket's buffers
+//           (an upstream that stopped taking data).
 //
 // With proxy: true every connection must start with a PROXY protocol v2
 // header; it is parsed (and removed) before the mode sees the stream. A
@@ -261,6 +263,8 @@ class Upstream {
         rec.halfClosed = true;
         sock.end(); // after everything echoed so far
       });
+    } else if (this.mode === 'stall') {
+      return; // never resumed: the kernel's buffers fill and the agent's writes stall
     } else {
       if (rest.length) count(rest);
       sock.on('data', count);
