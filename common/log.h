@@ -10,8 +10,8 @@
 #ifndef TLSPLANE_COMMON_LOG_H
 #define TLSPLANE_COMMON_LOG_H
 
-#include <stddef.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
