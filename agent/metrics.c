@@ -128,6 +128,13 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
             agent_apply_result_name((enum agent_apply_result)r), a->apply_total[r]);
   family(f, "tlsplane_workers", "gauge", "Worker threads.");
   fprintf(f, "tlsplane_workers %d\n", a->n_workers);
+  family(f, "tlsplane_worker_config_revision", "gauge",
+         "Revision of the last snapshot a worker thread has put in place: the connections it "
+         "accepts from then on get it.");
+  for (int k = 0; k < a->n_workers; k++)
+    if (a->workers[k] != NULL) /* NULL once joined at shutdown */
+      fprintf(f, "tlsplane_worker_config_revision{worker=\"%d\"} %lld\n", k,
+              (long long)atomic_load(&a->workers[k]->revision));
   if (a->control_plane) {
     family(f, "tlsplane_control_plane_connected", "gauge",
            "1 while the stream to tlsplane-server is up (snapshots are served either way).");

@@ -8,6 +8,7 @@ const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { status } = grpc;
+const { tool } = require('./tools');
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(status).map(([k, v]) => [v, k]));
 
@@ -137,7 +138,7 @@ function uid(prefix = 'r') {
 function makeCsr(cn = 'ignored-by-the-server') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-csr-'));
   try {
-    execFileSync('openssl', [
+    execFileSync(tool('openssl'), [
       'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
       '-keyout', 'key.pem', '-out', 'csr.pem', '-subj', `/CN=${cn}`,
     ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
