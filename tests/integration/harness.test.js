@@ -9,7 +9,8 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { tool, built } = require('./lib/tools');
-const { waitFor } = require('./lib/wait');
+const net = require('node:net');
+const { waitFor, deadline } = require('./lib/wait');
 const { agentBinary } = require('./lib/agent');
 const { serverBinary } = require('./lib/server');
 
@@ -76,4 +77,43 @@ test('waitFor: resolves with the first truthy result, rejects at its deadline na
     }, { timeoutMs: 50, intervalMs: 5 }),
     /^Error: never: not within 50 ms \(last: not yet\)$/,
   );
+});
+
+test('deadline: data that arrived while the event loop was busy wins over a timer that fell due meanwhile', async () => {
+  const server = net.createServer();
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const accepted = new Promise((r) => server.once('connection', r));
+  const client = net.connect(server.address().port, '127.0.0.1');
+  await new Promise((r) => client.once('connect', r));
+  const peer = await accepted;
+  try {
+    for (const [name, arm] of [['deadline', deadline], ['setTimeout', (ms, fn) => {
+      const t = setTimeout(fn, ms);
+      return () => clearTimeout(t);
+    }]]) {
+      let got = false;
+      let fired = false;
+      const cancel = arm(20, () => {
+        fired = true;
+      });
+      const seen = new Promise((r) => peer.once('data', () => {
+        got = true;
+        cancel();
+        r();
+      }));
+      client.write('x'); // in the kernel at once: libuv writes what it can right away
+      // Busy, as when keys are made with openssl synchronously: the data is
+      // there and the timer falls due before either is looked at.
+      const until = Date.now() + 200;
+      while (Date.now() < until);
+      await seen;
+      await new Promise((r) => setImmediate(r));
+      if (name === 'deadline') assert.deepEqual({ got, fired }, { got: true, fired: false }, name);
+      else assert.equal(fired, true, 'a plain timer fires first: the case deadline() is for');
+    }
+  } finally {
+    client.destroy();
+    peer.destroy();
+    server.close();
+  }
 });

@@ -32,6 +32,7 @@ const os = require('node:os');
 const path = require('node:path');
 const procs = require('./procs');
 const { built } = require('./tools');
+const { deadline } = require('./wait');
 
 const START_TIMEOUT_MS = 30000; // ASan builds start slowly
 const RELOAD_TIMEOUT_MS = 20000;
@@ -382,12 +383,12 @@ class Agent {
           }
         },
       };
-      const timer = setTimeout(() => {
+      const cancel = deadline(timeoutMs, () => {
         done();
         reject(new Error(`tlsplane-agent: no ${what} within ${timeoutMs} ms; log:\n${this.tail(60)}`));
-      }, timeoutMs);
+      });
       const done = () => {
-        clearTimeout(timer);
+        cancel();
         this.lineWaiters = this.lineWaiters.filter((x) => x !== w);
       };
       this.lineWaiters.push(w);

@@ -25,7 +25,7 @@ const os = require('node:os');
 const path = require('node:path');
 const procs = require('./procs');
 const { Metrics, httpGet, agentBinary } = require('./agent');
-const { waitFor } = require('./wait');
+const { waitFor, deadline } = require('./wait');
 
 const START_TIMEOUT_MS = 30000; // ASan builds start slowly
 const STOP_TIMEOUT_MS = 20000;
@@ -154,7 +154,7 @@ class CpAgent {
       pred = (t) => re.test(t);
     }
     return new Promise((resolve, reject) => {
-      let timer;
+      let cancel = () => {};
       const check = () => {
         const text = this.logText.slice(from);
         if (pred(text)) {
@@ -166,13 +166,13 @@ class CpAgent {
         }
       };
       const done = () => {
-        clearTimeout(timer);
+        cancel();
         this.waiters = this.waiters.filter((w) => w !== check);
       };
-      timer = setTimeout(() => {
+      cancel = deadline(timeoutMs, () => {
         done();
         reject(new Error(`${this.name}: no ${what} within ${timeoutMs} ms; log:\n${this.tail(60)}`));
-      }, timeoutMs);
+      });
       this.waiters.push(check);
       check();
     });

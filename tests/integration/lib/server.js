@@ -32,6 +32,7 @@ const os = require('node:os');
 const path = require('node:path');
 const procs = require('./procs');
 const { built } = require('./tools');
+const { deadline } = require('./wait');
 
 const START_TIMEOUT_MS = 20000;
 const STOP_TIMEOUT_MS = 15000;
@@ -155,11 +156,11 @@ class Server {
 
     return new Promise((resolve, reject) => {
       let stderrBuf = '';
-      const timer = setTimeout(() => {
+      const cancel = deadline(START_TIMEOUT_MS, () => {
         cleanup();
         proc.kill('SIGKILL');
         reject(new Error(`tlsplane-server did not print "listening on" within ${START_TIMEOUT_MS} ms; output:\n${this.logText}`));
-      }, START_TIMEOUT_MS);
+      });
       const onData = (chunk) => {
         stderrBuf += chunk.toString();
         const m = LISTEN_RE.exec(stderrBuf);
@@ -185,7 +186,7 @@ class Server {
         reject(new Error(`cannot start ${this.binary}: ${err.message}`));
       };
       const cleanup = () => {
-        clearTimeout(timer);
+        cancel();
         proc.stderr.off('data', onData);
         proc.off('exit', onExit);
         proc.off('error', onError);

@@ -8,6 +8,7 @@ const crypto = require('node:crypto');
 const net = require('node:net');
 const tls = require('node:tls');
 const { tool } = require('./tools');
+const { deadline } = require('./wait');
 
 const HOST = '127.0.0.1';
 
@@ -293,12 +294,12 @@ class SClient {
           reject(new Error(`s_client exited (${this.exit.code}) before ${re}; output:\n${this.out.slice(-3000)}`));
         }
       };
-      const timer = setTimeout(() => {
+      const cancel = deadline(timeoutMs, () => {
         done();
         reject(new Error(`s_client: no ${re} within ${timeoutMs} ms; output:\n${this.out.slice(-3000)}`));
-      }, timeoutMs);
+      });
       const done = () => {
-        clearTimeout(timer);
+        cancel();
         this.waiters = this.waiters.filter((w) => w !== check);
       };
       this.waiters.push(check);

@@ -43,4 +43,21 @@ async function waitFor(what, fn, { timeoutMs = DEFAULT_TIMEOUT_MS, intervalMs = 
   }
 }
 
-module.exports = { waitFor };
+// A deadline for an event: fn runs once ms have passed and the event has
+// still not come. The check waits for one more turn of the event loop's
+// I/O phase after the timer, so that an event already delivered (a line
+// a process printed while this process was busy: building keys with
+// openssl runs synchronously, and a timer that falls due during that
+// runs before the pipe is read) is seen first. Returns cancel().
+function deadline(ms, fn) {
+  let immediate = null;
+  const timer = setTimeout(() => {
+    immediate = setImmediate(fn);
+  }, ms);
+  return () => {
+    clearTimeout(timer);
+    if (immediate) clearImmediate(immediate);
+  };
+}
+
+module.exports = { waitFor, deadline };
