@@ -162,6 +162,15 @@ function rawUnary(address, credentials, method, { metadata = new grpc.Metadata()
   });
 }
 
+// The random part of a token "tlsp_<id>_<43 characters>". The id has no
+// "_" but the random part is base64url and may: split('_').pop() would
+// often keep only a few characters of it (which then turn up anywhere).
+function tokenSecretPart(token) {
+  const m = /^tlsp_[a-z0-9-]+_([A-Za-z0-9_-]{43})$/.exec(token);
+  assert.ok(m, `not a tlsplane token: ${String(token).length} characters`);
+  return m[1];
+}
+
 // Metadata carrying "authorization: Bearer <token>".
 function bearer(token) {
   const md = new grpc.Metadata();
@@ -170,6 +179,7 @@ function bearer(token) {
 }
 
 module.exports = {
+  tokenSecretPart,
   makeCsr,
   rawUnary,
   bearer,
