@@ -276,24 +276,43 @@ class Agent {
   // Starts an agent on `snap`; resolves once the log says the snapshot's
   // revision was applied and names the metrics address ("ready: ...").
   // expectAllApplied (default): fail unless every listener was applied.
+  //
+  // A free port is free when the harness looks, not necessarily when the
+  // agent binds it a moment later: another process of the machine (other
+  // test files run side by side) may take it in between. A start whose
+  // only failures are such binds of ports the harness chose is made again
+  // on new ones, a few times.
   static async start(snap, { workers = 2, extraArgs = [], env = {}, expectAllApplied = true } = {}) {
     const binary = agentBinary();
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-agent-'));
-    procs.trackDir(dir);
-    const a = new Agent({ binary, dir, workers, extraArgs, env });
-    await a._writeSnapshot(snap);
-    try {
-      await a._spawn();
-      if (expectAllApplied) a._assertAllApplied(a.logText, snap);
-    } catch (err) {
-      // Nobody will stop an agent that was never handed back.
-      if (a.proc && !a.exit) {
-        a.proc.kill('SIGKILL');
-        await a.exited;
+    for (let attempt = 1; ; attempt++) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-agent-'));
+      procs.trackDir(dir);
+      const a = new Agent({ binary, dir, workers, extraArgs, env });
+      await a._writeSnapshot(snap);
+      try {
+        await a._spawn();
+        if (expectAllApplied) a._assertAllApplied(a.logText, snap);
+        return a;
+      } catch (err) {
+        // Nobody will stop an agent that was never handed back.
+        if (a.proc && !a.exit) {
+          a.proc.kill('SIGKILL');
+          await a.exited;
+        }
+        if (attempt >= 3 || !a._lostAutoPortRace()) throw err;
       }
-      throw err;
     }
-    return a;
+  }
+
+  // Whether every listener that failed to start failed binding a port the
+  // harness chose (AUTO_ADDRESS) because someone else had taken it.
+  _lostAutoPortRace() {
+    const failed = [...this.logText.matchAll(LOG.listenerFailed)];
+    const auto = new Set(Object.values(this.autoPorts || {}).map((p) => `127.0.0.1:${p}`));
+    return failed.length > 0 && failed.every((m) => {
+      const bind = /address: (\S+): bind: Address already in use/.exec(m[2]);
+      return bind && auto.has(bind[1]);
+    });
   }
 
   // Fills in AUTO_ADDRESS listener addresses (see above).
