@@ -319,13 +319,12 @@ int agent_apply(struct agent *a, const Tlsplane__V1__Snapshot *snap, struct appl
     l->applied_revision = snap->revision;
     l->last_error[0] = '\0';
   }
+  /* Posted even without ops, so that every worker reports the revision it
+   * has in place (tlsplane_worker_config_revision). */
   for (int k = 0; k < a->n_workers; k++) {
-    if (msgs[k]->n_ops > 0) {
-      msgs[k]->kind = WORKER_MSG_APPLY;
-      worker_post(a->workers[k], msgs[k]);
-    } else {
-      worker_msg_free(msgs[k]);
-    }
+    msgs[k]->kind = WORKER_MSG_APPLY;
+    msgs[k]->revision = snap->revision;
+    worker_post(a->workers[k], msgs[k]);
   }
   for (size_t i = 0; i < n; i++) {
     listener_version_unref(plans[i].nv);

@@ -3,7 +3,6 @@
  * the workers add to. */
 #include "metrics.h"
 
-#include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +16,7 @@
 #define MCONN_MAGIC 0x4d434f4eu   /* "MCON" */
 
 /* Request line and headers beyond this are refused. */
-#define MCONN_MAX_REQUEST 8192
+#define METRICS_MAX_REQUEST 8192
 /* A connection that has not sent a whole request by then is closed, and
  * one whose response has not gone out by then too. */
 #define MCONN_READ_TIMEOUT_MS 5000
@@ -43,10 +42,7 @@ struct mconn {
   uv_tcp_t tcp;
   uv_timer_t timer; /* MCONN_READ_TIMEOUT_MS, then MCONN_WRITE_TIMEOUT_MS */
   int handles;      /* tcp and timer; freed at 0 */
-  http_parser parser;
-  char url[1024];
-  size_t url_len;
-  size_t seen; /* request bytes read */
+  struct metrics_request request;
   int responded;
   uv_write_t req;
   char *head, *body; /* the response, freed after the write */
@@ -157,6 +153,13 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
   family(f, "tlsplane_agent_accept_errors_total", "counter",
          "accept(2) failures for want of descriptors or memory (accepting pauses briefly).");
   fprintf(f, "tlsplane_agent_accept_errors_total %lld\n", stats_get(&b->accept_errors));
+  family(f, "tlsplane_worker_config_revision", "gauge",
+         "Revision of the last snapshot a worker thread has put in place: the connections it "
+         "accepts from then on get it.");
+  for (int k = 0; k < a->n_workers; k++)
+    if (a->workers[k] != NULL) /* NULL once joined at shutdown */
+      fprintf(f, "tlsplane_worker_config_revision{worker=\"%d\"} %lld\n", k,
+              (long long)atomic_load(&a->workers[k]->revision));
   if (a->control_plane) {
     family(f, "tlsplane_control_plane_connected", "gauge",
            "1 while the stream to tlsplane-server is up (snapshots are served either way).");
@@ -293,36 +296,39 @@ static void respond_text(struct mconn *mc, int status, const char *reason, const
   respond(mc, status, reason, "text/plain; charset=utf-8", body, body ? strlen(body) : 0, 0);
 }
 
+/* The request --------------------------------------------------------------- */
+
+static struct metrics_request *request_check(http_parser *p) {
+  struct metrics_request *r = p->data;
+  if (r == NULL || r->magic != METRICS_REQUEST_MAGIC)
+    abort();
+  return r;
+}
+
 static int on_url(http_parser *p, const char *at, size_t len) {
-  struct mconn *mc = mconn_check(p->data);
-  if (len > sizeof(mc->url) - 1 - mc->url_len)
+  struct metrics_request *r = request_check(p);
+  if (len > sizeof(r->url) - 1 - r->url_len)
     return 1; /* too long: a parser error */
-  memcpy(mc->url + mc->url_len, at, len);
-  mc->url_len += len;
+  memcpy(r->url + r->url_len, at, len);
+  r->url_len += len;
   return 0;
 }
 
 static int on_message_complete(http_parser *p) {
-  struct mconn *mc = mconn_check(p->data);
+  struct metrics_request *r = request_check(p);
   struct http_parser_url u;
   http_parser_url_init(&u);
-  mc->url[mc->url_len] = '\0';
-  if (http_parser_parse_url(mc->url, mc->url_len, 0, &u) != 0 || !(u.field_set & (1 << UF_PATH))) {
-    respond_text(mc, 400, "Bad Request", "bad request\n");
-  } else if (u.field_data[UF_PATH].len != 8 ||
-             memcmp(mc->url + u.field_data[UF_PATH].off, "/metrics", 8) != 0) {
-    respond_text(mc, 404, "Not Found", "not found\n");
-  } else if (p->method != HTTP_GET && p->method != HTTP_HEAD) {
-    respond_text(mc, 405, "Method Not Allowed", "method not allowed\n");
-  } else {
-    char *text;
-    size_t len;
-    if (metrics_render(mc->m->a, &text, &len) != 0)
-      respond_text(mc, 500, "Internal Server Error", "out of memory\n");
-    else
-      respond(mc, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len,
-              p->method == HTTP_HEAD);
-  }
+  r->url[r->url_len] = '\0';
+  if (http_parser_parse_url(r->url, r->url_len, 0, &u) != 0 || !(u.field_set & (1 << UF_PATH)))
+    r->status = 400;
+  else if (u.field_data[UF_PATH].len != 8 ||
+           memcmp(r->url + u.field_data[UF_PATH].off, "/metrics", 8) != 0)
+    r->status = 404;
+  else if (p->method != HTTP_GET && p->method != HTTP_HEAD)
+    r->status = 405;
+  else
+    r->status = 200;
+  r->head_only = p->method == HTTP_HEAD;
   http_parser_pause(p, 1); /* one request per connection */
   return 0;
 }
@@ -331,6 +337,56 @@ static const http_parser_settings parser_settings = {
     .on_url = on_url,
     .on_message_complete = on_message_complete,
 };
+
+void metrics_request_init(struct metrics_request *r) {
+  memset(r, 0, sizeof(*r));
+  r->magic = METRICS_REQUEST_MAGIC;
+  http_parser_init(&r->parser, HTTP_REQUEST);
+  r->parser.data = r;
+}
+
+int metrics_request_feed(struct metrics_request *r, const char *data, size_t len) {
+  if (r->status != 0)
+    return r->status;
+  r->seen += len;
+  size_t done = http_parser_execute(&r->parser, &parser_settings, data, len);
+  if (r->status != 0)
+    return r->status;
+  if (HTTP_PARSER_ERRNO(&r->parser) != HPE_OK || done != len)
+    r->status = 400;
+  else if (r->seen > METRICS_MAX_REQUEST)
+    r->status = 431;
+  return r->status;
+}
+
+/* The connections ------------------------------------------------------------ */
+
+static void answer(struct mconn *mc, int status) {
+  switch (status) {
+  case 200: {
+    char *text;
+    size_t len;
+    if (metrics_render(mc->m->a, &text, &len) != 0)
+      respond_text(mc, 500, "Internal Server Error", "out of memory\n");
+    else
+      respond(mc, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len,
+              mc->request.head_only);
+    break;
+  }
+  case 404:
+    respond_text(mc, 404, "Not Found", "not found\n");
+    break;
+  case 405:
+    respond_text(mc, 405, "Method Not Allowed", "method not allowed\n");
+    break;
+  case 431:
+    respond_text(mc, 431, "Request Header Fields Too Large", "request too large\n");
+    break;
+  default:
+    respond_text(mc, 400, "Bad Request", "bad request\n");
+    break;
+  }
+}
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   struct mconn *mc = mconn_check(h->data);
@@ -345,14 +401,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     mconn_close(mc);
     return;
   }
-  mc->seen += (size_t)nread;
-  size_t done = http_parser_execute(&mc->parser, &parser_settings, buf->base, (size_t)nread);
-  if (mc->responded)
-    return;
-  if (HTTP_PARSER_ERRNO(&mc->parser) != HPE_OK || done != (size_t)nread)
-    respond_text(mc, 400, "Bad Request", "bad request\n");
-  else if (mc->seen > MCONN_MAX_REQUEST)
-    respond_text(mc, 431, "Request Header Fields Too Large", "request too large\n");
+  int status = metrics_request_feed(&mc->request, buf->base, (size_t)nread);
+  if (status != 0)
+    answer(mc, status);
 }
 
 /* Counts and logs (limited) a metrics connection refused at accept. */
@@ -399,8 +450,7 @@ static void on_connection(struct acceptor *a, int fd, const struct sockaddr *pee
   m->conns = mc;
   m->n_conns++;
   m->handles++;
-  http_parser_init(&mc->parser, HTTP_REQUEST);
-  mc->parser.data = mc;
+  metrics_request_init(&mc->request);
   uv_timer_start(&mc->timer, on_mconn_timeout, MCONN_READ_TIMEOUT_MS, 0);
   if (uv_tcp_open(&mc->tcp, fd) != 0) {
     close(fd);

@@ -8,6 +8,7 @@
 #ifndef TLSPLANE_AGENT_METRICS_H
 #define TLSPLANE_AGENT_METRICS_H
 
+#include <http_parser.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -17,6 +18,31 @@
 /* Connections the endpoint serves at once; kept out of the descriptor
  * budget's connections by its reserve (budget.h). */
 #define METRICS_MAX_CONNECTIONS 16
+
+#define METRICS_REQUEST_MAGIC 0x4d524551u /* "MREQ" */
+
+/* One request of a metrics connection, parsed as its bytes arrive; apart
+ * from the connection so that it can be driven without a socket
+ * (tests/fuzz/fuzz_metrics_http.c). Initialise with metrics_request_init;
+ * it holds nothing to free. */
+struct metrics_request {
+  unsigned magic;
+  http_parser parser;
+  char url[1024];
+  size_t url_len;
+  size_t seen;   /* bytes fed so far */
+  int status;    /* 0 until decided; then the answer: 200, 400, 404, 405, 431 */
+  int head_only; /* 200 to a HEAD: headers only */
+};
+
+void metrics_request_init(struct metrics_request *r);
+/* Feeds len more bytes of the request and returns r->status: 0 while more
+ * is needed; once decided, the answer (and later bytes are ignored): 200
+ * for GET or HEAD /metrics, 404 for another path, 405 for another method
+ * on /metrics, 400 when the request does not parse, 431 when its head
+ * goes beyond 8 KiB. One request per connection: what follows it is not
+ * read. */
+int metrics_request_feed(struct metrics_request *r, const char *data, size_t len);
 
 struct metrics;
 

@@ -175,6 +175,7 @@ static void on_async(uv_async_t *a) {
     switch (m->kind) {
     case WORKER_MSG_APPLY:
       apply_msg(w, m);
+      atomic_store(&w->revision, m->revision);
       break;
     case WORKER_MSG_SHUTDOWN:
       if (!w->draining) {
@@ -260,6 +261,7 @@ int worker_start(int id, uv_async_t *done, struct budget *budget, struct worker 
   w->budget = budget;
   w->done = done;
   atomic_init(&w->finished, 0);
+  atomic_init(&w->revision, 0);
   w->clear_cap = WORKER_READ_SIZE + 32 * 1024;
   w->rbuf = malloc(WORKER_READ_SIZE);
   w->clear = malloc(w->clear_cap);

@@ -48,13 +48,14 @@ struct worker_op {
 };
 
 enum worker_msg_kind {
-  WORKER_MSG_APPLY,    /* ops, in order: every CLOSE before any OPEN */
+  WORKER_MSG_APPLY,    /* ops, in order: every CLOSE before any OPEN; may be empty */
   WORKER_MSG_SHUTDOWN, /* stop accepting, close idle connections, drain the rest */
   WORKER_MSG_FORCE,    /* close every connection now */
 };
 
 struct worker_msg {
   enum worker_msg_kind kind;
+  int64_t revision; /* APPLY: the snapshot the ops come from */
   size_t n_ops;
   struct worker_op *ops;
   struct worker_msg *next;
@@ -94,6 +95,10 @@ struct worker {
   /* Signalled (thread-safe) once the thread's loop has ended. */
   uv_async_t *done;
   atomic_int finished;
+  /* The revision of the last APPLY message this loop has carried out: the
+   * connections it accepts from now on get that snapshot. Written by the
+   * worker, read by the main thread (metrics). */
+  atomic_llong revision;
 
   struct wlistener *listeners;
   struct conn *conns; /* every open connection (for shutdown) */

@@ -13,6 +13,7 @@
 #include <openssl/provider.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,6 +392,120 @@ static int chain_from_pool(X509 *leaf, STACK_OF(X509) *pool, STACK_OF(X509) **ou
   return 0;
 }
 
+/* Key-derivation work a PKCS#12 file may ask for, as the sum of the
+ * iteration counts of its MAC and of every encrypted part and key (see
+ * certinfo.h). */
+#define PKCS12_MAX_ITERATIONS 1000000
+
+/* Adds an ASN.1 INTEGER iteration count to *sum (anything beyond a long,
+ * or negative, counts as too many). */
+static void iterations_add(const ASN1_INTEGER *iter, uint64_t *sum) {
+  long n = iter != NULL ? ASN1_INTEGER_get(iter) : 1;
+  *sum += n < 0 ? (uint64_t)PKCS12_MAX_ITERATIONS + 1 : (uint64_t)n;
+}
+
+/* The iterations of a password-based encryption algorithm: PKCS#12 and
+ * PKCS#5 v1 schemes (PBEPARAM), PBES2 with PBKDF2. Other key derivations
+ * (scrypt) are not counted here: counted as too many, so that no cost
+ * is left unbounded. */
+static void pbe_iterations_add(const X509_ALGOR *alg, uint64_t *sum) {
+  const ASN1_OBJECT *oid;
+  const void *param;
+  int ptype;
+  X509_ALGOR_get0(&oid, &ptype, &param, alg);
+  if (ptype != V_ASN1_SEQUENCE) {
+    *sum += PKCS12_MAX_ITERATIONS + 1;
+    return;
+  }
+  ASN1_TYPE t = {.type = V_ASN1_SEQUENCE, .value.sequence = (ASN1_STRING *)param};
+  if (OBJ_obj2nid(oid) != NID_pbes2) {
+    PBEPARAM *pbe = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBEPARAM), &t);
+    if (pbe != NULL)
+      iterations_add(pbe->iter, sum);
+    else
+      *sum += PKCS12_MAX_ITERATIONS + 1;
+    PBEPARAM_free(pbe);
+    return;
+  }
+  PBE2PARAM *pbe2 = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBE2PARAM), &t);
+  PBKDF2PARAM *kdf = NULL;
+  if (pbe2 != NULL && OBJ_obj2nid(pbe2->keyfunc->algorithm) == NID_id_pbkdf2 &&
+      pbe2->keyfunc->parameter != NULL && pbe2->keyfunc->parameter->type == V_ASN1_SEQUENCE)
+    kdf = ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBKDF2PARAM), pbe2->keyfunc->parameter);
+  if (kdf != NULL)
+    iterations_add(kdf->iter, sum);
+  else
+    *sum += PKCS12_MAX_ITERATIONS + 1;
+  PBKDF2PARAM_free(kdf);
+  PBE2PARAM_free(pbe2);
+}
+
+static void bags_iterations_add(const STACK_OF(PKCS12_SAFEBAG) *bags, int depth, uint64_t *sum) {
+  for (int i = 0; i < sk_PKCS12_SAFEBAG_num(bags) && *sum <= PKCS12_MAX_ITERATIONS; i++) {
+    const PKCS12_SAFEBAG *bag = sk_PKCS12_SAFEBAG_value(bags, i);
+    switch (PKCS12_SAFEBAG_get_nid(bag)) {
+    case NID_pkcs8ShroudedKeyBag: {
+      const X509_ALGOR *alg;
+      X509_SIG_get0(PKCS12_SAFEBAG_get0_pkcs8(bag), &alg, NULL);
+      pbe_iterations_add(alg, sum);
+      break;
+    }
+    case NID_safeContentsBag:
+      if (depth < 8)
+        bags_iterations_add(PKCS12_SAFEBAG_get0_safes(bag), depth + 1, sum);
+      else
+        *sum += PKCS12_MAX_ITERATIONS + 1;
+      break;
+    default:
+      break;
+    }
+  }
+}
+
+static int pkcs12_too_costly(struct tp_err *err) {
+  return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                    "pfx: the file asks for more than %d key-derivation iterations in all (MAC, "
+                    "encrypted parts and keys); files of openssl, Windows, Java and macOS use a "
+                    "few thousand",
+                    PKCS12_MAX_ITERATIONS);
+}
+
+/* Sums the iterations of p12's MAC and of every encrypted part and key
+ * inside, refusing the file beyond PKCS12_MAX_ITERATIONS before any of
+ * them is spent. An encrypted part is opened (with pass, as PKCS12_parse
+ * will) to see the keys inside only once its own cost is known to fit.
+ * 0, or -1 with err. */
+static int pkcs12_cost_check(PKCS12 *p12, const char *pass, struct tp_err *err) {
+  uint64_t sum = 0;
+  if (PKCS12_mac_present(p12)) {
+    const ASN1_INTEGER *iter = NULL;
+    PKCS12_get0_mac(NULL, NULL, NULL, &iter, p12);
+    iterations_add(iter, &sum);
+  }
+  STACK_OF(PKCS7) *safes = sum <= PKCS12_MAX_ITERATIONS ? PKCS12_unpack_authsafes(p12) : NULL;
+  for (int i = 0; i < sk_PKCS7_num(safes) && sum <= PKCS12_MAX_ITERATIONS; i++) {
+    PKCS7 *p7 = sk_PKCS7_value(safes, i);
+    STACK_OF(PKCS12_SAFEBAG) *bags = NULL;
+    int nid = OBJ_obj2nid(p7->type);
+    if (nid == NID_pkcs7_data) {
+      bags = PKCS12_unpack_p7data(p7);
+    } else if (nid == NID_pkcs7_encrypted && p7->d.encrypted != NULL &&
+               p7->d.encrypted->enc_data != NULL) {
+      pbe_iterations_add(p7->d.encrypted->enc_data->algorithm, &sum);
+      if (sum <= PKCS12_MAX_ITERATIONS) {
+        bags = PKCS12_unpack_p7encdata(p7, pass, pass != NULL ? -1 : 0);
+        if (bags == NULL && legacy_ensure()) /* RC2 and the like */
+          bags = PKCS12_unpack_p7encdata(p7, pass, pass != NULL ? -1 : 0);
+      }
+    }
+    bags_iterations_add(bags, 0, &sum);
+    sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+  }
+  sk_PKCS7_pop_free(safes, PKCS7_free);
+  ERR_clear_error();
+  return sum > PKCS12_MAX_ITERATIONS ? pkcs12_too_costly(err) : 0;
+}
+
 int certinfo_pkcs12_read(const unsigned char *der, size_t len, const char *passphrase,
                          EVP_PKEY **key, STACK_OF(X509) **chain, struct tp_err *err) {
   *key = NULL;
@@ -405,12 +520,28 @@ int certinfo_pkcs12_read(const unsigned char *der, size_t len, const char *passp
     return -1;
   }
   int have_pass = passphrase != NULL && passphrase[0] != '\0';
+  /* Every iteration count comes from the file: bound the work before any
+   * of it is done (the MAC's first). */
+  const ASN1_INTEGER *mac_iter = NULL;
+  uint64_t mac_cost = 0; /* the first work done: checked on its own */
+  if (PKCS12_mac_present(p12)) {
+    PKCS12_get0_mac(NULL, NULL, NULL, &mac_iter, p12);
+    iterations_add(mac_iter, &mac_cost);
+  }
+  if (mac_cost > PKCS12_MAX_ITERATIONS) {
+    PKCS12_free(p12);
+    return pkcs12_too_costly(err);
+  }
   /* Check the MAC first: it tells a wrong passphrase apart from a file
    * that needs an algorithm we lack. An empty password may have been
    * encoded either as no password or as an empty string. */
+  const char *pass = have_pass ? passphrase : NULL;
   if (PKCS12_mac_present(p12)) {
-    int ok = have_pass ? PKCS12_verify_mac(p12, passphrase, -1)
-                       : PKCS12_verify_mac(p12, NULL, 0) || PKCS12_verify_mac(p12, "", 0);
+    int ok = have_pass ? PKCS12_verify_mac(p12, passphrase, -1) : PKCS12_verify_mac(p12, NULL, 0);
+    if (!ok && !have_pass && PKCS12_verify_mac(p12, "", 0)) {
+      ok = 1;
+      pass = "";
+    }
     if (!ok) {
       PKCS12_free(p12);
       ERR_clear_error();
@@ -419,6 +550,10 @@ int certinfo_pkcs12_read(const unsigned char *der, size_t len, const char *passp
                                   : "passphrase: the PKCS#12 file is protected; a passphrase "
                                     "is required");
     }
+  }
+  if (pkcs12_cost_check(p12, pass, err) != 0) {
+    PKCS12_free(p12);
+    return -1;
   }
   EVP_PKEY *pkey = NULL;
   X509 *cert = NULL;

@@ -56,8 +56,10 @@ char *certinfo_key_pem(EVP_PKEY *key);
  * When the file needs an algorithm of OpenSSL 3's "legacy" provider (RC2,
  * RC4, DES: files made with `openssl pkcs12 -legacy` or by old tools), the
  * legacy provider is loaded, together with the default provider, once per
- * process and kept loaded. Errors name "pfx" or "passphrase" ("passphrase:
- * wrong passphrase for the PKCS#12 file"). Caller frees *key with
+ * process and kept loaded. The file sets its own key-derivation work: one
+ * asking for more than 1,000,000 iterations in all (MAC, encrypted parts,
+ * shrouded keys) is refused before any is spent. Errors name "pfx" or
+ * "passphrase" ("passphrase: wrong passphrase for the PKCS#12 file"). Caller frees *key with
  * EVP_PKEY_free and *chain with certinfo_certs_free. */
 int certinfo_pkcs12_read(const unsigned char *der, size_t len, const char *passphrase,
                          EVP_PKEY **key, STACK_OF(X509) **chain, struct tp_err *err);

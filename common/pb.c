@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 ProtobufCMessage *pb_clone(const ProtobufCMessage *msg) {
   uint8_t *buf;
@@ -158,6 +159,12 @@ int64_t pb_timestamp_us(const Google__Protobuf__Timestamp *ts) {
   if (ts == NULL)
     return 0;
   return pb_sat_add(pb_sat_mul(ts->seconds, 1000000), ts->nanos / 1000);
+}
+
+int64_t pb_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 Google__Protobuf__Duration *pb_duration_new(int64_t seconds) {

@@ -108,6 +108,11 @@ Google__Protobuf__Timestamp *pb_timestamp_new(int64_t us);
 /* Microseconds since the epoch of a Timestamp (0 for NULL), saturated
  * rather than overflowing for values out of protobuf's range. */
 int64_t pb_timestamp_us(const Google__Protobuf__Timestamp *ts);
+/* The current time (CLOCK_REALTIME) in microseconds since the epoch: the
+ * clock every Timestamp a client sees or sets is compared with, so that an
+ * expiry set to now + ttl lasts ttl, not ttl minus the part of the second
+ * already gone. */
+int64_t pb_now_us(void);
 
 Google__Protobuf__Duration *pb_duration_new(int64_t seconds);
 /* Milliseconds of a Duration (-1 for NULL), saturated rather than

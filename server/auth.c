@@ -221,12 +221,6 @@ static int token_id(const char *token, char *id, size_t len) {
   return 0;
 }
 
-static int64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Records the credential's use, at most once per USAGE_RESOLUTION_US
  * (last: the use recorded so far). Failing to record it fails nothing. */
 static void usage_note(struct api *api, const struct api_kind *kind, const char *name, int64_t last,
@@ -298,7 +292,7 @@ static int auth_token(struct api *api, const char *header, struct rpc_identity *
   store_row_clear(&row);
   OPENSSL_cleanse(hash, sizeof(hash));
   const Tlsplane__V1__Token *t = (const Tlsplane__V1__Token *)msg;
-  int64_t now = now_us();
+  int64_t now = pb_now_us();
   if (rc != 0 && rerr.status == GRPC_STATUS_DATA_LOSS) {
     rc = refuse_damaged(name, &rerr, err);
   } else if (rc != 0 && rerr.status != GRPC_STATUS_NOT_FOUND) {
@@ -381,7 +375,7 @@ static int auth_cert(struct api *api, const char *pem, struct rpc_identity *id,
   if (msg != NULL)
     protobuf_c_message_free_unpacked(msg, NULL);
   if (rc == 0)
-    usage_note(api, &api_kind_client_certificate, name, last_used, now_us());
+    usage_note(api, &api_kind_client_certificate, name, last_used, pb_now_us());
   return rc;
 }
 

@@ -60,8 +60,8 @@ int api_token_create(struct api *api, struct store_txn *txn, const struct rpc_ca
                       "token.role: ADMIN, OPERATOR, VIEWER or JOIN (agents authenticate with "
                       "client certificates)");
   }
-  time_t now = time(NULL);
-  int64_t now_us = (int64_t)now * 1000000;
+  int64_t now_us = pb_now_us();
+  time_t now = (time_t)(now_us / 1000000);
   if (in->expire_time != NULL && pb_timestamp_us(in->expire_time) <= now_us)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "token.expire_time: in the past");
   if (in->expire_time != NULL &&
@@ -165,7 +165,7 @@ static int create_token(const struct rpc_call_info *call, const ProtobufCMessage
                         "ttl: must be more than 0 and at most ten years (%llds)",
                         (long long)TOKEN_TTL_MAX_S);
     }
-    pb_timestamp_set(&in->base, "expire_time", (int64_t)time(NULL) * 1000000 + ttl_ms * 1000);
+    pb_timestamp_set(&in->base, "expire_time", pb_now_us() + ttl_ms * 1000);
   }
   struct store_txn *txn;
   if (store_begin(b->api->store, 1, &txn, err) != 0) {

@@ -7,14 +7,14 @@ const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { exchange, sclient } = require('./lib/tlsclient');
 
 const RSA_SIGALGS = 'rsa_pss_rsae_sha256:rsa_pkcs1_sha256';
 const ECDSA_SIGALGS = 'ecdsa_secp256r1_sha256';
 
-describe('NPN, ALPN and SNI', skipWithoutAgent(), () => {
+describe('NPN, ALPN and SNI', () => {
   let p;
   let x;
   let up;

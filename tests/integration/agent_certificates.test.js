@@ -7,7 +7,7 @@ const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { exchange, sclient } = require('./lib/tlsclient');
 
@@ -18,7 +18,7 @@ const SIG = {
   ed25519: 'ed25519',
 };
 
-describe('key, cert and pfx: the certificate the agent serves', skipWithoutAgent(), () => {
+describe('key, cert and pfx: the certificate the agent serves', () => {
   let p;
   let x;
   let up;

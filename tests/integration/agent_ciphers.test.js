@@ -8,7 +8,7 @@ const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { exchange, sclient } = require('./lib/tlsclient');
 
@@ -16,7 +16,7 @@ const AES128 = 'ECDHE-RSA-AES128-GCM-SHA256';
 const AES256 = 'ECDHE-RSA-AES256-GCM-SHA384';
 const DHE = 'DHE-RSA-AES128-GCM-SHA256';
 
-describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', skipWithoutAgent(), () => {
+describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', () => {
   let p;
   let up;
   let agent;

@@ -15,7 +15,7 @@ const os = require('node:os');
 const path = require('node:path');
 
 const { pki } = require('./lib/pki');
-const { Agent, agentBinary, skipWithoutAgent, tlsContext, listener, snapshot } = require('./lib/agent');
+const { Agent, agentBinary, tlsContext, listener, snapshot } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
 
@@ -41,7 +41,7 @@ function run(args, { env = {} } = {}) {
   return { status: r.status, signal: r.signal, out: r.stdout + r.stderr };
 }
 
-describe('tlsplane-agent command line', skipWithoutAgent(), () => {
+describe('tlsplane-agent command line', () => {
   let tmp;
   before(() => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-cli-'));

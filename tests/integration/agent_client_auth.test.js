@@ -8,7 +8,7 @@ const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream, PP2 } = require('./lib/upstream');
 const { exchange, sclient } = require('./lib/tlsclient');
 
@@ -21,7 +21,7 @@ const X509_V_ERR_CERT_REVOKED = 23;
 // read as authenticated (HAProxy sends 0 there).
 const VERIFY_NO_CERTIFICATE = 1;
 
-describe('ca + requestCert + rejectUnauthorized + crl: client certificates', skipWithoutAgent(), () => {
+describe('ca + requestCert + rejectUnauthorized + crl: client certificates', () => {
   let p;
   let x;
   let up;

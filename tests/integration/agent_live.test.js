@@ -20,11 +20,9 @@ const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
 const { exchange, openTls, echoOn, fingerprint } = require('./lib/tlsclient');
 const { CpAgent } = require('./lib/cpagent');
-const { freePort, freePorts, skipWithoutAgent } = require('./lib/agent');
+const { freePort, freePorts, agentBinary } = require('./lib/agent');
 const { status, expectGrpcError, uid, makeCsr } = require('./lib/util');
-
-const skip = skipWithoutAgent();
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
+const { waitFor } = require('./lib/wait');
 
 let srv;
 let conn;
@@ -65,21 +63,6 @@ async function joinToken(agentId, agentLabels = {}) {
   return r.secret;
 }
 
-async function waitFor(what, fn, ms = 15000) {
-  const deadline = Date.now() + ms;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
-    await delay(50);
-  }
-}
-
 async function rotateWeb(name, leaf) {
   webCert = leaf || p.leaf(name, { cn: 'www.example.com', sans: ['DNS:www.example.com'] });
   const r = await api().CertificateService.UpdateCertificate({
@@ -103,7 +86,7 @@ async function listenerFor(id, site, port, extra = {}) {
 }
 
 before(async () => {
-  if (skip.skip) return;
+  agentBinary(); // fails the file at once, naming what is missing
   p = pki();
   up = await Upstream.start({ mode: 'echo' });
   await serverStart();
@@ -128,7 +111,7 @@ afterEach((t) => {
   for (const a of Object.values(agents)) a.assertAlive(`during "${t.name}"`);
 });
 
-test('two agents enroll with join tokens, and serve what the server pushes', skip, async () => {
+test('two agents enroll with join tokens, and serve what the server pushes', async () => {
   agents.a = await CpAgent.start(srv, { name: 'live-a', labels: { site: 'a' }, joinToken: await joinToken('live-a', { site: 'a' }), wait: 'connected' });
   agents.b = await CpAgent.start(srv, { name: 'live-b', labels: { site: 'b' }, joinToken: await joinToken('live-b', { site: 'b' }), wait: 'connected' });
   for (const [site, a] of [['a', agents.a], ['b', agents.b]]) {
@@ -170,7 +153,7 @@ test('two agents enroll with join tokens, and serve what the server pushes', ski
   assert.ok(m.get('tlsplane_agent_certificate_expiry_seconds') > Date.now() / 1000 + 29 * 86400);
 });
 
-test('an agent claiming labels it was not given (--label site=a) serves nothing of site=a; UpdateAgent gives it labels, live', skip, async () => {
+test('an agent claiming labels it was not given (--label site=a) serves nothing of site=a; UpdateAgent gives it labels, live', async () => {
   const [port] = await freePorts(1);
   await listenerFor('web-p', 'p', port);
   // Enrolled with no labels; its --label claims site=a (listeners/web-a).
@@ -194,41 +177,58 @@ test('an agent claiming labels it was not given (--label site=a) serves nothing 
   await api().ListenerService.DeleteListener({ name: 'listeners/web-p' });
 });
 
-test('a certificate rotated through the API: both agents serve it at once, and no handshake fails', skip, async () => {
+test('a certificate rotated through the API: both agents serve it at once, and no handshake fails', async () => {
   const old = webCert.fingerprint;
   let running = true;
-  const results = { a: { ok: 0, failed: [], seen: [] }, b: { ok: 0, failed: [], seen: [] } };
+  // Per agent: every handshake with the certificate it got, when it
+  // started and when it completed.
+  const results = { a: { ok: 0, failed: [], done: [] }, b: { ok: 0, failed: [], done: [] } };
   // Two client loops per agent, each doing full handshakes back to back.
   const loop = async (site) => {
     const res = results[site];
     while (running) {
+      const start = Date.now();
       const r = await exchange(ports[`web-${site}`], {}, { send: 'x\n' });
       if (r.ok) {
         res.ok++;
-        if (!res.seen.length || res.seen[res.seen.length - 1].fp !== r.info.fingerprint) res.seen.push({ fp: r.info.fingerprint, at: Date.now() });
+        res.done.push({ fp: r.info.fingerprint, start, end: Date.now() });
       } else {
         res.failed.push(`${r.phase}: ${r.error}`);
       }
     }
   };
+  const firstNew = (res) => res.done.filter((x) => x.fp === webCert.fingerprint).reduce((m, x) => Math.min(m, x.end), Infinity);
   const loops = [loop('a'), loop('a'), loop('b'), loop('b')];
   const leaf = p.leaf('rotated-1', { cn: 'www.example.com', sans: ['DNS:www.example.com'] });
-  await delay(500);
+  // Handshakes with the old certificate first, on both agents.
+  await waitFor('handshakes with the old certificate on both agents', () =>
+    ['a', 'b'].every((s) => results[s].ok >= 10 || results[s].failed.length));
   const committed = Date.now();
   const rev = await rotateWeb('rotated-1', leaf);
   await Promise.all([agents.a.waitApplied(rev), agents.b.waitApplied(rev)]);
   const applied = Date.now();
   await waitFor('the new certificate served by both', () =>
-    ['a', 'b'].every((s) => results[s].seen.some((x) => x.fp === webCert.fingerprint)), 5000);
-  await delay(500);
+    ['a', 'b'].every((s) => firstNew(results[s]) < Infinity), { timeoutMs: 5000 });
+  // And more handshakes after it, so that a flip back would be seen.
+  const okAtNew = { a: results.a.ok, b: results.b.ok };
+  await waitFor('handshakes with the new certificate on both agents', () =>
+    ['a', 'b'].every((s) => results[s].ok >= okAtNew[s] + 10 || results[s].failed.length));
   running = false;
   await Promise.all(loops);
   for (const site of ['a', 'b']) {
     const res = results[site];
     assert.deepEqual(res.failed, [], `agent ${site}: failed handshakes`);
     assert.ok(res.ok > 20, `agent ${site}: only ${res.ok} handshakes`);
-    assert.deepEqual(res.seen.map((x) => x.fp), [old, webCert.fingerprint], `agent ${site}: the old certificate, then the new one, never back`);
-    const servedAfter = res.seen[1].at - committed;
+    // The old certificate, then the new one, never back: a connection
+    // accepted before the swap keeps the old one (invariant 3) and may
+    // finish after one that got the new, but no handshake that began
+    // once the new certificate had been served gets the old one.
+    const switched = firstNew(res);
+    assert.deepEqual([...new Set(res.done.map((x) => x.fp))], [old, webCert.fingerprint], `agent ${site}: the old certificate, then the new one`);
+    assert.ok(res.done.some((x) => x.fp === old && x.end < switched), `agent ${site}: the old certificate was not served before the new one`);
+    const back = res.done.filter((x) => x.start > switched && x.fp !== webCert.fingerprint);
+    assert.deepEqual(back, [], `agent ${site}: the old certificate again after the new one was served`);
+    const servedAfter = switched - committed;
     assert.ok(servedAfter < 5000, `agent ${site}: new certificate served ${servedAfter} ms after the commit`);
     console.log(`agent ${site}: ${res.ok} handshakes, new certificate seen ${servedAfter} ms after the commit`);
   }
@@ -237,7 +237,7 @@ test('a certificate rotated through the API: both agents serve it at once, and n
   assert.equal(rollout.agentsApplied, 2);
 });
 
-test('a listener that cannot be bound: a nack naming it, the agent keeps the rest moving', skip, async () => {
+test('a listener that cannot be bound: a nack naming it, the agent keeps the rest moving', async () => {
   const blocker = net.createServer();
   await new Promise((r) => blocker.listen(0, '127.0.0.1', r));
   const taken = blocker.address().port;
@@ -278,7 +278,7 @@ test('a listener that cannot be bound: a nack naming it, the agent keeps the res
   await waitFor('the nack cleared', async () => (await api().AgentService.GetAgent({ name: 'agents/live-a' })).lastNack === '');
 });
 
-test('a listener removed with a long-lived connection open: it finishes, new ones are refused', skip, async () => {
+test('a listener removed with a long-lived connection open: it finishes, new ones are refused', async () => {
   const [port] = await freePorts(1);
   const from = agents.a.logText.length;
   const l = await listenerFor('drain', 'a', port);
@@ -290,30 +290,39 @@ test('a listener removed with a long-lived connection open: it finishes, new one
   await api().ListenerService.DeleteListener({ name: 'listeners/drain', etag: gone.etag });
   const text = await agents.a.waitForLog(/listener=listeners\/drain dropped: no longer accepting; 1 connections drain/, { from: from2 });
   assert.match(text, /dropped/);
-  await delay(100);
-  const refused = await new Promise((resolve) => {
+  // The worker closes its listening socket on its own loop, just after
+  // the log line: until then a connection may still be accepted.
+  const connectOnce = () => new Promise((resolve) => {
     const c = net.connect(port, '127.0.0.1');
     c.on('connect', () => {
       c.destroy();
-      resolve(null);
+      resolve('connected');
     });
     c.on('error', (e) => resolve(e.code));
   });
+  const refused = await waitFor('new connections refused', async () => {
+    const r = await connectOnce();
+    return r === 'connected' ? null : r;
+  }, { timeoutMs: 10000 });
   assert.equal(refused, 'ECONNREFUSED', 'new connections are refused');
   assert.equal(await echoOn(sock, 'after\n'), 'after\n', 'the open connection still works');
   sock.end();
 });
 
-test('kill -9 of the server: agents keep serving; restarted, they reconnect and catch up', skip, async () => {
+test('kill -9 of the server: agents keep serving; restarted, they reconnect and catch up', async () => {
   const froms = { a: agents.a.logText.length, b: agents.b.logText.length };
   await serverKill();
   for (const a of [agents.a, agents.b]) await a.waitForLog(/control plane \S+: UNAVAILABLE: .*retrying in/, { from: froms[a.name.slice(-1)] });
-  // Serving goes on without the control plane.
-  for (let i = 0; i < 5; i++) {
+  // Serving goes on without the control plane, across the agents' next
+  // attempts to reach it.
+  const retries = (a) => (a.logText.slice(froms[a.name.slice(-1)]).match(/control plane \S+: UNAVAILABLE: .*retrying in/g) || []).length;
+  let checks = 0;
+  await waitFor('two failed reconnection attempts by each agent, serving all along', async () => {
     assert.equal(await servedFingerprint(ports['web-a']), webCert.fingerprint);
     assert.equal(await servedFingerprint(ports['web-b']), webCert.fingerprint);
-    await delay(200);
-  }
+    checks++;
+    return checks >= 5 && retries(agents.a) >= 2 && retries(agents.b) >= 2;
+  }, { timeoutMs: 30000 });
   assert.equal((await agents.a.metrics()).get('tlsplane_control_plane_connected'), 0);
   await serverRestart();
   // A change right away: the agents catch up whether they reconnect before
@@ -331,7 +340,7 @@ test('kill -9 of the server: agents keep serving; restarted, they reconnect and 
   assert.equal((await agents.a.metrics()).get('tlsplane_control_plane_connected'), 1);
 });
 
-test('an agent started while the server is down serves its cached snapshot, then catches up', skip, async () => {
+test('an agent started while the server is down serves its cached snapshot, then catches up', async () => {
   await agents.b.stopClean();
   await serverKill();
   const served = webCert.fingerprint;
@@ -353,7 +362,7 @@ test('an agent started while the server is down serves its cached snapshot, then
   assert.match(agents.b.logText.slice(from), /control plane: revision \d+ applied: 0 new, 0 changed, 1 kept/);
 });
 
-test('enrollment: a used join token is refused; the agent runs and says a new one is needed', skip, async () => {
+test('enrollment: a used join token is refused; the agent runs and says a new one is needed', async () => {
   const token = await joinToken('live-c', { site: 'c' });
   const { csr } = makeCsr();
   // Someone else uses it first.
@@ -373,7 +382,7 @@ test('enrollment: a used join token is refused; the agent runs and says a new on
   assert.match(String(err && err.message), /holds no agent certificate: enroll with --join-token/);
 });
 
-test('renewal: a new key and certificate, stored atomically, and the agent reconnects with them', skip, async () => {
+test('renewal: a new key and certificate, stored atomically, and the agent reconnects with them', async () => {
   agents.r = await CpAgent.start(srv, {
     name: 'live-r', labels: { site: 'r' }, joinToken: await joinToken('live-r', { site: 'r' }), env: { TLSPLANE_RENEW_NOW: '1' },
   });
@@ -400,7 +409,7 @@ test('renewal: a new key and certificate, stored atomically, and the agent recon
   delete agents.r;
 });
 
-test('an agent certificate given as files (--cert/--key)', skip, async () => {
+test('an agent certificate given as files (--cert/--key)', async () => {
   const { key, csr } = makeCsr();
   noteSecret(key.split('\n')[1]);
   const res = await api().AgentService.EnrollAgent({ agentId: 'live-f', csrPem: csr });
@@ -420,7 +429,7 @@ test('an agent certificate given as files (--cert/--key)', skip, async () => {
   await b.stopClean();
 });
 
-test('a control plane set up again: the certificate of the old CA is not used, the agent enrolls anew', skip, async () => {
+test('a control plane set up again: the certificate of the old CA is not used, the agent enrolls anew', async () => {
   const x = await CpAgent.start(srv, { name: 'live-x', labels: { site: 'x' }, joinToken: await joinToken('live-x', { site: 'x' }), wait: 'connected' });
   await x.stopClean();
   // A new server: a new data dir, a new CA.
@@ -440,23 +449,25 @@ test('a control plane set up again: the certificate of the old CA is not used, t
   }
 });
 
-test('deleting an agent cuts its stream; it gets no more snapshots but keeps serving', skip, async () => {
+test('deleting an agent cuts its stream; it gets no more snapshots but keeps serving', async () => {
   const from = agents.b.logText.length;
   await api().AgentService.DeleteAgent({ name: 'agents/live-b' });
   await agents.b.waitForLog(/PERMISSION_DENIED: the agent was deleted/, { from });
   await agents.b.waitForLog(/UNAUTHENTICATED: .*revoked.*a new join token is needed/, { from, timeoutMs: 40000 });
   const servedBefore = webCert.fingerprint;
   const fromA = agents.a.logText.length;
+  const fromB = agents.b.logText.length;
   const rev = await rotateWeb('rotated-3');
   await agents.a.waitApplied(rev, { from: fromA });
   assert.equal(await servedFingerprint(ports['web-a']), webCert.fingerprint);
-  await delay(1000);
+  // live-b asks the control plane again after the change, and is refused.
+  await agents.b.waitForLog(/UNAUTHENTICATED: .*revoked.*a new join token is needed/, { from: fromB, timeoutMs: 40000 });
   assert.deepEqual(agents.b.appliedRevisions(from).filter((r) => r >= rev), [], 'live-b got no snapshot after its deletion');
   assert.equal(await servedFingerprint(ports['web-b']), servedBefore, 'live-b still serves what it had');
   await expectGrpcError(api().AgentService.GetAgent({ name: 'agents/live-b' }), status.NOT_FOUND);
 });
 
-test('revoking an agent certificate cuts the stream at once', skip, async () => {
+test('revoking an agent certificate cuts the stream at once', async () => {
   const from = agents.a.logText.length;
   const certs = (await api().ClientCertificateService.ListClientCertificates({ labelSelector: 'agent=live-a' })).clientCertificates;
   assert.equal(certs.length, 1);
@@ -466,7 +477,7 @@ test('revoking an agent certificate cuts the stream at once', skip, async () => 
   assert.equal(await servedFingerprint(ports['web-a']), webCert.fingerprint, 'still serving');
 });
 
-test('usage: the control-plane flags and their variables', skip, async () => {
+test('usage: the control-plane flags and their variables', async () => {
   const { spawnSync } = require('node:child_process');
   const bin = require('./lib/agent').agentBinary();
   const run = (args, env = {}) => {

@@ -10,7 +10,7 @@ const assert = require('node:assert/strict');
 const tls = require('node:tls');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { sclient, HOST } = require('./lib/tlsclient');
 
@@ -33,7 +33,7 @@ function stapleOf(port, opts) {
   });
 }
 
-describe('OCSP stapling', skipWithoutAgent(), () => {
+describe('OCSP stapling', () => {
   let p;
   let x;
   let up;

@@ -12,14 +12,14 @@ const path = require('node:path');
 const tls = require('node:tls');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash, freePort } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash, freePort } = require('./lib/agent');
 const { Upstream, PP2, patternBytes } = require('./lib/upstream');
 const { exchange, openTls, curl, HOST } = require('./lib/tlsclient');
 
 const MB20 = 20 * 1024 * 1024;
 const sha256 = (buf) => crypto.createHash('sha256').update(buf).digest('hex');
 
-describe('proxying to the upstream, and PROXY protocol v2', skipWithoutAgent(), () => {
+describe('proxying to the upstream, and PROXY protocol v2', () => {
   let p;
   let x;
   let http;

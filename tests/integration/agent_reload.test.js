@@ -11,11 +11,11 @@ const assert = require('node:assert/strict');
 const net = require('node:net');
 
 const { pki } = require('./lib/pki');
-const { Agent, tlsContext, listener, snapshot, skipWithoutAgent, failOnCrash } = require('./lib/agent');
+const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { exchange, openTls, echoOn } = require('./lib/tlsclient');
 
-describe('SIGHUP reloads', skipWithoutAgent(), () => {
+describe('SIGHUP reloads', () => {
   let p;
   let up;
   let agent;

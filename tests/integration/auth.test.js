@@ -14,7 +14,9 @@ const path = require('node:path');
 const { useServer, noteSecret } = require('./lib/server');
 const { connect, grpc } = require('./lib/reflect');
 const { pki, DAY } = require('./lib/pki');
-const { status, statusName, expectGrpcError, uid, makeCsr, rawUnary, bearer } = require('./lib/util');
+const { status, statusName, expectGrpcError, uid, makeCsr, rawUnary, bearer, toDate, tokenSecretPart } = require('./lib/util');
+const { waitFor } = require('./lib/wait');
+const { tool } = require('./lib/tools');
 
 const ctx = useServer({ before, after, beforeEach, afterEach }, { start: { tls: true } });
 const api = () => ctx.api;
@@ -82,12 +84,12 @@ test('the first start made the data directory: CA, server certificate, admin cre
     assert.equal(fileMode(f), 0o600, `${f} is private`);
   }
   assert.match(srv().adminToken, /^tlsp_admin_[A-Za-z0-9_-]{43}$/);
-  const x = (file, ...a) => execFileSync('openssl', ['x509', '-in', path.join(srv().dataDir, file), '-noout', ...a]).toString();
+  const x = (file, ...a) => execFileSync(tool('openssl'), ['x509', '-in', path.join(srv().dataDir, file), '-noout', ...a]).toString();
   const sans = x('server.pem', '-ext', 'subjectAltName');
   assert.match(sans, /DNS:localhost/);
   assert.match(sans, /IP Address:127\.0\.0\.1/);
   assert.match(x('admin.pem', '-subject', '-nameopt', 'RFC2253'), /CN=admin,OU=admin,O=tlsplane/);
-  execFileSync('openssl', ['verify', '-CAfile', path.join(srv().dataDir, 'ca.pem'), path.join(srv().dataDir, 'server.pem'), path.join(srv().dataDir, 'admin.pem')]);
+  execFileSync(tool('openssl'), ['verify', '-CAfile', path.join(srv().dataDir, 'ca.pem'), path.join(srv().dataDir, 'server.pem'), path.join(srv().dataDir, 'admin.pem')]);
   const key = fs.readFileSync(path.join(srv().dataDir, 'master.key'), 'utf8').trim();
   assert.equal(Buffer.from(key, 'base64').length, 32);
 });
@@ -198,7 +200,7 @@ test('tokens: the secret is shown once and stored as a hash; revoked, deleted, e
   const op = await newToken('OPERATOR', { description: 'ci rotation job' });
   assert.match(op.secret, new RegExp(`^tlsp_${op.id}_[A-Za-z0-9_-]{43}$`));
   const got = await api().TokenService.GetToken({ name: op.name });
-  assert.ok(!JSON.stringify(got).includes(op.secret.split('_').pop()), 'no read returns the secret');
+  assert.ok(!JSON.stringify(got).includes(tokenSecretPart(op.secret)), 'no read returns the secret');
   assert.equal(got.role, 'OPERATOR');
   assert.equal(got.createdBy, 'token:admin');
   assert.equal(got.lastUsedTime, null);
@@ -234,13 +236,22 @@ test('tokens: the secret is shown once and stored as a hash; revoked, deleted, e
   await api().TokenService.DeleteToken({ name: v.name });
   await expectGrpcError(vc.api.CipherPolicyService.ListCipherPolicies({}), status.UNAUTHENTICATED);
 
-  // Expired.
-  const short = await newToken('VIEWER', {}, { ttl: { seconds: '1', nanos: 0 } });
+  // Expired: a ttl lasts exactly the ttl from the moment the token is made
+  // (not to the end of a whole second), then every call is refused. 3 s,
+  // so that the call before the expiry has time for its TLS handshake on a
+  // loaded machine.
+  const made = Date.now();
+  const short = await newToken('VIEWER', {}, { ttl: { seconds: '3', nanos: 0 } });
+  const expires = toDate(short.token.expireTime).getTime();
+  assert.ok(expires >= made + 3000 && expires <= Date.now() + 3000,
+    `a 3 s ttl expires ${expires - made} ms after the request was sent`);
   const sc = await connectAs({ token: short.secret });
   await sc.api.CipherPolicyService.ListCipherPolicies({});
-  await new Promise((res) => setTimeout(res, 1500));
-  const e2 = await expectGrpcError(sc.api.CipherPolicyService.ListCipherPolicies({}), status.UNAUTHENTICATED);
+  const e2 = await waitFor('the expired token refused', () =>
+    sc.api.CipherPolicyService.ListCipherPolicies({}).then(() => null, (e) => e), { timeoutMs: 30000 });
+  assert.equal(statusName(e2.code), 'UNAUTHENTICATED', e2.details);
   assert.match(e2.details, /expired/);
+  assert.ok(Date.now() >= expires, 'refused before its expire_time');
 
   // Bad requests.
   await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'AGENT' } }), status.INVALID_ARGUMENT, { field: 'token.role' });
@@ -301,7 +312,7 @@ test('enrollment: a one-time join token and a CSR give an agent its certificate;
   const days = (Number(a.res.notAfter.seconds) * 1000 - Date.now()) / DAY;
   assert.ok(days > 29 && days <= 30.1, `valid for ${days} days`);
   assert.ok(Number(a.res.renewAfter.seconds) < Number(a.res.notAfter.seconds));
-  const subject = execFileSync('openssl', ['x509', '-noout', '-subject', '-nameopt', 'RFC2253'], { input: a.cert }).toString();
+  const subject = execFileSync(tool('openssl'), ['x509', '-noout', '-subject', '-nameopt', 'RFC2253'], { input: a.cert }).toString();
   assert.match(subject, new RegExp(`CN=agent:${id},OU=agent,O=tlsplane`), 'the server sets the subject, not the CSR');
 
   // The join token is used up.
@@ -371,11 +382,17 @@ test('join tokens: bound to their agent id, expiring, and good for enrollment on
   const nc = await connectAs({ token: named.secret });
   const ok = await nc.api.AgentService.EnrollAgent({ csrPem: csr });
   assert.equal(ok.agent, `agents/${named.token.agentId}`);
-  // Expired.
+  // Expired: once its expire_time has passed (seen through a call the
+  // token may not make, which does not spend it: PERMISSION_DENIED while
+  // it is valid, UNAUTHENTICATED once expired), enrollment is refused.
   const short = await newToken('JOIN', { agentId: uid('late') }, { ttl: { seconds: '1', nanos: 0 } });
-  await new Promise((res) => setTimeout(res, 1500));
   const sc = await connectAs({ token: short.secret });
-  await expectGrpcError(sc.api.AgentService.EnrollAgent({ csrPem: csr }), status.UNAUTHENTICATED);
+  const late = await waitFor('the expired join token refused', () =>
+    sc.api.AgentService.ListAgents({}).then(() => null, (e) => (e.code === status.UNAUTHENTICATED ? e : null)), { timeoutMs: 30000 });
+  assert.match(late.details, /expired/);
+  assert.ok(Date.now() >= toDate(short.token.expireTime).getTime(), 'refused before its expire_time');
+  const refused = await expectGrpcError(sc.api.AgentService.EnrollAgent({ csrPem: csr }), status.UNAUTHENTICATED);
+  assert.match(refused.details, /expired/);
   // Only join tokens name an agent, give it labels, or replace it.
   await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'VIEWER', agentId: 'edge-1' } }), status.INVALID_ARGUMENT, { field: 'token.agent_id' });
   await expectGrpcError(api().TokenService.CreateToken({ tokenId: uid('x'), token: { role: 'OPERATOR', agentLabels: { site: 'par' } } }), status.INVALID_ARGUMENT, { field: 'token.agent_labels' });
@@ -469,7 +486,7 @@ test('a restart with another --san reissues the server certificate; the CA and t
   await ctx.restart();
   const after = srv().file('server.pem').toString();
   assert.notEqual(after, before);
-  const sans = execFileSync('openssl', ['x509', '-noout', '-ext', 'subjectAltName'], { input: after }).toString();
+  const sans = execFileSync(tool('openssl'), ['x509', '-noout', '-ext', 'subjectAltName'], { input: after }).toString();
   assert.match(sans, /DNS:cp\.example\.com/);
   assert.match(sans, /IP Address:10\.1\.2\.3/);
   assert.match(sans, /DNS:localhost/);

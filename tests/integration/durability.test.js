@@ -8,6 +8,7 @@ const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { Server } = require('./lib/server');
 const { connect } = require('./lib/reflect');
+const { waitFor } = require('./lib/wait');
 
 let server;
 let conn;
@@ -55,7 +56,13 @@ test('SIGKILL during a stream of writes loses no acknowledged write', async () =
     }
   };
   const writers = Array.from({ length: 8 }, (_, w) => writer(w));
-  while (acked.length < 40) await new Promise((r) => setTimeout(r, 5));
+  try {
+    await waitFor('40 acknowledged writes', () => acked.length >= 40, { timeoutMs: 60000, intervalMs: 5 });
+  } catch (e) {
+    stop = true;
+    await Promise.all(writers);
+    throw e;
+  }
   server.stopRequested = true;
   server.proc.kill('SIGKILL');
   stop = true;

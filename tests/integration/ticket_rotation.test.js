@@ -6,10 +6,10 @@
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { useServer } = require('./lib/server');
+const { waitFor } = require('./lib/wait');
 
 const ctx = useServer({ before, after, beforeEach, afterEach });
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const seconds = (ts) => Number(ts.seconds) + ts.nanos / 1e9;
 
 test('a ring with rotation_period rotates by itself, and only when due', async () => {
@@ -26,18 +26,18 @@ test('a ring with rotation_period rotates by itself, and only when due', async (
     'next rotation is one period after the last');
   assert.equal(manual.nextRotationTime, null, 'no schedule without a period');
 
-  // Not before it is due.
-  await sleep(4000);
+  // Not before it is due: the job (it looks every second) rotates the
+  // ring once its next_rotation_time has passed, and the times the ring
+  // records for the rotation say it was not earlier.
   let now = await svc.GetTicketKeyRing({ name: ring.name });
   assert.equal(now.keys[0].keyName, ring.keys[0].keyName, 'rotated before the period passed');
-
-  // Due after 10 s; the job looks every second.
-  const deadline = Date.now() + 15000;
-  while (Date.now() < deadline) {
-    now = await svc.GetTicketKeyRing({ name: ring.name });
-    if (now.keys[0].keyName !== ring.keys[0].keyName) break;
-    await sleep(500);
-  }
+  now = await waitFor('the scheduled rotation', async () => {
+    const r = await svc.GetTicketKeyRing({ name: ring.name });
+    return r.keys[0].keyName !== ring.keys[0].keyName ? r : null;
+  }, { timeoutMs: 30000, intervalMs: 500 });
+  assert.ok(seconds(now.lastRotationTime) >= seconds(ring.nextRotationTime),
+    `rotated at ${seconds(now.lastRotationTime)}, before the period passed (due ${seconds(ring.nextRotationTime)})`);
+  assert.ok(seconds(now.keys[0].createTime) >= seconds(ring.nextRotationTime), 'the new key was made before the rotation was due');
   assert.notEqual(now.keys[0].keyName, ring.keys[0].keyName, 'the ring did not rotate on schedule');
   assert.deepEqual(now.keys.map((k) => k.state), ['ACTIVE', 'DECRYPT_ONLY']);
   assert.equal(now.keys[1].keyName, ring.keys[0].keyName, 'the previous key still decrypts');

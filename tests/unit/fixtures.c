@@ -170,11 +170,16 @@ char *fixture_pem_key_legacy_encrypted(EVP_PKEY *key, const char *passphrase) {
 
 unsigned char *fixture_pkcs12(EVP_PKEY *key, X509 *cert, X509 *ca, const char *passphrase,
                               size_t *len) {
+  return fixture_pkcs12_iter(key, cert, ca, passphrase, 0, 0, len);
+}
+
+unsigned char *fixture_pkcs12_iter(EVP_PKEY *key, X509 *cert, X509 *ca, const char *passphrase,
+                                   int iter, int mac_iter, size_t *len) {
   STACK_OF(X509) *cas = sk_X509_new_null();
   CHECK(cas != NULL);
   if (ca != NULL)
     CHECK(sk_X509_push(cas, ca));
-  PKCS12 *p12 = PKCS12_create(passphrase, "tlsplane", key, cert, cas, 0, 0, 0, 0, 0);
+  PKCS12 *p12 = PKCS12_create(passphrase, "tlsplane", key, cert, cas, 0, 0, iter, mac_iter, 0);
   CHECK(p12 != NULL);
   sk_X509_free(cas);
   unsigned char *der = NULL;

@@ -56,6 +56,10 @@ char *fixture_pem_key_legacy_encrypted(EVP_PKEY *key, const char *passphrase);
  * holding key, cert and ca (may be NULL). Returns malloc'd DER. */
 unsigned char *fixture_pkcs12(EVP_PKEY *key, X509 *cert, X509 *ca, const char *passphrase,
                               size_t *len);
+/* The same with iter key-derivation iterations for the key and the
+ * certificates, and mac_iter for the MAC (0: OpenSSL's default, 2048). */
+unsigned char *fixture_pkcs12_iter(EVP_PKEY *key, X509 *cert, X509 *ca, const char *passphrase,
+                                   int iter, int mac_iter, size_t *len);
 
 /* A PKCS#12 file made by `openssl pkcs12 -export -legacy` (certificate
  * bag RC2-40-CBC, key bag 3DES, SHA-1 MAC), passphrase

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -48,9 +49,69 @@ static int echo(const struct rpc_call_info *call, struct rpc_stream *stream, str
   }
 }
 
+/* "slow" calls: the handler holds the call until the test releases it
+ * (slow_release), so that a client-side deadline or stop is what ends the
+ * call, however slow the machine. Bounded by SLOW_MAX_S so that a broken
+ * test cannot hang. */
+#define SLOW_MAX_S 30
+static pthread_mutex_t slow_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t slow_cv = PTHREAD_COND_INITIALIZER;
+static int slow_started, slow_returned, slow_released;
+
+static void slow_reset(void) {
+  pthread_mutex_lock(&slow_mu);
+  slow_started = slow_returned = slow_released = 0;
+  pthread_mutex_unlock(&slow_mu);
+}
+
+static void slow_release(void) {
+  pthread_mutex_lock(&slow_mu);
+  slow_released = 1;
+  pthread_cond_broadcast(&slow_cv);
+  pthread_mutex_unlock(&slow_mu);
+}
+
+static struct timespec slow_deadline(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_REALTIME, &t);
+  t.tv_sec += SLOW_MAX_S;
+  return t;
+}
+
+static void slow_hold(void) {
+  struct timespec until = slow_deadline();
+  pthread_mutex_lock(&slow_mu);
+  slow_started++;
+  pthread_cond_broadcast(&slow_cv);
+  while (!slow_released && pthread_cond_timedwait(&slow_cv, &slow_mu, &until) == 0)
+    ;
+  slow_returned++;
+  pthread_mutex_unlock(&slow_mu);
+}
+
+/* Waits until a "slow" handler holds a call; 0, or -1 after SLOW_MAX_S. */
+static int slow_wait_started(void) {
+  struct timespec until = slow_deadline();
+  pthread_mutex_lock(&slow_mu);
+  int rc = 0;
+  while (slow_started == 0 && rc == 0)
+    rc = pthread_cond_timedwait(&slow_cv, &slow_mu, &until);
+  int started = slow_started;
+  pthread_mutex_unlock(&slow_mu);
+  return started > 0 ? 0 : -1;
+}
+
+static int slow_returned_count(void) {
+  pthread_mutex_lock(&slow_mu);
+  int n = slow_returned;
+  pthread_mutex_unlock(&slow_mu);
+  return n;
+}
+
 /* Unary: answers with the length of the service name; "fail" ends with
- * FAILED_PRECONDITION, "slow" takes 2 s, "whoami" answers with the
- * length of what the authenticator saw (token or client certificate). */
+ * FAILED_PRECONDITION, "slow" holds the call until slow_release,
+ * "whoami" answers with the length of what the authenticator saw (token
+ * or client certificate). */
 static char seen_auth[256], seen_cert_cn[256];
 
 static int unary(const struct rpc_call_info *call, const ProtobufCMessage *req,
@@ -59,8 +120,7 @@ static int unary(const struct rpc_call_info *call, const ProtobufCMessage *req,
   if (strcmp(r->service, "fail") == 0)
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "told to fail");
   if (strcmp(r->service, "slow") == 0)
-    for (int i = 0; i < 20; i++)
-      usleep(100 * 1000);
+    slow_hold();
   Grpc__Health__V1__HealthCheckResponse *out = malloc(sizeof(*out));
   grpc__health__v1__health_check_response__init(out);
   out->status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)strlen(r->service);
@@ -254,6 +314,11 @@ static void test_unreachable_server_is_unavailable(void **state) {
 }
 
 static void *cancel_later(void *arg) {
+  /* The one fixed wait of this file, and it is the behaviour: nothing
+   * tells another thread that a receive has blocked, so the cancel comes
+   * a moment later. On a machine too slow for the receive to block first,
+   * the receive of a stream already cancelled must end CANCELLED all the
+   * same: the assertions hold either way. */
   usleep(200 * 1000);
   gclient_stream_cancel(arg);
   return NULL;
@@ -369,39 +434,47 @@ static void test_unary_deadline(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
   struct gclient_opts o = {.deadline_ms = 300};
+  slow_reset();
   assert_int_equal(call_unary(f->target, &o, "slow", &err), -1);
+  /* Ended by the deadline while the handler still held the call. */
+  assert_int_equal(slow_returned_count(), 0);
+  slow_release();
   assert_int_equal(err.status, GRPC_STATUS_DEADLINE_EXCEEDED);
 }
 
 static atomic_int stop_flag;
 
-static void *stop_later(void *arg) {
-  usleep(200 * 1000);
+/* Sets the stop flag once the server holds the call. */
+static void *stop_when_held(void *arg) {
+  int *ok = arg;
+  *ok = slow_wait_started() == 0;
   atomic_store(&stop_flag, 1);
   return NULL;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static void test_stop_flag_ends_a_unary_call(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
   atomic_store(&stop_flag, 0);
+  slow_reset();
   struct gclient_opts o = {.stop = &stop_flag};
   pthread_t t;
-  pthread_create(&t, NULL, stop_later, NULL);
-  double start = now_s();
+  int held = 0;
+  pthread_create(&t, NULL, stop_when_held, &held);
   assert_int_equal(call_unary(f->target, &o, "slow", &err), -1);
-  double took = now_s() - start;
+  /* The stop flag ended it, not the handler: that still holds the call. */
+  int returned = slow_returned_count();
+  slow_release();
   pthread_join(t, NULL);
+  assert_true(held);
+  assert_int_equal(returned, 0);
   assert_int_equal(err.status, GRPC_STATUS_CANCELLED);
-  assert_true(took < 1.5);
   /* Set before the call: nothing is waited for. */
+  slow_reset();
   assert_int_equal(call_unary(f->target, &o, "slow", &err), -1);
+  returned = slow_returned_count();
+  slow_release();
+  assert_int_equal(returned, 0);
   assert_int_equal(err.status, GRPC_STATUS_CANCELLED);
 }
 

@@ -451,6 +451,40 @@ static void test_cert_pfx(void **state) {
   msg_free(c);
 }
 
+/* The file says how much work reading it takes: a MAC, certificates or a
+ * key derived with more iterations than a server thread may spend are
+ * refused before any is spent (2^31 would be a quarter of an hour). */
+static void test_cert_pfx_iterations_bounded(void **state) {
+  struct tp_err err;
+  char *key = NULL;
+  struct {
+    int iter, mac_iter, ok;
+  } cases[] = {
+      {1000001, 1, 0},     /* the key and the certificates */
+      {1, 1000001, 0},     /* the MAC */
+      {100000, 100000, 1}, /* 300,000 in all: far above the usual, still read */
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    Tlsplane__V1__Certificate *c = cert_msg(NULL, NULL, "pfx-pass");
+    size_t len;
+    unsigned char *der = fixture_pkcs12_iter(w.rsa_key, w.rsa_leaf, w.ca, "pfx-pass", cases[i].iter,
+                                             cases[i].mac_iter, &len);
+    set_bytes(&c->pfx, der, len);
+    if (cases[i].ok) {
+      EXPECT_OK(prepare(c, NULL, &key, &err), &err);
+      free(key);
+      key = NULL;
+    } else {
+      EXPECT_ERR_EXACT(prepare(c, NULL, &key, &err), &err,
+                       "pfx: the file asks for more than 1000000 key-derivation iterations in "
+                       "all (MAC, encrypted parts and keys); files of openssl, Windows, Java and "
+                       "macOS use a few thousand");
+      assert_null(key);
+    }
+    msg_free(c);
+  }
+}
+
 static void test_cert_key_mismatch(void **state) {
   struct tp_err err;
   char *key = NULL;
@@ -1942,6 +1976,7 @@ int main(void) {
       cmocka_unit_test(test_cert_encrypted_pkcs8),
       cmocka_unit_test(test_cert_encrypted_legacy_pem),
       cmocka_unit_test(test_cert_pfx),
+      cmocka_unit_test(test_cert_pfx_iterations_bounded),
       cmocka_unit_test(test_cert_key_mismatch),
       cmocka_unit_test(test_cert_chain_order),
       cmocka_unit_test(test_cert_validity),

@@ -659,7 +659,8 @@ static void test_sni_alpn_npn(void **state) {
   assert_true(SSL_CTX_set_max_proto_version(cctx, TLS1_2_VERSION));
   for (int i = 0; i < 2; i++) {
     c = SSL_new(cctx);
-    assert_true(SSL_set_tlsext_host_name(c, i ? "www.example.com" : "default.test"));
+    /* In parentheses: the macro casts its argument to void * as it is. */
+    assert_true(SSL_set_tlsext_host_name(c, (i ? "www.example.com" : "default.test")));
     assert_int_equal(connect_to(l, c, &s), 0);
     struct tlsconf_conn_info info;
     tlsconf_conn_info(s, &info);

@@ -20,8 +20,8 @@
 // 127.0.0.1:PORT ...").
 //
 // An agent never outlives its test process: every live agent is SIGKILLed
-// on the process's 'exit' (and SIGINT/SIGTERM), and where util-linux's
-// setpriv exists it is started with a parent-death signal.
+// on the process's 'exit' (and SIGINT/SIGTERM), and it is started with a
+// parent-death signal (util-linux's setpriv, see procs.js).
 
 const { spawn, spawnSync } = require('node:child_process');
 const assert = require('node:assert/strict');
@@ -31,6 +31,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const procs = require('./procs');
+const { built } = require('./tools');
+const { deadline } = require('./wait');
 
 const START_TIMEOUT_MS = 30000; // ASan builds start slowly
 const RELOAD_TIMEOUT_MS = 20000;
@@ -49,22 +51,10 @@ const LOG = {
 
 
 
+// The agent binary: $TLSPLANE_AGENT, else build/agent/tlsplane-agent.
+// Throws (failing the test) when it is missing.
 function agentBinary() {
-  const fromEnv = process.env.TLSPLANE_AGENT;
-  const candidates = fromEnv
-    ? [fromEnv]
-    : [
-        path.resolve(__dirname, '../../../build/agent/tlsplane-agent'),
-        '/tmp/build-at/agent/tlsplane-agent',
-      ];
-  for (const c of candidates) if (fs.existsSync(c)) return c;
-  return null;
-}
-
-// For test files: { skip: reason } when there is no agent binary, so that
-// the server's suite still runs on a tree where the agent does not build.
-function skipWithoutAgent() {
-  return agentBinary() ? {} : { skip: 'tlsplane-agent not built (set TLSPLANE_AGENT)' };
+  return built('TLSPLANE_AGENT', 'agent/tlsplane-agent', 'tlsplane-agent');
 }
 
 // ---------------------------------------------------------------------------
@@ -290,27 +280,46 @@ class Agent {
   // Starts an agent on `snap`; resolves once the log says the snapshot's
   // revision was applied and names the metrics address ("ready: ...").
   // expectAllApplied (default): fail unless every listener was applied.
+  //
+  // A free port is free when the harness looks, not necessarily when the
+  // agent binds it a moment later: another process of the machine (other
+  // test files run side by side) may take it in between. A start whose
+  // only failures are such binds of ports the harness chose is made again
+  // on new ones, a few times.
+  //
   // nofile: run it with RLIMIT_NOFILE soft = hard = nofile (util-linux
   // prlimit, which must be on PATH).
   static async start(snap, { workers = 2, extraArgs = [], env = {}, expectAllApplied = true, nofile } = {}) {
     const binary = agentBinary();
-    if (!binary) throw new Error('tlsplane-agent not found; set TLSPLANE_AGENT to the binary');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-agent-'));
-    procs.trackDir(dir);
-    const a = new Agent({ binary, dir, workers, extraArgs, env, nofile });
-    await a._writeSnapshot(snap);
-    try {
-      await a._spawn();
-      if (expectAllApplied) a._assertAllApplied(a.logText, snap);
-    } catch (err) {
-      // Nobody will stop an agent that was never handed back.
-      if (a.proc && !a.exit) {
-        a.proc.kill('SIGKILL');
-        await a.exited;
+    for (let attempt = 1; ; attempt++) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-agent-'));
+      procs.trackDir(dir);
+      const a = new Agent({ binary, dir, workers, extraArgs, env, nofile });
+      await a._writeSnapshot(snap);
+      try {
+        await a._spawn();
+        if (expectAllApplied) a._assertAllApplied(a.logText, snap);
+        return a;
+      } catch (err) {
+        // Nobody will stop an agent that was never handed back.
+        if (a.proc && !a.exit) {
+          a.proc.kill('SIGKILL');
+          await a.exited;
+        }
+        if (attempt >= 3 || !a._lostAutoPortRace()) throw err;
       }
-      throw err;
     }
-    return a;
+  }
+
+  // Whether every listener that failed to start failed binding a port the
+  // harness chose (AUTO_ADDRESS) because someone else had taken it.
+  _lostAutoPortRace() {
+    const failed = [...this.logText.matchAll(LOG.listenerFailed)];
+    const auto = new Set(Object.values(this.autoPorts || {}).map((p) => `127.0.0.1:${p}`));
+    return failed.length > 0 && failed.every((m) => {
+      const bind = /address: (\S+): bind: Address already in use/.exec(m[2]);
+      return bind && auto.has(bind[1]);
+    });
   }
 
   // Fills in AUTO_ADDRESS listener addresses (see above).
@@ -403,12 +412,12 @@ class Agent {
           }
         },
       };
-      const timer = setTimeout(() => {
+      const cancel = deadline(timeoutMs, () => {
         done();
         reject(new Error(`tlsplane-agent: no ${what} within ${timeoutMs} ms; log:\n${this.tail(60)}`));
-      }, timeoutMs);
+      });
       const done = () => {
-        clearTimeout(timer);
+        cancel();
         this.lineWaiters = this.lineWaiters.filter((x) => x !== w);
       };
       this.lineWaiters.push(w);
@@ -449,10 +458,11 @@ class Agent {
     );
     const failed = [...text.matchAll(LOG.listenerFailed)].map((m) => ({ listener: m[1], reason: m[2] }));
     const err = LOG.notApplied.exec(text);
+    const applied = rev !== null && LOG.applied(rev).test(text);
     // Workers swap on their own loops right after the main thread posts
-    // the change: give them a moment before the caller connects.
-    await new Promise((r) => setTimeout(r, 150));
-    return { applied: rev !== null && LOG.applied(rev).test(text), text, failed, error: err ? err[1] : null };
+    // the change: the caller connects once every one has.
+    if (applied) await this.waitForWorkers(rev);
+    return { applied, text, failed, error: err ? err[1] : null };
   }
 
   async metrics() {
@@ -474,6 +484,15 @@ class Agent {
       }
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  // Resolves once every worker has put revision `rev` in place
+  // (tlsplane_worker_config_revision), so that a connection made now gets it.
+  async waitForWorkers(rev, { timeoutMs = RELOAD_TIMEOUT_MS } = {}) {
+    return this.waitForMetrics((m) => {
+      const w = m.find('tlsplane_worker_config_revision');
+      return w.length === this.workers && w.every((s) => s.value >= Number(rev));
+    }, { timeoutMs, what: `every worker at revision ${rev}` });
   }
 
   get running() {
@@ -533,7 +552,6 @@ module.exports = {
   Agent,
   Metrics,
   agentBinary,
-  skipWithoutAgent,
   tlsContext,
   listener,
   snapshot,

@@ -15,8 +15,8 @@
 // process (a restart reuses it) and is removed when the test process
 // exits. The agent finds the server at srv.address, so a test that
 // restarts the server starts it on a fixed port (--listen). Agents never
-// outlive the test process (SIGKILL on exit; a parent-death signal where
-// util-linux's setpriv exists).
+// outlive the test process (SIGKILL on exit; a parent-death signal through
+// util-linux's setpriv).
 
 const { spawn, spawnSync } = require('node:child_process');
 const assert = require('node:assert/strict');
@@ -25,6 +25,7 @@ const os = require('node:os');
 const path = require('node:path');
 const procs = require('./procs');
 const { Metrics, httpGet, agentBinary } = require('./agent');
+const { waitFor, deadline } = require('./wait');
 
 const START_TIMEOUT_MS = 30000; // ASan builds start slowly
 const STOP_TIMEOUT_MS = 20000;
@@ -63,7 +64,6 @@ class CpAgent {
   // snapshot applied).
   static async start(srv, opts = {}) {
     const binary = agentBinary();
-    if (!binary) throw new Error('tlsplane-agent not found; set TLSPLANE_AGENT to the binary');
     assert.ok(opts.name, 'CpAgent.start: name is required');
     const cacheDir = opts.cacheDir || path.join(tempDir('tlsplane-cpagent-'), 'cache');
     const a = new CpAgent({
@@ -154,7 +154,7 @@ class CpAgent {
       pred = (t) => re.test(t);
     }
     return new Promise((resolve, reject) => {
-      let timer;
+      let cancel = () => {};
       const check = () => {
         const text = this.logText.slice(from);
         if (pred(text)) {
@@ -166,13 +166,13 @@ class CpAgent {
         }
       };
       const done = () => {
-        clearTimeout(timer);
+        cancel();
         this.waiters = this.waiters.filter((w) => w !== check);
       };
-      timer = setTimeout(() => {
+      cancel = deadline(timeoutMs, () => {
         done();
         reject(new Error(`${this.name}: no ${what} within ${timeoutMs} ms; log:\n${this.tail(60)}`));
-      }, timeoutMs);
+      });
       this.waiters.push(check);
       check();
     });
@@ -183,11 +183,25 @@ class CpAgent {
     return [...this.logText.slice(from).matchAll(LOG.applied)].map((m) => Number(m[1]));
   }
 
-  // Waits until a snapshot of revision >= rev was applied (since from).
-  waitApplied(rev, { from = 0, timeoutMs = 15000 } = {}) {
-    return this.waitForLog((t) => [...t.matchAll(LOG.applied)].some((m) => Number(m[1]) >= Number(rev)), {
+  // Waits until a snapshot of revision >= rev was applied (since from)
+  // and every worker has put it in place (a connection made then gets
+  // it). Resolves with the log text since from.
+  async waitApplied(rev, { from = 0, timeoutMs = 15000 } = {}) {
+    const text = await this.waitForLog((t) => [...t.matchAll(LOG.applied)].some((m) => Number(m[1]) >= Number(rev)), {
       from, timeoutMs, what: `"control plane: revision >= ${rev} applied"`,
     });
+    await this.waitForWorkers(rev, { timeoutMs });
+    return text;
+  }
+
+  // Resolves once every worker reports revision >= rev
+  // (tlsplane_worker_config_revision).
+  async waitForWorkers(rev, { timeoutMs = 15000 } = {}) {
+    if (!this.metricsAddress) await this.waitForLog(LOG.ready, { from: this.logStart, timeoutMs, what: 'the "ready" line' });
+    return waitFor(`${this.name}: every worker at revision >= ${rev}`, async () => {
+      const w = (await this.metrics()).find('tlsplane_worker_config_revision');
+      return w.length === this.workers && w.every((x) => x.value >= Number(rev));
+    }, { timeoutMs });
   }
 
   // Serials of the certificates it connected with, in order.

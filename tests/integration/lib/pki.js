@@ -13,12 +13,14 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { tool } = require('./tools');
 
 const PASSPHRASE = 'correct horse battery staple';
 
 function openssl(dir, args, input) {
+  const bin = tool('openssl');
   try {
-    return execFileSync('openssl', args, {
+    return execFileSync(bin, args, {
       cwd: dir,
       input,
       stdio: ['pipe', 'pipe', 'pipe'],

@@ -2,19 +2,19 @@
 // The processes and temp directories the tests start, in one place, so that
 // none outlives the test process: every live process is SIGKILLed on
 // 'exit' (and on SIGINT / SIGTERM / SIGHUP of the test process), temp dirs
-// are removed unless TLSPLANE_KEEP_DATA is set, and where util-linux's
-// setpriv exists a process gets a parent-death signal, so even a SIGKILLed
-// test process takes its children with it.
+// are removed unless TLSPLANE_KEEP_DATA is set, and every process gets a
+// parent-death signal (util-linux's setpriv), so even a SIGKILLed test
+// process takes its children with it.
 //
 //   const [cmd, argv] = procs.command(binary, args);  // spawn(cmd, argv)
 //   procs.track(obj);    // obj.proc is a ChildProcess
 //   procs.untrack(obj);  // on its 'exit'
 //   procs.tempDir('tlsplane-x-');
 
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { tool } = require('./tools');
 
 const live = new Set();
 const tempDirs = new Set();
@@ -40,18 +40,11 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   });
 }
 
-let setprivOk;
-function hasSetpriv() {
-  if (setprivOk === undefined) {
-    const r = spawnSync('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'true'], { stdio: 'ignore' });
-    setprivOk = r.status === 0;
-  }
-  return setprivOk;
-}
-
-// The command line that runs binary with args and a parent-death signal.
+// The command line that runs binary with args and a parent-death signal
+// (util-linux's setpriv: required, so that no test leaves processes
+// behind however it ends).
 function command(binary, args) {
-  return hasSetpriv() ? ['setpriv', ['--pdeathsig', 'SIGKILL', '--', binary, ...args]] : [binary, args];
+  return [tool('setpriv'), ['--pdeathsig', 'SIGKILL', '--', binary, ...args]];
 }
 
 function tempDir(prefix) {

@@ -21,8 +21,8 @@
 //
 // A server never outlives its test process: useServer() stops it in after(),
 // every live server is SIGKILLed on the process's 'exit' (and on SIGINT /
-// SIGTERM of the test process), and where util-linux's setpriv exists the
-// server is started with a parent-death signal, so even a SIGKILLed test
+// SIGTERM of the test process), and the server is started with a
+// parent-death signal (util-linux's setpriv), so even a SIGKILLed test
 // process takes its servers with it.
 
 const { spawn, spawnSync } = require('node:child_process');
@@ -31,6 +31,8 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const procs = require('./procs');
+const { built } = require('./tools');
+const { deadline } = require('./wait');
 
 const START_TIMEOUT_MS = 20000;
 const STOP_TIMEOUT_MS = 15000;
@@ -50,18 +52,10 @@ function secretsIn(text) {
 
 
 
+// The server binary: $TLSPLANE_SERVER, else build/server/tlsplane-server.
+// Throws (failing the test) when it is missing.
 function serverBinary() {
-  const fromEnv = process.env.TLSPLANE_SERVER;
-  const candidates = fromEnv
-    ? [fromEnv]
-    : [
-        path.resolve(__dirname, '../../../build/server/tlsplane-server'),
-        '/tmp/build-it/server/tlsplane-server',
-      ];
-  for (const c of candidates) if (fs.existsSync(c)) return c;
-  throw new Error(
-    `tlsplane-server not found (${candidates.join(', ')}); set TLSPLANE_SERVER to the binary`,
-  );
+  return built('TLSPLANE_SERVER', 'server/tlsplane-server', 'tlsplane-server');
 }
 
 class Server {
@@ -162,11 +156,11 @@ class Server {
 
     return new Promise((resolve, reject) => {
       let stderrBuf = '';
-      const timer = setTimeout(() => {
+      const cancel = deadline(START_TIMEOUT_MS, () => {
         cleanup();
         proc.kill('SIGKILL');
         reject(new Error(`tlsplane-server did not print "listening on" within ${START_TIMEOUT_MS} ms; output:\n${this.logText}`));
-      }, START_TIMEOUT_MS);
+      });
       const onData = (chunk) => {
         stderrBuf += chunk.toString();
         const m = LISTEN_RE.exec(stderrBuf);
@@ -192,7 +186,7 @@ class Server {
         reject(new Error(`cannot start ${this.binary}: ${err.message}`));
       };
       const cleanup = () => {
-        clearTimeout(timer);
+        cancel();
         proc.stderr.off('data', onData);
         proc.off('exit', onExit);
         proc.off('error', onError);

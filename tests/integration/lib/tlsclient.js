@@ -7,6 +7,8 @@ const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const net = require('node:net');
 const tls = require('node:tls');
+const { tool } = require('./tools');
+const { deadline } = require('./wait');
 
 const HOST = '127.0.0.1';
 
@@ -56,7 +58,9 @@ function describe(sock) {
 // phase: 'handshake' (no secureConnect), 'data' (handshake done, but the
 // echo did not come back: TLS 1.3 client-certificate refusals arrive
 // here), or 'done'. session: the last session the server gave (a ticket
-// or an ID), for opts.session of a later call.
+// or an ID), for opts.session of a later call. With send '' nothing is
+// sent and the exchange is done once the server's first session arrives
+// (timed out when it gives none).
 //
 // opts: tls.connect options; by default the server certificate is not
 // verified (rejectUnauthorized false unless opts.ca is given, no hostname
@@ -94,12 +98,16 @@ function exchange(port, opts = {}, { send = 'ping\n', timeoutMs = 10000, keepOpe
     const timer = setTimeout(() => {
       finish({ ok: false, phase: info ? 'data' : 'handshake', error: `timed out after ${timeoutMs} ms`, code: 'TIMEOUT' });
     }, timeoutMs);
-    sock.on('session', (s) => sessions.push(s));
+    sock.on('session', (s) => {
+      sessions.push(s);
+      // Nothing to send: done once the server's session (a TLS 1.3
+      // ticket arrives after the handshake) is here.
+      if (!want.length && info) finish({ ok: true, phase: 'done' });
+    });
     sock.on('secureConnect', () => {
       info = describe(sock);
       if (!want.length) {
-        // Give TLS 1.3 tickets (sent right after the handshake) a moment.
-        setTimeout(() => finish({ ok: true, phase: 'done' }), 50);
+        if (sessions.length) finish({ ok: true, phase: 'done' });
         return;
       }
       sock.write(want);
@@ -245,7 +253,7 @@ class SClient {
     const c = new SClient();
     c.out = '';
     c.waiters = [];
-    c.proc = spawn('openssl', ['s_client', '-connect', `${HOST}:${port}`, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    c.proc = spawn(tool('openssl'), ['s_client', '-connect', `${HOST}:${port}`, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     const onData = (d) => {
       c.out += d.toString();
       for (const w of [...c.waiters]) w();
@@ -286,12 +294,12 @@ class SClient {
           reject(new Error(`s_client exited (${this.exit.code}) before ${re}; output:\n${this.out.slice(-3000)}`));
         }
       };
-      const timer = setTimeout(() => {
+      const cancel = deadline(timeoutMs, () => {
         done();
         reject(new Error(`s_client: no ${re} within ${timeoutMs} ms; output:\n${this.out.slice(-3000)}`));
-      }, timeoutMs);
+      });
       const done = () => {
-        clearTimeout(timer);
+        cancel();
         this.waiters = this.waiters.filter((w) => w !== check);
       };
       this.waiters.push(check);
@@ -422,8 +430,9 @@ async function recordTap(port) {
 // curl against https://NAME:PORT/PATH resolved to 127.0.0.1. Resolves
 // { code, status, size, stdout, stderr }. args: extra curl arguments.
 function curl(port, urlPath, { name = 'www.example.com', args = [], timeoutMs = 60000 } = {}) {
+  const bin = tool('curl');
   return new Promise((resolve) => {
-    const proc = spawn('curl', [
+    const proc = spawn(bin, [
       '-sS', '--insecure', '--max-time', String(Math.ceil(timeoutMs / 1000)),
       '--resolve', `${name}:${port}:${HOST}`,
       '-w', '\n%{http_code} %{size_download} %{size_upload}',

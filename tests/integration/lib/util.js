@@ -8,6 +8,7 @@ const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { status } = grpc;
+const { tool } = require('./tools');
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(status).map(([k, v]) => [v, k]));
 
@@ -137,7 +138,7 @@ function uid(prefix = 'r') {
 function makeCsr(cn = 'ignored-by-the-server') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-csr-'));
   try {
-    execFileSync('openssl', [
+    execFileSync(tool('openssl'), [
       'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
       '-keyout', 'key.pem', '-out', 'csr.pem', '-subj', `/CN=${cn}`,
     ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -161,6 +162,15 @@ function rawUnary(address, credentials, method, { metadata = new grpc.Metadata()
   });
 }
 
+// The random part of a token "tlsp_<id>_<43 characters>". The id has no
+// "_" but the random part is base64url and may: split('_').pop() would
+// often keep only a few characters of it (which then turn up anywhere).
+function tokenSecretPart(token) {
+  const m = /^tlsp_[a-z0-9-]+_([A-Za-z0-9_-]{43})$/.exec(token);
+  assert.ok(m, `not a tlsplane token: ${String(token).length} characters`);
+  return m[1];
+}
+
 // Metadata carrying "authorization: Bearer <token>".
 function bearer(token) {
   const md = new grpc.Metadata();
@@ -169,6 +179,7 @@ function bearer(token) {
 }
 
 module.exports = {
+  tokenSecretPart,
   makeCsr,
   rawUnary,
   bearer,
