@@ -5,6 +5,8 @@
  *
  *   tlsplane-server [options]                     serve
  *   tlsplane-server rotate-master-key [--data-dir DIR]   re-seal every secret under a new key
+ *   tlsplane-server init [--data-dir DIR] [--force]      initialise; --force: a new store
+ *   tlsplane-server backup [--data-dir DIR] DEST         a consistent copy, server running or not
  *   tlsplane-server call [options] SERVICE/METHOD [JSON]  one API call (call.c) */
 #include <errno.h>
 #include <getopt.h>
@@ -27,6 +29,7 @@
 #include "reflection.h"
 #include "rpc.h"
 #include "store.h"
+#include "usage.h"
 
 #define SHUTDOWN_GRACE_MS 5000
 #define SANS_MAX 32
@@ -45,6 +48,8 @@ static void usage(FILE *out) {
   fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
                "                       [--plaintext] [--threads N]\n"
                "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
+               "       tlsplane-server init [--data-dir DIR] [--force]\n"
+               "       tlsplane-server backup [--data-dir DIR] DEST\n"
                "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
                "[JSON]\n"
                "\n"
@@ -63,6 +68,16 @@ static void usage(FILE *out) {
                "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
                "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
                "  comes from TLSPLANE_NEW_MASTER_KEY.\n"
+               "\n"
+               "  init makes a data directory as the first start does, without serving. A\n"
+               "  directory that was initialised and lost its database refuses to start:\n"
+               "  restore a backup, or init --force, which keeps the CA and the master key,\n"
+               "  moves the old database aside (every resource, token and agent certificate\n"
+               "  record goes with it) and makes new admin credentials.\n"
+               "\n"
+               "  backup writes a consistent copy of the database (safe while the server runs)\n"
+               "  and the CA and admin credentials into DEST, a new directory. It never holds\n"
+               "  the master key: keep that apart; a restore needs both (docs/operations.md).\n"
                "\n"
                "  call: one unary API call, request and response in protobuf's JSON mapping\n"
                "  (tlsplane-server call --help).\n");
@@ -182,6 +197,110 @@ static int rotate_main(int argc, char **argv) {
   return 0;
 }
 
+/* tlsplane-server init [--data-dir DIR] [--force] */
+static int init_main(int argc, char **argv) {
+  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
+  int force = 0;
+  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"force", no_argument, NULL, 'f'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    if (c == 'd') {
+      dir = optarg;
+    } else if (c == 'f') {
+      force = 1;
+    } else {
+      usage(c == 'h' ? stdout : stderr);
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  if (optind != argc) {
+    usage(stderr);
+    return 2;
+  }
+  struct tp_err err = {0};
+  struct datadir_opts dopts = {.dir = dir, .init = 1};
+  struct datadir *dd = NULL;
+  struct api api = {0};
+  char moved[128] = "";
+  int rc = datadir_open(&dopts, &dd, &err);
+  int initialised = rc == 0 && datadir_initialised(dd);
+  if (rc == 0 && initialised && !force)
+    rc = tp_err_set(&err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "%s is initialised already; init --force discards its store (every resource, "
+                    "token and agent certificate record) and makes new admin credentials",
+                    dir);
+  if (rc == 0 && initialised)
+    rc = datadir_store_discard(dd, moved, sizeof(moved), &err);
+  if (rc == 0)
+    rc = datadir_store_open(dd, &api.store, &err);
+  api.ca = rc == 0 ? datadir_ca(dd) : NULL;
+  if (rc == 0)
+    rc = api_seed_builtins(&api, &err);
+  if (rc == 0)
+    rc = datadir_init(dd, &api, &err);
+  store_close(api.store);
+  datadir_close(dd);
+  if (rc != 0) {
+    fprintf(stderr, "tlsplane-server init: %s\n", err.msg);
+    return 1;
+  }
+  if (!initialised) {
+    printf("initialised %s: the control-plane CA, the master key and the admin credentials "
+           "(admin.token, admin.pem)\n",
+           dir);
+    return 0;
+  }
+  printf("re-initialised %s with a new, empty store\n", dir);
+  if (moved[0] != '\0')
+    printf("  discarded: the old database, moved to %s/%s (every resource, token, client "
+           "certificate record and the audit trail; delete it once you no longer need it)\n",
+           dir, moved);
+  else
+    printf("  discarded: nothing (the database was missing or empty)\n");
+  printf("  kept: the CA (ca.pem, ca-key.pem), the master key, the server certificate\n"
+         "  made: new admin credentials (admin.token, admin.pem, admin-key.pem; the old ones no "
+         "longer work) and the built-in cipher policies\n"
+         "  agents must enroll again with new join tokens: their certificate records are gone\n");
+  return 0;
+}
+
+/* tlsplane-server backup [--data-dir DIR] DEST */
+static int backup_main(int argc, char **argv) {
+  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
+  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    if (c == 'd') {
+      dir = optarg;
+    } else {
+      usage(c == 'h' ? stdout : stderr);
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  if (optind + 1 != argc) {
+    usage(stderr);
+    return 2;
+  }
+  const char *dest = argv[optind];
+  struct tp_err err = {0};
+  struct store_backup_info info;
+  if (datadir_backup(dir, dest, &info, &err) != 0) {
+    fprintf(stderr, "tlsplane-server backup: %s\n", err.msg);
+    return 1;
+  }
+  printf("backup of %s at revision %lld written to %s\n", dir, (long long)info.revision, dest);
+  for (size_t i = 0; i < info.n_key_ids; i++)
+    printf("it does not hold the master key: a restore needs master key %s (%s/master.key or "
+           "TLSPLANE_MASTER_KEY), kept apart from the backup\n",
+           info.key_ids[i], dir);
+  return 0;
+}
+
 static const char *bracketed(const char *host, char *buf, size_t len) {
   snprintf(buf, len, strchr(host, ':') ? "[%s]" : "%s", host);
   return buf;
@@ -192,6 +311,10 @@ int main(int argc, char **argv) {
     return rotate_main(argc - 1, argv + 1);
   if (argc >= 2 && strcmp(argv[1], "call") == 0)
     return call_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "init") == 0)
+    return init_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "backup") == 0)
+    return backup_main(argc - 1, argv + 1);
   struct options o;
   if (parse_options(argc, argv, &o) != 0 || check_listen(&o) != 0) {
     free(o.sans_env);
@@ -224,6 +347,10 @@ int main(int argc, char **argv) {
     goto close_datadir;
   }
   api.ca = datadir_ca(dd);
+  if ((api.usage = usage_new()) == NULL) {
+    log_error("server", "out of memory");
+    goto close_store;
+  }
   if (api_seed_builtins(&api, &err) != 0) {
     log_error("server", "built-in resources: %s", err.msg);
     goto close_store;
@@ -248,6 +375,7 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto close_store;
   }
+  api_writes_limit(&api, rpc_server_threads(srv));
   const char *services[16];
   size_t n_services = api_service_names(services, 16);
   if (api_register_all(&api, srv) != 0 || hub_register(hub, srv) != 0 ||
@@ -291,6 +419,7 @@ free_server:
 close_store:
   hub_free(hub);
   store_close(api.store);
+  usage_free(api.usage);
 close_datadir:
   datadir_close(dd);
   free(o.sans_env);

@@ -77,6 +77,10 @@ struct store_ops {
               struct tp_err *err);
   /* Frees everything; no transaction is open. */
   void (*close)(struct store *s);
+  /* store_backup: path to a new file dest, without opening a store
+   * (another process may have it open). */
+  int (*backup)(const char *path, const char *dest, struct store_backup_info *info,
+                struct tp_err *err);
 
   /* Allocates the backend's txn (struct store_txn first in it) and fills
    * txn->revision. A write txn holds the store's write lock on return. */
@@ -144,6 +148,9 @@ struct store_txn {
    * store_commit rolls everything back. */
   int failed;
   struct tp_err failure;
+  /* A tracked read transaction (store_begin_tracked): what it has read.
+   * NULL otherwise, and once store_reads_take took it. */
+  struct store_reads *reads;
 };
 
 extern const struct store_ops store__sqlite_ops;
