@@ -813,9 +813,11 @@ int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17],
   int fd = dir_lock(dir, 0, err);
   if (fd < 0)
     return -1;
-  int rc = 0;
+  int rc = store_files_tighten(dir, err);
   const char *env = getenv("TLSPLANE_MASTER_KEY");
-  if (!exists(dir, "tlsplane.db")) {
+  if (rc != 0) {
+    /* err says why */
+  } else if (!exists(dir, "tlsplane.db")) {
     rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: no tlsplane.db", dir);
   } else if (env != NULL && env[0] != '\0') {
     /* The key lives outside: the operator brings the new one, and sets

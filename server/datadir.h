@@ -13,14 +13,23 @@
  *   admin-key.pem    0600
  *
  * The first start (no ca.pem yet) makes all of them; ca.pem is written
- * last, so a first start that was interrupted starts over. Later starts
- * reissue the server certificate when it is missing, expires within 30
- * days, or its SANs changed. Every file is written whole (a temporary file,
- * fsync, rename, fsync of the directory). Secret files must not be
- * readable by group or others: the server refuses to start otherwise.
+ * last, so a first start that was interrupted starts over, and a directory
+ * with ca.pem is initialised: its store holds the admin's credentials and
+ * everything made since, so a start that finds tlsplane.db missing, empty
+ * or without a revision is refused (restore a backup, or init --force,
+ * which moves the store aside and makes new admin credentials). Later
+ * starts reissue the server certificate when it is missing, expires within
+ * 30 days, or its SANs changed. Every file is written whole (a temporary
+ * file, fsync, rename, fsync of the directory).
  *
- * One process at a time: the directory is locked (flock) by the server and
- * by rotate-master-key.
+ * Modes: the directory is narrowed to 0700 and the store's files
+ * (tlsplane.db, -wal, -shm) to 0600 whenever they are opened, each change
+ * logged (their secrets are sealed: narrowing closes the hole). Secret
+ * files in the clear must not be readable by group or others: the server
+ * refuses to start otherwise (their content may have been read).
+ *
+ * One process at a time: the directory is locked (flock) by the server, by
+ * rotate-master-key and by init. backup only reads, beside a server.
  *
  * Master-key rotation is crash-safe: the new key is first written to
  * master.key.new; every secret is re-sealed under it in one transaction;
