@@ -744,7 +744,12 @@ static int starts_with(const char *s, const char *prefix) {
 }
 
 void api_writes_limit(struct api *api, int threads) {
-  api->writes_max = threads / 2 > 0 ? threads / 2 : 1;
+  /* A write holds a store connection while it is validated: half the
+   * store's connections stay for reads too. */
+  int n = threads / 2, c = store_connections(api->store) / 2;
+  if (n > c)
+    n = c;
+  api->writes_max = n > 0 ? n : 1;
 }
 
 /* Runs a write method unless writes_max of them are in progress already.

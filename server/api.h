@@ -58,7 +58,8 @@ struct api {
 };
 
 /* Sets api->writes_max for a server whose unary calls are served by
- * `threads` pool threads: half of them (at least one). */
+ * `threads` pool threads: half of them, and at most half the store's
+ * connections (at least one). */
 void api_writes_limit(struct api *api, int threads);
 
 /* References a resource makes to others, collected by a kind's refs hook

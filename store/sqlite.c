@@ -31,7 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define POOL_MAX 8            /* connections; a thread holds at most one */
+#define POOL_MAX 16           /* connections; a thread holds at most one */
 #define BUSY_TIMEOUT_MS 10000 /* waiting for another process's lock */
 #define AUDIT_SINCE_VERSION 2 /* the first schema version with the audit table */
 
@@ -715,6 +715,7 @@ static int sqlite_open(const char *path, int version, const struct store_keyring
   atomic_store(&s->base.revision, rev);
   s->idle[s->n_idle++] = c;
   s->n_open = 1;
+  s->base.connections = POOL_MAX;
   *out = &s->base;
   return 0;
 

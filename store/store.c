@@ -338,6 +338,10 @@ int64_t store_revision(struct store *s) {
   return atomic_load(&s->revision);
 }
 
+int store_connections(struct store *s) {
+  return s->connections;
+}
+
 int store_begin(struct store *s, int write, struct store_txn **out, struct tp_err *err) {
   *out = NULL;
   if (s == NULL || s->magic != STORE_MAGIC) {

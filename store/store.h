@@ -122,6 +122,10 @@ int store_schema_latest(void);
 /* The last committed revision (0 for a new database). */
 int64_t store_revision(struct store *s);
 
+/* How many transactions may be open at once (the backend's connections);
+ * a store_begin beyond them waits for one to end. */
+int store_connections(struct store *s);
+
 /* Begins a transaction. A write transaction holds the write lock from begin
  * to commit/rollback (writers run one at a time), so its reads are
  * consistent with what it writes. Caller ends it with store_commit or

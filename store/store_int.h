@@ -126,6 +126,7 @@ struct store {
   uint32_t magic; /* STORE_MAGIC */
   const struct store_ops *ops;
   int schema_version;       /* after migration; fixed while open */
+  int connections;          /* transactions open at once at most; set by open */
   _Atomic int64_t revision; /* last committed; written by the commit that made it */
   /* Called after every commit that made a revision; set before use. */
   void (*commit_hook)(int64_t revision, void *data);

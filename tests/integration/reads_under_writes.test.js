@@ -29,10 +29,6 @@ const THREADS = 4; // --threads: writes_max is half of them
 const LOCKED_DEADLINE_MS = 5000;
 
 const ctx = useServer({ before, after, beforeEach, afterEach }, { start: { extraArgs: ['--threads', String(THREADS)] } });
-let p;
-before(() => {
-  p = pki();
-});
 
 // Holds SQLite's write lock on the server's database from a sqlite3 shell
 // (BEGIN IMMEDIATE) until release().
@@ -95,6 +91,7 @@ test('an authenticated read answers while another process holds the write lock',
 });
 
 test('a write is validated before it waits for the write lock', async () => {
+  const p = pki();
   const certs = ctx.api.CertificateService;
   const rsa = await certs.CreateCertificate({ certificateId: uid('rsa'), certificate: { certificateChainPem: p.rsa.cert, privateKeyPem: p.rsa.key } });
   const ec = await certs.CreateCertificate({ certificateId: uid('ec'), certificate: { certificateChainPem: p.ecdsa.cert, privateKeyPem: p.ecdsa.key } });
