@@ -165,25 +165,43 @@ static int check_listen(const struct options *o) {
   return 0;
 }
 
-/* tlsplane-server rotate-master-key [--data-dir DIR] */
-static int rotate_main(int argc, char **argv) {
-  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
+/* The options of the data-directory tools (rotate-master-key, init,
+ * backup): --data-dir (*dir), --force when force is not NULL, and exactly
+ * n_args operands after them (from argv[optind]). Returns 0 to go on, or
+ * 1 with *status the exit status (0 after --help, 2 on bad usage). */
+static int tool_options(int argc, char **argv, const char **dir, int *force, int n_args,
+                        int *status) {
+  *dir = env_or("TLSPLANE_DATA_DIR", "./var");
   static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"force", no_argument, NULL, 'f'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (c == 'd') {
-      dir = optarg;
+      *dir = optarg;
+    } else if (c == 'f' && force != NULL) {
+      *force = 1;
     } else {
       usage(c == 'h' ? stdout : stderr);
-      return c == 'h' ? 0 : 2;
+      *status = c == 'h' ? 0 : 2;
+      return 1;
     }
   }
-  if (optind != argc) {
+  if (argc - optind != n_args) {
     usage(stderr);
-    return 2;
+    *status = 2;
+    return 1;
   }
+  return 0;
+}
+
+/* tlsplane-server rotate-master-key [--data-dir DIR] */
+static int rotate_main(int argc, char **argv) {
+  const char *dir;
+  int status;
+  if (tool_options(argc, argv, &dir, NULL, 0, &status) != 0)
+    return status;
   char old_id[17], new_id[17];
   size_t n = 0;
   struct tp_err err = {0};
@@ -199,27 +217,10 @@ static int rotate_main(int argc, char **argv) {
 
 /* tlsplane-server init [--data-dir DIR] [--force] */
 static int init_main(int argc, char **argv) {
-  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
-  int force = 0;
-  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
-                                           {"force", no_argument, NULL, 'f'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  int c;
-  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-    if (c == 'd') {
-      dir = optarg;
-    } else if (c == 'f') {
-      force = 1;
-    } else {
-      usage(c == 'h' ? stdout : stderr);
-      return c == 'h' ? 0 : 2;
-    }
-  }
-  if (optind != argc) {
-    usage(stderr);
-    return 2;
-  }
+  const char *dir;
+  int force = 0, status;
+  if (tool_options(argc, argv, &dir, &force, 0, &status) != 0)
+    return status;
   struct tp_err err = {0};
   struct datadir_opts dopts = {.dir = dir, .init = 1};
   struct datadir *dd = NULL;
@@ -269,23 +270,10 @@ static int init_main(int argc, char **argv) {
 
 /* tlsplane-server backup [--data-dir DIR] DEST */
 static int backup_main(int argc, char **argv) {
-  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
-  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  int c;
-  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-    if (c == 'd') {
-      dir = optarg;
-    } else {
-      usage(c == 'h' ? stdout : stderr);
-      return c == 'h' ? 0 : 2;
-    }
-  }
-  if (optind + 1 != argc) {
-    usage(stderr);
-    return 2;
-  }
+  const char *dir;
+  int status;
+  if (tool_options(argc, argv, &dir, NULL, 1, &status) != 0)
+    return status;
   const char *dest = argv[optind];
   struct tp_err err = {0};
   struct store_backup_info info;
@@ -294,10 +282,13 @@ static int backup_main(int argc, char **argv) {
     return 1;
   }
   printf("backup of %s at revision %lld written to %s\n", dir, (long long)info.revision, dest);
+  char ids[4 * sizeof(info.key_ids)] = "";
   for (size_t i = 0; i < info.n_key_ids; i++)
-    printf("it does not hold the master key: a restore needs master key %s (%s/master.key or "
-           "TLSPLANE_MASTER_KEY), kept apart from the backup\n",
-           info.key_ids[i], dir);
+    snprintf(ids + strlen(ids), sizeof(ids) - strlen(ids), "%s%s", i ? " or " : "",
+             info.key_ids[i]);
+  printf("it does not hold the master key: a restore needs master key %s (%s/master.key or "
+         "TLSPLANE_MASTER_KEY), kept apart from the backup\n",
+         ids[0] ? ids : "(none sealed anything yet)", dir);
   return 0;
 }
 
