@@ -107,6 +107,31 @@ static int store_files_tighten(const char *dir, struct tp_err *err) {
   return 0;
 }
 
+/* A file that holds a secret in the clear must be its owner's alone:
+ * refused, not narrowed, since its content may have been read. */
+static int secret_mode_check(const char *path, const struct stat *st, struct tp_err *err) {
+  if ((st->st_mode & 077) == 0)
+    return 0;
+  return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "%s: mode %03o; it holds a secret and must be readable by its owner only "
+                    "(chmod 600 %s)",
+                    path, (unsigned)(st->st_mode & 0777), path);
+}
+
+/* The secret files the server writes but does not read at start (the
+ * admin's credentials) are held to the same rule as those it reads. */
+static int admin_files_check(const char *dir, struct tp_err *err) {
+  static const char *const names[] = {"admin.token", "admin-key.pem"};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    char path[PATH_MAX];
+    struct stat st;
+    path_of(path, sizeof(path), dir, names[i]);
+    if (stat(path, &st) == 0 && secret_mode_check(path, &st, err) != 0)
+      return -1;
+  }
+  return 0;
+}
+
 /* Reads dir/name whole (NUL-terminated, malloc'd; the caller wipes secrets
  * and frees). secret: refused unless only its owner may read it. */
 static int file_read(const char *dir, const char *name, int secret, char **out,
@@ -123,12 +148,9 @@ static int file_read(const char *dir, const char *name, int secret, char **out,
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                       "%s: not a regular file of at most %d bytes", path, FILE_MAX);
   }
-  if (secret && (st.st_mode & 077) != 0) {
+  if (secret && secret_mode_check(path, &st, err) != 0) {
     close(fd);
-    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
-                      "%s: mode %03o; it holds a secret and must be readable by its owner only "
-                      "(chmod 600 %s)",
-                      path, (unsigned)(st.st_mode & 0777), path);
+    return -1;
   }
   char *buf = malloc((size_t)st.st_size + 1);
   if (buf == NULL) {
@@ -394,6 +416,8 @@ int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct t
   }
   int rc = dd->fd = dir_lock(dd->dir, 1, err);
   if (rc >= 0)
+    rc = admin_files_check(dd->dir, err);
+  if (rc == 0)
     rc = master_key_load(dd, err);
   if (rc == 0)
     rc = ca_load_or_make(dd, err);
@@ -665,7 +689,7 @@ static const struct {
   int secret;
 } backup_files[] = {
     {"ca.pem", 0644, 0},    {"ca-key.pem", 0600, 1},    {"admin.token", 0600, 1},
-    {"admin.pem", 0600, 1}, {"admin-key.pem", 0600, 1},
+    {"admin.pem", 0600, 0}, {"admin-key.pem", 0600, 1},
 };
 
 /* SHA-256 of dir/name as lowercase hex (65 bytes). */

@@ -9,7 +9,8 @@
 //     on; the directory wiped; restored from the backup and the master key
 //     kept apart: the resources, their keys and the admin token work;
 //   * modes: a 0777 directory and a 0666 database, WAL and SHM are
-//     narrowed to 0700 / 0600 at start, and the log says so.
+//     narrowed to 0700 / 0600 at start, and the log says so; a secret in
+//     the clear readable by others (admin.token) is refused.
 
 const { test, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -267,4 +268,12 @@ test('a 0777 data directory and 0666 database, WAL and SHM are narrowed at start
   }
   assert.equal((await e2.conn.api.CipherPolicyService.GetCipherPolicy({ name: 'cipherPolicies/modes' })).name, 'cipherPolicies/modes');
   await stop(e2);
+
+  // A secret in the clear that others may read is refused, not narrowed:
+  // it may have been read already.
+  fs.chmodSync(file(dir, 'admin.token'), 0o644);
+  assert.match(refusedStart(dir), /admin\.token: mode 644; it holds a secret and must be readable by its owner only/);
+  assert.equal(mode(file(dir, 'admin.token')), 0o644);
+  fs.chmodSync(file(dir, 'admin.token'), 0o600);
+  await stop(await started(dir));
 });
