@@ -25,7 +25,8 @@
 // reader's clock measures the server and not the writers' callbacks. The
 // reader first measures without writers (the baseline), then starts the
 // writers, waits until they have had 2 x W answers, and measures again:
-// --reads sequential calls of each method, interleaved.
+// --reads sequential calls of each method, interleaved. The writes per
+// second are counted over that phase, and over at least 20 s of it.
 //
 // Uses tests/integration's harness and node_modules (cd tests/integration
 // && npm ci), TLSPLANE_SERVER or build/.
@@ -48,6 +49,7 @@ const CONTEXTS = Number(opt('contexts', '20'));
 const THREADS = opt('threads', '');
 const ROUNDS = Number(opt('rounds', '1'));
 const DEADLINE_MS = 60000;
+const WRITE_WINDOW_MS = 20000;
 
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 const delay = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -67,6 +69,7 @@ async function writerMain({ address, options, writers }) {
   };
   let stop = false;
   let answers = 0;
+  let done = 0; // writes answered OK
   process.on('message', (m) => {
     if (m === 'stop') stop = true;
   });
@@ -79,6 +82,7 @@ async function writerMain({ address, options, writers }) {
         note(what, 'OK');
         latencies.push(now() - t0);
         answers++;
+        done++;
         return;
       } catch (e) {
         const code = statusName(e.code);
@@ -119,7 +123,7 @@ async function writerMain({ address, options, writers }) {
       }, { deadlineMs: DEADLINE_MS }));
     }
   };
-  const timer = setInterval(() => process.send({ answers }), 200);
+  const timer = setInterval(() => process.send({ answers, ok: done }), 100);
   const t0 = now();
   await Promise.all(Array.from({ length: writers }, (_, i) => loop(i)));
   clearInterval(timer);
@@ -177,10 +181,12 @@ async function round(r) {
 
     child = fork(__filename, ['--child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let answers = 0;
+    let writesDone = 0;
     let done = null;
     const finished = new Promise((resolve) => {
       child.on('message', (m) => {
         if (m.answers !== undefined) answers = m.answers;
+        if (m.ok !== undefined) writesDone = m.ok;
         if (m.done) {
           done = m;
           resolve();
@@ -191,7 +197,12 @@ async function round(r) {
     child.send({ address: srv.address, options: srv.connectOptions(), writers: WRITERS });
     await ready;
     while (answers < 2 * WRITERS) await delay(20);
+    // The write rate is taken over the read phase, and at least
+    // WRITE_WINDOW_MS of it: a steady state, however fast the reads are.
+    const w0 = { t: now(), n: writesDone };
     const busy = await readPhase(api, READS);
+    while (now() - w0.t < WRITE_WINDOW_MS) await delay(50);
+    const w1 = { t: now(), n: writesDone };
     const load1 = os.loadavg()[0];
     child.send('stop');
     await finished;
@@ -200,6 +211,7 @@ async function round(r) {
       round: r, writers: WRITERS, contexts: CONTEXTS, reads: READS, threads: THREADS || 'default',
       loadavg_before: Number(load0.toFixed(2)), loadavg_during: Number(load1.toFixed(2)),
       idle, busy, writes: done.counts, write_seconds: Number(done.seconds.toFixed(1)), write_latency: done.latency,
+      writes_per_s: Number(((w1.n - w0.n) / ((w1.t - w0.t) / 1000)).toFixed(1)),
     };
     console.log(JSON.stringify(row));
     return row;
@@ -219,19 +231,18 @@ async function main() {
   console.log('| round | Health p50 / p99 / max | Get p50 / p99 / max | idle: Health / Get p99 | writes done per s | a write, retries included: p50 / p99 | UNAVAILABLE per s | other errors | load avg |');
   console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
-    let ok = 0;
     let busy = 0;
     const other = {};
     for (const [k, n] of Object.entries(r.writes)) {
       const code = k.split(' ')[1];
-      if (code === 'OK') ok += n;
-      else if (code === 'UNAVAILABLE') busy += n;
+      if (code === 'UNAVAILABLE') busy += n;
+      else if (code === 'OK') continue;
       else other[k] = n;
     }
     for (const [k, n] of Object.entries(r.busy.errors)) other[`read ${k}`] = n;
     const otherText = Object.entries(other).map(([k, n]) => `${k}: ${n}`).join(', ') || 'none';
     const wl = r.write_latency.p50 === undefined ? '–' : `${f(r.write_latency.p50)} / ${f(r.write_latency.p99)}`;
-    console.log(`| ${r.round} | ${q(r.busy.health)} | ${q(r.busy.get)} | ${f(r.idle.health.p99)} / ${f(r.idle.get.p99)} | ${(ok / r.write_seconds).toFixed(0)} | ${wl} | ${(busy / r.write_seconds).toFixed(0)} | ${otherText} | ${r.loadavg_before} → ${r.loadavg_during} |`);
+    console.log(`| ${r.round} | ${q(r.busy.health)} | ${q(r.busy.get)} | ${f(r.idle.health.p99)} / ${f(r.idle.get.p99)} | ${r.writes_per_s.toFixed(0)} | ${wl} | ${(busy / r.write_seconds).toFixed(0)} | ${otherText} | ${r.loadavg_before} → ${r.loadavg_during} |`);
   }
 }
 
