@@ -9,6 +9,7 @@
 
 #include <openssl/evp.h>
 #include <protobuf-c/protobuf-c.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "error.h"
@@ -19,6 +20,7 @@
 struct api;
 struct ca;
 struct hub;
+struct usage;
 
 /* What a registered method's handler receives as its data. */
 struct api_binding {
@@ -27,14 +29,38 @@ struct api_binding {
   const ProtobufCMessageDescriptor *list_output; /* List methods: the response type */
 };
 
+/* A write method's handler, called behind the writes limit. */
+struct api_write_call {
+  struct api *api;
+  rpc_unary_fn fn;
+  void *data;
+};
+
 /* The API's process context, shared by every handler. */
 struct api {
   struct store *store;
   struct hub *hub; /* the agents' push hub; NULL in tools and tests without one */
   struct ca *ca;   /* the control-plane CA (client certificates); NULL: none issued */
+  /* Last use of credentials, noted by auth.c, written by the job thread
+   * (usage.h); NULL: uses are not recorded (tools, tests). */
+  struct usage *usage;
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
+  /* Write methods (all but Get* and List*) in progress, and how many may
+   * be at once (api_writes_limit; 0: no limit). A write beyond it is
+   * answered UNAVAILABLE at once: writes wait for the store's write lock,
+   * and a thread that waits serves nobody, so the limit keeps part of the
+   * RPC threads for reads however many clients write. */
+  _Atomic int writes;
+  int writes_max;
+  struct api_write_call write_calls[96]; /* one per registered write method */
+  size_t n_write_calls;
 };
+
+/* Sets api->writes_max for a server whose unary calls are served by
+ * `threads` pool threads: half of them, and at most half the store's
+ * connections (at least one). */
+void api_writes_limit(struct api *api, int threads);
 
 /* References a resource makes to others, collected by a kind's refs hook
  * and checked by the store. Owns its strings. */
@@ -53,7 +79,11 @@ void api_refs_clear(struct api_refs *refs);
 struct api_op {
   struct api *api;
   const struct api_kind *kind;
-  struct store_txn *txn; /* the write transaction */
+  /* What validation reads through. For the generic Create and Update, a
+   * tracked read transaction (the write comes after, in a transaction of
+   * its own that first checks these reads still hold): hooks must not
+   * write in it. For api_write, the caller's write transaction. */
+  struct store_txn *txn;
   const struct rpc_call_info *call;
   const ProtobufCMessage *old;     /* previous version (update) or NULL (create) */
   const struct store_row *old_row; /* its row, secret included, or NULL */
@@ -81,8 +111,9 @@ struct api_kind {
   int64_t (*expire_time_us)(const ProtobufCMessage *res);
   /* Whether res may be changed or deleted (built-ins may not). May be NULL. */
   int (*check_mutable)(const ProtobufCMessage *res, struct tp_err *err);
-  /* Validates the resources that reference res after res changed (inside
-   * the same transaction). May be NULL. */
+  /* Validates the resources that reference res with res (the new version,
+   * not yet written) in place of the stored one, reading through op->txn.
+   * May be NULL. */
   int (*check_referrers)(struct api_op *op, const ProtobufCMessage *res, struct tp_err *err);
   /* Adds live state to a resource read from the store (Get and List). May
    * be NULL. */
@@ -147,8 +178,12 @@ int api_read(struct store_txn *txn, const struct api_kind *kind, const char *nam
              ProtobufCMessage **msg, struct store_row *row, struct tp_err *err);
 
 /* Writes res (an update of an existing resource when old_row != NULL, else
- * a create) inside op->txn: runs prepare, refs, referrer checks, and the
- * store write with op->secret. On success res carries its new metadata. */
+ * a create) inside op->txn, a write transaction: runs prepare, refs,
+ * referrer checks, and the store write with op->secret (wiped and freed
+ * here). On success res carries its new metadata. The API's own Create
+ * and Update validate outside the write transaction instead (api.c,
+ * write_checked); this is for writes that are part of a larger
+ * transaction and do little OpenSSL work (credentials, ticket keys). */
 int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag, const char *action,
               struct tp_err *err);
 
@@ -157,10 +192,15 @@ int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag,
 int api_ticket_keys_rotate(struct api *api, const struct rpc_call_info *call, const char *name,
                            const char *etag, ProtobufCMessage **resp, struct tp_err *err);
 
-/* Sets the message's last_used_time from the store's record of the
- * credential's last use (a decorate hook's work for tokens and client
- * certificates). */
+/* Sets the message's last_used_time: the later of the store's record of
+ * the credential's last use and a use noted since (api->usage). A
+ * decorate hook's work for tokens and client certificates. */
 void api_last_used_decorate(struct api *api, const struct api_kind *kind, ProtobufCMessage *res);
+
+/* Notes that the credential (kind, name) authenticated a call at time_us:
+ * in memory (api->usage), never waiting for the store. */
+void api_usage_note(struct api *api, const struct api_kind *kind, const char *name,
+                    int64_t time_us);
 
 /* Creates tokens/<id> inside txn from token (the caller's; role, expiry
  * and the rest checked here) and its secret: *secret (malloc'd; the caller

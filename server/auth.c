@@ -23,8 +23,6 @@
 
 #define TOKEN_RANDOM_LEN 32
 #define TOKEN_ID_MAX 63
-/* Last use is recorded at most this often per credential (a write). */
-#define USAGE_RESOLUTION_US (60LL * 1000000)
 
 #define R(role) (1u << AUTH_ROLE_##role)
 #define OPEN 0xffffffffu
@@ -221,35 +219,13 @@ static int token_id(const char *token, char *id, size_t len) {
   return 0;
 }
 
-/* Records the credential's use, at most once per USAGE_RESOLUTION_US
- * (last: the use recorded so far). Failing to record it fails nothing. */
-static void usage_note(struct api *api, const struct api_kind *kind, const char *name, int64_t last,
-                       int64_t now) {
-  if (now - last < USAGE_RESOLUTION_US)
-    return;
-  struct tp_err err = {0};
-  struct store_txn *txn;
-  int rc = store_begin(api->store, 1, &txn, &err);
-  if (rc == 0)
-    rc = store_usage_set(txn, kind->kind, name, now, &err);
-  if (rc == 0)
-    rc = store_commit(txn, NULL, &err);
-  else
-    store_rollback(txn);
-  if (rc != 0)
-    log_warn("auth", "recording the use of %s: %s", name, err.msg);
-}
-
-/* Reads (kind, name) with its secret and its last use in one read. */
+/* Reads (kind, name) with its secret. */
 static int credential_read(struct api *api, const struct api_kind *kind, const char *name,
-                           ProtobufCMessage **msg, struct store_row *row, int64_t *last_used,
-                           struct tp_err *err) {
+                           ProtobufCMessage **msg, struct store_row *row, struct tp_err *err) {
   struct store_txn *txn;
   if (store_begin(api->store, 0, &txn, err) != 0)
     return -1;
   int rc = api_read(txn, kind, name, 1, msg, row, err);
-  if (rc == 0)
-    rc = store_usage_get(txn, kind->kind, name, last_used, err);
   store_rollback(txn);
   return rc;
 }
@@ -282,9 +258,8 @@ static int auth_token(struct api *api, const char *header, struct rpc_identity *
 
   ProtobufCMessage *msg = NULL;
   struct store_row row = {0};
-  int64_t last_used = 0;
   struct tp_err rerr = {0};
-  int rc = credential_read(api, &api_kind_token, name, &msg, &row, &last_used, &rerr);
+  int rc = credential_read(api, &api_kind_token, name, &msg, &row, &rerr);
   int match = rc == 0 && row.secret != NULL && row.secret_len == AUTH_TOKEN_HASH_LEN &&
               CRYPTO_memcmp(row.secret, hash, AUTH_TOKEN_HASH_LEN) == 0;
   if (row.secret != NULL)
@@ -318,7 +293,7 @@ static int auth_token(struct api *api, const char *header, struct rpc_identity *
   if (msg != NULL)
     protobuf_c_message_free_unpacked(msg, NULL);
   if (rc == 0)
-    usage_note(api, &api_kind_token, name, last_used, now);
+    api_usage_note(api, &api_kind_token, name, now);
   return rc;
 }
 
@@ -346,9 +321,8 @@ static int auth_cert(struct api *api, const char *pem, struct rpc_identity *id,
 
   ProtobufCMessage *msg = NULL;
   struct store_row row = {0};
-  int64_t last_used = 0;
   struct tp_err rerr = {0};
-  rc = credential_read(api, &api_kind_client_certificate, name, &msg, &row, &last_used, &rerr);
+  rc = credential_read(api, &api_kind_client_certificate, name, &msg, &row, &rerr);
   store_row_clear(&row);
   const Tlsplane__V1__ClientCertificate *c = (const Tlsplane__V1__ClientCertificate *)msg;
   if (rc != 0 && rerr.status == GRPC_STATUS_DATA_LOSS) {
@@ -375,7 +349,7 @@ static int auth_cert(struct api *api, const char *pem, struct rpc_identity *id,
   if (msg != NULL)
     protobuf_c_message_free_unpacked(msg, NULL);
   if (rc == 0)
-    usage_note(api, &api_kind_client_certificate, name, last_used, pb_now_us());
+    api_usage_note(api, &api_kind_client_certificate, name, pb_now_us());
   return rc;
 }
 

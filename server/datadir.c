@@ -2,8 +2,10 @@
  * certificate and the admin credentials (datadir.h says what and why). */
 #include "datadir.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -40,7 +42,8 @@ struct datadir {
   int pending;      /* master.key.new: a rotation to finish */
   uint8_t pending_key[STORE_MASTER_KEY_LEN];
   struct ca *ca;
-  int fresh; /* the CA was made now: the first start */
+  int fresh;   /* the CA was made now: the first start */
+  int discard; /* init --force: the store was moved aside; make the admin's credentials anew */
   char *server_cert_pem;
   char *server_key_pem;
   int server_made; /* server.pem / server-key.pem to write */
@@ -62,6 +65,73 @@ static int exists(const char *dir, const char *name) {
   return access(path, F_OK) == 0;
 }
 
+/* The store's files: the database and what SQLite keeps beside it. */
+static const char *const store_files[] = {"tlsplane.db", "tlsplane.db-wal", "tlsplane.db-shm",
+                                          "tlsplane.db-journal"};
+#define N_STORE_FILES (sizeof(store_files) / sizeof(store_files[0]))
+
+/* Narrows the mode of the open file or directory fd (path, for the log)
+ * to `mode` when group or others have any access, and says so. */
+static int mode_tighten(int fd, const char *path, mode_t mode, struct tp_err *err) {
+  struct stat st;
+  if (fstat(fd, &st) != 0)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: %s", path, strerror(errno));
+  if ((st.st_mode & 077) == 0)
+    return 0;
+  if (fchmod(fd, mode) != 0)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "%s: mode %03o lets group or others in, and it cannot be changed to %03o: %s",
+                      path, (unsigned)(st.st_mode & 0777), (unsigned)mode, strerror(errno));
+  log_warn("datadir", "%s had mode 0%03o (group or others had access): changed to 0%03o", path,
+           (unsigned)(st.st_mode & 0777), (unsigned)mode);
+  return 0;
+}
+
+/* Every store file of dir that exists gets mode 0600 (SQLite gives the
+ * files it creates the database's mode). */
+static int store_files_tighten(const char *dir, struct tp_err *err) {
+  for (size_t i = 0; i < N_STORE_FILES; i++) {
+    char path[PATH_MAX];
+    path_of(path, sizeof(path), dir, store_files[i]);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno == ENOENT)
+        continue;
+      return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: %s", path, strerror(errno));
+    }
+    int rc = mode_tighten(fd, path, 0600, err);
+    close(fd);
+    if (rc != 0)
+      return -1;
+  }
+  return 0;
+}
+
+/* A file that holds a secret in the clear must be its owner's alone:
+ * refused, not narrowed, since its content may have been read. */
+static int secret_mode_check(const char *path, const struct stat *st, struct tp_err *err) {
+  if ((st->st_mode & 077) == 0)
+    return 0;
+  return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "%s: mode %03o; it holds a secret and must be readable by its owner only "
+                    "(chmod 600 %s)",
+                    path, (unsigned)(st->st_mode & 0777), path);
+}
+
+/* The secret files the server writes but does not read at start (the
+ * admin's credentials) are held to the same rule as those it reads. */
+static int admin_files_check(const char *dir, struct tp_err *err) {
+  static const char *const names[] = {"admin.token", "admin-key.pem"};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    char path[PATH_MAX];
+    struct stat st;
+    path_of(path, sizeof(path), dir, names[i]);
+    if (stat(path, &st) == 0 && secret_mode_check(path, &st, err) != 0)
+      return -1;
+  }
+  return 0;
+}
+
 /* Reads dir/name whole (NUL-terminated, malloc'd; the caller wipes secrets
  * and frees). secret: refused unless only its owner may read it. */
 static int file_read(const char *dir, const char *name, int secret, char **out,
@@ -78,12 +148,9 @@ static int file_read(const char *dir, const char *name, int secret, char **out,
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                       "%s: not a regular file of at most %d bytes", path, FILE_MAX);
   }
-  if (secret && (st.st_mode & 077) != 0) {
+  if (secret && secret_mode_check(path, &st, err) != 0) {
     close(fd);
-    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
-                      "%s: mode %03o; it holds a secret and must be readable by its owner only "
-                      "(chmod 600 %s)",
-                      path, (unsigned)(st.st_mode & 0777), path);
+    return -1;
   }
   char *buf = malloc((size_t)st.st_size + 1);
   if (buf == NULL) {
@@ -219,9 +286,14 @@ static int dir_lock(const char *dir, int create, struct tp_err *err) {
     if (e == EWOULDBLOCK)
       return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                         "data directory %s is in use by another tlsplane-server (or "
-                        "rotate-master-key)",
+                        "rotate-master-key, or init)",
                         dir);
     return tp_err_set(err, GRPC_STATUS_INTERNAL, "data directory %s: lock: %s", dir, strerror(e));
+  }
+  /* Whoever may enter the directory may replace or remove what is in it. */
+  if (mode_tighten(fd, dir, 0700, err) != 0) {
+    close(fd);
+    return -1;
   }
   return fd;
 }
@@ -344,10 +416,12 @@ int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct t
   }
   int rc = dd->fd = dir_lock(dd->dir, 1, err);
   if (rc >= 0)
+    rc = admin_files_check(dd->dir, err);
+  if (rc == 0)
     rc = master_key_load(dd, err);
   if (rc == 0)
     rc = ca_load_or_make(dd, err);
-  if (rc == 0)
+  if (rc == 0 && !opts->init)
     rc = server_cert_load_or_make(dd, err);
   if (rc != 0) {
     datadir_close(dd);
@@ -375,10 +449,44 @@ static int rotation_finish(int dirfd, const char *dir, struct store *s,
   return 0;
 }
 
+/* The refusal of an initialised directory whose store is gone: what
+ * happened to it, and the two ways back. */
+static int store_lost(const struct datadir *dd, const char *what, struct tp_err *err) {
+  return tp_err_set(
+      err, GRPC_STATUS_FAILED_PRECONDITION,
+      "data directory %s was initialised (ca.pem is there) but its database "
+      "tlsplane.db %s: every resource, token and agent certificate record is gone. "
+      "Restore tlsplane.db from a backup (tlsplane-server backup; docs/operations.md), "
+      "or start over with: tlsplane-server init --force --data-dir %s (keeps the CA "
+      "and the master key, discards the store, makes new admin credentials)",
+      dd->dir, what, dd->dir);
+}
+
+int datadir_initialised(const struct datadir *dd) {
+  return !dd->fresh;
+}
+
 int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *err) {
   char db[PATH_MAX], key_path[PATH_MAX];
   path_of(db, sizeof(db), dd->dir, "tlsplane.db");
   path_of(key_path, sizeof(key_path), dd->dir, "master.key");
+  *out = NULL;
+  /* ca.pem is the last file the first start writes: from then on the
+   * store holds the admin's credentials and everything else, and a
+   * database that is not there was lost, not yet to be made. Refused
+   * before anything is created or written. */
+  int initialised = !dd->fresh && !dd->discard;
+  struct stat st;
+  if (stat(db, &st) != 0) {
+    if (errno != ENOENT)
+      return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: %s", db, strerror(errno));
+    if (initialised)
+      return store_lost(dd, "is missing", err);
+  } else if (initialised && st.st_size == 0) {
+    return store_lost(dd, "is empty (0 bytes)", err);
+  }
+  if (store_files_tighten(dd->dir, err) != 0)
+    return -1;
   /* A new key is on disk before anything is sealed under it: opening a
    * database of an older schema seals its secrets at once (migration 3). */
   if (dd->key_made && key_write(dd->fd, dd->dir, "master.key", dd->master_key, err) != 0)
@@ -401,6 +509,13 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
   if (rc != 0)
     return -1;
   dd->key_made = 0;
+  if (initialised && store_revision(*out) == 0) {
+    /* A database file without a single commit (say, replaced by an
+     * empty SQLite file): lost as surely. */
+    store_close(*out);
+    *out = NULL;
+    return store_lost(dd, "holds no data (revision 0)", err);
+  }
   if (dd->pending) {
     char id[2 * STORE_KEY_ID_LEN + 1];
     store_master_key_id_hex(dd->pending_key, id);
@@ -417,6 +532,40 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
     dd->pending = 0;
     log_info("datadir", "master-key rotation finished: %zu secrets sealed under key %s", n, id);
   }
+  return 0;
+}
+
+int datadir_store_discard(struct datadir *dd, char *moved, size_t len, struct tp_err *err) {
+  moved[0] = '\0';
+  char stamp[32], base[96];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+  snprintf(base, sizeof(base), "tlsplane.db.discarded-%s", stamp);
+  int any = 0;
+  for (size_t i = 0; i < N_STORE_FILES; i++) {
+    char from[PATH_MAX], to[PATH_MAX], name[128];
+    path_of(from, sizeof(from), dd->dir, store_files[i]);
+    struct stat st;
+    if (lstat(from, &st) != 0)
+      continue;
+    if (S_ISREG(st.st_mode) && st.st_size == 0) {
+      unlink(from); /* nothing in it to keep */
+      continue;
+    }
+    /* tlsplane.db-wal -> <base>-wal: the set stays openable together. */
+    snprintf(name, sizeof(name), "%s%s", base, store_files[i] + strlen("tlsplane.db"));
+    path_of(to, sizeof(to), dd->dir, name);
+    if (rename(from, to) != 0)
+      return tp_err_set(err, GRPC_STATUS_INTERNAL, "moving %s aside: %s", from, strerror(errno));
+    any = 1;
+  }
+  if (fsync(dd->fd) != 0)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: fsync: %s", dd->dir, strerror(errno));
+  if (any)
+    snprintf(moved, len, "%s", base);
+  dd->discard = 1;
   return 0;
 }
 
@@ -464,7 +613,7 @@ static int admin_make(struct api *api, char **token, char **cert_pem, char **key
 int datadir_init(struct datadir *dd, struct api *api, struct tp_err *err) {
   char *token = NULL, *admin_cert = NULL, *admin_key = NULL, *ca_key = NULL, *token_line = NULL;
   int rc = 0;
-  if (dd->fresh) {
+  if (dd->fresh || dd->discard) {
     rc = admin_make(api, &token, &admin_cert, &admin_key, err);
     if (rc == 0 && (token_line = malloc(strlen(token) + 2)) == NULL)
       rc = oom(err);
@@ -494,9 +643,9 @@ int datadir_init(struct datadir *dd, struct api *api, struct tp_err *err) {
       rc = file_write(dd->fd, dd->dir, "ca.pem", ca_cert_pem(dd->ca), 0644, err);
     if (rc == 0)
       log_info("datadir",
-               "first start: made the control-plane CA, the server certificate and the admin "
-               "credentials (admin.token, admin.pem) in %s",
-               dd->dir);
+               "first start: made the control-plane CA, %sthe admin credentials (admin.token, "
+               "admin.pem) in %s",
+               dd->server_cert_pem != NULL ? "the server certificate and " : "", dd->dir);
   }
   secret_free(token);
   secret_free(token_line);
@@ -532,6 +681,153 @@ void datadir_close(struct datadir *dd) {
   free(dd);
 }
 
+/* The data directory's files a restore needs besides the database, each
+ * with its mode in the backup. Not master.key: see datadir_backup. */
+static const struct {
+  const char *name;
+  mode_t mode;
+  int secret;
+} backup_files[] = {
+    {"ca.pem", 0644, 0},    {"ca-key.pem", 0600, 1},    {"admin.token", 0600, 1},
+    {"admin.pem", 0600, 0}, {"admin-key.pem", 0600, 1},
+};
+
+/* SHA-256 of dir/name as lowercase hex (65 bytes). */
+static int file_sha256(const char *dir, const char *name, char hex[65], struct tp_err *err) {
+  char path[PATH_MAX];
+  path_of(path, sizeof(path), dir, name);
+  FILE *fp = fopen(path, "rb");
+  if (fp == NULL)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: %s", path, strerror(errno));
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+  unsigned char buf[65536], digest[EVP_MAX_MD_SIZE];
+  size_t n;
+  while (ok && (n = fread(buf, 1, sizeof(buf), fp)) > 0)
+    ok = EVP_DigestUpdate(md, buf, n) == 1;
+  unsigned int dlen = 0;
+  ok = ok && !ferror(fp) && EVP_DigestFinal_ex(md, digest, &dlen) == 1 && dlen == 32;
+  EVP_MD_CTX_free(md);
+  fclose(fp);
+  OPENSSL_cleanse(buf, sizeof(buf));
+  if (!ok)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: cannot hash it", path);
+  for (unsigned i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  return 0;
+}
+
+/* Writes dest/backup.json (what the backup holds and what a restore
+ * needs) and dest/SHA256SUMS (sha256sum -c checks the files). */
+static int backup_manifest(int fd, const char *dest, const char *dir,
+                           const struct store_backup_info *info, const char *const *files,
+                           size_t n_files, struct tp_err *err) {
+  char sums[4096] = "", created[32];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  json_t *ids = json_array(), *names = json_array();
+  for (size_t i = 0; i < info->n_key_ids; i++)
+    json_array_append_new(ids, json_string(info->key_ids[i]));
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < n_files; i++) {
+    char hex[65];
+    rc = file_sha256(dest, files[i], hex, err);
+    size_t used = strlen(sums);
+    if (rc == 0)
+      snprintf(sums + used, sizeof(sums) - used, "%s  %s\n", hex, files[i]);
+    json_array_append_new(names, json_string(files[i]));
+  }
+  json_t *m = json_pack("{s:i, s:s, s:s, s:I, s:i, s:o, s:o, s:s}", "format", 1, "created", created,
+                        "data_dir", dir, "revision", (json_int_t)info->revision, "schema_version",
+                        info->schema_version, "master_key_ids", ids, "files", names, "master_key",
+                        "not included: restore needs the master key with one of master_key_ids");
+  char *text = m ? json_dumps(m, JSON_INDENT(2)) : NULL;
+  json_decref(m);
+  if (rc == 0 && text == NULL)
+    rc = oom(err);
+  if (rc == 0) {
+    size_t len = strlen(text);
+    char *line = malloc(len + 2);
+    if (line == NULL) {
+      rc = oom(err);
+    } else {
+      snprintf(line, len + 2, "%s\n", text);
+      rc = file_write(fd, dest, "backup.json", line, 0600, err);
+      free(line);
+    }
+  }
+  free(text);
+  if (rc == 0)
+    rc = file_write(fd, dest, "SHA256SUMS", sums, 0600, err);
+  return rc;
+}
+
+int datadir_backup(const char *dir, const char *dest, struct store_backup_info *info,
+                   struct tp_err *err) {
+  memset(info, 0, sizeof(*info));
+  if (!exists(dir, "ca.pem"))
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "%s is not an initialised data directory (no ca.pem)", dir);
+  if (exists(dir, "master.key.new"))
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "%s: a master-key rotation is under way (master.key.new): finish it first",
+                      dir);
+  char db[PATH_MAX], copy[PATH_MAX];
+  path_of(db, sizeof(db), dir, "tlsplane.db");
+  struct stat st;
+  if (stat(db, &st) != 0 || st.st_size == 0)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: no database to back up (%s)", db,
+                      stat(db, &st) != 0 ? strerror(errno) : "0 bytes");
+  /* A new directory (or an empty one), private from the start. */
+  if (mkdir(dest, 0700) != 0 && errno != EEXIST)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: %s", dest, strerror(errno));
+  int fd = open(dest, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: %s", dest, strerror(errno));
+  DIR *d = fdopendir(dup(fd));
+  int empty_dir = d != NULL;
+  for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+      empty_dir = 0;
+  if (d != NULL)
+    closedir(d);
+  int rc = 0;
+  if (!empty_dir)
+    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "%s is not empty: a backup goes into a new directory", dest);
+  if (rc == 0)
+    rc = mode_tighten(fd, dest, 0700, err);
+  path_of(copy, sizeof(copy), dest, "tlsplane.db");
+  if (rc == 0 && store_backup(db, copy, info, err) != 0)
+    rc = -1;
+  const char *files[8];
+  size_t n_files = 0;
+  if (rc == 0)
+    files[n_files++] = "tlsplane.db";
+  for (size_t i = 0; rc == 0 && i < sizeof(backup_files) / sizeof(backup_files[0]); i++) {
+    if (!exists(dir, backup_files[i].name))
+      continue;
+    char *text = NULL;
+    rc = file_read(dir, backup_files[i].name, backup_files[i].secret, &text, err);
+    if (rc == 0)
+      rc = file_write(fd, dest, backup_files[i].name, text, backup_files[i].mode, err);
+    if (backup_files[i].secret)
+      secret_free(text);
+    else
+      free(text);
+    if (rc == 0)
+      files[n_files++] = backup_files[i].name;
+  }
+  if (rc == 0)
+    rc = backup_manifest(fd, dest, dir, info, files, n_files, err);
+  if (rc == 0 && fsync(fd) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: fsync: %s", dest, strerror(errno));
+  close(fd);
+  return rc == 0 ? 0 : -1;
+}
+
 int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17], size_t *n,
                               struct tp_err *err) {
   uint8_t keys[2][STORE_MASTER_KEY_LEN];
@@ -541,9 +837,11 @@ int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17],
   int fd = dir_lock(dir, 0, err);
   if (fd < 0)
     return -1;
-  int rc = 0;
+  int rc = store_files_tighten(dir, err);
   const char *env = getenv("TLSPLANE_MASTER_KEY");
-  if (!exists(dir, "tlsplane.db")) {
+  if (rc != 0) {
+    /* err says why */
+  } else if (!exists(dir, "tlsplane.db")) {
     rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: no tlsplane.db", dir);
   } else if (env != NULL && env[0] != '\0') {
     /* The key lives outside: the operator brings the new one, and sets

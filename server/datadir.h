@@ -13,14 +13,23 @@
  *   admin-key.pem    0600
  *
  * The first start (no ca.pem yet) makes all of them; ca.pem is written
- * last, so a first start that was interrupted starts over. Later starts
- * reissue the server certificate when it is missing, expires within 30
- * days, or its SANs changed. Every file is written whole (a temporary file,
- * fsync, rename, fsync of the directory). Secret files must not be
- * readable by group or others: the server refuses to start otherwise.
+ * last, so a first start that was interrupted starts over, and a directory
+ * with ca.pem is initialised: its store holds the admin's credentials and
+ * everything made since, so a start that finds tlsplane.db missing, empty
+ * or without a revision is refused (restore a backup, or init --force,
+ * which moves the store aside and makes new admin credentials). Later
+ * starts reissue the server certificate when it is missing, expires within
+ * 30 days, or its SANs changed. Every file is written whole (a temporary
+ * file, fsync, rename, fsync of the directory).
  *
- * One process at a time: the directory is locked (flock) by the server and
- * by rotate-master-key.
+ * Modes: the directory is narrowed to 0700 and the store's files
+ * (tlsplane.db, -wal, -shm) to 0600 whenever they are opened, each change
+ * logged (their secrets are sealed: narrowing closes the hole). Secret
+ * files in the clear must not be readable by group or others: the server
+ * refuses to start otherwise (their content may have been read).
+ *
+ * One process at a time: the directory is locked (flock) by the server, by
+ * rotate-master-key and by init. backup only reads, beside a server.
  *
  * Master-key rotation is crash-safe: the new key is first written to
  * master.key.new; every secret is re-sealed under it in one transaction;
@@ -43,6 +52,7 @@ struct datadir_opts {
   const char *dir;
   const char *const *sans; /* names and addresses for the server certificate beyond the defaults */
   size_t n_sans;
+  int init; /* tlsplane-server init: the server certificate is neither loaded nor made */
 };
 
 /* Opens (creating, mode 0700) and locks the data directory, and loads or
@@ -50,15 +60,31 @@ struct datadir_opts {
  * Nothing is written yet. Caller frees with datadir_close. */
 int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct tp_err *err);
 
+/* Whether the directory was initialised: its first start completed
+ * (ca.pem, the last file it writes, is there). */
+int datadir_initialised(const struct datadir *dd);
+
 /* Opens tlsplane.db under the master key: writes master.key first when it
  * was just made (removed again when the database turns out to be sealed
  * under another key), and finishes an interrupted master-key rotation.
- * Caller closes *out with store_close. */
+ * Gives the store files mode 0600 first (logging each change). Refused
+ * (FAILED_PRECONDITION, saying how to recover) when the directory was
+ * initialised and the database is missing, empty, or holds no revision:
+ * nothing is created then. Caller closes *out with store_close. */
 int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *err);
 
-/* Writes what datadir_open made: on the first start the admin credentials
- * (tokens/admin and an admin client certificate, recorded in api's store,
- * which api->ca must be this directory's CA) and the CA files; the server
+/* tlsplane-server init --force: moves the store's files aside
+ * (tlsplane.db.discarded-<UTC time>, and its -wal and -shm; empty files
+ * are removed), so that datadir_store_open makes a new store and
+ * datadir_init new admin credentials. The CA, the master key and the
+ * server certificate stay. moved receives the new name of tlsplane.db
+ * ("" when there was nothing to keep). */
+int datadir_store_discard(struct datadir *dd, char *moved, size_t len, struct tp_err *err);
+
+/* Writes what datadir_open made: on the first start (and after
+ * datadir_store_discard) the admin credentials (tokens/admin and an admin
+ * client certificate, recorded in api's store, which api->ca must be this
+ * directory's CA); on the first start the CA files; the server
  * certificate when it was (re)issued. */
 int datadir_init(struct datadir *dd, struct api *api, struct tp_err *err);
 
@@ -67,6 +93,18 @@ const char *datadir_server_cert_pem(const struct datadir *dd);
 const char *datadir_server_key_pem(const struct datadir *dd);
 /* Wipes the keys and unlocks. NULL is a no-op. */
 void datadir_close(struct datadir *dd);
+
+/* tlsplane-server backup: a consistent copy of dir's database (the online
+ * backup, safe while a server runs: store_backup) and of the files a
+ * restore needs (ca.pem, ca-key.pem, admin.token, admin.pem,
+ * admin-key.pem) into dest, a new or empty directory (0700; files 0600,
+ * ca.pem 0644), with backup.json (revision, schema version, the ids of the
+ * master keys that sealed the copy, its files) and SHA256SUMS. Never the
+ * master key: the sealed secrets in the copy open only with it, so it is
+ * kept apart. Refused during a master-key rotation, and for a directory
+ * with no database. info receives what was copied. */
+int datadir_backup(const char *dir, const char *dest, struct store_backup_info *info,
+                   struct tp_err *err);
 
 /* tlsplane-server rotate-master-key: re-seals every secret of dir's store
  * under a new master key (from master.key.new, made here unless a rotation

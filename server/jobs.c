@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "usage.h"
 
 #define JOBS_TICK_MS 1000
 
@@ -51,6 +52,13 @@ failed:
   return -1;
 }
 
+/* The last uses noted since the previous round, in one write. */
+static void usage_write(struct api *api) {
+  struct tp_err err = {0};
+  if (api->usage != NULL && usage_flush(api->usage, api->store, &err) < 0)
+    log_warn("jobs", "recording the last use of credentials: %s", err.msg);
+}
+
 static void *jobs_main(void *arg) {
   struct jobs *jobs = arg;
   pthread_mutex_lock(&jobs->lock);
@@ -65,6 +73,7 @@ static void *jobs_main(void *arg) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }
   pthread_mutex_unlock(&jobs->lock);
@@ -100,6 +109,7 @@ void jobs_stop(struct jobs *jobs) {
   pthread_cond_signal(&jobs->wake);
   pthread_mutex_unlock(&jobs->lock);
   pthread_join(jobs->thread, NULL);
+  usage_write(jobs->api);
   pthread_cond_destroy(&jobs->wake);
   pthread_mutex_destroy(&jobs->lock);
   free(jobs);

@@ -1,6 +1,7 @@
-/* Background jobs of the control plane: today, ticket-key rotation on each
- * ring's schedule (TicketKeyRing.rotation_period). One thread wakes every
- * JOBS_TICK_MS and asks the store for what is due (an indexed query). */
+/* Background jobs of the control plane: ticket-key rotation on each ring's
+ * schedule (TicketKeyRing.rotation_period), and writing the credentials'
+ * last uses to the store (usage.h). One thread wakes every JOBS_TICK_MS
+ * and asks the store for what is due (an indexed query). */
 #ifndef TLSPLANE_SERVER_JOBS_H
 #define TLSPLANE_SERVER_JOBS_H
 
@@ -11,8 +12,8 @@ struct jobs;
 /* Starts the job thread. Caller stops it with jobs_stop. */
 int jobs_start(struct api *api, struct jobs **out, struct tp_err *err);
 
-/* Stops and joins the thread (a job in progress finishes first). NULL is a
- * no-op. */
+/* Stops and joins the thread (a job in progress finishes first), then
+ * writes the last uses noted since its last round. NULL is a no-op. */
 void jobs_stop(struct jobs *jobs);
 
 /* Runs one round now, on the calling thread: every ring whose

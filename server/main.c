@@ -5,6 +5,8 @@
  *
  *   tlsplane-server [options]                     serve
  *   tlsplane-server rotate-master-key [--data-dir DIR]   re-seal every secret under a new key
+ *   tlsplane-server init [--data-dir DIR] [--force]      initialise; --force: a new store
+ *   tlsplane-server backup [--data-dir DIR] DEST         a consistent copy, server running or not
  *   tlsplane-server call [options] SERVICE/METHOD [JSON]  one API call (call.c) */
 #include <errno.h>
 #include <getopt.h>
@@ -29,6 +31,7 @@
 #include "reflection.h"
 #include "rpc.h"
 #include "store.h"
+#include "usage.h"
 
 #define SHUTDOWN_GRACE_MS 5000
 #define SANS_MAX 32
@@ -51,6 +54,8 @@ static void usage(FILE *out) {
                "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
                "                       [--max-streams N] [--max-peer-streams N]\n"
                "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
+               "       tlsplane-server init [--data-dir DIR] [--force]\n"
+               "       tlsplane-server backup [--data-dir DIR] DEST\n"
                "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
                "[JSON]\n"
                "\n"
@@ -75,6 +80,16 @@ static void usage(FILE *out) {
                "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
                "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
                "  comes from TLSPLANE_NEW_MASTER_KEY.\n"
+               "\n"
+               "  init makes a data directory as the first start does, without serving. A\n"
+               "  directory that was initialised and lost its database refuses to start:\n"
+               "  restore a backup, or init --force, which keeps the CA and the master key,\n"
+               "  moves the old database aside (every resource, token and agent certificate\n"
+               "  record goes with it) and makes new admin credentials.\n"
+               "\n"
+               "  backup writes a consistent copy of the database (safe while the server runs)\n"
+               "  and the CA and admin credentials into DEST, a new directory. It never holds\n"
+               "  the master key: keep that apart; a restore needs both (docs/operations.md).\n"
                "\n"
                "  call: one unary API call, request and response in protobuf's JSON mapping\n"
                "  (tlsplane-server call --help).\n");
@@ -229,25 +244,43 @@ static int check_listen(const struct options *o) {
   return rc;
 }
 
-/* tlsplane-server rotate-master-key [--data-dir DIR] */
-static int rotate_main(int argc, char **argv) {
-  const char *dir = env_or("TLSPLANE_DATA_DIR", "./var");
+/* The options of the data-directory tools (rotate-master-key, init,
+ * backup): --data-dir (*dir), --force when force is not NULL, and exactly
+ * n_args operands after them (from argv[optind]). Returns 0 to go on, or
+ * 1 with *status the exit status (0 after --help, 2 on bad usage). */
+static int tool_options(int argc, char **argv, const char **dir, int *force, int n_args,
+                        int *status) {
+  *dir = env_or("TLSPLANE_DATA_DIR", "./var");
   static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"force", no_argument, NULL, 'f'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     if (c == 'd') {
-      dir = optarg;
+      *dir = optarg;
+    } else if (c == 'f' && force != NULL) {
+      *force = 1;
     } else {
       usage(c == 'h' ? stdout : stderr);
-      return c == 'h' ? 0 : 2;
+      *status = c == 'h' ? 0 : 2;
+      return 1;
     }
   }
-  if (optind != argc) {
+  if (argc - optind != n_args) {
     usage(stderr);
-    return 2;
+    *status = 2;
+    return 1;
   }
+  return 0;
+}
+
+/* tlsplane-server rotate-master-key [--data-dir DIR] */
+static int rotate_main(int argc, char **argv) {
+  const char *dir;
+  int status;
+  if (tool_options(argc, argv, &dir, NULL, 0, &status) != 0)
+    return status;
   char old_id[17], new_id[17];
   size_t n = 0;
   struct tp_err err = {0};
@@ -258,6 +291,83 @@ static int rotate_main(int argc, char **argv) {
   printf("master key rotated: %zu secrets re-sealed under key %s (was %s)\n", n, new_id, old_id);
   if (getenv("TLSPLANE_MASTER_KEY") != NULL && getenv("TLSPLANE_MASTER_KEY")[0] != '\0')
     printf("set TLSPLANE_MASTER_KEY to the key of TLSPLANE_NEW_MASTER_KEY before the next start\n");
+  return 0;
+}
+
+/* tlsplane-server init [--data-dir DIR] [--force] */
+static int init_main(int argc, char **argv) {
+  const char *dir;
+  int force = 0, status;
+  if (tool_options(argc, argv, &dir, &force, 0, &status) != 0)
+    return status;
+  struct tp_err err = {0};
+  struct datadir_opts dopts = {.dir = dir, .init = 1};
+  struct datadir *dd = NULL;
+  struct api api = {0};
+  char moved[128] = "";
+  int rc = datadir_open(&dopts, &dd, &err);
+  int initialised = rc == 0 && datadir_initialised(dd);
+  if (rc == 0 && initialised && !force)
+    rc = tp_err_set(&err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "%s is initialised already; init --force discards its store (every resource, "
+                    "token and agent certificate record) and makes new admin credentials",
+                    dir);
+  if (rc == 0 && initialised)
+    rc = datadir_store_discard(dd, moved, sizeof(moved), &err);
+  if (rc == 0)
+    rc = datadir_store_open(dd, &api.store, &err);
+  api.ca = rc == 0 ? datadir_ca(dd) : NULL;
+  if (rc == 0)
+    rc = api_seed_builtins(&api, &err);
+  if (rc == 0)
+    rc = datadir_init(dd, &api, &err);
+  store_close(api.store);
+  datadir_close(dd);
+  if (rc != 0) {
+    fprintf(stderr, "tlsplane-server init: %s\n", err.msg);
+    return 1;
+  }
+  if (!initialised) {
+    printf("initialised %s: the control-plane CA, the master key and the admin credentials "
+           "(admin.token, admin.pem)\n",
+           dir);
+    return 0;
+  }
+  printf("re-initialised %s with a new, empty store\n", dir);
+  if (moved[0] != '\0')
+    printf("  discarded: the old database, moved to %s/%s (every resource, token, client "
+           "certificate record and the audit trail; delete it once you no longer need it)\n",
+           dir, moved);
+  else
+    printf("  discarded: nothing (the database was missing or empty)\n");
+  printf("  kept: the CA (ca.pem, ca-key.pem), the master key, the server certificate\n"
+         "  made: new admin credentials (admin.token, admin.pem, admin-key.pem; the old ones no "
+         "longer work) and the built-in cipher policies\n"
+         "  agents must enroll again with new join tokens: their certificate records are gone\n");
+  return 0;
+}
+
+/* tlsplane-server backup [--data-dir DIR] DEST */
+static int backup_main(int argc, char **argv) {
+  const char *dir;
+  int status;
+  if (tool_options(argc, argv, &dir, NULL, 1, &status) != 0)
+    return status;
+  const char *dest = argv[optind];
+  struct tp_err err = {0};
+  struct store_backup_info info;
+  if (datadir_backup(dir, dest, &info, &err) != 0) {
+    fprintf(stderr, "tlsplane-server backup: %s\n", err.msg);
+    return 1;
+  }
+  printf("backup of %s at revision %lld written to %s\n", dir, (long long)info.revision, dest);
+  char ids[4 * sizeof(info.key_ids)] = "";
+  for (size_t i = 0; i < info.n_key_ids; i++)
+    snprintf(ids + strlen(ids), sizeof(ids) - strlen(ids), "%s%s", i ? " or " : "",
+             info.key_ids[i]);
+  printf("it does not hold the master key: a restore needs master key %s (%s/master.key or "
+         "TLSPLANE_MASTER_KEY), kept apart from the backup\n",
+         ids[0] ? ids : "(none sealed anything yet)", dir);
   return 0;
 }
 
@@ -272,6 +382,10 @@ int main(int argc, char **argv) {
     return rotate_main(argc - 1, argv + 1);
   if (argc >= 2 && strcmp(argv[1], "call") == 0)
     return call_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "init") == 0)
+    return init_main(argc - 1, argv + 1);
+  if (argc >= 2 && strcmp(argv[1], "backup") == 0)
+    return backup_main(argc - 1, argv + 1);
   struct options o;
   if (parse_options(argc, argv, &o) != 0 || check_listen(&o) != 0) {
     free(o.sans_env);
@@ -304,6 +418,10 @@ int main(int argc, char **argv) {
     goto close_datadir;
   }
   api.ca = datadir_ca(dd);
+  if ((api.usage = usage_new()) == NULL) {
+    log_error("server", "out of memory");
+    goto close_store;
+  }
   if (api_seed_builtins(&api, &err) != 0) {
     log_error("server", "built-in resources: %s", err.msg);
     goto close_store;
@@ -333,6 +451,7 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto close_store;
   }
+  api_writes_limit(&api, rpc_server_threads(srv));
   const char *services[16];
   size_t n_services = api_service_names(services, 16);
   if (api_register_all(&api, srv) != 0 || hub_register(hub, srv) != 0 ||
@@ -376,6 +495,7 @@ free_server:
 close_store:
   hub_free(hub);
   store_close(api.store);
+  usage_free(api.usage);
 close_datadir:
   datadir_close(dd);
   free(o.sans_env);

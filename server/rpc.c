@@ -1602,6 +1602,10 @@ int rpc_server_port(const struct rpc_server *srv) {
   return srv->port;
 }
 
+int rpc_server_threads(const struct rpc_server *srv) {
+  return srv->n_pool;
+}
+
 int rpc_server_shutting_down(const struct rpc_server *srv) {
   return atomic_load(&srv->shutting_down);
 }

@@ -170,6 +170,9 @@ int rpc_server_start(struct rpc_server *srv, struct tp_err *err);
 /* The port actually bound (useful with port 0). */
 int rpc_server_port(const struct rpc_server *srv);
 
+/* How many pool threads serve unary calls (opts.threads, or the default). */
+int rpc_server_threads(const struct rpc_server *srv);
+
 /* Has rpc_server_free call cb(data) after every thread that could use data
  * is joined: for state that handlers share and that lives as long as the
  * server (reflection's index). Callbacks run in reverse order of adding.

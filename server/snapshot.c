@@ -36,7 +36,7 @@ static int add_context(struct store_txn *txn, Tlsplane__V1__ResolvedListener *rl
   if (api_read(txn, &api_kind_tls_context, name, 0, &ctx, NULL, err) != 0)
     return -1;
   Tlsplane__V1__ResolvedTlsContext *resolved = NULL;
-  int rc = resolve_tls_context(txn, (Tlsplane__V1__TlsContext *)ctx, &resolved, err);
+  int rc = resolve_tls_context(txn, (Tlsplane__V1__TlsContext *)ctx, NULL, &resolved, err);
   protobuf_c_message_free_unpacked(ctx, NULL);
   if (rc != 0)
     return -1;

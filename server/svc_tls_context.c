@@ -29,7 +29,7 @@ static int tls_context_prepare(struct api_op *op, ProtobufCMessage *res, struct 
         return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                           "revocation_lists[%zu]: %s is listed twice", i, ctx->revocation_lists[i]);
   /* The agent's own build decides: what is accepted here loads everywhere. */
-  return resolve_check_tls_context(op->txn, ctx, err);
+  return resolve_check_tls_context(op->txn, ctx, NULL, err);
 }
 
 static int tls_context_refs(const ProtobufCMessage *res, struct api_refs *refs) {

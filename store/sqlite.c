@@ -33,7 +33,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define POOL_MAX 8            /* connections; a thread holds at most one */
+#define POOL_MAX 16           /* connections; a thread holds at most one */
 #define BUSY_TIMEOUT_MS 10000 /* waiting for another process's lock */
 #define AUDIT_SINCE_VERSION 2 /* the first schema version with the audit table */
 
@@ -738,6 +738,7 @@ static int sqlite_open(const char *path, int version, const struct store_keyring
   atomic_store(&s->base.revision, rev);
   s->idle[s->n_idle++] = c;
   s->n_open = 1;
+  s->base.connections = POOL_MAX;
   *out = &s->base;
   return 0;
 
@@ -1412,11 +1413,122 @@ static int sqlite_usage_get(struct store_txn *base, const char *kind, const char
   return 0;
 }
 
+/* store_backup. SQLite's online backup copies every page of the source
+ * in one step, inside one read transaction of the source: the copy is the
+ * snapshot of one commit. In WAL mode the source's writers go on
+ * meanwhile; a step that meets a lock (a checkpoint, recovery) is tried
+ * again. */
+#define BACKUP_BUSY_TRIES 500
+#define BACKUP_BUSY_SLEEP_MS 10
+
+/* Reads what the copy holds into info; -ENODATA when no tlsplane schema. */
+static int backup_describe(sqlite3 *db, const char *path, struct store_backup_info *info,
+                           struct tp_err *err) {
+  char ok[64];
+  if (pragma_query(db, "PRAGMA quick_check", ok, sizeof(ok), err) < 0)
+    return -EIO;
+  if (strcmp(ok, "ok") != 0) {
+    tp_err_set(err, GRPC_STATUS_DATA_LOSS, "store: backup of %s: the copy is damaged (%s)", path,
+               ok);
+    return -EIO;
+  }
+  sqlite3_stmt *st;
+  int has_schema = 0;
+  if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_schema WHERE name = 'schema_migrations'", -1,
+                         &st, NULL) != SQLITE_OK)
+    return db_fail(err, db, "backup: read the schema");
+  has_schema = sqlite3_step(st) == SQLITE_ROW;
+  sqlite3_finalize(st);
+  struct conn c = {.db = db};
+  int rc = has_schema ? schema_version_read(&c, &info->schema_version, err) : 0;
+  if (rc == 0 && info->schema_version < 1) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: %s holds no tlsplane database: nothing to back up", path);
+    rc = -ENODATA;
+  }
+  if (rc == 0)
+    rc = meta_revision(&c, &info->revision, err);
+  if (rc == 0 && info->schema_version >= STORE_SEALED_SINCE_VERSION) {
+    sqlite3_stmt *ids = stmt_prepare(&c, ST_SEALED_KEY_IDS, err, "");
+    if (ids == NULL)
+      rc = -EIO;
+    while (rc == 0 && sqlite3_step(ids) == SQLITE_ROW) {
+      const void *p = sqlite3_column_blob(ids, 0);
+      if (sqlite3_column_bytes(ids, 0) != STORE_KEY_ID_LEN || p == NULL ||
+          info->n_key_ids == STORE_KEYS_MAX_IDS)
+        continue; /* store_open names what does not open */
+      store__key_id_hex(p, info->key_ids[info->n_key_ids++]);
+    }
+    if (ids != NULL)
+      stmt_done(ids);
+  }
+  for (int i = 0; i < ST_COUNT; i++)
+    sqlite3_finalize(c.stmt[i]);
+  return rc;
+}
+
+static int sqlite_backup(const char *path, const char *dest, struct store_backup_info *info,
+                         struct tp_err *err) {
+  sqlite3 *src = NULL, *dst = NULL;
+  int rc = -EIO;
+  /* Read-only: the backup never writes the live database. */
+  if (sqlite3_open_v2(path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "store: backup: open %s: %s", path,
+               src ? sqlite3_errmsg(src) : "out of memory");
+    sqlite3_close(src);
+    return -EIO;
+  }
+  sqlite3_busy_timeout(src, BUSY_TIMEOUT_MS);
+  /* Private from the start, as the database itself. */
+  int fd = open(dest, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "store: backup: create %s: %s", dest,
+               strerror(errno));
+    sqlite3_close(src);
+    return -EIO;
+  }
+  close(fd);
+  if (sqlite3_open_v2(dest, &dst, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    db_fail(err, dst, "backup: open the copy");
+    goto done;
+  }
+  sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
+  if (b == NULL) {
+    db_fail(err, dst, "backup");
+    goto done;
+  }
+  int step;
+  for (int tries = 0;; tries++) {
+    step = sqlite3_backup_step(b, -1);
+    if ((step != SQLITE_BUSY && step != SQLITE_LOCKED) || tries == BACKUP_BUSY_TRIES)
+      break;
+    sqlite3_sleep(BACKUP_BUSY_SLEEP_MS);
+  }
+  sqlite3_backup_finish(b);
+  if (step != SQLITE_DONE) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: backup of %s: %s", path, sqlite3_errstr(step));
+    goto done;
+  }
+  rc = backup_describe(dst, path, info, err);
+
+done:
+  sqlite3_close(dst);
+  sqlite3_close(src);
+  if (rc < 0) {
+    char p[4096];
+    unlink(dest);
+    snprintf(p, sizeof(p), "%s-journal", dest);
+    unlink(p);
+  }
+  return rc;
+}
+
 const struct store_ops store__sqlite_ops = {
     .name = "sqlite",
     .latest_version = N_MIGRATIONS,
     .open = sqlite_open,
     .close = sqlite_close,
+    .backup = sqlite_backup,
     .begin = sqlite_begin,
     .commit = sqlite_commit,
     .rollback = sqlite_rollback,

@@ -144,6 +144,101 @@ static int row_check(struct store_txn *txn, struct store_row *row, struct tp_err
   return rc;
 }
 
+/* What a tracked read transaction read (store.h, "Optimistic writes"). */
+enum read_what {
+  READ_ROW,       /* store_get: seen is the etag, NULL when the row did not exist */
+  READ_REFERRERS, /* store_referrers: seen is the list, one "kind name etag" line per row */
+};
+
+struct read_entry {
+  enum read_what what;
+  char *kind;
+  char *name;
+  char *seen;
+};
+
+struct store_reads {
+  int64_t revision; /* of the snapshot the reads saw */
+  int listed;       /* store_list or store_audit_list ran */
+  int incomplete;   /* recording ran out of memory: the record proves nothing */
+  struct read_entry *entries;
+  size_t n, cap;
+};
+
+void store_reads_free(struct store_reads *r) {
+  if (r == NULL)
+    return;
+  for (size_t i = 0; i < r->n; i++) {
+    free(r->entries[i].kind);
+    free(r->entries[i].name);
+    free(r->entries[i].seen);
+  }
+  free(r->entries);
+  free(r);
+}
+
+static int same_text(const char *a, const char *b) {
+  return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Records one read on a tracked txn (once per row and kind of read: one
+ * snapshot answers the same every time). */
+static void reads_note(struct store_txn *txn, enum read_what what, const char *kind,
+                       const char *name, const char *seen) {
+  struct store_reads *r = txn->reads;
+  if (r == NULL || r->incomplete)
+    return;
+  for (size_t i = 0; i < r->n; i++)
+    if (r->entries[i].what == what && strcmp(r->entries[i].name, name) == 0 &&
+        strcmp(r->entries[i].kind, kind) == 0)
+      return;
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? 2 * r->cap : 16;
+    struct read_entry *e = realloc(r->entries, cap * sizeof(*e));
+    if (e == NULL) {
+      r->incomplete = 1;
+      return;
+    }
+    r->entries = e;
+    r->cap = cap;
+  }
+  struct read_entry *e = &r->entries[r->n];
+  e->what = what;
+  e->kind = strdup(kind);
+  e->name = strdup(name);
+  e->seen = seen ? strdup(seen) : NULL;
+  if (e->kind == NULL || e->name == NULL || (seen != NULL && e->seen == NULL)) {
+    free(e->kind);
+    free(e->name);
+    free(e->seen);
+    r->incomplete = 1;
+    return;
+  }
+  r->n++;
+}
+
+/* The referrer rows as one text ("kind name etag" lines); NULL when out
+ * of memory. */
+static char *referrers_text(const struct store_row *rows, size_t n) {
+  size_t len = 1;
+  for (size_t i = 0; i < n; i++)
+    len += strlen(rows[i].kind) + strlen(rows[i].name) + strlen(rows[i].etag) + 3;
+  char *text = malloc(len);
+  if (text == NULL)
+    return NULL;
+  size_t at = 0;
+  for (size_t i = 0; i < n; i++)
+    at += (size_t)snprintf(text + at, len - at, "%s %s %s\n", rows[i].kind, rows[i].name,
+                           rows[i].etag);
+  text[at] = '\0';
+  return text;
+}
+
+static int reads_changed(struct tp_err *err, const char *what) {
+  tp_err_set(err, GRPC_STATUS_ABORTED, "%s changed while this write was being validated", what);
+  return -EAGAIN;
+}
+
 int store_schema_latest(void) {
   return store__sqlite_ops.latest_version;
 }
@@ -235,6 +330,16 @@ int store_open(const char *path, const struct store_opts *opts, struct store **o
   return rc;
 }
 
+int store_backup(const char *path, const char *dest, struct store_backup_info *info,
+                 struct tp_err *err) {
+  memset(info, 0, sizeof(*info));
+  if (empty(path) || empty(dest)) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_backup: a database and a destination");
+    return -EINVAL;
+  }
+  return store__sqlite_ops.backup(path, dest, info, err);
+}
+
 void store_close(struct store *s) {
   if (s == NULL)
     return;
@@ -249,6 +354,10 @@ int store_schema_version(struct store *s) {
 
 int64_t store_revision(struct store *s) {
   return atomic_load(&s->revision);
+}
+
+int store_connections(struct store *s) {
+  return s->connections;
 }
 
 int store_begin(struct store *s, int write, struct store_txn **out, struct tp_err *err) {
@@ -266,6 +375,75 @@ int store_begin(struct store *s, int write, struct store_txn **out, struct tp_er
   return 0;
 }
 
+int store_begin_tracked(struct store *s, struct store_txn **out, struct tp_err *err) {
+  int rc = store_begin(s, 0, out, err);
+  if (rc < 0)
+    return rc;
+  struct store_reads *r = calloc(1, sizeof(*r));
+  if (r == NULL) {
+    store_rollback(*out);
+    *out = NULL;
+    return store__err_nomem(err, "begin");
+  }
+  r->revision = (*out)->revision;
+  (*out)->reads = r;
+  return 0;
+}
+
+struct store_reads *store_reads_take(struct store_txn *txn) {
+  if (txn == NULL || txn->magic != STORE_TXN_MAGIC)
+    return NULL;
+  struct store_reads *r = txn->reads;
+  txn->reads = NULL;
+  return r;
+}
+
+int store_reads_check(struct store_txn *txn, const struct store_reads *r, struct tp_err *err) {
+  int rc = txn_check(txn, 1, "store_reads_check", err);
+  if (rc < 0)
+    return rc;
+  if (r == NULL || r->incomplete) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store_reads_check: no complete record of the reads");
+    return -EIO;
+  }
+  /* Writers are serialized: the revision before this one is the last
+   * commit. The same as the reads' snapshot: nothing can have changed. */
+  if (txn->revision - 1 == r->revision)
+    return 0;
+  if (r->listed)
+    return reads_changed(err, "a listed resource");
+  const struct store_ops *ops = txn->store->ops;
+  for (size_t i = 0; i < r->n; i++) {
+    const struct read_entry *e = &r->entries[i];
+    struct tp_err why = {0};
+    int same;
+    if (e->what == READ_ROW) {
+      struct store_row row = {0};
+      rc = ops->get(txn, e->kind, e->name, 0, &row, &why);
+      same = rc == 0 ? same_text(row.etag, e->seen) : rc == -ENOENT && e->seen == NULL;
+      store_row_clear(&row);
+    } else {
+      struct store_row *rows = NULL;
+      size_t n = 0;
+      rc = ops->referrers(txn, e->kind, e->name, &rows, &n, &why);
+      char *text = rc == 0 ? referrers_text(rows, n) : NULL;
+      if (rc == 0 && text == NULL)
+        rc = store__err_nomem(&why, "store_reads_check");
+      same = rc == 0 && same_text(text, e->seen);
+      free(text);
+      store_rows_free(rows, n);
+    }
+    if (rc < 0 && rc != -ENOENT) {
+      if (err != NULL)
+        *err = why;
+      return txn_fail(txn, rc, &why);
+    }
+    if (!same)
+      return reads_changed(err, e->what == READ_ROW ? e->name : "what references it");
+  }
+  return 0;
+}
+
 int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
   if (txn == NULL || txn->magic != STORE_TXN_MAGIC) {
     tp_err_set(err, GRPC_STATUS_INTERNAL, "store_commit: not a live transaction");
@@ -273,6 +451,8 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
   }
   const struct store_ops *ops = txn->store->ops;
   txn->magic = 0;
+  store_reads_free(txn->reads);
+  txn->reads = NULL;
   if (txn->failed) {
     int rc = txn->failed;
     if (err != NULL)
@@ -306,6 +486,8 @@ void store_rollback(struct store_txn *txn) {
   if (txn == NULL || txn->magic != STORE_TXN_MAGIC)
     return;
   txn->magic = 0;
+  store_reads_free(txn->reads);
+  txn->reads = NULL;
   txn->store->ops->rollback(txn);
 }
 
@@ -362,6 +544,8 @@ int store_get(struct store_txn *txn, const char *kind, const char *name, int wit
   if (rc < 0)
     return rc;
   rc = txn->store->ops->get(txn, kind, name, with_secret != 0, out, err);
+  if (rc == 0 || rc == -ENOENT)
+    reads_note(txn, READ_ROW, kind, name, rc == 0 ? out->etag : NULL);
   if (rc == 0)
     rc = row_check(txn, out, err);
   if (rc == 0 && out->secret != NULL && txn->store->schema_version >= STORE_SEALED_SINCE_VERSION) {
@@ -514,6 +698,8 @@ int store_list(struct store_txn *txn, const struct store_query *q, struct store_
       return -EINVAL;
     }
   }
+  if (txn->reads != NULL)
+    txn->reads->listed = 1;
   rc = txn->store->ops->list(txn, q, rows, n, err);
   for (size_t i = 0; rc == 0 && i < *n; i++)
     rc = row_check(txn, &(*rows)[i], err);
@@ -535,6 +721,14 @@ int store_referrers(struct store_txn *txn, const char *kind, const char *name,
   if (rc < 0)
     return rc;
   rc = txn->store->ops->referrers(txn, kind, name, rows, n, err);
+  if (rc == 0 && txn->reads != NULL) {
+    char *text = referrers_text(*rows, *n);
+    if (text == NULL)
+      txn->reads->incomplete = 1;
+    else
+      reads_note(txn, READ_REFERRERS, kind, name, text);
+    free(text);
+  }
   return read_result(txn, rc, err);
 }
 
@@ -546,6 +740,8 @@ int store_audit_list(struct store_txn *txn, const struct store_audit_query *q,
   if (rc < 0)
     return rc;
   static const struct store_audit_query all;
+  if (txn->reads != NULL)
+    txn->reads->listed = 1;
   rc = txn->store->ops->audit_list(txn, q ? q : &all, out, n, err);
   return read_result(txn, rc, err);
 }

@@ -24,6 +24,10 @@
  *                                 check (the message names the row)
  *   -ENOKEY   FAILED_PRECONDITION store_open: no master key, or not the one
  *                                 that sealed the stored secrets
+ *   -ENODATA  FAILED_PRECONDITION store_backup: no tlsplane database there
+ *   -EAGAIN   ABORTED             store_reads_check: something a tracked
+ *                                 read saw has changed since (the message
+ *                                 names it)
  *
  * Secrets at rest. From schema version 3 on, every secret is sealed
  * (AES-256-GCM, a fresh random nonce per write, the row's kind and name as
@@ -62,6 +66,7 @@ struct store_txn;
 
 #define STORE_MASTER_KEY_LEN 32 /* AES-256 */
 #define STORE_KEY_ID_LEN 8      /* bytes of a master key's id */
+#define STORE_KEYS_MAX_IDS 4    /* key ids store_backup reports */
 
 struct store_opts {
   int version; /* the schema version to migrate to; 0: the latest */
@@ -104,12 +109,36 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
 /* Waits for no transaction; the caller has finished every txn. */
 void store_close(struct store *s);
 
+/* What store_backup copied. */
+struct store_backup_info {
+  int64_t revision;   /* the last revision the copy holds */
+  int schema_version; /* of the copy */
+  /* The master keys that sealed the copy's secrets (their ids, hex): the
+   * keys a restore needs. Two only while a rotation was finishing. */
+  char key_ids[STORE_KEYS_MAX_IDS][2 * STORE_KEY_ID_LEN + 1];
+  size_t n_key_ids;
+};
+
+/* Copies the database at path into a new file dest (mode 0600; refused
+ * if it exists): one consistent snapshot, the last committed revision,
+ * with its secrets sealed as they are. Works from another process while
+ * a server has the database open (the backend's online backup; writers
+ * are not blocked). Needs no master key and writes nothing to path.
+ * Refused with -ENODATA (FAILED_PRECONDITION) when path holds no
+ * tlsplane schema; the copy is checked and removed on any failure. */
+int store_backup(const char *path, const char *dest, struct store_backup_info *info,
+                 struct tp_err *err);
+
 /* The schema version of the open database; the latest this build knows. */
 int store_schema_version(struct store *s);
 int store_schema_latest(void);
 
 /* The last committed revision (0 for a new database). */
 int64_t store_revision(struct store *s);
+
+/* How many transactions may be open at once (the backend's connections);
+ * a store_begin beyond them waits for one to end. */
+int store_connections(struct store *s);
 
 /* Begins a transaction. A write transaction holds the write lock from begin
  * to commit/rollback (writers run one at a time), so its reads are
@@ -245,6 +274,36 @@ int store_list(struct store_txn *txn, const struct store_query *q, struct store_
  * store_rows_free. None (not -ENOENT) when (kind, name) does not exist. */
 int store_referrers(struct store_txn *txn, const char *kind, const char *name,
                     struct store_row **rows, size_t *n, struct tp_err *err);
+
+/* Optimistic writes. A tracked read transaction records what it reads,
+ * so that work depending on those reads (validation, OpenSSL) can run
+ * outside the write lock and a short write transaction commits its result
+ * only if none of them changed meanwhile. Recorded: each row store_get
+ * looked up (the etag it had, or that it did not exist), the referrer
+ * list of each row store_referrers was asked about, and whether
+ * store_list or store_audit_list ran (a list depends on every row of its
+ * kind: any commit since counts as a change). */
+struct store_reads;
+
+/* Begins a read transaction that records its reads. Ends like any read
+ * transaction (store_rollback or store_commit). */
+int store_begin_tracked(struct store *s, struct store_txn **out, struct tp_err *err);
+
+/* Takes what the tracked read transaction txn has recorded: the caller
+ * frees it with store_reads_free; txn records nothing more. NULL when txn
+ * is not a tracked transaction, or the reads were taken already. */
+struct store_reads *store_reads_take(struct store_txn *txn);
+
+/* Inside a write transaction: 0 when every recorded read still holds (the
+ * rows found have the etags seen, the rows missed are still missing, the
+ * referrer lists are the same, and nothing was committed since when a
+ * list was read). -EAGAIN (ABORTED, naming the first row that changed)
+ * otherwise; -EIO when the check itself failed (that aborts txn). reads
+ * NULL: -EIO. Quick when nothing was committed since the reads. */
+int store_reads_check(struct store_txn *txn, const struct store_reads *reads, struct tp_err *err);
+
+/* NULL is a no-op. */
+void store_reads_free(struct store_reads *reads);
 
 /* When (kind, name) last authenticated a call (a token, a client
  * certificate), microseconds since the epoch. Usage is not a change: no

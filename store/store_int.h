@@ -107,6 +107,10 @@ struct store_ops {
               struct tp_err *err);
   /* Frees everything; no transaction is open. */
   void (*close)(struct store *s);
+  /* store_backup: path to a new file dest, without opening a store
+   * (another process may have it open). */
+  int (*backup)(const char *path, const char *dest, struct store_backup_info *info,
+                struct tp_err *err);
 
   /* Allocates the backend's txn (struct store_txn first in it) and fills
    * txn->revision. A write txn holds the store's write lock on return. */
@@ -161,6 +165,7 @@ struct store {
   uint32_t magic; /* STORE_MAGIC */
   const struct store_ops *ops;
   int schema_version;       /* after migration; fixed while open */
+  int connections;          /* transactions open at once at most; set by open */
   _Atomic int64_t revision; /* last committed; written by the commit that made it */
   /* Called after every commit that made a revision; set before use. */
   void (*commit_hook)(int64_t revision, void *data);
@@ -183,6 +188,9 @@ struct store_txn {
    * store_commit rolls everything back. */
   int failed;
   struct tp_err failure;
+  /* A tracked read transaction (store_begin_tracked): what it has read.
+   * NULL otherwise, and once store_reads_take took it. */
+  struct store_reads *reads;
 };
 
 extern const struct store_ops store__sqlite_ops;

@@ -1150,6 +1150,93 @@ static void test_concurrent_writers_and_readers(void **state) {
   store_rollback(txn);
 }
 
+/* store_backup while writers commit: the copy is one snapshot (items,
+ * counter and revision agree), private, sealed as the original, opens
+ * with the same master key; refusals leave no file behind. */
+static void test_backup(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "cert");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"-----BEGIN PRIVATE KEY----- backup";
+  w.secret_len = strlen((const char *)w.secret);
+  put_one(f->s, &w, NULL);
+
+  atomic_int writers_left = WRITERS, failures = 0;
+  struct race races[WRITERS];
+  pthread_t threads[WRITERS];
+  for (int i = 0; i < WRITERS; i++) {
+    races[i] =
+        (struct race){.s = f->s, .id = i, .writers_left = &writers_left, .failures = &failures};
+    assert_int_equal(pthread_create(&threads[i], NULL, race_writer, &races[i]), 0);
+  }
+  char dest[400];
+  snprintf(dest, sizeof(dest), "%s/copy.db", f->dir);
+  struct store_backup_info info;
+  int rc = store_backup(f->path, dest, &info, &err);
+  for (int i = 0; i < WRITERS; i++)
+    assert_int_equal(pthread_join(threads[i], NULL), 0);
+  assert_int_equal(atomic_load(&failures), 0);
+  assert_ok(rc, err);
+  assert_int_equal(info.schema_version, store_schema_latest());
+  assert_int_equal(info.n_key_ids, 1);
+  char id[2 * STORE_KEY_ID_LEN + 1];
+  store_master_key_id_hex(key_a, id);
+  assert_string_equal(info.key_ids[0], id);
+  struct stat st;
+  assert_int_equal(stat(dest, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  assert_false(file_contains(dest, "BEGIN PRIVATE KEY", 17));
+
+  struct store *copy;
+  assert_ok(store_open(dest, &opts_a, &copy, &err), err);
+  assert_int_equal(store_revision(copy), info.revision);
+  struct store_txn *txn;
+  assert_ok(store_begin(copy, 0, &txn, &err), err);
+  struct store_row row;
+  assert_ok(store_get(txn, CERT, "certificates/web", 1, &row, &err), err);
+  assert_memory_equal(row.secret, w.secret, w.secret_len);
+  store_row_clear(&row);
+  long count = 0;
+  if (store_get(txn, "Counter", "counters/items", 0, &row, &err) == 0) {
+    count = strtol((const char *)row.data, NULL, 10);
+    store_row_clear(&row);
+  }
+  struct store_query q = {.kind = "Item"};
+  struct store_row *rows;
+  size_t n;
+  assert_ok(store_list(txn, &q, &rows, &n, &err), err);
+  store_rows_free(rows, n);
+  assert_int_equal(n, count);
+  assert_int_equal((int64_t)n + 1, info.revision); /* + the certificate */
+  store_rollback(txn);
+  store_close(copy);
+
+  /* The destination must be new. */
+  assert_refused(store_backup(f->path, dest, &info, &err), -EIO, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "File exists");
+  char p[512];
+  snprintf(p, sizeof(p), "%s-wal", dest);
+  unlink(p);
+  snprintf(p, sizeof(p), "%s-shm", dest);
+  unlink(p);
+  unlink(dest);
+  /* Nothing to back up: an empty file (a truncated database). */
+  char empty[400];
+  snprintf(empty, sizeof(empty), "%s/empty.db", f->dir);
+  FILE *fp = fopen(empty, "w");
+  assert_non_null(fp);
+  fclose(fp);
+  assert_refused(store_backup(empty, dest, &info, &err), -ENODATA, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "holds no tlsplane database");
+  assert_int_equal(access(dest, F_OK), -1);
+  unlink(empty);
+  /* A missing database is not created. */
+  assert_int_equal(store_backup(empty, dest, &info, &err), -EIO);
+  assert_int_equal(access(empty, F_OK), -1);
+  assert_int_equal(access(dest, F_OK), -1);
+}
+
 /* seal.c: a round trip, a fresh nonce every time, and every way a record
  * can be wrong fails to open. */
 static void test_seal_round_trip(void **state) {
@@ -1605,6 +1692,115 @@ static void test_usage(void **state) {
   store_rollback(txn);
 }
 
+/* Reads what a validation would: the certificate, a missing row, the
+ * certificate's referrers (and optionally a list) in a tracked read
+ * transaction. Returns the record. */
+static struct store_reads *tracked_read(struct store *s, const char *missing, int list) {
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  struct store_row row;
+  assert_ok(store_begin_tracked(s, &txn, &err), err);
+  assert_ok(store_get(txn, CERT, "certificates/web", 1, &row, &err), err);
+  store_row_clear(&row);
+  assert_int_equal(store_get(txn, CERT, missing, 0, &row, &err), -ENOENT);
+  struct store_row *rows;
+  size_t n;
+  assert_ok(store_referrers(txn, CERT, "certificates/web", &rows, &n, &err), err);
+  assert_true(n >= 1);
+  store_rows_free(rows, n);
+  if (list) {
+    struct store_query q = {.kind = CTX};
+    assert_ok(store_list(txn, &q, &rows, &n, &err), err);
+    store_rows_free(rows, n);
+  }
+  struct store_reads *r = store_reads_take(txn);
+  assert_non_null(r);
+  assert_null(store_reads_take(txn));
+  store_rollback(txn);
+  return r;
+}
+
+/* store_reads_check in a write transaction of its own; rolled back. */
+static int reads_check(struct store *s, const struct store_reads *r, struct tp_err *err) {
+  struct store_txn *txn;
+  assert_ok(store_begin(s, 1, &txn, err), *err);
+  int rc = store_reads_check(txn, r, err);
+  store_rollback(txn);
+  return rc;
+}
+
+static void test_tracked_reads(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  create_text(f->s, CERT, "certificates/web", "cert");
+  struct store_ref ref = {CERT, "certificates/web", "tls_context.certificates[0]"};
+  struct store_write ctx = write_of(CTX, "tlsContexts/a", 1, "ctx");
+  ctx.refs = &ref;
+  ctx.n_refs = 1;
+  put_one(f->s, &ctx, NULL);
+
+  /* Nothing committed since: holds. A commit of an unrelated row: still
+   * holds, row by row. */
+  struct store_reads *r = tracked_read(f->s, "certificates/nope", 0);
+  assert_ok(reads_check(f->s, r, &err), err);
+  create_text(f->s, CERT, "certificates/other", "other");
+  assert_ok(reads_check(f->s, r, &err), err);
+
+  /* The row read changed. */
+  struct store_write upd = write_of(CERT, "certificates/web", 0, "cert v2");
+  put_one(f->s, &upd, NULL);
+  assert_refused(reads_check(f->s, r, &err), -EAGAIN, err, GRPC_STATUS_ABORTED,
+                 "certificates/web changed while this write was being validated");
+  store_reads_free(r);
+
+  /* A row found missing now exists. */
+  r = tracked_read(f->s, "certificates/missing", 0);
+  create_text(f->s, CERT, "certificates/missing", "now here");
+  assert_refused(reads_check(f->s, r, &err), -EAGAIN, err, GRPC_STATUS_ABORTED,
+                 "certificates/missing changed");
+  store_reads_free(r);
+
+  /* A new referrer of the row whose referrers were read. */
+  r = tracked_read(f->s, "certificates/nope", 0);
+  ctx.name = "tlsContexts/b";
+  put_one(f->s, &ctx, NULL);
+  assert_refused(reads_check(f->s, r, &err), -EAGAIN, err, GRPC_STATUS_ABORTED,
+                 "what references it changed");
+  store_reads_free(r);
+  /* A referrer changed (its etag). */
+  r = tracked_read(f->s, "certificates/nope", 0);
+  struct store_write ctx_upd = write_of(CTX, "tlsContexts/a", 0, "ctx v2");
+  ctx_upd.refs = &ref;
+  ctx_upd.n_refs = 1;
+  put_one(f->s, &ctx_upd, NULL);
+  assert_refused(reads_check(f->s, r, &err), -EAGAIN, err, GRPC_STATUS_ABORTED,
+                 "what references it changed");
+  store_reads_free(r);
+
+  /* A list depends on every row of its kind: any commit counts. */
+  r = tracked_read(f->s, "certificates/nope", 1);
+  assert_ok(reads_check(f->s, r, &err), err);
+  create_text(f->s, "Listener", "listeners/x", "x");
+  assert_refused(reads_check(f->s, r, &err), -EAGAIN, err, GRPC_STATUS_ABORTED, "listed");
+  store_reads_free(r);
+
+  /* An untracked transaction records nothing; checking nothing is an
+   * error, not a pass. */
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_null(store_reads_take(txn));
+  store_rollback(txn);
+  assert_refused(reads_check(f->s, NULL, &err), -EIO, err, GRPC_STATUS_INTERNAL,
+                 "no complete record");
+  /* A tracked transaction that is rolled back with its reads frees them
+   * (ASan checks). */
+  assert_ok(store_begin_tracked(f->s, &txn, &err), err);
+  struct store_row row;
+  assert_ok(store_get(txn, CERT, "certificates/web", 0, &row, &err), err);
+  store_row_clear(&row);
+  store_rollback(txn);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_open_migrates_and_reopens, setup_path, teardown),
@@ -1624,6 +1820,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_usage, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_rows_authenticated, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_upgrade_authenticates_rows, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_tracked_reads, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_backup, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_label_selectors, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_pagination, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),
