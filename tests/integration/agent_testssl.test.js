@@ -23,6 +23,7 @@
 const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
+const tls = require('node:tls');
 const fs = require('node:fs');
 const path = require('node:path');
 
@@ -38,6 +39,46 @@ const RANK = { OK: 0, INFO: 0, DEBUG: 0, WARN: 0, LOW: 1, MEDIUM: 2, HIGH: 3, CR
 const ALLOWED = new Set(['secure_client_renego']);
 // testssl's notes about its own environment, not about the server.
 const ENVIRONMENT_WARNINGS = new Set(['engine_problem']);
+// testssl 3.0.8 tests TLS 1.3 ticket resumption with `openssl s_client
+// -sess_out </dev/null`: s_client may reach end of input and close before
+// the server's NewSessionTicket arrives, and testssl then reports "connect
+// problem" (it does so against `openssl s_server` as well, about one run in
+// three). That one warning is the client's race; the test proves resumption
+// itself with a client that waits for the ticket (ticketResumes).
+const CLIENT_RACES = [{ id: 'sessionresumption_ticket', finding: /connect problem/ }];
+const clientRace = (f) => CLIENT_RACES.some((r) => r.id === f.id && r.finding.test(f.finding));
+
+// Connects twice to 127.0.0.1:port at TLS version `version`, the second
+// time with the ticket the first connection received; resolves with whether
+// the second handshake resumed. Each connection echoes a line first, so
+// that the TLS 1.3 ticket, sent after the handshake, has arrived.
+async function ticketResumes(port, version, ca) {
+  const once = (session) => new Promise((resolve, reject) => {
+    let ticket = null;
+    const s = tls.connect({
+      host: '127.0.0.1', port, ca, servername: '127.0.0.1', minVersion: version, maxVersion: version, session,
+    });
+    const timer = setTimeout(() => s.destroy(new Error(`no echo from 127.0.0.1:${port} within 10 s`)), 10000);
+    s.on('session', (t) => {
+      ticket = t;
+    });
+    s.on('secureConnect', () => s.write('resume?\n'));
+    s.on('data', () => {
+      clearTimeout(timer);
+      const reused = s.isSessionReused();
+      s.end();
+      // The TLS 1.3 ticket may follow the echo: wait for the close.
+      s.on('close', () => resolve({ reused, ticket }));
+    });
+    s.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+  const first = await once(undefined);
+  assert.ok(first.ticket, `TLS ${version}: the server sent no session ticket`);
+  return (await once(first.ticket)).reused;
+}
 
 // Runs testssl with checks against 127.0.0.1:port; resolves with its JSON
 // findings ([{id, severity, finding}]). A scan that does not finish (no
@@ -116,8 +157,13 @@ describe('testssl.sh: the default policy has no finding but the documented reneg
     const bad = findings.filter((f) => RANK[f.severity] === undefined || RANK[f.severity] >= RANK.LOW)
       .filter((f) => !ALLOWED.has(f.id));
     assert.deepEqual(show(bad), '', `testssl findings rated LOW or worse:\n${show(bad)}`);
-    const warnings = findings.filter((f) => f.severity === 'WARN' && !ENVIRONMENT_WARNINGS.has(f.id));
+    const warnings = findings.filter((f) => f.severity === 'WARN' && !ENVIRONMENT_WARNINGS.has(f.id) && !clientRace(f));
     assert.deepEqual(show(warnings), '', 'testssl could not test everything');
+    // What the raced check would have shown: tickets resume, in both versions.
+    const ca = fs.readFileSync(p.ca.certFile);
+    for (const version of ['TLSv1.2', 'TLSv1.3']) {
+      assert.equal(await ticketResumes(agent.port('default'), version, ca), true, `${version}: a ticket does not resume`);
+    }
     // The documented default: client renegotiation allowed (and limited).
     const reneg = findings.find((f) => f.id === 'secure_client_renego');
     assert.ok(reneg, 'no secure_client_renego finding');
