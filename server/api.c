@@ -351,12 +351,16 @@ typedef int (*build_fn)(struct api_op *op, struct attempt *a, ProtobufCMessage *
  * outside the store's write lock, so that the lock is held only for a
  * short write transaction: it checks that nothing the validation read has
  * changed since (store_reads_check), then writes. When something did, the
- * whole attempt is made again from a fresh read, up to WRITE_ATTEMPTS
- * times; then ABORTED. One transaction, one revision, as api_write. */
+ * whole attempt is made again from a fresh read; the last of
+ * WRITE_ATTEMPTS validates inside the write transaction, so that a write
+ * on a resource other writers keep changing goes through all the same
+ * (holding the lock longer, once). One transaction, one revision, as
+ * api_write. */
 static int write_checked(const struct api_binding *b, const struct rpc_call_info *call,
                          build_fn build, const void *data, const char *expect_etag,
                          const char *action, ProtobufCMessage **out, struct tp_err *err) {
   for (int attempt = 1;; attempt++) {
+    int locked = attempt == WRITE_ATTEMPTS;
     struct attempt a = {0};
     struct staged st = {0};
     struct store_reads *reads = NULL;
@@ -364,34 +368,34 @@ static int write_checked(const struct api_binding *b, const struct rpc_call_info
     struct store_txn *txn;
     struct api_op op = {.api = b->api, .kind = b->kind, .call = call, .now = time(NULL)};
     int again = 0;
-    int rc = store_begin_tracked(b->api->store, &txn, err) == 0 ? 0 : -1;
-    if (rc == 0) {
-      op.txn = txn;
-      rc = build(&op, &a, &res, err, data);
-      if (rc == 0)
-        rc = stage(&op, res, &st, err);
-      reads = store_reads_take(txn);
-      store_rollback(txn);
+    int rc = 0;
+    if (!locked) {
+      rc = store_begin_tracked(b->api->store, &txn, err) == 0 ? 0 : -1;
+      if (rc == 0) {
+        op.txn = txn;
+        rc = build(&op, &a, &res, err, data);
+        if (rc == 0)
+          rc = stage(&op, res, &st, err);
+        reads = store_reads_take(txn);
+        store_rollback(txn);
+      }
     }
     if (rc == 0 && store_begin(b->api->store, 1, &txn, err) != 0)
       rc = -1;
     else if (rc == 0) {
       op.txn = txn;
-      int checked = store_reads_check(txn, reads, err);
-      if (checked == -EAGAIN && attempt < WRITE_ATTEMPTS) {
-        again = 1;
-        rc = -1;
-      } else if (checked == -EAGAIN) {
-        char why[sizeof(err->msg)];
-        snprintf(why, sizeof(why), "%s", err->msg);
-        rc =
-            tp_err_set(err, GRPC_STATUS_ABORTED, "%s: %s (%d attempts); nothing was written, retry",
-                       b->kind->resource_field, why, WRITE_ATTEMPTS);
-      } else if (checked != 0) {
-        rc = -1;
+      if (locked) {
+        rc = build(&op, &a, &res, err, data);
+        if (rc == 0)
+          rc = stage(&op, res, &st, err);
       } else {
-        rc = staged_put(&op, res, &st, expect_etag, action, err);
+        int checked = store_reads_check(txn, reads, err);
+        if (checked == -EAGAIN)
+          again = 1;
+        rc = checked;
       }
+      if (rc == 0)
+        rc = staged_put(&op, res, &st, expect_etag, action, err);
       rc = finish(txn, rc, err);
     }
     staged_clear(&st);
@@ -772,35 +776,6 @@ static int starts_with(const char *s, const char *prefix) {
   return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-void api_writes_limit(struct api *api, int threads) {
-  /* A write holds a store connection while it is validated: half the
-   * store's connections stay for reads too. */
-  int n = threads / 2, c = store_connections(api->store) / 2;
-  if (n > c)
-    n = c;
-  api->writes_max = n > 0 ? n : 1;
-}
-
-/* Runs a write method unless writes_max of them are in progress already.
- * Refused at once rather than queued: a queued write would hold a thread
- * as surely as a running one. */
-static int write_call(const struct rpc_call_info *call, const ProtobufCMessage *req,
-                      ProtobufCMessage **resp, struct tp_err *err, void *data) {
-  const struct api_write_call *w = data;
-  struct api *api = w->api;
-  int busy = atomic_fetch_add(&api->writes, 1);
-  int rc;
-  if (api->writes_max > 0 && busy >= api->writes_max)
-    rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE,
-                    "server busy: %d writes in progress, the most it runs at once; nothing was "
-                    "written, retry with backoff",
-                    api->writes_max);
-  else
-    rc = w->fn(call, req, resp, err, w->data);
-  atomic_fetch_sub(&api->writes, 1);
-  return rc;
-}
-
 int api_service_register(struct api *api, struct rpc_server *srv,
                          const ProtobufCServiceDescriptor *svc, const struct api_kind *kind,
                          const struct api_method *custom) {
@@ -839,16 +814,9 @@ int api_service_register(struct api *api, struct rpc_server *srv,
     if (fn == NULL)
       continue; /* the server core answers UNIMPLEMENTED */
     /* Writes by the rule auth.c's table uses: all but Get* and List*. */
-    if (!starts_with(m->name, "Get") && !starts_with(m->name, "List")) {
-      const size_t wmax = sizeof(api->write_calls) / sizeof(api->write_calls[0]);
-      if (api->n_write_calls == wmax)
-        return -1;
-      struct api_write_call *w = &api->write_calls[api->n_write_calls++];
-      *w = (struct api_write_call){.api = api, .fn = fn, .data = data};
-      fn = write_call;
-      data = w;
-    }
-    if (rpc_server_add_unary(srv, path, m->input, m->output, fn, data) != 0)
+    int write = !starts_with(m->name, "Get") && !starts_with(m->name, "List");
+    if ((write ? rpc_server_add_write : rpc_server_add_unary)(srv, path, m->input, m->output, fn,
+                                                              data) != 0)
       return -1;
   }
   return 0;

@@ -9,7 +9,6 @@
 
 #include <openssl/evp.h>
 #include <protobuf-c/protobuf-c.h>
-#include <stdatomic.h>
 #include <time.h>
 
 #include "error.h"
@@ -29,13 +28,6 @@ struct api_binding {
   const ProtobufCMessageDescriptor *list_output; /* List methods: the response type */
 };
 
-/* A write method's handler, called behind the writes limit. */
-struct api_write_call {
-  struct api *api;
-  rpc_unary_fn fn;
-  void *data;
-};
-
 /* The API's process context, shared by every handler. */
 struct api {
   struct store *store;
@@ -46,21 +38,7 @@ struct api {
   struct usage *usage;
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
-  /* Write methods (all but Get* and List*) in progress, and how many may
-   * be at once (api_writes_limit; 0: no limit). A write beyond it is
-   * answered UNAVAILABLE at once: writes wait for the store's write lock,
-   * and a thread that waits serves nobody, so the limit keeps part of the
-   * RPC threads for reads however many clients write. */
-  _Atomic int writes;
-  int writes_max;
-  struct api_write_call write_calls[96]; /* one per registered write method */
-  size_t n_write_calls;
 };
-
-/* Sets api->writes_max for a server whose unary calls are served by
- * `threads` pool threads: half of them, and at most half the store's
- * connections (at least one). */
-void api_writes_limit(struct api *api, int threads);
 
 /* References a resource makes to others, collected by a kind's refs hook
  * and checked by the store. Owns its strings. */

@@ -440,6 +440,9 @@ int main(int argc, char **argv) {
                                   .request_timeout_ms = o.request_timeout_ms,
                                   .max_streams = o.max_streams,
                                   .max_peer_streams = o.max_peer_streams,
+                                  /* A write holds a store connection while it is
+                                   * validated: half of them stay for reads. */
+                                  .max_writes = store_connections(api.store) / 2,
                                   .auth = auth_call,
                                   .auth_data = &api};
   if (!o.plaintext) {
@@ -451,7 +454,6 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto close_store;
   }
-  api_writes_limit(&api, rpc_server_threads(srv));
   const char *services[16];
   size_t n_services = api_service_names(services, 16);
   if (api_register_all(&api, srv) != 0 || hub_register(hub, srv) != 0 ||

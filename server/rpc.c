@@ -20,6 +20,7 @@
  *          else start RECV_MESSAGE (async)
  *   event: the whole message arrived -> pool: decode, handler, encode,
  *          start the send batch (message + status, async)
+ *          (a write method: through the write lane first, see Writes)
  *   event: the send and the close both completed -> the call is released
  *
  * Authentication runs before the request message is read: a caller
@@ -43,6 +44,19 @@
  * the rest; at most MAX_HELD_BYTES of received requests not yet decoded;
  * grpc core's own memory under a resource quota; TLS handshakes within
  * HANDSHAKE_TIMEOUT_MS. grpc 1.51 has no cap on connections.
+ *
+ * Writes. Methods registered with rpc_server_add_write (every call that
+ * changes the store) run at most max_writes at a time: a write waits for
+ * the store's write lock, and a pool thread that waits serves nobody, so
+ * the rest of the pool stays free for reads and health however many
+ * clients write. A write whose request arrived while max_writes run waits
+ * in the lane, a FIFO that holds no thread (only the call and its
+ * request, counted in MAX_HELD_BYTES); each write that ends hands its
+ * slot to the oldest waiting one. A waiting write whose client went away
+ * (cancelled, past its deadline) is dropped unrun; one that waited
+ * LANE_WAIT_MS is answered UNAVAILABLE by the sweep; beyond
+ * MAX_LANE_WAITING waiting, RESOURCE_EXHAUSTED at once. Nothing refused by
+ * the lane was written.
  *
  * Streams. Streaming methods are registered with grpc core
  * (grpc_server_register_method) and requested apart, one request per method
@@ -128,6 +142,9 @@
 /* A refusal by a cap is logged at most this often (with a count). */
 #define CAP_LOG_INTERVAL_MS (10 * 1000)
 #define PEER_BUCKETS 256
+/* Writes waiting for a slot, at most, and how long one waits at most. */
+#define MAX_LANE_WAITING 256
+#define LANE_WAIT_MS (30 * 1000)
 
 /* A registered method. Exactly one of unary and stream is set, or neither
  * (a placeholder that answers UNIMPLEMENTED). */
@@ -139,6 +156,7 @@ struct method {
   rpc_unary_fn unary;
   rpc_stream_fn stream;
   void *data;
+  int write;        /* unary: served in the write lane */
   void *registered; /* streams: grpc_server_register_method's handle */
   int requested;    /* streams: a request for the next call is outstanding (calls_mu) */
 };
@@ -227,6 +245,9 @@ struct call {
   grpc_byte_buffer *resp_bb; /* being sent */
   grpc_slice status_details;
   int has_details;
+  /* Write lane (lane_mu). */
+  struct call *lane_next;
+  int64_t lane_since_ms; /* monotonic: when it began to wait */
   /* Pool queue. */
   struct call *job_next;
   void (*job_fn)(struct call *c);
@@ -258,7 +279,8 @@ struct cap_note {
 
 /* Invariants: methods only change before `started`; the stream lists and
  * n_streams are guarded by mu; the call counters by calls_mu; the job
- * queue by pool_mu; the peer table by peers_mu. */
+ * queue by pool_mu; the peer table by peers_mu; the write lane by
+ * lane_mu. */
 struct rpc_server {
   grpc_server *server;
   grpc_completion_queue *shutdown_cq; /* registered; only the shutdown tag */
@@ -299,12 +321,19 @@ struct rpc_server {
   pthread_mutex_t peers_mu;
   struct peer *peers[PEER_BUCKETS];
 
+  pthread_mutex_t lane_mu;
+  struct call *lane_head, *lane_tail; /* writes waiting, oldest first */
+  int lane_waiting;
+  int writes_running; /* writes queued for or on a pool thread */
+  int max_writes;
+
   pthread_mutex_t mu;
   pthread_cond_t stream_done_cv; /* a stream thread moved itself to streams_done */
   struct stream_thread *streams_live, *streams_done;
   int n_streams; /* streaming calls served (threads live or starting) */
 
   struct cap_note cap_streams, cap_peer_streams, cap_peer_slow, cap_bytes, cap_timeout;
+  struct cap_note cap_lane_full, cap_lane_wait;
 };
 
 /* --- helpers --- */
@@ -858,6 +887,117 @@ static void unary_serve(struct call *c) {
   unary_unref(c);
 }
 
+/* --- the write lane --- */
+
+/* Answers a write that leaves the lane unrun; takes the lane's reference. */
+static void lane_refuse(struct call *c, grpc_status_code status, const char *msg) {
+  if (c->req_bb != NULL) {
+    grpc_byte_buffer_destroy(c->req_bb);
+    c->req_bb = NULL;
+  }
+  atomic_fetch_sub(&c->srv->held_bytes, c->req_bytes);
+  c->req_bytes = 0;
+  if (atomic_load(&c->close_done))
+    grpc_call_cancel(c->call, NULL); /* nobody to answer */
+  else
+    unary_finish(c, NULL, status, msg);
+  unary_unref(c);
+}
+
+static void write_serve(struct call *c);
+
+/* A write slot is free: hands it to the oldest waiting write that can
+ * still be answered, or gives it back. */
+static void lane_release(struct rpc_server *srv) {
+  for (;;) {
+    pthread_mutex_lock(&srv->lane_mu);
+    struct call *c = srv->lane_head;
+    if (c != NULL) {
+      srv->lane_head = c->lane_next;
+      if (srv->lane_head == NULL)
+        srv->lane_tail = NULL;
+      srv->lane_waiting--;
+    } else {
+      srv->writes_running--;
+    }
+    pthread_mutex_unlock(&srv->lane_mu);
+    if (c == NULL)
+      return;
+    if (!atomic_load(&c->close_done) && !atomic_load(&srv->shutting_down)) {
+      job_push(c, write_serve); /* the slot goes with it */
+      return;
+    }
+    lane_refuse(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down; nothing was written");
+  }
+}
+
+/* Pool: a write in its slot. */
+static void write_serve(struct call *c) {
+  struct rpc_server *srv = c->srv;
+  unary_serve(c);
+  lane_release(srv);
+}
+
+/* Event: a write's request arrived whole: runs it if a slot is free,
+ * else it waits in the lane. Takes the receive's reference. */
+static void lane_enter(struct call *c) {
+  struct rpc_server *srv = c->srv;
+  int run = 0, waiting;
+  pthread_mutex_lock(&srv->lane_mu);
+  waiting = srv->lane_waiting;
+  if (srv->writes_running < srv->max_writes && srv->lane_head == NULL) {
+    srv->writes_running++;
+    run = 1;
+  } else if (waiting < MAX_LANE_WAITING) {
+    c->lane_next = NULL;
+    c->lane_since_ms = now_ms();
+    if (srv->lane_tail != NULL)
+      srv->lane_tail->lane_next = c;
+    else
+      srv->lane_head = c;
+    srv->lane_tail = c;
+    srv->lane_waiting++;
+    waiting = -1;
+  }
+  pthread_mutex_unlock(&srv->lane_mu);
+  if (run) {
+    job_push(c, write_serve);
+  } else if (waiting >= 0) {
+    char msg[192];
+    cap_refused(&srv->cap_lane_full);
+    snprintf(msg, sizeof(msg),
+             "server busy: %d writes wait already, the most it queues; nothing was written, retry "
+             "with backoff",
+             MAX_LANE_WAITING);
+    lane_refuse(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+  }
+}
+
+/* Event: answers the writes that waited LANE_WAIT_MS (the oldest first). */
+static void lane_sweep(struct rpc_server *srv, int64_t now) {
+  for (;;) {
+    pthread_mutex_lock(&srv->lane_mu);
+    struct call *c = srv->lane_head;
+    if (c != NULL && c->lane_since_ms + LANE_WAIT_MS <= now) {
+      srv->lane_head = c->lane_next;
+      if (srv->lane_head == NULL)
+        srv->lane_tail = NULL;
+      srv->lane_waiting--;
+    } else {
+      c = NULL;
+    }
+    pthread_mutex_unlock(&srv->lane_mu);
+    if (c == NULL)
+      return;
+    char msg[192];
+    cap_refused(&srv->cap_lane_wait);
+    snprintf(msg, sizeof(msg),
+             "server busy: the write waited %d ms behind other writes; nothing was written, retry",
+             LANE_WAIT_MS);
+    lane_refuse(c, GRPC_STATUS_UNAVAILABLE, msg);
+  }
+}
+
 /* Pool: the call's metadata arrived. Authentication comes first, also for
  * unknown methods: a caller without a credential learns nothing about the
  * API, and its request is never read. */
@@ -955,7 +1095,11 @@ static void unary_received(struct call *c, int success) {
     return;
   }
   c->req_bytes = n;
-  job_push(c, unary_serve); /* the receive's reference goes with it */
+  /* The receive's reference goes with it. */
+  if (c->method->write)
+    lane_enter(c);
+  else
+    job_push(c, unary_serve);
 }
 
 static void unary_sent(struct call *c, int success) {
@@ -1245,6 +1389,7 @@ static void *event_main(void *arg) {
     if (now >= ev->next_sweep_ms) {
       ev->next_sweep_ms = now + SWEEP_MS;
       overdue_sweep(ev, now);
+      lane_sweep(srv, now);
       /* Requests that could not be posted (out of memory) are retried. */
       unary_request_more(srv);
       streams_request_all(srv);
@@ -1356,7 +1501,7 @@ static int path_check(const char *path) {
  * later; a handled method is never replaced. */
 static int method_add(struct rpc_server *srv, const char *path,
                       const ProtobufCMessageDescriptor *req, const ProtobufCMessageDescriptor *resp,
-                      rpc_unary_fn unary, rpc_stream_fn stream, void *data) {
+                      rpc_unary_fn unary, rpc_stream_fn stream, int write, void *data) {
   if (srv->started)
     return -EBUSY;
   int rc = path_check(path);
@@ -1394,6 +1539,7 @@ static int method_add(struct rpc_server *srv, const char *path,
   m->resp = resp;
   m->unary = unary;
   m->stream = stream;
+  m->write = write;
   m->data = data;
   return 0;
 }
@@ -1401,12 +1547,20 @@ static int method_add(struct rpc_server *srv, const char *path,
 int rpc_server_add_unary(struct rpc_server *srv, const char *method,
                          const ProtobufCMessageDescriptor *req,
                          const ProtobufCMessageDescriptor *resp, rpc_unary_fn fn, void *data) {
-  return method_add(srv, method, req, resp, fn, NULL, data);
+  return method_add(srv, method, req, resp, fn, NULL, 0, data);
+}
+
+int rpc_server_add_write(struct rpc_server *srv, const char *method,
+                         const ProtobufCMessageDescriptor *req,
+                         const ProtobufCMessageDescriptor *resp, rpc_unary_fn fn, void *data) {
+  if (fn == NULL)
+    return -EINVAL;
+  return method_add(srv, method, req, resp, fn, NULL, 1, data);
 }
 
 int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream_fn fn,
                           void *data) {
-  return method_add(srv, method, NULL, NULL, NULL, fn, data);
+  return method_add(srv, method, NULL, NULL, NULL, fn, 0, data);
 }
 
 int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *svc,
@@ -1420,7 +1574,7 @@ int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescrip
     if (n < 0 || (size_t)n >= sizeof(path))
       return -EINVAL;
     rpc_unary_fn fn = fns != NULL ? fns[i] : NULL;
-    int rc = method_add(srv, path, md->input, md->output, fn, NULL, data);
+    int rc = method_add(srv, path, md->input, md->output, fn, NULL, 0, data);
     if (rc == -EEXIST && fn == NULL)
       continue; /* already handled, e.g. a streaming method */
     if (rc < 0)
@@ -1479,6 +1633,11 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   srv->max_streams = opts->max_streams > 0 ? opts->max_streams : DEFAULT_MAX_STREAMS;
   srv->max_peer_streams =
       opts->max_peer_streams > 0 ? opts->max_peer_streams : DEFAULT_MAX_PEER_STREAMS;
+  srv->max_writes = srv->n_pool / 2;
+  if (opts->max_writes > 0 && opts->max_writes < srv->max_writes)
+    srv->max_writes = opts->max_writes;
+  if (srv->max_writes < 1)
+    srv->max_writes = 1;
   srv->pool = calloc((size_t)srv->n_pool, sizeof(*srv->pool));
   if (srv->pool == NULL) {
     free(srv);
@@ -1492,6 +1651,7 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   pthread_mutex_init(&srv->calls_mu, NULL);
   pthread_cond_init(&srv->calls_cv, NULL);
   pthread_mutex_init(&srv->peers_mu, NULL);
+  pthread_mutex_init(&srv->lane_mu, NULL);
   atomic_init(&srv->shutting_down, 0);
   atomic_init(&srv->held_bytes, 0);
   cap_init(&srv->cap_streams, "streams: the server-wide cap is reached", "refused");
@@ -1500,6 +1660,8 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   cap_init(&srv->cap_peer_slow, "slow requests: an address reached its cap", "cancelled");
   cap_init(&srv->cap_bytes, "requests held: the byte cap is reached", "refused");
   cap_init(&srv->cap_timeout, "requests not complete in time", "cancelled");
+  cap_init(&srv->cap_lane_full, "writes: the lane is full", "refused");
+  cap_init(&srv->cap_lane_wait, "writes: waited too long in the lane", "refused");
 
   grpc_init();
   grpc_resource_quota *quota = grpc_resource_quota_create("tlsplane-server");
@@ -1602,10 +1764,6 @@ int rpc_server_port(const struct rpc_server *srv) {
   return srv->port;
 }
 
-int rpc_server_threads(const struct rpc_server *srv) {
-  return srv->n_pool;
-}
-
 int rpc_server_shutting_down(const struct rpc_server *srv) {
   return atomic_load(&srv->shutting_down);
 }
@@ -1694,6 +1852,7 @@ void rpc_server_free(struct rpc_server *srv) {
   pthread_cond_destroy(&srv->calls_cv);
   pthread_mutex_destroy(&srv->calls_mu);
   pthread_mutex_destroy(&srv->peers_mu);
+  pthread_mutex_destroy(&srv->lane_mu);
   free(srv);
   grpc_shutdown();
 }

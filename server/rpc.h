@@ -126,6 +126,10 @@ struct rpc_server_opts {
   /* Streaming calls served at once per client IP address for calls that
    * run without a credential (health Watch, reflection); 0: 16. */
   int max_peer_streams;
+  /* Write methods (rpc_server_add_write) run at once, at most; more wait
+   * in the write lane, holding no thread. 0, or more than half the pool
+   * threads: half the pool threads (at least one). */
+  int max_writes;
   /* TLS: the server's certificate chain and private key, PEM (copied).
    * NULL: plaintext. With client_ca_pem, clients may present a certificate,
    * which the handshake verifies against it (one that does not verify, or
@@ -153,6 +157,13 @@ int rpc_server_add_unary(struct rpc_server *srv, const char *method,
                          const ProtobufCMessageDescriptor *req,
                          const ProtobufCMessageDescriptor *resp, rpc_unary_fn fn, void *data);
 int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream_fn fn, void *data);
+/* As rpc_server_add_unary, for a method that writes: its calls run in the
+ * write lane, at most opts.max_writes at once, the others waiting (without
+ * a thread) in arrival order; a write that waits too long or finds the
+ * lane full is answered UNAVAILABLE or RESOURCE_EXHAUSTED unrun. */
+int rpc_server_add_write(struct rpc_server *srv, const char *method,
+                         const ProtobufCMessageDescriptor *req,
+                         const ProtobufCMessageDescriptor *resp, rpc_unary_fn fn, void *data);
 
 /* Registers every method of a protobuf-c service descriptor, the i-th
  * method handled by fns[i] (fns NULL or a NULL entry: UNIMPLEMENTED, until
@@ -169,9 +180,6 @@ int rpc_server_start(struct rpc_server *srv, struct tp_err *err);
 
 /* The port actually bound (useful with port 0). */
 int rpc_server_port(const struct rpc_server *srv);
-
-/* How many pool threads serve unary calls (opts.threads, or the default). */
-int rpc_server_threads(const struct rpc_server *srv);
 
 /* Has rpc_server_free call cb(data) after every thread that could use data
  * is joined: for state that handlers share and that lives as long as the

@@ -50,14 +50,8 @@ test('SIGKILL during a stream of writes loses no acknowledged write', async () =
           cipherPolicy: { ciphersuites: 'TLS_AES_128_GCM_SHA256', minVersion: 'TLS_1_3' },
         });
         acked.push(r);
-      } catch (e) {
-        // More writers than the server runs at once: answered "server
-        // busy", nothing written; try again.
-        if (!stop && /^server busy/.test(e.details || '')) {
-          await new Promise((r) => setTimeout(r, 5));
-          continue;
-        }
-        return; // the server is gone
+      } catch {
+        return; // the server is gone (writers beyond those it runs at once wait their turn)
       }
     }
   };
