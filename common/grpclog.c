@@ -2,7 +2,7 @@
 #include "grpclog.h"
 
 #include <grpc/support/log.h>
-#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -12,37 +12,18 @@
 /* Lines per second, at most. */
 #define GRPCLOG_BURST 20
 
-/* The rate limit: the current one-second window and what it let through.
- * Process-wide, as grpc core's log function is. */
-static struct {
-  pthread_mutex_t mu;
-  time_t window;
-  int lines;             /* logged in window */
-  unsigned long dropped; /* not logged since the last line that was */
-} limit = {.mu = PTHREAD_MUTEX_INITIALIZER};
+/* Process-wide, as grpc core's log function is. */
+static struct log_limit limit = {.burst = GRPCLOG_BURST};
 
 static void sink(gpr_log_func_args *args) {
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
-  pthread_mutex_lock(&limit.mu);
-  if (now.tv_sec != limit.window) {
-    limit.window = now.tv_sec;
-    limit.lines = 0;
-  }
-  int pass = limit.lines < GRPCLOG_BURST;
-  unsigned long dropped = 0;
-  if (pass) {
-    limit.lines++;
-    dropped = limit.dropped;
-    limit.dropped = 0;
-  } else {
-    limit.dropped++;
-  }
-  pthread_mutex_unlock(&limit.mu);
-  if (!pass)
+  unsigned long long dropped = 0;
+  if (!log_limit_allow(&limit, (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000,
+                       &dropped))
     return;
   if (dropped > 0)
-    log_warn("grpc", "%lu lines of grpc core not logged (more than %d a second)", dropped,
+    log_warn("grpc", "%llu lines of grpc core not logged (more than %d a second)", dropped,
              GRPCLOG_BURST);
   const char *file = args->file != NULL ? args->file : "";
   const char *base = strrchr(file, '/');

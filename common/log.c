@@ -167,7 +167,8 @@ int log_limit_allow(struct log_limit *l, uint64_t now_ms, unsigned long long *su
     if (atomic_compare_exchange_strong(&l->window_end, &end, now_ms + LOG_LIMIT_WINDOW_MS))
       atomic_store_explicit(&l->count, 0, memory_order_relaxed);
   }
-  if (atomic_fetch_add_explicit(&l->count, 1, memory_order_relaxed) >= LOG_LIMIT_BURST) {
+  unsigned burst = l->burst > 0 ? l->burst : LOG_LIMIT_BURST;
+  if (atomic_fetch_add_explicit(&l->count, 1, memory_order_relaxed) >= burst) {
     atomic_fetch_add_explicit(&l->suppressed, 1, memory_order_relaxed);
     return 0;
   }

@@ -55,9 +55,10 @@ void log_async_stop(void);
 
 #define LOG_ASYNC_BUFFER (256 * 1024)
 
-/* How often one kind of line may be written: at most LOG_LIMIT_BURST lines
- * per LOG_LIMIT_WINDOW_MS; the others are counted, and the next line
- * written says how many were left out. Zero-initialized (calloc or = {0});
+/* How often one kind of line may be written: at most burst lines (0:
+ * LOG_LIMIT_BURST) per LOG_LIMIT_WINDOW_MS; the others are counted, and the
+ * next line written says how many were left out. Zero-initialized (calloc,
+ * = {0}, or = {.burst = N});
  * threads may share one (atomics: a race lets at most a line or two more
  * through a window). */
 #define LOG_LIMIT_BURST 5
@@ -67,6 +68,7 @@ struct log_limit {
   atomic_uint_fast64_t window_end; /* now_ms at which the current window ends; 0: none yet */
   atomic_uint count;               /* lines asked for in the current window */
   atomic_ullong suppressed;        /* lines left out since the last one written */
+  unsigned burst;                  /* lines per window; 0: LOG_LIMIT_BURST */
 };
 
 /* Whether a line of this kind may be written now. now_ms: a monotonic

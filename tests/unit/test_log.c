@@ -99,6 +99,16 @@ static void test_limit_burst_then_suppressed_count(void **state) {
   assert_int_equal(suppressed, 0);
 }
 
+static void test_limit_burst_of_its_own(void **state) {
+  struct log_limit l = {.burst = 20};
+  unsigned long long suppressed;
+  for (int i = 0; i < 20; i++)
+    assert_int_equal(log_limit_allow(&l, 7000, &suppressed), 1);
+  assert_int_equal(log_limit_allow(&l, 7001, &suppressed), 0);
+  assert_int_equal(log_limit_allow(&l, 7000 + LOG_LIMIT_WINDOW_MS, &suppressed), 1);
+  assert_int_equal(suppressed, 1);
+}
+
 static void test_limit_bounds_lines_of_a_flood(void **state) {
   /* 100,000 events over 10 s of clock: at most a burst per window are
    * written, and written + suppressed reported = every event but those
@@ -222,6 +232,7 @@ int main(void) {
       cmocka_unit_test(test_utf8_kept_unless_invalid_or_hidden),
       cmocka_unit_test(test_cut_at_a_character_with_an_ellipsis),
       cmocka_unit_test(test_limit_burst_then_suppressed_count),
+      cmocka_unit_test(test_limit_burst_of_its_own),
       cmocka_unit_test(test_limit_bounds_lines_of_a_flood),
       cmocka_unit_test(test_async_never_blocks_and_counts_what_it_drops),
   };
