@@ -88,7 +88,7 @@ async function testssl(dir, name, port, checks, caFile) {
   const json = path.join(dir, `${name}.json`);
   const args = [
     '--quiet', '--color', '0', '--warnings', 'off', '--nodns', 'none',
-    '--openssl', '/usr/bin/openssl', '--connect-timeout', '10', '--openssl-timeout', '10',
+    '--openssl', '/usr/bin/openssl', '--connect-timeout', '30', '--openssl-timeout', '30',
     '--add-ca', caFile, '--jsonfile', json, ...checks, `127.0.0.1:${port}`,
   ];
   const run = { proc: spawn(TESTSSL, args, { cwd: dir, detached: true, stdio: ['ignore', 'pipe', 'pipe'] }) };

@@ -422,6 +422,9 @@ test('enrolling an agent id that holds a live certificate: refused, unless the t
   assert.equal((await certs()).length, 1);
   // The admin enrolling it directly is refused the same way.
   await expectGrpcError(api().AgentService.EnrollAgent({ agentId: id, csrPem: csr }), status.FAILED_PRECONDITION, { field: 'agent_id' });
+  // The refusal is synchronous with the stream's fate: a cut would already
+  // be on its way. The short wait only lets its end arrive, if any; it
+  // cannot make the test pass wrongly (a cut stream fails it at any time).
   const stillUp = await Promise.race([s.ended, new Promise((r) => setTimeout(() => r('up'), 300))]);
   assert.equal(stillUp, 'up', 'the real agent\'s stream was not cut');
   await firstConn.api.AgentService.RenewAgentCertificate({ csrPem: makeCsr().csr }).then((r) => assert.ok(r.certificatePem), (err) => assert.fail(err.details));
