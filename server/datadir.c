@@ -449,17 +449,122 @@ static int rotation_finish(int dirfd, const char *dir, struct store *s,
   return 0;
 }
 
-/* The refusal of an initialised directory whose store is gone: what
- * happened to it, and the two ways back. */
-static int store_lost(const struct datadir *dd, const char *what, struct tp_err *err) {
-  return tp_err_set(
-      err, GRPC_STATUS_FAILED_PRECONDITION,
-      "data directory %s was initialised (ca.pem is there) but its database "
-      "tlsplane.db %s: every resource, token and agent certificate record is gone. "
-      "Restore tlsplane.db from a backup (tlsplane-server backup; docs/operations.md), "
-      "or start over with: tlsplane-server init --force --data-dir %s (keeps the CA "
-      "and the master key, discards the store, makes new admin credentials)",
-      dd->dir, what, dd->dir);
+/* Every refusal to use the store at start, worded in one place: what was
+ * found (found: a phrase after "data directory DIR"), what was expected,
+ * and the way back, chosen by what refused it:
+ *   -ENOENT   the store of an initialised directory is gone (lost)
+ *   -ENODATA  not a tlsplane database (foreign or hand-made)
+ *   -EPROTO   an older schema than the directory has run (floor: which)
+ *   -ENOTSUP  a newer schema than this build knows
+ *   -ENOKEY   sealed under a master key that is not here
+ * Returns -1. */
+static int store_refused(const char *dir, int rc, int floor, const char *found,
+                         struct tp_err *err) {
+  char restore[640];
+  snprintf(restore, sizeof(restore),
+           "Restore tlsplane.db from a backup (tlsplane-server backup; docs/operations.md)%s, or "
+           "start over with: tlsplane-server init --force --data-dir %s (keeps the CA and the "
+           "master key, discards the store, makes new admin credentials)",
+           rc == -EPROTO ? " taken by this version of tlsplane-server" : "", dir);
+  char text[sizeof(err->msg)];
+  snprintf(text, sizeof(text), "%s", found);
+  switch (rc) {
+  case -ENOENT:
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "data directory %s was initialised (ca.pem is there) but its database "
+                      "tlsplane.db %s: every resource, token and agent certificate record is "
+                      "gone. %s",
+                      dir, text, restore);
+  case -ENODATA:
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "data directory %s: tlsplane.db is refused, not adopted: %s; expected a "
+                      "database this server made. %s",
+                      dir, text, restore);
+  case -EPROTO:
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "data directory %s: tlsplane.db is refused: %s; expected schema version %d "
+                      "or later (schema-version: the highest this directory has run). %s",
+                      dir, text, floor, restore);
+  case -ENOTSUP:
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "data directory %s: %s. Run the tlsplane-server that last ran here, or a "
+                      "later one (this one knows schema versions up to %d)",
+                      dir, text, store_schema_latest());
+  case -ENOKEY:
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "data directory %s: %s. Put back the master key that sealed it (master.key "
+                      "or TLSPLANE_MASTER_KEY; a backup's backup.json names it by id)",
+                      dir, text);
+  default:
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "data directory %s: %s", dir, text);
+  }
+}
+
+#define SCHEMA_FLOOR "schema-version"
+#define SCHEMA_FLOOR_MAX 9999
+
+/* The schema floor: the highest schema version this directory's store has
+ * run, kept outside the database (schema-version) so that an older copy
+ * put in the database's place is refused (store_opts.min_version). 0 when
+ * the file is not there (a new directory, or one from before the file). */
+static int schema_floor_read(const char *dir, int *floor, struct tp_err *err) {
+  *floor = 0;
+  if (!exists(dir, SCHEMA_FLOOR))
+    return 0;
+  char *text = NULL;
+  if (file_read(dir, SCHEMA_FLOOR, 0, &text, err) != 0)
+    return -1;
+  long v = 0;
+  size_t i = 0;
+  while (text[i] >= '0' && text[i] <= '9' && v <= SCHEMA_FLOOR_MAX)
+    v = v * 10 + (text[i++] - '0');
+  int ok =
+      i > 0 && v >= 1 && v <= SCHEMA_FLOOR_MAX && (text[i] == '\0' || strcmp(text + i, "\n") == 0);
+  free(text);
+  if (!ok)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "%s/%s: not a schema version (one number, as tlsplane-server writes it: the "
+                      "highest schema version this directory has run)",
+                      dir, SCHEMA_FLOOR);
+  *floor = (int)v;
+  return 0;
+}
+
+/* Raises schema-version to the schema of the open store s (never lowers
+ * it): called after every open, which is when the store migrates. */
+static int schema_floor_raise(int dirfd, const char *dir, int floor, struct store *s,
+                              struct tp_err *err) {
+  int v = store_schema_version(s);
+  if (v <= floor)
+    return 0;
+  char text[16];
+  snprintf(text, sizeof(text), "%d\n", v);
+  if (file_write(dirfd, dir, SCHEMA_FLOOR, text, 0600, err) != 0)
+    return -1;
+  if (floor > 0)
+    log_info("datadir", "%s/%s: raised from %d to %d", dir, SCHEMA_FLOOR, floor, v);
+  return 0;
+}
+
+/* Opens dir's database at the latest schema, refusing one below floor,
+ * then raises the floor to what it opened. Refusals are store_refused's. */
+static int store_open_floored(int dirfd, const char *dir, const struct store_opts *o, int floor,
+                              struct store **out, struct tp_err *err) {
+  char db[PATH_MAX];
+  path_of(db, sizeof(db), dir, "tlsplane.db");
+  struct store_opts with_floor = *o;
+  with_floor.min_version = floor;
+  int rc = store_open(db, &with_floor, out, err);
+  if (rc == -ENODATA || rc == -EPROTO || rc == -ENOTSUP || rc == -ENOKEY)
+    store_refused(dir, rc, floor, err->msg, err);
+  if (rc != 0)
+    return rc;
+  if (schema_floor_raise(dirfd, dir, floor, *out, err) != 0) {
+    store_close(*out);
+    *out = NULL;
+    return -EIO;
+  }
+  return 0;
 }
 
 int datadir_initialised(const struct datadir *dd) {
@@ -468,6 +573,7 @@ int datadir_initialised(const struct datadir *dd) {
 
 int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *err) {
   char db[PATH_MAX], key_path[PATH_MAX];
+  int floor;
   path_of(db, sizeof(db), dd->dir, "tlsplane.db");
   path_of(key_path, sizeof(key_path), dd->dir, "master.key");
   *out = NULL;
@@ -481,10 +587,12 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
     if (errno != ENOENT)
       return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: %s", db, strerror(errno));
     if (initialised)
-      return store_lost(dd, "is missing", err);
+      return store_refused(dd->dir, -ENOENT, 0, "is missing", err);
   } else if (initialised && st.st_size == 0) {
-    return store_lost(dd, "is empty (0 bytes)", err);
+    return store_refused(dd->dir, -ENOENT, 0, "is empty (0 bytes)", err);
   }
+  if (schema_floor_read(dd->dir, &floor, err) != 0)
+    return -1;
   if (store_files_tighten(dd->dir, err) != 0)
     return -1;
   /* A new key is on disk before anything is sealed under it: opening a
@@ -497,14 +605,16 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
     memcpy(keys[1], dd->pending_key, STORE_MASTER_KEY_LEN);
   struct store_opts o = {.master_keys = (const uint8_t(*)[STORE_MASTER_KEY_LEN])keys,
                          .n_master_keys = dd->pending ? 2 : 1};
-  int rc = store_open(db, &o, out, err);
+  int rc = store_open_floored(dd->fd, dd->dir, &o, floor, out, err);
   OPENSSL_cleanse(keys, sizeof(keys));
-  if (rc == -ENOKEY && dd->key_made) {
-    /* The database is sealed under a key that is not here: the new key
-     * sealed nothing, and must not stay to be mistaken for the right one. */
+  if (dd->key_made && (rc == -ENOKEY || rc == -ENODATA || rc == -EPROTO || rc == -ENOTSUP)) {
+    /* Refused before anything was sealed under the new key (or sealed
+     * under a key that is not here): it must not stay to be mistaken for
+     * the right one. */
     unlink(key_path);
     fsync(dd->fd);
-    tp_err_prefix(err, "master.key is missing and a new key does not open the database: ");
+    if (rc == -ENOKEY)
+      tp_err_prefix(err, "master.key is missing and a new key does not open the database: ");
   }
   if (rc != 0)
     return -1;
@@ -514,7 +624,7 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
      * empty SQLite file): lost as surely. */
     store_close(*out);
     *out = NULL;
-    return store_lost(dd, "holds no data (revision 0)", err);
+    return store_refused(dd->dir, -ENOENT, 0, "holds no data (revision 0)", err);
   }
   if (dd->pending) {
     char id[2 * STORE_KEY_ID_LEN + 1];
@@ -869,14 +979,15 @@ int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17],
   }
   if (rc == 0 && memcmp(keys[0], keys[1], STORE_MASTER_KEY_LEN) == 0)
     rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "the new master key is the current one");
+  int floor = 0;
+  if (rc == 0)
+    rc = schema_floor_read(dir, &floor, err);
   if (rc == 0) {
-    char db[PATH_MAX];
-    path_of(db, sizeof(db), dir, "tlsplane.db");
     struct store_opts o = {.master_keys = (const uint8_t(*)[STORE_MASTER_KEY_LEN])keys,
                            .n_master_keys = 2};
     store_master_key_id_hex(keys[0], old_id);
     store_master_key_id_hex(keys[1], new_id);
-    rc = store_open(db, &o, &s, err);
+    rc = store_open_floored(fd, dir, &o, floor, &s, err);
   }
   if (rc == 0) {
     if (from_env)

@@ -11,6 +11,9 @@
  *   admin.token      0600  the admin's bearer token (tokens/admin)
  *   admin.pem        0600  an admin client certificate, and its key
  *   admin-key.pem    0600
+ *   schema-version   0600  the schema floor: the highest schema version the
+ *                          store has run; a database with an older schema
+ *                          is refused (an older copy put in its place)
  *
  * The first start (no ca.pem yet) makes all of them; ca.pem is written
  * last, so a first start that was interrupted starts over, and a directory
@@ -64,7 +67,10 @@ int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct t
  * (ca.pem, the last file it writes, is there). */
 int datadir_initialised(const struct datadir *dd);
 
-/* Opens tlsplane.db under the master key: writes master.key first when it
+/* Opens tlsplane.db under the master key, refusing one older than
+ * schema-version, not a tlsplane database, newer than this build, or sealed
+ * under another key (each refusal says how to recover), and raises
+ * schema-version to the schema it opened. Writes master.key first when it
  * was just made (removed again when the database turns out to be sealed
  * under another key), and finishes an interrupted master-key rotation.
  * Gives the store files mode 0600 first (logging each change). Refused

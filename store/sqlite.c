@@ -19,7 +19,15 @@
  * those already stored).
  *
  * Every value reaches SQL through a bound parameter; the only SQL built at
- * run time (store_list, store_audit_list) joins fixed fragments. */
+ * run time (store_list, store_audit_list) joins fixed fragments.
+ *
+ * The file is not trusted to hold only what the migrations made: whoever
+ * can write it can add a trigger (copying each row as it is written, or
+ * rewriting it) or turn a table into a view. The schema has neither, so
+ * every connection runs with both off, in defensive mode (no writable
+ * schema, no corrupting pragmas) and with an untrusted schema (functions
+ * with side effects cannot run from it). Foreign-key actions are not
+ * triggers and stay on. */
 #include "store_int.h"
 
 #include <errno.h>
@@ -295,6 +303,31 @@ static int pragma_query(sqlite3 *db, const char *sql, char *buf, size_t len, str
   return 0;
 }
 
+/* What a planted trigger or view could do is switched off (see above).
+ * Each setting is read back: a build that ignores one is refused. */
+static int db_harden(sqlite3 *db, const char *path, struct tp_err *err) {
+  static const struct {
+    int op;
+    int value;
+    const char *name;
+  } settings[] = {
+      {SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, "triggers off"},
+      {SQLITE_DBCONFIG_ENABLE_VIEW, 0, "views off"},
+      {SQLITE_DBCONFIG_DEFENSIVE, 1, "defensive mode"},
+      {SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, "untrusted schema"},
+  };
+  for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++) {
+    int now = -1;
+    if (sqlite3_db_config(db, settings[i].op, settings[i].value, &now) != SQLITE_OK ||
+        now != settings[i].value) {
+      tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: this SQLite cannot set %s", path,
+                 settings[i].name);
+      return -EIO;
+    }
+  }
+  return 0;
+}
+
 static int conn_open(const char *path, struct conn **out, struct tp_err *err) {
   struct conn *c = calloc(1, sizeof(*c));
   if (c == NULL)
@@ -309,6 +342,8 @@ static int conn_open(const char *path, struct conn **out, struct tp_err *err) {
   }
   sqlite3_extended_result_codes(c->db, 1);
   sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+  if (db_harden(c->db, path, err) < 0)
+    goto failed_open;
   char mode[16];
   if (pragma_query(c->db, "PRAGMA journal_mode = WAL", mode, sizeof(mode), err) < 0)
     goto failed_open;
@@ -569,11 +604,27 @@ static int migration_record(struct conn *c, const struct migration *m, struct tp
   return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
+/* How many objects the file's schema has besides schema_migrations. */
+static int schema_objects_other(struct conn *c, int *n, struct tp_err *err) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(c->db,
+                         "SELECT count(*) FROM sqlite_schema WHERE name <> 'schema_migrations'", -1,
+                         &st, NULL) != SQLITE_OK)
+    return db_fail(err, c->db, "read the schema");
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    *n = sqlite3_column_int(st, 0);
+  else
+    db_fail(err, c->db, "read the schema");
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW ? 0 : -EIO;
+}
+
 /* One transaction: reads the version (inside it, in case another process
  * migrated meanwhile) and applies the next step towards target. Returns 1
  * with *version set once the schema is at target, 0 after a step. */
 static int migrate_step(struct conn *c, struct sqlite_store *s, const char *path, int target,
-                        int *version, struct tp_err *err) {
+                        int min_version, int *version, struct tp_err *err) {
   char *msg = NULL;
   int current = 0;
   int rc = -EIO;
@@ -590,6 +641,29 @@ static int migrate_step(struct conn *c, struct sqlite_store *s, const char *path
   }
   if (schema_version_read(c, &current, err) < 0)
     goto failed;
+  if (current == 0) {
+    /* No history: a new database has nothing else in it. Tables (or
+     * anything) without one are not ours to adopt or to migrate. */
+    int others = 0;
+    if ((rc = schema_objects_other(c, &others, err)) < 0)
+      goto failed;
+    rc = -EIO;
+    if (others > 0) {
+      tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                 "store: %s holds %d tables, indexes, views or triggers but no schema history: "
+                 "not a tlsplane database (a foreign or hand-made file)",
+                 path, others);
+      rollback_quiet(c);
+      return -ENODATA;
+    }
+  } else if (current < min_version) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: %s: database schema version %d is older than %d, the version this "
+               "database has had already: an older copy was put in its place",
+               path, current, min_version);
+    rollback_quiet(c);
+    return -EPROTO;
+  }
   if (current > target) {
     tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                "store: %s: database schema version %d is newer than %d%s", path, current, target,
@@ -624,10 +698,11 @@ failed:
 /* Applies the steps of `migrations` in order until the schema is at
  * target. */
 static int migrate(struct conn *c, struct sqlite_store *s, const char *path, int target,
-                   int *version, struct tp_err *err) {
+                   int min_version, int *version, struct tp_err *err) {
   int rc;
-  while ((rc = migrate_step(c, s, path, target, version, err)) == 0)
-    ;
+  /* The floor is for the schema found, not for the steps taken from it. */
+  while ((rc = migrate_step(c, s, path, target, min_version, version, err)) == 0)
+    min_version = 0;
   return rc < 0 ? rc : 0;
 }
 
@@ -695,8 +770,8 @@ static void sqlite_close(struct store *base) {
   free(s);
 }
 
-static int sqlite_open(const char *path, int version, const struct store_keyring *keys,
-                       struct store **out, struct tp_err *err) {
+static int sqlite_open(const char *path, int version, int min_version,
+                       const struct store_keyring *keys, struct store **out, struct tp_err *err) {
   if (!sqlite3_threadsafe()) {
     tp_err_set(err, GRPC_STATUS_INTERNAL, "store: this SQLite is built without threads");
     return -EIO;
@@ -728,7 +803,7 @@ static int sqlite_open(const char *path, int version, const struct store_keyring
   int rc = conn_open(path, &c, err);
   if (rc < 0)
     goto failed_conn;
-  rc = migrate(c, s, path, version, &s->base.schema_version, err);
+  rc = migrate(c, s, path, version, min_version, &s->base.schema_version, err);
   if (rc < 0)
     goto failed_migrate;
   int64_t rev;
@@ -1479,6 +1554,10 @@ static int sqlite_backup(const char *path, const char *dest, struct store_backup
     return -EIO;
   }
   sqlite3_busy_timeout(src, BUSY_TIMEOUT_MS);
+  if (db_harden(src, path, err) < 0) {
+    sqlite3_close(src);
+    return -EIO;
+  }
   /* Private from the start, as the database itself. */
   int fd = open(dest, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
@@ -1492,6 +1571,8 @@ static int sqlite_backup(const char *path, const char *dest, struct store_backup
     db_fail(err, dst, "backup: open the copy");
     goto done;
   }
+  if (db_harden(dst, dest, err) < 0)
+    goto done;
   sqlite3_backup *b = sqlite3_backup_init(dst, "main", src, "main");
   if (b == NULL) {
     db_fail(err, dst, "backup");

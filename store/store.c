@@ -246,8 +246,8 @@ int store_schema_latest(void) {
 /* Opens at version with the master keys of ring, then checks that every
  * stored secret is sealed with one of them: a wrong key is refused here,
  * not at the first read. */
-static int open_with(const char *path, int version, const struct store_keyring *ring,
-                     struct store **out, struct tp_err *err) {
+static int open_with(const char *path, int version, int min_version,
+                     const struct store_keyring *ring, struct store **out, struct tp_err *err) {
   const struct store_ops *ops = &store__sqlite_ops;
   *out = NULL;
   if (empty(path)) {
@@ -260,13 +260,25 @@ static int open_with(const char *path, int version, const struct store_keyring *
                ops->latest_version);
     return -EINVAL;
   }
+  if (min_version > ops->latest_version) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: %s has had schema version %d, newer than %d, the latest this build knows",
+               path, min_version, ops->latest_version);
+    return -ENOTSUP;
+  }
+  if (min_version < 0 || min_version > version) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "store: schema floor %d is not within 0 to the version asked for (%d)", min_version,
+               version);
+    return -EINVAL;
+  }
   if (version >= STORE_SEALED_SINCE_VERSION && ring->n == 0) {
     tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                "store: a master key is required (secrets are sealed from schema version %d)",
                STORE_SEALED_SINCE_VERSION);
     return -ENOKEY;
   }
-  int rc = ops->open(path, version, ring, out, err);
+  int rc = ops->open(path, version, min_version, ring, out, err);
   if (rc < 0)
     return rc;
   struct store *s = *out;
@@ -306,7 +318,7 @@ static int open_with(const char *path, int version, const struct store_keyring *
 
 int store_open_version(const char *path, int version, struct store **out, struct tp_err *err) {
   struct store_keyring none = {0};
-  return open_with(path, version, &none, out, err);
+  return open_with(path, version, 0, &none, out, err);
 }
 
 int store_open(const char *path, const struct store_opts *opts, struct store **out,
@@ -325,7 +337,7 @@ int store_open(const char *path, const struct store_opts *opts, struct store **o
       tp_err_set(err, GRPC_STATUS_INTERNAL, "store: cannot derive the row authentication key");
       return -EIO;
     }
-  int rc = open_with(path, version, &ring, out, err);
+  int rc = open_with(path, version, opts != NULL ? opts->min_version : 0, &ring, out, err);
   store__keyring_clear(&ring);
   return rc;
 }

@@ -17,14 +17,20 @@
  *                                 message names store_ref.field)
  *   -EIO      INTERNAL            the backend failed
  *   -ENOTSUP  FAILED_PRECONDITION store_open: the database's schema is newer
- *                                 than this build (or the version asked for)
+ *                                 than this build (or the version asked for),
+ *                                 or store_opts.min_version is
+ *   -EPROTO   FAILED_PRECONDITION store_open: the database's schema is older
+ *                                 than store_opts.min_version (an older copy
+ *                                 put in the place of the database)
  *   -EBADMSG  DATA_LOSS           a secret does not unseal: sealed with a
  *                                 master key the store was not opened with,
  *                                 or altered; or a row fails its integrity
  *                                 check (the message names the row)
  *   -ENOKEY   FAILED_PRECONDITION store_open: no master key, or not the one
  *                                 that sealed the stored secrets
- *   -ENODATA  FAILED_PRECONDITION store_backup: no tlsplane database there
+ *   -ENODATA  FAILED_PRECONDITION store_backup: no tlsplane database there;
+ *                                 store_open: the file holds tables but no
+ *                                 schema history (not a tlsplane database)
  *   -EAGAIN   ABORTED             store_reads_check: something a tracked
  *                                 read saw has changed since (the message
  *                                 names it)
@@ -75,11 +81,25 @@ struct store_opts {
    * master-key rotation is finishing). Required from schema version 3. */
   const uint8_t (*master_keys)[STORE_MASTER_KEY_LEN];
   size_t n_master_keys; /* at most 4 */
+  /* The schema floor: the highest schema version the caller knows this
+   * database has had (kept outside it). A database whose schema is older
+   * is refused with -EPROTO before anything is migrated: the migrations
+   * would take its rows as they find them (authenticating them, from
+   * version 4), so an older copy put in the database's place would be
+   * adopted. 0: no floor. A new database (no tables yet) is not refused. */
+  int min_version;
 };
 
 /* Opens (creating if needed) the database at path and migrates it to the
  * schema version of opts. Refused with -ENOKEY when no master key is given
- * (from version 3) or when stored secrets are sealed with a key not given.
+ * (from version 3) or when stored secrets are sealed with a key not given;
+ * with -EPROTO below opts->min_version; with -ENODATA when the file holds
+ * tables but no schema history (a foreign or hand-made file is neither
+ * adopted nor migrated). A refused open adds no table or row to the file.
+ *
+ * Every connection the store opens runs with SQLite's triggers and views
+ * off, in defensive mode and with an untrusted schema: the schema has
+ * none of them, so a trigger or view planted in the file does nothing.
  * Caller frees with store_close. */
 int store_open(const char *path, const struct store_opts *opts, struct store **out,
                struct tp_err *err);

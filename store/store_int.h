@@ -102,9 +102,12 @@ struct store_ops {
   /* Allocates the backend's store (struct store first in it), copies keys
    * into it, and migrates to `version` (1..latest_version, checked by
    * store.c); the migration to STORE_SEALED_SINCE_VERSION seals the
-   * secrets already stored with keys->key[0] (none given: -ENOKEY). */
-  int (*open)(const char *path, int version, const struct store_keyring *keys, struct store **out,
-              struct tp_err *err);
+   * secrets already stored with keys->key[0] (none given: -ENOKEY).
+   * Before any migration: a schema below min_version (0..version, checked
+   * by store.c) is refused with -EPROTO, tables without schema history
+   * with -ENODATA, each adding nothing to the file. */
+  int (*open)(const char *path, int version, int min_version, const struct store_keyring *keys,
+              struct store **out, struct tp_err *err);
   /* Frees everything; no transaction is open. */
   void (*close)(struct store *s);
   /* store_backup: path to a new file dest, without opening a store

@@ -2,8 +2,10 @@
  * path ("/tlsplane.v1.CertificateService/CreateCertificate"; every method
  * of every tlsplane.v1 service, found through the service descriptors,
  * streams included), or else a first byte that picks one, then the
- * protobuf message in a grpc byte buffer, decoded by common/grpcmsg.c as
- * server/rpc.c does.
+ * protobuf message in a grpc byte buffer, decoded by common/grpcmsg.c and
+ * checked by pb_input_check as server/rpc.c does: a message the server
+ * refuses there (bad UTF-8, an over-long string, a Timestamp or Duration
+ * out of range) goes no further, as it goes no further in the server.
  *
  * What follows the decode without a store: the resource a request carries
  * (CreateCertificate's certificate, UpdateListener's listener, ...) goes
@@ -111,9 +113,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (req == NULL)
     return 0;
   FUZZ_ASSERT(req->descriptor == method->input);
+  struct tp_err err = {0};
+  if (pb_input_check(req, &err) != 0) {
+    FUZZ_ASSERT(err.status == GRPC_STATUS_INVALID_ARGUMENT && err.msg[0] != '\0');
+    protobuf_c_message_free_unpacked(req, NULL);
+    return 0;
+  }
   validate_resources(req);
   char *json = NULL;
-  struct tp_err err = {0};
   if (pbjson_encode(req, PBJSON_PRETTY, &json, &err) == 0)
     free(json);
   else

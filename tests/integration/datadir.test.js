@@ -86,10 +86,60 @@ test('a truncated, deleted or empty database under an initialised data directory
   assertLostStore(refusedStart(dir), dir, 'is missing');
   assert.equal(fs.existsSync(file(dir, 'tlsplane.db')), false, 'the refused start made a database');
 
-  // A SQLite file that is not the store (no commit in it).
-  const r = spawnSync('sqlite3', [file(dir, 'tlsplane.db'), 'CREATE TABLE other (x);'], { encoding: 'utf8' });
+  // An empty SQLite database (no table, no commit).
+  let r = spawnSync('sqlite3', [file(dir, 'tlsplane.db'), 'PRAGMA user_version = 1;'], { encoding: 'utf8' });
   assert.equal(r.status, 0, `sqlite3: ${r.error || r.stderr}`);
   assertLostStore(refusedStart(dir), dir, 'holds no data \\(revision 0\\)');
+
+  // A SQLite file that is not the store: tables, no schema history. Refused
+  // as foreign, neither adopted nor migrated (no table added to it).
+  fs.unlinkSync(file(dir, 'tlsplane.db'));
+  r = spawnSync('sqlite3', [file(dir, 'tlsplane.db'), 'CREATE TABLE other (x); INSERT INTO other VALUES (1);'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `sqlite3: ${r.error || r.stderr}`);
+  const text = refusedStart(dir);
+  assert.match(text, new RegExp(`data directory ${dir}: tlsplane\\.db is refused, not adopted: .*holds 1 tables, indexes, views or triggers but no schema history: not a tlsplane database`));
+  assert.match(text, /Restore tlsplane\.db from a backup/);
+  assert.match(text, new RegExp(`tlsplane-server init --force --data-dir ${dir}`));
+  r = spawnSync('sqlite3', [file(dir, 'tlsplane.db'), "SELECT group_concat(name) FROM sqlite_schema"], { encoding: 'utf8' });
+  assert.equal(r.stdout.trim(), 'other', 'the refused start added to the foreign file');
+});
+
+test('a database older than the schema this directory has run is refused at start (and by rotate-master-key); a current one starts', async () => {
+  const e = await started();
+  const dir = e.srv.dataDir;
+  await e.conn.api.CertificateService.CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: pki().rsa.cert, privateKeyPem: pki().rsa.key } });
+  await stop(e);
+  // The floor, outside the database: the schema version the start ran.
+  const floorFile = file(dir, 'schema-version');
+  assert.equal(mode(floorFile), 0o600);
+  const latest = Number(fs.readFileSync(floorFile, 'utf8').trim());
+  assert.ok(latest >= 4, `schema-version: ${latest}`);
+  const current = fs.readFileSync(file(dir, 'tlsplane.db'));
+
+  // An older copy put in its place: schema version 3, rows without MACs,
+  // so that a migration would authenticate whatever it found.
+  const sql = 'DROP TABLE macs; DELETE FROM schema_migrations WHERE version >= 4; ' +
+    "UPDATE resources SET data = data WHERE kind = 'Certificate';";
+  const r = spawnSync('sqlite3', [file(dir, 'tlsplane.db'), sql], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `sqlite3: ${r.error || r.stderr}`);
+  const older = fs.readFileSync(file(dir, 'tlsplane.db'));
+  const text = refusedStart(dir);
+  assert.match(text, new RegExp(`data directory ${dir}: tlsplane\\.db is refused: .*database schema version 3 is older than ${latest}`));
+  assert.match(text, new RegExp(`expected schema version ${latest} or later \\(schema-version`));
+  assert.match(text, /Restore tlsplane\.db from a backup \(tlsplane-server backup; docs\/operations\.md\) taken by this version of tlsplane-server/);
+  assert.match(text, new RegExp(`tlsplane-server init --force --data-dir ${dir}`));
+  assert.deepEqual(fs.readFileSync(file(dir, 'tlsplane.db')), older, 'the refused start migrated the older copy');
+  assert.equal(fs.readFileSync(floorFile, 'utf8'), `${latest}\n`);
+
+  const rot = tool(['rotate-master-key', '--data-dir', dir]);
+  assert.equal(rot.status, 1, rot.stdout);
+  assert.match(rot.stderr, /database schema version 3 is older than/);
+
+  // The current database back: it starts, and its certificate is there.
+  fs.writeFileSync(file(dir, 'tlsplane.db'), current);
+  const e2 = await started(dir);
+  await e2.conn.api.CertificateService.GetCertificate({ name: 'certificates/web' });
+  await stop(e2);
 });
 
 test('init --force: a new store, the CA and master key kept, new admin credentials that work', async () => {

@@ -164,3 +164,33 @@ test('rows edited in the database file without the master key are refused at the
   assert.deepEqual(b.snapshots, [], 'no snapshot');
   b.close();
 });
+
+test('triggers planted in the database file do nothing when the server writes; the server works on', async () => {
+  conn.close();
+  conn = null;
+  await srv.stopClean();
+  // Someone with file access adds triggers: one copies every row (its
+  // sealed secret too) as the server writes it into a table of their own,
+  // one rewrites the labels the server writes.
+  sqlite(
+    'CREATE TABLE stolen (kind, name, data, secret);' +
+      'CREATE TRIGGER steal_insert AFTER INSERT ON resources BEGIN INSERT INTO stolen VALUES (new.kind, new.name, new.data, new.secret); END;' +
+      'CREATE TRIGGER steal_update AFTER UPDATE ON resources BEGIN INSERT INTO stolen VALUES (new.kind, new.name, new.data, new.secret); END;' +
+      "CREATE TRIGGER relabel AFTER INSERT ON labels BEGIN UPDATE labels SET value = 'par' WHERE kind = new.kind AND name = new.name AND key = new.key; END;",
+  );
+  await srv._spawn();
+  conn = await connect(srv.address, srv.connectOptions());
+
+  const p = pki();
+  const c = await api().CertificateService.CreateCertificate({
+    certificateId: 'planted', certificate: { certificateChainPem: p.rsa.cert, privateKeyPem: p.rsa.key, labels: { site: 'lon' } },
+  });
+  await api().CertificateService.UpdateCertificate({
+    certificate: { name: c.name, labels: { site: 'ams' } }, updateMask: { paths: ['labels'] },
+  });
+  const got = await api().CertificateService.GetCertificate({ name: c.name });
+  assert.deepEqual(got.labels, { site: 'ams' });
+  assert.equal(sqlite('SELECT count(*) FROM stolen'), '0', 'a planted trigger copied rows');
+  assert.equal(sqlite(`SELECT value FROM labels WHERE name = '${c.name}' AND key = 'site'`), 'ams', 'a planted trigger rewrote a label');
+  srv.assertLogClean();
+});

@@ -288,6 +288,50 @@ static void test_open_migrates_and_reopens(void **state) {
                  GRPC_STATUS_INVALID_ARGUMENT, "unknown");
 }
 
+/* The schema floor: a database older than min_version is refused before
+ * it is migrated; a new one is not; tables without schema history are
+ * refused as foreign, and nothing is added to them. */
+static void test_open_floor_and_foreign(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_ok(store_open_version(f->path, 2, &f->s, &err), err);
+  store_close(f->s);
+  f->s = NULL;
+  struct store_opts floored = opts_a;
+  floored.min_version = store_schema_latest();
+  struct store *s = NULL;
+  assert_refused(store_open(f->path, &floored, &s, &err), -EPROTO, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "database schema version 2 is older than");
+  assert_null(s);
+  assert_ok(store_open_version(f->path, 2, &s, &err), err); /* still version 2 */
+  assert_int_equal(store_schema_version(s), 2);
+  store_close(s);
+  floored.min_version = store_schema_latest() + 1;
+  assert_refused(store_open(f->path, &floored, &s, &err), -ENOTSUP, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "the latest this build knows");
+
+  unlink(f->path);
+  floored.min_version = store_schema_latest();
+  assert_ok(store_open(f->path, &floored, &s, &err), err); /* a new database */
+  store_close(s);
+
+  unlink(f->path);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, "CREATE TABLE other (x)", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  assert_refused(store_open(f->path, &opts_a, &s, &err), -ENODATA, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "no schema history");
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_schema", -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), 1);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
 static void test_upgrade_keeps_rows(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
@@ -1804,6 +1848,7 @@ static void test_tracked_reads(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_open_migrates_and_reopens, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_open_floor_and_foreign, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_upgrade_keeps_rows, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_create_get_update_delete, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_exists_and_not_found, setup_open, teardown),
