@@ -594,6 +594,13 @@ static void on_up_connect(uv_connect_t *req, int status) {
   struct conn *c = conn_check(req->data);
   if (status == UV_ECANCELED || (c->flags & F_CLOSING))
     return;
+  if (c->flags & F_FINISH) {
+    /* Closing while connecting: c->timer is the finish timer now, and it
+     * stays, since a client that does not drain leaves nothing else to
+     * close the connection. The upstream has no use any more. */
+    after_io(c);
+    return;
+  }
   uv_timer_stop(&c->timer);
   if (status < 0) {
     upstream_connect_failed(c, status);
