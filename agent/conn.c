@@ -955,11 +955,14 @@ static void conn_close(struct conn *c) {
   if (c->flags & F_CLOSING)
     return;
   c->flags |= F_CLOSING;
-  /* What the client's socket took of a write cut short counts as sent. */
+  /* What the client's socket took of a write cut short counts as sent,
+   * once: a write libuv completed but whose callback it deferred still
+   * reports success after this, and must add nothing. */
   if (c->cw.inflight != NULL) {
     size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->client);
     if (left < c->cw.inflight_len)
       stats_add(&conn_stats(c)->bytes_out, (long long)(c->cw.inflight_len - left));
+    c->cw.inflight_len = 0;
   }
   if (c->w->out_conn == c) {
     c->w->out.len = 0;

@@ -441,8 +441,9 @@ static void ticket_record_read(SSL_SESSION *sess, struct ticket_record *r) {
 
 /* Verifies peer as OpenSSL's full handshake does (ssl_verify_cert_chain):
  * the store of the SSL's current context with its flags (CRL checks), the
- * "ssl_client" purpose, the SSL's verify parameters and callback, the
- * current time. Returns the X509_V_* verdict. */
+ * "ssl_client" purpose, the SSL's verify parameters and callback, its
+ * security level as the chain's authentication level (a key too weak for
+ * the level fails), the current time. Returns the X509_V_* verdict. */
 static long peer_verify(SSL *ssl, X509 *peer, STACK_OF(X509) *untrusted) {
   X509_STORE *store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
   X509_STORE_CTX *vctx = X509_STORE_CTX_new();
@@ -453,6 +454,7 @@ static long peer_verify(SSL *ssl, X509 *peer, STACK_OF(X509) *untrusted) {
       !X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(vctx), SSL_get0_param(ssl)) ||
       !X509_STORE_CTX_set_ex_data(vctx, SSL_get_ex_data_X509_STORE_CTX_idx(), ssl))
     goto done;
+  X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(vctx), SSL_get_security_level(ssl));
   SSL_verify_cb cb = SSL_get_verify_callback(ssl);
   if (cb != NULL)
     X509_STORE_CTX_set_verify_cb(vctx, cb);
