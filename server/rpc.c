@@ -67,7 +67,12 @@
  * and hands it to a thread of its own, within two caps: max_streams in all,
  * and max_peer_streams per client address for calls without a credential
  * (health Watch, reflection); beyond either, RESOURCE_EXHAUSTED naming the
- * cap. Finished stream threads are joined by the pool thread that starts
+ * cap. A call refused (by a cap, or by authentication) is cancelled with
+ * its status, which waits for nothing: grpc core sends the status when the
+ * connection can take it, and the call is freed once its close completed
+ * (at once, or by its event thread's sweep), so a client that stops
+ * reading its socket holds no pool thread however many streams it opens.
+ * Finished stream threads are joined by the pool thread that starts
  * the next one, and at shutdown. Per stream, a RECV_CLOSE_ON_SERVER batch
  * is started first, under its own tag; it completes when the call is over
  * (status sent, or cancelled), so plucking it is how rpc_stream_wait
@@ -170,6 +175,10 @@ struct event_thread {
    * also in deadline order). Only this thread touches the list. */
   struct call *overdue_head, *overdue_tail;
   int64_t next_sweep_ms;
+  /* Refused stream calls whose close has not completed yet (see
+   * stream_refuse); the pool adds, this thread frees (parked_mu). */
+  pthread_mutex_t parked_mu;
+  struct call *parked;
 };
 
 /* The thread serving one streaming call. Lives on srv->streams_live while
@@ -248,6 +257,8 @@ struct call {
   /* Write lane (lane_mu). */
   struct call *lane_next;
   int64_t lane_since_ms; /* monotonic: when it began to wait */
+  /* Stream only: on ev's parked list. */
+  struct call *parked_next;
   /* Pool queue. */
   struct call *job_next;
   void (*job_fn)(struct call *c);
@@ -1201,6 +1212,61 @@ static void stream_send_error(struct call *c, const struct tp_err *err) {
     stream_send_status(c, err->status, err->msg);
 }
 
+/* Whether a stream call's close has completed, without waiting. */
+static int stream_closed_now(struct call *c) {
+  if (!c->close_started || atomic_load(&c->close_done))
+    return 1;
+  grpc_event ev =
+      grpc_completion_queue_pluck(c->cq, &c->op_close, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
+  if (ev.type != GRPC_OP_COMPLETE)
+    return 0;
+  atomic_store(&c->close_done, 1);
+  return 1;
+}
+
+/* Pool: ends a stream call that will not be served, without waiting for
+ * anything. The cancellation carries the status (grpc core sends it when
+ * the connection can take it; a client that does not read its socket
+ * holds nobody), and the call is freed once its close completed: here if
+ * it already has, else by its event thread's sweep (parked_sweep). */
+static void stream_refuse(struct call *c, grpc_status_code status, const char *msg) {
+  if (status == GRPC_STATUS_OK) {
+    status = GRPC_STATUS_INTERNAL;
+    msg = "refused without an error";
+  }
+  grpc_call_cancel_with_status(c->call, status, msg != NULL ? msg : "", NULL);
+  c->status_sent = 1; /* the cancellation is the status */
+  if (stream_closed_now(c)) {
+    call_destroy(c);
+    return;
+  }
+  struct event_thread *ev = c->ev;
+  pthread_mutex_lock(&ev->parked_mu);
+  c->parked_next = ev->parked;
+  ev->parked = c;
+  pthread_mutex_unlock(&ev->parked_mu);
+}
+
+/* Event: frees the parked calls whose close has completed. */
+static void parked_sweep(struct event_thread *ev) {
+  pthread_mutex_lock(&ev->parked_mu);
+  struct call *list = ev->parked;
+  ev->parked = NULL;
+  pthread_mutex_unlock(&ev->parked_mu);
+  while (list != NULL) {
+    struct call *c = list;
+    list = c->parked_next;
+    if (stream_closed_now(c)) {
+      call_destroy(c);
+      continue;
+    }
+    pthread_mutex_lock(&ev->parked_mu);
+    c->parked_next = ev->parked;
+    ev->parked = c;
+    pthread_mutex_unlock(&ev->parked_mu);
+  }
+}
+
 /* Releases a stream call: waits for its close (cancelling it first if no
  * status went out, so that the close comes), then frees it. */
 static void stream_call_free(struct call *c) {
@@ -1324,14 +1390,10 @@ static void stream_start(struct call *c) {
     c->close_started = 1;
   char msg[512];
   struct tp_err err = {.status = GRPC_STATUS_OK};
-  if (call_authenticate(c, &err) != 0) {
-    stream_send_error(c, &err);
-  } else if (stream_spawn(c, msg, sizeof(msg)) == 0) {
-    return;
-  } else {
-    stream_send_status(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
-  }
-  stream_call_free(c);
+  if (call_authenticate(c, &err) != 0)
+    stream_refuse(c, err.status, err.msg);
+  else if (stream_spawn(c, msg, sizeof(msg)) != 0)
+    stream_refuse(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
 }
 
 /* Event: a streaming call arrived (or its request failed at shutdown). */
@@ -1390,6 +1452,7 @@ static void *event_main(void *arg) {
       ev->next_sweep_ms = now + SWEEP_MS;
       overdue_sweep(ev, now);
       lane_sweep(srv, now);
+      parked_sweep(ev);
       /* Requests that could not be posted (out of memory) are retried. */
       unary_request_more(srv);
       streams_request_all(srv);
@@ -1691,6 +1754,7 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   grpc_server_register_completion_queue(srv->server, srv->shutdown_cq, NULL);
   for (int i = 0; i < EVENT_THREADS; i++) {
     srv->events[i].srv = srv;
+    pthread_mutex_init(&srv->events[i].parked_mu, NULL);
     srv->events[i].cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->events[i].cq, NULL);
   }
@@ -1828,6 +1892,7 @@ void rpc_server_free(struct rpc_server *srv) {
       grpc_completion_queue_destroy(srv->events[i].cq); /* drained by its thread */
     else
       cq_close(srv->events[i].cq, 0);
+    pthread_mutex_destroy(&srv->events[i].parked_mu);
   }
   for (size_t i = 0; i < srv->n_methods; i++)
     free(srv->methods[i].path);

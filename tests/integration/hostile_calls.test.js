@@ -4,7 +4,8 @@
 // thread and are ended at the request timeout, and one address cannot hold
 // many of them; a request over the receive limit is refused; streaming
 // calls without a credential are capped per client address, and all
-// streaming calls server-wide, so the server's threads stay bounded.
+// streaming calls server-wide, so the server's threads stay bounded; a
+// refused stream takes no thread, even when its client does not read.
 //
 // The server runs with a pool of POOL threads, so that "more half-open
 // calls than threads" is the same number on every machine.
@@ -12,6 +13,7 @@
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const net = require('node:net');
 const { useServer } = require('./lib/server');
 const { RawH2, frame } = require('./lib/rawh2');
 const { statusName } = require('./lib/util');
@@ -214,5 +216,102 @@ test(`the server-wide stream cap (${MAX_STREAMS}): streams beyond it are refused
     assert.equal(ok.status, 'SERVING');
   } finally {
     await closeAll(hs, baseline);
+  }
+});
+
+// A TCP relay to the server (from localAddress) that can stop reading what
+// the server sends: the server's writes on that connection then stall, as
+// they do towards a client that does not read its socket.
+async function stallingRelay(target, localAddress) {
+  const [host, port] = target.split(':');
+  const relay = { up: null, stalled: false };
+  relay.server = net.createServer((down) => {
+    const up = net.connect({ host, port: Number(port), localAddress });
+    relay.up = up;
+    down.on('data', (d) => up.write(d));
+    up.on('data', (d) => {
+      down.write(d);
+      if (relay.stalled) up.pause();
+    });
+    down.on('error', () => {});
+    up.on('error', () => {});
+    down.on('close', () => up.destroy());
+    up.on('close', () => down.destroy());
+  });
+  await new Promise((resolve) => relay.server.listen(0, '127.0.0.1', resolve));
+  relay.address = `127.0.0.1:${relay.server.address().port}`;
+  relay.stall = () => {
+    relay.stalled = true;
+    relay.up.pause();
+  };
+  relay.resume = () => {
+    relay.stalled = false;
+    relay.up.resume();
+  };
+  relay.close = () => {
+    if (relay.up) relay.up.destroy();
+    relay.server.close();
+  };
+  return relay;
+}
+
+// A ServerReflectionRequest { file_containing_symbol: symbol }, framed.
+function reflectionRequest(symbol) {
+  const s = Buffer.from(symbol);
+  return frame(Buffer.concat([Buffer.from([0x22, s.length]), s]));
+}
+
+const REFLECT = '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo';
+
+test('refusing a stream takes no thread: while a client that does not read holds its connection, its refused streams do not stop Health', async () => {
+  const relay = await stallingRelay(ctx.server.address, '127.0.0.5');
+  const window = 2 ** 31 - 1;
+  const s = await RawH2.connect(relay.address, { settings: { initialWindowSize: window } });
+  raws.push(s);
+  try {
+    s.session.setLocalWindowSize(window);
+    // The address's 16 streams: a reflection stream that makes the server
+    // write, and Watch streams.
+    const refl = s.call(REFLECT, { body: reflectionRequest('tlsplane.v1.AgentService'), endStream: false });
+    assert.notEqual(await refl.firstMessage(ANSWER_MS), null, 'reflection answers');
+    const watches = [];
+    for (let i = 0; i < PEER_STREAMS - 1; i++) watches.push(s.call(WATCH, { body: frame() }));
+    for (const w of watches) assert.notEqual(await w.firstMessage(ANSWER_MS), null, 'a Watch is served');
+
+    // The client stops reading, and keeps asking for 20 KiB answers until
+    // the server's flow-control windows (which grow only by what the
+    // server sends back) are used up: by then the server has tried to
+    // write far more than any socket holds, and its writes on this
+    // connection are stuck.
+    relay.stall();
+    await waitFor(() => {
+      for (let i = 0; i < 2000; i++) refl.stream.write(reflectionRequest('tlsplane.v1.AgentService'));
+      return refl.stream.writableLength >= 64 * 1024;
+    }, 30000, 'the server\'s writes to the stalled client backing up');
+
+    // Streams beyond the address's cap, more than the pool has threads:
+    // each is refused, though the refusal cannot reach the client yet.
+    const refused = [];
+    for (let i = 0; i < 2 * POOL; i++) refused.push(s.call(WATCH, { body: frame() }));
+    const ok = await within(
+      api()['grpc.health.v1.Health'].Check({ service: '' }, { deadlineMs: ANSWER_MS }),
+      ANSWER_MS + 1000, 'Health while refusals wait on a stalled client');
+    assert.equal(ok.status, 'SERVING');
+    const list = await api().CertificateService.ListCertificates({}, { deadlineMs: ANSWER_MS });
+    assert.ok(Array.isArray(list.certificates));
+
+    // Once the client reads again, it learns why.
+    relay.resume();
+    for (const c of refused) {
+      const r = await within(c.closed, 20000, 'a refused stream');
+      assert.equal(statusName(r.status), 'RESOURCE_EXHAUSTED', r.message);
+      assert.equal(
+        r.message,
+        `too many streams: 127.0.0.5 has ${PEER_STREAMS} open streaming calls without a credential (at most ${PEER_STREAMS} per address)`,
+      );
+    }
+  } finally {
+    s.close();
+    relay.close();
   }
 });
