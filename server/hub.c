@@ -597,7 +597,9 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
                          struct tp_err *err, void *data) {
   struct hub *hub = data;
   ProtobufCMessage *m = NULL;
-  int rc = rpc_stream_recv(stream, &tlsplane__v1__agent_message__descriptor, &m, err);
+  /* The hello within the request timeout: a stream that says nothing
+   * holds a thread. */
+  int rc = rpc_stream_recv_within(stream, &tlsplane__v1__agent_message__descriptor, &m, 0, err);
   if (rc <= 0)
     return rc == 0 ? tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello: required first") : -1;
   Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;

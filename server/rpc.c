@@ -1469,18 +1469,35 @@ static struct call *stream_call(struct rpc_stream *stream) {
   return stream->call;
 }
 
-int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
-                    ProtobufCMessage **msg, struct tp_err *err) {
+int rpc_stream_recv_within(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
+                           ProtobufCMessage **msg, int timeout_ms, struct tp_err *err) {
   struct call *c = stream_call(stream);
   *msg = NULL;
   if (stream->half_closed)
     return 0;
+  if (timeout_ms == 0)
+    timeout_ms = c->srv->request_timeout_ms;
   grpc_byte_buffer *bb = NULL;
   grpc_op op;
   memset(&op, 0, sizeof(op));
   op.op = GRPC_OP_RECV_MESSAGE;
   op.data.recv_message.recv_message = &bb;
-  if (batch_run(c, &op, 1, &c->op_recv) < 0)
+  if (grpc_call_start_batch(c->call, &op, 1, &c->op_recv, NULL) != GRPC_CALL_OK)
+    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
+  gpr_timespec until = timeout_ms > 0 ? deadline_after_ms(timeout_ms) : forever();
+  grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->op_recv, until, NULL);
+  if (ev.type == GRPC_QUEUE_TIMEOUT) {
+    /* The client keeps the stream and sends nothing: end it, then wait for
+     * the receive, which the cancellation completes. */
+    char text[96];
+    snprintf(text, sizeof(text), "no message within %d ms", timeout_ms);
+    grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, text, NULL);
+    ev = grpc_completion_queue_pluck(c->cq, &c->op_recv, forever(), NULL);
+    if (bb != NULL)
+      grpc_byte_buffer_destroy(bb);
+    return tp_err_set(err, GRPC_STATUS_DEADLINE_EXCEEDED, "%s", text);
+  }
+  if (ev.type != GRPC_OP_COMPLETE || !ev.success)
     return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
   if (bb == NULL) {
     stream->half_closed = 1;
@@ -1488,6 +1505,11 @@ int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor 
   }
   *msg = message_decode(bb, desc, err);
   return *msg != NULL ? 1 : -1;
+}
+
+int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
+                    ProtobufCMessage **msg, struct tp_err *err) {
+  return rpc_stream_recv_within(stream, desc, msg, -1, err);
 }
 
 static int stream_send_bb(struct rpc_stream *stream, grpc_byte_buffer *bb) {

@@ -89,6 +89,11 @@ typedef int (*rpc_stream_fn)(const struct rpc_call_info *call, struct rpc_stream
  * half-closed, -1 on a broken call or an undecodable message (err set). */
 int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
                     ProtobufCMessage **msg, struct tp_err *err);
+/* As rpc_stream_recv, waiting timeout_ms at most (0: the server's request
+ * timeout; negative: no limit): past it the call is ended with
+ * DEADLINE_EXCEEDED "no message within N ms" and -1 returned (err set). */
+int rpc_stream_recv_within(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
+                           ProtobufCMessage **msg, int timeout_ms, struct tp_err *err);
 
 /* Sends one response message (not consumed). Returns 0, or -1 if the call
  * is gone. */

@@ -21,8 +21,10 @@ const { pki } = require('./lib/pki');
 const { uid, status, expectGrpcError } = require('./lib/util');
 
 let p;
+// The request timeout, which is also how long an agent has for its hello.
+const REQUEST_TIMEOUT_MS = 4000;
 const ctx = useServer({ before, after, beforeEach, afterEach }, {
-  start: { tls: true },
+  start: { tls: true, extraArgs: ['--request-timeout', String(REQUEST_TIMEOUT_MS)] },
   setup: async () => {
     p = pki();
   },
@@ -222,6 +224,32 @@ test('a reconnect replaces the older stream; a deleted agent is cut off', async 
   const cut = await two.ended_();
   assert.ok(cut, 'the deleted agent\'s stream ended');
   assert.equal(cut.code, grpc.status.PERMISSION_DENIED);
+});
+
+test('an agent stream that sends no hello ends after the request timeout; the agent then streams as before', async () => {
+  const name = uid('silent');
+  const creds = await FakeAgent.credentials(ctx, name);
+  const client = FakeAgent._client(ctx, { ca: ctx.server.ca, cert: creds.cert, key: creds.key });
+  const started = Date.now();
+  const call = client.Connect();
+  const err = await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ details: 'the stream was still open 10 s after the request timeout' }), REQUEST_TIMEOUT_MS + 10000);
+    call.on('error', (e) => {
+      clearTimeout(timer);
+      resolve(e);
+    });
+    call.on('data', () => {});
+  });
+  call.cancel();
+  const took = Date.now() - started;
+  assert.equal(err.code, grpc.status.DEADLINE_EXCEEDED, err.details);
+  assert.equal(err.details, `no message within ${REQUEST_TIMEOUT_MS} ms`);
+  assert.ok(took >= REQUEST_TIMEOUT_MS - 100, `ended after ${took} ms`);
+  client.close();
+  // Then it says hello and receives its snapshot.
+  const agent = FakeAgent.connect(ctx, name, creds);
+  assert.ok(await agent.next(0));
+  agent.close();
 });
 
 test('the first message must be a hello', async () => {
