@@ -233,6 +233,7 @@ test('an agent stream that sends no hello ends after the request timeout; the ag
   const started = Date.now();
   const call = client.Connect();
   const err = await new Promise((resolve) => {
+    // A deadline, not a wait: the stream must have ended long before it.
     const timer = setTimeout(() => resolve({ details: 'the stream was still open 10 s after the request timeout' }), REQUEST_TIMEOUT_MS + 10000);
     call.on('error', (e) => {
       clearTimeout(timer);
