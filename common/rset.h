@@ -87,8 +87,7 @@ const Tlsplane__V1__ListenerEntry *rset_listener_next(const struct rset *s, size
  * cb all the same (cb may look it up). cb returns 0 to go on, nonzero to
  * stop the walk, which then returns that value. */
 int rset_listener_uses(const struct rset *s, const Tlsplane__V1__ListenerEntry *e,
-                       int (*cb)(const uint8_t *hash, void *data), void *data,
-                       struct tp_err *err);
+                       int (*cb)(const uint8_t *hash, void *data), void *data, struct tp_err *err);
 
 /* --- the protocol 1 form --- */
 
