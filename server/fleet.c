@@ -16,56 +16,18 @@
 /* A hello may report this many resources and listeners at most. */
 #define VIEW_MAX_ENTRIES 1000000
 
-/* One listener of a world. */
-struct wlistener {
-  char *name;
-  /* In the world's set; NULL when it failed with no earlier entry (every
-   * agent keeps what it holds under this name). */
-  const Tlsplane__V1__ListenerEntry *entry;
-  const struct fleet_failure *failure; /* NULL: built at this revision */
-};
-
-/* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
-struct pair_index {
-  char *pair;
-  size_t *idx; /* into fleet_world.ls, ascending */
-  size_t n, cap;
-};
-
-struct fleet_world {
-  atomic_int refs;
-  int64_t revision;
-  struct rset *set;
-  struct wlistener *ls; /* in name order */
-  size_t n_ls;
-  struct fleet_failure *failures; /* strings owned */
-  size_t n_failures;
-  struct pair_index *pairs; /* in pair order */
-  size_t n_pairs;
-  size_t *everyone; /* listeners with an empty selector */
-  size_t n_everyone;
-};
-
-struct vlistener {
-  char *name;
-  uint8_t hash[RSET_HASH_LEN];
-};
-
-struct fleet_view {
-  struct vlistener *ls; /* in name order */
-  size_t n_ls;
-  uint8_t (*res)[RSET_HASH_LEN]; /* in byte order, each once */
-  size_t n_res;
-  int synced; /* a delta was made for it: the agent knows the revision */
-};
-
-/* --- a string -> index table, for the memos of one build --- */
+/* --- a string -> index table, the memos of a build --- */
 
 struct memo {
   char *name;
   int ok;
   uint8_t hash[RSET_HASH_LEN];
   char *reason; /* when !ok */
+  /* The rows its content comes from (a context: itself, its certificates,
+   * cipher policy, trust bundle and CRLs): while none of them changed, the
+   * next world reuses it. */
+  char **deps;
+  size_t n_deps;
 };
 
 struct memo_tab {
@@ -136,10 +98,60 @@ static void memo_free(struct memo_tab *t) {
   for (size_t i = 0; i < t->n; i++) {
     free(t->v[i].name);
     free(t->v[i].reason);
+    for (size_t j = 0; j < t->v[i].n_deps; j++)
+      free(t->v[i].deps[j]);
+    free(t->v[i].deps);
   }
   free(t->v);
   free(t->slots);
 }
+
+/* One listener of a world. */
+struct wlistener {
+  char *name;
+  /* In the world's set; NULL when it failed with no earlier entry (every
+   * agent keeps what it holds under this name). */
+  const Tlsplane__V1__ListenerEntry *entry;
+  const struct fleet_failure *failure; /* NULL: built at this revision */
+};
+
+/* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
+struct pair_index {
+  char *pair;
+  size_t *idx; /* into fleet_world.ls, ascending */
+  size_t n, cap;
+};
+
+struct fleet_world {
+  atomic_int refs;
+  int64_t revision;
+  struct rset *set;
+  struct wlistener *ls; /* in name order */
+  size_t n_ls;
+  struct fleet_failure *failures; /* strings owned */
+  size_t n_failures;
+  struct pair_index *pairs; /* in pair order */
+  size_t n_pairs;
+  size_t *everyone; /* listeners with an empty selector */
+  size_t n_everyone;
+  /* What this world resolved, by name: the next build reuses what did not
+   * change since this world's revision. */
+  struct memo_tab contexts;
+  struct memo_tab rings;
+};
+
+struct vlistener {
+  char *name;
+  uint8_t hash[RSET_HASH_LEN];
+};
+
+struct fleet_view {
+  struct vlistener *ls; /* in name order */
+  size_t n_ls;
+  uint8_t (*res)[RSET_HASH_LEN]; /* in byte order, each once */
+  size_t n_res;
+  int synced; /* a delta was made for it: the agent knows the revision */
+};
 
 /* --- building a world --- */
 
@@ -147,27 +159,112 @@ struct build {
   struct store_txn *txn;
   struct fleet_world *w;
   const struct fleet_world *prev;
-  struct memo_tab contexts;
-  struct memo_tab rings;
+  /* Names of the rows written since prev's revision (the audit trail);
+   * changed_all: unknown, nothing of prev is reused. */
+  struct memo_tab changed;
+  int changed_all;
   size_t cap_failures;
 };
 
+/* Whether none of m's rows changed since the previous world. */
+static int memo_unchanged(const struct build *b, const struct memo *m) {
+  if (b->changed_all || !m->ok || memo_find(&b->changed, m->name) != NULL)
+    return 0;
+  for (size_t i = 0; i < m->n_deps; i++)
+    if (memo_find(&b->changed, m->deps[i]) != NULL)
+      return 0;
+  return 1;
+}
+
+static int deps_add(struct memo *m, const char *name) {
+  char **v = realloc(m->deps, (m->n_deps + 1) * sizeof(*v));
+  if (v == NULL)
+    return -ENOMEM;
+  m->deps = v;
+  if ((v[m->n_deps] = strdup(name)) == NULL)
+    return -ENOMEM;
+  m->n_deps++;
+  return 0;
+}
+
+/* The rows a context's content comes from. */
+static int deps_of_context(struct memo *m, const Tlsplane__V1__TlsContext *ctx) {
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < ctx->n_certificates; i++)
+    rc = deps_add(m, ctx->certificates[i]);
+  if (rc == 0)
+    rc = deps_add(m, ctx->cipher_policy[0] ? ctx->cipher_policy : RESOLVE_DEFAULT_CIPHER_POLICY);
+  if (rc == 0 && ctx->trust_bundle[0])
+    rc = deps_add(m, ctx->trust_bundle);
+  for (size_t i = 0; rc == 0 && i < ctx->n_revocation_lists; i++)
+    rc = deps_add(m, ctx->revocation_lists[i]);
+  return rc;
+}
+
+struct share {
+  struct rset *dst;
+  const struct rset *src;
+};
+
+static int share_cb(const uint8_t *hash, void *data) {
+  struct share *s = data;
+  int rc = rset_resource_share(s->dst, s->src, hash);
+  return rc == -ENOENT ? 0 : rc; /* a carried entry is as complete as it was */
+}
+
+/* Takes the previous world's context (or ring) `old` over into b's world:
+ * its resources shared, its memo copied. 0 or -ENOMEM. */
+static int memo_reuse(struct build *b, struct memo *m, const struct memo *old, int is_context) {
+  struct share sh = {.dst = b->w->set, .src = b->prev->set};
+  int rc;
+  if (is_context) {
+    /* A one-context listener entry walks the context's resources. */
+    Tlsplane__V1__Listener l = TLSPLANE__V1__LISTENER__INIT;
+    l.name = "reuse";
+    Tlsplane__V1__ListenerEntry__TlsContextsEntry ce =
+        TLSPLANE__V1__LISTENER_ENTRY__TLS_CONTEXTS_ENTRY__INIT;
+    ce.key = m->name;
+    ce.value.data = (uint8_t *)old->hash;
+    ce.value.len = RSET_HASH_LEN;
+    Tlsplane__V1__ListenerEntry__TlsContextsEntry *cep = &ce;
+    Tlsplane__V1__ListenerEntry e = TLSPLANE__V1__LISTENER_ENTRY__INIT;
+    e.listener = &l;
+    e.tls_contexts = &cep;
+    e.n_tls_contexts = 1;
+    struct tp_err err = {0};
+    rc = rset_listener_uses(b->prev->set, &e, share_cb, &sh, &err);
+  } else {
+    rc = share_cb(old->hash, &sh);
+  }
+  if (rc != 0)
+    return -ENOMEM;
+  m->ok = 1;
+  memcpy(m->hash, old->hash, RSET_HASH_LEN);
+  for (size_t i = 0; i < old->n_deps; i++)
+    if (deps_add(m, old->deps[i]) != 0)
+      return -ENOMEM;
+  return 0;
+}
+
 /* The memo of context `name`: resolved (keys unsealed) once per build. */
 static const struct memo *context_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->contexts, name);
+  struct memo *m = memo_find(&b->w->contexts, name);
   if (m != NULL)
     return m;
-  if ((m = memo_add(&b->contexts, name)) == NULL)
+  if ((m = memo_add(&b->w->contexts, name)) == NULL)
     return NULL;
+  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->contexts, name) : NULL;
+  if (old != NULL && memo_unchanged(b, old))
+    return memo_reuse(b, m, old, 1) == 0 ? m : NULL;
   struct tp_err err = {0};
   ProtobufCMessage *ctx = NULL;
   Tlsplane__V1__ResolvedTlsContext *rc = NULL;
   if (api_read(b->txn, &api_kind_tls_context, name, 0, &ctx, NULL, &err) == 0 &&
       resolve_tls_context(b->txn, (Tlsplane__V1__TlsContext *)ctx, NULL, &rc, &err) == 0 &&
       rset_intern_context(b->w->set, rc, m->hash, &err) == 0)
-    m->ok = 1;
-  else
-    m->reason = strdup(err.msg);
+    m->ok = deps_of_context(m, (Tlsplane__V1__TlsContext *)ctx) == 0;
+  if (!m->ok)
+    m->reason = strdup(err.msg[0] ? err.msg : "out of memory");
   if (rc != NULL) {
     for (size_t i = 0; i < rc->n_certificates; i++) /* the unsealed keys */
       if (rc->certificates[i]->private_key_pem != NULL)
@@ -182,11 +279,14 @@ static const struct memo *context_memo(struct build *b, const char *name) {
 
 /* The memo of ticket-key ring `name`. */
 static const struct memo *ring_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->rings, name);
+  struct memo *m = memo_find(&b->w->rings, name);
   if (m != NULL)
     return m;
-  if ((m = memo_add(&b->rings, name)) == NULL)
+  if ((m = memo_add(&b->w->rings, name)) == NULL)
     return NULL;
+  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->rings, name) : NULL;
+  if (old != NULL && memo_unchanged(b, old))
+    return memo_reuse(b, m, old, 0) == 0 ? m : NULL;
   struct tp_err err = {0};
   ProtobufCMessage *ring = NULL;
   struct store_row row = {0};
@@ -325,17 +425,6 @@ static const struct wlistener *world_find(const struct fleet_world *w, const cha
   return NULL;
 }
 
-struct share {
-  struct rset *dst;
-  const struct rset *src;
-};
-
-static int share_cb(const uint8_t *hash, void *data) {
-  struct share *s = data;
-  int rc = rset_resource_share(s->dst, s->src, hash);
-  return rc == -ENOENT ? 0 : rc; /* a carried entry is as complete as it was */
-}
-
 /* Carries prev's entry for `name` into the world, with its resources. 0
  * when prev had none (nothing carried), 1 when carried, -1 on failure. */
 static int entry_carry(struct build *b, const char *name, struct tp_err *err) {
@@ -445,6 +534,22 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
     return -1;
   }
   w->revision = store_txn_revision(b.txn);
+  b.changed_all = prev == NULL;
+  if (prev != NULL) {
+    /* What was written since prev: every write leaves an audit row in its
+     * own transaction, so the trail is the change feed. */
+    struct store_audit_query aq = {.since_revision = prev->revision};
+    struct store_audit *audit = NULL;
+    size_t n_audit = 0;
+    struct tp_err why = {0};
+    if (store_audit_list(b.txn, &aq, &audit, &n_audit, &why) != 0)
+      b.changed_all = 1;
+    for (size_t i = 0; !b.changed_all && i < n_audit; i++)
+      if (memo_find(&b.changed, audit[i].resource) == NULL &&
+          memo_add(&b.changed, audit[i].resource) == NULL)
+        b.changed_all = 1;
+    store_audit_free(audit, n_audit);
+  }
   int rc = store_list(b.txn, &q, &rows, &n, err);
   if (rc == 0 && (w->ls = calloc(n ? n : 1, sizeof(*w->ls))) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -476,8 +581,7 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
   }
   store_rows_free(rows, n);
   store_rollback(b.txn);
-  memo_free(&b.contexts);
-  memo_free(&b.rings);
+  memo_free(&b.changed);
   /* Entries and failures resolved to pointers once the set is complete. */
   for (size_t i = 0, f = 0; rc == 0 && i < w->n_ls; i++) {
     w->ls[i].entry = rset_listener_get(w->set, w->ls[i].name);
@@ -515,6 +619,8 @@ void fleet_world_unref(struct fleet_world *w) {
   }
   free(w->pairs);
   free(w->everyone);
+  memo_free(&w->contexts);
+  memo_free(&w->rings);
   rset_free(w->set);
   free(w);
 }

@@ -268,6 +268,7 @@ static void test_failure_keeps_what_agents_serve(void **state) {
   assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
   free(msg);
 
+  size_t n;
   sqlite3 *db;
   assert_int_equal(sqlite3_open(e.path, &db), SQLITE_OK);
   assert_int_equal(sqlite3_exec(db,
@@ -276,9 +277,50 @@ static void test_failure_keeps_what_agents_serve(void **state) {
                                 NULL, NULL, NULL),
                    SQLITE_OK);
   sqlite3_close(db);
+  /* A world reuses what no write touched since the previous one: the
+   * damage shows once the context is resolved again (a write to it, or a
+   * restart). */
+  assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
+  fleet_world_failures(w2, &n);
+  assert_int_equal(n, 0);
+  fleet_world_unref(w2);
+  Tlsplane__V1__TlsContext *t = calloc(1, sizeof(*t));
+  tlsplane__v1__tls_context__init(t);
+  t->name = strdup("tlsContexts/web");
+  t->certificates = calloc(1, sizeof(char *));
+  t->certificates[0] = strdup("certificates/web");
+  t->n_certificates = 1;
+  t->session_id_context = strdup("touched");
+  {
+    /* Written as the API would not let it be (its certificate no longer
+     * unseals): straight through the store's write path. */
+    struct store_txn *txn;
+    assert_ok(store_begin(e.api.store, 1, &txn, &err), err);
+    ProtobufCMessage *old = NULL;
+    struct store_row row = {0};
+    assert_ok(api_read(txn, &api_kind_tls_context, t->name, 0, &old, &row, &err), err);
+    uint8_t *data;
+    size_t data_len;
+    assert_int_equal(pb_pack(&t->base, &data, &data_len), 0);
+    struct store_write wr = {.kind = api_kind_tls_context.kind,
+                             .name = t->name,
+                             .expect_etag = row.etag,
+                             .data = data,
+                             .data_len = data_len,
+                             .actor = "test",
+                             .method = "test",
+                             .action = "update"};
+    struct store_row out = {0};
+    assert_ok(store_put(txn, &wr, &out, &err), err);
+    assert_ok(store_commit(txn, NULL, &err), err);
+    store_row_clear(&out);
+    store_row_clear(&row);
+    free(data);
+    protobuf_c_message_free_unpacked(old, NULL);
+  }
+  protobuf_c_message_free_unpacked(&t->base, NULL);
 
   assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
-  size_t n;
   const struct fleet_failure *f = fleet_world_failures(w2, &n);
   assert_int_equal(n, 3);
   assert_string_equal(f[0].listener, "listeners/a");
