@@ -122,6 +122,14 @@ struct pair_index {
   size_t n, cap;
 };
 
+/* An agent's record, as far as the world needs it. */
+struct wagent {
+  char *name;
+  struct snapshot_label *labels; /* sorted by key; strings owned */
+  size_t n_labels;
+  int unreadable; /* its record could not be read: it is sent nothing new */
+};
+
 struct fleet_world {
   atomic_int refs;
   int64_t revision;
@@ -138,6 +146,8 @@ struct fleet_world {
    * change since this world's revision. */
   struct memo_tab contexts;
   struct memo_tab rings;
+  struct wagent *agents; /* in name order */
+  size_t n_agents;
 };
 
 struct vlistener {
@@ -164,7 +174,32 @@ struct build {
   struct memo_tab changed;
   int changed_all;
   size_t cap_failures;
+  /* Contexts and rings whose rows failed their integrity check in an
+   * earlier attempt (which aborts the transaction): not read again, so
+   * that the next attempt gets past them. restart: this attempt met one. */
+  struct memo_tab *bad;
+  int restart;
 };
+
+/* After a failed read of `name`: if it aborted the transaction, notes it
+ * bad and has the build begin again. */
+static void bad_note(struct build *b, const char *name, const char *reason) {
+  if (!store_txn_failed(b->txn))
+    return;
+  struct memo *m = memo_find(b->bad, name);
+  if (m == NULL && (m = memo_add(b->bad, name)) != NULL)
+    m->reason = strdup(reason);
+  b->restart = 1;
+}
+
+/* A memo failed for a reason found in an earlier attempt. */
+static int bad_known(struct build *b, struct memo *m) {
+  const struct memo *bad = memo_find(b->bad, m->name);
+  if (bad == NULL)
+    return 0;
+  m->reason = strdup(bad->reason ? bad->reason : "cannot be read");
+  return 1;
+}
 
 /* Whether none of m's rows changed since the previous world. */
 static int memo_unchanged(const struct build *b, const struct memo *m) {
@@ -256,6 +291,8 @@ static const struct memo *context_memo(struct build *b, const char *name) {
   const struct memo *old = b->prev != NULL ? memo_find(&b->prev->contexts, name) : NULL;
   if (old != NULL && memo_unchanged(b, old))
     return memo_reuse(b, m, old, 1) == 0 ? m : NULL;
+  if (bad_known(b, m))
+    return m;
   struct tp_err err = {0};
   ProtobufCMessage *ctx = NULL;
   Tlsplane__V1__ResolvedTlsContext *rc = NULL;
@@ -263,8 +300,10 @@ static const struct memo *context_memo(struct build *b, const char *name) {
       resolve_tls_context(b->txn, (Tlsplane__V1__TlsContext *)ctx, NULL, &rc, &err) == 0 &&
       rset_intern_context(b->w->set, rc, m->hash, &err) == 0)
     m->ok = deps_of_context(m, (Tlsplane__V1__TlsContext *)ctx) == 0;
-  if (!m->ok)
+  if (!m->ok) {
     m->reason = strdup(err.msg[0] ? err.msg : "out of memory");
+    bad_note(b, name, err.msg);
+  }
   if (rc != NULL) {
     for (size_t i = 0; i < rc->n_certificates; i++) /* the unsealed keys */
       if (rc->certificates[i]->private_key_pem != NULL)
@@ -287,6 +326,8 @@ static const struct memo *ring_memo(struct build *b, const char *name) {
   const struct memo *old = b->prev != NULL ? memo_find(&b->prev->rings, name) : NULL;
   if (old != NULL && memo_unchanged(b, old))
     return memo_reuse(b, m, old, 0) == 0 ? m : NULL;
+  if (bad_known(b, m))
+    return m;
   struct tp_err err = {0};
   ProtobufCMessage *ring = NULL;
   struct store_row row = {0};
@@ -309,8 +350,10 @@ static const struct memo *ring_memo(struct build *b, const char *name) {
     free(keys);
     free(ptrs);
   }
-  if (!m->ok)
+  if (!m->ok) {
     m->reason = strdup(err.msg);
+    bad_note(b, name, err.msg);
+  }
   if (row.secret != NULL)
     OPENSSL_cleanse(row.secret, row.secret_len);
   store_row_clear(&row);
@@ -517,15 +560,149 @@ static int world_index(struct fleet_world *w) {
   return 0;
 }
 
-int fleet_world_build(struct store *store, const struct fleet_world *prev, struct fleet_world **out,
-                      struct tp_err *err) {
+static void wagent_clear(struct wagent *a) {
+  for (size_t i = 0; i < a->n_labels; i++) {
+    free((char *)a->labels[i].key);
+    free((char *)a->labels[i].value);
+  }
+  free(a->labels);
+  free(a->name);
+}
+
+static int label_cmp(const void *a, const void *b) {
+  return strcmp(((const struct snapshot_label *)a)->key, ((const struct snapshot_label *)b)->key);
+}
+
+static int wagent_cmp(const void *a, const void *b) {
+  return strcmp(((const struct wagent *)a)->name, ((const struct wagent *)b)->name);
+}
+
+/* out from the record rec (name given: rows and records agree). */
+static int wagent_from(struct wagent *out, const char *name, const Tlsplane__V1__Agent *rec) {
+  memset(out, 0, sizeof(*out));
+  size_t n = rec != NULL ? rec->n_labels : 0;
+  out->name = strdup(name);
+  out->labels = calloc(n ? n : 1, sizeof(*out->labels));
+  if (out->name == NULL || out->labels == NULL)
+    goto oom;
+  for (size_t i = 0; i < n; i++) {
+    out->labels[i].key = strdup(rec->labels[i]->key);
+    out->labels[i].value = strdup(rec->labels[i]->value);
+    out->n_labels++;
+    if (out->labels[i].key == NULL || out->labels[i].value == NULL)
+      goto oom;
+  }
+  if (n > 1)
+    qsort(out->labels, n, sizeof(*out->labels), label_cmp);
+  return 0;
+oom:
+  wagent_clear(out);
+  return -ENOMEM;
+}
+
+static int wagent_copy(struct wagent *out, const struct wagent *in) {
+  Tlsplane__V1__Agent rec = TLSPLANE__V1__AGENT__INIT;
+  Tlsplane__V1__Agent__LabelsEntry *e = calloc(in->n_labels + 1, sizeof(*e));
+  Tlsplane__V1__Agent__LabelsEntry **p = calloc(in->n_labels + 1, sizeof(*p));
+  int rc = -ENOMEM;
+  if (e != NULL && p != NULL) {
+    for (size_t i = 0; i < in->n_labels; i++) {
+      e[i].key = (char *)in->labels[i].key;
+      e[i].value = (char *)in->labels[i].value;
+      p[i] = &e[i];
+    }
+    rec.labels = p;
+    rec.n_labels = in->n_labels;
+    rc = wagent_from(out, in->name, &rec);
+  }
+  free(e);
+  free(p);
+  return rc;
+}
+
+/* The agents' labels at the build's revision: the previous world's, with
+ * the records written since read again (all of them read when there is
+ * no previous world or its changes are unknown). */
+static int world_agents(struct build *b, struct tp_err *err) {
+  struct fleet_world *w = b->w;
+  size_t cap = 0;
+  if (b->changed_all) {
+    struct store_query q = {.kind = api_kind_agent.kind};
+    struct store_row *rows = NULL;
+    size_t n = 0;
+    if (store_list(b->txn, &q, &rows, &n, err) != 0)
+      return -1;
+    int rc = (w->agents = calloc(n ? n : 1, sizeof(*w->agents))) == NULL ? -ENOMEM : 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+      struct tp_err why = {0};
+      ProtobufCMessage *rec = api_decode_row(&api_kind_agent, &rows[i], &why);
+      rc = wagent_from(&w->agents[w->n_agents], rows[i].name, (const Tlsplane__V1__Agent *)rec);
+      if (rc == 0)
+        w->agents[w->n_agents++].unreadable = rec == NULL;
+      if (rec != NULL)
+        protobuf_c_message_free_unpacked(rec, NULL);
+    }
+    store_rows_free(rows, n);
+    return rc == 0 ? 0 : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  const struct fleet_world *prev = b->prev;
+  cap = prev->n_agents + b->changed.n + 1;
+  if ((w->agents = calloc(cap, sizeof(*w->agents))) == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  const size_t prefix = strlen(api_kind_agent.collection);
+  for (size_t i = 0; i < prev->n_agents; i++) {
+    if (memo_find(&b->changed, prev->agents[i].name) != NULL)
+      continue; /* read again below */
+    if (wagent_copy(&w->agents[w->n_agents], &prev->agents[i]) != 0)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    w->agents[w->n_agents++].unreadable = prev->agents[i].unreadable;
+  }
+  for (size_t i = 0; i < b->changed.n; i++) {
+    const char *name = b->changed.v[i].name;
+    if (strncmp(name, api_kind_agent.collection, prefix) != 0 || name[prefix] != '/')
+      continue;
+    ProtobufCMessage *rec = NULL;
+    struct tp_err why = {0};
+    if (api_read(b->txn, &api_kind_agent, name, 0, &rec, NULL, &why) != 0 &&
+        why.status == GRPC_STATUS_NOT_FOUND)
+      continue; /* deleted */
+    int rc = wagent_from(&w->agents[w->n_agents], name, (const Tlsplane__V1__Agent *)rec);
+    if (rec != NULL)
+      protobuf_c_message_free_unpacked(rec, NULL);
+    if (rc != 0)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    w->agents[w->n_agents++].unreadable = rec == NULL;
+  }
+  if (w->n_agents > 1)
+    qsort(w->agents, w->n_agents, sizeof(*w->agents), wagent_cmp);
+  return 0;
+}
+
+int fleet_world_agent(const struct fleet_world *w, const char *name,
+                      const struct snapshot_label **labels, size_t *n) {
+  struct wagent key = {.name = (char *)name};
+  const struct wagent *a =
+      w->n_agents ? bsearch(&key, w->agents, w->n_agents, sizeof(*w->agents), wagent_cmp) : NULL;
+  if (a == NULL)
+    return -ENOENT;
+  if (a->unreadable)
+    return -EBADMSG;
+  *labels = a->labels;
+  *n = a->n_labels;
+  return 0;
+}
+
+/* One attempt at a world (see fleet_world_build); *restart set when it
+ * met a row that aborted its transaction (noted in bad). */
+static int world_try(struct store *store, const struct fleet_world *prev, struct memo_tab *bad,
+                     int *restart, struct fleet_world **out, struct tp_err *err) {
   struct fleet_world *w = calloc(1, sizeof(*w));
   if (w == NULL || rset_new(&w->set) != 0) {
     free(w);
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   atomic_init(&w->refs, 1);
-  struct build b = {.w = w, .prev = prev};
+  struct build b = {.w = w, .prev = prev, .bad = bad};
   struct store_row *rows = NULL;
   size_t n = 0;
   struct store_query q = {.kind = api_kind_listener.kind};
@@ -554,7 +731,7 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
   if (rc == 0 && (w->ls = calloc(n ? n : 1, sizeof(*w->ls))) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   /* Rows come in name order, and so do the world's listeners. */
-  for (size_t i = 0; rc == 0 && i < n; i++) {
+  for (size_t i = 0; rc == 0 && !b.restart && i < n; i++) {
     struct tp_err why = {0};
     struct wlistener *wl = &w->ls[w->n_ls];
     if ((wl->name = strdup(rows[i].name)) == NULL) {
@@ -580,6 +757,9 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
     }
   }
   store_rows_free(rows, n);
+  *restart = b.restart;
+  if (rc == 0 && !b.restart && world_agents(&b, err) != 0)
+    rc = -1;
   store_rollback(b.txn);
   memo_free(&b.changed);
   /* Entries and failures resolved to pointers once the set is complete. */
@@ -590,12 +770,32 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
   }
   if (rc == 0 && world_index(w) != 0)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc != 0) {
+  if (rc != 0 || b.restart) {
     fleet_world_unref(w);
-    return -1;
+    return rc != 0 ? -1 : 0;
   }
   *out = w;
   return 0;
+}
+
+/* Attempts at most this many times: each new one gets past one more row
+ * that fails its integrity check. */
+#define BUILD_ATTEMPTS 16
+
+int fleet_world_build(struct store *store, const struct fleet_world *prev, struct fleet_world **out,
+                      struct tp_err *err) {
+  struct memo_tab bad = {0};
+  int rc = -1;
+  for (int attempt = 0; attempt < BUILD_ATTEMPTS; attempt++) {
+    int restart = 0;
+    *out = NULL;
+    rc = world_try(store, prev, &bad, &restart, out, err);
+    if (rc != 0 || !restart)
+      break;
+    rc = tp_err_set(err, GRPC_STATUS_DATA_LOSS, "more than %d damaged rows", BUILD_ATTEMPTS - 1);
+  }
+  memo_free(&bad);
+  return rc;
 }
 
 void fleet_world_ref(struct fleet_world *w) {
@@ -621,6 +821,9 @@ void fleet_world_unref(struct fleet_world *w) {
   free(w->everyone);
   memo_free(&w->contexts);
   memo_free(&w->rings);
+  for (size_t i = 0; i < w->n_agents; i++)
+    wagent_clear(&w->agents[i]);
+  free(w->agents);
   rset_free(w->set);
   free(w);
 }
@@ -845,7 +1048,10 @@ static int message_pack(Tlsplane__V1__SnapshotDelta *d, Tlsplane__V1__Snapshot *
 
 int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
                 const struct snapshot_label *labels, size_t n_labels, uint8_t **out, size_t *len,
-                const struct fleet_failure ***failures, size_t *n_failures, struct tp_err *err) {
+                struct fleet_counts *counts, const struct fleet_failure ***failures,
+                size_t *n_failures, struct tp_err *err) {
+  if (counts != NULL)
+    memset(counts, 0, sizeof(*counts));
   *out = NULL;
   *len = 0;
   *failures = NULL;
@@ -939,6 +1145,11 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
     }
     if (rc == 0 && message_pack(&d, NULL, out, len) != 0)
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (rc == 0 && counts != NULL)
+      *counts = (struct fleet_counts){.resources = d.n_resources,
+                                      .listeners = d.n_listeners,
+                                      .removed_resources = d.n_removed_resources,
+                                      .removed_listeners = d.n_removed_listeners};
   }
   free(want.h);
   free(d.listeners);

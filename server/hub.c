@@ -9,6 +9,7 @@
  * that differs from the record is reported, never followed. */
 #include "hub.h"
 
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -46,11 +47,6 @@ struct hub_agent {
   struct hub_agent *next;
   char *name; /* "agents/edge-1" */
   char *version;
-  /* The record's labels, which choose the snapshot; only the stream's own
-   * thread reads and replaces them. */
-  struct snapshot_label *labels;
-  size_t n_labels;
-  char *labels_key; /* canonical "k=v\n" lines, sorted */
   int connected;
   uint64_t connection; /* which stream owns this entry */
   struct rpc_stream *stream;
@@ -74,6 +70,7 @@ struct hub_agent {
   struct agent_failure failures[AGENT_FAILURES_MAX];
   size_t n_failures;
   int64_t failed_revision;
+  Tlsplane__V1__PushStats pushed; /* on this stream; counts only, no pointers */
 };
 
 struct hub {
@@ -133,14 +130,6 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   return 0;
 }
 
-static void labels_free(struct snapshot_label *labels, size_t n) {
-  for (size_t i = 0; labels != NULL && i < n; i++) {
-    free((char *)labels[i].key);
-    free((char *)labels[i].value);
-  }
-  free(labels);
-}
-
 static void failures_clear(struct hub_agent *a) {
   for (size_t i = 0; i < a->n_failures; i++) {
     free(a->failures[i].listener);
@@ -152,8 +141,6 @@ static void failures_clear(struct hub_agent *a) {
 static void agent_free(struct hub_agent *a) {
   failures_clear(a);
   fleet_view_free(a->view);
-  labels_free(a->labels, a->n_labels);
-  free(a->labels_key);
   free(a->name);
   free(a->version);
   if (a->last_ack != NULL)
@@ -277,68 +264,26 @@ static int world_pending(struct hub *hub, uint64_t seen_generation) {
 
 /* --- agents --- */
 
-static int label_cmp(const void *x, const void *y) {
-  const struct snapshot_label *a = x, *b = y;
-  return strcmp(a->key, b->key);
-}
-
-/* A new entry for a connecting agent, from its hello; no labels until
- * agent_labels_set gives it its record's. */
+/* A new entry for a connecting agent, from its hello (what it receives
+ * follows its record's labels, which the world holds). */
 static struct hub_agent *agent_new(const Tlsplane__V1__AgentHello *hello, const char *name) {
   struct hub_agent *a = calloc(1, sizeof(*a));
   if (a == NULL)
     return NULL;
   a->name = strdup(name);
   a->version = strdup(hello->version);
-  a->labels_key = strdup("");
-  if (a->name == NULL || a->version == NULL || a->labels_key == NULL) {
+  if (a->name == NULL || a->version == NULL) {
     agent_free(a);
     return NULL;
   }
   a->applied_revision = hello->applied_revision;
   a->protocol = hello->protocol;
+  tlsplane__v1__push_stats__init(&a->pushed);
   if (fleet_view_new(&a->view) != 0) {
     agent_free(a);
     return NULL;
   }
   return a;
-}
-
-/* Gives a the labels of its record rec. 0, or -1 (out of memory: a keeps
- * what it had). */
-static int agent_labels_set(struct hub_agent *a, const Tlsplane__V1__Agent *rec) {
-  size_t n = rec->n_labels, keylen = 1;
-  struct snapshot_label *labels = calloc(n ? n : 1, sizeof(*labels));
-  if (labels == NULL)
-    return -1;
-  for (size_t i = 0; i < n; i++) {
-    labels[i].key = strdup(rec->labels[i]->key);
-    labels[i].value = strdup(rec->labels[i]->value);
-    if (labels[i].key == NULL || labels[i].value == NULL) {
-      labels_free(labels, i + 1);
-      return -1;
-    }
-    keylen += strlen(labels[i].key) + strlen(labels[i].value) + 2;
-  }
-  qsort(labels, n, sizeof(*labels), label_cmp);
-  char *key = malloc(keylen);
-  if (key == NULL) {
-    labels_free(labels, n);
-    return -1;
-  }
-  key[0] = '\0';
-  for (size_t i = 0; i < n; i++) {
-    strcat(key, labels[i].key);
-    strcat(key, "=");
-    strcat(key, labels[i].value);
-    strcat(key, "\n");
-  }
-  labels_free(a->labels, a->n_labels);
-  free(a->labels_key);
-  a->labels = labels;
-  a->n_labels = n;
-  a->labels_key = key;
-  return 0;
 }
 
 /* The map field `map` of m as "k"="v","k2"="v2" into buf (cut short if
@@ -360,9 +305,8 @@ static void labels_text(const ProtobufCMessage *m, const char *map, char *buf, s
 }
 
 /* Records what the agent's hello reports (its version, the labels it
- * claims) when the record is new or they changed (one revision), and
- * gives a the labels of its record. A claim that differs from the record
- * is logged; it changes nothing the agent receives. */
+ * claims) when the record is new or they changed (one revision). A claim that differs from the
+ * record is logged; it changes nothing the agent receives. */
 static int agent_record(struct hub *hub, const struct rpc_call_info *call,
                         const Tlsplane__V1__AgentHello *hello, struct hub_agent *a,
                         struct tp_err *err) {
@@ -421,8 +365,6 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
     }
   }
   const Tlsplane__V1__Agent *r = (const Tlsplane__V1__Agent *)(rec != NULL ? rec : old);
-  if (rc == 0 && agent_labels_set(a, r) != 0)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == 0 && r->labels_mismatch) {
     char claimed[512], recorded[512];
     labels_text(&r->base, "claimed_labels", claimed, sizeof(claimed));
@@ -442,25 +384,6 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
     return -1;
   }
   return store_commit(txn, NULL, err);
-}
-
-/* Reads the agent's record again (its labels may have changed) and gives a
- * its labels; *revision receives the revision read. NOT_FOUND: the agent
- * was deleted. */
-static int agent_labels_refresh(struct hub *hub, struct hub_agent *a, int64_t *revision,
-                                struct tp_err *err) {
-  struct store_txn *txn;
-  if (store_begin(hub->api->store, 0, &txn, err) != 0)
-    return -1;
-  *revision = store_txn_revision(txn);
-  ProtobufCMessage *rec = NULL;
-  int rc = api_read(txn, &api_kind_agent, a->name, 0, &rec, NULL, err);
-  store_rollback(txn);
-  if (rc == 0 && agent_labels_set(a, (const Tlsplane__V1__Agent *)rec) != 0)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rec != NULL)
-    protobuf_c_message_free_unpacked(rec, NULL);
-  return rc;
 }
 
 /* Takes the agent's place in the hub for this connection; an older
@@ -617,40 +540,45 @@ static void failures_set(struct hub *hub, struct hub_agent *a, int64_t revision,
  * the stream must end. */
 static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream, int64_t revision) {
   struct tp_err err = {0};
-  int64_t labels_revision = 0;
-  if (agent_labels_refresh(hub, a, &labels_revision, &err) != 0) {
-    if (err.status == GRPC_STATUS_NOT_FOUND) {
-      /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
-      rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
-      return -1;
-    }
-    /* An unreadable record (damaged, or edited in the file) sends
-     * nothing: the agent keeps what it serves. */
-    log_error("hub", "agent=%s: its record at revision %lld: %s", a->name, (long long)revision,
-              err.msg);
-    checked(hub, a, revision); /* the next revision tries again */
-    return 0;
-  }
-  if (labels_revision > revision)
-    revision = labels_revision;
   char world_error[sizeof(((struct tp_err *)0)->msg)];
   a->world_generation = atomic_load(&hub->world_generation);
   struct fleet_world *w = world_get(hub, revision, world_error, sizeof(world_error));
   if (w == NULL) { /* none built yet: nothing to send, nothing removed */
     failures_set(hub, a, revision, NULL, 0, world_error);
-    checked(hub, a, labels_revision);
+    checked(hub, a, revision);
+    return 0;
+  }
+  /* Its labels as its record has them at the world's revision. */
+  const struct snapshot_label *labels = NULL;
+  size_t n_labels = 0;
+  int found = fleet_world_agent(w, a->name, &labels, &n_labels);
+  if (found == -ENOENT) {
+    /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
+    fleet_world_unref(w);
+    rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
+    return -1;
+  }
+  if (found != 0) {
+    /* An unreadable record (damaged, or edited in the file) sends
+     * nothing: the agent keeps what it serves. */
+    if (a->failed_revision != fleet_world_revision(w))
+      log_error("hub", "agent=%s: its record at revision %lld cannot be read", a->name,
+                (long long)fleet_world_revision(w));
+    failures_set(hub, a, fleet_world_revision(w), NULL, 0, "its Agent record cannot be read");
+    checked(hub, a, fleet_world_revision(w));
+    fleet_world_unref(w);
     return 0;
   }
   uint8_t *bytes = NULL, hash[HASH_LEN];
   size_t len = 0, n_failures = 0;
+  struct fleet_counts counts = {0};
   const struct fleet_failure **failures = NULL;
   int rc;
   if (a->protocol >= PROTOCOL_DELTA) {
-    rc =
-        fleet_delta(w, a->view, a->labels, a->n_labels, &bytes, &len, &failures, &n_failures, &err);
+    rc = fleet_delta(w, a->view, labels, n_labels, &bytes, &len, &counts, &failures, &n_failures,
+                     &err);
   } else {
-    rc =
-        fleet_snapshot(w, a->labels, a->n_labels, &bytes, &len, hash, &failures, &n_failures, &err);
+    rc = fleet_snapshot(w, labels, n_labels, &bytes, &len, hash, &failures, &n_failures, &err);
     if (rc == 0 && a->has_sent && memcmp(a->sent_hash, hash, HASH_LEN) == 0) {
       OPENSSL_cleanse(bytes, len);
       free(bytes);
@@ -674,15 +602,21 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
         memcpy(a->sent_hash, hash, HASH_LEN);
       a->has_sent = 1;
       a->sent_revision = fleet_world_revision(w);
+      a->pushed.messages++;
+      a->pushed.bytes += (int64_t)len;
+      a->pushed.resources += (int64_t)counts.resources;
+      a->pushed.listeners += (int64_t)counts.listeners;
+      a->pushed.removed_resources += (int64_t)counts.removed_resources;
+      a->pushed.removed_listeners += (int64_t)counts.removed_listeners;
       pthread_mutex_unlock(&hub->lock);
     }
     OPENSSL_cleanse(bytes, len); /* key material */
     free(bytes);
   }
+  /* Checked up to the world's revision: a commit since gets another
+   * round. */
+  checked(hub, a, fleet_world_revision(w));
   fleet_world_unref(w);
-  /* Checked up to the revision the labels were read at: a change of the
-   * record committed since gets another round. */
-  checked(hub, a, labels_revision);
   return sent;
 }
 
@@ -784,6 +718,14 @@ void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
   }
   agent->connected = a->connected;
   agent->applied_revision = a->applied_revision;
+  agent->protocol = a->protocol;
+  Tlsplane__V1__PushStats *pushed = malloc(sizeof(*pushed));
+  if (pushed != NULL) {
+    *pushed = a->pushed;
+    if (agent->pushed != NULL)
+      protobuf_c_message_free_unpacked(&agent->pushed->base, NULL);
+    agent->pushed = pushed;
+  }
   pb_timestamp_set(&agent->base, "last_seen", a->last_seen_us);
   char nack[1024] = "";
   size_t n_status = a->stats ? a->stats->n_listeners : 0;
