@@ -5,11 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "listener_rules.h"
 #include "log.h"
 #include "pb.h"
 #include "resolve.h"
 
-#define TICKET_KEY_LEN 48
+#define TICKET_KEY_LEN LISTENER_RULES_TICKET_KEY_LEN
 
 int snapshot_selector_matches(const Tlsplane__V1__Listener *l, const struct snapshot_label *labels,
                               size_t n_labels) {
