@@ -92,6 +92,22 @@ static void selector_append(const Tlsplane__V1__Listener *sel, const Tlsplane__V
   }
 }
 
+/* Whether a and b have the same agent_selector (as sets). */
+static int selectors_equal(const Tlsplane__V1__Listener *a, const Tlsplane__V1__Listener *b) {
+  if (a->n_agent_selector != b->n_agent_selector)
+    return 0;
+  for (size_t i = 0; i < a->n_agent_selector; i++) {
+    size_t j = 0;
+    while (j < b->n_agent_selector &&
+           (strcmp(a->agent_selector[i]->key, b->agent_selector[j]->key) != 0 ||
+            strcmp(a->agent_selector[i]->value, b->agent_selector[j]->value) != 0))
+      j++;
+    if (j == b->n_agent_selector)
+      return 0;
+  }
+  return 1;
+}
+
 /* Two listeners whose bind addresses collide (listener_rules_addrs_overlap)
  * and that one agent can be given (listener_rules_selectors_overlap) would
  * make that agent nack one of them: refused here, inside the write
@@ -106,6 +122,11 @@ static int listener_check_in_write(struct api_op *op, const ProtobufCMessage *re
     return -1;
   if (mine.port == 0)
     return 0; /* any free port: never collides */
+  /* An update that moves neither the address nor the agents is not a new
+   * collision: listeners stored before this check stay editable. */
+  const Tlsplane__V1__Listener *old = (const Tlsplane__V1__Listener *)op->old;
+  if (old != NULL && strcmp(old->address, l->address) == 0 && selectors_equal(old, l))
+    return 0;
   struct store_query q = {.kind = api_kind_listener.kind};
   struct store_row *rows = NULL;
   size_t n = 0;
