@@ -9,10 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "listener_rules.h"
 #include "pb.h"
 #include "resolve.h"
 
-#define TICKET_KEY_LEN 48
+#define TICKET_KEY_LEN LISTENER_RULES_TICKET_KEY_LEN
 /* A hello may report this many resources and listeners at most. */
 #define VIEW_MAX_ENTRIES 1000000
 
