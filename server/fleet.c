@@ -114,6 +114,9 @@ struct wlistener {
    * agent keeps what it holds under this name). */
   const Tlsplane__V1__ListenerEntry *entry;
   const struct fleet_failure *failure; /* NULL: built at this revision */
+  /* Failed with no earlier entry: its row, decoded when it could be (for
+   * its agent_selector; NULL: which agents it is for is unknown). */
+  Tlsplane__V1__Listener *failed_row;
 };
 
 /* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
@@ -751,10 +754,15 @@ static int world_try(struct store *store, const struct fleet_world *prev, struct
       break;
     }
     /* Invariant 8: what the agents serve of it stays. */
-    if (failure_add(&b, wl->name, why.msg) != 0 || entry_carry(&b, wl->name, err) < 0) {
+    int carried = failure_add(&b, wl->name, why.msg) != 0 ? -1 : entry_carry(&b, wl->name, err);
+    if (carried < 0) {
       if (err->msg[0] == '\0')
         tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       rc = -1;
+    } else if (carried == 0) {
+      struct tp_err ignored = {0};
+      wl->failed_row =
+          (Tlsplane__V1__Listener *)api_decode_row(&api_kind_listener, &rows[i], &ignored);
     }
   }
   store_rows_free(rows, n);
@@ -806,8 +814,11 @@ void fleet_world_ref(struct fleet_world *w) {
 void fleet_world_unref(struct fleet_world *w) {
   if (w == NULL || atomic_fetch_sub(&w->refs, 1) != 1)
     return;
-  for (size_t i = 0; i < w->n_ls; i++)
+  for (size_t i = 0; i < w->n_ls; i++) {
     free(w->ls[i].name);
+    if (w->ls[i].failed_row != NULL)
+      protobuf_c_message_free_unpacked(&w->ls[i].failed_row->base, NULL);
+  }
   free(w->ls);
   for (size_t i = 0; i < w->n_failures; i++) {
     free((char *)w->failures[i].listener);
@@ -1198,6 +1209,29 @@ int fleet_snapshot(const struct fleet_world *w, const struct snapshot_label *lab
   size_t *sel = NULL, n_sel = 0, cap_fail = 0;
   if (select_listeners(w, labels, n_labels, &sel, &n_sel) != 0)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* A listener that failed with nothing to carry may be one the agent
+   * serves: a whole snapshot without it would remove it, so the agent is
+   * sent nothing until it builds. */
+  for (size_t i = 0; i < w->n_ls; i++) {
+    const struct wlistener *wl = &w->ls[i];
+    if (wl->entry != NULL || wl->failure == NULL)
+      continue;
+    if (wl->failed_row != NULL && !snapshot_selector_matches(wl->failed_row, labels, n_labels))
+      continue;
+    if (failure_push(failures, n_failures, &cap_fail, wl->failure) != 0) {
+      free(sel);
+      free(*failures);
+      *failures = NULL;
+      *n_failures = 0;
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+  }
+  if (*n_failures > 0) {
+    free(sel);
+    *out = NULL;
+    *len = 0;
+    return 0;
+  }
   Tlsplane__V1__Snapshot snap = TLSPLANE__V1__SNAPSHOT__INIT;
   snap.listeners = calloc(n_sel + 1, sizeof(*snap.listeners));
   int rc = snap.listeners ? 0 : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");

@@ -579,7 +579,7 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
                      &err);
   } else {
     rc = fleet_snapshot(w, labels, n_labels, &bytes, &len, hash, &failures, &n_failures, &err);
-    if (rc == 0 && a->has_sent && memcmp(a->sent_hash, hash, HASH_LEN) == 0) {
+    if (rc == 0 && bytes != NULL && a->has_sent && memcmp(a->sent_hash, hash, HASH_LEN) == 0) {
       OPENSSL_cleanse(bytes, len);
       free(bytes);
       bytes = NULL; /* unchanged content is not sent again */

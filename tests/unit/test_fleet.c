@@ -346,6 +346,20 @@ static void test_failure_keeps_what_agents_serve(void **state) {
   free(failures);
   assert_int_equal(fleet_view_listeners(v), 3);
   assert_int_equal(fleet_view_resources(v), 5);
+  /* An older agent would lose them with a whole snapshot: it is sent none. */
+  uint8_t hash[RSET_HASH_LEN];
+  assert_ok(fleet_snapshot(w3, agent1, 1, &msg, &len, hash, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  assert_int_equal(n_failures, 2);
+  free(failures);
+  /* ... and another agent is withheld only for the one that selects
+   * every agent. */
+  static const struct snapshot_label other[] = {{"agent", "9"}};
+  assert_ok(fleet_snapshot(w3, other, 1, &msg, &len, hash, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  assert_int_equal(n_failures, 1);
+  assert_string_equal(failures[0]->listener, "listeners/c");
+  free(failures);
 
   fleet_view_free(v);
   fleet_world_unref(w1);
