@@ -1,7 +1,15 @@
-/* The push hub. One thread per agent stream (the RPC core gives each
- * streaming call its own) sends snapshots; a second thread per stream reads
- * the agent's hellos, acks and stats. Both meet in struct hub_agent under
- * the hub's lock.
+/* The push hub. Agent streams hold no thread: the RPC core runs each
+ * stream's callbacks on its pool (the hello, then acks and stats, each a
+ * short update of struct hub_agent under the hub's lock; the hello also a
+ * short store write), and one push thread, the hub's own, sends snapshots:
+ * woken by every committed revision (hub_notify), every agent that
+ * connects and every stream that drained, it decides for each connected
+ * agent whose checked revision is behind whether the revision changed
+ * what that agent serves (push()), and queues the snapshot on its stream
+ * if so. Sends never wait: a slow agent's stream keeps at most one
+ * snapshot queued, and is taken again once it drained. Snapshots are
+ * built once per revision and label set and shared by reference: the same
+ * bytes go to every agent with those labels.
  *
  * What an agent receives is chosen by the labels of its record in the
  * store (set by its join token and UpdateAgent), read again for every
@@ -21,18 +29,18 @@
 #include "pb.h"
 #include "snapshot.h"
 
-#define HUB_WAKE_MS 1000 /* a stream re-checks shutdown at least this often */
 #define HASH_LEN 32
+#define HUB_CONN_MAGIC 0x6875bc0eu
 
 /* A snapshot built for one label set at one revision, shared by every
- * agent with those labels. Reference counted: senders hold it while
- * sending. */
+ * agent with those labels. Reference counted: the push thread holds it
+ * while it decides and sends. The bytes live in a refcounted slice of
+ * their own, so that streams still sending them outlive the entry. */
 struct snap_entry {
   struct snap_entry *next;
   char *labels_key;
   int64_t revision;
-  uint8_t *bytes; /* a packed ServerMessage carrying the snapshot */
-  size_t len;
+  grpc_slice slice;             /* a packed ServerMessage carrying the snapshot */
   unsigned char hash[HASH_LEN]; /* of the snapshot without its revision */
   int refs;                     /* under cache_lock */
 };
@@ -42,16 +50,19 @@ struct hub_agent {
   struct hub_agent *next;
   char *name; /* "agents/edge-1" */
   char *version;
-  /* The record's labels, which choose the snapshot; only the stream's own
-   * thread reads and replaces them. */
+  /* The record's labels, which choose the snapshot: set by the hello
+   * (agent_record, before the entry is attached), then read and replaced
+   * by the push thread only. */
   struct snapshot_label *labels;
   size_t n_labels;
   char *labels_key; /* canonical "k=v\n" lines, sorted */
   int connected;
-  uint64_t connection; /* which stream owns this entry */
-  struct rpc_stream *stream;
-  int reader_done; /* the agent's side of the stream ended */
-  int cut;         /* replaced or deleted: the stream must end */
+  uint64_t connection;       /* which stream owns this entry */
+  struct rpc_stream *stream; /* referenced while connected */
+  int cut;                   /* replaced or deleted: the stream must end */
+  int fresh;                 /* connected, its first round not done yet */
+  int pinned;                /* the push thread works on it outside the lock */
+  int doomed;                /* unlinked while pinned: the push thread frees it */
   int64_t last_seen_us;
   int64_t sent_revision;    /* of the last snapshot sent */
   int64_t checked_revision; /* newest revision compared with what was sent */
@@ -62,10 +73,16 @@ struct hub_agent {
   Tlsplane__V1__AgentStats *stats;
 };
 
+/* Invariants: agents, revision, kicked, stop and every hub_agent field
+ * are guarded by lock; an agent entry is freed by whoever unlinks it,
+ * unless pinned (then by the push thread). */
 struct hub {
   struct api *api;
   pthread_mutex_t lock;
-  pthread_cond_t changed; /* a revision committed, or an agent's state changed */
+  pthread_cond_t changed; /* kicked or stop: for the push thread */
+  int kicked;             /* a revision committed, an agent connected, a stream drained */
+  int stop;
+  pthread_t pusher;
   int64_t revision;
   struct hub_agent *agents;
   uint64_t connections;
@@ -83,6 +100,8 @@ static void commit_hook(int64_t revision, void *data) {
   hub_notify(data, revision);
 }
 
+static void *push_main(void *arg);
+
 int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   struct hub *hub = calloc(1, sizeof(*hub));
   if (hub == NULL)
@@ -96,6 +115,15 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
   pthread_cond_init(&hub->changed, &attr);
   pthread_condattr_destroy(&attr);
+  int rc = pthread_create(&hub->pusher, NULL, push_main, hub);
+  if (rc != 0) {
+    pthread_cond_destroy(&hub->changed);
+    pthread_mutex_destroy(&hub->cache_lock);
+    pthread_mutex_destroy(&hub->lock);
+    free(hub);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "hub: cannot start the push thread: %s",
+                      strerror(rc));
+  }
   store_set_commit_hook(api->store, commit_hook, hub);
   *out = hub;
   return 0;
@@ -123,7 +151,7 @@ static void agent_free(struct hub_agent *a) {
 
 static void entry_free(struct snap_entry *e) {
   free(e->labels_key);
-  free(e->bytes);
+  grpc_slice_unref(e->slice); /* the bytes go with the last stream's reference */
   free(e);
 }
 
@@ -131,6 +159,11 @@ void hub_free(struct hub *hub) {
   if (hub == NULL)
     return;
   store_set_commit_hook(hub->api->store, NULL, NULL);
+  pthread_mutex_lock(&hub->lock);
+  hub->stop = 1;
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+  pthread_join(hub->pusher, NULL);
   while (hub->agents != NULL) {
     struct hub_agent *a = hub->agents;
     hub->agents = a->next;
@@ -151,6 +184,7 @@ void hub_notify(struct hub *hub, int64_t revision) {
   pthread_mutex_lock(&hub->lock);
   if (revision > hub->revision)
     hub->revision = revision;
+  hub->kicked = 1;
   pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
 }
@@ -181,7 +215,12 @@ static int snap_encode(Tlsplane__V1__Snapshot *snap, struct snap_entry *e) {
   Tlsplane__V1__ServerMessage msg = TLSPLANE__V1__SERVER_MESSAGE__INIT;
   msg.message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT;
   msg.snapshot = snap;
-  return pb_pack(&msg.base, &e->bytes, &e->len);
+  uint8_t *bytes;
+  size_t n;
+  if (pb_pack(&msg.base, &bytes, &n) != 0)
+    return -1;
+  e->slice = grpc_slice_new_with_user_data(bytes, n, free, bytes);
+  return 0;
 }
 
 /* The snapshot for a's labels at `revision` or later, shared: release it
@@ -417,31 +456,54 @@ static int agent_labels_refresh(struct hub *hub, struct hub_agent *a, int64_t *r
   return rc;
 }
 
-/* Takes the agent's place in the hub for this connection; an older
- * connection of the same agent is cut. */
+/* Unlinks a from the agent list (hub->lock) and frees it, unless the push
+ * thread holds it: then that thread frees it once done (a->doomed). */
+static void agent_drop(struct hub *hub, struct hub_agent *a) {
+  for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next)
+    if (*pp == a) {
+      *pp = a->next;
+      break;
+    }
+  a->next = NULL;
+  if (a->pinned)
+    a->doomed = 1;
+  else
+    agent_free(a);
+}
+
+/* Wakes the push thread (hub->lock). */
+static void hub_kick(struct hub *hub) {
+  hub->kicked = 1;
+  pthread_cond_broadcast(&hub->changed);
+}
+
+/* Takes the agent's place in the hub for this connection (holding a
+ * reference on stream until agent_detach); an older connection of the
+ * same agent is cut. */
 static void agent_attach(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream) {
+  rpc_stream_ref(stream);
   pthread_mutex_lock(&hub->lock);
-  for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next) {
-    struct hub_agent *old = *pp;
+  for (struct hub_agent *old = hub->agents; old != NULL; old = old->next) {
     if (strcmp(old->name, a->name) != 0)
       continue;
     if (old->connected) {
       old->cut = 1;
-      rpc_stream_cancel(old->stream, GRPC_STATUS_ABORTED,
+      rpc_stream_finish(old->stream, GRPC_STATUS_ABORTED,
                         "replaced by a newer connection of the same agent");
-      /* The old stream's thread removes its entry when it ends. */
-      break;
+      /* The old stream's ended callback removes its entry. */
+    } else {
+      agent_drop(hub, old);
     }
-    *pp = old->next;
-    agent_free(old);
     break;
   }
   a->connected = 1;
+  a->fresh = 1;
   a->stream = stream;
   a->connection = ++hub->connections;
   a->last_seen_us = now_us();
   a->next = hub->agents;
   hub->agents = a;
+  hub_kick(hub);
   pthread_mutex_unlock(&hub->lock);
 }
 
@@ -449,82 +511,51 @@ static void agent_attach(struct hub *hub, struct hub_agent *a, struct rpc_stream
  * connection of the same agent replaced it. */
 static void agent_detach(struct hub *hub, struct hub_agent *a) {
   pthread_mutex_lock(&hub->lock);
+  struct rpc_stream *stream = a->stream;
   a->connected = 0;
   a->stream = NULL;
   a->last_seen_us = now_us();
   int replaced = 0;
   for (struct hub_agent *o = hub->agents; o != NULL; o = o->next)
     replaced |= o != a && strcmp(o->name, a->name) == 0;
-  if (replaced || a->cut) {
-    for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next)
-      if (*pp == a) {
-        *pp = a->next;
-        break;
-      }
-    agent_free(a);
-  }
-  pthread_cond_broadcast(&hub->changed);
+  if (replaced || a->cut)
+    agent_drop(hub, a);
   pthread_mutex_unlock(&hub->lock);
+  if (stream != NULL)
+    rpc_stream_unref(stream);
 }
 
-struct reader {
-  struct hub *hub;
-  struct hub_agent *agent;
-  struct rpc_stream *stream;
-};
-
-/* Reads acks and stats until the stream ends. */
-static void *reader_main(void *arg) {
-  struct reader *r = arg;
-  struct hub *hub = r->hub;
-  struct hub_agent *a = r->agent;
-  for (;;) {
-    ProtobufCMessage *m = NULL;
-    struct tp_err err = {0};
-    int got = rpc_stream_recv(r->stream, &tlsplane__v1__agent_message__descriptor, &m, &err);
-    if (got <= 0) {
-      /* A message refused on input (not UTF-8, out of range) ends the
-       * stream with the reason, so that the agent's log names the field. */
-      if (got < 0 && err.status == GRPC_STATUS_INVALID_ARGUMENT)
-        rpc_stream_cancel(r->stream, err.status, err.msg);
-      break;
-    }
-    Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
-    pthread_mutex_lock(&hub->lock);
-    a->last_seen_us = now_us();
-    if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
-      Tlsplane__V1__AgentAck *ack = msg->ack;
-      msg->ack = NULL;
-      msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
-      a->applied_revision = ack->revision;
-      for (size_t i = 0; i < ack->n_listeners; i++)
-        if (!ack->listeners[i]->applied) {
-          /* The agent's words: escaped, so that they cannot forge a line. */
-          char listener[LOG_ESCAPE_LEN], reason[LOG_ESCAPE_LEN * 2];
-          log_warn("hub", "agent=%s revision=%lld listener=\"%s\" not applied: \"%s\"", a->name,
-                   (long long)ack->revision,
-                   log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
-                   log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
-        }
-      if (a->last_ack != NULL)
-        protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
-      a->last_ack = ack;
-    } else if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_STATS) {
-      if (a->stats != NULL)
-        protobuf_c_message_free_unpacked(&a->stats->base, NULL);
-      a->stats = msg->stats;
-      msg->stats = NULL;
-      msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
-    }
-    pthread_cond_broadcast(&hub->changed);
-    pthread_mutex_unlock(&hub->lock);
-    protobuf_c_message_free_unpacked(m, NULL);
-  }
+/* An ack or stats from a connected agent: recorded for the API. Takes
+ * ownership of msg. */
+static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__AgentMessage *msg) {
   pthread_mutex_lock(&hub->lock);
-  a->reader_done = 1;
-  pthread_cond_broadcast(&hub->changed);
+  a->last_seen_us = now_us();
+  if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
+    Tlsplane__V1__AgentAck *ack = msg->ack;
+    msg->ack = NULL;
+    msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+    a->applied_revision = ack->revision;
+    for (size_t i = 0; i < ack->n_listeners; i++)
+      if (!ack->listeners[i]->applied) {
+        /* The agent's words: escaped, so that they cannot forge a line. */
+        char listener[LOG_ESCAPE_LEN], reason[LOG_ESCAPE_LEN * 2];
+        log_warn("hub", "agent=%s revision=%lld listener=\"%s\" not applied: \"%s\"", a->name,
+                 (long long)ack->revision,
+                 log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
+                 log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
+      }
+    if (a->last_ack != NULL)
+      protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
+    a->last_ack = ack;
+  } else if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_STATS) {
+    if (a->stats != NULL)
+      protobuf_c_message_free_unpacked(&a->stats->base, NULL);
+    a->stats = msg->stats;
+    msg->stats = NULL;
+    msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+  }
   pthread_mutex_unlock(&hub->lock);
-  return NULL;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
 }
 
 static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len,
@@ -542,19 +573,19 @@ static void checked(struct hub *hub, struct hub_agent *a, int64_t revision) {
   pthread_mutex_lock(&hub->lock);
   if (revision > a->checked_revision)
     a->checked_revision = revision;
-  pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
 }
 
-/* Sends the agent its snapshot if `revision` changed what it serves.
- * Returns -1 when the stream must end. */
+/* Sends the agent its snapshot if `revision` changed what it serves: the
+ * one per-agent decision of the push thread. Returns -1 when the stream
+ * must end. */
 static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream, int64_t revision) {
   struct tp_err err = {0};
   int64_t labels_revision = 0;
   if (agent_labels_refresh(hub, a, &labels_revision, &err) != 0) {
     if (err.status == GRPC_STATUS_NOT_FOUND) {
       /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
-      rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
+      rpc_stream_finish(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
       return -1;
     }
     /* An unreadable record (damaged, or edited in the file) sends
@@ -576,7 +607,9 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
   int changed = !a->has_sent || memcmp(a->sent_hash, e->hash, HASH_LEN) != 0;
   int rc = 0;
   if (changed) {
-    rc = rpc_stream_send_raw(stream, e->bytes, e->len);
+    /* The stream takes a reference on the entry's bytes: every agent with
+     * these labels is sent the same bytes, never a copy. */
+    rc = rpc_stream_send_slice(stream, e->slice) == 0 ? 0 : -1;
     if (rc == 0) {
       pthread_mutex_lock(&hub->lock);
       memcpy(a->sent_hash, e->hash, HASH_LEN);
@@ -592,19 +625,114 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
   return rc;
 }
 
-/* AgentService/Connect. */
-static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *stream,
-                         struct tp_err *err, void *data) {
-  struct hub *hub = data;
-  ProtobufCMessage *m = NULL;
+/* One agent the push thread works on, outside the lock. */
+struct push_job {
+  struct hub_agent *agent;   /* pinned */
+  struct rpc_stream *stream; /* referenced */
+};
+
+/* The push thread: on every kick (a revision committed, an agent
+ * connected, a stream drained) it takes every connected agent whose
+ * checked revision is behind, and pushes to each whose stream has nothing
+ * queued (one that has is taken again when it drains: a slow agent gets
+ * the newest snapshot, not every one in between). One thread for all
+ * agents: the snapshots are built once per revision and label set
+ * anyway, and a send never waits. */
+static void *push_main(void *arg) {
+  struct hub *hub = arg;
+  struct push_job *jobs = NULL;
+  size_t cap = 0;
+  pthread_mutex_lock(&hub->lock);
+  for (;;) {
+    while (!hub->stop && !hub->kicked)
+      pthread_cond_wait(&hub->changed, &hub->lock);
+    if (hub->stop)
+      break;
+    hub->kicked = 0;
+    int64_t want = hub->revision;
+    size_t n = 0;
+    for (struct hub_agent *a = hub->agents; a != NULL; a = a->next) {
+      if (!a->connected || a->cut || a->pinned || a->stream == NULL ||
+          (!a->fresh && a->checked_revision >= want))
+        continue;
+      if (n == cap) {
+        size_t ncap = cap ? 2 * cap : 64;
+        struct push_job *more = realloc(jobs, ncap * sizeof(*jobs));
+        if (more == NULL) {
+          hub->kicked = 1; /* the rest next round */
+          break;
+        }
+        jobs = more;
+        cap = ncap;
+      }
+      a->pinned = 1;
+      rpc_stream_ref(a->stream);
+      jobs[n++] = (struct push_job){a, a->stream};
+    }
+    pthread_mutex_unlock(&hub->lock);
+    for (size_t i = 0; i < n; i++) {
+      struct hub_agent *a = jobs[i].agent;
+      struct rpc_stream *stream = jobs[i].stream;
+      int busy = rpc_stream_queued(stream) > 0; /* drained kicks again */
+      if (!busy && push(hub, a, stream, want) != 0)
+        rpc_stream_finish(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
+      pthread_mutex_lock(&hub->lock);
+      a->pinned = 0;
+      if (!busy)
+        a->fresh = 0;
+      if (a->doomed)
+        agent_free(a);
+      pthread_mutex_unlock(&hub->lock);
+      rpc_stream_unref(stream);
+    }
+    pthread_mutex_lock(&hub->lock);
+  }
+  pthread_mutex_unlock(&hub->lock);
+  free(jobs);
+  return NULL;
+}
+
+/* --- AgentService/Connect --- */
+
+/* One agent stream; its stream data. */
+struct hub_conn {
+  uint32_t magic;
+  struct hub *hub;
+  struct hub_agent *agent; /* NULL until the hello was accepted */
+};
+
+static struct hub_conn *conn_from(void *data) {
+  struct hub_conn *conn = data;
+  if (conn == NULL || conn->magic != HUB_CONN_MAGIC)
+    abort();
+  return conn;
+}
+
+static int connect_started(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                           void **stream_data, struct tp_err *err) {
+  struct hub_conn *conn = calloc(1, sizeof(*conn));
+  if (conn == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  conn->magic = HUB_CONN_MAGIC;
+  conn->hub = data;
   /* The hello within the request timeout: a stream that says nothing
-   * holds a thread. */
-  int rc = rpc_stream_recv_within(stream, &tlsplane__v1__agent_message__descriptor, &m, 0, err);
-  if (rc <= 0)
-    return rc == 0 ? tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello: required first") : -1;
-  Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
+   * holds its place in the stream cap. */
+  if (rpc_stream_expect(stream, 0) != 0) {
+    free(conn);
+    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
+  }
+  *stream_data = conn;
+  return 0;
+}
+
+/* The first message: the hello. 0, or -1 with err (the stream ends). */
+static int connect_hello(struct hub_conn *conn, struct rpc_stream *stream,
+                         const Tlsplane__V1__AgentMessage *msg, struct tp_err *err) {
+  struct hub *hub = conn->hub;
+  const struct rpc_call_info *call = rpc_stream_call(stream);
   char name[128];
   struct hub_agent *a = NULL;
+  int rc = 0;
   if (call->role != AUTH_ROLE_AGENT)
     /* auth.c lets agents alone in; the stream carries keys, so it is
      * checked here as well. */
@@ -621,52 +749,75 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
                     name + strlen("agents/"), call->principal);
   else if ((a = agent_new(msg->hello, name)) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* A short store write, fine on a pool thread. */
   else if (agent_record(hub, call, msg->hello, a, err) != 0)
     rc = -1;
-  protobuf_c_message_free_unpacked(m, NULL);
   if (rc < 0) {
     if (a != NULL)
       agent_free(a);
     return -1;
   }
   agent_attach(hub, a, stream);
+  conn->agent = a;
   char peer[LOG_ESCAPE_LEN], version[LOG_ESCAPE_LEN];
   log_info("hub", "agent=%s connected from %s (version \"%s\", applied revision %lld)", a->name,
            log_escape_str(peer, sizeof(peer), call->peer),
            log_escape_str(version, sizeof(version), a->version), (long long)a->applied_revision);
-
-  struct reader r = {.hub = hub, .agent = a, .stream = stream};
-  pthread_t reader;
-  int have_reader = pthread_create(&reader, NULL, reader_main, &r) == 0;
-  int64_t want = 0; /* the first round sends whatever is current */
-  while (have_reader) {
-    pthread_mutex_lock(&hub->lock);
-    while (!a->cut && !a->reader_done && hub->revision <= a->checked_revision && want != 0 &&
-           !rpc_stream_shutting_down(stream)) {
-      struct timespec deadline;
-      clock_gettime(CLOCK_MONOTONIC, &deadline);
-      deadline.tv_sec += HUB_WAKE_MS / 1000;
-      pthread_cond_timedwait(&hub->changed, &hub->lock, &deadline);
-    }
-    int stop = a->cut || a->reader_done || rpc_stream_shutting_down(stream);
-    want = hub->revision;
-    pthread_mutex_unlock(&hub->lock);
-    if (stop || push(hub, a, stream, want) != 0)
-      break;
-  }
-  /* Whatever ended the loop, end the call so that the reader returns. */
-  rpc_stream_cancel(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
-  if (have_reader)
-    pthread_join(reader, NULL);
-  log_info("hub", "agent=%s disconnected", a->name);
-  agent_detach(hub, a);
   return 0;
 }
+
+static int connect_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *m,
+                           struct tp_err *err) {
+  struct hub_conn *conn = conn_from(stream_data);
+  Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
+  if (conn->agent != NULL) {
+    agent_report(conn->hub, conn->agent, msg);
+    return 0;
+  }
+  int rc = connect_hello(conn, stream, msg, err);
+  protobuf_c_message_free_unpacked(m, NULL);
+  return rc;
+}
+
+static void connect_half_closed(struct rpc_stream *stream, void *stream_data) {
+  struct hub_conn *conn = conn_from(stream_data);
+  if (conn->agent == NULL)
+    rpc_stream_finish(stream, GRPC_STATUS_INVALID_ARGUMENT, "hello: required first");
+  else
+    rpc_stream_finish(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
+}
+
+/* The snapshot went: the push thread may send this agent the next. */
+static void connect_drained(struct rpc_stream *stream, void *stream_data) {
+  struct hub *hub = conn_from(stream_data)->hub;
+  pthread_mutex_lock(&hub->lock);
+  hub_kick(hub);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+static void connect_ended(struct rpc_stream *stream, void *stream_data) {
+  struct hub_conn *conn = conn_from(stream_data);
+  if (conn->agent != NULL) {
+    log_info("hub", "agent=%s disconnected", conn->agent->name);
+    agent_detach(conn->hub, conn->agent);
+  }
+  conn->magic = 0;
+  free(conn);
+}
+
+static const struct rpc_stream_ops connect_ops = {
+    .req = &tlsplane__v1__agent_message__descriptor,
+    .started = connect_started,
+    .message = connect_message,
+    .half_closed = connect_half_closed,
+    .drained = connect_drained,
+    .ended = connect_ended,
+};
 
 int hub_register(struct hub *hub, struct rpc_server *srv) {
   char path[128];
   snprintf(path, sizeof(path), "/%s/Connect", tlsplane__v1__agent_service__descriptor.name);
-  return rpc_server_add_stream(srv, path, agent_connect, hub);
+  return rpc_server_add_stream(srv, path, &connect_ops, hub);
 }
 
 /* --- the API's view --- */
@@ -728,9 +879,8 @@ void hub_agent_disconnect(struct hub *hub, const char *name, const char *why) {
     if (strcmp(a->name, name) == 0) {
       a->cut = 1;
       if (a->connected)
-        rpc_stream_cancel(a->stream, GRPC_STATUS_PERMISSION_DENIED, why);
+        rpc_stream_finish(a->stream, GRPC_STATUS_PERMISSION_DENIED, why);
     }
-  pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
 }
 

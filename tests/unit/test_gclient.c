@@ -28,26 +28,33 @@
 
 /* Echoes every request's service name back as a response status number
  * (its length); "end" ends with OK, "fail" with FAILED_PRECONDITION. */
-static int echo(const struct rpc_call_info *call, struct rpc_stream *stream, struct tp_err *err,
-                void *data) {
-  for (;;) {
-    ProtobufCMessage *m;
-    int rc = rpc_stream_recv(stream, &grpc__health__v1__health_check_request__descriptor, &m, err);
-    if (rc <= 0)
-      return rc;
-    Grpc__Health__V1__HealthCheckRequest *req = (Grpc__Health__V1__HealthCheckRequest *)m;
-    int end = strcmp(req->service, "end") == 0, fail = strcmp(req->service, "fail") == 0;
-    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)strlen(req->service);
-    protobuf_c_message_free_unpacked(m, NULL);
-    if (end)
-      return 0;
-    if (fail)
-      return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "told to fail");
-    if (rpc_stream_send(stream, &resp.base) != 0)
-      return -1;
-  }
+static int echo_started(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                        void **stream_data, struct tp_err *err) {
+  *stream_data = NULL;
+  return 0;
 }
+
+static int echo_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *m,
+                        struct tp_err *err) {
+  Grpc__Health__V1__HealthCheckRequest *req = (Grpc__Health__V1__HealthCheckRequest *)m;
+  int end = strcmp(req->service, "end") == 0, fail = strcmp(req->service, "fail") == 0;
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)strlen(req->service);
+  protobuf_c_message_free_unpacked(m, NULL);
+  if (end) {
+    rpc_stream_finish(stream, GRPC_STATUS_OK, NULL);
+    return 1;
+  }
+  if (fail)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "told to fail");
+  return rpc_stream_send(stream, &resp.base) == 0 ? 0 : 1;
+}
+
+static const struct rpc_stream_ops echo_ops = {
+    .req = &grpc__health__v1__health_check_request__descriptor,
+    .started = echo_started,
+    .message = echo_message,
+};
 
 /* "slow" calls: the handler holds the call until the test releases it
  * (slow_release), so that a client-side deadline or stop is what ends the
@@ -158,7 +165,7 @@ static struct rpc_server *server_start(struct rpc_server_opts *o, char *target, 
   struct rpc_server *srv;
   struct tp_err err = {0};
   assert_int_equal(rpc_server_new(o, &srv, &err), 0);
-  assert_int_equal(rpc_server_add_stream(srv, ECHO, echo, NULL), 0);
+  assert_int_equal(rpc_server_add_stream(srv, ECHO, &echo_ops, NULL), 0);
   assert_int_equal(
       rpc_server_add_unary(srv, UNARY, &grpc__health__v1__health_check_request__descriptor,
                            &grpc__health__v1__health_check_response__descriptor, unary, NULL),
