@@ -187,7 +187,7 @@ void rpc_stream_unref(struct rpc_stream *stream);
 
 struct rpc_server_opts {
   const char *listen; /* "127.0.0.1:7443" */
-  int threads;        /* pool threads serving unary calls; 0: 2 x cores, at least 4 */
+  int threads;        /* pool threads (unary calls, stream callbacks); 0: 2 x cores, at least 4 */
   /* A unary call whose request message has not wholly arrived this long
    * (ms) after its metadata is cancelled (DEADLINE_EXCEEDED); 0: 10000. */
   int request_timeout_ms;
