@@ -81,7 +81,9 @@
  * set flags on it (at most one message is pending, since one receive is in
  * flight at a time) and the first event that finds it idle queues one pool
  * job, which runs the pending callbacks in their fixed order (started,
- * message, drained, half_closed, shutdown, ended) until none is left. A
+ * message, drained, half_closed, shutdown, ended) until none is left, one
+ * message per turn (a stream with more waits at the back of the queue, so
+ * a client that sends without pause holds no thread from the others). A
  * stream never holds a pool thread while it waits for anything.
  *
  * Caps: max_streams in all, and max_peer_streams per client address for
@@ -1579,8 +1581,15 @@ static int stream_deliver(struct call *c, grpc_byte_buffer *bb) {
   return rc > 0 ? 1 : 0;
 }
 
+/* Whether a callback is due (smu held). */
+static int stream_pending(const struct call *c) {
+  return c->pending_bb != NULL || c->pending_drained || c->pending_half_closed ||
+         (c->pending_shutdown && !c->shutdown_done) || (c->end_ready && !c->end_done);
+}
+
 /* Pool: runs the stream's pending callbacks, one at a time, in their
- * order, until none is left. Takes the job's reference. */
+ * order, until none is left (after a message, the rest waits for another
+ * turn). Takes the job's reference. */
 static void stream_run(struct call *c) {
   const struct rpc_stream_ops *ops = c->method->stream;
   struct rpc_stream *s = &c->stream;
@@ -1612,6 +1621,14 @@ static void stream_run(struct call *c) {
       if (rc == 0) {
         c->want_read = 1;
         stream_read_maybe(c);
+      }
+      if (stream_pending(c)) {
+        /* One message per turn: a client that sends without pause keeps
+         * no pool thread from the others; the rest waits at the back of
+         * the queue, the job's reference with it. */
+        job_push(c, stream_run);
+        pthread_mutex_unlock(&c->smu);
+        return;
       }
       continue;
     }
