@@ -167,7 +167,10 @@ size_t rpc_stream_queued(struct rpc_stream *stream);
  * later finish, or one after the call ended, does nothing and returns
  * -EALREADY. OK is sent after every queued message; any other status at
  * once (messages still queued are dropped), also to a client that does not
- * read. Pending callbacks still run, then ended. Any thread. */
+ * read. From then on no message, half_closed, drained or shutdown
+ * callback starts (a request received but not yet handled is dropped); a
+ * callback running meanwhile returns as usual, then ended comes. Any
+ * thread. */
 int rpc_stream_finish(struct rpc_stream *stream, grpc_status_code status, const char *msg);
 
 /* Requires the next message within timeout_ms (0: the server's request
