@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,6 +209,16 @@ void rset_free(struct rset *s) {
   free(s);
 }
 
+/* SHA-256, fetched once: EVP_sha256() is fetched again (under the
+ * provider store's locks) by every EVP_Digest, a cost per resource that
+ * shows at tens of thousands of listeners. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void) {
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 /* SHA-256 of msg serialized, over a buffer of its own. */
 static int digest(const ProtobufCMessage *msg, uint8_t hash[RSET_HASH_LEN]) {
   size_t len = protobuf_c_message_get_packed_size(msg);
@@ -215,7 +226,8 @@ static int digest(const ProtobufCMessage *msg, uint8_t hash[RSET_HASH_LEN]) {
   if (buf == NULL)
     return -ENOMEM;
   protobuf_c_message_pack(msg, buf);
-  int ok = EVP_Digest(buf, len, hash, NULL, EVP_sha256(), NULL);
+  pthread_once(&sha256_once, sha256_fetch);
+  int ok = EVP_Digest(buf, len, hash, NULL, sha256_md != NULL ? sha256_md : EVP_sha256(), NULL);
   OPENSSL_cleanse(buf, len); /* it may hold a private key */
   free(buf);
   return ok ? 0 : -ENOMEM;
