@@ -196,6 +196,16 @@ static void test_selection_and_deltas(void **state) {
   assert_int_equal(rset_resource_count(agent), 3);
   assert_int_equal(fleet_view_resources(v), 3);
 
+  /* A world with nothing written since shares every entry: nothing to
+   * send. */
+  struct fleet_world *w2b;
+  assert_ok(fleet_world_build(e.api.store, w2, &w2b, &err), err);
+  assert_int_equal(fleet_world_listeners(w2b), 3);
+  assert_int_equal(fleet_world_resources(w2b), 3);
+  assert_ok(fleet_delta(w2b, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  fleet_world_unref(w2b);
+
   /* A reconnecting agent reports what it holds and gets only the
    * revision (an empty delta), not the world. */
   Tlsplane__V1__AgentHello hello = TLSPLANE__V1__AGENT_HELLO__INIT;
