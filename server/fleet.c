@@ -285,17 +285,30 @@ static int memo_reuse(struct build *b, struct memo *m, const struct memo *old, i
   return 0;
 }
 
+/* The start of a context's (is_context) or ring's memo in this build: 1
+ * with *out the memo when it is settled already (found, reused from the
+ * previous world, known bad; NULL: out of memory), 0 with *out a new memo
+ * for the caller to resolve. */
+static int memo_begin(struct build *b, int is_context, const char *name, struct memo **out) {
+  struct memo_tab *mine = is_context ? &b->w->contexts : &b->w->rings;
+  if ((*out = memo_find(mine, name)) != NULL)
+    return 1;
+  if ((*out = memo_add(mine, name)) == NULL)
+    return 1;
+  const struct memo *old =
+      b->prev == NULL ? NULL : memo_find(is_context ? &b->prev->contexts : &b->prev->rings, name);
+  if (old != NULL && memo_unchanged(b, old)) {
+    if (memo_reuse(b, *out, old, is_context) != 0)
+      *out = NULL;
+    return 1;
+  }
+  return bad_known(b, *out);
+}
+
 /* The memo of context `name`: resolved (keys unsealed) once per build. */
 static const struct memo *context_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->w->contexts, name);
-  if (m != NULL)
-    return m;
-  if ((m = memo_add(&b->w->contexts, name)) == NULL)
-    return NULL;
-  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->contexts, name) : NULL;
-  if (old != NULL && memo_unchanged(b, old))
-    return memo_reuse(b, m, old, 1) == 0 ? m : NULL;
-  if (bad_known(b, m))
+  struct memo *m;
+  if (memo_begin(b, 1, name, &m))
     return m;
   struct tp_err err = {0};
   ProtobufCMessage *ctx = NULL;
@@ -322,15 +335,8 @@ static const struct memo *context_memo(struct build *b, const char *name) {
 
 /* The memo of ticket-key ring `name`. */
 static const struct memo *ring_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->w->rings, name);
-  if (m != NULL)
-    return m;
-  if ((m = memo_add(&b->w->rings, name)) == NULL)
-    return NULL;
-  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->rings, name) : NULL;
-  if (old != NULL && memo_unchanged(b, old))
-    return memo_reuse(b, m, old, 0) == 0 ? m : NULL;
-  if (bad_known(b, m))
+  struct memo *m;
+  if (memo_begin(b, 0, name, &m))
     return m;
   struct tp_err err = {0};
   ProtobufCMessage *ring = NULL;
