@@ -194,6 +194,10 @@ int cache_snapshot_pack(const struct agent *a, const struct apply_report *r, uin
   return rc;
 }
 
+int cache_snapshot_write(const char *dir, const void *data, size_t len, struct tp_err *err) {
+  return cache_file_write(dir, CACHE_SNAPSHOT, data, len, 0600, 0, err);
+}
+
 int cache_snapshot_load(const char *dir, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
   *out = NULL;
   char *data;

@@ -69,6 +69,10 @@ void cache_wipe_free(void *data, size_t len);
 int cache_snapshot_pack(const struct agent *a, const struct apply_report *r, uint8_t **out,
                         size_t *len);
 
+/* Writes data (what cache_snapshot_pack made) as dir/snapshot.pb,
+ * atomically, mode 0600. */
+int cache_snapshot_write(const char *dir, const void *data, size_t len, struct tp_err *err);
+
 /* Loads dir/snapshot.pb: 1 with *out (caller frees with
  * protobuf_c_message_free_unpacked), 0 when there is none, -1 with err
  * when it cannot be read or decoded. */
