@@ -117,7 +117,7 @@ static void plan_build(struct agent *a, struct plan *plans, size_t i) {
     return;
   }
   struct tp_err err = {0};
-  if (listener_version_build(l, p->rl, config, config_len, &p->nv, &err) != 0) {
+  if (listener_version_build(l, p->rl, NULL, a->ctxcache, config, config_len, &p->nv, &err) != 0) {
     free(config);
     plan_fail(p, err.msg);
     return;
@@ -212,7 +212,7 @@ static void log_served(const struct plan *p, int64_t revision) {
   size_t n = tlsconf_listener_contexts(p->nv->tls), reused = tlsconf_listener_reused(p->nv->tls);
   log_info("agent",
            "listener=%s %s: serving on %s (%s), upstream %s%s, revision %lld; %zu of %zu "
-           "contexts built",
+           "contexts built (the others shared)",
            p->l->name, p->action == APPLY_NEW ? "new" : "changed", bound, p->nv->address,
            p->nv->upstream, p->nv->proxy_protocol ? " with PROXY v2" : "", (long long)revision,
            n - reused, n);

@@ -171,8 +171,9 @@ static int duration_ms(const Google__Protobuf__Duration *d, uint64_t dflt, const
 }
 
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
-                           const uint8_t *config, size_t config_len, struct listener_version **out,
-                           struct tp_err *err) {
+                           const Tlsplane__V1__ListenerEntry *hashes,
+                           struct tlsconf_ctxcache *cache, const uint8_t *config, size_t config_len,
+                           struct listener_version **out, struct tp_err *err) {
   *out = NULL;
   const Tlsplane__V1__Listener *li = rl->listener;
   if (li == NULL)
@@ -213,9 +214,8 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   memcpy(v->config, config, config_len);
   v->config_len = config_len;
 
-  /* Contexts unchanged since the version served are taken from it. */
-  if (tlsconf_listener_build_from(rl, l->applied != NULL ? l->applied->tls : NULL, &v->tls, err) !=
-      0)
+  /* Contexts the agent has built already (for any listener) are shared. */
+  if (tlsconf_listener_build_cached(rl, hashes, cache, &v->tls, err) != 0)
     goto failed;
   v->renegotiation_limit = tlsconf_listener_renegotiation_limit(v->tls);
   int64_t window = tlsconf_listener_renegotiation_window_ms(v->tls);

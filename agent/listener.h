@@ -93,13 +93,15 @@ struct listener *listener_check(void *p);
 /* Builds a version of l from rl: checks the Listener fields (address,
  * upstream, limits), resolves the bind and upstream addresses
  * (getaddrinfo: call it off the worker loops) and builds the TLS side
- * (tlsconf_listener_build_from: the contexts unchanged since l->applied
- * are reused, not rebuilt). config/config_len is rl packed (copied).
+ * (tlsconf_listener_build_cached: contexts come from cache, the agent's
+ * one cache of built contexts, by the content hashes of hashes, and only
+ * those it lacks are built). config/config_len is rl packed (copied).
  * All or nothing: on failure err names the field ("upstream: ...") and
  * nothing is kept. The result holds one reference (the caller's). */
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
-                           const uint8_t *config, size_t config_len, struct listener_version **out,
-                           struct tp_err *err);
+                           const Tlsplane__V1__ListenerEntry *hashes,
+                           struct tlsconf_ctxcache *cache, const uint8_t *config, size_t config_len,
+                           struct listener_version **out, struct tp_err *err);
 void listener_version_ref(struct listener_version *v);
 /* Drops a reference; the last releases the TLS side and the listener.
  * Safe from any thread. NULL is a no-op. */

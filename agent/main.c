@@ -460,6 +460,13 @@ int main(int argc, char **argv) {
     return 1;
   }
   m->a.loop = &loop;
+  if (tlsconf_listener_cache_new(&m->a.ctxcache) != 0) {
+    fprintf(stderr, "tlsplane-agent: out of memory\n");
+    uv_loop_close(&loop);
+    options_free(&o);
+    log_async_stop();
+    return 1;
+  }
   /* The first snapshot: the file must be readable (there is nothing to
    * serve otherwise, and an operator must hear about it at once); the
    * control plane's comes from the cache, if any, and the agent serves it
@@ -470,6 +477,7 @@ int main(int argc, char **argv) {
             o.config != NULL ? "load the config" : "start",
             m->source == NULL ? "out of memory" : err.msg);
     source_close(m->source);
+    tlsconf_ctxcache_unref(m->a.ctxcache);
     uv_loop_close(&loop);
     options_free(&o);
     log_async_stop();
@@ -548,6 +556,8 @@ done:
   source_close(m->source);
   free(m->a.workers);
   agent_listeners_free(&m->a);
+  /* Entries still held (none once every version is gone) keep it alive. */
+  tlsconf_ctxcache_unref(m->a.ctxcache);
   if (uv_loop_close(&loop) != 0)
     log_error("agent", "main loop not closed cleanly");
   options_free(&o);

@@ -156,7 +156,11 @@ static int world_setup(void **state) {
   struct tp_err err = {0};
   t.l = listener_new("listeners/t");
   assert_non_null(t.l);
-  if (listener_version_build(t.l, rl, config, config_len, &t.v, &err) != 0)
+  struct tlsconf_ctxcache *cache;
+  assert_int_equal(tlsconf_listener_cache_new(&cache), 0);
+  int rc = listener_version_build(t.l, rl, NULL, cache, config, config_len, &t.v, &err);
+  tlsconf_ctxcache_unref(cache); /* the version keeps what it uses */
+  if (rc != 0)
     fail_msg("listener_version_build: %s", err.msg);
   free(config);
   protobuf_c_message_free_unpacked(&rl->base, NULL);
