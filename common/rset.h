@@ -87,8 +87,7 @@ const Tlsplane__V1__ListenerEntry *rset_listener_next(const struct rset *s, size
  * cb all the same (cb may look it up). cb returns 0 to go on, nonzero to
  * stop the walk, which then returns that value. */
 int rset_listener_uses(const struct rset *s, const Tlsplane__V1__ListenerEntry *e,
-                       int (*cb)(const uint8_t *hash, void *data), void *data,
-                       struct tp_err *err);
+                       int (*cb)(const uint8_t *hash, void *data), void *data, struct tp_err *err);
 
 /* --- the protocol 1 form --- */
 
@@ -126,7 +125,8 @@ void rset_snapshot_free(Tlsplane__V1__Snapshot *snap);
 /* Applies d to s: its resources are added, its listeners added or
  * replaced, then its removed listeners and resources dropped. All or
  * nothing: d is checked first (hashes against content, every listener of
- * the result holds every resource it uses, removals name what s holds),
+ * the result holds every resource it uses; removing what s does not hold
+ * is a no-op),
  * and on failure s is unchanged and err names the entry ("resources[3]:
  * ...", "listeners[0] (listeners/web): ..."). The resources and listeners
  * of d are moved into s (d keeps empty slots); the caller still frees d. */

@@ -1,0 +1,919 @@
+/* Worlds, views and deltas (see fleet.h). */
+#include "fleet.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pb.h"
+#include "resolve.h"
+
+#define TICKET_KEY_LEN 48
+/* A hello may report this many resources and listeners at most. */
+#define VIEW_MAX_ENTRIES 1000000
+
+/* One listener of a world. */
+struct wlistener {
+  char *name;
+  /* In the world's set; NULL when it failed with no earlier entry (every
+   * agent keeps what it holds under this name). */
+  const Tlsplane__V1__ListenerEntry *entry;
+  const struct fleet_failure *failure; /* NULL: built at this revision */
+};
+
+/* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
+struct pair_index {
+  char *pair;
+  size_t *idx; /* into fleet_world.ls, ascending */
+  size_t n, cap;
+};
+
+struct fleet_world {
+  atomic_int refs;
+  int64_t revision;
+  struct rset *set;
+  struct wlistener *ls; /* in name order */
+  size_t n_ls;
+  struct fleet_failure *failures; /* strings owned */
+  size_t n_failures;
+  struct pair_index *pairs; /* in pair order */
+  size_t n_pairs;
+  size_t *everyone; /* listeners with an empty selector */
+  size_t n_everyone;
+};
+
+struct vlistener {
+  char *name;
+  uint8_t hash[RSET_HASH_LEN];
+};
+
+struct fleet_view {
+  struct vlistener *ls; /* in name order */
+  size_t n_ls;
+  uint8_t (*res)[RSET_HASH_LEN]; /* in byte order, each once */
+  size_t n_res;
+  int synced; /* a delta was made for it: the agent knows the revision */
+};
+
+/* --- a string -> index table, for the memos of one build --- */
+
+struct memo {
+  char *name;
+  int ok;
+  uint8_t hash[RSET_HASH_LEN];
+  char *reason; /* when !ok */
+};
+
+struct memo_tab {
+  struct memo *v;
+  size_t n, cap;
+  size_t *slots; /* index + 1; 0: empty */
+  size_t n_slots;
+};
+
+static uint64_t fnv(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return h;
+}
+
+static struct memo *memo_find(const struct memo_tab *t, const char *name) {
+  if (t->n_slots == 0)
+    return NULL;
+  for (size_t i = fnv(name) & (t->n_slots - 1);; i = (i + 1) & (t->n_slots - 1)) {
+    if (t->slots[i] == 0)
+      return NULL;
+    if (strcmp(t->v[t->slots[i] - 1].name, name) == 0)
+      return &t->v[t->slots[i] - 1];
+  }
+}
+
+static int memo_rehash(struct memo_tab *t, size_t n_slots) {
+  size_t *slots = calloc(n_slots, sizeof(*slots));
+  if (slots == NULL)
+    return -ENOMEM;
+  for (size_t k = 0; k < t->n; k++) {
+    size_t i = fnv(t->v[k].name) & (n_slots - 1);
+    while (slots[i] != 0)
+      i = (i + 1) & (n_slots - 1);
+    slots[i] = k + 1;
+  }
+  free(t->slots);
+  t->slots = slots;
+  t->n_slots = n_slots;
+  return 0;
+}
+
+/* A new entry for name (not in t); NULL when out of memory. */
+static struct memo *memo_add(struct memo_tab *t, const char *name) {
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    struct memo *v = realloc(t->v, cap * sizeof(*v));
+    if (v == NULL)
+      return NULL;
+    t->v = v;
+    t->cap = cap;
+  }
+  if ((t->n + 1) * 2 > t->n_slots && memo_rehash(t, t->n_slots ? t->n_slots * 2 : 128) != 0)
+    return NULL;
+  struct memo *m = &t->v[t->n];
+  memset(m, 0, sizeof(*m));
+  if ((m->name = strdup(name)) == NULL)
+    return NULL;
+  size_t i = fnv(name) & (t->n_slots - 1);
+  while (t->slots[i] != 0)
+    i = (i + 1) & (t->n_slots - 1);
+  t->slots[i] = ++t->n;
+  return m;
+}
+
+static void memo_free(struct memo_tab *t) {
+  for (size_t i = 0; i < t->n; i++) {
+    free(t->v[i].name);
+    free(t->v[i].reason);
+  }
+  free(t->v);
+  free(t->slots);
+}
+
+/* --- building a world --- */
+
+struct build {
+  struct store_txn *txn;
+  struct fleet_world *w;
+  const struct fleet_world *prev;
+  struct memo_tab contexts;
+  struct memo_tab rings;
+  size_t cap_failures;
+};
+
+/* The memo of context `name`: resolved (keys unsealed) once per build. */
+static const struct memo *context_memo(struct build *b, const char *name) {
+  struct memo *m = memo_find(&b->contexts, name);
+  if (m != NULL)
+    return m;
+  if ((m = memo_add(&b->contexts, name)) == NULL)
+    return NULL;
+  struct tp_err err = {0};
+  ProtobufCMessage *ctx = NULL;
+  Tlsplane__V1__ResolvedTlsContext *rc = NULL;
+  if (api_read(b->txn, &api_kind_tls_context, name, 0, &ctx, NULL, &err) == 0 &&
+      resolve_tls_context(b->txn, (Tlsplane__V1__TlsContext *)ctx, NULL, &rc, &err) == 0 &&
+      rset_intern_context(b->w->set, rc, m->hash, &err) == 0)
+    m->ok = 1;
+  else
+    m->reason = strdup(err.msg);
+  if (rc != NULL) {
+    for (size_t i = 0; i < rc->n_certificates; i++) /* the unsealed keys */
+      if (rc->certificates[i]->private_key_pem != NULL)
+        OPENSSL_cleanse(rc->certificates[i]->private_key_pem,
+                        strlen(rc->certificates[i]->private_key_pem));
+    protobuf_c_message_free_unpacked(&rc->base, NULL);
+  }
+  if (ctx != NULL)
+    protobuf_c_message_free_unpacked(ctx, NULL);
+  return m;
+}
+
+/* The memo of ticket-key ring `name`. */
+static const struct memo *ring_memo(struct build *b, const char *name) {
+  struct memo *m = memo_find(&b->rings, name);
+  if (m != NULL)
+    return m;
+  if ((m = memo_add(&b->rings, name)) == NULL)
+    return NULL;
+  struct tp_err err = {0};
+  ProtobufCMessage *ring = NULL;
+  struct store_row row = {0};
+  if (api_read(b->txn, &api_kind_ticket_key_ring, name, 1, &ring, &row, &err) == 0) {
+    size_t n = row.secret_len / TICKET_KEY_LEN;
+    Tlsplane__V1__TicketKeyMaterial *keys = calloc(n ? n : 1, sizeof(*keys));
+    Tlsplane__V1__TicketKeyMaterial **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    if (keys != NULL && ptrs != NULL) {
+      for (size_t i = 0; i < n; i++) {
+        tlsplane__v1__ticket_key_material__init(&keys[i]);
+        keys[i].key.data = row.secret + i * TICKET_KEY_LEN; /* borrowed: copied by intern */
+        keys[i].key.len = TICKET_KEY_LEN;
+        keys[i].active = i == 0; /* the ring keeps its active key first */
+        ptrs[i] = &keys[i];
+      }
+      m->ok = rset_intern_ticket_keys(b->w->set, ptrs, n, m->hash, &err) == 0;
+    } else {
+      tp_err_set(&err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    free(keys);
+    free(ptrs);
+  }
+  if (!m->ok)
+    m->reason = strdup(err.msg);
+  if (row.secret != NULL)
+    OPENSSL_cleanse(row.secret, row.secret_len);
+  store_row_clear(&row);
+  if (ring != NULL)
+    protobuf_c_message_free_unpacked(ring, NULL);
+  return m;
+}
+
+static int failure_add(struct build *b, const char *listener, const char *reason) {
+  struct fleet_world *w = b->w;
+  if (w->n_failures == b->cap_failures) {
+    size_t cap = b->cap_failures ? b->cap_failures * 2 : 8;
+    struct fleet_failure *v = realloc(w->failures, cap * sizeof(*v));
+    if (v == NULL)
+      return -ENOMEM;
+    w->failures = v;
+    b->cap_failures = cap;
+  }
+  char *l = strdup(listener), *r = strdup(reason);
+  if (l == NULL || r == NULL) {
+    free(l);
+    free(r);
+    return -ENOMEM;
+  }
+  w->failures[w->n_failures].listener = l;
+  w->failures[w->n_failures].reason = r;
+  w->n_failures++;
+  return 0;
+}
+
+/* Adds the context `name` to e's map unless it is there. */
+static int entry_add_context(struct build *b, Tlsplane__V1__ListenerEntry *e, size_t cap,
+                             const char *name, const char *field, struct tp_err *err) {
+  for (size_t i = 0; i < e->n_tls_contexts; i++)
+    if (strcmp(e->tls_contexts[i]->key, name) == 0)
+      return 0;
+  if (e->n_tls_contexts == cap)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "too many contexts");
+  const struct memo *m = context_memo(b, name);
+  if (m == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (!m->ok)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: %s: %s", field, name,
+                      m->reason ? m->reason : "out of memory");
+  Tlsplane__V1__ListenerEntry__TlsContextsEntry *ce = malloc(sizeof(*ce));
+  if (ce == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  tlsplane__v1__listener_entry__tls_contexts_entry__init(ce);
+  e->tls_contexts[e->n_tls_contexts++] = ce;
+  ce->key = strdup(name);
+  ce->value.data = malloc(RSET_HASH_LEN);
+  if (ce->key == NULL || ce->value.data == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  memcpy(ce->value.data, m->hash, RSET_HASH_LEN);
+  ce->value.len = RSET_HASH_LEN;
+  return 0;
+}
+
+/* The entry for listener l (taken), into the world's set. */
+static int entry_build(struct build *b, Tlsplane__V1__Listener *l, struct tp_err *err) {
+  Tlsplane__V1__ListenerEntry *e = malloc(sizeof(*e));
+  if (e == NULL) {
+    protobuf_c_message_free_unpacked(&l->base, NULL);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  tlsplane__v1__listener_entry__init(e);
+  e->listener = l;
+  size_t cap = l->n_sni_routes + 1;
+  int rc = (e->tls_contexts = calloc(cap, sizeof(*e->tls_contexts))) == NULL
+               ? tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory")
+               : 0;
+  if (rc == 0)
+    rc = entry_add_context(b, e, cap, l->default_tls_context, "default_tls_context", err);
+  for (size_t i = 0; rc == 0 && i < l->n_sni_routes; i++) {
+    char field[64];
+    snprintf(field, sizeof(field), "sni_routes[%zu].tls_context", i);
+    rc = entry_add_context(b, e, cap, l->sni_routes[i]->tls_context, field, err);
+  }
+  if (rc == 0 && l->ticket_key_ring[0] != '\0') {
+    const struct memo *m = ring_memo(b, l->ticket_key_ring);
+    if (m == NULL)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    else if (!m->ok)
+      rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "ticket_key_ring: %s: %s",
+                      l->ticket_key_ring, m->reason ? m->reason : "out of memory");
+    else if ((e->ticket_keys.data = malloc(RSET_HASH_LEN)) == NULL)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    else {
+      memcpy(e->ticket_keys.data, m->hash, RSET_HASH_LEN);
+      e->ticket_keys.len = RSET_HASH_LEN;
+    }
+  }
+  if (rc != 0) {
+    protobuf_c_message_free_unpacked(&e->base, NULL);
+    return -1;
+  }
+  return rset_listener_put(b->w->set, e, 0, err);
+}
+
+static const struct wlistener *world_find(const struct fleet_world *w, const char *name) {
+  size_t lo = 0, hi = w->n_ls;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(w->ls[mid].name, name);
+    if (c == 0)
+      return &w->ls[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+struct share {
+  struct rset *dst;
+  const struct rset *src;
+};
+
+static int share_cb(const uint8_t *hash, void *data) {
+  struct share *s = data;
+  int rc = rset_resource_share(s->dst, s->src, hash);
+  return rc == -ENOENT ? 0 : rc; /* a carried entry is as complete as it was */
+}
+
+/* Carries prev's entry for `name` into the world, with its resources. 0
+ * when prev had none (nothing carried), 1 when carried, -1 on failure. */
+static int entry_carry(struct build *b, const char *name, struct tp_err *err) {
+  const struct wlistener *old = b->prev != NULL ? world_find(b->prev, name) : NULL;
+  if (old == NULL || old->entry == NULL)
+    return 0;
+  struct share s = {.dst = b->w->set, .src = b->prev->set};
+  if (rset_listener_uses(b->prev->set, old->entry, share_cb, &s, err) != 0)
+    return -1;
+  ProtobufCMessage *copy = pb_clone(&old->entry->base);
+  if (copy == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return rset_listener_put(b->w->set, (Tlsplane__V1__ListenerEntry *)copy, 0, err) == 0 ? 1 : -1;
+}
+
+static int pair_cmp(const void *a, const void *b) {
+  return strcmp(((const struct pair_index *)a)->pair, ((const struct pair_index *)b)->pair);
+}
+
+static struct pair_index *pair_find(const struct fleet_world *w, const char *pair) {
+  struct pair_index key = {.pair = (char *)pair};
+  return w->n_pairs ? bsearch(&key, w->pairs, w->n_pairs, sizeof(*w->pairs), pair_cmp) : NULL;
+}
+
+static int idx_push(size_t **v, size_t *n, size_t *cap, size_t i) {
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 4;
+    size_t *nv = realloc(*v, c * sizeof(*nv));
+    if (nv == NULL)
+      return -ENOMEM;
+    *v = nv;
+    *cap = c;
+  }
+  (*v)[(*n)++] = i;
+  return 0;
+}
+
+/* Indexes listeners by the first pair of their selector: an agent's
+ * candidates are the listeners under each of its labels, and those that
+ * select every agent. */
+static int world_index(struct fleet_world *w) {
+  size_t cap_everyone = 0, cap_pairs = 0;
+  for (size_t i = 0; i < w->n_ls; i++) {
+    const Tlsplane__V1__ListenerEntry *e = w->ls[i].entry;
+    if (e == NULL)
+      continue;
+    const Tlsplane__V1__Listener *l = e->listener;
+    if (l->n_agent_selector == 0) {
+      if (idx_push(&w->everyone, &w->n_everyone, &cap_everyone, i) != 0)
+        return -ENOMEM;
+      continue;
+    }
+    size_t len = strlen(l->agent_selector[0]->key) + strlen(l->agent_selector[0]->value) + 2;
+    char *pair = malloc(len);
+    if (pair == NULL)
+      return -ENOMEM;
+    snprintf(pair, len, "%s=%s", l->agent_selector[0]->key, l->agent_selector[0]->value);
+    if (w->n_pairs == cap_pairs) {
+      size_t c = cap_pairs ? cap_pairs * 2 : 16;
+      struct pair_index *v = realloc(w->pairs, c * sizeof(*v));
+      if (v == NULL) {
+        free(pair);
+        return -ENOMEM;
+      }
+      w->pairs = v;
+      cap_pairs = c;
+    }
+    w->pairs[w->n_pairs++] = (struct pair_index){.pair = pair};
+    if (idx_push(&w->pairs[w->n_pairs - 1].idx, &w->pairs[w->n_pairs - 1].n,
+                 &w->pairs[w->n_pairs - 1].cap, i) != 0)
+      return -ENOMEM;
+  }
+  /* One index entry per pair: merge the runs that sort together. */
+  if (w->n_pairs > 1)
+    qsort(w->pairs, w->n_pairs, sizeof(*w->pairs), pair_cmp);
+  size_t out = 0;
+  for (size_t i = 0; i < w->n_pairs; i++) {
+    if (out > 0 && strcmp(w->pairs[out - 1].pair, w->pairs[i].pair) == 0) {
+      struct pair_index *p = &w->pairs[out - 1];
+      for (size_t j = 0; j < w->pairs[i].n; j++)
+        if (idx_push(&p->idx, &p->n, &p->cap, w->pairs[i].idx[j]) != 0)
+          return -ENOMEM;
+      free(w->pairs[i].pair);
+      free(w->pairs[i].idx);
+      continue;
+    }
+    w->pairs[out++] = w->pairs[i];
+  }
+  w->n_pairs = out;
+  return 0;
+}
+
+int fleet_world_build(struct store *store, const struct fleet_world *prev, struct fleet_world **out,
+                      struct tp_err *err) {
+  struct fleet_world *w = calloc(1, sizeof(*w));
+  if (w == NULL || rset_new(&w->set) != 0) {
+    free(w);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  atomic_init(&w->refs, 1);
+  struct build b = {.w = w, .prev = prev};
+  struct store_row *rows = NULL;
+  size_t n = 0;
+  struct store_query q = {.kind = api_kind_listener.kind};
+  if (store_begin(store, 0, &b.txn, err) != 0) {
+    fleet_world_unref(w);
+    return -1;
+  }
+  w->revision = store_txn_revision(b.txn);
+  int rc = store_list(b.txn, &q, &rows, &n, err);
+  if (rc == 0 && (w->ls = calloc(n ? n : 1, sizeof(*w->ls))) == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* Rows come in name order, and so do the world's listeners. */
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    struct tp_err why = {0};
+    struct wlistener *wl = &w->ls[w->n_ls];
+    if ((wl->name = strdup(rows[i].name)) == NULL) {
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      break;
+    }
+    w->n_ls++;
+    Tlsplane__V1__Listener *l =
+        (Tlsplane__V1__Listener *)api_decode_row(&api_kind_listener, &rows[i], &why);
+    int built = l != NULL && entry_build(&b, l, &why) == 0;
+    if (built)
+      continue;
+    if (why.status == GRPC_STATUS_RESOURCE_EXHAUSTED) { /* out of memory: no world */
+      *err = why;
+      rc = -1;
+      break;
+    }
+    /* Invariant 8: what the agents serve of it stays. */
+    if (failure_add(&b, wl->name, why.msg) != 0 || entry_carry(&b, wl->name, err) < 0) {
+      if (err->msg[0] == '\0')
+        tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      rc = -1;
+    }
+  }
+  store_rows_free(rows, n);
+  store_rollback(b.txn);
+  memo_free(&b.contexts);
+  memo_free(&b.rings);
+  /* Entries and failures resolved to pointers once the set is complete. */
+  for (size_t i = 0, f = 0; rc == 0 && i < w->n_ls; i++) {
+    w->ls[i].entry = rset_listener_get(w->set, w->ls[i].name);
+    if (f < w->n_failures && strcmp(w->failures[f].listener, w->ls[i].name) == 0)
+      w->ls[i].failure = &w->failures[f++];
+  }
+  if (rc == 0 && world_index(w) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc != 0) {
+    fleet_world_unref(w);
+    return -1;
+  }
+  *out = w;
+  return 0;
+}
+
+void fleet_world_ref(struct fleet_world *w) {
+  atomic_fetch_add(&w->refs, 1);
+}
+
+void fleet_world_unref(struct fleet_world *w) {
+  if (w == NULL || atomic_fetch_sub(&w->refs, 1) != 1)
+    return;
+  for (size_t i = 0; i < w->n_ls; i++)
+    free(w->ls[i].name);
+  free(w->ls);
+  for (size_t i = 0; i < w->n_failures; i++) {
+    free((char *)w->failures[i].listener);
+    free((char *)w->failures[i].reason);
+  }
+  free(w->failures);
+  for (size_t i = 0; i < w->n_pairs; i++) {
+    free(w->pairs[i].pair);
+    free(w->pairs[i].idx);
+  }
+  free(w->pairs);
+  free(w->everyone);
+  rset_free(w->set);
+  free(w);
+}
+
+int64_t fleet_world_revision(const struct fleet_world *w) {
+  return w->revision;
+}
+
+const struct fleet_failure *fleet_world_failures(const struct fleet_world *w, size_t *n) {
+  *n = w->n_failures;
+  return w->failures;
+}
+
+size_t fleet_world_listeners(const struct fleet_world *w) {
+  return w->n_ls;
+}
+
+size_t fleet_world_resources(const struct fleet_world *w) {
+  return rset_resource_count(w->set);
+}
+
+/* --- views --- */
+
+int fleet_view_new(struct fleet_view **out) {
+  *out = calloc(1, sizeof(**out));
+  return *out ? 0 : -ENOMEM;
+}
+
+static void view_listeners_free(struct vlistener *ls, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    free(ls[i].name);
+  free(ls);
+}
+
+void fleet_view_free(struct fleet_view *v) {
+  if (v == NULL)
+    return;
+  view_listeners_free(v->ls, v->n_ls);
+  free(v->res);
+  free(v);
+}
+
+static int hash_cmp(const void *a, const void *b) {
+  return memcmp(a, b, RSET_HASH_LEN);
+}
+
+static int vlistener_cmp(const void *a, const void *b) {
+  return strcmp(((const struct vlistener *)a)->name, ((const struct vlistener *)b)->name);
+}
+
+/* Sorts hashes and drops repeats; the new count. */
+static size_t hashes_unique(uint8_t (*h)[RSET_HASH_LEN], size_t n) {
+  if (n <= 1)
+    return n;
+  qsort(h, n, RSET_HASH_LEN, hash_cmp);
+  size_t out = 1;
+  for (size_t i = 1; i < n; i++)
+    if (memcmp(h[i], h[out - 1], RSET_HASH_LEN) != 0)
+      memcpy(h[out++], h[i], RSET_HASH_LEN);
+  return out;
+}
+
+int fleet_view_from_hello(struct fleet_view *v, const Tlsplane__V1__AgentHello *hello,
+                          struct tp_err *err) {
+  if (hello->n_resources > VIEW_MAX_ENTRIES || hello->n_listeners > VIEW_MAX_ENTRIES)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "hello: reports more than %d resources or listeners", VIEW_MAX_ENTRIES);
+  for (size_t i = 0; i < hello->n_resources; i++)
+    if (hello->resources[i].len != RSET_HASH_LEN)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "hello.resources[%zu]: %zu bytes, not a %d-byte hash", i,
+                        hello->resources[i].len, RSET_HASH_LEN);
+  for (size_t i = 0; i < hello->n_listeners; i++)
+    if (hello->listeners[i]->hash.len != RSET_HASH_LEN ||
+        api_name_check(&api_kind_listener, hello->listeners[i]->listener, "hello.listeners", err) !=
+            0)
+      return err->status
+                 ? -1
+                 : tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                              "hello.listeners[%zu].hash: not a %d-byte hash", i, RSET_HASH_LEN);
+  size_t nr = hello->n_resources, nl = hello->n_listeners;
+  uint8_t(*res)[RSET_HASH_LEN] = malloc((nr ? nr : 1) * RSET_HASH_LEN);
+  struct vlistener *ls = calloc(nl ? nl : 1, sizeof(*ls));
+  if (res == NULL || ls == NULL) {
+    free(res);
+    free(ls);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  for (size_t i = 0; i < nr; i++)
+    memcpy(res[i], hello->resources[i].data, RSET_HASH_LEN);
+  for (size_t i = 0; i < nl; i++) {
+    if ((ls[i].name = strdup(hello->listeners[i]->listener)) == NULL) {
+      view_listeners_free(ls, i);
+      free(res);
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    memcpy(ls[i].hash, hello->listeners[i]->hash.data, RSET_HASH_LEN);
+  }
+  if (nl > 1)
+    qsort(ls, nl, sizeof(*ls), vlistener_cmp);
+  size_t kept = 0; /* a name reported twice: the first */
+  for (size_t i = 0; i < nl; i++) {
+    if (kept > 0 && strcmp(ls[kept - 1].name, ls[i].name) == 0) {
+      free(ls[i].name);
+      continue;
+    }
+    ls[kept++] = ls[i];
+  }
+  view_listeners_free(v->ls, v->n_ls);
+  free(v->res);
+  v->ls = ls;
+  v->n_ls = kept;
+  v->res = res;
+  v->n_res = hashes_unique(res, nr);
+  v->synced = 0;
+  return 0;
+}
+
+size_t fleet_view_listeners(const struct fleet_view *v) {
+  return v->n_ls;
+}
+
+size_t fleet_view_resources(const struct fleet_view *v) {
+  return v->n_res;
+}
+
+size_t fleet_view_bytes(const struct fleet_view *v) {
+  size_t n = sizeof(*v) + v->n_res * RSET_HASH_LEN + v->n_ls * sizeof(*v->ls);
+  for (size_t i = 0; i < v->n_ls; i++)
+    n += strlen(v->ls[i].name) + 1;
+  return n;
+}
+
+/* --- deltas --- */
+
+static int idx_cmp(const void *a, const void *b) {
+  size_t x = *(const size_t *)a, y = *(const size_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The world's listeners for these labels, as ascending indices into
+ * w->ls (name order). */
+static int select_listeners(const struct fleet_world *w, const struct snapshot_label *labels,
+                            size_t n_labels, size_t **out, size_t *n_out) {
+  size_t *v = NULL, n = 0, cap = 0;
+  for (size_t i = 0; i < w->n_everyone; i++)
+    if (idx_push(&v, &n, &cap, w->everyone[i]) != 0)
+      goto oom;
+  for (size_t j = 0; j < n_labels; j++) {
+    size_t len = strlen(labels[j].key) + strlen(labels[j].value) + 2;
+    char stack[256], *pair = len <= sizeof(stack) ? stack : malloc(len);
+    if (pair == NULL)
+      goto oom;
+    memcpy(pair, labels[j].key, strlen(labels[j].key));
+    pair[strlen(labels[j].key)] = '=';
+    memcpy(pair + strlen(labels[j].key) + 1, labels[j].value, strlen(labels[j].value) + 1);
+    const struct pair_index *p = pair_find(w, pair);
+    if (pair != stack)
+      free(pair);
+    for (size_t k = 0; p != NULL && k < p->n; k++)
+      if (snapshot_selector_matches(w->ls[p->idx[k]].entry->listener, labels, n_labels) &&
+          idx_push(&v, &n, &cap, p->idx[k]) != 0)
+        goto oom;
+  }
+  /* Each listener is indexed under one pair, so each appears once. */
+  if (n > 1)
+    qsort(v, n, sizeof(*v), idx_cmp);
+  *out = v;
+  *n_out = n;
+  return 0;
+oom:
+  free(v);
+  return -ENOMEM;
+}
+
+struct collect {
+  uint8_t (*h)[RSET_HASH_LEN];
+  size_t n, cap;
+};
+
+static int collect_cb(const uint8_t *hash, void *data) {
+  struct collect *c = data;
+  if (c->n == c->cap) {
+    size_t cap = c->cap ? c->cap * 2 : 16;
+    uint8_t(*h)[RSET_HASH_LEN] = realloc(c->h, cap * RSET_HASH_LEN);
+    if (h == NULL)
+      return -ENOMEM;
+    c->h = h;
+    c->cap = cap;
+  }
+  memcpy(c->h[c->n++], hash, RSET_HASH_LEN);
+  return 0;
+}
+
+static int failure_push(const struct fleet_failure ***v, size_t *n, size_t *cap,
+                        const struct fleet_failure *f) {
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 4;
+    const struct fleet_failure **nv = realloc(*v, c * sizeof(*nv));
+    if (nv == NULL)
+      return -ENOMEM;
+    *v = nv;
+    *cap = c;
+  }
+  (*v)[(*n)++] = f;
+  return 0;
+}
+
+/* The message carrying d (or snap), packed. */
+static int message_pack(Tlsplane__V1__SnapshotDelta *d, Tlsplane__V1__Snapshot *snap, uint8_t **out,
+                        size_t *len) {
+  Tlsplane__V1__ServerMessage msg = TLSPLANE__V1__SERVER_MESSAGE__INIT;
+  if (d != NULL) {
+    msg.message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_DELTA;
+    msg.delta = d;
+  } else {
+    msg.message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT;
+    msg.snapshot = snap;
+  }
+  return pb_pack(&msg.base, out, len);
+}
+
+int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
+                const struct snapshot_label *labels, size_t n_labels, uint8_t **out, size_t *len,
+                const struct fleet_failure ***failures, size_t *n_failures, struct tp_err *err) {
+  *out = NULL;
+  *len = 0;
+  *failures = NULL;
+  *n_failures = 0;
+  size_t *sel = NULL, n_sel = 0, cap_fail = 0;
+  if (select_listeners(w, labels, n_labels, &sel, &n_sel) != 0)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+
+  Tlsplane__V1__SnapshotDelta d = TLSPLANE__V1__SNAPSHOT_DELTA__INIT;
+  d.revision = w->revision;
+  struct vlistener *nl = calloc(n_sel + v->n_ls + 1, sizeof(*nl)); /* the view after */
+  d.listeners = calloc(n_sel + 1, sizeof(*d.listeners));
+  d.removed_listeners = calloc(v->n_ls + 1, sizeof(*d.removed_listeners));
+  struct collect want = {0};
+  size_t n_nl = 0;
+  int hold = 0; /* a kept listener uses resources the world cannot name */
+  int rc = nl && d.listeners && d.removed_listeners
+               ? 0
+               : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+
+  /* Listeners: a merge of the selection and the view, both in name order. */
+  size_t i = 0, j = 0;
+  while (rc == 0 && (i < n_sel || j < v->n_ls)) {
+    const struct wlistener *wl = i < n_sel ? &w->ls[sel[i]] : NULL;
+    const struct vlistener *vl = j < v->n_ls ? &v->ls[j] : NULL;
+    int c = wl == NULL ? 1 : vl == NULL ? -1 : strcmp(wl->name, vl->name);
+    if (c > 0) { /* held, no longer selected */
+      const struct wlistener *failed = world_find(w, vl->name);
+      if (failed != NULL && failed->entry == NULL) {
+        /* Failed with nothing to carry: the agent keeps it. */
+        nl[n_nl].name = vl->name;
+        memcpy(nl[n_nl++].hash, vl->hash, RSET_HASH_LEN);
+        hold = 1;
+        if (failure_push(failures, n_failures, &cap_fail, failed->failure) != 0)
+          rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      } else {
+        d.removed_listeners[d.n_removed_listeners++] = vl->name;
+      }
+      j++;
+      continue;
+    }
+    const Tlsplane__V1__ListenerEntry *e = wl->entry;
+    if (wl->failure != NULL && failure_push(failures, n_failures, &cap_fail, wl->failure) != 0)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (c == 0 && memcmp(vl->hash, e->hash.data, RSET_HASH_LEN) == 0)
+      ; /* held as it is */
+    else
+      d.listeners[d.n_listeners++] = (Tlsplane__V1__ListenerEntry *)e;
+    nl[n_nl].name = wl->name;
+    memcpy(nl[n_nl++].hash, e->hash.data, RSET_HASH_LEN);
+    struct tp_err why = {0};
+    if (rc == 0 && rset_listener_uses(w->set, e, collect_cb, &want, &why) != 0)
+      rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "%s", why.msg[0] ? why.msg : "out of memory");
+    i++;
+    j += c == 0;
+  }
+  free(sel);
+
+  /* The first delta goes even when empty: it tells the agent the revision
+   * it serves, which its ack confirms. */
+  int changed = rc == 0 && (d.n_listeners > 0 || d.n_removed_listeners > 0 || !v->synced);
+  uint8_t(*res)[RSET_HASH_LEN] = NULL;
+  size_t n_res = 0;
+  if (changed) {
+    /* Resources: what the listeners after use, against what the view has. */
+    size_t n_want = hashes_unique(want.h, want.n);
+    res = malloc((n_want + (hold ? v->n_res : 0) + 1) * RSET_HASH_LEN);
+    d.resources = calloc(n_want + 1, sizeof(*d.resources));
+    d.removed_resources = calloc(v->n_res + 1, sizeof(*d.removed_resources));
+    if (res == NULL || d.resources == NULL || d.removed_resources == NULL)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    size_t a = 0, b = 0;
+    while (rc == 0 && (a < n_want || b < v->n_res)) {
+      int c = a == n_want ? 1 : b == v->n_res ? -1 : memcmp(want.h[a], v->res[b], RSET_HASH_LEN);
+      if (c < 0) { /* wanted, not held */
+        d.resources[d.n_resources++] =
+            (Tlsplane__V1__Resource *)rset_resource_get(w->set, want.h[a]);
+        memcpy(res[n_res++], want.h[a++], RSET_HASH_LEN);
+      } else if (c > 0) { /* held, not wanted */
+        if (hold) {
+          memcpy(res[n_res++], v->res[b], RSET_HASH_LEN);
+        } else {
+          d.removed_resources[d.n_removed_resources].data = v->res[b];
+          d.removed_resources[d.n_removed_resources++].len = RSET_HASH_LEN;
+        }
+        b++;
+      } else {
+        memcpy(res[n_res++], want.h[a++], RSET_HASH_LEN);
+        b++;
+      }
+    }
+    if (rc == 0 && message_pack(&d, NULL, out, len) != 0)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  free(want.h);
+  free(d.listeners);
+  free(d.removed_listeners);
+  free(d.resources);
+  free(d.removed_resources);
+  if (rc == 0 && changed) {
+    /* The view becomes what the agent holds once it applied the delta. */
+    for (size_t k = 0; k < n_nl; k++)
+      if ((nl[k].name = strdup(nl[k].name)) == NULL) {
+        view_listeners_free(nl, k);
+        nl = NULL;
+        free(*out);
+        *out = NULL;
+        *len = 0;
+        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+    if (rc == 0) {
+      view_listeners_free(v->ls, v->n_ls);
+      free(v->res);
+      v->ls = nl;
+      v->n_ls = n_nl;
+      v->res = res;
+      v->n_res = n_res;
+      v->synced = 1;
+      return 0;
+    }
+  }
+  free(nl);
+  free(res);
+  if (rc != 0) {
+    free(*failures);
+    *failures = NULL;
+    *n_failures = 0;
+  }
+  return rc;
+}
+
+int fleet_snapshot(const struct fleet_world *w, const struct snapshot_label *labels,
+                   size_t n_labels, uint8_t **out, size_t *len, uint8_t hash[RSET_HASH_LEN],
+                   const struct fleet_failure ***failures, size_t *n_failures, struct tp_err *err) {
+  *failures = NULL;
+  *n_failures = 0;
+  size_t *sel = NULL, n_sel = 0, cap_fail = 0;
+  if (select_listeners(w, labels, n_labels, &sel, &n_sel) != 0)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  Tlsplane__V1__Snapshot snap = TLSPLANE__V1__SNAPSHOT__INIT;
+  snap.listeners = calloc(n_sel + 1, sizeof(*snap.listeners));
+  int rc = snap.listeners ? 0 : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  for (size_t i = 0; rc == 0 && i < n_sel; i++) {
+    const struct wlistener *wl = &w->ls[sel[i]];
+    if (wl->failure != NULL && failure_push(failures, n_failures, &cap_fail, wl->failure) != 0)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (rc == 0 && rset_resolve(w->set, wl->entry, &snap.listeners[snap.n_listeners], err) == 0)
+      snap.n_listeners++;
+    else
+      rc = -1;
+  }
+  free(sel);
+  uint8_t *bare = NULL;
+  size_t bare_len = 0;
+  /* What an agent serves, apart from the revision number: unchanged
+   * content is not sent again. */
+  if (rc == 0 && pb_pack(&snap.base, &bare, &bare_len) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0) {
+    EVP_Digest(bare, bare_len, hash, NULL, EVP_sha256(), NULL);
+    OPENSSL_cleanse(bare, bare_len);
+    snap.revision = w->revision;
+    if (message_pack(NULL, &snap, out, len) != 0)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  free(bare);
+  for (size_t i = 0; i < snap.n_listeners; i++)
+    rset_resolved_free(snap.listeners[i]);
+  free(snap.listeners);
+  if (rc != 0) {
+    free(*failures);
+    *failures = NULL;
+    *n_failures = 0;
+  }
+  return rc;
+}

@@ -1,0 +1,315 @@
+/* Unit tests for server/fleet: a world built from a real store sends each
+ * agent what its labels select, every resource once; the next delta sends
+ * only what changed; what an agent applies with common/rset ends where the
+ * server's view says; a listener that fails to build is carried, never
+ * removed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "api.h"
+#include "fixtures.h"
+#include "fleet.h"
+#include "pb.h"
+#include "rset.h"
+#include "store.h"
+
+static const uint8_t master_key[STORE_MASTER_KEY_LEN] = "tlsplane test master key .......";
+
+#define assert_ok(expr, err)                                                                       \
+  do {                                                                                             \
+    if ((expr) != 0)                                                                               \
+      fail_msg("%s: %s", #expr, (err).msg);                                                        \
+  } while (0)
+
+struct env {
+  char path[300];
+  struct api api;
+};
+
+static const struct rpc_call_info test_call = {
+    .method = "test", .peer = "", .actor = "system", .principal = ""};
+
+static void put(struct env *e, const struct api_kind *kind, ProtobufCMessage *res, int update) {
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  assert_ok(store_begin(e->api.store, 1, &txn, &err), err);
+  ProtobufCMessage *old = NULL;
+  struct store_row row = {0};
+  if (update)
+    assert_ok(api_read(txn, kind, pb_string_get(res, "name"), 1, &old, &row, &err), err);
+  struct api_op op = {.api = &e->api,
+                      .kind = kind,
+                      .txn = txn,
+                      .call = &test_call,
+                      .old = old,
+                      .old_row = update ? &row : NULL,
+                      .now = time(NULL)};
+  assert_ok(api_write(&op, res, NULL, update ? "update" : "create", &err), err);
+  assert_ok(store_commit(txn, NULL, &err), err);
+  if (old != NULL)
+    protobuf_c_message_free_unpacked(old, NULL);
+  store_row_clear(&row);
+  protobuf_c_message_free_unpacked(res, NULL);
+}
+
+static void put_certificate(struct env *e, const char *name, const char *cn, int update) {
+  EVP_PKEY *key = fixture_key_ec("P-256");
+  struct fixture_cert_opts o = {.cn = cn, .san = "DNS:www.example.com"};
+  X509 *x = fixture_cert(key, &o);
+  Tlsplane__V1__Certificate *c = calloc(1, sizeof(*c));
+  tlsplane__v1__certificate__init(c);
+  c->name = strdup(name);
+  c->certificate_chain_pem = fixture_pem_cert(x);
+  c->private_key_pem = fixture_pem_key(key);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  put(e, &api_kind_certificate, &c->base, update);
+}
+
+static void put_context(struct env *e, const char *name, const char *cert) {
+  Tlsplane__V1__TlsContext *t = calloc(1, sizeof(*t));
+  tlsplane__v1__tls_context__init(t);
+  t->name = strdup(name);
+  t->certificates = calloc(1, sizeof(char *));
+  t->certificates[0] = strdup(cert);
+  t->n_certificates = 1;
+  put(e, &api_kind_tls_context, &t->base, 0);
+}
+
+/* A listener on ctx for agents with agent=<selector> (NULL: every agent). */
+static void put_listener(struct env *e, const char *name, int port, const char *ctx,
+                         const char *selector) {
+  Tlsplane__V1__Listener *l = calloc(1, sizeof(*l));
+  tlsplane__v1__listener__init(l);
+  l->name = strdup(name);
+  char addr[64];
+  snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+  l->address = strdup(addr);
+  l->upstream = strdup("127.0.0.1:9");
+  l->default_tls_context = strdup(ctx);
+  if (selector != NULL) {
+    l->agent_selector = calloc(1, sizeof(*l->agent_selector));
+    l->agent_selector[0] = calloc(1, sizeof(**l->agent_selector));
+    tlsplane__v1__listener__agent_selector_entry__init(l->agent_selector[0]);
+    l->agent_selector[0]->key = strdup("agent");
+    l->agent_selector[0]->value = strdup(selector);
+    l->n_agent_selector = 1;
+  }
+  put(e, &api_kind_listener, &l->base, 0);
+}
+
+static void env_open(struct env *e) {
+  char dir[256];
+  fixture_tmpdir(dir, sizeof(dir));
+  snprintf(e->path, sizeof(e->path), "%s/tlsplane.db", dir);
+  struct store_opts opts = {.master_keys = &master_key, .n_master_keys = 1};
+  struct tp_err err = {0};
+  memset(&e->api, 0, sizeof(e->api));
+  assert_ok(store_open(e->path, &opts, &e->api.store, &err), err);
+  assert_ok(api_seed_builtins(&e->api, &err), err);
+  put_certificate(e, "certificates/web", "web-1", 0);
+  put_context(e, "tlsContexts/web", "certificates/web");
+  put_listener(e, "listeners/a", 8441, "tlsContexts/web", "1");
+  put_listener(e, "listeners/b", 8442, "tlsContexts/web", "2");
+  put_listener(e, "listeners/c", 8443, "tlsContexts/web", NULL);
+}
+
+/* What an agent does with a packed ServerMessage: applies its delta. */
+static void agent_apply(struct rset *agent, const uint8_t *msg, size_t len) {
+  Tlsplane__V1__ServerMessage *m = tlsplane__v1__server_message__unpack(NULL, len, msg);
+  assert_non_null(m);
+  assert_int_equal(m->message_case, TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_DELTA);
+  struct tp_err err = {0};
+  assert_ok(rset_delta_apply(agent, m->delta, &err), err);
+  protobuf_c_message_free_unpacked(&m->base, NULL);
+}
+
+static Tlsplane__V1__SnapshotDelta *delta_of(const uint8_t *msg, size_t len) {
+  Tlsplane__V1__ServerMessage *m = tlsplane__v1__server_message__unpack(NULL, len, msg);
+  assert_non_null(m);
+  Tlsplane__V1__SnapshotDelta *d = m->delta;
+  m->delta = NULL;
+  m->message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE__NOT_SET;
+  protobuf_c_message_free_unpacked(&m->base, NULL);
+  return d;
+}
+
+static const struct snapshot_label agent1[] = {{"agent", "1"}};
+
+static void test_selection_and_deltas(void **state) {
+  (void)state;
+  struct env e;
+  env_open(&e);
+  struct tp_err err = {0};
+  struct fleet_world *w1;
+  assert_ok(fleet_world_build(e.api.store, NULL, &w1, &err), err);
+  assert_int_equal(fleet_world_listeners(w1), 3);
+  assert_int_equal(fleet_world_resources(w1), 3); /* certificate, context, default policy */
+
+  struct fleet_view *v;
+  assert_int_equal(fleet_view_new(&v), 0);
+  uint8_t *msg;
+  size_t len, n_failures;
+  const struct fleet_failure **failures;
+  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_non_null(msg);
+  assert_int_equal(n_failures, 0);
+  Tlsplane__V1__SnapshotDelta *d = delta_of(msg, len);
+  assert_int_equal(d->revision, fleet_world_revision(w1));
+  assert_int_equal(d->n_listeners, 2); /* a (agent=1) and c (everyone), not b */
+  assert_string_equal(d->listeners[0]->listener->name, "listeners/a");
+  assert_string_equal(d->listeners[1]->listener->name, "listeners/c");
+  assert_int_equal(d->n_resources, 3); /* the shared context once */
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  struct rset *agent;
+  assert_int_equal(rset_new(&agent), 0);
+  agent_apply(agent, msg, len);
+  free(msg);
+  assert_int_equal(rset_listener_count(agent), 2);
+
+  /* Nothing changed: nothing to send. */
+  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_null(msg);
+
+  /* The certificate rotates: both listeners change, and the resources
+   * sent are the new certificate and context only. */
+  put_certificate(&e, "certificates/web", "web-2", 1);
+  struct fleet_world *w2;
+  assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
+  assert_ok(fleet_delta(w2, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  d = delta_of(msg, len);
+  assert_int_equal(d->n_listeners, 2);
+  assert_int_equal(d->n_resources, 2);
+  assert_int_equal(d->n_removed_resources, 2);
+  assert_int_equal(d->n_removed_listeners, 0);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  agent_apply(agent, msg, len);
+  free(msg);
+  assert_int_equal(rset_resource_count(agent), 3);
+  assert_int_equal(fleet_view_resources(v), 3);
+
+  /* A reconnecting agent reports what it holds and gets only the
+   * revision (an empty delta), not the world. */
+  Tlsplane__V1__AgentHello hello = TLSPLANE__V1__AGENT_HELLO__INIT;
+  Tlsplane__V1__AgentState *st;
+  assert_int_equal(rset_state(agent, 0, &st), 0);
+  hello.protocol = 2;
+  hello.n_resources = st->n_resources;
+  hello.resources = calloc(st->n_resources, sizeof(*hello.resources));
+  for (size_t i = 0; i < st->n_resources; i++)
+    hello.resources[i] = st->resources[i]->hash;
+  Tlsplane__V1__ListenerVersion lv[2];
+  Tlsplane__V1__ListenerVersion *lvp[2];
+  for (size_t i = 0; i < st->n_listeners; i++) {
+    tlsplane__v1__listener_version__init(&lv[i]);
+    lv[i].listener = st->listeners[i]->listener->name;
+    lv[i].hash = st->listeners[i]->hash;
+    lvp[i] = &lv[i];
+  }
+  hello.listeners = lvp;
+  hello.n_listeners = st->n_listeners;
+  struct fleet_view *v2;
+  assert_int_equal(fleet_view_new(&v2), 0);
+  assert_ok(fleet_view_from_hello(v2, &hello, &err), err);
+  free(hello.resources);
+  rset_state_free(st);
+  assert_ok(fleet_delta(w2, v2, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_non_null(msg);
+  d = delta_of(msg, len);
+  assert_int_equal(
+      d->n_listeners + d->n_resources + d->n_removed_listeners + d->n_removed_resources, 0);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  free(msg);
+
+  /* Its labels change: a goes, b comes, no resource moves. */
+  static const struct snapshot_label agent2[] = {{"agent", "2"}};
+  assert_ok(fleet_delta(w2, v2, agent2, 1, &msg, &len, &failures, &n_failures, &err), err);
+  d = delta_of(msg, len);
+  assert_int_equal(d->n_listeners, 1);
+  assert_string_equal(d->listeners[0]->listener->name, "listeners/b");
+  assert_int_equal(d->n_removed_listeners, 1);
+  assert_string_equal(d->removed_listeners[0], "listeners/a");
+  assert_int_equal(d->n_resources + d->n_removed_resources, 0);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  agent_apply(agent, msg, len);
+  free(msg);
+
+  fleet_view_free(v);
+  fleet_view_free(v2);
+  rset_free(agent);
+  fleet_world_unref(w1);
+  fleet_world_unref(w2);
+  store_close(e.api.store);
+}
+
+/* The certificate's sealed key is damaged in the file: the next world
+ * cannot build the listeners that use it, keeps their previous entries,
+ * and says why; the agent is sent nothing that removes them. */
+static void test_failure_keeps_what_agents_serve(void **state) {
+  (void)state;
+  struct env e;
+  env_open(&e);
+  struct tp_err err = {0};
+  struct fleet_world *w1, *w2, *w3;
+  assert_ok(fleet_world_build(e.api.store, NULL, &w1, &err), err);
+  struct fleet_view *v;
+  assert_int_equal(fleet_view_new(&v), 0);
+  uint8_t *msg;
+  size_t len, n_failures;
+  const struct fleet_failure **failures;
+  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  free(msg);
+
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(e.path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db,
+                                "UPDATE resources SET secret = zeroblob(length(secret)) WHERE "
+                                "name = 'certificates/web'",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+
+  assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
+  size_t n;
+  const struct fleet_failure *f = fleet_world_failures(w2, &n);
+  assert_int_equal(n, 3);
+  assert_string_equal(f[0].listener, "listeners/a");
+  assert_non_null(strstr(f[0].reason, "tlsContexts/web"));
+  assert_int_equal(fleet_world_listeners(w2), 3);
+  assert_ok(fleet_delta(w2, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_null(msg); /* the carried entries are what it holds */
+  assert_int_equal(n_failures, 2);
+  free(failures);
+
+  /* Without a previous world (a restart), the agent keeps its listeners
+   * and every resource it holds. */
+  assert_ok(fleet_world_build(e.api.store, NULL, &w3, &err), err);
+  assert_ok(fleet_delta(w3, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  assert_int_equal(n_failures, 2);
+  free(failures);
+  assert_int_equal(fleet_view_listeners(v), 2);
+  assert_int_equal(fleet_view_resources(v), 3);
+
+  fleet_view_free(v);
+  fleet_world_unref(w1);
+  fleet_world_unref(w2);
+  fleet_world_unref(w3);
+  store_close(e.api.store);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_selection_and_deltas),
+      cmocka_unit_test(test_failure_keeps_what_agents_serve),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
