@@ -16,9 +16,11 @@
 
 /* The vtable ------------------------------------------------------------------ */
 
-static int stream_first(struct source *src, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
+static int stream_first(struct source *src, const struct rset **out, int64_t *revision,
+                        struct tp_err *err) {
   struct source_stream *s = stream_check(src);
   *out = NULL;
+  *revision = 0;
   size_t len;
   int rc = cache_path_read(s->cfg.ca_path, &s->ca_pem, &len, err);
   if (rc == 0)
@@ -50,17 +52,23 @@ static int stream_first(struct source *src, Tlsplane__V1__Snapshot **out, struct
     }
     identity_clear(&id);
   }
-  Tlsplane__V1__Snapshot *snap = NULL;
+  struct rset *set = NULL;
+  int64_t rev = 0;
   struct tp_err cerr = {0};
-  rc = cache_snapshot_load(s->cfg.cache_dir, &snap, &cerr);
+  rc = cache_state_load(s->cfg.cache_dir, &set, &rev, &cerr);
   if (rc < 0) {
     log_warn("agent", "cache: %s: ignored; waiting for the control plane", cerr.msg);
   } else if (rc == 1) {
-    log_info("agent", "cache %s: revision %lld found: serving it until the control plane answers",
-             s->cfg.cache_dir, (long long)snap->revision);
+    log_info("agent",
+             "cache %s: revision %lld found (%zu listeners, %zu resources): serving it until the "
+             "control plane answers",
+             s->cfg.cache_dir, (long long)rev, rset_listener_count(set), rset_resource_count(set));
     s->from_cache = 1;
-    atomic_store(&s->applied_revision, snap->revision);
-    *out = snap;
+    atomic_store(&s->applied_revision, rev);
+    s->desired = set; /* the hello reports what this serves */
+    s->desired_gen = 0;
+    *out = set;
+    *revision = rev;
   } else {
     log_info("agent", "cache %s: empty: nothing to serve until the control plane answers",
              s->cfg.cache_dir);
@@ -149,8 +157,10 @@ static void config_free(struct stream_config *c) {
 static void stream_close(struct source *src) {
   struct source_stream *s = stream_check(src);
   stream_stop(src);
-  if (s->pending != NULL)
-    protobuf_c_message_free_unpacked(&s->pending->base, NULL);
+  stream__inbox_free(s->inbox);
+  rset_free(s->desired);
+  if (s->held != NULL)
+    protobuf_c_message_free_unpacked(&s->held->base, NULL);
   stream__message_free(s->ack);
   stream__message_free(s->stats);
   cache_wipe_free(s->blob, s->blob_len);
@@ -214,6 +224,7 @@ struct source *source_stream_new(const struct stream_config *cfg, struct agent *
   pthread_cond_init(&s->cond, &attr);
   pthread_condattr_destroy(&attr);
   s->magic = STREAM_MAGIC;
+  s->inbox_tail = &s->inbox;
   s->base.ops = &stream_ops;
   s->base.loop = loop;
   s->base.cb = cb;

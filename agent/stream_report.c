@@ -25,9 +25,7 @@ static Tlsplane__V1__AgentMessage *message_copy(const Tlsplane__V1__AgentMessage
 
 /* The ack (every listener applied) or nack of one apply. */
 static Tlsplane__V1__AgentMessage *ack_new(const struct apply_report *r) {
-  size_t n = r->snapshot != NULL ? r->snapshot->n_listeners : 0;
-  if (n > r->n)
-    n = r->n;
+  size_t n = r->n_listeners < r->n ? r->n_listeners : r->n;
   Tlsplane__V1__ListenerResult *res = calloc(n + 1, sizeof(*res));
   Tlsplane__V1__ListenerResult **ptrs = calloc(n + 1, sizeof(*ptrs));
   Tlsplane__V1__AgentMessage *out = NULL;
@@ -103,6 +101,100 @@ static Tlsplane__V1__AgentMessage *stats_new(const struct agent *a) {
   return out;
 }
 
+/* What the hello reports: the hashes of what the agent serves (served:
+ * its resources, and a ListenerVersion per listener). */
+static Tlsplane__V1__AgentHello *held_new(const struct rset *served) {
+  size_t nr = served != NULL ? rset_resource_count(served) : 0;
+  size_t nl = served != NULL ? rset_listener_count(served) : 0;
+  ProtobufCBinaryData *res = calloc(nr + 1, sizeof(*res));
+  Tlsplane__V1__ListenerVersion *lv = calloc(nl + 1, sizeof(*lv));
+  Tlsplane__V1__ListenerVersion **lvp = calloc(nl + 1, sizeof(*lvp));
+  Tlsplane__V1__AgentHello *out = NULL;
+  if (res != NULL && lv != NULL && lvp != NULL) {
+    size_t it = 0, k = 0;
+    const Tlsplane__V1__Resource *r;
+    while (served != NULL && k < nr && (r = rset_resource_next(served, &it)) != NULL)
+      res[k++] = r->hash;
+    it = 0;
+    size_t j = 0;
+    const Tlsplane__V1__ListenerEntry *e;
+    while (served != NULL && j < nl && (e = rset_listener_next(served, &it)) != NULL) {
+      tlsplane__v1__listener_version__init(&lv[j]);
+      lv[j].listener = e->listener->name;
+      lv[j].hash = e->hash;
+      lvp[j] = &lv[j];
+      j++;
+    }
+    Tlsplane__V1__AgentHello h = TLSPLANE__V1__AGENT_HELLO__INIT;
+    h.resources = res;
+    h.n_resources = k;
+    h.listeners = lvp;
+    h.n_listeners = j;
+    out = (Tlsplane__V1__AgentHello *)pb_clone(&h.base);
+  }
+  free(res);
+  free(lv);
+  free(lvp);
+  return out;
+}
+
+/* Records what the hello reports now; and the served state for the
+ * cache file unless from_cache (it was read from there). */
+static void held_update(struct source_stream *s, int64_t revision, int write_cache) {
+  Tlsplane__V1__AgentHello *held = held_new(s->a->served);
+  if (held == NULL)
+    log_error("agent", "control plane: out of memory recording what is served for the hello");
+  uint8_t *blob = NULL;
+  size_t blob_len = 0;
+  if (write_cache && cache_state_pack(s->a->served, revision, &blob, &blob_len) != 0) {
+    log_error("agent", "cache %s: cannot pack revision %lld: out of memory", s->cfg.cache_dir,
+              (long long)revision);
+    blob = NULL;
+  }
+  pthread_mutex_lock(&s->lock);
+  if (held != NULL) {
+    if (s->held != NULL)
+      protobuf_c_message_free_unpacked(&s->held->base, NULL);
+    s->held = held;
+  }
+  if (blob != NULL) {
+    cache_wipe_free(s->blob, s->blob_len); /* an older one not yet written */
+    s->blob = blob;
+    s->blob_len = blob_len;
+  }
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+void stream__nack_queue(struct source_stream *s, int64_t revision, const char *reason, int resync) {
+  Tlsplane__V1__ListenerResult res = TLSPLANE__V1__LISTENER_RESULT__INIT;
+  Tlsplane__V1__ListenerResult *ptrs[1] = {&res};
+  res.listener = "";
+  res.applied = 0;
+  res.error = (char *)reason;
+  Tlsplane__V1__AgentAck ack = TLSPLANE__V1__AGENT_ACK__INIT;
+  ack.revision = revision;
+  ack.listeners = ptrs;
+  ack.n_listeners = 1;
+  Tlsplane__V1__AgentMessage msg = TLSPLANE__V1__AGENT_MESSAGE__INIT;
+  msg.message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK;
+  msg.ack = &ack;
+  Tlsplane__V1__AgentMessage *m = message_copy(&msg);
+  pthread_mutex_lock(&s->lock);
+  if (m != NULL) {
+    stream__message_free(s->ack);
+    s->ack = m;
+    s->ack_gen = s->delivered_gen;
+    s->ack_resync = resync;
+  } else if (resync && s->stream != NULL && s->delivered_gen == s->gen) {
+    /* No nack: the resync alone. */
+    s->resync_requested = 1;
+    gclient_stream_cancel(s->stream);
+  }
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
 void stream__stats_queue(struct source_stream *s) {
   Tlsplane__V1__AgentMessage *stats = stats_new(s->a);
   if (stats == NULL)
@@ -130,10 +222,11 @@ void stream__report(struct source *src, const struct apply_report *r) {
   const char *how = r->n_failed == 0 ? "applied" : "applied in part";
   if (s->from_cache) {
     /* What the server acked before is served again; nothing to tell it
-     * (its hello says which revision) and nothing new to write. */
+     * (its hello says what is held) and nothing new to write. */
     s->from_cache = 0;
     log_msg(r->n_failed == 0 ? LOG_INFO : LOG_WARN, "agent", "cache %s: revision %lld %s: %s",
             s->cfg.cache_dir, (long long)r->revision, how, what);
+    held_update(s, r->revision, 0);
     return;
   }
   log_msg(r->n_failed == 0 ? LOG_INFO : LOG_WARN, "agent",
@@ -141,27 +234,17 @@ void stream__report(struct source *src, const struct apply_report *r) {
           r->n_failed == 0 ? "ack" : "nack");
   atomic_store(&s->applied_revision, r->revision);
   Tlsplane__V1__AgentMessage *ack = ack_new(r), *stats = stats_new(s->a);
-  uint8_t *blob = NULL;
-  size_t blob_len = 0;
-  if (cache_snapshot_pack(s->a, r, &blob, &blob_len) != 0) {
-    log_error("agent", "cache %s: cannot pack revision %lld: out of memory", s->cfg.cache_dir,
-              (long long)r->revision);
-    blob = NULL;
-  }
+  held_update(s, r->revision, 1);
   pthread_mutex_lock(&s->lock);
   if (ack != NULL) {
     stream__message_free(s->ack);
     s->ack = ack;
     s->ack_gen = s->delivered_gen;
+    s->ack_resync = 0;
   }
   if (stats != NULL) {
     stream__message_free(s->stats);
     s->stats = stats;
-  }
-  if (blob != NULL) {
-    cache_wipe_free(s->blob, s->blob_len); /* an older one not yet written */
-    s->blob = blob;
-    s->blob_len = blob_len;
   }
   pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(&s->lock);
@@ -197,12 +280,16 @@ void *stream__send_main(void *arg) {
     }
     struct gclient_stream *st = s->stream;
     Tlsplane__V1__AgentMessage *ack = NULL, *stats = NULL;
+    int resync = 0;
     if (st != NULL) {
-      if (s->ack != NULL && s->ack_gen == s->gen)
+      if (s->ack != NULL && s->ack_gen == s->gen) {
         ack = s->ack;
-      else
+        resync = s->ack_resync;
+      } else {
         stream__message_free(s->ack); /* for a stream that is gone */
+      }
       s->ack = NULL;
+      s->ack_resync = 0;
       stats = s->stats;
       s->stats = NULL;
     }
@@ -219,6 +306,12 @@ void *stream__send_main(void *arg) {
     stream__message_free(ack);
     stream__message_free(stats);
     pthread_mutex_lock(&s->lock);
+    if (resync && s->stream == st) {
+      /* The nack of a delta that did not apply is out: a new stream, a
+       * new hello, and the server sends what the agent lacks. */
+      s->resync_requested = 1;
+      gclient_stream_cancel(st);
+    }
     s->sender_busy = 0;
     pthread_cond_broadcast(&s->cond);
     if (blob != NULL) {
@@ -226,8 +319,8 @@ void *stream__send_main(void *arg) {
        * matters at the next start, when the agent reconnects anyway. */
       pthread_mutex_unlock(&s->lock);
       struct tp_err err = {0};
-      if (cache_snapshot_write(s->cfg.cache_dir, blob, blob_len, &err) != 0)
-        log_error("agent", "cache: cannot write the snapshot: %s", err.msg);
+      if (cache_state_write(s->cfg.cache_dir, blob, blob_len, &err) != 0)
+        log_error("agent", "cache: cannot write the served state: %s", err.msg);
       cache_wipe_free(blob, blob_len);
       pthread_mutex_lock(&s->lock);
     }

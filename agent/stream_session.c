@@ -7,25 +7,8 @@
 #include <string.h>
 
 #include "log.h"
+#include "pb.h"
 #include "stream_int.h"
-
-/* The main loop's side --------------------------------------------------- */
-
-void stream__on_delivery(uv_async_t *h) {
-  struct source_stream *s = stream_check(h->data);
-  pthread_mutex_lock(&s->lock);
-  Tlsplane__V1__Snapshot *snap = s->pending;
-  uint64_t gen = s->pending_gen;
-  s->pending = NULL;
-  pthread_mutex_unlock(&s->lock);
-  if (snap == NULL || s->stopped) {
-    if (snap != NULL)
-      protobuf_c_message_free_unpacked(&snap->base, NULL);
-    return;
-  }
-  s->delivered_gen = gen;
-  s->base.cb(snap, NULL, s->base.data); /* applies it, then calls stream__report */
-}
 
 /* Time ------------------------------------------------------------------------ */
 
@@ -41,17 +24,33 @@ void stream__deadline_in(struct timespec *ts, int64_t ms) {
 
 /* The conn thread: the stream ------------------------------------------------ */
 
-static void deliver(struct source_stream *s, Tlsplane__V1__Snapshot *snap, uint64_t gen) {
+/* Queues m (taking it) for the main loop. A snapshot replaces the whole
+ * configuration: what is queued before it is dropped. */
+static int deliver(struct source_stream *s, Tlsplane__V1__ServerMessage *m, uint64_t gen) {
+  struct inbox_msg *im = calloc(1, sizeof(*im));
+  if (im == NULL) {
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+    return -1;
+  }
+  im->msg = m;
+  im->gen = gen;
   pthread_mutex_lock(&s->lock);
-  if (s->pending != NULL) /* not applied yet: superseded */
-    protobuf_c_message_free_unpacked(&s->pending->base, NULL);
-  s->pending = snap;
-  s->pending_gen = gen;
+  if (m->message_case == TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT) {
+    stream__inbox_free(s->inbox); /* not applied yet: superseded */
+    s->inbox = NULL;
+    s->inbox_tail = &s->inbox;
+  }
+  *s->inbox_tail = im;
+  s->inbox_tail = &im->next;
   pthread_mutex_unlock(&s->lock);
   uv_async_send(&s->delivery);
+  return 0;
 }
 
-static int send_hello(struct source_stream *s, struct gclient_stream *st) {
+/* The hello: who the agent is, protocol 2, and what it serves (held, the
+ * main loop's record of it; borrowed). */
+static int send_hello(struct source_stream *s, struct gclient_stream *st,
+                      const Tlsplane__V1__AgentHello *held) {
   Tlsplane__V1__AgentHello__LabelsEntry *entries = calloc(s->cfg.n_labels + 1, sizeof(*entries));
   Tlsplane__V1__AgentHello__LabelsEntry **ptrs = calloc(s->cfg.n_labels + 1, sizeof(*ptrs));
   if (entries == NULL || ptrs == NULL) {
@@ -71,6 +70,13 @@ static int send_hello(struct source_stream *s, struct gclient_stream *st) {
   hello.n_labels = s->cfg.n_labels;
   hello.version = (char *)s->cfg.version;
   hello.applied_revision = atomic_load(&s->applied_revision);
+  hello.protocol = STREAM_PROTOCOL;
+  if (held != NULL) {
+    hello.resources = held->resources;
+    hello.n_resources = held->n_resources;
+    hello.listeners = held->listeners;
+    hello.n_listeners = held->n_listeners;
+  }
   Tlsplane__V1__AgentMessage msg = TLSPLANE__V1__AGENT_MESSAGE__INIT;
   msg.message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_HELLO;
   msg.hello = &hello;
@@ -80,7 +86,7 @@ static int send_hello(struct source_stream *s, struct gclient_stream *st) {
   return rc;
 }
 
-/* One connection: credentials, the stream, snapshots until it ends. */
+/* One connection: credentials, the stream, configurations until it ends. */
 static enum outcome session(struct source_stream *s, struct tp_err *err) {
   int received = 0;
   if (stream__identity_ensure(s, err) != 0) {
@@ -104,7 +110,22 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
   if (gclient_stream_open(s->cfg.server, STREAM_CONNECT_METHOD, &o, &st, err) != 0)
     return atomic_load(&s->stop) ? OUT_STOPPED : OUT_FAILED;
   ProtobufCMessage *m = NULL;
-  if (send_hello(s, st) != 0) {
+  /* A new stream: what came on the old one is dropped from now on, and
+   * the hello reports what is served once no apply is under way (see
+   * stream_int.h). */
+  pthread_mutex_lock(&s->lock);
+  while (s->applying && !atomic_load(&s->stop))
+    pthread_cond_wait(&s->cond, &s->lock);
+  uint64_t gen = ++s->gen;
+  /* Out of memory for the copy: a hello that reports nothing held (the
+   * server then sends everything). */
+  Tlsplane__V1__AgentHello *held =
+      s->held != NULL ? (Tlsplane__V1__AgentHello *)pb_clone(&s->held->base) : NULL;
+  pthread_mutex_unlock(&s->lock);
+  int hello_rc = send_hello(s, st, held);
+  if (held != NULL)
+    protobuf_c_message_free_unpacked(&held->base, NULL);
+  if (hello_rc != 0) {
     /* The status says why (a refused certificate ends the call at once). */
     if (gclient_stream_recv(st, &tlsplane__v1__server_message__descriptor, &m, err) >= 0) {
       if (m != NULL)
@@ -121,8 +142,8 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
     return OUT_STOPPED;
   }
   s->stream = st;
-  uint64_t gen = ++s->gen;
   s->renew_requested = 0;
+  s->resync_requested = 0;
   s->renew_at = stream_enroll_mode(s) ? (s->id.renew_after > s->renew_retry_at ? s->id.renew_after
                                                                                : s->renew_retry_at)
                                       : 0;
@@ -137,22 +158,25 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
       break;
     }
     Tlsplane__V1__ServerMessage *sm = (Tlsplane__V1__ServerMessage *)m;
-    if (sm->message_case == TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT &&
-        sm->snapshot != NULL) {
-      Tlsplane__V1__Snapshot *snap = sm->snapshot;
-      sm->snapshot = NULL;
-      sm->message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE__NOT_SET;
-      if (received++ == 0) {
-        atomic_store(&s->a->cp_connected, 1);
-        atomic_fetch_add(&s->a->cp_connects, 1);
-        log_info("agent",
-                 "control plane %s: connected as agents/%s (certificate serial %s), snapshot "
-                 "revision %lld",
-                 s->cfg.server, s->cfg.name, s->id.serial, (long long)snap->revision);
-      }
-      deliver(s, snap, gen);
+    int is_snapshot =
+        sm->message_case == TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT && sm->snapshot != NULL;
+    int is_delta =
+        sm->message_case == TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_DELTA && sm->delta != NULL;
+    if (!is_snapshot && !is_delta) {
+      protobuf_c_message_free_unpacked(m, NULL); /* nothing this agent knows */
+      continue;
     }
-    protobuf_c_message_free_unpacked(m, NULL);
+    if (received++ == 0) {
+      atomic_store(&s->a->cp_connected, 1);
+      atomic_fetch_add(&s->a->cp_connects, 1);
+      log_info("agent",
+               "control plane %s: connected as agents/%s (certificate serial %s), %s revision "
+               "%lld",
+               s->cfg.server, s->cfg.name, s->id.serial,
+               is_delta ? "protocol 2, delta to" : "protocol 1, snapshot",
+               (long long)(is_delta ? sm->delta->revision : sm->snapshot->revision));
+    }
+    deliver(s, sm, gen);
     if (received > 0 && s->cfg.renew_now && stream_enroll_mode(s)) {
       /* Due now: the send thread cuts the stream as when the date comes. */
       s->cfg.renew_now = 0;
@@ -167,8 +191,8 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
   s->stream = NULL;
   while (s->sender_busy)
     pthread_cond_wait(&s->cond, &s->lock);
-  int renew = s->renew_requested;
-  s->renew_requested = 0;
+  int renew = s->renew_requested, resync = s->resync_requested;
+  s->renew_requested = s->resync_requested = 0;
   pthread_mutex_unlock(&s->lock);
   gclient_stream_close(st);
   atomic_store(&s->a->cp_connected, 0);
@@ -177,6 +201,12 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
   if (renew) {
     s->renew_forced = 1;
     return OUT_RENEW;
+  }
+  if (resync) {
+    tp_err_set(err, GRPC_STATUS_ABORTED,
+               "a delta of the server did not apply (nack sent): reconnecting so that the "
+               "server syncs from the hello");
+    return OUT_FAILED;
   }
   if (received > 0 && err->status == GRPC_STATUS_PERMISSION_DENIED)
     return OUT_REFUSED; /* cut by the server: deleted, or its certificate revoked */

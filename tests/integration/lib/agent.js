@@ -67,18 +67,33 @@ const AUTO_ADDRESS = 'auto';
 
 // n distinct free TCP ports on 127.0.0.1: all bound at once (so the
 // kernel cannot hand out one twice), then released.
+// n distinct TCP ports of 127.0.0.1, free when looked at (each bound, then
+// released). Chosen at random below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768 and up by default), never with port
+// 0: the kernel hands out ephemeral ports in much the same order to every
+// process of the machine, so a port it chose for us is the one it chooses
+// next for anyone else (the agent's own metrics socket included).
+const FREE_PORT_MIN = 20000;
+const FREE_PORT_SPAN = 12000;
+
 async function freePorts(n) {
   const servers = [];
+  const ports = [];
   try {
-    for (let i = 0; i < n; i++) {
+    for (let tries = 0; ports.length < n; tries++) {
+      if (tries > 1000 + 10 * n) throw new Error(`no ${n} free ports found`);
+      const port = FREE_PORT_MIN + Math.floor(Math.random() * FREE_PORT_SPAN);
+      if (ports.includes(port)) continue;
       const srv = net.createServer();
-      servers.push(srv);
-      await new Promise((resolve, reject) => {
-        srv.once('error', reject);
-        srv.listen(0, '127.0.0.1', resolve);
+      const ok = await new Promise((resolve) => {
+        srv.once('error', () => resolve(false));
+        srv.listen(port, '127.0.0.1', () => resolve(true));
       });
+      if (!ok) continue;
+      servers.push(srv);
+      ports.push(port);
     }
-    return servers.map((srv) => srv.address().port);
+    return ports;
   } finally {
     await Promise.all(servers.map((srv) => new Promise((r) => srv.close(() => r()))));
   }
@@ -314,6 +329,7 @@ class Agent {
   // Whether every listener that failed to start failed binding a port the
   // harness chose (AUTO_ADDRESS) because someone else had taken it.
   _lostAutoPortRace() {
+    if (this.metricsPort && this.logText.includes(`--metrics-listen: 127.0.0.1:${this.metricsPort}: bind: Address already in use`)) return true;
     const failed = [...this.logText.matchAll(LOG.listenerFailed)];
     const auto = new Set(Object.values(this.autoPorts || {}).map((p) => `127.0.0.1:${p}`));
     return failed.length > 0 && failed.every((m) => {
@@ -329,7 +345,12 @@ class Agent {
     const out = JSON.parse(JSON.stringify(snap));
     const auto = (out.listeners || []).filter((rl) => rl.listener && rl.listener.address === AUTO_ADDRESS);
     const fresh = auto.filter((rl) => !this.autoPorts[rl.listener.name]);
-    const ports = await freePorts(fresh.length);
+    // The metrics port is chosen with them: with port 0 the kernel may hand
+    // the agent's metrics socket a port just chosen (and released) here
+    // for a listener, which then cannot bind it.
+    const withMetrics = !this.metricsPort;
+    const ports = await freePorts(fresh.length + (withMetrics ? 1 : 0));
+    if (withMetrics) this.metricsPort = ports.pop();
     fresh.forEach((rl, i) => {
       this.autoPorts[rl.listener.name] = ports[i];
     });
@@ -359,7 +380,8 @@ class Agent {
   }
 
   _spawn() {
-    const args = ['--config', this.configPath, '--metrics-listen', '127.0.0.1:0', '--workers', String(this.workers), ...this.extraArgs];
+    const metrics = `127.0.0.1:${this.metricsPort || 0}`;
+    const args = ['--config', this.configPath, '--metrics-listen', metrics, '--workers', String(this.workers), ...this.extraArgs];
     // prlimit execs the agent: the process keeps its pid (for /proc).
     const [cmd, argv] = this.nofile
       ? procs.command('prlimit', [`--nofile=${this.nofile}:${this.nofile}`, '--', this.binary, ...args])
