@@ -294,6 +294,8 @@ static int staged_put(struct api_op *op, ProtobufCMessage *res, const struct sta
       .method = op->call->method,
       .action = action,
   };
+  if (op->kind->check_in_write != NULL && op->kind->check_in_write(op, res, err) != 0)
+    return -1;
   struct store_row row = {0};
   if (store_put(op->txn, &w, &row, err) != 0)
     return -1;
@@ -645,7 +647,11 @@ static int build_update(struct api_op *op, struct attempt *a, ProtobufCMessage *
                         struct tp_err *err, const void *data) {
   const struct update_args *u = data;
   const struct api_kind *kind = op->kind;
-  if (api_read(op->txn, kind, u->name, 1, &a->old, &a->old_row, err) != 0)
+  int with_secret = 1;
+  for (size_t i = 0; i < u->n_fields; i++)
+    if (is_listed(kind->secret_fields, u->fields[i]->name))
+      with_secret = 0;
+  if (api_read(op->txn, kind, u->name, with_secret, &a->old, &a->old_row, err) != 0)
     return -1;
   op->old = a->old;
   op->old_row = &a->old_row;

@@ -65,35 +65,28 @@ function agentBinary() {
 // one Agent (so a reload does not move it).
 const AUTO_ADDRESS = 'auto';
 
-// n distinct free TCP ports on 127.0.0.1: all bound at once (so the
-// kernel cannot hand out one twice), then released.
-// n distinct TCP ports of 127.0.0.1, free when looked at (each bound, then
-// released). Chosen at random below the kernel's ephemeral range
-// (net.ipv4.ip_local_port_range, 32768 and up by default), never with port
-// 0: the kernel hands out ephemeral ports in much the same order to every
-// process of the machine, so a port it chose for us is the one it chooses
-// next for anyone else (the agent's own metrics socket included).
-const FREE_PORT_MIN = 20000;
-const FREE_PORT_SPAN = 12000;
+// n distinct free TCP ports on 127.0.0.1: all bound at once (so none is
+// handed out twice), then released for the agent to bind. They are drawn
+// below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+// 32768-60999 by default): a port picked there can be taken by any
+// outgoing connection of a parallel test before the agent binds it.
+const PICK_LOW = 20000;
+const PICK_HIGH = 32000;
 
 async function freePorts(n) {
   const servers = [];
-  const ports = [];
   try {
-    for (let tries = 0; ports.length < n; tries++) {
-      if (tries > 1000 + 10 * n) throw new Error(`no ${n} free ports found`);
-      const port = FREE_PORT_MIN + Math.floor(Math.random() * FREE_PORT_SPAN);
-      if (ports.includes(port)) continue;
+    for (let tries = 0; servers.length < n; tries++) {
+      if (tries > 1000) throw new Error(`no ${n} free ports in ${PICK_LOW}-${PICK_HIGH}`);
+      const port = PICK_LOW + Math.floor(Math.random() * (PICK_HIGH - PICK_LOW));
       const srv = net.createServer();
       const ok = await new Promise((resolve) => {
         srv.once('error', () => resolve(false));
         srv.listen(port, '127.0.0.1', () => resolve(true));
       });
-      if (!ok) continue;
-      servers.push(srv);
-      ports.push(port);
+      if (ok) servers.push(srv);
     }
-    return ports;
+    return servers.map((srv) => srv.address().port);
   } finally {
     await Promise.all(servers.map((srv) => new Promise((r) => srv.close(() => r()))));
   }
@@ -329,7 +322,6 @@ class Agent {
   // Whether every listener that failed to start failed binding a port the
   // harness chose (AUTO_ADDRESS) because someone else had taken it.
   _lostAutoPortRace() {
-    if (this.metricsPort && this.logText.includes(`--metrics-listen: 127.0.0.1:${this.metricsPort}: bind: Address already in use`)) return true;
     const failed = [...this.logText.matchAll(LOG.listenerFailed)];
     const auto = new Set(Object.values(this.autoPorts || {}).map((p) => `127.0.0.1:${p}`));
     return failed.length > 0 && failed.every((m) => {
@@ -345,12 +337,7 @@ class Agent {
     const out = JSON.parse(JSON.stringify(snap));
     const auto = (out.listeners || []).filter((rl) => rl.listener && rl.listener.address === AUTO_ADDRESS);
     const fresh = auto.filter((rl) => !this.autoPorts[rl.listener.name]);
-    // The metrics port is chosen with them: with port 0 the kernel may hand
-    // the agent's metrics socket a port just chosen (and released) here
-    // for a listener, which then cannot bind it.
-    const withMetrics = !this.metricsPort;
-    const ports = await freePorts(fresh.length + (withMetrics ? 1 : 0));
-    if (withMetrics) this.metricsPort = ports.pop();
+    const ports = await freePorts(fresh.length);
     fresh.forEach((rl, i) => {
       this.autoPorts[rl.listener.name] = ports[i];
     });
@@ -380,8 +367,7 @@ class Agent {
   }
 
   _spawn() {
-    const metrics = `127.0.0.1:${this.metricsPort || 0}`;
-    const args = ['--config', this.configPath, '--metrics-listen', metrics, '--workers', String(this.workers), ...this.extraArgs];
+    const args = ['--config', this.configPath, '--metrics-listen', '127.0.0.1:0', '--workers', String(this.workers), ...this.extraArgs];
     // prlimit execs the agent: the process keeps its pid (for /proc).
     const [cmd, argv] = this.nofile
       ? procs.command('prlimit', [`--nofile=${this.nofile}:${this.nofile}`, '--', this.binary, ...args])
