@@ -147,37 +147,80 @@ static int same_bind(const struct listener_version *x, const struct listener_ver
   return strcmp(x->address, y->address) == 0 || listener_addr_equal(&x->bind_addr, &y->bind_addr);
 }
 
-/* What listener j will serve once applied, as far as is known while
- * checking i: its new version if it is earlier in the snapshot, else what
- * it serves now. */
-static const struct listener_version *serving(const struct plan *plans, size_t j, size_t i) {
-  const struct plan *q = &plans[j];
-  if (q->l == NULL)
-    return NULL;
-  if (q->nv != NULL)
-    return j < i ? q->nv : q->l->applied;
-  return q->l->applied;
+/* Who listens on a port, by port (network order; port 0 never conflicts
+ * and is not indexed): finding another listener on an address is a look
+ * at one bucket, not a walk of every listener (50,000 new listeners would
+ * otherwise take 2.5 billion comparisons). Entries are indices, chained
+ * through next; SIZE_MAX ends a chain. */
+#define PORTS 65536
+struct port_index {
+  size_t *head; /* PORTS */
+  size_t *next; /* one per entry */
+};
+
+static int port_index_init(struct port_index *x, size_t n) {
+  x->head = malloc(PORTS * sizeof(*x->head));
+  x->next = malloc((n + 1) * sizeof(*x->next));
+  if (x->head == NULL || x->next == NULL)
+    return -1;
+  memset(x->head, 0xff, PORTS * sizeof(*x->head)); /* SIZE_MAX */
+  return 0;
 }
+
+static void port_index_add(struct port_index *x, const struct listener_version *v, size_t k) {
+  int port = v != NULL ? bind_port(v) : 0;
+  if (port == 0)
+    return;
+  x->next[k] = x->head[port];
+  x->head[port] = k;
+}
+
+static void port_index_free(struct port_index *x) {
+  free(x->head);
+  free(x->next);
+}
+
+/* The addresses checked in phase 1. applied: the plans' served versions
+ * (index: plan); fresh: the new versions of the plans checked so far
+ * (index: plan); registry: every served version of the registry, plans
+ * or not (index: into regs). */
+struct addr_check {
+  struct port_index applied, fresh, registry;
+  const struct listener **regs;
+};
 
 /* SO_REUSEPORT would let two listeners of ours share an address and split
- * its connections: the later one is refused instead. */
-static void plan_check_address(struct plan *plans, size_t n, size_t i) {
+ * its connections: the later one is refused instead. What another listener
+ * j will serve once applied, as far as is known while checking i: its new
+ * version if it comes earlier, else what it serves now. The first such j
+ * in name order is named. */
+static void plan_check_address(struct plan *plans, struct addr_check *c, size_t i) {
   struct plan *p = &plans[i];
-  if (p->nv == NULL || p->same_address)
+  if (p->nv == NULL || p->same_address) {
+    if (p->nv != NULL)
+      port_index_add(&c->fresh, p->nv, i);
     return;
-  for (size_t j = 0; j < n; j++) {
-    const struct listener_version *other = j == i ? NULL : serving(plans, j, i);
-    if (other != NULL && same_bind(p->nv, other)) {
-      char reason[512];
-      snprintf(reason, sizeof(reason), "address: %s is already used by %s", p->nv->address,
-               plans[j].l->name);
-      plan_fail(p, reason);
-      return;
-    }
   }
+  int port = bind_port(p->nv);
+  size_t hit = SIZE_MAX;
+  for (size_t j = port ? c->fresh.head[port] : SIZE_MAX; j != SIZE_MAX; j = c->fresh.next[j])
+    if (j < hit && plans[j].nv != NULL && same_bind(p->nv, plans[j].nv))
+      hit = j;
+  for (size_t j = port ? c->applied.head[port] : SIZE_MAX; j != SIZE_MAX; j = c->applied.next[j])
+    if (j != i && j < hit && (j > i || plans[j].nv == NULL) && plans[j].l != NULL &&
+        same_bind(p->nv, plans[j].l->applied))
+      hit = j;
+  if (hit != SIZE_MAX) {
+    char reason[512];
+    snprintf(reason, sizeof(reason), "address: %s is already used by %s", p->nv->address,
+             plans[hit].l->name);
+    plan_fail(p, reason);
+    return;
+  }
+  port_index_add(&c->fresh, p->nv, i);
 }
 
-static void plan_open_sockets(struct agent *a, struct plan *p) {
+static void plan_open_sockets(struct agent *a, struct addr_check *c, struct plan *p) {
   if (p->nv == NULL || p->same_address)
     return;
   struct tp_err err = {0};
@@ -187,10 +230,11 @@ static void plan_open_sockets(struct agent *a, struct plan *p) {
     return;
   }
   /* The address may be ours already: a listener dropped or moved in this
-   * same snapshot (live ones were refused by plan_check_address). */
-  int ours = 0;
-  for (const struct listener *l = a->listeners; l != NULL && !ours; l = l->next)
-    ours = l->applied != NULL && same_bind(l->applied, p->nv);
+   * same apply (live ones were refused by plan_check_address). */
+  int ours = 0, port = bind_port(p->nv);
+  for (size_t k = port ? c->registry.head[port] : SIZE_MAX; k != SIZE_MAX && !ours;
+       k = c->registry.next[k])
+    ours = same_bind(c->regs[k]->applied, p->nv);
   if (listener_sockets_open(p->nv, a->n_workers, !ours, p->fds, &err) != 0) {
     free(p->fds);
     p->fds = NULL;
@@ -411,10 +455,34 @@ int agent_apply(struct agent *a, const struct rset *set, int64_t revision,
     plan_build(a, set, p);
   }
   free(index.slots);
-  for (size_t i = 0; i < n; i++)
-    plan_check_address(plans, n, i);
-  for (size_t i = 0; i < n; i++)
-    plan_open_sockets(a, &plans[i]);
+  struct addr_check check = {0};
+  size_t n_regs = 0;
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next)
+    n_regs++;
+  check.regs = calloc(n_regs + 1, sizeof(*check.regs));
+  if (check.regs == NULL || port_index_init(&check.applied, n) != 0 ||
+      port_index_init(&check.fresh, n) != 0 || port_index_init(&check.registry, n_regs) != 0) {
+    for (size_t i = 0; i < n; i++)
+      if (plans[i].nv != NULL)
+        plan_fail(&plans[i], "out of memory");
+  } else {
+    for (size_t i = n; i-- > 0;) /* chains in ascending order */
+      if (plans[i].l != NULL)
+        port_index_add(&check.applied, plans[i].l->applied, i);
+    size_t k = 0;
+    for (const struct listener *l = a->listeners; l != NULL; l = l->next, k++) {
+      check.regs[k] = l;
+      port_index_add(&check.registry, l->applied, k);
+    }
+    for (size_t i = 0; i < n; i++)
+      plan_check_address(plans, &check, i);
+    for (size_t i = 0; i < n; i++)
+      plan_open_sockets(a, &check, &plans[i]);
+  }
+  port_index_free(&check.applied);
+  port_index_free(&check.fresh);
+  port_index_free(&check.registry);
+  free(check.regs);
 
   /* Phase 2: commit. Every CLOSE before any OPEN. */
   report->n = report->n_listeners = n;

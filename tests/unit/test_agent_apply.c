@@ -58,11 +58,12 @@ static int world_teardown(void **state) {
 
 /* A listener on 127.0.0.1:0 whose default context ctx serves chain with
  * key (the context's content: two listeners given the same share it). */
-static Tlsplane__V1__ResolvedListener *resolved(const char *name, const char *ctx,
-                                                const char *chain, const char *key) {
+static Tlsplane__V1__ResolvedListener *resolved_on(const char *name, const char *address,
+                                                   const char *ctx, const char *chain,
+                                                   const char *key) {
   Tlsplane__V1__Listener l = TLSPLANE__V1__LISTENER__INIT;
   l.name = (char *)name;
-  l.address = "127.0.0.1:0";
+  l.address = (char *)address;
   l.upstream = "127.0.0.1:9";
   l.default_tls_context = (char *)ctx;
   Tlsplane__V1__Certificate cert = TLSPLANE__V1__CERTIFICATE__INIT;
@@ -91,6 +92,11 @@ static Tlsplane__V1__ResolvedListener *resolved(const char *name, const char *ct
   rl.tls_contexts = mes;
   rl.n_tls_contexts = 1;
   return (Tlsplane__V1__ResolvedListener *)pb_clone(&rl.base);
+}
+
+static Tlsplane__V1__ResolvedListener *resolved(const char *name, const char *ctx,
+                                                const char *chain, const char *key) {
+  return resolved_on(name, "127.0.0.1:0", ctx, chain, key);
 }
 
 /* Adds rl to s (rl freed). */
@@ -227,6 +233,44 @@ static void test_apply_from_a_set(void **state) {
   agent_free(a);
 }
 
+/* A port of 127.0.0.1 free now (bound, then released). */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof(sa);
+  assert_true(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+              getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+/* Two listeners of the set on one address: the later in name order is
+ * refused, naming the other; the first is served; one on another port of
+ * the same host is not refused. */
+static void test_two_listeners_on_one_address(void **state) {
+  struct agent *a = agent_new();
+  char one[32], two[32];
+  snprintf(one, sizeof(one), "127.0.0.1:%d", free_port());
+  snprintf(two, sizeof(two), "127.0.0.1:%d", free_port());
+  struct rset *s;
+  assert_int_equal(rset_new(&s), 0);
+  put(s, resolved_on("listeners/b", one, "tlsContexts/c", w.pem_a, w.pem_key));
+  put(s, resolved_on("listeners/a", one, "tlsContexts/c", w.pem_a, w.pem_key));
+  put(s, resolved_on("listeners/c", two, "tlsContexts/c", w.pem_a, w.pem_key));
+  struct apply_report r;
+  assert_int_equal(apply(a, s, 1, &r), -1);
+  assert_int_equal(result_of(&r, "listeners/a")->action, APPLY_NEW);
+  assert_int_equal(result_of(&r, "listeners/c")->action, APPLY_NEW);
+  const struct apply_result *b = result_of(&r, "listeners/b");
+  assert_int_equal(b->action, APPLY_FAILED);
+  char want[128];
+  snprintf(want, sizeof(want), "address: %s is already used by listeners/a", one);
+  assert_string_equal(b->reason, want);
+  apply_report_free(&r);
+  rset_free(s);
+  agent_free(a);
+}
+
 /* N unchanged listeners plan by hash alone: the second apply of the same
  * set builds nothing and takes a small fraction of the first.
  * TLSPLANE_APPLY_MANY=50000 measures more (the figure is printed). */
@@ -265,6 +309,7 @@ static void test_many_unchanged_listeners_plan_fast(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_apply_from_a_set),
+      cmocka_unit_test(test_two_listeners_on_one_address),
       cmocka_unit_test(test_many_unchanged_listeners_plan_fast),
   };
   return cmocka_run_group_tests(tests, world_setup, world_teardown);
