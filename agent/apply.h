@@ -8,7 +8,7 @@
  * Phase 1, on the main thread, beside what runs: every listener of the
  * set is compared with the version it serves by entry hash alone: KEEP
  * when equal (nothing packed, resolved or compared: 50,000 unchanged
- * listeners plan in milliseconds), else the entry is resolved
+ * listeners apply in tens of milliseconds), else the entry is resolved
  * (rset_resolve: borrowed, nothing copied) and a new version built
  * (addresses resolved, tlsconf_listener_build_cached: contexts come from
  * the agent's context cache by content hash, only new content is built)
