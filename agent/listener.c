@@ -11,14 +11,11 @@
 #include <unistd.h>
 
 #include "addr.h"
-#include "pb.h"
+#include "listener_rules.h"
 
 /* Listen backlog: what the kernel queues per socket (capped by
  * net.core.somaxconn). */
 #define LISTEN_BACKLOG 1024
-/* The longest timeout a snapshot may give (a year): far beyond any the API
- * accepts, and no overflow in milliseconds. */
-#define LISTENER_DURATION_MAX_S (366LL * 86400)
 
 struct listener *listener_check(void *p) {
   struct listener *l = p;
@@ -109,14 +106,14 @@ int listener_addr_equal(const union sockaddr_any *a, const union sockaddr_any *b
   return 0;
 }
 
-int listener_addr_resolve(const char *address, int passive, const char *field,
-                          union sockaddr_any *out, struct tp_err *err) {
-  char host[256];
-  int port;
-  if (addr_parse(address, host, sizeof(host), &port, passive, field, err) != 0)
-    return -1;
+/* Resolves host (as listener_rules_addr_parse or addr_parse left it) and
+ * port; address is the whole text, for errors. */
+static int addr_resolve(const char *host, int port, int passive, const char *field,
+                        const char *address, union sockaddr_any *out, struct tp_err *err) {
   if (!passive && host[0] == '\0')
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: \"%s\" needs a host", field, address);
+  if (passive && strcmp(host, "*") == 0)
+    host = ""; /* every address, as the API reads it */
   char service[8];
   snprintf(service, sizeof(service), "%d", port);
   struct addrinfo hints = {0}, *res = NULL;
@@ -152,22 +149,13 @@ int listener_addr_resolve(const char *address, int passive, const char *field,
   return 0;
 }
 
-/* A timeout of the Listener in milliseconds: dflt when absent, 0 (no
- * limit) for "0s", at least 1 for any positive duration. */
-static int duration_ms(const Google__Protobuf__Duration *d, uint64_t dflt, const char *field,
-                       uint64_t *out, struct tp_err *err) {
-  if (d == NULL) {
-    *out = dflt;
-    return 0;
-  }
-  if (d->seconds < 0 || d->nanos < 0)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: must not be negative", field);
-  if (d->seconds > LISTENER_DURATION_MAX_S)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: must be at most %llds", field,
-                      (long long)LISTENER_DURATION_MAX_S);
-  uint64_t ms = (uint64_t)d->seconds * 1000 + (uint64_t)d->nanos / 1000000;
-  *out = ms == 0 && d->nanos > 0 ? 1 : ms;
-  return 0;
+int listener_addr_resolve(const char *address, int passive, const char *field,
+                          union sockaddr_any *out, struct tp_err *err) {
+  char host[256];
+  int port;
+  if (addr_parse(address, host, sizeof(host), &port, passive, field, err) != 0)
+    return -1;
+  return addr_resolve(host, port, passive, field, address, out, err);
 }
 
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
@@ -185,25 +173,21 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   listener_ref(l);
   v->listener = l;
 
-  if (listener_addr_resolve(li->address, 1, "address", &v->bind_addr, err) != 0)
+  /* The API's own rules (what it accepted loads here), then what only an
+   * agent does: name lookups. */
+  struct listener_rules_values vals;
+  if (listener_rules_check(li, LISTENER_RULES_AGENT, &vals, err) != 0)
     goto failed;
-  if (listener_addr_resolve(li->upstream, 0, "upstream", &v->upstream_addr, err) != 0)
+  if (addr_resolve(vals.address.host, vals.address.port, 1, "address", li->address, &v->bind_addr,
+                   err) != 0 ||
+      addr_resolve(vals.upstream.host, vals.upstream.port, 0, "upstream", li->upstream,
+                   &v->upstream_addr, err) != 0)
     goto failed;
   v->proxy_protocol = li->proxy_protocol;
-
-  if (duration_ms(li->handshake_timeout, LISTENER_HANDSHAKE_TIMEOUT_MS, "handshake_timeout",
-                  &v->handshake_timeout_ms, err) != 0 ||
-      duration_ms(li->idle_timeout, LISTENER_IDLE_TIMEOUT_MS, "idle_timeout", &v->idle_timeout_ms,
-                  err) != 0 ||
-      duration_ms(li->write_timeout, LISTENER_WRITE_TIMEOUT_MS, "write_timeout",
-                  &v->write_timeout_ms, err) != 0)
-    goto failed;
-  if (li->max_connections < 0) {
-    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-               "max_connections: must not be negative (0: no limit)");
-    goto failed;
-  }
-  v->max_connections = li->max_connections;
+  v->handshake_timeout_ms = vals.handshake_timeout_ms;
+  v->idle_timeout_ms = vals.idle_timeout_ms;
+  v->write_timeout_ms = vals.write_timeout_ms;
+  v->max_connections = vals.max_connections;
 
   if ((v->address = strdup(li->address)) == NULL || (v->upstream = strdup(li->upstream)) == NULL ||
       (v->config = malloc(config_len ? config_len : 1)) == NULL) {

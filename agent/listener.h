@@ -31,10 +31,6 @@
 #define LISTENER_MAGIC 0x4c49534eu         /* "LISN" */
 #define LISTENER_VERSION_MAGIC 0x4c564552u /* "LVER" */
 
-/* Defaults of the Listener message (listener.proto). */
-#define LISTENER_HANDSHAKE_TIMEOUT_MS 120000
-#define LISTENER_IDLE_TIMEOUT_MS (TLSCONF_IDLE_TIMEOUT_DEFAULT_S * 1000)
-#define LISTENER_WRITE_TIMEOUT_MS (TLSCONF_WRITE_TIMEOUT_DEFAULT_S * 1000)
 /* How long a connection to the upstream may take. */
 #define LISTENER_UPSTREAM_CONNECT_TIMEOUT_MS 10000
 
@@ -91,7 +87,8 @@ void listener_unref(struct listener *l);
 struct listener *listener_check(void *p);
 
 /* Builds a version of l from rl: checks the Listener fields (address,
- * upstream, limits), resolves the bind and upstream addresses
+ * upstream, limits) by the rules the API applies (listener_rules_check,
+ * common/), resolves the bind and upstream addresses
  * (getaddrinfo: call it off the worker loops) and builds the TLS side
  * (tlsconf_listener_build_from: the contexts unchanged since l->applied
  * are reused, not rebuilt). config/config_len is rl packed (copied).
@@ -128,8 +125,8 @@ int listener_socket_open(const union sockaddr_any *a, int reuseport, const char 
                          const char *address, int *fd, struct tp_err *err);
 
 /* Resolves "host:port" (getaddrinfo: blocking). passive: a bind address,
- * where an empty host means every address and port 0 any free port.
- * field names the field in errors. */
+ * where an empty host (or "*") means every address and port 0 any free
+ * port. field names the field in errors. */
 int listener_addr_resolve(const char *address, int passive, const char *field,
                           union sockaddr_any *out, struct tp_err *err);
 

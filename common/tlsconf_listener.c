@@ -48,21 +48,16 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "pb.h"
+#include "listener_rules.h"
 #include "tlsconf.h"
 #include "tlsconf_int.h"
 
 #define LISTENER_MAGIC 0x544c534cu /* "TLSL" */
 #define CONN_MAGIC 0x544c5343u     /* "TLSC" */
 
-#define RENEGOTIATION_LIMIT_DEFAULT 3
-#define RENEGOTIATION_WINDOW_DEFAULT_MS 600000
-
-/* A ticket key as setTicketKeys takes it: 48 bytes, the 16-byte name
- * (sent in clear in every ticket), the HMAC-SHA256 key and the AES-128-CBC
- * key (Node's ticket format). */
-#define TICKET_KEY_LEN 48
-#define TICKET_PART_LEN 16
+/* A ticket key as setTicketKeys takes it (listener_rules.h). */
+#define TICKET_KEY_LEN LISTENER_RULES_TICKET_KEY_LEN
+#define TICKET_PART_LEN LISTENER_RULES_TICKET_KEY_PART_LEN
 
 struct ticket_key {
   unsigned char name[TICKET_PART_LEN];
@@ -834,6 +829,9 @@ static int routes_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener
                         const size_t *route_entry, struct tp_err *err) {
   if (li->n_sni_routes == 0)
     return 0;
+  /* Patterns and duplicates: the rules the API checked (listener_rules.c). */
+  if (listener_rules_sni_routes_check(li, err) != 0)
+    return -1;
   l->exact = calloc(li->n_sni_routes, sizeof(*l->exact));
   l->wild = calloc(li->n_sni_routes, sizeof(*l->wild));
   if (l->exact == NULL || l->wild == NULL)
@@ -845,13 +843,6 @@ static int routes_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener
     for (char *p = host; *p; p++)
       if (*p >= 'A' && *p <= 'Z')
         *p = (char)(*p - 'A' + 'a');
-    if (tlsconf_hostname_pattern_check(host, err) != 0) {
-      free(host);
-      char prefix[64];
-      snprintf(prefix, sizeof(prefix), "sni_routes[%zu].hostname: ", i);
-      tp_err_prefix(err, prefix);
-      return -1;
-    }
     int wild = strncmp(host, "*.", 2) == 0;
     if (wild)
       memmove(host, host + 2, strlen(host + 2) + 1);
@@ -862,15 +853,6 @@ static int routes_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener
   }
   qsort(l->exact, l->n_exact, sizeof(*l->exact), route_cmp);
   qsort(l->wild, l->n_wild, sizeof(*l->wild), route_cmp);
-  for (int w = 0; w < 2; w++) {
-    const struct route *r = w ? l->wild : l->exact;
-    size_t n = w ? l->n_wild : l->n_exact;
-    for (size_t i = 1; i < n; i++)
-      if (strcmp(r[i - 1].host, r[i].host) == 0)
-        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                          "sni_routes[%zu].hostname: \"%s%s\" is routed twice", r[i].index,
-                          w ? "*." : "", r[i].host);
-  }
   return 0;
 }
 
@@ -923,22 +905,11 @@ static int keys_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedLi
 
 static int renegotiation_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener *li,
                                struct tp_err *err) {
-  l->renegotiation_limit = RENEGOTIATION_LIMIT_DEFAULT;
-  if (li->renegotiation_limit != NULL) {
-    if (li->renegotiation_limit->value < 0)
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "renegotiation_limit: must not be negative (0: refuse renegotiation)");
-    l->renegotiation_limit = li->renegotiation_limit->value;
-  }
-  l->renegotiation_window_ms = RENEGOTIATION_WINDOW_DEFAULT_MS;
-  if (li->renegotiation_window != NULL) {
-    int64_t ms = pb_duration_ms(li->renegotiation_window);
-    if (li->renegotiation_window->seconds < 0 || li->renegotiation_window->nanos < 0 ||
-        (ms == 0 && li->renegotiation_window->nanos == 0))
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "renegotiation_window: must be more than 0");
-    l->renegotiation_window_ms = ms > 0 ? ms : 1;
-  }
+  uint64_t window_ms;
+  if (listener_rules_renegotiation_check(li, LISTENER_RULES_AGENT, &l->renegotiation_limit,
+                                         &window_ms, err) != 0)
+    return -1;
+  l->renegotiation_window_ms = (int64_t)window_ms;
   /* OpenSSL 3 refuses client-initiated renegotiation unless allowed; the
    * agent counts and enforces the limit per window. */
   l->ssl_options =

@@ -19,15 +19,6 @@
 
 struct tlsconf_listener;
 
-/* Listener.idle_timeout and Listener.write_timeout (listener.proto): the
- * defaults (what the server stores when a field is left out, and what an
- * agent applies when a snapshot has none) and the longest values the API
- * accepts. Enforced by the agent's connections (agent/conn.c). */
-#define TLSCONF_IDLE_TIMEOUT_DEFAULT_S 600
-#define TLSCONF_IDLE_TIMEOUT_MAX_S 86400
-#define TLSCONF_WRITE_TIMEOUT_DEFAULT_S 60
-#define TLSCONF_WRITE_TIMEOUT_MAX_S 3600
-
 /* Builds every context of rl (its default_tls_context and every SNI route's
  * context, found in rl->tls_contexts by name; one SSL_CTX per context
  * however many routes name it) and the ticket-key ring (rl->ticket_keys:

@@ -294,6 +294,8 @@ static int staged_put(struct api_op *op, ProtobufCMessage *res, const struct sta
       .method = op->call->method,
       .action = action,
   };
+  if (op->kind->check_in_write != NULL && op->kind->check_in_write(op, res, err) != 0)
+    return -1;
   struct store_row row = {0};
   if (store_put(op->txn, &w, &row, err) != 0)
     return -1;

@@ -93,6 +93,13 @@ struct api_kind {
    * not yet written) in place of the stored one, reading through op->txn.
    * May be NULL. */
   int (*check_referrers)(struct api_op *op, const ProtobufCMessage *res, struct tp_err *err);
+  /* Runs inside the write transaction (op->txn holds the store's write
+   * lock), just before res is written by a Create or Update: checks of
+   * res against the other resources of its kind that only the lock holds
+   * still, so that two concurrent writes cannot both pass (two listeners
+   * on one address). Never outside it: a read made before the lock could
+   * miss a row committed since. May be NULL. */
+  int (*check_in_write)(struct api_op *op, const ProtobufCMessage *res, struct tp_err *err);
   /* Adds live state to a resource read from the store (Get and List). May
    * be NULL. */
   void (*decorate)(struct api *api, ProtobufCMessage *res);

@@ -9,63 +9,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "listener_rules.h"
 #include "pb.h"
 #include "resolve.h"
 
-#define TICKET_KEY_LEN 48
+#define TICKET_KEY_LEN LISTENER_RULES_TICKET_KEY_LEN
 /* A hello may report this many resources and listeners at most. */
 #define VIEW_MAX_ENTRIES 1000000
 
-/* One listener of a world. */
-struct wlistener {
-  char *name;
-  /* In the world's set; NULL when it failed with no earlier entry (every
-   * agent keeps what it holds under this name). */
-  const Tlsplane__V1__ListenerEntry *entry;
-  const struct fleet_failure *failure; /* NULL: built at this revision */
-};
-
-/* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
-struct pair_index {
-  char *pair;
-  size_t *idx; /* into fleet_world.ls, ascending */
-  size_t n, cap;
-};
-
-struct fleet_world {
-  atomic_int refs;
-  int64_t revision;
-  struct rset *set;
-  struct wlistener *ls; /* in name order */
-  size_t n_ls;
-  struct fleet_failure *failures; /* strings owned */
-  size_t n_failures;
-  struct pair_index *pairs; /* in pair order */
-  size_t n_pairs;
-  size_t *everyone; /* listeners with an empty selector */
-  size_t n_everyone;
-};
-
-struct vlistener {
-  char *name;
-  uint8_t hash[RSET_HASH_LEN];
-};
-
-struct fleet_view {
-  struct vlistener *ls; /* in name order */
-  size_t n_ls;
-  uint8_t (*res)[RSET_HASH_LEN]; /* in byte order, each once */
-  size_t n_res;
-  int synced; /* a delta was made for it: the agent knows the revision */
-};
-
-/* --- a string -> index table, for the memos of one build --- */
+/* --- a string -> index table, the memos of a build --- */
 
 struct memo {
   char *name;
   int ok;
   uint8_t hash[RSET_HASH_LEN];
   char *reason; /* when !ok */
+  /* The rows its content comes from (a context: itself, its certificates,
+   * cipher policy, trust bundle and CRLs): while none of them changed, the
+   * next world reuses it. */
+  char **deps;
+  size_t n_deps;
 };
 
 struct memo_tab {
@@ -136,10 +99,70 @@ static void memo_free(struct memo_tab *t) {
   for (size_t i = 0; i < t->n; i++) {
     free(t->v[i].name);
     free(t->v[i].reason);
+    for (size_t j = 0; j < t->v[i].n_deps; j++)
+      free(t->v[i].deps[j]);
+    free(t->v[i].deps);
   }
   free(t->v);
   free(t->slots);
 }
+
+/* One listener of a world. */
+struct wlistener {
+  char *name;
+  /* In the world's set; NULL when it failed with no earlier entry (every
+   * agent keeps what it holds under this name). */
+  const Tlsplane__V1__ListenerEntry *entry;
+  const struct fleet_failure *failure; /* NULL: built at this revision */
+};
+
+/* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
+struct pair_index {
+  char *pair;
+  size_t *idx; /* into fleet_world.ls, ascending */
+  size_t n, cap;
+};
+
+/* An agent's record, as far as the world needs it. */
+struct wagent {
+  char *name;
+  struct snapshot_label *labels; /* sorted by key; strings owned */
+  size_t n_labels;
+  int unreadable; /* its record could not be read: it is sent nothing new */
+};
+
+struct fleet_world {
+  atomic_int refs;
+  int64_t revision;
+  struct rset *set;
+  struct wlistener *ls; /* in name order */
+  size_t n_ls;
+  struct fleet_failure *failures; /* strings owned */
+  size_t n_failures;
+  struct pair_index *pairs; /* in pair order */
+  size_t n_pairs;
+  size_t *everyone; /* listeners with an empty selector */
+  size_t n_everyone;
+  /* What this world resolved, by name: the next build reuses what did not
+   * change since this world's revision. */
+  struct memo_tab contexts;
+  struct memo_tab rings;
+  struct wagent *agents; /* in name order */
+  size_t n_agents;
+};
+
+struct vlistener {
+  char *name;
+  uint8_t hash[RSET_HASH_LEN];
+};
+
+struct fleet_view {
+  struct vlistener *ls; /* in name order */
+  size_t n_ls;
+  uint8_t (*res)[RSET_HASH_LEN]; /* in byte order, each once */
+  size_t n_res;
+  int synced; /* a delta was made for it: the agent knows the revision */
+};
 
 /* --- building a world --- */
 
@@ -147,27 +170,141 @@ struct build {
   struct store_txn *txn;
   struct fleet_world *w;
   const struct fleet_world *prev;
-  struct memo_tab contexts;
-  struct memo_tab rings;
+  /* Names of the rows written since prev's revision (the audit trail);
+   * changed_all: unknown, nothing of prev is reused. */
+  struct memo_tab changed;
+  int changed_all;
   size_t cap_failures;
+  /* Contexts and rings whose rows failed their integrity check in an
+   * earlier attempt (which aborts the transaction): not read again, so
+   * that the next attempt gets past them. restart: this attempt met one. */
+  struct memo_tab *bad;
+  int restart;
 };
+
+/* After a failed read of `name`: if it aborted the transaction, notes it
+ * bad and has the build begin again. */
+static void bad_note(struct build *b, const char *name, const char *reason) {
+  if (!store_txn_failed(b->txn))
+    return;
+  struct memo *m = memo_find(b->bad, name);
+  if (m == NULL && (m = memo_add(b->bad, name)) != NULL)
+    m->reason = strdup(reason);
+  b->restart = 1;
+}
+
+/* A memo failed for a reason found in an earlier attempt. */
+static int bad_known(struct build *b, struct memo *m) {
+  const struct memo *bad = memo_find(b->bad, m->name);
+  if (bad == NULL)
+    return 0;
+  m->reason = strdup(bad->reason ? bad->reason : "cannot be read");
+  return 1;
+}
+
+/* Whether none of m's rows changed since the previous world. */
+static int memo_unchanged(const struct build *b, const struct memo *m) {
+  if (b->changed_all || !m->ok || memo_find(&b->changed, m->name) != NULL)
+    return 0;
+  for (size_t i = 0; i < m->n_deps; i++)
+    if (memo_find(&b->changed, m->deps[i]) != NULL)
+      return 0;
+  return 1;
+}
+
+static int deps_add(struct memo *m, const char *name) {
+  char **v = realloc(m->deps, (m->n_deps + 1) * sizeof(*v));
+  if (v == NULL)
+    return -ENOMEM;
+  m->deps = v;
+  if ((v[m->n_deps] = strdup(name)) == NULL)
+    return -ENOMEM;
+  m->n_deps++;
+  return 0;
+}
+
+/* The rows a context's content comes from. */
+static int deps_of_context(struct memo *m, const Tlsplane__V1__TlsContext *ctx) {
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < ctx->n_certificates; i++)
+    rc = deps_add(m, ctx->certificates[i]);
+  if (rc == 0)
+    rc = deps_add(m, ctx->cipher_policy[0] ? ctx->cipher_policy : RESOLVE_DEFAULT_CIPHER_POLICY);
+  if (rc == 0 && ctx->trust_bundle[0])
+    rc = deps_add(m, ctx->trust_bundle);
+  for (size_t i = 0; rc == 0 && i < ctx->n_revocation_lists; i++)
+    rc = deps_add(m, ctx->revocation_lists[i]);
+  return rc;
+}
+
+struct share {
+  struct rset *dst;
+  const struct rset *src;
+};
+
+static int share_cb(const uint8_t *hash, void *data) {
+  struct share *s = data;
+  int rc = rset_resource_share(s->dst, s->src, hash);
+  return rc == -ENOENT ? 0 : rc; /* a carried entry is as complete as it was */
+}
+
+/* Takes the previous world's context (or ring) `old` over into b's world:
+ * its resources shared, its memo copied. 0 or -ENOMEM. */
+static int memo_reuse(struct build *b, struct memo *m, const struct memo *old, int is_context) {
+  struct share sh = {.dst = b->w->set, .src = b->prev->set};
+  int rc;
+  if (is_context) {
+    /* A one-context listener entry walks the context's resources. */
+    Tlsplane__V1__Listener l = TLSPLANE__V1__LISTENER__INIT;
+    l.name = "reuse";
+    Tlsplane__V1__ListenerEntry__TlsContextsEntry ce =
+        TLSPLANE__V1__LISTENER_ENTRY__TLS_CONTEXTS_ENTRY__INIT;
+    ce.key = m->name;
+    ce.value.data = (uint8_t *)old->hash;
+    ce.value.len = RSET_HASH_LEN;
+    Tlsplane__V1__ListenerEntry__TlsContextsEntry *cep = &ce;
+    Tlsplane__V1__ListenerEntry e = TLSPLANE__V1__LISTENER_ENTRY__INIT;
+    e.listener = &l;
+    e.tls_contexts = &cep;
+    e.n_tls_contexts = 1;
+    struct tp_err err = {0};
+    rc = rset_listener_uses(b->prev->set, &e, share_cb, &sh, &err);
+  } else {
+    rc = share_cb(old->hash, &sh);
+  }
+  if (rc != 0)
+    return -ENOMEM;
+  m->ok = 1;
+  memcpy(m->hash, old->hash, RSET_HASH_LEN);
+  for (size_t i = 0; i < old->n_deps; i++)
+    if (deps_add(m, old->deps[i]) != 0)
+      return -ENOMEM;
+  return 0;
+}
 
 /* The memo of context `name`: resolved (keys unsealed) once per build. */
 static const struct memo *context_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->contexts, name);
+  struct memo *m = memo_find(&b->w->contexts, name);
   if (m != NULL)
     return m;
-  if ((m = memo_add(&b->contexts, name)) == NULL)
+  if ((m = memo_add(&b->w->contexts, name)) == NULL)
     return NULL;
+  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->contexts, name) : NULL;
+  if (old != NULL && memo_unchanged(b, old))
+    return memo_reuse(b, m, old, 1) == 0 ? m : NULL;
+  if (bad_known(b, m))
+    return m;
   struct tp_err err = {0};
   ProtobufCMessage *ctx = NULL;
   Tlsplane__V1__ResolvedTlsContext *rc = NULL;
   if (api_read(b->txn, &api_kind_tls_context, name, 0, &ctx, NULL, &err) == 0 &&
       resolve_tls_context(b->txn, (Tlsplane__V1__TlsContext *)ctx, NULL, &rc, &err) == 0 &&
       rset_intern_context(b->w->set, rc, m->hash, &err) == 0)
-    m->ok = 1;
-  else
-    m->reason = strdup(err.msg);
+    m->ok = deps_of_context(m, (Tlsplane__V1__TlsContext *)ctx) == 0;
+  if (!m->ok) {
+    m->reason = strdup(err.msg[0] ? err.msg : "out of memory");
+    bad_note(b, name, err.msg);
+  }
   if (rc != NULL) {
     for (size_t i = 0; i < rc->n_certificates; i++) /* the unsealed keys */
       if (rc->certificates[i]->private_key_pem != NULL)
@@ -182,11 +319,16 @@ static const struct memo *context_memo(struct build *b, const char *name) {
 
 /* The memo of ticket-key ring `name`. */
 static const struct memo *ring_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->rings, name);
+  struct memo *m = memo_find(&b->w->rings, name);
   if (m != NULL)
     return m;
-  if ((m = memo_add(&b->rings, name)) == NULL)
+  if ((m = memo_add(&b->w->rings, name)) == NULL)
     return NULL;
+  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->rings, name) : NULL;
+  if (old != NULL && memo_unchanged(b, old))
+    return memo_reuse(b, m, old, 0) == 0 ? m : NULL;
+  if (bad_known(b, m))
+    return m;
   struct tp_err err = {0};
   ProtobufCMessage *ring = NULL;
   struct store_row row = {0};
@@ -209,8 +351,10 @@ static const struct memo *ring_memo(struct build *b, const char *name) {
     free(keys);
     free(ptrs);
   }
-  if (!m->ok)
+  if (!m->ok) {
     m->reason = strdup(err.msg);
+    bad_note(b, name, err.msg);
+  }
   if (row.secret != NULL)
     OPENSSL_cleanse(row.secret, row.secret_len);
   store_row_clear(&row);
@@ -325,17 +469,6 @@ static const struct wlistener *world_find(const struct fleet_world *w, const cha
   return NULL;
 }
 
-struct share {
-  struct rset *dst;
-  const struct rset *src;
-};
-
-static int share_cb(const uint8_t *hash, void *data) {
-  struct share *s = data;
-  int rc = rset_resource_share(s->dst, s->src, hash);
-  return rc == -ENOENT ? 0 : rc; /* a carried entry is as complete as it was */
-}
-
 /* Carries prev's entry for `name` into the world, with its resources. 0
  * when prev had none (nothing carried), 1 when carried, -1 on failure. */
 static int entry_carry(struct build *b, const char *name, struct tp_err *err) {
@@ -428,15 +561,149 @@ static int world_index(struct fleet_world *w) {
   return 0;
 }
 
-int fleet_world_build(struct store *store, const struct fleet_world *prev, struct fleet_world **out,
-                      struct tp_err *err) {
+static void wagent_clear(struct wagent *a) {
+  for (size_t i = 0; i < a->n_labels; i++) {
+    free((char *)a->labels[i].key);
+    free((char *)a->labels[i].value);
+  }
+  free(a->labels);
+  free(a->name);
+}
+
+static int label_cmp(const void *a, const void *b) {
+  return strcmp(((const struct snapshot_label *)a)->key, ((const struct snapshot_label *)b)->key);
+}
+
+static int wagent_cmp(const void *a, const void *b) {
+  return strcmp(((const struct wagent *)a)->name, ((const struct wagent *)b)->name);
+}
+
+/* out from the record rec (name given: rows and records agree). */
+static int wagent_from(struct wagent *out, const char *name, const Tlsplane__V1__Agent *rec) {
+  memset(out, 0, sizeof(*out));
+  size_t n = rec != NULL ? rec->n_labels : 0;
+  out->name = strdup(name);
+  out->labels = calloc(n ? n : 1, sizeof(*out->labels));
+  if (out->name == NULL || out->labels == NULL)
+    goto oom;
+  for (size_t i = 0; i < n; i++) {
+    out->labels[i].key = strdup(rec->labels[i]->key);
+    out->labels[i].value = strdup(rec->labels[i]->value);
+    out->n_labels++;
+    if (out->labels[i].key == NULL || out->labels[i].value == NULL)
+      goto oom;
+  }
+  if (n > 1)
+    qsort(out->labels, n, sizeof(*out->labels), label_cmp);
+  return 0;
+oom:
+  wagent_clear(out);
+  return -ENOMEM;
+}
+
+static int wagent_copy(struct wagent *out, const struct wagent *in) {
+  Tlsplane__V1__Agent rec = TLSPLANE__V1__AGENT__INIT;
+  Tlsplane__V1__Agent__LabelsEntry *e = calloc(in->n_labels + 1, sizeof(*e));
+  Tlsplane__V1__Agent__LabelsEntry **p = calloc(in->n_labels + 1, sizeof(*p));
+  int rc = -ENOMEM;
+  if (e != NULL && p != NULL) {
+    for (size_t i = 0; i < in->n_labels; i++) {
+      e[i].key = (char *)in->labels[i].key;
+      e[i].value = (char *)in->labels[i].value;
+      p[i] = &e[i];
+    }
+    rec.labels = p;
+    rec.n_labels = in->n_labels;
+    rc = wagent_from(out, in->name, &rec);
+  }
+  free(e);
+  free(p);
+  return rc;
+}
+
+/* The agents' labels at the build's revision: the previous world's, with
+ * the records written since read again (all of them read when there is
+ * no previous world or its changes are unknown). */
+static int world_agents(struct build *b, struct tp_err *err) {
+  struct fleet_world *w = b->w;
+  size_t cap = 0;
+  if (b->changed_all) {
+    struct store_query q = {.kind = api_kind_agent.kind};
+    struct store_row *rows = NULL;
+    size_t n = 0;
+    if (store_list(b->txn, &q, &rows, &n, err) != 0)
+      return -1;
+    int rc = (w->agents = calloc(n ? n : 1, sizeof(*w->agents))) == NULL ? -ENOMEM : 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+      struct tp_err why = {0};
+      ProtobufCMessage *rec = api_decode_row(&api_kind_agent, &rows[i], &why);
+      rc = wagent_from(&w->agents[w->n_agents], rows[i].name, (const Tlsplane__V1__Agent *)rec);
+      if (rc == 0)
+        w->agents[w->n_agents++].unreadable = rec == NULL;
+      if (rec != NULL)
+        protobuf_c_message_free_unpacked(rec, NULL);
+    }
+    store_rows_free(rows, n);
+    return rc == 0 ? 0 : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  const struct fleet_world *prev = b->prev;
+  cap = prev->n_agents + b->changed.n + 1;
+  if ((w->agents = calloc(cap, sizeof(*w->agents))) == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  const size_t prefix = strlen(api_kind_agent.collection);
+  for (size_t i = 0; i < prev->n_agents; i++) {
+    if (memo_find(&b->changed, prev->agents[i].name) != NULL)
+      continue; /* read again below */
+    if (wagent_copy(&w->agents[w->n_agents], &prev->agents[i]) != 0)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    w->agents[w->n_agents++].unreadable = prev->agents[i].unreadable;
+  }
+  for (size_t i = 0; i < b->changed.n; i++) {
+    const char *name = b->changed.v[i].name;
+    if (strncmp(name, api_kind_agent.collection, prefix) != 0 || name[prefix] != '/')
+      continue;
+    ProtobufCMessage *rec = NULL;
+    struct tp_err why = {0};
+    if (api_read(b->txn, &api_kind_agent, name, 0, &rec, NULL, &why) != 0 &&
+        why.status == GRPC_STATUS_NOT_FOUND)
+      continue; /* deleted */
+    int rc = wagent_from(&w->agents[w->n_agents], name, (const Tlsplane__V1__Agent *)rec);
+    if (rec != NULL)
+      protobuf_c_message_free_unpacked(rec, NULL);
+    if (rc != 0)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    w->agents[w->n_agents++].unreadable = rec == NULL;
+  }
+  if (w->n_agents > 1)
+    qsort(w->agents, w->n_agents, sizeof(*w->agents), wagent_cmp);
+  return 0;
+}
+
+int fleet_world_agent(const struct fleet_world *w, const char *name,
+                      const struct snapshot_label **labels, size_t *n) {
+  struct wagent key = {.name = (char *)name};
+  const struct wagent *a =
+      w->n_agents ? bsearch(&key, w->agents, w->n_agents, sizeof(*w->agents), wagent_cmp) : NULL;
+  if (a == NULL)
+    return -ENOENT;
+  if (a->unreadable)
+    return -EBADMSG;
+  *labels = a->labels;
+  *n = a->n_labels;
+  return 0;
+}
+
+/* One attempt at a world (see fleet_world_build); *restart set when it
+ * met a row that aborted its transaction (noted in bad). */
+static int world_try(struct store *store, const struct fleet_world *prev, struct memo_tab *bad,
+                     int *restart, struct fleet_world **out, struct tp_err *err) {
   struct fleet_world *w = calloc(1, sizeof(*w));
   if (w == NULL || rset_new(&w->set) != 0) {
     free(w);
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   atomic_init(&w->refs, 1);
-  struct build b = {.w = w, .prev = prev};
+  struct build b = {.w = w, .prev = prev, .bad = bad};
   struct store_row *rows = NULL;
   size_t n = 0;
   struct store_query q = {.kind = api_kind_listener.kind};
@@ -445,11 +712,27 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
     return -1;
   }
   w->revision = store_txn_revision(b.txn);
+  b.changed_all = prev == NULL;
+  if (prev != NULL) {
+    /* What was written since prev: every write leaves an audit row in its
+     * own transaction, so the trail is the change feed. */
+    struct store_audit_query aq = {.since_revision = prev->revision};
+    struct store_audit *audit = NULL;
+    size_t n_audit = 0;
+    struct tp_err why = {0};
+    if (store_audit_list(b.txn, &aq, &audit, &n_audit, &why) != 0)
+      b.changed_all = 1;
+    for (size_t i = 0; !b.changed_all && i < n_audit; i++)
+      if (memo_find(&b.changed, audit[i].resource) == NULL &&
+          memo_add(&b.changed, audit[i].resource) == NULL)
+        b.changed_all = 1;
+    store_audit_free(audit, n_audit);
+  }
   int rc = store_list(b.txn, &q, &rows, &n, err);
   if (rc == 0 && (w->ls = calloc(n ? n : 1, sizeof(*w->ls))) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   /* Rows come in name order, and so do the world's listeners. */
-  for (size_t i = 0; rc == 0 && i < n; i++) {
+  for (size_t i = 0; rc == 0 && !b.restart && i < n; i++) {
     struct tp_err why = {0};
     struct wlistener *wl = &w->ls[w->n_ls];
     if ((wl->name = strdup(rows[i].name)) == NULL) {
@@ -475,9 +758,11 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
     }
   }
   store_rows_free(rows, n);
+  *restart = b.restart;
+  if (rc == 0 && !b.restart && world_agents(&b, err) != 0)
+    rc = -1;
   store_rollback(b.txn);
-  memo_free(&b.contexts);
-  memo_free(&b.rings);
+  memo_free(&b.changed);
   /* Entries and failures resolved to pointers once the set is complete. */
   for (size_t i = 0, f = 0; rc == 0 && i < w->n_ls; i++) {
     w->ls[i].entry = rset_listener_get(w->set, w->ls[i].name);
@@ -486,12 +771,32 @@ int fleet_world_build(struct store *store, const struct fleet_world *prev, struc
   }
   if (rc == 0 && world_index(w) != 0)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc != 0) {
+  if (rc != 0 || b.restart) {
     fleet_world_unref(w);
-    return -1;
+    return rc != 0 ? -1 : 0;
   }
   *out = w;
   return 0;
+}
+
+/* Attempts at most this many times: each new one gets past one more row
+ * that fails its integrity check. */
+#define BUILD_ATTEMPTS 16
+
+int fleet_world_build(struct store *store, const struct fleet_world *prev, struct fleet_world **out,
+                      struct tp_err *err) {
+  struct memo_tab bad = {0};
+  int rc = -1;
+  for (int attempt = 0; attempt < BUILD_ATTEMPTS; attempt++) {
+    int restart = 0;
+    *out = NULL;
+    rc = world_try(store, prev, &bad, &restart, out, err);
+    if (rc != 0 || !restart)
+      break;
+    rc = tp_err_set(err, GRPC_STATUS_DATA_LOSS, "more than %d damaged rows", BUILD_ATTEMPTS - 1);
+  }
+  memo_free(&bad);
+  return rc;
 }
 
 void fleet_world_ref(struct fleet_world *w) {
@@ -515,6 +820,11 @@ void fleet_world_unref(struct fleet_world *w) {
   }
   free(w->pairs);
   free(w->everyone);
+  memo_free(&w->contexts);
+  memo_free(&w->rings);
+  for (size_t i = 0; i < w->n_agents; i++)
+    wagent_clear(&w->agents[i]);
+  free(w->agents);
   rset_free(w->set);
   free(w);
 }
@@ -739,7 +1049,10 @@ static int message_pack(Tlsplane__V1__SnapshotDelta *d, Tlsplane__V1__Snapshot *
 
 int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
                 const struct snapshot_label *labels, size_t n_labels, uint8_t **out, size_t *len,
-                const struct fleet_failure ***failures, size_t *n_failures, struct tp_err *err) {
+                struct fleet_counts *counts, const struct fleet_failure ***failures,
+                size_t *n_failures, struct tp_err *err) {
+  if (counts != NULL)
+    memset(counts, 0, sizeof(*counts));
   *out = NULL;
   *len = 0;
   *failures = NULL;
@@ -833,6 +1146,11 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
     }
     if (rc == 0 && message_pack(&d, NULL, out, len) != 0)
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (rc == 0 && counts != NULL)
+      *counts = (struct fleet_counts){.resources = d.n_resources,
+                                      .listeners = d.n_listeners,
+                                      .removed_resources = d.n_removed_resources,
+                                      .removed_listeners = d.n_removed_listeners};
   }
   free(want.h);
   free(d.listeners);

@@ -4,7 +4,9 @@
  * A world is one revision's configuration for the whole fleet: every
  * listener as a ListenerEntry and every resource they use once, by content
  * hash (common/rset.h), each context resolved and each key unsealed once
- * per revision however many listeners and agents use it. A view is what one
+ * per revision however many listeners and agents use it (and reused from
+ * the previous world while no write touched it), and the labels of every
+ * agent's record, which choose its listeners. A view is what one
  * agent holds: the hashes of its resources and of its listener entries, as
  * its hello reported them and as every delta sent since has changed them.
  * fleet_delta compares the two and gives the SnapshotDelta that brings the
@@ -53,6 +55,13 @@ void fleet_world_unref(struct fleet_world *w);
 int64_t fleet_world_revision(const struct fleet_world *w);
 /* The world's failures, in listener name order; valid while w lives. */
 const struct fleet_failure *fleet_world_failures(const struct fleet_world *w, size_t *n);
+/* The labels of agent `name` ("agents/edge-1") as its record had them at
+ * w's revision (sorted by key; valid while w lives): what chooses its
+ * listeners. -ENOENT: no such agent (deleted); -EBADMSG: its record could
+ * not be read (it is sent nothing new). */
+int fleet_world_agent(const struct fleet_world *w, const char *name,
+                      const struct snapshot_label **labels, size_t *n);
+
 /* Counts, for logs and tests: listeners and distinct resources. */
 size_t fleet_world_listeners(const struct fleet_world *w);
 size_t fleet_world_resources(const struct fleet_world *w);
@@ -71,6 +80,11 @@ size_t fleet_view_resources(const struct fleet_view *v);
 /* Bytes of memory v holds, for the figure per connected agent. */
 size_t fleet_view_bytes(const struct fleet_view *v);
 
+/* What one delta carries. */
+struct fleet_counts {
+  size_t resources, listeners, removed_resources, removed_listeners;
+};
+
 /* What to send an agent with these labels that holds v, to bring it to w.
  * *out is a packed ServerMessage carrying a SnapshotDelta at w's revision
  * (the caller frees it), or NULL (*len 0) when nothing changed for it
@@ -78,10 +92,12 @@ size_t fleet_view_bytes(const struct fleet_view *v);
  * even when empty: the agent learns its revision). v is
  * updated to what the agent holds once it applied the delta. The failures
  * among the agent's listeners are given in *failures (an array of n_failures
- * pointing into w, the caller frees the array; NULL when none). */
+ * pointing into w, the caller frees the array; NULL when none); counts
+ * (may be NULL) what *out carries. */
 int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
                 const struct snapshot_label *labels, size_t n_labels, uint8_t **out, size_t *len,
-                const struct fleet_failure ***failures, size_t *n_failures, struct tp_err *err);
+                struct fleet_counts *counts, const struct fleet_failure ***failures,
+                size_t *n_failures, struct tp_err *err);
 
 /* The protocol 1 form for an older agent: a packed ServerMessage carrying
  * the whole Snapshot of its listeners at w's revision, and the hash of

@@ -9,32 +9,37 @@
  * that differs from the record is reported, never followed. */
 #include "hub.h"
 
-#include <openssl/evp.h>
+#include <errno.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "auth.h"
+#include "fleet.h"
 #include "log.h"
 #include "pb.h"
 #include "snapshot.h"
 
 #define HUB_WAKE_MS 1000 /* a stream re-checks shutdown at least this often */
-#define HASH_LEN 32
+#define HASH_LEN RSET_HASH_LEN
+/* A world that could not be built, or built with failures, is built again
+ * after a delay that doubles from the first to the last. */
+#define RETRY_FIRST_MS 1000
+#define RETRY_MAX_MS (60 * 1000)
+/* Server-side failures kept per agent for GetRollout. */
+#define AGENT_FAILURES_MAX 8
+/* The stream protocol that sends deltas (AgentHello.protocol). */
+#define PROTOCOL_DELTA 2
 
-/* A snapshot built for one label set at one revision, shared by every
- * agent with those labels. Reference counted: senders hold it while
- * sending. */
-struct snap_entry {
-  struct snap_entry *next;
-  char *labels_key;
-  int64_t revision;
-  uint8_t *bytes; /* a packed ServerMessage carrying the snapshot */
-  size_t len;
-  unsigned char hash[HASH_LEN]; /* of the snapshot without its revision */
-  int refs;                     /* under cache_lock */
+/* A listener the server could not build for an agent, as GetRollout
+ * reports it. */
+struct agent_failure {
+  char *listener;
+  char *reason;
 };
 
 /* One agent the hub knows: connected now, or since it last was. */
@@ -42,11 +47,6 @@ struct hub_agent {
   struct hub_agent *next;
   char *name; /* "agents/edge-1" */
   char *version;
-  /* The record's labels, which choose the snapshot; only the stream's own
-   * thread reads and replaces them. */
-  struct snapshot_label *labels;
-  size_t n_labels;
-  char *labels_key; /* canonical "k=v\n" lines, sorted */
   int connected;
   uint64_t connection; /* which stream owns this entry */
   struct rpc_stream *stream;
@@ -56,10 +56,21 @@ struct hub_agent {
   int64_t sent_revision;    /* of the last snapshot sent */
   int64_t checked_revision; /* newest revision compared with what was sent */
   int64_t applied_revision; /* from the last ack */
-  unsigned char sent_hash[HASH_LEN];
+  int protocol;             /* of its hello: PROTOCOL_DELTA, or older (whole snapshots) */
+  /* Protocol 2: what the agent holds (its hello, then every delta sent);
+   * only the stream's own thread uses it. */
+  struct fleet_view *view;
+  uint64_t world_generation;         /* of the world last pushed */
+  unsigned char sent_hash[HASH_LEN]; /* older protocol: of the last snapshot sent */
   int has_sent;
   Tlsplane__V1__AgentAck *last_ack;
   Tlsplane__V1__AgentStats *stats;
+  /* Why the server could not build some of its listeners at
+   * failed_revision (the world's failures that concern it). */
+  struct agent_failure failures[AGENT_FAILURES_MAX];
+  size_t n_failures;
+  int64_t failed_revision;
+  Tlsplane__V1__PushStats pushed; /* on this stream; counts only, no pointers */
 };
 
 struct hub {
@@ -69,9 +80,27 @@ struct hub {
   int64_t revision;
   struct hub_agent *agents;
   uint64_t connections;
-  pthread_mutex_t cache_lock; /* serializes builds; guards the cache */
-  struct snap_entry *cache;
+  /* The world agents are brought to (fleet.h): built once per revision,
+   * shared by every stream. world_lock serializes builds and guards the
+   * fields below it; streams hold a reference while they use a world. */
+  pthread_mutex_t world_lock;
+  struct fleet_world *world;
+  /* A build failed (world_error, at world_error_revision) or left
+   * failures: the next attempt is due at retry_at_ms (monotonic), after
+   * retry_ms. world_generation counts worlds built, so that a rebuild of
+   * the same revision still reaches every stream. */
+  char world_error[sizeof(((struct tp_err *)0)->msg)];
+  int64_t world_error_revision;
+  _Atomic int64_t retry_at_ms; /* 0: none due; read by streams without the lock */
+  int64_t retry_ms;
+  _Atomic uint64_t world_generation;
 };
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int64_t now_us(void) {
   struct timespec ts;
@@ -90,7 +119,7 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   hub->api = api;
   hub->revision = store_revision(api->store);
   pthread_mutex_init(&hub->lock, NULL);
-  pthread_mutex_init(&hub->cache_lock, NULL);
+  pthread_mutex_init(&hub->world_lock, NULL);
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -101,17 +130,17 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   return 0;
 }
 
-static void labels_free(struct snapshot_label *labels, size_t n) {
-  for (size_t i = 0; labels != NULL && i < n; i++) {
-    free((char *)labels[i].key);
-    free((char *)labels[i].value);
+static void failures_clear(struct hub_agent *a) {
+  for (size_t i = 0; i < a->n_failures; i++) {
+    free(a->failures[i].listener);
+    free(a->failures[i].reason);
   }
-  free(labels);
+  a->n_failures = 0;
 }
 
 static void agent_free(struct hub_agent *a) {
-  labels_free(a->labels, a->n_labels);
-  free(a->labels_key);
+  failures_clear(a);
+  fleet_view_free(a->view);
   free(a->name);
   free(a->version);
   if (a->last_ack != NULL)
@@ -119,12 +148,6 @@ static void agent_free(struct hub_agent *a) {
   if (a->stats != NULL)
     protobuf_c_message_free_unpacked(&a->stats->base, NULL);
   free(a);
-}
-
-static void entry_free(struct snap_entry *e) {
-  free(e->labels_key);
-  free(e->bytes);
-  free(e);
 }
 
 void hub_free(struct hub *hub) {
@@ -136,13 +159,9 @@ void hub_free(struct hub *hub) {
     hub->agents = a->next;
     agent_free(a);
   }
-  while (hub->cache != NULL) {
-    struct snap_entry *e = hub->cache;
-    hub->cache = e->next;
-    entry_free(e);
-  }
+  fleet_world_unref(hub->world);
   pthread_cond_destroy(&hub->changed);
-  pthread_mutex_destroy(&hub->cache_lock);
+  pthread_mutex_destroy(&hub->world_lock);
   pthread_mutex_destroy(&hub->lock);
   free(hub);
 }
@@ -155,144 +174,116 @@ void hub_notify(struct hub *hub, int64_t revision) {
   pthread_mutex_unlock(&hub->lock);
 }
 
-/* --- snapshots --- */
+/* --- worlds --- */
 
-static void snap_release(struct hub *hub, struct snap_entry *e) {
-  pthread_mutex_lock(&hub->cache_lock);
-  int last = --e->refs == 0;
-  pthread_mutex_unlock(&hub->cache_lock);
-  if (last)
-    entry_free(e);
+/* Logs a world's failures that the previous world did not have at the
+ * same revision with the same reason: one line per revision and cause,
+ * however often the build is retried. */
+static void failures_log(const struct fleet_world *w, const struct fleet_world *prev) {
+  size_t n, n_prev = 0;
+  const struct fleet_failure *f = fleet_world_failures(w, &n);
+  const struct fleet_failure *pf = prev != NULL ? fleet_world_failures(prev, &n_prev) : NULL;
+  int same_revision = prev != NULL && fleet_world_revision(prev) == fleet_world_revision(w);
+  for (size_t i = 0; i < n; i++) {
+    int seen = 0;
+    for (size_t j = 0; same_revision && j < n_prev && !seen; j++)
+      seen = strcmp(pf[j].listener, f[i].listener) == 0 && strcmp(pf[j].reason, f[i].reason) == 0;
+    if (!seen)
+      log_error("hub",
+                "revision %lld: %s cannot be built: %s (agents keep the version they serve; "
+                "retrying with back-off)",
+                (long long)fleet_world_revision(w), f[i].listener, f[i].reason);
+  }
 }
 
-static int snap_encode(Tlsplane__V1__Snapshot *snap, struct snap_entry *e) {
-  int64_t revision = snap->revision;
-  uint8_t *buf;
-  size_t len;
-  /* What an agent serves, apart from the revision number: unchanged
-   * content is not sent again. */
-  snap->revision = 0;
-  int rc = pb_pack(&snap->base, &buf, &len);
-  snap->revision = revision;
-  if (rc != 0)
-    return -1;
-  EVP_Digest(buf, len, e->hash, NULL, EVP_sha256(), NULL);
-  free(buf);
-  Tlsplane__V1__ServerMessage msg = TLSPLANE__V1__SERVER_MESSAGE__INIT;
-  msg.message_case = TLSPLANE__V1__SERVER_MESSAGE__MESSAGE_SNAPSHOT;
-  msg.snapshot = snap;
-  return pb_pack(&msg.base, &e->bytes, &e->len);
+/* Builds the world at the store's revision if the current one is older
+ * than `revision` or a retry is due. Called with world_lock held. */
+static void world_update(struct hub *hub, int64_t revision) {
+  int64_t now = mono_ms();
+  int stale = hub->world == NULL || fleet_world_revision(hub->world) < revision;
+  int retry = hub->retry_at_ms != 0 && now >= hub->retry_at_ms;
+  if (!stale && !retry)
+    return;
+  if (!retry && hub->retry_at_ms != 0 && hub->world_error[0] != '\0')
+    return; /* the last build failed: wait for its retry, even for a newer revision */
+  struct fleet_world *w = NULL;
+  struct tp_err err = {0};
+  if (fleet_world_build(hub->api->store, hub->world, &w, &err) != 0) {
+    int64_t rev = store_revision(hub->api->store);
+    if (rev != hub->world_error_revision || strcmp(err.msg, hub->world_error) != 0)
+      log_error("hub",
+                "revision %lld: the configuration cannot be read: %s (agents keep what they "
+                "serve; retrying with back-off)",
+                (long long)rev, err.msg);
+    snprintf(hub->world_error, sizeof(hub->world_error), "%s", err.msg);
+    hub->world_error_revision = rev;
+    hub->retry_ms = hub->retry_ms ? hub->retry_ms * 2 : RETRY_FIRST_MS;
+    if (hub->retry_ms > RETRY_MAX_MS)
+      hub->retry_ms = RETRY_MAX_MS;
+    hub->retry_at_ms = now + hub->retry_ms;
+    return;
+  }
+  failures_log(w, hub->world);
+  size_t n_failures;
+  fleet_world_failures(w, &n_failures);
+  if (n_failures > 0) {
+    hub->retry_ms = hub->retry_ms ? hub->retry_ms * 2 : RETRY_FIRST_MS;
+    if (hub->retry_ms > RETRY_MAX_MS)
+      hub->retry_ms = RETRY_MAX_MS;
+    hub->retry_at_ms = now + hub->retry_ms;
+  } else {
+    hub->retry_ms = 0;
+    hub->retry_at_ms = 0;
+  }
+  hub->world_error[0] = '\0';
+  fleet_world_unref(hub->world);
+  hub->world = w;
+  hub->world_generation++;
 }
 
-/* The snapshot for a's labels at `revision` or later, shared: release it
- * with snap_release. */
-static struct snap_entry *snap_get(struct hub *hub, const struct hub_agent *a, int64_t revision,
-                                   struct tp_err *err) {
-  pthread_mutex_lock(&hub->cache_lock);
-  struct snap_entry **pp = &hub->cache, *e;
-  for (e = *pp; e != NULL; pp = &e->next, e = e->next)
-    if (strcmp(e->labels_key, a->labels_key) == 0)
-      break;
-  if (e != NULL && e->revision >= revision) {
-    e->refs++;
-    pthread_mutex_unlock(&hub->cache_lock);
-    return e;
-  }
-  /* Built under the cache lock: one build per revision and label set, however
-   * many agents wait for it. */
-  Tlsplane__V1__Snapshot *snap;
-  struct snap_entry *fresh = calloc(1, sizeof(*fresh));
-  if (fresh == NULL || (fresh->labels_key = strdup(a->labels_key)) == NULL) {
-    free(fresh);
-    pthread_mutex_unlock(&hub->cache_lock);
-    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
-  if (snapshot_build(hub->api->store, a->labels, a->n_labels, &snap, err) != 0) {
-    entry_free(fresh);
-    pthread_mutex_unlock(&hub->cache_lock);
-    return NULL;
-  }
-  fresh->revision = snap->revision;
-  int rc = snap_encode(snap, fresh);
-  protobuf_c_message_free_unpacked(&snap->base, NULL);
-  if (rc != 0) {
-    entry_free(fresh);
-    pthread_mutex_unlock(&hub->cache_lock);
-    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return NULL;
-  }
-  if (e != NULL) { /* replace the stale entry; senders still holding it free it */
-    *pp = e->next;
-    if (--e->refs == 0)
-      entry_free(e);
-  }
-  fresh->refs = 2; /* the cache's and the caller's */
-  fresh->next = hub->cache;
-  hub->cache = fresh;
-  pthread_mutex_unlock(&hub->cache_lock);
-  return fresh;
+/* The world at `revision` or later (or the newest that could be built:
+ * NULL when none could), referenced: release with fleet_world_unref.
+ * *error receives the reason the newest build failed, if it did. */
+static struct fleet_world *world_get(struct hub *hub, int64_t revision, char *error, size_t len) {
+  pthread_mutex_lock(&hub->world_lock);
+  world_update(hub, revision);
+  struct fleet_world *w = hub->world;
+  if (w != NULL)
+    fleet_world_ref(w);
+  snprintf(error, len, "%s", hub->world_error);
+  pthread_mutex_unlock(&hub->world_lock);
+  return w;
+}
+
+/* Whether a's stream has a world to push that it has not pushed: a retry
+ * is due, or another stream built a newer world. Read without a lock. */
+static int world_pending(struct hub *hub, uint64_t seen_generation) {
+  int64_t at = atomic_load(&hub->retry_at_ms);
+  return (at != 0 && mono_ms() >= at) || atomic_load(&hub->world_generation) != seen_generation;
 }
 
 /* --- agents --- */
 
-static int label_cmp(const void *x, const void *y) {
-  const struct snapshot_label *a = x, *b = y;
-  return strcmp(a->key, b->key);
-}
-
-/* A new entry for a connecting agent, from its hello; no labels until
- * agent_labels_set gives it its record's. */
+/* A new entry for a connecting agent, from its hello (what it receives
+ * follows its record's labels, which the world holds). */
 static struct hub_agent *agent_new(const Tlsplane__V1__AgentHello *hello, const char *name) {
   struct hub_agent *a = calloc(1, sizeof(*a));
   if (a == NULL)
     return NULL;
   a->name = strdup(name);
   a->version = strdup(hello->version);
-  a->labels_key = strdup("");
-  if (a->name == NULL || a->version == NULL || a->labels_key == NULL) {
+  if (a->name == NULL || a->version == NULL) {
     agent_free(a);
     return NULL;
   }
   a->applied_revision = hello->applied_revision;
+  a->protocol = hello->protocol;
+  tlsplane__v1__push_stats__init(&a->pushed);
+  if (fleet_view_new(&a->view) != 0) {
+    agent_free(a);
+    return NULL;
+  }
   return a;
-}
-
-/* Gives a the labels of its record rec. 0, or -1 (out of memory: a keeps
- * what it had). */
-static int agent_labels_set(struct hub_agent *a, const Tlsplane__V1__Agent *rec) {
-  size_t n = rec->n_labels, keylen = 1;
-  struct snapshot_label *labels = calloc(n ? n : 1, sizeof(*labels));
-  if (labels == NULL)
-    return -1;
-  for (size_t i = 0; i < n; i++) {
-    labels[i].key = strdup(rec->labels[i]->key);
-    labels[i].value = strdup(rec->labels[i]->value);
-    if (labels[i].key == NULL || labels[i].value == NULL) {
-      labels_free(labels, i + 1);
-      return -1;
-    }
-    keylen += strlen(labels[i].key) + strlen(labels[i].value) + 2;
-  }
-  qsort(labels, n, sizeof(*labels), label_cmp);
-  char *key = malloc(keylen);
-  if (key == NULL) {
-    labels_free(labels, n);
-    return -1;
-  }
-  key[0] = '\0';
-  for (size_t i = 0; i < n; i++) {
-    strcat(key, labels[i].key);
-    strcat(key, "=");
-    strcat(key, labels[i].value);
-    strcat(key, "\n");
-  }
-  labels_free(a->labels, a->n_labels);
-  free(a->labels_key);
-  a->labels = labels;
-  a->n_labels = n;
-  a->labels_key = key;
-  return 0;
 }
 
 /* The map field `map` of m as "k"="v","k2"="v2" into buf (cut short if
@@ -314,9 +305,8 @@ static void labels_text(const ProtobufCMessage *m, const char *map, char *buf, s
 }
 
 /* Records what the agent's hello reports (its version, the labels it
- * claims) when the record is new or they changed (one revision), and
- * gives a the labels of its record. A claim that differs from the record
- * is logged; it changes nothing the agent receives. */
+ * claims) when the record is new or they changed (one revision). A claim that differs from the
+ * record is logged; it changes nothing the agent receives. */
 static int agent_record(struct hub *hub, const struct rpc_call_info *call,
                         const Tlsplane__V1__AgentHello *hello, struct hub_agent *a,
                         struct tp_err *err) {
@@ -375,8 +365,6 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
     }
   }
   const Tlsplane__V1__Agent *r = (const Tlsplane__V1__Agent *)(rec != NULL ? rec : old);
-  if (rc == 0 && agent_labels_set(a, r) != 0)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc == 0 && r->labels_mismatch) {
     char claimed[512], recorded[512];
     labels_text(&r->base, "claimed_labels", claimed, sizeof(claimed));
@@ -396,25 +384,6 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
     return -1;
   }
   return store_commit(txn, NULL, err);
-}
-
-/* Reads the agent's record again (its labels may have changed) and gives a
- * its labels; *revision receives the revision read. NOT_FOUND: the agent
- * was deleted. */
-static int agent_labels_refresh(struct hub *hub, struct hub_agent *a, int64_t *revision,
-                                struct tp_err *err) {
-  struct store_txn *txn;
-  if (store_begin(hub->api->store, 0, &txn, err) != 0)
-    return -1;
-  *revision = store_txn_revision(txn);
-  ProtobufCMessage *rec = NULL;
-  int rc = api_read(txn, &api_kind_agent, a->name, 0, &rec, NULL, err);
-  store_rollback(txn);
-  if (rc == 0 && agent_labels_set(a, (const Tlsplane__V1__Agent *)rec) != 0)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rec != NULL)
-    protobuf_c_message_free_unpacked(rec, NULL);
-  return rc;
 }
 
 /* Takes the agent's place in the hub for this connection; an older
@@ -546,50 +515,109 @@ static void checked(struct hub *hub, struct hub_agent *a, int64_t revision) {
   pthread_mutex_unlock(&hub->lock);
 }
 
-/* Sends the agent its snapshot if `revision` changed what it serves.
- * Returns -1 when the stream must end. */
+/* Records the server-side failures that concern a (the world's failures
+ * among its listeners, or why no world could be built). */
+static void failures_set(struct hub *hub, struct hub_agent *a, int64_t revision,
+                         const struct fleet_failure **f, size_t n, const char *world_error) {
+  pthread_mutex_lock(&hub->lock);
+  failures_clear(a);
+  a->failed_revision = revision;
+  if (world_error[0] != '\0') {
+    a->failures[0].listener = strdup("");
+    a->failures[0].reason = strdup(world_error);
+    a->n_failures = 1;
+  }
+  for (size_t i = 0; i < n && a->n_failures < AGENT_FAILURES_MAX; i++) {
+    a->failures[a->n_failures].listener = strdup(f[i]->listener);
+    a->failures[a->n_failures].reason = strdup(f[i]->reason);
+    a->n_failures++;
+  }
+  pthread_mutex_unlock(&hub->lock);
+}
+
+/* Sends the agent what `revision` changed for it: a delta (protocol 2),
+ * or its whole snapshot when that changed (older agents). Returns -1 when
+ * the stream must end. */
 static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream, int64_t revision) {
   struct tp_err err = {0};
-  int64_t labels_revision = 0;
-  if (agent_labels_refresh(hub, a, &labels_revision, &err) != 0) {
-    if (err.status == GRPC_STATUS_NOT_FOUND) {
-      /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
-      rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
-      return -1;
-    }
+  char world_error[sizeof(((struct tp_err *)0)->msg)];
+  a->world_generation = atomic_load(&hub->world_generation);
+  struct fleet_world *w = world_get(hub, revision, world_error, sizeof(world_error));
+  if (w == NULL) { /* none built yet: nothing to send, nothing removed */
+    failures_set(hub, a, revision, NULL, 0, world_error);
+    checked(hub, a, revision);
+    return 0;
+  }
+  /* Its labels as its record has them at the world's revision. */
+  const struct snapshot_label *labels = NULL;
+  size_t n_labels = 0;
+  int found = fleet_world_agent(w, a->name, &labels, &n_labels);
+  if (found == -ENOENT) {
+    /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
+    fleet_world_unref(w);
+    rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
+    return -1;
+  }
+  if (found != 0) {
     /* An unreadable record (damaged, or edited in the file) sends
      * nothing: the agent keeps what it serves. */
-    log_error("hub", "agent=%s: its record at revision %lld: %s", a->name, (long long)revision,
-              err.msg);
-    checked(hub, a, revision); /* the next revision tries again */
+    if (a->failed_revision != fleet_world_revision(w))
+      log_error("hub", "agent=%s: its record at revision %lld cannot be read", a->name,
+                (long long)fleet_world_revision(w));
+    failures_set(hub, a, fleet_world_revision(w), NULL, 0, "its Agent record cannot be read");
+    checked(hub, a, fleet_world_revision(w));
+    fleet_world_unref(w);
     return 0;
   }
-  if (labels_revision > revision)
-    revision = labels_revision;
-  struct snap_entry *e = snap_get(hub, a, revision, &err);
-  if (e == NULL) {
-    log_error("hub", "agent=%s: snapshot at revision %lld: %s", a->name, (long long)revision,
-              err.msg);
-    checked(hub, a, revision); /* the next revision tries again */
-    return 0;
-  }
-  int changed = !a->has_sent || memcmp(a->sent_hash, e->hash, HASH_LEN) != 0;
-  int rc = 0;
-  if (changed) {
-    rc = rpc_stream_send_raw(stream, e->bytes, e->len);
-    if (rc == 0) {
-      pthread_mutex_lock(&hub->lock);
-      memcpy(a->sent_hash, e->hash, HASH_LEN);
-      a->has_sent = 1;
-      a->sent_revision = e->revision;
-      pthread_mutex_unlock(&hub->lock);
+  uint8_t *bytes = NULL, hash[HASH_LEN];
+  size_t len = 0, n_failures = 0;
+  struct fleet_counts counts = {0};
+  const struct fleet_failure **failures = NULL;
+  int rc;
+  if (a->protocol >= PROTOCOL_DELTA) {
+    rc = fleet_delta(w, a->view, labels, n_labels, &bytes, &len, &counts, &failures, &n_failures,
+                     &err);
+  } else {
+    rc = fleet_snapshot(w, labels, n_labels, &bytes, &len, hash, &failures, &n_failures, &err);
+    if (rc == 0 && a->has_sent && memcmp(a->sent_hash, hash, HASH_LEN) == 0) {
+      OPENSSL_cleanse(bytes, len);
+      free(bytes);
+      bytes = NULL; /* unchanged content is not sent again */
     }
   }
-  /* Checked up to the revision the labels were read at: a change of the
-   * record committed since gets another round. */
-  checked(hub, a, labels_revision);
-  snap_release(hub, e);
-  return rc;
+  if (rc != 0) {
+    log_error("hub", "agent=%s: revision %lld: %s", a->name, (long long)fleet_world_revision(w),
+              err.msg);
+    failures_set(hub, a, fleet_world_revision(w), NULL, 0, err.msg);
+  } else {
+    failures_set(hub, a, fleet_world_revision(w), failures, n_failures, world_error);
+  }
+  free(failures);
+  int sent = 0;
+  if (bytes != NULL) {
+    sent = rpc_stream_send_raw(stream, bytes, len);
+    if (sent == 0) {
+      pthread_mutex_lock(&hub->lock);
+      if (a->protocol < PROTOCOL_DELTA)
+        memcpy(a->sent_hash, hash, HASH_LEN);
+      a->has_sent = 1;
+      a->sent_revision = fleet_world_revision(w);
+      a->pushed.messages++;
+      a->pushed.bytes += (int64_t)len;
+      a->pushed.resources += (int64_t)counts.resources;
+      a->pushed.listeners += (int64_t)counts.listeners;
+      a->pushed.removed_resources += (int64_t)counts.removed_resources;
+      a->pushed.removed_listeners += (int64_t)counts.removed_listeners;
+      pthread_mutex_unlock(&hub->lock);
+    }
+    OPENSSL_cleanse(bytes, len); /* key material */
+    free(bytes);
+  }
+  /* Checked up to the world's revision: a commit since gets another
+   * round. */
+  checked(hub, a, fleet_world_revision(w));
+  fleet_world_unref(w);
+  return sent;
 }
 
 /* AgentService/Connect. */
@@ -621,6 +649,8 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
                     name + strlen("agents/"), call->principal);
   else if ((a = agent_new(msg->hello, name)) == NULL)
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  else if (a->protocol >= PROTOCOL_DELTA && fleet_view_from_hello(a->view, msg->hello, err) != 0)
+    rc = -1;
   else if (agent_record(hub, call, msg->hello, a, err) != 0)
     rc = -1;
   protobuf_c_message_free_unpacked(m, NULL);
@@ -642,7 +672,7 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
   while (have_reader) {
     pthread_mutex_lock(&hub->lock);
     while (!a->cut && !a->reader_done && hub->revision <= a->checked_revision && want != 0 &&
-           !rpc_stream_shutting_down(stream)) {
+           !world_pending(hub, a->world_generation) && !rpc_stream_shutting_down(stream)) {
       struct timespec deadline;
       clock_gettime(CLOCK_MONOTONIC, &deadline);
       deadline.tv_sec += HUB_WAKE_MS / 1000;
@@ -688,6 +718,14 @@ void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
   }
   agent->connected = a->connected;
   agent->applied_revision = a->applied_revision;
+  agent->protocol = a->protocol;
+  Tlsplane__V1__PushStats *pushed = malloc(sizeof(*pushed));
+  if (pushed != NULL) {
+    *pushed = a->pushed;
+    if (agent->pushed != NULL)
+      protobuf_c_message_free_unpacked(&agent->pushed->base, NULL);
+    agent->pushed = pushed;
+  }
   pb_timestamp_set(&agent->base, "last_seen", a->last_seen_us);
   char nack[1024] = "";
   size_t n_status = a->stats ? a->stats->n_listeners : 0;
@@ -734,6 +772,24 @@ void hub_agent_disconnect(struct hub *hub, const char *name, const char *why) {
   pthread_mutex_unlock(&hub->lock);
 }
 
+/* Appends one failure to r (its array has room). */
+static void rollout_failure_add(Tlsplane__V1__Rollout *r, const char *agent, const char *listener,
+                                const char *reason, int server_side) {
+  Tlsplane__V1__RolloutFailure *f = malloc(sizeof(*f));
+  if (f == NULL)
+    return;
+  tlsplane__v1__rollout_failure__init(f);
+  f->agent = strdup(agent);
+  f->listener = strdup(listener);
+  f->reason = strdup(reason);
+  f->server_side = server_side;
+  if (f->agent == NULL || f->listener == NULL || f->reason == NULL) {
+    protobuf_c_message_free_unpacked(&f->base, NULL);
+    return;
+  }
+  r->failures[r->n_failures++] = f;
+}
+
 int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out,
                 struct tp_err *err) {
   Tlsplane__V1__Rollout *r = malloc(sizeof(*r));
@@ -751,23 +807,34 @@ int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out,
                       "revision: %lld is not a committed revision (the latest is %lld)",
                       (long long)revision, (long long)cur);
   }
-  size_t n = 0;
+  size_t n = 0, n_fail = 0;
   for (struct hub_agent *a = hub->agents; a != NULL; a = a->next)
-    n += a->connected;
+    if (a->connected) {
+      n++;
+      n_fail += a->n_failures + (a->last_ack != NULL ? a->last_ack->n_listeners : 0);
+    }
   r->revision = revision;
   r->agents_pending = calloc(n ? n : 1, sizeof(char *));
   r->agents_failed = calloc(n ? n : 1, sizeof(char *));
+  r->failures = calloc(n_fail ? n_fail : 1, sizeof(*r->failures));
   for (struct hub_agent *a = hub->agents;
-       a != NULL && r->agents_pending != NULL && r->agents_failed != NULL; a = a->next) {
+       a != NULL && r->agents_pending != NULL && r->agents_failed != NULL && r->failures != NULL;
+       a = a->next) {
     if (!a->connected)
       continue;
     r->agents_connected++;
-    int failed = 0;
-    for (size_t i = 0; a->last_ack != NULL && i < a->last_ack->n_listeners; i++)
-      failed |= !a->last_ack->listeners[i]->applied;
+    size_t first = r->n_failures;
+    /* Server-side: listeners the world that reached it could not build. */
+    for (size_t i = 0; a->failed_revision >= revision && i < a->n_failures; i++)
+      rollout_failure_add(r, a->name, a->failures[i].listener, a->failures[i].reason, 1);
     int current =
         a->has_sent && a->applied_revision == a->sent_revision && a->checked_revision >= revision;
-    if (current && failed)
+    for (size_t i = 0; current && a->last_ack != NULL && i < a->last_ack->n_listeners; i++)
+      if (!a->last_ack->listeners[i]->applied)
+        rollout_failure_add(r, a->name, a->last_ack->listeners[i]->listener,
+                            a->last_ack->listeners[i]->error, 0);
+    int failed = r->n_failures > first;
+    if (failed)
       r->agents_failed[r->n_agents_failed++] = strdup(a->name);
     else if (current)
       r->agents_applied++;

@@ -9,11 +9,12 @@
 #include <time.h>
 
 #include "api.h"
+#include "listener_rules.h"
 #include "pb.h"
 #include "tlsplane/v1/ticket_keys.pb-c.h"
 
-#define TICKET_KEY_LEN 48
-#define TICKET_KEY_NAME_LEN 16
+#define TICKET_KEY_LEN LISTENER_RULES_TICKET_KEY_LEN
+#define TICKET_KEY_NAME_LEN LISTENER_RULES_TICKET_KEY_PART_LEN
 #define RETAINED_DEFAULT 3
 #define RETAINED_MAX 16
 #define ROTATION_MIN_S 10
@@ -266,19 +267,21 @@ static int set_ticket_keys(const struct rpc_call_info *call, const ProtobufCMess
   const Tlsplane__V1__SetTicketKeysRequest *r = (const Tlsplane__V1__SetTicketKeysRequest *)req;
   if (r->n_keys == 0)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "keys: at least one 48-byte key is required");
+                      "keys: at least one %d-byte key is required", TICKET_KEY_LEN);
   if (r->n_keys > RETAINED_MAX)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "keys: at most %d keys", RETAINED_MAX);
   for (size_t i = 0; i < r->n_keys; i++) {
     if (r->keys[i].len != TICKET_KEY_LEN)
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "keys[%zu]: must be %d bytes (16-byte name, 16-byte HMAC key, 16-byte "
+                        "keys[%zu]: must be %d bytes (%d-byte name, %d-byte HMAC key, %d-byte "
                         "AES key), got %zu",
-                        i, TICKET_KEY_LEN, r->keys[i].len);
+                        i, TICKET_KEY_LEN, TICKET_KEY_NAME_LEN, TICKET_KEY_NAME_LEN,
+                        TICKET_KEY_NAME_LEN, r->keys[i].len);
     for (size_t j = 0; j < i; j++)
       if (memcmp(r->keys[i].data, r->keys[j].data, TICKET_KEY_NAME_LEN) == 0)
         return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                          "keys[%zu]: same 16-byte key name as keys[%zu]", i, j);
+                          "keys[%zu]: same %d-byte key name as keys[%zu]", i, TICKET_KEY_NAME_LEN,
+                          j);
   }
   uint8_t *fresh = malloc(r->n_keys * TICKET_KEY_LEN);
   if (fresh == NULL)

@@ -507,6 +507,10 @@ int64_t store_txn_revision(struct store_txn *txn) {
   return txn->revision;
 }
 
+int store_txn_failed(const struct store_txn *txn) {
+  return txn->failed != 0;
+}
+
 void store_row_clear(struct store_row *row) {
   if (row == NULL)
     return;

@@ -185,6 +185,11 @@ void store_rollback(struct store_txn *txn);
  * transaction: the revision of the snapshot it reads. */
 int64_t store_txn_revision(struct store_txn *txn);
 
+/* Whether txn is aborted (a failed write, a backend failure, or a row or
+ * secret that failed its integrity check): every later call returns that
+ * failure. A reader that must go on past one bad row begins again. */
+int store_txn_failed(const struct store_txn *txn);
+
 struct store_row {
   char *kind;             /* e.g. "Certificate" */
   char *name;             /* e.g. "certificates/web" */

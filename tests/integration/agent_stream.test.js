@@ -32,6 +32,10 @@ const ctx = useServer({ before, after, beforeEach, afterEach }, {
 const api = () => ctx.api;
 const enroll = (name, opts) => FakeAgent.enroll(ctx, name, opts);
 
+// Each listener on a port of its own: the API refuses two listeners on one
+// address that can land on the same agent.
+let nextPort = 18443;
+
 async function makeListener(id, selector = {}, extra = {}) {
   const certId = uid('cert');
   await api().CertificateService.CreateCertificate({
@@ -44,7 +48,7 @@ async function makeListener(id, selector = {}, extra = {}) {
   return api().ListenerService.CreateListener({
     listenerId: id,
     listener: {
-      address: '127.0.0.1:18443', defaultTlsContext: `tlsContexts/${ctxId}`, upstream: '127.0.0.1:18080',
+      address: `127.0.0.1:${nextPort++}`, defaultTlsContext: `tlsContexts/${ctxId}`, upstream: '127.0.0.1:18080',
       agentSelector: selector, ...extra,
     },
   });

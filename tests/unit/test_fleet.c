@@ -159,7 +159,7 @@ static void test_selection_and_deltas(void **state) {
   uint8_t *msg;
   size_t len, n_failures;
   const struct fleet_failure **failures;
-  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   assert_non_null(msg);
   assert_int_equal(n_failures, 0);
   Tlsplane__V1__SnapshotDelta *d = delta_of(msg, len);
@@ -176,7 +176,7 @@ static void test_selection_and_deltas(void **state) {
   assert_int_equal(rset_listener_count(agent), 2);
 
   /* Nothing changed: nothing to send. */
-  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   assert_null(msg);
 
   /* The certificate rotates: both listeners change, and the resources
@@ -184,7 +184,7 @@ static void test_selection_and_deltas(void **state) {
   put_certificate(&e, "certificates/web", "web-2", 1);
   struct fleet_world *w2;
   assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
-  assert_ok(fleet_delta(w2, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_ok(fleet_delta(w2, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   d = delta_of(msg, len);
   assert_int_equal(d->n_listeners, 2);
   assert_int_equal(d->n_resources, 2);
@@ -221,7 +221,7 @@ static void test_selection_and_deltas(void **state) {
   assert_ok(fleet_view_from_hello(v2, &hello, &err), err);
   free(hello.resources);
   rset_state_free(st);
-  assert_ok(fleet_delta(w2, v2, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_ok(fleet_delta(w2, v2, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   assert_non_null(msg);
   d = delta_of(msg, len);
   assert_int_equal(
@@ -231,7 +231,7 @@ static void test_selection_and_deltas(void **state) {
 
   /* Its labels change: a goes, b comes, no resource moves. */
   static const struct snapshot_label agent2[] = {{"agent", "2"}};
-  assert_ok(fleet_delta(w2, v2, agent2, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_ok(fleet_delta(w2, v2, agent2, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   d = delta_of(msg, len);
   assert_int_equal(d->n_listeners, 1);
   assert_string_equal(d->listeners[0]->listener->name, "listeners/b");
@@ -257,6 +257,10 @@ static void test_failure_keeps_what_agents_serve(void **state) {
   (void)state;
   struct env e;
   env_open(&e);
+  /* An unrelated listener on a certificate of its own. */
+  put_certificate(&e, "certificates/api", "api-1", 0);
+  put_context(&e, "tlsContexts/api", "certificates/api");
+  put_listener(&e, "listeners/d", 8444, "tlsContexts/api", "1");
   struct tp_err err = {0};
   struct fleet_world *w1, *w2, *w3;
   assert_ok(fleet_world_build(e.api.store, NULL, &w1, &err), err);
@@ -265,9 +269,10 @@ static void test_failure_keeps_what_agents_serve(void **state) {
   uint8_t *msg;
   size_t len, n_failures;
   const struct fleet_failure **failures;
-  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_ok(fleet_delta(w1, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   free(msg);
 
+  size_t n;
   sqlite3 *db;
   assert_int_equal(sqlite3_open(e.path, &db), SQLITE_OK);
   assert_int_equal(sqlite3_exec(db,
@@ -276,28 +281,71 @@ static void test_failure_keeps_what_agents_serve(void **state) {
                                 NULL, NULL, NULL),
                    SQLITE_OK);
   sqlite3_close(db);
+  /* A world reuses what no write touched since the previous one: the
+   * damage shows once the context is resolved again (a write to it, or a
+   * restart). */
+  assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
+  fleet_world_failures(w2, &n);
+  assert_int_equal(n, 0);
+  fleet_world_unref(w2);
+  Tlsplane__V1__TlsContext *t = calloc(1, sizeof(*t));
+  tlsplane__v1__tls_context__init(t);
+  t->name = strdup("tlsContexts/web");
+  t->certificates = calloc(1, sizeof(char *));
+  t->certificates[0] = strdup("certificates/web");
+  t->n_certificates = 1;
+  t->session_id_context = strdup("touched");
+  {
+    /* Written as the API would not let it be (its certificate no longer
+     * unseals): straight through the store's write path. */
+    struct store_txn *txn;
+    assert_ok(store_begin(e.api.store, 1, &txn, &err), err);
+    ProtobufCMessage *old = NULL;
+    struct store_row row = {0};
+    assert_ok(api_read(txn, &api_kind_tls_context, t->name, 0, &old, &row, &err), err);
+    uint8_t *data;
+    size_t data_len;
+    assert_int_equal(pb_pack(&t->base, &data, &data_len), 0);
+    struct store_write wr = {.kind = api_kind_tls_context.kind,
+                             .name = t->name,
+                             .expect_etag = row.etag,
+                             .data = data,
+                             .data_len = data_len,
+                             .actor = "test",
+                             .method = "test",
+                             .action = "update"};
+    struct store_row out = {0};
+    assert_ok(store_put(txn, &wr, &out, &err), err);
+    assert_ok(store_commit(txn, NULL, &err), err);
+    store_row_clear(&out);
+    store_row_clear(&row);
+    free(data);
+    protobuf_c_message_free_unpacked(old, NULL);
+  }
+  protobuf_c_message_free_unpacked(&t->base, NULL);
 
   assert_ok(fleet_world_build(e.api.store, w1, &w2, &err), err);
-  size_t n;
   const struct fleet_failure *f = fleet_world_failures(w2, &n);
   assert_int_equal(n, 3);
   assert_string_equal(f[0].listener, "listeners/a");
   assert_non_null(strstr(f[0].reason, "tlsContexts/web"));
-  assert_int_equal(fleet_world_listeners(w2), 3);
-  assert_ok(fleet_delta(w2, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  assert_int_equal(fleet_world_listeners(w2), 4);
+  assert_ok(fleet_delta(w2, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   assert_null(msg); /* the carried entries are what it holds */
   assert_int_equal(n_failures, 2);
   free(failures);
 
   /* Without a previous world (a restart), the agent keeps its listeners
-   * and every resource it holds. */
+   * and every resource it holds; the unrelated listener builds. */
   assert_ok(fleet_world_build(e.api.store, NULL, &w3, &err), err);
-  assert_ok(fleet_delta(w3, v, agent1, 1, &msg, &len, &failures, &n_failures, &err), err);
+  fleet_world_failures(w3, &n);
+  assert_int_equal(n, 3);
+  assert_ok(fleet_delta(w3, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
   assert_null(msg);
   assert_int_equal(n_failures, 2);
   free(failures);
-  assert_int_equal(fleet_view_listeners(v), 2);
-  assert_int_equal(fleet_view_resources(v), 3);
+  assert_int_equal(fleet_view_listeners(v), 3);
+  assert_int_equal(fleet_view_resources(v), 5);
 
   fleet_view_free(v);
   fleet_world_unref(w1);
