@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,9 +32,15 @@ struct tab {
 static char tomb_mark;
 #define TOMB ((void *)&tomb_mark)
 
+/* A held listener entry, shared by every set that holds it. */
+struct rlis {
+  atomic_int refs;
+  Tlsplane__V1__ListenerEntry *e; /* e->listener->name is the key */
+};
+
 struct rset {
   struct tab res;       /* struct rres * by hash */
-  struct tab listeners; /* Tlsplane__V1__ListenerEntry * by listener name */
+  struct tab listeners; /* struct rlis * by listener name */
 };
 
 /* --- keys --- */
@@ -56,7 +63,7 @@ static const uint8_t *res_hash(const void *entry) {
 }
 
 static const char *entry_name(const void *entry) {
-  return ((const Tlsplane__V1__ListenerEntry *)entry)->listener->name;
+  return ((const struct rlis *)entry)->e->listener->name;
 }
 
 /* The slot of key in t (found, or where it goes): is_res picks the
@@ -187,6 +194,13 @@ static void entry_free(Tlsplane__V1__ListenerEntry *e) {
     protobuf_c_message_free_unpacked(&e->base, NULL);
 }
 
+static void rlis_unref(struct rlis *l) {
+  if (l != NULL && atomic_fetch_sub(&l->refs, 1) == 1) {
+    entry_free(l->e);
+    free(l);
+  }
+}
+
 int rset_new(struct rset **out) {
   *out = calloc(1, sizeof(**out));
   return *out ? 0 : -ENOMEM;
@@ -200,12 +214,22 @@ void rset_free(struct rset *s) {
   while ((h = tab_next(&s->res, &it)) != NULL)
     rres_unref(h);
   it = 0;
-  Tlsplane__V1__ListenerEntry *e;
-  while ((e = tab_next(&s->listeners, &it)) != NULL)
-    entry_free(e);
+  struct rlis *l;
+  while ((l = tab_next(&s->listeners, &it)) != NULL)
+    rlis_unref(l);
   free(s->res.slots);
   free(s->listeners.slots);
   free(s);
+}
+
+/* SHA-256, fetched once: EVP_sha256() is fetched again (under the
+ * provider store's locks) by every EVP_Digest, a cost per resource that
+ * shows at tens of thousands of listeners. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void) {
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
 /* SHA-256 of msg serialized, over a buffer of its own. */
@@ -215,7 +239,8 @@ static int digest(const ProtobufCMessage *msg, uint8_t hash[RSET_HASH_LEN]) {
   if (buf == NULL)
     return -ENOMEM;
   protobuf_c_message_pack(msg, buf);
-  int ok = EVP_Digest(buf, len, hash, NULL, EVP_sha256(), NULL);
+  pthread_once(&sha256_once, sha256_fetch);
+  int ok = EVP_Digest(buf, len, hash, NULL, sha256_md != NULL ? sha256_md : EVP_sha256(), NULL);
   OPENSSL_cleanse(buf, len); /* it may hold a private key */
   free(buf);
   return ok ? 0 : -ENOMEM;
@@ -346,9 +371,16 @@ static int entry_settle(Tlsplane__V1__ListenerEntry *e, int verify, const char *
 
 /* Holds e (settled), replacing the entry of its name; takes ownership. */
 static int entry_hold(struct rset *s, Tlsplane__V1__ListenerEntry *e, struct tp_err *err) {
-  entry_free(tab_take(&s->listeners, 0, e->listener->name));
-  if (tab_insert(&s->listeners, 0, e) != 0) {
+  struct rlis *l = malloc(sizeof(*l));
+  if (l == NULL) {
     entry_free(e);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  atomic_init(&l->refs, 1);
+  l->e = e;
+  rlis_unref(tab_take(&s->listeners, 0, e->listener->name));
+  if (tab_insert(&s->listeners, 0, l) != 0) {
+    rlis_unref(l);
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
   return 0;
@@ -364,14 +396,30 @@ int rset_listener_put(struct rset *s, Tlsplane__V1__ListenerEntry *e, int verify
 }
 
 const Tlsplane__V1__ListenerEntry *rset_listener_get(const struct rset *s, const char *name) {
-  return tab_get(&s->listeners, 0, name);
+  const struct rlis *l = tab_get(&s->listeners, 0, name);
+  return l ? l->e : NULL;
+}
+
+int rset_listener_share(struct rset *dst, const struct rset *src, const char *name) {
+  struct rlis *l = tab_get(&src->listeners, 0, name);
+  if (l == NULL)
+    return -ENOENT;
+  if (tab_get(&dst->listeners, 0, name) == l)
+    return 0;
+  atomic_fetch_add(&l->refs, 1);
+  rlis_unref(tab_take(&dst->listeners, 0, name));
+  if (tab_insert(&dst->listeners, 0, l) != 0) {
+    rlis_unref(l);
+    return -ENOMEM;
+  }
+  return 0;
 }
 
 int rset_listener_remove(struct rset *s, const char *name) {
-  Tlsplane__V1__ListenerEntry *e = tab_take(&s->listeners, 0, name);
-  if (e == NULL)
+  struct rlis *l = tab_take(&s->listeners, 0, name);
+  if (l == NULL)
     return -ENOENT;
-  entry_free(e);
+  rlis_unref(l);
   return 0;
 }
 
@@ -380,7 +428,8 @@ size_t rset_listener_count(const struct rset *s) {
 }
 
 const Tlsplane__V1__ListenerEntry *rset_listener_next(const struct rset *s, size_t *iter) {
-  return tab_next(&s->listeners, iter);
+  const struct rlis *l = tab_next(&s->listeners, iter);
+  return l ? l->e : NULL;
 }
 
 /* A hash field that names a resource: 32 bytes. */
@@ -911,6 +960,9 @@ int rset_delta_apply(struct rset *s, Tlsplane__V1__SnapshotDelta *d, struct tp_e
   }
   /* d's listeners by name (borrowed), for the checks below. */
   struct tab names = {0};
+  struct rlis *wraps = calloc(d->n_listeners + 1, sizeof(*wraps));
+  if (wraps == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   for (size_t i = 0; i < d->n_listeners; i++) {
     char what[32];
     snprintf(what, sizeof(what), "listeners[%zu]", i);
@@ -922,10 +974,11 @@ int rset_delta_apply(struct rset *s, Tlsplane__V1__SnapshotDelta *d, struct tp_e
     else if (tab_get(&names, 0, d->listeners[i]->listener->name) != NULL)
       rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: %s appears twice", what,
                       d->listeners[i]->listener->name);
-    else if (tab_insert(&names, 0, d->listeners[i]) != 0)
+    else if ((wraps[i].e = d->listeners[i], tab_insert(&names, 0, &wraps[i])) != 0)
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     if (rc != 0) {
       free(names.slots);
+      free(wraps);
       return -1;
     }
   }
@@ -935,6 +988,7 @@ int rset_delta_apply(struct rset *s, Tlsplane__V1__SnapshotDelta *d, struct tp_e
   for (size_t i = 0; i < d->n_removed_listeners; i++) {
     if (tab_get(&names, 0, d->removed_listeners[i]) != NULL) {
       free(names.slots);
+      free(wraps);
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                         "removed_listeners[%zu]: %s is also added", i, d->removed_listeners[i]);
     }
@@ -942,6 +996,7 @@ int rset_delta_apply(struct rset *s, Tlsplane__V1__SnapshotDelta *d, struct tp_e
   for (size_t i = 0; i < d->n_removed_resources; i++) {
     if (!ref_ok(&d->removed_resources[i])) {
       free(names.slots);
+      free(wraps);
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                         "removed_resources[%zu]: %zu bytes, not %d", i, d->removed_resources[i].len,
                         RSET_HASH_LEN);
@@ -977,6 +1032,7 @@ int rset_delta_apply(struct rset *s, Tlsplane__V1__SnapshotDelta *d, struct tp_e
     }
   }
   free(names.slots);
+  free(wraps);
   keys_free(&a.removed, removed_keys);
   keys_free(&a.added, added_keys);
   if (rc != 0)

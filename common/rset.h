@@ -10,8 +10,9 @@
  * resources inline) goes both ways too: rset_intern (a snapshot file, an
  * older server) and rset_resolve per listener (an older agent).
  *
- * Resources are immutable once held and reference counted: two sets may
- * share one (rset_resource_share), so an agent can keep the resources of
+ * Resources and listener entries are immutable once held and reference
+ * counted: two sets may share one (rset_resource_share,
+ * rset_listener_share), so an agent can keep the resources of
  * the version it serves beside those of a newer one at no copy. Key
  * material (a certificate's private key, ticket keys) is wiped when the
  * last reference goes.
@@ -72,6 +73,10 @@ const Tlsplane__V1__Resource *rset_resource_next(const struct rset *s, size_t *i
 int rset_listener_put(struct rset *s, Tlsplane__V1__ListenerEntry *e, int verify,
                       struct tp_err *err);
 const Tlsplane__V1__ListenerEntry *rset_listener_get(const struct rset *s, const char *name);
+/* Makes dst hold src's entry for listener `name` as well (shared, not
+ * copied; replacing one of that name). Its resources are not shared with
+ * it (rset_resource_share). 0, -ENOENT, -ENOMEM. */
+int rset_listener_share(struct rset *dst, const struct rset *src, const char *name);
 /* 0 or -ENOENT. */
 int rset_listener_remove(struct rset *s, const char *name);
 size_t rset_listener_count(const struct rset *s);

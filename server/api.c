@@ -647,7 +647,18 @@ static int build_update(struct api_op *op, struct attempt *a, ProtobufCMessage *
                         struct tp_err *err, const void *data) {
   const struct update_args *u = data;
   const struct api_kind *kind = op->kind;
-  if (api_read(op->txn, kind, u->name, 1, &a->old, &a->old_row, err) != 0)
+  /* A new secret in the request replaces the stored one, unread. */
+  int with_secret = 1;
+  for (size_t i = 0; i < u->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = u->fields[i];
+    if (!is_listed(kind->secret_fields, f->name))
+      continue;
+    const void *v = pb_member(u->in, f);
+    if ((f->type == PROTOBUF_C_TYPE_STRING && (*(char *const *)v)[0] != '\0') ||
+        (f->type == PROTOBUF_C_TYPE_BYTES && ((const ProtobufCBinaryData *)v)->len > 0))
+      with_secret = 0;
+  }
+  if (api_read(op->txn, kind, u->name, with_secret, &a->old, &a->old_row, err) != 0)
     return -1;
   op->old = a->old;
   op->old_row = &a->old_row;

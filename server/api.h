@@ -109,6 +109,11 @@ struct api_kind {
   /* Runs after a delete committed. May be NULL. */
   void (*deleted)(struct api *api, const char *name);
   int read_only; /* no Create/Update through the API */
+  /* Input fields that carry the secret (proto names, NULL-terminated; may
+   * be NULL): an update that brings a new value for one does not read the
+   * stored secret, so that a secret that no longer unseals can be
+   * replaced. */
+  const char *const *secret_fields;
 };
 
 /* A custom method of a service. */

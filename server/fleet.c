@@ -114,6 +114,9 @@ struct wlistener {
    * agent keeps what it holds under this name). */
   const Tlsplane__V1__ListenerEntry *entry;
   const struct fleet_failure *failure; /* NULL: built at this revision */
+  /* Failed with no earlier entry: its row, decoded when it could be (for
+   * its agent_selector; NULL: which agents it is for is unknown). */
+  Tlsplane__V1__Listener *failed_row;
 };
 
 /* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
@@ -282,17 +285,30 @@ static int memo_reuse(struct build *b, struct memo *m, const struct memo *old, i
   return 0;
 }
 
+/* The start of a context's (is_context) or ring's memo in this build: 1
+ * with *out the memo when it is settled already (found, reused from the
+ * previous world, known bad; NULL: out of memory), 0 with *out a new memo
+ * for the caller to resolve. */
+static int memo_begin(struct build *b, int is_context, const char *name, struct memo **out) {
+  struct memo_tab *mine = is_context ? &b->w->contexts : &b->w->rings;
+  if ((*out = memo_find(mine, name)) != NULL)
+    return 1;
+  if ((*out = memo_add(mine, name)) == NULL)
+    return 1;
+  const struct memo *old =
+      b->prev == NULL ? NULL : memo_find(is_context ? &b->prev->contexts : &b->prev->rings, name);
+  if (old != NULL && memo_unchanged(b, old)) {
+    if (memo_reuse(b, *out, old, is_context) != 0)
+      *out = NULL;
+    return 1;
+  }
+  return bad_known(b, *out);
+}
+
 /* The memo of context `name`: resolved (keys unsealed) once per build. */
 static const struct memo *context_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->w->contexts, name);
-  if (m != NULL)
-    return m;
-  if ((m = memo_add(&b->w->contexts, name)) == NULL)
-    return NULL;
-  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->contexts, name) : NULL;
-  if (old != NULL && memo_unchanged(b, old))
-    return memo_reuse(b, m, old, 1) == 0 ? m : NULL;
-  if (bad_known(b, m))
+  struct memo *m;
+  if (memo_begin(b, 1, name, &m))
     return m;
   struct tp_err err = {0};
   ProtobufCMessage *ctx = NULL;
@@ -319,15 +335,8 @@ static const struct memo *context_memo(struct build *b, const char *name) {
 
 /* The memo of ticket-key ring `name`. */
 static const struct memo *ring_memo(struct build *b, const char *name) {
-  struct memo *m = memo_find(&b->w->rings, name);
-  if (m != NULL)
-    return m;
-  if ((m = memo_add(&b->w->rings, name)) == NULL)
-    return NULL;
-  const struct memo *old = b->prev != NULL ? memo_find(&b->prev->rings, name) : NULL;
-  if (old != NULL && memo_unchanged(b, old))
-    return memo_reuse(b, m, old, 0) == 0 ? m : NULL;
-  if (bad_known(b, m))
+  struct memo *m;
+  if (memo_begin(b, 0, name, &m))
     return m;
   struct tp_err err = {0};
   ProtobufCMessage *ring = NULL;
@@ -693,6 +702,143 @@ int fleet_world_agent(const struct fleet_world *w, const char *name,
   return 0;
 }
 
+/* Adds listener `name` to the world being built: l (taken; NULL when its
+ * row could not be read, then why says why) built into an entry, or, when
+ * that fails, the failure recorded and what agents serve of it kept. 0, or
+ * -1 (err set) when the world cannot be built (out of memory). */
+static int listener_add(struct build *b, const char *name, Tlsplane__V1__Listener *l,
+                        struct tp_err *why, struct tp_err *err) {
+  struct fleet_world *w = b->w;
+  struct wlistener *wl = &w->ls[w->n_ls];
+  if ((wl->name = strdup(name)) == NULL) {
+    if (l != NULL)
+      protobuf_c_message_free_unpacked(&l->base, NULL);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  w->n_ls++;
+  if (l != NULL && entry_build(b, l, why) == 0)
+    return 0;
+  if (why->status == GRPC_STATUS_RESOURCE_EXHAUSTED) { /* out of memory: no world */
+    *err = *why;
+    return -1;
+  }
+  /* Invariant 8: what the agents serve of it stays. */
+  int carried = failure_add(b, wl->name, why->msg) != 0 ? -1 : entry_carry(b, wl->name, err);
+  if (carried < 0) {
+    if (err->msg[0] == '\0')
+      tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return -1;
+  }
+  if (carried == 0 && !store_txn_failed(b->txn)) {
+    /* For its agent_selector: which agents may serve it. */
+    ProtobufCMessage *row = NULL;
+    struct tp_err ignored = {0};
+    if (api_read(b->txn, &api_kind_listener, name, 0, &row, NULL, &ignored) == 0)
+      wl->failed_row = (Tlsplane__V1__Listener *)row;
+  }
+  return 0;
+}
+
+/* Takes the previous world's entry e over when nothing it uses changed:
+ * 1 taken (shared), 0 not (it must be built again), -1 out of memory. */
+static int entry_reuse(struct build *b, const Tlsplane__V1__ListenerEntry *e) {
+  for (size_t i = 0; i < e->n_tls_contexts; i++) {
+    const struct memo *m = context_memo(b, e->tls_contexts[i]->key);
+    if (m == NULL)
+      return -1;
+    if (!m->ok || e->tls_contexts[i]->value.len != RSET_HASH_LEN ||
+        memcmp(m->hash, e->tls_contexts[i]->value.data, RSET_HASH_LEN) != 0)
+      return 0;
+  }
+  if (e->listener->ticket_key_ring[0] != '\0') {
+    const struct memo *m = ring_memo(b, e->listener->ticket_key_ring);
+    if (m == NULL)
+      return -1;
+    if (!m->ok || e->ticket_keys.len != RSET_HASH_LEN ||
+        memcmp(m->hash, e->ticket_keys.data, RSET_HASH_LEN) != 0)
+      return 0;
+  }
+  /* Its resources came with the memos (reused or resolved again to the
+   * same content). */
+  return rset_listener_share(b->w->set, b->prev->set, e->listener->name) == 0 ? 1 : -1;
+}
+
+static int name_cmp(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The listeners from the previous world and what was written since: a
+ * listener whose row and whose contexts and ring no write touched is
+ * shared as it is; the others are read and built again. */
+static int world_listeners_since(struct build *b, struct tp_err *err) {
+  const struct fleet_world *prev = b->prev;
+  const size_t prefix = strlen(api_kind_listener.collection);
+  size_t cap = prev->n_ls + b->changed.n + 1, n = 0;
+  const char **names = calloc(cap, sizeof(*names));
+  if (names == NULL || (b->w->ls = calloc(cap, sizeof(*b->w->ls))) == NULL) {
+    free(names);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  for (size_t i = 0; i < prev->n_ls; i++)
+    names[n++] = prev->ls[i].name;
+  for (size_t i = 0; i < b->changed.n; i++) {
+    const char *name = b->changed.v[i].name;
+    if (strncmp(name, api_kind_listener.collection, prefix) == 0 && name[prefix] == '/' &&
+        world_find(prev, name) == NULL)
+      names[n++] = name; /* new since */
+  }
+  if (n > 1)
+    qsort(names, n, sizeof(*names), name_cmp);
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && !b->restart && i < n; i++) {
+    const struct wlistener *old = world_find(prev, names[i]);
+    int touched = memo_find(&b->changed, names[i]) != NULL;
+    if (!touched && old != NULL && old->entry != NULL && old->failure == NULL) {
+      int reused = entry_reuse(b, old->entry);
+      if (b->restart)
+        break; /* a context aborted the transaction: begin again past it */
+      if (reused < 0) {
+        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      if (reused) {
+        struct wlistener *wl = &b->w->ls[b->w->n_ls];
+        if ((wl->name = strdup(names[i])) == NULL) {
+          rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+          break;
+        }
+        b->w->n_ls++;
+        continue;
+      }
+      /* Its row as it was (no write touched it): built again from the
+       * previous entry's copy, without reading the store. */
+      struct tp_err why = {0};
+      ProtobufCMessage *copy = pb_clone(&old->entry->listener->base);
+      if (copy == NULL) {
+        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      rc = listener_add(b, names[i], (Tlsplane__V1__Listener *)copy, &why, err);
+      continue;
+    }
+    struct tp_err why = {0};
+    ProtobufCMessage *l = NULL;
+    const struct memo *bad = memo_find(b->bad, names[i]);
+    if (bad != NULL) { /* failed its integrity check in an earlier attempt */
+      tp_err_set(&why, GRPC_STATUS_DATA_LOSS, "%s", bad->reason ? bad->reason : "cannot be read");
+    } else if (api_read(b->txn, &api_kind_listener, names[i], 0, &l, NULL, &why) != 0) {
+      if (why.status == GRPC_STATUS_NOT_FOUND)
+        continue; /* deleted */
+      bad_note(b, names[i], why.msg);
+      if (b->restart)
+        break;
+    }
+    rc = listener_add(b, names[i], (Tlsplane__V1__Listener *)l, &why, err);
+  }
+  free(names);
+  return rc;
+}
+
 /* One attempt at a world (see fleet_world_build); *restart set when it
  * met a row that aborted its transaction (noted in bad). */
 static int world_try(struct store *store, const struct fleet_world *prev, struct memo_tab *bad,
@@ -728,34 +874,20 @@ static int world_try(struct store *store, const struct fleet_world *prev, struct
         b.changed_all = 1;
     store_audit_free(audit, n_audit);
   }
-  int rc = store_list(b.txn, &q, &rows, &n, err);
-  if (rc == 0 && (w->ls = calloc(n ? n : 1, sizeof(*w->ls))) == NULL)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  /* Rows come in name order, and so do the world's listeners. */
-  for (size_t i = 0; rc == 0 && !b.restart && i < n; i++) {
-    struct tp_err why = {0};
-    struct wlistener *wl = &w->ls[w->n_ls];
-    if ((wl->name = strdup(rows[i].name)) == NULL) {
+  int rc = 0;
+  if (b.changed_all) {
+    rc = store_list(b.txn, &q, &rows, &n, err);
+    if (rc == 0 && (w->ls = calloc(n ? n : 1, sizeof(*w->ls))) == NULL)
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      break;
+    /* Rows come in name order, and so do the world's listeners. */
+    for (size_t i = 0; rc == 0 && !b.restart && i < n; i++) {
+      struct tp_err why = {0};
+      Tlsplane__V1__Listener *l =
+          (Tlsplane__V1__Listener *)api_decode_row(&api_kind_listener, &rows[i], &why);
+      rc = listener_add(&b, rows[i].name, l, &why, err);
     }
-    w->n_ls++;
-    Tlsplane__V1__Listener *l =
-        (Tlsplane__V1__Listener *)api_decode_row(&api_kind_listener, &rows[i], &why);
-    int built = l != NULL && entry_build(&b, l, &why) == 0;
-    if (built)
-      continue;
-    if (why.status == GRPC_STATUS_RESOURCE_EXHAUSTED) { /* out of memory: no world */
-      *err = why;
-      rc = -1;
-      break;
-    }
-    /* Invariant 8: what the agents serve of it stays. */
-    if (failure_add(&b, wl->name, why.msg) != 0 || entry_carry(&b, wl->name, err) < 0) {
-      if (err->msg[0] == '\0')
-        tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-      rc = -1;
-    }
+  } else {
+    rc = world_listeners_since(&b, err);
   }
   store_rows_free(rows, n);
   *restart = b.restart;
@@ -806,8 +938,11 @@ void fleet_world_ref(struct fleet_world *w) {
 void fleet_world_unref(struct fleet_world *w) {
   if (w == NULL || atomic_fetch_sub(&w->refs, 1) != 1)
     return;
-  for (size_t i = 0; i < w->n_ls; i++)
+  for (size_t i = 0; i < w->n_ls; i++) {
     free(w->ls[i].name);
+    if (w->ls[i].failed_row != NULL)
+      protobuf_c_message_free_unpacked(&w->ls[i].failed_row->base, NULL);
+  }
   free(w->ls);
   for (size_t i = 0; i < w->n_failures; i++) {
     free((char *)w->failures[i].listener);
@@ -1198,6 +1333,29 @@ int fleet_snapshot(const struct fleet_world *w, const struct snapshot_label *lab
   size_t *sel = NULL, n_sel = 0, cap_fail = 0;
   if (select_listeners(w, labels, n_labels, &sel, &n_sel) != 0)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* A listener that failed with nothing to carry may be one the agent
+   * serves: a whole snapshot without it would remove it, so the agent is
+   * sent nothing until it builds. */
+  for (size_t i = 0; i < w->n_ls; i++) {
+    const struct wlistener *wl = &w->ls[i];
+    if (wl->entry != NULL || wl->failure == NULL)
+      continue;
+    if (wl->failed_row != NULL && !snapshot_selector_matches(wl->failed_row, labels, n_labels))
+      continue;
+    if (failure_push(failures, n_failures, &cap_fail, wl->failure) != 0) {
+      free(sel);
+      free(*failures);
+      *failures = NULL;
+      *n_failures = 0;
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
+  }
+  if (*n_failures > 0) {
+    free(sel);
+    *out = NULL;
+    *len = 0;
+    return 0;
+  }
   Tlsplane__V1__Snapshot snap = TLSPLANE__V1__SNAPSHOT__INIT;
   snap.listeners = calloc(n_sel + 1, sizeof(*snap.listeners));
   int rc = snap.listeners ? 0 : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");

@@ -102,8 +102,9 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
 /* The protocol 1 form for an older agent: a packed ServerMessage carrying
  * the whole Snapshot of its listeners at w's revision, and the hash of
  * that snapshot without its revision (unchanged content is not sent
- * again). Failed listeners keep their previous world's entry; ones with
- * none are left out (an older agent cannot be told to keep them). */
+ * again). Failed listeners keep their previous world's entry; while one
+ * with none could be the agent's (its selector matches, or is unknown),
+ * *out is NULL: a whole snapshot without it would remove it. */
 int fleet_snapshot(const struct fleet_world *w, const struct snapshot_label *labels,
                    size_t n_labels, uint8_t **out, size_t *len, uint8_t hash[RSET_HASH_LEN],
                    const struct fleet_failure ***failures, size_t *n_failures, struct tp_err *err);

@@ -9,8 +9,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 
 #define HEALTH_MAGIC 0x4ea17400u
-/* How long one rpc_stream_wait of Watch lasts; a shutdown is seen sooner. */
-#define WATCH_POLL_MS 1000
+#define WATCH_MAGIC 0x4ea17401u
 
 typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
 
@@ -20,6 +19,14 @@ struct health {
   struct rpc_server *srv;
   char **names; /* the services answered for, besides "" */
   size_t n_names;
+};
+
+/* One Watch stream; travels as its stream data. */
+struct watch {
+  uint32_t magic;
+  const struct health *h;
+  int answered;        /* the request came and its status was sent */
+  int notify_shutdown; /* a known service, not already NOT_SERVING */
 };
 
 static struct health *health_from(void *data) {
@@ -60,38 +67,79 @@ static int health_check(const struct rpc_call_info *call, const ProtobufCMessage
   return 0;
 }
 
+static struct watch *watch_from(void *data) {
+  struct watch *w = data;
+  if (w == NULL || w->magic != WATCH_MAGIC)
+    abort();
+  return w;
+}
+
 static int watch_send(struct rpc_stream *stream, serving_status status) {
   Grpc__Health__V1__HealthCheckResponse out = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
   out.status = status;
   return rpc_stream_send(stream, &out.base);
 }
 
-/* Statuses never change while the server runs, so Watch has one message to
- * send, and a second one (NOT_SERVING) when shutdown begins. */
-static int health_watch(const struct rpc_call_info *call, struct rpc_stream *stream,
-                        struct tp_err *err, void *data) {
-  const struct health *h = health_from(data);
-  ProtobufCMessage *msg = NULL;
-  int rc = rpc_stream_recv(stream, &grpc__health__v1__health_check_request__descriptor, &msg, err);
-  if (rc < 0)
-    return -1;
-  if (rc == 0)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "request: no message");
-  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)msg;
-  int known = service_known(h, r->service);
-  protobuf_c_message_free_unpacked(msg, NULL);
-  serving_status first =
-      known ? current_status(h)
-            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
-  if (watch_send(stream, first) < 0)
-    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
-  while (!rpc_stream_wait(stream, WATCH_POLL_MS))
-    ;
-  if (known && rpc_stream_shutting_down(stream) &&
-      first != GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING)
-    watch_send(stream, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+/* Watch: statuses never change while the server runs, so a Watch has one
+ * message to send, and a second one (NOT_SERVING) when shutdown begins.
+ * Between the two the stream is held without a thread, until the client
+ * ends it or the server shuts down. */
+static int watch_started(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                         void **stream_data, struct tp_err *err) {
+  struct watch *w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  w->magic = WATCH_MAGIC;
+  w->h = health_from(data);
+  *stream_data = w;
   return 0;
 }
+
+/* The one request. Nothing more is read: the answer does not change. */
+static int watch_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *msg,
+                         struct tp_err *err) {
+  struct watch *w = watch_from(stream_data);
+  const Grpc__Health__V1__HealthCheckRequest *r = (const Grpc__Health__V1__HealthCheckRequest *)msg;
+  int known = service_known(w->h, r->service);
+  protobuf_c_message_free_unpacked(msg, NULL);
+  serving_status first =
+      known ? current_status(w->h)
+            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+  w->answered = 1;
+  w->notify_shutdown =
+      known && first != GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+  if (watch_send(stream, first) < 0)
+    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
+  return 1;
+}
+
+/* Only before the request (after it nothing is read): a Watch needs one. */
+static void watch_half_closed(struct rpc_stream *stream, void *stream_data) {
+  if (!watch_from(stream_data)->answered)
+    rpc_stream_finish(stream, GRPC_STATUS_INVALID_ARGUMENT, "request: no message");
+}
+
+static void watch_shutdown(struct rpc_stream *stream, void *stream_data) {
+  struct watch *w = watch_from(stream_data);
+  if (w->notify_shutdown)
+    watch_send(stream, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+  rpc_stream_finish(stream, GRPC_STATUS_OK, NULL);
+}
+
+static void watch_ended(struct rpc_stream *stream, void *stream_data) {
+  struct watch *w = watch_from(stream_data);
+  w->magic = 0;
+  free(w);
+}
+
+static const struct rpc_stream_ops watch_ops = {
+    .req = &grpc__health__v1__health_check_request__descriptor,
+    .started = watch_started,
+    .message = watch_message,
+    .half_closed = watch_half_closed,
+    .shutdown = watch_shutdown,
+    .ended = watch_ended,
+};
 
 static void health_free(void *data) {
   struct health *h = data;
@@ -128,7 +176,7 @@ int health_register(struct rpc_server *srv, const char *const *services, size_t 
       srv, "/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
       &grpc__health__v1__health_check_response__descriptor, health_check, h);
   if (rc == 0)
-    rc = rpc_server_add_stream(srv, "/grpc.health.v1.Health/Watch", health_watch, h);
+    rc = rpc_server_add_stream(srv, "/grpc.health.v1.Health/Watch", &watch_ops, h);
   return rc;
 
 failed_malloc:

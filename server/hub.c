@@ -1,18 +1,32 @@
-/* The push hub. One thread per agent stream (the RPC core gives each
- * streaming call its own) sends snapshots; a second thread per stream reads
- * the agent's hellos, acks and stats. Both meet in struct hub_agent under
- * the hub's lock.
+/* The push hub. Agent streams hold no thread: the RPC core runs each
+ * stream's callbacks on its pool (the hello, then acks and stats, each a
+ * short update of struct hub_agent under the hub's lock; the hello also a
+ * short store write), and one push thread, the hub's own, sends snapshots:
+ * woken by every committed revision (hub_notify), every agent that
+ * connects and every stream that drained, it decides for each connected
+ * agent whose checked revision is behind whether the revision changed
+ * what that agent serves (push()), and queues the snapshot on its stream
+ * if so. Sends never wait: a slow agent's stream keeps at most one
+ * message queued, and is taken again once it drained.
+ *
+ * What is sent comes from the revision's world (fleet.h), built once for
+ * every agent: a protocol 2 agent gets the delta between what it holds
+ * (its view) and the world's listeners for its labels, an older agent its
+ * whole snapshot when that changed. A world that cannot be built, or is
+ * built with failures, is built again on a back-off; nothing is removed
+ * from an agent meanwhile (invariant 8).
  *
  * What an agent receives is chosen by the labels of its record in the
- * store (set by its join token and UpdateAgent), read again for every
- * revision; the labels its hello claims are only recorded, and a claim
- * that differs from the record is reported, never followed. */
+ * store (set by its join token and UpdateAgent), which the world holds;
+ * the labels its hello claims are only recorded, and a claim that differs
+ * from the record is reported, never followed. */
 #include "hub.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +38,7 @@
 #include "pb.h"
 #include "snapshot.h"
 
-#define HUB_WAKE_MS 1000 /* a stream re-checks shutdown at least this often */
+#define HUB_CONN_MAGIC 0x6875bc0eu
 #define HASH_LEN RSET_HASH_LEN
 /* A world that could not be built, or built with failures, is built again
  * after a delay that doubles from the first to the last. */
@@ -48,17 +62,19 @@ struct hub_agent {
   char *name; /* "agents/edge-1" */
   char *version;
   int connected;
-  uint64_t connection; /* which stream owns this entry */
-  struct rpc_stream *stream;
-  int reader_done; /* the agent's side of the stream ended */
-  int cut;         /* replaced or deleted: the stream must end */
+  uint64_t connection;       /* which stream owns this entry */
+  struct rpc_stream *stream; /* referenced while connected */
+  int cut;                   /* replaced or deleted: the stream must end */
+  int fresh;                 /* connected, its first round not done yet */
+  int pinned;                /* the push thread works on it outside the lock */
+  int doomed;                /* unlinked while pinned: the push thread frees it */
   int64_t last_seen_us;
   int64_t sent_revision;    /* of the last snapshot sent */
   int64_t checked_revision; /* newest revision compared with what was sent */
   int64_t applied_revision; /* from the last ack */
   int protocol;             /* of its hello: PROTOCOL_DELTA, or older (whole snapshots) */
   /* Protocol 2: what the agent holds (its hello, then every delta sent);
-   * only the stream's own thread uses it. */
+   * only the push thread uses it once the entry is attached. */
   struct fleet_view *view;
   uint64_t world_generation;         /* of the world last pushed */
   unsigned char sent_hash[HASH_LEN]; /* older protocol: of the last snapshot sent */
@@ -73,10 +89,16 @@ struct hub_agent {
   Tlsplane__V1__PushStats pushed; /* on this stream; counts only, no pointers */
 };
 
+/* Invariants: agents, revision, kicked, stop and every hub_agent field
+ * are guarded by lock; an agent entry is freed by whoever unlinks it,
+ * unless pinned (then by the push thread). */
 struct hub {
   struct api *api;
   pthread_mutex_t lock;
-  pthread_cond_t changed; /* a revision committed, or an agent's state changed */
+  pthread_cond_t changed; /* kicked or stop: for the push thread */
+  int kicked;             /* a revision committed, an agent connected, a stream drained */
+  int stop;
+  pthread_t pusher;
   int64_t revision;
   struct hub_agent *agents;
   uint64_t connections;
@@ -112,6 +134,8 @@ static void commit_hook(int64_t revision, void *data) {
   hub_notify(data, revision);
 }
 
+static void *push_main(void *arg);
+
 int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   struct hub *hub = calloc(1, sizeof(*hub));
   if (hub == NULL)
@@ -125,6 +149,15 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
   pthread_cond_init(&hub->changed, &attr);
   pthread_condattr_destroy(&attr);
+  int rc = pthread_create(&hub->pusher, NULL, push_main, hub);
+  if (rc != 0) {
+    pthread_cond_destroy(&hub->changed);
+    pthread_mutex_destroy(&hub->world_lock);
+    pthread_mutex_destroy(&hub->lock);
+    free(hub);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "hub: cannot start the push thread: %s",
+                      strerror(rc));
+  }
   store_set_commit_hook(api->store, commit_hook, hub);
   *out = hub;
   return 0;
@@ -154,6 +187,11 @@ void hub_free(struct hub *hub) {
   if (hub == NULL)
     return;
   store_set_commit_hook(hub->api->store, NULL, NULL);
+  pthread_mutex_lock(&hub->lock);
+  hub->stop = 1;
+  pthread_cond_broadcast(&hub->changed);
+  pthread_mutex_unlock(&hub->lock);
+  pthread_join(hub->pusher, NULL);
   while (hub->agents != NULL) {
     struct hub_agent *a = hub->agents;
     hub->agents = a->next;
@@ -170,6 +208,7 @@ void hub_notify(struct hub *hub, int64_t revision) {
   pthread_mutex_lock(&hub->lock);
   if (revision > hub->revision)
     hub->revision = revision;
+  hub->kicked = 1;
   pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
 }
@@ -255,13 +294,6 @@ static struct fleet_world *world_get(struct hub *hub, int64_t revision, char *er
   return w;
 }
 
-/* Whether a's stream has a world to push that it has not pushed: a retry
- * is due, or another stream built a newer world. Read without a lock. */
-static int world_pending(struct hub *hub, uint64_t seen_generation) {
-  int64_t at = atomic_load(&hub->retry_at_ms);
-  return (at != 0 && mono_ms() >= at) || atomic_load(&hub->world_generation) != seen_generation;
-}
-
 /* --- agents --- */
 
 /* A new entry for a connecting agent, from its hello (what it receives
@@ -305,8 +337,9 @@ static void labels_text(const ProtobufCMessage *m, const char *map, char *buf, s
 }
 
 /* Records what the agent's hello reports (its version, the labels it
- * claims) when the record is new or they changed (one revision). A claim that differs from the
- * record is logged; it changes nothing the agent receives. */
+ * claims) when the record is new or they changed (one revision), and
+ * gives a the labels of its record. A claim that differs from the record
+ * is logged; it changes nothing the agent receives. */
 static int agent_record(struct hub *hub, const struct rpc_call_info *call,
                         const Tlsplane__V1__AgentHello *hello, struct hub_agent *a,
                         struct tp_err *err) {
@@ -386,31 +419,54 @@ static int agent_record(struct hub *hub, const struct rpc_call_info *call,
   return store_commit(txn, NULL, err);
 }
 
-/* Takes the agent's place in the hub for this connection; an older
- * connection of the same agent is cut. */
+/* Unlinks a from the agent list (hub->lock) and frees it, unless the push
+ * thread holds it: then that thread frees it once done (a->doomed). */
+static void agent_drop(struct hub *hub, struct hub_agent *a) {
+  for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next)
+    if (*pp == a) {
+      *pp = a->next;
+      break;
+    }
+  a->next = NULL;
+  if (a->pinned)
+    a->doomed = 1;
+  else
+    agent_free(a);
+}
+
+/* Wakes the push thread (hub->lock). */
+static void hub_kick(struct hub *hub) {
+  hub->kicked = 1;
+  pthread_cond_broadcast(&hub->changed);
+}
+
+/* Takes the agent's place in the hub for this connection (holding a
+ * reference on stream until agent_detach); an older connection of the
+ * same agent is cut. */
 static void agent_attach(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream) {
+  rpc_stream_ref(stream);
   pthread_mutex_lock(&hub->lock);
-  for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next) {
-    struct hub_agent *old = *pp;
+  for (struct hub_agent *old = hub->agents; old != NULL; old = old->next) {
     if (strcmp(old->name, a->name) != 0)
       continue;
     if (old->connected) {
       old->cut = 1;
-      rpc_stream_cancel(old->stream, GRPC_STATUS_ABORTED,
+      rpc_stream_finish(old->stream, GRPC_STATUS_ABORTED,
                         "replaced by a newer connection of the same agent");
-      /* The old stream's thread removes its entry when it ends. */
-      break;
+      /* The old stream's ended callback removes its entry. */
+    } else {
+      agent_drop(hub, old);
     }
-    *pp = old->next;
-    agent_free(old);
     break;
   }
   a->connected = 1;
+  a->fresh = 1;
   a->stream = stream;
   a->connection = ++hub->connections;
   a->last_seen_us = now_us();
   a->next = hub->agents;
   hub->agents = a;
+  hub_kick(hub);
   pthread_mutex_unlock(&hub->lock);
 }
 
@@ -418,82 +474,51 @@ static void agent_attach(struct hub *hub, struct hub_agent *a, struct rpc_stream
  * connection of the same agent replaced it. */
 static void agent_detach(struct hub *hub, struct hub_agent *a) {
   pthread_mutex_lock(&hub->lock);
+  struct rpc_stream *stream = a->stream;
   a->connected = 0;
   a->stream = NULL;
   a->last_seen_us = now_us();
   int replaced = 0;
   for (struct hub_agent *o = hub->agents; o != NULL; o = o->next)
     replaced |= o != a && strcmp(o->name, a->name) == 0;
-  if (replaced || a->cut) {
-    for (struct hub_agent **pp = &hub->agents; *pp != NULL; pp = &(*pp)->next)
-      if (*pp == a) {
-        *pp = a->next;
-        break;
-      }
-    agent_free(a);
-  }
-  pthread_cond_broadcast(&hub->changed);
+  if (replaced || a->cut)
+    agent_drop(hub, a);
   pthread_mutex_unlock(&hub->lock);
+  if (stream != NULL)
+    rpc_stream_unref(stream);
 }
 
-struct reader {
-  struct hub *hub;
-  struct hub_agent *agent;
-  struct rpc_stream *stream;
-};
-
-/* Reads acks and stats until the stream ends. */
-static void *reader_main(void *arg) {
-  struct reader *r = arg;
-  struct hub *hub = r->hub;
-  struct hub_agent *a = r->agent;
-  for (;;) {
-    ProtobufCMessage *m = NULL;
-    struct tp_err err = {0};
-    int got = rpc_stream_recv(r->stream, &tlsplane__v1__agent_message__descriptor, &m, &err);
-    if (got <= 0) {
-      /* A message refused on input (not UTF-8, out of range) ends the
-       * stream with the reason, so that the agent's log names the field. */
-      if (got < 0 && err.status == GRPC_STATUS_INVALID_ARGUMENT)
-        rpc_stream_cancel(r->stream, err.status, err.msg);
-      break;
-    }
-    Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
-    pthread_mutex_lock(&hub->lock);
-    a->last_seen_us = now_us();
-    if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
-      Tlsplane__V1__AgentAck *ack = msg->ack;
-      msg->ack = NULL;
-      msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
-      a->applied_revision = ack->revision;
-      for (size_t i = 0; i < ack->n_listeners; i++)
-        if (!ack->listeners[i]->applied) {
-          /* The agent's words: escaped, so that they cannot forge a line. */
-          char listener[LOG_ESCAPE_LEN], reason[LOG_ESCAPE_LEN * 2];
-          log_warn("hub", "agent=%s revision=%lld listener=\"%s\" not applied: \"%s\"", a->name,
-                   (long long)ack->revision,
-                   log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
-                   log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
-        }
-      if (a->last_ack != NULL)
-        protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
-      a->last_ack = ack;
-    } else if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_STATS) {
-      if (a->stats != NULL)
-        protobuf_c_message_free_unpacked(&a->stats->base, NULL);
-      a->stats = msg->stats;
-      msg->stats = NULL;
-      msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
-    }
-    pthread_cond_broadcast(&hub->changed);
-    pthread_mutex_unlock(&hub->lock);
-    protobuf_c_message_free_unpacked(m, NULL);
-  }
+/* An ack or stats from a connected agent: recorded for the API. Takes
+ * ownership of msg. */
+static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__AgentMessage *msg) {
   pthread_mutex_lock(&hub->lock);
-  a->reader_done = 1;
-  pthread_cond_broadcast(&hub->changed);
+  a->last_seen_us = now_us();
+  if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
+    Tlsplane__V1__AgentAck *ack = msg->ack;
+    msg->ack = NULL;
+    msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+    a->applied_revision = ack->revision;
+    for (size_t i = 0; i < ack->n_listeners; i++)
+      if (!ack->listeners[i]->applied) {
+        /* The agent's words: escaped, so that they cannot forge a line. */
+        char listener[LOG_ESCAPE_LEN], reason[LOG_ESCAPE_LEN * 2];
+        log_warn("hub", "agent=%s revision=%lld listener=\"%s\" not applied: \"%s\"", a->name,
+                 (long long)ack->revision,
+                 log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
+                 log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
+      }
+    if (a->last_ack != NULL)
+      protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
+    a->last_ack = ack;
+  } else if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_STATS) {
+    if (a->stats != NULL)
+      protobuf_c_message_free_unpacked(&a->stats->base, NULL);
+    a->stats = msg->stats;
+    msg->stats = NULL;
+    msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+  }
   pthread_mutex_unlock(&hub->lock);
-  return NULL;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
 }
 
 static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len,
@@ -511,7 +536,6 @@ static void checked(struct hub *hub, struct hub_agent *a, int64_t revision) {
   pthread_mutex_lock(&hub->lock);
   if (revision > a->checked_revision)
     a->checked_revision = revision;
-  pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
 }
 
@@ -535,38 +559,42 @@ static void failures_set(struct hub *hub, struct hub_agent *a, int64_t revision,
   pthread_mutex_unlock(&hub->lock);
 }
 
-/* Sends the agent what `revision` changed for it: a delta (protocol 2),
- * or its whole snapshot when that changed (older agents). Returns -1 when
- * the stream must end. */
-static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream, int64_t revision) {
+/* Frees what a slice of push()'s bytes held: key material, wiped. */
+static void bytes_destroy(void *p, size_t len) {
+  OPENSSL_cleanse(p, len);
+  free(p);
+}
+
+/* Sends the agent what world w (NULL: none could be built yet; then
+ * world_error says why) changed for it: a delta (protocol 2), or its whole
+ * snapshot when that changed (older agents). The one per-agent decision of
+ * the push thread. Returns -1 when the stream must end. */
+static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
+                const struct fleet_world *w, uint64_t generation, const char *world_error) {
   struct tp_err err = {0};
-  char world_error[sizeof(((struct tp_err *)0)->msg)];
-  a->world_generation = atomic_load(&hub->world_generation);
-  struct fleet_world *w = world_get(hub, revision, world_error, sizeof(world_error));
-  if (w == NULL) { /* none built yet: nothing to send, nothing removed */
-    failures_set(hub, a, revision, NULL, 0, world_error);
-    checked(hub, a, revision);
+  a->world_generation = generation;
+  if (w == NULL) {                                         /* nothing to send, nothing removed */
+    failures_set(hub, a, INT64_MAX, NULL, 0, world_error); /* every revision */
     return 0;
   }
+  int64_t revision = fleet_world_revision(w);
   /* Its labels as its record has them at the world's revision. */
   const struct snapshot_label *labels = NULL;
   size_t n_labels = 0;
   int found = fleet_world_agent(w, a->name, &labels, &n_labels);
   if (found == -ENOENT) {
     /* Deleted (DeleteAgent cuts the stream too; whichever comes first). */
-    fleet_world_unref(w);
-    rpc_stream_cancel(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
+    rpc_stream_finish(stream, GRPC_STATUS_PERMISSION_DENIED, "the agent was deleted");
     return -1;
   }
   if (found != 0) {
     /* An unreadable record (damaged, or edited in the file) sends
      * nothing: the agent keeps what it serves. */
-    if (a->failed_revision != fleet_world_revision(w))
+    if (a->failed_revision != revision)
       log_error("hub", "agent=%s: its record at revision %lld cannot be read", a->name,
-                (long long)fleet_world_revision(w));
-    failures_set(hub, a, fleet_world_revision(w), NULL, 0, "its Agent record cannot be read");
-    checked(hub, a, fleet_world_revision(w));
-    fleet_world_unref(w);
+                (long long)revision);
+    failures_set(hub, a, revision, NULL, 0, "its Agent record cannot be read");
+    checked(hub, a, revision);
     return 0;
   }
   uint8_t *bytes = NULL, hash[HASH_LEN];
@@ -579,29 +607,31 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
                      &err);
   } else {
     rc = fleet_snapshot(w, labels, n_labels, &bytes, &len, hash, &failures, &n_failures, &err);
-    if (rc == 0 && a->has_sent && memcmp(a->sent_hash, hash, HASH_LEN) == 0) {
-      OPENSSL_cleanse(bytes, len);
-      free(bytes);
+    if (rc == 0 && bytes != NULL && a->has_sent && memcmp(a->sent_hash, hash, HASH_LEN) == 0) {
+      bytes_destroy(bytes, len);
       bytes = NULL; /* unchanged content is not sent again */
     }
   }
   if (rc != 0) {
-    log_error("hub", "agent=%s: revision %lld: %s", a->name, (long long)fleet_world_revision(w),
-              err.msg);
-    failures_set(hub, a, fleet_world_revision(w), NULL, 0, err.msg);
+    log_error("hub", "agent=%s: revision %lld: %s", a->name, (long long)revision, err.msg);
+    failures_set(hub, a, revision, NULL, 0, err.msg);
   } else {
-    failures_set(hub, a, fleet_world_revision(w), failures, n_failures, world_error);
+    failures_set(hub, a, revision, failures, n_failures, world_error);
   }
   free(failures);
   int sent = 0;
   if (bytes != NULL) {
-    sent = rpc_stream_send_raw(stream, bytes, len);
+    /* The stream takes its own reference; the bytes are wiped when the
+     * last goes. */
+    grpc_slice slice = grpc_slice_new_with_len(bytes, len, bytes_destroy);
+    sent = rpc_stream_send_slice(stream, slice) == 0 ? 0 : -1;
+    grpc_slice_unref(slice);
     if (sent == 0) {
       pthread_mutex_lock(&hub->lock);
       if (a->protocol < PROTOCOL_DELTA)
         memcpy(a->sent_hash, hash, HASH_LEN);
       a->has_sent = 1;
-      a->sent_revision = fleet_world_revision(w);
+      a->sent_revision = revision;
       a->pushed.messages++;
       a->pushed.bytes += (int64_t)len;
       a->pushed.resources += (int64_t)counts.resources;
@@ -610,29 +640,140 @@ static int push(struct hub *hub, struct hub_agent *a, struct rpc_stream *stream,
       a->pushed.removed_listeners += (int64_t)counts.removed_listeners;
       pthread_mutex_unlock(&hub->lock);
     }
-    OPENSSL_cleanse(bytes, len); /* key material */
-    free(bytes);
   }
   /* Checked up to the world's revision: a commit since gets another
    * round. */
-  checked(hub, a, fleet_world_revision(w));
-  fleet_world_unref(w);
+  checked(hub, a, revision);
   return sent;
 }
 
-/* AgentService/Connect. */
-static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *stream,
-                         struct tp_err *err, void *data) {
-  struct hub *hub = data;
-  ProtobufCMessage *m = NULL;
+/* One agent the push thread works on, outside the lock. */
+struct push_job {
+  struct hub_agent *agent;   /* pinned */
+  struct rpc_stream *stream; /* referenced */
+};
+
+/* The push thread: on every kick (a revision committed, an agent
+ * connected, a stream drained) it takes every connected agent whose
+ * checked revision is behind, and pushes to each whose stream has nothing
+ * queued (one that has is taken again when it drains: a slow agent gets
+ * the newest snapshot, not every one in between). One thread for all
+ * agents: the snapshots are built once per revision and label set
+ * anyway, and a send never waits. */
+static void *push_main(void *arg) {
+  struct hub *hub = arg;
+  struct push_job *jobs = NULL;
+  size_t cap = 0;
+  pthread_mutex_lock(&hub->lock);
+  for (;;) {
+    while (!hub->stop && !hub->kicked) {
+      /* A world to build again (after a failure) wakes the thread at its
+       * time; nothing else does but a kick. */
+      int64_t at = atomic_load(&hub->retry_at_ms);
+      if (at == 0) {
+        pthread_cond_wait(&hub->changed, &hub->lock);
+        continue;
+      }
+      if (mono_ms() >= at)
+        break;
+      struct timespec ts = {.tv_sec = at / 1000, .tv_nsec = (at % 1000) * 1000000};
+      pthread_cond_timedwait(&hub->changed, &hub->lock, &ts);
+    }
+    if (hub->stop)
+      break;
+    hub->kicked = 0;
+    int64_t want = hub->revision;
+    pthread_mutex_unlock(&hub->lock);
+    /* The world, once for every agent of this round (built here when a
+     * revision committed or a retry is due). */
+    char world_error[sizeof(((struct tp_err *)0)->msg)];
+    struct fleet_world *w = world_get(hub, want, world_error, sizeof(world_error));
+    uint64_t generation = atomic_load(&hub->world_generation);
+    pthread_mutex_lock(&hub->lock);
+    size_t n = 0;
+    for (struct hub_agent *a = hub->agents; a != NULL; a = a->next) {
+      if (!a->connected || a->cut || a->pinned || a->stream == NULL ||
+          (!a->fresh && a->checked_revision >= want && a->world_generation == generation))
+        continue;
+      if (n == cap) {
+        size_t ncap = cap ? 2 * cap : 64;
+        struct push_job *more = realloc(jobs, ncap * sizeof(*jobs));
+        if (more == NULL) {
+          hub->kicked = 1; /* the rest next round */
+          break;
+        }
+        jobs = more;
+        cap = ncap;
+      }
+      a->pinned = 1;
+      rpc_stream_ref(a->stream);
+      jobs[n++] = (struct push_job){a, a->stream};
+    }
+    pthread_mutex_unlock(&hub->lock);
+    for (size_t i = 0; i < n; i++) {
+      struct hub_agent *a = jobs[i].agent;
+      struct rpc_stream *stream = jobs[i].stream;
+      int busy = rpc_stream_queued(stream) > 0; /* drained kicks again */
+      if (!busy && push(hub, a, stream, w, generation, world_error) != 0)
+        rpc_stream_finish(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
+      pthread_mutex_lock(&hub->lock);
+      a->pinned = 0;
+      if (!busy)
+        a->fresh = 0;
+      if (a->doomed)
+        agent_free(a);
+      pthread_mutex_unlock(&hub->lock);
+      rpc_stream_unref(stream);
+    }
+    fleet_world_unref(w);
+    pthread_mutex_lock(&hub->lock);
+  }
+  pthread_mutex_unlock(&hub->lock);
+  free(jobs);
+  return NULL;
+}
+
+/* --- AgentService/Connect --- */
+
+/* One agent stream; its stream data. */
+struct hub_conn {
+  uint32_t magic;
+  struct hub *hub;
+  struct hub_agent *agent; /* NULL until the hello was accepted */
+};
+
+static struct hub_conn *conn_from(void *data) {
+  struct hub_conn *conn = data;
+  if (conn == NULL || conn->magic != HUB_CONN_MAGIC)
+    abort();
+  return conn;
+}
+
+static int connect_started(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                           void **stream_data, struct tp_err *err) {
+  struct hub_conn *conn = calloc(1, sizeof(*conn));
+  if (conn == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  conn->magic = HUB_CONN_MAGIC;
+  conn->hub = data;
   /* The hello within the request timeout: a stream that says nothing
-   * holds a thread. */
-  int rc = rpc_stream_recv_within(stream, &tlsplane__v1__agent_message__descriptor, &m, 0, err);
-  if (rc <= 0)
-    return rc == 0 ? tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "hello: required first") : -1;
-  Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
+   * holds its place in the stream cap. */
+  if (rpc_stream_expect(stream, 0) != 0) {
+    free(conn);
+    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
+  }
+  *stream_data = conn;
+  return 0;
+}
+
+/* The first message: the hello. 0, or -1 with err (the stream ends). */
+static int connect_hello(struct hub_conn *conn, struct rpc_stream *stream,
+                         const Tlsplane__V1__AgentMessage *msg, struct tp_err *err) {
+  struct hub *hub = conn->hub;
+  const struct rpc_call_info *call = rpc_stream_call(stream);
   char name[128];
   struct hub_agent *a = NULL;
+  int rc = 0;
   if (call->role != AUTH_ROLE_AGENT)
     /* auth.c lets agents alone in; the stream carries keys, so it is
      * checked here as well. */
@@ -651,52 +792,75 @@ static int agent_connect(const struct rpc_call_info *call, struct rpc_stream *st
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   else if (a->protocol >= PROTOCOL_DELTA && fleet_view_from_hello(a->view, msg->hello, err) != 0)
     rc = -1;
+  /* A short store write, fine on a pool thread. */
   else if (agent_record(hub, call, msg->hello, a, err) != 0)
     rc = -1;
-  protobuf_c_message_free_unpacked(m, NULL);
   if (rc < 0) {
     if (a != NULL)
       agent_free(a);
     return -1;
   }
   agent_attach(hub, a, stream);
+  conn->agent = a;
   char peer[LOG_ESCAPE_LEN], version[LOG_ESCAPE_LEN];
   log_info("hub", "agent=%s connected from %s (version \"%s\", applied revision %lld)", a->name,
            log_escape_str(peer, sizeof(peer), call->peer),
            log_escape_str(version, sizeof(version), a->version), (long long)a->applied_revision);
-
-  struct reader r = {.hub = hub, .agent = a, .stream = stream};
-  pthread_t reader;
-  int have_reader = pthread_create(&reader, NULL, reader_main, &r) == 0;
-  int64_t want = 0; /* the first round sends whatever is current */
-  while (have_reader) {
-    pthread_mutex_lock(&hub->lock);
-    while (!a->cut && !a->reader_done && hub->revision <= a->checked_revision && want != 0 &&
-           !world_pending(hub, a->world_generation) && !rpc_stream_shutting_down(stream)) {
-      struct timespec deadline;
-      clock_gettime(CLOCK_MONOTONIC, &deadline);
-      deadline.tv_sec += HUB_WAKE_MS / 1000;
-      pthread_cond_timedwait(&hub->changed, &hub->lock, &deadline);
-    }
-    int stop = a->cut || a->reader_done || rpc_stream_shutting_down(stream);
-    want = hub->revision;
-    pthread_mutex_unlock(&hub->lock);
-    if (stop || push(hub, a, stream, want) != 0)
-      break;
-  }
-  /* Whatever ended the loop, end the call so that the reader returns. */
-  rpc_stream_cancel(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
-  if (have_reader)
-    pthread_join(reader, NULL);
-  log_info("hub", "agent=%s disconnected", a->name);
-  agent_detach(hub, a);
   return 0;
 }
+
+static int connect_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *m,
+                           struct tp_err *err) {
+  struct hub_conn *conn = conn_from(stream_data);
+  Tlsplane__V1__AgentMessage *msg = (Tlsplane__V1__AgentMessage *)m;
+  if (conn->agent != NULL) {
+    agent_report(conn->hub, conn->agent, msg);
+    return 0;
+  }
+  int rc = connect_hello(conn, stream, msg, err);
+  protobuf_c_message_free_unpacked(m, NULL);
+  return rc;
+}
+
+static void connect_half_closed(struct rpc_stream *stream, void *stream_data) {
+  struct hub_conn *conn = conn_from(stream_data);
+  if (conn->agent == NULL)
+    rpc_stream_finish(stream, GRPC_STATUS_INVALID_ARGUMENT, "hello: required first");
+  else
+    rpc_stream_finish(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
+}
+
+/* The snapshot went: the push thread may send this agent the next. */
+static void connect_drained(struct rpc_stream *stream, void *stream_data) {
+  struct hub *hub = conn_from(stream_data)->hub;
+  pthread_mutex_lock(&hub->lock);
+  hub_kick(hub);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+static void connect_ended(struct rpc_stream *stream, void *stream_data) {
+  struct hub_conn *conn = conn_from(stream_data);
+  if (conn->agent != NULL) {
+    log_info("hub", "agent=%s disconnected", conn->agent->name);
+    agent_detach(conn->hub, conn->agent);
+  }
+  conn->magic = 0;
+  free(conn);
+}
+
+static const struct rpc_stream_ops connect_ops = {
+    .req = &tlsplane__v1__agent_message__descriptor,
+    .started = connect_started,
+    .message = connect_message,
+    .half_closed = connect_half_closed,
+    .drained = connect_drained,
+    .ended = connect_ended,
+};
 
 int hub_register(struct hub *hub, struct rpc_server *srv) {
   char path[128];
   snprintf(path, sizeof(path), "/%s/Connect", tlsplane__v1__agent_service__descriptor.name);
-  return rpc_server_add_stream(srv, path, agent_connect, hub);
+  return rpc_server_add_stream(srv, path, &connect_ops, hub);
 }
 
 /* --- the API's view --- */
@@ -766,9 +930,8 @@ void hub_agent_disconnect(struct hub *hub, const char *name, const char *why) {
     if (strcmp(a->name, name) == 0) {
       a->cut = 1;
       if (a->connected)
-        rpc_stream_cancel(a->stream, GRPC_STATUS_PERMISSION_DENIED, why);
+        rpc_stream_finish(a->stream, GRPC_STATUS_PERMISSION_DENIED, why);
     }
-  pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
 }
 

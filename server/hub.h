@@ -1,9 +1,10 @@
 /* The push hub: every connected agent's stream, its live state, and the
- * snapshots sent to it. Every committed revision wakes each stream, which
- * sends its agent the new snapshot if (and only if) the revision changed
- * what that agent serves. A slow or dead agent delays nobody: each stream
- * has its own thread, and snapshots are built once per revision and label
- * set, then shared. */
+ * snapshots sent to it. Every committed revision wakes the hub's one push
+ * thread, which sends each connected agent the new snapshot if (and only
+ * if) the revision changed what that agent serves. A slow or dead agent
+ * delays nobody: streams hold no thread (the RPC core runs their
+ * callbacks on its pool), sends never wait, and snapshots are built once
+ * per revision and label set, then shared. */
 #ifndef TLSPLANE_SERVER_HUB_H
 #define TLSPLANE_SERVER_HUB_H
 
@@ -12,16 +13,17 @@
 
 struct hub;
 
-/* Creates the hub over api (api->store must be open); registers itself as
- * the store's commit hook. Caller frees with hub_free after the RPC server
- * has stopped. */
+/* Creates the hub over api (api->store must be open) and starts its push
+ * thread; registers itself as the store's commit hook. Caller frees with
+ * hub_free (which joins the thread) after the RPC server has stopped. */
 int hub_new(struct api *api, struct hub **out, struct tp_err *err);
 void hub_free(struct hub *hub);
 
 /* Registers AgentService/Connect (the agent stream) on srv. */
 int hub_register(struct hub *hub, struct rpc_server *srv);
 
-/* Wakes every stream: revision committed. Called by the store's commit hook. */
+/* Wakes the push thread: revision committed. Called by the store's commit
+ * hook; never waits. */
 void hub_notify(struct hub *hub, int64_t revision);
 
 /* Fills the live fields of an Agent read from the store (connected,

@@ -71,7 +71,7 @@ static void usage(FILE *out) {
                "  --request-timeout MS  a unary call whose request is not whole MS after its\n"
                "                      headers is cancelled [TLSPLANE_REQUEST_TIMEOUT_MS, 10000]\n"
                "  --max-streams N     streaming calls (agents, Watch, reflection) at once\n"
-               "                                      [TLSPLANE_MAX_STREAMS, 4096]\n"
+               "                                      [TLSPLANE_MAX_STREAMS, 16384]\n"
                "  --max-peer-streams N  streaming calls without a credential per client\n"
                "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
                "  --help              this text\n"

@@ -479,7 +479,8 @@ static int send_extension_file(const struct reflection *refl, struct rpc_stream 
   return send_error(stream, resp, GRPC_STATUS_NOT_FOUND, "extension not found: %s", what);
 }
 
-/* Answers one request; returns -1 only if the stream is gone. */
+/* Answers one request (queues its response); returns -1 only if the
+ * stream is finishing or gone. */
 static int answer(const struct reflection *refl, struct rpc_stream *stream, refl_request *req) {
   refl_response resp = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
   resp.valid_host = req->host;
@@ -512,23 +513,36 @@ static int answer(const struct reflection *refl, struct rpc_stream *stream, refl
   }
 }
 
-static int reflection_info(const struct rpc_call_info *call, struct rpc_stream *stream,
-                           struct tp_err *err, void *data) {
+static int info_started(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                        void **stream_data, struct tp_err *err) {
   const struct reflection *refl = data;
   if (refl == NULL || refl->magic != REFLECTION_MAGIC)
     abort();
-  for (;;) {
-    ProtobufCMessage *msg = NULL;
-    int rc = rpc_stream_recv(stream, &grpc__reflection__v1__server_reflection_request__descriptor,
-                             &msg, err);
-    if (rc <= 0)
-      return rc; /* 0: the client is done; -1: err says why */
-    rc = answer(refl, stream, (refl_request *)msg);
-    protobuf_c_message_free_unpacked(msg, NULL);
-    if (rc < 0)
-      return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
-  }
+  *stream_data = data;
+  return 0;
 }
+
+/* One request, answered at once: the answers queue in request order, and
+ * the next request is read once this one's answer is queued (and, if the
+ * client does not read its answers, once they drained). A half-close ends
+ * the call with OK after the last answer (no half_closed callback). */
+static int info_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *msg,
+                        struct tp_err *err) {
+  const struct reflection *refl = stream_data;
+  if (refl == NULL || refl->magic != REFLECTION_MAGIC)
+    abort();
+  int rc = answer(refl, stream, (refl_request *)msg);
+  protobuf_c_message_free_unpacked(msg, NULL);
+  if (rc < 0)
+    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
+  return 0;
+}
+
+static const struct rpc_stream_ops info_ops = {
+    .req = &grpc__reflection__v1__server_reflection_request__descriptor,
+    .started = info_started,
+    .message = info_message,
+};
 
 static int name_cmp(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
@@ -574,9 +588,9 @@ int reflection_register(struct rpc_server *srv, const char *const *services, siz
   }
   /* From here on refl is the server's: freed by rpc_server_free. */
   int rc = rpc_server_add_stream(srv, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                                 reflection_info, refl);
+                                 &info_ops, refl);
   if (rc < 0)
     return rc;
   return rpc_server_add_stream(
-      srv, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", reflection_info, refl);
+      srv, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &info_ops, refl);
 }

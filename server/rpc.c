@@ -6,9 +6,12 @@
  *   (GRPC_CQ_NEXT, registered with the server) and only reacts: a call
  *   arrived, a batch completed, a request is overdue. They never block on
  *   anything but their queue.
- * - The pool (opts->threads, bounded): runs authentication and unary
- *   handlers, taking jobs from one queue. It never waits for a client.
- * - One thread per streaming call, capped (see Streams).
+ * - The pool (opts->threads, bounded): runs authentication, unary
+ *   handlers and stream callbacks, taking jobs from one queue. It never
+ *   waits for a client.
+ *
+ * That is all: the thread count does not depend on the number of calls,
+ * streams or connections.
  *
  * Unary calls come through grpc_server_request_call (every method that is
  * not registered with grpc core, unknown paths included), on an event
@@ -60,31 +63,51 @@
  *
  * Streams. Streaming methods are registered with grpc core
  * (grpc_server_register_method) and requested apart, one request per method
- * outstanding: the notification comes to an event thread, but the call
- * gets a completion queue of its own (GRPC_CQ_PLUCK, not registered) on
- * which its batches run synchronously, from the thread that serves it
- * (grpc C++'s sync server does the same). A pool thread authenticates it
- * and hands it to a thread of its own, within two caps: max_streams in all,
- * and max_peer_streams per client address for calls without a credential
- * (health Watch, reflection); beyond either, RESOURCE_EXHAUSTED naming the
- * cap. A call refused (by a cap, or by authentication) is cancelled with
- * its status, which waits for nothing: grpc core sends the status when the
- * connection can take it, and the call is freed once its close completed
- * (at once, or by its event thread's sweep), so a client that stops
- * reading its socket holds no pool thread however many streams it opens.
- * Finished stream threads are joined by the pool thread that starts
- * the next one, and at shutdown. Per stream, a RECV_CLOSE_ON_SERVER batch
- * is started first, under its own tag; it completes when the call is over
- * (status sent, or cancelled), so plucking it is how rpc_stream_wait
- * learns of a cancellation, and it is plucked before the call is released.
+ * outstanding, on an event thread's queue, which is also the queue of every
+ * batch of the call (as for unary calls). A stream:
+ *
+ *   event: arrived -> RECV_CLOSE_ON_SERVER started -> pool: authenticate,
+ *          the caps, the started callback (refused: the status goes out
+ *          as a cancellation, which waits for nothing)
+ *   pool:  accepted -> RECV_MESSAGE started (one at a time)
+ *   event: a message arrived -> pool: decode, message callback, and the
+ *          next RECV_MESSAGE (unless the send queue is over
+ *          RPC_STREAM_READ_PAUSE: then once it drains below)
+ *   any:   rpc_stream_send queues; one SEND_MESSAGE in flight, the next
+ *          started by the completion of the last
+ *   event: the close completed and no batch is in flight -> pool: ended
+ *
+ * The callbacks of a stream are serialized by the stream itself: events
+ * set flags on it (at most one message is pending, since one receive is in
+ * flight at a time) and the first event that finds it idle queues one pool
+ * job, which runs the pending callbacks in their fixed order (started,
+ * message, drained, half_closed, shutdown, ended) until none is left, one
+ * message per turn (a stream with more waits at the back of the queue, so
+ * a client that sends without pause holds no thread from the others). A
+ * stream never holds a pool thread while it waits for anything.
+ *
+ * Caps: max_streams in all, and max_peer_streams per client address for
+ * calls without a credential (health Watch, reflection); beyond either,
+ * RESOURCE_EXHAUSTED naming the cap, sent as a cancellation (grpc core
+ * sends it when the connection can take it, so a client that stops reading
+ * its socket holds nobody), and the call is freed once its close
+ * completed. A stream's bytes queued for sending are capped
+ * (RPC_STREAM_MAX_QUEUED); its received message counts in MAX_HELD_BYTES
+ * until decoded. "The next message within N ms" (rpc_stream_expect) is a
+ * deadline on the stream's event thread's timer list, sorted by deadline
+ * and walked by the sweep. A stream's memory is reference counted like a
+ * unary call's: each batch in flight, a queued job, the timer list and
+ * each rpc_stream_ref hold one.
  *
  * Shutdown. grpc_server_shutdown_and_notify fails every pending
  * request_call (the event threads release those calls) and posts its own
  * tag once all in-flight calls are over; after grace_ms we cancel the calls
  * still running. Calls that grpc had accepted but we had not requested yet
  * are cancelled by grpc core itself when shutdown begins; clients see
- * CANCELLED. Once every call is released, the pool, the stream threads and
- * the event threads are joined, the server is destroyed, and every
+ * CANCELLED. Streams are told first (their shutdown callbacks), so that
+ * long ones end at once rather than at the end of the grace. Once every
+ * call is released (every ended callback ran, every reference dropped),
+ * the pool and the event threads are joined, the server is destroyed, and every
  * completion queue is shut down and drained before being destroyed. */
 
 #include "rpc.h"
@@ -115,8 +138,6 @@
 
 /* Receive limit: a PKCS#12 bundle or a large CRL can exceed grpc's 4 MiB. */
 #define MAX_RECV_MESSAGE (16 * 1024 * 1024)
-/* How often rpc_stream_wait looks at the shutdown flag. */
-#define WAIT_SLICE_MS 100
 
 /* Threads that run the completion queues. They only react to events, so
  * two keep up with far more calls than the pool can serve. */
@@ -139,10 +160,14 @@
 #define GRPC_MEMORY_QUOTA ((size_t)1024 * 1024 * 1024)
 #define MAX_CONCURRENT_STREAMS 100
 #define HANDSHAKE_TIMEOUT_MS (10 * 1000)
+/* TLS record payload and first read size per connection (bytes). */
+#define CONN_TLS_FRAME 4096
+#define CONN_READ_CHUNK 4096
 #define DEFAULT_REQUEST_TIMEOUT_MS (10 * 1000)
-#define DEFAULT_MAX_STREAMS 4096
+#define DEFAULT_MAX_STREAMS 16384
 #define DEFAULT_MAX_PEER_STREAMS 16
-/* How often an event thread looks for overdue requests. */
+/* How often an event thread looks for overdue requests and expired
+ * stream timers. */
 #define SWEEP_MS 100
 /* A refusal by a cap is logged at most this often (with a count). */
 #define CAP_LOG_INTERVAL_MS (10 * 1000)
@@ -159,7 +184,7 @@ struct method {
   const ProtobufCMessageDescriptor *req;  /* unary only */
   const ProtobufCMessageDescriptor *resp; /* unary only */
   rpc_unary_fn unary;
-  rpc_stream_fn stream;
+  const struct rpc_stream_ops *stream;
   void *data;
   int write;        /* unary: served in the write lane */
   void *registered; /* streams: grpc_server_register_method's handle */
@@ -175,29 +200,27 @@ struct event_thread {
    * also in deadline order). Only this thread touches the list. */
   struct call *overdue_head, *overdue_tail;
   int64_t next_sweep_ms;
-  /* Refused stream calls whose close has not completed yet (see
-   * stream_refuse); the pool adds, this thread frees (parked_mu). */
-  pthread_mutex_t parked_mu;
-  struct call *parked;
-};
-
-/* The thread serving one streaming call. Lives on srv->streams_live while
- * the handler runs, then on srv->streams_done until joined. */
-struct stream_thread {
-  pthread_t tid;
-  struct call *call;
-  struct stream_thread *next;
+  /* Streams with a timer (rpc_stream_expect), soonest first (timers_mu:
+   * set from any thread, expired by this one's sweep). */
+  pthread_mutex_t timers_mu;
+  struct call *timers_head, *timers_tail;
 };
 
 /* Given to handlers; embedded in the call. */
 struct rpc_stream {
   uint32_t magic;
   struct call *call;
-  int half_closed; /* the client said it sends no more */
+};
+
+/* A message queued on a stream. */
+struct send_item {
+  struct send_item *next;
+  grpc_byte_buffer *bb;
+  size_t len;
 };
 
 enum call_kind { CALL_UNARY, CALL_STREAM };
-enum op_kind { OP_NEW, OP_CLOSE, OP_RECV, OP_SEND };
+enum op_kind { OP_NEW, OP_CLOSE, OP_RECV, OP_SEND, OP_STATUS };
 
 /* A batch's tag: what completed, for which call. */
 struct op {
@@ -208,21 +231,24 @@ struct op {
 /* One call, from its request until released. The tags are members so that
  * each is a distinct address owned by the call.
  *
- * A unary call is reference counted (refs): each batch in flight, the job
- * queued for the pool and the overdue list hold one; the last release
- * frees it. Its event-side fields (overdue list, slow_counted) are
- * touched by its event thread only; the pool touches the rest while it
- * holds the job's reference. A streaming call belongs to one thread at a
- * time (event thread, pool, its stream thread) and is freed by it. */
+ * A call is reference counted (refs): each batch in flight, the job
+ * queued for the pool, the overdue list (unary), the timer list and each
+ * rpc_stream_ref (streams) hold one; the last release frees it. A unary
+ * call's event-side fields (overdue list, slow_counted) are touched by its
+ * event thread only; the pool touches the rest while it holds the job's
+ * reference. A stream's state below `smu` is guarded by smu (its callbacks
+ * and other threads' sends meet there); what the job runner reads unlocked
+ * (info, identity, stream_data once accepted) is written before the
+ * callbacks can run. */
 struct call {
   uint32_t magic;
   struct rpc_server *srv;
   enum call_kind kind;
   struct event_thread *ev;   /* its notification queue (unary: every batch's) */
   grpc_call *call;           /* NULL until the request completed */
-  grpc_completion_queue *cq; /* unary: ev->cq; stream: GRPC_CQ_PLUCK, owned */
+  grpc_completion_queue *cq; /* ev->cq: every batch's */
   grpc_call_details details; /* unary */
-  gpr_timespec deadline;     /* stream: the client's deadline */
+  gpr_timespec deadline;     /* stream: the client's deadline (unused: grpc enforces it) */
   grpc_metadata_array md;
   const struct method *method; /* NULL: unknown method */
   struct method *requested;    /* stream: the method whose call was requested */
@@ -232,16 +258,16 @@ struct call {
   char shown[64];              /* "unknown method (N bytes)" */
   struct rpc_call_info info;
   struct rpc_identity identity; /* info's actor and principal point here */
-  struct rpc_stream stream;
-  int cancelled;         /* RECV_CLOSE_ON_SERVER's result */
-  int close_started;     /* the RECV_CLOSE_ON_SERVER batch is in flight */
-  atomic_int close_done; /* ... and it completed */
-  int sent_initial_md;   /* only the sending side touches it */
-  int status_sent;       /* SEND_STATUS_FROM_SERVER completed */
-  int peer_stream;       /* counted in its address's anonymous streams */
-  struct op op_new, op_close, op_recv, op_send;
-  /* Unary only. */
+  int cancelled;                /* RECV_CLOSE_ON_SERVER's result */
+  int close_started;            /* the RECV_CLOSE_ON_SERVER batch is in flight */
+  atomic_int close_done;        /* ... and it completed */
+  int sent_initial_md;          /* only the sending side touches it (stream: smu) */
+  int status_sent;              /* the status went out (or a cancellation carries it) */
+  int peer_stream;              /* counted in its address's anonymous streams */
+  int stream_counted;           /* counted in srv->n_streams */
+  struct op op_new, op_close, op_recv, op_send, op_status;
   atomic_int refs;
+  /* Unary only. */
   atomic_int expired;           /* the sweep cancelled it */
   int64_t arrived_ms;           /* monotonic: when its metadata arrived */
   int64_t deadline_ms;          /* monotonic: the request must have arrived by then */
@@ -257,8 +283,42 @@ struct call {
   /* Write lane (lane_mu). */
   struct call *lane_next;
   int64_t lane_since_ms; /* monotonic: when it began to wait */
-  /* Stream only: on ev's parked list. */
-  struct call *parked_next;
+  /* Stream only. */
+  struct rpc_stream stream;
+  void *stream_data;                  /* the started callback's, once accepted */
+  struct call *live_prev, *live_next; /* on srv->streams_live (srv->mu) */
+  int on_live;
+  pthread_mutex_t smu;
+  int scheduled;     /* a job is queued or running */
+  int begun;         /* the job ran authentication and started */
+  int accepted;      /* started accepted the stream */
+  int want_read;     /* the last message was handled; read the next */
+  int recv_inflight; /* RECV_MESSAGE in flight, into recv_bb */
+  grpc_byte_buffer *recv_bb;
+  grpc_byte_buffer *pending_bb; /* received, for the message callback */
+  size_t pending_bytes;         /* its length, counted in srv->held_bytes */
+  int pending_half_closed;      /* for half_closed */
+  int pending_drained;          /* for drained */
+  int pending_shutdown;         /* for shutdown */
+  int shutdown_done;
+  int closed;             /* RECV_CLOSE_ON_SERVER completed: the call is over */
+  int finishing;          /* a status was chosen (rpc_stream_finish) */
+  int status_after_drain; /* an OK status waits for the queue to empty */
+  int status_inflight;
+  grpc_status_code finish_status;
+  int end_ready;                             /* over and nothing in flight: ended is due */
+  int end_done;                              /* ended ran (or, not accepted, was skipped) */
+  struct send_item *sendq_head, *sendq_tail; /* waiting, oldest first */
+  grpc_byte_buffer *send_bb;                 /* in flight */
+  size_t send_len;
+  size_t queued_bytes; /* waiting and in flight */
+  /* Timer (ev->timers_mu). */
+  int on_timer;
+  int expect_ms;           /* the timeout given, for the message */
+  int64_t expect_deadline; /* monotonic ms */
+  struct call *tm_prev, *tm_next;
+  struct call *due_next; /* the sweep's list of expired timers */
+  int due_ms;
   /* Pool queue. */
   struct call *job_next;
   void (*job_fn)(struct call *c);
@@ -288,8 +348,8 @@ struct cap_note {
   atomic_llong next_log_ms;
 };
 
-/* Invariants: methods only change before `started`; the stream lists and
- * n_streams are guarded by mu; the call counters by calls_mu; the job
+/* Invariants: methods only change before `started`; the live stream list
+ * and n_streams are guarded by mu; the call counters by calls_mu; the job
  * queue by pool_mu; the peer table by peers_mu; the write lane by
  * lane_mu. */
 struct rpc_server {
@@ -339,9 +399,8 @@ struct rpc_server {
   int max_writes;
 
   pthread_mutex_t mu;
-  pthread_cond_t stream_done_cv; /* a stream thread moved itself to streams_done */
-  struct stream_thread *streams_live, *streams_done;
-  int n_streams; /* streaming calls served (threads live or starting) */
+  struct call *streams_live; /* accepted streams not yet ended */
+  int n_streams;             /* streams admitted by the caps, until released */
 
   struct cap_note cap_streams, cap_peer_streams, cap_peer_slow, cap_bytes, cap_timeout;
   struct cap_note cap_lane_full, cap_lane_wait;
@@ -363,20 +422,13 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Shuts down a completion queue that nobody polls any more and drains it.
- * A pluck queue is drained by plucking a tag that never comes. */
-static void cq_close(grpc_completion_queue *cq, int pluck) {
+/* Shuts down a completion queue that nobody polls any more and drains it. */
+static void cq_close(grpc_completion_queue *cq) {
   if (cq == NULL)
     return;
   grpc_completion_queue_shutdown(cq);
-  if (pluck) {
-    char none;
-    while (grpc_completion_queue_pluck(cq, &none, forever(), NULL).type != GRPC_QUEUE_SHUTDOWN)
-      ;
-  } else {
-    while (grpc_completion_queue_next(cq, forever(), NULL).type != GRPC_QUEUE_SHUTDOWN)
-      ;
-  }
+  while (grpc_completion_queue_next(cq, forever(), NULL).type != GRPC_QUEUE_SHUTDOWN)
+    ;
   grpc_completion_queue_destroy(cq);
 }
 
@@ -555,15 +607,6 @@ message_decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc, str
   return msg;
 }
 
-/* Runs one batch on a stream call's queue and waits for it. Returns 0 if
- * it succeeded, -1 if it could not start or failed (the call is broken). */
-static int batch_run(struct call *c, const grpc_op *ops, size_t n, void *tag) {
-  if (grpc_call_start_batch(c->call, ops, n, tag, NULL) != GRPC_CALL_OK)
-    return -1;
-  grpc_event ev = grpc_completion_queue_pluck(c->cq, tag, forever(), NULL);
-  return ev.type == GRPC_OP_COMPLETE && ev.success ? 0 : -1;
-}
-
 /* Appends SEND_INITIAL_METADATA (empty) to ops at *n unless the call sent
  * it already; only the sending side calls it. */
 static void ops_initial_metadata(struct call *c, grpc_op *ops, size_t *n) {
@@ -590,7 +633,7 @@ static const struct method *method_find(const struct rpc_server *srv, const char
 /* --- calls --- */
 
 /* A call object for the next request, counted in srv->n_calls (the caller
- * has counted it). A stream call gets its own pluck queue. */
+ * has counted it). Every batch of the call completes on ev's queue. */
 static struct call *call_new(struct rpc_server *srv, enum call_kind kind, struct event_thread *ev) {
   struct call *c = calloc(1, sizeof(*c));
   if (c == NULL)
@@ -599,19 +642,17 @@ static struct call *call_new(struct rpc_server *srv, enum call_kind kind, struct
   c->srv = srv;
   c->kind = kind;
   c->ev = ev;
+  c->cq = ev->cq;
   if (kind == CALL_STREAM) {
-    c->cq = grpc_completion_queue_create_for_pluck(NULL);
-    if (c->cq == NULL) {
-      free(c);
-      return NULL;
-    }
-  } else {
-    c->cq = ev->cq;
+    pthread_mutex_init(&c->smu, NULL);
+    c->stream.magic = RPC_STREAM_MAGIC;
+    c->stream.call = c;
   }
   c->op_new = (struct op){c, OP_NEW};
   c->op_close = (struct op){c, OP_CLOSE};
   c->op_recv = (struct op){c, OP_RECV};
   c->op_send = (struct op){c, OP_SEND};
+  c->op_status = (struct op){c, OP_STATUS};
   atomic_init(&c->refs, 1);
   atomic_init(&c->expired, 0);
   atomic_init(&c->recv_started_ms, 0);
@@ -638,6 +679,7 @@ static void call_describe(struct call *c, const char *path, size_t len) {
 }
 
 static void calls_released(struct rpc_server *srv, int unary);
+static void sendq_drop(struct call *c);
 
 /* Frees the memory of a call whose grpc call (if any) is over. */
 static void call_destroy(struct call *c) {
@@ -648,8 +690,26 @@ static void call_destroy(struct call *c) {
       grpc_call_cancel(c->call, NULL);
     grpc_call_unref(c->call);
   }
-  if (c->kind == CALL_STREAM)
-    cq_close(c->cq, 1);
+  if (c->kind == CALL_STREAM) {
+    sendq_drop(c);
+    if (c->send_bb != NULL)
+      grpc_byte_buffer_destroy(c->send_bb);
+    if (c->recv_bb != NULL)
+      grpc_byte_buffer_destroy(c->recv_bb);
+    if (c->pending_bb != NULL) {
+      grpc_byte_buffer_destroy(c->pending_bb);
+      atomic_fetch_sub(&srv->held_bytes, c->pending_bytes);
+    }
+    if (c->peer_stream)
+      peer_add(srv, c->peer_addr, -1, 0, 0, 0);
+    if (c->stream_counted) {
+      pthread_mutex_lock(&srv->mu);
+      srv->n_streams--;
+      pthread_mutex_unlock(&srv->mu);
+    }
+    c->stream.magic = 0;
+    pthread_mutex_destroy(&c->smu);
+  }
   if (c->req_bb != NULL)
     grpc_byte_buffer_destroy(c->req_bb);
   if (c->resp_bb != NULL)
@@ -766,7 +826,7 @@ static void stream_request(struct rpc_server *srv, struct method *m) {
     c->method = m;
     c->requested = m;
     if (grpc_server_request_registered_call(srv->server, m->registered, &c->call, &c->deadline,
-                                            &c->md, NULL, c->cq, ev->cq,
+                                            &c->md, NULL, ev->cq, ev->cq,
                                             &c->op_new) == GRPC_CALL_OK)
       return;
   }
@@ -797,11 +857,11 @@ static void calls_released(struct rpc_server *srv, int unary_live) {
 
 /* --- unary calls --- */
 
-static void unary_ref(struct call *c) {
+static void call_ref(struct call *c) {
   atomic_fetch_add(&c->refs, 1);
 }
 
-static void unary_unref(struct call *c) {
+static void call_unref(struct call *c) {
   if (atomic_fetch_sub(&c->refs, 1) == 1)
     call_destroy(c);
 }
@@ -810,11 +870,11 @@ static void unary_unref(struct call *c) {
  * completion releases. Returns 0, or -1 (nothing started, the call
  * cancelled so that it ends, the reference released). */
 static int unary_start(struct call *c, const grpc_op *ops, size_t n, struct op *op) {
-  unary_ref(c);
+  call_ref(c);
   if (grpc_call_start_batch(c->call, ops, n, op, NULL) == GRPC_CALL_OK)
     return 0;
   grpc_call_cancel(c->call, NULL);
-  unary_unref(c);
+  call_unref(c);
   return -1;
 }
 
@@ -863,7 +923,7 @@ static void overdue_remove(struct call *c) {
     peer_add(c->srv, c->peer_addr, 0, 0, -1, 0);
     c->slow_counted = 0;
   }
-  unary_unref(c);
+  call_unref(c);
 }
 
 /* Pool: the request arrived whole. Decode, run the handler, send. */
@@ -878,7 +938,7 @@ static void unary_serve(struct call *c) {
   c->req_bytes = 0;
   if (req == NULL) {
     unary_finish_error(c, &err);
-    unary_unref(c);
+    call_unref(c);
     return;
   }
   ProtobufCMessage *resp = NULL;
@@ -895,7 +955,7 @@ static void unary_serve(struct call *c) {
     protobuf_c_message_free_unpacked(resp, NULL);
     unary_finish(c, out, GRPC_STATUS_OK, NULL);
   }
-  unary_unref(c);
+  call_unref(c);
 }
 
 /* --- the write lane --- */
@@ -912,7 +972,7 @@ static void lane_refuse(struct call *c, grpc_status_code status, const char *msg
     grpc_call_cancel(c->call, NULL); /* nobody to answer */
   else
     unary_finish(c, NULL, status, msg);
-  unary_unref(c);
+  call_unref(c);
 }
 
 static void write_serve(struct call *c);
@@ -1034,7 +1094,7 @@ static void unary_authorize(struct call *c) {
     if (unary_start(c, &op, 1, &c->op_recv) != 0)
       atomic_store(&c->recv_started_ms, 0);
   }
-  unary_unref(c);
+  call_unref(c);
 }
 
 /* Event: a unary call arrived (or, success == 0, its request failed at
@@ -1059,7 +1119,7 @@ static void unary_arrived(struct call *c, int success) {
   /* refs is 1: this function's, handed to the pool's job below. */
   c->arrived_ms = now_ms();
   c->deadline_ms = c->arrived_ms + srv->request_timeout_ms;
-  unary_ref(c);
+  call_ref(c);
   c->on_overdue = 1;
   c->ov_prev = ev->overdue_tail;
   if (ev->overdue_tail != NULL)
@@ -1084,12 +1144,12 @@ static void unary_received(struct call *c, int success) {
   overdue_remove(c);
   if (!success || atomic_load(&c->expired)) {
     grpc_call_cancel(c->call, NULL);
-    unary_unref(c);
+    call_unref(c);
     return;
   }
   if (c->req_bb == NULL) {
     unary_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, "request: no message");
-    unary_unref(c);
+    call_unref(c);
     return;
   }
   size_t n = grpc_byte_buffer_length(c->req_bb);
@@ -1102,7 +1162,7 @@ static void unary_received(struct call *c, int success) {
     snprintf(msg, sizeof(msg), "the server holds %zu MiB of requests already; retry later",
              MAX_HELD_BYTES >> 20);
     unary_finish(c, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
-    unary_unref(c);
+    call_unref(c);
     return;
   }
   c->req_bytes = n;
@@ -1121,13 +1181,13 @@ static void unary_sent(struct call *c, int success) {
     grpc_byte_buffer_destroy(c->resp_bb);
     c->resp_bb = NULL;
   }
-  unary_unref(c);
+  call_unref(c);
 }
 
 static void unary_closed(struct call *c) {
   atomic_store(&c->close_done, 1);
   overdue_remove(c);
-  unary_unref(c);
+  call_unref(c);
 }
 
 /* Event: cancels the calls whose request is overdue, and those beyond
@@ -1190,149 +1250,228 @@ static const struct method *method_find(const struct rpc_server *srv, const char
 
 /* --- streaming calls --- */
 
-/* Sends the final status of a stream call and waits for it (after the
- * initial metadata if not yet sent). Sending never waits for the client to
- * read: the status is not flow-controlled. */
-static void stream_send_status(struct call *c, grpc_status_code status, const char *msg) {
+static void stream_run(struct call *c);
+
+/* Drops a reference that is known not to be the last (the caller holds
+ * another), so that it may be dropped with smu held. */
+static void call_unref_held(struct call *c) {
+  atomic_fetch_sub(&c->refs, 1);
+}
+
+/* Starts a batch on a stream under one reference, which the batch's
+ * completion releases (smu held; the caller holds a reference too).
+ * Returns 0, or -1: nothing started, and the call is cancelled so that its
+ * close comes. */
+static int stream_batch(struct call *c, const grpc_op *ops, size_t n, struct op *op) {
+  call_ref(c);
+  if (grpc_call_start_batch(c->call, ops, n, op, NULL) == GRPC_CALL_OK)
+    return 0;
+  grpc_call_cancel(c->call, NULL);
+  call_unref_held(c);
+  return -1;
+}
+
+/* Has a pool thread run the stream's pending callbacks, unless one is on
+ * it already (smu held). The job holds a reference. */
+static void stream_schedule(struct call *c) {
+  if (c->scheduled)
+    return;
+  c->scheduled = 1;
+  call_ref(c);
+  job_push(c, stream_run);
+}
+
+/* Drops the messages waiting to be sent (smu held); the one in flight
+ * completes on its own. */
+static void sendq_drop(struct call *c) {
+  while (c->sendq_head != NULL) {
+    struct send_item *it = c->sendq_head;
+    c->sendq_head = it->next;
+    c->queued_bytes -= it->len;
+    grpc_byte_buffer_destroy(it->bb);
+    free(it);
+  }
+  c->sendq_tail = NULL;
+  c->status_after_drain = 0;
+}
+
+/* Takes c off its event thread's timer list. Returns 1 if it was on: the
+ * list's reference is then the caller's to drop. */
+static int timer_remove(struct call *c) {
+  struct event_thread *ev = c->ev;
+  pthread_mutex_lock(&ev->timers_mu);
+  int was = c->on_timer;
+  if (was) {
+    if (c->tm_prev != NULL)
+      c->tm_prev->tm_next = c->tm_next;
+    else
+      ev->timers_head = c->tm_next;
+    if (c->tm_next != NULL)
+      c->tm_next->tm_prev = c->tm_prev;
+    else
+      ev->timers_tail = c->tm_prev;
+    c->tm_prev = c->tm_next = NULL;
+    c->on_timer = 0;
+  }
+  pthread_mutex_unlock(&ev->timers_mu);
+  return was;
+}
+
+/* Puts c on its event thread's timer list, due ms from now, replacing its
+ * timer if it has one (smu held). Deadlines mostly come in order (one
+ * timeout for all), so the walk from the tail is short. */
+static void timer_set(struct call *c, int ms) {
+  struct event_thread *ev = c->ev;
+  int was = timer_remove(c);
+  pthread_mutex_lock(&ev->timers_mu);
+  if (!was)
+    call_ref(c); /* the list's */
+  c->expect_ms = ms;
+  c->expect_deadline = now_ms() + ms;
+  struct call *after = ev->timers_tail;
+  while (after != NULL && after->expect_deadline > c->expect_deadline)
+    after = after->tm_prev;
+  c->tm_prev = after;
+  c->tm_next = after != NULL ? after->tm_next : ev->timers_head;
+  if (c->tm_next != NULL)
+    c->tm_next->tm_prev = c;
+  else
+    ev->timers_tail = c;
+  if (after != NULL)
+    after->tm_next = c;
+  else
+    ev->timers_head = c;
+  c->on_timer = 1;
+  pthread_mutex_unlock(&ev->timers_mu);
+}
+
+/* Ends the stream's call once it is over and nothing of it is in flight:
+ * ended is then due (smu held). */
+static void stream_check_end(struct call *c) {
+  if (c->end_ready || !c->closed || c->recv_inflight || c->send_bb != NULL || c->status_inflight)
+    return;
+  c->end_ready = 1;
+  sendq_drop(c);
+  stream_schedule(c);
+}
+
+/* Posts the next receive if the last message was handled, the call goes on
+ * and the client reads what it is sent (smu held). */
+static void stream_read_maybe(struct call *c) {
+  if (!c->want_read || c->recv_inflight || c->closed || c->finishing ||
+      c->queued_bytes > RPC_STREAM_READ_PAUSE)
+    return;
+  c->want_read = 0;
+  grpc_op op;
+  memset(&op, 0, sizeof(op));
+  op.op = GRPC_OP_RECV_MESSAGE;
+  op.data.recv_message.recv_message = &c->recv_bb;
+  c->recv_bb = NULL;
+  if (stream_batch(c, &op, 1, &c->op_recv) == 0)
+    c->recv_inflight = 1;
+}
+
+/* Sends the chosen status (smu held). */
+static void stream_status_start(struct call *c) {
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof(ops));
   ops_initial_metadata(c, ops, &n);
-  grpc_slice details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
-  ops_status(ops, &n, status, &details);
-  if (batch_run(c, ops, n, &c->op_send) == 0)
-    c->status_sent = 1;
-  grpc_slice_unref(details);
+  ops_status(ops, &n, c->finish_status, &c->status_details);
+  if (stream_batch(c, ops, n, &c->op_status) == 0)
+    c->status_inflight = 1;
 }
 
-static void stream_send_error(struct call *c, const struct tp_err *err) {
-  if (err->status == GRPC_STATUS_OK)
-    stream_send_status(c, GRPC_STATUS_INTERNAL, "handler failed without an error");
-  else
-    stream_send_status(c, err->status, err->msg);
-}
-
-/* Whether a stream call's close has completed, without waiting. */
-static int stream_closed_now(struct call *c) {
-  if (!c->close_started || atomic_load(&c->close_done))
-    return 1;
-  grpc_event ev =
-      grpc_completion_queue_pluck(c->cq, &c->op_close, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
-  if (ev.type != GRPC_OP_COMPLETE)
-    return 0;
-  atomic_store(&c->close_done, 1);
-  return 1;
-}
-
-/* Pool: ends a stream call that will not be served, without waiting for
- * anything. The cancellation carries the status (grpc core sends it when
- * the connection can take it; a client that does not read its socket
- * holds nobody), and the call is freed once its close completed: here if
- * it already has, else by its event thread's sweep (parked_sweep). */
-static void stream_refuse(struct call *c, grpc_status_code status, const char *msg) {
-  if (status == GRPC_STATUS_OK) {
-    status = GRPC_STATUS_INTERNAL;
-    msg = "refused without an error";
-  }
-  grpc_call_cancel_with_status(c->call, status, msg != NULL ? msg : "", NULL);
-  c->status_sent = 1; /* the cancellation is the status */
-  if (stream_closed_now(c)) {
-    call_destroy(c);
+/* Hands the oldest queued message to grpc unless one is in flight; with
+ * none left, the status that waited for them (smu held). */
+static void stream_send_next(struct call *c) {
+  if (c->send_bb != NULL || c->closed)
+    return;
+  struct send_item *it = c->sendq_head;
+  if (it == NULL) {
+    if (c->status_after_drain) {
+      c->status_after_drain = 0;
+      stream_status_start(c);
+    }
     return;
   }
-  struct event_thread *ev = c->ev;
-  pthread_mutex_lock(&ev->parked_mu);
-  c->parked_next = ev->parked;
-  ev->parked = c;
-  pthread_mutex_unlock(&ev->parked_mu);
-}
-
-/* Event: frees the parked calls whose close has completed. */
-static void parked_sweep(struct event_thread *ev) {
-  pthread_mutex_lock(&ev->parked_mu);
-  struct call *list = ev->parked;
-  ev->parked = NULL;
-  pthread_mutex_unlock(&ev->parked_mu);
-  while (list != NULL) {
-    struct call *c = list;
-    list = c->parked_next;
-    if (stream_closed_now(c)) {
-      call_destroy(c);
-      continue;
-    }
-    pthread_mutex_lock(&ev->parked_mu);
-    c->parked_next = ev->parked;
-    ev->parked = c;
-    pthread_mutex_unlock(&ev->parked_mu);
+  c->sendq_head = it->next;
+  if (c->sendq_head == NULL)
+    c->sendq_tail = NULL;
+  grpc_op ops[2];
+  size_t n = 0;
+  memset(ops, 0, sizeof(ops));
+  ops_initial_metadata(c, ops, &n);
+  ops[n].op = GRPC_OP_SEND_MESSAGE;
+  ops[n].data.send_message.send_message = it->bb;
+  n++;
+  c->send_bb = it->bb;
+  c->send_len = it->len;
+  free(it);
+  if (stream_batch(c, ops, n, &c->op_send) != 0) {
+    grpc_byte_buffer_destroy(c->send_bb);
+    c->send_bb = NULL;
+    c->queued_bytes -= c->send_len;
   }
 }
 
-/* Releases a stream call: waits for its close (cancelling it first if no
- * status went out, so that the close comes), then frees it. */
-static void stream_call_free(struct call *c) {
-  if (c->call != NULL) {
-    if (!c->status_sent)
-      grpc_call_cancel(c->call, NULL);
-    if (c->close_started && !atomic_load(&c->close_done))
-      grpc_completion_queue_pluck(c->cq, &c->op_close, forever(), NULL);
+/* Chooses the call's status (smu held): OK after the queued messages, any
+ * other at once as a cancellation, which needs no flow-control window. */
+static int stream_finish_locked(struct call *c, grpc_status_code status, const char *msg) {
+  if (c->finishing || c->end_ready || c->closed) {
+    c->finishing = 1;
+    return -EALREADY;
   }
-  call_destroy(c);
+  c->finishing = 1;
+  c->finish_status = status;
+  if (status == GRPC_STATUS_OK) {
+    c->status_details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
+    c->has_details = 1;
+    if (c->send_bb == NULL && c->sendq_head == NULL)
+      stream_status_start(c);
+    else
+      c->status_after_drain = 1;
+  } else {
+    sendq_drop(c);
+    grpc_call_cancel_with_status(c->call, status, msg != NULL ? msg : "", NULL);
+    c->status_sent = 1; /* the cancellation is the status */
+  }
+  return 0;
 }
 
-static void serve_stream(struct call *c) {
-  const struct method *m = c->method;
-  struct tp_err err = {.status = GRPC_STATUS_OK};
-  c->stream.magic = RPC_STREAM_MAGIC;
-  c->stream.call = c;
-  int rc = m->stream(&c->info, &c->stream, &err, m->data);
-  c->stream.magic = 0;
-  if (rc < 0)
-    stream_send_error(c, &err);
+static int stream_finish(struct call *c, grpc_status_code status, const char *msg) {
+  pthread_mutex_lock(&c->smu);
+  int rc = stream_finish_locked(c, status, msg);
+  int timer = timer_remove(c); /* nothing more is read */
+  if (timer)
+    call_unref_held(c); /* the caller holds one */
+  pthread_mutex_unlock(&c->smu);
+  return rc;
+}
+
+static void stream_finish_error(struct call *c, const struct tp_err *err) {
+  if (err->status == GRPC_STATUS_OK)
+    stream_finish(c, GRPC_STATUS_INTERNAL, "handler failed without an error");
   else
-    stream_send_status(c, GRPC_STATUS_OK, NULL);
+    stream_finish(c, err->status, err->msg);
 }
 
-/* Joins the stream threads that have finished. */
-static void streams_reap(struct rpc_server *srv) {
-  pthread_mutex_lock(&srv->mu);
-  struct stream_thread *done = srv->streams_done;
-  srv->streams_done = NULL;
-  pthread_mutex_unlock(&srv->mu);
-  while (done != NULL) {
-    struct stream_thread *next = done->next;
-    pthread_join(done->tid, NULL);
-    free(done);
-    done = next;
-  }
+/* Pool: the stream is not served (authentication, a cap, or its started
+ * callback said no). Its status goes out as a cancellation, which waits
+ * for nothing; the call is freed once its close completed. */
+static void stream_refuse(struct call *c, const struct tp_err *err) {
+  pthread_mutex_lock(&c->smu);
+  if (err->status == GRPC_STATUS_OK)
+    stream_finish_locked(c, GRPC_STATUS_INTERNAL, "refused without an error");
+  else
+    stream_finish_locked(c, err->status, err->msg);
+  pthread_mutex_unlock(&c->smu);
 }
 
-static void *stream_main(void *arg) {
-  struct stream_thread *st = arg;
-  struct call *c = st->call;
+/* Counts the stream within the caps. On failure nothing is counted and
+ * msg says why. */
+static int stream_admit(struct call *c, char *msg, size_t len) {
   struct rpc_server *srv = c->srv;
-  serve_stream(c);
-  if (c->peer_stream)
-    peer_add(srv, c->peer_addr, -1, 0, 0, 0);
-  stream_call_free(c);
-  st->call = NULL;
-  pthread_mutex_lock(&srv->mu);
-  srv->n_streams--;
-  struct stream_thread **pp = &srv->streams_live;
-  while (*pp != st)
-    pp = &(*pp)->next;
-  *pp = st->next;
-  st->next = srv->streams_done;
-  srv->streams_done = st;
-  pthread_cond_broadcast(&srv->stream_done_cv);
-  pthread_mutex_unlock(&srv->mu);
-  return NULL;
-}
-
-/* Hands a streaming call to a thread of its own, within the caps. On
- * failure the call is still the caller's and msg says why. */
-static int stream_spawn(struct call *c, char *msg, size_t len) {
-  struct rpc_server *srv = c->srv;
-  streams_reap(srv);
   /* A call that runs without a credential counts against its address. */
   if (c->identity.role == 0) {
     if (peer_add(srv, c->peer_addr, 1, srv->max_peer_streams, 0, 0) != 0) {
@@ -1345,32 +1484,19 @@ static int stream_spawn(struct call *c, char *msg, size_t len) {
     }
     c->peer_stream = 1;
   }
-  struct stream_thread *st = calloc(1, sizeof(*st));
-  int rc = -ENOMEM;
-  /* Hold mu across pthread_create so that the thread cannot move itself to
-   * streams_done (and be joined) before st->tid is written. */
+  int rc = 0;
   pthread_mutex_lock(&srv->mu);
   if (srv->n_streams >= srv->max_streams) {
-    rc = -EAGAIN;
-    cap_refused(&srv->cap_streams);
-    snprintf(msg, len, "too many streams: the server serves at most %d streaming calls at once",
-             srv->max_streams);
-  } else if (st != NULL) {
-    st->call = c;
-    rc = -pthread_create(&st->tid, NULL, stream_main, st);
-    if (rc == 0) {
-      srv->n_streams++;
-      st->next = srv->streams_live;
-      srv->streams_live = st;
-    } else {
-      snprintf(msg, len, "%s: no thread to serve the stream", c->info.method);
-    }
+    rc = -1;
   } else {
-    snprintf(msg, len, "%s: out of memory for the stream", c->info.method);
+    srv->n_streams++;
+    c->stream_counted = 1;
   }
   pthread_mutex_unlock(&srv->mu);
   if (rc != 0) {
-    free(st);
+    cap_refused(&srv->cap_streams);
+    snprintf(msg, len, "too many streams: the server serves at most %d streaming calls at once",
+             srv->max_streams);
     if (c->peer_stream) {
       peer_add(srv, c->peer_addr, -1, 0, 0, 0);
       c->peer_stream = 0;
@@ -1379,21 +1505,182 @@ static int stream_spawn(struct call *c, char *msg, size_t len) {
   return rc;
 }
 
-/* Pool: a streaming call arrived. Authenticate, then a thread of its own. */
-static void stream_start(struct call *c) {
-  call_describe(c, c->method->path, c->method->path_len);
-  grpc_op op;
-  memset(&op, 0, sizeof(op));
-  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-  op.data.recv_close_on_server.cancelled = &c->cancelled;
-  if (grpc_call_start_batch(c->call, &op, 1, &c->op_close, NULL) == GRPC_CALL_OK)
-    c->close_started = 1;
-  char msg[512];
+/* Pool (the stream's first job): authentication, the caps, started. */
+static void stream_begin(struct call *c) {
+  struct rpc_server *srv = c->srv;
+  const struct rpc_stream_ops *ops = c->method->stream;
   struct tp_err err = {.status = GRPC_STATUS_OK};
-  if (call_authenticate(c, &err) != 0)
-    stream_refuse(c, err.status, err.msg);
-  else if (stream_spawn(c, msg, sizeof(msg)) != 0)
-    stream_refuse(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+  char msg[512];
+  if (call_authenticate(c, &err) != 0) {
+    stream_refuse(c, &err);
+    return;
+  }
+  if (stream_admit(c, msg, sizeof(msg)) != 0) {
+    tp_err_set(&err, GRPC_STATUS_RESOURCE_EXHAUSTED, "%s", msg);
+    stream_refuse(c, &err);
+    return;
+  }
+  void *stream_data = NULL;
+  if (ops->started(&c->stream, &c->info, c->method->data, &stream_data, &err) != 0) {
+    stream_refuse(c, &err);
+    return;
+  }
+  /* On the live list before the shutdown flag is read, under the lock
+   * rpc_server_shutdown walks the list with: a stream either is on the
+   * list it walks or sees the flag. */
+  pthread_mutex_lock(&srv->mu);
+  c->live_prev = NULL;
+  c->live_next = srv->streams_live;
+  if (srv->streams_live != NULL)
+    srv->streams_live->live_prev = c;
+  srv->streams_live = c;
+  c->on_live = 1;
+  int shutting = atomic_load(&srv->shutting_down);
+  pthread_mutex_unlock(&srv->mu);
+  pthread_mutex_lock(&c->smu);
+  c->stream_data = stream_data;
+  c->accepted = 1;
+  if (shutting)
+    c->pending_shutdown = 1;
+  c->want_read = 1;
+  stream_read_maybe(c);
+  pthread_mutex_unlock(&c->smu);
+}
+
+static void stream_live_remove(struct call *c) {
+  struct rpc_server *srv = c->srv;
+  pthread_mutex_lock(&srv->mu);
+  if (c->on_live) {
+    if (c->live_prev != NULL)
+      c->live_prev->live_next = c->live_next;
+    else
+      srv->streams_live = c->live_next;
+    if (c->live_next != NULL)
+      c->live_next->live_prev = c->live_prev;
+    c->live_prev = c->live_next = NULL;
+    c->on_live = 0;
+  }
+  pthread_mutex_unlock(&srv->mu);
+}
+
+/* Pool: one received message to the handler. Returns 0 to read the next,
+ * 1 to read no more, -1 when the call is finishing. */
+static int stream_deliver(struct call *c, grpc_byte_buffer *bb) {
+  const struct rpc_stream_ops *ops = c->method->stream;
+  struct tp_err err = {.status = GRPC_STATUS_OK};
+  ProtobufCMessage *msg = message_decode(bb, ops->req, &err);
+  if (msg == NULL) {
+    stream_finish_error(c, &err);
+    return -1;
+  }
+  int rc = ops->message(&c->stream, c->stream_data, msg, &err);
+  if (rc < 0) {
+    stream_finish_error(c, &err);
+    return -1;
+  }
+  return rc > 0 ? 1 : 0;
+}
+
+/* Whether a callback is due (smu held). */
+static int stream_pending(const struct call *c) {
+  return c->pending_bb != NULL || c->pending_drained || c->pending_half_closed ||
+         (c->pending_shutdown && !c->shutdown_done) || (c->end_ready && !c->end_done);
+}
+
+/* Pool: runs the stream's pending callbacks, one at a time, in their
+ * order, until none is left (after a message, the rest waits for another
+ * turn). Takes the job's reference. */
+static void stream_run(struct call *c) {
+  const struct rpc_stream_ops *ops = c->method->stream;
+  struct rpc_stream *s = &c->stream;
+  pthread_mutex_lock(&c->smu);
+  for (;;) {
+    if (!c->begun) {
+      c->begun = 1;
+      pthread_mutex_unlock(&c->smu);
+      stream_begin(c);
+      pthread_mutex_lock(&c->smu);
+      continue;
+    }
+    /* Callbacks between started and ended: none once the call is over. */
+    int live = c->accepted && !c->end_ready;
+    if (c->pending_bb != NULL) {
+      grpc_byte_buffer *bb = c->pending_bb;
+      size_t n = c->pending_bytes;
+      c->pending_bb = NULL;
+      c->pending_bytes = 0;
+      int deliver = live && !c->finishing;
+      pthread_mutex_unlock(&c->smu);
+      int rc = 1;
+      if (deliver)
+        rc = stream_deliver(c, bb);
+      else
+        grpc_byte_buffer_destroy(bb);
+      atomic_fetch_sub(&c->srv->held_bytes, n);
+      pthread_mutex_lock(&c->smu);
+      if (rc == 0) {
+        c->want_read = 1;
+        stream_read_maybe(c);
+      }
+      if (stream_pending(c)) {
+        /* One message per turn: a client that sends without pause keeps
+         * no pool thread from the others; the rest waits at the back of
+         * the queue, the job's reference with it. */
+        job_push(c, stream_run);
+        pthread_mutex_unlock(&c->smu);
+        return;
+      }
+      continue;
+    }
+    if (c->pending_drained) {
+      c->pending_drained = 0;
+      if (live && ops->drained != NULL) {
+        pthread_mutex_unlock(&c->smu);
+        ops->drained(s, c->stream_data);
+        pthread_mutex_lock(&c->smu);
+      }
+      continue;
+    }
+    if (c->pending_half_closed) {
+      c->pending_half_closed = 0;
+      if (live && !c->finishing) {
+        pthread_mutex_unlock(&c->smu);
+        if (ops->half_closed != NULL)
+          ops->half_closed(s, c->stream_data);
+        else
+          stream_finish(c, GRPC_STATUS_OK, NULL);
+        pthread_mutex_lock(&c->smu);
+      }
+      continue;
+    }
+    if (c->pending_shutdown && !c->shutdown_done) {
+      c->shutdown_done = 1;
+      if (live && !c->finishing) {
+        pthread_mutex_unlock(&c->smu);
+        if (ops->shutdown != NULL)
+          ops->shutdown(s, c->stream_data);
+        else
+          stream_finish(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+        pthread_mutex_lock(&c->smu);
+      }
+      continue;
+    }
+    if (c->end_ready && !c->end_done) {
+      c->end_done = 1;
+      pthread_mutex_unlock(&c->smu);
+      if (c->accepted) {
+        stream_live_remove(c);
+        if (ops->ended != NULL)
+          ops->ended(s, c->stream_data);
+      }
+      pthread_mutex_lock(&c->smu);
+      continue;
+    }
+    break;
+  }
+  c->scheduled = 0;
+  pthread_mutex_unlock(&c->smu);
+  call_unref(c);
 }
 
 /* Event: a streaming call arrived (or its request failed at shutdown). */
@@ -1409,7 +1696,142 @@ static void stream_arrived(struct call *c, int success) {
     return;
   }
   stream_request(srv, m);
-  job_push(c, stream_start);
+  call_describe(c, m->path, m->path_len);
+  /* Nobody else knows the call yet: no lock. refs is 1, the job's. */
+  grpc_op op;
+  memset(&op, 0, sizeof(op));
+  op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+  op.data.recv_close_on_server.cancelled = &c->cancelled;
+  call_ref(c);
+  if (grpc_call_start_batch(c->call, &op, 1, &c->op_close, NULL) == GRPC_CALL_OK) {
+    c->close_started = 1;
+  } else {
+    /* Without a close the end cannot be learned: treat the call as over. */
+    call_unref_held(c);
+    grpc_call_cancel(c->call, NULL);
+    c->closed = 1;
+    atomic_store(&c->close_done, 1);
+    c->end_ready = 1;
+  }
+  c->scheduled = 1;
+  job_push(c, stream_run);
+}
+
+/* Event: the call is over (status sent, or cancelled: by the client, its
+ * deadline, a broken connection, shutdown). */
+static void stream_closed(struct call *c) {
+  pthread_mutex_lock(&c->smu);
+  c->closed = 1;
+  atomic_store(&c->close_done, 1);
+  if (timer_remove(c))
+    call_unref_held(c);
+  sendq_drop(c);
+  stream_check_end(c);
+  pthread_mutex_unlock(&c->smu);
+  call_unref(c);
+}
+
+/* Event: a message arrived, the client half-closed (no message), or the
+ * receive failed (the call is broken; its close follows). */
+static void stream_received(struct call *c, int success) {
+  struct rpc_server *srv = c->srv;
+  pthread_mutex_lock(&c->smu);
+  c->recv_inflight = 0;
+  grpc_byte_buffer *bb = c->recv_bb;
+  c->recv_bb = NULL;
+  if (timer_remove(c))
+    call_unref_held(c);
+  if (!success || c->closed || c->finishing) {
+    if (bb != NULL)
+      grpc_byte_buffer_destroy(bb);
+  } else if (bb == NULL) {
+    c->pending_half_closed = 1;
+    stream_schedule(c);
+  } else {
+    size_t n = grpc_byte_buffer_length(bb);
+    if (atomic_fetch_add(&srv->held_bytes, n) + n > MAX_HELD_BYTES) {
+      atomic_fetch_sub(&srv->held_bytes, n);
+      grpc_byte_buffer_destroy(bb);
+      cap_refused(&srv->cap_bytes);
+      char msg[128];
+      snprintf(msg, sizeof(msg), "the server holds %zu MiB of requests already; retry later",
+               MAX_HELD_BYTES >> 20);
+      stream_finish_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    } else {
+      c->pending_bb = bb;
+      c->pending_bytes = n;
+      stream_schedule(c);
+    }
+  }
+  stream_check_end(c);
+  pthread_mutex_unlock(&c->smu);
+  call_unref(c);
+}
+
+/* Event: a message was taken by the transport (or the call broke). */
+static void stream_sent(struct call *c, int success) {
+  pthread_mutex_lock(&c->smu);
+  grpc_byte_buffer_destroy(c->send_bb);
+  c->send_bb = NULL;
+  c->queued_bytes -= c->send_len;
+  c->send_len = 0;
+  if (!success) {
+    sendq_drop(c);
+    grpc_call_cancel(c->call, NULL);
+  } else {
+    stream_send_next(c);
+    if (c->send_bb == NULL && c->sendq_head == NULL && !c->finishing &&
+        c->method->stream->drained != NULL) {
+      c->pending_drained = 1;
+      stream_schedule(c);
+    }
+  }
+  stream_read_maybe(c);
+  stream_check_end(c);
+  pthread_mutex_unlock(&c->smu);
+  call_unref(c);
+}
+
+/* Event: the status went out (the close completes with it). */
+static void stream_status_sent(struct call *c, int success) {
+  pthread_mutex_lock(&c->smu);
+  c->status_inflight = 0;
+  c->status_sent = success;
+  if (!success)
+    grpc_call_cancel(c->call, NULL);
+  stream_check_end(c);
+  pthread_mutex_unlock(&c->smu);
+  call_unref(c);
+}
+
+/* Event: finishes the streams whose expected message is overdue. */
+static void timer_sweep(struct event_thread *ev, int64_t now) {
+  struct call *due = NULL;
+  pthread_mutex_lock(&ev->timers_mu);
+  while (ev->timers_head != NULL && ev->timers_head->expect_deadline <= now) {
+    struct call *c = ev->timers_head;
+    ev->timers_head = c->tm_next;
+    if (ev->timers_head != NULL)
+      ev->timers_head->tm_prev = NULL;
+    else
+      ev->timers_tail = NULL;
+    c->tm_prev = c->tm_next = NULL;
+    c->on_timer = 0;
+    c->due_ms = c->expect_ms;
+    c->due_next = due;
+    due = c;
+  }
+  pthread_mutex_unlock(&ev->timers_mu);
+  while (due != NULL) {
+    struct call *c = due;
+    due = c->due_next;
+    char text[96];
+    snprintf(text, sizeof(text), "no message within %d ms", c->due_ms);
+    pthread_mutex_lock(&c->smu);
+    stream_finish_locked(c, GRPC_STATUS_DEADLINE_EXCEEDED, text);
+    pthread_mutex_unlock(&c->smu);
+    call_unref(c); /* the list's */
+  }
 }
 
 /* --- event threads --- */
@@ -1419,21 +1841,34 @@ static void event_dispatch(void *tag, int success) {
   struct call *c = op->call;
   if (c == NULL || c->magic != CALL_MAGIC)
     abort();
+  int unary = c->kind == CALL_UNARY;
   switch (op->kind) {
   case OP_NEW:
-    if (c->kind == CALL_UNARY)
+    if (unary)
       unary_arrived(c, success);
     else
       stream_arrived(c, success);
     break;
   case OP_CLOSE:
-    unary_closed(c);
+    if (unary)
+      unary_closed(c);
+    else
+      stream_closed(c);
     break;
   case OP_RECV:
-    unary_received(c, success);
+    if (unary)
+      unary_received(c, success);
+    else
+      stream_received(c, success);
     break;
   case OP_SEND:
-    unary_sent(c, success);
+    if (unary)
+      unary_sent(c, success);
+    else
+      stream_sent(c, success);
+    break;
+  case OP_STATUS:
+    stream_status_sent(c, success);
     break;
   }
 }
@@ -1452,7 +1887,7 @@ static void *event_main(void *arg) {
       ev->next_sweep_ms = now + SWEEP_MS;
       overdue_sweep(ev, now);
       lane_sweep(srv, now);
-      parked_sweep(ev);
+      timer_sweep(ev, now);
       /* Requests that could not be posted (out of memory) are retried. */
       unary_request_more(srv);
       streams_request_all(srv);
@@ -1463,111 +1898,98 @@ static void *event_main(void *arg) {
 
 /* --- rpc_stream --- */
 
-static struct call *stream_call(struct rpc_stream *stream) {
+static struct call *stream_call(const struct rpc_stream *stream) {
   if (stream == NULL || stream->magic != RPC_STREAM_MAGIC)
-    abort(); /* a stream used after its handler returned */
+    abort(); /* not a stream, or one used after its last reference */
   return stream->call;
 }
 
-int rpc_stream_recv_within(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
-                           ProtobufCMessage **msg, int timeout_ms, struct tp_err *err) {
-  struct call *c = stream_call(stream);
-  *msg = NULL;
-  if (stream->half_closed)
-    return 0;
-  if (timeout_ms == 0)
-    timeout_ms = c->srv->request_timeout_ms;
-  grpc_byte_buffer *bb = NULL;
-  grpc_op op;
-  memset(&op, 0, sizeof(op));
-  op.op = GRPC_OP_RECV_MESSAGE;
-  op.data.recv_message.recv_message = &bb;
-  if (grpc_call_start_batch(c->call, &op, 1, &c->op_recv, NULL) != GRPC_CALL_OK)
-    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
-  gpr_timespec until = timeout_ms > 0 ? deadline_after_ms(timeout_ms) : forever();
-  grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->op_recv, until, NULL);
-  if (ev.type == GRPC_QUEUE_TIMEOUT) {
-    /* The client keeps the stream and sends nothing: end it, then wait for
-     * the receive, which the cancellation completes. */
-    char text[96];
-    snprintf(text, sizeof(text), "no message within %d ms", timeout_ms);
-    grpc_call_cancel_with_status(c->call, GRPC_STATUS_DEADLINE_EXCEEDED, text, NULL);
-    ev = grpc_completion_queue_pluck(c->cq, &c->op_recv, forever(), NULL);
-    if (bb != NULL)
-      grpc_byte_buffer_destroy(bb);
-    return tp_err_set(err, GRPC_STATUS_DEADLINE_EXCEEDED, "%s", text);
+/* Queues bb (consumed). */
+static int stream_send_bb(struct call *c, grpc_byte_buffer *bb) {
+  if (bb == NULL)
+    return -ENOMEM;
+  size_t len = grpc_byte_buffer_length(bb);
+  struct send_item *it = malloc(sizeof(*it));
+  if (it == NULL) {
+    grpc_byte_buffer_destroy(bb);
+    return -ENOMEM;
   }
-  if (ev.type != GRPC_OP_COMPLETE || !ev.success)
-    return tp_err_set(err, GRPC_STATUS_CANCELLED, "call cancelled");
-  if (bb == NULL) {
-    stream->half_closed = 1;
-    return 0;
+  int rc = 0;
+  pthread_mutex_lock(&c->smu);
+  if (c->finishing || c->closed || c->end_ready) {
+    rc = -EPIPE;
+  } else if (c->queued_bytes + len > RPC_STREAM_MAX_QUEUED) {
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "the client does not read: %zu bytes wait to be sent on this stream (at most %zu)",
+             c->queued_bytes, RPC_STREAM_MAX_QUEUED);
+    stream_finish_locked(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+    rc = -ENOBUFS;
+  } else {
+    it->next = NULL;
+    it->bb = bb;
+    it->len = len;
+    if (c->sendq_tail != NULL)
+      c->sendq_tail->next = it;
+    else
+      c->sendq_head = it;
+    c->sendq_tail = it;
+    c->queued_bytes += len;
+    stream_send_next(c);
   }
-  *msg = message_decode(bb, desc, err);
-  return *msg != NULL ? 1 : -1;
-}
-
-int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
-                    ProtobufCMessage **msg, struct tp_err *err) {
-  return rpc_stream_recv_within(stream, desc, msg, -1, err);
-}
-
-static int stream_send_bb(struct rpc_stream *stream, grpc_byte_buffer *bb) {
-  struct call *c = stream_call(stream);
-  grpc_op ops[2];
-  size_t n = 0;
-  memset(ops, 0, sizeof(ops));
-  ops_initial_metadata(c, ops, &n);
-  ops[n].op = GRPC_OP_SEND_MESSAGE;
-  ops[n].data.send_message.send_message = bb;
-  n++;
-  int rc = batch_run(c, ops, n, &c->op_send);
-  grpc_byte_buffer_destroy(bb);
+  pthread_mutex_unlock(&c->smu);
+  if (rc != 0) {
+    free(it);
+    grpc_byte_buffer_destroy(bb);
+  }
   return rc;
 }
 
 int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg) {
-  return stream_send_bb(stream, message_encode(msg));
-}
-
-int rpc_stream_send_raw(struct rpc_stream *stream, const uint8_t *data, size_t len) {
-  grpc_slice slice = grpc_slice_from_copied_buffer((const char *)data, len);
-  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
-  grpc_slice_unref(slice);
-  return stream_send_bb(stream, bb);
-}
-
-void rpc_stream_cancel(struct rpc_stream *stream, grpc_status_code status, const char *msg) {
   struct call *c = stream_call(stream);
-  grpc_call_cancel_with_status(c->call, status, msg, NULL);
+  return stream_send_bb(c, message_encode(msg));
 }
 
-int rpc_stream_shutting_down(struct rpc_stream *stream) {
-  return atomic_load(&stream_call(stream)->srv->shutting_down);
-}
-
-int rpc_stream_wait(struct rpc_stream *stream, int timeout_ms) {
+int rpc_stream_send_slice(struct rpc_stream *stream, grpc_slice slice) {
   struct call *c = stream_call(stream);
-  gpr_timespec end = deadline_after_ms(timeout_ms > 0 ? timeout_ms : 0);
-  for (;;) {
-    if (atomic_load(&c->srv->shutting_down) || atomic_load(&c->close_done))
-      return 1;
-    if (!c->close_started)
-      return 1; /* cannot learn of a cancellation: treat the call as over */
-    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-    if (gpr_time_cmp(now, end) >= 0)
-      return 0;
-    gpr_timespec slice = gpr_time_add(now, gpr_time_from_millis(WAIT_SLICE_MS, GPR_TIMESPAN));
-    if (gpr_time_cmp(slice, end) > 0)
-      slice = end;
-    /* The close completes before the handler sent a status only if the
-     * call was cancelled. */
-    grpc_event ev = grpc_completion_queue_pluck(c->cq, &c->op_close, slice, NULL);
-    if (ev.type == GRPC_OP_COMPLETE) {
-      atomic_store(&c->close_done, 1);
-      return 1;
-    }
-  }
+  /* The byte buffer takes a reference on the slice: nothing is copied. */
+  return stream_send_bb(c, grpc_raw_byte_buffer_create(&slice, 1));
+}
+
+size_t rpc_stream_queued(struct rpc_stream *stream) {
+  struct call *c = stream_call(stream);
+  pthread_mutex_lock(&c->smu);
+  size_t n = c->queued_bytes;
+  pthread_mutex_unlock(&c->smu);
+  return n;
+}
+
+int rpc_stream_finish(struct rpc_stream *stream, grpc_status_code status, const char *msg) {
+  return stream_finish(stream_call(stream), status, msg);
+}
+
+int rpc_stream_expect(struct rpc_stream *stream, int timeout_ms) {
+  struct call *c = stream_call(stream);
+  int rc = 0;
+  pthread_mutex_lock(&c->smu);
+  if (c->finishing || c->closed || c->end_ready)
+    rc = -EPIPE;
+  else
+    timer_set(c, timeout_ms > 0 ? timeout_ms : c->srv->request_timeout_ms);
+  pthread_mutex_unlock(&c->smu);
+  return rc;
+}
+
+const struct rpc_call_info *rpc_stream_call(const struct rpc_stream *stream) {
+  return &stream_call(stream)->info;
+}
+
+void rpc_stream_ref(struct rpc_stream *stream) {
+  call_ref(stream_call(stream));
+}
+
+void rpc_stream_unref(struct rpc_stream *stream) {
+  call_unref(stream_call(stream));
 }
 
 /* --- registration --- */
@@ -1586,7 +2008,8 @@ static int path_check(const char *path) {
  * later; a handled method is never replaced. */
 static int method_add(struct rpc_server *srv, const char *path,
                       const ProtobufCMessageDescriptor *req, const ProtobufCMessageDescriptor *resp,
-                      rpc_unary_fn unary, rpc_stream_fn stream, int write, void *data) {
+                      rpc_unary_fn unary, const struct rpc_stream_ops *stream, int write,
+                      void *data) {
   if (srv->started)
     return -EBUSY;
   int rc = path_check(path);
@@ -1643,9 +2066,11 @@ int rpc_server_add_write(struct rpc_server *srv, const char *method,
   return method_add(srv, method, req, resp, fn, NULL, 1, data);
 }
 
-int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream_fn fn,
-                          void *data) {
-  return method_add(srv, method, NULL, NULL, NULL, fn, 0, data);
+int rpc_server_add_stream(struct rpc_server *srv, const char *method,
+                          const struct rpc_stream_ops *ops, void *data) {
+  if (ops != NULL && (ops->req == NULL || ops->started == NULL || ops->message == NULL))
+    return -EINVAL;
+  return method_add(srv, method, NULL, NULL, NULL, ops, 0, data);
 }
 
 int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *svc,
@@ -1730,7 +2155,6 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
     return -ENOMEM;
   }
   pthread_mutex_init(&srv->mu, NULL);
-  pthread_cond_init(&srv->stream_done_cv, NULL);
   pthread_mutex_init(&srv->pool_mu, NULL);
   pthread_cond_init(&srv->pool_cv, NULL);
   pthread_mutex_init(&srv->calls_mu, NULL);
@@ -1765,6 +2189,14 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
       /* What one connection, and one TLS handshake, can hold. */
       {GRPC_ARG_INTEGER, GRPC_ARG_MAX_CONCURRENT_STREAMS, {.integer = MAX_CONCURRENT_STREAMS}},
       {GRPC_ARG_INTEGER, GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, {.integer = HANDSHAKE_TIMEOUT_MS}},
+      /* Memory per connection, which an agent holds alone: TLS records of
+       * 4 KiB (the frame protector's buffer, 16 KiB by default) and 4 KiB
+       * first reads (grpc grows them under load) save ~12 KiB of ~155 KiB
+       * per idle TLS connection. The rest (OpenSSL's BIO pair and record
+       * buffers, the secure endpoint's staging buffers, chttp2) cannot be
+       * sized in grpc 1.51. */
+      {GRPC_ARG_INTEGER, GRPC_ARG_TSI_MAX_FRAME_SIZE, {.integer = CONN_TLS_FRAME}},
+      {GRPC_ARG_INTEGER, GRPC_ARG_TCP_READ_CHUNK_SIZE, {.integer = CONN_READ_CHUNK}},
       {GRPC_ARG_POINTER,
        GRPC_ARG_RESOURCE_QUOTA,
        {.pointer = {.p = quota, .vtable = grpc_resource_quota_arg_vtable()}}},
@@ -1776,7 +2208,7 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   grpc_server_register_completion_queue(srv->server, srv->shutdown_cq, NULL);
   for (int i = 0; i < EVENT_THREADS; i++) {
     srv->events[i].srv = srv;
-    pthread_mutex_init(&srv->events[i].parked_mu, NULL);
+    pthread_mutex_init(&srv->events[i].timers_mu, NULL);
     srv->events[i].cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->events[i].cq, NULL);
   }
@@ -1857,12 +2289,22 @@ int rpc_server_shutting_down(const struct rpc_server *srv) {
 void rpc_server_shutdown(struct rpc_server *srv, int grace_ms) {
   if (srv == NULL || srv->shut_down)
     return;
-  /* Set first: streams see it in rpc_stream_wait and end within the grace;
-   * no new request is posted. */
+  /* Set first: no new request is posted, and a stream accepted from now on
+   * learns of the shutdown as it starts (stream_begin). */
   atomic_store(&srv->shutting_down, 1);
   pthread_mutex_lock(&srv->calls_mu);
   srv->accepting = 0;
   pthread_mutex_unlock(&srv->calls_mu);
+  /* Every stream is told, so that long ones end within the grace rather
+   * than being cancelled at its end. */
+  pthread_mutex_lock(&srv->mu);
+  for (struct call *c = srv->streams_live; c != NULL; c = c->live_next) {
+    pthread_mutex_lock(&c->smu);
+    c->pending_shutdown = 1;
+    stream_schedule(c);
+    pthread_mutex_unlock(&c->smu);
+  }
+  pthread_mutex_unlock(&srv->mu);
   grpc_server_shutdown_and_notify(srv->server, srv->shutdown_cq, &srv->shutdown_tag);
   gpr_timespec grace = grace_ms < 0 ? forever() : deadline_after_ms(grace_ms);
   grpc_event ev = grpc_completion_queue_next(srv->shutdown_cq, grace, NULL);
@@ -1871,24 +2313,13 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms) {
     ev = grpc_completion_queue_next(srv->shutdown_cq, forever(), NULL);
   }
   /* Every pending request has failed by now and every call is over; the
-   * event threads and the pool release what is left (a started server
+   * event threads and the pool release what is left, ended callbacks
+   * included, and handlers drop their stream references (a started server
    * has both; one that never started has no call). */
   pthread_mutex_lock(&srv->calls_mu);
   while (srv->n_calls > 0 && srv->n_events_started == EVENT_THREADS && srv->n_pool_started > 0)
     pthread_cond_wait(&srv->calls_cv, &srv->calls_mu);
   pthread_mutex_unlock(&srv->calls_mu);
-  /* No new stream threads can start; wait for the running ones (their
-   * calls are over; the handlers return once they notice). */
-  for (;;) {
-    pthread_mutex_lock(&srv->mu);
-    while (srv->streams_live != NULL && srv->streams_done == NULL)
-      pthread_cond_wait(&srv->stream_done_cv, &srv->mu);
-    int more = srv->streams_live != NULL;
-    pthread_mutex_unlock(&srv->mu);
-    streams_reap(srv);
-    if (!more)
-      break;
-  }
   pthread_mutex_lock(&srv->pool_mu);
   srv->pool_stop = 1;
   pthread_cond_broadcast(&srv->pool_cv);
@@ -1908,13 +2339,13 @@ void rpc_server_free(struct rpc_server *srv) {
     return;
   rpc_server_shutdown(srv, 0);
   grpc_server_destroy(srv->server);
-  cq_close(srv->shutdown_cq, 0);
+  cq_close(srv->shutdown_cq);
   for (int i = 0; i < EVENT_THREADS; i++) {
     if (i < srv->n_events_started)
       grpc_completion_queue_destroy(srv->events[i].cq); /* drained by its thread */
     else
-      cq_close(srv->events[i].cq, 0);
-    pthread_mutex_destroy(&srv->events[i].parked_mu);
+      cq_close(srv->events[i].cq);
+    pthread_mutex_destroy(&srv->events[i].timers_mu);
   }
   for (size_t i = 0; i < srv->n_methods; i++)
     free(srv->methods[i].path);
@@ -1932,7 +2363,6 @@ void rpc_server_free(struct rpc_server *srv) {
       free(p);
     }
   free(srv->pool);
-  pthread_cond_destroy(&srv->stream_done_cv);
   pthread_mutex_destroy(&srv->mu);
   pthread_cond_destroy(&srv->pool_cv);
   pthread_mutex_destroy(&srv->pool_mu);

@@ -1,8 +1,11 @@
 /* The gRPC server core: grpc core's C API, event threads on completion
- * queues, a bounded pool of worker threads for unary calls, a thread per
- * streaming call (capped), and dispatch of calls to handlers by full
- * method path. No worker thread ever waits for a client: a unary call
- * reaches the pool only once its whole request has arrived.
+ * queues, a bounded pool of worker threads, and dispatch of calls to
+ * handlers by full method path. Unary and streaming calls alike are served
+ * from the completion queues: no thread per call, per stream or per
+ * connection, and no worker thread ever waits for a client. A unary call
+ * reaches the pool only once its whole request has arrived; a stream's
+ * handler is a set of callbacks (struct rpc_stream_ops) that the pool runs
+ * as the stream's events come.
  *
  * Messages: every protobuf-c message handed to or returned by a handler is
  * heap-allocated with all its members malloc'd, and is freed with
@@ -10,7 +13,9 @@
 #ifndef TLSPLANE_SERVER_RPC_H
 #define TLSPLANE_SERVER_RPC_H
 
+#include <grpc/slice.h>
 #include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
 
 #include "error.h"
 
@@ -71,62 +76,127 @@ typedef int (*rpc_unary_fn)(const struct rpc_call_info *call, const ProtobufCMes
 /* A unary handler runs on a pool thread with the whole request decoded;
  * its response is sent without the thread waiting for the client. */
 
-/* A streaming handler (client, server or bidi streaming). Runs on a thread
- * of its own for the whole call (streams live long: a pool thread would be
- * lost to every connected agent), so it may block; uses
- * rpc_stream_recv/rpc_stream_send. Returns 0 for status OK, or -1 with err
- * set. Must return soon after rpc_stream_shutting_down turns 1, and must not
- * return while another thread it started still uses the stream. */
-typedef int (*rpc_stream_fn)(const struct rpc_call_info *call, struct rpc_stream *stream,
-                             struct tp_err *err, void *data);
+/* Streams.
+ *
+ * A streaming call (client, server or bidi streaming) is a struct
+ * rpc_stream, served by the callbacks of its method's rpc_stream_ops. The
+ * callbacks of one stream run on pool threads, one at a time and in the
+ * order of the stream's events:
+ *
+ *   started -> (message | drained)* -> [half_closed] -> [shutdown] -> ended
+ *
+ * (drained and shutdown may come between messages too). None of them may
+ * block for long: a pool thread that waits serves nobody. Nothing is read
+ * before started accepted the stream; each message is read only once the
+ * previous one was handled (its message callback returned) and while the
+ * stream has at most RPC_STREAM_READ_PAUSE bytes waiting to be sent, so a
+ * client holds at most one undecoded message per stream, and one that does
+ * not read what it is sent is not read either.
+ *
+ * Sending and finishing (rpc_stream_send*, rpc_stream_finish) work from any
+ * thread, inside or outside the callbacks, and never wait: messages queue
+ * on the stream, one is handed to grpc at a time.
+ *
+ * Lifetime: ended always comes, exactly once, for a stream that started
+ * accepted, whatever ended the call (the handler's finish, the client's
+ * cancel or deadline, a broken connection, the server's shutdown), and
+ * after every other callback of the stream returned. After ended returns
+ * the stream is invalid, except to a holder of a reference
+ * (rpc_stream_ref), for whom every call fails (-EPIPE) until it
+ * rpc_stream_unref's it. References must be dropped for
+ * rpc_server_shutdown to return. */
 
-/* One thread may receive (rpc_stream_recv) while another sends
- * (rpc_stream_send) and a third waits (rpc_stream_wait); two threads must not
- * receive, send or wait at the same time. */
+/* The most bytes queued (sent, not yet taken by the transport) on one
+ * stream while its next message is still read; beyond, reading pauses
+ * until the queue drains below it. */
+#define RPC_STREAM_READ_PAUSE ((size_t)64 * 1024)
+/* The most bytes queued on one stream: a send beyond it ends the call
+ * with RESOURCE_EXHAUSTED (the client does not read) and fails -ENOBUFS. */
+#define RPC_STREAM_MAX_QUEUED ((size_t)64 * 1024 * 1024)
 
-/* Receives the next request message. Returns 1 and sets *msg (caller frees
- * with protobuf_c_message_free_unpacked) when one arrived, 0 when the client
- * half-closed, -1 on a broken call or an undecodable message (err set). */
-int rpc_stream_recv(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
-                    ProtobufCMessage **msg, struct tp_err *err);
-/* As rpc_stream_recv, waiting timeout_ms at most (0: the server's request
- * timeout; negative: no limit): past it the call is ended with
- * DEADLINE_EXCEEDED "no message within N ms" and -1 returned (err set). */
-int rpc_stream_recv_within(struct rpc_stream *stream, const ProtobufCMessageDescriptor *desc,
-                           ProtobufCMessage **msg, int timeout_ms, struct tp_err *err);
+struct rpc_stream_ops {
+  /* The request message type; each message is decoded as one. */
+  const ProtobufCMessageDescriptor *req;
+  /* The call's metadata arrived and authentication passed (call lives as
+   * long as the stream; also rpc_stream_call). Returns 0 to accept it,
+   * setting *stream_data (handed to every later callback), or -1 with err
+   * set to refuse it with err's status: then no other callback runs.
+   * data: rpc_server_add_stream's. Required. */
+  int (*started)(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                 void **stream_data, struct tp_err *err);
+  /* One request message, decoded and checked (pb_input_check); takes
+   * ownership of msg. Returns 0 to read the next message, 1 to read no
+   * more (the call stays open: ended still comes; half_closed does not), or
+   * -1 with err set to end the call with err's status (rpc_stream_finish).
+   * A message that does not decode ends the call with INVALID_ARGUMENT
+   * unseen. Required. */
+  int (*message)(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *msg,
+                 struct tp_err *err);
+  /* The client sends no more. NULL: the call finishes with OK once every
+   * queued message has gone. */
+  void (*half_closed)(struct rpc_stream *stream, void *stream_data);
+  /* The send queue became empty (every message queued so far was taken by
+   * the transport). NULL: not told. */
+  void (*drained)(struct rpc_stream *stream, void *stream_data);
+  /* rpc_server_shutdown began: finish soon (a stream not finished within
+   * its grace is cancelled). NULL: the call is finished at once with
+   * UNAVAILABLE "the server is shutting down". */
+  void (*shutdown)(struct rpc_stream *stream, void *stream_data);
+  /* The call is over; the last callback. Frees stream_data. NULL: nothing
+   * to free. */
+  void (*ended)(struct rpc_stream *stream, void *stream_data);
+};
 
-/* Sends one response message (not consumed). Returns 0, or -1 if the call
- * is gone. */
+/* Queues one response message (encoded here; msg is not consumed). Returns
+ * 0; -EPIPE once the call is finishing or over (nothing queued); -ENOBUFS
+ * when it would take the queue beyond RPC_STREAM_MAX_QUEUED (the call is
+ * ended with RESOURCE_EXHAUSTED); -ENOMEM. Any thread. */
 int rpc_stream_send(struct rpc_stream *stream, const ProtobufCMessage *msg);
 
-/* Sends one response message already serialized (data is copied): for
- * one message sent to many streams. Returns 0, or -1 if the call is gone. */
-int rpc_stream_send_raw(struct rpc_stream *stream, const uint8_t *data, size_t len);
+/* As rpc_stream_send, for a message already serialized: the stream takes a
+ * reference of its own on slice (the caller keeps its own), so one message
+ * sent to many streams is stored once (make it with
+ * grpc_slice_new_with_user_data, which also frees it when the last
+ * reference goes). */
+int rpc_stream_send_slice(struct rpc_stream *stream, grpc_slice slice);
 
-/* Ends the call now with status and msg (copied): a receive blocked in
- * another thread returns -1, later sends fail. Safe from any thread while
- * the handler runs. */
-void rpc_stream_cancel(struct rpc_stream *stream, grpc_status_code status, const char *msg);
+/* Bytes queued on the stream and not yet taken by the transport. */
+size_t rpc_stream_queued(struct rpc_stream *stream);
 
-/* Returns 1 once the server is shutting down (long streams should end). */
-int rpc_stream_shutting_down(struct rpc_stream *stream);
+/* Ends the call with status and msg (copied); the status is sent once: a
+ * later finish, or one after the call ended, does nothing and returns
+ * -EALREADY. OK is sent after every queued message; any other status at
+ * once (messages still queued are dropped), also to a client that does not
+ * read. From then on no message, half_closed, drained or shutdown
+ * callback starts (a request received but not yet handled is dropped); a
+ * callback running meanwhile returns as usual, then ended comes. Any
+ * thread. */
+int rpc_stream_finish(struct rpc_stream *stream, grpc_status_code status, const char *msg);
 
-/* Waits up to timeout_ms for the call to end from the client's side (the
- * client cancelled, its deadline passed, its connection broke) or for the
- * server to begin shutting down. Returns 1 if either happened (the handler
- * should return), 0 after timeout_ms without either. Notices a shutdown
- * within 100 ms. A server-streaming handler with nothing to send loops on
- * it: while (!rpc_stream_wait(s, 1000)) {...}. */
-int rpc_stream_wait(struct rpc_stream *stream, int timeout_ms);
+/* Requires the next message within timeout_ms (0: the server's request
+ * timeout): without it the call is finished with DEADLINE_EXCEEDED "no
+ * message within N ms". Counted by the event threads' sweep (every 100
+ * ms); a later call replaces the timer. Returns 0, or -EPIPE once the call
+ * is finishing or over. Any thread. */
+int rpc_stream_expect(struct rpc_stream *stream, int timeout_ms);
+
+/* What the handler knows about the call; lives as long as the stream. */
+const struct rpc_call_info *rpc_stream_call(const struct rpc_stream *stream);
+
+/* Keeps the stream's memory past its ended callback (for another thread
+ * that holds it); each ref is matched by one unref. Any thread. */
+void rpc_stream_ref(struct rpc_stream *stream);
+void rpc_stream_unref(struct rpc_stream *stream);
 
 struct rpc_server_opts {
   const char *listen; /* "127.0.0.1:7443" */
-  int threads;        /* pool threads serving unary calls; 0: 2 x cores, at least 4 */
+  int threads;        /* pool threads (unary calls, stream callbacks); 0: 2 x cores, at least 4 */
   /* A unary call whose request message has not wholly arrived this long
    * (ms) after its metadata is cancelled (DEADLINE_EXCEEDED); 0: 10000. */
   int request_timeout_ms;
-  /* Streaming calls served at once (one thread each; an agent stream holds
-   * two); beyond, RESOURCE_EXHAUSTED. 0: 4096. */
+  /* Streaming calls served at once; beyond, RESOURCE_EXHAUSTED. A stream
+   * holds no thread, only memory (about 2 KiB of ours, besides grpc's call
+   * and its connection's). 0: 16384. */
   int max_streams;
   /* Streaming calls served at once per client IP address for calls that
    * run without a credential (health Watch, reflection); 0: 16. */
@@ -161,7 +231,10 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out, 
 int rpc_server_add_unary(struct rpc_server *srv, const char *method,
                          const ProtobufCMessageDescriptor *req,
                          const ProtobufCMessageDescriptor *resp, rpc_unary_fn fn, void *data);
-int rpc_server_add_stream(struct rpc_server *srv, const char *method, rpc_stream_fn fn, void *data);
+/* ops (not copied: it must outlive the server; NULL: UNIMPLEMENTED) serves
+ * every call of a streaming method; data is handed to ops->started. */
+int rpc_server_add_stream(struct rpc_server *srv, const char *method,
+                          const struct rpc_stream_ops *ops, void *data);
 /* As rpc_server_add_unary, for a method that writes: its calls run in the
  * write lane, at most opts.max_writes at once, the others waiting (without
  * a thread) in arrival order; a write that waits too long or finds the
@@ -196,10 +269,12 @@ int rpc_server_add_cleanup(struct rpc_server *srv, void (*cb)(void *data), void 
  * NOT_SERVING from then on). */
 int rpc_server_shutting_down(const struct rpc_server *srv);
 
-/* Stops accepting calls, lets in-flight calls finish for up to grace_ms
- * (< 0: no limit), then cancels the rest, and joins the pool, the event
- * threads and every streaming handler's thread. Call once, from a thread that is not
- * serving a call; a later call does nothing. */
+/* Stops accepting calls, tells every stream (its shutdown callback), lets
+ * in-flight calls finish for up to grace_ms (< 0: no limit), then cancels
+ * the rest, waits until every call is released (every stream's ended
+ * callback has run and every reference is dropped), and joins the pool and
+ * the event threads. Call once, from a thread that is not serving a call;
+ * a later call does nothing. */
 void rpc_server_shutdown(struct rpc_server *srv, int grace_ms);
 
 /* Shuts down (grace 0) if that has not happened, destroys the server and

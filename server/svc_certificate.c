@@ -12,6 +12,9 @@ static const char *const certificate_mutable[] = {
     "certificate_chain_pem", "private_key_pem",        "passphrase", "pfx", "allow_invalid_time",
     "ocsp_response",         "issuer_certificate_pem", NULL};
 
+/* A new key (PEM or inside a PKCS#12) replaces the stored one unread. */
+static const char *const certificate_secret_fields[] = {"private_key_pem", "pfx", NULL};
+
 static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
   const Tlsplane__V1__Certificate *old = (const Tlsplane__V1__Certificate *)op->old;
@@ -60,4 +63,5 @@ const struct api_kind api_kind_certificate = {
     .prepare = certificate_prepare,
     .expire_time_us = certificate_expire_time,
     .check_referrers = resolve_check_referrers,
+    .secret_fields = certificate_secret_fields,
 };

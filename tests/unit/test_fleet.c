@@ -196,6 +196,16 @@ static void test_selection_and_deltas(void **state) {
   assert_int_equal(rset_resource_count(agent), 3);
   assert_int_equal(fleet_view_resources(v), 3);
 
+  /* A world with nothing written since shares every entry: nothing to
+   * send. */
+  struct fleet_world *w2b;
+  assert_ok(fleet_world_build(e.api.store, w2, &w2b, &err), err);
+  assert_int_equal(fleet_world_listeners(w2b), 3);
+  assert_int_equal(fleet_world_resources(w2b), 3);
+  assert_ok(fleet_delta(w2b, v, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  fleet_world_unref(w2b);
+
   /* A reconnecting agent reports what it holds and gets only the
    * revision (an empty delta), not the world. */
   Tlsplane__V1__AgentHello hello = TLSPLANE__V1__AGENT_HELLO__INIT;
@@ -346,6 +356,20 @@ static void test_failure_keeps_what_agents_serve(void **state) {
   free(failures);
   assert_int_equal(fleet_view_listeners(v), 3);
   assert_int_equal(fleet_view_resources(v), 5);
+  /* An older agent would lose them with a whole snapshot: it is sent none. */
+  uint8_t hash[RSET_HASH_LEN];
+  assert_ok(fleet_snapshot(w3, agent1, 1, &msg, &len, hash, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  assert_int_equal(n_failures, 2);
+  free(failures);
+  /* ... and another agent is withheld only for the one that selects
+   * every agent. */
+  static const struct snapshot_label other[] = {{"agent", "9"}};
+  assert_ok(fleet_snapshot(w3, other, 1, &msg, &len, hash, &failures, &n_failures, &err), err);
+  assert_null(msg);
+  assert_int_equal(n_failures, 1);
+  assert_string_equal(failures[0]->listener, "listeners/c");
+  free(failures);
 
   fleet_view_free(v);
   fleet_world_unref(w1);

@@ -1,7 +1,10 @@
 /* Unit tests for the gRPC client (common/gclient.c) against the server
  * core (server/rpc.c) in the same process, on loopback: streams, unary
  * calls, the authorization metadata, TLS with and without a client
- * certificate, deadlines and the stop flag. */
+ * certificate, deadlines and the stop flag; and the server's stream API
+ * (the expect timer, sends and finish from another thread, a shared
+ * slice, a reference past ended). */
+#include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,25 +31,101 @@
 
 /* Echoes every request's service name back as a response status number
  * (its length); "end" ends with OK, "fail" with FAILED_PRECONDITION. */
-static int echo(const struct rpc_call_info *call, struct rpc_stream *stream, struct tp_err *err,
-                void *data) {
-  for (;;) {
-    ProtobufCMessage *m;
-    int rc = rpc_stream_recv(stream, &grpc__health__v1__health_check_request__descriptor, &m, err);
-    if (rc <= 0)
-      return rc;
-    Grpc__Health__V1__HealthCheckRequest *req = (Grpc__Health__V1__HealthCheckRequest *)m;
-    int end = strcmp(req->service, "end") == 0, fail = strcmp(req->service, "fail") == 0;
-    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)strlen(req->service);
-    protobuf_c_message_free_unpacked(m, NULL);
-    if (end)
-      return 0;
-    if (fail)
-      return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "told to fail");
-    if (rpc_stream_send(stream, &resp.base) != 0)
-      return -1;
+static int echo_started(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                        void **stream_data, struct tp_err *err) {
+  *stream_data = NULL;
+  return 0;
+}
+
+static int echo_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *m,
+                        struct tp_err *err) {
+  Grpc__Health__V1__HealthCheckRequest *req = (Grpc__Health__V1__HealthCheckRequest *)m;
+  int end = strcmp(req->service, "end") == 0, fail = strcmp(req->service, "fail") == 0;
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)strlen(req->service);
+  protobuf_c_message_free_unpacked(m, NULL);
+  if (end) {
+    rpc_stream_finish(stream, GRPC_STATUS_OK, NULL);
+    return 1;
   }
+  if (fail)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "told to fail");
+  return rpc_stream_send(stream, &resp.base) == 0 ? 0 : 1;
+}
+
+static const struct rpc_stream_ops echo_ops = {
+    .req = &grpc__health__v1__health_check_request__descriptor,
+    .started = echo_started,
+    .message = echo_message,
+};
+
+/* "Held" streams: the test itself drives them from its own thread. The
+ * started callback takes a reference (held_stream) and requires a message
+ * within HELD_EXPECT_MS; ended is counted. */
+#define HELD "/test.Echo/Held"
+#define HELD_EXPECT_MS 1000
+#define HELD_WAIT_S 30
+static pthread_mutex_t held_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t held_cv = PTHREAD_COND_INITIALIZER;
+static struct rpc_stream *held_stream;
+static int held_started, held_messages, held_ended;
+
+static int held_started_cb(struct rpc_stream *stream, const struct rpc_call_info *call, void *data,
+                           void **stream_data, struct tp_err *err) {
+  rpc_stream_ref(stream);
+  assert_int_equal(rpc_stream_expect(stream, HELD_EXPECT_MS), 0);
+  pthread_mutex_lock(&held_mu);
+  held_stream = stream;
+  held_started++;
+  pthread_cond_broadcast(&held_cv);
+  pthread_mutex_unlock(&held_mu);
+  *stream_data = NULL;
+  return 0;
+}
+
+static int held_message(struct rpc_stream *stream, void *stream_data, ProtobufCMessage *m,
+                        struct tp_err *err) {
+  protobuf_c_message_free_unpacked(m, NULL);
+  pthread_mutex_lock(&held_mu);
+  held_messages++;
+  pthread_cond_broadcast(&held_cv);
+  pthread_mutex_unlock(&held_mu);
+  return 0;
+}
+
+static void held_ended_cb(struct rpc_stream *stream, void *stream_data) {
+  pthread_mutex_lock(&held_mu);
+  held_ended++;
+  pthread_cond_broadcast(&held_cv);
+  pthread_mutex_unlock(&held_mu);
+}
+
+static const struct rpc_stream_ops held_ops = {
+    .req = &grpc__health__v1__health_check_request__descriptor,
+    .started = held_started_cb,
+    .message = held_message,
+    .ended = held_ended_cb,
+};
+
+/* Waits until *count reaches n (held_mu); 0, or -1 after HELD_WAIT_S. */
+static int held_wait(const int *count, int n) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += HELD_WAIT_S;
+  pthread_mutex_lock(&held_mu);
+  int rc = 0;
+  while (*count < n && rc == 0)
+    rc = pthread_cond_timedwait(&held_cv, &held_mu, &until);
+  int reached = *count >= n;
+  pthread_mutex_unlock(&held_mu);
+  return reached ? 0 : -1;
+}
+
+static void held_reset(void) {
+  pthread_mutex_lock(&held_mu);
+  held_stream = NULL;
+  held_started = held_messages = held_ended = 0;
+  pthread_mutex_unlock(&held_mu);
 }
 
 /* "slow" calls: the handler holds the call until the test releases it
@@ -158,7 +237,8 @@ static struct rpc_server *server_start(struct rpc_server_opts *o, char *target, 
   struct rpc_server *srv;
   struct tp_err err = {0};
   assert_int_equal(rpc_server_new(o, &srv, &err), 0);
-  assert_int_equal(rpc_server_add_stream(srv, ECHO, echo, NULL), 0);
+  assert_int_equal(rpc_server_add_stream(srv, ECHO, &echo_ops, NULL), 0);
+  assert_int_equal(rpc_server_add_stream(srv, HELD, &held_ops, NULL), 0);
   assert_int_equal(
       rpc_server_add_unary(srv, UNARY, &grpc__health__v1__health_check_request__descriptor,
                            &grpc__health__v1__health_check_response__descriptor, unary, NULL),
@@ -478,6 +558,94 @@ static void test_stop_flag_ends_a_unary_call(void **state) {
   assert_int_equal(err.status, GRPC_STATUS_CANCELLED);
 }
 
+/* A stream that sends nothing within rpc_stream_expect's time ends with
+ * DEADLINE_EXCEEDED; ended comes once; a reference outlives it, and every
+ * call on the stream then fails. */
+static void test_stream_expect_and_ref_past_ended(void **state) {
+  struct fixture *f = *state;
+  held_reset();
+  struct gclient_stream *s;
+  struct tp_err err = {0};
+  assert_int_equal(gclient_stream_open(f->target, HELD, NULL, &s, &err), 0);
+  ProtobufCMessage *m;
+  assert_int_equal(
+      gclient_stream_recv(s, &grpc__health__v1__health_check_response__descriptor, &m, &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_DEADLINE_EXCEEDED);
+  assert_string_equal(err.msg, "no message within 1000 ms");
+  gclient_stream_close(s);
+  assert_int_equal(held_wait(&held_ended, 1), 0);
+  pthread_mutex_lock(&held_mu);
+  struct rpc_stream *stream = held_stream;
+  assert_int_equal(held_ended, 1);
+  assert_int_equal(held_messages, 0);
+  pthread_mutex_unlock(&held_mu);
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  assert_int_equal(rpc_stream_send(stream, &resp.base), -EPIPE);
+  assert_int_equal(rpc_stream_finish(stream, GRPC_STATUS_OK, NULL), -EALREADY);
+  assert_int_equal(rpc_stream_expect(stream, 10), -EPIPE);
+  rpc_stream_unref(stream);
+}
+
+static atomic_int slice_freed;
+static void slice_free(void *p) {
+  free(p);
+  atomic_fetch_add(&slice_freed, 1);
+}
+
+/* Sends from a thread that is not the stream's: a message, then one
+ * serialized message twice by slice reference (freed once, when the last
+ * reference goes), then an OK finish after them. */
+static void test_stream_send_from_any_thread(void **state) {
+  struct fixture *f = *state;
+  held_reset();
+  atomic_store(&slice_freed, 0);
+  struct gclient_stream *s;
+  struct tp_err err = {0};
+  assert_int_equal(gclient_stream_open(f->target, HELD, NULL, &s, &err), 0);
+  assert_int_equal(send_service(s, "keep"), 0); /* stops the expect timer */
+  assert_int_equal(held_wait(&held_messages, 1), 0);
+  pthread_mutex_lock(&held_mu);
+  struct rpc_stream *stream = held_stream;
+  pthread_mutex_unlock(&held_mu);
+
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  resp.status = 7;
+  assert_int_equal(rpc_stream_send(stream, &resp.base), 0);
+  resp.status = 9;
+  size_t len = protobuf_c_message_get_packed_size(&resp.base);
+  uint8_t *bytes = malloc(len ? len : 1);
+  protobuf_c_message_pack(&resp.base, bytes);
+  grpc_slice slice = grpc_slice_new_with_user_data(bytes, len, slice_free, bytes);
+  assert_int_equal(rpc_stream_send_slice(stream, slice), 0);
+  assert_int_equal(rpc_stream_send_slice(stream, slice), 0);
+  grpc_slice_unref(slice);
+  assert_int_equal(rpc_stream_finish(stream, GRPC_STATUS_OK, NULL), 0);
+  assert_int_equal(rpc_stream_finish(stream, GRPC_STATUS_ABORTED, "twice"), -EALREADY);
+
+  int want[] = {7, 9, 9};
+  for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+    ProtobufCMessage *m;
+    assert_int_equal(
+        gclient_stream_recv(s, &grpc__health__v1__health_check_response__descriptor, &m, &err), 1);
+    assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status, want[i]);
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  ProtobufCMessage *m;
+  assert_int_equal(
+      gclient_stream_recv(s, &grpc__health__v1__health_check_response__descriptor, &m, &err), 0);
+  gclient_stream_close(s);
+  assert_int_equal(held_wait(&held_ended, 1), 0);
+  rpc_stream_unref(stream);
+  /* grpc's transport may drop its last reference a moment after the call
+   * ended: polled, with a deadline. */
+  for (int i = 0; i < HELD_WAIT_S * 100 && atomic_load(&slice_freed) == 0; i++)
+    nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
+  assert_int_equal(atomic_load(&slice_freed), 1);
+  pthread_mutex_lock(&held_mu);
+  assert_int_equal(held_ended, 1);
+  pthread_mutex_unlock(&held_mu);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip_and_ok_end),
@@ -485,6 +653,8 @@ int main(void) {
       cmocka_unit_test(test_unknown_method_is_unimplemented),
       cmocka_unit_test(test_unreachable_server_is_unavailable),
       cmocka_unit_test(test_cancel_unblocks_a_receive),
+      cmocka_unit_test(test_stream_expect_and_ref_past_ended),
+      cmocka_unit_test(test_stream_send_from_any_thread),
       cmocka_unit_test(test_unary_round_trip),
       cmocka_unit_test(test_unary_status_reaches_the_client),
       cmocka_unit_test(test_unary_unreachable_is_unavailable),

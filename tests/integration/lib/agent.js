@@ -65,18 +65,26 @@ function agentBinary() {
 // one Agent (so a reload does not move it).
 const AUTO_ADDRESS = 'auto';
 
-// n distinct free TCP ports on 127.0.0.1: all bound at once (so the
-// kernel cannot hand out one twice), then released.
+// n distinct free TCP ports on 127.0.0.1: all bound at once (so none is
+// handed out twice), then released for the agent to bind. They are drawn
+// below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+// 32768-60999 by default): a port picked there can be taken by any
+// outgoing connection of a parallel test before the agent binds it.
+const PICK_LOW = 20000;
+const PICK_HIGH = 32000;
+
 async function freePorts(n) {
   const servers = [];
   try {
-    for (let i = 0; i < n; i++) {
+    for (let tries = 0; servers.length < n; tries++) {
+      if (tries > 1000) throw new Error(`no ${n} free ports in ${PICK_LOW}-${PICK_HIGH}`);
+      const port = PICK_LOW + Math.floor(Math.random() * (PICK_HIGH - PICK_LOW));
       const srv = net.createServer();
-      servers.push(srv);
-      await new Promise((resolve, reject) => {
-        srv.once('error', reject);
-        srv.listen(0, '127.0.0.1', resolve);
+      const ok = await new Promise((resolve) => {
+        srv.once('error', () => resolve(false));
+        srv.listen(port, '127.0.0.1', () => resolve(true));
       });
+      if (ok) servers.push(srv);
     }
     return servers.map((srv) => srv.address().port);
   } finally {

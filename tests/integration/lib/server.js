@@ -235,6 +235,13 @@ class Server {
     assert.equal(found.length, 0, `the server's log contains ${found.length} secret(s) (lengths ${found.map((s) => s.length)})`);
   }
 
+  // SIGKILL, as a crash would end it; the data dir stays for _spawn().
+  async kill() {
+    this.stopRequested = true;
+    this.proc.kill('SIGKILL');
+    await this.exited;
+  }
+
   // Stops cleanly and starts again on the same data dir (a new port).
   async restart() {
     await this.stopClean();
