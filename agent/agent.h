@@ -29,6 +29,14 @@ struct agent {
   /* Every listener of the snapshot applied last (served or not), and
    * dropped ones whose connections still drain. */
   struct listener *listeners;
+  /* Every built TLS context, by content hash, shared by every listener
+   * and version (tlsconf_ctxcache.h); made by main.c. */
+  struct tlsconf_ctxcache *ctxcache;
+  /* What the agent serves (apply.c keeps it; NULL until the first apply):
+   * per listener served, the entry of its version, and the resources
+   * those use. The cache file and the hello of the control-plane stream
+   * are made from it. */
+  struct rset *served;
   int64_t revision; /* of the last snapshot applied, in whole or in part */
   long long apply_total[AGENT_APPLY_RESULT_COUNT];
   /* Control-plane mode only (the stream's thread writes them). */

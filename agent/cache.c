@@ -140,71 +140,86 @@ void cache_wipe_free(void *data, size_t len) {
   free(data);
 }
 
-static const struct listener *registry_find(const struct agent *a, const char *name) {
-  for (const struct listener *l = a->listeners; l != NULL; l = l->next)
-    if (strcmp(l->name, name) == 0)
-      return l;
-  return NULL;
-}
-
-int cache_snapshot_pack(const struct agent *a, const struct apply_report *r, uint8_t **out,
-                        size_t *len) {
-  const Tlsplane__V1__Snapshot *snap = r->snapshot;
-  size_t n = snap->n_listeners;
-  Tlsplane__V1__ResolvedListener **ls = calloc(n + 1, sizeof(*ls));
-  Tlsplane__V1__ResolvedListener **owned = calloc(n + 1, sizeof(*owned)); /* unpacked here */
-  if (ls == NULL || owned == NULL) {
-    free(ls);
-    free(owned);
+int cache_state_pack(const struct rset *served, int64_t revision, uint8_t **out, size_t *len) {
+  *out = NULL;
+  *len = 0;
+  struct rset *empty = NULL;
+  if (served == NULL && rset_new(&empty) != 0)
+    return -1;
+  Tlsplane__V1__AgentState *st;
+  if (rset_state(served != NULL ? served : empty, revision, &st) != 0) {
+    rset_free(empty);
     return -1;
   }
-  size_t k = 0, n_owned = 0;
-  for (size_t i = 0; i < n && i < r->n; i++) {
-    const struct apply_result *res = &r->results[i];
-    if (res->action != APPLY_FAILED) {
-      ls[k++] = snap->listeners[i];
-      continue;
-    }
-    /* Not applied: what it still serves, if anything, and only once (a
-     * duplicate entry fails while the first of its name was applied). */
-    const struct listener *l = registry_find(a, res->listener);
-    if (l == NULL || l->applied == NULL)
-      continue;
-    int seen = 0;
-    for (size_t j = 0; j < k && !seen; j++)
-      seen = ls[j]->listener != NULL && strcmp(ls[j]->listener->name, l->name) == 0;
-    if (seen)
-      continue;
-    Tlsplane__V1__ResolvedListener *prev =
-        tlsplane__v1__resolved_listener__unpack(NULL, l->applied->config_len, l->applied->config);
-    if (prev == NULL)
-      continue;
-    owned[n_owned++] = prev;
-    ls[k++] = prev;
-  }
-  Tlsplane__V1__Snapshot served = TLSPLANE__V1__SNAPSHOT__INIT;
-  served.revision = snap->revision;
-  served.listeners = ls;
-  served.n_listeners = k;
-  int rc = pb_pack(&served.base, out, len);
-  for (size_t i = 0; i < n_owned; i++)
-    tlsplane__v1__resolved_listener__free_unpacked(owned[i], NULL);
-  free(owned);
-  free(ls);
+  int rc = pb_pack(&st->base, out, len);
+  rset_state_free(st);
+  rset_free(empty);
   return rc;
 }
 
-int cache_snapshot_load(const char *dir, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
+int cache_state_write(const char *dir, const void *data, size_t len, struct tp_err *err) {
+  if (cache_file_write(dir, CACHE_STATE, data, len, 0600, 0, err) != 0)
+    return -1;
+  /* The older form is stale now (and holds keys). */
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/%s", dir, CACHE_SNAPSHOT);
+  if (unlink(path) != 0 && errno != ENOENT)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: %s", path, strerror(errno));
+  return 0;
+}
+
+int cache_state_load(const char *dir, struct rset **out, int64_t *revision, struct tp_err *err) {
   *out = NULL;
+  *revision = 0;
   char *data;
   size_t len;
-  int rc = cache_file_read(dir, CACHE_SNAPSHOT, &data, &len, err);
+  const char *name = CACHE_STATE;
+  int state = 1;
+  int rc = cache_file_read(dir, name, &data, &len, err);
+  if (rc == 0) {
+    name = CACHE_SNAPSHOT;
+    state = 0;
+    rc = cache_file_read(dir, name, &data, &len, err);
+  }
   if (rc <= 0)
     return rc;
-  *out = tlsplane__v1__snapshot__unpack(NULL, len, (const uint8_t *)data);
+  rc = -1;
+  if (state) {
+    Tlsplane__V1__AgentState *st =
+        tlsplane__v1__agent_state__unpack(NULL, len, (const uint8_t *)data);
+    if (st == NULL) {
+      tp_err_set(err, GRPC_STATUS_DATA_LOSS, "%s/%s: not a tlsplane.v1.AgentState", dir, name);
+    } else {
+      *revision = st->revision;
+      rc = rset_from_state(st, out, err) == 0 ? 1 : -1;
+      /* On failure st still holds the keys: wiped before they are freed. */
+      for (size_t i = 0; i < st->n_resources; i++) {
+        Tlsplane__V1__Resource *r = st->resources[i];
+        if (r->content_case == TLSPLANE__V1__RESOURCE__CONTENT_CERTIFICATE &&
+            r->certificate != NULL && r->certificate->private_key_pem != NULL)
+          OPENSSL_cleanse(r->certificate->private_key_pem, strlen(r->certificate->private_key_pem));
+        if (r->content_case == TLSPLANE__V1__RESOURCE__CONTENT_TICKET_KEYS &&
+            r->ticket_keys != NULL)
+          for (size_t k = 0; k < r->ticket_keys->n_keys; k++)
+            OPENSSL_cleanse(r->ticket_keys->keys[k]->key.data, r->ticket_keys->keys[k]->key.len);
+      }
+      protobuf_c_message_free_unpacked(&st->base, NULL);
+    }
+  } else {
+    Tlsplane__V1__Snapshot *snap = tlsplane__v1__snapshot__unpack(NULL, len, (const uint8_t *)data);
+    if (snap == NULL) {
+      tp_err_set(err, GRPC_STATUS_DATA_LOSS, "%s/%s: not a tlsplane.v1.Snapshot", dir, name);
+    } else {
+      *revision = snap->revision;
+      rc = rset_from_snapshot(snap, out, err) == 0 ? 1 : -1;
+      protobuf_c_message_free_unpacked(&snap->base, NULL);
+    }
+  }
   cache_wipe_free(data, len);
-  if (*out == NULL)
-    return tp_err_set(err, GRPC_STATUS_DATA_LOSS, "%s/%s: not a tlsplane.v1.Snapshot", dir,
-                      CACHE_SNAPSHOT);
-  return 1;
+  if (rc < 0 && err->status != GRPC_STATUS_DATA_LOSS) {
+    char prefix[4200];
+    snprintf(prefix, sizeof(prefix), "%s/%s: ", dir, name);
+    tp_err_prefix(err, prefix);
+  }
+  return rc;
 }

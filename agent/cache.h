@@ -1,9 +1,13 @@
 /* The agent's cache directory (--cache-dir): what lets it serve while the
  * control plane is unreachable, and its identity.
  *
- *   snapshot.pb     the served state: a tlsplane.v1.Snapshot, binary (0600:
- *                   it holds private keys). See cache_snapshot_pack for
- *                   what exactly it holds after a partial apply.
+ *   state.pb        the served state: a tlsplane.v1.AgentState, binary
+ *                   (0600: it holds private keys). See cache_state_pack
+ *                   for what exactly it holds after a partial apply.
+ *   snapshot.pb     the same as a tlsplane.v1.Snapshot, as agents before
+ *                   protocol 2 wrote it: read at start when there is no
+ *                   state.pb (an upgraded agent starts from its old
+ *                   cache), removed once state.pb is written.
  *   agent-key.pem   the agent's private key (0600, never sent anywhere)
  *   agent.pem       its client certificate from the control-plane CA
  *   ca.pem          the CA the enrollment answered with (a copy)
@@ -21,8 +25,10 @@
 #include "agent.h"
 #include "apply.h"
 #include "error.h"
+#include "rset.h"
 #include "tlsplane/v1/snapshot.pb-c.h"
 
+#define CACHE_STATE "state.pb"
 #define CACHE_SNAPSHOT "snapshot.pb"
 /* A cache file larger than this is refused (a snapshot holds key material
  * for every listener; anything larger is a mistake). */
@@ -50,28 +56,32 @@ int cache_path_read(const char *path, char **data, size_t *len, struct tp_err *e
 /* Frees data after overwriting len bytes of it (key material). */
 void cache_wipe_free(void *data, size_t len);
 
-/* What the agent serves after applying r (r->snapshot, the agent's
- * registry), packed as a Snapshot for snapshot.pb:
+/* What the agent serves (served: struct agent's, kept by agent_apply),
+ * packed as an AgentState at revision for state.pb:
  *
- * - every listener of the snapshot that was applied (new, changed or
- *   kept) as the snapshot has it;
- * - every listener that was NOT applied but still serves its previous
- *   version: that previous version (the ResolvedListener bytes it was
- *   built from);
+ * - every listener served, with the entry of the version it serves: the
+ *   newest when it was applied, the previous one when its newest could
+ *   not be (the served entry, not the desired one);
  * - nothing for a listener that failed and serves nothing, nor for
  *   dropped ones;
- * - revision: the snapshot's.
+ * - every resource those entries use, once.
  *
  * Loading it at the next start therefore rebuilds exactly what was
  * served, including the old version of a listener whose newest version
- * could not be applied (invariant 2 survives a restart). *out is malloc'd
- * (caller wipes and frees). */
-int cache_snapshot_pack(const struct agent *a, const struct apply_report *r, uint8_t **out,
-                        size_t *len);
+ * could not be applied (invariant 2 survives a restart), and the hello
+ * reports those entries, so that the server sends the newest again.
+ * *out is malloc'd (caller wipes and frees). */
+int cache_state_pack(const struct rset *served, int64_t revision, uint8_t **out, size_t *len);
 
-/* Loads dir/snapshot.pb: 1 with *out (caller frees with
- * protobuf_c_message_free_unpacked), 0 when there is none, -1 with err
- * when it cannot be read or decoded. */
-int cache_snapshot_load(const char *dir, Tlsplane__V1__Snapshot **out, struct tp_err *err);
+/* Writes data (what cache_state_pack made) as dir/state.pb, atomically,
+ * mode 0600, then removes an older agent's snapshot.pb. */
+int cache_state_write(const char *dir, const void *data, size_t len, struct tp_err *err);
+
+/* Loads the served state: dir/state.pb (AgentState: hashes verified,
+ * every listener holding what it uses), else dir/snapshot.pb (a
+ * Snapshot, rset_from_snapshot). 1 with *out (caller frees with rset_free)
+ * and *revision, 0 when there is neither, -1 with err when the file
+ * cannot be read or decoded. */
+int cache_state_load(const char *dir, struct rset **out, int64_t *revision, struct tp_err *err);
 
 #endif

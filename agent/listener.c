@@ -63,7 +63,6 @@ void listener_version_ref(struct listener_version *v) {
 static void version_free(struct listener_version *v) {
   tlsconf_listener_unref(v->tls);
   listener_unref(v->listener);
-  free(v->config);
   free(v->address);
   free(v->upstream);
   v->magic = 0;
@@ -159,8 +158,8 @@ int listener_addr_resolve(const char *address, int passive, const char *field,
 }
 
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
-                           const uint8_t *config, size_t config_len, struct listener_version **out,
-                           struct tp_err *err) {
+                           const Tlsplane__V1__ListenerEntry *entry, struct tlsconf_ctxcache *cache,
+                           struct listener_version **out, struct tp_err *err) {
   *out = NULL;
   const Tlsplane__V1__Listener *li = rl->listener;
   if (li == NULL)
@@ -189,17 +188,15 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   v->write_timeout_ms = vals.write_timeout_ms;
   v->max_connections = vals.max_connections;
 
-  if ((v->address = strdup(li->address)) == NULL || (v->upstream = strdup(li->upstream)) == NULL ||
-      (v->config = malloc(config_len ? config_len : 1)) == NULL) {
+  if ((v->address = strdup(li->address)) == NULL || (v->upstream = strdup(li->upstream)) == NULL) {
     tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto failed;
   }
-  memcpy(v->config, config, config_len);
-  v->config_len = config_len;
+  if (entry != NULL && entry->hash.len == RSET_HASH_LEN)
+    memcpy(v->entry_hash, entry->hash.data, RSET_HASH_LEN);
 
-  /* Contexts unchanged since the version served are taken from it. */
-  if (tlsconf_listener_build_from(rl, l->applied != NULL ? l->applied->tls : NULL, &v->tls, err) !=
-      0)
+  /* Contexts the agent has built already (for any listener) are shared. */
+  if (tlsconf_listener_build_cached(rl, entry, cache, &v->tls, err) != 0)
     goto failed;
   v->renegotiation_limit = tlsconf_listener_renegotiation_limit(v->tls);
   int64_t window = tlsconf_listener_renegotiation_window_ms(v->tls);

@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 
 #include "error.h"
+#include "rset.h"
 #include "stats.h"
 #include "tlsconf_listener.h"
 #include "tlsplane/v1/snapshot.pb-c.h"
@@ -62,8 +63,9 @@ struct listener_version {
   atomic_int refs;
   struct listener *listener;    /* reference held */
   struct tlsconf_listener *tls; /* reference held */
-  uint8_t *config;              /* the packed ResolvedListener: equal bytes mean KEEP */
-  size_t config_len;
+  /* ListenerEntry.hash of the entry it was built from (rset.h): an entry
+   * with the same hash is KEEP, with nothing compared; zeros: none. */
+  uint8_t entry_hash[RSET_HASH_LEN];
   char *address;                /* as configured, "host:port" */
   union sockaddr_any bind_addr; /* resolved; the port is the bound one once open */
   char *upstream;               /* as configured */
@@ -90,13 +92,16 @@ struct listener *listener_check(void *p);
  * upstream, limits) by the rules the API applies (listener_rules_check,
  * common/), resolves the bind and upstream addresses
  * (getaddrinfo: call it off the worker loops) and builds the TLS side
- * (tlsconf_listener_build_from: the contexts unchanged since l->applied
- * are reused, not rebuilt). config/config_len is rl packed (copied).
+ * (tlsconf_listener_build_cached: contexts come from cache, the agent's
+ * one cache of built contexts, by the content hashes of entry, the
+ * ListenerEntry rl was resolved from, and only those it lacks are built).
+ * The version keeps entry's hash (entry NULL: no hash, no sharing by
+ * hash). Neither rl nor entry is kept.
  * All or nothing: on failure err names the field ("upstream: ...") and
  * nothing is kept. The result holds one reference (the caller's). */
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
-                           const uint8_t *config, size_t config_len, struct listener_version **out,
-                           struct tp_err *err);
+                           const Tlsplane__V1__ListenerEntry *entry, struct tlsconf_ctxcache *cache,
+                           struct listener_version **out, struct tp_err *err);
 void listener_version_ref(struct listener_version *v);
 /* Drops a reference; the last releases the TLS side and the listener.
  * Safe from any thread. NULL is a no-op. */

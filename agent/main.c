@@ -329,26 +329,23 @@ static int parse_options(int argc, char **argv, struct options *o) {
 
 /* Snapshots ------------------------------------------------------------------ */
 
-static void apply_snapshot(struct main_ctx *m, Tlsplane__V1__Snapshot *snap) {
+static void apply_config(struct main_ctx *m, const struct rset *set, int64_t revision) {
   struct apply_report report;
-  agent_apply(&m->a, snap, &report);
+  agent_apply(&m->a, set, revision, &report);
   if (report.results != NULL)
     source_report(m->source, &report);
   apply_report_free(&report);
-  protobuf_c_message_free_unpacked(&snap->base, NULL);
 }
 
-static void on_snapshot(Tlsplane__V1__Snapshot *snap, const struct tp_err *err, void *data) {
+static void on_config(const struct rset *set, int64_t revision, const struct tp_err *err,
+                      void *data) {
   struct main_ctx *m = data;
-  if (snap == NULL) {
+  if (set == NULL) {
     agent_apply_error(&m->a, err);
     return;
   }
-  if (m->stopping) {
-    protobuf_c_message_free_unpacked(&snap->base, NULL);
-    return;
-  }
-  apply_snapshot(m, snap);
+  if (!m->stopping)
+    apply_config(m, set, revision);
 }
 
 /* Stopping ------------------------------------------------------------------- */
@@ -415,7 +412,7 @@ static void on_sighup(uv_signal_t *h, int signum) {
 
 static struct source *source_new(const struct options *o, struct main_ctx *m, uv_loop_t *loop) {
   if (o->config != NULL)
-    return source_file_new(o->config, loop, on_snapshot, m);
+    return source_file_new(o->config, loop, on_config, m);
   struct stream_config cfg = {
       .server = o->server,
       .ca_path = o->ca,
@@ -431,7 +428,7 @@ static struct source *source_new(const struct options *o, struct main_ctx *m, uv
       .renew_now = o->renew_now,
       .retry_max_ms = o->retry_max_ms,
   };
-  return source_stream_new(&cfg, &m->a, loop, on_snapshot, m);
+  return source_stream_new(&cfg, &m->a, loop, on_config, m);
 }
 
 int main(int argc, char **argv) {
@@ -451,7 +448,8 @@ int main(int argc, char **argv) {
   struct main_ctx *m = &ctx;
   uv_loop_t loop;
   struct tp_err err = {0};
-  Tlsplane__V1__Snapshot *snap = NULL;
+  const struct rset *first = NULL;
+  int64_t first_revision = 0;
 
   if (uv_loop_init(&loop) != 0) {
     fprintf(stderr, "tlsplane-agent: cannot make an event loop\n");
@@ -460,16 +458,24 @@ int main(int argc, char **argv) {
     return 1;
   }
   m->a.loop = &loop;
+  if (tlsconf_listener_cache_new(&m->a.ctxcache) != 0) {
+    fprintf(stderr, "tlsplane-agent: out of memory\n");
+    uv_loop_close(&loop);
+    options_free(&o);
+    log_async_stop();
+    return 1;
+  }
   /* The first snapshot: the file must be readable (there is nothing to
    * serve otherwise, and an operator must hear about it at once); the
    * control plane's comes from the cache, if any, and the agent serves it
    * before the server answers. */
   m->source = source_new(&o, m, &loop);
-  if (m->source == NULL || source_first(m->source, &snap, &err) != 0) {
+  if (m->source == NULL || source_first(m->source, &first, &first_revision, &err) != 0) {
     fprintf(stderr, "tlsplane-agent: cannot %s: %s\n",
             o.config != NULL ? "load the config" : "start",
             m->source == NULL ? "out of memory" : err.msg);
     source_close(m->source);
+    tlsconf_ctxcache_unref(m->a.ctxcache);
     uv_loop_close(&loop);
     options_free(&o);
     log_async_stop();
@@ -507,9 +513,9 @@ int main(int argc, char **argv) {
   if (rc != 0)
     fprintf(stderr, "tlsplane-agent: cannot start worker %d: %s\n", started, uv_strerror(rc));
   if (rc == 0) {
-    if (snap != NULL)
-      apply_snapshot(m, snap);
-    snap = NULL;
+    if (first != NULL)
+      apply_config(m, first, first_revision);
+    first = NULL;
     if (source_start(m->source, &err) != 0) {
       fprintf(stderr, "tlsplane-agent: %s\n", err.msg);
       rc = -1;
@@ -543,11 +549,11 @@ int main(int argc, char **argv) {
   status = 0;
 
 done:
-  if (snap != NULL)
-    protobuf_c_message_free_unpacked(&snap->base, NULL);
   source_close(m->source);
   free(m->a.workers);
   agent_listeners_free(&m->a);
+  /* Entries still held (none once every version is gone) keep it alive. */
+  tlsconf_ctxcache_unref(m->a.ctxcache);
   if (uv_loop_close(&loop) != 0)
     log_error("agent", "main loop not closed cleanly");
   options_free(&o);

@@ -136,6 +136,17 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
             agent_apply_result_name((enum agent_apply_result)r), a->apply_total[r]);
   family(f, "tlsplane_workers", "gauge", "Worker threads.");
   fprintf(f, "tlsplane_workers %d\n", a->n_workers);
+  if (a->ctxcache != NULL) {
+    family(f, "tlsplane_ssl_ctx_builds_total", "counter",
+           "TLS contexts built (one SSL_CTX each); a context found again by its content hash "
+           "is not built again.");
+    fprintf(f, "tlsplane_ssl_ctx_builds_total %llu\n",
+            (unsigned long long)tlsconf_ctxcache_builds(a->ctxcache));
+    family(f, "tlsplane_ssl_ctxs", "gauge",
+           "Distinct TLS contexts (SSL_CTXs) held, shared by every listener, version and "
+           "connection that uses them.");
+    fprintf(f, "tlsplane_ssl_ctxs %zu\n", tlsconf_ctxcache_live(a->ctxcache));
+  }
   struct budget *b = (struct budget *)&a->budget;
   family(f, "tlsplane_agent_descriptors_limit", "gauge",
          "File descriptors the agent may open (RLIMIT_NOFILE, raised to the hard limit).");

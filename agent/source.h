@@ -1,11 +1,14 @@
-/* Where snapshots come from: a file (standalone mode, source_file.c) or
- * the control plane's gRPC stream (source_stream.c). A small vtable
+/* Where configurations come from: a file (standalone mode, source_file.c)
+ * or the control plane's gRPC stream (source_stream.c). A small vtable
  * (STYLE.md: redis ConnectionType) so that main.c and apply.c do not care
  * which.
  *
- * A source delivers each new snapshot to cb on the main loop; the agent
- * applies it (agent_apply) and hands the per-listener results back through
- * source_report, which the stream turns into ack / nack.
+ * A source holds the configuration it was given as a resource set
+ * (rset.h: the file's snapshot through rset_from_snapshot; the stream's
+ * SnapshotDeltas applied to it, or an older server's Snapshots replacing
+ * it) and delivers it to cb on the main loop whenever it changes; the
+ * agent applies it (agent_apply) and hands the per-listener results back
+ * through source_report, which the stream turns into ack / nack.
  *
  * Lifetime, all on the main thread: new, first (before the loop runs),
  * start (once the first snapshot is applied), stop (when the agent stops;
@@ -17,27 +20,29 @@
 
 #include "apply.h"
 #include "error.h"
+#include "rset.h"
 #include "tlsplane/v1/snapshot.pb-c.h"
 
-/* A new snapshot (the callee takes ownership: free with
- * protobuf_c_message_free_unpacked), or NULL with err saying why the
- * source could not produce one. */
-typedef void (*source_cb)(Tlsplane__V1__Snapshot *snap, const struct tp_err *err, void *data);
+/* A new configuration: set at revision (the source's, borrowed: valid
+ * during the call), or NULL with err saying why the source could not
+ * produce one. */
+typedef void (*source_cb)(const struct rset *set, int64_t revision, const struct tp_err *err,
+                          void *data);
 
 struct source;
 
 struct source_ops {
   const char *name;
-  /* The snapshot to start with, synchronously: 0 with *out (caller frees;
-   * NULL: nothing to serve yet), or -1 with err when the agent cannot
-   * start. */
-  int (*first)(struct source *s, Tlsplane__V1__Snapshot **out, struct tp_err *err);
+  /* The configuration to start with, synchronously: 0 with *out (the
+   * source's, valid until start; NULL: nothing to serve yet) and
+   * *revision, or -1 with err when the agent cannot start. */
+  int (*first)(struct source *s, const struct rset **out, int64_t *revision, struct tp_err *err);
   /* Starts delivering (threads, handles on the loop). NULL: nothing to
    * start. Returns 0, or -1 with err when the agent cannot run. */
   int (*start)(struct source *s, struct tp_err *err);
-  /* Asks for a fresh snapshot now (SIGHUP); it comes through cb. */
+  /* Asks for a fresh configuration now (SIGHUP); it comes through cb. */
   void (*refresh)(struct source *s);
-  /* The outcome of applying the snapshot last delivered (or the one
+  /* The outcome of applying the configuration last delivered (or the one
    * first returned). */
   void (*report)(struct source *s, const struct apply_report *r);
   /* Stops delivering: cb is not called any more, handles on the loop are
@@ -54,8 +59,9 @@ struct source {
   void *data;
 };
 
-static inline int source_first(struct source *s, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
-  return s->ops->first(s, out, err);
+static inline int source_first(struct source *s, const struct rset **out, int64_t *revision,
+                               struct tp_err *err) {
+  return s->ops->first(s, out, revision, err);
 }
 static inline int source_start(struct source *s, struct tp_err *err) {
   return s->ops->start != NULL ? s->ops->start(s, err) : 0;
@@ -100,9 +106,11 @@ struct stream_config {
 };
 
 /* Connects to the control plane from a thread of its own, receives the
- * agent's snapshots, answers ack / nack, sends stats, persists what is
+ * agent's configuration (protocol 2: a SnapshotDelta against what the
+ * hello reports it serves, then one per change; from an older server:
+ * whole Snapshots), answers ack / nack, sends stats, persists what is
  * served in the cache dir and serves it first at the next start (first
- * returns it, or no snapshot when the cache has none). The strings of cfg
+ * returns it, or nothing when the cache has none). The strings of cfg
  * are copied. a is the agent's registry (read on the main loop for stats
  * and the cache). NULL when out of memory. */
 struct source *source_stream_new(const struct stream_config *cfg, struct agent *a, uv_loop_t *loop,

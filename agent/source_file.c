@@ -1,5 +1,7 @@
 /* The file source: a tlsplane.v1.Snapshot in protobuf's JSON mapping, read
- * at start and again on SIGHUP (see source.h). */
+ * at start and again on SIGHUP (see source.h), and held as a resource set
+ * (agent_set_from_snapshot): every resource once, by content hash, so that
+ * listeners sharing a context share its SSL_CTX. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 struct source_file {
   struct source base;
   char *path;
+  struct rset *set; /* the file's, as last read */
 };
 
 int source_file_load(const char *path, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
@@ -64,20 +67,48 @@ static struct source_file *source_file_check(struct source *s) {
   return (struct source_file *)s;
 }
 
-static int file_first(struct source *s, Tlsplane__V1__Snapshot **out, struct tp_err *err) {
-  return source_file_load(source_file_check(s)->path, out, err);
+/* The file as a set: 0 with *out and *revision, or -1 with err. */
+static int file_read(struct source_file *f, struct rset **out, int64_t *revision,
+                     struct tp_err *err) {
+  Tlsplane__V1__Snapshot *snap = NULL;
+  if (source_file_load(f->path, &snap, err) != 0)
+    return -1;
+  *revision = snap->revision;
+  int rc = agent_set_from_snapshot(snap, out, err);
+  protobuf_c_message_free_unpacked(&snap->base, NULL);
+  if (rc != 0) {
+    char prefix[512];
+    snprintf(prefix, sizeof(prefix), "%s: ", f->path);
+    tp_err_prefix(err, prefix);
+  }
+  return rc;
+}
+
+static int file_first(struct source *s, const struct rset **out, int64_t *revision,
+                      struct tp_err *err) {
+  struct source_file *f = source_file_check(s);
+  *out = NULL;
+  if (file_read(f, &f->set, revision, err) != 0)
+    return -1;
+  *out = f->set;
+  return 0;
 }
 
 static void file_refresh(struct source *s) {
   struct source_file *f = source_file_check(s);
-  Tlsplane__V1__Snapshot *snap = NULL;
+  struct rset *set = NULL;
+  int64_t revision = 0;
   struct tp_err err = {0};
   log_info("agent", "config %s: reloading", f->path);
-  if (source_file_load(f->path, &snap, &err) != 0) {
-    s->cb(NULL, &err, s->data);
+  if (file_read(f, &set, &revision, &err) != 0) {
+    s->cb(NULL, 0, &err, s->data);
     return;
   }
-  s->cb(snap, NULL, s->data);
+  /* What is served shares the resources it still uses (rset.h): the
+   * previous set can go. */
+  rset_free(f->set);
+  f->set = set;
+  s->cb(set, revision, NULL, s->data);
 }
 
 static void file_report(struct source *s, const struct apply_report *r) {
@@ -95,6 +126,7 @@ static void file_report(struct source *s, const struct apply_report *r) {
 
 static void file_close(struct source *s) {
   struct source_file *f = source_file_check(s);
+  rset_free(f->set);
   free(f->path);
   free(f);
 }

@@ -50,6 +50,7 @@
 
 #include "listener_rules.h"
 #include "tlsconf.h"
+#include "tlsconf_ctxcache.h"
 #include "tlsconf_int.h"
 
 #define LISTENER_MAGIC 0x544c534cu /* "TLSL" */
@@ -65,9 +66,15 @@ struct ticket_key {
   unsigned char aes[TICKET_PART_LEN];
 };
 
-/* One TlsContext of the listener. */
-struct entry {
-  char *name;   /* "tlsContexts/web" */
+/* One built TlsContext: the value a context cache (tlsconf_ctxcache.h)
+ * holds under the context's content hash, shared by every listener and
+ * version that names the same content. Nothing in it belongs to a
+ * listener: sessions and ticket keys live in each listener's base, the
+ * listener is found through the SSL's ex_data, and the session ID context
+ * is the context's own (its session_id_context, or the hash of its name),
+ * so a shared SSL_CTX serves and resumes exactly as one per listener did.
+ * Immutable once kept. */
+struct built {
   SSL_CTX *ctx; /* reference held */
   /* What SSL_new copied from the base and switch_to replaces. */
   char *groups;               /* SSL_set1_groups_list form; NULL: OpenSSL's defaults */
@@ -76,10 +83,19 @@ struct entry {
    * record what was stapled; NULL when the context staples nothing. */
   int (*status_cb)(SSL *, void *);
   void *status_arg;
-  /* SHA-256 of the packed ResolvedTlsContext it was built from: a later
-   * version of the listener reuses ctx when its context hashes the same. */
-  unsigned char hash[SHA256_DIGEST_LENGTH];
-  int reused; /* ctx came from the previous version */
+};
+
+/* One TlsContext of the listener: its name and the built context (the
+ * fields are the cache entry's value's, copied for the handshake path). */
+struct entry {
+  char *name;   /* "tlsContexts/web" */
+  SSL_CTX *ctx; /* borrowed from ce */
+  char *groups; /* borrowed from ce */
+  unsigned max_send_fragment;
+  int (*status_cb)(SSL *, void *);
+  void *status_arg;
+  struct tlsconf_ctxcache_entry *ce; /* reference held; NULL until built */
+  int reused;                        /* found in the cache, not built for this listener */
 };
 
 /* An SNI route. host is lower case; for a wildcard it is the part after
@@ -547,9 +563,8 @@ static int map_cmp_key(const void *key, const void *elem) {
 
 static void listener_free(struct tlsconf_listener *l) {
   for (size_t i = 0; i < l->n_entries; i++) {
-    SSL_CTX_free(l->entries[i].ctx);
+    tlsconf_ctxcache_entry_release(l->entries[i].ce);
     free(l->entries[i].name);
-    free(l->entries[i].groups);
   }
   free(l->entries);
   for (size_t i = 0; i < l->n_exact; i++)
@@ -578,34 +593,62 @@ static int install_callbacks(SSL_CTX *ctx) {
          SSL_CTX_set_session_ticket_cb(ctx, ticket_gen_cb, ticket_dec_cb, NULL);
 }
 
-/* Builds the context named name (found in the sorted map) as entry e. */
-static int entry_build(struct entry *e, const char *name, map_entry *const *map, size_t n_map,
-                       struct tp_err *err) {
-  map_entry *const *me = n_map > 0 ? bsearch(name, map, n_map, sizeof(*map), map_cmp_key) : NULL;
-  if (me == NULL || (*me)->value == NULL)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "tls_contexts: no \"%s\"", name);
-  const Tlsplane__V1__ResolvedTlsContext *rc = (*me)->value;
-  if ((e->name = strdup(name)) == NULL)
+static void built_free(void *value) {
+  struct built *b = value;
+  if (b == NULL)
+    return;
+  SSL_CTX_free(b->ctx);
+  free(b->groups);
+  free(b);
+}
+
+/* What a build of one context needs (tlsconf_ctxcache_build_cb's data). */
+struct built_args {
+  const char *name;
+  const Tlsplane__V1__ResolvedTlsContext *rc;
+};
+
+/* Builds one context (tlsconf_ctxcache_build_cb): the SSL_CTX with the
+ * callbacks every SSL_CTX of a listener carries. */
+static int built_make(void *data, void **out, struct tp_err *err) {
+  const struct built_args *a = data;
+  const Tlsplane__V1__ResolvedTlsContext *rc = a->rc;
+  struct built *b = calloc(1, sizeof(*b));
+  if (b == NULL)
     return tlsconf__oom(err);
-  if (tlsconf_ctx_build(rc, &e->ctx, err) != 0) {
+  if (tlsconf_ctx_build(rc, &b->ctx, err) != 0) {
     char prefix[300];
-    snprintf(prefix, sizeof(prefix), "%s: ", name);
+    snprintf(prefix, sizeof(prefix), "%s: ", a->name);
     tp_err_prefix(err, prefix);
-    return -1;
+    goto failed;
   }
   const char *groups = tlsconf__policy_groups(rc->cipher_policy);
-  if (groups != NULL && (e->groups = strdup(groups)) == NULL)
-    return tlsconf__oom(err);
+  if (groups != NULL && (b->groups = strdup(groups)) == NULL) {
+    tlsconf__oom(err);
+    goto failed;
+  }
   int32_t frag = rc->tls_context->max_send_fragment;
-  e->max_send_fragment = frag > 0 ? (unsigned)frag : SSL3_RT_MAX_PLAIN_LENGTH;
-  if (!SSL_CTX_get_tlsext_status_cb(e->ctx, &e->status_cb) ||
-      !SSL_CTX_get_tlsext_status_arg(e->ctx, &e->status_arg))
-    return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: cannot read the OCSP callback", name);
-  if (e->status_cb != NULL)
-    SSL_CTX_set_tlsext_status_cb(e->ctx, status_cb);
-  if (!install_callbacks(e->ctx))
-    return tlsconf__oom(err);
+  b->max_send_fragment = frag > 0 ? (unsigned)frag : SSL3_RT_MAX_PLAIN_LENGTH;
+  if (!SSL_CTX_get_tlsext_status_cb(b->ctx, &b->status_cb) ||
+      !SSL_CTX_get_tlsext_status_arg(b->ctx, &b->status_arg)) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: cannot read the OCSP callback", a->name);
+    goto failed;
+  }
+  if (b->status_cb != NULL)
+    SSL_CTX_set_tlsext_status_cb(b->ctx, status_cb);
+  if (!install_callbacks(b->ctx)) {
+    tlsconf__oom(err);
+    goto failed;
+  }
+  *out = b;
   return 0;
+failed:
+  built_free(b);
+  return -1;
+}
+
+int tlsconf_listener_cache_new(struct tlsconf_ctxcache **out) {
+  return tlsconf_ctxcache_new(built_free, out);
 }
 
 /* Building contexts is the slow part of applying a listener (an SSL_CTX,
@@ -617,74 +660,87 @@ static int entry_build(struct entry *e, const char *name, map_entry *const *map,
 #define PARALLEL_PER_THREAD 16 /* at least this many contexts per thread */
 #define PARALLEL_MAX_THREADS 8
 
+typedef Tlsplane__V1__ListenerEntry__TlsContextsEntry hash_entry;
+
 struct build_job {
   struct tlsconf_listener *l;
   const char **names; /* per entry */
   map_entry **map;
   size_t n_map;
-  /* The previous version's entries, sorted by name (NULL: none). */
-  const struct entry *const *prev;
-  size_t n_prev;
+  struct tlsconf_ctxcache *cache;
+  /* The content hashes of the contexts by name, sorted (NULL: none given:
+   * each context's is computed). */
+  hash_entry **hashes;
+  size_t n_hashes;
   size_t n;                 /* entries to build */
   struct tp_err *errs;      /* per entry */
   atomic_size_t next;       /* the next entry to take */
   atomic_size_t first_fail; /* lowest entry that failed (n: none); later ones are skipped */
 };
 
-static int prev_cmp(const void *key, const void *elem) {
-  return strcmp(key, (*(const struct entry *const *)elem)->name);
+static int hash_cmp(const void *a, const void *b) {
+  return strcmp((*(hash_entry *const *)a)->key, (*(hash_entry *const *)b)->key);
 }
 
-/* The context's hash; then, when the previous version has the same
- * context byte for byte, its SSL_CTX (nothing in an entry's SSL_CTX
- * belongs to a listener version: sessions and ticket keys live in the
- * base, the listener is found through the SSL's ex_data). */
-static int entry_reuse(struct build_job *j, struct entry *e, const char *name) {
-  map_entry *const *me =
-      j->n_map > 0 ? bsearch(name, j->map, j->n_map, sizeof(*j->map), map_cmp_key) : NULL;
-  if (me == NULL || (*me)->value == NULL)
-    return 0; /* entry_build reports it */
-  const ProtobufCMessage *rc = &(*me)->value->base;
-  size_t len = protobuf_c_message_get_packed_size(rc);
+static int hash_cmp_key(const void *key, const void *elem) {
+  return strcmp(key, (*(hash_entry *const *)elem)->key);
+}
+
+/* The content hash the cache knows rc by: the one given for name (the
+ * ContextMaterial resource's, rset.h), else SHA-256 of rc packed. */
+static int context_hash(const struct build_job *j, const char *name,
+                        const Tlsplane__V1__ResolvedTlsContext *rc,
+                        uint8_t hash[TLSCONF_CTXCACHE_HASH_LEN]) {
+  hash_entry *const *he =
+      j->n_hashes > 0 ? bsearch(name, j->hashes, j->n_hashes, sizeof(*j->hashes), hash_cmp_key)
+                      : NULL;
+  if (he != NULL && (*he)->value.len == TLSCONF_CTXCACHE_HASH_LEN) {
+    memcpy(hash, (*he)->value.data, TLSCONF_CTXCACHE_HASH_LEN);
+    return 0;
+  }
+  size_t len = protobuf_c_message_get_packed_size(&rc->base);
   uint8_t stack[4096], *buf = len <= sizeof(stack) ? stack : malloc(len);
   if (buf == NULL)
-    return 0;
-  protobuf_c_message_pack(rc, buf);
-  SHA256(buf, len, e->hash);
+    return -1;
+  protobuf_c_message_pack(&rc->base, buf);
+  SHA256(buf, len, hash);
   OPENSSL_cleanse(buf, len); /* private keys */
   if (buf != stack)
     free(buf);
-  const struct entry *const *pe =
-      j->n_prev > 0 ? bsearch(name, j->prev, j->n_prev, sizeof(*j->prev), prev_cmp) : NULL;
-  if (pe == NULL || memcmp((*pe)->hash, e->hash, sizeof(e->hash)) != 0 || (*pe)->ctx == NULL)
-    return 0;
-  const struct entry *p = *pe;
-  if ((e->name = strdup(name)) == NULL ||
-      (p->groups != NULL && (e->groups = strdup(p->groups)) == NULL)) {
-    free(e->name);
-    e->name = NULL;
-    return 0;
-  }
-  SSL_CTX_up_ref(p->ctx);
-  e->ctx = p->ctx;
-  e->max_send_fragment = p->max_send_fragment;
-  e->status_cb = p->status_cb;
-  e->status_arg = p->status_arg;
-  e->reused = 1;
-  return 1;
+  return 0;
+}
+
+/* Entry k: its context found in the cache by content hash, or built and
+ * kept there. */
+static int entry_get(struct build_job *j, size_t k, struct tp_err *err) {
+  struct entry *e = &j->l->entries[k];
+  const char *name = j->names[k];
+  map_entry *const *me =
+      j->n_map > 0 ? bsearch(name, j->map, j->n_map, sizeof(*j->map), map_cmp_key) : NULL;
+  if (me == NULL || (*me)->value == NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "tls_contexts: no \"%s\"", name);
+  const Tlsplane__V1__ResolvedTlsContext *rc = (*me)->value;
+  uint8_t hash[TLSCONF_CTXCACHE_HASH_LEN];
+  if ((e->name = strdup(name)) == NULL || context_hash(j, name, rc, hash) != 0)
+    return tlsconf__oom(err);
+  struct built_args args = {.name = name, .rc = rc};
+  int built = 0;
+  if (tlsconf_ctxcache_get(j->cache, hash, built_make, &args, &e->ce, &built, err) != 0)
+    return -1;
+  const struct built *b = tlsconf_ctxcache_entry_value(e->ce);
+  e->ctx = b->ctx;
+  e->groups = b->groups;
+  e->max_send_fragment = b->max_send_fragment;
+  e->status_cb = b->status_cb;
+  e->status_arg = b->status_arg;
+  e->reused = !built;
+  return 0;
 }
 
 static void build_one(struct build_job *j, size_t k) {
   if (k >= atomic_load(&j->first_fail))
     return; /* an earlier one failed: its error is the one reported */
-  struct entry *e = &j->l->entries[k];
-  if (entry_reuse(j, e, j->names[k]))
-    return;
-  unsigned char hash[SHA256_DIGEST_LENGTH];
-  memcpy(hash, e->hash, sizeof(hash));
-  int rc = entry_build(e, j->names[k], j->map, j->n_map, &j->errs[k]);
-  memcpy(e->hash, hash, sizeof(hash));
-  if (rc == 0)
+  if (entry_get(j, k, &j->errs[k]) == 0)
     return;
   size_t cur = atomic_load(&j->first_fail);
   while (k < cur && !atomic_compare_exchange_weak(&j->first_fail, &cur, k))
@@ -697,10 +753,6 @@ static void *build_thread(void *arg) {
     build_one(j, k);
   ERR_clear_error();
   return NULL;
-}
-
-static int entry_ptr_cmp(const void *a, const void *b) {
-  return strcmp((*(const struct entry *const *)a)->name, (*(const struct entry *const *)b)->name);
 }
 
 static void build_all(struct build_job *j) {
@@ -725,13 +777,13 @@ static void build_all(struct build_job *j) {
 
 /* The contexts: the default first, then each route's in route order. */
 static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedListener *rl,
-                         const struct tlsconf_listener *prev, size_t *route_entry,
-                         struct tp_err *err) {
+                         const Tlsplane__V1__ListenerEntry *hashes, struct tlsconf_ctxcache *cache,
+                         size_t *route_entry, struct tp_err *err) {
   const Tlsplane__V1__Listener *li = rl->listener;
   map_entry **map = NULL;
   size_t *map_to_entry = NULL;
   const char **names = NULL;
-  const struct entry **prev_sorted = NULL;
+  hash_entry **hash_sorted = NULL;
   struct tp_err *errs = NULL;
   struct tp_err route_err = {0};
   int rc = -1;
@@ -786,22 +838,22 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
     tlsconf__oom(err);
     goto done;
   }
-  size_t n_prev = prev != NULL ? prev->n_entries : 0;
-  if (n_prev > 0) {
-    if ((prev_sorted = malloc(n_prev * sizeof(*prev_sorted))) == NULL) {
+  size_t n_hashes = hashes != NULL ? hashes->n_tls_contexts : 0;
+  if (n_hashes > 0) {
+    if ((hash_sorted = malloc(n_hashes * sizeof(*hash_sorted))) == NULL) {
       tlsconf__oom(err);
       goto done;
     }
-    for (size_t i = 0; i < n_prev; i++)
-      prev_sorted[i] = &prev->entries[i];
-    qsort(prev_sorted, n_prev, sizeof(*prev_sorted), entry_ptr_cmp);
+    memcpy(hash_sorted, hashes->tls_contexts, n_hashes * sizeof(*hash_sorted));
+    qsort(hash_sorted, n_hashes, sizeof(*hash_sorted), hash_cmp);
   }
   struct build_job job = {.l = l,
                           .names = names,
                           .map = map,
                           .n_map = rl->n_tls_contexts,
-                          .prev = prev_sorted,
-                          .n_prev = n_prev,
+                          .cache = cache,
+                          .hashes = hash_sorted,
+                          .n_hashes = n_hashes,
                           .n = n,
                           .errs = errs};
   l->n_entries = n; /* listener_free frees whatever was built */
@@ -820,7 +872,7 @@ done:
   free(map);
   free(map_to_entry);
   free(names);
-  free(prev_sorted);
+  free(hash_sorted);
   free(errs);
   return rc;
 }
@@ -947,7 +999,14 @@ static int base_build(struct tlsconf_listener *l, struct tp_err *err) {
 
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err) {
-  return tlsconf_listener_build_from(rl, NULL, out, err);
+  /* A cache of its own, which its entries keep alive: the same context
+   * named by several routes is still built once. */
+  struct tlsconf_ctxcache *cache;
+  if (tlsconf_listener_cache_new(&cache) != 0)
+    return tlsconf__oom(err);
+  int rc = tlsconf_listener_build_cached(rl, NULL, cache, out, err);
+  tlsconf_ctxcache_unref(cache);
+  return rc;
 }
 
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l) {
@@ -961,9 +1020,10 @@ size_t tlsconf_listener_contexts(const struct tlsconf_listener *l) {
   return l->n_entries;
 }
 
-int tlsconf_listener_build_from(const Tlsplane__V1__ResolvedListener *rl,
-                                const struct tlsconf_listener *prev, struct tlsconf_listener **out,
-                                struct tp_err *err) {
+int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
+                                  const Tlsplane__V1__ListenerEntry *hashes,
+                                  struct tlsconf_ctxcache *cache, struct tlsconf_listener **out,
+                                  struct tp_err *err) {
   *out = NULL;
   const Tlsplane__V1__Listener *li = rl->listener;
   if (li == NULL)
@@ -980,7 +1040,8 @@ int tlsconf_listener_build_from(const Tlsplane__V1__ResolvedListener *rl,
   }
   l->magic = LISTENER_MAGIC;
   atomic_init(&l->refs, 1);
-  if (renegotiation_build(l, li, err) != 0 || entries_build(l, rl, prev, route_entry, err) != 0 ||
+  if (renegotiation_build(l, li, err) != 0 ||
+      entries_build(l, rl, hashes, cache, route_entry, err) != 0 ||
       routes_build(l, li, route_entry, err) != 0 || keys_build(l, rl, err) != 0 ||
       base_build(l, err) != 0) {
     free(route_entry);

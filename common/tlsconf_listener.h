@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 
 #include "error.h"
+#include "tlsconf_ctxcache.h"
 #include "tlsplane/v1/snapshot.pb-c.h"
 
 struct tlsconf_listener;
@@ -41,18 +42,31 @@ struct tlsconf_listener;
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err);
 
-/* The same, reusing the SSL_CTX of every context of prev (a version of the
- * same listener; NULL: none) whose ResolvedTlsContext is unchanged byte
- * for byte: rotating one certificate among thousands of contexts builds
- * one SSL_CTX, not thousands. What the result serves is the same as a
- * fresh build's (an entry's SSL_CTX holds nothing of the listener or of a
- * version: sessions and ticket keys are the base's). prev is only read. */
-int tlsconf_listener_build_from(const Tlsplane__V1__ResolvedListener *rl,
-                                const struct tlsconf_listener *prev, struct tlsconf_listener **out,
-                                struct tp_err *err);
+/* A context cache (tlsconf_ctxcache.h) for tlsconf_listener_build_cached:
+ * one per process is the point (the agent's is in struct agent). Caller
+ * releases it with tlsconf_ctxcache_unref. 0 or -ENOMEM. */
+int tlsconf_listener_cache_new(struct tlsconf_ctxcache **out);
 
-/* How many contexts l has, and how many of them build_from took from the
- * previous version. */
+/* The same, taking every context from cache by its content hash and
+ * building (and keeping there) only those it does not hold: every
+ * listener and version naming the same content shares one SSL_CTX, and
+ * rotating one certificate among thousands of contexts builds the
+ * contexts that use it, not thousands. hashes gives the hash of each
+ * context by name (ListenerEntry.tls_contexts: the ContextMaterial
+ * resource hashes, rset.h; only that map is read); NULL, or a name it
+ * lacks: SHA-256 of the packed ResolvedTlsContext. What the result serves
+ * is the same as a fresh build's: a built context holds nothing of a
+ * listener or of a version (sessions and ticket keys are the base's, the
+ * session ID context is the context's own), so sessions still resume only
+ * in the context and listener that made them. The result holds a
+ * reference to each of its cache entries until it is freed. */
+int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
+                                  const Tlsplane__V1__ListenerEntry *hashes,
+                                  struct tlsconf_ctxcache *cache, struct tlsconf_listener **out,
+                                  struct tp_err *err);
+
+/* How many contexts l has, and how many of them its build found in the
+ * cache rather than built. */
 size_t tlsconf_listener_contexts(const struct tlsconf_listener *l);
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l);
 

@@ -7,8 +7,9 @@
  *         before anything is swapped in (tlsconf_listener_build: every
  *         context with its certificates, keys, policy, trust bundle,
  *         CRLs, the SNI table, the ticket-key ring), each listener on its
- *         own as the apply does, and built again from the first build
- *         (tlsconf_listener_build_from, the path of every later snapshot)
+ *         own as the apply does, and built again through a context cache
+ *         that holds the first build's contexts
+ *         (tlsconf_listener_build_cached, the agent's path)
  *   odd   an AgentCertificate (the answer to EnrollAgent / RenewAgent):
  *         the certificate checked against the agent's key, its facts
  *         read, whether the CA in the answer issued it, and whether it
@@ -54,15 +55,22 @@ static void snapshot(const Tlsplane__V1__Snapshot *snap) {
       FUZZ_ASSERT(err.msg[0] != '\0');
       continue;
     }
-    struct tlsconf_listener *again = NULL;
+    struct tlsconf_ctxcache *cache = NULL;
+    struct tlsconf_listener *first = NULL, *again = NULL;
     struct tp_err err2 = {0};
-    if (tlsconf_listener_build_from(snap->listeners[i], l, &again, &err2) != 0) {
-      fprintf(stderr, "built once, not again from itself: %s\n", err2.msg);
+    FUZZ_ASSERT(tlsconf_listener_cache_new(&cache) == 0);
+    if (tlsconf_listener_build_cached(snap->listeners[i], NULL, cache, &first, &err2) != 0 ||
+        tlsconf_listener_build_cached(snap->listeners[i], NULL, cache, &again, &err2) != 0) {
+      fprintf(stderr, "built once, not again through a cache: %s\n", err2.msg);
       abort();
     }
     FUZZ_ASSERT(tlsconf_listener_reused(again) == tlsconf_listener_contexts(again));
     FUZZ_ASSERT(tlsconf_listener_contexts(again) == tlsconf_listener_contexts(l));
+    FUZZ_ASSERT(tlsconf_ctxcache_live(cache) == tlsconf_listener_contexts(l));
+    tlsconf_listener_unref(first);
     tlsconf_listener_unref(again);
+    FUZZ_ASSERT(tlsconf_ctxcache_live(cache) == 0);
+    tlsconf_ctxcache_unref(cache);
     tlsconf_listener_unref(l);
   }
 }

@@ -117,12 +117,12 @@ test('two agents enroll with join tokens, and serve what the server pushes', asy
   for (const [site, a] of [['a', agents.a], ['b', agents.b]]) {
     await a.waitForLog(new RegExp(`listener=listeners/web-${site} new: serving on 127\\.0\\.0\\.1:${ports[`web-${site}`]} `));
     assert.match(a.logText, /control plane: enrolled as agents\/live-/);
-    // The cache dir: the key private, the snapshot (it holds keys) too. The
-    // snapshot is written right after the ack.
-    await waitFor('snapshot.pb written', () => fs.existsSync(a.file('snapshot.pb')));
+    // The cache dir: the key private, the served state (it holds keys) too.
+    // It is written right after the ack.
+    await waitFor('state.pb written', () => fs.existsSync(a.file('state.pb')));
     const mode = (f) => fs.statSync(a.file(f)).mode & 0o777;
     assert.equal(mode('agent-key.pem'), 0o600);
-    assert.equal(mode('snapshot.pb'), 0o600);
+    assert.equal(mode('state.pb'), 0o600);
     assert.equal(mode('.'), 0o700);
     assert.equal(fs.readFileSync(a.file('ca.pem'), 'utf8'), srv.ca.toString());
     assert.match(new (require('node:crypto').X509Certificate)(fs.readFileSync(a.file('agent.pem'))).subject, new RegExp(`CN=agent:live-${site}`));

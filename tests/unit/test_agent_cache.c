@@ -1,7 +1,7 @@
 /* Unit tests for the agent's cache dir (agent/cache.c) and identity
  * (agent/identity.c): atomic files and their modes, the served state
- * packed after a partial apply, the key and certificate pair surviving a
- * renewal interrupted at every step, the CSR the agent sends. */
+ * as an AgentState and back, an older agent's snapshot cache, the key and certificate pair
+ * surviving a renewal interrupted at every step, the CSR the agent sends. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +20,7 @@
 #include "fixtures.h"
 #include "identity.h"
 #include "pb.h"
+#include "rset.h"
 
 static char *path_in(const char *dir, const char *name) {
   static char buf[4096];
@@ -250,96 +251,147 @@ static void test_identity_survives_an_interrupted_renewal(void **state) {
   pair_free(&new);
 }
 
-/* A ResolvedListener named name on address, packed. */
-static Tlsplane__V1__ResolvedListener *resolved(const char *name, const char *address) {
+/* A ResolvedListener named name on address with one context holding a
+ * certificate material (key text included: what the cache must keep). */
+static Tlsplane__V1__ResolvedListener *resolved(const char *name, const char *address,
+                                                const char *key) {
   Tlsplane__V1__Listener l = TLSPLANE__V1__LISTENER__INIT;
   l.name = (char *)name;
   l.address = (char *)address;
+  l.default_tls_context = "tlsContexts/c";
+  Tlsplane__V1__Certificate cert = TLSPLANE__V1__CERTIFICATE__INIT;
+  cert.name = "certificates/c";
+  Tlsplane__V1__CertificateMaterial cm = TLSPLANE__V1__CERTIFICATE_MATERIAL__INIT;
+  cm.certificate = &cert;
+  cm.private_key_pem = (char *)key;
+  Tlsplane__V1__CertificateMaterial *cms[] = {&cm};
+  Tlsplane__V1__TlsContext tc = TLSPLANE__V1__TLS_CONTEXT__INIT;
+  tc.name = "tlsContexts/c";
+  Tlsplane__V1__ResolvedTlsContext rc = TLSPLANE__V1__RESOLVED_TLS_CONTEXT__INIT;
+  rc.tls_context = &tc;
+  rc.certificates = cms;
+  rc.n_certificates = 1;
+  Tlsplane__V1__ResolvedListener__TlsContextsEntry me =
+      TLSPLANE__V1__RESOLVED_LISTENER__TLS_CONTEXTS_ENTRY__INIT;
+  me.key = "tlsContexts/c";
+  me.value = &rc;
+  Tlsplane__V1__ResolvedListener__TlsContextsEntry *mes[] = {&me};
   Tlsplane__V1__ResolvedListener rl = TLSPLANE__V1__RESOLVED_LISTENER__INIT;
   rl.listener = &l;
+  rl.tls_contexts = mes;
+  rl.n_tls_contexts = 1;
   return (Tlsplane__V1__ResolvedListener *)pb_clone(&rl.base);
 }
 
-/* A served version of listener l built from rl (no TLS side: only the
- * bytes matter here). */
-static void serve(struct listener *l, const Tlsplane__V1__ResolvedListener *rl) {
-  struct listener_version *v = calloc(1, sizeof(*v));
-  v->magic = LISTENER_VERSION_MAGIC;
-  atomic_init(&v->refs, 1);
-  v->listener = l;
-  listener_ref(l);
-  assert_int_equal(pb_pack(&rl->base, &v->config, &v->config_len), 0);
-  l->applied = v;
+static struct rset *set_of(Tlsplane__V1__ResolvedListener **ls, size_t n) {
+  struct rset *s;
+  struct tp_err err = {0};
+  assert_int_equal(rset_new(&s), 0);
+  for (size_t i = 0; i < n; i++)
+    if (rset_intern(s, ls[i], NULL, &err) != 0)
+      fail_msg("rset_intern: %s", err.msg);
+  return s;
 }
 
-static void test_snapshot_pack_keeps_what_is_served(void **state) {
-  /* Served now: web@old, api@old. The snapshot: web (new version, applied),
-   * api (new version, failed: keeps old), fresh (failed: serves nothing),
-   * web again (a duplicate entry, failed). */
-  Tlsplane__V1__ResolvedListener *web_old = resolved("listeners/web", "127.0.0.1:1"),
-                                 *web_new = resolved("listeners/web", "127.0.0.1:2"),
-                                 *api_old = resolved("listeners/api", "127.0.0.1:3"),
-                                 *api_new = resolved("listeners/api", "127.0.0.1:4"),
-                                 *fresh = resolved("listeners/fresh", "127.0.0.1:5");
-  struct agent a = {0};
-  struct listener *web = listener_new("listeners/web"), *api = listener_new("listeners/api"),
-                  *fr = listener_new("listeners/fresh");
-  web->next = api;
-  api->next = fr;
-  a.listeners = web;
-  serve(web, web_new); /* apply.c swapped it in */
-  serve(api, api_old); /* its new version failed */
+/* Whether a and b hold the same listener entries and resources, by hash. */
+static void expect_same(const struct rset *a, const struct rset *b) {
+  assert_int_equal(rset_listener_count(a), rset_listener_count(b));
+  assert_int_equal(rset_resource_count(a), rset_resource_count(b));
+  size_t it = 0;
+  const Tlsplane__V1__ListenerEntry *e;
+  while ((e = rset_listener_next(a, &it)) != NULL) {
+    const Tlsplane__V1__ListenerEntry *f = rset_listener_get(b, e->listener->name);
+    assert_non_null(f);
+    assert_int_equal(f->hash.len, RSET_HASH_LEN);
+    assert_memory_equal(f->hash.data, e->hash.data, RSET_HASH_LEN);
+  }
+  it = 0;
+  const Tlsplane__V1__Resource *r;
+  while ((r = rset_resource_next(a, &it)) != NULL)
+    assert_non_null(rset_resource_get(b, r->hash.data));
+}
 
-  Tlsplane__V1__ResolvedListener *ls[] = {web_new, api_new, fresh, web_old};
-  Tlsplane__V1__Snapshot snap = TLSPLANE__V1__SNAPSHOT__INIT;
-  snap.revision = 42;
-  snap.listeners = ls;
-  snap.n_listeners = 4;
-  struct apply_result results[4] = {
-      {.listener = "listeners/web", .action = APPLY_CHANGE, .ok = 1},
-      {.listener = "listeners/api", .action = APPLY_FAILED, .reason = "address: in use"},
-      {.listener = "listeners/fresh", .action = APPLY_FAILED, .reason = "certificates: bad"},
-      {.listener = "listeners/web", .action = APPLY_FAILED, .reason = "appears twice"},
-  };
-  struct apply_report r = {
-      .revision = 42, .snapshot = &snap, .n = 4, .results = results, .n_failed = 3};
+/* The served state as an AgentState (state.pb, 0600) and back, hashes
+ * verified; an older agent's snapshot.pb goes once state.pb is written. */
+static void test_state_round_trip(void **state) {
+  Tlsplane__V1__ResolvedListener *ls[] = {resolved("listeners/web", "127.0.0.1:1", "KEY-A"),
+                                          resolved("listeners/api", "127.0.0.1:2", "KEY-A")};
+  struct rset *served = set_of(ls, 2);
+  assert_int_equal(rset_resource_count(served), 2); /* one context, one certificate, shared */
   uint8_t *buf;
   size_t len;
-  assert_int_equal(cache_snapshot_pack(&a, &r, &buf, &len), 0);
-  Tlsplane__V1__Snapshot *out = tlsplane__v1__snapshot__unpack(NULL, len, buf);
-  assert_non_null(out);
-  assert_int_equal(out->revision, 42);
-  assert_int_equal(out->n_listeners, 2);
-  assert_string_equal(out->listeners[0]->listener->name, "listeners/web");
-  assert_string_equal(out->listeners[0]->listener->address, "127.0.0.1:2");
-  assert_string_equal(out->listeners[1]->listener->name, "listeners/api");
-  assert_string_equal(out->listeners[1]->listener->address, "127.0.0.1:3"); /* the old one */
-  tlsplane__v1__snapshot__free_unpacked(out, NULL);
+  assert_int_equal(cache_state_pack(served, 42, &buf, &len), 0);
 
-  /* Round trip through the cache dir. */
   char dir[512];
   fixture_tmpdir(dir, sizeof(dir));
   struct tp_err err = {0};
-  Tlsplane__V1__Snapshot *loaded;
-  assert_int_equal(cache_snapshot_load(dir, &loaded, &err), 0);
-  assert_int_equal(cache_file_write(dir, CACHE_SNAPSHOT, buf, len, 0600, 0, &err), 0);
-  assert_int_equal(cache_snapshot_load(dir, &loaded, &err), 1);
-  assert_int_equal(loaded->n_listeners, 2);
-  tlsplane__v1__snapshot__free_unpacked(loaded, NULL);
-  write_file(dir, CACHE_SNAPSHOT, "\xff\xff\xff garbage");
-  assert_int_equal(cache_snapshot_load(dir, &loaded, &err), -1);
-  assert_int_equal(err.status, GRPC_STATUS_DATA_LOSS);
-  free(buf);
+  struct rset *loaded = NULL;
+  int64_t rev = -1;
+  assert_int_equal(cache_state_load(dir, &loaded, &rev, &err), 0); /* nothing yet */
+  assert_null(loaded);
+  write_file(dir, CACHE_SNAPSHOT, "an older agent's");
+  assert_int_equal(cache_state_write(dir, buf, len, &err), 0);
+  assert_false(exists(dir, CACHE_SNAPSHOT));
+  struct stat st;
+  assert_int_equal(stat(path_in(dir, CACHE_STATE), &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  assert_int_equal(cache_state_load(dir, &loaded, &rev, &err), 1);
+  assert_int_equal(rev, 42);
+  expect_same(served, loaded);
+  const Tlsplane__V1__ListenerEntry *web = rset_listener_get(loaded, "listeners/web");
+  Tlsplane__V1__ResolvedListener *rl;
+  assert_int_equal(rset_resolve(loaded, web, &rl, &err), 0);
+  assert_string_equal(rl->tls_contexts[0]->value->certificates[0]->private_key_pem, "KEY-A");
+  rset_resolved_free(rl);
+  rset_free(loaded);
 
-  listener_version_unref(web->applied);
-  listener_version_unref(api->applied);
-  web->applied = api->applied = NULL;
-  listener_unref(web);
-  listener_unref(api);
-  listener_unref(fr);
-  for (size_t i = 0; i < 4; i++)
+  /* A resource whose content does not match its hash: refused whole. */
+  buf[len - 1] ^= 1;
+  assert_int_equal(cache_state_write(dir, buf, len, &err), 0);
+  assert_int_equal(cache_state_load(dir, &loaded, &rev, &err), -1);
+  assert_null(loaded);
+  assert_non_null(strstr(err.msg, CACHE_STATE));
+  write_file(dir, CACHE_STATE, "\xff\xff\xff garbage");
+  assert_int_equal(cache_state_load(dir, &loaded, &rev, &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_DATA_LOSS);
+
+  cache_wipe_free(buf, len);
+  rset_free(served);
+  for (size_t i = 0; i < 2; i++)
     protobuf_c_message_free_unpacked(&ls[i]->base, NULL);
-  protobuf_c_message_free_unpacked(&api_old->base, NULL);
+}
+
+/* An upgraded agent starts from its old cache: snapshot.pb (a packed
+ * Snapshot) loads as the same set rset_from_snapshot makes. */
+static void test_old_snapshot_cache_loads(void **state) {
+  Tlsplane__V1__ResolvedListener *ls[] = {resolved("listeners/web", "127.0.0.1:1", "KEY-A"),
+                                          resolved("listeners/api", "127.0.0.1:2", "KEY-B")};
+  Tlsplane__V1__Snapshot snap = TLSPLANE__V1__SNAPSHOT__INIT;
+  snap.revision = 7;
+  snap.listeners = ls;
+  snap.n_listeners = 2;
+  uint8_t *buf;
+  size_t len;
+  assert_int_equal(pb_pack(&snap.base, &buf, &len), 0);
+  char dir[512];
+  fixture_tmpdir(dir, sizeof(dir));
+  struct tp_err err = {0};
+  assert_int_equal(cache_file_write(dir, CACHE_SNAPSHOT, buf, len, 0600, 0, &err), 0);
+  struct rset *loaded = NULL, *want = set_of(ls, 2);
+  int64_t rev = 0;
+  assert_int_equal(cache_state_load(dir, &loaded, &rev, &err), 1);
+  assert_int_equal(rev, 7);
+  expect_same(want, loaded);
+  /* Two certificates, and so two contexts (a context names its certificates by hash). */
+  assert_int_equal(rset_resource_count(loaded), 4);
+  rset_free(loaded);
+  write_file(dir, CACHE_SNAPSHOT, "\xff\xff\xff garbage");
+  assert_int_equal(cache_state_load(dir, &loaded, &rev, &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_DATA_LOSS);
+  rset_free(want);
+  cache_wipe_free(buf, len);
+  for (size_t i = 0; i < 2; i++)
+    protobuf_c_message_free_unpacked(&ls[i]->base, NULL);
 }
 
 int main(void) {
@@ -349,7 +401,8 @@ int main(void) {
       cmocka_unit_test(test_identity_issued_by),
       cmocka_unit_test(test_keygen_makes_a_p256_csr),
       cmocka_unit_test(test_identity_survives_an_interrupted_renewal),
-      cmocka_unit_test(test_snapshot_pack_keeps_what_is_served),
+      cmocka_unit_test(test_state_round_trip),
+      cmocka_unit_test(test_old_snapshot_cache_loads),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -150,15 +150,15 @@ static int world_setup(void **state) {
   budget_init(&t.budget, 1);
 
   Tlsplane__V1__ResolvedListener *rl = resolved_listener();
-  uint8_t *config;
-  size_t config_len;
-  assert_int_equal(pb_pack(&rl->base, &config, &config_len), 0);
   struct tp_err err = {0};
   t.l = listener_new("listeners/t");
   assert_non_null(t.l);
-  if (listener_version_build(t.l, rl, config, config_len, &t.v, &err) != 0)
+  struct tlsconf_ctxcache *cache;
+  assert_int_equal(tlsconf_listener_cache_new(&cache), 0);
+  int rc = listener_version_build(t.l, rl, NULL, cache, &t.v, &err);
+  tlsconf_ctxcache_unref(cache); /* the version keeps what it uses */
+  if (rc != 0)
     fail_msg("listener_version_build: %s", err.msg);
-  free(config);
   protobuf_c_message_free_unpacked(&rl->base, NULL);
   int fd;
   if (listener_sockets_open(t.v, 1, 1, &fd, &err) != 0)

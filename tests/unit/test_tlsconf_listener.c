@@ -1374,11 +1374,11 @@ static void test_refcount_threads(void **state) {
 
 /* Rebuilding and many contexts ---------------------------------------------- */
 
-static struct tlsconf_listener *build_from_ok(const Tlsplane__V1__ResolvedListener *rl,
-                                              const struct tlsconf_listener *prev) {
+static struct tlsconf_listener *build_cached_ok(const Tlsplane__V1__ResolvedListener *rl,
+                                                struct tlsconf_ctxcache *cache) {
   struct tp_err err = {0};
   struct tlsconf_listener *l = NULL;
-  if (tlsconf_listener_build_from(rl, prev, &l, &err) != 0)
+  if (tlsconf_listener_build_cached(rl, NULL, cache, &l, &err) != 0)
     fail_msg("build failed: status=%d \"%s\"", err.status, err.msg);
   return l;
 }
@@ -1393,39 +1393,55 @@ static void expect_served(struct tlsconf_listener *l, const char *sni, const cha
   close_both(c, s);
 }
 
-/* A new version reuses the SSL_CTX of every context unchanged byte for
- * byte, and builds the others: it serves exactly what a fresh build would. */
-static void test_build_from_reuses_unchanged_contexts(void **state) {
+/* A build takes from the cache every context it holds by content hash
+ * (another version, another listener) and builds the others: it serves
+ * exactly what a fresh build would; an entry goes with its last user. */
+static void test_build_cached_shares_contexts(void **state) {
+  struct tlsconf_ctxcache *cache;
+  assert_int_equal(tlsconf_listener_cache_new(&cache), 0);
   Tlsplane__V1__ResolvedListener *rl = rl_three();
-  struct tlsconf_listener *l1 = build_ok(rl);
+  struct tlsconf_listener *l1 = build_cached_ok(rl, cache);
   assert_int_equal(tlsconf_listener_contexts(l1), 3);
   assert_int_equal(tlsconf_listener_reused(l1), 0);
-  /* The same again: everything reused. */
-  struct tlsconf_listener *l2 = build_from_ok(rl, l1);
+  assert_int_equal(tlsconf_ctxcache_builds(cache), 3);
+  assert_int_equal(tlsconf_ctxcache_live(cache), 3);
+  /* The same again (another version, or another listener with the same
+   * contexts): everything shared, nothing built. */
+  struct tlsconf_listener *l2 = build_cached_ok(rl, cache);
   assert_int_equal(tlsconf_listener_reused(l2), 3);
+  assert_int_equal(tlsconf_ctxcache_builds(cache), 3);
+  assert_int_equal(tlsconf_ctxcache_live(cache), 3);
   expect_served(l2, "www.example.com", "www.example.com");
-  /* www gets another certificate: one built, two reused. */
+  /* www gets another certificate: one built, two shared. */
   Tlsplane__V1__ResolvedTlsContext *www = rl_find(rl, "tlsContexts/www");
   msg_free(www->certificates[0]);
   www->certificates[0] = material("certificates/c0", w.ec_key, w.ec_wild);
-  struct tlsconf_listener *l3 = build_from_ok(rl, l2);
+  struct tlsconf_listener *l3 = build_cached_ok(rl, cache);
   assert_int_equal(tlsconf_listener_contexts(l3), 3);
   assert_int_equal(tlsconf_listener_reused(l3), 2);
+  assert_int_equal(tlsconf_ctxcache_builds(cache), 4);
+  assert_int_equal(tlsconf_ctxcache_live(cache), 4);
   expect_served(l3, "www.example.com", "wild.example.com");
   expect_served(l3, "a.example.com", "wild.example.com");
   expect_served(l3, NULL, "default.test");
   /* The older versions still serve what they served. */
   expect_served(l1, "www.example.com", "www.example.com");
   tlsconf_listener_unref(l1);
+  assert_int_equal(tlsconf_ctxcache_live(cache), 4); /* l2 still uses the old www */
   tlsconf_listener_unref(l2);
+  assert_int_equal(tlsconf_ctxcache_live(cache), 3);
   expect_served(l3, "www.example.com", "wild.example.com");
   /* A renamed context is a new one. */
   Tlsplane__V1__ResolvedListener *rl2 = rl_new("tlsContexts/default");
   rl_ctx(rl2, rctx("tlsContexts/default", w.ec_key, w.ec_default, NULL));
   rl_ctx(rl2, rctx("tlsContexts/www2", w.ec_key, w.ec_www, NULL));
   rl_route(rl2, "www.example.com", "tlsContexts/www2");
-  struct tlsconf_listener *l4 = build_from_ok(rl2, l3);
+  struct tlsconf_listener *l4 = build_cached_ok(rl2, cache);
   assert_int_equal(tlsconf_listener_reused(l4), 1);
+  expect_served(l4, "www.example.com", "www.example.com");
+  /* The owner lets go first: the entries keep the cache until the last
+   * listener goes. */
+  tlsconf_ctxcache_unref(cache);
   expect_served(l4, "www.example.com", "www.example.com");
   tlsconf_listener_unref(l3);
   tlsconf_listener_unref(l4);
@@ -1455,9 +1471,17 @@ static void test_many_contexts(void **state) {
     snprintf(host, sizeof(host), "h%d.example.com", i);
     expect_served(l, host, host);
   }
-  struct tlsconf_listener *again = build_from_ok(rl, l);
+  struct tlsconf_ctxcache *cache;
+  assert_int_equal(tlsconf_listener_cache_new(&cache), 0);
+  struct tlsconf_listener *first = build_cached_ok(rl, cache);
+  assert_int_equal(tlsconf_listener_reused(first), 0);
+  struct tlsconf_listener *again = build_cached_ok(rl, cache);
   assert_int_equal(tlsconf_listener_reused(again), 100);
+  assert_int_equal(tlsconf_ctxcache_builds(cache), 100);
+  tlsconf_listener_unref(first);
   tlsconf_listener_unref(again);
+  assert_int_equal(tlsconf_ctxcache_live(cache), 0);
+  tlsconf_ctxcache_unref(cache);
   tlsconf_listener_unref(l);
   /* ctx-70 and then ctx-40 get a key that is not their certificate's. */
   struct tp_err err;
@@ -1500,7 +1524,7 @@ int main(void) {
       cmocka_unit_test(test_conn_info),
       cmocka_unit_test(test_refcount),
       cmocka_unit_test(test_refcount_threads),
-      cmocka_unit_test(test_build_from_reuses_unchanged_contexts),
+      cmocka_unit_test(test_build_cached_shares_contexts),
       cmocka_unit_test(test_many_contexts),
   };
   return cmocka_run_group_tests(tests, world_setup, world_teardown);
