@@ -1,43 +1,85 @@
 #!/usr/bin/env node
 'use strict';
 // Push latency: from an API commit (a certificate rotated with
-// UpdateCertificate) until every agent has acked the new revision, as the
-// server sees it (GetRollout: agents_applied == N, polled back to back).
+// UpdateCertificate) until every agent has acked the new revision.
 //
-//   node bench/push_latency.js [--real 1,10] [--fake 100] [--iterations 100]
+//   node bench/push_latency.js [--real 1,10,100] [--fake 100,1000,10000]
+//       [--layouts shared,distinct] [--protocol 1|2] [--iterations 100]
+//       [--children 4] [--per-child 2500]
 //
-// Scenarios, each on a fresh tlsplane-server (TLS, its own data dir):
+// Scenarios, each on a fresh tlsplane-server (TLS, its own data dir,
+// --max-streams N + 64 so that N agent streams fit beside the API's):
 //   real N   N real tlsplane-agent processes (--workers 1), each enrolled
 //            with a join token (mutual TLS), each with a listener of its
 //            own (agent selector agent=<id>: one address per agent on one
 //            host) on the rotated certificate's context: every agent
 //            builds the new SSL_CTX, swaps it in, acks, then writes its
-//            cache file.
-//   fake N   N stream clients in this process (tests/integration's
-//            FakeAgent: @grpc/grpc-js, one connection each, each enrolled
-//            with a join token carrying its labels and connected with its
-//            own agent certificate), which ack every snapshot as soon as it
-//            arrives: the server's side of the push alone. Two label layouts:
-//            "distinct" (a listener and a label set per agent: the server
-//            builds N snapshots per revision) and "shared" (one listener,
-//            one label set for all: one snapshot build, N sends).
+//            cache file. "Acked" is the server's view: GetRollout
+//            (agents_applied == N) polled back to back.
+//   fake N   N stream clients (tests/integration's FakeAgent: @grpc/grpc-js,
+//            a connection each, each enrolled with a join token carrying
+//            its labels and connected with its own agent certificate)
+//            spread over child Node processes (--children, default
+//            ceil(N / --per-child), at least 1; fakes i = c, c + k, ...
+//            in child c of k), which ack every update as soon as it
+//            arrives: the server's side of the push alone. --protocol 2:
+//            their hello says protocol 2 and they apply deltas. Two label
+//            layouts: "distinct" (a listener and a label set per agent)
+//            and "shared" (one listener, one label set for all).
+//            "Acked" is counted at the fakes: each child reports (over
+//            IPC) the CLOCK_MONOTONIC time at which its last fake wrote
+//            its ack of the revision; the figure is the latest of them
+//            minus t0 (process.hrtime is CLOCK_MONOTONIC, one clock for
+//            every process). Before the next iteration GetRollout is
+//            asked (every 10 ms, untimed) until the server counts every
+//            agent applied, so that no push overlaps the previous one.
+//            GetRollout is not polled back to back here: at 10,000
+//            agents it lists every pending agent under the hub's lock
+//            and would be most of what the server does.
 // Each iteration: UpdateCertificate alternating between two certificates
 // (so that every commit changes what the agents serve), t0 just before the
 // call; the figure is t(all acked) - t0, which includes the API call and
-// its commit (reported separately as "commit").
+// its commit (reported separately as "commit"). WARMUP unrecorded
+// iterations first, 20 ms between iterations.
+//
+// Beside it, for the fake scenarios:
+//   server CPU per push   utime + stime of the server (/proc/PID/stat, all
+//                         its threads) over the measured iterations / their
+//                         number (the confirming GetRollout calls included);
+//   fakes' CPU per push   the same for the child processes (the load
+//                         generator shares the 2 cores);
+//   threads               /proc/PID/status Threads of the server with the
+//                         agents enrolled but not connected, and with N
+//                         streams connected;
+//   RSS per agent         (VmRSS with N connected - VmRSS before they
+//                         connect) / N, a fresh server per scenario;
+//   Get p50/p99           a reader in a child process of its own calling
+//                         CertificateService.GetCertificate back to back
+//                         (one call in flight) from the first measured
+//                         push to the last;
+//   setup                 listeners created (8 calls in flight), agents
+//                         enrolled (CreateToken then EnrollAgent with a CSR,
+//                         one key pair reused for every CSR of a child: the
+//                         server signs a certificate per agent; 16 agents in
+//                         flight per child), streams connected (200 in
+//                         flight per child) until each has its first
+//                         update.
 //
 // Uses tests/integration's harness and node_modules (cd tests/integration
-// && npm ci), TLSPLANE_SERVER / TLSPLANE_AGENT or build/.
+// && npm ci), TLSPLANE_SERVER / TLSPLANE_AGENT or build/. For 10,000
+// agents raise the descriptor limit first (ulimit -n 65536): the server
+// holds a connection per agent.
 
 const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
-const { execFileSync } = require('node:child_process');
+const { execFileSync, fork } = require('node:child_process');
 const lib = path.resolve(__dirname, '../tests/integration/lib');
 const { Server, noteSecret } = require(`${lib}/server`);
 const { connect } = require(`${lib}/reflect`);
 const { CpAgent } = require(`${lib}/cpagent`);
 const { FakeAgent } = require(`${lib}/fakeagent`);
+const { makeCsr } = require(`${lib}/util`);
 const net = require('node:net');
 
 const args = process.argv.slice(2);
@@ -47,7 +89,11 @@ const opt = (name, dflt) => {
 };
 const REAL = opt('real', '1,10').split(',').filter(Boolean).map(Number);
 const FAKE = opt('fake', '100').split(',').filter(Boolean).map(Number);
+const LAYOUTS = opt('layouts', 'shared,distinct').split(',').filter(Boolean);
+const PROTOCOL = Number(opt('protocol', '2'));
 const ITER = Number(opt('iterations', '100'));
+const CHILDREN = opt('children', '');
+const PER_CHILD = Number(opt('per-child', '2500'));
 const WARMUP = 5;
 
 const now = () => Number(process.hrtime.bigint()) / 1e6;
@@ -83,8 +129,8 @@ async function benchPorts(n, base = 23000) {
   return ports;
 }
 
-async function setup(certs) {
-  const srv = await Server.start({ tls: true });
+async function setup(certs, maxStreams = 0) {
+  const srv = await Server.start({ tls: true, extraArgs: maxStreams ? ['--max-streams', String(maxStreams)] : [] });
   const conn = await connect(srv.address, srv.connectOptions());
   const api = conn.api;
   await api.CertificateService.CreateCertificate({
@@ -101,32 +147,6 @@ async function listener(api, id, port, selector) {
   });
 }
 
-// A stream client that acks every snapshot at once; its record's labels
-// (what it receives) come from its join token.
-async function fakeAgent(srv, conn, name, labels) {
-  const a = await FakeAgent.enroll({ server: srv, conn }, name, { agentLabels: labels, claim: labels, version: 'bench-fake' });
-  a.call.on('data', (m) => {
-    a.ack(m.snapshot);
-    a.snapshots.length = 0; // only the count matters here
-  });
-  let snapshots = 0;
-  a.call.on('data', () => {
-    snapshots++;
-  });
-  return {
-    first: new Promise((resolve, reject) => {
-      a.call.once('data', resolve);
-      a.call.once('error', reject);
-    }),
-    get snapshots() {
-      return snapshots;
-    },
-    close() {
-      a.close();
-    },
-  };
-}
-
 // utime + stime of pids (and their threads), in ms.
 function cpuMs(pids) {
   const tick = 100; // USER_HZ
@@ -140,6 +160,26 @@ function cpuMs(pids) {
     }
   }
   return t;
+}
+
+// Threads and VmRSS (KiB) of a process.
+function procStatus(pid) {
+  const t = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return { threads: Number(/Threads:\s+(\d+)/.exec(t)[1]), rssKib: Number(/VmRSS:\s+(\d+)/.exec(t)[1]) };
+}
+
+const q = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null;
+};
+
+// At most `limit` of fn(0..n-1) at once.
+async function pool(n, limit, fn) {
+  let next = 0;
+  const run = async () => {
+    while (next < n) await fn(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, n) }, run));
 }
 
 async function measure(api, certs, n, label, pids = [], srvPid = null) {
@@ -172,10 +212,6 @@ async function measure(api, certs, n, label, pids = [], srvPid = null) {
     }
     await delay(20);
   }
-  const q = (xs, p) => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s[Math.min(s.length - 1, Math.floor(p * s.length))];
-  };
   const row = {
     scenario: label, agents: n, iterations: ITER,
     p50_ms: q(lat, 0.5), p99_ms: q(lat, 0.99), max_ms: Math.max(...lat),
@@ -203,7 +239,9 @@ async function realScenario(certs, n) {
     }
     const started = await Promise.all(agents.splice(0));
     agents.push(...started);
-    return await measure(api, certs, n, `real ${n}`, agents.map((a) => a.proc.pid), srv.proc.pid);
+    const load = os.loadavg()[0];
+    const row = await measure(api, certs, n, `real ${n}`, agents.map((a) => a.proc.pid), srv.proc.pid);
+    return { ...row, load_before: load, load_after: os.loadavg()[0] };
   } finally {
     for (const a of agents) await a.stop();
     conn.close();
@@ -211,24 +249,245 @@ async function realScenario(certs, n) {
   }
 }
 
+// A child process of the bench: fakes (role 'fakes') or the reader
+// (role 'reader'); messages over IPC.
+function child(role, init) {
+  const c = fork(__filename, ['--child', role], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const waiters = [];
+  const inbox = [];
+  c.on('message', (m) => {
+    if (m.type === 'error') {
+      console.error(`child ${role}: ${m.error}`);
+      process.exit(1);
+    }
+    inbox.push(m);
+    for (const w of waiters.splice(0)) w();
+  });
+  c.on('exit', (code) => {
+    if (code && !c.stopping) {
+      console.error(`child ${role} exited with ${code}`);
+      process.exit(1);
+    }
+  });
+  c.send({ type: 'init', ...init });
+  return {
+    proc: c,
+    inbox,
+    send: (m) => c.send(m),
+    // The first message of this type (removed from the inbox) that pred accepts.
+    async wait(type, pred = () => true) {
+      for (;;) {
+        const i = inbox.findIndex((m) => m.type === type && pred(m));
+        if (i >= 0) return inbox.splice(i, 1)[0];
+        await new Promise((r) => waiters.push(r));
+      }
+    },
+    stop() {
+      c.stopping = true;
+      c.kill('SIGTERM');
+    },
+  };
+}
+
 async function fakeScenario(certs, n, layout) {
-  const { srv, conn, api } = await setup(certs);
-  const fakes = [];
+  const { srv, conn, api } = await setup(certs, n + 64);
+  const k = CHILDREN ? Number(CHILDREN) : Math.max(1, Math.ceil(n / PER_CHILD));
+  const kids = [];
+  let reader = null;
   try {
+    const load0 = os.loadavg()[0];
+    const tl = now();
     const ports = await benchPorts(layout === 'shared' ? 1 : n);
     if (layout === 'shared') await listener(api, 'web-all', ports[0], { fleet: 'bench' });
-    for (let i = 0; i < n; i++) {
-      const id = `fake-${i}`;
-      if (layout !== 'shared') await listener(api, `web-${i}`, ports[i], { agent: id });
-      fakes.push(await fakeAgent(srv, conn, id, layout === 'shared' ? { fleet: 'bench' } : { agent: id }));
+    else await pool(n, 8, (i) => listener(api, `web-${i}`, ports[i], { agent: `fake-${i}` }));
+    const listenersMs = now() - tl;
+    const init = {
+      address: srv.address, ca: srv.ca.toString(), token: srv.adminToken, n, k, layout, protocol: PROTOCOL,
+    };
+    const te = now();
+    for (let c = 0; c < k; c++) kids.push(child('fakes', { ...init, index: c }));
+    await Promise.all(kids.map((c) => c.wait('enrolled')));
+    const enrollMs = now() - te;
+    await delay(500);
+    const before = procStatus(srv.proc.pid);
+    const tc = now();
+    for (const c of kids) c.send({ type: 'connect' });
+    await Promise.all(kids.map((c) => c.wait('ready')));
+    const connectMs = now() - tc;
+    await delay(1000);
+    const held = procStatus(srv.proc.pid);
+    const ro = await api.AgentService.GetRollout({ revision: 0 });
+    if (ro.agentsConnected !== n) throw new Error(`${ro.agentsConnected} of ${n} agents connected`);
+    reader = child('reader', { address: srv.address, ca: srv.ca.toString(), token: srv.adminToken });
+    await reader.wait('ready');
+
+    const lat = [];
+    const commit = [];
+    let srv0 = 0;
+    let kids0 = 0;
+    const kidPids = kids.map((c) => c.proc.pid);
+    for (let i = 0; i < WARMUP + ITER; i++) {
+      if (i === WARMUP) {
+        reader.send({ type: 'start' });
+        srv0 = cpuMs([srv.proc.pid]);
+        kids0 = cpuMs(kidPids);
+      }
+      const c = certs[(i + 1) % 2];
+      const t0 = now();
+      const r = await api.CertificateService.UpdateCertificate({
+        certificate: { name: 'certificates/web', certificateChainPem: c.cert, privateKeyPem: c.key },
+        updateMask: { paths: ['certificate_chain_pem', 'private_key_pem'] },
+      });
+      const t1 = now();
+      const acked = await Promise.all(kids.map((kid) => kid.wait('acked', (m) => m.revision === r.revision)));
+      const t2 = Math.max(...acked.map((m) => m.at));
+      if (acked.some((m) => m.at < t0)) throw new Error('an ack before its commit: not the same clock');
+      for (let polls = 0; ; polls++) {
+        const ro = await api.AgentService.GetRollout({ revision: r.revision });
+        if (ro.agentsApplied === n) break;
+        if (ro.agentsFailed.length) throw new Error(`nack: ${ro.agentsFailed.slice(0, 5)}`);
+        if (polls > 3000) throw new Error(`revision ${r.revision}: ${ro.agentsApplied}/${n} applied after 30 s`);
+        await delay(10);
+      }
+      if (i >= WARMUP) {
+        lat.push(t2 - t0);
+        commit.push(t1 - t0);
+      }
+      await delay(20);
     }
-    await Promise.all(fakes.map((f) => f.first));
-    return await measure(api, certs, n, `fake ${n} (${layout} labels)`, [], srv.proc.pid);
+    const srvCpu = (cpuMs([srv.proc.pid]) - srv0) / ITER;
+    const kidsCpu = (cpuMs(kidPids) - kids0) / ITER;
+    reader.send({ type: 'stop' });
+    const gets = await reader.wait('gets');
+    let bytes = 0;
+    let resources = 0;
+    for (const c of kids) c.send({ type: 'stats' });
+    for (const c of kids) {
+      const st = await c.wait('stats');
+      bytes += st.bytes;
+      resources += st.resources;
+    }
+    const row = {
+      scenario: `fake ${n} (${layout} labels, protocol ${PROTOCOL})`, agents: n, layout, protocol: PROTOCOL, iterations: ITER,
+      children: k,
+      p50_ms: q(lat, 0.5), p99_ms: q(lat, 0.99), max_ms: Math.max(...lat),
+      commit_p50_ms: q(commit, 0.5), commit_p99_ms: q(commit, 0.99),
+      agent_cpu_ms_per_push: null,
+      server_cpu_ms_per_push: srvCpu,
+      fakes_cpu_ms_per_push: kidsCpu,
+      threads_before: before.threads, threads_connected: held.threads,
+      rss_before_mib: before.rssKib / 1024, rss_connected_mib: held.rssKib / 1024,
+      rss_kib_per_agent: (held.rssKib - before.rssKib) / n,
+      get_p50_ms: gets.p50, get_p99_ms: gets.p99, get_max_ms: gets.max, gets: gets.count,
+      listeners_s: listenersMs / 1000, enroll_s: enrollMs / 1000, connect_s: connectMs / 1000,
+      bytes_received_per_agent: bytes / n, resources_received_per_agent: resources / n,
+      load_before: load0, load_after: os.loadavg()[0],
+    };
+    console.log(JSON.stringify(row));
+    return row;
   } finally {
-    for (const f of fakes) f.close();
+    if (reader) reader.stop();
+    for (const c of kids) c.stop();
     conn.close();
     await srv.stop();
   }
+}
+
+// Child 'fakes': enrolls and connects fakes init.index, + k, ... of n.
+async function fakesChild(init) {
+  const ctx = { server: { address: init.address, ca: Buffer.from(init.ca) } };
+  ctx.conn = await connect(init.address, { token: init.token, tls: { ca: ctx.server.ca } });
+  const ids = [];
+  for (let i = init.index; i < init.n; i += init.k) ids.push(`fake-${i}`);
+  const keyPair = makeCsr();
+  const enrollClient = FakeAgent._client(ctx, { ca: ctx.server.ca });
+  const creds = new Array(ids.length);
+  await pool(ids.length, 16, async (j) => {
+    const labels = init.layout === 'shared' ? { fleet: 'bench' } : { agent: ids[j] };
+    creds[j] = await FakeAgent.credentials(ctx, ids[j], { agentLabels: labels, keyPair, client: enrollClient });
+  });
+  enrollClient.close();
+  process.send({ type: 'enrolled' });
+  await new Promise((resolve) => process.once('message', resolve)); // connect
+  const acks = new Map(); // revision -> fakes that acked it
+  const fakes = [];
+  const onAck = (revision) => {
+    const c = (acks.get(revision) || 0) + 1;
+    acks.set(revision, c);
+    if (c === ids.length) {
+      process.send({ type: 'acked', revision, at: now() });
+      acks.delete(revision);
+    }
+  };
+  await pool(ids.length, 200, async (j) => {
+    const labels = init.layout === 'shared' ? { fleet: 'bench' } : { agent: ids[j] };
+    const a = FakeAgent.connect(ctx, ids[j], creds[j], { claim: labels, version: 'bench-fake', protocol: init.protocol, autoAck: true });
+    let first;
+    const got = new Promise((resolve) => {
+      first = resolve;
+    });
+    a.onAck = (revision) => {
+      // Only the counts matter here: drop what the fake keeps of each update.
+      a.snapshots.length = 0;
+      if (a.updates) {
+        a.updates.length = 0;
+        a.deltas.length = 0;
+      }
+      first();
+      onAck(revision);
+    };
+    a.call.on('error', (e) => {
+      if (!process.exiting) process.send({ type: 'error', error: `${ids[j]}: ${e.message}` });
+    });
+    fakes.push(a);
+    await got;
+  });
+  process.send({ type: 'ready' });
+  process.on('message', (m) => {
+    if (m.type !== 'stats') return;
+    let bytes = 0;
+    let resources = 0;
+    for (const a of fakes) {
+      bytes += a.bytesReceived;
+      resources += a.resourcesReceived || 0;
+    }
+    process.send({ type: 'stats', bytes, resources });
+  });
+  process.on('SIGTERM', () => {
+    process.exiting = true;
+    for (const a of fakes) a.close();
+    process.exit(0);
+  });
+}
+
+// Child 'reader': GetCertificate back to back between 'start' and 'stop'.
+async function readerChild(init) {
+  const conn = await connect(init.address, { token: init.token, tls: { ca: Buffer.from(init.ca) } });
+  await conn.api.CertificateService.GetCertificate({ name: 'certificates/web' });
+  let on = false;
+  process.on('message', (m) => {
+    if (m.type === 'start') on = true;
+    if (m.type === 'stop') on = false;
+  });
+  process.send({ type: 'ready' });
+  const lat = [];
+  while (!on) await delay(5);
+  while (on) {
+    const t0 = now();
+    await conn.api.CertificateService.GetCertificate({ name: 'certificates/web' });
+    lat.push(now() - t0);
+  }
+  process.send({ type: 'gets', count: lat.length, p50: q(lat, 0.5), p99: q(lat, 0.99), max: lat.length ? Math.max(...lat) : null });
+  process.on('SIGTERM', () => process.exit(0));
+}
+
+if (args[0] === '--child') {
+  process.once('message', (init) => {
+    (args[1] === 'reader' ? readerChild(init) : fakesChild(init)).catch((e) => {
+      process.send({ type: 'error', error: e.stack || String(e) });
+    });
+  });
+  return;
 }
 
 (async () => {
@@ -236,15 +495,15 @@ async function fakeScenario(certs, n, layout) {
   const rows = [];
   for (const n of REAL) rows.push(await realScenario(certs, n));
   for (const n of FAKE) {
-    rows.push(await fakeScenario(certs, n, 'shared'));
-    rows.push(await fakeScenario(certs, n, 'distinct'));
+    for (const layout of LAYOUTS) rows.push(await fakeScenario(certs, n, layout));
   }
-  console.log('\n| agents | p50 | p99 | max | of which the API call (p50 / p99) | CPU per push: each agent / the server |');
-  console.log('|---|---|---|---|---|---|');
+  console.log('\n| agents | p50 | p99 | max | of which the API call (p50 / p99) | CPU per push: each agent / the server / the fakes | threads: 0 / N connected | RSS per agent | Get p50 / p99 during pushes | bytes received per agent | setup: listeners / enroll / connect | load (1 min) |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
   const f = (x) => `${x.toFixed(1)} ms`;
-  const c = (x) => (x === null ? '–' : `${x.toFixed(2)} ms`);
+  const c = (x) => (x === null || x === undefined ? '–' : `${x.toFixed(2)} ms`);
+  const o = (x, g) => (x === null || x === undefined ? '–' : g(x));
   for (const r of rows) {
-    console.log(`| ${r.scenario} | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.max_ms)} | ${f(r.commit_p50_ms)} / ${f(r.commit_p99_ms)} | ${c(r.agent_cpu_ms_per_push)} / ${c(r.server_cpu_ms_per_push)} |`);
+    console.log(`| ${r.scenario} | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.max_ms)} | ${f(r.commit_p50_ms)} / ${f(r.commit_p99_ms)} | ${c(r.agent_cpu_ms_per_push)} / ${c(r.server_cpu_ms_per_push)} / ${c(r.fakes_cpu_ms_per_push)} | ${o(r.threads_before, (x) => `${x} / ${r.threads_connected}`)} | ${o(r.rss_kib_per_agent, (x) => `${x.toFixed(1)} KiB`)} | ${o(r.get_p50_ms, (x) => `${x.toFixed(1)} / ${r.get_p99_ms.toFixed(1)} ms`)} | ${o(r.bytes_received_per_agent, (x) => `${x.toFixed(0)} B`)} | ${o(r.listeners_s, (x) => `${x.toFixed(1)} / ${r.enroll_s.toFixed(1)} / ${r.connect_s.toFixed(1)} s`)} | ${r.load_before.toFixed(2)} → ${r.load_after.toFixed(2)} |`);
   }
   process.exit(0);
 })().catch((e) => {
