@@ -150,29 +150,42 @@ static int same_bind(const struct listener_version *x, const struct listener_ver
 /* Who listens on a port, by port (network order; port 0 never conflicts
  * and is not indexed): finding another listener on an address is a look
  * at one bucket, not a walk of every listener (50,000 new listeners would
- * otherwise take 2.5 billion comparisons). Entries are indices, chained
- * through next; SIZE_MAX ends a chain. */
+ * otherwise take 2.5 billion comparisons). Buckets are ports modulo a
+ * power of two sized to the entries (an apply that changes one of a few
+ * listeners clears a few words, not a table of every port); a bucket may
+ * hold other ports, which same_bind tells apart. Entries are indices,
+ * chained through next; SIZE_MAX ends a chain. */
 #define PORTS 65536
 struct port_index {
-  size_t *head; /* PORTS */
+  size_t *head; /* mask + 1 */
   size_t *next; /* one per entry */
+  size_t mask;
 };
 
 static int port_index_init(struct port_index *x, size_t n) {
-  x->head = malloc(PORTS * sizeof(*x->head));
+  size_t buckets = 16;
+  while (buckets < 2 * n && buckets < PORTS)
+    buckets *= 2;
+  x->mask = buckets - 1;
+  x->head = malloc(buckets * sizeof(*x->head));
   x->next = malloc((n + 1) * sizeof(*x->next));
   if (x->head == NULL || x->next == NULL)
     return -1;
-  memset(x->head, 0xff, PORTS * sizeof(*x->head)); /* SIZE_MAX */
+  memset(x->head, 0xff, buckets * sizeof(*x->head)); /* SIZE_MAX */
   return 0;
+}
+
+/* The first entry of port's bucket (SIZE_MAX: none; port 0: none). */
+static size_t port_index_first(const struct port_index *x, int port) {
+  return port != 0 ? x->head[(size_t)port & x->mask] : SIZE_MAX;
 }
 
 static void port_index_add(struct port_index *x, const struct listener_version *v, size_t k) {
   int port = v != NULL ? bind_port(v) : 0;
   if (port == 0)
     return;
-  x->next[k] = x->head[port];
-  x->head[port] = k;
+  x->next[k] = x->head[(size_t)port & x->mask];
+  x->head[(size_t)port & x->mask] = k;
 }
 
 static void port_index_free(struct port_index *x) {
@@ -203,10 +216,10 @@ static void plan_check_address(struct plan *plans, struct addr_check *c, size_t 
   }
   int port = bind_port(p->nv);
   size_t hit = SIZE_MAX;
-  for (size_t j = port ? c->fresh.head[port] : SIZE_MAX; j != SIZE_MAX; j = c->fresh.next[j])
+  for (size_t j = port_index_first(&c->fresh, port); j != SIZE_MAX; j = c->fresh.next[j])
     if (j < hit && plans[j].nv != NULL && same_bind(p->nv, plans[j].nv))
       hit = j;
-  for (size_t j = port ? c->applied.head[port] : SIZE_MAX; j != SIZE_MAX; j = c->applied.next[j])
+  for (size_t j = port_index_first(&c->applied, port); j != SIZE_MAX; j = c->applied.next[j])
     if (j != i && j < hit && (j > i || plans[j].nv == NULL) && plans[j].l != NULL &&
         same_bind(p->nv, plans[j].l->applied))
       hit = j;
@@ -232,7 +245,7 @@ static void plan_open_sockets(struct agent *a, struct addr_check *c, struct plan
   /* The address may be ours already: a listener dropped or moved in this
    * same apply (live ones were refused by plan_check_address). */
   int ours = 0, port = bind_port(p->nv);
-  for (size_t k = port ? c->registry.head[port] : SIZE_MAX; k != SIZE_MAX && !ours;
+  for (size_t k = port_index_first(&c->registry, port); k != SIZE_MAX && !ours;
        k = c->registry.next[k])
     ours = same_bind(c->regs[k]->applied, p->nv);
   if (listener_sockets_open(p->nv, a->n_workers, !ours, p->fds, &err) != 0) {

@@ -3,7 +3,7 @@
  * short update of struct hub_agent under the hub's lock; the hello also a
  * short store write), and one push thread, the hub's own, sends snapshots:
  * woken by every committed revision (hub_notify), every agent that
- * connects and every stream that drained, it decides for each connected
+ * connects and every busy stream once it drained, it decides for each connected
  * agent whose checked revision is behind whether the revision changed
  * what that agent serves (push()), and queues the snapshot on its stream
  * if so. Sends never wait: a slow agent's stream keeps at most one
@@ -96,7 +96,7 @@ struct hub {
   struct api *api;
   pthread_mutex_t lock;
   pthread_cond_t changed; /* kicked or stop: for the push thread */
-  int kicked;             /* a revision committed, an agent connected, a stream drained */
+  int kicked;             /* a revision committed, an agent connected, a busy stream drained */
   int stop;
   pthread_t pusher;
   int64_t revision;
@@ -664,13 +664,15 @@ static void *push_main(void *arg) {
   struct hub *hub = arg;
   struct push_job *jobs = NULL;
   size_t cap = 0;
+  int idle = 0; /* no agent was connected in the last round */
   pthread_mutex_lock(&hub->lock);
   for (;;) {
     while (!hub->stop && !hub->kicked) {
       /* A world to build again (after a failure) wakes the thread at its
-       * time; nothing else does but a kick. */
+       * time, unless nobody would receive it; nothing else does but a
+       * kick. */
       int64_t at = atomic_load(&hub->retry_at_ms);
-      if (at == 0) {
+      if (at == 0 || idle) {
         pthread_cond_wait(&hub->changed, &hub->lock);
         continue;
       }
@@ -683,6 +685,15 @@ static void *push_main(void *arg) {
       break;
     hub->kicked = 0;
     int64_t want = hub->revision;
+    /* No world is built for nobody: with no agent connected (a bulk
+     * import before the fleet comes up), commits cost no build each; the
+     * first agent to connect gets one at the latest revision. */
+    int anyone = 0;
+    for (struct hub_agent *a = hub->agents; a != NULL && !anyone; a = a->next)
+      anyone = a->connected && !a->cut && a->stream != NULL;
+    idle = !anyone;
+    if (idle)
+      continue;
     pthread_mutex_unlock(&hub->lock);
     /* The world, once for every agent of this round (built here when a
      * revision committed or a retry is due). */
@@ -713,7 +724,9 @@ static void *push_main(void *arg) {
     for (size_t i = 0; i < n; i++) {
       struct hub_agent *a = jobs[i].agent;
       struct rpc_stream *stream = jobs[i].stream;
-      int busy = rpc_stream_queued(stream) > 0; /* drained kicks again */
+      int busy = rpc_stream_queued(stream) > 0;
+      if (busy)
+        rpc_stream_notify_drained(stream); /* which kicks again */
       if (!busy && push(hub, a, stream, w, generation, world_error) != 0)
         rpc_stream_finish(stream, GRPC_STATUS_UNAVAILABLE, "stream closed by the server");
       pthread_mutex_lock(&hub->lock);

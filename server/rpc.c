@@ -7,8 +7,10 @@
  *   arrived, a batch completed, a request is overdue. They never block on
  *   anything but their queue.
  * - The pool (opts->threads, bounded): runs authentication, unary
- *   handlers and stream callbacks, taking jobs from one queue. It never
- *   waits for a client.
+ *   handlers and stream callbacks, taking jobs from two queues, unary
+ *   calls' first (an API call does not wait behind the acks of a push to
+ *   every agent; streams still get every fifth turn). It never waits for
+ *   a client.
  *
  * That is all: the thread count does not depend on the number of calls,
  * streams or connections.
@@ -299,6 +301,7 @@ struct call {
   size_t pending_bytes;         /* its length, counted in srv->held_bytes */
   int pending_half_closed;      /* for half_closed */
   int pending_drained;          /* for drained */
+  int drain_wanted;             /* rpc_stream_notify_drained asked for drained */
   int pending_shutdown;         /* for shutdown */
   int shutdown_done;
   int closed;             /* RECV_CLOSE_ON_SERVER completed: the call is over */
@@ -348,9 +351,17 @@ struct cap_note {
   atomic_llong next_log_ms;
 };
 
+/* A FIFO of calls waiting for a pool thread (linked through job_next). */
+struct job_queue {
+  struct call *head, *tail;
+};
+enum { JOBS_CALLS, JOBS_STREAMS };
+/* Unary jobs run in a row while stream jobs wait, at most (job_take). */
+#define CALLS_PER_STREAM_TURN 4
+
 /* Invariants: methods only change before `started`; the live stream list
  * and n_streams are guarded by mu; the call counters by calls_mu; the job
- * queue by pool_mu; the peer table by peers_mu; the write lane by
+ * queues by pool_mu; the peer table by peers_mu; the write lane by
  * lane_mu. */
 struct rpc_server {
   grpc_server *server;
@@ -373,8 +384,9 @@ struct rpc_server {
   int n_events_started;
 
   pthread_mutex_t pool_mu;
-  pthread_cond_t pool_cv; /* a job was queued, or pool_stop */
-  struct call *jobs_head, *jobs_tail;
+  pthread_cond_t pool_cv;   /* a job was queued, or pool_stop */
+  struct job_queue jobs[2]; /* JOBS_CALLS, JOBS_STREAMS */
+  int calls_in_a_row;       /* JOBS_CALLS jobs run since the last stream job */
   int pool_stop;
   pthread_t *pool;
   int n_pool;
@@ -728,35 +740,56 @@ static void call_destroy(struct call *c) {
 /* --- the pool --- */
 
 /* Queues fn(c) for a pool thread; the job owns one of c's references (unary)
- * or c itself (stream). */
+ * or c itself (stream). Unary calls and streams wait in queues of their
+ * own (see job_take). */
 static void job_push(struct call *c, void (*fn)(struct call *c)) {
   struct rpc_server *srv = c->srv;
+  struct job_queue *q = &srv->jobs[c->method != NULL && c->method->stream != NULL];
   c->job_fn = fn;
   c->job_next = NULL;
   pthread_mutex_lock(&srv->pool_mu);
-  if (srv->jobs_tail != NULL)
-    srv->jobs_tail->job_next = c;
+  if (q->tail != NULL)
+    q->tail->job_next = c;
   else
-    srv->jobs_head = c;
-  srv->jobs_tail = c;
+    q->head = c;
+  q->tail = c;
   pthread_cond_signal(&srv->pool_cv);
   pthread_mutex_unlock(&srv->pool_mu);
 }
 
-/* Runs jobs until the pool is stopped; the queue is empty by then (every
+/* The next job (pool_mu held), NULL when both queues are empty. Unary
+ * calls go first: a push to thousands of agents queues thousands of
+ * stream jobs (their acks) at once, and an API call that waited behind
+ * them all would take as long as the whole push. Streams still get one
+ * turn in every CALLS_PER_STREAM_TURN + 1 jobs, so that a flood of unary
+ * calls (bounded by MAX_UNARY_CALLS anyway) cannot stall them. */
+static struct call *job_take(struct rpc_server *srv) {
+  struct job_queue *calls = &srv->jobs[JOBS_CALLS], *streams = &srv->jobs[JOBS_STREAMS];
+  struct job_queue *q = calls;
+  if (calls->head == NULL ||
+      (streams->head != NULL && srv->calls_in_a_row >= CALLS_PER_STREAM_TURN))
+    q = streams;
+  struct call *c = q->head;
+  if (c == NULL)
+    return NULL;
+  srv->calls_in_a_row = q == calls ? srv->calls_in_a_row + 1 : 0;
+  q->head = c->job_next;
+  if (q->head == NULL)
+    q->tail = NULL;
+  return c;
+}
+
+/* Runs jobs until the pool is stopped; the queues are empty by then (every
  * call is released before rpc_server_shutdown stops the pool). */
 static void *pool_main(void *arg) {
   struct rpc_server *srv = arg;
   pthread_mutex_lock(&srv->pool_mu);
   for (;;) {
-    while (srv->jobs_head == NULL && !srv->pool_stop)
+    struct call *c;
+    while ((c = job_take(srv)) == NULL && !srv->pool_stop)
       pthread_cond_wait(&srv->pool_cv, &srv->pool_mu);
-    struct call *c = srv->jobs_head;
     if (c == NULL)
       break;
-    srv->jobs_head = c->job_next;
-    if (srv->jobs_head == NULL)
-      srv->jobs_tail = NULL;
     pthread_mutex_unlock(&srv->pool_mu);
     c->job_fn(c);
     pthread_mutex_lock(&srv->pool_mu);
@@ -1780,8 +1813,8 @@ static void stream_sent(struct call *c, int success) {
     grpc_call_cancel(c->call, NULL);
   } else {
     stream_send_next(c);
-    if (c->send_bb == NULL && c->sendq_head == NULL && !c->finishing &&
-        c->method->stream->drained != NULL) {
+    if (c->drain_wanted && c->send_bb == NULL && c->sendq_head == NULL && !c->finishing) {
+      c->drain_wanted = 0;
       c->pending_drained = 1;
       stream_schedule(c);
     }
@@ -1962,6 +1995,20 @@ size_t rpc_stream_queued(struct rpc_stream *stream) {
   size_t n = c->queued_bytes;
   pthread_mutex_unlock(&c->smu);
   return n;
+}
+
+void rpc_stream_notify_drained(struct rpc_stream *stream) {
+  struct call *c = stream_call(stream);
+  pthread_mutex_lock(&c->smu);
+  if (c->method->stream->drained != NULL && !c->finishing) {
+    if (c->send_bb == NULL && c->sendq_head == NULL) {
+      c->pending_drained = 1; /* empty already */
+      stream_schedule(c);
+    } else {
+      c->drain_wanted = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->smu);
 }
 
 int rpc_stream_finish(struct rpc_stream *stream, grpc_status_code status, const char *msg) {

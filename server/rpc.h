@@ -136,7 +136,8 @@ struct rpc_stream_ops {
    * queued message has gone. */
   void (*half_closed)(struct rpc_stream *stream, void *stream_data);
   /* The send queue became empty (every message queued so far was taken by
-   * the transport). NULL: not told. */
+   * the transport), once after each rpc_stream_notify_drained: a stream
+   * whose sends simply complete costs no callback. NULL: never told. */
   void (*drained)(struct rpc_stream *stream, void *stream_data);
   /* rpc_server_shutdown began: finish soon (a stream not finished within
    * its grace is cancelled). NULL: the call is finished at once with
@@ -162,6 +163,10 @@ int rpc_stream_send_slice(struct rpc_stream *stream, grpc_slice slice);
 
 /* Bytes queued on the stream and not yet taken by the transport. */
 size_t rpc_stream_queued(struct rpc_stream *stream);
+
+/* Asks for one drained callback when the send queue is next empty (soon
+ * after this call if it is empty now; never once the stream finishes). */
+void rpc_stream_notify_drained(struct rpc_stream *stream);
 
 /* Ends the call with status and msg (copied); the status is sent once: a
  * later finish, or one after the call ended, does nothing and returns

@@ -149,6 +149,10 @@ static const struct migration migrations[] = {
      "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
      ") WITHOUT ROWID;\n",
      mac_existing},
+    {5, "labels found by value",
+     /* A selector such as agent=edge-1 among thousands of rows of a kind
+      * finds its rows through this index instead of testing every row. */
+     "CREATE INDEX labels_value ON labels (kind, key, value, name);\n", NULL},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1156,8 +1160,10 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     /* NE holds when no label has key=value, which includes a missing key
      * (a row has at most one value per key). */
     static const char *const frag[] = {
-        [STORE_LABEL_EQ] = " AND EXISTS (SELECT 1 FROM labels l WHERE l.kind = r.kind AND"
-                           " l.name = r.name AND l.key = ? AND l.value = ?)",
+        /* The rows are taken from the labels (index labels_value), not
+         * every row of the kind tested. */
+        [STORE_LABEL_EQ] = " AND r.name IN (SELECT l.name FROM labels l WHERE l.kind = ? AND"
+                           " l.key = ? AND l.value = ?)",
         [STORE_LABEL_NE] = " AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.kind = r.kind AND"
                            " l.name = r.name AND l.key = ? AND l.value = ?)",
         [STORE_LABEL_EXISTS] = " AND EXISTS (SELECT 1 FROM labels l WHERE l.kind = r.kind AND"
@@ -1182,7 +1188,10 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     rc = sqlite3_bind_int64(st, k++, q->expire_before_us);
   for (size_t i = 0; rc == SQLITE_OK && i < q->n_labels; i++) {
     const struct store_label_req *l = &q->labels[i];
-    rc = sqlite3_bind_text(st, k++, l->key, -1, SQLITE_STATIC);
+    if (l->op == STORE_LABEL_EQ)
+      rc = sqlite3_bind_text(st, k++, q->kind, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+      rc = sqlite3_bind_text(st, k++, l->key, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK && (l->op == STORE_LABEL_EQ || l->op == STORE_LABEL_NE))
       rc = sqlite3_bind_text(st, k++, l->value ? l->value : "", -1, SQLITE_STATIC);
   }
