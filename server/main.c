@@ -472,6 +472,7 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto close_datadir;
   }
+  store_set_audit_hook(api.store, api_audit_log, NULL); /* every write, logged */
   api.ca = datadir_ca(dd);
   if ((api.usage = usage_new()) == NULL) {
     log_error("server", "out of memory");
