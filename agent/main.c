@@ -7,6 +7,7 @@
  * carry the connections. See agent/README.md for the command line. */
 #include <ctype.h>
 #include <getopt.h>
+#include <http_parser.h>
 #include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,12 +16,14 @@
 
 #include "agent.h"
 #include "apply.h"
+#include "cli.h"
 #include "grpclog.h"
 #include "log.h"
 #include "metrics.h"
 #include "source.h"
 #include "worker.h"
 
+#define PROG "tlsplane-agent"
 #define DEFAULT_METRICS_LISTEN "127.0.0.1:9443"
 #define MAX_WORKERS 256
 #define MAX_LABELS 64
@@ -58,9 +61,10 @@ static void usage(FILE *f) {
           "Usage: tlsplane-agent --server HOST:PORT --ca FILE --name NAME --cache-dir DIR\n"
           "                      [--join-token TOKEN | --cert FILE --key FILE]\n"
           "                      [--label KEY=VALUE ...] [--metrics-listen HOST:PORT|off]\n"
-          "                      [--workers N]\n"
+          "                      [--workers N] [--log-level LEVEL] [--log-format text|json]\n"
           "       tlsplane-agent --config SNAPSHOT.json [--metrics-listen HOST:PORT|off]\n"
-          "                      [--workers N]\n"
+          "                      [--workers N] [--log-level LEVEL] [--log-format text|json]\n"
+          "       tlsplane-agent --version | --help\n"
           "\n"
           "Terminates TLS for the listeners of the snapshots tlsplane-server pushes (or of a\n"
           "snapshot file: tlsplane.v1.Snapshot in protobuf's JSON mapping) and forwards\n"
@@ -85,7 +89,13 @@ static void usage(FILE *f) {
           "  --metrics-listen ADDR    Prometheus GET /metrics on HOST:PORT, \"off\" to disable\n"
           "                           (default %s)            [TLSPLANE_METRICS_LISTEN]\n"
           "  --workers N              worker threads (default: one per core)  [TLSPLANE_WORKERS]\n"
+          "  --log-level LEVEL        lines at LEVEL and above: debug, info, warn, error;\n"
+          "                           debug adds grpc core's own  [TLSPLANE_LOG_LEVEL, info]\n"
+          "  --log-format FORMAT      text, or json: one object a line (time, level,\n"
+          "                           component, msg, each key=value of msg)\n"
+          "                                                  [TLSPLANE_LOG_FORMAT, text]\n"
           "  -h, --help               this help\n"
+          "  --version                the version, the git commit, the libraries' versions\n"
           "\n"
           "A flag wins over its variable. Without a join token the cache dir must hold an\n"
           "enrolled certificate. Tests: TLSPLANE_RENEW_NOW=1 renews the agent certificate once,\n"
@@ -98,6 +108,15 @@ static void usage(FILE *f) {
           "connections and give the others %d s (a second signal closes them at once).\n"
           "Exit status: 0 after a clean stop, 1 when the agent cannot start, 2 on bad usage.\n",
           DEFAULT_METRICS_LISTEN, WORKER_GRACE_MS / 1000);
+}
+
+static void version(void) {
+  char http_parser[32];
+  unsigned long v = http_parser_version();
+  snprintf(http_parser, sizeof(http_parser), "%lu.%lu.%lu", (v >> 16) & 255, (v >> 8) & 255,
+           v & 255);
+  const struct cli_lib libs[] = {{"libuv", uv_version_string()}, {"http-parser", http_parser}};
+  cli_version_print(stdout, PROG, libs, sizeof(libs) / sizeof(libs[0]));
 }
 
 static int parse_workers(const char *s, int *out) {
@@ -136,11 +155,11 @@ static void options_free(struct options *o) {
 static int add_label(struct options *o, const char *text) {
   const char *eq = strchr(text, '=');
   if (eq == NULL || eq == text) {
-    fprintf(stderr, "tlsplane-agent: --label: \"%s\" is not KEY=VALUE\n", text);
+    cli_usage_error(PROG, "--label: \"%s\" is not KEY=VALUE", text);
     return -1;
   }
   if (o->n_labels == MAX_LABELS) {
-    fprintf(stderr, "tlsplane-agent: --label: at most %d labels\n", MAX_LABELS);
+    cli_usage_error(PROG, "--label: at most %d labels", MAX_LABELS);
     return -1;
   }
   char *kv = strdup(text);
@@ -149,7 +168,7 @@ static int add_label(struct options *o, const char *text) {
   kv[eq - text] = '\0';
   for (size_t i = 0; i < o->n_labels; i++)
     if (strcmp(o->label_keys[i], kv) == 0) {
-      fprintf(stderr, "tlsplane-agent: --label: \"%s\" given twice\n", kv);
+      cli_usage_error(PROG, "--label: \"%s\" given twice", kv);
       free(kv);
       return -1;
     }
@@ -173,10 +192,16 @@ static int parse_options(int argc, char **argv, struct options *o) {
       {"name", required_argument, NULL, 'n'},
       {"label", required_argument, NULL, 'l'},
       {"cache-dir", required_argument, NULL, 'd'},
+      {"log-level", required_argument, NULL, 'L'},
+      {"log-format", required_argument, NULL, 'F'},
       {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, 'V'},
       {NULL, 0, NULL, 0},
   };
   memset(o, 0, sizeof(*o));
+  if (cli_log_level(PROG, "TLSPLANE_LOG_LEVEL", env("TLSPLANE_LOG_LEVEL")) != 0 ||
+      cli_log_format(PROG, "TLSPLANE_LOG_FORMAT", env("TLSPLANE_LOG_FORMAT")) != 0)
+    return -1;
   const char *metrics = env("TLSPLANE_METRICS_LISTEN");
   o->metrics_listen = metrics != NULL ? metrics : DEFAULT_METRICS_LISTEN;
   const char *workers = getenv("TLSPLANE_WORKERS");
@@ -185,8 +210,17 @@ static int parse_options(int argc, char **argv, struct options *o) {
              *flag_name = NULL, *flag_cache = NULL;
   int flag_labels = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+  opterr = 0; /* cli_bad_option says it, in one line */
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     switch (c) {
+    case 'L':
+      if (cli_log_level(PROG, "--log-level", optarg) != 0)
+        return -1;
+      break;
+    case 'F':
+      if (cli_log_format(PROG, "--log-format", optarg) != 0)
+        return -1;
+      break;
     case 'c':
       config_flag = optarg;
       break;
@@ -225,18 +259,20 @@ static int parse_options(int argc, char **argv, struct options *o) {
     case 'h':
       usage(stdout);
       exit(0);
+    case 'V':
+      version();
+      exit(0);
     default:
-      usage(stderr);
+      cli_bad_option(PROG, c, argv, longopts);
       return -1;
     }
   }
   if (optind < argc) {
-    fprintf(stderr, "tlsplane-agent: unexpected argument \"%s\"\n", argv[optind]);
+    cli_usage_error(PROG, "unexpected argument '%s'", argv[optind]);
     return -1;
   }
   if (workers != NULL && workers[0] != '\0' && parse_workers(workers, &o->workers) != 0) {
-    fprintf(stderr, "tlsplane-agent: --workers: \"%s\" is not a number from 1 to %d\n", workers,
-            MAX_WORKERS);
+    cli_usage_error(PROG, "--workers: \"%s\" is not a number from 1 to %d", workers, MAX_WORKERS);
     return -1;
   }
   if (o->workers == 0) {
@@ -246,8 +282,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
 
   /* Which mode: a flag for one wins over the other's variable. */
   if (config_flag != NULL && server_flag != NULL) {
-    fprintf(stderr, "tlsplane-agent: --config (standalone) and --server (control plane) "
-                    "exclude each other\n");
+    cli_usage_error(PROG, "--config (standalone) and --server (control plane) exclude each other");
     return -1;
   }
   if (config_flag != NULL) {
@@ -255,16 +290,15 @@ static int parse_options(int argc, char **argv, struct options *o) {
   } else if (server_flag != NULL) {
     o->server = server_flag;
   } else if (env("TLSPLANE_CONFIG") != NULL && env("TLSPLANE_SERVER") != NULL) {
-    fprintf(stderr, "tlsplane-agent: set only one of TLSPLANE_CONFIG and TLSPLANE_SERVER\n");
+    cli_usage_error(PROG, "set only one of TLSPLANE_CONFIG and TLSPLANE_SERVER");
     return -1;
   } else {
     o->config = env("TLSPLANE_CONFIG");
     o->server = env("TLSPLANE_SERVER");
   }
   if (o->config == NULL && o->server == NULL) {
-    fprintf(stderr, "tlsplane-agent: --server (or TLSPLANE_SERVER) or --config (or "
-                    "TLSPLANE_CONFIG) is required\n");
-    usage(stderr);
+    cli_usage_error(PROG, "--server (or TLSPLANE_SERVER) or --config (or TLSPLANE_CONFIG) is "
+                          "required");
     return -1;
   }
   if (o->config != NULL)
@@ -298,7 +332,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
   const char *retry = env("TLSPLANE_RETRY_MAX_MS");
   o->retry_max_ms = retry != NULL ? atoi(retry) : 0;
   if (o->retry_max_ms < 0 || o->retry_max_ms > 3600 * 1000) {
-    fprintf(stderr, "tlsplane-agent: TLSPLANE_RETRY_MAX_MS: \"%s\" is not 0 to 3600000\n", retry);
+    cli_usage_error(PROG, "TLSPLANE_RETRY_MAX_MS: \"%s\" is not 0 to 3600000", retry);
     return -1;
   }
   const char *missing = o->ca == NULL          ? "--ca (or TLSPLANE_CA)"
@@ -306,22 +340,22 @@ static int parse_options(int argc, char **argv, struct options *o) {
                         : o->cache_dir == NULL ? "--cache-dir (or TLSPLANE_CACHE_DIR)"
                                                : NULL;
   if (missing != NULL) {
-    fprintf(stderr, "tlsplane-agent: %s is required with --server\n", missing);
+    cli_usage_error(PROG, "%s is required with --server", missing);
     return -1;
   }
   if (!valid_id(o->name)) {
-    fprintf(stderr,
-            "tlsplane-agent: --name: \"%s\" is not an agent id (1 to 63 lower-case letters, "
-            "digits and '-', starting with a letter)\n",
-            o->name);
+    cli_usage_error(PROG,
+                    "--name: \"%s\" is not an agent id (1 to 63 lower-case letters, digits and "
+                    "'-', starting with a letter)",
+                    o->name);
     return -1;
   }
   if ((o->cert == NULL) != (o->key == NULL)) {
-    fprintf(stderr, "tlsplane-agent: --cert and --key go together\n");
+    cli_usage_error(PROG, "--cert and --key go together");
     return -1;
   }
   if (o->cert != NULL && o->join_token != NULL) {
-    fprintf(stderr, "tlsplane-agent: --join-token and --cert/--key exclude each other\n");
+    cli_usage_error(PROG, "--join-token and --cert/--key exclude each other");
     return -1;
   }
   return 0;
@@ -452,14 +486,14 @@ int main(int argc, char **argv) {
   int64_t first_revision = 0;
 
   if (uv_loop_init(&loop) != 0) {
-    fprintf(stderr, "tlsplane-agent: cannot make an event loop\n");
+    log_error("agent", "cannot make an event loop");
     options_free(&o);
     log_async_stop();
     return 1;
   }
   m->a.loop = &loop;
   if (tlsconf_listener_cache_new(&m->a.ctxcache) != 0) {
-    fprintf(stderr, "tlsplane-agent: out of memory\n");
+    log_error("agent", "out of memory");
     uv_loop_close(&loop);
     options_free(&o);
     log_async_stop();
@@ -471,9 +505,8 @@ int main(int argc, char **argv) {
    * before the server answers. */
   m->source = source_new(&o, m, &loop);
   if (m->source == NULL || source_first(m->source, &first, &first_revision, &err) != 0) {
-    fprintf(stderr, "tlsplane-agent: cannot %s: %s\n",
-            o.config != NULL ? "load the config" : "start",
-            m->source == NULL ? "out of memory" : err.msg);
+    log_error("agent", "cannot %s: %s", o.config != NULL ? "load the config" : "start",
+              m->source == NULL ? "out of memory" : err.msg);
     source_close(m->source);
     tlsconf_ctxcache_unref(m->a.ctxcache);
     uv_loop_close(&loop);
@@ -485,7 +518,7 @@ int main(int argc, char **argv) {
 
   if (strcmp(o.metrics_listen, "off") != 0 &&
       metrics_start(&m->a, &loop, o.metrics_listen, &m->metrics, &err) != 0) {
-    fprintf(stderr, "tlsplane-agent: %s\n", err.msg);
+    log_error("agent", "%s", err.msg);
     uv_run(&loop, UV_RUN_DEFAULT); /* closes what metrics_start opened */
     goto done;
   }
@@ -511,13 +544,13 @@ int main(int argc, char **argv) {
   }
   m->a.n_workers = started;
   if (rc != 0)
-    fprintf(stderr, "tlsplane-agent: cannot start worker %d: %s\n", started, uv_strerror(rc));
+    log_error("agent", "cannot start worker %d: %s", started, uv_strerror(rc));
   if (rc == 0) {
     if (first != NULL)
       apply_config(m, first, first_revision);
     first = NULL;
     if (source_start(m->source, &err) != 0) {
-      fprintf(stderr, "tlsplane-agent: %s\n", err.msg);
+      log_error("agent", "%s", err.msg);
       rc = -1;
     }
   }

@@ -36,8 +36,10 @@ static void sink(gpr_log_func_args *args) {
 }
 
 void grpclog_route(void) {
+  /* Set before grpc_init, the verbosity stays: grpc_init reads
+   * GRPC_VERBOSITY only when none was set. */
   const char *v = getenv("GRPC_VERBOSITY");
   if (v == NULL || v[0] == '\0')
-    gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
+    gpr_set_log_verbosity(log_enabled(LOG_DEBUG) ? GPR_LOG_SEVERITY_DEBUG : GPR_LOG_SEVERITY_ERROR);
   gpr_set_log_function(sink);
 }

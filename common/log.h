@@ -1,5 +1,15 @@
-/* Logging: one line per event on stderr, "time level component: message".
- * Never pass secrets (keys, tokens, passphrases) to these functions.
+/* Logging: one line per event on stderr, in one of two formats:
+ *
+ *   text  2026-01-02T03:04:05.678Z info agent: listener=listeners/web client=...
+ *   json  {"time":"2026-01-02T03:04:05.678Z","level":"info","component":"agent",
+ *          "msg":"listener=listeners/web client=...","listener":"listeners/web",...}
+ *
+ * A JSON line is one object (jansson): time (UTC, milliseconds), level,
+ * component and msg, the text line's message as it is, then every
+ * key=value word of the message as a field of its own (log_kv_each).
+ * Lines below the level set (log_level_set; info by default) are not
+ * written. Never pass secrets (keys, tokens, passphrases) to these
+ * functions.
  *
  * By default each line is one write(2) by the caller. A process whose
  * threads must never block on stderr (the agent's workers) calls
@@ -15,13 +25,45 @@
 #include <stdint.h>
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
 
 void log_msg(enum log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+#define log_debug(component, ...) log_msg(LOG_DEBUG, component, __VA_ARGS__)
 #define log_info(component, ...) log_msg(LOG_INFO, component, __VA_ARGS__)
 #define log_warn(component, ...) log_msg(LOG_WARN, component, __VA_ARGS__)
 #define log_error(component, ...) log_msg(LOG_ERROR, component, __VA_ARGS__)
+
+/* The logger's settings: part of the process context, set once at start
+ * (after the command line is read, before threads log), read by every
+ * log_msg. */
+void log_level_set(enum log_level level);
+enum log_level log_level_get(void);
+void log_format_set(enum log_format format);
+enum log_format log_format_get(void);
+/* Whether a line at level would be written now: lets a caller skip work
+ * that only a line needs. */
+int log_enabled(enum log_level level);
+
+/* "debug", "info", "warn" (or "warning"), "error": 0 and *out set; -EINVAL
+ * for anything else. */
+int log_level_parse(const char *text, enum log_level *out);
+/* "text", "json": 0 and *out set; -EINVAL for anything else. */
+int log_format_parse(const char *text, enum log_format *out);
+/* The name of a level as lines show it ("warn"). */
+const char *log_level_name(enum log_level level);
+
+/* Calls cb for every key=value word of msg, in order: a key (a lower-case
+ * letter, then lower-case letters, digits and '_', at most 32) at the start
+ * of msg or after a space or '(', then '=', then the value: a quoted one
+ * ("...", as log_escape writes them; \" \\ \n \r \t are undone, the other
+ * escapes stay as they are) or the bytes up to the next space, without a
+ * trailing ',', ';', ':' or ')'. value is NUL-terminated in a buffer of the
+ * walker's, valid during the call only. Returns how many pairs it found. */
+size_t log_kv_each(const char *msg,
+                   void (*cb)(const char *key, const char *value, size_t len, void *data),
+                   void *data);
 
 /* A buffer size that holds one escaped field of a log line. */
 #define LOG_ESCAPE_LEN 256

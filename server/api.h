@@ -141,6 +141,12 @@ size_t api_service_names(const char **names, size_t max);
  * ("tlsplane.v1.CertificateService"), or NULL. */
 const ProtobufCServiceDescriptor *api_service_find(const char *name);
 
+/* A store audit hook (store_set_audit_hook): logs every committed write
+ * at info, one line per audit row, with its revision, action, resource,
+ * actor and method; never a secret (an audit row holds none). data is
+ * unused. */
+void api_audit_log(const struct store_audit *rows, size_t n, size_t more, void *data);
+
 /* Creates the built-in resources that are missing (cipher policies). */
 int api_seed_builtins(struct api *api, struct tp_err *err);
 

@@ -8,11 +8,13 @@
 #include <string.h>
 
 #include "api.h"
+#include "cli.h"
 #include "gclient.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pbjson.h"
 
 #define CALL_INPUT_MAX (64u << 20)
+#define PROG "tlsplane-server call"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -30,6 +32,7 @@ static void usage(FILE *f) {
           "  --token-file FILE   bearer token          [TLSPLANE_TOKEN; default DIR/admin.token]\n"
           "  --plaintext         no TLS (a server started with --plaintext)\n"
           "  --quiet             print nothing on success\n"
+          "  -h, --help          this text\n"
           "Exit status: 0 when the call succeeded, 1 when it failed (the gRPC status and\n"
           "message on stderr), 2 on bad usage.\n");
 }
@@ -107,7 +110,8 @@ int call_main(int argc, char **argv) {
     server = "127.0.0.1:7443";
   if (dir == NULL || dir[0] == '\0')
     dir = "./var";
-  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     switch (c) {
     case 's':
       server = optarg;
@@ -131,14 +135,14 @@ int call_main(int argc, char **argv) {
       usage(stdout);
       return 0;
     default:
-      usage(stderr);
-      return 2;
+      return cli_bad_option(PROG, c, argv, longopts);
     }
   }
-  if (optind >= argc || argc - optind > 2) {
-    usage(stderr);
-    return 2;
-  }
+  if (optind >= argc)
+    return cli_usage_error(PROG, "SERVICE/METHOD is missing");
+  if (argc - optind > 2)
+    return cli_usage_error(PROG, "unexpected argument '%s' (the request is one argument)",
+                           argv[optind + 2]);
   char path[600];
   const ProtobufCMethodDescriptor *method = method_find(argv[optind], path, sizeof(path));
   if (method == NULL) {

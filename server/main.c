@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "auth.h"
 #include "ca.h"
 #include "call.h"
+#include "cli.h"
 #include "datadir.h"
 #include "grpclog.h"
 #include "health.h"
@@ -33,6 +35,7 @@
 #include "store.h"
 #include "usage.h"
 
+#define PROG "tlsplane-server"
 #define SHUTDOWN_GRACE_MS 5000
 #define SANS_MAX 32
 
@@ -53,6 +56,7 @@ static void usage(FILE *out) {
   fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
                "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
                "                       [--max-streams N] [--max-peer-streams N]\n"
+               "                       [--log-level LEVEL] [--log-format text|json]\n"
                "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
                "       tlsplane-server init [--data-dir DIR] [--force]\n"
                "       tlsplane-server backup [--data-dir DIR] DEST\n"
@@ -74,7 +78,13 @@ static void usage(FILE *out) {
                "                                      [TLSPLANE_MAX_STREAMS, 16384]\n"
                "  --max-peer-streams N  streaming calls without a credential per client\n"
                "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
-               "  --help              this text\n"
+               "  --log-level LEVEL   lines at LEVEL and above: debug, info, warn or error;\n"
+               "                      debug adds grpc core's own  [TLSPLANE_LOG_LEVEL, info]\n"
+               "  --log-format FORMAT text, or json: one object a line (time, level,\n"
+               "                      component, msg, and each key=value of msg)\n"
+               "                                      [TLSPLANE_LOG_FORMAT, text]\n"
+               "  -h, --help          this text\n"
+               "  --version           the version, the git commit and the libraries' versions\n"
                "\n"
                "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
                "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
@@ -92,7 +102,16 @@ static void usage(FILE *out) {
                "  the master key: keep that apart; a restore needs both (docs/operations.md).\n"
                "\n"
                "  call: one unary API call, request and response in protobuf's JSON mapping\n"
-               "  (tlsplane-server call --help).\n");
+               "  (tlsplane-server call --help).\n"
+               "\n"
+               "  Exit status: 0 after a clean stop (SIGTERM, SIGINT), 1 when the server cannot\n"
+               "  start (a data directory in use by another tlsplane-server among the reasons),\n"
+               "  2 on bad usage.\n");
+}
+
+static void version(void) {
+  const struct cli_lib libs[] = {{"sqlite", sqlite3_libversion()}};
+  cli_version_print(stdout, PROG, libs, sizeof(libs) / sizeof(libs[0]));
 }
 
 static const char *env_or(const char *name, const char *dflt) {
@@ -107,7 +126,7 @@ static int parse_positive(const char *what, const char *text, int *out) {
   errno = 0;
   long v = strtol(text, &end, 10);
   if (errno != 0 || end == text || *end != '\0' || v <= 0 || v > 1000000000) {
-    fprintf(stderr, "tlsplane-server: %s: \"%s\" is not a positive whole number\n", what, text);
+    cli_usage_error(PROG, "%s: \"%s\" is not a positive whole number", what, text);
     return -1;
   }
   *out = (int)v;
@@ -150,13 +169,25 @@ static int parse_options(int argc, char **argv, struct options *o) {
                                            {"request-timeout", required_argument, NULL, 'r'},
                                            {"max-streams", required_argument, NULL, 'm'},
                                            {"max-peer-streams", required_argument, NULL, 'P'},
+                                           {"log-level", required_argument, NULL, 'L'},
+                                           {"log-format", required_argument, NULL, 'F'},
                                            {"help", no_argument, NULL, 'h'},
+                                           {"version", no_argument, NULL, 'V'},
                                            {NULL, 0, NULL, 0}};
   int c;
-  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+  opterr = 0; /* cli_bad_option says it, in one line */
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     switch (c) {
     case 'd':
       o->data_dir = optarg;
+      break;
+    case 'L':
+      if (cli_log_level(PROG, "--log-level", optarg) != 0)
+        return -1;
+      break;
+    case 'F':
+      if (cli_log_format(PROG, "--log-format", optarg) != 0)
+        return -1;
       break;
     case 'l':
       o->listen = optarg;
@@ -181,7 +212,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 's':
       if (o->n_sans == SANS_MAX || optarg[0] == '\0') {
-        fprintf(stderr, "tlsplane-server: --san: at most %d non-empty names\n", SANS_MAX);
+        cli_usage_error(PROG, "--san: at most %d non-empty names", SANS_MAX);
         return -1;
       }
       o->sans[o->n_sans++] = optarg;
@@ -189,13 +220,19 @@ static int parse_options(int argc, char **argv, struct options *o) {
     case 'h':
       usage(stdout);
       exit(0);
+    case 'V':
+      version();
+      exit(0);
     default:
-      usage(stderr);
+      cli_bad_option(PROG, c, argv, longopts);
       return -1;
     }
   }
   if (optind != argc) {
-    usage(stderr);
+    cli_usage_error(PROG,
+                    "unexpected argument '%s' (the commands: init, backup, "
+                    "rotate-master-key, call)",
+                    argv[optind]);
     return -1;
   }
   return 0;
@@ -245,31 +282,43 @@ static int check_listen(const struct options *o) {
 }
 
 /* The options of the data-directory tools (rotate-master-key, init,
- * backup): --data-dir (*dir), --force when force is not NULL, and exactly
- * n_args operands after them (from argv[optind]). Returns 0 to go on, or
- * 1 with *status the exit status (0 after --help, 2 on bad usage). */
-static int tool_options(int argc, char **argv, const char **dir, int *force, int n_args,
-                        int *status) {
+ * backup; prog: "tlsplane-server init"): --data-dir (*dir), --force when
+ * force is not NULL, and exactly n_args operands after them (from
+ * argv[optind]). Returns 0 to go on, or 1 with *status the exit status (0
+ * after --help, 2 on bad usage). */
+static int tool_options(const char *prog, int argc, char **argv, const char **dir, int *force,
+                        int n_args, int *status) {
   *dir = env_or("TLSPLANE_DATA_DIR", "./var");
-  static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
-                                           {"force", no_argument, NULL, 'f'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
+  static const struct option with_force[] = {{"data-dir", required_argument, NULL, 'd'},
+                                             {"force", no_argument, NULL, 'f'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+  static const struct option without_force[] = {{"data-dir", required_argument, NULL, 'd'},
+                                                {"help", no_argument, NULL, 'h'},
+                                                {NULL, 0, NULL, 0}};
+  const struct option *longopts = force != NULL ? with_force : without_force;
   int c;
-  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     if (c == 'd') {
       *dir = optarg;
-    } else if (c == 'f' && force != NULL) {
+    } else if (c == 'f') {
       *force = 1;
+    } else if (c == 'h') {
+      usage(stdout);
+      *status = 0;
+      return 1;
     } else {
-      usage(c == 'h' ? stdout : stderr);
-      *status = c == 'h' ? 0 : 2;
+      *status = cli_bad_option(prog, c, argv, longopts);
       return 1;
     }
   }
-  if (argc - optind != n_args) {
-    usage(stderr);
-    *status = 2;
+  if (argc - optind < n_args) {
+    *status = cli_usage_error(prog, "DEST is missing");
+    return 1;
+  }
+  if (argc - optind > n_args) {
+    *status = cli_usage_error(prog, "unexpected argument '%s'", argv[optind + n_args]);
     return 1;
   }
   return 0;
@@ -279,7 +328,7 @@ static int tool_options(int argc, char **argv, const char **dir, int *force, int
 static int rotate_main(int argc, char **argv) {
   const char *dir;
   int status;
-  if (tool_options(argc, argv, &dir, NULL, 0, &status) != 0)
+  if (tool_options(PROG " rotate-master-key", argc, argv, &dir, NULL, 0, &status) != 0)
     return status;
   char old_id[17], new_id[17];
   size_t n = 0;
@@ -298,7 +347,7 @@ static int rotate_main(int argc, char **argv) {
 static int init_main(int argc, char **argv) {
   const char *dir;
   int force = 0, status;
-  if (tool_options(argc, argv, &dir, &force, 0, &status) != 0)
+  if (tool_options(PROG " init", argc, argv, &dir, &force, 0, &status) != 0)
     return status;
   struct tp_err err = {0};
   struct datadir_opts dopts = {.dir = dir, .init = 1};
@@ -351,7 +400,7 @@ static int init_main(int argc, char **argv) {
 static int backup_main(int argc, char **argv) {
   const char *dir;
   int status;
-  if (tool_options(argc, argv, &dir, NULL, 1, &status) != 0)
+  if (tool_options(PROG " backup", argc, argv, &dir, NULL, 1, &status) != 0)
     return status;
   const char *dest = argv[optind];
   struct tp_err err = {0};
@@ -377,6 +426,11 @@ static const char *bracketed(const char *host, char *buf, size_t len) {
 }
 
 int main(int argc, char **argv) {
+  /* The log settings of the variables for every command; the server's
+   * flags may change them below. */
+  if (cli_log_level(PROG, "TLSPLANE_LOG_LEVEL", getenv("TLSPLANE_LOG_LEVEL")) != 0 ||
+      cli_log_format(PROG, "TLSPLANE_LOG_FORMAT", getenv("TLSPLANE_LOG_FORMAT")) != 0)
+    return CLI_EXIT_USAGE;
   grpclog_route(); /* grpc core's lines in our format, escaped, before grpc_init */
   if (argc >= 2 && strcmp(argv[1], "rotate-master-key") == 0)
     return rotate_main(argc - 1, argv + 1);
@@ -389,8 +443,9 @@ int main(int argc, char **argv) {
   struct options o;
   if (parse_options(argc, argv, &o) != 0 || check_listen(&o) != 0) {
     free(o.sans_env);
-    return 2;
+    return CLI_EXIT_USAGE;
   }
+  grpclog_route(); /* again: grpc core's verbosity follows --log-level */
 
   /* Signals are taken by sigwait below; every thread inherits the mask. */
   sigset_t stop;
@@ -417,6 +472,7 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto close_datadir;
   }
+  store_set_audit_hook(api.store, api_audit_log, NULL); /* every write, logged */
   api.ca = datadir_ca(dd);
   if ((api.usage = usage_new()) == NULL) {
     log_error("server", "out of memory");

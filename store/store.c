@@ -456,6 +456,47 @@ int store_reads_check(struct store_txn *txn, const struct store_reads *r, struct
   return 0;
 }
 
+/* Keeps a copy of an audit row txn wrote, for the audit hook. */
+static void audit_note(struct store_txn *txn, const char *actor, const char *method,
+                       const char *resource, const char *action) {
+  if (txn->store->audit_hook == NULL)
+    return;
+  if (txn->audit == NULL &&
+      (txn->audit = calloc(STORE_AUDIT_HOOK_ROWS, sizeof(*txn->audit))) == NULL) {
+    txn->audit_more++;
+    return;
+  }
+  if (txn->n_audit == STORE_AUDIT_HOOK_ROWS) {
+    txn->audit_more++;
+    return;
+  }
+  struct store_audit *a = &txn->audit[txn->n_audit];
+  a->actor = strdup(actor);
+  a->method = strdup(method);
+  a->resource = strdup(resource);
+  a->action = strdup(action);
+  if (a->actor == NULL || a->method == NULL || a->resource == NULL || a->action == NULL) {
+    free(a->actor);
+    free(a->method);
+    free(a->resource);
+    free(a->action);
+    memset(a, 0, sizeof(*a));
+    txn->audit_more++;
+    return;
+  }
+  txn->n_audit++;
+}
+
+/* Takes the copies out of txn (before the backend frees it). */
+static struct store_audit *audit_take(struct store_txn *txn, size_t *n, size_t *more) {
+  struct store_audit *a = txn->audit;
+  *n = txn->n_audit;
+  *more = txn->audit_more;
+  txn->audit = NULL;
+  txn->n_audit = txn->audit_more = 0;
+  return a;
+}
+
 int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
   if (txn == NULL || txn->magic != STORE_TXN_MAGIC) {
     tp_err_set(err, GRPC_STATUS_INTERNAL, "store_commit: not a live transaction");
@@ -465,7 +506,10 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
   txn->magic = 0;
   store_reads_free(txn->reads);
   txn->reads = NULL;
+  size_t n_audit, audit_more;
+  struct store_audit *audit = audit_take(txn, &n_audit, &audit_more);
   if (txn->failed) {
+    store_audit_free(audit, n_audit);
     int rc = txn->failed;
     if (err != NULL)
       *err = txn->failure;
@@ -480,12 +524,23 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err) {
   if (!wrote)
     rev -= txn->write;
   int rc = ops->commit(txn, err);
-  if (rc < 0)
+  if (rc < 0) {
+    store_audit_free(audit, n_audit);
     return rc;
+  }
   if (revision != NULL)
     *revision = rev;
   if (wrote && s->commit_hook != NULL)
     s->commit_hook(rev, s->commit_hook_data);
+  if (wrote && s->audit_hook != NULL && (n_audit > 0 || audit_more > 0)) {
+    int64_t now = store__now_us();
+    for (size_t i = 0; i < n_audit; i++) {
+      audit[i].revision = rev;
+      audit[i].time_us = now;
+    }
+    s->audit_hook(audit, n_audit, audit_more, s->audit_hook_data);
+  }
+  store_audit_free(audit, n_audit);
   return 0;
 }
 
@@ -494,12 +549,20 @@ void store_set_commit_hook(struct store *s, void (*cb)(int64_t revision, void *d
   s->commit_hook_data = data;
 }
 
+void store_set_audit_hook(struct store *s, store_audit_hook_fn cb, void *data) {
+  s->audit_hook = cb;
+  s->audit_hook_data = data;
+}
+
 void store_rollback(struct store_txn *txn) {
   if (txn == NULL || txn->magic != STORE_TXN_MAGIC)
     return;
   txn->magic = 0;
   store_reads_free(txn->reads);
   txn->reads = NULL;
+  size_t n_audit, audit_more;
+  struct store_audit *audit = audit_take(txn, &n_audit, &audit_more);
+  store_audit_free(audit, n_audit);
   txn->store->ops->rollback(txn);
 }
 
@@ -668,6 +731,7 @@ int store_put(struct store_txn *txn, const struct store_write *w, struct store_r
     store_row_clear(out);
     return txn_fail(txn, rc, err);
   }
+  audit_note(txn, wd.actor, wd.method, wd.name, wd.action);
   txn->wrote = 1;
   return 0;
 }
@@ -687,6 +751,7 @@ int store_delete(struct store_txn *txn, const char *kind, const char *name, cons
                             actor ? actor : "", method ? method : "", err);
   if (rc < 0)
     return txn_fail(txn, rc, err);
+  audit_note(txn, actor ? actor : "", method ? method : "", name, "delete");
   txn->wrote = 1;
   return 0;
 }
@@ -850,6 +915,8 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
   if (rc == 0)
     rc = s->ops->audit_add(txn, actor ? actor : "", "rotate-master-key", "masterKey",
                            "rotate_master_key", err);
+  if (rc == 0)
+    audit_note(txn, actor ? actor : "", "rotate-master-key", "masterKey", "rotate_master_key");
   if (rc < 0) {
     store_rollback(txn);
     goto done;

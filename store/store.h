@@ -178,6 +178,20 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err);
  * transaction begins; cb must not begin a write transaction. */
 void store_set_commit_hook(struct store *s, void (*cb)(int64_t revision, void *data), void *data);
 
+struct store_audit;
+
+/* What a committed transaction did, as its audit rows say it: called
+ * after every commit that made a new revision (after the commit hook), on
+ * the committing thread, with the first STORE_AUDIT_HOOK_ROWS rows (seq
+ * 0, the revision, the time of the commit, actor, method, resource,
+ * action; valid during the call only) and how many more there were.
+ * Set it before any transaction begins; NULL: none (the transactions
+ * keep no copy then). cb must not begin a transaction. */
+#define STORE_AUDIT_HOOK_ROWS 16
+typedef void (*store_audit_hook_fn)(const struct store_audit *rows, size_t n, size_t more,
+                                    void *data);
+void store_set_audit_hook(struct store *s, store_audit_hook_fn cb, void *data);
+
 /* Rolls back and frees txn. NULL is a no-op. */
 void store_rollback(struct store_txn *txn);
 

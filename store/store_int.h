@@ -173,6 +173,9 @@ struct store {
   /* Called after every commit that made a revision; set before use. */
   void (*commit_hook)(int64_t revision, void *data);
   void *commit_hook_data;
+  /* Called with the audit rows of each such commit; set before use. */
+  store_audit_hook_fn audit_hook;
+  void *audit_hook_data;
   /* Seals and unseals the secrets (schema_version >= 3); fixed while
    * transactions run (store_master_key_rotate runs alone). */
   struct store_keyring keys;
@@ -194,6 +197,12 @@ struct store_txn {
   /* A tracked read transaction (store_begin_tracked): what it has read.
    * NULL otherwise, and once store_reads_take took it. */
   struct store_reads *reads;
+  /* For the audit hook (store->audit_hook set): copies of the first
+   * STORE_AUDIT_HOOK_ROWS audit rows written (seq, revision and time
+   * unset), and how many more (or could not be copied). */
+  struct store_audit *audit;
+  size_t n_audit;
+  size_t audit_more;
 };
 
 extern const struct store_ops store__sqlite_ops;

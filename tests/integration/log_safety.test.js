@@ -4,7 +4,8 @@
 // "unknown method (N bytes)"), and text a client controls (an agent's
 // version and nack reasons, the server name of a TLS handshake that grpc
 // core logs) is escaped, so that it can neither start a log line of its
-// own nor hide in one.
+// own nor hide in one. A successful write is logged (revision, action,
+// resource, actor, method), its secret never.
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -134,4 +135,21 @@ test("grpc core's own log lines come out in the server's format, escaped (a TLS 
   await waitForLog(/No match found for server name/);
   assert.deepEqual(forgedLines('SNI'), [], 'log lines started by the server name');
   assert.match(srv().log(), new RegExp(`warn grpc: \\S+:\\d+: No match found for server name: evil\\\\n${FORGED}-SNI level=error forged`));
+});
+
+test('a successful write is logged at info with its revision, action, resource, actor and method, never its secret', async () => {
+  const id = uid('logged');
+  const made = await api().TokenService.CreateToken({ tokenId: id, token: { role: 'VIEWER' } });
+  noteSecret(made.secret);
+  await waitForLog(new RegExp(`info api: committed revision=\\d+: action=create resource="tokens/${id}" actor="token:admin" method="/tlsplane.v1.TokenService/CreateToken"`));
+  const rev = Number(new RegExp(`committed revision=(\\d+): action=create resource="tokens/${id}"`).exec(srv().log())[1]);
+  const read = await api().TokenService.GetToken({ name: `tokens/${id}` });
+  assert.equal(rev, Number(read.revision), 'the revision the write made');
+  // A refused write is not logged as one; a delete is.
+  await assert.rejects(api().TokenService.CreateToken({ tokenId: id, token: { role: 'VIEWER' } }));
+  await api().TokenService.DeleteToken({ name: `tokens/${id}` });
+  await waitForLog(new RegExp(`info api: committed revision=\\d+: action=delete resource="tokens/${id}"`));
+  assert.equal(srv().log().split('\n').filter((l) => l.includes(`action=create resource="tokens/${id}"`)).length, 1);
+  assert.ok(!srv().log().includes(made.secret));
+  srv().assertLogClean();
 });

@@ -8,7 +8,11 @@
  * asynchronous writer (a caller never waits for stderr: with stderr a full
  * pipe nobody reads, ten thousand lines are logged at once; the ones the
  * buffer cannot hold are dropped and said to be, and every line is
- * accounted for). */
+ * accounted for).
+ *
+ * Levels and formats: lines below the level set are not written; a JSON
+ * line is one object with time, level, component, msg and the key=value
+ * words of the message, whatever bytes the message holds. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +21,7 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,6 +230,183 @@ static void test_async_never_blocks_and_counts_what_it_drops(void **state) {
   log_info("test", "after the stop");
 }
 
+/* What fn writes to stderr (lines written synchronously, fewer than a
+ * pipe holds), caught in a pipe. Caller frees. */
+static char *captured(void (*fn)(void)) {
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  int saved = dup(STDERR_FILENO);
+  assert_true(saved >= 0);
+  assert_int_equal(dup2(p[1], STDERR_FILENO), STDERR_FILENO);
+  close(p[1]);
+  fn();
+  assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+  close(saved);
+  struct reader r = {.fd = p[0]};
+  read_all(&r);
+  close(p[0]);
+  return r.buf;
+}
+
+static void log_each_level(void) {
+  log_msg(LOG_DEBUG, "test", "at debug");
+  log_info("test", "at info");
+  log_warn("test", "at warn");
+  log_error("test", "at error");
+}
+
+static void test_level_leaves_out_what_is_below(void **state) {
+  log_level_set(LOG_WARN);
+  assert_false(log_enabled(LOG_INFO));
+  assert_true(log_enabled(LOG_ERROR));
+  char *out = captured(log_each_level);
+  log_level_set(LOG_INFO);
+  assert_null(strstr(out, "at debug"));
+  assert_null(strstr(out, "at info"));
+  assert_non_null(strstr(out, "Z warn test: at warn\n"));
+  assert_non_null(strstr(out, "Z error test: at error\n"));
+  free(out);
+
+  log_level_set(LOG_DEBUG);
+  out = captured(log_each_level);
+  log_level_set(LOG_INFO);
+  assert_non_null(strstr(out, "Z debug test: at debug\n"));
+  assert_non_null(strstr(out, "Z info test: at info\n"));
+  free(out);
+}
+
+static void test_levels_and_formats_parse(void **state) {
+  enum log_level l;
+  enum log_format f;
+  assert_int_equal(log_level_parse("debug", &l), 0);
+  assert_int_equal(l, LOG_DEBUG);
+  assert_int_equal(log_level_parse("warning", &l), 0);
+  assert_int_equal(l, LOG_WARN);
+  assert_int_equal(log_level_parse("error", &l), 0);
+  assert_int_equal(l, LOG_ERROR);
+  assert_int_equal(log_level_parse("INFO", &l), -EINVAL);
+  assert_int_equal(log_level_parse("", &l), -EINVAL);
+  assert_int_equal(log_format_parse("json", &f), 0);
+  assert_int_equal(f, LOG_FORMAT_JSON);
+  assert_int_equal(log_format_parse("text", &f), 0);
+  assert_int_equal(f, LOG_FORMAT_TEXT);
+  assert_int_equal(log_format_parse("xml", &f), -EINVAL);
+  assert_string_equal(log_level_name(LOG_WARN), "warn");
+}
+
+struct kv_seen {
+  char text[512];
+};
+
+static void kv_note(const char *key, const char *value, size_t len, void *data) {
+  struct kv_seen *seen = data;
+  size_t n = strlen(seen->text);
+  assert_int_equal(strlen(value), len);
+  snprintf(seen->text + n, sizeof(seen->text) - n, "[%s|%s]", key, value);
+}
+
+static void test_kv_words_of_a_message(void **state) {
+  struct kv_seen seen = {""};
+  size_t n = log_kv_each("listener=listeners/web: accept: client=[::1]:443 cause=timeout "
+                         "reason=\"said \\\"no\\\"\\n\\\\ \\x01\" (agent=edge-1, revision=12) "
+                         "a==b x= =y Upper=no mid=dle=x",
+                         kv_note, &seen);
+  assert_string_equal(seen.text, "[listener|listeners/web][client|[::1]:443][cause|timeout]"
+                                 "[reason|said \"no\"\n\\ \\x01][agent|edge-1][revision|12]"
+                                 "[a|=b][x|][mid|dle=x]");
+  assert_int_equal(n, 9);
+  seen.text[0] = '\0';
+  assert_int_equal(log_kv_each("no pairs here", kv_note, &seen), 0);
+  assert_int_equal(log_kv_each("cut=\"no end", kv_note, &seen), 1);
+  assert_string_equal(seen.text, "[cut|no end]");
+}
+
+static void log_json_lines(void) {
+  char reason[LOG_ESCAPE_LEN];
+  log_warn("agent", "listener=%s client=%s cause=%s reason=\"%s\" revision=%d msg=forged",
+           "listeners/web", "127.0.0.1:5000", "handshake",
+           log_escape_str(reason, sizeof(reason), "bad \"hello\"\nFORGED"), 12);
+  log_info("test", "not UTF-8: \xff\xfe, a quote \" and a tab\t");
+  log_error("test", "plain");
+}
+
+/* Each line of text parsed as JSON: every line must be an object. */
+static json_t *json_lines(const char *text) {
+  json_t *lines = json_array();
+  for (const char *p = text; *p != '\0';) {
+    const char *nl = strchr(p, '\n');
+    assert_non_null(nl);
+    json_error_t e;
+    json_t *o = json_loadb(p, (size_t)(nl - p), 0, &e);
+    if (o == NULL)
+      fail_msg("not JSON (%s): %.*s", e.text, (int)(nl - p), p);
+    assert_true(json_is_object(o));
+    json_array_append_new(lines, o);
+    p = nl + 1;
+  }
+  return lines;
+}
+
+static const char *field(json_t *o, const char *key) {
+  json_t *v = json_object_get(o, key);
+  if (!json_is_string(v))
+    fail_msg("no string field %s", key);
+  return json_string_value(v);
+}
+
+static void test_json_lines_parse_with_their_fields(void **state) {
+  log_format_set(LOG_FORMAT_JSON);
+  char *out = captured(log_json_lines);
+  log_format_set(LOG_FORMAT_TEXT);
+  json_t *lines = json_lines(out);
+  assert_int_equal(json_array_size(lines), 3);
+
+  json_t *first = json_array_get(lines, 0);
+  const char *time = field(first, "time");
+  assert_int_equal(strlen(time), strlen("2026-01-02T03:04:05.678Z"));
+  assert_int_equal(time[strlen(time) - 1], 'Z');
+  assert_string_equal(field(first, "level"), "warn");
+  assert_string_equal(field(first, "component"), "agent");
+  assert_string_equal(field(first, "listener"), "listeners/web");
+  assert_string_equal(field(first, "client"), "127.0.0.1:5000");
+  assert_string_equal(field(first, "cause"), "handshake");
+  /* The client's words as they were: JSON escapes them. */
+  assert_string_equal(field(first, "reason"), "bad \"hello\"\nFORGED");
+  assert_int_equal(json_integer_value(json_object_get(first, "revision")), 12);
+  /* msg is the message whole; a word cannot replace it. */
+  assert_non_null(strstr(field(first, "msg"), "msg=forged"));
+  assert_non_null(strstr(field(first, "msg"), "listener=listeners/web client="));
+  /* One line, however the text reads: the newline stays escaped. */
+  assert_null(strchr(field(first, "msg"), '\n'));
+
+  json_t *second = json_array_get(lines, 1);
+  assert_string_equal(field(second, "level"), "info");
+  assert_string_equal(field(second, "msg"), "not UTF-8: \\xFF\\xFE, a quote \\\" and a tab\\t");
+  assert_string_equal(field(json_array_get(lines, 2), "level"), "error");
+  json_decref(lines);
+  free(out);
+}
+
+static void log_long_line(void) {
+  char big[4000];
+  memset(big, '\x01', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  log_info("test", "k=%s", big);
+}
+
+static void test_json_line_too_long_is_still_one_object(void **state) {
+  log_format_set(LOG_FORMAT_JSON);
+  char *out = captured(log_long_line);
+  log_format_set(LOG_FORMAT_TEXT);
+  json_t *lines = json_lines(out);
+  assert_int_equal(json_array_size(lines), 1);
+  json_t *o = json_array_get(lines, 0);
+  assert_string_equal(field(o, "component"), "test");
+  assert_true(strncmp(field(o, "msg"), "k=\x01\x01", 4) == 0);
+  json_decref(lines);
+  free(out);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_plain_text_is_kept),
@@ -235,6 +417,11 @@ int main(void) {
       cmocka_unit_test(test_limit_burst_of_its_own),
       cmocka_unit_test(test_limit_bounds_lines_of_a_flood),
       cmocka_unit_test(test_async_never_blocks_and_counts_what_it_drops),
+      cmocka_unit_test(test_level_leaves_out_what_is_below),
+      cmocka_unit_test(test_levels_and_formats_parse),
+      cmocka_unit_test(test_kv_words_of_a_message),
+      cmocka_unit_test(test_json_lines_parse_with_their_fields),
+      cmocka_unit_test(test_json_line_too_long_is_still_one_object),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -526,6 +526,86 @@ static void test_etag_conflict(void **state) {
   store_row_clear(&v2);
 }
 
+/* What the audit hook saw: one call per commit that made a revision. */
+struct audit_seen {
+  int calls;
+  size_t n, more;
+  int64_t revision;
+  char text[1024]; /* "action resource actor method;" per row */
+};
+
+static void audit_seen_cb(const struct store_audit *rows, size_t n, size_t more, void *data) {
+  struct audit_seen *seen = data;
+  seen->calls++;
+  seen->n = n;
+  seen->more = more;
+  seen->text[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    seen->revision = rows[i].revision;
+    assert_true(rows[i].time_us > 0);
+    size_t len = strlen(seen->text);
+    snprintf(seen->text + len, sizeof(seen->text) - len, "%s %s %s %s;", rows[i].action,
+             rows[i].resource, rows[i].actor, rows[i].method);
+  }
+}
+
+static void test_audit_hook_sees_each_commit(void **state) {
+  struct fixture *f = *state;
+  struct audit_seen seen = {0};
+  store_set_audit_hook(f->s, audit_seen_cb, &seen);
+  struct tp_err err = {0};
+
+  /* Two writes and a delete in one transaction: one call, three rows, at
+   * the revision the commit made. */
+  create_text(f->s, CERT, "certificates/gone", "x");
+  assert_int_equal(seen.calls, 1);
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  struct store_write a = write_of(CERT, "certificates/a", 1, "a");
+  struct store_write b = write_of(CERT, "certificates/b", 1, "b");
+  b.action = "rotate";
+  assert_ok(store_put(txn, &a, NULL, &err), err);
+  assert_ok(store_put(txn, &b, NULL, &err), err);
+  assert_ok(store_delete(txn, CERT, "certificates/gone", NULL, "bob", "m", &err), err);
+  int64_t rev = 0;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  assert_int_equal(seen.calls, 2);
+  assert_int_equal(seen.n, 3);
+  assert_int_equal(seen.more, 0);
+  assert_int_equal(seen.revision, rev);
+  assert_string_equal(seen.text, "create certificates/a alice /tlsplane.v1.Test/Write;"
+                                 "rotate certificates/b alice /tlsplane.v1.Test/Write;"
+                                 "delete certificates/gone bob m;");
+
+  /* Rolled back, failed, or read only: no call. */
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  struct store_write c = write_of(CERT, "certificates/c", 1, "c");
+  assert_ok(store_put(txn, &c, NULL, &err), err);
+  store_rollback(txn);
+  assert_int_equal(put_fails(f->s, &a, &err), -EEXIST);
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_put(txn, &c, NULL, &err), err);
+  assert_int_equal(store_put(txn, &a, NULL, &err), -EEXIST);
+  assert_int_equal(store_commit(txn, NULL, &err), -EEXIST);
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_commit(txn, NULL, &err), err);
+  assert_int_equal(seen.calls, 2);
+
+  /* Beyond STORE_AUDIT_HOOK_ROWS rows: counted. */
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  for (int i = 0; i < STORE_AUDIT_HOOK_ROWS + 3; i++) {
+    char name[64];
+    snprintf(name, sizeof(name), "certificates/many-%d", i);
+    struct store_write w = write_of(CERT, name, 1, "m");
+    assert_ok(store_put(txn, &w, NULL, &err), err);
+  }
+  assert_ok(store_commit(txn, NULL, &err), err);
+  assert_int_equal(seen.calls, 3);
+  assert_int_equal(seen.n, STORE_AUDIT_HOOK_ROWS);
+  assert_int_equal(seen.more, 3);
+  store_set_audit_hook(f->s, NULL, NULL);
+}
+
 static void test_revision_once_per_txn(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
@@ -1854,6 +1934,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_exists_and_not_found, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_etag_conflict, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_revision_once_per_txn, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_audit_hook_sees_each_commit, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_rollback_leaves_nothing, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_secrets, setup_open, teardown),
       cmocka_unit_test(test_seal_round_trip),
