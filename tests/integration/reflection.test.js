@@ -192,6 +192,28 @@ test('describe a message: Certificate fields with their numbers and JSON names',
   if (eb.jsonName) assert.equal(eb.jsonName, 'expiringBefore');
 });
 
+// The comment protoc keeps for the element at `path` in a file's source
+// info (what grpcurl describe prints above the element), or undefined.
+function commentAt(file, path) {
+  const loc = (file.sourceCodeInfo?.location || []).find((l) => l.path.length === path.length && l.path.every((x, i) => x === path[i]));
+  return loc?.leadingComments;
+}
+
+test('describe shows the .proto comments: a field\'s rule and a method\'s behaviour travel in the served descriptors', () => {
+  const ctxMsg = findMessage(schemaV1.files, 'tlsplane.v1.TlsContext');
+  assert.ok(ctxMsg, 'tlsplane.v1.TlsContext not served');
+  assert.ok(ctxMsg.file.sourceCodeInfo?.location?.length > 0, 'tls_context.proto is served without source info');
+  const mi = ctxMsg.file.messageType.indexOf(ctxMsg.message);
+  const fi = ctxMsg.message.field.findIndex((f) => f.name === 'max_send_fragment');
+  // FileDescriptorProto.message_type = 4, DescriptorProto.field = 2.
+  assert.match(commentAt(ctxMsg.file, [4, mi, 2, fi]) || '', /setMaxSendFragment: 512 to 16384 bytes/);
+  const certFile = findMessage(schemaV1.files, 'tlsplane.v1.Certificate').file;
+  const si = certFile.service.findIndex((x) => x.name === 'CertificateService');
+  const mj = certFile.service[si].method.findIndex((m) => m.name === 'UpdateCertificate');
+  // FileDescriptorProto.service = 6, ServiceDescriptorProto.method = 2.
+  assert.match(commentAt(certFile, [6, si, 2, mj]) || '', /A new chain without a new key keeps the stored key/);
+});
+
 test('file_containing_symbol for a message, an enum, a method and a service', async () => {
   const rs = new ReflectionStream(ctx.server.address, 'v1');
   try {
