@@ -29,6 +29,12 @@ struct api_binding {
 };
 
 /* The API's process context, shared by every handler. */
+/* An agent certificate's lifetime: the default, and the range
+ * --agent-cert-lifetime accepts (an agent renews at two thirds of it). */
+#define API_AGENT_CERT_LIFETIME_S (30LL * 24 * 3600)
+#define API_AGENT_CERT_LIFETIME_MIN_S (10LL * 60)
+#define API_AGENT_CERT_LIFETIME_MAX_S (825LL * 24 * 3600)
+
 struct api {
   struct store *store;
   struct hub *hub; /* the agents' push hub; NULL in tools and tests without one */
@@ -36,6 +42,9 @@ struct api {
   /* Last use of credentials, noted by auth.c, written by the job thread
    * (usage.h); NULL: uses are not recorded (tools, tests). */
   struct usage *usage;
+  /* Lifetime of the certificates EnrollAgent and RenewAgentCertificate
+   * issue (seconds); 0: API_AGENT_CERT_LIFETIME_S. */
+  int64_t agent_cert_lifetime_s;
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
 };

@@ -47,6 +47,7 @@ struct options {
   int request_timeout_ms;
   int max_streams;
   int max_peer_streams;
+  int64_t agent_cert_lifetime_s;
   const char *sans[SANS_MAX];
   size_t n_sans;
   char *sans_env; /* TLSPLANE_SANS, split in place */
@@ -56,6 +57,7 @@ static void usage(FILE *out) {
   fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
                "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
                "                       [--max-streams N] [--max-peer-streams N]\n"
+               "                       [--agent-cert-lifetime DURATION]\n"
                "                       [--log-level LEVEL] [--log-format text|json]\n"
                "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
                "       tlsplane-server init [--data-dir DIR] [--force]\n"
@@ -78,6 +80,10 @@ static void usage(FILE *out) {
                "                                      [TLSPLANE_MAX_STREAMS, 16384]\n"
                "  --max-peer-streams N  streaming calls without a credential per client\n"
                "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
+               "  --agent-cert-lifetime DURATION  the lifetime of the certificates issued to\n"
+               "                      agents (an agent renews at two thirds of it): a number\n"
+               "                      with s, m, h or d, 10m to 825d\n"
+               "                                      [TLSPLANE_AGENT_CERT_LIFETIME, 30d]\n"
                "  --log-level LEVEL   lines at LEVEL and above: debug, info, warn or error;\n"
                "                      debug adds grpc core's own  [TLSPLANE_LOG_LEVEL, info]\n"
                "  --log-format FORMAT text, or json: one object a line (time, level,\n"
@@ -133,6 +139,30 @@ static int parse_positive(const char *what, const char *text, int *out) {
   return 0;
 }
 
+/* A duration as "90m", "720h", "30d" or "3600s" (a unit is required), within
+ * what an agent certificate may live. */
+static int parse_lifetime(const char *what, const char *text, int64_t *out) {
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(text, &end, 10);
+  long long unit = 0;
+  if (end != NULL && end != text && end[0] != '\0' && end[1] == '\0')
+    unit = end[0] == 's'   ? 1
+           : end[0] == 'm' ? 60
+           : end[0] == 'h' ? 3600
+           : end[0] == 'd' ? 86400
+                           : 0;
+  if (errno != 0 || unit == 0 || v <= 0 || v > API_AGENT_CERT_LIFETIME_MAX_S / unit ||
+      v * unit < API_AGENT_CERT_LIFETIME_MIN_S) {
+    cli_usage_error(PROG,
+                    "%s: \"%s\" is not a duration from 10m to 825d (a number with s, m, h or d)",
+                    what, text);
+    return -1;
+  }
+  *out = v * unit;
+  return 0;
+}
+
 /* The same from environment variable name, when it is set. */
 static int env_positive(const char *name, int *out) {
   const char *v = getenv(name);
@@ -161,6 +191,11 @@ static int parse_options(int argc, char **argv, struct options *o) {
       env_positive("TLSPLANE_MAX_STREAMS", &o->max_streams) != 0 ||
       env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0)
     return -1;
+  o->agent_cert_lifetime_s = API_AGENT_CERT_LIFETIME_S;
+  const char *lifetime = getenv("TLSPLANE_AGENT_CERT_LIFETIME");
+  if (lifetime != NULL && lifetime[0] != '\0' &&
+      parse_lifetime("TLSPLANE_AGENT_CERT_LIFETIME", lifetime, &o->agent_cert_lifetime_s) != 0)
+    return -1;
   static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
                                            {"listen", required_argument, NULL, 'l'},
                                            {"plaintext", no_argument, NULL, 'p'},
@@ -169,6 +204,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
                                            {"request-timeout", required_argument, NULL, 'r'},
                                            {"max-streams", required_argument, NULL, 'm'},
                                            {"max-peer-streams", required_argument, NULL, 'P'},
+                                           {"agent-cert-lifetime", required_argument, NULL, 'A'},
                                            {"log-level", required_argument, NULL, 'L'},
                                            {"log-format", required_argument, NULL, 'F'},
                                            {"help", no_argument, NULL, 'h'},
@@ -208,6 +244,10 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 'P':
       if (parse_positive("--max-peer-streams", optarg, &o->max_peer_streams) != 0)
+        return -1;
+      break;
+    case 'A':
+      if (parse_lifetime("--agent-cert-lifetime", optarg, &o->agent_cert_lifetime_s) != 0)
         return -1;
       break;
     case 's':
@@ -474,6 +514,7 @@ int main(int argc, char **argv) {
   }
   store_set_audit_hook(api.store, api_audit_log, NULL); /* every write, logged */
   api.ca = datadir_ca(dd);
+  api.agent_cert_lifetime_s = o.agent_cert_lifetime_s;
   if ((api.usage = usage_new()) == NULL) {
     log_error("server", "out of memory");
     goto close_store;

@@ -23,8 +23,6 @@
 #include "pb.h"
 #include "tlsplane/v1/agent.pb-c.h"
 
-#define AGENT_CERT_VALIDITY_S (30LL * 24 * 3600)
-
 static const char *const agent_mutable[] = {NULL}; /* and labels, as every kind */
 
 static void agent_decorate(struct api *api, ProtobufCMessage *res) {
@@ -337,7 +335,9 @@ static int agent_cert_issue(struct api *api, const struct rpc_call_info *call, c
     rc = agent_enroll(api, txn, call, agent_id, token, &replaced, err);
   if (rc == 0)
     rc = api_client_cert_issue(api, txn, call, pub, AUTH_ROLE_AGENT, agent_id,
-                               AGENT_CERT_VALIDITY_S, &c, err);
+                               api->agent_cert_lifetime_s > 0 ? api->agent_cert_lifetime_s
+                                                              : API_AGENT_CERT_LIFETIME_S,
+                               &c, err);
   EVP_PKEY_free(pub);
   if (token != NULL)
     protobuf_c_message_free_unpacked(&token->base, NULL);

@@ -9,9 +9,10 @@
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { execFileSync } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
-const { useServer, noteSecret } = require('./lib/server');
+const { useServer, noteSecret, Server } = require('./lib/server');
 const { connect, grpc } = require('./lib/reflect');
 const { pki, DAY } = require('./lib/pki');
 const { status, statusName, expectGrpcError, uid, makeCsr, rawUnary, bearer, toDate, tokenSecretPart } = require('./lib/util');
@@ -301,6 +302,43 @@ test('client certificates: foreign CA, expired, not issued here, or revoked are 
   const tampered = csr.replace(/(\n[A-Za-z0-9+/]{10})[A-Za-z0-9+/]/, (m, a) => a + (m.endsWith('A') ? 'B' : 'A'));
   await expectGrpcError(api().ClientCertificateService.IssueClientCertificate({ csrPem: tampered, role: 'VIEWER', principal: 'bob' }), status.INVALID_ARGUMENT, { field: 'csr_pem' });
   await expectGrpcError(api().ClientCertificateService.IssueClientCertificate({ csrPem: csr, role: 'JOIN', principal: 'bob' }), status.INVALID_ARGUMENT, { field: 'role' });
+});
+
+test('--agent-cert-lifetime: enrolled and renewed agent certificates live that long, renewed at two thirds', async () => {
+  const s2 = await Server.start({ tls: true, extraArgs: ['--agent-cert-lifetime', '2h'] });
+  const opened = [];
+  try {
+    const admin = await connect(s2.address, s2.connectOptions());
+    opened.push(admin);
+    const id = uid('short');
+    const join = await admin.api.TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: id } });
+    noteSecret(join.secret);
+    const joined = await connect(s2.address, { tls: { ca: s2.ca }, token: join.secret });
+    opened.push(joined);
+    const first = makeCsr();
+    noteSecret(first.key.split('\n')[1]);
+    const res = await joined.api.AgentService.EnrollAgent({ agentId: id, csrPem: first.csr });
+    const lifetime = (r) => {
+      const x = new crypto.X509Certificate(r.certificatePem);
+      return (Date.parse(x.validTo) - Date.parse(x.validFrom)) / 1000;
+    };
+    // Issued a little in the past (clock skew), so at least 2 h and at most 2 h plus that.
+    const enrolled = lifetime(res);
+    assert.ok(enrolled >= 7200 && enrolled <= 7200 + 3600, `the enrolled certificate lives ${enrolled} s`);
+    const hoursLeft = (Number(res.notAfter.seconds) * 1000 - Date.now()) / 3600e3;
+    assert.ok(hoursLeft > 1.9 && hoursLeft <= 2.01, `valid for ${hoursLeft} more hours`);
+    const renewIn = (Number(res.renewAfter.seconds) * 1000 - Date.now()) / 3600e3;
+    assert.ok(renewIn > 1.1 && renewIn < 1.4, `renewed in ${renewIn} hours (two thirds of its life)`);
+    const agentConn = await connect(s2.address, { tls: { ca: s2.ca, cert: res.certificatePem, key: first.key } });
+    opened.push(agentConn);
+    const next = makeCsr();
+    noteSecret(next.key.split('\n')[1]);
+    const renewed = await agentConn.api.AgentService.RenewAgentCertificate({ csrPem: next.csr });
+    assert.equal(lifetime(renewed), enrolled, 'the renewed certificate lives as long');
+  } finally {
+    for (const c of opened) c.close();
+    await s2.stopClean();
+  }
 });
 
 test('enrollment: a one-time join token and a CSR give an agent its certificate; mutual TLS from then on', async () => {

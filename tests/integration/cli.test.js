@@ -120,6 +120,12 @@ test('an unknown flag: one line naming it, where to read more, exit status 2', (
   // The variables are checked like the flags.
   assertOneLine(run(serverBinary(), [], { TLSPLANE_LOG_FORMAT: 'xml' }), 'tlsplane-server', "TLSPLANE_LOG_FORMAT: 'xml' is not a format: text or json", 'TLSPLANE_LOG_FORMAT=xml');
   assertOneLine(run(agentBinary(), ['--config', 'x.json'], { TLSPLANE_LOG_LEVEL: 'chatty' }), 'tlsplane-agent', "TLSPLANE_LOG_LEVEL: 'chatty' is not a level: debug, info, warn or error", 'TLSPLANE_LOG_LEVEL=chatty');
+  // An agent certificate's lifetime takes a unit and stays within its range.
+  const lifetimeRule = 'is not a duration from 10m to 825d (a number with s, m, h or d)';
+  for (const v of ['30', '5m', '826d', '1y', '-2h']) {
+    assertOneLine(run(serverBinary(), ['--agent-cert-lifetime', v]), 'tlsplane-server', `--agent-cert-lifetime: "${v}" ${lifetimeRule}`, `--agent-cert-lifetime ${v}`);
+  }
+  assertOneLine(run(serverBinary(), [], { TLSPLANE_AGENT_CERT_LIFETIME: '0d' }), 'tlsplane-server', `TLSPLANE_AGENT_CERT_LIFETIME: "0d" ${lifetimeRule}`, 'TLSPLANE_AGENT_CERT_LIFETIME=0d');
   // An ambiguous abbreviation, and an argument where none is taken.
   assertOneLine(run(serverBinary(), ['--max', '3']), 'tlsplane-server', "option '--max' is ambiguous", '--max');
   assertOneLine(run(serverBinary(), ['serve']), 'tlsplane-server', "unexpected argument 'serve' (the commands: init, backup, rotate-master-key, call)", 'serve');
