@@ -91,21 +91,35 @@ done:
   return rc;
 }
 
-/* The credential for the next connection: the files of --cert/--key, or
- * the enrolled certificate (loaded from the cache dir, enrolled with the
- * join token, renewed when due). */
+/* The credential for the next connection: the files of --cert/--key (or
+ * their renewal in the cache dir), or the enrolled certificate (loaded
+ * from the cache dir, enrolled with the join token); either is renewed
+ * when due. */
 int stream__identity_ensure(struct source_stream *s, struct tp_err *err) {
-  if (!stream_enroll_mode(s)) {
-    /* Read again every time: an operator may replace them. */
-    struct identity id;
-    if (identity_from_files(s->cfg.key_path, s->cfg.cert_path, &id, err) != 0)
-      return -1;
-    identity_take(s, &id);
-    return 0;
-  }
   int64_t now = time(NULL);
   char why[256];
-  if (!s->have_id) {
+  if (!stream_enroll_mode(s)) {
+    /* Read again every time: an operator may replace them. A renewal of
+     * theirs is kept in the cache dir (the files are the operator's, never
+     * written); the newer of the two is used (the renewal when they end
+     * in the same second). */
+    struct identity id, renewed;
+    if (identity_from_files(s->cfg.key_path, s->cfg.cert_path, &id, err) != 0)
+      return -1;
+    struct tp_err lerr = {0};
+    if (identity_load(s->cfg.cache_dir, &renewed, &lerr) == 1) {
+      if (renewed.not_after >= id.not_after &&
+          identity_unusable(&renewed, s->cfg.name, now, why, sizeof(why)) == NULL &&
+          identity_issued_by(&renewed, s->ca_pem)) {
+        identity_clear(&id);
+        id = renewed;
+      } else {
+        identity_clear(&renewed);
+      }
+    }
+    identity_take(s, &id);
+  }
+  if (stream_enroll_mode(s) && !s->have_id) {
     struct identity id;
     struct tp_err lerr = {0};
     int rc = identity_load(s->cfg.cache_dir, &id, &lerr);
@@ -121,12 +135,14 @@ int stream__identity_ensure(struct source_stream *s, struct tp_err *err) {
     if (rc == 1 && !s->have_id)
       identity_clear(&id);
   }
-  if (s->have_id && identity_unusable(&s->id, s->cfg.name, now, why, sizeof(why)) != NULL) {
+  if (stream_enroll_mode(s) && s->have_id &&
+      identity_unusable(&s->id, s->cfg.name, now, why, sizeof(why)) != NULL) {
     log_warn("agent", "control plane: %s", why);
     identity_clear(&s->id);
     s->have_id = 0;
   }
-  if (s->have_id && s->id_refused && s->cfg.join_token != NULL && !s->join_used) {
+  if (stream_enroll_mode(s) && s->have_id && s->id_refused && s->cfg.join_token != NULL &&
+      !s->join_used) {
     log_info("agent", "control plane: enrolling again with the join token");
     identity_clear(&s->id);
     s->have_id = 0;

@@ -144,9 +144,7 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
   s->stream = st;
   s->renew_requested = 0;
   s->resync_requested = 0;
-  s->renew_at = stream_enroll_mode(s) ? (s->id.renew_after > s->renew_retry_at ? s->id.renew_after
-                                                                               : s->renew_retry_at)
-                                      : 0;
+  s->renew_at = s->id.renew_after > s->renew_retry_at ? s->id.renew_after : s->renew_retry_at;
   pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(&s->lock);
 
@@ -177,7 +175,7 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
                (long long)(is_delta ? sm->delta->revision : sm->snapshot->revision));
     }
     deliver(s, sm, gen);
-    if (received > 0 && s->cfg.renew_now && stream_enroll_mode(s)) {
+    if (received > 0 && s->cfg.renew_now) {
       /* Due now: the send thread cuts the stream as when the date comes. */
       s->cfg.renew_now = 0;
       log_info("agent", "control plane: renewal due now (TLSPLANE_RENEW_NOW)");

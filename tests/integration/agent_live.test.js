@@ -429,6 +429,36 @@ test('an agent certificate given as files (--cert/--key)', async () => {
   await b.stopClean();
 });
 
+test('an agent certificate given as files is renewed like an enrolled one: the new pair in the cache dir, the files left as they are', async () => {
+  const { key, csr } = makeCsr();
+  noteSecret(key.split('\n')[1]);
+  const res = await api().AgentService.EnrollAgent({ agentId: 'live-fr', csrPem: csr });
+  const a = await CpAgent.start(srv, { name: 'live-fr', cert: res.certificatePem, key, env: { TLSPLANE_RENEW_NOW: '1' } });
+  agents.fr = a;
+  await a.waitForLog(/control plane: the agent certificate is due for renewal: reconnecting with a new one/);
+  await a.waitForLog(/control plane: certificate renewed as agents\/live-fr/);
+  await waitFor('two connections', () => a.connectedSerials().length >= 2);
+  const [first, second] = a.connectedSerials();
+  const given = new (require('node:crypto').X509Certificate)(res.certificatePem);
+  assert.equal(first.replace(/^0+/, ''), given.serialNumber.replace(/^0+/, ''), 'first connected with the given files');
+  assert.notEqual(first, second, 'reconnected with the renewed certificate');
+  assert.equal(fs.readFileSync(a.certFile, 'utf8'), res.certificatePem, '--cert is not written');
+  assert.equal(fs.readFileSync(a.keyFile, 'utf8'), key, '--key is not written');
+  const renewed = new (require('node:crypto').X509Certificate)(fs.readFileSync(a.file('agent.pem')));
+  assert.equal(renewed.serialNumber.replace(/^0+/, ''), second.replace(/^0+/, ''));
+  assert.ok(renewed.checkPrivateKey(require('node:crypto').createPrivateKey(fs.readFileSync(a.file('agent-key.pem')))));
+  assert.equal(fs.statSync(a.file('agent-key.pem')).mode & 0o777, 0o600);
+  const certs = (await api().ClientCertificateService.ListClientCertificates({ labelSelector: 'agent=live-fr' })).clientCertificates;
+  assert.equal(certs.length, 2, 'enrolled by the admin, then renewed by the agent');
+  // A restart with the same --cert/--key uses the newer, renewed pair.
+  a.env.TLSPLANE_RENEW_NOW = '0';
+  await a.restart({ wait: 'connected' });
+  const serials = a.connectedSerials();
+  assert.equal(serials[serials.length - 1], second);
+  await a.stopClean();
+  delete agents.fr;
+});
+
 test('a control plane set up again: the certificate of the old CA is not used, the agent enrolls anew', async () => {
   const x = await CpAgent.start(srv, { name: 'live-x', labels: { site: 'x' }, joinToken: await joinToken('live-x', { site: 'x' }), wait: 'connected' });
   await x.stopClean();
