@@ -1124,9 +1124,67 @@ static int dec_duration(struct dec *d, Google__Protobuf__Duration *du, const jso
   return 0;
 }
 
+/* Whether s is a dotted path of proto field names ([a-z][a-z0-9_]*). */
+static int is_snake_path(const char *s) {
+  int start = 1;
+  for (const char *p = s;; p++) {
+    char c = *p;
+    if (start) {
+      if (!(c >= 'a' && c <= 'z'))
+        return 0;
+      start = 0;
+    } else if (c == '.') {
+      start = 1;
+    } else if (c == '\0') {
+      return 1;
+    } else if (!(c >= 'a' && c <= 'z') && !(c >= '0' && c <= '9') && c != '_') {
+      return 0;
+    }
+  }
+}
+
+/* The object form, {"paths": ["certificate_chain_pem", ...]}: the
+ * message's own field, which is what grpcurl sends (it cannot send the
+ * string form). Paths are proto field names, taken as they are. */
+static int dec_field_mask_object(struct dec *d, Google__Protobuf__FieldMask *fm, const json_t *v) {
+  const char *key;
+  json_t *val;
+  json_object_foreach((json_t *)v, key, val) {
+    if (strcmp(key, "paths") != 0)
+      return dec_fail(d, "a field mask object has only \"paths\", not \"%.*s\"", QUOTE_MAX, key);
+  }
+  const json_t *paths = json_object_get(v, "paths");
+  if (paths == NULL || json_is_null(paths))
+    return 0;
+  if (!json_is_array(paths))
+    return dec_fail(d, "paths: expected an array of strings, got %s", json_kind(paths));
+  size_t n = json_array_size(paths);
+  if (n == 0)
+    return 0;
+  fm->paths = calloc(n, sizeof(char *));
+  if (fm->paths == NULL)
+    return dec_oom(d);
+  for (size_t i = 0; i < n; i++) {
+    const json_t *e = json_array_get(paths, i);
+    if (!json_is_string(e))
+      return dec_fail(d, "paths[%zu]: expected a string, got %s", i, json_kind(e));
+    const char *path = json_string_value(e);
+    if (!is_snake_path(path))
+      return dec_fail(d,
+                      "paths[%zu]: \"%.*s\" is not a field mask path (field names joined by '.')",
+                      i, QUOTE_MAX, path);
+    if ((fm->paths[fm->n_paths] = strdup(path)) == NULL)
+      return dec_oom(d);
+    fm->n_paths++;
+  }
+  return 0;
+}
+
 static int dec_field_mask(struct dec *d, Google__Protobuf__FieldMask *fm, const json_t *v) {
+  if (json_is_object(v))
+    return dec_field_mask_object(d, fm, v);
   if (!json_is_string(v))
-    return dec_bad(d, v, "a field mask (comma-separated paths)");
+    return dec_bad(d, v, "a field mask (comma-separated paths, or {\"paths\": [...]})");
   const char *s = json_string_value(v);
   if (s[0] == '\0')
     return 0;

@@ -19,7 +19,9 @@
  *   or 9 fraction digits ("2026-11-27T00:00:00Z"; input takes any offset
  *   and 1 to 9 digits), Duration a decimal count of seconds with an "s"
  *   ("1.500s"), the wrappers (BoolValue, Int32Value, ...) the bare wrapped
- *   value, FieldMask a string of comma-separated lowerCamelCase paths,
+ *   value, FieldMask a string of comma-separated lowerCamelCase paths
+ *   (output) or, on input, also the object form grpcurl sends,
+ *   {"paths": ["certificate_chain_pem"]} (proto field names as they are),
  *   Empty {}. Any, Struct, Value and ListValue are refused.
  * - Output omits fields at their default (proto3 implicit presence) and
  *   unset messages, wrappers and oneofs; a set oneof member or wrapper is

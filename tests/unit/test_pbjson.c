@@ -1124,7 +1124,34 @@ static void test_field_mask(void **state) {
     decode_fails(d, json, want);
   }
   decode_fails(d, "{\"updateMask\":[\"a\"]}",
-               "updateMask: expected a field mask (comma-separated paths), got an array");
+               "updateMask: expected a field mask (comma-separated paths, or {\"paths\": [...]}), "
+               "got an array");
+
+  /* The object form grpcurl sends: proto field names, kept as they are. */
+  r = (Tlsplane__V1__UpdateCertificateRequest *)decode_ok(
+      d, "{\"updateMask\":{\"paths\":[\"certificate_chain_pem\",\"labels\",\"certificate.not_"
+         "after\"]}}");
+  assert_non_null(r->update_mask);
+  assert_int_equal(r->update_mask->n_paths, 3);
+  assert_string_equal(r->update_mask->paths[0], "certificate_chain_pem");
+  assert_string_equal(r->update_mask->paths[1], "labels");
+  assert_string_equal(r->update_mask->paths[2], "certificate.not_after");
+  assert_encodes(&r->base, 0,
+                 "{\"updateMask\":\"certificateChainPem,labels,certificate.notAfter\"}");
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  r = (Tlsplane__V1__UpdateCertificateRequest *)decode_ok(d, "{\"updateMask\":{\"paths\":[]}}");
+  assert_non_null(r->update_mask);
+  assert_int_equal(r->update_mask->n_paths, 0);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  decode_fails(d, "{\"updateMask\":{\"paths\":[\"labels\",\"privateKeyPem\"]}}",
+               "updateMask: paths[1]: \"privateKeyPem\" is not a field mask path (field names "
+               "joined by '.')");
+  decode_fails(d, "{\"updateMask\":{\"paths\":[\"labels\",7]}}",
+               "updateMask: paths[1]: expected a string, got a number");
+  decode_fails(d, "{\"updateMask\":{\"paths\":\"labels\"}}",
+               "updateMask: paths: expected an array of strings, got a string");
+  decode_fails(d, "{\"updateMask\":{\"path\":[\"labels\"]}}",
+               "updateMask: a field mask object has only \"paths\", not \"path\"");
 
   Google__Protobuf__FieldMask fm = GOOGLE__PROTOBUF__FIELD_MASK__INIT;
   char *paths[] = {"key_bits", "fooBar"};
