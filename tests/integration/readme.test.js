@@ -190,6 +190,9 @@ before(async () => {
   ctx.env = { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH}`, TLSPLANE_RETRY_MAX_MS: '2000' };
   delete ctx.env.TLSPLANE_TOKEN;
   ctx.work = workDir('work');
+  const which = await bash('command -v grpcurl tlsplane-server jq', { trace: false });
+  assert.deepEqual(which.stdout.trim().split('\n'), [path.join(bin, 'grpcurl'), path.join(bin, 'tlsplane-server'), tool('jq')],
+    'grpcurl on the blocks\' PATH is lib/grpcurl.js, tlsplane-server the build\'s');
 
   // make run: `DATA_DIR=... LISTEN=... BUILD=./build exec ./scripts/demo run`.
   const [metrics] = await freePorts(1);
