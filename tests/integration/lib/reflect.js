@@ -154,7 +154,7 @@ const REFLECTION_VERSIONS = ['v1', 'v1alpha'];
 // One ServerReflectionInfo bidi stream. Each request gets exactly one
 // response, in order (the protocol's rule), so a FIFO of waiters pairs them.
 class ReflectionStream {
-  constructor(address, version = 'v1', { deadlineMs = 15000, credentials } = {}) {
+  constructor(address, version = 'v1', { deadlineMs = 15000, credentials, metadata } = {}) {
     if (!REFLECTION_VERSIONS.includes(version)) throw new Error(`unknown reflection version ${version}`);
     this.version = version;
     const ns = `grpc.reflection.${version}`;
@@ -170,7 +170,7 @@ class ReflectionStream {
       (buf) => this.Response.toObject(this.Response.decode(buf), {
         longs: String, enums: String, bytes: Buffer, defaults: false, oneofs: true,
       }),
-      new grpc.Metadata(),
+      metadata ? metadata.clone() : new grpc.Metadata(),
       { deadline: Date.now() + deadlineMs },
     );
     this.call.on('data', (msg) => {
@@ -251,9 +251,10 @@ function decodeFile(buf) {
 // What grpcurl does before `grpcurl list` / `describe` / a call: every
 // service's file, then the transitive closure of their dependencies.
 // Returns { services, files: Map(name -> {raw, proto}), order: [names
-// dependencies first], setBuffer: FileDescriptorSet bytes }.
-async function fetchSchema(address, version = 'v1', credentials = undefined) {
-  const rs = new ReflectionStream(address, version, { credentials });
+// dependencies first], setBuffer: FileDescriptorSet bytes }. metadata (a
+// grpc.Metadata) goes with the stream, as grpcurl sends its -H headers.
+async function fetchSchema(address, version = 'v1', credentials = undefined, metadata = undefined) {
+  const rs = new ReflectionStream(address, version, { credentials, metadata });
   try {
     const services = await rs.listServices();
     const files = new Map();
