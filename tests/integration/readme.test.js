@@ -404,7 +404,7 @@ test('no grpcurl request in the docs gives a FieldMask in its string form, which
     let inSh = false;
     fs.readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
       if (/^```/.test(line)) inSh = /^```sh\b/.test(line);
-      if (/tlsplane-server call/.test(line)) return; // call takes the string form
+      if (/tlsplane-server call/.test(line)) return; // call takes both forms
       // JSON, and in shell blocks jq's object syntax too (unquoted keys).
       const bad = inSh ? /\bupdate_?[mM]ask"?\s*:\s*\\?"/ : /"update_?[mM]ask"\s*:\s*"/;
       if (bad.test(line)) found.push(`${path.relative(REPO, file)}:${i + 1}: ${line.trim()}`);
@@ -449,10 +449,16 @@ test('the grpcurl shim refuses "updateMask": "labels" as grpcurl 1.9.1 does; the
   assert.equal(obj.code, 0, obj.stderr);
   assert.deepEqual(JSON.parse(obj.stdout).labels, { app: 'demo' });
 
-  // tlsplane-server call takes the string form (protobuf's JSON mapping).
-  const c = await call('AgentService/UpdateAgent', '{"agent": {"name": "agents/demo", "labels": {"app": "demo"}}, "updateMask": "labels"}');
-  assert.equal(c.code, 0, c.stderr);
-  assert.deepEqual(JSON.parse(c.stdout).labels, { app: 'demo' });
+  // tlsplane-server call takes both: the string form (protobuf's JSON
+  // mapping) and the object form the README shows for grpcurl.
+  for (const mask of ['"labels"', '{"paths": ["labels"]}']) {
+    const c = await call('AgentService/UpdateAgent', `{"agent": {"name": "agents/demo", "labels": {"app": "demo"}}, "updateMask": ${mask}}`);
+    assert.equal(c.code, 0, `updateMask ${mask}: ${c.stderr}`);
+    assert.deepEqual(JSON.parse(c.stdout).labels, { app: 'demo' });
+  }
+  const badPath = await call('AgentService/UpdateAgent', '{"agent": {"name": "agents/demo"}, "updateMask": {"paths": ["Labels"]}}');
+  assert.notEqual(badPath.code, 0);
+  assert.match(badPath.stderr, /updateMask: paths\[0\]: "Labels" is not a field mask path/);
 
   const unknown = await g(['-d', '{"nme": "agents/demo"}', '127.0.0.1:7443', 'tlsplane.v1.AgentService/GetAgent']);
   assert.equal(unknown.code, 1);
