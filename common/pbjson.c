@@ -629,12 +629,14 @@ static int format_duration(char *buf, size_t len, int64_t secs, int32_t nanos) {
 
 /* --- FieldMask paths ---------------------------------------------------- */
 
-/* Whether s is a dotted path of identifiers ([A-Za-z_][A-Za-z0-9_]*). */
-static int is_ident_path(const char *s) {
+/* Whether s is a dotted path of identifiers: [A-Za-z_][A-Za-z0-9_]*, or
+ * with proto_names proto field names, [a-z][a-z0-9_]*. */
+static int is_dotted_path(const char *s, int proto_names) {
   int start = 1;
   for (const char *p = s;; p++) {
     char c = *p;
-    int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    int lower = c >= 'a' && c <= 'z';
+    int alpha = lower || (!proto_names && ((c >= 'A' && c <= 'Z') || c == '_'));
     if (start) {
       if (!alpha)
         return 0;
@@ -643,10 +645,14 @@ static int is_ident_path(const char *s) {
       start = 1;
     } else if (c == '\0') {
       return 1;
-    } else if (!alpha && !(c >= '0' && c <= '9')) {
+    } else if (!alpha && !(c >= '0' && c <= '9') && c != '_') {
       return 0;
     }
   }
+}
+
+static int is_ident_path(const char *s) {
+  return is_dotted_path(s, 0);
 }
 
 /* lowerCamelCase -> snake_case of n bytes at s; malloc'd. */
@@ -1124,25 +1130,6 @@ static int dec_duration(struct dec *d, Google__Protobuf__Duration *du, const jso
   return 0;
 }
 
-/* Whether s is a dotted path of proto field names ([a-z][a-z0-9_]*). */
-static int is_snake_path(const char *s) {
-  int start = 1;
-  for (const char *p = s;; p++) {
-    char c = *p;
-    if (start) {
-      if (!(c >= 'a' && c <= 'z'))
-        return 0;
-      start = 0;
-    } else if (c == '.') {
-      start = 1;
-    } else if (c == '\0') {
-      return 1;
-    } else if (!(c >= 'a' && c <= 'z') && !(c >= '0' && c <= '9') && c != '_') {
-      return 0;
-    }
-  }
-}
-
 /* The object form, {"paths": ["certificate_chain_pem", ...]}: the
  * message's own field, which is what grpcurl sends (it cannot send the
  * string form). Paths are proto field names, taken as they are. */
@@ -1169,7 +1156,7 @@ static int dec_field_mask_object(struct dec *d, Google__Protobuf__FieldMask *fm,
     if (!json_is_string(e))
       return dec_fail(d, "paths[%zu]: expected a string, got %s", i, json_kind(e));
     const char *path = json_string_value(e);
-    if (!is_snake_path(path))
+    if (!is_dotted_path(path, 1))
       return dec_fail(d,
                       "paths[%zu]: \"%.*s\" is not a field mask path (field names joined by '.')",
                       i, QUOTE_MAX, path);
