@@ -8,8 +8,9 @@ JOBS ?= $(shell nproc)
 LISTEN ?= 127.0.0.1:7443
 DATA_DIR ?= ./var
 FUZZ_SECONDS ?= 60
+PREFIX ?= /usr/local
 
-.PHONY: all deps build build-asan build-fuzz test fuzz run format check-format clean
+.PHONY: all deps build build-asan build-fuzz test fuzz run install format check-format clean
 
 all: build
 
@@ -50,6 +51,11 @@ fuzz: build-fuzz
 # rotation). Ctrl-C stops everything. See scripts/demo.
 run: build
 	DATA_DIR='$(DATA_DIR)' LISTEN='$(LISTEN)' BUILD=./build exec ./scripts/demo run
+
+# The binaries and man pages under PREFIX (DESTDIR honoured, as
+# cmake --install does).
+install: build
+	cmake --install build --prefix '$(PREFIX)'
 
 format:
 	git ls-files '*.c' '*.h' | xargs clang-format -i
