@@ -4,9 +4,12 @@
 # the files each .deb holds, lintian with no error or warning, then (as
 # root) dpkg -i of both, their binaries run from /usr/bin, their users and
 # units checked, and both purged again, also when a check fails.
-# Usage: deb.sh SOURCE_DIR
+# Before that, make install's rules, staged: cmake --install of BUILD_DIR
+# into a DESTDIR.
+# Usage: deb.sh SOURCE_DIR BUILD_DIR
 set -eu
 src=$(cd "$1" && pwd)
+build=$(cd "$2" && pwd)
 fail() {
   echo "packaging: FAIL: $*" >&2
   exit 1
@@ -31,6 +34,21 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
+
+# make install PREFIX=/usr, staged.
+DESTDIR="$work/stage" cmake --install "$build" --prefix /usr >"$work/install-rules.log" 2>&1 || {
+  cat "$work/install-rules.log" >&2
+  fail "cmake --install $build failed"
+}
+for f in usr/bin/tlsplane-server usr/bin/tlsplane-agent usr/share/man/man8/tlsplane-server.8 \
+  usr/share/man/man8/tlsplane-agent.8; do
+  [ -f "$work/stage/$f" ] || fail "make install put no /$f under DESTDIR"
+done
+for m in "$work"/stage/usr/share/man/man8/*.8; do
+  out=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "$m" 2>&1 >/dev/null) || fail "man -l $m failed"
+  [ -z "$out" ] || fail "man --warnings on $(basename "$m"): $out"
+done
+echo "packaging: make install's rules: the binaries and man pages (no man warning)"
 
 # The files git tracks, as they are in the working tree.
 mkdir "$work/tlsplane"
