@@ -20,6 +20,7 @@
 #include "grpclog.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "source.h"
 #include "worker.h"
 
@@ -424,6 +425,7 @@ static void post_all(struct main_ctx *m, enum worker_msg_kind kind) {
 static void on_stop_signal(uv_signal_t *h, int signum) {
   struct main_ctx *m = h->data;
   if (m->stopping == 0) {
+    notify_service("STOPPING=1");
     log_info("agent", "%s: stopping: no new connections, idle ones closed, %d s for the rest",
              strsignal(signum), WORKER_GRACE_MS / 1000);
     m->stopping = 1;
@@ -576,6 +578,7 @@ int main(int argc, char **argv) {
   else
     log_info("agent", "ready: revision %lld, %d workers, metrics %s", (long long)m->a.revision,
              m->a.n_workers, m->metrics != NULL ? metrics_address(m->metrics) : "off");
+  notify_service("READY=1");
 
   uv_run(&loop, UV_RUN_DEFAULT);
   log_info("agent", "stopped");

@@ -30,6 +30,7 @@
 #include "hub.h"
 #include "jobs.h"
 #include "log.h"
+#include "notify.h"
 #include "reflection.h"
 #include "rpc.h"
 #include "store.h"
@@ -583,8 +584,11 @@ int main(int argc, char **argv) {
            o.plaintext ? "-plaintext" : "-cacert ", o.plaintext ? "" : o.data_dir,
            o.plaintext ? "" : "/ca.pem", o.data_dir, shown, rpc_server_port(srv));
 
+  notify_service("READY=1");
+
   int sig = 0;
   sigwait(&stop, &sig);
+  notify_service("STOPPING=1");
   log_info("server", "%s: stopping; in-flight calls finish first", strsignal(sig));
   rpc_server_shutdown(srv, SHUTDOWN_GRACE_MS);
   status = 0;
