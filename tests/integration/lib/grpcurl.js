@@ -46,7 +46,7 @@ process.noDeprecation = true;
 const fs = require('node:fs');
 const path = require('node:path');
 const protobuf = require('protobufjs');
-const { fetchSchema, channelCredentials, toJsonName, grpc } = require('./reflect');
+const { fetchSchema, channelCredentials, toJsonName, grpc, descriptor } = require('./reflect');
 
 const STATUS_OFFSET = 64;
 const CODE_NAMES = [
@@ -122,70 +122,10 @@ function metadataFrom(headers) {
 }
 
 // ---------------------------------------------------------------------------
-// The served descriptors, decoded with the fields this client needs
-// (json_name and source_code_info included, which protobufjs's own
-// descriptor types leave out).
+// The served descriptors, decoded with descriptor.proto's own types
+// (json_name and source_code_info included).
 
-const D = protobuf.Root.fromJSON({
-  nested: {
-    File: {
-      fields: {
-        name: { type: 'string', id: 1 },
-        package: { type: 'string', id: 2 },
-        dependency: { rule: 'repeated', type: 'string', id: 3 },
-        messageType: { rule: 'repeated', type: 'Message', id: 4 },
-        enumType: { rule: 'repeated', type: 'Enum', id: 5 },
-        service: { rule: 'repeated', type: 'Service', id: 6 },
-        sourceCodeInfo: { type: 'SourceInfo', id: 9 },
-        syntax: { type: 'string', id: 12 },
-      },
-    },
-    Message: {
-      fields: {
-        name: { type: 'string', id: 1 },
-        field: { rule: 'repeated', type: 'Field', id: 2 },
-        nestedType: { rule: 'repeated', type: 'Message', id: 3 },
-        enumType: { rule: 'repeated', type: 'Enum', id: 4 },
-        options: { type: 'MessageOptions', id: 7 },
-        oneofDecl: { rule: 'repeated', type: 'Oneof', id: 8 },
-      },
-    },
-    MessageOptions: { fields: { mapEntry: { type: 'bool', id: 7 } } },
-    Oneof: { fields: { name: { type: 'string', id: 1 } } },
-    Field: {
-      fields: {
-        name: { type: 'string', id: 1 },
-        number: { type: 'int32', id: 3 },
-        label: { type: 'int32', id: 4 },
-        type: { type: 'int32', id: 5 },
-        typeName: { type: 'string', id: 6 },
-        oneofIndex: { type: 'int32', id: 9 },
-        jsonName: { type: 'string', id: 10 },
-        proto3Optional: { type: 'bool', id: 17 },
-      },
-    },
-    Enum: { fields: { name: { type: 'string', id: 1 }, value: { rule: 'repeated', type: 'EnumValue', id: 2 } } },
-    EnumValue: { fields: { name: { type: 'string', id: 1 }, number: { type: 'int32', id: 2 } } },
-    Service: { fields: { name: { type: 'string', id: 1 }, method: { rule: 'repeated', type: 'Method', id: 2 } } },
-    Method: {
-      fields: {
-        name: { type: 'string', id: 1 },
-        inputType: { type: 'string', id: 2 },
-        outputType: { type: 'string', id: 3 },
-        clientStreaming: { type: 'bool', id: 5 },
-        serverStreaming: { type: 'bool', id: 6 },
-      },
-    },
-    SourceInfo: { fields: { location: { rule: 'repeated', type: 'Location', id: 1 } } },
-    Location: {
-      fields: {
-        path: { rule: 'repeated', type: 'int32', id: 1 },
-        leadingComments: { type: 'string', id: 3 },
-      },
-    },
-  },
-});
-const FileType = D.lookupType('File');
+const FileType = descriptor.FileDescriptorProto;
 
 const T = {
   DOUBLE: 1, FLOAT: 2, INT64: 3, UINT64: 4, INT32: 5, FIXED64: 6, FIXED32: 7, BOOL: 8, STRING: 9,
