@@ -68,6 +68,8 @@ static const struct rule rules[] = {
     {"/tlsplane.v1.TokenService/", R(ADMIN), R(ADMIN)},
     {"/tlsplane.v1.ClientCertificateService/", R(ADMIN), R(ADMIN)},
     {"/tlsplane.v1.AuditService/", READERS, 0},
+    /* Not a method: the HTTP gateway's metrics page (gateway.c). */
+    {"/metrics", READERS, 0},
     {"/tlsplane.v1.CipherPolicyService/ListCiphers", READERS, 0},
     {"/tlsplane.v1.CertificateService/", READERS, WRITERS},
     {"/tlsplane.v1.TrustBundleService/", READERS, WRITERS},

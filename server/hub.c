@@ -116,7 +116,20 @@ struct hub {
   _Atomic int64_t retry_at_ms; /* 0: none due; read by streams without the lock */
   int64_t retry_ms;
   _Atomic uint64_t world_generation;
+  /* Push latency (lock): when each recent revision committed, and how
+   * long agents took from the commit to their ack of it. */
+  struct {
+    int64_t revision;
+    int64_t at_ms; /* monotonic */
+  } commits[HUB_COMMITS];
+  size_t commits_next;
+  unsigned long latency_buckets[HUB_LATENCY_BUCKETS]; /* cumulative counts are made on read */
+  unsigned long latency_count;
+  double latency_sum_s;
 };
+
+const double hub_latency_bounds_s[HUB_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                          0.5,   1,    2.5,   5,    10};
 
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -206,8 +219,12 @@ void hub_free(struct hub *hub) {
 
 void hub_notify(struct hub *hub, int64_t revision) {
   pthread_mutex_lock(&hub->lock);
-  if (revision > hub->revision)
+  if (revision > hub->revision) {
     hub->revision = revision;
+    hub->commits[hub->commits_next % HUB_COMMITS].revision = revision;
+    hub->commits[hub->commits_next % HUB_COMMITS].at_ms = mono_ms();
+    hub->commits_next++;
+  }
   hub->kicked = 1;
   pthread_cond_broadcast(&hub->changed);
   pthread_mutex_unlock(&hub->lock);
@@ -488,6 +505,24 @@ static void agent_detach(struct hub *hub, struct hub_agent *a) {
     rpc_stream_unref(stream);
 }
 
+/* An agent acked revision (lock held): the time since its commit, if the
+ * commit is recent enough to be remembered. */
+static void latency_observe(struct hub *hub, int64_t revision) {
+  for (size_t i = 0; i < HUB_COMMITS; i++) {
+    if (hub->commits[i].revision != revision || hub->commits[i].at_ms == 0)
+      continue;
+    double s = (double)(mono_ms() - hub->commits[i].at_ms) / 1000.0;
+    size_t b = 0;
+    while (b < HUB_LATENCY_BUCKETS && s > hub_latency_bounds_s[b])
+      b++;
+    if (b < HUB_LATENCY_BUCKETS)
+      hub->latency_buckets[b]++;
+    hub->latency_count++;
+    hub->latency_sum_s += s;
+    return;
+  }
+}
+
 /* An ack or stats from a connected agent: recorded for the API. Takes
  * ownership of msg. */
 static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__AgentMessage *msg) {
@@ -497,6 +532,8 @@ static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__Age
     Tlsplane__V1__AgentAck *ack = msg->ack;
     msg->ack = NULL;
     msg->message_case = TLSPLANE__V1__AGENT_MESSAGE__MESSAGE__NOT_SET;
+    if (ack->revision > a->applied_revision)
+      latency_observe(hub, ack->revision);
     a->applied_revision = ack->revision;
     for (size_t i = 0; i < ack->n_listeners; i++)
       if (!ack->listeners[i]->applied) {
@@ -1020,4 +1057,17 @@ int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out,
   pthread_mutex_unlock(&hub->lock);
   *out = r;
   return 0;
+}
+
+void hub_latency(struct hub *hub, struct hub_latency *out) {
+  memset(out, 0, sizeof(*out));
+  pthread_mutex_lock(&hub->lock);
+  unsigned long sum = 0;
+  for (size_t b = 0; b < HUB_LATENCY_BUCKETS; b++) {
+    sum += hub->latency_buckets[b];
+    out->le[b] = sum;
+  }
+  out->count = hub->latency_count;
+  out->sum_s = hub->latency_sum_s;
+  pthread_mutex_unlock(&hub->lock);
 }

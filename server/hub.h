@@ -36,4 +36,16 @@ void hub_agent_disconnect(struct hub *hub, const char *name, const char *why);
 /* Rollout of a revision (0: the current one) across connected agents. */
 int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out, struct tp_err *err);
 
+/* Push latency: from a revision's commit to each agent's ack of it, for
+ * the revisions an agent was sent (the last HUB_COMMITS commits). */
+#define HUB_COMMITS 256
+#define HUB_LATENCY_BUCKETS 11
+extern const double hub_latency_bounds_s[HUB_LATENCY_BUCKETS]; /* upper bounds, seconds */
+struct hub_latency {
+  unsigned long le[HUB_LATENCY_BUCKETS]; /* acks within each bound (cumulative) */
+  unsigned long count;                   /* every ack measured (+Inf) */
+  double sum_s;
+};
+void hub_latency(struct hub *hub, struct hub_latency *out);
+
 #endif

@@ -25,11 +25,13 @@
 #include "call.h"
 #include "cli.h"
 #include "datadir.h"
+#include "gateway.h"
 #include "grpclog.h"
 #include "health.h"
 #include "hub.h"
 #include "jobs.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "reflection.h"
 #include "rpc.h"
@@ -43,6 +45,8 @@
 struct options {
   const char *data_dir;
   const char *listen;
+  const char *http_listen;
+  const char *web_root;
   int plaintext;
   int threads;
   int request_timeout_ms;
@@ -55,65 +59,72 @@ struct options {
 };
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
-               "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
-               "                       [--max-streams N] [--max-peer-streams N]\n"
-               "                       [--agent-cert-lifetime DURATION]\n"
-               "                       [--log-level LEVEL] [--log-format text|json]\n"
-               "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
-               "       tlsplane-server init [--data-dir DIR] [--force]\n"
-               "       tlsplane-server backup [--data-dir DIR] DEST\n"
-               "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
-               "[JSON]\n"
-               "\n"
-               "  --data-dir DIR      data directory: tlsplane.db, the CA, the server's and the\n"
-               "                      admin's credentials, master.key  [TLSPLANE_DATA_DIR, ./var]\n"
-               "  --listen HOST:PORT  gRPC API address        [TLSPLANE_LISTEN, 127.0.0.1:7443]\n"
-               "  --san NAME          another DNS name or IP address for the server certificate,\n"
-               "                      beside localhost, 127.0.0.1 and ::1 (repeatable)\n"
-               "                                      [TLSPLANE_SANS, comma-separated]\n"
-               "  --plaintext         serve the API without TLS (loopback development only;\n"
-               "                      calls still need a token)   [TLSPLANE_PLAINTEXT=1]\n"
-               "  --threads N         API threads (0: two per core)   [TLSPLANE_THREADS, 0]\n"
-               "  --request-timeout MS  a unary call whose request is not whole MS after its\n"
-               "                      headers is cancelled [TLSPLANE_REQUEST_TIMEOUT_MS, 10000]\n"
-               "  --max-streams N     streaming calls (agents, Watch, reflection) at once\n"
-               "                                      [TLSPLANE_MAX_STREAMS, 16384]\n"
-               "  --max-peer-streams N  streaming calls without a credential per client\n"
-               "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
-               "  --agent-cert-lifetime DURATION  the lifetime of the certificates issued to\n"
-               "                      agents (an agent renews at two thirds of it): a number\n"
-               "                      with s, m, h or d, 10m to 825d\n"
-               "                                      [TLSPLANE_AGENT_CERT_LIFETIME, 30d]\n"
-               "  --log-level LEVEL   lines at LEVEL and above: debug, info, warn or error;\n"
-               "                      debug adds grpc core's own  [TLSPLANE_LOG_LEVEL, info]\n"
-               "  --log-format FORMAT text, or json: one object a line (time, level,\n"
-               "                      component, msg, and each key=value of msg)\n"
-               "                                      [TLSPLANE_LOG_FORMAT, text]\n"
-               "  -h, --help          this text\n"
-               "  --version           the version, the git commit and the libraries' versions\n"
-               "\n"
-               "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
-               "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
-               "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
-               "  comes from TLSPLANE_NEW_MASTER_KEY.\n"
-               "\n"
-               "  init makes a data directory as the first start does, without serving. A\n"
-               "  directory that was initialised and lost its database refuses to start:\n"
-               "  restore a backup, or init --force, which keeps the CA and the master key,\n"
-               "  moves the old database aside (every resource, token and agent certificate\n"
-               "  record goes with it) and makes new admin credentials.\n"
-               "\n"
-               "  backup writes a consistent copy of the database (safe while the server runs)\n"
-               "  and the CA and admin credentials into DEST, a new directory. It never holds\n"
-               "  the master key: keep that apart; a restore needs both (docs/operations.md).\n"
-               "\n"
-               "  call: one unary API call, request and response in protobuf's JSON mapping\n"
-               "  (tlsplane-server call --help).\n"
-               "\n"
-               "  Exit status: 0 after a clean stop (SIGTERM, SIGINT), 1 when the server cannot\n"
-               "  start (a data directory in use by another tlsplane-server among the reasons),\n"
-               "  2 on bad usage.\n");
+  fprintf(out,
+          "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
+          "                       [--http-listen HOST:PORT] [--web-root DIR]\n"
+          "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
+          "                       [--max-streams N] [--max-peer-streams N]\n"
+          "                       [--agent-cert-lifetime DURATION]\n"
+          "                       [--log-level LEVEL] [--log-format text|json]\n"
+          "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
+          "       tlsplane-server init [--data-dir DIR] [--force]\n"
+          "       tlsplane-server backup [--data-dir DIR] DEST\n"
+          "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
+          "[JSON]\n"
+          "\n"
+          "  --data-dir DIR      data directory: tlsplane.db, the CA, the server's and the\n"
+          "                      admin's credentials, master.key  [TLSPLANE_DATA_DIR, ./var]\n"
+          "  --listen HOST:PORT  gRPC API address        [TLSPLANE_LISTEN, 127.0.0.1:7443]\n"
+          "  --http-listen HOST:PORT  HTTPS address of the JSON API (Connect protocol),\n"
+          "                      /metrics and the dashboard\n"
+          "                                 [TLSPLANE_HTTP_LISTEN, 127.0.0.1:7444]\n"
+          "  --web-root DIR      the dashboard's files   [TLSPLANE_WEB_ROOT, " TLSPLANE_WEB_ROOT
+          "]\n"
+          "  --san NAME          another DNS name or IP address for the server certificate,\n"
+          "                      beside localhost, 127.0.0.1 and ::1 (repeatable)\n"
+          "                                      [TLSPLANE_SANS, comma-separated]\n"
+          "  --plaintext         serve both ports without TLS (loopback development only;\n"
+          "                      calls still need a token)   [TLSPLANE_PLAINTEXT=1]\n"
+          "  --threads N         API threads (0: two per core)   [TLSPLANE_THREADS, 0]\n"
+          "  --request-timeout MS  a unary call whose request is not whole MS after its\n"
+          "                      headers is cancelled [TLSPLANE_REQUEST_TIMEOUT_MS, 10000]\n"
+          "  --max-streams N     streaming calls (agents, Watch, reflection) at once\n"
+          "                                      [TLSPLANE_MAX_STREAMS, 16384]\n"
+          "  --max-peer-streams N  streaming calls without a credential per client\n"
+          "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
+          "  --agent-cert-lifetime DURATION  the lifetime of the certificates issued to\n"
+          "                      agents (an agent renews at two thirds of it): a number\n"
+          "                      with s, m, h or d, 10m to 825d\n"
+          "                                      [TLSPLANE_AGENT_CERT_LIFETIME, 30d]\n"
+          "  --log-level LEVEL   lines at LEVEL and above: debug, info, warn or error;\n"
+          "                      debug adds grpc core's own  [TLSPLANE_LOG_LEVEL, info]\n"
+          "  --log-format FORMAT text, or json: one object a line (time, level,\n"
+          "                      component, msg, and each key=value of msg)\n"
+          "                                      [TLSPLANE_LOG_FORMAT, text]\n"
+          "  -h, --help          this text\n"
+          "  --version           the version, the git commit and the libraries' versions\n"
+          "\n"
+          "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
+          "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
+          "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
+          "  comes from TLSPLANE_NEW_MASTER_KEY.\n"
+          "\n"
+          "  init makes a data directory as the first start does, without serving. A\n"
+          "  directory that was initialised and lost its database refuses to start:\n"
+          "  restore a backup, or init --force, which keeps the CA and the master key,\n"
+          "  moves the old database aside (every resource, token and agent certificate\n"
+          "  record goes with it) and makes new admin credentials.\n"
+          "\n"
+          "  backup writes a consistent copy of the database (safe while the server runs)\n"
+          "  and the CA and admin credentials into DEST, a new directory. It never holds\n"
+          "  the master key: keep that apart; a restore needs both (docs/operations.md).\n"
+          "\n"
+          "  call: one unary API call, request and response in protobuf's JSON mapping\n"
+          "  (tlsplane-server call --help).\n"
+          "\n"
+          "  Exit status: 0 after a clean stop (SIGTERM, SIGINT), 1 when the server cannot\n"
+          "  start (a data directory in use by another tlsplane-server among the reasons),\n"
+          "  2 on bad usage.\n");
 }
 
 static void version(void) {
@@ -173,6 +184,8 @@ static int env_positive(const char *name, int *out) {
 static int parse_options(int argc, char **argv, struct options *o) {
   o->data_dir = env_or("TLSPLANE_DATA_DIR", "./var");
   o->listen = env_or("TLSPLANE_LISTEN", "127.0.0.1:7443");
+  o->http_listen = env_or("TLSPLANE_HTTP_LISTEN", "127.0.0.1:7444");
+  o->web_root = env_or("TLSPLANE_WEB_ROOT", TLSPLANE_WEB_ROOT);
   o->plaintext = strcmp(env_or("TLSPLANE_PLAINTEXT", "0"), "1") == 0;
   o->threads = atoi(env_or("TLSPLANE_THREADS", "0"));
   o->request_timeout_ms = 0;
@@ -199,6 +212,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
     return -1;
   static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
                                            {"listen", required_argument, NULL, 'l'},
+                                           {"http-listen", required_argument, NULL, 'H'},
+                                           {"web-root", required_argument, NULL, 'W'},
                                            {"plaintext", no_argument, NULL, 'p'},
                                            {"threads", required_argument, NULL, 't'},
                                            {"san", required_argument, NULL, 's'},
@@ -228,6 +243,12 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 'l':
       o->listen = optarg;
+      break;
+    case 'H':
+      o->http_listen = optarg;
+      break;
+    case 'W':
+      o->web_root = optarg;
       break;
     case 'p':
       o->plaintext = 1;
@@ -279,23 +300,24 @@ static int parse_options(int argc, char **argv, struct options *o) {
   return 0;
 }
 
-/* The API is served without TLS only on loopback, and only when asked. */
-static int check_listen(const struct options *o) {
+/* The API is served without TLS only on loopback, and only when asked:
+ * listen is the address given to flag. */
+static int check_address(const char *flag, const char *listen, int plaintext) {
   char host[256];
   int port;
   struct tp_err err = {0};
-  if (addr_parse(o->listen, host, sizeof(host), &port, 1, "--listen", &err) != 0) {
+  if (addr_parse(listen, host, sizeof(host), &port, 1, flag, &err) != 0) {
     fprintf(stderr, "tlsplane-server: %s\n", err.msg);
     return -1;
   }
-  if (!o->plaintext)
+  if (!plaintext)
     return 0;
   /* What the host resolves to decides, not how its name starts:
    * "127.evil.example" is a name like any other. */
   if (host[0] == '\0') {
     fprintf(stderr,
             "tlsplane-server: --plaintext serves on loopback only, not on every address (%s)\n",
-            o->listen);
+            listen);
     return -1;
   }
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
@@ -320,6 +342,40 @@ static int check_listen(const struct options *o) {
   }
   freeaddrinfo(res);
   return rc;
+}
+
+static int check_listen(const struct options *o) {
+  return check_address("--listen", o->listen, o->plaintext) != 0 ||
+                 check_address("--http-listen", o->http_listen, o->plaintext) != 0
+             ? -1
+             : 0;
+}
+
+/* Starts the HTTP gateway on --http-listen with the gRPC port's TLS
+ * material; the dashboard's files when --web-root is a directory. */
+static int gateway_open(const struct options *o, const struct rpc_server_opts *ropts,
+                        struct rpc_server *srv, struct metrics_source *msrc, struct gateway **out) {
+  struct tp_err err = {0};
+  struct stat st;
+  int web = o->web_root[0] != '\0' && stat(o->web_root, &st) == 0 && S_ISDIR(st.st_mode);
+  if (!web)
+    log_warn("server", "no dashboard: %s is not a directory (--web-root)", o->web_root);
+  struct gateway_opts gopts = {.listen = o->http_listen,
+                               .tls_cert_pem = ropts->tls_cert_pem,
+                               .tls_key_pem = ropts->tls_key_pem,
+                               .tls_client_ca_pem = ropts->tls_client_ca_pem,
+                               .web_root = web ? o->web_root : NULL,
+                               .rpc = srv,
+                               .metrics = metrics_text,
+                               .metrics_data = msrc};
+  if (gateway_new(&gopts, out, &err) != 0 || gateway_start(*out, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    return -1;
+  }
+  log_info("server", "HTTP gateway on %s (port %d, %s)%s%s", o->http_listen, gateway_port(*out),
+           o->plaintext ? "plaintext" : "TLS", web ? ", dashboard from " : "",
+           web ? o->web_root : "");
+  return 0;
 }
 
 /* The options of the data-directory tools (rotate-master-key, init,
@@ -500,6 +556,7 @@ int main(int argc, char **argv) {
   struct api api = {0};
   struct datadir *dd = NULL;
   struct rpc_server *srv = NULL;
+  struct gateway *gw = NULL;
   struct jobs *jobs = NULL;
   struct hub *hub = NULL;
   int status = 1;
@@ -568,6 +625,9 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto free_server;
   }
+  struct metrics_source msrc = {.api = &api, .hub = hub, .rpc = srv};
+  if (gateway_open(&o, &ropts, srv, &msrc, &gw) != 0)
+    goto free_server;
   char host[256], shown[260];
   int port;
   struct tp_err ignored = {0};
@@ -590,9 +650,11 @@ int main(int argc, char **argv) {
   sigwait(&stop, &sig);
   notify_service("STOPPING=1");
   log_info("server", "%s: stopping; in-flight calls finish first", strsignal(sig));
+  gateway_shutdown(gw, SHUTDOWN_GRACE_MS);
   rpc_server_shutdown(srv, SHUTDOWN_GRACE_MS);
   status = 0;
 free_server:
+  gateway_free(gw);
   jobs_stop(jobs);
   rpc_server_free(srv);
 close_store:

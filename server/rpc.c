@@ -120,6 +120,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/string_util.h>
 #include <grpc/support/time.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -220,7 +221,9 @@ struct send_item {
   size_t len;
 };
 
-enum call_kind { CALL_UNARY, CALL_STREAM };
+/* CALL_EXT: a unary call from another transport (rpc_server_call), with no
+ * grpc call behind it. */
+enum call_kind { CALL_UNARY, CALL_STREAM, CALL_EXT };
 enum op_kind { OP_NEW, OP_CLOSE, OP_RECV, OP_SEND, OP_STATUS };
 
 /* A batch's tag: what completed, for which call. */
@@ -281,6 +284,10 @@ struct call {
   grpc_byte_buffer *resp_bb; /* being sent */
   grpc_slice status_details;
   int has_details;
+  /* External only. */
+  const struct rpc_external *ext;
+  ProtobufCMessage *ext_req; /* decoded, until served */
+  int ext_done;              /* ext->done ran */
   /* Write lane (lane_mu). */
   struct call *lane_next;
   int64_t lane_since_ms; /* monotonic: when it began to wait */
@@ -415,7 +422,14 @@ struct rpc_server {
 
   struct cap_note cap_streams, cap_peer_streams, cap_peer_slow, cap_bytes, cap_timeout;
   struct cap_note cap_lane_full, cap_lane_wait;
+
+  /* Calls finished: (n_methods + 1) x RPC_TRANSPORTS x STATUS_CODES, the
+   * last method row for paths that name none. Allocated at start. */
+  atomic_ulong *counts;
 };
+
+/* grpc_status_code runs from OK (0) to UNAUTHENTICATED (16). */
+#define STATUS_CODES 17
 
 /* --- helpers --- */
 
@@ -579,10 +593,22 @@ static int call_authenticate(struct call *c, struct tp_err *err) {
   snprintf(id->actor, sizeof(id->actor), "anonymous");
   int rc = 0;
   if (c->srv->auth != NULL) {
-    char *authorization = metadata_value(&c->md, "authorization");
-    char *cert = client_cert_pem(c->call);
+    const struct rpc_external *x = c->ext;
+    char *authorization = NULL, *cert = NULL;
+    if (x == NULL) {
+      authorization = metadata_value(&c->md, "authorization");
+      cert = client_cert_pem(c->call);
+    } else {
+      authorization = x->authorization != NULL ? strdup(x->authorization) : NULL;
+      cert = x->client_cert_pem != NULL ? strdup(x->client_cert_pem) : NULL;
+    }
+    /* A path of the caller's own (x->run) is ours to show; a method path
+     * that names nothing is the client's text. */
+    const char *shown = c->method != NULL             ? c->method->path
+                        : x != NULL && x->run != NULL ? c->path
+                                                      : c->shown;
     struct rpc_credentials cred = {.method = c->info.method,
-                                   .method_shown = c->method != NULL ? c->method->path : c->shown,
+                                   .method_shown = shown,
                                    .peer = c->info.peer,
                                    .authorization = authorization,
                                    .client_cert_pem = cert};
@@ -691,10 +717,14 @@ static void call_describe(struct call *c, const char *path, size_t len) {
 
 static void calls_released(struct rpc_server *srv, int unary);
 static void sendq_drop(struct call *c);
+static void ext_finish(struct call *c, grpc_status_code status, const char *msg,
+                       ProtobufCMessage *resp);
 
 /* Frees the memory of a call whose grpc call (if any) is over. */
 static void call_destroy(struct call *c) {
   struct rpc_server *srv = c->srv;
+  if (c->kind == CALL_EXT)
+    ext_finish(c, GRPC_STATUS_INTERNAL, "the call was dropped unanswered", NULL);
   int unary_live = c->kind == CALL_UNARY && c->call != NULL;
   if (c->call != NULL) {
     if (!c->status_sent)
@@ -743,7 +773,7 @@ static void call_destroy(struct call *c) {
  * own (see job_take). */
 static void job_push(struct call *c, void (*fn)(struct call *c)) {
   struct rpc_server *srv = c->srv;
-  struct job_queue *q = &srv->jobs[c->method != NULL && c->method->stream != NULL];
+  struct job_queue *q = &srv->jobs[c->kind == CALL_STREAM ? JOBS_STREAMS : JOBS_CALLS];
   c->job_fn = fn;
   c->job_next = NULL;
   pthread_mutex_lock(&srv->pool_mu);
@@ -910,10 +940,47 @@ static int unary_start(struct call *c, const grpc_op *ops, size_t n, struct op *
   return -1;
 }
 
+/* Counts a call's status, once per call. */
+static void call_count(struct call *c, grpc_status_code status) {
+  struct rpc_server *srv = c->srv;
+  if (srv->counts == NULL || (unsigned)status >= STATUS_CODES)
+    return;
+  size_t row = c->method != NULL ? (size_t)(c->method - srv->methods) : srv->n_methods;
+  size_t transport = c->kind == CALL_EXT ? RPC_TRANSPORT_EXTERNAL : RPC_TRANSPORT_GRPC;
+  atomic_fetch_add(&srv->counts[(row * RPC_TRANSPORTS + transport) * STATUS_CODES + status], 1);
+}
+
+/* An external call's end: hands the outcome to its caller, once (resp,
+ * on OK, goes with it). */
+static void ext_finish(struct call *c, grpc_status_code status, const char *msg,
+                       ProtobufCMessage *resp) {
+  if (c->ext_req != NULL) {
+    protobuf_c_message_free_unpacked(c->ext_req, NULL);
+    c->ext_req = NULL;
+  }
+  if (c->ext_done) {
+    if (resp != NULL)
+      protobuf_c_message_free_unpacked(resp, NULL);
+    return;
+  }
+  c->ext_done = 1;
+  if (c->ext->run == NULL)
+    call_count(c, status);
+  c->ext->done(status, msg != NULL ? msg : "", resp, c->ext->data);
+}
+
 /* Sends the call's end: the initial metadata, resp if given (the call owns
- * it from here on), the status. Does not wait. */
+ * it from here on), the status. Does not wait. An external call's end goes
+ * to its caller (resp is NULL for those). */
 static void unary_finish(struct call *c, grpc_byte_buffer *resp, grpc_status_code status,
                          const char *msg) {
+  if (c->kind == CALL_EXT) {
+    if (resp != NULL)
+      grpc_byte_buffer_destroy(resp);
+    ext_finish(c, status, msg, NULL);
+    return;
+  }
+  call_count(c, status);
   grpc_op ops[3];
   size_t n = 0;
   memset(ops, 0, sizeof(ops));
@@ -963,11 +1030,23 @@ static void unary_serve(struct call *c) {
   struct rpc_server *srv = c->srv;
   const struct method *m = c->method;
   struct tp_err err = {.status = GRPC_STATUS_OK};
-  grpc_byte_buffer *bb = c->req_bb;
-  c->req_bb = NULL;
-  ProtobufCMessage *req = message_decode(bb, m->req, &err);
-  atomic_fetch_sub(&srv->held_bytes, c->req_bytes);
-  c->req_bytes = 0;
+  ProtobufCMessage *req = NULL;
+  if (c->kind == CALL_EXT) {
+    req = c->ext_req;
+    c->ext_req = NULL;
+    if (c->ext->deadline_ms > 0 && now_ms() >= c->ext->deadline_ms) {
+      protobuf_c_message_free_unpacked(req, NULL);
+      req = NULL;
+      tp_err_set(&err, GRPC_STATUS_DEADLINE_EXCEEDED,
+                 "the call's deadline passed before it ran; nothing was done");
+    }
+  } else {
+    grpc_byte_buffer *bb = c->req_bb;
+    c->req_bb = NULL;
+    req = message_decode(bb, m->req, &err);
+    atomic_fetch_sub(&srv->held_bytes, c->req_bytes);
+    c->req_bytes = 0;
+  }
   if (req == NULL) {
     unary_finish_error(c, &err);
     call_unref(c);
@@ -982,6 +1061,8 @@ static void unary_serve(struct call *c) {
     if (resp != NULL)
       protobuf_c_message_free_unpacked(resp, NULL);
     unary_finish(c, NULL, GRPC_STATUS_INTERNAL, "handler returned no or the wrong response");
+  } else if (c->kind == CALL_EXT) {
+    ext_finish(c, GRPC_STATUS_OK, NULL, resp);
   } else {
     grpc_byte_buffer *out = message_encode(resp);
     protobuf_c_message_free_unpacked(resp, NULL);
@@ -1000,7 +1081,7 @@ static void lane_refuse(struct call *c, grpc_status_code status, const char *msg
   }
   atomic_fetch_sub(&c->srv->held_bytes, c->req_bytes);
   c->req_bytes = 0;
-  if (atomic_load(&c->close_done))
+  if (c->kind != CALL_EXT && atomic_load(&c->close_done))
     grpc_call_cancel(c->call, NULL); /* nobody to answer */
   else
     unary_finish(c, NULL, status, msg);
@@ -1125,6 +1206,43 @@ static void unary_authorize(struct call *c) {
     atomic_store(&c->recv_started_ms, (long long)now_ms());
     if (unary_start(c, &op, 1, &c->op_recv) != 0)
       atomic_store(&c->recv_started_ms, 0);
+  }
+  call_unref(c);
+}
+
+/* Pool: an external call, as unary_authorize and unary_received together
+ * for a request that is already whole. */
+static void ext_authorize(struct call *c) {
+  char msg[512];
+  struct tp_err err = {.status = GRPC_STATUS_OK};
+  const struct rpc_external *x = c->ext;
+  const struct method *m = c->method;
+  if (call_authenticate(c, &err) != 0) {
+    unary_finish_error(c, &err);
+  } else if (x->run != NULL) {
+    x->run(&c->info, x->data);
+    ext_finish(c, GRPC_STATUS_OK, NULL, NULL);
+  } else if (m == NULL) {
+    unary_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, c->shown);
+  } else if (m->stream != NULL) {
+    snprintf(msg, sizeof(msg),
+             "method %s streams: only unary methods are served here; call it over gRPC", m->path);
+    unary_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+  } else if (m->unary == NULL) {
+    snprintf(msg, sizeof(msg), "method %s is not implemented", m->path);
+    unary_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, msg);
+  } else if (x->decode(m->req, &c->ext_req, &err, x->data) != 0 ||
+             pb_input_check(c->ext_req, &err) != 0) {
+    if (err.status == GRPC_STATUS_OK)
+      tp_err_set(&err, GRPC_STATUS_INVALID_ARGUMENT, "request: not a valid %s message",
+                 m->req->name);
+    unary_finish_error(c, &err);
+  } else if (m->write) {
+    lane_enter(c); /* takes the job's reference */
+    return;
+  } else {
+    unary_serve(c); /* takes the job's reference */
+    return;
   }
   call_unref(c);
 }
@@ -1456,6 +1574,7 @@ static int stream_finish_locked(struct call *c, grpc_status_code status, const c
   }
   c->finishing = 1;
   c->finish_status = status;
+  call_count(c, status);
   if (status == GRPC_STATUS_OK) {
     c->status_details = grpc_slice_from_copied_string(msg != NULL ? msg : "");
     c->has_details = 1;
@@ -2282,6 +2401,9 @@ int rpc_server_start(struct rpc_server *srv, struct tp_err *err) {
   if (srv->started || srv->shut_down)
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "rpc server already started");
   qsort(srv->methods, srv->n_methods, sizeof(*srv->methods), method_sort_cmp);
+  srv->counts = calloc((srv->n_methods + 1) * RPC_TRANSPORTS * STATUS_CODES, sizeof(*srv->counts));
+  if (srv->counts == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "rpc server: out of memory");
   srv->started = 1;
   /* Streams are registered so that they are requested apart from the
    * unary calls, each with a queue of its own. */
@@ -2321,6 +2443,54 @@ int rpc_server_start(struct rpc_server *srv, struct tp_err *err) {
   unary_request_more(srv);
   streams_request_all(srv);
   return 0;
+}
+
+int rpc_server_call(struct rpc_server *srv, const struct rpc_external *x) {
+  pthread_mutex_lock(&srv->calls_mu);
+  if (!srv->accepting) {
+    pthread_mutex_unlock(&srv->calls_mu);
+    return -ESHUTDOWN;
+  }
+  srv->n_calls++;
+  pthread_mutex_unlock(&srv->calls_mu);
+  struct call *c = call_new(srv, CALL_EXT, &srv->events[0]);
+  size_t len = strlen(x->method);
+  if (c != NULL) {
+    c->ext = x;
+    c->path = strndup(x->method, len);
+    c->peer = gpr_strdup(x->peer != NULL ? x->peer : "");
+  }
+  if (c == NULL || c->path == NULL || c->peer == NULL) {
+    if (c != NULL) {
+      c->ext_done = 1; /* done never runs: the caller is told here */
+      call_destroy(c);
+    } else {
+      calls_released(srv, 0);
+    }
+    return -ENOMEM;
+  }
+  if (x->run == NULL)
+    c->method = method_find(srv, x->method, len);
+  peer_address(c->peer, c->peer_addr, sizeof(c->peer_addr));
+  snprintf(c->shown, sizeof(c->shown), "unknown method (%zu bytes)", len);
+  c->info.method = c->method != NULL ? c->method->path : c->path;
+  c->info.peer = c->peer;
+  job_push(c, ext_authorize);
+  return 0;
+}
+
+void rpc_server_counts(const struct rpc_server *srv, rpc_count_fn fn, void *data) {
+  if (srv->counts == NULL)
+    return;
+  for (size_t row = 0; row <= srv->n_methods; row++)
+    for (int t = 0; t < RPC_TRANSPORTS; t++)
+      for (int code = 0; code < STATUS_CODES; code++) {
+        unsigned long n =
+            atomic_load(&srv->counts[(row * RPC_TRANSPORTS + t) * STATUS_CODES + code]);
+        if (n > 0)
+          fn(row < srv->n_methods ? srv->methods[row].path : "unknown", t, (grpc_status_code)code,
+             n, data);
+      }
 }
 
 int rpc_server_port(const struct rpc_server *srv) {
@@ -2395,6 +2565,7 @@ void rpc_server_free(struct rpc_server *srv) {
   for (size_t i = 0; i < srv->n_methods; i++)
     free(srv->methods[i].path);
   free(srv->methods);
+  free(srv->counts);
   while (srv->cleanups != NULL) {
     struct cleanup *c = srv->cleanups;
     srv->cleanups = c->next;

@@ -16,6 +16,7 @@
 #include <grpc/slice.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 
@@ -256,6 +257,51 @@ int rpc_server_add_write(struct rpc_server *srv, const char *method,
  * as rpc_server_add_unary. */
 int rpc_server_add_service(struct rpc_server *srv, const ProtobufCServiceDescriptor *svc,
                            const rpc_unary_fn *fns, void *data);
+
+/* Calls that arrive by another transport (the HTTP gateway's JSON): they
+ * take the same way as a gRPC call from authentication on, on the same
+ * pool, with the same role table, write lane and handlers. The struct
+ * and its strings belong to the caller and must stay valid until done
+ * has run. */
+struct rpc_external {
+  /* "/tlsplane.v1.CertificateService/GetCertificate", or, with run set,
+   * a path of the caller's own (e.g. "/metrics") that the authenticator's
+   * role table knows. */
+  const char *method;
+  const char *peer;            /* "ipv4:127.0.0.1:51234" */
+  const char *authorization;   /* the Authorization header's value; NULL: none */
+  const char *client_cert_pem; /* verified by the caller's TLS handshake; NULL: none */
+  /* CLOCK_MONOTONIC milliseconds after which the call is not run any more
+   * (answered DEADLINE_EXCEEDED unrun); 0: none. */
+  int64_t deadline_ms;
+  /* Decodes the request as a message of type desc (the method's input),
+   * on a pool thread once the caller is authorized; 0 with *req set, or
+   * -1 with err set (the call ends with it). Checked by pb_input_check
+   * afterwards, as a gRPC request is. */
+  int (*decode)(const ProtobufCMessageDescriptor *desc, ProtobufCMessage **req, struct tp_err *err,
+                void *data);
+  /* Instead of a method: runs on a pool thread once the caller is
+   * authorized for `method`, then done comes with OK. NULL: a method. */
+  void (*run)(const struct rpc_call_info *call, void *data);
+  /* The outcome, exactly once, on a pool thread: status OK with resp (a
+   * message of the method's output type, the callee's to free; NULL for
+   * run), or another status and msg. */
+  void (*done)(grpc_status_code status, const char *msg, ProtobufCMessage *resp, void *data);
+  void *data;
+};
+
+/* Starts an external call. Returns 0 (done will run), -ESHUTDOWN once
+ * shutdown began or before start, -ENOMEM (done never runs). Any thread.
+ * Streaming methods answer UNIMPLEMENTED: only unary calls go this way. */
+int rpc_server_call(struct rpc_server *srv, const struct rpc_external *x);
+
+/* Calls finished, by method, transport and status code. */
+enum { RPC_TRANSPORT_GRPC, RPC_TRANSPORT_EXTERNAL, RPC_TRANSPORTS };
+typedef void (*rpc_count_fn)(const char *method, int transport, grpc_status_code code,
+                             unsigned long n, void *data);
+/* Calls fn for every count that is not zero; a path that names no method
+ * is counted under "unknown". Any thread, once started. */
+void rpc_server_counts(const struct rpc_server *srv, rpc_count_fn fn, void *data);
 
 /* Starts the event threads and the pool, then serving. On failure the
  * server serves nothing; free it with rpc_server_free. */

@@ -37,6 +37,12 @@ const { deadline } = require('./wait');
 const START_TIMEOUT_MS = 20000;
 const STOP_TIMEOUT_MS = 15000;
 const LISTEN_RE = /listening on (127\.0\.0\.1|\[::1\]|localhost|[0-9.]+):(\d+)/;
+// Printed just before LISTEN_RE's line: the HTTP gateway's port.
+const HTTP_RE = /HTTP gateway on \S+ \(port (\d+),/;
+
+// A server started by hand (node --test, not ctest) takes a free gateway
+// port too, unless the caller chose one.
+if (!process.env.TLSPLANE_HTTP_LISTEN) process.env.TLSPLANE_HTTP_LISTEN = '127.0.0.1:0';
 
 const secrets = new Set();
 
@@ -127,6 +133,8 @@ class Server {
     this.stopRequested = false;
     this.port = null;
     this.address = null;
+    this.httpPort = null;
+    this.httpBase = null;
     const proc = spawn(cmd, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...this.env },
@@ -168,6 +176,9 @@ class Server {
           cleanup();
           this.port = Number(m[2]);
           this.address = `127.0.0.1:${this.port}`;
+          const h = HTTP_RE.exec(stderrBuf);
+          this.httpPort = h ? Number(h[1]) : null;
+          this.httpBase = h ? `${this.tls ? 'https' : 'http'}://127.0.0.1:${this.httpPort}` : null;
           try {
             this._readCredentials();
           } catch (e) {

@@ -1,0 +1,165 @@
+/* The server's /metrics page (see metrics.h). Written into a memory
+ * stream, one family after another, each with its HELP and TYPE. */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+#include "tlsplane/v1/agent.pb-c.h"
+#include "tlsplane/v1/certificate.pb-c.h"
+
+static const char *const code_names[] = {
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
+
+/* A label value, escaped as the text format wants (\\, \", \n). */
+static void label(FILE *f, const char *v) {
+  for (; v != NULL && *v != '\0'; v++) {
+    if (*v == '\\' || *v == '"')
+      fputc('\\', f);
+    if (*v == '\n')
+      fputs("\\n", f);
+    else
+      fputc(*v, f);
+  }
+}
+
+static void family(FILE *f, const char *name, const char *type, const char *help) {
+  fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void rpc_count(const char *method, int transport, grpc_status_code code, unsigned long n,
+                      void *data) {
+  FILE *f = data;
+  fputs("tlsplane_rpc_calls_total{method=\"", f);
+  label(f, method);
+  fprintf(f, "\",transport=\"%s\",code=\"%s\"} %lu\n",
+          transport == RPC_TRANSPORT_GRPC ? "grpc" : "connect",
+          (unsigned)code < sizeof(code_names) / sizeof(code_names[0]) ? code_names[code]
+                                                                      : "UNKNOWN",
+          n);
+}
+
+static void rollout(FILE *f, struct metrics_source *src, int64_t revision, int *errors) {
+  Tlsplane__V1__Rollout *r = NULL;
+  struct tp_err err = {.status = 0};
+  if (src->hub == NULL || hub_rollout(src->hub, 0, &r, &err) != 0) {
+    (*errors)++;
+    return;
+  }
+  family(f, "tlsplane_agents_connected", "gauge", "Agents with a stream open to this server.");
+  fprintf(f, "tlsplane_agents_connected %d\n", r->agents_connected);
+  family(f, "tlsplane_agents_applied", "gauge",
+         "Connected agents that serve the configuration of the revision (or a later one).");
+  fprintf(f, "tlsplane_agents_applied{revision=\"%lld\"} %d\n", (long long)revision,
+          r->agents_applied);
+  family(f, "tlsplane_agents_pending", "gauge", "Connected agents still applying the revision.");
+  fprintf(f, "tlsplane_agents_pending{revision=\"%lld\"} %zu\n", (long long)revision,
+          r->n_agents_pending);
+  family(f, "tlsplane_agents_failed", "gauge",
+         "Connected agents that refused (nacked) the revision or could not be sent it.");
+  fprintf(f, "tlsplane_agents_failed{revision=\"%lld\"} %zu\n", (long long)revision,
+          r->n_agents_failed);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+static void latency(FILE *f, struct hub *hub) {
+  struct hub_latency l;
+  hub_latency(hub, &l);
+  family(f, "tlsplane_push_latency_seconds", "histogram",
+         "From a revision's commit to each agent's ack of it.");
+  for (size_t b = 0; b < HUB_LATENCY_BUCKETS; b++)
+    fprintf(f, "tlsplane_push_latency_seconds_bucket{le=\"%g\"} %lu\n", hub_latency_bounds_s[b],
+            l.le[b]);
+  fprintf(f, "tlsplane_push_latency_seconds_bucket{le=\"+Inf\"} %lu\n", l.count);
+  fprintf(f, "tlsplane_push_latency_seconds_sum %.6f\n", l.sum_s);
+  fprintf(f, "tlsplane_push_latency_seconds_count %lu\n", l.count);
+}
+
+/* Seconds since the epoch of a Timestamp; 0: unset. */
+static long long seconds(const Google__Protobuf__Timestamp *t) {
+  return t != NULL ? (long long)t->seconds : 0;
+}
+
+static void certificates(FILE *f, struct store *store, int *errors) {
+  struct store_txn *txn = NULL;
+  struct store_row *rows = NULL;
+  size_t n = 0;
+  struct tp_err err = {.status = 0};
+  struct store_query q = {.kind = "Certificate"};
+  if (store_begin(store, 0, &txn, &err) != 0 || store_list(txn, &q, &rows, &n, &err) != 0) {
+    store_rollback(txn);
+    (*errors)++;
+    return;
+  }
+  store_rollback(txn);
+  family(f, "tlsplane_certificate_not_after_seconds", "gauge",
+         "When each certificate's leaf expires (seconds since the epoch).");
+  for (size_t i = 0; i < n; i++) {
+    Tlsplane__V1__Certificate *c =
+        tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
+    if (c == NULL) {
+      (*errors)++;
+      continue;
+    }
+    fputs("tlsplane_certificate_not_after_seconds{certificate=\"", f);
+    label(f, rows[i].name);
+    fputs("\",serial=\"", f);
+    label(f, c->serial_number);
+    fputs("\",sha256=\"", f);
+    label(f, c->sha256_fingerprint);
+    fprintf(f, "\"} %lld\n", seconds(c->not_after));
+    tlsplane__v1__certificate__free_unpacked(c, NULL);
+  }
+  family(f, "tlsplane_certificate_ocsp_next_update_seconds", "gauge",
+         "When each certificate's stapled OCSP response stops being valid (seconds since the "
+         "epoch); only certificates with one.");
+  for (size_t i = 0; i < n; i++) {
+    Tlsplane__V1__Certificate *c =
+        tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
+    if (c == NULL)
+      continue;
+    if (c->ocsp_next_update != NULL) {
+      fputs("tlsplane_certificate_ocsp_next_update_seconds{certificate=\"", f);
+      label(f, rows[i].name);
+      fprintf(f, "\"} %lld\n", seconds(c->ocsp_next_update));
+    }
+    tlsplane__v1__certificate__free_unpacked(c, NULL);
+  }
+  store_rows_free(rows, n);
+}
+
+char *metrics_text(void *data) {
+  struct metrics_source *src = data;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f == NULL)
+    return NULL;
+  int errors = 0;
+  int64_t revision = store_revision(src->api->store);
+  family(f, "tlsplane_revision", "gauge", "The store's current revision.");
+  fprintf(f, "tlsplane_revision %lld\n", (long long)revision);
+  if (src->hub != NULL) {
+    rollout(f, src, revision, &errors);
+    latency(f, src->hub);
+  }
+  family(f, "tlsplane_rpc_calls_total", "counter",
+         "API calls finished, by method, transport (grpc, or connect: the JSON gateway) and "
+         "status code.");
+  if (src->rpc != NULL)
+    rpc_server_counts(src->rpc, rpc_count, f);
+  certificates(f, src->api->store, &errors);
+  family(f, "tlsplane_metrics_errors", "gauge",
+         "Sections of this page that could not be read this time.");
+  fprintf(f, "tlsplane_metrics_errors %d\n", errors);
+  if (fclose(f) != 0) {
+    free(buf);
+    return NULL;
+  }
+  return buf;
+}
