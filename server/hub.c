@@ -886,57 +886,6 @@ static struct hub_agent *agent_find(struct hub *hub, const char *name) {
   return found;
 }
 
-void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
-  pthread_mutex_lock(&hub->lock);
-  struct hub_agent *a = agent_find(hub, agent->name);
-  if (a == NULL) {
-    pthread_mutex_unlock(&hub->lock);
-    return;
-  }
-  agent->connected = a->connected;
-  agent->applied_revision = a->applied_revision;
-  agent->protocol = a->protocol;
-  Tlsplane__V1__PushStats *pushed = malloc(sizeof(*pushed));
-  if (pushed != NULL) {
-    *pushed = a->pushed;
-    if (agent->pushed != NULL)
-      protobuf_c_message_free_unpacked(&agent->pushed->base, NULL);
-    agent->pushed = pushed;
-  }
-  pb_timestamp_set(&agent->base, "last_seen", a->last_seen_us);
-  char nack[1024] = "";
-  size_t n_status = a->stats ? a->stats->n_listeners : 0;
-  Tlsplane__V1__ListenerStatus **status = calloc(n_status ? n_status : 1, sizeof(*status));
-  for (size_t i = 0; status != NULL && i < n_status; i++)
-    status[i] = (Tlsplane__V1__ListenerStatus *)pb_clone(&a->stats->listeners[i]->base);
-  for (size_t i = 0; a->last_ack != NULL && i < a->last_ack->n_listeners; i++) {
-    const Tlsplane__V1__ListenerResult *res = a->last_ack->listeners[i];
-    if (!res->applied) {
-      size_t len = strlen(nack);
-      snprintf(nack + len, sizeof(nack) - len, "%s%s: %s", len ? "; " : "", res->listener,
-               res->error);
-    }
-    for (size_t j = 0; status != NULL && j < n_status; j++)
-      if (status[j] != NULL && strcmp(status[j]->listener, res->listener) == 0) {
-        if (!res->applied)
-          pb_string_set(&status[j]->base, "last_nack", res->error);
-        else
-          status[j]->applied_revision = a->last_ack->revision;
-      }
-  }
-  pthread_mutex_unlock(&hub->lock);
-  pb_string_set(&agent->base, "last_nack", nack);
-  if (status != NULL) {
-    size_t kept = 0;
-    for (size_t i = 0; i < n_status; i++)
-      if (status[i] != NULL)
-        status[kept++] = status[i];
-    pb_field_clear(&agent->base, pb_field(agent->base.descriptor, "listeners"));
-    agent->listeners = status;
-    agent->n_listeners = kept;
-  }
-}
-
 /* What a serves of `listener` by its last ack and stats: the revision of
  * the version it applied (0: none) and its nack (NULL: none). Called with
  * hub->lock held; *nack points into a. */
@@ -975,6 +924,57 @@ static int listener_failed(const struct hub_agent *a, const char *listener, int6
     if (a->failures[i].listener[0] == '\0' || strcmp(a->failures[i].listener, listener) == 0)
       return 1;
   return 0;
+}
+
+void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
+  pthread_mutex_lock(&hub->lock);
+  struct hub_agent *a = agent_find(hub, agent->name);
+  if (a == NULL) {
+    pthread_mutex_unlock(&hub->lock);
+    return;
+  }
+  agent->connected = a->connected;
+  agent->applied_revision = a->applied_revision;
+  agent->protocol = a->protocol;
+  Tlsplane__V1__PushStats *pushed = malloc(sizeof(*pushed));
+  if (pushed != NULL) {
+    *pushed = a->pushed;
+    if (agent->pushed != NULL)
+      protobuf_c_message_free_unpacked(&agent->pushed->base, NULL);
+    agent->pushed = pushed;
+  }
+  pb_timestamp_set(&agent->base, "last_seen", a->last_seen_us);
+  char nack[1024] = "";
+  size_t n_status = a->stats ? a->stats->n_listeners : 0;
+  Tlsplane__V1__ListenerStatus **status = calloc(n_status ? n_status : 1, sizeof(*status));
+  for (size_t i = 0; status != NULL && i < n_status; i++)
+    status[i] = (Tlsplane__V1__ListenerStatus *)pb_clone(&a->stats->listeners[i]->base);
+  for (size_t i = 0; a->last_ack != NULL && i < a->last_ack->n_listeners; i++) {
+    const Tlsplane__V1__ListenerResult *res = a->last_ack->listeners[i];
+    if (!res->applied) {
+      size_t len = strlen(nack);
+      snprintf(nack + len, sizeof(nack) - len, "%s%s: %s", len ? "; " : "", res->listener,
+               res->error);
+    }
+  }
+  for (size_t j = 0; status != NULL && j < n_status; j++) {
+    if (status[j] == NULL)
+      continue;
+    const char *why;
+    status[j]->applied_revision = listener_applied(a, status[j]->listener, &why);
+    pb_string_set(&status[j]->base, "last_nack", why != NULL ? why : "");
+  }
+  pthread_mutex_unlock(&hub->lock);
+  pb_string_set(&agent->base, "last_nack", nack);
+  if (status != NULL) {
+    size_t kept = 0;
+    for (size_t i = 0; i < n_status; i++)
+      if (status[i] != NULL)
+        status[kept++] = status[i];
+    pb_field_clear(&agent->base, pb_field(agent->base.descriptor, "listeners"));
+    agent->listeners = status;
+    agent->n_listeners = kept;
+  }
 }
 
 void hub_agent_serving(struct hub *hub, const char *listener, int64_t revision,
