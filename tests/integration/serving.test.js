@@ -8,11 +8,13 @@
 // Two real agents serve the same listeners (port 0: a free port on each);
 // one is stopped, the certificate is updated: the running one is current
 // at the new revision, the stopped one neither connected nor current.
+// A listener moved to a taken address shows the nack and the kept version.
 // Viewers may read it; an agent's certificate and a join token may not.
 
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const net = require('node:net');
 const { Server, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { pki } = require('./lib/pki');
@@ -180,5 +182,34 @@ test('unknown and malformed names', async () => {
   await expectGrpcError(serving('listeners/nope'), status.NOT_FOUND, { field: 'resource', includes: ['listeners/nope'] });
   for (const bad of ['', 'certificates/', 'certificates/Bad_Id', 'agents/serve-a', 'web', 'listeners/web/x']) {
     await expectGrpcError(serving(bad), status.INVALID_ARGUMENT, { field: 'resource', what: JSON.stringify(bad) });
+  }
+});
+
+test('a listener an agent cannot apply: its last nack, and the version it keeps is not current', async () => {
+  const a = agents['serve-a'];
+  const made = await api().ListenerService.CreateListener({
+    listenerId: 'moving', listener: { address: '127.0.0.1:0', upstream: up.address, defaultTlsContext: 'tlsContexts/web', agentSelector: { tier: 'edge' } },
+  });
+  await a.waitApplied(Number(made.revision));
+  const squatter = net.createServer(() => {});
+  await new Promise((resolve) => squatter.listen(0, '127.0.0.1', resolve));
+  try {
+    const taken = `127.0.0.1:${squatter.address().port}`;
+    const moved = await api().ListenerService.UpdateListener({ listener: { name: 'listeners/moving', address: taken }, updateMask: { paths: ['address'] } });
+    const s = await waitFor('serve-a nacks listeners/moving', async () => {
+      const x = await serving('listeners/moving');
+      return entry(x, 'listeners/moving')['agents/serve-a'].lastNack && x;
+    });
+    assert.equal(Number(s.revision), Number(moved.revision));
+    const got = entry(s, 'listeners/moving');
+    assert.match(got['agents/serve-a'].lastNack, /in use|bind|address/i);
+    assert.equal(got['agents/serve-a'].connected, true);
+    assert.equal(got['agents/serve-a'].current, false);
+    const kept = Number(got['agents/serve-a'].appliedRevision);
+    assert.ok(kept >= Number(made.revision) && kept < Number(moved.revision), `it keeps the version of revision ${kept}`);
+    // The stopped agent, selected too, never served it.
+    assert.deepEqual(got['agents/serve-b'], { agent: 'agents/serve-b', connected: false, appliedRevision: '0', current: false, lastNack: '' });
+  } finally {
+    await new Promise((resolve) => squatter.close(resolve));
   }
 });
