@@ -63,6 +63,7 @@ static const struct rule rules[] = {
      * do: those who write listeners set them. */
     {"/tlsplane.v1.AgentService/UpdateAgent", WRITERS, 0},
     {"/tlsplane.v1.AgentService/GetRollout", READERS, 0},
+    {"/tlsplane.v1.AgentService/GetServing", READERS, 0},
     {"/tlsplane.v1.AgentService/", READERS, 0},
     /* Credentials are the admin's alone, reads included. */
     {"/tlsplane.v1.TokenService/", R(ADMIN), R(ADMIN)},

@@ -923,6 +923,46 @@ static struct hub_agent *agent_find(struct hub *hub, const char *name) {
   return found;
 }
 
+/* What a serves of `listener` by its last ack and stats: the revision of
+ * the version it applied (0: none) and its nack (NULL: none). Called with
+ * hub->lock held; *nack points into a. */
+static int64_t listener_applied(const struct hub_agent *a, const char *listener,
+                                const char **nack) {
+  int64_t applied = 0;
+  *nack = NULL;
+  for (size_t i = 0; a->stats != NULL && i < a->stats->n_listeners; i++) {
+    const Tlsplane__V1__ListenerStatus *st = a->stats->listeners[i];
+    if (strcmp(st->listener, listener) == 0) {
+      applied = st->applied_revision;
+      if (st->last_nack[0] != '\0')
+        *nack = st->last_nack;
+    }
+  }
+  /* The ack is the newer word on the listeners it names. */
+  for (size_t i = 0; a->last_ack != NULL && i < a->last_ack->n_listeners; i++) {
+    const Tlsplane__V1__ListenerResult *res = a->last_ack->listeners[i];
+    if (strcmp(res->listener, listener) != 0)
+      continue;
+    if (res->applied) {
+      if (a->last_ack->revision > applied)
+        applied = a->last_ack->revision;
+      *nack = NULL;
+    } else {
+      *nack = res->error;
+    }
+  }
+  return applied;
+}
+
+/* Whether the server could not build `listener` for a at `revision` or
+ * later (hub->lock held). */
+static int listener_failed(const struct hub_agent *a, const char *listener, int64_t revision) {
+  for (size_t i = 0; a->failed_revision >= revision && i < a->n_failures; i++)
+    if (a->failures[i].listener[0] == '\0' || strcmp(a->failures[i].listener, listener) == 0)
+      return 1;
+  return 0;
+}
+
 void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
   pthread_mutex_lock(&hub->lock);
   struct hub_agent *a = agent_find(hub, agent->name);
@@ -953,13 +993,13 @@ void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
       snprintf(nack + len, sizeof(nack) - len, "%s%s: %s", len ? "; " : "", res->listener,
                res->error);
     }
-    for (size_t j = 0; status != NULL && j < n_status; j++)
-      if (status[j] != NULL && strcmp(status[j]->listener, res->listener) == 0) {
-        if (!res->applied)
-          pb_string_set(&status[j]->base, "last_nack", res->error);
-        else
-          status[j]->applied_revision = a->last_ack->revision;
-      }
+  }
+  for (size_t j = 0; status != NULL && j < n_status; j++) {
+    if (status[j] == NULL)
+      continue;
+    const char *why;
+    status[j]->applied_revision = listener_applied(a, status[j]->listener, &why);
+    pb_string_set(&status[j]->base, "last_nack", why != NULL ? why : "");
   }
   pthread_mutex_unlock(&hub->lock);
   pb_string_set(&agent->base, "last_nack", nack);
@@ -972,6 +1012,31 @@ void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent) {
     agent->listeners = status;
     agent->n_listeners = kept;
   }
+}
+
+void hub_agent_serving(struct hub *hub, const char *listener, int64_t revision,
+                       Tlsplane__V1__ServingAgent *out) {
+  char nack[1024] = "";
+  pthread_mutex_lock(&hub->lock);
+  const struct hub_agent *a = agent_find(hub, out->agent);
+  if (a == NULL) {
+    pthread_mutex_unlock(&hub->lock);
+    return;
+  }
+  const char *why;
+  int64_t applied = listener_applied(a, listener, &why);
+  /* Nothing left to send it for that revision: what it serves is current
+   * even where the change did not reach it (the same test as
+   * GetRollout's). */
+  int caught_up = a->has_sent && a->applied_revision == a->sent_revision &&
+                  a->checked_revision >= revision && !listener_failed(a, listener, revision);
+  out->connected = a->connected;
+  out->applied_revision = applied;
+  out->current = applied > 0 && (applied >= revision || (caught_up && why == NULL));
+  if (why != NULL)
+    snprintf(nack, sizeof(nack), "%s", why);
+  pthread_mutex_unlock(&hub->lock);
+  pb_string_set(&out->base, "last_nack", nack);
 }
 
 void hub_agent_disconnect(struct hub *hub, const char *name, const char *why) {

@@ -30,6 +30,15 @@ void hub_notify(struct hub *hub, int64_t revision);
  * last_seen, applied_revision, last_nack, listeners). */
 void hub_agent_decorate(struct hub *hub, Tlsplane__V1__Agent *agent);
 
+/* Fills the live fields of out (out->agent names the agent: connected,
+ * applied_revision, current, last_nack) for listener `listener`
+ * ("listeners/web"), whose resource of interest last changed at
+ * `revision` (GetServing; agent.proto says when it is current). An agent
+ * the hub has not seen since the server started is left as it is (not
+ * connected, nothing applied). */
+void hub_agent_serving(struct hub *hub, const char *listener, int64_t revision,
+                       Tlsplane__V1__ServingAgent *out);
+
 /* Cuts the stream of agent `name` ("agents/x"), if connected. */
 void hub_agent_disconnect(struct hub *hub, const char *name, const char *why);
 

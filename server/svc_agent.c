@@ -21,6 +21,7 @@
 #include "ca.h"
 #include "hub.h"
 #include "pb.h"
+#include "serving.h"
 #include "tlsplane/v1/agent.pb-c.h"
 
 static const char *const agent_mutable[] = {NULL}; /* and labels, as every kind */
@@ -112,6 +113,17 @@ static int get_rollout(const struct rpc_call_info *call, const ProtobufCMessage 
     return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "no agent hub in this server");
   Tlsplane__V1__Rollout *out;
   if (hub_rollout(b->api->hub, r->revision, &out, err) != 0)
+    return -1;
+  *resp = &out->base;
+  return 0;
+}
+
+static int get_serving(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                       ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const struct api_binding *b = data;
+  const Tlsplane__V1__GetServingRequest *r = (const Tlsplane__V1__GetServingRequest *)req;
+  Tlsplane__V1__Serving *out;
+  if (serving_get(b->api, r->resource, &out, err) != 0)
     return -1;
   *resp = &out->base;
   return 0;
@@ -406,6 +418,7 @@ static int renew_agent_certificate(const struct rpc_call_info *call, const Proto
 }
 
 const struct api_method agent_methods[] = {{"GetRollout", get_rollout},
+                                           {"GetServing", get_serving},
                                            {"EnrollAgent", enroll_agent},
                                            {"RenewAgentCertificate", renew_agent_certificate},
                                            {NULL, NULL}};

@@ -63,6 +63,7 @@ const EXPECTED_METHODS = {
     ListAgents: ['ListAgentsRequest', 'ListAgentsResponse'],
     DeleteAgent: ['DeleteAgentRequest', 'google.protobuf.Empty'],
     GetRollout: ['GetRolloutRequest', 'Rollout'],
+    GetServing: ['GetServingRequest', 'Serving'],
     EnrollAgent: ['EnrollAgentRequest', 'AgentCertificate'],
     RenewAgentCertificate: ['RenewAgentCertificateRequest', 'AgentCertificate'],
   },
