@@ -239,3 +239,19 @@ test('a listener the agent cannot apply: /healthz 503 naming it and why; 200 aga
     await new Promise((r) => blocker.close(r));
   }
 });
+
+test('a configuration loaded from the cache, the control plane unreachable: /healthz 200, the gauges as before', async () => {
+  const before = await certGauges(agent, 'listeners/m-web');
+  await agent.stopClean();
+  agent.srv = { address: `127.0.0.1:${await freePort()}`, ca: srv.ca }; // nobody there
+  const from = agent.logText.length;
+  await agent.restart();
+  assert.match(agent.logText.slice(from), /cache \S+: revision \d+ applied/);
+  const h = await waitFor('/healthz 200', async () => {
+    const x = await healthz(agent);
+    return x.status === 200 ? x : null;
+  });
+  assert.equal(h.body, 'ok\n');
+  assert.deepEqual(await certGauges(agent, 'listeners/m-web'), before);
+  assert.equal((await agent.metrics()).get('tlsplane_control_plane_connected'), 0);
+});
