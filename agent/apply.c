@@ -545,6 +545,7 @@ int agent_apply(struct agent *a, const struct rset *set, int64_t revision,
       log_served(p, revision);
       listener_version_unref(l->applied);
       l->applied = p->nv; /* the build's reference */
+      l->served_since = revision;
       p->nv = NULL;
       break;
     case APPLY_DROP:

@@ -12,6 +12,7 @@
 
 #include "addr.h"
 #include "listener_rules.h"
+#include "tlsconf.h"
 
 /* Listen backlog: what the kernel queues per socket (capped by
  * net.core.somaxconn). */
@@ -61,6 +62,7 @@ void listener_version_ref(struct listener_version *v) {
 }
 
 static void version_free(struct listener_version *v) {
+  free(v->certs);
   tlsconf_listener_unref(v->tls);
   listener_unref(v->listener);
   free(v->address);
@@ -157,6 +159,32 @@ int listener_addr_resolve(const char *address, int passive, const char *field,
   return addr_resolve(host, port, passive, field, address, out, err);
 }
 
+static int facts_same(const struct tlsconf_cert_facts *x, const struct tlsconf_cert_facts *y) {
+  return strcmp(x->certificate, y->certificate) == 0 && strcmp(x->sha256, y->sha256) == 0;
+}
+
+/* v->certs: every certificate of v's contexts, once though several
+ * contexts serve it (a listener has a few contexts of a few each). */
+static int certs_collect(struct listener_version *v) {
+  size_t n_ctx = tlsconf_listener_contexts(v->tls), total = 0;
+  const struct tlsconf_cert_facts *facts;
+  for (size_t i = 0; i < n_ctx; i++)
+    total += tlsconf_ctx_certs(tlsconf_listener_context(v->tls, i), &facts);
+  if ((v->certs = calloc(total + 1, sizeof(*v->certs))) == NULL)
+    return -1;
+  for (size_t i = 0; i < n_ctx; i++) {
+    size_t n = tlsconf_ctx_certs(tlsconf_listener_context(v->tls, i), &facts);
+    for (size_t k = 0; k < n; k++) {
+      size_t j = 0;
+      while (j < v->n_certs && !facts_same(v->certs[j], &facts[k]))
+        j++;
+      if (j == v->n_certs)
+        v->certs[v->n_certs++] = &facts[k];
+    }
+  }
+  return 0;
+}
+
 int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListener *rl,
                            const Tlsplane__V1__ListenerEntry *entry, struct tlsconf_ctxcache *cache,
                            struct listener_version **out, struct tp_err *err) {
@@ -201,6 +229,10 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   v->renegotiation_limit = tlsconf_listener_renegotiation_limit(v->tls);
   int64_t window = tlsconf_listener_renegotiation_window_ms(v->tls);
   v->renegotiation_window_ms = window > 0 ? (uint64_t)window : 0;
+  if (certs_collect(v) != 0) {
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto failed;
+  }
   *out = v;
   return 0;
 failed:

@@ -42,6 +42,7 @@ union sockaddr_any {
 };
 
 struct listener_version;
+struct tlsconf_cert_facts; /* tlsconf.h */
 
 struct listener {
   unsigned magic;
@@ -52,6 +53,7 @@ struct listener {
   /* Main thread only (apply.c, metrics.c). */
   struct listener_version *applied; /* the version served (reference held), NULL if none */
   int64_t applied_revision;         /* the snapshot revision applied gave it */
+  int64_t served_since;             /* the revision applied was put in place at (NEW, CHANGE) */
   char last_error[1024];            /* why the newest version was not applied; "" if it was */
   int dropped;                      /* gone from the snapshot; kept while connections drain */
   int in_snapshot;                  /* apply.c's mark while it applies a snapshot */
@@ -77,6 +79,11 @@ struct listener_version {
   int64_t max_connections;       /* 0: no limit */
   int renegotiation_limit;
   uint64_t renegotiation_window_ms;
+  /* What it serves, for /metrics: each certificate of its contexts once
+   * (by name and fingerprint), in context order; the facts belong to the
+   * contexts (tlsconf_ctx_certs) and live as long as tls. */
+  const struct tlsconf_cert_facts **certs;
+  size_t n_certs;
 };
 
 /* A new listener called name with zeroed counters; one reference (the

@@ -87,7 +87,7 @@ static void usage(FILE *f) {
           "Standalone:\n"
           "  --config FILE            the snapshot; SIGHUP reads it again   [TLSPLANE_CONFIG]\n"
           "Both:\n"
-          "  --metrics-listen ADDR    Prometheus GET /metrics on HOST:PORT, \"off\" to disable\n"
+          "  --metrics-listen ADDR    GET /metrics, /healthz on HOST:PORT; \"off\" to disable\n"
           "                           (default %s)            [TLSPLANE_METRICS_LISTEN]\n"
           "  --workers N              worker threads (default: one per core)  [TLSPLANE_WORKERS]\n"
           "  --log-level LEVEL        lines at LEVEL and above: debug, info, warn, error;\n"

@@ -11,6 +11,7 @@
 
 #include "acceptor.h"
 #include "log.h"
+#include "tlsconf.h"
 
 #define METRICS_MAGIC 0x4d545253u /* "MTRS" */
 #define MCONN_MAGIC 0x4d434f4eu   /* "MCON" */
@@ -119,6 +120,48 @@ static const struct counter counters[] = {
      offsetof(struct stats, bytes_out)},
 };
 
+/* The start of a sample labelled with a listener and a certificate; the
+ * caller adds any other labels and the value. */
+static void cert_sample(FILE *f, const char *name, const struct listener *l,
+                        const struct tlsconf_cert_facts *c) {
+  fprintf(f, "%s{listener=\"", name);
+  put_label(f, l->name);
+  fputs("\",certificate=\"", f);
+  put_label(f, c->certificate);
+  fputc('"', f);
+}
+
+/* What each served listener's certificates are, as the apply found them
+ * (listener_version.certs): nothing is parsed here. */
+static void render_certificates(FILE *f, const struct agent *a) {
+  family(f, "tlsplane_agent_certificate_not_after_seconds", "gauge",
+         "When a certificate a listener serves (default or SNI context) expires: its notAfter, "
+         "seconds since the epoch.");
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
+    for (size_t i = 0; l->applied != NULL && i < l->applied->n_certs; i++) {
+      const struct tlsconf_cert_facts *c = l->applied->certs[i];
+      cert_sample(f, "tlsplane_agent_certificate_not_after_seconds", l, c);
+      fputs(",serial=\"", f);
+      put_label(f, c->serial);
+      fputs("\",sha256=\"", f);
+      put_label(f, c->sha256);
+      fprintf(f, "\"} %lld\n", (long long)c->not_after);
+    }
+  }
+  family(f, "tlsplane_agent_ocsp_next_update_seconds", "gauge",
+         "The next_update of the OCSP response stapled for a certificate a listener serves, "
+         "seconds since the epoch (none is stapled from then on).");
+  for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
+    for (size_t i = 0; l->applied != NULL && i < l->applied->n_certs; i++) {
+      const struct tlsconf_cert_facts *c = l->applied->certs[i];
+      if (!c->has_ocsp)
+        continue;
+      cert_sample(f, "tlsplane_agent_ocsp_next_update_seconds", l, c);
+      fprintf(f, "} %lld\n", (long long)c->ocsp_next_update);
+    }
+  }
+}
+
 int metrics_render(const struct agent *a, char **out, size_t *len) {
   *out = NULL;
   *len = 0;
@@ -211,6 +254,7 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
   for (const struct listener *l = a->listeners; l != NULL; l = l->next)
     if (l->applied != NULL)
       sample(f, "tlsplane_listener_applied_revision", l, l->applied_revision);
+  render_certificates(f, a);
 
   for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
     const struct counter *c = &counters[i];
@@ -234,6 +278,76 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
     return -1;
   }
   return 0;
+}
+
+/* Health ------------------------------------------------------------------ */
+
+/* The oldest revision a worker has put in place (INT64_MAX: no worker). */
+static int64_t workers_revision(const struct agent *a) {
+  int64_t min = INT64_MAX;
+  for (int k = 0; k < a->n_workers; k++) {
+    if (a->workers[k] == NULL) /* joined at shutdown */
+      continue;
+    int64_t r = atomic_load(&a->workers[k]->revision);
+    if (r < min)
+      min = r;
+  }
+  return min;
+}
+
+/* A reason on one line of the body: control characters become spaces. */
+static void put_line(FILE *f, const char *s) {
+  for (; *s != '\0'; s++)
+    fputc((unsigned char)*s < 0x20 ? ' ' : *s, f);
+}
+
+/* One line for l when it is not applied; returns 1 then, else 0. */
+static int health_listener(FILE *f, const struct listener *l, int64_t in_place) {
+  if (l->last_error[0] != '\0') {
+    fprintf(f, "%s: not applied: ", l->name);
+    put_line(f, l->last_error);
+    if (l->applied != NULL)
+      fprintf(f, " (serves revision %lld)\n", (long long)l->applied_revision);
+    else
+      fputs(" (not served)\n", f);
+    return 1;
+  }
+  if (l->applied == NULL) {
+    fprintf(f, "%s: not served\n", l->name);
+    return 1;
+  }
+  if (l->served_since > in_place) {
+    fprintf(f, "%s: pending: revision %lld is not in place on every worker yet\n", l->name,
+            (long long)l->served_since);
+    return 1;
+  }
+  return 0;
+}
+
+int metrics_health(const struct agent *a, char **out, size_t *len) {
+  *out = NULL;
+  *len = 0;
+  FILE *f = open_memstream(out, len);
+  if (f == NULL)
+    return -1;
+  int status = 200;
+  if (a->apply_total[AGENT_APPLY_ACK] + a->apply_total[AGENT_APPLY_NACK] == 0) {
+    fputs("no configuration\n", f);
+    status = 503;
+  } else {
+    int64_t in_place = workers_revision(a);
+    for (const struct listener *l = a->listeners; l != NULL; l = l->next)
+      if (!l->dropped && health_listener(f, l, in_place))
+        status = 503;
+    if (status == 200)
+      fputs("ok\n", f);
+  }
+  if (fclose(f) != 0) {
+    free(*out);
+    *out = NULL;
+    return -1;
+  }
+  return status;
 }
 
 /* The HTTP server ----------------------------------------------------------- */
@@ -325,6 +439,14 @@ static int on_url(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
+/* Whether the URL's path (u parsed it from r->url) is path. */
+static int path_is(const struct metrics_request *r, const struct http_parser_url *u,
+                   const char *path) {
+  size_t n = strlen(path);
+  return (u->field_set & (1 << UF_PATH)) && u->field_data[UF_PATH].len == n &&
+         memcmp(r->url + u->field_data[UF_PATH].off, path, n) == 0;
+}
+
 static int on_message_complete(http_parser *p) {
   struct metrics_request *r = request_check(p);
   struct http_parser_url u;
@@ -332,13 +454,11 @@ static int on_message_complete(http_parser *p) {
   r->url[r->url_len] = '\0';
   if (http_parser_parse_url(r->url, r->url_len, 0, &u) != 0 || !(u.field_set & (1 << UF_PATH)))
     r->status = 400;
-  else if (u.field_data[UF_PATH].len != 8 ||
-           memcmp(r->url + u.field_data[UF_PATH].off, "/metrics", 8) != 0)
-    r->status = 404;
-  else if (p->method != HTTP_GET && p->method != HTTP_HEAD)
-    r->status = 405;
+  else if (path_is(r, &u, "/metrics") || path_is(r, &u, "/healthz"))
+    r->status = p->method != HTTP_GET && p->method != HTTP_HEAD ? 405 : 200;
   else
-    r->status = 200;
+    r->status = 404;
+  r->path = path_is(r, &u, "/healthz") ? METRICS_PATH_HEALTHZ : METRICS_PATH_METRICS;
   r->head_only = p->method == HTTP_HEAD;
   http_parser_pause(p, 1); /* one request per connection */
   return 0;
@@ -372,18 +492,35 @@ int metrics_request_feed(struct metrics_request *r, const char *data, size_t len
 
 /* The connections ------------------------------------------------------------ */
 
+static void answer_metrics(struct mconn *mc) {
+  char *text;
+  size_t len;
+  if (metrics_render(mc->m->a, &text, &len) != 0)
+    respond_text(mc, 500, "Internal Server Error", "out of memory\n");
+  else
+    respond(mc, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len,
+            mc->request.head_only);
+}
+
+static void answer_health(struct mconn *mc) {
+  char *text;
+  size_t len;
+  int status = metrics_health(mc->m->a, &text, &len);
+  if (status < 0)
+    respond_text(mc, 500, "Internal Server Error", "out of memory\n");
+  else
+    respond(mc, status, status == 200 ? "OK" : "Service Unavailable", "text/plain; charset=utf-8",
+            text, len, mc->request.head_only);
+}
+
 static void answer(struct mconn *mc, int status) {
   switch (status) {
-  case 200: {
-    char *text;
-    size_t len;
-    if (metrics_render(mc->m->a, &text, &len) != 0)
-      respond_text(mc, 500, "Internal Server Error", "out of memory\n");
+  case 200:
+    if (mc->request.path == METRICS_PATH_HEALTHZ)
+      answer_health(mc);
     else
-      respond(mc, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len,
-              mc->request.head_only);
+      answer_metrics(mc);
     break;
-  }
   case 404:
     respond_text(mc, 404, "Not Found", "not found\n");
     break;

@@ -246,6 +246,23 @@ int tlsconf_hostname_pattern_check(const char *pattern, struct tp_err *err);
 int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
                       struct tp_err *err);
 
+/* What a context built by tlsconf_ctx_build serves, per certificate:
+ * found once, when the context is built (the agent's /metrics reads it at
+ * every scrape). */
+struct tlsconf_cert_facts {
+  char *certificate;       /* the Certificate's name ("certificates/web"), or "certificates[0]" */
+  char *serial;            /* the leaf's serial, upper-case hex (certinfo_integer_hex) */
+  char *sha256;            /* the leaf's SHA-256 fingerprint, "AB:CD:..." (certinfo_fingerprint) */
+  time_t not_after;        /* the leaf's notAfter, seconds since the epoch */
+  int has_ocsp;            /* a response is stapled (ocsp_stapling) and it has a next_update */
+  time_t ocsp_next_update; /* when has_ocsp: that next_update, seconds since the epoch */
+};
+
+/* The facts of every certificate ctx serves, in the context's order, in
+ * *out (valid while ctx lives); returns how many. 0 for an SSL_CTX not
+ * made by tlsconf_ctx_build. */
+size_t tlsconf_ctx_certs(const SSL_CTX *ctx, const struct tlsconf_cert_facts **out);
+
 /* tls.getCiphers(): the cipher suites enabled by cp (or every suite this
  * OpenSSL supports, when cp is NULL), TLS 1.3 first, in preference order.
  * With cp: the suites usable with its versions at its security level

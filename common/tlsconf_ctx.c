@@ -42,6 +42,9 @@ struct ctx_data {
   unsigned npn_len;
   struct staple *staples;
   size_t n_staples;
+  /* What each certificate served is (tlsconf_ctx_certs), in order. */
+  struct tlsconf_cert_facts *certs;
+  size_t n_certs;
 };
 
 static struct ctx_data *ctx_data_check(void *p) {
@@ -62,6 +65,12 @@ static void ctx_data_free(struct ctx_data *d) {
     free(d->staples[i].der);
   }
   free(d->staples);
+  for (size_t i = 0; i < d->n_certs; i++) {
+    free(d->certs[i].certificate);
+    free(d->certs[i].serial);
+    free(d->certs[i].sha256);
+  }
+  free(d->certs);
   d->magic = 0;
   free(d);
 }
@@ -219,6 +228,24 @@ static int cert_load(const Tlsplane__V1__CertificateMaterial *m, const char *lab
   return 0;
 }
 
+/* Records what the certificate is, for tlsconf_ctx_certs: found here,
+ * once per built context, never per handshake or per scrape. */
+static int facts_add(struct ctx_data *d, const struct loaded_cert *lc, const char *label,
+                     struct tp_err *err) {
+  X509 *leaf = sk_X509_value(lc->chain, 0);
+  struct tlsconf_cert_facts *f = &d->certs[d->n_certs];
+  memset(f, 0, sizeof(*f));
+  d->n_certs++; /* freed with d from here on, whatever is missing */
+  if (certinfo_time(X509_get0_notAfter(leaf), &f->not_after) != 0)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "certificates: %s: the certificate's notAfter does not parse", label);
+  if ((f->certificate = strdup(label)) == NULL ||
+      (f->serial = certinfo_integer_hex(X509_get0_serialNumber(leaf))) == NULL ||
+      (f->sha256 = certinfo_fingerprint(leaf)) == NULL)
+    return tlsconf__oom(err);
+  return 0;
+}
+
 /* Keeps a copy of the certificate's OCSP response for the status callback. */
 /* The issuer the response is matched with comes from the certificate's
  * issuer_certificate_pem or its chain (tlsconf__ocsp_issuer); only the
@@ -254,6 +281,9 @@ static int staple_add(struct ctx_data *d, const Tlsplane__V1__Certificate *c,
   s.leaf = leaf;
   X509_up_ref(leaf);
   d->staples[d->n_staples++] = s;
+  struct tlsconf_cert_facts *f = &d->certs[d->n_certs - 1]; /* facts_add's, just before */
+  f->has_ocsp = s.has_next_update;
+  f->ocsp_next_update = s.next_update;
   return 0;
 }
 
@@ -289,6 +319,8 @@ static int add_certificates(SSL_CTX *ctx, struct ctx_data *d,
   if (rc->n_certificates > MAX_CERTS)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "certificates: at most one certificate per key algorithm");
+  if ((d->certs = calloc(rc->n_certificates, sizeof(*d->certs))) == NULL)
+    return tlsconf__oom(err);
   for (size_t i = 0; i < rc->n_certificates; i++) {
     const Tlsplane__V1__CertificateMaterial *m = rc->certificates[i];
     if (m->certificate != NULL && m->certificate->name[0] != '\0')
@@ -305,6 +337,8 @@ static int add_certificates(SSL_CTX *ctx, struct ctx_data *d,
     }
     if (rc2 == 0)
       rc2 = cert_install(ctx, &lc, labels[i], err);
+    if (rc2 == 0)
+      rc2 = facts_add(d, &lc, labels[i], err);
     if (rc2 == 0 && stapling && m->certificate->ocsp_response.len > 0)
       rc2 = staple_add(d, m->certificate, &lc, labels[i], err);
     algs[i] = lc.alg;
@@ -520,4 +554,17 @@ failed:
   SSL_CTX_free(ctx);
   ERR_clear_error();
   return -1;
+}
+
+size_t tlsconf_ctx_certs(const SSL_CTX *ctx, const struct tlsconf_cert_facts **out) {
+  *out = NULL;
+  pthread_once(&ctx_index_once, ctx_index_init);
+  if (ctx_index < 0)
+    return 0;
+  void *p = SSL_CTX_get_ex_data(ctx, ctx_index);
+  if (p == NULL)
+    return 0;
+  const struct ctx_data *d = ctx_data_check(p);
+  *out = d->certs;
+  return d->n_certs;
 }

@@ -1020,6 +1020,10 @@ size_t tlsconf_listener_contexts(const struct tlsconf_listener *l) {
   return l->n_entries;
 }
 
+const SSL_CTX *tlsconf_listener_context(const struct tlsconf_listener *l, size_t i) {
+  return i < l->n_entries ? l->entries[i].ctx : NULL;
+}
+
 int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
                                   const Tlsplane__V1__ListenerEntry *hashes,
                                   struct tlsconf_ctxcache *cache, struct tlsconf_listener **out,

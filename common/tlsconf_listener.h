@@ -70,6 +70,10 @@ int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
 size_t tlsconf_listener_contexts(const struct tlsconf_listener *l);
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l);
 
+/* Context i of l (i < tlsconf_listener_contexts(l)): 0 is the default
+ * context, then each SNI route's context once. Valid while l lives. */
+const SSL_CTX *tlsconf_listener_context(const struct tlsconf_listener *l, size_t i);
+
 void tlsconf_listener_ref(struct tlsconf_listener *l);
 /* Drops a reference; the last one frees everything. NULL is a no-op. */
 void tlsconf_listener_unref(struct tlsconf_listener *l);

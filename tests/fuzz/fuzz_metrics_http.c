@@ -5,7 +5,7 @@
  * What must hold: every request gets exactly one answer of the documented
  * set, and the same answer however its bytes are split; no request is
  * still undecided once more than 8 KiB have arrived; GET and HEAD of
- * /metrics are the only 200s. */
+ * /metrics and /healthz are the only 200s, and say which. */
 #include "fuzz.h"
 #include "metrics.h"
 
@@ -29,6 +29,8 @@ static int decide(const uint8_t *req, size_t len, size_t chunk) {
   if (status == 200) {
     FUZZ_ASSERT(r.parser.method == HTTP_GET || r.parser.method == HTTP_HEAD);
     FUZZ_ASSERT(r.head_only == (r.parser.method == HTTP_HEAD));
+    FUZZ_ASSERT(r.path == METRICS_PATH_METRICS || r.path == METRICS_PATH_HEALTHZ);
+    FUZZ_ASSERT(strstr(r.url, r.path == METRICS_PATH_HEALTHZ ? "/healthz" : "/metrics") != NULL);
   }
   return status;
 }

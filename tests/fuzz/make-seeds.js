@@ -405,6 +405,8 @@ async function main() {
   seed(M, 'chunked', req(255, 'PUT /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'));
   seed(M, 'other-path', req(255, 'GET /metrics/x HTTP/1.1\r\n\r\n'));
   seed(M, 'absolute-url', req(255, 'GET http://127.0.0.1:9100/metrics HTTP/1.1\r\n\r\n'));
+  seed(M, 'healthz', req(255, 'GET /healthz HTTP/1.1\r\nHost: 10.0.0.5:9443\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n'));
+  seed(M, 'healthz-head-split', req(4, 'HEAD /healthz HTTP/1.0\r\n\r\n'));
 
   console.log(Object.entries(written).map(([t, n]) => `${t}: ${n}`).join('\n'));
 }

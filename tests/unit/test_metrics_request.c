@@ -12,8 +12,9 @@
 
 #include "metrics.h"
 
-/* The answer to text fed in pieces of chunk bytes (0: all at once). */
-static int answer(const char *text, size_t chunk, int *head_only) {
+/* The answer to text fed in pieces of chunk bytes (0: all at once);
+ * *head_only and *path (either may be NULL) as the request left them. */
+static int answer(const char *text, size_t chunk, int *head_only, enum metrics_path *path) {
   struct metrics_request r;
   metrics_request_init(&r);
   size_t len = strlen(text), step = chunk ? chunk : len;
@@ -22,6 +23,8 @@ static int answer(const char *text, size_t chunk, int *head_only) {
     status = metrics_request_feed(&r, text + off, len - off < step ? len - off : step);
   if (head_only != NULL)
     *head_only = r.head_only;
+  if (path != NULL)
+    *path = r.path;
   return status;
 }
 
@@ -29,23 +32,32 @@ static void test_answers(void **state) {
   static const struct {
     const char *request;
     int status;
+    enum metrics_path path; /* when 200 */
   } cases[] = {
-      {"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200},
-      {"GET /metrics?x=1 HTTP/1.0\r\n\r\n", 200},
-      {"GET http://127.0.0.1:9100/metrics HTTP/1.1\r\n\r\n", 200},
-      {"HEAD /metrics HTTP/1.1\r\n\r\n", 200},
-      {"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", 405},
-      {"GET /metrics/x HTTP/1.1\r\n\r\n", 404},
-      {"GET / HTTP/1.1\r\n\r\n", 404},
-      {"hello\r\n\r\n", 400},
-      {"GET /metrics HTTP/1.1\r\n", 0}, /* not complete yet */
+      {"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200, METRICS_PATH_METRICS},
+      {"GET /metrics?x=1 HTTP/1.0\r\n\r\n", 200, METRICS_PATH_METRICS},
+      {"GET http://127.0.0.1:9100/metrics HTTP/1.1\r\n\r\n", 200, METRICS_PATH_METRICS},
+      {"HEAD /metrics HTTP/1.1\r\n\r\n", 200, METRICS_PATH_METRICS},
+      {"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", 405, METRICS_PATH_METRICS},
+      {"GET /metrics/x HTTP/1.1\r\n\r\n", 404, METRICS_PATH_METRICS},
+      {"GET / HTTP/1.1\r\n\r\n", 404, METRICS_PATH_METRICS},
+      {"hello\r\n\r\n", 400, METRICS_PATH_METRICS},
+      {"GET /metrics HTTP/1.1\r\n", 0, METRICS_PATH_METRICS}, /* not complete yet */
+      {"GET /healthz HTTP/1.1\r\n\r\n", 200, METRICS_PATH_HEALTHZ},
+      {"HEAD /healthz?verbose HTTP/1.0\r\n\r\n", 200, METRICS_PATH_HEALTHZ},
+      {"DELETE /healthz HTTP/1.1\r\n\r\n", 405, METRICS_PATH_HEALTHZ},
+      {"GET /healthz/ HTTP/1.1\r\n\r\n", 404, METRICS_PATH_METRICS},
+      {"GET /health HTTP/1.1\r\n\r\n", 404, METRICS_PATH_METRICS},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     for (size_t chunk = 0; chunk < 8; chunk++) {
       int head = -1;
-      assert_int_equal(answer(cases[i].request, chunk, &head), cases[i].status);
-      if (cases[i].status == 200)
+      enum metrics_path path = METRICS_PATH_METRICS;
+      assert_int_equal(answer(cases[i].request, chunk, &head, &path), cases[i].status);
+      if (cases[i].status == 200) {
         assert_int_equal(head, strncmp(cases[i].request, "HEAD", 4) == 0);
+        assert_int_equal(path, cases[i].path);
+      }
     }
   }
 }
@@ -58,8 +70,8 @@ static void test_oversized_head_is_431(void **state) {
   size_t len = strlen(req);
   memset(req + len, 'a', n);
   req[len + n] = '\0';
-  assert_int_equal(answer(req, 0, NULL), 431);
-  assert_int_equal(answer(req, 100, NULL), 431);
+  assert_int_equal(answer(req, 0, NULL, NULL), 431);
+  assert_int_equal(answer(req, 100, NULL, NULL), 431);
   free(req);
 }
 

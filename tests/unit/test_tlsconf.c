@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "certinfo.h"
 #include "fixtures.h"
 #include "tlsconf.h"
 
@@ -1682,6 +1683,54 @@ static long staple_for(SSL_CTX *ctx, int version, const char *sigalgs,
   return n;
 }
 
+/* What a built context says it serves (tlsconf_ctx_certs): each
+ * certificate's name, serial, fingerprint and notAfter, and the
+ * next_update of a stapled response. */
+static void expect_facts(const struct tlsconf_cert_facts *f, const char *name, X509 *leaf) {
+  assert_string_equal(f->certificate, name);
+  char *serial = certinfo_integer_hex(X509_get0_serialNumber(leaf));
+  char *sha256 = certinfo_fingerprint(leaf);
+  assert_string_equal(f->serial, serial);
+  assert_string_equal(f->sha256, sha256);
+  free(serial);
+  free(sha256);
+  time_t not_after;
+  assert_int_equal(certinfo_time(X509_get0_notAfter(leaf), &not_after), 0);
+  assert_int_equal(f->not_after, not_after);
+}
+
+static void test_build_cert_facts(void **state) {
+  time_t now = time(NULL);
+  Tlsplane__V1__ResolvedTlsContext *rc = rctx_dual();
+  set_ocsp(rc->certificates[0], w.rsa_leaf, now - 60, now + 86400, NULL, NULL);
+  const struct tlsconf_cert_facts *f = NULL;
+  /* Stapling off: the response is not served, so not reported. */
+  SSL_CTX *ctx = build_ok(rc);
+  assert_int_equal(tlsconf_ctx_certs(ctx, &f), 2);
+  expect_facts(&f[0], "certificates/rsa", w.rsa_leaf);
+  assert_string_equal(f[0].serial, "1A2B3C");
+  expect_facts(&f[1], "certificates/ec", w.ec_leaf);
+  assert_false(f[0].has_ocsp);
+  assert_false(f[1].has_ocsp);
+  SSL_CTX_free(ctx);
+
+  rc->tls_context->ocsp_stapling = 1;
+  ctx = build_ok(rc);
+  assert_int_equal(tlsconf_ctx_certs(ctx, &f), 2);
+  assert_true(f[0].has_ocsp);
+  assert_int_equal(f[0].ocsp_next_update, now + 86400);
+  assert_false(f[1].has_ocsp); /* no response for it */
+  SSL_CTX_free(ctx);
+  msg_free(rc);
+
+  /* An SSL_CTX tlsconf_ctx_build did not make: nothing. */
+  SSL_CTX *plain = SSL_CTX_new(TLS_server_method());
+  assert_non_null(plain);
+  assert_int_equal(tlsconf_ctx_certs(plain, &f), 0);
+  assert_null(f);
+  SSL_CTX_free(plain);
+}
+
 static void test_handshake_ocsp_staple_per_certificate(void **state) {
   time_t now = time(NULL);
   Tlsplane__V1__ResolvedTlsContext *rc = rctx_dual();
@@ -1994,6 +2043,7 @@ int main(void) {
       cmocka_unit_test(test_ciphers_list),
       cmocka_unit_test(test_hostname_pattern),
       cmocka_unit_test(test_build_applies_options),
+      cmocka_unit_test(test_build_cert_facts),
       cmocka_unit_test(test_build_errors),
       cmocka_unit_test(test_handshake_cert_by_sigalgs),
       cmocka_unit_test(test_handshake_alpn_npn),
