@@ -31,7 +31,7 @@
 #include "hub.h"
 #include "jobs.h"
 #include "log.h"
-#include "metrics.h"
+#include "metrics_text.h"
 #include "notify.h"
 #include "reflection.h"
 #include "rpc.h"

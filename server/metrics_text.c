@@ -1,6 +1,6 @@
 /* The server's /metrics page (see metrics.h). Written into a memory
  * stream, one family after another, each with its HELP and TYPE. */
-#include "metrics.h"
+#include "metrics_text.h"
 
 #include <stdio.h>
 #include <stdlib.h>

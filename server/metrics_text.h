@@ -1,8 +1,8 @@
 /* The server's /metrics page, Prometheus text format 0.0.4: the store's
  * revision, the fleet's rollout of it, push latency, RPCs by method,
  * transport and code, and every certificate's expiry. */
-#ifndef TLSPLANE_SERVER_METRICS_H
-#define TLSPLANE_SERVER_METRICS_H
+#ifndef TLSPLANE_SERVER_METRICS_TEXT_H
+#define TLSPLANE_SERVER_METRICS_TEXT_H
 
 #include "api.h"
 #include "hub.h"
