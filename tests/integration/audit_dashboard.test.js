@@ -129,6 +129,10 @@ test('bad order_by and a range that ends before it starts are INVALID_ARGUMENT',
   await expectGrpcError(audit().ListAuditEvents({
     startTime: { seconds: '2000000000', nanos: 0 }, endTime: { seconds: '1999999999', nanos: 999999999 },
   }), status.INVALID_ARGUMENT, { field: 'end_time' });
+  await expectGrpcError(audit().ListAuditEvents({ startTime: { seconds: '300000000000', nanos: 0 } }),
+    status.INVALID_ARGUMENT, { field: 'start_time' });
+  await expectGrpcError(audit().ListAuditEvents({ endTime: { seconds: '1', nanos: -1 } }),
+    status.INVALID_ARGUMENT, { field: 'end_time' });
 });
 
 test('a certificate update records its serial, fingerprint and not_after before and after', async () => {
@@ -170,6 +174,22 @@ test('a context records the references it changed; a ring its key ids, never key
   });
   const [ev] = (await audit().ListAuditEvents({ resource: tc.name })).auditEvents;
   assert.deepEqual(ev.changes, [{ field: 'certificates[0]', before: a.name, after: b.name }]);
+
+  const tc2 = await api().TlsContextService.CreateTlsContext({ tlsContextId: uid('ctx'), tlsContext: { certificates: [a.name] } });
+  const l = await api().ListenerService.CreateListener({
+    listenerId: uid('lis'), listener: { address: '127.0.0.1:18443', defaultTlsContext: tc.name, upstream: '127.0.0.1:18080' },
+  });
+  const [made] = (await audit().ListAuditEvents({ resource: l.name })).auditEvents;
+  assert.deepEqual(made.changes, [{ field: 'default_tls_context', before: '', after: tc.name }]);
+  await api().ListenerService.UpdateListener({
+    listener: { name: l.name, defaultTlsContext: tc2.name, sniRoutes: [{ hostname: 'api.example.com', tlsContext: tc.name }] },
+    updateMask: { paths: ['default_tls_context', 'sni_routes'] },
+  });
+  const [moved] = (await audit().ListAuditEvents({ resource: l.name })).auditEvents;
+  assert.deepEqual(moved.changes, [
+    { field: 'default_tls_context', before: tc.name, after: tc2.name },
+    { field: 'sni_routes[0].tls_context', before: '', after: tc.name },
+  ]);
 
   const ring = await api().TicketKeyService.CreateTicketKeyRing({ ticketKeyRingId: uid('ring'), ticketKeyRing: {} });
   const rotated = await api().TicketKeyService.RotateTicketKeys({ name: ring.name });
