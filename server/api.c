@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "certinfo.h"
 #include "google/protobuf/empty.pb-c.h"
 #include "google/protobuf/field_mask.pb-c.h"
 #include "log.h"
@@ -217,6 +218,87 @@ int api_labels_check(const ProtobufCMessage *msg, const char *map, const char *f
   return labels_collect(msg, map, field, labels, &n, err);
 }
 
+int api_changes_add(struct api_changes *ch, const char *field, const char *before,
+                    const char *after) {
+  before = before ? before : "";
+  after = after ? after : "";
+  if (strcmp(before, after) == 0)
+    return 0;
+  if (ch->n == ch->cap) {
+    size_t cap = ch->cap ? ch->cap * 2 : 8;
+    struct store_audit_change *items = realloc(ch->items, cap * sizeof(*items));
+    if (items == NULL)
+      return -1;
+    ch->items = items;
+    ch->cap = cap;
+  }
+  struct store_audit_change *c = &ch->items[ch->n];
+  c->field = strdup(field);
+  c->before = strdup(before);
+  c->after = strdup(after);
+  if (c->field == NULL || c->before == NULL || c->after == NULL) {
+    free(c->field);
+    free(c->before);
+    free(c->after);
+    return -1;
+  }
+  ch->n++;
+  return 0;
+}
+
+void api_changes_clear(struct api_changes *ch) {
+  for (size_t i = 0; i < ch->n; i++) {
+    free(ch->items[i].field);
+    free(ch->items[i].before);
+    free(ch->items[i].after);
+  }
+  free(ch->items);
+  memset(ch, 0, sizeof(*ch));
+}
+
+int api_changes_time(struct api_changes *ch, const char *field,
+                     const Google__Protobuf__Timestamp *before,
+                     const Google__Protobuf__Timestamp *after) {
+  char b[32] = "", a[32] = "";
+  if (before != NULL)
+    certinfo_time_format((time_t)before->seconds, b);
+  if (after != NULL)
+    certinfo_time_format((time_t)after->seconds, a);
+  return api_changes_add(ch, field, b, a);
+}
+
+/* The name the reference of field has in refs, or NULL. */
+static const char *ref_named(const struct api_refs *refs, const char *field) {
+  for (size_t i = 0; i < refs->n; i++)
+    if (strcmp(refs->items[i].field, field) == 0)
+      return refs->items[i].name;
+  return NULL;
+}
+
+/* A reference's field as a change names it: without the resource prefix
+ * ("default_tls_context", "certificates[0]"), as validation messages do. */
+static const char *ref_field(const struct api_kind *kind, const char *field) {
+  size_t n = strlen(kind->resource_field);
+  if (strncmp(field, kind->resource_field, n) == 0 && field[n] == '.')
+    return field + n + 1;
+  return field;
+}
+
+/* The references that changed from old (NULL: none) to now, by field. */
+static int refs_changes(const struct api_kind *kind, const ProtobufCMessage *old,
+                        const struct api_refs *now, struct api_changes *ch) {
+  struct api_refs was = {0};
+  int rc = old != NULL && kind->refs != NULL ? kind->refs(old, &was) : 0;
+  for (size_t i = 0; rc == 0 && i < was.n; i++)
+    rc = api_changes_add(ch, ref_field(kind, was.items[i].field), was.items[i].name,
+                         ref_named(now, was.items[i].field));
+  for (size_t i = 0; rc == 0 && i < now->n; i++)
+    if (ref_named(&was, now->items[i].field) == NULL)
+      rc = api_changes_add(ch, ref_field(kind, now->items[i].field), "", now->items[i].name);
+  api_refs_clear(&was);
+  return rc;
+}
+
 /* A resource validated and ready to write: what store_put takes besides
  * the secret (op->secret). labels point into the resource, which outlives
  * it. */
@@ -224,6 +306,7 @@ struct staged {
   uint8_t *data;
   size_t data_len;
   struct api_refs refs;
+  struct api_changes changes; /* for the audit row */
   struct store_label labels[LABELS_MAX];
   size_t n_labels;
   int64_t expire_time_us;
@@ -232,6 +315,7 @@ struct staged {
 static void staged_clear(struct staged *st) {
   free(st->data);
   api_refs_clear(&st->refs);
+  api_changes_clear(&st->changes);
   memset(st, 0, sizeof(*st));
 }
 
@@ -265,6 +349,9 @@ static int stage(struct api_op *op, ProtobufCMessage *res, struct staged *st, st
   if (op->old_row != NULL && kind->check_referrers != NULL &&
       kind->check_referrers(op, res, err) != 0)
     return -1;
+  if (refs_changes(kind, op->old, &st->refs, &st->changes) != 0 ||
+      (kind->audit_changes != NULL && kind->audit_changes(op->old, res, &st->changes) != 0))
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   clear_metadata(res);
   if (pb_pack(res, &st->data, &st->data_len) != 0)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -291,9 +378,14 @@ static int staged_put(struct api_op *op, ProtobufCMessage *res, const struct sta
       .refs = st->refs.items,
       .n_refs = st->refs.n,
       .expire_time_us = st->expire_time_us,
+      /* Labels, references and expiry derive from data: the same data
+       * and secret leave the row as it is. */
+      .skip_unchanged = 1,
       .actor = op->call->actor,
       .method = op->call->method,
       .action = action,
+      .changes = st->changes.items,
+      .n_changes = st->changes.n,
   };
   if (op->kind->check_in_write != NULL && op->kind->check_in_write(op, res, err) != 0)
     return -1;
@@ -470,29 +562,33 @@ static int rpc_get(const struct rpc_call_info *call, const ProtobufCMessage *req
   return rc;
 }
 
-/* Page tokens are the base64 of the last name returned. */
-static char *page_token_encode(const char *name) {
-  size_t n = strlen(name);
+char *api_token_encode(const char *text) {
+  size_t n = strlen(text);
   char *out = malloc(4 * ((n + 2) / 3) + 1);
   if (out != NULL)
-    EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)name, (int)n);
+    EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)text, (int)n);
   return out;
 }
 
-static int page_token_decode(const struct api_kind *kind, const char *token, char *name, size_t len,
-                             struct tp_err *err) {
+int api_token_decode(const char *token, char *text, size_t len) {
   size_t n = strlen(token);
   if (n == 0 || n % 4 != 0 || n / 4 * 3 >= len)
-    goto bad;
-  int out = EVP_DecodeBlock((unsigned char *)name, (const unsigned char *)token, (int)n);
+    return -1;
+  int out = EVP_DecodeBlock((unsigned char *)text, (const unsigned char *)token, (int)n);
   if (out < 0)
-    goto bad;
+    return -1;
   while (out > 0 && token[n - 1] == '=') { /* EVP_DecodeBlock counts padding as zeros */
     out--;
     n--;
   }
-  name[out] = '\0';
-  if (strlen(name) != (size_t)out || api_name_check(kind, name, "page_token", err) != 0)
+  text[out] = '\0';
+  return strlen(text) == (size_t)out ? 0 : -1;
+}
+
+/* List page tokens are the base64 of the last name returned. */
+static int page_token_decode(const struct api_kind *kind, const char *token, char *name, size_t len,
+                             struct tp_err *err) {
+  if (api_token_decode(token, name, len) != 0 || api_name_check(kind, name, "page_token", err) != 0)
     goto bad;
   return 0;
 bad:
@@ -626,7 +722,7 @@ static int rpc_list(const struct rpc_call_info *call, const ProtobufCMessage *re
       kind->decorate(b->api, items[i]);
   }
   if (n > shown) {
-    char *next = page_token_encode(rows[shown - 1].name);
+    char *next = api_token_encode(rows[shown - 1].name);
     pb_string_set(out, "next_page_token", next ? next : "");
     free(next);
   }

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "error.h"
+#include "google/protobuf/timestamp.pb-c.h"
 #include "rpc.h"
 #include "store.h"
 #include "tlsplane/v1/auth.pb-c.h"
@@ -62,6 +63,23 @@ int api_refs_add(struct api_refs *refs, const char *kind, const char *name, cons
                  ...) __attribute__((format(printf, 4, 5)));
 void api_refs_clear(struct api_refs *refs);
 
+/* What a write changes, for its audit row (store_write.changes). Owns
+ * its strings. */
+struct api_changes {
+  struct store_audit_change *items;
+  size_t n, cap;
+};
+
+/* Adds field's change from before to after (NULL: "") unless they are
+ * equal. Never give it a secret. 0, or -1 when out of memory. */
+int api_changes_add(struct api_changes *ch, const char *field, const char *before,
+                    const char *after);
+/* The same for Timestamps (NULL: unset), as RFC 3339 UTC text. */
+int api_changes_time(struct api_changes *ch, const char *field,
+                     const Google__Protobuf__Timestamp *before,
+                     const Google__Protobuf__Timestamp *after);
+void api_changes_clear(struct api_changes *ch);
+
 /* One mutation in progress: what the prepare hook may read and set. */
 struct api_op {
   struct api *api;
@@ -94,6 +112,12 @@ struct api_kind {
   int (*prepare)(struct api_op *op, ProtobufCMessage *res, struct tp_err *err);
   /* Collects the references res makes. May be NULL. */
   int (*refs)(const ProtobufCMessage *res, struct api_refs *refs);
+  /* Adds what changed from old (NULL on create) to res, validated and
+   * with its output fields derived, to the audit row (api_changes_add):
+   * the fields operators follow, never a secret. The references that
+   * changed are added by the engine. May be NULL. */
+  int (*audit_changes)(const ProtobufCMessage *old, const ProtobufCMessage *res,
+                       struct api_changes *ch);
   /* Time indexed for "expiring before" filters, µs since the epoch; NULL: none. */
   int64_t (*expire_time_us)(const ProtobufCMessage *res);
   /* Whether res may be changed or deleted (built-ins may not). May be NULL. */
@@ -171,6 +195,12 @@ int api_name_check(const struct api_kind *kind, const char *name, const char *fi
  * ("token.agent_labels"). */
 int api_labels_check(const ProtobufCMessage *msg, const char *map, const char *field,
                      struct tp_err *err);
+
+/* Opaque page tokens: the base64 of text (caller frees; NULL when out
+ * of memory), and back into text[0..len) (NUL-terminated): 0, or -1 when
+ * token is not one (or holds a NUL, or does not fit). */
+char *api_token_encode(const char *text);
+int api_token_decode(const char *token, char *text, size_t len);
 
 /* Loads and decodes a stored resource (row->data) into a message with its
  * metadata set (name, etag, revision, times). Caller frees. */

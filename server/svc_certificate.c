@@ -50,6 +50,20 @@ static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct 
   return 0;
 }
 
+/* The facts operators follow from one certificate to the next. */
+static int certificate_audit_changes(const ProtobufCMessage *old, const ProtobufCMessage *res,
+                                     struct api_changes *ch) {
+  static const Tlsplane__V1__Certificate none = TLSPLANE__V1__CERTIFICATE__INIT;
+  const Tlsplane__V1__Certificate *was = old ? (const Tlsplane__V1__Certificate *)old : &none;
+  const Tlsplane__V1__Certificate *now = (const Tlsplane__V1__Certificate *)res;
+  if (api_changes_add(ch, "serial_number", was->serial_number, now->serial_number) != 0 ||
+      api_changes_add(ch, "sha256_fingerprint", was->sha256_fingerprint, now->sha256_fingerprint) !=
+          0 ||
+      api_changes_time(ch, "not_after", was->not_after, now->not_after) != 0)
+    return -1;
+  return 0;
+}
+
 static int64_t certificate_expire_time(const ProtobufCMessage *res) {
   return pb_timestamp_us(((const Tlsplane__V1__Certificate *)res)->not_after);
 }
@@ -61,6 +75,7 @@ const struct api_kind api_kind_certificate = {
     .desc = &tlsplane__v1__certificate__descriptor,
     .mutable_fields = certificate_mutable,
     .prepare = certificate_prepare,
+    .audit_changes = certificate_audit_changes,
     .expire_time_us = certificate_expire_time,
     .check_referrers = resolve_check_referrers,
     .secret_fields = certificate_secret_fields,

@@ -178,6 +178,34 @@ static void ticket_key_ring_decorate(struct api *api, ProtobufCMessage *res) {
     key_name_normalize(ring->keys[i]->key_name);
 }
 
+/* The ring's key ids (key_name), active first, comma-separated: which
+ * keys it holds, never their bytes. NULL when out of memory. */
+static char *key_ids_text(const Tlsplane__V1__TicketKeyRing *ring) {
+  size_t len = 1;
+  for (size_t i = 0; ring != NULL && i < ring->n_keys; i++)
+    len += strlen(ring->keys[i]->key_name) + 1;
+  char *text = malloc(len);
+  if (text == NULL)
+    return NULL;
+  text[0] = '\0';
+  for (size_t i = 0; ring != NULL && i < ring->n_keys; i++) {
+    if (i > 0)
+      strcat(text, ",");
+    strcat(text, ring->keys[i]->key_name);
+  }
+  return text;
+}
+
+static int ticket_key_ring_audit_changes(const ProtobufCMessage *old, const ProtobufCMessage *res,
+                                         struct api_changes *ch) {
+  char *before = key_ids_text((const Tlsplane__V1__TicketKeyRing *)old);
+  char *after = key_ids_text((const Tlsplane__V1__TicketKeyRing *)res);
+  int rc = before != NULL && after != NULL ? api_changes_add(ch, "keys", before, after) : -1;
+  free(before);
+  free(after);
+  return rc;
+}
+
 const struct api_kind api_kind_ticket_key_ring = {
     .kind = "TicketKeyRing",
     .collection = "ticketKeyRings",
@@ -185,6 +213,7 @@ const struct api_kind api_kind_ticket_key_ring = {
     .desc = &tlsplane__v1__ticket_key_ring__descriptor,
     .mutable_fields = ticket_key_ring_mutable,
     .prepare = ticket_key_ring_prepare,
+    .audit_changes = ticket_key_ring_audit_changes,
     .expire_time_us = ticket_key_ring_due_time,
     .decorate = ticket_key_ring_decorate,
 };

@@ -41,9 +41,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#define POOL_MAX 16           /* connections; a thread holds at most one */
-#define BUSY_TIMEOUT_MS 10000 /* waiting for another process's lock */
-#define AUDIT_SINCE_VERSION 2 /* the first schema version with the audit table */
+#define POOL_MAX 16                   /* connections; a thread holds at most one */
+#define BUSY_TIMEOUT_MS 10000         /* waiting for another process's lock */
+#define AUDIT_SINCE_VERSION 2         /* the first schema version with the audit table */
+#define AUDIT_CHANGES_SINCE_VERSION 6 /* the first with audit_changes */
 
 struct conn;
 struct sqlite_store;
@@ -153,6 +154,19 @@ static const struct migration migrations[] = {
      /* A selector such as agent=edge-1 among thousands of rows of a kind
       * finds its rows through this index instead of testing every row. */
      "CREATE INDEX labels_value ON labels (kind, key, value, name);\n", NULL},
+    {6, "what each audited write changed; audit by time",
+     /* Rows of older writes have none. Values are what the API shows
+      * (serial numbers, key ids, resource names), never secrets. */
+     "CREATE TABLE audit_changes (\n"
+     "  seq INTEGER NOT NULL REFERENCES audit (seq),\n"
+     "  idx INTEGER NOT NULL,\n"
+     "  field TEXT NOT NULL,\n"
+     "  before_value TEXT NOT NULL,\n"
+     "  after_value TEXT NOT NULL,\n"
+     "  PRIMARY KEY (seq, idx)\n"
+     ") WITHOUT ROWID;\n"
+     "CREATE INDEX audit_time ON audit (time_us, seq);\n",
+     NULL},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -180,6 +194,8 @@ enum stmt_id {
   ST_REFERRERS,
   ST_DELETE,
   ST_AUDIT_INSERT,
+  ST_AUDIT_CHANGE_INSERT,
+  ST_AUDIT_CHANGES,
   ST_SECRETS_ALL,
   ST_SECRET_SET,
   ST_SEALED_KEY_IDS,
@@ -228,6 +244,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DELETE] = "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
     [ST_AUDIT_INSERT] = "INSERT INTO audit (revision, time_us, actor, method, resource, action)"
                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_AUDIT_CHANGE_INSERT] = "INSERT INTO audit_changes (seq, idx, field, before_value,"
+                               " after_value) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_AUDIT_CHANGES] = "SELECT field, before_value, after_value FROM audit_changes"
+                         " WHERE seq = ?1 ORDER BY idx",
     [ST_SECRETS_ALL] = "SELECT kind, name, secret FROM resources WHERE secret IS NOT NULL"
                        " ORDER BY kind, name",
     [ST_SECRET_SET] = "UPDATE resources SET secret = ?3 WHERE kind = ?1 AND name = ?2",
@@ -955,12 +975,23 @@ static int row_exists(struct conn *c, const char *kind, const char *name, struct
   return rc;
 }
 
+/* Writes the audit row and what it changed (changes may be NULL). */
 static int audit_insert(struct store_txn *base, const char *actor, const char *method,
-                        const char *name, const char *action, int64_t now, struct tp_err *err) {
+                        const char *name, const char *action, const struct store_audit_change *ch,
+                        size_t n_changes, int64_t now, struct tp_err *err) {
   if (base->store->schema_version < AUDIT_SINCE_VERSION)
     return 0;
-  return stmt_exec(to_txn(base)->conn, ST_AUDIT_INSERT, "write the audit row", err, "iitttt",
-                   base->revision, now, actor, method, name, action);
+  struct conn *c = to_txn(base)->conn;
+  int rc = stmt_exec(c, ST_AUDIT_INSERT, "write the audit row", err, "iitttt", base->revision, now,
+                     actor, method, name, action);
+  if (rc < 0 || base->store->schema_version < AUDIT_CHANGES_SINCE_VERSION)
+    return rc;
+  int64_t seq = sqlite3_last_insert_rowid(c->db);
+  for (size_t i = 0; rc == 0 && i < n_changes; i++)
+    rc = stmt_exec(c, ST_AUDIT_CHANGE_INSERT, "write an audit change", err, "iittt", seq,
+                   (int64_t)i, ch[i].field ? ch[i].field : "", ch[i].before ? ch[i].before : "",
+                   ch[i].after ? ch[i].after : "");
+  return rc;
 }
 
 /* Inserts or updates the row itself; *create_time receives its
@@ -1046,7 +1077,8 @@ static int sqlite_put(struct store_txn *base, const struct store_write *w, struc
                    r->name, r->field);
   }
   if (rc == 0)
-    rc = audit_insert(base, w->actor, w->method, w->name, w->action, now, err);
+    rc = audit_insert(base, w->actor, w->method, w->name, w->action, w->changes, w->n_changes, now,
+                      err);
   if (rc < 0 || out == NULL)
     return rc;
 
@@ -1099,7 +1131,7 @@ static int sqlite_del(struct store_txn *base, const char *kind, const char *name
   rc = stmt_exec(c, ST_DELETE, "delete", err, "tt", kind, name);
   if (rc < 0)
     return rc;
-  return audit_insert(base, actor, method, name, "delete", store__now_us(), err);
+  return audit_insert(base, actor, method, name, "delete", NULL, 0, store__now_us(), err);
 }
 
 /* A growing SQL text made of fixed fragments. */
@@ -1258,42 +1290,94 @@ failed:
   return rc;
 }
 
-static int sqlite_audit_list(struct store_txn *base, const struct store_audit_query *q,
-                             struct store_audit **out, size_t *n, struct tp_err *err) {
-  if (base->store->schema_version < AUDIT_SINCE_VERSION)
-    return 0;
-  struct conn *c = to_txn(base)->conn;
+/* Reads the changes of the audit row a (a->seq). 0, -ENOMEM or -EIO. */
+static int audit_changes_read(struct conn *c, struct store_audit *a, struct tp_err *err) {
+  sqlite3_stmt *st = stmt_prepare(c, ST_AUDIT_CHANGES, err, "i", a->seq);
+  if (st == NULL)
+    return -EIO;
+  size_t cap = 0;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (a->n_changes == cap) {
+      size_t ncap = cap ? cap * 2 : 4;
+      struct store_audit_change *p = realloc(a->changes, ncap * sizeof(*p));
+      if (p == NULL)
+        break;
+      a->changes = p;
+      cap = ncap;
+    }
+    struct store_audit_change *ch = &a->changes[a->n_changes++];
+    memset(ch, 0, sizeof(*ch));
+    if (col_text(st, 0, &ch->field) < 0 || col_text(st, 1, &ch->before) < 0 ||
+        col_text(st, 2, &ch->after) < 0)
+      break;
+  }
+  int failed = rc == SQLITE_ROW    ? store__err_nomem(err, "audit changes")
+               : rc != SQLITE_DONE ? db_fail(err, c->db, "audit changes")
+                                   : 0;
+  stmt_done(st);
+  return failed;
+}
+
+/* The audit list's statement: fixed fragments for the filters q sets,
+ * bound in the same order. */
+static sqlite3_stmt *audit_list_prepare(struct conn *c, const struct store_audit_query *q,
+                                        struct tp_err *err) {
   struct sql_buf b = {0};
   sql_add(&b, "SELECT seq, revision, time_us, actor, method, resource, action FROM audit"
               " WHERE seq > ? AND revision > ?");
+  if (q->before_seq > 0)
+    sql_add(&b, " AND seq < ?");
   if (q->resource != NULL)
     sql_add(&b, " AND resource = ?");
   if (q->actor != NULL)
     sql_add(&b, " AND actor = ?");
-  sql_add(&b, " ORDER BY seq");
+  if (q->has_start_time)
+    sql_add(&b, " AND time_us >= ?");
+  if (q->has_end_time)
+    sql_add(&b, " AND time_us < ?");
+  sql_add(&b, q->descending ? " ORDER BY seq DESC" : " ORDER BY seq");
   if (q->limit > 0)
     sql_add(&b, " LIMIT ?");
   sqlite3_stmt *st = sql_prepare(c, &b, "audit list", err);
   if (st == NULL)
-    return -EIO;
+    return NULL;
 
   int k = 1;
   int rc = sqlite3_bind_int64(st, k++, q->after_seq);
   if (rc == SQLITE_OK)
     rc = sqlite3_bind_int64(st, k++, q->since_revision);
+  if (rc == SQLITE_OK && q->before_seq > 0)
+    rc = sqlite3_bind_int64(st, k++, q->before_seq);
   if (rc == SQLITE_OK && q->resource != NULL)
     rc = sqlite3_bind_text(st, k++, q->resource, -1, SQLITE_STATIC);
   if (rc == SQLITE_OK && q->actor != NULL)
     rc = sqlite3_bind_text(st, k++, q->actor, -1, SQLITE_STATIC);
+  if (rc == SQLITE_OK && q->has_start_time)
+    rc = sqlite3_bind_int64(st, k++, q->start_time_us);
+  if (rc == SQLITE_OK && q->has_end_time)
+    rc = sqlite3_bind_int64(st, k++, q->end_time_us);
   if (rc == SQLITE_OK && q->limit > 0)
     rc = sqlite3_bind_int64(st, k++, q->limit);
   if (rc != SQLITE_OK) {
     db_fail(err, c->db, "audit list: bind");
     sqlite3_finalize(st);
-    return -EIO;
+    return NULL;
   }
+  return st;
+}
+
+static int sqlite_audit_list(struct store_txn *base, const struct store_audit_query *q,
+                             struct store_audit **out, size_t *n, struct tp_err *err) {
+  if (base->store->schema_version < AUDIT_SINCE_VERSION)
+    return 0;
+  struct conn *c = to_txn(base)->conn;
+  sqlite3_stmt *st = audit_list_prepare(c, q, err);
+  if (st == NULL)
+    return -EIO;
 
   size_t cap = 0;
+  int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     if (*n == cap) {
       size_t ncap = cap ? cap * 2 : 16;
@@ -1317,6 +1401,10 @@ static int sqlite_audit_list(struct store_txn *base, const struct store_audit_qu
     goto failed;
   }
   sqlite3_finalize(st);
+  st = NULL;
+  for (size_t i = 0; base->store->schema_version >= AUDIT_CHANGES_SINCE_VERSION && i < *n; i++)
+    if (audit_changes_read(c, &(*out)[i], err) < 0)
+      goto failed;
   return 0;
 
 failed_row:
@@ -1468,7 +1556,7 @@ static int sqlite_sealed_key_ids(struct store_txn *base, uint8_t (**ids)[STORE_K
 
 static int sqlite_audit_add(struct store_txn *base, const char *actor, const char *method,
                             const char *resource, const char *action, struct tp_err *err) {
-  return audit_insert(base, actor, method, resource, action, store__now_us(), err);
+  return audit_insert(base, actor, method, resource, action, NULL, 0, store__now_us(), err);
 }
 
 static int sqlite_usage_set(struct store_txn *base, const char *kind, const char *name,

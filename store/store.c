@@ -602,6 +602,12 @@ void store_audit_free(struct store_audit *a, size_t n) {
     free(a[i].method);
     free(a[i].resource);
     free(a[i].action);
+    for (size_t j = 0; j < a[i].n_changes; j++) {
+      free(a[i].changes[j].field);
+      free(a[i].changes[j].before);
+      free(a[i].changes[j].after);
+    }
+    free(a[i].changes);
   }
   free(a);
 }
@@ -684,6 +690,60 @@ static int check_write(const struct store_write *w, struct tp_err *err) {
   return 0;
 }
 
+/* Whether the stored secret (as the backend read it) is plain[0..len):
+ * unsealed and compared in constant time, the plaintext wiped. One that
+ * does not unseal is not the same. */
+static int secret_same(struct store_txn *txn, const struct store_row *row, const uint8_t *plain,
+                       size_t len) {
+  if (row->secret == NULL || plain == NULL)
+    return row->secret == NULL && plain == NULL;
+  if (txn->store->schema_version < STORE_SEALED_SINCE_VERSION)
+    return row->secret_len == len && CRYPTO_memcmp(row->secret, plain, len) == 0;
+  struct tp_err ignored;
+  uint8_t *stored;
+  size_t stored_len;
+  if (store__unseal(&txn->store->keys, row->kind, row->name, row->secret, row->secret_len, &stored,
+                    &stored_len, &ignored) != 0)
+    return 0;
+  int same = stored_len == len && CRYPTO_memcmp(stored, plain, len) == 0;
+  OPENSSL_cleanse(stored, stored_len);
+  free(stored);
+  return same;
+}
+
+/* For skip_unchanged: 1 when w leaves the stored row as it is (out, may
+ * be NULL, then receives its metadata), 0 when it must be written (also
+ * when the row is missing, has another etag or fails its check: the
+ * backend's put refuses or replaces it), or -EIO. */
+static int put_unchanged(struct store_txn *txn, const struct store_write *w, struct store_row *out,
+                         struct tp_err *err) {
+  struct store_row row;
+  memset(&row, 0, sizeof(row));
+  int rc = txn->store->ops->get(txn, w->kind, w->name, w->set_secret, &row, err);
+  if (rc == -ENOENT)
+    return 0;
+  if (rc < 0)
+    return rc;
+  struct tp_err ignored;
+  int same = row_check(txn, &row, &ignored) == 0 &&
+             (w->expect_etag == NULL || strcmp(w->expect_etag, row.etag) == 0) &&
+             row.data_len == w->data_len &&
+             (w->data_len == 0 || memcmp(row.data, w->data, w->data_len) == 0) &&
+             (!w->set_secret || secret_same(txn, &row, w->secret, w->secret_len));
+  if (row.secret != NULL)
+    OPENSSL_cleanse(row.secret, row.secret_len);
+  free(row.secret);
+  free(row.data);
+  row.secret = row.data = NULL;
+  row.secret_len = row.data_len = 0;
+  if (same && out != NULL) {
+    *out = row;
+    return 1;
+  }
+  store_row_clear(&row);
+  return same;
+}
+
 int store_put(struct store_txn *txn, const struct store_write *w, struct store_row *out,
               struct tp_err *err) {
   struct tp_err local; /* the failure is kept even when the caller passes no err */
@@ -707,6 +767,13 @@ int store_put(struct store_txn *txn, const struct store_write *w, struct store_r
     wd.action = wd.create ? "create" : "update";
   if (wd.expect_etag != NULL && wd.expect_etag[0] == '\0')
     wd.expect_etag = NULL;
+  if (wd.skip_unchanged && !wd.create) {
+    rc = put_unchanged(txn, &wd, out, err);
+    if (rc < 0)
+      return txn_fail(txn, rc, err);
+    if (rc == 1)
+      return 0;
+  }
   /* The backend sees sealed secrets only. */
   uint8_t *sealed = NULL;
   if (wd.set_secret && wd.secret != NULL &&

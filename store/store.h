@@ -258,15 +258,27 @@ struct store_write {
   const struct store_ref *refs; /* replaces the row's references; each must exist */
   size_t n_refs;
   int64_t expire_time_us; /* indexed for store_query.expire_before_us; 0: none */
+  /* An update only: when data and (with set_secret) the secret are
+   * byte-identical to the stored row's, write nothing (no revision, no
+   * audit row, the etag stays). For callers whose labels, references and
+   * expiry derive from data, so that the same data means the same row.
+   * Secrets are compared unsealed in constant time and the plaintext
+   * wiped; a row or secret failing its integrity check is not the same. */
+  int skip_unchanged;
   /* Audit row. */
   const char *actor;
   const char *method;
   const char *action; /* "create", "update", "rotate", ... */
+  /* What the write changed, as the audit row records it (copied; never a
+   * secret). */
+  const struct store_audit_change *changes;
+  size_t n_changes;
 };
 
 /* Creates or updates a row inside a write transaction. The row's etag,
  * revision and times are set by the store; out (may be NULL) receives them
- * (kind, name, etag, revision, times; no data; free with store_row_clear).
+ * (kind, name, etag, revision, times; no data; free with store_row_clear);
+ * for a write skipped as unchanged (skip_unchanged), the stored ones.
  * Refused with -EINVAL: a reference to the row itself, duplicate or empty
  * label keys. A NULL action is "create" or "update" after w->create. */
 int store_put(struct store_txn *txn, const struct store_write *w, struct store_row *out,
@@ -354,6 +366,14 @@ int store_usage_set(struct store_txn *txn, const char *kind, const char *name, i
 int store_usage_get(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
                     struct tp_err *err);
 
+/* One field a write changed: its values before and after as text ("" for
+ * none). From schema version 6 on; never a secret. */
+struct store_audit_change {
+  char *field; /* e.g. "serial_number", "tls_context.certificates[0]" */
+  char *before;
+  char *after;
+};
+
 struct store_audit {
   int64_t seq; /* increasing */
   int64_t revision;
@@ -362,17 +382,26 @@ struct store_audit {
   char *method;
   char *resource; /* the row's name */
   char *action;
+  struct store_audit_change *changes; /* store_audit_list only */
+  size_t n_changes;
 };
 
 struct store_audit_query {
-  int64_t after_seq;      /* pagination: only seq > this */
+  int64_t after_seq;      /* pagination: only seq > this (0: none) */
+  int64_t before_seq;     /* pagination: only seq < this (0: none) */
+  int descending;         /* 1: newest (highest seq) first */
   int limit;              /* 0 or less: no limit */
   const char *resource;   /* NULL: any */
   const char *actor;      /* NULL: any */
   int64_t since_revision; /* only revision > this */
+  /* Only rows with start_time_us <= time_us < end_time_us, each bound
+   * only when its has_ flag is set. */
+  int has_start_time, has_end_time;
+  int64_t start_time_us, end_time_us;
 };
 
-/* Lists audit rows in seq order. Free with store_audit_free. */
+/* Lists audit rows in seq order (descending: the reverse), each with its
+ * changes. Free with store_audit_free. */
 int store_audit_list(struct store_txn *txn, const struct store_audit_query *q,
                      struct store_audit **out, size_t *n, struct tp_err *err);
 void store_audit_free(struct store_audit *a, size_t n);

@@ -374,7 +374,7 @@ test('enrollment: a one-time join token and a CSR give an agent its certificate;
   const g = await api().AgentService.GetAgent({ name: `agents/${id}` });
   assert.equal(g.connected, true);
   // The record: made by the enrollment, then the agent's version.
-  const ev = (await api().AuditService.ListAuditEvents({ resource: `agents/${id}` })).auditEvents;
+  const ev = (await api().AuditService.ListAuditEvents({ resource: `agents/${id}`, orderBy: 'time asc' })).auditEvents;
   assert.deepEqual(ev.map((e) => [e.actor, e.action]), [
     [`token:${a.join.id}`, 'enroll'],
     [`CN=agent:${id},OU=agent,O=tlsplane`, 'update'],

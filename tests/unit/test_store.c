@@ -1062,6 +1062,97 @@ static void test_audit(void **state) {
   assert_int_equal(n, 0);
 }
 
+/* Newest first, a half-open time range, the changes each row recorded. */
+static void test_audit_order_time_changes(void **state) {
+  struct fixture *f = *state;
+  struct store_audit_change ch[] = {{"serial_number", "01", "02"}, {"not_after", "", "2030"}};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "x");
+  w.changes = ch;
+  w.n_changes = 2;
+  put_one(f->s, &w, NULL);
+  create_text(f->s, CERT, "certificates/api", "y");
+  create_text(f->s, CERT, "certificates/db", "z");
+
+  struct store_audit *a;
+  size_t n;
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 3);
+  assert_int_equal(a[0].n_changes, 2);
+  assert_string_equal(a[0].changes[0].field, "serial_number");
+  assert_string_equal(a[0].changes[0].before, "01");
+  assert_string_equal(a[0].changes[0].after, "02");
+  assert_string_equal(a[0].changes[1].field, "not_after");
+  assert_string_equal(a[0].changes[1].before, "");
+  assert_int_equal(a[1].n_changes, 0);
+  int64_t seq[3], t[3];
+  for (size_t i = 0; i < 3; i++) {
+    seq[i] = a[i].seq;
+    t[i] = a[i].time_us;
+  }
+  store_audit_free(a, n);
+
+  struct store_audit_query desc = {.descending = 1, .limit = 2};
+  audit_all(f->s, &desc, &a, &n);
+  assert_int_equal(n, 2);
+  assert_int_equal(a[0].seq, seq[2]);
+  assert_int_equal(a[1].seq, seq[1]);
+  store_audit_free(a, n);
+  desc.before_seq = seq[1];
+  audit_all(f->s, &desc, &a, &n);
+  assert_int_equal(n, 1);
+  assert_int_equal(a[0].seq, seq[0]);
+  assert_int_equal(a[0].n_changes, 2);
+  store_audit_free(a, n);
+
+  struct store_audit_query range = {
+      .has_start_time = 1, .start_time_us = t[1], .has_end_time = 1, .end_time_us = t[2]};
+  audit_all(f->s, &range, &a, &n);
+  size_t want = t[1] < t[2] ? 1 : 0; /* two writes in one microsecond: none */
+  assert_int_equal(n, want);
+  if (want)
+    assert_int_equal(a[0].seq, seq[1]);
+  store_audit_free(a, n);
+}
+
+/* skip_unchanged: the same data and secret commit nothing; a new secret,
+ * new data or a stale etag go through as before. */
+static void test_put_skip_unchanged(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_write w = write_of(CERT, "certificates/web", 1, "chain");
+  w.set_secret = 1;
+  w.secret = (const uint8_t *)"key-1";
+  w.secret_len = 5;
+  struct store_row first = {0};
+  int64_t rev = put_one(f->s, &w, &first);
+
+  w.create = 0;
+  w.skip_unchanged = 1;
+  w.expect_etag = first.etag;
+  struct store_row same = {0};
+  assert_int_equal(put_one(f->s, &w, &same), rev);
+  assert_int_equal(store_revision(f->s), rev);
+  assert_string_equal(same.etag, first.etag);
+  assert_int_equal(same.revision, first.revision);
+  assert_int_equal(same.update_time_us, first.update_time_us);
+  store_row_clear(&same);
+  struct store_audit *a;
+  size_t n;
+  audit_all(f->s, NULL, &a, &n);
+  assert_int_equal(n, 1);
+  store_audit_free(a, n);
+
+  w.secret = (const uint8_t *)"key-2";
+  assert_int_equal(put_one(f->s, &w, NULL), rev + 1);
+  w.expect_etag = first.etag;
+  assert_refused(put_fails(f->s, &w, &err), -ESTALE, err, GRPC_STATUS_FAILED_PRECONDITION, "etag");
+  w.expect_etag = NULL;
+  w.data = (const uint8_t *)"chain2";
+  w.data_len = 6;
+  assert_int_equal(put_one(f->s, &w, NULL), rev + 2);
+  store_row_clear(&first);
+}
+
 static void test_durable_across_reopen(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
@@ -1953,6 +2044,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_references, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_audit, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_audit_order_time_changes, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_put_skip_unchanged, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_durable_across_reopen, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_misuse, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_writers_and_readers, setup_open, teardown),
