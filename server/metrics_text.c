@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "serving.h"
 #include "store.h"
 #include "tlsplane/v1/agent.pb-c.h"
 #include "tlsplane/v1/certificate.pb-c.h"
@@ -85,7 +86,53 @@ static long long seconds(const Google__Protobuf__Timestamp *t) {
   return t != NULL ? (long long)t->seconds : 0;
 }
 
-static void certificates(FILE *f, struct store *store, int *errors) {
+/* Who serves each certificate costs a read of every agent record per
+ * certificate: past this many certificates x agents, the family is left
+ * out (GetServing answers for one certificate at any size). */
+#define SERVING_MAX_PAIRS 200000
+
+/* For each certificate, the agents that serve it as it is now (connected,
+ * current) on each listener. */
+static void serving(FILE *f, struct api *api, const struct store_row *rows, size_t n, int *errors) {
+  Tlsplane__V1__Rollout *r = NULL;
+  struct tp_err err = {.status = 0};
+  size_t agents = 0;
+  if (api->hub != NULL && hub_rollout(api->hub, 0, &r, &err) == 0) {
+    agents = (size_t)r->agents_connected;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+  }
+  family(f, "tlsplane_certificate_served", "gauge",
+         "1 for each listener and connected agent that serves the certificate as it is now.");
+  if (n * (agents + 1) > SERVING_MAX_PAIRS) {
+    fprintf(f, "# left out: %zu certificates x %zu agents; ask GetServing per certificate\n", n,
+            agents);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    Tlsplane__V1__Serving *s = NULL;
+    if (serving_get(api, rows[i].name, &s, &err) != 0) {
+      (*errors)++;
+      continue;
+    }
+    for (size_t l = 0; l < s->n_listeners; l++)
+      for (size_t a = 0; a < s->listeners[l]->n_agents; a++) {
+        const Tlsplane__V1__ServingAgent *sa = s->listeners[l]->agents[a];
+        if (!sa->connected || !sa->current)
+          continue;
+        fputs("tlsplane_certificate_served{certificate=\"", f);
+        label(f, rows[i].name);
+        fputs("\",listener=\"", f);
+        label(f, s->listeners[l]->listener);
+        fputs("\",agent=\"", f);
+        label(f, sa->agent);
+        fputs("\"} 1\n", f);
+      }
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+  }
+}
+
+static void certificates(FILE *f, struct api *api, int *errors) {
+  struct store *store = api->store;
   struct store_txn *txn = NULL;
   struct store_row *rows = NULL;
   size_t n = 0;
@@ -130,6 +177,7 @@ static void certificates(FILE *f, struct store *store, int *errors) {
     }
     tlsplane__v1__certificate__free_unpacked(c, NULL);
   }
+  serving(f, api, rows, n, errors);
   store_rows_free(rows, n);
 }
 
@@ -153,7 +201,7 @@ char *metrics_text(void *data) {
          "status code.");
   if (src->rpc != NULL)
     rpc_server_counts(src->rpc, rpc_count, f);
-  certificates(f, src->api->store, &errors);
+  certificates(f, src->api, &errors);
   family(f, "tlsplane_metrics_errors", "gauge",
          "Sections of this page that could not be read this time.");
   fprintf(f, "tlsplane_metrics_errors %d\n", errors);

@@ -14,6 +14,8 @@
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
 const net = require('node:net');
 const { Server, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
@@ -121,6 +123,12 @@ test('a certificate: the listeners that use it, directly or through an SNI conte
   const one = await serving('listeners/other');
   assert.deepEqual(one.listeners.map((l) => l.listener), ['listeners/other']);
   assert.deepEqual(Object.keys(entry(one, 'listeners/other')), ['agents/serve-a', 'agents/serve-b']);
+
+  // The server's /metrics says the same, one series per listener and agent.
+  const res = spawnSync('curl', ['-sS', '--cacert', path.join(srv.dataDir, 'ca.pem'), '-H', `authorization: Bearer ${srv.adminToken}`, `${srv.httpBase}/metrics`], { encoding: 'utf8' });
+  assert.equal(res.status, 0, res.stderr);
+  const served = res.stdout.split('\n').filter((l) => l.startsWith('tlsplane_certificate_served{certificate="certificates/web"')).sort();
+  assert.deepEqual(served, ['sni', 'web'].flatMap((l) => ['a', 'b'].map((a) => `tlsplane_certificate_served{certificate="certificates/web",listener="listeners/${l}",agent="agents/serve-${a}"} 1`)));
 });
 
 test('one agent stopped, the certificate updated: the running one is current at the new revision, the stopped one is not', async () => {
