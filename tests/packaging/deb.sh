@@ -41,7 +41,7 @@ DESTDIR="$work/stage" cmake --install "$build" --prefix /usr >"$work/install-rul
   fail "cmake --install $build failed"
 }
 for f in usr/bin/tlsplane-server usr/bin/tlsplane-agent usr/share/man/man8/tlsplane-server.8 \
-  usr/share/man/man8/tlsplane-agent.8; do
+  usr/share/man/man8/tlsplane-agent.8 usr/share/tlsplane/web/index.html usr/share/tlsplane/web/app.js; do
   [ -f "$work/stage/$f" ] || fail "make install put no /$f under DESTDIR"
 done
 for m in "$work"/stage/usr/share/man/man8/*.8; do
@@ -72,7 +72,8 @@ holds() {
   dpkg-deb -c "$1" | awk '{print $6}' | grep -qx "./$2" || fail "$(basename "$1") has no /$2"
 }
 for f in usr/bin/tlsplane-server usr/share/man/man8/tlsplane-server.8.gz \
-  lib/systemd/system/tlsplane-server.service etc/default/tlsplane-server; do
+  lib/systemd/system/tlsplane-server.service etc/default/tlsplane-server \
+  usr/share/tlsplane/web/index.html usr/share/tlsplane/web/app.js usr/share/tlsplane/web/pages/certificates.js; do
   holds "$server_deb" "$f"
 done
 for f in usr/bin/tlsplane-agent usr/share/man/man8/tlsplane-agent.8.gz \
