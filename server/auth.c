@@ -65,6 +65,8 @@ static const struct rule rules[] = {
     {"/tlsplane.v1.AgentService/GetRollout", READERS, 0},
     {"/tlsplane.v1.AgentService/GetServing", READERS, 0},
     {"/tlsplane.v1.AgentService/", READERS, 0},
+    /* Who am I: every credential, about itself. */
+    {"/tlsplane.v1.TokenService/GetCaller", READERS | R(AGENT) | R(JOIN), 0},
     /* Credentials are the admin's alone, reads included. */
     {"/tlsplane.v1.TokenService/", R(ADMIN), R(ADMIN)},
     {"/tlsplane.v1.ClientCertificateService/", R(ADMIN), R(ADMIN)},

@@ -246,5 +246,25 @@ static int revoke_token(const struct rpc_call_info *call, const ProtobufCMessage
   return 0;
 }
 
-const struct api_method token_methods[] = {
-    {"CreateToken", create_token}, {"RevokeToken", revoke_token}, {NULL, NULL}};
+static int get_caller(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                      ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  (void)req;
+  (void)data;
+  Tlsplane__V1__Caller *c = malloc(sizeof(*c));
+  if (c == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  tlsplane__v1__caller__init(c);
+  c->role = (Tlsplane__V1__Role)call->role;
+  if (pb_string_set(&c->base, "actor", call->actor) != 0 ||
+      pb_string_set(&c->base, "principal", call->principal) != 0) {
+    protobuf_c_message_free_unpacked(&c->base, NULL);
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  *resp = &c->base;
+  return 0;
+}
+
+const struct api_method token_methods[] = {{"CreateToken", create_token},
+                                           {"RevokeToken", revoke_token},
+                                           {"GetCaller", get_caller},
+                                           {NULL, NULL}};

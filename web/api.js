@@ -45,21 +45,10 @@ export async function call(service, method, request = {}) {
   return body;
 }
 
-// What the caller may do: "viewer" (reads only) or "writer" (operator or
-// admin). No method names the caller's role, so ask for a write that is
-// refused before it does anything: a viewer is refused with
-// permission_denied; an operator or admin gets invalid_argument (an empty
-// request names no certificate), and nothing changes.
+// What the caller may do: TokenService.GetCaller says who the server
+// takes the token for. Operators and admins write; viewers read only.
 export async function role() {
-  try {
-    await call('CertificateService', 'UpdateCertificate', {});
-  } catch (e) {
-    if (e.code === 'permission_denied') {
-      const m = /\(role (\w+)\)/.exec(e.message);
-      return { canWrite: false, name: m ? m[1] : 'viewer' };
-    }
-    if (e.code === 'invalid_argument') return { canWrite: true, name: 'operator' };
-    throw e;
-  }
-  return { canWrite: true, name: 'operator' };
+  const me = await call('TokenService', 'GetCaller', {});
+  const name = (me.role || 'ROLE_UNSPECIFIED').toLowerCase();
+  return { canWrite: name === 'admin' || name === 'operator', name, actor: me.actor || '' };
 }

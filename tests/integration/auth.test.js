@@ -121,6 +121,7 @@ test('the admin by token and by client certificate; the audit trail names each',
 const READ = ['admin', 'operator', 'viewer'];
 const WRITE = ['admin', 'operator'];
 function allowedRoles(service, method) {
+  if (service === 'TokenService' && method === 'GetCaller') return ['admin', 'operator', 'viewer', 'agent', 'join'];
   if (service === 'TokenService' || service === 'ClientCertificateService') return ['admin'];
   if (service === 'AgentService') {
     if (method === 'Connect') return ['agent'];
@@ -537,4 +538,24 @@ test('a restart with another --san reissues the server certificate; the CA and t
   // Same names again: the certificate is kept.
   await ctx.restart();
   assert.equal(srv().file('server.pem').toString(), after);
+});
+
+test('GetCaller: every credential learns who it is, and nothing more', async () => {
+  for (const role of ['ADMIN', 'OPERATOR', 'VIEWER']) {
+    const t = await newToken(role);
+    const c = await connectAs({ token: t.secret });
+    const me = await c.api.TokenService.GetCaller({});
+    assert.deepEqual(me, { actor: `token:${t.id}`, role, principal: t.id });
+  }
+  const join = await newToken('JOIN', { agentId: uid('joiner') });
+  const j = await connectAs({ token: join.secret });
+  assert.equal((await j.api.TokenService.GetCaller({})).role, 'JOIN');
+  // The admin's client certificate: its subject.
+  const byCert = await connectAs({ cert: srv().adminCert, key: srv().adminKey });
+  const me = await byCert.api.TokenService.GetCaller({});
+  assert.equal(me.role, 'ADMIN');
+  assert.match(me.actor, /CN=admin/);
+  // Without a credential: refused like any other call.
+  const anon = await connectAs({});
+  await expectGrpcError(anon.api.TokenService.GetCaller({}), status.UNAUTHENTICATED);
 });

@@ -29,9 +29,9 @@ const CHROMIUM = '/usr/bin/chromium';
 const CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
   "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
-// The one refused request a page makes on purpose: the role probe (and the
-// viewer's forced upload below), both UpdateCertificate. Chromium logs
-// every 4xx fetch as a console error; any other console error fails.
+// The one refused request a page makes on purpose: the viewer's forced
+// upload below. Chromium logs every 4xx fetch as a console error; any
+// other console error fails.
 const PROBE = /\/tlsplane\.v1\.CertificateService\/UpdateCertificate$/;
 
 let srv;
@@ -79,7 +79,7 @@ async function signedIn(secret, hash = '#/certificates') {
   page.on('console', (m) => {
     if (m.type() !== 'error') return;
     const url = m.location().url || '';
-    if (/Failed to load resource: the server responded with a status of 40[03]/.test(m.text()) && PROBE.test(url)) return;
+    if (/Failed to load resource: the server responded with a status of 403/.test(m.text()) && PROBE.test(url)) return;
     consoleErrors.push(`${m.text()} (${url})`);
   });
   page.on('pageerror', (e) => consoleErrors.push(`pageerror: ${e.message}`));

@@ -365,6 +365,19 @@ const BLOCKS = [
     },
   },
   {
+    first: /^curl --cacert var\/ca\.pem -H "authorization: Bearer \$\(cat var\/admin\.token\)" \\$/,
+    name: 'the API as JSON over HTTPS',
+    async run(block) {
+      const m = /dashboard +https:\/\/127\.0\.0\.1:(\d+)\//.exec(ctx.demo.out);
+      assert.ok(m, `make run printed the dashboard's address:\n${ctx.demo.out}`);
+      const subs = [{ from: '127.0.0.1:7444', to: `127.0.0.1:${m[1]}`, why: 'the demo server\'s gateway takes a free port here' }];
+      const r = await bash(substitute(block, subs));
+      assert.equal(r.code, 0, `${r.stderr}\n${r.stdout}`);
+      const names = jsonOf(r.sections, /ListCertificates/).certificates.map((c) => c.name);
+      assert.ok(names.includes('certificates/web'), `the certificates, as JSON: ${names}`);
+    },
+  },
+  {
     first: /^\.\/build\/server\/tlsplane-server call AgentService\/ListAgents$/,
     name: 'tlsplane-server call',
     async run(block) {
