@@ -32,7 +32,6 @@
 #include <h2o/http2.h>
 #include <h2o/socket/uv-binding.h>
 #include <h2o/version.h>
-#include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/bio.h>
@@ -52,6 +51,7 @@
 
 #include "addr.h"
 #include "certinfo.h"
+#include "connect.h"
 #include "log.h"
 #include "pbjson.h"
 
@@ -70,7 +70,6 @@
 #define REQUEST_TIMEOUT_MS (10 * 1000)
 #define IDLE_MS (30 * 1000)
 #define MAX_REQUESTS_PER_CONNECTION 16
-#define CONNECT_TIMEOUT_DIGITS 10
 /* A connection H2O has not closed this long after its socket was shut
  * down (past the grace) is left open: the loop ends without it. */
 #define STOP_ABANDON_MS 3000
@@ -164,34 +163,7 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* --- Connect's codes --- */
-
-static const struct {
-  const char *name;
-  int http;
-} codes[] = {
-    [GRPC_STATUS_OK] = {"ok", 200},
-    [GRPC_STATUS_CANCELLED] = {"canceled", 499},
-    [GRPC_STATUS_UNKNOWN] = {"unknown", 500},
-    [GRPC_STATUS_INVALID_ARGUMENT] = {"invalid_argument", 400},
-    [GRPC_STATUS_DEADLINE_EXCEEDED] = {"deadline_exceeded", 504},
-    [GRPC_STATUS_NOT_FOUND] = {"not_found", 404},
-    [GRPC_STATUS_ALREADY_EXISTS] = {"already_exists", 409},
-    [GRPC_STATUS_PERMISSION_DENIED] = {"permission_denied", 403},
-    [GRPC_STATUS_RESOURCE_EXHAUSTED] = {"resource_exhausted", 429},
-    [GRPC_STATUS_FAILED_PRECONDITION] = {"failed_precondition", 400},
-    [GRPC_STATUS_ABORTED] = {"aborted", 409},
-    [GRPC_STATUS_OUT_OF_RANGE] = {"out_of_range", 400},
-    [GRPC_STATUS_UNIMPLEMENTED] = {"unimplemented", 501},
-    [GRPC_STATUS_INTERNAL] = {"internal", 500},
-    [GRPC_STATUS_UNAVAILABLE] = {"unavailable", 503},
-    [GRPC_STATUS_DATA_LOSS] = {"data_loss", 500},
-    [GRPC_STATUS_UNAUTHENTICATED] = {"unauthenticated", 401},
-};
-
-static grpc_status_code code_known(grpc_status_code status) {
-  return (unsigned)status < sizeof(codes) / sizeof(codes[0]) ? status : GRPC_STATUS_UNKNOWN;
-}
+/* --- answers (loop thread) --- */
 
 static const char *reason(int http) {
   switch (http) {
@@ -228,8 +200,6 @@ static const char *reason(int http) {
   }
 }
 
-/* --- answers (loop thread) --- */
-
 static void send_body(h2o_req_t *req, int http, const char *type, const char *body, size_t len) {
   req->res.status = http;
   req->res.reason = reason(http);
@@ -242,15 +212,10 @@ static void send_body(h2o_req_t *req, int http, const char *type, const char *bo
 /* A Connect error: {"code": ..., "message": ...} with the code's HTTP
  * status (http > 0 overrides it: 405, 413, 415). */
 static void send_error(h2o_req_t *req, int http, grpc_status_code status, const char *msg) {
-  status = code_known(status);
-  json_t *o = json_pack("{s:s,s:s}", "code", codes[status].name, "message", msg);
-  if (o == NULL) /* msg is not UTF-8 */
-    o = json_pack("{s:s}", "code", codes[status].name);
-  char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
-  json_decref(o);
-  send_body(req, http > 0 ? http : codes[status].http, "application/json",
-            text != NULL ? text : "{\"code\":\"internal\"}",
-            strlen(text != NULL ? text : "{\"code\":\"internal\"}"));
+  static const char fallback[] = "{\"code\":\"resource_exhausted\"}";
+  char *text = connect_error_json(status, msg);
+  send_body(req, http > 0 ? http : connect_code_http(status), "application/json",
+            text != NULL ? text : fallback, text != NULL ? strlen(text) : sizeof(fallback) - 1);
   free(text);
 }
 
@@ -478,41 +443,13 @@ static void call_start(struct gateway *gw, h2o_req_t *req, struct gw_call *gc) {
   gw->n_calls++;
 }
 
-/* Whether path is an RPC path, "/package.Service/Method". */
-static int rpc_path(const char *p, size_t len) {
-  if (len < 4 || p[0] != '/')
-    return 0;
-  size_t i = 1, dots = 0;
-  for (; i < len && p[i] != '/'; i++) {
-    char ch = p[i];
-    if (ch == '.')
-      dots++;
-    else if (!(ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-               (ch >= 'A' && ch <= 'Z')))
-      return 0;
-  }
-  if (dots == 0 || i == 1 || i + 1 >= len)
-    return 0;
-  for (size_t j = i + 1; j < len; j++) {
-    char ch = p[j];
-    if (!(ch == '_' || (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-          (ch >= 'A' && ch <= 'Z')))
-      return 0;
-  }
-  return 1;
-}
-
 /* Checks a Connect unary request's headers; 0, or answers and returns -1. */
 static int connect_headers(h2o_req_t *req, int64_t *deadline_ms) {
   const char *v;
   size_t n;
   ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
-  const char *type = i >= 0 ? req->headers.entries[i].value.base : "";
-  size_t type_len = i >= 0 ? req->headers.entries[i].value.len : 0;
-  size_t base_len = 0;
-  while (base_len < type_len && type[base_len] != ';' && type[base_len] != ' ')
-    base_len++;
-  if (!iov_eq(type, base_len, "application/json")) {
+  if (i < 0 || !connect_content_type_json(req->headers.entries[i].value.base,
+                                          req->headers.entries[i].value.len)) {
     send_error(req, 415, GRPC_STATUS_INVALID_ARGUMENT,
                "content-type: only application/json is served here (protobuf's JSON mapping)");
     return -1;
@@ -531,13 +468,8 @@ static int connect_headers(h2o_req_t *req, int64_t *deadline_ms) {
   }
   *deadline_ms = 0;
   if (header_is(req, "connect-timeout-ms", &v, &n)) {
-    int64_t ms = 0;
-    int ok = n > 0 && n <= CONNECT_TIMEOUT_DIGITS;
-    for (size_t k = 0; ok && k < n; k++) {
-      ok = v[k] >= '0' && v[k] <= '9';
-      ms = ms * 10 + (v[k] - '0');
-    }
-    if (!ok) {
+    int64_t ms;
+    if (connect_timeout_parse(v, n, &ms) != 0) {
       send_error(req, 0, GRPC_STATUS_INVALID_ARGUMENT,
                  "connect-timeout-ms: a count of milliseconds, 1 to 10 digits");
       return -1;
@@ -567,7 +499,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     return 0;
   }
   int metrics = h2o_memis(path, path_len, H2O_STRLIT("/metrics"));
-  if (!metrics && !rpc_path(path, path_len))
+  if (!metrics && !connect_rpc_path(path, path_len))
     return -1; /* the dashboard's files */
   if (metrics ? !get : !post) {
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL,

@@ -408,6 +408,14 @@ async function main() {
   seed(M, 'healthz', req(255, 'GET /healthz HTTP/1.1\r\nHost: 10.0.0.5:9443\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n'));
   seed(M, 'healthz-head-split', req(4, 'HEAD /healthz HTTP/1.0\r\n\r\n'));
 
+  // The gateway's Connect reading (first byte: the function, second: a code).
+  const C = 'fuzz_connect';
+  const con = (fn, code, text) => Buffer.concat([Buffer.from([fn, code]), Buffer.from(text, 'latin1')]);
+  seed(C, 'path', con(0, 0, '/tlsplane.v1.CertificateService/GetCertificate'));
+  seed(C, 'content-type', con(1, 0, 'application/json; charset=utf-8'));
+  seed(C, 'timeout', con(2, 0, '5000'));
+  seed(C, 'error', con(3, 5, 'certificates/\xff\xfe not found \xe2\x82\xac'));
+
   console.log(Object.entries(written).map(([t, n]) => `${t}: ${n}`).join('\n'));
 }
 
