@@ -122,6 +122,7 @@ const NAMED = {
 function requestFor(method) {
   const [svc, name] = method.slice('tlsplane.v1.'.length).split('/');
   if (name === 'GetServing') return JSON.stringify({ resource: 'certificates/web' });
+  if (name === 'GetCaller') return '{}';
   if (name.startsWith('Get') && NAMED[svc] && name !== 'GetRollout') return JSON.stringify({ name: NAMED[svc] });
   return '{}';
 }
