@@ -11,6 +11,7 @@
 
 #include "acceptor.h"
 #include "log.h"
+#include "prom.h"
 #include "tlsconf.h"
 
 #define METRICS_MAGIC 0x4d545253u /* "MTRS" */
@@ -67,25 +68,9 @@ static struct mconn *mconn_check(void *p) {
 
 /* Rendering --------------------------------------------------------------- */
 
-/* A label value: backslash, double quote and newline escaped. */
-static void put_label(FILE *f, const char *v) {
-  for (; *v != '\0'; v++) {
-    if (*v == '\\' || *v == '"')
-      fputc('\\', f);
-    if (*v == '\n')
-      fputs("\\n", f);
-    else
-      fputc(*v, f);
-  }
-}
-
-static void family(FILE *f, const char *name, const char *type, const char *help) {
-  fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void sample(FILE *f, const char *name, const struct listener *l, long long v) {
   fprintf(f, "%s{listener=\"", name);
-  put_label(f, l->name);
+  prom_label(f, l->name);
   fprintf(f, "\"} %lld\n", v);
 }
 
@@ -125,32 +110,33 @@ static const struct counter counters[] = {
 static void cert_sample(FILE *f, const char *name, const struct listener *l,
                         const struct tlsconf_cert_facts *c) {
   fprintf(f, "%s{listener=\"", name);
-  put_label(f, l->name);
+  prom_label(f, l->name);
   fputs("\",certificate=\"", f);
-  put_label(f, c->certificate);
+  prom_label(f, c->certificate);
   fputc('"', f);
 }
 
 /* What each served listener's certificates are, as the apply found them
  * (listener_version.certs): nothing is parsed here. */
 static void render_certificates(FILE *f, const struct agent *a) {
-  family(f, "tlsplane_agent_certificate_not_after_seconds", "gauge",
-         "When a certificate a listener serves (default or SNI context) expires: its notAfter, "
-         "seconds since the epoch.");
+  prom_family(
+      f, "tlsplane_agent_certificate_not_after_seconds", "gauge",
+      "When a certificate a listener serves (default or SNI context) expires: its notAfter, "
+      "seconds since the epoch.");
   for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
     for (size_t i = 0; l->applied != NULL && i < l->applied->n_certs; i++) {
       const struct tlsconf_cert_facts *c = l->applied->certs[i];
       cert_sample(f, "tlsplane_agent_certificate_not_after_seconds", l, c);
       fputs(",serial=\"", f);
-      put_label(f, c->serial);
+      prom_label(f, c->serial);
       fputs("\",sha256=\"", f);
-      put_label(f, c->sha256);
+      prom_label(f, c->sha256);
       fprintf(f, "\"} %lld\n", (long long)c->not_after);
     }
   }
-  family(f, "tlsplane_agent_ocsp_next_update_seconds", "gauge",
-         "The next_update of the OCSP response stapled for a certificate a listener serves, "
-         "seconds since the epoch (none is stapled from then on).");
+  prom_family(f, "tlsplane_agent_ocsp_next_update_seconds", "gauge",
+              "The next_update of the OCSP response stapled for a certificate a listener serves, "
+              "seconds since the epoch (none is stapled from then on).");
   for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
     for (size_t i = 0; l->applied != NULL && i < l->applied->n_certs; i++) {
       const struct tlsconf_cert_facts *c = l->applied->certs[i];
@@ -168,89 +154,89 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
   FILE *f = open_memstream(out, len);
   if (f == NULL)
     return -1;
-  family(f, "tlsplane_config_revision", "gauge",
-         "Revision of the last snapshot applied, in whole or in part.");
+  prom_family(f, "tlsplane_config_revision", "gauge",
+              "Revision of the last snapshot applied, in whole or in part.");
   fprintf(f, "tlsplane_config_revision %lld\n", (long long)a->revision);
-  family(f, "tlsplane_config_apply_total", "counter",
-         "Snapshots applied, by result: ack (every listener), nack (some listener not "
-         "applied), error (the snapshot could not be read).");
+  prom_family(f, "tlsplane_config_apply_total", "counter",
+              "Snapshots applied, by result: ack (every listener), nack (some listener not "
+              "applied), error (the snapshot could not be read).");
   for (int r = 0; r < AGENT_APPLY_RESULT_COUNT; r++)
     fprintf(f, "tlsplane_config_apply_total{result=\"%s\"} %lld\n",
             agent_apply_result_name((enum agent_apply_result)r), a->apply_total[r]);
-  family(f, "tlsplane_workers", "gauge", "Worker threads.");
+  prom_family(f, "tlsplane_workers", "gauge", "Worker threads.");
   fprintf(f, "tlsplane_workers %d\n", a->n_workers);
   if (a->ctxcache != NULL) {
-    family(f, "tlsplane_ssl_ctx_builds_total", "counter",
-           "TLS contexts built (one SSL_CTX each); a context found again by its content hash "
-           "is not built again.");
+    prom_family(f, "tlsplane_ssl_ctx_builds_total", "counter",
+                "TLS contexts built (one SSL_CTX each); a context found again by its content hash "
+                "is not built again.");
     fprintf(f, "tlsplane_ssl_ctx_builds_total %llu\n",
             (unsigned long long)tlsconf_ctxcache_builds(a->ctxcache));
-    family(f, "tlsplane_ssl_ctxs", "gauge",
-           "Distinct TLS contexts (SSL_CTXs) held, shared by every listener, version and "
-           "connection that uses them.");
+    prom_family(f, "tlsplane_ssl_ctxs", "gauge",
+                "Distinct TLS contexts (SSL_CTXs) held, shared by every listener, version and "
+                "connection that uses them.");
     fprintf(f, "tlsplane_ssl_ctxs %zu\n", tlsconf_ctxcache_live(a->ctxcache));
   }
   struct budget *b = (struct budget *)&a->budget;
-  family(f, "tlsplane_agent_descriptors_limit", "gauge",
-         "File descriptors the agent may open (RLIMIT_NOFILE, raised to the hard limit).");
+  prom_family(f, "tlsplane_agent_descriptors_limit", "gauge",
+              "File descriptors the agent may open (RLIMIT_NOFILE, raised to the hard limit).");
   fprintf(f, "tlsplane_agent_descriptors_limit %ld\n", b->fd_limit);
-  family(f, "tlsplane_agent_connection_budget", "gauge",
-         "Client connections the descriptors allow (two each), after the reserve and the "
-         "listening sockets.");
+  prom_family(f, "tlsplane_agent_connection_budget", "gauge",
+              "Client connections the descriptors allow (two each), after the reserve and the "
+              "listening sockets.");
   fprintf(f, "tlsplane_agent_connection_budget %ld\n", budget_connections_max(b));
-  family(f, "tlsplane_agent_connections_refused_total", "counter",
-         "Connections closed at accept, by cause: descriptors (the budget is spent), "
-         "out_of_memory, metrics_connections (the metrics endpoint's cap).");
+  prom_family(f, "tlsplane_agent_connections_refused_total", "counter",
+              "Connections closed at accept, by cause: descriptors (the budget is spent), "
+              "out_of_memory, metrics_connections (the metrics endpoint's cap).");
   for (int r = 0; r < REFUSED_COUNT; r++)
     fprintf(f, "tlsplane_agent_connections_refused_total{cause=\"%s\"} %lld\n",
             budget_refusal_name((enum budget_refusal)r), stats_get(&b->refused[r]));
-  family(f, "tlsplane_agent_accept_errors_total", "counter",
-         "accept(2) failures for want of descriptors or memory (accepting pauses briefly).");
+  prom_family(f, "tlsplane_agent_accept_errors_total", "counter",
+              "accept(2) failures for want of descriptors or memory (accepting pauses briefly).");
   fprintf(f, "tlsplane_agent_accept_errors_total %lld\n", stats_get(&b->accept_errors));
-  family(f, "tlsplane_worker_config_revision", "gauge",
-         "Revision of the last snapshot a worker thread has put in place: the connections it "
-         "accepts from then on get it.");
+  prom_family(f, "tlsplane_worker_config_revision", "gauge",
+              "Revision of the last snapshot a worker thread has put in place: the connections it "
+              "accepts from then on get it.");
   for (int k = 0; k < a->n_workers; k++)
     if (a->workers[k] != NULL) /* NULL once joined at shutdown */
       fprintf(f, "tlsplane_worker_config_revision{worker=\"%d\"} %lld\n", k,
               (long long)atomic_load(&a->workers[k]->revision));
   if (a->control_plane) {
-    family(f, "tlsplane_control_plane_connected", "gauge",
-           "1 while the stream to tlsplane-server is up (snapshots are served either way).");
+    prom_family(f, "tlsplane_control_plane_connected", "gauge",
+                "1 while the stream to tlsplane-server is up (snapshots are served either way).");
     fprintf(f, "tlsplane_control_plane_connected %d\n",
             atomic_load(&((struct agent *)a)->cp_connected));
-    family(f, "tlsplane_control_plane_connects_total", "counter",
-           "Streams to tlsplane-server established (each one sent the agent its snapshot).");
+    prom_family(f, "tlsplane_control_plane_connects_total", "counter",
+                "Streams to tlsplane-server established (each one sent the agent its snapshot).");
     fprintf(f, "tlsplane_control_plane_connects_total %lld\n",
             (long long)atomic_load(&((struct agent *)a)->cp_connects));
-    family(f, "tlsplane_agent_certificate_expiry_seconds", "gauge",
-           "When the agent's client certificate expires (Unix time; 0: none loaded yet).");
+    prom_family(f, "tlsplane_agent_certificate_expiry_seconds", "gauge",
+                "When the agent's client certificate expires (Unix time; 0: none loaded yet).");
     fprintf(f, "tlsplane_agent_certificate_expiry_seconds %lld\n",
             (long long)atomic_load(&((struct agent *)a)->cp_cert_expiry));
   }
 
-  family(f, "tlsplane_listener_up", "gauge",
-         "1 when the listener accepts connections, 0 when it is not served (its build failed, "
-         "or it was dropped and its connections drain).");
+  prom_family(f, "tlsplane_listener_up", "gauge",
+              "1 when the listener accepts connections, 0 when it is not served (its build failed, "
+              "or it was dropped and its connections drain).");
   for (const struct listener *l = a->listeners; l != NULL; l = l->next)
     sample(f, "tlsplane_listener_up", l, l->applied != NULL);
-  family(f, "tlsplane_listener_info", "gauge",
-         "The listener's bound address and upstream (value 1), while served.");
+  prom_family(f, "tlsplane_listener_info", "gauge",
+              "The listener's bound address and upstream (value 1), while served.");
   for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
     if (l->applied == NULL)
       continue;
     char bound[80];
     listener_addr_format(&l->applied->bind_addr, bound, sizeof(bound));
     fputs("tlsplane_listener_info{listener=\"", f);
-    put_label(f, l->name);
+    prom_label(f, l->name);
     fputs("\",address=\"", f);
-    put_label(f, bound);
+    prom_label(f, bound);
     fputs("\",upstream=\"", f);
-    put_label(f, l->applied->upstream);
+    prom_label(f, l->applied->upstream);
     fputs("\"} 1\n", f);
   }
-  family(f, "tlsplane_listener_applied_revision", "gauge",
-         "Snapshot revision of the version the listener serves.");
+  prom_family(f, "tlsplane_listener_applied_revision", "gauge",
+              "Snapshot revision of the version the listener serves.");
   for (const struct listener *l = a->listeners; l != NULL; l = l->next)
     if (l->applied != NULL)
       sample(f, "tlsplane_listener_applied_revision", l, l->applied_revision);
@@ -258,16 +244,16 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
 
   for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
     const struct counter *c = &counters[i];
-    family(f, c->name, c->type, c->help);
+    prom_family(f, c->name, c->type, c->help);
     for (const struct listener *l = a->listeners; l != NULL; l = l->next)
       sample(f, c->name, l, stats_get((atomic_llong *)((char *)&l->stats + c->offset)));
   }
-  family(f, "tlsplane_client_errors_total", "counter",
-         "Client connections that ended in an error ('clientError'), by cause.");
+  prom_family(f, "tlsplane_client_errors_total", "counter",
+              "Client connections that ended in an error ('clientError'), by cause.");
   for (const struct listener *l = a->listeners; l != NULL; l = l->next) {
     for (int c = 0; c < CAUSE_COUNT; c++) {
       fputs("tlsplane_client_errors_total{listener=\"", f);
-      put_label(f, l->name);
+      prom_label(f, l->name);
       fprintf(f, "\",cause=\"%s\"} %lld\n", stats_cause_name((enum stats_cause)c),
               stats_get((atomic_llong *)&l->stats.client_errors[c]));
     }

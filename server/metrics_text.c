@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "prom.h"
 #include "serving.h"
 #include "store.h"
 #include "tlsplane/v1/agent.pb-c.h"
@@ -17,27 +18,11 @@ static const char *const code_names[] = {
     "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
     "DATA_LOSS", "UNAUTHENTICATED"};
 
-/* A label value, escaped as the text format wants (\\, \", \n). */
-static void label(FILE *f, const char *v) {
-  for (; v != NULL && *v != '\0'; v++) {
-    if (*v == '\\' || *v == '"')
-      fputc('\\', f);
-    if (*v == '\n')
-      fputs("\\n", f);
-    else
-      fputc(*v, f);
-  }
-}
-
-static void family(FILE *f, const char *name, const char *type, const char *help) {
-  fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void rpc_count(const char *method, int transport, grpc_status_code code, unsigned long n,
                       void *data) {
   FILE *f = data;
   fputs("tlsplane_rpc_calls_total{method=\"", f);
-  label(f, method);
+  prom_label(f, method);
   fprintf(f, "\",transport=\"%s\",code=\"%s\"} %lu\n",
           transport == RPC_TRANSPORT_GRPC ? "grpc" : "connect",
           (unsigned)code < sizeof(code_names) / sizeof(code_names[0]) ? code_names[code]
@@ -52,17 +37,18 @@ static void rollout(FILE *f, struct metrics_source *src, int64_t revision, int *
     (*errors)++;
     return;
   }
-  family(f, "tlsplane_agents_connected", "gauge", "Agents with a stream open to this server.");
+  prom_family(f, "tlsplane_agents_connected", "gauge", "Agents with a stream open to this server.");
   fprintf(f, "tlsplane_agents_connected %d\n", r->agents_connected);
-  family(f, "tlsplane_agents_applied", "gauge",
-         "Connected agents that serve the configuration of the revision (or a later one).");
+  prom_family(f, "tlsplane_agents_applied", "gauge",
+              "Connected agents that serve the configuration of the revision (or a later one).");
   fprintf(f, "tlsplane_agents_applied{revision=\"%lld\"} %d\n", (long long)revision,
           r->agents_applied);
-  family(f, "tlsplane_agents_pending", "gauge", "Connected agents still applying the revision.");
+  prom_family(f, "tlsplane_agents_pending", "gauge",
+              "Connected agents still applying the revision.");
   fprintf(f, "tlsplane_agents_pending{revision=\"%lld\"} %zu\n", (long long)revision,
           r->n_agents_pending);
-  family(f, "tlsplane_agents_failed", "gauge",
-         "Connected agents that refused (nacked) the revision or could not be sent it.");
+  prom_family(f, "tlsplane_agents_failed", "gauge",
+              "Connected agents that refused (nacked) the revision or could not be sent it.");
   fprintf(f, "tlsplane_agents_failed{revision=\"%lld\"} %zu\n", (long long)revision,
           r->n_agents_failed);
   protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -71,8 +57,8 @@ static void rollout(FILE *f, struct metrics_source *src, int64_t revision, int *
 static void latency(FILE *f, struct hub *hub) {
   struct hub_latency l;
   hub_latency(hub, &l);
-  family(f, "tlsplane_push_latency_seconds", "histogram",
-         "From a revision's commit to each agent's ack of it.");
+  prom_family(f, "tlsplane_push_latency_seconds", "histogram",
+              "From a revision's commit to each agent's ack of it.");
   for (size_t b = 0; b < HUB_LATENCY_BUCKETS; b++)
     fprintf(f, "tlsplane_push_latency_seconds_bucket{le=\"%g\"} %lu\n", hub_latency_bounds_s[b],
             l.le[b]);
@@ -101,8 +87,8 @@ static void serving(FILE *f, struct api *api, const struct store_row *rows, size
     agents = (size_t)r->agents_connected;
     protobuf_c_message_free_unpacked(&r->base, NULL);
   }
-  family(f, "tlsplane_certificate_served", "gauge",
-         "1 for each listener and connected agent that serves the certificate as it is now.");
+  prom_family(f, "tlsplane_certificate_served", "gauge",
+              "1 for each listener and connected agent that serves the certificate as it is now.");
   if (n * (agents + 1) > SERVING_MAX_PAIRS) {
     fprintf(f, "# left out: %zu certificates x %zu agents; ask GetServing per certificate\n", n,
             agents);
@@ -120,11 +106,11 @@ static void serving(FILE *f, struct api *api, const struct store_row *rows, size
         if (!sa->connected || !sa->current)
           continue;
         fputs("tlsplane_certificate_served{certificate=\"", f);
-        label(f, rows[i].name);
+        prom_label(f, rows[i].name);
         fputs("\",listener=\"", f);
-        label(f, s->listeners[l]->listener);
+        prom_label(f, s->listeners[l]->listener);
         fputs("\",agent=\"", f);
-        label(f, sa->agent);
+        prom_label(f, sa->agent);
         fputs("\"} 1\n", f);
       }
     protobuf_c_message_free_unpacked(&s->base, NULL);
@@ -144,8 +130,8 @@ static void certificates(FILE *f, struct api *api, int *errors) {
     return;
   }
   store_rollback(txn);
-  family(f, "tlsplane_certificate_not_after_seconds", "gauge",
-         "When each certificate's leaf expires (seconds since the epoch).");
+  prom_family(f, "tlsplane_certificate_not_after_seconds", "gauge",
+              "When each certificate's leaf expires (seconds since the epoch).");
   for (size_t i = 0; i < n; i++) {
     Tlsplane__V1__Certificate *c =
         tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
@@ -154,17 +140,17 @@ static void certificates(FILE *f, struct api *api, int *errors) {
       continue;
     }
     fputs("tlsplane_certificate_not_after_seconds{certificate=\"", f);
-    label(f, rows[i].name);
+    prom_label(f, rows[i].name);
     fputs("\",serial=\"", f);
-    label(f, c->serial_number);
+    prom_label(f, c->serial_number);
     fputs("\",sha256=\"", f);
-    label(f, c->sha256_fingerprint);
+    prom_label(f, c->sha256_fingerprint);
     fprintf(f, "\"} %lld\n", seconds(c->not_after));
     tlsplane__v1__certificate__free_unpacked(c, NULL);
   }
-  family(f, "tlsplane_certificate_ocsp_next_update_seconds", "gauge",
-         "When each certificate's stapled OCSP response stops being valid (seconds since the "
-         "epoch); only certificates with one.");
+  prom_family(f, "tlsplane_certificate_ocsp_next_update_seconds", "gauge",
+              "When each certificate's stapled OCSP response stops being valid (seconds since the "
+              "epoch); only certificates with one.");
   for (size_t i = 0; i < n; i++) {
     Tlsplane__V1__Certificate *c =
         tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
@@ -172,7 +158,7 @@ static void certificates(FILE *f, struct api *api, int *errors) {
       continue;
     if (c->ocsp_next_update != NULL) {
       fputs("tlsplane_certificate_ocsp_next_update_seconds{certificate=\"", f);
-      label(f, rows[i].name);
+      prom_label(f, rows[i].name);
       fprintf(f, "\"} %lld\n", seconds(c->ocsp_next_update));
     }
     tlsplane__v1__certificate__free_unpacked(c, NULL);
@@ -190,20 +176,20 @@ char *metrics_text(void *data) {
     return NULL;
   int errors = 0;
   int64_t revision = store_revision(src->api->store);
-  family(f, "tlsplane_revision", "gauge", "The store's current revision.");
+  prom_family(f, "tlsplane_revision", "gauge", "The store's current revision.");
   fprintf(f, "tlsplane_revision %lld\n", (long long)revision);
   if (src->hub != NULL) {
     rollout(f, src, revision, &errors);
     latency(f, src->hub);
   }
-  family(f, "tlsplane_rpc_calls_total", "counter",
-         "API calls finished, by method, transport (grpc, or connect: the JSON gateway) and "
-         "status code.");
+  prom_family(f, "tlsplane_rpc_calls_total", "counter",
+              "API calls finished, by method, transport (grpc, or connect: the JSON gateway) and "
+              "status code.");
   if (src->rpc != NULL)
     rpc_server_counts(src->rpc, rpc_count, f);
   certificates(f, src->api, &errors);
-  family(f, "tlsplane_metrics_errors", "gauge",
-         "Sections of this page that could not be read this time.");
+  prom_family(f, "tlsplane_metrics_errors", "gauge",
+              "Sections of this page that could not be read this time.");
   fprintf(f, "tlsplane_metrics_errors %d\n", errors);
   if (fclose(f) != 0) {
     free(buf);
