@@ -128,6 +128,10 @@ test('a certificate: the listeners that use it, directly or through an SNI conte
   const res = spawnSync('curl', ['-sS', '--cacert', path.join(srv.dataDir, 'ca.pem'), '-H', `authorization: Bearer ${srv.adminToken}`, `${srv.httpBase}/metrics`], { encoding: 'utf8' });
   assert.equal(res.status, 0, res.stderr);
   const served = res.stdout.split('\n').filter((l) => l.startsWith('tlsplane_certificate_served{certificate="certificates/web"')).sort();
+  // Both agents acked what they were pushed: the push latency counts them.
+  const pushes = Number(/^tlsplane_push_latency_seconds_count (\d+)$/m.exec(res.stdout)[1]);
+  assert.ok(pushes >= 2, `push latency measured for both agents: ${pushes}`);
+  assert.match(res.stdout, /^tlsplane_agents_connected 2$/m);
   assert.deepEqual(served, ['sni', 'web'].flatMap((l) => ['a', 'b'].map((a) => `tlsplane_certificate_served{certificate="certificates/web",listener="listeners/${l}",agent="agents/serve-${a}"} 1`)));
 });
 
