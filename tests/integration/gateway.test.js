@@ -299,4 +299,8 @@ test('plaintext when asked, on loopback, and Node\'s fetch speaks it', async () 
   const r = await run(srv.binary, ['--data-dir', path.join(tmp, 'x'), '--plaintext', '--listen', '127.0.0.1:0', '--http-listen', '0.0.0.0:0']);
   assert.equal(r.code, 2);
   assert.match(r.stderr, /--plaintext serves on loopback only/);
+  // A port in use: the server does not start.
+  const busy = await run(srv.binary, ['--data-dir', path.join(tmp, 'y'), '--listen', '127.0.0.1:0', '--http-listen', `127.0.0.1:${srv.httpPort}`]);
+  assert.equal(busy.code, 1, busy.stderr);
+  assert.match(busy.stderr, /--http-listen: cannot listen on 127\.0\.0\.1:\d+: address already in use/);
 });
