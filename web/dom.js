@@ -23,7 +23,7 @@ function append(el, children) {
   }
 }
 
-// A table: columns [{title, cell(row) -> node or text}], one row per item
+// A table: columns [{title, cell(row) -> node or text, class}], one row per item
 // (its data-name is rowName(row), by default row.name). With sort
 // ({key, desc}) and onSort(key), a column with a sortKey has a header
 // that sorts by it when clicked.
@@ -38,7 +38,7 @@ export function table(columns, rows, { rowClass, id, rowName, sort, onSort } = {
       {},
       rows.length === 0
         ? h('tr', {}, h('td', { colspan: columns.length, class: 'empty' }, 'none'))
-        : rows.map((r) => h('tr', { class: rowClass ? rowClass(r) : null, 'data-name': name(r) }, columns.map((c) => h('td', {}, c.cell(r))))),
+        : rows.map((r) => h('tr', { class: rowClass ? rowClass(r) : null, 'data-name': name(r) }, columns.map((c) => h('td', { class: c.class }, c.cell(r))))),
     ),
   );
 }

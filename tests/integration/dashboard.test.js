@@ -253,7 +253,7 @@ test('a viewer reads expiry buckets, filters, sorts and follows a certificate, p
   const now = Date.now();
   for (const [id, days] of [['month', 20], ['later', 60]]) {
     const l = p.leaf(`dash-${id}`, { cn: `${id}.example.com`, sans: [`DNS:${id}.example.com`], end: new Date(now + days * DAY) });
-    await api().CertificateService.CreateCertificate({ certificateId: id, certificate: { certificateChainPem: l.cert, privateKeyPem: l.key } });
+    await api().CertificateService.CreateCertificate({ certificateId: id, certificate: { certificateChainPem: l.cert, privateKeyPem: l.key, labels: { team: id } } });
   }
   // old: expired; soon: 5 d; month: 20 d; later: 60 d; web (renewed): a year.
   const page = await signedIn(viewerToken, '#/overview');
@@ -287,6 +287,7 @@ test('a viewer reads expiry buckets, filters, sorts and follows a certificate, p
   const web = row(page, 'certificates/web');
   assert.match(await web.textContent(), /EC 256 \(prime256v1\)/);
   assert.match(await web.textContent(), /no staple/);
+  assert.match(await row(page, 'certificates/month').textContent(), /team=month/);
 
   // The timeline: one mark per certificate expiring within 90 days, in its bucket's colour.
   const marks = await page.locator('#expiry-timeline circle.mark').evaluateAll((ms) => ms.map((m) => [m.dataset.name, m.getAttribute('class'), m.textContent]));
@@ -332,7 +333,12 @@ test('a viewer reads expiry buckets, filters, sorts and follows a certificate, p
     async () => Number(await page.textContent('tr[data-name="agents/dash-1 listeners/web"] .handshakes', { timeout: 1000 })) > before,
     { timeoutMs: 40000, intervalMs: 250 },
   );
-  assert.match(await row(page, 'agents/dash-1').textContent(), /current|behind/);
+  // Lag: the current revision minus the applied one (the new certificates
+  // reach no listener, so it has nothing to apply).
+  const ro = await api().AgentService.GetRollout({});
+  const lag = Number(ro.revision) - Number((await api().AgentService.GetAgent({ name: 'agents/dash-1' })).appliedRevision);
+  assert.ok(lag > 0, `lag ${lag}`);
+  await page.waitForSelector(`tr[data-name="agents/dash-1"] .lag:text-is("${lag} (nothing to apply)")`);
   await shot(page, 'agents-listeners');
 
   // Ticket keys: the active key's age.

@@ -13,13 +13,20 @@ function nacks(a) {
   return a.lastNack ? h('span', { class: 'error nack' }, a.lastNack) : '';
 }
 
-function lag(a, current) {
+// Revisions between the current one and the one it applied; the rollout
+// says whether it still has something to apply (a revision that changes
+// nothing it serves leaves it behind, with nothing to do).
+function lag(a, current, ro) {
   const n = Math.max(0, current - Number(a.appliedRevision || 0));
-  return h('span', { class: `lag ${n ? 'behind' : 'current'}` }, n ? `${n} behind` : 'current');
+  if (n === 0) return h('span', { class: 'lag current' }, '0');
+  if ((ro.agentsFailed || []).includes(a.name)) return h('span', { class: 'lag failed' }, `${n} (failed)`);
+  if ((ro.agentsPending || []).includes(a.name)) return h('span', { class: 'lag behind' }, `${n} (applying)`);
+  return h('span', { class: 'lag current' }, `${n} (nothing to apply)`);
 }
 
+// Only the causes that happened.
 function clientErrors(l) {
-  const e = Object.entries(l.clientErrors || {});
+  const e = Object.entries(l.clientErrors || {}).filter(([, n]) => Number(n) > 0);
   return e.length === 0 ? h('span', { class: 'muted' }, 'none') : e.map(([cause, n]) => h('div', { class: 'client-error', 'data-cause': cause }, `${cause}: ${n}`));
 }
 
@@ -39,20 +46,20 @@ export function mount(root, ctx) {
   const list = h('div', { id: 'agents' });
   const perListener = h('div', { id: 'agent-listeners' });
   root.append(h('h2', {}, 'Agents'), pager.controls(() => ctx.refreshSoon()), list, h('h3', {}, 'Per listener'), perListener);
-  let current = 0;
+  let ro = {};
   const columns = [
     { title: 'Name', cell: (a) => a.name },
     { title: 'Connected', cell: (a) => h('span', { class: a.connected ? 'yes' : 'no' }, a.connected ? 'connected' : 'offline') },
     { title: 'Applied revision', cell: (a) => h('span', { class: 'applied-revision' }, a.appliedRevision || '0') },
-    { title: 'Lag', cell: (a) => lag(a, current) },
+    { title: 'Lag (revisions)', cell: (a) => lag(a, Number(ro.revision || 0), ro) },
     { title: 'Last nack', cell: nacks },
     { title: 'Labels', cell: (a) => [labels(a.labels), a.labelsMismatch ? h('span', { class: 'error' }, ' (claims other labels)') : ''] },
     { title: 'Version', cell: (a) => a.version || '' },
     { title: 'Last seen', cell: (a) => time(a.lastSeen) },
   ];
   return async function refresh() {
-    const [ro, r] = await Promise.all([call('AgentService', 'GetRollout', {}), call('AgentService', 'ListAgents', pager.request())]);
-    current = Number(ro.revision || 0);
+    let r;
+    [ro, r] = await Promise.all([call('AgentService', 'GetRollout', {}), call('AgentService', 'ListAgents', pager.request())]);
     pager.update(r.nextPageToken);
     const agents = r.agents || [];
     list.replaceChildren(table(columns, agents, { id: 'agents-table' }));

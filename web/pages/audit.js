@@ -61,7 +61,7 @@ export function mount(root, ctx) {
   root.append(h('h2', {}, 'Audit'), form, nav, list);
   const columns = [
     { title: 'Revision', cell: (e) => e.revision },
-    { title: 'Time', cell: (e) => time(e.time) },
+    { title: 'Time', class: 'nowrap', cell: (e) => time(e.time) },
     { title: 'Actor', cell: (e) => h('span', { class: 'actor' }, e.actor) },
     { title: 'Action', cell: (e) => e.action },
     { title: 'Resource', cell: (e) => e.resource },

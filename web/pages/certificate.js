@@ -48,7 +48,7 @@ const servingColumns = [
 
 const auditColumns = [
   { title: 'Revision', cell: (e) => e.revision },
-  { title: 'Time', cell: (e) => time(e.time) },
+  { title: 'Time', class: 'nowrap', cell: (e) => time(e.time) },
   { title: 'Actor', cell: (e) => e.actor },
   { title: 'Action', cell: (e) => e.action },
   { title: 'Changes', cell: (e) => changes(e) },

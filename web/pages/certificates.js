@@ -41,6 +41,11 @@ const SORTS = {
   notAfter: (a, b) => new Date(a.notAfter) - new Date(b.notAfter),
 };
 
+// A distinguished name that may wrap after each comma.
+function dn(name) {
+  return (name || '').split(',').flatMap((part, i) => (i ? [',', h('wbr'), part] : [part]));
+}
+
 function matches(c, text) {
   if (!text) return true;
   const hay = [c.name, c.subject, ...(c.dnsNames || []), ...(c.ipAddresses || [])].join('\n').toLowerCase();
@@ -110,16 +115,14 @@ export function mount(root, ctx) {
 
   const columns = [
     { title: 'Name', sortKey: 'name', cell: (c) => certLink(c.name) },
-    { title: 'Subject', cell: (c) => c.subject },
+    { title: 'Subject', cell: (c) => dn(c.subject) },
     { title: 'SANs', cell: (c) => [...(c.dnsNames || []), ...(c.ipAddresses || [])].join(', ') },
-    { title: 'Issuer', cell: (c) => c.issuer },
-    { title: 'Serial', cell: (c) => h('code', {}, c.serialNumber) },
     { title: 'Not after', sortKey: 'notAfter', cell: expiryCell },
     { title: 'Key', cell: (c) => keyType(c) },
     { title: 'OCSP', cell: ocsp },
     { title: 'Labels', cell: (c) => labels(c.labels) },
     { title: 'Revision', cell: (c) => c.revision },
-    { title: 'Served by', cell: (c) => servedBy(c.serving) },
+    { title: 'Served by', class: 'wrap', cell: (c) => servedBy(c.serving) },
   ];
   if (ctx.role.canWrite) {
     columns.push({ title: 'Actions', cell: (c) => h('button', { type: 'button', class: 'upload', onclick: () => open(c) }, 'Upload renewal') });

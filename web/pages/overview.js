@@ -62,7 +62,7 @@ function nextExpiries(certs) {
     [
       { title: 'Name', cell: (c) => h('a', { href: `#/${c.name}` }, c.name) },
       { title: 'Subject', cell: (c) => c.subject },
-      { title: 'Not after', cell: (c) => time(c.notAfter) },
+      { title: 'Not after', class: 'nowrap', cell: (c) => time(c.notAfter) },
       { title: 'Expiry', cell: (c) => h('span', { class: `expiry ${expiry(c.notAfter).cls}` }, expiry(c.notAfter).text) },
     ],
     next,
