@@ -52,3 +52,18 @@ export async function role() {
   const name = (me.role || 'ROLE_UNSPECIFIED').toLowerCase();
   return { canWrite: name === 'admin' || name === 'operator', name, actor: me.actor || '' };
 }
+
+// Reads up to maxPages pages of `pageSize` items of a List method and
+// returns { items, more }: more is true when pages were left unread, so a
+// count reads "N+".
+export async function collect(service, method, field, request = {}, { maxPages = 10, pageSize = 100 } = {}) {
+  const items = [];
+  let pageToken = '';
+  for (let i = 0; i < maxPages; i++) {
+    const r = await call(service, method, { ...request, pageSize, pageToken });
+    items.push(...(r[field] || []));
+    pageToken = r.nextPageToken || '';
+    if (!pageToken) return { items, more: false };
+  }
+  return { items, more: true };
+}

@@ -3,6 +3,7 @@
 import { call, clearToken, role, setToken, token, ApiError } from './api.js';
 import * as overview from './pages/overview.js';
 import * as certificates from './pages/certificates.js';
+import * as certificate from './pages/certificate.js';
 import * as agents from './pages/agents.js';
 import * as listeners from './pages/listeners.js';
 import * as ticketKeys from './pages/ticketkeys.js';
@@ -65,16 +66,18 @@ async function poll(generation) {
 
 function route() {
   if (!state.role) return;
-  const name = (location.hash.replace(/^#\/?/, '') || 'overview').split('?')[0];
-  const mod = PAGES[name] || overview;
+  // "#/certificates/web": a certificate's own page, under Certificates.
+  const [name, id] = (location.hash.replace(/^#\/?/, '') || 'overview').split('?')[0].split('/');
+  const mod = name === 'certificates' && id ? certificate : PAGES[name] || overview;
   stopPolling();
   for (const a of $('nav').querySelectorAll('a')) a.classList.toggle('active', a.getAttribute('href') === `#/${name}`);
   const root = $('page');
   root.replaceChildren();
-  root.dataset.page = name;
+  root.dataset.page = id ? `${name}/${id}` : name;
   const generation = state.generation;
   const ctx = {
     role: state.role,
+    id: id ? decodeURIComponent(id) : '',
     // Polls again now (after an action or a page move).
     refreshSoon: () => {
       if (generation !== state.generation) return;

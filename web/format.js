@@ -24,3 +24,27 @@ export function duration(d) {
   if (s % 3600 === 0) return `${s / 3600} h`;
   return `${s} s`;
 }
+
+// The expiry buckets, in order: the class expiry() gives and a title.
+export const BUCKETS = [
+  { cls: 'expiry-expired', title: 'expired' },
+  { cls: 'expiry-critical', title: 'expire in < 7 days' },
+  { cls: 'expiry-warn', title: 'expire in ≤ 30 days' },
+  { cls: 'expiry-ok', title: 'expire in > 30 days' },
+];
+
+// How long ago `ts` was: "45 s", "12 min", "5 h", "3 d".
+export function age(ts, now = Date.now()) {
+  if (!ts) return '';
+  const s = Math.max(0, Math.round((now - new Date(ts).getTime()) / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h`;
+  return `${Math.floor(s / 86400)} d`;
+}
+
+// A certificate's key: "EC 256 (prime256v1)", "RSA 2048", "ED25519".
+export function keyType(c) {
+  const parts = [c.keyAlgorithm || '', c.keyBits ? String(c.keyBits) : '', c.keyCurve ? `(${c.keyCurve})` : ''];
+  return parts.filter(Boolean).join(' ');
+}

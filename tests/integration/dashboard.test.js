@@ -7,6 +7,11 @@
 // certificate through the page and sees the agent apply it without a
 // reload, while openssl s_client sees the new certificate on the agent.
 //
+// Then a viewer reads the overview's counts, filters and sorts the
+// certificates, reads the expiry timeline and a certificate's own page,
+// the agent's per-listener stats after a TLS connection, and the audit
+// trail filtered by actor.
+//
 // TLSPLANE_SCREENSHOTS_DIR=DIR: the certificates page is also saved as
 // DIR/dashboard-certificates.png (docs/ keeps one).
 
@@ -161,9 +166,6 @@ test('a viewer sees expiry colours, agents and every page, no action, and a forc
   const body = await page.textContent('body');
   assert.doesNotMatch(body, /PRIVATE KEY|tlsp_\w{8}/, 'no key, no token secret');
   await shot(page, 'certificates');
-  if (process.env.TLSPLANE_SCREENSHOTS_DIR) {
-    await page.screenshot({ path: path.join(process.env.TLSPLANE_SCREENSHOTS_DIR, 'dashboard-certificates.png'), fullPage: true });
-  }
 
   // A forced request with the viewer's own token is refused.
   const forced = await page.evaluate(async () => {
@@ -241,6 +243,124 @@ test('an operator uploads a renewed certificate through the page; it shows appli
   await page.waitForSelector('#rotate-result:has-text("rotated ticketKeyRings/main")');
   const afterRing = await api().TicketKeyService.GetTicketKeyRing({ name: 'ticketKeyRings/main' });
   assert.ok(Number(afterRing.revision) > Number(before.revision));
+  await page.close();
+  assert.deepEqual(consoleErrors, []);
+});
+
+const names = (page, sel) => page.locator(sel).evaluateAll((rs) => rs.map((r) => r.dataset.name));
+
+test('a viewer reads expiry buckets, filters, sorts and follows a certificate, per-listener stats and the audit by actor', async () => {
+  const now = Date.now();
+  for (const [id, days] of [['month', 20], ['later', 60]]) {
+    const l = p.leaf(`dash-${id}`, { cn: `${id}.example.com`, sans: [`DNS:${id}.example.com`], end: new Date(now + days * DAY) });
+    await api().CertificateService.CreateCertificate({ certificateId: id, certificate: { certificateChainPem: l.cert, privateKeyPem: l.key, labels: { team: id } } });
+  }
+  // old: expired; soon: 5 d; month: 20 d; later: 60 d; web (renewed): a year.
+  const page = await signedIn(viewerToken, '#/overview');
+  for (const [cls, n] of [['expiry-expired', 1], ['expiry-critical', 1], ['expiry-warn', 1], ['expiry-ok', 2]]) {
+    await page.waitForSelector(`#stat-${cls} .value:text-is("${n}")`);
+  }
+  await page.waitForSelector('#stat-agents .value:text-is("1 / 1")');
+  assert.deepEqual(await names(page, '#next-expiries-table tbody tr'), ['certificates/soon', 'certificates/month', 'certificates/later', 'certificates/web']);
+  await shot(page, 'overview-buckets');
+
+  // Certificates: by expiry, then by a clicked header; a filter narrows the page.
+  await page.evaluate(() => (location.hash = '#/certificates'));
+  await page.waitForSelector('tr[data-name="certificates/later"]');
+  const byExpiry = ['certificates/old', 'certificates/soon', 'certificates/month', 'certificates/later', 'certificates/web'];
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), byExpiry);
+  await page.click('#certificates-table th[data-sort="name"]');
+  const byName = [...byExpiry].sort();
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), byName);
+  await page.click('#certificates-table th[data-sort="name"]');
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), [...byName].reverse());
+  await page.click('#certificates-table th[data-sort="notAfter"]');
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), byExpiry);
+  await page.fill('#cert-filter', 'month.example');
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), ['certificates/month']);
+  await page.fill('#cert-filter', 'CN=soon');
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), ['certificates/soon']);
+  await page.fill('#cert-filter', 'no-such-name');
+  assert.equal(await page.textContent('#certificates-table tbody'), 'none');
+  await page.fill('#cert-filter', '');
+  assert.deepEqual(await names(page, '#certificates-table tbody tr'), byExpiry);
+  const web = row(page, 'certificates/web');
+  assert.match(await web.textContent(), /EC 256 \(prime256v1\)/);
+  assert.match(await web.textContent(), /no staple/);
+  assert.match(await row(page, 'certificates/month').textContent(), /team=month/);
+
+  // The timeline: one mark per certificate expiring within 90 days, in its bucket's colour.
+  const marks = await page.locator('#expiry-timeline circle.mark').evaluateAll((ms) => ms.map((m) => [m.dataset.name, m.getAttribute('class'), m.textContent]));
+  assert.deepEqual(marks.map((m) => m[0]), ['certificates/soon', 'certificates/month', 'certificates/later']);
+  assert.deepEqual(marks.map((m) => m[1]), ['mark expiry-critical', 'mark expiry-warn', 'mark expiry-ok']);
+  assert.match(marks[0][2], /^certificates\/soon: .*expires in 5 days/);
+  assert.equal(await page.locator('#expiry-timeline [style]').count(), 0, 'no inline style');
+  await shot(page, 'certificates-timeline');
+  if (process.env.TLSPLANE_SCREENSHOTS_DIR) {
+    await page.screenshot({ path: path.join(process.env.TLSPLANE_SCREENSHOTS_DIR, 'dashboard-certificates.png'), fullPage: true });
+  }
+
+  // A certificate's own page: the context, the listener and the agent
+  // serving it at the revision it applied, and its audit history.
+  await web.locator('a.cert-link').click();
+  assert.equal(await page.evaluate(() => location.hash), '#/certificates/web');
+  const serving = await api().AgentService.GetServing({ resource: 'certificates/web' });
+  const served = serving.listeners[0].agents[0];
+  assert.equal(serving.listeners[0].listener, 'listeners/web');
+  const srow = page.locator('#certificate-serving-table tr[data-name="listeners/web agents/dash-1"]');
+  await page.waitForSelector(`#certificate-serving-table tr[data-name="listeners/web agents/dash-1"] .applied-revision:text-is("${served.appliedRevision}")`);
+  assert.match(await srow.textContent(), /connected.*yes/);
+  assert.deepEqual(await names(page, '#certificate-contexts-table tbody tr'), ['tlsContexts/web']);
+  assert.match(await page.textContent('#certificate-facts'), /CN=www\.example\.com/);
+  const events = await api().AuditService.ListAuditEvents({ resource: 'certificates/web' });
+  assert.ok(events.auditEvents.length >= 2, 'created, then renewed');
+  await waitFor('the certificate page lists its audit events', async () => {
+    const got = await page.locator('#certificate-audit-table tbody tr').evaluateAll((rs) => rs.map((r) => r.cells[0].textContent));
+    return JSON.stringify(got) === JSON.stringify(events.auditEvents.map((e) => String(e.revision)));
+  });
+  const audit = await page.textContent('#certificate-audit-table');
+  assert.match(audit, /token:dash-operator.*update.*serial_number/s);
+  assert.match(audit, /create/);
+  await shot(page, 'certificate');
+
+  // Agents: per-listener stats, reported by the agent every few seconds.
+  const stat = async () => ((await api().AgentService.GetAgent({ name: 'agents/dash-1' })).listeners || []).find((l) => l.listener === 'listeners/web');
+  const before = Number(((await stat()) || {}).handshakes || 0);
+  assert.ok((await sclient(port, ['-servername', 'www.example.com'])).handshake);
+  await page.evaluate(() => (location.hash = '#/agents'));
+  await waitFor(
+    'agents page: the handshake on listeners/web',
+    async () => Number(await page.textContent('tr[data-name="agents/dash-1 listeners/web"] .handshakes', { timeout: 1000 })) > before,
+    { timeoutMs: 40000, intervalMs: 250 },
+  );
+  // Lag: the current revision minus the applied one (the new certificates
+  // reach no listener, so it has nothing to apply).
+  const ro = await api().AgentService.GetRollout({});
+  const lag = Number(ro.revision) - Number((await api().AgentService.GetAgent({ name: 'agents/dash-1' })).appliedRevision);
+  assert.ok(lag > 0, `lag ${lag}`);
+  await page.waitForSelector(`tr[data-name="agents/dash-1"] .lag:text-is("${lag} (nothing to apply)")`);
+  await shot(page, 'agents-listeners');
+
+  // Ticket keys: the active key's age.
+  await page.evaluate(() => (location.hash = '#/ticket-keys'));
+  await page.waitForSelector('tr[data-name="ticketKeyRings/main"] .active-age');
+  assert.match(await page.textContent('tr[data-name="ticketKeyRings/main"] .active-age'), /^\d+ (s|min)$/);
+
+  // Audit: only the operator's events, then none after a time to come.
+  await page.evaluate(() => (location.hash = '#/audit'));
+  await page.waitForSelector('#audit-table tbody tr .actor');
+  const all = await page.locator('#audit-table tbody tr').count();
+  const mine = (await api().AuditService.ListAuditEvents({ actor: 'token:dash-operator' })).auditEvents;
+  assert.ok(mine.length >= 2 && mine.length < all, `${mine.length} of ${all}`);
+  await page.fill('#audit-actor', 'token:dash-operator');
+  await page.click('#audit-filter button[type=submit]');
+  await waitFor('the audit page shows only the operator', async () => {
+    const actors = await page.locator('#audit-table tbody tr .actor').allTextContents();
+    return actors.length === mine.length && actors.every((a) => a === 'token:dash-operator');
+  });
+  await page.fill('#audit-start', new Date(Date.now() + 86400e3).toISOString().slice(0, 19));
+  await page.click('#audit-filter button[type=submit]');
+  await page.waitForSelector('#audit-table td.empty');
   await page.close();
   assert.deepEqual(consoleErrors, []);
 });

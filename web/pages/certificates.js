@@ -1,9 +1,12 @@
-// Certificates: one page of the list, sorted by expiry, with who serves
-// each (AgentService.GetServing); operators upload a renewal.
+// Certificates: one page of the list, sorted by expiry (or by a clicked
+// header), filtered in the page by a name / subject / SAN substring, an
+// expiry timeline of the page, and who serves each
+// (AgentService.GetServing); operators upload a renewal.
 import { call } from '../api.js';
-import { h, table, time } from '../dom.js';
-import { expiry } from '../format.js';
+import { h, labels, table, time } from '../dom.js';
+import { expiry, keyType } from '../format.js';
 import { Pager } from '../pager.js';
+import { timeline } from '../timeline.js';
 
 const PAGE_SIZE = 100;
 
@@ -21,6 +24,32 @@ function servedBy(serving) {
       a.lastNack ? ` nack: ${a.lastNack}` : '',
     ),
   );
+}
+
+function ocsp(c) {
+  if (!c.ocspCertStatus) return h('span', { class: 'muted' }, 'no staple');
+  return h('span', { class: `ocsp ocsp-${c.ocspCertStatus}` }, c.ocspCertStatus, c.ocspNextUpdate ? [h('br'), `next update ${time(c.ocspNextUpdate)}`] : '');
+}
+
+// The link to a certificate's own page: "#/certificates/web".
+export function certLink(name) {
+  return h('a', { href: `#/${name}`, class: 'cert-link' }, name);
+}
+
+const SORTS = {
+  name: (a, b) => a.name.localeCompare(b.name),
+  notAfter: (a, b) => new Date(a.notAfter) - new Date(b.notAfter),
+};
+
+// A distinguished name that may wrap after each comma.
+function dn(name) {
+  return (name || '').split(',').flatMap((part, i) => (i ? [',', h('wbr'), part] : [part]));
+}
+
+function matches(c, text) {
+  if (!text) return true;
+  const hay = [c.name, c.subject, ...(c.dnsNames || []), ...(c.ipAddresses || [])].join('\n').toLowerCase();
+  return hay.includes(text.toLowerCase());
 }
 
 function expiryCell(c) {
@@ -85,20 +114,40 @@ export function mount(root, ctx) {
   const open = (c) => side.replaceChildren(uploadForm(c, panel, () => ctx.refreshSoon()));
 
   const columns = [
-    { title: 'Name', cell: (c) => c.name },
-    { title: 'Subject', cell: (c) => c.subject },
+    { title: 'Name', sortKey: 'name', cell: (c) => certLink(c.name) },
+    { title: 'Subject', cell: (c) => dn(c.subject) },
     { title: 'SANs', cell: (c) => [...(c.dnsNames || []), ...(c.ipAddresses || [])].join(', ') },
-    { title: 'Issuer', cell: (c) => c.issuer },
-    { title: 'Serial', cell: (c) => h('code', {}, c.serialNumber) },
-    { title: 'Not after', cell: expiryCell },
+    { title: 'Not after', sortKey: 'notAfter', cell: expiryCell },
+    { title: 'Key', cell: (c) => keyType(c) },
+    { title: 'OCSP', cell: ocsp },
+    { title: 'Labels', cell: (c) => labels(c.labels) },
     { title: 'Revision', cell: (c) => c.revision },
-    { title: 'Served by', cell: (c) => servedBy(c.serving) },
+    { title: 'Served by', class: 'wrap', cell: (c) => servedBy(c.serving) },
   ];
   if (ctx.role.canWrite) {
     columns.push({ title: 'Actions', cell: (c) => h('button', { type: 'button', class: 'upload', onclick: () => open(c) }, 'Upload renewal') });
   }
 
-  root.append(h('h2', {}, 'Certificates'), pager.controls(() => ctx.refreshSoon()), list, side);
+  const view = { certs: [], sort: { key: 'notAfter', desc: false } };
+  const filter = h('input', { type: 'search', id: 'cert-filter', placeholder: 'filter: name, subject or SAN', autocomplete: 'off', spellcheck: 'false' });
+  const chart = h('div', { id: 'timeline', class: 'panel wide' });
+  const onSort = (key) => {
+    view.sort = { key, desc: view.sort.key === key ? !view.sort.desc : false };
+    render();
+  };
+  function render() {
+    const sort = SORTS[view.sort.key];
+    const rows = view.certs.filter((c) => matches(c, filter.value.trim())).sort((a, b) => (view.sort.desc ? -sort(a, b) : sort(a, b)));
+    chart.replaceChildren(h('h3', {}, 'Expiries in the next 90 days'), timeline(rows));
+    list.replaceChildren(table(columns, rows, { id: 'certificates-table', rowClass: (c) => expiry(c.notAfter).cls, sort: view.sort, onSort }));
+  }
+  filter.addEventListener('input', render);
+
+  root.append(
+    h('h2', {}, 'Certificates'),
+    h('div', { class: 'toolbar' }, h('label', { for: 'cert-filter', class: 'inline' }, 'Filter'), filter, pager.controls(() => ctx.refreshSoon())),
+    chart, list, side,
+  );
 
   async function serving(c) {
     if (!servingKnown) return null;
@@ -112,9 +161,10 @@ export function mount(root, ctx) {
 
   return async function refresh() {
     const r = await call('CertificateService', 'ListCertificates', pager.request());
-    const certs = (r.certificates || []).sort((a, b) => new Date(a.notAfter) - new Date(b.notAfter));
+    const certs = r.certificates || [];
     await Promise.all(certs.map(async (c) => (c.serving = await serving(c))));
     pager.update(r.nextPageToken);
-    list.replaceChildren(table(columns, certs, { id: 'certificates-table', rowClass: (c) => expiry(c.notAfter).cls }));
+    view.certs = certs;
+    render();
   };
 }

@@ -1,8 +1,8 @@
-// Ticket-key rings: each key's name, state and age (never the key bytes,
+// Ticket-key rings: the active key's age, each key's name, state and age (never the key bytes,
 // which the API does not return either); operators rotate a ring.
 import { call } from '../api.js';
 import { h, table, time } from '../dom.js';
-import { duration } from '../format.js';
+import { age, duration } from '../format.js';
 import { Pager } from '../pager.js';
 
 export function mount(root, ctx) {
@@ -22,8 +22,11 @@ export function mount(root, ctx) {
       result.className = 'error';
     }
   };
+  // The active key is the ring's first (keys are newest first).
+  const active = (r) => (r.keys || []).find((k) => k.state === 'ACTIVE');
   const columns = [
     { title: 'Name', cell: (r) => r.name },
+    { title: 'Active key age', cell: (r) => h('span', { class: 'active-age' }, active(r) ? age(active(r).createTime) : 'no active key') },
     { title: 'Rotation period', cell: (r) => duration(r.rotationPeriod) },
     { title: 'Keys', cell: (r) => (r.keys || []).map((k) => h('div', {}, h('code', {}, k.keyName), ` ${k.state} since ${time(k.createTime)}`)) },
     { title: 'Last rotation', cell: (r) => time(r.lastRotationTime) },
