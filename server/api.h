@@ -43,6 +43,9 @@ struct api {
   /* Last use of credentials, noted by auth.c, written by the job thread
    * (usage.h); NULL: uses are not recorded (tools, tests). */
   struct usage *usage;
+  /* DH parameter generation (dhgen.h); NULL: GenerateDhParameters is
+   * UNAVAILABLE (tools, tests). */
+  struct dhgen *dhgen;
   /* Lifetime of the certificates EnrollAgent and RenewAgentCertificate
    * issue (seconds); 0: API_AGENT_CERT_LIFETIME_S. */
   int64_t agent_cert_lifetime_s;

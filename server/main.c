@@ -25,6 +25,7 @@
 #include "call.h"
 #include "cli.h"
 #include "datadir.h"
+#include "dhgen.h"
 #include "gateway.h"
 #include "grpclog.h"
 #include "health.h"
@@ -625,6 +626,10 @@ int main(int argc, char **argv) {
     log_error("server", "%s", err.msg);
     goto free_server;
   }
+  if (dhgen_start(&api, &api.dhgen, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto free_server;
+  }
   struct metrics_source msrc = {.api = &api, .hub = hub, .rpc = srv};
   if (gateway_open(&o, &ropts, srv, &msrc, &gw) != 0)
     goto free_server;
@@ -656,6 +661,7 @@ int main(int argc, char **argv) {
 free_server:
   gateway_free(gw);
   jobs_stop(jobs);
+  dhgen_stop(api.dhgen);
   rpc_server_free(srv);
 close_store:
   hub_free(hub);
