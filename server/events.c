@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "pb.h"
+#include "tlsplane/v1/certificate.pb-c.h"
 
 #define EVENTS_MAGIC 0x65767473u
 #define WATCH_MAGIC 0x77617463u
@@ -26,6 +27,9 @@
 #define REPLAY_PAUSE ((size_t)256 * 1024)
 /* Published events waiting for the thread; beyond, dropped (logged). */
 #define PENDING_MAX 4096
+/* Certificates are checked for their renewal window this often, and
+ * after every round that read a change to one. */
+#define RENEW_CHECK_MS 30000
 /* The sequence after every event of a revision. */
 #define SEQ_END INT32_MAX
 #define TYPES_MAX TLSPLANE__V1__EVENT_TYPE__ROLLOUT_NACK
@@ -103,8 +107,16 @@ struct events {
   int64_t applied_max; /* the newest ROLLOUT_APPLIED target published */
   struct watch *watches;
   size_t n_watches;
-  /* The thread's own: the last audit seq read. */
+  /* The thread's own: the last audit seq read; whether a certificate
+   * changed since the last renewal check; the certificates found in their
+   * renewal window by it (name, revision: RENEW_SOON was published). */
   int64_t ingested_seq;
+  int renew_due;
+  struct renew_seen {
+    char *name;
+    int64_t revision;
+  } * renew_seen;
+  size_t n_renew_seen;
 };
 
 static const struct api_kind *const kinds[] = {
@@ -322,6 +334,8 @@ static void ingest(struct events *ev) {
       ring_push_locked(ev, &e);
       pthread_mutex_unlock(&ev->lock);
       ev->ingested_seq = rows[i].seq;
+      if (rows[i].resource != NULL && strncmp(rows[i].resource, "certificates/", 13) == 0)
+        ev->renew_due = 1;
     }
     store_audit_free(rows, n);
     if (n < PAGE_ROWS)
@@ -478,18 +492,101 @@ static void serve_all(struct events *ev) {
   pthread_mutex_unlock(&ev->lock);
 }
 
+static void renew_seen_free(struct renew_seen *v, size_t n) {
+  for (size_t i = 0; v != NULL && i < n; i++)
+    free(v[i].name);
+  free(v);
+}
+
+/* RENEW_SOON for every certificate with less than a third of its
+ * lifetime left, once per certificate and revision (a renewal is a new
+ * revision, and a new window). */
+static void renew_check(struct events *ev) {
+  struct tp_err err = {0};
+  struct store_txn *txn = NULL;
+  if (store_begin(ev->api->store, 0, &txn, &err) != 0)
+    return;
+  struct store_query q = {.kind = api_kind_certificate.kind};
+  struct store_row *rows = NULL;
+  size_t n = 0;
+  if (store_list(txn, &q, &rows, &n, &err) != 0) {
+    store_rollback(txn);
+    log_warn("events", "renewal check: %s", err.msg);
+    return;
+  }
+  store_rollback(txn);
+  struct renew_seen *seen = calloc(n ? n : 1, sizeof(*seen));
+  size_t n_seen = 0;
+  int64_t now = now_us();
+  for (size_t i = 0; seen != NULL && i < n; i++) {
+    Tlsplane__V1__Certificate *c =
+        (Tlsplane__V1__Certificate *)api_decode_row(&api_kind_certificate, &rows[i], &err);
+    if (c == NULL)
+      continue;
+    int64_t nb = pb_timestamp_us(c->not_before), na = pb_timestamp_us(c->not_after);
+    int in_window =
+        c->not_before != NULL && c->not_after != NULL && na > nb && na - now < (na - nb) / 3;
+    protobuf_c_message_free_unpacked(&c->base, NULL);
+    if (!in_window || (seen[n_seen].name = strdup(rows[i].name)) == NULL)
+      continue;
+    seen[n_seen].revision = rows[i].revision;
+    n_seen++;
+    size_t j = 0;
+    while (j < ev->n_renew_seen && (strcmp(ev->renew_seen[j].name, rows[i].name) != 0 ||
+                                    ev->renew_seen[j].revision != rows[i].revision))
+      j++;
+    if (j < ev->n_renew_seen)
+      continue; /* told already */
+    char reason[128];
+    int64_t left_s = (na - now) / 1000000;
+    snprintf(reason, sizeof(reason), "less than a third of its lifetime left (%lld s)",
+             (long long)(left_s > 0 ? left_s : 0));
+    struct events_event e = {
+        .type = TLSPLANE__V1__EVENT_TYPE__RENEW_SOON, .resource = rows[i].name, .reason = reason};
+    events_publish(ev, &e);
+  }
+  store_rows_free(rows, n);
+  if (seen == NULL)
+    return;
+  renew_seen_free(ev->renew_seen, ev->n_renew_seen);
+  ev->renew_seen = seen;
+  ev->n_renew_seen = n_seen;
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void *events_main(void *arg) {
   struct events *ev = arg;
+  int64_t next_check_ms = 0; /* at once: certificates already in their window */
   for (;;) {
     pthread_mutex_lock(&ev->lock);
-    while (!ev->kicked && !ev->stop)
-      pthread_cond_wait(&ev->wake, &ev->lock);
+    while (!ev->kicked && !ev->stop && mono_ms() < next_check_ms) {
+      int64_t wait_ms = next_check_ms - mono_ms();
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until);
+      until.tv_sec += wait_ms / 1000;
+      until.tv_nsec += (wait_ms % 1000) * 1000000;
+      if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+      }
+      pthread_cond_timedwait(&ev->wake, &ev->lock, &until);
+    }
     int stop = ev->stop;
     ev->kicked = 0;
     pthread_mutex_unlock(&ev->lock);
     if (stop)
       break;
     ingest(ev);
+    if (ev->renew_due || mono_ms() >= next_check_ms) {
+      ev->renew_due = 0;
+      renew_check(ev);
+      next_check_ms = mono_ms() + RENEW_CHECK_MS;
+    }
     serve_all(ev);
   }
   return NULL;
@@ -566,6 +663,7 @@ void events_free(struct events *ev) {
     free((char *)p->e.reason);
     free(p);
   }
+  renew_seen_free(ev->renew_seen, ev->n_renew_seen);
   pthread_cond_destroy(&ev->wake);
   pthread_mutex_destroy(&ev->lock);
   ev->magic = 0;

@@ -153,6 +153,32 @@ test('a watcher cut mid-way and resumed from its last event gets every event exa
   assert.equal(new Set(places).size, places.length, 'no event twice');
 });
 
+test('renew soon: a certificate with less than a third of its lifetime left, once per revision', async () => {
+  const DAY = 24 * 3600 * 1000;
+  const now = Date.now();
+  const soon = p.leaf('soon', { cn: 'soon.example.com', start: new Date(now - 2 * DAY), end: new Date(now + DAY / 2) });
+  const w = watch({ include: ['RENEW_SOON'], kinds: ['certificates'] });
+  const probe = watch({ kinds: ['certificates'] });
+  // The watch is open once a change shows on its twin.
+  await waitFor('the watches are open', async () => {
+    const c = await makeCert(uid('probe'));
+    return changes(probe).some((e) => e.resource === c.name);
+  });
+  const made = await api().CertificateService.CreateCertificate({ certificateId: 'soon', certificate: { certificateChainPem: soon.cert, privateKeyPem: soon.key } });
+  await makeCert('later'); // a year left: no event
+  const first = await waitFor('RENEW_SOON for certificates/soon', () => w.events.find((e) => e.resource === 'certificates/soon'));
+  assert.equal(first.type, 'RENEW_SOON');
+  assert.equal(first.kind, 'certificates');
+  assert.match(first.reason, /third of its lifetime/);
+  assert.ok(Number(first.revision) >= Number(made.revision));
+  // A new revision of it: told again; meanwhile never twice.
+  const upd = await api().CertificateService.UpdateCertificate({ certificate: { name: 'certificates/soon', labels: { x: 'y' } }, updateMask: { paths: ['labels'] } });
+  await waitFor('RENEW_SOON again after the update', () => w.events.filter((e) => e.resource === 'certificates/soon').length >= 2);
+  await waitFor('probe sees the update', () => changes(probe).some((e) => e.revision === upd.revision));
+  assert.equal(w.events.filter((e) => e.resource === 'certificates/soon').length, 2);
+  assert.ok(!w.events.some((e) => e.resource === 'certificates/later'));
+});
+
 test('bad requests name their field and change nothing', async () => {
   const latest = Number((await makeCert(uid('latest'))).revision);
   await refused({ sinceRevision: latest + 1000 }, status.OUT_OF_RANGE, 'since_revision');
@@ -216,18 +242,19 @@ test('through grpcurl: streamed events, one JSON object after another', async ()
   assert.equal(objs[0].kind, 'certificates');
 });
 
-test('after a restart, a watch resumes from the audit log', async () => {
+test('after a restart, a watch resumes from the audit log, page by page, then live', async () => {
   if (agent && agent.running) await agent.stopClean();
+  const update = async (i) => (await api().CertificateService.UpdateCertificate({ certificate: { name: 'certificates/busy', labels: { m: String(i) } }, updateMask: { paths: ['labels'] } })).revision;
+  for (let i = 0; i < 600; i++) busy.writes.push(await update(i)); // more than one page of the log
   conn.close();
   await srv.restart();
   conn = await connect(srv.address, srv.connectOptions());
   const w = watch({ sinceRevision: busy.start, kinds: ['certificates'] });
+  // Writes go on while it replays.
+  for (let i = 0; i < 30; i++) busy.writes.push(await update(1000 + i));
   const lastWrite = busy.writes[busy.writes.length - 1];
-  await waitFor('the replay reaches the last write', () => w.events.some((e) => e.revision === lastWrite));
-  assert.deepEqual(w.events.filter((e) => e.resource === 'certificates/busy').map((e) => e.revision).slice(0, busy.writes.length), busy.writes);
-  // And goes on live.
-  const more = await makeCert(uid('after'));
-  await waitFor('a change after the restart', () => w.events.some((e) => e.resource === more.name));
+  await waitFor('the watch reaches the last write', () => w.events.some((e) => e.revision === lastWrite));
+  assert.deepEqual(w.events.filter((e) => e.resource === 'certificates/busy').map((e) => e.revision), busy.writes);
   const places = w.events.map((e) => `${e.revision}.${e.sequence}`);
   assert.equal(new Set(places).size, places.length, 'no event twice');
 });
