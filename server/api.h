@@ -19,6 +19,7 @@
 
 struct api;
 struct ca;
+struct events;
 struct hub;
 struct usage;
 
@@ -39,7 +40,10 @@ struct api_binding {
 struct api {
   struct store *store;
   struct hub *hub; /* the agents' push hub; NULL in tools and tests without one */
-  struct ca *ca;   /* the control-plane CA (client certificates); NULL: none issued */
+  /* WatchEvents' fan-out (events.h): changes and the events the server's
+   * parts publish (events_publish); NULL in tools and tests without one. */
+  struct events *events;
+  struct ca *ca; /* the control-plane CA (client certificates); NULL: none issued */
   /* Last use of credentials, noted by auth.c, written by the job thread
    * (usage.h); NULL: uses are not recorded (tools, tests). */
   struct usage *usage;

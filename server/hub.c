@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "auth.h"
+#include "events.h"
 #include "fleet.h"
 #include "log.h"
 #include "pb.h"
@@ -144,7 +145,9 @@ static int64_t now_us(void) {
 }
 
 static void commit_hook(int64_t revision, void *data) {
-  hub_notify(data, revision);
+  struct hub *hub = data;
+  hub_notify(hub, revision);
+  events_notify(hub->api->events, revision);
 }
 
 static void *push_main(void *arg);
@@ -523,9 +526,12 @@ static void latency_observe(struct hub *hub, int64_t revision) {
   }
 }
 
+static void rollout_event(struct hub *hub, int64_t revision);
+
 /* An ack or stats from a connected agent: recorded for the API. Takes
  * ownership of msg. */
 static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__AgentMessage *msg) {
+  int64_t acked = 0;
   pthread_mutex_lock(&hub->lock);
   a->last_seen_us = now_us();
   if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
@@ -543,7 +549,15 @@ static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__Age
                  (long long)ack->revision,
                  log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
                  log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
+        struct events_event e = {.type = TLSPLANE__V1__EVENT_TYPE__ROLLOUT_NACK,
+                                 .resource = ack->listeners[i]->listener,
+                                 .listener = ack->listeners[i]->listener,
+                                 .agent = a->name,
+                                 .reason = ack->listeners[i]->error,
+                                 .target_revision = ack->revision};
+        events_publish(hub->api->events, &e);
       }
+    acked = ack->revision;
     if (a->last_ack != NULL)
       protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
     a->last_ack = ack;
@@ -556,6 +570,8 @@ static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__Age
   }
   pthread_mutex_unlock(&hub->lock);
   protobuf_c_message_free_unpacked(&msg->base, NULL);
+  if (acked > 0)
+    rollout_event(hub, acked);
 }
 
 static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len,
@@ -1122,6 +1138,23 @@ int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out,
   pthread_mutex_unlock(&hub->lock);
   *out = r;
   return 0;
+}
+
+/* After an ack of revision: when every connected agent serves it (none
+ * pending, none failed), WatchEvents hears it (once per revision). */
+static void rollout_event(struct hub *hub, int64_t revision) {
+  if (hub->api->events == NULL)
+    return;
+  Tlsplane__V1__Rollout *r = NULL;
+  struct tp_err err = {0};
+  if (hub_rollout(hub, revision, &r, &err) != 0)
+    return;
+  if (r->agents_connected > 0 && r->agents_applied == r->agents_connected) {
+    struct events_event e = {.type = TLSPLANE__V1__EVENT_TYPE__ROLLOUT_APPLIED,
+                             .target_revision = revision};
+    events_publish(hub->api->events, &e);
+  }
+  protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
 void hub_latency(struct hub *hub, struct hub_latency *out) {

@@ -26,6 +26,7 @@
 #include "cli.h"
 #include "datadir.h"
 #include "dhgen.h"
+#include "events.h"
 #include "gateway.h"
 #include "grpclog.h"
 #include "health.h"
@@ -586,6 +587,10 @@ int main(int argc, char **argv) {
     log_error("server", "data directory %s: %s", o.data_dir, err.msg);
     goto close_store;
   }
+  if (events_new(&api, &api.events, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto close_store;
+  }
   if (hub_new(&api, &hub, &err) != 0) {
     log_error("server", "%s", err.msg);
     goto close_store;
@@ -613,7 +618,7 @@ int main(int argc, char **argv) {
   const char *services[16];
   size_t n_services = api_service_names(services, 16);
   if (api_register_all(&api, srv) != 0 || hub_register(hub, srv) != 0 ||
-      health_register(srv, services, n_services) != 0 ||
+      events_register(api.events, srv) != 0 || health_register(srv, services, n_services) != 0 ||
       reflection_register(srv, services, n_services) != 0) {
     log_error("server", "registering the API services failed");
     goto free_server;
@@ -665,6 +670,7 @@ free_server:
   rpc_server_free(srv);
 close_store:
   hub_free(hub);
+  events_free(api.events);
   store_close(api.store);
   usage_free(api.usage);
 close_datadir:
