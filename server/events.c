@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hub.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsplane/v1/certificate.pb-c.h"
@@ -30,6 +31,7 @@
 /* Certificates are checked for their renewal window this often, and
  * after every round that read a change to one. */
 #define RENEW_CHECK_MS 30000
+#define ROLLOUT_CHECK_MS 100
 /* The sequence after every event of a revision. */
 #define SEQ_END INT32_MAX
 #define TYPES_MAX TLSPLANE__V1__EVENT_TYPE__ROLLOUT_NACK
@@ -105,6 +107,11 @@ struct events {
   struct pending *pending, **pending_tail;
   size_t n_pending;
   int64_t applied_max; /* the newest ROLLOUT_APPLIED target published */
+  /* The newest revision an agent acked since the last rollout check
+   * (events_rollout_check); the check runs on this thread at most every
+   * ROLLOUT_CHECK_MS, so that acks from a large fleet cost one walk of
+   * the fleet per period, not one per ack. */
+  int64_t rollout_dirty;
   struct watch *watches;
   size_t n_watches;
   /* The thread's own: the last audit seq read; whether a certificate
@@ -559,13 +566,35 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Publishes ROLLOUT_APPLIED when every connected agent serves revision
+ * (none pending, none failed); events_publish keeps it once per revision. */
+static void rollout_check(struct events *ev, int64_t revision) {
+  Tlsplane__V1__Rollout *r = NULL;
+  struct tp_err err = {0};
+  if (ev->api->hub == NULL || hub_rollout(ev->api->hub, revision, &r, &err) != 0)
+    return;
+  if (r->agents_connected > 0 && r->agents_applied == r->agents_connected) {
+    struct events_event e = {.type = TLSPLANE__V1__EVENT_TYPE__ROLLOUT_APPLIED,
+                             .target_revision = revision};
+    events_publish(ev, &e);
+  }
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
 static void *events_main(void *arg) {
   struct events *ev = arg;
   int64_t next_check_ms = 0; /* at once: certificates already in their window */
+  int64_t next_rollout_ms = 0;
   for (;;) {
     pthread_mutex_lock(&ev->lock);
-    while (!ev->kicked && !ev->stop && mono_ms() < next_check_ms) {
-      int64_t wait_ms = next_check_ms - mono_ms();
+    for (;;) {
+      int64_t now = mono_ms();
+      int64_t due = next_check_ms;
+      if (ev->rollout_dirty > 0 && next_rollout_ms < due)
+        due = next_rollout_ms;
+      if (ev->kicked || ev->stop || now >= due)
+        break;
+      int64_t wait_ms = due - now;
       struct timespec until;
       clock_gettime(CLOCK_REALTIME, &until);
       until.tv_sec += wait_ms / 1000;
@@ -578,9 +607,17 @@ static void *events_main(void *arg) {
     }
     int stop = ev->stop;
     ev->kicked = 0;
+    int64_t rollout = 0;
+    if (ev->rollout_dirty > 0 && mono_ms() >= next_rollout_ms) {
+      rollout = ev->rollout_dirty;
+      ev->rollout_dirty = 0;
+      next_rollout_ms = mono_ms() + ROLLOUT_CHECK_MS;
+    }
     pthread_mutex_unlock(&ev->lock);
     if (stop)
       break;
+    if (rollout > 0)
+      rollout_check(ev, rollout);
     ingest(ev);
     if (ev->renew_due || mono_ms() >= next_check_ms) {
       ev->renew_due = 0;
@@ -674,6 +711,17 @@ void events_notify(struct events *ev, int64_t revision) {
   (void)revision;
   if (ev != NULL)
     kick(ev);
+}
+
+void events_rollout_check(struct events *ev, int64_t revision) {
+  if (ev == NULL)
+    return;
+  pthread_mutex_lock(&ev->lock);
+  if (revision > ev->rollout_dirty) {
+    ev->rollout_dirty = revision;
+    pthread_cond_signal(&ev->wake); /* the thread waits until the check is due */
+  }
+  pthread_mutex_unlock(&ev->lock);
 }
 
 void events_publish(struct events *ev, const struct events_event *e) {

@@ -60,4 +60,10 @@ struct events_event {
  * published is dropped. NULL ev: nothing. */
 void events_publish(struct events *ev, const struct events_event *e);
 
+/* An agent acked revision: ROLLOUT_APPLIED is published once every
+ * connected agent serves it, as checked at most every 100 ms (one walk of
+ * the fleet per check, whatever the number of acks). Any thread; never
+ * waits. NULL is a no-op. */
+void events_rollout_check(struct events *ev, int64_t revision);
+
 #endif

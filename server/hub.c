@@ -526,8 +526,6 @@ static void latency_observe(struct hub *hub, int64_t revision) {
   }
 }
 
-static void rollout_event(struct hub *hub, int64_t revision);
-
 /* An ack or stats from a connected agent: recorded for the API. Takes
  * ownership of msg. */
 static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__AgentMessage *msg) {
@@ -571,7 +569,7 @@ static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__Age
   pthread_mutex_unlock(&hub->lock);
   protobuf_c_message_free_unpacked(&msg->base, NULL);
   if (acked > 0)
-    rollout_event(hub, acked);
+    events_rollout_check(hub->api->events, acked);
 }
 
 static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len,
@@ -1138,23 +1136,6 @@ int hub_rollout(struct hub *hub, int64_t revision, Tlsplane__V1__Rollout **out,
   pthread_mutex_unlock(&hub->lock);
   *out = r;
   return 0;
-}
-
-/* After an ack of revision: when every connected agent serves it (none
- * pending, none failed), WatchEvents hears it (once per revision). */
-static void rollout_event(struct hub *hub, int64_t revision) {
-  if (hub->api->events == NULL)
-    return;
-  Tlsplane__V1__Rollout *r = NULL;
-  struct tp_err err = {0};
-  if (hub_rollout(hub, revision, &r, &err) != 0)
-    return;
-  if (r->agents_connected > 0 && r->agents_applied == r->agents_connected) {
-    struct events_event e = {.type = TLSPLANE__V1__EVENT_TYPE__ROLLOUT_APPLIED,
-                             .target_revision = revision};
-    events_publish(hub->api->events, &e);
-  }
-  protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
 void hub_latency(struct hub *hub, struct hub_latency *out) {
