@@ -667,6 +667,12 @@ free_server:
   gateway_free(gw);
   jobs_stop(jobs);
   dhgen_stop(api.dhgen);
+  api.dhgen = NULL;
+  /* Every thread of ours that makes grpc slices stops before the RPC
+   * server's free releases grpc; the commit hook then finds no events
+   * (a commit after this point wakes nobody). */
+  events_free(api.events);
+  api.events = NULL;
   rpc_server_free(srv);
 close_store:
   hub_free(hub);
