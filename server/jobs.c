@@ -17,7 +17,8 @@ struct jobs {
   pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t wake;
-  int stopping; /* under lock */
+  int stopping;            /* under lock */
+  struct ocsp_rounds ocsp; /* the job thread's */
 };
 
 int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
@@ -75,7 +76,7 @@ static void *jobs_main(void *arg) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
-    ocsp_refresh_due(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    ocsp_refresh_due(jobs->api, &jobs->ocsp, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }
@@ -115,6 +116,7 @@ void jobs_stop(struct jobs *jobs) {
   pthread_mutex_unlock(&jobs->lock);
   pthread_join(jobs->thread, NULL);
   usage_write(jobs->api);
+  ocsp_rounds_clear(&jobs->ocsp);
   pthread_cond_destroy(&jobs->wake);
   pthread_mutex_destroy(&jobs->lock);
   free(jobs);

@@ -289,7 +289,43 @@ done:
   return rc;
 }
 
-int ocsp_refresh_due(struct api *api, int64_t now_us) {
+void ocsp_rounds_clear(struct ocsp_rounds *r) {
+  for (size_t i = 0; i < r->n_unused; i++)
+    free(r->unused[i]);
+  free(r->unused);
+  memset(r, 0, sizeof(*r));
+}
+
+static int name_cmp(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Whether r knew name unused at revision. */
+static int known_unused(const struct ocsp_rounds *r, int64_t revision, const char *name) {
+  return r != NULL && r->revision == revision && r->n_unused > 0 &&
+         bsearch(&name, r->unused, r->n_unused, sizeof(*r->unused), name_cmp) != NULL;
+}
+
+/* Records the names of rows whose used[] is 0, in row (name) order. */
+static void rounds_record(struct ocsp_rounds *r, int64_t revision, const struct store_row *rows,
+                          const int *used, size_t n) {
+  ocsp_rounds_clear(r);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    k += used[i] == 0;
+  if (k == 0 || (r->unused = calloc(k, sizeof(*r->unused))) == NULL)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    if (used[i] != 0)
+      continue;
+    if ((r->unused[r->n_unused] = strdup(rows[i].name)) == NULL)
+      break;
+    r->n_unused++;
+  }
+  r->revision = revision;
+}
+
+int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
   struct tp_err err = {0};
   struct store_txn *txn;
   struct store_row *rows = NULL;
@@ -305,13 +341,18 @@ int ocsp_refresh_due(struct api *api, int64_t now_us) {
   /* Which are used for stapling, read in the same transaction; the
    * fetches run after it (a thread holds one transaction at a time, and
    * none is held across the network). */
+  int64_t revision = store_txn_revision(txn);
   int *used = calloc(n ? n : 1, sizeof(*used));
   for (size_t i = 0; used != NULL && i < n; i++) {
+    if (known_unused(r, revision, rows[i].name))
+      continue;
     used[i] = used_for_stapling(txn, rows[i].name, &err);
     if (used[i] < 0)
       log_warn("jobs", "OCSP for %s: %s", rows[i].name, err.msg);
   }
   store_rollback(txn);
+  if (r != NULL && used != NULL)
+    rounds_record(r, revision, rows, used, n);
   int written = 0;
   for (size_t i = 0; used != NULL && i < n; i++) {
     if (used[i] <= 0)

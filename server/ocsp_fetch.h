@@ -38,11 +38,26 @@
 int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, size_t *len,
                struct tp_err *err);
 
+/* What a round leaves for the next: the names (sorted, malloc'd) of the
+ * due certificates that no stapling context used at store revision
+ * `revision`. While the revision stays, none of them can have come into
+ * use, so the next round does not ask again. Zero-initialised: nothing
+ * known. */
+struct ocsp_rounds {
+  int64_t revision;
+  char **unused;
+  size_t n_unused;
+};
+
+/* Frees what r holds and zeroes it. */
+void ocsp_rounds_clear(struct ocsp_rounds *r);
+
 /* One round on the calling thread: every certificate whose next attempt
  * is before now_us and that a stapling context uses is fetched for, and
- * the outcome written. Returns how many certificates were written, or -1
- * when the due ones could not be listed. */
-int ocsp_refresh_due(struct api *api, int64_t now_us);
+ * the outcome written. r (may be NULL) carries what one round learnt to
+ * the next. Returns how many certificates were written, or -1 when the
+ * due ones could not be listed. */
+int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us);
 
 /* The retry delay after `failures` consecutive failures (1, 2, ...), in
  * seconds, for a back-off base in seconds. */
