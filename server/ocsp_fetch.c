@@ -370,6 +370,15 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
     else if (!o.ok)
       log_warn("jobs", "OCSP for %s from %s: %s", rows[i].name, c->ocsp_responder_url, o.error);
     int rc = store_outcome(api, rows[i].name, rows[i].etag, &o, now_us, &err);
+    if (rc < 0 && o.ok) {
+      /* A response the certificate cannot take (a context using it no
+       * longer builds with it) is a failed fetch: retried after the
+       * back-off, not on every round. */
+      log_warn("jobs", "OCSP for %s: storing the response: %s", rows[i].name, err.msg);
+      o.ok = 0;
+      snprintf(o.error, sizeof(o.error), "storing the response: %.900s", err.msg);
+      rc = store_outcome(api, rows[i].name, rows[i].etag, &o, now_us, &err);
+    }
     if (rc < 0)
       log_warn("jobs", "OCSP for %s: storing the outcome: %s", rows[i].name, err.msg);
     else
