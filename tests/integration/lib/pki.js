@@ -168,6 +168,18 @@ authorityInfoAccess = OCSP;URI:${url}
     return this.leaf(name, { cn: `${name}.example.com`, ...opts, ext: 'aia_ext', extfile: `${name}-ext.cnf` });
   }
 
+  // A DER OCSP response for name's certificate as the CA's index has it now
+  // (good, or revoked after revoke(name)), signed by the responder
+  // certificate, valid `ndays` days.
+  ocspResponseFor(name, { ndays = 7 } = {}) {
+    this.run(['ocsp', '-issuer', 'ca.crt', '-cert', `${name}.crt`, '-no_nonce', '-reqout', `${name}-ocsp-req3.der`]);
+    this.run([
+      'ocsp', '-index', 'index.txt', '-rsigner', 'ocsp-responder.crt', '-rkey', 'ocsp-responder.key',
+      '-CA', 'ca.crt', '-reqin', `${name}-ocsp-req3.der`, '-respout', `${name}-ocsp3.der`, '-ndays', String(ndays),
+    ]);
+    return this.readBuf(`${name}-ocsp3.der`);
+  }
+
   // Marks name's certificate revoked in the CA's index (what an
   // \`openssl ocsp -index index.txt\` responder answers from).
   revoke(name) {
