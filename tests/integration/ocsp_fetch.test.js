@@ -7,11 +7,14 @@
 // (half the validity) as ocsp_cert_status "revoked" and in the metrics,
 // and is not stapled unless the context says ocsp_staple_revoked; with the
 // responder down the old response is stapled until its nextUpdate, then
-// none, while the server retries with a back-off.
+// none, while the server retries with a back-off. The fetcher is bounded:
+// an HTTP error, an answer over 64 KiB and bytes that are no OCSP response
+// are failed fetches, and only http:// responders are asked.
 
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
+const http = require('node:http');
 const path = require('node:path');
 const { Server, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
@@ -218,4 +221,63 @@ test('responder down: the old response is stapled until its nextUpdate, then non
   }, { timeoutMs: 40000, intervalMs: 500 });
   assert.equal(dropped.ocspCertStatus, '');
   assert.ok(dropped.ocspFetchFailures > later.ocspFetchFailures);
+});
+
+test('bounded: an HTTP error, an answer over 64 KiB and bytes that are no OCSP response are failed fetches that say why; an https:// responder is not asked', async () => {
+  let mode = '500';
+  const seen = [];
+  const hs = http.createServer((req, res) => {
+    let len = 0;
+    req.on('data', (d) => { len += d.length; });
+    req.on('end', () => {
+      seen.push({ method: req.method, type: req.headers['content-type'], len });
+      if (mode === '500') {
+        res.writeHead(500);
+        res.end('no');
+      } else if (mode === 'big') {
+        res.writeHead(200, { 'content-type': 'application/ocsp-response' });
+        res.end(Buffer.alloc(70 * 1024, 0x30));
+      } else {
+        res.writeHead(200, { 'content-type': 'application/ocsp-response' });
+        res.end('not an OCSP response');
+      }
+    });
+  });
+  await new Promise((resolve) => hs.listen(0, '127.0.0.1', resolve));
+  try {
+    const leaf = p.ocspLeaf(uid('ocsp-bounds'), `http://127.0.0.1:${hs.address().port}/ocsp`);
+    await api().CertificateService.CreateCertificate({
+      certificateId: 'bounds',
+      certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key, issuerCertificatePem: p.ca.cert },
+    });
+    await api().TlsContextService.CreateTlsContext({
+      tlsContextId: 'bounds', tlsContext: { certificates: ['certificates/bounds'], ocspStapling: true },
+    });
+    const failure = async (re) => waitFor(`a failed fetch: ${re}`, async () => {
+      const c = await getCert('bounds');
+      if (!re.test(c.ocspLastError)) throw new Error(`last error "${c.ocspLastError}"`);
+      return c;
+    }, { timeoutMs: 20000, intervalMs: 100 });
+    const c500 = await failure(/the responder answered HTTP 500/);
+    assert.deepEqual(seen[0].method, 'POST');
+    assert.equal(seen[0].type, 'application/ocsp-request');
+    assert.ok(seen[0].len > 0, 'an empty request');
+    mode = 'big';
+    await failure(/longer than 65536 bytes/);
+    mode = 'garbage';
+    const garbage = await failure(/not a DER OCSPResponse/);
+    assert.ok(garbage.ocspFetchFailures > c500.ocspFetchFailures);
+    assert.equal(garbage.ocspResponse.length, 0);
+    assert.equal(garbage.ocspCertStatus, '');
+
+    const tls = p.ocspLeaf(uid('ocsp-https'), 'https://127.0.0.1:9/ocsp');
+    const c = await api().CertificateService.CreateCertificate({
+      certificateId: 'https-responder',
+      certificate: { certificateChainPem: tls.cert, privateKeyPem: tls.key, issuerCertificatePem: p.ca.cert },
+    });
+    assert.equal(c.ocspResponderUrl, '');
+    assert.equal(c.ocspNextAttemptTime, null);
+  } finally {
+    await new Promise((resolve) => hs.close(resolve));
+  }
 });
