@@ -914,7 +914,7 @@ done:
 }
 
 int certinfo_ocsp_next_update(const unsigned char *der, size_t len, X509 *leaf, X509 *issuer,
-                              int *has_next_update, time_t *next_update) {
+                              int *has_next_update, time_t *next_update, int *status) {
   if (len > LONG_MAX)
     return -1;
   const unsigned char *p = der;
@@ -925,7 +925,9 @@ int certinfo_ocsp_next_update(const unsigned char *der, size_t len, X509 *leaf, 
   if (single != NULL) {
     int reason;
     ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
-    OCSP_single_get0_status(single, &reason, &rev, &thisupd, &nextupd);
+    int st = OCSP_single_get0_status(single, &reason, &rev, &thisupd, &nextupd);
+    if (status != NULL)
+      *status = st;
     *has_next_update = nextupd != NULL;
     rc = nextupd == NULL || certinfo_time(nextupd, next_update) == 0 ? 0 : -1;
   }
@@ -933,4 +935,19 @@ int certinfo_ocsp_next_update(const unsigned char *der, size_t len, X509 *leaf, 
   OCSP_RESPONSE_free(resp);
   ERR_clear_error();
   return rc;
+}
+
+char *certinfo_ocsp_url(X509 *leaf) {
+  STACK_OF(OPENSSL_STRING) *urls = X509_get1_ocsp(leaf);
+  const char *found = "";
+  for (int i = 0; i < sk_OPENSSL_STRING_num(urls); i++) {
+    const char *u = sk_OPENSSL_STRING_value(urls, i);
+    if (OPENSSL_strncasecmp(u, "http://", 7) == 0 && strlen(u) <= CERTINFO_OCSP_URL_MAX) {
+      found = u;
+      break;
+    }
+  }
+  char *out = strdup(found);
+  X509_email_free(urls); /* frees a stack of OPENSSL_STRING, as X509_get1_ocsp documents */
+  return out;
 }

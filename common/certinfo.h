@@ -131,10 +131,20 @@ int certinfo_ocsp_check(const unsigned char *der, size_t len, X509 *leaf, X509 *
                         int check_signer_time, struct certinfo_ocsp *out, struct tp_err *err);
 
 /* Parses a DER OCSPResponse already checked by certinfo_ocsp_check and
- * finds leaf's next_update (for stapling: no signature check). Returns 0
+ * finds leaf's next_update and, when status is not NULL, its status
+ * (V_OCSP_CERTSTATUS_*) (for stapling: no signature check). Returns 0
  * with *has_next_update set, or -1 when it does not parse or names no
  * single response for leaf. */
 int certinfo_ocsp_next_update(const unsigned char *der, size_t len, X509 *leaf, X509 *issuer,
-                              int *has_next_update, time_t *next_update);
+                              int *has_next_update, time_t *next_update, int *status);
+
+/* The longest OCSP responder URL certinfo_ocsp_url returns. */
+#define CERTINFO_OCSP_URL_MAX 2048
+
+/* The first OCSP responder of leaf's Authority Information Access that is
+ * an http:// URL (at most CERTINFO_OCSP_URL_MAX bytes), or "" when it
+ * names none; other schemes are skipped. malloc'd; NULL when out of
+ * memory. */
+char *certinfo_ocsp_url(X509 *leaf);
 
 #endif

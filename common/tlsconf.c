@@ -362,6 +362,11 @@ int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existi
   }
   if (cert_facts_collect(chain, &facts, err) != 0)
     goto done;
+  char *url = certinfo_ocsp_url(leaf);
+  if (url == NULL || tlsconf__str_take(&c->ocsp_responder_url, url) != 0) {
+    tlsconf__oom(err);
+    goto done;
+  }
   if (key != NULL && (key_pem = certinfo_key_pem(key)) == NULL) {
     tlsconf__oom(err);
     goto done;
@@ -390,6 +395,30 @@ done:
   X509_free(ocsp_issuer);
   free(issuer_pem);
   EVP_PKEY_free(key);
+  certinfo_certs_free(chain);
+  return rc;
+}
+
+int tlsconf_certificate_ocsp_target(const Tlsplane__V1__Certificate *c, X509 **leaf, X509 **issuer,
+                                    struct tp_err *err) {
+  *leaf = *issuer = NULL;
+  STACK_OF(X509) *chain = NULL;
+  if (certinfo_certs_read(c->certificate_chain_pem, strlen(c->certificate_chain_pem),
+                          "certificate_chain_pem", &chain, err) != 0)
+    return -1;
+  int rc = tlsconf__ocsp_issuer(c, chain, issuer, err);
+  if (rc == 0 && *issuer == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "the leaf's issuer is needed to ask for and check an OCSP response: give it "
+                    "in issuer_certificate_pem or after the leaf in certificate_chain_pem");
+  if (rc == 0 && !X509_up_ref(sk_X509_value(chain, 0)))
+    rc = tlsconf__oom(err);
+  if (rc == 0)
+    *leaf = sk_X509_value(chain, 0);
+  else {
+    X509_free(*issuer);
+    *issuer = NULL;
+  }
   certinfo_certs_free(chain);
   return rc;
 }

@@ -60,7 +60,7 @@ extern const char tlsconf_node2015_ciphers[];
  *     derived field is set (key_algorithm, key_bits, key_curve, subject,
  *     issuer, dns_names, ip_addresses, serial_number, not_before, not_after,
  *     sha256_fingerprint, chain_length, has_private_key, ocsp_next_update,
- *     ocsp_cert_status); the input-only fields (private_key_pem,
+ *     ocsp_cert_status, ocsp_responder_url); the input-only fields (private_key_pem,
  *     passphrase, pfx, allow_invalid_time) are freed and cleared.
  *     *key_pem_out receives the unencrypted PKCS#8 PEM key (caller frees
  *     with free()). Derived message fields are allocated with malloc and
@@ -101,6 +101,13 @@ extern const char tlsconf_node2015_ciphers[];
  * unspecified, and *key_pem_out is NULL. */
 int tlsconf_certificate_prepare(Tlsplane__V1__Certificate *c, const char *existing_key_pem,
                                 time_t now, char **key_pem_out, struct tp_err *err);
+
+/* The leaf of c's stored chain and the certificate that issued it (from
+ * issuer_certificate_pem or the chain), for asking its OCSP responder.
+ * FAILED_PRECONDITION when neither names the issuer. Caller frees both
+ * with X509_free (NULL on failure). */
+int tlsconf_certificate_ocsp_target(const Tlsplane__V1__Certificate *c, X509 **leaf, X509 **issuer,
+                                    struct tp_err *err);
 
 /* Bounds of PEM and DER input, checked by the *_prepare functions before
  * anything is parsed, so that no write costs more than a real deployment

@@ -246,30 +246,36 @@ static int facts_add(struct ctx_data *d, const struct loaded_cert *lc, const cha
   return 0;
 }
 
-/* Keeps a copy of the certificate's OCSP response for the status callback. */
-/* The issuer the response is matched with comes from the certificate's
+/* Keeps a copy of the certificate's OCSP response for the status callback.
+ * The issuer the response is matched with comes from the certificate's
  * issuer_certificate_pem or its chain (tlsconf__ocsp_issuer); only the
- * chain is served. */
+ * chain is served. A response saying "revoked" is left out unless
+ * staple_revoked (TlsContext.ocsp_staple_revoked). */
 static int staple_add(struct ctx_data *d, const Tlsplane__V1__Certificate *c,
-                      const struct loaded_cert *lc, const char *label, struct tp_err *err) {
+                      const struct loaded_cert *lc, int staple_revoked, const char *label,
+                      struct tp_err *err) {
   const ProtobufCBinaryData *ocsp = &c->ocsp_response;
   X509 *leaf = sk_X509_value(lc->chain, 0);
   X509 *issuer = NULL;
   struct staple s = {0};
+  int status = V_OCSP_CERTSTATUS_UNKNOWN;
   if (tlsconf__ocsp_issuer(c, lc->chain, &issuer, err) != 0) {
     char prefix[160];
     snprintf(prefix, sizeof(prefix), "certificates: %s: ", label);
     tp_err_prefix(err, prefix);
     return -1;
   }
-  int found = issuer != NULL && certinfo_ocsp_next_update(ocsp->data, ocsp->len, leaf, issuer,
-                                                          &s.has_next_update, &s.next_update) == 0;
+  int found =
+      issuer != NULL && certinfo_ocsp_next_update(ocsp->data, ocsp->len, leaf, issuer,
+                                                  &s.has_next_update, &s.next_update, &status) == 0;
   X509_free(issuer);
   if (!found)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "certificates: %s: ocsp_response names no response for the certificate "
                       "and its issuer",
                       label);
+  if (status == V_OCSP_CERTSTATUS_REVOKED && !staple_revoked)
+    return 0;
   struct staple *ns = realloc(d->staples, (d->n_staples + 1) * sizeof(*ns));
   if (ns == NULL)
     return tlsconf__oom(err);
@@ -306,7 +312,7 @@ static int cert_install(SSL_CTX *ctx, const struct loaded_cert *lc, const char *
 
 static int add_certificates(SSL_CTX *ctx, struct ctx_data *d,
                             const Tlsplane__V1__ResolvedTlsContext *rc, int stapling,
-                            struct tp_err *err) {
+                            int staple_revoked, struct tp_err *err) {
   enum { MAX_CERTS = 8 };
   /* The key algorithm of each certificate loaded so far: OpenSSL has one
    * slot per algorithm, and a second certificate would silently replace
@@ -340,7 +346,7 @@ static int add_certificates(SSL_CTX *ctx, struct ctx_data *d,
     if (rc2 == 0)
       rc2 = facts_add(d, &lc, labels[i], err);
     if (rc2 == 0 && stapling && m->certificate->ocsp_response.len > 0)
-      rc2 = staple_add(d, m->certificate, &lc, labels[i], err);
+      rc2 = staple_add(d, m->certificate, &lc, staple_revoked, labels[i], err);
     algs[i] = lc.alg;
     loaded_cert_free(&lc);
     if (rc2 != 0)
@@ -491,7 +497,7 @@ int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
   /* Serve exactly the stored chain, never one built from the trust
    * bundle. */
   SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN);
-  if (add_certificates(ctx, d, rc, tc->ocsp_stapling, err) != 0)
+  if (add_certificates(ctx, d, rc, tc->ocsp_stapling, tc->ocsp_staple_revoked, err) != 0)
     goto failed;
   if (add_trust(ctx, rc, err) != 0)
     goto failed;

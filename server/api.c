@@ -118,6 +118,10 @@ static void clear_output_fields(const struct api_kind *kind, ProtobufCMessage *r
   }
 }
 
+void api_clear_output_fields(const struct api_kind *kind, ProtobufCMessage *res) {
+  clear_output_fields(kind, res);
+}
+
 static void clear_metadata(ProtobufCMessage *res) {
   for (size_t i = 0; metadata_fields[i] != NULL; i++) {
     const ProtobufCFieldDescriptor *f = pb_field(res->descriptor, metadata_fields[i]);
@@ -310,6 +314,7 @@ struct staged {
   struct store_label labels[LABELS_MAX];
   size_t n_labels;
   int64_t expire_time_us;
+  int64_t due_time_us;
 };
 
 static void staged_clear(struct staged *st) {
@@ -356,6 +361,7 @@ static int stage(struct api_op *op, ProtobufCMessage *res, struct staged *st, st
   if (pb_pack(res, &st->data, &st->data_len) != 0)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   st->expire_time_us = kind->expire_time_us ? kind->expire_time_us(res) : 0;
+  st->due_time_us = kind->due_time_us ? kind->due_time_us(res) : 0;
   return 0;
 }
 
@@ -378,6 +384,7 @@ static int staged_put(struct api_op *op, ProtobufCMessage *res, const struct sta
       .refs = st->refs.items,
       .n_refs = st->refs.n,
       .expire_time_us = st->expire_time_us,
+      .due_time_us = st->due_time_us,
       /* Labels, references and expiry derive from data: the same data
        * and secret leave the row as it is. */
       .skip_unchanged = 1,

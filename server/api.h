@@ -127,6 +127,9 @@ struct api_kind {
                        struct api_changes *ch);
   /* Time indexed for "expiring before" filters, µs since the epoch; NULL: none. */
   int64_t (*expire_time_us)(const ProtobufCMessage *res);
+  /* When the job thread next has work on res (store_write.due_time_us),
+   * µs since the epoch, 0: none; NULL: never. */
+  int64_t (*due_time_us)(const ProtobufCMessage *res);
   /* Whether res may be changed or deleted (built-ins may not). May be NULL. */
   int (*check_mutable)(const ProtobufCMessage *res, struct tp_err *err);
   /* Validates the resources that reference res with res (the new version,
@@ -213,6 +216,11 @@ int api_token_decode(const char *token, char *text, size_t len);
  * metadata set (name, etag, revision, times). Caller frees. */
 ProtobufCMessage *api_decode_row(const struct api_kind *kind, const struct store_row *row,
                                  struct tp_err *err);
+
+/* Clears res's output fields (those neither mutable nor name or labels),
+ * as the generic Update does before it applies a request to the stored
+ * version: what a job's write of a stored resource starts from. */
+void api_clear_output_fields(const struct api_kind *kind, ProtobufCMessage *res);
 
 /* Reads one resource inside txn. with_secret also fills row->secret.
  * *msg and *row are the caller's (row may be NULL). */

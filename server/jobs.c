@@ -1,11 +1,13 @@
 /* Background jobs: a thread that wakes on a fixed tick and runs what is due. */
 #include "jobs.h"
 
+#include <curl/curl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "log.h"
+#include "ocsp_fetch.h"
 #include "usage.h"
 
 #define JOBS_TICK_MS 1000
@@ -15,7 +17,8 @@ struct jobs {
   pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t wake;
-  int stopping; /* under lock */
+  int stopping;            /* under lock */
+  struct ocsp_rounds ocsp; /* the job thread's */
 };
 
 int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
@@ -73,6 +76,7 @@ static void *jobs_main(void *arg) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    ocsp_refresh_due(jobs->api, &jobs->ocsp, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }
@@ -81,6 +85,8 @@ static void *jobs_main(void *arg) {
 }
 
 int jobs_start(struct api *api, struct jobs **out, struct tp_err *err) {
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) /* before the job thread uses curl */
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "cannot initialise libcurl");
   struct jobs *jobs = calloc(1, sizeof(*jobs));
   if (jobs == NULL)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -110,6 +116,7 @@ void jobs_stop(struct jobs *jobs) {
   pthread_mutex_unlock(&jobs->lock);
   pthread_join(jobs->thread, NULL);
   usage_write(jobs->api);
+  ocsp_rounds_clear(&jobs->ocsp);
   pthread_cond_destroy(&jobs->wake);
   pthread_mutex_destroy(&jobs->lock);
   free(jobs);

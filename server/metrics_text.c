@@ -117,6 +117,43 @@ static void serving(FILE *f, struct api *api, const struct store_row *rows, size
   }
 }
 
+/* What the stored OCSP responses say, and how the server's fetches go
+ * (ocsp_fetch.h). */
+static void ocsp_families(FILE *f, const struct store_row *rows, size_t n) {
+  prom_family(f, "tlsplane_certificate_ocsp_status", "gauge",
+              "1 for the status (good, revoked, unknown) the stored OCSP response of each "
+              "certificate gives; a revoked one is not stapled unless the context says so.");
+  for (size_t i = 0; i < n; i++) {
+    Tlsplane__V1__Certificate *c =
+        tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
+    if (c == NULL)
+      continue;
+    if (c->ocsp_cert_status[0] != '\0') {
+      fputs("tlsplane_certificate_ocsp_status{certificate=\"", f);
+      prom_label(f, rows[i].name);
+      fputs("\",status=\"", f);
+      prom_label(f, c->ocsp_cert_status);
+      fputs("\"} 1\n", f);
+    }
+    tlsplane__v1__certificate__free_unpacked(c, NULL);
+  }
+  prom_family(f, "tlsplane_certificate_ocsp_fetch_failures", "gauge",
+              "Failed OCSP fetches since the last success, for each certificate whose responder "
+              "the server asks.");
+  for (size_t i = 0; i < n; i++) {
+    Tlsplane__V1__Certificate *c =
+        tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
+    if (c == NULL)
+      continue;
+    if (c->ocsp_responder_url[0] != '\0') {
+      fputs("tlsplane_certificate_ocsp_fetch_failures{certificate=\"", f);
+      prom_label(f, rows[i].name);
+      fprintf(f, "\"} %d\n", c->ocsp_fetch_failures);
+    }
+    tlsplane__v1__certificate__free_unpacked(c, NULL);
+  }
+}
+
 static void certificates(FILE *f, struct api *api, int *errors) {
   struct store *store = api->store;
   struct store_txn *txn = NULL;
@@ -163,6 +200,7 @@ static void certificates(FILE *f, struct api *api, int *errors) {
     }
     tlsplane__v1__certificate__free_unpacked(c, NULL);
   }
+  ocsp_families(f, rows, n);
   serving(f, api, rows, n, errors);
   store_rows_free(rows, n);
 }

@@ -15,10 +15,67 @@ static const char *const certificate_mutable[] = {
 /* A new key (PEM or inside a PKCS#12) replaces the stored one unread. */
 static const char *const certificate_secret_fields[] = {"private_key_pem", "pfx", NULL};
 
+/* The OCSP fetch schedule: output fields only the fetch job writes
+ * (ocsp_fetch.c); any other write keeps them. */
+static const char *const ocsp_schedule_fields[] = {"ocsp_fetch_time",        "ocsp_refresh_time",
+                                                   "ocsp_next_attempt_time", "ocsp_last_error",
+                                                   "ocsp_fetch_failures",    NULL};
+
+static void ocsp_schedule_clear(ProtobufCMessage *res) {
+  for (size_t i = 0; ocsp_schedule_fields[i] != NULL; i++)
+    pb_field_clear(res, pb_field(res->descriptor, ocsp_schedule_fields[i]));
+}
+
+/* After the facts are derived (ocsp_responder_url among them): a leaf
+ * without an http:// responder has no schedule; the fetch job's own write
+ * brings its schedule (ocsp_next_attempt_time set); any other write of the
+ * same leaf and responder keeps the stored schedule, and a new leaf or
+ * responder is fetched for at once. */
+static int ocsp_schedule(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
+  Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
+  const Tlsplane__V1__Certificate *old = (const Tlsplane__V1__Certificate *)op->old;
+  if (c->ocsp_responder_url[0] == '\0') {
+    ocsp_schedule_clear(res);
+    return 0;
+  }
+  if (c->ocsp_next_attempt_time != NULL)
+    return 0;
+  ocsp_schedule_clear(res);
+  if (old != NULL && old->ocsp_next_attempt_time != NULL &&
+      strcmp(old->ocsp_responder_url, c->ocsp_responder_url) == 0 &&
+      strcmp(old->sha256_fingerprint, c->sha256_fingerprint) == 0) {
+    ProtobufCMessage *was = pb_clone(&old->base);
+    if (was == NULL)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    for (size_t i = 0; ocsp_schedule_fields[i] != NULL; i++)
+      pb_field_swap(res, was, pb_field(res->descriptor, ocsp_schedule_fields[i]));
+    protobuf_c_message_free_unpacked(was, NULL);
+    return 0;
+  }
+  if (pb_timestamp_set(res, "ocsp_next_attempt_time", (int64_t)op->now * 1000000) != 0)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return 0;
+}
+
+/* A stored OCSP response whose nextUpdate has passed is never served
+ * again: a write that leaves it as it is drops it rather than refusing the
+ * write as expired (a responder down past nextUpdate, then a label or a
+ * failed fetch recorded). */
+static void ocsp_drop_expired(struct api_op *op, Tlsplane__V1__Certificate *c) {
+  const Tlsplane__V1__Certificate *old = (const Tlsplane__V1__Certificate *)op->old;
+  if (old == NULL || old->ocsp_next_update == NULL || c->ocsp_response.len == 0 ||
+      pb_timestamp_us(old->ocsp_next_update) > (int64_t)op->now * 1000000 ||
+      c->ocsp_response.len != old->ocsp_response.len ||
+      memcmp(c->ocsp_response.data, old->ocsp_response.data, c->ocsp_response.len) != 0)
+    return;
+  pb_field_clear(&c->base, pb_field(c->base.descriptor, "ocsp_response"));
+}
+
 static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
   const Tlsplane__V1__Certificate *old = (const Tlsplane__V1__Certificate *)op->old;
   int new_key = c->private_key_pem[0] != '\0' || c->pfx.len > 0;
+  ocsp_drop_expired(op, c);
   /* A new pfx brings its own chain: the stored one gives way. */
   if (old != NULL && c->pfx.len > 0 &&
       strcmp(old->certificate_chain_pem, c->certificate_chain_pem) == 0)
@@ -39,8 +96,13 @@ static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct 
     OPENSSL_cleanse(existing, strlen(existing));
     free(existing);
   }
-  if (rc != 0)
+  if (rc != 0 || ocsp_schedule(op, res, err) != 0) {
+    if (key != NULL) {
+      OPENSSL_cleanse(key, strlen(key));
+      free(key);
+    }
     return -1;
+  }
   if (key == NULL)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "private_key_pem: required (or pfx with the key inside)");
@@ -59,13 +121,23 @@ static int certificate_audit_changes(const ProtobufCMessage *old, const Protobuf
   if (api_changes_add(ch, "serial_number", was->serial_number, now->serial_number) != 0 ||
       api_changes_add(ch, "sha256_fingerprint", was->sha256_fingerprint, now->sha256_fingerprint) !=
           0 ||
-      api_changes_time(ch, "not_after", was->not_after, now->not_after) != 0)
+      api_changes_time(ch, "not_after", was->not_after, now->not_after) != 0 ||
+      api_changes_add(ch, "ocsp_cert_status", was->ocsp_cert_status, now->ocsp_cert_status) != 0)
     return -1;
   return 0;
 }
 
 static int64_t certificate_expire_time(const ProtobufCMessage *res) {
   return pb_timestamp_us(((const Tlsplane__V1__Certificate *)res)->not_after);
+}
+
+/* The next OCSP fetch (ocsp_fetch.c asks for those due). */
+static int64_t certificate_due_time(const ProtobufCMessage *res) {
+  const Tlsplane__V1__Certificate *c = (const Tlsplane__V1__Certificate *)res;
+  if (c->ocsp_next_attempt_time == NULL)
+    return 0;
+  int64_t us = pb_timestamp_us(c->ocsp_next_attempt_time);
+  return us > 0 ? us : 1;
 }
 
 const struct api_kind api_kind_certificate = {
@@ -77,6 +149,7 @@ const struct api_kind api_kind_certificate = {
     .prepare = certificate_prepare,
     .audit_changes = certificate_audit_changes,
     .expire_time_us = certificate_expire_time,
+    .due_time_us = certificate_due_time,
     .check_referrers = resolve_check_referrers,
     .secret_fields = certificate_secret_fields,
 };

@@ -7,11 +7,10 @@
 #include "tlsconf.h"
 
 static const char *const tls_context_mutable[] = {
-    "certificates",       "cipher_policy",     "trust_bundle",
-    "revocation_lists",   "request_cert",      "reject_unauthorized",
-    "alpn_protocols",     "npn_protocols",     "session_timeout",
-    "session_id_context", "session_tickets",   "session_cache_size",
-    "ocsp_stapling",      "max_send_fragment", NULL};
+    "certificates",    "cipher_policy",       "trust_bundle",        "revocation_lists",
+    "request_cert",    "reject_unauthorized", "alpn_protocols",      "npn_protocols",
+    "session_timeout", "session_id_context",  "session_tickets",     "session_cache_size",
+    "ocsp_stapling",   "max_send_fragment",   "ocsp_staple_revoked", NULL};
 
 static int tls_context_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   const Tlsplane__V1__TlsContext *ctx = (const Tlsplane__V1__TlsContext *)res;

@@ -45,6 +45,7 @@
 #define BUSY_TIMEOUT_MS 10000         /* waiting for another process's lock */
 #define AUDIT_SINCE_VERSION 2         /* the first schema version with the audit table */
 #define AUDIT_CHANGES_SINCE_VERSION 6 /* the first with audit_changes */
+#define DUE_SINCE_VERSION 7           /* the first with resources.due_time_us */
 
 struct conn;
 struct sqlite_store;
@@ -167,6 +168,13 @@ static const struct migration migrations[] = {
      ") WITHOUT ROWID;\n"
      "CREATE INDEX audit_time ON audit (time_us, seq);\n",
      NULL},
+    {7, "when background jobs next have work on a row",
+     /* Only rows with work scheduled; the job thread asks for the few of
+      * them due now (store_query.due_before_us). */
+     "ALTER TABLE resources ADD COLUMN due_time_us INTEGER NOT NULL DEFAULT 0;\n"
+     "CREATE INDEX resources_due ON resources (kind, due_time_us)\n"
+     "  WHERE due_time_us > 0;\n",
+     NULL},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -204,6 +212,7 @@ enum stmt_id {
   ST_MAC_GET,
   ST_MAC_SET,
   ST_MACS_ALL,
+  ST_DUE_SET,
   ST_COUNT
 };
 
@@ -255,6 +264,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                           " WHERE secret IS NOT NULL",
     [ST_USAGE_SET] = "INSERT INTO usage (kind, name, last_used_us) VALUES (?1, ?2, ?3)"
                      " ON CONFLICT (kind, name) DO UPDATE SET last_used_us = excluded.last_used_us",
+    [ST_DUE_SET] = "UPDATE resources SET due_time_us = ?3 WHERE kind = ?1 AND name = ?2",
     [ST_USAGE_GET] = "SELECT last_used_us FROM usage WHERE kind = ?1 AND name = ?2",
     [ST_MAC_GET] = "SELECT mac FROM macs WHERE kind = ?1 AND name = ?2",
     [ST_MAC_SET] = "INSERT INTO macs (kind, name, mac) VALUES (?1, ?2, ?3)"
@@ -1061,6 +1071,12 @@ static int sqlite_put(struct store_txn *base, const struct store_write *w, struc
   rc = row_write(base, w, etag, now, &create_time, err);
   if (rc < 0)
     return rc;
+  /* Apart from row_write's statements, so that those of older schemas
+   * stay as they are. */
+  if (base->store->schema_version >= DUE_SINCE_VERSION && (!w->create || w->due_time_us > 0))
+    rc = stmt_exec(c, ST_DUE_SET, "schedule", err, "tti", w->kind, w->name, w->due_time_us);
+  if (rc < 0)
+    return rc;
 
   if (!w->create)
     rc = stmt_exec(c, ST_LABELS_DELETE, "replace labels", err, "tt", w->kind, w->name);
@@ -1188,6 +1204,10 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     sql_add(&b, " AND r.name > ?");
   if (q->has_expire_before)
     sql_add(&b, " AND r.expire_time_us > 0 AND r.expire_time_us < ?");
+  if (q->has_due_before)
+    sql_add(&b, base->store->schema_version >= DUE_SINCE_VERSION
+                    ? " AND r.due_time_us > 0 AND r.due_time_us < ?"
+                    : " AND ? < 0"); /* nothing is scheduled before the column exists */
   for (size_t i = 0; i < q->n_labels; i++) {
     /* NE holds when no label has key=value, which includes a missing key
      * (a row has at most one value per key). */
@@ -1218,6 +1238,8 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     rc = sqlite3_bind_text(st, k++, q->after_name, -1, SQLITE_STATIC);
   if (rc == SQLITE_OK && q->has_expire_before)
     rc = sqlite3_bind_int64(st, k++, q->expire_before_us);
+  if (rc == SQLITE_OK && q->has_due_before)
+    rc = sqlite3_bind_int64(st, k++, q->due_before_us);
   for (size_t i = 0; rc == SQLITE_OK && i < q->n_labels; i++) {
     const struct store_label_req *l = &q->labels[i];
     if (l->op == STORE_LABEL_EQ)

@@ -211,8 +211,8 @@ static void ocsp(struct fuzz_part *p, int check_signer_time) {
     FUZZ_ASSERT(certinfo_ocsp_status_name(info.status) != NULL);
     int has_next = 0;
     time_t next = 0;
-    FUZZ_ASSERT(
-        certinfo_ocsp_next_update(p[0].p, p[0].n, ocsp_leaf, ocsp_issuer, &has_next, &next) == 0);
+    FUZZ_ASSERT(certinfo_ocsp_next_update(p[0].p, p[0].n, ocsp_leaf, ocsp_issuer, &has_next, &next,
+                                          NULL) == 0);
     FUZZ_ASSERT(has_next == info.has_next_update && (!has_next || next == info.next_update));
   }
 }

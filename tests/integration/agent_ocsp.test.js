@@ -4,6 +4,8 @@
 // and ECDSA side by side each get their own), never one whose nextUpdate
 // has passed, and nothing when stapling is off; the issuer that checks a
 // response may be given apart from the chain, which is then served as is.
+// A response saying "revoked" is stapled only where the context sets
+// ocsp_staple_revoked.
 
 const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -39,9 +41,14 @@ describe('OCSP stapling', () => {
   let up;
   let agent;
 
+  let revoked;
+
   before(async () => {
     p = pki();
     x = p.agentExtras();
+    revoked = p.leaf('ocsp-revoked', { type: 'rsa', cn: 'revoked.example.com' });
+    p.revoke('ocsp-revoked');
+    revoked.ocspResponse = p.ocspResponseFor('ocsp-revoked');
     up = await Upstream.start({ mode: 'echo' });
     const l = (name, ctxOpts) => listener(name, {
       upstream: up.address,
@@ -52,6 +59,8 @@ describe('OCSP stapling', () => {
       l('staple', { certs: [p.rsa, p.ecdsa], ocspStapling: true }),
       l('expired', { certs: [{ leaf: p.rsa, ocsp: x.rsaOcspExpired }, p.ecdsa], ocspStapling: true }),
       l('off', { certs: [p.rsa, p.ecdsa], ocspStapling: false }),
+      l('revoked', { certs: [revoked], ocspStapling: true }),
+      l('revoked-stapled', { certs: [revoked], ocspStapling: true, ocspStapleRevoked: true }),
       // The leaf alone as the chain, its issuer given apart.
       listener('issuer-apart', {
         upstream: up.address,
@@ -145,6 +154,20 @@ describe('OCSP stapling', () => {
       const r = await sclient(port, ['-status', ...sig]);
       assert.equal(r.handshake, true, r.out);
       assert.equal(r.ocspStapled, false, 'stapled with ocsp_stapling false');
+    }
+  });
+
+  test('a response saying revoked is not stapled by default; ocsp_staple_revoked staples it', async () => {
+    for (const v of ['-tls1_3', '-tls1_2']) {
+      const quiet = await sclient(agent.port('revoked'), [v, '-status']);
+      assert.equal(quiet.handshake, true, quiet.out);
+      assert.equal(quiet.fingerprint, revoked.fingerprint);
+      assert.equal(quiet.ocspStapled, false, `${v}: a revoked response was stapled by default`);
+      assert.equal(quiet.ocspNone, true, quiet.out);
+      const told = await sclient(agent.port('revoked-stapled'), [v, '-status']);
+      assert.equal(told.ocspStapled, true, `${v}: not stapled with ocsp_staple_revoked`);
+      assert.equal(told.ocspSerial, revoked.serial);
+      assert.match(told.out, /Cert Status: revoked/);
     }
   });
 });

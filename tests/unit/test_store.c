@@ -916,6 +916,59 @@ static void test_expire_filter(void **state) {
   assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/far");
 }
 
+/* The rows a job has work on (store_write.due_time_us), indexed from
+ * schema 7 on: an update moves or clears the due time; before schema 7
+ * nothing is due and writes still go through. */
+static void test_due_filter(void **state) {
+  struct fixture *f = *state;
+  const struct {
+    const char *name;
+    int64_t due;
+  } certs[] = {{"certificates/none", 0}, {"certificates/now", 100}, {"certificates/later", 300}};
+  for (size_t i = 0; i < 3; i++) {
+    struct store_write w = write_of(CERT, certs[i].name, 1, "x");
+    w.due_time_us = certs[i].due;
+    put_one(f->s, &w, NULL);
+  }
+  char buf[256];
+  struct store_query q = {.kind = CERT, .has_due_before = 1, .due_before_us = 200};
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/now");
+  q.due_before_us = 100; /* strictly before */
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "");
+  q.due_before_us = 1000;
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
+                      "certificates/later,certificates/now");
+  struct store_write w = write_of(CERT, "certificates/now", 0, "done");
+  put_one(f->s, &w, NULL); /* due 0: nothing more to do */
+  w = write_of(CERT, "certificates/none", 0, "scheduled");
+  w.due_time_us = 50;
+  put_one(f->s, &w, NULL);
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)),
+                      "certificates/later,certificates/none");
+  struct tp_err err = {0};
+  w = write_of(CERT, "certificates/later", 0, "y");
+  w.due_time_us = -1;
+  assert_refused(put_fails(f->s, &w, &err), -EINVAL, err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "negative due time");
+}
+
+static void test_due_before_schema_7(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_ok(store_open_version(f->path, 2, &f->s, &err), err); /* any before 7 */
+  struct store_write w = write_of(CERT, "certificates/web", 1, "x");
+  w.due_time_us = 100;
+  put_one(f->s, &w, NULL);
+  w = write_of(CERT, "certificates/web", 0, "y");
+  w.due_time_us = 100;
+  put_one(f->s, &w, NULL);
+  char buf[256];
+  struct store_query q = {.kind = CERT, .has_due_before = 1, .due_before_us = 1000};
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "");
+  q.has_due_before = 0;
+  assert_string_equal(list_names(f->s, &q, buf, sizeof(buf)), "certificates/web");
+}
+
 static void test_references(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
@@ -2042,6 +2095,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_label_selectors, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_pagination, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_due_filter, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_due_before_schema_7, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_references, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_audit, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_audit_order_time_changes, setup_open, teardown),

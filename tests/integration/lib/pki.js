@@ -133,7 +133,9 @@ class Pki {
 
   // A leaf signed by the CA (or `issuer` 'inter') through `openssl ca`, with
   // explicit validity dates so that expired and not-yet-valid ones work.
-  leaf(name, { type = 'ec', cn, o = 'Tlsplane Test', sans = [], start, end, issuer = 'ca', key, ext = 'leaf_ext' } = {}) {
+  // extfile: a file of the PKI's directory holding the `ext` section
+  // instead of ca.cnf (ocspLeaf).
+  leaf(name, { type = 'ec', cn, o = 'Tlsplane Test', sans = [], start, end, issuer = 'ca', key, ext = 'leaf_ext', extfile } = {}) {
     if (key) fs.copyFileSync(this.file(`${key}.key`), this.file(`${name}.key`));
     else this.genkey(name, type);
     const req = ['req', '-new', '-key', `${name}.key`, '-out', `${name}.csr`, '-subj', `/O=${o}/CN=${cn}`];
@@ -146,9 +148,42 @@ class Pki {
       '-enddate', asn1Time(end || new Date(now + 365 * DAY)),
       '-extensions', ext,
     ];
+    if (extfile) ca.push('-extfile', extfile);
     if (issuer !== 'ca') ca.push('-cert', `${issuer}.crt`, '-keyfile', `${issuer}.key`);
     this.run(ca);
     return this.describe(name);
+  }
+
+  // A server leaf signed by the CA whose Authority Information Access names
+  // the OCSP responder at url ("http://127.0.0.1:PORT"). opts as leaf's.
+  ocspLeaf(name, url, opts = {}) {
+    fs.writeFileSync(this.file(`${name}-ext.cnf`), `[ aia_ext ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+authorityInfoAccess = OCSP;URI:${url}
+`);
+    return this.leaf(name, { cn: `${name}.example.com`, ...opts, ext: 'aia_ext', extfile: `${name}-ext.cnf` });
+  }
+
+  // A DER OCSP response for name's certificate as the CA's index has it now
+  // (good, or revoked after revoke(name)), signed by the responder
+  // certificate, valid `ndays` days.
+  ocspResponseFor(name, { ndays = 7 } = {}) {
+    this.run(['ocsp', '-issuer', 'ca.crt', '-cert', `${name}.crt`, '-no_nonce', '-reqout', `${name}-ocsp-req3.der`]);
+    this.run([
+      'ocsp', '-index', 'index.txt', '-rsigner', 'ocsp-responder.crt', '-rkey', 'ocsp-responder.key',
+      '-CA', 'ca.crt', '-reqin', `${name}-ocsp-req3.der`, '-respout', `${name}-ocsp3.der`, '-ndays', String(ndays),
+    ]);
+    return this.readBuf(`${name}-ocsp3.der`);
+  }
+
+  // Marks name's certificate revoked in the CA's index (what an
+  // \`openssl ocsp -index index.txt\` responder answers from).
+  revoke(name) {
+    this.run(['ca', '-batch', '-config', 'ca.cnf', '-revoke', `${name}.crt`]);
   }
 
   // What OpenSSL says about a certificate: the values the server must derive.
