@@ -640,12 +640,16 @@ static void stop_progress(struct gateway *gw) {
      * (to resend GOAWAY) that the context's dispose expects unlinked. */
     if (h2o_timeout_is_linked(&gw->ctx.http2._graceful_shutdown_timeout))
       h2o_timeout_unlink(&gw->ctx.http2._graceful_shutdown_timeout);
-    h2o_context_dispose(&gw->ctx);
+    /* Our handles close first and ctx_ready drops before the dispose:
+     * h2o_context_dispose runs the loop itself (to finish its own
+     * closes), and a sweep or wake-up firing in there must not come back
+     * here and dispose of the context twice. */
     gw->ctx_ready = 0;
     pthread_mutex_lock(&gw->mu);
     uv_close((uv_handle_t *)&gw->wake, NULL);
     pthread_mutex_unlock(&gw->mu);
     uv_close((uv_handle_t *)&gw->sweep, NULL);
+    h2o_context_dispose(&gw->ctx);
   }
 }
 
@@ -890,8 +894,8 @@ void gateway_free(struct gateway *gw) {
     /* A gateway that never ran (or whose loop left handles): close what
      * is left and let the loop finish the closes. */
     if (gw->ctx_ready) {
-      h2o_context_dispose(&gw->ctx);
       gw->ctx_ready = 0;
+      h2o_context_dispose(&gw->ctx);
     }
     uv_walk(&gw->loop, close_any, NULL);
     uv_run(&gw->loop, UV_RUN_DEFAULT);
