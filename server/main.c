@@ -8,6 +8,7 @@
  *   tlsplane-server init [--data-dir DIR] [--force]      initialise; --force: a new store
  *   tlsplane-server backup [--data-dir DIR] DEST         a consistent copy, server running or not
  *   tlsplane-server call [options] SERVICE/METHOD [JSON]  one API call (call.c) */
+#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
@@ -24,6 +25,7 @@
 #include "ca.h"
 #include "call.h"
 #include "cli.h"
+#include "crl_refresh.h"
 #include "datadir.h"
 #include "gateway.h"
 #include "grpclog.h"
@@ -52,6 +54,7 @@ struct options {
   int request_timeout_ms;
   int max_streams;
   int max_peer_streams;
+  int crl_retry_base_ms; /* TLSPLANE_CRL_RETRY_BASE_MS; 0: the default (1 min) */
   int64_t agent_cert_lifetime_s;
   const char *sans[SANS_MAX];
   size_t n_sans;
@@ -191,6 +194,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
   o->request_timeout_ms = 0;
   o->max_streams = 0;
   o->max_peer_streams = 0;
+  o->crl_retry_base_ms = 0;
   o->n_sans = 0;
   o->sans_env = NULL;
   const char *sans = getenv("TLSPLANE_SANS");
@@ -203,7 +207,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
   }
   if (env_positive("TLSPLANE_REQUEST_TIMEOUT_MS", &o->request_timeout_ms) != 0 ||
       env_positive("TLSPLANE_MAX_STREAMS", &o->max_streams) != 0 ||
-      env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0)
+      env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0 ||
+      env_positive("TLSPLANE_CRL_RETRY_BASE_MS", &o->crl_retry_base_ms) != 0)
     return -1;
   o->agent_cert_lifetime_s = API_AGENT_CERT_LIFETIME_S;
   const char *lifetime = getenv("TLSPLANE_AGENT_CERT_LIFETIME");
@@ -573,7 +578,9 @@ int main(int argc, char **argv) {
   store_set_audit_hook(api.store, api_audit_log, NULL); /* every write, logged */
   api.ca = datadir_ca(dd);
   api.agent_cert_lifetime_s = o.agent_cert_lifetime_s;
-  if ((api.usage = usage_new()) == NULL) {
+  if ((api.usage = usage_new()) == NULL ||
+      (api.crl_refresh = crl_refresh_new(o.crl_retry_base_ms)) == NULL ||
+      curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("server", "out of memory");
     goto close_store;
   }
@@ -661,6 +668,8 @@ close_store:
   hub_free(hub);
   store_close(api.store);
   usage_free(api.usage);
+  crl_refresh_free(api.crl_refresh);
+  curl_global_cleanup();
 close_datadir:
   datadir_close(dd);
   free(o.sans_env);
