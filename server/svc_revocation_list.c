@@ -49,7 +49,8 @@ static int revocation_list_prepare(struct api_op *op, ProtobufCMessage *res, str
    * due on schedule; any other write keeps the last fetch time and is
    * fetched at once (a new list, a new URL or CRL). What later fetches
    * find lives in memory (decorate). */
-  int fetched = strcmp(op->call->method, CRL_REFRESH_METHOD) == 0;
+  int fetched = op->call != NULL && op->call->method != NULL &&
+                strcmp(op->call->method, CRL_REFRESH_METHOD) == 0;
   int64_t now_us = (int64_t)op->now * 1000000;
   int64_t last = fetched ? pb_timestamp_us(rl->last_fetch_time)
                          : (old != NULL ? pb_timestamp_us(old->last_fetch_time) : 0);
