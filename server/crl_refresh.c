@@ -150,7 +150,7 @@ int64_t crl_refresh_schedule(int64_t now_us, int64_t interval_ms, int64_t next_u
   if (next_update_us != 0 && next_update_us <= now_us)
     return now_us;
   int64_t next = pb_sat_add(now_us, pb_sat_mul(interval_ms, 1000));
-  if (next_update_us < next)
+  if (next_update_us != 0 && next_update_us < next)
     next = next_update_us;
   return next;
 }
