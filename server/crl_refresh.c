@@ -30,9 +30,18 @@ struct fetch_state {
   int failures;
 };
 
+/* A round asks the store only when something may be due: a write since
+ * the last query, a recorded fetch due, or this long since the last query
+ * (lists whose stored time comes without any of these: after a restart). */
+#define REQUERY_US (INT64_C(60) * 1000000)
+
 struct crl_refresh {
   pthread_mutex_t lock;
   int64_t retry_base_ms;
+  /* The job thread's alone: when it last queried the store, at which
+   * revision (-1: never). */
+  int64_t query_revision;
+  int64_t query_us;
   struct fetch_state *items; /* under lock */
   size_t n, cap;
 };
@@ -42,6 +51,7 @@ struct crl_refresh *crl_refresh_new(int64_t retry_base_ms) {
   if (r == NULL)
     return NULL;
   r->retry_base_ms = retry_base_ms > 0 ? retry_base_ms : CRL_RETRY_BASE_MS;
+  r->query_revision = -1;
   pthread_mutex_init(&r->lock, NULL);
   return r;
 }
@@ -480,6 +490,20 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
   struct crl_refresh *r = api->crl_refresh;
   if (r == NULL)
     return 0;
+  /* Due rows can only come from a write (a user's is due at once), from
+   * a recorded fetch's time, or from the stored times of rows this
+   * process has not seen fetched (after a restart). The rows whose stored
+   * time has passed but whose recorded one has not are listed by every
+   * query, so the store is not asked every tick for nothing. */
+  int64_t revision = store_revision(api->store);
+  int64_t soonest = INT64_MAX;
+  pthread_mutex_lock(&r->lock);
+  for (size_t i = 0; i < r->n; i++)
+    if (r->items[i].next_us < soonest)
+      soonest = r->items[i].next_us;
+  pthread_mutex_unlock(&r->lock);
+  if (revision == r->query_revision && now_us < soonest && now_us - r->query_us < REQUERY_US)
+    return 0;
   struct tp_err err = {0};
   struct store_txn *txn;
   struct store_row *rows = NULL;
@@ -493,6 +517,8 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
   store_rollback(txn);
   if (rc != 0)
     goto failed;
+  r->query_revision = revision;
+  r->query_us = now_us;
   int fetched = 0;
   for (size_t i = 0; i < n; i++) {
     /* The stored next_fetch_time has passed; what the fetches since the

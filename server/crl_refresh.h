@@ -9,7 +9,9 @@
  * memory, not written: a fetch that brings the same CRL makes no revision
  * and pushes nothing. Reads show it (crl_refresh_decorate). After a
  * restart every list whose stored next_fetch_time has passed is fetched
- * at once.
+ * at once; one whose stored time comes later within a minute of it. A
+ * round queries the store only when a write, a recorded time or that
+ * minute says something may be due.
  *
  * Thread safety: every function may be called from any thread; rounds run
  * on the job thread only. */

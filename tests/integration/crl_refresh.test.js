@@ -277,3 +277,24 @@ test('a fetched CRL of another issuer, or older than the one held (a replay), is
   }
   await assertRevoked(bob, 'the held CRL still applies');
 });
+
+test('after a restart a list whose fetch is due is fetched at once (what fetches found is not stored)', async () => {
+  await agent.stopClean();
+  agent = null;
+  const before = await api().RevocationListService.GetRevocationList({ name: RL });
+  assert.ok(seconds(before.nextFetchTime) > 0);
+  const newer = crl(3600);
+  endpoint.body = newer.der;
+  const hits = endpoint.hits;
+  await srv.restart();
+  conn.close();
+  conn = await connect(srv.address, srv.connectOptions());
+  const rl = await waitFor('the fetch after the restart', async () => {
+    const r = await api().RevocationListService.GetRevocationList({ name: RL });
+    return r.revision !== before.revision ? r : null;
+  }, { timeoutMs: 15000, intervalMs: 250 });
+  assert.ok(endpoint.hits > hits);
+  assert.equal(rl.crlPem, newer.pem);
+  assert.equal(rl.lastFetchError, '');
+  assert.equal(rl.fetchFailures, 0);
+});
