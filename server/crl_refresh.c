@@ -174,7 +174,7 @@ static int64_t backoff_ms(const struct crl_refresh *r, int failures) {
 
 int crl_refresh_url_check(const char *url, const char *field, struct tp_err *err) {
   CURLU *u = curl_url();
-  char *scheme = NULL, *host = NULL;
+  char *scheme = NULL, *host = NULL, *user = NULL;
   int rc = 0;
   if (u == NULL)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -186,6 +186,11 @@ int crl_refresh_url_check(const char *url, const char *field, struct tp_err *err
   else if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)
     rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                     "%s: only http:// and https:// URLs are fetched, not %s://", field, scheme);
+  /* The URL is shown and logged: it must carry no credential. */
+  else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
+    rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                    "%s: a user or password in the URL is not accepted (it would be shown)", field);
+  curl_free(user);
   curl_free(scheme);
   curl_free(host);
   curl_url_cleanup(u);

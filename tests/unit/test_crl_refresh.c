@@ -44,7 +44,8 @@ static void test_url_check(void **state) {
                        "not a url",
                        "",
                        "http://",
-                       "crl.example.com/ca.crl"};
+                       "crl.example.com/ca.crl",
+                       "http://user:secret@crl.example.com/ca.crl"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     struct tp_err err = {0};
     if (crl_refresh_url_check(bad[i], "distribution_point", &err) == 0)
