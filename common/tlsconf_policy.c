@@ -31,6 +31,7 @@
  *   the primality check and every DHE handshake cost seconds of CPU.
  * - ciphers may also name TLS 1.3 suites, as Node's option does: they go
  *   to the TLS 1.3 list and the rest to the TLS 1.2 one. */
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdarg.h>
@@ -300,6 +301,39 @@ static int apply_groups(SSL_CTX *ctx, const char *groups, const char *field, str
 #define DH_BITS_MIN 2048
 #define DH_BITS_MAX 8192
 
+/* dhparam_group: one of RFC 7919's groups, built into OpenSSL (no prime
+ * to check: they are the standard's). */
+static EVP_PKEY *dhparam_group(const char *name, int *bits, struct tp_err *err) {
+  static const char *const groups[] = {"ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144",
+                                       "ffdhe8192"};
+  int known = 0;
+  for (size_t i = 0; i < sizeof(groups) / sizeof(groups[0]); i++)
+    known |= strcmp(groups[i], name) == 0;
+  if (!known) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "dhparam_group: \"%.64s\" is not an RFC 7919 group (ffdhe2048, ffdhe3072, "
+               "ffdhe4096, ffdhe6144, ffdhe8192)",
+               name);
+    return NULL;
+  }
+  EVP_PKEY *dh = NULL;
+  EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_name(NULL, "DH", NULL);
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)name, 0),
+      OSSL_PARAM_construct_end()};
+  if (pc == NULL || EVP_PKEY_paramgen_init(pc) <= 0 || EVP_PKEY_CTX_set_params(pc, params) <= 0 ||
+      EVP_PKEY_paramgen(pc, &dh) <= 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "dhparam_group: OpenSSL cannot make %s", name);
+    tp_err_append_openssl(err);
+    EVP_PKEY_free(dh);
+    dh = NULL;
+  } else {
+    *bits = EVP_PKEY_get_bits(dh);
+  }
+  EVP_PKEY_CTX_free(pc);
+  return dh;
+}
+
 /* Parses dhparam_pem: DH (PKCS#3) or X9.42 DH parameters of DH_BITS_MIN to
  * DH_BITS_MAX bits that pass OpenSSL's quick check and, with full, its
  * whole check (p and q prime: a composite modulus makes DHE breakable).
@@ -410,7 +444,7 @@ static int check_usable(SSL_CTX *ctx, const char *ciphers, int min, int max, int
   return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                     "ciphers: no cipher of \"%s\" can be used with %s to %s%s", ciphers,
                     version_name(min), version_name(max),
-                    dhe_only ? " (its DHE ciphers need dhparam_pem)" : "");
+                    dhe_only ? " (its DHE ciphers need dhparam_pem or dhparam_group)" : "");
 }
 
 const char *tlsconf__policy_groups(const Tlsplane__V1__CipherPolicy *cp) {
@@ -455,6 +489,16 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
       min = TLS1_3_VERSION;
     }
   }
+  const char *dh_field =
+      cp != NULL && cp->dhparam_group[0] != '\0' ? "dhparam_group" : "dhparam_pem";
+  if (cp != NULL && cp->dhparam_group[0] != '\0' && cp->dhparam_pem[0] != '\0') {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+               "dhparam_group: give either it or dhparam_pem, not both");
+    goto failed;
+  }
+  if (cp != NULL && cp->dhparam_group[0] != '\0' &&
+      (dh = dhparam_group(cp->dhparam_group, &dh_bits, err)) == NULL)
+    goto failed;
   if (cp != NULL && cp->dhparam_pem[0] != '\0' &&
       (dh = dhparam_read(cp->dhparam_pem, info != NULL, &dh_bits, err)) == NULL)
     goto failed;
@@ -519,7 +563,7 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
   if (dh != NULL) {
     if (!SSL_CTX_set0_tmp_dh_pkey(ctx, dh)) {
       tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                 "dhparam_pem: %d-bit DH parameters are refused at security level %d", dh_bits,
+                 "%s: %d-bit DH parameters are refused at security level %d", dh_field, dh_bits,
                  SSL_CTX_get_security_level(ctx));
       tp_err_append_openssl(err);
       goto failed;

@@ -20,6 +20,7 @@
 struct api;
 struct ca;
 struct crl_refresh;
+struct events;
 struct hub;
 struct usage;
 
@@ -40,10 +41,16 @@ struct api_binding {
 struct api {
   struct store *store;
   struct hub *hub; /* the agents' push hub; NULL in tools and tests without one */
-  struct ca *ca;   /* the control-plane CA (client certificates); NULL: none issued */
+  /* WatchEvents' fan-out (events.h): changes and the events the server's
+   * parts publish (events_publish); NULL in tools and tests without one. */
+  struct events *events;
+  struct ca *ca; /* the control-plane CA (client certificates); NULL: none issued */
   /* Last use of credentials, noted by auth.c, written by the job thread
    * (usage.h); NULL: uses are not recorded (tools, tests). */
   struct usage *usage;
+  /* DH parameter generation (dhgen.h); NULL: GenerateDhParameters is
+   * UNAVAILABLE (tools, tests). */
+  struct dhgen *dhgen;
   /* Lifetime of the certificates EnrollAgent and RenewAgentCertificate
    * issue (seconds); 0: API_AGENT_CERT_LIFETIME_S. */
   int64_t agent_cert_lifetime_s;

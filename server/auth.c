@@ -70,6 +70,8 @@ static const struct rule rules[] = {
     /* Credentials are the admin's alone, reads included. */
     {"/tlsplane.v1.TokenService/", R(ADMIN), R(ADMIN)},
     {"/tlsplane.v1.ClientCertificateService/", R(ADMIN), R(ADMIN)},
+    /* Changes and rollout outcomes, as the audit log and GetRollout say. */
+    {"/tlsplane.v1.AuditService/WatchEvents", READERS, 0},
     {"/tlsplane.v1.AuditService/", READERS, 0},
     /* Not a method: the HTTP gateway's metrics page (gateway.c). */
     {"/metrics", READERS, 0},

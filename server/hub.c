@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "auth.h"
+#include "events.h"
 #include "fleet.h"
 #include "log.h"
 #include "pb.h"
@@ -144,7 +145,9 @@ static int64_t now_us(void) {
 }
 
 static void commit_hook(int64_t revision, void *data) {
-  hub_notify(data, revision);
+  struct hub *hub = data;
+  hub_notify(hub, revision);
+  events_notify(hub->api->events, revision);
 }
 
 static void *push_main(void *arg);
@@ -526,6 +529,7 @@ static void latency_observe(struct hub *hub, int64_t revision) {
 /* An ack or stats from a connected agent: recorded for the API. Takes
  * ownership of msg. */
 static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__AgentMessage *msg) {
+  int64_t acked = 0;
   pthread_mutex_lock(&hub->lock);
   a->last_seen_us = now_us();
   if (msg->message_case == TLSPLANE__V1__AGENT_MESSAGE__MESSAGE_ACK) {
@@ -543,7 +547,15 @@ static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__Age
                  (long long)ack->revision,
                  log_escape_str(listener, sizeof(listener), ack->listeners[i]->listener),
                  log_escape_str(reason, sizeof(reason), ack->listeners[i]->error));
+        struct events_event e = {.type = TLSPLANE__V1__EVENT_TYPE__ROLLOUT_NACK,
+                                 .resource = ack->listeners[i]->listener,
+                                 .listener = ack->listeners[i]->listener,
+                                 .agent = a->name,
+                                 .reason = ack->listeners[i]->error,
+                                 .target_revision = ack->revision};
+        events_publish(hub->api->events, &e);
       }
+    acked = ack->revision;
     if (a->last_ack != NULL)
       protobuf_c_message_free_unpacked(&a->last_ack->base, NULL);
     a->last_ack = ack;
@@ -556,6 +568,8 @@ static void agent_report(struct hub *hub, struct hub_agent *a, Tlsplane__V1__Age
   }
   pthread_mutex_unlock(&hub->lock);
   protobuf_c_message_free_unpacked(&msg->base, NULL);
+  if (acked > 0)
+    events_rollout_check(hub->api->events, acked);
 }
 
 static int hello_check(const Tlsplane__V1__AgentHello *h, char *name, size_t len,

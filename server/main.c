@@ -27,6 +27,8 @@
 #include "cli.h"
 #include "crl_refresh.h"
 #include "datadir.h"
+#include "dhgen.h"
+#include "events.h"
 #include "gateway.h"
 #include "grpclog.h"
 #include "health.h"
@@ -592,6 +594,10 @@ int main(int argc, char **argv) {
     log_error("server", "data directory %s: %s", o.data_dir, err.msg);
     goto close_store;
   }
+  if (events_new(&api, &api.events, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto close_store;
+  }
   if (hub_new(&api, &hub, &err) != 0) {
     log_error("server", "%s", err.msg);
     goto close_store;
@@ -619,7 +625,7 @@ int main(int argc, char **argv) {
   const char *services[16];
   size_t n_services = api_service_names(services, 16);
   if (api_register_all(&api, srv) != 0 || hub_register(hub, srv) != 0 ||
-      health_register(srv, services, n_services) != 0 ||
+      events_register(api.events, srv) != 0 || health_register(srv, services, n_services) != 0 ||
       reflection_register(srv, services, n_services) != 0) {
     log_error("server", "registering the API services failed");
     goto free_server;
@@ -629,6 +635,10 @@ int main(int argc, char **argv) {
     goto free_server;
   }
   if (jobs_start(&api, &jobs, &err) != 0) {
+    log_error("server", "%s", err.msg);
+    goto free_server;
+  }
+  if (dhgen_start(&api, &api.dhgen, &err) != 0) {
     log_error("server", "%s", err.msg);
     goto free_server;
   }
@@ -663,9 +673,11 @@ int main(int argc, char **argv) {
 free_server:
   gateway_free(gw);
   jobs_stop(jobs);
+  dhgen_stop(api.dhgen);
   rpc_server_free(srv);
 close_store:
   hub_free(hub);
+  events_free(api.events);
   store_close(api.store);
   usage_free(api.usage);
   crl_refresh_free(api.crl_refresh);

@@ -4,17 +4,35 @@
 #include <string.h>
 
 #include "api.h"
+#include "dhgen.h"
 #include "log.h"
 #include "pb.h"
 #include "resolve.h"
 #include "tlsconf.h"
 
-static const char *const cipher_policy_mutable[] = {
-    "ciphers",         "ciphersuites", "ecdh_curve",  "ecdh_disabled",      "dhparam_pem",
-    "secure_protocol", "min_version",  "max_version", "honor_cipher_order", NULL};
+static const char *const cipher_policy_mutable[] = {"ciphers",
+                                                    "ciphersuites",
+                                                    "ecdh_curve",
+                                                    "ecdh_disabled",
+                                                    "dhparam_pem",
+                                                    "secure_protocol",
+                                                    "min_version",
+                                                    "max_version",
+                                                    "honor_cipher_order",
+                                                    "dhparam_group",
+                                                    NULL};
 
 static int cipher_policy_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
-  return tlsconf_cipher_policy_prepare((Tlsplane__V1__CipherPolicy *)res, err);
+  Tlsplane__V1__CipherPolicy *cp = (Tlsplane__V1__CipherPolicy *)res;
+  /* dh_generation is the server's record of GenerateDhParameters: an
+   * update keeps the stored one (the generic engine clears output
+   * fields), a generation's own writes set it. */
+  const Tlsplane__V1__CipherPolicy *old = (const Tlsplane__V1__CipherPolicy *)op->old;
+  if (cp->dh_generation == NULL && old != NULL && old->dh_generation != NULL &&
+      (cp->dh_generation = (Tlsplane__V1__DhGeneration *)pb_clone(&old->dh_generation->base)) ==
+          NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return tlsconf_cipher_policy_prepare(cp, err);
 }
 
 static int cipher_policy_check_mutable(const ProtobufCMessage *res, struct tp_err *err) {
@@ -248,4 +266,15 @@ static int list_ciphers(const struct rpc_call_info *call, const ProtobufCMessage
   return 0;
 }
 
-const struct api_method cipher_policy_methods[] = {{"ListCiphers", list_ciphers}, {NULL, NULL}};
+static int generate_dh_parameters(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                                  ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const struct api_binding *b = data;
+  const Tlsplane__V1__GenerateDhParametersRequest *r =
+      (const Tlsplane__V1__GenerateDhParametersRequest *)req;
+  if (b->api->dhgen == NULL)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "this server does not generate DH parameters");
+  return dhgen_request(b->api->dhgen, call, r->name, r->bits, r->etag, resp, err);
+}
+
+const struct api_method cipher_policy_methods[] = {
+    {"ListCiphers", list_ciphers}, {"GenerateDhParameters", generate_dh_parameters}, {NULL, NULL}};

@@ -40,6 +40,7 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', (
       l('no-ecdh', { ecdhDisabled: true }),
       l('dhe', { ciphers: `${DHE}:${AES128}`, dhparamPem: p.dh2048 }),
       l('dhe-without-dhparam', { ciphers: `${DHE}:${AES128}` }),
+      l('dhe-group', { ciphers: `${DHE}:${AES128}`, dhparamGroup: 'ffdhe3072' }),
       l('tls12-method', { secureProtocol: 'TLSv1_2_method' }),
       l('tls13-min', { minVersion: 'TLS_1_3' }),
       l('tls12-max', { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2' }),
@@ -171,6 +172,13 @@ describe('cipher policies: ciphers, suites, order, curves, dhparam, versions', (
     const ecdhe = await exchange(agent.port('dhe-without-dhparam'), { maxVersion: 'TLSv1.2' });
     assert.equal(ecdhe.ok, true, ecdhe.error);
     assert.equal(ecdhe.info.cipher, AES128);
+  });
+
+  test('dhparam_group: an RFC 7919 group serves DHE at once, with its size', async () => {
+    const ok = await exchange(agent.port('dhe-group'), { maxVersion: 'TLSv1.2', ciphers: DHE });
+    assert.equal(ok.ok, true, ok.error);
+    assert.equal(ok.info.cipher, DHE);
+    assert.deepEqual(ok.info.ephemeral, { type: 'DH', size: 3072 });
   });
 
   test('secureProtocol TLSv1_2_method: TLS 1.2 only (a -tls1_3 client is refused)', async () => {

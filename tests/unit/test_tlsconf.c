@@ -1026,9 +1026,17 @@ static void test_policy_ciphers(void **state) {
   cp = policy_new();
   cp->min_version = cp->max_version = TLSPLANE__V1__TLS_VERSION__TLS_1_2;
   set_str(&cp->ciphers, "DHE-RSA-AES128-GCM-SHA256");
-  EXPECT_ERR(policy_check(cp, &err), &err, "(its DHE ciphers need dhparam_pem)");
+  EXPECT_ERR(policy_check(cp, &err), &err, "(its DHE ciphers need dhparam_pem or dhparam_group)");
   set_str(&cp->dhparam_pem, fixture_dh2048_pem);
   EXPECT_OK(policy_check(cp, &err), &err);
+  /* An RFC 7919 group instead: at once, and not both. */
+  set_str(&cp->dhparam_group, "ffdhe3072");
+  EXPECT_ERR(policy_check(cp, &err), &err, "dhparam_group: give either it or dhparam_pem");
+  set_str(&cp->dhparam_pem, "");
+  EXPECT_OK(policy_check(cp, &err), &err);
+  assert_int_equal(cp->dhparam_bits, 3072);
+  set_str(&cp->dhparam_group, "ffdhe1024");
+  EXPECT_ERR(policy_check(cp, &err), &err, "dhparam_group: \"ffdhe1024\" is not an RFC 7919 group");
   msg_free(cp);
 }
 
