@@ -157,6 +157,21 @@ static int verify_accept_cb(int preverify_ok, X509_STORE_CTX *x509_ctx) {
   return 1;
 }
 
+/* reject_unauthorized: OpenSSL's verdict, except that a CRL past its
+ * nextUpdate is still used. The control plane refreshes CRLs and flags one
+ * it could not (RevocationList.stale); until a newer one arrives the last
+ * one keeps refusing the certificates it revokes (OpenSSL goes on to check
+ * the certificate against it once this returns 1) and the others are
+ * served, instead of every client being refused because a CRL endpoint was
+ * down. */
+static int verify_crl_cb(int preverify_ok, X509_STORE_CTX *x509_ctx) {
+  if (!preverify_ok && X509_STORE_CTX_get_error(x509_ctx) == X509_V_ERR_CRL_HAS_EXPIRED) {
+    X509_STORE_CTX_set_error(x509_ctx, X509_V_OK);
+    return 1;
+  }
+  return preverify_ok;
+}
+
 /* Build steps ------------------------------------------------------------ */
 
 /* Encodes protocol names as an ALPN/NPN wire list. */
@@ -516,7 +531,7 @@ int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
     SSL_CTX_set_verify(ctx,
                        tc->reject_unauthorized ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
                                                : SSL_VERIFY_PEER,
-                       tc->reject_unauthorized ? NULL : verify_accept_cb);
+                       tc->reject_unauthorized ? verify_crl_cb : verify_accept_cb);
   else
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 

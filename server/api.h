@@ -19,6 +19,7 @@
 
 struct api;
 struct ca;
+struct crl_refresh;
 struct events;
 struct hub;
 struct usage;
@@ -53,6 +54,8 @@ struct api {
   /* Lifetime of the certificates EnrollAgent and RenewAgentCertificate
    * issue (seconds); 0: API_AGENT_CERT_LIFETIME_S. */
   int64_t agent_cert_lifetime_s;
+  /* What the CRL refresh job found (crl_refresh.h); NULL: no refresh. */
+  struct crl_refresh *crl_refresh;
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
 };

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "crl_refresh.h"
 #include "log.h"
 #include "ocsp_fetch.h"
 #include "usage.h"
@@ -77,6 +78,7 @@ static void *jobs_main(void *arg) {
     clock_gettime(CLOCK_REALTIME, &now);
     jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     ocsp_refresh_due(jobs->api, &jobs->ocsp, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    crl_refresh_run(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }
@@ -117,6 +119,7 @@ void jobs_stop(struct jobs *jobs) {
   pthread_join(jobs->thread, NULL);
   usage_write(jobs->api);
   ocsp_rounds_clear(&jobs->ocsp);
+  curl_global_cleanup(); /* jobs_start's init: the fetchers ran on this thread */
   pthread_cond_destroy(&jobs->wake);
   pthread_mutex_destroy(&jobs->lock);
   free(jobs);

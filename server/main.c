@@ -24,6 +24,7 @@
 #include "ca.h"
 #include "call.h"
 #include "cli.h"
+#include "crl_refresh.h"
 #include "datadir.h"
 #include "dhgen.h"
 #include "events.h"
@@ -54,6 +55,7 @@ struct options {
   int request_timeout_ms;
   int max_streams;
   int max_peer_streams;
+  int crl_retry_base_ms; /* TLSPLANE_CRL_RETRY_BASE_MS; 0: the default (1 min) */
   int64_t agent_cert_lifetime_s;
   const char *sans[SANS_MAX];
   size_t n_sans;
@@ -193,6 +195,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
   o->request_timeout_ms = 0;
   o->max_streams = 0;
   o->max_peer_streams = 0;
+  o->crl_retry_base_ms = 0;
   o->n_sans = 0;
   o->sans_env = NULL;
   const char *sans = getenv("TLSPLANE_SANS");
@@ -205,7 +208,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
   }
   if (env_positive("TLSPLANE_REQUEST_TIMEOUT_MS", &o->request_timeout_ms) != 0 ||
       env_positive("TLSPLANE_MAX_STREAMS", &o->max_streams) != 0 ||
-      env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0)
+      env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0 ||
+      env_positive("TLSPLANE_CRL_RETRY_BASE_MS", &o->crl_retry_base_ms) != 0)
     return -1;
   o->agent_cert_lifetime_s = API_AGENT_CERT_LIFETIME_S;
   const char *lifetime = getenv("TLSPLANE_AGENT_CERT_LIFETIME");
@@ -575,7 +579,8 @@ int main(int argc, char **argv) {
   store_set_audit_hook(api.store, api_audit_log, NULL); /* every write, logged */
   api.ca = datadir_ca(dd);
   api.agent_cert_lifetime_s = o.agent_cert_lifetime_s;
-  if ((api.usage = usage_new()) == NULL) {
+  if ((api.usage = usage_new()) == NULL ||
+      (api.crl_refresh = crl_refresh_new(o.crl_retry_base_ms)) == NULL) {
     log_error("server", "out of memory");
     goto close_store;
   }
@@ -679,6 +684,7 @@ close_store:
   events_free(api.events);
   store_close(api.store);
   usage_free(api.usage);
+  crl_refresh_free(api.crl_refresh);
 close_datadir:
   datadir_close(dd);
   free(o.sans_env);

@@ -6,11 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pb.h"
 #include "prom.h"
 #include "serving.h"
 #include "store.h"
 #include "tlsplane/v1/agent.pb-c.h"
 #include "tlsplane/v1/certificate.pb-c.h"
+#include "tlsplane/v1/revocation_list.pb-c.h"
 
 static const char *const code_names[] = {
     "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
@@ -205,6 +207,49 @@ static void certificates(FILE *f, struct api *api, int *errors) {
   store_rows_free(rows, n);
 }
 
+/* Each CRL's next update, and whether it is past it (stale). */
+static void revocation_lists(FILE *f, struct api *api, int *errors) {
+  struct store_txn *txn = NULL;
+  struct store_row *rows = NULL;
+  size_t n = 0;
+  struct tp_err err = {.status = 0};
+  struct store_query q = {.kind = "RevocationList"};
+  if (store_begin(api->store, 0, &txn, &err) != 0 || store_list(txn, &q, &rows, &n, &err) != 0) {
+    store_rollback(txn);
+    (*errors)++;
+    return;
+  }
+  store_rollback(txn);
+  long long now = (long long)(pb_now_us() / 1000000);
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 0)
+      prom_family(f, "tlsplane_revocation_list_next_update_seconds", "gauge",
+                  "When each CRL's next update is due (seconds since the epoch); only CRLs with "
+                  "one.");
+    else
+      prom_family(f, "tlsplane_revocation_list_stale", "gauge",
+                  "1 when the CRL is past its next update (agents keep enforcing it), else 0.");
+    for (size_t i = 0; i < n; i++) {
+      Tlsplane__V1__RevocationList *rl =
+          tlsplane__v1__revocation_list__unpack(NULL, rows[i].data_len, rows[i].data);
+      if (rl == NULL) {
+        *errors += pass == 0;
+        continue;
+      }
+      if (rl->next_update != NULL) {
+        fputs(pass == 0 ? "tlsplane_revocation_list_next_update_seconds{revocation_list=\""
+                        : "tlsplane_revocation_list_stale{revocation_list=\"",
+              f);
+        prom_label(f, rows[i].name);
+        fprintf(f, "\"} %lld\n",
+                pass == 0 ? seconds(rl->next_update) : (long long)(seconds(rl->next_update) < now));
+      }
+      tlsplane__v1__revocation_list__free_unpacked(rl, NULL);
+    }
+  }
+  store_rows_free(rows, n);
+}
+
 char *metrics_text(void *data) {
   struct metrics_source *src = data;
   char *buf = NULL;
@@ -226,6 +271,7 @@ char *metrics_text(void *data) {
   if (src->rpc != NULL)
     rpc_server_counts(src->rpc, rpc_count, f);
   certificates(f, src->api, &errors);
+  revocation_lists(f, src->api, &errors);
   prom_family(f, "tlsplane_metrics_errors", "gauge",
               "Sections of this page that could not be read this time.");
   fprintf(f, "tlsplane_metrics_errors %d\n", errors);

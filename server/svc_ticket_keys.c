@@ -15,7 +15,10 @@
 
 #define TICKET_KEY_LEN LISTENER_RULES_TICKET_KEY_LEN
 #define TICKET_KEY_NAME_LEN LISTENER_RULES_TICKET_KEY_PART_LEN
-#define RETAINED_DEFAULT 3
+/* The defaults follow Caddy's: a new key every 12 h, four keys kept (a
+ * ticket resumes for up to 36-48 h after it was issued). */
+#define RETAINED_DEFAULT 4
+#define ROTATION_DEFAULT_S (12 * 3600)
 #define RETAINED_MAX 16
 #define ROTATION_MIN_S 10
 #define ROTATION_MAX_S (366 * 86400)
@@ -119,6 +122,12 @@ static int ticket_key_ring_prepare(struct api_op *op, ProtobufCMessage *res, str
   const Tlsplane__V1__TicketKeyRing *old = (const Tlsplane__V1__TicketKeyRing *)op->old;
   if (ring->retained_keys == 0)
     ring->retained_keys = RETAINED_DEFAULT;
+  /* A new ring without a rotation_period rotates every 12 h; an explicit
+   * 0 (or, on update, clearing it) rotates only on request. */
+  if (old == NULL && ring->rotation_period == NULL) {
+    if ((ring->rotation_period = pb_duration_new(ROTATION_DEFAULT_S)) == NULL)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
   if (ring->retained_keys < 1 || ring->retained_keys > RETAINED_MAX)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "retained_keys: must be 1 to %d",
                       RETAINED_MAX);
@@ -203,6 +212,25 @@ static int ticket_key_ring_audit_changes(const ProtobufCMessage *old, const Prot
   int rc = before != NULL && after != NULL ? api_changes_add(ch, "keys", before, after) : -1;
   free(before);
   free(after);
+  /* The ids that left the ring (retired by RetireTicketKey, by a
+   * rotation past retained_keys, or replaced), after the change only. */
+  const Tlsplane__V1__TicketKeyRing *o = (const Tlsplane__V1__TicketKeyRing *)old;
+  const Tlsplane__V1__TicketKeyRing *n = (const Tlsplane__V1__TicketKeyRing *)res;
+  Tlsplane__V1__TicketKeyRing gone = TLSPLANE__V1__TICKET_KEY_RING__INIT;
+  Tlsplane__V1__TicketKey *list[RETAINED_MAX];
+  gone.keys = list;
+  for (size_t i = 0; rc == 0 && o != NULL && i < o->n_keys && gone.n_keys < RETAINED_MAX; i++) {
+    int kept = 0;
+    for (size_t j = 0; j < n->n_keys && !kept; j++)
+      kept = strcmp(o->keys[i]->key_name, n->keys[j]->key_name) == 0;
+    if (!kept)
+      list[gone.n_keys++] = o->keys[i];
+  }
+  if (rc == 0 && gone.n_keys > 0) {
+    char *ids = key_ids_text(&gone);
+    rc = ids != NULL ? api_changes_add(ch, "retired_keys", NULL, ids) : -1;
+    free(ids);
+  }
   return rc;
 }
 
@@ -218,10 +246,43 @@ const struct api_kind api_kind_ticket_key_ring = {
     .decorate = ticket_key_ring_decorate,
 };
 
-/* Reads the ring `name`, lets `change` put new keys in front, writes it. */
+/* Takes the key named `key_name` (any case, colons allowed) out of ring
+ * (metadata) and secret (its bytes, n_keys x 48 in the same order). Returns
+ * its index, or -1 with err set when the ring holds no such key. */
+static int key_take(Tlsplane__V1__TicketKeyRing *ring, uint8_t *secret, const char *key_name,
+                    struct tp_err *err) {
+  char want[3 * TICKET_KEY_NAME_LEN]; /* "12:25:3D:..." at the longest */
+  if (key_name[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "key_name: required");
+  if (strlen(key_name) >= sizeof(want))
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "key_name: %d hex digits, the key's name as the ring shows it",
+                      2 * TICKET_KEY_NAME_LEN);
+  strcpy(want, key_name);
+  key_name_normalize(want);
+  for (size_t i = 0; i < ring->n_keys; i++) {
+    key_name_normalize(ring->keys[i]->key_name);
+    if (strcmp(ring->keys[i]->key_name, want) != 0)
+      continue;
+    protobuf_c_message_free_unpacked(&ring->keys[i]->base, NULL);
+    memmove(&ring->keys[i], &ring->keys[i + 1], (ring->n_keys - i - 1) * sizeof(*ring->keys));
+    memmove(secret + i * TICKET_KEY_LEN, secret + (i + 1) * TICKET_KEY_LEN,
+            (ring->n_keys - i - 1) * TICKET_KEY_LEN);
+    ring->n_keys--;
+    OPENSSL_cleanse(secret + ring->n_keys * TICKET_KEY_LEN, TICKET_KEY_LEN);
+    return (int)i;
+  }
+  return tp_err_set(err, GRPC_STATUS_NOT_FOUND, "key_name: the ring holds no key %s", want);
+}
+
+/* Reads the ring `name`, puts the fresh keys in front (replace: instead of
+ * the ring's keys), writes it. retire (may be NULL): the key of that name
+ * leaves the ring first; when it is the active one a fresh random key
+ * takes its place in the same write. */
 static int ring_change(struct api *api, const struct rpc_call_info *call, const char *name,
                        const char *etag, const uint8_t *fresh, size_t n_fresh, int replace,
-                       const char *action, ProtobufCMessage **resp, struct tp_err *err) {
+                       const char *retire, const char *action, ProtobufCMessage **resp,
+                       struct tp_err *err) {
   if (api_name_check(&api_kind_ticket_key_ring, name, "name", err) != 0)
     return -1;
   struct store_txn *txn;
@@ -239,12 +300,44 @@ static int ring_change(struct api *api, const struct rpc_call_info *call, const 
                       .old = old,
                       .old_row = &row,
                       .now = time(NULL)};
+  uint8_t replacement[TICKET_KEY_LEN];
+  int rotated = n_fresh > 0;
+  /* old keeps the ring as it was (for the audit row); kept, a copy that
+   * lost the retired key, is what ring_set builds on. */
+  Tlsplane__V1__TicketKeyRing *kept = NULL;
+  if (rc == 0 && retire != NULL && (kept = (Tlsplane__V1__TicketKeyRing *)pb_clone(old)) == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (rc == 0 && retire != NULL) {
+    if (row.secret == NULL || row.secret_len != kept->n_keys * TICKET_KEY_LEN) {
+      rc =
+          tp_err_set(err, GRPC_STATUS_INTERNAL, "the ring's stored keys do not match its metadata");
+    } else {
+      int at = key_take(kept, row.secret, retire, err);
+      if (at < 0) {
+        rc = -1;
+      } else if (at == 0) {
+        if (RAND_bytes(replacement, sizeof(replacement)) != 1) {
+          rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a ticket key");
+        } else {
+          fresh = replacement;
+          n_fresh = 1;
+          rotated = 1;
+        }
+      }
+    }
+  }
   if (rc == 0)
     rc = ring_set(&op, (Tlsplane__V1__TicketKeyRing *)res,
-                  replace ? NULL : (const Tlsplane__V1__TicketKeyRing *)old,
+                  replace        ? NULL
+                  : kept != NULL ? kept
+                                 : (const Tlsplane__V1__TicketKeyRing *)old,
                   replace ? NULL : row.secret, fresh, n_fresh, err);
+  OPENSSL_cleanse(replacement, sizeof(replacement));
+  if (kept != NULL)
+    protobuf_c_message_free_unpacked(&kept->base, NULL);
   if (rc == 0) {
-    pb_timestamp_set(res, "last_rotation_time", (int64_t)op.now * 1000000);
+    if (rotated || replace)
+      pb_timestamp_set(res, "last_rotation_time", (int64_t)op.now * 1000000);
     rc = api_write(&op, res, etag, action, err);
   }
   if (rc == 0) {
@@ -278,7 +371,7 @@ int api_ticket_keys_rotate(struct api *api, const struct rpc_call_info *call, co
   uint8_t key[TICKET_KEY_LEN];
   if (RAND_bytes(key, sizeof(key)) != 1)
     return tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a ticket key");
-  int rc = ring_change(api, call, name, etag, key, 1, 0, "rotate", resp, err);
+  int rc = ring_change(api, call, name, etag, key, 1, 0, NULL, "rotate", resp, err);
   OPENSSL_cleanse(key, sizeof(key));
   return rc;
 }
@@ -318,11 +411,22 @@ static int set_ticket_keys(const struct rpc_call_info *call, const ProtobufCMess
   for (size_t i = 0; i < r->n_keys; i++)
     memcpy(fresh + i * TICKET_KEY_LEN, r->keys[i].data, TICKET_KEY_LEN);
   const struct api_binding *b = data;
-  int rc = ring_change(b->api, call, r->name, r->etag, fresh, r->n_keys, 1, "set_keys", resp, err);
+  int rc =
+      ring_change(b->api, call, r->name, r->etag, fresh, r->n_keys, 1, NULL, "set_keys", resp, err);
   OPENSSL_cleanse(fresh, r->n_keys * TICKET_KEY_LEN);
   free(fresh);
   return rc;
 }
 
-const struct api_method ticket_key_methods[] = {
-    {"RotateTicketKeys", rotate_ticket_keys}, {"SetTicketKeys", set_ticket_keys}, {NULL, NULL}};
+static int retire_ticket_key(const struct rpc_call_info *call, const ProtobufCMessage *req,
+                             ProtobufCMessage **resp, struct tp_err *err, void *data) {
+  const struct api_binding *b = data;
+  const Tlsplane__V1__RetireTicketKeyRequest *r = (const Tlsplane__V1__RetireTicketKeyRequest *)req;
+  return ring_change(b->api, call, r->name, r->etag, NULL, 0, 0, r->key_name, "retire_key", resp,
+                     err);
+}
+
+const struct api_method ticket_key_methods[] = {{"RotateTicketKeys", rotate_ticket_keys},
+                                                {"SetTicketKeys", set_ticket_keys},
+                                                {"RetireTicketKey", retire_ticket_key},
+                                                {NULL, NULL}};

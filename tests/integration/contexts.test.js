@@ -409,10 +409,11 @@ describe('ticket key rings', () => {
     return api().TicketKeyService.CreateTicketKeyRing({ ticketKeyRingId: uid('ring'), ticketKeyRing: ring });
   }
 
-  test('create: one ACTIVE key, default retained_keys 3, no key bytes', async () => {
+  test('create: one ACTIVE key, default retained_keys 4 and rotation every 12 h, no key bytes', async () => {
     const r = await createRing({});
     assert.match(r.name, /^ticketKeyRings\//);
-    assert.equal(r.retainedKeys, 3);
+    assert.equal(r.retainedKeys, 4);
+    assert.equal(seconds(r.rotationPeriod), 12 * 3600);
     assert.equal(r.keys.length, 1);
     assert.equal(r.keys[0].state, 'ACTIVE');
     assert.match(r.keys[0].keyName, HEX32);

@@ -18,13 +18,13 @@ test('a ring with rotation_period rotates by itself, and only when due', async (
     ticketKeyRingId: 'scheduled',
     ticketKeyRing: { rotationPeriod: { seconds: '10', nanos: 0 }, retainedKeys: 2 },
   });
-  const manual = await svc.CreateTicketKeyRing({ ticketKeyRingId: 'manual', ticketKeyRing: {} });
+  const manual = await svc.CreateTicketKeyRing({ ticketKeyRingId: 'manual', ticketKeyRing: { rotationPeriod: { seconds: '0', nanos: 0 } } });
   assert.equal(ring.keys.length, 1);
   assert.equal(ring.keys[0].state, 'ACTIVE');
   assert.equal(
     seconds(ring.nextRotationTime) - seconds(ring.lastRotationTime), 10,
     'next rotation is one period after the last');
-  assert.equal(manual.nextRotationTime, null, 'no schedule without a period');
+  assert.equal(manual.nextRotationTime, null, 'no schedule with a period of 0');
 
   // Not before it is due: the job (it looks every second) rotates the
   // ring once its next_rotation_time has passed, and the times the ring
