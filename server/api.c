@@ -310,6 +310,7 @@ struct staged {
   struct store_label labels[LABELS_MAX];
   size_t n_labels;
   int64_t expire_time_us;
+  int64_t due_time_us;
 };
 
 static void staged_clear(struct staged *st) {
@@ -356,6 +357,7 @@ static int stage(struct api_op *op, ProtobufCMessage *res, struct staged *st, st
   if (pb_pack(res, &st->data, &st->data_len) != 0)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   st->expire_time_us = kind->expire_time_us ? kind->expire_time_us(res) : 0;
+  st->due_time_us = kind->due_time_us ? kind->due_time_us(res) : 0;
   return 0;
 }
 
@@ -378,6 +380,7 @@ static int staged_put(struct api_op *op, ProtobufCMessage *res, const struct sta
       .refs = st->refs.items,
       .n_refs = st->refs.n,
       .expire_time_us = st->expire_time_us,
+      .due_time_us = st->due_time_us,
       /* Labels, references and expiry derive from data: the same data
        * and secret leave the row as it is. */
       .skip_unchanged = 1,
@@ -523,6 +526,23 @@ static int build_create(struct api_op *op, struct attempt *a, ProtobufCMessage *
   if (pb_string_set(*res, "name", c->name) != 0)
     return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   return 0;
+}
+
+/* api_create's build: the resource as the server made it. */
+static int build_made(struct api_op *op, struct attempt *a, ProtobufCMessage **res,
+                      struct tp_err *err, const void *data) {
+  (void)op;
+  (void)a;
+  if ((*res = pb_clone(data)) == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  return 0;
+}
+
+int api_create(struct api *api, const struct api_kind *kind, const struct rpc_call_info *call,
+               const ProtobufCMessage *res, const char *action, ProtobufCMessage **out,
+               struct tp_err *err) {
+  const struct api_binding b = {.api = api, .kind = kind};
+  return write_checked(&b, call, build_made, res, NULL, action, out, err);
 }
 
 static int rpc_create(const struct rpc_call_info *call, const ProtobufCMessage *req,

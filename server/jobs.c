@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "issuance.h"
 #include "log.h"
 #include "usage.h"
 
@@ -73,6 +74,7 @@ static void *jobs_main(void *arg) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    issuance_renew_due(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }

@@ -1,5 +1,6 @@
 /* Background jobs of the control plane: ticket-key rotation on each ring's
- * schedule (TicketKeyRing.rotation_period), and writing the credentials'
+ * schedule (TicketKeyRing.rotation_period), renewal of the certificates
+ * issued by the server (issuance.h), and writing the credentials'
  * last uses to the store (usage.h). One thread wakes every JOBS_TICK_MS
  * and asks the store for what is due (an indexed query). */
 #ifndef TLSPLANE_SERVER_JOBS_H

@@ -45,6 +45,7 @@
 #define BUSY_TIMEOUT_MS 10000         /* waiting for another process's lock */
 #define AUDIT_SINCE_VERSION 2         /* the first schema version with the audit table */
 #define AUDIT_CHANGES_SINCE_VERSION 6 /* the first with audit_changes */
+#define DUE_SINCE_VERSION 7           /* the first with resources.due_time_us */
 
 struct conn;
 struct sqlite_store;
@@ -167,6 +168,14 @@ static const struct migration migrations[] = {
      ") WITHOUT ROWID;\n"
      "CREATE INDEX audit_time ON audit (time_us, seq);\n",
      NULL},
+    {7, "when a background job is next due for a row",
+     /* A second indexed time beside the expiry: a certificate is listed
+      * by when it expires and renewed by when its renewal is due. Only
+      * rows with a job due are in the index. */
+     "ALTER TABLE resources ADD COLUMN due_time_us INTEGER NOT NULL DEFAULT 0;\n"
+     "CREATE INDEX resources_due ON resources (kind, due_time_us)\n"
+     "  WHERE due_time_us > 0;\n",
+     NULL},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -204,6 +213,7 @@ enum stmt_id {
   ST_MAC_GET,
   ST_MAC_SET,
   ST_MACS_ALL,
+  ST_DUE_SET,
   ST_COUNT
 };
 
@@ -262,6 +272,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MACS_ALL] = "SELECT r.kind, r.name, r.data, m.mac FROM resources r"
                     " LEFT JOIN macs m ON m.kind = r.kind AND m.name = r.name"
                     " ORDER BY r.kind, r.name",
+    [ST_DUE_SET] = "UPDATE resources SET due_time_us = ?3 WHERE kind = ?1 AND name = ?2",
 };
 
 /* One connection and its prepared statements. Used by one transaction at a
@@ -1021,6 +1032,9 @@ static int row_write(struct store_txn *base, const struct store_write *w, const 
   }
   rc = rc == SQLITE_DONE ? 0 : db_fail(err, c->db, w->create ? "insert" : "update");
   stmt_done(st);
+  /* Before DUE_SINCE_VERSION there is no column: nothing is ever due. */
+  if (rc == 0 && base->store->schema_version >= DUE_SINCE_VERSION)
+    rc = stmt_exec(c, ST_DUE_SET, "set the due time", err, "tti", w->kind, w->name, w->due_time_us);
   return rc;
 }
 
@@ -1188,6 +1202,10 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     sql_add(&b, " AND r.name > ?");
   if (q->has_expire_before)
     sql_add(&b, " AND r.expire_time_us > 0 AND r.expire_time_us < ?");
+  if (q->has_due_before)
+    sql_add(&b, base->store->schema_version >= DUE_SINCE_VERSION
+                    ? " AND r.due_time_us > 0 AND r.due_time_us < ?"
+                    : " AND ? < 0 AND 0"); /* no column: nothing is due */
   for (size_t i = 0; i < q->n_labels; i++) {
     /* NE holds when no label has key=value, which includes a missing key
      * (a row has at most one value per key). */
@@ -1218,6 +1236,8 @@ static int sqlite_list(struct store_txn *base, const struct store_query *q, stru
     rc = sqlite3_bind_text(st, k++, q->after_name, -1, SQLITE_STATIC);
   if (rc == SQLITE_OK && q->has_expire_before)
     rc = sqlite3_bind_int64(st, k++, q->expire_before_us);
+  if (rc == SQLITE_OK && q->has_due_before)
+    rc = sqlite3_bind_int64(st, k++, q->due_before_us);
   for (size_t i = 0; rc == SQLITE_OK && i < q->n_labels; i++) {
     const struct store_label_req *l = &q->labels[i];
     if (l->op == STORE_LABEL_EQ)

@@ -661,8 +661,9 @@ static int check_write(const struct store_write *w, struct tp_err *err) {
     tp_err_set(err, GRPC_STATUS_INTERNAL, "store_put: %s: a length without its bytes", w->name);
     return -EIO;
   }
-  if (w->expire_time_us < 0) {
-    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_put: %s: negative expire time", w->name);
+  if (w->expire_time_us < 0 || w->due_time_us < 0) {
+    tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_put: %s: negative expire or due time",
+               w->name);
     return -EINVAL;
   }
   for (size_t i = 0; i < w->n_labels; i++) {

@@ -258,6 +258,10 @@ struct store_write {
   const struct store_ref *refs; /* replaces the row's references; each must exist */
   size_t n_refs;
   int64_t expire_time_us; /* indexed for store_query.expire_before_us; 0: none */
+  /* When a background job is next due for the row (a certificate's
+   * renewal), indexed for store_query.due_before_us; 0: none. Ignored
+   * before schema version 7. */
+  int64_t due_time_us;
   /* An update only: when data and (with set_secret) the secret are
    * byte-identical to the stored row's, write nothing (no revision, no
    * audit row, the etag stays). For callers whose labels, references and
@@ -313,6 +317,10 @@ struct store_query {
    * expire_before_us, which may be 0 or negative (before 1970: none). */
   int has_expire_before;
   int64_t expire_before_us;
+  /* 1: only rows with a job due (due_time_us > 0) before due_before_us
+   * (none before schema version 7). */
+  int has_due_before;
+  int64_t due_before_us;
 };
 
 /* Lists rows in name order, without secrets. *rows is the caller's: free
