@@ -15,7 +15,7 @@ const os = require('node:os');
 const path = require('node:path');
 const crypto = require('node:crypto');
 const { spawnSync } = require('node:child_process');
-const { Server } = require('./lib/server');
+const { Server, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
@@ -111,6 +111,16 @@ test('issuers of every kind are created and read back, never with a key', async 
 
   const imported = await issuers().CreateIssuer({ issuerId: 'imported', issuer: { type: 'IMPORTED_CA', certificatePem: p.read('ca.crt'), privateKeyPem: p.read('ca.key') } });
   assert.equal(imported.sha256Fingerprint, new crypto.X509Certificate(p.read('ca.crt')).fingerprint256);
+
+  // The CA key is sealed at rest: neither the PEM given nor its PKCS#8 form is in the database files.
+  const keyPems = [p.read('ca.key'), crypto.createPrivateKey(p.read('ca.key')).export({ type: 'pkcs8', format: 'pem' })];
+  const lines = keyPems.flatMap((k) => k.split('\n').filter((l) => /^[A-Za-z0-9+/=]{40,}$/.test(l)));
+  assert.ok(lines.length > 4);
+  for (const l of lines) noteSecret(l); // and never in the server's log
+  for (const f of ['tlsplane.db', 'tlsplane.db-wal'].map((x) => path.join(srv.dataDir, x)).filter((x) => fs.existsSync(x))) {
+    const bytes = fs.readFileSync(f);
+    for (const l of lines) assert.equal(bytes.indexOf(l), -1, `${path.basename(f)} holds the CA key`);
+  }
 
   const self = await issuers().CreateIssuer({ issuerId: 'self', issuer: { type: 'SELF_SIGNED', keyAlgorithm: 'ED25519' } });
   assert.equal(self.certificatePem, '');
