@@ -312,16 +312,22 @@ test('a certificate with a 60 s lifetime is renewed by the server and served by 
   }
 });
 
-test('a renewal the issuer cannot make fails visibly (error, next attempt, metric) and is retried', async () => {
-  // The CA lives 70 s: a 60 s certificate fits now, but not at renewal time (25 s on).
-  const ca = await issuers().CreateIssuer({ issuerId: 'dying', issuer: { type: 'INTERNAL_CA', caLifetime: { seconds: 70 } } });
+test('a renewal the issuer cannot make fails visibly (error, next attempt, metric), is retried with back-off, and succeeds once the issuer is fixed', async () => {
+  // An imported intermediate CA valid for 70 s more: a 60 s certificate fits
+  // now, but not at renewal time (15 s on).
+  const short = p.leaf('short-ca', { cn: 'Short CA', ext: 'inter_ext', end: new Date(Date.now() + 70 * 1000) });
+  const ca = await issuers().CreateIssuer({
+    issuerId: 'dying', issuer: { type: 'IMPORTED_CA', certificatePem: short.cert + p.read('ca.crt'), privateKeyPem: short.key },
+  });
+  assert.equal((ca.certificatePem.match(/BEGIN CERTIFICATE/g) || []).length, 2);
   const c = await certs().IssueCertificate({ certificateId: 'doomed', issuer: ca.name, dnsNames: ['doomed.example.com'], lifetime: { seconds: 60 }, renewal: { renewBefore: { seconds: 45 } } });
+  assert.match(verify(p.read('ca.crt'), c.certificateChainPem), /: OK$/, 'leaf + the imported intermediate verify against the root');
   const failed = await waitFor('the renewal fails', async () => {
     const g = await certs().GetCertificate({ name: c.name });
     return g.renewalFailures >= 1 ? g : null;
   }, { timeoutMs: 30000 });
   assert.equal(failed.serialNumber, c.serialNumber, 'the certificate stays as it was');
-  assert.match(failed.lastRenewalError, /issuer: issuers\/dying cannot issue a certificate for 60 s/);
+  assert.match(failed.lastRenewalError, /issuer: issuers\/dying cannot issue a certificate for 60 s: its CA certificate expires at/);
   assert.ok(seconds(failed.nextAttemptTime) > Date.now() / 1000 - 1, 'next_attempt_time is ahead');
   assert.ok(!failed.lastRenewalTime, 'never renewed');
   const m = await metrics();
@@ -336,6 +342,19 @@ test('a renewal the issuer cannot make fails visibly (error, next attempt, metri
   assert.ok(gap >= (2 * RETRY_MS) / 1000 - 1, `back-off doubles: ${gap} s between next attempts`);
   const ev = (await api().AuditService.ListAuditEvents({ resource: c.name })).auditEvents;
   assert.ok(ev.some((e) => e.action === 'renew_failed' && e.actor === 'system'), 'the failed attempts are audited');
+  // The CA's certificate renewed (same key, a year): the next attempt succeeds.
+  const long = p.leaf('long-ca', { cn: 'Short CA', ext: 'inter_ext', key: 'short-ca' });
+  await issuers().UpdateIssuer({ issuer: { name: ca.name, certificatePem: long.cert + p.read('ca.crt') }, updateMask: { paths: ['certificate_pem'] } });
+  const renewed = await waitFor('the renewal succeeds', async () => {
+    const g = await certs().GetCertificate({ name: c.name });
+    return g.serialNumber !== c.serialNumber ? g : null;
+  }, { timeoutMs: 30000 });
+  assert.equal(renewed.renewalFailures, 0);
+  assert.equal(renewed.lastRenewalError, '');
+  assert.ok(!renewed.nextAttemptTime, 'no attempt pending');
+  assert.ok(renewed.lastRenewalTime);
+  assert.match(verify(p.read('ca.crt'), renewed.certificateChainPem), /: OK$/);
+  assert.equal(metric(await metrics(), 'tlsplane_certificate_renewal_failures', 'certificates/doomed'), 0);
   await certs().DeleteCertificate({ name: c.name });
   await issuers().DeleteIssuer({ name: ca.name });
 });
