@@ -11,6 +11,7 @@
 
 #include "ca.h"
 #include "certinfo.h"
+#include "events.h"
 #include "log.h"
 #include "pb.h"
 
@@ -454,6 +455,9 @@ static int renew_one(struct api *api, const struct rpc_call_info *call, const st
   if (rc == 0) {
     if (renewal_write(api, call, r->name, r->etag, chain, key, NULL, now_us, &werr) == 0) {
       log_info("jobs", "renewed %s", r->name);
+      const struct events_event e = {.type = TLSPLANE__V1__EVENT_TYPE__RENEWED,
+                                     .resource = r->name};
+      events_publish(api->events, &e);
       renewed = 1;
     } else if (werr.status != GRPC_STATUS_FAILED_PRECONDITION ||
                strstr(werr.msg, "changed meanwhile") == NULL) {
@@ -465,8 +469,11 @@ static int renew_one(struct api *api, const struct rpc_call_info *call, const st
   }
   if (rc != 0) {
     log_warn("jobs", "renewing %s: %s", r->name, err.msg);
-    if (renewal_write(api, call, r->name, r->etag, NULL, NULL, err.msg, now_us, &werr) != 0 &&
-        werr.status != GRPC_STATUS_FAILED_PRECONDITION)
+    if (renewal_write(api, call, r->name, r->etag, NULL, NULL, err.msg, now_us, &werr) == 0) {
+      const struct events_event e = {
+          .type = TLSPLANE__V1__EVENT_TYPE__RENEWAL_FAILED, .resource = r->name, .reason = err.msg};
+      events_publish(api->events, &e);
+    } else if (werr.status != GRPC_STATUS_FAILED_PRECONDITION)
       log_warn("jobs", "recording the failed renewal of %s: %s", r->name, werr.msg);
   }
   free(chain);

@@ -68,6 +68,15 @@ function verify(caPem, chainPem) {
   return `${r.stdout}${r.stderr}`.trim();
 }
 
+// A WatchEvents stream of the renewal events: { events, cancel() }.
+function watchRenewals() {
+  const call = conn.clients['tlsplane.v1.AuditService'].WatchEvents({ kinds: ['certificates'], include: ['RENEWED', 'RENEWAL_FAILED'] });
+  const w = { events: [], cancel: () => call.cancel() };
+  call.on('data', (e) => w.events.push(e));
+  call.on('error', () => {});
+  return w;
+}
+
 function assertNoKey(x, what) {
   assert.equal(x.privateKeyPem || '', '', `${what}: private_key_pem returned`);
   assert.ok(!/PRIVATE KEY/.test(JSON.stringify(x)), `${what}: a private key appears in the response`);
@@ -262,6 +271,7 @@ test('a certificate with a 60 s lifetime is renewed by the server and served by 
   await api().ListenerService.CreateListener({ listenerId: 'live', listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/live', upstream: up.address } });
   const tok = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'issued-a' } });
   const agent = await CpAgent.start(srv, { name: 'issued-a', joinToken: tok.secret, wait: 'connected' });
+  const watch = watchRenewals();
   const oldFp = new crypto.X509Certificate(issued.certificateChainPem).fingerprint256;
   let running = true;
   const res = { ok: 0, failed: [], fps: new Set() };
@@ -303,7 +313,10 @@ test('a certificate with a 60 s lifetime is renewed by the server and served by 
     assert.ok(renewal, `audit: ${JSON.stringify(ev.map((e) => e.action))}`);
     assert.equal(renewal.actor, 'system');
     assert.equal(Number(renewal.revision) <= Number(renewed.revision), true);
+    // Watches hear of it.
+    await waitFor('WatchEvents: RENEWED', () => watch.events.some((e) => e.type === 'RENEWED' && e.resource === 'certificates/live'));
   } finally {
+    watch.cancel();
     running = false;
     await agent.stopClean();
     await api().ListenerService.DeleteListener({ name: 'listeners/live' });
@@ -320,6 +333,7 @@ test('a renewal the issuer cannot make fails visibly (error, next attempt, metri
     issuerId: 'dying', issuer: { type: 'IMPORTED_CA', certificatePem: short.cert + p.read('ca.crt'), privateKeyPem: short.key },
   });
   assert.equal((ca.certificatePem.match(/BEGIN CERTIFICATE/g) || []).length, 2);
+  const watch = watchRenewals();
   const c = await certs().IssueCertificate({ certificateId: 'doomed', issuer: ca.name, dnsNames: ['doomed.example.com'], lifetime: { seconds: 60 }, renewal: { renewBefore: { seconds: 45 } } });
   assert.match(verify(p.read('ca.crt'), c.certificateChainPem), /: OK$/, 'leaf + the imported intermediate verify against the root');
   const failed = await waitFor('the renewal fails', async () => {
@@ -342,6 +356,9 @@ test('a renewal the issuer cannot make fails visibly (error, next attempt, metri
   assert.ok(gap >= (2 * RETRY_MS) / 1000 - 1, `back-off doubles: ${gap} s between next attempts`);
   const ev = (await api().AuditService.ListAuditEvents({ resource: c.name })).auditEvents;
   assert.ok(ev.some((e) => e.action === 'renew_failed' && e.actor === 'system'), 'the failed attempts are audited');
+  const heard = watch.events.filter((e) => e.resource === c.name && e.type === 'RENEWAL_FAILED');
+  assert.ok(heard.length >= 2, `WatchEvents: ${heard.length} RENEWAL_FAILED`);
+  assert.equal(heard[0].reason, failed.lastRenewalError);
   // The CA's certificate renewed (same key, a year): the next attempt succeeds.
   const long = p.leaf('long-ca', { cn: 'Short CA', ext: 'inter_ext', key: 'short-ca' });
   await issuers().UpdateIssuer({ issuer: { name: ca.name, certificatePem: long.cert + p.read('ca.crt') }, updateMask: { paths: ['certificate_pem'] } });
@@ -355,6 +372,8 @@ test('a renewal the issuer cannot make fails visibly (error, next attempt, metri
   assert.ok(renewed.lastRenewalTime);
   assert.match(verify(p.read('ca.crt'), renewed.certificateChainPem), /: OK$/);
   assert.equal(metric(await metrics(), 'tlsplane_certificate_renewal_failures', 'certificates/doomed'), 0);
+  await waitFor('WatchEvents: RENEWED', () => watch.events.some((e) => e.type === 'RENEWED' && e.resource === c.name));
+  watch.cancel();
   await certs().DeleteCertificate({ name: c.name });
   await issuers().DeleteIssuer({ name: ca.name });
 });
