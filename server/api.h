@@ -240,6 +240,15 @@ int api_read(struct store_txn *txn, const struct api_kind *kind, const char *nam
 int api_write(struct api_op *op, ProtobufCMessage *res, const char *expect_etag, const char *action,
               struct tp_err *err);
 
+/* Creates res (the caller's; its name set) as the generic Create does
+ * (validated outside the write lock, one revision, audited with action),
+ * but keeps the output fields the caller set: for resources the server
+ * makes on a caller's behalf (IssueCertificate). *out receives the stored
+ * resource (caller frees). */
+int api_create(struct api *api, const struct api_kind *kind, const struct rpc_call_info *call,
+               const ProtobufCMessage *res, const char *action, ProtobufCMessage **out,
+               struct tp_err *err);
+
 /* Puts a fresh random key in front of the ring `name` (RotateTicketKeys).
  * etag may be NULL or "". *resp (may be NULL) receives the ring. */
 int api_ticket_keys_rotate(struct api *api, const struct rpc_call_info *call, const char *name,
@@ -291,5 +300,6 @@ extern const struct api_kind api_kind_ticket_key_ring;
 extern const struct api_kind api_kind_agent;
 extern const struct api_kind api_kind_token;
 extern const struct api_kind api_kind_client_certificate;
+extern const struct api_kind api_kind_issuer;
 
 #endif

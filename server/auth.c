@@ -83,6 +83,10 @@ static const struct rule rules[] = {
     {"/tlsplane.v1.TlsContextService/", READERS, WRITERS},
     {"/tlsplane.v1.ListenerService/", READERS, WRITERS},
     {"/tlsplane.v1.TicketKeyService/", READERS, WRITERS},
+    /* A CA key can sign for any name: issuers are the admin's to write;
+     * issuing from them (CertificateService/IssueCertificate) is a write
+     * of certificates. */
+    {"/tlsplane.v1.IssuerService/", READERS, R(ADMIN)},
 };
 
 /* Why a method is refused, where "it takes <roles>" would not say enough. */

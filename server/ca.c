@@ -119,12 +119,20 @@ static int ext_add(X509 *x, X509 *issuer, int nid, const char *value) {
   return ok ? 0 : -1;
 }
 
-/* A certificate shell: version 3, random serial, subject, validity. */
-static X509 *cert_start(EVP_PKEY *pub, const char *cn, const char *ou, int64_t validity_s) {
+/* The digest a key signs with: none for EdDSA (it hashes itself). */
+static const EVP_MD *sign_md(EVP_PKEY *key) {
+  int id = EVP_PKEY_get_base_id(key);
+  return id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448 ? NULL : EVP_sha256();
+}
+
+/* A certificate shell: version 3, random serial, subject (O=tlsplane
+ * first unless cn_only), validity. */
+static X509 *cert_start_subject(EVP_PKEY *pub, const char *cn, const char *ou, int64_t validity_s,
+                                int cn_only) {
   X509 *x = X509_new();
   X509_NAME *subject = X509_NAME_new();
   int ok = x != NULL && subject != NULL && X509_set_version(x, 2) == 1 && serial_set(x) == 0 &&
-           name_add(subject, "O", "tlsplane") == 0 &&
+           (cn_only || name_add(subject, "O", "tlsplane") == 0) &&
            (ou == NULL || name_add(subject, "OU", ou) == 0) && name_add(subject, "CN", cn) == 0 &&
            X509_set_subject_name(x, subject) == 1 &&
            X509_gmtime_adj(X509_getm_notBefore(x), -BACKDATE_S) != NULL &&
@@ -136,6 +144,10 @@ static X509 *cert_start(EVP_PKEY *pub, const char *cn, const char *ou, int64_t v
     return NULL;
   }
   return x;
+}
+
+static X509 *cert_start(EVP_PKEY *pub, const char *cn, const char *ou, int64_t validity_s) {
+  return cert_start_subject(pub, cn, ou, validity_s, 0);
 }
 
 int ca_new(struct ca **out, struct tp_err *err) {
@@ -206,34 +218,45 @@ static int is_ip(const char *s) {
   return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
-int ca_issue(const struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *o, X509 **out,
-             struct tp_err *err) {
+/* The subjectAltName value for sans ("DNS:a,IP:1.2.3.4"), malloc'd. */
+static char *san_value(const char *const *sans, size_t n_sans) {
+  size_t len = 1;
+  for (size_t i = 0; i < n_sans; i++)
+    len += strlen(sans[i]) + 5;
+  char *san = malloc(len);
+  if (san == NULL)
+    return NULL;
+  san[0] = '\0';
+  for (size_t i = 0; i < n_sans; i++) {
+    strcat(san, i ? "," : "");
+    strcat(san, is_ip(sans[i]) ? "IP:" : "DNS:");
+    strcat(san, sans[i]);
+  }
+  return san;
+}
+
+/* A leaf for pub signed by signer_key as signer (NULL: self-signed). */
+static int leaf_make(X509 *signer, EVP_PKEY *signer_key, EVP_PKEY *pub,
+                     const struct ca_issue_opts *o, X509 **out, struct tp_err *err) {
   *out = NULL;
-  X509 *x = cert_start(pub, o->cn, o->ou, o->validity_s);
+  X509 *x = cert_start_subject(pub, o->cn, o->ou, o->validity_s, o->cn_only);
   if (x == NULL)
     return ssl_fail(err, "starting a certificate");
-  char *san = NULL;
-  size_t len = 1;
-  for (size_t i = 0; i < o->n_sans; i++)
-    len += strlen(o->sans[i]) + 5;
-  if ((san = malloc(len)) == NULL) {
+  char *san = san_value(o->sans, o->n_sans);
+  if (san == NULL) {
     X509_free(x);
     return oom(err);
   }
-  san[0] = '\0';
-  for (size_t i = 0; i < o->n_sans; i++) {
-    strcat(san, i ? "," : "");
-    strcat(san, is_ip(o->sans[i]) ? "IP:" : "DNS:");
-    strcat(san, o->sans[i]);
-  }
-  int ok = X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) == 1 &&
-           ext_add(x, ca->cert, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
-           ext_add(x, ca->cert, NID_key_usage, "critical,digitalSignature,keyEncipherment") == 0 &&
-           ext_add(x, ca->cert, NID_ext_key_usage, o->server ? "serverAuth" : "clientAuth") == 0 &&
-           ext_add(x, ca->cert, NID_subject_key_identifier, "hash") == 0 &&
-           ext_add(x, ca->cert, NID_authority_key_identifier, "keyid:always") == 0 &&
-           (o->n_sans == 0 || ext_add(x, ca->cert, NID_subject_alt_name, san) == 0) &&
-           X509_sign(x, ca->key, EVP_sha256()) > 0;
+  X509 *issuer = signer ? signer : x;
+  int ok =
+      X509_set_issuer_name(x, X509_get_subject_name(issuer)) == 1 &&
+      ext_add(x, issuer, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
+      ext_add(x, issuer, NID_key_usage, "critical,digitalSignature,keyEncipherment") == 0 &&
+      ext_add(x, issuer, NID_ext_key_usage, o->server ? "serverAuth" : "clientAuth") == 0 &&
+      ext_add(x, issuer, NID_subject_key_identifier, "hash") == 0 &&
+      (signer == NULL || ext_add(x, issuer, NID_authority_key_identifier, "keyid:always") == 0) &&
+      (o->n_sans == 0 || ext_add(x, issuer, NID_subject_alt_name, san) == 0) &&
+      X509_sign(x, signer_key, sign_md(signer_key)) > 0;
   free(san);
   if (!ok) {
     X509_free(x);
@@ -241,6 +264,79 @@ int ca_issue(const struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *o, 
   }
   *out = x;
   return 0;
+}
+
+int ca_issue(const struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *o, X509 **out,
+             struct tp_err *err) {
+  return leaf_make(ca->cert, ca->key, pub, o, out, err);
+}
+
+int ca_self_sign(EVP_PKEY *key, const struct ca_issue_opts *o, X509 **out, struct tp_err *err) {
+  return leaf_make(NULL, key, key, o, out, err);
+}
+
+EVP_PKEY *ca_key_generate(enum ca_key_alg alg) {
+  switch (alg) {
+  case CA_KEY_RSA_2048:
+    return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+  case CA_KEY_RSA_3072:
+    return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)3072);
+  case CA_KEY_RSA_4096:
+    return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)4096);
+  case CA_KEY_ECDSA_P256:
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+  case CA_KEY_ECDSA_P384:
+    return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+  case CA_KEY_ED25519:
+    return EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+  }
+  return NULL;
+}
+
+int ca_make(const struct ca *parent, const char *cn, EVP_PKEY *key, int64_t validity_s,
+            struct ca **out, struct tp_err *err) {
+  *out = NULL;
+  struct ca *ca = calloc(1, sizeof(*ca));
+  if (ca == NULL) {
+    EVP_PKEY_free(key);
+    return oom(err);
+  }
+  ca->key = key;
+  if (parent != NULL && X509_get_pathlen(parent->cert) == 0) {
+    ca_free(ca);
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "parent: its certificate allows no CA below it (pathlen 0)");
+  }
+  X509 *signer = parent ? parent->cert : NULL;
+  EVP_PKEY *signer_key = parent ? parent->key : key;
+  ca->cert = cert_start(key, cn, NULL, validity_s);
+  int ok = ca->cert != NULL &&
+           X509_set_issuer_name(ca->cert, X509_get_subject_name(signer ? signer : ca->cert)) &&
+           ext_add(ca->cert, signer, NID_basic_constraints,
+                   parent ? "critical,CA:TRUE,pathlen:0" : "critical,CA:TRUE") == 0 &&
+           ext_add(ca->cert, signer, NID_key_usage,
+                   "critical,keyCertSign,cRLSign,digitalSignature") == 0 &&
+           ext_add(ca->cert, signer, NID_subject_key_identifier, "hash") == 0 &&
+           (parent == NULL ||
+            ext_add(ca->cert, signer, NID_authority_key_identifier, "keyid:always") == 0) &&
+           X509_sign(ca->cert, signer_key, sign_md(signer_key)) > 0;
+  if (!ok) {
+    ca_free(ca);
+    return ssl_fail(err, "making a CA certificate");
+  }
+  if ((ca->cert_pem = ca_cert_to_pem(ca->cert)) == NULL) {
+    ca_free(ca);
+    return oom(err);
+  }
+  *out = ca;
+  return 0;
+}
+
+time_t ca_not_after(const struct ca *ca) {
+  time_t t = 0;
+  if (certinfo_time(X509_get0_notAfter(ca->cert), &t) != 0)
+    return 0;
+  return t;
 }
 
 int ca_csr_read(const char *pem, const char *field, EVP_PKEY **pub, struct tp_err *err) {

@@ -51,12 +51,41 @@ struct ca_issue_opts {
   const char *const *sans;
   size_t n_sans;
   int64_t validity_s; /* from now (the certificate starts 5 minutes back) */
+  int cn_only;        /* 1: the subject is CN alone (no O=tlsplane, no OU) */
 };
 
 /* Issues a certificate for the public key pub, signed by the CA. Caller
  * frees *out with X509_free. */
 int ca_issue(const struct ca *ca, EVP_PKEY *pub, const struct ca_issue_opts *opts, X509 **out,
              struct tp_err *err);
+
+/* The same, self-signed by key (a leaf that is its own issuer). */
+int ca_self_sign(EVP_PKEY *key, const struct ca_issue_opts *opts, X509 **out, struct tp_err *err);
+
+/* The keys issuers make; the values are tlsplane.v1.KeyAlgorithm's. */
+enum ca_key_alg {
+  CA_KEY_RSA_2048 = 1,
+  CA_KEY_RSA_3072 = 2,
+  CA_KEY_RSA_4096 = 3,
+  CA_KEY_ECDSA_P256 = 4,
+  CA_KEY_ECDSA_P384 = 5,
+  CA_KEY_ED25519 = 6,
+};
+
+/* A new key of alg; NULL when OpenSSL fails or alg is none of them.
+ * Caller frees with EVP_PKEY_free. */
+EVP_PKEY *ca_key_generate(enum ca_key_alg alg);
+
+/* A new CA for key (taken, also on failure) named "O=tlsplane, CN=<cn>",
+ * valid for validity_s from now: a root (parent NULL; no path length
+ * limit) or an intermediate signed by parent (pathlen 0; refused when
+ * parent's own path length is 0). Caller frees with ca_free. */
+int ca_make(const struct ca *parent, const char *cn, EVP_PKEY *key, int64_t validity_s,
+            struct ca **out, struct tp_err *err);
+
+/* When the CA's certificate expires (seconds since the epoch; 0 when it
+ * does not parse). */
+time_t ca_not_after(const struct ca *ca);
 
 /* Reads a PKCS#10 request (PEM) and checks its signature (the requester
  * holds the key) and its key (EC P-256 or P-384, RSA of 2048 bits or more,

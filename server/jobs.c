@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "crl_refresh.h"
+#include "issuance.h"
 #include "log.h"
 #include "ocsp_fetch.h"
 #include "usage.h"
@@ -79,6 +80,7 @@ static void *jobs_main(void *arg) {
     jobs_rotate_due_ticket_keys(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     ocsp_refresh_due(jobs->api, &jobs->ocsp, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     crl_refresh_run(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
+    issuance_renew_due(jobs->api, (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000);
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }

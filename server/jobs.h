@@ -1,6 +1,7 @@
 /* Background jobs of the control plane: ticket-key rotation on each ring's
  * schedule (TicketKeyRing.rotation_period), OCSP fetch and refresh
- * (ocsp_fetch.h), CRL refresh (crl_refresh.h), and writing the
+ * (ocsp_fetch.h), CRL refresh (crl_refresh.h), renewal of the
+ * certificates issued by the server (issuance.h), and writing the
  * credentials' last uses to the store (usage.h). One thread wakes every
  * JOBS_TICK_MS and asks the store for what is due (an indexed query). */
 #ifndef TLSPLANE_SERVER_JOBS_H

@@ -156,6 +156,35 @@ static void ocsp_families(FILE *f, const struct store_row *rows, size_t n) {
   }
 }
 
+/* The certificates the server issued: when each renews, and how many
+ * attempts in a row failed. */
+static void renewals(FILE *f, const struct store_row *rows, size_t n) {
+  static const char *const families[][2] = {
+      {"tlsplane_certificate_renewal_time_seconds",
+       "When the server renews each certificate it issued (seconds since the epoch)."},
+      {"tlsplane_certificate_renewal_failures",
+       "Failed renewal attempts of each issued certificate since its last renewal."},
+  };
+  for (size_t k = 0; k < 2; k++) {
+    prom_family(f, families[k][0], "gauge", families[k][1]);
+    for (size_t i = 0; i < n; i++) {
+      Tlsplane__V1__Certificate *c =
+          tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
+      if (c == NULL)
+        continue;
+      if (c->issuance != NULL) {
+        fprintf(f, "%s{certificate=\"", families[k][0]);
+        prom_label(f, rows[i].name);
+        if (k == 0)
+          fprintf(f, "\"} %lld\n", seconds(c->renewal_time));
+        else
+          fprintf(f, "\"} %d\n", (int)c->renewal_failures);
+      }
+      tlsplane__v1__certificate__free_unpacked(c, NULL);
+    }
+  }
+}
+
 static void certificates(FILE *f, struct api *api, int *errors) {
   struct store *store = api->store;
   struct store_txn *txn = NULL;
@@ -203,6 +232,7 @@ static void certificates(FILE *f, struct api *api, int *errors) {
     tlsplane__v1__certificate__free_unpacked(c, NULL);
   }
   ocsp_families(f, rows, n);
+  renewals(f, rows, n);
   serving(f, api, rows, n, errors);
   store_rows_free(rows, n);
 }

@@ -363,6 +363,12 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
       continue;
     }
     const Tlsplane__V1__Certificate *c = (const Tlsplane__V1__Certificate *)m;
+    /* The row's due time is the sooner of its next fetch and its renewal
+     * (issuance.c): only a fetch that is due itself goes on. */
+    if (c->ocsp_next_attempt_time == NULL || pb_timestamp_us(c->ocsp_next_attempt_time) > now_us) {
+      protobuf_c_message_free_unpacked(m, NULL);
+      continue;
+    }
     struct outcome o;
     fetch_one(c, (time_t)(now_us / 1000000), &o);
     if (o.ok && o.info.status == V_OCSP_CERTSTATUS_REVOKED)

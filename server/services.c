@@ -7,12 +7,14 @@
 #include "tlsplane/v1/auth.pb-c.h"
 #include "tlsplane/v1/certificate.pb-c.h"
 #include "tlsplane/v1/cipher_policy.pb-c.h"
+#include "tlsplane/v1/issuer.pb-c.h"
 #include "tlsplane/v1/listener.pb-c.h"
 #include "tlsplane/v1/revocation_list.pb-c.h"
 #include "tlsplane/v1/ticket_keys.pb-c.h"
 #include "tlsplane/v1/tls_context.pb-c.h"
 #include "tlsplane/v1/trust_bundle.pb-c.h"
 
+extern const struct api_method certificate_methods[];
 extern const struct api_method cipher_policy_methods[];
 extern const struct api_method ticket_key_methods[];
 extern const struct api_method audit_methods[];
@@ -27,7 +29,7 @@ struct service {
 };
 
 static const struct service services[] = {
-    {&tlsplane__v1__certificate_service__descriptor, &api_kind_certificate, NULL},
+    {&tlsplane__v1__certificate_service__descriptor, &api_kind_certificate, certificate_methods},
     {&tlsplane__v1__trust_bundle_service__descriptor, &api_kind_trust_bundle, NULL},
     {&tlsplane__v1__revocation_list_service__descriptor, &api_kind_revocation_list, NULL},
     {&tlsplane__v1__cipher_policy_service__descriptor, &api_kind_cipher_policy,
@@ -40,6 +42,7 @@ static const struct service services[] = {
     {&tlsplane__v1__token_service__descriptor, &api_kind_token, token_methods},
     {&tlsplane__v1__client_certificate_service__descriptor, &api_kind_client_certificate,
      client_cert_methods},
+    {&tlsplane__v1__issuer_service__descriptor, &api_kind_issuer, NULL},
 };
 
 size_t api_service_names(const char **names, size_t max) {

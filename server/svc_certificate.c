@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "issuance.h"
 #include "pb.h"
 #include "resolve.h"
 #include "tlsconf.h"
@@ -106,6 +107,11 @@ static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct 
   if (key == NULL)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "private_key_pem: required (or pfx with the key inside)");
+  if (issuance_prepare(c, old, err) != 0) {
+    OPENSSL_cleanse(key, strlen(key));
+    free(key);
+    return -1;
+  }
   op->set_secret = 1;
   op->secret = (uint8_t *)key;
   op->secret_len = strlen(key);
@@ -131,14 +137,32 @@ static int64_t certificate_expire_time(const ProtobufCMessage *res) {
   return pb_timestamp_us(((const Tlsplane__V1__Certificate *)res)->not_after);
 }
 
-/* The next OCSP fetch (ocsp_fetch.c asks for those due). */
+/* When a job next has work on the certificate: the sooner of its next
+ * OCSP fetch (ocsp_fetch.c) and its renewal (issuance.c); each job checks
+ * its own time on the rows it is handed. */
 static int64_t certificate_due_time(const ProtobufCMessage *res) {
   const Tlsplane__V1__Certificate *c = (const Tlsplane__V1__Certificate *)res;
-  if (c->ocsp_next_attempt_time == NULL)
-    return 0;
-  int64_t us = pb_timestamp_us(c->ocsp_next_attempt_time);
-  return us > 0 ? us : 1;
+  int64_t ocsp = 0;
+  if (c->ocsp_next_attempt_time != NULL) {
+    ocsp = pb_timestamp_us(c->ocsp_next_attempt_time);
+    ocsp = ocsp > 0 ? ocsp : 1;
+  }
+  int64_t renew = issuance_due_time_us(c);
+  if (ocsp == 0 || (renew > 0 && renew < ocsp))
+    return renew;
+  return ocsp;
 }
+/* An issued certificate names its issuer: the issuer cannot go first. */
+static int certificate_refs(const ProtobufCMessage *res, struct api_refs *refs) {
+  const Tlsplane__V1__Certificate *c = (const Tlsplane__V1__Certificate *)res;
+  if (c->issuance != NULL && c->issuance->issuer[0] != '\0')
+    return api_refs_add(refs, api_kind_issuer.kind, c->issuance->issuer,
+                        "certificate.issuance.issuer");
+  return 0;
+}
+
+const struct api_method certificate_methods[] = {{"IssueCertificate", issuance_rpc_issue},
+                                                 {NULL, NULL}};
 
 const struct api_kind api_kind_certificate = {
     .kind = "Certificate",
@@ -150,6 +174,7 @@ const struct api_kind api_kind_certificate = {
     .audit_changes = certificate_audit_changes,
     .expire_time_us = certificate_expire_time,
     .due_time_us = certificate_due_time,
+    .refs = certificate_refs,
     .check_referrers = resolve_check_referrers,
     .secret_fields = certificate_secret_fields,
 };

@@ -272,6 +272,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MACS_ALL] = "SELECT r.kind, r.name, r.data, m.mac FROM resources r"
                     " LEFT JOIN macs m ON m.kind = r.kind AND m.name = r.name"
                     " ORDER BY r.kind, r.name",
+    [ST_DUE_SET] = "UPDATE resources SET due_time_us = ?3 WHERE kind = ?1 AND name = ?2",
 };
 
 /* One connection and its prepared statements. Used by one transaction at a
@@ -1031,6 +1032,9 @@ static int row_write(struct store_txn *base, const struct store_write *w, const 
   }
   rc = rc == SQLITE_DONE ? 0 : db_fail(err, c->db, w->create ? "insert" : "update");
   stmt_done(st);
+  /* Before DUE_SINCE_VERSION there is no column: nothing is ever due. */
+  if (rc == 0 && base->store->schema_version >= DUE_SINCE_VERSION)
+    rc = stmt_exec(c, ST_DUE_SET, "set the due time", err, "tti", w->kind, w->name, w->due_time_us);
   return rc;
 }
 

@@ -132,6 +132,7 @@ function allowedRoles(service, method) {
     return READ;
   }
   if (service === 'AuditService') return READ;
+  if (service === 'IssuerService' && !/^(Get|List)/.test(method)) return ['admin'];
   if (/^(Get|List)/.test(method)) return READ;
   return WRITE;
 }

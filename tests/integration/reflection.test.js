@@ -17,6 +17,7 @@ const TLSPLANE_SERVICES = [
   'tlsplane.v1.CertificateService',
   'tlsplane.v1.CipherPolicyService',
   'tlsplane.v1.ClientCertificateService',
+  'tlsplane.v1.IssuerService',
   'tlsplane.v1.ListenerService',
   'tlsplane.v1.RevocationListService',
   'tlsplane.v1.TicketKeyService',
@@ -41,7 +42,11 @@ function crud(resource, plural) {
   };
 }
 const EXPECTED_METHODS = {
-  'tlsplane.v1.CertificateService': crud('Certificate', 'Certificates'),
+  'tlsplane.v1.CertificateService': {
+    ...crud('Certificate', 'Certificates'),
+    IssueCertificate: ['IssueCertificateRequest', 'Certificate'],
+  },
+  'tlsplane.v1.IssuerService': crud('Issuer', 'Issuers'),
   'tlsplane.v1.TrustBundleService': crud('TrustBundle', 'TrustBundles'),
   'tlsplane.v1.RevocationListService': crud('RevocationList', 'RevocationLists'),
   'tlsplane.v1.CipherPolicyService': {

@@ -10,6 +10,15 @@ import { changes } from './audit.js';
 
 const CONTEXT_PAGES = 10;
 
+// Issued certificates: when the server renews it, and a failed renewal
+// (the error and the next attempt) in the failure's colour.
+function renewal(c) {
+  if (c.lastRenewalError) {
+    return h('span', { class: 'renewal-failed' }, `failed (${c.renewalFailures} attempt(s)): ${c.lastRenewalError}; next attempt ${time(c.nextAttemptTime)}`);
+  }
+  return `${time(c.renewalTime)}${c.lastRenewalTime ? `, last renewed ${time(c.lastRenewalTime)}` : ''}`;
+}
+
 function certFacts(c) {
   const e = expiry(c.notAfter);
   return facts(
@@ -24,6 +33,7 @@ function certFacts(c) {
       ['Key', keyType(c)],
       ['Chain', `${c.chainLength || 0} certificate(s)`],
       ['OCSP staple', c.ocspCertStatus ? `${c.ocspCertStatus}, next update ${time(c.ocspNextUpdate)}` : 'none'],
+      ...(c.issuance ? [['Issued by', c.issuance.issuer], ['Renewal', renewal(c)]] : []),
       ['Labels', labels(c.labels)],
       ['Revision', `${c.revision} (updated ${time(c.updateTime)})`],
     ],
