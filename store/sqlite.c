@@ -272,7 +272,6 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MACS_ALL] = "SELECT r.kind, r.name, r.data, m.mac FROM resources r"
                     " LEFT JOIN macs m ON m.kind = r.kind AND m.name = r.name"
                     " ORDER BY r.kind, r.name",
-    [ST_DUE_SET] = "UPDATE resources SET due_time_us = ?3 WHERE kind = ?1 AND name = ?2",
 };
 
 /* One connection and its prepared statements. Used by one transaction at a
@@ -1073,12 +1072,6 @@ static int sqlite_put(struct store_txn *base, const struct store_write *w, struc
   int64_t now = store__now_us();
   int64_t create_time = now;
   rc = row_write(base, w, etag, now, &create_time, err);
-  if (rc < 0)
-    return rc;
-  /* Apart from row_write's statements, so that those of older schemas
-   * stay as they are. */
-  if (base->store->schema_version >= DUE_SINCE_VERSION && (!w->create || w->due_time_us > 0))
-    rc = stmt_exec(c, ST_DUE_SET, "schedule", err, "tti", w->kind, w->name, w->due_time_us);
   if (rc < 0)
     return rc;
 

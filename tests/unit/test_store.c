@@ -881,7 +881,7 @@ static void test_pagination(void **state) {
 
 /* The due time is a second indexed time, apart from the expiry: a row is
  * listed by either without the other. */
-static void test_due_filter(void **state) {
+static void test_due_beside_expiry(void **state) {
   struct fixture *f = *state;
   const struct {
     const char *name;
@@ -2142,6 +2142,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_label_selectors, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_pagination, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_expire_filter, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_due_beside_expiry, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_due_filter, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_due_before_schema_7, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_references, setup_open, teardown),
