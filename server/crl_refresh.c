@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "certinfo.h"
+#include "events.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsplane/v1/trust_bundle.pb-c.h"
@@ -482,6 +483,16 @@ static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl,
     int64_t delay = backoff_ms(r, failures);
     log_warn("crl", "%s: %s (attempt %d, next in %lld ms)", rl->name, err.msg, failures,
              (long long)delay);
+    /* The list agents enforce is past its nextUpdate and no newer one came:
+     * WatchEvents hears of it at each failed attempt (as often as the
+     * back-off allows). */
+    if (rl->next_update != NULL && pb_timestamp_us(rl->next_update) <= now_us) {
+      char reason[300];
+      snprintf(reason, sizeof(reason), "past its nextUpdate; refresh failed: %.200s", err.msg);
+      const struct events_event e = {
+          .type = TLSPLANE__V1__EVENT_TYPE__CRL_STALE, .resource = rl->name, .reason = reason};
+      events_publish(api->events, &e);
+    }
     state_set(r, rl->name, at, now_us, pb_sat_add(now_us, delay * 1000), err.msg, failures);
   }
   free(etag);

@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "certinfo.h"
+#include "events.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsconf.h"
@@ -325,6 +326,24 @@ static void rounds_record(struct ocsp_rounds *r, int64_t revision, const struct 
   r->revision = revision;
 }
 
+/* WatchEvents hears of a change of what the responder says (good,
+ * revoked, unknown) and of fetches that begin to fail. */
+static void ocsp_event(struct api *api, const char *name, const Tlsplane__V1__Certificate *was,
+                       const struct outcome *o) {
+  char reason[256];
+  const char *now = o->ok ? certinfo_ocsp_status_name(o->info.status) : NULL;
+  if (now != NULL && strcmp(now, was->ocsp_cert_status) != 0)
+    snprintf(reason, sizeof(reason), "OCSP status %s -> %s",
+             was->ocsp_cert_status[0] ? was->ocsp_cert_status : "none", now);
+  else if (!o->ok && was->ocsp_fetch_failures == 0)
+    snprintf(reason, sizeof(reason), "OCSP fetches fail: %.200s", o->error);
+  else
+    return;
+  const struct events_event e = {
+      .type = TLSPLANE__V1__EVENT_TYPE__OCSP_CHANGED, .resource = name, .reason = reason};
+  events_publish(api->events, &e);
+}
+
 int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
   struct tp_err err = {0};
   struct store_txn *txn;
@@ -389,6 +408,8 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
       log_warn("jobs", "OCSP for %s: storing the outcome: %s", rows[i].name, err.msg);
     else
       written += rc;
+    if (rc > 0)
+      ocsp_event(api, rows[i].name, c, &o);
     free(o.der);
     protobuf_c_message_free_unpacked(m, NULL);
   }

@@ -214,6 +214,10 @@ test('on schedule: a newer CRL at the endpoint is stored by "system" and the age
 });
 
 test('endpoint down: the error shows, retries back off, the CRL goes stale (API, metrics) and the agent still enforces it', async () => {
+  const events = [];
+  const call = conn.clients['tlsplane.v1.AuditService'].WatchEvents({ include: ['CRL_STALE'] });
+  call.on('data', (e) => events.push(e));
+  call.on('error', () => {});
   endpoint.down = true;
   const held = await api().RevocationListService.GetRevocationList({ name: RL });
   // Past next_update the fetches fail: 0.5 s, 1 s, 2 s, ... apart.
@@ -229,6 +233,10 @@ test('endpoint down: the error shows, retries back off, the CRL goes stale (API,
   assert.ok(Math.abs(wait - want) < 0.01, `back-off after ${rl.fetchFailures} failures: ${wait} s, want ${want} s`);
   assert.equal(rl.stale, true, 'past next_update and not stale');
   assert.ok(seconds(rl.nextUpdate) < Date.now() / 1000);
+  // A job on WatchEvents hears that the list went stale.
+  const ev = await waitFor('a CRL_STALE event', () => events.find((e) => e.resource === RL));
+  assert.match(ev.reason, /past its nextUpdate; refresh failed: .*503/);
+  call.cancel();
 
   const text = await metricsText();
   assert.equal(metric(text, 'tlsplane_revocation_list_stale'), 1, text);

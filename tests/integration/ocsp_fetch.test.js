@@ -161,11 +161,20 @@ test('at upload the server fetches each response itself, checks and stores it (a
 });
 
 test('revoked in the responder\'s index: after the refresh the certificate shows revoked (and the metric), the staple stops; a context with ocsp_staple_revoked staples it', async () => {
+  // A job waiting on WatchEvents hears of it too.
+  const events = [];
+  const call = conn.clients['tlsplane.v1.AuditService'].WatchEvents({ include: ['OCSP_CHANGED'] });
+  call.on('data', (e) => events.push(e));
+  call.on('error', () => {});
   p.revoke(leaves.good.name);
   const c = await waitFor('certificates/good revoked', async () => {
     const c = await getCert('good');
     return c.ocspCertStatus === 'revoked' && c;
   }, { timeoutMs: (VALIDITY_S + 15) * 1000, intervalMs: 500 });
+  const ev = await waitFor('an OCSP_CHANGED event for certificates/good', () =>
+    events.find((e) => e.resource === 'certificates/good' && /good -> revoked/.test(e.reason)));
+  assert.equal(ev.type, 'OCSP_CHANGED');
+  call.cancel();
   assert.ok(c.ocspResponse.length > 0, 'the revoked response is stored');
   const m = serverMetrics();
   assert.equal(m.get('tlsplane_certificate_ocsp_status', { certificate: 'certificates/good', status: 'revoked' }), 1);
