@@ -300,9 +300,11 @@ test('a listener removed with a long-lived connection open: it finishes, new one
     });
     c.on('error', (e) => resolve(e.code));
   });
+  // One that reached the kernel's backlog as the socket closed is reset,
+  // not refused: that, too, is the close still under way.
   const refused = await waitFor('new connections refused', async () => {
     const r = await connectOnce();
-    return r === 'connected' ? null : r;
+    return r === 'connected' || r === 'ECONNRESET' ? null : r;
   }, { timeoutMs: 10000 });
   assert.equal(refused, 'ECONNREFUSED', 'new connections are refused');
   assert.equal(await echoOn(sock, 'after\n'), 'after\n', 'the open connection still works');
