@@ -103,6 +103,9 @@ struct api_op {
   const ProtobufCMessage *old;     /* previous version (update) or NULL (create) */
   const struct store_row *old_row; /* its row, secret included, or NULL */
   time_t now;
+  /* In: what an api_write caller hands the kind's prepare hook besides
+   * the resource (certificates: csr.h's struct csr_hook); NULL otherwise. */
+  const void *hook_data;
   /* Out: the secret to store (set_secret = 1), else the old one is kept. */
   int set_secret;
   uint8_t *secret; /* malloc'd; freed by the engine */

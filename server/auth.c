@@ -76,6 +76,9 @@ static const struct rule rules[] = {
     /* Not a method: the HTTP gateway's metrics page (gateway.c). */
     {"/metrics", READERS, 0},
     {"/tlsplane.v1.CipherPolicyService/ListCiphers", READERS, 0},
+    /* Makes a key and a request for it: a write of certificates, as
+     * IssueCertificate. */
+    {"/tlsplane.v1.CertificateService/CreateCertificateRequest", WRITERS, 0},
     {"/tlsplane.v1.CertificateService/", READERS, WRITERS},
     {"/tlsplane.v1.TrustBundleService/", READERS, WRITERS},
     {"/tlsplane.v1.RevocationListService/", READERS, WRITERS},

@@ -235,6 +235,57 @@ static char *san_value(const char *const *sans, size_t n_sans) {
   return san;
 }
 
+int ca_csr_make(EVP_PKEY *key, const struct ca_csr_opts *o, char **pem, char **subject,
+                struct tp_err *err) {
+  *pem = NULL;
+  *subject = NULL;
+  X509_REQ *req = X509_REQ_new();
+  STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+  char *san = san_value(o->sans, o->n_sans);
+  if (req == NULL || exts == NULL || san == NULL) {
+    X509_REQ_free(req);
+    sk_X509_EXTENSION_free(exts);
+    free(san);
+    return oom(err);
+  }
+  X509_NAME *n = X509_REQ_get_subject_name(req);
+  int ok = X509_REQ_set_version(req, X509_REQ_VERSION_1) == 1 &&
+           (o->o == NULL || o->o[0] == '\0' || name_add(n, "O", o->o) == 0) &&
+           (o->ou == NULL || o->ou[0] == '\0' || name_add(n, "OU", o->ou) == 0) &&
+           name_add(n, "CN", o->cn) == 0 && X509_REQ_set_pubkey(req, key) == 1;
+  if (ok && o->n_sans > 0) {
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, NULL, NULL, req, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, san);
+    ok = ext != NULL && sk_X509_EXTENSION_push(exts, ext) > 0;
+    if (!ok)
+      X509_EXTENSION_free(ext);
+    ok = ok && X509_REQ_add_extensions(req, exts) == 1;
+  }
+  ok = ok && X509_REQ_sign(req, key, sign_md(key)) > 0;
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  free(san);
+  if (!ok) {
+    X509_REQ_free(req);
+    return ssl_fail(err, "making a certificate signing request");
+  }
+  BIO *bio = BIO_new(BIO_s_mem());
+  BUF_MEM *mem = NULL;
+  if (bio != NULL && PEM_write_bio_X509_REQ(bio, req) == 1 && BIO_get_mem_ptr(bio, &mem) == 1)
+    *pem = strndup(mem->data, mem->length);
+  BIO_free(bio);
+  *subject = certinfo_name(X509_REQ_get_subject_name(req));
+  X509_REQ_free(req);
+  if (*pem == NULL || *subject == NULL) {
+    free(*pem);
+    free(*subject);
+    *pem = *subject = NULL;
+    return oom(err);
+  }
+  return 0;
+}
+
 /* A leaf for pub signed by signer_key as signer (NULL: self-signed). */
 static int leaf_make(X509 *signer, EVP_PKEY *signer_key, EVP_PKEY *pub,
                      const struct ca_issue_opts *o, X509 **out, struct tp_err *err) {

@@ -93,6 +93,23 @@ time_t ca_not_after(const struct ca *ca);
  * EVP_PKEY_free). Errors name field (INVALID_ARGUMENT). */
 int ca_csr_read(const char *pem, const char *field, EVP_PKEY **pub, struct tp_err *err);
 
+/* What a certificate signing request asks for: the subject (O and OU
+ * first when set, then CN) and the subjectAltName entries (IP addresses
+ * become IP entries, anything else DNS). */
+struct ca_csr_opts {
+  const char *cn;
+  const char *o;  /* NULL or "": none */
+  const char *ou; /* NULL or "": none */
+  const char *const *sans;
+  size_t n_sans;
+};
+
+/* A PKCS#10 request for key's public key, signed by key, asking for o
+ * (the names as an extension request). *pem receives it as PEM, *subject
+ * its subject as RFC 2253 text (caller frees both). */
+int ca_csr_make(EVP_PKEY *key, const struct ca_csr_opts *o, char **pem, char **subject,
+                struct tp_err *err);
+
 /* The 32 lower-case hex digits of x's serial into hex; -1 when the serial
  * is not one this CA makes (another length). */
 int ca_serial_hex(X509 *x, char hex[CA_SERIAL_HEX_LEN + 1]);

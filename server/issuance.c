@@ -171,6 +171,25 @@ static int ip_ok(const char *s) {
   return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
+int issuance_names_check(char *const *dns_names, size_t n_dns_names, char *const *ip_addresses,
+                         size_t n_ip_addresses, struct tp_err *err) {
+  if (n_dns_names + n_ip_addresses == 0)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "dns_names: at least one name (dns_names or ip_addresses) is required");
+  if (n_dns_names + n_ip_addresses > NAMES_MAX)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "dns_names: at most %d names in all",
+                      NAMES_MAX);
+  for (size_t i = 0; i < n_dns_names; i++)
+    if (!dns_name_ok(dns_names[i]))
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "dns_names[%zu]: \"%s\" is not a DNS name", i, dns_names[i]);
+  for (size_t i = 0; i < n_ip_addresses; i++)
+    if (!ip_ok(ip_addresses[i]))
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "ip_addresses[%zu]: \"%s\" is not an IP address", i, ip_addresses[i]);
+  return 0;
+}
+
 /* The renewal policy's checks against the lifetime; prefix names it. */
 static int renewal_check(const Tlsplane__V1__RenewalPolicy *r, int64_t lifetime_ms,
                          const char *prefix, struct tp_err *err) {
@@ -221,20 +240,9 @@ int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage 
   if (api_name_check(&api_kind_certificate, name, "certificate_id", err) != 0 ||
       api_name_check(&api_kind_issuer, r->issuer, "issuer", err) != 0)
     return -1;
-  if (r->n_dns_names + r->n_ip_addresses == 0)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "dns_names: at least one name (dns_names or ip_addresses) is required");
-  if (r->n_dns_names + r->n_ip_addresses > NAMES_MAX)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "dns_names: at most %d names in all",
-                      NAMES_MAX);
-  for (size_t i = 0; i < r->n_dns_names; i++)
-    if (!dns_name_ok(r->dns_names[i]))
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "dns_names[%zu]: \"%s\" is not a DNS name", i, r->dns_names[i]);
-  for (size_t i = 0; i < r->n_ip_addresses; i++)
-    if (!ip_ok(r->ip_addresses[i]))
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "ip_addresses[%zu]: \"%s\" is not an IP address", i, r->ip_addresses[i]);
+  if (issuance_names_check(r->dns_names, r->n_dns_names, r->ip_addresses, r->n_ip_addresses, err) !=
+      0)
+    return -1;
   if (strlen(r->common_name) > 64)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "common_name: at most 64 characters");
   int64_t lifetime_s = r->lifetime ? pb_duration_ms(r->lifetime) / 1000 : LIFETIME_DEFAULT_S;

@@ -31,6 +31,13 @@
 int issuance_sign(struct api *api, struct store_txn *txn, const Tlsplane__V1__Issuance *iss,
                   time_t now, char **chain_pem, char **key_pem, struct tp_err *err);
 
+/* The names a certificate asks for (IssueCertificate,
+ * CreateCertificateRequest): at least one and at most 100 in all, each a
+ * DNS name (a leading "*." allowed) or an IP address. Errors name
+ * dns_names[i] or ip_addresses[i] (INVALID_ARGUMENT). */
+int issuance_names_check(char *const *dns_names, size_t n_dns_names, char *const *ip_addresses,
+                         size_t n_ip_addresses, struct tp_err *err);
+
 /* The IssueCertificate method of CertificateService. */
 int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage *req,
                        ProtobufCMessage **resp, struct tp_err *err, void *data);

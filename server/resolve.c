@@ -39,11 +39,29 @@ static int add_certificate(struct store_txn *txn, const struct resolve_override 
   struct store_row row = {0};
   if (read_ref(txn, over, &api_kind_certificate, name, field, 1, &cert, &row, err) != 0)
     return -1;
+  Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)cert;
+  if (c->certificate_chain_pem[0] == '\0') {
+    if (row.secret != NULL)
+      OPENSSL_cleanse(row.secret, row.secret_len);
+    store_row_clear(&row);
+    protobuf_c_message_free_unpacked(cert, NULL);
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "%s: %s has no certificate chain yet (its request is pending: attach the "
+                      "signed chain first)",
+                      field, name);
+  }
+  /* Agents serve the chain and key; a pending request is the server's. */
+  if (c->pending_request != NULL) {
+    protobuf_c_message_free_unpacked(&c->pending_request->base, NULL);
+    c->pending_request = NULL;
+  }
   /* The key of the overriding certificate is over's (read_ref read no row). */
   int overridden = over != NULL && strcmp(over->kind, api_kind_certificate.kind) == 0 &&
                    strcmp(over->name, name) == 0;
   const uint8_t *secret = overridden ? over->secret : row.secret;
   size_t secret_len = overridden ? over->secret_len : row.secret_len;
+  /* The serving key: the secret up to a NUL (a pending key follows it,
+   * csr.h), which strndup stops at. */
   Tlsplane__V1__CertificateMaterial *m = malloc(sizeof(*m));
   char *key = secret ? strndup((const char *)secret, secret_len) : strdup("");
   if (row.secret != NULL)

@@ -4,14 +4,21 @@
 #include <string.h>
 
 #include "api.h"
+#include "csr.h"
 #include "issuance.h"
 #include "pb.h"
 #include "resolve.h"
 #include "tlsconf.h"
 
-static const char *const certificate_mutable[] = {
-    "certificate_chain_pem", "private_key_pem",        "passphrase", "pfx", "allow_invalid_time",
-    "ocsp_response",         "issuer_certificate_pem", NULL};
+static const char *const certificate_mutable[] = {"certificate_chain_pem",
+                                                  "private_key_pem",
+                                                  "passphrase",
+                                                  "pfx",
+                                                  "allow_invalid_time",
+                                                  "ocsp_response",
+                                                  "issuer_certificate_pem",
+                                                  "pending_request",
+                                                  NULL};
 
 /* A new key (PEM or inside a PKCS#12) replaces the stored one unread. */
 static const char *const certificate_secret_fields[] = {"private_key_pem", "pfx", NULL};
@@ -72,6 +79,13 @@ static void ocsp_drop_expired(struct api_op *op, Tlsplane__V1__Certificate *c) {
   pb_field_clear(&c->base, pb_field(c->base.descriptor, "ocsp_response"));
 }
 
+static void key_wipe_free(char *key) {
+  if (key != NULL) {
+    OPENSSL_cleanse(key, strlen(key));
+    free(key);
+  }
+}
+
 static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
   const Tlsplane__V1__Certificate *old = (const Tlsplane__V1__Certificate *)op->old;
@@ -81,40 +95,41 @@ static int certificate_prepare(struct api_op *op, ProtobufCMessage *res, struct 
   if (old != NULL && c->pfx.len > 0 &&
       strcmp(old->certificate_chain_pem, c->certificate_chain_pem) == 0)
     pb_field_clear(res, pb_field(res->descriptor, "certificate_chain_pem"));
-  char *existing = NULL;
-  if (!new_key && op->old_row != NULL && op->old_row->secret != NULL) {
-    existing = strndup((const char *)op->old_row->secret, op->old_row->secret_len);
-    if (existing == NULL)
-      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  /* The stored keys, and which of them the write keeps (csr.h). */
+  struct csr_keys keys = {0};
+  int pending_only = 0;
+  if (csr_prepare(op, c, new_key, &keys, &pending_only, err) != 0) {
+    csr_keys_clear(&keys);
+    return -1;
   }
   /* A write that leaves chain and key as they are (labels, an OCSP
    * response) does not re-judge the validity period already accepted. */
   if (old != NULL && !new_key && strcmp(old->certificate_chain_pem, c->certificate_chain_pem) == 0)
     c->allow_invalid_time = 1;
   char *key = NULL;
-  int rc = tlsconf_certificate_prepare(c, existing, op->now, &key, err);
-  if (existing != NULL) {
-    OPENSSL_cleanse(existing, strlen(existing));
-    free(existing);
-  }
-  if (rc != 0 || ocsp_schedule(op, res, err) != 0) {
-    if (key != NULL) {
-      OPENSSL_cleanse(key, strlen(key));
-      free(key);
-    }
+  int rc = 0;
+  if (pending_only) {
+    /* No chain yet: nothing to derive; the key is the request's. */
+    c->allow_invalid_time = 0;
+    c->has_private_key = 1;
+    if ((key = strdup("")) == NULL)
+      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  } else
+    rc = tlsconf_certificate_prepare(c, new_key ? NULL : keys.serving, op->now, &key, err);
+  if (rc == 0 && !pending_only)
+    rc = ocsp_schedule(op, res, err);
+  if (rc == 0 && key == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                    "private_key_pem: required (or pfx with the key inside)");
+  if (rc == 0)
+    rc = issuance_prepare(c, old, err);
+  if (rc == 0 && csr_secret_make(c, key, &keys, &op->secret, &op->secret_len) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  key_wipe_free(key);
+  csr_keys_clear(&keys);
+  if (rc != 0)
     return -1;
-  }
-  if (key == NULL)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "private_key_pem: required (or pfx with the key inside)");
-  if (issuance_prepare(c, old, err) != 0) {
-    OPENSSL_cleanse(key, strlen(key));
-    free(key);
-    return -1;
-  }
   op->set_secret = 1;
-  op->secret = (uint8_t *)key;
-  op->secret_len = strlen(key);
   return 0;
 }
 
@@ -128,7 +143,10 @@ static int certificate_audit_changes(const ProtobufCMessage *old, const Protobuf
       api_changes_add(ch, "sha256_fingerprint", was->sha256_fingerprint, now->sha256_fingerprint) !=
           0 ||
       api_changes_time(ch, "not_after", was->not_after, now->not_after) != 0 ||
-      api_changes_add(ch, "ocsp_cert_status", was->ocsp_cert_status, now->ocsp_cert_status) != 0)
+      api_changes_add(ch, "ocsp_cert_status", was->ocsp_cert_status, now->ocsp_cert_status) != 0 ||
+      api_changes_time(ch, "pending_request.request_time",
+                       was->pending_request ? was->pending_request->request_time : NULL,
+                       now->pending_request ? now->pending_request->request_time : NULL) != 0)
     return -1;
   return 0;
 }
@@ -162,6 +180,7 @@ static int certificate_refs(const ProtobufCMessage *res, struct api_refs *refs) 
 }
 
 const struct api_method certificate_methods[] = {{"IssueCertificate", issuance_rpc_issue},
+                                                 {"CreateCertificateRequest", csr_rpc_create},
                                                  {NULL, NULL}};
 
 const struct api_kind api_kind_certificate = {
