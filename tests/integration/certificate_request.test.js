@@ -143,6 +143,11 @@ test('a request for a new certificate: a CSR for the subject and names, signed b
   assert.equal(g.pendingRequest.csrPem, pr.csrPem);
   const l = await certs().ListCertificates({});
   assertNoKey(l, 'ListCertificates');
+  // Sealed at rest: no key in the clear in the database files.
+  for (const f of ['tlsplane.db', 'tlsplane.db-wal']) {
+    const file = path.join(srv.dataDir, f);
+    if (fs.existsSync(file)) assert.equal(fs.readFileSync(file).indexOf('PRIVATE KEY'), -1, `${f} holds a key in the clear`);
+  }
 });
 
 test('every key algorithm makes a request that verifies; the default is ECDSA P-256', async () => {

@@ -45,6 +45,7 @@ const EXPECTED_METHODS = {
   'tlsplane.v1.CertificateService': {
     ...crud('Certificate', 'Certificates'),
     IssueCertificate: ['IssueCertificateRequest', 'Certificate'],
+    CreateCertificateRequest: ['CreateCertificateRequestRequest', 'Certificate'],
   },
   'tlsplane.v1.IssuerService': crud('Issuer', 'Issuers'),
   'tlsplane.v1.TrustBundleService': crud('TrustBundle', 'TrustBundles'),
@@ -218,6 +219,8 @@ test('describe shows the .proto comments: a field\'s rule and a method\'s behavi
   const mj = certFile.service[si].method.findIndex((m) => m.name === 'UpdateCertificate');
   // FileDescriptorProto.service = 6, ServiceDescriptorProto.method = 2.
   assert.match(commentAt(certFile, [6, si, 2, mj]) || '', /A new chain without a new key keeps the stored key/);
+  const mk = certFile.service[si].method.findIndex((m) => m.name === 'CreateCertificateRequest');
+  assert.match(commentAt(certFile, [6, si, 2, mk]) || '', /certificate signing request \(PKCS#10/);
 });
 
 test('file_containing_symbol for a message, an enum, a method and a service', async () => {
