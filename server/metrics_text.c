@@ -199,12 +199,17 @@ static void certificates(FILE *f, struct api *api, int *errors) {
   }
   store_rollback(txn);
   prom_family(f, "tlsplane_certificate_not_after_seconds", "gauge",
-              "When each certificate's leaf expires (seconds since the epoch).");
+              "When each certificate's leaf expires (seconds since the epoch); not for one "
+              "whose request is pending with no chain yet.");
   for (size_t i = 0; i < n; i++) {
     Tlsplane__V1__Certificate *c =
         tlsplane__v1__certificate__unpack(NULL, rows[i].data_len, rows[i].data);
     if (c == NULL) {
       (*errors)++;
+      continue;
+    }
+    if (c->not_after == NULL) { /* no leaf yet (CreateCertificateRequest) */
+      tlsplane__v1__certificate__free_unpacked(c, NULL);
       continue;
     }
     fputs("tlsplane_certificate_not_after_seconds{certificate=\"", f);

@@ -143,6 +143,11 @@ test('a request for a new certificate: a CSR for the subject and names, signed b
   assert.equal(g.pendingRequest.csrPem, pr.csrPem);
   const l = await certs().ListCertificates({});
   assertNoKey(l, 'ListCertificates');
+  // No leaf, no expiry: /metrics does not show one of 0.
+  const m = spawnSync('curl', ['-sS', '--cacert', path.join(srv.dataDir, 'ca.pem'), '-H', `authorization: Bearer ${srv.adminToken}`, `${srv.httpBase}/metrics`], { encoding: 'utf8' });
+  assert.equal(m.status, 0, m.stderr);
+  assert.match(m.stdout, /^# TYPE tlsplane_certificate_not_after_seconds gauge$/m);
+  assert.doesNotMatch(m.stdout, /^tlsplane_certificate_not_after_seconds\{certificate="certificates\/outside"/m);
   // Sealed at rest: no key in the clear in the database files.
   for (const f of ['tlsplane.db', 'tlsplane.db-wal']) {
     const file = path.join(srv.dataDir, f);
