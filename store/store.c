@@ -239,6 +239,12 @@ static int reads_changed(struct tp_err *err, const char *what) {
   return -EAGAIN;
 }
 
+const struct store_ops *store__ops_for(const char *path) {
+  if (strncmp(path, "postgres://", 11) == 0 || strncmp(path, "postgresql://", 13) == 0)
+    return &store__postgres_ops;
+  return &store__sqlite_ops;
+}
+
 int store_schema_latest(void) {
   return store__sqlite_ops.latest_version;
 }
@@ -248,12 +254,12 @@ int store_schema_latest(void) {
  * not at the first read. */
 static int open_with(const char *path, int version, int min_version,
                      const struct store_keyring *ring, struct store **out, struct tp_err *err) {
-  const struct store_ops *ops = &store__sqlite_ops;
   *out = NULL;
   if (empty(path)) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store: no database path");
     return -EINVAL;
   }
+  const struct store_ops *ops = store__ops_for(path);
   if (version < 1 || version > ops->latest_version) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                "store: schema version %d unknown (this build knows 1 to %d)", version,
@@ -349,7 +355,7 @@ int store_backup(const char *path, const char *dest, struct store_backup_info *i
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_backup: a database and a destination");
     return -EINVAL;
   }
-  return store__sqlite_ops.backup(path, dest, info, err);
+  return store__ops_for(path)->backup(path, dest, info, err);
 }
 
 void store_close(struct store *s) {
