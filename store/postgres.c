@@ -48,6 +48,7 @@
 #include <string.h>
 
 #define PG_POOL_MAX 8                 /* connections; a thread holds at most one */
+#define LOCK_TIMEOUT "10s"            /* waiting for another server's writer, as SQLite's */
 #define AUDIT_SINCE_VERSION 2         /* the first schema version with the audit table */
 #define AUDIT_CHANGES_SINCE_VERSION 6 /* the first with audit_changes */
 #define DUE_SINCE_VERSION 7           /* the first with resources.due_time_us */
@@ -503,6 +504,7 @@ static int conn_open(struct pg_store *s, struct conn **out, struct tp_err *err) 
   if (q_exec(c,
              "SET synchronous_commit = on;"
              "SET default_transaction_isolation = 'read committed';"
+             "SET lock_timeout = '" LOCK_TIMEOUT "';"
              "SET client_min_messages = warning",
              "configure the connection", err) < 0) {
     conn_close(c);
@@ -851,13 +853,21 @@ static int pg_begin(struct store *base, int write, struct store_txn **out, struc
     return store__err_nomem(err, "begin");
   if (write)
     pthread_mutex_lock(&s->write_lock);
+  const char *begin = write ? "BEGIN ISOLATION LEVEL READ COMMITTED"
+                            : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
   int rc = pool_take(s, &t->conn, err);
   if (rc < 0)
     goto failed_take;
-  rc = q_exec(t->conn,
-              write ? "BEGIN ISOLATION LEVEL READ COMMITTED"
-                    : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-              "begin", err);
+  rc = q_exec(t->conn, begin, "begin", err);
+  if (rc < 0 && PQstatus(t->conn->db) != CONNECTION_OK) {
+    /* An idle connection the server dropped (a restart, a failover):
+     * closed, and one new connection tried. */
+    pool_give(s, t->conn);
+    rc = pool_take(s, &t->conn, err);
+    if (rc < 0)
+      goto failed_take;
+    rc = q_exec(t->conn, begin, "begin", err);
+  }
   if (rc < 0)
     goto failed_begin;
   /* A writer locks the meta row until it ends (the writers' lock); a

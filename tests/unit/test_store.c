@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -2293,36 +2294,56 @@ static void test_tracked_reads(void **state) {
   store_rollback(txn);
 }
 
-/* Two stores on one database, as two servers have: each writes in its own
- * thread at once. Every commit has its own revision, the revisions are
- * 1..N without a gap or a duplicate, and every acknowledged write reads
- * back at the revision its commit returned. */
+/* Two servers on one database: this process and a child, each with its
+ * own store, write at once. Every commit has its own revision, the
+ * revisions are 1..N without a gap or a duplicate, and every acknowledged
+ * write reads back at the revision its commit returned. */
 #define TWO_WRITES 200
 
-struct two_writer {
-  struct store *s;
-  int id;
-  int64_t revisions[TWO_WRITES];
-  char failure[1200];
-};
-
-static void *two_writer_run(void *arg) {
-  struct two_writer *w = arg;
-  for (int i = 0; i < TWO_WRITES && !w->failure[0]; i++) {
+/* Writes items/s<id>-NNN, one per transaction, into revisions. 0, or -1
+ * with the failure in failure. */
+static int two_writes(struct store *s, int id, int64_t revisions[TWO_WRITES], char *failure,
+                      size_t len) {
+  for (int i = 0; i < TWO_WRITES; i++) {
     char name[64];
-    snprintf(name, sizeof(name), "items/s%d-%03d", w->id, i);
+    snprintf(name, sizeof(name), "items/s%d-%03d", id, i);
     struct store_write wr = write_of("Item", name, 1, name);
     struct tp_err err = {0};
     struct store_txn *txn;
-    int rc = store_begin(w->s, 1, &txn, &err);
+    int rc = store_begin(s, 1, &txn, &err);
     if (rc == 0 && (rc = store_put(txn, &wr, NULL, &err)) < 0)
       store_rollback(txn);
     else if (rc == 0)
-      rc = store_commit(txn, &w->revisions[i], &err);
-    if (rc < 0)
-      snprintf(w->failure, sizeof(w->failure), "%s: %s", name, err.msg);
+      rc = store_commit(txn, &revisions[i], &err);
+    if (rc < 0) {
+      snprintf(failure, len, "%s: %s", name, err.msg);
+      return -1;
+    }
   }
-  return NULL;
+  return 0;
+}
+
+/* The child: opens its own store, says it is ready, waits for the word,
+ * writes, and sends its revisions back. Never returns. */
+static void two_writer_child(const char *path, int ready_fd, int go_fd, int out_fd) {
+  struct tp_err err = {0};
+  struct store *s;
+  int64_t revisions[TWO_WRITES];
+  char failure[1200] = "";
+  char c = 0;
+  if (store_open(path, &opts_a, &s, &err) < 0) {
+    fprintf(stderr, "child: store_open: %s\n", err.msg);
+    _exit(1);
+  }
+  if (write(ready_fd, "r", 1) != 1 || read(go_fd, &c, 1) != 1)
+    _exit(1);
+  int rc = two_writes(s, 1, revisions, failure, sizeof(failure));
+  store_close(s);
+  if (rc < 0) {
+    fprintf(stderr, "child: %s\n", failure);
+    _exit(1);
+  }
+  _exit(write(out_fd, revisions, sizeof(revisions)) == (ssize_t)sizeof(revisions) ? 0 : 1);
 }
 
 static int int64_cmp(const void *a, const void *b) {
@@ -2330,48 +2351,63 @@ static int int64_cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static void test_two_stores_consecutive_revisions(void **state) {
+static void test_two_servers_consecutive_revisions(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
-  struct store *second;
-  assert_ok(store_open(f->path, &opts_a, &second, &err), err);
-  struct two_writer *w = calloc(2, sizeof(*w));
-  assert_non_null(w);
-  w[0].s = f->s;
-  w[1].s = second;
-  w[1].id = 1;
-  pthread_t threads[2];
-  for (int i = 0; i < 2; i++)
-    assert_int_equal(pthread_create(&threads[i], NULL, two_writer_run, &w[i]), 0);
-  for (int i = 0; i < 2; i++) {
-    assert_int_equal(pthread_join(threads[i], NULL), 0);
-    if (w[i].failure[0])
-      fail_msg("store %d: %s", i, w[i].failure);
-  }
+  int ready[2], go[2], out[2];
+  assert_int_equal(pipe(ready), 0);
+  assert_int_equal(pipe(go), 0);
+  assert_int_equal(pipe(out), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) /* the parent's store and its connections stay untouched */
+    two_writer_child(f->path, ready[1], go[0], out[1]);
+  close(ready[1]);
+  close(go[0]);
+  close(out[1]);
+  char c;
+  assert_int_equal(read(ready[0], &c, 1), 1);
+  assert_int_equal(write(go[1], "g", 1), 1);
+
+  static int64_t revisions[2][TWO_WRITES];
+  char failure[1200] = "";
+  int rc = two_writes(f->s, 0, revisions[0], failure, sizeof(failure));
+  size_t got = 0;
+  ssize_t r;
+  while (got < sizeof(revisions[1]) &&
+         (r = read(out[0], (char *)revisions[1] + got, sizeof(revisions[1]) - got)) > 0)
+    got += (size_t)r;
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  close(ready[0]);
+  close(go[1]);
+  close(out[0]);
+  if (rc < 0)
+    fail_msg("this process: %s", failure);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_int_equal(got, sizeof(revisions[1]));
 
   int64_t all[2 * TWO_WRITES];
-  memcpy(all, w[0].revisions, sizeof(w[0].revisions));
-  memcpy(all + TWO_WRITES, w[1].revisions, sizeof(w[1].revisions));
+  memcpy(all, revisions, sizeof(all));
   qsort(all, 2 * TWO_WRITES, sizeof(all[0]), int64_cmp);
   for (int i = 0; i < 2 * TWO_WRITES; i++)
     if (all[i] != i + 1)
       fail_msg("revision %d of the sorted commits is %lld, not %d (a gap or a duplicate)", i,
                (long long)all[i], i + 1);
-  /* Each store knows the last revision once it begins again. */
-  struct store_txn *txn;
-  assert_ok(store_begin(second, 0, &txn, &err), err);
-  assert_int_equal(store_txn_revision(txn), 2 * TWO_WRITES);
-  store_rollback(txn);
-  store_close(second);
 
+  /* This store learns the child's commits when it begins again. */
+  struct store_txn *txn;
   assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_int_equal(store_txn_revision(txn), 2 * TWO_WRITES);
   for (int k = 0; k < 2; k++)
     for (int i = 0; i < TWO_WRITES; i++) {
       char name[64];
       snprintf(name, sizeof(name), "items/s%d-%03d", k, i);
       struct store_row row;
       assert_ok(store_get(txn, "Item", name, 0, &row, &err), err);
-      assert_int_equal(row.revision, w[k].revisions[i]);
+      assert_int_equal(row.revision, revisions[k][i]);
       assert_memory_equal(row.data, name, row.data_len);
       store_row_clear(&row);
     }
@@ -2381,7 +2417,66 @@ static void test_two_stores_consecutive_revisions(void **state) {
   assert_int_equal(n, 2 * TWO_WRITES);
   store_audit_free(a, n);
   store_rollback(txn);
-  free(w);
+}
+
+/* Two servers opening a new database at once: the migrations run once,
+ * each step under the migration lock, and both stores work. */
+static void *open_one(void *arg) {
+  struct fixture *f = arg;
+  struct tp_err err = {0};
+  struct store *s;
+  if (store_open(f->path, &opts_a, &s, &err) < 0) {
+    char *msg = strdup(err.msg);
+    return msg ? msg : "store_open failed";
+  }
+  store_close(s);
+  return NULL;
+}
+
+static void test_two_servers_open_at_once(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  pthread_t threads[2];
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&threads[i], NULL, open_one, f), 0);
+  for (int i = 0; i < 2; i++) {
+    void *failure;
+    assert_int_equal(pthread_join(threads[i], &failure), 0);
+    if (failure != NULL)
+      fail_msg("open %d: %s", i, (char *)failure);
+  }
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), store_schema_latest());
+  assert_int_equal(create_text(f->s, CERT, "certificates/web", "v1"), 1);
+  uint8_t buf[8];
+  char sql[128];
+  for (int v = 1; v <= store_schema_latest(); v++) {
+    snprintf(sql, sizeof(sql),
+             "SELECT CAST(count(*) AS TEXT) FROM schema_migrations WHERE version = %d AND ?1 = ?2",
+             v);
+    assert_int_equal(raw_blob(f->path, sql, "x", "x", buf, sizeof(buf)), 1);
+    assert_int_equal(buf[0], '1');
+  }
+}
+
+/* PostgreSQL: a server that dropped the store's idle connections (a
+ * restart, a failover) costs no call: the next transaction connects
+ * again. */
+static void test_reconnects_after_drop(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  if (pg_base == NULL) {
+    print_message("[ N/A      ] on SQLite: no server to drop the connections\n");
+    return;
+  }
+  create_text(f->s, CERT, "certificates/web", "v1");
+  /* Waits (up to 5 s) until each of the store's server processes ended. */
+  pg_run(f->path, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  store_row_clear(&row);
+  assert_int_equal(create_text(f->s, CERT, "certificates/api", "v1"), 2);
 }
 
 int main(void) {
@@ -2420,7 +2515,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_durable_across_reopen, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_misuse, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_writers_and_readers, setup_open, teardown),
-      cmocka_unit_test_setup_teardown(test_two_stores_consecutive_revisions, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_two_servers_consecutive_revisions, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_two_servers_open_at_once, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_reconnects_after_drop, setup_open, teardown),
   };
   pg_base = getenv("TLSPLANE_TEST_PG");
   if (pg_base != NULL && *pg_base == '\0')
