@@ -29,8 +29,8 @@
  *
  * Every value reaches SQL as a parameter (PQexecParams, bytea in binary);
  * results come back in binary (int8 in network order, text and bytea as
- * bytes). The only SQL built at run time (store_list, store_audit_list)
- * joins fixed fragments.
+ * bytes). The only SQL built at run time (store_get, store_list,
+ * store_audit_list) joins fixed fragments.
  *
  * Secrets and row MACs work as with SQLite: store.c seals and MACs, this
  * file stores bytes. store_backup is not supported: pg_dump makes a
@@ -53,7 +53,7 @@
 #define AUDIT_CHANGES_SINCE_VERSION 6 /* the first with audit_changes */
 #define DUE_SINCE_VERSION 7           /* the first with resources.due_time_us */
 /* The advisory lock key of schema migrations ("tlsplane" in ASCII). */
-#define MIGRATION_LOCK_KEY "8391162158213474917"
+#define MIGRATION_LOCK_KEY "8389207132576247397"
 
 #define OID_BYTEA 17
 #define OID_INT8 20
