@@ -184,11 +184,11 @@ static const struct migration migrations[] = {
 
 struct pg_store {
   struct store base;
-  char *conninfo;             /* as given (may hold a password: never in messages) */
-  char *display;              /* the URI without its password, for messages */
-  pthread_mutex_t write_lock; /* held by this process's one write txn */
-  pthread_mutex_t pool_lock;  /* guards idle, n_idle, n_open */
-  pthread_cond_t pool_cond;   /* a connection came back, or a slot came free */
+  char *conninfo;                       /* as given (may hold a password: never in messages) */
+  char display[STORE_PATH_DISPLAY_MAX]; /* the URI without its password, for messages */
+  pthread_mutex_t write_lock;           /* held by this process's one write txn */
+  pthread_mutex_t pool_lock;            /* guards idle, n_idle, n_open */
+  pthread_cond_t pool_cond;             /* a connection came back, or a slot came free */
   struct conn *idle[PG_POOL_MAX];
   int n_idle;
   int n_open; /* idle + in use; at most PG_POOL_MAX */
@@ -220,23 +220,6 @@ static int db_fail_text(struct tp_err *err, const char *msg, const char *what) {
 
 static int db_fail(struct tp_err *err, struct conn *c, const char *what) {
   return db_fail_text(err, c->db ? PQerrorMessage(c->db) : "out of memory", what);
-}
-
-/* The URI without the password of its user info. */
-static char *uri_display(const char *uri) {
-  const char *scheme = strstr(uri, "://");
-  char *out = strdup(uri);
-  if (out == NULL || scheme == NULL)
-    return out;
-  char *start = out + (scheme - uri) + 3;
-  char *at = strchr(start, '@');
-  char *slash = strchr(start, '/');
-  if (at == NULL || (slash != NULL && slash < at))
-    return out;
-  char *colon = memchr(start, ':', (size_t)(at - start));
-  if (colon != NULL)
-    memmove(colon, at, strlen(at) + 1);
-  return out;
 }
 
 /* Query parameters: text and int8 as text, bytea as binary. */
@@ -492,7 +475,7 @@ static int conn_open(struct pg_store *s, struct conn **out, struct tp_err *err) 
     return store__err_nomem(err, "open");
   c->db = PQconnectdb(s->conninfo);
   if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
-    char what[600];
+    char what[STORE_PATH_DISPLAY_MAX + 200];
     snprintf(what, sizeof(what), "connect to %s", s->display);
     db_fail(err, c, what);
     conn_close(c);
@@ -595,7 +578,7 @@ static int migrate_step(struct conn *c, struct pg_store *s, int target, int min_
   const char *path = s->display;
   int64_t current = 0;
   int rc = -EIO;
-  char what[600];
+  char what[STORE_PATH_DISPLAY_MAX + 200];
   snprintf(what, sizeof(what), "%s: schema_migrations", path);
   if (q_exec(c,
              "BEGIN;"
@@ -784,7 +767,6 @@ static void pg_close(struct store *base) {
   if (s->conninfo != NULL)
     OPENSSL_cleanse(s->conninfo, strlen(s->conninfo)); /* may hold a password */
   free(s->conninfo);
-  free(s->display);
   free(s);
 }
 
@@ -801,11 +783,11 @@ static int pg_open(const char *path, int version, int min_version, const struct 
   if (s == NULL)
     return store__err_nomem(err, "open");
   s->conninfo = strdup(path);
-  s->display = uri_display(path);
+  store__path_display(path, s->display, sizeof(s->display));
   pthread_mutex_init(&s->write_lock, NULL);
   pthread_mutex_init(&s->pool_lock, NULL);
   pthread_cond_init(&s->pool_cond, NULL);
-  if (s->conninfo == NULL || s->display == NULL) {
+  if (s->conninfo == NULL) {
     pg_close(&s->base);
     return store__err_nomem(err, "open");
   }

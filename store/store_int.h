@@ -212,6 +212,11 @@ extern const struct store_ops store__postgres_ops;
  * postgresql:// URI, SQLite for anything else (a file). */
 const struct store_ops *store__ops_for(const char *path);
 
+/* path as messages may show it: a URI without the password of its user
+ * info (postgres://user:secret@host/db is postgres://user@host/db). */
+#define STORE_PATH_DISPLAY_MAX 1024
+void store__path_display(const char *path, char *buf, size_t len);
+
 /* Microseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t store__now_us(void);
 
