@@ -239,6 +239,48 @@ static int reads_changed(struct tp_err *err, const char *what) {
   return -EAGAIN;
 }
 
+static int is_postgres_uri(const char *path) {
+  return strncmp(path, "postgres://", 11) == 0 || strncmp(path, "postgresql://", 13) == 0;
+}
+
+void store__path_display(const char *path, char *buf, size_t len) {
+  char *p = is_postgres_uri(path) ? strdup(path) : NULL;
+  if (p == NULL) {
+    snprintf(buf, len, "%s", is_postgres_uri(path) ? "the PostgreSQL database" : path);
+    return;
+  }
+  char *start = strstr(p, "://") + 3;
+  /* user:password@host: the user info ends at the first '@' before any
+   * '/' of the path. */
+  char *at = strchr(start, '@'), *slash = strchr(start, '/');
+  if (at != NULL && (slash == NULL || at < slash)) {
+    char *colon = memchr(start, ':', (size_t)(at - start));
+    if (colon != NULL)
+      memmove(colon, at, strlen(at) + 1);
+  }
+  /* ...?password=secret&...: the parameter goes, with its separator. */
+  char *q = strchr(p, '?');
+  while (q != NULL) {
+    char *next = strchr(q + 1, '&');
+    if (strncmp(q + 1, "password=", 9) == 0) {
+      if (next == NULL) {
+        *q = '\0';
+        break;
+      }
+      memmove(q + 1, next + 1, strlen(next + 1) + 1);
+      continue;
+    }
+    q = next;
+  }
+  snprintf(buf, len, "%s", p);
+  OPENSSL_cleanse(p, strlen(path));
+  free(p);
+}
+
+const struct store_ops *store__ops_for(const char *path) {
+  return is_postgres_uri(path) ? &store__postgres_ops : &store__sqlite_ops;
+}
+
 int store_schema_latest(void) {
   return store__sqlite_ops.latest_version;
 }
@@ -248,22 +290,24 @@ int store_schema_latest(void) {
  * not at the first read. */
 static int open_with(const char *path, int version, int min_version,
                      const struct store_keyring *ring, struct store **out, struct tp_err *err) {
-  const struct store_ops *ops = &store__sqlite_ops;
   *out = NULL;
   if (empty(path)) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store: no database path");
     return -EINVAL;
   }
+  const struct store_ops *ops = store__ops_for(path);
   if (version < 1 || version > ops->latest_version) {
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                "store: schema version %d unknown (this build knows 1 to %d)", version,
                ops->latest_version);
     return -EINVAL;
   }
+  char shown[STORE_PATH_DISPLAY_MAX];
+  store__path_display(path, shown, sizeof(shown));
   if (min_version > ops->latest_version) {
     tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                "store: %s has had schema version %d, newer than %d, the latest this build knows",
-               path, min_version, ops->latest_version);
+               shown, min_version, ops->latest_version);
     return -ENOTSUP;
   }
   if (min_version < 0 || min_version > version) {
@@ -304,7 +348,7 @@ static int open_with(const char *path, int version, int min_version,
       store__key_id_hex(s->keys.id[0], given);
       tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                  "store: %s: secrets are sealed with master key %s, not with the key given (%s)",
-                 path, hex, given);
+                 shown, hex, given);
       rc = -ENOKEY;
     }
   }
@@ -349,7 +393,7 @@ int store_backup(const char *path, const char *dest, struct store_backup_info *i
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "store_backup: a database and a destination");
     return -EINVAL;
   }
-  return store__sqlite_ops.backup(path, dest, info, err);
+  return store__ops_for(path)->backup(path, dest, info, err);
 }
 
 void store_close(struct store *s) {

@@ -3,8 +3,11 @@
  * and its references to other resources. Every committed write transaction
  * bumps one global revision and writes one audit row per mutation.
  *
- * Backends sit behind struct store_ops (store_int.h); SQLite is the one
- * built in. Nothing outside store/ writes SQL.
+ * Backends sit behind struct store_ops (store_int.h): SQLite for a file
+ * path (the default), PostgreSQL for a postgres:// or postgresql:// URI
+ * (libpq's connection URI), with the same schema, migrations and
+ * semantics; several servers may share one PostgreSQL database. Nothing
+ * outside store/ writes SQL.
  *
  * Errors: functions return 0 on success and a negative errno-style code on
  * failure, with err set to the gRPC status and message the API returns:
@@ -18,7 +21,9 @@
  *   -EIO      INTERNAL            the backend failed
  *   -ENOTSUP  FAILED_PRECONDITION store_open: the database's schema is newer
  *                                 than this build (or the version asked for),
- *                                 or store_opts.min_version is
+ *                                 or store_opts.min_version is;
+ *                                 store_backup of a PostgreSQL database
+ *                                 (use pg_dump)
  *   -EPROTO   FAILED_PRECONDITION store_open: the database's schema is older
  *                                 than store_opts.min_version (an older copy
  *                                 put in the place of the database)
@@ -91,15 +96,20 @@ struct store_opts {
 };
 
 /* Opens (creating if needed) the database at path and migrates it to the
- * schema version of opts. Refused with -ENOKEY when no master key is given
+ * schema version of opts. path is a file (SQLite) or a postgres:// URI
+ * (PostgreSQL: the database must exist; its tables are created in the
+ * connection's current schema, each migration step under an advisory lock
+ * so that servers opening it at once take turns). Refused with -ENOKEY when no master key is given
  * (from version 3) or when stored secrets are sealed with a key not given;
  * with -EPROTO below opts->min_version; with -ENODATA when the file holds
  * tables but no schema history (a foreign or hand-made file is neither
  * adopted nor migrated). A refused open adds no table or row to the file.
  *
- * Every connection the store opens runs with SQLite's triggers and views
- * off, in defensive mode and with an untrusted schema: the schema has
- * none of them, so a trigger or view planted in the file does nothing.
+ * Every SQLite connection the store opens runs with SQLite's triggers and
+ * views off, in defensive mode and with an untrusted schema: the schema
+ * has none of them, so a trigger or view planted in the file does nothing.
+ * (PostgreSQL cannot turn triggers off without also turning off foreign
+ * keys: whoever can create them there is the database's owner.)
  * Caller frees with store_close. */
 int store_open(const char *path, const struct store_opts *opts, struct store **out,
                struct tp_err *err);
@@ -145,7 +155,9 @@ struct store_backup_info {
  * a server has the database open (the backend's online backup; writers
  * are not blocked). Needs no master key and writes nothing to path.
  * Refused with -ENODATA (FAILED_PRECONDITION) when path holds no
- * tlsplane schema; the copy is checked and removed on any failure. */
+ * tlsplane schema; the copy is checked and removed on any failure.
+ * PostgreSQL: -ENOTSUP (FAILED_PRECONDITION): pg_dump copies a live
+ * PostgreSQL database consistently. */
 int store_backup(const char *path, const char *dest, struct store_backup_info *info,
                  struct tp_err *err);
 

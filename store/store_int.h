@@ -1,5 +1,5 @@
 /* The seam between the storage interface (store.h, store.c) and a backend
- * (sqlite.c now, PostgreSQL later), in the manner of curl's vtls_int.h: a
+ * (sqlite.c, postgres.c), in the manner of curl's vtls_int.h: a
  * small table of operations per backend, and the state every backend
  * shares at the start of its own structs.
  *
@@ -206,6 +206,16 @@ struct store_txn {
 };
 
 extern const struct store_ops store__sqlite_ops;
+extern const struct store_ops store__postgres_ops;
+
+/* The backend of a database path: PostgreSQL for a postgres:// or
+ * postgresql:// URI, SQLite for anything else (a file). */
+const struct store_ops *store__ops_for(const char *path);
+
+/* path as messages may show it: a URI without the password of its user
+ * info (postgres://user:secret@host/db is postgres://user@host/db). */
+#define STORE_PATH_DISPLAY_MAX 1024
+void store__path_display(const char *path, char *buf, size_t len);
 
 /* Microseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t store__now_us(void);

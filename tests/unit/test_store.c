@@ -1,8 +1,15 @@
-/* The store (store/store.h) against a real SQLite file: migrations and
- * upgrades, writes and their refusals, revisions, rollback, secrets and
- * their encryption at rest (sealing, the master key, its rotation), label
- * selectors, pagination, references, audit, usage, row authentication
- * (edits made in the file refused), durability and concurrency. */
+/* The store (store/store.h) against a real SQLite file or, with
+ * TLSPLANE_TEST_PG set to a PostgreSQL URI (tests/pg/run-with-postgres),
+ * against a real PostgreSQL database: one suite, two backends. Migrations
+ * and upgrades, writes and their refusals, revisions, rollback, secrets
+ * and their encryption at rest (sealing, the master key, its rotation),
+ * label selectors, pagination, references, audit, usage, row
+ * authentication (edits made behind the store's back refused), durability
+ * and concurrency, also of two stores (two servers) on one database.
+ *
+ * On PostgreSQL every test gets a database of its own; what only a SQLite
+ * file has (its mode, its WAL, store_backup's copy) is checked on SQLite
+ * and said not to apply, with the reason, on PostgreSQL. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -14,9 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "fixtures.h"
@@ -33,9 +42,14 @@ static const struct store_opts opts_a = {.master_keys = &key_a, .n_master_keys =
 
 struct fixture {
   char dir[256];
-  char path[300];
+  char path[600]; /* the SQLite file, or the PostgreSQL database's URI */
+  char pg_db[64]; /* the PostgreSQL database ("" on SQLite) */
   struct store *s;
 };
+
+/* TLSPLANE_TEST_PG: the URI of a PostgreSQL database the run may create
+ * databases from; NULL: the run is on SQLite. Set once in main. */
+static const char *pg_base;
 
 /* Fails printing both sides unless haystack contains needle. */
 #define assert_contains(haystack, needle)                                                          \
@@ -62,7 +76,7 @@ struct fixture {
   } while (0)
 
 static void paths_remove(const char *path, const char *dir) {
-  char p[512];
+  char p[700];
   unlink(path);
   snprintf(p, sizeof(p), "%s-wal", path);
   unlink(p);
@@ -71,14 +85,80 @@ static void paths_remove(const char *path, const char *dir) {
   rmdir(dir);
 }
 
+static void pg_quiet(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+/* A connection to uri, failing the test when there is none. */
+static PGconn *pg_connect(const char *uri) {
+  PGconn *c = PQconnectdb(uri);
+  if (PQstatus(c) != CONNECTION_OK)
+    fail_msg("connect to %s: %s", uri, PQerrorMessage(c));
+  PQsetNoticeProcessor(c, pg_quiet, NULL);
+  return c;
+}
+
+/* Runs sql (no parameters) on uri. */
+static void pg_run(const char *uri, const char *sql) {
+  PGconn *c = pg_connect(uri);
+  PGresult *res = PQexec(c, sql);
+  if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+    fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+  PQclear(res);
+  PQfinish(c);
+}
+
+/* Creates the fixture's database, new and empty; dropped first if it
+ * exists. */
+static void pg_db_fresh(struct fixture *f) {
+  char sql[128];
+  snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", f->pg_db);
+  pg_run(pg_base, sql);
+  snprintf(sql, sizeof(sql), "CREATE DATABASE %s", f->pg_db);
+  pg_run(pg_base, sql);
+}
+
+/* Says why a check of a SQLite file does not apply on the PostgreSQL
+ * pass, and returns 1 there (0 on SQLite: run it). */
+static int pg_not_applicable(const char *why) {
+  if (pg_base == NULL)
+    return 0;
+  print_message("[ N/A      ] on PostgreSQL: %s\n", why);
+  return 1;
+}
+
 static int setup_path(void **state) {
+  static int n_databases;
   struct fixture *f = calloc(1, sizeof(*f));
   if (f == NULL)
     return -1;
   fixture_tmpdir(f->dir, sizeof(f->dir));
   snprintf(f->path, sizeof(f->path), "%s/tlsplane.db", f->dir);
+  if (pg_base != NULL) {
+    /* The base URI with the database name replaced. */
+    const char *slash = strrchr(pg_base, '/');
+    snprintf(f->pg_db, sizeof(f->pg_db), "tlsplane_test_%d_%d", (int)getpid(), ++n_databases);
+    snprintf(f->path, sizeof(f->path), "%.*s/%s", (int)(slash - pg_base), pg_base, f->pg_db);
+    pg_db_fresh(f);
+  }
   *state = f;
   return 0;
+}
+
+/* Empties the fixture's database: a new file, or a new PostgreSQL
+ * database. */
+static void fixture_reset(struct fixture *f) {
+  if (pg_base != NULL) {
+    pg_db_fresh(f);
+    return;
+  }
+  char p[700];
+  unlink(f->path);
+  snprintf(p, sizeof(p), "%s-wal", f->path);
+  unlink(p);
+  snprintf(p, sizeof(p), "%s-shm", f->path);
+  unlink(p);
 }
 
 static int setup_open(void **state) {
@@ -96,9 +176,43 @@ static int setup_open(void **state) {
 static int teardown(void **state) {
   struct fixture *f = *state;
   store_close(f->s);
+  if (pg_base != NULL) {
+    char sql[128];
+    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", f->pg_db);
+    pg_run(pg_base, sql);
+    snprintf(f->path, sizeof(f->path), "%s/tlsplane.db", f->dir);
+  }
   paths_remove(f->path, f->dir);
   free(f);
   return 0;
+}
+
+/* SQLite's spelling in the tests' raw SQL, in PostgreSQL's: "?1" is "$1",
+ * a blob cast a bytea one, x'00' a bytea literal. */
+static char *pg_dialect(const char *sql) {
+  static const struct {
+    const char *from, *to;
+  } words[] = {
+      {"?1", "$1"}, {"?2", "$2"}, {" AS BLOB)", " AS BYTEA)"}, {"x'00'", "'\\x00'::bytea"}};
+  size_t cap = strlen(sql) * 2 + 64, len = 0;
+  char *out = malloc(cap);
+  assert_non_null(out);
+  while (*sql != '\0') {
+    size_t i = 0;
+    while (i < sizeof(words) / sizeof(words[0]) &&
+           strncmp(sql, words[i].from, strlen(words[i].from)) != 0)
+      i++;
+    if (i < sizeof(words) / sizeof(words[0])) {
+      memcpy(out + len, words[i].to, strlen(words[i].to));
+      len += strlen(words[i].to);
+      sql += strlen(words[i].from);
+    } else {
+      out[len++] = *sql++;
+    }
+    assert_true(len + 32 < cap);
+  }
+  out[len] = '\0';
+  return out;
 }
 
 /* The blob `sql` (one "?1 = kind, ?2 = name" query) selects from the
@@ -107,6 +221,24 @@ static int teardown(void **state) {
  * buf. */
 static int raw_blob(const char *path, const char *sql, const char *kind, const char *name,
                     uint8_t *buf, size_t cap) {
+  if (pg_base != NULL) {
+    PGconn *c = pg_connect(path);
+    char *pg_sql = pg_dialect(sql);
+    const char *values[2] = {kind, name};
+    PGresult *res = PQexecParams(c, pg_sql, 2, NULL, values, NULL, NULL, 1);
+    free(pg_sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+      fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    int len = -1;
+    if (PQntuples(res) > 0 && !PQgetisnull(res, 0, 0)) {
+      len = PQgetlength(res, 0, 0);
+      assert_true((size_t)len <= cap);
+      memcpy(buf, PQgetvalue(res, 0, 0), (size_t)len);
+    }
+    PQclear(res);
+    PQfinish(c);
+    return len;
+  }
   sqlite3 *db;
   sqlite3_stmt *st;
   assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
@@ -139,12 +271,70 @@ static int raw_mac(const char *path, const char *kind, const char *name, uint8_t
 /* Runs sql on the file behind the store's back, with SQLite itself: what
  * someone who can write the file, but holds no master key, can do. */
 static void file_exec(const char *path, const char *sql) {
+  if (pg_base != NULL) {
+    char *pg_sql = pg_dialect(sql);
+    pg_run(path, pg_sql);
+    free(pg_sql);
+    return;
+  }
   sqlite3 *db;
   char *msg = NULL;
   assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
   if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
     fail_msg("%s: %s", sql, msg ? msg : "?");
   sqlite3_close(db);
+}
+
+/* Sets the secret of the row named name to raw[0..len) behind the
+ * store's back. */
+static void raw_secret_set(const char *path, const char *name, const uint8_t *raw, int len) {
+  const char *sql = "UPDATE resources SET secret = ?1 WHERE name = ?2";
+  if (pg_base != NULL) {
+    PGconn *c = pg_connect(path);
+    char *pg_sql = pg_dialect(sql);
+    const char *values[2] = {(const char *)raw, name};
+    int lengths[2] = {len, 0}, formats[2] = {1, 0};
+    PGresult *res = PQexecParams(c, pg_sql, 2, NULL, values, lengths, formats, 0);
+    free(pg_sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+      fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(c);
+    return;
+  }
+  sqlite3 *db;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+  sqlite3_bind_blob(st, 1, raw, len, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+  assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
+/* How many tables, indexes and such the database's schema holds. */
+static int schema_objects(const char *path) {
+  if (pg_base != NULL) {
+    PGconn *c = pg_connect(path);
+    PGresult *res = PQexec(c, "SELECT count(*) FROM pg_class c JOIN pg_namespace n"
+                              " ON n.oid = c.relnamespace WHERE n.nspname = current_schema()");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    int n = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(c);
+    return n;
+  }
+  sqlite3 *db;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_schema", -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  int n = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return n;
 }
 
 /* Whether needle occurs in the file at path (the database, its WAL). */
@@ -265,9 +455,11 @@ static void test_open_migrates_and_reopens(void **state) {
   store_close(f->s);
   f->s = NULL;
 
-  struct stat st;
-  assert_int_equal(stat(f->path, &st), 0);
-  assert_int_equal(st.st_mode & 0777, 0600);
+  if (!pg_not_applicable("the database file is private (mode 0600): no file")) {
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+  }
 
   assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
   assert_int_equal(store_schema_version(f->s), store_schema_latest());
@@ -310,26 +502,16 @@ static void test_open_floor_and_foreign(void **state) {
   assert_refused(store_open(f->path, &floored, &s, &err), -ENOTSUP, err,
                  GRPC_STATUS_FAILED_PRECONDITION, "the latest this build knows");
 
-  unlink(f->path);
+  fixture_reset(f);
   floored.min_version = store_schema_latest();
   assert_ok(store_open(f->path, &floored, &s, &err), err); /* a new database */
   store_close(s);
 
-  unlink(f->path);
-  sqlite3 *db;
-  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-  assert_int_equal(sqlite3_exec(db, "CREATE TABLE other (x)", NULL, NULL, NULL), SQLITE_OK);
-  sqlite3_close(db);
+  fixture_reset(f);
+  file_exec(f->path, "CREATE TABLE other (x INTEGER)");
   assert_refused(store_open(f->path, &opts_a, &s, &err), -ENODATA, err,
                  GRPC_STATUS_FAILED_PRECONDITION, "no schema history");
-  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-  sqlite3_stmt *st;
-  assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_schema", -1, &st, NULL),
-                   SQLITE_OK);
-  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-  assert_int_equal(sqlite3_column_int(st, 0), 1);
-  sqlite3_finalize(st);
-  sqlite3_close(db);
+  assert_int_equal(schema_objects(f->path), 1);
 }
 
 static void test_upgrade_keeps_rows(void **state) {
@@ -1471,6 +1653,17 @@ static void test_concurrent_writers_and_readers(void **state) {
 static void test_backup(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
+  if (pg_base != NULL) {
+    /* pg_dump is PostgreSQL's consistent copy of a live database. */
+    char dest[400];
+    snprintf(dest, sizeof(dest), "%s/copy.db", f->dir);
+    struct store_backup_info info;
+    assert_refused(store_backup(f->path, dest, &info, &err), -ENOTSUP, err,
+                   GRPC_STATUS_FAILED_PRECONDITION, "use pg_dump");
+    assert_int_equal(access(dest, F_OK), -1);
+    pg_not_applicable("store_backup's copy (SQLite's online backup into a file)");
+    return;
+  }
   struct store_write w = write_of(CERT, "certificates/web", 1, "cert");
   w.set_secret = 1;
   w.secret = (const uint8_t *)"-----BEGIN PRIVATE KEY----- backup";
@@ -1530,7 +1723,7 @@ static void test_backup(void **state) {
   /* The destination must be new. */
   assert_refused(store_backup(f->path, dest, &info, &err), -EIO, err,
                  GRPC_STATUS_FAILED_PRECONDITION, "File exists");
-  char p[512];
+  char p[700];
   snprintf(p, sizeof(p), "%s-wal", dest);
   unlink(p);
   snprintf(p, sizeof(p), "%s-shm", dest);
@@ -1550,6 +1743,31 @@ static void test_backup(void **state) {
   assert_int_equal(store_backup(empty, dest, &info, &err), -EIO);
   assert_int_equal(access(empty, F_OK), -1);
   assert_int_equal(access(dest, F_OK), -1);
+}
+
+/* What messages show of a database path: a PostgreSQL URI without its
+ * password, anything else as it is. */
+static void test_path_display(void **state) {
+  (void)state;
+  static const struct {
+    const char *path, *shown;
+  } cases[] = {
+      {"/var/lib/tlsplane/tlsplane.db", "/var/lib/tlsplane/tlsplane.db"},
+      {"/tmp/a:b@c/tlsplane.db", "/tmp/a:b@c/tlsplane.db"},
+      {"postgres://db.example/tlsplane", "postgres://db.example/tlsplane"},
+      {"postgres://tp:s3cret@db.example:5432/tlsplane", "postgres://tp@db.example:5432/tlsplane"},
+      {"postgresql://tp:s3cret@db.example", "postgresql://tp@db.example"},
+      {"postgres://tp@db.example/x?password=s3cret", "postgres://tp@db.example/x"},
+      {"postgres://db.example/x?sslmode=require&password=s3cret&connect_timeout=5",
+       "postgres://db.example/x?sslmode=require&connect_timeout=5"},
+      {"postgres://db.example/x?password=a&password=b", "postgres://db.example/x"},
+      {"postgres://db.example/a@b:c", "postgres://db.example/a@b:c"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char shown[STORE_PATH_DISPLAY_MAX];
+    store__path_display(cases[i].path, shown, sizeof(shown));
+    assert_string_equal(shown, cases[i].shown);
+  }
 }
 
 /* seal.c: a round trip, a fresh nonce every time, and every way a record
@@ -1643,11 +1861,14 @@ static void test_secrets_sealed_at_rest(void **state) {
   w.secret = (const uint8_t *)secret;
   w.secret_len = strlen(secret);
   put_one(f->s, &w, NULL);
-  char wal[320];
-  snprintf(wal, sizeof(wal), "%s-wal", f->path);
-  assert_false(file_contains(f->path, secret, strlen(secret)));
-  assert_false(file_contains(wal, secret, strlen(secret)));
-  assert_true(file_contains(wal, "public", 6) || file_contains(f->path, "public", 6));
+  if (!pg_not_applicable("the plaintext is in neither the database file nor its WAL: no file "
+                         "(the stored column is checked below)")) {
+    char wal[640];
+    snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    assert_false(file_contains(f->path, secret, strlen(secret)));
+    assert_false(file_contains(wal, secret, strlen(secret)));
+    assert_true(file_contains(wal, "public", 6) || file_contains(f->path, "public", 6));
+  }
 
   uint8_t raw[256];
   int len = raw_secret(f->path, CERT, "certificates/web", raw, sizeof(raw));
@@ -1664,18 +1885,7 @@ static void test_secrets_sealed_at_rest(void **state) {
   other.secret = (const uint8_t *)"s";
   other.secret_len = 1;
   put_one(f->s, &other, NULL);
-  sqlite3 *db;
-  sqlite3_stmt *st;
-  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-  assert_int_equal(sqlite3_prepare_v2(db,
-                                      "UPDATE resources SET secret = ?1 WHERE name = "
-                                      "'certificates/other'",
-                                      -1, &st, NULL),
-                   SQLITE_OK);
-  sqlite3_bind_blob(st, 1, raw, len, SQLITE_STATIC);
-  assert_int_equal(sqlite3_step(st), SQLITE_DONE);
-  sqlite3_finalize(st);
-  sqlite3_close(db);
+  raw_secret_set(f->path, "certificates/other", raw, len);
   struct store_txn *txn;
   assert_ok(store_begin(f->s, 0, &txn, &err), err);
   assert_refused(store_get(txn, CERT, "certificates/other", 1, &row, &err), -EBADMSG, err,
@@ -1708,6 +1918,18 @@ static void test_wrong_master_key_refused(void **state) {
   assert_refused(store_open(f->path, &opts_b, &s, &err), -ENOKEY, err,
                  GRPC_STATUS_FAILED_PRECONDITION, hex_a);
   assert_null(s);
+  if (pg_base != NULL) {
+    /* A password in the URI (the test server trusts any) is not in the
+     * message. */
+    char uri[700];
+    const char *at = strchr(f->path, '@');
+    assert_non_null(at);
+    snprintf(uri, sizeof(uri), "%.*s:pw-not-shown%s", (int)(at - f->path), f->path, at);
+    assert_refused(store_open(uri, &opts_b, &s, &err), -ENOKEY, err,
+                   GRPC_STATUS_FAILED_PRECONDITION, hex_a);
+    assert_contains(err.msg, f->path);
+    assert_null(strstr(err.msg, "pw-not-shown"));
+  }
   assert_refused(store_open(f->path, NULL, &s, &err), -ENOKEY, err, GRPC_STATUS_FAILED_PRECONDITION,
                  "a master key is required");
   struct store_opts none = {0};
@@ -1819,15 +2041,8 @@ static void test_master_key_rotation_all_or_nothing(void **state) {
     put_one(f->s, &w, NULL);
   }
   /* Damage the last record (in name order) behind the store's back. */
-  sqlite3 *db;
-  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-  assert_int_equal(
-      sqlite3_exec(db,
-                   "UPDATE resources SET secret = substr(secret, 1, length(secret) - 1)"
-                   " || x'00' WHERE name = 'certificates/c2'",
-                   NULL, NULL, NULL),
-      SQLITE_OK);
-  sqlite3_close(db);
+  file_exec(f->path, "UPDATE resources SET secret = substr(secret, 1, length(secret) - 1)"
+                     " || x'00' WHERE name = 'certificates/c2'");
   uint8_t before[256], after[256];
   int len = raw_secret(f->path, CERT, "certificates/c0", before, sizeof(before));
   size_t n = 99;
@@ -2116,6 +2331,191 @@ static void test_tracked_reads(void **state) {
   store_rollback(txn);
 }
 
+/* Two servers on one database: this process and a child, each with its
+ * own store, write at once. Every commit has its own revision, the
+ * revisions are 1..N without a gap or a duplicate, and every acknowledged
+ * write reads back at the revision its commit returned. */
+#define TWO_WRITES 200
+
+/* Writes items/s<id>-NNN, one per transaction, into revisions. 0, or -1
+ * with the failure in failure. */
+static int two_writes(struct store *s, int id, int64_t revisions[TWO_WRITES], char *failure,
+                      size_t len) {
+  for (int i = 0; i < TWO_WRITES; i++) {
+    char name[64];
+    snprintf(name, sizeof(name), "items/s%d-%03d", id, i);
+    struct store_write wr = write_of("Item", name, 1, name);
+    struct tp_err err = {0};
+    struct store_txn *txn;
+    int rc = store_begin(s, 1, &txn, &err);
+    if (rc == 0 && (rc = store_put(txn, &wr, NULL, &err)) < 0)
+      store_rollback(txn);
+    else if (rc == 0)
+      rc = store_commit(txn, &revisions[i], &err);
+    if (rc < 0) {
+      snprintf(failure, len, "%s: %s", name, err.msg);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The child: opens its own store, says it is ready, waits for the word,
+ * writes, and sends its revisions back. Never returns. */
+static void two_writer_child(const char *path, int ready_fd, int go_fd, int out_fd) {
+  struct tp_err err = {0};
+  struct store *s;
+  int64_t revisions[TWO_WRITES];
+  char failure[1200] = "";
+  char c = 0;
+  if (store_open(path, &opts_a, &s, &err) < 0) {
+    fprintf(stderr, "child: store_open: %s\n", err.msg);
+    _exit(1);
+  }
+  if (write(ready_fd, "r", 1) != 1 || read(go_fd, &c, 1) != 1)
+    _exit(1);
+  int rc = two_writes(s, 1, revisions, failure, sizeof(failure));
+  store_close(s);
+  if (rc < 0) {
+    fprintf(stderr, "child: %s\n", failure);
+    _exit(1);
+  }
+  _exit(write(out_fd, revisions, sizeof(revisions)) == (ssize_t)sizeof(revisions) ? 0 : 1);
+}
+
+static int int64_cmp(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void test_two_servers_consecutive_revisions(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  int ready[2], go[2], out[2];
+  assert_int_equal(pipe(ready), 0);
+  assert_int_equal(pipe(go), 0);
+  assert_int_equal(pipe(out), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) /* the parent's store and its connections stay untouched */
+    two_writer_child(f->path, ready[1], go[0], out[1]);
+  close(ready[1]);
+  close(go[0]);
+  close(out[1]);
+  char c;
+  assert_int_equal(read(ready[0], &c, 1), 1);
+  assert_int_equal(write(go[1], "g", 1), 1);
+
+  static int64_t revisions[2][TWO_WRITES];
+  char failure[1200] = "";
+  int rc = two_writes(f->s, 0, revisions[0], failure, sizeof(failure));
+  size_t got = 0;
+  ssize_t r;
+  while (got < sizeof(revisions[1]) &&
+         (r = read(out[0], (char *)revisions[1] + got, sizeof(revisions[1]) - got)) > 0)
+    got += (size_t)r;
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  close(ready[0]);
+  close(go[1]);
+  close(out[0]);
+  if (rc < 0)
+    fail_msg("this process: %s", failure);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_int_equal(got, sizeof(revisions[1]));
+
+  int64_t all[2 * TWO_WRITES];
+  memcpy(all, revisions, sizeof(all));
+  qsort(all, 2 * TWO_WRITES, sizeof(all[0]), int64_cmp);
+  for (int i = 0; i < 2 * TWO_WRITES; i++)
+    if (all[i] != i + 1)
+      fail_msg("revision %d of the sorted commits is %lld, not %d (a gap or a duplicate)", i,
+               (long long)all[i], i + 1);
+
+  /* This store learns the child's commits when it begins again. */
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_int_equal(store_txn_revision(txn), 2 * TWO_WRITES);
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < TWO_WRITES; i++) {
+      char name[64];
+      snprintf(name, sizeof(name), "items/s%d-%03d", k, i);
+      struct store_row row;
+      assert_ok(store_get(txn, "Item", name, 0, &row, &err), err);
+      assert_int_equal(row.revision, revisions[k][i]);
+      assert_memory_equal(row.data, name, row.data_len);
+      store_row_clear(&row);
+    }
+  struct store_audit *a;
+  size_t n;
+  assert_ok(store_audit_list(txn, NULL, &a, &n, &err), err);
+  assert_int_equal(n, 2 * TWO_WRITES);
+  store_audit_free(a, n);
+  store_rollback(txn);
+}
+
+/* Two servers opening a new database at once: the migrations run once,
+ * each step under the migration lock, and both stores work. */
+static void *open_one(void *arg) {
+  struct fixture *f = arg;
+  struct tp_err err = {0};
+  struct store *s;
+  if (store_open(f->path, &opts_a, &s, &err) < 0) {
+    char *msg = strdup(err.msg);
+    return msg ? msg : "store_open failed";
+  }
+  store_close(s);
+  return NULL;
+}
+
+static void test_two_servers_open_at_once(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  pthread_t threads[2];
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&threads[i], NULL, open_one, f), 0);
+  for (int i = 0; i < 2; i++) {
+    void *failure;
+    assert_int_equal(pthread_join(threads[i], &failure), 0);
+    if (failure != NULL)
+      fail_msg("open %d: %s", i, (char *)failure);
+  }
+  assert_ok(store_open(f->path, &opts_a, &f->s, &err), err);
+  assert_int_equal(store_schema_version(f->s), store_schema_latest());
+  assert_int_equal(create_text(f->s, CERT, "certificates/web", "v1"), 1);
+  uint8_t buf[8];
+  char sql[128];
+  for (int v = 1; v <= store_schema_latest(); v++) {
+    snprintf(sql, sizeof(sql),
+             "SELECT CAST(count(*) AS TEXT) FROM schema_migrations WHERE version = %d AND ?1 = ?2",
+             v);
+    assert_int_equal(raw_blob(f->path, sql, "x", "x", buf, sizeof(buf)), 1);
+    assert_int_equal(buf[0], '1');
+  }
+}
+
+/* PostgreSQL: a server that dropped the store's idle connections (a
+ * restart, a failover) costs no call: the next transaction connects
+ * again. */
+static void test_reconnects_after_drop(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  if (pg_base == NULL) {
+    print_message("[ N/A      ] on SQLite: no server to drop the connections\n");
+    return;
+  }
+  create_text(f->s, CERT, "certificates/web", "v1");
+  /* Waits (up to 5 s) until each of the store's server processes ended. */
+  pg_run(f->path, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  struct store_row row;
+  assert_ok(get_one(f->s, CERT, "certificates/web", 0, &row, &err), err);
+  store_row_clear(&row);
+  assert_int_equal(create_text(f->s, CERT, "certificates/api", "v1"), 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_open_migrates_and_reopens, setup_path, teardown),
@@ -2129,6 +2529,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_rollback_leaves_nothing, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_secrets, setup_open, teardown),
       cmocka_unit_test(test_seal_round_trip),
+      cmocka_unit_test(test_path_display),
       cmocka_unit_test_setup_teardown(test_secrets_sealed_at_rest, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_wrong_master_key_refused, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_master_key_rotation, setup_open, teardown),
@@ -2152,6 +2553,19 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_durable_across_reopen, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_misuse, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_writers_and_readers, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_two_servers_consecutive_revisions, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_two_servers_open_at_once, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_reconnects_after_drop, setup_open, teardown),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  pg_base = getenv("TLSPLANE_TEST_PG");
+  if (pg_base != NULL && *pg_base == '\0')
+    pg_base = NULL;
+  if (pg_base != NULL) {
+    if (strrchr(pg_base, '/') == NULL || strchr(pg_base, '?') != NULL) {
+      fprintf(stderr, "TLSPLANE_TEST_PG: a postgres://.../DATABASE URI without options\n");
+      return 1;
+    }
+    return cmocka_run_group_tests_name("store on PostgreSQL", tests, NULL, NULL);
+  }
+  return cmocka_run_group_tests_name("store on SQLite", tests, NULL, NULL);
 }
