@@ -170,8 +170,9 @@ int gclient_stream_open(const char *target, const char *method, const struct gcl
   s->channel = channel_new(target, &o);
   s->cq = grpc_completion_queue_create_for_pluck(NULL);
   grpc_slice path = grpc_slice_from_copied_string(method);
-  s->call = grpc_channel_create_call(s->channel, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, path, NULL,
-                                     forever(), NULL);
+  s->call = grpc_channel_create_call(
+      s->channel, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, path, NULL,
+      o.stream_deadline_ms > 0 ? in_ms(o.stream_deadline_ms) : forever(), NULL);
   grpc_slice_unref(path);
   grpc_metadata_array_init(&s->initial_md);
   grpc_metadata_array_init(&s->trailing_md);
@@ -221,15 +222,24 @@ int gclient_stream_open(const char *target, const char *method, const struct gcl
   return -1;
 }
 
-int gclient_stream_send(struct gclient_stream *s, const ProtobufCMessage *msg) {
+static int send_message(struct gclient_stream *s, const ProtobufCMessage *msg, int last) {
   grpc_byte_buffer *bb = grpcmsg_encode(msg);
-  grpc_op op;
-  memset(&op, 0, sizeof(op));
-  op.op = GRPC_OP_SEND_MESSAGE;
-  op.data.send_message.send_message = bb;
-  int rc = run(s, &op, 1, &s->tag_send);
+  grpc_op ops[2];
+  memset(ops, 0, sizeof(ops));
+  ops[0].op = GRPC_OP_SEND_MESSAGE;
+  ops[0].data.send_message.send_message = bb;
+  ops[1].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  int rc = run(s, ops, last ? 2 : 1, &s->tag_send);
   grpc_byte_buffer_destroy(bb);
   return rc;
+}
+
+int gclient_stream_send(struct gclient_stream *s, const ProtobufCMessage *msg) {
+  return send_message(s, msg, 0);
+}
+
+int gclient_stream_send_last(struct gclient_stream *s, const ProtobufCMessage *msg) {
+  return send_message(s, msg, 1);
 }
 
 /* Unpacks a received message (bb is destroyed). */

@@ -25,6 +25,7 @@ struct gclient_opts {
   int keepalive_timeout_ms; /* a ping unanswered this long ends the stream; 0: 10 s */
   int connect_timeout_ms;   /* streams: until the call is under way; 0: 10 s */
   int deadline_ms;          /* unary calls: the whole call; 0: 30 s */
+  int stream_deadline_ms;   /* streams: the whole stream (DEADLINE_EXCEEDED); 0: none */
   /* PEM strings, used during the open / call only (copied by grpc). */
   const char *ca_pem;   /* TLS, verifying the server against it; NULL: plaintext */
   const char *key_pem;  /* with cert_pem: the client certificate (mutual TLS) */
@@ -47,6 +48,10 @@ int gclient_stream_open(const char *target, const char *method, const struct gcl
 
 /* Sends one message. 0, or -1 when the stream is over. */
 int gclient_stream_send(struct gclient_stream *s, const ProtobufCMessage *msg);
+
+/* Sends one message and half-closes: the last message of the stream
+ * (a server-streaming call's request). 0, or -1 when the stream is over. */
+int gclient_stream_send_last(struct gclient_stream *s, const ProtobufCMessage *msg);
 
 /* Receives one message: 1 with *msg, 0 when the server ended the stream
  * with OK, -1 otherwise with err holding the status the server (or the

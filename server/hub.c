@@ -789,6 +789,10 @@ static void *push_main(void *arg) {
       pthread_mutex_unlock(&hub->lock);
       rpc_stream_unref(stream);
     }
+    /* A revision that changed nothing an agent serves is acked by none:
+     * whether every agent now serves it is checked here. */
+    if (w != NULL && n > 0)
+      events_rollout_check(hub->api->events, fleet_world_revision(w));
     fleet_world_unref(w);
     pthread_mutex_lock(&hub->lock);
   }

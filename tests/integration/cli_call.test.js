@@ -6,7 +6,7 @@
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawnSync } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -62,4 +62,46 @@ test('a failed call: exit status 1 and the gRPC status on stderr; bad usage: 2',
   const plain = call(['--plaintext', 'grpc.health.v1.Health/Check']);
   assert.equal(plain.status, 1);
   assert.match(plain.err, /UNAVAILABLE/);
+});
+
+// A server-streaming method: one JSON object per line as messages come.
+function callAsync(args) {
+  const srv = ctx.server;
+  return new Promise((resolve) => {
+    const child = spawn(serverBinary(), ['call', '--server', srv.address, '--data-dir', srv.dataDir, ...args]);
+    let out = '', err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('exit', (status) => resolve({ status, out, err }));
+  });
+}
+
+test('a stream: each event on a line, --max-messages ends it, --max-time gives up', async () => {
+  const start = call(['CipherPolicyService/CreateCipherPolicy', '{"cipherPolicyId": "watched", "cipherPolicy": {"minVersion": "TLS_1_2"}}']);
+  assert.equal(start.status, 0, start.err);
+  const rev = JSON.parse(start.out).revision;
+  // Resumed from before the change: the change and the next one, then stop.
+  const watch = callAsync(['--max-messages', '2', 'AuditService/WatchEvents',
+    JSON.stringify({ sinceRevision: String(Number(rev) - 1), include: ['RESOURCE_CHANGED'] })]);
+  assert.equal(call(['CipherPolicyService/DeleteCipherPolicy', '{"name": "cipherPolicies/watched"}']).status, 0);
+  const w = await watch;
+  assert.equal(w.status, 0, w.err);
+  const lines = w.out.trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(lines.map((e) => [e.resource, e.action]),
+    [['cipherPolicies/watched', 'create'], ['cipherPolicies/watched', 'delete']]);
+  assert.equal(lines[0].revision, rev);
+  // Nothing more comes: --max-time ends the wait with DEADLINE_EXCEEDED.
+  const t0 = Date.now();
+  const idle = await callAsync(['--max-time', '1', 'AuditService/WatchEvents', '{"include": ["RENEWED"]}']);
+  assert.equal(idle.status, 1);
+  assert.match(idle.err, /DEADLINE_EXCEEDED/);
+  assert.equal(idle.out, '');
+  assert.ok(Date.now() - t0 < 20000);
+  // A stream's error is the server's: a revision beyond the current one.
+  const ahead = await callAsync(['AuditService/WatchEvents', '{"sinceRevision": "99999999"}']);
+  assert.equal(ahead.status, 1);
+  assert.match(ahead.err, /OUT_OF_RANGE/);
+  const bad = call(['--max-messages', 'x', 'AuditService/WatchEvents']);
+  assert.equal(bad.status, 2);
+  assert.match(bad.err, /--max-messages/);
 });

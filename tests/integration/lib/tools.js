@@ -18,6 +18,10 @@ const PACKAGES = {
   prlimit: 'util-linux',
   setpriv: 'util-linux',
   testssl: 'testssl.sh',
+  lego: 'lego',
+  pebble: 'pebble',
+  'pebble-challtestsrv': 'pebble',
+  jq: 'jq',
 };
 
 const found = new Map();
