@@ -9,6 +9,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #include "certinfo.h"
 #include "events.h"
+#include "http_fetch.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsplane/v1/trust_bundle.pb-c.h"
@@ -223,77 +225,42 @@ char *crl_refresh_idp_url(X509_CRL *crl) {
   return url;
 }
 
-/* The body of a fetch. */
-struct body {
-  unsigned char *data; /* NUL-terminated */
-  size_t len;
-  int too_big;
-};
-
-static size_t body_write(char *p, size_t size, size_t n, void *data) {
-  struct body *b = data;
-  size_t add = size * n;
-  if (add > CRL_FETCH_MAX - b->len) {
-    b->too_big = 1;
-    return 0;
+/* GETs url into *b (caller clears it): a 2xx or 3xx answer with a body. */
+static int fetch(const char *url, const atomic_int *stop, struct http_fetch_result *b,
+                 struct tp_err *err) {
+  const struct http_fetch_opts o = {.protocols = "http,https",
+                                    .max_redirects = 3,
+                                    .timeout_ms = CRL_FETCH_TIMEOUT_MS,
+                                    .max_bytes = CRL_FETCH_MAX,
+                                    .stop = stop};
+  if (http_fetch(url, &o, b, err) != 0) {
+    char prefix[2100];
+    snprintf(prefix, sizeof(prefix), "GET %.2048s: ", url);
+    tp_err_prefix(err, prefix);
+    return -1;
   }
-  unsigned char *d = realloc(b->data, b->len + add + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + b->len, p, add);
-  b->data = d;
-  b->len += add;
-  b->data[b->len] = '\0';
-  return add;
-}
-
-/* GETs url into *b (caller frees b->data). */
-static int fetch(const char *url, struct body *b, struct tp_err *err) {
-  char msg[CURL_ERROR_SIZE] = "";
-  CURL *c = curl_easy_init();
-  if (c == NULL)
-    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(c, CURLOPT_MAXREDIRS, 3L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)CRL_FETCH_TIMEOUT_MS);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-  curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)CRL_FETCH_MAX);
-  curl_easy_setopt(c, CURLOPT_USERAGENT, "tlsplane-server");
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, msg);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, body_write);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
-  CURLcode rc = curl_easy_perform(c);
-  curl_easy_cleanup(c);
-  if (rc == CURLE_OK && b->len > 0)
-    return 0;
-  if (b->too_big || rc == CURLE_FILESIZE_EXCEEDED)
-    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: larger than %d bytes", url,
-                      CRL_FETCH_MAX);
-  if (rc == CURLE_OK)
+  if (b->status >= 400)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: HTTP %ld", url, b->status);
+  if (b->len == 0)
     return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: empty response", url);
-  return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: %s", url,
-                    msg[0] ? msg : curl_easy_strerror(rc));
+  return 0;
 }
 
 /* The fetched CRL, PEM or DER. */
-static X509_CRL *body_crl(const struct body *b, struct tp_err *err) {
+static X509_CRL *body_crl(const struct http_fetch_result *b, struct tp_err *err) {
   X509_CRL *crl = NULL;
-  if (b->len >= 10 && memcmp(b->data, "-----BEGIN", 10) == 0) {
-    if (strlen((const char *)b->data) != b->len) {
+  if (b->len >= 10 && memcmp(b->body, "-----BEGIN", 10) == 0) {
+    if (strlen((const char *)b->body) != b->len) {
       tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "the fetched CRL: a NUL byte in PEM");
       return NULL;
     }
-    if (certinfo_crl_read((const char *)b->data, "the fetched CRL", &crl, err) != 0)
+    if (certinfo_crl_read((const char *)b->body, "the fetched CRL", &crl, err) != 0)
       return NULL;
     return crl;
   }
-  const unsigned char *p = b->data;
+  const unsigned char *p = b->body;
   crl = d2i_X509_CRL(NULL, &p, (long)b->len);
-  if (crl == NULL || p != b->data + b->len) {
+  if (crl == NULL || p != b->body + b->len) {
     X509_CRL_free(crl);
     ERR_clear_error();
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "the fetched CRL: neither a DER nor a PEM CRL");
@@ -445,11 +412,11 @@ static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl,
                         int64_t now_us) {
   struct crl_refresh *r = api->crl_refresh;
   struct tp_err err = {0};
-  struct body b = {0};
+  struct http_fetch_result b = {0};
   X509_CRL *got = NULL, *held = NULL;
   char *etag = NULL;
   int same = 0;
-  int rc = fetch(rl->distribution_point, &b, &err);
+  int rc = fetch(rl->distribution_point, NULL, &b, &err);
   if (rc == 0 && (got = body_crl(&b, &err)) == NULL)
     rc = -1;
   if (rc == 0)
@@ -496,7 +463,7 @@ static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl,
     state_set(r, rl->name, at, now_us, pb_sat_add(now_us, delay * 1000), err.msg, failures);
   }
   free(etag);
-  free(b.data);
+  http_fetch_result_clear(&b);
   X509_CRL_free(got);
   X509_CRL_free(held);
   ERR_clear_error();

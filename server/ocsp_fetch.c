@@ -2,7 +2,6 @@
  * (OpenSSL's OCSP_* API) and the job round. See ocsp_fetch.h. */
 #include "ocsp_fetch.h"
 
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
@@ -12,32 +11,10 @@
 
 #include "certinfo.h"
 #include "events.h"
+#include "http_fetch.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsconf.h"
-
-/* The body received so far, at most OCSP_FETCH_RESPONSE_MAX bytes. */
-struct body {
-  unsigned char *p;
-  size_t len;
-  int too_long;
-};
-
-static size_t body_write(char *data, size_t size, size_t n, void *arg) {
-  struct body *b = arg;
-  size_t add = size * n;
-  if (add > OCSP_FETCH_RESPONSE_MAX - b->len) {
-    b->too_long = 1;
-    return 0; /* curl stops with CURLE_WRITE_ERROR */
-  }
-  unsigned char *np = realloc(b->p, b->len + add);
-  if (np == NULL)
-    return 0;
-  memcpy(np + b->len, data, add);
-  b->p = np;
-  b->len += add;
-  return add;
-}
 
 /* The DER OCSPRequest for leaf (SHA-1 CertID, as RFC 5019 responders
  * expect), malloc'd. */
@@ -69,8 +46,8 @@ static int request_der(X509 *leaf, X509 *issuer, unsigned char **out, size_t *le
   return 0;
 }
 
-int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, size_t *len,
-               struct tp_err *err) {
+int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, const atomic_int *stop,
+               unsigned char **der, size_t *len, struct tp_err *err) {
   *der = NULL;
   *len = 0;
   if (strncasecmp(url, "http://", 7) != 0)
@@ -80,53 +57,30 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, s
   size_t req_len = 0;
   if (request_der(leaf, issuer, &req, &req_len, err) != 0)
     return -1;
-  struct body body = {0};
-  char curl_err[CURL_ERROR_SIZE] = "";
-  struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/ocsp-request");
-  CURL *h = curl_easy_init();
+  const struct http_fetch_opts o = {.method = "POST",
+                                    .body = req,
+                                    .body_len = req_len,
+                                    .content_type = "application/ocsp-request",
+                                    .protocols = "http",
+                                    .max_redirects = 0,
+                                    .timeout_ms = OCSP_FETCH_TIMEOUT_MS,
+                                    .max_bytes = OCSP_FETCH_RESPONSE_MAX,
+                                    .stop = stop};
+  struct http_fetch_result res = {0};
   int rc = -1;
-  if (h == NULL || headers == NULL) {
-    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto done;
-  }
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L); /* the job thread: no SIGALRM */
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)OCSP_FETCH_TIMEOUT_MS);
-  curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)OCSP_FETCH_RESPONSE_MAX);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)req);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)req_len);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
-  curl_easy_setopt(h, CURLOPT_USERAGENT, "tlsplane-server");
-  CURLcode cc = curl_easy_perform(h);
-  long status = 0;
-  if (cc == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  if (body.too_long || cc == CURLE_FILESIZE_EXCEEDED)
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder's answer is longer than %d bytes",
-               OCSP_FETCH_RESPONSE_MAX);
-  else if (cc != CURLE_OK)
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "asking the responder: %s",
-               curl_err[0] != '\0' ? curl_err : curl_easy_strerror(cc));
-  else if (status != 200)
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder answered HTTP %ld", status);
-  else if (body.len == 0)
+  if (http_fetch(url, &o, &res, err) != 0)
+    tp_err_prefix(err, "asking the responder: ");
+  else if (res.status != 200)
+    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder answered HTTP %ld", res.status);
+  else if (res.len == 0)
     tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder answered with an empty body");
   else {
-    *der = body.p;
-    *len = body.len;
-    body.p = NULL;
+    *der = res.body;
+    *len = res.len;
+    res.body = NULL;
     rc = 0;
   }
-done:
-  free(body.p);
-  if (h != NULL)
-    curl_easy_cleanup(h);
-  curl_slist_free_all(headers);
+  http_fetch_result_clear(&res);
   free(req);
   return rc;
 }
@@ -186,7 +140,7 @@ static void fetch_one(const Tlsplane__V1__Certificate *c, time_t now, struct out
   X509 *leaf = NULL, *issuer = NULL;
   memset(o, 0, sizeof(*o));
   if (tlsconf_certificate_ocsp_target(c, &leaf, &issuer, &err) == 0 &&
-      ocsp_fetch(c->ocsp_responder_url, leaf, issuer, &o->der, &o->len, &err) == 0 &&
+      ocsp_fetch(c->ocsp_responder_url, leaf, issuer, NULL, &o->der, &o->len, &err) == 0 &&
       certinfo_ocsp_check(o->der, o->len, leaf, issuer, now, 1, &o->info, &err) == 0)
     o->ok = 1;
   if (!o->ok) {

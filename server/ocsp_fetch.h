@@ -17,6 +17,7 @@
 #define TLSPLANE_SERVER_OCSP_FETCH_H
 
 #include <openssl/x509.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,9 +35,9 @@
  * OCSP_FETCH_RESPONSE_MAX or with an HTTP status other than 200. *der
  * (malloc'd, caller frees) receives the body as it came, unchecked. On
  * failure err says why (UNAVAILABLE for the network and the responder,
- * INVALID_ARGUMENT for the URL). */
-int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, size_t *len,
-               struct tp_err *err);
+ * INVALID_ARGUMENT for the URL). stop (may be NULL): see http_fetch_opts. */
+int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, const atomic_int *stop,
+               unsigned char **der, size_t *len, struct tp_err *err);
 
 /* What a round leaves for the next: the names (sorted, malloc'd) of the
  * due certificates that no stapling context used at store revision
