@@ -18,6 +18,7 @@
 #include "certinfo.h"
 #include "events.h"
 #include "http_fetch.h"
+#include "jobs.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsplane/v1/trust_bundle.pb-c.h"
@@ -488,18 +489,13 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
   if (revision == r->query_revision && now_us < soonest && now_us - r->query_us < REQUERY_US)
     return 0;
   struct tp_err err = {0};
-  struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {.kind = api_kind_revocation_list.kind,
-                          .has_expire_before = 1,
-                          .expire_before_us = now_us + 1};
-  if (store_begin(api->store, 0, &txn, &err) != 0)
-    goto failed;
-  int rc = store_list(txn, &q, &rows, &n, &err);
-  store_rollback(txn);
-  if (rc != 0)
-    goto failed;
+  if (jobs_list_due(api->store, api_kind_revocation_list.kind, JOBS_DUE_EXPIRE, now_us, 0, &rows,
+                    &n, &err) != 0) {
+    log_warn("crl", "CRL refresh: %s", err.msg);
+    return -1;
+  }
   r->query_revision = revision;
   r->query_us = now_us;
   int fetched = 0;
@@ -528,7 +524,4 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
   }
   store_rows_free(rows, n);
   return fetched;
-failed:
-  log_warn("crl", "CRL refresh: %s", err.msg);
-  return -1;
 }

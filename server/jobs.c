@@ -23,22 +23,37 @@ struct jobs {
   struct ocsp_rounds ocsp; /* the job thread's */
 };
 
+int jobs_list_due(struct store *store, const char *kind, enum jobs_due_time which, int64_t now_us,
+                  int limit, struct store_row **rows, size_t *n, struct tp_err *err) {
+  struct store_query q = {.kind = kind, .limit = limit};
+  if (which == JOBS_DUE_EXPIRE) {
+    q.has_expire_before = 1;
+    q.expire_before_us = now_us + 1;
+  } else {
+    q.has_due_before = 1;
+    q.due_before_us = now_us + 1;
+  }
+  struct store_txn *txn;
+  *rows = NULL;
+  *n = 0;
+  if (store_begin(store, 0, &txn, err) != 0)
+    return -1;
+  int rc = store_list(txn, &q, rows, n, err);
+  store_rollback(txn);
+  return rc;
+}
+
 int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
   const struct rpc_call_info call = {
       .method = "job:ticket-key-rotation", .peer = "local", .actor = "system", .principal = ""};
   struct tp_err err = {0};
-  struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {.kind = api_kind_ticket_key_ring.kind,
-                          .has_expire_before = 1,
-                          .expire_before_us = now_us + 1};
-  if (store_begin(api->store, 0, &txn, &err) != 0)
-    goto failed;
-  int rc = store_list(txn, &q, &rows, &n, &err);
-  store_rollback(txn);
-  if (rc != 0)
-    goto failed;
+  if (jobs_list_due(api->store, api_kind_ticket_key_ring.kind, JOBS_DUE_EXPIRE, now_us, 0, &rows,
+                    &n, &err) != 0) {
+    log_warn("jobs", "ticket-key rotation: %s", err.msg);
+    return -1;
+  }
   int rotated = 0;
   for (size_t i = 0; i < n; i++) {
     /* The etag guards against a rotation by hand in between. */
@@ -52,9 +67,6 @@ int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us) {
   }
   store_rows_free(rows, n);
   return rotated;
-failed:
-  log_warn("jobs", "ticket-key rotation: %s", err.msg);
-  return -1;
 }
 
 /* The last uses noted since the previous round, in one write. */

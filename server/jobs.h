@@ -23,4 +23,16 @@ void jobs_stop(struct jobs *jobs);
  * many were rotated, or -1. */
 int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us);
 
+/* Which time of a row says it is due (struct store_query). */
+enum jobs_due_time {
+  JOBS_DUE_EXPIRE, /* the row's expiry time (expire_before) */
+  JOBS_DUE_WORK,   /* the row's scheduled work (due_before) */
+};
+
+/* The rows of kind whose `which` time is at or before now_us, in name
+ * order, at most limit of them (0: all), without secrets, read in one
+ * read transaction. *rows is the caller's: free with store_rows_free. */
+int jobs_list_due(struct store *store, const char *kind, enum jobs_due_time which, int64_t now_us,
+                  int limit, struct store_row **rows, size_t *n, struct tp_err *err);
+
 #endif

@@ -12,6 +12,7 @@
 #include "certinfo.h"
 #include "events.h"
 #include "http_fetch.h"
+#include "jobs.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsconf.h"
@@ -303,17 +304,16 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
   struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {
-      .kind = api_kind_certificate.kind, .has_due_before = 1, .due_before_us = now_us + 1};
-  if (store_begin(api->store, 0, &txn, &err) != 0)
+  if (jobs_list_due(api->store, api_kind_certificate.kind, JOBS_DUE_WORK, now_us, 0, &rows, &n,
+                    &err) != 0)
     goto failed;
-  if (store_list(txn, &q, &rows, &n, &err) != 0) {
-    store_rollback(txn);
+  /* Which are used for stapling, read in one transaction; the fetches
+   * run after it (a thread holds one transaction at a time, and none is
+   * held across the network). */
+  if (store_begin(api->store, 0, &txn, &err) != 0) {
+    store_rows_free(rows, n);
     goto failed;
   }
-  /* Which are used for stapling, read in the same transaction; the
-   * fetches run after it (a thread holds one transaction at a time, and
-   * none is held across the network). */
   int64_t revision = store_txn_revision(txn);
   int *used = calloc(n ? n : 1, sizeof(*used));
   for (size_t i = 0; used != NULL && i < n; i++) {
