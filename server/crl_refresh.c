@@ -408,16 +408,18 @@ static int store_fetched(struct api *api, const char *name, const char *etag, X5
   return rc;
 }
 
-/* Fetches one list and records what came of it. */
+/* Fetches one list and records what came of it (nothing when stopped). */
 static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl, int failures,
-                        int64_t now_us) {
+                        const atomic_int *stop, int64_t now_us) {
   struct crl_refresh *r = api->crl_refresh;
   struct tp_err err = {0};
   struct http_fetch_result b = {0};
   X509_CRL *got = NULL, *held = NULL;
   char *etag = NULL;
   int same = 0;
-  int rc = fetch(rl->distribution_point, NULL, &b, &err);
+  int rc = fetch(rl->distribution_point, stop, &b, &err);
+  if (atomic_load(stop))
+    goto done; /* the server stops: not a failure of the endpoint's */
   if (rc == 0 && (got = body_crl(&b, &err)) == NULL)
     rc = -1;
   if (rc == 0)
@@ -463,6 +465,7 @@ static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl,
     }
     state_set(r, rl->name, at, now_us, pb_sat_add(now_us, delay * 1000), err.msg, failures);
   }
+done:
   free(etag);
   http_fetch_result_clear(&b);
   X509_CRL_free(got);
@@ -470,7 +473,43 @@ static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl,
   ERR_clear_error();
 }
 
-int crl_refresh_run(struct api *api, int64_t now_us) {
+/* A list's fetch, handed to a fetch thread. */
+struct refresh_task {
+  struct api *api;
+  Tlsplane__V1__RevocationList *rl; /* as listed */
+};
+
+/* Whether the list `name`, read with etag, is due at now_us, by what the
+ * fetches since that write recorded; *failures: the failures in a row
+ * they counted. */
+static int state_due(struct crl_refresh *r, const char *name, const char *etag, int64_t now_us,
+                     int *failures) {
+  pthread_mutex_lock(&r->lock);
+  const struct fetch_state *s = state_find(r, name);
+  int matches = s != NULL && strcmp(s->etag, etag) == 0;
+  int later = matches && s->next_us > now_us;
+  *failures = matches ? s->failures : 0;
+  pthread_mutex_unlock(&r->lock);
+  return !later;
+}
+
+static void refresh_task_run(void *data, const atomic_int *stop) {
+  struct refresh_task *t = data;
+  int64_t now_us = pb_now_us();
+  int failures;
+  /* Asked again now: a fetch of the list that ended after the round
+   * looked may have recorded a later time (and another count). */
+  if (state_due(t->api->crl_refresh, t->rl->name, t->rl->etag, now_us, &failures))
+    refresh_one(t->api, t->rl, failures, stop, now_us);
+}
+
+static void refresh_task_free(void *data) {
+  struct refresh_task *t = data;
+  protobuf_c_message_free_unpacked(&t->rl->base, NULL);
+  free(t);
+}
+
+int crl_refresh_run(struct api *api, struct jobs *jobs, int64_t now_us) {
   struct crl_refresh *r = api->crl_refresh;
   if (r == NULL)
     return 0;
@@ -502,13 +541,8 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
   for (size_t i = 0; i < n; i++) {
     /* The stored next_fetch_time has passed; what the fetches since the
      * row was written found may say later. */
-    pthread_mutex_lock(&r->lock);
-    const struct fetch_state *s = state_find(r, rows[i].name);
-    int matches = s != NULL && strcmp(s->etag, rows[i].etag) == 0;
-    int later = matches && s->next_us > now_us;
-    int failures = matches ? s->failures : 0;
-    pthread_mutex_unlock(&r->lock);
-    if (later)
+    int failures;
+    if (!state_due(r, rows[i].name, rows[i].etag, now_us, &failures))
       continue;
     Tlsplane__V1__RevocationList *rl =
         (Tlsplane__V1__RevocationList *)api_decode_row(&api_kind_revocation_list, &rows[i], &err);
@@ -516,11 +550,17 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
       log_warn("crl", "%s: %s", rows[i].name, err.msg);
       continue;
     }
-    if (rl->distribution_point[0] != '\0') {
-      refresh_one(api, rl, failures, now_us);
-      fetched++;
+    struct refresh_task *t = NULL;
+    if (rl->distribution_point[0] == '\0' || (t = malloc(sizeof(*t))) == NULL) {
+      protobuf_c_message_free_unpacked(&rl->base, NULL);
+      continue;
     }
-    protobuf_c_message_free_unpacked(&rl->base, NULL);
+    *t = (struct refresh_task){.api = api, .rl = rl};
+    /* -EBUSY: its fetch is still running; its outcome decides the next. */
+    if (jobs_fetch_submit(jobs, rl->name, refresh_task_run, t, refresh_task_free) == 0)
+      fetched++;
+    else
+      refresh_task_free(t);
   }
   store_rows_free(rows, n);
   return fetched;

@@ -136,12 +136,13 @@ static int used_for_stapling(struct store_txn *txn, const char *name, struct tp_
 }
 
 /* Asks c's responder and checks the answer against its issuer at now. */
-static void fetch_one(const Tlsplane__V1__Certificate *c, time_t now, struct outcome *o) {
+static void fetch_one(const Tlsplane__V1__Certificate *c, time_t now, const atomic_int *stop,
+                      struct outcome *o) {
   struct tp_err err = {0};
   X509 *leaf = NULL, *issuer = NULL;
   memset(o, 0, sizeof(*o));
   if (tlsconf_certificate_ocsp_target(c, &leaf, &issuer, &err) == 0 &&
-      ocsp_fetch(c->ocsp_responder_url, leaf, issuer, NULL, &o->der, &o->len, &err) == 0 &&
+      ocsp_fetch(c->ocsp_responder_url, leaf, issuer, stop, &o->der, &o->len, &err) == 0 &&
       certinfo_ocsp_check(o->der, o->len, leaf, issuer, now, 1, &o->info, &err) == 0)
     o->ok = 1;
   if (!o->ok) {
@@ -299,7 +300,76 @@ static void ocsp_event(struct api *api, const char *name, const Tlsplane__V1__Ce
   events_publish(api->events, &e);
 }
 
-int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
+/* A certificate's fetch, handed to a fetch thread. */
+struct fetch_task {
+  struct api *api;
+  char *name;
+  char *etag;                   /* as listed: the outcome is written only over this */
+  Tlsplane__V1__Certificate *c; /* as listed */
+};
+
+static void fetch_task_free(void *data) {
+  struct fetch_task *t = data;
+  free(t->name);
+  free(t->etag);
+  if (t->c != NULL)
+    protobuf_c_message_free_unpacked(&t->c->base, NULL);
+  free(t);
+}
+
+/* Whether certificate name still has etag (a fetch of it that ended
+ * after the round listed it wrote another). */
+static int unchanged(struct api *api, const char *name, const char *etag) {
+  struct store_txn *txn;
+  struct store_row row = {0};
+  struct tp_err err = {0};
+  if (store_begin(api->store, 0, &txn, &err) != 0)
+    return 1; /* store_outcome's own check decides */
+  int same = store_get(txn, api_kind_certificate.kind, name, 0, &row, &err) == 0 &&
+             strcmp(row.etag, etag) == 0;
+  store_rollback(txn);
+  store_row_clear(&row);
+  return same;
+}
+
+/* Fetches, then writes the outcome in its own write transaction (none
+ * when the server stops meanwhile). */
+static void fetch_task_run(void *data, const atomic_int *stop) {
+  struct fetch_task *t = data;
+  struct api *api = t->api;
+  const Tlsplane__V1__Certificate *c = t->c;
+  struct tp_err err = {0};
+  if (!unchanged(api, t->name, t->etag))
+    return; /* the next round lists it again with its new schedule */
+  int64_t now_us = pb_now_us();
+  struct outcome o;
+  fetch_one(c, (time_t)(now_us / 1000000), stop, &o);
+  if (atomic_load(stop)) {
+    free(o.der);
+    return;
+  }
+  if (o.ok && o.info.status == V_OCSP_CERTSTATUS_REVOKED)
+    log_warn("jobs", "OCSP: %s is revoked, says %s", t->name, c->ocsp_responder_url);
+  else if (!o.ok)
+    log_warn("jobs", "OCSP for %s from %s: %s", t->name, c->ocsp_responder_url, o.error);
+  int rc = store_outcome(api, t->name, t->etag, &o, now_us, &err);
+  if (rc < 0 && o.ok) {
+    /* A response the certificate cannot take (a context using it no
+     * longer builds with it) is a failed fetch: retried after the
+     * back-off, not on every round. */
+    log_warn("jobs", "OCSP for %s: storing the response: %s", t->name, err.msg);
+    o.ok = 0;
+    snprintf(o.error, sizeof(o.error), "storing the response: %.900s", err.msg);
+    rc = store_outcome(api, t->name, t->etag, &o, now_us, &err);
+  }
+  if (rc < 0)
+    log_warn("jobs", "OCSP for %s: storing the outcome: %s", t->name, err.msg);
+  if (rc > 0)
+    ocsp_event(api, t->name, c, &o);
+  free(o.der);
+}
+
+int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, struct jobs *jobs, int64_t now_us) {
   struct tp_err err = {0};
   struct store_txn *txn;
   struct store_row *rows = NULL;
@@ -308,8 +378,8 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
                     &err) != 0)
     goto failed;
   /* Which are used for stapling, read in one transaction; the fetches
-   * run after it (a thread holds one transaction at a time, and none is
-   * held across the network). */
+   * run after it, on the fetch threads (none is held across the
+   * network). */
   if (store_begin(api->store, 0, &txn, &err) != 0) {
     store_rows_free(rows, n);
     goto failed;
@@ -326,7 +396,7 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
   store_rollback(txn);
   if (r != NULL && used != NULL)
     rounds_record(r, revision, rows, used, n);
-  int written = 0;
+  int queued = 0;
   for (size_t i = 0; used != NULL && i < n; i++) {
     if (used[i] <= 0)
       continue; /* asked for again once a stapling context uses it */
@@ -342,34 +412,25 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
       protobuf_c_message_free_unpacked(m, NULL);
       continue;
     }
-    struct outcome o;
-    fetch_one(c, (time_t)(now_us / 1000000), &o);
-    if (o.ok && o.info.status == V_OCSP_CERTSTATUS_REVOKED)
-      log_warn("jobs", "OCSP: %s is revoked, says %s", rows[i].name, c->ocsp_responder_url);
-    else if (!o.ok)
-      log_warn("jobs", "OCSP for %s from %s: %s", rows[i].name, c->ocsp_responder_url, o.error);
-    int rc = store_outcome(api, rows[i].name, rows[i].etag, &o, now_us, &err);
-    if (rc < 0 && o.ok) {
-      /* A response the certificate cannot take (a context using it no
-       * longer builds with it) is a failed fetch: retried after the
-       * back-off, not on every round. */
-      log_warn("jobs", "OCSP for %s: storing the response: %s", rows[i].name, err.msg);
-      o.ok = 0;
-      snprintf(o.error, sizeof(o.error), "storing the response: %.900s", err.msg);
-      rc = store_outcome(api, rows[i].name, rows[i].etag, &o, now_us, &err);
+    struct fetch_task *t = calloc(1, sizeof(*t));
+    if (t == NULL || (t->name = strdup(rows[i].name)) == NULL ||
+        (t->etag = strdup(rows[i].etag)) == NULL) {
+      if (t != NULL)
+        fetch_task_free(t);
+      protobuf_c_message_free_unpacked(m, NULL);
+      continue;
     }
-    if (rc < 0)
-      log_warn("jobs", "OCSP for %s: storing the outcome: %s", rows[i].name, err.msg);
+    t->api = api;
+    t->c = (Tlsplane__V1__Certificate *)m;
+    /* -EBUSY: its fetch still runs; the outcome sets the next attempt. */
+    if (jobs_fetch_submit(jobs, t->name, fetch_task_run, t, fetch_task_free) == 0)
+      queued++;
     else
-      written += rc;
-    if (rc > 0)
-      ocsp_event(api, rows[i].name, c, &o);
-    free(o.der);
-    protobuf_c_message_free_unpacked(m, NULL);
+      fetch_task_free(t);
   }
   free(used);
   store_rows_free(rows, n);
-  return written;
+  return queued;
 failed:
   log_warn("jobs", "OCSP refresh: %s", err.msg);
   return -1;
