@@ -9,6 +9,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,8 @@
 
 #include "certinfo.h"
 #include "events.h"
+#include "http_fetch.h"
+#include "jobs.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsplane/v1/trust_bundle.pb-c.h"
@@ -223,77 +226,42 @@ char *crl_refresh_idp_url(X509_CRL *crl) {
   return url;
 }
 
-/* The body of a fetch. */
-struct body {
-  unsigned char *data; /* NUL-terminated */
-  size_t len;
-  int too_big;
-};
-
-static size_t body_write(char *p, size_t size, size_t n, void *data) {
-  struct body *b = data;
-  size_t add = size * n;
-  if (add > CRL_FETCH_MAX - b->len) {
-    b->too_big = 1;
-    return 0;
+/* GETs url into *b (caller clears it): a 2xx or 3xx answer with a body. */
+static int fetch(const char *url, const atomic_int *stop, struct http_fetch_result *b,
+                 struct tp_err *err) {
+  const struct http_fetch_opts o = {.protocols = "http,https",
+                                    .max_redirects = 3,
+                                    .timeout_ms = CRL_FETCH_TIMEOUT_MS,
+                                    .max_bytes = CRL_FETCH_MAX,
+                                    .stop = stop};
+  if (http_fetch(url, &o, b, err) != 0) {
+    char prefix[2100];
+    snprintf(prefix, sizeof(prefix), "GET %.2048s: ", url);
+    tp_err_prefix(err, prefix);
+    return -1;
   }
-  unsigned char *d = realloc(b->data, b->len + add + 1);
-  if (d == NULL)
-    return 0;
-  memcpy(d + b->len, p, add);
-  b->data = d;
-  b->len += add;
-  b->data[b->len] = '\0';
-  return add;
-}
-
-/* GETs url into *b (caller frees b->data). */
-static int fetch(const char *url, struct body *b, struct tp_err *err) {
-  char msg[CURL_ERROR_SIZE] = "";
-  CURL *c = curl_easy_init();
-  if (c == NULL)
-    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(c, CURLOPT_MAXREDIRS, 3L);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)CRL_FETCH_TIMEOUT_MS);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-  curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)CRL_FETCH_MAX);
-  curl_easy_setopt(c, CURLOPT_USERAGENT, "tlsplane-server");
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, msg);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, body_write);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
-  CURLcode rc = curl_easy_perform(c);
-  curl_easy_cleanup(c);
-  if (rc == CURLE_OK && b->len > 0)
-    return 0;
-  if (b->too_big || rc == CURLE_FILESIZE_EXCEEDED)
-    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: larger than %d bytes", url,
-                      CRL_FETCH_MAX);
-  if (rc == CURLE_OK)
+  if (b->status >= 400)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: HTTP %ld", url, b->status);
+  if (b->len == 0)
     return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: empty response", url);
-  return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "GET %s: %s", url,
-                    msg[0] ? msg : curl_easy_strerror(rc));
+  return 0;
 }
 
 /* The fetched CRL, PEM or DER. */
-static X509_CRL *body_crl(const struct body *b, struct tp_err *err) {
+static X509_CRL *body_crl(const struct http_fetch_result *b, struct tp_err *err) {
   X509_CRL *crl = NULL;
-  if (b->len >= 10 && memcmp(b->data, "-----BEGIN", 10) == 0) {
-    if (strlen((const char *)b->data) != b->len) {
+  if (b->len >= 10 && memcmp(b->body, "-----BEGIN", 10) == 0) {
+    if (strlen((const char *)b->body) != b->len) {
       tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "the fetched CRL: a NUL byte in PEM");
       return NULL;
     }
-    if (certinfo_crl_read((const char *)b->data, "the fetched CRL", &crl, err) != 0)
+    if (certinfo_crl_read((const char *)b->body, "the fetched CRL", &crl, err) != 0)
       return NULL;
     return crl;
   }
-  const unsigned char *p = b->data;
+  const unsigned char *p = b->body;
   crl = d2i_X509_CRL(NULL, &p, (long)b->len);
-  if (crl == NULL || p != b->data + b->len) {
+  if (crl == NULL || p != b->body + b->len) {
     X509_CRL_free(crl);
     ERR_clear_error();
     tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "the fetched CRL: neither a DER nor a PEM CRL");
@@ -440,16 +408,18 @@ static int store_fetched(struct api *api, const char *name, const char *etag, X5
   return rc;
 }
 
-/* Fetches one list and records what came of it. */
+/* Fetches one list and records what came of it (nothing when stopped). */
 static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl, int failures,
-                        int64_t now_us) {
+                        const atomic_int *stop, int64_t now_us) {
   struct crl_refresh *r = api->crl_refresh;
   struct tp_err err = {0};
-  struct body b = {0};
+  struct http_fetch_result b = {0};
   X509_CRL *got = NULL, *held = NULL;
   char *etag = NULL;
   int same = 0;
-  int rc = fetch(rl->distribution_point, &b, &err);
+  int rc = fetch(rl->distribution_point, stop, &b, &err);
+  if (atomic_load(stop))
+    goto done; /* the server stops: not a failure of the endpoint's */
   if (rc == 0 && (got = body_crl(&b, &err)) == NULL)
     rc = -1;
   if (rc == 0)
@@ -495,14 +465,51 @@ static void refresh_one(struct api *api, const Tlsplane__V1__RevocationList *rl,
     }
     state_set(r, rl->name, at, now_us, pb_sat_add(now_us, delay * 1000), err.msg, failures);
   }
+done:
   free(etag);
-  free(b.data);
+  http_fetch_result_clear(&b);
   X509_CRL_free(got);
   X509_CRL_free(held);
   ERR_clear_error();
 }
 
-int crl_refresh_run(struct api *api, int64_t now_us) {
+/* A list's fetch, handed to a fetch thread. */
+struct refresh_task {
+  struct api *api;
+  Tlsplane__V1__RevocationList *rl; /* as listed */
+};
+
+/* Whether the list `name`, read with etag, is due at now_us, by what the
+ * fetches since that write recorded; *failures: the failures in a row
+ * they counted. */
+static int state_due(struct crl_refresh *r, const char *name, const char *etag, int64_t now_us,
+                     int *failures) {
+  pthread_mutex_lock(&r->lock);
+  const struct fetch_state *s = state_find(r, name);
+  int matches = s != NULL && strcmp(s->etag, etag) == 0;
+  int later = matches && s->next_us > now_us;
+  *failures = matches ? s->failures : 0;
+  pthread_mutex_unlock(&r->lock);
+  return !later;
+}
+
+static void refresh_task_run(void *data, const atomic_int *stop) {
+  struct refresh_task *t = data;
+  int64_t now_us = pb_now_us();
+  int failures;
+  /* Asked again now: a fetch of the list that ended after the round
+   * looked may have recorded a later time (and another count). */
+  if (state_due(t->api->crl_refresh, t->rl->name, t->rl->etag, now_us, &failures))
+    refresh_one(t->api, t->rl, failures, stop, now_us);
+}
+
+static void refresh_task_free(void *data) {
+  struct refresh_task *t = data;
+  protobuf_c_message_free_unpacked(&t->rl->base, NULL);
+  free(t);
+}
+
+int crl_refresh_run(struct api *api, struct jobs *jobs, int64_t now_us) {
   struct crl_refresh *r = api->crl_refresh;
   if (r == NULL)
     return 0;
@@ -521,31 +528,21 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
   if (revision == r->query_revision && now_us < soonest && now_us - r->query_us < REQUERY_US)
     return 0;
   struct tp_err err = {0};
-  struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {.kind = api_kind_revocation_list.kind,
-                          .has_expire_before = 1,
-                          .expire_before_us = now_us + 1};
-  if (store_begin(api->store, 0, &txn, &err) != 0)
-    goto failed;
-  int rc = store_list(txn, &q, &rows, &n, &err);
-  store_rollback(txn);
-  if (rc != 0)
-    goto failed;
+  if (jobs_list_due(api->store, api_kind_revocation_list.kind, JOBS_DUE_EXPIRE, now_us, 0, &rows,
+                    &n, &err) != 0) {
+    log_warn("crl", "CRL refresh: %s", err.msg);
+    return -1;
+  }
   r->query_revision = revision;
   r->query_us = now_us;
   int fetched = 0;
   for (size_t i = 0; i < n; i++) {
     /* The stored next_fetch_time has passed; what the fetches since the
      * row was written found may say later. */
-    pthread_mutex_lock(&r->lock);
-    const struct fetch_state *s = state_find(r, rows[i].name);
-    int matches = s != NULL && strcmp(s->etag, rows[i].etag) == 0;
-    int later = matches && s->next_us > now_us;
-    int failures = matches ? s->failures : 0;
-    pthread_mutex_unlock(&r->lock);
-    if (later)
+    int failures;
+    if (!state_due(r, rows[i].name, rows[i].etag, now_us, &failures))
       continue;
     Tlsplane__V1__RevocationList *rl =
         (Tlsplane__V1__RevocationList *)api_decode_row(&api_kind_revocation_list, &rows[i], &err);
@@ -553,15 +550,18 @@ int crl_refresh_run(struct api *api, int64_t now_us) {
       log_warn("crl", "%s: %s", rows[i].name, err.msg);
       continue;
     }
-    if (rl->distribution_point[0] != '\0') {
-      refresh_one(api, rl, failures, now_us);
-      fetched++;
+    struct refresh_task *t = NULL;
+    if (rl->distribution_point[0] == '\0' || (t = malloc(sizeof(*t))) == NULL) {
+      protobuf_c_message_free_unpacked(&rl->base, NULL);
+      continue;
     }
-    protobuf_c_message_free_unpacked(&rl->base, NULL);
+    *t = (struct refresh_task){.api = api, .rl = rl};
+    /* -EBUSY: its fetch is still running; its outcome decides the next. */
+    if (jobs_fetch_submit(jobs, rl->name, refresh_task_run, t, refresh_task_free) == 0)
+      fetched++;
+    else
+      refresh_task_free(t);
   }
   store_rows_free(rows, n);
   return fetched;
-failed:
-  log_warn("crl", "CRL refresh: %s", err.msg);
-  return -1;
 }

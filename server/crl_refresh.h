@@ -14,7 +14,7 @@
  * minute says something may be due.
  *
  * Thread safety: every function may be called from any thread; rounds run
- * on the job thread only. */
+ * on the job thread only, the fetches they hand on on the fetch threads. */
 #ifndef TLSPLANE_SERVER_CRL_REFRESH_H
 #define TLSPLANE_SERVER_CRL_REFRESH_H
 
@@ -46,10 +46,14 @@ struct crl_refresh *crl_refresh_new(int64_t retry_base_ms);
 /* NULL is a no-op. */
 void crl_refresh_free(struct crl_refresh *r);
 
-/* One round, on the calling thread: fetches every list that is due at
- * now_us. Returns how many were fetched, or -1 when the store could not
- * be read. */
-int crl_refresh_run(struct api *api, int64_t now_us);
+struct jobs;
+
+/* One round: hands the fetch of every list that is due at now_us to the
+ * fetch threads of jobs (NULL: fetches on the calling thread); each
+ * fetch records and writes its own outcome. Returns how many were handed
+ * on (a list whose fetch still runs is not), or -1 when the store could
+ * not be read. */
+int crl_refresh_run(struct api *api, struct jobs *jobs, int64_t now_us);
 
 /* Shows what the fetches of rl found since it was last written:
  * last_fetch_time, next_fetch_time, last_fetch_error, fetch_failures; and

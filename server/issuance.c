@@ -12,6 +12,7 @@
 #include "ca.h"
 #include "certinfo.h"
 #include "events.h"
+#include "jobs.h"
 #include "log.h"
 #include "pb.h"
 
@@ -495,20 +496,10 @@ int issuance_renew_due(struct api *api, int64_t now_us) {
   const struct rpc_call_info call = {
       .method = "job:certificate-renewal", .peer = "local", .actor = "system", .principal = ""};
   struct tp_err err = {0};
-  struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {.kind = api_kind_certificate.kind,
-                          .limit = RENEW_BATCH,
-                          .has_due_before = 1,
-                          .due_before_us = now_us + 1};
-  if (store_begin(api->store, 0, &txn, &err) != 0) {
-    log_warn("jobs", "certificate renewal: %s", err.msg);
-    return -1;
-  }
-  int rc = store_list(txn, &q, &rows, &n, &err);
-  store_rollback(txn);
-  if (rc != 0) {
+  if (jobs_list_due(api->store, api_kind_certificate.kind, JOBS_DUE_WORK, now_us, RENEW_BATCH,
+                    &rows, &n, &err) != 0) {
     log_warn("jobs", "certificate renewal: %s", err.msg);
     return -1;
   }

@@ -3,24 +3,65 @@
  * (ocsp_fetch.h), CRL refresh (crl_refresh.h), renewal of the
  * certificates issued by the server (issuance.h), and writing the
  * credentials' last uses to the store (usage.h). One thread wakes every
- * JOBS_TICK_MS and asks the store for what is due (an indexed query). */
+ * JOBS_TICK_MS and asks the store for what is due (an indexed query).
+ *
+ * What waits on the network (OCSP and CRL fetches) runs on
+ * JOBS_FETCH_THREADS fetch threads fed by the job thread, so that a dead
+ * endpoint (a fetch waits out its timeout) delays neither the rotations
+ * nor the renewals nor the other fetches. */
 #ifndef TLSPLANE_SERVER_JOBS_H
 #define TLSPLANE_SERVER_JOBS_H
 
+#include <stdatomic.h>
+
 #include "api.h"
+
+#define JOBS_FETCH_THREADS 2
 
 struct jobs;
 
-/* Starts the job thread. Caller stops it with jobs_stop. */
+/* Starts the job thread and the fetch threads. Caller stops them with
+ * jobs_stop. */
 int jobs_start(struct api *api, struct jobs **out, struct tp_err *err);
 
-/* Stops and joins the thread (a job in progress finishes first), then
- * writes the last uses noted since its last round. NULL is a no-op. */
+/* Stops and joins the job thread (a round in progress finishes first),
+ * then the fetch threads: a fetch in progress is aborted within about a
+ * second and writes nothing, queued ones are dropped. Then writes the
+ * last uses noted since the last round. NULL is a no-op. */
 void jobs_stop(struct jobs *jobs);
 
 /* Runs one round now, on the calling thread: every ring whose
  * next_rotation_time has passed is rotated (actor "system"). Returns how
  * many were rotated, or -1. */
 int jobs_rotate_due_ticket_keys(struct api *api, int64_t now_us);
+
+/* Which time of a row says it is due (struct store_query). */
+enum jobs_due_time {
+  JOBS_DUE_EXPIRE, /* the row's expiry time (expire_before) */
+  JOBS_DUE_WORK,   /* the row's scheduled work (due_before) */
+};
+
+/* The rows of kind whose `which` time is at or before now_us, in name
+ * order, at most limit of them (0: all), without secrets, read in one
+ * read transaction. *rows is the caller's: free with store_rows_free. */
+int jobs_list_due(struct store *store, const char *kind, enum jobs_due_time which, int64_t now_us,
+                  int limit, struct store_row **rows, size_t *n, struct tp_err *err);
+
+/* A fetch: cb(data, stop) on a fetch thread (data carries the api). It does its own
+ * writes (each its own write transaction, with the etag checks that
+ * guard against a write in between). stop becomes nonzero when the
+ * server stops: pass it to http_fetch, and write nothing then. */
+typedef void (*jobs_fetch_cb)(void *data, const atomic_int *stop);
+
+/* Hands the fetch of `key` (a resource name, copied) to the fetch
+ * threads, unless one for the same key is queued or running (a row is
+ * never fetched twice at once). Returns 0 when queued: data is then the
+ * queue's, cb runs at most once (not when the server stops first) and
+ * free_data(data) exactly once, after it. On failure (-EBUSY: the key is
+ * queued or running; -ENOMEM) neither runs and data stays the caller's.
+ * jobs NULL: runs cb and free_data now, on the calling thread, and
+ * returns 0. */
+int jobs_fetch_submit(struct jobs *jobs, const char *key, jobs_fetch_cb cb, void *data,
+                      void (*free_data)(void *data));
 
 #endif

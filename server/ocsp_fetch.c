@@ -2,7 +2,6 @@
  * (OpenSSL's OCSP_* API) and the job round. See ocsp_fetch.h. */
 #include "ocsp_fetch.h"
 
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ocsp.h>
@@ -12,32 +11,11 @@
 
 #include "certinfo.h"
 #include "events.h"
+#include "http_fetch.h"
+#include "jobs.h"
 #include "log.h"
 #include "pb.h"
 #include "tlsconf.h"
-
-/* The body received so far, at most OCSP_FETCH_RESPONSE_MAX bytes. */
-struct body {
-  unsigned char *p;
-  size_t len;
-  int too_long;
-};
-
-static size_t body_write(char *data, size_t size, size_t n, void *arg) {
-  struct body *b = arg;
-  size_t add = size * n;
-  if (add > OCSP_FETCH_RESPONSE_MAX - b->len) {
-    b->too_long = 1;
-    return 0; /* curl stops with CURLE_WRITE_ERROR */
-  }
-  unsigned char *np = realloc(b->p, b->len + add);
-  if (np == NULL)
-    return 0;
-  memcpy(np + b->len, data, add);
-  b->p = np;
-  b->len += add;
-  return add;
-}
 
 /* The DER OCSPRequest for leaf (SHA-1 CertID, as RFC 5019 responders
  * expect), malloc'd. */
@@ -69,8 +47,8 @@ static int request_der(X509 *leaf, X509 *issuer, unsigned char **out, size_t *le
   return 0;
 }
 
-int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, size_t *len,
-               struct tp_err *err) {
+int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, const atomic_int *stop,
+               unsigned char **der, size_t *len, struct tp_err *err) {
   *der = NULL;
   *len = 0;
   if (strncasecmp(url, "http://", 7) != 0)
@@ -80,53 +58,30 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, s
   size_t req_len = 0;
   if (request_der(leaf, issuer, &req, &req_len, err) != 0)
     return -1;
-  struct body body = {0};
-  char curl_err[CURL_ERROR_SIZE] = "";
-  struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/ocsp-request");
-  CURL *h = curl_easy_init();
+  const struct http_fetch_opts o = {.method = "POST",
+                                    .body = req,
+                                    .body_len = req_len,
+                                    .content_type = "application/ocsp-request",
+                                    .protocols = "http",
+                                    .max_redirects = 0,
+                                    .timeout_ms = OCSP_FETCH_TIMEOUT_MS,
+                                    .max_bytes = OCSP_FETCH_RESPONSE_MAX,
+                                    .stop = stop};
+  struct http_fetch_result res = {0};
   int rc = -1;
-  if (h == NULL || headers == NULL) {
-    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto done;
-  }
-  curl_easy_setopt(h, CURLOPT_URL, url);
-  curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-  curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L); /* the job thread: no SIGALRM */
-  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)OCSP_FETCH_TIMEOUT_MS);
-  curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)OCSP_FETCH_RESPONSE_MAX);
-  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)req);
-  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)req_len);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-  curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
-  curl_easy_setopt(h, CURLOPT_USERAGENT, "tlsplane-server");
-  CURLcode cc = curl_easy_perform(h);
-  long status = 0;
-  if (cc == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-  if (body.too_long || cc == CURLE_FILESIZE_EXCEEDED)
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder's answer is longer than %d bytes",
-               OCSP_FETCH_RESPONSE_MAX);
-  else if (cc != CURLE_OK)
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "asking the responder: %s",
-               curl_err[0] != '\0' ? curl_err : curl_easy_strerror(cc));
-  else if (status != 200)
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder answered HTTP %ld", status);
-  else if (body.len == 0)
+  if (http_fetch(url, &o, &res, err) != 0)
+    tp_err_prefix(err, "asking the responder: ");
+  else if (res.status != 200)
+    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder answered HTTP %ld", res.status);
+  else if (res.len == 0)
     tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the responder answered with an empty body");
   else {
-    *der = body.p;
-    *len = body.len;
-    body.p = NULL;
+    *der = res.body;
+    *len = res.len;
+    res.body = NULL;
     rc = 0;
   }
-done:
-  free(body.p);
-  if (h != NULL)
-    curl_easy_cleanup(h);
-  curl_slist_free_all(headers);
+  http_fetch_result_clear(&res);
   free(req);
   return rc;
 }
@@ -181,12 +136,13 @@ static int used_for_stapling(struct store_txn *txn, const char *name, struct tp_
 }
 
 /* Asks c's responder and checks the answer against its issuer at now. */
-static void fetch_one(const Tlsplane__V1__Certificate *c, time_t now, struct outcome *o) {
+static void fetch_one(const Tlsplane__V1__Certificate *c, time_t now, const atomic_int *stop,
+                      struct outcome *o) {
   struct tp_err err = {0};
   X509 *leaf = NULL, *issuer = NULL;
   memset(o, 0, sizeof(*o));
   if (tlsconf_certificate_ocsp_target(c, &leaf, &issuer, &err) == 0 &&
-      ocsp_fetch(c->ocsp_responder_url, leaf, issuer, &o->der, &o->len, &err) == 0 &&
+      ocsp_fetch(c->ocsp_responder_url, leaf, issuer, stop, &o->der, &o->len, &err) == 0 &&
       certinfo_ocsp_check(o->der, o->len, leaf, issuer, now, 1, &o->info, &err) == 0)
     o->ok = 1;
   if (!o->ok) {
@@ -344,22 +300,90 @@ static void ocsp_event(struct api *api, const char *name, const Tlsplane__V1__Ce
   events_publish(api->events, &e);
 }
 
-int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
+/* A certificate's fetch, handed to a fetch thread. */
+struct fetch_task {
+  struct api *api;
+  char *name;
+  char *etag;                   /* as listed: the outcome is written only over this */
+  Tlsplane__V1__Certificate *c; /* as listed */
+};
+
+static void fetch_task_free(void *data) {
+  struct fetch_task *t = data;
+  free(t->name);
+  free(t->etag);
+  if (t->c != NULL)
+    protobuf_c_message_free_unpacked(&t->c->base, NULL);
+  free(t);
+}
+
+/* Whether certificate name still has etag (a fetch of it that ended
+ * after the round listed it wrote another). */
+static int unchanged(struct api *api, const char *name, const char *etag) {
+  struct store_txn *txn;
+  struct store_row row = {0};
+  struct tp_err err = {0};
+  if (store_begin(api->store, 0, &txn, &err) != 0)
+    return 1; /* store_outcome's own check decides */
+  int same = store_get(txn, api_kind_certificate.kind, name, 0, &row, &err) == 0 &&
+             strcmp(row.etag, etag) == 0;
+  store_rollback(txn);
+  store_row_clear(&row);
+  return same;
+}
+
+/* Fetches, then writes the outcome in its own write transaction (none
+ * when the server stops meanwhile). */
+static void fetch_task_run(void *data, const atomic_int *stop) {
+  struct fetch_task *t = data;
+  struct api *api = t->api;
+  const Tlsplane__V1__Certificate *c = t->c;
+  struct tp_err err = {0};
+  if (!unchanged(api, t->name, t->etag))
+    return; /* the next round lists it again with its new schedule */
+  int64_t now_us = pb_now_us();
+  struct outcome o;
+  fetch_one(c, (time_t)(now_us / 1000000), stop, &o);
+  if (atomic_load(stop)) {
+    free(o.der);
+    return;
+  }
+  if (o.ok && o.info.status == V_OCSP_CERTSTATUS_REVOKED)
+    log_warn("jobs", "OCSP: %s is revoked, says %s", t->name, c->ocsp_responder_url);
+  else if (!o.ok)
+    log_warn("jobs", "OCSP for %s from %s: %s", t->name, c->ocsp_responder_url, o.error);
+  int rc = store_outcome(api, t->name, t->etag, &o, now_us, &err);
+  if (rc < 0 && o.ok) {
+    /* A response the certificate cannot take (a context using it no
+     * longer builds with it) is a failed fetch: retried after the
+     * back-off, not on every round. */
+    log_warn("jobs", "OCSP for %s: storing the response: %s", t->name, err.msg);
+    o.ok = 0;
+    snprintf(o.error, sizeof(o.error), "storing the response: %.900s", err.msg);
+    rc = store_outcome(api, t->name, t->etag, &o, now_us, &err);
+  }
+  if (rc < 0)
+    log_warn("jobs", "OCSP for %s: storing the outcome: %s", t->name, err.msg);
+  if (rc > 0)
+    ocsp_event(api, t->name, c, &o);
+  free(o.der);
+}
+
+int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, struct jobs *jobs, int64_t now_us) {
   struct tp_err err = {0};
   struct store_txn *txn;
   struct store_row *rows = NULL;
   size_t n = 0;
-  struct store_query q = {
-      .kind = api_kind_certificate.kind, .has_due_before = 1, .due_before_us = now_us + 1};
-  if (store_begin(api->store, 0, &txn, &err) != 0)
+  if (jobs_list_due(api->store, api_kind_certificate.kind, JOBS_DUE_WORK, now_us, 0, &rows, &n,
+                    &err) != 0)
     goto failed;
-  if (store_list(txn, &q, &rows, &n, &err) != 0) {
-    store_rollback(txn);
+  /* Which are used for stapling, read in one transaction; the fetches
+   * run after it, on the fetch threads (none is held across the
+   * network). */
+  if (store_begin(api->store, 0, &txn, &err) != 0) {
+    store_rows_free(rows, n);
     goto failed;
   }
-  /* Which are used for stapling, read in the same transaction; the
-   * fetches run after it (a thread holds one transaction at a time, and
-   * none is held across the network). */
   int64_t revision = store_txn_revision(txn);
   int *used = calloc(n ? n : 1, sizeof(*used));
   for (size_t i = 0; used != NULL && i < n; i++) {
@@ -372,7 +396,7 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
   store_rollback(txn);
   if (r != NULL && used != NULL)
     rounds_record(r, revision, rows, used, n);
-  int written = 0;
+  int queued = 0;
   for (size_t i = 0; used != NULL && i < n; i++) {
     if (used[i] <= 0)
       continue; /* asked for again once a stapling context uses it */
@@ -388,34 +412,25 @@ int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us) {
       protobuf_c_message_free_unpacked(m, NULL);
       continue;
     }
-    struct outcome o;
-    fetch_one(c, (time_t)(now_us / 1000000), &o);
-    if (o.ok && o.info.status == V_OCSP_CERTSTATUS_REVOKED)
-      log_warn("jobs", "OCSP: %s is revoked, says %s", rows[i].name, c->ocsp_responder_url);
-    else if (!o.ok)
-      log_warn("jobs", "OCSP for %s from %s: %s", rows[i].name, c->ocsp_responder_url, o.error);
-    int rc = store_outcome(api, rows[i].name, rows[i].etag, &o, now_us, &err);
-    if (rc < 0 && o.ok) {
-      /* A response the certificate cannot take (a context using it no
-       * longer builds with it) is a failed fetch: retried after the
-       * back-off, not on every round. */
-      log_warn("jobs", "OCSP for %s: storing the response: %s", rows[i].name, err.msg);
-      o.ok = 0;
-      snprintf(o.error, sizeof(o.error), "storing the response: %.900s", err.msg);
-      rc = store_outcome(api, rows[i].name, rows[i].etag, &o, now_us, &err);
+    struct fetch_task *t = calloc(1, sizeof(*t));
+    if (t == NULL || (t->name = strdup(rows[i].name)) == NULL ||
+        (t->etag = strdup(rows[i].etag)) == NULL) {
+      if (t != NULL)
+        fetch_task_free(t);
+      protobuf_c_message_free_unpacked(m, NULL);
+      continue;
     }
-    if (rc < 0)
-      log_warn("jobs", "OCSP for %s: storing the outcome: %s", rows[i].name, err.msg);
+    t->api = api;
+    t->c = (Tlsplane__V1__Certificate *)m;
+    /* -EBUSY: its fetch still runs; the outcome sets the next attempt. */
+    if (jobs_fetch_submit(jobs, t->name, fetch_task_run, t, fetch_task_free) == 0)
+      queued++;
     else
-      written += rc;
-    if (rc > 0)
-      ocsp_event(api, rows[i].name, c, &o);
-    free(o.der);
-    protobuf_c_message_free_unpacked(m, NULL);
+      fetch_task_free(t);
   }
   free(used);
   store_rows_free(rows, n);
-  return written;
+  return queued;
 failed:
   log_warn("jobs", "OCSP refresh: %s", err.msg);
   return -1;

@@ -1,6 +1,6 @@
 /* OCSP fetched by the server: for each certificate whose leaf names an
  * http:// OCSP responder (Certificate.ocsp_responder_url) and that a
- * TlsContext with ocsp_stapling uses, the job thread asks the responder,
+ * TlsContext with ocsp_stapling uses, a fetch thread (jobs.h) asks the responder,
  * checks the answer against the leaf's issuer and stores it as a write of
  * the certificate (actor "system", one revision, pushed to agents like any
  * write).
@@ -17,6 +17,7 @@
 #define TLSPLANE_SERVER_OCSP_FETCH_H
 
 #include <openssl/x509.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,9 +35,9 @@
  * OCSP_FETCH_RESPONSE_MAX or with an HTTP status other than 200. *der
  * (malloc'd, caller frees) receives the body as it came, unchecked. On
  * failure err says why (UNAVAILABLE for the network and the responder,
- * INVALID_ARGUMENT for the URL). */
-int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, unsigned char **der, size_t *len,
-               struct tp_err *err);
+ * INVALID_ARGUMENT for the URL). stop (may be NULL): see http_fetch_opts. */
+int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, const atomic_int *stop,
+               unsigned char **der, size_t *len, struct tp_err *err);
 
 /* What a round leaves for the next: the names (sorted, malloc'd) of the
  * due certificates that no stapling context used at store revision
@@ -52,12 +53,15 @@ struct ocsp_rounds {
 /* Frees what r holds and zeroes it. */
 void ocsp_rounds_clear(struct ocsp_rounds *r);
 
-/* One round on the calling thread: every certificate whose next attempt
- * is before now_us and that a stapling context uses is fetched for, and
- * the outcome written. r (may be NULL) carries what one round learnt to
- * the next. Returns how many certificates were written, or -1 when the
- * due ones could not be listed. */
-int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, int64_t now_us);
+struct jobs;
+
+/* One round: the fetch for every certificate whose next attempt is
+ * before now_us and that a stapling context uses is handed to the fetch
+ * threads of jobs (NULL: fetched on the calling thread); each fetch
+ * writes its own outcome. r (may be NULL) carries what one round learnt
+ * to the next. Returns how many fetches were handed on (not one whose
+ * fetch still runs), or -1 when the due ones could not be listed. */
+int ocsp_refresh_due(struct api *api, struct ocsp_rounds *r, struct jobs *jobs, int64_t now_us);
 
 /* The retry delay after `failures` consecutive failures (1, 2, ...), in
  * seconds, for a back-off base in seconds. */
