@@ -62,6 +62,9 @@ void listener_version_ref(struct listener_version *v) {
 }
 
 static void version_free(struct listener_version *v) {
+  for (size_t i = 0; i < LISTENER_MAX_WORKERS; i++)
+    for (size_t j = 0; j < v->n_up_sessions[i]; j++)
+      SSL_SESSION_free(v->up_sessions[i][j]);
   free(v->certs);
   tlsconf_listener_unref(v->tls);
   listener_unref(v->listener);

@@ -19,6 +19,7 @@
 
 #include "error.h"
 #include "tlsplane/v1/listener.pb-c.h"
+#include "tlsplane/v1/tls_context.pb-c.h"
 
 /* ticketKeys / setTicketKeys: a key is 48 bytes, the 16-byte name (sent
  * in clear in every ticket), the 16-byte HMAC-SHA256 key and the 16-byte
@@ -123,7 +124,23 @@ struct listener_rules_values {
   int64_t max_connections;       /* 0: no limit */
   int renegotiation_limit;       /* 0: renegotiation refused */
   uint64_t renegotiation_window_ms;
+  int upstream_tls; /* upstream_tls is set */
+  /* rejectUnauthorized: the name the upstream's certificate must carry
+   * (check_server_identity, else servername, else the upstream's host;
+   * points into the listener or into upstream), NULL when not verified;
+   * upstream_verify_ip: it is an IP address. */
+  const char *upstream_verify_name;
+  int upstream_verify_ip;
 };
+
+/* The rules between li and a TlsContext it names in field
+ * ("default_tls_context", "sni_routes[0].tls_context",
+ * "upstream_tls.tls_context"): upstream_tls names a client context (with
+ * a trust_bundle unless reject_unauthorized is false), every other field
+ * a server one. INVALID_ARGUMENT naming field and the context. */
+int listener_rules_upstream_context_check(const Tlsplane__V1__Listener *li,
+                                          const Tlsplane__V1__TlsContext *ctx, const char *field,
+                                          struct tp_err *err);
 
 /* Checks every listener-level field of li (address, upstream, the
  * durations, max_connections, renegotiation, SNI hostnames) and fills

@@ -130,6 +130,13 @@ struct tlsconf_listener {
   int64_t renegotiation_window_ms;
   /* SSL_OP_ALLOW_CLIENT_RENEGOTIATION or SSL_OP_NO_RENEGOTIATION. */
   uint64_t ssl_options;
+  /* upstream_tls: the client context (entries[up_entry].ctx, last of the
+   * entries and named by no route); up_ctx NULL: cleartext upstream. */
+  SSL_CTX *up_ctx;
+  size_t up_entry;
+  char *up_servername; /* SNI sent; NULL: none */
+  char *up_verify;     /* name checked (rejectUnauthorized); NULL: no verification */
+  int up_verify_ip;    /* up_verify is an IP address */
 };
 
 /* Per connection, in the SSL's ex_data; freed with the SSL. */
@@ -573,6 +580,8 @@ static void listener_free(struct tlsconf_listener *l) {
   for (size_t i = 0; i < l->n_wild; i++)
     free(l->wild[i].host);
   free(l->wild);
+  free(l->up_servername);
+  free(l->up_verify);
   if (l->keys != NULL)
     OPENSSL_cleanse(l->keys, l->n_keys * sizeof(*l->keys));
   free(l->keys);
@@ -789,10 +798,10 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
   int rc = -1;
   if (li->default_tls_context[0] == '\0')
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "default_tls_context: required");
-  l->entries = calloc(li->n_sni_routes + 1, sizeof(*l->entries));
+  l->entries = calloc(li->n_sni_routes + 2, sizeof(*l->entries));
   map = malloc((rl->n_tls_contexts + 1) * sizeof(*map));
   map_to_entry = malloc((rl->n_tls_contexts + 1) * sizeof(*map_to_entry));
-  names = calloc(li->n_sni_routes + 1, sizeof(*names));
+  names = calloc(li->n_sni_routes + 2, sizeof(*names));
   if (l->entries == NULL || map == NULL || map_to_entry == NULL || names == NULL) {
     tlsconf__oom(err);
     goto done;
@@ -812,13 +821,31 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
    * walk: the contexts before it are still built, and one of them failing
    * is reported first, as when each was built on the way. */
   size_t n = 0;
-  for (size_t i = 0; i <= li->n_sni_routes; i++) {
-    const char *name = i == 0 ? li->default_tls_context : li->sni_routes[i - 1]->tls_context;
+  size_t n_walk = li->n_sni_routes + 1 + (li->upstream_tls != NULL);
+  for (size_t i = 0; i < n_walk; i++) {
+    int up = i == li->n_sni_routes + 1; /* upstream_tls's, last */
+    const char *name = i == 0 ? li->default_tls_context
+                       : up   ? li->upstream_tls->tls_context
+                              : li->sni_routes[i - 1]->tls_context;
     map_entry **me = rl->n_tls_contexts > 0
                          ? bsearch(name, map, rl->n_tls_contexts, sizeof(*map), map_cmp_key)
                          : NULL;
+    char field[64];
+    if (i == 0)
+      snprintf(field, sizeof(field), "default_tls_context");
+    else if (up)
+      snprintf(field, sizeof(field), "upstream_tls.tls_context");
+    else
+      snprintf(field, sizeof(field), "sni_routes[%zu].tls_context", i - 1);
+    if (me != NULL && (*me)->value != NULL && (*me)->value->tls_context != NULL &&
+        listener_rules_upstream_context_check(li, (*me)->value->tls_context, field, &route_err) !=
+            0)
+      break;
     if (me == NULL) {
-      if (i == 0)
+      if (up)
+        tp_err_set(&route_err, GRPC_STATUS_INVALID_ARGUMENT,
+                   "upstream_tls.tls_context: \"%s\" is not in tls_contexts", name);
+      else if (i == 0)
         tp_err_set(&route_err, GRPC_STATUS_INVALID_ARGUMENT,
                    "default_tls_context: \"%s\" is not in tls_contexts", name);
       else
@@ -831,7 +858,9 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
       map_to_entry[m] = n;
       names[n++] = name;
     }
-    if (i > 0)
+    if (up)
+      l->up_entry = map_to_entry[m];
+    else if (i > 0)
       route_entry[i - 1] = map_to_entry[m];
   }
   if ((errs = calloc(n + 1, sizeof(*errs))) == NULL) {
@@ -997,6 +1026,25 @@ static int base_build(struct tlsconf_listener *l, struct tp_err *err) {
   return 0;
 }
 
+/* upstream_tls: what each upstream SSL gets besides its context. */
+static int upstream_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener *li,
+                          struct tp_err *err) {
+  if (li->upstream_tls == NULL)
+    return 0;
+  struct listener_rules_values vals;
+  if (listener_rules_check(li, LISTENER_RULES_AGENT, &vals, err) != 0)
+    return -1;
+  l->up_ctx = l->entries[l->up_entry].ctx;
+  if (li->upstream_tls->servername[0] != '\0' &&
+      (l->up_servername = strdup(li->upstream_tls->servername)) == NULL)
+    return tlsconf__oom(err);
+  if (vals.upstream_verify_name != NULL &&
+      (l->up_verify = strdup(vals.upstream_verify_name)) == NULL)
+    return tlsconf__oom(err);
+  l->up_verify_ip = vals.upstream_verify_ip;
+  return 0;
+}
+
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err) {
   /* A cache of its own, which its entries keep alive: the same context
@@ -1047,7 +1095,7 @@ int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
   if (renegotiation_build(l, li, err) != 0 ||
       entries_build(l, rl, hashes, cache, route_entry, err) != 0 ||
       routes_build(l, li, route_entry, err) != 0 || keys_build(l, rl, err) != 0 ||
-      base_build(l, err) != 0) {
+      base_build(l, err) != 0 || upstream_build(l, li, err) != 0) {
     free(route_entry);
     listener_free(l);
     ERR_clear_error();
@@ -1093,6 +1141,35 @@ failed:
   SSL_free(ssl);
   ERR_clear_error();
   return NULL;
+}
+
+SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l) {
+  listener_check(l);
+  if (l->up_ctx == NULL)
+    return NULL;
+  SSL *ssl = SSL_new(l->up_ctx);
+  if (ssl == NULL)
+    goto failed;
+  if (l->up_servername != NULL && !SSL_set_tlsext_host_name(ssl, l->up_servername))
+    goto failed;
+  if (l->up_verify != NULL) {
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    if (l->up_verify_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), l->up_verify)
+                        : !SSL_set1_host(ssl, l->up_verify))
+      goto failed;
+  } else {
+    SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+  }
+  SSL_set_connect_state(ssl);
+  return ssl;
+failed:
+  SSL_free(ssl);
+  ERR_clear_error();
+  return NULL;
+}
+
+int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l) {
+  return listener_check((struct tlsconf_listener *)l)->up_ctx != NULL;
 }
 
 const char *tlsconf_ssl_context_name(const SSL *ssl) {

@@ -6,15 +6,27 @@
 #include "resolve.h"
 #include "tlsconf.h"
 
-static const char *const tls_context_mutable[] = {
-    "certificates",    "cipher_policy",       "trust_bundle",        "revocation_lists",
-    "request_cert",    "reject_unauthorized", "alpn_protocols",      "npn_protocols",
-    "session_timeout", "session_id_context",  "session_tickets",     "session_cache_size",
-    "ocsp_stapling",   "max_send_fragment",   "ocsp_staple_revoked", NULL};
+static const char *const tls_context_mutable[] = {"certificates",
+                                                  "cipher_policy",
+                                                  "trust_bundle",
+                                                  "revocation_lists",
+                                                  "request_cert",
+                                                  "reject_unauthorized",
+                                                  "alpn_protocols",
+                                                  "npn_protocols",
+                                                  "session_timeout",
+                                                  "session_id_context",
+                                                  "session_tickets",
+                                                  "session_cache_size",
+                                                  "ocsp_stapling",
+                                                  "max_send_fragment",
+                                                  "ocsp_staple_revoked",
+                                                  "client",
+                                                  NULL};
 
 static int tls_context_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   const Tlsplane__V1__TlsContext *ctx = (const Tlsplane__V1__TlsContext *)res;
-  if (ctx->n_certificates == 0)
+  if (ctx->n_certificates == 0 && !ctx->client)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "certificates: at least one certificate is required");
   for (size_t i = 0; i < ctx->n_certificates; i++)

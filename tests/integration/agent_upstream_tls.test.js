@@ -1,0 +1,233 @@
+'use strict';
+// upstream_tls (tls.connect): the agent re-encrypts to its upstreams.
+// Real upstreams on loopback: Node's tls.createServer (which records the
+// SNI, ALPN, client certificate and session reuse it saw) and `openssl
+// s_server -Verify 1` (a required client certificate). An upstream that
+// does not verify, or refuses the agent, closes the client's connection
+// with nothing of the client's data sent on, counted by cause.
+
+const { describe, test, before, after, afterEach } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const tls = require('node:tls');
+
+const { pki } = require('./lib/pki');
+const { Agent, tlsContext, listener, snapshot, failOnCrash, freePort } = require('./lib/agent');
+const { HOST } = require('./lib/tlsclient');
+const { waitFor } = require('./lib/wait');
+
+// A TLS echo upstream that records every connection: servername, ALPN,
+// client certificate CN, session reuse and the bytes it received.
+async function nodeUpstream({ cert, key, ca, requestCert = false, alpn } = {}) {
+  const seen = [];
+  const failures = [];
+  const server = tls.createServer({
+    cert, key, ca, requestCert, rejectUnauthorized: requestCert, ALPNProtocols: alpn,
+  }, (sock) => {
+    const peer = sock.getPeerCertificate();
+    const rec = {
+      servername: sock.servername || null,
+      alpn: sock.alpnProtocol || null,
+      clientCn: peer && peer.subject ? peer.subject.CN : null,
+      reused: sock.isSessionReused(),
+      protocol: sock.getProtocol(),
+      cipher: sock.getCipher().name,
+      bytes: 0,
+    };
+    seen.push(rec);
+    sock.on('data', (d) => {
+      rec.bytes += d.length;
+      sock.write(Buffer.concat([Buffer.from('echo:'), d]));
+    });
+    sock.on('error', () => {});
+  });
+  // TLS 1.3 resumption needs tickets, which Node sends by default.
+  server.on('tlsClientError', (err) => failures.push(err.code || err.message));
+  await new Promise((resolve) => server.listen(0, HOST, resolve));
+  return {
+    address: `${HOST}:${server.address().port}`,
+    seen,
+    failures,
+    bytesIn: () => seen.reduce((a, r) => a + r.bytes, 0),
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+// openssl s_server -Verify 1 -rev: a required client certificate; each
+// line comes back reversed. Its output tells who connected.
+async function opensslUpstream(p) {
+  const port = await freePort();
+  const proc = spawn('openssl', [
+    's_server', '-accept', `${HOST}:${port}`, '-cert', p.rsa.certFile, '-key', p.rsa.keyFile,
+    '-CAfile', p.ca.certFile, '-Verify', '1', '-rev',
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout.on('data', (d) => { out += d; });
+  proc.stderr.on('data', (d) => { out += d; });
+  await waitFor('openssl s_server ACCEPT', () => out.includes('ACCEPT'), { timeoutMs: 10000 });
+  return {
+    address: `${HOST}:${port}`,
+    output: () => out,
+    close: () => new Promise((resolve) => {
+      proc.on('exit', resolve);
+      proc.kill('SIGTERM');
+    }),
+  };
+}
+
+// Connects to the agent, sends data, and reads until the connection ends
+// or `want` bytes came back.
+function talk(port, data, want) {
+  return new Promise((resolve, reject) => {
+    const sock = tls.connect({ host: HOST, port, rejectUnauthorized: false });
+    const chunks = [];
+    let error = null;
+    sock.on('secureConnect', () => sock.write(data));
+    sock.on('data', (d) => {
+      chunks.push(d);
+      if (want && Buffer.concat(chunks).length >= want) sock.end();
+    });
+    sock.on('error', (err) => { error = err.code || err.message; });
+    sock.on('close', () => resolve({ data: Buffer.concat(chunks).toString(), error }));
+    setTimeout(() => reject(new Error('the agent neither answered nor closed within 10 s')), 10000).unref();
+  });
+}
+
+describe('upstream_tls: TLS from the agent to its upstreams', () => {
+  let p;
+  let x;
+  let agent;
+  let good;
+  let mtls;
+  let resume;
+  let resume13;
+  let ossl;
+
+  before(async () => {
+    p = pki();
+    x = p.agentExtras();
+    good = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, alpn: ['h2', 'x-up'] });
+    mtls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, ca: p.ca.cert, requestCert: true });
+    resume = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    resume13 = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    ossl = await opensslUpstream(p);
+    const web = tlsContext('web', { certs: [p.rsa] });
+    const trustCa = tlsContext('up-ca', { client: true, ca: p.ca.cert, alpnProtocols: ['x-up'] });
+    const trustCa2 = tlsContext('up-ca2', { client: true, ca: p.ca2.cert });
+    const withCert = tlsContext('up-alice', { client: true, ca: p.ca.cert, certs: [x.alice] });
+    const tls12 = tlsContext('up-tls12', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'ECDHE-RSA-CHACHA20-POLY1305' },
+    });
+    const tls13 = tlsContext('up-tls13', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_3', maxVersion: 'TLS_1_3', ciphersuites: 'TLS_AES_256_GCM_SHA384' },
+    });
+    const L = (name, upstream, upstreamTls) => listener(name, { upstream, defaultContext: web, upstreamTls });
+    agent = await Agent.start(snapshot(1, [
+      L('sni', good.address, { context: trustCa, servername: 'www.example.com' }),
+      L('by-ip', good.address, { context: trustCa }),
+      L('untrusted', good.address, { context: trustCa2, servername: 'www.example.com' }),
+      L('wrong-name', good.address, { context: trustCa, checkServerIdentity: 'other.example.com' }),
+      L('mtls', mtls.address, { context: withCert }),
+      L('mtls-nocert', mtls.address, { context: trustCa }),
+      L('ossl', ossl.address, { context: withCert }),
+      L('ossl-nocert', ossl.address, { context: trustCa }),
+      L('resume', resume.address, { context: tls12 }),
+      L('resume13', resume13.address, { context: tls13 }),
+    ]));
+  });
+
+  after(async () => {
+    if (agent) await agent.stopClean();
+    for (const u of [good, mtls, resume, resume13, ossl]) if (u) await u.close();
+  });
+  failOnCrash({ afterEach }, () => [agent]);
+
+  const errors = (m, listenerName, cause) =>
+    m.get('tlsplane_client_errors_total', { listener: `listeners/${listenerName}`, cause });
+
+  test('data both ways through TLS; the upstream sees the configured SNI and the ALPN list', async () => {
+    const r = await talk(agent.port('sni'), 'ping', 'echo:ping'.length);
+    assert.equal(r.data, 'echo:ping');
+    const rec = good.seen.at(-1);
+    assert.equal(rec.servername, 'www.example.com');
+    assert.equal(rec.alpn, 'x-up', 'the context\'s alpn_protocols are offered to the upstream');
+    assert.equal(rec.clientCn, null, 'no client certificate configured, none sent');
+  });
+
+  test('no servername: no SNI, and the certificate is checked against the upstream\'s IP address', async () => {
+    const before = good.seen.length;
+    const r = await talk(agent.port('by-ip'), 'hi', 'echo:hi'.length);
+    assert.equal(r.data, 'echo:hi');
+    assert.equal(good.seen.length, before + 1);
+    assert.equal(good.seen.at(-1).servername, null);
+  });
+
+  for (const [name, why] of [['untrusted', 'does not chain to the trust bundle'], ['wrong-name', 'does not carry check_server_identity']]) {
+    test(`an upstream certificate that ${why}: the client is closed, nothing reaches the upstream, upstream_verify counted`, async () => {
+      const m0 = await agent.metrics();
+      const bytes0 = good.bytesIn();
+      const seen0 = good.seen.length;
+      const r = await talk(agent.port(name), 'secret data');
+      assert.equal(r.data, '', 'nothing came back');
+      await agent.waitForMetrics((m) => errors(m, name, 'upstream_verify') === errors(m0, name, 'upstream_verify') + 1,
+        { what: `${name}: upstream_verify counted` });
+      assert.equal(good.bytesIn(), bytes0, 'the client\'s data reached an unverified upstream');
+      assert.equal(good.seen.length, seen0, 'the upstream completed a handshake');
+      assert.match(agent.log(), new RegExp(`listener=listeners/${name} client=\\S+ cause=upstream_verify`));
+    });
+  }
+
+  test('a client certificate: presented to and accepted by the upstream (Node, requestCert)', async () => {
+    const r = await talk(agent.port('mtls'), 'abc', 'echo:abc'.length);
+    assert.equal(r.data, 'echo:abc');
+    assert.equal(mtls.seen.at(-1).clientCn, 'alice');
+  });
+
+  test('no client certificate where the upstream requires one: refused, the client closed, counted', async () => {
+    const m0 = await agent.metrics();
+    const bytes0 = mtls.bytesIn();
+    const r = await talk(agent.port('mtls-nocert'), 'abc');
+    assert.equal(r.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'mtls-nocert', 'upstream_tls_handshake') ===
+      errors(m0, 'mtls-nocert', 'upstream_tls_handshake') + 1, { what: 'upstream_tls_handshake counted' });
+    assert.equal(mtls.bytesIn(), bytes0, 'data reached the application of an upstream that refused us');
+  });
+
+  test('openssl s_server -Verify 1: the client certificate is verified, data both ways; without one it is refused', async () => {
+    const r = await talk(agent.port('ossl'), 'hello\n', 'olleh\n'.length);
+    assert.equal(r.data, 'olleh\n');
+    assert.match(ossl.output(), /Peer certificate: .*CN ?= ?alice/);
+    const m0 = await agent.metrics();
+    const r2 = await talk(agent.port('ossl-nocert'), 'hello\n');
+    assert.equal(r2.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'ossl-nocert', 'upstream_tls_handshake') ===
+      errors(m0, 'ossl-nocert', 'upstream_tls_handshake') + 1, { what: 'upstream_tls_handshake counted' });
+    await waitFor('s_server refusing the agent without a certificate',
+      () => /peer did not return a certificate/.test(ossl.output()), { timeoutMs: 5000 });
+  });
+
+  for (const [name, protocol, cipher, up] of [
+    ['resume', 'TLSv1.2', 'ECDHE-RSA-CHACHA20-POLY1305', () => resume],
+    ['resume13', 'TLSv1.3', 'TLS_AES_256_GCM_SHA384', () => resume13],
+  ]) {
+    test(`${protocol} (the context's min/max version and cipher): the next upstream connection of a worker resumes, by the upstream's own count and the agent's`, async () => {
+      const m0 = await agent.metrics();
+      const L = { listener: `listeners/${name}` };
+      for (let i = 0; i < 4; i++) {
+        const r = await talk(agent.port(name), `n${i}`, `echo:n${i}`.length);
+        assert.equal(r.data, `echo:n${i}`);
+      }
+      const seen = up().seen;
+      assert.deepEqual([...new Set(seen.map((s) => `${s.protocol} ${s.cipher}`))], [`${protocol} ${cipher}`]);
+      const reused = seen.filter((s) => s.reused).length;
+      // Two workers, four connections: at least one worker connects twice
+      // and offers the session its first connection kept.
+      assert.ok(reused >= 2, `the upstream saw too few resumed sessions: ${JSON.stringify(seen)}`);
+      const m = await agent.waitForMetrics((mm) => mm.get('tlsplane_upstream_handshakes_total', L) -
+        m0.get('tlsplane_upstream_handshakes_total', L) === 4, { what: 'four upstream handshakes' });
+      assert.equal(m.get('tlsplane_upstream_resumptions_total', L) - m0.get('tlsplane_upstream_resumptions_total', L), reused);
+    });
+  }
+});
