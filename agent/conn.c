@@ -705,7 +705,8 @@ static void up_handshake(struct conn *c) {
     return;
   }
   c->flags |= F_UP_TLS_DONE;
-  uv_timer_stop(&c->timer);
+  if (!(c->flags & F_FINISH)) /* else the timer is the finish timer: it stays */
+    uv_timer_stop(&c->timer);
   struct stats *st = conn_stats(c);
   stats_add(&st->up_handshakes, 1);
   if (SSL_session_reused(c->up_ssl)) {

@@ -1059,17 +1059,18 @@ int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsc
 
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l) {
   size_t n = 0;
-  for (size_t i = 0; i < l->n_entries; i++)
+  for (size_t i = 0; i < tlsconf_listener_contexts(l); i++)
     n += l->entries[i].reused;
   return n;
 }
 
 size_t tlsconf_listener_contexts(const struct tlsconf_listener *l) {
-  return l->n_entries;
+  /* upstream_tls's context is the last entry and serves no client. */
+  return l->n_entries - (l->up_ctx != NULL);
 }
 
 const SSL_CTX *tlsconf_listener_context(const struct tlsconf_listener *l, size_t i) {
-  return i < l->n_entries ? l->entries[i].ctx : NULL;
+  return i < tlsconf_listener_contexts(l) ? l->entries[i].ctx : NULL;
 }
 
 int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,

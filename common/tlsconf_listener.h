@@ -65,8 +65,9 @@ int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
                                   struct tlsconf_ctxcache *cache, struct tlsconf_listener **out,
                                   struct tp_err *err);
 
-/* How many contexts l has, and how many of them its build found in the
- * cache rather than built. */
+/* How many contexts l serves to clients (default and SNI routes; not
+ * upstream_tls's), and how many of them its build found in the cache
+ * rather than built. */
 size_t tlsconf_listener_contexts(const struct tlsconf_listener *l);
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l);
 

@@ -102,6 +102,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let resume;
   let resume13;
   let ossl;
+  let all;
+  let trustCa2Context;
 
   before(async () => {
     p = pki();
@@ -124,8 +126,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       policy: { minVersion: 'TLS_1_3', maxVersion: 'TLS_1_3', ciphersuites: 'TLS_AES_256_GCM_SHA384' },
     });
     const L = (name, upstream, upstreamTls) => listener(name, { upstream, defaultContext: web, upstreamTls });
-    agent = await Agent.start(snapshot(1, [
-      L('sni', good.address, { context: trustCa, servername: 'www.example.com' }),
+    all = (sniContext) => [
+      L('sni', good.address, { context: sniContext, servername: 'www.example.com' }),
       L('by-ip', good.address, { context: trustCa }),
       L('untrusted', good.address, { context: trustCa2, servername: 'www.example.com' }),
       L('wrong-name', good.address, { context: trustCa, checkServerIdentity: 'other.example.com' }),
@@ -135,7 +137,9 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('ossl-nocert', ossl.address, { context: trustCa }),
       L('resume', resume.address, { context: tls12 }),
       L('resume13', resume13.address, { context: tls13 }),
-    ]));
+    ];
+    trustCa2Context = trustCa2;
+    agent = await Agent.start(snapshot(1, all(trustCa)));
   });
 
   after(async () => {
@@ -230,4 +234,25 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       assert.equal(m.get('tlsplane_upstream_resumptions_total', L) - m0.get('tlsplane_upstream_resumptions_total', L), reused);
     });
   }
+
+  test('a new trust bundle applies to new upstream connections; an open one keeps the context it started with', async () => {
+    const sock = tls.connect({ host: HOST, port: agent.port('sni'), rejectUnauthorized: false });
+    const got = [];
+    sock.on('data', (d) => got.push(d.toString()));
+    await new Promise((resolve, reject) => { sock.once('secureConnect', resolve); sock.once('error', reject); });
+    sock.write('one');
+    await waitFor('the first echo', () => got.join('') === 'echo:one');
+    // The listener now trusts only ca2: the upstream's certificate no
+    // longer verifies, for new connections.
+    const r = await agent.reload(snapshot(2, all(trustCa2Context)));
+    assert.equal(r.applied, true, r.error || JSON.stringify(r.failed));
+    const m0 = await agent.metrics();
+    const fresh = await talk(agent.port('sni'), 'two');
+    assert.equal(fresh.data, '', 'a new connection was proxied to an upstream the new trust bundle does not verify');
+    await agent.waitForMetrics((m) => errors(m, 'sni', 'upstream_verify') === errors(m0, 'sni', 'upstream_verify') + 1,
+      { what: 'the new connection refused (upstream_verify)' });
+    sock.write('three');
+    await waitFor('the open connection still echoing', () => got.join('') === 'echo:oneecho:three');
+    sock.end();
+  });
 });

@@ -131,3 +131,15 @@ test('an enrolled agent serves a listener with upstream_tls: the client certific
   assert.equal(await talk(port, 'ping', 'up:ping'.length), 'up:ping');
   assert.deepEqual(seen.at(-1), { servername: 'www.example.com', cn: 'alice' });
 });
+
+test('a context change that the listener using it could not load is refused, naming the listener; nothing written', async () => {
+  const cur = await api().TlsContextService.GetTlsContext({ name: 'tlsContexts/up' });
+  for (const [fields, paths, why] of [
+    [{ trustBundle: '' }, ['trust_bundle'], 'upstream_tls.tls_context: tlsContexts/up has no trust_bundle'],
+    [{ client: false }, ['client'], 'upstream_tls.tls_context: tlsContexts/up is not a client context'],
+  ]) {
+    await expectRefused(api(), () => api().TlsContextService.UpdateTlsContext({
+      tlsContext: { name: 'tlsContexts/up', etag: cur.etag, ...fields }, updateMask: { paths },
+    }), status.FAILED_PRECONDITION, { field: `tls_context: listeners/tls-up would no longer load: ${why}`, what: paths[0] });
+  }
+});
