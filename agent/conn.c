@@ -785,7 +785,7 @@ static void up_tls_read(struct conn *c) {
 /* upstream_tls: the SSL toward the upstream and its memory BIOs, with
  * this worker's session from the last upstream handshake offered. */
 static int up_tls_init(struct conn *c) {
-  c->up_ssl = tlsconf_listener_upstream_ssl_new(c->v->tls);
+  c->up_ssl = tlsconf_listener_upstream_ssl_new(c->v->tls, c->ssl);
   c->up_in = BIO_new(BIO_s_mem());
   c->up_out = BIO_new(BIO_s_mem());
   if (c->up_ssl == NULL || c->up_in == NULL || c->up_out == NULL) {
@@ -806,12 +806,25 @@ static int up_tls_init(struct conn *c) {
   }
   SSL_set_mode(c->up_ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  /* The newest session this worker kept, taken: offered once. */
+  /* The newest session this worker kept for the same SNI, taken:
+   * offered once. The SNI is the only part of the name checked that
+   * varies by connection (servername_from_client), and a resumed session
+   * is not verified again: a session verified for one name must never
+   * resume for another. */
   int id = c->w->id;
-  if (id >= 0 && id < LISTENER_MAX_WORKERS && c->v->n_up_sessions[id] > 0) {
-    SSL_SESSION *sess = c->v->up_sessions[id][--c->v->n_up_sessions[id]];
+  const char *sni = SSL_get_servername(c->up_ssl, TLSEXT_NAMETYPE_host_name);
+  unsigned char *n = id >= 0 && id < LISTENER_MAX_WORKERS ? &c->v->n_up_sessions[id] : NULL;
+  for (int i = n != NULL ? (int)*n - 1 : -1; i >= 0; i--) {
+    SSL_SESSION **kept = c->v->up_sessions[id];
+    const char *h = SSL_SESSION_get0_hostname(kept[i]);
+    if ((h == NULL) != (sni == NULL) || (h != NULL && strcmp(h, sni) != 0))
+      continue;
+    SSL_SESSION *sess = kept[i];
+    memmove(kept + i, kept + i + 1, (size_t)(*n - i - 1) * sizeof(*kept));
+    (*n)--;
     (void)SSL_set_session(c->up_ssl, sess); /* takes its own reference */
     SSL_SESSION_free(sess);
+    break;
   }
   ERR_clear_error();
   return 0;

@@ -237,18 +237,6 @@ static int upstream_tls_check(const Tlsplane__V1__Listener *li, struct listener_
                         name);
   }
   out->upstream_tls = 1;
-  if (verify) {
-    out->upstream_verify_name = name[0] != '\0'            ? name
-                                : u->servername[0] != '\0' ? u->servername
-                                                           : out->upstream.host;
-    char probe[300];
-    struct listener_rules_addr a;
-    struct tp_err ignored = {0};
-    snprintf(probe, sizeof(probe), strchr(out->upstream_verify_name, ':') ? "[%s]:1" : "%s:1",
-             out->upstream_verify_name);
-    out->upstream_verify_ip = listener_rules_addr_parse(probe, 0, "", &a, &ignored) == 0 &&
-                              a.kind != LISTENER_RULES_HOST_NAME;
-  }
   return 0;
 }
 

@@ -125,12 +125,6 @@ struct listener_rules_values {
   int renegotiation_limit;       /* 0: renegotiation refused */
   uint64_t renegotiation_window_ms;
   int upstream_tls; /* upstream_tls is set */
-  /* rejectUnauthorized: the name the upstream's certificate must carry
-   * (check_server_identity, else servername, else the upstream's host;
-   * points into the listener or into upstream), NULL when not verified;
-   * upstream_verify_ip: it is an IP address. */
-  const char *upstream_verify_name;
-  int upstream_verify_ip;
 };
 
 /* The rules between li and a TlsContext it names in field

@@ -35,6 +35,7 @@
  * callback argument), which holds a reference until SSL_free. */
 #include "tlsconf_listener.h"
 
+#include <arpa/inet.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -134,9 +135,14 @@ struct tlsconf_listener {
    * entries and named by no route); up_ctx NULL: cleartext upstream. */
   SSL_CTX *up_ctx;
   size_t up_entry;
-  char *up_servername; /* SNI sent; NULL: none */
-  char *up_verify;     /* name checked (rejectUnauthorized); NULL: no verification */
-  int up_verify_ip;    /* up_verify is an IP address */
+  char *up_servername;     /* SNI sent; NULL: none */
+  int up_sni_from_client;  /* the client's SNI instead, when it sent one */
+  int up_alpn_from_client; /* the client's ALPN protocol, when it negotiated one */
+  int up_verify;           /* rejectUnauthorized */
+  /* The name checked: up_check (check_server_identity), else the SNI
+   * sent, else up_host (the upstream's host). */
+  char *up_check;
+  char *up_host;
 };
 
 /* Per connection, in the SSL's ex_data; freed with the SSL. */
@@ -581,7 +587,8 @@ static void listener_free(struct tlsconf_listener *l) {
     free(l->wild[i].host);
   free(l->wild);
   free(l->up_servername);
-  free(l->up_verify);
+  free(l->up_check);
+  free(l->up_host);
   if (l->keys != NULL)
     OPENSSL_cleanse(l->keys, l->n_keys * sizeof(*l->keys));
   free(l->keys);
@@ -1034,14 +1041,16 @@ static int upstream_build(struct tlsconf_listener *l, const Tlsplane__V1__Listen
   struct listener_rules_values vals;
   if (listener_rules_check(li, LISTENER_RULES_AGENT, &vals, err) != 0)
     return -1;
+  const Tlsplane__V1__UpstreamTls *u = li->upstream_tls;
   l->up_ctx = l->entries[l->up_entry].ctx;
-  if (li->upstream_tls->servername[0] != '\0' &&
-      (l->up_servername = strdup(li->upstream_tls->servername)) == NULL)
+  l->up_verify = u->reject_unauthorized == NULL || u->reject_unauthorized->value;
+  l->up_sni_from_client = u->servername_from_client;
+  l->up_alpn_from_client = u->alpn_from_client;
+  if ((u->servername[0] != '\0' && (l->up_servername = strdup(u->servername)) == NULL) ||
+      (u->check_server_identity[0] != '\0' &&
+       (l->up_check = strdup(u->check_server_identity)) == NULL) ||
+      (l->up_host = strdup(vals.upstream.host)) == NULL)
     return tlsconf__oom(err);
-  if (vals.upstream_verify_name != NULL &&
-      (l->up_verify = strdup(vals.upstream_verify_name)) == NULL)
-    return tlsconf__oom(err);
-  l->up_verify_ip = vals.upstream_verify_ip;
   return 0;
 }
 
@@ -1144,19 +1153,39 @@ failed:
   return NULL;
 }
 
-SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l) {
+SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l, SSL *client) {
   listener_check(l);
   if (l->up_ctx == NULL)
     return NULL;
   SSL *ssl = SSL_new(l->up_ctx);
   if (ssl == NULL)
     goto failed;
-  if (l->up_servername != NULL && !SSL_set_tlsext_host_name(ssl, l->up_servername))
+  const char *sni = l->up_servername;
+  if (l->up_sni_from_client && client != NULL) {
+    const char *cs = SSL_get_servername(client, TLSEXT_NAMETYPE_host_name);
+    if (cs != NULL && cs[0] != '\0')
+      sni = cs;
+  }
+  if (sni != NULL && !SSL_set_tlsext_host_name(ssl, sni))
     goto failed;
-  if (l->up_verify != NULL) {
+  const unsigned char *proto = NULL;
+  unsigned proto_len = 0;
+  if (l->up_alpn_from_client && client != NULL)
+    SSL_get0_alpn_selected(client, &proto, &proto_len);
+  if (proto_len > 0) {
+    unsigned char wire[256];
+    wire[0] = (unsigned char)proto_len; /* at most 255 (RFC 7301) */
+    memcpy(wire + 1, proto, proto_len);
+    if (SSL_set_alpn_protos(ssl, wire, proto_len + 1) != 0)
+      goto failed;
+  }
+  if (l->up_verify) {
+    const char *name = l->up_check != NULL ? l->up_check : sni != NULL ? sni : l->up_host;
+    struct in6_addr ip;
+    int is_ip = inet_pton(AF_INET, name, &ip) == 1 || inet_pton(AF_INET6, name, &ip) == 1;
     SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
-    if (l->up_verify_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), l->up_verify)
-                        : !SSL_set1_host(ssl, l->up_verify))
+    if (is_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
+              : !SSL_set1_host(ssl, name))
       goto failed;
   } else {
     SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);

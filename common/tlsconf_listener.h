@@ -90,15 +90,17 @@ void tlsconf_listener_unref(struct tlsconf_listener *l);
 SSL *tlsconf_listener_ssl_new(struct tlsconf_listener *l);
 
 /* upstream_tls (tls.connect): whether l encrypts to its upstream, and a
- * new client SSL for one upstream connection: the client context (client
- * certificate, trust store, cipher policy, ALPN list), the servername as
- * SNI, and with reject_unauthorized peer verification against the trust
- * store and the name check (check_server_identity, else servername, else
- * the upstream's host: SSL_set1_host, or the IP address). In connect
- * state. Caller frees with SSL_free. NULL when l has no upstream_tls, or
- * on allocation failure. */
+ * new client SSL for one upstream connection of the client connection
+ * `client` (its SNI and ALPN protocol are read when servername_from_client
+ * / alpn_from_client ask; may be NULL): the client context (client
+ * certificate, trust store, cipher policy, ALPN list), the SNI, and with
+ * reject_unauthorized peer verification against the trust store and the
+ * name check (check_server_identity, else the SNI sent, else the
+ * upstream's host: SSL_set1_host, or the IP address). In connect state.
+ * Caller frees with SSL_free. NULL when l has no upstream_tls, or on
+ * allocation failure. */
 int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l);
-SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l);
+SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l, SSL *client);
 
 /* The tls_context name that served ssl ("tlsContexts/web"), for logs and
  * metrics: known once the ClientHello has been processed; NULL before it

@@ -77,9 +77,9 @@ async function opensslUpstream(p) {
 
 // Connects to the agent, sends data, and reads until the connection ends
 // or `want` bytes came back.
-function talk(port, data, want) {
+function talk(port, data, want, opts = {}) {
   return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: HOST, port, rejectUnauthorized: false });
+    const sock = tls.connect({ host: HOST, port, rejectUnauthorized: false, ...opts });
     const chunks = [];
     let error = null;
     sock.on('secureConnect', () => sock.write(data));
@@ -89,7 +89,7 @@ function talk(port, data, want) {
     });
     sock.on('error', (err) => { error = err.code || err.message; });
     sock.on('close', () => resolve({ data: Buffer.concat(chunks).toString(), error }));
-    setTimeout(() => reject(new Error('the agent neither answered nor closed within 10 s')), 10000).unref();
+    setTimeout(() => reject(new Error(`the agent neither answered nor closed within 10 s (${JSON.stringify(opts)}: ${Buffer.concat(chunks)})`)), 10000).unref();
   });
 }
 
@@ -125,7 +125,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       client: true, ca: p.ca.cert,
       policy: { minVersion: 'TLS_1_3', maxVersion: 'TLS_1_3', ciphersuites: 'TLS_AES_256_GCM_SHA384' },
     });
-    const L = (name, upstream, upstreamTls) => listener(name, { upstream, defaultContext: web, upstreamTls });
+    const webAlpn = tlsContext('web-alpn', { certs: [p.rsa], alpnProtocols: ['h2', 'http/1.1'] });
+    const L = (name, upstream, upstreamTls, defaultContext = web) => listener(name, { upstream, defaultContext, upstreamTls });
     all = (sniContext) => [
       L('sni', good.address, { context: sniContext, servername: 'www.example.com' }),
       L('by-ip', good.address, { context: trustCa }),
@@ -137,6 +138,9 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('ossl-nocert', ossl.address, { context: trustCa }),
       L('resume', resume.address, { context: tls12 }),
       L('resume13', resume13.address, { context: tls13 }),
+      L('pass', good.address, {
+        context: trustCa, servername: 'example.com', servernameFromClient: true, alpnFromClient: true,
+      }, webAlpn),
     ];
     trustCa2Context = trustCa2;
     agent = await Agent.start(snapshot(1, all(trustCa)));
@@ -158,6 +162,23 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     assert.equal(rec.servername, 'www.example.com');
     assert.equal(rec.alpn, 'x-up', 'the context\'s alpn_protocols are offered to the upstream');
     assert.equal(rec.clientCn, null, 'no client certificate configured, none sent');
+  });
+
+  test('servername_from_client / alpn_from_client: the client\'s SNI and ALPN protocol go upstream (verified against that name); without them, the configured ones', async () => {
+    const r = await talk(agent.port('pass'), 'a', 'echo:a'.length, { servername: 'www.example.com', ALPNProtocols: ['h2'] });
+    assert.equal(r.data, 'echo:a');
+    assert.deepEqual([good.seen.at(-1).servername, good.seen.at(-1).alpn], ['www.example.com', 'h2']);
+    const r2 = await talk(agent.port('pass'), 'b', 'echo:b'.length);
+    assert.equal(r2.data, 'echo:b');
+    assert.deepEqual([good.seen.at(-1).servername, good.seen.at(-1).alpn], ['example.com', 'x-up']);
+    // A client SNI the upstream's certificate does not carry: refused,
+    // although this worker holds sessions of the upstream (verified for
+    // other names: a session resumes only for the SNI it was made with).
+    const m0 = await agent.metrics();
+    const r3 = await talk(agent.port('pass'), 'c', 'echo:c'.length, { servername: 'nope.example.org' });
+    assert.equal(r3.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'pass', 'upstream_verify') === errors(m0, 'pass', 'upstream_verify') + 1,
+      { what: 'a client SNI the upstream does not carry refused' });
   });
 
   test('no servername: no SNI, and the certificate is checked against the upstream\'s IP address', async () => {
