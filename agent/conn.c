@@ -704,6 +704,12 @@ static void up_handshake(struct conn *c) {
       up_flush(c);
     return;
   }
+  char why[128];
+  if (tlsconf_listener_upstream_check(c->v->tls, c->up_ssl, why, sizeof(why)) != 0) {
+    client_error(c, CAUSE_UPSTREAM_TLS_HANDSHAKE, "%s: %s", c->v->upstream, why);
+    finish(c, 0);
+    return;
+  }
   c->flags |= F_UP_TLS_DONE;
   if (!(c->flags & F_FINISH)) /* else the timer is the finish timer: it stays */
     uv_timer_stop(&c->timer);

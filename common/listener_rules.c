@@ -236,6 +236,9 @@ static int upstream_tls_check(const Tlsplane__V1__Listener *li, struct listener_
                         "a hostname",
                         name);
   }
+  if (u->min_dh_size < 0 || u->min_dh_size > 16384)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "upstream_tls.min_dh_size: %d bits; 1 to 16384 (0: 1024)", u->min_dh_size);
   out->upstream_tls = 1;
   return 0;
 }

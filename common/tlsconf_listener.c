@@ -143,6 +143,7 @@ struct tlsconf_listener {
    * sent, else up_host (the upstream's host). */
   char *up_check;
   char *up_host;
+  int up_min_dh_bits; /* minDHSize */
 };
 
 /* Per connection, in the SSL's ex_data; freed with the SSL. */
@@ -1046,6 +1047,7 @@ static int upstream_build(struct tlsconf_listener *l, const Tlsplane__V1__Listen
   l->up_verify = u->reject_unauthorized == NULL || u->reject_unauthorized->value;
   l->up_sni_from_client = u->servername_from_client;
   l->up_alpn_from_client = u->alpn_from_client;
+  l->up_min_dh_bits = u->min_dh_size > 0 ? u->min_dh_size : 1024;
   if ((u->servername[0] != '\0' && (l->up_servername = strdup(u->servername)) == NULL) ||
       (u->check_server_identity[0] != '\0' &&
        (l->up_check = strdup(u->check_server_identity)) == NULL) ||
@@ -1196,6 +1198,25 @@ failed:
   SSL_free(ssl);
   ERR_clear_error();
   return NULL;
+}
+
+int tlsconf_listener_upstream_check(const struct tlsconf_listener *l, SSL *ssl, char *why,
+                                    size_t why_len) {
+  listener_check(l);
+  EVP_PKEY *tmp = NULL;
+  if (!SSL_get_peer_tmp_key(ssl, &tmp)) {
+    ERR_clear_error();
+    return 0; /* no ephemeral key (TLS 1.3 reports its group's; none: resumed) */
+  }
+  int bits = EVP_PKEY_get_bits(tmp);
+  int dh = EVP_PKEY_is_a(tmp, "DH");
+  EVP_PKEY_free(tmp);
+  if (dh && bits < l->up_min_dh_bits) {
+    snprintf(why, why_len, "DH parameter size %d is less than min_dh_size %d", bits,
+             l->up_min_dh_bits);
+    return -1;
+  }
+  return 0;
 }
 
 int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l) {

@@ -100,6 +100,12 @@ SSL *tlsconf_listener_ssl_new(struct tlsconf_listener *l);
  * Caller frees with SSL_free. NULL when l has no upstream_tls, or on
  * allocation failure. */
 int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l);
+
+/* After ssl's (an upstream SSL of l) handshake: what OpenSSL does not
+ * check itself. minDHSize: a DHE key exchange with a prime under
+ * min_dh_size bits. -1 with the reason in why, else 0. */
+int tlsconf_listener_upstream_check(const struct tlsconf_listener *l, SSL *ssl, char *why,
+                                    size_t why_len);
 SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l, SSL *client);
 
 /* The tls_context name that served ssl ("tlsContexts/web"), for logs and

@@ -18,11 +18,11 @@ const { waitFor } = require('./lib/wait');
 
 // A TLS echo upstream that records every connection: servername, ALPN,
 // client certificate CN, session reuse and the bytes it received.
-async function nodeUpstream({ cert, key, ca, requestCert = false, alpn } = {}) {
+async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, ...more } = {}) {
   const seen = [];
   const failures = [];
   const server = tls.createServer({
-    cert, key, ca, requestCert, rejectUnauthorized: requestCert, ALPNProtocols: alpn,
+    cert, key, ca, requestCert, rejectUnauthorized: requestCert, ALPNProtocols: alpn, ...more,
   }, (sock) => {
     const peer = sock.getPeerCertificate();
     const rec = {
@@ -102,6 +102,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let resume;
   let resume13;
   let ossl;
+  let dhe;
   let all;
   let trustCa2Context;
 
@@ -112,6 +113,10 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     mtls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, ca: p.ca.cert, requestCert: true });
     resume = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
     resume13 = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    // DHE only, a 2048-bit group (Node's 'auto' for a 2048-bit RSA key).
+    dhe = await nodeUpstream({
+      cert: p.rsa.cert, key: p.rsa.key, dhparam: 'auto', ciphers: 'DHE-RSA-AES128-GCM-SHA256', maxVersion: 'TLSv1.2',
+    });
     ossl = await opensslUpstream(p);
     const web = tlsContext('web', { certs: [p.rsa] });
     const trustCa = tlsContext('up-ca', { client: true, ca: p.ca.cert, alpnProtocols: ['x-up'] });
@@ -120,6 +125,10 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     const tls12 = tlsContext('up-tls12', {
       client: true, ca: p.ca.cert,
       policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'ECDHE-RSA-CHACHA20-POLY1305' },
+    });
+    const dheOnly = tlsContext('up-dhe', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256' },
     });
     const tls13 = tlsContext('up-tls13', {
       client: true, ca: p.ca.cert,
@@ -138,6 +147,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('ossl-nocert', ossl.address, { context: trustCa }),
       L('resume', resume.address, { context: tls12 }),
       L('resume13', resume13.address, { context: tls13 }),
+      L('dhe', dhe.address, { context: dheOnly }),
+      L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
       L('pass', good.address, {
         context: trustCa, servername: 'example.com', servernameFromClient: true, alpnFromClient: true,
       }, webAlpn),
@@ -148,7 +159,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [good, mtls, resume, resume13, ossl]) if (u) await u.close();
+    for (const u of [good, mtls, resume, resume13, dhe, ossl]) if (u) await u.close();
   });
   failOnCrash({ afterEach }, () => [agent]);
 
@@ -179,6 +190,20 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     assert.equal(r3.data, '');
     await agent.waitForMetrics((m) => errors(m, 'pass', 'upstream_verify') === errors(m0, 'pass', 'upstream_verify') + 1,
       { what: 'a client SNI the upstream does not carry refused' });
+  });
+
+  test('minDHSize: a 2048-bit DHE group passes the default (1024), not min_dh_size 3072; nothing reaches that upstream', async () => {
+    const r = await talk(agent.port('dhe'), 'd', 'echo:d'.length);
+    assert.equal(r.data, 'echo:d');
+    assert.equal(dhe.seen.at(-1).cipher, 'DHE-RSA-AES128-GCM-SHA256');
+    const m0 = await agent.metrics();
+    const bytes0 = dhe.bytesIn();
+    const r2 = await talk(agent.port('dhe-3072'), 'e');
+    assert.equal(r2.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'dhe-3072', 'upstream_tls_handshake') ===
+      errors(m0, 'dhe-3072', 'upstream_tls_handshake') + 1, { what: 'min_dh_size refusal counted' });
+    assert.equal(dhe.bytesIn(), bytes0);
+    assert.match(agent.log(), /listener=listeners\/dhe-3072 client=\S+ cause=upstream_tls_handshake reason="[^"]*DH parameter size 2048 is less than min_dh_size 3072"/);
   });
 
   test('no servername: no SNI, and the certificate is checked against the upstream\'s IP address', async () => {

@@ -102,6 +102,8 @@ test('upstream_tls: bad input is refused naming the field, nothing written', asy
     [{ tlsContext: 'tlsContexts/up', servername: '10.0.0.1' }, 'listener.upstream_tls.servername: "10.0.0.1" is not a DNS hostname'],
     [{ tlsContext: 'tlsContexts/up', servername: 'bad_name!' }, 'listener.upstream_tls.servername:'],
     [{ tlsContext: 'tlsContexts/up', checkServerIdentity: 'x..y' }, 'listener.upstream_tls.check_server_identity:'],
+    [{ tlsContext: 'tlsContexts/up', minDhSize: -1 }, 'listener.upstream_tls.min_dh_size: -1 bits'],
+    [{ tlsContext: 'tlsContexts/up', minDhSize: 20000 }, 'listener.upstream_tls.min_dh_size: 20000 bits'],
     [{ tlsContext: 'tlsContexts/up-no-ca', rejectUnauthorized: { value: false }, checkServerIdentity: 'a.example.com' },
       'listener.upstream_tls.check_server_identity: needs reject_unauthorized'],
     [{ tlsContext: 'tlsContexts/up' }, 'listener.default_tls_context: tlsContexts/up is a client context', { defaultTlsContext: 'tlsContexts/up' }],
