@@ -128,7 +128,12 @@ struct conn {
   const char *in_p;
   size_t in_len;
   uv_tcp_t client;
-  uv_tcp_t upstream;
+  /* The upstream: TCP, or a Unix socket (v->upstream_path). Used as a
+   * uv_stream_t / uv_handle_t through either member. */
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } upstream;
   uv_timer_t timer; /* handshake timeout, then connect timeout, then linger */
   uv_timer_t watch; /* established: idle_timeout and write_timeout */
   uv_connect_t connect_req;
@@ -853,7 +858,8 @@ static void on_up_connect(uv_connect_t *req, int status) {
     return;
   }
   c->flags |= F_UP_CONNECTED;
-  (void)uv_tcp_nodelay(&c->upstream, 1);
+  if (c->v->upstream_path == NULL)
+    (void)uv_tcp_nodelay(&c->upstream.tcp, 1);
   if (wq_start(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
     finish(c, 0);
     return;
@@ -868,12 +874,13 @@ static void on_up_connect(uv_connect_t *req, int status) {
 }
 
 static void up_connect(struct conn *c) {
-  int rc = uv_tcp_init(&c->w->loop, &c->upstream);
+  int rc = c->v->upstream_path != NULL ? uv_pipe_init(&c->w->loop, &c->upstream.pipe, 0)
+                                       : uv_tcp_init(&c->w->loop, &c->upstream.tcp);
   if (rc != 0) {
     upstream_connect_failed(c, rc);
     return;
   }
-  c->upstream.data = c;
+  c->upstream.tcp.data = c; /* the same field in both members */
   c->flags |= F_UP_INIT;
   c->handles++;
   if (tlsconf_listener_upstream_tls(c->v->tls) && up_tls_init(c) != 0) {
@@ -882,7 +889,11 @@ static void up_connect(struct conn *c) {
     return;
   }
   c->connect_req.data = c;
-  rc = uv_tcp_connect(&c->connect_req, &c->upstream, &c->v->upstream_addr.sa, on_up_connect);
+  if (c->v->upstream_path != NULL)
+    uv_pipe_connect(&c->connect_req, &c->upstream.pipe, c->v->upstream_path,
+                    on_up_connect); /* errors come to the callback */
+  else
+    rc = uv_tcp_connect(&c->connect_req, &c->upstream.tcp, &c->v->upstream_addr.sa, on_up_connect);
   if (rc != 0) {
     upstream_connect_failed(c, rc);
     return;

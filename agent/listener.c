@@ -70,6 +70,7 @@ static void version_free(struct listener_version *v) {
   listener_unref(v->listener);
   free(v->address);
   free(v->upstream);
+  free(v->upstream_path);
   v->magic = 0;
   free(v);
 }
@@ -210,9 +211,15 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
     goto failed;
   if (addr_resolve(vals.address.host, vals.address.port, 1, "address", li->address, &v->bind_addr,
                    err) != 0 ||
-      addr_resolve(vals.upstream.host, vals.upstream.port, 0, "upstream", li->upstream,
-                   &v->upstream_addr, err) != 0)
+      (vals.upstream.kind != LISTENER_RULES_HOST_UNIX &&
+       addr_resolve(vals.upstream.host, vals.upstream.port, 0, "upstream", li->upstream,
+                    &v->upstream_addr, err) != 0))
     goto failed;
+  if (vals.upstream.kind == LISTENER_RULES_HOST_UNIX &&
+      (v->upstream_path = strdup(vals.upstream.path)) == NULL) {
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto failed;
+  }
   v->proxy_protocol = li->proxy_protocol;
   v->handshake_timeout_ms = vals.handshake_timeout_ms;
   v->idle_timeout_ms = vals.idle_timeout_ms;

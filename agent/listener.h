@@ -78,6 +78,7 @@ struct listener_version {
   union sockaddr_any bind_addr; /* resolved; the port is the bound one once open */
   char *upstream;               /* as configured */
   union sockaddr_any upstream_addr;
+  char *upstream_path; /* a Unix-socket upstream's path ("unix:/path"); NULL: TCP */
   int proxy_protocol;
   uint64_t handshake_timeout_ms; /* 0: no limit */
   uint64_t idle_timeout_ms;      /* no byte either way for this long closes; 0: no limit */

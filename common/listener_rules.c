@@ -22,6 +22,20 @@ const struct listener_rules_duration listener_rules_write_timeout = {
 int listener_rules_addr_parse(const char *address, int bind, const char *field,
                               struct listener_rules_addr *out, struct tp_err *err) {
   memset(out, 0, sizeof(*out));
+  if (!bind && strncmp(address, "unix:", 5) == 0) {
+    const char *path = address + 5;
+    if (path[0] != '/')
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "%s: \"%s\": a Unix socket is \"unix:\" and an absolute path", field,
+                        address);
+    if (strlen(path) >= sizeof(out->path))
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "%s: \"%s\": the path is longer than %zu bytes", field, address,
+                        sizeof(out->path) - 1);
+    out->kind = LISTENER_RULES_HOST_UNIX;
+    snprintf(out->path, sizeof(out->path), "%s", path);
+    return 0;
+  }
   if (addr_parse(address, out->host, sizeof(out->host), &out->port, bind, field, err) != 0)
     return -1;
   const char *h = out->host;
@@ -239,6 +253,12 @@ static int upstream_tls_check(const Tlsplane__V1__Listener *li, struct listener_
   if (u->min_dh_size < 0 || u->min_dh_size > 16384)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "upstream_tls.min_dh_size: %d bits; 1 to 16384 (0: 1024)", u->min_dh_size);
+  /* A Unix socket has no host to check the certificate against. */
+  if (verify && out->upstream.kind == LISTENER_RULES_HOST_UNIX && name[0] == '\0' &&
+      u->servername[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "upstream_tls.check_server_identity: required for a Unix-socket upstream "
+                      "(or servername; no host to check the certificate against)");
   out->upstream_tls = 1;
   return 0;
 }

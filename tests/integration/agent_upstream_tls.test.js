@@ -9,6 +9,10 @@
 const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
 const tls = require('node:tls');
 
 const { pki } = require('./lib/pki');
@@ -18,7 +22,7 @@ const { waitFor } = require('./lib/wait');
 
 // A TLS echo upstream that records every connection: servername, ALPN,
 // client certificate CN, session reuse and the bytes it received.
-async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, ...more } = {}) {
+async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, path: sockPath, ...more } = {}) {
   const seen = [];
   const failures = [];
   const server = tls.createServer({
@@ -43,9 +47,9 @@ async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, ...more 
   });
   // TLS 1.3 resumption needs tickets, which Node sends by default.
   server.on('tlsClientError', (err) => failures.push(err.code || err.message));
-  await new Promise((resolve) => server.listen(0, HOST, resolve));
+  await new Promise((resolve) => (sockPath ? server.listen(sockPath, resolve) : server.listen(0, HOST, resolve)));
   return {
-    address: `${HOST}:${server.address().port}`,
+    address: sockPath ? `unix:${sockPath}` : `${HOST}:${server.address().port}`,
     seen,
     failures,
     bytesIn: () => seen.reduce((a, r) => a + r.bytes, 0),
@@ -103,6 +107,9 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let resume13;
   let ossl;
   let dhe;
+  let unixTls;
+  let unixClear;
+  let tmp;
   let all;
   let trustCa2Context;
 
@@ -113,6 +120,13 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     mtls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, ca: p.ca.cert, requestCert: true });
     resume = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
     resume13 = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-up-'));
+    unixTls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, path: path.join(tmp, 'tls.sock') });
+    unixClear = net.createServer((sock) => {
+      sock.on('data', (d) => sock.write(Buffer.concat([Buffer.from('plain:'), d])));
+      sock.on('error', () => {});
+    });
+    await new Promise((resolve) => unixClear.listen(path.join(tmp, 'clear.sock'), resolve));
     // DHE only, a 2048-bit group (Node's 'auto' for a 2048-bit RSA key).
     dhe = await nodeUpstream({
       cert: p.rsa.cert, key: p.rsa.key, dhparam: 'auto', ciphers: 'DHE-RSA-AES128-GCM-SHA256', maxVersion: 'TLSv1.2',
@@ -148,6 +162,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('resume', resume.address, { context: tls12 }),
       L('resume13', resume13.address, { context: tls13 }),
       L('dhe', dhe.address, { context: dheOnly }),
+      L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
+      listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
       L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
       L('pass', good.address, {
         context: trustCa, servername: 'example.com', servernameFromClient: true, alpnFromClient: true,
@@ -159,7 +175,9 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [good, mtls, resume, resume13, dhe, ossl]) if (u) await u.close();
+    for (const u of [good, mtls, resume, resume13, dhe, unixTls, ossl]) if (u) await u.close();
+    if (unixClear) await new Promise((resolve) => unixClear.close(resolve));
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
   failOnCrash({ afterEach }, () => [agent]);
 
@@ -204,6 +222,14 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       errors(m0, 'dhe-3072', 'upstream_tls_handshake') + 1, { what: 'min_dh_size refusal counted' });
     assert.equal(dhe.bytesIn(), bytes0);
     assert.match(agent.log(), /listener=listeners\/dhe-3072 client=\S+ cause=upstream_tls_handshake reason="[^"]*DH parameter size 2048 is less than min_dh_size 3072"/);
+  });
+
+  test('Unix-socket upstreams (unix:/path): TLS with the name checked against servername, and cleartext', async () => {
+    const r = await talk(agent.port('unix-tls'), 'u', 'echo:u'.length);
+    assert.equal(r.data, 'echo:u');
+    assert.equal(unixTls.seen.at(-1).servername, 'www.example.com');
+    const r2 = await talk(agent.port('unix-clear'), 'v', 'plain:v'.length);
+    assert.equal(r2.data, 'plain:v');
   });
 
   test('no servername: no SNI, and the certificate is checked against the upstream\'s IP address', async () => {

@@ -107,10 +107,17 @@ test('upstream_tls: bad input is refused naming the field, nothing written', asy
     [{ tlsContext: 'tlsContexts/up-no-ca', rejectUnauthorized: { value: false }, checkServerIdentity: 'a.example.com' },
       'listener.upstream_tls.check_server_identity: needs reject_unauthorized'],
     [{ tlsContext: 'tlsContexts/up' }, 'listener.default_tls_context: tlsContexts/up is a client context', { defaultTlsContext: 'tlsContexts/up' }],
+    [{ tlsContext: 'tlsContexts/up' }, 'listener.upstream_tls.check_server_identity: required for a Unix-socket upstream', { upstream: 'unix:/run/app.sock' }],
+    [undefined, 'listener.upstream: "unix:run/app.sock": a Unix socket is "unix:" and an absolute path', { upstream: 'unix:run/app.sock' }],
+    [undefined, `listener.upstream: "unix:/${'x'.repeat(120)}": the path is longer than 107 bytes`, { upstream: `unix:/${'x'.repeat(120)}` }],
   ]) {
     await expectRefused(api(), () => createListener({ upstreamTls, ...(extra || {}) }), status.INVALID_ARGUMENT,
       { field, what: JSON.stringify(upstreamTls) });
   }
+  // A Unix-socket upstream, with the name to check given.
+  const unix = await createListener({ upstream: 'unix:/run/app.sock', upstreamTls: { tlsContext: 'tlsContexts/up', servername: 'app.internal' } });
+  assert.equal(unix.upstream, 'unix:/run/app.sock');
+  await api().ListenerService.DeleteListener({ name: unix.name });
   // Verification off: no trust bundle needed.
   const ok = await createListener({ upstreamTls: { tlsContext: 'tlsContexts/up-no-ca', rejectUnauthorized: { value: false } } });
   assert.equal(ok.upstreamTls.tlsContext, 'tlsContexts/up-no-ca');
