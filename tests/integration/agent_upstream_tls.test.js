@@ -13,6 +13,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const crypto = require('node:crypto');
 const tls = require('node:tls');
 
 const { pki } = require('./lib/pki');
@@ -22,7 +23,7 @@ const { waitFor } = require('./lib/wait');
 
 // A TLS echo upstream that records every connection: servername, ALPN,
 // client certificate CN, session reuse and the bytes it received.
-async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, path: sockPath, ...more } = {}) {
+async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, path: sockPath, raw = false, ...more } = {}) {
   const seen = [];
   const failures = [];
   const server = tls.createServer({
@@ -41,7 +42,7 @@ async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, path: so
     seen.push(rec);
     sock.on('data', (d) => {
       rec.bytes += d.length;
-      sock.write(Buffer.concat([Buffer.from('echo:'), d]));
+      sock.write(raw ? d : Buffer.concat([Buffer.from('echo:'), d]));
     });
     sock.on('error', () => {});
   });
@@ -107,6 +108,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let resume13;
   let ossl;
   let dhe;
+  let bulk;
   let unixTls;
   let unixClear;
   let tmp;
@@ -120,6 +122,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     mtls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, ca: p.ca.cert, requestCert: true });
     resume = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
     resume13 = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    bulk = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, raw: true });
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-up-'));
     unixTls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, path: path.join(tmp, 'tls.sock') });
     unixClear = net.createServer((sock) => {
@@ -162,6 +165,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('resume', resume.address, { context: tls12 }),
       L('resume13', resume13.address, { context: tls13 }),
       L('dhe', dhe.address, { context: dheOnly }),
+      L('bulk', bulk.address, { context: trustCa }),
       L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
       listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
       L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
@@ -175,7 +179,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [good, mtls, resume, resume13, dhe, unixTls, ossl]) if (u) await u.close();
+    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl]) if (u) await u.close();
     if (unixClear) await new Promise((resolve) => unixClear.close(resolve));
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -191,6 +195,43 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     assert.equal(rec.servername, 'www.example.com');
     assert.equal(rec.alpn, 'x-up', 'the context\'s alpn_protocols are offered to the upstream');
     assert.equal(rec.clientCn, null, 'no client certificate configured, none sent');
+  });
+
+  test('8 MB each way through both TLS legs: the echo comes back intact', async () => {
+    const payload = crypto.randomBytes(8 * 1024 * 1024);
+    const back = await new Promise((resolve, reject) => {
+      const sock = tls.connect({ host: HOST, port: agent.port('bulk'), rejectUnauthorized: false });
+      const chunks = [];
+      let n = 0;
+      sock.on('secureConnect', () => sock.write(payload));
+      sock.on('data', (d) => {
+        chunks.push(d);
+        n += d.length;
+        if (n >= payload.length) sock.end();
+      });
+      sock.on('error', reject);
+      sock.on('close', () => resolve(Buffer.concat(chunks)));
+      setTimeout(() => reject(new Error(`only ${n} bytes back within 30 s`)), 30000).unref();
+    });
+    assert.equal(back.length, payload.length);
+    assert.ok(back.equals(payload), 'the echo changed on its way');
+    assert.equal(bulk.bytesIn(), payload.length);
+  });
+
+  test('half-close: the client\'s close_notify goes upstream as close_notify + FIN; the echo after it and the end come back', async () => {
+    const result = await new Promise((resolve, reject) => {
+      const sock = tls.connect({ host: HOST, port: agent.port('bulk'), rejectUnauthorized: false, allowHalfOpen: true });
+      const chunks = [];
+      sock.on('secureConnect', () => {
+        sock.write('last words');
+        sock.end();
+      });
+      sock.on('data', (d) => chunks.push(d));
+      sock.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      sock.on('error', reject);
+      setTimeout(() => reject(new Error('no end within 10 s')), 10000).unref();
+    });
+    assert.equal(result, 'last words');
   });
 
   test('servername_from_client / alpn_from_client: the client\'s SNI and ALPN protocol go upstream (verified against that name); without them, the configured ones', async () => {
