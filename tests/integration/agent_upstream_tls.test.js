@@ -368,4 +368,16 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     await waitFor('the open connection still echoing', () => got.join('') === 'echo:oneecho:three');
     sock.end();
   });
+
+  test('a listener whose upstream_tls the agent cannot load is nacked by name; the others go on', async () => {
+    const bad = listener('bad', {
+      upstream: good.address, defaultContext: tlsContext('web', { certs: [p.rsa] }),
+      upstreamTls: { context: tlsContext('web2', { certs: [p.rsa] }) },
+    });
+    const r = await agent.reload(snapshot(3, [...all(trustCa2Context), bad]));
+    assert.deepEqual(r.failed.map((f) => f.listener), ['listeners/bad']);
+    assert.match(r.failed[0].reason, /upstream_tls\.tls_context: tlsContexts\/web2 is not a client context/);
+    const ok = await talk(agent.port('by-ip'), 'still', 'echo:still'.length);
+    assert.equal(ok.data, 'echo:still');
+  });
 });
