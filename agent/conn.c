@@ -739,19 +739,19 @@ static void up_handshake(struct conn *c) {
  * (otherwise the caller still holds its reference). */
 static int up_session_keep(struct conn *c, SSL_SESSION *sess) {
   int id = c->w->id;
-  if (id < 0 || id >= LISTENER_MAX_WORKERS || sess == NULL || !SSL_SESSION_is_resumable(sess))
+  if (id < 0 || id >= LISTENER_MAX_WORKERS || c->v->up_sessions == NULL || sess == NULL ||
+      !SSL_SESSION_is_resumable(sess))
     return 0;
-  SSL_SESSION **kept = c->v->up_sessions[id];
-  unsigned char *n = &c->v->n_up_sessions[id];
-  for (unsigned i = 0; i < *n; i++)
-    if (kept[i] == sess)
+  struct listener_up_sessions *row = &c->v->up_sessions[id];
+  for (unsigned i = 0; i < row->n; i++)
+    if (row->kept[i] == sess)
       return 0;
-  if (*n == LISTENER_UP_SESSIONS) {
-    SSL_SESSION_free(kept[0]);
-    memmove(kept, kept + 1, (LISTENER_UP_SESSIONS - 1) * sizeof(*kept));
-    (*n)--;
+  if (row->n == LISTENER_UP_SESSIONS) {
+    SSL_SESSION_free(row->kept[0]);
+    memmove(row->kept, row->kept + 1, (LISTENER_UP_SESSIONS - 1) * sizeof(*row->kept));
+    row->n--;
   }
-  kept[(*n)++] = sess;
+  row->kept[row->n++] = sess;
   return 1;
 }
 
@@ -824,15 +824,16 @@ static int up_tls_init(struct conn *c) {
    * resume for another. */
   int id = c->w->id;
   const char *sni = SSL_get_servername(c->up_ssl, TLSEXT_NAMETYPE_host_name);
-  unsigned char *n = id >= 0 && id < LISTENER_MAX_WORKERS ? &c->v->n_up_sessions[id] : NULL;
-  for (int i = n != NULL ? (int)*n - 1 : -1; i >= 0; i--) {
-    SSL_SESSION **kept = c->v->up_sessions[id];
-    const char *h = SSL_SESSION_get0_hostname(kept[i]);
+  struct listener_up_sessions *row =
+      id >= 0 && id < LISTENER_MAX_WORKERS && c->v->up_sessions != NULL ? &c->v->up_sessions[id]
+                                                                        : NULL;
+  for (int i = row != NULL ? (int)row->n - 1 : -1; i >= 0; i--) {
+    const char *h = SSL_SESSION_get0_hostname(row->kept[i]);
     if ((h == NULL) != (sni == NULL) || (h != NULL && strcmp(h, sni) != 0))
       continue;
-    SSL_SESSION *sess = kept[i];
-    memmove(kept + i, kept + i + 1, (size_t)(*n - i - 1) * sizeof(*kept));
-    (*n)--;
+    SSL_SESSION *sess = row->kept[i];
+    memmove(row->kept + i, row->kept + i + 1, (size_t)(row->n - i - 1) * sizeof(*row->kept));
+    row->n--;
     (void)SSL_set_session(c->up_ssl, sess); /* takes its own reference */
     SSL_SESSION_free(sess);
     break;

@@ -62,9 +62,10 @@ void listener_version_ref(struct listener_version *v) {
 }
 
 static void version_free(struct listener_version *v) {
-  for (size_t i = 0; i < LISTENER_MAX_WORKERS; i++)
-    for (size_t j = 0; j < v->n_up_sessions[i]; j++)
-      SSL_SESSION_free(v->up_sessions[i][j]);
+  for (size_t i = 0; v->up_sessions != NULL && i < LISTENER_MAX_WORKERS; i++)
+    for (size_t j = 0; j < v->up_sessions[i].n; j++)
+      SSL_SESSION_free(v->up_sessions[i].kept[j]);
+  free(v->up_sessions);
   free(v->certs);
   tlsconf_listener_unref(v->tls);
   listener_unref(v->listener);
@@ -236,6 +237,11 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   /* Contexts the agent has built already (for any listener) are shared. */
   if (tlsconf_listener_build_cached(rl, entry, cache, &v->tls, err) != 0)
     goto failed;
+  if (tlsconf_listener_upstream_tls(v->tls) &&
+      (v->up_sessions = calloc(LISTENER_MAX_WORKERS, sizeof(*v->up_sessions))) == NULL) {
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto failed;
+  }
   v->renegotiation_limit = tlsconf_listener_renegotiation_limit(v->tls);
   int64_t window = tlsconf_listener_renegotiation_window_ms(v->tls);
   v->renegotiation_window_ms = window > 0 ? (uint64_t)window : 0;

@@ -92,14 +92,16 @@ struct listener_version {
   const struct tlsconf_cert_facts **certs;
   size_t n_certs;
   /* upstream_tls: the resumable sessions each worker (by worker id) got
-   * from its upstream handshakes, newest last (n_up_sessions of them).
-   * One is taken for each new upstream connection, so that a TLS 1.3
-   * ticket is offered once (RFC 8446, appendix C.4); a TLS 1.2 session
-   * that resumed is kept again. Each row is read and written only by its
-   * worker's thread; freed with the version, so that a new configuration
-   * starts without sessions. */
-  SSL_SESSION *up_sessions[LISTENER_MAX_WORKERS][LISTENER_UP_SESSIONS];
-  unsigned char n_up_sessions[LISTENER_MAX_WORKERS];
+   * from its upstream handshakes, newest last (n of them). One is taken
+   * for each new upstream connection, so that a TLS 1.3 ticket is
+   * offered once (RFC 8446, appendix C.4); a TLS 1.2 session that resumed
+   * is kept again. Each row is read and written only by its worker's
+   * thread; freed with the version, so that a new configuration starts
+   * without sessions. NULL (no memory spent) without upstream_tls. */
+  struct listener_up_sessions {
+    SSL_SESSION *kept[LISTENER_UP_SESSIONS];
+    unsigned char n;
+  } * up_sessions; /* LISTENER_MAX_WORKERS rows */
 };
 
 /* A new listener called name with zeroed counters; one reference (the
