@@ -675,8 +675,11 @@ static void on_connect_timeout(uv_timer_t *t) {
  * close_notify and without a word of why (the reason is the agent's log
  * line, never the client's). */
 static void up_tls_failed(struct conn *c, int ssl_error) {
+  /* Without reject_unauthorized OpenSSL records a verify result all the
+   * same, and goes on: only a verifying SSL fails for it. */
   long v = SSL_get_verify_result(c->up_ssl);
-  if (v != X509_V_OK && !(c->flags & F_UP_TLS_DONE)) {
+  if (v != X509_V_OK && (SSL_get_verify_mode(c->up_ssl) & SSL_VERIFY_PEER) &&
+      !(c->flags & F_UP_TLS_DONE)) {
     ERR_clear_error();
     client_error(c, CAUSE_UPSTREAM_VERIFY, "%s: %s", c->v->upstream,
                  X509_verify_cert_error_string(v));
