@@ -166,6 +166,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('resume13', resume13.address, { context: tls13 }),
       L('dhe', dhe.address, { context: dheOnly }),
       L('bulk', bulk.address, { context: trustCa }),
+      L('noverify', good.address, { context: tlsContext('up-none', { client: true }), rejectUnauthorized: false }),
       L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
       listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
       L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
@@ -279,6 +280,11 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     assert.equal(r.data, 'echo:hi');
     assert.equal(good.seen.length, before + 1);
     assert.equal(good.seen.at(-1).servername, null);
+  });
+
+  test('reject_unauthorized false: no trust bundle, an upstream whose certificate would not verify is used (Node\'s rejectUnauthorized: false)', async () => {
+    const r = await talk(agent.port('noverify'), 'nv', 'echo:nv'.length);
+    assert.equal(r.data, 'echo:nv');
   });
 
   for (const [name, why] of [['untrusted', 'does not chain to the trust bundle'], ['wrong-name', 'does not carry check_server_identity']]) {
