@@ -271,11 +271,11 @@ static void log_served(const struct plan *p, int64_t revision) {
   listener_addr_format(&p->nv->bind_addr, bound, sizeof(bound));
   size_t n = tlsconf_listener_contexts(p->nv->tls), reused = tlsconf_listener_reused(p->nv->tls);
   log_info("agent",
-           "listener=%s %s: serving on %s (%s), upstream %s%s, revision %lld; %zu of %zu "
+           "listener=%s %s: serving on %s (%s), upstream %s%s%s, revision %lld; %zu of %zu "
            "contexts built (the others shared)",
            p->l->name, p->action == APPLY_NEW ? "new" : "changed", bound, p->nv->address,
-           p->nv->upstream, p->nv->proxy_protocol ? " with PROXY v2" : "", (long long)revision,
-           n - reused, n);
+           p->nv->upstream, tlsconf_listener_upstream_tls(p->nv->tls) ? " over TLS" : "",
+           p->nv->proxy_protocol ? " with PROXY v2" : "", (long long)revision, n - reused, n);
 }
 
 static int entry_cmp(const void *x, const void *y) {

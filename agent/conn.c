@@ -62,6 +62,7 @@
 #include "budget.h"
 #include "log.h"
 #include "proxy_v2.h"
+#include "tlsconf.h"
 
 #define CONN_MAGIC 0x434f4e4eu /* "CONN" */
 
@@ -102,6 +103,8 @@ enum {
   F_RENEG_EXCEEDED = 1u << 15,      /* set by the info callback inside SSL_read */
   F_COUNTED = 1u << 16,             /* counted in stats.connections */
   F_KEY_UPDATE_EXCEEDED = 1u << 17, /* set by the message callback inside SSL_read */
+  F_UP_TLS_DONE = 1u << 18,         /* upstream_tls: the upstream handshake is complete */
+  F_UP_TLS_SHUT = 1u << 19,         /* upstream_tls: close_notify queued for the upstream */
 };
 
 /* The writes of one direction: at most one uv_write in flight; what comes
@@ -125,7 +128,12 @@ struct conn {
   const char *in_p;
   size_t in_len;
   uv_tcp_t client;
-  uv_tcp_t upstream;
+  /* The upstream: TCP, or a Unix socket (v->upstream_path). Used as a
+   * uv_stream_t / uv_handle_t through either member. */
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } upstream;
   uv_timer_t timer; /* handshake timeout, then connect timeout, then linger */
   uv_timer_t watch; /* established: idle_timeout and write_timeout */
   uv_connect_t connect_req;
@@ -135,6 +143,15 @@ struct conn {
   /* Upstream cleartext SSL_write could not take yet (WANT_READ while a
    * renegotiation is in progress); the upstream is not read meanwhile. */
   struct wbuf pend;
+  /* upstream_tls (tls.connect): the client SSL toward the upstream, NULL
+   * for a cleartext upstream. Its memory BIOs: up_in holds what the
+   * upstream sent and SSL has not read, up_out what SSL wrote, moved to uw
+   * (up_flush) after every SSL call. up_clear: the client's cleartext
+   * waiting for the upstream handshake (nothing reaches an upstream that
+   * has not been verified) or for SSL_write to take it. */
+  SSL *up_ssl;
+  BIO *up_in, *up_out;
+  struct wbuf up_clear;
   int handles; /* open handles; freed when the last is closed */
   int reneg_count;
   uint64_t reneg_start; /* uv_now at the start of the renegotiation window */
@@ -435,10 +452,73 @@ static void on_up_write(uv_write_t *req, int status) {
   after_io(c);
 }
 
+static void up_tls_failed(struct conn *c, int ssl_error);
+static int up_session_keep(struct conn *c, SSL_SESSION *sess);
+static void refused(struct worker *w, const struct listener *l, const union sockaddr_any *peer,
+                    enum budget_refusal why);
+
+/* Moves what the upstream SSL wrote to the upstream's queue (sent at
+ * once when connected; after any PROXY header otherwise). */
+static void up_flush(struct conn *c) {
+  char *p = NULL;
+  long n = BIO_get_mem_data(c->up_out, &p);
+  if (n <= 0 || (c->flags & (F_CLOSING | F_FINISH)))
+    return;
+  int rc = (c->flags & F_UP_CONNECTED)
+               ? wq_write(c, &c->uw, (uv_stream_t *)&c->upstream, p, (size_t)n, on_up_write)
+               : (wbuf_append(&c->uw.queued, p, (size_t)n) == 0 ? 0 : UV_ENOMEM);
+  (void)BIO_reset(c->up_out);
+  if (rc != 0)
+    finish(c, 0);
+}
+
+/* Encrypts client cleartext for the upstream; what SSL_write cannot take
+ * yet (WANT_READ: the upstream is renegotiating) waits in up_clear. */
+static void up_tls_write(struct conn *c, const char *data, size_t len) {
+  size_t done = 0;
+  ERR_clear_error();
+  while (done < len && c->up_clear.len == 0) {
+    size_t chunk = len - done > INT_MAX ? INT_MAX : len - done;
+    int r = SSL_write(c->up_ssl, data + done, (int)chunk);
+    if (r > 0) {
+      done += (size_t)r;
+      continue;
+    }
+    int e = SSL_get_error(c->up_ssl, r);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+      up_tls_failed(c, e);
+      return;
+    }
+    break;
+  }
+  if (done < len && wbuf_append(&c->up_clear, data + done, len - done) != 0) {
+    finish(c, 0);
+    return;
+  }
+  up_flush(c);
+}
+
+/* Retries the cleartext that waited in up_clear. */
+static void up_tls_write_pending(struct conn *c) {
+  struct wbuf b = c->up_clear;
+  c->up_clear = (struct wbuf){0};
+  up_tls_write(c, b.base, b.len);
+  wbuf_free(&b);
+}
+
 /* Cleartext from the client, to the upstream (queued until connected). */
 static void up_send(struct conn *c, const char *data, size_t len) {
   if (len == 0 || (c->flags & (F_CLOSING | F_FINISH | F_UP_SHUT)))
     return;
+  if (c->up_ssl != NULL) {
+    if (!(c->flags & F_UP_TLS_DONE) || c->up_clear.len > 0) {
+      if (wbuf_append(&c->up_clear, data, len) != 0)
+        finish(c, 0);
+    } else {
+      up_tls_write(c, data, len);
+    }
+    return;
+  }
   int rc;
   if (!(c->flags & F_UP_CONNECTED))
     rc = wbuf_append(&c->uw.queued, data, len) == 0 ? 0 : UV_ENOMEM;
@@ -590,6 +670,181 @@ static void on_connect_timeout(uv_timer_t *t) {
   upstream_connect_failed(c, UV_ETIMEDOUT);
 }
 
+/* The upstream handshake failed (or its connection ended before it was
+ * done): counted by cause, the client's connection closed without
+ * close_notify and without a word of why (the reason is the agent's log
+ * line, never the client's). */
+static void up_tls_failed(struct conn *c, int ssl_error) {
+  /* Without reject_unauthorized OpenSSL records a verify result all the
+   * same, and goes on: only a verifying SSL fails for it. */
+  long v = SSL_get_verify_result(c->up_ssl);
+  if (v != X509_V_OK && (SSL_get_verify_mode(c->up_ssl) & SSL_VERIFY_PEER) &&
+      !(c->flags & F_UP_TLS_DONE)) {
+    ERR_clear_error();
+    client_error(c, CAUSE_UPSTREAM_VERIFY, "%s: %s", c->v->upstream,
+                 X509_verify_cert_error_string(v));
+  } else {
+    char reason[200];
+    ssl_reason(ssl_error, reason, sizeof(reason));
+    client_error(c, CAUSE_UPSTREAM_TLS_HANDSHAKE, "%s: %s", c->v->upstream, reason);
+  }
+  finish(c, 0);
+}
+
+static void on_up_tls_timeout(uv_timer_t *t) {
+  struct conn *c = conn_check(t->data);
+  client_error(c, CAUSE_UPSTREAM_TLS_HANDSHAKE, "%s: no TLS handshake within %d ms", c->v->upstream,
+               LISTENER_UPSTREAM_CONNECT_TIMEOUT_MS);
+  finish(c, 0);
+}
+
+/* Drives the upstream handshake; once done, the client's cleartext that
+ * waited goes out, and the session is kept for this worker's next
+ * upstream connection. */
+static void up_handshake(struct conn *c) {
+  ERR_clear_error();
+  int r = SSL_do_handshake(c->up_ssl);
+  if (r != 1) {
+    int e = SSL_get_error(c->up_ssl, r);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+      up_tls_failed(c, e);
+    else
+      up_flush(c);
+    return;
+  }
+  char why[128];
+  if (tlsconf_listener_upstream_check(c->v->tls, c->up_ssl, why, sizeof(why)) != 0) {
+    client_error(c, CAUSE_UPSTREAM_TLS_HANDSHAKE, "%s: %s", c->v->upstream, why);
+    finish(c, 0);
+    return;
+  }
+  c->flags |= F_UP_TLS_DONE;
+  if (!(c->flags & F_FINISH)) /* else the timer is the finish timer: it stays */
+    uv_timer_stop(&c->timer);
+  struct stats *st = conn_stats(c);
+  stats_add(&st->up_handshakes, 1);
+  if (SSL_session_reused(c->up_ssl)) {
+    stats_add(&st->up_resumptions, 1);
+    /* TLS 1.2: the session resumed can resume again (a TLS 1.3 ticket
+     * used is no longer resumable, and up_session_keep leaves it). */
+    SSL_SESSION *again = SSL_get1_session(c->up_ssl);
+    if (again != NULL && !up_session_keep(c, again))
+      SSL_SESSION_free(again);
+  }
+  up_flush(c);
+  if (c->up_clear.len > 0 && !(c->flags & (F_CLOSING | F_FINISH)))
+    up_tls_write_pending(c);
+}
+
+/* Keeps sess (a reference the caller gives) for this worker's next
+ * upstream connections if it can resume; a session already kept is not
+ * kept twice; the oldest goes when full. Returns whether it was kept
+ * (otherwise the caller still holds its reference). */
+static int up_session_keep(struct conn *c, SSL_SESSION *sess) {
+  int id = c->w->id;
+  if (id < 0 || id >= LISTENER_MAX_WORKERS || c->v->up_sessions == NULL || sess == NULL ||
+      !SSL_SESSION_is_resumable(sess))
+    return 0;
+  struct listener_up_sessions *row = &c->v->up_sessions[id];
+  for (unsigned i = 0; i < row->n; i++)
+    if (row->kept[i] == sess)
+      return 0;
+  if (row->n == LISTENER_UP_SESSIONS) {
+    SSL_SESSION_free(row->kept[0]);
+    memmove(row->kept, row->kept + 1, (LISTENER_UP_SESSIONS - 1) * sizeof(*row->kept));
+    row->n--;
+  }
+  row->kept[row->n++] = sess;
+  return 1;
+}
+
+/* Each new session of the upstream (a TLS 1.2 handshake's, each TLS 1.3
+ * NewSessionTicket), from OpenSSL inside SSL_do_handshake / SSL_read. */
+static int up_new_session(void *data, SSL_SESSION *sess) {
+  return up_session_keep(conn_check(data), sess);
+}
+
+/* Decrypts what the upstream sent (in up_in) and passes it to the client. */
+static void up_tls_read(struct conn *c) {
+  struct worker *w = c->w;
+  if (!(c->flags & F_UP_TLS_DONE)) {
+    up_handshake(c);
+    if (!(c->flags & F_UP_TLS_DONE) || (c->flags & (F_CLOSING | F_FINISH)))
+      return;
+  }
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_read(c->up_ssl, w->clear, (int)w->clear_cap);
+    if (r > 0) {
+      clear_out(c, w->clear, (size_t)r);
+      if (c->flags & (F_CLOSING | F_FINISH))
+        return;
+      continue;
+    }
+    int e = SSL_get_error(c->up_ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      break;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      c->flags |= F_UP_EOF; /* close_notify from the upstream */
+      break;
+    }
+    up_tls_failed(c, e);
+    return;
+  }
+  up_flush(c);
+  if (c->up_clear.len > 0 && !(c->flags & (F_CLOSING | F_FINISH)))
+    up_tls_write_pending(c);
+}
+
+/* upstream_tls: the SSL toward the upstream and its memory BIOs, with
+ * this worker's session from the last upstream handshake offered. */
+static int up_tls_init(struct conn *c) {
+  c->up_ssl = tlsconf_listener_upstream_ssl_new(c->v->tls, c->ssl);
+  c->up_in = BIO_new(BIO_s_mem());
+  c->up_out = BIO_new(BIO_s_mem());
+  if (c->up_ssl == NULL || c->up_in == NULL || c->up_out == NULL) {
+    BIO_free(c->up_in);
+    BIO_free(c->up_out);
+    c->up_in = c->up_out = NULL;
+    ERR_clear_error();
+    return -1;
+  }
+  /* An empty mem BIO reads as "retry", not as EOF. */
+  BIO_set_mem_eof_return(c->up_in, -1);
+  SSL_set_bio(c->up_ssl, c->up_in, c->up_out); /* taken by up_ssl */
+  SSL_set_app_data(c->up_ssl, c);
+  if (tlsconf_ssl_session_cb_set(c->up_ssl, up_new_session, c) != 0) {
+    SSL_free(c->up_ssl);
+    c->up_ssl = NULL;
+    return -1;
+  }
+  SSL_set_mode(c->up_ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  /* The newest session this worker kept for the same SNI, taken:
+   * offered once. The SNI is the only part of the name checked that
+   * varies by connection (servername_from_client), and a resumed session
+   * is not verified again: a session verified for one name must never
+   * resume for another. */
+  int id = c->w->id;
+  const char *sni = SSL_get_servername(c->up_ssl, TLSEXT_NAMETYPE_host_name);
+  struct listener_up_sessions *row =
+      id >= 0 && id < LISTENER_MAX_WORKERS && c->v->up_sessions != NULL ? &c->v->up_sessions[id]
+                                                                        : NULL;
+  for (int i = row != NULL ? (int)row->n - 1 : -1; i >= 0; i--) {
+    const char *h = SSL_SESSION_get0_hostname(row->kept[i]);
+    if ((h == NULL) != (sni == NULL) || (h != NULL && strcmp(h, sni) != 0))
+      continue;
+    SSL_SESSION *sess = row->kept[i];
+    memmove(row->kept + i, row->kept + i + 1, (size_t)(row->n - i - 1) * sizeof(*row->kept));
+    row->n--;
+    (void)SSL_set_session(c->up_ssl, sess); /* takes its own reference */
+    SSL_SESSION_free(sess);
+    break;
+  }
+  ERR_clear_error();
+  return 0;
+}
+
 static void on_up_connect(uv_connect_t *req, int status) {
   struct conn *c = conn_check(req->data);
   if (status == UV_ECANCELED || (c->flags & F_CLOSING))
@@ -607,25 +862,42 @@ static void on_up_connect(uv_connect_t *req, int status) {
     return;
   }
   c->flags |= F_UP_CONNECTED;
-  (void)uv_tcp_nodelay(&c->upstream, 1);
+  if (c->v->upstream_path == NULL)
+    (void)uv_tcp_nodelay(&c->upstream.tcp, 1);
   if (wq_start(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
     finish(c, 0);
     return;
+  }
+  if (c->up_ssl != NULL) {
+    uv_timer_start(&c->timer, on_up_tls_timeout, LISTENER_UPSTREAM_CONNECT_TIMEOUT_MS, 0);
+    up_handshake(c); /* the ClientHello, after any PROXY header */
+    if (c->flags & F_CLOSING)
+      return;
   }
   after_io(c);
 }
 
 static void up_connect(struct conn *c) {
-  int rc = uv_tcp_init(&c->w->loop, &c->upstream);
+  int rc = c->v->upstream_path != NULL ? uv_pipe_init(&c->w->loop, &c->upstream.pipe, 0)
+                                       : uv_tcp_init(&c->w->loop, &c->upstream.tcp);
   if (rc != 0) {
     upstream_connect_failed(c, rc);
     return;
   }
-  c->upstream.data = c;
+  c->upstream.tcp.data = c; /* the same field in both members */
   c->flags |= F_UP_INIT;
   c->handles++;
+  if (tlsconf_listener_upstream_tls(c->v->tls) && up_tls_init(c) != 0) {
+    refused(c->w, c->v->listener, &c->peer, REFUSED_OUT_OF_MEMORY);
+    finish(c, 0);
+    return;
+  }
   c->connect_req.data = c;
-  rc = uv_tcp_connect(&c->connect_req, &c->upstream, &c->v->upstream_addr.sa, on_up_connect);
+  if (c->v->upstream_path != NULL)
+    uv_pipe_connect(&c->connect_req, &c->upstream.pipe, c->v->upstream_path,
+                    on_up_connect); /* errors come to the callback */
+  else
+    rc = uv_tcp_connect(&c->connect_req, &c->upstream.tcp, &c->v->upstream_addr.sa, on_up_connect);
   if (rc != 0) {
     upstream_connect_failed(c, rc);
     return;
@@ -716,7 +988,7 @@ static void update_reading(struct conn *c) {
   int client = !(c->flags & (F_CLIENT_GONE | F_FINISH)) &&
                ((c->flags & F_CLIENT_EOF) ||
                 (c->uw.inflight == NULL && c->uw.queued.len < CONN_UPSTREAM_HIGH &&
-                 wq_size(&c->cw) < CONN_CLIENT_HIGH));
+                 c->up_clear.len < CONN_UPSTREAM_HIGH && wq_size(&c->cw) < CONN_CLIENT_HIGH));
   if (client && !(c->flags & F_CLIENT_READING)) {
     if (uv_read_start((uv_stream_t *)&c->client, on_alloc, on_client_read) == 0)
       c->flags |= F_CLIENT_READING;
@@ -758,9 +1030,20 @@ static void progress(struct conn *c) {
       conn_close(c);
     return;
   }
+  /* Client to upstream is over, TLS upstream: close_notify first, once
+   * everything the client sent is encrypted. */
+  if (c->up_ssl != NULL && (c->flags & F_CLIENT_EOF) && (c->flags & F_UP_TLS_DONE) &&
+      !(c->flags & F_UP_TLS_SHUT) && c->up_clear.len == 0) {
+    c->flags |= F_UP_TLS_SHUT;
+    if (SSL_shutdown(c->up_ssl) < 0)
+      ERR_clear_error();
+    up_flush(c);
+    if (c->flags & (F_CLOSING | F_FINISH))
+      return;
+  }
   /* Client to upstream is over: FIN to the upstream once its queue is out. */
-  if ((c->flags & F_CLIENT_EOF) && (c->flags & F_UP_CONNECTED) && !(c->flags & F_UP_SHUT) &&
-      wq_idle(&c->uw)) {
+  if ((c->flags & F_CLIENT_EOF) && (c->up_ssl == NULL || (c->flags & F_UP_TLS_SHUT)) &&
+      (c->flags & F_UP_CONNECTED) && !(c->flags & F_UP_SHUT) && wq_idle(&c->uw)) {
     c->flags |= F_UP_SHUT;
     c->up_shut.data = c;
     if (uv_shutdown(&c->up_shut, (uv_stream_t *)&c->upstream, on_up_shutdown) != 0)
@@ -842,8 +1125,19 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     uv_read_stop(s);
     c->flags &= ~F_UP_READING;
     c->flags |= F_UP_EOF;
-    if (nread != UV_EOF)
+    if (c->up_ssl != NULL && !(c->flags & F_UP_TLS_DONE)) {
+      client_error(c, CAUSE_UPSTREAM_TLS_HANDSHAKE, "%s: %s during the TLS handshake",
+                   c->v->upstream, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
+      finish(c, 0);
+    } else if (nread != UV_EOF)
       finish(c, 0); /* reset: the client must not take it for a clean end */
+  } else if (c->up_ssl != NULL) {
+    c->last_io = uv_now(&c->w->loop);
+    if (BIO_write(c->up_in, buf->base, (int)nread) != (int)nread) {
+      finish(c, 0);
+    } else {
+      up_tls_read(c);
+    }
   } else {
     c->last_io = uv_now(&c->w->loop);
     clear_out(c, buf->base, (size_t)nread);
@@ -934,6 +1228,8 @@ static void conn_free(struct conn *c) {
   if (c->flags & F_COUNTED)
     stats_add(&conn_stats(c)->connections, -1);
   SSL_free(c->ssl);
+  SSL_free(c->up_ssl);
+  wbuf_free(&c->up_clear);
   free(c->cw.inflight);
   free(c->uw.inflight);
   wbuf_free(&c->cw.queued);
@@ -982,7 +1278,8 @@ void conn_drain(struct conn *c, uint64_t now, int force) {
     conn_close(c);
     return;
   }
-  if (wq_idle(&c->cw) && wq_idle(&c->uw) && c->pend.len == 0 && now - c->last_io >= WORKER_IDLE_MS)
+  if (wq_idle(&c->cw) && wq_idle(&c->uw) && c->pend.len == 0 && c->up_clear.len == 0 &&
+      now - c->last_io >= WORKER_IDLE_MS)
     finish(c, 1);
 }
 

@@ -62,11 +62,16 @@ void listener_version_ref(struct listener_version *v) {
 }
 
 static void version_free(struct listener_version *v) {
+  for (size_t i = 0; v->up_sessions != NULL && i < LISTENER_MAX_WORKERS; i++)
+    for (size_t j = 0; j < v->up_sessions[i].n; j++)
+      SSL_SESSION_free(v->up_sessions[i].kept[j]);
+  free(v->up_sessions);
   free(v->certs);
   tlsconf_listener_unref(v->tls);
   listener_unref(v->listener);
   free(v->address);
   free(v->upstream);
+  free(v->upstream_path);
   v->magic = 0;
   free(v);
 }
@@ -207,9 +212,15 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
     goto failed;
   if (addr_resolve(vals.address.host, vals.address.port, 1, "address", li->address, &v->bind_addr,
                    err) != 0 ||
-      addr_resolve(vals.upstream.host, vals.upstream.port, 0, "upstream", li->upstream,
-                   &v->upstream_addr, err) != 0)
+      (vals.upstream.kind != LISTENER_RULES_HOST_UNIX &&
+       addr_resolve(vals.upstream.host, vals.upstream.port, 0, "upstream", li->upstream,
+                    &v->upstream_addr, err) != 0))
     goto failed;
+  if (vals.upstream.kind == LISTENER_RULES_HOST_UNIX &&
+      (v->upstream_path = strdup(vals.upstream.path)) == NULL) {
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto failed;
+  }
   v->proxy_protocol = li->proxy_protocol;
   v->handshake_timeout_ms = vals.handshake_timeout_ms;
   v->idle_timeout_ms = vals.idle_timeout_ms;
@@ -226,6 +237,11 @@ int listener_version_build(struct listener *l, const Tlsplane__V1__ResolvedListe
   /* Contexts the agent has built already (for any listener) are shared. */
   if (tlsconf_listener_build_cached(rl, entry, cache, &v->tls, err) != 0)
     goto failed;
+  if (tlsconf_listener_upstream_tls(v->tls) &&
+      (v->up_sessions = calloc(LISTENER_MAX_WORKERS, sizeof(*v->up_sessions))) == NULL) {
+    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    goto failed;
+  }
   v->renegotiation_limit = tlsconf_listener_renegotiation_limit(v->tls);
   int64_t window = tlsconf_listener_renegotiation_window_ms(v->tls);
   v->renegotiation_window_ms = window > 0 ? (uint64_t)window : 0;

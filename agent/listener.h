@@ -44,6 +44,12 @@ union sockaddr_any {
 struct listener_version;
 struct tlsconf_cert_facts; /* tlsconf.h */
 
+/* The most worker threads an agent runs (--workers). */
+#define LISTENER_MAX_WORKERS 256
+/* Upstream sessions kept per worker (a TLS 1.3 server sends two tickets
+ * after a full handshake). */
+#define LISTENER_UP_SESSIONS 4
+
 struct listener {
   unsigned magic;
   atomic_int refs; /* the registry's, plus one per version */
@@ -72,6 +78,7 @@ struct listener_version {
   union sockaddr_any bind_addr; /* resolved; the port is the bound one once open */
   char *upstream;               /* as configured */
   union sockaddr_any upstream_addr;
+  char *upstream_path; /* a Unix-socket upstream's path ("unix:/path"); NULL: TCP */
   int proxy_protocol;
   uint64_t handshake_timeout_ms; /* 0: no limit */
   uint64_t idle_timeout_ms;      /* no byte either way for this long closes; 0: no limit */
@@ -84,6 +91,17 @@ struct listener_version {
    * contexts (tlsconf_ctx_certs) and live as long as tls. */
   const struct tlsconf_cert_facts **certs;
   size_t n_certs;
+  /* upstream_tls: the resumable sessions each worker (by worker id) got
+   * from its upstream handshakes, newest last (n of them). One is taken
+   * for each new upstream connection, so that a TLS 1.3 ticket is
+   * offered once (RFC 8446, appendix C.4); a TLS 1.2 session that resumed
+   * is kept again. Each row is read and written only by its worker's
+   * thread; freed with the version, so that a new configuration starts
+   * without sessions. NULL (no memory spent) without upstream_tls. */
+  struct listener_up_sessions {
+    SSL_SESSION *kept[LISTENER_UP_SESSIONS];
+    unsigned char n;
+  } * up_sessions; /* LISTENER_MAX_WORKERS rows */
 };
 
 /* A new listener called name with zeroed counters; one reference (the

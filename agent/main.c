@@ -26,7 +26,7 @@
 
 #define PROG "tlsplane-agent"
 #define DEFAULT_METRICS_LISTEN "127.0.0.1:9443"
-#define MAX_WORKERS 256
+#define MAX_WORKERS LISTENER_MAX_WORKERS
 #define MAX_LABELS 64
 
 #ifndef TLSPLANE_VERSION

@@ -103,6 +103,12 @@ static const struct counter counters[] = {
     {"tlsplane_bytes_out_total", "counter",
      "Bytes sent to clients (TLS records), counted when their socket takes them.",
      offsetof(struct stats, bytes_out)},
+    {"tlsplane_upstream_handshakes_total", "counter",
+     "TLS handshakes with the upstream completed (upstream_tls).",
+     offsetof(struct stats, up_handshakes)},
+    {"tlsplane_upstream_resumptions_total", "counter",
+     "Upstream handshakes that resumed the session kept from the previous one (upstream_tls).",
+     offsetof(struct stats, up_resumptions)},
 };
 
 /* The start of a sample labelled with a listener and a certificate; the

@@ -14,6 +14,8 @@ const char *stats_cause_name(enum stats_cause cause) {
       [CAUSE_IDLE_TIMEOUT] = "idle_timeout",
       [CAUSE_CLIENT_WRITE_TIMEOUT] = "client_write_timeout",
       [CAUSE_UPSTREAM_WRITE_TIMEOUT] = "upstream_write_timeout",
+      [CAUSE_UPSTREAM_TLS_HANDSHAKE] = "upstream_tls_handshake",
+      [CAUSE_UPSTREAM_VERIFY] = "upstream_verify",
   };
   return (unsigned)cause < CAUSE_COUNT ? names[cause] : "unknown";
 }

@@ -24,6 +24,9 @@ enum stats_cause {
   CAUSE_IDLE_TIMEOUT,           /* no byte either way for the listener's idle_timeout */
   CAUSE_CLIENT_WRITE_TIMEOUT,   /* the client took nothing of what waited for write_timeout */
   CAUSE_UPSTREAM_WRITE_TIMEOUT, /* the upstream took nothing of what waited for write_timeout */
+  CAUSE_UPSTREAM_TLS_HANDSHAKE, /* upstream_tls: the handshake with the upstream failed or timed out
+                                 */
+  CAUSE_UPSTREAM_VERIFY, /* upstream_tls: the upstream's certificate did not verify or match */
   CAUSE_COUNT
 };
 
@@ -39,6 +42,8 @@ struct stats {
   atomic_llong ocsp_staples;      /* of which got a stapled OCSP response */
   atomic_llong bytes_in;          /* bytes read from clients (TLS records) */
   atomic_llong bytes_out;         /* bytes of TLS records the client's socket took */
+  atomic_llong up_handshakes;     /* upstream_tls: handshakes with the upstream completed */
+  atomic_llong up_resumptions;    /* of which resumed the session kept from the last one */
   atomic_llong client_errors[CAUSE_COUNT];
   /* The log line of each cause, limited (a flood of bad clients makes a
    * few lines a second, each saying how many were left out). */

@@ -22,6 +22,20 @@ const struct listener_rules_duration listener_rules_write_timeout = {
 int listener_rules_addr_parse(const char *address, int bind, const char *field,
                               struct listener_rules_addr *out, struct tp_err *err) {
   memset(out, 0, sizeof(*out));
+  if (!bind && strncmp(address, "unix:", 5) == 0) {
+    const char *path = address + 5;
+    if (path[0] != '/')
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "%s: \"%s\": a Unix socket is \"unix:\" and an absolute path", field,
+                        address);
+    if (strlen(path) >= sizeof(out->path))
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "%s: \"%s\": the path is longer than %zu bytes", field, address,
+                        sizeof(out->path) - 1);
+    out->kind = LISTENER_RULES_HOST_UNIX;
+    snprintf(out->path, sizeof(out->path), "%s", path);
+    return 0;
+  }
   if (addr_parse(address, out->host, sizeof(out->host), &out->port, bind, field, err) != 0)
     return -1;
   const char *h = out->host;
@@ -199,6 +213,56 @@ done:
   return rc;
 }
 
+/* upstream_tls's own fields; the context it names is checked by
+ * listener_rules_upstream_context_check. */
+static int upstream_tls_check(const Tlsplane__V1__Listener *li, struct listener_rules_values *out,
+                              struct tp_err *err) {
+  const Tlsplane__V1__UpstreamTls *u = li->upstream_tls;
+  if (u == NULL)
+    return 0;
+  if (u->tls_context[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "upstream_tls.tls_context: required (a client TlsContext)");
+  if (u->servername[0] != '\0') {
+    struct listener_rules_addr a;
+    struct tp_err ignored = {0};
+    char probe[300];
+    snprintf(probe, sizeof(probe), "%s:1", u->servername);
+    if (strlen(u->servername) > 253 || !addr_is_hostname(u->servername) ||
+        (listener_rules_addr_parse(probe, 0, "", &a, &ignored) == 0 &&
+         a.kind != LISTENER_RULES_HOST_NAME))
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "upstream_tls.servername: \"%s\" is not a DNS hostname", u->servername);
+  }
+  int verify = u->reject_unauthorized == NULL || u->reject_unauthorized->value;
+  const char *name = u->check_server_identity;
+  if (name[0] != '\0') {
+    if (!verify)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "upstream_tls.check_server_identity: needs reject_unauthorized");
+    char probe[300];
+    struct listener_rules_addr a;
+    struct tp_err why = {0};
+    snprintf(probe, sizeof(probe), strchr(name, ':') ? "[%s]:1" : "%s:1", name);
+    if (strlen(name) > 253 || listener_rules_addr_parse(probe, 0, "", &a, &why) != 0)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "upstream_tls.check_server_identity: \"%s\" is neither an IP address nor "
+                        "a hostname",
+                        name);
+  }
+  if (u->min_dh_size < 0 || u->min_dh_size > 16384)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "upstream_tls.min_dh_size: %d bits; 1 to 16384 (0: 1024)", u->min_dh_size);
+  /* A Unix socket has no host to check the certificate against. */
+  if (verify && out->upstream.kind == LISTENER_RULES_HOST_UNIX && name[0] == '\0' &&
+      u->servername[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "upstream_tls.check_server_identity: required for a Unix-socket upstream "
+                      "(or servername; no host to check the certificate against)");
+  out->upstream_tls = 1;
+  return 0;
+}
+
 int listener_rules_check(const Tlsplane__V1__Listener *li, enum listener_rules_mode mode,
                          struct listener_rules_values *out, struct tp_err *err) {
   memset(out, 0, sizeof(*out));
@@ -221,5 +285,29 @@ int listener_rules_check(const Tlsplane__V1__Listener *li, enum listener_rules_m
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "max_connections: must not be negative (0: no limit)");
   out->max_connections = li->max_connections;
-  return renegotiation_limit_check(li, &out->renegotiation_limit, err);
+  if (renegotiation_limit_check(li, &out->renegotiation_limit, err) != 0)
+    return -1;
+  return upstream_tls_check(li, out, err);
+}
+
+int listener_rules_upstream_context_check(const Tlsplane__V1__Listener *li,
+                                          const Tlsplane__V1__TlsContext *ctx, const char *field,
+                                          struct tp_err *err) {
+  const Tlsplane__V1__UpstreamTls *u = li->upstream_tls;
+  if (u == NULL || strcmp(field, "upstream_tls.tls_context") != 0) {
+    if (ctx->client)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "%s: %s is a client context (for upstream_tls only)", field, ctx->name);
+    return 0;
+  }
+  if (!ctx->client)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "%s: %s is not a client context (set its client)", field, ctx->name);
+  if ((u->reject_unauthorized == NULL || u->reject_unauthorized->value) &&
+      ctx->trust_bundle[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "%s: %s has no trust_bundle to verify the upstream (or set "
+                      "upstream_tls.reject_unauthorized false)",
+                      field, ctx->name);
+  return 0;
 }

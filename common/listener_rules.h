@@ -19,6 +19,7 @@
 
 #include "error.h"
 #include "tlsplane/v1/listener.pb-c.h"
+#include "tlsplane/v1/tls_context.pb-c.h"
 
 /* ticketKeys / setTicketKeys: a key is 48 bytes, the 16-byte name (sent
  * in clear in every ticket), the 16-byte HMAC-SHA256 key and the 16-byte
@@ -63,6 +64,7 @@ enum listener_rules_host {
   LISTENER_RULES_HOST_ANY,  /* every address: "", "*", "0.0.0.0", "::" */
   LISTENER_RULES_HOST_IP,   /* an IPv4 or IPv6 literal (ip holds it) */
   LISTENER_RULES_HOST_NAME, /* a name, resolved by the agent ("localhost", an upstream host) */
+  LISTENER_RULES_HOST_UNIX, /* an upstream "unix:/path": path holds it, host is empty */
 };
 
 /* A "host:port" as a listener writes it, parsed without any name lookup. */
@@ -71,9 +73,12 @@ struct listener_rules_addr {
   char host[256];     /* as written, without brackets ("*" reads as "": every address) */
   int port;           /* 0: any free port (bind addresses only) */
   struct in6_addr ip; /* HOST_IP: the address, IPv4 as ::ffff:a.b.c.d */
+  char path[108];     /* HOST_UNIX: the socket's absolute path (sun_path's size) */
 };
 
-/* Parses a listener's address (bind: 1) or upstream (bind: 0). A bind
+/* Parses a listener's address (bind: 1) or upstream (bind: 0). An
+ * upstream may also be "unix:" and an absolute path of at most 107 bytes
+ * (a Unix-domain socket, HOST_UNIX, port 0). A bind
  * host is empty or "*" (every address), an IP literal or "localhost"; its
  * port may be 0. An upstream host is an IP literal or a DNS hostname, its
  * port 1 to 65535. field names the field in errors (INVALID_ARGUMENT:
@@ -123,7 +128,17 @@ struct listener_rules_values {
   int64_t max_connections;       /* 0: no limit */
   int renegotiation_limit;       /* 0: renegotiation refused */
   uint64_t renegotiation_window_ms;
+  int upstream_tls; /* upstream_tls is set */
 };
+
+/* The rules between li and a TlsContext it names in field
+ * ("default_tls_context", "sni_routes[0].tls_context",
+ * "upstream_tls.tls_context"): upstream_tls names a client context (with
+ * a trust_bundle unless reject_unauthorized is false), every other field
+ * a server one. INVALID_ARGUMENT naming field and the context. */
+int listener_rules_upstream_context_check(const Tlsplane__V1__Listener *li,
+                                          const Tlsplane__V1__TlsContext *ctx, const char *field,
+                                          struct tp_err *err);
 
 /* Checks every listener-level field of li (address, upstream, the
  * durations, max_connections, renegotiation, SNI hostnames) and fills

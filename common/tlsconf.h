@@ -253,6 +253,14 @@ int tlsconf_hostname_pattern_check(const char *pattern, struct tp_err *err);
 int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
                       struct tp_err *err);
 
+/* A client context (client set) hands every new session of an SSL made
+ * from it (each TLS 1.3 NewSessionTicket is one, a TLS 1.2 handshake
+ * makes one) to cb(data, sess), set per SSL: cb returns 1 when it keeps
+ * the reference to sess (freed later with SSL_SESSION_free), 0 when it
+ * does not. 0 or -ENOMEM. */
+typedef int (*tlsconf_session_cb)(void *data, SSL_SESSION *sess);
+int tlsconf_ssl_session_cb_set(SSL *ssl, tlsconf_session_cb cb, void *data);
+
 /* What a context built by tlsconf_ctx_build serves, per certificate:
  * found once, when the context is built (the agent's /metrics reads it at
  * every scrape). */

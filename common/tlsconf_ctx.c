@@ -7,6 +7,7 @@
  * reference to the SSL_CTX goes, so connections that still use an old
  * SSL_CTX after a swap keep valid data. It travels through void * to the
  * callbacks and carries a magic number checked on the way back. */
+#include <errno.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ocsp.h>
@@ -479,6 +480,94 @@ static int set_sessions(SSL_CTX *ctx, const Tlsplane__V1__TlsContext *tc, struct
   return 0;
 }
 
+/* A client SSL's new-session callback and its data (ex_data of the SSL,
+ * freed with it). */
+struct session_hook {
+  tlsconf_session_cb cb;
+  void *data;
+};
+
+static pthread_once_t hook_index_once = PTHREAD_ONCE_INIT;
+static int hook_index = -1;
+
+static void hook_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                         void *argp) {
+  free(ptr);
+}
+
+static void hook_index_init(void) {
+  hook_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, hook_free_cb);
+}
+
+int tlsconf_ssl_session_cb_set(SSL *ssl, tlsconf_session_cb cb, void *data) {
+  pthread_once(&hook_index_once, hook_index_init);
+  struct session_hook *h = hook_index >= 0 ? malloc(sizeof(*h)) : NULL;
+  if (h == NULL)
+    return -ENOMEM;
+  h->cb = cb;
+  h->data = data;
+  free(SSL_get_ex_data(ssl, hook_index));
+  if (!SSL_set_ex_data(ssl, hook_index, h)) {
+    free(h);
+    ERR_clear_error();
+    return -ENOMEM;
+  }
+  return 0;
+}
+
+/* Every new session of a client context (each TLS 1.3 ticket is one),
+ * to the SSL's hook. */
+static int client_new_session_cb(SSL *ssl, SSL_SESSION *sess) {
+  pthread_once(&hook_index_once, hook_index_init);
+  struct session_hook *h = hook_index >= 0 ? SSL_get_ex_data(ssl, hook_index) : NULL;
+  return h != NULL ? h->cb(h->data, sess) : 0;
+}
+
+/* The rest of a client context (tls.connect's secureContext, client set):
+ * the client certificate, the trust store verifying upstreams and the
+ * ALPN list offered. Verification itself (rejectUnauthorized,
+ * checkServerIdentity) is set per SSL by the listener that uses it. */
+static int client_build(SSL_CTX *ctx, struct ctx_data *d,
+                        const Tlsplane__V1__ResolvedTlsContext *rc, struct tp_err *err) {
+  const Tlsplane__V1__TlsContext *tc = rc->tls_context;
+  /* The server-only fields: refused rather than ignored. */
+  const char *server_only = tc->request_cert                    ? "request_cert"
+                            : tc->reject_unauthorized           ? "reject_unauthorized"
+                            : tc->n_npn_protocols > 0           ? "npn_protocols"
+                            : tc->n_revocation_lists > 0        ? "revocation_lists"
+                            : tc->session_timeout != NULL       ? "session_timeout"
+                            : tc->session_id_context[0] != '\0' ? "session_id_context"
+                            : tc->session_tickets != NULL       ? "session_tickets"
+                            : tc->session_cache_size != 0       ? "session_cache_size"
+                            : tc->ocsp_stapling                 ? "ocsp_stapling"
+                            : tc->ocsp_staple_revoked           ? "ocsp_staple_revoked"
+                            : tc->max_send_fragment != 0        ? "max_send_fragment"
+                                                                : NULL;
+  if (server_only != NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "%s: a server option, not for a client context", server_only);
+  if (rc->n_certificates > 1)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "certificates: a client context has at most one (the client certificate)");
+  if (rc->n_certificates == 1 && add_certificates(ctx, d, rc, 0, 0, err) != 0)
+    return -1;
+  if (add_trust(ctx, rc, err) != 0)
+    return -1;
+  if (tc->n_alpn_protocols > 0) {
+    if (protos_wire(tc->alpn_protocols, tc->n_alpn_protocols, "alpn_protocols", &d->alpn,
+                    &d->alpn_len, err) != 0)
+      return -1;
+    if (SSL_CTX_set_alpn_protos(ctx, d->alpn, d->alpn_len) != 0)
+      return tlsconf__oom(err);
+  }
+  /* Sessions are kept by whoever uses the context (the agent: a few per
+   * upstream and worker), handed over by tlsconf_ssl_session_cb_set's
+   * callback, not in a cache here. */
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, client_new_session_cb);
+  return 0;
+}
+
 int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
                       struct tp_err *err) {
   *out = NULL;
@@ -488,7 +577,7 @@ int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
   pthread_once(&ctx_index_once, ctx_index_init);
   if (ctx_index < 0)
     return tp_err_set(err, GRPC_STATUS_INTERNAL, "no SSL_CTX ex_data index");
-  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  SSL_CTX *ctx = SSL_CTX_new(tc->client ? TLS_client_method() : TLS_server_method());
   struct ctx_data *d = calloc(1, sizeof(*d));
   if (ctx == NULL || d == NULL) {
     free(d);
@@ -512,6 +601,13 @@ int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
   /* Serve exactly the stored chain, never one built from the trust
    * bundle. */
   SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN);
+  if (tc->client) {
+    if (client_build(ctx, d, rc, err) != 0)
+      goto failed;
+    ERR_clear_error();
+    *out = ctx;
+    return 0;
+  }
   if (add_certificates(ctx, d, rc, tc->ocsp_stapling, tc->ocsp_staple_revoked, err) != 0)
     goto failed;
   if (add_trust(ctx, rc, err) != 0)

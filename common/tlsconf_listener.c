@@ -35,6 +35,7 @@
  * callback argument), which holds a reference until SSL_free. */
 #include "tlsconf_listener.h"
 
+#include <arpa/inet.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -130,6 +131,19 @@ struct tlsconf_listener {
   int64_t renegotiation_window_ms;
   /* SSL_OP_ALLOW_CLIENT_RENEGOTIATION or SSL_OP_NO_RENEGOTIATION. */
   uint64_t ssl_options;
+  /* upstream_tls: the client context (entries[up_entry].ctx, last of the
+   * entries and named by no route); up_ctx NULL: cleartext upstream. */
+  SSL_CTX *up_ctx;
+  size_t up_entry;
+  char *up_servername;     /* SNI sent; NULL: none */
+  int up_sni_from_client;  /* the client's SNI instead, when it sent one */
+  int up_alpn_from_client; /* the client's ALPN protocol, when it negotiated one */
+  int up_verify;           /* rejectUnauthorized */
+  /* The name checked: up_check (check_server_identity), else the SNI
+   * sent, else up_host (the upstream's host). */
+  char *up_check;
+  char *up_host;
+  int up_min_dh_bits; /* minDHSize */
 };
 
 /* Per connection, in the SSL's ex_data; freed with the SSL. */
@@ -573,6 +587,9 @@ static void listener_free(struct tlsconf_listener *l) {
   for (size_t i = 0; i < l->n_wild; i++)
     free(l->wild[i].host);
   free(l->wild);
+  free(l->up_servername);
+  free(l->up_check);
+  free(l->up_host);
   if (l->keys != NULL)
     OPENSSL_cleanse(l->keys, l->n_keys * sizeof(*l->keys));
   free(l->keys);
@@ -789,10 +806,10 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
   int rc = -1;
   if (li->default_tls_context[0] == '\0')
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "default_tls_context: required");
-  l->entries = calloc(li->n_sni_routes + 1, sizeof(*l->entries));
+  l->entries = calloc(li->n_sni_routes + 2, sizeof(*l->entries));
   map = malloc((rl->n_tls_contexts + 1) * sizeof(*map));
   map_to_entry = malloc((rl->n_tls_contexts + 1) * sizeof(*map_to_entry));
-  names = calloc(li->n_sni_routes + 1, sizeof(*names));
+  names = calloc(li->n_sni_routes + 2, sizeof(*names));
   if (l->entries == NULL || map == NULL || map_to_entry == NULL || names == NULL) {
     tlsconf__oom(err);
     goto done;
@@ -812,13 +829,31 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
    * walk: the contexts before it are still built, and one of them failing
    * is reported first, as when each was built on the way. */
   size_t n = 0;
-  for (size_t i = 0; i <= li->n_sni_routes; i++) {
-    const char *name = i == 0 ? li->default_tls_context : li->sni_routes[i - 1]->tls_context;
+  size_t n_walk = li->n_sni_routes + 1 + (li->upstream_tls != NULL);
+  for (size_t i = 0; i < n_walk; i++) {
+    int up = i == li->n_sni_routes + 1; /* upstream_tls's, last */
+    const char *name = i == 0 ? li->default_tls_context
+                       : up   ? li->upstream_tls->tls_context
+                              : li->sni_routes[i - 1]->tls_context;
     map_entry **me = rl->n_tls_contexts > 0
                          ? bsearch(name, map, rl->n_tls_contexts, sizeof(*map), map_cmp_key)
                          : NULL;
+    char field[64];
+    if (i == 0)
+      snprintf(field, sizeof(field), "default_tls_context");
+    else if (up)
+      snprintf(field, sizeof(field), "upstream_tls.tls_context");
+    else
+      snprintf(field, sizeof(field), "sni_routes[%zu].tls_context", i - 1);
+    if (me != NULL && (*me)->value != NULL && (*me)->value->tls_context != NULL &&
+        listener_rules_upstream_context_check(li, (*me)->value->tls_context, field, &route_err) !=
+            0)
+      break;
     if (me == NULL) {
-      if (i == 0)
+      if (up)
+        tp_err_set(&route_err, GRPC_STATUS_INVALID_ARGUMENT,
+                   "upstream_tls.tls_context: \"%s\" is not in tls_contexts", name);
+      else if (i == 0)
         tp_err_set(&route_err, GRPC_STATUS_INVALID_ARGUMENT,
                    "default_tls_context: \"%s\" is not in tls_contexts", name);
       else
@@ -831,7 +866,9 @@ static int entries_build(struct tlsconf_listener *l, const Tlsplane__V1__Resolve
       map_to_entry[m] = n;
       names[n++] = name;
     }
-    if (i > 0)
+    if (up)
+      l->up_entry = map_to_entry[m];
+    else if (i > 0)
       route_entry[i - 1] = map_to_entry[m];
   }
   if ((errs = calloc(n + 1, sizeof(*errs))) == NULL) {
@@ -997,6 +1034,28 @@ static int base_build(struct tlsconf_listener *l, struct tp_err *err) {
   return 0;
 }
 
+/* upstream_tls: what each upstream SSL gets besides its context. */
+static int upstream_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener *li,
+                          struct tp_err *err) {
+  if (li->upstream_tls == NULL)
+    return 0;
+  struct listener_rules_values vals;
+  if (listener_rules_check(li, LISTENER_RULES_AGENT, &vals, err) != 0)
+    return -1;
+  const Tlsplane__V1__UpstreamTls *u = li->upstream_tls;
+  l->up_ctx = l->entries[l->up_entry].ctx;
+  l->up_verify = u->reject_unauthorized == NULL || u->reject_unauthorized->value;
+  l->up_sni_from_client = u->servername_from_client;
+  l->up_alpn_from_client = u->alpn_from_client;
+  l->up_min_dh_bits = u->min_dh_size > 0 ? u->min_dh_size : 1024;
+  if ((u->servername[0] != '\0' && (l->up_servername = strdup(u->servername)) == NULL) ||
+      (u->check_server_identity[0] != '\0' &&
+       (l->up_check = strdup(u->check_server_identity)) == NULL) ||
+      (l->up_host = strdup(vals.upstream.host)) == NULL)
+    return tlsconf__oom(err);
+  return 0;
+}
+
 int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsconf_listener **out,
                            struct tp_err *err) {
   /* A cache of its own, which its entries keep alive: the same context
@@ -1011,17 +1070,18 @@ int tlsconf_listener_build(const Tlsplane__V1__ResolvedListener *rl, struct tlsc
 
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l) {
   size_t n = 0;
-  for (size_t i = 0; i < l->n_entries; i++)
+  for (size_t i = 0; i < tlsconf_listener_contexts(l); i++)
     n += l->entries[i].reused;
   return n;
 }
 
 size_t tlsconf_listener_contexts(const struct tlsconf_listener *l) {
-  return l->n_entries;
+  /* upstream_tls's context is the last entry and serves no client. */
+  return l->n_entries - (l->up_ctx != NULL);
 }
 
 const SSL_CTX *tlsconf_listener_context(const struct tlsconf_listener *l, size_t i) {
-  return i < l->n_entries ? l->entries[i].ctx : NULL;
+  return i < tlsconf_listener_contexts(l) ? l->entries[i].ctx : NULL;
 }
 
 int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
@@ -1047,7 +1107,7 @@ int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
   if (renegotiation_build(l, li, err) != 0 ||
       entries_build(l, rl, hashes, cache, route_entry, err) != 0 ||
       routes_build(l, li, route_entry, err) != 0 || keys_build(l, rl, err) != 0 ||
-      base_build(l, err) != 0) {
+      base_build(l, err) != 0 || upstream_build(l, li, err) != 0) {
     free(route_entry);
     listener_free(l);
     ERR_clear_error();
@@ -1093,6 +1153,74 @@ failed:
   SSL_free(ssl);
   ERR_clear_error();
   return NULL;
+}
+
+SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l, SSL *client) {
+  listener_check(l);
+  if (l->up_ctx == NULL)
+    return NULL;
+  SSL *ssl = SSL_new(l->up_ctx);
+  if (ssl == NULL)
+    goto failed;
+  const char *sni = l->up_servername;
+  if (l->up_sni_from_client && client != NULL) {
+    const char *cs = SSL_get_servername(client, TLSEXT_NAMETYPE_host_name);
+    if (cs != NULL && cs[0] != '\0')
+      sni = cs;
+  }
+  if (sni != NULL && !SSL_set_tlsext_host_name(ssl, sni))
+    goto failed;
+  const unsigned char *proto = NULL;
+  unsigned proto_len = 0;
+  if (l->up_alpn_from_client && client != NULL)
+    SSL_get0_alpn_selected(client, &proto, &proto_len);
+  if (proto_len > 0) {
+    unsigned char wire[256];
+    wire[0] = (unsigned char)proto_len; /* at most 255 (RFC 7301) */
+    memcpy(wire + 1, proto, proto_len);
+    if (SSL_set_alpn_protos(ssl, wire, proto_len + 1) != 0)
+      goto failed;
+  }
+  if (l->up_verify) {
+    const char *name = l->up_check != NULL ? l->up_check : sni != NULL ? sni : l->up_host;
+    struct in6_addr ip;
+    int is_ip = inet_pton(AF_INET, name, &ip) == 1 || inet_pton(AF_INET6, name, &ip) == 1;
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    if (is_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
+              : !SSL_set1_host(ssl, name))
+      goto failed;
+  } else {
+    SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+  }
+  SSL_set_connect_state(ssl);
+  return ssl;
+failed:
+  SSL_free(ssl);
+  ERR_clear_error();
+  return NULL;
+}
+
+int tlsconf_listener_upstream_check(const struct tlsconf_listener *l, SSL *ssl, char *why,
+                                    size_t why_len) {
+  listener_check(l);
+  EVP_PKEY *tmp = NULL;
+  if (!SSL_get_peer_tmp_key(ssl, &tmp)) {
+    ERR_clear_error();
+    return 0; /* no ephemeral key (TLS 1.3 reports its group's; none: resumed) */
+  }
+  int bits = EVP_PKEY_get_bits(tmp);
+  int dh = EVP_PKEY_is_a(tmp, "DH");
+  EVP_PKEY_free(tmp);
+  if (dh && bits < l->up_min_dh_bits) {
+    snprintf(why, why_len, "DH parameter size %d is less than min_dh_size %d", bits,
+             l->up_min_dh_bits);
+    return -1;
+  }
+  return 0;
+}
+
+int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l) {
+  return listener_check((struct tlsconf_listener *)l)->up_ctx != NULL;
 }
 
 const char *tlsconf_ssl_context_name(const SSL *ssl) {

@@ -65,8 +65,9 @@ int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
                                   struct tlsconf_ctxcache *cache, struct tlsconf_listener **out,
                                   struct tp_err *err);
 
-/* How many contexts l has, and how many of them its build found in the
- * cache rather than built. */
+/* How many contexts l serves to clients (default and SNI routes; not
+ * upstream_tls's), and how many of them its build found in the cache
+ * rather than built. */
 size_t tlsconf_listener_contexts(const struct tlsconf_listener *l);
 size_t tlsconf_listener_reused(const struct tlsconf_listener *l);
 
@@ -87,6 +88,25 @@ void tlsconf_listener_unref(struct tlsconf_listener *l);
  * allocation failure. Options set on the SSL by the caller survive the
  * switch. */
 SSL *tlsconf_listener_ssl_new(struct tlsconf_listener *l);
+
+/* upstream_tls (tls.connect): whether l encrypts to its upstream, and a
+ * new client SSL for one upstream connection of the client connection
+ * `client` (its SNI and ALPN protocol are read when servername_from_client
+ * / alpn_from_client ask; may be NULL): the client context (client
+ * certificate, trust store, cipher policy, ALPN list), the SNI, and with
+ * reject_unauthorized peer verification against the trust store and the
+ * name check (check_server_identity, else the SNI sent, else the
+ * upstream's host: SSL_set1_host, or the IP address). In connect state.
+ * Caller frees with SSL_free. NULL when l has no upstream_tls, or on
+ * allocation failure. */
+int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l);
+
+/* After ssl's (an upstream SSL of l) handshake: what OpenSSL does not
+ * check itself. minDHSize: a DHE key exchange with a prime under
+ * min_dh_size bits. -1 with the reason in why, else 0. */
+int tlsconf_listener_upstream_check(const struct tlsconf_listener *l, SSL *ssl, char *why,
+                                    size_t why_len);
+SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l, SSL *client);
 
 /* The tls_context name that served ssl ("tlsContexts/web"), for logs and
  * metrics: known once the ClientHello has been processed; NULL before it

@@ -423,9 +423,12 @@ static int ciphers_split(const char *ciphers, char **tls12, char **tls13, struct
 
 /* At least one cipher must be usable with the enabled versions (a TLS 1.2
  * only policy whose list holds only TLS 1.3 or only SSLv3-era names would
- * accept no handshake). DHE ciphers count only with DH parameters. */
+ * accept no handshake). DHE ciphers count only with DH parameters, on a
+ * server: a client (upstream_tls) gets the group from the upstream. */
 static int check_usable(SSL_CTX *ctx, const char *ciphers, int min, int max, int have_dh,
                         struct tp_err *err) {
+  if (SSL_CTX_get_ssl_method(ctx) == TLS_client_method())
+    have_dh = 1;
   SSL *ssl = SSL_new(ctx);
   STACK_OF(SSL_CIPHER) *sk = ssl ? SSL_get1_supported_ciphers(ssl) : NULL;
   int usable = 0, dhe_only = 0;

@@ -431,7 +431,7 @@ static int entry_build(struct build *b, Tlsplane__V1__Listener *l, struct tp_err
   }
   tlsplane__v1__listener_entry__init(e);
   e->listener = l;
-  size_t cap = l->n_sni_routes + 1;
+  size_t cap = l->n_sni_routes + 2;
   int rc = (e->tls_contexts = calloc(cap, sizeof(*e->tls_contexts))) == NULL
                ? tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory")
                : 0;
@@ -442,6 +442,9 @@ static int entry_build(struct build *b, Tlsplane__V1__Listener *l, struct tp_err
     snprintf(field, sizeof(field), "sni_routes[%zu].tls_context", i);
     rc = entry_add_context(b, e, cap, l->sni_routes[i]->tls_context, field, err);
   }
+  if (rc == 0 && l->upstream_tls != NULL)
+    rc =
+        entry_add_context(b, e, cap, l->upstream_tls->tls_context, "upstream_tls.tls_context", err);
   if (rc == 0 && l->ticket_key_ring[0] != '\0') {
     const struct memo *m = ring_memo(b, l->ticket_key_ring);
     if (m == NULL)

@@ -10,20 +10,11 @@
 #include "tlsplane/v1/listener.pb-c.h"
 
 static const char *const listener_mutable[] = {
-    "address",
-    "default_tls_context",
-    "sni_routes",
-    "upstream",
-    "proxy_protocol",
-    "handshake_timeout",
-    "max_connections",
-    "renegotiation_limit",
-    "renegotiation_window",
-    "ticket_key_ring",
-    "agent_selector",
-    "idle_timeout",
-    "write_timeout",
-    NULL,
+    "address",         "default_tls_context", "sni_routes",
+    "upstream",        "proxy_protocol",      "handshake_timeout",
+    "max_connections", "renegotiation_limit", "renegotiation_window",
+    "ticket_key_ring", "agent_selector",      "idle_timeout",
+    "write_timeout",   "upstream_tls",        NULL,
 };
 
 /* A Duration left out gets its default stored, so that reads show what
@@ -55,6 +46,9 @@ static int listener_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_
     if (api_name_check(&api_kind_tls_context, l->sni_routes[i]->tls_context, field, err) != 0)
       return -1;
   }
+  if (l->upstream_tls != NULL && api_name_check(&api_kind_tls_context, l->upstream_tls->tls_context,
+                                                "upstream_tls.tls_context", err) != 0)
+    return -1;
   if (duration_default(&l->handshake_timeout, &listener_rules_handshake_timeout, err) != 0 ||
       duration_default(&l->renegotiation_window, &listener_rules_renegotiation_window, err) != 0 ||
       duration_default(&l->idle_timeout, &listener_rules_idle_timeout, err) != 0 ||
@@ -113,10 +107,48 @@ static int selectors_equal(const Tlsplane__V1__Listener *a, const Tlsplane__V1__
  * make that agent nack one of them: refused here, inside the write
  * transaction, so that two concurrent writes cannot both pass. An agent
  * whose labels an UpdateAgent changes is not checked: it nacks as before. */
+/* Each context l names is of the kind its field needs (client for
+ * upstream_tls, server otherwise: listener_rules_upstream_context_check,
+ * the agent's own rule). A context that does not exist is refs' error. */
+static int contexts_check(struct api_op *op, const Tlsplane__V1__Listener *l, struct tp_err *err) {
+  size_t n = l->n_sni_routes + 1 + (l->upstream_tls != NULL);
+  for (size_t i = 0; i < n; i++) {
+    char field[64];
+    const char *name;
+    if (i == 0) {
+      snprintf(field, sizeof(field), "default_tls_context");
+      name = l->default_tls_context;
+    } else if (i == l->n_sni_routes + 1) {
+      snprintf(field, sizeof(field), "upstream_tls.tls_context");
+      name = l->upstream_tls->tls_context;
+    } else {
+      snprintf(field, sizeof(field), "sni_routes[%zu].tls_context", i - 1);
+      name = l->sni_routes[i - 1]->tls_context;
+    }
+    ProtobufCMessage *ctx;
+    struct tp_err why = {0};
+    if (api_read(op->txn, &api_kind_tls_context, name, 0, &ctx, NULL, &why) != 0) {
+      if (why.status == GRPC_STATUS_NOT_FOUND)
+        continue;
+      *err = why;
+      return -1;
+    }
+    int rc = listener_rules_upstream_context_check(l, (Tlsplane__V1__TlsContext *)ctx, field, err);
+    protobuf_c_message_free_unpacked(ctx, NULL);
+    if (rc != 0) {
+      tp_err_prefix(err, "listener.");
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static int listener_check_in_write(struct api_op *op, const ProtobufCMessage *res,
                                    struct tp_err *err) {
   const Tlsplane__V1__Listener *l = (const Tlsplane__V1__Listener *)res;
   struct listener_rules_addr mine, theirs;
+  if (contexts_check(op, l, err) != 0)
+    return -1;
   struct tp_err ignored = {0};
   if (listener_rules_addr_parse(l->address, 1, "address", &mine, err) != 0)
     return -1;
@@ -173,6 +205,9 @@ static int listener_refs(const ProtobufCMessage *res, struct api_refs *refs) {
   for (size_t i = 0; rc == 0 && i < l->n_sni_routes; i++)
     rc = api_refs_add(refs, api_kind_tls_context.kind, l->sni_routes[i]->tls_context,
                       "listener.sni_routes[%zu].tls_context", i);
+  if (rc == 0 && l->upstream_tls != NULL)
+    rc = api_refs_add(refs, api_kind_tls_context.kind, l->upstream_tls->tls_context,
+                      "listener.upstream_tls.tls_context");
   if (rc == 0 && l->ticket_key_ring[0] != '\0')
     rc = api_refs_add(refs, api_kind_ticket_key_ring.kind, l->ticket_key_ring,
                       "listener.ticket_key_ring");

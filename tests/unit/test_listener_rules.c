@@ -2,8 +2,8 @@
  * handshakeTimeout 120 s, 3 renegotiations per 600 s, 48-byte ticket
  * keys), each duration's range in the API and in a snapshot (whatever the
  * API accepts an agent loads), the address syntax read without any name
- * lookup, when two bind addresses and two agent selectors overlap, and the
- * SNI table's rules. */
+ * lookup, when two bind addresses and two agent selectors overlap, the
+ * SNI table's rules, Unix-socket upstreams and upstream_tls's fields. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,6 +200,74 @@ static void test_addresses(void **state) {
              "upstream: \"127.0.0.1:0\" needs a port from 1 to 65535");
 }
 
+/* Unix-socket upstreams, and the upstream_tls fields checked without the
+ * context (listener_rules_upstream_context_check checks that). */
+static void test_upstream_tls(void **state) {
+  (void)state;
+  struct listener_rules_addr a;
+  struct listener_rules_values v;
+  struct tp_err err = {0};
+  EXPECT_OK(listener_rules_addr_parse("unix:/run/app.sock", 0, "upstream", &a, &err), &err);
+  assert_int_equal(a.kind, LISTENER_RULES_HOST_UNIX);
+  assert_string_equal(a.path, "/run/app.sock");
+  EXPECT_ERR(listener_rules_addr_parse("unix:app.sock", 0, "upstream", &a, &err), &err,
+             "upstream: \"unix:app.sock\": a Unix socket is \"unix:\" and an absolute path");
+  EXPECT_ERR(listener_rules_addr_parse("unix:/run/app.sock", 1, "address", &a, &err), &err,
+             "address: ");
+
+  Tlsplane__V1__Listener l;
+  listener_init(&l);
+  Tlsplane__V1__UpstreamTls u = TLSPLANE__V1__UPSTREAM_TLS__INIT;
+  Google__Protobuf__BoolValue off = GOOGLE__PROTOBUF__BOOL_VALUE__INIT;
+  l.upstream_tls = &u;
+  EXPECT_ERR(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err,
+             "upstream_tls.tls_context: required");
+  u.tls_context = "tlsContexts/up";
+  EXPECT_OK(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err);
+  assert_int_equal(v.upstream_tls, 1);
+  u.servername = "10.0.0.1";
+  EXPECT_ERR(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err,
+             "upstream_tls.servername: \"10.0.0.1\" is not a DNS hostname");
+  u.servername = "www.example.com";
+  u.check_server_identity = "10.0.0.1";
+  EXPECT_OK(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err);
+  u.check_server_identity = "x..y";
+  EXPECT_ERR(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err,
+             "upstream_tls.check_server_identity: \"x..y\" is neither an IP address nor a "
+             "hostname");
+  u.check_server_identity = "a.example.com";
+  u.reject_unauthorized = &off;
+  EXPECT_ERR(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err,
+             "upstream_tls.check_server_identity: needs reject_unauthorized");
+  u.check_server_identity = "";
+  u.min_dh_size = -1;
+  EXPECT_ERR(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err,
+             "upstream_tls.min_dh_size: -1 bits");
+  u.min_dh_size = 0;
+  /* A Unix socket: no host to check, so a name is needed when verifying. */
+  u.reject_unauthorized = NULL;
+  u.servername = "";
+  l.upstream = "unix:/run/app.sock";
+  EXPECT_ERR(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err,
+             "upstream_tls.check_server_identity: required for a Unix-socket upstream");
+  u.servername = "app.internal";
+  EXPECT_OK(listener_rules_check(&l, LISTENER_RULES_API, &v, &err), &err);
+
+  /* Which kind of context each field names. */
+  Tlsplane__V1__TlsContext ctx = TLSPLANE__V1__TLS_CONTEXT__INIT;
+  ctx.name = "tlsContexts/up";
+  EXPECT_ERR(listener_rules_upstream_context_check(&l, &ctx, "upstream_tls.tls_context", &err),
+             &err, "upstream_tls.tls_context: tlsContexts/up is not a client context");
+  ctx.client = 1;
+  EXPECT_ERR(listener_rules_upstream_context_check(&l, &ctx, "upstream_tls.tls_context", &err),
+             &err, "upstream_tls.tls_context: tlsContexts/up has no trust_bundle");
+  ctx.trust_bundle = "trustBundles/ca";
+  EXPECT_OK(listener_rules_upstream_context_check(&l, &ctx, "upstream_tls.tls_context", &err),
+            &err);
+  EXPECT_ERR(listener_rules_upstream_context_check(&l, &ctx, "default_tls_context", &err), &err,
+             "default_tls_context: tlsContexts/up is a client context (for upstream_tls only)");
+}
+
 static int overlap(const char *x, const char *y) {
   struct listener_rules_addr a, b;
   struct tp_err err = {0};
@@ -319,6 +387,7 @@ int main(void) {
       cmocka_unit_test(test_addresses_overlap),
       cmocka_unit_test(test_selectors_overlap),
       cmocka_unit_test(test_sni_routes),
+      cmocka_unit_test(test_upstream_tls),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

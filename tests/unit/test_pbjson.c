@@ -606,7 +606,7 @@ static void test_defaults_omitted(void **state) {
                  "\"proxyProtocol\":false,\"handshakeTimeout\":null,\"maxConnections\":0,"
                  "\"renegotiationLimit\":null,\"renegotiationWindow\":null,"
                  "\"ticketKeyRing\":\"\",\"agentSelector\":{},\"idleTimeout\":null,"
-                 "\"writeTimeout\":null}");
+                 "\"writeTimeout\":null,\"upstreamTls\":null}");
   Tlsplane__V1__CipherPolicy p = TLSPLANE__V1__CIPHER_POLICY__INIT;
   char *out = encode_ok(&p.base, PBJSON_EMIT_DEFAULTS);
   assert_non_null(strstr(out, "\"minVersion\":\"TLS_VERSION_UNSPECIFIED\""));

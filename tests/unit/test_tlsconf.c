@@ -1437,6 +1437,39 @@ static void test_build_applies_options(void **state) {
   msg_free(rc);
 }
 
+/* A client context (upstream_tls): a client SSL_CTX with no certificate
+ * needed, at most one, none of the server-only fields, ALPN offered. */
+static void test_build_client(void **state) {
+  struct tp_err err;
+  Tlsplane__V1__ResolvedTlsContext *rc = rctx_new("tlsContexts/up");
+  rc->tls_context->client = 1;
+  SSL_CTX *ctx = build_ok(rc);
+  assert_ptr_equal(SSL_CTX_get_ssl_method(ctx), TLS_client_method());
+  assert_int_equal(SSL_CTX_get_session_cache_mode(ctx),
+                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_free(ctx);
+  rctx_trust_clients(rc, 0);
+  rctx_add(rc, material("certificates/a", w.ec_key, w.ec_leaf, w.ca));
+  ctx = build_ok(rc);
+  assert_non_null(SSL_CTX_get0_certificate(ctx));
+  SSL_CTX_free(ctx);
+  rctx_add(rc, material("certificates/rsa", w.rsa_key, w.rsa_leaf, w.ca));
+  EXPECT_ERR_EXACT(build(rc, &err), &err,
+                   "certificates: a client context has at most one (the client certificate)");
+  msg_free(rc);
+
+  rc = rctx_new("tlsContexts/up");
+  rc->tls_context->client = 1;
+  rc->tls_context->request_cert = 1;
+  EXPECT_ERR_EXACT(build(rc, &err), &err,
+                   "request_cert: a server option, not for a client context");
+  rc->tls_context->request_cert = 0;
+  rc->tls_context->max_send_fragment = 1024;
+  EXPECT_ERR_EXACT(build(rc, &err), &err,
+                   "max_send_fragment: a server option, not for a client context");
+  msg_free(rc);
+}
+
 static void test_build_errors(void **state) {
   struct tp_err err;
   Tlsplane__V1__ResolvedTlsContext *rc = rctx_new("tlsContexts/x");
@@ -2053,6 +2086,7 @@ int main(void) {
       cmocka_unit_test(test_build_applies_options),
       cmocka_unit_test(test_build_cert_facts),
       cmocka_unit_test(test_build_errors),
+      cmocka_unit_test(test_build_client),
       cmocka_unit_test(test_handshake_cert_by_sigalgs),
       cmocka_unit_test(test_handshake_alpn_npn),
       cmocka_unit_test(test_handshake_ocsp_staple_per_certificate),

@@ -163,9 +163,13 @@ function tlsContext(name, opts = {}) {
 //   handshakeTimeout ("2s"), maxConnections, renegotiationLimit,
 //   renegotiationWindow ("600s"): Listener fields as they are;
 //   defaultContext: a tlsContext(); sni: [[pattern, tlsContext()], ...];
-//   ticketKeys: [{key: Buffer(48), active: bool}] (sets ticketKeyRing).
+//   ticketKeys: [{key: Buffer(48), active: bool}] (sets ticketKeyRing);
+//   upstreamTls: {context: tlsContext({client: true, ...}), servername,
+//   checkServerIdentity, rejectUnauthorized} (sets upstreamTls).
 function listener(name, opts = {}) {
-  const { defaultContext, sni = [], ticketKeys, ticketKeyRing, address = AUTO_ADDRESS, ...fields } = opts;
+  const {
+    defaultContext, sni = [], ticketKeys, ticketKeyRing, upstreamTls, address = AUTO_ADDRESS, ...fields
+  } = opts;
   assert.ok(defaultContext, 'listener(): defaultContext is required');
   const contexts = {};
   const add = (rc) => {
@@ -177,6 +181,11 @@ function listener(name, opts = {}) {
   };
   add(defaultContext);
   for (const [, rc] of sni) add(rc);
+  if (upstreamTls) {
+    const { context, ...upFields } = upstreamTls;
+    add(context);
+    fields.upstreamTls = { tlsContext: context.tlsContext.name, ...upFields };
+  }
   const rl = {
     listener: {
       name: full('listeners', name),

@@ -1,0 +1,389 @@
+'use strict';
+// upstream_tls (tls.connect): the agent re-encrypts to its upstreams.
+// Real upstreams on loopback: Node's tls.createServer (which records the
+// SNI, ALPN, client certificate and session reuse it saw) and `openssl
+// s_server -Verify 1` (a required client certificate). An upstream that
+// does not verify, or refuses the agent, closes the client's connection
+// with nothing of the client's data sent on, counted by cause.
+
+const { describe, test, before, after, afterEach } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const tls = require('node:tls');
+
+const { pki } = require('./lib/pki');
+const { Agent, tlsContext, listener, snapshot, failOnCrash, freePort } = require('./lib/agent');
+const { HOST } = require('./lib/tlsclient');
+const { waitFor } = require('./lib/wait');
+
+// A TLS echo upstream that records every connection: servername, ALPN,
+// client certificate CN, session reuse and the bytes it received.
+async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, path: sockPath, raw = false, ...more } = {}) {
+  const seen = [];
+  const failures = [];
+  const server = tls.createServer({
+    cert, key, ca, requestCert, rejectUnauthorized: requestCert, ALPNProtocols: alpn, ...more,
+  }, (sock) => {
+    const peer = sock.getPeerCertificate();
+    const rec = {
+      servername: sock.servername || null,
+      alpn: sock.alpnProtocol || null,
+      clientCn: peer && peer.subject ? peer.subject.CN : null,
+      reused: sock.isSessionReused(),
+      protocol: sock.getProtocol(),
+      cipher: sock.getCipher().name,
+      bytes: 0,
+    };
+    seen.push(rec);
+    sock.on('data', (d) => {
+      rec.bytes += d.length;
+      sock.write(raw ? d : Buffer.concat([Buffer.from('echo:'), d]));
+    });
+    sock.on('error', () => {});
+  });
+  // TLS 1.3 resumption needs tickets, which Node sends by default.
+  server.on('tlsClientError', (err) => failures.push(err.code || err.message));
+  await new Promise((resolve) => (sockPath ? server.listen(sockPath, resolve) : server.listen(0, HOST, resolve)));
+  return {
+    address: sockPath ? `unix:${sockPath}` : `${HOST}:${server.address().port}`,
+    seen,
+    failures,
+    bytesIn: () => seen.reduce((a, r) => a + r.bytes, 0),
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+// openssl s_server -Verify 1 -rev: a required client certificate; each
+// line comes back reversed. Its output tells who connected.
+async function opensslUpstream(p) {
+  const port = await freePort();
+  const proc = spawn('openssl', [
+    's_server', '-accept', `${HOST}:${port}`, '-cert', p.rsa.certFile, '-key', p.rsa.keyFile,
+    '-CAfile', p.ca.certFile, '-Verify', '1', '-rev',
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stdout.on('data', (d) => { out += d; });
+  proc.stderr.on('data', (d) => { out += d; });
+  await waitFor('openssl s_server ACCEPT', () => out.includes('ACCEPT'), { timeoutMs: 10000 });
+  return {
+    address: `${HOST}:${port}`,
+    output: () => out,
+    close: () => new Promise((resolve) => {
+      proc.on('exit', resolve);
+      proc.kill('SIGTERM');
+    }),
+  };
+}
+
+// Connects to the agent, sends data, and reads until the connection ends
+// or `want` bytes came back.
+function talk(port, data, want, opts = {}) {
+  return new Promise((resolve, reject) => {
+    const sock = tls.connect({ host: HOST, port, rejectUnauthorized: false, ...opts });
+    const chunks = [];
+    let error = null;
+    sock.on('secureConnect', () => sock.write(data));
+    sock.on('data', (d) => {
+      chunks.push(d);
+      if (want && Buffer.concat(chunks).length >= want) sock.end();
+    });
+    sock.on('error', (err) => { error = err.code || err.message; });
+    sock.on('close', () => resolve({ data: Buffer.concat(chunks).toString(), error }));
+    setTimeout(() => reject(new Error(`the agent neither answered nor closed within 10 s (${JSON.stringify(opts)}: ${Buffer.concat(chunks)})`)), 10000).unref();
+  });
+}
+
+describe('upstream_tls: TLS from the agent to its upstreams', () => {
+  let p;
+  let x;
+  let agent;
+  let good;
+  let mtls;
+  let resume;
+  let resume13;
+  let ossl;
+  let dhe;
+  let bulk;
+  let unixTls;
+  let unixClear;
+  let tmp;
+  let all;
+  let trustCa2Context;
+
+  before(async () => {
+    p = pki();
+    x = p.agentExtras();
+    good = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, alpn: ['h2', 'x-up'] });
+    mtls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, ca: p.ca.cert, requestCert: true });
+    resume = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    resume13 = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key });
+    bulk = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, raw: true });
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-up-'));
+    unixTls = await nodeUpstream({ cert: p.rsa.cert, key: p.rsa.key, path: path.join(tmp, 'tls.sock') });
+    unixClear = net.createServer((sock) => {
+      sock.on('data', (d) => sock.write(Buffer.concat([Buffer.from('plain:'), d])));
+      sock.on('error', () => {});
+    });
+    await new Promise((resolve) => unixClear.listen(path.join(tmp, 'clear.sock'), resolve));
+    // DHE only, a 2048-bit group (Node's 'auto' for a 2048-bit RSA key).
+    dhe = await nodeUpstream({
+      cert: p.rsa.cert, key: p.rsa.key, dhparam: 'auto', ciphers: 'DHE-RSA-AES128-GCM-SHA256', maxVersion: 'TLSv1.2',
+    });
+    ossl = await opensslUpstream(p);
+    const web = tlsContext('web', { certs: [p.rsa] });
+    const trustCa = tlsContext('up-ca', { client: true, ca: p.ca.cert, alpnProtocols: ['x-up'] });
+    const trustCa2 = tlsContext('up-ca2', { client: true, ca: p.ca2.cert });
+    const withCert = tlsContext('up-alice', { client: true, ca: p.ca.cert, certs: [x.alice] });
+    const tls12 = tlsContext('up-tls12', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'ECDHE-RSA-CHACHA20-POLY1305' },
+    });
+    const dheOnly = tlsContext('up-dhe', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256' },
+    });
+    const tls13 = tlsContext('up-tls13', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_3', maxVersion: 'TLS_1_3', ciphersuites: 'TLS_AES_256_GCM_SHA384' },
+    });
+    const webAlpn = tlsContext('web-alpn', { certs: [p.rsa], alpnProtocols: ['h2', 'http/1.1'] });
+    const L = (name, upstream, upstreamTls, defaultContext = web) => listener(name, { upstream, defaultContext, upstreamTls });
+    all = (sniContext) => [
+      L('sni', good.address, { context: sniContext, servername: 'www.example.com' }),
+      L('by-ip', good.address, { context: trustCa }),
+      L('untrusted', good.address, { context: trustCa2, servername: 'www.example.com' }),
+      L('wrong-name', good.address, { context: trustCa, checkServerIdentity: 'other.example.com' }),
+      L('mtls', mtls.address, { context: withCert }),
+      L('mtls-nocert', mtls.address, { context: trustCa }),
+      L('ossl', ossl.address, { context: withCert }),
+      L('ossl-nocert', ossl.address, { context: trustCa }),
+      L('resume', resume.address, { context: tls12 }),
+      L('resume13', resume13.address, { context: tls13 }),
+      L('dhe', dhe.address, { context: dheOnly }),
+      L('bulk', bulk.address, { context: trustCa }),
+      L('noverify', good.address, { context: tlsContext('up-none', { client: true }), rejectUnauthorized: false }),
+      L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
+      listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
+      L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
+      L('pass', good.address, {
+        context: trustCa, servername: 'example.com', servernameFromClient: true, alpnFromClient: true,
+      }, webAlpn),
+    ];
+    trustCa2Context = trustCa2;
+    agent = await Agent.start(snapshot(1, all(trustCa)));
+  });
+
+  after(async () => {
+    if (agent) await agent.stopClean();
+    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl]) if (u) await u.close();
+    if (unixClear) await new Promise((resolve) => unixClear.close(resolve));
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  failOnCrash({ afterEach }, () => [agent]);
+
+  const errors = (m, listenerName, cause) =>
+    m.get('tlsplane_client_errors_total', { listener: `listeners/${listenerName}`, cause });
+
+  test('data both ways through TLS; the upstream sees the configured SNI and the ALPN list', async () => {
+    const r = await talk(agent.port('sni'), 'ping', 'echo:ping'.length);
+    assert.equal(r.data, 'echo:ping');
+    const rec = good.seen.at(-1);
+    assert.equal(rec.servername, 'www.example.com');
+    assert.equal(rec.alpn, 'x-up', 'the context\'s alpn_protocols are offered to the upstream');
+    assert.equal(rec.clientCn, null, 'no client certificate configured, none sent');
+  });
+
+  test('8 MB each way through both TLS legs: the echo comes back intact', async () => {
+    const payload = crypto.randomBytes(8 * 1024 * 1024);
+    const back = await new Promise((resolve, reject) => {
+      const sock = tls.connect({ host: HOST, port: agent.port('bulk'), rejectUnauthorized: false });
+      const chunks = [];
+      let n = 0;
+      sock.on('secureConnect', () => sock.write(payload));
+      sock.on('data', (d) => {
+        chunks.push(d);
+        n += d.length;
+        if (n >= payload.length) sock.end();
+      });
+      sock.on('error', reject);
+      sock.on('close', () => resolve(Buffer.concat(chunks)));
+      setTimeout(() => reject(new Error(`only ${n} bytes back within 30 s`)), 30000).unref();
+    });
+    assert.equal(back.length, payload.length);
+    assert.ok(back.equals(payload), 'the echo changed on its way');
+    assert.equal(bulk.bytesIn(), payload.length);
+  });
+
+  test('half-close: the client\'s close_notify goes upstream as close_notify + FIN; the echo after it and the end come back', async () => {
+    const result = await new Promise((resolve, reject) => {
+      const sock = tls.connect({ host: HOST, port: agent.port('bulk'), rejectUnauthorized: false, allowHalfOpen: true });
+      const chunks = [];
+      sock.on('secureConnect', () => {
+        sock.write('last words');
+        sock.end();
+      });
+      sock.on('data', (d) => chunks.push(d));
+      sock.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      sock.on('error', reject);
+      setTimeout(() => reject(new Error('no end within 10 s')), 10000).unref();
+    });
+    assert.equal(result, 'last words');
+  });
+
+  test('servername_from_client / alpn_from_client: the client\'s SNI and ALPN protocol go upstream (verified against that name); without them, the configured ones', async () => {
+    const r = await talk(agent.port('pass'), 'a', 'echo:a'.length, { servername: 'www.example.com', ALPNProtocols: ['h2'] });
+    assert.equal(r.data, 'echo:a');
+    assert.deepEqual([good.seen.at(-1).servername, good.seen.at(-1).alpn], ['www.example.com', 'h2']);
+    const r2 = await talk(agent.port('pass'), 'b', 'echo:b'.length);
+    assert.equal(r2.data, 'echo:b');
+    assert.deepEqual([good.seen.at(-1).servername, good.seen.at(-1).alpn], ['example.com', 'x-up']);
+    // A client SNI the upstream's certificate does not carry: refused,
+    // although this worker holds sessions of the upstream (verified for
+    // other names: a session resumes only for the SNI it was made with).
+    const m0 = await agent.metrics();
+    const r3 = await talk(agent.port('pass'), 'c', 'echo:c'.length, { servername: 'nope.example.org' });
+    assert.equal(r3.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'pass', 'upstream_verify') === errors(m0, 'pass', 'upstream_verify') + 1,
+      { what: 'a client SNI the upstream does not carry refused' });
+  });
+
+  test('minDHSize: a 2048-bit DHE group passes the default (1024), not min_dh_size 3072; nothing reaches that upstream', async () => {
+    const r = await talk(agent.port('dhe'), 'd', 'echo:d'.length);
+    assert.equal(r.data, 'echo:d');
+    assert.equal(dhe.seen.at(-1).cipher, 'DHE-RSA-AES128-GCM-SHA256');
+    const m0 = await agent.metrics();
+    const bytes0 = dhe.bytesIn();
+    const r2 = await talk(agent.port('dhe-3072'), 'e');
+    assert.equal(r2.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'dhe-3072', 'upstream_tls_handshake') ===
+      errors(m0, 'dhe-3072', 'upstream_tls_handshake') + 1, { what: 'min_dh_size refusal counted' });
+    assert.equal(dhe.bytesIn(), bytes0);
+    assert.match(agent.log(), /listener=listeners\/dhe-3072 client=\S+ cause=upstream_tls_handshake reason="[^"]*DH parameter size 2048 is less than min_dh_size 3072"/);
+  });
+
+  test('Unix-socket upstreams (unix:/path): TLS with the name checked against servername, and cleartext', async () => {
+    const r = await talk(agent.port('unix-tls'), 'u', 'echo:u'.length);
+    assert.equal(r.data, 'echo:u');
+    assert.equal(unixTls.seen.at(-1).servername, 'www.example.com');
+    const r2 = await talk(agent.port('unix-clear'), 'v', 'plain:v'.length);
+    assert.equal(r2.data, 'plain:v');
+  });
+
+  test('no servername: no SNI, and the certificate is checked against the upstream\'s IP address', async () => {
+    const before = good.seen.length;
+    const r = await talk(agent.port('by-ip'), 'hi', 'echo:hi'.length);
+    assert.equal(r.data, 'echo:hi');
+    assert.equal(good.seen.length, before + 1);
+    assert.equal(good.seen.at(-1).servername, null);
+  });
+
+  test('reject_unauthorized false: no trust bundle, an upstream whose certificate would not verify is used (Node\'s rejectUnauthorized: false)', async () => {
+    const r = await talk(agent.port('noverify'), 'nv', 'echo:nv'.length);
+    assert.equal(r.data, 'echo:nv');
+  });
+
+  for (const [name, why] of [['untrusted', 'does not chain to the trust bundle'], ['wrong-name', 'does not carry check_server_identity']]) {
+    test(`an upstream certificate that ${why}: the client is closed, nothing reaches the upstream, upstream_verify counted`, async () => {
+      const m0 = await agent.metrics();
+      const bytes0 = good.bytesIn();
+      const seen0 = good.seen.length;
+      const r = await talk(agent.port(name), 'secret data');
+      assert.equal(r.data, '', 'nothing came back');
+      await agent.waitForMetrics((m) => errors(m, name, 'upstream_verify') === errors(m0, name, 'upstream_verify') + 1,
+        { what: `${name}: upstream_verify counted` });
+      assert.equal(good.bytesIn(), bytes0, 'the client\'s data reached an unverified upstream');
+      assert.equal(good.seen.length, seen0, 'the upstream completed a handshake');
+      assert.match(agent.log(), new RegExp(`listener=listeners/${name} client=\\S+ cause=upstream_verify`));
+    });
+  }
+
+  test('a client certificate: presented to and accepted by the upstream (Node, requestCert)', async () => {
+    const r = await talk(agent.port('mtls'), 'abc', 'echo:abc'.length);
+    assert.equal(r.data, 'echo:abc');
+    assert.equal(mtls.seen.at(-1).clientCn, 'alice');
+  });
+
+  test('no client certificate where the upstream requires one: refused, the client closed, counted', async () => {
+    const m0 = await agent.metrics();
+    const bytes0 = mtls.bytesIn();
+    const r = await talk(agent.port('mtls-nocert'), 'abc');
+    assert.equal(r.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'mtls-nocert', 'upstream_tls_handshake') ===
+      errors(m0, 'mtls-nocert', 'upstream_tls_handshake') + 1, { what: 'upstream_tls_handshake counted' });
+    assert.equal(mtls.bytesIn(), bytes0, 'data reached the application of an upstream that refused us');
+  });
+
+  test('openssl s_server -Verify 1: the client certificate is verified, data both ways; without one it is refused', async () => {
+    const r = await talk(agent.port('ossl'), 'hello\n', 'olleh\n'.length);
+    assert.equal(r.data, 'olleh\n');
+    assert.match(ossl.output(), /Peer certificate: .*CN ?= ?alice/);
+    const m0 = await agent.metrics();
+    const r2 = await talk(agent.port('ossl-nocert'), 'hello\n');
+    assert.equal(r2.data, '');
+    await agent.waitForMetrics((m) => errors(m, 'ossl-nocert', 'upstream_tls_handshake') ===
+      errors(m0, 'ossl-nocert', 'upstream_tls_handshake') + 1, { what: 'upstream_tls_handshake counted' });
+    await waitFor('s_server refusing the agent without a certificate',
+      () => /peer did not return a certificate/.test(ossl.output()), { timeoutMs: 5000 });
+  });
+
+  for (const [name, protocol, cipher, up] of [
+    ['resume', 'TLSv1.2', 'ECDHE-RSA-CHACHA20-POLY1305', () => resume],
+    ['resume13', 'TLSv1.3', 'TLS_AES_256_GCM_SHA384', () => resume13],
+  ]) {
+    test(`${protocol} (the context's min/max version and cipher): the next upstream connection of a worker resumes, by the upstream's own count and the agent's`, async () => {
+      const m0 = await agent.metrics();
+      const L = { listener: `listeners/${name}` };
+      for (let i = 0; i < 4; i++) {
+        const r = await talk(agent.port(name), `n${i}`, `echo:n${i}`.length);
+        assert.equal(r.data, `echo:n${i}`);
+      }
+      const seen = up().seen;
+      assert.deepEqual([...new Set(seen.map((s) => `${s.protocol} ${s.cipher}`))], [`${protocol} ${cipher}`]);
+      const reused = seen.filter((s) => s.reused).length;
+      // Two workers, four connections: at least one worker connects twice
+      // and offers the session its first connection kept.
+      assert.ok(reused >= 2, `the upstream saw too few resumed sessions: ${JSON.stringify(seen)}`);
+      const m = await agent.waitForMetrics((mm) => mm.get('tlsplane_upstream_handshakes_total', L) -
+        m0.get('tlsplane_upstream_handshakes_total', L) === 4, { what: 'four upstream handshakes' });
+      assert.equal(m.get('tlsplane_upstream_resumptions_total', L) - m0.get('tlsplane_upstream_resumptions_total', L), reused);
+    });
+  }
+
+  test('a new trust bundle applies to new upstream connections; an open one keeps the context it started with', async () => {
+    const sock = tls.connect({ host: HOST, port: agent.port('sni'), rejectUnauthorized: false });
+    const got = [];
+    sock.on('data', (d) => got.push(d.toString()));
+    await new Promise((resolve, reject) => { sock.once('secureConnect', resolve); sock.once('error', reject); });
+    sock.write('one');
+    await waitFor('the first echo', () => got.join('') === 'echo:one');
+    // The listener now trusts only ca2: the upstream's certificate no
+    // longer verifies, for new connections.
+    const r = await agent.reload(snapshot(2, all(trustCa2Context)));
+    assert.equal(r.applied, true, r.error || JSON.stringify(r.failed));
+    const m0 = await agent.metrics();
+    const fresh = await talk(agent.port('sni'), 'two');
+    assert.equal(fresh.data, '', 'a new connection was proxied to an upstream the new trust bundle does not verify');
+    await agent.waitForMetrics((m) => errors(m, 'sni', 'upstream_verify') === errors(m0, 'sni', 'upstream_verify') + 1,
+      { what: 'the new connection refused (upstream_verify)' });
+    sock.write('three');
+    await waitFor('the open connection still echoing', () => got.join('') === 'echo:oneecho:three');
+    sock.end();
+  });
+
+  test('a listener whose upstream_tls the agent cannot load is nacked by name; the others go on', async () => {
+    const bad = listener('bad', {
+      upstream: good.address, defaultContext: tlsContext('web', { certs: [p.rsa] }),
+      upstreamTls: { context: tlsContext('web2', { certs: [p.rsa] }) },
+    });
+    const r = await agent.reload(snapshot(3, [...all(trustCa2Context), bad]));
+    assert.deepEqual(r.failed.map((f) => f.listener), ['listeners/bad']);
+    assert.match(r.failed[0].reason, /upstream_tls\.tls_context: tlsContexts\/web2 is not a client context/);
+    const ok = await talk(agent.port('by-ip'), 'still', 'echo:still'.length);
+    assert.equal(ok.data, 'echo:still');
+  });
+});
