@@ -16,13 +16,11 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const https = require('node:https');
 const path = require('node:path');
 const tls = require('node:tls');
-const { spawn } = require('node:child_process');
 const { Server, serverBinary } = require('./lib/server');
 const { connect } = require('./lib/reflect');
-const { pki } = require('./lib/pki');
+const { Pebble } = require('./lib/pebble');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
 const { CpAgent } = require('./lib/cpagent');
@@ -37,29 +35,8 @@ const REPO = path.resolve(__dirname, '../..');
 const DOC = path.join(REPO, 'docs/rotation.md');
 const GRPCURL_JS = path.join(__dirname, 'lib/grpcurl.js');
 
-const ctx = { daemons: [] };
+const ctx = {};
 const api = () => ctx.conn.api;
-
-function daemon(bin, args, env = {}) {
-  const [cmd, argv] = procs.command(tool(bin), args);
-  const d = { log: '', proc: spawn(cmd, argv, { env: { ...process.env, ...env } }) };
-  d.proc.stdout.on('data', (b) => { d.log += b; });
-  d.proc.stderr.on('data', (b) => { d.log += b; });
-  d.proc.on('exit', () => procs.untrack(d));
-  procs.track(d);
-  ctx.daemons.push(d);
-  return d;
-}
-
-function getText(port, urlPath, ca) {
-  return new Promise((resolve, reject) => {
-    https.get({ host: '127.0.0.1', port, path: urlPath, ca }, (res) => {
-      let body = '';
-      res.on('data', (b) => { body += b; });
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`${urlPath}: ${res.statusCode}`))));
-    }).on('error', reject);
-  });
-}
 
 // The fingerprint a client verifying against ca (PEM) for name sees.
 async function served(port, ca, name) {
@@ -71,25 +48,9 @@ const fingerprint = (pem) => new crypto.X509Certificate(pem).fingerprint256;
 const work = (f) => path.join(ctx.work, f);
 
 async function startPebble() {
-  const p = pki();
-  p.leaf('pebble', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
-  ctx.pebbleCa = p.file('pebble-trust.pem');
-  fs.writeFileSync(ctx.pebbleCa, p.read('pebble.crt') + p.read('ca.crt'));
-  const [acme, mgmt, http, tlsPort, dns, dnsMgmt] = await freePorts(6);
-  ctx.pebble = { acme, mgmt, http };
-  const config = path.join(ctx.root, 'pebble.json');
-  fs.writeFileSync(config, JSON.stringify({
-    pebble: {
-      listenAddress: `127.0.0.1:${acme}`, managementListenAddress: `127.0.0.1:${mgmt}`,
-      certificate: p.file('pebble.crt'), privateKey: p.file('pebble.key'), httpPort: http, tlsPort,
-    },
-  }));
-  const d = daemon('pebble-challtestsrv', ['-dns01', `127.0.0.1:${dns}`, '-http01', '', '-https01', '', '-tlsalpn01', '',
-    '-management', `127.0.0.1:${dnsMgmt}`, '-defaultIPv4', '127.0.0.1', '-defaultIPv6', '']);
-  const pb = daemon('pebble', ['-config', config, '-dnsserver', `127.0.0.1:${dns}`], { PEBBLE_VA_NOSLEEP: '1', PEBBLE_WFE_NONCEREJECT: '0' });
-  await waitFor('challtestsrv answers DNS', () => /Starting challenge servers/.test(d.log));
-  await waitFor('pebble listens', () => /Listening on:/.test(pb.log), { timeoutMs: 30000 });
-  ctx.pebbleRoot = await getText(mgmt, '/roots/0', fs.readFileSync(ctx.pebbleCa));
+  ctx.pb = await Pebble.start();
+  ctx.pebbleCa = ctx.pb.trustFile;
+  ctx.pebbleRoot = ctx.pb.root;
 }
 
 before(async () => {
@@ -121,7 +82,7 @@ after(async () => {
   if (ctx.conn) ctx.conn.close();
   if (ctx.srv && ctx.srv.running) await ctx.srv.stopClean();
   if (ctx.up) await ctx.up.close();
-  for (const d of ctx.daemons) d.proc.kill('SIGKILL');
+  if (ctx.pb) ctx.pb.stop();
 });
 
 // Every block runs after the first (S and g), in the working directory.
@@ -135,8 +96,8 @@ async function runBlock(block, subs = [], { timeoutMs = 120000, env = ctx.env } 
 }
 
 const legoSubs = () => [
-  { from: 'https://acme-v02.api.letsencrypt.org/directory', to: `https://127.0.0.1:${ctx.pebble.acme}/dir`, why: 'pebble for Let\'s Encrypt' },
-  { from: '--http.port :80', to: `--http.port 127.0.0.1:${ctx.pebble.http}`, why: 'pebble\'s httpPort, on loopback' },
+  { from: 'https://acme-v02.api.letsencrypt.org/directory', to: ctx.pb.directory, why: 'pebble for Let\'s Encrypt' },
+  { from: '--http.port :80', to: `--http.port 127.0.0.1:${ctx.pb.httpPort}`, why: 'pebble\'s httpPort, on loopback' },
   { from: '/var/lib/lego', to: path.join(ctx.root, 'lego'), why: 'a temporary lego directory' },
 ];
 

@@ -14,13 +14,13 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const https = require('node:https');
 const tls = require('node:tls');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { Server, serverBinary } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { pki } = require('./lib/pki');
+const { Pebble } = require('./lib/pebble');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
 const { CpAgent } = require('./lib/cpagent');
@@ -38,25 +38,11 @@ let conn;
 let p;
 let up;
 let dir;
-let ports;
-let pebbleRoot;
+let pebble;
 let operator;
 let agent;
 let listenerPort;
-const daemons = [];
 const api = () => conn.api;
-
-// A long-running helper process, tracked so it never outlives the test.
-function daemon(bin, args, env = {}) {
-  const [cmd, argv] = procs.command(tool(bin), args);
-  const d = { log: '', proc: spawn(cmd, argv, { env: { ...process.env, ...env } }) };
-  d.proc.stdout.on('data', (b) => { d.log += b; });
-  d.proc.stderr.on('data', (b) => { d.log += b; });
-  d.proc.on('exit', () => procs.untrack(d));
-  procs.track(d);
-  daemons.push(d);
-  return d;
-}
 
 // Runs a command to its end: { status, out, err }.
 function run(bin, args, env = {}) {
@@ -68,16 +54,6 @@ function run(bin, args, env = {}) {
     child.stdout.on('data', (b) => { out += b; });
     child.stderr.on('data', (b) => { err += b; });
     child.on('exit', (status) => resolve({ status, out, err }));
-  });
-}
-
-function fetchRoot() {
-  return new Promise((resolve, reject) => {
-    https.get({ host: '127.0.0.1', port: ports.mgmt, path: '/roots/0', ca: p.read('pebble.crt') }, (res) => {
-      let body = '';
-      res.on('data', (b) => { body += b; });
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`roots/0: ${res.statusCode}`))));
-    }).on('error', reject);
   });
 }
 
@@ -97,17 +73,17 @@ function hookEnv(token, extra = {}) {
 // lego against pebble, HTTP-01 on lego's own listener; the hook after it.
 function lego(command, hookFlag, extra = []) {
   return run(tool('lego'), [
-    '--server', `https://127.0.0.1:${ports.acme}/dir`, '--accept-tos', '--email', 'ops@example.test',
-    '--domains', DOMAIN, '--http', '--http.port', `127.0.0.1:${ports.http}`, '--key-type', 'ec256',
+    '--server', pebble.directory, '--accept-tos', '--email', 'ops@example.test',
+    '--domains', DOMAIN, '--http', '--http.port', `127.0.0.1:${pebble.httpPort}`, '--key-type', 'ec256',
     '--path', path.join(dir, 'lego'), command, ...extra, hookFlag, HOOK,
-  ], { ...hookEnv(operator.secret), LEGO_CA_CERTIFICATES: p.file('pebble.crt') });
+  ], { ...hookEnv(operator.secret), LEGO_CA_CERTIFICATES: pebble.trustFile });
 }
 
 const legoFile = (ext) => path.join(dir, 'lego', 'certificates', `${DOMAIN}.${ext}`);
 
 // A client of the listener that verifies the chain against pebble's root
 // and the name.
-const verifying = () => ({ ca: pebbleRoot, servername: DOMAIN, checkServerIdentity: tls.checkServerIdentity });
+const verifying = () => ({ ca: pebble.root, servername: DOMAIN, checkServerIdentity: tls.checkServerIdentity });
 
 // What the agent serves on the listener.
 async function served() {
@@ -120,27 +96,9 @@ const fingerprint = (pem) => new crypto.X509Certificate(pem).fingerprint256;
 before(async () => {
   agentBinary();
   p = pki();
-  p.leaf('pebble', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
-  // Pebble's own HTTPS certificate, trusted by lego and by this test.
-  fs.writeFileSync(p.file('pebble.crt'), p.read('pebble.crt') + p.read('ca.crt'));
   dir = procs.tempDir('tlsplane-lego-');
-  const [acme, mgmt, http, tlsPort, dns, dnsMgmt, lport] = await freePorts(7);
-  ports = { acme, mgmt, http, tlsPort, dns, dnsMgmt };
-  listenerPort = lport;
-  const config = path.join(dir, 'pebble.json');
-  fs.writeFileSync(config, JSON.stringify({
-    pebble: {
-      listenAddress: `127.0.0.1:${acme}`, managementListenAddress: `127.0.0.1:${mgmt}`,
-      certificate: p.file('pebble.crt'), privateKey: p.file('pebble.key'),
-      httpPort: http, tlsPort, ocspResponderURL: '', externalAccountBindingRequired: false,
-    },
-  }));
-  const dnsSrv = daemon('pebble-challtestsrv', ['-dns01', `127.0.0.1:${dns}`, '-http01', '', '-https01', '', '-tlsalpn01', '',
-    '-management', `127.0.0.1:${dnsMgmt}`, '-defaultIPv4', '127.0.0.1', '-defaultIPv6', '']);
-  const pebble = daemon('pebble', ['-config', config, '-dnsserver', `127.0.0.1:${dns}`], { PEBBLE_VA_NOSLEEP: '1', PEBBLE_WFE_NONCEREJECT: '0' });
-  await waitFor('challtestsrv answers DNS', () => /Starting challenge servers/.test(dnsSrv.log));
-  await waitFor('pebble listens', () => /Listening on:/.test(pebble.log), { timeoutMs: 30000 });
-  pebbleRoot = await fetchRoot();
+  [listenerPort] = await freePorts(1);
+  pebble = await Pebble.start();
   up = await Upstream.start({ mode: 'echo' });
   srv = await Server.start({ tls: true });
   conn = await connect(srv.address, srv.connectOptions());
@@ -152,7 +110,7 @@ after(async () => {
   if (conn) conn.close();
   if (srv && srv.running) await srv.stopClean();
   if (up) await up.close();
-  for (const d of daemons) d.proc.kill('SIGKILL');
+  if (pebble) pebble.stop();
 });
 
 test('lego obtains a certificate from pebble; the hook creates the resource through the API', async () => {
