@@ -117,6 +117,10 @@ struct wlistener {
   /* Failed with no earlier entry: its row, decoded when it could be (for
    * its agent_selector; NULL: which agents it is for is unknown). */
   Tlsplane__V1__Listener *failed_row;
+  /* The oldest stream protocol that can apply entry, and what an agent
+   * of an older one is told (listener_protocol). */
+  int protocol;
+  struct fleet_failure too_old;
 };
 
 /* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
@@ -164,7 +168,8 @@ struct fleet_view {
   size_t n_ls;
   uint8_t (*res)[RSET_HASH_LEN]; /* in byte order, each once */
   size_t n_res;
-  int synced; /* a delta was made for it: the agent knows the revision */
+  int synced;   /* a delta was made for it: the agent knows the revision */
+  int protocol; /* the agent's stream protocol (fleet_view_set_protocol) */
 };
 
 /* --- building a world --- */
@@ -518,6 +523,19 @@ static int idx_push(size_t **v, size_t *n, size_t *cap, size_t i) {
   return 0;
 }
 
+/* The oldest agent stream protocol that applies l as it is meant: an
+ * older agent would ignore upstream_tls (and send cleartext where TLS is
+ * configured) or refuse a unix: upstream. */
+static int listener_protocol(const Tlsplane__V1__Listener *l) {
+  if (l->upstream_tls != NULL || strncmp(l->upstream, "unix:", 5) == 0)
+    return FLEET_PROTOCOL_UPSTREAM_TLS;
+  return 0;
+}
+
+static const char too_old_reason[] =
+    "the agent is too old for this listener: upstream_tls and unix: upstreams need an agent of "
+    "stream protocol 3 or later (upgrade tlsplane-agent); it keeps what it serves";
+
 /* Indexes listeners by the first pair of their selector: an agent's
  * candidates are the listeners under each of its labels, and those that
  * select every agent. */
@@ -528,6 +546,8 @@ static int world_index(struct fleet_world *w) {
     if (e == NULL)
       continue;
     const Tlsplane__V1__Listener *l = e->listener;
+    w->ls[i].protocol = listener_protocol(l);
+    w->ls[i].too_old = (struct fleet_failure){.listener = w->ls[i].name, .reason = too_old_reason};
     if (l->n_agent_selector == 0) {
       if (idx_push(&w->everyone, &w->n_everyone, &cap_everyone, i) != 0)
         return -ENOMEM;
@@ -988,7 +1008,14 @@ size_t fleet_world_resources(const struct fleet_world *w) {
 
 int fleet_view_new(struct fleet_view **out) {
   *out = calloc(1, sizeof(**out));
-  return *out ? 0 : -ENOMEM;
+  if (*out == NULL)
+    return -ENOMEM;
+  (*out)->protocol = FLEET_PROTOCOL_LATEST;
+  return 0;
+}
+
+void fleet_view_set_protocol(struct fleet_view *v, int protocol) {
+  v->protocol = protocol;
 }
 
 static void view_listeners_free(struct vlistener *ls, size_t n) {
@@ -1232,6 +1259,20 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
       j++;
       continue;
     }
+    if (wl->protocol > v->protocol) {
+      /* Too new for the agent: it keeps what it holds of it, if anything
+       * (invariant 8), and the rollout says why. */
+      if (failure_push(failures, n_failures, &cap_fail, &wl->too_old) != 0)
+        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      if (c == 0) {
+        nl[n_nl].name = vl->name;
+        memcpy(nl[n_nl++].hash, vl->hash, RSET_HASH_LEN);
+        hold = 1;
+      }
+      i++;
+      j += c == 0;
+      continue;
+    }
     const Tlsplane__V1__ListenerEntry *e = wl->entry;
     if (wl->failure != NULL && failure_push(failures, n_failures, &cap_fail, wl->failure) != 0)
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -1353,6 +1394,17 @@ int fleet_snapshot(const struct fleet_world *w, const struct snapshot_label *lab
       return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     }
   }
+  /* A listener too new for a protocol 1 agent is one a whole snapshot
+   * could neither carry nor leave out (the agent may hold it): likewise. */
+  for (size_t i = 0; i < n_sel; i++)
+    if (w->ls[sel[i]].protocol > 1 &&
+        failure_push(failures, n_failures, &cap_fail, &w->ls[sel[i]].too_old) != 0) {
+      free(sel);
+      free(*failures);
+      *failures = NULL;
+      *n_failures = 0;
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    }
   if (*n_failures > 0) {
     free(sel);
     *out = NULL;

@@ -35,6 +35,13 @@
 struct fleet_world;
 struct fleet_view;
 
+/* Agent stream protocols (AgentHello.protocol) that change what may be
+ * sent: 3 knows upstream_tls and unix: upstreams. A listener that needs a
+ * newer protocol than an agent speaks is not sent to it: the agent keeps
+ * what it holds of it, and the listener is among its failures. */
+#define FLEET_PROTOCOL_UPSTREAM_TLS 3
+#define FLEET_PROTOCOL_LATEST FLEET_PROTOCOL_UPSTREAM_TLS
+
 /* A listener the world could not build, and why. */
 struct fleet_failure {
   const char *listener; /* "listeners/web" */
@@ -66,8 +73,11 @@ int fleet_world_agent(const struct fleet_world *w, const char *name,
 size_t fleet_world_listeners(const struct fleet_world *w);
 size_t fleet_world_resources(const struct fleet_world *w);
 
-/* An empty view (an agent that holds nothing). Free with fleet_view_free. */
+/* An empty view (an agent that holds nothing) of an agent of
+ * FLEET_PROTOCOL_LATEST. Free with fleet_view_free. */
 int fleet_view_new(struct fleet_view **out);
+/* The agent's stream protocol, from its hello. */
+void fleet_view_set_protocol(struct fleet_view *v, int protocol);
 void fleet_view_free(struct fleet_view *v);
 /* Replaces what v records with what a hello reports (protocol 2):
  * hello->resources and hello->listeners. INVALID_ARGUMENT naming the field

@@ -335,6 +335,7 @@ static struct hub_agent *agent_new(const Tlsplane__V1__AgentHello *hello, const 
     agent_free(a);
     return NULL;
   }
+  fleet_view_set_protocol(a->view, a->protocol);
   return a;
 }
 

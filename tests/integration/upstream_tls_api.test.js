@@ -15,6 +15,8 @@ const { CpAgent } = require('./lib/cpagent');
 const { freePorts, agentBinary } = require('./lib/agent');
 const { HOST } = require('./lib/tlsclient');
 const { status, expectRefused, uid } = require('./lib/util');
+const { FakeAgent } = require('./lib/fakeagent');
+const { waitFor } = require('./lib/wait');
 
 let srv;
 let conn;
@@ -150,5 +152,54 @@ test('a context change that the listener using it could not load is refused, nam
     await expectRefused(api(), () => api().TlsContextService.UpdateTlsContext({
       tlsContext: { name: 'tlsContexts/up', etag: cur.etag, ...fields }, updateMask: { paths },
     }), status.FAILED_PRECONDITION, { field: `tls_context: listeners/tls-up would no longer load: ${why}`, what: paths[0] });
+  }
+});
+
+// An agent of stream protocol 2 would ignore upstream_tls and send the
+// client's bytes to the upstream in cleartext: the server does not send
+// it such a listener. It keeps what it holds, and the rollout says why.
+test('an agent of protocol 2 is not sent a listener with upstream_tls or a unix: upstream: it keeps what it held, the rollout names the listener', async () => {
+  const old = await FakeAgent.enroll({ server: srv, conn }, uid('old'), { protocol: 2, agentLabels: { gen: 'old' } });
+  try {
+    const sel = { gen: 'old' };
+    let n = 0;
+    old.ack(await old.next(n++, 10000));
+    const id = uid('lis');
+    const name = `listeners/${id}`;
+    const created = await api().ListenerService.CreateListener({
+      listenerId: id, listener: { address: '127.0.0.1:0', defaultTlsContext: 'tlsContexts/web', upstream: '127.0.0.1:9', agentSelector: sel },
+    });
+    old.ack(await old.next(n++, 10000));
+    const held = Buffer.from(old.listeners.get(name).hash).toString('hex');
+    // Made a TLS upstream: not sent; what the agent holds stays.
+    const upd = await api().ListenerService.UpdateListener({
+      listener: { name, etag: created.etag, upstreamTls: { tlsContext: 'tlsContexts/up', servername: 'www.example.com' } },
+      updateMask: { paths: ['upstream_tls'] },
+    });
+    const failedAt = (rev, listener) => waitFor(`GetRollout ${rev}: ${old.name} failed on ${listener}`, async () => {
+      const r = await api().AgentService.GetRollout({ revision: String(rev) });
+      return r.failures.find((f) => f.agent === `agents/${old.name}` && f.listener === listener) || null;
+    });
+    const f = await failedAt(upd.revision, name);
+    assert.equal(f.serverSide, true);
+    assert.match(f.reason, /too old for this listener: upstream_tls and unix: upstreams need an agent of stream protocol 3/);
+    assert.equal(Buffer.from(old.listeners.get(name).hash).toString('hex'), held, 'the agent still holds the cleartext version');
+    assert.equal(old.listeners.get(name).listener.upstreamTls, null);
+    // A new listener on a unix: upstream never reaches it.
+    const unixId = uid('lis');
+    const u = await api().ListenerService.CreateListener({
+      listenerId: unixId, listener: { address: '127.0.0.1:0', defaultTlsContext: 'tlsContexts/web', upstream: 'unix:/run/none.sock', agentSelector: sel },
+    });
+    await failedAt(u.revision, `listeners/${unixId}`);
+    assert.equal(old.listeners.has(`listeners/${unixId}`), false);
+    // Deleting them: the agent is sent the removal.
+    await api().ListenerService.DeleteListener({ name: `listeners/${unixId}` });
+    await api().ListenerService.DeleteListener({ name });
+    await waitFor('the old agent drops the listener', async () => {
+      if (old.updates.length > n) old.ack(await old.next(n++, 1000));
+      return !old.listeners.has(name);
+    });
+  } finally {
+    old.close();
   }
 });
