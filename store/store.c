@@ -277,6 +277,14 @@ void store__path_display(const char *path, char *buf, size_t len) {
   free(p);
 }
 
+int store_path_is_uri(const char *path) {
+  return path != NULL && is_postgres_uri(path);
+}
+
+void store_path_display(const char *path, char *buf, size_t len) {
+  store__path_display(path, buf, len);
+}
+
 const struct store_ops *store__ops_for(const char *path) {
   return is_postgres_uri(path) ? &store__postgres_ops : &store__sqlite_ops;
 }

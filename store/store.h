@@ -114,6 +114,14 @@ struct store_opts {
 int store_open(const char *path, const struct store_opts *opts, struct store **out,
                struct tp_err *err);
 
+/* Whether path names a PostgreSQL database (a postgres:// or
+ * postgresql:// URI) rather than a SQLite file. */
+int store_path_is_uri(const char *path);
+
+/* path as logs and messages may show it, into buf: a URI without its
+ * password (user info or password= parameter); a file path as it is. */
+void store_path_display(const char *path, char *buf, size_t len);
+
 /* As store_open without a master key, migrating only up to schema version
  * `version` (tests of upgrades from older databases; versions before 3). */
 int store_open_version(const char *path, int version, struct store **out, struct tp_err *err);
