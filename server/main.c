@@ -713,7 +713,9 @@ free_server:
   api.dhgen = NULL;
   /* Every thread of ours that makes grpc slices stops before the RPC
    * server's free releases grpc; the commit hook then finds no events
-   * (a commit after this point wakes nobody). */
+   * (a commit after this point wakes nobody), and the store's watch,
+   * which would wake the events, has stopped. */
+  store_watch_stop(api.store);
   events_free(api.events);
   api.events = NULL;
   rpc_server_free(srv);

@@ -198,6 +198,36 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err);
  * transaction begins; cb must not begin a write transaction. */
 void store_set_commit_hook(struct store *s, void (*cb)(int64_t revision, void *data), void *data);
 
+/* Watching for commits made by other processes on the same database
+ * (several servers sharing one PostgreSQL database). Between
+ * store_watch_start and store_watch_stop, on a thread of the store's own:
+ *   revision(rev, data)  for each revision newer than the last it gave
+ *                        (several commits may come as one call, with the
+ *                        newest), once store_revision shows it; also for
+ *                        this process's own commits, after or before their
+ *                        commit hook (callers take each revision once);
+ *   status(msg, data)    (may be NULL) when the watch loses its way to the
+ *                        database (msg says why, without a password) and
+ *                        when it has it back (msg NULL); revisions
+ *                        committed meanwhile come once it is back.
+ * PostgreSQL: every commit that makes a revision notifies it (NOTIFY
+ * tlsplane_revision, '<revision>') and the watch LISTENs on a connection of
+ * its own; notifications are not replayed, so it also reads the revision
+ * every STORE_WATCH_CHECK_MS, and after every reconnection.
+ * SQLite (one process per file): starts nothing, and returns 0.
+ * Set once, before transactions begin; -EBUSY when watching already.
+ * The callbacks must not begin a write transaction. */
+#define STORE_WATCH_CHECK_MS 1000
+struct store_watch {
+  void (*revision)(int64_t revision, void *data);
+  void (*status)(const char *msg, void *data);
+  void *data;
+};
+int store_watch_start(struct store *s, const struct store_watch *w, struct tp_err *err);
+/* Stops the watch and joins its thread: no callback runs after it
+ * returns. A no-op when not watching; store_close calls it. */
+void store_watch_stop(struct store *s);
+
 struct store_audit;
 
 /* What a committed transaction did, as its audit rows say it: called
