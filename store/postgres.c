@@ -43,6 +43,11 @@
  * a later commit always sort after those of an earlier one, and a reader
  * that follows seq misses none.
  *
+ * The job lock (store_job_lock) is a session advisory lock held on one
+ * more connection of its own: a session lock outlives transactions, and
+ * ends with the session, so a dead holder's lock is free as soon as
+ * PostgreSQL sees its connection close.
+ *
  * Secrets and row MACs work as with SQLite: store.c seals and MACs, this
  * file stores bytes. store_backup is not supported: pg_dump makes a
  * consistent copy of a live database. */
@@ -69,6 +74,8 @@
 #define DUE_SINCE_VERSION 7           /* the first with resources.due_time_us */
 /* The advisory lock key of schema migrations ("tlsplane" in ASCII). */
 #define MIGRATION_LOCK_KEY "8389207132576247397"
+/* The job lock's ("tlsplanf": the next key). */
+#define JOB_LOCK_KEY "8389207132576247398"
 
 #define WATCH_CHANNEL "tlsplane_revision"
 #define WATCH_RETRY_MS 1000 /* between attempts to reconnect the watch */
@@ -215,6 +222,11 @@ struct pg_store {
   pthread_t watcher;
   int watch_stop[2];
   int64_t watch_told; /* the last revision given to watch.revision (watcher thread) */
+  /* The job lock (store_job_lock): its connection, kept between calls,
+   * and whether its session holds the lock. */
+  pthread_mutex_t job_lock;
+  struct conn *job_conn;
+  int job_held;
 };
 
 struct pg_txn {
@@ -784,6 +796,8 @@ static void pg_close(struct store *base) {
   store__keyring_clear(&s->base.keys);
   for (int i = 0; i < s->n_idle; i++)
     conn_close(s->idle[i]);
+  conn_close(s->job_conn); /* releases the job lock with its session */
+  pthread_mutex_destroy(&s->job_lock);
   pthread_cond_destroy(&s->pool_cond);
   pthread_mutex_destroy(&s->pool_lock);
   pthread_mutex_destroy(&s->write_lock);
@@ -810,6 +824,7 @@ static int pg_open(const char *path, int version, int min_version, const struct 
   pthread_mutex_init(&s->write_lock, NULL);
   pthread_mutex_init(&s->pool_lock, NULL);
   pthread_cond_init(&s->pool_cond, NULL);
+  pthread_mutex_init(&s->job_lock, NULL);
   if (s->conninfo == NULL) {
     pg_close(&s->base);
     return store__err_nomem(err, "open");
@@ -1622,6 +1637,35 @@ static void pg_watch_stop(struct store *base) {
   close(s->watch_stop[1]);
 }
 
+/* --- the job lock --- */
+
+static int pg_job_lock(struct store *base, struct tp_err *err) {
+  struct pg_store *s = to_store(base);
+  pthread_mutex_lock(&s->job_lock);
+  int rc = 0;
+  if (s->job_conn == NULL && conn_open(s, &s->job_conn, err) < 0)
+    rc = -EIO;
+  PGresult *res = NULL;
+  if (rc == 0)
+    res = q_rows(s->job_conn,
+                 s->job_held ? "SELECT 1" : "SELECT pg_try_advisory_lock(" JOB_LOCK_KEY ")::int",
+                 "the job lock", err, "");
+  if (rc == 0 && res == NULL) {
+    /* The session, and the lock with it, is gone (or going): a new
+     * connection tries again at the next call. */
+    conn_close(s->job_conn);
+    s->job_conn = NULL;
+    s->job_held = 0;
+    rc = -EIO;
+  } else if (rc == 0) {
+    s->job_held = PQntuples(res) == 1 && col_int(res, 0, 0) == 1;
+    rc = s->job_held;
+  }
+  PQclear(res);
+  pthread_mutex_unlock(&s->job_lock);
+  return rc;
+}
+
 const struct store_ops store__postgres_ops = {
     .name = "postgres",
     .latest_version = N_MIGRATIONS,
@@ -1646,4 +1690,5 @@ const struct store_ops store__postgres_ops = {
     .macs_rewrite = pg_macs_rewrite,
     .watch_start = pg_watch_start,
     .watch_stop = pg_watch_stop,
+    .job_lock = pg_job_lock,
 };

@@ -430,6 +430,10 @@ void store_watch_stop(struct store *s) {
   memset(&s->watch, 0, sizeof(s->watch));
 }
 
+int store_job_lock(struct store *s, struct tp_err *err) {
+  return s->ops->job_lock != NULL ? s->ops->job_lock(s, err) : 1;
+}
+
 void store_close(struct store *s) {
   if (s == NULL)
     return;

@@ -228,6 +228,20 @@ int store_watch_start(struct store *s, const struct store_watch *w, struct tp_er
  * returns. A no-op when not watching; store_close calls it. */
 void store_watch_stop(struct store *s);
 
+/* The job lock: which one of the servers sharing a database runs the
+ * background jobs. 1 when this store holds it (taken now, or still held),
+ * 0 when another process does, negative (err set) when it cannot tell
+ * (the database is out of reach: not held then). Call it before each
+ * round of jobs, from one thread.
+ * PostgreSQL: a session advisory lock (pg_try_advisory_lock) on a
+ * connection of its own, checked with a query at each call. It goes with
+ * its session: when the holding process dies (even by SIGKILL) its
+ * connection closes and PostgreSQL releases the lock, so the next call of
+ * another server takes it; a holder whose connection broke finds out at
+ * its next call and stops. Released by store_close.
+ * SQLite: always 1 (one process per file). */
+int store_job_lock(struct store *s, struct tp_err *err);
+
 struct store_audit;
 
 /* What a committed transaction did, as its audit rows say it: called

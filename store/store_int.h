@@ -165,6 +165,8 @@ struct store_ops {
    * callbacks); NULL: the backend has no other writers to watch. */
   int (*watch_start)(struct store *s, struct tp_err *err);
   void (*watch_stop)(struct store *s);
+  /* store_job_lock; NULL: always held. */
+  int (*job_lock)(struct store *s, struct tp_err *err);
 };
 
 /* Shared head of every backend's store. */

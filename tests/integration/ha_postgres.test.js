@@ -14,6 +14,9 @@
 // * An agent connected to server B serves a certificate uploaded to server
 //   A (the time it took is printed); a WatchEvents stream on B sees a
 //   change made on A.
+// * Background jobs run on one server: the one holding the job lock
+//   rotates a ticket-key ring on schedule; killed (SIGKILL), the other
+//   takes the lock within seconds and the rotations go on there.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -214,4 +217,33 @@ test('an agent on server B serves a certificate uploaded to server A; a watch on
   } finally {
     call.cancel();
   }
+});
+
+test('background jobs run on the server holding the job lock; killed, the other takes over and ticket keys still rotate', async () => {
+  const LEAD = /info jobs: this server runs the background jobs/;
+  const both = [A, B];
+  const holder = await waitFor('one server holds the job lock', () => both.find((s) => LEAD.test(s.srv.logText)), { timeoutMs: 10000 });
+  const other = holder === A ? B : A;
+  assert.ok(!LEAD.test(other.srv.logText), 'only one server runs the jobs');
+  const svc = other.conn.api.TicketKeyService;
+  const ring = await svc.CreateTicketKeyRing({ ticketKeyRingId: 'ha-ring', ticketKeyRing: { rotationPeriod: { seconds: '10', nanos: 0 }, retainedKeys: 2 } });
+  const rotated = await waitFor('a rotation by the holder', async () => {
+    const r = await svc.GetTicketKeyRing({ name: ring.name });
+    return r.keys[0].keyName !== ring.keys[0].keyName ? r : null;
+  }, { timeoutMs: 25000, intervalMs: 200 });
+  assert.match(holder.srv.logText, /rotated the ticket keys of ticketKeyRings\/ha-ring on schedule/);
+  assert.doesNotMatch(other.srv.logText, /rotated the ticket keys of ticketKeyRings\/ha-ring/);
+
+  const killedAt = Date.now();
+  await holder.srv.kill();
+  await waitFor('the other server takes the job lock', () => LEAD.test(other.srv.logText), { timeoutMs: 10000, intervalMs: 50 });
+  console.log(`# the job lock moved to the other server ${Date.now() - killedAt} ms after the holder was killed`);
+  const after = await waitFor('a rotation by the new holder', async () => {
+    const r = await svc.GetTicketKeyRing({ name: ring.name });
+    return r.keys[0].keyName !== rotated.keys[0].keyName ? r : null;
+  }, { timeoutMs: 25000, intervalMs: 200 });
+  assert.match(other.srv.logText, /rotated the ticket keys of ticketKeyRings\/ha-ring on schedule/);
+  assert.equal(after.keys[1].keyName, rotated.keys[0].keyName, 'the previous key still decrypts');
+  const events = await other.conn.api.AuditService.ListAuditEvents({ resource: ring.name });
+  assert.ok(events.auditEvents.filter((e) => e.action === 'rotate' && e.actor === 'system').length >= 2);
 });

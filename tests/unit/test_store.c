@@ -2558,6 +2558,39 @@ static void test_watch_hears_other_servers(void **state) {
   assert_int_equal(atomic_load(&h.calls), calls);
 }
 
+/* The job lock: one store of those sharing a database holds it, checked
+ * at every call; it moves to another once the holder closes. SQLite:
+ * always held. */
+static void test_job_lock_one_holder(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_int_equal(store_job_lock(f->s, &err), 1);
+  assert_int_equal(store_job_lock(f->s, &err), 1); /* still held */
+  if (pg_base == NULL) {
+    print_message("[ N/A      ] on SQLite: one process per file, always the holder\n");
+    return;
+  }
+  struct store *other;
+  assert_ok(store_open(f->path, &opts_a, &other, &err), err);
+  assert_int_equal(store_job_lock(other, &err), 0);
+  assert_int_equal(store_job_lock(f->s, &err), 1);
+  store_close(f->s); /* its session, and the lock with it, ends */
+  f->s = NULL;
+  int held = 0;
+  for (int i = 0; i < 200 && held == 0; i++) {
+    held = store_job_lock(other, &err);
+    if (held == 0)
+      usleep(10000);
+  }
+  assert_int_equal(held, 1);
+  /* The holder's session cut: it says it cannot tell, then takes it back. */
+  pg_run(f->path, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND pid <> pg_backend_pid()");
+  assert_refused(store_job_lock(other, &err), -EIO, err, GRPC_STATUS_INTERNAL, "the job lock");
+  assert_int_equal(store_job_lock(other, &err), 1);
+  store_close(other);
+}
+
 /* Two servers opening a new database at once: the migrations run once,
  * each step under the migration lock, and both stores work. */
 static void *open_one(void *arg) {
@@ -2658,6 +2691,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_two_servers_consecutive_revisions, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_two_servers_open_at_once, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_watch_hears_other_servers, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_job_lock_one_holder, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_reconnects_after_drop, setup_open, teardown),
   };
   pg_base = getenv("TLSPLANE_TEST_PG");
