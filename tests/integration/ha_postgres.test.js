@@ -164,6 +164,15 @@ test('two servers on one database: alternating concurrent writes get consecutive
       assert.equal(got.etag, w.etag, `${w.name} on ${s === A ? 'A' : 'B'}`);
       assert.equal(Number(got.revision), w.revision);
     }
+
+  // A's last write, as B's /metrics reports the revision.
+  const metricsRevision = (srv) => {
+    const r = spawnSync('curl', ['-sS', '--cacert', path.join(srv.dataDir, 'ca.pem'), '-H', `authorization: Bearer ${srv.adminToken}`, `${srv.httpBase}/metrics`], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return Number(/^tlsplane_revision (\d+)$/m.exec(r.stdout)[1]);
+  };
+  const onA = await A.conn.api.CipherPolicyService.CreateCipherPolicy({ cipherPolicyId: 'ha-metrics', cipherPolicy: {} });
+  await waitFor("B's /metrics shows A's revision", () => metricsRevision(B.srv) >= Number(onA.revision));
 });
 
 test('an agent on server B serves a certificate uploaded to server A; a watch on B sees a change made on A', async () => {
