@@ -471,8 +471,9 @@ static int store_refused(const char *dir, const char *store, int rc, int floor, 
      * created empty (an empty database is initialised like a new file). */
     store_path_display(store, db, sizeof(db));
     snprintf(restore, sizeof(restore),
-             "Restore the database from a dump (pg_dump%s; docs/ha.md), or start over with an "
-             "empty database: every resource, token and agent certificate record is lost",
+             "Restore the database from a dump (pg_dump%s; docs/ha.md), or start over with "
+             "tlsplane-server init on an empty database and a new data directory (a new CA and "
+             "master key; every resource, token and agent certificate record is lost)",
              rc == -EPROTO ? " taken by this version of tlsplane-server" : "");
   } else {
     snprintf(restore, sizeof(restore),

@@ -86,7 +86,8 @@ int datadir_initialised(const struct datadir *dd);
  * (FAILED_PRECONDITION, saying how to recover) when the directory was
  * initialised and the database is missing, empty, or holds no revision:
  * nothing is created then. A PostgreSQL store has no file to check: only
- * "holds no revision" applies. Caller closes *out with store_close. */
+ * "holds no revision" applies, found once the store opened (an empty
+ * database has the empty tables then). Caller closes *out with store_close. */
 int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *err);
 
 /* tlsplane-server init --force: moves the store's files aside

@@ -77,6 +77,7 @@
 /* The job lock's ("tlsplanf": the next key). */
 #define JOB_LOCK_KEY "8389207132576247398"
 
+#define CONNECT_TIMEOUT_S "10" /* seconds, unless the URI says */
 #define WATCH_CHANNEL "tlsplane_revision"
 #define WATCH_RETRY_MS 1000 /* between attempts to reconnect the watch */
 
@@ -508,7 +509,12 @@ static int conn_open(struct pg_store *s, struct conn **out, struct tp_err *err) 
   struct conn *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return store__err_nomem(err, "open");
-  c->db = PQconnectdb(s->conninfo);
+  /* A bound on connecting (unless the URI sets its own, which comes
+   * later and wins): no thread, the watch's among them, waits forever on
+   * a server that does not answer. */
+  const char *const keys[] = {"connect_timeout", "dbname", NULL};
+  const char *const values[] = {CONNECT_TIMEOUT_S, s->conninfo, NULL};
+  c->db = PQconnectdbParams(keys, values, 1);
   if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
     char what[STORE_PATH_DISPLAY_MAX + 200];
     snprintf(what, sizeof(what), "connect to %s", s->display);

@@ -5,7 +5,8 @@
 //
 // * init on an empty database makes the data directory as on a new file;
 //   the directory holds no tlsplane.db; the URI's password is in no log
-//   line or message; backup refuses (pg_dump) and init --force refuses.
+//   line or message; backup refuses (pg_dump) and init --force refuses;
+//   the initialised directory on a database without its data is refused.
 // * Two servers on one database, the second with a copy of the first's
 //   data directory (the same CA and master key): writes alternating
 //   between them from concurrent clients get consecutive revisions (the
@@ -90,6 +91,16 @@ test('init on an empty PostgreSQL database makes the data directory; the store i
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /--store: not a postgres:\/\/ or postgresql:\/\/ URI/);
   assert.ok(!bad.stderr.includes(PASSWORD));
+
+  // The initialised directory on a database without its data: refused,
+  // naming the database without its password.
+  pg.psql('CREATE DATABASE other');
+  const other = pg.uriWithPassword(PASSWORD).replace(/\/tlsplane$/, '/other');
+  const lost = run(['--data-dir', dirA, '--store', other, '--plaintext', '--listen', '127.0.0.1:0']);
+  assert.equal(lost.status, 1, lost.stderr);
+  assert.match(lost.stderr, /was initialised \(ca\.pem is there\) but its database postgres:\/\/tlsplane@127\.0\.0\.1:\d+\/other holds no data \(revision 0\)/);
+  assert.match(lost.stderr, /Restore the database from a dump \(pg_dump/);
+  assert.ok(!lost.stderr.includes(PASSWORD));
 
   const a = await Server.start({ dataDir: dirA, tls: true, extraArgs: ['--store', pg.uriWithPassword(PASSWORD)] });
   servers.push(a);
