@@ -49,6 +49,7 @@ struct datadir {
   int server_made; /* server.pem / server-key.pem to write */
   const char *sans[SANS_MAX];
   size_t n_sans;
+  char *store; /* datadir_opts.store (may hold a password); NULL: tlsplane.db */
 };
 
 static int oom(struct tp_err *err) {
@@ -400,6 +401,10 @@ int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct t
     free(dd);
     return oom(err);
   }
+  if (opts->store != NULL && (dd->store = strdup(opts->store)) == NULL) {
+    datadir_close(dd);
+    return oom(err);
+  }
   for (size_t i = 0; i < sizeof(default_sans) / sizeof(default_sans[0]); i++)
     dd->sans[dd->n_sans++] = default_sans[i];
   for (size_t i = 0; i < opts->n_sans; i++) {
@@ -458,33 +463,44 @@ static int rotation_finish(int dirfd, const char *dir, struct store *s,
  *   -ENOTSUP  a newer schema than this build knows
  *   -ENOKEY   sealed under a master key that is not here
  * Returns -1. */
-static int store_refused(const char *dir, int rc, int floor, const char *found,
+static int store_refused(const char *dir, const char *store, int rc, int floor, const char *found,
                          struct tp_err *err) {
-  char restore[640];
-  snprintf(restore, sizeof(restore),
-           "Restore tlsplane.db from a backup (tlsplane-server backup; docs/operations.md)%s, or "
-           "start over with: tlsplane-server init --force --data-dir %s (keeps the CA and the "
-           "master key, discards the store, makes new admin credentials)",
-           rc == -EPROTO ? " taken by this version of tlsplane-server" : "", dir);
+  char restore[640], db[1024] = "tlsplane.db";
+  if (store != NULL) {
+    /* The operator's database: restored with pg_restore, or dropped and
+     * created empty (an empty database is initialised like a new file). */
+    store_path_display(store, db, sizeof(db));
+    snprintf(restore, sizeof(restore),
+             "Restore the database from a dump (pg_dump%s; docs/ha.md), or start over with "
+             "tlsplane-server init on an empty database and a new data directory (a new CA and "
+             "master key; every resource, token and agent certificate record is lost)",
+             rc == -EPROTO ? " taken by this version of tlsplane-server" : "");
+  } else {
+    snprintf(restore, sizeof(restore),
+             "Restore tlsplane.db from a backup (tlsplane-server backup; docs/operations.md)%s, "
+             "or start over with: tlsplane-server init --force --data-dir %s (keeps the CA and "
+             "the master key, discards the store, makes new admin credentials)",
+             rc == -EPROTO ? " taken by this version of tlsplane-server" : "", dir);
+  }
   char text[sizeof(err->msg)];
   snprintf(text, sizeof(text), "%s", found);
   switch (rc) {
   case -ENOENT:
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                       "data directory %s was initialised (ca.pem is there) but its database "
-                      "tlsplane.db %s: every resource, token and agent certificate record is "
+                      "%s %s: every resource, token and agent certificate record is "
                       "gone. %s",
-                      dir, text, restore);
+                      dir, db, text, restore);
   case -ENODATA:
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
-                      "data directory %s: tlsplane.db is refused, not adopted: %s; expected a "
+                      "data directory %s: %s is refused, not adopted: %s; expected a "
                       "database this server made. %s",
-                      dir, text, restore);
+                      dir, db, text, restore);
   case -EPROTO:
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
-                      "data directory %s: tlsplane.db is refused: %s; expected schema version %d "
+                      "data directory %s: %s is refused: %s; expected schema version %d "
                       "or later (schema-version: the highest this directory has run). %s",
-                      dir, text, floor, restore);
+                      dir, db, text, floor, restore);
   case -ENOTSUP:
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                       "data directory %s: %s. Run the tlsplane-server that last ran here, or a "
@@ -546,17 +562,19 @@ static int schema_floor_raise(int dirfd, const char *dir, int floor, struct stor
   return 0;
 }
 
-/* Opens dir's database at the latest schema, refusing one below floor,
- * then raises the floor to what it opened. Refusals are store_refused's. */
-static int store_open_floored(int dirfd, const char *dir, const struct store_opts *o, int floor,
-                              struct store **out, struct tp_err *err) {
+/* Opens dir's database (store: a postgres:// URI; NULL: tlsplane.db) at
+ * the latest schema, refusing one below floor, then raises the floor to
+ * what it opened. Refusals are store_refused's. */
+static int store_open_floored(int dirfd, const char *dir, const char *store,
+                              const struct store_opts *o, int floor, struct store **out,
+                              struct tp_err *err) {
   char db[PATH_MAX];
   path_of(db, sizeof(db), dir, "tlsplane.db");
   struct store_opts with_floor = *o;
   with_floor.min_version = floor;
-  int rc = store_open(db, &with_floor, out, err);
+  int rc = store_open(store != NULL ? store : db, &with_floor, out, err);
   if (rc == -ENODATA || rc == -EPROTO || rc == -ENOTSUP || rc == -ENOKEY)
-    store_refused(dir, rc, floor, err->msg, err);
+    store_refused(dir, store, rc, floor, err->msg, err);
   if (rc != 0)
     return rc;
   if (schema_floor_raise(dirfd, dir, floor, *out, err) != 0) {
@@ -583,17 +601,20 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
    * before anything is created or written. */
   int initialised = !dd->fresh && !dd->discard;
   struct stat st;
-  if (stat(db, &st) != 0) {
+  if (dd->store != NULL) {
+    /* PostgreSQL: no file to find, narrow or size; an empty database is
+     * told by its revision below. */
+  } else if (stat(db, &st) != 0) {
     if (errno != ENOENT)
       return tp_err_set(err, GRPC_STATUS_INTERNAL, "%s: %s", db, strerror(errno));
     if (initialised)
-      return store_refused(dd->dir, -ENOENT, 0, "is missing", err);
+      return store_refused(dd->dir, NULL, -ENOENT, 0, "is missing", err);
   } else if (initialised && st.st_size == 0) {
-    return store_refused(dd->dir, -ENOENT, 0, "is empty (0 bytes)", err);
+    return store_refused(dd->dir, NULL, -ENOENT, 0, "is empty (0 bytes)", err);
   }
   if (schema_floor_read(dd->dir, &floor, err) != 0)
     return -1;
-  if (store_files_tighten(dd->dir, err) != 0)
+  if (dd->store == NULL && store_files_tighten(dd->dir, err) != 0)
     return -1;
   /* A new key is on disk before anything is sealed under it: opening a
    * database of an older schema seals its secrets at once (migration 3). */
@@ -605,7 +626,7 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
     memcpy(keys[1], dd->pending_key, STORE_MASTER_KEY_LEN);
   struct store_opts o = {.master_keys = (const uint8_t(*)[STORE_MASTER_KEY_LEN])keys,
                          .n_master_keys = dd->pending ? 2 : 1};
-  int rc = store_open_floored(dd->fd, dd->dir, &o, floor, out, err);
+  int rc = store_open_floored(dd->fd, dd->dir, dd->store, &o, floor, out, err);
   OPENSSL_cleanse(keys, sizeof(keys));
   if (dd->key_made && (rc == -ENOKEY || rc == -ENODATA || rc == -EPROTO || rc == -ENOTSUP)) {
     /* Refused before anything was sealed under the new key (or sealed
@@ -624,7 +645,7 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
      * empty SQLite file): lost as surely. */
     store_close(*out);
     *out = NULL;
-    return store_refused(dd->dir, -ENOENT, 0, "holds no data (revision 0)", err);
+    return store_refused(dd->dir, dd->store, -ENOENT, 0, "holds no data (revision 0)", err);
   }
   if (dd->pending) {
     char id[2 * STORE_KEY_ID_LEN + 1];
@@ -647,6 +668,11 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
 
 int datadir_store_discard(struct datadir *dd, char *moved, size_t len, struct tp_err *err) {
   moved[0] = '\0';
+  if (dd->store != NULL)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "init --force discards tlsplane.db, and the store is a PostgreSQL "
+                      "database (--store): drop and create the database instead (pg_dump "
+                      "first), then run init without --force");
   char stamp[32], base[96];
   time_t now = time(NULL);
   struct tm tm;
@@ -788,6 +814,7 @@ void datadir_close(struct datadir *dd) {
   if (dd->fd >= 0)
     close(dd->fd); /* releases the lock */
   free(dd->dir);
+  secret_free(dd->store);
   free(dd);
 }
 
@@ -874,9 +901,15 @@ static int backup_manifest(int fd, const char *dest, const char *dir,
   return rc;
 }
 
-int datadir_backup(const char *dir, const char *dest, struct store_backup_info *info,
-                   struct tp_err *err) {
+int datadir_backup(const char *dir, const char *store, const char *dest,
+                   struct store_backup_info *info, struct tp_err *err) {
   memset(info, 0, sizeof(*info));
+  if (store != NULL)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "backup copies tlsplane.db, and the store is a PostgreSQL database "
+                      "(--store): use pg_dump (a consistent copy of a live database), and keep "
+                      "copies of %s's ca.pem, ca-key.pem, admin.token, admin.pem and admin-key.pem",
+                      dir);
   if (!exists(dir, "ca.pem"))
     return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
                       "%s is not an initialised data directory (no ca.pem)", dir);
@@ -938,8 +971,8 @@ int datadir_backup(const char *dir, const char *dest, struct store_backup_info *
   return rc == 0 ? 0 : -1;
 }
 
-int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17], size_t *n,
-                              struct tp_err *err) {
+int datadir_rotate_master_key(const char *dir, const char *store, char old_id[17], char new_id[17],
+                              size_t *n, struct tp_err *err) {
   uint8_t keys[2][STORE_MASTER_KEY_LEN];
   struct store *s = NULL;
   int from_env = 0;
@@ -947,11 +980,11 @@ int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17],
   int fd = dir_lock(dir, 0, err);
   if (fd < 0)
     return -1;
-  int rc = store_files_tighten(dir, err);
+  int rc = store != NULL ? 0 : store_files_tighten(dir, err);
   const char *env = getenv("TLSPLANE_MASTER_KEY");
   if (rc != 0) {
     /* err says why */
-  } else if (!exists(dir, "tlsplane.db")) {
+  } else if (store == NULL && !exists(dir, "tlsplane.db")) {
     rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s: no tlsplane.db", dir);
   } else if (env != NULL && env[0] != '\0') {
     /* The key lives outside: the operator brings the new one, and sets
@@ -987,7 +1020,7 @@ int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17],
                            .n_master_keys = 2};
     store_master_key_id_hex(keys[0], old_id);
     store_master_key_id_hex(keys[1], new_id);
-    rc = store_open_floored(fd, dir, &o, floor, &s, err);
+    rc = store_open_floored(fd, dir, store, &o, floor, &s, err);
   }
   if (rc == 0) {
     if (from_env)

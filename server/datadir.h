@@ -25,6 +25,11 @@
  * 30 days, or its SANs changed. Every file is written whole (a temporary
  * file, fsync, rename, fsync of the directory).
  *
+ * With a PostgreSQL store (datadir_opts.store) tlsplane.db is neither
+ * made nor looked for: the database holds what it would. Several servers
+ * of one deployment share the database, each with its own directory
+ * holding copies of the same master key, CA and admin credentials.
+ *
  * Modes: the directory is narrowed to 0700 and the store's files
  * (tlsplane.db, -wal, -shm) to 0600 whenever they are opened, each change
  * logged (their secrets are sealed: narrowing closes the hole). Secret
@@ -56,6 +61,11 @@ struct datadir_opts {
   const char *const *sans; /* names and addresses for the server certificate beyond the defaults */
   size_t n_sans;
   int init; /* tlsplane-server init: the server certificate is neither loaded nor made */
+  /* The store: NULL for DIR/tlsplane.db (SQLite), or a postgres:// URI
+   * (copied; may hold a password, never shown): the store is that
+   * PostgreSQL database, and the directory keeps the rest (the master
+   * key, the CA, the certificates, the schema floor). */
+  const char *store;
 };
 
 /* Opens (creating, mode 0700) and locks the data directory, and loads or
@@ -67,16 +77,17 @@ int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct t
  * (ca.pem, the last file it writes, is there). */
 int datadir_initialised(const struct datadir *dd);
 
-/* Opens tlsplane.db under the master key, refusing one older than
- * schema-version, not a tlsplane database, newer than this build, or sealed
- * under another key (each refusal says how to recover), and raises
- * schema-version to the schema it opened. Writes master.key first when it
- * was just made (removed again when the database turns out to be sealed
+/* Opens the store (tlsplane.db, or datadir_opts.store) under the master key, refusing one older
+ * than schema-version, not a tlsplane database, newer than this build, or sealed under another key
+ * (each refusal says how to recover), and raises schema-version to the schema it opened. Writes
+ * master.key first when it was just made (removed again when the database turns out to be sealed
  * under another key), and finishes an interrupted master-key rotation.
  * Gives the store files mode 0600 first (logging each change). Refused
  * (FAILED_PRECONDITION, saying how to recover) when the directory was
  * initialised and the database is missing, empty, or holds no revision:
- * nothing is created then. Caller closes *out with store_close. */
+ * nothing is created then. A PostgreSQL store has no file to check: only
+ * "holds no revision" applies, found once the store opened (an empty
+ * database has the empty tables then). Caller closes *out with store_close. */
 int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *err);
 
 /* tlsplane-server init --force: moves the store's files aside
@@ -84,7 +95,8 @@ int datadir_store_open(struct datadir *dd, struct store **out, struct tp_err *er
  * are removed), so that datadir_store_open makes a new store and
  * datadir_init new admin credentials. The CA, the master key and the
  * server certificate stay. moved receives the new name of tlsplane.db
- * ("" when there was nothing to keep). */
+ * ("" when there was nothing to keep). Refused (FAILED_PRECONDITION) for a
+ * PostgreSQL store: its database is the operator's to drop and create. */
 int datadir_store_discard(struct datadir *dd, char *moved, size_t len, struct tp_err *err);
 
 /* Writes what datadir_open made: on the first start (and after
@@ -107,18 +119,23 @@ void datadir_close(struct datadir *dd);
  * ca.pem 0644), with backup.json (revision, schema version, the ids of the
  * master keys that sealed the copy, its files) and SHA256SUMS. Never the
  * master key: the sealed secrets in the copy open only with it, so it is
- * kept apart. Refused during a master-key rotation, and for a directory
- * with no database. info receives what was copied. */
-int datadir_backup(const char *dir, const char *dest, struct store_backup_info *info,
-                   struct tp_err *err);
+ * kept apart. Refused during a master-key rotation, for a directory
+ * with no database, and for a PostgreSQL store (store: a postgres:// URI;
+ * NULL: tlsplane.db), which pg_dump copies. info receives what was
+ * copied. */
+int datadir_backup(const char *dir, const char *store, const char *dest,
+                   struct store_backup_info *info, struct tp_err *err);
 
 /* tlsplane-server rotate-master-key: re-seals every secret of dir's store
  * under a new master key (from master.key.new, made here unless a rotation
  * was interrupted; or, when TLSPLANE_MASTER_KEY gives the current key,
  * from TLSPLANE_NEW_MASTER_KEY), then installs it as master.key. The
  * server must not be running. On success fills the ids (hex) of the old
- * and new keys and how many secrets were re-sealed. */
-int datadir_rotate_master_key(const char *dir, char old_id[17], char new_id[17], size_t *n,
-                              struct tp_err *err);
+ * and new keys and how many secrets were re-sealed. store: a postgres://
+ * URI, or NULL for tlsplane.db; on PostgreSQL no server of the deployment
+ * may run, and every other server's directory needs the new master.key
+ * before it starts again. */
+int datadir_rotate_master_key(const char *dir, const char *store, char old_id[17], char new_id[17],
+                              size_t *n, struct tp_err *err);
 
 #endif

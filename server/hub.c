@@ -150,6 +150,24 @@ static void commit_hook(int64_t revision, void *data) {
   events_notify(hub->api->events, revision);
 }
 
+/* The store's watch: a revision another server committed (or this one:
+ * hub_notify and events_notify take each revision once) goes the way of
+ * this server's own commits. */
+static void watch_revision(int64_t revision, void *data) {
+  commit_hook(revision, data);
+}
+
+static void watch_status(const char *msg, void *data) {
+  (void)data;
+  if (msg != NULL)
+    log_warn("hub",
+             "not hearing other servers' commits: %s (reconnecting every second; their "
+             "revisions reach this server's agents once it is back)",
+             msg);
+  else
+    log_info("hub", "hearing other servers' commits again");
+}
+
 static void *push_main(void *arg);
 
 int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
@@ -175,6 +193,11 @@ int hub_new(struct api *api, struct hub **out, struct tp_err *err) {
                       strerror(rc));
   }
   store_set_commit_hook(api->store, commit_hook, hub);
+  const struct store_watch watch = {watch_revision, watch_status, hub};
+  if (store_watch_start(api->store, &watch, err) != 0) {
+    hub_free(hub);
+    return -1;
+  }
   *out = hub;
   return 0;
 }
@@ -202,6 +225,7 @@ static void agent_free(struct hub_agent *a) {
 void hub_free(struct hub *hub) {
   if (hub == NULL)
     return;
+  store_watch_stop(hub->api->store);
   store_set_commit_hook(hub->api->store, NULL, NULL);
   pthread_mutex_lock(&hub->lock);
   hub->stop = 1;

@@ -14,8 +14,11 @@
 struct hub;
 
 /* Creates the hub over api (api->store must be open) and starts its push
- * thread; registers itself as the store's commit hook. Caller frees with
- * hub_free (which joins the thread) after the RPC server has stopped. */
+ * thread; registers itself as the store's commit hook, and watches the
+ * store for other servers' commits (store_watch_start), which it takes as
+ * its own: pushed to agents, and events_notify'd. Caller frees with
+ * hub_free (which stops the watch and joins the thread) after the RPC
+ * server has stopped. */
 int hub_new(struct api *api, struct hub **out, struct tp_err *err);
 void hub_free(struct hub *hub);
 

@@ -41,6 +41,7 @@ struct jobs {
   struct fetch_task *tasks;
   atomic_int fetch_stop;   /* set once, by jobs_stop; read by running fetches */
   struct ocsp_rounds ocsp; /* the job thread's */
+  int lead;                /* the job lock was held at the last round (1), not (0), unknown (-1) */
 };
 
 int jobs_list_due(struct store *store, const char *kind, enum jobs_due_time which, int64_t now_us,
@@ -158,6 +159,22 @@ static void *fetch_main(void *arg) {
   return NULL;
 }
 
+/* Whether this server runs the jobs this round (store_job_lock), saying
+ * so when that changes. */
+static int jobs_lead(struct jobs *jobs) {
+  struct tp_err err = {0};
+  int rc = store_job_lock(jobs->api->store, &err);
+  int lead = rc > 0;
+  if (rc < 0 && jobs->lead != 0)
+    log_warn("jobs", "the job lock: %s (not running background jobs until it is back)", err.msg);
+  else if (lead && jobs->lead != 1)
+    log_info("jobs", "this server runs the background jobs (it holds the job lock)");
+  else if (rc == 0 && jobs->lead != 0)
+    log_info("jobs", "another server runs the background jobs (it holds the job lock)");
+  jobs->lead = lead;
+  return lead;
+}
+
 /* The last uses noted since the previous round, in one write. */
 static void usage_write(struct api *api) {
   struct tp_err err = {0};
@@ -179,10 +196,12 @@ static void *jobs_main(void *arg) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t now_us = (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
-    jobs_rotate_due_ticket_keys(jobs->api, now_us);
-    ocsp_refresh_due(jobs->api, &jobs->ocsp, jobs, now_us);
-    crl_refresh_run(jobs->api, jobs, now_us);
-    issuance_renew_due(jobs->api, now_us);
+    if (jobs_lead(jobs)) {
+      jobs_rotate_due_ticket_keys(jobs->api, now_us);
+      ocsp_refresh_due(jobs->api, &jobs->ocsp, jobs, now_us);
+      crl_refresh_run(jobs->api, jobs, now_us);
+      issuance_renew_due(jobs->api, now_us);
+    }
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);
   }
@@ -217,6 +236,7 @@ int jobs_start(struct api *api, struct jobs **out, struct tp_err *err) {
   }
   jobs->api = api;
   atomic_init(&jobs->fetch_stop, 0);
+  jobs->lead = -1;
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

@@ -8,7 +8,11 @@
  * What waits on the network (OCSP and CRL fetches) runs on
  * JOBS_FETCH_THREADS fetch threads fed by the job thread, so that a dead
  * endpoint (a fetch waits out its timeout) delays neither the rotations
- * nor the renewals nor the other fetches. */
+ * nor the renewals nor the other fetches.
+ *
+ * Of several servers sharing a database, only the one holding the store's
+ * job lock (store_job_lock, asked every round) runs the jobs; every server
+ * writes its own credentials' last uses. */
 #ifndef TLSPLANE_SERVER_JOBS_H
 #define TLSPLANE_SERVER_JOBS_H
 

@@ -47,6 +47,7 @@
 
 struct options {
   const char *data_dir;
+  const char *store; /* a postgres:// URI; NULL: DIR/tlsplane.db */
   const char *listen;
   const char *http_listen;
   const char *web_root;
@@ -64,20 +65,25 @@ struct options {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: tlsplane-server [--data-dir DIR] [--listen HOST:PORT] [--san NAME ...]\n"
+          "usage: tlsplane-server [--data-dir DIR] [--store URI] [--listen HOST:PORT]\n"
+          "                       [--san NAME ...]\n"
           "                       [--http-listen HOST:PORT] [--web-root DIR]\n"
           "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
           "                       [--max-streams N] [--max-peer-streams N]\n"
           "                       [--agent-cert-lifetime DURATION]\n"
           "                       [--log-level LEVEL] [--log-format text|json]\n"
-          "       tlsplane-server rotate-master-key [--data-dir DIR]\n"
-          "       tlsplane-server init [--data-dir DIR] [--force]\n"
+          "       tlsplane-server rotate-master-key [--data-dir DIR] [--store URI]\n"
+          "       tlsplane-server init [--data-dir DIR] [--store URI] [--force]\n"
           "       tlsplane-server backup [--data-dir DIR] DEST\n"
           "       tlsplane-server call [--server HOST:PORT] [--data-dir DIR] SERVICE/METHOD "
           "[JSON]\n"
           "\n"
           "  --data-dir DIR      data directory: tlsplane.db, the CA, the server's and the\n"
           "                      admin's credentials, master.key  [TLSPLANE_DATA_DIR, ./var]\n"
+          "  --store URI         the store on PostgreSQL instead of DIR/tlsplane.db: a\n"
+          "                      postgres:// or postgresql:// URI (libpq's syntax); several\n"
+          "                      servers may share one database, each with a copy of the\n"
+          "                      same data directory (docs/ha.md)          [TLSPLANE_STORE]\n"
           "  --listen HOST:PORT  gRPC API address        [TLSPLANE_LISTEN, 127.0.0.1:7443]\n"
           "  --http-listen HOST:PORT  HTTPS address of the JSON API (Connect protocol),\n"
           "                      /metrics and the dashboard\n"
@@ -122,6 +128,7 @@ static void usage(FILE *out) {
           "  backup writes a consistent copy of the database (safe while the server runs)\n"
           "  and the CA and admin credentials into DEST, a new directory. It never holds\n"
           "  the master key: keep that apart; a restore needs both (docs/operations.md).\n"
+          "  With --store, use pg_dump instead: backup copies only tlsplane.db.\n"
           "\n"
           "  call: one unary API call, request and response in protobuf's JSON mapping\n"
           "  (tlsplane-server call --help).\n"
@@ -185,8 +192,20 @@ static int env_positive(const char *name, int *out) {
   return v != NULL && v[0] != '\0' ? parse_positive(name, v, out) : 0;
 }
 
+/* --store (or TLSPLANE_STORE) names a PostgreSQL database; the SQLite
+ * file is always DIR/tlsplane.db. Never shows the URI: it may hold a
+ * password. */
+static int check_store(const char *prog, const char *store) {
+  if (store == NULL || store_path_is_uri(store))
+    return 0;
+  cli_usage_error(prog, "--store: not a postgres:// or postgresql:// URI (without --store the "
+                        "store is tlsplane.db in the data directory)");
+  return -1;
+}
+
 static int parse_options(int argc, char **argv, struct options *o) {
   o->data_dir = env_or("TLSPLANE_DATA_DIR", "./var");
+  o->store = env_or("TLSPLANE_STORE", NULL);
   o->listen = env_or("TLSPLANE_LISTEN", "127.0.0.1:7443");
   o->http_listen = env_or("TLSPLANE_HTTP_LISTEN", "127.0.0.1:7444");
   o->web_root = env_or("TLSPLANE_WEB_ROOT", TLSPLANE_WEB_ROOT);
@@ -217,6 +236,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
       parse_lifetime("TLSPLANE_AGENT_CERT_LIFETIME", lifetime, &o->agent_cert_lifetime_s) != 0)
     return -1;
   static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                           {"store", required_argument, NULL, 'S'},
                                            {"listen", required_argument, NULL, 'l'},
                                            {"http-listen", required_argument, NULL, 'H'},
                                            {"web-root", required_argument, NULL, 'W'},
@@ -238,6 +258,9 @@ static int parse_options(int argc, char **argv, struct options *o) {
     switch (c) {
     case 'd':
       o->data_dir = optarg;
+      break;
+    case 'S':
+      o->store = optarg;
       break;
     case 'L':
       if (cli_log_level(PROG, "--log-level", optarg) != 0)
@@ -303,7 +326,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
                     argv[optind]);
     return -1;
   }
-  return 0;
+  return check_store(PROG, o->store);
 }
 
 /* The API is served without TLS only on loopback, and only when asked:
@@ -389,14 +412,17 @@ static int gateway_open(const struct options *o, const struct rpc_server_opts *r
  * force is not NULL, and exactly n_args operands after them (from
  * argv[optind]). Returns 0 to go on, or 1 with *status the exit status (0
  * after --help, 2 on bad usage). */
-static int tool_options(const char *prog, int argc, char **argv, const char **dir, int *force,
-                        int n_args, int *status) {
+static int tool_options(const char *prog, int argc, char **argv, const char **dir,
+                        const char **store, int *force, int n_args, int *status) {
   *dir = env_or("TLSPLANE_DATA_DIR", "./var");
+  *store = env_or("TLSPLANE_STORE", NULL);
   static const struct option with_force[] = {{"data-dir", required_argument, NULL, 'd'},
+                                             {"store", required_argument, NULL, 'S'},
                                              {"force", no_argument, NULL, 'f'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
   static const struct option without_force[] = {{"data-dir", required_argument, NULL, 'd'},
+                                                {"store", required_argument, NULL, 'S'},
                                                 {"help", no_argument, NULL, 'h'},
                                                 {NULL, 0, NULL, 0}};
   const struct option *longopts = force != NULL ? with_force : without_force;
@@ -405,6 +431,8 @@ static int tool_options(const char *prog, int argc, char **argv, const char **di
   while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
     if (c == 'd') {
       *dir = optarg;
+    } else if (c == 'S') {
+      *store = optarg;
     } else if (c == 'f') {
       *force = 1;
     } else if (c == 'h') {
@@ -424,19 +452,23 @@ static int tool_options(const char *prog, int argc, char **argv, const char **di
     *status = cli_usage_error(prog, "unexpected argument '%s'", argv[optind + n_args]);
     return 1;
   }
+  if (check_store(prog, *store) != 0) {
+    *status = CLI_EXIT_USAGE;
+    return 1;
+  }
   return 0;
 }
 
 /* tlsplane-server rotate-master-key [--data-dir DIR] */
 static int rotate_main(int argc, char **argv) {
-  const char *dir;
+  const char *dir, *store;
   int status;
-  if (tool_options(PROG " rotate-master-key", argc, argv, &dir, NULL, 0, &status) != 0)
+  if (tool_options(PROG " rotate-master-key", argc, argv, &dir, &store, NULL, 0, &status) != 0)
     return status;
   char old_id[17], new_id[17];
   size_t n = 0;
   struct tp_err err = {0};
-  if (datadir_rotate_master_key(dir, old_id, new_id, &n, &err) != 0) {
+  if (datadir_rotate_master_key(dir, store, old_id, new_id, &n, &err) != 0) {
     fprintf(stderr, "tlsplane-server rotate-master-key: %s\n", err.msg);
     return 1;
   }
@@ -448,12 +480,12 @@ static int rotate_main(int argc, char **argv) {
 
 /* tlsplane-server init [--data-dir DIR] [--force] */
 static int init_main(int argc, char **argv) {
-  const char *dir;
+  const char *dir, *store;
   int force = 0, status;
-  if (tool_options(PROG " init", argc, argv, &dir, &force, 0, &status) != 0)
+  if (tool_options(PROG " init", argc, argv, &dir, &store, &force, 0, &status) != 0)
     return status;
   struct tp_err err = {0};
-  struct datadir_opts dopts = {.dir = dir, .init = 1};
+  struct datadir_opts dopts = {.dir = dir, .init = 1, .store = store};
   struct datadir *dd = NULL;
   struct api api = {0};
   char moved[128] = "";
@@ -501,14 +533,14 @@ static int init_main(int argc, char **argv) {
 
 /* tlsplane-server backup [--data-dir DIR] DEST */
 static int backup_main(int argc, char **argv) {
-  const char *dir;
+  const char *dir, *store;
   int status;
-  if (tool_options(PROG " backup", argc, argv, &dir, NULL, 1, &status) != 0)
+  if (tool_options(PROG " backup", argc, argv, &dir, &store, NULL, 1, &status) != 0)
     return status;
   const char *dest = argv[optind];
   struct tp_err err = {0};
   struct store_backup_info info;
-  if (datadir_backup(dir, dest, &info, &err) != 0) {
+  if (datadir_backup(dir, store, dest, &info, &err) != 0) {
     fprintf(stderr, "tlsplane-server backup: %s\n", err.msg);
     return 1;
   }
@@ -566,7 +598,8 @@ int main(int argc, char **argv) {
   struct jobs *jobs = NULL;
   struct hub *hub = NULL;
   int status = 1;
-  struct datadir_opts dopts = {.dir = o.data_dir, .sans = o.sans, .n_sans = o.n_sans};
+  struct datadir_opts dopts = {
+      .dir = o.data_dir, .sans = o.sans, .n_sans = o.n_sans, .store = o.store};
   if (datadir_open(&dopts, &dd, &err) != 0) {
     log_error("server", "%s", err.msg);
     free(o.sans_env);
@@ -649,8 +682,13 @@ int main(int argc, char **argv) {
   if (addr_parse(o.listen, host, sizeof(host), &port, 1, "listen", &ignored) != 0)
     snprintf(host, sizeof(host), "127.0.0.1");
   bracketed(host, shown, sizeof(shown));
-  log_info("server", "listening on %s:%d (%s), data in %s, revision %lld", shown,
-           rpc_server_port(srv), o.plaintext ? "plaintext" : "TLS", o.data_dir,
+  char store_shown[1024];
+  if (o.store != NULL)
+    store_path_display(o.store, store_shown, sizeof(store_shown)); /* without its password */
+  else
+    snprintf(store_shown, sizeof(store_shown), "%s/tlsplane.db", o.data_dir);
+  log_info("server", "listening on %s:%d (%s), data in %s, store %s, revision %lld", shown,
+           rpc_server_port(srv), o.plaintext ? "plaintext" : "TLS", o.data_dir, store_shown,
            (long long)store_revision(api.store));
   /* The command that works with the files just made; the token itself
    * never reaches the log. */
@@ -675,7 +713,9 @@ free_server:
   api.dhgen = NULL;
   /* Every thread of ours that makes grpc slices stops before the RPC
    * server's free releases grpc; the commit hook then finds no events
-   * (a commit after this point wakes nobody). */
+   * (a commit after this point wakes nobody), and the store's watch,
+   * which would wake the events, has stopped. */
+  store_watch_stop(api.store);
   events_free(api.events);
   api.events = NULL;
   rpc_server_free(srv);

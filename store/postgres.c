@@ -32,6 +32,22 @@
  * bytes). The only SQL built at run time (store_get, store_list,
  * store_audit_list) joins fixed fragments.
  *
+ * Other servers' commits (store_watch_start): every commit that makes a
+ * revision also runs pg_notify('tlsplane_revision', '<revision>'),
+ * delivered to listeners when (and only if) it commits, in commit order.
+ * The watch thread LISTENs on a connection of its own outside the pool
+ * and, because a notification sent while it was not connected is never
+ * delivered again, also reads meta's revision every STORE_WATCH_CHECK_MS
+ * and after every reconnection. Audit rows need no notification of their
+ * own: their seq is drawn while the writers' lock is held, so the rows of
+ * a later commit always sort after those of an earlier one, and a reader
+ * that follows seq misses none.
+ *
+ * The job lock (store_job_lock) is a session advisory lock held on one
+ * more connection of its own: a session lock outlives transactions, and
+ * ends with the session, so a dead holder's lock is free as soon as
+ * PostgreSQL sees its connection close.
+ *
  * Secrets and row MACs work as with SQLite: store.c seals and MACs, this
  * file stores bytes. store_backup is not supported: pg_dump makes a
  * consistent copy of a live database. */
@@ -39,13 +55,17 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define PG_POOL_MAX 8                 /* connections; a thread holds at most one */
 #define LOCK_TIMEOUT "10s"            /* waiting for another server's writer, as SQLite's */
@@ -54,6 +74,12 @@
 #define DUE_SINCE_VERSION 7           /* the first with resources.due_time_us */
 /* The advisory lock key of schema migrations ("tlsplane" in ASCII). */
 #define MIGRATION_LOCK_KEY "8389207132576247397"
+/* The job lock's ("tlsplanf": the next key). */
+#define JOB_LOCK_KEY "8389207132576247398"
+
+#define CONNECT_TIMEOUT_S "10" /* seconds, unless the URI says */
+#define WATCH_CHANNEL "tlsplane_revision"
+#define WATCH_RETRY_MS 1000 /* between attempts to reconnect the watch */
 
 #define OID_BYTEA 17
 #define OID_INT8 20
@@ -192,6 +218,16 @@ struct pg_store {
   struct conn *idle[PG_POOL_MAX];
   int n_idle;
   int n_open; /* idle + in use; at most PG_POOL_MAX */
+  /* The watch (store_watch_start): its thread, and a pipe whose read end
+   * it polls beside its connection; a byte written stops it. */
+  pthread_t watcher;
+  int watch_stop[2];
+  int64_t watch_told; /* the last revision given to watch.revision (watcher thread) */
+  /* The job lock (store_job_lock): its connection, kept between calls,
+   * and whether its session holds the lock. */
+  pthread_mutex_t job_lock;
+  struct conn *job_conn;
+  int job_held;
 };
 
 struct pg_txn {
@@ -473,7 +509,12 @@ static int conn_open(struct pg_store *s, struct conn **out, struct tp_err *err) 
   struct conn *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return store__err_nomem(err, "open");
-  c->db = PQconnectdb(s->conninfo);
+  /* A bound on connecting (unless the URI sets its own, which comes
+   * later and wins): no thread, the watch's among them, waits forever on
+   * a server that does not answer. */
+  const char *const keys[] = {"connect_timeout", "dbname", NULL};
+  const char *const values[] = {CONNECT_TIMEOUT_S, s->conninfo, NULL};
+  c->db = PQconnectdbParams(keys, values, 1);
   if (c->db == NULL || PQstatus(c->db) != CONNECTION_OK) {
     char what[STORE_PATH_DISPLAY_MAX + 200];
     snprintf(what, sizeof(what), "connect to %s", s->display);
@@ -761,6 +802,8 @@ static void pg_close(struct store *base) {
   store__keyring_clear(&s->base.keys);
   for (int i = 0; i < s->n_idle; i++)
     conn_close(s->idle[i]);
+  conn_close(s->job_conn); /* releases the job lock with its session */
+  pthread_mutex_destroy(&s->job_lock);
   pthread_cond_destroy(&s->pool_cond);
   pthread_mutex_destroy(&s->pool_lock);
   pthread_mutex_destroy(&s->write_lock);
@@ -787,6 +830,7 @@ static int pg_open(const char *path, int version, int min_version, const struct 
   pthread_mutex_init(&s->write_lock, NULL);
   pthread_mutex_init(&s->pool_lock, NULL);
   pthread_cond_init(&s->pool_cond, NULL);
+  pthread_mutex_init(&s->job_lock, NULL);
   if (s->conninfo == NULL) {
     pg_close(&s->base);
     return store__err_nomem(err, "open");
@@ -887,9 +931,18 @@ static int pg_commit(struct store_txn *base, struct tp_err *err) {
   struct pg_txn *t = to_txn(base);
   struct conn *c = t->conn;
   int rc = 0;
-  if (base->wrote)
-    rc = q_run(c, "UPDATE meta SET revision = $1 WHERE id = 1", "bump the revision", err, "i",
-               base->revision);
+  if (base->wrote) {
+    /* The notification goes out with the commit, to every server's
+     * watch (see the top of the file). */
+    PGresult *res = q_rows(c,
+                           "WITH bump AS (UPDATE meta SET revision = $1 WHERE id = 1 RETURNING "
+                           "revision) SELECT pg_notify('" WATCH_CHANNEL "', revision::text) "
+                           "FROM bump",
+                           "bump the revision", err, "i", base->revision);
+    if (res == NULL)
+      rc = -EIO;
+    PQclear(res);
+  }
   if (rc == 0) {
     /* COMMIT of a transaction that failed answers ROLLBACK, not an
      * error. */
@@ -1461,6 +1514,164 @@ static int pg_macs_rewrite(struct store_txn *base, store__mac_fn fn, void *data,
   return conn_macs_rewrite(to_txn(base)->conn, fn, data, n, err);
 }
 
+/* --- the watch --- */
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* rev is committed: store_revision shows it, and the callback hears of it
+ * unless it heard of it (or a later one) already. */
+static void watch_tell(struct pg_store *s, int64_t rev) {
+  revision_seen(&s->base, rev);
+  if (rev <= s->watch_told)
+    return;
+  s->watch_told = rev;
+  s->base.watch.revision(rev, s->base.watch.data);
+}
+
+static void watch_status(struct pg_store *s, const char *msg) {
+  if (s->base.watch.status != NULL)
+    s->base.watch.status(msg, s->base.watch.data);
+}
+
+/* The newest revision among the notifications received so far (0: none). */
+static int64_t notified(struct conn *c) {
+  int64_t best = 0;
+  PGnotify *n;
+  while ((n = PQnotifies(c->db)) != NULL) {
+    char *end = NULL;
+    long long v = strtoll(n->extra, &end, 10);
+    if (end != n->extra && *end == '\0' && v > best)
+      best = v;
+    PQfreemem(n);
+  }
+  return best;
+}
+
+static void *watch_main(void *arg) {
+  struct pg_store *s = arg;
+  struct conn *c = NULL;
+  int lost = 0; /* status() was told the watch is lost, and not yet that it is back */
+  int64_t retry_at = 0, check_at = 0;
+  for (;;) {
+    struct tp_err err = {0};
+    int64_t now = mono_ms();
+    if (c == NULL && now >= retry_at) {
+      if (conn_open(s, &c, &err) == 0 && q_exec(c, "LISTEN " WATCH_CHANNEL, "listen", &err) < 0) {
+        conn_close(c);
+        c = NULL;
+      }
+      if (c != NULL) {
+        check_at = now; /* what was committed while away */
+        if (lost)
+          watch_status(s, NULL);
+        lost = 0;
+      } else {
+        if (!lost)
+          watch_status(s, err.msg);
+        lost = 1;
+        retry_at = now + WATCH_RETRY_MS;
+      }
+    }
+    int64_t rev = 0;
+    if (c != NULL && now >= check_at) {
+      if (meta_revision(c, 0, &rev, &err) == 0) {
+        check_at = now + STORE_WATCH_CHECK_MS;
+      } else {
+        watch_status(s, err.msg);
+        lost = 1;
+        conn_close(c);
+        c = NULL;
+        retry_at = now + WATCH_RETRY_MS;
+      }
+    }
+    if (c != NULL) {
+      int64_t n = notified(c);
+      rev = n > rev ? n : rev;
+    }
+    if (rev > 0)
+      watch_tell(s, rev);
+    int64_t until = c != NULL ? check_at : retry_at;
+    int timeout = (int)(until - mono_ms());
+    struct pollfd fds[2] = {{.fd = s->watch_stop[0], .events = POLLIN},
+                            {.fd = c != NULL ? PQsocket(c->db) : -1, .events = POLLIN}};
+    if (poll(fds, 2, timeout < 0 ? 0 : timeout) < 0 && errno != EINTR)
+      break;
+    if (fds[0].revents != 0)
+      break;
+    if (c != NULL && fds[1].revents != 0 && !PQconsumeInput(c->db)) {
+      db_fail(&err, c, "watch");
+      watch_status(s, err.msg);
+      lost = 1;
+      conn_close(c);
+      c = NULL;
+      retry_at = mono_ms() + WATCH_RETRY_MS;
+    }
+  }
+  conn_close(c);
+  return NULL;
+}
+
+static int pg_watch_start(struct store *base, struct tp_err *err) {
+  struct pg_store *s = to_store(base);
+  if (pipe2(s->watch_stop, O_CLOEXEC) != 0) {
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: watch: pipe: %s", strerror(errno));
+    return -EIO;
+  }
+  s->watch_told = store_revision(base);
+  int rc = pthread_create(&s->watcher, NULL, watch_main, s);
+  if (rc != 0) {
+    close(s->watch_stop[0]);
+    close(s->watch_stop[1]);
+    tp_err_set(err, GRPC_STATUS_INTERNAL, "store: watch: cannot start its thread: %s",
+               strerror(rc));
+    return -EIO;
+  }
+  return 0;
+}
+
+static void pg_watch_stop(struct store *base) {
+  struct pg_store *s = to_store(base);
+  char byte = 1;
+  while (write(s->watch_stop[1], &byte, 1) < 0 && errno == EINTR)
+    ;
+  pthread_join(s->watcher, NULL);
+  close(s->watch_stop[0]);
+  close(s->watch_stop[1]);
+}
+
+/* --- the job lock --- */
+
+static int pg_job_lock(struct store *base, struct tp_err *err) {
+  struct pg_store *s = to_store(base);
+  pthread_mutex_lock(&s->job_lock);
+  int rc = 0;
+  if (s->job_conn == NULL && conn_open(s, &s->job_conn, err) < 0)
+    rc = -EIO;
+  PGresult *res = NULL;
+  if (rc == 0)
+    res = q_rows(s->job_conn,
+                 s->job_held ? "SELECT 1" : "SELECT pg_try_advisory_lock(" JOB_LOCK_KEY ")::int",
+                 "the job lock", err, "");
+  if (rc == 0 && res == NULL) {
+    /* The session, and the lock with it, is gone (or going): a new
+     * connection tries again at the next call. */
+    conn_close(s->job_conn);
+    s->job_conn = NULL;
+    s->job_held = 0;
+    rc = -EIO;
+  } else if (rc == 0) {
+    s->job_held = PQntuples(res) == 1 && col_int(res, 0, 0) == 1;
+    rc = s->job_held;
+  }
+  PQclear(res);
+  pthread_mutex_unlock(&s->job_lock);
+  return rc;
+}
+
 const struct store_ops store__postgres_ops = {
     .name = "postgres",
     .latest_version = N_MIGRATIONS,
@@ -1483,4 +1694,7 @@ const struct store_ops store__postgres_ops = {
     .usage_get = pg_usage_get,
     .mac_set = pg_mac_set,
     .macs_rewrite = pg_macs_rewrite,
+    .watch_start = pg_watch_start,
+    .watch_stop = pg_watch_stop,
+    .job_lock = pg_job_lock,
 };

@@ -277,6 +277,14 @@ void store__path_display(const char *path, char *buf, size_t len) {
   free(p);
 }
 
+int store_path_is_uri(const char *path) {
+  return path != NULL && is_postgres_uri(path);
+}
+
+void store_path_display(const char *path, char *buf, size_t len) {
+  store__path_display(path, buf, len);
+}
+
 const struct store_ops *store__ops_for(const char *path) {
   return is_postgres_uri(path) ? &store__postgres_ops : &store__sqlite_ops;
 }
@@ -396,9 +404,40 @@ int store_backup(const char *path, const char *dest, struct store_backup_info *i
   return store__ops_for(path)->backup(path, dest, info, err);
 }
 
+int store_watch_start(struct store *s, const struct store_watch *w, struct tp_err *err) {
+  if (s->watching) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "store: watching already");
+    return -EBUSY;
+  }
+  s->watch = *w;
+  if (s->ops->watch_start != NULL) {
+    int rc = s->ops->watch_start(s, err);
+    if (rc < 0) {
+      memset(&s->watch, 0, sizeof(s->watch));
+      return rc;
+    }
+  }
+  s->watching = 1;
+  return 0;
+}
+
+void store_watch_stop(struct store *s) {
+  if (s == NULL || !s->watching)
+    return;
+  if (s->ops->watch_stop != NULL)
+    s->ops->watch_stop(s);
+  s->watching = 0;
+  memset(&s->watch, 0, sizeof(s->watch));
+}
+
+int store_job_lock(struct store *s, struct tp_err *err) {
+  return s->ops->job_lock != NULL ? s->ops->job_lock(s, err) : 1;
+}
+
 void store_close(struct store *s) {
   if (s == NULL)
     return;
+  store_watch_stop(s);
   s->magic = 0;
   store__keyring_clear(&s->keys);
   s->ops->close(s);

@@ -114,6 +114,14 @@ struct store_opts {
 int store_open(const char *path, const struct store_opts *opts, struct store **out,
                struct tp_err *err);
 
+/* Whether path names a PostgreSQL database (a postgres:// or
+ * postgresql:// URI) rather than a SQLite file. */
+int store_path_is_uri(const char *path);
+
+/* path as logs and messages may show it, into buf: a URI without its
+ * password (user info or password= parameter); a file path as it is. */
+void store_path_display(const char *path, char *buf, size_t len);
+
 /* As store_open without a master key, migrating only up to schema version
  * `version` (tests of upgrades from older databases; versions before 3). */
 int store_open_version(const char *path, int version, struct store **out, struct tp_err *err);
@@ -189,6 +197,50 @@ int store_commit(struct store_txn *txn, int64_t *revision, struct tp_err *err);
  * on the committing thread, after the commit is durable. Set it before any
  * transaction begins; cb must not begin a write transaction. */
 void store_set_commit_hook(struct store *s, void (*cb)(int64_t revision, void *data), void *data);
+
+/* Watching for commits made by other processes on the same database
+ * (several servers sharing one PostgreSQL database). Between
+ * store_watch_start and store_watch_stop, on a thread of the store's own:
+ *   revision(rev, data)  for each revision newer than the last it gave
+ *                        (several commits may come as one call, with the
+ *                        newest), once store_revision shows it; also for
+ *                        this process's own commits, after or before their
+ *                        commit hook (callers take each revision once);
+ *   status(msg, data)    (may be NULL) when the watch loses its way to the
+ *                        database (msg says why, without a password) and
+ *                        when it has it back (msg NULL); revisions
+ *                        committed meanwhile come once it is back.
+ * PostgreSQL: every commit that makes a revision notifies it (NOTIFY
+ * tlsplane_revision, '<revision>') and the watch LISTENs on a connection of
+ * its own; notifications are not replayed, so it also reads the revision
+ * every STORE_WATCH_CHECK_MS, and after every reconnection.
+ * SQLite (one process per file): starts nothing, and returns 0.
+ * Set once, before transactions begin; -EBUSY when watching already.
+ * The callbacks must not begin a write transaction. */
+#define STORE_WATCH_CHECK_MS 1000
+struct store_watch {
+  void (*revision)(int64_t revision, void *data);
+  void (*status)(const char *msg, void *data);
+  void *data;
+};
+int store_watch_start(struct store *s, const struct store_watch *w, struct tp_err *err);
+/* Stops the watch and joins its thread: no callback runs after it
+ * returns. A no-op when not watching; store_close calls it. */
+void store_watch_stop(struct store *s);
+
+/* The job lock: which one of the servers sharing a database runs the
+ * background jobs. 1 when this store holds it (taken now, or still held),
+ * 0 when another process does, negative (err set) when it cannot tell
+ * (the database is out of reach: not held then). Call it before each
+ * round of jobs, from one thread.
+ * PostgreSQL: a session advisory lock (pg_try_advisory_lock) on a
+ * connection of its own, checked with a query at each call. It goes with
+ * its session: when the holding process dies (even by SIGKILL) its
+ * connection closes and PostgreSQL releases the lock, so the next call of
+ * another server takes it; a holder whose connection broke finds out at
+ * its next call and stops. Released by store_close.
+ * SQLite: always 1 (one process per file). */
+int store_job_lock(struct store *s, struct tp_err *err);
 
 struct store_audit;
 

@@ -161,6 +161,12 @@ struct store_ops {
   /* Replaces the MAC of every row by fn's result; *n receives how many. */
   int (*macs_rewrite)(struct store_txn *txn, store__mac_fn fn, void *data, size_t *n,
                       struct tp_err *err);
+  /* store_watch_start / store_watch_stop (store->watch holds the
+   * callbacks); NULL: the backend has no other writers to watch. */
+  int (*watch_start)(struct store *s, struct tp_err *err);
+  void (*watch_stop)(struct store *s);
+  /* store_job_lock; NULL: always held. */
+  int (*job_lock)(struct store *s, struct tp_err *err);
 };
 
 /* Shared head of every backend's store. */
@@ -176,6 +182,9 @@ struct store {
   /* Called with the audit rows of each such commit; set before use. */
   store_audit_hook_fn audit_hook;
   void *audit_hook_data;
+  /* store_watch_start's callbacks; watching: between start and stop. */
+  struct store_watch watch;
+  int watching;
   /* Seals and unseals the secrets (schema_version >= 3); fixed while
    * transactions run (store_master_key_rotate runs alone). */
   struct store_keyring keys;

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -2456,6 +2457,140 @@ static void test_two_servers_consecutive_revisions(void **state) {
   store_rollback(txn);
 }
 
+/* What a watch heard (store_watch_start), for the watching test. */
+struct heard {
+  _Atomic int64_t revision; /* the newest revision told */
+  atomic_int calls, lost, back;
+};
+
+static void heard_revision(int64_t revision, void *data) {
+  struct heard *h = data;
+  atomic_fetch_add(&h->calls, 1);
+  int64_t cur = atomic_load(&h->revision);
+  if (revision <= cur)
+    fail_msg("revision %lld told after %lld", (long long)revision, (long long)cur);
+  atomic_store(&h->revision, revision);
+}
+
+static void heard_status(const char *msg, void *data) {
+  struct heard *h = data;
+  if (msg != NULL && strstr(msg, "secret") != NULL)
+    fail_msg("the watch's message shows the password: %s", msg);
+  atomic_fetch_add(msg != NULL ? &h->lost : &h->back, 1);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits up to ms for the watch to have heard revision; the time it took. */
+static int64_t heard_wait(struct heard *h, int64_t revision, int64_t ms) {
+  int64_t start = now_ms();
+  while (atomic_load(&h->revision) < revision) {
+    if (now_ms() - start > ms)
+      fail_msg("the watch heard revision %lld, not %lld, within %lld ms",
+               (long long)atomic_load(&h->revision), (long long)revision, (long long)ms);
+    usleep(5000);
+  }
+  return now_ms() - start;
+}
+
+/* Another server's commits reach this store's watch: each notified at
+ * commit (well under the periodic check), a revision made without a
+ * notification by the periodic check, and commits made while the watch's
+ * connection was cut once it is back. SQLite: nothing to watch. */
+static void test_watch_hears_other_servers(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct heard h = {0};
+  const struct store_watch w = {heard_revision, heard_status, &h};
+  assert_ok(store_watch_start(f->s, &w, &err), err);
+  assert_refused(store_watch_start(f->s, &w, &err), -EBUSY, err, GRPC_STATUS_FAILED_PRECONDITION,
+                 "watching already");
+  int64_t revisions[TWO_WRITES];
+  char failure[1200] = "";
+  if (pg_base == NULL) {
+    assert_int_equal(two_writes(f->s, 0, revisions, failure, sizeof(failure)), 0);
+    store_watch_stop(f->s);
+    assert_int_equal(atomic_load(&h.calls), 0);
+    print_message("[ N/A      ] on SQLite: one process per file, no other server to hear\n");
+    return;
+  }
+  struct store *other;
+  assert_ok(store_open(f->path, &opts_a, &other, &err), err);
+  for (int i = 0; i < 3; i++) {
+    struct store_write wr = write_of("Item",
+                                     i == 0   ? "items/w0"
+                                     : i == 1 ? "items/w1"
+                                              : "items/w2",
+                                     1, "x");
+    struct store_txn *txn;
+    int64_t rev;
+    assert_ok(store_begin(other, 1, &txn, &err), err);
+    assert_ok(store_put(txn, &wr, NULL, &err), err);
+    assert_ok(store_commit(txn, &rev, &err), err);
+    int64_t took = heard_wait(&h, rev, 5000);
+    print_message("[ INFO     ] revision %lld heard in %lld ms\n", (long long)rev, (long long)took);
+    assert_true(took < STORE_WATCH_CHECK_MS / 2);
+    assert_int_equal(store_revision(f->s), rev);
+  }
+
+  /* Without a notification (one lost): the periodic check. */
+  pg_run(f->path, "UPDATE meta SET revision = revision + 1");
+  int64_t rev = store_revision(other) + 1;
+  heard_wait(&h, rev, 3 * STORE_WATCH_CHECK_MS);
+  assert_int_equal(store_revision(f->s), rev);
+
+  /* The watch's connection cut (with every other): it says so, comes back,
+   * and hears what was committed meanwhile. */
+  pg_run(f->path, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND pid <> pg_backend_pid()");
+  assert_int_equal(two_writes(other, 1, revisions, failure, sizeof(failure)), 0);
+  heard_wait(&h, revisions[TWO_WRITES - 1], 10000);
+  assert_true(atomic_load(&h.lost) >= 1);
+  assert_int_equal(atomic_load(&h.back), atomic_load(&h.lost));
+  store_close(other);
+  store_watch_stop(f->s);
+  int calls = atomic_load(&h.calls);
+  store_watch_stop(f->s); /* twice: a no-op */
+  assert_int_equal(atomic_load(&h.calls), calls);
+}
+
+/* The job lock: one store of those sharing a database holds it, checked
+ * at every call; it moves to another once the holder closes. SQLite:
+ * always held. */
+static void test_job_lock_one_holder(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  assert_int_equal(store_job_lock(f->s, &err), 1);
+  assert_int_equal(store_job_lock(f->s, &err), 1); /* still held */
+  if (pg_base == NULL) {
+    print_message("[ N/A      ] on SQLite: one process per file, always the holder\n");
+    return;
+  }
+  struct store *other;
+  assert_ok(store_open(f->path, &opts_a, &other, &err), err);
+  assert_int_equal(store_job_lock(other, &err), 0);
+  assert_int_equal(store_job_lock(f->s, &err), 1);
+  store_close(f->s); /* its session, and the lock with it, ends */
+  f->s = NULL;
+  int held = 0;
+  for (int i = 0; i < 200 && held == 0; i++) {
+    held = store_job_lock(other, &err);
+    if (held == 0)
+      usleep(10000);
+  }
+  assert_int_equal(held, 1);
+  /* The holder's session cut: it says it cannot tell, then takes it back. */
+  pg_run(f->path, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND pid <> pg_backend_pid()");
+  assert_refused(store_job_lock(other, &err), -EIO, err, GRPC_STATUS_INTERNAL, "the job lock");
+  assert_int_equal(store_job_lock(other, &err), 1);
+  store_close(other);
+}
+
 /* Two servers opening a new database at once: the migrations run once,
  * each step under the migration lock, and both stores work. */
 static void *open_one(void *arg) {
@@ -2555,6 +2690,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_concurrent_writers_and_readers, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_two_servers_consecutive_revisions, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_two_servers_open_at_once, setup_path, teardown),
+      cmocka_unit_test_setup_teardown(test_watch_hears_other_servers, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_job_lock_one_holder, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_reconnects_after_drop, setup_open, teardown),
   };
   pg_base = getenv("TLSPLANE_TEST_PG");
