@@ -43,6 +43,7 @@ struct agent {
   int control_plane;           /* snapshots come from tlsplane-server */
   atomic_int cp_connected;     /* 1 while the stream is up */
   atomic_llong cp_connects;    /* streams established since the start */
+  atomic_llong cp_failovers;   /* moves to the next server of the list */
   atomic_llong cp_cert_expiry; /* the agent certificate's notAfter, seconds since the epoch */
 };
 

@@ -47,7 +47,7 @@ static int certificate_request(struct source_stream *s, int enroll, struct tp_er
     Tlsplane__V1__EnrollAgentRequest req = TLSPLANE__V1__ENROLL_AGENT_REQUEST__INIT;
     req.agent_id = (char *)s->cfg.name;
     req.csr_pem = csr;
-    rc = gclient_unary(s->cfg.server, STREAM_ENROLL_METHOD, &o, &req.base,
+    rc = gclient_unary(stream_server(s), STREAM_ENROLL_METHOD, &o, &req.base,
                        &tlsplane__v1__agent_certificate__descriptor, &resp, err);
   } else {
     o.key_pem = s->id.key_pem;
@@ -55,7 +55,7 @@ static int certificate_request(struct source_stream *s, int enroll, struct tp_er
     Tlsplane__V1__RenewAgentCertificateRequest req =
         TLSPLANE__V1__RENEW_AGENT_CERTIFICATE_REQUEST__INIT;
     req.csr_pem = csr;
-    rc = gclient_unary(s->cfg.server, STREAM_RENEW_METHOD, &o, &req.base,
+    rc = gclient_unary(stream_server(s), STREAM_RENEW_METHOD, &o, &req.base,
                        &tlsplane__v1__agent_certificate__descriptor, &resp, err);
   }
   if (rc != 0)

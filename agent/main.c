@@ -42,6 +42,7 @@ struct options {
   const char *label_keys[MAX_LABELS], *label_values[MAX_LABELS];
   size_t n_labels;
   char *label_store[MAX_LABELS]; /* "key\0value" each, malloc'd */
+  char *server_store;            /* the --server flags joined with ',' (malloc'd) */
   int renew_now;
   int retry_max_ms;
 };
@@ -59,7 +60,7 @@ struct main_ctx {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "Usage: tlsplane-agent --server HOST:PORT --ca FILE --name NAME --cache-dir DIR\n"
+          "Usage: tlsplane-agent --server HOST:PORT... --ca FILE --name NAME --cache-dir DIR\n"
           "                      [--join-token TOKEN | --cert FILE --key FILE]\n"
           "                      [--label KEY=VALUE ...] [--metrics-listen HOST:PORT|off]\n"
           "                      [--workers N] [--log-level LEVEL] [--log-format text|json]\n"
@@ -72,7 +73,9 @@ static void usage(FILE *f) {
           "cleartext to their upstreams.\n"
           "\n"
           "Control plane:\n"
-          "  --server HOST:PORT       tlsplane-server's API                    [TLSPLANE_SERVER]\n"
+          "  --server HOST:PORT       tlsplane-server's API; repeatable: the agent fails over\n"
+          "                           to the next when its stream fails\n"
+          "                                         [TLSPLANE_SERVER, comma-separated]\n"
           "  --ca FILE                the control-plane CA (verifies the server) [TLSPLANE_CA]\n"
           "  --join-token TOKEN       one-time token: enrolls when DIR holds no usable agent\n"
           "                           certificate                          [TLSPLANE_JOIN_TOKEN]\n"
@@ -150,6 +153,31 @@ static void options_free(struct options *o) {
   for (size_t i = 0; i < o->n_labels; i++)
     free(o->label_store[i]);
   o->n_labels = 0;
+  free(o->server_store);
+  o->server_store = NULL;
+}
+
+/* Appends a --server flag to the list (joined with ','). */
+static int add_server(struct options *o, const char *addr) {
+  size_t old = o->server_store != NULL ? strlen(o->server_store) : 0;
+  char *joined = realloc(o->server_store, old + strlen(addr) + 2);
+  if (joined == NULL)
+    return -1;
+  if (old > 0)
+    joined[old++] = ',';
+  strcpy(joined + old, addr);
+  o->server_store = joined;
+  return 0;
+}
+
+/* A server list: HOST:PORT entries separated by ',', none empty. */
+static int valid_servers(const char *what, const char *list) {
+  size_t n = strlen(list);
+  if (n == 0 || list[0] == ',' || list[n - 1] == ',' || strstr(list, ",,") != NULL) {
+    cli_usage_error(PROG, "%s: \"%s\" has an empty address (HOST:PORT[,HOST:PORT...])", what, list);
+    return -1;
+  }
+  return 0;
 }
 
 /* Adds "k=v" (copied). */
@@ -232,7 +260,9 @@ static int parse_options(int argc, char **argv, struct options *o) {
       workers = optarg;
       break;
     case 's':
-      server_flag = optarg;
+      if (add_server(o, optarg) != 0)
+        return -1;
+      server_flag = o->server_store;
       break;
     case 'A':
       flag_ca = optarg;
@@ -304,6 +334,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
   }
   if (o->config != NULL)
     return 0;
+  if (valid_servers(server_flag != NULL ? "--server" : "TLSPLANE_SERVER", o->server) != 0)
+    return -1;
 
   o->ca = flag_ca != NULL ? flag_ca : env("TLSPLANE_CA");
   o->name = flag_name != NULL ? flag_name : env("TLSPLANE_NAME");

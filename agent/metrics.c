@@ -215,6 +215,11 @@ int metrics_render(const struct agent *a, char **out, size_t *len) {
                 "Streams to tlsplane-server established (each one sent the agent its snapshot).");
     fprintf(f, "tlsplane_control_plane_connects_total %lld\n",
             (long long)atomic_load(&((struct agent *)a)->cp_connects));
+    prom_family(f, "tlsplane_control_plane_failovers_total", "counter",
+                "Moves to the next server of the --server list after a stream to one ended or "
+                "failed.");
+    fprintf(f, "tlsplane_control_plane_failovers_total %lld\n",
+            (long long)atomic_load(&((struct agent *)a)->cp_failovers));
     prom_family(f, "tlsplane_agent_certificate_expiry_seconds", "gauge",
                 "When the agent's client certificate expires (Unix time; 0: none loaded yet).");
     fprintf(f, "tlsplane_agent_certificate_expiry_seconds %lld\n",

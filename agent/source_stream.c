@@ -154,6 +154,26 @@ static void config_free(struct stream_config *c) {
   free(c->label_values);
 }
 
+/* Splits s->cfg.server at ',' into s->servers; -1 when out of memory. */
+static int servers_split(struct source_stream *s) {
+  size_t n = 1;
+  for (const char *p = s->cfg.server; *p != '\0'; p++)
+    n += *p == ',';
+  s->servers = calloc(n, sizeof(char *));
+  if (s->servers == NULL)
+    return -1;
+  const char *p = s->cfg.server;
+  for (;;) {
+    size_t len = strcspn(p, ",");
+    if ((s->servers[s->n_servers] = strndup(p, len)) == NULL)
+      return -1;
+    s->n_servers++;
+    if (p[len] == '\0')
+      return 0;
+    p += len + 1;
+  }
+}
+
 static void stream_close(struct source *src) {
   struct source_stream *s = stream_check(src);
   stream_stop(src);
@@ -168,6 +188,9 @@ static void stream_close(struct source *src) {
   if (s->ca_pem != NULL)
     free(s->ca_pem);
   config_free(&s->cfg);
+  for (size_t i = 0; i < s->n_servers; i++)
+    free(s->servers[i]);
+  free(s->servers);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
   s->magic = 0;
@@ -236,6 +259,10 @@ struct source *source_stream_new(const struct stream_config *cfg, struct agent *
   if (s->rand_state == 0)
     s->rand_state = 0x9e3779b97f4a7c15ull;
   a->control_plane = 1;
+  if (!oom && s->cfg.server != NULL && servers_split(s) != 0)
+    oom = 1;
+  if (!oom && s->n_servers == 0)
+    oom = 1; /* no server: main.c requires one */
   if (oom) {
     stream_close(&s->base);
     return NULL;

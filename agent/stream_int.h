@@ -23,8 +23,9 @@
  *           loop and signalled through a uv_async (deltas in order, each
  *           applies to the one before; a snapshot replaces the whole
  *           configuration, so what is queued before it is dropped). When
- *           the stream ends it backs off (0.5 s doubling to 30 s, with
- *           jitter) and connects again.
+ *           the stream ends it moves to the next server of the list (it
+ *           fails over) and connects again; once a whole round of them
+ *           failed it backs off (0.5 s doubling to 30 s, full jitter).
  *   send    sends what the main loop queued (the ack or nack of the last
  *           apply, the latest stats) on the current stream, then writes
  *           the cache file; also cuts the stream when the certificate is
@@ -78,6 +79,7 @@
 #define STREAM_PROTOCOL 3
 #define STREAM_BACKOFF_MIN_MS 500
 #define STREAM_BACKOFF_MAX_MS 30000
+#define STREAM_BACKOFF_FLOOR_MS 100 /* the least wait after a round of failures */
 #define STREAM_STATS_INTERVAL_MS 10000
 #define STREAM_RENEW_RETRY_S 300 /* after a failed renewal (the old certificate is still good) */
 
@@ -96,6 +98,11 @@ struct source_stream {
   struct agent *a;
   struct stream_config cfg; /* every string copied */
   char *ca_pem;
+  /* cfg.server split at ',': the servers tried in turn (see
+   * stream_session.c's failover); the conn thread's `cur` is the one in
+   * use, for the stream, enrollment and renewal alike. */
+  char **servers;
+  size_t n_servers;
 
   uv_async_t delivery;
   uv_timer_t stats_timer;
@@ -136,6 +143,7 @@ struct source_stream {
   uint64_t desired_gen;
 
   /* conn thread only. */
+  size_t cur; /* servers[cur]: the server tried now */
   struct identity id;
   int have_id;
   int id_refused;   /* the server refused it (UNAUTHENTICATED) */
@@ -160,6 +168,11 @@ static inline struct source_stream *stream_check(struct source *s) {
 }
 
 /* Enrolled identity (the cache dir's), not --cert / --key files. */
+/* The server the conn thread talks to now. */
+static inline const char *stream_server(const struct source_stream *s) {
+  return s->servers[s->cur];
+}
+
 static inline int stream_enroll_mode(const struct source_stream *s) {
   return s->cfg.cert_path == NULL;
 }

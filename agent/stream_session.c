@@ -107,7 +107,7 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
                            .connect_timeout_ms = 10000,
                            .stop = &s->stop};
   struct gclient_stream *st;
-  if (gclient_stream_open(s->cfg.server, STREAM_CONNECT_METHOD, &o, &st, err) != 0)
+  if (gclient_stream_open(stream_server(s), STREAM_CONNECT_METHOD, &o, &st, err) != 0)
     return atomic_load(&s->stop) ? OUT_STOPPED : OUT_FAILED;
   ProtobufCMessage *m = NULL;
   /* A new stream: what came on the old one is dropped from now on, and
@@ -170,7 +170,7 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
       log_info("agent",
                "control plane %s: connected as agents/%s (certificate serial %s), %s revision "
                "%lld",
-               s->cfg.server, s->cfg.name, s->id.serial,
+               stream_server(s), s->cfg.name, s->id.serial,
                is_delta ? "protocol 2, delta to" : "protocol 1, snapshot",
                (long long)(is_delta ? sm->delta->revision : sm->snapshot->revision));
     }
@@ -244,9 +244,19 @@ static void pause_ms(struct source_stream *s, int64_t ms) {
   pthread_mutex_unlock(&s->lock);
 }
 
+/* Failover. The servers of the list are tried in turn: when a stream
+ * ends (the server was killed, a keepalive went unanswered, a refused
+ * connection) the next one is tried after a short random wait (full
+ * jitter up to STREAM_BACKOFF_MIN_MS); once every server of a round
+ * failed the agent waits the exponential back-off (0.5 s doubling to the
+ * cap, full jitter, at least STREAM_BACKOFF_FLOOR_MS) so that a control
+ * plane that is down altogether is never hammered. A stream that served
+ * configurations starts a new round. The hello of the new stream reports
+ * what is served, so the new server sends only what changed. */
 void *stream__conn_main(void *arg) {
   struct source_stream *s = arg;
-  int failures = 0;
+  int failures = 0;           /* rounds failed in a row */
+  size_t left = s->n_servers; /* attempts left in this round */
   while (!atomic_load(&s->stop)) {
     struct tp_err err = {0};
     enum outcome out = session(s, &err);
@@ -256,21 +266,40 @@ void *stream__conn_main(void *arg) {
       failures = 0;
       continue;
     }
-    if (out == OUT_HEALTHY)
+    if (out == OUT_HEALTHY) {
       failures = 0;
+      left = s->n_servers;
+    }
     int64_t cap = s->cfg.retry_max_ms > 0 ? s->cfg.retry_max_ms : STREAM_BACKOFF_MAX_MS;
-    int64_t base = STREAM_BACKOFF_MIN_MS << (failures < 6 ? failures : 6);
-    if (base > cap || out == OUT_REFUSED)
-      base = cap;
-    failures++;
-    /* Equal jitter: half fixed, half random, so that a fleet cut off at
-     * once does not come back at once. */
-    int64_t delay = base / 2 + (int64_t)(next_rand(s) % (uint64_t)(base / 2 + 1));
+    int64_t base, floor_ms = 0;
+    if (--left == 0) {
+      /* A whole round failed: back off. */
+      base = STREAM_BACKOFF_MIN_MS << (failures < 6 ? failures : 6);
+      if (base > cap || out == OUT_REFUSED)
+        base = cap;
+      floor_ms = STREAM_BACKOFF_FLOOR_MS < cap ? STREAM_BACKOFF_FLOOR_MS : cap;
+      failures++;
+      left = s->n_servers;
+    } else {
+      base = STREAM_BACKOFF_MIN_MS < cap ? STREAM_BACKOFF_MIN_MS : cap;
+    }
+    /* Full jitter, so that a fleet cut off at once does not come back at
+     * once. */
+    int64_t delay = (int64_t)(next_rand(s) % (uint64_t)(base + 1));
+    if (delay < floor_ms)
+      delay = floor_ms;
+    const char *from = stream_server(s);
+    if (s->n_servers > 1) {
+      s->cur = (s->cur + 1) % s->n_servers;
+      atomic_fetch_add(&s->a->cp_failovers, 1);
+    }
     log_msg(out == OUT_REFUSED ? LOG_ERROR : LOG_WARN, "agent",
             "control plane %s: %s: %s; serving the last snapshot applied (revision %lld), "
-            "retrying in %.1f s",
-            s->cfg.server, gclient_status_name(err.status), err.msg,
-            (long long)atomic_load(&s->applied_revision), (double)delay / 1000);
+            "%s %s in %.1f s",
+            from, gclient_status_name(err.status), err.msg,
+            (long long)atomic_load(&s->applied_revision),
+            s->n_servers > 1 ? "failing over to" : "retrying", stream_server(s),
+            (double)delay / 1000);
     pause_ms(s, delay);
   }
   return NULL;

@@ -1,0 +1,151 @@
+'use strict';
+// Agents fail over between servers (docs/ha.md): two tlsplane-server
+// processes A and B on one PostgreSQL database (lib/postgres.js; B on a
+// copy of A's data directory: the same CA and master key), a real agent
+// started with `--server A --server B`.
+//
+// * A --server list with an empty address, as a flag or in
+//   TLSPLANE_SERVER, is a usage error naming it.
+// * The agent serves a listener; a handshake loop runs against it without
+//   a pause; the server the agent is connected to (its log says which) is
+//   killed with SIGKILL: the agent connects to the other within seconds,
+//   serves a certificate uploaded there, counts the failover in /metrics,
+//   and the loop saw no failed handshake.
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+const { Server, serverBinary, noteSecret } = require('./lib/server');
+const { connect } = require('./lib/reflect');
+const { Postgres } = require('./lib/postgres');
+const procs = require('./lib/procs');
+const { pki } = require('./lib/pki');
+const { Upstream } = require('./lib/upstream');
+const { exchange } = require('./lib/tlsclient');
+const { CpAgent } = require('./lib/cpagent');
+const { freePort, agentBinary } = require('./lib/agent');
+const { uid } = require('./lib/util');
+const { waitFor } = require('./lib/wait');
+
+const PASSWORD = 'pg-failover-password';
+noteSecret(PASSWORD);
+
+let pg;
+let up;
+let agent;
+const servers = [];
+const conns = [];
+
+// "control plane HOST:PORT: connected as agents/NAME": the server of each
+// connection, in order.
+function connectedTo(a) {
+  return [...a.logText.matchAll(/control plane (\S+): connected as agents\/ha-f /g)].map((m) => m[1]);
+}
+
+before(async () => {
+  pg = await Postgres.start();
+  const dirA = procs.tempDir('tlsplane-hafo-a-');
+  const init = spawnSync(serverBinary(), ['init', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)], { encoding: 'utf8', timeout: 60000 });
+  assert.equal(init.status, 0, init.stderr);
+  const dirB = procs.tempDir('tlsplane-hafo-b-');
+  fs.chmodSync(dirB, 0o700);
+  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
+  for (const dir of [dirA, dirB]) {
+    const srv = await Server.start({ dataDir: dir, tls: true, extraArgs: ['--store', pg.uriWithPassword(PASSWORD)] });
+    servers.push(srv);
+    conns.push(await connect(srv.address, srv.connectOptions()));
+  }
+});
+
+after(async () => {
+  if (agent && agent.running) await agent.stopClean();
+  if (up) await up.close();
+  for (const c of conns) c.close();
+  for (const s of servers) if (s.running) await s.stopClean();
+  if (pg) await pg.stop();
+});
+
+test('a --server list with an empty address is refused, naming the flag or the variable', () => {
+  const common = ['--ca', '/nonexistent', '--name', 'ha-f', '--cache-dir', '/nonexistent'];
+  const env = { ...process.env };
+  delete env.TLSPLANE_SERVER;
+  const flag = spawnSync(agentBinary(), ['--server', servers[0].address, '--server', '', ...common], { encoding: 'utf8', env });
+  assert.equal(flag.status, 2, flag.stderr);
+  assert.match(flag.stderr, /--server: ".*" has an empty address/);
+  const variable = spawnSync(agentBinary(), common, { encoding: 'utf8', env: { ...env, TLSPLANE_SERVER: `${servers[0].address},,${servers[1].address}` } });
+  assert.equal(variable.status, 2, variable.stderr);
+  assert.match(variable.stderr, /TLSPLANE_SERVER: ".*" has an empty address/);
+});
+
+test('the server the agent is connected to is killed: it connects to the other, keeps serving (no failed handshake) and gets what is uploaded there', async () => {
+  const [A, B] = servers;
+  const p = pki();
+  up = await Upstream.start({ mode: 'echo' });
+  const t = await conns[0].api.TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'ha-f', agentLabels: { site: 'fo' } } });
+  noteSecret(t.secret);
+  agent = await CpAgent.start(A, {
+    name: 'ha-f', labels: { site: 'fo' }, joinToken: t.secret, wait: 'connected', extraArgs: ['--server', B.address],
+  });
+  assert.match(agent.logText, new RegExp(`control plane ${A.address},${B.address} as agents/ha-f`));
+  assert.deepEqual(connectedTo(agent), [A.address], 'connected to the first of the list');
+
+  const port = await freePort();
+  const leaf = p.leaf('fo-web', { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
+  await conns[0].api.CertificateService.CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key } });
+  await conns[0].api.TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
+  await conns[0].api.ListenerService.CreateListener({
+    listenerId: 'web',
+    listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web', upstream: up.address, agentSelector: { site: 'fo' } },
+  });
+  const handshake = async () => {
+    const r = await exchange(port, {}, { send: 'fp\n', timeoutMs: 5000 }).catch(() => null);
+    return r && r.ok ? r.info.fingerprint : null;
+  };
+  await waitFor('listeners/web served', async () => (await handshake()) === leaf.fingerprint);
+
+  // The handshake loop: one after the other, until stopped.
+  const loop = { ok: 0, failed: 0, stop: false, last: null };
+  const running = (async () => {
+    while (!loop.stop) {
+      const fp = await handshake();
+      if (fp === null) loop.failed++;
+      else {
+        loop.ok++;
+        loop.last = fp;
+      }
+    }
+  })();
+
+  try {
+    const before = (await agent.metrics()).get('tlsplane_control_plane_failovers_total');
+    const current = connectedTo(agent).at(-1);
+    const victim = current === A.address ? A : B;
+    const other = victim === A ? B : A;
+    const otherConn = conns[servers.indexOf(other)];
+    const okBefore = loop.ok;
+    const killedAt = Date.now();
+    await victim.kill();
+    await waitFor(`the agent connected to the other server ${other.address}`, () => connectedTo(agent).at(-1) === other.address, { timeoutMs: 15000, intervalMs: 50 });
+    const ms = Date.now() - killedAt;
+    console.log(`# the agent was connected to ${other.address} ${ms} ms after ${victim.address} was killed`);
+    assert.ok(ms < 10000, `within seconds (took ${ms} ms)`);
+    assert.match(agent.logText, new RegExp(`control plane ${victim.address}: UNAVAILABLE: .*failing over to ${other.address} in \\d+\\.\\d s`));
+
+    const next = p.leaf(`fo-web-${uid('r')}`, { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
+    await otherConn.api.CertificateService.UpdateCertificate({
+      certificate: { name: 'certificates/web', certificateChainPem: next.cert, privateKeyPem: next.key },
+      updateMask: { paths: ['certificate_chain_pem', 'private_key_pem'] },
+    });
+    await waitFor('the certificate uploaded to the other server served', () => loop.last === next.fingerprint, { intervalMs: 20 });
+    const after = (await agent.metrics()).get('tlsplane_control_plane_failovers_total');
+    assert.ok(after >= before + 1, `failovers counted (${before} -> ${after})`);
+    assert.ok(loop.ok > okBefore, 'handshakes went on during the failover');
+  } finally {
+    loop.stop = true;
+    await running;
+  }
+  assert.equal(loop.failed, 0, `${loop.failed} failed handshakes of ${loop.ok + loop.failed}`);
+  assert.ok(agent.running, 'the agent kept running');
+});
