@@ -293,13 +293,14 @@ void *stream__conn_main(void *arg) {
       s->cur = (s->cur + 1) % s->n_servers;
       atomic_fetch_add(&s->a->cp_failovers, 1);
     }
+    char next[300] = "retrying";
+    if (s->n_servers > 1)
+      snprintf(next, sizeof(next), "failing over to %s", stream_server(s));
     log_msg(out == OUT_REFUSED ? LOG_ERROR : LOG_WARN, "agent",
             "control plane %s: %s: %s; serving the last snapshot applied (revision %lld), "
-            "%s %s in %.1f s",
+            "%s in %.1f s",
             from, gclient_status_name(err.status), err.msg,
-            (long long)atomic_load(&s->applied_revision),
-            s->n_servers > 1 ? "failing over to" : "retrying", stream_server(s),
-            (double)delay / 1000);
+            (long long)atomic_load(&s->applied_revision), next, (double)delay / 1000);
     pause_ms(s, delay);
   }
   return NULL;
