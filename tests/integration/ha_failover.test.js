@@ -6,11 +6,15 @@
 //
 // * A --server list with an empty address, as a flag or in
 //   TLSPLANE_SERVER, is a usage error naming it.
+// * Enrollment fails over too: an agent whose first server is
+//   unreachable enrolls with its join token on the second.
 // * The agent serves a listener; a handshake loop runs against it without
 //   a pause; the server the agent is connected to (its log says which) is
 //   killed with SIGKILL: the agent connects to the other within seconds,
 //   serves a certificate uploaded there, counts the failover in /metrics,
 //   and the loop saw no failed handshake.
+// * Both servers down: the agent keeps serving and alternates between
+//   them, waiting after each round of failures (no spinning).
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -35,6 +39,7 @@ noteSecret(PASSWORD);
 let pg;
 let up;
 let agent;
+let webPort; // listeners/web on the agent
 const servers = [];
 const conns = [];
 
@@ -79,6 +84,23 @@ test('a --server list with an empty address is refused, naming the flag or the v
   assert.match(variable.stderr, /TLSPLANE_SERVER: ".*" has an empty address/);
 });
 
+test('enrollment fails over: the first server unreachable, the agent enrolls on the second and connects there', async () => {
+  const dead = `127.0.0.1:${await freePort()}`;
+  const t = await conns[0].api.TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'ha-e' } });
+  noteSecret(t.secret);
+  const e = await CpAgent.start({ address: dead, ca: servers[0].ca }, {
+    name: 'ha-e', joinToken: t.secret, wait: 'connected', extraArgs: ['--server', servers[1].address],
+  });
+  try {
+    assert.match(e.logText, new RegExp(`control plane ${dead}: UNAVAILABLE: enrollment: .*failing over to ${servers[1].address} in`));
+    assert.match(e.logText, /control plane: enrolled as agents\/ha-e/);
+    assert.match(e.logText, new RegExp(`control plane ${servers[1].address}: connected as agents/ha-e `));
+    assert.ok((await e.metrics()).get('tlsplane_control_plane_failovers_total') >= 1);
+  } finally {
+    await e.stopClean();
+  }
+});
+
 test('the server the agent is connected to is killed: it connects to the other, keeps serving (no failed handshake) and gets what is uploaded there', async () => {
   const [A, B] = servers;
   const p = pki();
@@ -92,6 +114,7 @@ test('the server the agent is connected to is killed: it connects to the other, 
   assert.deepEqual(connectedTo(agent), [A.address], 'connected to the first of the list');
 
   const port = await freePort();
+  webPort = port;
   const leaf = p.leaf('fo-web', { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
   await conns[0].api.CertificateService.CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key } });
   await conns[0].api.TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
@@ -148,4 +171,36 @@ test('the server the agent is connected to is killed: it connects to the other, 
   }
   assert.equal(loop.failed, 0, `${loop.failed} failed handshakes of ${loop.ok + loop.failed}`);
   assert.ok(agent.running, 'the agent kept running');
+});
+
+test('both servers down: the agent alternates between them, waits after each round, and keeps serving', async () => {
+  const [A, B] = servers;
+  const survivor = A.running ? A : B;
+  const from = agent.logText.length;
+  await survivor.kill();
+  const attempts = () => [...agent.logText.slice(from).matchAll(/control plane (\S+): UNAVAILABLE: .*failing over to (\S+) in (\d+\.\d) s/g)];
+  await waitFor('four failed attempts, alternating', () => attempts().length >= 4, { timeoutMs: 20000 });
+  const start = Date.now();
+  const seen = attempts().length;
+  let checks = 0;
+  // Serving goes on; over 3 s the attempts stay few (each round of two
+  // waits at least 0.1 s, up to TLSPLANE_RETRY_MAX_MS, 2 s here).
+  await waitFor('3 s of serving without the control plane', async () => {
+    const r = await exchange(webPort, {}, { send: 'fp\n' });
+    assert.ok(r.ok, 'served');
+    checks++;
+    return Date.now() - start >= 3000;
+  }, { timeoutMs: 10000 });
+  const all = attempts();
+  assert.ok(all.length - seen <= 40, `${all.length - seen} attempts in 3 s: no spinning`);
+  for (const [, server, next] of all) {
+    assert.ok([A.address, B.address].includes(server));
+    assert.notEqual(server, next, 'each attempt moves to the other server');
+  }
+  // A round is two attempts: of any two in a row one ended a round and
+  // waited at least 0.1 s.
+  for (let i = 1; i < all.length; i++)
+    assert.ok(Math.max(Number(all[i - 1][3]), Number(all[i][3])) >= 0.1, `attempts ${i - 1} and ${i}: a round waited`);
+  assert.ok(checks > 0);
+  assert.equal((await agent.metrics()).get('tlsplane_control_plane_connected'), 0);
 });
