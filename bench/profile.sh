@@ -33,7 +33,7 @@ export BENCH_UPSTREAM_PORT=${PROFILE_UPSTREAM_PORT:-22080}
 export BENCH_WORKERS=1
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
-# shellcheck source=peers.sh
+# shellcheck source=bench/peers.sh
 source "$BENCH_DIR/peers.sh"
 
 N_HANDSHAKE=${N_HANDSHAKE:-200}
@@ -100,14 +100,17 @@ run_agent() {
 
 stop_agent() {
     # under strace the agent is strace's child: signal it, strace follows
-    kill -TERM $(pgrep -P "$AGENT_PID" tlsplane-agent) "$AGENT_PID" 2>/dev/null || true
+    local kid
+    kid=$(pgrep -P "$AGENT_PID" -f tlsplane-agent || true)
+    kill -TERM "${kid:-$AGENT_PID}" 2>/dev/null || true
     wait "$AGENT_PID" 2>/dev/null || true
     wait_ports_closed "$E" "$R" || true
 }
 
 # profile_one ID ARGS PORT N -> WORK/ID.N.out
 profile_one() {
-    local id=$1 args=$2 port=$3 n=$4 out=$WORK/$id.$4.out
+    local id=$1 args=$2 port=$3 n=$4 out
+    out=$WORK/$1.$4.out
     run_agent "$WORK/$id.$n.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
         --dump-instr=no --dump-line=no
     # shellcheck disable=SC2086
