@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Instruction profile of tlsplane-agent, one scenario at a time, under
+# valgrind's callgrind (instruction counts are stable on a noisy machine).
+#
+#   bench/profile.sh [SCENARIO...]     default: every scenario below
+#   bench/profile.sh --strace [SCENARIO...]  also count syscalls (strace -c -f)
+#
+# For each scenario the agent (1 worker, the bench's snapshot) runs twice
+# under callgrind: N operations, then 2N. (2N - N) / N is the cost of one
+# operation without start-up, shutdown or idle cost. Printed: Ir/op by
+# object (agent, libssl, libcrypto, libc, libuv, other), the top functions
+# in libssl/libcrypto and in the agent, and inclusive costs of selected
+# functions (bench/cgsplit.py). The kernel is not seen by callgrind: syscall
+# work is not in these figures (use --strace for the syscall counts).
+# Results: $RESULTS_DIR/profile-STAMP.{txt,jsonl}; the callgrind.out files
+# stay in the work dir with KEEP_WORKDIR=1 (open with callgrind_annotate).
+#
+# Environment:
+#   TLSPLANE_AGENT  agent binary (default build/agent/tlsplane-agent, RelWithDebInfo)
+#   N_HANDSHAKE     handshakes for the handshake scenarios (default 200)
+#   N_KEEPALIVE     requests for keepalive_13 (default 2000)
+#   CONCURRENCY     tlsload clients (default 4)
+#   RESULTS_DIR     default bench/results
+#   PROFILE_ECDSA_PORT, PROFILE_RSA_PORT, PROFILE_UPSTREAM_PORT (22443, 22444, 22080)
+set -euo pipefail
+
+STRACE=0
+if [ "${1:-}" = --strace ]; then STRACE=1; shift; fi
+
+export BENCH_ECDSA_PORT=${PROFILE_ECDSA_PORT:-22443}
+export BENCH_RSA_PORT=${PROFILE_RSA_PORT:-22444}
+export BENCH_UPSTREAM_PORT=${PROFILE_UPSTREAM_PORT:-22080}
+export BENCH_WORKERS=1
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=bench/peers.sh
+source "$BENCH_DIR/peers.sh"
+
+N_HANDSHAKE=${N_HANDSHAKE:-200}
+N_KEEPALIVE=${N_KEEPALIVE:-2000}
+CONCURRENCY=${CONCURRENCY:-4}
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
+STAMP=$(date +%Y-%m-%d-%H%M)
+WORK=$(mktemp -d /tmp/tlsplane-profile.XXXXXX)
+E=$BENCH_ECDSA_PORT
+R=$BENCH_RSA_PORT
+TLSOPTS=(--groups X25519:P-256 --ciphersuites TLS_AES_128_GCM_SHA256
+    --cipher ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256)
+
+# scenario id | tlsload arguments | port
+ALL=(
+    "full_ecdsa_13|-m full --tls1.3|$E"
+    "full_rsa_13|-m full --tls1.3|$R"
+    "resumed_13|-m resumed --tls1.3|$E"
+    "full_ecdsa_12|-m full --tls1.2|$E"
+    "resumed_12|-m resumed --tls1.2|$E"
+    "keepalive_13|-m keepalive --tls1.3|$E"
+)
+
+PIDS=()
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    if [ "${KEEP_WORKDIR:-0}" = 1 ]; then peers_log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+AGENT=${TLSPLANE_AGENT:-$ROOT/build/agent/tlsplane-agent}
+[ -x "$AGENT" ] || { peers_log "no agent at $AGENT (cmake --build build --target tlsplane-agent)"; exit 1; }
+command -v valgrind >/dev/null || { peers_log "valgrind is not installed"; exit 1; }
+mkdir -p "$RESULTS_DIR" "$WORK/build"
+make -s -C "$BENCH_DIR" BUILD="$WORK/build" "$WORK/build/tlsload"
+TLSLOAD=$WORK/build/tlsload
+peers_certs "$WORK"
+peers_configs "$WORK"
+for p in "$E" "$R" "$BENCH_UPSTREAM_PORT"; do
+    if port_open "$p"; then peers_log "port $p is in use; set PROFILE_*_PORT"; exit 1; fi
+done
+peers_start_bg "$WORK" upstream
+PIDS+=("$PEERS_PID")
+wait_ports "$BENCH_UPSTREAM_PORT" || { peers_log "upstream did not start"; exit 1; }
+
+# run_agent OUTFILE WRAPPER... : start the agent under WRAPPER -> AGENT_PID
+run_agent() {
+    local log=$1
+    shift
+    "$@" "$AGENT" --config "$WORK/tlsplane-snapshot.json" --workers 1 --metrics-listen off \
+        >"$log" 2>&1 &
+    AGENT_PID=$!
+    PIDS+=("$AGENT_PID")
+    if ! WAIT_SECS=60 wait_ports "$E" "$R"; then
+        peers_log "agent did not come up:"
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+}
+
+stop_agent() {
+    # under strace the agent is strace's child: signal it, strace follows
+    local kid
+    kid=$(pgrep -P "$AGENT_PID" -f tlsplane-agent || true)
+    kill -TERM "${kid:-$AGENT_PID}" 2>/dev/null || true
+    wait "$AGENT_PID" 2>/dev/null || true
+    wait_ports_closed "$E" "$R" || true
+}
+
+# profile_one ID ARGS PORT N -> WORK/ID.N.out
+profile_one() {
+    local id=$1 args=$2 port=$3 n=$4 out
+    out=$WORK/$1.$4.out
+    run_agent "$WORK/$id.$n.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        --dump-instr=no --dump-line=no
+    # shellcheck disable=SC2086
+    if ! "$TLSLOAD" $args "${TLSOPTS[@]}" -c "$CONCURRENCY" -n "$n" --timeout 60 \
+        "127.0.0.1:$port" >"$WORK/$id.$n.load.json"; then
+        peers_log "$id: tlsload failed: $(cat "$WORK/$id.$n.load.json")"
+    fi
+    stop_agent
+}
+
+strace_one() {
+    local id=$1 args=$2 port=$3 n=$4
+    run_agent "$WORK/$id.strace.log" strace -c -f -o "$WORK/$id.strace"
+    # shellcheck disable=SC2086
+    "$TLSLOAD" $args "${TLSOPTS[@]}" -c "$CONCURRENCY" -n "$n" "127.0.0.1:$port" >/dev/null || true
+    stop_agent
+}
+
+SEL=("$@")
+TXT=$RESULTS_DIR/profile-$STAMP.txt
+JSONL=$RESULTS_DIR/profile-$STAMP.jsonl
+: >"$JSONL"
+{
+    echo "# tlsplane-agent callgrind profile $STAMP ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    echo "# $(openssl version); Ir = instructions per operation, (2N - N) / N; kernel not included"
+} | tee "$TXT"
+for spec in "${ALL[@]}"; do
+    IFS='|' read -r id args port <<<"$spec"
+    if [ ${#SEL[@]} -gt 0 ] && [[ " ${SEL[*]} " != *" $id "* ]]; then continue; fi
+    n=$N_HANDSHAKE
+    [ "$id" = keepalive_13 ] && n=$N_KEEPALIVE
+    peers_log "$id: $n and $((2 * n)) operations under callgrind"
+    profile_one "$id" "$args" "$port" "$n"
+    profile_one "$id" "$args" "$port" $((2 * n))
+    {
+        echo
+        echo "## $id ($n ops)"
+        python3 "$BENCH_DIR/cgsplit.py" "$n" "$WORK/$id.$n.out" "$WORK/$id.$((2 * n)).out"
+    } | tee -a "$TXT"
+    printf '{"scenario":"%s","ops":%d,"profile":%s}\n' "$id" "$n" \
+        "$(python3 "$BENCH_DIR/cgsplit.py" --json "$n" "$WORK/$id.$n.out" "$WORK/$id.$((2 * n)).out")" >>"$JSONL"
+    if [ "$STRACE" = 1 ] && command -v strace >/dev/null; then
+        strace_one "$id" "$args" "$port" "$n"
+        {
+            echo "syscalls for $n ops (strace -c -f; calls / errors):"
+            awk 'NR>2 && $1 !~ /^-/ && NF>=5 { if ($5 ~ /^[0-9]+$/) printf "  %-16s %8d %6d\n", $6, $4, $5; else printf "  %-16s %8d %6d\n", $5, $4, 0 }' "$WORK/$id.strace"
+        } | tee -a "$TXT"
+    fi
+done
+peers_log "results: $TXT $JSONL"
