@@ -7,16 +7,21 @@
 // succeeding; pebble rejecting half of the nonces (badNonce retried) and
 // requiring an External Account Binding; the account key and the EAB key
 // never returned, never logged, sealed at rest; IssueCertificate from an
-// ACME issuer refused (ordering is not built yet).
+// ACME issuer refused (ordering is not built yet). A scripted ACME server
+// checks what pebble cannot make happen on demand: the ES256 JWS verified
+// with Node's crypto, the nonce a badNonce answer brought used for the one
+// retry, and a rateLimited answer's Retry-After taken as the back-off.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const https = require('node:https');
 const path = require('node:path');
 const { Server, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { Pebble } = require('./lib/pebble');
+const { pki } = require('./lib/pki');
 const { freePorts } = require('./lib/agent');
 const { status, seconds, expectRefused } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
@@ -58,6 +63,55 @@ function acme(pb, extra = {}) {
     acmeTermsAgreed: true,
     ...extra,
   };
+}
+
+// An HTTPS server on loopback speaking just enough ACME: the directory,
+// newNonce, and newAccount answered by answer(n, res, base) for the n-th
+// request, after checking its JWS (signature, url, nonce issued by us).
+async function scriptedAcme(answer) {
+  const p = pki();
+  p.leaf('acme', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
+  const fake = { posts: [], issued: new Set(), bad: [] };
+  let n = 0;
+  fake.server = https.createServer({ key: p.read('acme.key'), cert: p.read('acme.crt') }, (req, res) => {
+    let body = '';
+    req.on('data', (b) => { body += b; });
+    req.on('end', () => {
+      const base = `https://127.0.0.1:${fake.server.address().port}`;
+      const nonce = `nonce-${(n += 1)}`;
+      fake.issued.add(nonce);
+      fake.lastNonce = nonce;
+      res.setHeader('Replay-Nonce', nonce);
+      if (req.method === 'GET' && req.url === '/dir') {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ newNonce: `${base}/nonce`, newAccount: `${base}/acct`, newOrder: `${base}/order`, meta: { termsOfService: `${base}/tos` } }));
+      } else if (req.url === '/nonce') {
+        res.writeHead(200);
+        res.end();
+      } else if (req.method === 'POST' && req.url === '/acct') {
+        const jws = JSON.parse(body);
+        const ph = JSON.parse(Buffer.from(jws.protected, 'base64url'));
+        const key = crypto.createPublicKey({ key: ph.jwk, format: 'jwk' });
+        const ok = crypto.verify('sha256', Buffer.from(`${jws.protected}.${jws.payload}`), { key, dsaEncoding: 'ieee-p1363' }, Buffer.from(jws.signature, 'base64url'));
+        if (!ok || ph.alg !== 'ES256' || ph.url !== `${base}/acct` || req.headers['content-type'] !== 'application/jose+json') fake.bad.push(ph);
+        fake.posts.push({ t: Date.now(), ph, payload: JSON.parse(Buffer.from(jws.payload, 'base64url')), sentBefore: fake.previousNonce });
+        fake.previousNonce = nonce;
+        answer(fake.posts.length, res, base);
+      } else {
+        res.writeHead(404);
+        res.end();
+      }
+    });
+  });
+  await new Promise((resolve) => fake.server.listen(0, '127.0.0.1', resolve));
+  fake.directory = `https://127.0.0.1:${fake.server.address().port}/dir`;
+  fake.ca = p.read('ca.crt');
+  return fake;
+}
+
+function problem(res, code, type, detail, headers = {}) {
+  res.writeHead(code, { 'Content-Type': 'application/problem+json', ...headers });
+  res.end(JSON.stringify({ type: `urn:ietf:params:acme:error:${type}`, detail, status: code }));
 }
 
 function origin(url) {
@@ -205,5 +259,61 @@ test('the account keys and the EAB key are sealed at rest', async () => {
     const bytes = fs.readFileSync(f);
     for (const n of needles) assert.equal(bytes.indexOf(n), -1, `${path.basename(f)} holds ${n.slice(0, 20)}`);
     assert.equal(bytes.indexOf(eabBytes), -1, `${path.basename(f)} holds the raw EAB key`);
+  }
+});
+
+test('scripted: the JWS verifies, and badNonce is retried once with the nonce it brought', async () => {
+  const fake = await scriptedAcme((n, res, base) => {
+    if (n === 1) return problem(res, 400, 'badNonce', 'JWS has an invalid anti-replay nonce');
+    res.writeHead(201, { 'Content-Type': 'application/json', Location: `${base}/acct/7` });
+    res.end(JSON.stringify({ status: 'valid' }));
+  });
+  try {
+    await issuers().CreateIssuer({ issuerId: 'acme-scripted', issuer: { ...acme(pebble), acmeDirectoryUrl: fake.directory, acmeCaPem: fake.ca } });
+    const g = await waitStatus('issuers/acme-scripted', 'valid', 'registered after one badNonce');
+    assert.equal(g.acmeAccountUrl, `${new URL(fake.directory).origin}/acct/7`);
+    assert.equal(fake.posts.length, 2, 'one retry');
+    assert.deepEqual(fake.bad, [], 'every JWS verifies');
+    // The retry used the nonce of the badNonce answer; no nonce twice.
+    assert.equal(fake.posts[1].ph.nonce, fake.posts[1].sentBefore);
+    assert.notEqual(fake.posts[0].ph.nonce, fake.posts[1].ph.nonce);
+    for (const { ph } of fake.posts) assert.ok(fake.issued.has(ph.nonce), ph.nonce);
+    const { payload } = fake.posts[1];
+    assert.equal(payload.termsOfServiceAgreed, true);
+    assert.deepEqual(payload.contact, ['mailto:admin@tlsplane.test']);
+    assert.equal(fake.posts[1].ph.kid, undefined, 'newAccount carries the jwk, not a kid');
+    assert.equal(fake.posts[1].ph.jwk.crv, 'P-256');
+    assert.equal(fake.posts[1].ph.jwk.d, undefined, 'the public key only');
+  } finally {
+    fake.server.close();
+  }
+});
+
+test('scripted: badNonce twice fails the attempt; rateLimited backs off for Retry-After', async () => {
+  // Two badNonce answers (the first attempt), then rate limits.
+  const fake = await scriptedAcme((n, res) => {
+    if (n <= 2) return problem(res, 400, 'badNonce', 'no');
+    return problem(res, 429, 'rateLimited', 'too many new accounts', { 'Retry-After': '30' });
+  });
+  try {
+    await issuers().CreateIssuer({ issuerId: 'acme-limited', issuer: { ...acme(pebble), acmeDirectoryUrl: fake.directory, acmeCaPem: fake.ca } });
+    const limited = await waitFor('the rate limit recorded', async () => {
+      const g = await issuers().GetIssuer({ name: 'issuers/acme-limited' });
+      return /rateLimited/.test(g.acmeLastError) ? g : null;
+    }, { timeoutMs: 20000 });
+    assert.equal(limited.acmeAccountStatus, 'failed');
+    assert.equal(limited.acmeRegistrationFailures, 2, 'the badNonce attempt, then the rate-limited one');
+    // The first attempt stopped after one retry: the third request came
+    // with the next attempt, after the back-off.
+    assert.equal(fake.posts.length, 3);
+    assert.ok(fake.posts[2].t - fake.posts[1].t >= RETRY_MS - 100, `${fake.posts[2].t - fake.posts[1].t} ms between the attempts`);
+    assert.match(limited.acmeLastError, /HTTP 429: urn:ietf:params:acme:error:rateLimited: too many new accounts \(retry after 30 s\)/);
+    const wait = seconds(limited.acmeNextAttemptTime) - seconds(limited.updateTime);
+    assert.ok(wait >= 29 && wait <= 31, `the next attempt ${wait} s later: Retry-After, not the 2 s back-off`);
+    // A failed attempt is audited (and so on WatchEvents).
+    const audit = await api().AuditService.ListAuditEvents({ resource: 'issuers/acme-limited' });
+    assert.ok(audit.auditEvents.some((e) => e.action === 'acme_account_failed'));
+  } finally {
+    fake.server.close();
   }
 });
