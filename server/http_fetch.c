@@ -96,6 +96,13 @@ int http_fetch(const char *url, const struct http_fetch_opts *o, struct http_fet
     curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_bytes);
   if (headers != NULL)
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+  if (o->method != NULL && strcmp(o->method, "HEAD") == 0)
+    curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+  if (o->ca_pem != NULL) {
+    struct curl_blob blob = {
+        .data = (void *)o->ca_pem, .len = strlen(o->ca_pem), .flags = CURL_BLOB_COPY};
+    curl_easy_setopt(h, CURLOPT_CAINFO_BLOB, &blob);
+  }
   if (post) {
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, o->body_len > 0 ? (const char *)o->body : "");
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);

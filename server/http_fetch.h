@@ -14,7 +14,7 @@
 
 /* How to ask. Zero-initialised: a GET over http or https, no redirects. */
 struct http_fetch_opts {
-  const char *method;         /* "GET" (NULL) or "POST" */
+  const char *method;         /* "GET" (NULL), "HEAD" (no body) or "POST" */
   const void *body;           /* POST: the request body (may be empty) */
   size_t body_len;            /* bytes of body */
   const char *content_type;   /* POST: the Content-Type header value, or NULL */
@@ -24,6 +24,7 @@ struct http_fetch_opts {
   long timeout_ms;            /* connect and transfer in all; 0: no limit */
   size_t max_bytes;           /* a longer body fails the fetch; 0: no limit */
   const atomic_int *stop;     /* may be NULL: once nonzero, the transfer aborts within ~1 s */
+  const char *ca_pem; /* https: the CAs trusted instead of the system's (PEM); NULL: the system's */
 };
 
 /* What came back. Zero-initialised before the call; cleared with

@@ -118,7 +118,12 @@ int issuance_sign(struct api *api, struct store_txn *txn, const Tlsplane__V1__Is
   EVP_PKEY *key = NULL;
   X509 *x = NULL;
   int rc = 0;
-  if (is->type != TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED) {
+  if (is->type == TLSPLANE__V1__ISSUER__TYPE__ACME)
+    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                    "issuer: %s is an ACME issuer: ordering certificates from ACME issuers is not "
+                    "built yet",
+                    is->name);
+  else if (is->type != TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED) {
     rc = issuer_ca(api, is, &row, &ca, err);
     if (rc == 0 && (int64_t)ca_not_after(ca) < (int64_t)now + lifetime_s) {
       char at[32];

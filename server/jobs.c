@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acme_account.h"
 #include "crl_refresh.h"
 #include "issuance.h"
 #include "log.h"
@@ -201,6 +202,7 @@ static void *jobs_main(void *arg) {
       ocsp_refresh_due(jobs->api, &jobs->ocsp, jobs, now_us);
       crl_refresh_run(jobs->api, jobs, now_us);
       issuance_renew_due(jobs->api, now_us);
+      acme_accounts_run(jobs->api, jobs, now_us);
     }
     usage_write(jobs->api);
     pthread_mutex_lock(&jobs->lock);

@@ -1,11 +1,12 @@
 /* Background jobs of the control plane: ticket-key rotation on each ring's
  * schedule (TicketKeyRing.rotation_period), OCSP fetch and refresh
  * (ocsp_fetch.h), CRL refresh (crl_refresh.h), renewal of the
- * certificates issued by the server (issuance.h), and writing the
+ * certificates issued by the server (issuance.h), the registration of
+ * ACME issuers' accounts (acme_account.h), and writing the
  * credentials' last uses to the store (usage.h). One thread wakes every
  * JOBS_TICK_MS and asks the store for what is due (an indexed query).
  *
- * What waits on the network (OCSP and CRL fetches) runs on
+ * What waits on the network (OCSP and CRL fetches, ACME registrations) runs on
  * JOBS_FETCH_THREADS fetch threads fed by the job thread, so that a dead
  * endpoint (a fetch waits out its timeout) delays neither the rotations
  * nor the renewals nor the other fetches.

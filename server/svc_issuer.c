@@ -8,10 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "acme.h"
+#include "acme_account.h"
 #include "api.h"
 #include "ca.h"
 #include "certinfo.h"
+#include "crl_refresh.h"
 #include "pb.h"
 #include "tlsplane/v1/issuer.pb-c.h"
 
@@ -30,9 +34,20 @@ static const char *const issuer_mutable[] = {"type",
                                              "private_key_pem",
                                              "passphrase",
                                              "key_algorithm",
+                                             "acme_directory_url",
+                                             "acme_ca_pem",
+                                             "acme_contact",
+                                             "acme_terms_agreed",
+                                             "acme_eab_kid",
+                                             "acme_eab_hmac_key",
                                              NULL};
 
+/* Not acme_eab_hmac_key: a new one is sealed with the stored account key. */
 static const char *const issuer_secret_fields[] = {"private_key_pem", NULL};
+
+#define ACME_CONTACTS_MAX 10
+#define ACME_CONTACT_MAX_LEN 254
+#define ACME_EAB_KID_MAX_LEN 256
 
 static int oom(struct tp_err *err) {
   return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -145,7 +160,8 @@ static int parent_load(struct api_op *op, const char *name, struct ca **out, cha
         free(key);
       }
     }
-  } else if (p->type == TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED || row.secret == NULL) {
+  } else if (p->type == TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED ||
+             p->type == TLSPLANE__V1__ISSUER__TYPE__ACME || row.secret == NULL) {
     rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "parent: %s is not a CA", name);
   } else {
     char *key = strndup((const char *)row.secret, row.secret_len);
@@ -269,6 +285,149 @@ static int imported_check(struct api_op *op, Tlsplane__V1__Issuer *is, STACK_OF(
   return rc;
 }
 
+/* The first ACME input field is sets, or NULL. */
+static const char *acme_input_set(const Tlsplane__V1__Issuer *is) {
+  return is->acme_directory_url[0]  ? "acme_directory_url"
+         : is->acme_ca_pem[0]       ? "acme_ca_pem"
+         : is->n_acme_contact       ? "acme_contact"
+         : is->acme_terms_agreed    ? "acme_terms_agreed"
+         : is->acme_eab_kid[0]      ? "acme_eab_kid"
+         : is->acme_eab_hmac_key[0] ? "acme_eab_hmac_key"
+                                    : NULL;
+}
+
+static int acme_contacts_check(const Tlsplane__V1__Issuer *is, struct tp_err *err) {
+  if (is->n_acme_contact > ACME_CONTACTS_MAX)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "acme_contact: at most %d contacts",
+                      ACME_CONTACTS_MAX);
+  for (size_t i = 0; i < is->n_acme_contact; i++) {
+    const char *c = is->acme_contact[i];
+    size_t len = strlen(c);
+    int bad = len > ACME_CONTACT_MAX_LEN || strncmp(c, "mailto:", 7) != 0 ||
+              strchr(c + 7, '@') == NULL || c[7] == '@' || c[len - 1] == '@';
+    for (size_t k = 0; !bad && k < len; k++)
+      bad = (unsigned char)c[k] <= ' ' || c[k] == ',' || c[k] == 0x7f;
+    if (bad)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "acme_contact[%zu]: not a mailto: URI with one address "
+                        "(\"mailto:admin@example.com\", at most %d characters)",
+                        i, ACME_CONTACT_MAX_LEN);
+  }
+  return 0;
+}
+
+static int contacts_equal(const Tlsplane__V1__Issuer *a, const Tlsplane__V1__Issuer *b) {
+  if (a->n_acme_contact != b->n_acme_contact)
+    return 0;
+  for (size_t i = 0; i < a->n_acme_contact; i++)
+    if (strcmp(a->acme_contact[i], b->acme_contact[i]) != 0)
+      return 0;
+  return 1;
+}
+
+/* ACME: the directory, the terms, the contacts and the EAB checked; on
+ * create the account key made; the account registered again (by the job)
+ * when what it is registered with changes. */
+static int acme_prepare(struct api_op *op, Tlsplane__V1__Issuer *is,
+                        const Tlsplane__V1__Issuer *old, struct tp_err *err) {
+  ProtobufCMessage *res = &is->base;
+  const char *url = is->acme_directory_url;
+  if (url[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "acme_directory_url: required (the ACME server's directory, https://)");
+  if (crl_refresh_url_check(url, "acme_directory_url", err) != 0)
+    return -1;
+  if (strncasecmp(url, "https://", 8) != 0 || strlen(url) > ACME_URL_MAX)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "acme_directory_url: must be an https:// URL of at most %d characters",
+                      ACME_URL_MAX);
+  if (!is->acme_terms_agreed)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "acme_terms_agreed: must be true: registering the account agrees to the "
+                      "ACME server's terms of service");
+  if (acme_contacts_check(is, err) != 0)
+    return -1;
+  if (is->acme_ca_pem[0] != '\0') {
+    STACK_OF(X509) *certs = NULL;
+    if (certinfo_certs_read(is->acme_ca_pem, strlen(is->acme_ca_pem), "acme_ca_pem", &certs, err) !=
+        0)
+      return -1;
+    char *clean = certinfo_certs_pem(certs);
+    certinfo_certs_free(certs);
+    int rc = clean != NULL && pb_string_set(res, "acme_ca_pem", clean) == 0 ? 0 : oom(err);
+    free(clean);
+    if (rc != 0)
+      return -1;
+  }
+  const char *kid = is->acme_eab_kid, *hmac = is->acme_eab_hmac_key;
+  int kid_changed = old == NULL || strcmp(kid, old->acme_eab_kid) != 0;
+  if (strlen(kid) > ACME_EAB_KID_MAX_LEN)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "acme_eab_kid: at most %d characters",
+                      ACME_EAB_KID_MAX_LEN);
+  if (hmac[0] != '\0' && kid[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "acme_eab_kid: required with acme_eab_hmac_key");
+  if (kid[0] != '\0' && kid_changed && hmac[0] == '\0')
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "acme_eab_hmac_key: required with a new acme_eab_kid (the MAC key the CA "
+                      "gave with it, base64url)");
+  unsigned char *eab = NULL;
+  size_t eab_len = 0;
+  if (hmac[0] != '\0' && (acme_b64url_decode(hmac, &eab, &eab_len) != 0 || eab_len == 0)) {
+    free(eab);
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "acme_eab_hmac_key: not base64url (the MAC key as the CA gives it)");
+  }
+  /* The secret: made on create; made again (same account key) when the
+   * EAB key comes or goes. */
+  int rc = 0;
+  int eab_goes = old != NULL && old->acme_eab_kid[0] != '\0' && kid[0] == '\0';
+  if (old == NULL || eab != NULL || eab_goes) {
+    EVP_PKEY *key = NULL;
+    unsigned char *was = NULL;
+    size_t was_len = 0;
+    if (old == NULL)
+      key = ca_key_generate((enum ca_key_alg)TLSPLANE__V1__KEY_ALGORITHM__ECDSA_P256);
+    else if (op->old_row == NULL || acme_secret_read(op->old_row->secret, op->old_row->secret_len,
+                                                     &key, &was, &was_len) != 0)
+      rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "the stored ACME account key does not load");
+    if (rc == 0 && key == NULL)
+      rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "making the ACME account key failed");
+    size_t len = 0;
+    uint8_t *secret = rc == 0 ? acme_secret_make(key, eab, eab_len, &len) : NULL;
+    if (rc == 0 && secret == NULL)
+      rc = oom(err);
+    if (rc == 0) {
+      op->set_secret = 1;
+      op->secret = secret;
+      op->secret_len = len;
+    }
+    EVP_PKEY_free(key);
+    if (was != NULL) {
+      OPENSSL_cleanse(was, was_len);
+      free(was);
+    }
+  }
+  if (eab != NULL) {
+    OPENSSL_cleanse(eab, eab_len);
+    free(eab);
+  }
+  if (rc != 0)
+    return -1;
+  int changed = old == NULL || strcmp(url, old->acme_directory_url) != 0 ||
+                strcmp(is->acme_ca_pem, old->acme_ca_pem) != 0 || !contacts_equal(is, old) ||
+                kid_changed || hmac[0] != '\0';
+  if (changed) {
+    is->acme_registration_failures = 0;
+    pb_field_clear(res, pb_field(res->descriptor, "acme_next_attempt_time"));
+    if (pb_string_set(res, "acme_account_status", "pending") != 0 ||
+        pb_string_set(res, "acme_account_url", "") != 0 ||
+        pb_string_set(res, "acme_last_error", "") != 0)
+      return oom(err);
+  }
+  return 0;
+}
+
 static int issuer_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_err *err) {
   Tlsplane__V1__Issuer *is = (Tlsplane__V1__Issuer *)res;
   const Tlsplane__V1__Issuer *old = (const Tlsplane__V1__Issuer *)op->old;
@@ -279,15 +438,19 @@ static int issuer_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_er
     if (keep_create_only(res, &old->base, create_only[i], err) != 0)
       return -1;
   if (is->type <= TLSPLANE__V1__ISSUER__TYPE__TYPE_UNSPECIFIED ||
-      is->type > TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED)
-    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "type: required (CONTROL_PLANE_CA, INTERNAL_CA, IMPORTED_CA or SELF_SIGNED)");
+      is->type > TLSPLANE__V1__ISSUER__TYPE__ACME)
+    return tp_err_set(
+        err, GRPC_STATUS_INVALID_ARGUMENT,
+        "type: required (CONTROL_PLANE_CA, INTERNAL_CA, IMPORTED_CA, SELF_SIGNED or ACME)");
   if (key_algorithm_check(is->key_algorithm, "key_algorithm", err) != 0)
     return -1;
   if (is->key_algorithm == TLSPLANE__V1__KEY_ALGORITHM__KEY_ALGORITHM_UNSPECIFIED)
     is->key_algorithm = TLSPLANE__V1__KEY_ALGORITHM__ECDSA_P256;
   int internal = is->type == TLSPLANE__V1__ISSUER__TYPE__INTERNAL_CA;
   int imported = is->type == TLSPLANE__V1__ISSUER__TYPE__IMPORTED_CA;
+  int acme = is->type == TLSPLANE__V1__ISSUER__TYPE__ACME;
+  if (!acme && acme_input_set(is) != NULL)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: only for ACME", acme_input_set(is));
   if (!internal &&
       (is->parent[0] || is->common_name[0] || is->ca_key_algorithm || is->ca_lifetime != NULL))
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: only for INTERNAL_CA",
@@ -322,12 +485,15 @@ static int issuer_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_er
     else if (pb_string_set(res, "certificate_pem", old->certificate_pem) != 0)
       rc = oom(err);
     break;
+  case TLSPLANE__V1__ISSUER__TYPE__ACME:
+    rc = acme_prepare(op, is, old, err);
+    break;
   default: /* IMPORTED_CA */
     break;
   }
   if (rc != 0)
     return -1;
-  if (is->type != TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED) {
+  if (is->type != TLSPLANE__V1__ISSUER__TYPE__SELF_SIGNED && !acme) {
     if (imported && is->certificate_pem[0] == '\0')
       return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                         "certificate_pem: required (the CA certificate, PEM)");
@@ -352,8 +518,11 @@ static int issuer_prepare(struct api_op *op, ProtobufCMessage *res, struct tp_er
     OPENSSL_cleanse(is->private_key_pem, strlen(is->private_key_pem));
   if (is->passphrase[0] != '\0')
     OPENSSL_cleanse(is->passphrase, strlen(is->passphrase));
+  if (is->acme_eab_hmac_key[0] != '\0')
+    OPENSSL_cleanse(is->acme_eab_hmac_key, strlen(is->acme_eab_hmac_key));
   pb_field_clear(res, pb_field(res->descriptor, "private_key_pem"));
   pb_field_clear(res, pb_field(res->descriptor, "passphrase"));
+  pb_field_clear(res, pb_field(res->descriptor, "acme_eab_hmac_key"));
   return 0;
 }
 
@@ -369,8 +538,17 @@ static int issuer_audit_changes(const ProtobufCMessage *old, const ProtobufCMess
   static const Tlsplane__V1__Issuer none = TLSPLANE__V1__ISSUER__INIT;
   const Tlsplane__V1__Issuer *was = old ? (const Tlsplane__V1__Issuer *)old : &none;
   const Tlsplane__V1__Issuer *now = (const Tlsplane__V1__Issuer *)res;
+  if (api_changes_add(ch, "acme_directory_url", was->acme_directory_url, now->acme_directory_url) !=
+          0 ||
+      api_changes_add(ch, "acme_account_status", was->acme_account_status,
+                      now->acme_account_status) != 0)
+    return -1;
   return api_changes_add(ch, "sha256_fingerprint", was->sha256_fingerprint,
                          now->sha256_fingerprint);
+}
+
+static int64_t issuer_due_time_us(const ProtobufCMessage *res) {
+  return acme_account_due_us((const Tlsplane__V1__Issuer *)res);
 }
 
 const struct api_kind api_kind_issuer = {
@@ -382,5 +560,6 @@ const struct api_kind api_kind_issuer = {
     .prepare = issuer_prepare,
     .refs = issuer_refs,
     .audit_changes = issuer_audit_changes,
+    .due_time_us = issuer_due_time_us,
     .secret_fields = issuer_secret_fields,
 };

@@ -10,6 +10,11 @@
 //   pb.trustFile        // the CA file that verifies pebble's own HTTPS (LEGO_CA_CERTIFICATES)
 //   pb.root             // PEM of the root pebble issues under
 //   pb.stop()
+//
+// Options: Pebble.start({ nonceReject: 50 }) makes pebble reject that
+// percentage of valid nonces (PEBBLE_WFE_NONCEREJECT, answered with
+// badNonce); Pebble.start({ eabKeys: { kid: 'base64url MAC key' } })
+// requires an External Account Binding with one of these keys.
 
 const fs = require('node:fs');
 const https = require('node:https');
@@ -43,7 +48,7 @@ function getText(port, urlPath, ca) {
 }
 
 class Pebble {
-  static async start() {
+  static async start({ nonceReject = 0, eabKeys = null } = {}) {
     const p = pki();
     p.leaf('pebble', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
     const dir = procs.tempDir('tlsplane-pebble-');
@@ -58,13 +63,14 @@ class Pebble {
       pebble: {
         listenAddress: `127.0.0.1:${acme}`, managementListenAddress: `127.0.0.1:${mgmt}`,
         certificate: p.file('pebble.crt'), privateKey: p.file('pebble.key'),
-        httpPort: http, tlsPort, ocspResponderURL: '', externalAccountBindingRequired: false,
+        httpPort: http, tlsPort, ocspResponderURL: '', externalAccountBindingRequired: !!eabKeys,
+        ...(eabKeys ? { externalAccountMACKeys: eabKeys } : {}),
       },
     }));
     pb.daemons = [
       daemon('pebble-challtestsrv', ['-dns01', `127.0.0.1:${dns}`, '-http01', '', '-https01', '', '-tlsalpn01', '',
         '-management', `127.0.0.1:${dnsMgmt}`, '-defaultIPv4', '127.0.0.1', '-defaultIPv6', '']),
-      daemon('pebble', ['-config', config, '-dnsserver', `127.0.0.1:${dns}`], { PEBBLE_VA_NOSLEEP: '1', PEBBLE_WFE_NONCEREJECT: '0' }),
+      daemon('pebble', ['-config', config, '-dnsserver', `127.0.0.1:${dns}`], { PEBBLE_VA_NOSLEEP: '1', PEBBLE_WFE_NONCEREJECT: String(nonceReject) }),
     ];
     const [dnsSrv, pebble] = pb.daemons;
     await waitFor('challtestsrv answers DNS', () => /Starting challenge servers/.test(dnsSrv.log));

@@ -1,0 +1,531 @@
+/* The RFC 8555 protocol core (see acme.h). */
+#include "acme.h"
+
+#include <curl/curl.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BAD_NONCE "urn:ietf:params:acme:error:badNonce"
+#define RATE_LIMITED "urn:ietf:params:acme:error:rateLimited"
+#define JOSE "application/jose+json"
+
+static int oom(struct tp_err *err) {
+  return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+}
+
+/* Prepends "ACME <what>: " to err's message. */
+static void err_where(struct tp_err *err, const char *what) {
+  char prefix[ACME_URL_MAX + 16];
+  snprintf(prefix, sizeof(prefix), "ACME %s: ", what);
+  tp_err_prefix(err, prefix);
+}
+
+char *acme_b64url(const void *p, size_t n) {
+  if (n > (SIZE_MAX / 4) * 3 - 3 || n > INT32_MAX / 2)
+    return NULL;
+  char *out = malloc(4 * ((n + 2) / 3) + 1);
+  if (out == NULL)
+    return NULL;
+  int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+  while (len > 0 && out[len - 1] == '=')
+    len--;
+  out[len] = '\0';
+  for (char *c = out; *c; c++)
+    *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
+  return out;
+}
+
+int acme_b64url_decode(const char *s, unsigned char **out, size_t *n) {
+  size_t len = strlen(s);
+  *out = NULL;
+  *n = 0;
+  while (len > 0 && s[len - 1] == '=')
+    len--;
+  if (len % 4 == 1 || len > INT32_MAX / 2)
+    return -1;
+  size_t padded = (len + 3) / 4 * 4;
+  char *t = malloc(padded + 1);
+  unsigned char *bin = malloc(padded / 4 * 3 + 1);
+  if (t == NULL || bin == NULL) {
+    free(t);
+    free(bin);
+    return -1;
+  }
+  for (size_t i = 0; i < len; i++) {
+    char c = s[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+          c == '_')) { /* not base64url (the standard alphabet neither) */
+      free(t);
+      free(bin);
+      return -1;
+    }
+    t[i] = c == '-' ? '+' : c == '_' ? '/' : c;
+  }
+  memset(t + len, '=', padded - len);
+  t[padded] = '\0';
+  int got = padded > 0 ? EVP_DecodeBlock(bin, (unsigned char *)t, (int)padded) : 0;
+  free(t);
+  if (got < 0) {
+    free(bin);
+    return -1;
+  }
+  /* EVP_DecodeBlock counts the padding's bytes as zeros. */
+  *n = (size_t)got - (padded - len);
+  *out = bin;
+  return 0;
+}
+
+/* A big number's bytes as base64url: pad bytes when nonzero (EC
+ * coordinates), else as few as it takes (RSA). */
+static json_t *bn_json(EVP_PKEY *key, const char *param, int pad) {
+  BIGNUM *bn = NULL;
+  if (EVP_PKEY_get_bn_param(key, param, &bn) != 1) {
+    ERR_clear_error();
+    return NULL;
+  }
+  int len = pad > 0 ? pad : BN_num_bytes(bn);
+  unsigned char *bin = malloc(len > 0 ? (size_t)len : 1);
+  json_t *j = NULL;
+  if (bin != NULL && BN_bn2binpad(bn, bin, len) == len) {
+    char *s = acme_b64url(bin, (size_t)len);
+    j = s != NULL ? json_string(s) : NULL;
+    free(s);
+  }
+  free(bin);
+  BN_free(bn);
+  return j;
+}
+
+json_t *acme_jwk(EVP_PKEY *key) {
+  json_t *jwk = json_object();
+  if (jwk == NULL)
+    return NULL;
+  int ok = 0;
+  if (EVP_PKEY_is_a(key, "EC")) {
+    char group[32] = "";
+    if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
+                                       NULL) == 1 &&
+        strcmp(group, "prime256v1") == 0)
+      ok = json_object_set_new(jwk, "crv", json_string("P-256")) == 0 &&
+           json_object_set_new(jwk, "kty", json_string("EC")) == 0 &&
+           json_object_set_new(jwk, "x", bn_json(key, OSSL_PKEY_PARAM_EC_PUB_X, 32)) == 0 &&
+           json_object_set_new(jwk, "y", bn_json(key, OSSL_PKEY_PARAM_EC_PUB_Y, 32)) == 0;
+  } else if (EVP_PKEY_is_a(key, "RSA")) {
+    ok = json_object_set_new(jwk, "e", bn_json(key, OSSL_PKEY_PARAM_RSA_E, 0)) == 0 &&
+         json_object_set_new(jwk, "kty", json_string("RSA")) == 0 &&
+         json_object_set_new(jwk, "n", bn_json(key, OSSL_PKEY_PARAM_RSA_N, 0)) == 0;
+  }
+  ERR_clear_error();
+  if (!ok) {
+    json_decref(jwk);
+    return NULL;
+  }
+  return jwk;
+}
+
+/* JSON in RFC 7638's form: members sorted, no blanks. */
+static char *json_canonical(const json_t *j) {
+  return json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+}
+
+char *acme_jwk_thumbprint(EVP_PKEY *key) {
+  json_t *jwk = acme_jwk(key);
+  char *s = jwk != NULL ? json_canonical(jwk) : NULL;
+  json_decref(jwk);
+  if (s == NULL)
+    return NULL;
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  char *out = NULL;
+  if (EVP_Digest(s, strlen(s), md, &mdlen, EVP_sha256(), NULL) == 1)
+    out = acme_b64url(md, mdlen);
+  free(s);
+  return out;
+}
+
+/* ES256: the DER ECDSA signature of what, as the raw r||s (RFC 7518 3.4). */
+static char *es256_sign(EVP_PKEY *key, const char *what) {
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  unsigned char *der = NULL;
+  size_t der_len = 0;
+  char *out = NULL;
+  if (md != NULL && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+      EVP_DigestSign(md, NULL, &der_len, (const unsigned char *)what, strlen(what)) == 1 &&
+      (der = malloc(der_len)) != NULL &&
+      EVP_DigestSign(md, der, &der_len, (const unsigned char *)what, strlen(what)) == 1) {
+    const unsigned char *p = der;
+    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
+    unsigned char raw[64];
+    if (sig != NULL && BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32) == 32 &&
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32) == 32)
+      out = acme_b64url(raw, sizeof(raw));
+    ECDSA_SIG_free(sig);
+  }
+  ERR_clear_error();
+  free(der);
+  EVP_MD_CTX_free(md);
+  return out;
+}
+
+/* HS256 of what under key. */
+static char *hs256_sign(const unsigned char *key, size_t key_len, const char *what) {
+  unsigned char mac[32];
+  size_t mac_len = 0;
+  if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, (const unsigned char *)what,
+                strlen(what), mac, sizeof(mac), &mac_len) == NULL) {
+    ERR_clear_error();
+    return NULL;
+  }
+  return acme_b64url(mac, mac_len);
+}
+
+/* The flattened JWS of payload (already text) under protected, signed
+ * by sign. */
+static json_t *jws_make(json_t *protected, const char *payload, EVP_PKEY *key,
+                        const unsigned char *hmac, size_t hmac_len) {
+  char *ph = json_canonical(protected);
+  char *ph64 = ph != NULL ? acme_b64url(ph, strlen(ph)) : NULL;
+  char *pl64 = acme_b64url(payload, strlen(payload));
+  char *input = NULL, *sig = NULL;
+  json_t *jws = NULL;
+  if (ph64 != NULL && pl64 != NULL && (input = malloc(strlen(ph64) + strlen(pl64) + 2)) != NULL) {
+    sprintf(input, "%s.%s", ph64, pl64);
+    sig = key != NULL ? es256_sign(key, input) : hs256_sign(hmac, hmac_len, input);
+  }
+  if (sig != NULL)
+    jws = json_pack("{s:s, s:s, s:s}", "protected", ph64, "payload", pl64, "signature", sig);
+  free(ph);
+  free(ph64);
+  free(pl64);
+  free(input);
+  free(sig);
+  return jws;
+}
+
+char *acme_jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
+               const char *payload) {
+  json_t *ph = json_pack("{s:s, s:s, s:s}", "alg", "ES256", "nonce", nonce, "url", url);
+  if (ph == NULL)
+    return NULL;
+  int ok = kid != NULL ? json_object_set_new(ph, "kid", json_string(kid)) == 0
+                       : json_object_set_new(ph, "jwk", acme_jwk(key)) == 0;
+  json_t *jws = ok ? jws_make(ph, payload != NULL ? payload : "", key, NULL, 0) : NULL;
+  char *out = jws != NULL ? json_dumps(jws, JSON_COMPACT) : NULL;
+  json_decref(ph);
+  json_decref(jws);
+  return out;
+}
+
+json_t *acme_eab(EVP_PKEY *account_key, const char *eab_kid, const unsigned char *hmac_key,
+                 size_t hmac_len, const char *url) {
+  json_t *jwk = acme_jwk(account_key);
+  char *payload = jwk != NULL ? json_canonical(jwk) : NULL;
+  json_t *ph = json_pack("{s:s, s:s, s:s}", "alg", "HS256", "kid", eab_kid, "url", url);
+  json_t *jws =
+      payload != NULL && ph != NULL ? jws_make(ph, payload, NULL, hmac_key, hmac_len) : NULL;
+  json_decref(jwk);
+  json_decref(ph);
+  free(payload);
+  return jws;
+}
+
+/* body as a JSON object, or NULL. */
+static json_t *object_load(const char *body, size_t len) {
+  if (body == NULL || len == 0)
+    return NULL;
+  json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+  if (j != NULL && !json_is_object(j)) {
+    json_decref(j);
+    return NULL;
+  }
+  return j;
+}
+
+/* Member name of o when it is a string no longer than max, strdup'd. */
+static char *member_string(const json_t *o, const char *name, size_t max) {
+  const json_t *v = json_object_get(o, name);
+  if (!json_is_string(v) || json_string_length(v) > max)
+    return NULL;
+  return strdup(json_string_value(v));
+}
+
+/* An absolute https URL, for the directory's members. */
+static int url_ok(const char *u) {
+  return u != NULL && strncmp(u, "https://", 8) == 0 && strlen(u) > 8 &&
+         strpbrk(u, " \t\r\n") == NULL;
+}
+
+int acme_directory_parse(const char *body, size_t len, struct acme_directory *d,
+                         struct tp_err *err) {
+  memset(d, 0, sizeof(*d));
+  json_t *j = object_load(body, len);
+  if (j == NULL)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the ACME directory is not a JSON object");
+  d->new_nonce = member_string(j, "newNonce", ACME_URL_MAX);
+  d->new_account = member_string(j, "newAccount", ACME_URL_MAX);
+  d->new_order = member_string(j, "newOrder", ACME_URL_MAX);
+  const json_t *meta = json_object_get(j, "meta");
+  if (json_is_object(meta)) {
+    d->terms_of_service = member_string(meta, "termsOfService", ACME_URL_MAX);
+    d->eab_required = json_is_true(json_object_get(meta, "externalAccountRequired"));
+  }
+  json_decref(j);
+  const char *missing = !url_ok(d->new_nonce)     ? "newNonce"
+                        : !url_ok(d->new_account) ? "newAccount"
+                        : !url_ok(d->new_order)   ? "newOrder"
+                                                  : NULL;
+  if (missing != NULL) {
+    acme_directory_clear(d);
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "the ACME directory has no %s (an https URL)",
+                      missing);
+  }
+  return 0;
+}
+
+void acme_directory_clear(struct acme_directory *d) {
+  free(d->new_nonce);
+  free(d->new_account);
+  free(d->new_order);
+  free(d->terms_of_service);
+  memset(d, 0, sizeof(*d));
+}
+
+int acme_problem_parse(const char *body, size_t len, struct acme_problem *p) {
+  memset(p, 0, sizeof(*p));
+  json_t *j = object_load(body, len);
+  if (j == NULL)
+    return -1;
+  p->type = member_string(j, "type", 256);
+  p->detail = member_string(j, "detail", 1024);
+  const json_t *st = json_object_get(j, "status");
+  if (json_is_integer(st) && json_integer_value(st) >= 100 && json_integer_value(st) < 600)
+    p->status = (long)json_integer_value(st);
+  json_decref(j);
+  if (p->type == NULL) {
+    acme_problem_clear(p);
+    return -1;
+  }
+  return 0;
+}
+
+void acme_problem_clear(struct acme_problem *p) {
+  free(p->type);
+  free(p->detail);
+  memset(p, 0, sizeof(*p));
+}
+
+char *acme_account_status_parse(const char *body, size_t len) {
+  json_t *j = object_load(body, len);
+  char *s = j != NULL ? member_string(j, "status", 32) : NULL;
+  json_decref(j);
+  return s;
+}
+
+void acme_client_init(struct acme_client *c, const char *directory_url, const char *ca_pem,
+                      const atomic_int *stop) {
+  memset(c, 0, sizeof(*c));
+  c->directory_url = directory_url;
+  c->ca_pem = ca_pem;
+  c->stop = stop;
+}
+
+void acme_client_clear(struct acme_client *c) {
+  acme_directory_clear(&c->dir);
+  free(c->nonce);
+  c->nonce = NULL;
+}
+
+static struct http_fetch_opts fetch_opts(const struct acme_client *c) {
+  return (struct http_fetch_opts){.protocols = "https",
+                                  .timeout_ms = ACME_TIMEOUT_MS,
+                                  .max_bytes = ACME_MAX_BYTES,
+                                  .stop = c->stop,
+                                  .ca_pem = c->ca_pem};
+}
+
+/* Keeps the response's Replay-Nonce for the next request. */
+static void nonce_take(struct acme_client *c, const struct http_fetch_result *r) {
+  char *n = http_fetch_header(r, "Replay-Nonce");
+  if (n != NULL && n[0] != '\0' && strlen(n) < 256) {
+    free(c->nonce);
+    c->nonce = n;
+  } else
+    free(n);
+}
+
+/* Retry-After as seconds from now: delta-seconds or an HTTP-date. */
+static int64_t retry_after(const struct http_fetch_result *r) {
+  char *v = http_fetch_header(r, "Retry-After");
+  int64_t s = 0;
+  if (v != NULL) {
+    char *end = NULL;
+    long long n = strtoll(v, &end, 10);
+    if (end != v && *end == '\0')
+      s = n;
+    else {
+      time_t t = curl_getdate(v, NULL);
+      if (t != -1)
+        s = (int64_t)t - (int64_t)time(NULL);
+    }
+  }
+  free(v);
+  if (s < 0)
+    s = 0;
+  return s > ACME_RETRY_AFTER_MAX_S ? ACME_RETRY_AFTER_MAX_S : s;
+}
+
+/* The error of a non-2xx response r from url: its problem, or its
+ * status. Sets *bad_nonce when it is one. */
+static int response_error(struct acme_client *c, const char *what,
+                          const struct http_fetch_result *r, int *bad_nonce, struct tp_err *err) {
+  struct acme_problem p;
+  int has = acme_problem_parse((const char *)r->body, r->len, &p) == 0;
+  int rate = has && strcmp(p.type, RATE_LIMITED) == 0;
+  if (bad_nonce != NULL)
+    *bad_nonce = has && strcmp(p.type, BAD_NONCE) == 0;
+  if (rate || r->status == 429 || r->status == 503)
+    c->retry_after_s = retry_after(r);
+  grpc_status_code code = rate || r->status >= 500 || r->status == 429
+                              ? GRPC_STATUS_UNAVAILABLE
+                              : GRPC_STATUS_FAILED_PRECONDITION;
+  char later[64] = "";
+  if (c->retry_after_s > 0)
+    snprintf(later, sizeof(later), " (retry after %lld s)", (long long)c->retry_after_s);
+  if (has)
+    tp_err_set(err, code, "ACME %s: HTTP %ld: %s%s%s%s", what, r->status, p.type,
+               p.detail != NULL ? ": " : "", p.detail != NULL ? p.detail : "", later);
+  else
+    tp_err_set(err, code, "ACME %s: HTTP %ld (no problem document)%s", what, r->status, later);
+  acme_problem_clear(&p);
+  return -1;
+}
+
+int acme_directory_fetch(struct acme_client *c, struct tp_err *err) {
+  c->retry_after_s = 0;
+  if (c->directory_url == NULL || strncmp(c->directory_url, "https://", 8) != 0)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "the ACME directory URL is not https");
+  struct http_fetch_opts o = fetch_opts(c);
+  struct http_fetch_result r = {0};
+  if (http_fetch(c->directory_url, &o, &r, err) != 0) {
+    err_where(err, c->directory_url);
+    return -1;
+  }
+  int rc;
+  if (r.status != 200)
+    rc = response_error(c, "directory", &r, NULL, err);
+  else {
+    acme_directory_clear(&c->dir);
+    rc = acme_directory_parse((const char *)r.body, r.len, &c->dir, err);
+  }
+  http_fetch_result_clear(&r);
+  return rc;
+}
+
+/* A nonce from newNonce (HEAD). */
+static int nonce_fetch(struct acme_client *c, struct tp_err *err) {
+  struct http_fetch_opts o = fetch_opts(c);
+  o.method = "HEAD";
+  struct http_fetch_result r = {0};
+  if (http_fetch(c->dir.new_nonce, &o, &r, err) != 0) {
+    err_where(err, "newNonce");
+    return -1;
+  }
+  int rc = 0;
+  free(c->nonce);
+  c->nonce = NULL;
+  nonce_take(c, &r);
+  if (r.status < 200 || r.status > 299)
+    rc = response_error(c, "newNonce", &r, NULL, err);
+  else if (c->nonce == NULL)
+    rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME newNonce: no Replay-Nonce header");
+  http_fetch_result_clear(&r);
+  return rc;
+}
+
+int acme_post(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+              const char *payload, struct http_fetch_result *out, struct tp_err *err) {
+  memset(out, 0, sizeof(*out));
+  c->retry_after_s = 0;
+  if (c->dir.new_nonce == NULL)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "ACME: no directory read");
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (c->nonce == NULL && nonce_fetch(c, err) != 0)
+      return -1;
+    char *jws = acme_jws(key, kid, c->nonce, url, payload);
+    free(c->nonce); /* used: each nonce once */
+    c->nonce = NULL;
+    if (jws == NULL)
+      return tp_err_set(err, GRPC_STATUS_INTERNAL, "ACME: signing the request failed");
+    struct http_fetch_opts o = fetch_opts(c);
+    o.method = "POST";
+    o.body = jws;
+    o.body_len = strlen(jws);
+    o.content_type = JOSE;
+    int rc = http_fetch(url, &o, out, err);
+    free(jws);
+    if (rc != 0) {
+      err_where(err, url);
+      return -1;
+    }
+    nonce_take(c, out);
+    if (out->status >= 200 && out->status <= 299)
+      return 0;
+    int bad_nonce = 0;
+    response_error(c, url, out, &bad_nonce, err);
+    http_fetch_result_clear(out);
+    if (!bad_nonce)
+      return -1;
+  }
+  return -1; /* badNonce twice: err says so */
+}
+
+int acme_account_register(struct acme_client *c, EVP_PKEY *key, const char *const *contact,
+                          size_t n_contact, const char *eab_kid, const unsigned char *hmac_key,
+                          size_t hmac_len, char **url, char **status, struct tp_err *err) {
+  *url = *status = NULL;
+  if (c->dir.new_account == NULL && acme_directory_fetch(c, err) != 0)
+    return -1;
+  if (c->dir.eab_required && (eab_kid == NULL || eab_kid[0] == '\0'))
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "the ACME server requires an External Account Binding (acme_eab_kid, "
+                      "acme_eab_hmac_key)");
+  json_t *req = json_pack("{s:b}", "termsOfServiceAgreed", 1);
+  json_t *contacts = json_array();
+  int ok = req != NULL && contacts != NULL;
+  for (size_t i = 0; ok && i < n_contact; i++)
+    ok = json_array_append_new(contacts, json_string(contact[i])) == 0;
+  if (ok && n_contact > 0)
+    ok = json_object_set(req, "contact", contacts) == 0;
+  if (ok && eab_kid != NULL && eab_kid[0] != '\0')
+    ok = json_object_set_new(req, "externalAccountBinding",
+                             acme_eab(key, eab_kid, hmac_key, hmac_len, c->dir.new_account)) == 0;
+  char *payload = ok ? json_dumps(req, JSON_COMPACT) : NULL;
+  json_decref(contacts);
+  json_decref(req);
+  if (payload == NULL)
+    return oom(err);
+  struct http_fetch_result r;
+  int rc = acme_post(c, key, NULL, c->dir.new_account, payload, &r, err);
+  free(payload);
+  if (rc != 0)
+    return -1;
+  *url = http_fetch_header(&r, "Location");
+  *status = acme_account_status_parse((const char *)r.body, r.len);
+  http_fetch_result_clear(&r);
+  if (*url == NULL || !url_ok(*url) || strlen(*url) > ACME_URL_MAX || *status == NULL) {
+    free(*url);
+    free(*status);
+    *url = *status = NULL;
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE,
+                      "ACME newAccount: the answer has no account URL (Location) or status");
+  }
+  return 0;
+}

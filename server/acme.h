@@ -1,0 +1,124 @@
+/* The RFC 8555 (ACME) protocol core: the directory, nonces (newNonce,
+ * each response's Replay-Nonce, one retry on badNonce), requests signed
+ * as JWS with the account key (ES256; `jwk` for newAccount, `kid`
+ * after), POST-as-GET, problem documents turned into an error message,
+ * Retry-After read as a back-off, and account registration with an
+ * optional External Account Binding (HS256). HTTP through http_fetch
+ * (https only, bounded in size and time), JSON with jansson, crypto and
+ * base64 with OpenSSL. No call retries more than once; the caller
+ * schedules what comes next. */
+#ifndef TLSPLANE_SERVER_ACME_H
+#define TLSPLANE_SERVER_ACME_H
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "http_fetch.h"
+
+/* Bounds of one exchange with an ACME server. */
+#define ACME_MAX_BYTES (256 * 1024)
+#define ACME_TIMEOUT_MS 30000L
+#define ACME_URL_MAX 2048
+/* A Retry-After longer than this is cut to it. */
+#define ACME_RETRY_AFTER_MAX_S (24 * 3600)
+
+/* The directory's resources (RFC 8555 7.1.1), malloc'd; the optional
+ * ones may be NULL. */
+struct acme_directory {
+  char *new_nonce;
+  char *new_account;
+  char *new_order;
+  char *terms_of_service;
+  int eab_required; /* meta.externalAccountRequired */
+};
+
+/* Reads a directory object: newNonce, newAccount and newOrder are
+ * required URLs. Fails (-1, UNAVAILABLE, saying what is wrong) on
+ * anything else; d is then cleared. */
+int acme_directory_parse(const char *body, size_t len, struct acme_directory *d,
+                         struct tp_err *err);
+void acme_directory_clear(struct acme_directory *d);
+
+/* A problem document (RFC 7807, RFC 8555 6.7). */
+struct acme_problem {
+  char *type;   /* e.g. "urn:ietf:params:acme:error:badNonce"; never NULL once parsed */
+  char *detail; /* may be NULL */
+  long status;  /* 0 when absent */
+};
+
+/* 0 and p filled when body is a JSON object with a string "type"; -1
+ * otherwise (p then zeroed). */
+int acme_problem_parse(const char *body, size_t len, struct acme_problem *p);
+void acme_problem_clear(struct acme_problem *p);
+
+/* An account object's status ("valid", "deactivated", "revoked"),
+ * malloc'd; NULL when body is none or has no string status. */
+char *acme_account_status_parse(const char *body, size_t len);
+
+/* base64url without padding (RFC 7515 2), malloc'd; NULL on OOM. */
+char *acme_b64url(const void *p, size_t n);
+/* Decodes base64url (padding optional); 0 and *out malloc'd, or -1. */
+int acme_b64url_decode(const char *s, unsigned char **out, size_t *n);
+
+/* The public JWK of key (EC P-256 or RSA), members as RFC 7638 orders
+ * them; NULL for another key or on OOM. */
+json_t *acme_jwk(EVP_PKEY *key);
+/* The RFC 7638 thumbprint (SHA-256, base64url) of key's JWK. */
+char *acme_jwk_thumbprint(EVP_PKEY *key);
+
+/* The flattened JWS (RFC 7515 7.2.2) of payload (NULL: the empty
+ * payload of a POST-as-GET) signed with key (ES256, P-256): the protected
+ * header names kid, or carries key's jwk when kid is NULL, with nonce and
+ * url. Serialized, malloc'd; NULL on failure. */
+char *acme_jws(EVP_PKEY *key, const char *kid, const char *nonce, const char *url,
+               const char *payload);
+
+/* The externalAccountBinding member (RFC 8555 7.3.4): account key's JWK
+ * signed with HS256 under hmac_key, for eab_kid and url (newAccount). */
+json_t *acme_eab(EVP_PKEY *account_key, const char *eab_kid, const unsigned char *hmac_key,
+                 size_t hmac_len, const char *url);
+
+/* A conversation with one ACME server. */
+struct acme_client {
+  const char *directory_url; /* https:// */
+  const char *ca_pem;        /* trusted for it instead of the system's CAs; may be NULL */
+  const atomic_int *stop;    /* may be NULL */
+  struct acme_directory dir; /* after acme_directory_fetch */
+  char *nonce;               /* the next request's, from the last response */
+  /* After a failure: the back-off the server asked for (Retry-After, in
+   * seconds), 0 when it named none. */
+  int64_t retry_after_s;
+};
+
+/* Zeroes c and sets what it talks to (strings borrowed). */
+void acme_client_init(struct acme_client *c, const char *directory_url, const char *ca_pem,
+                      const atomic_int *stop);
+void acme_client_clear(struct acme_client *c);
+
+/* GETs and reads the directory. */
+int acme_directory_fetch(struct acme_client *c, struct tp_err *err);
+
+/* POSTs payload (NULL: POST-as-GET) to url as a JWS signed with key
+ * (kid NULL: with its jwk), with a fresh nonce (newNonce when none is
+ * held); retries once with the next nonce on badNonce. 0 and *out the
+ * 2xx response; -1 otherwise, err saying why: the problem's type and
+ * detail (FAILED_PRECONDITION; UNAVAILABLE for rateLimited and 5xx,
+ * c->retry_after_s set from Retry-After), or the transport's failure
+ * (UNAVAILABLE). */
+int acme_post(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+              const char *payload, struct http_fetch_result *out, struct tp_err *err);
+
+/* Registers (or finds) the account of key (newAccount, RFC 8555 7.3):
+ * contact are URIs (may be none), the terms agreed, an EAB when eab_kid
+ * is set (hmac_key its decoded key). Fetches the directory first when
+ * c has none. 0 with *url (the account's, from Location) and *status
+ * malloc'd. */
+int acme_account_register(struct acme_client *c, EVP_PKEY *key, const char *const *contact,
+                          size_t n_contact, const char *eab_kid, const unsigned char *hmac_key,
+                          size_t hmac_len, char **url, char **status, struct tp_err *err);
+
+#endif

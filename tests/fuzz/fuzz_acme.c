@@ -1,0 +1,76 @@
+/* The JSON an ACME server answers, as server/acme.c reads it. The first
+ * byte picks what the rest is:
+ *
+ *   0  a directory object (acme_directory_parse)
+ *   1  a problem document (acme_problem_parse)
+ *   2  an account object (acme_account_status_parse)
+ *   3  base64url text (acme_b64url_decode, then encoded back)
+ *
+ * What must hold: no crash, leak or undefined behaviour; a directory
+ * read has its three https URLs, a refused one says why; a problem read
+ * has a type; base64url decoded encodes back to the same text (without
+ * padding). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "acme.h"
+#include "fuzz.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc, (void)argv;
+  return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size < 1)
+    return 0;
+  const char *body = (const char *)data + 1;
+  size_t len = size - 1;
+  switch (data[0] & 3) {
+  case 0: {
+    struct acme_directory d;
+    struct tp_err err = {0};
+    if (acme_directory_parse(body, len, &d, &err) == 0) {
+      FUZZ_ASSERT(strncmp(d.new_nonce, "https://", 8) == 0);
+      FUZZ_ASSERT(strncmp(d.new_account, "https://", 8) == 0);
+      FUZZ_ASSERT(strncmp(d.new_order, "https://", 8) == 0);
+      acme_directory_clear(&d);
+    } else
+      FUZZ_ASSERT(err.msg[0] != '\0' && d.new_nonce == NULL);
+    break;
+  }
+  case 1: {
+    struct acme_problem p;
+    if (acme_problem_parse(body, len, &p) == 0) {
+      FUZZ_ASSERT(p.type != NULL);
+      FUZZ_ASSERT(p.status == 0 || (p.status >= 100 && p.status < 600));
+      acme_problem_clear(&p);
+    } else
+      FUZZ_ASSERT(p.type == NULL && p.detail == NULL);
+    break;
+  }
+  case 2:
+    free(acme_account_status_parse(body, len));
+    break;
+  default: {
+    char *s = strndup(body, len);
+    if (s == NULL)
+      return 0;
+    unsigned char *bin = NULL;
+    size_t n = 0;
+    if (acme_b64url_decode(s, &bin, &n) == 0) {
+      char *back = acme_b64url(bin, n);
+      FUZZ_ASSERT(back != NULL);
+      /* The same text when it was canonical (the unused bits zero). */
+      size_t sl = strlen(s);
+      while (sl > 0 && s[sl - 1] == '=')
+        sl--;
+      FUZZ_ASSERT(strlen(back) == sl);
+      free(back);
+      free(bin);
+    }
+    free(s);
+  }
+  }
+  return 0;
+}
