@@ -80,14 +80,8 @@ int64_t acme_account_due_us(const Tlsplane__V1__Issuer *is) {
 }
 
 static int64_t retry_delay_ms(int failures) {
-  int64_t base = ACME_ACCOUNT_RETRY_BASE_MS;
-  const char *env = getenv("TLSPLANE_ACME_RETRY_MS");
-  if (env != NULL && atoll(env) > 0)
-    base = atoll(env);
-  int64_t d = base;
-  for (int i = 1; i < failures && d < ACME_ACCOUNT_RETRY_MAX_MS; i++)
-    d *= 2;
-  return d < ACME_ACCOUNT_RETRY_MAX_MS ? d : ACME_ACCOUNT_RETRY_MAX_MS;
+  int64_t base = jobs_env_positive("TLSPLANE_ACME_RETRY_MS", ACME_ACCOUNT_RETRY_BASE_MS);
+  return jobs_backoff(base, ACME_ACCOUNT_RETRY_MAX_MS, failures);
 }
 
 /* What one attempt found. */

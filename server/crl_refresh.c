@@ -170,10 +170,7 @@ int64_t crl_refresh_schedule(int64_t now_us, int64_t interval_ms, int64_t next_u
 }
 
 static int64_t backoff_ms(const struct crl_refresh *r, int failures) {
-  int64_t ms = r->retry_base_ms;
-  for (int i = 1; i < failures && ms < CRL_RETRY_MAX_MS; i++)
-    ms *= 2;
-  return ms < CRL_RETRY_MAX_MS ? ms : CRL_RETRY_MAX_MS;
+  return jobs_backoff(r->retry_base_ms, CRL_RETRY_MAX_MS, failures);
 }
 
 int crl_refresh_url_check(const char *url, const char *field, struct tp_err *err) {

@@ -368,14 +368,8 @@ int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c) {
 /* ---- Renewal ---- */
 
 static int64_t retry_delay_ms(int failures) {
-  int64_t base = ISSUANCE_RETRY_BASE_MS;
-  const char *env = getenv("TLSPLANE_RENEW_RETRY_MS");
-  if (env != NULL && atoll(env) > 0)
-    base = atoll(env);
-  int64_t d = base;
-  for (int i = 1; i < failures && d < ISSUANCE_RETRY_MAX_MS; i++)
-    d *= 2;
-  return d < ISSUANCE_RETRY_MAX_MS ? d : ISSUANCE_RETRY_MAX_MS;
+  int64_t base = jobs_env_positive("TLSPLANE_RENEW_RETRY_MS", ISSUANCE_RETRY_BASE_MS);
+  return jobs_backoff(base, ISSUANCE_RETRY_MAX_MS, failures);
 }
 
 /* Writes the outcome of one attempt on name (still at etag): the new chain

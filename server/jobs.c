@@ -45,6 +45,18 @@ struct jobs {
   int lead;                /* the job lock was held at the last round (1), not (0), unknown (-1) */
 };
 
+int64_t jobs_backoff(int64_t base, int64_t max, int failures) {
+  int64_t d = base;
+  for (int i = 1; i < failures && d < max; i++)
+    d *= 2;
+  return d < max ? d : max;
+}
+
+int64_t jobs_env_positive(const char *name, int64_t dflt) {
+  const char *env = getenv(name);
+  return env != NULL && atoll(env) > 0 ? atoll(env) : dflt;
+}
+
 int jobs_list_due(struct store *store, const char *kind, enum jobs_due_time which, int64_t now_us,
                   int limit, struct store_row **rows, size_t *n, struct tp_err *err) {
   struct store_query q = {.kind = kind, .limit = limit};

@@ -46,6 +46,15 @@ enum jobs_due_time {
   JOBS_DUE_WORK,   /* the row's scheduled work (due_before) */
 };
 
+/* The wait before the next attempt after `failures` failed ones in a row
+ * (at least 1): base, doubled for each further failure, at most max (in
+ * any unit, the same for both). */
+int64_t jobs_backoff(int64_t base, int64_t max, int failures);
+
+/* The value of environment variable name when it is a number above 0
+ * (a test's short retry base), else dflt. */
+int64_t jobs_env_positive(const char *name, int64_t dflt);
+
 /* The rows of kind whose `which` time is at or before now_us, in name
  * order, at most limit of them (0: all), without secrets, read in one
  * read transaction. *rows is the caller's: free with store_rows_free. */

@@ -87,10 +87,7 @@ int ocsp_fetch(const char *url, X509 *leaf, X509 *issuer, const atomic_int *stop
 }
 
 int64_t ocsp_retry_delay_s(int64_t base_s, int failures) {
-  int64_t d = base_s;
-  for (int i = 1; i < failures && d < base_s * OCSP_RETRY_MAX_FACTOR; i++)
-    d *= 2;
-  return d < base_s * OCSP_RETRY_MAX_FACTOR ? d : base_s * OCSP_RETRY_MAX_FACTOR;
+  return jobs_backoff(base_s, base_s * OCSP_RETRY_MAX_FACTOR, failures);
 }
 
 /* TLSPLANE_OCSP_RETRY_BASE_SECONDS, or OCSP_RETRY_BASE_S. */

@@ -2492,7 +2492,7 @@ static int64_t heard_wait(struct heard *h, int64_t revision, int64_t ms) {
     if (now_ms() - start > ms)
       fail_msg("the watch heard revision %lld, not %lld, within %lld ms",
                (long long)atomic_load(&h->revision), (long long)revision, (long long)ms);
-    usleep(5000);
+    usleep(5000); /* the poll's interval; the deadline is ms above */
   }
   return now_ms() - start;
 }
@@ -2580,7 +2580,7 @@ static void test_job_lock_one_holder(void **state) {
   for (int i = 0; i < 200 && held == 0; i++) {
     held = store_job_lock(other, &err);
     if (held == 0)
-      usleep(10000);
+      usleep(10000); /* polled for at most 2 s */
   }
   assert_int_equal(held, 1);
   /* The holder's session cut: it says it cannot tell, then takes it back. */
