@@ -362,6 +362,19 @@ static int db_harden(sqlite3 *db, const char *path, struct tp_err *err) {
   return 0;
 }
 
+/* PRAGMA journal_mode = WAL into mode. Switching a new database to WAL
+ * takes an exclusive lock, and SQLite answers SQLITE_BUSY at once, without
+ * its busy handler, while another connection opens the same new file:
+ * tried again every 10 ms for the busy timeout. */
+static int wal_mode(sqlite3 *db, char *mode, size_t len, struct tp_err *err) {
+  for (int waited = 0;; waited += 10) {
+    int rc = pragma_query(db, "PRAGMA journal_mode = WAL", mode, len, err);
+    if (rc == 0 || (sqlite3_errcode(db) & 0xff) != SQLITE_BUSY || waited >= BUSY_TIMEOUT_MS)
+      return rc;
+    usleep(10000);
+  }
+}
+
 static int conn_open(const char *path, struct conn **out, struct tp_err *err) {
   struct conn *c = calloc(1, sizeof(*c));
   if (c == NULL)
@@ -379,7 +392,7 @@ static int conn_open(const char *path, struct conn **out, struct tp_err *err) {
   if (db_harden(c->db, path, err) < 0)
     goto failed_open;
   char mode[16];
-  if (pragma_query(c->db, "PRAGMA journal_mode = WAL", mode, sizeof(mode), err) < 0)
+  if (wal_mode(c->db, mode, sizeof(mode), err) < 0)
     goto failed_open;
   if (strcmp(mode, "wal") != 0) {
     tp_err_set(err, GRPC_STATUS_INTERNAL, "store: %s: cannot use WAL (journal mode is %s)", path,
