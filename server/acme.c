@@ -1,6 +1,7 @@
 /* The RFC 8555 protocol core (see acme.h). */
 #include "acme.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
@@ -8,6 +9,8 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -450,8 +453,10 @@ static int nonce_fetch(struct acme_client *c, struct tp_err *err) {
   return rc;
 }
 
-int acme_post(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
-              const char *payload, struct http_fetch_result *out, struct tp_err *err) {
+/* acme_post, asking for the media type accept (NULL: no Accept). */
+static int post_accept(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                       const char *payload, const char *accept, struct http_fetch_result *out,
+                       struct tp_err *err) {
   memset(out, 0, sizeof(*out));
   c->retry_after_s = 0;
   if (c->dir.new_nonce == NULL)
@@ -469,6 +474,13 @@ int acme_post(struct acme_client *c, EVP_PKEY *key, const char *kid, const char 
     o.body = jws;
     o.body_len = strlen(jws);
     o.content_type = JOSE;
+    char accept_line[128];
+    const char *headers[2] = {NULL, NULL};
+    if (accept != NULL) {
+      snprintf(accept_line, sizeof(accept_line), "Accept: %s", accept);
+      headers[0] = accept_line;
+      o.headers = headers;
+    }
     int rc = http_fetch(url, &o, out, err);
     free(jws);
     if (rc != 0) {
@@ -485,6 +497,11 @@ int acme_post(struct acme_client *c, EVP_PKEY *key, const char *kid, const char 
       return -1;
   }
   return -1; /* badNonce twice: err says so */
+}
+
+int acme_post(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+              const char *payload, struct http_fetch_result *out, struct tp_err *err) {
+  return post_accept(c, key, kid, url, payload, NULL, out, err);
 }
 
 int acme_account_register(struct acme_client *c, EVP_PKEY *key, const char *const *contact,
@@ -528,4 +545,355 @@ int acme_account_register(struct acme_client *c, EVP_PKEY *key, const char *cons
                       "ACME newAccount: the answer has no account URL (Location) or status");
   }
   return 0;
+}
+
+/* ---- Orders ---- */
+
+/* A problem object member (an order's or a challenge's "error") as
+ * "type: detail", malloc'd; NULL when absent. */
+static char *problem_text(const json_t *o) {
+  const json_t *e = json_object_get(o, "error");
+  if (!json_is_object(e))
+    return NULL;
+  const json_t *type = json_object_get(e, "type"), *detail = json_object_get(e, "detail");
+  const char *t = json_is_string(type) ? json_string_value(type) : "(no type)";
+  const char *d = json_is_string(detail) ? json_string_value(detail) : NULL;
+  char buf[1024];
+  snprintf(buf, sizeof(buf), "%.256s%s%.700s", t, d != NULL ? ": " : "", d != NULL ? d : "");
+  return strdup(buf);
+}
+
+int acme_order_parse(const char *body, size_t len, struct acme_order *o, struct tp_err *err) {
+  memset(o, 0, sizeof(*o));
+  json_t *j = object_load(body, len);
+  if (j == NULL)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME order: not a JSON object");
+  const char *bad = NULL;
+  o->status = member_string(j, "status", 32);
+  o->finalize = member_string(j, "finalize", ACME_URL_MAX);
+  o->certificate = member_string(j, "certificate", ACME_URL_MAX);
+  o->error = problem_text(j);
+  const json_t *authz = json_object_get(j, "authorizations");
+  if (o->status == NULL)
+    bad = "status";
+  else if (!url_ok(o->finalize))
+    bad = "finalize";
+  else if (o->certificate != NULL && !url_ok(o->certificate))
+    bad = "certificate";
+  else if (!json_is_array(authz) || json_array_size(authz) > ACME_ORDER_NAMES_MAX)
+    bad = "authorizations";
+  else if ((o->authorizations = calloc(json_array_size(authz) + 1, sizeof(char *))) == NULL)
+    bad = "authorizations (out of memory)";
+  for (size_t i = 0; bad == NULL && i < json_array_size(authz); i++) {
+    const json_t *u = json_array_get(authz, i);
+    if (!json_is_string(u) || json_string_length(u) > ACME_URL_MAX || !url_ok(json_string_value(u)))
+      bad = "authorizations";
+    else if ((o->authorizations[o->n_authorizations++] = strdup(json_string_value(u))) == NULL)
+      bad = "authorizations (out of memory)";
+  }
+  json_decref(j);
+  if (bad != NULL) {
+    acme_order_clear(o);
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME order: no valid %s", bad);
+  }
+  return 0;
+}
+
+void acme_order_clear(struct acme_order *o) {
+  free(o->status);
+  for (size_t i = 0; i < o->n_authorizations; i++)
+    free(o->authorizations[i]);
+  free(o->authorizations);
+  free(o->finalize);
+  free(o->certificate);
+  free(o->error);
+  memset(o, 0, sizeof(*o));
+}
+
+/* A token as RFC 8555 8.1 has it: base64url, bounded. */
+static int token_ok(const char *t) {
+  size_t n = strlen(t);
+  if (n == 0 || n > ACME_TOKEN_MAX)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(isalnum((unsigned char)t[i]) || t[i] == '-' || t[i] == '_'))
+      return 0;
+  return 1;
+}
+
+int acme_authz_parse(const char *body, size_t len, struct acme_authz *a, struct tp_err *err) {
+  memset(a, 0, sizeof(*a));
+  json_t *j = object_load(body, len);
+  if (j == NULL)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME authorization: not a JSON object");
+  const char *bad = NULL;
+  a->status = member_string(j, "status", 32);
+  const json_t *id = json_object_get(j, "identifier");
+  const json_t *type = json_is_object(id) ? json_object_get(id, "type") : NULL;
+  a->identifier = json_is_object(id) ? member_string(id, "value", 253) : NULL;
+  a->wildcard = json_is_true(json_object_get(j, "wildcard"));
+  if (a->status == NULL)
+    bad = "no string status";
+  else if (a->identifier == NULL || a->identifier[0] == '\0')
+    bad = "no identifier value";
+  else if (!json_is_string(type) || strcmp(json_string_value(type), "dns") != 0)
+    bad = "an identifier that is not of type dns";
+  for (char *c = a->identifier; bad == NULL && *c; c++) {
+    if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e)
+      bad = "an identifier that is not a DNS name";
+    *c = (char)tolower((unsigned char)*c);
+  }
+  const json_t *chs = json_object_get(j, "challenges");
+  if (bad == NULL && !json_is_array(chs))
+    bad = "no challenges array";
+  for (size_t i = 0; bad == NULL && i < json_array_size(chs) && i < 16; i++) {
+    const json_t *ch = json_array_get(chs, i);
+    const json_t *t = json_is_object(ch) ? json_object_get(ch, "type") : NULL;
+    if (!json_is_string(t) || strcmp(json_string_value(t), "tls-alpn-01") != 0)
+      continue;
+    a->challenge_url = member_string(ch, "url", ACME_URL_MAX);
+    a->challenge_status = member_string(ch, "status", 32);
+    a->token = member_string(ch, "token", ACME_TOKEN_MAX);
+    a->challenge_error = problem_text(ch);
+    if (!url_ok(a->challenge_url) || a->challenge_status == NULL || a->token == NULL ||
+        !token_ok(a->token))
+      bad = "a tls-alpn-01 challenge without a valid url, status or token";
+    break;
+  }
+  json_decref(j);
+  if (bad != NULL) {
+    acme_authz_clear(a);
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME authorization: %s", bad);
+  }
+  return 0;
+}
+
+void acme_authz_clear(struct acme_authz *a) {
+  free(a->status);
+  free(a->identifier);
+  free(a->challenge_url);
+  free(a->challenge_status);
+  free(a->token);
+  free(a->challenge_error);
+  memset(a, 0, sizeof(*a));
+}
+
+/* id-pe-acmeIdentifier (RFC 8737 6.1). */
+#define ACME_IDENTIFIER_OID "1.3.6.1.5.5.7.1.31"
+
+/* OpenSSL's error queue appended to err after what failed. */
+static int ossl_fail(struct tp_err *err, const char *what) {
+  tp_err_set(err, GRPC_STATUS_INTERNAL, "the challenge certificate: %s failed", what);
+  tp_err_append_openssl(err);
+  return -1;
+}
+
+int acme_challenge_cert(const char *name, const char *token, const char *thumbprint,
+                        char **cert_pem, char **key_pem, struct tp_err *err) {
+  *cert_pem = *key_pem = NULL;
+  char host[254];
+  size_t n = strlen(name);
+  if (n == 0 || n >= sizeof(host))
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "the challenge certificate: bad name");
+  for (size_t i = 0; i <= n; i++)
+    host[i] = (char)tolower((unsigned char)name[i]);
+  /* keyAuthorization = token "." base64url(thumbprint) (RFC 8555 8.1). */
+  char ka[ACME_TOKEN_MAX + 128];
+  snprintf(ka, sizeof(ka), "%s.%s", token, thumbprint);
+  unsigned char digest[32];
+  EVP_PKEY *key = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+  ASN1_OCTET_STRING *ext_der = ASN1_OCTET_STRING_new();
+  ASN1_OBJECT *oid = OBJ_txt2obj(ACME_IDENTIFIER_OID, 1);
+  X509_EXTENSION *ext = NULL;
+  unsigned char *der = NULL;
+  int der_len = 0, rc = 0;
+  char san[sizeof(host) + 8];
+  snprintf(san, sizeof(san), "DNS:%s", host);
+  X509V3_CTX v3;
+  X509_EXTENSION *san_ext = NULL;
+  if (key == NULL || x == NULL || os == NULL || ext_der == NULL || oid == NULL)
+    rc = ossl_fail(err, "allocating");
+  else if (EVP_Digest(ka, strlen(ka), digest, NULL, EVP_sha256(), NULL) != 1 ||
+           ASN1_OCTET_STRING_set(os, digest, sizeof(digest)) != 1 ||
+           (der_len = i2d_ASN1_OCTET_STRING(os, &der)) <= 0 ||
+           ASN1_OCTET_STRING_set(ext_der, der, der_len) != 1 ||
+           (ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 1, ext_der)) == NULL)
+    rc = ossl_fail(err, "the acmeIdentifier extension");
+  if (rc == 0) {
+    /* A random 16-byte serial (RFC 5280 4.1.2.2: positive, at most 20). */
+    BIGNUM *serial = BN_new();
+    ASN1_INTEGER *sn = NULL;
+    X509_NAME *subject = X509_NAME_new();
+    int ok = serial != NULL && subject != NULL && BN_rand(serial, 127, BN_RAND_TOP_ANY, 0) == 1 &&
+             (sn = BN_to_ASN1_INTEGER(serial, NULL)) != NULL && X509_set_version(x, 2) == 1 &&
+             X509_set_serialNumber(x, sn) == 1 &&
+             X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC, (const unsigned char *)host,
+                                        -1, -1, 0) == 1 &&
+             X509_set_subject_name(x, subject) == 1 && X509_set_issuer_name(x, subject) == 1 &&
+             X509_gmtime_adj(X509_getm_notBefore(x), -3600) != NULL &&
+             X509_gmtime_adj(X509_getm_notAfter(x), 7L * 24 * 3600) != NULL &&
+             X509_set_pubkey(x, key) == 1;
+    if (ok) {
+      X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+      ok = (san_ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san)) != NULL &&
+           X509_add_ext(x, san_ext, -1) == 1 && X509_add_ext(x, ext, -1) == 1 &&
+           X509_sign(x, key, EVP_sha256()) > 0;
+    }
+    BN_free(serial);
+    ASN1_INTEGER_free(sn);
+    X509_NAME_free(subject);
+    if (!ok)
+      rc = ossl_fail(err, "signing");
+  }
+  if (rc == 0) {
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data;
+    long len;
+    if (b != NULL && PEM_write_bio_X509(b, x) == 1 && (len = BIO_get_mem_data(b, &data)) > 0)
+      *cert_pem = strndup(data, (size_t)len);
+    BIO_free(b);
+    BIO *k = BIO_new(BIO_s_secmem());
+    if (k != NULL && PEM_write_bio_PKCS8PrivateKey(k, key, NULL, NULL, 0, NULL, NULL) == 1 &&
+        (len = BIO_get_mem_data(k, &data)) > 0 && (*key_pem = malloc((size_t)len + 1)) != NULL) {
+      memcpy(*key_pem, data, (size_t)len);
+      (*key_pem)[len] = '\0';
+    }
+    BIO_free(k);
+    if (*cert_pem == NULL || *key_pem == NULL) {
+      rc = ossl_fail(err, "writing PEM");
+      free(*cert_pem);
+      if (*key_pem != NULL) {
+        OPENSSL_cleanse(*key_pem, strlen(*key_pem));
+        free(*key_pem);
+      }
+      *cert_pem = *key_pem = NULL;
+    }
+  }
+  ERR_clear_error();
+  OPENSSL_cleanse(ka, sizeof(ka));
+  OPENSSL_free(der);
+  X509_EXTENSION_free(san_ext);
+  X509_EXTENSION_free(ext);
+  ASN1_OBJECT_free(oid);
+  ASN1_OCTET_STRING_free(os);
+  ASN1_OCTET_STRING_free(ext_der);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return rc;
+}
+
+int acme_order_new(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *const *names,
+                   size_t n, char **url, struct acme_order *o, struct tp_err *err) {
+  *url = NULL;
+  memset(o, 0, sizeof(*o));
+  if (n == 0 || n > ACME_ORDER_NAMES_MAX)
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "ACME newOrder: 1 to %d names",
+                      ACME_ORDER_NAMES_MAX);
+  if (c->dir.new_order == NULL && acme_directory_fetch(c, err) != 0)
+    return -1;
+  json_t *ids = json_array();
+  int ok = ids != NULL;
+  for (size_t i = 0; ok && i < n; i++)
+    ok = json_array_append_new(ids, json_pack("{s:s,s:s}", "type", "dns", "value", names[i])) == 0;
+  json_t *req = ok ? json_pack("{s:O}", "identifiers", ids) : NULL;
+  char *payload = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+  json_decref(req);
+  json_decref(ids);
+  if (payload == NULL)
+    return oom(err);
+  struct http_fetch_result r;
+  int rc = acme_post(c, key, kid, c->dir.new_order, payload, &r, err);
+  free(payload);
+  if (rc != 0)
+    return -1;
+  *url = http_fetch_header(&r, "Location");
+  if (*url == NULL || !url_ok(*url) || strlen(*url) > ACME_URL_MAX)
+    rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME newOrder: the answer has no order URL");
+  else
+    rc = acme_order_parse((const char *)r.body, r.len, o, err);
+  http_fetch_result_clear(&r);
+  if (rc != 0) {
+    free(*url);
+    *url = NULL;
+  }
+  return rc;
+}
+
+int acme_order_get(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                   struct acme_order *o, struct tp_err *err) {
+  memset(o, 0, sizeof(*o));
+  struct http_fetch_result r;
+  if (acme_post(c, key, kid, url, NULL, &r, err) != 0)
+    return -1;
+  int rc = acme_order_parse((const char *)r.body, r.len, o, err);
+  http_fetch_result_clear(&r);
+  return rc;
+}
+
+int acme_authz_get(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                   struct acme_authz *a, struct tp_err *err) {
+  memset(a, 0, sizeof(*a));
+  struct http_fetch_result r;
+  if (acme_post(c, key, kid, url, NULL, &r, err) != 0)
+    return -1;
+  int rc = acme_authz_parse((const char *)r.body, r.len, a, err);
+  http_fetch_result_clear(&r);
+  return rc;
+}
+
+int acme_challenge_respond(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                           struct tp_err *err) {
+  struct http_fetch_result r;
+  if (acme_post(c, key, kid, url, "{}", &r, err) != 0)
+    return -1;
+  http_fetch_result_clear(&r);
+  return 0;
+}
+
+int acme_order_finalize(struct acme_client *c, EVP_PKEY *key, const char *kid,
+                        const char *finalize_url, const char *csr_pem, struct acme_order *o,
+                        struct tp_err *err) {
+  memset(o, 0, sizeof(*o));
+  BIO *b = BIO_new_mem_buf(csr_pem, -1);
+  X509_REQ *req = b != NULL ? PEM_read_bio_X509_REQ(b, NULL, NULL, NULL) : NULL;
+  BIO_free(b);
+  unsigned char *der = NULL;
+  int der_len = req != NULL ? i2d_X509_REQ(req, &der) : -1;
+  X509_REQ_free(req);
+  ERR_clear_error();
+  if (der_len <= 0)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "ACME finalize: the stored CSR does not load");
+  char *csr = acme_b64url(der, (size_t)der_len);
+  OPENSSL_free(der);
+  json_t *j = csr != NULL ? json_pack("{s:s}", "csr", csr) : NULL;
+  char *payload = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  free(csr);
+  if (payload == NULL)
+    return oom(err);
+  struct http_fetch_result r;
+  int rc = acme_post(c, key, kid, finalize_url, payload, &r, err);
+  free(payload);
+  if (rc != 0)
+    return -1;
+  rc = acme_order_parse((const char *)r.body, r.len, o, err);
+  http_fetch_result_clear(&r);
+  return rc;
+}
+
+int acme_certificate_download(struct acme_client *c, EVP_PKEY *key, const char *kid,
+                              const char *url, char **chain_pem, struct tp_err *err) {
+  *chain_pem = NULL;
+  struct http_fetch_result r;
+  if (post_accept(c, key, kid, url, NULL, "application/pem-certificate-chain", &r, err) != 0)
+    return -1;
+  int rc = 0;
+  if (r.body == NULL || r.len == 0 || strlen((const char *)r.body) != r.len)
+    rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME certificate: an empty or binary answer");
+  else if ((*chain_pem = strdup((const char *)r.body)) == NULL)
+    rc = oom(err);
+  http_fetch_result_clear(&r);
+  return rc;
 }

@@ -121,4 +121,85 @@ int acme_account_register(struct acme_client *c, EVP_PKEY *key, const char *cons
                           size_t n_contact, const char *eab_kid, const unsigned char *hmac_key,
                           size_t hmac_len, char **url, char **status, struct tp_err *err);
 
+/* ---- Orders (RFC 8555 7.4) ---- */
+
+/* Identifiers of one order at most (the issuance's names). */
+#define ACME_ORDER_NAMES_MAX 100
+/* A challenge token's length at most (RFC 8555 8.1: base64url, at least
+ * 128 bits of entropy; servers send 43 characters). */
+#define ACME_TOKEN_MAX 256
+
+/* An order object, malloc'd members. */
+struct acme_order {
+  char *status;          /* never NULL once parsed */
+  char **authorizations; /* https URLs, n_authorizations of them */
+  size_t n_authorizations;
+  char *finalize;    /* https URL */
+  char *certificate; /* https URL once the order is valid; else NULL */
+  char *error;       /* the order's problem as "type: detail"; NULL when none */
+};
+
+/* Reads an order object: a string status, an authorizations array of
+ * https URLs (at most ACME_ORDER_NAMES_MAX), a finalize URL. -1
+ * (UNAVAILABLE, saying what is wrong) otherwise; o is then cleared. */
+int acme_order_parse(const char *body, size_t len, struct acme_order *o, struct tp_err *err);
+void acme_order_clear(struct acme_order *o);
+
+/* An authorization object with its tls-alpn-01 challenge, malloc'd. */
+struct acme_authz {
+  char *status;     /* never NULL once parsed */
+  char *identifier; /* the dns identifier's value, lower case */
+  int wildcard;     /* "wildcard": true */
+  /* The tls-alpn-01 challenge; all NULL when the authorization offers
+   * none. token is base64url, at most ACME_TOKEN_MAX characters. */
+  char *challenge_url;
+  char *challenge_status;
+  char *token;
+  char *challenge_error; /* its problem as "type: detail"; NULL when none */
+};
+
+/* Reads an authorization object: a string status and a "dns" identifier
+ * (other types refused). -1 (UNAVAILABLE, saying what is wrong)
+ * otherwise; a is then cleared. */
+int acme_authz_parse(const char *body, size_t len, struct acme_authz *a, struct tp_err *err);
+void acme_authz_clear(struct acme_authz *a);
+
+/* The tls-alpn-01 challenge certificate (RFC 8737 3) for DNS name `name`
+ * and the challenge's key authorization token "." thumbprint: a new P-256
+ * key, self-signed, subjectAltName dNSName name (lower-cased), and the
+ * critical id-pe-acmeIdentifier extension holding the SHA-256 of the key
+ * authorization as a DER OCTET STRING. *cert_pem and *key_pem (PKCS#8)
+ * malloc'd; the caller wipes and frees the key. */
+int acme_challenge_cert(const char *name, const char *token, const char *thumbprint,
+                        char **cert_pem, char **key_pem, struct tp_err *err);
+
+/* newOrder for the DNS names (at most ACME_ORDER_NAMES_MAX), signed with
+ * key for account kid. 0 with *url (the order's, from Location; malloc'd)
+ * and *o filled. Fetches the directory first when c has none. */
+int acme_order_new(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *const *names,
+                   size_t n, char **url, struct acme_order *o, struct tp_err *err);
+
+/* POST-as-GET of an order (acme_order_parse) or an authorization
+ * (acme_authz_parse) at url. */
+int acme_order_get(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                   struct acme_order *o, struct tp_err *err);
+int acme_authz_get(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                   struct acme_authz *a, struct tp_err *err);
+
+/* Tells the server the challenge at url is ready (POST {}). */
+int acme_challenge_respond(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *url,
+                           struct tp_err *err);
+
+/* Finalizes the order (its finalize URL) with the CSR given as PEM;
+ * *o receives the order as the answer has it. */
+int acme_order_finalize(struct acme_client *c, EVP_PKEY *key, const char *kid,
+                        const char *finalize_url, const char *csr_pem, struct acme_order *o,
+                        struct tp_err *err);
+
+/* Downloads the certificate chain at url (Accept:
+ * application/pem-certificate-chain): *chain_pem malloc'd, the PEM as
+ * the server sent it. */
+int acme_certificate_download(struct acme_client *c, EVP_PKEY *key, const char *kid,
+                              const char *url, char **chain_pem, struct tp_err *err);
+
 #endif

@@ -211,10 +211,8 @@ static int request_check(const Tlsplane__V1__CreateCertificateRequestRequest *r,
   return api_labels_check(req, "labels", "labels", err);
 }
 
-/* The new key and its request: *key_pem (the caller wipes and frees it)
- * and *pr (caller frees), asking for what r asks. */
-static int request_make(const Tlsplane__V1__CreateCertificateRequestRequest *r, time_t now,
-                        char **key_pem, Tlsplane__V1__PendingRequest **pr, struct tp_err *err) {
+int csr_request_make(const Tlsplane__V1__CreateCertificateRequestRequest *r, time_t now,
+                     char **key_pem, Tlsplane__V1__PendingRequest **pr, struct tp_err *err) {
   *key_pem = NULL;
   *pr = NULL;
   Tlsplane__V1__KeyAlgorithm alg = r->key_algorithm;
@@ -344,7 +342,7 @@ int csr_rpc_create(const struct rpc_call_info *call, const ProtobufCMessage *req
   char *key = NULL;
   Tlsplane__V1__PendingRequest *pr = NULL;
   /* The key is made before the write lock is taken. */
-  if (request_make(r, now, &key, &pr, err) != 0)
+  if (csr_request_make(r, now, &key, &pr, err) != 0)
     return -1;
   const struct csr_hook hook = {.pending_key_pem = key};
   ProtobufCMessage *old = NULL, *res = NULL;

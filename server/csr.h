@@ -25,6 +25,13 @@ struct csr_hook {
   const char *pending_key_pem; /* the new request's key (the caller's) */
 };
 
+/* A new key and its request, asking for what r asks (its names, subject
+ * fields and key algorithm; the other fields are not read): *key_pem
+ * (PKCS#8 PEM; the caller wipes and frees it) and *pr (caller frees with
+ * protobuf_c_message_free_unpacked), request_time now. */
+int csr_request_make(const Tlsplane__V1__CreateCertificateRequestRequest *r, time_t now,
+                     char **key_pem, Tlsplane__V1__PendingRequest **pr, struct tp_err *err);
+
 /* The keys one certificate write starts from, malloc'd PEM or NULL: the
  * serving key and the pending request's. csr_keys_clear wipes them. */
 struct csr_keys {

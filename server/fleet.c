@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "acme_order.h"
 #include "listener_rules.h"
 #include "pb.h"
 #include "resolve.h"
@@ -121,6 +123,16 @@ struct wlistener {
    * of an older one is told (listener_protocol). */
   int protocol;
   struct fleet_failure too_old;
+  /* entry with the challenges this listener answers, for agents of
+   * FLEET_PROTOCOL_ACME or later (owned, not in the set); NULL: none. */
+  Tlsplane__V1__ListenerEntry *acme_entry;
+};
+
+/* A pending ACME challenge (acme_order.h), its resource in the set. */
+struct wchallenge {
+  char *server_name;
+  char certificate[160]; /* the certificate being ordered */
+  uint8_t hash[RSET_HASH_LEN];
 };
 
 /* The listeners whose agent_selector's first pair is `pair` ("k=v"). */
@@ -156,6 +168,8 @@ struct fleet_world {
   struct memo_tab rings;
   struct wagent *agents; /* in name order */
   size_t n_agents;
+  struct wchallenge *chals;
+  size_t n_chals;
 };
 
 struct vlistener {
@@ -862,6 +876,168 @@ static int world_listeners_since(struct build *b, struct tp_err *err) {
   return rc;
 }
 
+/* The pending ACME challenges, each a resource of the set. A row that
+ * cannot be read is left out (its order times out and says so); -1 only
+ * when out of memory. */
+static int world_challenges(struct build *b) {
+  struct fleet_world *w = b->w;
+  struct store_query q = {.kind = ACME_CHALLENGE_KIND, .limit = 1000};
+  struct store_row *rows = NULL;
+  size_t n = 0;
+  struct tp_err why = {0};
+  if (store_list(b->txn, &q, &rows, &n, &why) != 0 || n == 0) {
+    store_rows_free(rows, n);
+    return 0;
+  }
+  if ((w->chals = calloc(n, sizeof(*w->chals))) == NULL) {
+    store_rows_free(rows, n);
+    return -1;
+  }
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < n && !store_txn_failed(b->txn); i++) {
+    struct store_row row = {0};
+    Tlsplane__V1__AcmeChallengeMaterial *m = NULL;
+    struct wchallenge *ch = &w->chals[w->n_chals];
+    if (store_get(b->txn, ACME_CHALLENGE_KIND, rows[i].name, 1, &row, &why) == 0 &&
+        acme_challenge_row_read(&row, &m, ch->certificate, sizeof(ch->certificate)) == 0) {
+      Tlsplane__V1__Resource *r = malloc(sizeof(*r));
+      if (r == NULL || (ch->server_name = strdup(m->server_name)) == NULL) {
+        free(r);
+        rc = -1;
+      } else {
+        tlsplane__v1__resource__init(r);
+        r->content_case = TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE;
+        r->acme_challenge = m;
+        m = NULL;
+        if (rset_resource_hash(r, ch->hash) != 0 || rset_resource_put(w->set, r, 0, &why) != 0) {
+          free(ch->server_name);
+          ch->server_name = NULL;
+          rc = why.status == GRPC_STATUS_RESOURCE_EXHAUSTED || why.msg[0] == '\0' ? -1 : 0;
+        } else
+          w->n_chals++;
+      }
+    }
+    if (m != NULL) {
+      OPENSSL_cleanse(m->private_key_pem, strlen(m->private_key_pem));
+      protobuf_c_message_free_unpacked(&m->base, NULL);
+    }
+    if (row.secret != NULL)
+      OPENSSL_cleanse(row.secret, row.secret_len);
+    store_row_clear(&row);
+  }
+  store_rows_free(rows, n);
+  return rc;
+}
+
+/* Whether host (a route's hostname or a certificate's name) matches name:
+ * the same, or "*.rest" with name one label followed by ".rest". */
+static int host_matches(const char *host, const char *name) {
+  if (strcasecmp(host, name) == 0)
+    return 1;
+  if (strncmp(host, "*.", 2) != 0)
+    return 0;
+  const char *dot = strchr(name, '.');
+  return dot != NULL && dot != name && strcasecmp(dot + 1, host + 2) == 0;
+}
+
+/* Whether the listener of entry e (resources in w's set) serves name, or
+ * uses certificate (see fleet_world_serves). */
+static int entry_serves(const struct fleet_world *w, const Tlsplane__V1__ListenerEntry *e,
+                        const char *name, const char *certificate) {
+  const Tlsplane__V1__Listener *l = e->listener;
+  for (size_t i = 0; i < l->n_sni_routes; i++)
+    if (host_matches(l->sni_routes[i]->hostname, name))
+      return 1;
+  for (size_t i = 0; i < e->n_tls_contexts; i++) {
+    const Tlsplane__V1__Resource *r = rset_resource_get(w->set, e->tls_contexts[i]->value.data);
+    if (r == NULL || r->content_case != TLSPLANE__V1__RESOURCE__CONTENT_TLS_CONTEXT)
+      continue;
+    int is_default = strcmp(e->tls_contexts[i]->key, l->default_tls_context) == 0;
+    for (size_t k = 0; k < r->tls_context->n_certificates; k++) {
+      const Tlsplane__V1__Resource *cr =
+          rset_resource_get(w->set, r->tls_context->certificates[k].data);
+      if (cr == NULL || cr->content_case != TLSPLANE__V1__RESOURCE__CONTENT_CERTIFICATE ||
+          cr->certificate->certificate == NULL)
+        continue;
+      const Tlsplane__V1__Certificate *c = cr->certificate->certificate;
+      if (certificate != NULL && strcmp(c->name, certificate) == 0)
+        return 1;
+      for (size_t d = 0; is_default && d < c->n_dns_names; d++)
+        if (host_matches(c->dns_names[d], name))
+          return 1;
+    }
+  }
+  return 0;
+}
+
+/* Whether some agent of w's records is selected by l. */
+static int someone_selects(const struct fleet_world *w, const Tlsplane__V1__Listener *l) {
+  for (size_t i = 0; i < w->n_agents; i++)
+    if (!w->agents[i].unreadable &&
+        snapshot_selector_matches(l, w->agents[i].labels, w->agents[i].n_labels))
+      return 1;
+  return 0;
+}
+
+int fleet_world_serves(const struct fleet_world *w, const char *name, const char *certificate) {
+  int n = 0;
+  for (size_t i = 0; i < w->n_ls; i++)
+    if (w->ls[i].entry != NULL && entry_serves(w, w->ls[i].entry, name, certificate) &&
+        someone_selects(w, w->ls[i].entry->listener))
+      n++;
+  return n;
+}
+
+/* For each listener serving a pending challenge's name: its entry with
+ * the challenges (at most one per name: the first row's). */
+static int world_acme_entries(struct fleet_world *w) {
+  for (size_t i = 0; w->n_chals > 0 && i < w->n_ls; i++) {
+    struct wlistener *wl = &w->ls[i];
+    if (wl->entry == NULL)
+      continue;
+    size_t *pick = calloc(w->n_chals, sizeof(*pick)), n = 0;
+    if (pick == NULL)
+      return -1;
+    for (size_t c = 0; c < w->n_chals; c++) {
+      int dup = 0;
+      for (size_t k = 0; k < n; k++)
+        dup |= strcmp(w->chals[pick[k]].server_name, w->chals[c].server_name) == 0;
+      if (!dup && entry_serves(w, wl->entry, w->chals[c].server_name, w->chals[c].certificate))
+        pick[n++] = c;
+    }
+    if (n == 0) {
+      free(pick);
+      continue;
+    }
+    Tlsplane__V1__ListenerEntry *e = (Tlsplane__V1__ListenerEntry *)pb_clone(&wl->entry->base);
+    int ok = e != NULL && (e->acme_challenges = calloc(n, sizeof(*e->acme_challenges))) != NULL;
+    for (size_t k = 0; ok && k < n; k++) {
+      if ((e->acme_challenges[k].data = malloc(RSET_HASH_LEN)) == NULL) {
+        ok = 0;
+        break;
+      }
+      memcpy(e->acme_challenges[k].data, w->chals[pick[k]].hash, RSET_HASH_LEN);
+      e->acme_challenges[k].len = RSET_HASH_LEN;
+      e->n_acme_challenges++;
+    }
+    free(pick);
+    if (ok) {
+      free(e->hash.data);
+      e->hash.data = malloc(RSET_HASH_LEN);
+      e->hash.len = 0;
+      ok = e->hash.data != NULL && rset_listener_hash(e, e->hash.data) == 0;
+      e->hash.len = RSET_HASH_LEN;
+    }
+    if (!ok) {
+      if (e != NULL)
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+      return -1;
+    }
+    wl->acme_entry = e;
+  }
+  return 0;
+}
+
 /* One attempt at a world (see fleet_world_build); *restart set when it
  * met a row that aborted its transaction (noted in bad). */
 static int world_try(struct store *store, const struct fleet_world *prev, struct memo_tab *bad,
@@ -916,6 +1092,8 @@ static int world_try(struct store *store, const struct fleet_world *prev, struct
   *restart = b.restart;
   if (rc == 0 && !b.restart && world_agents(&b, err) != 0)
     rc = -1;
+  if (rc == 0 && !b.restart && world_challenges(&b) != 0)
+    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   store_rollback(b.txn);
   memo_free(&b.changed);
   /* Entries and failures resolved to pointers once the set is complete. */
@@ -924,7 +1102,7 @@ static int world_try(struct store *store, const struct fleet_world *prev, struct
     if (f < w->n_failures && strcmp(w->failures[f].listener, w->ls[i].name) == 0)
       w->ls[i].failure = &w->failures[f++];
   }
-  if (rc == 0 && world_index(w) != 0)
+  if (rc == 0 && (world_index(w) != 0 || world_acme_entries(w) != 0))
     rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (rc != 0 || b.restart) {
     fleet_world_unref(w);
@@ -965,8 +1143,13 @@ void fleet_world_unref(struct fleet_world *w) {
     free(w->ls[i].name);
     if (w->ls[i].failed_row != NULL)
       protobuf_c_message_free_unpacked(&w->ls[i].failed_row->base, NULL);
+    if (w->ls[i].acme_entry != NULL)
+      protobuf_c_message_free_unpacked(&w->ls[i].acme_entry->base, NULL);
   }
   free(w->ls);
+  for (size_t i = 0; i < w->n_chals; i++)
+    free(w->chals[i].server_name);
+  free(w->chals);
   for (size_t i = 0; i < w->n_failures; i++) {
     free((char *)w->failures[i].listener);
     free((char *)w->failures[i].reason);
@@ -1273,7 +1456,8 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
       j += c == 0;
       continue;
     }
-    const Tlsplane__V1__ListenerEntry *e = wl->entry;
+    const Tlsplane__V1__ListenerEntry *e =
+        wl->acme_entry != NULL && v->protocol >= FLEET_PROTOCOL_ACME ? wl->acme_entry : wl->entry;
     if (wl->failure != NULL && failure_push(failures, n_failures, &cap_fail, wl->failure) != 0)
       rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     if (c == 0 && memcmp(vl->hash, e->hash.data, RSET_HASH_LEN) == 0)
@@ -1285,6 +1469,9 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
     struct tp_err why = {0};
     if (rc == 0 && rset_listener_uses(w->set, e, collect_cb, &want, &why) != 0)
       rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "%s", why.msg[0] ? why.msg : "out of memory");
+    for (size_t k = 0; rc == 0 && e == wl->acme_entry && k < e->n_acme_challenges; k++)
+      if (collect_cb(e->acme_challenges[k].data, &want) != 0)
+        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     i++;
     j += c == 0;
   }

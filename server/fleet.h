@@ -40,7 +40,10 @@ struct fleet_view;
  * newer protocol than an agent speaks is not sent to it: the agent keeps
  * what it holds of it, and the listener is among its failures. */
 #define FLEET_PROTOCOL_UPSTREAM_TLS 3
-#define FLEET_PROTOCOL_LATEST FLEET_PROTOCOL_UPSTREAM_TLS
+/* 4 knows ListenerEntry.acme_challenges. An older agent gets the listener
+ * without its challenges (that is no failure of the listener). */
+#define FLEET_PROTOCOL_ACME 4
+#define FLEET_PROTOCOL_LATEST FLEET_PROTOCOL_ACME
 
 /* A listener the world could not build, and why. */
 struct fleet_failure {
@@ -68,6 +71,17 @@ const struct fleet_failure *fleet_world_failures(const struct fleet_world *w, si
  * not be read (it is sent nothing new). */
 int fleet_world_agent(const struct fleet_world *w, const char *name,
                       const struct snapshot_label **labels, size_t *n);
+
+/* ACME tls-alpn-01 challenges (acme_order.h): every challenge row is in
+ * the world, and each listener that serves its server_name carries it
+ * (ListenerEntry.acme_challenges, for agents of FLEET_PROTOCOL_ACME or
+ * later). A listener serves name N when one of its SNI routes matches N
+ * (exactly or as a "*." wildcard of one label, case-insensitively), when
+ * a context it uses holds `certificate` (the certificate being ordered
+ * or renewed), or when a certificate of its default context names N
+ * among its dns_names (the same matching). Returns how many listeners
+ * that some agent's labels select serve N. */
+int fleet_world_serves(const struct fleet_world *w, const char *name, const char *certificate);
 
 /* Counts, for logs and tests: listeners and distinct resources. */
 size_t fleet_world_listeners(const struct fleet_world *w);

@@ -9,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acme_order.h"
 #include "ca.h"
 #include "certinfo.h"
+#include "csr.h"
 #include "events.h"
 #include "jobs.h"
 #include "log.h"
@@ -217,13 +219,21 @@ static int renewal_check(const Tlsplane__V1__RenewalPolicy *r, int64_t lifetime_
   return 0;
 }
 
-/* The issuer's default key algorithm, read through txn. */
+/* The issuer's default key algorithm, read through txn, and whether it
+ * is an ACME issuer (then r is checked for it, acme_order_check). */
 static int issuer_key_algorithm(struct store_txn *txn, const char *name,
-                                Tlsplane__V1__KeyAlgorithm *alg, struct tp_err *err) {
+                                const Tlsplane__V1__IssueCertificateRequest *r,
+                                Tlsplane__V1__KeyAlgorithm *alg, int *acme, struct tp_err *err) {
   ProtobufCMessage *msg = NULL;
   if (api_read(txn, &api_kind_issuer, name, 0, &msg, NULL, err) != 0) {
     if (err->status == GRPC_STATUS_NOT_FOUND)
       tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "issuer: %s not found", name);
+    return -1;
+  }
+  const Tlsplane__V1__Issuer *is = (const Tlsplane__V1__Issuer *)msg;
+  *acme = is->type == TLSPLANE__V1__ISSUER__TYPE__ACME;
+  if (*acme && acme_order_check(is, r, err) != 0) {
+    protobuf_c_message_free_unpacked(msg, NULL);
     return -1;
   }
   *alg = ((Tlsplane__V1__Issuer *)msg)->key_algorithm;
@@ -231,6 +241,36 @@ static int issuer_key_algorithm(struct store_txn *txn, const char *name,
     *alg = TLSPLANE__V1__KEY_ALGORITHM__ECDSA_P256;
   protobuf_c_message_free_unpacked(msg, NULL);
   return 0;
+}
+
+/* Creates c, which has no chain yet but a pending request whose key the
+ * hook carries (csr.h), as CreateCertificateRequest does. */
+static int pending_create(struct api *api, const struct rpc_call_info *call,
+                          const ProtobufCMessage *c, const struct csr_hook *hook,
+                          ProtobufCMessage **resp, struct tp_err *err) {
+  ProtobufCMessage *res = pb_clone(c);
+  if (res == NULL)
+    return oom(err);
+  struct store_txn *txn;
+  int rc = store_begin(api->store, 1, &txn, err);
+  if (rc == 0) {
+    struct api_op op = {.api = api,
+                        .kind = &api_kind_certificate,
+                        .txn = txn,
+                        .call = call,
+                        .now = time(NULL),
+                        .hook_data = hook};
+    rc = api_write(&op, res, NULL, "issue", err);
+    if (rc == 0)
+      rc = store_commit(txn, NULL, err);
+    else
+      store_rollback(txn);
+  }
+  if (rc == 0)
+    *resp = res;
+  else
+    protobuf_c_message_free_unpacked(res, NULL);
+  return rc;
 }
 
 int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage *req,
@@ -283,10 +323,16 @@ int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage 
   if (store_begin(api->store, 0, &txn, err) != 0)
     return -1;
   Tlsplane__V1__KeyAlgorithm issuer_alg = TLSPLANE__V1__KEY_ALGORITHM__ECDSA_P256;
-  int rc = issuer_key_algorithm(txn, r->issuer, &issuer_alg, err);
+  int acme = 0;
+  int rc = issuer_key_algorithm(txn, r->issuer, r, &issuer_alg, &acme, err);
   if (iss.key_algorithm == TLSPLANE__V1__KEY_ALGORITHM__KEY_ALGORITHM_UNSPECIFIED)
     iss.key_algorithm = issuer_alg;
-  if (rc == 0)
+  Tlsplane__V1__PendingRequest *pr = NULL;
+  if (rc == 0 && acme)
+    /* No chain yet: the order runs as a job (acme_order.h); the key and
+     * its request wait sealed on the certificate. */
+    rc = acme_order_request_make(&iss, time(NULL), &key, &pr, err);
+  else if (rc == 0)
     rc = issuance_sign(api, txn, &iss, time(NULL), &chain, &key, err);
   store_rollback(txn);
   if (rc != 0)
@@ -307,11 +353,19 @@ int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage 
     c.name = name;
     c.labels = labels;
     c.n_labels = r->n_labels;
-    c.certificate_chain_pem = chain;
-    c.private_key_pem = key;
     c.issuance = &iss;
-    rc = api_create(api, &api_kind_certificate, call, &c.base, "issue", resp, err);
+    if (pr != NULL) {
+      const struct csr_hook hook = {.pending_key_pem = key};
+      c.pending_request = pr;
+      rc = pending_create(api, call, &c.base, &hook, resp, err);
+    } else {
+      c.certificate_chain_pem = chain;
+      c.private_key_pem = key;
+      rc = api_create(api, &api_kind_certificate, call, &c.base, "issue", resp, err);
+    }
   }
+  if (pr != NULL)
+    protobuf_c_message_free_unpacked(&pr->base, NULL);
   free(entries);
   free(labels);
   free(chain);
@@ -337,6 +391,9 @@ int issuance_prepare(Tlsplane__V1__Certificate *c, const Tlsplane__V1__Certifica
       return oom(err);
     c->renewal_failures = old->renewal_failures;
   }
+  if (c->acme_order == NULL && old != NULL && old->acme_order != NULL &&
+      (c->acme_order = (Tlsplane__V1__AcmeOrder *)pb_clone(&old->acme_order->base)) == NULL)
+    return oom(err);
   if (c->issuance == NULL) {
     pb_field_clear(&c->base, pb_field(c->base.descriptor, "renewal_time"));
     return 0;
@@ -440,9 +497,11 @@ static int renewal_write(struct api *api, const struct rpc_call_info *call, cons
   return rc;
 }
 
+static int issuance_from_acme(struct api *api, const Tlsplane__V1__Certificate *c);
+
 /* One certificate: sign outside any write lock, then write the outcome. */
-static int renew_one(struct api *api, const struct rpc_call_info *call, const struct store_row *r,
-                     int64_t now_us) {
+static int renew_one(struct api *api, struct jobs *jobs, const struct rpc_call_info *call,
+                     const struct store_row *r, int64_t now_us) {
   struct tp_err err = {0};
   Tlsplane__V1__Certificate *c = tlsplane__v1__certificate__unpack(NULL, r->data_len, r->data);
   /* The row's due time is the sooner of its renewal and its next OCSP
@@ -450,6 +509,12 @@ static int renew_one(struct api *api, const struct rpc_call_info *call, const st
   if (c == NULL || c->issuance == NULL || issuance_due_time_us(c) > now_us) {
     if (c != NULL)
       tlsplane__v1__certificate__free_unpacked(c, NULL);
+    return 0;
+  }
+  if (issuance_from_acme(api, c)) {
+    /* An order takes minutes: it runs on a fetch thread. */
+    tlsplane__v1__certificate__free_unpacked(c, NULL);
+    acme_order_submit(api, jobs, r->name);
     return 0;
   }
   char *chain = NULL, *key = NULL;
@@ -491,7 +556,22 @@ static int renew_one(struct api *api, const struct rpc_call_info *call, const st
   return renewed;
 }
 
-int issuance_renew_due(struct api *api, int64_t now_us) {
+/* Whether c's issuer is an ACME issuer (read now; 0 when unreadable). */
+static int issuance_from_acme(struct api *api, const Tlsplane__V1__Certificate *c) {
+  struct store_txn *txn;
+  struct tp_err err = {0};
+  if (store_begin(api->store, 0, &txn, &err) != 0)
+    return 0;
+  ProtobufCMessage *msg = NULL;
+  int acme = api_read(txn, &api_kind_issuer, c->issuance->issuer, 0, &msg, NULL, &err) == 0 &&
+             ((Tlsplane__V1__Issuer *)msg)->type == TLSPLANE__V1__ISSUER__TYPE__ACME;
+  store_rollback(txn);
+  if (msg != NULL)
+    protobuf_c_message_free_unpacked(msg, NULL);
+  return acme;
+}
+
+int issuance_renew_due(struct api *api, struct jobs *jobs, int64_t now_us) {
   const struct rpc_call_info call = {
       .method = "job:certificate-renewal", .peer = "local", .actor = "system", .principal = ""};
   struct tp_err err = {0};
@@ -504,7 +584,7 @@ int issuance_renew_due(struct api *api, int64_t now_us) {
   }
   int renewed = 0;
   for (size_t i = 0; i < n; i++)
-    renewed += renew_one(api, &call, &rows[i], now_us);
+    renewed += renew_one(api, jobs, &call, &rows[i], now_us);
   store_rows_free(rows, n);
   return renewed;
 }

@@ -55,6 +55,9 @@ int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c);
 /* Renews every certificate whose renewal (or retry) is due at now_us, on
  * the calling thread. Returns how many were renewed, or -1 when the due
  * ones could not be listed; failures are recorded on each certificate. */
-int issuance_renew_due(struct api *api, int64_t now_us);
+struct jobs;
+/* Certificates from ACME issuers are handed to jobs' fetch threads
+ * (acme_order.h) instead. */
+int issuance_renew_due(struct api *api, struct jobs *jobs, int64_t now_us);
 
 #endif

@@ -213,7 +213,7 @@ static void *jobs_main(void *arg) {
       jobs_rotate_due_ticket_keys(jobs->api, now_us);
       ocsp_refresh_due(jobs->api, &jobs->ocsp, jobs, now_us);
       crl_refresh_run(jobs->api, jobs, now_us);
-      issuance_renew_due(jobs->api, now_us);
+      issuance_renew_due(jobs->api, jobs, now_us);
       acme_accounts_run(jobs->api, jobs, now_us);
     }
     usage_write(jobs->api);

@@ -55,6 +55,11 @@ static int add_certificate(struct store_txn *txn, const struct resolve_override 
     protobuf_c_message_free_unpacked(&c->pending_request->base, NULL);
     c->pending_request = NULL;
   }
+  /* An order's progress is the server's too: it changes nothing served. */
+  if (c->acme_order != NULL) {
+    protobuf_c_message_free_unpacked(&c->acme_order->base, NULL);
+    c->acme_order = NULL;
+  }
   /* The key of the overriding certificate is over's (read_ref read no row). */
   int overridden = over != NULL && strcmp(over->kind, api_kind_certificate.kind) == 0 &&
                    strcmp(over->name, name) == 0;

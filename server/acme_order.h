@@ -1,0 +1,73 @@
+/* Certificates from ACME issuers (RFC 8555 orders, RFC 8737 tls-alpn-01
+ * answered by the fleet).
+ *
+ * IssueCertificate with an ACME issuer creates the Certificate at once,
+ * with no chain yet and a pending request (csr.h: a key the server made
+ * and keeps sealed, and its CSR), and the renewal job hands the order to
+ * a fetch thread (jobs_fetch_submit), never the API's thread: newOrder;
+ * per authorization its tls-alpn-01 challenge certificate, stored as a
+ * row of kind ACME_CHALLENGE_KIND (its key sealed like every secret) in
+ * one revision, which the push hub sends to every listener that serves
+ * the name (fleet.h); a wait (bounded) until the connected agents
+ * applied that revision; the challenge answered; the authorization polled
+ * (Retry-After honoured, bounded) until valid or invalid; the challenge
+ * rows deleted (one revision); then finalize with the pending request's
+ * CSR, the order polled, the chain downloaded and attached to the
+ * certificate (one revision: the pending key becomes the serving key).
+ * A renewal first re-keys the certificate (a new pending request) while
+ * the old chain keeps serving.
+ *
+ * The order's state is written on the certificate as it goes
+ * (Certificate.acme_order); a failure (an ACME problem, a transport
+ * failure, "no listener serves NAME") is recorded there and on the
+ * renewal fields, and retried with back-off (jobs_backoff, from
+ * ISSUANCE_RETRY_BASE_MS, or the ACME server's Retry-After when longer). */
+#ifndef TLSPLANE_SERVER_ACME_ORDER_H
+#define TLSPLANE_SERVER_ACME_ORDER_H
+
+#include "api.h"
+#include "tlsplane/v1/certificate.pb-c.h"
+#include "tlsplane/v1/issuer.pb-c.h"
+#include "tlsplane/v1/snapshot.pb-c.h"
+
+/* The store kind of pending challenges. A row is named
+ * "acmeChallenges/{certificate_id}/{index}"; its data is a packed
+ * AcmeChallengeMaterial without private_key_pem, its secret that key
+ * (PEM). No API reads them: they leave the server only to agents. */
+#define ACME_CHALLENGE_KIND "AcmeChallenge"
+#define ACME_CHALLENGE_PREFIX "acmeChallenges/"
+
+/* Bounds of one order's steps. */
+#define ACME_ORDER_FLEET_WAIT_MS (60 * 1000)  /* for the agents to hold a challenge */
+#define ACME_ORDER_AUTHZ_WAIT_MS (120 * 1000) /* for the authorizations to settle */
+#define ACME_ORDER_FINAL_WAIT_MS (120 * 1000) /* for the order to become valid */
+#define ACME_ORDER_POLL_MAX_MS (10 * 1000)    /* between two polls at most */
+#define ACME_ORDER_METHOD "job:acme-order"
+
+struct jobs;
+
+/* Checks an IssueCertificate request for an ACME issuer: the issuer's
+ * account must be valid (FAILED_PRECONDITION naming issuer), the names
+ * DNS names without wildcards (INVALID_ARGUMENT naming ip_addresses[i]
+ * or dns_names[i]: tls-alpn-01 cannot validate them). */
+int acme_order_check(const Tlsplane__V1__Issuer *is, const Tlsplane__V1__IssueCertificateRequest *r,
+                     struct tp_err *err);
+
+/* The pending request of a certificate from an ACME issuer: a new key of
+ * iss->key_algorithm and its CSR for iss's names. As csr_request_make. */
+int acme_order_request_make(const Tlsplane__V1__Issuance *iss, time_t now, char **key_pem,
+                            Tlsplane__V1__PendingRequest **pr, struct tp_err *err);
+
+/* Hands the order of certificate `name` to the fetch threads (once: not
+ * while one for it is queued or running). jobs NULL: runs it now, on the
+ * calling thread. */
+void acme_order_submit(struct api *api, struct jobs *jobs, const char *name);
+
+/* Reads a challenge row (data and secret) into *out (caller frees with
+ * protobuf_c_message_free_unpacked after wiping private_key_pem), and the
+ * certificate it is for ("certificates/{id}", from the row's name) into
+ * cert (at least 160 bytes). -1 when the row is not one. */
+int acme_challenge_row_read(const struct store_row *row, Tlsplane__V1__AcmeChallengeMaterial **out,
+                            char *cert, size_t cert_len);
+
+#endif
