@@ -89,10 +89,10 @@ after(async () => {
   if (server) server.forceShutdown();
 });
 
-test('the hello says protocol 3 and reports what the agent serves (nothing yet)', async () => {
+test('the hello says protocol 4 and reports what the agent serves (nothing yet)', async () => {
   const s = await waitFor('a hello', () => streams[0] && streams[0].hello);
   assert.equal(s.name, 'fake-1');
-  assert.equal(s.protocol, 3);
+  assert.equal(s.protocol, 4);
   assert.deepEqual(s.resources || [], []);
   assert.deepEqual(s.listeners || [], []);
 });
@@ -105,7 +105,7 @@ test('a delta that does not apply changes nothing: a nack naming the reason, the
   assert.match(nack.listeners[0].error, /^delta: resources\[0\]\.hash: [0-9a-f]+\.\.\. does not match its content/);
   await waitFor('the agent cut the stream', () => streams[0].ended, { timeoutMs: 10000 });
   const second = await waitFor('a second hello', () => streams[1] && streams[1].hello, { timeoutMs: 15000 });
-  assert.equal(second.protocol, 3);
+  assert.equal(second.protocol, 4);
   const m = await agent.metrics();
   assert.equal(m.get('tlsplane_config_apply_total', { result: 'error' }), 1);
   assert.doesNotMatch(agent.logText, /revision 5 applied/, 'the bad delta was applied');
