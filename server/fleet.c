@@ -1469,9 +1469,6 @@ int fleet_delta(const struct fleet_world *w, struct fleet_view *v,
     struct tp_err why = {0};
     if (rc == 0 && rset_listener_uses(w->set, e, collect_cb, &want, &why) != 0)
       rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "%s", why.msg[0] ? why.msg : "out of memory");
-    for (size_t k = 0; rc == 0 && e == wl->acme_entry && k < e->n_acme_challenges; k++)
-      if (collect_cb(e->acme_challenges[k].data, &want) != 0)
-        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     i++;
     j += c == 0;
   }

@@ -4,12 +4,18 @@
  *   0  a directory object (acme_directory_parse)
  *   1  a problem document (acme_problem_parse)
  *   2  an account object (acme_account_status_parse)
- *   3  base64url text (acme_b64url_decode, then encoded back)
+ *   3  base64url text (acme_b64url_decode, then encoded back; also 6, 7)
+ *   4  an order object (acme_order_parse)
+ *   5  an authorization object (acme_authz_parse)
  *
  * What must hold: no crash, leak or undefined behaviour; a directory
  * read has its three https URLs, a refused one says why; a problem read
  * has a type; base64url decoded encodes back to the same text (without
- * padding). */
+ * padding); an order read has a status, a finalize URL and https
+ * authorizations; an authorization read has a status and a lower-case
+ * identifier, and a tls-alpn-01 challenge with a URL and a base64url
+ * token, or none. */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   const char *body = (const char *)data + 1;
   size_t len = size - 1;
-  switch (data[0] & 3) {
+  switch (data[0] & 7) {
   case 0: {
     struct acme_directory d;
     struct tp_err err = {0};
@@ -52,6 +58,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   case 2:
     free(acme_account_status_parse(body, len));
     break;
+  case 4: {
+    struct acme_order o;
+    struct tp_err err = {0};
+    if (acme_order_parse(body, len, &o, &err) == 0) {
+      FUZZ_ASSERT(o.status != NULL && strncmp(o.finalize, "https://", 8) == 0);
+      FUZZ_ASSERT(o.n_authorizations <= ACME_ORDER_NAMES_MAX);
+      for (size_t i = 0; i < o.n_authorizations; i++)
+        FUZZ_ASSERT(strncmp(o.authorizations[i], "https://", 8) == 0);
+      acme_order_clear(&o);
+    } else
+      FUZZ_ASSERT(err.msg[0] != '\0' && o.status == NULL);
+    break;
+  }
+  case 5: {
+    struct acme_authz a;
+    struct tp_err err = {0};
+    if (acme_authz_parse(body, len, &a, &err) == 0) {
+      FUZZ_ASSERT(a.status != NULL && a.identifier != NULL);
+      for (const char *c = a.identifier; *c; c++)
+        FUZZ_ASSERT(!isupper((unsigned char)*c));
+      FUZZ_ASSERT((a.challenge_url == NULL) == (a.token == NULL));
+      if (a.token != NULL) {
+        FUZZ_ASSERT(strncmp(a.challenge_url, "https://", 8) == 0);
+        FUZZ_ASSERT(strlen(a.token) <= ACME_TOKEN_MAX && strpbrk(a.token, "./+=") == NULL);
+      }
+      acme_authz_clear(&a);
+    } else
+      FUZZ_ASSERT(err.msg[0] != '\0' && a.status == NULL);
+    break;
+  }
   default: {
     char *s = strndup(body, len);
     if (s == NULL)

@@ -1,12 +1,16 @@
 /* The ACME protocol core's offline parts (server/acme.c): base64url, the
  * RFC 7638 thumbprint (RFC 7638 3.1's example key), the ES256 JWS
  * verified with OpenSSL over its protected header and payload, the EAB's
- * HS256, and the directory and problem documents read. */
+ * HS256, the directory, problem, order and authorization documents
+ * read, and the tls-alpn-01 challenge certificate (RFC 8737 3) checked
+ * with OpenSSL's own parser. */
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -238,11 +242,135 @@ static void test_documents(void **state) {
   assert_null(acme_account_status_parse("{\"status\":1}", 12));
 }
 
+static void test_order_documents(void **state) {
+  (void)state;
+  struct tp_err err = {0};
+  struct acme_order o;
+  const char order[] =
+      "{\"status\":\"pending\",\"identifiers\":[{\"type\":\"dns\",\"value\":\"a.test\"}],"
+      "\"authorizations\":[\"https://ca.test/authz/1\",\"https://ca.test/authz/2\"],"
+      "\"finalize\":\"https://ca.test/final/1\"}";
+  assert_int_equal(acme_order_parse(order, strlen(order), &o, &err), 0);
+  assert_string_equal(o.status, "pending");
+  assert_int_equal(o.n_authorizations, 2);
+  assert_string_equal(o.authorizations[1], "https://ca.test/authz/2");
+  assert_string_equal(o.finalize, "https://ca.test/final/1");
+  assert_null(o.certificate);
+  assert_null(o.error);
+  acme_order_clear(&o);
+  const char invalid[] = "{\"status\":\"invalid\",\"authorizations\":[],\"finalize\":\"https://"
+                         "ca.test/f\",\"error\":{\"type\":\"urn:ietf:params:acme:error:"
+                         "unauthorized\",\"detail\":\"no\"}}";
+  assert_int_equal(acme_order_parse(invalid, strlen(invalid), &o, &err), 0);
+  assert_string_equal(o.error, "urn:ietf:params:acme:error:unauthorized: no");
+  acme_order_clear(&o);
+  const char http[] = "{\"status\":\"pending\",\"authorizations\":[\"http://ca.test/a\"],"
+                      "\"finalize\":\"https://ca.test/f\"}";
+  assert_int_equal(acme_order_parse(http, strlen(http), &o, &err), -1);
+  assert_non_null(strstr(err.msg, "authorizations"));
+  assert_int_equal(acme_order_parse("{\"status\":1}", 12, &o, &err), -1);
+
+  struct acme_authz a;
+  const char authz[] =
+      "{\"status\":\"pending\",\"identifier\":{\"type\":\"dns\",\"value\":\"A.Test\"},"
+      "\"challenges\":[{\"type\":\"http-01\",\"url\":\"https://ca.test/c/0\",\"token\":\"x\","
+      "\"status\":\"pending\"},{\"type\":\"tls-alpn-01\",\"url\":\"https://ca.test/c/1\","
+      "\"token\":\"tok-EN_1\",\"status\":\"pending\"}]}";
+  assert_int_equal(acme_authz_parse(authz, strlen(authz), &a, &err), 0);
+  assert_string_equal(a.identifier, "a.test"); /* lower case */
+  assert_string_equal(a.challenge_url, "https://ca.test/c/1");
+  assert_string_equal(a.token, "tok-EN_1");
+  assert_null(a.challenge_error);
+  acme_authz_clear(&a);
+  const char noalpn[] = "{\"status\":\"pending\",\"identifier\":{\"type\":\"dns\",\"value\":"
+                        "\"a.test\"},\"challenges\":[]}";
+  assert_int_equal(acme_authz_parse(noalpn, strlen(noalpn), &a, &err), 0);
+  assert_null(a.challenge_url);
+  acme_authz_clear(&a);
+  const char badtoken[] = "{\"status\":\"pending\",\"identifier\":{\"type\":\"dns\",\"value\":"
+                          "\"a.test\"},\"challenges\":[{\"type\":\"tls-alpn-01\",\"url\":"
+                          "\"https://ca.test/c\",\"token\":\"a/b\",\"status\":\"pending\"}]}";
+  assert_int_equal(acme_authz_parse(badtoken, strlen(badtoken), &a, &err), -1);
+  const char ip[] = "{\"status\":\"pending\",\"identifier\":{\"type\":\"ip\",\"value\":"
+                    "\"127.0.0.1\"},\"challenges\":[]}";
+  assert_int_equal(acme_authz_parse(ip, strlen(ip), &a, &err), -1);
+  assert_non_null(strstr(err.msg, "dns"));
+}
+
+static void test_challenge_certificate(void **state) {
+  (void)state;
+  struct tp_err err = {0};
+  char *cert = NULL, *key = NULL;
+  const char *token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
+  const char *thumb = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
+  assert_int_equal(acme_challenge_cert("WWW.Example.Test", token, thumb, &cert, &key, &err), 0);
+  BIO *b = BIO_new_mem_buf(cert, -1);
+  X509 *x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+  BIO_free(b);
+  assert_non_null(x);
+  b = BIO_new_mem_buf(key, -1);
+  EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+  BIO_free(b);
+  assert_non_null(k);
+  assert_int_equal(X509_check_private_key(x, k), 1);
+  assert_true(EVP_PKEY_is_a(k, "EC"));
+  assert_int_equal(EVP_PKEY_get_bits(k), 256);
+  assert_int_equal(X509_check_issued(x, x), X509_V_OK); /* self-signed */
+  assert_int_equal(X509_verify(x, k), 1);
+
+  /* subjectAltName: exactly one dNSName, lower case. */
+  GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  assert_non_null(sans);
+  assert_int_equal(sk_GENERAL_NAME_num(sans), 1);
+  const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, 0);
+  assert_int_equal(gn->type, GEN_DNS);
+  assert_string_equal((const char *)ASN1_STRING_get0_data(gn->d.dNSName), "www.example.test");
+  GENERAL_NAMES_free(sans);
+
+  /* id-pe-acmeIdentifier: critical, its value the DER OCTET STRING of
+   * SHA-256(token "." thumbprint). */
+  ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1);
+  int at = X509_get_ext_by_OBJ(x, oid, -1);
+  assert_true(at >= 0);
+  X509_EXTENSION *ext = X509_get_ext(x, at);
+  assert_int_equal(X509_EXTENSION_get_critical(ext), 1);
+  const ASN1_OCTET_STRING *value = X509_EXTENSION_get_data(ext);
+  char ka[256];
+  snprintf(ka, sizeof(ka), "%s.%s", token, thumb);
+  unsigned char want[2 + 32] = {0x04, 0x20};
+  assert_int_equal(EVP_Digest(ka, strlen(ka), want + 2, NULL, EVP_sha256(), NULL), 1);
+  assert_int_equal(ASN1_STRING_length(value), sizeof(want));
+  assert_memory_equal(ASN1_STRING_get0_data(value), want, sizeof(want));
+  const unsigned char *p = ASN1_STRING_get0_data(value);
+  ASN1_OCTET_STRING *inner = d2i_ASN1_OCTET_STRING(NULL, &p, ASN1_STRING_length(value));
+  assert_non_null(inner);
+  assert_int_equal(ASN1_STRING_length(inner), 32);
+  ASN1_OCTET_STRING_free(inner);
+  ASN1_OBJECT_free(oid);
+
+  /* Each one has a fresh key. */
+  char *cert2 = NULL, *key2 = NULL;
+  assert_int_equal(acme_challenge_cert("www.example.test", token, thumb, &cert2, &key2, &err), 0);
+  assert_string_not_equal(key, key2);
+  free(cert2);
+  free(key2);
+  assert_int_equal(acme_challenge_cert("", token, thumb, &cert2, &key2, &err), -1);
+
+  EVP_PKEY_free(k);
+  X509_free(x);
+  free(cert);
+  free(key);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_b64url),    cmocka_unit_test(test_thumbprint_rfc7638),
-      cmocka_unit_test(test_jws_es256), cmocka_unit_test(test_eab_hs256),
+      cmocka_unit_test(test_b64url),
+      cmocka_unit_test(test_thumbprint_rfc7638),
+      cmocka_unit_test(test_jws_es256),
+      cmocka_unit_test(test_eab_hs256),
       cmocka_unit_test(test_documents),
+      cmocka_unit_test(test_order_documents),
+      cmocka_unit_test(test_challenge_certificate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
