@@ -7,7 +7,7 @@
 // succeeding; pebble rejecting half of the nonces (badNonce retried) and
 // requiring an External Account Binding; the account key and the EAB key
 // never returned, never logged, sealed at rest; IssueCertificate from an
-// ACME issuer refused (ordering is not built yet). A scripted ACME server
+// ACME issuer refusing names tls-alpn-01 cannot validate. A scripted ACME server
 // checks what pebble cannot make happen on demand: the ES256 JWS verified
 // with Node's crypto, the nonce a badNonce answer brought used for the one
 // retry, and a rateLimited answer's Retry-After taken as the back-off.
@@ -175,9 +175,10 @@ test('bad input is refused naming the field, and nothing changes', async () => {
   await expectRefused(api(), () => issuers().UpdateIssuer({ issuer: { name: 'issuers/acme-ok', acmeAccountStatus: 'valid' }, updateMask: { paths: ['acme_account_status'] } }), status.INVALID_ARGUMENT, { field: 'update_mask', includes: ['acme_account_status'] });
 });
 
-test('IssueCertificate from an ACME issuer: FAILED_PRECONDITION, not built yet', async () => {
+test('IssueCertificate from an ACME issuer: names tls-alpn-01 cannot validate refused naming the field (orders: acme_order.test.js)', async () => {
   await waitStatus('issuers/acme-ok', 'valid', 'the account registered');
-  await expectRefused(api(), () => api().CertificateService.IssueCertificate({ certificateId: 'from-acme', issuer: 'issuers/acme-ok', dnsNames: ['web.tlsplane.test'] }), status.FAILED_PRECONDITION, { includes: ['not built yet'] });
+  await expectRefused(api(), () => api().CertificateService.IssueCertificate({ certificateId: 'from-acme', issuer: 'issuers/acme-ok', ipAddresses: ['127.0.0.1'] }), status.INVALID_ARGUMENT, { field: 'ip_addresses[0]' });
+  await expectRefused(api(), () => api().CertificateService.IssueCertificate({ certificateId: 'from-acme', issuer: 'issuers/acme-ok', dnsNames: ['*.tlsplane.test'] }), status.INVALID_ARGUMENT, { field: 'dns_names[0]' });
 });
 
 test('an unreachable directory: the error visible, retried with back-off, then pointed at pebble', async () => {

@@ -2,11 +2,13 @@
 // pebble (Let's Encrypt's test CA) and pebble-challtestsrv (its DNS
 // server, answering 127.0.0.1 for every name), Debian's packages, on free
 // loopback ports, with real validation: pebble resolves the names through
-// challtestsrv and connects to 127.0.0.1 on its httpPort for HTTP-01.
+// challtestsrv and connects to 127.0.0.1 on its httpPort for HTTP-01 and
+// on its tlsPort for TLS-ALPN-01.
 //
 //   const pb = await Pebble.start();
 //   pb.directory        // "https://127.0.0.1:PORT/dir"
 //   pb.httpPort         // where the ACME client answers HTTP-01
+//   pb.tlsPort          // where it answers TLS-ALPN-01
 //   pb.trustFile        // the CA file that verifies pebble's own HTTPS (LEGO_CA_CERTIFICATES)
 //   pb.root             // PEM of the root pebble issues under
 //   pb.stop()
@@ -14,7 +16,9 @@
 // Options: Pebble.start({ nonceReject: 50 }) makes pebble reject that
 // percentage of valid nonces (PEBBLE_WFE_NONCEREJECT, answered with
 // badNonce); Pebble.start({ eabKeys: { kid: 'base64url MAC key' } })
-// requires an External Account Binding with one of these keys.
+// requires an External Account Binding with one of these keys;
+// Pebble.start({ tlsPort, httpPort }) validates on these ports (an agent
+// listener's) instead of free ones.
 
 const fs = require('node:fs');
 const https = require('node:https');
@@ -48,16 +52,20 @@ function getText(port, urlPath, ca) {
 }
 
 class Pebble {
-  static async start({ nonceReject = 0, eabKeys = null } = {}) {
+  static async start({ nonceReject = 0, eabKeys = null, tlsPort: wantTls = 0, httpPort: wantHttp = 0 } = {}) {
     const p = pki();
     p.leaf('pebble', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
     const dir = procs.tempDir('tlsplane-pebble-');
     const pb = new Pebble();
     pb.trustFile = path.join(dir, 'pebble-trust.pem');
     fs.writeFileSync(pb.trustFile, p.read('pebble.crt') + p.read('ca.crt'));
-    const [acme, mgmt, http, tlsPort, dns, dnsMgmt] = await freePorts(6);
+    const [acme, mgmt, freeHttp, freeTls, dns, dnsMgmt] = await freePorts(6);
+    const http = wantHttp || freeHttp;
+    const tlsPort = wantTls || freeTls;
     pb.directory = `https://127.0.0.1:${acme}/dir`;
     pb.httpPort = http;
+    pb.tlsPort = tlsPort;
+    pb.managementPort = mgmt;
     const config = path.join(dir, 'pebble.json');
     fs.writeFileSync(config, JSON.stringify({
       pebble: {

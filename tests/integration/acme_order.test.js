@@ -1,0 +1,197 @@
+'use strict';
+// Certificates ordered from an ACME issuer against pebble (Let's Encrypt's
+// test CA, Debian's package) on loopback with real validation: pebble
+// resolves the name through pebble-challtestsrv to 127.0.0.1 and connects
+// to a real tlsplane-agent's listener (pebble's tlsPort), which answers
+// tls-alpn-01 with the challenge certificate the server pushed to it. The
+// order completes, the agent serves the issued chain (verified against
+// pebble's root), and ordinary clients connecting to that listener while
+// the challenge is out are served as before (a handshake loop counts no
+// failure). The failure side: a name no listener serves, and a directory
+// gone unreachable, each visible on the certificate with its next attempt
+// and retried with back-off; bad input refused naming the field.
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const tls = require('node:tls');
+const { Server } = require('./lib/server');
+const { connect } = require('./lib/reflect');
+const { Pebble } = require('./lib/pebble');
+const { pki } = require('./lib/pki');
+const { Upstream } = require('./lib/upstream');
+const { exchange } = require('./lib/tlsclient');
+const { CpAgent } = require('./lib/cpagent');
+const { freePorts, agentBinary } = require('./lib/agent');
+const { status, seconds, expectRefused, uid } = require('./lib/util');
+const { waitFor } = require('./lib/wait');
+
+const RETRY_MS = 1000; // TLSPLANE_RENEW_RETRY_MS and TLSPLANE_ACME_RETRY_MS
+const NAME = 'a.tlsplane.test';
+
+let srv;
+let conn;
+let pebble;
+let spare; // a second pebble, stopped once its account is registered
+let p;
+let up;
+let agent;
+let port; // the agent listener's, pebble's tlsPort
+const api = () => conn.api;
+const issuers = () => api().IssuerService;
+const certs = () => api().CertificateService;
+
+function acme(pb) {
+  return {
+    type: 'ACME',
+    acmeDirectoryUrl: pb.directory,
+    acmeCaPem: fs.readFileSync(pb.trustFile, 'utf8'),
+    acmeContact: ['mailto:admin@tlsplane.test'],
+    acmeTermsAgreed: true,
+  };
+}
+
+async function accountValid(name) {
+  return waitFor(`${name}: account valid`, async () => {
+    const g = await issuers().GetIssuer({ name });
+    return g.acmeAccountStatus === 'valid' ? g : null;
+  }, { timeoutMs: 30000 });
+}
+
+before(async () => {
+  agentBinary();
+  p = pki();
+  [port] = await freePorts(1);
+  [pebble, spare] = await Promise.all([Pebble.start({ tlsPort: port }), Pebble.start()]);
+  up = await Upstream.start({ mode: 'echo' });
+  srv = await Server.start({ tls: true, env: { TLSPLANE_RENEW_RETRY_MS: String(RETRY_MS), TLSPLANE_ACME_RETRY_MS: String(RETRY_MS) } });
+  conn = await connect(srv.address, srv.connectOptions());
+  await issuers().CreateIssuer({ issuerId: 'pebble', issuer: acme(pebble) });
+  await issuers().CreateIssuer({ issuerId: 'spare', issuer: acme(spare) });
+  await accountValid('issuers/pebble');
+  await accountValid('issuers/spare');
+  // The listener pebble validates on: its default context serves an
+  // ordinary certificate, and an SNI route names the ACME name.
+  await certs().CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: p.rsa.cert, privateKeyPem: p.rsa.key } });
+  await api().TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
+  await api().ListenerService.CreateListener({
+    listenerId: 'edge',
+    listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web', upstream: up.address, sniRoutes: [{ hostname: NAME, tlsContext: 'tlsContexts/web' }] },
+  });
+  const tok = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'edge-1' } });
+  agent = await CpAgent.start(srv, { name: 'edge-1', joinToken: tok.secret, wait: 'connected' });
+  await waitFor('the agent serves the listener', async () => (await exchange(port, {}, { send: 'x\n' })).ok);
+});
+
+after(async () => {
+  if (agent) await agent.stopClean();
+  if (conn) conn.close();
+  if (srv && srv.running) await srv.stopClean();
+  if (up) await up.close();
+  if (pebble) pebble.stop();
+  if (spare) spare.stop();
+});
+
+async function certificate(name) {
+  return certs().GetCertificate({ name });
+}
+
+test('bad input: IP addresses and wildcards refused naming the field; an account not valid refused naming issuer', async () => {
+  await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'ip', issuer: 'issuers/pebble', ipAddresses: ['127.0.0.1'] }), status.INVALID_ARGUMENT, { field: 'ip_addresses[0]' });
+  await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'wild', issuer: 'issuers/pebble', dnsNames: ['*.tlsplane.test'] }), status.INVALID_ARGUMENT, { field: 'dns_names[0]' });
+  const [dead] = await freePorts(1);
+  await issuers().CreateIssuer({ issuerId: 'never', issuer: { ...acme(pebble), acmeDirectoryUrl: `https://127.0.0.1:${dead}/dir` } });
+  await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'never', issuer: 'issuers/never', dnsNames: [NAME] }), status.FAILED_PRECONDITION, { field: 'issuer: issuers/never' });
+  await issuers().DeleteIssuer({ name: 'issuers/never' });
+});
+
+test('an order validated by the agent over tls-alpn-01: the chain issued and served, no ordinary handshake failed', async () => {
+  let running = true;
+  const res = { ok: 0, failed: [] };
+  const loop = async () => {
+    while (running) {
+      const r = await exchange(port, { servername: NAME }, { send: 'x\n' });
+      if (r.ok) res.ok++;
+      else res.failed.push(`${r.phase}: ${r.error}`);
+    }
+  };
+  const loops = [loop(), loop()];
+  let done;
+  try {
+    const made = await certs().IssueCertificate({ certificateId: 'acme-a', issuer: 'issuers/pebble', dnsNames: [NAME] });
+    assert.equal(made.certificateChainPem, '', 'no chain until the order completes');
+    assert.ok(made.pendingRequest, 'its request is pending');
+    assert.equal(made.privateKeyPem, '', 'no key returned');
+    done = await waitFor('the order completes', async () => {
+      const c = await certificate('certificates/acme-a');
+      if (c.acmeOrder?.lastError) throw new Error(`the order failed: ${c.acmeOrder.lastError}`);
+      return c.certificateChainPem ? c : null;
+    }, { timeoutMs: 120000 });
+  } finally {
+    running = false;
+    await Promise.all(loops);
+  }
+  assert.deepEqual(res.failed, [], 'no ordinary handshake failed during the challenge');
+  assert.ok(res.ok > 5, `only ${res.ok} handshakes`);
+  assert.equal(done.acmeOrder.status, 'valid');
+  assert.match(done.acmeOrder.orderUrl, /^https:\/\/127\.0\.0\.1:/);
+  assert.deepEqual(done.acmeOrder.authorizations.map((a) => [a.identifier, a.status]), [[NAME, 'valid']]);
+  assert.equal(done.acmeOrder.lastError, '');
+  assert.equal(done.acmeOrder.failures ?? 0, 0);
+  assert.ok(done.acmeOrder.completeTime, 'complete_time');
+  assert.ok(!done.pendingRequest, 'the request ended');
+  assert.deepEqual(done.dnsNames, [NAME]);
+  assert.ok(done.renewalTime, 'renews on its policy');
+  // The agent answered it (pebble's validation connection).
+  const m = await agent.metrics();
+  assert.ok(m.get('tlsplane_acme_challenges_answered_total') >= 1, 'the agent answered the challenge');
+  // Serve it: the agent hands the issued chain out, and it verifies
+  // against pebble's root.
+  await api().TlsContextService.CreateTlsContext({ tlsContextId: 'acme-a', tlsContext: { certificates: ['certificates/acme-a'] } });
+  const l = await api().ListenerService.GetListener({ name: 'listeners/edge' });
+  await api().ListenerService.UpdateListener({ listener: { name: l.name, sniRoutes: [{ hostname: NAME, tlsContext: 'tlsContexts/acme-a' }] }, updateMask: { paths: ['sni_routes'] } });
+  const fp = new crypto.X509Certificate(done.certificateChainPem).fingerprint256;
+  const served = await waitFor('the agent serves the issued chain', async () => {
+    const r = await exchange(port, { servername: NAME, ca: pebble.root, checkServerIdentity: tls.checkServerIdentity }, { send: 'x\n' });
+    return r.ok && r.info.fingerprint === fp ? r : null;
+  }, { timeoutMs: 20000 });
+  assert.equal(served.socket.authorized === undefined || served.ok, true);
+  const issuer = (await issuers().GetIssuer({ name: 'issuers/pebble' }));
+  assert.equal(issuer.acmeAccountStatus, 'valid');
+  // Audited by the system.
+  const ev = (await api().AuditService.ListAuditEvents({ resource: 'certificates/acme-a' })).auditEvents;
+  assert.ok(ev.some((e) => e.action === 'issue' && e.actor === 'system'), `audit: ${JSON.stringify(ev.map((e) => `${e.actor}:${e.action}`))}`);
+});
+
+test('a name no listener serves: the error and the next attempt on the certificate, retried with back-off', async () => {
+  await certs().IssueCertificate({ certificateId: 'nobody', issuer: 'issuers/pebble', dnsNames: ['nobody.tlsplane.test'] });
+  const failed = await waitFor('the failure recorded', async () => {
+    const c = await certificate('certificates/nobody');
+    return c.acmeOrder?.failures >= 2 ? c : null;
+  }, { timeoutMs: 30000 });
+  assert.match(failed.acmeOrder.lastError, /no listener serves nobody\.tlsplane\.test/);
+  assert.ok(failed.acmeOrder.nextAttemptTime, 'next_attempt_time');
+  assert.ok(seconds(failed.acmeOrder.nextAttemptTime) > Date.now() / 1000 - 1, 'a next attempt ahead');
+  assert.equal(failed.lastRenewalError, failed.acmeOrder.lastError);
+  assert.equal(failed.certificateChainPem, '');
+  await certs().DeleteCertificate({ name: 'certificates/nobody' });
+});
+
+test('an unreachable directory: the transport error visible, the back-off doubling', async () => {
+  spare.stop();
+  spare = null;
+  await certs().IssueCertificate({ certificateId: 'spare', issuer: 'issuers/spare', dnsNames: [NAME] });
+  const seen = [];
+  await waitFor('three failures recorded', async () => {
+    const c = await certificate('certificates/spare');
+    const o = c.acmeOrder;
+    if (o?.failures && !seen.some((s) => s.failures === o.failures)) seen.push({ failures: o.failures, at: Date.now(), next: seconds(o.nextAttemptTime), err: o.lastError });
+    return o?.failures >= 3 ? c : null;
+  }, { timeoutMs: 30000 });
+  for (const s of seen) assert.match(s.err, /ACME|refused|connect/i, s.err);
+  const last = seen[seen.length - 1];
+  // The third wait is about four times the base.
+  assert.ok(last.next - last.at / 1000 > (RETRY_MS / 1000) * 2.5, `back-off ${JSON.stringify(seen)}`);
+  await certs().DeleteCertificate({ name: 'certificates/spare' });
+});
