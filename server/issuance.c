@@ -399,6 +399,10 @@ int issuance_prepare(Tlsplane__V1__Certificate *c, const Tlsplane__V1__Certifica
     return 0;
   }
   int64_t lifetime_us = pb_duration_ms(c->issuance->lifetime) * 1000;
+  /* An ACME CA chooses the lifetime itself: the policy is of that one. */
+  if (c->acme_order != NULL && c->not_before != NULL && c->not_after != NULL &&
+      pb_timestamp_us(c->not_after) > pb_timestamp_us(c->not_before))
+    lifetime_us = pb_timestamp_us(c->not_after) - pb_timestamp_us(c->not_before);
   int64_t before_us = lifetime_us / 3;
   const Tlsplane__V1__RenewalPolicy *r = c->issuance->renewal;
   if (r != NULL &&

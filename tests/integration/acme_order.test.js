@@ -9,7 +9,10 @@
 // the challenge is out are served as before (a handshake loop counts no
 // failure). The failure side: a name no listener serves, and a directory
 // gone unreachable, each visible on the certificate with its next attempt
-// and retried with back-off; bad input refused naming the field.
+// and retried with back-off; bad input refused naming the field. Renewal:
+// pebble issues for 90 s, and the renewal job orders again when a third
+// of that is left, the old chain serving until the new one is written
+// (no failed handshake), RENEWED on WatchEvents.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -29,6 +32,7 @@ const { waitFor } = require('./lib/wait');
 
 const RETRY_MS = 1000; // TLSPLANE_RENEW_RETRY_MS and TLSPLANE_ACME_RETRY_MS
 const NAME = 'a.tlsplane.test';
+const VALIDITY_S = 90; // pebble's certificates' lifetime
 
 let srv;
 let conn;
@@ -63,7 +67,7 @@ before(async () => {
   agentBinary();
   p = pki();
   [port] = await freePorts(1);
-  [pebble, spare] = await Promise.all([Pebble.start({ tlsPort: port }), Pebble.start()]);
+  [pebble, spare] = await Promise.all([Pebble.start({ tlsPort: port, validitySeconds: VALIDITY_S }), Pebble.start()]);
   up = await Upstream.start({ mode: 'echo' });
   srv = await Server.start({ tls: true, env: { TLSPLANE_RENEW_RETRY_MS: String(RETRY_MS), TLSPLANE_ACME_RETRY_MS: String(RETRY_MS) } });
   conn = await connect(srv.address, srv.connectOptions());
@@ -194,4 +198,50 @@ test('an unreachable directory: the transport error visible, the back-off doubli
   // The third wait is about four times the base.
   assert.ok(last.next - last.at / 1000 > (RETRY_MS / 1000) * 2.5, `back-off ${JSON.stringify(seen)}`);
   await certs().DeleteCertificate({ name: 'certificates/spare' });
+});
+
+test('renewal at a third of the lifetime left: a new order, the old chain serving until the new one is written, no failed handshake', async () => {
+  const call = conn.clients['tlsplane.v1.AuditService'].WatchEvents({ kinds: ['certificates'], include: ['RENEWED', 'RENEWAL_FAILED'] });
+  const events = [];
+  call.on('data', (e) => events.push(e));
+  call.on('error', () => {});
+  const before = await certificate('certificates/acme-a');
+  const lifetime = seconds(before.notAfter) - seconds(before.notBefore);
+  assert.ok(Math.abs(seconds(before.renewalTime) - (seconds(before.notAfter) - lifetime / 3)) <= 1, `renewal_time at a third of the lifetime left: ${JSON.stringify([before.notBefore, before.notAfter, before.renewalTime])}`);
+  const oldFp = new crypto.X509Certificate(before.certificateChainPem).fingerprint256;
+  let running = true;
+  const res = { ok: 0, failed: [], fps: new Set() };
+  const loop = async () => {
+    while (running) {
+      const r = await exchange(port, { servername: NAME, ca: pebble.root, checkServerIdentity: tls.checkServerIdentity, rejectUnauthorized: false }, { send: 'x\n' });
+      if (r.ok) {
+        res.ok++;
+        res.fps.add(r.info.fingerprint);
+      } else res.failed.push(`${r.phase}: ${r.error}`);
+    }
+  };
+  const loops = [loop(), loop()];
+  let renewed;
+  try {
+    renewed = await waitFor('the server renews it', async () => {
+      const c = await certificate('certificates/acme-a');
+      return c.serialNumber !== before.serialNumber && c.certificateChainPem ? c : null;
+    }, { timeoutMs: (VALIDITY_S + 30) * 1000 });
+    const newFp = new crypto.X509Certificate(renewed.certificateChainPem).fingerprint256;
+    await waitFor('the agent serves the renewed chain', () => res.fps.has(newFp), { timeoutMs: 20000 });
+  } finally {
+    running = false;
+    await Promise.all(loops);
+    call.cancel();
+  }
+  assert.deepEqual(res.failed, [], 'no handshake failed');
+  assert.ok(res.fps.has(oldFp), 'the old chain served meanwhile');
+  assert.equal(renewed.acmeOrder.status, 'valid');
+  assert.equal(renewed.acmeOrder.lastError, '');
+  assert.ok(renewed.lastRenewalTime, 'last_renewal_time');
+  assert.ok(!renewed.pendingRequest, 'the renewal request ended');
+  assert.notEqual(renewed.acmeOrder.orderUrl, before.acmeOrder.orderUrl, 'a new order');
+  await waitFor('WatchEvents: RENEWED', () => events.some((e) => e.type === 'RENEWED' && e.resource === 'certificates/acme-a'));
+  const ev = (await api().AuditService.ListAuditEvents({ resource: 'certificates/acme-a' })).auditEvents;
+  assert.ok(ev.some((e) => e.action === 'renew' && e.actor === 'system'), `audit: ${JSON.stringify(ev.map((e) => e.action))}`);
 });

@@ -18,7 +18,8 @@
 // badNonce); Pebble.start({ eabKeys: { kid: 'base64url MAC key' } })
 // requires an External Account Binding with one of these keys;
 // Pebble.start({ tlsPort, httpPort }) validates on these ports (an agent
-// listener's) instead of free ones.
+// listener's) instead of free ones; Pebble.start({ validitySeconds })
+// issues certificates valid that long.
 
 const fs = require('node:fs');
 const https = require('node:https');
@@ -52,7 +53,7 @@ function getText(port, urlPath, ca) {
 }
 
 class Pebble {
-  static async start({ nonceReject = 0, eabKeys = null, tlsPort: wantTls = 0, httpPort: wantHttp = 0 } = {}) {
+  static async start({ nonceReject = 0, eabKeys = null, tlsPort: wantTls = 0, httpPort: wantHttp = 0, validitySeconds = 0 } = {}) {
     const p = pki();
     p.leaf('pebble', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
     const dir = procs.tempDir('tlsplane-pebble-');
@@ -73,6 +74,7 @@ class Pebble {
         certificate: p.file('pebble.crt'), privateKey: p.file('pebble.key'),
         httpPort: http, tlsPort, ocspResponderURL: '', externalAccountBindingRequired: !!eabKeys,
         ...(eabKeys ? { externalAccountMACKeys: eabKeys } : {}),
+        ...(validitySeconds ? { certificateValidityPeriod: validitySeconds } : {}),
       },
     }));
     pb.daemons = [
