@@ -66,21 +66,14 @@ int acme_order_request_make(const Tlsplane__V1__Issuance *iss, time_t now, char 
   return csr_request_make(&r, now, key_pem, pr, err);
 }
 
-int acme_challenge_row_read(const struct store_row *row, Tlsplane__V1__AcmeChallengeMaterial **out,
-                            char *cert, size_t cert_len) {
+int acme_challenge_material(const struct store_challenge *c,
+                            Tlsplane__V1__AcmeChallengeMaterial **out) {
   *out = NULL;
-  const size_t plen = strlen(ACME_CHALLENGE_PREFIX);
-  if (strncmp(row->name, ACME_CHALLENGE_PREFIX, plen) != 0)
-    return -1;
-  const char *id = row->name + plen, *slash = strchr(id, '/');
-  if (slash == NULL || slash == id || (size_t)(slash - id) + 14 > cert_len)
-    return -1;
-  snprintf(cert, cert_len, "certificates/%.*s", (int)(slash - id), id);
   Tlsplane__V1__AcmeChallengeMaterial *m =
-      tlsplane__v1__acme_challenge_material__unpack(NULL, row->data_len, row->data);
+      tlsplane__v1__acme_challenge_material__unpack(NULL, c->data_len, c->data);
   if (m == NULL)
     return -1;
-  char *key = row->secret != NULL ? strndup((const char *)row->secret, row->secret_len) : NULL;
+  char *key = c->secret != NULL ? strndup((const char *)c->secret, c->secret_len) : NULL;
   if (key == NULL || m->server_name[0] == '\0' || m->certificate_pem[0] == '\0') {
     pem_wipe_free(key);
     protobuf_c_message_free_unpacked(&m->base, NULL);
@@ -413,55 +406,39 @@ static int name_served(struct order *od, const char *name, struct tp_err *err) {
   return n;
 }
 
-/* Writes (put 1) or deletes (put 0) the order's challenge rows, in one
- * revision. */
+/* Puts the order's challenges out (put 1) or takes them back (put 0), in
+ * one revision. */
 static int challenges_store(struct order *od, int put, int64_t *revision, struct tp_err *err) {
-  struct store_txn *txn;
-  if (store_begin(od->api->store, 1, &txn, err) != 0)
-    return -1;
-  const char *id = od->name + strlen("certificates/");
-  int rc = 0;
-  for (size_t i = 0; rc == 0 && i < od->n_chals; i++) {
-    char row_name[200];
-    snprintf(row_name, sizeof(row_name), "%s%s/%zu", ACME_CHALLENGE_PREFIX, id, i);
-    if (!put) {
-      struct tp_err e = {0};
-      int r = store_delete(txn, ACME_CHALLENGE_KIND, row_name, NULL, job_call.actor,
-                           job_call.method, &e);
-      if (r != 0 && r != -ENOENT) {
-        *err = e;
-        rc = -1;
-      }
-      continue;
-    }
+  struct store_challenge *v = calloc(od->n_chals + 1, sizeof(*v));
+  uint8_t **data = calloc(od->n_chals + 1, sizeof(*data));
+  int rc = v != NULL && data != NULL ? 0 : oom(err);
+  for (size_t i = 0; rc == 0 && put && i < od->n_chals; i++) {
     Tlsplane__V1__AcmeChallengeMaterial m = TLSPLANE__V1__ACME_CHALLENGE_MATERIAL__INIT;
     m.server_name = od->chals[i].name;
     m.certificate_pem = od->chals[i].cert_pem;
-    uint8_t *data = NULL;
-    size_t len = 0;
-    if (pb_pack(&m.base, &data, &len) != 0) {
+    if (pb_pack(&m.base, &data[i], &v[i].data_len) != 0)
       rc = oom(err);
-      break;
-    }
-    const struct store_write w = {.kind = ACME_CHALLENGE_KIND,
-                                  .name = row_name,
-                                  .create = 1,
-                                  .data = data,
-                                  .data_len = len,
-                                  .set_secret = 1,
-                                  .secret = (const uint8_t *)od->chals[i].key_pem,
-                                  .secret_len = strlen(od->chals[i].key_pem),
-                                  .actor = job_call.actor,
-                                  .method = job_call.method,
-                                  .action = "acme_challenge"};
-    if (store_put(txn, &w, NULL, err) != 0)
-      rc = -1;
-    free(data);
+    v[i].index = (int64_t)i;
+    v[i].data = data[i];
+    v[i].secret = (uint8_t *)od->chals[i].key_pem;
+    v[i].secret_len = strlen(od->chals[i].key_pem);
   }
+  struct store_txn *txn = NULL;
   if (rc == 0)
-    rc = store_commit(txn, revision, err);
-  else
-    store_rollback(txn);
+    rc = store_begin(od->api->store, 1, &txn, err);
+  if (rc == 0) {
+    rc = store_challenges_set(txn, od->name, v, put ? od->n_chals : 0, job_call.actor,
+                              job_call.method, put ? "acme_challenges_out" : "acme_challenges_done",
+                              err);
+    if (rc == 0)
+      rc = store_commit(txn, revision, err);
+    else
+      store_rollback(txn);
+  }
+  for (size_t i = 0; data != NULL && i < od->n_chals; i++)
+    free(data[i]);
+  free(data);
+  free(v);
   return rc;
 }
 

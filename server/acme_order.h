@@ -5,9 +5,9 @@
  * with no chain yet and a pending request (csr.h: a key the server made
  * and keeps sealed, and its CSR), and the renewal job hands the order to
  * a fetch thread (jobs_fetch_submit), never the API's thread: newOrder;
- * per authorization its tls-alpn-01 challenge certificate, stored as a
- * row of kind ACME_CHALLENGE_KIND (its key sealed like every secret) in
- * one revision, which the push hub sends to every listener that serves
+ * per authorization its tls-alpn-01 challenge certificate, stored with
+ * store_challenges_set (its key sealed like every secret) in one
+ * revision, which the push hub sends to every listener that serves
  * the name (fleet.h); a wait (bounded) until the connected agents
  * applied that revision; the challenge answered; the authorization polled
  * (Retry-After honoured, bounded) until valid or invalid; the challenge
@@ -26,16 +26,10 @@
 #define TLSPLANE_SERVER_ACME_ORDER_H
 
 #include "api.h"
+#include "store.h"
 #include "tlsplane/v1/certificate.pb-c.h"
 #include "tlsplane/v1/issuer.pb-c.h"
 #include "tlsplane/v1/snapshot.pb-c.h"
-
-/* The store kind of pending challenges. A row is named
- * "acmeChallenges/{certificate_id}/{index}"; its data is a packed
- * AcmeChallengeMaterial without private_key_pem, its secret that key
- * (PEM). No API reads them: they leave the server only to agents. */
-#define ACME_CHALLENGE_KIND "AcmeChallenge"
-#define ACME_CHALLENGE_PREFIX "acmeChallenges/"
 
 /* Bounds of one order's steps. */
 #define ACME_ORDER_FLEET_WAIT_MS (60 * 1000)  /* for the agents to hold a challenge */
@@ -63,11 +57,12 @@ int acme_order_request_make(const Tlsplane__V1__Issuance *iss, time_t now, char 
  * calling thread. */
 void acme_order_submit(struct api *api, struct jobs *jobs, const char *name);
 
-/* Reads a challenge row (data and secret) into *out (caller frees with
- * protobuf_c_message_free_unpacked after wiping private_key_pem), and the
- * certificate it is for ("certificates/{id}", from the row's name) into
- * cert (at least 160 bytes). -1 when the row is not one. */
-int acme_challenge_row_read(const struct store_row *row, Tlsplane__V1__AcmeChallengeMaterial **out,
-                            char *cert, size_t cert_len);
+/* A pending challenge as the store holds it (store_challenges_list: its
+ * data a packed AcmeChallengeMaterial without the key, its secret the
+ * key's PEM) as the material agents get: *out (caller wipes
+ * private_key_pem and frees with protobuf_c_message_free_unpacked). -1
+ * when it does not decode. */
+int acme_challenge_material(const struct store_challenge *c,
+                            Tlsplane__V1__AcmeChallengeMaterial **out);
 
 #endif

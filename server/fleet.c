@@ -12,6 +12,7 @@
 
 #include "acme_order.h"
 #include "listener_rules.h"
+#include "log.h"
 #include "pb.h"
 #include "resolve.h"
 
@@ -881,51 +882,48 @@ static int world_listeners_since(struct build *b, struct tp_err *err) {
  * when out of memory. */
 static int world_challenges(struct build *b) {
   struct fleet_world *w = b->w;
-  struct store_query q = {.kind = ACME_CHALLENGE_KIND, .limit = 1000};
-  struct store_row *rows = NULL;
+  struct store_challenge *rows = NULL;
   size_t n = 0;
   struct tp_err why = {0};
-  if (store_list(b->txn, &q, &rows, &n, &why) != 0 || n == 0) {
-    store_rows_free(rows, n);
+  if (store_challenges_list(b->txn, &rows, &n, &why) != 0 || n == 0) {
+    if (why.msg[0] != '\0')
+      log_warn("fleet", "ACME challenges: %s", why.msg);
+    store_challenges_free(rows, n);
     return 0;
   }
   if ((w->chals = calloc(n, sizeof(*w->chals))) == NULL) {
-    store_rows_free(rows, n);
+    store_challenges_free(rows, n);
     return -1;
   }
   int rc = 0;
-  for (size_t i = 0; rc == 0 && i < n && !store_txn_failed(b->txn); i++) {
-    struct store_row row = {0};
+  for (size_t i = 0; rc == 0 && i < n; i++) {
     Tlsplane__V1__AcmeChallengeMaterial *m = NULL;
     struct wchallenge *ch = &w->chals[w->n_chals];
-    if (store_get(b->txn, ACME_CHALLENGE_KIND, rows[i].name, 1, &row, &why) == 0 &&
-        acme_challenge_row_read(&row, &m, ch->certificate, sizeof(ch->certificate)) == 0) {
-      Tlsplane__V1__Resource *r = malloc(sizeof(*r));
-      if (r == NULL || (ch->server_name = strdup(m->server_name)) == NULL) {
-        free(r);
-        rc = -1;
-      } else {
-        tlsplane__v1__resource__init(r);
-        r->content_case = TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE;
-        r->acme_challenge = m;
-        m = NULL;
-        if (rset_resource_hash(r, ch->hash) != 0 || rset_resource_put(w->set, r, 0, &why) != 0) {
-          free(ch->server_name);
-          ch->server_name = NULL;
-          rc = why.status == GRPC_STATUS_RESOURCE_EXHAUSTED || why.msg[0] == '\0' ? -1 : 0;
-        } else
-          w->n_chals++;
-      }
+    if (acme_challenge_material(&rows[i], &m) != 0)
+      continue;
+    snprintf(ch->certificate, sizeof(ch->certificate), "%s", rows[i].certificate);
+    Tlsplane__V1__Resource *r = malloc(sizeof(*r));
+    if (r == NULL || (ch->server_name = strdup(m->server_name)) == NULL) {
+      free(r);
+      rc = -1;
+    } else {
+      tlsplane__v1__resource__init(r);
+      r->content_case = TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE;
+      r->acme_challenge = m;
+      m = NULL;
+      if (rset_resource_hash(r, ch->hash) != 0 || rset_resource_put(w->set, r, 0, &why) != 0) {
+        free(ch->server_name);
+        ch->server_name = NULL;
+        rc = -1; /* rset_resource_put fails only out of memory here */
+      } else
+        w->n_chals++;
     }
     if (m != NULL) {
       OPENSSL_cleanse(m->private_key_pem, strlen(m->private_key_pem));
       protobuf_c_message_free_unpacked(&m->base, NULL);
     }
-    if (row.secret != NULL)
-      OPENSSL_cleanse(row.secret, row.secret_len);
-    store_row_clear(&row);
   }
-  store_rows_free(rows, n);
+  store_challenges_free(rows, n);
   return rc;
 }
 

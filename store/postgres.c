@@ -204,6 +204,17 @@ static const struct migration migrations[] = {
      "CREATE INDEX resources_due ON resources (kind, due_time_us)\n"
      "  WHERE due_time_us > 0;\n",
      NULL},
+    {8, "pending ACME challenges",
+     "CREATE TABLE acme_challenges (\n"
+     "  kind TEXT NOT NULL,\n"
+     "  name TEXT NOT NULL,\n"
+     "  idx BIGINT NOT NULL,\n"
+     "  data BYTEA NOT NULL,\n"
+     "  secret BYTEA NOT NULL,\n"
+     "  PRIMARY KEY (kind, name, idx),\n"
+     "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
+     ");\n",
+     NULL},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1501,6 +1512,54 @@ static int pg_usage_get(struct store_txn *base, const char *kind, const char *na
   return 0;
 }
 
+static int pg_challenges_set(struct store_txn *base, const char *certificate,
+                             const struct store_challenge *ch, size_t n, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  int rc = row_exists(c, "Certificate", certificate, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return store__err_not_found(err, certificate);
+  rc = q_run(c, "DELETE FROM acme_challenges WHERE kind = $1 AND name = $2",
+             "remove the challenges", err, "tt", "Certificate", certificate);
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    rc = q_run(c,
+               "INSERT INTO acme_challenges (kind, name, idx, data, secret)"
+               " VALUES ($1, $2, $3, $4, $5)",
+               "write a challenge", err, "ttiBB", "Certificate", certificate, ch[i].index,
+               ch[i].data, ch[i].data_len, ch[i].secret, ch[i].secret_len);
+  return rc;
+}
+
+static int pg_challenges_list(struct store_txn *base, struct store_challenge **out, size_t *n,
+                              struct tp_err *err) {
+  PGresult *res = q_rows(to_txn(base)->conn,
+                         "SELECT name, idx, data, secret FROM acme_challenges"
+                         " WHERE kind = 'Certificate' ORDER BY name, idx",
+                         "read the challenges", err, "");
+  if (res == NULL)
+    return -EIO;
+  int count = PQntuples(res), rc = 0;
+  struct store_challenge *v = calloc((size_t)count + 1, sizeof(*v));
+  if (v == NULL)
+    rc = store__err_nomem(err, "challenges");
+  for (int i = 0; rc == 0 && i < count; i++) {
+    v[i].index = col_int(res, i, 1);
+    if (col_text(res, i, 0, &v[i].certificate) != 0 || v[i].certificate == NULL ||
+        col_blob(res, i, 2, &v[i].data, &v[i].data_len) != 0 ||
+        col_blob(res, i, 3, &v[i].secret, &v[i].secret_len) != 0)
+      rc = store__err_nomem(err, "challenges");
+  }
+  PQclear(res);
+  if (rc < 0) {
+    store_challenges_free(v, v != NULL ? (size_t)count : 0);
+    return rc;
+  }
+  *out = v;
+  *n = (size_t)count;
+  return 0;
+}
+
 static int pg_mac_set(struct store_txn *base, const char *kind, const char *name,
                       const uint8_t mac[STORE_MAC_LEN], struct tp_err *err) {
   return q_run(to_txn(base)->conn,
@@ -1692,6 +1751,8 @@ const struct store_ops store__postgres_ops = {
     .audit_add = pg_audit_add,
     .usage_set = pg_usage_set,
     .usage_get = pg_usage_get,
+    .challenges_set = pg_challenges_set,
+    .challenges_list = pg_challenges_list,
     .mac_set = pg_mac_set,
     .macs_rewrite = pg_macs_rewrite,
     .watch_start = pg_watch_start,

@@ -175,6 +175,19 @@ static const struct migration migrations[] = {
      "CREATE INDEX resources_due ON resources (kind, due_time_us)\n"
      "  WHERE due_time_us > 0;\n",
      NULL},
+    {8, "pending ACME challenges",
+     /* The challenge certificates an order has out, with their sealed
+      * keys: gone with their certificate. */
+     "CREATE TABLE acme_challenges (\n"
+     "  kind TEXT NOT NULL,\n"
+     "  name TEXT NOT NULL,\n"
+     "  idx INTEGER NOT NULL,\n"
+     "  data BLOB NOT NULL,\n"
+     "  secret BLOB NOT NULL,\n"
+     "  PRIMARY KEY (kind, name, idx),\n"
+     "  FOREIGN KEY (kind, name) REFERENCES resources (kind, name) ON DELETE CASCADE\n"
+     ") WITHOUT ROWID;\n",
+     NULL},
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -213,6 +226,9 @@ enum stmt_id {
   ST_MAC_SET,
   ST_MACS_ALL,
   ST_DUE_SET,
+  ST_CHALLENGES_DELETE,
+  ST_CHALLENGE_INSERT,
+  ST_CHALLENGES_ALL,
   ST_COUNT
 };
 
@@ -269,6 +285,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_MAC_GET] = "SELECT mac FROM macs WHERE kind = ?1 AND name = ?2",
     [ST_MAC_SET] = "INSERT INTO macs (kind, name, mac) VALUES (?1, ?2, ?3)"
                    " ON CONFLICT (kind, name) DO UPDATE SET mac = excluded.mac",
+    [ST_CHALLENGES_DELETE] = "DELETE FROM acme_challenges WHERE kind = ?1 AND name = ?2",
+    [ST_CHALLENGE_INSERT] = "INSERT INTO acme_challenges (kind, name, idx, data, secret)"
+                            " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_CHALLENGES_ALL] = "SELECT name, idx, data, secret FROM acme_challenges"
+                          " WHERE kind = 'Certificate' ORDER BY name, idx",
     [ST_MACS_ALL] = "SELECT r.kind, r.name, r.data, m.mac FROM resources r"
                     " LEFT JOIN macs m ON m.kind = r.kind AND m.name = r.name"
                     " ORDER BY r.kind, r.name",
@@ -1617,6 +1638,64 @@ static int sqlite_usage_get(struct store_txn *base, const char *kind, const char
   return 0;
 }
 
+static int sqlite_challenges_set(struct store_txn *base, const char *certificate,
+                                 const struct store_challenge *ch, size_t n, struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  int rc = row_exists(c, "Certificate", certificate, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    return store__err_not_found(err, certificate);
+  rc = stmt_exec(c, ST_CHALLENGES_DELETE, "remove the challenges", err, "tt", "Certificate",
+                 certificate);
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    rc = stmt_exec(c, ST_CHALLENGE_INSERT, "write a challenge", err, "ttiBB", "Certificate",
+                   certificate, ch[i].index, ch[i].data, ch[i].data_len, ch[i].secret,
+                   ch[i].secret_len);
+  return rc;
+}
+
+static int sqlite_challenges_list(struct store_txn *base, struct store_challenge **out, size_t *n,
+                                  struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  sqlite3_stmt *st = stmt_prepare(c, ST_CHALLENGES_ALL, err, "");
+  if (st == NULL)
+    return -EIO;
+  struct store_challenge *v = NULL;
+  size_t count = 0, cap = 0;
+  int rc = 0, step;
+  while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (count == cap) {
+      size_t nc = cap ? cap * 2 : 8;
+      struct store_challenge *nv = realloc(v, nc * sizeof(*nv));
+      if (nv == NULL) {
+        rc = store__err_nomem(err, "challenges");
+        break;
+      }
+      v = nv;
+      cap = nc;
+    }
+    struct store_challenge *x = &v[count];
+    memset(x, 0, sizeof(*x));
+    count++;
+    x->index = sqlite3_column_int64(st, 1);
+    if (col_text(st, 0, &x->certificate) != 0 || x->certificate == NULL ||
+        col_blob(st, 2, &x->data, &x->data_len) != 0 ||
+        col_blob(st, 3, &x->secret, &x->secret_len) != 0)
+      rc = store__err_nomem(err, "challenges");
+  }
+  if (rc == 0 && step != SQLITE_DONE)
+    rc = db_fail(err, c->db, "read the challenges");
+  stmt_done(st);
+  if (rc < 0) {
+    store_challenges_free(v, count);
+    return rc;
+  }
+  *out = v;
+  *n = count;
+  return 0;
+}
+
 /* store_backup. SQLite's online backup copies every page of the source
  * in one step, inside one read transaction of the source: the copy is the
  * snapshot of one commit. In WAL mode the source's writers go on
@@ -1753,6 +1832,8 @@ const struct store_ops store__sqlite_ops = {
     .audit_add = sqlite_audit_add,
     .usage_set = sqlite_usage_set,
     .usage_get = sqlite_usage_get,
+    .challenges_set = sqlite_challenges_set,
+    .challenges_list = sqlite_challenges_list,
     .mac_set = sqlite_mac_set,
     .macs_rewrite = sqlite_macs_rewrite,
 };

@@ -1036,6 +1036,8 @@ static int reseal_one(const char *kind, const char *name, const uint8_t *in, siz
   return rc;
 }
 
+static int challenges_reseal(struct store_txn *txn, const struct reseal *r, struct tp_err *err);
+
 int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_KEY_LEN],
                             const char *actor, size_t *n, struct tp_err *err) {
   size_t count = 0;
@@ -1062,6 +1064,8 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
   if (rc < 0)
     goto done;
   rc = s->ops->secrets_rewrite(txn, reseal_one, &r, &count, err);
+  if (rc == 0)
+    rc = challenges_reseal(txn, &r, err);
   if (rc == 0 && s->schema_version >= STORE_MACS_SINCE_VERSION) {
     size_t macs = 0;
     rc = s->ops->macs_rewrite(txn, remac_one, &r, &macs, err);
@@ -1086,5 +1090,136 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
     *n = count;
 done:
   store__keyring_clear(&to);
+  return rc;
+}
+
+/* ---- Pending ACME challenges ---- */
+
+#define CHALLENGE_SEAL_NAME_MAX 1100 /* a name, '#', an index */
+
+void store_challenges_free(struct store_challenge *c, size_t n) {
+  if (c == NULL)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    free(c[i].certificate);
+    free(c[i].data);
+    if (c[i].secret != NULL)
+      OPENSSL_cleanse(c[i].secret, c[i].secret_len);
+    free(c[i].secret);
+  }
+  free(c);
+}
+
+/* The associated data of a challenge's sealed key. */
+static void challenge_seal_name(char *buf, size_t len, const char *certificate, int64_t index) {
+  snprintf(buf, len, "%s#%lld", certificate, (long long)index);
+}
+
+int store_challenges_set(struct store_txn *txn, const char *certificate,
+                         const struct store_challenge *c, size_t n, const char *actor,
+                         const char *method, const char *action, struct tp_err *err) {
+  struct tp_err local;
+  if (err == NULL)
+    err = &local;
+  int rc = txn_check(txn, 1, "store_challenges_set", err);
+  if (rc < 0)
+    return rc;
+  if (txn->store->schema_version < STORE_CHALLENGES_SINCE_VERSION) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: schema version %d holds no ACME challenges (from %d on)",
+               txn->store->schema_version, STORE_CHALLENGES_SINCE_VERSION);
+    return txn_fail(txn, -ENOTSUP, err);
+  }
+  rc = check_key("Certificate", certificate, "store_challenges_set", err);
+  if (rc < 0)
+    return txn_fail(txn, rc, err);
+  const char *slash = strchr(certificate, '/');
+  char resource[256];
+  snprintf(resource, sizeof(resource), "acmeChallenges/%s",
+           slash != NULL ? slash + 1 : certificate);
+  struct store_challenge *sealed = calloc(n + 1, sizeof(*sealed));
+  if (sealed == NULL)
+    return txn_fail(txn, store__err_nomem(err, "challenges"), err);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    char name[CHALLENGE_SEAL_NAME_MAX];
+    challenge_seal_name(name, sizeof(name), certificate, c[i].index);
+    sealed[i] = c[i];
+    sealed[i].secret = NULL;
+    rc = store__seal(&txn->store->keys, STORE_CHALLENGE_KIND, name, c[i].secret, c[i].secret_len,
+                     &sealed[i].secret, &sealed[i].secret_len, err);
+  }
+  if (rc == 0)
+    rc = txn->store->ops->challenges_set(txn, certificate, sealed, n, err);
+  if (rc == 0)
+    rc = txn->store->ops->audit_add(txn, actor ? actor : "", method ? method : "", resource,
+                                    action ? action : "update", err);
+  for (size_t i = 0; i < n; i++)
+    free(sealed[i].secret);
+  free(sealed);
+  if (rc < 0)
+    return txn_fail(txn, rc, err);
+  audit_note(txn, actor ? actor : "", method ? method : "", resource, action ? action : "update");
+  txn->wrote = 1;
+  return 0;
+}
+
+int store_challenges_list(struct store_txn *txn, struct store_challenge **out, size_t *n,
+                          struct tp_err *err) {
+  *out = NULL;
+  *n = 0;
+  int rc = txn_check(txn, 0, "store_challenges_list", err);
+  if (rc < 0)
+    return rc;
+  if (txn->store->schema_version < STORE_CHALLENGES_SINCE_VERSION)
+    return 0;
+  struct store_challenge *c = NULL;
+  size_t count = 0;
+  rc = txn->store->ops->challenges_list(txn, &c, &count, err);
+  for (size_t i = 0; rc == 0 && i < count; i++) {
+    char name[CHALLENGE_SEAL_NAME_MAX];
+    challenge_seal_name(name, sizeof(name), c[i].certificate, c[i].index);
+    uint8_t *plain = NULL;
+    size_t len = 0;
+    rc = store__unseal(&txn->store->keys, STORE_CHALLENGE_KIND, name, c[i].secret, c[i].secret_len,
+                       &plain, &len, err);
+    free(c[i].secret);
+    c[i].secret = plain;
+    c[i].secret_len = len;
+  }
+  if (rc < 0) {
+    store_challenges_free(c, count);
+    return read_result(txn, rc, err);
+  }
+  *out = c;
+  *n = count;
+  return 0;
+}
+
+/* A rotation re-seals the challenges' keys too, one certificate at a
+ * time. */
+static int challenges_reseal(struct store_txn *txn, const struct reseal *r, struct tp_err *err) {
+  if (txn->store->schema_version < STORE_CHALLENGES_SINCE_VERSION)
+    return 0;
+  struct store_challenge *c = NULL;
+  size_t n = 0;
+  int rc = txn->store->ops->challenges_list(txn, &c, &n, err);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    char name[CHALLENGE_SEAL_NAME_MAX];
+    challenge_seal_name(name, sizeof(name), c[i].certificate, c[i].index);
+    uint8_t *again = NULL;
+    size_t len = 0;
+    rc = reseal_one(STORE_CHALLENGE_KIND, name, c[i].secret, c[i].secret_len, &again, &len,
+                    (void *)r, err);
+    free(c[i].secret);
+    c[i].secret = again;
+    c[i].secret_len = len;
+  }
+  for (size_t i = 0, first = 0; rc == 0 && i < n; i++)
+    if (i + 1 == n || strcmp(c[i + 1].certificate, c[first].certificate) != 0) {
+      rc =
+          txn->store->ops->challenges_set(txn, c[first].certificate, &c[first], i + 1 - first, err);
+      first = i + 1;
+    }
+  store_challenges_free(c, n);
   return rc;
 }

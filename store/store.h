@@ -438,6 +438,44 @@ int store_usage_set(struct store_txn *txn, const char *kind, const char *name, i
 int store_usage_get(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
                     struct tp_err *err);
 
+/* Pending ACME challenges (from schema version 8): the tls-alpn-01
+ * challenge certificates an order of the server has out, numbered from 0
+ * per certificate, in a table of their own beside the rows. A challenge
+ * goes with its certificate's row (deleting the row deletes them). Each
+ * key is sealed like any secret (associated data: kind "AcmeChallenge"
+ * and "{certificate}#{index}"); the rows carry no MAC (the sealed key
+ * authenticates itself, and the challenge is worth nothing without it).
+ * A master-key rotation re-seals them with the rows' secrets. */
+#define STORE_CHALLENGES_SINCE_VERSION 8
+#define STORE_CHALLENGE_KIND "AcmeChallenge"
+
+struct store_challenge {
+  char *certificate; /* the Certificate row's name, "certificates/web" */
+  int64_t index;     /* 0, 1, ... within it */
+  uint8_t *data;     /* the challenge without its key (the caller's encoding) */
+  size_t data_len;
+  uint8_t *secret; /* its key: plaintext to and from the caller */
+  size_t secret_len;
+};
+
+/* Replaces the challenges of Certificate `certificate` (which must exist:
+ * -ENOENT) by c[0..n) (n 0: removes them; c[i].certificate is ignored),
+ * in write transaction txn: a revision, and one audit row by actor with
+ * method on resource "acmeChallenges/{certificate id}" (action). Before
+ * schema version 8: -ENOTSUP. */
+int store_challenges_set(struct store_txn *txn, const char *certificate,
+                         const struct store_challenge *c, size_t n, const char *actor,
+                         const char *method, const char *action, struct tp_err *err);
+
+/* Every pending challenge, in certificate and index order, keys unsealed:
+ * *out is the caller's, free with store_challenges_free. None before
+ * schema version 8. A key that does not unseal fails the read (-EBADMSG
+ * naming the certificate). */
+int store_challenges_list(struct store_txn *txn, struct store_challenge **out, size_t *n,
+                          struct tp_err *err);
+/* Wipes the keys and frees. NULL is a no-op. */
+void store_challenges_free(struct store_challenge *c, size_t n);
+
 /* One field a write changed: its values before and after as text ("" for
  * none). From schema version 6 on; never a secret. */
 struct store_audit_change {

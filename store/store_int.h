@@ -161,6 +161,14 @@ struct store_ops {
   /* Replaces the MAC of every row by fn's result; *n receives how many. */
   int (*macs_rewrite)(struct store_txn *txn, store__mac_fn fn, void *data, size_t *n,
                       struct tp_err *err);
+  /* Pending ACME challenges (the schema has them:
+   * STORE_CHALLENGES_SINCE_VERSION), secrets sealed. Replaces the
+   * challenges of (Certificate, certificate) by c[0..n). */
+  int (*challenges_set)(struct store_txn *txn, const char *certificate,
+                        const struct store_challenge *c, size_t n, struct tp_err *err);
+  /* Every challenge, in certificate and index order (malloc'd array). */
+  int (*challenges_list)(struct store_txn *txn, struct store_challenge **out, size_t *n,
+                         struct tp_err *err);
   /* store_watch_start / store_watch_stop (store->watch holds the
    * callbacks); NULL: the backend has no other writers to watch. */
   int (*watch_start)(struct store *s, struct tp_err *err);

@@ -1898,6 +1898,122 @@ static void test_secrets_sealed_at_rest(void **state) {
   store_row_clear(&row);
 }
 
+/* Pending ACME challenges: replaced per certificate in one revision with
+ * an audit row, listed with their keys unsealed, sealed at rest (the
+ * stored column is a sealed record, the plaintext in no file), gone with
+ * their certificate, re-sealed by a master-key rotation. */
+static void test_challenges(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  const char *key0 = "CHALLENGE-KEY-ZERO-0123456789", *key1 = "CHALLENGE-KEY-ONE-9876543210";
+  put_one(f->s,
+          &(struct store_write){.kind = CERT,
+                                .name = "certificates/a",
+                                .create = 1,
+                                .data = (const uint8_t *)"a",
+                                .data_len = 1},
+          NULL);
+  put_one(f->s,
+          &(struct store_write){.kind = CERT,
+                                .name = "certificates/b",
+                                .create = 1,
+                                .data = (const uint8_t *)"b",
+                                .data_len = 1},
+          NULL);
+  int64_t rev0 = store_revision(f->s);
+  const struct store_challenge two[] = {
+      {.index = 0,
+       .data = (uint8_t *)"d0",
+       .data_len = 2,
+       .secret = (uint8_t *)key0,
+       .secret_len = strlen(key0)},
+      {.index = 1,
+       .data = (uint8_t *)"d1",
+       .data_len = 2,
+       .secret = (uint8_t *)key1,
+       .secret_len = strlen(key1)},
+  };
+  struct store_txn *txn;
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_challenges_set(txn, "certificates/a", two, 2, "system", "job:acme-order",
+                                 "acme_challenges_out", &err),
+            err);
+  assert_ok(store_challenges_set(txn, "certificates/b", two, 1, "system", "job:acme-order",
+                                 "acme_challenges_out", &err),
+            err);
+  int64_t rev = 0;
+  assert_ok(store_commit(txn, &rev, &err), err);
+  assert_int_equal(rev, rev0 + 1);
+  struct store_audit_query q = {.resource = "acmeChallenges/a"};
+  struct store_audit *a;
+  size_t na;
+  audit_all(f->s, &q, &a, &na);
+  assert_int_equal(na, 1);
+  assert_string_equal(a[0].action, "acme_challenges_out");
+  assert_int_equal(a[0].revision, rev);
+  store_audit_free(a, na);
+
+  struct store_challenge *c = NULL;
+  size_t n = 0;
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_challenges_list(txn, &c, &n, &err), err);
+  store_rollback(txn);
+  assert_int_equal(n, 3);
+  assert_string_equal(c[0].certificate, "certificates/a");
+  assert_int_equal(c[1].index, 1);
+  assert_memory_equal(c[1].data, "d1", 2);
+  assert_int_equal(c[1].secret_len, strlen(key1));
+  assert_memory_equal(c[1].secret, key1, c[1].secret_len);
+  assert_string_equal(c[2].certificate, "certificates/b");
+  store_challenges_free(c, n);
+  if (!pg_not_applicable("the plaintext is in no file: no file (the column is checked below)")) {
+    char wal[640];
+    snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    assert_false(file_contains(f->path, key0, strlen(key0)));
+    assert_false(file_contains(wal, key0, strlen(key0)));
+  }
+  uint8_t raw[256];
+  int len = raw_blob(f->path,
+                     "SELECT secret FROM acme_challenges WHERE kind = ?1 AND name = ?2"
+                     " AND idx = 0",
+                     CERT, "certificates/a", raw, sizeof(raw));
+  assert_int_equal(len, STORE_SEAL_OVERHEAD + strlen(key0));
+  assert_null(memmem(raw, (size_t)len, key0, strlen(key0)));
+
+  /* A certificate that does not exist has none. */
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_refused(store_challenges_set(txn, "certificates/none", two, 1, "system", "m", "x", &err),
+                 -ENOENT, err, GRPC_STATUS_NOT_FOUND, "certificates/none");
+  store_rollback(txn);
+
+  /* Rotation: still readable, under the new key. */
+  assert_ok(store_master_key_rotate(f->s, key_b, "local:test", NULL, &err), err);
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_challenges_list(txn, &c, &n, &err), err);
+  store_rollback(txn);
+  assert_int_equal(n, 3);
+  assert_memory_equal(c[0].secret, key0, c[0].secret_len);
+  store_challenges_free(c, n);
+  uint8_t id_b[STORE_KEY_ID_LEN];
+  store_master_key_id(key_b, id_b);
+  len = raw_blob(f->path,
+                 "SELECT secret FROM acme_challenges WHERE kind = ?1 AND name = ?2"
+                 " AND idx = 1",
+                 CERT, "certificates/a", raw, sizeof(raw));
+  assert_memory_equal(raw + 1, id_b, STORE_KEY_ID_LEN);
+
+  /* Removed (n 0) in a revision; the others go with their certificate. */
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_challenges_set(txn, "certificates/a", NULL, 0, "system", "m", "done", &err), err);
+  assert_ok(store_delete(txn, CERT, "certificates/b", NULL, "system", "m", &err), err);
+  assert_ok(store_commit(txn, NULL, &err), err);
+  assert_ok(store_begin(f->s, 0, &txn, &err), err);
+  assert_ok(store_challenges_list(txn, &c, &n, &err), err);
+  store_rollback(txn);
+  assert_int_equal(n, 0);
+  store_challenges_free(c, n);
+}
+
 /* The master key is checked at open: another key, or none, is refused
  * before anything is read. */
 static void test_wrong_master_key_refused(void **state) {
@@ -2668,6 +2784,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_secrets_sealed_at_rest, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_wrong_master_key_refused, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_master_key_rotation, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_challenges, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_master_key_rotation_all_or_nothing, setup_open,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_usage, setup_open, teardown),
