@@ -2,7 +2,8 @@
  * agent what its labels select, every resource once; the next delta sends
  * only what changed; what an agent applies with common/rset ends where the
  * server's view says; a listener that fails to build is carried, never
- * removed. */
+ * removed; pending ACME challenges reach the listeners that serve their
+ * names, for agents of protocol 4 only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -378,10 +379,202 @@ static void test_failure_keeps_what_agents_serve(void **state) {
   store_close(e.api.store);
 }
 
+/* An agent record with agent=<value>. */
+static void put_agent(struct env *e, const char *name, const char *value) {
+  Tlsplane__V1__Agent *a = calloc(1, sizeof(*a));
+  tlsplane__v1__agent__init(a);
+  a->name = strdup(name);
+  a->labels = calloc(1, sizeof(*a->labels));
+  a->labels[0] = calloc(1, sizeof(**a->labels));
+  tlsplane__v1__agent__labels_entry__init(a->labels[0]);
+  a->labels[0]->key = strdup("agent");
+  a->labels[0]->value = strdup(value);
+  a->n_labels = 1;
+  put(e, &api_kind_agent, &a->base, 0);
+}
+
+/* Sets the challenges of certificate (names[i] each, a made-up
+ * certificate and key). */
+static void put_challenges(struct env *e, const char *certificate, const char *const *names,
+                           size_t n) {
+  struct store_challenge c[4];
+  uint8_t *data[4];
+  char keys[4][64];
+  for (size_t i = 0; i < n; i++) {
+    Tlsplane__V1__AcmeChallengeMaterial m = TLSPLANE__V1__ACME_CHALLENGE_MATERIAL__INIT;
+    m.server_name = (char *)names[i];
+    m.certificate_pem = "-----BEGIN CERTIFICATE-----\nchallenge\n-----END CERTIFICATE-----\n";
+    memset(&c[i], 0, sizeof(c[i]));
+    assert_int_equal(pb_pack(&m.base, &data[i], &c[i].data_len), 0);
+    c[i].index = (int64_t)i;
+    c[i].data = data[i];
+    snprintf(keys[i], sizeof(keys[i]), "challenge key of %s", names[i]);
+    c[i].secret = (uint8_t *)keys[i];
+    c[i].secret_len = strlen(keys[i]);
+  }
+  struct tp_err err = {0};
+  struct store_txn *txn;
+  assert_ok(store_begin(e->api.store, 1, &txn, &err), err);
+  assert_ok(store_challenges_set(txn, certificate, c, n, "system", "test", "challenges", &err),
+            err);
+  assert_ok(store_commit(txn, NULL, &err), err);
+  for (size_t i = 0; i < n; i++)
+    free(data[i]);
+}
+
+/* The challenges' server names of listener `name` in delta d ("" when
+ * it carries none; NULL when d does not carry the listener). */
+static const char *entry_challenges(const Tlsplane__V1__SnapshotDelta *d, const char *name,
+                                    char *buf, size_t len) {
+  for (size_t i = 0; i < d->n_listeners; i++) {
+    const Tlsplane__V1__ListenerEntry *le = d->listeners[i];
+    if (strcmp(le->listener->name, name) != 0)
+      continue;
+    buf[0] = '\0';
+    for (size_t k = 0; k < le->n_acme_challenges; k++)
+      for (size_t r = 0; r < d->n_resources; r++)
+        if (d->resources[r]->content_case == TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE &&
+            memcmp(d->resources[r]->hash.data, le->acme_challenges[k].data, 32) == 0)
+          snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", buf[0] ? "," : "",
+                   d->resources[r]->acme_challenge->server_name);
+    return buf;
+  }
+  return NULL;
+}
+
+static void test_acme_challenges(void **state) {
+  (void)state;
+  struct env e;
+  env_open(&e);
+  struct tp_err err = {0};
+  put_agent(&e, "agents/one", "1");
+  /* A listener with an SNI route for *.sni.test (agent=1). */
+  Tlsplane__V1__Listener *l = calloc(1, sizeof(*l));
+  tlsplane__v1__listener__init(l);
+  l->name = strdup("listeners/sni");
+  l->address = strdup("127.0.0.1:8444");
+  l->upstream = strdup("127.0.0.1:9");
+  l->default_tls_context = strdup("tlsContexts/other");
+  put_certificate(&e, "certificates/other", "other", 0);
+  put_context(&e, "tlsContexts/other", "certificates/other");
+  l->sni_routes = calloc(1, sizeof(*l->sni_routes));
+  l->sni_routes[0] = calloc(1, sizeof(**l->sni_routes));
+  tlsplane__v1__sni_route__init(l->sni_routes[0]);
+  l->sni_routes[0]->hostname = strdup("*.sni.test");
+  l->sni_routes[0]->tls_context = strdup("tlsContexts/other");
+  l->n_sni_routes = 1;
+  l->agent_selector = calloc(1, sizeof(*l->agent_selector));
+  l->agent_selector[0] = calloc(1, sizeof(**l->agent_selector));
+  tlsplane__v1__listener__agent_selector_entry__init(l->agent_selector[0]);
+  l->agent_selector[0]->key = strdup("agent");
+  l->agent_selector[0]->value = strdup("1");
+  l->n_agent_selector = 1;
+  put(&e, &api_kind_listener, &l->base, 0);
+  put_certificate(&e, "certificates/ordered", "ordered", 0);
+
+  /* x.sni.test: the SNI route's (a wildcard of one label); www.example.com:
+   * the name the default context's certificate has (a, b, c: web's);
+   * renewed.example.org: certificates/web, which web's listeners use. */
+  const char *const ordered[] = {"x.sni.test", "www.example.com"};
+  const char *const renewed[] = {"renewed.example.org"};
+  put_challenges(&e, "certificates/ordered", ordered, 2);
+  put_challenges(&e, "certificates/web", renewed, 1);
+  struct fleet_world *w;
+  assert_ok(fleet_world_build(e.api.store, NULL, &w, &err), err);
+  assert_int_equal(fleet_world_serves(w, "x.sni.test", "certificates/ordered"), 1);
+  assert_int_equal(fleet_world_serves(w, "X.SNI.test", NULL), 1);
+  assert_int_equal(fleet_world_serves(w, "a.b.sni.test", NULL), 0); /* one label only */
+  /* a, c and sni, whose default certificate names it too (b's agent=2
+   * has no agent record) */
+  assert_int_equal(fleet_world_serves(w, "www.example.com", NULL), 3);
+  assert_int_equal(fleet_world_serves(w, "renewed.example.org", "certificates/web"), 2);
+  assert_int_equal(fleet_world_serves(w, "renewed.example.org", NULL), 0);
+  assert_int_equal(fleet_world_serves(w, "nobody.test", "certificates/nothing"), 0);
+
+  /* Protocol 4: each listener with the challenges it serves, and their
+   * resources once. */
+  struct fleet_view *v4, *v3;
+  assert_int_equal(fleet_view_new(&v4), 0);
+  assert_int_equal(fleet_view_new(&v3), 0);
+  fleet_view_set_protocol(v3, 3);
+  uint8_t *msg;
+  size_t len, n_failures;
+  const struct fleet_failure **failures;
+  char buf[256];
+  assert_ok(fleet_delta(w, v4, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
+  assert_int_equal(n_failures, 0);
+  Tlsplane__V1__SnapshotDelta *d = delta_of(msg, len);
+  assert_int_equal(d->n_listeners, 3); /* a, c, sni */
+  assert_string_equal(entry_challenges(d, "listeners/a", buf, sizeof(buf)),
+                      "www.example.com,renewed.example.org");
+  assert_string_equal(entry_challenges(d, "listeners/c", buf, sizeof(buf)),
+                      "www.example.com,renewed.example.org");
+  assert_string_equal(entry_challenges(d, "listeners/sni", buf, sizeof(buf)),
+                      "x.sni.test,www.example.com");
+  size_t n_chal = 0;
+  for (size_t r = 0; r < d->n_resources; r++)
+    if (d->resources[r]->content_case == TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE) {
+      n_chal++;
+      assert_non_null(strstr(d->resources[r]->acme_challenge->private_key_pem, "challenge key"));
+    }
+  assert_int_equal(n_chal, 3);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  /* The agent resolves them with the listener. */
+  struct rset *agent;
+  assert_int_equal(rset_new(&agent), 0);
+  agent_apply(agent, msg, len);
+  free(msg);
+  Tlsplane__V1__ResolvedListener *rl;
+  assert_ok(rset_resolve(agent, rset_listener_get(agent, "listeners/sni"), &rl, &err), err);
+  assert_int_equal(rl->n_acme_challenges, 2);
+  assert_string_equal(rl->acme_challenges[0]->server_name, "x.sni.test");
+  rset_resolved_free(rl);
+
+  /* Protocol 3: the listeners without challenges, and no failure. */
+  assert_ok(fleet_delta(w, v3, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
+  assert_int_equal(n_failures, 0);
+  d = delta_of(msg, len);
+  assert_int_equal(d->n_listeners, 3);
+  for (size_t i = 0; i < d->n_listeners; i++)
+    assert_int_equal(d->listeners[i]->n_acme_challenges, 0);
+  for (size_t r = 0; r < d->n_resources; r++)
+    assert_int_not_equal(d->resources[r]->content_case,
+                         TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  free(msg);
+
+  /* Taken back: the listeners change again, the resources go. */
+  put_challenges(&e, "certificates/ordered", NULL, 0);
+  put_challenges(&e, "certificates/web", NULL, 0);
+  struct fleet_world *w2;
+  assert_ok(fleet_world_build(e.api.store, w, &w2, &err), err);
+  assert_ok(fleet_delta(w2, v4, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
+  d = delta_of(msg, len);
+  assert_int_equal(d->n_listeners, 3);
+  for (size_t i = 0; i < d->n_listeners; i++)
+    assert_int_equal(d->listeners[i]->n_acme_challenges, 0);
+  assert_int_equal(d->n_removed_resources, 3);
+  assert_int_equal(d->n_resources, 0);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  agent_apply(agent, msg, len);
+  free(msg);
+  /* The protocol 3 agent has nothing new. */
+  assert_ok(fleet_delta(w2, v3, agent1, 1, &msg, &len, NULL, &failures, &n_failures, &err), err);
+  assert_null(msg);
+
+  rset_free(agent);
+  fleet_view_free(v4);
+  fleet_view_free(v3);
+  fleet_world_unref(w);
+  fleet_world_unref(w2);
+  store_close(e.api.store);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_selection_and_deltas),
       cmocka_unit_test(test_failure_keeps_what_agents_serve),
+      cmocka_unit_test(test_acme_challenges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
