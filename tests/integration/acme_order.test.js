@@ -147,6 +147,10 @@ test('an order validated by the agent over tls-alpn-01: the chain issued and ser
   assert.ok(!done.pendingRequest, 'the request ended');
   assert.deepEqual(done.dnsNames, [NAME]);
   assert.ok(done.renewalTime, 'renews on its policy');
+  // The challenge key left the server only to the agent: in no read and
+  // no log line.
+  assert.doesNotMatch(JSON.stringify(await certs().ListCertificates({})), /PRIVATE KEY/);
+  assert.doesNotMatch(srv.log(), /PRIVATE KEY/);
   // The agent answered it (pebble's validation connection).
   const m = await agent.metrics();
   assert.ok(m.get('tlsplane_acme_challenges_answered_total') >= 1, 'the agent answered the challenge');
