@@ -73,7 +73,11 @@ SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 for s in $SCENARIOS; do
     case " $ALL_SCENARIOS " in
     *" $s "*) ;;
-    *) echo "run.sh: unknown scenario $s (known: $ALL_SCENARIOS)" >&2; exit 2 ;;
+    *)
+        echo "run.sh: unknown scenario $s (known: $ALL_SCENARIOS)" >&2
+        rmdir "$WORK"
+        exit 2
+        ;;
     esac
 done
 selected() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }

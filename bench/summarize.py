@@ -215,11 +215,18 @@ def main():
         p("| agent / best peer | " + " | ".join(cells) + " |")
         p("")
 
+    rate_scen = [(sid, name) for sid, name in SCEN if sid != "idle_rss" and sid not in DERIVED]
+    if rate_scen:
+        rates_table(p, terms, runs, rate_scen)
+    checks_table(p, terms, runs)
+    print("\n".join(out))
+
+
+def rates_table(p, terms, runs, rate_scen):
     p("## Rates (median; the box, not the terminator alone)")
     p("")
     p("Operations per second (bulk: MiB/s); latency p50 / p99 in ms.")
     p("")
-    rate_scen = [(sid, name) for sid, name in SCEN if sid != "idle_rss" and sid not in DERIVED]
     p("| | " + " | ".join("bulk MiB/s" if sid == "bulk_13" else name
                           for sid, name in rate_scen) + " |")
     p("|---" * (len(rate_scen) + 1) + "|")
@@ -235,6 +242,8 @@ def main():
         p(f"| {t} | " + " | ".join(cells) + " |")
     p("")
 
+
+def checks_table(p, terms, runs):
     p("## Checks (all rounds)")
     p("")
     p("Full handshakes must show 0 resumed; resumed runs ≈ all resumed (the first "
@@ -270,7 +279,6 @@ def main():
             cells.append(cell + (f", {bad} run(s) excluded" if bad else ""))
         p(f"| {t} | " + " | ".join(cells) + " |")
     p("")
-    print("\n".join(out))
 
 
 if __name__ == "__main__":
