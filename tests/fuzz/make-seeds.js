@@ -195,6 +195,23 @@ const sclientTo = (args) => async (port) => {
   return () => c.kill();
 };
 
+// The body of the ALPN extension (type 16) of a ClientHello record as
+// captured, or null when it has none.
+function alpnExtension(record) {
+  let off = 5 + 4 + 2 + 32; // record header, handshake header, version, random
+  off += 1 + record[off]; // session id
+  off += 2 + record.readUInt16BE(off); // cipher suites
+  off += 1 + record[off]; // compression methods
+  const end = off + 2 + record.readUInt16BE(off);
+  for (off += 2; off + 4 <= end;) {
+    const type = record.readUInt16BE(off);
+    const len = record.readUInt16BE(off + 2);
+    if (type === 16) return record.subarray(off + 4, off + 4 + len);
+    off += 4 + len;
+  }
+  return null;
+}
+
 const nodeTo = (opts) => async (port) => {
   const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, checkServerIdentity: () => undefined, ...opts });
   s.on('error', () => {});
@@ -284,6 +301,21 @@ async function main() {
     for (const [name, opts] of Object.entries(nodeHellos)) {
       const hello = await rec.capture(name, nodeTo(opts));
       seed('fuzz_tls_server', name, Buffer.concat([Buffer.from([0xff]), hello]));
+    }
+    // ALPN lists as clients send them, ACME tls-alpn-01 validations among
+    // them, for fuzz_alpn: the extension body of each ClientHello.
+    const alpnHellos = {
+      's_client-acme': sclientTo(['-alpn', 'acme-tls/1', '-servername', 'a.example.com']),
+      's_client-h2-acme': sclientTo(['-alpn', 'h2,acme-tls/1', '-servername', 'a.example.com']),
+      's_client-h2-http11': sclientTo(['-alpn', 'h2,http/1.1']),
+      'node-acme': nodeTo({ servername: 'a.example.com', ALPNProtocols: ['acme-tls/1'] }),
+      'node-acme-http11': nodeTo({ servername: 'a.example.com', ALPNProtocols: ['acme-tls/1', 'http/1.1'] }),
+      'node-h2-http11': nodeTo({ servername: 'www.example.com', ALPNProtocols: ['h2', 'http/1.1'] }),
+    };
+    for (const [name, connect] of Object.entries(alpnHellos)) {
+      const ext = alpnExtension(await rec.capture(name, connect));
+      assert.ok(ext, `${name}: no ALPN extension`);
+      seed('fuzz_alpn', name, ext);
     }
     // The same hello in 16-byte reads.
     const split = await rec.capture('split', sclientTo(['-servername', 'www.example.com']));
