@@ -243,11 +243,21 @@ async function main() {
     }),
     ed: tlsContext('fuzz-ed', { certs: [p.ed25519], issuer: p.ca.cert, sessionTickets: false }),
   };
-  const fuzzListener = (fields) => listener('fuzz', {
-    defaultContext: contexts.base,
-    sni: [['www.example.com', contexts.clients], ['*.example.org', contexts.legacy], ['ed.example.com', contexts.ed]],
-    ticketKeys: [{ key: key(1), active: true }, { key: key(2) }],
-    ...fields,
+  // An ACME tls-alpn-01 challenge (RFC 8737) for acme.example.com: self-signed,
+  // the critical acmeIdentifier extension.
+  p.run(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', 'fuzz-acme.key']);
+  p.run(['req', '-new', '-x509', '-key', 'fuzz-acme.key', '-out', 'fuzz-acme.crt', '-days', '3650',
+    '-subj', '/CN=acme.example.com', '-addext', 'subjectAltName=DNS:acme.example.com',
+    '-addext', `1.3.6.1.5.5.7.1.31=critical,DER:0420${crypto.createHash('sha256').update('fuzz').digest('hex')}`]);
+  const acmeChallenges = [{ serverName: 'acme.example.com', certificatePem: p.read('fuzz-acme.crt'), privateKeyPem: p.read('fuzz-acme.key') }];
+  const fuzzListener = (fields) => ({
+    ...listener('fuzz', {
+      defaultContext: contexts.base,
+      sni: [['www.example.com', contexts.clients], ['*.example.org', contexts.legacy], ['ed.example.com', contexts.ed]],
+      ticketKeys: [{ key: key(1), active: true }, { key: key(2) }],
+      ...fields,
+    }),
+    acmeChallenges,
   });
   const rl = fuzzListener({ address: '127.0.0.1:8443', upstream: '127.0.0.1:8080' });
   fs.writeFileSync(path.join(DATA, 'listener.json'), `${JSON.stringify(rl, null, 1)}\n`);
@@ -287,6 +297,9 @@ async function main() {
       's_client-tls12-dhe-ticket': ['-tls1_2', '-servername', 'a.example.org', '-sess_in', sess('dhe12')],
       's_client-tls13-psk': ['-tls1_3', '-sess_in', sess('t13')],
       's_client-tls13-psk-client-cert': ['-tls1_3', '-servername', 'www.example.com', ...alice, '-sess_in', sess('t13c')],
+      's_client-tls13-acme': ['-tls1_3', '-servername', 'acme.example.com', '-alpn', 'acme-tls/1'],
+      's_client-tls12-acme': ['-tls1_2', '-servername', 'acme.example.com', '-alpn', 'acme-tls/1'],
+      's_client-acme-no-challenge': ['-servername', 'www.example.com', '-alpn', 'acme-tls/1'],
     };
     for (const [name, args] of Object.entries(hellos)) {
       const hello = await rec.capture(name, sclientTo(args));
