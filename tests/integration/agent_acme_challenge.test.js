@@ -159,7 +159,7 @@ describe('ACME tls-alpn-01 challenges', () => {
     assert.equal(again.fingerprint, ch.a.fingerprint);
     const normal = await exchange(agent.port('acme'), {});
     assert.equal(normal.ok, true, normal.error);
-    assert.equal(up.connections.length, ups0 + 2, 'a challenge connection reached the upstream');
+    assert.equal(up.connections.length, ups0 + 3, 'a challenge connection reached the upstream'); // web, resumed, normal
   });
 
   test('ALPN [h2, acme-tls/1] and no ALPN: the normal certificate, proxied to the upstream', async () => {
