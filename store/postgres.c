@@ -1464,13 +1464,8 @@ static int pg_usage_get(struct store_txn *base, const char *kind, const char *na
 static int pg_challenges_set(struct store_txn *base, const char *certificate,
                              const struct store_challenge *ch, size_t n, struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  int rc = row_exists(c, "Certificate", certificate, err);
-  if (rc < 0)
-    return rc;
-  if (rc == 0)
-    return store__err_not_found(err, certificate);
-  rc = q_run(c, "DELETE FROM acme_challenges WHERE kind = $1 AND name = $2",
-             "remove the challenges", err, "tt", "Certificate", certificate);
+  int rc = q_run(c, "DELETE FROM acme_challenges WHERE kind = $1 AND name = $2",
+                 "remove the challenges", err, "tt", "Certificate", certificate);
   for (size_t i = 0; rc == 0 && i < n; i++)
     rc = q_run(c,
                "INSERT INTO acme_challenges (kind, name, idx, data, secret)"

@@ -1587,13 +1587,8 @@ static int sqlite_usage_get(struct store_txn *base, const char *kind, const char
 static int sqlite_challenges_set(struct store_txn *base, const char *certificate,
                                  const struct store_challenge *ch, size_t n, struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  int rc = row_exists(c, "Certificate", certificate, err);
-  if (rc < 0)
-    return rc;
-  if (rc == 0)
-    return store__err_not_found(err, certificate);
-  rc = stmt_exec(c, ST_CHALLENGES_DELETE, "remove the challenges", err, "tt", "Certificate",
-                 certificate);
+  int rc = stmt_exec(c, ST_CHALLENGES_DELETE, "remove the challenges", err, "tt", "Certificate",
+                     certificate);
   for (size_t i = 0; rc == 0 && i < n; i++)
     rc = stmt_exec(c, ST_CHALLENGE_INSERT, "write a challenge", err, "ttiBB", "Certificate",
                    certificate, ch[i].index, ch[i].data, ch[i].data_len, ch[i].secret,

@@ -1241,11 +1241,15 @@ int store_challenges_set(struct store_txn *txn, const char *certificate,
     rc = store__seal(&txn->store->keys, STORE_CHALLENGE_KIND, name, c[i].secret, c[i].secret_len,
                      &sealed[i].secret, &sealed[i].secret_len, err);
   }
+  if (rc == 0) {
+    rc = txn->store->ops->row_exists(txn, "Certificate", certificate, err);
+    rc = rc < 0 ? rc : rc == 0 ? store__err_not_found(err, certificate) : 0;
+  }
   if (rc == 0)
     rc = txn->store->ops->challenges_set(txn, certificate, sealed, n, err);
   if (rc == 0)
-    rc = txn->store->ops->audit_add(txn, actor ? actor : "", method ? method : "", resource,
-                                    action ? action : "update", err);
+    rc = txn->store->ops->audit_insert(txn, actor ? actor : "", method ? method : "", resource,
+                                       action ? action : "update", NULL, 0, store__now_us(), err);
   for (size_t i = 0; i < n; i++)
     free(sealed[i].secret);
   free(sealed);

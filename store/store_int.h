@@ -189,7 +189,7 @@ struct store_ops {
                       struct tp_err *err);
   /* Pending ACME challenges (the schema has them:
    * STORE_CHALLENGES_SINCE_VERSION), secrets sealed. Replaces the
-   * challenges of (Certificate, certificate) by c[0..n). */
+   * challenges of (Certificate, certificate), which exists, by c[0..n). */
   int (*challenges_set)(struct store_txn *txn, const char *certificate,
                         const struct store_challenge *c, size_t n, struct tp_err *err);
   /* Every challenge, in certificate and index order (malloc'd array). */
