@@ -118,6 +118,7 @@ struct order {
   size_t n_authz;
   int renewal; /* the certificate had a chain already */
   char *chain;
+  struct fleet_world *world; /* which listeners serve what; NULL until asked */
 };
 
 static const struct rpc_call_info job_call = {
@@ -148,6 +149,7 @@ static void order_clear(struct order *od) {
   if (od->is != NULL)
     protobuf_c_message_free_unpacked(&od->is->base, NULL);
   free(od->chain);
+  fleet_world_unref(od->world);
 }
 
 /* Sleeps ms, in slices, until the server stops. 0, or -1 when stopped. */
@@ -250,7 +252,10 @@ static int state_write(struct order *od, const struct state *st, struct tp_err *
   if (rc == 0 &&
       (was->issuance == NULL || strcmp(was->issuance->issuer, od->c->issuance->issuer) != 0))
     rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", od->name);
-  if (rc == 0 && st->kind != STATE_REKEY && was->pending_request == NULL)
+  /* Progress and a chain are for the order's own request; a failure is
+   * recorded whatever the certificate holds. */
+  if (rc == 0 && (st->kind == STATE_PROGRESS || st->kind == STATE_DONE) &&
+      was->pending_request == NULL)
     rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", od->name);
   if (rc == 0 && (res = pb_clone(old)) == NULL)
     rc = oom(err);
@@ -396,14 +401,11 @@ static int order_rekey(struct order *od, struct tp_err *err) {
 }
 
 /* Whether some listener serves name (fleet_world_serves, on a world of
- * the store as it is now). */
+ * the store as it was when the order asked first). */
 static int name_served(struct order *od, const char *name, struct tp_err *err) {
-  struct fleet_world *w = NULL;
-  if (fleet_world_build(od->api->store, NULL, &w, err) != 0)
+  if (od->world == NULL && fleet_world_build(od->api->store, NULL, &od->world, err) != 0)
     return -1;
-  int n = fleet_world_serves(w, name, od->name);
-  fleet_world_unref(w);
-  return n;
+  return fleet_world_serves(od->world, name, od->name);
 }
 
 /* Puts the order's challenges out (put 1) or takes them back (put 0), in
@@ -689,7 +691,8 @@ static void order_run(void *data, const atomic_int *stop) {
   int64_t retry_after_s = od.client.retry_after_s;
   if (od.chals_stored) {
     struct tp_err derr = {0};
-    if (challenges_store(&od, 0, NULL, &derr) != 0)
+    /* A certificate deleted meanwhile took its challenges with it. */
+    if (challenges_store(&od, 0, NULL, &derr) != 0 && derr.status != GRPC_STATUS_NOT_FOUND)
       log_warn("jobs", "ACME order of %s: removing its challenges: %s", od.name, derr.msg);
   }
   if (rc == 0) {

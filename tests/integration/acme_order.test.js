@@ -7,7 +7,10 @@
 // order completes, the agent serves the issued chain (verified against
 // pebble's root), and ordinary clients connecting to that listener while
 // the challenge is out are served as before (a handshake loop counts no
-// failure). The failure side: a name no listener serves, and a directory
+// failure); pebble rejecting a fifth of the nonces (badNonce retried once
+// per request; an attempt that meets two in a row fails visibly and is
+// retried). The
+// failure side: a name no listener serves, and a directory
 // gone unreachable, each visible on the certificate with its next attempt
 // and retried with back-off; bad input refused naming the field. Renewal:
 // pebble issues for 90 s, and the renewal job orders again when a third
@@ -38,6 +41,7 @@ let srv;
 let conn;
 let pebble;
 let spare; // a second pebble, stopped once its account is registered
+let picky; // a third, rejecting a fifth of the nonces
 let p;
 let up;
 let agent;
@@ -67,14 +71,20 @@ before(async () => {
   agentBinary();
   p = pki();
   [port] = await freePorts(1);
-  [pebble, spare] = await Promise.all([Pebble.start({ tlsPort: port, validitySeconds: VALIDITY_S }), Pebble.start()]);
+  [pebble, spare, picky] = await Promise.all([
+    Pebble.start({ tlsPort: port, validitySeconds: VALIDITY_S }),
+    Pebble.start(),
+    Pebble.start({ tlsPort: port, nonceReject: 20 }),
+  ]);
   up = await Upstream.start({ mode: 'echo' });
   srv = await Server.start({ tls: true, env: { TLSPLANE_RENEW_RETRY_MS: String(RETRY_MS), TLSPLANE_ACME_RETRY_MS: String(RETRY_MS) } });
   conn = await connect(srv.address, srv.connectOptions());
   await issuers().CreateIssuer({ issuerId: 'pebble', issuer: acme(pebble) });
   await issuers().CreateIssuer({ issuerId: 'spare', issuer: acme(spare) });
+  await issuers().CreateIssuer({ issuerId: 'picky', issuer: acme(picky) });
   await accountValid('issuers/pebble');
   await accountValid('issuers/spare');
+  await accountValid('issuers/picky');
   // The listener pebble validates on: its default context serves an
   // ordinary certificate, and an SNI route names the ACME name.
   await certs().CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: p.rsa.cert, privateKeyPem: p.rsa.key } });
@@ -95,6 +105,7 @@ after(async () => {
   if (up) await up.close();
   if (pebble) pebble.stop();
   if (spare) spare.stop();
+  if (picky) picky.stop();
 });
 
 async function certificate(name) {
@@ -170,6 +181,21 @@ test('an order validated by the agent over tls-alpn-01: the chain issued and ser
   // Audited by the system.
   const ev = (await api().AuditService.ListAuditEvents({ resource: 'certificates/acme-a' })).auditEvents;
   assert.ok(ev.some((e) => e.action === 'issue' && e.actor === 'system'), `audit: ${JSON.stringify(ev.map((e) => `${e.actor}:${e.action}`))}`);
+});
+
+test('pebble rejecting a fifth of the nonces: badNonce retried, a failed attempt visible and retried, the order completes', async () => {
+  await certs().IssueCertificate({ certificateId: 'picky', issuer: 'issuers/picky', dnsNames: [NAME] });
+  const errors = new Set();
+  const done = await waitFor('the order completes', async () => {
+    const c = await certificate('certificates/picky');
+    if (c.acmeOrder?.lastError) errors.add(c.acmeOrder.lastError);
+    return c.certificateChainPem ? c : null;
+  }, { timeoutMs: 120000 });
+  for (const e of errors) assert.match(e, /badNonce/, e);
+  assert.equal(done.acmeOrder.status, 'valid');
+  assert.equal(done.acmeOrder.lastError, '');
+  assert.match(done.acmeOrder.orderUrl, new RegExp(`^${new URL(picky.directory).origin}/`));
+  await certs().DeleteCertificate({ name: 'certificates/picky' });
 });
 
 test('a name no listener serves: the error and the next attempt on the certificate, retried with back-off', async () => {
