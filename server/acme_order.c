@@ -210,7 +210,11 @@ static Tlsplane__V1__AcmeOrder *order_state(const struct order *od,
   o.order_url = od->order_url != NULL ? od->order_url : "";
   o.status = od->o.status != NULL ? od->o.status : "";
   o.authorizations = od->authz_ptrs;
-  o.n_authorizations = od->n_authz;
+  /* Those filled in (all but after running out of memory). */
+  while (o.n_authorizations < od->n_authz && od->authz_ptrs[o.n_authorizations] != NULL &&
+         od->authz[o.n_authorizations].identifier != NULL &&
+         od->authz[o.n_authorizations].status != NULL && od->authz[o.n_authorizations].url != NULL)
+    o.n_authorizations++;
   o.last_error = was != NULL ? was->last_error : "";
   o.failures = was != NULL ? was->failures : 0;
   o.next_attempt_time = was != NULL ? was->next_attempt_time : NULL;
@@ -480,6 +484,7 @@ static int order_open(struct order *od, struct tp_err *err) {
   od->chals = calloc(n + 1, sizeof(*od->chals));
   if (od->authz == NULL || od->authz_ptrs == NULL || od->chals == NULL)
     return oom(err);
+  od->n_authz = n; /* zeroed entries until filled: order_clear frees what is set */
   for (size_t i = 0; i < n; i++) {
     tlsplane__v1__acme_authorization__init(&od->authz[i]);
     od->authz[i].identifier = od->authz[i].status = NULL;
@@ -488,7 +493,6 @@ static int order_open(struct order *od, struct tp_err *err) {
     if (od->authz[i].url == NULL || authz_note(od, i, "", "") != 0)
       return oom(err);
   }
-  od->n_authz = n;
   char *thumb = acme_jwk_thumbprint(od->account_key);
   if (thumb == NULL)
     return tp_err_set(err, GRPC_STATUS_INTERNAL, "the account key's JWK thumbprint failed");
@@ -716,6 +720,10 @@ static void order_run(void *data, const atomic_int *stop) {
         events_publish(od.api->events, &e);
       }
       order_clear(&od);
+      return;
+    }
+    if (werr.status == GRPC_STATUS_NOT_FOUND) {
+      order_clear(&od); /* deleted meanwhile */
       return;
     }
     err = werr; /* the chain was refused (a context it is in): a failure */
