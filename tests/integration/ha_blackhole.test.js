@@ -14,8 +14,9 @@
 //   (6 s: a ping after 4 s, 2 s to answer), it connects to B, serves a
 //   certificate uploaded there, and the loop saw no failed handshake.
 // * Server A (--keepalive 6) frees the stream of the agent it can no
-//   longer hear within its own bound: its GetRollout stops counting the
-//   agent connected.
+//   longer hear within its own bound, also after the stream was idle
+//   (nothing sent by A) for three of its ping intervals: its GetRollout
+//   stops counting the agent connected.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -143,6 +144,11 @@ test('the server vanishes without a reset: the agent leaves it within its keepal
   })();
 
   try {
+    // The stream idle first (no push) for three of A's ping intervals:
+    // A must go on pinging a connection it sends nothing else on.
+    const idleFrom = Date.now();
+    const pingMs = SERVER_BOUND_S * 1000 - (SERVER_BOUND_S * 1000) / 3;
+    await waitFor('the stream idle for three ping intervals', () => Date.now() - idleFrom >= 3 * pingMs, { timeoutMs: 3 * pingMs + 5000, intervalMs: 200 });
     const okBefore = loop.ok;
     const from = agent.logText.length;
     const holedAt = Date.now();
