@@ -17,6 +17,8 @@
 //   longer hear within its own bound, also after the stream was idle
 //   (nothing sent by A) for three of its ping intervals: its GetRollout
 //   stops counting the agent connected.
+// * The shortest agent --keepalive (3 s) is accepted by a server: its
+//   stream stays up (no GOAWAY too_many_pings).
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -180,4 +182,22 @@ test('the server vanishes without a reset: the agent leaves it within its keepal
   }
   assert.equal(loop.failed, 0, `${loop.failed} failed handshakes of ${loop.ok + loop.failed}`);
   assert.ok(agent.running, 'the agent kept running');
+});
+
+test('the shortest --keepalive (3 s: a ping every 2 s) is accepted by a server: the stream stays up', async () => {
+  const B = servers[1];
+  const t = await conns[1].api.TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'ha-p' } });
+  noteSecret(t.secret);
+  const a = await CpAgent.start(B, { name: 'ha-p', joinToken: t.secret, wait: 'connected', extraArgs: ['--keepalive', '3'] });
+  try {
+    // Five pings' time: a server that found them too many would have sent
+    // GOAWAY (too_many_pings) after two, and the agent would reconnect.
+    const from = Date.now();
+    await waitFor('10 s of the stream', () => Date.now() - from >= 10000, { timeoutMs: 15000, intervalMs: 250 });
+    assert.equal([...a.logText.matchAll(/connected as agents\/ha-p /g)].length, 1, a.logText);
+    assert.doesNotMatch(a.logText, /UNAVAILABLE|too_many_pings|retrying/);
+    assert.equal((await a.metrics()).get('tlsplane_control_plane_connected'), 1);
+  } finally {
+    await a.stopClean();
+  }
 });
