@@ -6,6 +6,7 @@
  * source, the metrics endpoint and the signals; the workers (worker.c)
  * carry the connections. See agent/README.md for the command line. */
 #include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <http_parser.h>
 #include <openssl/ssl.h>
@@ -28,6 +29,12 @@
 #define DEFAULT_METRICS_LISTEN "127.0.0.1:9443"
 #define MAX_WORKERS LISTENER_MAX_WORKERS
 #define MAX_LABELS 64
+/* --keepalive: the bound on noticing a silent server, in seconds. The
+ * server accepts pings every second (server/rpc.c): the shortest bound
+ * pings every 2 s. */
+#define KEEPALIVE_DEFAULT_S 30
+#define KEEPALIVE_MIN_S 3
+#define KEEPALIVE_MAX_S 3600
 
 #ifndef TLSPLANE_VERSION
 #define TLSPLANE_VERSION "0.0.0"
@@ -45,6 +52,7 @@ struct options {
   char *server_store;            /* the --server flags joined with ',' (malloc'd) */
   int renew_now;
   int retry_max_ms;
+  int keepalive_s; /* a silent server is left within this bound */
 };
 
 /* Everything the main loop's callbacks need. */
@@ -87,6 +95,10 @@ static void usage(FILE *f) {
           "  --cache-dir DIR          the last snapshot applied (served at start, before the\n"
           "                           server answers) and the agent's key and certificate\n"
           "                                                               [TLSPLANE_CACHE_DIR]\n"
+          "  --keepalive SECONDS      a server that answers nothing for this long (a network\n"
+          "                           partition, its host gone) is left for the next: a ping\n"
+          "                           after two thirds of it, the rest to answer; %d to %d\n"
+          "                                                      [TLSPLANE_KEEPALIVE, %d]\n"
           "Standalone:\n"
           "  --config FILE            the snapshot; SIGHUP reads it again   [TLSPLANE_CONFIG]\n"
           "Both:\n"
@@ -111,7 +123,8 @@ static void usage(FILE *f) {
           "next connection attempt (control plane); SIGTERM/SIGINT stop accepting, close idle\n"
           "connections and give the others %d s (a second signal closes them at once).\n"
           "Exit status: 0 after a clean stop, 1 when the agent cannot start, 2 on bad usage.\n",
-          DEFAULT_METRICS_LISTEN, WORKER_GRACE_MS / 1000);
+          KEEPALIVE_MIN_S, KEEPALIVE_MAX_S, KEEPALIVE_DEFAULT_S, DEFAULT_METRICS_LISTEN,
+          WORKER_GRACE_MS / 1000);
 }
 
 static void version(void) {
@@ -155,6 +168,24 @@ static void options_free(struct options *o) {
   o->n_labels = 0;
   free(o->server_store);
   o->server_store = NULL;
+}
+
+/* --keepalive (or TLSPLANE_KEEPALIVE): whole seconds within the bounds;
+ * NULL: the default. */
+static int parse_keepalive(const char *what, const char *text, int *out) {
+  *out = KEEPALIVE_DEFAULT_S;
+  if (text == NULL)
+    return 0;
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno != 0 || *text == '\0' || *end != '\0' || v < KEEPALIVE_MIN_S || v > KEEPALIVE_MAX_S) {
+    cli_usage_error(PROG, "%s: \"%s\" is not a number of seconds from %d to %d", what, text,
+                    KEEPALIVE_MIN_S, KEEPALIVE_MAX_S);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
 }
 
 /* Appends a --server flag to the list (joined with ','). */
@@ -221,6 +252,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
       {"name", required_argument, NULL, 'n'},
       {"label", required_argument, NULL, 'l'},
       {"cache-dir", required_argument, NULL, 'd'},
+      {"keepalive", required_argument, NULL, 'k'},
       {"log-level", required_argument, NULL, 'L'},
       {"log-format", required_argument, NULL, 'F'},
       {"help", no_argument, NULL, 'h'},
@@ -234,6 +266,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
   const char *metrics = env("TLSPLANE_METRICS_LISTEN");
   o->metrics_listen = metrics != NULL ? metrics : DEFAULT_METRICS_LISTEN;
   const char *workers = getenv("TLSPLANE_WORKERS");
+  const char *keepalive = env("TLSPLANE_KEEPALIVE");
+  const char *keepalive_what = "TLSPLANE_KEEPALIVE";
   const char *config_flag = NULL, *server_flag = NULL;
   const char *flag_ca = NULL, *flag_token = NULL, *flag_cert = NULL, *flag_key = NULL,
              *flag_name = NULL, *flag_cache = NULL;
@@ -281,6 +315,10 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 'd':
       flag_cache = optarg;
+      break;
+    case 'k':
+      keepalive = optarg;
+      keepalive_what = "--keepalive";
       break;
     case 'l':
       flag_labels = 1;
@@ -368,6 +406,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
     cli_usage_error(PROG, "TLSPLANE_RETRY_MAX_MS: \"%s\" is not 0 to 3600000", retry);
     return -1;
   }
+  if (parse_keepalive(keepalive_what, keepalive, &o->keepalive_s) != 0)
+    return -1;
   const char *missing = o->ca == NULL          ? "--ca (or TLSPLANE_CA)"
                         : o->name == NULL      ? "--name (or TLSPLANE_NAME)"
                         : o->cache_dir == NULL ? "--cache-dir (or TLSPLANE_CACHE_DIR)"
@@ -495,6 +535,7 @@ static struct source *source_new(const struct options *o, struct main_ctx *m, uv
       .version = "tlsplane-agent/" TLSPLANE_VERSION,
       .renew_now = o->renew_now,
       .retry_max_ms = o->retry_max_ms,
+      .keepalive_ms = o->keepalive_s * 1000,
   };
   return source_stream_new(&cfg, &m->a, loop, on_config, m);
 }

@@ -103,6 +103,9 @@ struct stream_config {
   int renew_now;         /* renew the certificate once, right after the first snapshot (tests) */
   int stats_interval_ms; /* 0: 10 s */
   int retry_max_ms;      /* the longest wait between connection attempts; 0: 30 s */
+  /* A server silent this long is left (keepalive pings after two thirds
+   * of it, the rest to answer); 0: 30 s. */
+  int keepalive_ms;
 };
 
 /* Connects to the control plane from a thread of its own, receives the

@@ -83,7 +83,8 @@
 #define STREAM_BACKOFF_MAX_MS 30000
 #define STREAM_BACKOFF_FLOOR_MS 100 /* the least wait after a round of failures */
 #define STREAM_STATS_INTERVAL_MS 10000
-#define STREAM_RENEW_RETRY_S 300 /* after a failed renewal (the old certificate is still good) */
+#define STREAM_KEEPALIVE_MS 30000 /* a silent server is left within this (--keepalive) */
+#define STREAM_RENEW_RETRY_S 300  /* after a failed renewal (the old certificate is still good) */
 
 /* How one connection attempt ended. */
 enum outcome {

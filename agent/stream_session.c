@@ -96,14 +96,16 @@ static enum outcome session(struct source_stream *s, struct tp_err *err) {
                ? OUT_FAILED
                : OUT_REFUSED;
   }
-  /* Keepalive pings every 20 s (the server allows one per 10 s), 10 s to
-   * answer: a half-open connection (a partition, a server host gone) is
-   * noticed within half a minute; a killed server at once (RST). */
+  /* Keepalive: a ping after two thirds of the bound without one (the
+   * server allows one a second), the last third to answer it: a
+   * half-open connection (a partition, a server host gone) is noticed
+   * within the bound (30 s by default), a killed server at once (RST). */
+  int bound_ms = s->cfg.keepalive_ms > 0 ? s->cfg.keepalive_ms : STREAM_KEEPALIVE_MS;
   struct gclient_opts o = {.ca_pem = s->ca_pem,
                            .key_pem = s->id.key_pem,
                            .cert_pem = s->id.cert_pem,
-                           .keepalive_ms = 20000,
-                           .keepalive_timeout_ms = 10000,
+                           .keepalive_ms = bound_ms - bound_ms / 3,
+                           .keepalive_timeout_ms = bound_ms / 3,
                            .connect_timeout_ms = 10000,
                            .stop = &s->stop};
   struct gclient_stream *st;

@@ -182,12 +182,17 @@ async function pool(n, limit, fn) {
   await Promise.all(Array.from({ length: Math.min(limit, n) }, run));
 }
 
-async function measure(api, certs, n, label, pids = [], srvPid = null) {
+// opts: iterations (ITER), rolloutApi (api): the server the agents are
+// connected to, asked for GetRollout (another server than the one
+// written to, in bench/ha.js).
+async function measure(api, certs, n, label, pids = [], srvPid = null, opts = {}) {
+  const iterations = opts.iterations || ITER;
+  const rolloutApi = opts.rolloutApi || api;
   const lat = [];
   const commit = [];
   let cpu0 = 0;
   let srv0 = 0;
-  for (let i = 0; i < WARMUP + ITER; i++) {
+  for (let i = 0; i < WARMUP + iterations; i++) {
     if (i === WARMUP) {
       cpu0 = cpuMs(pids);
       srv0 = srvPid ? cpuMs([srvPid]) : 0;
@@ -200,7 +205,13 @@ async function measure(api, certs, n, label, pids = [], srvPid = null) {
     });
     const t1 = now();
     for (;;) {
-      const ro = await api.AgentService.GetRollout({ revision: r.revision });
+      // Another server than the one written to refuses a revision it has
+      // not learnt of yet (INVALID_ARGUMENT): not yet, then.
+      const ro = await rolloutApi.AgentService.GetRollout({ revision: r.revision }).catch((e) => {
+        if (rolloutApi !== api && e.code === 3 && /not a committed revision/.test(e.details)) return null;
+        throw e;
+      });
+      if (ro === null) continue;
       if (ro.agentsApplied === n) break;
       if (ro.agentsFailed.length) throw new Error(`nack: ${ro.agentsFailed}`);
       if (now() - t0 > 30000) throw new Error(`revision ${r.revision}: ${ro.agentsApplied}/${n} applied after 30 s`);
@@ -213,15 +224,15 @@ async function measure(api, certs, n, label, pids = [], srvPid = null) {
     await delay(20);
   }
   const row = {
-    scenario: label, agents: n, iterations: ITER,
-    p50_ms: q(lat, 0.5), p99_ms: q(lat, 0.99), max_ms: Math.max(...lat),
+    scenario: label, agents: n, iterations,
+    p50_ms: q(lat, 0.5), p95_ms: q(lat, 0.95), p99_ms: q(lat, 0.99), max_ms: Math.max(...lat),
     commit_p50_ms: q(commit, 0.5), commit_p99_ms: q(commit, 0.99),
     // CPU per push: each agent's (real agents only; includes its 10 s stats
     // and the GetRollout polling's share is the server's), and the server's.
-    agent_cpu_ms_per_push: pids.length ? (cpuMs(pids) - cpu0) / ITER / pids.length : null,
-    server_cpu_ms_per_push: srvPid ? (cpuMs([srvPid]) - srv0) / ITER : null,
+    agent_cpu_ms_per_push: pids.length ? (cpuMs(pids) - cpu0) / iterations / pids.length : null,
+    server_cpu_ms_per_push: srvPid ? (cpuMs([srvPid]) - srv0) / iterations : null,
   };
-  console.log(JSON.stringify(row));
+  if (!opts.quiet) console.log(JSON.stringify(row));
   return row;
 }
 
@@ -481,16 +492,24 @@ async function readerChild(init) {
   process.on('SIGTERM', () => process.exit(0));
 }
 
-if (args[0] === '--child') {
+module.exports = { makeCerts, benchPorts, listener, cpuMs, procStatus, q, pool, measure, WARMUP };
+
+if (require.main !== module) {
+  // Required by another bench (bench/ha.js) for the helpers above.
+} else if (args[0] === '--child') {
   process.once('message', (init) => {
     (args[1] === 'reader' ? readerChild(init) : fakesChild(init)).catch((e) => {
       process.send({ type: 'error', error: e.stack || String(e) });
     });
   });
-  return;
+} else {
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
 }
 
-(async () => {
+async function main() {
   const certs = makeCerts();
   const rows = [];
   for (const n of REAL) rows.push(await realScenario(certs, n));
@@ -506,7 +525,4 @@ if (args[0] === '--child') {
     console.log(`| ${r.scenario} | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.max_ms)} | ${f(r.commit_p50_ms)} / ${f(r.commit_p99_ms)} | ${c(r.agent_cpu_ms_per_push)} / ${c(r.server_cpu_ms_per_push)} / ${c(r.fakes_cpu_ms_per_push)} | ${o(r.threads_before, (x) => `${x} / ${r.threads_connected}`)} | ${o(r.rss_kib_per_agent, (x) => `${x.toFixed(1)} KiB`)} | ${o(r.get_p50_ms, (x) => `${x.toFixed(1)} / ${r.get_p99_ms.toFixed(1)} ms`)} | ${o(r.bytes_received_per_agent, (x) => `${x.toFixed(0)} B`)} | ${o(r.listeners_s, (x) => `${x.toFixed(1)} / ${r.enroll_s.toFixed(1)} / ${r.connect_s.toFixed(1)} s`)} | ${r.load_before.toFixed(2)} → ${r.load_after.toFixed(2)} |`);
   }
   process.exit(0);
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+}

@@ -65,20 +65,32 @@ static int stopped(const struct gclient_opts *o) {
   return o->stop != NULL && atomic_load(o->stop) != 0;
 }
 
-/* A channel to target with o's keepalive and credentials. */
+/* A channel to target with o's keepalive and credentials. A ping goes
+ * out every keepalive_ms however long nothing else was sent (no cap on
+ * pings without data, none held back for lack of data): on a stream the
+ * server stopped answering, the ping is what notices. */
 static grpc_channel *channel_new(const char *target, const struct gclient_opts *o) {
-  grpc_arg args[4];
-  const char *keys[4] = {GRPC_ARG_KEEPALIVE_TIME_MS, GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                         GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
-                         GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH};
-  int values[4] = {o->keepalive_ms ? o->keepalive_ms : 20000,
-                   o->keepalive_timeout_ms ? o->keepalive_timeout_ms : 10000, 1, -1};
-  for (int i = 0; i < 4; i++) {
+  int keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 20000;
+  const char *keys[] = {GRPC_ARG_KEEPALIVE_TIME_MS,
+                        GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                        GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                        GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA,
+                        GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
+                        GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH};
+  int values[] = {keepalive_ms,
+                  o->keepalive_timeout_ms ? o->keepalive_timeout_ms : 10000,
+                  1,
+                  0,
+                  keepalive_ms,
+                  -1};
+  enum { N_ARGS = sizeof(keys) / sizeof(keys[0]) };
+  grpc_arg args[N_ARGS];
+  for (int i = 0; i < N_ARGS; i++) {
     args[i].type = GRPC_ARG_INTEGER;
     args[i].key = (char *)keys[i];
     args[i].value.integer = values[i];
   }
-  grpc_channel_args chargs = {.num_args = 4, .args = args};
+  grpc_channel_args chargs = {.num_args = N_ARGS, .args = args};
   grpc_channel_credentials *creds;
   if (o->ca_pem != NULL) {
     grpc_ssl_pem_key_cert_pair pair = {.private_key = o->key_pem, .cert_chain = o->cert_pem};

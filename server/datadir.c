@@ -437,12 +437,15 @@ int datadir_open(const struct datadir_opts *opts, struct datadir **out, struct t
 }
 
 /* Re-seals every secret of s under the pending key, then installs it as
- * master.key (the rename is the commit point of the rotation as a whole). */
+ * master.key (the rename is the commit point of the rotation as a whole).
+ * store_master_key_rotate's refusals keep their code (-EBUSY: another
+ * server runs, nothing changed). */
 static int rotation_finish(int dirfd, const char *dir, struct store *s,
                            const uint8_t new_key[STORE_MASTER_KEY_LEN], const char *actor,
                            size_t *n, struct tp_err *err) {
-  if (store_master_key_rotate(s, new_key, actor, n, err) != 0)
-    return -1;
+  int rc = store_master_key_rotate(s, new_key, actor, n, err);
+  if (rc != 0)
+    return rc;
   char from[PATH_MAX], to[PATH_MAX];
   path_of(from, sizeof(from), dir, "master.key.new");
   path_of(to, sizeof(to), dir, "master.key");
@@ -975,7 +978,7 @@ int datadir_rotate_master_key(const char *dir, const char *store, char old_id[17
                               size_t *n, struct tp_err *err) {
   uint8_t keys[2][STORE_MASTER_KEY_LEN];
   struct store *s = NULL;
-  int from_env = 0;
+  int from_env = 0, made_new = 0;
   *n = 0;
   int fd = dir_lock(dir, 0, err);
   if (fd < 0)
@@ -1007,7 +1010,7 @@ int datadir_rotate_master_key(const char *dir, const char *store, char old_id[17
       if (RAND_bytes(keys[1], STORE_MASTER_KEY_LEN) != 1)
         rc = tp_err_set(err, GRPC_STATUS_INTERNAL, "no random bytes for a master key");
       else
-        rc = key_write(fd, dir, "master.key.new", keys[1], err);
+        made_new = (rc = key_write(fd, dir, "master.key.new", keys[1], err)) == 0;
     }
   }
   if (rc == 0 && memcmp(keys[0], keys[1], STORE_MASTER_KEY_LEN) == 0)
@@ -1030,6 +1033,14 @@ int datadir_rotate_master_key(const char *dir, const char *store, char old_id[17
   }
   store_close(s);
   OPENSSL_cleanse(keys, sizeof(keys));
+  if (rc == -EBUSY && made_new) {
+    /* Refused before anything was sealed under it: the key chosen by this
+     * run goes, lest a start take it for an interrupted rotation. */
+    char path[PATH_MAX];
+    path_of(path, sizeof(path), dir, "master.key.new");
+    unlink(path);
+    fsync(fd);
+  }
   close(fd);
   return rc == 0 ? 0 : -1;
 }

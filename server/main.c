@@ -56,6 +56,7 @@ struct options {
   int request_timeout_ms;
   int max_streams;
   int max_peer_streams;
+  int keepalive_s;
   int crl_retry_base_ms; /* TLSPLANE_CRL_RETRY_BASE_MS; 0: the default (1 min) */
   int64_t agent_cert_lifetime_s;
   const char *sans[SANS_MAX];
@@ -69,7 +70,7 @@ static void usage(FILE *out) {
           "                       [--san NAME ...]\n"
           "                       [--http-listen HOST:PORT] [--web-root DIR]\n"
           "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
-          "                       [--max-streams N] [--max-peer-streams N]\n"
+          "                       [--max-streams N] [--max-peer-streams N] [--keepalive S]\n"
           "                       [--agent-cert-lifetime DURATION]\n"
           "                       [--log-level LEVEL] [--log-format text|json]\n"
           "       tlsplane-server rotate-master-key [--data-dir DIR] [--store URI]\n"
@@ -102,6 +103,10 @@ static void usage(FILE *out) {
           "                                      [TLSPLANE_MAX_STREAMS, 16384]\n"
           "  --max-peer-streams N  streaming calls without a credential per client\n"
           "                      address         [TLSPLANE_MAX_PEER_STREAMS, 16]\n"
+          "  --keepalive SECONDS a client connection that answers nothing for this long\n"
+          "                      (an agent's host gone, a network partition) is closed and\n"
+          "                      its streams freed: a ping after two thirds of it, the rest\n"
+          "                      to answer; 3 to 3600          [TLSPLANE_KEEPALIVE, 60]\n"
           "  --agent-cert-lifetime DURATION  the lifetime of the certificates issued to\n"
           "                      agents (an agent renews at two thirds of it): a number\n"
           "                      with s, m, h or d, 10m to 825d\n"
@@ -116,8 +121,9 @@ static void usage(FILE *out) {
           "\n"
           "  The master key that seals secrets at rest is DIR/master.key, or the base64 of\n"
           "  32 bytes in TLSPLANE_MASTER_KEY. rotate-master-key re-seals every secret under\n"
-          "  a new key (the server must be stopped); with TLSPLANE_MASTER_KEY, the new key\n"
-          "  comes from TLSPLANE_NEW_MASTER_KEY.\n"
+          "  a new key (the server must be stopped; on PostgreSQL every server of the\n"
+          "  deployment); with TLSPLANE_MASTER_KEY, the new key comes from\n"
+          "  TLSPLANE_NEW_MASTER_KEY.\n"
           "\n"
           "  init makes a data directory as the first start does, without serving. A\n"
           "  directory that was initialised and lost its database refuses to start:\n"
@@ -192,6 +198,22 @@ static int env_positive(const char *name, int *out) {
   return v != NULL && v[0] != '\0' ? parse_positive(name, v, out) : 0;
 }
 
+/* --keepalive: whole seconds, 3 to 3600. */
+static int parse_keepalive(const char *what, const char *text, int *out) {
+  if (parse_positive(what, text, out) != 0)
+    return -1;
+  if (*out < 3 || *out > 3600) {
+    cli_usage_error(PROG, "%s: \"%s\" is not a number of seconds from 3 to 3600", what, text);
+    return -1;
+  }
+  return 0;
+}
+
+static int env_keepalive(const char *name, int *out) {
+  const char *v = getenv(name);
+  return v != NULL && v[0] != '\0' ? parse_keepalive(name, v, out) : 0;
+}
+
 /* --store (or TLSPLANE_STORE) names a PostgreSQL database; the SQLite
  * file is always DIR/tlsplane.db. Never shows the URI: it may hold a
  * password. */
@@ -214,6 +236,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
   o->request_timeout_ms = 0;
   o->max_streams = 0;
   o->max_peer_streams = 0;
+  o->keepalive_s = 0;
   o->crl_retry_base_ms = 0;
   o->n_sans = 0;
   o->sans_env = NULL;
@@ -228,6 +251,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
   if (env_positive("TLSPLANE_REQUEST_TIMEOUT_MS", &o->request_timeout_ms) != 0 ||
       env_positive("TLSPLANE_MAX_STREAMS", &o->max_streams) != 0 ||
       env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0 ||
+      env_keepalive("TLSPLANE_KEEPALIVE", &o->keepalive_s) != 0 ||
       env_positive("TLSPLANE_CRL_RETRY_BASE_MS", &o->crl_retry_base_ms) != 0)
     return -1;
   o->agent_cert_lifetime_s = API_AGENT_CERT_LIFETIME_S;
@@ -246,6 +270,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
                                            {"request-timeout", required_argument, NULL, 'r'},
                                            {"max-streams", required_argument, NULL, 'm'},
                                            {"max-peer-streams", required_argument, NULL, 'P'},
+                                           {"keepalive", required_argument, NULL, 'k'},
                                            {"agent-cert-lifetime", required_argument, NULL, 'A'},
                                            {"log-level", required_argument, NULL, 'L'},
                                            {"log-format", required_argument, NULL, 'F'},
@@ -295,6 +320,10 @@ static int parse_options(int argc, char **argv, struct options *o) {
       break;
     case 'P':
       if (parse_positive("--max-peer-streams", optarg, &o->max_peer_streams) != 0)
+        return -1;
+      break;
+    case 'k':
+      if (parse_keepalive("--keepalive", optarg, &o->keepalive_s) != 0)
         return -1;
       break;
     case 'A':
@@ -639,6 +668,7 @@ int main(int argc, char **argv) {
                                   .request_timeout_ms = o.request_timeout_ms,
                                   .max_streams = o.max_streams,
                                   .max_peer_streams = o.max_peer_streams,
+                                  .keepalive_ms = o.keepalive_s * 1000,
                                   /* A write holds a store connection while it is
                                    * validated: half of them stay for reads. */
                                   .max_writes = store_connections(api.store) / 2,

@@ -167,6 +167,7 @@
 #define CONN_READ_CHUNK 4096
 #define DEFAULT_REQUEST_TIMEOUT_MS (10 * 1000)
 #define DEFAULT_MAX_STREAMS 16384
+#define DEFAULT_KEEPALIVE_MS 60000 /* a silent client connection is closed within this */
 #define DEFAULT_MAX_PEER_STREAMS 16
 /* How often an event thread looks for overdue requests and expired
  * stream timers. */
@@ -2337,6 +2338,7 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
   cap_init(&srv->cap_lane_full, "writes: the lane is full", "refused");
   cap_init(&srv->cap_lane_wait, "writes: waited too long in the lane", "refused");
 
+  int keepalive_ms = opts->keepalive_ms > 0 ? opts->keepalive_ms : DEFAULT_KEEPALIVE_MS;
   grpc_init();
   grpc_resource_quota *quota = grpc_resource_quota_create("tlsplane-server");
   grpc_resource_quota_resize(quota, GRPC_MEMORY_QUOTA);
@@ -2344,13 +2346,23 @@ int rpc_server_new(const struct rpc_server_opts *opts, struct rpc_server **out,
       {GRPC_ARG_INTEGER, GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, {.integer = MAX_RECV_MESSAGE}},
       /* Bind or fail: never share the port with another process. */
       {GRPC_ARG_INTEGER, GRPC_ARG_ALLOW_REUSEPORT, {.integer = 0}},
-      /* Find dead clients (an agent whose host vanished) within ~1.5 min. */
-      {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_TIME_MS, {.integer = 60 * 1000}},
-      {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_TIMEOUT_MS, {.integer = 20 * 1000}},
-      /* Let clients keep idle connections alive with pings every >= 10 s
-       * rather than answering them with GOAWAY too_many_pings. */
+      /* Find dead clients (an agent whose host vanished, a partition)
+       * within the keepalive bound (60 s by default): a ping after two
+       * thirds of it, however long nothing else was sent, the rest to
+       * answer. */
+      {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_TIME_MS, {.integer = keepalive_ms - keepalive_ms / 3}},
+      {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_TIMEOUT_MS, {.integer = keepalive_ms / 3}},
+      {GRPC_ARG_INTEGER, GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, {.integer = 0}},
+      {GRPC_ARG_INTEGER,
+       GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
+       {.integer = keepalive_ms - keepalive_ms / 3}},
+      /* Let clients keep idle connections alive with pings as often as
+       * one a second (an agent's --keepalive 3 pings every 2 s) rather
+       * than answering them with GOAWAY too_many_pings; a client that
+       * pings faster is told so after two strikes. */
       {GRPC_ARG_INTEGER, GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, {.integer = 1}},
-      {GRPC_ARG_INTEGER, GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, {.integer = 10000}},
+      {GRPC_ARG_INTEGER, GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, {.integer = 1000}},
+      {GRPC_ARG_INTEGER, GRPC_ARG_HTTP2_MAX_PING_STRIKES, {.integer = 2}},
       /* What one connection, and one TLS handshake, can hold. */
       {GRPC_ARG_INTEGER, GRPC_ARG_MAX_CONCURRENT_STREAMS, {.integer = MAX_CONCURRENT_STREAMS}},
       {GRPC_ARG_INTEGER, GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, {.integer = HANDSHAKE_TIMEOUT_MS}},

@@ -211,6 +211,11 @@ struct rpc_server_opts {
    * in the write lane, holding no thread. 0, or more than half the pool
    * threads: half the pool threads (at least one). */
   int max_writes;
+  /* A connection that answers no HTTP/2 ping for this long (ms; a client
+   * whose host vanished or was cut off without a reset) is closed and its
+   * calls end (an agent's stream is freed): a ping after two thirds of it
+   * without one, the rest to answer. 0: 60 s. */
+  int keepalive_ms;
   /* TLS: the server's certificate chain and private key, PEM (copied).
    * NULL: plaintext. With client_ca_pem, clients may present a certificate,
    * which the handshake verifies against it (one that does not verify, or

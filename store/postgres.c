@@ -43,6 +43,10 @@
  * a later commit always sort after those of an earlier one, and a reader
  * that follows seq misses none.
  *
+ * A server's watch connection is named (application_name
+ * "tlsplane-server"): store_master_key_rotate counts those in
+ * pg_stat_activity and refuses while another server is connected.
+ *
  * The job lock (store_job_lock) is a session advisory lock held on one
  * more connection of its own: a session lock outlives transactions, and
  * ends with the session, so a dead holder's lock is free as soon as
@@ -79,6 +83,9 @@
 
 #define CONNECT_TIMEOUT_S "10" /* seconds, unless the URI says */
 #define WATCH_CHANNEL "tlsplane_revision"
+/* The watch connection's application_name: what tells a running server
+ * (pg_servers_count). */
+#define SERVER_APPLICATION "tlsplane-server"
 #define WATCH_RETRY_MS 1000 /* between attempts to reconnect the watch */
 
 #define OID_BYTEA 17
@@ -1402,6 +1409,13 @@ static int pg_secrets_rewrite(struct store_txn *base, store__rewrite_fn fn, void
   return conn_secrets_rewrite(to_txn(base)->conn, fn, data, n, err);
 }
 
+static int pg_servers_count(struct store_txn *base, int64_t *n, struct tp_err *err) {
+  return query_int(to_txn(base)->conn,
+                   "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                   " AND application_name = '" SERVER_APPLICATION "' AND pid <> pg_backend_pid()",
+                   "count the servers", n, err);
+}
+
 static int pg_sealed_key_ids(struct store_txn *base, uint8_t (**ids)[STORE_KEY_ID_LEN], size_t *n,
                              struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
@@ -1563,7 +1577,10 @@ static void *watch_main(void *arg) {
     struct tp_err err = {0};
     int64_t now = mono_ms();
     if (c == NULL && now >= retry_at) {
-      if (conn_open(s, &c, &err) == 0 && q_exec(c, "LISTEN " WATCH_CHANNEL, "listen", &err) < 0) {
+      if (conn_open(s, &c, &err) == 0 &&
+          (q_exec(c, "SET application_name = '" SERVER_APPLICATION "'", "application name", &err) <
+               0 ||
+           q_exec(c, "LISTEN " WATCH_CHANNEL, "listen", &err) < 0)) {
         conn_close(c);
         c = NULL;
       }
@@ -1698,6 +1715,7 @@ const struct store_ops store__postgres_ops = {
     .audit_list = pg_audit_list,
     .secrets_rewrite = pg_secrets_rewrite,
     .sealed_key_ids = pg_sealed_key_ids,
+    .servers_count = pg_servers_count,
     .usage_set = pg_usage_set,
     .usage_get = pg_usage_get,
     .challenges_set = pg_challenges_set,

@@ -1156,6 +1156,22 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
   int rc = store_begin(s, 1, &txn, err);
   if (rc < 0)
     goto done;
+  /* A server still running would keep the old key, and fail on every row
+   * from the commit on: every one must be stopped first. */
+  int64_t others = 0;
+  if (s->ops->servers_count != NULL && (rc = s->ops->servers_count(txn, &others, err)) == 0 &&
+      others > 0) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: %lld tlsplane-server process%s connected to the database "
+               "(application_name 'tlsplane-server' in pg_stat_activity): stop every "
+               "server of the deployment, then rotate the master key",
+               (long long)others, others == 1 ? " is" : "es are");
+    rc = -EBUSY;
+  }
+  if (rc < 0) {
+    store_rollback(txn);
+    goto done;
+  }
   rc = s->ops->secrets_rewrite(txn, reseal_one, &r, &count, err);
   if (rc == 0)
     rc = challenges_reseal(txn, &r, err);

@@ -137,8 +137,10 @@ void store_master_key_id_hex(const uint8_t key[STORE_MASTER_KEY_LEN],
  * resource "masterKey", action "rotate_master_key"), then seals with
  * new_key alone: the keys the store was opened with unseal nothing any
  * more. A row that fails its integrity check fails the rotation (-EBADMSG
- * naming it): an edited row is not re-authenticated. On failure nothing
- * changed.
+ * naming it): an edited row is not re-authenticated. Refused with -EBUSY
+ * (FAILED_PRECONDITION) while another server uses the database
+ * (PostgreSQL: a server's watch connection, store_watch_start): it would
+ * go on with the old key. On failure nothing changed.
  * Call while no other thread uses the store. *n (may be NULL) receives how
  * many secrets were re-sealed. */
 int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_KEY_LEN],

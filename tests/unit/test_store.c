@@ -2674,6 +2674,62 @@ static void test_watch_hears_other_servers(void **state) {
   assert_int_equal(atomic_load(&h.calls), calls);
 }
 
+/* A master-key rotation while another server uses the database (its
+ * watch connected) is refused and changes nothing: that server would go
+ * on with the old key. Once it stops, the rotation goes through.
+ * SQLite: the data directory's lock keeps other servers out. */
+static void test_rotation_refused_while_a_server_runs(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  struct store_write wr = write_of(CERT, "certificates/rk", 1, "public");
+  wr.set_secret = 1;
+  wr.secret = (const uint8_t *)"a secret";
+  wr.secret_len = strlen("a secret");
+  put_one(f->s, &wr, NULL);
+  if (pg_base == NULL) {
+    print_message("[ N/A      ] on SQLite: one process per file, no other server to refuse\n");
+    return;
+  }
+  struct store *other;
+  assert_ok(store_open(f->path, &opts_a, &other, &err), err);
+  struct heard h = {0};
+  const struct store_watch w = {heard_revision, heard_status, &h};
+  assert_ok(store_watch_start(other, &w, &err), err);
+  /* The watch is connected once it hears a commit. */
+  struct store_write ping = write_of("Item", "items/ping", 1, "x");
+  struct store_txn *txn;
+  int64_t rev;
+  assert_ok(store_begin(f->s, 1, &txn, &err), err);
+  assert_ok(store_put(txn, &ping, NULL, &err), err);
+  assert_ok(store_commit(txn, &rev, &err), err);
+  heard_wait(&h, rev, 5000);
+  size_t n = 99;
+  assert_refused(store_master_key_rotate(f->s, key_b, "local:test", &n, &err), -EBUSY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION,
+                 "1 tlsplane-server process is connected to the database");
+  assert_int_equal(n, 0);
+  assert_int_equal(store_revision(f->s), rev);
+  /* The secret still opens under the old key, in the other store too. */
+  struct store_row row;
+  assert_ok(get_one(other, CERT, "certificates/rk", 1, &row, &err), err);
+  assert_int_equal(row.secret_len, strlen("a secret"));
+  assert_memory_equal(row.secret, "a secret", strlen("a secret"));
+  store_row_clear(&row);
+  store_watch_stop(other);
+  store_close(other);
+  /* PostgreSQL sees the watch's session end at once on loopback; wait
+   * for it with a deadline all the same. */
+  int64_t start = now_ms();
+  int rc;
+  while ((rc = store_master_key_rotate(f->s, key_b, "local:test", &n, &err)) == -EBUSY) {
+    if (now_ms() - start > 5000)
+      fail_msg("still refused 5 s after the other server stopped: %s", err.msg);
+    usleep(20000);
+  }
+  assert_ok(rc, err);
+  assert_int_equal(n, 1);
+}
+
 /* The job lock: one store of those sharing a database holds it, checked
  * at every call; it moves to another once the holder closes. SQLite:
  * always held. */
@@ -2808,6 +2864,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_two_servers_consecutive_revisions, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_two_servers_open_at_once, setup_path, teardown),
       cmocka_unit_test_setup_teardown(test_watch_hears_other_servers, setup_open, teardown),
+      cmocka_unit_test_setup_teardown(test_rotation_refused_while_a_server_runs, setup_open,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_job_lock_one_holder, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_reconnects_after_drop, setup_open, teardown),
   };

@@ -1,0 +1,168 @@
+'use strict';
+// Master-key rotation on PostgreSQL (docs/ha.md, "Master-key rotation"):
+// two tlsplane-server processes A and B on one database (lib/postgres.js;
+// B on a copy of A's data directory), a certificate with its private key
+// and join tokens stored through A.
+//
+// * rotate-master-key --store refuses while the directory's own server
+//   runs (the directory is locked).
+// * With A stopped and B still running it refuses too, naming the
+//   servers connected to the database, and changes nothing (no key made,
+//   nothing re-sealed, B still serves calls).
+// * With both stopped it re-seals every secret under a new key: every
+//   sealed record in the database names the new key's id, none the old.
+// * The old key opens nothing: B restarted on it refuses to start, naming
+//   the key ids.
+// * Both servers given the new master.key start and read the secrets: a
+//   join token made before the rotation enrolls an agent on each server,
+//   each agent serves the certificate's private key, and the rotation is
+//   in the audit log once.
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+const { Server, serverBinary, noteSecret } = require('./lib/server');
+const { connect } = require('./lib/reflect');
+const { Postgres } = require('./lib/postgres');
+const procs = require('./lib/procs');
+const { pki } = require('./lib/pki');
+const { Upstream } = require('./lib/upstream');
+const { exchange } = require('./lib/tlsclient');
+const { CpAgent } = require('./lib/cpagent');
+const { freePort } = require('./lib/agent');
+const { uid } = require('./lib/util');
+const { waitFor } = require('./lib/wait');
+
+const PASSWORD = 'pg-master-key-password';
+noteSecret(PASSWORD);
+
+let pg;
+let up;
+let dirA;
+let dirB;
+const live = []; // servers, agents and connections to stop at the end
+
+function run(args, env = {}) {
+  return spawnSync(serverBinary(), args, { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60000 });
+}
+
+async function start(dir) {
+  const srv = await Server.start({ dataDir: dir, tls: true, extraArgs: ['--store', pg.uriWithPassword(PASSWORD)] });
+  const conn = await connect(srv.address, srv.connectOptions());
+  live.push({ srv, conn });
+  return { srv, conn };
+}
+
+const masterKey = (dir) => fs.readFileSync(path.join(dir, 'master.key'), 'utf8').trim();
+const sealedKeyIds = () =>
+  pg.psql("SELECT DISTINCT encode(substring(secret FROM 2 FOR 8), 'hex') FROM resources WHERE secret IS NOT NULL").trim().split('\n').filter(Boolean);
+
+before(async () => {
+  pg = await Postgres.start();
+  dirA = procs.tempDir('tlsplane-hamk-a-');
+  const init = run(['init', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
+  assert.equal(init.status, 0, init.stderr);
+  dirB = procs.tempDir('tlsplane-hamk-b-');
+  fs.chmodSync(dirB, 0o700);
+  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
+  noteSecret(masterKey(dirA));
+  up = await Upstream.start({ mode: 'echo' });
+});
+
+after(async () => {
+  for (const x of live.reverse()) {
+    if (x.agent && x.agent.running) await x.agent.stopClean();
+    if (x.conn) x.conn.close();
+    if (x.srv && x.srv.running) await x.srv.stopClean();
+  }
+  if (up) await up.close();
+  if (pg) await pg.stop();
+});
+
+test('rotate-master-key on PostgreSQL: refused while any server runs; every secret re-sealed under the new key; a server on the old key refuses to start; both servers on the new key read the secrets', async () => {
+  const p = pki();
+  const A = await start(dirA);
+  const B = await start(dirB);
+  const leaf = p.leaf('rk-web', { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
+  await A.conn.api.CertificateService.CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key } });
+  await A.conn.api.TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
+  const agents = [];
+  for (const name of ['rk-a', 'rk-b']) {
+    const port = await freePort();
+    await A.conn.api.ListenerService.CreateListener({
+      listenerId: name,
+      listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web', upstream: up.address, agentSelector: { agent: name } },
+    });
+    const t = await A.conn.api.TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: name, agentLabels: { agent: name } } });
+    noteSecret(t.secret);
+    agents.push({ name, port, token: t.secret });
+  }
+  const oldKey = masterKey(dirA);
+  const [oldId] = sealedKeyIds();
+  assert.match(oldId, /^[0-9a-f]{16}$/);
+  assert.deepEqual(sealedKeyIds(), [oldId], 'every secret sealed under the one key');
+
+  // Refused while A runs: its data directory is locked.
+  let r = run(['rotate-master-key', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /data directory .* is in use by another tlsplane-server/);
+  assert.equal(masterKey(dirA), oldKey);
+  assert.deepEqual(sealedKeyIds(), [oldId], 'nothing re-sealed');
+
+  // A stopped, B still running on the old key: refused, nothing changed.
+  A.conn.close();
+  await A.srv.stopClean();
+  r = run(['rotate-master-key', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /store: 1 tlsplane-server process is connected to the database \(application_name 'tlsplane-server' in pg_stat_activity\): stop every server of the deployment, then rotate the master key/);
+  assert.ok(!r.stderr.includes(PASSWORD));
+  assert.equal(masterKey(dirA), oldKey);
+  assert.ok(!fs.existsSync(path.join(dirA, 'master.key.new')), 'the key chosen by the refused run is gone');
+  assert.deepEqual(sealedKeyIds(), [oldId], 'nothing re-sealed');
+  assert.equal((await B.conn.api.CertificateService.GetCertificate({ name: 'certificates/web' })).name, 'certificates/web', 'B still serves');
+  B.conn.close();
+  await B.srv.stopClean();
+
+  // Every server stopped.
+  r = run(['rotate-master-key', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
+  assert.equal(r.status, 0, r.stderr);
+  const m = /master key rotated: (\d+) secrets re-sealed under key ([0-9a-f]{16}) \(was ([0-9a-f]{16})\)/.exec(r.stdout);
+  assert.ok(m, r.stdout);
+  const [, count, newId, wasId] = m;
+  assert.equal(wasId, oldId);
+  assert.ok(Number(count) >= 3, `the certificate's key and the tokens re-sealed (${count})`);
+  const newKey = masterKey(dirA);
+  noteSecret(newKey);
+  assert.notEqual(newKey, oldKey);
+  assert.ok(!(r.stdout + r.stderr).includes(newKey) && !(r.stdout + r.stderr).includes(PASSWORD));
+  assert.deepEqual(sealedKeyIds(), [newId], 'every sealed record names the new key');
+
+
+  // The old key opens nothing.
+  r = run(['--data-dir', dirB, '--store', pg.uriWithPassword(PASSWORD), '--listen', '127.0.0.1:0', '--plaintext']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, new RegExp(`sealed with master key ${newId}, not with the key given`));
+  assert.ok(!r.stderr.includes(PASSWORD));
+
+  // B gets the new key; both start and read the secrets.
+  fs.copyFileSync(path.join(dirA, 'master.key'), path.join(dirB, 'master.key'));
+  fs.chmodSync(path.join(dirB, 'master.key'), 0o600);
+  const A2 = await start(dirA);
+  const B2 = await start(dirB);
+  for (const [i, s] of [A2, B2].entries()) {
+    const got = await s.conn.api.CertificateService.GetCertificate({ name: 'certificates/web' });
+    assert.equal(got.name, 'certificates/web');
+    const a = agents[i];
+    a.agent = await CpAgent.start(s.srv, { name: a.name, labels: { agent: a.name }, joinToken: a.token, wait: 'connected' });
+    live.push({ agent: a.agent });
+    await waitFor(`${a.name} (on ${i === 0 ? 'A' : 'B'}) serves the certificate`, async () => {
+      const h = await exchange(a.port, {}, { send: 'fp\n' }).catch(() => null);
+      return h && h.ok && h.info.fingerprint === leaf.fingerprint;
+    });
+  }
+  const trail = (await B2.conn.api.AuditService.ListAuditEvents({ resource: 'masterKey' })).auditEvents;
+  assert.equal(trail.length, 1);
+  assert.equal(trail[0].action, 'rotate_master_key');
+});
