@@ -235,6 +235,39 @@ void pb_map_entry(const ProtobufCMessage *msg, const char *name, size_t i, const
   *value = pb_string_get(entry, "value");
 }
 
+int pb_map_borrow(ProtobufCMessage *dst, const char *map_dst, const ProtobufCMessage *src,
+                  const char *map_src, void **mem) {
+  *mem = NULL;
+  const ProtobufCFieldDescriptor *f = pb_field(dst->descriptor, map_dst);
+  if (f == NULL || !pb_is_map_field(dst->descriptor, f))
+    return -1;
+  const ProtobufCMessageDescriptor *ed = f->descriptor;
+  const ProtobufCFieldDescriptor *fk = pb_field(ed, "key"), *fv = pb_field(ed, "value");
+  if (fk == NULL || fv == NULL || fk->type != PROTOBUF_C_TYPE_STRING ||
+      fv->type != PROTOBUF_C_TYPE_STRING)
+    return -1;
+  size_t n = pb_map_size(src, map_src);
+  /* n pointers, then n entries, each aligned as a pointer is. */
+  size_t entry = (ed->sizeof_message + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
+  char *block = calloc(1, n * (sizeof(void *) + entry) + 1);
+  if (block == NULL)
+    return -1;
+  ProtobufCMessage **ptrs = (ProtobufCMessage **)block;
+  for (size_t i = 0; i < n; i++) {
+    ProtobufCMessage *e = (ProtobufCMessage *)(block + n * sizeof(void *) + i * entry);
+    protobuf_c_message_init(ed, e);
+    const char *k, *v;
+    pb_map_entry(src, map_src, i, &k, &v);
+    *(const char **)pb_member(e, fk) = k;
+    *(const char **)pb_member(e, fv) = v;
+    ptrs[i] = e;
+  }
+  *(size_t *)((char *)dst + f->quantifier_offset) = n;
+  *(ProtobufCMessage ***)pb_member(dst, f) = ptrs;
+  *mem = block;
+  return 0;
+}
+
 int pb_map_equal(const ProtobufCMessage *a, const char *map_a, const ProtobufCMessage *b,
                  const char *map_b) {
   size_t n = pb_map_size(a, map_a);

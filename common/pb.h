@@ -130,6 +130,14 @@ size_t pb_map_size(const ProtobufCMessage *msg, const char *name);
 void pb_map_entry(const ProtobufCMessage *msg, const char *name, size_t i, const char **key,
                   const char **value);
 
+/* Points dst's map_dst at entries holding src's map_src keys and values
+ * (both map<string,string>, dst's empty), borrowed, not copied: for a
+ * message built on the stack from a request. The entries live in one
+ * block, *mem, which the caller frees once dst is no longer used (dst is
+ * then never passed to protobuf_c_message_free_unpacked). 0, or -1 on OOM
+ * or a field that is no such map (dst unchanged, *mem NULL). */
+int pb_map_borrow(ProtobufCMessage *dst, const char *map_dst, const ProtobufCMessage *src,
+                  const char *map_src, void **mem);
 /* Whether map field map_a of a and map_b of b hold the same entries, in
  * any order (keys are unique in each). */
 int pb_map_equal(const ProtobufCMessage *a, const char *map_a, const ProtobufCMessage *b,

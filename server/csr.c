@@ -272,24 +272,13 @@ static ProtobufCMessage *certificate_new(const Tlsplane__V1__CreateCertificateRe
                                          Tlsplane__V1__PendingRequest *pr) {
   char name[160];
   snprintf(name, sizeof(name), "certificates/%s", r->certificate_id);
-  Tlsplane__V1__Certificate__LabelsEntry *entries = calloc(r->n_labels + 1, sizeof(*entries));
-  Tlsplane__V1__Certificate__LabelsEntry **labels = calloc(r->n_labels + 1, sizeof(*labels));
-  ProtobufCMessage *res = NULL;
-  if (entries != NULL && labels != NULL) {
-    for (size_t i = 0; i < r->n_labels; i++) {
-      tlsplane__v1__certificate__labels_entry__init(&entries[i]);
-      entries[i].key = r->labels[i]->key;
-      entries[i].value = r->labels[i]->value;
-      labels[i] = &entries[i];
-    }
-    Tlsplane__V1__Certificate c = TLSPLANE__V1__CERTIFICATE__INIT;
-    c.name = name;
-    c.labels = labels;
-    c.n_labels = r->n_labels;
-    c.pending_request = pr;
-    res = pb_clone(&c.base);
-  }
-  free(entries);
+  Tlsplane__V1__Certificate c = TLSPLANE__V1__CERTIFICATE__INIT;
+  c.name = name;
+  c.pending_request = pr;
+  void *labels;
+  if (pb_map_borrow(&c.base, "labels", &r->base, "labels", &labels) != 0)
+    return NULL;
+  ProtobufCMessage *res = pb_clone(&c.base);
   free(labels);
   return res;
 }

@@ -338,35 +338,23 @@ int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage 
   if (rc != 0)
     return -1;
 
-  Tlsplane__V1__Certificate__LabelsEntry *entries = calloc(r->n_labels + 1, sizeof(*entries));
-  Tlsplane__V1__Certificate__LabelsEntry **labels = calloc(r->n_labels + 1, sizeof(*labels));
-  if (entries == NULL || labels == NULL) {
+  Tlsplane__V1__Certificate c = TLSPLANE__V1__CERTIFICATE__INIT;
+  c.name = name;
+  c.issuance = &iss;
+  void *labels = NULL;
+  if (pb_map_borrow(&c.base, "labels", &r->base, "labels", &labels) != 0) {
     rc = oom(err);
+  } else if (pr != NULL) {
+    const struct csr_hook hook = {.pending_key_pem = key};
+    c.pending_request = pr;
+    rc = pending_create(api, call, &c.base, &hook, resp, err);
   } else {
-    for (size_t i = 0; i < r->n_labels; i++) {
-      tlsplane__v1__certificate__labels_entry__init(&entries[i]);
-      entries[i].key = r->labels[i]->key;
-      entries[i].value = r->labels[i]->value;
-      labels[i] = &entries[i];
-    }
-    Tlsplane__V1__Certificate c = TLSPLANE__V1__CERTIFICATE__INIT;
-    c.name = name;
-    c.labels = labels;
-    c.n_labels = r->n_labels;
-    c.issuance = &iss;
-    if (pr != NULL) {
-      const struct csr_hook hook = {.pending_key_pem = key};
-      c.pending_request = pr;
-      rc = pending_create(api, call, &c.base, &hook, resp, err);
-    } else {
-      c.certificate_chain_pem = chain;
-      c.private_key_pem = key;
-      rc = api_create(api, &api_kind_certificate, call, &c.base, "issue", resp, err);
-    }
+    c.certificate_chain_pem = chain;
+    c.private_key_pem = key;
+    rc = api_create(api, &api_kind_certificate, call, &c.base, "issue", resp, err);
   }
   if (pr != NULL)
     protobuf_c_message_free_unpacked(&pr->base, NULL);
-  free(entries);
   free(labels);
   free(chain);
   pem_wipe_free(key);

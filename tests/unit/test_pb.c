@@ -95,6 +95,29 @@ static void test_maps(void **state) {
   assert_string_equal(k, "team");
   assert_string_equal(v, "edge");
   assert_int_equal(pb_map_size(&l.base, "address"), 0);
+
+  /* Borrowed into another message's map of another entry type: the same
+   * entries, the same strings, and a clone of it owns copies. */
+  Tlsplane__V1__Certificate c = TLSPLANE__V1__CERTIFICATE__INIT;
+  void *mem;
+  assert_int_equal(pb_map_borrow(&c.base, "labels", &l.base, "labels", &mem), 0);
+  assert_non_null(mem);
+  assert_int_equal(c.n_labels, 2);
+  assert_ptr_equal(c.labels[0]->key, e1.key);
+  assert_true(pb_map_equal(&c.base, "labels", &l.base, "labels"));
+  ProtobufCMessage *copy = pb_clone(&c.base);
+  free(mem);
+  assert_non_null(copy);
+  assert_true(pb_map_equal(copy, "labels", &l.base, "labels"));
+  protobuf_c_message_free_unpacked(copy, NULL);
+  /* Not a map, or none: refused, nothing set. */
+  Tlsplane__V1__Certificate d = TLSPLANE__V1__CERTIFICATE__INIT;
+  assert_int_equal(pb_map_borrow(&d.base, "name", &l.base, "labels", &mem), -1);
+  assert_null(mem);
+  assert_int_equal(d.n_labels, 0);
+  assert_int_equal(pb_map_borrow(&d.base, "labels", &l.base, "address", &mem), 0);
+  assert_int_equal(d.n_labels, 0);
+  free(mem);
 }
 
 static void test_snake_case(void **state) {
