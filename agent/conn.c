@@ -361,6 +361,29 @@ static int wq_start(struct conn *c, struct wq *q, uv_stream_t *s, uv_write_cb cb
   return 0;
 }
 
+/* Sends what waited in q->queued (the upstream's, during its connect):
+ * what the socket takes at once needs no write request and leaves no
+ * write in flight, so the client is not paused for it (update_reading),
+ * which would cost two epoll_ctl calls to resume. */
+static int wq_flush(struct conn *c, struct wq *q, uv_stream_t *s, uv_write_cb cb) {
+  if (q->inflight != NULL || q->queued.len == 0)
+    return 0;
+  uv_buf_t b = uv_buf_init(q->queued.base, (unsigned)q->queued.len);
+  int n = uv_try_write(s, &b, 1);
+  if (n < 0 && n != UV_EAGAIN)
+    return n;
+  if (n > 0) {
+    wq_delivered(c, q, (size_t)n);
+    q->queued.len -= (size_t)n;
+    memmove(q->queued.base, q->queued.base + n, q->queued.len);
+  }
+  if (q->queued.len == 0) {
+    wbuf_free(&q->queued);
+    return 0;
+  }
+  return wq_start(c, q, s, cb);
+}
+
 /* Sends data now if the socket takes it (uv_try_write), else queues a copy
  * of the rest. Returns 0 or a negative uv error. */
 static int wq_write(struct conn *c, struct wq *q, uv_stream_t *s, const char *data, size_t len,
@@ -864,7 +887,7 @@ static void on_up_connect(uv_connect_t *req, int status) {
   c->flags |= F_UP_CONNECTED;
   if (c->v->upstream_path == NULL)
     (void)uv_tcp_nodelay(&c->upstream.tcp, 1);
-  if (wq_start(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
+  if (wq_flush(c, &c->uw, (uv_stream_t *)&c->upstream, on_up_write) != 0) {
     finish(c, 0);
     return;
   }
@@ -1023,11 +1046,25 @@ static void on_client_shutdown(uv_shutdown_t *req, int status) {
   after_io(c);
 }
 
+/* Both directions are over and everything is out, close_notify sent both
+ * ways: close(2) sends each peer its FIN after what it already has, so a
+ * shutdown(2) of either side first would only cost a syscall and a loop
+ * iteration (and fails with ENOTCONN on a client that has gone). */
+static int all_over(const struct conn *c) {
+  return (c->flags & F_CLIENT_EOF) && (c->flags & F_UP_EOF) && (c->flags & F_TLS_SHUT) &&
+         c->up_ssl == NULL && wq_idle(&c->cw) && wq_idle(&c->uw) && c->pend.len == 0 &&
+         c->up_clear.len == 0;
+}
+
 /* Moves the half-closes on; closes when both directions are over. */
 static void progress(struct conn *c) {
   if (c->flags & F_FINISH) {
     if (wq_idle(&c->cw))
       conn_close(c);
+    return;
+  }
+  if (all_over(c)) {
+    conn_close(c);
     return;
   }
   /* Client to upstream is over, TLS upstream: close_notify first, once
@@ -1057,6 +1094,10 @@ static void progress(struct conn *c) {
     flush_client(c);
     if (c->flags & F_CLOSING)
       return;
+    if (all_over(c)) {
+      conn_close(c);
+      return;
+    }
   }
   if ((c->flags & F_TLS_SHUT) && !(c->flags & F_CLIENT_SHUT) && wq_idle(&c->cw)) {
     c->flags |= F_CLIENT_SHUT;
