@@ -239,8 +239,17 @@ with open(jl, "a") as f:
 PY
         if [ "$STRACE" = 1 ]; then
             {
-                echo "  syscalls for $n ops (strace -c -f, whole run; calls / errors), A then B:"
-                paste <(strace_table "$WORK/$id.A.strace") <(strace_table "$WORK/$id.B.strace")
+                echo "  syscalls for $n ops (strace -c -f, whole run including start-up):"
+                python3 - <(strace_table "$WORK/$id.A.strace") <(strace_table "$WORK/$id.B.strace") <<'PY'
+import sys
+def load(p):
+    return {f[0]: (int(f[1]), int(f[2])) for f in (l.split() for l in open(p)) if len(f) == 3}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+print("  %-16s %8s %8s %8s %8s" % ("syscall", "A calls", "A errors", "B calls", "B errors"))
+for k in sorted(set(a) | set(b), key=lambda k: -max(a.get(k, (0, 0))[0], b.get(k, (0, 0))[0])):
+    x, y = a.get(k, (0, 0)), b.get(k, (0, 0))
+    print("  %-16s %8d %8d %8d %8d" % (k, x[0], x[1], y[0], y[1]))
+PY
             } | tee -a "$TXT"
         fi
     done

@@ -11,6 +11,7 @@
 #   ROUNDS        interleaved rounds, the table shows medians (default 3)
 #   DURATION      seconds per throughput measurement (default 5)
 #   IDLE_CONNS    idle TLS connections for the memory column (default 2000)
+#   IDLE_ONLY     1: only the memory column (a fresh process per round)
 #   CONCURRENCY   clients for the throughput columns (default 50)
 #   GEN_THREADS   tlsload threads (default 1)
 #   TLSPLANE_AGENT  path of the agent binary (default: build/agent/tlsplane-agent,
@@ -29,6 +30,7 @@ TERMINATORS=${TERMINATORS:-"tlsplane-agent haproxy nginx hitch stunnel"}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 IDLE_CONNS=${IDLE_CONNS:-2000}
+IDLE_ONLY=${IDLE_ONLY:-0}
 CONCURRENCY=${CONCURRENCY:-50}
 GEN_THREADS=${GEN_THREADS:-1}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
@@ -167,6 +169,7 @@ measure_terminator() { # name round
     local name=$1 round=$2 pid spec
     peers_log "round $round: $name"
     measure_idle_rss "$name" "$round" || { peers_log "  $name: skipped (did not start)"; return 0; }
+    [ "$IDLE_ONLY" = 1 ] && return 0
     start_terminator "$name" || return 0
     pid=$TERM_PID
     # warm-up (not recorded): first allocations, page faults, caches
