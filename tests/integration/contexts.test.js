@@ -215,6 +215,19 @@ describe('TLS contexts', () => {
     });
   }
 
+  test('update tls13_tickets with update_mask; 11 refused, nothing changed', async () => {
+    const tc = await createContext({ certificates: [R.rsa.name] });
+    const u = await api().TlsContextService.UpdateTlsContext({
+      tlsContext: { name: tc.name, etag: tc.etag, tls13Tickets: { value: 1 } },
+      updateMask: { paths: ['tls13_tickets'] },
+    });
+    assert.deepEqual(u.tls13Tickets, { value: 1 });
+    await expectRefused(ctx.api, () => api().TlsContextService.UpdateTlsContext({
+      tlsContext: { name: tc.name, tls13Tickets: { value: 11 } }, updateMask: { paths: ['tls13_tickets'] },
+    }), status.INVALID_ARGUMENT, { field: 'tls_context.tls13_tickets: must be 0 to 10' });
+    assert.deepEqual(await api().TlsContextService.GetTlsContext({ name: tc.name }), u);
+  });
+
   test('update certificates with update_mask; a missing one refused, nothing changed', async () => {
     const tc = await createContext({ certificates: [R.rsa.name] });
     const u = await api().TlsContextService.UpdateTlsContext({
