@@ -62,6 +62,7 @@
 #include "budget.h"
 #include "log.h"
 #include "proxy_v2.h"
+#include "recbuf.h"
 #include "tlsconf.h"
 
 #define CONN_MAGIC 0x434f4e4eu /* "CONN" */
@@ -512,7 +513,9 @@ static void up_tls_write(struct conn *c, const char *data, size_t len) {
   err_reset();
   while (done < len && c->up_clear.len == 0) {
     size_t chunk = len - done > INT_MAX ? INT_MAX : len - done;
+    recbuf_hot(1);
     int r = SSL_write(c->up_ssl, data + done, (int)chunk);
+    recbuf_hot(0);
     if (r > 0) {
       done += (size_t)r;
       continue;
@@ -576,7 +579,9 @@ static size_t tls_write(struct conn *c, const char *p, size_t len) {
   size_t done = 0;
   while (done < len && !(c->flags & (F_CLOSING | F_FINISH))) {
     size_t chunk = len - done > INT_MAX ? INT_MAX : len - done;
+    recbuf_hot(1);
     int r = SSL_write(c->ssl, p + done, (int)chunk);
+    recbuf_hot(0);
     if (r > 0) {
       done += (size_t)r;
       continue;
@@ -620,7 +625,9 @@ static void clear_in(struct conn *c) {
       if (c->flags & (F_CLOSING | F_FINISH))
         return;
     }
+    recbuf_hot(1);
     int r = SSL_read(c->ssl, w->clear + n, (int)(w->clear_cap - n));
+    recbuf_hot(0);
     if (r > 0) {
       n += (size_t)r;
       continue;
@@ -807,7 +814,9 @@ static void up_tls_read(struct conn *c) {
   }
   for (;;) {
     err_reset();
+    recbuf_hot(1);
     int r = SSL_read(c->up_ssl, w->clear, (int)w->clear_cap);
+    recbuf_hot(0);
     if (r > 0) {
       clear_out(c, w->clear, (size_t)r);
       if (c->flags & (F_CLOSING | F_FINISH))
