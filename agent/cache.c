@@ -202,6 +202,10 @@ int cache_state_load(const char *dir, struct rset **out, int64_t *revision, stru
             r->ticket_keys != NULL)
           for (size_t k = 0; k < r->ticket_keys->n_keys; k++)
             OPENSSL_cleanse(r->ticket_keys->keys[k]->key.data, r->ticket_keys->keys[k]->key.len);
+        if (r->content_case == TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE &&
+            r->acme_challenge != NULL && r->acme_challenge->private_key_pem != NULL)
+          OPENSSL_cleanse(r->acme_challenge->private_key_pem,
+                          strlen(r->acme_challenge->private_key_pem));
       }
       protobuf_c_message_free_unpacked(&st->base, NULL);
     }

@@ -971,6 +971,25 @@ static void proxy_header(struct conn *c, const struct tlsconf_conn_info *info) {
     finish(c, 0);
 }
 
+/* An ACME tls-alpn-01 validation (RFC 8737) got its challenge
+ * certificate: counted, logged (the name, never the key; limited as
+ * client errors are), and closed with close_notify. It never reaches the
+ * upstream: the validation is the handshake itself. */
+static void acme_answered(struct conn *c, const char *host) {
+  struct stats *st = conn_stats(c);
+  stats_add(&st->acme_challenges, 1);
+  unsigned long long suppressed;
+  if (log_limit_allow(&st->acme_log, uv_now(&c->w->loop), &suppressed)) {
+    char peer[64], more[48] = "";
+    listener_addr_format(&c->peer, peer, sizeof(peer));
+    if (suppressed > 0)
+      snprintf(more, sizeof(more), " suppressed=%llu", suppressed);
+    log_info("agent", "listener=%s client=%s acme_challenge=%s answered%s", c->v->listener->name,
+             peer, host, more);
+  }
+  finish(c, 1);
+}
+
 /* 'secureConnection'. */
 static void handshake_done(struct conn *c) {
   struct stats *st = conn_stats(c);
@@ -986,6 +1005,11 @@ static void handshake_done(struct conn *c) {
     stats_add(&st->ocsp_requests, 1);
   if (info.ocsp_stapled)
     stats_add(&st->ocsp_staples, 1);
+  const char *acme_host;
+  if (tlsconf_ssl_acme(c->ssl, &acme_host) == TLSCONF_ACME_ANSWERED) {
+    acme_answered(c, acme_host);
+    return;
+  }
   if (c->v->proxy_protocol)
     proxy_header(c, &info);
   if (!(c->flags & F_FINISH))
@@ -1000,8 +1024,16 @@ static void tls_cycle(struct conn *c) {
     int r = SSL_do_handshake(c->ssl);
     if (r != 1) {
       int e = SSL_get_error(c->ssl, r);
-      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return;
+      if (tlsconf_ssl_acme(c->ssl, NULL) == TLSCONF_ACME_REFUSED) {
+        ERR_clear_error();
+        client_error(c, CAUSE_ACME_NO_CHALLENGE,
+                     "ALPN acme-tls/1 for a name with no ACME challenge on this listener");
+        finish(c, 0); /* the no_application_protocol alert goes out first */
+      } else {
         tls_failed(c, CAUSE_HANDSHAKE_FAILED, e);
+      }
       return;
     }
     handshake_done(c);

@@ -109,6 +109,10 @@ static const struct counter counters[] = {
     {"tlsplane_upstream_resumptions_total", "counter",
      "Upstream handshakes that resumed the session kept from the previous one (upstream_tls).",
      offsetof(struct stats, up_resumptions)},
+    {"tlsplane_acme_challenges_answered_total", "counter",
+     "ACME tls-alpn-01 validations answered with a challenge certificate (also counted as "
+     "handshakes); the connection is closed after the handshake.",
+     offsetof(struct stats, acme_challenges)},
 };
 
 /* The start of a sample labelled with a listener and a certificate; the

@@ -16,6 +16,7 @@ const char *stats_cause_name(enum stats_cause cause) {
       [CAUSE_UPSTREAM_WRITE_TIMEOUT] = "upstream_write_timeout",
       [CAUSE_UPSTREAM_TLS_HANDSHAKE] = "upstream_tls_handshake",
       [CAUSE_UPSTREAM_VERIFY] = "upstream_verify",
+      [CAUSE_ACME_NO_CHALLENGE] = "acme_no_challenge",
   };
   return (unsigned)cause < CAUSE_COUNT ? names[cause] : "unknown";
 }

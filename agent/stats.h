@@ -27,6 +27,9 @@ enum stats_cause {
   CAUSE_UPSTREAM_TLS_HANDSHAKE, /* upstream_tls: the handshake with the upstream failed or timed out
                                  */
   CAUSE_UPSTREAM_VERIFY, /* upstream_tls: the upstream's certificate did not verify or match */
+  /* The ALPN list was exactly "acme-tls/1" (an ACME tls-alpn-01
+   * validation) for a name the listener holds no challenge for. */
+  CAUSE_ACME_NO_CHALLENGE,
   CAUSE_COUNT
 };
 
@@ -44,10 +47,12 @@ struct stats {
   atomic_llong bytes_out;         /* bytes of TLS records the client's socket took */
   atomic_llong up_handshakes;     /* upstream_tls: handshakes with the upstream completed */
   atomic_llong up_resumptions;    /* of which resumed the session kept from the last one */
+  atomic_llong acme_challenges;   /* ACME tls-alpn-01 validations answered (handshakes too) */
   atomic_llong client_errors[CAUSE_COUNT];
   /* The log line of each cause, limited (a flood of bad clients makes a
    * few lines a second, each saying how many were left out). */
   struct log_limit client_error_log[CAUSE_COUNT];
+  struct log_limit acme_log; /* the line of each challenge answered */
 };
 
 static inline void stats_add(atomic_llong *c, long long n) {

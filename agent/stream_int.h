@@ -72,11 +72,13 @@
 #define STREAM_CONNECT_METHOD "/tlsplane.v1.AgentService/Connect"
 #define STREAM_ENROLL_METHOD "/tlsplane.v1.AgentService/EnrollAgent"
 #define STREAM_RENEW_METHOD "/tlsplane.v1.AgentService/RenewAgentCertificate"
-/* The stream protocol this agent speaks (AgentHello.protocol): 3, deltas
- * of a resource set (2), and listeners with upstream_tls or a unix:
- * upstream, which the server sends only to agents of 3 or later; it takes
- * protocol 1 snapshots from older servers. */
-#define STREAM_PROTOCOL 3
+/* The stream protocol this agent speaks (AgentHello.protocol): 4,
+ * listeners with ACME tls-alpn-01 challenges (ListenerEntry.
+ * acme_challenges, which the server sends only to agents of 4 or later);
+ * 3, listeners with upstream_tls or a unix: upstream (sent only to agents
+ * of 3 or later); 2, deltas of a resource set. It takes protocol 1
+ * snapshots from older servers. */
+#define STREAM_PROTOCOL 4
 #define STREAM_BACKOFF_MIN_MS 500
 #define STREAM_BACKOFF_MAX_MS 30000
 #define STREAM_BACKOFF_FLOOR_MS 100 /* the least wait after a round of failures */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Peer setups for tlsplane's benchmarks: certificates, the plain-HTTP upstream
-# and one TCP-mode TLS terminator at a time, all on loopback.
+# Peer setups for tlsplane's benchmarks: certificates, the upstream (plain
+# HTTP, and HTTPS for "TLS on both sides") and one TCP-mode TLS terminator at
+# a time, all on loopback.
 #
 # Sourced by run.sh; also usable by hand:
 #   bench/peers.sh setup DIR                 install packages, make certs + configs in DIR
@@ -9,17 +10,26 @@
 #
 # Ports (127.0.0.1 only):
 #   21080  nginx upstream, plain HTTP: /  (small response) and /1m (1 MiB)
+#   21081  the same nginx, HTTPS (TLS 1.3 only, the ECDSA certificate): the
+#          upstream of "TLS on both sides"; it logs $ssl_session_reused of
+#          every request to run/upstream-tls.access
 #   21443  terminator, ECDSA P-256 certificate
 #   21444  terminator, RSA-2048 certificate
+#   21445  terminator, ECDSA P-256 certificate, re-encrypting to 21081
+#          (verifying it: CA = the ECDSA certificate, name "localhost", SNI
+#          "localhost"; sessions to the upstream resumed). Only the
+#          terminators for which peers_reencrypts is true listen on it.
 # (below the ephemeral range; override with BENCH_UPSTREAM_PORT,
-# BENCH_ECDSA_PORT, BENCH_RSA_PORT)
+# BENCH_UPSTREAM_TLS_PORT, BENCH_ECDSA_PORT, BENCH_RSA_PORT, BENCH_BOTH_PORT)
 # Every terminator: TLS 1.2 + 1.3, the same two certificates, session
-# tickets and a session cache on, 2 workers/threads, upstream 127.0.0.1:18080.
+# tickets and a session cache on, 2 workers/threads.
 # BENCH_TLS13_TICKETS: the agent's TlsContext.tls13_tickets (unset: 2).
 
 BENCH_UPSTREAM_PORT=${BENCH_UPSTREAM_PORT:-21080}
 BENCH_ECDSA_PORT=${BENCH_ECDSA_PORT:-21443}
 BENCH_RSA_PORT=${BENCH_RSA_PORT:-21444}
+BENCH_UPSTREAM_TLS_PORT=${BENCH_UPSTREAM_TLS_PORT:-21081}
+BENCH_BOTH_PORT=${BENCH_BOTH_PORT:-21445}
 BENCH_WORKERS=${BENCH_WORKERS:-2}
 BENCH_SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TLSPLANE_AGENT=${TLSPLANE_AGENT:-}
@@ -72,14 +82,28 @@ peers_certs() {
     )
 }
 
+# True when the terminator can be a TLS client of its upstream as well
+# (the 21445 listener). hitch cannot (its backend is cleartext only);
+# stunnel's service is either a TLS server or a TLS client, so it would need
+# two services chained through a third TCP connection, not the same work.
+peers_reencrypts() {
+    case $1 in tlsplane-agent | haproxy | nginx) return 0 ;; *) return 1 ;; esac
+}
+
 peers_configs() {
     local d=$1 w=$BENCH_WORKERS up=$BENCH_UPSTREAM_PORT e=$BENCH_ECDSA_PORT r=$BENCH_RSA_PORT
+    local upt=$BENCH_UPSTREAM_TLS_PORT bt=$BENCH_BOTH_PORT
     local c=$d/certs
     mkdir -p "$d/www" "$d/run" "$d/hitch-ocsp"
     # nginx's upstream worker runs as nobody: it must reach www/
     chmod 755 "$d" "$d/www"
 
-    # --- upstream: plain-HTTP nginx ---------------------------------------
+    # --- upstream: nginx, plain HTTP and HTTPS ------------------------------
+    # The HTTPS server pins what is negotiated (TLS 1.3, X25519,
+    # AES-128-GCM), so that every terminator does the same client-side work,
+    # and issues stateless tickets (a TLS 1.3 ticket may then be offered by
+    # several connections at once). Its log line per request says whether
+    # the terminator resumed: "r" or ".".
     printf 'hello from the upstream\n' >"$d/www/index.html"
     head -c 1048576 /dev/zero >"$d/www/1m"
     chmod 644 "$d/www/index.html" "$d/www/1m"
@@ -99,6 +123,20 @@ http {
     keepalive_timeout 600s;
     server {
         listen 127.0.0.1:$up backlog=4096;
+        root $d/www;
+        location / { }
+    }
+    log_format reuse '\$ssl_session_reused \$ssl_protocol \$ssl_cipher \$ssl_curve';
+    server {
+        listen 127.0.0.1:$upt ssl backlog=4096;
+        access_log $d/run/upstream-tls.access reuse;
+        ssl_certificate $c/ecdsa.crt;
+        ssl_certificate_key $c/ecdsa.key;
+        ssl_protocols TLSv1.3;
+        ssl_ecdh_curve X25519;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+        ssl_session_tickets on;
+        ssl_session_timeout 1h;
         root $d/www;
         location / { }
     }
@@ -123,8 +161,14 @@ frontend tls_ecdsa
 frontend tls_rsa
     bind 127.0.0.1:$r ssl crt $c/rsa.pem
     default_backend upstream
+frontend tls_both
+    bind 127.0.0.1:$bt ssl crt $c/ecdsa.pem
+    default_backend upstream_tls
 backend upstream
     server up1 127.0.0.1:$up
+# TLS to the upstream; haproxy resumes sessions to a server by default
+backend upstream_tls
+    server up1 127.0.0.1:$upt ssl verify required ca-file $c/ecdsa.crt sni str(localhost) verifyhost localhost
 EOF
 
     # --- nginx, stream + ssl ------------------------------------------------
@@ -152,6 +196,20 @@ stream {
         ssl_certificate $c/rsa.crt;
         ssl_certificate_key $c/rsa.key;
         proxy_pass 127.0.0.1:$up;
+    }
+    server {
+        listen 127.0.0.1:$bt ssl backlog=4096;
+        ssl_certificate $c/ecdsa.crt;
+        ssl_certificate_key $c/ecdsa.key;
+        proxy_pass 127.0.0.1:$upt;
+        proxy_ssl on;
+        # nginx 1.22's default leaves TLS 1.3 out
+        proxy_ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_ssl_session_reuse on;
+        proxy_ssl_verify on;
+        proxy_ssl_trusted_certificate $c/ecdsa.crt;
+        proxy_ssl_name localhost;
+        proxy_ssl_server_name on;
     }
 }
 EOF
@@ -201,9 +259,9 @@ key = $c/rsa.key
 EOF
 
     # --- tlsplane-agent: a tlsplane.v1.Snapshot in protobuf's JSON mapping ----
-    python3 - "$d" "$e" "$r" "$up" "${BENCH_TLS13_TICKETS:-}" >"$d/tlsplane-snapshot.json" <<'PY'
+    python3 - "$d" "$e" "$r" "$up" "$bt" "$upt" "${BENCH_TLS13_TICKETS:-}" >"$d/tlsplane-snapshot.json" <<'PY'
 import json, sys
-d, e, r, up, tickets = sys.argv[1:6]
+d, e, r, up, bt, upt, tickets = sys.argv[1:8]
 c = d + "/certs/"
 rd = lambda p: open(c + p).read()
 tk = open(c + "ticket.key.b64").read().strip()
@@ -220,7 +278,17 @@ def listener(kind, port):
                               "privateKeyPem": rd(kind + ".key")}]}},
         "ticketKeys": [{"key": tk, "active": True}],
     }
-print(json.dumps({"revision": "1", "listeners": [listener("ecdsa", e), listener("rsa", r)]}, indent=1))
+# TLS on both sides: the ECDSA context to clients, a client context trusting
+# the upstream's certificate to the upstream (SNI and name "localhost").
+both = listener("ecdsa", bt)
+both["listener"].update(name="listeners/bench-both", upstream="127.0.0.1:" + upt,
+                        upstreamTls={"tlsContext": "tlsContexts/upstream", "servername": "localhost"})
+both["tlsContexts"]["tlsContexts/upstream"] = {
+    "tlsContext": {"name": "tlsContexts/upstream", "client": True,
+                   "trustBundle": "trustBundles/upstream"},
+    "trustBundle": {"name": "trustBundles/upstream", "caPem": rd("ecdsa.crt")}}
+print(json.dumps({"revision": "1", "listeners": [listener("ecdsa", e), listener("rsa", r), both]},
+                 indent=1))
 PY
 }
 

@@ -13,7 +13,12 @@ SCEN = [
     ("keepalive_13", "keep-alive request TLS1.3"),
     ("bulk_13", "bulk MiB per CPU-second"),
     ("idle_rss", "KiB RSS per idle connection"),
+    ("tls_both_13", "TLS on both sides: full ECDSA TLS1.3 in, TLS1.3 to the upstream"),
+    # not a scenario of its own: the upstream's count during tls_both_13
+    ("upstream_resumed", "upstream connections resumed (tls_both_13)"),
 ]
+# Columns that are not a CPU or rate figure of their own.
+DERIVED = {"upstream_resumed": "tls_both_13"}
 ORDER = ["tlsplane-agent", "haproxy", "nginx", "hitch", "stunnel"]
 LABEL = {
     "tlsplane-agent": "tlsplane-agent",
@@ -65,6 +70,23 @@ def rate(j):
     return j.get("ops_per_s")
 
 
+def upstream_counts(rs):
+    """(resumed, connections) at the HTTPS upstream over the valid runs."""
+    rs = [j for j in rs if valid(j) and "upstream_conns" in j]
+    return sum(j["upstream_resumed"] for j in rs), sum(j["upstream_conns"] for j in rs)
+
+
+def upstream_cell(rs):
+    res, conns = upstream_counts(rs)
+    if not conns:
+        return None
+    return f"{100.0 * res / conns:.1f} % ({res}/{conns})"
+
+
+def unsupported(rs):
+    return bool(rs) and all(j.get("unsupported") for j in rs)
+
+
 def fmt(x, nd=0):
     if x is None:
         return "n/a"
@@ -86,6 +108,9 @@ def main():
     terms = [t for t in ORDER if any(k[0] == t for k in runs)]
     terms += sorted({k[0] for k in runs} - set(terms))
     notes = set()
+    # only the scenarios this run measured (run.sh SCENARIOS=...)
+    global SCEN
+    SCEN = [(sid, name) for sid, name in SCEN if any(k[1] == DERIVED.get(sid, sid) for k in runs)]
 
     out = []
     p = out.append
@@ -114,7 +139,14 @@ def main():
     for t in terms:
         cells = []
         for sid, _ in SCEN:
-            rs = runs.get((t, sid), [])
+            rs = runs.get((t, DERIVED.get(sid, sid)), [])
+            if unsupported(rs):
+                cells.append("— ‡")
+                notes.add("unsupported")
+                continue
+            if sid == "upstream_resumed":
+                cells.append(upstream_cell(rs) or "n/a")
+                continue
             v = med([metric(j) for j in rs])
             cell = fmt(v, 1 if sid == "idle_rss" else 0)
             if sid.startswith("resumed") and v is not None:
@@ -128,6 +160,18 @@ def main():
           + " | ".join(cells) + " |")
     p("")
     p("\\* Debian's haproxy is built with `-DDEBUG_STRICT -DDEBUG_MEMORY_POOLS`.")
+    if "upstream_resumed" in dict(SCEN):
+        p("")
+        p("TLS on both sides: each client connection (a full handshake) is re-encrypted "
+          "to the HTTPS upstream (TLS 1.3, X25519, AES-128-GCM, the upstream verified by CA "
+          "and name); the terminator offers the upstream a session it kept. \"upstream "
+          "connections resumed\" is the upstream's own count (nginx `$ssl_session_reused`); "
+          "a terminator that does not resume pays a full client handshake per connection.")
+    if "unsupported" in notes:
+        p("")
+        p("‡ Cannot be a TLS client of its upstream: hitch forwards cleartext only; a stunnel "
+          "service is either a TLS server or a TLS client (two services chained through a "
+          "third TCP connection would not be the same work).")
     if "resumed" in notes:
         p("")
         p("† Fewer than 95 % of the connections resumed, so the figure mixes full and "
@@ -148,6 +192,9 @@ def main():
         p("|---" * (len(SCEN) + 1) + "|")
         cells = []
         for sid, _ in SCEN:
+            if sid == "upstream_resumed":
+                cells.append(upstream_cell(runs.get(("tlsplane-agent", DERIVED[sid]), [])) or "n/a")
+                continue
             a = med([metric(j) for j in runs.get(("tlsplane-agent", sid), [])])
             peers = [med([metric(j) for j in runs.get((t, sid), [])]) for t in terms if t != "tlsplane-agent"]
             peers = [x for x in peers if x is not None]
@@ -168,18 +215,24 @@ def main():
         p("| agent / best peer | " + " | ".join(cells) + " |")
         p("")
 
+    rate_scen = [(sid, name) for sid, name in SCEN if sid != "idle_rss" and sid not in DERIVED]
+    if rate_scen:
+        rates_table(p, terms, runs, rate_scen)
+    checks_table(p, terms, runs)
+    print("\n".join(out))
+
+
+def rates_table(p, terms, runs, rate_scen):
     p("## Rates (median; the box, not the terminator alone)")
     p("")
     p("Operations per second (bulk: MiB/s); latency p50 / p99 in ms.")
     p("")
     p("| | " + " | ".join("bulk MiB/s" if sid == "bulk_13" else name
-                          for sid, name in SCEN if sid != "idle_rss") + " |")
-    p("|---" * len(SCEN) + "|")
+                          for sid, name in rate_scen) + " |")
+    p("|---" * (len(rate_scen) + 1) + "|")
     for t in terms:
         cells = []
-        for sid, _ in SCEN:
-            if sid == "idle_rss":
-                continue
+        for sid, _ in rate_scen:
             rs = runs.get((t, sid), [])
             r = med([rate(j) for j in rs])
             p50 = med([j.get("p50_us") for j in rs if valid(j)])
@@ -189,6 +242,8 @@ def main():
         p(f"| {t} | " + " | ".join(cells) + " |")
     p("")
 
+
+def checks_table(p, terms, runs):
     p("## Checks (all rounds)")
     p("")
     p("Full handshakes must show 0 resumed; resumed runs ≈ all resumed (the first "
@@ -196,14 +251,18 @@ def main():
       "above 0.1 % of its operations, or during which another program listened on "
       "a benchmark port, is excluded from the medians.")
     p("")
-    p("| | " + " | ".join(name for _, name in SCEN) + " |")
-    p("|---" * (len(SCEN) + 1) + "|")
+    check_scen = [(sid, name) for sid, name in SCEN if sid not in DERIVED]
+    p("| | " + " | ".join(name for _, name in check_scen) + " |")
+    p("|---" * (len(check_scen) + 1) + "|")
     for t in terms:
         cells = []
-        for sid, _ in SCEN:
+        for sid, _ in check_scen:
             rs = runs.get((t, sid), [])
             if not rs:
                 cells.append("n/a")
+                continue
+            if unsupported(rs):
+                cells.append("not supported")
                 continue
             ops = sum(j.get("ops", 0) for j in rs)
             err = sum(max(j.get("errors", 0), 0) for j in rs)
@@ -211,11 +270,15 @@ def main():
             res = sum(j.get("resumed", 0) for j in rs)
             neg = rs[0].get("version", "") + " " + rs[0].get("server_key", "")
             bad = sum(1 for j in rs if not valid(j))
-            cells.append(f"{ops} ops, {res}/{hs} resumed, {err} err ({neg.strip()})"
-                         + (f", {bad} run(s) excluded" if bad else ""))
+            cell = f"{ops} ops, {res}/{hs} resumed, {err} err ({neg.strip()})"
+            if any("upstream_conns" in j for j in rs):
+                ures = sum(j.get("upstream_resumed", 0) for j in rs)
+                uconns = sum(j.get("upstream_conns", 0) for j in rs)
+                utls = next((j["upstream_tls"] for j in rs if j.get("upstream_tls")), "")
+                cell += f"; upstream: {uconns} connections, {ures} resumed ({utls})"
+            cells.append(cell + (f", {bad} run(s) excluded" if bad else ""))
         p(f"| {t} | " + " | ".join(cells) + " |")
     p("")
-    print("\n".join(out))
 
 
 if __name__ == "__main__":

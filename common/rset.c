@@ -179,6 +179,9 @@ static void resource_free(Tlsplane__V1__Resource *r) {
     for (size_t i = 0; i < r->ticket_keys->n_keys; i++)
       if (r->ticket_keys->keys[i] != NULL && r->ticket_keys->keys[i]->key.data != NULL)
         OPENSSL_cleanse(r->ticket_keys->keys[i]->key.data, r->ticket_keys->keys[i]->key.len);
+  if (r->content_case == TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE &&
+      r->acme_challenge != NULL && r->acme_challenge->private_key_pem != NULL)
+    OPENSSL_cleanse(r->acme_challenge->private_key_pem, strlen(r->acme_challenge->private_key_pem));
   protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
@@ -483,6 +486,9 @@ static int uses_walk(lookup_fn lookup, const void *from, const Tlsplane__V1__Lis
   }
   if (ref_ok(&e->ticket_keys) && (rc = cb(e->ticket_keys.data, data)) != 0)
     return rc;
+  for (size_t i = 0; i < e->n_acme_challenges; i++)
+    if (ref_ok(&e->acme_challenges[i]) && (rc = cb(e->acme_challenges[i].data, data)) != 0)
+      return rc;
   return 0;
 }
 
@@ -523,6 +529,9 @@ static int intern_resource(struct rset *s, Tlsplane__V1__Resource__ContentCase k
     break;
   case TLSPLANE__V1__RESOURCE__CONTENT_TICKET_KEYS:
     r->ticket_keys = content;
+    break;
+  case TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE:
+    r->acme_challenge = content;
     break;
   default:
     break;
@@ -653,6 +662,20 @@ int rset_intern(struct rset *s, const Tlsplane__V1__ResolvedListener *rl,
     if (rc == 0 && hash_field(&e->ticket_keys, h) != 0)
       oom = 1;
   }
+  if (!oom && rc == 0 && rl->n_acme_challenges > 0)
+    oom = (e->acme_challenges = calloc(rl->n_acme_challenges, sizeof(*e->acme_challenges))) == NULL;
+  for (size_t i = 0; !oom && rc == 0 && i < rl->n_acme_challenges; i++) {
+    uint8_t h[RSET_HASH_LEN];
+    if (rl->acme_challenges[i] == NULL) {
+      rc = tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: acme_challenges[%zu]: empty",
+                      rl->listener->name, i);
+      break;
+    }
+    rc = intern_resource(s, TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE,
+                         copy_of(rl->acme_challenges[i], &oom), h, err);
+    if (rc == 0 && hash_field(&e->acme_challenges[e->n_acme_challenges++], h) != 0)
+      oom = 1;
+  }
   if (oom || rc != 0) {
     entry_free(e);
     return rc != 0 ? -1 : tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -710,6 +733,7 @@ void rset_resolved_free(Tlsplane__V1__ResolvedListener *rl) {
     free(ce);
   }
   free(rl->tls_contexts);
+  free(rl->acme_challenges);
   free(rl);
 }
 
@@ -807,6 +831,26 @@ int rset_resolve(const struct rset *s, const Tlsplane__V1__ListenerEntry *e,
     } else {
       tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "%s: ticket_keys: resource is not held",
                  e->listener->name);
+    }
+  }
+  if (ok && e->n_acme_challenges > 0) {
+    rl->acme_challenges = calloc(e->n_acme_challenges, sizeof(*rl->acme_challenges));
+    if ((ok = rl->acme_challenges != NULL) == 0)
+      tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  for (size_t i = 0; ok && i < e->n_acme_challenges; i++) {
+    const ProtobufCBinaryData *ref = &e->acme_challenges[i];
+    const Tlsplane__V1__Resource *r = ref_ok(ref) ? rset_resource_get(s, ref->data) : NULL;
+    ok = r != NULL && r->content_case == TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE &&
+         r->acme_challenge != NULL;
+    if (ok) {
+      rl->acme_challenges[rl->n_acme_challenges++] = r->acme_challenge;
+    } else {
+      char h[16];
+      tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                 "%s: acme_challenges[%zu]: resource %s is not %s", e->listener->name, i,
+                 ref_ok(ref) ? rset_hash_short(ref->data, h, sizeof(h)) : "(malformed)",
+                 r == NULL ? "held" : "an ACME challenge");
     }
   }
   if (!ok) {

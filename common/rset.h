@@ -14,7 +14,8 @@
  * counted: two sets may share one (rset_resource_share,
  * rset_listener_share), so an agent can keep the resources of
  * the version it serves beside those of a newer one at no copy. Key
- * material (a certificate's private key, ticket keys) is wiped when the
+ * material (a certificate's private key, ticket keys, an ACME challenge's
+ * key) is wiped when the
  * last reference goes.
  *
  * Thread safety: a set belongs to one thread at a time; sharing resources
@@ -84,8 +85,9 @@ size_t rset_listener_count(const struct rset *s);
 const Tlsplane__V1__ListenerEntry *rset_listener_next(const struct rset *s, size_t *iter);
 
 /* Calls cb(hash, data) for every resource e uses: its contexts, each
- * context's certificates, cipher policy, trust bundle and CRLs, and its
- * ticket keys (a hash used twice is reported twice). Resolved through s:
+ * context's certificates, cipher policy, trust bundle and CRLs, its
+ * ticket keys and its ACME challenges (a hash used twice is reported
+ * twice). Resolved through s:
  * a context s does not hold ends the walk with INVALID_ARGUMENT naming
  * the listener and the context ("listeners/web: tls_contexts[tlsContexts/x]:
  * resource 1f2e... is not held"); a missing leaf resource is reported to
@@ -96,9 +98,10 @@ int rset_listener_uses(const struct rset *s, const Tlsplane__V1__ListenerEntry *
 
 /* --- the protocol 1 form --- */
 
-/* Adds rl's contexts, certificates, policies, bundles, CRLs and ticket keys
- * as resources (copied) and rl as a listener entry (replacing one of the
- * same name); *out (may be NULL) is the entry, valid while s holds it. */
+/* Adds rl's contexts, certificates, policies, bundles, CRLs, ticket keys
+ * and ACME challenges (one resource each, in order) as resources
+ * (copied) and rl as a listener entry (replacing one of the same name);
+ * *out (may be NULL) is the entry, valid while s holds it. */
 int rset_intern(struct rset *s, const Tlsplane__V1__ResolvedListener *rl,
                 const Tlsplane__V1__ListenerEntry **out, struct tp_err *err);
 /* Adds one resolved context (copied) with the resources it names, and

@@ -38,7 +38,8 @@ struct ctx_data {
    * first; alpn_len 0 when none are configured. */
   unsigned char *alpn;
   unsigned alpn_len;
-  /* NPN protocols advertised, wire format. */
+  /* NPN protocols in wire format: advertised (a server context), or
+   * wanted, in preference order (a client context). */
   unsigned char *npn;
   unsigned npn_len;
   struct staple *staples;
@@ -120,6 +121,17 @@ static int npn_advertise_cb(SSL *ssl, const unsigned char **out, unsigned int *o
   struct ctx_data *d = ctx_data_check(arg);
   *out = d->npn;
   *outlen = d->npn_len;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+/* NPN, a client context: the first of the server's protocols that we
+ * want; none in common: our first (NPN has no refusal: the client always
+ * names one), as Node's NPNProtocols did. `in` is the server's list as
+ * received; SSL_select_next_proto checks its framing. */
+static int npn_select_cb(SSL *ssl, unsigned char **out, unsigned char *outlen,
+                         const unsigned char *in, unsigned int inlen, void *arg) {
+  struct ctx_data *d = ctx_data_check(arg);
+  SSL_select_next_proto(out, outlen, in, inlen, d->npn, d->npn_len);
   return SSL_TLSEXT_ERR_OK;
 }
 #endif
@@ -538,7 +550,7 @@ static int client_new_session_cb(SSL *ssl, SSL_SESSION *sess) {
 
 /* The rest of a client context (tls.connect's secureContext, client set):
  * the client certificate, the trust store verifying upstreams and the
- * ALPN list offered. Verification itself (rejectUnauthorized,
+ * ALPN and NPN lists offered. Verification itself (rejectUnauthorized,
  * checkServerIdentity) is set per SSL by the listener that uses it. */
 static int client_build(SSL_CTX *ctx, struct ctx_data *d,
                         const Tlsplane__V1__ResolvedTlsContext *rc, struct tp_err *err) {
@@ -546,7 +558,6 @@ static int client_build(SSL_CTX *ctx, struct ctx_data *d,
   /* The server-only fields: refused rather than ignored. */
   const char *server_only = tc->request_cert                    ? "request_cert"
                             : tc->reject_unauthorized           ? "reject_unauthorized"
-                            : tc->n_npn_protocols > 0           ? "npn_protocols"
                             : tc->n_revocation_lists > 0        ? "revocation_lists"
                             : tc->session_timeout != NULL       ? "session_timeout"
                             : tc->session_id_context[0] != '\0' ? "session_id_context"
@@ -573,6 +584,19 @@ static int client_build(SSL_CTX *ctx, struct ctx_data *d,
       return -1;
     if (SSL_CTX_set_alpn_protos(ctx, d->alpn, d->alpn_len) != 0)
       return tlsconf__oom(err);
+  }
+  /* NPNProtocols: the extension is sent (TLS 1.2 and below only) when the
+   * select callback is set, so only with a list. */
+  if (tc->n_npn_protocols > 0) {
+#ifndef OPENSSL_NO_NEXTPROTONEG
+    if (protos_wire(tc->npn_protocols, tc->n_npn_protocols, "npn_protocols", &d->npn, &d->npn_len,
+                    err) != 0)
+      return -1;
+    SSL_CTX_set_next_proto_select_cb(ctx, npn_select_cb, d);
+#else
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                      "npn_protocols: this OpenSSL is built without NPN (use alpn_protocols)");
+#endif
   }
   /* Sessions are kept by whoever uses the context (the agent: a few per
    * upstream and worker), handed over by tlsconf_ssl_session_cb_set's

@@ -29,6 +29,16 @@
  * OpenSSL takes from the session_ctx, is set on the new session in the
  * servername callback.
  *
+ * ACME tls-alpn-01 (RFC 8737). A ClientHello whose ALPN list is exactly
+ * "acme-tls/1" is a validation client: the client hello callback switches
+ * it to the challenge context of its SNI (tlsconf_acme.h: the challenge
+ * certificate, nothing resumed, "acme-tls/1" selected) and marks the
+ * connection, whose owner closes it after the handshake (it never reaches
+ * the upstream); without a challenge for the name the handshake is
+ * refused with no_application_protocol. Any other ClientHello, one that
+ * offers "acme-tls/1" among other protocols included, never sees a
+ * challenge context.
+ *
  * Everything here is immutable after build and shared by every worker
  * thread; per-connection state lives in struct conn, the SSL's ex_data.
  * The SSL reaches its listener through that ex_data (never through a
@@ -49,8 +59,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alpn.h"
 #include "listener_rules.h"
 #include "tlsconf.h"
+#include "tlsconf_acme.h"
 #include "tlsconf_ctxcache.h"
 #include "tlsconf_int.h"
 
@@ -99,6 +111,13 @@ struct entry {
   int reused;                        /* found in the cache, not built for this listener */
 };
 
+/* An ACME challenge the listener answers: its name (lower case) and its
+ * context (tlsconf_acme_ctx_build's, with the listener's callbacks). */
+struct challenge {
+  char *host;
+  struct entry e;
+};
+
 /* An SNI route. host is lower case; for a wildcard it is the part after
  * "*." ("example.com" for "*.example.com"). */
 struct route {
@@ -122,6 +141,9 @@ struct tlsconf_listener {
   size_t n_exact;
   struct route *wild;
   size_t n_wild;
+  /* Sorted by host (strcmp) for bsearch; at most one per host. */
+  struct challenge *challenges;
+  size_t n_challenges;
   /* The ring: keys[active] encrypts, every key decrypts. */
   struct ticket_key *keys;
   size_t n_keys;
@@ -153,6 +175,8 @@ struct conn {
   const struct entry *entry;  /* the selected context; NULL before the ClientHello */
   int ocsp_requested;         /* this handshake's ClientHello had status_request (OCSP) */
   int ocsp_stapled;           /* and the status callback stapled a response */
+  enum tlsconf_acme acme;     /* whether the ClientHello was an ACME validation, and its fate */
+  const char *acme_host;      /* TLSCONF_ACME_ANSWERED: the challenge's name (in l) */
   char protocol[256];         /* tlsconf_conn_info's ALPN / NPN copy, NUL-terminated */
 };
 
@@ -279,6 +303,33 @@ static const struct entry *select_entry(const struct tlsconf_listener *l, const 
   return &l->entries[r != NULL ? r->entry : 0];
 }
 
+static int challenge_cmp_key(const void *key, const void *elem) {
+  return strcmp(key, ((const struct challenge *)elem)->host);
+}
+
+static int challenge_cmp(const void *a, const void *b) {
+  return strcmp(((const struct challenge *)a)->host, ((const struct challenge *)b)->host);
+}
+
+/* The challenge for host (lower case), or NULL. */
+static const struct challenge *challenge_find(const struct tlsconf_listener *l, const char *host) {
+  if (host == NULL || l->n_challenges == 0)
+    return NULL;
+  return bsearch(host, l->challenges, l->n_challenges, sizeof(*l->challenges), challenge_cmp_key);
+}
+
+/* Whether the ClientHello's ALPN list is exactly "acme-tls/1" (RFC 8737,
+ * section 3: what an ACME validation client sends; one that lists it
+ * among others is an ordinary client). */
+static int alpn_is_acme(SSL *ssl) {
+  static const uint8_t acme[] = ALPN_ACME_TLS_1;
+  const unsigned char *p;
+  size_t len;
+  return SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &p,
+                                   &len) &&
+         alpn_ext_is_only(p, len, acme, sizeof(acme) - 1) == 1;
+}
+
 /* Makes e the SSL's context and copies what SSL_set_SSL_CTX leaves as
  * SSL_new copied it from the base (see the top of this file). */
 static int switch_to(SSL *ssl, const struct tlsconf_listener *l, const struct entry *e) {
@@ -335,7 +386,21 @@ static int client_hello_cb(SSL *ssl, int *al, void *arg) {
   if (c->entry != NULL)
     return SSL_CLIENT_HELLO_SUCCESS;
   char host[TLSEXT_MAXLEN_host_name + 1];
-  const struct entry *e = select_entry(c->l, sni_get(ssl, host) == 1 ? host : NULL);
+  const char *sni = sni_get(ssl, host) == 1 ? host : NULL;
+  const struct entry *e;
+  if (alpn_is_acme(ssl)) {
+    const struct challenge *ch = challenge_find(c->l, sni);
+    if (ch == NULL) {
+      c->acme = TLSCONF_ACME_REFUSED;
+      *al = SSL_AD_NO_APPLICATION_PROTOCOL;
+      return SSL_CLIENT_HELLO_ERROR;
+    }
+    c->acme = TLSCONF_ACME_ANSWERED;
+    c->acme_host = ch->host;
+    e = &ch->e;
+  } else {
+    e = select_entry(c->l, sni);
+  }
   if (switch_to(ssl, c->l, e) != 0) {
     ERR_clear_error();
     *al = SSL_AD_INTERNAL_ERROR;
@@ -517,6 +582,8 @@ static SSL_TICKET_RETURN ticket_dec_cb(SSL *ssl, SSL_SESSION *sess, const unsign
   if (status != SSL_TICKET_SUCCESS && status != SSL_TICKET_SUCCESS_RENEW)
     return SSL_TICKET_RETURN_IGNORE_RENEW; /* what OpenSSL does without this callback */
   struct conn *c = conn_get(ssl);
+  if (c != NULL && c->acme == TLSCONF_ACME_ANSWERED)
+    return SSL_TICKET_RETURN_IGNORE; /* a validation gets a full handshake and no ticket */
   if (c == NULL || c->entry == NULL || !session_still_verifies(ssl, sess))
     return SSL_TICKET_RETURN_IGNORE_RENEW;
   return status == SSL_TICKET_SUCCESS_RENEW ? SSL_TICKET_RETURN_USE_RENEW : SSL_TICKET_RETURN_USE;
@@ -587,6 +654,12 @@ static void listener_free(struct tlsconf_listener *l) {
   for (size_t i = 0; i < l->n_wild; i++)
     free(l->wild[i].host);
   free(l->wild);
+  for (size_t i = 0; i < l->n_challenges; i++) {
+    tlsconf_ctxcache_entry_release(l->challenges[i].e.ce);
+    free(l->challenges[i].e.name);
+    free(l->challenges[i].host);
+  }
+  free(l->challenges);
   free(l->up_servername);
   free(l->up_check);
   free(l->up_host);
@@ -945,6 +1018,113 @@ static int routes_build(struct tlsconf_listener *l, const Tlsplane__V1__Listener
   return 0;
 }
 
+/* What a build of one challenge context needs. */
+struct challenge_args {
+  const Tlsplane__V1__AcmeChallengeMaterial *m;
+};
+
+/* Builds one challenge context (tlsconf_ctxcache_build_cb): nothing is
+ * stapled, groups and fragment size are OpenSSL's defaults. */
+static int challenge_make(void *data, void **out, struct tp_err *err) {
+  const struct challenge_args *a = data;
+  struct built *b = calloc(1, sizeof(*b));
+  if (b == NULL)
+    return tlsconf__oom(err);
+  if (tlsconf_acme_ctx_build(a->m, &b->ctx, err) != 0)
+    goto failed;
+  b->max_send_fragment = SSL3_RT_MAX_PLAIN_LENGTH;
+  if (!install_callbacks(b->ctx)) {
+    tlsconf__oom(err);
+    goto failed;
+  }
+  *out = b;
+  return 0;
+failed:
+  built_free(b);
+  return -1;
+}
+
+/* The content hash the cache knows challenge i by: the resource hash
+ * given (ListenerEntry.acme_challenges[i], in the order rset_resolve gives
+ * them), else SHA-256 of a tag and the packed material (the tag keeps it
+ * apart from any packed ResolvedTlsContext's). */
+static int challenge_hash(const Tlsplane__V1__ResolvedListener *rl,
+                          const Tlsplane__V1__ListenerEntry *hashes, size_t i,
+                          uint8_t hash[TLSCONF_CTXCACHE_HASH_LEN]) {
+  if (hashes != NULL && hashes->n_acme_challenges == rl->n_acme_challenges &&
+      hashes->acme_challenges[i].len == TLSCONF_CTXCACHE_HASH_LEN) {
+    memcpy(hash, hashes->acme_challenges[i].data, TLSCONF_CTXCACHE_HASH_LEN);
+    return 0;
+  }
+  static const char tag[] = "tlsplane.v1.AcmeChallengeMaterial";
+  const ProtobufCMessage *m = &rl->acme_challenges[i]->base;
+  size_t len = protobuf_c_message_get_packed_size(m);
+  uint8_t *buf = malloc(sizeof(tag) + len);
+  if (buf == NULL)
+    return -1;
+  memcpy(buf, tag, sizeof(tag));
+  protobuf_c_message_pack(m, buf + sizeof(tag));
+  SHA256(buf, sizeof(tag) + len, hash);
+  OPENSSL_cleanse(buf, sizeof(tag) + len); /* the private key */
+  free(buf);
+  return 0;
+}
+
+/* The ACME challenges (rl->acme_challenges), each context from the cache
+ * or built and kept there. Errors name the challenge by its server_name
+ * ("acme_challenges[a.test]: private_key_pem: ..."), or by its index
+ * while the name itself is wrong. */
+static int challenges_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedListener *rl,
+                            const Tlsplane__V1__ListenerEntry *hashes,
+                            struct tlsconf_ctxcache *cache, struct tp_err *err) {
+  size_t n = rl->n_acme_challenges;
+  if (n == 0)
+    return 0;
+  if ((l->challenges = calloc(n, sizeof(*l->challenges))) == NULL)
+    return tlsconf__oom(err);
+  for (size_t i = 0; i < n; i++) {
+    const Tlsplane__V1__AcmeChallengeMaterial *m = rl->acme_challenges[i];
+    const char *name = m != NULL && m->server_name != NULL ? m->server_name : "";
+    char prefix[TLSEXT_MAXLEN_host_name + 40];
+    struct tp_err name_err = {0};
+    if (m == NULL)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "acme_challenges[%zu]: empty", i);
+    if (name[0] == '\0' || strncmp(name, "*.", 2) == 0 ||
+        tlsconf_hostname_pattern_check(name, &name_err) != 0)
+      snprintf(prefix, sizeof(prefix), "acme_challenges[%zu]: ", i);
+    else
+      snprintf(prefix, sizeof(prefix), "acme_challenges[%s]: ", name);
+    for (size_t j = 0; j < l->n_challenges; j++)
+      if (strcmp(l->challenges[j].host, name) == 0)
+        return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                          "acme_challenges[%s]: server_name: \"%s\" has two challenges", name,
+                          name);
+    uint8_t hash[TLSCONF_CTXCACHE_HASH_LEN];
+    if (challenge_hash(rl, hashes, i, hash) != 0)
+      return tlsconf__oom(err);
+    struct challenge *ch = &l->challenges[l->n_challenges];
+    struct challenge_args args = {.m = m};
+    int built = 0;
+    if (tlsconf_ctxcache_get(cache, hash, challenge_make, &args, &ch->e.ce, &built, err) != 0) {
+      tp_err_prefix(err, prefix);
+      return -1;
+    }
+    l->n_challenges++; /* listener_free releases it from here on */
+    const struct built *b = tlsconf_ctxcache_entry_value(ch->e.ce);
+    ch->e.ctx = b->ctx;
+    ch->e.max_send_fragment = b->max_send_fragment;
+    ch->e.reused = !built;
+    /* A cached context was checked when it was built, under the same
+     * content: its name is the one checked then. */
+    if ((ch->host = strdup(name)) == NULL || asprintf(&ch->e.name, "acmeChallenges/%s", name) < 0) {
+      ch->e.name = NULL;
+      return tlsconf__oom(err);
+    }
+  }
+  qsort(l->challenges, l->n_challenges, sizeof(*l->challenges), challenge_cmp);
+  return 0;
+}
+
 static int keys_build(struct tlsconf_listener *l, const Tlsplane__V1__ResolvedListener *rl,
                       struct tp_err *err) {
   if ((l->aes = EVP_CIPHER_fetch(NULL, "AES-128-CBC", NULL)) == NULL) {
@@ -1106,7 +1286,8 @@ int tlsconf_listener_build_cached(const Tlsplane__V1__ResolvedListener *rl,
   atomic_init(&l->refs, 1);
   if (renegotiation_build(l, li, err) != 0 ||
       entries_build(l, rl, hashes, cache, route_entry, err) != 0 ||
-      routes_build(l, li, route_entry, err) != 0 || keys_build(l, rl, err) != 0 ||
+      routes_build(l, li, route_entry, err) != 0 ||
+      challenges_build(l, rl, hashes, cache, err) != 0 || keys_build(l, rl, err) != 0 ||
       base_build(l, err) != 0 || upstream_build(l, li, err) != 0) {
     free(route_entry);
     listener_free(l);
@@ -1221,6 +1402,17 @@ int tlsconf_listener_upstream_check(const struct tlsconf_listener *l, SSL *ssl, 
 
 int tlsconf_listener_upstream_tls(const struct tlsconf_listener *l) {
   return listener_check((struct tlsconf_listener *)l)->up_ctx != NULL;
+}
+
+enum tlsconf_acme tlsconf_ssl_acme(const SSL *ssl, const char **host) {
+  struct conn *c = conn_get(ssl);
+  if (host != NULL)
+    *host = c != NULL ? c->acme_host : NULL;
+  return c != NULL ? c->acme : TLSCONF_ACME_NONE;
+}
+
+size_t tlsconf_listener_acme_challenges(const struct tlsconf_listener *l) {
+  return listener_check(l)->n_challenges;
 }
 
 const char *tlsconf_ssl_context_name(const SSL *ssl) {

@@ -3,7 +3,8 @@
  * SNICallback: exact names, then "*." wildcards of exactly one label, then
  * the default context), the ticket-key ring (ticketKeys / setTicketKeys:
  * the active key encrypts, older keys still decrypt and the ticket is
- * renewed under the active key) and the renegotiation policy.
+ * renewed under the active key), the renegotiation policy, and the ACME
+ * tls-alpn-01 challenges it answers (RFC 8737, tlsconf_acme.h).
  *
  * Immutable once built, shared by every worker thread, and reference
  * counted: a connection holds a reference for its whole life, so that a
@@ -28,7 +29,11 @@ struct tlsconf_listener;
  * but not across builds or agents). All or nothing: on failure nothing is
  * kept and err names the context and field ("tlsContexts/web:
  * certificates: ...") or the listener field ("sni_routes[2].hostname:
- * ...", "ticket_keys[1]: ...", "renegotiation_limit: ..."). Route
+ * ...", "ticket_keys[1]: ...", "renegotiation_limit: ...",
+ * "acme_challenges[a.test]: private_key_pem: ..."). Challenges: at most
+ * one per server_name; each builds one context (tlsconf_acme_ctx_build),
+ * cached as contexts are (by ListenerEntry.acme_challenges[i] when
+ * given). Route
  * hostnames are matched lower-cased. The result holds one reference;
  * release with tlsconf_listener_unref. rl may be freed afterwards.
  * Sessions: one session cache for the listener (the largest
@@ -113,6 +118,20 @@ SSL *tlsconf_listener_upstream_ssl_new(struct tlsconf_listener *l, SSL *client);
  * and for an SSL not made by tlsconf_listener_ssl_new. Valid while ssl
  * lives. */
 const char *tlsconf_ssl_context_name(const SSL *ssl);
+
+/* Whether ssl's ClientHello was an ACME tls-alpn-01 validation: its ALPN
+ * list exactly "acme-tls/1". ANSWERED: the listener has a challenge for
+ * its SNI, which it serves (the challenge certificate, "acme-tls/1"
+ * selected); the caller closes the connection once the handshake is done
+ * (close_notify, nothing forwarded) and *host (may be NULL) is the name,
+ * valid while ssl lives. REFUSED: no challenge for its SNI (or no SNI);
+ * the handshake failed with alert no_application_protocol. NONE: an
+ * ordinary ClientHello, or none yet. */
+enum tlsconf_acme { TLSCONF_ACME_NONE, TLSCONF_ACME_ANSWERED, TLSCONF_ACME_REFUSED };
+enum tlsconf_acme tlsconf_ssl_acme(const SSL *ssl, const char **host);
+
+/* How many ACME challenges l answers. */
+size_t tlsconf_listener_acme_challenges(const struct tlsconf_listener *l);
 
 /* Client-initiated renegotiations allowed per window (the listener's
  * renegotiation_limit / renegotiation_window; limit 0: renegotiation is

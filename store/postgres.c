@@ -995,8 +995,9 @@ static int pg_get(struct store_txn *base, const char *kind, const char *name, in
 }
 
 /* The row's etag: 1 and *etag (caller frees) if it exists, 0 if not. */
-static int row_head(struct conn *c, const char *kind, const char *name, char **etag,
+static int row_head(struct store_txn *base, const char *kind, const char *name, char **etag,
                     struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
   *etag = NULL;
   PGresult *res = q_rows(c, "SELECT etag FROM resources WHERE kind = $1 AND name = $2", "read etag",
                          err, "tt", kind, name);
@@ -1009,7 +1010,9 @@ static int row_head(struct conn *c, const char *kind, const char *name, char **e
   return rc;
 }
 
-static int row_exists(struct conn *c, const char *kind, const char *name, struct tp_err *err) {
+static int row_exists(struct store_txn *base, const char *kind, const char *name,
+                      struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
   PGresult *res = q_rows(c, "SELECT 1 FROM resources WHERE kind = $1 AND name = $2",
                          "look up a reference", err, "tt", kind, name);
   if (res == NULL)
@@ -1087,52 +1090,25 @@ static int row_write(struct store_txn *base, const struct store_write *w, const 
   return 0;
 }
 
-static int pg_put(struct store_txn *base, const struct store_write *w, struct store_row *out,
-                  struct tp_err *err) {
+static int labels_write(struct store_txn *base, const struct store_write *w, int replace,
+                        struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  char *current;
-  int rc = row_head(c, w->kind, w->name, &current, err);
-  if (rc < 0)
-    return rc;
-  if (rc == 1 && w->create)
-    rc = store__err_exists(err, w->name);
-  else if (rc == 0 && !w->create)
-    rc = store__err_not_found(err, w->name);
-  else if (rc == 1 && w->expect_etag && strcmp(w->expect_etag, current) != 0)
-    rc = store__err_etag(err, w->name, current);
-  else
-    rc = 0;
-  free(current);
-  if (rc < 0)
-    return rc;
-
-  /* Every reference must exist before anything is written; the foreign
-   * key would refuse too, but without naming the field. */
-  for (size_t i = 0; i < w->n_refs; i++) {
-    const struct store_ref *r = &w->refs[i];
-    rc = row_exists(c, r->kind, r->name, err);
-    if (rc < 0)
-      return rc;
-    if (rc == 0)
-      return store__err_ref_missing(err, r->field, r->name);
-  }
-
-  char etag[32];
-  store__etag_format(etag, sizeof(etag), base->revision);
-  int64_t now = store__now_us();
-  int64_t create_time = now;
-  rc = row_write(base, w, etag, now, &create_time, err);
-  if (rc < 0)
-    return rc;
-
-  if (!w->create)
+  int rc = 0;
+  if (replace)
     rc = q_run(c, "DELETE FROM labels WHERE kind = $1 AND name = $2", "replace labels", err, "tt",
                w->kind, w->name);
   for (size_t i = 0; rc == 0 && i < w->n_labels; i++)
     rc = q_run(c, "INSERT INTO labels (kind, name, key, value) VALUES ($1, $2, $3, $4)",
                "write a label", err, "tttt", w->kind, w->name, w->labels[i].key,
                w->labels[i].value ? w->labels[i].value : "");
-  if (rc == 0 && !w->create)
+  return rc;
+}
+
+static int refs_write(struct store_txn *base, const struct store_write *w, int replace,
+                      struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  int rc = 0;
+  if (replace)
     rc = q_run(c, "DELETE FROM refs WHERE from_kind = $1 AND from_name = $2", "replace references",
                err, "tt", w->kind, w->name);
   for (size_t i = 0; rc == 0 && i < w->n_refs; i++) {
@@ -1142,61 +1118,39 @@ static int pg_put(struct store_txn *base, const struct store_write *w, struct st
                " VALUES ($1, $2, $3, $4, $5)",
                "write a reference", err, "ttttt", w->kind, w->name, r->kind, r->name, r->field);
   }
-  if (rc == 0)
-    rc = audit_insert(base, w->actor, w->method, w->name, w->action, w->changes, w->n_changes, now,
-                      err);
-  if (rc < 0 || out == NULL)
-    return rc;
-
-  out->kind = strdup(w->kind);
-  out->name = strdup(w->name);
-  out->etag = strdup(etag);
-  if (out->kind == NULL || out->name == NULL || out->etag == NULL)
-    return store__err_nomem(err, "put");
-  out->revision = base->revision;
-  out->create_time_us = create_time;
-  out->update_time_us = now;
-  return 0;
+  return rc;
 }
 
-static int pg_del(struct store_txn *base, const char *kind, const char *name,
-                  const char *expect_etag, const char *actor, const char *method,
-                  struct tp_err *err) {
-  struct conn *c = to_txn(base)->conn;
-  char *current;
-  int rc = row_head(c, kind, name, &current, err);
-  if (rc < 0)
-    return rc;
-  if (rc == 0)
-    rc = store__err_not_found(err, name);
-  else if (expect_etag && strcmp(expect_etag, current) != 0)
-    rc = store__err_etag(err, name, current);
-  else
-    rc = 0;
-  free(current);
-  if (rc < 0)
-    return rc;
-
-  PGresult *res = q_rows(c,
+static int referrer_first(struct store_txn *base, const char *kind, const char *name, char **from,
+                          char **field, struct tp_err *err) {
+  *from = *field = NULL;
+  PGresult *res = q_rows(to_txn(base)->conn,
                          "SELECT from_name, field FROM refs WHERE to_kind = $1 AND to_name = $2"
                          " ORDER BY from_name, field LIMIT 1",
                          "look up referrers", err, "tt", kind, name);
   if (res == NULL)
     return -EIO;
-  rc = PQntuples(res) > 0
-           ? store__err_referenced(err, name, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1))
-           : 0;
+  int rc = 0;
+  if (PQntuples(res) > 0) {
+    rc = col_text(res, 0, 0, from) < 0 || col_text(res, 0, 1, field) < 0
+             ? store__err_nomem(err, "read the referrer")
+             : 1;
+  }
   PQclear(res);
-  if (rc < 0)
-    return rc;
+  if (rc < 0) {
+    free(*from);
+    free(*field);
+    *from = *field = NULL;
+  }
+  return rc;
+}
 
-  /* Labels, outgoing references, usage and the MAC go with the row (ON
-   * DELETE CASCADE). */
-  rc = q_run(c, "DELETE FROM resources WHERE kind = $1 AND name = $2", "delete", err, "tt", kind,
-             name);
-  if (rc < 0)
-    return rc;
-  return audit_insert(base, actor, method, name, "delete", NULL, 0, store__now_us(), err);
+/* Labels, outgoing references, usage and the MAC go with the row (ON
+ * DELETE CASCADE). */
+static int row_delete(struct store_txn *base, const char *kind, const char *name,
+                      struct tp_err *err) {
+  return q_run(to_txn(base)->conn, "DELETE FROM resources WHERE kind = $1 AND name = $2", "delete",
+               err, "tt", kind, name);
 }
 
 /* A growing SQL text made of fixed fragments, each '?' a placeholder
@@ -1469,15 +1423,10 @@ static int pg_sealed_key_ids(struct store_txn *base, uint8_t (**ids)[STORE_KEY_I
   return rc;
 }
 
-static int pg_audit_add(struct store_txn *base, const char *actor, const char *method,
-                        const char *resource, const char *action, struct tp_err *err) {
-  return audit_insert(base, actor, method, resource, action, NULL, 0, store__now_us(), err);
-}
-
 static int pg_usage_set(struct store_txn *base, const char *kind, const char *name, int64_t time_us,
                         struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  int rc = row_exists(c, kind, name, err);
+  int rc = row_exists(base, kind, name, err);
   if (rc < 0)
     return rc;
   if (rc == 0)
@@ -1682,14 +1631,19 @@ const struct store_ops store__postgres_ops = {
     .commit = pg_commit,
     .rollback = pg_rollback,
     .get = pg_get,
-    .put = pg_put,
-    .del = pg_del,
+    .row_head = row_head,
+    .row_exists = row_exists,
+    .row_write = row_write,
+    .labels_write = labels_write,
+    .refs_write = refs_write,
+    .referrer_first = referrer_first,
+    .row_delete = row_delete,
+    .audit_insert = audit_insert,
     .list = pg_list,
     .referrers = pg_referrers,
     .audit_list = pg_audit_list,
     .secrets_rewrite = pg_secrets_rewrite,
     .sealed_key_ids = pg_sealed_key_ids,
-    .audit_add = pg_audit_add,
     .usage_set = pg_usage_set,
     .usage_get = pg_usage_get,
     .mac_set = pg_mac_set,

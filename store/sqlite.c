@@ -966,8 +966,9 @@ static int sqlite_get(struct store_txn *base, const char *kind, const char *name
 
 /* Looks up the row's etag: 1 and *etag (caller frees) if it exists, 0 if
  * not. */
-static int row_head(struct conn *c, const char *kind, const char *name, char **etag,
+static int row_head(struct store_txn *base, const char *kind, const char *name, char **etag,
                     struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
   sqlite3_stmt *st = stmt_prepare(c, ST_HEAD, err, "tt", kind, name);
   if (st == NULL)
     return -EIO;
@@ -983,7 +984,9 @@ static int row_head(struct conn *c, const char *kind, const char *name, char **e
   return rc;
 }
 
-static int row_exists(struct conn *c, const char *kind, const char *name, struct tp_err *err) {
+static int row_exists(struct store_txn *base, const char *kind, const char *name,
+                      struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
   sqlite3_stmt *st = stmt_prepare(c, ST_EXISTS, err, "tt", kind, name);
   if (st == NULL)
     return -EIO;
@@ -1050,114 +1053,62 @@ static int row_write(struct store_txn *base, const struct store_write *w, const 
   return rc;
 }
 
-static int sqlite_put(struct store_txn *base, const struct store_write *w, struct store_row *out,
-                      struct tp_err *err) {
+static int labels_write(struct store_txn *base, const struct store_write *w, int replace,
+                        struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  char *current;
-  int rc = row_head(c, w->kind, w->name, &current, err);
-  if (rc < 0)
-    return rc;
-  if (rc == 1 && w->create)
-    rc = store__err_exists(err, w->name);
-  else if (rc == 0 && !w->create)
-    rc = store__err_not_found(err, w->name);
-  else if (rc == 1 && w->expect_etag && strcmp(w->expect_etag, current) != 0)
-    rc = store__err_etag(err, w->name, current);
-  else
-    rc = 0;
-  free(current);
-  if (rc < 0)
-    return rc;
-
-  /* Every reference must exist before anything is written; the foreign
-   * key would refuse too, but without naming the field. */
-  for (size_t i = 0; i < w->n_refs; i++) {
-    const struct store_ref *r = &w->refs[i];
-    rc = row_exists(c, r->kind, r->name, err);
-    if (rc < 0)
-      return rc;
-    if (rc == 0)
-      return store__err_ref_missing(err, r->field, r->name);
-  }
-
-  char etag[32];
-  store__etag_format(etag, sizeof(etag), base->revision);
-  int64_t now = store__now_us();
-  int64_t create_time = now;
-  rc = row_write(base, w, etag, now, &create_time, err);
-  if (rc < 0)
-    return rc;
-
-  if (!w->create)
+  int rc = 0;
+  if (replace)
     rc = stmt_exec(c, ST_LABELS_DELETE, "replace labels", err, "tt", w->kind, w->name);
   for (size_t i = 0; rc == 0 && i < w->n_labels; i++) {
     const char *value = w->labels[i].value ? w->labels[i].value : "";
     rc = stmt_exec(c, ST_LABEL_INSERT, "write a label", err, "tttt", w->kind, w->name,
                    w->labels[i].key, value);
   }
-  if (rc == 0 && !w->create)
+  return rc;
+}
+
+static int refs_write(struct store_txn *base, const struct store_write *w, int replace,
+                      struct tp_err *err) {
+  struct conn *c = to_txn(base)->conn;
+  int rc = 0;
+  if (replace)
     rc = stmt_exec(c, ST_REFS_DELETE, "replace references", err, "tt", w->kind, w->name);
   for (size_t i = 0; rc == 0 && i < w->n_refs; i++) {
     const struct store_ref *r = &w->refs[i];
     rc = stmt_exec(c, ST_REF_INSERT, "write a reference", err, "ttttt", w->kind, w->name, r->kind,
                    r->name, r->field);
   }
-  if (rc == 0)
-    rc = audit_insert(base, w->actor, w->method, w->name, w->action, w->changes, w->n_changes, now,
-                      err);
-  if (rc < 0 || out == NULL)
-    return rc;
-
-  out->kind = strdup(w->kind);
-  out->name = strdup(w->name);
-  out->etag = strdup(etag);
-  if (out->kind == NULL || out->name == NULL || out->etag == NULL)
-    return store__err_nomem(err, "put");
-  out->revision = base->revision;
-  out->create_time_us = create_time;
-  out->update_time_us = now;
-  return 0;
+  return rc;
 }
 
-static int sqlite_del(struct store_txn *base, const char *kind, const char *name,
-                      const char *expect_etag, const char *actor, const char *method,
-                      struct tp_err *err) {
+static int referrer_first(struct store_txn *base, const char *kind, const char *name, char **from,
+                          char **field, struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  char *current;
-  int rc = row_head(c, kind, name, &current, err);
-  if (rc < 0)
-    return rc;
-  if (rc == 0)
-    rc = store__err_not_found(err, name);
-  else if (expect_etag && strcmp(expect_etag, current) != 0)
-    rc = store__err_etag(err, name, current);
-  else
-    rc = 0;
-  free(current);
-  if (rc < 0)
-    return rc;
-
+  *from = *field = NULL;
   sqlite3_stmt *st = stmt_prepare(c, ST_REFERRER_FIRST, err, "tt", kind, name);
   if (st == NULL)
     return -EIO;
-  rc = sqlite3_step(st);
+  int rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
-    const char *from = (const char *)sqlite3_column_text(st, 0);
-    const char *field = (const char *)sqlite3_column_text(st, 1);
-    rc = from && field ? store__err_referenced(err, name, from, field)
-                       : store__err_nomem(err, "read the referrer");
+    rc = col_text(st, 0, from) < 0 || col_text(st, 1, field) < 0
+             ? store__err_nomem(err, "read the referrer")
+             : 1;
   } else {
     rc = rc == SQLITE_DONE ? 0 : db_fail(err, c->db, "look up referrers");
   }
   stmt_done(st);
-  if (rc < 0)
-    return rc;
+  if (rc < 0) {
+    free(*from);
+    free(*field);
+    *from = *field = NULL;
+  }
+  return rc;
+}
 
-  /* Labels and outgoing references go with the row (ON DELETE CASCADE). */
-  rc = stmt_exec(c, ST_DELETE, "delete", err, "tt", kind, name);
-  if (rc < 0)
-    return rc;
-  return audit_insert(base, actor, method, name, "delete", NULL, 0, store__now_us(), err);
+/* Labels and outgoing references go with the row (ON DELETE CASCADE). */
+static int row_delete(struct store_txn *base, const char *kind, const char *name,
+                      struct tp_err *err) {
+  return stmt_exec(to_txn(base)->conn, ST_DELETE, "delete", err, "tt", kind, name);
 }
 
 /* A growing SQL text made of fixed fragments. */
@@ -1586,15 +1537,10 @@ static int sqlite_sealed_key_ids(struct store_txn *base, uint8_t (**ids)[STORE_K
   return 0;
 }
 
-static int sqlite_audit_add(struct store_txn *base, const char *actor, const char *method,
-                            const char *resource, const char *action, struct tp_err *err) {
-  return audit_insert(base, actor, method, resource, action, NULL, 0, store__now_us(), err);
-}
-
 static int sqlite_usage_set(struct store_txn *base, const char *kind, const char *name,
                             int64_t time_us, struct tp_err *err) {
   struct conn *c = to_txn(base)->conn;
-  int rc = row_exists(c, kind, name, err);
+  int rc = row_exists(base, kind, name, err);
   if (rc < 0)
     return rc;
   if (rc == 0)
@@ -1743,14 +1689,19 @@ const struct store_ops store__sqlite_ops = {
     .commit = sqlite_commit,
     .rollback = sqlite_rollback,
     .get = sqlite_get,
-    .put = sqlite_put,
-    .del = sqlite_del,
+    .row_head = row_head,
+    .row_exists = row_exists,
+    .row_write = row_write,
+    .labels_write = labels_write,
+    .refs_write = refs_write,
+    .referrer_first = referrer_first,
+    .row_delete = row_delete,
+    .audit_insert = audit_insert,
     .list = sqlite_list,
     .referrers = sqlite_referrers,
     .audit_list = sqlite_audit_list,
     .secrets_rewrite = sqlite_secrets_rewrite,
     .sealed_key_ids = sqlite_sealed_key_ids,
-    .audit_add = sqlite_audit_add,
     .usage_set = sqlite_usage_set,
     .usage_get = sqlite_usage_get,
     .mac_set = sqlite_mac_set,

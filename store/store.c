@@ -831,6 +831,99 @@ static int put_unchanged(struct store_txn *txn, const struct store_write *w, str
   return same;
 }
 
+/* The row checks and writes of a put, the same on every backend: the row
+ * exists or not as w->create says, its etag is the expected one, every
+ * reference exists (named by its field, before anything is written: a
+ * foreign key would refuse too, but without naming it), then the row, its
+ * labels and references, and the audit row. out (may be NULL) receives
+ * the written row's metadata. */
+static int row_put(struct store_txn *txn, const struct store_write *w, struct store_row *out,
+                   struct tp_err *err) {
+  const struct store_ops *ops = txn->store->ops;
+  char *current;
+  int rc = ops->row_head(txn, w->kind, w->name, &current, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 1 && w->create)
+    rc = store__err_exists(err, w->name);
+  else if (rc == 0 && !w->create)
+    rc = store__err_not_found(err, w->name);
+  else if (rc == 1 && w->expect_etag && strcmp(w->expect_etag, current) != 0)
+    rc = store__err_etag(err, w->name, current);
+  else
+    rc = 0;
+  free(current);
+  if (rc < 0)
+    return rc;
+  for (size_t i = 0; i < w->n_refs; i++) {
+    const struct store_ref *r = &w->refs[i];
+    rc = ops->row_exists(txn, r->kind, r->name, err);
+    if (rc < 0)
+      return rc;
+    if (rc == 0)
+      return store__err_ref_missing(err, r->field, r->name);
+  }
+
+  char etag[32];
+  store__etag_format(etag, sizeof(etag), txn->revision);
+  int64_t now = store__now_us();
+  int64_t create_time = now;
+  rc = ops->row_write(txn, w, etag, now, &create_time, err);
+  if (rc == 0)
+    rc = ops->labels_write(txn, w, !w->create, err);
+  if (rc == 0)
+    rc = ops->refs_write(txn, w, !w->create, err);
+  if (rc == 0)
+    rc = ops->audit_insert(txn, w->actor, w->method, w->name, w->action, w->changes, w->n_changes,
+                           now, err);
+  if (rc < 0 || out == NULL)
+    return rc;
+
+  out->kind = strdup(w->kind);
+  out->name = strdup(w->name);
+  out->etag = strdup(etag);
+  if (out->kind == NULL || out->name == NULL || out->etag == NULL)
+    return store__err_nomem(err, "put");
+  out->revision = txn->revision;
+  out->create_time_us = create_time;
+  out->update_time_us = now;
+  return 0;
+}
+
+/* A delete's checks and writes, the same on every backend: the row exists
+ * with the expected etag and nothing refers to it. */
+static int row_del(struct store_txn *txn, const char *kind, const char *name,
+                   const char *expect_etag, const char *actor, const char *method,
+                   struct tp_err *err) {
+  const struct store_ops *ops = txn->store->ops;
+  char *current;
+  int rc = ops->row_head(txn, kind, name, &current, err);
+  if (rc < 0)
+    return rc;
+  if (rc == 0)
+    rc = store__err_not_found(err, name);
+  else if (expect_etag && strcmp(expect_etag, current) != 0)
+    rc = store__err_etag(err, name, current);
+  else
+    rc = 0;
+  free(current);
+  if (rc < 0)
+    return rc;
+
+  char *from, *field;
+  rc = ops->referrer_first(txn, kind, name, &from, &field, err);
+  if (rc == 1)
+    rc = store__err_referenced(err, name, from, field);
+  free(from);
+  free(field);
+  if (rc < 0)
+    return rc;
+  rc = ops->row_delete(txn, kind, name, err);
+  if (rc < 0)
+    return rc;
+  return ops->audit_insert(txn, actor, method, name, "delete", NULL, 0, store__now_us(), err);
+}
+
 int store_put(struct store_txn *txn, const struct store_write *w, struct store_row *out,
               struct tp_err *err) {
   struct tp_err local; /* the failure is kept even when the caller passes no err */
@@ -873,7 +966,7 @@ int store_put(struct store_txn *txn, const struct store_write *w, struct store_r
     wd.secret = sealed;
     wd.secret_len = len;
   }
-  rc = txn->store->ops->put(txn, &wd, out, err);
+  rc = row_put(txn, &wd, out, err);
   free(sealed);
   if (rc == 0 && txn->store->schema_version >= STORE_MACS_SINCE_VERSION) {
     uint8_t mac[STORE_MAC_LEN];
@@ -901,8 +994,8 @@ int store_delete(struct store_txn *txn, const char *kind, const char *name, cons
   rc = check_key(kind, name, "store_delete", err);
   if (rc < 0)
     return txn_fail(txn, rc, err);
-  rc = txn->store->ops->del(txn, kind, name, empty(expect_etag) ? NULL : expect_etag,
-                            actor ? actor : "", method ? method : "", err);
+  rc = row_del(txn, kind, name, empty(expect_etag) ? NULL : expect_etag, actor ? actor : "",
+               method ? method : "", err);
   if (rc < 0)
     return txn_fail(txn, rc, err);
   audit_note(txn, actor ? actor : "", method ? method : "", name, "delete");
@@ -1067,8 +1160,8 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
     rc = s->ops->macs_rewrite(txn, remac_one, &r, &macs, err);
   }
   if (rc == 0)
-    rc = s->ops->audit_add(txn, actor ? actor : "", "rotate-master-key", "masterKey",
-                           "rotate_master_key", err);
+    rc = s->ops->audit_insert(txn, actor ? actor : "", "rotate-master-key", "masterKey",
+                              "rotate_master_key", NULL, 0, store__now_us(), err);
   if (rc == 0)
     audit_note(txn, actor ? actor : "", "rotate-master-key", "masterKey", "rotate_master_key");
   if (rc < 0) {

@@ -126,10 +126,39 @@ struct store_ops {
 
   int (*get)(struct store_txn *txn, const char *kind, const char *name, int with_secret,
              struct store_row *out, struct tp_err *err);
-  int (*put)(struct store_txn *txn, const struct store_write *w, struct store_row *out,
-             struct tp_err *err);
-  int (*del)(struct store_txn *txn, const char *kind, const char *name, const char *expect_etag,
-             const char *actor, const char *method, struct tp_err *err);
+  /* The primitives store.c's put and delete are made of (the checks, the
+   * etag, the order of writes and the audit rows live there, once). Each
+   * runs inside txn, a write transaction. */
+  /* 1 and *etag (malloc'd) when the row exists; 0 and *etag NULL when not. */
+  int (*row_head)(struct store_txn *txn, const char *kind, const char *name, char **etag,
+                  struct tp_err *err);
+  /* 1 when the row exists, 0 when not. */
+  int (*row_exists)(struct store_txn *txn, const char *kind, const char *name, struct tp_err *err);
+  /* Inserts (w->create) or updates the row itself, with etag and txn's
+   * revision, its secret when w->set_secret (an insert without one stores
+   * none; an update without one keeps it) and its due time;
+   * *create_time receives its create_time_us (kept on update). */
+  int (*row_write)(struct store_txn *txn, const struct store_write *w, const char *etag,
+                   int64_t now_us, int64_t *create_time, struct tp_err *err);
+  /* Replaces the row's labels, or (outgoing) references, by w's; replace
+   * 0: the row has none yet (it was just inserted). */
+  int (*labels_write)(struct store_txn *txn, const struct store_write *w, int replace,
+                      struct tp_err *err);
+  int (*refs_write)(struct store_txn *txn, const struct store_write *w, int replace,
+                    struct tp_err *err);
+  /* The first row (by name, then field) that refers to (kind, name): 1
+   * with *from and *field malloc'd, 0 when none does. */
+  int (*referrer_first)(struct store_txn *txn, const char *kind, const char *name, char **from,
+                        char **field, struct tp_err *err);
+  /* Removes the row; its labels, outgoing references, usage and MAC go
+   * with it. */
+  int (*row_delete)(struct store_txn *txn, const char *kind, const char *name, struct tp_err *err);
+  /* One audit row at txn's revision and what it changed (changes may be
+   * NULL); nothing before the schema has audit rows. */
+  int (*audit_insert)(struct store_txn *txn, const char *actor, const char *method,
+                      const char *resource, const char *action,
+                      const struct store_audit_change *changes, size_t n_changes, int64_t now_us,
+                      struct tp_err *err);
   int (*list)(struct store_txn *txn, const struct store_query *q, struct store_row **rows,
               size_t *n, struct tp_err *err);
   int (*referrers)(struct store_txn *txn, const char *kind, const char *name,
@@ -145,9 +174,6 @@ struct store_ops {
   /* The distinct key ids sealing the stored secrets (malloc'd array). */
   int (*sealed_key_ids)(struct store_txn *txn, uint8_t (**ids)[STORE_KEY_ID_LEN], size_t *n,
                         struct tp_err *err);
-  /* One audit row at txn's revision for a change that is not a row write. */
-  int (*audit_add)(struct store_txn *txn, const char *actor, const char *method,
-                   const char *resource, const char *action, struct tp_err *err);
   int (*usage_set)(struct store_txn *txn, const char *kind, const char *name, int64_t time_us,
                    struct tp_err *err);
   int (*usage_get)(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,

@@ -3,11 +3,13 @@
  * listener.json: RSA and ECDSA certificates, SNI routes exact and
  * wildcard, ALPN and NPN, a context that requests client certificates
  * with a trust bundle and a CRL, an OCSP staple, a TLS 1.2-only context
- * with DHE, and a ticket-key ring of two keys), one SSL per input made by
+ * with DHE, a ticket-key ring of two keys, and an ACME tls-alpn-01
+ * challenge for acme.example.com), one SSL per input made by
  * tlsconf_listener_ssl_new with the modes agent/conn.c sets, and what a
  * client sends given to it through a memory BIO in the pieces the first
  * byte says, the handshake and reads driven as conn.c drives them. So the
- * client-hello callback (SNI, context switch, OCSP request), the ticket
+ * client-hello callback (SNI, context switch, OCSP request, ALPN
+ * "acme-tls/1" alone answered or refused), the ticket
  * callback (decrypting tickets of the ring: the seeds hold real ones),
  * ALPN/NPN selection and session resumption all run. After the bytes,
  * what the connection negotiated is read as conn.c reads it
@@ -15,11 +17,15 @@
  *
  * What must hold: no crash, leak or undefined behaviour; a connection
  * whose handshake completed reports a version and a cipher, and its
- * PROXY v2 header builds. */
+ * PROXY v2 header builds; a ClientHello taken for an ACME validation is
+ * served the challenge context of its name (and, handshake done,
+ * "acme-tls/1"), and one refused never completes. */
+
 #include <netinet/in.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "fuzz.h"
@@ -80,9 +86,18 @@ static int cycle(SSL *ssl, BIO *out) {
 static void proxy_header(SSL *ssl) {
   struct tlsconf_conn_info info;
   tlsconf_conn_info(ssl, &info);
-  (void)tlsconf_ssl_context_name(ssl);
+  const char *ctx = tlsconf_ssl_context_name(ssl);
+  const char *acme_host = NULL;
+  enum tlsconf_acme acme = tlsconf_ssl_acme(ssl, &acme_host);
+  if (acme == TLSCONF_ACME_ANSWERED)
+    FUZZ_ASSERT(acme_host != NULL && strcmp(acme_host, "acme.example.com") == 0 && ctx != NULL &&
+                strcmp(ctx, "acmeChallenges/acme.example.com") == 0);
+  if (acme == TLSCONF_ACME_REFUSED)
+    FUZZ_ASSERT(!SSL_is_init_finished(ssl));
   if (!SSL_is_init_finished(ssl))
     return;
+  if (acme == TLSCONF_ACME_ANSWERED)
+    FUZZ_ASSERT(info.protocol != NULL && strcmp(info.protocol, "acme-tls/1") == 0);
   FUZZ_ASSERT(info.version != NULL && info.cipher != NULL);
   struct sockaddr_in src = {.sin_family = AF_INET}, dst = {.sin_family = AF_INET};
   struct proxy_v2_info pp = {

@@ -195,6 +195,23 @@ const sclientTo = (args) => async (port) => {
   return () => c.kill();
 };
 
+// The body of the ALPN extension (type 16) of a ClientHello record as
+// captured, or null when it has none.
+function alpnExtension(record) {
+  let off = 5 + 4 + 2 + 32; // record header, handshake header, version, random
+  off += 1 + record[off]; // session id
+  off += 2 + record.readUInt16BE(off); // cipher suites
+  off += 1 + record[off]; // compression methods
+  const end = off + 2 + record.readUInt16BE(off);
+  for (off += 2; off + 4 <= end;) {
+    const type = record.readUInt16BE(off);
+    const len = record.readUInt16BE(off + 2);
+    if (type === 16) return record.subarray(off + 4, off + 4 + len);
+    off += 4 + len;
+  }
+  return null;
+}
+
 const nodeTo = (opts) => async (port) => {
   const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, checkServerIdentity: () => undefined, ...opts });
   s.on('error', () => {});
@@ -226,11 +243,21 @@ async function main() {
     }),
     ed: tlsContext('fuzz-ed', { certs: [p.ed25519], issuer: p.ca.cert, sessionTickets: false }),
   };
-  const fuzzListener = (fields) => listener('fuzz', {
-    defaultContext: contexts.base,
-    sni: [['www.example.com', contexts.clients], ['*.example.org', contexts.legacy], ['ed.example.com', contexts.ed]],
-    ticketKeys: [{ key: key(1), active: true }, { key: key(2) }],
-    ...fields,
+  // An ACME tls-alpn-01 challenge (RFC 8737) for acme.example.com: self-signed,
+  // the critical acmeIdentifier extension.
+  p.run(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', 'fuzz-acme.key']);
+  p.run(['req', '-new', '-x509', '-key', 'fuzz-acme.key', '-out', 'fuzz-acme.crt', '-days', '3650',
+    '-subj', '/CN=acme.example.com', '-addext', 'subjectAltName=DNS:acme.example.com',
+    '-addext', `1.3.6.1.5.5.7.1.31=critical,DER:0420${crypto.createHash('sha256').update('fuzz').digest('hex')}`]);
+  const acmeChallenges = [{ serverName: 'acme.example.com', certificatePem: p.read('fuzz-acme.crt'), privateKeyPem: p.read('fuzz-acme.key') }];
+  const fuzzListener = (fields) => ({
+    ...listener('fuzz', {
+      defaultContext: contexts.base,
+      sni: [['www.example.com', contexts.clients], ['*.example.org', contexts.legacy], ['ed.example.com', contexts.ed]],
+      ticketKeys: [{ key: key(1), active: true }, { key: key(2) }],
+      ...fields,
+    }),
+    acmeChallenges,
   });
   const rl = fuzzListener({ address: '127.0.0.1:8443', upstream: '127.0.0.1:8080' });
   fs.writeFileSync(path.join(DATA, 'listener.json'), `${JSON.stringify(rl, null, 1)}\n`);
@@ -270,6 +297,9 @@ async function main() {
       's_client-tls12-dhe-ticket': ['-tls1_2', '-servername', 'a.example.org', '-sess_in', sess('dhe12')],
       's_client-tls13-psk': ['-tls1_3', '-sess_in', sess('t13')],
       's_client-tls13-psk-client-cert': ['-tls1_3', '-servername', 'www.example.com', ...alice, '-sess_in', sess('t13c')],
+      's_client-tls13-acme': ['-tls1_3', '-servername', 'acme.example.com', '-alpn', 'acme-tls/1'],
+      's_client-tls12-acme': ['-tls1_2', '-servername', 'acme.example.com', '-alpn', 'acme-tls/1'],
+      's_client-acme-no-challenge': ['-servername', 'www.example.com', '-alpn', 'acme-tls/1'],
     };
     for (const [name, args] of Object.entries(hellos)) {
       const hello = await rec.capture(name, sclientTo(args));
@@ -284,6 +314,21 @@ async function main() {
     for (const [name, opts] of Object.entries(nodeHellos)) {
       const hello = await rec.capture(name, nodeTo(opts));
       seed('fuzz_tls_server', name, Buffer.concat([Buffer.from([0xff]), hello]));
+    }
+    // ALPN lists as clients send them, ACME tls-alpn-01 validations among
+    // them, for fuzz_alpn: the extension body of each ClientHello.
+    const alpnHellos = {
+      's_client-acme': sclientTo(['-alpn', 'acme-tls/1', '-servername', 'a.example.com']),
+      's_client-h2-acme': sclientTo(['-alpn', 'h2,acme-tls/1', '-servername', 'a.example.com']),
+      's_client-h2-http11': sclientTo(['-alpn', 'h2,http/1.1']),
+      'node-acme': nodeTo({ servername: 'a.example.com', ALPNProtocols: ['acme-tls/1'] }),
+      'node-acme-http11': nodeTo({ servername: 'a.example.com', ALPNProtocols: ['acme-tls/1', 'http/1.1'] }),
+      'node-h2-http11': nodeTo({ servername: 'www.example.com', ALPNProtocols: ['h2', 'http/1.1'] }),
+    };
+    for (const [name, connect] of Object.entries(alpnHellos)) {
+      const ext = alpnExtension(await rec.capture(name, connect));
+      assert.ok(ext, `${name}: no ALPN extension`);
+      seed('fuzz_alpn', name, ext);
     }
     // The same hello in 16-byte reads.
     const split = await rec.capture('split', sclientTo(['-servername', 'www.example.com']));

@@ -4,7 +4,8 @@
 // protocol 2; a SnapshotDelta that does not apply to the agent's set (a
 // resource whose hash is not its content's) changes nothing, is answered
 // with a nack naming the reason, and the agent reconnects with a new
-// hello; a delta that applies is acked.
+// hello; a delta that applies is acked; a listener whose entry names an
+// ACME challenge resource (protocol 4) answers tls-alpn-01 with it.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -13,6 +14,7 @@ const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
+const tls = require('node:tls');
 const { pki } = require('./lib/pki');
 const { CpAgent } = require('./lib/cpagent');
 const { agentBinary } = require('./lib/agent');
@@ -23,6 +25,7 @@ const AGENT_PROTO = 'tlsplane/v1/agent.proto';
 
 let server;
 let agent;
+let p;
 let Resource; // protobufjs type: what the agent hashes
 const streams = []; // per Connect call: { hello, acks: [], call }
 let onHello = () => {};
@@ -34,7 +37,7 @@ function resourceHash(r) {
 
 before(async () => {
   agentBinary();
-  const p = pki();
+  p = pki();
   const cp = p.leaf('fake-cp', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
   const ag = p.leaf('fake-agent', { cn: 'agent:fake-1' });
   const root = new protobuf.Root();
@@ -89,10 +92,10 @@ after(async () => {
   if (server) server.forceShutdown();
 });
 
-test('the hello says protocol 3 and reports what the agent serves (nothing yet)', async () => {
+test('the hello says protocol 4 and reports what the agent serves (nothing yet)', async () => {
   const s = await waitFor('a hello', () => streams[0] && streams[0].hello);
   assert.equal(s.name, 'fake-1');
-  assert.equal(s.protocol, 3);
+  assert.equal(s.protocol, 4);
   assert.deepEqual(s.resources || [], []);
   assert.deepEqual(s.listeners || [], []);
 });
@@ -105,7 +108,7 @@ test('a delta that does not apply changes nothing: a nack naming the reason, the
   assert.match(nack.listeners[0].error, /^delta: resources\[0\]\.hash: [0-9a-f]+\.\.\. does not match its content/);
   await waitFor('the agent cut the stream', () => streams[0].ended, { timeoutMs: 10000 });
   const second = await waitFor('a second hello', () => streams[1] && streams[1].hello, { timeoutMs: 15000 });
-  assert.equal(second.protocol, 3);
+  assert.equal(second.protocol, 4);
   const m = await agent.metrics();
   assert.equal(m.get('tlsplane_config_apply_total', { result: 'error' }), 1);
   assert.doesNotMatch(agent.logText, /revision 5 applied/, 'the bad delta was applied');
@@ -118,4 +121,64 @@ test('a delta that applies is acked', async () => {
   await agent.waitForLog(/control plane: revision 6 applied: 0 new, 0 changed, 0 kept, 0 dropped, 0 not applied .*; ack sent/);
   assert.equal((await agent.metrics()).get('tlsplane_config_revision'), 6);
   assert.equal(streams.length, 2, 'the agent reconnected after a good delta');
+});
+
+test('protocol 4: a listener entry naming an ACME challenge resource answers acme-tls/1 with it, and serves every other client its context', async () => {
+  // Resources as a server sends them: a certificate, a context naming it
+  // by hash, a challenge; the listener names the context and the
+  // challenge by hash.
+  const challengeCert = (() => {
+    p.run(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', 'delta-acme.key']);
+    const digest = crypto.createHash('sha256').update('token.delta').digest('hex');
+    p.run(['req', '-new', '-x509', '-key', 'delta-acme.key', '-out', 'delta-acme.crt', '-days', '7', '-subj', '/CN=acme.test',
+      '-addext', 'subjectAltName=DNS:acme.test', '-addext', `1.3.6.1.5.5.7.1.31=critical,DER:0420${digest}`]);
+    return { cert: p.read('delta-acme.crt'), key: p.read('delta-acme.key') };
+  })();
+  const cert = { certificate: { certificate: { name: 'certificates/web', certificateChainPem: p.rsa.cert }, privateKeyPem: p.rsa.key } };
+  const certHash = resourceHash(cert);
+  const ctx = { tlsContext: { tlsContext: { name: 'tlsContexts/web', certificates: ['certificates/web'] }, certificates: [certHash] } };
+  const ctxHash = resourceHash(ctx);
+  const acme = { acmeChallenge: { serverName: 'acme.test', certificatePem: challengeCert.cert, privateKeyPem: challengeCert.key } };
+  const acmeHash = resourceHash(acme);
+  const entry = {
+    listener: { name: 'listeners/acme', address: '127.0.0.1:0', defaultTlsContext: 'tlsContexts/web', upstream: '127.0.0.1:9' },
+    tlsContexts: { 'tlsContexts/web': ctxHash },
+    acmeChallenges: [acmeHash],
+  };
+  const from = agent.logText.length;
+  streams[1].call.write({
+    delta: {
+      revision: '7',
+      resources: [{ hash: certHash, ...cert }, { hash: ctxHash, ...ctx }, { hash: acmeHash, ...acme }],
+      listeners: [entry],
+    },
+  });
+  const ack = await waitFor('the ack of revision 7', () => streams[1].acks.find((a) => a.revision === '7'), { timeoutMs: 10000 });
+  assert.deepEqual((ack.listeners || []).filter((l) => !l.applied), [], JSON.stringify(ack));
+  await agent.waitForLog(/control plane: revision 7 applied: 1 new/, { from });
+  await agent.waitForWorkers(7);
+  const connect = (opts) => new Promise((resolve) => {
+    const r = {};
+    const sock = tls.connect({ host: '127.0.0.1', port: agent.port('acme'), rejectUnauthorized: false, ...opts });
+    sock.on('secureConnect', () => {
+      r.alpn = sock.alpnProtocol;
+      r.fingerprint = sock.getPeerCertificate().fingerprint256;
+    });
+    sock.on('end', () => {
+      r.ended = true;
+    });
+    sock.on('error', (e) => {
+      r.error = e.code || e.message;
+    });
+    sock.on('close', () => resolve(r));
+    setTimeout(() => sock.destroy(), 5000);
+  });
+  const fp = (pem) => new crypto.X509Certificate(pem).fingerprint256;
+  const v = await connect({ servername: 'acme.test', ALPNProtocols: ['acme-tls/1'] });
+  assert.equal(v.fingerprint, fp(challengeCert.cert), JSON.stringify(v));
+  assert.equal(v.alpn, 'acme-tls/1');
+  assert.equal(v.ended, true, 'the agent did not close the validation connection');
+  const o = await connect({ servername: 'acme.test', ALPNProtocols: ['h2', 'acme-tls/1'] });
+  assert.equal(o.fingerprint, fp(p.rsa.cert), JSON.stringify(o));
+  assert.equal((await agent.metrics()).get('tlsplane_acme_challenges_answered_total', { listener: 'listeners/acme' }), 1);
 });

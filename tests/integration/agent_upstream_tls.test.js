@@ -2,7 +2,8 @@
 // upstream_tls (tls.connect): the agent re-encrypts to its upstreams.
 // Real upstreams on loopback: Node's tls.createServer (which records the
 // SNI, ALPN, client certificate and session reuse it saw) and `openssl
-// s_server -Verify 1` (a required client certificate). An upstream that
+// s_server`: `-Verify 1` (a required client certificate) and
+// `-nextprotoneg` (NPN, which Node's servers no longer speak). An upstream that
 // does not verify, or refuses the agent, closes the client's connection
 // with nothing of the client's data sent on, counted by cause.
 
@@ -58,13 +59,14 @@ async function nodeUpstream({ cert, key, ca, requestCert = false, alpn, path: so
   };
 }
 
-// openssl s_server -Verify 1 -rev: a required client certificate; each
-// line comes back reversed. Its output tells who connected.
-async function opensslUpstream(p) {
+// openssl s_server -rev (each line comes back reversed) with `args`, by
+// default -Verify 1: a required client certificate. Its output tells who
+// connected (unbuffered, stdbuf -o0: -trace lines arrive as written).
+async function opensslUpstream(p, args = ['-CAfile', p.ca.certFile, '-Verify', '1']) {
   const port = await freePort();
-  const proc = spawn('openssl', [
-    's_server', '-accept', `${HOST}:${port}`, '-cert', p.rsa.certFile, '-key', p.rsa.keyFile,
-    '-CAfile', p.ca.certFile, '-Verify', '1', '-rev',
+  const proc = spawn('stdbuf', [
+    '-o0', 'openssl', 's_server', '-accept', `${HOST}:${port}`, '-cert', p.rsa.certFile, '-key', p.rsa.keyFile,
+    '-rev', ...args,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout.on('data', (d) => { out += d; });
@@ -78,6 +80,23 @@ async function opensslUpstream(p) {
       proc.kill('SIGTERM');
     }),
   };
+}
+
+// The protocol of every NPN NextProtocol message in `openssl s_server
+// -trace` output, in order: "NextProto, Length=N", a line, then a hex dump
+// ("0000 - 08 68 74 ...   .http/1.1...") whose first byte is the length
+// of the protocol chosen.
+function npnChosen(out) {
+  const chosen = [];
+  for (const m of out.matchAll(/NextProto, Length=\d+\n.*\n((?:[ \t]+[0-9a-f]{4} - .*\n)+)/g)) {
+    const bytes = [];
+    for (const line of m[1].trim().split('\n')) {
+      const hex = line.trim().split(/ {3}/)[0].replace(/^[0-9a-f]{4} - /, '');
+      for (const h of hex.split(/[ -]/)) if (/^[0-9a-f]{2}$/.test(h)) bytes.push(parseInt(h, 16));
+    }
+    chosen.push(Buffer.from(bytes.slice(1, 1 + bytes[0])).toString());
+  }
+  return chosen;
 }
 
 // Connects to the agent, sends data, and reads until the connection ends
@@ -107,6 +126,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let resume;
   let resume13;
   let ossl;
+  let npnUp;
   let dhe;
   let bulk;
   let unixTls;
@@ -135,6 +155,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       cert: p.rsa.cert, key: p.rsa.key, dhparam: 'auto', ciphers: 'DHE-RSA-AES128-GCM-SHA256', maxVersion: 'TLSv1.2',
     });
     ossl = await opensslUpstream(p);
+    npnUp = await opensslUpstream(p, ['-tls1_2', '-nextprotoneg', 'spdy/3,http/1.1', '-trace']);
     const web = tlsContext('web', { certs: [p.rsa] });
     const trustCa = tlsContext('up-ca', { client: true, ca: p.ca.cert, alpnProtocols: ['x-up'] });
     const trustCa2 = tlsContext('up-ca2', { client: true, ca: p.ca2.cert });
@@ -152,6 +173,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       policy: { minVersion: 'TLS_1_3', maxVersion: 'TLS_1_3', ciphersuites: 'TLS_AES_256_GCM_SHA384' },
     });
     const webAlpn = tlsContext('web-alpn', { certs: [p.rsa], alpnProtocols: ['h2', 'http/1.1'] });
+    const npn = tlsContext('up-npn', { client: true, ca: p.ca.cert, npnProtocols: ['h2', 'http/1.1'] });
+    const npnOther = tlsContext('up-npn-other', { client: true, ca: p.ca.cert, npnProtocols: ['x-other', 'h2'] });
     const L = (name, upstream, upstreamTls, defaultContext = web) => listener(name, { upstream, defaultContext, upstreamTls });
     all = (sniContext) => [
       L('sni', good.address, { context: sniContext, servername: 'www.example.com' }),
@@ -170,6 +193,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
       listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
       L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
+      L('npn', npnUp.address, { context: npn }),
+      L('npn-other', npnUp.address, { context: npnOther }),
       L('pass', good.address, {
         context: trustCa, servername: 'example.com', servernameFromClient: true, alpnFromClient: true,
       }, webAlpn),
@@ -180,7 +205,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl]) if (u) await u.close();
+    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl, npnUp]) if (u) await u.close();
     if (unixClear) await new Promise((resolve) => unixClear.close(resolve));
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -298,7 +323,9 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
         { what: `${name}: upstream_verify counted` });
       assert.equal(good.bytesIn(), bytes0, 'the client\'s data reached an unverified upstream');
       assert.equal(good.seen.length, seen0, 'the upstream completed a handshake');
-      await agent.waitForLog(new RegExp(`listener=listeners/${name} client=\\S+ cause=upstream_verify`));
+      // the log line may follow the counter by a moment
+      const line = new RegExp(`listener=listeners/${name} client=\\S+ cause=upstream_verify`);
+      await waitFor(`${name}: the upstream_verify log line`, () => line.test(agent.log()), { timeoutMs: 5000 });
     });
   }
 
@@ -329,6 +356,17 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       errors(m0, 'ossl-nocert', 'upstream_tls_handshake') + 1, { what: 'upstream_tls_handshake counted' });
     await waitFor('s_server refusing the agent without a certificate',
       () => /peer did not return a certificate/.test(ossl.output()), { timeoutMs: 5000 });
+  });
+
+  test('NPNProtocols (a client context\'s npn_protocols): a TLS 1.2 upstream (openssl s_server -nextprotoneg) gets the first protocol it advertises that the agent wants; none in common: the agent\'s first', async () => {
+    for (const [name, want] of [['npn', 'http/1.1'], ['npn-other', 'x-other']]) {
+      const n0 = npnChosen(npnUp.output()).length;
+      const r = await talk(agent.port(name), 'hello\n', 'olleh\n'.length);
+      assert.equal(r.data, 'olleh\n', `${name}: data both ways`);
+      await waitFor(`${name}: the upstream's NextProtocol message`,
+        () => npnChosen(npnUp.output()).length === n0 + 1, { timeoutMs: 5000 });
+      assert.equal(npnChosen(npnUp.output()).at(-1), want, name);
+    }
   });
 
   for (const [name, protocol, cipher, up] of [

@@ -119,7 +119,7 @@ test('an agent restarted from its cache is sent none of what it holds; one away 
     const a = await getAgent();
     return a.connected && Number(a.appliedRevision) > 0 ? a : null;
   })).appliedRevision);
-  assert.equal((await getAgent()).protocol, 3, 'the agent speaks protocol 3');
+  assert.equal((await getAgent()).protocol, 4, 'the agent speaks protocol 4');
 
   // Restarted with nothing changed: one message, no resource, no listener.
   const from = agent.logText.length;

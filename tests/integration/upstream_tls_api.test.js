@@ -83,9 +83,10 @@ const createListener = (fields) => api().ListenerService.CreateListener({
   listener: { address: '127.0.0.1:0', defaultTlsContext: 'tlsContexts/web', upstream: '127.0.0.1:9', ...fields },
 });
 
-test('client contexts: server-only fields and a second certificate are refused, naming the field', async () => {
+test('client contexts: server-only fields, a bad NPN name and a second certificate are refused, naming the field; NPN protocols are taken', async () => {
   for (const [fields, field] of [
     [{ requestCert: true }, 'tls_context.request_cert: a server option, not for a client context'],
+    [{ npnProtocols: ['h2', ''] }, 'tls_context.npn_protocols[1]: a protocol name must be 1 to 255 bytes'],
     [{ sessionTickets: { value: false } }, 'tls_context.session_tickets: a server option'],
     [{ certificates: ['certificates/alice', 'certificates/other'] }, 'tls_context.certificates: a client context has at most one'],
   ]) {
@@ -93,6 +94,12 @@ test('client contexts: server-only fields and a second certificate are refused, 
       tlsContextId: uid('ctx'), tlsContext: { client: true, ...fields },
     }), status.INVALID_ARGUMENT, { field, what: JSON.stringify(fields) });
   }
+  // tls.connect's NPNProtocols, offered to the upstream
+  const npn = await api().TlsContextService.CreateTlsContext({
+    tlsContextId: uid('ctx'), tlsContext: { client: true, npnProtocols: ['h2', 'http/1.1'] },
+  });
+  assert.deepEqual(npn.npnProtocols, ['h2', 'http/1.1']);
+  await api().TlsContextService.DeleteTlsContext({ name: npn.name });
 });
 
 test('upstream_tls: bad input is refused naming the field, nothing written', async () => {

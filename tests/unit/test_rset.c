@@ -73,6 +73,14 @@ static Tlsplane__V1__Snapshot *snapshot(void) {
   return snap;
 }
 
+/* Frees and empties a bytes field (an entry's hash, to be computed
+ * again from the changed content). */
+static void bytes_clear(ProtobufCBinaryData *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = 0;
+}
+
 static void assert_same_bytes(const ProtobufCMessage *a, const ProtobufCMessage *b) {
   uint8_t *x, *y;
   size_t xl, yl;
@@ -261,6 +269,98 @@ static void test_state_round_trip_and_share(void **state) {
 }
 
 /* Many listeners: the tables grow and shrink without losing an entry. */
+/* A challenge for name (AcmeChallengeMaterial; the content is opaque to
+ * the set). */
+static Tlsplane__V1__AcmeChallengeMaterial *challenge(const char *name, const char *key) {
+  Tlsplane__V1__AcmeChallengeMaterial *m = calloc(1, sizeof(*m));
+  tlsplane__v1__acme_challenge_material__init(m);
+  m->server_name = strdup(name);
+  m->certificate_pem = strdup("CERT");
+  m->private_key_pem = strdup(key);
+  return m;
+}
+
+static void add_challenge(Tlsplane__V1__ResolvedListener *rl,
+                          Tlsplane__V1__AcmeChallengeMaterial *m) {
+  rl->acme_challenges =
+      realloc(rl->acme_challenges, (rl->n_acme_challenges + 1) * sizeof(*rl->acme_challenges));
+  rl->acme_challenges[rl->n_acme_challenges++] = m;
+}
+
+/* ACME challenges: one resource each, shared by listeners naming the same
+ * content, resolved back in order; a delta naming one it does not carry
+ * is refused; a hash naming another kind of resource does not resolve. */
+static void test_acme_challenges(void **state) {
+  (void)state;
+  Tlsplane__V1__Snapshot *snap = snapshot();
+  add_challenge(snap->listeners[0], challenge("a.test", "KEY-A"));
+  add_challenge(snap->listeners[0], challenge("b.test", "KEY-B"));
+  add_challenge(snap->listeners[2], challenge("a.test", "KEY-A"));
+  struct rset *s;
+  struct tp_err err = {0};
+  assert_int_equal(rset_from_snapshot(snap, &s, &err), 0);
+  assert_int_equal(rset_resource_count(s), 7); /* 5, and two challenges */
+  const Tlsplane__V1__ListenerEntry *a = rset_listener_get(s, "listeners/a");
+  const Tlsplane__V1__ListenerEntry *c = rset_listener_get(s, "listeners/c");
+  assert_int_equal(a->n_acme_challenges, 2);
+  assert_int_equal(c->n_acme_challenges, 1);
+  assert_memory_equal(a->acme_challenges[0].data, c->acme_challenges[0].data, RSET_HASH_LEN);
+  const Tlsplane__V1__Resource *r = rset_resource_get(s, a->acme_challenges[1].data);
+  assert_non_null(r);
+  assert_int_equal(r->content_case, TLSPLANE__V1__RESOURCE__CONTENT_ACME_CHALLENGE);
+  assert_string_equal(r->acme_challenge->server_name, "b.test");
+
+  Tlsplane__V1__Snapshot *back;
+  assert_int_equal(rset_snapshot(s, 7, &back, &err), 0);
+  assert_same_bytes(&back->base, &snap->base);
+  rset_snapshot_free(back);
+  protobuf_c_message_free_unpacked(&snap->base, NULL);
+
+  /* A delta giving b a challenge without the resource: refused. */
+  Tlsplane__V1__ListenerEntry *e =
+      (Tlsplane__V1__ListenerEntry *)pb_clone(&rset_listener_get(s, "listeners/b")->base);
+  bytes_clear(&e->hash);
+  e->acme_challenges = calloc(1, sizeof(*e->acme_challenges));
+  e->acme_challenges[0].data = calloc(1, RSET_HASH_LEN);
+  e->acme_challenges[0].len = RSET_HASH_LEN;
+  e->n_acme_challenges = 1;
+  e->acme_challenges[0].data[0] = 0x42;
+  Tlsplane__V1__SnapshotDelta *d = calloc(1, sizeof(*d));
+  tlsplane__v1__snapshot_delta__init(d);
+  d->listeners = calloc(1, sizeof(*d->listeners));
+  d->listeners[d->n_listeners++] = e;
+  assert_int_equal(rset_delta_apply(s, d, &err), -1);
+  assert_non_null(strstr(err.msg, "listeners/b"));
+  assert_non_null(strstr(err.msg, "not held"));
+  assert_int_equal(rset_listener_get(s, "listeners/b")->n_acme_challenges, 0);
+
+  /* With a's first challenge: applies, and resolves to it. */
+  memcpy(e->acme_challenges[0].data, a->acme_challenges[0].data, RSET_HASH_LEN);
+  bytes_clear(&e->hash); /* the first apply set it from the old content */
+  memset(&err, 0, sizeof(err));
+  assert_int_equal(rset_delta_apply(s, d, &err), 0);
+  protobuf_c_message_free_unpacked(&d->base, NULL);
+  Tlsplane__V1__ResolvedListener *rl;
+  assert_int_equal(rset_resolve(s, rset_listener_get(s, "listeners/b"), &rl, &err), 0);
+  assert_int_equal(rl->n_acme_challenges, 1);
+  assert_string_equal(rl->acme_challenges[0]->server_name, "a.test");
+  assert_string_equal(rl->acme_challenges[0]->private_key_pem, "KEY-A");
+  rset_resolved_free(rl);
+
+  /* A hash that names a context, not a challenge: the listener does not
+   * resolve, and the error says which challenge. */
+  e = (Tlsplane__V1__ListenerEntry *)pb_clone(&rset_listener_get(s, "listeners/b")->base);
+  bytes_clear(&e->hash);
+  memcpy(e->acme_challenges[0].data, e->tls_contexts[0]->value.data, RSET_HASH_LEN);
+  assert_int_equal(rset_listener_put(s, e, 0, &err), 0);
+  memset(&err, 0, sizeof(err));
+  assert_int_equal(rset_resolve(s, rset_listener_get(s, "listeners/b"), &rl, &err), -1);
+  assert_int_equal(err.status, GRPC_STATUS_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.msg, "listeners/b: acme_challenges[0]: resource"));
+  assert_non_null(strstr(err.msg, "is not an ACME challenge"));
+  rset_free(s);
+}
+
 static void test_many(void **state) {
   (void)state;
   struct rset *s;
@@ -294,6 +394,7 @@ int main(void) {
       cmocka_unit_test(test_delta_applies_whole),
       cmocka_unit_test(test_delta_refused_changes_nothing),
       cmocka_unit_test(test_state_round_trip_and_share),
+      cmocka_unit_test(test_acme_challenges),
       cmocka_unit_test(test_many),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1447,7 +1447,8 @@ static void test_build_applies_options(void **state) {
 }
 
 /* A client context (upstream_tls): a client SSL_CTX with no certificate
- * needed, at most one, none of the server-only fields, ALPN offered. */
+ * needed, at most one, none of the server-only fields, ALPN offered (NPN:
+ * test_handshake_client_npn). */
 static void test_build_client(void **state) {
   struct tp_err err;
   Tlsplane__V1__ResolvedTlsContext *rc = rctx_new("tlsContexts/up");
@@ -1713,6 +1714,63 @@ static void test_handshake_alpn_npn(void **state) {
   SSL_free(s);
 #endif
   SSL_CTX_free(ctx);
+}
+
+/* A client context's npn_protocols (tls.connect's NPNProtocols): offered
+ * in TLS 1.2, the first the server advertises is chosen, no overlap picks
+ * the client's first; no list: no NPN extension at all; TLS 1.3: none. */
+static void test_handshake_client_npn(void **state) {
+  struct tp_err err;
+  Tlsplane__V1__ResolvedTlsContext *srv = rctx_dual();
+  strv_push(&srv->tls_context->n_npn_protocols, &srv->tls_context->npn_protocols, "spdy/3");
+  strv_push(&srv->tls_context->n_npn_protocols, &srv->tls_context->npn_protocols, "http/1.1");
+  SSL_CTX *sctx = build_ok(srv);
+  Tlsplane__V1__ResolvedTlsContext *rc = rctx_new("tlsContexts/up");
+  Tlsplane__V1__TlsContext *tc = rc->tls_context;
+  tc->client = 1;
+  SSL_CTX *plain = build_ok(rc);
+  strv_push(&tc->n_npn_protocols, &tc->npn_protocols, "");
+  EXPECT_ERR_EXACT(build(rc, &err), &err,
+                   "npn_protocols[0]: a protocol name must be 1 to 255 bytes (got 0)");
+  set_str(&tc->npn_protocols[0], "h2");
+  strv_push(&tc->n_npn_protocols, &tc->npn_protocols, "http/1.1");
+  SSL_CTX *cctx = build_ok(rc);
+  set_str(&tc->npn_protocols[1], "x-other");
+  SSL_CTX *nomatch = build_ok(rc);
+  msg_free(rc);
+
+  struct {
+    SSL_CTX *client;
+    int version;
+    const char *want; /* "" : no protocol negotiated */
+  } cases[] = {
+      {cctx, TLS1_2_VERSION, "http/1.1"}, /* the one both have */
+      {nomatch, TLS1_2_VERSION, "h2"},    /* no overlap: the client's first */
+      {plain, TLS1_2_VERSION, ""},        /* no list: no extension */
+      {cctx, TLS1_3_VERSION, ""},         /* TLS 1.3 has no NPN */
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    SSL *c = SSL_new(cases[i].client), *s = NULL;
+    assert_non_null(c);
+    assert_true(SSL_set_max_proto_version(c, cases[i].version));
+    assert_int_equal(handshake(sctx, c, &s), 0);
+    const unsigned char *sel = NULL;
+    unsigned int sel_len = 0;
+#ifndef OPENSSL_NO_NEXTPROTONEG
+    SSL_get0_next_proto_negotiated(s, &sel, &sel_len);
+#endif
+    if (sel_len != strlen(cases[i].want) ||
+        (sel_len > 0 && memcmp(sel, cases[i].want, sel_len) != 0))
+      fail_msg("case %zu: the server saw NPN \"%.*s\", want \"%s\"", i, (int)sel_len,
+               sel != NULL ? (const char *)sel : "", cases[i].want);
+    SSL_free(c);
+    SSL_free(s);
+  }
+  SSL_CTX_free(nomatch);
+  SSL_CTX_free(cctx);
+  SSL_CTX_free(plain);
+  SSL_CTX_free(sctx);
+  msg_free(srv);
 }
 
 static void set_ocsp(Tlsplane__V1__CertificateMaterial *m, X509 *leaf, time_t this_update,
@@ -2112,6 +2170,7 @@ int main(void) {
       cmocka_unit_test(test_build_client),
       cmocka_unit_test(test_handshake_cert_by_sigalgs),
       cmocka_unit_test(test_handshake_alpn_npn),
+      cmocka_unit_test(test_handshake_client_npn),
       cmocka_unit_test(test_handshake_ocsp_staple_per_certificate),
       cmocka_unit_test(test_handshake_client_certificates),
       cmocka_unit_test(test_handshake_resumption),

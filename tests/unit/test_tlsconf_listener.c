@@ -346,6 +346,185 @@ static int served_key_type(SSL *c) {
   return EVP_PKEY_get_base_id(X509_get0_pubkey(peer));
 }
 
+/* ACME tls-alpn-01 ------------------------------------------------------- */
+
+/* A challenge certificate as RFC 8737 has it: self-signed, subjectAltName
+ * san, the acmeIdentifier extension (critical or not) holding a SHA-256. */
+static X509 *acme_cert(EVP_PKEY *key, const char *cn, const char *san, int critical) {
+  X509 *x = fixture_cert(key, &(struct fixture_cert_opts){.cn = cn, .san = san});
+  unsigned char digest[32];
+  memset(digest, 0x5a, sizeof(digest));
+  ASN1_OCTET_STRING *inner = ASN1_OCTET_STRING_new();
+  ASN1_OCTET_STRING *value = ASN1_OCTET_STRING_new();
+  ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1);
+  assert_true(inner != NULL && value != NULL && oid != NULL);
+  assert_true(ASN1_OCTET_STRING_set(inner, digest, sizeof(digest)));
+  unsigned char *der = NULL;
+  int n = i2d_ASN1_OCTET_STRING(inner, &der);
+  assert_true(n > 0 && ASN1_OCTET_STRING_set(value, der, n));
+  X509_EXTENSION *ext = X509_EXTENSION_create_by_OBJ(NULL, oid, critical, value);
+  assert_non_null(ext);
+  assert_true(X509_add_ext(x, ext, -1));
+  assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+  X509_EXTENSION_free(ext);
+  ASN1_OBJECT_free(oid);
+  ASN1_OCTET_STRING_free(value);
+  ASN1_OCTET_STRING_free(inner);
+  OPENSSL_free(der);
+  return x;
+}
+
+static void rl_challenge(Tlsplane__V1__ResolvedListener *rl, const char *name, EVP_PKEY *key,
+                         X509 *cert) {
+  Tlsplane__V1__AcmeChallengeMaterial *m = xmalloc(sizeof(*m));
+  tlsplane__v1__acme_challenge_material__init(m);
+  set_str(&m->server_name, name);
+  m->certificate_pem = fixture_pem_cert(cert);
+  m->private_key_pem = fixture_pem_key(key);
+  rl->acme_challenges =
+      realloc(rl->acme_challenges, (rl->n_acme_challenges + 1) * sizeof(*rl->acme_challenges));
+  assert_non_null(rl->acme_challenges);
+  rl->acme_challenges[rl->n_acme_challenges++] = m;
+}
+
+static void rl_clear_challenges(Tlsplane__V1__ResolvedListener *rl) {
+  for (size_t i = 0; i < rl->n_acme_challenges; i++)
+    msg_free(rl->acme_challenges[i]);
+  free(rl->acme_challenges);
+  rl->acme_challenges = NULL;
+  rl->n_acme_challenges = 0;
+}
+
+static SSL *client_alpn(int max_version, const char *sni, const unsigned char *alpn, size_t len) {
+  SSL *c = client_new(max_version, sni);
+  if (alpn != NULL)
+    assert_int_equal(SSL_set_alpn_protos(c, alpn, (unsigned)len), 0);
+  return c;
+}
+
+static const unsigned char ALPN_ACME[] = "\x0a"
+                                         "acme-tls/1";
+static const unsigned char ALPN_H2_ACME[] = "\x02"
+                                            "h2"
+                                            "\x0a"
+                                            "acme-tls/1";
+
+/* A ClientHello whose ALPN list is exactly acme-tls/1 gets the challenge
+ * of its SNI (either case), with acme-tls/1 selected, at TLS 1.2 and 1.3;
+ * without a challenge for its name (or without SNI) it is refused; any
+ * other ClientHello gets the listener's contexts as before. */
+static void test_acme_challenge_served(void **state) {
+  EVP_PKEY *key = fixture_key_ec("P-256");
+  X509 *cert = acme_cert(key, "a.test", "DNS:a.test", 1);
+  Tlsplane__V1__ResolvedListener *rl = rl_three();
+  rl_challenge(rl, "a.test", key, cert);
+  struct tlsconf_listener *l = build_ok(rl);
+  assert_int_equal(tlsconf_listener_acme_challenges(l), 1);
+  assert_int_equal(tlsconf_listener_contexts(l), 3); /* challenges are not among them */
+  char cn[64];
+  const int versions[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+  for (size_t i = 0; i < 2; i++) {
+    SSL *c = client_alpn(versions[i], i ? "A.Test" : "a.test", ALPN_ACME, sizeof(ALPN_ACME) - 1);
+    SSL *s;
+    assert_int_equal(connect_to(l, c, &s), 0);
+    served_cn(c, cn, sizeof(cn));
+    assert_string_equal(cn, "a.test");
+    const unsigned char *proto;
+    unsigned proto_len;
+    SSL_get0_alpn_selected(c, &proto, &proto_len);
+    assert_int_equal(proto_len, 10);
+    assert_memory_equal(proto, "acme-tls/1", 10);
+    const char *host = NULL;
+    assert_int_equal(tlsconf_ssl_acme(s, &host), TLSCONF_ACME_ANSWERED);
+    assert_string_equal(host, "a.test");
+    assert_int_equal(SSL_version(s), versions[i]);
+    close_both(c, s);
+  }
+  /* acme-tls/1 among others, and no ALPN: the default context. */
+  SSL *c = client_alpn(0, "a.test", ALPN_H2_ACME, sizeof(ALPN_H2_ACME) - 1), *s;
+  assert_int_equal(connect_to(l, c, &s), 0);
+  served_cn(c, cn, sizeof(cn));
+  assert_string_equal(cn, "default.test");
+  assert_int_equal(tlsconf_ssl_acme(s, NULL), TLSCONF_ACME_NONE);
+  close_both(c, s);
+  c = client_alpn(0, "www.example.com", NULL, 0);
+  assert_int_equal(connect_to(l, c, &s), 0);
+  served_cn(c, cn, sizeof(cn));
+  assert_string_equal(cn, "www.example.com");
+  close_both(c, s);
+  /* Exactly acme-tls/1 for another name, or no name: refused. */
+  const char *others[] = {"b.test", "www.example.com", NULL};
+  for (size_t i = 0; i < 3; i++) {
+    c = client_alpn(0, others[i], ALPN_ACME, sizeof(ALPN_ACME) - 1);
+    assert_int_not_equal(connect_to(l, c, &s), 0);
+    assert_int_equal(tlsconf_ssl_acme(s, NULL), TLSCONF_ACME_REFUSED);
+    ERR_clear_error();
+    free_both(c, s);
+  }
+  tlsconf_listener_unref(l);
+  msg_free(rl);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+}
+
+/* A challenge that cannot be built fails the listener, naming it. */
+static void test_acme_challenge_errors(void **state) {
+  struct tp_err err;
+  EVP_PKEY *key = fixture_key_ec("P-256");
+  X509 *good = acme_cert(key, "a.test", "DNS:a.test", 1);
+  X509 *soft = acme_cert(key, "a.test", "DNS:a.test", 0);
+  X509 *other_name = acme_cert(key, "b.test", "DNS:b.test", 1);
+  X509 *plain = fixture_cert(key, &(struct fixture_cert_opts){.cn = "a.test", .san = "DNS:a.test"});
+  Tlsplane__V1__ResolvedListener *rl = rl_three();
+
+  rl_challenge(rl, "a.test", w.rsa_key, good);
+  EXPECT_ERR(build(rl, &err), &err,
+             "acme_challenges[a.test]: private_key_pem: does not match the certificate");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "a.test", key, soft);
+  EXPECT_ERR(build(rl, &err), &err,
+             "acme_challenges[a.test]: certificate_pem: the acmeIdentifier extension must be "
+             "critical");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "a.test", key, plain);
+  EXPECT_ERR(build(rl, &err), &err,
+             "acme_challenges[a.test]: certificate_pem: no acmeIdentifier extension");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "a.test", key, other_name);
+  EXPECT_ERR(build(rl, &err), &err,
+             "acme_challenges[a.test]: certificate_pem: \"a.test\" is not a DNS name of its "
+             "subjectAltName");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "*.a.test", key, good);
+  EXPECT_ERR(build(rl, &err), &err, "acme_challenges[0]: server_name: \"*.a.test\": tls-alpn-01");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "A.test", key, good);
+  EXPECT_ERR(build(rl, &err), &err, "acme_challenges[0]: server_name: \"A.test\": must be lower");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "", key, good);
+  EXPECT_ERR(build(rl, &err), &err, "acme_challenges[0]: server_name: required");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "a.test", key, good);
+  set_str(&rl->acme_challenges[0]->certificate_pem, "not a PEM");
+  EXPECT_ERR(build(rl, &err), &err, "acme_challenges[a.test]: certificate_pem: ");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "a.test", key, good);
+  rl_challenge(rl, "b.test", key, other_name);
+  rl_challenge(rl, "a.test", key, good);
+  EXPECT_ERR(build(rl, &err), &err,
+             "acme_challenges[a.test]: server_name: \"a.test\" has two challenges");
+  rl_clear_challenges(rl);
+  rl_challenge(rl, "a.test", key, good);
+  rl_challenge(rl, "b.test", key, other_name);
+  assert_int_equal(build(rl, &err), 0);
+
+  msg_free(rl);
+  X509 *certs[] = {good, soft, other_name, plain};
+  for (size_t i = 0; i < 4; i++)
+    X509_free(certs[i]);
+  EVP_PKEY_free(key);
+}
+
 /* Build errors ------------------------------------------------------------ */
 
 static void test_build_errors(void **state) {
@@ -1526,6 +1705,8 @@ int main(void) {
       cmocka_unit_test(test_refcount_threads),
       cmocka_unit_test(test_build_cached_shares_contexts),
       cmocka_unit_test(test_many_contexts),
+      cmocka_unit_test(test_acme_challenge_served),
+      cmocka_unit_test(test_acme_challenge_errors),
   };
   return cmocka_run_group_tests(tests, world_setup, world_teardown);
 }
