@@ -22,6 +22,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
+#include "recbuf.h"
 #include "source.h"
 #include "worker.h"
 
@@ -541,6 +542,8 @@ static struct source *source_new(const struct options *o, struct main_ctx *m, uv
 }
 
 int main(int argc, char **argv) {
+  /* Before anything calls into OpenSSL; without it, plain malloc. */
+  (void)recbuf_install();
   struct options o;
   if (parse_options(argc, argv, &o) != 0) {
     options_free(&o);
@@ -667,5 +670,6 @@ done:
     log_error("agent", "main loop not closed cleanly");
   options_free(&o);
   log_async_stop();
+  recbuf_thread_release();
   return status;
 }

@@ -23,6 +23,7 @@
 # BENCH_UPSTREAM_TLS_PORT, BENCH_ECDSA_PORT, BENCH_RSA_PORT, BENCH_BOTH_PORT)
 # Every terminator: TLS 1.2 + 1.3, the same two certificates, session
 # tickets and a session cache on, 2 workers/threads.
+# BENCH_TLS13_TICKETS: the agent's TlsContext.tls13_tickets (unset: 2).
 
 BENCH_UPSTREAM_PORT=${BENCH_UPSTREAM_PORT:-21080}
 BENCH_ECDSA_PORT=${BENCH_ECDSA_PORT:-21443}
@@ -258,9 +259,9 @@ key = $c/rsa.key
 EOF
 
     # --- tlsplane-agent: a tlsplane.v1.Snapshot in protobuf's JSON mapping ----
-    python3 - "$d" "$e" "$r" "$up" "$bt" "$upt" >"$d/tlsplane-snapshot.json" <<'PY'
+    python3 - "$d" "$e" "$r" "$up" "$bt" "$upt" "${BENCH_TLS13_TICKETS:-}" >"$d/tlsplane-snapshot.json" <<'PY'
 import json, sys
-d, e, r, up, bt, upt = sys.argv[1:7]
+d, e, r, up, bt, upt, tickets = sys.argv[1:8]
 c = d + "/certs/"
 rd = lambda p: open(c + p).read()
 tk = open(c + "ticket.key.b64").read().strip()
@@ -271,7 +272,8 @@ def listener(kind, port):
         "listener": {"name": "listeners/bench-" + kind, "address": "127.0.0.1:" + port,
                      "defaultTlsContext": ctx, "upstream": "127.0.0.1:" + up},
         "tlsContexts": {ctx: {
-            "tlsContext": {"name": ctx, "certificates": [cert], "sessionTickets": True},
+            "tlsContext": dict({"name": ctx, "certificates": [cert], "sessionTickets": True},
+                               **({"tls13Tickets": int(tickets)} if tickets else {})),
             "certificates": [{"certificate": {"name": cert, "certificateChainPem": rd(kind + ".crt")},
                               "privateKeyPem": rd(kind + ".key")}]}},
         "ticketKeys": [{"key": tk, "active": True}],

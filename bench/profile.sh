@@ -4,6 +4,12 @@
 #
 #   bench/profile.sh [SCENARIO...]     default: every scenario below
 #   bench/profile.sh --strace [SCENARIO...]  also count syscalls (strace -c -f)
+#   bench/profile.sh --compare A B [SCENARIO...]
+#       builds commits A and B (each in its own git worktree and build tree,
+#       RelWithDebInfo, kept in $COMPARE_CACHE by commit id) and prints, per
+#       scenario, the agent's Ir/op for A and B side by side with B / A.
+#       Short by default (N_HANDSHAKE 20, N_KEEPALIVE 200): a few seconds a
+#       scenario and commit. With --strace, the syscall counts of both too.
 #
 # For each scenario the agent (1 worker, the bench's snapshot) runs twice
 # under callgrind: N operations, then 2N. (2N - N) / N is the cost of one
@@ -21,15 +27,41 @@
 #   N_KEEPALIVE     requests for keepalive_13 (default 2000)
 #   CONCURRENCY     tlsload clients (default 4)
 #   RESULTS_DIR     default bench/results
-#   PROFILE_ECDSA_PORT, PROFILE_RSA_PORT, PROFILE_UPSTREAM_PORT (22443, 22444, 22080)
+#   COMPARE_CACHE   --compare's build trees (default /tmp/tlsplane-compare)
+#   PROFILE_ECDSA_PORT, PROFILE_RSA_PORT, PROFILE_UPSTREAM_PORT (default:
+#                   free ports the kernel picks)
 set -euo pipefail
 
 STRACE=0
-if [ "${1:-}" = --strace ]; then STRACE=1; shift; fi
+COMPARE=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --strace) STRACE=1; shift ;;
+    --compare)
+        [ $# -ge 3 ] || { echo "usage: $0 --compare A B [SCENARIO...]" >&2; exit 2; }
+        COMPARE=("$2" "$3")
+        shift 3
+        ;;
+    *) break ;;
+    esac
+done
+if [ ${#COMPARE[@]} -gt 0 ]; then
+    N_HANDSHAKE=${N_HANDSHAKE:-20}
+    N_KEEPALIVE=${N_KEEPALIVE:-200}
+fi
 
-export BENCH_ECDSA_PORT=${PROFILE_ECDSA_PORT:-22443}
-export BENCH_RSA_PORT=${PROFILE_RSA_PORT:-22444}
-export BENCH_UPSTREAM_PORT=${PROFILE_UPSTREAM_PORT:-22080}
+# Three ports nobody listens on, chosen by the kernel (bound together, then
+# released: a port is not handed out twice in that window).
+free_ports() {
+    python3 -c 'import socket
+s = [socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))'
+}
+read -r P1 P2 P3 <<<"$(free_ports)"
+export BENCH_ECDSA_PORT=${PROFILE_ECDSA_PORT:-$P1}
+export BENCH_RSA_PORT=${PROFILE_RSA_PORT:-$P2}
+export BENCH_UPSTREAM_PORT=${PROFILE_UPSTREAM_PORT:-$P3}
 export BENCH_WORKERS=1
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
@@ -68,7 +100,40 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-AGENT=${TLSPLANE_AGENT:-$ROOT/build/agent/tlsplane-agent}
+# build_commit REV -> the agent binary of commit REV, built once in
+# COMPARE_CACHE/SHA (a detached worktree of ROOT's repository and its own
+# RelWithDebInfo build tree; the worktree is removed after the build).
+COMPARE_CACHE=${COMPARE_CACHE:-/tmp/tlsplane-compare}
+build_commit() {
+    local rev=$1 sha dir
+    sha=$(git -C "$ROOT" rev-parse --verify "$rev^{commit}") || return 1
+    dir=$COMPARE_CACHE/$sha
+    if [ ! -x "$dir/tlsplane-agent" ]; then
+        peers_log "building $rev ($sha) in $dir"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        git -C "$ROOT" worktree add -q --detach "$dir/src" "$sha" >&2
+        if ! { cmake -S "$dir/src" -B "$dir/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+            -DTLSPLANE_TESTS=OFF >"$dir/build.log" 2>&1 &&
+            cmake --build "$dir/build" --target tlsplane-agent -j2 >>"$dir/build.log" 2>&1; }; then
+            peers_log "build of $rev failed; see $dir/build.log"
+            git -C "$ROOT" worktree remove --force "$dir/src" >&2 || true
+            return 1
+        fi
+        cp "$dir/build/agent/tlsplane-agent" "$dir/tlsplane-agent"
+        git -C "$ROOT" worktree remove --force "$dir/src" >&2
+        rm -rf "$dir/build"
+    fi
+    echo "$dir/tlsplane-agent"
+}
+
+if [ ${#COMPARE[@]} -gt 0 ]; then
+    AGENT_A=$(build_commit "${COMPARE[0]}") || exit 1
+    AGENT_B=$(build_commit "${COMPARE[1]}") || exit 1
+    AGENT=$AGENT_A
+else
+    AGENT=${TLSPLANE_AGENT:-$ROOT/build/agent/tlsplane-agent}
+fi
 [ -x "$AGENT" ] || { peers_log "no agent at $AGENT (cmake --build build --target tlsplane-agent)"; exit 1; }
 command -v valgrind >/dev/null || { peers_log "valgrind is not installed"; exit 1; }
 mkdir -p "$RESULTS_DIR" "$WORK/build"
@@ -107,10 +172,10 @@ stop_agent() {
     wait_ports_closed "$E" "$R" || true
 }
 
-# profile_one ID ARGS PORT N -> WORK/ID.N.out
+# profile_one ID ARGS PORT N [TAG] -> WORK/ID[TAG].N.out, with $AGENT
 profile_one() {
-    local id=$1 args=$2 port=$3 n=$4 out
-    out=$WORK/$1.$4.out
+    local id=$1${5:-} args=$2 port=$3 n=$4 out
+    out=$WORK/$id.$n.out
     run_agent "$WORK/$id.$n.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
         --dump-instr=no --dump-line=no
     # shellcheck disable=SC2086
@@ -122,7 +187,7 @@ profile_one() {
 }
 
 strace_one() {
-    local id=$1 args=$2 port=$3 n=$4
+    local id=$1${5:-} args=$2 port=$3 n=$4
     run_agent "$WORK/$id.strace.log" strace -c -f -o "$WORK/$id.strace"
     # shellcheck disable=SC2086
     "$TLSLOAD" $args "${TLSOPTS[@]}" -c "$CONCURRENCY" -n "$n" "127.0.0.1:$port" >/dev/null || true
@@ -130,6 +195,68 @@ strace_one() {
 }
 
 SEL=("$@")
+selected() { [ ${#SEL[@]} -eq 0 ] || [[ " ${SEL[*]} " == *" $1 "* ]]; }
+ops_for() { if [ "$1" = keepalive_13 ]; then echo "$N_KEEPALIVE"; else echo "$N_HANDSHAKE"; fi; }
+strace_table() {
+    awk 'NR>2 && $1 !~ /^-/ && NF>=5 { if ($5 ~ /^[0-9]+$/) printf "  %-16s %8d %6d\n", $6, $4, $5; else printf "  %-16s %8d %6d\n", $5, $4, 0 }' "$1"
+}
+
+if [ ${#COMPARE[@]} -gt 0 ]; then
+    TXT=$RESULTS_DIR/compare-$STAMP.txt
+    JSONL=$RESULTS_DIR/compare-$STAMP.jsonl
+    : >"$JSONL"
+    {
+        echo "# tlsplane-agent callgrind comparison $STAMP: A = ${COMPARE[0]} ($(git -C "$ROOT" rev-parse --short "${COMPARE[0]}")), B = ${COMPARE[1]} ($(git -C "$ROOT" rev-parse --short "${COMPARE[1]}"))"
+        echo "# $(openssl version); Ir = instructions per operation, (2N - N) / N; kernel not included"
+        echo
+        printf '%-14s %6s %12s %12s %7s\n' scenario ops "A Ir/op" "B Ir/op" "B/A"
+    } | tee "$TXT"
+    for spec in "${ALL[@]}"; do
+        IFS='|' read -r id args port <<<"$spec"
+        selected "$id" || continue
+        n=$(ops_for "$id")
+        peers_log "$id: $n and $((2 * n)) operations under callgrind, A then B"
+        for t in A B; do
+            if [ $t = A ]; then AGENT=$AGENT_A; else AGENT=$AGENT_B; fi
+            profile_one "$id" "$args" "$port" "$n" ".$t"
+            profile_one "$id" "$args" "$port" $((2 * n)) ".$t"
+            python3 "$BENCH_DIR/cgsplit.py" --json "$n" "$WORK/$id.$t.$n.out" \
+                "$WORK/$id.$t.$((2 * n)).out" >"$WORK/$id.$t.json"
+            if [ "$STRACE" = 1 ]; then strace_one "$id" "$args" "$port" "$n" ".$t"; fi
+        done
+        python3 - "$id" "$n" "$WORK/$id.A.json" "$WORK/$id.B.json" "$JSONL" <<'PY' | tee -a "$TXT"
+import json, sys
+sid, n, fa, fb, jl = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+a, b = json.load(open(fa)), json.load(open(fb))
+ra, rb = a["ir_per_op"], b["ir_per_op"]
+print("%-14s %6d %12d %12d %7.3f" % (sid, n, ra, rb, rb / ra if ra else 0))
+for o in ("agent", "libssl", "libcrypto", "libc", "libuv", "other"):
+    x, y = a["by_object"].get(o, 0), b["by_object"].get(o, 0)
+    if x or y:
+        print("  %-12s %6s %12d %12d %+12d" % (o, "", x, y, y - x))
+with open(jl, "a") as f:
+    f.write(json.dumps({"scenario": sid, "ops": n, "A": a, "B": b}) + "\n")
+PY
+        if [ "$STRACE" = 1 ]; then
+            {
+                echo "  syscalls for $n ops (strace -c -f, whole run including start-up):"
+                python3 - <(strace_table "$WORK/$id.A.strace") <(strace_table "$WORK/$id.B.strace") <<'PY'
+import sys
+def load(p):
+    return {f[0]: (int(f[1]), int(f[2])) for f in (l.split() for l in open(p)) if len(f) == 3}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+print("  %-16s %8s %8s %8s %8s" % ("syscall", "A calls", "A errors", "B calls", "B errors"))
+for k in sorted(set(a) | set(b), key=lambda k: -max(a.get(k, (0, 0))[0], b.get(k, (0, 0))[0])):
+    x, y = a.get(k, (0, 0)), b.get(k, (0, 0))
+    print("  %-16s %8d %8d %8d %8d" % (k, x[0], x[1], y[0], y[1]))
+PY
+            } | tee -a "$TXT"
+        fi
+    done
+    peers_log "results: $TXT $JSONL"
+    exit 0
+fi
+
 TXT=$RESULTS_DIR/profile-$STAMP.txt
 JSONL=$RESULTS_DIR/profile-$STAMP.jsonl
 : >"$JSONL"
@@ -139,9 +266,8 @@ JSONL=$RESULTS_DIR/profile-$STAMP.jsonl
 } | tee "$TXT"
 for spec in "${ALL[@]}"; do
     IFS='|' read -r id args port <<<"$spec"
-    if [ ${#SEL[@]} -gt 0 ] && [[ " ${SEL[*]} " != *" $id "* ]]; then continue; fi
-    n=$N_HANDSHAKE
-    [ "$id" = keepalive_13 ] && n=$N_KEEPALIVE
+    selected "$id" || continue
+    n=$(ops_for "$id")
     peers_log "$id: $n and $((2 * n)) operations under callgrind"
     profile_one "$id" "$args" "$port" "$n"
     profile_one "$id" "$args" "$port" $((2 * n))
@@ -156,7 +282,7 @@ for spec in "${ALL[@]}"; do
         strace_one "$id" "$args" "$port" "$n"
         {
             echo "syscalls for $n ops (strace -c -f; calls / errors):"
-            awk 'NR>2 && $1 !~ /^-/ && NF>=5 { if ($5 ~ /^[0-9]+$/) printf "  %-16s %8d %6d\n", $6, $4, $5; else printf "  %-16s %8d %6d\n", $5, $4, 0 }' "$WORK/$id.strace"
+            strace_table "$WORK/$id.strace"
         } | tee -a "$TXT"
     fi
 done

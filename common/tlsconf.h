@@ -121,6 +121,8 @@ int tlsconf_certificate_ocsp_target(const Tlsplane__V1__Certificate *c, X509 **l
 #define TLSCONF_TRUST_BUNDLE_CERTS_MAX 1000 /* Mozilla's root store has ~150 */
 #define TLSCONF_TRUST_BUNDLE_PEM_MAX (4 * 1024 * 1024)
 #define TLSCONF_CRL_MAX (8 * 1024 * 1024) /* crl_pem or crl_der */
+#define TLSCONF_TLS13_TICKETS_MAX 10
+#define TLSCONF_TLS13_TICKETS_DEFAULT 2 /* OpenSSL's, and the seed's */
 
 /* Validates a TrustBundle (ca_pem: one or more CA certificates, each valid at
  * now unless allow_invalid_time) and sets its derived certificates[];
@@ -231,7 +233,8 @@ int tlsconf_hostname_pattern_check(const char *pattern, struct tp_err *err);
  *     the context that made them and request_cert contexts can resume at
  *     all. session_tickets false sets SSL_OP_NO_TICKET. session_cache_size
  *     -1 turns the server cache off, 0 keeps OpenSSL's default, n > 0 sets
- *     it; below -1 is an error.
+ *     it; below -1 is an error. tls13_tickets: 0 to 10 tickets after a
+ *     full TLS 1.3 handshake (SSL_CTX_set_num_tickets), unset 2.
  *   - ocsp_stapling: a status callback staples the stored ocsp_response of
  *     the certificate chosen for the handshake, and nothing once that
  *     response's next_update has passed (checked per handshake). The

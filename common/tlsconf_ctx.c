@@ -482,6 +482,19 @@ static int set_sessions(SSL_CTX *ctx, const Tlsplane__V1__TlsContext *tc, struct
   else
     SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
 
+  /* TLS 1.3 tickets per full handshake: each costs an encryption, an
+   * HMAC and a record; a resumption sends one whatever the count. */
+  int tickets = TLSCONF_TLS13_TICKETS_DEFAULT;
+  if (tc->tls13_tickets != NULL) {
+    tickets = tc->tls13_tickets->value;
+    if (tickets < 0 || tickets > TLSCONF_TLS13_TICKETS_MAX)
+      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
+                        "tls13_tickets: must be 0 to %d (unset: %d)", TLSCONF_TLS13_TICKETS_MAX,
+                        TLSCONF_TLS13_TICKETS_DEFAULT);
+  }
+  if (!SSL_CTX_set_num_tickets(ctx, (size_t)tickets))
+    return tlsconf__oom(err);
+
   if (tc->session_cache_size < -1)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                       "session_cache_size: -1 (no cache), 0 (default) or a positive size");
@@ -550,6 +563,7 @@ static int client_build(SSL_CTX *ctx, struct ctx_data *d,
                             : tc->session_id_context[0] != '\0' ? "session_id_context"
                             : tc->session_tickets != NULL       ? "session_tickets"
                             : tc->session_cache_size != 0       ? "session_cache_size"
+                            : tc->tls13_tickets != NULL         ? "tls13_tickets"
                             : tc->ocsp_stapling                 ? "ocsp_stapling"
                             : tc->ocsp_staple_revoked           ? "ocsp_staple_revoked"
                             : tc->max_send_fragment != 0        ? "max_send_fragment"

@@ -7,23 +7,13 @@
 #include "resolve.h"
 #include "tlsconf.h"
 
-static const char *const tls_context_mutable[] = {"certificates",
-                                                  "cipher_policy",
-                                                  "trust_bundle",
-                                                  "revocation_lists",
-                                                  "request_cert",
-                                                  "reject_unauthorized",
-                                                  "alpn_protocols",
-                                                  "npn_protocols",
-                                                  "session_timeout",
-                                                  "session_id_context",
-                                                  "session_tickets",
-                                                  "session_cache_size",
-                                                  "ocsp_stapling",
-                                                  "max_send_fragment",
-                                                  "ocsp_staple_revoked",
-                                                  "client",
-                                                  NULL};
+static const char *const tls_context_mutable[] = {
+    "certificates",        "cipher_policy",   "trust_bundle",
+    "revocation_lists",    "request_cert",    "reject_unauthorized",
+    "alpn_protocols",      "npn_protocols",   "session_timeout",
+    "session_id_context",  "session_tickets", "session_cache_size",
+    "tls13_tickets",       "ocsp_stapling",   "max_send_fragment",
+    "ocsp_staple_revoked", "client",          NULL};
 
 /* An update keeps the context the kind every listener naming it needs
  * (client for upstream_tls, server otherwise, a trust bundle where the

@@ -123,7 +123,7 @@ describe('listener limits: handshakeTimeout, maxConnections, connections, renego
     const m = await agent.waitForMetrics((mm) => errors(mm, 'hs-timeout', 'handshake_timeout') >= errors(m0, 'hs-timeout', 'handshake_timeout') + 2,
       { what: 'clientError handshake_timeout counted twice' });
     assert.equal(errors(m, 'hs-timeout', 'handshake_aborted'), errors(m0, 'hs-timeout', 'handshake_aborted'), 'counted as aborted too');
-    assert.match(agent.log(), new RegExp(`listener=listeners/hs-timeout client=127\\.0\\.0\\.1:${silent.localPort} cause=handshake_timeout`));
+    await agent.waitForLog(new RegExp(`listener=listeners/hs-timeout client=127\\.0\\.0\\.1:${silent.localPort} cause=handshake_timeout`));
   });
 
   test('handshakeTimeout: a client whose handshake completed is not dropped however long it idles', async () => {
@@ -190,7 +190,7 @@ describe('listener limits: handshakeTimeout, maxConnections, connections, renego
     assert.equal(r.open, false, 'the connection is still open after the third renegotiation');
     await agent.waitForMetrics((m) => errors(m, 'reneg2', 'renegotiation_limit') === errors(m0, 'reneg2', 'renegotiation_limit') + 1,
       { what: 'clientError renegotiation_limit counted' });
-    assert.match(agent.log(), /listener=listeners\/reneg2 client=\S+ cause=renegotiation_limit/);
+    await agent.waitForLog(/listener=listeners\/reneg2 client=\S+ cause=renegotiation_limit/);
   });
 
   test('renegotiation limit 0: the first renegotiation ends the connection', async () => {

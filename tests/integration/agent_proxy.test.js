@@ -128,7 +128,7 @@ describe('proxying to the upstream, and PROXY protocol v2', () => {
     assert.deepEqual(how, { ended: true, error: null }, 'expected an orderly end of the TLS stream, not a reset');
     await agent.waitForMetrics((m) => m.get('tlsplane_client_errors_total', L) === m0.get('tlsplane_client_errors_total', L) + 1,
       { what: 'clientError upstream_connect' });
-    assert.match(agent.log(), /listener=listeners\/down client=\S+ cause=upstream_connect/);
+    await agent.waitForLog(/listener=listeners\/down client=\S+ cause=upstream_connect/);
   });
 
   test('PROXY v2: addresses, SNI, ALPN, version, cipher, client CN and verify reach the upstream (TLS 1.3)', async () => {

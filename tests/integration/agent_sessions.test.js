@@ -64,6 +64,8 @@ describe('session resumption: IDs, tickets, timeout, id context, ticket-key ring
       l('ids', { sessionTickets: false }),
       l('no-cache', { sessionTickets: false, sessionCacheSize: -1 }),
       l('tickets', {}),
+      l('one-ticket', { tls13Tickets: 1 }),
+      l('no-tls13-tickets', { tls13Tickets: 0 }),
       l('short-tickets', { sessionTimeout: '2s' }),
       l('short-ids', { sessionTimeout: '2s', sessionTickets: false }),
       l('sid-a', { sessionIdContext: 'shared-ctx' }, { ticketKeys: shared }),
@@ -138,6 +140,28 @@ describe('session resumption: IDs, tickets, timeout, id context, ticket-key ring
       assert.ok(r.session && !r.session.equals(session), `resumption ${i + 1} got no new ticket`);
       session = r.session;
     }
+  });
+
+  test('tls13Tickets: a full TLS 1.3 handshake sends that many tickets (unset: 2); a resumption sends one; 0 leaves TLS 1.2 tickets alone', async () => {
+    const opts = { minVersion: 'TLSv1.3' };
+    for (const [name, want] of [['tickets', 2], ['one-ticket', 1], ['no-tls13-tickets', 0]]) {
+      const r = await exchange(agent.port(name), opts);
+      assert.equal(r.ok, true, r.error);
+      assert.equal(r.sessions.length, want, `${name}: tickets after a full handshake`);
+      if (want === 0) continue;
+      let { session } = r;
+      for (let i = 0; i < 2; i++) {
+        const again = await exchange(agent.port(name), { ...opts, session });
+        assert.equal(again.ok, true, again.error);
+        assert.equal(again.info.reused, true, `${name}: resumption ${i + 1} did not resume`);
+        assert.equal(again.sessions.length, 1, `${name}: tickets after resumption ${i + 1}`);
+        session = again.session;
+      }
+    }
+    // No TLS 1.3 ticket means no TLS 1.3 resumption; TLS 1.2 tickets are not counted by it.
+    const v12 = { maxVersion: 'TLSv1.2' };
+    const first = await newSession(agent.port('no-tls13-tickets'), v12);
+    assert.equal(await resumes(agent.port('no-tls13-tickets'), first.session, v12), true, 'TLS 1.2: not resumed');
   });
 
   test('sessionTimeout: the ticket lifetime hint is the timeout, and a session older than it is not resumed', async () => {

@@ -107,7 +107,7 @@ describe('idle_timeout and write_timeout', () => {
     assert.equal(ended, true, 'closed without close_notify');
     await agent.waitForMetrics((m) => errors(m, 'idle', 'idle_timeout') === errors(m0, 'idle', 'idle_timeout') + 1,
       { what: 'idle_timeout counted' });
-    assert.match(agent.log(), /listener=listeners\/idle client=\S+ cause=idle_timeout reason="no data either way for 1000 ms"/);
+    await agent.waitForLog(/listener=listeners\/idle client=\S+ cause=idle_timeout reason="no data either way for 1000 ms"/);
   });
 
   test('idle_timeout: a connection with data moving is not closed, however long it lasts', async () => {
@@ -140,7 +140,7 @@ describe('idle_timeout and write_timeout', () => {
       const counted = m1.get('tlsplane_bytes_out_total', L) - m0.get('tlsplane_bytes_out_total', L);
       assert.ok(delivered < 50000000, `${delivered} bytes delivered: the download did not stall`);
       assert.equal(counted, delivered, `bytes_out counted ${counted} bytes, the client's side received ${delivered}`);
-      assert.match(agent.log(), /listener=listeners\/stall-client client=\S+ cause=client_write_timeout reason="the client took none of \d+ bytes for 1000 ms"/);
+      await agent.waitForLog(/listener=listeners\/stall-client client=\S+ cause=client_write_timeout reason="the client took none of \d+ bytes for 1000 ms"/);
     } finally {
       await relay.close();
     }
@@ -153,7 +153,7 @@ describe('idle_timeout and write_timeout', () => {
     await closedWithin(sock, 30000);
     await agent.waitForMetrics((m) => errors(m, 'stall-upstream', 'upstream_write_timeout') === errors(m0, 'stall-upstream', 'upstream_write_timeout') + 1,
       { what: 'upstream_write_timeout counted' });
-    assert.match(agent.log(), /listener=listeners\/stall-upstream client=\S+ cause=upstream_write_timeout reason="the upstream took none of \d+ bytes for 1000 ms"/);
+    await agent.waitForLog(/listener=listeners\/stall-upstream client=\S+ cause=upstream_write_timeout reason="the upstream took none of \d+ bytes for 1000 ms"/);
   });
 });
 

@@ -149,6 +149,7 @@ describe('TLS contexts', () => {
       sessionTimeout: { seconds: '600', nanos: 0 },
       sessionIdContext: 'tlsplane-test',
       sessionTickets: { value: false },
+      tls13Tickets: { value: 1 },
       ocspStapling: true,
       maxSendFragment: 4096,
       labels: { app: 'web' },
@@ -165,6 +166,7 @@ describe('TLS contexts', () => {
     assert.equal(seconds(tc.sessionTimeout), 600);
     assert.equal(tc.sessionIdContext, 'tlsplane-test');
     assert.deepEqual(tc.sessionTickets, { value: false });
+    assert.deepEqual(tc.tls13Tickets, { value: 1 });
     assert.equal(tc.ocspStapling, true);
     assert.equal(tc.maxSendFragment, 4096);
     assert.deepEqual(await api().TlsContextService.GetTlsContext({ name: tc.name }), tc);
@@ -200,6 +202,8 @@ describe('TLS contexts', () => {
     ['a missing trust bundle', () => ({ certificates: [R.rsa.name], trustBundle: 'trustBundles/nope', requestCert: true }), 'tls_context.trust_bundle', 'trustBundles/nope'],
     ['a missing revocation list', () => ({ certificates: [R.rsa.name], trustBundle: R.tb.name, revocationLists: ['revocationLists/nope'] }), 'tls_context.revocation_lists', 'revocationLists/nope'],
     ['session_id_context over 32 bytes', () => ({ certificates: [R.rsa.name], sessionIdContext: 'x'.repeat(33) }), 'tls_context.session_id_context', null],
+    ['tls13_tickets above 10', () => ({ certificates: [R.rsa.name], tls13Tickets: { value: 11 } }), 'tls_context.tls13_tickets: must be 0 to 10', null],
+    ['tls13_tickets negative', () => ({ certificates: [R.rsa.name], tls13Tickets: { value: -1 } }), 'tls_context.tls13_tickets: must be 0 to 10', null],
     ['max_send_fragment below 512', () => ({ certificates: [R.rsa.name], maxSendFragment: 100 }), 'tls_context.max_send_fragment', null],
     ['max_send_fragment above 16384', () => ({ certificates: [R.rsa.name], maxSendFragment: 16385 }), 'tls_context.max_send_fragment', null],
   ];
@@ -210,6 +214,19 @@ describe('TLS contexts', () => {
       });
     });
   }
+
+  test('update tls13_tickets with update_mask; 11 refused, nothing changed', async () => {
+    const tc = await createContext({ certificates: [R.rsa.name] });
+    const u = await api().TlsContextService.UpdateTlsContext({
+      tlsContext: { name: tc.name, etag: tc.etag, tls13Tickets: { value: 1 } },
+      updateMask: { paths: ['tls13_tickets'] },
+    });
+    assert.deepEqual(u.tls13Tickets, { value: 1 });
+    await expectRefused(ctx.api, () => api().TlsContextService.UpdateTlsContext({
+      tlsContext: { name: tc.name, tls13Tickets: { value: 11 } }, updateMask: { paths: ['tls13_tickets'] },
+    }), status.INVALID_ARGUMENT, { field: 'tls_context.tls13_tickets: must be 0 to 10' });
+    assert.deepEqual(await api().TlsContextService.GetTlsContext({ name: tc.name }), u);
+  });
 
   test('update certificates with update_mask; a missing one refused, nothing changed', async () => {
     const tc = await createContext({ certificates: [R.rsa.name] });

@@ -1409,7 +1409,16 @@ static void test_build_applies_options(void **state) {
   ctx = build_ok(rc);
   assert_int_equal(SSL_CTX_sess_get_cache_size(ctx), 1000);
   assert_int_equal(SSL_CTX_get_session_cache_mode(ctx), SSL_SESS_CACHE_SERVER);
+  assert_int_equal(SSL_CTX_get_num_tickets(ctx), 2); /* tls13_tickets unset */
   SSL_CTX_free(ctx);
+  tc->tls13_tickets = malloc(sizeof(Google__Protobuf__Int32Value));
+  google__protobuf__int32_value__init(tc->tls13_tickets);
+  tc->tls13_tickets->value = 1;
+  ctx = build_ok(rc);
+  assert_int_equal(SSL_CTX_get_num_tickets(ctx), 1);
+  SSL_CTX_free(ctx);
+  free(tc->tls13_tickets);
+  tc->tls13_tickets = NULL;
 
   /* request_cert alone: verify, but go on (the verify callback keeps the
    * result). */
@@ -1468,6 +1477,11 @@ static void test_build_client(void **state) {
   rc->tls_context->max_send_fragment = 1024;
   EXPECT_ERR_EXACT(build(rc, &err), &err,
                    "max_send_fragment: a server option, not for a client context");
+  rc->tls_context->max_send_fragment = 0;
+  rc->tls_context->tls13_tickets = malloc(sizeof(Google__Protobuf__Int32Value));
+  google__protobuf__int32_value__init(rc->tls_context->tls13_tickets);
+  EXPECT_ERR_EXACT(build(rc, &err), &err,
+                   "tls13_tickets: a server option, not for a client context");
   msg_free(rc);
 }
 
@@ -1550,6 +1564,15 @@ static void test_build_errors(void **state) {
   tc->session_cache_size = -2;
   EXPECT_ERR(build(rc, &err), &err, "session_cache_size: ");
   tc->session_cache_size = 0;
+
+  tc->tls13_tickets = malloc(sizeof(Google__Protobuf__Int32Value));
+  google__protobuf__int32_value__init(tc->tls13_tickets);
+  tc->tls13_tickets->value = 11;
+  EXPECT_ERR(build(rc, &err), &err, "tls13_tickets: must be 0 to 10 (unset: 2)");
+  tc->tls13_tickets->value = -1;
+  EXPECT_ERR(build(rc, &err), &err, "tls13_tickets: must be 0 to 10 (unset: 2)");
+  tc->tls13_tickets->value = 0;
+  assert_int_equal(build(rc, &err), 0);
 
   tc->max_send_fragment = 100;
   EXPECT_ERR(build(rc, &err), &err, "max_send_fragment: must be 512 to 16384 bytes");
