@@ -231,8 +231,19 @@ const BLOCKS = [
       assert.deepEqual(docs.jsonOf(r.sections, /jq '\{renewalFailures/), { renewalFailures: null, lastRenewalError: null, next: null, order: { status: 'valid', lastError: null, failures: null } });
       // And what the section describes: the same command on a certificate
       // whose order fails (a name no listener serves), retried.
-      await api().CertificateService.IssueCertificate({ certificateId: 'nobody', issuer: 'issuers/letsencrypt', dnsNames: ['nobody.example.com'] });
-      await waitFor('two failed attempts', async () => ((await api().CertificateService.GetCertificate({ name: 'certificates/nobody' })).renewalFailures >= 2), { timeoutMs: 30000 });
+      const watch = ctx.conn.clients['tlsplane.v1.AuditService'].WatchEvents({ kinds: ['certificates'], include: ['RENEWAL_FAILED'] });
+      const events = [];
+      watch.on('data', (e) => events.push(e));
+      watch.on('error', () => {});
+      try {
+        await api().CertificateService.IssueCertificate({ certificateId: 'nobody', issuer: 'issuers/letsencrypt', dnsNames: ['nobody.example.com'] });
+        await waitFor('two failed attempts', async () => ((await api().CertificateService.GetCertificate({ name: 'certificates/nobody' })).renewalFailures >= 2), { timeoutMs: 30000 });
+        await waitFor('RENEWAL_FAILED on WatchEvents, with the reason', () => events.some((e) => e.resource === 'certificates/nobody' && e.reason === 'no listener serves nobody.example.com'));
+      } finally {
+        watch.cancel();
+      }
+      const audit = (await api().AuditService.ListAuditEvents({ resource: 'certificates/nobody' })).auditEvents;
+      assert.ok(audit.some((e) => e.action === 'issue_failed' && e.actor === 'system'), `audit: ${JSON.stringify(audit.map((e) => `${e.actor}:${e.action}`))}`);
       r = await runBlock(block, [{ from: 'certificates/www', to: 'certificates/nobody', why: 'a certificate whose order fails' }]);
       const got = docs.jsonOf(r.sections, /jq '\{renewalFailures/);
       assert.ok(got.renewalFailures >= 2, JSON.stringify(got));
