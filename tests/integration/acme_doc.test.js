@@ -36,7 +36,6 @@ const docs = require('./lib/docblocks');
 
 const REPO = path.resolve(__dirname, '../..');
 const DOC = path.join(REPO, 'docs/acme.md');
-const GRPCURL_JS = path.join(__dirname, 'lib/grpcurl.js');
 const NAME = 'www.example.com';
 const EAB_KID = 'doc-kid';
 const EAB_KEY = crypto.randomBytes(32).toString('base64url');
@@ -63,13 +62,10 @@ before(async () => {
   // shown by "When it fails" is retried within the test.
   ctx.srv = await Server.start({ tls: true, env: { TLSPLANE_RENEW_RETRY_MS: '1000', TLSPLANE_ACME_RETRY_MS: '1000' } });
   ctx.conn = await connect(ctx.srv.address, ctx.srv.connectOptions());
-  const bin = path.join(ctx.root, 'bin');
-  fs.mkdirSync(bin);
-  fs.writeFileSync(path.join(bin, 'grpcurl'), `#!/bin/sh\nexec '${process.execPath}' '${GRPCURL_JS}' "$@"\n`, { mode: 0o755 });
-  fs.symlinkSync(path.resolve(serverBinary()), path.join(bin, 'tlsplane-server'));
-  ctx.env = { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH}` };
+  const bin = docs.toolsDir(path.join(ctx.root, 'bin'), { 'tlsplane-server': serverBinary() });
   ctx.work = path.join(ctx.root, 'work');
   fs.mkdirSync(ctx.work);
+  ctx.page = docs.pageRunner({ doc: 'docs/acme.md', cwd: ctx.work, env: { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH}` }, address: ctx.srv.address });
   fs.symlinkSync(ctx.srv.dataDir, work('var'));
   fs.writeFileSync(work('pebble-root.pem'), ctx.pb.root);
   const tok = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'doc-a' } });
@@ -86,14 +82,7 @@ after(async () => {
 });
 
 // Every block runs after the first (S and g), in the working directory.
-let prelude = '';
-async function runBlock(block, subs = [], { timeoutMs = 120000 } = {}) {
-  const address = { from: '127.0.0.1:7443', to: ctx.srv.address, why: 'the test server\'s port' };
-  const text = docs.substitute(block, block.text.includes(address.from) ? [address, ...subs] : subs, 'docs/acme.md');
-  const r = await docs.bash(prelude + text, { cwd: ctx.work, env: ctx.env, timeoutMs });
-  assert.equal(r.code, 0, `docs/acme.md line ${block.line} failed (exit ${r.code}):\n${r.stderr}\n${r.stdout}`);
-  return r;
-}
+const runBlock = (block, subs) => ctx.page.run(block, subs);
 
 // pebble for an ACME directory: its URL, and the CA that verifies its
 // HTTPS (Let's Encrypt's is verified by the system's roots).
@@ -111,7 +100,7 @@ const BLOCKS = [
     first: /^S=127\.0\.0\.1:7443$/,
     async run(block) {
       await runBlock(block);
-      prelude = docs.substitute(block, [{ from: '127.0.0.1:7443', to: ctx.srv.address, why: 'the test server\'s port' }], 'docs/acme.md');
+      ctx.page.setPrelude(block);
     },
   },
   {
