@@ -6,8 +6,8 @@
 SMALL.out is the terminator's profile for N operations, BIG.out for 2N; the
 difference is N operations without start-up, shutdown and idle cost.
 Prints Ir/op by object (the terminator's own code, libssl, libcrypto, libc,
-libuv, other), the top functions (self cost) in libssl+libcrypto and in the
-terminator's own code, and the inclusive cost of a few functions named in
+libuv, other), the top functions (self cost) in libssl+libcrypto, in the
+terminator's own code and in libc, and the inclusive cost of a few functions named in
 bench/README.md.
 
 --own names the terminator's own objects: LABEL is how they are reported
@@ -137,7 +137,9 @@ def main():
     tls = sorted(((v, f, o) for (o, f), v in d.items() if o in ("libssl", "libcrypto")), reverse=True)[:top]
     ag = sorted(((v, f, o) for (o, f), v in d.items() if o == OWN_LABEL), reverse=True)[:top]
     out["top_tls"] = [[f, o, round(v)] for v, f, o in tls]
+    lc = sorted(((v, f, o) for (o, f), v in d.items() if o == "libc"), reverse=True)[:top]
     out["top_agent"] = [[f, round(v)] for v, f, o in ag]
+    out["top_libc"] = [[f, round(v)] for v, f, o in lc]
     out["inclusive"] = {w: round(di[w]) for w in WATCH if w in di and di[w] > 0}
     if as_json:
         print(json.dumps(out))
@@ -151,6 +153,9 @@ def main():
         print("  %10d  %-9s %s" % (v, o, f))
     print("top %d in %s (self Ir/op):" % (top, OWN_LABEL))
     for v, f, o in ag:
+        print("  %10d  %s" % (v, f))
+    print("top %d in libc (self Ir/op):" % top)
+    for v, f, o in lc:
         print("  %10d  %s" % (v, f))
     print("inclusive Ir/op of selected functions:")
     for w, v in out["inclusive"].items():
