@@ -865,6 +865,18 @@ static int session_open(struct pg_store *s, struct conn **out, struct tp_err *er
   return 0;
 }
 
+/* A lost session connection replaced, the lock taken again on the new
+ * one; the caller holds session_lock. 0 while held; -EBUSY while a
+ * rotation keeps it out. */
+static int session_renew(struct pg_store *s, struct tp_err *err) {
+  int64_t one = 0;
+  if (s->session != NULL && query_int(s->session, "SELECT 1", "the server lock", &one, err) < 0) {
+    conn_close(s->session);
+    s->session = NULL;
+  }
+  return s->session != NULL ? 0 : session_open(s, &s->session, err);
+}
+
 static void pg_close(struct store *base) {
   struct pg_store *s = to_store(base);
   store__keyring_clear(&s->base.keys);
@@ -1471,16 +1483,12 @@ static int pg_secrets_rewrite(struct store_txn *base, store__rewrite_fn fn, void
 static int pg_rotation_lock(struct store *base, struct tp_err *err) {
   struct pg_store *s = to_store(base);
   int64_t got = 0, others = 0;
-  int rc = 0;
   pthread_mutex_lock(&s->session_lock);
-  if (s->session == NULL) {
-    tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "store: %s: the server lock's connection is lost",
-               s->display);
+  int rc = session_renew(s, err); /* a connection lost since the open: a new one */
+  if (rc == 0 && query_int(s->session, "SELECT pg_try_advisory_lock(" SERVER_LOCK_KEY ")::int",
+                           "the server lock", &got, err) < 0) {
     rc = -EIO;
-  } else if (query_int(s->session, "SELECT pg_try_advisory_lock(" SERVER_LOCK_KEY ")::int",
-                       "the server lock", &got, err) < 0) {
-    rc = -EIO;
-  } else if (got != 1) {
+  } else if (rc == 0 && got != 1) {
     rc = query_int(s->session,
                    "SELECT count(DISTINCT pid) FROM pg_locks WHERE " SERVER_LOCK_IN_PG_LOCKS
                    " AND mode = 'ShareLock' AND granted AND pid <> pg_backend_pid()",
@@ -1661,19 +1669,10 @@ static int64_t notified(struct conn *c) {
   return best;
 }
 
-/* The watch thread's check of the server lock: a lost session
- * connection is replaced and the lock taken again on the new one. 0 while
- * held; -EBUSY while a rotation keeps it out. */
+/* The watch thread's check of the server lock. */
 static int session_check(struct pg_store *s, struct tp_err *err) {
-  int rc = 0;
-  int64_t one = 0;
   pthread_mutex_lock(&s->session_lock);
-  if (s->session != NULL && query_int(s->session, "SELECT 1", "the server lock", &one, err) < 0) {
-    conn_close(s->session);
-    s->session = NULL;
-  }
-  if (s->session == NULL)
-    rc = session_open(s, &s->session, err);
+  int rc = session_renew(s, err);
   pthread_mutex_unlock(&s->session_lock);
   return rc;
 }

@@ -1,6 +1,6 @@
 'use strict';
 // Master-key rotation on PostgreSQL (docs/ha.md, "Master-key rotation"):
-// two tlsplane-server processes A and B on one database (lib/postgres.js;
+// two tlsplane-server processes A and B on one database (lib/ha.js;
 // B on a copy of A's data directory), a certificate with its private key
 // and join tokens stored through A.
 //
@@ -32,7 +32,7 @@ const { spawn, spawnSync } = require('node:child_process');
 const { Server, serverBinary, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { Postgres } = require('./lib/postgres');
-const procs = require('./lib/procs');
+const { dataDirs } = require('./lib/ha');
 const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
@@ -67,12 +67,7 @@ const sealedKeyIds = () =>
 
 before(async () => {
   pg = await Postgres.start();
-  dirA = procs.tempDir('tlsplane-hamk-a-');
-  const init = run(['init', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
-  assert.equal(init.status, 0, init.stderr);
-  dirB = procs.tempDir('tlsplane-hamk-b-');
-  fs.chmodSync(dirB, 0o700);
-  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
+  [dirA, dirB] = dataDirs(pg.uriWithPassword(PASSWORD), 2, 'hamk');
   noteSecret(masterKey(dirA));
   up = await Upstream.start({ mode: 'echo' });
 });

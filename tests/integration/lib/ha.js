@@ -5,7 +5,7 @@
 // server goes away.
 //
 //   const pg = await Postgres.start();
-//   const dirs = dataDirs(pg, PASSWORD, 2, 'hafo');  // init once, then copies
+//   const dirs = dataDirs(pg.uriWithPassword(PASSWORD), 2, 'hafo');  // init once, then copies
 //   const ha = await HaServers.start({ password: PASSWORD, tag: 'hafo', servers: [{}, { extraArgs: [...] }] });
 //   ha.pg, ha.servers[i], ha.conns[i] (reflection clients as the admin)
 //   const leaf = await serveWeb(ha.conns[0], p, { site: 'fo', port, upstream: up.address });
@@ -29,11 +29,10 @@ const { exchange } = require('./tlsclient');
 const { uid } = require('./util');
 const { waitFor } = require('./wait');
 
-// n data directories for servers of the database of pg (password: the
-// one the URI carries).
-function dataDirs(pg, password, n, tag) {
+// n data directories for servers of the database at store (a URI).
+function dataDirs(store, n, tag) {
   const first = procs.tempDir(`tlsplane-${tag}-0-`);
-  const init = spawnSync(serverBinary(), ['init', '--data-dir', first, '--store', pg.uriWithPassword(password)], { encoding: 'utf8', timeout: 60000 });
+  const init = spawnSync(serverBinary(), ['init', '--data-dir', first, '--store', store], { encoding: 'utf8', timeout: 60000 });
   assert.equal(init.status, 0, init.stderr);
   const dirs = [first];
   for (let i = 1; i < n; i++) {
@@ -53,7 +52,7 @@ class HaServers {
   static async start({ password, tag, servers }) {
     const ha = new HaServers();
     ha.pg = await Postgres.start();
-    ha.dirs = dataDirs(ha.pg, password, servers.length, tag);
+    ha.dirs = dataDirs(ha.pg.uriWithPassword(password), servers.length, tag);
     for (const [i, o] of servers.entries()) {
       const listen = typeof o.listen === 'function' ? o.listen(ha.servers) : o.listen;
       const srv = await Server.start({
