@@ -45,22 +45,15 @@
 const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
-const { spawnSync } = require('node:child_process');
-const lib = path.resolve(__dirname, '../tests/integration/lib');
-const grpc = require(path.resolve(__dirname, '../tests/integration/node_modules/@grpc/grpc-js'));
-const { Server, serverBinary, noteSecret } = require(`${lib}/server`);
+const { lib, opt, now, delay, q, cpuMs, untilAnswered } = require('./harness');
+const { Server, noteSecret } = require(`${lib}/server`);
 const { connect } = require(`${lib}/reflect`);
 const { CpAgent } = require(`${lib}/cpagent`);
 const { Postgres } = require(`${lib}/postgres`);
+const { dataDirs } = require(`${lib}/ha`);
 const { exchange, fingerprint } = require(`${lib}/tlsclient`);
-const procs = require(`${lib}/procs`);
-const { makeCerts, benchPorts, listener, cpuMs, q, measure, WARMUP } = require('./push_latency');
+const { makeCerts, benchPorts, listener, measure, WARMUP } = require('./push_latency');
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : dflt;
-};
 const CLIENTS = Number(opt('clients', '8'));
 const SECONDS = Number(opt('seconds', '20'));
 const PUSHES = Number(opt('pushes', '50'));
@@ -68,9 +61,6 @@ const ROUNDS = Number(opt('rounds', '3'));
 const STORES = opt('stores', 'sqlite,postgres').split(',').filter(Boolean);
 const DEADLINE_MS = 60000;
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
-const statusName = (code) => Object.keys(grpc.status).find((k) => grpc.status[k] === code) || String(code);
 
 // The postmaster and its children (the backends, the checkpointer, ...).
 function pgPids(pg) {
@@ -95,14 +85,8 @@ async function startServers(store) {
     return { pg: null, servers: [{ srv, conn: await connect(srv.address, srv.connectOptions()) }] };
   }
   const pg = await Postgres.start();
-  const dirA = procs.tempDir('tlsplane-ha-bench-a-');
-  const init = spawnSync(serverBinary(), ['init', '--data-dir', dirA, '--store', pg.uri], { encoding: 'utf8', timeout: 60000 });
-  if (init.status !== 0) throw new Error(`init --store: ${init.stderr}`);
-  const dirB = procs.tempDir('tlsplane-ha-bench-b-');
-  fs.chmodSync(dirB, 0o700);
-  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
   const servers = [];
-  for (const dir of [dirA, dirB]) {
+  for (const dir of dataDirs(pg.uri, 2, 'ha-bench')) {
     const srv = await Server.start({ dataDir: dir, tls: true, extraArgs: ['--store', pg.uri] });
     servers.push({ srv, conn: await connect(srv.address, srv.connectOptions()) });
   }
@@ -135,24 +119,14 @@ async function writes(servers, certs, pg) {
       const conn = clients[c][(c + k) % servers.length];
       const crt = certs[(k + 1) % 2];
       const t0 = now();
-      for (let backoff = 50; ; backoff = Math.min(2 * backoff, 1000)) {
-        try {
-          await conn.api.CertificateService.UpdateCertificate({
-            certificate: { name: `certificates/own-${c}`, certificateChainPem: crt.cert, privateKeyPem: crt.key },
-            updateMask: { paths: ['certificate_chain_pem', 'private_key_pem'] },
-          }, { deadlineMs: DEADLINE_MS });
-          note('OK');
-          if (!stop) {
-            done++;
-            lat.push(now() - t0);
-          }
-          break;
-        } catch (e) {
-          const code = statusName(e.code);
-          note(code);
-          if (code !== 'UNAVAILABLE' || stop) break;
-          await delay(backoff * (0.5 + Math.random() / 2));
-        }
+      const update = () =>
+        conn.api.CertificateService.UpdateCertificate({
+          certificate: { name: `certificates/own-${c}`, certificateChainPem: crt.cert, privateKeyPem: crt.key },
+          updateMask: { paths: ['certificate_chain_pem', 'private_key_pem'] },
+        }, { deadlineMs: DEADLINE_MS });
+      if ((await untilAnswered(update, note, () => stop)) && !stop) {
+        done++;
+        lat.push(now() - t0);
       }
     }
   };

@@ -74,7 +74,7 @@ const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
 const { execFileSync, fork } = require('node:child_process');
-const lib = path.resolve(__dirname, '../tests/integration/lib');
+const { lib, args, opt, now, delay, q, cpuMs } = require('./harness');
 const { Server, noteSecret } = require(`${lib}/server`);
 const { connect } = require(`${lib}/reflect`);
 const { CpAgent } = require(`${lib}/cpagent`);
@@ -82,11 +82,6 @@ const { FakeAgent } = require(`${lib}/fakeagent`);
 const { makeCsr } = require(`${lib}/util`);
 const net = require('node:net');
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : dflt;
-};
 const REAL = opt('real', '1,10').split(',').filter(Boolean).map(Number);
 const FAKE = opt('fake', '100').split(',').filter(Boolean).map(Number);
 const LAYOUTS = opt('layouts', 'shared,distinct').split(',').filter(Boolean);
@@ -96,8 +91,6 @@ const CHILDREN = opt('children', '');
 const PER_CHILD = Number(opt('per-child', '2500'));
 const WARMUP = 5;
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function makeCerts() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-push-bench-'));
@@ -147,31 +140,11 @@ async function listener(api, id, port, selector) {
   });
 }
 
-// utime + stime of pids (and their threads), in ms.
-function cpuMs(pids) {
-  const tick = 100; // USER_HZ
-  let t = 0;
-  for (const pid of pids) {
-    try {
-      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      t += (Number(f[11]) + Number(f[12])) * (1000 / tick);
-    } catch (_) {
-      // gone
-    }
-  }
-  return t;
-}
-
 // Threads and VmRSS (KiB) of a process.
 function procStatus(pid) {
   const t = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   return { threads: Number(/Threads:\s+(\d+)/.exec(t)[1]), rssKib: Number(/VmRSS:\s+(\d+)/.exec(t)[1]) };
 }
-
-const q = (xs, p) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null;
-};
 
 // At most `limit` of fn(0..n-1) at once.
 async function pool(n, limit, fn) {
@@ -492,7 +465,7 @@ async function readerChild(init) {
   process.on('SIGTERM', () => process.exit(0));
 }
 
-module.exports = { makeCerts, benchPorts, listener, cpuMs, procStatus, q, pool, measure, WARMUP };
+module.exports = { makeCerts, benchPorts, listener, procStatus, pool, measure, WARMUP };
 
 if (require.main !== module) {
   // Required by another bench (bench/ha.js) for the helpers above.

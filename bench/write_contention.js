@@ -31,18 +31,11 @@
 // Uses tests/integration's harness and node_modules (cd tests/integration
 // && npm ci), TLSPLANE_SERVER or build/.
 
-const path = require('node:path');
 const os = require('node:os');
 const { fork } = require('node:child_process');
-const lib = path.resolve(__dirname, '../tests/integration/lib');
-const grpc = require(path.resolve(__dirname, '../tests/integration/node_modules/@grpc/grpc-js'));
+const { lib, args, opt, now, delay, statusName, untilAnswered } = require('./harness');
 const { connect } = require(`${lib}/reflect`);
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : dflt;
-};
 const WRITERS = Number(opt('writers', '200'));
 const READS = Number(opt('reads', '500'));
 const CONTEXTS = Number(opt('contexts', '20'));
@@ -51,9 +44,6 @@ const ROUNDS = Number(opt('rounds', '1'));
 const DEADLINE_MS = 60000;
 const WRITE_WINDOW_MS = 20000;
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;
-const delay = (ms) => new Promise((r) => setTimeout(r, ms));
-const statusName = (code) => Object.keys(grpc.status).find((k) => grpc.status[k] === code) || String(code);
 
 // --- the writers (child process) ---
 
@@ -76,21 +66,13 @@ async function writerMain({ address, options, writers }) {
   const latencies = [];
   const call = async (what, fn) => {
     const t0 = now();
-    for (let backoff = 50; ; backoff = Math.min(2 * backoff, 1000)) {
-      try {
-        await fn();
-        note(what, 'OK');
-        latencies.push(now() - t0);
-        answers++;
-        done++;
-        return;
-      } catch (e) {
-        const code = statusName(e.code);
-        note(what, code);
-        answers++;
-        if (code !== 'UNAVAILABLE' || stop) return;
-        await delay(backoff * (0.5 + Math.random() / 2));
-      }
+    const answered = (code) => {
+      note(what, code);
+      answers++;
+    };
+    if (await untilAnswered(fn, answered, () => stop)) {
+      latencies.push(now() - t0);
+      done++;
     }
   };
   const own = (i) => `certificates/own-${i}`;

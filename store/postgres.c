@@ -43,9 +43,23 @@
  * a later commit always sort after those of an earlier one, and a reader
  * that follows seq misses none.
  *
- * A server's watch connection is named (application_name
- * "tlsplane-server"): store_master_key_rotate counts those in
- * pg_stat_activity and refuses while another server is connected.
+ * The server lock. Every open store holds a shared session advisory
+ * lock (pg_try_advisory_lock_shared) on a connection of its own, the
+ * session connection, from before it migrates or reads anything until it
+ * closes; store_master_key_rotate takes the same lock exclusively
+ * (pg_try_advisory_lock) on its own session connection before its
+ * transaction begins and holds it until that has committed. So a rotation
+ * is refused while any other process has the database open, and a store
+ * opened while a rotation runs is refused (-EBUSY) instead of coming up
+ * with the key the rotation is replacing and failing on every row from
+ * its commit on. Refused rather than kept waiting: the key it was given
+ * is the old one, so once the rotation commits it would be refused all
+ * the same (sealed with another key). A session connection that is lost
+ * (the database restarted, a network cut) loses the lock with it: the
+ * watch thread checks the connection every STORE_WATCH_CHECK_MS and takes
+ * the lock again on a new one, and reports through watch.status while a
+ * rotation keeps it out. The watch connection is named (application_name
+ * "tlsplane-server") for operators reading pg_stat_activity.
  *
  * The job lock (store_job_lock) is a session advisory lock held on one
  * more connection of its own: a session lock outlives transactions, and
@@ -80,11 +94,16 @@
 #define MIGRATION_LOCK_KEY "8389207132576247397"
 /* The job lock's ("tlsplanf": the next key). */
 #define JOB_LOCK_KEY "8389207132576247398"
+/* The server lock's ("tlsplang"), as pg_locks shows it: classid the high
+ * 32 bits, objid the low ones, objsubid 1 (a bigint key). */
+#define SERVER_LOCK_KEY "8389207132576247399"
+#define SERVER_LOCK_IN_PG_LOCKS                                                                    \
+  "locktype = 'advisory' AND classid = (" SERVER_LOCK_KEY " >> 32)::oid"                           \
+  " AND objid = (" SERVER_LOCK_KEY " & 4294967295)::oid AND objsubid = 1"
 
 #define CONNECT_TIMEOUT_S "10" /* seconds, unless the URI says */
 #define WATCH_CHANNEL "tlsplane_revision"
-/* The watch connection's application_name: what tells a running server
- * (pg_servers_count). */
+/* The watch connection's application_name (pg_stat_activity). */
 #define SERVER_APPLICATION "tlsplane-server"
 #define WATCH_RETRY_MS 1000 /* between attempts to reconnect the watch */
 
@@ -246,6 +265,11 @@ struct pg_store {
   pthread_mutex_t job_lock;
   struct conn *job_conn;
   int job_held;
+  /* The server lock (see the top of the file): the session connection
+   * holding it shared (NULL while lost), guarded by session_lock (the
+   * watch thread takes it again). */
+  pthread_mutex_t session_lock;
+  struct conn *session;
 };
 
 struct pg_txn {
@@ -815,13 +839,53 @@ static int mac_existing(struct conn *c, struct pg_store *s, struct tp_err *err) 
   return conn_macs_rewrite(c, mac_fresh, &s->base.keys, &n, err);
 }
 
+/* A session connection holding the server lock shared. -EBUSY while a
+ * master-key rotation holds it. */
+static int session_open(struct pg_store *s, struct conn **out, struct tp_err *err) {
+  struct conn *c;
+  int64_t got = 0;
+  if (conn_open(s, &c, err) < 0)
+    return -EIO;
+  if (query_int(c, "SELECT pg_try_advisory_lock_shared(" SERVER_LOCK_KEY ")::int",
+                "the server lock", &got, err) < 0) {
+    conn_close(c);
+    return -EIO;
+  }
+  if (got != 1) {
+    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+               "store: %s: a master-key rotation is in progress (tlsplane-server "
+               "rotate-master-key holds advisory lock " SERVER_LOCK_KEY
+               "): the master key given is being replaced; start again once the rotation "
+               "has finished, with the new key",
+               s->display);
+    conn_close(c);
+    return -EBUSY;
+  }
+  *out = c;
+  return 0;
+}
+
+/* A lost session connection replaced, the lock taken again on the new
+ * one; the caller holds session_lock. 0 while held; -EBUSY while a
+ * rotation keeps it out. */
+static int session_renew(struct pg_store *s, struct tp_err *err) {
+  int64_t one = 0;
+  if (s->session != NULL && query_int(s->session, "SELECT 1", "the server lock", &one, err) < 0) {
+    conn_close(s->session);
+    s->session = NULL;
+  }
+  return s->session != NULL ? 0 : session_open(s, &s->session, err);
+}
+
 static void pg_close(struct store *base) {
   struct pg_store *s = to_store(base);
   store__keyring_clear(&s->base.keys);
   for (int i = 0; i < s->n_idle; i++)
     conn_close(s->idle[i]);
   conn_close(s->job_conn); /* releases the job lock with its session */
+  conn_close(s->session);  /* and the server lock */
   pthread_mutex_destroy(&s->job_lock);
+  pthread_mutex_destroy(&s->session_lock);
   pthread_cond_destroy(&s->pool_cond);
   pthread_mutex_destroy(&s->pool_lock);
   pthread_mutex_destroy(&s->write_lock);
@@ -849,6 +913,7 @@ static int pg_open(const char *path, int version, int min_version, const struct 
   pthread_mutex_init(&s->pool_lock, NULL);
   pthread_cond_init(&s->pool_cond, NULL);
   pthread_mutex_init(&s->job_lock, NULL);
+  pthread_mutex_init(&s->session_lock, NULL);
   if (s->conninfo == NULL) {
     pg_close(&s->base);
     return store__err_nomem(err, "open");
@@ -856,7 +921,10 @@ static int pg_open(const char *path, int version, int min_version, const struct 
   s->base.keys = *keys;
 
   struct conn *c;
-  int rc = conn_open(s, &c, err);
+  int rc = session_open(s, &s->session, err);
+  if (rc < 0)
+    goto failed_conn;
+  rc = conn_open(s, &c, err);
   if (rc < 0)
     goto failed_conn;
   rc = migrate(c, s, version, min_version, &s->base.schema_version, err);
@@ -1409,11 +1477,44 @@ static int pg_secrets_rewrite(struct store_txn *base, store__rewrite_fn fn, void
   return conn_secrets_rewrite(to_txn(base)->conn, fn, data, n, err);
 }
 
-static int pg_servers_count(struct store_txn *base, int64_t *n, struct tp_err *err) {
-  return query_int(to_txn(base)->conn,
-                   "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                   " AND application_name = '" SERVER_APPLICATION "' AND pid <> pg_backend_pid()",
-                   "count the servers", n, err);
+/* store_master_key_rotate: the server lock taken exclusively on this
+ * store's session connection (its own shared hold does not conflict), or
+ * -EBUSY naming how many other processes hold it shared. */
+static int pg_rotation_lock(struct store *base, struct tp_err *err) {
+  struct pg_store *s = to_store(base);
+  int64_t got = 0, others = 0;
+  pthread_mutex_lock(&s->session_lock);
+  int rc = session_renew(s, err); /* a connection lost since the open: a new one */
+  if (rc == 0 && query_int(s->session, "SELECT pg_try_advisory_lock(" SERVER_LOCK_KEY ")::int",
+                           "the server lock", &got, err) < 0) {
+    rc = -EIO;
+  } else if (rc == 0 && got != 1) {
+    rc = query_int(s->session,
+                   "SELECT count(DISTINCT pid) FROM pg_locks WHERE " SERVER_LOCK_IN_PG_LOCKS
+                   " AND mode = 'ShareLock' AND granted AND pid <> pg_backend_pid()",
+                   "count the servers", &others, err);
+    if (rc == 0) {
+      tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                 "store: %lld tlsplane-server process%s connected to the database (holding "
+                 "advisory lock " SERVER_LOCK_KEY " shared, in pg_locks): stop every server "
+                 "of the deployment, then rotate the master key",
+                 (long long)others, others == 1 ? " is" : "es are");
+      rc = -EBUSY;
+    }
+  }
+  pthread_mutex_unlock(&s->session_lock);
+  return rc;
+}
+
+static void pg_rotation_unlock(struct store *base) {
+  struct pg_store *s = to_store(base);
+  struct tp_err ignored = {0};
+  int64_t done = 0;
+  pthread_mutex_lock(&s->session_lock);
+  if (s->session != NULL)
+    (void)query_int(s->session, "SELECT pg_advisory_unlock(" SERVER_LOCK_KEY ")::int",
+                    "the server lock", &done, &ignored);
+  pthread_mutex_unlock(&s->session_lock);
 }
 
 static int pg_sealed_key_ids(struct store_txn *base, uint8_t (**ids)[STORE_KEY_ID_LEN], size_t *n,
@@ -1568,6 +1669,14 @@ static int64_t notified(struct conn *c) {
   return best;
 }
 
+/* The watch thread's check of the server lock. */
+static int session_check(struct pg_store *s, struct tp_err *err) {
+  pthread_mutex_lock(&s->session_lock);
+  int rc = session_renew(s, err);
+  pthread_mutex_unlock(&s->session_lock);
+  return rc;
+}
+
 static void *watch_main(void *arg) {
   struct pg_store *s = arg;
   struct conn *c = NULL;
@@ -1580,7 +1689,7 @@ static void *watch_main(void *arg) {
       if (conn_open(s, &c, &err) == 0 &&
           (q_exec(c, "SET application_name = '" SERVER_APPLICATION "'", "application name", &err) <
                0 ||
-           q_exec(c, "LISTEN " WATCH_CHANNEL, "listen", &err) < 0)) {
+           q_exec(c, "LISTEN " WATCH_CHANNEL, "listen", &err) < 0 || session_check(s, &err) < 0)) {
         conn_close(c);
         c = NULL;
       }
@@ -1598,7 +1707,7 @@ static void *watch_main(void *arg) {
     }
     int64_t rev = 0;
     if (c != NULL && now >= check_at) {
-      if (meta_revision(c, 0, &rev, &err) == 0) {
+      if (meta_revision(c, 0, &rev, &err) == 0 && session_check(s, &err) == 0) {
         check_at = now + STORE_WATCH_CHECK_MS;
       } else {
         watch_status(s, err.msg);
@@ -1715,7 +1824,8 @@ const struct store_ops store__postgres_ops = {
     .audit_list = pg_audit_list,
     .secrets_rewrite = pg_secrets_rewrite,
     .sealed_key_ids = pg_sealed_key_ids,
-    .servers_count = pg_servers_count,
+    .rotation_lock = pg_rotation_lock,
+    .rotation_unlock = pg_rotation_unlock,
     .usage_set = pg_usage_set,
     .usage_get = pg_usage_get,
     .challenges_set = pg_challenges_set,

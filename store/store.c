@@ -1152,26 +1152,20 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
     return -EIO;
   }
   struct reseal r = {.from = &s->keys, .to = &to};
+  /* A server still running would keep the old key, and fail on every row
+   * from the commit on: every one must be stopped first, and none may
+   * start until the commit (the lock is held until then). */
+  int locked = 0;
+  int rc = 0;
+  if (s->ops->rotation_lock != NULL) {
+    if ((rc = s->ops->rotation_lock(s, err)) < 0)
+      goto done;
+    locked = 1;
+  }
   struct store_txn *txn;
-  int rc = store_begin(s, 1, &txn, err);
+  rc = store_begin(s, 1, &txn, err);
   if (rc < 0)
     goto done;
-  /* A server still running would keep the old key, and fail on every row
-   * from the commit on: every one must be stopped first. */
-  int64_t others = 0;
-  if (s->ops->servers_count != NULL && (rc = s->ops->servers_count(txn, &others, err)) == 0 &&
-      others > 0) {
-    tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
-               "store: %lld tlsplane-server process%s connected to the database "
-               "(application_name 'tlsplane-server' in pg_stat_activity): stop every "
-               "server of the deployment, then rotate the master key",
-               (long long)others, others == 1 ? " is" : "es are");
-    rc = -EBUSY;
-  }
-  if (rc < 0) {
-    store_rollback(txn);
-    goto done;
-  }
   rc = s->ops->secrets_rewrite(txn, reseal_one, &r, &count, err);
   if (rc == 0)
     rc = challenges_reseal(txn, &r, err);
@@ -1198,6 +1192,8 @@ int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_
   if (n != NULL)
     *n = count;
 done:
+  if (locked)
+    s->ops->rotation_unlock(s);
   store__keyring_clear(&to);
   return rc;
 }

@@ -15,7 +15,11 @@
  *   -EEXIST   ALREADY_EXISTS      create of an existing name
  *   -ESTALE   FAILED_PRECONDITION etag mismatch
  *   -EBUSY    FAILED_PRECONDITION delete of a resource still referenced
- *                                 (the message names the referrer)
+ *                                 (the message names the referrer);
+ *                                 PostgreSQL: store_open while a master-key
+ *                                 rotation runs, store_master_key_rotate
+ *                                 while another process has the database
+ *                                 open
  *   -EINVAL   INVALID_ARGUMENT    a reference to a missing resource (the
  *                                 message names store_ref.field)
  *   -EIO      INTERNAL            the backend failed
@@ -139,8 +143,10 @@ void store_master_key_id_hex(const uint8_t key[STORE_MASTER_KEY_LEN],
  * more. A row that fails its integrity check fails the rotation (-EBADMSG
  * naming it): an edited row is not re-authenticated. Refused with -EBUSY
  * (FAILED_PRECONDITION) while another server uses the database
- * (PostgreSQL: a server's watch connection, store_watch_start): it would
- * go on with the old key. On failure nothing changed.
+ * (PostgreSQL: every open store holds a server lock shared, from its
+ * open to its close; the rotation takes it exclusively until it has
+ * committed, so a store opened meanwhile is refused with -EBUSY): it
+ * would go on with the old key. On failure nothing changed.
  * Call while no other thread uses the store. *n (may be NULL) receives how
  * many secrets were re-sealed. */
 int store_master_key_rotate(struct store *s, const uint8_t new_key[STORE_MASTER_KEY_LEN],

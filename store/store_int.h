@@ -199,11 +199,15 @@ struct store_ops {
    * callbacks); NULL: the backend has no other writers to watch. */
   int (*watch_start)(struct store *s, struct tp_err *err);
   void (*watch_stop)(struct store *s);
-  /* How many servers other than this process use the store's database
-   * (store_master_key_rotate refuses while any does): PostgreSQL counts
-   * the sessions of other stores' watches (store_watch_start). NULL: none
-   * can (SQLite: the data directory's lock keeps them out). */
-  int (*servers_count)(struct store_txn *txn, int64_t *n, struct tp_err *err);
+  /* store_master_key_rotate runs between these: rotation_lock keeps
+   * every other process out of the store's database (-EBUSY, err naming
+   * them, while another has it open; one that opens it meanwhile is
+   * refused) until rotation_unlock, called after the commit or rollback.
+   * PostgreSQL: the server lock (postgres.c) taken exclusively. NULL: no
+   * other process can use it (SQLite: the data directory's lock keeps
+   * them out). */
+  int (*rotation_lock)(struct store *s, struct tp_err *err);
+  void (*rotation_unlock)(struct store *s);
   /* store_job_lock; NULL: always held. */
   int (*job_lock)(struct store *s, struct tp_err *err);
 };

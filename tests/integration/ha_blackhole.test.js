@@ -2,7 +2,7 @@
 // A server that vanishes without a reset (a network partition, its host
 // gone) is left within the keepalive bound (docs/ha.md): two
 // tlsplane-server processes A and B on one PostgreSQL database
-// (lib/postgres.js; B on a copy of A's data directory), and a real agent
+// (lib/ha.js; B on a copy of A's data directory), and a real agent
 // given `--server PROXY --server B --keepalive 6`, where PROXY is a TCP
 // proxy in front of A (lib/tcpproxy.js).
 //
@@ -22,16 +22,11 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
-const path = require('node:path');
 const { spawnSync } = require('node:child_process');
-const { Server, serverBinary, noteSecret } = require('./lib/server');
-const { connect } = require('./lib/reflect');
-const { Postgres } = require('./lib/postgres');
-const procs = require('./lib/procs');
+const { serverBinary, noteSecret } = require('./lib/server');
+const { HaServers, serveWeb, uploadWeb, HandshakeLoop } = require('./lib/ha');
 const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
-const { exchange } = require('./lib/tlsclient');
 const { CpAgent } = require('./lib/cpagent');
 const { TcpProxy } = require('./lib/tcpproxy');
 const { freePort, agentBinary } = require('./lib/agent');
@@ -46,40 +41,27 @@ const SERVER_BOUND_S = 6;
 // random wait (at most 0.5 s), a new connection and its TLS handshake.
 const SLACK_MS = 4000;
 
-let pg;
+let ha;
 let up;
 let agent;
 let proxy;
-const servers = [];
-const conns = [];
+let servers = [];
+let conns = [];
 
 function connectedTo(a) {
   return [...a.logText.matchAll(/control plane (\S+): connected as agents\/ha-k /g)].map((m) => m[1]);
 }
 
 before(async () => {
-  pg = await Postgres.start();
-  const dirA = procs.tempDir('tlsplane-habh-a-');
-  const init = spawnSync(serverBinary(), ['init', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)], { encoding: 'utf8', timeout: 60000 });
-  assert.equal(init.status, 0, init.stderr);
-  const dirB = procs.tempDir('tlsplane-habh-b-');
-  fs.chmodSync(dirB, 0o700);
-  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
-  const extra = [['--keepalive', String(SERVER_BOUND_S)], []];
-  for (const [i, dir] of [dirA, dirB].entries()) {
-    const srv = await Server.start({ dataDir: dir, tls: true, extraArgs: ['--store', pg.uriWithPassword(PASSWORD), ...extra[i]] });
-    servers.push(srv);
-    conns.push(await connect(srv.address, srv.connectOptions()));
-  }
+  ha = await HaServers.start({ password: PASSWORD, tag: 'habh', servers: [{ extraArgs: ['--keepalive', String(SERVER_BOUND_S)] }, {}] });
+  ({ servers, conns } = ha);
 });
 
 after(async () => {
   if (agent && agent.running) await agent.stopClean();
   if (proxy) await proxy.close();
   if (up) await up.close();
-  for (const c of conns) c.close();
-  for (const s of servers) if (s.running) await s.stopClean();
-  if (pg) await pg.stop();
+  if (ha) await ha.stop();
 });
 
 test('--keepalive out of range is refused, naming the flag or the variable', () => {
@@ -120,30 +102,8 @@ test('the server vanishes without a reset: the agent leaves it within its keepal
   await waitFor('A counts the agent connected', async () => (await rolloutA()) === 1);
 
   const port = await freePort();
-  const leaf = p.leaf('bh-web', { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
-  await conns[0].api.CertificateService.CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key } });
-  await conns[0].api.TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
-  await conns[0].api.ListenerService.CreateListener({
-    listenerId: 'web',
-    listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web', upstream: up.address, agentSelector: { site: 'bh' } },
-  });
-  const handshake = async () => {
-    const r = await exchange(port, {}, { send: 'fp\n', timeoutMs: 5000 }).catch(() => null);
-    return r && r.ok ? r.info.fingerprint : null;
-  };
-  await waitFor('listeners/web served', async () => (await handshake()) === leaf.fingerprint);
-
-  const loop = { ok: 0, failed: 0, stop: false, last: null };
-  const running = (async () => {
-    while (!loop.stop) {
-      const fp = await handshake();
-      if (fp === null) loop.failed++;
-      else {
-        loop.ok++;
-        loop.last = fp;
-      }
-    }
-  })();
+  await serveWeb(conns[0], p, { site: 'bh', port, upstream: up.address });
+  const loop = HandshakeLoop.start(port);
 
   try {
     // The stream idle first (no push) for three of A's ping intervals:
@@ -162,11 +122,7 @@ test('the server vanishes without a reset: the agent leaves it within its keepal
     assert.ok(ms < agentBound, `within the keepalive bound (took ${ms} ms, bound ${AGENT_BOUND_S} s)`);
     assert.match(agent.logText.slice(from), new RegExp(`control plane ${proxy.address}: UNAVAILABLE: .*failing over to ${B.address} in \\d+\\.\\d s`));
 
-    const next = p.leaf(`bh-web-${uid('r')}`, { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
-    await conns[1].api.CertificateService.UpdateCertificate({
-      certificate: { name: 'certificates/web', certificateChainPem: next.cert, privateKeyPem: next.key },
-      updateMask: { paths: ['certificate_chain_pem', 'private_key_pem'] },
-    });
+    const next = await uploadWeb(conns[1], p, 'bh');
     await waitFor('the certificate uploaded to B served', () => loop.last === next.fingerprint, { intervalMs: 20 });
     assert.ok(loop.ok > okBefore, 'handshakes went on during the failover');
 
@@ -177,8 +133,7 @@ test('the server vanishes without a reset: the agent leaves it within its keepal
     console.log(`# server A freed the stream of the vanished agent ${freed} ms after the blackhole (--keepalive ${SERVER_BOUND_S})`);
     assert.ok(freed < SERVER_BOUND_S * 1000 + SLACK_MS, `within the server's keepalive bound (took ${freed} ms)`);
   } finally {
-    loop.stop = true;
-    await running;
+    await loop.stop();
   }
   assert.equal(loop.failed, 0, `${loop.failed} failed handshakes of ${loop.ok + loop.failed}`);
   assert.ok(agent.running, 'the agent kept running');

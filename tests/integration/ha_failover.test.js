@@ -1,7 +1,7 @@
 'use strict';
 // Agents fail over between servers (docs/ha.md): two tlsplane-server
-// processes A and B on one PostgreSQL database (lib/postgres.js; B on a
-// copy of A's data directory: the same CA and master key), a real agent
+// processes A and B on one PostgreSQL database (lib/ha.js; B on a copy
+// of A's data directory: the same CA and master key), a real agent
 // started with `--server A --server B`.
 //
 // * A --server list with an empty address, as a flag or in
@@ -18,13 +18,9 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
-const path = require('node:path');
 const { spawnSync } = require('node:child_process');
-const { Server, serverBinary, noteSecret } = require('./lib/server');
-const { connect } = require('./lib/reflect');
-const { Postgres } = require('./lib/postgres');
-const procs = require('./lib/procs');
+const { noteSecret } = require('./lib/server');
+const { HaServers, serveWeb, uploadWeb, HandshakeLoop } = require('./lib/ha');
 const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
@@ -36,12 +32,12 @@ const { waitFor } = require('./lib/wait');
 const PASSWORD = 'pg-failover-password';
 noteSecret(PASSWORD);
 
-let pg;
+let ha;
 let up;
 let agent;
 let webPort; // listeners/web on the agent
-const servers = [];
-const conns = [];
+let servers = [];
+let conns = [];
 
 // "control plane HOST:PORT: connected as agents/NAME": the server of each
 // connection, in order.
@@ -50,26 +46,14 @@ function connectedTo(a) {
 }
 
 before(async () => {
-  pg = await Postgres.start();
-  const dirA = procs.tempDir('tlsplane-hafo-a-');
-  const init = spawnSync(serverBinary(), ['init', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)], { encoding: 'utf8', timeout: 60000 });
-  assert.equal(init.status, 0, init.stderr);
-  const dirB = procs.tempDir('tlsplane-hafo-b-');
-  fs.chmodSync(dirB, 0o700);
-  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
-  for (const dir of [dirA, dirB]) {
-    const srv = await Server.start({ dataDir: dir, tls: true, extraArgs: ['--store', pg.uriWithPassword(PASSWORD)] });
-    servers.push(srv);
-    conns.push(await connect(srv.address, srv.connectOptions()));
-  }
+  ha = await HaServers.start({ password: PASSWORD, tag: 'hafo', servers: [{}, {}] });
+  ({ servers, conns } = ha);
 });
 
 after(async () => {
   if (agent && agent.running) await agent.stopClean();
   if (up) await up.close();
-  for (const c of conns) c.close();
-  for (const s of servers) if (s.running) await s.stopClean();
-  if (pg) await pg.stop();
+  if (ha) await ha.stop();
 });
 
 test('a --server list with an empty address is refused, naming the flag or the variable', () => {
@@ -115,31 +99,8 @@ test('the server the agent is connected to is killed: it connects to the other, 
 
   const port = await freePort();
   webPort = port;
-  const leaf = p.leaf('fo-web', { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
-  await conns[0].api.CertificateService.CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key } });
-  await conns[0].api.TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
-  await conns[0].api.ListenerService.CreateListener({
-    listenerId: 'web',
-    listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web', upstream: up.address, agentSelector: { site: 'fo' } },
-  });
-  const handshake = async () => {
-    const r = await exchange(port, {}, { send: 'fp\n', timeoutMs: 5000 }).catch(() => null);
-    return r && r.ok ? r.info.fingerprint : null;
-  };
-  await waitFor('listeners/web served', async () => (await handshake()) === leaf.fingerprint);
-
-  // The handshake loop: one after the other, until stopped.
-  const loop = { ok: 0, failed: 0, stop: false, last: null };
-  const running = (async () => {
-    while (!loop.stop) {
-      const fp = await handshake();
-      if (fp === null) loop.failed++;
-      else {
-        loop.ok++;
-        loop.last = fp;
-      }
-    }
-  })();
+  await serveWeb(conns[0], p, { site: 'fo', port, upstream: up.address });
+  const loop = HandshakeLoop.start(port);
 
   try {
     const before = (await agent.metrics()).get('tlsplane_control_plane_failovers_total');
@@ -156,18 +117,13 @@ test('the server the agent is connected to is killed: it connects to the other, 
     assert.ok(ms < 10000, `within seconds (took ${ms} ms)`);
     assert.match(agent.logText, new RegExp(`control plane ${victim.address}: UNAVAILABLE: .*failing over to ${other.address} in \\d+\\.\\d s`));
 
-    const next = p.leaf(`fo-web-${uid('r')}`, { cn: 'web.example.com', sans: ['DNS:web.example.com'] });
-    await otherConn.api.CertificateService.UpdateCertificate({
-      certificate: { name: 'certificates/web', certificateChainPem: next.cert, privateKeyPem: next.key },
-      updateMask: { paths: ['certificate_chain_pem', 'private_key_pem'] },
-    });
+    const next = await uploadWeb(otherConn, p, 'fo');
     await waitFor('the certificate uploaded to the other server served', () => loop.last === next.fingerprint, { intervalMs: 20 });
     const after = (await agent.metrics()).get('tlsplane_control_plane_failovers_total');
     assert.ok(after >= before + 1, `failovers counted (${before} -> ${after})`);
     assert.ok(loop.ok > okBefore, 'handshakes went on during the failover');
   } finally {
-    loop.stop = true;
-    await running;
+    await loop.stop();
   }
   assert.equal(loop.failed, 0, `${loop.failed} failed handshakes of ${loop.ok + loop.failed}`);
   assert.ok(agent.running, 'the agent kept running');

@@ -1,6 +1,6 @@
 'use strict';
 // Master-key rotation on PostgreSQL (docs/ha.md, "Master-key rotation"):
-// two tlsplane-server processes A and B on one database (lib/postgres.js;
+// two tlsplane-server processes A and B on one database (lib/ha.js;
 // B on a copy of A's data directory), a certificate with its private key
 // and join tokens stored through A.
 //
@@ -17,16 +17,22 @@
 //   join token made before the rotation enrolls an agent on each server,
 //   each agent serves the certificate's private key, and the rotation is
 //   in the audit log once.
+// * A server started while a rotation runs (held open by the test's own
+//   psql session locking the row the rotation's transaction needs) is
+//   refused at once ("a master-key rotation is in progress") instead of
+//   coming up with the old key; once the rotation has committed, it starts
+//   on the new key and reads every secret (a join token made before the
+//   rotation enrolls an agent that serves the certificate's private key).
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { spawnSync } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const { Server, serverBinary, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { Postgres } = require('./lib/postgres');
-const procs = require('./lib/procs');
+const { dataDirs } = require('./lib/ha');
 const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
@@ -61,12 +67,7 @@ const sealedKeyIds = () =>
 
 before(async () => {
   pg = await Postgres.start();
-  dirA = procs.tempDir('tlsplane-hamk-a-');
-  const init = run(['init', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
-  assert.equal(init.status, 0, init.stderr);
-  dirB = procs.tempDir('tlsplane-hamk-b-');
-  fs.chmodSync(dirB, 0o700);
-  for (const f of fs.readdirSync(dirA)) fs.copyFileSync(path.join(dirA, f), path.join(dirB, f));
+  [dirA, dirB] = dataDirs(pg.uriWithPassword(PASSWORD), 2, 'hamk');
   noteSecret(masterKey(dirA));
   up = await Upstream.start({ mode: 'echo' });
 });
@@ -116,7 +117,7 @@ test('rotate-master-key on PostgreSQL: refused while any server runs; every secr
   await A.srv.stopClean();
   r = run(['rotate-master-key', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)]);
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /store: 1 tlsplane-server process is connected to the database \(application_name 'tlsplane-server' in pg_stat_activity\): stop every server of the deployment, then rotate the master key/);
+  assert.match(r.stderr, /store: 1 tlsplane-server process is connected to the database \(holding advisory lock \d+ shared, in pg_locks\): stop every server of the deployment, then rotate the master key/);
   assert.ok(!r.stderr.includes(PASSWORD));
   assert.equal(masterKey(dirA), oldKey);
   assert.ok(!fs.existsSync(path.join(dirA, 'master.key.new')), 'the key chosen by the refused run is gone');
@@ -165,4 +166,79 @@ test('rotate-master-key on PostgreSQL: refused while any server runs; every secr
   const trail = (await B2.conn.api.AuditService.ListAuditEvents({ resource: 'masterKey' })).auditEvents;
   assert.equal(trail.length, 1);
   assert.equal(trail[0].action, 'rotate_master_key');
+});
+
+test('a server started during a rotation is refused, not left on the old key; after the commit it starts on the new key and reads every secret', async () => {
+  const p = pki();
+  const A = live.find((x) => x.srv && x.srv.running && x.srv.dataDir === dirA);
+  const leaf = p.leaf('rk-web2', { cn: 'web2.example.com', sans: ['DNS:web2.example.com'] });
+  await A.conn.api.CertificateService.CreateCertificate({ certificateId: 'web2', certificate: { certificateChainPem: leaf.cert, privateKeyPem: leaf.key } });
+  await A.conn.api.TlsContextService.CreateTlsContext({ tlsContextId: 'web2', tlsContext: { certificates: ['certificates/web2'] } });
+  const port = await freePort();
+  await A.conn.api.ListenerService.CreateListener({
+    listenerId: 'rk-c',
+    listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web2', upstream: up.address, agentSelector: { agent: 'rk-c' } },
+  });
+  const t = await A.conn.api.TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'rk-c', agentLabels: { agent: 'rk-c' } } });
+  noteSecret(t.secret);
+  for (const x of live) {
+    if (x.agent && x.agent.running) await x.agent.stopClean();
+    if (x.conn) x.conn.close();
+    if (x.srv && x.srv.running) await x.srv.stopClean();
+  }
+  const [oldId] = sealedKeyIds();
+  const oldKey = masterKey(dirA);
+
+  // The rotation held open: the test's session locks the row every write
+  // transaction locks first, so the rotation waits there, after taking
+  // the server lock (within its lock_timeout, 10 s).
+  const q = pg.session();
+  let rotation;
+  try {
+    await q.run('BEGIN; SELECT revision FROM meta WHERE id = 1 FOR UPDATE');
+    rotation = spawn(serverBinary(), ['rotate-master-key', '--data-dir', dirA, '--store', pg.uriWithPassword(PASSWORD)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    rotation.stdout.on('data', (d) => (out += d));
+    rotation.stderr.on('data', (d) => (out += d));
+    rotation.done = new Promise((resolve) => rotation.on('exit', (code) => resolve({ code, out })));
+    await waitFor('the rotation holds the server lock and waits for the row', () =>
+      pg.psql(
+        "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND granted)" +
+          " || ' ' || (SELECT count(*) FROM pg_locks WHERE NOT granted)",
+      ).trim() === '1 1');
+
+    // A server started now: refused at once, before it listens.
+    const started = Date.now();
+    const r = run(['--data-dir', dirB, '--store', pg.uriWithPassword(PASSWORD), '--listen', '127.0.0.1:0', '--plaintext']);
+    console.log(`# a server started during the rotation exited (${r.status}) after ${Date.now() - started} ms`);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /store: .*: a master-key rotation is in progress \(tlsplane-server rotate-master-key holds advisory lock \d+\): the master key given is being replaced; start again once the rotation has finished, with the new key/);
+    assert.doesNotMatch(r.stderr, /listening on/);
+    assert.ok(!r.stderr.includes(PASSWORD));
+    assert.equal(rotation.exitCode, null, 'the rotation still runs');
+  } finally {
+    await q.run('COMMIT');
+    await q.close();
+  }
+  const done = await rotation.done;
+  assert.equal(done.code, 0, done.out);
+  const m = /master key rotated: (\d+) secrets re-sealed under key ([0-9a-f]{16}) \(was ([0-9a-f]{16})\)/.exec(done.out);
+  assert.ok(m, done.out);
+  assert.equal(m[3], oldId);
+  const newId = m[2];
+  assert.notEqual(masterKey(dirA), oldKey);
+  noteSecret(masterKey(dirA));
+  assert.deepEqual(sealedKeyIds(), [newId], 'every sealed record names the new key');
+
+  // After the rotation: B on the new key starts and reads every secret.
+  fs.copyFileSync(path.join(dirA, 'master.key'), path.join(dirB, 'master.key'));
+  fs.chmodSync(path.join(dirB, 'master.key'), 0o600);
+  const B = await start(dirB);
+  assert.equal((await B.conn.api.CertificateService.GetCertificate({ name: 'certificates/web2' })).name, 'certificates/web2');
+  const agent = await CpAgent.start(B.srv, { name: 'rk-c', labels: { agent: 'rk-c' }, joinToken: t.secret, wait: 'connected' });
+  live.push({ agent });
+  await waitFor('rk-c (on B) serves the certificate', async () => {
+    const h = await exchange(port, {}, { send: 'fp\n' }).catch(() => null);
+    return h && h.ok && h.info.fingerprint === leaf.fingerprint;
+  });
 });

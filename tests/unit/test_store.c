@@ -2674,10 +2674,11 @@ static void test_watch_hears_other_servers(void **state) {
   assert_int_equal(atomic_load(&h.calls), calls);
 }
 
-/* A master-key rotation while another server uses the database (its
- * watch connected) is refused and changes nothing: that server would go
- * on with the old key. Once it stops, the rotation goes through.
- * SQLite: the data directory's lock keeps other servers out. */
+/* A master-key rotation while another server has the database open (the
+ * server lock, held shared from the open on, before its watch starts) is
+ * refused and changes nothing: that server would go on with the old key.
+ * Once it closes, the rotation goes through. SQLite: the data
+ * directory's lock keeps other servers out. */
 static void test_rotation_refused_while_a_server_runs(void **state) {
   struct fixture *f = *state;
   struct tp_err err = {0};
@@ -2692,21 +2693,11 @@ static void test_rotation_refused_while_a_server_runs(void **state) {
   }
   struct store *other;
   assert_ok(store_open(f->path, &opts_a, &other, &err), err);
-  struct heard h = {0};
-  const struct store_watch w = {heard_revision, heard_status, &h};
-  assert_ok(store_watch_start(other, &w, &err), err);
-  /* The watch is connected once it hears a commit. */
-  struct store_write ping = write_of("Item", "items/ping", 1, "x");
-  struct store_txn *txn;
-  int64_t rev;
-  assert_ok(store_begin(f->s, 1, &txn, &err), err);
-  assert_ok(store_put(txn, &ping, NULL, &err), err);
-  assert_ok(store_commit(txn, &rev, &err), err);
-  heard_wait(&h, rev, 5000);
+  int64_t rev = store_revision(f->s);
   size_t n = 99;
   assert_refused(store_master_key_rotate(f->s, key_b, "local:test", &n, &err), -EBUSY, err,
                  GRPC_STATUS_FAILED_PRECONDITION,
-                 "1 tlsplane-server process is connected to the database");
+                 "1 tlsplane-server process is connected to the database (holding advisory lock");
   assert_int_equal(n, 0);
   assert_int_equal(store_revision(f->s), rev);
   /* The secret still opens under the old key, in the other store too. */
@@ -2715,9 +2706,8 @@ static void test_rotation_refused_while_a_server_runs(void **state) {
   assert_int_equal(row.secret_len, strlen("a secret"));
   assert_memory_equal(row.secret, "a secret", strlen("a secret"));
   store_row_clear(&row);
-  store_watch_stop(other);
   store_close(other);
-  /* PostgreSQL sees the watch's session end at once on loopback; wait
+  /* PostgreSQL sees the session end at once on loopback; wait
    * for it with a deadline all the same. */
   int64_t start = now_ms();
   int rc;
@@ -2728,6 +2718,64 @@ static void test_rotation_refused_while_a_server_runs(void **state) {
   }
   assert_ok(rc, err);
   assert_int_equal(n, 1);
+}
+
+/* A store opened while a master-key rotation holds the server lock
+ * (another session holds it exclusively, as rotate-master-key does until
+ * its commit) is refused, naming the rotation, and opens once it is
+ * over. A store whose session connection is cut takes the lock again on
+ * a new one (the watch thread checks it every STORE_WATCH_CHECK_MS), so
+ * a rotation is refused again. SQLite: the data directory's lock. */
+static void test_open_refused_during_rotation(void **state) {
+  struct fixture *f = *state;
+  struct tp_err err = {0};
+  if (pg_base == NULL) {
+    print_message("[ N/A      ] on SQLite: one process per file, no rotation beside it\n");
+    return;
+  }
+  store_close(f->s); /* its shared hold would keep the exclusive one out */
+  f->s = NULL;
+  PGconn *rot = pg_connect(f->path);
+  PGresult *res = PQexec(rot, "SELECT pg_try_advisory_lock(8389207132576247399)");
+  assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+  assert_string_equal(PQgetvalue(res, 0, 0), "t");
+  PQclear(res);
+  struct store *s;
+  assert_refused(store_open(f->path, &opts_a, &s, &err), -EBUSY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION, "a master-key rotation is in progress");
+  assert_null(s);
+  PQfinish(rot); /* the rotation is over */
+  int64_t start = now_ms();
+  int rc;
+  while ((rc = store_open(f->path, &opts_a, &f->s, &err)) == -EBUSY) {
+    if (now_ms() - start > 5000)
+      fail_msg("still refused 5 s after the lock went: %s", err.msg);
+    usleep(20000);
+  }
+  assert_ok(rc, err);
+
+  /* Every connection cut: the watching store takes the lock again. */
+  struct store *other;
+  assert_ok(store_open(f->path, &opts_a, &other, &err), err);
+  struct heard h = {0};
+  const struct store_watch w = {heard_revision, heard_status, &h};
+  assert_ok(store_watch_start(other, &w, &err), err);
+  pg_run(f->path, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND pid <> pg_backend_pid()");
+  /* Back once its new connections (the watch's, the session's) are up. */
+  start = now_ms();
+  while (atomic_load(&h.back) < 1) {
+    if (now_ms() - start > 5000)
+      fail_msg("the watch did not come back within 5 s");
+    usleep(20000);
+  }
+  size_t n = 99;
+  assert_refused(store_master_key_rotate(f->s, key_b, "local:test", &n, &err), -EBUSY, err,
+                 GRPC_STATUS_FAILED_PRECONDITION,
+                 "1 tlsplane-server process is connected to the database");
+  assert_int_equal(n, 0);
+  store_watch_stop(other);
+  store_close(other);
 }
 
 /* The job lock: one store of those sharing a database holds it, checked
@@ -2866,6 +2914,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_watch_hears_other_servers, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_rotation_refused_while_a_server_runs, setup_open,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_open_refused_during_rotation, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_job_lock_one_holder, setup_open, teardown),
       cmocka_unit_test_setup_teardown(test_reconnects_after_drop, setup_open, teardown),
   };

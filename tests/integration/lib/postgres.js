@@ -5,13 +5,16 @@
 //
 //   const pg = await Postgres.start();   // pg.uri: postgres://tlsplane@127.0.0.1:PORT/tlsplane
 //   pg.uriWithPassword('secret')         // the same with a password (trust auth ignores it)
+//   pg.psql(sql)                         // one statement, its output
+//   const q = pg.session();              // a psql session kept open (its locks held)
+//   await q.run('BEGIN; SELECT ... FOR UPDATE'); await q.close();
 //   await pg.stop();                     // also on the process's 'exit', whatever happened
 //
 // PostgreSQL refuses to run as root: run as root, its programs run as the
 // user postgres (nobody if there is none). PG_BIN names the directory of
 // its programs (default: Debian's newest under /usr/lib/postgresql).
 
-const { spawnSync } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const procs = require('./procs');
@@ -106,6 +109,55 @@ class Postgres {
   // Runs sql with psql on the database; its output (unaligned, tuples only).
   psql(sql) {
     return this._run('psql', ['-h', '127.0.0.1', '-p', String(this.port), '-U', 'tlsplane', '-d', 'tlsplane', '-At', '-v', 'ON_ERROR_STOP=1', '-c', sql]);
+  }
+
+  // A psql session kept open until close(): what it locks stays locked.
+  // run(sql) resolves with the output of sql once psql has run it (or
+  // rejects with psql's output when it fails or exits).
+  session() {
+    const file = path.join(this.bin, 'psql');
+    const args = ['-h', '127.0.0.1', '-p', String(this.port), '-U', 'tlsplane', '-d', 'tlsplane', '-At', '-v', 'ON_ERROR_STOP=1'];
+    const [cmd, argv] = this.user ? [tool('runuser'), ['-u', this.user, '--', file, ...args]] : [file, args];
+    const proc = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let waiting = null;
+    const settle = () => {
+      if (waiting === null) return;
+      const at = out.indexOf(`${waiting.marker}\n`);
+      if (at >= 0) {
+        const { resolve } = waiting;
+        const text = out.slice(0, at);
+        out = out.slice(at + waiting.marker.length + 1);
+        waiting = null;
+        resolve(text);
+      } else if (proc.exitCode !== null || proc.signalCode !== null) {
+        const { reject } = waiting;
+        waiting = null;
+        reject(new Error(`psql exited (${proc.exitCode ?? proc.signalCode}): ${out}`));
+      }
+    };
+    proc.stdout.on('data', (d) => {
+      out += d;
+      settle();
+    });
+    proc.stderr.on('data', (d) => {
+      out += d;
+    });
+    proc.on('exit', settle);
+    let n = 0;
+    return {
+      run: (sql) =>
+        new Promise((resolve, reject) => {
+          waiting = { marker: `-- done ${++n} --`, resolve, reject };
+          proc.stdin.write(`${sql};\n\\echo '${waiting.marker}'\n`);
+        }),
+      close: () =>
+        new Promise((resolve) => {
+          if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+          proc.on('exit', () => resolve());
+          proc.stdin.end();
+        }),
+    };
   }
 
   _stopSync() {

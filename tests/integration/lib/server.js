@@ -65,8 +65,9 @@ function serverBinary() {
 }
 
 class Server {
-  constructor({ dataDir, binary, extraArgs, env, tls }) {
+  constructor({ dataDir, binary, extraArgs, env, tls, listen }) {
     this.dataDir = dataDir;
+    this.listen = listen;
     this.binary = binary;
     this.extraArgs = extraArgs;
     this.env = env;
@@ -83,12 +84,14 @@ class Server {
   }
 
   // A server on a fresh temporary data dir (or `dataDir`).
-  static async start({ dataDir, extraArgs = [], env = {}, tls = false } = {}) {
+  // listen: the --listen address (127.0.0.1:0 unless given; [::1]:PORT
+  // gives an address of [::1]:PORT).
+  static async start({ dataDir, extraArgs = [], env = {}, tls = false, listen = '127.0.0.1:0' } = {}) {
     if (!dataDir) {
       dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tlsplane-it-'));
       procs.trackDir(dataDir);
     }
-    const s = new Server({ dataDir, binary: serverBinary(), extraArgs, env, tls });
+    const s = new Server({ dataDir, binary: serverBinary(), extraArgs, env, tls, listen });
     await s._spawn();
     return s;
   }
@@ -126,7 +129,7 @@ class Server {
   }
 
   _spawn() {
-    const args = ['--data-dir', this.dataDir, '--listen', '127.0.0.1:0', ...(this.tls ? [] : ['--plaintext']), ...this.extraArgs];
+    const args = ['--data-dir', this.dataDir, '--listen', this.listen, ...(this.tls ? [] : ['--plaintext']), ...this.extraArgs];
     const [cmd, argv] = procs.command(this.binary, args);
     this.starts += 1;
     this.exit = null;
@@ -175,7 +178,7 @@ class Server {
         if (m) {
           cleanup();
           this.port = Number(m[2]);
-          this.address = `127.0.0.1:${this.port}`;
+          this.address = `${m[1] === '[::1]' ? '[::1]' : '127.0.0.1'}:${this.port}`;
           const h = HTTP_RE.exec(stderrBuf);
           this.httpPort = h ? Number(h[1]) : null;
           this.httpBase = h ? `${this.tls ? 'https' : 'http'}://127.0.0.1:${this.httpPort}` : null;
