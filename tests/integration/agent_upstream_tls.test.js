@@ -181,6 +181,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let ossl;
   let npnUp;
   let dhe;
+  let osslDhe2048;
+  let osslDhe1024;
   let bulk;
   let unixTls;
   let unixClear;
@@ -209,6 +211,12 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     });
     ossl = await opensslUpstream(p);
     npnUp = await opensslUpstream(p, ['-tls1_2', '-nextprotoneg', 'spdy/3,http/1.1', '-trace']);
+    // DHE only, TLS 1.2, with pki's groups: RFC 7919 ffdhe2048 and a
+    // 1024-bit one, which s_server takes only below security level 2. (No
+    // OpenSSL 3 server takes a 512-bit group, at any level.)
+    const dheArgs = (f, level = '') => ['-tls1_2', '-cipher', `DHE-RSA-AES128-GCM-SHA256${level}`, '-dhparam', p.file(f)];
+    osslDhe2048 = await opensslUpstream(p, dheArgs('dh2048.pem'));
+    osslDhe1024 = await opensslUpstream(p, dheArgs('dh1024.pem', ':@SECLEVEL=1'));
     const web = tlsContext('web', { certs: [p.rsa] });
     const trustCa = tlsContext('up-ca', { client: true, ca: p.ca.cert, alpnProtocols: ['x-up'] });
     const trustCa2 = tlsContext('up-ca2', { client: true, ca: p.ca2.cert });
@@ -220,6 +228,12 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     const dheOnly = tlsContext('up-dhe', {
       client: true, ca: p.ca.cert,
       policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256' },
+    });
+    // The same at security level 1, which lets OpenSSL take a 1024-bit
+    // group: then min_dh_size is what refuses it.
+    const dheOnlyLevel1 = tlsContext('up-dhe-l1', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=1' },
     });
     const tls13 = tlsContext('up-tls13', {
       client: true, ca: p.ca.cert,
@@ -246,6 +260,10 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
       listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
       L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
+      L('dhe-ossl', osslDhe2048.address, { context: dheOnly }),
+      L('dhe-ossl-1024', osslDhe1024.address, { context: dheOnly }),
+      L('dhe-ossl-1024-l1', osslDhe1024.address, { context: dheOnlyLevel1 }),
+      L('dhe-ossl-1024-min', osslDhe1024.address, { context: dheOnlyLevel1, minDhSize: 2048 }),
       L('npn', npnUp.address, { context: npn }),
       L('npn-other', npnUp.address, { context: npnOther }),
       L('pass', good.address, {
@@ -258,7 +276,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl, npnUp]) if (u) await u.close();
+    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl, npnUp, osslDhe2048, osslDhe1024]) if (u) await u.close();
     if (unixClear) await new Promise((resolve) => unixClear.close(resolve));
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -342,6 +360,26 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       errors(m0, 'dhe-3072', 'upstream_tls_handshake') + 1, { what: 'min_dh_size refusal counted' });
     assert.equal(dhe.bytesIn(), bytes0);
     await agent.waitForLog(/listener=listeners\/dhe-3072 client=\S+ cause=upstream_tls_handshake reason="[^"]*DH parameter size 2048 is less than min_dh_size 3072"/);
+  });
+
+  test('a DHE-only client policy (no DH parameters of its own) against openssl s_server -dhparam: a 2048-bit group is served; a 1024-bit one is refused by the security level, or at level 1 by min_dh_size 2048, counted', async () => {
+    const r = await talk(agent.port('dhe-ossl'), 'dhe\n', 'ehd\n'.length);
+    assert.equal(r.data, 'ehd\n');
+    assert.match(osslDhe2048.output(), /Ciphersuite: DHE-RSA-AES128-GCM-SHA256/);
+    // Level 1 and the default min_dh_size (1024, as Node's): taken.
+    const r1 = await talk(agent.port('dhe-ossl-1024-l1'), 'l1\n', '1l\n'.length);
+    assert.equal(r1.data, '1l\n');
+    for (const [name, reason] of [
+      ['dhe-ossl-1024', /reason="[^"]*dh key too small/],
+      ['dhe-ossl-1024-min', /reason="[^"]*DH parameter size 1024 is less than min_dh_size 2048"/],
+    ]) {
+      const m0 = await agent.metrics();
+      const r2 = await talk(agent.port(name), 'x\n');
+      assert.equal(r2.data, '', `${name}: the client got data`);
+      await agent.waitForMetrics((m) => errors(m, name, 'upstream_tls_handshake') ===
+        errors(m0, name, 'upstream_tls_handshake') + 1, { what: `${name}: refusal counted` });
+      await agent.waitForLog(new RegExp(`listener=listeners/${name} client=\\S+ cause=upstream_tls_handshake ${reason.source}`));
+    }
   });
 
   test('Unix-socket upstreams (unix:/path): TLS with the name checked against servername, and cleartext', async () => {
@@ -492,6 +530,12 @@ describe('upstream_tls: TLS 1.3 sessions to the upstream under concurrency', () 
     // twice, so only the agent keeps each to one use.
     ossl = await opensslUpstream(p, ['-tls1_3', '-trace']);
     relay = await gatedRelay(ossl.address);
+    // The same at security level 1, which lets OpenSSL take a 1024-bit
+    // group: then min_dh_size is what refuses it.
+    const dheOnlyLevel1 = tlsContext('up-dhe-l1', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=1' },
+    });
     const tls13 = tlsContext('up-tls13', { client: true, ca: p.ca.cert, policy: { minVersion: 'TLS_1_3' } });
     // One worker: every session kept is there for every next connection.
     agent = await Agent.start(snapshot(1, [listener('many', {
