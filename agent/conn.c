@@ -776,16 +776,32 @@ static void up_handshake(struct conn *c) {
     up_tls_write_pending(c);
 }
 
+/* This worker's row of kept upstream sessions, allocated on first use
+ * when create is set; NULL without upstream_tls or memory. */
+static struct listener_up_sessions *up_sessions_row(struct conn *c, int create) {
+  int id = c->w->id;
+  if (id < 0 || id >= LISTENER_MAX_WORKERS || c->v->up_sessions == NULL)
+    return NULL;
+  if (c->v->up_sessions[id] == NULL && create)
+    c->v->up_sessions[id] = calloc(1, sizeof(*c->v->up_sessions[id]));
+  return c->v->up_sessions[id];
+}
+
 /* Keeps sess (a reference the caller gives) for this worker's next
- * upstream connections if it can resume; a session already kept is not
- * kept twice; the oldest goes when full. Returns whether it was kept
+ * upstream connections if it can resume and its ticket is not too long;
+ * a session already kept is not kept twice; the oldest goes when full. Returns whether it was kept
  * (otherwise the caller still holds its reference). */
 static int up_session_keep(struct conn *c, SSL_SESSION *sess) {
-  int id = c->w->id;
-  if (id < 0 || id >= LISTENER_MAX_WORKERS || c->v->up_sessions == NULL || sess == NULL ||
-      !SSL_SESSION_is_resumable(sess))
+  if (sess == NULL || !SSL_SESSION_is_resumable(sess))
     return 0;
-  struct listener_up_sessions *row = &c->v->up_sessions[id];
+  const unsigned char *tick;
+  size_t tick_len;
+  SSL_SESSION_get0_ticket(sess, &tick, &tick_len);
+  if (tick_len > LISTENER_UP_TICKET_MAX)
+    return 0;
+  struct listener_up_sessions *row = up_sessions_row(c, 1);
+  if (row == NULL)
+    return 0;
   for (unsigned i = 0; i < row->n; i++)
     if (row->kept[i] == sess)
       return 0;
@@ -867,11 +883,8 @@ static int up_tls_init(struct conn *c) {
    * varies by connection (servername_from_client), and a resumed session
    * is not verified again: a session verified for one name must never
    * resume for another. */
-  int id = c->w->id;
   const char *sni = SSL_get_servername(c->up_ssl, TLSEXT_NAMETYPE_host_name);
-  struct listener_up_sessions *row =
-      id >= 0 && id < LISTENER_MAX_WORKERS && c->v->up_sessions != NULL ? &c->v->up_sessions[id]
-                                                                        : NULL;
+  struct listener_up_sessions *row = up_sessions_row(c, 0);
   for (int i = row != NULL ? (int)row->n - 1 : -1; i >= 0; i--) {
     const char *h = SSL_SESSION_get0_hostname(row->kept[i]);
     if ((h == NULL) != (sni == NULL) || (h != NULL && strcmp(h, sni) != 0))

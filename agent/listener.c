@@ -62,9 +62,12 @@ void listener_version_ref(struct listener_version *v) {
 }
 
 static void version_free(struct listener_version *v) {
-  for (size_t i = 0; v->up_sessions != NULL && i < LISTENER_MAX_WORKERS; i++)
-    for (size_t j = 0; j < v->up_sessions[i].n; j++)
-      SSL_SESSION_free(v->up_sessions[i].kept[j]);
+  for (size_t i = 0; v->up_sessions != NULL && i < LISTENER_MAX_WORKERS; i++) {
+    struct listener_up_sessions *row = v->up_sessions[i];
+    for (size_t j = 0; row != NULL && j < row->n; j++)
+      SSL_SESSION_free(row->kept[j]);
+    free(row);
+  }
   free(v->up_sessions);
   free(v->certs);
   tlsconf_listener_unref(v->tls);

@@ -46,9 +46,22 @@ struct tlsconf_cert_facts; /* tlsconf.h */
 
 /* The most worker threads an agent runs (--workers). */
 #define LISTENER_MAX_WORKERS 256
-/* Upstream sessions kept per worker (a TLS 1.3 server sends two tickets
- * after a full handshake). */
-#define LISTENER_UP_SESSIONS 4
+/* Upstream sessions kept per worker and listener version. Each upstream
+ * connection takes one when it starts (a TLS 1.3 ticket is offered once)
+ * and its handshake brings one or more (OpenSSL's servers send two
+ * tickets after a full TLS 1.3 handshake and one after a resumption), so
+ * a row fills up to about as many upstream connections as its worker
+ * starts before the first tickets come back, and this is its ceiling: 4
+ * resumed 77 % of the bench's 25 connections starting at once per worker,
+ * 32 resumed 97-99 %. A kept session costs 1288 bytes with a ticket of
+ * OpenSSL's size (measured with OpenSSL 3.0's allocator hooks); the
+ * upstream's certificate, 4-4.5 KiB parsed, is shared by the sessions of
+ * one full handshake and those resumed from them. */
+#define LISTENER_UP_SESSIONS 64
+/* A session whose ticket is longer is not kept (a TLS 1.3 ticket may be
+ * up to 64 KiB; OpenSSL's hold the session: about 200 bytes, a few
+ * hundred more with a client certificate). */
+#define LISTENER_UP_TICKET_MAX 8192
 
 struct listener {
   unsigned magic;
@@ -92,16 +105,18 @@ struct listener_version {
   const struct tlsconf_cert_facts **certs;
   size_t n_certs;
   /* upstream_tls: the resumable sessions each worker (by worker id) got
-   * from its upstream handshakes, newest last (n of them). One is taken
-   * for each new upstream connection, so that a TLS 1.3 ticket is
-   * offered once (RFC 8446, appendix C.4); a TLS 1.2 session that resumed
-   * is kept again. Each row is read and written only by its worker's
-   * thread; freed with the version, so that a new configuration starts
-   * without sessions. NULL (no memory spent) without upstream_tls. */
+   * from its upstream handshakes, newest last (n of them, at most
+   * LISTENER_UP_SESSIONS: the oldest goes when full). One is taken for
+   * each new upstream connection, so that a TLS 1.3 ticket is offered
+   * once (RFC 8446, appendix C.4); a TLS 1.2 session that resumed is kept
+   * again. A row is allocated by its worker when it first keeps a
+   * session, and read and written only by that worker's thread; all are
+   * freed with the version, so that a new configuration starts without
+   * sessions. NULL (no memory spent) without upstream_tls. */
   struct listener_up_sessions {
+    unsigned n;
     SSL_SESSION *kept[LISTENER_UP_SESSIONS];
-    unsigned char n;
-  } * up_sessions; /* LISTENER_MAX_WORKERS rows */
+  } * *up_sessions; /* LISTENER_MAX_WORKERS row pointers, NULL until used */
 };
 
 /* A new listener called name with zeroed counters; one reference (the

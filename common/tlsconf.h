@@ -162,9 +162,13 @@ int tlsconf_revocation_list_prepare(Tlsplane__V1__RevocationList *rl, struct tp_
  *     enabled or with ecdh_disabled: tlsconf_old_ciphers.
  *   - ciphers: entries that match nothing are ignored (as OpenSSL does) and
  *     reported in warnings; a list matching nothing is an error, and so is
- *     a policy under which no cipher is usable with its versions (DHE
- *     ciphers count only with dhparam_pem: without it no DHE cipher is
- *     negotiated, as the seed says).
+ *     a policy under which no cipher is usable with its versions. DHE
+ *     ciphers count here whether or not the policy has DH parameters: a
+ *     client context (upstream_tls) needs none (the upstream chooses the
+ *     group, minDHSize bounds it). A server context without them
+ *     negotiates no DHE cipher, as the seed says, so tlsconf_ctx_build
+ *     refuses a server context whose policy has only DHE ciphers and no
+ *     dhparam_pem / dhparam_group.
  *   - ciphers may name TLS 1.3 suites too (Node's ciphers option does):
  *     those go to the TLS 1.3 suites, the rest to the TLS 1.2 list. Giving
  *     them there and ciphersuites as well is an error naming both; a list

@@ -632,7 +632,7 @@ int tlsconf_ctx_build(const Tlsplane__V1__ResolvedTlsContext *rc, SSL_CTX **out,
 
   /* The cipher policy first: it sets the security level the keys are
    * checked against. */
-  if (tlsconf__policy_apply(ctx, rc->cipher_policy, NULL, err) != 0) {
+  if (tlsconf__policy_apply(ctx, rc->cipher_policy, TLSCONF__POLICY_CTX, NULL, err) != 0) {
     tp_err_prefix(err, "cipher_policy: ");
     goto failed;
   }

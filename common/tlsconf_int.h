@@ -51,15 +51,21 @@ struct tlsconf_policy_info {
 
 void tlsconf__policy_info_free(struct tlsconf_policy_info *info);
 
-/* Applies cp (NULL: the defaults) to a server ctx: security level,
- * protocol versions, TLS <= 1.2 cipher list, TLS 1.3 suites, groups,
- * ECDH on/off, DH parameters, server cipher preference; then checks that
- * some cipher is usable. The one place both tlsconf_cipher_policy_prepare
+/* Who the policy is applied for: the context being built (its method,
+ * server or client, decides whether DHE ciphers need DH parameters), or
+ * the policy on its own, which a server or a client context may use. */
+enum tlsconf__policy_use { TLSCONF__POLICY_CTX, TLSCONF__POLICY_ALONE };
+
+/* Applies cp (NULL: the defaults) to ctx: security level, protocol
+ * versions, TLS <= 1.2 cipher list, TLS 1.3 suites, groups, ECDH on/off,
+ * DH parameters, server cipher preference; then checks that some cipher
+ * is usable (for use). The one place both tlsconf_cipher_policy_prepare
  * and tlsconf_ctx_build get their cipher semantics from. Errors name the
  * CipherPolicy field. info may be NULL; with info, warnings are also
  * collected (cipher list entries that match nothing, weak DH). */
 int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
-                          struct tlsconf_policy_info *info, struct tp_err *err);
+                          enum tlsconf__policy_use use, struct tlsconf_policy_info *info,
+                          struct tp_err *err);
 
 /* The key-exchange groups tlsconf__policy_apply sets for cp, in
  * SSL_set1_groups_list form, or NULL when it leaves OpenSSL's defaults.

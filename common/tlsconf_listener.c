@@ -704,6 +704,18 @@ static void built_free(void *value) {
   free(b);
 }
 
+/* The last step of every build (built_make, challenge_make): the
+ * callbacks each served context has, then b is handed over to *out. On
+ * failure b is freed. */
+static int built_finish(struct built *b, void **out, struct tp_err *err) {
+  if (!install_callbacks(b->ctx)) {
+    built_free(b);
+    return tlsconf__oom(err);
+  }
+  *out = b;
+  return 0;
+}
+
 /* The NIDs of a groups list ("X25519:prime256v1:P-384"), for
  * SSL_set1_groups. 0 with *nids NULL when a name has no NID (the list is
  * then used as it is); -1 when out of memory. */
@@ -774,12 +786,7 @@ static int built_make(void *data, void **out, struct tp_err *err) {
   }
   if (b->status_cb != NULL)
     SSL_CTX_set_tlsext_status_cb(b->ctx, status_cb);
-  if (!install_callbacks(b->ctx)) {
-    tlsconf__oom(err);
-    goto failed;
-  }
-  *out = b;
-  return 0;
+  return built_finish(b, out, err);
 failed:
   built_free(b);
   return -1;
@@ -1083,12 +1090,7 @@ static int challenge_make(void *data, void **out, struct tp_err *err) {
   if (tlsconf_acme_ctx_build(a->m, &b->ctx, err) != 0)
     goto failed;
   b->max_send_fragment = SSL3_RT_MAX_PLAIN_LENGTH;
-  if (!install_callbacks(b->ctx)) {
-    tlsconf__oom(err);
-    goto failed;
-  }
-  *out = b;
-  return 0;
+  return built_finish(b, out, err);
 failed:
   built_free(b);
   return -1;

@@ -24,8 +24,12 @@
  *   or 1.1 is enabled, because OpenSSL 3 allows their MD5-SHA1 / SHA-1
  *   handshake signatures only at level 0 (Mozilla's "old" profile needs
  *   it). An explicit "@SECLEVEL=n" in ciphers overrides all of these.
- * - Without dhparam_pem no DHE cipher is negotiated (the seed: "If omitted
- *   ... DHE ciphers won't be available"). dhparam_pem has 2048 to 8192
+ * - Without dhparam_pem no DHE cipher is negotiated by a server (the seed:
+ *   "If omitted ... DHE ciphers won't be available"); a client context
+ *   (upstream_tls) needs none, since the upstream chooses the group
+ *   (minDHSize bounds it). So a policy of DHE ciphers only and no DH
+ *   parameters is valid on its own, and refused when a server context
+ *   is built with it. dhparam_pem has 2048 to 8192
  *   bits: under 2048, DH is within reach of precomputation (Logjam) and
  *   security level 2 refuses it; over 8192 (the largest RFC 7919 group),
  *   the primality check and every DHE handshake cost seconds of CPU.
@@ -424,10 +428,11 @@ static int ciphers_split(const char *ciphers, char **tls12, char **tls13, struct
 /* At least one cipher must be usable with the enabled versions (a TLS 1.2
  * only policy whose list holds only TLS 1.3 or only SSLv3-era names would
  * accept no handshake). DHE ciphers count only with DH parameters, on a
- * server: a client (upstream_tls) gets the group from the upstream. */
-static int check_usable(SSL_CTX *ctx, const char *ciphers, int min, int max, int have_dh,
-                        struct tp_err *err) {
-  if (SSL_CTX_get_ssl_method(ctx) == TLS_client_method())
+ * server: a client (upstream_tls) gets the group from the upstream, and a
+ * policy on its own (use TLSCONF__POLICY_ALONE) may be a client's. */
+static int check_usable(SSL_CTX *ctx, enum tlsconf__policy_use use, const char *ciphers, int min,
+                        int max, int have_dh, struct tp_err *err) {
+  if (use == TLSCONF__POLICY_ALONE || SSL_CTX_get_ssl_method(ctx) == TLS_client_method())
     have_dh = 1;
   SSL *ssl = SSL_new(ctx);
   STACK_OF(SSL_CIPHER) *sk = ssl ? SSL_get1_supported_ciphers(ssl) : NULL;
@@ -447,7 +452,7 @@ static int check_usable(SSL_CTX *ctx, const char *ciphers, int min, int max, int
   return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
                     "ciphers: no cipher of \"%s\" can be used with %s to %s%s", ciphers,
                     version_name(min), version_name(max),
-                    dhe_only ? " (its DHE ciphers need dhparam_pem or dhparam_group)" : "");
+                    dhe_only ? " (a server's DHE ciphers need dhparam_pem or dhparam_group)" : "");
 }
 
 const char *tlsconf__policy_groups(const Tlsplane__V1__CipherPolicy *cp) {
@@ -462,7 +467,8 @@ const char *tlsconf__policy_groups(const Tlsplane__V1__CipherPolicy *cp) {
 }
 
 int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
-                          struct tlsconf_policy_info *info, struct tp_err *err) {
+                          enum tlsconf__policy_use use, struct tlsconf_policy_info *info,
+                          struct tp_err *err) {
   int min, max;
   if (versions_resolve(cp, &min, &max, err) != 0)
     return -1;
@@ -575,7 +581,7 @@ int tlsconf__policy_apply(SSL_CTX *ctx, const Tlsplane__V1__CipherPolicy *cp,
     if (info != NULL)
       info->dhparam_bits = dh_bits;
   }
-  if (check_usable(ctx, list, min, max, have_dh, err) != 0)
+  if (check_usable(ctx, use, list, min, max, have_dh, err) != 0)
     goto failed;
   free(list);
   free(tls12);
@@ -595,7 +601,7 @@ int tlsconf_cipher_policy_prepare(Tlsplane__V1__CipherPolicy *cp, struct tp_err 
     return tlsconf__oom(err);
   struct tlsconf_policy_info info;
   memset(&info, 0, sizeof(info));
-  int rc = tlsconf__policy_apply(ctx, cp, &info, err);
+  int rc = tlsconf__policy_apply(ctx, cp, TLSCONF__POLICY_ALONE, &info, err);
   SSL_CTX_free(ctx);
   if (rc != 0) {
     tlsconf__policy_info_free(&info);
@@ -700,7 +706,7 @@ int tlsconf_ciphers_list(const Tlsplane__V1__CipherPolicy *cp,
     goto done;
   }
   if (cp != NULL) {
-    if (tlsconf__policy_apply(ctx, cp, NULL, err) != 0)
+    if (tlsconf__policy_apply(ctx, cp, TLSCONF__POLICY_ALONE, NULL, err) != 0)
       goto done;
   } else {
     /* Everything this OpenSSL implements, however weak. */

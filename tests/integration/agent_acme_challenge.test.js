@@ -18,6 +18,7 @@ const { pki } = require('./lib/pki');
 const { Agent, tlsContext, listener, snapshot, failOnCrash } = require('./lib/agent');
 const { Upstream } = require('./lib/upstream');
 const { HOST, exchange, fingerprint, SClient } = require('./lib/tlsclient');
+const { waitFor } = require('./lib/wait');
 
 const ACME_OID = '1.3.6.1.5.5.7.1.31';
 
@@ -84,14 +85,6 @@ describe('ACME tls-alpn-01 challenges', () => {
         resolve(r);
       });
     });
-  }
-
-  async function waitUntil(pred, what, timeoutMs = 10000) {
-    const end = Date.now() + timeoutMs;
-    while (!pred()) {
-      if (Date.now() > end) throw new Error(`no ${what} within ${timeoutMs} ms`);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
   }
 
   async function metric(name, labels) {
@@ -226,7 +219,8 @@ describe('ACME tls-alpn-01 challenges', () => {
         assert.deepEqual(r.failed, [], r.text);
         assert.equal(agent.port('acme'), port, 'the listener was bound again');
         const seen = ok + failures.length;
-        await waitUntil(() => ok + failures.length >= seen + 3, `three ordinary handshakes at revision ${rev}`);
+        await waitFor(`three ordinary handshakes at revision ${rev}`, () => ok + failures.length >= seen + 3,
+          { timeoutMs: 10000 });
         for (const name of ['a.test', 'b.test']) {
           const want = challenges.find((c) => c.serverName === name);
           const v = await validate(port, { servername: name });

@@ -82,21 +82,74 @@ async function opensslUpstream(p, args = ['-CAfile', p.ca.certFile, '-Verify', '
   };
 }
 
+// The bytes of a hex dump in `openssl s_server -trace` output: lines of
+// "0000 - 08 68 74 ...-...   .ht..." (the ASCII column after three spaces).
+function traceBytes(dump) {
+  const bytes = [];
+  for (const line of dump.trim().split('\n')) {
+    const hex = line.trim().split(/ {3}/)[0].replace(/^[0-9a-f]{4} - /, '');
+    for (const h of hex.split(/[ -]/)) if (/^[0-9a-f]{2}$/.test(h)) bytes.push(parseInt(h, 16));
+  }
+  return Buffer.from(bytes);
+}
+
 // The protocol of every NPN NextProtocol message in `openssl s_server
 // -trace` output, in order: "NextProto, Length=N", a line, then a hex dump
-// ("0000 - 08 68 74 ...   .http/1.1...") whose first byte is the length
-// of the protocol chosen.
+// whose first byte is the length of the protocol chosen.
 function npnChosen(out) {
   const chosen = [];
   for (const m of out.matchAll(/NextProto, Length=\d+\n.*\n((?:[ \t]+[0-9a-f]{4} - .*\n)+)/g)) {
-    const bytes = [];
-    for (const line of m[1].trim().split('\n')) {
-      const hex = line.trim().split(/ {3}/)[0].replace(/^[0-9a-f]{4} - /, '');
-      for (const h of hex.split(/[ -]/)) if (/^[0-9a-f]{2}$/.test(h)) bytes.push(parseInt(h, 16));
-    }
-    chosen.push(Buffer.from(bytes.slice(1, 1 + bytes[0])).toString());
+    const bytes = traceBytes(m[1]);
+    chosen.push(bytes.subarray(1, 1 + bytes[0]).toString());
   }
   return chosen;
+}
+
+// The pre_shared_key extensions (RFC 8446, 4.2.11) in `openssl s_server
+// -trace` output: `offered`, the first PSK identity (a ticket) of each
+// ClientHello that offered one, in hex; `accepted`, how many ServerHellos
+// selected one (their extension is the 2-byte selected_identity).
+function pskSeen(out) {
+  const offered = [];
+  let accepted = 0;
+  for (const m of out.matchAll(/extension_type=psk\(41\), length=(\d+)\n((?:[ \t]+[0-9a-f]{4} - .*\n)+)/g)) {
+    const b = traceBytes(m[2]);
+    if (Number(m[1]) === 2) accepted++;
+    else offered.push(b.subarray(4, 4 + b.readUInt16BE(2)).toString('hex'));
+  }
+  return { offered, accepted };
+}
+
+// A TCP relay to `target` that, once armed with hold(n), keeps each new
+// connection waiting until n have arrived and then lets them all through:
+// n upstream connections of the agent all start before any of them has a
+// handshake with the upstream, so none can get a ticket another brought.
+async function gatedRelay(target) {
+  const i = target.lastIndexOf(':');
+  let want = 0;
+  let held = [];
+  const pass = (client) => {
+    const up = net.connect(Number(target.slice(i + 1)), target.slice(0, i));
+    for (const [a, b] of [[client, up], [up, client]]) {
+      a.pipe(b);
+      a.on('error', () => b.destroy());
+      a.on('close', () => b.destroy());
+    }
+  };
+  const server = net.createServer((client) => {
+    held.push(client);
+    if (held.length >= want) {
+      const go = held;
+      held = [];
+      go.forEach(pass);
+    }
+  });
+  await new Promise((resolve) => server.listen(0, HOST, resolve));
+  return {
+    address: `${HOST}:${server.address().port}`,
+    hold: (n) => { want = n; },
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
 }
 
 // Connects to the agent, sends data, and reads until the connection ends
@@ -128,6 +181,8 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
   let ossl;
   let npnUp;
   let dhe;
+  let osslDhe2048;
+  let osslDhe1024;
   let bulk;
   let unixTls;
   let unixClear;
@@ -156,6 +211,12 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     });
     ossl = await opensslUpstream(p);
     npnUp = await opensslUpstream(p, ['-tls1_2', '-nextprotoneg', 'spdy/3,http/1.1', '-trace']);
+    // DHE only, TLS 1.2, with pki's groups: RFC 7919 ffdhe2048 and a
+    // 1024-bit one, which s_server takes only below security level 2. (No
+    // OpenSSL 3 server takes a 512-bit group, at any level.)
+    const dheArgs = (f, level = '') => ['-tls1_2', '-cipher', `DHE-RSA-AES128-GCM-SHA256${level}`, '-dhparam', p.file(f)];
+    osslDhe2048 = await opensslUpstream(p, dheArgs('dh2048.pem'));
+    osslDhe1024 = await opensslUpstream(p, dheArgs('dh1024.pem', ':@SECLEVEL=1'));
     const web = tlsContext('web', { certs: [p.rsa] });
     const trustCa = tlsContext('up-ca', { client: true, ca: p.ca.cert, alpnProtocols: ['x-up'] });
     const trustCa2 = tlsContext('up-ca2', { client: true, ca: p.ca2.cert });
@@ -167,6 +228,12 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     const dheOnly = tlsContext('up-dhe', {
       client: true, ca: p.ca.cert,
       policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256' },
+    });
+    // The same at security level 1, which lets OpenSSL take a 1024-bit
+    // group: then min_dh_size is what refuses it.
+    const dheOnlyLevel1 = tlsContext('up-dhe-l1', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=1' },
     });
     const tls13 = tlsContext('up-tls13', {
       client: true, ca: p.ca.cert,
@@ -193,6 +260,10 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       L('unix-tls', unixTls.address, { context: trustCa, servername: 'www.example.com' }),
       listener('unix-clear', { upstream: `unix:${path.join(tmp, 'clear.sock')}`, defaultContext: web }),
       L('dhe-3072', dhe.address, { context: dheOnly, minDhSize: 3072 }),
+      L('dhe-ossl', osslDhe2048.address, { context: dheOnly }),
+      L('dhe-ossl-1024', osslDhe1024.address, { context: dheOnly }),
+      L('dhe-ossl-1024-l1', osslDhe1024.address, { context: dheOnlyLevel1 }),
+      L('dhe-ossl-1024-min', osslDhe1024.address, { context: dheOnlyLevel1, minDhSize: 2048 }),
       L('npn', npnUp.address, { context: npn }),
       L('npn-other', npnUp.address, { context: npnOther }),
       L('pass', good.address, {
@@ -205,7 +276,7 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl, npnUp]) if (u) await u.close();
+    for (const u of [good, mtls, resume, resume13, dhe, bulk, unixTls, ossl, npnUp, osslDhe2048, osslDhe1024]) if (u) await u.close();
     if (unixClear) await new Promise((resolve) => unixClear.close(resolve));
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -289,6 +360,26 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
       errors(m0, 'dhe-3072', 'upstream_tls_handshake') + 1, { what: 'min_dh_size refusal counted' });
     assert.equal(dhe.bytesIn(), bytes0);
     await agent.waitForLog(/listener=listeners\/dhe-3072 client=\S+ cause=upstream_tls_handshake reason="[^"]*DH parameter size 2048 is less than min_dh_size 3072"/);
+  });
+
+  test('a DHE-only client policy (no DH parameters of its own) against openssl s_server -dhparam: a 2048-bit group is served; a 1024-bit one is refused by the security level, or at level 1 by min_dh_size 2048, counted', async () => {
+    const r = await talk(agent.port('dhe-ossl'), 'dhe\n', 'ehd\n'.length);
+    assert.equal(r.data, 'ehd\n');
+    assert.match(osslDhe2048.output(), /Ciphersuite: DHE-RSA-AES128-GCM-SHA256/);
+    // Level 1 and the default min_dh_size (1024, as Node's): taken.
+    const r1 = await talk(agent.port('dhe-ossl-1024-l1'), 'l1\n', '1l\n'.length);
+    assert.equal(r1.data, '1l\n');
+    for (const [name, reason] of [
+      ['dhe-ossl-1024', /reason="[^"]*dh key too small/],
+      ['dhe-ossl-1024-min', /reason="[^"]*DH parameter size 1024 is less than min_dh_size 2048"/],
+    ]) {
+      const m0 = await agent.metrics();
+      const r2 = await talk(agent.port(name), 'x\n');
+      assert.equal(r2.data, '', `${name}: the client got data`);
+      await agent.waitForMetrics((m) => errors(m, name, 'upstream_tls_handshake') ===
+        errors(m0, name, 'upstream_tls_handshake') + 1, { what: `${name}: refusal counted` });
+      await agent.waitForLog(new RegExp(`listener=listeners/${name} client=\\S+ cause=upstream_tls_handshake ${reason.source}`));
+    }
   });
 
   test('Unix-socket upstreams (unix:/path): TLS with the name checked against servername, and cleartext', async () => {
@@ -423,5 +514,66 @@ describe('upstream_tls: TLS from the agent to its upstreams', () => {
     assert.match(r.failed[0].reason, /upstream_tls\.tls_context: tlsContexts\/web2 is not a client context/);
     const ok = await talk(agent.port('by-ip'), 'still', 'echo:still'.length);
     assert.equal(ok.data, 'echo:still');
+  });
+});
+
+describe('upstream_tls: TLS 1.3 sessions to the upstream under concurrency', () => {
+  let p;
+  let agent;
+  let ossl;
+  let relay;
+
+  before(async () => {
+    p = pki();
+    // Two tickets after each full handshake, one after each resumption
+    // (OpenSSL's defaults), stateless: s_server would accept a ticket
+    // twice, so only the agent keeps each to one use.
+    ossl = await opensslUpstream(p, ['-tls1_3', '-trace']);
+    relay = await gatedRelay(ossl.address);
+    // The same at security level 1, which lets OpenSSL take a 1024-bit
+    // group: then min_dh_size is what refuses it.
+    const dheOnlyLevel1 = tlsContext('up-dhe-l1', {
+      client: true, ca: p.ca.cert,
+      policy: { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=1' },
+    });
+    const tls13 = tlsContext('up-tls13', { client: true, ca: p.ca.cert, policy: { minVersion: 'TLS_1_3' } });
+    // One worker: every session kept is there for every next connection.
+    agent = await Agent.start(snapshot(1, [listener('many', {
+      upstream: relay.address, defaultContext: tlsContext('web', { certs: [p.rsa] }), upstreamTls: { context: tls13 },
+    })]), { workers: 1 });
+  });
+
+  after(async () => {
+    if (agent) await agent.stopClean();
+    if (relay) await relay.close();
+    if (ossl) await ossl.close();
+  });
+  failOnCrash({ afterEach }, () => [agent]);
+
+  test('12 connections at once, then 24 at once: each of the 24 resumes (the upstream\'s count and the agent\'s), and no ticket is offered twice', async () => {
+    const L = { listener: 'listeners/many' };
+    const batch = async (tag, n) => {
+      relay.hold(n);
+      const lines = Array.from({ length: n }, (_, i) => `${tag}${i}`);
+      const rs = await Promise.all(lines.map((l) => talk(agent.port('many'), `${l}\n`, l.length + 1)));
+      rs.forEach((r, i) => assert.equal(r.data, `${[...lines[i]].reverse().join('')}\n`, `${lines[i]}: data both ways`));
+    };
+    await batch('a', 12);
+    let seen = pskSeen(ossl.output());
+    assert.deepEqual([seen.offered.length, seen.accepted], [0, 0], 'the first connections had no session to offer');
+    // Their 24 tickets (two each) were kept; the next 24 connections,
+    // started together, each take one.
+    await batch('b', 24);
+    seen = pskSeen(ossl.output());
+    assert.equal(seen.offered.length, 24, 'each of the 24 offered a ticket');
+    assert.equal(seen.accepted, 24, 'the upstream resumed each of them');
+    assert.equal(new Set(seen.offered).size, 24, 'a ticket was offered twice');
+    const m = await agent.waitForMetrics((mm) => mm.get('tlsplane_upstream_handshakes_total', L) === 36,
+      { what: '36 upstream handshakes' });
+    assert.equal(m.get('tlsplane_upstream_resumptions_total', L), 24);
+    // And the tickets of those resumptions (one each) are new ones.
+    await batch('c', 24);
+    seen = pskSeen(ossl.output());
+    assert.deepEqual([seen.offered.length, seen.accepted, new Set(seen.offered).size], [48, 48, 48]);
   });
 });

@@ -102,6 +102,33 @@ test('client contexts: server-only fields, a bad NPN name and a second certifica
   await api().TlsContextService.DeleteTlsContext({ name: npn.name });
 });
 
+test('a cipher policy of DHE ciphers only and no DH parameters: taken, and usable by a client context (the upstream brings the group); a server context with it is refused naming the field, nothing written', async () => {
+  const dheOnly = { minVersion: 'TLS_1_2', maxVersion: 'TLS_1_2', ciphers: 'DHE-RSA-AES128-GCM-SHA256' };
+  const pol = await api().CipherPolicyService.CreateCipherPolicy({ cipherPolicyId: uid('dhe'), cipherPolicy: dheOnly });
+  assert.equal(pol.dhparamBits, 0);
+  const up = await api().TlsContextService.CreateTlsContext({
+    tlsContextId: uid('up-dhe'), tlsContext: { client: true, trustBundle: 'trustBundles/ca', cipherPolicy: pol.name },
+  });
+  assert.equal(up.cipherPolicy, pol.name);
+  const refused = /cipher_policy: ciphers: no cipher of "DHE-RSA-AES128-GCM-SHA256" can be used with TLS 1\.2 to TLS 1\.2 \(a server's DHE ciphers need dhparam_pem or dhparam_group\)/;
+  await expectRefused(api(), () => api().TlsContextService.CreateTlsContext({
+    tlsContextId: uid('web-dhe'), tlsContext: { certificates: ['certificates/web'], cipherPolicy: pol.name },
+  }), status.INVALID_ARGUMENT, { includes: refused, what: 'a server context with a DHE-only policy and no DH' });
+  // A policy a server context uses cannot become one.
+  const pol2 = await api().CipherPolicyService.CreateCipherPolicy({
+    cipherPolicyId: uid('dhe-grp'), cipherPolicy: { ...dheOnly, dhparamGroup: 'ffdhe2048' },
+  });
+  assert.equal(pol2.dhparamBits, 2048);
+  const web = await api().TlsContextService.CreateTlsContext({
+    tlsContextId: uid('web-dhe'), tlsContext: { certificates: ['certificates/web'], cipherPolicy: pol2.name },
+  });
+  await expectRefused(api(), () => api().CipherPolicyService.UpdateCipherPolicy({
+    cipherPolicy: { name: pol2.name, dhparamGroup: '' }, updateMask: { paths: ['dhparam_group'] },
+  }), status.FAILED_PRECONDITION, { includes: [web.name, refused], what: 'dropping the DH group of a server context\'s policy' });
+  for (const name of [web.name, up.name]) await api().TlsContextService.DeleteTlsContext({ name });
+  for (const name of [pol.name, pol2.name]) await api().CipherPolicyService.DeleteCipherPolicy({ name });
+});
+
 test('upstream_tls: bad input is refused naming the field, nothing written', async () => {
   for (const [upstreamTls, field, extra] of [
     [{}, 'listener.upstream_tls.tls_context: required'],

@@ -1022,11 +1022,14 @@ static void test_policy_ciphers(void **state) {
              "TLS 1.0");
   msg_free(cp);
 
-  /* TLS 1.2 only with DHE ciphers but no DH parameters. */
+  /* TLS 1.2 only with DHE ciphers but no DH parameters: valid on its own
+   * (a client context needs none; test_build_dhe_only_policy has the
+   * server context refusing it). */
   cp = policy_new();
   cp->min_version = cp->max_version = TLSPLANE__V1__TLS_VERSION__TLS_1_2;
   set_str(&cp->ciphers, "DHE-RSA-AES128-GCM-SHA256");
-  EXPECT_ERR(policy_check(cp, &err), &err, "(its DHE ciphers need dhparam_pem or dhparam_group)");
+  EXPECT_OK(policy_check(cp, &err), &err);
+  assert_int_equal(cp->dhparam_bits, 0);
   set_str(&cp->dhparam_pem, fixture_dh2048_pem);
   EXPECT_OK(policy_check(cp, &err), &err);
   /* An RFC 7919 group instead: at once, and not both. */
@@ -1443,6 +1446,36 @@ static void test_build_applies_options(void **state) {
   assert_int_equal(SSL_CTX_get_min_proto_version(ctx), TLS1_VERSION);
   assert_int_equal(SSL_CTX_get_max_proto_version(ctx), TLS1_3_VERSION);
   SSL_CTX_free(ctx);
+  msg_free(rc);
+}
+
+/* A policy of DHE ciphers only and no DH parameters: a client context
+ * (the upstream chooses the group) builds and offers exactly those; a
+ * server context, which could negotiate none, is refused naming why. */
+static void test_build_dhe_only_policy(void **state) {
+  struct tp_err err;
+  Tlsplane__V1__ResolvedTlsContext *rc = rctx_new("tlsContexts/up");
+  rc->tls_context->client = 1;
+  rc->cipher_policy = policy_new();
+  rc->cipher_policy->min_version = rc->cipher_policy->max_version =
+      TLSPLANE__V1__TLS_VERSION__TLS_1_2;
+  set_str(&rc->cipher_policy->ciphers, "DHE-RSA-AES128-GCM-SHA256");
+  SSL_CTX *ctx = build_ok(rc);
+  SSL *s = SSL_new(ctx);
+  STACK_OF(SSL_CIPHER) *sk = SSL_get1_supported_ciphers(s);
+  assert_int_equal(sk_SSL_CIPHER_num(sk), 1);
+  assert_string_equal(SSL_CIPHER_get_name(sk_SSL_CIPHER_value(sk, 0)), "DHE-RSA-AES128-GCM-SHA256");
+  sk_SSL_CIPHER_free(sk);
+  SSL_free(s);
+  SSL_CTX_free(ctx);
+  rc->tls_context->client = 0;
+  rctx_add(rc, material("certificates/rsa", w.rsa_key, w.rsa_leaf, w.ca));
+  EXPECT_ERR_EXACT(build(rc, &err), &err,
+                   "cipher_policy: ciphers: no cipher of \"DHE-RSA-AES128-GCM-SHA256\" can be used "
+                   "with TLS 1.2 to TLS 1.2 (a server's DHE ciphers need dhparam_pem or "
+                   "dhparam_group)");
+  set_str(&rc->cipher_policy->dhparam_group, "ffdhe2048");
+  assert_int_equal(build(rc, &err), 0);
   msg_free(rc);
 }
 
@@ -2167,6 +2200,7 @@ int main(void) {
       cmocka_unit_test(test_build_applies_options),
       cmocka_unit_test(test_build_cert_facts),
       cmocka_unit_test(test_build_errors),
+      cmocka_unit_test(test_build_dhe_only_policy),
       cmocka_unit_test(test_build_client),
       cmocka_unit_test(test_handshake_cert_by_sigalgs),
       cmocka_unit_test(test_handshake_alpn_npn),
