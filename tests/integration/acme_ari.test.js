@@ -11,7 +11,10 @@
 // renewal failure (the policy's time stands); a window inside the
 // certificate's life sets renewal_time inside it; a window moved into the
 // past renews at once, newOrder naming the certificate it replaces, and
-// the agent serves the new chain.
+// the agent serves the new chain. The same front rate-limits newOrder
+// (429 rateLimited, Retry-After 30): the failure is on the certificate,
+// the next attempt 30 s later rather than the shorter back-off, and the
+// order completes once newOrder goes through.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -204,4 +207,50 @@ test('the window moved into the past: renewed at once, newOrder replaces the old
   assert.ok(ms(after.renewalTime) > Date.now(), 'not renewed again');
   const ev = (await api().AuditService.ListAuditEvents({ resource: 'certificates/ari' })).auditEvents;
   assert.ok(ev.some((e) => e.action === 'renew' && e.actor === 'system'), `audit: ${JSON.stringify(ev.map((e) => e.action))}`);
+});
+
+test('newOrder rate-limited (429 rateLimited, Retry-After 30): visible, retried after 30 s and not the shorter back-off, then completed', async () => {
+  const RETRY_AFTER_S = 30;
+  let limited = true;
+  const answered = [];
+  front.intercept = (req) => {
+    if (!limited || req.path !== front.paths.newOrder) return null;
+    answered.push(Date.now());
+    return {
+      status: 429,
+      headers: { 'content-type': 'application/problem+json', 'retry-after': String(RETRY_AFTER_S) },
+      body: JSON.stringify({ type: 'urn:ietf:params:acme:error:rateLimited', detail: 'too many new orders recently', status: 429 }),
+    };
+  };
+  try {
+    await certs().IssueCertificate({ certificateId: 'limited', issuer: 'issuers/front', dnsNames: [NAME] });
+    const failed = await waitFor('the rate limit recorded', async () => {
+      const c = await certs().GetCertificate({ name: 'certificates/limited' });
+      return c.acmeOrder?.failures >= 1 ? c : null;
+    }, { timeoutMs: 30000 });
+    assert.equal(failed.acmeOrder.lastError, `ACME ${front.origin}${front.paths.newOrder}: HTTP 429: urn:ietf:params:acme:error:rateLimited: too many new orders recently (retry after ${RETRY_AFTER_S} s)`);
+    assert.equal(failed.lastRenewalError, failed.acmeOrder.lastError);
+    assert.equal(answered.length, 1);
+    const next = ms(failed.acmeOrder.nextAttemptTime);
+    assert.ok(Math.abs(next - (answered[0] + RETRY_AFTER_S * 1000)) < 3000, `next attempt ${RETRY_AFTER_S} s after the answer, not ${RETRY_MS} ms: ${failed.acmeOrder.nextAttemptTime} vs ${new Date(answered[0]).toISOString()}`);
+    assert.equal(ms(failed.nextAttemptTime), next);
+    assert.equal(failed.certificateChainPem, '');
+    // Let it through: the retry comes once the 30 s are over, and completes.
+    limited = false;
+    const t0 = Date.now();
+    const done = await waitFor('the order completes', async () => {
+      const c = await certs().GetCertificate({ name: 'certificates/limited' });
+      return c.certificateChainPem ? c : null;
+    }, { timeoutMs: (RETRY_AFTER_S + 60) * 1000 });
+    const orders = front.requestsTo('newOrder').filter((r) => r.at > answered[0]);
+    assert.ok(orders.length >= 1 && orders[0].at >= next - 1000, `no newOrder before the Retry-After: ${JSON.stringify(orders.map((r) => new Date(r.at).toISOString()))}`);
+    assert.ok(Date.now() - t0 < (RETRY_AFTER_S + 60) * 1000);
+    assert.equal(done.acmeOrder.status, 'valid');
+    assert.equal(done.acmeOrder.lastError, '');
+    assert.equal(done.acmeOrder.failures ?? 0, 0);
+    assert.ok(!done.nextAttemptTime, 'no attempt pending');
+  } finally {
+    front.intercept = () => null;
+  }
+  await certs().DeleteCertificate({ name: 'certificates/limited' });
 });

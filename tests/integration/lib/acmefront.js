@@ -14,7 +14,7 @@
 //     { status, headers, body } (req: { method, path, body, payload, url }),
 //     or null to forward it;
 //   - every request is recorded in front.requests, JWS bodies decoded:
-//     { method, path, url, body, protected, payload }.
+//     { at (ms), method, path, url, body, protected, payload }.
 //
 //   const front = await AcmeFront.start({ upstream: pebble.directory, upstreamCa, cert, key });
 //   front.directory        // "https://127.0.0.1:PORT/dir"
@@ -60,7 +60,7 @@ class AcmeFront {
     const chunks = [];
     for await (const c of req) chunks.push(c);
     const body = Buffer.concat(chunks);
-    const rec = { method: req.method, path: req.url.split('?')[0], url: `${this.origin}${req.url}`, body: body.toString('utf8') };
+    const rec = { at: Date.now(), method: req.method, path: req.url.split('?')[0], url: `${this.origin}${req.url}`, body: body.toString('utf8') };
     if (body.length) {
       try {
         const jws = JSON.parse(rec.body);
