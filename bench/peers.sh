@@ -24,6 +24,8 @@
 # Every terminator: TLS 1.2 + 1.3, the same two certificates, session
 # tickets and a session cache on, 2 workers/threads.
 # BENCH_TLS13_TICKETS: the agent's TlsContext.tls13_tickets (unset: 2).
+# BENCH_NGINX_SINGLE=1: the terminating nginx runs without a master process
+# (`master_process off`: one process, so that valgrind sees the worker).
 
 BENCH_UPSTREAM_PORT=${BENCH_UPSTREAM_PORT:-21080}
 BENCH_ECDSA_PORT=${BENCH_ECDSA_PORT:-21443}
@@ -176,6 +178,7 @@ EOF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes $w;
 daemon off;
+$([ "${BENCH_NGINX_SINGLE:-0}" != 1 ] || echo 'master_process off;')
 pid $d/run/nginx-stream.pid;
 error_log $d/run/nginx-stream.err warn;
 worker_rlimit_nofile 20000;

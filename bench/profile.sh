@@ -10,6 +10,22 @@
 #       scenario, the agent's Ir/op for A and B side by side with B / A.
 #       Short by default (N_HANDSHAKE 20, N_KEEPALIVE 200): a few seconds a
 #       scenario and commit. With --strace, the syscall counts of both too.
+#   bench/profile.sh --terminators "tlsplane-agent nginx haproxy" [SCENARIO...]
+#       the same profile for each named terminator in turn (one at a time),
+#       with the configs bench/run.sh uses (bench/peers.sh), 1 worker each:
+#       nginx's stream module with `master_process off` (one process, so
+#       valgrind sees the worker), haproxy with nbthread 1 and -db. Short
+#       defaults as with --compare. Results:
+#       $RESULTS_DIR/profile-peers-STAMP.{txt,jsonl}, ending with a table of
+#       libcrypto+libssl, the crypto proper, the terminator's own code and libc
+#       per operation for every scenario and terminator.
+#   bench/profile.sh --massif [--terminators "..."]
+#       heap per idle connection under valgrind's massif: a detailed snapshot
+#       (through vgdb) before and while IDLE_CONNS TLS 1.3 connections are
+#       held after one keep-alive request each; per connection: the heap's
+#       growth, the part allocated inside libssl/libcrypto, the part below
+#       SSL_new (the SSL object), the rest. Results:
+#       $RESULTS_DIR/profile-peers-STAMP-massif.{txt,jsonl}.
 #
 # For each scenario the agent (1 worker, the bench's snapshot) runs twice
 # under callgrind: N operations, then 2N. (2N - N) / N is the cost of one
@@ -26,17 +42,33 @@
 #   N_HANDSHAKE     handshakes for the handshake scenarios (default 200)
 #   N_KEEPALIVE     requests for keepalive_13 (default 2000)
 #   CONCURRENCY     tlsload clients (default 4)
+#   IDLE_CONNS      --massif: idle connections held (default 200)
 #   RESULTS_DIR     default bench/results
 #   COMPARE_CACHE   --compare's build trees (default /tmp/tlsplane-compare)
 #   PROFILE_ECDSA_PORT, PROFILE_RSA_PORT, PROFILE_UPSTREAM_PORT (default:
-#                   free ports the kernel picks)
+#                   free ports the kernel picks; so are the re-encrypting
+#                   listener's and the HTTPS upstream's, which the peers' configs
+#                   name too)
 set -euo pipefail
 
 STRACE=0
+MASSIF=0
 COMPARE=()
+TERMS=()
 while [ $# -gt 0 ]; do
     case $1 in
     --strace) STRACE=1; shift ;;
+    --massif) MASSIF=1; shift ;;
+    --terminators)
+        [ $# -ge 2 ] || { echo "usage: $0 --terminators \"NAME...\" [SCENARIO...]" >&2; exit 2; }
+        read -ra TERMS <<<"$2"
+        for t in "${TERMS[@]}"; do
+            case $t in tlsplane-agent | nginx | haproxy) ;;
+            *) echo "$0: cannot profile $t (tlsplane-agent, nginx, haproxy)" >&2; exit 2 ;;
+            esac
+        done
+        shift 2
+        ;;
     --compare)
         [ $# -ge 3 ] || { echo "usage: $0 --compare A B [SCENARIO...]" >&2; exit 2; }
         COMPARE=("$2" "$3")
@@ -45,24 +77,32 @@ while [ $# -gt 0 ]; do
     *) break ;;
     esac
 done
-if [ ${#COMPARE[@]} -gt 0 ]; then
+if [ ${#COMPARE[@]} -gt 0 ] && { [ ${#TERMS[@]} -gt 0 ] || [ "$MASSIF" = 1 ]; }; then
+    echo "$0: --compare takes no --terminators or --massif" >&2
+    exit 2
+fi
+if [ "$MASSIF" = 1 ] && [ ${#TERMS[@]} -eq 0 ]; then TERMS=(tlsplane-agent); fi
+if [ ${#COMPARE[@]} -gt 0 ] || [ ${#TERMS[@]} -gt 0 ]; then
     N_HANDSHAKE=${N_HANDSHAKE:-20}
     N_KEEPALIVE=${N_KEEPALIVE:-200}
 fi
 
-# Three ports nobody listens on, chosen by the kernel (bound together, then
+# Five ports nobody listens on, chosen by the kernel (bound together, then
 # released: a port is not handed out twice in that window).
 free_ports() {
     python3 -c 'import socket
-s = [socket.socket() for _ in range(3)]
+s = [socket.socket() for _ in range(5)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(" ".join(str(x.getsockname()[1]) for x in s))'
 }
-read -r P1 P2 P3 <<<"$(free_ports)"
+read -r P1 P2 P3 P4 P5 <<<"$(free_ports)"
 export BENCH_ECDSA_PORT=${PROFILE_ECDSA_PORT:-$P1}
 export BENCH_RSA_PORT=${PROFILE_RSA_PORT:-$P2}
 export BENCH_UPSTREAM_PORT=${PROFILE_UPSTREAM_PORT:-$P3}
+export BENCH_BOTH_PORT=$P4
+export BENCH_UPSTREAM_TLS_PORT=$P5
 export BENCH_WORKERS=1
+export BENCH_NGINX_SINGLE=1
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 # shellcheck source=bench/peers.sh
@@ -141,32 +181,55 @@ make -s -C "$BENCH_DIR" BUILD="$WORK/build" "$WORK/build/tlsload"
 TLSLOAD=$WORK/build/tlsload
 peers_certs "$WORK"
 peers_configs "$WORK"
-for p in "$E" "$R" "$BENCH_UPSTREAM_PORT"; do
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+for t in "${TERMS[@]}"; do
+    [ "$t" = tlsplane-agent ] || command -v "$t" >/dev/null ||
+        { peers_log "$t is not installed (bench/peers.sh setup installs it)"; exit 1; }
+done
+for p in "$E" "$R" "$BENCH_UPSTREAM_PORT" "$BENCH_BOTH_PORT" "$BENCH_UPSTREAM_TLS_PORT"; do
     if port_open "$p"; then peers_log "port $p is in use; set PROFILE_*_PORT"; exit 1; fi
 done
 peers_start_bg "$WORK" upstream
 PIDS+=("$PEERS_PID")
-wait_ports "$BENCH_UPSTREAM_PORT" || { peers_log "upstream did not start"; exit 1; }
+wait_ports "$BENCH_UPSTREAM_PORT" "$BENCH_UPSTREAM_TLS_PORT" || { peers_log "upstream did not start"; exit 1; }
 
-# run_agent OUTFILE WRAPPER... : start the agent under WRAPPER -> AGENT_PID
+# The terminator profiled: tlsplane-agent ($AGENT) unless --terminators
+# names another.
+TERM_NAME=tlsplane-agent
+# own_spec NAME -> cgsplit.py's --own: the terminator's own objects
+own_spec() {
+    case $1 in
+    tlsplane-agent) echo agent=tlsplane-agent ;;
+    nginx) echo nginx=nginx,ngx_ ;;
+    haproxy) echo haproxy=haproxy ;;
+    esac
+}
+
+# run_agent OUTFILE WRAPPER... : start $TERM_NAME under WRAPPER -> AGENT_PID
 run_agent() {
-    local log=$1
+    local log=$1 cmd
     shift
-    "$@" "$AGENT" --config "$WORK/tlsplane-snapshot.json" --workers 1 --metrics-listen off \
-        >"$log" 2>&1 &
+    if [ "$TERM_NAME" = tlsplane-agent ]; then
+        cmd=("$AGENT" --config "$WORK/tlsplane-snapshot.json" --workers 1 --metrics-listen off)
+    else
+        # the command line bench/run.sh starts it with (haproxy -db, nginx
+        # in the foreground), the config peers_configs wrote for 1 worker
+        read -ra cmd <<<"$(peers_cmd "$WORK" "$TERM_NAME")"
+    fi
+    "$@" "${cmd[@]}" >"$log" 2>&1 &
     AGENT_PID=$!
     PIDS+=("$AGENT_PID")
     if ! WAIT_SECS=60 wait_ports "$E" "$R"; then
-        peers_log "agent did not come up:"
+        peers_log "$TERM_NAME did not come up:"
         tail -n 20 "$log" >&2
         exit 1
     fi
 }
 
 stop_agent() {
-    # under strace the agent is strace's child: signal it, strace follows
+    # under strace the terminator is strace's child: signal it, strace follows
     local kid
-    kid=$(pgrep -P "$AGENT_PID" -f tlsplane-agent || true)
+    kid=$(pgrep -P "$AGENT_PID" -f "$TERM_NAME" || true)
     kill -TERM "${kid:-$AGENT_PID}" 2>/dev/null || true
     wait "$AGENT_PID" 2>/dev/null || true
     wait_ports_closed "$E" "$R" || true
@@ -253,6 +316,157 @@ PY
             } | tee -a "$TXT"
         fi
     done
+    peers_log "results: $TXT $JSONL"
+    exit 0
+fi
+
+# --massif: heap per idle connection, for each terminator in turn.
+# massif_one NAME -> a JSON line on stdout
+massif_one() {
+    local t=$1 base=$WORK/$1.base.ms held=$WORK/$1.held.ms out=$WORK/$1.idle.json gen
+    TERM_NAME=$t
+    # the agent's allocation functions for OpenSSL (agent/recbuf.c) count
+    # as allocators, so that what OpenSSL allocates through them is OpenSSL's
+    run_agent "$WORK/$t.massif.log" valgrind --tool=massif --massif-out-file="$WORK/$t.massif.out" \
+        --threshold=0.01 --vgdb=yes --alloc-fn=recbuf_malloc --alloc-fn=recbuf_realloc
+    # one request first, so that start-up allocations (first handshake,
+    # first upstream connection) are in the baseline
+    "$TLSLOAD" -m keepalive --tls1.3 "${TLSOPTS[@]}" -c 1 -n 1 "127.0.0.1:$E" >/dev/null
+    vgdb --pid="$AGENT_PID" detailed_snapshot "$base" >/dev/null 2>&1
+    "$TLSLOAD" -m idle --tls1.3 "${TLSOPTS[@]}" -c "$IDLE_CONNS" --inflight 20 -d 600 \
+        --timeout 60 "127.0.0.1:$E" >"$out" &
+    gen=$!
+    for _ in $(seq 1 1200); do
+        grep -q '"ready"' "$out" && break
+        kill -0 "$gen" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q '"ready"' "$out" || { peers_log "$t: idle connections not established"; exit 1; }
+    sleep 2
+    vgdb --pid="$AGENT_PID" detailed_snapshot "$held" >/dev/null 2>&1
+    kill -TERM "$gen" 2>/dev/null || true
+    wait "$gen" 2>/dev/null || true
+    stop_agent
+    python3 - "$t" "$base" "$held" "$(head -n 1 "$out")" <<'PY'
+import json, re, sys
+t, base, held, ready = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+node = re.compile(r"^( *)n\d+: (\d+) (.*)$")
+def load(path):
+    # total heap, malloc's extra bytes, bytes allocated inside
+    # libssl/libcrypto (the allocation function's direct caller is theirs),
+    # bytes below SSL_new (outermost SSL_new on each allocation stack)
+    heap = extra = ossl = ssl_new = 0
+    stack = []  # (depth, is SSL_new or below)
+    for line in open(path):
+        if line.startswith("mem_heap_B="):
+            heap = int(line.split("=")[1])
+        elif line.startswith("mem_heap_extra_B="):
+            extra = int(line.split("=")[1])
+        m = node.match(line.rstrip("\n"))
+        if not m:
+            continue
+        depth, b, what = len(m.group(1)), int(m.group(2)), m.group(3)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        under = bool(stack) and stack[-1][1]
+        here = re.search(r": SSL_new \(", what) is not None
+        if here and not under:
+            ssl_new += b
+        if depth == 1 and re.search(r"\(in [^)]*lib(ssl|crypto)\.so", what):
+            ossl += b
+        stack.append((depth, under or here))
+    return heap, extra, ossl, ssl_new
+b, h = load(base), load(held)
+n = ready.get("established", 0)
+per = lambda i: round((h[i] - b[i]) / n) if n else 0
+print(json.dumps({"terminator": t, "idle_conns": n, "heap_per_conn": per(0),
+                  "malloc_extra_per_conn": per(1), "openssl_per_conn": per(2),
+                  "ssl_new_per_conn": per(3), "rest_per_conn": per(0) - per(2)}))
+PY
+}
+
+if [ "$MASSIF" = 1 ]; then
+    command -v vgdb >/dev/null || { peers_log "vgdb (valgrind) is not installed"; exit 1; }
+    IDLE_CONNS=${IDLE_CONNS:-200}
+    TXT=$RESULTS_DIR/profile-peers-$STAMP-massif.txt
+    JSONL=$RESULTS_DIR/profile-peers-$STAMP-massif.jsonl
+    : >"$JSONL"
+    for t in "${TERMS[@]}"; do
+        peers_log "$t: $IDLE_CONNS idle connections under massif"
+        massif_one "$t" >>"$JSONL"
+    done
+    {
+        echo "# heap per idle TLS 1.3 connection after one request, valgrind massif, $STAMP ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+        echo "# $(openssl version); 1 worker; bytes per connection: (held snapshot - baseline) / connections"
+        echo "# openssl = allocated inside libssl/libcrypto; SSL_new = below SSL_new (the SSL object); rest = the terminator, libuv, libc"
+        echo
+        python3 - "$JSONL" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("%-16s %6s %10s %10s %10s %10s %12s" % ("terminator", "conns", "heap", "openssl", "SSL_new", "rest", "malloc extra"))
+for r in rows:
+    print("%-16s %6d %10d %10d %10d %10d %12d" % (r["terminator"], r["idle_conns"], r["heap_per_conn"],
+          r["openssl_per_conn"], r["ssl_new_per_conn"], r["rest_per_conn"], r["malloc_extra_per_conn"]))
+PY
+    } | tee "$TXT"
+    peers_log "results: $TXT $JSONL"
+    exit 0
+fi
+
+# --terminators: the same profile for the agent and its peers.
+if [ ${#TERMS[@]} -gt 0 ]; then
+    TXT=$RESULTS_DIR/profile-peers-$STAMP.txt
+    JSONL=$RESULTS_DIR/profile-peers-$STAMP.jsonl
+    : >"$JSONL"
+    {
+        echo "# callgrind profile of ${TERMS[*]} $STAMP ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+        echo "# $(openssl version); $(nginx -v 2>&1 | sed 's|.*: ||'); $(haproxy -v | awk 'NR==1 {print "haproxy " $3}') (Debian, DEBUG_STRICT)"
+        echo "# Ir = instructions per operation, (2N - N) / N; 1 worker; $CONCURRENCY clients; kernel not included"
+    } | tee "$TXT"
+    for spec in "${ALL[@]}"; do
+        IFS='|' read -r id args port <<<"$spec"
+        selected "$id" || continue
+        n=$(ops_for "$id")
+        for t in "${TERMS[@]}"; do
+            TERM_NAME=$t
+            peers_log "$id, $t: $n and $((2 * n)) operations under callgrind"
+            profile_one "$id" "$args" "$port" "$n" ".$t"
+            profile_one "$id" "$args" "$port" $((2 * n)) ".$t"
+            {
+                echo
+                echo "## $id, $t ($n ops)"
+                python3 "$BENCH_DIR/cgsplit.py" --own "$(own_spec "$t")" "$n" \
+                    "$WORK/$id.$t.$n.out" "$WORK/$id.$t.$((2 * n)).out"
+            } | tee -a "$TXT"
+            printf '{"scenario":"%s","terminator":"%s","ops":%d,"load":%s,"profile":%s}\n' "$id" "$t" "$n" \
+                "$(tail -n 1 "$WORK/$id.$t.$((2 * n)).load.json" 2>/dev/null || echo null)" \
+                "$(python3 "$BENCH_DIR/cgsplit.py" --json --own "$(own_spec "$t")" "$n" \
+                    "$WORK/$id.$t.$n.out" "$WORK/$id.$t.$((2 * n)).out")" >>"$JSONL"
+        done
+    done
+    {
+        echo
+        echo "## Summary: Ir per operation"
+        echo "# ssl+crypto = libssl + libcrypto; crypto proper = EVP_PKEY_keygen + EVP_PKEY_derive (X25519)"
+        echo "# + EVP_DigestSign (ECDSA P-256), inclusive; own = the terminator's binary (nginx: and its modules)"
+        python3 - "$JSONL" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("%-14s %-15s %10s %11s %9s %9s %9s %9s %8s %9s %8s %9s %8s" % (
+    "scenario", "terminator", "total", "ssl+crypto", "libssl", "libcrypto", "keygen", "derive",
+    "sign", "own", "libc", "other", "resumed"))
+for r in rows:
+    p, o = r["profile"], r["profile"]["by_object"]
+    inc = p["inclusive"]
+    load = r.get("load") or {}
+    print("%-14s %-15s %10d %11d %9d %9d %9d %9d %8d %9d %8d %9d %8s" % (
+        r["scenario"], r["terminator"], p["ir_per_op"], o.get("libssl", 0) + o.get("libcrypto", 0),
+        o.get("libssl", 0), o.get("libcrypto", 0), inc.get("EVP_PKEY_keygen", 0),
+        inc.get("EVP_PKEY_derive", 0), inc.get("EVP_DigestSign", 0), o.get(p["own"], 0),
+        o.get("libc", 0), o.get("libuv", 0) + o.get("other", 0),
+        "%s/%s" % (load.get("resumed", "?"), load.get("ops", "?"))))
+PY
+    } | tee -a "$TXT"
     peers_log "results: $TXT $JSONL"
     exit 0
 fi

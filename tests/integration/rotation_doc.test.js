@@ -33,7 +33,6 @@ const docs = require('./lib/docblocks');
 
 const REPO = path.resolve(__dirname, '../..');
 const DOC = path.join(REPO, 'docs/rotation.md');
-const GRPCURL_JS = path.join(__dirname, 'lib/grpcurl.js');
 
 const ctx = {};
 const api = () => ctx.conn.api;
@@ -63,16 +62,14 @@ before(async () => {
   const [apiPort, shopPort] = await freePorts(2);
   ctx.ports = { api: apiPort, shop: shopPort };
   await startPebble();
-  const bin = path.join(ctx.root, 'bin');
-  fs.mkdirSync(bin);
-  fs.writeFileSync(path.join(bin, 'grpcurl'), `#!/bin/sh\nexec '${process.execPath}' '${GRPCURL_JS}' "$@"\n`, { mode: 0o755 });
-  fs.symlinkSync(path.resolve(serverBinary()), path.join(bin, 'tlsplane-server'));
+  const bin = docs.toolsDir(path.join(ctx.root, 'bin'), { 'tlsplane-server': serverBinary() });
   ctx.env = { ...process.env, PATH: `${bin}${path.delimiter}${process.env.PATH}`, LEGO_CA_CERTIFICATES: ctx.pebbleCa };
   for (const k of ['TLSPLANE_TOKEN', 'TLSPLANE_LISTEN', 'TLSPLANE_CERTIFICATE']) delete ctx.env[k];
   ctx.work = path.join(ctx.root, 'work');
   fs.mkdirSync(ctx.work);
   fs.symlinkSync(ctx.srv.dataDir, work('var'));
   fs.symlinkSync(path.join(REPO, 'scripts'), work('scripts'));
+  ctx.page = docs.pageRunner({ doc: 'docs/rotation.md', cwd: ctx.work, env: ctx.env, address: ctx.srv.address });
   const tok = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'doc-a' } });
   ctx.agent = await CpAgent.start(ctx.srv, { name: 'doc-a', joinToken: tok.secret, wait: 'connected' });
 });
@@ -86,14 +83,7 @@ after(async () => {
 });
 
 // Every block runs after the first (S and g), in the working directory.
-let prelude = '';
-async function runBlock(block, subs = [], { timeoutMs = 120000, env = ctx.env } = {}) {
-  const address = { from: '127.0.0.1:7443', to: ctx.srv.address, why: 'the test server\'s port' };
-  const text = docs.substitute(block, block.text.includes(address.from) ? [address, ...subs] : subs, 'docs/rotation.md');
-  const r = await docs.bash(prelude + text, { cwd: ctx.work, env, timeoutMs });
-  assert.equal(r.code, 0, `docs/rotation.md line ${block.line} failed (exit ${r.code}):\n${r.stderr}\n${r.stdout}`);
-  return r;
-}
+const runBlock = (block, subs, opts) => ctx.page.run(block, subs, opts);
 
 const legoSubs = () => [
   { from: 'https://acme-v02.api.letsencrypt.org/directory', to: ctx.pb.directory, why: 'pebble for Let\'s Encrypt' },
@@ -107,7 +97,7 @@ const BLOCKS = [
     first: /^S=127\.0\.0\.1:7443$/,
     async run(block) {
       await runBlock(block);
-      prelude = docs.substitute(block, [{ from: '127.0.0.1:7443', to: ctx.srv.address, why: 'the test server\'s port' }], 'docs/rotation.md');
+      ctx.page.setPrelude(block);
     },
   },
   {
@@ -228,13 +218,13 @@ const BLOCKS = [
     first: /^lego --server https:\/\/acme-v02/,
     async run(block) {
       const subs = [...legoSubs(), { from: '--days 30', to: '--days 100000 --no-random-sleep', why: 'pebble\'s certificates last 5 years: renew now' }];
-      const saved = prelude;
-      prelude += ctx.legoEnv;
+      const saved = ctx.page.prelude;
+      ctx.page.prelude += ctx.legoEnv;
       let r;
       try {
         r = await runBlock(block, subs, { timeoutMs: 180000 });
       } finally {
-        prelude = saved;
+        ctx.page.prelude = saved;
       }
       const c = await api().CertificateService.GetCertificate({ name: 'certificates/www' });
       assert.notEqual(c.serialNumber, ctx.www.serialNumber);

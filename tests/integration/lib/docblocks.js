@@ -9,9 +9,16 @@
 //   const text = substitute(block, [{ from, to, why }], 'docs/x.md');
 //   const r = await bash(text, { cwd, env });       // { code, stdout, stderr, sections }
 //   outputOf(r.sections, /grpcurl .*GetCertificate/); jsonOf(r.sections, re);
+//
+// A page run in order against a test server (rotation.md, acme.md):
+//   const env = { ...process.env, PATH: `${toolsDir(dir, { 'tlsplane-server': bin })}:...` };
+//   const page = pageRunner({ doc: 'docs/x.md', cwd, env, address: srv.address });
+//   page.setPrelude(firstBlock);                    // S and g(), for every later block
+//   const r = await page.run(block, subs);          // exit 0 asserted
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
+const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { tool } = require('./tools');
 
@@ -84,4 +91,37 @@ function bash(script, { cwd, env, trace = true, timeoutMs = 120000 } = {}) {
   });
 }
 
-module.exports = { shBlocks, substitute, sections, outputOf, jsonOf, bash };
+// dir, made, holding what the pages call by name: grpcurl (lib/grpcurl.js
+// on this Node) and a link to each of links' files ({ name: file }).
+function toolsDir(dir, links = {}) {
+  fs.mkdirSync(dir, { recursive: true });
+  const grpcurl = path.join(__dirname, 'grpcurl.js');
+  fs.writeFileSync(path.join(dir, 'grpcurl'), `#!/bin/sh\nexec '${process.execPath}' '${grpcurl}' "$@"\n`, { mode: 0o755 });
+  for (const [name, file] of Object.entries(links)) fs.symlinkSync(path.resolve(file), path.join(dir, name));
+  return dir;
+}
+
+// The blocks of doc (its path as the page names it, for messages) run as
+// an operator runs them one after the other: each after the prelude (the
+// first block, which sets S and g), the pages' API address 127.0.0.1:7443
+// replaced by address wherever it appears, in cwd with env; a block that
+// fails fails the test with its output.
+const PAGE_ADDRESS = '127.0.0.1:7443';
+function pageRunner({ doc, cwd, env, address }) {
+  const api = { from: PAGE_ADDRESS, to: address, why: 'the test server\'s port' };
+  const page = {
+    prelude: '',
+    setPrelude(block) {
+      page.prelude = substitute(block, [api], doc);
+    },
+    async run(block, subs = [], { timeoutMs = 120000, env: runEnv = env } = {}) {
+      const text = substitute(block, block.text.includes(PAGE_ADDRESS) ? [api, ...subs] : subs, doc);
+      const r = await bash(page.prelude + text, { cwd, env: runEnv, timeoutMs });
+      assert.equal(r.code, 0, `${doc} line ${block.line} failed (exit ${r.code}):\n${r.stderr}\n${r.stdout}`);
+      return r;
+    },
+  };
+  return page;
+}
+
+module.exports = { shBlocks, substitute, sections, outputOf, jsonOf, bash, toolsDir, pageRunner };
