@@ -554,6 +554,10 @@ static int parse_timestamp(const char *s, int64_t *secs, int32_t *nanos, const c
   return 0;
 }
 
+int pbjson_timestamp_parse(const char *s, int64_t *secs, int32_t *nanos, const char **why) {
+  return parse_timestamp(s, secs, nanos, why);
+}
+
 /* ".123", ".123456", ".123456789" or "" for nanos in [0, 1e9). */
 static void format_nanos(char *buf, size_t len, int32_t nanos) {
   if (nanos == 0)

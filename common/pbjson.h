@@ -113,4 +113,10 @@ int pbjson_from_json(const ProtobufCMessageDescriptor *desc, const json_t *json,
                      ProtobufCMessage **out, struct tp_err *err);
 int pbjson_to_json(const ProtobufCMessage *msg, int flags, json_t **out, struct tp_err *err);
 
+/* Reads an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|
+ * -HH:MM), years 0001 to 9999) as the JSON mapping of a Timestamp does:
+ * 0 with *secs and *nanos (UTC), or -1 with *why (static text) saying
+ * what is wrong. */
+int pbjson_timestamp_parse(const char *s, int64_t *secs, int32_t *nanos, const char **why);
+
 #endif

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "pbjson.h"
+
 #define BAD_NONCE "urn:ietf:params:acme:error:badNonce"
 #define RATE_LIMITED "urn:ietf:params:acme:error:rateLimited"
 #define JOSE "application/jose+json"
@@ -280,6 +282,12 @@ int acme_directory_parse(const char *body, size_t len, struct acme_directory *d,
     d->terms_of_service = member_string(meta, "termsOfService", ACME_URL_MAX);
     d->eab_required = json_is_true(json_object_get(meta, "externalAccountRequired"));
   }
+  /* Optional (RFC 9773 4): one that is not an https URL is as none. */
+  d->renewal_info = member_string(j, "renewalInfo", ACME_URL_MAX);
+  if (d->renewal_info != NULL && !url_ok(d->renewal_info)) {
+    free(d->renewal_info);
+    d->renewal_info = NULL;
+  }
   json_decref(j);
   const char *missing = !url_ok(d->new_nonce)     ? "newNonce"
                         : !url_ok(d->new_account) ? "newAccount"
@@ -298,6 +306,7 @@ void acme_directory_clear(struct acme_directory *d) {
   free(d->new_account);
   free(d->new_order);
   free(d->terms_of_service);
+  free(d->renewal_info);
   memset(d, 0, sizeof(*d));
 }
 
@@ -785,7 +794,8 @@ int acme_challenge_cert(const char *name, const char *token, const char *thumbpr
 }
 
 int acme_order_new(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *const *names,
-                   size_t n, char **url, struct acme_order *o, struct tp_err *err) {
+                   size_t n, const char *replaces, char **url, struct acme_order *o,
+                   struct tp_err *err) {
   *url = NULL;
   memset(o, 0, sizeof(*o));
   if (n == 0 || n > ACME_ORDER_NAMES_MAX)
@@ -798,6 +808,12 @@ int acme_order_new(struct acme_client *c, EVP_PKEY *key, const char *kid, const 
   for (size_t i = 0; ok && i < n; i++)
     ok = json_array_append_new(ids, json_pack("{s:s,s:s}", "type", "dns", "value", names[i])) == 0;
   json_t *req = ok ? json_pack("{s:O}", "identifiers", ids) : NULL;
+  /* A server without ARI need not know the member (RFC 9773 5). */
+  if (req != NULL && replaces != NULL && replaces[0] != '\0' && c->dir.renewal_info != NULL &&
+      json_object_set_new(req, "replaces", json_string(replaces)) != 0) {
+    json_decref(req);
+    req = NULL;
+  }
   char *payload = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
   json_decref(req);
   json_decref(ids);
@@ -894,6 +910,137 @@ int acme_certificate_download(struct acme_client *c, EVP_PKEY *key, const char *
     rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME certificate: an empty or binary answer");
   else if ((*chain_pem = strdup((const char *)r.body)) == NULL)
     rc = oom(err);
+  http_fetch_result_clear(&r);
+  return rc;
+}
+
+/* ---- Renewal Information (RFC 9773) ---- */
+
+char *acme_cert_id(X509 *leaf) {
+  const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(leaf);
+  const ASN1_INTEGER *serial = X509_get0_serialNumber(leaf);
+  ERR_clear_error();
+  if (aki == NULL || ASN1_STRING_length(aki) <= 0 || serial == NULL)
+    return NULL;
+  /* The serial's DER without its tag and length: OpenSSL's encoder,
+   * then its header reader to skip to the content. */
+  unsigned char *der = NULL;
+  int der_len = i2d_ASN1_INTEGER(serial, &der);
+  const unsigned char *p = der;
+  long content_len = 0;
+  int tag = 0, xclass = 0;
+  char *out = NULL;
+  if (der_len > 0 && (ASN1_get_object(&p, &content_len, &tag, &xclass, der_len) & 0x80) == 0 &&
+      tag == V_ASN1_INTEGER && content_len > 0 && p + content_len == der + der_len) {
+    char *k = acme_b64url(ASN1_STRING_get0_data(aki), (size_t)ASN1_STRING_length(aki));
+    char *s = acme_b64url(p, (size_t)content_len);
+    size_t kn = k != NULL ? strlen(k) : 0, sn = s != NULL ? strlen(s) : 0;
+    if (k != NULL && s != NULL && kn + 1 + sn <= ACME_CERT_ID_MAX &&
+        (out = malloc(kn + sn + 2)) != NULL) {
+      memcpy(out, k, kn);
+      out[kn] = '.';
+      memcpy(out + kn + 1, s, sn + 1);
+    }
+    free(k);
+    free(s);
+  }
+  ERR_clear_error();
+  OPENSSL_free(der);
+  return out;
+}
+
+char *acme_cert_id_pem(const char *chain_pem) {
+  if (chain_pem == NULL || chain_pem[0] == '\0')
+    return NULL;
+  BIO *b = BIO_new_mem_buf(chain_pem, -1);
+  X509 *x = b != NULL ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+  char *id = x != NULL ? acme_cert_id(x) : NULL;
+  ERR_clear_error();
+  X509_free(x);
+  BIO_free(b);
+  return id;
+}
+
+/* An RFC 3339 member of o as µs since the epoch; -1 when it is not one. */
+static int member_time(const json_t *o, const char *name, int64_t *us) {
+  const json_t *v = json_object_get(o, name);
+  int64_t secs = 0;
+  int32_t nanos = 0;
+  const char *why = NULL;
+  if (!json_is_string(v) || json_string_length(v) > 64 ||
+      pbjson_timestamp_parse(json_string_value(v), &secs, &nanos, &why) != 0)
+    return -1;
+  *us = secs * 1000000 + nanos / 1000;
+  return 0;
+}
+
+int acme_renewal_info_parse(const char *body, size_t len, struct acme_renewal_info *ri,
+                            struct tp_err *err) {
+  memset(ri, 0, sizeof(*ri));
+  json_t *j = object_load(body, len);
+  if (j == NULL)
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME renewalInfo: not a JSON object");
+  const json_t *w = json_object_get(j, "suggestedWindow");
+  const json_t *ex = json_object_get(j, "explanationURL");
+  const char *bad = NULL;
+  if (!json_is_object(w))
+    bad = "no suggestedWindow object";
+  else if (member_time(w, "start", &ri->start_us) != 0)
+    bad = "suggestedWindow.start is not an RFC 3339 time";
+  else if (member_time(w, "end", &ri->end_us) != 0)
+    bad = "suggestedWindow.end is not an RFC 3339 time";
+  else if (ri->end_us <= ri->start_us)
+    bad = "suggestedWindow.end is not after its start";
+  else if (ex != NULL && !json_is_null(ex) &&
+           (!url_ok(ri->explanation_url = member_string(j, "explanationURL", ACME_URL_MAX))))
+    bad = "explanationURL is not an https URL";
+  json_decref(j);
+  if (bad != NULL) {
+    acme_renewal_info_clear(ri);
+    return tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "ACME renewalInfo: %s", bad);
+  }
+  return 0;
+}
+
+void acme_renewal_info_clear(struct acme_renewal_info *ri) {
+  free(ri->explanation_url);
+  memset(ri, 0, sizeof(*ri));
+}
+
+int acme_renewal_info_fetch(struct acme_client *c, const char *cert_id,
+                            struct acme_renewal_info *ri, int64_t *retry_after_s,
+                            struct tp_err *err) {
+  memset(ri, 0, sizeof(*ri));
+  *retry_after_s = -1;
+  if (c->dir.new_order == NULL && acme_directory_fetch(c, err) != 0)
+    return -1;
+  if (c->dir.renewal_info == NULL)
+    return tp_err_set(err, GRPC_STATUS_NOT_FOUND, "the ACME directory offers no renewalInfo");
+  size_t n = strlen(c->dir.renewal_info);
+  if (cert_id == NULL || cert_id[0] == '\0' || strlen(cert_id) > ACME_CERT_ID_MAX ||
+      strspn(cert_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") !=
+          strlen(cert_id))
+    return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT, "ACME renewalInfo: a bad certID");
+  char url[ACME_URL_MAX + ACME_CERT_ID_MAX + 2];
+  /* RFC 9773 4.1: the certID is a path segment after the URL. */
+  snprintf(url, sizeof(url), "%s%s%s", c->dir.renewal_info,
+           n > 0 && c->dir.renewal_info[n - 1] == '/' ? "" : "/", cert_id);
+  struct http_fetch_opts o = fetch_opts(c);
+  struct http_fetch_result r = {0};
+  c->retry_after_s = 0;
+  if (http_fetch(url, &o, &r, err) != 0) {
+    err_where(err, "renewalInfo");
+    return -1;
+  }
+  char *ra = http_fetch_header(&r, "Retry-After");
+  if (ra != NULL)
+    *retry_after_s = retry_after(&r);
+  free(ra);
+  int rc;
+  if (r.status != 200)
+    rc = response_error(c, "renewalInfo", &r, NULL, err);
+  else
+    rc = acme_renewal_info_parse((const char *)r.body, r.len, ri, err);
   http_fetch_result_clear(&r);
   return rc;
 }

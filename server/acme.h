@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,7 +34,8 @@ struct acme_directory {
   char *new_account;
   char *new_order;
   char *terms_of_service;
-  int eab_required; /* meta.externalAccountRequired */
+  char *renewal_info; /* RFC 9773 renewalInfo; NULL when the CA offers none */
+  int eab_required;   /* meta.externalAccountRequired */
 };
 
 /* Reads a directory object: newNonce, newAccount and newOrder are
@@ -175,9 +177,13 @@ int acme_challenge_cert(const char *name, const char *token, const char *thumbpr
 
 /* newOrder for the DNS names (at most ACME_ORDER_NAMES_MAX), signed with
  * key for account kid. 0 with *url (the order's, from Location; malloc'd)
- * and *o filled. Fetches the directory first when c has none. */
+ * and *o filled. Fetches the directory first when c has none. replaces
+ * (may be NULL): the ARI certID of the certificate the order renews,
+ * sent as "replaces" (RFC 9773 5) when the directory offers
+ * renewalInfo. */
 int acme_order_new(struct acme_client *c, EVP_PKEY *key, const char *kid, const char *const *names,
-                   size_t n, char **url, struct acme_order *o, struct tp_err *err);
+                   size_t n, const char *replaces, char **url, struct acme_order *o,
+                   struct tp_err *err);
 
 /* POST-as-GET of an order (acme_order_parse) or an authorization
  * (acme_authz_parse) at url. */
@@ -201,5 +207,49 @@ int acme_order_finalize(struct acme_client *c, EVP_PKEY *key, const char *kid,
  * the server sent it. */
 int acme_certificate_download(struct acme_client *c, EVP_PKEY *key, const char *kid,
                               const char *url, char **chain_pem, struct tp_err *err);
+
+/* ---- Renewal Information (RFC 9773) ---- */
+
+/* How long until the renewal information is asked for again: the CA's
+ * Retry-After within these bounds, the default when it names none. */
+#define ACME_ARI_RETRY_MIN_S 3600
+#define ACME_ARI_RETRY_MAX_S (24 * 3600)
+#define ACME_ARI_RETRY_DEFAULT_S (6 * 3600)
+/* A certID's length at most (a 20-byte key identifier and a 20-byte
+ * serial take 55 characters). */
+#define ACME_CERT_ID_MAX 256
+
+/* The ARI certID of leaf (RFC 9773 4.1): base64url of its Authority Key
+ * Identifier's keyIdentifier, ".", base64url of its serial number's DER
+ * content octets. malloc'd; NULL when leaf has no keyIdentifier or on
+ * OOM. */
+char *acme_cert_id(X509 *leaf);
+/* The same of the first certificate of a PEM chain; NULL when it has none. */
+char *acme_cert_id_pem(const char *chain_pem);
+
+/* A renewalInfo object (RFC 9773 4.2), malloc'd members. */
+struct acme_renewal_info {
+  int64_t start_us;      /* suggestedWindow.start, µs since the epoch */
+  int64_t end_us;        /* suggestedWindow.end, after start */
+  char *explanation_url; /* NULL when none */
+};
+
+/* Reads a renewalInfo object: suggestedWindow with RFC 3339 start and end,
+ * end after start, and an optional explanationURL (an https URL at most
+ * ACME_URL_MAX long; another is refused). -1 (UNAVAILABLE, saying what
+ * is wrong) otherwise; ri is then cleared. */
+int acme_renewal_info_parse(const char *body, size_t len, struct acme_renewal_info *ri,
+                            struct tp_err *err);
+void acme_renewal_info_clear(struct acme_renewal_info *ri);
+
+/* GETs the directory's renewalInfo for cert_id (unauthenticated, through
+ * the same bounded client) and reads it. Fetches the directory first when
+ * c has none; -1 with NOT_FOUND when the directory offers no
+ * renewalInfo. *retry_after_s: the answer's Retry-After in seconds (at
+ * most ACME_RETRY_AFTER_MAX_S), -1 when it named none or no answer
+ * came; set on a failure too. */
+int acme_renewal_info_fetch(struct acme_client *c, const char *cert_id,
+                            struct acme_renewal_info *ri, int64_t *retry_after_s,
+                            struct tp_err *err);
 
 #endif

@@ -219,6 +219,10 @@ static Tlsplane__V1__AcmeOrder *order_state(const struct order *od,
   o.failures = was != NULL ? was->failures : 0;
   o.next_attempt_time = was != NULL ? was->next_attempt_time : NULL;
   o.complete_time = was != NULL ? was->complete_time : NULL;
+  o.renewal_info = was != NULL ? was->renewal_info : NULL;
+  Tlsplane__V1__AcmeRenewalInfo ri = TLSPLANE__V1__ACME_RENEWAL_INFO__INIT;
+  Google__Protobuf__Timestamp check = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+  char *cert_id = NULL;
   if (st->kind == STATE_FAILED) {
     o.failures++;
     o.last_error = (char *)st->why;
@@ -236,8 +240,19 @@ static Tlsplane__V1__AcmeOrder *order_state(const struct order *od,
     done.seconds = now_us / 1000000;
     done.nanos = (int32_t)(now_us % 1000000) * 1000;
     o.complete_time = &done;
+    /* The new chain's renewal information is asked for at once (the
+     * renewal job, acme_ari.h) when the CA offers it. */
+    o.renewal_info = NULL;
+    if (od->client.dir.renewal_info != NULL && (cert_id = acme_cert_id_pem(st->chain)) != NULL) {
+      ri.cert_id = cert_id;
+      check = done;
+      ri.next_check_time = &check;
+      o.renewal_info = &ri;
+    }
   }
-  return (Tlsplane__V1__AcmeOrder *)pb_clone(&o.base);
+  Tlsplane__V1__AcmeOrder *res = (Tlsplane__V1__AcmeOrder *)pb_clone(&o.base);
+  free(cert_id);
+  return res;
 }
 
 /* Writes st on the certificate as it is now (one revision, actor
@@ -474,9 +489,13 @@ static void fleet_wait(struct order *od, int64_t revision) {
 /* newOrder, the authorizations and their challenge certificates. */
 static int order_open(struct order *od, struct tp_err *err) {
   const Tlsplane__V1__Issuance *iss = od->c->issuance;
-  if (acme_order_new(&od->client, od->account_key, od->is->acme_account_url,
-                     (const char *const *)iss->dns_names, iss->n_dns_names, &od->order_url, &od->o,
-                     err) != 0)
+  /* A renewal names the certificate it replaces (RFC 9773 5). */
+  char *replaces = od->renewal ? acme_cert_id_pem(od->c->certificate_chain_pem) : NULL;
+  int orc = acme_order_new(&od->client, od->account_key, od->is->acme_account_url,
+                           (const char *const *)iss->dns_names, iss->n_dns_names, replaces,
+                           &od->order_url, &od->o, err);
+  free(replaces);
+  if (orc != 0)
     return -1;
   size_t n = od->o.n_authorizations;
   od->authz = calloc(n + 1, sizeof(*od->authz));

@@ -15,7 +15,9 @@
  * CSR, the order polled, the chain downloaded and attached to the
  * certificate (one revision: the pending key becomes the serving key).
  * A renewal first re-keys the certificate (a new pending request) while
- * the old chain keeps serving.
+ * the old chain keeps serving, and its newOrder names the certificate it
+ * replaces (RFC 9773 5, when the CA offers renewalInfo). A completed
+ * order leaves the new chain's renewal information to check (acme_ari.h).
  *
  * The order's state is written on the certificate as it goes
  * (Certificate.acme_order); a failure (an ACME problem, a transport

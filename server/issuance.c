@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acme_ari.h"
 #include "acme_order.h"
 #include "ca.h"
 #include "certinfo.h"
@@ -400,18 +401,30 @@ int issuance_prepare(Tlsplane__V1__Certificate *c, const Tlsplane__V1__Certifica
                             TLSPLANE__V1__RENEWAL_POLICY__RENEW_BEFORE_KIND_RENEW_BEFORE_FRACTION)
     before_us = (int64_t)((double)lifetime_us * r->renew_before_fraction);
   int64_t at = pb_sat_add(pb_timestamp_us(c->not_after), -before_us);
+  /* The CA's suggestion (RFC 9773) wins when sooner: the client SHOULD
+   * renew inside its window, and the policy stays the operator's floor. */
+  const Tlsplane__V1__AcmeRenewalInfo *ari =
+      c->acme_order != NULL ? c->acme_order->renewal_info : NULL;
+  if (ari != NULL && ari->renewal_time != NULL && pb_timestamp_us(ari->renewal_time) < at)
+    at = pb_timestamp_us(ari->renewal_time);
   if (pb_timestamp_set(&c->base, "renewal_time", at > 0 ? at : 1) != 0)
     return oom(err);
   return 0;
 }
 
-int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c) {
-  if (c->issuance == NULL)
-    return 0;
+/* When the renewal (or its retry) is due. */
+static int64_t renewal_due_us(const Tlsplane__V1__Certificate *c) {
   int64_t due = c->renewal_failures > 0 && c->next_attempt_time != NULL
                     ? pb_timestamp_us(c->next_attempt_time)
                     : pb_timestamp_us(c->renewal_time);
   return due > 0 ? due : 1;
+}
+
+int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c) {
+  if (c->issuance == NULL)
+    return 0;
+  int64_t due = renewal_due_us(c), check = acme_ari_check_time_us(c);
+  return check > 0 && check < due ? check : due;
 }
 
 /* ---- Renewal ---- */
@@ -501,6 +514,12 @@ static int renew_one(struct api *api, struct jobs *jobs, const struct rpc_call_i
   if (c == NULL || c->issuance == NULL || issuance_due_time_us(c) > now_us) {
     if (c != NULL)
       tlsplane__v1__certificate__free_unpacked(c, NULL);
+    return 0;
+  }
+  if (renewal_due_us(c) > now_us) {
+    /* Only its renewal information is due (acme_ari.h). */
+    tlsplane__v1__certificate__free_unpacked(c, NULL);
+    acme_ari_submit(api, jobs, r->name);
     return 0;
   }
   if (issuance_from_acme(api, c)) {

@@ -45,11 +45,15 @@ int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage 
 /* For the Certificate kind's prepare: carries the issuance and renewal
  * state of old over to c when the write did not set them (an update by a
  * caller, which clears output fields), and derives renewal_time from
- * not_after and the policy. 0 or -1 (out of memory). */
+ * not_after and the policy, or the CA's renewal information
+ * (acme_order.renewal_info.renewal_time) when that is sooner. 0 or -1
+ * (out of memory). */
 int issuance_prepare(Tlsplane__V1__Certificate *c, const Tlsplane__V1__Certificate *old,
                      struct tp_err *err);
 
-/* When the renewal job is next due for c (µs since the epoch), 0: never. */
+/* When the renewal job is next due for c (µs since the epoch), 0: never:
+ * its renewal (or retry), or the check of its renewal information
+ * (acme_ari.h) when sooner. */
 int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c);
 
 /* Renews every certificate whose renewal (or retry) is due at now_us, on
@@ -57,7 +61,8 @@ int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c);
  * ones could not be listed; failures are recorded on each certificate. */
 struct jobs;
 /* Certificates from ACME issuers are handed to jobs' fetch threads
- * (acme_order.h) instead. */
+ * (acme_order.h) instead, and so are the checks of renewal information
+ * that are due (acme_ari.h). */
 int issuance_renew_due(struct api *api, struct jobs *jobs, int64_t now_us);
 
 #endif

@@ -4,9 +4,10 @@
  *   0  a directory object (acme_directory_parse)
  *   1  a problem document (acme_problem_parse)
  *   2  an account object (acme_account_status_parse)
- *   3  base64url text (acme_b64url_decode, then encoded back; also 6, 7)
+ *   3  base64url text (acme_b64url_decode, then encoded back; also 7)
  *   4  an order object (acme_order_parse)
  *   5  an authorization object (acme_authz_parse)
+ *   6  a renewalInfo object (acme_renewal_info_parse, RFC 9773)
  *
  * What must hold: no crash, leak or undefined behaviour; a directory
  * read has its three https URLs, a refused one says why; a problem read
@@ -14,7 +15,9 @@
  * padding); an order read has a status, a finalize URL and https
  * authorizations; an authorization read has a status and a lower-case
  * identifier, and a tls-alpn-01 challenge with a URL and a base64url
- * token, or none. */
+ * token, or none; a renewalInfo read has a window whose end is after its
+ * start and an https explanationURL or none; a directory's renewalInfo
+ * is an https URL or none. */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FUZZ_ASSERT(strncmp(d.new_nonce, "https://", 8) == 0);
       FUZZ_ASSERT(strncmp(d.new_account, "https://", 8) == 0);
       FUZZ_ASSERT(strncmp(d.new_order, "https://", 8) == 0);
+      FUZZ_ASSERT(d.renewal_info == NULL || strncmp(d.renewal_info, "https://", 8) == 0);
       acme_directory_clear(&d);
     } else
       FUZZ_ASSERT(err.msg[0] != '\0' && d.new_nonce == NULL);
@@ -86,6 +90,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       acme_authz_clear(&a);
     } else
       FUZZ_ASSERT(err.msg[0] != '\0' && a.status == NULL);
+    break;
+  }
+  case 6: {
+    struct acme_renewal_info ri;
+    struct tp_err err = {0};
+    if (acme_renewal_info_parse(body, len, &ri, &err) == 0) {
+      FUZZ_ASSERT(ri.end_us > ri.start_us);
+      FUZZ_ASSERT(ri.explanation_url == NULL || strncmp(ri.explanation_url, "https://", 8) == 0);
+      acme_renewal_info_clear(&ri);
+    } else
+      FUZZ_ASSERT(err.msg[0] != '\0' && ri.explanation_url == NULL);
     break;
   }
   default: {

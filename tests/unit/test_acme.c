@@ -2,8 +2,9 @@
  * RFC 7638 thumbprint (RFC 7638 3.1's example key), the ES256 JWS
  * verified with OpenSSL over its protected header and payload, the EAB's
  * HS256, the directory, problem, order and authorization documents
- * read, and the tls-alpn-01 challenge certificate (RFC 8737 3) checked
- * with OpenSSL's own parser. */
+ * read, the tls-alpn-01 challenge certificate (RFC 8737 3) checked
+ * with OpenSSL's own parser, and RFC 9773's certID (its 4.1 example) and
+ * renewalInfo documents. */
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
@@ -219,6 +220,17 @@ static void test_documents(void **state) {
   assert_string_equal(d.new_order, "https://a.test/o");
   assert_string_equal(d.terms_of_service, "https://a.test/tos");
   assert_int_equal(d.eab_required, 1);
+  assert_null(d.renewal_info); /* optional */
+  acme_directory_clear(&d);
+  const char ari[] = "{\"newNonce\":\"https://a.test/n\",\"newAccount\":\"https://a.test/a\","
+                     "\"newOrder\":\"https://a.test/o\",\"renewalInfo\":\"https://a.test/ri\"}";
+  assert_int_equal(acme_directory_parse(ari, strlen(ari), &d, &err), 0);
+  assert_string_equal(d.renewal_info, "https://a.test/ri");
+  acme_directory_clear(&d);
+  const char ari_http[] = "{\"newNonce\":\"https://a.test/n\",\"newAccount\":\"https://a.test/a\","
+                          "\"newOrder\":\"https://a.test/o\",\"renewalInfo\":\"http://a.test/ri\"}";
+  assert_int_equal(acme_directory_parse(ari_http, strlen(ari_http), &d, &err), 0);
+  assert_null(d.renewal_info); /* not https: as none */
   acme_directory_clear(&d);
   const char nodir[] = "{\"newNonce\":\"http://a.test/n\",\"newAccount\":\"https://a.test/a\"}";
   assert_int_equal(acme_directory_parse(nodir, strlen(nodir), &d, &err), -1);
@@ -362,6 +374,117 @@ static void test_challenge_certificate(void **state) {
   free(key);
 }
 
+/* RFC 9773 4.1's example: keyIdentifier 69:88:5B:6B:87:46:40:41:E1:B3:7B:
+ * 84:7B:A0:AE:2C:DE:01:C8:D4 and serial 0x87654321 (DER 00 87 65 43 21). */
+static X509 *ari_example_cert(const char *serial_hex, int with_aki) {
+  static const unsigned char keyid[] = {0x69, 0x88, 0x5B, 0x6B, 0x87, 0x46, 0x40, 0x41, 0xE1, 0xB3,
+                                        0x7B, 0x84, 0x7B, 0xA0, 0xAE, 0x2C, 0xDE, 0x01, 0xC8, 0xD4};
+  EVP_PKEY *key = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  BIGNUM *bn = NULL;
+  assert_true(BN_hex2bn(&bn, serial_hex) > 0);
+  ASN1_INTEGER *serial = BN_to_ASN1_INTEGER(bn, NULL);
+  assert_int_equal(X509_set_serialNumber(x, serial), 1);
+  X509_NAME *n = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"ari.test", -1, -1, 0);
+  X509_set_issuer_name(x, n);
+  X509_gmtime_adj(X509_getm_notBefore(x), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, key);
+  if (with_aki) {
+    AUTHORITY_KEYID *akid = AUTHORITY_KEYID_new();
+    akid->keyid = ASN1_OCTET_STRING_new();
+    ASN1_OCTET_STRING_set(akid->keyid, keyid, sizeof(keyid));
+    assert_int_equal(X509_add1_ext_i2d(x, NID_authority_key_identifier, akid, 0, 0), 1);
+    AUTHORITY_KEYID_free(akid);
+  }
+  assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+  ASN1_INTEGER_free(serial);
+  BN_free(bn);
+  EVP_PKEY_free(key);
+  return x;
+}
+
+static void test_cert_id(void **state) {
+  (void)state;
+  X509 *x = ari_example_cert("87654321", 1);
+  char *id = acme_cert_id(x);
+  assert_string_equal(id, "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE");
+  free(id);
+  /* The first certificate of a PEM chain. */
+  BIO *b = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(b, x);
+  PEM_write_bio_X509(b, x);
+  BIO_write(b, "", 1);
+  char *pem = NULL;
+  BIO_get_mem_data(b, &pem);
+  id = acme_cert_id_pem(pem);
+  assert_string_equal(id, "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE");
+  free(id);
+  BIO_free(b);
+  X509_free(x);
+  /* A serial without its top bit set needs no leading zero. */
+  x = ari_example_cert("7F01", 1);
+  id = acme_cert_id(x);
+  assert_string_equal(id, "aYhba4dGQEHhs3uEe6CuLN4ByNQ.fwE");
+  free(id);
+  X509_free(x);
+  /* No authority key identifier: no certID. */
+  x = ari_example_cert("01", 0);
+  assert_null(acme_cert_id(x));
+  X509_free(x);
+  assert_null(acme_cert_id_pem(""));
+  assert_null(acme_cert_id_pem("not a certificate"));
+}
+
+static void test_renewal_info(void **state) {
+  (void)state;
+  struct acme_renewal_info ri;
+  struct tp_err err = {0};
+  const char ok[] = "{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"end\":"
+                    "\"2025-01-03T04:00:00.5+01:00\"},\"explanationURL\":\"https://ca.test/why\"}";
+  assert_int_equal(acme_renewal_info_parse(ok, strlen(ok), &ri, &err), 0);
+  assert_int_equal(ri.start_us, 1735790400LL * 1000000);
+  assert_int_equal(ri.end_us, (1735790400LL + 86400 - 3600) * 1000000 + 500000);
+  assert_string_equal(ri.explanation_url, "https://ca.test/why");
+  acme_renewal_info_clear(&ri);
+  const char plain[] = "{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"end\":"
+                       "\"2025-01-02T04:00:01Z\"}}";
+  assert_int_equal(acme_renewal_info_parse(plain, strlen(plain), &ri, &err), 0);
+  assert_null(ri.explanation_url);
+  acme_renewal_info_clear(&ri);
+  static const struct {
+    const char *doc, *why;
+  } bad[] = {
+      {"[]", "not a JSON object"},
+      {"{}", "no suggestedWindow"},
+      {"{\"suggestedWindow\":[]}", "no suggestedWindow"},
+      {"{\"suggestedWindow\":{\"end\":\"2025-01-02T04:00:00Z\"}}", "start"},
+      {"{\"suggestedWindow\":{\"start\":\"2025-01-02 04:00:00\",\"end\":\"2025-01-03T04:00:00Z\"}}",
+       "start"},
+      {"{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"end\":1735790400}}", "end"},
+      {"{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"end\":\"2025-01-02T04:00:00Z\"}"
+       "}",
+       "not after its start"},
+      {"{\"suggestedWindow\":{\"start\":\"2025-01-03T04:00:00Z\",\"end\":\"2025-01-02T04:00:00Z\"}"
+       "}",
+       "not after its start"},
+      {"{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"end\":\"2025-01-03T04:00:00Z\"},"
+       "\"explanationURL\":\"http://ca.test/\"}",
+       "explanationURL"},
+      {"{\"suggestedWindow\":{\"start\":\"2025-01-02T04:00:00Z\",\"end\":\"2025-01-03T04:00:00Z\"},"
+       "\"explanationURL\":7}",
+       "explanationURL"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(acme_renewal_info_parse(bad[i].doc, strlen(bad[i].doc), &ri, &err), -1);
+    if (strstr(err.msg, bad[i].why) == NULL)
+      fail_msg("%s: \"%s\" does not say %s", bad[i].doc, err.msg, bad[i].why);
+    assert_null(ri.explanation_url);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_b64url),
@@ -371,6 +494,8 @@ int main(void) {
       cmocka_unit_test(test_documents),
       cmocka_unit_test(test_order_documents),
       cmocka_unit_test(test_challenge_certificate),
+      cmocka_unit_test(test_cert_id),
+      cmocka_unit_test(test_renewal_info),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
