@@ -42,10 +42,12 @@ struct jobs;
 
 /* Checks an IssueCertificate request for an ACME issuer: the issuer's
  * account must be valid (FAILED_PRECONDITION naming issuer), the names
- * DNS names without wildcards (INVALID_ARGUMENT naming ip_addresses[i]
- * or dns_names[i]: tls-alpn-01 cannot validate them). */
+ * DNS names (INVALID_ARGUMENT naming ip_addresses[0]: neither challenge
+ * validates an IP address), and wildcards only when dns_hook (the
+ * server has a DNS hook, acme_dns.h: INVALID_ARGUMENT naming
+ * dns_names[i] otherwise). */
 int acme_order_check(const Tlsplane__V1__Issuer *is, const Tlsplane__V1__IssueCertificateRequest *r,
-                     struct tp_err *err);
+                     int dns_hook, struct tp_err *err);
 
 /* The pending request of a certificate from an ACME issuer: a new key of
  * iss->key_algorithm and its CSR for iss's names. As csr_request_make. */
