@@ -511,6 +511,12 @@ static int challenge_choose(struct order *od, size_t i, const struct acme_authz 
       return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "no listener serves %s", shown);
     dns = served == 0;
   }
+  /* What the hook gets is a DNS name and nothing else, whatever the CA
+   * sent: letters, digits, hyphens and dots. */
+  if (dns &&
+      strspn(a->identifier, "abcdefghijklmnopqrstuvwxyz0123456789-.") != strlen(a->identifier))
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "the ACME authorization's identifier \"%s\" is not a DNS name", shown);
   const char *url = dns ? a->dns_challenge_url : a->challenge_url;
   const char *type = dns ? "dns-01" : "tls-alpn-01";
   if (url == NULL)
