@@ -221,7 +221,8 @@ int acme_dns_hook_run(const struct acme_dns_hook *h, const char *action, const c
      * the group's id cannot have been reused. */
     kill(-pid, SIGKILL);
     int wstatus = 0;
-    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+    pid_t reaped;
+    while ((reaped = waitpid(pid, &wstatus, 0)) < 0 && errno == EINTR)
       ;
     close(fd);
     char line[ACME_DNS_HOOK_LINE_MAX + 1];
@@ -235,6 +236,9 @@ int acme_dns_hook_run(const struct acme_dns_hook *h, const char *action, const c
       rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE,
                       "dns-01 hook %s %s: killed after its timeout of %d s%s%s", action, record,
                       h->timeout_s, sep, line);
+    else if (reaped != pid) /* reaped by someone else (SIGCHLD ignored): no success to trust */
+      rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "dns-01 hook %s %s: its exit status was lost",
+                      action, record);
     else if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0)
       rc = tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "dns-01 hook %s %s: exit status %d%s%s", action,
                       record, WEXITSTATUS(wstatus), sep, line);

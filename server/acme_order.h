@@ -1,5 +1,5 @@
 /* Certificates from ACME issuers (RFC 8555 orders, RFC 8737 tls-alpn-01
- * answered by the fleet).
+ * answered by the fleet, dns-01 by the server's DNS hook, acme_dns.h).
  *
  * IssueCertificate with an ACME issuer creates the Certificate at once,
  * with no chain yet and a pending request (csr.h: a key the server made
@@ -17,10 +17,19 @@
  * A renewal first re-keys the certificate (a new pending request) while
  * the old chain keeps serving.
  *
+ * The challenge of each pending authorization: tls-alpn-01 when a
+ * listener serves the name (fleet_world_serves) and it is no wildcard;
+ * otherwise dns-01 when the server has a DNS hook (api->acme_dns_hook),
+ * whose "present" runs for each such name (on the order's thread) after
+ * the agents hold the tls-alpn-01 certificates and before the CA is told
+ * the challenges are ready, and whose "cleanup" runs for each name
+ * "present" ran for, whatever the outcome; otherwise the order fails.
+ * The choice is recorded as the authorization's challenge_type.
+ *
  * The order's state is written on the certificate as it goes
  * (Certificate.acme_order); a failure (an ACME problem, a transport
- * failure, "no listener serves NAME") is recorded there and on the
- * renewal fields, and retried with back-off (jobs_backoff, from
+ * failure, "no listener serves NAME", the DNS hook's) is recorded there
+ * and on the renewal fields, and retried with back-off (jobs_backoff, from
  * ISSUANCE_RETRY_BASE_MS, or the ACME server's Retry-After when longer). */
 #ifndef TLSPLANE_SERVER_ACME_ORDER_H
 #define TLSPLANE_SERVER_ACME_ORDER_H
