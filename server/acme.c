@@ -630,6 +630,24 @@ static int token_ok(const char *t) {
   return 1;
 }
 
+/* A challenge object's url, status, token and error, malloc'd: 0, or -1
+ * (each then freed and NULL) when one of the first three is missing or
+ * bad. */
+static int challenge_read(const json_t *ch, char **url, char **status, char **token, char **error) {
+  *url = member_string(ch, "url", ACME_URL_MAX);
+  *status = member_string(ch, "status", 32);
+  *token = member_string(ch, "token", ACME_TOKEN_MAX);
+  *error = problem_text(ch);
+  if (url_ok(*url) && *status != NULL && *token != NULL && token_ok(*token))
+    return 0;
+  free(*url);
+  free(*status);
+  free(*token);
+  free(*error);
+  *url = *status = *token = *error = NULL;
+  return -1;
+}
+
 int acme_authz_parse(const char *body, size_t len, struct acme_authz *a, struct tp_err *err) {
   memset(a, 0, sizeof(*a));
   json_t *j = object_load(body, len);
@@ -655,19 +673,20 @@ int acme_authz_parse(const char *body, size_t len, struct acme_authz *a, struct 
   const json_t *chs = json_object_get(j, "challenges");
   if (bad == NULL && !json_is_array(chs))
     bad = "no challenges array";
+  /* The first challenge of each type we answer; others are skipped. */
   for (size_t i = 0; bad == NULL && i < json_array_size(chs) && i < 16; i++) {
     const json_t *ch = json_array_get(chs, i);
     const json_t *t = json_is_object(ch) ? json_object_get(ch, "type") : NULL;
-    if (!json_is_string(t) || strcmp(json_string_value(t), "tls-alpn-01") != 0)
-      continue;
-    a->challenge_url = member_string(ch, "url", ACME_URL_MAX);
-    a->challenge_status = member_string(ch, "status", 32);
-    a->token = member_string(ch, "token", ACME_TOKEN_MAX);
-    a->challenge_error = problem_text(ch);
-    if (!url_ok(a->challenge_url) || a->challenge_status == NULL || a->token == NULL ||
-        !token_ok(a->token))
-      bad = "a tls-alpn-01 challenge without a valid url, status or token";
-    break;
+    const char *kind = json_is_string(t) ? json_string_value(t) : "";
+    if (strcmp(kind, "tls-alpn-01") == 0 && a->challenge_url == NULL) {
+      if (challenge_read(ch, &a->challenge_url, &a->challenge_status, &a->token,
+                         &a->challenge_error) != 0)
+        bad = "a tls-alpn-01 challenge without a valid url, status or token";
+    } else if (strcmp(kind, "dns-01") == 0 && a->dns_challenge_url == NULL) {
+      if (challenge_read(ch, &a->dns_challenge_url, &a->dns_challenge_status, &a->dns_token,
+                         &a->dns_challenge_error) != 0)
+        bad = "a dns-01 challenge without a valid url, status or token";
+    }
   }
   json_decref(j);
   if (bad != NULL) {
@@ -684,7 +703,22 @@ void acme_authz_clear(struct acme_authz *a) {
   free(a->challenge_status);
   free(a->token);
   free(a->challenge_error);
+  free(a->dns_challenge_url);
+  free(a->dns_challenge_status);
+  free(a->dns_token);
+  free(a->dns_challenge_error);
   memset(a, 0, sizeof(*a));
+}
+
+char *acme_dns01_txt(const char *token, const char *thumbprint) {
+  /* keyAuthorization = token "." base64url(thumbprint) (RFC 8555 8.1). */
+  char ka[ACME_TOKEN_MAX + 128];
+  int n = snprintf(ka, sizeof(ka), "%s.%s", token, thumbprint);
+  unsigned char digest[32];
+  if (n < 0 || (size_t)n >= sizeof(ka) ||
+      EVP_Digest(ka, (size_t)n, digest, NULL, EVP_sha256(), NULL) != 1)
+    return NULL;
+  return acme_b64url(digest, sizeof(digest));
 }
 
 /* id-pe-acmeIdentifier (RFC 8737 6.1). */

@@ -147,7 +147,8 @@ struct acme_order {
 int acme_order_parse(const char *body, size_t len, struct acme_order *o, struct tp_err *err);
 void acme_order_clear(struct acme_order *o);
 
-/* An authorization object with its tls-alpn-01 challenge, malloc'd. */
+/* An authorization object with its tls-alpn-01 and dns-01 challenges,
+ * malloc'd. */
 struct acme_authz {
   char *status;     /* never NULL once parsed */
   char *identifier; /* the dns identifier's value, lower case */
@@ -158,11 +159,17 @@ struct acme_authz {
   char *challenge_status;
   char *token;
   char *challenge_error; /* its problem as "type: detail"; NULL when none */
+  /* The dns-01 challenge (RFC 8555 8.4), the same way. */
+  char *dns_challenge_url;
+  char *dns_challenge_status;
+  char *dns_token;
+  char *dns_challenge_error;
 };
 
 /* Reads an authorization object: a string status and a "dns" identifier
- * (other types refused). -1 (UNAVAILABLE, saying what is wrong)
- * otherwise; a is then cleared. */
+ * (other types refused); the first tls-alpn-01 and dns-01 challenges,
+ * each refused when its url, status or token is bad. -1 (UNAVAILABLE,
+ * saying what is wrong) otherwise; a is then cleared. */
 int acme_authz_parse(const char *body, size_t len, struct acme_authz *a, struct tp_err *err);
 void acme_authz_clear(struct acme_authz *a);
 
@@ -174,6 +181,11 @@ void acme_authz_clear(struct acme_authz *a);
  * malloc'd; the caller wipes and frees the key. */
 int acme_challenge_cert(const char *name, const char *token, const char *thumbprint,
                         char **cert_pem, char **key_pem, struct tp_err *err);
+
+/* The TXT record value of a dns-01 challenge (RFC 8555 8.4):
+ * base64url(SHA-256(keyAuthorization)), keyAuthorization being token
+ * "." thumbprint. malloc'd; NULL when token is too long or on OOM. */
+char *acme_dns01_txt(const char *token, const char *thumbprint);
 
 /* newOrder for the DNS names (at most ACME_ORDER_NAMES_MAX), signed with
  * key for account kid. 0 with *url (the order's, from Location; malloc'd)

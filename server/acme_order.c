@@ -12,6 +12,7 @@
 
 #include "acme.h"
 #include "acme_account.h"
+#include "acme_dns.h"
 #include "csr.h"
 #include "events.h"
 #include "fleet.h"
@@ -23,6 +24,7 @@
 
 #define STATUS_VALID "valid"
 #define POLL_MIN_MS 250
+#define ACME_SHOWN_MAX 260 /* an identifier (253 at most) with "*." */
 
 static int oom(struct tp_err *err) {
   return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -36,7 +38,7 @@ static void pem_wipe_free(char *pem) {
 }
 
 int acme_order_check(const Tlsplane__V1__Issuer *is, const Tlsplane__V1__IssueCertificateRequest *r,
-                     struct tp_err *err) {
+                     int dns_hook, struct tp_err *err) {
   if (strcmp(is->acme_account_status, STATUS_VALID) != 0)
     return tp_err_set(
         err, GRPC_STATUS_FAILED_PRECONDITION,
@@ -44,14 +46,15 @@ int acme_order_check(const Tlsplane__V1__Issuer *is, const Tlsplane__V1__IssueCe
         is->acme_account_status, is->acme_last_error[0] ? ": " : "", is->acme_last_error);
   if (r->n_ip_addresses > 0)
     return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                      "ip_addresses[0]: an ACME issuer validates DNS names with tls-alpn-01, which "
-                      "cannot validate IP addresses");
-  for (size_t i = 0; i < r->n_dns_names; i++)
+                      "ip_addresses[0]: an ACME issuer validates DNS names (tls-alpn-01 or "
+                      "dns-01), and neither validates an IP address");
+  for (size_t i = 0; !dns_hook && i < r->n_dns_names; i++)
     if (strncmp(r->dns_names[i], "*.", 2) == 0)
-      return tp_err_set(err, GRPC_STATUS_INVALID_ARGUMENT,
-                        "dns_names[%zu]: \"%s\": wildcards need dns-01, and an ACME issuer "
-                        "validates with tls-alpn-01",
-                        i, r->dns_names[i]);
+      return tp_err_set(
+          err, GRPC_STATUS_INVALID_ARGUMENT,
+          "dns_names[%zu]: \"%s\": a wildcard is validated by dns-01 only, which needs "
+          "a DNS hook, and this server has none (tlsplane-server --acme-dns-hook)",
+          i, r->dns_names[i]);
   return 0;
 }
 
@@ -89,13 +92,17 @@ int acme_challenge_material(const struct store_challenge *c,
 
 /* ---- One order ---- */
 
-/* A challenge this order put up. */
+/* A challenge this order answers: tls-alpn-01 by the agents (a
+ * challenge certificate they are given), or dns-01 by the server's hook. */
 struct chal {
   char *authz_url;
   char *challenge_url;
-  char *name; /* the identifier */
-  char *cert_pem;
+  char *name;     /* the identifier (a wildcard's without "*.") */
+  int dns;        /* dns-01; else tls-alpn-01 */
+  char *cert_pem; /* tls-alpn-01 */
   char *key_pem;
+  char *txt;     /* dns-01: the TXT value */
+  int presented; /* dns-01: "present" ran (or was started), so "cleanup" runs */
 };
 
 /* Everything one run of an order holds. */
@@ -131,6 +138,7 @@ static void order_clear(struct order *od) {
     free(od->chals[i].name);
     free(od->chals[i].cert_pem);
     pem_wipe_free(od->chals[i].key_pem);
+    free(od->chals[i].txt);
   }
   free(od->chals);
   for (size_t i = 0; i < od->n_authz; i++) {
@@ -359,6 +367,12 @@ static int authz_note(struct order *od, size_t i, const char *ident, const char 
   return 0;
 }
 
+/* An authorization's name as the certificate shows it: "*.example.com"
+ * for a wildcard's (RFC 8555 7.1.3: its identifier has no "*."). */
+static void authz_shown(const struct acme_authz *a, char *buf, size_t size) {
+  snprintf(buf, size, "%s%s", a->wildcard ? "*." : "", a->identifier);
+}
+
 /* Reads the certificate, its issuer and the account key. */
 static int order_load(struct order *od, struct tp_err *err) {
   struct store_txn *txn;
@@ -437,24 +451,27 @@ static int challenges_store(struct order *od, int put, int64_t *revision, struct
   struct store_challenge *v = calloc(od->n_chals + 1, sizeof(*v));
   uint8_t **data = calloc(od->n_chals + 1, sizeof(*data));
   int rc = v != NULL && data != NULL ? 0 : oom(err);
+  size_t n = 0; /* the tls-alpn-01 ones: dns-01 needs nothing of the agents */
   for (size_t i = 0; rc == 0 && put && i < od->n_chals; i++) {
+    if (od->chals[i].dns)
+      continue;
     Tlsplane__V1__AcmeChallengeMaterial m = TLSPLANE__V1__ACME_CHALLENGE_MATERIAL__INIT;
     m.server_name = od->chals[i].name;
     m.certificate_pem = od->chals[i].cert_pem;
-    if (pb_pack(&m.base, &data[i], &v[i].data_len) != 0)
+    if (pb_pack(&m.base, &data[n], &v[n].data_len) != 0)
       rc = oom(err);
-    v[i].index = (int64_t)i;
-    v[i].data = data[i];
-    v[i].secret = (uint8_t *)od->chals[i].key_pem;
-    v[i].secret_len = strlen(od->chals[i].key_pem);
+    v[n].index = (int64_t)n;
+    v[n].data = data[n];
+    v[n].secret = (uint8_t *)od->chals[i].key_pem;
+    v[n].secret_len = strlen(od->chals[i].key_pem);
+    n++;
   }
   struct store_txn *txn = NULL;
   if (rc == 0)
     rc = store_begin(od->api->store, 1, &txn, err);
   if (rc == 0) {
-    rc = store_challenges_set(txn, od->name, v, put ? od->n_chals : 0, job_call.actor,
-                              job_call.method, put ? "acme_challenges_out" : "acme_challenges_done",
-                              err);
+    rc = store_challenges_set(txn, od->name, v, put ? n : 0, job_call.actor, job_call.method,
+                              put ? "acme_challenges_out" : "acme_challenges_done", err);
     if (rc == 0)
       rc = store_commit(txn, revision, err);
     else
@@ -490,7 +507,91 @@ static void fleet_wait(struct order *od, int64_t revision) {
            od->name, (long long)revision, ACME_ORDER_FLEET_WAIT_MS / 1000);
 }
 
-/* newOrder, the authorizations and their challenge certificates. */
+/* Chooses the challenge of pending authorization i (a, shown as shown)
+ * and makes what answers it: tls-alpn-01 when a listener serves the name
+ * and it is no wildcard; else dns-01 when the server has a DNS hook;
+ * else a failure saying why. The choice is noted on the authorization. */
+static int challenge_choose(struct order *od, size_t i, const struct acme_authz *a,
+                            const char *shown, const char *thumb, struct tp_err *err) {
+  const struct acme_dns_hook *hook = od->api->acme_dns_hook;
+  int dns;
+  if (a->wildcard) {
+    if (hook == NULL)
+      return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                        "%s: a wildcard is validated by dns-01 only, which needs a DNS hook, and "
+                        "this server has none (tlsplane-server --acme-dns-hook)",
+                        shown);
+    dns = 1;
+  } else {
+    int served = name_served(od, a->identifier, err);
+    if (served < 0)
+      return -1;
+    if (served == 0 && hook == NULL)
+      return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "no listener serves %s", shown);
+    dns = served == 0;
+  }
+  /* What the hook gets is a DNS name and nothing else, whatever the CA
+   * sent: letters, digits, hyphens and dots. */
+  if (dns &&
+      strspn(a->identifier, "abcdefghijklmnopqrstuvwxyz0123456789-.") != strlen(a->identifier))
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "the ACME authorization's identifier \"%s\" is not a DNS name", shown);
+  const char *url = dns ? a->dns_challenge_url : a->challenge_url;
+  const char *type = dns ? "dns-01" : "tls-alpn-01";
+  if (url == NULL)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
+                      "the ACME server offers no %s challenge for %s", type, shown);
+  od->authz[i].challenge_type = (char *)type; /* static: never freed */
+  struct chal *ch = &od->chals[od->n_chals++];
+  ch->dns = dns;
+  ch->authz_url = strdup(od->o.authorizations[i]);
+  ch->challenge_url = strdup(url);
+  ch->name = strdup(a->identifier);
+  if (ch->authz_url == NULL || ch->challenge_url == NULL || ch->name == NULL)
+    return oom(err);
+  if (!dns)
+    return acme_challenge_cert(a->identifier, a->token, thumb, &ch->cert_pem, &ch->key_pem, err);
+  if ((ch->txt = acme_dns01_txt(a->dns_token, thumb)) == NULL)
+    return tp_err_set(err, GRPC_STATUS_INTERNAL, "the dns-01 TXT value of %s failed", shown);
+  return 0;
+}
+
+/* Runs the hook's "present" for each dns-01 challenge in turn; the
+ * first failure ends it. */
+static int dns_present(struct order *od, struct tp_err *err) {
+  size_t n = 0;
+  for (size_t i = 0; i < od->n_chals; i++) {
+    struct chal *ch = &od->chals[i];
+    if (!ch->dns)
+      continue;
+    ch->presented = 1; /* a hook that failed half-way cleans up too */
+    if (acme_dns_hook_run(od->api->acme_dns_hook, "present", ch->name, ch->txt, od->name, od->stop,
+                          err) != 0)
+      return -1;
+    n++;
+  }
+  if (n > 0)
+    log_info("jobs", "ACME order of %s: %zu dns-01 record(s) presented by the hook", od->name, n);
+  return 0;
+}
+
+/* Runs "cleanup" for each challenge "present" ran for, whatever came of
+ * the order. A failure is logged (the hook's first line), not the
+ * order's: the certificate may be issued all the same. */
+static void dns_cleanup(struct order *od) {
+  for (size_t i = 0; i < od->n_chals; i++) {
+    struct chal *ch = &od->chals[i];
+    if (!ch->presented)
+      continue;
+    ch->presented = 0;
+    struct tp_err err = {0};
+    if (acme_dns_hook_run(od->api->acme_dns_hook, "cleanup", ch->name, ch->txt, od->name, od->stop,
+                          &err) != 0)
+      log_warn("jobs", "ACME order of %s: %s", od->name, err.msg);
+  }
+}
+
+/* newOrder, the authorizations and what answers their challenges. */
 static int order_open(struct order *od, struct tp_err *err) {
   const Tlsplane__V1__Issuance *iss = od->c->issuance;
   /* A renewal names the certificate it replaces (RFC 9773 5). */
@@ -527,36 +628,18 @@ static int order_open(struct order *od, struct tp_err *err) {
       rc = -1;
       break;
     }
-    if (authz_note(od, i, a.identifier, a.status) != 0)
+    char shown[ACME_SHOWN_MAX];
+    authz_shown(&a, shown, sizeof(shown));
+    if (authz_note(od, i, shown, a.status) != 0)
       rc = oom(err);
     else if (strcmp(a.status, STATUS_VALID) == 0)
       ; /* authorized already (an earlier order) */
     else if (strcmp(a.status, "pending") != 0)
       rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "ACME authorization of %s is %s%s%s",
-                      a.identifier, a.status, a.challenge_error ? ": " : "",
+                      shown, a.status, a.challenge_error ? ": " : "",
                       a.challenge_error ? a.challenge_error : "");
-    else if (a.challenge_url == NULL)
-      rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION,
-                      "the ACME server offers no tls-alpn-01 challenge for %s", a.identifier);
-    else {
-      int served = name_served(od, a.identifier, err);
-      if (served < 0)
-        rc = -1;
-      else if (served == 0)
-        rc =
-            tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "no listener serves %s", a.identifier);
-      else {
-        struct chal *ch = &od->chals[od->n_chals];
-        ch->authz_url = strdup(od->o.authorizations[i]);
-        ch->challenge_url = strdup(a.challenge_url);
-        ch->name = strdup(a.identifier);
-        od->n_chals++;
-        if (ch->authz_url == NULL || ch->challenge_url == NULL || ch->name == NULL)
-          rc = oom(err);
-        else
-          rc = acme_challenge_cert(a.identifier, a.token, thumb, &ch->cert_pem, &ch->key_pem, err);
-      }
-    }
+    else
+      rc = challenge_choose(od, i, &a, shown, thumb, err);
     acme_authz_clear(&a);
   }
   free(thumb);
@@ -576,19 +659,22 @@ static int order_validate(struct order *od, struct tp_err *err) {
     if (acme_authz_get(&od->client, od->account_key, od->is->acme_account_url,
                        od->chals[i].authz_url, &a, err) != 0)
       return -1;
+    char shown[ACME_SHOWN_MAX];
+    authz_shown(&a, shown, sizeof(shown));
     for (size_t k = 0; k < od->n_authz; k++)
       if (strcmp(od->authz[k].url, od->chals[i].authz_url) == 0)
-        authz_note(od, k, a.identifier, a.status);
+        authz_note(od, k, shown, a.status);
+    /* The problem of the challenge answered. */
+    const char *problem = od->chals[i].dns ? a.dns_challenge_error : a.challenge_error;
     int rc = 0, next = 0;
     if (strcmp(a.status, STATUS_VALID) == 0)
       next = 1;
     else if (strcmp(a.status, "pending") != 0)
       rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "ACME authorization of %s is %s%s%s",
-                      a.identifier, a.status, a.challenge_error ? ": " : "",
-                      a.challenge_error ? a.challenge_error : "");
+                      shown, a.status, problem ? ": " : "", problem ? problem : "");
     else if (now_ms() >= until)
       rc = tp_err_set(err, GRPC_STATUS_DEADLINE_EXCEEDED,
-                      "ACME authorization of %s still pending after %d s", a.identifier,
+                      "ACME authorization of %s still pending after %d s", shown,
                       ACME_ORDER_AUTHZ_WAIT_MS / 1000);
     acme_authz_clear(&a);
     if (rc != 0)
@@ -705,16 +791,23 @@ static void order_run(void *data, const atomic_int *stop) {
     state_write_logged(&od, &st);
   }
   int64_t revision = 0;
-  if (rc == 0 && od.n_chals > 0) {
+  size_t n_alpn = 0;
+  for (size_t i = 0; i < od.n_chals; i++)
+    n_alpn += !od.chals[i].dns;
+  if (rc == 0 && n_alpn > 0) {
     rc = challenges_store(&od, 1, &revision, &err);
     od.chals_stored = rc == 0;
     if (rc == 0) {
-      log_info("jobs", "ACME order of %s: %zu challenge(s) out at revision %lld", od.name,
-               od.n_chals, (long long)revision);
+      log_info("jobs", "ACME order of %s: %zu challenge(s) out at revision %lld", od.name, n_alpn,
+               (long long)revision);
       fleet_wait(&od, revision);
-      rc = order_validate(&od, &err);
     }
   }
+  if (rc == 0)
+    rc = dns_present(&od, &err);
+  if (rc == 0 && od.n_chals > 0)
+    rc = order_validate(&od, &err);
+  dns_cleanup(&od);
   int64_t retry_after_s = od.client.retry_after_s;
   if (od.chals_stored) {
     struct tp_err derr = {0};

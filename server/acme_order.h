@@ -1,5 +1,5 @@
 /* Certificates from ACME issuers (RFC 8555 orders, RFC 8737 tls-alpn-01
- * answered by the fleet).
+ * answered by the fleet, dns-01 by the server's DNS hook, acme_dns.h).
  *
  * IssueCertificate with an ACME issuer creates the Certificate at once,
  * with no chain yet and a pending request (csr.h: a key the server made
@@ -19,10 +19,19 @@
  * replaces (RFC 9773 5, when the CA offers renewalInfo). A completed
  * order leaves the new chain's renewal information to check (acme_ari.h).
  *
+ * The challenge of each pending authorization: tls-alpn-01 when a
+ * listener serves the name (fleet_world_serves) and it is no wildcard;
+ * otherwise dns-01 when the server has a DNS hook (api->acme_dns_hook),
+ * whose "present" runs for each such name (on the order's thread) after
+ * the agents hold the tls-alpn-01 certificates and before the CA is told
+ * the challenges are ready, and whose "cleanup" runs for each name
+ * "present" ran for, whatever the outcome; otherwise the order fails.
+ * The choice is recorded as the authorization's challenge_type.
+ *
  * The order's state is written on the certificate as it goes
  * (Certificate.acme_order); a failure (an ACME problem, a transport
- * failure, "no listener serves NAME") is recorded there and on the
- * renewal fields, and retried with back-off (jobs_backoff, from
+ * failure, "no listener serves NAME", the DNS hook's) is recorded there
+ * and on the renewal fields, and retried with back-off (jobs_backoff, from
  * ISSUANCE_RETRY_BASE_MS, or the ACME server's Retry-After when longer). */
 #ifndef TLSPLANE_SERVER_ACME_ORDER_H
 #define TLSPLANE_SERVER_ACME_ORDER_H
@@ -44,10 +53,12 @@ struct jobs;
 
 /* Checks an IssueCertificate request for an ACME issuer: the issuer's
  * account must be valid (FAILED_PRECONDITION naming issuer), the names
- * DNS names without wildcards (INVALID_ARGUMENT naming ip_addresses[i]
- * or dns_names[i]: tls-alpn-01 cannot validate them). */
+ * DNS names (INVALID_ARGUMENT naming ip_addresses[0]: neither challenge
+ * validates an IP address), and wildcards only when dns_hook (the
+ * server has a DNS hook, acme_dns.h: INVALID_ARGUMENT naming
+ * dns_names[i] otherwise). */
 int acme_order_check(const Tlsplane__V1__Issuer *is, const Tlsplane__V1__IssueCertificateRequest *r,
-                     struct tp_err *err);
+                     int dns_hook, struct tp_err *err);
 
 /* The pending request of a certificate from an ACME issuer: a new key of
  * iss->key_algorithm and its CSR for iss's names. As csr_request_make. */

@@ -17,6 +17,7 @@
 #include "store.h"
 #include "tlsplane/v1/auth.pb-c.h"
 
+struct acme_dns_hook;
 struct api;
 struct ca;
 struct crl_refresh;
@@ -56,6 +57,9 @@ struct api {
   int64_t agent_cert_lifetime_s;
   /* What the CRL refresh job found (crl_refresh.h); NULL: no refresh. */
   struct crl_refresh *crl_refresh;
+  /* The command that answers dns-01 (acme_dns.h, --acme-dns-hook); NULL:
+   * none, and ACME orders use tls-alpn-01 only. */
+  const struct acme_dns_hook *acme_dns_hook;
   struct api_binding bindings[64]; /* one per service, plus one per List method */
   size_t n_bindings;
 };

@@ -221,8 +221,9 @@ static int renewal_check(const Tlsplane__V1__RenewalPolicy *r, int64_t lifetime_
 }
 
 /* The issuer's default key algorithm, read through txn, and whether it
- * is an ACME issuer (then r is checked for it, acme_order_check). */
-static int issuer_key_algorithm(struct store_txn *txn, const char *name,
+ * is an ACME issuer (then r is checked for it, acme_order_check, with
+ * the server's DNS hook or none). */
+static int issuer_key_algorithm(const struct api *api, struct store_txn *txn, const char *name,
                                 const Tlsplane__V1__IssueCertificateRequest *r,
                                 Tlsplane__V1__KeyAlgorithm *alg, int *acme, struct tp_err *err) {
   ProtobufCMessage *msg = NULL;
@@ -233,7 +234,7 @@ static int issuer_key_algorithm(struct store_txn *txn, const char *name,
   }
   const Tlsplane__V1__Issuer *is = (const Tlsplane__V1__Issuer *)msg;
   *acme = is->type == TLSPLANE__V1__ISSUER__TYPE__ACME;
-  if (*acme && acme_order_check(is, r, err) != 0) {
+  if (*acme && acme_order_check(is, r, api->acme_dns_hook != NULL, err) != 0) {
     protobuf_c_message_free_unpacked(msg, NULL);
     return -1;
   }
@@ -325,7 +326,7 @@ int issuance_rpc_issue(const struct rpc_call_info *call, const ProtobufCMessage 
     return -1;
   Tlsplane__V1__KeyAlgorithm issuer_alg = TLSPLANE__V1__KEY_ALGORITHM__ECDSA_P256;
   int acme = 0;
-  int rc = issuer_key_algorithm(txn, r->issuer, r, &issuer_alg, &acme, err);
+  int rc = issuer_key_algorithm(api, txn, r->issuer, r, &issuer_alg, &acme, err);
   if (iss.key_algorithm == TLSPLANE__V1__KEY_ALGORITHM__KEY_ALGORITHM_UNSPECIFIED)
     iss.key_algorithm = issuer_alg;
   Tlsplane__V1__PendingRequest *pr = NULL;

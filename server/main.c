@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "acme_dns.h"
 #include "addr.h"
 #include "api.h"
 #include "auth.h"
@@ -57,6 +58,9 @@ struct options {
   int max_streams;
   int max_peer_streams;
   int keepalive_s;
+  const char *acme_dns_hook;      /* NULL: none */
+  const char *acme_dns_hook_from; /* the flag or variable that set it */
+  int acme_dns_hook_timeout_s;
   int crl_retry_base_ms; /* TLSPLANE_CRL_RETRY_BASE_MS; 0: the default (1 min) */
   int64_t agent_cert_lifetime_s;
   const char *sans[SANS_MAX];
@@ -72,6 +76,7 @@ static void usage(FILE *out) {
           "                       [--plaintext] [--threads N] [--request-timeout MS]\n"
           "                       [--max-streams N] [--max-peer-streams N] [--keepalive S]\n"
           "                       [--agent-cert-lifetime DURATION]\n"
+          "                       [--acme-dns-hook PATH] [--acme-dns-hook-timeout S]\n"
           "                       [--log-level LEVEL] [--log-format text|json]\n"
           "       tlsplane-server rotate-master-key [--data-dir DIR] [--store URI]\n"
           "       tlsplane-server init [--data-dir DIR] [--store URI] [--force]\n"
@@ -111,6 +116,13 @@ static void usage(FILE *out) {
           "                      agents (an agent renews at two thirds of it): a number\n"
           "                      with s, m, h or d, 10m to 825d\n"
           "                                      [TLSPLANE_AGENT_CERT_LIFETIME, 30d]\n"
+          "  --acme-dns-hook PATH  the command that answers ACME dns-01 challenges (for\n"
+          "                      wildcards and names no listener serves): an absolute path\n"
+          "                      to an executable, run without a shell; docs/acme.md\n"
+          "                                      [TLSPLANE_ACME_DNS_HOOK, none]\n"
+          "  --acme-dns-hook-timeout SECONDS  a run of the hook still going after this\n"
+          "                      long is killed; 1 to 3600\n"
+          "                                      [TLSPLANE_ACME_DNS_HOOK_TIMEOUT, 120]\n"
           "  --log-level LEVEL   lines at LEVEL and above: debug, info, warn or error;\n"
           "                      debug adds grpc core's own  [TLSPLANE_LOG_LEVEL, info]\n"
           "  --log-format FORMAT text, or json: one object a line (time, level,\n"
@@ -214,6 +226,23 @@ static int env_keepalive(const char *name, int *out) {
   return v != NULL && v[0] != '\0' ? parse_keepalive(name, v, out) : 0;
 }
 
+/* --acme-dns-hook-timeout: whole seconds, 1 to ACME_DNS_HOOK_TIMEOUT_MAX_S. */
+static int parse_hook_timeout(const char *what, const char *text, int *out) {
+  if (parse_positive(what, text, out) != 0)
+    return -1;
+  if (*out > ACME_DNS_HOOK_TIMEOUT_MAX_S) {
+    cli_usage_error(PROG, "%s: \"%s\" is not a number of seconds from 1 to %d", what, text,
+                    ACME_DNS_HOOK_TIMEOUT_MAX_S);
+    return -1;
+  }
+  return 0;
+}
+
+static int env_hook_timeout(const char *name, int *out) {
+  const char *v = getenv(name);
+  return v != NULL && v[0] != '\0' ? parse_hook_timeout(name, v, out) : 0;
+}
+
 /* --store (or TLSPLANE_STORE) names a PostgreSQL database; the SQLite
  * file is always DIR/tlsplane.db. Never shows the URI: it may hold a
  * password. */
@@ -237,6 +266,9 @@ static int parse_options(int argc, char **argv, struct options *o) {
   o->max_streams = 0;
   o->max_peer_streams = 0;
   o->keepalive_s = 0;
+  o->acme_dns_hook = env_or("TLSPLANE_ACME_DNS_HOOK", NULL);
+  o->acme_dns_hook_from = "TLSPLANE_ACME_DNS_HOOK";
+  o->acme_dns_hook_timeout_s = ACME_DNS_HOOK_TIMEOUT_S;
   o->crl_retry_base_ms = 0;
   o->n_sans = 0;
   o->sans_env = NULL;
@@ -252,6 +284,7 @@ static int parse_options(int argc, char **argv, struct options *o) {
       env_positive("TLSPLANE_MAX_STREAMS", &o->max_streams) != 0 ||
       env_positive("TLSPLANE_MAX_PEER_STREAMS", &o->max_peer_streams) != 0 ||
       env_keepalive("TLSPLANE_KEEPALIVE", &o->keepalive_s) != 0 ||
+      env_hook_timeout("TLSPLANE_ACME_DNS_HOOK_TIMEOUT", &o->acme_dns_hook_timeout_s) != 0 ||
       env_positive("TLSPLANE_CRL_RETRY_BASE_MS", &o->crl_retry_base_ms) != 0)
     return -1;
   o->agent_cert_lifetime_s = API_AGENT_CERT_LIFETIME_S;
@@ -272,6 +305,8 @@ static int parse_options(int argc, char **argv, struct options *o) {
                                            {"max-peer-streams", required_argument, NULL, 'P'},
                                            {"keepalive", required_argument, NULL, 'k'},
                                            {"agent-cert-lifetime", required_argument, NULL, 'A'},
+                                           {"acme-dns-hook", required_argument, NULL, 'D'},
+                                           {"acme-dns-hook-timeout", required_argument, NULL, 'T'},
                                            {"log-level", required_argument, NULL, 'L'},
                                            {"log-format", required_argument, NULL, 'F'},
                                            {"help", no_argument, NULL, 'h'},
@@ -330,6 +365,14 @@ static int parse_options(int argc, char **argv, struct options *o) {
       if (parse_lifetime("--agent-cert-lifetime", optarg, &o->agent_cert_lifetime_s) != 0)
         return -1;
       break;
+    case 'D':
+      o->acme_dns_hook = optarg;
+      o->acme_dns_hook_from = "--acme-dns-hook";
+      break;
+    case 'T':
+      if (parse_hook_timeout("--acme-dns-hook-timeout", optarg, &o->acme_dns_hook_timeout_s) != 0)
+        return -1;
+      break;
     case 's':
       if (o->n_sans == SANS_MAX || optarg[0] == '\0') {
         cli_usage_error(PROG, "--san: at most %d non-empty names", SANS_MAX);
@@ -353,6 +396,13 @@ static int parse_options(int argc, char **argv, struct options *o) {
                     "unexpected argument '%s' (the commands: init, backup, "
                     "rotate-master-key, call)",
                     argv[optind]);
+    return -1;
+  }
+  /* The hook must run when the first order needs it: refused now, not
+   * then. */
+  struct tp_err err = {0};
+  if (o->acme_dns_hook != NULL && acme_dns_hook_check(o->acme_dns_hook, &err) != 0) {
+    cli_usage_error(PROG, "%s: %s", o->acme_dns_hook_from, err.msg);
     return -1;
   }
   return check_store(PROG, o->store);
@@ -641,6 +691,13 @@ int main(int argc, char **argv) {
   store_set_audit_hook(api.store, api_audit_log, NULL); /* every write, logged */
   api.ca = datadir_ca(dd);
   api.agent_cert_lifetime_s = o.agent_cert_lifetime_s;
+  const struct acme_dns_hook dns_hook = {.path = o.acme_dns_hook,
+                                         .timeout_s = o.acme_dns_hook_timeout_s};
+  if (o.acme_dns_hook != NULL) {
+    api.acme_dns_hook = &dns_hook;
+    log_info("server", "ACME dns-01 through the hook %s (timeout %d s)", o.acme_dns_hook,
+             o.acme_dns_hook_timeout_s);
+  }
   if ((api.usage = usage_new()) == NULL ||
       (api.crl_refresh = crl_refresh_new(o.crl_retry_base_ms)) == NULL) {
     log_error("server", "out of memory");

@@ -14,10 +14,10 @@
  * has a type; base64url decoded encodes back to the same text (without
  * padding); an order read has a status, a finalize URL and https
  * authorizations; an authorization read has a status and a lower-case
- * identifier, and a tls-alpn-01 challenge with a URL and a base64url
- * token, or none; a renewalInfo read has a window whose end is after its
- * start and an https explanationURL or none; a directory's renewalInfo
- * is an https URL or none. */
+ * identifier, and a tls-alpn-01 and a dns-01 challenge, each with a URL
+ * and a base64url token, or none; a renewalInfo read has a window whose
+ * end is after its start and an https explanationURL or none; a
+ * directory's renewalInfo is an https URL or none. */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +86,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (a.token != NULL) {
         FUZZ_ASSERT(strncmp(a.challenge_url, "https://", 8) == 0);
         FUZZ_ASSERT(strlen(a.token) <= ACME_TOKEN_MAX && strpbrk(a.token, "./+=") == NULL);
+      }
+      FUZZ_ASSERT((a.dns_challenge_url == NULL) == (a.dns_token == NULL));
+      if (a.dns_token != NULL) {
+        FUZZ_ASSERT(strncmp(a.dns_challenge_url, "https://", 8) == 0);
+        FUZZ_ASSERT(strlen(a.dns_token) <= ACME_TOKEN_MAX && strpbrk(a.dns_token, "./+=") == NULL);
+        char *txt = acme_dns01_txt(a.dns_token, "thumbprint");
+        FUZZ_ASSERT(txt != NULL && strlen(txt) == 43);
+        free(txt);
       }
       acme_authz_clear(&a);
     } else

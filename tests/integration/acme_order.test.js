@@ -112,9 +112,12 @@ async function certificate(name) {
   return certs().GetCertificate({ name });
 }
 
-test('bad input: IP addresses and wildcards refused naming the field; an account not valid refused naming issuer', async () => {
+test('bad input: IP addresses, and wildcards without a DNS hook, refused naming the field; an account not valid refused naming issuer', async () => {
   await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'ip', issuer: 'issuers/pebble', ipAddresses: ['127.0.0.1'] }), status.INVALID_ARGUMENT, { field: 'ip_addresses[0]' });
   await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'wild', issuer: 'issuers/pebble', dnsNames: ['*.tlsplane.test'] }), status.INVALID_ARGUMENT, { field: 'dns_names[0]' });
+  // This server has no DNS hook (--acme-dns-hook): a wildcard needs dns-01.
+  const wild = await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'wild', issuer: 'issuers/pebble', dnsNames: [NAME, '*.tlsplane.test'] }), status.INVALID_ARGUMENT, { field: 'dns_names[1]' });
+  assert.match(wild.details, /^dns_names\[1\]: "\*\.tlsplane\.test": a wildcard is validated by dns-01 only, which needs a DNS hook, and this server has none \(tlsplane-server --acme-dns-hook\)$/);
   const [dead] = await freePorts(1);
   await issuers().CreateIssuer({ issuerId: 'never', issuer: { ...acme(pebble), acmeDirectoryUrl: `https://127.0.0.1:${dead}/dir` } });
   await expectRefused(api(), () => certs().IssueCertificate({ certificateId: 'never', issuer: 'issuers/never', dnsNames: [NAME] }), status.FAILED_PRECONDITION, { field: 'issuer: issuers/never' });

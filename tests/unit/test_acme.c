@@ -309,6 +309,45 @@ static void test_order_documents(void **state) {
   assert_non_null(strstr(err.msg, "dns"));
 }
 
+/* The dns-01 challenge beside tls-alpn-01, and its TXT value (RFC 8555
+ * 8.4; the digest computed independently with `openssl dgst -sha256
+ * -binary | basenc --base64url`). */
+static void test_dns01(void **state) {
+  (void)state;
+  struct tp_err err = {0};
+  struct acme_authz a;
+  const char both[] =
+      "{\"status\":\"pending\",\"wildcard\":true,\"identifier\":{\"type\":\"dns\","
+      "\"value\":\"W.test\"},\"challenges\":[{\"type\":\"dns-01\",\"url\":\"https://ca.test/c/2\","
+      "\"token\":\"dns-TOK\",\"status\":\"pending\",\"error\":{\"type\":\"urn:x\","
+      "\"detail\":\"no TXT\"}},{\"type\":\"dns-01\",\"url\":\"https://ca.test/c/3\","
+      "\"token\":\"second\",\"status\":\"pending\"}]}";
+  assert_int_equal(acme_authz_parse(both, strlen(both), &a, &err), 0);
+  assert_string_equal(a.identifier, "w.test");
+  assert_int_equal(a.wildcard, 1);
+  assert_null(a.challenge_url); /* no tls-alpn-01 offered (a wildcard) */
+  assert_string_equal(a.dns_challenge_url, "https://ca.test/c/2"); /* the first */
+  assert_string_equal(a.dns_token, "dns-TOK");
+  assert_string_equal(a.dns_challenge_status, "pending");
+  assert_string_equal(a.dns_challenge_error, "urn:x: no TXT");
+  acme_authz_clear(&a);
+  const char badurl[] = "{\"status\":\"pending\",\"identifier\":{\"type\":\"dns\",\"value\":"
+                        "\"a.test\"},\"challenges\":[{\"type\":\"dns-01\",\"url\":"
+                        "\"http://ca.test/c\",\"token\":\"t\",\"status\":\"pending\"}]}";
+  assert_int_equal(acme_authz_parse(badurl, strlen(badurl), &a, &err), -1);
+  assert_non_null(strstr(err.msg, "dns-01"));
+  assert_null(a.dns_challenge_url);
+
+  char *txt = acme_dns01_txt("tok-EN_1", "thumb-PRINT_x");
+  assert_non_null(txt);
+  assert_string_equal(txt, "087AvYsS8eFsv6awXZaXDANeBM0qqn9jU7wmFIVYjzU");
+  free(txt);
+  char longtok[ACME_TOKEN_MAX + 200];
+  memset(longtok, 'a', sizeof(longtok) - 1);
+  longtok[sizeof(longtok) - 1] = '\0';
+  assert_null(acme_dns01_txt(longtok, "thumb"));
+}
+
 static void test_challenge_certificate(void **state) {
   (void)state;
   struct tp_err err = {0};
@@ -496,6 +535,7 @@ int main(void) {
       cmocka_unit_test(test_challenge_certificate),
       cmocka_unit_test(test_cert_id),
       cmocka_unit_test(test_renewal_info),
+      cmocka_unit_test(test_dns01),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

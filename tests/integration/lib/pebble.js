@@ -11,6 +11,8 @@
 //   pb.tlsPort          // where it answers TLS-ALPN-01
 //   pb.trustFile        // the CA file that verifies pebble's own HTTPS (LEGO_CA_CERTIFICATES)
 //   pb.root             // PEM of the root pebble issues under
+//   pb.challtestsrv     // "http://127.0.0.1:PORT", challtestsrv's management API
+//                       // (POST /set-txt, /clear-txt: the TXT records pebble's dns-01 sees)
 //   pb.stop()
 //
 // Options: Pebble.start({ nonceReject: 50 }) makes pebble reject that
@@ -67,6 +69,7 @@ class Pebble {
     pb.httpPort = http;
     pb.tlsPort = tlsPort;
     pb.managementPort = mgmt;
+    pb.challtestsrv = `http://127.0.0.1:${dnsMgmt}`;
     const config = path.join(dir, 'pebble.json');
     fs.writeFileSync(config, JSON.stringify({
       pebble: {
