@@ -386,7 +386,8 @@ static int order_load(struct order *od, struct tp_err *err) {
     if (od->c->issuance == NULL)
       rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s is not issued", od->name);
   }
-  if (rc == 0 && api_read(txn, &api_kind_issuer, od->c->issuance->issuer, 1, &im, &irow, err) != 0) {
+  if (rc == 0 &&
+      api_read(txn, &api_kind_issuer, od->c->issuance->issuer, 1, &im, &irow, err) != 0) {
     char prefix[300];
     snprintf(prefix, sizeof(prefix), "issuer: %s: ", od->c->issuance->issuer);
     tp_err_prefix(err, prefix);
