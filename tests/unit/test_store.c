@@ -2760,7 +2760,24 @@ static void test_open_refused_during_rotation(void **state) {
   struct heard h = {0};
   const struct store_watch w = {heard_revision, heard_status, &h};
   assert_ok(store_watch_start(other, &w, &err), err);
-  pg_run(f->path, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+  /* The watch connects on its own thread: a cut made before it is up is
+   * no loss to it, and it would never say it is back. */
+  start = now_ms();
+  PGconn *probe = pg_connect(f->path);
+  for (;;) {
+    PGresult *up = PQexec(probe, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                 "current_database() AND application_name = 'tlsplane-server'");
+    int listening = PQresultStatus(up) == PGRES_TUPLES_OK && atoi(PQgetvalue(up, 0, 0)) > 0;
+    PQclear(up);
+    if (listening)
+      break;
+    if (now_ms() - start > 5000)
+      fail_msg("the watch did not connect within 5 s");
+    usleep(20000);
+  }
+  PQfinish(probe);
+  /* Waits (up to 5 s) until each of the store's server processes ended. */
+  pg_run(f->path, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = "
                   "current_database() AND pid <> pg_backend_pid()");
   /* Back once its new connections (the watch's, the session's) are up. */
   start = now_ms();
