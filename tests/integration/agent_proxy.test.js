@@ -1,7 +1,8 @@
 'use strict';
 // The cleartext side: data both ways through to the upstream (curl, a
 // 20 MB body each way), half-close, an upstream that is down, and the
-// PROXY protocol v2 header with its TLS TLVs as the upstream parses it.
+// PROXY protocol v2 header with its TLS TLVs as the upstream parses it,
+// also to Unix-socket upstreams, cleartext and TLS.
 
 const { describe, test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -26,6 +27,8 @@ describe('proxying to the upstream, and PROXY protocol v2', () => {
   let echo;
   let httpPP;
   let echoPP;
+  let unixPP;
+  let unixTlsPP;
   let agent;
   let tmp;
 
@@ -37,6 +40,10 @@ describe('proxying to the upstream, and PROXY protocol v2', () => {
     echo = await Upstream.start({ mode: 'echo' });
     httpPP = await Upstream.start({ mode: 'http', proxy: true });
     echoPP = await Upstream.start({ mode: 'echo', proxy: true });
+    unixPP = await Upstream.start({ mode: 'echo', proxy: true, path: path.join(tmp, 'pp.sock') });
+    unixTlsPP = await Upstream.start({
+      mode: 'echo', proxy: true, path: path.join(tmp, 'pp-tls.sock'), tls: { cert: p.rsa.cert, key: p.rsa.key },
+    });
     const nobody = await freePort(); // bound and released: nothing listens there
     const web = tlsContext('web', { certs: [p.rsa, p.ecdsa], alpnProtocols: ['http/1.1'] });
     const mtls = tlsContext('mtls', {
@@ -48,12 +55,19 @@ describe('proxying to the upstream, and PROXY protocol v2', () => {
       listener('down', { upstream: `127.0.0.1:${nobody}`, defaultContext: web }),
       listener('pp-http', { upstream: httpPP.address, proxyProtocol: true, defaultContext: web }),
       listener('pp', { upstream: echoPP.address, proxyProtocol: true, defaultContext: mtls }),
+      listener('pp-unix', { upstream: unixPP.address, proxyProtocol: true, defaultContext: web }),
+      listener('pp-unix-tls', {
+        upstream: unixTlsPP.address,
+        proxyProtocol: true,
+        defaultContext: web,
+        upstreamTls: { context: tlsContext('up-ca', { client: true, ca: p.ca.cert }), servername: 'www.example.com' },
+      }),
     ]));
   });
 
   after(async () => {
     if (agent) await agent.stopClean();
-    for (const u of [http, echo, httpPP, echoPP]) if (u) await u.close();
+    for (const u of [http, echo, httpPP, echoPP, unixPP, unixTlsPP]) if (u) await u.close();
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
   failOnCrash({ afterEach }, () => [agent]);
@@ -174,6 +188,36 @@ describe('proxying to the upstream, and PROXY protocol v2', () => {
     assert.equal(h2.ssl.cn, 'alice');
     assert.equal(h2.ssl.verify, 0);
   });
+
+  // A listener takes TCP connections only, so the header to a Unix-socket
+  // upstream carries the client's TCP addresses (HAProxy's send-proxy-v2
+  // to a unix@ server does the same); PROXY v2's AF_UNIX family (0x31)
+  // would describe a client that itself came over a Unix socket.
+  for (const [name, what] of [['pp-unix', 'cleartext'], ['pp-unix-tls', 'TLS, the header sent before the upstream handshake']]) {
+    test(`PROXY v2 to a Unix-socket upstream (${what}): the client's TCP addresses and the TLVs, then the data both ways`, async () => {
+      const up = name === 'pp-unix' ? unixPP : unixTlsPP;
+      up.skipSeen();
+      const r = await exchange(agent.port(name), { servername: 'www.example.com', ALPNProtocols: ['http/1.1'] }, { send: 'over a unix socket\n', keepOpen: true });
+      assert.equal(r.ok, true, r.error);
+      assert.equal(r.echoed, 'over a unix socket\n');
+      const localPort = r.socket.localPort;
+      r.socket.end();
+      const conn = await up.nextConnection();
+      assert.equal(conn.proxyError, null);
+      assert.equal(conn.proxy.command, 'PROXY');
+      assert.equal(conn.proxy.family, 'TCP4');
+      assert.deepEqual(conn.proxy.src, { address: '127.0.0.1', port: localPort }, 'the client\'s address');
+      assert.deepEqual(conn.proxy.dst, { address: '127.0.0.1', port: agent.port(name) }, 'the address the client connected to');
+      assert.equal(conn.proxy.authority, 'www.example.com');
+      assert.equal(conn.proxy.alpn, 'http/1.1');
+      assert.equal(conn.proxy.ssl.version, r.info.protocol);
+      if (name === 'pp-unix-tls') {
+        assert.equal(conn.tls.servername, 'www.example.com', 'the upstream handshake came after the header, with the configured SNI');
+      } else {
+        assert.equal(conn.tls, undefined, 'cleartext after the header');
+      }
+    });
+  }
 
   test('PROXY v2 in front of HTTP: curl\'s request is served after the header', async () => {
     httpPP.skipSeen();

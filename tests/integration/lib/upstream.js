@@ -22,10 +22,18 @@
 // With proxy: true every connection must start with a PROXY protocol v2
 // header; it is parsed (and removed) before the mode sees the stream. A
 // connection without one is recorded with proxyError and closed.
+//
+// With path: '/dir/x.sock' it listens on that Unix-domain socket instead
+// (up.address is then "unix:/dir/x.sock"). With tls: { cert, key } the
+// stream after the PROXY header (if any) is TLS, served by node:tls, as
+// HAProxy's `accept-proxy` + `ssl` bind expects it; rec.tls then holds
+// what the handshake showed ({ servername, protocol, cipher }).
 
 const crypto = require('node:crypto');
 const http = require('node:http');
 const net = require('node:net');
+const { Duplex } = require('node:stream');
+const tls = require('node:tls');
 
 const PP2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 
@@ -132,9 +140,11 @@ function patternBytes(n) {
 }
 
 class Upstream {
-  constructor({ mode, proxy }) {
+  constructor({ mode, proxy, path, tls: tlsOpts }) {
     this.mode = mode;
     this.proxy = proxy;
+    this.path = path;
+    this.tlsOpts = tlsOpts;
     this.connections = []; // one record per accepted connection, in order
     this.sockets = new Set();
     this.waiters = [];
@@ -144,8 +154,8 @@ class Upstream {
     this.address = null;
   }
 
-  static async start({ mode = 'echo', proxy = false } = {}) {
-    const up = new Upstream({ mode, proxy });
+  static async start({ mode = 'echo', proxy = false, path = null, tls: tlsOpts = null } = {}) {
+    const up = new Upstream({ mode, proxy, path, tls: tlsOpts });
     await up._listen();
     return up;
   }
@@ -158,6 +168,13 @@ class Upstream {
     this.server = net.createServer({ allowHalfOpen: true }, (sock) => this._accept(sock));
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
+      if (this.path) {
+        this.server.listen(this.path, () => {
+          this.address = `unix:${this.path}`;
+          resolve();
+        });
+        return;
+      }
       this.server.listen(0, '127.0.0.1', () => {
         this.port = this.server.address().port;
         this.address = `127.0.0.1:${this.port}`;
@@ -194,6 +211,10 @@ class Upstream {
       rec._resolveClosed();
     });
     const ready = (rest) => {
+      if (this.tlsOpts) {
+        this._serveTls(sock, rec, rest);
+        return;
+      }
       this._notify(rec);
       this._serve(sock, rec, rest);
     };
@@ -228,6 +249,41 @@ class Upstream {
     };
     sock.on('data', onData);
     sock.on('end', onEnd);
+  }
+
+  // TLS over what follows the PROXY header: the bytes already read
+  // (rest) first, then the socket's, through a Duplex that node:tls wraps
+  // (a net.Socket would be read from its handle, past what was read).
+  _serveTls(sock, rec, rest) {
+    rec.tls = null;
+    const raw = new Duplex({
+      read() {
+        sock.resume();
+      },
+      write(chunk, encoding, cb) {
+        sock.write(chunk, cb);
+      },
+      final(cb) {
+        sock.end();
+        cb();
+      },
+    });
+    if (rest.length) raw.push(rest);
+    sock.on('data', (chunk) => {
+      if (!raw.push(chunk)) sock.pause();
+    });
+    sock.on('end', () => raw.push(null));
+    sock.on('close', () => raw.destroy());
+    const ts = new tls.TLSSocket(raw, { isServer: true, ...this.tlsOpts });
+    ts.on('error', (err) => {
+      rec.hadError = err.code || err.message;
+      sock.destroy();
+    });
+    ts.once('secure', () => {
+      rec.tls = { servername: ts.servername || null, protocol: ts.getProtocol(), cipher: ts.getCipher().name };
+      this._notify(rec);
+      this._serve(ts, rec, Buffer.alloc(0));
+    });
   }
 
   _serve(sock, rec, rest) {
