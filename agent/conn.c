@@ -630,6 +630,12 @@ static void clear_in(struct conn *c) {
     recbuf_hot(0);
     if (r > 0) {
       n += (size_t)r;
+      /* enc_in is empty and OpenSSL holds neither cleartext nor record
+       * bytes: another SSL_read could only find nothing and say
+       * WANT_READ, after setting up and releasing a record buffer; one
+       * keep-alive request paid about 1,000 instructions for it. */
+      if (c->in_len == 0 && !SSL_has_pending(c->ssl))
+        break;
       continue;
     }
     int e = SSL_get_error(c->ssl, r);
