@@ -308,13 +308,16 @@ static int bio_read(BIO *b, char *out, int len) {
   return (int)n;
 }
 
+/* OpenSSL asks 13 times per keep-alive request, mostly whether the BIO
+ * does kernel TLS: only PENDING needs the connection. */
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
-  struct conn *c = BIO_get_data(b);
   switch (cmd) {
   case BIO_CTRL_FLUSH:
     return 1;
-  case BIO_CTRL_PENDING:
+  case BIO_CTRL_PENDING: {
+    struct conn *c = BIO_get_data(b);
     return c != NULL ? (long)conn_check(c)->in_len : 0;
+  }
   default:
     return 0;
   }
