@@ -8,10 +8,10 @@
  * bins, not from its per-thread cache. Here a thread keeps up to
  * RECBUF_CACHED freed blocks of that size class and hands them out again.
  * The same for one small class: OpenSSL 3.0's WPACKET allocates a 40-byte
- * sub-packet for every record it writes and for every length prefix in
- * it (4 per keep-alive request), and glibc's free of those costs about 60
- * instructions each. Every other allocation goes to malloc, realloc and
- * free unchanged.
+ * sub-packet each time one starts and for each length prefix in it (4 per
+ * keep-alive request), and glibc's malloc and free of one cost about 130
+ * instructions. Every other allocation goes to malloc, realloc and free
+ * unchanged.
  *
  * Telling a record buffer from any other block on free takes
  * malloc_usable_size; a handshake frees hundreds of blocks, so the check
