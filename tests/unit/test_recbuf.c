@@ -1,7 +1,8 @@
 /* Unit tests for OpenSSL's allocator in the agent (agent/recbuf.c): record
- * buffers freed while hot come back to the next request of their class, on
- * the same thread only; everything else is plain malloc and free; a TLS
- * connection over the allocator still works (ASan checks every block). */
+ * buffers and small blocks freed while hot come back to the next request
+ * of their class, on the same thread only; everything else is plain malloc
+ * and free; a TLS connection over the allocator still works (ASan checks
+ * every block). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -37,6 +38,38 @@ static void test_class_blocks_are_reused_while_hot(void **state) {
   assert_non_null(c);
   recbuf_hot(1);
   OPENSSL_free(c);
+  recbuf_hot(0);
+  recbuf_thread_release();
+}
+
+static void test_small_blocks_are_reused_while_hot(void **state) {
+  (void)state;
+  void *a = OPENSSL_malloc(RECBUF_SMALL_MIN);
+  assert_non_null(a);
+  assert_true(malloc_usable_size(a) >= RECBUF_SMALL_MAX);
+  memset(a, 0xab, RECBUF_SMALL_MAX); /* the whole class size is usable */
+  recbuf_hot(1);
+  OPENSSL_free(a);
+  recbuf_hot(0);
+  void *b = OPENSSL_zalloc(RECBUF_SMALL_MAX);
+  assert_ptr_equal(b, a);
+  for (int i = 0; i < RECBUF_SMALL_MAX; i++)
+    assert_int_equal(((unsigned char *)b)[i], 0); /* zalloc still zeroes */
+  /* Below the class: not a class block, and not kept. */
+  void *tiny = OPENSSL_malloc(RECBUF_SMALL_MIN - 1);
+  assert_non_null(tiny);
+  recbuf_hot(1);
+  OPENSSL_free(tiny);
+  recbuf_hot(0);
+  void *c = OPENSSL_malloc(RECBUF_SMALL_MIN);
+  assert_ptr_not_equal(c, tiny);
+  /* Freed while not hot: given back to malloc, not kept. */
+  OPENSSL_free(b);
+  void *d = OPENSSL_malloc(RECBUF_SMALL_MIN);
+  assert_non_null(d);
+  recbuf_hot(1);
+  OPENSSL_free(c);
+  OPENSSL_free(d);
   recbuf_hot(0);
   recbuf_thread_release();
 }
@@ -121,6 +154,7 @@ int main(void) {
     return 1;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_class_blocks_are_reused_while_hot),
+      cmocka_unit_test(test_small_blocks_are_reused_while_hot),
       cmocka_unit_test(test_other_sizes_untouched),
       cmocka_unit_test(test_cache_is_bounded),
       cmocka_unit_test(test_thread_end_frees),
