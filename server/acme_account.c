@@ -92,68 +92,53 @@ struct outcome {
   int64_t retry_after_s;
 };
 
+/* The issuer after outcome o (jobs_outcome's edit). */
+static int outcome_edit(const struct jobs_outcome *w, const ProtobufCMessage *old,
+                        ProtobufCMessage *res, struct api_op *op, const char **action,
+                        struct tp_err *err) {
+  (void)old;
+  (void)op;
+  const struct outcome *o = w->data;
+  int64_t now_us = w->now_us;
+  Tlsplane__V1__Issuer *is = (Tlsplane__V1__Issuer *)res;
+  int ok = o->url != NULL && strcmp(o->status, STATUS_VALID) == 0;
+  char why[sizeof(o->err.msg) + 64];
+  if (o->url != NULL && !ok)
+    snprintf(why, sizeof(why), "the ACME server says the account is %s", o->status);
+  else
+    snprintf(why, sizeof(why), "%s", o->err.msg);
+  if (ok) {
+    is->acme_registration_failures = 0;
+    pb_field_clear(res, pb_field(res->descriptor, "acme_next_attempt_time"));
+  } else {
+    is->acme_registration_failures++;
+    int64_t delay_ms = retry_delay_ms(is->acme_registration_failures);
+    if (o->retry_after_s * 1000 > delay_ms)
+      delay_ms = o->retry_after_s * 1000;
+    if (pb_timestamp_set(res, "acme_next_attempt_time", now_us + delay_ms * 1000) != 0)
+      return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  if (pb_string_set(res, "acme_account_status", ok ? STATUS_VALID : STATUS_FAILED) != 0 ||
+      pb_string_set(res, "acme_last_error", ok ? "" : why) != 0 ||
+      (o->url != NULL && pb_string_set(res, "acme_account_url", o->url) != 0))
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  *action = ok ? "acme_account_registered" : "acme_account_failed";
+  return 0;
+}
+
 /* Writes the outcome on name, still at etag. */
 static int outcome_write(struct api *api, const char *name, const char *etag,
                          const struct outcome *o, int64_t now_us, struct tp_err *err) {
   const struct rpc_call_info call = {
       .method = ACME_ACCOUNT_METHOD, .peer = "local", .actor = "system", .principal = ""};
-  struct store_txn *txn;
-  if (store_begin(api->store, 1, &txn, err) != 0)
-    return -1;
-  ProtobufCMessage *old = NULL, *res = NULL;
-  struct store_row row = {0};
-  int rc = api_read(txn, &api_kind_issuer, name, 1, &old, &row, err);
-  if (rc == 0 && strcmp(row.etag, etag) != 0)
-    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", name);
-  if (rc == 0 && (res = pb_clone(old)) == NULL)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  int ok = o->url != NULL && strcmp(o->status, STATUS_VALID) == 0;
-  if (rc == 0) {
-    Tlsplane__V1__Issuer *is = (Tlsplane__V1__Issuer *)res;
-    char why[sizeof(o->err.msg) + 64];
-    if (o->url != NULL && !ok)
-      snprintf(why, sizeof(why), "the ACME server says the account is %s", o->status);
-    else
-      snprintf(why, sizeof(why), "%s", o->err.msg);
-    if (ok) {
-      is->acme_registration_failures = 0;
-      pb_field_clear(res, pb_field(res->descriptor, "acme_next_attempt_time"));
-    } else {
-      is->acme_registration_failures++;
-      int64_t delay_ms = retry_delay_ms(is->acme_registration_failures);
-      if (o->retry_after_s * 1000 > delay_ms)
-        delay_ms = o->retry_after_s * 1000;
-      if (pb_timestamp_set(res, "acme_next_attempt_time", now_us + delay_ms * 1000) != 0)
-        rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    }
-    if (rc == 0 &&
-        (pb_string_set(res, "acme_account_status", ok ? STATUS_VALID : STATUS_FAILED) != 0 ||
-         pb_string_set(res, "acme_last_error", ok ? "" : why) != 0 ||
-         (o->url != NULL && pb_string_set(res, "acme_account_url", o->url) != 0)))
-      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  if (rc == 0) {
-    struct api_op op = {.api = api,
-                        .kind = &api_kind_issuer,
-                        .txn = txn,
-                        .call = &call,
-                        .old = old,
-                        .old_row = &row,
-                        .now = (time_t)(now_us / 1000000)};
-    rc = api_write(&op, res, etag, ok ? "acme_account_registered" : "acme_account_failed", err);
-  }
-  if (rc == 0)
-    rc = store_commit(txn, NULL, err);
-  else
-    store_rollback(txn);
-  if (res != NULL)
-    protobuf_c_message_free_unpacked(res, NULL);
-  if (old != NULL)
-    protobuf_c_message_free_unpacked(old, NULL);
-  if (row.secret != NULL)
-    OPENSSL_cleanse(row.secret, row.secret_len);
-  store_row_clear(&row);
-  return rc;
+  const struct jobs_outcome w = {.kind = &api_kind_issuer,
+                                 .call = &call,
+                                 .name = name,
+                                 .etag = etag,
+                                 .now_us = now_us,
+                                 .edit = outcome_edit,
+                                 .data = (void *)o};
+  return jobs_outcome_write(api, &w, err) < 0 ? -1 : 0;
 }
 
 struct task {

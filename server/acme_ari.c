@@ -85,60 +85,53 @@ static Tlsplane__V1__AcmeRenewalInfo *info_make(const Tlsplane__V1__AcmeRenewalI
   return ri;
 }
 
+/* An outcome, and the certID of the chain it is for. */
+struct outcome_for {
+  const struct outcome *o;
+  const char *cert_id;
+};
+
+/* The certificate with the outcome's renewal information, as long as it
+ * still serves the chain it is for and waits for a check. */
+static int outcome_edit(const struct jobs_outcome *w, const ProtobufCMessage *old,
+                        ProtobufCMessage *res, struct api_op *op, const char **action,
+                        struct tp_err *err) {
+  (void)op;
+  const struct outcome_for *f = w->data;
+  const struct outcome *o = f->o;
+  const char *cert_id = f->cert_id;
+  const Tlsplane__V1__Certificate *was = (const Tlsplane__V1__Certificate *)old;
+  char *now_id = acme_cert_id_pem(was->certificate_chain_pem);
+  int changed = was->acme_order == NULL || was->acme_order->renewal_info == NULL ||
+                (now_id == NULL) != (cert_id == NULL) ||
+                (now_id != NULL && strcmp(now_id, cert_id) != 0);
+  free(now_id);
+  if (changed)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", w->name);
+  Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
+  Tlsplane__V1__AcmeRenewalInfo *ri =
+      o->gone ? NULL : info_make(was->acme_order->renewal_info, cert_id, o, w->now_us);
+  if (!o->gone && ri == NULL)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  protobuf_c_message_free_unpacked(&c->acme_order->renewal_info->base, NULL);
+  c->acme_order->renewal_info = ri;
+  *action = "acme_renewal_info";
+  return 0;
+}
+
 /* Writes o on certificate name, as long as it still serves the chain of
  * cert_id (NULL: a chain without one) and waits for a check (one
  * revision). */
 static int outcome_write(struct api *api, const char *name, const char *cert_id,
                          const struct outcome *o, struct tp_err *err) {
-  int64_t now_us = pb_now_us();
-  struct store_txn *txn;
-  if (store_begin(api->store, 1, &txn, err) != 0)
-    return -1;
-  ProtobufCMessage *old = NULL, *res = NULL;
-  struct store_row row = {0};
-  int rc = api_read(txn, &api_kind_certificate, name, 1, &old, &row, err);
-  const Tlsplane__V1__Certificate *was = (const Tlsplane__V1__Certificate *)old;
-  char *now_id = rc == 0 ? acme_cert_id_pem(was->certificate_chain_pem) : NULL;
-  if (rc == 0 &&
-      (was->acme_order == NULL || was->acme_order->renewal_info == NULL ||
-       (now_id == NULL) != (cert_id == NULL) || (now_id != NULL && strcmp(now_id, cert_id) != 0)))
-    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", name);
-  free(now_id);
-  if (rc == 0 && (res = pb_clone(old)) == NULL)
-    rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  if (rc == 0) {
-    Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
-    Tlsplane__V1__AcmeRenewalInfo *ri =
-        o->gone ? NULL : info_make(was->acme_order->renewal_info, cert_id, o, now_us);
-    if (!o->gone && ri == NULL)
-      rc = tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    else {
-      protobuf_c_message_free_unpacked(&c->acme_order->renewal_info->base, NULL);
-      c->acme_order->renewal_info = ri;
-    }
-  }
-  if (rc == 0) {
-    struct api_op op = {.api = api,
-                        .kind = &api_kind_certificate,
-                        .txn = txn,
-                        .call = &job_call,
-                        .old = old,
-                        .old_row = &row,
-                        .now = (time_t)(now_us / 1000000)};
-    rc = api_write(&op, res, row.etag, "acme_renewal_info", err);
-  }
-  if (rc == 0)
-    rc = store_commit(txn, NULL, err);
-  else
-    store_rollback(txn);
-  if (res != NULL)
-    protobuf_c_message_free_unpacked(res, NULL);
-  if (old != NULL)
-    protobuf_c_message_free_unpacked(old, NULL);
-  if (row.secret != NULL)
-    OPENSSL_cleanse(row.secret, row.secret_len);
-  store_row_clear(&row);
-  return rc;
+  const struct outcome_for f = {.o = o, .cert_id = cert_id};
+  const struct jobs_outcome w = {.kind = &api_kind_certificate,
+                                 .call = &job_call,
+                                 .name = name,
+                                 .now_us = pb_now_us(),
+                                 .edit = outcome_edit,
+                                 .data = (void *)&f};
+  return jobs_outcome_write(api, &w, err) < 0 ? -1 : 0;
 }
 
 /* Reads what the check needs: the chain's certID and the issuer's

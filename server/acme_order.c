@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "acme.h"
@@ -119,6 +120,7 @@ struct order {
   struct chal *chals;
   size_t n_chals;
   int chals_stored;
+  int waiting; /* another certificate has a challenge out for one of its names: err says which */
   /* The authorizations as last seen, for the certificate's state. */
   Tlsplane__V1__AcmeAuthorization *authz;
   Tlsplane__V1__AcmeAuthorization **authz_ptrs;
@@ -192,11 +194,12 @@ enum state_kind {
   STATE_FAILED,   /* why (and the back-off) */
   STATE_DONE,     /* the chain: the pending key becomes the serving key */
   STATE_REKEY,    /* a new pending request (renewal) */
+  STATE_WAITING,  /* why, and the next attempt soon (no failure) */
 };
 
 struct state {
   enum state_kind kind;
-  const char *why;                  /* STATE_FAILED */
+  const char *why;                  /* STATE_FAILED, STATE_WAITING */
   int64_t retry_after_s;            /* STATE_FAILED */
   const char *chain;                /* STATE_DONE */
   const struct csr_hook *hook;      /* STATE_REKEY */
@@ -241,6 +244,13 @@ static Tlsplane__V1__AcmeOrder *order_state(const struct order *od,
     next.seconds = at / 1000000;
     next.nanos = (int32_t)(at % 1000000) * 1000;
     o.next_attempt_time = &next;
+  } else if (st->kind == STATE_WAITING) {
+    /* Not a failure: neither counted nor backed off. */
+    o.last_error = (char *)st->why;
+    int64_t at = now_us + (int64_t)ACME_ORDER_WAITING_RETRY_MS * 1000;
+    next.seconds = at / 1000000;
+    next.nanos = (int32_t)(at % 1000000) * 1000;
+    o.next_attempt_time = &next;
   } else if (st->kind == STATE_DONE) {
     o.failures = 0;
     o.last_error = "";
@@ -263,92 +273,77 @@ static Tlsplane__V1__AcmeOrder *order_state(const struct order *od,
   return res;
 }
 
+/* An order and the state it writes. */
+struct state_of {
+  const struct order *od;
+  const struct state *st;
+};
+
+/* The certificate after st (jobs_outcome's edit). */
+static int state_edit(const struct jobs_outcome *w, const ProtobufCMessage *old,
+                      ProtobufCMessage *res, struct api_op *op, const char **action,
+                      struct tp_err *err) {
+  const struct order *od = ((const struct state_of *)w->data)->od;
+  const struct state *st = ((const struct state_of *)w->data)->st;
+  const Tlsplane__V1__Certificate *was = (const Tlsplane__V1__Certificate *)old;
+  if (was->issuance == NULL || strcmp(was->issuance->issuer, od->c->issuance->issuer) != 0)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", od->name);
+  /* Progress and a chain are for the order's own request; a failure is
+   * recorded whatever the certificate holds. */
+  if ((st->kind == STATE_PROGRESS || st->kind == STATE_DONE) && was->pending_request == NULL)
+    return tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", od->name);
+  Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
+  const ProtobufCMessageDescriptor *d = res->descriptor;
+  Tlsplane__V1__AcmeOrder *o = order_state(od, was->acme_order, st, w->now_us);
+  if (o == NULL)
+    return oom(err);
+  if (c->acme_order != NULL)
+    protobuf_c_message_free_unpacked(&c->acme_order->base, NULL);
+  c->acme_order = o;
+  *action = "acme_order";
+  if (st->kind == STATE_FAILED) {
+    c->renewal_failures = o->failures;
+    *action = od->renewal ? "renew_failed" : "issue_failed";
+    if (pb_string_set(res, "last_renewal_error", st->why) != 0 ||
+        pb_timestamp_set(res, "next_attempt_time", pb_timestamp_us(o->next_attempt_time)) != 0)
+      return oom(err);
+  } else if (st->kind == STATE_WAITING) {
+    if (pb_timestamp_set(res, "next_attempt_time", pb_timestamp_us(o->next_attempt_time)) != 0)
+      return oom(err);
+  } else if (st->kind == STATE_DONE) {
+    pb_field_clear(res, pb_field(d, "ocsp_response"));
+    pb_field_clear(res, pb_field(d, "issuer_certificate_pem"));
+    pb_field_clear(res, pb_field(d, "next_attempt_time"));
+    c->renewal_failures = 0;
+    *action = od->renewal ? "renew" : "issue";
+    if (pb_string_set(res, "certificate_chain_pem", st->chain) != 0 ||
+        pb_string_set(res, "last_renewal_error", "") != 0 ||
+        pb_timestamp_set(res, "last_renewal_time", w->now_us) != 0)
+      return oom(err);
+  } else if (st->kind == STATE_REKEY) {
+    if (c->pending_request != NULL)
+      protobuf_c_message_free_unpacked(&c->pending_request->base, NULL);
+    c->pending_request = (Tlsplane__V1__PendingRequest *)pb_clone(&st->pr->base);
+    if (c->pending_request == NULL)
+      return oom(err);
+    *action = "request";
+    op->hook_data = st->hook;
+  }
+  return 0;
+}
+
 /* Writes st on the certificate as it is now (one revision, actor
  * "system"). A certificate deleted or re-made meanwhile is left alone
  * (NOT_FOUND, or FAILED_PRECONDITION "changed meanwhile"). */
 static int state_write(struct order *od, const struct state *st, struct tp_err *err) {
-  struct api *api = od->api;
-  int64_t now_us = pb_now_us();
-  struct store_txn *txn;
-  if (store_begin(api->store, 1, &txn, err) != 0)
-    return -1;
-  ProtobufCMessage *old = NULL, *res = NULL;
-  struct store_row row = {0};
-  int rc = api_read(txn, &api_kind_certificate, od->name, 1, &old, &row, err);
-  const Tlsplane__V1__Certificate *was = (const Tlsplane__V1__Certificate *)old;
-  if (rc == 0 &&
-      (was->issuance == NULL || strcmp(was->issuance->issuer, od->c->issuance->issuer) != 0))
-    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", od->name);
-  /* Progress and a chain are for the order's own request; a failure is
-   * recorded whatever the certificate holds. */
-  if (rc == 0 && (st->kind == STATE_PROGRESS || st->kind == STATE_DONE) &&
-      was->pending_request == NULL)
-    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", od->name);
-  if (rc == 0 && (res = pb_clone(old)) == NULL)
-    rc = oom(err);
-  const char *action = "acme_order";
-  if (rc == 0) {
-    Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
-    const ProtobufCMessageDescriptor *d = res->descriptor;
-    Tlsplane__V1__AcmeOrder *o = order_state(od, was->acme_order, st, now_us);
-    if (o == NULL)
-      rc = oom(err);
-    else {
-      if (c->acme_order != NULL)
-        protobuf_c_message_free_unpacked(&c->acme_order->base, NULL);
-      c->acme_order = o;
-    }
-    if (rc == 0 && st->kind == STATE_FAILED) {
-      c->renewal_failures = o->failures;
-      rc = pb_string_set(res, "last_renewal_error", st->why) == 0 &&
-                   pb_timestamp_set(res, "next_attempt_time",
-                                    pb_timestamp_us(o->next_attempt_time)) == 0
-               ? 0
-               : oom(err);
-      action = od->renewal ? "renew_failed" : "issue_failed";
-    } else if (rc == 0 && st->kind == STATE_DONE) {
-      pb_field_clear(res, pb_field(d, "ocsp_response"));
-      pb_field_clear(res, pb_field(d, "issuer_certificate_pem"));
-      pb_field_clear(res, pb_field(d, "next_attempt_time"));
-      c->renewal_failures = 0;
-      rc = pb_string_set(res, "certificate_chain_pem", st->chain) == 0 &&
-                   pb_string_set(res, "last_renewal_error", "") == 0 &&
-                   pb_timestamp_set(res, "last_renewal_time", now_us) == 0
-               ? 0
-               : oom(err);
-      action = od->renewal ? "renew" : "issue";
-    } else if (rc == 0 && st->kind == STATE_REKEY) {
-      if (c->pending_request != NULL)
-        protobuf_c_message_free_unpacked(&c->pending_request->base, NULL);
-      c->pending_request = (Tlsplane__V1__PendingRequest *)pb_clone(&st->pr->base);
-      if (c->pending_request == NULL)
-        rc = oom(err);
-      action = "request";
-    }
-  }
-  if (rc == 0) {
-    struct api_op op = {.api = api,
-                        .kind = &api_kind_certificate,
-                        .txn = txn,
-                        .call = &job_call,
-                        .old = old,
-                        .old_row = &row,
-                        .now = (time_t)(now_us / 1000000),
-                        .hook_data = st->kind == STATE_REKEY ? st->hook : NULL};
-    rc = api_write(&op, res, row.etag, action, err);
-  }
-  if (rc == 0)
-    rc = store_commit(txn, NULL, err);
-  else
-    store_rollback(txn);
-  if (res != NULL)
-    protobuf_c_message_free_unpacked(res, NULL);
-  if (old != NULL)
-    protobuf_c_message_free_unpacked(old, NULL);
-  if (row.secret != NULL)
-    OPENSSL_cleanse(row.secret, row.secret_len);
-  store_row_clear(&row);
-  return rc;
+  const struct state_of of = {.od = od, .st = st};
+  const struct jobs_outcome w = {.kind = &api_kind_certificate,
+                                 .call = &job_call,
+                                 .name = od->name,
+                                 .now_us = pb_now_us(),
+                                 .edit = state_edit,
+                                 .data = (void *)&of};
+  return jobs_outcome_write(od->api, &w, err) < 0 ? -1 : 0;
 }
 
 /* Notes authorization i's identifier, status and URL for the state. */
@@ -446,31 +441,81 @@ static int name_served(struct order *od, const char *name, struct tp_err *err) {
   return fleet_world_serves(od->world, name, od->name);
 }
 
+/* Whether another certificate has a challenge out for one of names[0..n)
+ * (DNS names; a wildcard's challenge is for its base name), as txn reads
+ * the challenge rows: 1 with od->waiting set and err saying which, 0, or
+ * -1. The rule is between certificates: a wildcard and its base name in
+ * one order are two authorizations of that order, answered together
+ * (dns-01's one _acme-challenge record holds both values). *own (when
+ * not NULL) is set when the certificate has rows of its own. */
+static int challenge_taken(struct order *od, struct store_txn *txn, const char *const *names,
+                           size_t n, int *own, struct tp_err *err) {
+  struct store_challenge *rows = NULL;
+  size_t n_rows = 0;
+  if (store_challenges_list(txn, &rows, &n_rows, err) != 0)
+    return -1;
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < n_rows; i++) {
+    if (strcmp(rows[i].certificate, od->name) == 0) {
+      if (own != NULL)
+        *own = 1;
+      continue;
+    }
+    Tlsplane__V1__AcmeChallengeMaterial *m =
+        tlsplane__v1__acme_challenge_material__unpack(NULL, rows[i].data_len, rows[i].data);
+    if (m == NULL)
+      continue;
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+      const char *name = strncmp(names[k], "*.", 2) == 0 ? names[k] + 2 : names[k];
+      if (strcasecmp(name, m->server_name) == 0) {
+        od->waiting = 1;
+        tp_err_set(err, GRPC_STATUS_UNAVAILABLE, "waiting: %s has a challenge out for %s",
+                   rows[i].certificate, name);
+        rc = 1;
+      }
+    }
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+  }
+  store_challenges_free(rows, n_rows);
+  return rc;
+}
+
 /* Puts the order's challenges out (put 1) or takes them back (put 0), in
- * one revision. */
+ * one revision. Each is a row: a tls-alpn-01 one carries the certificate
+ * the agents answer with, a dns-01 one none (the agents leave it out)
+ * and its TXT value as its secret; both say that the name has a
+ * challenge out. Put, they are written only when no other certificate
+ * has one out for the same name (challenge_taken, in the same
+ * transaction: two orders never both write one). */
 static int challenges_store(struct order *od, int put, int64_t *revision, struct tp_err *err) {
   struct store_challenge *v = calloc(od->n_chals + 1, sizeof(*v));
   uint8_t **data = calloc(od->n_chals + 1, sizeof(*data));
-  int rc = v != NULL && data != NULL ? 0 : oom(err);
-  size_t n = 0; /* the tls-alpn-01 ones: dns-01 needs nothing of the agents */
+  const char **names = calloc(od->n_chals + 1, sizeof(*names));
+  int rc = v != NULL && data != NULL && names != NULL ? 0 : oom(err);
+  size_t n = 0;
   for (size_t i = 0; rc == 0 && put && i < od->n_chals; i++) {
-    if (od->chals[i].dns)
-      continue;
+    const struct chal *ch = &od->chals[i];
     Tlsplane__V1__AcmeChallengeMaterial m = TLSPLANE__V1__ACME_CHALLENGE_MATERIAL__INIT;
-    m.server_name = od->chals[i].name;
-    m.certificate_pem = od->chals[i].cert_pem;
+    m.server_name = ch->name;
+    if (!ch->dns)
+      m.certificate_pem = ch->cert_pem;
     if (pb_pack(&m.base, &data[n], &v[n].data_len) != 0)
       rc = oom(err);
     v[n].index = (int64_t)n;
     v[n].data = data[n];
-    v[n].secret = (uint8_t *)od->chals[i].key_pem;
-    v[n].secret_len = strlen(od->chals[i].key_pem);
+    const char *secret = ch->dns ? ch->txt : ch->key_pem;
+    v[n].secret = (uint8_t *)secret;
+    v[n].secret_len = strlen(secret);
+    names[n] = ch->name;
     n++;
   }
   struct store_txn *txn = NULL;
   if (rc == 0)
     rc = store_begin(od->api->store, 1, &txn, err);
-  if (rc == 0) {
+  if (rc == 0 && put && challenge_taken(od, txn, names, n, NULL, err) != 0) {
+    store_rollback(txn);
+    rc = -1;
+  } else if (rc == 0) {
     rc = store_challenges_set(txn, od->name, v, put ? n : 0, job_call.actor, job_call.method,
                               put ? "acme_challenges_out" : "acme_challenges_done", err);
     if (rc == 0)
@@ -480,9 +525,28 @@ static int challenges_store(struct order *od, int put, int64_t *revision, struct
   }
   for (size_t i = 0; data != NULL && i < od->n_chals; i++)
     free(data[i]);
+  free(names);
   free(data);
   free(v);
   return rc;
+}
+
+/* Before newOrder: an order that would wait asks the CA for nothing. 0, or
+ * -1 (od->waiting set when that is why). Rows of its own are an earlier
+ * run's that ended without taking them back (the server stopped hard):
+ * taken back now, so that they hold up no other certificate. */
+static int order_may_start(struct order *od, struct tp_err *err) {
+  const Tlsplane__V1__Issuance *iss = od->c->issuance;
+  struct store_txn *txn;
+  if (store_begin(od->api->store, 0, &txn, err) != 0)
+    return -1;
+  int own = 0;
+  int rc =
+      challenge_taken(od, txn, (const char *const *)iss->dns_names, iss->n_dns_names, &own, err);
+  store_rollback(txn);
+  if (rc == 0 && own)
+    rc = challenges_store(od, 0, NULL, err);
+  return rc != 0 ? -1 : 0;
 }
 
 /* Waits (bounded) until every connected agent applied revision. */
@@ -782,7 +846,8 @@ static void order_run(void *data, const atomic_int *stop) {
     od.renewal = od.c->certificate_chain_pem[0] != '\0';
     acme_client_init(&od.client, od.is->acme_directory_url,
                      od.is->acme_ca_pem[0] ? od.is->acme_ca_pem : NULL, stop);
-    if (od.c->pending_request == NULL)
+    rc = order_may_start(&od, &err);
+    if (rc == 0 && od.c->pending_request == NULL)
       rc = order_rekey(&od, &err);
   }
   if (rc == 0)
@@ -795,13 +860,14 @@ static void order_run(void *data, const atomic_int *stop) {
   size_t n_alpn = 0;
   for (size_t i = 0; i < od.n_chals; i++)
     n_alpn += !od.chals[i].dns;
-  if (rc == 0 && n_alpn > 0) {
+  if (rc == 0 && od.n_chals > 0) {
     rc = challenges_store(&od, 1, &revision, &err);
     od.chals_stored = rc == 0;
     if (rc == 0) {
-      log_info("jobs", "ACME order of %s: %zu challenge(s) out at revision %lld", od.name, n_alpn,
-               (long long)revision);
-      fleet_wait(&od, revision);
+      log_info("jobs", "ACME order of %s: %zu challenge(s) out at revision %lld", od.name,
+               od.n_chals, (long long)revision);
+      if (n_alpn > 0)
+        fleet_wait(&od, revision);
     }
   }
   if (rc == 0)
@@ -846,6 +912,16 @@ static void order_run(void *data, const atomic_int *stop) {
     err = werr; /* the chain was refused (a context it is in): a failure */
     rc = -1;
   }
+  if (od.waiting) {
+    /* Tried again soon; the CA's order, if made, is left to expire. */
+    /* Said once per wait, not at every retry. */
+    if (od.c->acme_order == NULL || strcmp(od.c->acme_order->last_error, err.msg) != 0)
+      log_info("jobs", "ACME order of %s: %s", od.name, err.msg);
+    const struct state st = {.kind = STATE_WAITING, .why = err.msg};
+    state_write_logged(&od, &st);
+    order_clear(&od);
+    return;
+  }
   log_warn("jobs", "ACME order of %s: %s", od.name, err.msg);
   if (od.c != NULL && od.c->issuance != NULL) {
     const struct state st = {.kind = STATE_FAILED, .why = err.msg, .retry_after_s = retry_after_s};
@@ -864,6 +940,8 @@ void acme_order_submit(struct api *api, struct jobs *jobs, const char *name) {
     return;
   }
   t->api = api;
-  if (jobs_fetch_submit(jobs, t->name, order_run, t, task_free) != 0)
-    task_free(t); /* queued or running already */
+  /* Refused (queued or running already, or the order threads' queue is
+   * full): the certificate stays due, and a later round hands it over. */
+  if (jobs_order_submit(jobs, t->name, order_run, t, task_free) != 0)
+    task_free(t);
 }

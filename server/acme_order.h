@@ -4,16 +4,17 @@
  * IssueCertificate with an ACME issuer creates the Certificate at once,
  * with no chain yet and a pending request (csr.h: a key the server made
  * and keeps sealed, and its CSR), and the renewal job hands the order to
- * a fetch thread (jobs_fetch_submit), never the API's thread: newOrder;
- * per authorization its tls-alpn-01 challenge certificate, stored with
- * store_challenges_set (its key sealed like every secret) in one
- * revision, which the push hub sends to every listener that serves
- * the name (fleet.h); a wait (bounded) until the connected agents
- * applied that revision; the challenge answered; the authorization polled
- * (Retry-After honoured, bounded) until valid or invalid; the challenge
- * rows deleted (one revision); then finalize with the pending request's
- * CSR, the order polled, the chain downloaded and attached to the
- * certificate (one revision: the pending key becomes the serving key).
+ * an order thread (jobs_order_submit), never the API's thread nor a fetch
+ * thread: newOrder; per authorization its tls-alpn-01 challenge
+ * certificate, stored with store_challenges_set (its key sealed like
+ * every secret) in one revision, which the push hub sends to every
+ * listener that serves the name (fleet.h); a wait (bounded) until the
+ * connected agents applied that revision; the challenge answered; the
+ * authorization polled (Retry-After honoured, bounded) until valid or
+ * invalid; the challenge rows deleted (one revision); then finalize with
+ * the pending request's CSR, the order polled, the chain downloaded and
+ * attached to the certificate (one revision: the pending key becomes the
+ * serving key).
  * A renewal first re-keys the certificate (a new pending request) while
  * the old chain keeps serving, and its newOrder names the certificate it
  * replaces (RFC 9773 5, when the CA offers renewalInfo). A completed
@@ -27,6 +28,17 @@
  * the challenges are ready, and whose "cleanup" runs for each name
  * "present" ran for, whatever the outcome; otherwise the order fails.
  * The choice is recorded as the authorization's challenge_type.
+ *
+ * One name, one challenge out at a time across certificates (two
+ * certificates' tls-alpn-01 certificates for one name would meet on the
+ * same listeners, their dns-01 values in the same record): every
+ * challenge, dns-01's too, is a row of the store's challenges while it is
+ * out. An order whose names another certificate has a challenge out for
+ * waits: checked before newOrder, and again in the transaction that
+ * writes its own rows. It is then recorded on the certificate
+ * (acme_order.last_error "waiting: certificates/X has a challenge out for
+ * NAME") and tried again after ACME_ORDER_WAITING_RETRY_MS, not counted
+ * as a failure.
  *
  * The order's state is written on the certificate as it goes
  * (Certificate.acme_order); a failure (an ACME problem, a transport
@@ -43,10 +55,11 @@
 #include "tlsplane/v1/snapshot.pb-c.h"
 
 /* Bounds of one order's steps. */
-#define ACME_ORDER_FLEET_WAIT_MS (60 * 1000)  /* for the agents to hold a challenge */
-#define ACME_ORDER_AUTHZ_WAIT_MS (120 * 1000) /* for the authorizations to settle */
-#define ACME_ORDER_FINAL_WAIT_MS (120 * 1000) /* for the order to become valid */
-#define ACME_ORDER_POLL_MAX_MS (10 * 1000)    /* between two polls at most */
+#define ACME_ORDER_FLEET_WAIT_MS (60 * 1000)   /* for the agents to hold a challenge */
+#define ACME_ORDER_AUTHZ_WAIT_MS (120 * 1000)  /* for the authorizations to settle */
+#define ACME_ORDER_FINAL_WAIT_MS (120 * 1000)  /* for the order to become valid */
+#define ACME_ORDER_POLL_MAX_MS (10 * 1000)     /* between two polls at most */
+#define ACME_ORDER_WAITING_RETRY_MS (2 * 1000) /* after waiting for another's challenge */
 #define ACME_ORDER_METHOD "job:acme-order"
 
 struct jobs;
@@ -65,16 +78,18 @@ int acme_order_check(const Tlsplane__V1__Issuer *is, const Tlsplane__V1__IssueCe
 int acme_order_request_make(const Tlsplane__V1__Issuance *iss, time_t now, char **key_pem,
                             Tlsplane__V1__PendingRequest **pr, struct tp_err *err);
 
-/* Hands the order of certificate `name` to the fetch threads (once: not
- * while one for it is queued or running). jobs NULL: runs it now, on the
- * calling thread. */
+/* Hands the order of certificate `name` to the order threads (once: not
+ * while one for it is queued or running; not while their queue is full,
+ * the certificate staying due). jobs NULL: runs it now, on the calling
+ * thread. */
 void acme_order_submit(struct api *api, struct jobs *jobs, const char *name);
 
 /* A pending challenge as the store holds it (store_challenges_list: its
  * data a packed AcmeChallengeMaterial without the key, its secret the
  * key's PEM) as the material agents get: *out (caller wipes
  * private_key_pem and frees with protobuf_c_message_free_unpacked). -1
- * when it does not decode. */
+ * when it does not decode, or is a dns-01 challenge's (no certificate:
+ * nothing for the agents). */
 int acme_challenge_material(const struct store_challenge *c,
                             Tlsplane__V1__AcmeChallengeMaterial **out);
 

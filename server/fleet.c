@@ -877,9 +877,10 @@ static int world_listeners_since(struct build *b, struct tp_err *err) {
   return rc;
 }
 
-/* The pending ACME challenges, each a resource of the set. A row that
- * cannot be read is left out (its order times out and says so); -1 only
- * when out of memory. */
+/* The pending tls-alpn-01 challenges, each a resource of the set. A
+ * dns-01 challenge's row (no certificate: the agents have no part in it,
+ * acme_order.h) is left out, and so is a row that cannot be read (its
+ * order times out and says so); -1 only when out of memory. */
 static int world_challenges(struct build *b) {
   struct fleet_world *w = b->w;
   struct store_challenge *rows = NULL;

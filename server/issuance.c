@@ -413,11 +413,12 @@ int issuance_prepare(Tlsplane__V1__Certificate *c, const Tlsplane__V1__Certifica
   return 0;
 }
 
-/* When the renewal (or its retry) is due. */
+/* When the renewal (or its retry) is due: next_attempt_time is set after
+ * a failure, or by an ACME order waiting for another certificate's
+ * challenge (acme_order.h, no failure), and cleared by a success. */
 static int64_t renewal_due_us(const Tlsplane__V1__Certificate *c) {
-  int64_t due = c->renewal_failures > 0 && c->next_attempt_time != NULL
-                    ? pb_timestamp_us(c->next_attempt_time)
-                    : pb_timestamp_us(c->renewal_time);
+  int64_t due = c->next_attempt_time != NULL ? pb_timestamp_us(c->next_attempt_time)
+                                             : pb_timestamp_us(c->renewal_time);
   return due > 0 ? due : 1;
 }
 
@@ -435,72 +436,62 @@ static int64_t retry_delay_ms(int failures) {
   return jobs_backoff(base, ISSUANCE_RETRY_MAX_MS, failures);
 }
 
+/* One attempt's outcome: the new chain and key, or (chain NULL) the
+ * failure in why. */
+struct renewal {
+  const char *chain;
+  const char *key;
+  const char *why;
+};
+
+/* The certificate after the attempt (jobs_outcome's edit). */
+static int renewal_edit(const struct jobs_outcome *w, const ProtobufCMessage *old,
+                        ProtobufCMessage *res, struct api_op *op, const char **action,
+                        struct tp_err *err) {
+  (void)old;
+  (void)op;
+  const struct renewal *r = w->data;
+  Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
+  const ProtobufCMessageDescriptor *d = res->descriptor;
+  int rc;
+  if (r->chain != NULL) {
+    /* A stapled response and its issuer were for the old leaf. */
+    pb_field_clear(res, pb_field(d, "ocsp_response"));
+    pb_field_clear(res, pb_field(d, "issuer_certificate_pem"));
+    pb_field_clear(res, pb_field(d, "next_attempt_time"));
+    c->renewal_failures = 0;
+    rc = pb_string_set(res, "certificate_chain_pem", r->chain) == 0 &&
+                 pb_string_set(res, "private_key_pem", r->key) == 0 &&
+                 pb_string_set(res, "last_renewal_error", "") == 0 &&
+                 pb_timestamp_set(res, "last_renewal_time", w->now_us) == 0
+             ? 0
+             : oom(err);
+  } else {
+    c->renewal_failures++;
+    rc = pb_string_set(res, "last_renewal_error", r->why) == 0 &&
+                 pb_timestamp_set(res, "next_attempt_time",
+                                  w->now_us + retry_delay_ms(c->renewal_failures) * 1000) == 0
+             ? 0
+             : oom(err);
+  }
+  *action = r->chain != NULL ? "renew" : "renew_failed";
+  return rc;
+}
+
 /* Writes the outcome of one attempt on name (still at etag): the new chain
  * and key, or (chain NULL) the failure in why. One revision. */
 static int renewal_write(struct api *api, const struct rpc_call_info *call, const char *name,
                          const char *etag, const char *chain, const char *key, const char *why,
                          int64_t now_us, struct tp_err *err) {
-  struct store_txn *txn;
-  if (store_begin(api->store, 1, &txn, err) != 0)
-    return -1;
-  ProtobufCMessage *old = NULL;
-  struct store_row row = {0};
-  ProtobufCMessage *res = NULL;
-  int rc = api_read(txn, &api_kind_certificate, name, 1, &old, &row, err);
-  if (rc == 0 && strcmp(row.etag, etag) != 0)
-    rc = tp_err_set(err, GRPC_STATUS_FAILED_PRECONDITION, "%s changed meanwhile", name);
-  if (rc == 0 && (res = pb_clone(old)) == NULL)
-    rc = oom(err);
-  if (rc == 0) {
-    Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
-    const ProtobufCMessageDescriptor *d = res->descriptor;
-    if (chain != NULL) {
-      /* A stapled response and its issuer were for the old leaf. */
-      pb_field_clear(res, pb_field(d, "ocsp_response"));
-      pb_field_clear(res, pb_field(d, "issuer_certificate_pem"));
-      pb_field_clear(res, pb_field(d, "next_attempt_time"));
-      c->renewal_failures = 0;
-      rc = pb_string_set(res, "certificate_chain_pem", chain) == 0 &&
-                   pb_string_set(res, "private_key_pem", key) == 0 &&
-                   pb_string_set(res, "last_renewal_error", "") == 0 &&
-                   pb_timestamp_set(res, "last_renewal_time", now_us) == 0
-               ? 0
-               : oom(err);
-    } else {
-      c->renewal_failures++;
-      rc = pb_string_set(res, "last_renewal_error", why) == 0 &&
-                   pb_timestamp_set(res, "next_attempt_time",
-                                    now_us + retry_delay_ms(c->renewal_failures) * 1000) == 0
-               ? 0
-               : oom(err);
-    }
-  }
-  if (rc == 0) {
-    struct api_op op = {.api = api,
-                        .kind = &api_kind_certificate,
-                        .txn = txn,
-                        .call = call,
-                        .old = old,
-                        .old_row = &row,
-                        .now = (time_t)(now_us / 1000000)};
-    rc = api_write(&op, res, etag, chain != NULL ? "renew" : "renew_failed", err);
-  }
-  if (rc == 0)
-    rc = store_commit(txn, NULL, err);
-  else
-    store_rollback(txn);
-  if (res != NULL) {
-    Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
-    if (c->private_key_pem != NULL && c->private_key_pem[0] != '\0')
-      OPENSSL_cleanse(c->private_key_pem, strlen(c->private_key_pem));
-    protobuf_c_message_free_unpacked(res, NULL);
-  }
-  if (old != NULL)
-    protobuf_c_message_free_unpacked(old, NULL);
-  if (row.secret != NULL)
-    OPENSSL_cleanse(row.secret, row.secret_len);
-  store_row_clear(&row);
-  return rc;
+  const struct renewal r = {.chain = chain, .key = key, .why = why};
+  const struct jobs_outcome w = {.kind = &api_kind_certificate,
+                                 .call = call,
+                                 .name = name,
+                                 .etag = etag,
+                                 .now_us = now_us,
+                                 .edit = renewal_edit,
+                                 .data = (void *)&r};
+  return jobs_outcome_write(api, &w, err) < 0 ? -1 : 0;
 }
 
 static int issuance_from_acme(struct api *api, const Tlsplane__V1__Certificate *c);
@@ -524,7 +515,7 @@ static int renew_one(struct api *api, struct jobs *jobs, const struct rpc_call_i
     return 0;
   }
   if (issuance_from_acme(api, c)) {
-    /* An order takes minutes: it runs on a fetch thread. */
+    /* An order takes minutes: it runs on an order thread. */
     tlsplane__v1__certificate__free_unpacked(c, NULL);
     acme_order_submit(api, jobs, r->name);
     return 0;

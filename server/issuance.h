@@ -60,9 +60,9 @@ int64_t issuance_due_time_us(const Tlsplane__V1__Certificate *c);
  * the calling thread. Returns how many were renewed, or -1 when the due
  * ones could not be listed; failures are recorded on each certificate. */
 struct jobs;
-/* Certificates from ACME issuers are handed to jobs' fetch threads
- * (acme_order.h) instead, and so are the checks of renewal information
- * that are due (acme_ari.h). */
+/* Certificates from ACME issuers are handed to jobs' order threads
+ * (acme_order.h) instead, and the checks of renewal information that are
+ * due to its fetch threads (acme_ari.h). */
 int issuance_renew_due(struct api *api, struct jobs *jobs, int64_t now_us);
 
 #endif

@@ -6,10 +6,16 @@
  * credentials' last uses to the store (usage.h). One thread wakes every
  * JOBS_TICK_MS and asks the store for what is due (an indexed query).
  *
- * What waits on the network (OCSP and CRL fetches, ACME registrations) runs on
- * JOBS_FETCH_THREADS fetch threads fed by the job thread, so that a dead
- * endpoint (a fetch waits out its timeout) delays neither the rotations
- * nor the renewals nor the other fetches.
+ * What waits on the network runs on two pools of threads fed by the job
+ * thread, so that a dead endpoint (a request waits out its timeout)
+ * delays neither the rotations nor the renewals: JOBS_FETCH_THREADS fetch
+ * threads for what takes one exchange or a few (OCSP and CRL fetches,
+ * ACME registrations and renewal-information checks), and
+ * JOBS_ORDER_THREADS order threads for ACME orders, which hold theirs for
+ * minutes (the challenges' rollout, the authorizations' polling): hung
+ * orders never hold up an OCSP or CRL refresh. At most
+ * JOBS_ORDER_WAITING_MAX orders wait for an order thread; one refused
+ * stays due and is handed over again at a later round.
  *
  * Of several servers sharing a database, only the one holding the store's
  * job lock (store_job_lock, asked every round) runs the jobs; every server
@@ -22,16 +28,19 @@
 #include "api.h"
 
 #define JOBS_FETCH_THREADS 2
+#define JOBS_ORDER_THREADS 2
+#define JOBS_ORDER_WAITING_MAX 8 /* queued and not running yet */
 
 struct jobs;
 
-/* Starts the job thread and the fetch threads. Caller stops them with
- * jobs_stop. */
+/* Starts the job thread, the fetch threads and the order threads. Caller
+ * stops them with jobs_stop. */
 int jobs_start(struct api *api, struct jobs **out, struct tp_err *err);
 
 /* Stops and joins the job thread (a round in progress finishes first),
- * then the fetch threads: a fetch in progress is aborted within about a
- * second and writes nothing, queued ones are dropped. Then writes the
+ * then the fetch and the order threads (told to stop together): a fetch
+ * or an order in progress is aborted within about a second and writes
+ * nothing, queued ones are dropped. Then writes the
  * last uses noted since the last round. NULL is a no-op. */
 void jobs_stop(struct jobs *jobs);
 
@@ -61,7 +70,33 @@ int64_t jobs_env_positive(const char *name, int64_t dflt);
 int jobs_list_due(struct store *store, const char *kind, enum jobs_due_time which, int64_t now_us,
                   int limit, struct store_row **rows, size_t *n, struct tp_err *err);
 
-/* A fetch: cb(data, stop) on a fetch thread (data carries the api). It does its own
+/* The outcome of a job's work on one row, as jobs_outcome_write writes it. */
+struct jobs_outcome {
+  const struct api_kind *kind;
+  const struct rpc_call_info *call; /* the audit's actor and method */
+  const char *name;
+  /* The version the job read: a row that moved on since is left alone
+   * (FAILED_PRECONDITION "NAME changed meanwhile"). NULL: edit judges. */
+  const char *etag;
+  int64_t now_us;
+  /* Turns res (a clone of old, the row as it is now; op->old_row its row,
+   * secret included) into the version to write at now_us and names the audit
+   * action; may set op->hook_data (the kind's prepare hook's). 0: write
+   * it; 1: write nothing; -1: fail (err set). */
+  int (*edit)(const struct jobs_outcome *o, const ProtobufCMessage *old, ProtobufCMessage *res,
+              struct api_op *op, const char **action, struct tp_err *err);
+  void *data; /* edit's */
+};
+
+/* Writes o in one write transaction of its own: reads the row, checks
+ * its etag, has o->edit change a clone, api_write (the row's etag
+ * expected, actor o->call) and commit. 1 written, 0 when edit wrote
+ * nothing, -1 on failure (err; nothing written). The clone's secret
+ * fields (the kind's) and the row's secret are wiped before they are
+ * freed. */
+int jobs_outcome_write(struct api *api, const struct jobs_outcome *o, struct tp_err *err);
+
+/* A fetch: cb(data, stop) on a fetch (or order) thread (data carries the api). It does its own
  * writes (each its own write transaction, with the etag checks that
  * guard against a write in between). stop becomes nonzero when the
  * server stops: pass it to http_fetch, and write nothing then. */
@@ -76,6 +111,13 @@ typedef void (*jobs_fetch_cb)(void *data, const atomic_int *stop);
  * jobs NULL: runs cb and free_data now, on the calling thread, and
  * returns 0. */
 int jobs_fetch_submit(struct jobs *jobs, const char *key, jobs_fetch_cb cb, void *data,
+                      void (*free_data)(void *data));
+
+/* As jobs_fetch_submit, on the order threads (an ACME order, key its
+ * certificate's name). -EBUSY also when JOBS_ORDER_WAITING_MAX orders
+ * wait already: the caller leaves the order due, to be handed over again
+ * at a later round. */
+int jobs_order_submit(struct jobs *jobs, const char *key, jobs_fetch_cb cb, void *data,
                       void (*free_data)(void *data));
 
 #endif

@@ -156,29 +156,22 @@ static void fetch_one(const Tlsplane__V1__Certificate *c, time_t now, const atom
   X509_free(issuer);
 }
 
-/* Writes the outcome into certificate name, unless it changed since etag
- * was read (its own schedule holds then). Returns 1 written, 0 skipped,
- * -1. */
-static int store_outcome(struct api *api, const char *name, const char *etag,
-                         const struct outcome *o, int64_t now_us, struct tp_err *err) {
-  static const struct rpc_call_info call = {
-      .method = "job:ocsp-refresh", .peer = "local", .actor = "system", .principal = ""};
-  struct store_txn *txn;
-  ProtobufCMessage *old = NULL, *res = NULL;
-  struct store_row row = {0};
-  int rc = -1;
-  if (store_begin(api->store, 1, &txn, err) != 0)
-    return -1;
-  if (api_read(txn, &api_kind_certificate, name, 1, &old, &row, err) != 0)
-    goto done;
-  if (strcmp(row.etag, etag) != 0) {
-    rc = 0;
-    goto done;
-  }
-  if ((res = pb_clone(old)) == NULL) {
-    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto done;
-  }
+/* An outcome, and the etag of the certificate it was fetched for. */
+struct outcome_at {
+  const struct outcome *o;
+  const char *etag;
+};
+
+/* The certificate after the outcome, unless it changed since its etag
+ * was read (its own schedule holds then: nothing written). */
+static int outcome_edit(const struct jobs_outcome *w, const ProtobufCMessage *old,
+                        ProtobufCMessage *res, struct api_op *op, const char **action,
+                        struct tp_err *err) {
+  const struct outcome_at *at = w->data;
+  const struct outcome *o = at->o;
+  int64_t now_us = w->now_us;
+  if (strcmp(op->old_row->etag, at->etag) != 0)
+    return 1;
   api_clear_output_fields(&api_kind_certificate, res);
   const Tlsplane__V1__Certificate *was = (const Tlsplane__V1__Certificate *)old;
   Tlsplane__V1__Certificate *c = (Tlsplane__V1__Certificate *)res;
@@ -215,32 +208,27 @@ static int store_outcome(struct api *api, const char *name, const char *etag,
         (was->ocsp_refresh_time != NULL &&
          pb_timestamp_set(res, "ocsp_refresh_time", pb_timestamp_us(was->ocsp_refresh_time)) != 0);
   }
-  if (oom || pb_timestamp_set(res, "ocsp_next_attempt_time", next_us) != 0) {
-    tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    goto done;
-  }
-  struct api_op op = {.api = api,
-                      .kind = &api_kind_certificate,
-                      .txn = txn,
-                      .call = &call,
-                      .old = old,
-                      .old_row = &row,
-                      .now = (time_t)(now_us / 1000000)};
-  if (api_write(&op, res, row.etag, "ocsp_refresh", err) != 0)
-    goto done;
-  rc = store_commit(txn, NULL, err) == 0 ? 1 : -1;
-  txn = NULL;
-done:
-  if (txn != NULL)
-    store_rollback(txn);
-  if (res != NULL)
-    protobuf_c_message_free_unpacked(res, NULL);
-  if (old != NULL)
-    protobuf_c_message_free_unpacked(old, NULL);
-  if (row.secret != NULL)
-    OPENSSL_cleanse(row.secret, row.secret_len);
-  store_row_clear(&row);
-  return rc;
+  if (oom || pb_timestamp_set(res, "ocsp_next_attempt_time", next_us) != 0)
+    return tp_err_set(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  *action = "ocsp_refresh";
+  return 0;
+}
+
+/* Writes the outcome into certificate name, unless it changed since etag
+ * was read (its own schedule holds then). Returns 1 written, 0 skipped,
+ * -1. */
+static int store_outcome(struct api *api, const char *name, const char *etag,
+                         const struct outcome *o, int64_t now_us, struct tp_err *err) {
+  static const struct rpc_call_info call = {
+      .method = "job:ocsp-refresh", .peer = "local", .actor = "system", .principal = ""};
+  struct outcome_at at = {.o = o, .etag = etag};
+  const struct jobs_outcome w = {.kind = &api_kind_certificate,
+                                 .call = &call,
+                                 .name = name,
+                                 .now_us = now_us,
+                                 .edit = outcome_edit,
+                                 .data = &at};
+  return jobs_outcome_write(api, &w, err);
 }
 
 void ocsp_rounds_clear(struct ocsp_rounds *r) {

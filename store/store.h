@@ -446,14 +446,15 @@ int store_usage_set(struct store_txn *txn, const char *kind, const char *name, i
 int store_usage_get(struct store_txn *txn, const char *kind, const char *name, int64_t *time_us,
                     struct tp_err *err);
 
-/* Pending ACME challenges (from schema version 8): the tls-alpn-01
- * challenge certificates an order of the server has out, numbered from 0
- * per certificate, in a table of their own beside the rows. A challenge
- * goes with its certificate's row (deleting the row deletes them). Each
- * key is sealed like any secret (associated data: kind "AcmeChallenge"
- * and "{certificate}#{index}"); the rows carry no MAC (the sealed key
- * authenticates itself, and the challenge is worth nothing without it).
- * A master-key rotation re-seals them with the rows' secrets. */
+/* Pending ACME challenges (from schema version 8): the challenges an
+ * order of the server has out (tls-alpn-01 challenge certificates, dns-01
+ * values), numbered from 0 per certificate, in a table of their own
+ * beside the rows. A challenge goes with its certificate's row (deleting
+ * the row deletes them). Each key is sealed like any secret (associated
+ * data: kind "AcmeChallenge" and "{certificate}#{index}"); the rows carry
+ * no MAC (the sealed key authenticates itself, and the challenge is worth
+ * nothing without it). A master-key rotation re-seals them with the rows'
+ * secrets. */
 #define STORE_CHALLENGES_SINCE_VERSION 8
 #define STORE_CHALLENGE_KIND "AcmeChallenge"
 

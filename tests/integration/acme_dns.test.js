@@ -10,8 +10,11 @@
 // and dns-01 for the second. The failure side: a hook exiting 1 (its
 // first line on the certificate, retried with back-off, cleanup run), a
 // hook that hangs (killed with its process group at the timeout), the
-// TXT values in no log line. The hook is the server's setting only: no
-// API field names a command, and one sent anyway is refused.
+// TXT values in no log line. A wildcard in one certificate and its base
+// name in another share the record: one certificate's values are on it at
+// a time, the other's order waiting meanwhile. The hook is the server's
+// setting only: no API field names a command, and one sent anyway is
+// refused.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -50,7 +53,8 @@ const notes = () => path.join(dir, 'runs');
 // The hook the server runs: notes each run (action, domain, record, TXT,
 // certificate) and its environment, fails for fail.dns.test, hangs with a
 // child for hang.dns.test and stop.dns.test (the child's pid in hang.pid,
-// stop.pid), and publishes through challtestsrv otherwise.
+// stop.pid), takes 2 s (a slow DNS provider, within the hook timeout) to
+// present held.dns.test, and publishes through challtestsrv otherwise.
 function writeHook(challtestsrv) {
   const hook = path.join(dir, 'hook');
   const script = path.resolve(__dirname, '../../scripts/acme-dns-hook-challtestsrv');
@@ -67,6 +71,8 @@ case "$TLSPLANE_ACME_ACTION $TLSPLANE_ACME_DOMAIN" in
   echo $! > "${dir}/\${TLSPLANE_ACME_DOMAIN%%.*}.pid"
   wait
   exit 0 ;;
+"present held.dns.test")
+  sleep 2 ;;
 esac
 CHALLTESTSRV='${challtestsrv}' exec '${script}'
 `, { mode: 0o755 });
@@ -248,6 +254,53 @@ test('a wildcard (*.w.test and w.test) validated by dns-01 through the hook, iss
     return res.handshake && /Verify return code: 0 \(ok\)/.test(res.out) ? res : null;
   }, { timeoutMs: 20000 });
   assert.match(r.out, /subject=CN ?= ?\*\.w\.test|subject=.*\*\.w\.test/);
+});
+
+test('a wildcard in one certificate and its base name in another, ordered at once: one certificate\'s values on the record at a time, the other waiting, both issued with no failure', async () => {
+  const NAME = 'held.dns.test';
+  await Promise.all([
+    certs().IssueCertificate({ certificateId: 'held-wild', issuer: 'issuers/pebble', dnsNames: [`*.${NAME}`] }),
+    certs().IssueCertificate({ certificateId: 'held-base', issuer: 'issuers/pebble', dnsNames: [NAME] }),
+  ]);
+  const ids = ['held-wild', 'held-base'];
+  const errors = { 'held-wild': new Set(), 'held-base': new Set() };
+  let failures = 0;
+  const look = async () => {
+    const both = {};
+    for (const id of ids) {
+      both[id] = await certs().GetCertificate({ name: `certificates/${id}` });
+      if (both[id].acmeOrder?.lastError) errors[id].add(both[id].acmeOrder.lastError);
+      failures = Math.max(failures, both[id].renewalFailures || 0, both[id].acmeOrder?.failures || 0);
+    }
+    return both;
+  };
+  // The first one's "present" takes 2 s: its challenge is out meanwhile.
+  const waiting = await waitFor('one order waiting for the other\'s challenge', async () => {
+    const both = await look();
+    const id = ids.find((i) => (both[i].acmeOrder?.lastError || '').startsWith('waiting: '));
+    return id ? { id, other: ids.find((i) => i !== id) } : null;
+  }, { timeoutMs: 30000, intervalMs: 100 });
+  const why = `waiting: certificates/${waiting.other} has a challenge out for ${NAME}`;
+  const done = await waitFor('both orders complete', async () => {
+    const both = await look();
+    return ids.every((i) => both[i].certificateChainPem) ? both : null;
+  }, { timeoutMs: 120000, intervalMs: 250 });
+  for (const id of ids) {
+    assert.equal(done[id].acmeOrder.status, 'valid', id);
+    assert.equal(done[id].acmeOrder.lastError, '', id);
+    assert.equal(done[id].lastRenewalError, '', id);
+  }
+  assert.equal(failures, 0, 'no failure counted');
+  assert.deepEqual([...errors[waiting.other]], []);
+  assert.deepEqual([...errors[waiting.id]], [why]);
+  // On the record, the first certificate's present and cleanup, then the
+  // other's: never both at once.
+  const mine = runs().filter((r) => r.domain === NAME);
+  for (const r of mine) noteSecret(r.txt);
+  assert.deepEqual(mine.map((r) => [r.action, r.certificate]), [
+    ['present', `certificates/${waiting.other}`], ['cleanup', `certificates/${waiting.other}`],
+    ['present', `certificates/${waiting.id}`], ['cleanup', `certificates/${waiting.id}`],
+  ]);
 });
 
 test('a name a listener serves answers tls-alpn-01, one no listener serves dns-01, in one order', async () => {

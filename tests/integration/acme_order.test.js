@@ -20,92 +20,42 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
-const fs = require('node:fs');
 const tls = require('node:tls');
-const { Server } = require('./lib/server');
-const { connect } = require('./lib/reflect');
-const { Pebble } = require('./lib/pebble');
-const { pki } = require('./lib/pki');
-const { Upstream } = require('./lib/upstream');
+const { AcmeEnv } = require('./lib/acmeenv');
 const { exchange } = require('./lib/tlsclient');
-const { CpAgent } = require('./lib/cpagent');
-const { freePorts, agentBinary } = require('./lib/agent');
-const { status, seconds, expectRefused, uid } = require('./lib/util');
+const { freePorts } = require('./lib/agent');
+const { status, seconds, expectRefused } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
 
 const RETRY_MS = 1000; // TLSPLANE_RENEW_RETRY_MS and TLSPLANE_ACME_RETRY_MS
 const NAME = 'a.tlsplane.test';
 const VALIDITY_S = 90; // pebble's certificates' lifetime
 
+let env;
 let srv;
 let conn;
 let pebble;
 let spare; // a second pebble, stopped once its account is registered
 let picky; // a third, rejecting a fifth of the nonces
-let p;
-let up;
 let agent;
 let port; // the agent listener's, pebble's tlsPort
 const api = () => conn.api;
 const issuers = () => api().IssuerService;
 const certs = () => api().CertificateService;
-
-function acme(pb) {
-  return {
-    type: 'ACME',
-    acmeDirectoryUrl: pb.directory,
-    acmeCaPem: fs.readFileSync(pb.trustFile, 'utf8'),
-    acmeContact: ['mailto:admin@tlsplane.test'],
-    acmeTermsAgreed: true,
-  };
-}
-
-async function accountValid(name) {
-  return waitFor(`${name}: account valid`, async () => {
-    const g = await issuers().GetIssuer({ name });
-    return g.acmeAccountStatus === 'valid' ? g : null;
-  }, { timeoutMs: 30000 });
-}
+const acme = (pb) => env.acme(pb);
 
 before(async () => {
-  agentBinary();
-  p = pki();
-  [port] = await freePorts(1);
-  [pebble, spare, picky] = await Promise.all([
-    Pebble.start({ tlsPort: port, validitySeconds: VALIDITY_S }),
-    Pebble.start(),
-    Pebble.start({ tlsPort: port, nonceReject: 20 }),
-  ]);
-  up = await Upstream.start({ mode: 'echo' });
-  srv = await Server.start({ tls: true, env: { TLSPLANE_RENEW_RETRY_MS: String(RETRY_MS), TLSPLANE_ACME_RETRY_MS: String(RETRY_MS) } });
-  conn = await connect(srv.address, srv.connectOptions());
-  await issuers().CreateIssuer({ issuerId: 'pebble', issuer: acme(pebble) });
-  await issuers().CreateIssuer({ issuerId: 'spare', issuer: acme(spare) });
-  await issuers().CreateIssuer({ issuerId: 'picky', issuer: acme(picky) });
-  await accountValid('issuers/pebble');
-  await accountValid('issuers/spare');
-  await accountValid('issuers/picky');
-  // The listener pebble validates on: its default context serves an
-  // ordinary certificate, and an SNI route names the ACME name.
-  await certs().CreateCertificate({ certificateId: 'web', certificate: { certificateChainPem: p.rsa.cert, privateKeyPem: p.rsa.key } });
-  await api().TlsContextService.CreateTlsContext({ tlsContextId: 'web', tlsContext: { certificates: ['certificates/web'] } });
-  await api().ListenerService.CreateListener({
-    listenerId: 'edge',
-    listener: { address: `127.0.0.1:${port}`, defaultTlsContext: 'tlsContexts/web', upstream: up.address, sniRoutes: [{ hostname: NAME, tlsContext: 'tlsContexts/web' }] },
+  env = await AcmeEnv.start({
+    pebbles: { pebble: { validitySeconds: VALIDITY_S }, spare: { ownPorts: true }, picky: { nonceReject: 20 } },
+    hostnames: [NAME],
+    env: { TLSPLANE_RENEW_RETRY_MS: String(RETRY_MS), TLSPLANE_ACME_RETRY_MS: String(RETRY_MS) },
   });
-  const tok = await api().TokenService.CreateToken({ tokenId: uid('join'), token: { role: 'JOIN', agentId: 'edge-1' } });
-  agent = await CpAgent.start(srv, { name: 'edge-1', joinToken: tok.secret, wait: 'connected' });
-  await waitFor('the agent serves the listener', async () => (await exchange(port, {}, { send: 'x\n' })).ok);
+  ({ srv, conn, agent, port } = env);
+  ({ pebble, spare, picky } = env.pebbles);
 });
 
 after(async () => {
-  if (agent) await agent.stopClean();
-  if (conn) conn.close();
-  if (srv && srv.running) await srv.stopClean();
-  if (up) await up.close();
-  if (pebble) pebble.stop();
-  if (spare) spare.stop();
-  if (picky) picky.stop();
+  if (env) await env.close();
 });
 
 async function certificate(name) {

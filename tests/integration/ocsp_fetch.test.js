@@ -13,7 +13,7 @@
 
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, spawnSync } = require('node:child_process');
+const { spawnSync } = require('node:child_process');
 const http = require('node:http');
 const path = require('node:path');
 const { Server, noteSecret } = require('./lib/server');
@@ -25,8 +25,7 @@ const { CpAgent } = require('./lib/cpagent');
 const { freePorts, agentBinary, Metrics } = require('./lib/agent');
 const { uid, seconds } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
-const { tool } = require('./lib/tools');
-const procs = require('./lib/procs');
+const { OcspResponder } = require('./lib/ocspresponder');
 
 // One minute of validity (-nmin 1): refreshed after 30 s.
 const VALIDITY_S = 60;
@@ -36,28 +35,10 @@ let conn;
 let p;
 let up;
 let agent;
-const responders = {}; // leaf name -> { proc, port, exited }
+const responders = {}; // leaf name -> OcspResponder
 const leaves = {};
 const ports = {};
 const api = () => conn.api;
-
-// `openssl ocsp` answering from the PKI's index on 127.0.0.1:port.
-async function responderStart(port) {
-  const r = { port, out: '' };
-  const [cmd, argv] = procs.command(tool('openssl'), [
-    'ocsp', '-index', 'index.txt', '-port', String(port), '-rsigner', 'ocsp-responder.crt',
-    '-rkey', 'ocsp-responder.key', '-CA', 'ca.crt', '-nmin', '1', '-ignore_err',
-  ]);
-  r.proc = spawn(cmd, argv, { cwd: p.dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  r.proc.stdout.on('data', (d) => { r.out += d; });
-  r.proc.stderr.on('data', (d) => { r.out += d; });
-  r.exited = new Promise((resolve) => r.proc.on('exit', resolve));
-  procs.track(r);
-  r.proc.on('exit', () => procs.untrack(r));
-  // Not probed by connecting: a connection that sends nothing blocks it.
-  await waitFor(`openssl ocsp listening on ${port}`, () => /waiting for OCSP client connections/.test(r.out), { timeoutMs: 10000 });
-  return r;
-}
 
 async function getCert(id) {
   return api().CertificateService.GetCertificate({ name: `certificates/${id}` });
@@ -79,8 +60,8 @@ before(async () => {
   // in the index before the responders read it.
   leaves.good = p.ocspLeaf(uid('ocsp-good'), `http://127.0.0.1:${rGood}`);
   leaves.down = p.ocspLeaf(uid('ocsp-down'), `http://127.0.0.1:${rDown}`);
-  responders.good = await responderStart(rGood);
-  responders.down = await responderStart(rDown);
+  responders.good = await OcspResponder.start(p, rGood);
+  responders.down = await OcspResponder.start(p, rDown);
   srv = await Server.start({ tls: true, env: { TLSPLANE_OCSP_RETRY_BASE_SECONDS: '1' } });
   conn = await connect(srv.address, srv.connectOptions());
   for (const id of ['good', 'down']) {
@@ -111,7 +92,7 @@ after(async () => {
   if (conn) conn.close();
   if (srv && srv.running) await srv.stopClean();
   if (up) await up.close();
-  for (const r of Object.values(responders)) if (r.proc.exitCode === null) r.proc.kill('SIGKILL');
+  for (const r of Object.values(responders)) await r.stop();
 });
 
 afterEach((t) => {
@@ -194,8 +175,7 @@ test('revoked in the responder\'s index: after the refresh the certificate shows
 
 test('responder down: the old response is stapled until its nextUpdate, then none; the server retries with a back-off and says why', async () => {
   const r = responders.down;
-  r.proc.kill('SIGKILL');
-  await r.exited;
+  await r.stop();
   const stored = await getCert('down');
   const nextUpdate = seconds(stored.ocspNextUpdate) * 1000;
   // Failures recorded, each retry later than the one before (1 s doubling).

@@ -7,6 +7,7 @@
 //
 //   const p = await TcpProxy.start('127.0.0.1:7443');   // p.address
 //   p.blackhole();   // from now on, every connection, old and new
+//   p.held           // connections accepted into the silence, still open
 //   await p.close(); // destroys every socket
 
 const net = require('node:net');
@@ -19,6 +20,7 @@ class TcpProxy {
     this.holed = false;
     this.sockets = new Set();
     this.accepted = 0;
+    this.holding = new Set(); // accepted while blackholed, still open
     this.server = net.createServer((client) => this._pair(client));
   }
 
@@ -42,6 +44,8 @@ class TcpProxy {
     this.accepted++;
     this._keep(client);
     if (this.holed) {
+      this.holding.add(client);
+      client.on('close', () => this.holding.delete(client));
       client.on('data', () => {});
       return;
     }
@@ -60,6 +64,10 @@ class TcpProxy {
     };
     forward(client, upstream);
     forward(upstream, client);
+  }
+
+  get held() {
+    return this.holding.size;
   }
 
   blackhole() {
