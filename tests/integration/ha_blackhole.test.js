@@ -32,6 +32,7 @@ const { TcpProxy } = require('./lib/tcpproxy');
 const { freePort, agentBinary } = require('./lib/agent');
 const { uid } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
+const { teardown } = require('./lib/procs');
 
 const PASSWORD = 'pg-blackhole-password';
 noteSecret(PASSWORD);
@@ -57,12 +58,12 @@ before(async () => {
   ({ servers, conns } = ha);
 });
 
-after(async () => {
-  if (agent && agent.running) await agent.stopClean();
-  if (proxy) await proxy.close();
-  if (up) await up.close();
-  if (ha) await ha.stop();
-});
+after(() => teardown(
+  async () => agent && agent.running && agent.stopClean(),
+  async () => proxy && proxy.close(),
+  async () => up && up.close(),
+  async () => ha && ha.stop(),
+));
 
 test('--keepalive out of range is refused, naming the flag or the variable', () => {
   const env = { ...process.env };

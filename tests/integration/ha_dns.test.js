@@ -27,6 +27,7 @@ const { CpAgent } = require('./lib/cpagent');
 const { freePort } = require('./lib/agent');
 const { uid } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
+const { teardown } = require('./lib/procs');
 
 const PASSWORD = 'pg-dns-password';
 noteSecret(PASSWORD);
@@ -53,11 +54,11 @@ before(async () => {
   });
 });
 
-after(async () => {
-  if (agent && agent.running) await agent.stopClean();
-  if (up) await up.close();
-  if (ha) await ha.stop();
-});
+after(() => teardown(
+  async () => agent && agent.running && agent.stopClean(),
+  async () => up && up.close(),
+  async () => ha && ha.stop(),
+));
 
 test('--server NAME:PORT, the name with two addresses: the server the agent is on is killed, it connects to the other address, keeps serving (no failed handshake) and gets what is uploaded there', async () => {
   const [A, B] = ha.servers;

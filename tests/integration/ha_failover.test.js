@@ -28,6 +28,7 @@ const { CpAgent } = require('./lib/cpagent');
 const { freePort, agentBinary } = require('./lib/agent');
 const { uid } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
+const { teardown } = require('./lib/procs');
 
 const PASSWORD = 'pg-failover-password';
 noteSecret(PASSWORD);
@@ -50,11 +51,11 @@ before(async () => {
   ({ servers, conns } = ha);
 });
 
-after(async () => {
-  if (agent && agent.running) await agent.stopClean();
-  if (up) await up.close();
-  if (ha) await ha.stop();
-});
+after(() => teardown(
+  async () => agent && agent.running && agent.stopClean(),
+  async () => up && up.close(),
+  async () => ha && ha.stop(),
+));
 
 test('a --server list with an empty address is refused, naming the flag or the variable', () => {
   const common = ['--ca', '/nonexistent', '--name', 'ha-f', '--cache-dir', '/nonexistent'];

@@ -40,6 +40,7 @@ const { CpAgent } = require('./lib/cpagent');
 const { freePort } = require('./lib/agent');
 const { uid } = require('./lib/util');
 const { waitFor } = require('./lib/wait');
+const { teardown } = require('./lib/procs');
 
 const PASSWORD = 'pg-master-key-password';
 noteSecret(PASSWORD);
@@ -72,15 +73,15 @@ before(async () => {
   up = await Upstream.start({ mode: 'echo' });
 });
 
-after(async () => {
-  for (const x of live.reverse()) {
-    if (x.agent && x.agent.running) await x.agent.stopClean();
-    if (x.conn) x.conn.close();
-    if (x.srv && x.srv.running) await x.srv.stopClean();
-  }
-  if (up) await up.close();
-  if (pg) await pg.stop();
-});
+after(() => teardown(
+  ...live.reverse().flatMap((x) => [
+    async () => x.agent && x.agent.running && x.agent.stopClean(),
+    async () => x.conn && x.conn.close(),
+    async () => x.srv && x.srv.running && x.srv.stopClean(),
+  ]),
+  async () => up && up.close(),
+  async () => pg && pg.stop(),
+));
 
 test('rotate-master-key on PostgreSQL: refused while any server runs; every secret re-sealed under the new key; a server on the old key refuses to start; both servers on the new key read the secrets', async () => {
   const p = pki();

@@ -28,6 +28,7 @@ const { Server, serverBinary, noteSecret } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { Postgres } = require('./lib/postgres');
 const procs = require('./lib/procs');
+const { teardown } = procs;
 const { pki } = require('./lib/pki');
 const { Upstream } = require('./lib/upstream');
 const { exchange } = require('./lib/tlsclient');
@@ -56,13 +57,13 @@ before(async () => {
   pg = await Postgres.start();
 });
 
-after(async () => {
-  if (agent && agent.running) await agent.stopClean();
-  if (up) await up.close();
-  for (const c of conns) c.close();
-  for (const s of servers) if (s.running) await s.stopClean();
-  if (pg) await pg.stop();
-});
+after(() => teardown(
+  async () => agent && agent.running && agent.stopClean(),
+  async () => up && up.close(),
+  ...conns.map((c) => async () => c.close()),
+  ...servers.map((s) => async () => s.running && s.stopClean()),
+  async () => pg && pg.stop(),
+));
 
 test('init on an empty PostgreSQL database makes the data directory; the store is the database, its password never shown', async () => {
   dirA = procs.tempDir('tlsplane-ha-a-');

@@ -29,6 +29,8 @@ const { exchange } = require('./tlsclient');
 const { uid } = require('./util');
 const { waitFor } = require('./wait');
 
+const { teardown } = procs;
+
 // n data directories for servers of the database at store (a URI).
 function dataDirs(store, n, tag) {
   const first = procs.tempDir(`tlsplane-${tag}-0-`);
@@ -71,10 +73,14 @@ class HaServers {
     this.conns = [];
   }
 
-  async stop() {
-    for (const c of this.conns) c.close();
-    for (const s of this.servers) if (s.running) await s.stopClean();
-    if (this.pg) await this.pg.stop();
+  // Every server stopped and PostgreSQL with them, even when a server's
+  // stop finds a fault (then thrown, after the rest).
+  stop() {
+    return teardown(
+      ...this.conns.map((c) => async () => c.close()),
+      ...this.servers.map((s) => async () => s.running && s.stopClean()),
+      async () => this.pg && this.pg.stop(),
+    );
   }
 }
 

@@ -19,6 +19,13 @@ const { tool } = require('./tools');
 const live = new Set();
 const tempDirs = new Set();
 
+// LeakSanitizer's suppressions (ASan builds): leaks inside system
+// libraries, which tests/lsan.supp names with the reason. Every process
+// the tests start inherits it.
+if (process.env.LSAN_OPTIONS === undefined) {
+  process.env.LSAN_OPTIONS = `suppressions=${path.resolve(__dirname, '../../lsan.supp')}`;
+}
+
 function killAll() {
   for (const o of live) {
     try {
@@ -74,7 +81,24 @@ async function terminate(o, ms) {
   return o.exit;
 }
 
+// Runs every step of a teardown (async functions) even when one throws,
+// then throws the first error: a failed stop must not leave the servers
+// and databases of the later steps running, which would keep the test
+// process alive until its timeout.
+async function teardown(...steps) {
+  let first = null;
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      first = first || err;
+    }
+  }
+  if (first) throw first;
+}
+
 module.exports = {
+  teardown,
   command,
   terminate,
   tempDir,
