@@ -54,16 +54,7 @@ after(async () => {
   if (strict) strict.stop();
 });
 
-function acme(pb, extra = {}) {
-  return {
-    type: 'ACME',
-    acmeDirectoryUrl: pb.directory,
-    acmeCaPem: fs.readFileSync(pb.trustFile, 'utf8'),
-    acmeContact: ['mailto:admin@tlsplane.test'],
-    acmeTermsAgreed: true,
-    ...extra,
-  };
-}
+const acme = (pb, extra = {}) => pb.issuer(extra);
 
 // An HTTPS server on loopback speaking just enough ACME: the directory,
 // newNonce, and newAccount answered by answer(n, res, base) for the n-th

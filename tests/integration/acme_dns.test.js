@@ -53,8 +53,9 @@ const notes = () => path.join(dir, 'runs');
 // The hook the server runs: notes each run (action, domain, record, TXT,
 // certificate) and its environment, fails for fail.dns.test, hangs with a
 // child for hang.dns.test and stop.dns.test (the child's pid in hang.pid,
-// stop.pid), takes 2 s (a slow DNS provider, within the hook timeout) to
-// present held.dns.test, and publishes through challtestsrv otherwise.
+// stop.pid), holds the present of held.dns.test (a slow DNS provider)
+// until the test creates held.release, for at most 2.5 s (inside the
+// hook's timeout), and publishes through challtestsrv otherwise.
 function writeHook(challtestsrv) {
   const hook = path.join(dir, 'hook');
   const script = path.resolve(__dirname, '../../scripts/acme-dns-hook-challtestsrv');
@@ -72,7 +73,8 @@ case "$TLSPLANE_ACME_ACTION $TLSPLANE_ACME_DOMAIN" in
   wait
   exit 0 ;;
 "present held.dns.test")
-  sleep 2 ;;
+  i=0
+  while [ ! -e '${dir}/held.release' ] && [ $i -lt 25 ]; do sleep 0.1; i=$((i + 1)); done ;;
 esac
 CHALLTESTSRV='${challtestsrv}' exec '${script}'
 `, { mode: 0o755 });
@@ -88,15 +90,7 @@ function runs() {
   });
 }
 
-function acme(pb) {
-  return {
-    type: 'ACME',
-    acmeDirectoryUrl: pb.directory,
-    acmeCaPem: fs.readFileSync(pb.trustFile, 'utf8'),
-    acmeContact: ['mailto:admin@dns.test'],
-    acmeTermsAgreed: true,
-  };
-}
+const acme = (pb) => pb.issuer({ acmeContact: ['mailto:admin@dns.test'] });
 
 async function issued(name) {
   return waitFor(`${name}: the order completes`, async () => {
@@ -274,12 +268,14 @@ test('a wildcard in one certificate and its base name in another, ordered at onc
     }
     return both;
   };
-  // The first one's "present" takes 2 s: its challenge is out meanwhile.
+  // The first one's "present" is held: its challenge is out meanwhile.
+  // Once the other is seen waiting, the hook is let go.
   const waiting = await waitFor('one order waiting for the other\'s challenge', async () => {
     const both = await look();
     const id = ids.find((i) => (both[i].acmeOrder?.lastError || '').startsWith('waiting: '));
     return id ? { id, other: ids.find((i) => i !== id) } : null;
   }, { timeoutMs: 30000, intervalMs: 100 });
+  fs.writeFileSync(path.join(dir, 'held.release'), '');
   const why = `waiting: certificates/${waiting.other} has a challenge out for ${NAME}`;
   const done = await waitFor('both orders complete', async () => {
     const both = await look();

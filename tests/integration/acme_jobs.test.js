@@ -11,7 +11,6 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
 const { Server } = require('./lib/server');
 const { connect } = require('./lib/reflect');
 const { Pebble } = require('./lib/pebble');
@@ -56,13 +55,7 @@ before(async () => {
   conn = await connect(srv.address, srv.connectOptions());
   await api().IssuerService.CreateIssuer({
     issuerId: 'silent',
-    issuer: {
-      type: 'ACME',
-      acmeDirectoryUrl: `https://${proxy.address}/dir`,
-      acmeCaPem: fs.readFileSync(pebble.trustFile, 'utf8'),
-      acmeContact: ['mailto:admin@tlsplane.test'],
-      acmeTermsAgreed: true,
-    },
+    issuer: pebble.issuer({ acmeDirectoryUrl: `https://${proxy.address}/dir` }),
   });
   await waitFor('issuers/silent: account valid', async () => (await api().IssuerService.GetIssuer({ name: 'issuers/silent' })).acmeAccountStatus === 'valid', { timeoutMs: 30000 });
   await api().CertificateService.CreateCertificate({

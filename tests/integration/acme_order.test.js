@@ -42,7 +42,7 @@ let port; // the agent listener's, pebble's tlsPort
 const api = () => conn.api;
 const issuers = () => api().IssuerService;
 const certs = () => api().CertificateService;
-const acme = (pb) => env.acme(pb);
+const acme = (pb) => pb.issuer();
 
 before(async () => {
   env = await AcmeEnv.start({

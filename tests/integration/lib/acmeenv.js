@@ -14,14 +14,12 @@
 //   env.srv, env.conn, env.api      // the server, an admin connection, conn.api
 //   env.pebbles.pebble              // a Pebble; its issuer is "issuers/pebble"
 //   env.p, env.up, env.agent, env.port
-//   env.acme(pb)                    // an Issuer body for pebble pb
 //   await env.close()               // agent, connection, server (stopClean), upstream, pebbles
 //
 // A pebble's options are Pebble.start's; ownPorts: true validates on
 // free ports of its own instead of the agent's listener (a pebble that
 // is only registered with, or stopped).
 
-const fs = require('node:fs');
 const { Server } = require('./server');
 const { connect } = require('./reflect');
 const { Pebble } = require('./pebble');
@@ -33,21 +31,11 @@ const { freePorts, agentBinary } = require('./agent');
 const { uid } = require('./util');
 const { waitFor } = require('./wait');
 
-function acme(pb) {
-  return {
-    type: 'ACME',
-    acmeDirectoryUrl: pb.directory,
-    acmeCaPem: fs.readFileSync(pb.trustFile, 'utf8'),
-    acmeContact: ['mailto:admin@tlsplane.test'],
-    acmeTermsAgreed: true,
-  };
-}
 
 class AcmeEnv {
   static async start({ pebbles = { pebble: {} }, hostnames = [], env = {} } = {}) {
     agentBinary();
     const e = new AcmeEnv();
-    e.acme = acme;
     e.p = pki();
     [e.port] = await freePorts(1);
     e.pebbles = {};
@@ -62,7 +50,7 @@ class AcmeEnv {
     e.conn = await connect(e.srv.address, e.srv.connectOptions());
     e.api = e.conn.api;
     const issuers = e.api.IssuerService;
-    for (const id of ids) await issuers.CreateIssuer({ issuerId: id, issuer: acme(e.pebbles[id]) });
+    for (const id of ids) await issuers.CreateIssuer({ issuerId: id, issuer: e.pebbles[id].issuer() });
     for (const id of ids) {
       await waitFor(`issuers/${id}: account valid`, async () => {
         const g = await issuers.GetIssuer({ name: `issuers/${id}` });

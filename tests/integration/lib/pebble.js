@@ -13,6 +13,7 @@
 //   pb.root             // PEM of the root pebble issues under
 //   pb.challtestsrv     // "http://127.0.0.1:PORT", challtestsrv's management API
 //                       // (POST /set-txt, /clear-txt: the TXT records pebble's dns-01 sees)
+//   pb.issuer({ ...overrides }) // an ACME Issuer body for it (contact, terms agreed)
 //   pb.stop()
 //
 // Options: Pebble.start({ nonceReject: 50 }) makes pebble reject that
@@ -55,6 +56,20 @@ function getText(port, urlPath, ca) {
 }
 
 class Pebble {
+  // The body of CreateIssuer for an ACME issuer of this pebble: its
+  // directory, the CA that verifies its HTTPS, a contact, the terms
+  // agreed; extra fields override or add.
+  issuer(extra = {}) {
+    return {
+      type: 'ACME',
+      acmeDirectoryUrl: this.directory,
+      acmeCaPem: fs.readFileSync(this.trustFile, 'utf8'),
+      acmeContact: ['mailto:admin@tlsplane.test'],
+      acmeTermsAgreed: true,
+      ...extra,
+    };
+  }
+
   static async start({ nonceReject = 0, eabKeys = null, tlsPort: wantTls = 0, httpPort: wantHttp = 0, validitySeconds = 0 } = {}) {
     const p = pki();
     p.leaf('pebble', { cn: '127.0.0.1', sans: ['IP:127.0.0.1'] });
