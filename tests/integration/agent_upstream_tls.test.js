@@ -564,7 +564,12 @@ describe('upstream_tls: TLS 1.3 sessions to the upstream under concurrency', () 
     // Their 24 tickets (two each) were kept; the next 24 connections,
     // started together, each take one.
     await batch('b', 24);
-    seen = pskSeen(ossl.output());
+    // s_server's -trace reaches us through a pipe, after the data.
+    const traced = (n) => waitFor(`s_server's trace of ${n} ClientHellos with a PSK and ${n} resumptions`, () => {
+      const s = pskSeen(ossl.output());
+      return s.offered.length >= n && s.accepted >= n ? s : null;
+    }, { timeoutMs: 5000 }).catch(() => pskSeen(ossl.output()));
+    seen = await traced(24);
     assert.equal(seen.offered.length, 24, 'each of the 24 offered a ticket');
     assert.equal(seen.accepted, 24, 'the upstream resumed each of them');
     assert.equal(new Set(seen.offered).size, 24, 'a ticket was offered twice');
@@ -573,7 +578,7 @@ describe('upstream_tls: TLS 1.3 sessions to the upstream under concurrency', () 
     assert.equal(m.get('tlsplane_upstream_resumptions_total', L), 24);
     // And the tickets of those resumptions (one each) are new ones.
     await batch('c', 24);
-    seen = pskSeen(ossl.output());
+    seen = await traced(48);
     assert.deepEqual([seen.offered.length, seen.accepted, new Set(seen.offered).size], [48, 48, 48]);
   });
 });

@@ -73,7 +73,9 @@ async function assertRevoked(who, why) {
 
 function metricsText() {
   return new Promise((resolve, reject) => {
-    const req = https.get(`${srv.httpBase}/metrics`, { ca: srv.ca, headers: { authorization: `Bearer ${srv.adminToken}` } }, (res) => {
+    // One request per connection (agent: false), as a scraper's curl: no
+    // idle keep-alive connection is left open across the restarts.
+    const req = https.get(`${srv.httpBase}/metrics`, { agent: false, ca: srv.ca, headers: { authorization: `Bearer ${srv.adminToken}` } }, (res) => {
       let text = '';
       res.on('data', (d) => { text += d; });
       res.on('end', () => (res.statusCode === 200 ? resolve(text) : reject(new Error(`/metrics: ${res.statusCode}`))));
