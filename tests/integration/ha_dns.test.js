@@ -102,7 +102,10 @@ test('--server NAME:PORT, the name with two addresses: the server the agent is o
     console.log(`# the agent was connected to ${other.address} ${ms} ms after ${victim.address} was killed`);
     assert.ok(ms < 10000, `within seconds (took ${ms} ms)`);
     assert.match(agent.logText.slice(from), new RegExp(`control plane ${name}: UNAVAILABLE: .*retrying in \\d+\\.\\d s`));
-    assert.match(agent.logText.slice(from), new RegExp(`control plane ${name}: connected as agents/ha-d `));
+    // The server counts the stream before the agent logs it: wait for the line.
+    const connected = new RegExp(`control plane ${name}: connected as agents/ha-d `);
+    await waitFor('the agent logs its new connection', () => connected.test(agent.logText.slice(from)), { timeoutMs: 5000 })
+      .catch(() => assert.match(agent.logText.slice(from), connected));
 
     const next = await uploadWeb(otherConn, p, 'dns');
     await waitFor('the certificate uploaded to the other server served', () => loop.last === next.fingerprint, { intervalMs: 20 });
